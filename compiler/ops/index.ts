@@ -1,0 +1,9 @@
+// Loads every op family into the registry (each file registers its table on import).
+import "./elementwise.ts";
+import "./reduce.ts";
+import "./contraction.ts";
+import "./routing.ts";
+import "./movement.ts";
+import "./factory.ts";
+import "./collective.ts";
+export { getOp, allOps, inferTypes, type OpDef, type CpuCtx, type ShardCtx, type Family } from "./registry.ts";

@@ -1,0 +1,151 @@
+// Movement family: rename, flatten/unflatten, concat/split. Named dims make transposes unnecessary;
+// these change which dims exist. Moving data across a sharded dim would need communication, so the
+// dims they restructure must be whole on every rank.
+import type { Dim, Placement, TensorType } from "../ir/types.ts";
+import { ShapeError, ShardingError } from "../errors.ts";
+import { shardDim } from "../ir/placement.ts";
+import { msgAgree, msgWholeDim } from "../messages.ts";
+import { defineOps, type OpDef, type ShardCtx } from "./registry.ts";
+import { attrInt, attrStr, checkSizes, needDim, needNewDim } from "./rules.ts";
+import { newOut } from "./cpu-util.ts";
+import { numel } from "../ir/types.ts";
+
+const strList = (v: unknown, what: string): string[] => {
+  if (!Array.isArray(v) || !v.every((x) => typeof x === "string")) throw new ShapeError(`expected ${what} to be a list of dim names, got ${JSON.stringify(v)}`);
+  return v as string[];
+};
+
+/** Every input must agree on the axis and must not shard any of `whole`; Partials pass (all ops here are linear). */
+function passThrough(op: string, whole: (ctx: ShardCtx) => string[]) {
+  return (ps: Placement[], ctx: ShardCtx): Placement[] => {
+    const w = whole(ctx);
+    for (let i = 0; i < ps.length; i++) {
+      const d = shardDim(ps[i]!);
+      if (d !== undefined && w.includes(d)) throw new ShardingError(msgWholeDim(op, ctx.axis, d));
+      if (ps[i] !== ps[0]) throw new ShardingError(msgAgree(op, ctx.axis, ps[0]!, ps[i]!, `xs[${i}]`, ps[0]!));
+    }
+    const p = ps[0]!;
+    return ctx.outputs.map(() => p);
+  };
+}
+
+const rename: OpDef = {
+  name: "rename",
+  family: "movement",
+  args: ["x"],
+  shape: ([x], attrs) => {
+    const from = attrStr(attrs.from, "rename source"), to = attrStr(attrs.to, "rename target");
+    needDim("rename", x!, from);
+    if (to !== from) needNewDim("rename", x!, to);
+    return [{ dims: x!.dims.map((d) => (d.name === from ? { ...d, name: to } : d)), dtype: x!.dtype }];
+  },
+  shard: ([p], ctx) => [shardDim(p!) === ctx.attrs.from ? `S(${String(ctx.attrs.to)})` : p!],
+  cpu: ([x]) => [x!],
+};
+
+const flatten: OpDef = {
+  name: "flatten",
+  family: "movement",
+  args: ["x"],
+  shape: ([x], attrs) => {
+    const dims = strList(attrs.dims, "flatten dims"), to = attrStr(attrs.to, "flatten target");
+    const ds = dims.map((d) => needDim("flatten", x!, d));
+    const names = x!.dims.map((d) => d.name);
+    const first = names.indexOf(dims[0]!);
+    if (!dims.every((d, i) => names.indexOf(d) === first + i))
+      throw new ShapeError(`flatten() dims [${dims.join(", ")}] must be adjacent and in order in [${names.join(", ")}]`);
+    if (!dims.includes(to)) needNewDim("flatten", x!, to);
+    const merged: Dim = { name: to, size: numel(ds.map((d) => d.size)) };
+    return [{ dims: [...x!.dims.slice(0, first), merged, ...x!.dims.slice(first + dims.length)], dtype: x!.dtype }];
+  },
+  shard: passThrough("flatten", (ctx) => strList(ctx.attrs.dims, "dims")),
+  cpu: ([x], _a, ctx) => [{ ...x!, shape: ctx.outShapes[0]! }],
+};
+
+const unflatten: OpDef = {
+  name: "unflatten",
+  family: "movement",
+  args: ["x"],
+  shape: ([x], attrs) => {
+    const dim = attrStr(attrs.dim, "unflatten dim");
+    const into = attrs.into as Record<string, number>;
+    const d = needDim("unflatten", x!, dim);
+    const parts = Object.entries(into ?? {});
+    if (parts.length === 0 || numel(parts.map(([, n]) => n)) !== d.size)
+      throw new ShapeError(`unflatten() sizes ${JSON.stringify(into)} must multiply to '${dim}''s size ${d.size}`);
+    for (const [n] of parts) if (n !== dim) needNewDim("unflatten", x!, n);
+    const i = x!.dims.indexOf(d);
+    return [{ dims: [...x!.dims.slice(0, i), ...parts.map(([name, size]) => ({ name, size: attrInt(size, name) })), ...x!.dims.slice(i + 1)], dtype: x!.dtype }];
+  },
+  shard: passThrough("unflatten", (ctx) => [String(ctx.attrs.dim)]),
+  cpu: ([x], _a, ctx) => [{ ...x!, shape: ctx.outShapes[0]! }],
+};
+
+/** Splits the local tensor's `dim` into consecutive parts (or joins parts back), via a [outer, dim, inner] view. */
+function view3(t: TensorType, shape: number[], dim: string): [number, number, number] {
+  const i = t.dims.findIndex((d) => d.name === dim);
+  return [numel(shape.slice(0, i)), shape[i]!, numel(shape.slice(i + 1))];
+}
+
+const concat: OpDef = {
+  name: "concat",
+  family: "movement",
+  args: "variadic",
+  shape: (xs, attrs) => {
+    const dim = attrStr(attrs.dim, "concat dim");
+    if (xs.length < 1) throw new ShapeError("concat() needs at least one tensor");
+    const first = xs[0]!;
+    let size = 0;
+    for (const [i, x] of xs.entries()) {
+      needDim("concat", x, dim, `xs[${i}]`);
+      if (x.dtype !== first.dtype) throw new ShapeError(`concat(): xs[${i}] is ${x.dtype} but xs[0] is ${first.dtype}; cast first`);
+      const names = x.dims.map((d) => d.name).join();
+      if (names !== first.dims.map((d) => d.name).join()) throw new ShapeError(`concat(): xs[${i}] has dims [${names}] but xs[0] has [${first.dims.map((d) => d.name).join()}]`);
+      checkSizes("concat", first.dims.filter((d) => d.name !== dim), x.dims.filter((d) => d.name !== dim));
+      size += x.dims.find((d) => d.name === dim)!.size;
+    }
+    return [{ dims: first.dims.map((d) => (d.name === dim ? { name: dim, size } : d)), dtype: first.dtype }];
+  },
+  shard: passThrough("concat", (ctx) => [String(ctx.attrs.dim)]),
+  cpu: (xs, attrs, ctx) => {
+    const dim = String(attrs.dim);
+    const out = newOut(ctx.outTypes[0]!.dtype, ctx.outShapes[0]!);
+    const [outer, total, inner] = view3(ctx.outTypes[0]!, ctx.outShapes[0]!, dim);
+    let at = 0;
+    xs.forEach((x, k) => {
+      const [, n] = view3(ctx.inTypes[k]!, x.shape, dim);
+      for (let o = 0; o < outer; o++) out.data.set(x.data.subarray(o * n * inner, (o + 1) * n * inner), (o * total + at) * inner);
+      at += n;
+    });
+    return [out];
+  },
+};
+
+const split: OpDef = {
+  name: "split",
+  family: "movement",
+  args: ["x"],
+  shape: ([x], attrs) => {
+    const dim = attrStr(attrs.dim, "split dim");
+    const sizes = attrs.sizes as number[];
+    const d = needDim("split", x!, dim);
+    if (!Array.isArray(sizes) || sizes.length < 1 || sizes.reduce((a, b) => a + attrInt(b, "split size"), 0) !== d.size)
+      throw new ShapeError(`split() sizes ${JSON.stringify(sizes)} must add up to '${dim}''s size ${d.size}`);
+    return sizes.map((s) => ({ dims: x!.dims.map((e) => (e.name === dim ? { name: dim, size: s } : e)), dtype: x!.dtype }));
+  },
+  shard: passThrough("split", (ctx) => [String(ctx.attrs.dim)]),
+  cpu: ([x], attrs, ctx) => {
+    const dim = String(attrs.dim);
+    const [outer, total, inner] = view3(ctx.inTypes[0]!, x!.shape, dim);
+    let at = 0;
+    return ctx.outShapes.map((shape, k) => {
+      const out = newOut(x!.dtype, shape);
+      const n = (attrs.sizes as number[])[k]!;
+      for (let o = 0; o < outer; o++) out.data.set(x!.data.subarray((o * total + at) * inner, (o * total + at + n) * inner), o * n * inner);
+      at += n;
+      return out;
+    });
+  },
+};
+
+defineOps([concat, flatten, rename, split, unflatten]);

@@ -1,0 +1,25 @@
+// The compiler pipeline, top to bottom as named stages. Each stage is a pure function; `dump`
+// receives every intermediate (`--dump=stage`).
+import type { Graph, ValueRef } from "./ir/types.ts";
+import type { Plan } from "./plan.ts";
+import { verify } from "./passes/verify.ts";
+import { printGraph } from "./passes/print.ts";
+import { partition } from "./passes/partition.ts";
+import { printPlan } from "./passes/print-plan.ts";
+
+export const STAGES = ["trace", "partition"] as const;
+export type Stage = (typeof STAGES)[number];
+
+export interface CompileOptions {
+  /** Verify the graph between passes (always on in tests; cheap). */
+  verify?: boolean;
+  dump?: (stage: Stage, text: string) => void;
+}
+
+export function compile(g: Graph, outputs: ValueRef[], opts: CompileOptions = {}): Plan {
+  if (opts.verify !== false) verify(g, "trace");
+  opts.dump?.("trace", printGraph(g));
+  const plan = partition(g, outputs);
+  opts.dump?.("partition", printPlan(plan));
+  return plan;
+}

@@ -1,0 +1,66 @@
+// The CPU reference backend: runs a plan for every rank of the mesh in one process. Ops run rank by
+// rank on local pieces; collective steps see all ranks' pieces at once and are simulated exactly.
+import type { Plan } from "../../compiler/plan.ts";
+import type { LocalTensor } from "../../compiler/ir/local.ts";
+import type { CpuCtx } from "../../compiler/ops/registry.ts";
+import { getOp } from "../../compiler/ops/index.ts";
+import { coordsOf } from "../../compiler/ir/placement.ts";
+import { ShardtsError } from "../../compiler/errors.ts";
+import { assemble, type GlobalTensor } from "./assemble.ts";
+import { runStep } from "./collectives.ts";
+
+export interface CpuRunResult {
+  /** Each output as one global tensor. */
+  outputs: GlobalTensor[];
+  /** Each output's per-rank pieces. */
+  locals: LocalTensor[][];
+}
+
+export function runPlanCpu(plan: Plan): CpuRunResult {
+  const slots: (LocalTensor[] | undefined)[] = new Array(plan.values.length);
+  const coords = Array.from({ length: plan.world }, (_, r) => coordsOf(plan.mesh, r));
+  const countsCache = new Map<number, GlobalTensor>();
+  const counts = (s: number): GlobalTensor => {
+    let c = countsCache.get(s);
+    if (!c) {
+      c = assemble(plan, s, slots[s]!, counts);
+      countsCache.set(s, c);
+    }
+    return c;
+  };
+  plan.instrs.forEach((ins, i) => {
+    try {
+      if (ins.kind === "comm") {
+        slots[ins.output] = runStep(plan, ins.step, ins.input, ins.output, slots[ins.input]!, counts);
+      } else {
+        const def = getOp(ins.op);
+        const per: LocalTensor[][] = ins.outputs.map(() => new Array<LocalTensor>(plan.world));
+        for (let r = 0; r < plan.world; r++) {
+          const ctx: CpuCtx = {
+            inTypes: ins.inputs.map((s) => plan.values[s]!.type),
+            outTypes: ins.outputs.map((s) => plan.values[s]!.type),
+            inBoxes: ins.inputs.map((s) => plan.values[s]!.boxes[r]!),
+            outBoxes: ins.outputs.map((s) => plan.values[s]!.boxes[r]!),
+            outShapes: ins.outputs.map((s) => plan.values[s]!.shapes[r]!),
+            coords: coords[r]!,
+            rank: r,
+            payload: ins.payload,
+          };
+          const outs = def.cpu(ins.inputs.map((s) => slots[s]![r]!), ins.attrs, ctx);
+          outs.forEach((o, k) => (per[k]![r] = o));
+        }
+        ins.outputs.forEach((s, k) => (slots[s] = per[k]));
+      }
+    } catch (e) {
+      if (e instanceof ShardtsError && ins.site && !e.site) {
+        const E = e.constructor as new (m: string, s?: string) => ShardtsError;
+        throw new E(e.message, ins.site);
+      }
+      throw e;
+    }
+    // free what nothing reads any more
+    const reads = ins.kind === "op" ? ins.inputs : [ins.input];
+    for (const s of reads) if (plan.lastUse[s] === i && !countsCache.has(s)) slots[s] = undefined;
+  });
+  return { outputs: plan.outputs.map((s) => assemble(plan, s, slots[s]!, counts)), locals: plan.outputs.map((s) => slots[s]!) };
+}
