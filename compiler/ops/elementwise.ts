@@ -6,7 +6,7 @@ import type { LocalTensor } from "../ir/local.ts";
 import { DTYPES, isFp8 } from "../ir/types.ts";
 import { DTypeError, ShardingError } from "../errors.ts";
 import { isPartial, isShard, shardDim } from "../ir/placement.ts";
-import { msgAgree, msgNonlinear, msgReduceFirst, msgTwoShards } from "../messages.ts";
+import { msgAgree, msgNeedsDType, msgNonlinear, msgReduceFirst, msgTwoShards } from "../messages.ts";
 import { defineOps, type OpDef, type ShardCtx } from "./registry.ts";
 import { noFp8, sameDType, unionDims } from "./rules.ts";
 import { alignStrides, forEachStrided, newOut, roundData } from "./cpu-util.ts";
@@ -107,7 +107,7 @@ const unaryDefs: OpDef[] = Object.entries(UNARY).map(([name, u]) => ({
   args: ["x"],
   shape: ([x]) => {
     noFp8(name, x!);
-    if (x!.dtype === "i32" && !u.int) throw new DTypeError(`${name}() does not take i32; it needs f32 or bf16`);
+    if (x!.dtype === "i32" && !u.int) throw new DTypeError(msgNeedsDType(name, "i32", "f32 or bf16"));
     return [{ dims: x!.dims, dtype: x!.dtype }];
   },
   shard: ([p], ctx) => [unaryRule(name, !!u.linear, p!, ctx.axis)],

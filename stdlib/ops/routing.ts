@@ -1,0 +1,88 @@
+// Index and routing ops: top-k, gather / embedding, scatter-add, stable sort by key into segments.
+// Types mirror compiler/ops/routing.ts.
+import type { MsgMissingDim, MsgNeedsDType } from "../../compiler/messages.ts";
+import type { AnyDTensor, DTensor } from "../dtensor.ts";
+import type { DimsOf, DTypeOf, ErrorsOf, Fail, KnownDims, Merge, OmitDims, Placed, PlacementsOf, Prettify } from "../types/core.ts";
+import type { GatherRule, ScatterRule, WholeDimRule } from "../types/rules.ts";
+import type { WholeDimErrors } from "./reduce.ts";
+import { trace } from "./trace.ts";
+
+type Or<A, B> = [A] extends [never] ? B : A;
+type Missing<Op extends string, D, K, Arg extends string> = KnownDims<D> extends true ? (K extends keyof D ? never : MsgMissingDim<Op, K & string, Arg>) : never;
+type NeedI32<Op extends string, X> = DTypeOf<X> extends "i32" ? never : MsgNeedsDType<Op, DTypeOf<X> & string, "i32">;
+type Replace<D, K, N extends string, S> = Prettify<OmitDims<D, K> & { [P in N]: S }>;
+
+type WholeRes<Op extends string, X, K> = { [Ax in keyof PlacementsOf<X> & string]: WholeDimRule<Op, Ax, PlacementsOf<X>[Ax], K> };
+
+/** The k largest entries along `dim` (which must be whole), as a new dim `kDim`: values and i32 indices. */
+export function topk<X extends AnyDTensor, const K extends string, const N extends number, const KD extends string>(
+  x: X & Fail<WholeDimErrors<"topk", X, K>>,
+  dim: K,
+  k: N,
+  kDim: KD,
+): { values: DTensor<Replace<DimsOf<X>, K, KD, N>, DTypeOf<X>, Placed<WholeRes<"topk", X, K>>>; indices: DTensor<Replace<DimsOf<X>, K, KD, N>, "i32", Placed<WholeRes<"topk", X, K>>> } {
+  const [values, indices] = trace("topk", [x], { dim, k, kDim });
+  return { values, indices } as never;
+}
+
+type GatherRes<X, I, K> = {
+  [Ax in keyof PlacementsOf<X> & string]: GatherRule<Ax, PlacementsOf<X>[Ax], PlacementsOf<I>[Ax & keyof PlacementsOf<I>], K, DimsOf<X>, DimsOf<I>>;
+};
+type GatherOut<X, I, K> = DTensor<Merge<DimsOf<I>, OmitDims<DimsOf<X>, K | keyof DimsOf<I>>>, DTypeOf<X>, Placed<GatherRes<X, I, K>>>;
+
+/**
+ * out[index dims..., rest...] = x[dim = index]. Dims x shares with index are batch dims. Index -1
+ * gives zeros (padding). x sharded over `dim` with a replicated index gives Partial<sum>: each rank
+ * looks up the rows it holds (vocab-parallel embedding).
+ */
+export function gather<X extends AnyDTensor, I extends AnyDTensor, const K extends string>(
+  x: X,
+  index: I & Fail<Or<Missing<"gather", DimsOf<X>, K, "x">, Or<NeedI32<"gather", I>, ErrorsOf<GatherRes<X, I, K>>>>>,
+  dim: K,
+): GatherOut<X, I, K> {
+  return trace("gather", [x, index], { dim })[0] as never;
+}
+
+/** Embedding lookup: rows of `table` (dims [vocab, ...]) for i32 `ids`. A vocab-sharded table gives Partial<sum>. */
+export function embedding<X extends AnyDTensor, I extends AnyDTensor, const K extends string>(
+  table: X,
+  ids: I & Fail<Or<Missing<"gather", DimsOf<X>, K, "x">, Or<NeedI32<"gather", I>, ErrorsOf<GatherRes<X, I, K>>>>>,
+  vocabDim: K,
+): GatherOut<X, I, K> {
+  return trace("gather", [table, ids], { dim: vocabDim })[0] as never;
+}
+
+type ScatterRes<S, I, K> = {
+  [Ax in keyof PlacementsOf<S> & string]: ScatterRule<Ax, PlacementsOf<S>[Ax], PlacementsOf<I>[Ax & keyof PlacementsOf<I>], K, DimsOf<I>>;
+};
+
+/**
+ * out[batch, to = index[batch, i], rest] += src[batch, i, rest]: rows of `src` along `dim` are added
+ * into a new dim `to` of `size`. Index -1 rows are skipped. Rows split across ranks give Partial<sum>.
+ */
+export function scatterAdd<S extends AnyDTensor, I extends AnyDTensor, const K extends string, const To extends string, const N extends number>(
+  src: S,
+  index: I & Fail<Or<Missing<"scatter_add", DimsOf<I>, K, "index">, Or<NeedI32<"scatter_add", I>, ErrorsOf<ScatterRes<S, I, K>>>>>,
+  dim: K,
+  to: { dim: To; size: N },
+): DTensor<Replace<DimsOf<S>, K, To, N>, DTypeOf<S>, Placed<ScatterRes<S, I, K>>> {
+  return trace("scatter_add", [src, index], { dim, to: to.dim, size: to.size })[0] as never;
+}
+
+/**
+ * Stable sort of i32 keys in [0, numGroups) along `dim` (whole on every rank): `perm` lists, for each
+ * sorted row, its position in `dim`; rows are grouped into segments of equal key whose lengths are
+ * `counts` (dim `groups`). The rows dim keeps the static size of `dim`; keys out of range are dropped
+ * and their rows hold -1 at the end.
+ */
+export function sortByKey<X extends AnyDTensor, const K extends string, const Rows extends string, const G extends string, const NG extends number>(
+  keys: X & Fail<Or<NeedI32<"sort_by_key", X>, Or<Missing<"sort_by_key", DimsOf<X>, K, "keys">, ErrorsOf<WholeRes<"sort_by_key", X, K>>>>>,
+  dim: K,
+  opts: { rows: Rows; groups: G; numGroups: NG },
+): {
+  perm: DTensor<Replace<DimsOf<X>, K, Rows, DimsOf<X>[K & keyof DimsOf<X>]>, "i32", Placed<WholeRes<"sort_by_key", X, K>>>;
+  counts: DTensor<Replace<DimsOf<X>, K, G, NG>, "i32", Placed<WholeRes<"sort_by_key", X, K>>>;
+} {
+  const [perm, counts] = trace("sort_by_key", [keys], { dim, rows: opts.rows, groups: opts.groups, numGroups: opts.numGroups });
+  return { perm, counts } as never;
+}
