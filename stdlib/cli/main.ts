@@ -1,0 +1,64 @@
+// The `shardts` command line: run, check, help.
+import { readFileSync } from "node:fs";
+import { ShardtsError, UsageError } from "../../compiler/errors.ts";
+import { parseArgs } from "./args.ts";
+import { runCommand, RUN_HELP } from "./run-command.ts";
+import { check } from "./check.ts";
+
+const HELP = `shardts: distributed tensors as a typed TypeScript DSL
+
+usage: shardts <command> [options]
+
+commands
+  run FILE.ts     compile and run a model on a (simulated) device mesh; see shardts run --help
+  check [FILES]   type-check model files and print sharding mistakes; see shardts check --help
+
+options
+  --help          this text
+  --version       the package version
+`;
+
+const CHECK_HELP = `usage: shardts check [FILES...] [--project tsconfig.json]
+
+Type-checks the files (default: examples/*.ts) with tsc and prints each sharding mistake as the
+shardts message, naming the mesh axis and the fix. Exits 1 when there are errors.
+`;
+
+export async function main(argv: string[], log: (s: string) => void = console.log, err: (s: string) => void = console.error): Promise<number> {
+  const [cmd, ...rest] = argv;
+  try {
+    if (cmd === undefined || cmd === "--help" || cmd === "-h" || cmd === "help") {
+      log(HELP);
+      return cmd === undefined ? 1 : 0;
+    }
+    if (cmd === "--version") {
+      log(JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")).version);
+      return 0;
+    }
+    if (cmd === "run") {
+      const a = parseArgs(rest, ["mesh", "backend", "dump"], ["no-verify", "help"]);
+      if (a.flags.help) return log(RUN_HELP), 0;
+      if (a.positionals.length !== 1) throw new UsageError(`shardts run takes one model file; got ${a.positionals.length}\n\n${RUN_HELP}`);
+      return await runCommand(a.positionals[0]!, {
+        mesh: a.flags.mesh as string | undefined,
+        backend: a.flags.backend as string | undefined,
+        dump: a.flags.dump as string | undefined,
+        verify: !a.flags["no-verify"],
+      }, log);
+    }
+    if (cmd === "check") {
+      const a = parseArgs(rest, ["project"], ["help"]);
+      if (a.flags.help) return log(CHECK_HELP), 0;
+      const res = await check(a.positionals, { project: a.flags.project as string | undefined });
+      log(res.output);
+      return res.errorCount > 0 ? 1 : 0;
+    }
+    throw new UsageError(`unknown command '${cmd}'\n\n${HELP}`);
+  } catch (e) {
+    if (e instanceof ShardtsError) {
+      err(`shardts: ${e.name}: ${e.message}`);
+      return 2;
+    }
+    throw e;
+  }
+}

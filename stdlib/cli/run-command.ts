@@ -1,0 +1,87 @@
+// `shardts run FILE.ts`: build the model on the requested mesh, compile, run, print the outputs and
+// a sharding summary, and check the result against the same model on one device.
+import { resolve } from "node:path";
+import { existsSync } from "node:fs";
+import { pathToFileURL } from "node:url";
+import type { Plan } from "../../compiler/plan.ts";
+import { STAGES, type Stage } from "../../compiler/pipeline.ts";
+import { fmtPlacements } from "../../compiler/ir/placement.ts";
+import { fmtStep } from "../../compiler/passes/redistribute-plan.ts";
+import { UsageError } from "../../compiler/errors.ts";
+import { parseMeshArg } from "../mesh.ts";
+import { buildOn, isModelDef, meshFor, singleDevice, type ModelDef } from "../model.ts";
+import { evaluate, resolveBackend, type Backend } from "../run.ts";
+import { maxRelDiff, type GlobalValue } from "../value.ts";
+import { MAX_CPU_RANKS } from "../mesh.ts";
+
+export const RUN_HELP = `usage: shardts run FILE.ts [--mesh dp=2,ep=2] [--backend auto|cpu] [--no-verify] [--dump STAGE]
+
+Builds the model that FILE.ts exports (export default defineModel(mesh, build)), compiles it for the
+mesh, runs it and prints each output with its placements and a summary of the collectives.
+
+  --mesh AXIS=N,...   mesh sizes (axis names must be the model's, in order); default: the model's
+  --backend B         auto (default: CPU until the CUDA backend lands) or cpu
+  --no-verify         skip the check against the same model on one device (every axis 1)
+  --dump STAGE        print an intermediate: ${STAGES.join(", ")}
+`;
+
+const TOLERANCE: Record<string, number> = { f32: 1e-4, bf16: 2e-2, i32: 0, fp8e4m3: 0.13, fp8e5m2: 0.26 };
+
+async function loadModel(file: string): Promise<ModelDef> {
+  const path = resolve(file);
+  if (!existsSync(path)) throw new UsageError(`shardts run: no such file: ${file}`);
+  const mod = (await import(pathToFileURL(path).href)) as { default?: unknown };
+  if (!isModelDef(mod.default)) throw new UsageError(`${file} must export default defineModel({ axis: size, ... }, (mesh) => ({ name: tensor, ... }))`);
+  return mod.default;
+}
+
+export function summarizePlan(plan: Plan): string[] {
+  const ops = plan.instrs.filter((i) => i.kind === "op").length;
+  const comm = new Map<string, number>();
+  for (const i of plan.instrs) if (i.kind === "comm") {
+    const k = fmtStep(i.step, plan.mesh).replace(/\(.*\)$/, "");
+    comm.set(k, (comm.get(k) ?? 0) + 1);
+  }
+  const list = [...comm].map(([k, n]) => `${k} ×${n}`).join(", ");
+  return [`  ${ops} ops, ${[...comm.values()].reduce((a, b) => a + b, 0)} collective steps${list ? `: ${list}` : ""}`];
+}
+
+export async function runCommand(file: string, opts: { mesh?: string; backend?: string; verify: boolean; dump?: string }, log: (s: string) => void): Promise<number> {
+  const backend = resolveBackend((opts.backend ?? "auto") as Backend);
+  if (opts.dump !== undefined && !STAGES.includes(opts.dump as Stage)) throw new UsageError(`--dump takes one of ${STAGES.join(", ")}; got '${opts.dump}'`);
+  const def = await loadModel(file);
+  const sizes = meshFor(def, opts.mesh ? parseMeshArg(opts.mesh) : undefined);
+  const ranks = Object.values(sizes).reduce((a, b) => a * b, 1);
+  if (ranks > MAX_CPU_RANKS) throw new UsageError(`the CPU backend simulates at most ${MAX_CPU_RANKS} ranks; --mesh asks for ${ranks}`);
+  const meshText = Object.entries(sizes).map(([a, n]) => `${a}=${n}`).join(", ");
+  log(`shardts run ${file}  mesh (${meshText})  backend ${backend}${def.description ? `\n  ${def.description}` : ""}`);
+
+  const t0 = performance.now();
+  const { outputs } = buildOn(def, sizes);
+  let plan: Plan | undefined;
+  const names = Object.keys(outputs);
+  const values = await evaluate(names.map((n) => outputs[n]!), {
+    backend: opts.backend as Backend,
+    onPlan: (p) => (plan = p),
+    dump: (stage, text) => stage === opts.dump && log(`--- ${stage} ---\n${text}`),
+  });
+  const ms = performance.now() - t0;
+  log("outputs");
+  names.forEach((n, i) => log(`  ${n}  ${fmtPlacements(outputs[n]!.type.placements)}  ${values[i]!.toString()}`));
+  log(`sharding summary (${ranks} ranks, ${ms.toFixed(0)} ms)`);
+  for (const l of summarizePlan(plan!)) log(l);
+
+  if (!opts.verify) return 0;
+  const ref = buildOn(def, singleDevice(def));
+  const refValues = await evaluate(names.map((n) => ref.outputs[n]!), { backend: opts.backend as Backend });
+  let ok = true;
+  log("check against the unsharded run (every axis 1)");
+  names.forEach((n, i) => {
+    const d = maxRelDiff(values[i]!, refValues[i]! as GlobalValue);
+    const tol = TOLERANCE[values[i]!.dtype] ?? 0;
+    const pass = d <= tol;
+    ok &&= pass;
+    log(`  ${n}  max rel diff ${d === 0 ? "0" : d.toExponential(2)}  ${pass ? "ok" : `FAIL (tolerance ${tol})`}`);
+  });
+  return ok ? 0 : 1;
+}
