@@ -1,0 +1,17 @@
+import { Mesh, Shard, Partial, randn, zeros, iota, cast, concat, flatten, split, unflatten, mean, topk, sortByKey, where, scatterAdd, sum, rename } from "../../../stdlib/index.ts";
+const mesh = Mesh.of({ dp: 2, tp: 2 });
+const x = randn(mesh, { batch: 8, model: 16 }, "f32", { tp: Shard("batch") });
+export const c1 = concat([x, x], "batch");
+const p = sum(randn(mesh, { a: 2, b: 3, c: 4 }, "f32", { tp: Shard("a") }), "a");
+export const f1 = flatten(p, ["b", "c"], "bc");
+export const s1 = split(p, "b", [1, 2]);
+export const u1 = unflatten(p, "c", { c1: 2, c2: 2 });
+const i = iota(mesh, { n: 8 }, "i32", "n");
+export const m1 = mean(i, "n");
+export const t1 = topk(i, "n", 2, "k");
+export const t2 = topk(cast(x, "fp8e4m3"), "model", 2, "k");
+export const sk = sortByKey(i, "m", { rows: "r", groups: "g", numGroups: 2 });
+export const w1 = where(cast(x, "fp8e4m3"), x, x);
+export const sa = scatterAdd(cast(randn(mesh, { n: 8, d: 2 }, "f32"), "fp8e4m3"), zeros(mesh, { n: 8 }, "i32"), "n", { dim: "m", size: 4 });
+export const rn = rename(x, "batch", "model");
+export const c2 = concat([x, randn(mesh, { batch: 8, model: 16 }, "f32")], "model");

@@ -1,0 +1,61 @@
+// The CLI end to end (in-process): both examples run on their meshes and on uneven ones and match
+// the single-device run; bad input gives a usage error and exit code 2.
+import { describe, expect, it } from "vitest";
+import { main } from "../../stdlib/cli/main.ts";
+
+async function cli(...argv: string[]) {
+  const out: string[] = [], err: string[] = [];
+  const code = await main(argv, (s) => out.push(s), (s) => err.push(s));
+  return { code, out: out.join("\n"), err: err.join("\n") };
+}
+
+describe("shardts run", () => {
+  for (const [file, meshes] of [
+    ["examples/moe-layer.ts", [undefined, "dp=1,ep=4", "dp=3,ep=5"]],
+    ["examples/tp-mlp.ts", [undefined, "dp=3,tp=5"]],
+  ] as const) {
+    for (const mesh of meshes) {
+      it(`${file} on ${mesh ?? "its own mesh"} matches one device`, async () => {
+        const r = await cli("run", file, ...(mesh ? ["--mesh", mesh] : []));
+        expect(r.err).toBe("");
+        expect(r.code).toBe(0);
+        expect(r.out).toMatch(/check against the unsharded run/);
+        expect(r.out).not.toMatch(/FAIL/);
+      });
+    }
+  }
+
+  it("moe-layer dispatches and combines with all-to-all over ep", async () => {
+    const r = await cli("run", "examples/moe-layer.ts");
+    expect(r.out).toMatch(/all_to_all\[ep\] ×3/);
+  });
+
+  it("tp-mlp reduces its Partial with one all-reduce over tp", async () => {
+    const r = await cli("run", "examples/tp-mlp.ts", "--dump", "partition");
+    expect(r.out).toMatch(/all_reduce\[tp\] ×1/);
+    expect(r.out).toMatch(/--- partition ---/);
+  });
+
+  it("rejects a mesh with other axis names, a missing file, unknown options and too many ranks", async () => {
+    expect((await cli("run", "examples/tp-mlp.ts", "--mesh", "x=2")).err).toMatch(/must name the model's axes in order \(dp, tp\)/);
+    expect((await cli("run", "nope.ts")).err).toMatch(/no such file: nope.ts/);
+    expect((await cli("run", "examples/tp-mlp.ts", "--frobnicate")).code).toBe(2);
+    expect((await cli("run", "examples/tp-mlp.ts", "--mesh", "dp=5,tp=5")).err).toMatch(/at most 16 ranks/);
+    expect((await cli("run", "examples/tp-mlp.ts", "--backend", "cuda")).err).toMatch(/CUDA backend is not built yet/);
+    expect((await cli("run", "examples/tp-mlp.ts", "--mesh", "dp=two")).err).toMatch(/axis=size pairs/);
+  });
+
+  it("prints help", async () => {
+    expect((await cli("run", "--help")).out).toMatch(/usage: shardts run FILE.ts/);
+    expect((await cli("--help")).out).toMatch(/commands/);
+    expect((await cli("check", "--help")).out).toMatch(/usage: shardts check/);
+  });
+});
+
+describe("shardts check", () => {
+  it("passes the examples", async () => {
+    const r = await cli("check", "examples/moe-layer.ts", "examples/tp-mlp.ts");
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/2 files, 0 errors/);
+  });
+});
