@@ -12,5 +12,7 @@ export { redistribute } from "./ops/redistribute.ts";
 export { evaluate, read, type Backend, type EvaluateOptions } from "./run.ts";
 export { GlobalValue, maxRelDiff } from "./value.ts";
 export { defineModel, type ModelDef } from "./model.ts";
+export { grad, valueAndGrad } from "./autodiff.ts";
+export { input, Program, type Pieces } from "./program.ts";
 export type { Dims, DType, Placement, PlacementMap } from "./types/core.ts";
 export { ShardingError, ShapeError, DTypeError, CompileError, UsageError } from "../compiler/errors.ts";

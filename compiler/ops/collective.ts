@@ -2,7 +2,7 @@
 // partition pass replaces it with the steps of the redistribute planner; backends run those steps.
 import type { Placement } from "../ir/types.ts";
 import { CompileError, ShardingError } from "../errors.ts";
-import { isPlacement, shardDim } from "../ir/placement.ts";
+import { isPartial, isPlacement, shardDim } from "../ir/placement.ts";
 import { msgShardNoDim } from "../messages.ts";
 import { defineOps } from "./registry.ts";
 
@@ -22,5 +22,8 @@ defineOps([
     cpu: () => {
       throw new CompileError("redistribute reached a backend unpartitioned; run the partition pass first");
     },
+    // the global value is unchanged: the gradient moves back to the input's layout (a Partial
+    // input's pieces each receive the whole gradient, so its gradient is replicated there)
+    grad: ({ b, gy, inTypes }) => [b.fit(gy[0]!, inTypes[0]!.placements.map((p) => (isPartial(p) ? "R" : p)))],
   },
 ]);

@@ -113,6 +113,15 @@ const dot: OpDef = {
     const orderedType = { ...outType, dims: order.map((nm) => outType.dims.find((d) => d.name === nm)!) };
     return [permuteTo(C, orderedType, outType.dims.map((d) => d.name))];
   },
+  // ga = gy . b over b's free dims; gb = a . gy over a's free dims (batch dims stay batch dims)
+  grad: ({ b, x, gy, attrs, inTypes }) => {
+    const [ta, tb] = inTypes as [TensorType, TensorType];
+    if (isFp8(ta.dtype) || isFp8(tb.dtype)) return [null, null];
+    const dd = dotDims(ta, tb, contractAttr(attrs));
+    const ga = b.op("dot", [gy[0]!, x[1]!], { contract: dd.freeB });
+    const gb = b.op("dot", [x[0]!, gy[0]!], { contract: dd.freeA });
+    return [ga, gb];
+  },
 };
 
 // ---- segment_dot ----------------------------------------------------------------------------
@@ -202,6 +211,84 @@ const segmentDot: OpDef = {
     const orderedType = { ...outType, dims: order.map((nm) => outType.dims.find((d) => d.name === nm)!) };
     return [permuteTo(Y, orderedType, outType.dims.map((d) => d.name))];
   },
+  // gx: the same grouped contraction against w's output dim; gw: the per-segment outer products
+  grad: ({ b, x, gy, attrs, inTypes }) => {
+    const [tx, tw, tc] = inTypes as [TensorType, TensorType, TensorType];
+    const sd = segDims(tx, tw, tc, attrs);
+    if (sd.n.length !== 1) throw new ShapeError(`segment_dot()'s gradient needs w to have exactly one output dim besides '${sd.k}' and '${sd.groups}'`);
+    const gx = b.op("segment_dot", [gy[0]!, x[1]!, x[2]!], { contract: sd.n[0]! });
+    const gw = b.op("segment_wgrad", [x[0]!, gy[0]!, x[2]!], { k: sd.k, n: sd.n[0]! });
+    return [gx, gw, null];
+  },
 };
 
-defineOps([dot, segmentDot]);
+/**
+ * The weight gradient of segment_dot: out[g, k, n] = sum over the rows r of segment g (every batch
+ * index) of x[r, k] * gy[r, n].
+ */
+const segmentWgrad: OpDef = {
+  name: "segment_wgrad",
+  family: "contraction",
+  args: ["x", "gy", "counts"],
+  shape: ([x, gy, c], attrs) => {
+    const rows = x!.dims.find((d) => d.segmented);
+    if (!rows) throw new ShapeError("segment_wgrad() needs x to have a segmented rows dim");
+    const k = String(attrs.k), n = String(attrs.n), groups = rows.segmented!.groups;
+    needDim("segment_wgrad", x!, k, "x");
+    needDim("segment_wgrad", gy!, n, "gy");
+    checkSizes("segment_wgrad", x!.dims, gy!.dims);
+    if (c!.dtype !== "i32") throw new ShapeError("segment_wgrad() counts must be i32");
+    return [{ dims: [{ name: groups, size: rows.segmented!.numGroups }, findDim(x!, k)!, findDim(gy!, n)!], dtype: contractDType("segment_wgrad", x!, gy!, attrs) }];
+  },
+  shard: ([px, pg, pc], ctx) => {
+    const x = ctx.inputs[0]!, rows = x.dims.find((d) => d.segmented)!, groups = rows.segmented!.groups;
+    const k = String(ctx.attrs.k), n = String(ctx.attrs.n);
+    if (px === "R" && pg === "R" && pc === "R") return ["R"];
+    if (((px === "P(sum)" && pg === "R") || (px === "R" && pg === "P(sum)")) && pc === "R") return ["P(sum)"];
+    if (px === `S(${rows.name})` && pg === px && (pc === `S(${groups})` || pc === "R")) return [`S(${groups})`];
+    const dx = shardDim(px!);
+    if (dx !== undefined && px === pg && pc === px && dx !== k && dx !== n) return ["P(sum)"]; // a batch dim
+    if (px === `S(${k})` && pg === "R" && pc === "R") return [px];
+    if (pg === `S(${n})` && px === "R" && pc === "R") return [pg];
+    throw new ShardingError(msgTwoShards("segment_wgrad", ctx.axis, px!, pg!));
+  },
+  cpu: ([x, gy, c], attrs, ctx) => {
+    const [tx, tg, tc] = ctx.inTypes as [TensorType, TensorType, TensorType];
+    const rows = tx.dims.find((d) => d.segmented)!, groups = rows.segmented!.groups;
+    const k = String(attrs.k), n = String(attrs.n);
+    const batch = tc.dims.map((d) => d.name).filter((nm) => nm !== groups);
+    const X = permuteTo(x!, tx, [...batch, rows.name, k]);
+    const Gy = permuteTo(gy!, tg, [...batch, rows.name, n]);
+    const C = permuteTo(c!, tc, [...batch, groups]);
+    const bt = sizeOf(x!, tx, batch), R = sizeOf(x!, tx, [rows.name]), K = sizeOf(x!, tx, [k]), N = sizeOf(gy!, tg, [n]);
+    const gC = sizeOf(c!, tc, [groups]);
+    const outBox = ctx.outBoxes[0]!, gOut = ctx.outShapes[0]![0]!;
+    const cOff = ctx.inBoxes[2]!.offset[tc.dims.findIndex((d) => d.name === groups)]!;
+    const packed = ctx.inBoxes[0]!.seg[tx.dims.indexOf(rows)] !== null;
+    const acc = new Float64Array(gOut * K * N);
+    for (let t = 0; t < bt; t++) {
+      let row = 0;
+      // unpacked rows start with the segments of groups before the output's first group
+      if (!packed) for (let g = 0; g < outBox.offset[0]! - cOff; g++) row += C.data[t * gC + g]!;
+      for (let g = 0; g < gOut; g++) {
+        const cnt = C.data[t * gC + (outBox.offset[0]! - cOff) + g]!;
+        for (let r = row; r < Math.min(row + cnt, R); r++) {
+          const xo = (t * R + r) * K, go = (t * R + r) * N;
+          for (let p = 0; p < K; p++) {
+            const xv = X.data[xo + p]!;
+            if (xv === 0) continue;
+            const ao = (g * K + p) * N;
+            for (let q = 0; q < N; q++) acc[ao + q]! += xv * Gy.data[go + q]!;
+          }
+        }
+        row += cnt;
+      }
+    }
+    const out = newOut(ctx.outTypes[0]!.dtype, ctx.outShapes[0]!);
+    for (let i = 0; i < acc.length; i++) out.data[i] = acc[i]!;
+    roundData(out.dtype, out.data);
+    return [out];
+  },
+};
+
+defineOps([dot, segmentDot, segmentWgrad]);

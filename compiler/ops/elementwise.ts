@@ -11,6 +11,8 @@ import { defineOps, type OpDef, type ShardCtx } from "./registry.ts";
 import { noFp8, sameDType, unionDims } from "./rules.ts";
 import { alignStrides, forEachStrided, newOut, roundData } from "./cpu-util.ts";
 import { erf } from "../numeric/special.ts";
+import type { GradCtx, GradOps } from "../autodiff/types.ts";
+import type { ValueRef } from "../ir/types.ts";
 
 /** How an op treats a Partial<sum> input: add-like (sum of partials), mul-like (linear in one arg), div (linear in a). */
 export type Linearity = "add" | "mul" | "div";
@@ -57,30 +59,53 @@ type F1 = (x: number) => number;
 type F2 = (a: number, b: number) => number;
 
 const sigmoid: F1 = (x) => 1 / (1 + Math.exp(-x));
-const UNARY: Record<string, { f: F1; linear?: boolean; int?: F1 }> = {
-  abs: { f: Math.abs, int: Math.abs },
-  exp: { f: Math.exp },
-  gelu: { f: (x) => 0.5 * x * (1 + erf(x / Math.SQRT2)) },
-  log: { f: Math.log },
-  neg: { f: (x) => -x, linear: true, int: (x) => -x },
-  relu: { f: (x) => (x > 0 ? x : 0), int: (x) => (x > 0 ? x : 0) },
-  rsqrt: { f: (x) => 1 / Math.sqrt(x) },
-  sigmoid: { f: sigmoid },
-  silu: { f: (x) => x * sigmoid(x) },
-  sqrt: { f: Math.sqrt },
+const SQRT_2PI = Math.sqrt(2 * Math.PI);
+type G1 = (b: GradOps, x: ValueRef, y: ValueRef, gy: ValueRef) => ValueRef;
+const UNARY: Record<string, { f: F1; linear?: boolean; int?: F1; grad?: G1 }> = {
+  abs: { f: Math.abs, int: Math.abs, grad: (b, x, _y, g) => b.mul(g, b.op("sign", [x])) },
+  exp: { f: Math.exp, grad: (b, _x, y, g) => b.mul(g, y) },
+  gelu: { f: (x) => 0.5 * x * (1 + erf(x / Math.SQRT2)), grad: (b, x, _y, g) => b.mul(g, b.op("gelu_deriv", [x])) },
+  // d/dx gelu(x) = Phi(x) + x phi(x): used by gelu's gradient rule
+  gelu_deriv: { f: (x) => 0.5 * (1 + erf(x / Math.SQRT2)) + (x * Math.exp(-0.5 * x * x)) / SQRT_2PI },
+  log: { f: Math.log, grad: (b, x, _y, g) => b.div(g, x) },
+  neg: { f: (x) => -x, linear: true, int: (x) => -x, grad: (b, _x, _y, g) => b.op("neg", [g]) },
+  relu: { f: (x) => (x > 0 ? x : 0), int: (x) => (x > 0 ? x : 0), grad: (b, x, _y, g) => b.mul(g, b.op("gt", [x, b.scalar(0, b.type(x).dtype)])) },
+  rsqrt: { f: (x) => 1 / Math.sqrt(x), grad: (b, _x, y, g) => b.mul(g, b.mul(b.scalar(-0.5, b.type(y).dtype), b.mul(y, b.mul(y, y)))) },
+  sigmoid: { f: sigmoid, grad: (b, _x, y, g) => b.mul(g, b.mul(y, b.sub(b.scalar(1, b.type(y).dtype), y))) },
+  sign: { f: (x) => (x > 0 ? 1 : x < 0 ? -1 : 0), int: (x) => (x > 0 ? 1 : x < 0 ? -1 : 0) },
+  silu: {
+    f: (x) => x * sigmoid(x),
+    // silu'(x) = s (1 + x (1 - s)), s = sigmoid(x)
+    grad: (b, x, _y, g) => {
+      const s = b.op("sigmoid", [x]), one = b.scalar(1, b.type(x).dtype);
+      return b.mul(g, b.mul(s, b.add(one, b.mul(x, b.sub(one, s)))));
+    },
+  },
+  sqrt: { f: Math.sqrt, grad: (b, _x, y, g) => b.div(b.mul(g, b.scalar(0.5, b.type(y).dtype)), y) },
 };
 
-const BINARY: Record<string, { f: F2; lin: Linearity; int: F2 }> = {
-  add: { f: (a, b) => a + b, lin: "add", int: (a, b) => (a + b) | 0 },
+type G2 = (b: GradOps, a: ValueRef, bb: ValueRef, y: ValueRef, gy: ValueRef) => [ValueRef | null, ValueRef | null];
+const BINARY: Record<string, { f: F2; lin: Linearity; int: F2; grad?: G2 }> = {
+  add: { f: (a, b) => a + b, lin: "add", int: (a, b) => (a + b) | 0, grad: (o, _a, _b, _y, g) => [g, g] },
+  // comparisons give 1 or 0 in the operands' dtype (masks for where() and gradients)
+  eq: { f: (a, b) => (a === b ? 1 : 0), lin: "add", int: (a, b) => (a === b ? 1 : 0) },
+  ge: { f: (a, b) => (a >= b ? 1 : 0), lin: "add", int: (a, b) => (a >= b ? 1 : 0) },
+  gt: { f: (a, b) => (a > b ? 1 : 0), lin: "add", int: (a, b) => (a > b ? 1 : 0) },
   // integer division truncates toward zero; division by zero gives 0 (as a guard, not a value to rely on)
-  div: { f: (a, b) => a / b, lin: "div", int: (a, b) => (b === 0 ? 0 : Math.trunc(a / b) | 0) },
-  maximum: { f: (a, b) => (a !== a || b !== b ? NaN : Math.max(a, b)), lin: "add", int: Math.max },
-  minimum: { f: (a, b) => (a !== a || b !== b ? NaN : Math.min(a, b)), lin: "add", int: Math.min },
-  mul: { f: (a, b) => a * b, lin: "mul", int: (a, b) => Math.imul(a, b) },
-  sub: { f: (a, b) => a - b, lin: "add", int: (a, b) => (a - b) | 0 },
+  div: { f: (a, b) => a / b, lin: "div", int: (a, b) => (b === 0 ? 0 : Math.trunc(a / b) | 0), grad: (o, _a, b, y, g) => [o.div(g, b), o.op("neg", [o.div(o.mul(g, y), b)])] },
+  maximum: { f: (a, b) => (a !== a || b !== b ? NaN : Math.max(a, b)), lin: "add", int: Math.max, grad: (o, a, b, _y, g) => pick(o, o.op("ge", [a, b]), g) },
+  minimum: { f: (a, b) => (a !== a || b !== b ? NaN : Math.min(a, b)), lin: "add", int: Math.min, grad: (o, a, b, _y, g) => pick(o, o.op("ge", [b, a]), g) },
+  mul: { f: (a, b) => a * b, lin: "mul", int: (a, b) => Math.imul(a, b), grad: (o, a, b, _y, g) => [o.mul(g, b), o.mul(g, a)] },
+  sub: { f: (a, b) => a - b, lin: "add", int: (a, b) => (a - b) | 0, grad: (o, _a, _b, _y, g) => [g, o.op("neg", [g])] },
 };
+/** Routes g to a where mask is 1, to b elsewhere. */
+function pick(o: GradOps, mask: ValueRef, g: ValueRef): [ValueRef, ValueRef] {
+  const t = o.type(g);
+  return [o.mul(g, mask), o.mul(g, o.sub(o.scalar(1, t.dtype), mask))];
+}
+
 // maximum/minimum of two Partial<sum> is not the partial of anything: give them their own linearity
-const NONLINEAR_BINARY = new Set(["maximum", "minimum"]);
+const NONLINEAR_BINARY = new Set(["eq", "ge", "gt", "maximum", "minimum"]);
 
 function mapN(inputs: LocalTensor[], inTypes: TensorType[], outType: TensorType, outShape: number[], f: (...v: number[]) => number): LocalTensor {
   const out = newOut(outType.dtype, outShape);
@@ -112,6 +137,7 @@ const unaryDefs: OpDef[] = Object.entries(UNARY).map(([name, u]) => ({
   },
   shard: ([p], ctx) => [unaryRule(name, !!u.linear, p!, ctx.axis)],
   cpu: ([x], _a, ctx) => [mapN([x!], ctx.inTypes, ctx.outTypes[0]!, ctx.outShapes[0]!, x!.dtype === "i32" ? u.int! : u.f)],
+  ...(u.grad ? { grad: (c: GradCtx) => [u.grad!(c.b, c.x[0]!, c.y[0]!, c.gy[0]!)] } : {}),
 }));
 
 const binaryDefs: OpDef[] = Object.entries(BINARY).map(([name, b]) => ({
@@ -129,6 +155,8 @@ const binaryDefs: OpDef[] = Object.entries(BINARY).map(([name, b]) => ({
     return [binaryRule(name, b.lin, pa!, pb!, ctx.inputs[0]!, ctx.inputs[1]!, ctx.axis)];
   },
   cpu: (xs, _a, ctx) => [mapN(xs, ctx.inTypes, ctx.outTypes[0]!, ctx.outShapes[0]!, xs[0]!.dtype === "i32" ? b.int : b.f)],
+  // gradients of broadcast operands are summed back over the dims they lack
+  ...(b.grad ? { grad: (c: GradCtx) => b.grad!(c.b, c.x[0]!, c.x[1]!, c.y[0]!, c.gy[0]!).map((g, i) => (g ? c.b.sumTo(g, c.inTypes[i]!) : null)) } : {}),
 }));
 
 const where: OpDef = {
@@ -151,6 +179,10 @@ const where: OpDef = {
     return [binaryRule("where", "add", ab, pc!, cab, ctx.inputs[0]!, ctx.axis)];
   },
   cpu: (xs, _a, ctx) => [mapN(xs, ctx.inTypes, ctx.outTypes[0]!, ctx.outShapes[0]!, (c, a, b) => (c !== 0 ? a! : b!))],
+  grad: ({ b, x, gy, inTypes }) => {
+    const zero = b.scalar(0, b.type(gy[0]!).dtype);
+    return [null, b.sumTo(b.op("where", [x[0]!, gy[0]!, zero]), inTypes[1]!), b.sumTo(b.op("where", [x[0]!, zero, gy[0]!]), inTypes[2]!)];
+  },
 };
 
 const cast: OpDef = {
@@ -176,6 +208,8 @@ const cast: OpDef = {
     }
     return [out];
   },
+  // straight through: the gradient is cast back to the input's dtype
+  grad: ({ b, gy, inTypes, outTypes }) => [inTypes[0]!.dtype === "i32" || outTypes[0]!.dtype === "i32" ? null : b.op("cast", [gy[0]!], { dtype: inTypes[0]!.dtype })],
 };
 
 export const isLinearUnary = (op: string) => !!UNARY[op]?.linear;

@@ -4,7 +4,7 @@
 import type { Attrs, Dim, DType, Placement, TensorType } from "../ir/types.ts";
 import type { Box, LocalData, LocalTensor } from "../ir/local.ts";
 import { DTYPES, numel } from "../ir/types.ts";
-import { DTypeError, ShapeError, ShardingError } from "../errors.ts";
+import { DTypeError, ShapeError, ShardingError, UsageError } from "../errors.ts";
 import { isPlacement, shardDim } from "../ir/placement.ts";
 import { msgShardNoDim } from "../messages.ts";
 import { defineOps, type OpDef, type CpuCtx } from "./registry.ts";
@@ -130,5 +130,16 @@ const iota = def(
   },
 );
 
-export const FACTORY_OPS = ["constant", "from_local", "random", "full", "iota"];
-defineOps([constant, fromLocal, full, iota, random]);
+/** A value supplied at run time (parameters, optimizer state, a batch), one piece per rank. */
+const input = def("input", (_i, attrs, ctx) => {
+  const name = String(attrs.name);
+  const piece = ctx.feeds?.get(name)?.[ctx.rank];
+  if (!piece) throw new UsageError(`no value was fed for input '${name}'`);
+  const want = ctx.outShapes[0]!;
+  if (piece.dtype !== ctx.outTypes[0]!.dtype || piece.shape.join() !== want.join())
+    throw new ShapeError(`input '${name}' on rank ${ctx.rank} must be ${ctx.outTypes[0]!.dtype}[${want.join(", ")}], got ${piece.dtype}[${piece.shape.join(", ")}]`);
+  return [piece];
+});
+
+export const FACTORY_OPS = ["constant", "from_local", "random", "full", "iota", "input"];
+defineOps([constant, fromLocal, full, input, iota, random]);

@@ -6,8 +6,8 @@ import { ShapeError, ShardingError } from "../errors.ts";
 import { shardDim } from "../ir/placement.ts";
 import { msgAgree, msgWholeDim } from "../messages.ts";
 import { defineOps, type OpDef, type ShardCtx } from "./registry.ts";
-import { attrInt, attrStr, checkSizes, needDim, needNewDim } from "./rules.ts";
-import { newOut } from "./cpu-util.ts";
+import { attrInt, attrStr, checkSizes, findDim, needDim, needNewDim } from "./rules.ts";
+import { newOut, permuteTo } from "./cpu-util.ts";
 import { numel } from "../ir/types.ts";
 
 const strList = (v: unknown, what: string): string[] => {
@@ -41,6 +41,7 @@ const rename: OpDef = {
   },
   shard: ([p], ctx) => [shardDim(p!) === ctx.attrs.from ? `S(${String(ctx.attrs.to)})` : p!],
   cpu: ([x]) => [x!],
+  grad: ({ b, gy, attrs }) => [b.op("rename", [gy[0]!], { from: String(attrs.to), to: String(attrs.from) })],
 };
 
 const flatten: OpDef = {
@@ -50,16 +51,22 @@ const flatten: OpDef = {
   shape: ([x], attrs) => {
     const dims = strList(attrs.dims, "flatten dims"), to = attrStr(attrs.to, "flatten target");
     const ds = dims.map((d) => needDim("flatten", x!, d));
-    const names = x!.dims.map((d) => d.name);
-    const first = names.indexOf(dims[0]!);
-    if (!dims.every((d, i) => names.indexOf(d) === first + i))
-      throw new ShapeError(`flatten() dims [${dims.join(", ")}] must be adjacent and in order in [${names.join(", ")}]`);
+    if (new Set(dims).size !== dims.length) throw new ShapeError(`flatten() names a dim twice: [${dims.join(", ")}]`);
     if (!dims.includes(to)) needNewDim("flatten", x!, to);
+    // the merged dim (row-major over `dims` in the order given) takes the place of the first one
     const merged: Dim = { name: to, size: numel(ds.map((d) => d.size)) };
-    return [{ dims: [...x!.dims.slice(0, first), merged, ...x!.dims.slice(first + dims.length)], dtype: x!.dtype }];
+    return [{ dims: x!.dims.filter((d) => d.name === dims[0] || !dims.includes(d.name)).map((d) => (d.name === dims[0] ? merged : d)), dtype: x!.dtype }];
   },
   shard: passThrough("flatten", (ctx) => strList(ctx.attrs.dims, "dims")),
-  cpu: ([x], _a, ctx) => [{ ...x!, shape: ctx.outShapes[0]! }],
+  cpu: ([x], attrs, ctx) => {
+    const t = ctx.inTypes[0]!, dims = attrs.dims as string[];
+    const order = t.dims.flatMap((d) => (d.name === dims[0] ? dims : dims.includes(d.name) ? [] : [d.name]));
+    return [{ ...permuteTo(x!, t, order), shape: ctx.outShapes[0]! }];
+  },
+  grad: ({ b, gy, attrs, inTypes }) => {
+    const dims = attrs.dims as string[], t = inTypes[0]!;
+    return [b.op("unflatten", [gy[0]!], { dim: String(attrs.to), into: Object.fromEntries(dims.map((n) => [n, findDim(t, n)!.size])) })];
+  },
 };
 
 const unflatten: OpDef = {
@@ -79,6 +86,7 @@ const unflatten: OpDef = {
   },
   shard: passThrough("unflatten", (ctx) => [String(ctx.attrs.dim)]),
   cpu: ([x], _a, ctx) => [{ ...x!, shape: ctx.outShapes[0]! }],
+  grad: ({ b, gy, attrs }) => [b.op("flatten", [gy[0]!], { dims: Object.keys(attrs.into as object), to: String(attrs.dim) })],
 };
 
 /** Splits the local tensor's `dim` into consecutive parts (or joins parts back), via a [outer, dim, inner] view. */
@@ -119,6 +127,10 @@ const concat: OpDef = {
     });
     return [out];
   },
+  grad: ({ b, gy, attrs, inTypes }) => {
+    const dim = String(attrs.dim);
+    return b.ops("split", [gy[0]!], { dim, sizes: inTypes.map((t) => findDim(t, dim)!.size) });
+  },
 };
 
 const split: OpDef = {
@@ -146,6 +158,31 @@ const split: OpDef = {
       return out;
     });
   },
+  // parts without a gradient contribute zeros
+  grad: ({ b, gy, outTypes, attrs }) => [
+    b.op("concat", gy.map((g, k) => g ?? b.op("full", [], { dims: outTypes[k]!.dims.map((d) => [d.name, d.size]), dtype: outTypes[k]!.dtype, placements: outTypes[k]!.placements, value: 0 })), { dim: String(attrs.dim) }),
+  ],
 };
 
-defineOps([concat, flatten, rename, split, unflatten]);
+/** Broadcasts x over new dims (appended, replicated on every axis): the transpose of a sum. */
+const expand: OpDef = {
+  name: "expand",
+  family: "movement",
+  args: ["x"],
+  shape: ([x], attrs) => {
+    const add = attrs.dims as [string, number][];
+    if (!Array.isArray(add)) throw new ShapeError(`expand() needs attrs.dims as [name, size] pairs`);
+    for (const [n] of add) needNewDim("expand", x!, n);
+    return [{ dims: [...x!.dims, ...add.map(([name, size]) => ({ name, size: attrInt(size, name) }))], dtype: x!.dtype }];
+  },
+  shard: ([p]) => [p!],
+  cpu: ([x], _a, ctx) => {
+    const out = newOut(x!.dtype, ctx.outShapes[0]!);
+    const rep = x!.data.length ? out.data.length / x!.data.length : 0;
+    for (let i = 0; i < x!.data.length; i++) out.data.fill(x!.data[i]!, i * rep, (i + 1) * rep);
+    return [out];
+  },
+  grad: ({ b, gy, attrs }) => [b.op("sum", [gy[0]!], { dims: (attrs.dims as [string, number][]).map(([n]) => n) })],
+};
+
+defineOps([concat, expand, flatten, rename, split, unflatten]);

@@ -9,6 +9,7 @@ import { msgNonlinear, msgWholeDim } from "../messages.ts";
 import { defineOps, type OpDef, type ShardCtx } from "./registry.ts";
 import { findDim, needDim, needFloat, noFp8, wholeDimRule } from "./rules.ts";
 import { newOut, permuteTo, roundData } from "./cpu-util.ts";
+import type { GradRule } from "../autodiff/types.ts";
 
 export const dimsAttr = (attrs: Attrs): string[] => {
   const d = attrs.dims;
@@ -71,9 +72,23 @@ const reductions: OpDef[] = (Object.keys(REDUCERS) as (keyof typeof REDUCERS)[])
     roundData(out.dtype, out.data);
     return [out];
   },
+  grad: ({ b, x, y, gy, inTypes, attrs }) => {
+    const t = inTypes[0]!;
+    if (t.dtype === "i32") return [null];
+    const g = b.expandTo(gy[0]!, t);
+    if (name === "sum") return [g];
+    if (name === "mean") {
+      const count = dimsAttr(attrs).reduce((a, n) => a * findDim(t, n)!.size, 1);
+      return [b.div(g, b.scalar(count, t.dtype))];
+    }
+    // max: the gradient is shared by the entries equal to the maximum
+    const mask = b.op("eq", [x[0]!, y[0]!]);
+    const ties = b.expandTo(b.op("sum", [mask], { dims: dimsAttr(attrs) }), t);
+    return [b.div(b.mul(g, mask), ties)];
+  },
 }));
 
-function rowOp(name: string, f: (row: Float64Array, n: number) => void): OpDef {
+function rowOp(name: string, f: (row: Float64Array, n: number) => void, grad: GradRule): OpDef {
   return {
     name,
     family: "reduce",
@@ -100,6 +115,7 @@ function rowOp(name: string, f: (row: Float64Array, n: number) => void): OpDef {
       const back = permuteTo(tmp, { ...t, dims: order.map((n) => t.dims[names.indexOf(n)]!) }, names);
       return [back];
     },
+    grad,
   };
 }
 
@@ -150,11 +166,33 @@ const rmsnorm: OpDef = {
     roundData(tmp.dtype, tmp.data);
     return [permuteTo(tmp, { ...t, dims: order.map((n) => t.dims[names.indexOf(n)]!) }, names)];
   },
+  // y = x r w, r = rsqrt(mean(x^2) + eps): gw = sum(gy x r) over the other dims,
+  // gx = r (gy w - x r^2 mean(gy w x))
+  grad: ({ b, x, gy, attrs, inTypes }) => {
+    const [tx, tw] = inTypes as [TensorType, TensorType];
+    const dim = String(attrs.dim), n = findDim(tx, dim)!.size, eps = Number(attrs.eps ?? 1e-6);
+    const xx = x[0]!, w = x[1]!, g = gy[0]!;
+    const ms = b.div(b.op("sum", [b.mul(xx, xx)], { dims: [dim] }), b.scalar(n, tx.dtype));
+    const r = b.expandTo(b.op("rsqrt", [b.add(ms, b.scalar(eps, tx.dtype))]), tx);
+    const gw = b.sumTo(b.mul(b.mul(g, xx), r), tw);
+    const gwx = b.mul(g, w);
+    const m = b.expandTo(b.div(b.op("sum", [b.mul(gwx, xx)], { dims: [dim] }), b.scalar(n, tx.dtype)), tx);
+    const gx = b.mul(r, b.sub(gwx, b.mul(b.mul(xx, b.mul(r, r)), m)));
+    return [gx, gw];
+  },
 };
 
 defineOps([
   ...reductions,
-  rowOp("softmax", (r, n) => softmaxRow(r, n, false)),
-  rowOp("log_softmax", (r, n) => softmaxRow(r, n, true)),
+  // softmax: gx = y (gy - sum(gy y))
+  rowOp("softmax", (r, n) => softmaxRow(r, n, false), ({ b, y, gy, attrs, inTypes }) => {
+    const dot = b.op("sum", [b.mul(gy[0]!, y[0]!)], { dims: [String(attrs.dim)] });
+    return [b.mul(y[0]!, b.sub(gy[0]!, b.expandTo(dot, inTypes[0]!)))];
+  }),
+  // log-softmax: gx = gy - exp(y) sum(gy)
+  rowOp("log_softmax", (r, n) => softmaxRow(r, n, true), ({ b, y, gy, attrs, inTypes }) => {
+    const s = b.op("sum", [gy[0]!], { dims: [String(attrs.dim)] });
+    return [b.sub(gy[0]!, b.mul(b.op("exp", [y[0]!]), b.expandTo(s, inTypes[0]!)))];
+  }),
   rmsnorm,
 ]);

@@ -4,6 +4,7 @@
 import type { Attrs, Dim, DType, MeshSpec, Placement, TensorType } from "../ir/types.ts";
 import type { Box, LocalTensor } from "../ir/local.ts";
 import { CompileError } from "../errors.ts";
+import type { GradRule } from "../autodiff/types.ts";
 
 export type Family =
   | "elementwise" | "reduce" | "contraction" | "routing" | "movement" | "factory" | "collective" | "quantize";
@@ -34,6 +35,8 @@ export interface CpuCtx {
   rank: number;
   /** Per-rank constant payloads (factories) are looked up through this. */
   payload?: unknown;
+  /** Values fed to `input` placeholders, by name, one piece per rank. */
+  feeds?: ReadonlyMap<string, LocalTensor[]>;
 }
 
 export interface OpDef {
@@ -47,8 +50,8 @@ export interface OpDef {
   shard(p: Placement[], ctx: ShardCtx): Placement[];
   /** Reference semantics on one rank's local pieces. */
   cpu(inputs: LocalTensor[], attrs: Attrs, ctx: CpuCtx): LocalTensor[];
-  /** Filled by the training issue: reverse-mode rule. */
-  grad?: unknown;
+  /** Reverse-mode rule (absent: the op passes no gradient, e.g. integer outputs or factories). */
+  grad?: GradRule;
   /** Filled by the CUDA issue. */
   cuda?: unknown;
 }

@@ -56,6 +56,12 @@ const topk: OpDef = {
     const back = outT.dims.map((d) => d.name);
     return [permuteTo(vals, permType, back), permuteTo(idxs, { ...permType, dtype: "i32" }, back)];
   },
+  // the k values' gradients go back to the positions they were taken from
+  grad: ({ b, y, gy, attrs, inTypes }) => {
+    if (!gy[0]) return [null];
+    const dim = String(attrs.dim), size = findDim(inTypes[0]!, dim)!.size;
+    return [b.op("scatter_add", [gy[0], y[1]!], { dim: String(attrs.kDim), to: dim, size })];
+  },
 };
 
 // ---- gather ---------------------------------------------------------------------------------
@@ -127,20 +133,31 @@ const gather: OpDef = {
     const outT = ctx.outTypes[0]!;
     return [permuteTo(Y, { ...outT, dims: outNames.map((n) => outT.dims.find((d) => d.name === n)!) }, outT.dims.map((d) => d.name))];
   },
+  // rows looked up are added back where they came from
+  grad: ({ b, gy, x, attrs, inTypes }) => {
+    const [tx, ti] = inTypes as [TensorType, TensorType];
+    const gd = gatherDims(tx, ti, attrs);
+    const dims = ti.dims.map((d) => d.name).filter((n) => !gd.batch.includes(n));
+    return [b.op("scatter_add", [gy[0]!, x[1]!], { dim: dims, to: gd.dim, size: findDim(tx, gd.dim)!.size }), null];
+  },
 };
 
 // ---- scatter_add ----------------------------------------------------------------------------
 
+/** `dim` may name several index dims: every index entry over them adds one row into `to`. */
 function scatterDims(src: TensorType, index: TensorType, attrs: Attrs) {
-  const dim = attrStr(attrs.dim, "scatter_add dim"), to = attrStr(attrs.to, "scatter_add target dim"), size = attrInt(attrs.size, "scatter_add size");
-  needDim("scatter_add", index, dim, "index");
+  const dims = typeof attrs.dim === "string" ? [attrs.dim] : (attrs.dim as string[]);
+  if (!Array.isArray(dims) || dims.length === 0) throw new ShapeError(`scatter_add() needs the index dim(s) to scatter over, got ${JSON.stringify(attrs.dim)}`);
+  const to = attrStr(attrs.to, "scatter_add target dim"), size = attrInt(attrs.size, "scatter_add size");
+  for (const d of dims) needDim("scatter_add", index, attrStr(d, "scatter_add dim"), "index");
   for (const d of index.dims) needDim("scatter_add", src, d.name, "src");
   checkSizes("scatter_add", src.dims, index.dims);
-  if (to !== dim) needNewDim("scatter_add", src, to);
-  const batch = index.dims.filter((d) => d.name !== dim).map((d) => d.name);
+  if (!dims.includes(to)) needNewDim("scatter_add", src, to);
+  const batch = index.dims.filter((d) => !dims.includes(d.name)).map((d) => d.name);
   const rest = src.dims.filter((d) => !findDim(index, d.name)).map((d) => d.name);
-  const out: Dim[] = src.dims.map((d) => (d.name === dim ? { name: to, size } : d));
-  return { dim, to, size, batch, rest, out };
+  // the target dim takes the place of the first scattered dim; the others disappear
+  const out: Dim[] = src.dims.filter((d) => d.name === dims[0] || !dims.includes(d.name)).map((d) => (d.name === dims[0] ? { name: to, size } : d));
+  return { dims, to, size, batch, rest, out };
 }
 
 const scatterAdd: OpDef = {
@@ -158,7 +175,7 @@ const scatterAdd: OpDef = {
     if (isPartial(pi!)) throw new ShardingError(msgNonlinear("scatter_add", ctx.axis, pi!));
     if (ps === "P(sum)" && pi === "R") return [ps];
     if (isPartial(ps!)) throw new ShardingError(msgReduceFirst("scatter_add", ctx.axis, ps!, pi!, "src"));
-    if (ps === pi) return ds === sd.dim ? ["P(sum)"] : [ps!]; // rows split across ranks add up; batch passes
+    if (ps === pi) return ds !== undefined && sd.dims.includes(ds) ? ["P(sum)"] : [ps!]; // rows split across ranks add up; batch passes
     if (ds !== undefined && sd.rest.includes(ds) && pi === "R") return [ps!];
     if (ds !== undefined) throw new ShardingError(msgAgree("scatter_add", ctx.axis, ps!, pi!, "index", ps!));
     if (di !== undefined) throw new ShardingError(msgAgree("scatter_add", ctx.axis, ps!, pi!, "src", pi!));
@@ -167,10 +184,10 @@ const scatterAdd: OpDef = {
   cpu: ([src, index], attrs, ctx) => {
     const [ts, ti] = ctx.inTypes as [TensorType, TensorType];
     const sd = scatterDims(ts, ti, attrs);
-    const S = permuteTo(src!, ts, [...sd.batch, sd.dim, ...sd.rest]);
-    const I = permuteTo(index!, ti, [...sd.batch, sd.dim]);
+    const S = permuteTo(src!, ts, [...sd.batch, ...sd.dims, ...sd.rest]);
+    const I = permuteTo(index!, ti, [...sd.batch, ...sd.dims]);
     const shapeS = (n: string) => src!.shape[ts.dims.findIndex((d) => d.name === n)]!;
-    const bt = sd.batch.reduce((a, n) => a * shapeS(n), 1), n = shapeS(sd.dim);
+    const bt = sd.batch.reduce((a, n) => a * shapeS(n), 1), n = sd.dims.reduce((a, d) => a * shapeS(d), 1);
     const restN = sd.rest.reduce((a, nm) => a * shapeS(nm), 1);
     const acc = new Float64Array(bt * sd.size * restN);
     for (let b = 0; b < bt; b++) {
@@ -189,6 +206,7 @@ const scatterAdd: OpDef = {
     const outT = ctx.outTypes[0]!;
     return [permuteTo(Y, { ...outT, dims: order.map((nm) => outT.dims.find((d) => d.name === nm)!) }, outT.dims.map((d) => d.name))];
   },
+  grad: ({ b, gy, x, attrs }) => [b.op("gather", [gy[0]!, x[1]!], { dim: String(attrs.to) }), null],
 };
 
 // ---- sort_by_key ----------------------------------------------------------------------------

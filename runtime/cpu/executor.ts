@@ -16,7 +16,8 @@ export interface CpuRunResult {
   locals: LocalTensor[][];
 }
 
-export function runPlanCpu(plan: Plan): CpuRunResult {
+/** Runs the plan; `feeds` gives each `input` placeholder's pieces, one per rank, by name. */
+export function runPlanCpu(plan: Plan, feeds?: ReadonlyMap<string, LocalTensor[]>): CpuRunResult {
   const slots: (LocalTensor[] | undefined)[] = new Array(plan.values.length);
   const coords = Array.from({ length: plan.world }, (_, r) => coordsOf(plan.mesh, r));
   const countsCache = new Map<number, GlobalTensor>();
@@ -45,6 +46,7 @@ export function runPlanCpu(plan: Plan): CpuRunResult {
             coords: coords[r]!,
             rank: r,
             payload: ins.payload,
+            feeds,
           };
           const outs = def.cpu(ins.inputs.map((s) => slots[s]![r]!), ins.attrs, ctx);
           outs.forEach((o, k) => (per[k]![r] = o));

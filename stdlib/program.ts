@@ -1,0 +1,59 @@
+// A compiled program: traced once with `input` placeholders, run many times. Values that live across
+// runs (parameters, optimizer state) stay as per-rank pieces and are fed straight back.
+import type { LocalTensor } from "../compiler/ir/local.ts";
+import type { Plan } from "../compiler/plan.ts";
+import type { DType } from "../compiler/ir/types.ts";
+import { compile } from "../compiler/pipeline.ts";
+import { UsageError } from "../compiler/errors.ts";
+import { runPlanCpu } from "../runtime/cpu/index.ts";
+import { DTensor, type AnyDTensor } from "./dtensor.ts";
+import type { Mesh } from "./mesh.ts";
+import type { Dims, Fail, Full } from "./types/core.ts";
+import { resolvePlacements, type PlacementErrors } from "./ops/factories.ts";
+import { GlobalValue } from "./value.ts";
+import type { Placement } from "../compiler/ir/types.ts";
+
+/** One piece per rank, in rank order. */
+export type Pieces = LocalTensor[];
+
+/** A placeholder whose value is fed at run time under `name`. */
+export function input<A extends string, const D extends Dims, const T extends DType, const Q extends { readonly [axis: string]: Placement } = {}>(
+  mesh: Mesh<A>, name: string, dims: D, dtype: T, placements?: Q & Fail<PlacementErrors<A, D, Q>>,
+): DTensor<D, T, Full<A, Q>> {
+  if (typeof name !== "string" || name === "") throw new UsageError("input(): needs a non-empty name");
+  if (mesh.builder.graph.nodes.some((n) => n.op === "input" && n.attrs.name === name)) throw new UsageError(`input(): the name '${name}' is taken`);
+  const pl = resolvePlacements(mesh, dims, placements as never);
+  const [ref] = mesh.builder.add("input", [], { dims: Object.entries(dims), dtype, placements: pl, name });
+  return new DTensor(mesh, ref!) as never;
+}
+
+export class Program<O extends string = string> {
+  readonly plan: Plan;
+  readonly inputs: string[];
+  private readonly names: O[];
+
+  constructor(readonly mesh: Mesh<any>, outputs: Record<O, AnyDTensor>) {
+    this.names = Object.keys(outputs) as O[];
+    this.plan = compile(mesh.builder.graph, this.names.map((n) => outputs[n].ref));
+    this.inputs = this.plan.instrs.flatMap((i) => (i.kind === "op" && i.op === "input" ? [String(i.attrs.name)] : []));
+    this.types = Object.fromEntries(this.names.map((n) => [n, outputs[n].type])) as never;
+  }
+  private readonly types: Record<O, AnyDTensor["type"]>;
+
+  /** Runs once. Every input must be fed; returns each output's pieces. */
+  run(feeds: Record<string, Pieces>): Record<O, Pieces> {
+    for (const n of this.inputs) if (!feeds[n]) throw new UsageError(`Program.run(): input '${n}' was not fed`);
+    const res = runPlanCpu(this.plan, new Map(Object.entries(feeds)));
+    return Object.fromEntries(this.names.map((n, i) => [n, res.locals[i]!])) as Record<O, Pieces>;
+  }
+
+  /** Runs once and reads the named outputs back as global values. */
+  runGlobal(feeds: Record<string, Pieces>): { pieces: Record<O, Pieces>; values: Record<O, GlobalValue> } {
+    const res = runPlanCpu(this.plan, new Map(Object.entries(feeds)));
+    const pieces = Object.fromEntries(this.names.map((n, i) => [n, res.locals[i]!])) as Record<O, Pieces>;
+    const values = Object.fromEntries(
+      this.names.map((n, i) => [n, new GlobalValue(this.types[n].dims.map((d) => d.name), res.outputs[i]!.shape, res.outputs[i]!.dtype, res.outputs[i]!.data)]),
+    ) as Record<O, GlobalValue>;
+    return { pieces, values };
+  }
+}
