@@ -171,7 +171,8 @@ const segmentDot: OpDef = {
     // batch dims: x and counts sharded alike, weights whole
     if (dx !== undefined && sd.batch.includes(dx) && dc === dx && pw === "R") return [px!];
     // expert parallel: the rank's rows are the segments of its own groups
-    if (dw === sd.groups && (px === `S(${sd.rows.name})` || px === "R") && (dc === sd.groups || pc === "R")) return [`S(${sd.rows.name})`];
+    // (x whole needs every group's counts, to skip the rows of groups before the rank's own)
+    if (dw === sd.groups && ((px === `S(${sd.rows.name})` && (dc === sd.groups || pc === "R")) || (px === "R" && pc === "R"))) return [`S(${sd.rows.name})`];
     if (dx === sd.k && dw === sd.k && dc === undefined) return ["P(sum)"];
     if (dw !== undefined && sd.n.includes(dw) && px === "R" && pc === "R") return [pw!];
     throw new ShardingError(msgTwoShards("segment_dot", ctx.axis, px!, pw!));

@@ -61,18 +61,19 @@ type F2 = (a: number, b: number) => number;
 const sigmoid: F1 = (x) => 1 / (1 + Math.exp(-x));
 const SQRT_2PI = Math.sqrt(2 * Math.PI);
 type G1 = (b: GradOps, x: ValueRef, y: ValueRef, gy: ValueRef) => ValueRef;
-const UNARY: Record<string, { f: F1; linear?: boolean; int?: F1; grad?: G1 }> = {
+// noGrad: the op passes no gradient on purpose (masks, derivatives, stop_gradient)
+const UNARY: Record<string, { f: F1; linear?: boolean; int?: F1; grad?: G1; noGrad?: true }> = {
   abs: { f: Math.abs, int: Math.abs, grad: (b, x, _y, g) => b.mul(g, b.op("sign", [x])) },
   exp: { f: Math.exp, grad: (b, _x, y, g) => b.mul(g, y) },
   gelu: { f: (x) => 0.5 * x * (1 + erf(x / Math.SQRT2)), grad: (b, x, _y, g) => b.mul(g, b.op("gelu_deriv", [x])) },
   // d/dx gelu(x) = Phi(x) + x phi(x): used by gelu's gradient rule
-  gelu_deriv: { f: (x) => 0.5 * (1 + erf(x / Math.SQRT2)) + (x * Math.exp(-0.5 * x * x)) / SQRT_2PI },
+  gelu_deriv: { f: (x) => 0.5 * (1 + erf(x / Math.SQRT2)) + (x * Math.exp(-0.5 * x * x)) / SQRT_2PI, noGrad: true },
   log: { f: Math.log, grad: (b, x, _y, g) => b.div(g, x) },
   neg: { f: (x) => -x, linear: true, int: (x) => -x, grad: (b, _x, _y, g) => b.op("neg", [g]) },
   relu: { f: (x) => (x > 0 ? x : 0), int: (x) => (x > 0 ? x : 0), grad: (b, x, _y, g) => b.mul(g, b.op("gt", [x, b.scalar(0, b.type(x).dtype)])) },
   rsqrt: { f: (x) => 1 / Math.sqrt(x), grad: (b, _x, y, g) => b.mul(g, b.mul(b.scalar(-0.5, b.type(y).dtype), b.mul(y, b.mul(y, y)))) },
   sigmoid: { f: sigmoid, grad: (b, _x, y, g) => b.mul(g, b.mul(y, b.sub(b.scalar(1, b.type(y).dtype), y))) },
-  sign: { f: (x) => (x > 0 ? 1 : x < 0 ? -1 : 0), int: (x) => (x > 0 ? 1 : x < 0 ? -1 : 0) },
+  sign: { f: (x) => (x > 0 ? 1 : x < 0 ? -1 : 0), int: (x) => (x > 0 ? 1 : x < 0 ? -1 : 0), noGrad: true },
   silu: {
     f: (x) => x * sigmoid(x),
     // silu'(x) = s (1 + x (1 - s)), s = sigmoid(x)
@@ -81,16 +82,18 @@ const UNARY: Record<string, { f: F1; linear?: boolean; int?: F1; grad?: G1 }> = 
       return b.mul(g, b.mul(s, b.add(one, b.mul(x, b.sub(one, s)))));
     },
   },
+  // identity whose gradient is zero (e.g. the max subtracted for a stable log-sum-exp)
+  stop_gradient: { f: (x) => x, linear: true, int: (x) => x, noGrad: true },
   sqrt: { f: Math.sqrt, grad: (b, _x, y, g) => b.div(b.mul(g, b.scalar(0.5, b.type(y).dtype)), y) },
 };
 
 type G2 = (b: GradOps, a: ValueRef, bb: ValueRef, y: ValueRef, gy: ValueRef) => [ValueRef | null, ValueRef | null];
-const BINARY: Record<string, { f: F2; lin: Linearity; int: F2; grad?: G2 }> = {
+const BINARY: Record<string, { f: F2; lin: Linearity; int: F2; grad?: G2; noGrad?: true }> = {
   add: { f: (a, b) => a + b, lin: "add", int: (a, b) => (a + b) | 0, grad: (o, _a, _b, _y, g) => [g, g] },
   // comparisons give 1 or 0 in the operands' dtype (masks for where() and gradients)
-  eq: { f: (a, b) => (a === b ? 1 : 0), lin: "add", int: (a, b) => (a === b ? 1 : 0) },
-  ge: { f: (a, b) => (a >= b ? 1 : 0), lin: "add", int: (a, b) => (a >= b ? 1 : 0) },
-  gt: { f: (a, b) => (a > b ? 1 : 0), lin: "add", int: (a, b) => (a > b ? 1 : 0) },
+  eq: { f: (a, b) => (a === b ? 1 : 0), lin: "add", int: (a, b) => (a === b ? 1 : 0), noGrad: true },
+  ge: { f: (a, b) => (a >= b ? 1 : 0), lin: "add", int: (a, b) => (a >= b ? 1 : 0), noGrad: true },
+  gt: { f: (a, b) => (a > b ? 1 : 0), lin: "add", int: (a, b) => (a > b ? 1 : 0), noGrad: true },
   // integer division truncates toward zero; division by zero gives 0 (as a guard, not a value to rely on)
   div: { f: (a, b) => a / b, lin: "div", int: (a, b) => (b === 0 ? 0 : Math.trunc(a / b) | 0), grad: (o, _a, b, y, g) => [o.div(g, b), o.op("neg", [o.div(o.mul(g, y), b)])] },
   maximum: { f: (a, b) => (a !== a || b !== b ? NaN : Math.max(a, b)), lin: "add", int: Math.max, grad: (o, a, b, _y, g) => pick(o, o.op("ge", [a, b]), g) },
@@ -137,7 +140,7 @@ const unaryDefs: OpDef[] = Object.entries(UNARY).map(([name, u]) => ({
   },
   shard: ([p], ctx) => [unaryRule(name, !!u.linear, p!, ctx.axis)],
   cpu: ([x], _a, ctx) => [mapN([x!], ctx.inTypes, ctx.outTypes[0]!, ctx.outShapes[0]!, x!.dtype === "i32" ? u.int! : u.f)],
-  ...(u.grad ? { grad: (c: GradCtx) => [u.grad!(c.b, c.x[0]!, c.y[0]!, c.gy[0]!)] } : {}),
+  ...(u.grad ? { grad: (c: GradCtx) => [u.grad!(c.b, c.x[0]!, c.y[0]!, c.gy[0]!)] } : u.noGrad ? { grad: () => [null] } : {}),
 }));
 
 const binaryDefs: OpDef[] = Object.entries(BINARY).map(([name, b]) => ({
@@ -156,7 +159,7 @@ const binaryDefs: OpDef[] = Object.entries(BINARY).map(([name, b]) => ({
   },
   cpu: (xs, _a, ctx) => [mapN(xs, ctx.inTypes, ctx.outTypes[0]!, ctx.outShapes[0]!, xs[0]!.dtype === "i32" ? b.int : b.f)],
   // gradients of broadcast operands are summed back over the dims they lack
-  ...(b.grad ? { grad: (c: GradCtx) => b.grad!(c.b, c.x[0]!, c.x[1]!, c.y[0]!, c.gy[0]!).map((g, i) => (g ? c.b.sumTo(g, c.inTypes[i]!) : null)) } : {}),
+  ...(b.grad ? { grad: (c: GradCtx) => b.grad!(c.b, c.x[0]!, c.x[1]!, c.y[0]!, c.gy[0]!).map((g, i) => (g ? c.b.sumTo(g, c.inTypes[i]!) : null)) } : b.noGrad ? { grad: () => [null, null] } : {}),
 }));
 
 const where: OpDef = {

@@ -147,7 +147,7 @@ const gather: OpDef = {
 /** `dim` may name several index dims: every index entry over them adds one row into `to`. */
 function scatterDims(src: TensorType, index: TensorType, attrs: Attrs) {
   const dims = typeof attrs.dim === "string" ? [attrs.dim] : (attrs.dim as string[]);
-  if (!Array.isArray(dims) || dims.length === 0) throw new ShapeError(`scatter_add() needs the index dim(s) to scatter over, got ${JSON.stringify(attrs.dim)}`);
+  if (!Array.isArray(dims)) throw new ShapeError(`scatter_add() needs the index dim(s) to scatter over, got ${JSON.stringify(attrs.dim)}`);
   const to = attrStr(attrs.to, "scatter_add target dim"), size = attrInt(attrs.size, "scatter_add size");
   for (const d of dims) needDim("scatter_add", index, attrStr(d, "scatter_add dim"), "index");
   for (const d of index.dims) needDim("scatter_add", src, d.name, "src");
@@ -155,8 +155,11 @@ function scatterDims(src: TensorType, index: TensorType, attrs: Attrs) {
   if (!dims.includes(to)) needNewDim("scatter_add", src, to);
   const batch = index.dims.filter((d) => !dims.includes(d.name)).map((d) => d.name);
   const rest = src.dims.filter((d) => !findDim(index, d.name)).map((d) => d.name);
-  // the target dim takes the place of the first scattered dim; the others disappear
-  const out: Dim[] = src.dims.filter((d) => d.name === dims[0] || !dims.includes(d.name)).map((d) => (d.name === dims[0] ? { name: to, size } : d));
+  // the target dim takes the place of the first scattered dim; the others disappear. With no
+  // scattered dim (every index dim is a batch dim) each entry adds one element, into a new last dim.
+  const out: Dim[] = dims.length
+    ? src.dims.filter((d) => d.name === dims[0] || !dims.includes(d.name)).map((d) => (d.name === dims[0] ? { name: to, size } : d))
+    : [...src.dims, { name: to, size }];
   return { dims, to, size, batch, rest, out };
 }
 

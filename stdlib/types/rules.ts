@@ -83,7 +83,7 @@ export type SegmentRule<Ax extends string, PX, PW, PC, Rows extends string, Grou
   : [PX, PW, PC] extends ["P(sum)", "R", "R"] ? "P(sum)"
   : PW extends "P(sum)" | "P(max)" ? Err<MsgReduceFirst<"segment_dot", Ax, PX, PW, "w">>
   : PX extends "P(sum)" | "P(max)" ? Err<MsgReduceFirst<"segment_dot", Ax, PX, PW, "x">>
-  : PW extends `S(${Groups})` ? (PX extends `S(${Rows})` | "R" ? (PC extends `S(${Groups})` | "R" ? `S(${Rows})` : Err<MsgTwoShards<"segment_dot", Ax, PX, PW>>) : Err<MsgTwoShards<"segment_dot", Ax, PX, PW>>)
+  : PW extends `S(${Groups})` ? (PX extends `S(${Rows})` ? (PC extends `S(${Groups})` | "R" ? `S(${Rows})` : Err<MsgTwoShards<"segment_dot", Ax, PX, PW>>) : PX extends "R" ? (PC extends "R" ? `S(${Rows})` : Err<MsgTwoShards<"segment_dot", Ax, PX, PW>>) : Err<MsgTwoShards<"segment_dot", Ax, PX, PW>>)
   : [PX, PW] extends [`S(${K})`, `S(${K})`] ? (PC extends `S(${string})` ? Err<MsgTwoShards<"segment_dot", Ax, PX, PW>> : "P(sum)")
   : PW extends "R" ? (PX extends `S(${string})` ? ([PC] extends [PX] ? PX : Err<MsgTwoShards<"segment_dot", Ax, PX, PW>>) : Placement)
   : PX extends "R" ? (PC extends "R" ? (PW extends `S(${K})` ? Err<MsgTwoShards<"segment_dot", Ax, PX, PW>> : PW) : Err<MsgTwoShards<"segment_dot", Ax, PX, PW>>)
