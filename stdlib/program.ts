@@ -11,7 +11,13 @@ import type { Mesh } from "./mesh.ts";
 import type { Dims, Fail, Full } from "./types/core.ts";
 import { resolvePlacements, type PlacementErrors } from "./ops/factories.ts";
 import { GlobalValue } from "./value.ts";
-import type { Placement } from "../compiler/ir/types.ts";
+import type { MeshSpec, Placement, TensorType } from "../compiler/ir/types.ts";
+import { numel } from "../compiler/ir/types.ts";
+import { allocLocal } from "../compiler/ir/local.ts";
+import { coordsOf, worldSize } from "../compiler/ir/placement.ts";
+import { boxOf } from "../compiler/passes/partition.ts";
+import { sliceBox } from "../compiler/ops/factory.ts";
+import { roundData } from "../compiler/ops/cpu-util.ts";
 
 /** One piece per rank, in rank order. */
 export type Pieces = LocalTensor[];
@@ -25,6 +31,29 @@ export function input<A extends string, const D extends Dims, const T extends DT
   const pl = resolvePlacements(mesh, dims, placements as never);
   const [ref] = mesh.builder.add("input", [], { dims: Object.entries(dims), dtype, placements: pl, name });
   return new DTensor(mesh, ref!) as never;
+}
+
+/**
+ * Splits a global array (row-major in the type's dim order) into the pieces each rank holds under
+ * the type's placements. Partial placements are not a layout of a global value and are refused.
+ */
+export function piecesOf(mesh: MeshSpec, type: TensorType, data: ArrayLike<number>): Pieces {
+  if (type.placements.some((p) => p.startsWith("P("))) throw new UsageError(`piecesOf(): ${type.placements.join(", ")} has a Partial; give a Shard or Replicate layout`);
+  const global = type.dims.map((d) => d.size);
+  const src = type.dtype === "i32" ? Int32Array.from(data) : Float32Array.from(data);
+  if (src.length !== numel(global)) throw new UsageError(`piecesOf(): [${global.join(", ")}] holds ${numel(global)} values, got ${src.length}`);
+  return Array.from({ length: worldSize(mesh) }, (_, r) => {
+    const { box, shape } = boxOf(type, mesh, coordsOf(mesh, r));
+    const out = allocLocal(type.dtype, shape);
+    sliceBox(src, global, box, shape, out.data);
+    roundData(type.dtype, out.data);
+    return out;
+  });
+}
+
+/** Zeros in every rank's piece of the type. */
+export function zeroPieces(mesh: MeshSpec, type: TensorType): Pieces {
+  return Array.from({ length: worldSize(mesh) }, (_, r) => allocLocal(type.dtype, boxOf(type, mesh, coordsOf(mesh, r)).shape));
 }
 
 export class Program<O extends string = string> {

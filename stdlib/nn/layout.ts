@@ -59,7 +59,7 @@ export class Layout {
 
   /** How a parameter is used by the forward pass. */
   compute(hints: ShardHints): Placement[] {
-    return this.roles.map((r): Placement => (r === "fsdp" ? (hints.ep ? `S(${hints.ep})` : "R") : this.computeRole(r, hints)));
+    return this.roles.map((r): Placement => (r === "fsdp" ? "R" : this.computeRole(r, hints)));
   }
 
   private computeRole(r: AxisRole, hints: ShardHints): Placement {

@@ -1,7 +1,7 @@
 // Contractions by dim name. Types mirror compiler/ops/contraction.ts.
 import type { MsgDType, MsgMissingDim, MsgNeedsDType } from "../../compiler/messages.ts";
 import type { AnyDTensor, DTensor } from "../dtensor.ts";
-import type { DimsOf, DTypeOf, ErrorsOf, Fail, Fp8DType, IsLiteral, KnownDims, Merge, OmitDims, Placed, PlacementsOf, SizeErrors } from "../types/core.ts";
+import type { DimsOf, DTypeOf, ErrorsOf, Fail, Fp8DType, IfTyped, IsLiteral, KnownDims, Merge, OmitDims, Placed, PlacementsOf, SizeErrors } from "../types/core.ts";
 import type { DotRule, SegmentRule } from "../types/rules.ts";
 import { dimList, trace } from "./trace.ts";
 import { UsageError } from "../../compiler/errors.ts";
@@ -9,7 +9,8 @@ import { UsageError } from "../../compiler/errors.ts";
 type Or<A, B> = [A] extends [never] ? B : A;
 type Missing<Op extends string, D, K, Arg extends string> = KnownDims<D> extends true ? (K extends keyof D ? never : MsgMissingDim<Op, K & string, Arg>) : never;
 
-type DotDTypeErrors<TA, TB> =
+type DotDTypeErrors<TA, TB> = IfTyped<TA, IfTyped<TB, DotDTypeErrorsTyped<TA, TB>>>;
+type DotDTypeErrorsTyped<TA, TB> =
   TA extends "i32" ? MsgNeedsDType<"dot", "i32", "f32, bf16 or FP8"> : TB extends "i32" ? MsgNeedsDType<"dot", "i32", "f32, bf16 or FP8">
   : IsLiteral<TA> extends true ? (IsLiteral<TB> extends true ? (TA extends Fp8DType ? (TB extends Fp8DType ? never : MsgDType<"dot", TA & string, TB & string>) : [TA] extends [TB] ? never : MsgDType<"dot", TA & string, TB & string>) : never) : never;
 

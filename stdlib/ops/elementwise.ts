@@ -2,7 +2,7 @@
 import type { MsgDType, MsgFp8, MsgNeedsDType, MsgNonlinear } from "../../compiler/messages.ts";
 import type { DType } from "../../compiler/ir/types.ts";
 import type { AnyDTensor, DTensor } from "../dtensor.ts";
-import type { DimsOf, DTypeOf, ErrorsOf, Fail, Fp8DType, IsLiteral, Merge, Placed, PlacementsOf, SizeErrors } from "../types/core.ts";
+import type { DimsOf, DTypeOf, ErrorsOf, Fail, Fp8DType, IfTyped, IsAny, IsLiteral, Merge, Placed, PlacementsOf, SizeErrors } from "../types/core.ts";
 import type { BinaryRule, UnaryRule } from "../types/rules.ts";
 import { asTensor, meshOf, trace } from "./trace.ts";
 
@@ -11,7 +11,8 @@ type Scalar<Other> = DTensor<{}, DTypeOf<Other>, { [K in keyof PlacementsOf<Othe
 type T_<X, Other> = X extends number ? Scalar<Other> : X;
 
 type First<A, B, C> = [A] extends [never] ? ([B] extends [never] ? C : B) : A;
-type DTypeErrors<Op extends string, TA, TB> =
+type DTypeErrors<Op extends string, TA, TB> = IfTyped<TA, IfTyped<TB, DTypeErrorsTyped<Op, TA, TB>>>;
+type DTypeErrorsTyped<Op extends string, TA, TB> =
   TA extends Fp8DType ? MsgFp8<Op, TA> : TB extends Fp8DType ? MsgFp8<Op, TB>
   : IsLiteral<TA> extends true ? (IsLiteral<TB> extends true ? ([TA] extends [TB] ? never : MsgDType<Op, TA & string, TB & string>) : never) : never;
 
@@ -49,7 +50,8 @@ export const minimum = binary<"minimum", "add">("minimum");
 
 type UnRes<Op extends string, Linear extends boolean, X> = { [K in keyof PlacementsOf<X> & string]: UnaryRule<Op, Linear, K, PlacementsOf<X>[K]> };
 export type UnaryErrors<Op extends string, Linear extends boolean, IntOk extends boolean, X> =
-  DTypeOf<X> extends Fp8DType ? MsgFp8<Op, DTypeOf<X>>
+  IsAny<DTypeOf<X>> extends true ? ErrorsOf<UnRes<Op, Linear, X>>
+  : DTypeOf<X> extends Fp8DType ? MsgFp8<Op, DTypeOf<X>>
   : IntOk extends false ? (DTypeOf<X> extends "i32" ? MsgNeedsDType<Op, "i32", "f32 or bf16"> : ErrorsOf<UnRes<Op, Linear, X>>)
   : ErrorsOf<UnRes<Op, Linear, X>>;
 type Un<Op extends string, Linear extends boolean, IntOk extends boolean> = <X extends AnyDTensor>(

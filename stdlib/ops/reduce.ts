@@ -1,12 +1,12 @@
 // Reductions over named dims and row ops that need a whole dim. Types mirror compiler/ops/reduce.ts.
 import type { MsgFp8, MsgMissingDim, MsgNeedsDType } from "../../compiler/messages.ts";
 import type { AnyDTensor, DTensor } from "../dtensor.ts";
-import type { DimsOf, DTypeOf, ErrorsOf, Fail, Fp8DType, KnownDims, OmitDims, Placed, PlacementsOf } from "../types/core.ts";
+import type { DimsOf, DTypeOf, ErrorsOf, Fail, Fp8DType, IfTyped, KnownDims, OmitDims, Placed, PlacementsOf } from "../types/core.ts";
 import type { ReduceRule, WholeDimRule } from "../types/rules.ts";
 import { dimList, trace } from "./trace.ts";
 
 type Missing<Op extends string, D, K, Arg extends string = "x"> = KnownDims<D> extends true ? (K extends keyof D ? never : MsgMissingDim<Op, K & string, Arg>) : never;
-type NoFp8<Op extends string, X> = DTypeOf<X> extends Fp8DType ? MsgFp8<Op, DTypeOf<X>> : never;
+type NoFp8<Op extends string, X> = IfTyped<DTypeOf<X>, DTypeOf<X> extends Fp8DType ? MsgFp8<Op, DTypeOf<X>> : never>;
 type Or<A, B> = [A] extends [never] ? B : A;
 
 type RedRes<Op extends "sum" | "mean" | "max", X, K> = { [Ax in keyof PlacementsOf<X> & string]: ReduceRule<Op, Ax, PlacementsOf<X>[Ax], K> };
@@ -27,7 +27,7 @@ export const max = reduction("max");
 
 type WholeRes<Op extends string, X, K> = { [Ax in keyof PlacementsOf<X> & string]: WholeDimRule<Op, Ax, PlacementsOf<X>[Ax], K> };
 export type WholeDimErrors<Op extends string, X, K> = Or<
-  DTypeOf<X> extends Fp8DType | "i32" ? MsgNeedsDType<Op, DTypeOf<X> & string, "f32 or bf16"> : never,
+  IfTyped<DTypeOf<X>, DTypeOf<X> extends Fp8DType | "i32" ? MsgNeedsDType<Op, DTypeOf<X> & string, "f32 or bf16"> : never>,
   Or<Missing<Op, DimsOf<X>, K>, ErrorsOf<WholeRes<Op, X, K>>>
 >;
 type Row<Op extends string> = <X extends AnyDTensor, const K extends string>(

@@ -2,14 +2,14 @@
 // Types mirror compiler/ops/routing.ts.
 import type { MsgMissingDim, MsgNeedsDType } from "../../compiler/messages.ts";
 import type { AnyDTensor, DTensor } from "../dtensor.ts";
-import type { DimsOf, DTypeOf, ErrorsOf, Fail, KnownDims, Merge, OmitDims, Placed, PlacementsOf, Prettify } from "../types/core.ts";
+import type { DimsOf, DTypeOf, ErrorsOf, Fail, IfTyped, KnownDims, Merge, OmitDims, Placed, PlacementsOf, Prettify } from "../types/core.ts";
 import type { GatherRule, ScatterRule, WholeDimRule } from "../types/rules.ts";
 import type { WholeDimErrors } from "./reduce.ts";
 import { trace } from "./trace.ts";
 
 type Or<A, B> = [A] extends [never] ? B : A;
 type Missing<Op extends string, D, K, Arg extends string> = KnownDims<D> extends true ? (K extends keyof D ? never : MsgMissingDim<Op, K & string, Arg>) : never;
-type NeedI32<Op extends string, X> = DTypeOf<X> extends "i32" ? never : MsgNeedsDType<Op, DTypeOf<X> & string, "i32">;
+type NeedI32<Op extends string, X> = IfTyped<DTypeOf<X>, DTypeOf<X> extends "i32" ? never : MsgNeedsDType<Op, DTypeOf<X> & string, "i32">>;
 type Replace<D, K, N extends string, S> = Prettify<OmitDims<D, K> & { [P in N]: S }>;
 
 type WholeRes<Op extends string, X, K> = { [Ax in keyof PlacementsOf<X> & string]: WholeDimRule<Op, Ax, PlacementsOf<X>[Ax], K> };

@@ -28,6 +28,11 @@ export type Prettify<T> = { [K in keyof T]: T[K] } & {};
 export type IsLiteral<T> = [T] extends [string] ? (string extends T ? false : IsUnion<T> extends true ? false : true) : false;
 type IsUnion<T, U = T> = T extends unknown ? ([U] extends [T] ? false : true) : never;
 
+/** `any` (an untyped caller): checks step aside for the trace-time check. */
+export type IsAny<T> = 0 extends 1 & T ? true : false;
+/** A dtype check that yields nothing for `any` dtypes. */
+export type IfTyped<T, Check> = IsAny<T> extends true ? never : Check;
+
 /** Dims whose names are known (not a string index signature). */
 export type KnownDims<D> = string extends keyof D ? false : true;
 

@@ -1,0 +1,100 @@
+// A DeepSeek-style MoE block over [batch, seq, model]: router scores (softmax or sigmoid), optional
+// node-limited routing, top-k with the auxiliary-loss-free selection bias, normalised gate weights,
+// dropless routing per sequence (sort by expert), experts as grouped contractions over the
+// data-dependent segments, shared experts, and the auxiliary load-balancing loss. With an expert
+// axis in the layout the rows travel by all-to-all (dispatch) and back (combine).
+import { UsageError } from "../../compiler/errors.ts";
+import type { AnyDTensor } from "../dtensor.ts";
+import { add, div, mul, sigmoid, silu, stop_gradient_ as stopGradient } from "./ops-internal.ts";
+import { trace } from "../ops/trace.ts";
+import { dot, segmentDot } from "../ops/contraction.ts";
+import { max, mean, softmax, sum } from "../ops/reduce.ts";
+import { gather, scatterAdd, sortByKey, topk } from "../ops/routing.ts";
+import { flatten, unflatten } from "../ops/movement.ts";
+import { cast, where } from "../ops/elementwise.ts";
+import { ones } from "../ops/factories.ts";
+import { redistribute } from "../ops/redistribute.ts";
+import type { ParamStore } from "./params.ts";
+import { swiglu, toActivation } from "./layers.ts";
+
+export interface MoeConfig {
+  experts: number;
+  topK: number;
+  ffn: number;
+  /** Shared experts, each a SwiGLU of `ffn`, applied to every token. */
+  shared: number;
+  score: "softmax" | "sigmoid";
+  /** Coefficient of the auxiliary load-balancing loss (0 turns it off). */
+  auxLoss: number;
+  /** Node-limited routing: experts form `groups` groups; a token's experts lie in at most `maxGroups` of them. */
+  nodeLimit?: { groups: number; maxGroups: number };
+}
+
+export interface MoeOut {
+  y: AnyDTensor;
+  /** The auxiliary loss (already scaled by its coefficient), 0-d. */
+  aux: AnyDTensor;
+  /** Tokens routed to each expert in this batch, [experts], f32. */
+  load: AnyDTensor;
+}
+
+/** `bias` ([experts], replicated) shifts only which experts are selected, never the gate weights. */
+export function moe(ps: ParamStore, name: string, x: AnyDTensor, cfg: MoeConfig, bias: AnyDTensor): MoeOut {
+  const { experts: E, topK: K } = cfg;
+  const model = x.dims.model!, seq = x.dims.seq!;
+  if (K < 1 || K > E) throw new UsageError(`moe '${name}': topK ${K} must be in [1, ${E}]`);
+  const ep = ps.layout.expertAxis;
+  const router = ps.param(`${name}.router`, { model, experts: E }, { kind: "normal", std: 1 / Math.sqrt(model) });
+  const logits = dot(x, router, "model") as AnyDTensor;
+  const scores = cfg.score === "softmax" ? (softmax(logits, "experts") as AnyDTensor) : sigmoid(logits);
+
+  let select = add(stopGradient(scores), bias);
+  if (cfg.nodeLimit) select = limitToGroups(ps, select, E, cfg.nodeLimit);
+  const { indices } = topk(select, "experts", K, "k") as { indices: AnyDTensor };
+  const picked = gather(scores, indices, "experts") as AnyDTensor; // [batch, seq, k], unbiased scores
+  const gate = div(picked, sum(picked, "k") as AnyDTensor);
+
+  const { perm, counts } = sortByKey(flatten(indices, ["seq", "k"], "slots") as AnyDTensor, "slots", { rows: "rows", groups: "experts", numGroups: E }) as { perm: AnyDTensor; counts: AnyDTensor };
+  const token = div(perm, K); // slot -> token (integer division)
+  let rows = gather(x, token, "seq") as AnyDTensor; // [batch, rows, model]
+  let segCounts = counts;
+  if (ep) {
+    rows = redistribute(rows, { [ep]: "S(rows)" } as never) as AnyDTensor; // dispatch
+    segCounts = redistribute(counts, { [ep]: "S(experts)" } as never) as AnyDTensor; // count exchange
+  }
+  const expert = (p: string, a: string, an: number, b: string, bn: number) =>
+    ps.param(`${name}.${p}`, { experts: E, [a]: an, [b]: bn }, { kind: "normal", std: 1 / Math.sqrt(an) }, { ep: "experts" });
+  const seg = { rows: "rows", groups: "experts" } as const;
+  const w1 = expert("w1", "model", model, "ffn", cfg.ffn), w3 = expert("w3", "model", model, "ffn", cfg.ffn), w2 = expert("w2", "ffn", cfg.ffn, "model", model);
+  const h = mul(silu(segmentDot(rows, w1, segCounts, "model", seg) as AnyDTensor), segmentDot(rows, w3, segCounts, "model", seg) as AnyDTensor);
+  let out = segmentDot(h, w2, segCounts, "ffn", seg) as AnyDTensor;
+  if (ep) out = redistribute(out, { [ep]: "S(batch)" } as never) as AnyDTensor; // combine
+
+  const weight = gather(flatten(gate, ["seq", "k"], "slots") as AnyDTensor, perm, "slots") as AnyDTensor;
+  let y = scatterAdd(mul(out, weight), token, "rows", { dim: "seq", size: seq }) as AnyDTensor;
+  for (let i = 0; i < cfg.shared; i++) y = add(y, swiglu(ps, `${name}.shared${i}`, x, cfg.ffn));
+
+  // load of each expert over the whole batch (no gradient: it comes from integer counts)
+  const load = toActivation(ps, sum(cast(counts, "f32"), "batch") as AnyDTensor);
+  let aux = mul(sum(load, "experts") as AnyDTensor, 0);
+  if (cfg.auxLoss > 0) {
+    // Switch / DeepSeek: E * sum_e f_e P_e with f_e the fraction of routed slots, P_e the mean score
+    const f = div(load, sum(load, "experts") as AnyDTensor);
+    const P = toActivation(ps, mean(scores, ["batch", "seq"]) as AnyDTensor);
+    aux = mul(sum(mul(f, P), "experts") as AnyDTensor, cfg.auxLoss * E);
+  }
+  return { y: toActivation(ps, y), aux, load };
+}
+
+/** Keeps, per token, only the experts of its best `maxGroups` groups (group score: its best expert). */
+function limitToGroups(ps: ParamStore, select: AnyDTensor, E: number, nl: { groups: number; maxGroups: number }): AnyDTensor {
+  const { groups: G, maxGroups: M } = nl;
+  if (E % G !== 0 || M < 1 || M > G) throw new UsageError(`node-limited routing needs experts (${E}) divisible by groups (${G}) and 1 <= maxGroups (${M}) <= groups`);
+  const grouped = unflatten(select, "experts", { egroup: G, eper: E / G }) as AnyDTensor;
+  const { indices } = topk(max(grouped, "eper") as AnyDTensor, "egroup", M, "gk") as { indices: AnyDTensor };
+  const one = ones(ps.mesh, indices.dims, "f32", ps.placementsObject(indices.type.placements) as never) as AnyDTensor;
+  const chosen = scatterAdd(one, indices, "gk", { dim: "egroup", size: G }) as AnyDTensor; // 1 for kept groups
+  const keep = trace("expand", [chosen], { dims: [["eper", E / G]] })[0]!;
+  const masked = where(keep, grouped, -1e9) as AnyDTensor;
+  return flatten(masked, ["egroup", "eper"], "experts") as AnyDTensor;
+}

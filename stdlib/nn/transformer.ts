@@ -1,0 +1,53 @@
+// A decoder-only transformer LM assembled from the layers: embedding, then per layer
+// x += attention(rmsnorm(x)); x += ffn(rmsnorm(x)) with the ffn a MoE block or a SwiGLU MLP; final
+// rmsnorm, a vocab-parallel output head and the (vocab-parallel) cross-entropy.
+import type { AnyDTensor } from "../dtensor.ts";
+import { add } from "./ops-internal.ts";
+import { attention, crossEntropy, embedding, linear, rmsnorm, swiglu, toActivation } from "./layers.ts";
+import { moe, type MoeConfig } from "./moe.ts";
+import type { ParamStore } from "./params.ts";
+
+export interface LmConfig {
+  vocab: number;
+  model: number;
+  heads: number;
+  layers: number;
+  seq: number;
+  /** Dense MLP width, for layers without experts. */
+  ffn: number;
+  /** MoE in every layer from `moeFrom` on (DeepSeek keeps the first layers dense). */
+  moe?: MoeConfig & { moeFrom?: number };
+}
+
+export interface LmOut {
+  /** Cross-entropy plus the auxiliary losses: what is minimised. */
+  loss: AnyDTensor;
+  ce: AnyDTensor;
+  logits: AnyDTensor;
+  /** Per MoE layer: tokens per expert. */
+  loads: AnyDTensor[];
+}
+
+export const moeLayers = (cfg: LmConfig): number[] =>
+  cfg.moe ? Array.from({ length: cfg.layers }, (_, i) => i).filter((i) => i >= (cfg.moe!.moeFrom ?? 0)) : [];
+
+/** `biases[i]` is the selection bias ([experts], replicated) of the i-th MoE layer. */
+export function lm(ps: ParamStore, ids: AnyDTensor, targets: AnyDTensor, cfg: LmConfig, biases: AnyDTensor[]): LmOut {
+  let x = embedding(ps, "embed", ids, cfg.vocab, cfg.model);
+  const loads: AnyDTensor[] = [];
+  let aux: AnyDTensor | undefined;
+  const moeAt = moeLayers(cfg);
+  for (let l = 0; l < cfg.layers; l++) {
+    x = add(x, attention(ps, `l${l}.attn`, rmsnorm(ps, `l${l}.norm1`, x, "model"), cfg.heads));
+    const hx = rmsnorm(ps, `l${l}.norm2`, x, "model");
+    if (moeAt.includes(l)) {
+      const m = moe(ps, `l${l}.moe`, hx, cfg.moe!, biases[moeAt.indexOf(l)]!);
+      x = add(x, m.y);
+      loads.push(m.load);
+      aux = aux ? add(aux, m.aux) : m.aux;
+    } else x = add(x, swiglu(ps, `l${l}.mlp`, hx, cfg.ffn));
+  }
+  const logits = linear(ps, "head", rmsnorm(ps, "norm", x, "model"), "model", "vocab", cfg.vocab, "column");
+  const ce = crossEntropy(ps, logits, targets);
+  return { loss: toActivation(ps, aux ? add(ce, aux) : ce), ce, logits, loads };
+}

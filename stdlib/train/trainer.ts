@@ -1,0 +1,117 @@
+// The training loop's engine: one traced, compiled step (forward, autodiff, AdamW) run with the
+// parameters, optimizer state and routing biases kept as per-rank pieces between steps.
+import type { DType } from "../../compiler/ir/types.ts";
+import { Mesh } from "../mesh.ts";
+import type { AnyDTensor } from "../dtensor.ts";
+import { grad } from "../autodiff.ts";
+import { input, piecesOf, Program, zeroPieces, type Pieces } from "../program.ts";
+import { ParamStore } from "../nn/params.ts";
+import type { Layout } from "../nn/layout.ts";
+import { lm, moeLayers, type LmConfig } from "../nn/transformer.ts";
+import { adamw, adamwScalars, momentNames, SCALARS, type AdamWConfig } from "../optim/adamw.ts";
+import { lrAt, type Schedule } from "../optim/schedule.ts";
+import type { GlobalValue } from "../value.ts";
+
+export interface TrainConfig {
+  model: LmConfig;
+  layout: Layout;
+  /** Sequences per step (global batch). */
+  batch: number;
+  opt: AdamWConfig;
+  schedule: Schedule;
+  seed: number;
+  /** Step size of the auxiliary-loss-free bias update (DeepSeek-V3's gamma); 0 turns it off. */
+  biasRate: number;
+}
+
+export interface StepMetrics {
+  step: number;
+  loss: number;
+  ce: number;
+  gradNorm: number;
+  lr: number;
+  /** Per MoE layer: tokens per expert this step. */
+  loads: Float32Array[];
+  /** max/mean tokens per expert, averaged over MoE layers (1 = perfectly even). */
+  imbalance: number;
+}
+
+export const maxOverMean = (load: ArrayLike<number>): number => {
+  let m = 0, s = 0;
+  for (let i = 0; i < load.length; i++) (m = Math.max(m, load[i]!)), (s += load[i]!);
+  return s > 0 ? m / (s / load.length) : 1;
+};
+
+/** Traces the LM on a mesh of the layout's shape; returns its store and outputs. */
+export function traceLm(layout: Layout, cfg: LmConfig, batch: number) {
+  const mesh = Mesh.of(layout.mesh);
+  const ps = new ParamStore(mesh, layout);
+  const act = ps.placementsObject(layout.activation(["batch", "seq"])) as never;
+  const ids = input(mesh, "data.ids", { batch, seq: cfg.seq }, "i32", act) as AnyDTensor;
+  const targets = input(mesh, "data.targets", { batch, seq: cfg.seq }, "i32", act) as AnyDTensor;
+  const biases = moeLayers(cfg).map((l) => input(mesh, `bias.l${l}`, { experts: cfg.moe!.experts }, "f32") as AnyDTensor);
+  const out = lm(ps, ids, targets, cfg, biases);
+  return { mesh, ps, ids, targets, biases, out };
+}
+
+export class Trainer {
+  readonly ps: ParamStore;
+  readonly program: Program;
+  private readonly mesh: Mesh<string>;
+  private state: Record<string, Pieces> = {};
+  /** Host copies of the routing biases, per MoE layer. */
+  readonly biases: Float32Array[];
+  step = 0;
+
+  constructor(readonly cfg: TrainConfig) {
+    const t = traceLm(cfg.layout, cfg.model, cfg.batch);
+    this.mesh = t.mesh;
+    this.ps = t.ps;
+    const grads = grad(t.out.loss, Object.fromEntries(t.ps.stored));
+    const { updates, gradNorm } = adamw(t.ps, grads, cfg.opt);
+    const loads = Object.fromEntries(t.out.loads.map((l, i) => [`load.${i}`, l]));
+    this.program = new Program(t.mesh, { loss: t.out.loss, ce: t.out.ce, gradNorm, ...loads, ...updates });
+    this.state = t.ps.initialise(cfg.seed);
+    for (const s of t.ps.specs)
+      for (const n of momentNames(s.name)) this.state[n] = zeroPieces(t.mesh.spec, { dims: Object.entries(s.dims).map(([name, size]) => ({ name, size })), dtype: "bf16", placements: s.storage });
+    this.biases = t.biases.map(() => new Float32Array(cfg.model.moe!.experts));
+  }
+
+  private scalar(v: number, dtype: DType = "f32"): Pieces {
+    return piecesOf(this.mesh.spec, { dims: [], dtype, placements: this.mesh.spec.axes.map(() => "R") }, [v]);
+  }
+
+  private batchPieces(data: Int32Array): Pieces {
+    const type = { dims: [{ name: "batch", size: this.cfg.batch }, { name: "seq", size: this.cfg.model.seq }], dtype: "i32" as const, placements: this.cfg.layout.activation(["batch", "seq"]) };
+    return piecesOf(this.mesh.spec, type, data);
+  }
+
+  /** One optimisation step on [batch, seq] token ids and targets. */
+  run(ids: Int32Array, targets: Int32Array): StepMetrics {
+    const lr = lrAt(this.cfg.schedule, this.step);
+    const scalars = adamwScalars(this.cfg.opt, lr, this.step + 1);
+    const feeds: Record<string, Pieces> = { ...this.state, "data.ids": this.batchPieces(ids), "data.targets": this.batchPieces(targets) };
+    for (const n of SCALARS) feeds[n] = this.scalar(scalars[n]);
+    moeLayers(this.cfg.model).forEach((l, i) => (feeds[`bias.l${l}`] = piecesOf(this.mesh.spec, { dims: [{ name: "experts", size: this.biases[i]!.length }], dtype: "f32", placements: this.mesh.spec.axes.map(() => "R") }, this.biases[i]!)));
+    const { pieces, values } = this.program.runGlobal(feeds);
+    for (const s of this.ps.specs) for (const n of [s.name, ...momentNames(s.name)]) this.state[n] = pieces[n]!;
+    const loads = this.biases.map((_, i) => Float32Array.from((values as Record<string, GlobalValue>)[`load.${i}`]!.data));
+    // auxiliary-loss-free balancing: raise the bias of under-loaded experts, lower the over-loaded
+    if (this.cfg.biasRate > 0)
+      loads.forEach((load, i) => {
+        const mean = load.reduce((a, b) => a + b, 0) / load.length;
+        for (let e = 0; e < load.length; e++) this.biases[i]![e]! += this.cfg.biasRate * Math.sign(mean - load[e]!);
+      });
+    this.step++;
+    const v = values as Record<string, GlobalValue>;
+    return {
+      step: this.step, lr, loss: v.loss!.data[0]!, ce: v.ce!.data[0]!, gradNorm: v.gradNorm!.data[0]!, loads,
+      imbalance: loads.length ? loads.reduce((a, l) => a + maxOverMean(l), 0) / loads.length : 1,
+    };
+  }
+
+  /** The current parameters' pieces (for evaluation programs and checkpoints). */
+  get params(): Record<string, Pieces> {
+    return Object.fromEntries(this.ps.specs.map((s) => [s.name, this.state[s.name]!]));
+  }
+}
