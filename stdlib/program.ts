@@ -59,13 +59,14 @@ export function zeroPieces(mesh: MeshSpec, type: TensorType): Pieces {
 export class Program<O extends string = string> {
   readonly plan: Plan;
   readonly inputs: string[];
-  private readonly names: O[];
+  /** Output names, in the order of plan.outputs. */
+  readonly outputNames: O[];
 
   constructor(readonly mesh: Mesh<any>, outputs: Record<O, AnyDTensor>) {
-    this.names = Object.keys(outputs) as O[];
-    this.plan = compile(mesh.builder.graph, this.names.map((n) => outputs[n].ref));
+    this.outputNames = Object.keys(outputs) as O[];
+    this.plan = compile(mesh.builder.graph, this.outputNames.map((n) => outputs[n].ref));
     this.inputs = this.plan.instrs.flatMap((i) => (i.kind === "op" && i.op === "input" ? [String(i.attrs.name)] : []));
-    this.types = Object.fromEntries(this.names.map((n) => [n, outputs[n].type])) as never;
+    this.types = Object.fromEntries(this.outputNames.map((n) => [n, outputs[n].type])) as never;
   }
   private readonly types: Record<O, AnyDTensor["type"]>;
 
@@ -73,15 +74,15 @@ export class Program<O extends string = string> {
   run(feeds: Record<string, Pieces>): Record<O, Pieces> {
     for (const n of this.inputs) if (!feeds[n]) throw new UsageError(`Program.run(): input '${n}' was not fed`);
     const res = runPlanCpu(this.plan, new Map(Object.entries(feeds)));
-    return Object.fromEntries(this.names.map((n, i) => [n, res.locals[i]!])) as Record<O, Pieces>;
+    return Object.fromEntries(this.outputNames.map((n, i) => [n, res.locals[i]!])) as Record<O, Pieces>;
   }
 
   /** Runs once and reads the named outputs back as global values. */
   runGlobal(feeds: Record<string, Pieces>): { pieces: Record<O, Pieces>; values: Record<O, GlobalValue> } {
     const res = runPlanCpu(this.plan, new Map(Object.entries(feeds)));
-    const pieces = Object.fromEntries(this.names.map((n, i) => [n, res.locals[i]!])) as Record<O, Pieces>;
+    const pieces = Object.fromEntries(this.outputNames.map((n, i) => [n, res.locals[i]!])) as Record<O, Pieces>;
     const values = Object.fromEntries(
-      this.names.map((n, i) => [n, new GlobalValue(this.types[n].dims.map((d) => d.name), res.outputs[i]!.shape, res.outputs[i]!.dtype, res.outputs[i]!.data)]),
+      this.outputNames.map((n, i) => [n, new GlobalValue(this.types[n].dims.map((d) => d.name), res.outputs[i]!.shape, res.outputs[i]!.dtype, res.outputs[i]!.data)]),
     ) as Record<O, GlobalValue>;
     return { pieces, values };
   }

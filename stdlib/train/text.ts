@@ -16,7 +16,8 @@
 //     (`1/2/cd`, `and/or/cc`, `//in`), so the tag is what follows the LAST slash.
 //   * Punctuation is tokenized: `,/,`  `./.`  `(/(`  `--/--`. Double quotes are LaTeX-style:
 //     opening ``` ``/`` ``` and closing `''/''`; a lone `'/'` is a single quote (open or close).
-//     Contractions and possessives stay whole (`I'm/ppss+bem`, `Atlanta's/np$`, `players'/nns$`).
+//     Contractions and possessives stay whole (`I'm/ppss+bem`, `Atlanta's/np$`, `players'/nns$`);
+//     inch marks are written `''` inside a word (`1/4''/nn`) and become `"` here.
 //   * Quirks, undone here: a sentence ending in `;` `?` `!` or `:` repeats its final token
 //     (`?/. ?/.` at the end of the line, about 5,900 times): the copy is dropped; a sentence ending
 //     in an abbreviation has a second period (`Jr./np ./.`): dropped; all punctuation was moved
@@ -165,6 +166,7 @@ function joinTokens(toks: readonly Tok[], quote: { singleOpen: boolean }): strin
     } else {
       glueBefore = CLOSERS.has(word);
       glueAfter = OPENERS.has(word);
+      if (!glueBefore && !glueAfter) text = word.replaceAll("''", '"'); // inch marks: 10''/nn → 10"
     }
     if (out !== "" && !glueNext && !glueBefore) out += " ";
     out += text;

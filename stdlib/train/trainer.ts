@@ -62,6 +62,8 @@ export class Trainer {
   /** Host copies of the routing biases, per MoE layer. */
   readonly biases: Float32Array[];
   step = 0;
+  /** The global values of the last step's outputs (loss, updated parameters, moments, loads). */
+  last: Record<string, GlobalValue> = {};
 
   constructor(readonly cfg: TrainConfig) {
     const t = traceLm(cfg.layout, cfg.model, cfg.batch);
@@ -94,6 +96,7 @@ export class Trainer {
     for (const n of SCALARS) feeds[n] = this.scalar(scalars[n]);
     moeLayers(this.cfg.model).forEach((l, i) => (feeds[`bias.l${l}`] = piecesOf(this.mesh.spec, { dims: [{ name: "experts", size: this.biases[i]!.length }], dtype: "f32", placements: this.mesh.spec.axes.map(() => "R") }, this.biases[i]!)));
     const { pieces, values } = this.program.runGlobal(feeds);
+    this.last = values as Record<string, GlobalValue>;
     for (const s of this.ps.specs) for (const n of [s.name, ...momentNames(s.name)]) this.state[n] = pieces[n]!;
     const loads = this.biases.map((_, i) => Float32Array.from((values as Record<string, GlobalValue>)[`load.${i}`]!.data));
     // auxiliary-loss-free balancing: raise the bias of under-loaded experts, lower the over-loaded
