@@ -36,6 +36,12 @@ export type MsgNonlinear<Op extends string, Ax extends string, A> =
 export const msgNonlinear = (op: string, ax: string, a: Placement) =>
   `mesh axis '${ax}': ${op}() is not linear and its input is ${prettyPlacement(a)}; reduce first: redistribute(x, { ${ax}: Replicate })`;
 
+/** An index (gather / scatter_add) must hold whole positions: a Partial index is reduced first. */
+export type MsgPartialIndex<Op extends string, Ax extends string, I> =
+  `mesh axis '${Ax}': ${Op}() needs whole positions but its index is ${Pretty<I>}; reduce first: redistribute(index, { ${Ax}: Replicate })`;
+export const msgPartialIndex = (op: string, ax: string, i: Placement) =>
+  `mesh axis '${ax}': ${op}() needs whole positions but its index is ${prettyPlacement(i)}; reduce first: redistribute(index, { ${ax}: Replicate })`;
+
 // --- dims, sizes, dtypes ---------------------------------------------------------------------
 
 export type MsgSize<Op extends string, D extends string, N1 extends number, N2 extends number> =

@@ -11,7 +11,7 @@ export { randn, rand, zeros, ones, full, iota, fromGlobal, fromLocal } from "./o
 export { redistribute } from "./ops/redistribute.ts";
 export { evaluate, read, type Backend, type EvaluateOptions } from "./run.ts";
 export { GlobalValue, maxRelDiff } from "./value.ts";
-export { defineModel, type ModelDef } from "./model.ts";
+export { defineModel, defineMain, type ModelDef, type MainDef, type MainContext } from "./model.ts";
 export { grad, valueAndGrad } from "./autodiff.ts";
 export { input, Program, type Pieces } from "./program.ts";
 export type { Dims, DType, Placement, PlacementMap } from "./types/core.ts";

@@ -38,3 +38,18 @@ export function buildOn(def: ModelDef, sizes: Record<string, number>): { mesh: M
     throw new UsageError("a model's build function must return an object of named DTensors, e.g. { y }");
   return { mesh, outputs };
 }
+
+/** A runnable script's default export: `shardts run FILE [args]` calls it with the arguments after FILE. */
+export interface MainDef {
+  readonly kind: "shardts-main";
+  readonly main: (ctx: MainContext) => Promise<number | void> | number | void;
+  readonly description?: string;
+}
+export interface MainContext {
+  args: string[];
+  log: (s: string) => void;
+}
+export function defineMain(main: MainDef["main"], description?: string): MainDef {
+  return { kind: "shardts-main", main, description };
+}
+export const isMainDef = (x: unknown): x is MainDef => typeof x === "object" && x !== null && (x as MainDef).kind === "shardts-main";

@@ -73,16 +73,20 @@ export class Program<O extends string = string> {
   /** Runs once. Every input must be fed; returns each output's pieces. */
   run(feeds: Record<string, Pieces>): Record<O, Pieces> {
     for (const n of this.inputs) if (!feeds[n]) throw new UsageError(`Program.run(): input '${n}' was not fed`);
-    const res = runPlanCpu(this.plan, new Map(Object.entries(feeds)));
+    const res = runPlanCpu(this.plan, new Map(Object.entries(feeds)), []);
     return Object.fromEntries(this.outputNames.map((n, i) => [n, res.locals[i]!])) as Record<O, Pieces>;
   }
 
-  /** Runs once and reads the named outputs back as global values. */
-  runGlobal(feeds: Record<string, Pieces>): { pieces: Record<O, Pieces>; values: Record<O, GlobalValue> } {
-    const res = runPlanCpu(this.plan, new Map(Object.entries(feeds)));
+  /** Runs once; returns every output's pieces and reads back the outputs named in `read` (default: all). */
+  runGlobal(feeds: Record<string, Pieces>, read: readonly O[] = this.outputNames): { pieces: Record<O, Pieces>; values: Record<O, GlobalValue> } {
+    for (const n of this.inputs) if (!feeds[n]) throw new UsageError(`Program.run(): input '${n}' was not fed`);
+    const res = runPlanCpu(this.plan, new Map(Object.entries(feeds)), read.map((n) => this.outputNames.indexOf(n)));
     const pieces = Object.fromEntries(this.outputNames.map((n, i) => [n, res.locals[i]!])) as Record<O, Pieces>;
     const values = Object.fromEntries(
-      this.outputNames.map((n, i) => [n, new GlobalValue(this.types[n].dims.map((d) => d.name), res.outputs[i]!.shape, res.outputs[i]!.dtype, res.outputs[i]!.data)]),
+      read.map((n) => {
+        const g = res.outputs[this.outputNames.indexOf(n)]!;
+        return [n, new GlobalValue(this.types[n].dims.map((d) => d.name), g.shape, g.dtype, g.data)];
+      }),
     ) as Record<O, GlobalValue>;
     return { pieces, values };
   }

@@ -32,7 +32,7 @@ export async function evaluate(tensors: readonly AnyDTensor[], opts: EvaluateOpt
   const plan = compile(mesh.builder.graph, tensors.map((t) => t.ref), { dump: opts.dump });
   opts.onPlan?.(plan);
   const res = runPlanCpu(plan);
-  return res.outputs.map((g, i) => new GlobalValue(tensors[i]!.type.dims.map((d) => d.name), g.shape, g.dtype, g.data));
+  return res.outputs.map((g, i) => new GlobalValue(tensors[i]!.type.dims.map((d) => d.name), g!.shape, g!.dtype, g!.data));
 }
 
 /** The global value of one tensor. */

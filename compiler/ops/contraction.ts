@@ -69,18 +69,29 @@ export function dotRule(pa: Placement, pb: Placement, dd: DotDims, ax: string): 
   throw new ShardingError(msgTwoShards("dot", ax, pa, pb));
 }
 
-/** C[bt, m, n] = sum_k A[bt, m, k] * B[bt, k, n], float64 accumulation, i-k-j order. */
+/**
+ * C[bt, m, n] = sum_k A[bt, m, k] * B[bt, k, n] with float64 accumulation, i-k-j order, four rows
+ * of B per pass over the accumulator (fewer loads and stores of it per multiply-add).
+ */
 export function batchedMatmul(A: LocalTensor["data"], B: LocalTensor["data"], bt: number, m: number, k: number, n: number, C: Float32Array): void {
   const acc = new Float64Array(n);
   for (let t = 0; t < bt; t++) {
     const ao = t * m * k, bo = t * k * n, co = t * m * n;
     for (let i = 0; i < m; i++) {
       acc.fill(0);
-      for (let p = 0; p < k; p++) {
-        const av = A[ao + i * k + p]!;
+      const ar = ao + i * k;
+      let p = 0;
+      for (; p + 3 < k; p += 4) {
+        const a0 = A[ar + p]!, a1 = A[ar + p + 1]!, a2 = A[ar + p + 2]!, a3 = A[ar + p + 3]!;
+        if (a0 === 0 && a1 === 0 && a2 === 0 && a3 === 0) continue;
+        const r0 = bo + p * n, r1 = r0 + n, r2 = r1 + n, r3 = r2 + n;
+        for (let j = 0; j < n; j++) acc[j]! += a0 * B[r0 + j]! + a1 * B[r1 + j]! + a2 * B[r2 + j]! + a3 * B[r3 + j]!;
+      }
+      for (; p < k; p++) {
+        const av = A[ar + p]!;
         if (av === 0) continue;
-        const bro = bo + p * n;
-        for (let j = 0; j < n; j++) acc[j]! += av * B[bro + j]!;
+        const r = bo + p * n;
+        for (let j = 0; j < n; j++) acc[j]! += av * B[r + j]!;
       }
       for (let j = 0; j < n; j++) C[co + i * n + j] = acc[j]!;
     }
@@ -273,14 +284,14 @@ const segmentWgrad: OpDef = {
       if (!packed) for (let g = 0; g < outBox.offset[0]! - cOff; g++) row += C.data[t * gC + g]!;
       for (let g = 0; g < gOut; g++) {
         const cnt = C.data[t * gC + (outBox.offset[0]! - cOff) + g]!;
-        for (let r = row; r < Math.min(row + cnt, R); r++) {
-          const xo = (t * R + r) * K, go = (t * R + r) * N;
-          for (let p = 0; p < K; p++) {
-            const xv = X.data[xo + p]!;
-            if (xv === 0) continue;
-            const ao = (g * K + p) * N;
-            for (let q = 0; q < N; q++) acc[ao + q]! += xv * Gy.data[go + q]!;
-          }
+        // acc[g] += X_seg^T · Gy_seg, through the matmul kernel on a transposed copy of the rows
+        const m = Math.max(0, Math.min(row + cnt, R) - row);
+        if (m > 0) {
+          const xt = new Float32Array(K * m), xd = X.data, base = (t * R + row) * K;
+          for (let r = 0; r < m; r++) for (let p = 0; p < K; p++) xt[p * m + r] = xd[base + r * K + p]!;
+          const prod = new Float32Array(K * N);
+          batchedMatmul(xt, Gy.data.subarray((t * R + row) * N, (t * R + row + m) * N), 1, K, m, N, prod);
+          for (let i = 0, o = g * K * N; i < prod.length; i++) acc[o + i]! += prod[i]!;
         }
         row += cnt;
       }

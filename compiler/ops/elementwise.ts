@@ -9,8 +9,8 @@ import { isPartial, isShard, shardDim } from "../ir/placement.ts";
 import { msgAgree, msgNeedsDType, msgNonlinear, msgReduceFirst, msgTwoShards } from "../messages.ts";
 import { defineOps, type OpDef, type ShardCtx } from "./registry.ts";
 import { noFp8, sameDType, unionDims } from "./rules.ts";
-import { alignStrides, forEachStrided, newOut, roundData } from "./cpu-util.ts";
-import { erf } from "../numeric/special.ts";
+import { alignStrides, newOut, roundData } from "./cpu-util.ts";
+import { elementwiseKernel } from "./cpu-kernels.ts";
 import type { GradCtx, GradOps } from "../autodiff/types.ts";
 import type { ValueRef } from "../ir/types.ts";
 
@@ -55,27 +55,24 @@ export function unaryRule(op: string, linear: boolean, p: Placement, ax: string)
   return p;
 }
 
-type F1 = (x: number) => number;
-type F2 = (a: number, b: number) => number;
-
-const sigmoid: F1 = (x) => 1 / (1 + Math.exp(-x));
-const SQRT_2PI = Math.sqrt(2 * Math.PI);
+// Each op is an expression over `a` (and `b`, `c`) compiled once into a loop (cpu-kernels.ts), so
+// the CPU reference runs monomorphic code; `ie` is the i32 form where the op takes integers.
 type G1 = (b: GradOps, x: ValueRef, y: ValueRef, gy: ValueRef) => ValueRef;
 // noGrad: the op passes no gradient on purpose (masks, derivatives, stop_gradient)
-const UNARY: Record<string, { f: F1; linear?: boolean; int?: F1; grad?: G1; noGrad?: true }> = {
-  abs: { f: Math.abs, int: Math.abs, grad: (b, x, _y, g) => b.mul(g, b.op("sign", [x])) },
-  exp: { f: Math.exp, grad: (b, _x, y, g) => b.mul(g, y) },
-  gelu: { f: (x) => 0.5 * x * (1 + erf(x / Math.SQRT2)), grad: (b, x, _y, g) => b.mul(g, b.op("gelu_deriv", [x])) },
+const UNARY: Record<string, { e: string; linear?: boolean; ie?: string; grad?: G1; noGrad?: true }> = {
+  abs: { e: "Math.abs(a)", ie: "Math.abs(a)", grad: (b, x, _y, g) => b.mul(g, b.op("sign", [x])) },
+  exp: { e: "Math.exp(a)", grad: (b, _x, y, g) => b.mul(g, y) },
+  gelu: { e: "0.5 * a * (1 + erf(a / Math.SQRT2))", grad: (b, x, _y, g) => b.mul(g, b.op("gelu_deriv", [x])) },
   // d/dx gelu(x) = Phi(x) + x phi(x): used by gelu's gradient rule
-  gelu_deriv: { f: (x) => 0.5 * (1 + erf(x / Math.SQRT2)) + (x * Math.exp(-0.5 * x * x)) / SQRT_2PI, noGrad: true },
-  log: { f: Math.log, grad: (b, x, _y, g) => b.div(g, x) },
-  neg: { f: (x) => -x, linear: true, int: (x) => -x, grad: (b, _x, _y, g) => b.op("neg", [g]) },
-  relu: { f: (x) => (x > 0 ? x : 0), int: (x) => (x > 0 ? x : 0), grad: (b, x, _y, g) => b.mul(g, b.op("gt", [x, b.scalar(0, b.type(x).dtype)])) },
-  rsqrt: { f: (x) => 1 / Math.sqrt(x), grad: (b, _x, y, g) => b.mul(g, b.mul(b.scalar(-0.5, b.type(y).dtype), b.mul(y, b.mul(y, y)))) },
-  sigmoid: { f: sigmoid, grad: (b, _x, y, g) => b.mul(g, b.mul(y, b.sub(b.scalar(1, b.type(y).dtype), y))) },
-  sign: { f: (x) => (x > 0 ? 1 : x < 0 ? -1 : 0), int: (x) => (x > 0 ? 1 : x < 0 ? -1 : 0), noGrad: true },
+  gelu_deriv: { e: "0.5 * (1 + erf(a / Math.SQRT2)) + (a * Math.exp(-0.5 * a * a)) / SQRT_2PI", noGrad: true },
+  log: { e: "Math.log(a)", grad: (b, x, _y, g) => b.div(g, x) },
+  neg: { e: "-a", linear: true, ie: "-a | 0", grad: (b, _x, _y, g) => b.op("neg", [g]) },
+  relu: { e: "a > 0 ? a : 0", ie: "a > 0 ? a : 0", grad: (b, x, _y, g) => b.mul(g, b.op("gt", [x, b.scalar(0, b.type(x).dtype)])) },
+  rsqrt: { e: "1 / Math.sqrt(a)", grad: (b, _x, y, g) => b.mul(g, b.mul(b.scalar(-0.5, b.type(y).dtype), b.mul(y, b.mul(y, y)))) },
+  sigmoid: { e: "1 / (1 + Math.exp(-a))", grad: (b, _x, y, g) => b.mul(g, b.mul(y, b.sub(b.scalar(1, b.type(y).dtype), y))) },
+  sign: { e: "a > 0 ? 1 : a < 0 ? -1 : 0", ie: "a > 0 ? 1 : a < 0 ? -1 : 0", noGrad: true },
   silu: {
-    f: (x) => x * sigmoid(x),
+    e: "a / (1 + Math.exp(-a))",
     // silu'(x) = s (1 + x (1 - s)), s = sigmoid(x)
     grad: (b, x, _y, g) => {
       const s = b.op("sigmoid", [x]), one = b.scalar(1, b.type(x).dtype);
@@ -83,23 +80,23 @@ const UNARY: Record<string, { f: F1; linear?: boolean; int?: F1; grad?: G1; noGr
     },
   },
   // identity whose gradient is zero (e.g. the max subtracted for a stable log-sum-exp)
-  stop_gradient: { f: (x) => x, linear: true, int: (x) => x, noGrad: true },
-  sqrt: { f: Math.sqrt, grad: (b, _x, y, g) => b.div(b.mul(g, b.scalar(0.5, b.type(y).dtype)), y) },
+  stop_gradient: { e: "a", linear: true, ie: "a", noGrad: true },
+  sqrt: { e: "Math.sqrt(a)", grad: (b, _x, y, g) => b.div(b.mul(g, b.scalar(0.5, b.type(y).dtype)), y) },
 };
 
 type G2 = (b: GradOps, a: ValueRef, bb: ValueRef, y: ValueRef, gy: ValueRef) => [ValueRef | null, ValueRef | null];
-const BINARY: Record<string, { f: F2; lin: Linearity; int: F2; grad?: G2; noGrad?: true }> = {
-  add: { f: (a, b) => a + b, lin: "add", int: (a, b) => (a + b) | 0, grad: (o, _a, _b, _y, g) => [g, g] },
+const BINARY: Record<string, { e: string; lin: Linearity; ie: string; grad?: G2; noGrad?: true }> = {
+  add: { e: "a + b", lin: "add", ie: "(a + b) | 0", grad: (o, _a, _b, _y, g) => [g, g] },
   // comparisons give 1 or 0 in the operands' dtype (masks for where() and gradients)
-  eq: { f: (a, b) => (a === b ? 1 : 0), lin: "add", int: (a, b) => (a === b ? 1 : 0), noGrad: true },
-  ge: { f: (a, b) => (a >= b ? 1 : 0), lin: "add", int: (a, b) => (a >= b ? 1 : 0), noGrad: true },
-  gt: { f: (a, b) => (a > b ? 1 : 0), lin: "add", int: (a, b) => (a > b ? 1 : 0), noGrad: true },
+  eq: { e: "a === b ? 1 : 0", lin: "add", ie: "a === b ? 1 : 0", noGrad: true },
+  ge: { e: "a >= b ? 1 : 0", lin: "add", ie: "a >= b ? 1 : 0", noGrad: true },
+  gt: { e: "a > b ? 1 : 0", lin: "add", ie: "a > b ? 1 : 0", noGrad: true },
   // integer division truncates toward zero; division by zero gives 0 (as a guard, not a value to rely on)
-  div: { f: (a, b) => a / b, lin: "div", int: (a, b) => (b === 0 ? 0 : Math.trunc(a / b) | 0), grad: (o, _a, b, y, g) => [o.div(g, b), o.op("neg", [o.div(o.mul(g, y), b)])] },
-  maximum: { f: (a, b) => (a !== a || b !== b ? NaN : Math.max(a, b)), lin: "add", int: Math.max, grad: (o, a, b, _y, g) => pick(o, o.op("ge", [a, b]), g) },
-  minimum: { f: (a, b) => (a !== a || b !== b ? NaN : Math.min(a, b)), lin: "add", int: Math.min, grad: (o, a, b, _y, g) => pick(o, o.op("ge", [b, a]), g) },
-  mul: { f: (a, b) => a * b, lin: "mul", int: (a, b) => Math.imul(a, b), grad: (o, a, b, _y, g) => [o.mul(g, b), o.mul(g, a)] },
-  sub: { f: (a, b) => a - b, lin: "add", int: (a, b) => (a - b) | 0, grad: (o, _a, _b, _y, g) => [g, o.op("neg", [g])] },
+  div: { e: "a / b", lin: "div", ie: "b === 0 ? 0 : Math.trunc(a / b) | 0", grad: (o, _a, b, y, g) => [o.div(g, b), o.op("neg", [o.div(o.mul(g, y), b)])] },
+  maximum: { e: "a !== a || b !== b ? NaN : a > b ? a : b", lin: "add", ie: "a > b ? a : b", grad: (o, a, b, _y, g) => pick(o, o.op("ge", [a, b]), g) },
+  minimum: { e: "a !== a || b !== b ? NaN : a < b ? a : b", lin: "add", ie: "a < b ? a : b", grad: (o, a, b, _y, g) => pick(o, o.op("ge", [b, a]), g) },
+  mul: { e: "a * b", lin: "mul", ie: "Math.imul(a, b)", grad: (o, a, b, _y, g) => [o.mul(g, b), o.mul(g, a)] },
+  sub: { e: "a - b", lin: "add", ie: "(a - b) | 0", grad: (o, _a, _b, _y, g) => [g, o.op("neg", [g])] },
 };
 /** Routes g to a where mask is 1, to b elsewhere. */
 function pick(o: GradOps, mask: ValueRef, g: ValueRef): [ValueRef, ValueRef] {
@@ -110,22 +107,13 @@ function pick(o: GradOps, mask: ValueRef, g: ValueRef): [ValueRef, ValueRef] {
 // maximum/minimum of two Partial<sum> is not the partial of anything: give them their own linearity
 const NONLINEAR_BINARY = new Set(["eq", "ge", "gt", "maximum", "minimum"]);
 
-function mapN(inputs: LocalTensor[], inTypes: TensorType[], outType: TensorType, outShape: number[], f: (...v: number[]) => number): LocalTensor {
+/** Applies an expression kernel over the inputs, broadcast by dim name into the output's layout. */
+function mapN(name: string, expr: string, inputs: LocalTensor[], inTypes: TensorType[], outType: TensorType, outShape: number[]): LocalTensor {
   const out = newOut(outType.dtype, outShape);
   const names = outType.dims.map((d) => d.name);
-  const same = inputs.every((t, i) => t.data.length === out.data.length && inTypes[i]!.dims.every((d, j) => d.name === names[j]));
-  const src = inputs.map((t) => t.data), dst = out.data;
-  if (same && inputs.length === 1) for (let i = 0; i < dst.length; i++) dst[i] = f(src[0]![i]!);
-  else if (same && inputs.length === 2) for (let i = 0; i < dst.length; i++) dst[i] = f(src[0]![i]!, src[1]![i]!);
-  else {
-    const strides = inputs.map((t, i) => alignStrides(inTypes[i]!, t.shape, names));
-    const vals = new Array<number>(inputs.length);
-    forEachStrided(outShape, strides, (o, offs) => {
-      for (let k = 0; k < vals.length; k++) vals[k] = src[k]![offs[k]!]!;
-      dst[o] = f(...vals);
-    });
-  }
-  roundData(outType.dtype, dst);
+  const strides = inputs.map((t, i) => alignStrides(inTypes[i]!, t.shape, names));
+  elementwiseKernel(name, expr, inputs.length)(out.data, inputs.map((t) => t.data), outShape, strides);
+  roundData(outType.dtype, out.data);
   return out;
 }
 
@@ -135,11 +123,11 @@ const unaryDefs: OpDef[] = Object.entries(UNARY).map(([name, u]) => ({
   args: ["x"],
   shape: ([x]) => {
     noFp8(name, x!);
-    if (x!.dtype === "i32" && !u.int) throw new DTypeError(msgNeedsDType(name, "i32", "f32 or bf16"));
+    if (x!.dtype === "i32" && !u.ie) throw new DTypeError(msgNeedsDType(name, "i32", "f32 or bf16"));
     return [{ dims: x!.dims, dtype: x!.dtype }];
   },
   shard: ([p], ctx) => [unaryRule(name, !!u.linear, p!, ctx.axis)],
-  cpu: ([x], _a, ctx) => [mapN([x!], ctx.inTypes, ctx.outTypes[0]!, ctx.outShapes[0]!, x!.dtype === "i32" ? u.int! : u.f)],
+  cpu: ([x], _a, ctx) => [x!.dtype === "i32" ? mapN(`${name}.i32`, u.ie!, [x!], ctx.inTypes, ctx.outTypes[0]!, ctx.outShapes[0]!) : mapN(name, u.e, [x!], ctx.inTypes, ctx.outTypes[0]!, ctx.outShapes[0]!)],
   ...(u.grad ? { grad: (c: GradCtx) => [u.grad!(c.b, c.x[0]!, c.y[0]!, c.gy[0]!)] } : u.noGrad ? { grad: () => [null] } : {}),
 }));
 
@@ -157,7 +145,7 @@ const binaryDefs: OpDef[] = Object.entries(BINARY).map(([name, b]) => ({
     }
     return [binaryRule(name, b.lin, pa!, pb!, ctx.inputs[0]!, ctx.inputs[1]!, ctx.axis)];
   },
-  cpu: (xs, _a, ctx) => [mapN(xs, ctx.inTypes, ctx.outTypes[0]!, ctx.outShapes[0]!, xs[0]!.dtype === "i32" ? b.int : b.f)],
+  cpu: (xs, _a, ctx) => [xs[0]!.dtype === "i32" ? mapN(`${name}.i32`, b.ie, xs, ctx.inTypes, ctx.outTypes[0]!, ctx.outShapes[0]!) : mapN(name, b.e, xs, ctx.inTypes, ctx.outTypes[0]!, ctx.outShapes[0]!)],
   // gradients of broadcast operands are summed back over the dims they lack
   ...(b.grad ? { grad: (c: GradCtx) => b.grad!(c.b, c.x[0]!, c.x[1]!, c.y[0]!, c.gy[0]!).map((g, i) => (g ? c.b.sumTo(g, c.inTypes[i]!) : null)) } : b.noGrad ? { grad: () => [null, null] } : {}),
 }));
@@ -181,7 +169,7 @@ const where: OpDef = {
     const cab = { ...ctx.inputs[1]!, dims: unionDims("where", ctx.inputs[1]!.dims, ctx.inputs[2]!.dims) };
     return [binaryRule("where", "add", ab, pc!, cab, ctx.inputs[0]!, ctx.axis)];
   },
-  cpu: (xs, _a, ctx) => [mapN(xs, ctx.inTypes, ctx.outTypes[0]!, ctx.outShapes[0]!, (c, a, b) => (c !== 0 ? a! : b!))],
+  cpu: (xs, _a, ctx) => [mapN("where", "a !== 0 ? b : c", xs, ctx.inTypes, ctx.outTypes[0]!, ctx.outShapes[0]!)],
   grad: ({ b, x, gy, inTypes }) => {
     const zero = b.scalar(0, b.type(gy[0]!).dtype);
     return [null, b.sumTo(b.op("where", [x[0]!, gy[0]!, zero]), inTypes[1]!), b.sumTo(b.op("where", [x[0]!, zero, gy[0]!]), inTypes[2]!)];

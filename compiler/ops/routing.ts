@@ -6,7 +6,7 @@ import type { LocalTensor } from "../ir/local.ts";
 
 import { ShapeError, ShardingError } from "../errors.ts";
 import { isPartial, shardDim } from "../ir/placement.ts";
-import { msgAgree, msgNonlinear, msgReduceFirst, msgTwoShards } from "../messages.ts";
+import { msgAgree, msgPartialIndex, msgReduceFirst, msgTwoShards } from "../messages.ts";
 import { defineOps, type OpDef } from "./registry.ts";
 import { attrInt, attrStr, checkSizes, findDim, needDim, needDType, needNewDim, noFp8, wholeDimRule } from "./rules.ts";
 import { newOut, permuteTo, roundData } from "./cpu-util.ts";
@@ -94,7 +94,7 @@ const gather: OpDef = {
   shard: ([px, pi], ctx) => {
     const gd = gatherDims(ctx.inputs[0]!, ctx.inputs[1]!, ctx.attrs);
     const dx = shardDim(px!), di = shardDim(pi!);
-    if (isPartial(pi!)) throw new ShardingError(msgNonlinear("gather", ctx.axis, pi!));
+    if (isPartial(pi!)) throw new ShardingError(msgPartialIndex("gather", ctx.axis, pi!));
     if (px === "P(sum)" && pi === "R") return [px];
     if (isPartial(px!)) throw new ShardingError(msgReduceFirst("gather", ctx.axis, px!, pi!, "x"));
     if (px === pi) return [px!]; // both R, or the same batch dim
@@ -175,7 +175,7 @@ const scatterAdd: OpDef = {
   shard: ([ps, pi], ctx) => {
     const sd = scatterDims(ctx.inputs[0]!, ctx.inputs[1]!, ctx.attrs);
     const ds = shardDim(ps!), di = shardDim(pi!);
-    if (isPartial(pi!)) throw new ShardingError(msgNonlinear("scatter_add", ctx.axis, pi!));
+    if (isPartial(pi!)) throw new ShardingError(msgPartialIndex("scatter_add", ctx.axis, pi!));
     if (ps === "P(sum)" && pi === "R") return [ps];
     if (isPartial(ps!)) throw new ShardingError(msgReduceFirst("scatter_add", ctx.axis, ps!, pi!, "src"));
     if (ps === pi) return ds !== undefined && sd.dims.includes(ds) ? ["P(sum)"] : [ps!]; // rows split across ranks add up; batch passes
@@ -222,7 +222,7 @@ const sortByKey: OpDef = {
     needDType("sort_by_key", k!, ["i32"]);
     const dim = attrStr(attrs.dim, "sort dim"), rows = attrStr(attrs.rows, "rows dim"), groups = attrStr(attrs.groups, "groups dim");
     const num = attrInt(attrs.numGroups, "numGroups");
-    const d = needDim("sort_by_key", k!, dim);
+    const d = needDim("sort_by_key", k!, dim, "keys");
     if (rows !== dim) needNewDim("sort_by_key", k!, rows);
     needNewDim("sort_by_key", k!, groups);
     const batch = k!.dims.filter((e) => e.name !== dim);

@@ -10,14 +10,14 @@ import { assemble, type GlobalTensor } from "./assemble.ts";
 import { runStep } from "./collectives.ts";
 
 export interface CpuRunResult {
-  /** Each output as one global tensor. */
-  outputs: GlobalTensor[];
+  /** Each output read back as one global tensor (only those asked for; the others are undefined). */
+  outputs: (GlobalTensor | undefined)[];
   /** Each output's per-rank pieces. */
   locals: LocalTensor[][];
 }
 
 /** Runs the plan; `feeds` gives each `input` placeholder's pieces, one per rank, by name. */
-export function runPlanCpu(plan: Plan, feeds?: ReadonlyMap<string, LocalTensor[]>): CpuRunResult {
+export function runPlanCpu(plan: Plan, feeds?: ReadonlyMap<string, LocalTensor[]>, read?: readonly number[]): CpuRunResult {
   const slots: (LocalTensor[] | undefined)[] = new Array(plan.values.length);
   const coords = Array.from({ length: plan.world }, (_, r) => coordsOf(plan.mesh, r));
   const countsCache = new Map<number, GlobalTensor>();
@@ -64,5 +64,9 @@ export function runPlanCpu(plan: Plan, feeds?: ReadonlyMap<string, LocalTensor[]
     const reads = ins.kind === "op" ? ins.inputs : [ins.input];
     for (const s of reads) if (plan.lastUse[s] === i && !countsCache.has(s)) slots[s] = undefined;
   });
-  return { outputs: plan.outputs.map((s) => assemble(plan, s, slots[s]!, counts)), locals: plan.outputs.map((s) => slots[s]!) };
+  const wanted = new Set(read ?? plan.outputs.map((_, i) => i));
+  return {
+    outputs: plan.outputs.map((s, i) => (wanted.has(i) ? assemble(plan, s, slots[s]!, counts) : undefined)),
+    locals: plan.outputs.map((s) => slots[s]!),
+  };
 }

@@ -2,7 +2,8 @@
 import { readFileSync } from "node:fs";
 import { ShardtsError, UsageError } from "../../compiler/errors.ts";
 import { parseArgs } from "./args.ts";
-import { runCommand, RUN_HELP } from "./run-command.ts";
+import { loadRunnable, runCommand, RUN_HELP } from "./run-command.ts";
+import { isMainDef } from "../model.ts";
 import { check } from "./check.ts";
 
 const HELP = `shardts: distributed tensors as a typed TypeScript DSL
@@ -24,6 +25,16 @@ Type-checks the files (default: examples/*.ts) with tsc and prints each sharding
 shardts message, naming the mesh axis and the fix. Exits 1 when there are errors.
 `;
 
+/** Index of the first argument that is neither an option nor the value of one. */
+function firstPositional(argv: string[], valued: string[]): number {
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (!a.startsWith("-")) return i;
+    if (valued.includes(a.slice(2))) i++;
+  }
+  return -1;
+}
+
 export async function main(argv: string[], log: (s: string) => void = console.log, err: (s: string) => void = console.error): Promise<number> {
   const [cmd, ...rest] = argv;
   try {
@@ -36,6 +47,10 @@ export async function main(argv: string[], log: (s: string) => void = console.lo
       return 0;
     }
     if (cmd === "run") {
+      // a script (defineMain) gets every argument but its file name; a model takes the flags below
+      const fileAt = firstPositional(rest, ["mesh", "backend", "dump"]);
+      const runnable = fileAt >= 0 ? await loadRunnable(rest[fileAt]!) : undefined;
+      if (runnable && isMainDef(runnable)) return (await runnable.main({ args: rest.filter((_, i) => i !== fileAt), log })) ?? 0;
       const a = parseArgs(rest, ["mesh", "backend", "dump"], ["no-verify", "help"]);
       if (a.flags.help) return log(RUN_HELP), 0;
       if (a.positionals.length !== 1) throw new UsageError(`shardts run takes one model file; got ${a.positionals.length}\n\n${RUN_HELP}`);
@@ -44,7 +59,7 @@ export async function main(argv: string[], log: (s: string) => void = console.lo
         backend: a.flags.backend as string | undefined,
         dump: a.flags.dump as string | undefined,
         verify: !a.flags["no-verify"],
-      }, log);
+      }, log, runnable);
     }
     if (cmd === "check") {
       const a = parseArgs(rest, ["project"], ["help"]);

@@ -7,17 +7,20 @@ import type { Plan } from "../../compiler/plan.ts";
 import { STAGES, type Stage } from "../../compiler/pipeline.ts";
 import { fmtPlacements } from "../../compiler/ir/placement.ts";
 import { fmtStep } from "../../compiler/passes/redistribute-plan.ts";
-import { UsageError } from "../../compiler/errors.ts";
+import { ShardtsError, UsageError } from "../../compiler/errors.ts";
 import { parseMeshArg } from "../mesh.ts";
-import { buildOn, isModelDef, meshFor, singleDevice, type ModelDef } from "../model.ts";
+import { buildOn, isMainDef, isModelDef, meshFor, singleDevice, type MainDef, type ModelDef } from "../model.ts";
 import { evaluate, resolveBackend, type Backend } from "../run.ts";
 import { maxRelDiff, type GlobalValue } from "../value.ts";
 import { MAX_CPU_RANKS } from "../mesh.ts";
 
 export const RUN_HELP = `usage: shardts run FILE.ts [--mesh dp=2,ep=2] [--backend auto|cpu] [--no-verify] [--dump STAGE]
+       shardts run SCRIPT.ts [script options]
 
 Builds the model that FILE.ts exports (export default defineModel(mesh, build)), compiles it for the
-mesh, runs it and prints each output with its placements and a summary of the collectives.
+mesh, runs it and prints each output with its placements and a summary of the collectives. A file
+that exports defineMain(...) (a script, e.g. examples/train-moe-lm.ts) is run with the arguments
+after its name; \`shardts run SCRIPT.ts --help\` prints its options.
 
   --mesh AXIS=N,...   mesh sizes (axis names must be the model's, in order); default: the model's
   --backend B         auto (default: CPU until the CUDA backend lands) or cpu
@@ -27,11 +30,18 @@ mesh, runs it and prints each output with its placements and a summary of the co
 
 const TOLERANCE: Record<string, number> = { f32: 1e-4, bf16: 2e-2, i32: 0, fp8e4m3: 0.13, fp8e5m2: 0.26 };
 
-async function loadModel(file: string): Promise<ModelDef> {
+export async function loadRunnable(file: string): Promise<ModelDef | MainDef> {
   const path = resolve(file);
   if (!existsSync(path)) throw new UsageError(`shardts run: no such file: ${file}`);
-  const mod = (await import(pathToFileURL(path).href)) as { default?: unknown };
-  if (!isModelDef(mod.default)) throw new UsageError(`${file} must export default defineModel({ axis: size, ... }, (mesh) => ({ name: tensor, ... }))`);
+  let mod: { default?: unknown };
+  try {
+    mod = (await import(pathToFileURL(path).href)) as { default?: unknown };
+  } catch (e) {
+    if (e instanceof ShardtsError) throw e;
+    throw new UsageError(`could not load ${file}: ${e instanceof Error ? `${e.name}: ${e.message}` : String(e)}`);
+  }
+  if (!isModelDef(mod.default) && !isMainDef(mod.default))
+    throw new UsageError(`${file} must export default defineModel({ axis: size, ... }, (mesh) => ({ name: tensor, ... })) or defineMain(async ({ args }) => { ... })`);
   return mod.default;
 }
 
@@ -46,10 +56,10 @@ export function summarizePlan(plan: Plan): string[] {
   return [`  ${ops} ops, ${[...comm.values()].reduce((a, b) => a + b, 0)} collective steps${list ? `: ${list}` : ""}`];
 }
 
-export async function runCommand(file: string, opts: { mesh?: string; backend?: string; verify: boolean; dump?: string }, log: (s: string) => void): Promise<number> {
+export async function runCommand(file: string, opts: { mesh?: string; backend?: string; verify: boolean; dump?: string }, log: (s: string) => void, def?: ModelDef): Promise<number> {
   const backend = resolveBackend((opts.backend ?? "auto") as Backend);
   if (opts.dump !== undefined && !STAGES.includes(opts.dump as Stage)) throw new UsageError(`--dump takes one of ${STAGES.join(", ")}; got '${opts.dump}'`);
-  const def = await loadModel(file);
+  def ??= (await loadRunnable(file)) as ModelDef;
   const sizes = meshFor(def, opts.mesh ? parseMeshArg(opts.mesh) : undefined);
   const ranks = Object.values(sizes).reduce((a, b) => a * b, 1);
   if (ranks > MAX_CPU_RANKS) throw new UsageError(`the CPU backend simulates at most ${MAX_CPU_RANKS} ranks; --mesh asks for ${ranks}`);

@@ -17,9 +17,12 @@ type DotDTypeErrorsTyped<TA, TB> =
 type DotRes<A, B, C> = {
   [Ax in keyof PlacementsOf<A> & string]: DotRule<Ax, PlacementsOf<A>[Ax], PlacementsOf<B>[Ax & keyof PlacementsOf<B>], C, DimsOf<A>, DimsOf<B>>;
 };
+// compiler/ops/contraction.ts dot checks, in this order (and the types report the first that fails):
+// dotDims (the contracted dims in a and b, then the sizes of shared dims), contractDType (no i32, one
+// dtype or both FP8), then the placements axis by axis. So a size mistake is reported before a dtype one.
 export type DotErrors<A, B, C> = Or<
   Or<Missing<"dot", DimsOf<A>, C, "a">, Missing<"dot", DimsOf<B>, C, "b">>,
-  Or<DotDTypeErrors<DTypeOf<A>, DTypeOf<B>>, Or<SizeErrors<"dot", DimsOf<A>, DimsOf<B>>, ErrorsOf<DotRes<A, B, C>>>>
+  Or<SizeErrors<"dot", DimsOf<A>, DimsOf<B>>, Or<DotDTypeErrors<DTypeOf<A>, DTypeOf<B>>, ErrorsOf<DotRes<A, B, C>>>>
 >;
 type DotDType<A, O> = [O] extends [never] ? (DTypeOf<A> extends Fp8DType ? "bf16" : DTypeOf<A>) : O;
 export type DotOut<A, B, C, O = never> = DTensor<Merge<OmitDims<DimsOf<A>, C>, OmitDims<DimsOf<B>, C | keyof DimsOf<A>>>, DotDType<A, O>, Placed<DotRes<A, B, C>>>;

@@ -2,7 +2,7 @@
 import type { MsgDType, MsgFp8, MsgNeedsDType, MsgNonlinear } from "../../compiler/messages.ts";
 import type { DType } from "../../compiler/ir/types.ts";
 import type { AnyDTensor, DTensor } from "../dtensor.ts";
-import type { DimsOf, DTypeOf, ErrorsOf, Fail, Fp8DType, IfTyped, IsAny, IsLiteral, Merge, Placed, PlacementsOf, SizeErrors } from "../types/core.ts";
+import type { DimsOf, DTypeOf, ErrorsOf, Fail, Fp8DType, IfTyped, IsAny, IsLiteral, Merge, NoFp8, Or, Placed, PlacementsOf, SizeErrors } from "../types/core.ts";
 import type { BinaryRule, UnaryRule } from "../types/rules.ts";
 import { asTensor, meshOf, trace } from "./trace.ts";
 
@@ -10,11 +10,12 @@ type Lin = "add" | "mul" | "div";
 type Scalar<Other> = DTensor<{}, DTypeOf<Other>, { [K in keyof PlacementsOf<Other>]: "R" }>;
 type T_<X, Other> = X extends number ? Scalar<Other> : X;
 
-type First<A, B, C> = [A] extends [never] ? ([B] extends [never] ? C : B) : A;
-type DTypeErrors<Op extends string, TA, TB> = IfTyped<TA, IfTyped<TB, DTypeErrorsTyped<Op, TA, TB>>>;
-type DTypeErrorsTyped<Op extends string, TA, TB> =
-  TA extends Fp8DType ? MsgFp8<Op, TA> : TB extends Fp8DType ? MsgFp8<Op, TB>
-  : IsLiteral<TA> extends true ? (IsLiteral<TB> extends true ? ([TA] extends [TB] ? never : MsgDType<Op, TA & string, TB & string>) : never) : never;
+// compiler/ops/elementwise.ts checks, in this order (and the types report the first that fails):
+// no FP8 operand (a, then b), the sizes of shared dims (unionDims), one dtype (sameDType), then the
+// placements axis by axis. So with two mistakes at once (a size and a dtype) both report the size.
+type Fp8Errors<Op extends string, TA, TB> = Or<NoFp8<Op, TA>, NoFp8<Op, TB>>;
+type SameDType<Op extends string, TA, TB> = IfTyped<TA, IfTyped<TB,
+  IsLiteral<TA> extends true ? (IsLiteral<TB> extends true ? ([TA] extends [TB] ? never : MsgDType<Op, TA & string, TB & string>) : never) : never>>;
 
 type BinRes<Op extends string, L extends Lin, A, B> = {
   [K in keyof PlacementsOf<A> & string]: Op extends "maximum" | "minimum"
@@ -24,7 +25,7 @@ type BinRes<Op extends string, L extends Lin, A, B> = {
     : BinaryRule<Op, L, K, PlacementsOf<A>[K], PlacementsOf<B>[K & keyof PlacementsOf<B>], DimsOf<A>, DimsOf<B>>;
 };
 export type BinaryErrors<Op extends string, L extends Lin, A, B> =
-  First<DTypeErrors<Op, DTypeOf<A>, DTypeOf<B>>, SizeErrors<Op, DimsOf<A>, DimsOf<B>>, ErrorsOf<BinRes<Op, L, A, B>>>;
+  Or<Fp8Errors<Op, DTypeOf<A>, DTypeOf<B>>, Or<SizeErrors<Op, DimsOf<A>, DimsOf<B>>, Or<SameDType<Op, DTypeOf<A>, DTypeOf<B>>, ErrorsOf<BinRes<Op, L, A, B>>>>>;
 export type BinaryOut<Op extends string, L extends Lin, A, B> =
   DTensor<Merge<DimsOf<A>, DimsOf<B>>, DTypeOf<A>, Placed<BinRes<Op, L, A, B>>>;
 
@@ -87,11 +88,15 @@ type WhereRes<C, A, B> = {
 type WhereAxis<K extends string, AB, PC, DAB, DC> = AB extends import("../types/core.ts").Err<string> ? AB
   : AB extends "P(sum)" | "P(max)" ? (PC extends "R" ? AB : import("../types/core.ts").Err<import("../../compiler/messages.ts").MsgReduceFirst<"where", K, AB, PC, "a">>)
   : BinaryRule<"where", "add", K, AB, PC, DAB, DC>;
+/** compiler/ops/elementwise.ts where, in its order: no FP8 (cond, a, b), sizes (cond, a, b), a and b of one dtype, placements. */
+type WhereErrors<C, A, B> = Or<Or<NoFp8<"where", DTypeOf<C>>, Fp8Errors<"where", DTypeOf<A>, DTypeOf<B>>>,
+  Or<Or<SizeErrors<"where", DimsOf<C>, DimsOf<A>>, SizeErrors<"where", Merge<DimsOf<C>, DimsOf<A>>, DimsOf<B>>>,
+    Or<SameDType<"where", DTypeOf<A>, DTypeOf<B>>, ErrorsOf<WhereRes<C, A, B>>>>>;
 /** Picks a where cond is non-zero, else b. */
 export function where<C extends AnyDTensor, A extends AnyDTensor | number, B extends AnyDTensor | number>(
   cond: C,
   a: A,
-  b: B & Fail<First<DTypeErrors<"where", DTypeOf<T_<A, B>>, DTypeOf<T_<B, A>>>, never, ErrorsOf<WhereRes<C, T_<A, B>, T_<B, A>>>>>,
+  b: B & Fail<WhereErrors<C, T_<A, B>, T_<B, A>>>,
 ): DTensor<Merge<DimsOf<C>, Merge<DimsOf<T_<A, B>>, DimsOf<T_<B, A>>>>, DTypeOf<T_<A, B>>, Placed<WhereRes<C, T_<A, B>, T_<B, A>>>> {
   const mesh = meshOf("where", [cond, a, b]);
   const dtype = ((a as AnyDTensor)?.dtype ?? (b as AnyDTensor)?.dtype ?? "f32") as DType;

@@ -7,6 +7,7 @@ import { numel } from "../../compiler/ir/types.ts";
 import { coordsOf, isPlacement, shardDim } from "../../compiler/ir/placement.ts";
 import { msgNoAxis, msgShardNoDim } from "../../compiler/messages.ts";
 import { ShapeError, ShardingError, UsageError } from "../../compiler/errors.ts";
+import { userSite } from "../../compiler/trace/builder.ts";
 import { boxOf } from "../../compiler/passes/partition.ts";
 import { roundData } from "../../compiler/ops/cpu-util.ts";
 import { DTensor } from "../dtensor.ts";
@@ -24,13 +25,15 @@ type Out<A extends string, D extends Dims, T extends DType, Q> = DTensor<D, T, F
 
 /** Full placements in mesh-axis order, checked at trace time with the same text tsc shows. */
 export function resolvePlacements(mesh: Mesh<any>, dims: Dims, q: Pl | undefined): Placement[] {
+  // These run before GraphBuilder.add (which attaches the user's file:line to rule errors), so they
+  // attach it themselves.
   const given = q ?? {};
-  if (typeof given !== "object" || Array.isArray(given)) throw new UsageError(`placements must be an object keyed by mesh axis, e.g. { dp: Shard("batch") }; got ${JSON.stringify(q)}`);
+  if (typeof given !== "object" || Array.isArray(given)) throw new UsageError(`placements must be an object keyed by mesh axis, e.g. { dp: Shard("batch") }; got ${JSON.stringify(q)}`, userSite());
   for (const [ax, p] of Object.entries(given)) {
-    if (!mesh.spec.axes.includes(ax)) throw new ShardingError(msgNoAxis(ax));
-    if (!isPlacement(p)) throw new ShardingError(`mesh axis '${ax}': ${JSON.stringify(p)} is not a placement; use Replicate, Shard("dim"), Partial("sum") or Partial("max")`);
+    if (!mesh.spec.axes.includes(ax)) throw new ShardingError(msgNoAxis(ax), userSite());
+    if (!isPlacement(p)) throw new ShardingError(`mesh axis '${ax}': ${JSON.stringify(p)} is not a placement; use Replicate, Shard("dim"), Partial("sum") or Partial("max")`, userSite());
     const d = shardDim(p);
-    if (d !== undefined && !(d in dims)) throw new ShardingError(msgShardNoDim(ax, d));
+    if (d !== undefined && !(d in dims)) throw new ShardingError(msgShardNoDim(ax, d), userSite());
   }
   return mesh.spec.axes.map((a) => given[a] ?? "R");
 }

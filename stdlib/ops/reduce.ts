@@ -10,8 +10,10 @@ type NoFp8<Op extends string, X> = IfTyped<DTypeOf<X>, DTypeOf<X> extends Fp8DTy
 type Or<A, B> = [A] extends [never] ? B : A;
 
 type RedRes<Op extends "sum" | "mean" | "max", X, K> = { [Ax in keyof PlacementsOf<X> & string]: ReduceRule<Op, Ax, PlacementsOf<X>[Ax], K> };
+/** mean() needs a float (compiler/ops/reduce.ts: needFloat after the dims are checked); FP8 is caught before. */
+type MeanFloat<Op extends string, X> = Op extends "mean" ? IfTyped<DTypeOf<X>, DTypeOf<X> extends "i32" ? MsgNeedsDType<Op, "i32", "f32 or bf16"> : never> : never;
 type Red<Op extends "sum" | "mean" | "max"> = <X extends AnyDTensor, const K extends string>(
-  x: X & Fail<Or<NoFp8<Op, X>, Or<Missing<Op, DimsOf<X>, K>, ErrorsOf<RedRes<Op, X, K>>>>>,
+  x: X & Fail<Or<NoFp8<Op, X>, Or<Missing<Op, DimsOf<X>, K>, Or<MeanFloat<Op, X>, ErrorsOf<RedRes<Op, X, K>>>>>>,
   dims: K | readonly K[],
 ) => DTensor<OmitDims<DimsOf<X>, K>, DTypeOf<X>, Placed<RedRes<Op, X, K>>>;
 

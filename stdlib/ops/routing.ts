@@ -2,21 +2,23 @@
 // Types mirror compiler/ops/routing.ts.
 import type { MsgMissingDim, MsgNeedsDType } from "../../compiler/messages.ts";
 import type { AnyDTensor, DTensor } from "../dtensor.ts";
-import type { DimsOf, DTypeOf, ErrorsOf, Fail, IfTyped, KnownDims, Merge, OmitDims, Placed, PlacementsOf, Prettify } from "../types/core.ts";
+import type {
+  DimExists, DimsOf, DTypeOf, ErrorsOf, Fail, IfTyped, KnownDims, Merge, MissingDim as Missing, NoFp8, OmitDims, Or, Placed, PlacementsOf, Prettify, SizeErrors,
+} from "../types/core.ts";
 import type { GatherRule, ScatterRule, WholeDimRule } from "../types/rules.ts";
-import type { WholeDimErrors } from "./reduce.ts";
 import { trace } from "./trace.ts";
 
-type Or<A, B> = [A] extends [never] ? B : A;
-type Missing<Op extends string, D, K, Arg extends string> = KnownDims<D> extends true ? (K extends keyof D ? never : MsgMissingDim<Op, K & string, Arg>) : never;
 type NeedI32<Op extends string, X> = IfTyped<DTypeOf<X>, DTypeOf<X> extends "i32" ? never : MsgNeedsDType<Op, DTypeOf<X> & string, "i32">>;
 type Replace<D, K, N extends string, S> = Prettify<OmitDims<D, K> & { [P in N]: S }>;
 
 type WholeRes<Op extends string, X, K> = { [Ax in keyof PlacementsOf<X> & string]: WholeDimRule<Op, Ax, PlacementsOf<X>[Ax], K> };
 
+/** compiler/ops/routing.ts topk, in its order: no FP8 (any other dtype, i32 included, is fine), the dim, the new dim, then placements. */
+type TopkErrors<X, K, KD> = Or<NoFp8<"topk", DTypeOf<X>>, Or<Missing<"topk", DimsOf<X>, K, "x">, Or<KD extends K ? never : DimExists<"topk", DimsOf<X>, KD>, ErrorsOf<WholeRes<"topk", X, K>>>>>;
+
 /** The k largest entries along `dim` (which must be whole), as a new dim `kDim`: values and i32 indices. */
 export function topk<X extends AnyDTensor, const K extends string, const N extends number, const KD extends string>(
-  x: X & Fail<WholeDimErrors<"topk", X, K>>,
+  x: X & Fail<TopkErrors<X, K, KD>>,
   dim: K,
   k: N,
   kDim: KD,
@@ -28,6 +30,8 @@ export function topk<X extends AnyDTensor, const K extends string, const N exten
 type GatherRes<X, I, K> = {
   [Ax in keyof PlacementsOf<X> & string]: GatherRule<Ax, PlacementsOf<X>[Ax], PlacementsOf<I>[Ax & keyof PlacementsOf<I>], K, DimsOf<X>, DimsOf<I>>;
 };
+/** compiler/ops/routing.ts gather, in its order: an i32 index, the dim of x, shared sizes, then placements. */
+type GatherErrors<X, I, K> = Or<NeedI32<"gather", I>, Or<Missing<"gather", DimsOf<X>, K, "x">, Or<SizeErrors<"gather", DimsOf<X>, DimsOf<I>>, ErrorsOf<GatherRes<X, I, K>>>>>;
 type GatherOut<X, I, K> = DTensor<Merge<DimsOf<I>, OmitDims<DimsOf<X>, K | keyof DimsOf<I>>>, DTypeOf<X>, Placed<GatherRes<X, I, K>>>;
 
 /**
@@ -37,7 +41,7 @@ type GatherOut<X, I, K> = DTensor<Merge<DimsOf<I>, OmitDims<DimsOf<X>, K | keyof
  */
 export function gather<X extends AnyDTensor, I extends AnyDTensor, const K extends string>(
   x: X,
-  index: I & Fail<Or<Missing<"gather", DimsOf<X>, K, "x">, Or<NeedI32<"gather", I>, ErrorsOf<GatherRes<X, I, K>>>>>,
+  index: I & Fail<GatherErrors<X, I, K>>,
   dim: K,
 ): GatherOut<X, I, K> {
   return trace("gather", [x, index], { dim })[0] as never;
@@ -46,7 +50,7 @@ export function gather<X extends AnyDTensor, I extends AnyDTensor, const K exten
 /** Embedding lookup: rows of `table` (dims [vocab, ...]) for i32 `ids`. A vocab-sharded table gives Partial<sum>. */
 export function embedding<X extends AnyDTensor, I extends AnyDTensor, const K extends string>(
   table: X,
-  ids: I & Fail<Or<Missing<"gather", DimsOf<X>, K, "x">, Or<NeedI32<"gather", I>, ErrorsOf<GatherRes<X, I, K>>>>>,
+  ids: I & Fail<GatherErrors<X, I, K>>,
   vocabDim: K,
 ): GatherOut<X, I, K> {
   return trace("gather", [table, ids], { dim: vocabDim })[0] as never;
@@ -56,13 +60,22 @@ type ScatterRes<S, I, K> = {
   [Ax in keyof PlacementsOf<S> & string]: ScatterRule<Ax, PlacementsOf<S>[Ax], PlacementsOf<I>[Ax & keyof PlacementsOf<I>], K, DimsOf<I>>;
 };
 
+/** Index dims that src lacks. */
+type SrcLacks<DS, DI> = KnownDims<DS> extends true ? (KnownDims<DI> extends true ? { [N in keyof DI & string]: N extends keyof DS ? never : MsgMissingDim<"scatter_add", N, "src"> }[keyof DI & string] : never) : never;
+/**
+ * compiler/ops/routing.ts scatter_add, in its order: no FP8 src, an i32 index, the dim of index, index's
+ * dims in src, shared sizes, a new target dim, then placements.
+ */
+type ScatterErrors<S, I, K, To> = Or<NoFp8<"scatter_add", DTypeOf<S>>, Or<NeedI32<"scatter_add", I>, Or<Missing<"scatter_add", DimsOf<I>, K, "index">,
+  Or<SrcLacks<DimsOf<S>, DimsOf<I>>, Or<SizeErrors<"scatter_add", DimsOf<S>, DimsOf<I>>, Or<To extends K ? never : DimExists<"scatter_add", DimsOf<S>, To>, ErrorsOf<ScatterRes<S, I, K>>>>>>>>;
+
 /**
  * out[batch, to = index[batch, i], rest] += src[batch, i, rest]: rows of `src` along `dim` are added
  * into a new dim `to` of `size`. Index -1 rows are skipped. Rows split across ranks give Partial<sum>.
  */
 export function scatterAdd<S extends AnyDTensor, I extends AnyDTensor, const K extends string, const To extends string, const N extends number>(
   src: S,
-  index: I & Fail<Or<Missing<"scatter_add", DimsOf<I>, K, "index">, Or<NeedI32<"scatter_add", I>, ErrorsOf<ScatterRes<S, I, K>>>>>,
+  index: I & Fail<ScatterErrors<S, I, K, To>>,
   dim: K,
   to: { dim: To; size: N },
 ): DTensor<Replace<DimsOf<S>, K, To, N>, DTypeOf<S>, Placed<ScatterRes<S, I, K>>> {
@@ -76,7 +89,8 @@ export function scatterAdd<S extends AnyDTensor, I extends AnyDTensor, const K e
  * and their rows hold -1 at the end.
  */
 export function sortByKey<X extends AnyDTensor, const K extends string, const Rows extends string, const G extends string, const NG extends number>(
-  keys: X & Fail<Or<NeedI32<"sort_by_key", X>, Or<Missing<"sort_by_key", DimsOf<X>, K, "keys">, ErrorsOf<WholeRes<"sort_by_key", X, K>>>>>,
+  keys: X & Fail<Or<NeedI32<"sort_by_key", X>, Or<Missing<"sort_by_key", DimsOf<X>, K, "keys">,
+    Or<Rows extends K ? never : DimExists<"sort_by_key", DimsOf<X>, Rows>, Or<DimExists<"sort_by_key", DimsOf<X>, G>, ErrorsOf<WholeRes<"sort_by_key", X, K>>>>>>>,
   dim: K,
   opts: { rows: Rows; groups: G; numGroups: NG },
 ): {

@@ -62,8 +62,16 @@ export class Trainer {
   /** Host copies of the routing biases, per MoE layer. */
   readonly biases: Float32Array[];
   step = 0;
-  /** The global values of the last step's outputs (loss, updated parameters, moments, loads). */
+  /** The global values of the last step's metrics, and of its updated parameters when `readParams`. */
   last: Record<string, GlobalValue> = {};
+  /** Read updated parameters back each step (tests compare layouts with it; training needs only metrics). */
+  readParams = false;
+  /** Tokens per expert in the last step, per MoE layer. */
+  lastLoads: Float32Array[] = [];
+  private get readEachStep(): string[] {
+    const metrics = ["loss", "ce", "gradNorm", ...this.biases.map((_, i) => `load.${i}`)];
+    return this.readParams ? [...metrics, ...this.ps.specs.flatMap((s) => [s.name, ...momentNames(s.name)])] : metrics;
+  }
 
   constructor(readonly cfg: TrainConfig) {
     const t = traceLm(cfg.layout, cfg.model, cfg.batch);
@@ -95,10 +103,11 @@ export class Trainer {
     const feeds: Record<string, Pieces> = { ...this.state, "data.ids": this.batchPieces(ids), "data.targets": this.batchPieces(targets) };
     for (const n of SCALARS) feeds[n] = this.scalar(scalars[n]);
     moeLayers(this.cfg.model).forEach((l, i) => (feeds[`bias.l${l}`] = piecesOf(this.mesh.spec, { dims: [{ name: "experts", size: this.biases[i]!.length }], dtype: "f32", placements: this.mesh.spec.axes.map(() => "R") }, this.biases[i]!)));
-    const { pieces, values } = this.program.runGlobal(feeds);
+    const { pieces, values } = this.program.runGlobal(feeds, this.readEachStep);
     this.last = values as Record<string, GlobalValue>;
     for (const s of this.ps.specs) for (const n of [s.name, ...momentNames(s.name)]) this.state[n] = pieces[n]!;
     const loads = this.biases.map((_, i) => Float32Array.from((values as Record<string, GlobalValue>)[`load.${i}`]!.data));
+    this.lastLoads = loads;
     // auxiliary-loss-free balancing: raise the bias of under-loaded experts, lower the over-loaded
     if (this.cfg.biasRate > 0)
       loads.forEach((load, i) => {

@@ -56,3 +56,14 @@ export type SizeErrors<Op extends string, A, B> = {
 
 export type ShardDimOf<P> = P extends `S(${infer D})` ? D : never;
 export type IsPartial<P> = P extends "P(sum)" | "P(max)" ? true : false;
+
+/** The first of two error sets that is not empty (the runtime checks in order and throws at the first). */
+export type Or<A, B> = [A] extends [never] ? B : A;
+/** compiler/ops/rules.ts needDim: K (one name or a union) must be a dim of D. */
+export type MissingDim<Op extends string, D, K, Arg extends string> =
+  KnownDims<D> extends true ? (K extends keyof D ? never : import("../../compiler/messages.ts").MsgMissingDim<Op, K & string, Arg>) : never;
+/** compiler/ops/rules.ts needNewDim: N (a name, or a union of names) must not be a dim of D already. */
+export type DimExists<Op extends string, D, N> =
+  KnownDims<D> extends true ? (N extends keyof D & string ? import("../../compiler/messages.ts").MsgDimExists<Op, N> : never) : never;
+/** compiler/ops/rules.ts noFp8 for one tensor of dtype T. */
+export type NoFp8<Op extends string, T> = IfTyped<T, T extends Fp8DType ? import("../../compiler/messages.ts").MsgFp8<Op, T> : never>;

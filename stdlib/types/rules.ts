@@ -1,7 +1,7 @@
 // The one-axis sharding rules at the type level, each a mirror of the runtime rule in compiler/ops
 // (named in each comment) and producing the same message. test/types/cases exercise every branch.
 import type {
-  MsgAgree, MsgContractOneSide, MsgNonlinear, MsgReduceFirst, MsgTwoShards, MsgWholeDim, MsgUnsupported,
+  MsgAgree, MsgContractOneSide, MsgNonlinear, MsgPartialIndex, MsgReduceFirst, MsgTwoShards, MsgWholeDim, MsgUnsupported,
 } from "../../compiler/messages.ts";
 import type { Err, IsLiteral, KnownDims, Placement } from "./core.ts";
 
@@ -38,6 +38,26 @@ export type WholeDimRule<Op extends string, Ax extends string, P, Whole> =
   : P extends "P(sum)" | "P(max)" ? Err<MsgNonlinear<Op, Ax, P>>
   : P extends `S(${infer D})` ? (D extends Whole ? Err<MsgWholeDim<Op, Ax, D>> : P) : P;
 
+/** compiler/ops/movement.ts passThrough with one input (flatten, unflatten, split): the ops only
+ * move data, so a Partial passes through; only a Shard of a restructured dim (Whole) fails. */
+export type MoveRule<Op extends string, Ax extends string, P, Whole> =
+  Wide<P> extends true ? Placement
+  : P extends `S(${infer D})` ? (D extends Whole ? Err<MsgWholeDim<Op, Ax, D>> : P) : P;
+
+/** compiler/ops/movement.ts passThrough for concat. Ps: every input's placement on this axis (a tuple;
+ * a plain array gives only the element type). In input order: xs[i] may not shard the concat dim, and
+ * must equal xs[0]; the output is xs[0]'s placement. */
+export type ConcatRule<Ax extends string, Ps extends readonly unknown[], Whole> =
+  Ps extends readonly [infer P0, ...unknown[]] ? ConcatEach<Ax, P0, Ps, Whole, []> : MoveRule<"concat", Ax, Ps[number], Whole>;
+type ConcatEach<Ax extends string, P0, Ps extends readonly unknown[], Whole, I extends unknown[]> =
+  Ps extends readonly [infer P, ...infer Rest]
+    ? Wide<P0, P> extends true ? Placement
+      : P extends `S(${infer D})` ? (D extends Whole ? Err<MsgWholeDim<"concat", Ax, D>> : ConcatSame<Ax, P0, P, Rest, Whole, I>)
+      : ConcatSame<Ax, P0, P, Rest, Whole, I>
+    : P0;
+type ConcatSame<Ax extends string, P0, P, Rest extends readonly unknown[], Whole, I extends unknown[]> =
+  [P] extends [P0] ? ConcatEach<Ax, P0, Rest, Whole, [...I, 0]> : Err<MsgAgree<"concat", Ax, P0, P, `xs[${I["length"]}]`, P0>>;
+
 /** compiler/ops/contraction.ts dotRule. C: contracted dims; DA/DB: the operands' dims. */
 export type DotRule<Ax extends string, PA, PB, C, DA, DB> =
   Wide<PA, PB> extends true ? Placement
@@ -56,7 +76,7 @@ type DotFree<Ax extends string, PA, PB, DA, DB> =
 /** compiler/ops/routing.ts gather rule. Dim: the gathered dim; DX/DI: x's and index's dims. */
 export type GatherRule<Ax extends string, PX, PI, Dim, DX, DI> =
   Wide<PX, PI> extends true ? Placement
-  : PI extends "P(sum)" | "P(max)" ? Err<MsgNonlinear<"gather", Ax, PI>>
+  : PI extends "P(sum)" | "P(max)" ? Err<MsgPartialIndex<"gather", Ax, PI>>
   : [PX, PI] extends ["P(sum)", "R"] ? PX
   : PX extends "P(sum)" | "P(max)" ? Err<MsgReduceFirst<"gather", Ax, PX, PI, "x">>
   : [PX] extends [PI] ? PX
@@ -68,7 +88,7 @@ export type GatherRule<Ax extends string, PX, PI, Dim, DX, DI> =
 /** compiler/ops/routing.ts scatter_add rule. Dim: the scattered dim of index/src; DI: index's dims. */
 export type ScatterRule<Ax extends string, PS, PI, Dim, DI> =
   Wide<PS, PI> extends true ? Placement
-  : PI extends "P(sum)" | "P(max)" ? Err<MsgNonlinear<"scatter_add", Ax, PI>>
+  : PI extends "P(sum)" | "P(max)" ? Err<MsgPartialIndex<"scatter_add", Ax, PI>>
   : [PS, PI] extends ["P(sum)", "R"] ? PS
   : PS extends "P(sum)" | "P(max)" ? Err<MsgReduceFirst<"scatter_add", Ax, PS, PI, "src">>
   : [PS] extends [PI] ? (PS extends `S(${Dim & string})` ? "P(sum)" : PS)

@@ -19,6 +19,7 @@ const targets = Int32Array.from({ length: B * model.seq }, (_, i) => (i * 11 + 5
 
 function oneStep(layout: Layout) {
   const tr = new Trainer({ model, layout, batch: B, opt: ADAMW_DEFAULTS, schedule: { peak: 1e-2, warmup: 1, total: 10, minRatio: 0.1 }, seed: 7, biasRate: 0 });
+  tr.readParams = true;
   const m = tr.run(ids, targets);
   return { m, tr };
 }
