@@ -80,7 +80,7 @@ export default defineMain(async ({ args, log }) => {
     const m = trainer.run(b.inputs, b.targets);
     curve.push(m.ce);
     imbalance.push(m.imbalance);
-    progress.update(s + 1, { loss: m.ce, tokens: (s + 1) * o.batch * model.seq, imbalance: m.imbalance });
+    progress.update(s + 1, { loss: m.ce, imbalance: m.imbalance });
   }
   progress.finish();
   const secs = (performance.now() - tStart) / 1000;

@@ -50,7 +50,8 @@ export function gradOps(gb: GraphBuilder): GradOps {
     expandTo: (g, like) => {
       const t = type(g);
       const missing = like.dims.filter((d) => !t.dims.some((e) => e.name === d.name));
-      return missing.length ? op("expand", [g], { dims: missing.map((d) => [d.name, d.size]) }) : g;
+      // a segmented dim keeps its segments (they say where each rank's rows are)
+      return missing.length ? op("expand", [g], { dims: missing.map((d) => (d.segmented ? [d.name, d.size, { ...d.segmented } as never] : [d.name, d.size])) }) : g;
     },
   };
 }
@@ -116,7 +117,10 @@ export function appendGradients(gb: GraphBuilder, loss: ValueRef, wrt: ValueRef[
     const d = grads.get(refKey(v));
     const to = dualPlacements(t.placements);
     if (!d) return b.op("full", [], { dims: t.dims.map((e) => [e.name, e.size]), dtype: t.dtype, placements: to, value: 0 });
-    const fitted = b.fit(d, to);
-    return gb.type(fitted).dtype === t.dtype ? fitted : b.op("cast", [fitted], { dtype: t.dtype });
+    let out = b.fit(d, to);
+    if (gb.type(out).dtype !== t.dtype) out = b.op("cast", [out], { dtype: t.dtype });
+    // the gradient is laid out like its parameter, so their pieces line up element for element
+    const order = t.dims.map((e) => e.name);
+    return gb.type(out).dims.every((e, i) => e.name === order[i]) ? out : b.op("permute", [out], { order });
   });
 }

@@ -64,7 +64,15 @@ const UNARY: Record<string, { e: string; linear?: boolean; ie?: string; grad?: G
   exp: { e: "Math.exp(a)", grad: (b, _x, y, g) => b.mul(g, y) },
   gelu: { e: "0.5 * a * (1 + erf(a / Math.SQRT2))", grad: (b, x, _y, g) => b.mul(g, b.op("gelu_deriv", [x])) },
   // d/dx gelu(x) = Phi(x) + x phi(x): used by gelu's gradient rule
-  gelu_deriv: { e: "0.5 * (1 + erf(a / Math.SQRT2)) + (a * Math.exp(-0.5 * a * a)) / SQRT_2PI", noGrad: true },
+  gelu_deriv: {
+    e: "0.5 * (1 + erf(a / Math.SQRT2)) + (a * Math.exp(-0.5 * a * a)) / SQRT_2PI",
+    // gelu''(x) = phi(x) (2 - x^2), for second-order gradients
+    grad: (b, x, _y, g) => {
+      const t = b.type(x).dtype, xx = b.mul(x, x);
+      const phi = b.mul(b.op("exp", [b.mul(xx, b.scalar(-0.5, t))]), b.scalar(1 / Math.sqrt(2 * Math.PI), t));
+      return b.mul(g, b.mul(phi, b.sub(b.scalar(2, t), xx)));
+    },
+  },
   log: { e: "Math.log(a)", grad: (b, x, _y, g) => b.div(g, x) },
   neg: { e: "-a", linear: true, ie: "-a | 0", grad: (b, _x, _y, g) => b.op("neg", [g]) },
   relu: { e: "a > 0 ? a : 0", ie: "a > 0 ? a : 0", grad: (b, x, _y, g) => b.mul(g, b.op("gt", [x, b.scalar(0, b.type(x).dtype)])) },

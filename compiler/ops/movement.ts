@@ -170,10 +170,11 @@ const expand: OpDef = {
   family: "movement",
   args: ["x"],
   shape: ([x], attrs) => {
-    const add = attrs.dims as [string, number][];
+    const add = attrs.dims as [string, number, unknown?][];
     if (!Array.isArray(add)) throw new ShapeError(`expand() needs attrs.dims as [name, size] pairs`);
     for (const [n] of add) needNewDim("expand", x!, n);
-    return [{ dims: [...x!.dims, ...add.map(([name, size]) => ({ name, size: attrInt(size, name) }))], dtype: x!.dtype }];
+    const dims = add.map(([name, size, seg]): Dim => (seg ? { name, size: attrInt(size, name), segmented: seg as unknown as Dim["segmented"] } : { name, size: attrInt(size, name) }));
+    return [{ dims: [...x!.dims, ...dims], dtype: x!.dtype }];
   },
   shard: ([p]) => [p!],
   cpu: ([x], _a, ctx) => {
@@ -185,4 +186,20 @@ const expand: OpDef = {
   grad: ({ b, gy, attrs }) => [b.op("sum", [gy[0]!], { dims: (attrs.dims as [string, number][]).map(([n]) => n) })],
 };
 
-defineOps([concat, expand, flatten, rename, split, unflatten]);
+/** Reorders the layout of dims (the values of every named element are unchanged). */
+const permute: OpDef = {
+  name: "permute",
+  family: "movement",
+  args: ["x"],
+  shape: ([x], attrs) => {
+    const order = strList(attrs.order, "permute order");
+    const names = x!.dims.map((d) => d.name);
+    if (order.length !== names.length || !order.every((n) => names.includes(n))) throw new ShapeError(`permute() order [${order.join(", ")}] must list each of [${names.join(", ")}] once`);
+    return [{ dims: order.map((n) => x!.dims[names.indexOf(n)]!), dtype: x!.dtype }];
+  },
+  shard: ([p]) => [p!],
+  cpu: ([x], attrs, ctx) => [permuteTo(x!, ctx.inTypes[0]!, attrs.order as string[])],
+  grad: ({ b, gy, inTypes }) => [b.op("permute", [gy[0]!], { order: inTypes[0]!.dims.map((d) => d.name) })],
+};
+
+defineOps([concat, expand, flatten, permute, rename, split, unflatten]);

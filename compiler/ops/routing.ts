@@ -209,7 +209,14 @@ const scatterAdd: OpDef = {
     const outT = ctx.outTypes[0]!;
     return [permuteTo(Y, { ...outT, dims: order.map((nm) => outT.dims.find((d) => d.name === nm)!) }, outT.dims.map((d) => d.name))];
   },
-  grad: ({ b, gy, x, attrs }) => [b.op("gather", [gy[0]!, x[1]!], { dim: String(attrs.to) }), null],
+  // each row's gradient is the gradient of where it was added; when the target dim has an index
+  // dim's name, rename it aside so gather can tell them apart
+  grad: ({ b, gy, x, attrs, inTypes }) => {
+    const to = String(attrs.to);
+    if (!inTypes[1]!.dims.some((d) => d.name === to)) return [b.op("gather", [gy[0]!, x[1]!], { dim: to }), null];
+    const aside = `${to}__scattered`;
+    return [b.op("gather", [b.op("rename", [gy[0]!], { from: to, to: aside }), x[1]!], { dim: aside }), null];
+  },
 };
 
 // ---- sort_by_key ----------------------------------------------------------------------------

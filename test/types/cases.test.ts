@@ -5,8 +5,6 @@ import { fileURLToPath } from "node:url";
 import { describeFailures, runTypeCases, type CaseResult } from "./harness.ts";
 
 const CASES = fileURLToPath(new URL("./cases/", import.meta.url));
-/** Fixtures stating the CORRECT behaviour where the library is wrong today (see the file's header). */
-const KNOWN_BUGS = new Set(["known-bugs.ts"]);
 
 describe("type cases", () => {
   let results: CaseResult[];
@@ -18,16 +16,15 @@ describe("type cases", () => {
   it("finds the fixtures, and no diagnostics outside them", () => {
     const names = results.map(name);
     for (const f of ["good.ts", "messages.ts", "result-types.ts", "bad-elementwise.ts", "bad-contraction.ts", "bad-nonlinear.ts", "bad-wholedim.ts",
-      "bad-placements.ts", "bad-sizes.ts", "bad-dtypes.ts", "bad-dims.ts", "bad-routing.ts"]) expect(names).toContain(f);
+      "bad-placements.ts", "bad-sizes.ts", "bad-dtypes.ts", "bad-dims.ts", "bad-routing.ts", "bad-movement.ts"]) expect(names).toContain(f);
     // runTypeCases appends results for files outside the folder (stdlib, helpers) that had diagnostics
     const outside = results.filter((r) => !r.file.startsWith(CASES));
     expect(describeFailures(outside)).toBe("");
   });
 
   it("every fixture is ok (expected errors met, no others)", () => {
-    const checked = results.filter((r) => !KNOWN_BUGS.has(name(r)));
-    expect(describeFailures(checked), describeFailures(checked)).toBe("");
-    for (const r of checked) expect(r.ok, name(r)).toBe(true);
+    expect(describeFailures(results), describeFailures(results)).toBe("");
+    for (const r of results) expect(r.ok, name(r)).toBe(true);
   });
 
   it("good.ts has no expectations and no diagnostics", () => {
@@ -36,18 +33,9 @@ describe("type cases", () => {
   });
 
   it("states at least 20 expectations, all met", () => {
-    const checked = results.filter((r) => !KNOWN_BUGS.has(name(r)));
-    const expected = checked.reduce((n, r) => n + r.expected, 0);
-    const matched = checked.reduce((n, r) => n + r.matched, 0);
+    const expected = results.reduce((n, r) => n + r.expected, 0);
+    const matched = results.reduce((n, r) => n + r.matched, 0);
     expect(expected).toBeGreaterThanOrEqual(20);
     expect(matched).toBe(expected);
-  });
-
-  // Library bugs (type rules that disagree with the trace-time rules): see cases/known-bugs.ts for
-  // each repro. This passes once the types are fixed; then drop `.fails`.
-  it.fails("known-bugs.ts: the type rules agree with the trace-time rules", () => {
-    const r = results.find((x) => name(x) === "known-bugs.ts")!;
-    expect(r, "known-bugs.ts was not checked").toBeDefined();
-    expect(describeFailures([r])).toBe("");
   });
 });

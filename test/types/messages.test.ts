@@ -22,14 +22,14 @@ describe("message builders equal their types", () => {
   });
 
   it("the fixture holds the cases", () => {
-    expect(MESSAGE_CASES.length).toBeGreaterThanOrEqual(24);
+    expect(MESSAGE_CASES.length).toBeGreaterThanOrEqual(26);
   });
 
   it("covers every builder of compiler/messages.ts", () => {
     const builders = Object.entries(messages).filter(([, v]) => typeof v === "function").map(([k]) => k).sort();
     const covered = new Set(MESSAGE_CASES.map((c) => c.builder));
     expect(builders.filter((b) => !covered.has(b))).toEqual([]);
-    expect(builders.length).toBeGreaterThanOrEqual(16);
+    expect(builders.length).toBeGreaterThanOrEqual(17);
   });
 
   // The same, spelled out here with literals (what tsc prints for the type with these arguments).
@@ -58,6 +58,8 @@ describe("message builders equal their types", () => {
       "mesh axis 'ep': gather() would need Shard<a> and Shard<b> at once; gather one side first: redistribute(b, { ep: Replicate })");
     expect(messages.msgUnsupported("segment_dot", "tp", "P(sum)")).toBe(
       "mesh axis 'tp': segment_dot() has no rule for an input that is Partial<sum>; redistribute(x, { tp: Replicate }) first");
+    expect(messages.msgPartialIndex("gather", "tp", "P(sum)")).toBe(
+      "mesh axis 'tp': gather() needs whole positions but its index is Partial<sum>; reduce first: redistribute(index, { tp: Replicate })");
     expect(messages.asCode("P(sum)")).toBe(`Partial("sum")`);
   });
 });

@@ -9,7 +9,7 @@ import * as shardts from "../../stdlib/index.ts";
 import { DTypeError, ShapeError, ShardingError } from "../../stdlib/index.ts";
 import {
   msgAgree, msgContractOneSide, msgDimExists, msgDType, msgFp8, msgMissingDim, msgNeedsDType, msgNoAxis, msgNonlinear,
-  msgReduceFirst, msgShardNoDim, msgSize, msgTwoShards, msgUnsupported, msgWholeDim,
+  msgPartialIndex, msgReduceFirst, msgShardNoDim, msgSize, msgTwoShards, msgUnsupported, msgWholeDim,
 } from "../../compiler/messages.ts";
 
 const L: any = shardts; // untyped, as a plain-JS user would call it
@@ -55,6 +55,8 @@ const toIdx = L.zeros(mesh, { tok: 8 }, "i32");
 const routed = L.sortByKey(L.zeros(mesh, { tok: 8 }, "i32"), "tok", { rows: "slot", groups: "g", numGroups: 4 });
 const xs = L.gather(L.randn(mesh, { tok: 8, model: 16 }, "f32"), routed.perm, "tok");
 const wE = L.randn(mesh, { g: 4, model: 16, ffn: 8 }, "f32", { tp: Shard("g") });
+const xbt = L.randn(mesh, { batch: 8, model: 16 }, "f32", { tp: Shard("batch") });
+const rep = L.randn(mesh, { batch: 8, model: 16 }, "f32");
 
 type ErrClass = typeof ShardingError | typeof ShapeError | typeof DTypeError;
 interface Case {
@@ -99,6 +101,11 @@ const CASES: Case[] = [
   { name: "add: disagreeing sizes", run: () => L.add(x, L.randn(mesh, { model: 12 }, "f32")), cls: ShapeError, msg: msgSize("add", "model", 16, 12) },
   { name: "dot: disagreeing contracted sizes", run: () => L.dot(x, w12, "model"), cls: ShapeError, msg: msgSize("dot", "model", 16, 12) },
   { name: "dot: disagreeing batch sizes", run: () => L.dot(x, L.randn(mesh, { tokens: 6, model: 16 }, "f32"), "model"), cls: ShapeError, msg: msgSize("dot", "tokens", 8, 6) },
+  // two mistakes at once: sizes before dtypes, in the types as at trace time
+  { name: "add: a size and a dtype mismatch", run: () => L.add(x, L.randn(mesh, { model: 12 }, "bf16")), cls: ShapeError, msg: msgSize("add", "model", 16, 12) },
+  { name: "dot: a size and a dtype mismatch", run: () => L.dot(x, L.randn(mesh, { model: 12, out: 4 }, "bf16"), "model"), cls: ShapeError, msg: msgSize("dot", "model", 16, 12) },
+  { name: "where: disagreeing sizes", run: () => L.where(x, L.randn(mesh, { model: 12 }, "f32"), 0), cls: ShapeError, msg: msgSize("where", "model", 16, 12) },
+  { name: "gather: disagreeing batch sizes", run: () => L.gather(x, L.zeros(mesh, { tokens: 6, k: 2 }, "i32"), "model"), cls: ShapeError, msg: msgSize("gather", "tokens", 8, 6) },
   // dtypes (bad-dtypes.ts)
   { name: "add: f32 + bf16", run: () => L.add(x, xbf), cls: DTypeError, msg: msgDType("add", "f32", "bf16") },
   { name: "add: FP8", run: () => L.add(x8, x8), cls: DTypeError, msg: msgFp8("add", "fp8e4m3") },
@@ -107,6 +114,10 @@ const CASES: Case[] = [
   { name: "dot: FP8 with f32", run: () => L.dot(x8, L.randn(mesh, { model: 16, out: 4 }, "f32"), "model"), cls: DTypeError, msg: msgDType("dot", "fp8e4m3", "f32") },
   { name: "exp: i32", run: () => L.exp(ids), cls: DTypeError, msg: msgNeedsDType("exp", "i32", "f32 or bf16") },
   { name: "dot: i32", run: () => L.dot(ids, ids, "tokens"), cls: DTypeError, msg: msgNeedsDType("dot", "i32", "f32, bf16 or FP8") },
+  { name: "mean of i32", run: () => L.mean(ids, "tokens"), cls: DTypeError, msg: msgNeedsDType("mean", "i32", "f32 or bf16") },
+  { name: "topk of FP8", run: () => L.topk(x8, "model", 2, "k"), cls: DTypeError, msg: msgFp8("topk", "fp8e4m3") },
+  { name: "where with an FP8 cond", run: () => L.where(x8, 1, 0), cls: DTypeError, msg: msgFp8("where", "fp8e4m3") },
+  { name: "scatterAdd of FP8 src", run: () => L.scatterAdd(x8, ids, "tokens", { dim: "m", size: 4 }), cls: DTypeError, msg: msgFp8("scatter_add", "fp8e4m3") },
   // missing dims (bad-dims.ts)
   { name: "sum over a missing dim", run: () => L.sum(x, "hidden"), cls: ShapeError, msg: msgMissingDim("sum", "hidden", "x") },
   { name: "mean over a list with a missing dim", run: () => L.mean(x, ["tokens", "batch"]), cls: ShapeError, msg: msgMissingDim("mean", "batch", "x") },
@@ -114,22 +125,33 @@ const CASES: Case[] = [
   { name: "softmax over a missing dim", run: () => L.softmax(x, "vocab"), cls: ShapeError, msg: msgMissingDim("softmax", "vocab", "x") },
   { name: "dot contracting a dim b lacks", run: () => L.dot(xRep, x, "hidden"), cls: ShapeError, msg: msgMissingDim("dot", "hidden", "b") },
   { name: "gather along a missing dim", run: () => L.gather(x, L.zeros(mesh, { n: 4 }, "i32"), "vocab"), cls: ShapeError, msg: msgMissingDim("gather", "vocab", "x") },
+  { name: "sortByKey over a missing dim names keys", run: () => L.sortByKey(ids, "m", { rows: "r", groups: "g", numGroups: 2 }), cls: ShapeError, msg: msgMissingDim("sort_by_key", "m", "keys") },
+  { name: "sortByKey rows onto an existing dim", run: () => L.sortByKey(L.zeros(mesh, { b: 2, tok: 8 }, "i32"), "b", { rows: "tok", groups: "g", numGroups: 2 }), cls: ShapeError, msg: msgDimExists("sort_by_key", "tok") },
+  { name: "rename onto an existing dim", run: () => L.rename(x, "tokens", "model"), cls: ShapeError, msg: msgDimExists("rename", "model") },
+  { name: "flatten onto an existing dim", run: () => L.flatten(L.randn(mesh, { tokens: 8, a: 2, b: 3, model: 4 }, "f32"), ["a", "b"], "model"), cls: ShapeError, msg: msgDimExists("flatten", "model") },
+  { name: "unflatten onto an existing dim", run: () => L.unflatten(x, "model", { tokens: 4, m2: 4 }), cls: ShapeError, msg: msgDimExists("unflatten", "tokens") },
+  { name: "topk onto an existing dim", run: () => L.topk(x, "model", 2, "tokens"), cls: ShapeError, msg: msgDimExists("topk", "tokens") },
+  { name: "scatterAdd onto an existing dim", run: () => L.scatterAdd(x, L.zeros(mesh, { tokens: 8 }, "i32"), "tokens", { dim: "model", size: 4 }), cls: ShapeError, msg: msgDimExists("scatter_add", "model") },
+  { name: "scatterAdd with an index dim src lacks", run: () => L.scatterAdd(x, L.zeros(mesh, { tokens: 8, k: 2 }, "i32"), "tokens", { dim: "slot", size: 4 }), cls: ShapeError, msg: msgMissingDim("scatter_add", "k", "src") },
   // routing (bad-routing.ts)
   { name: "embedding with f32 ids", run: () => L.embedding(table, L.randn(mesh, { tokens: 8 }, "f32"), "vocab"), cls: DTypeError, msg: msgNeedsDType("gather", "f32", "i32") },
-  { name: "gather with a Partial index", run: () => L.gather(table, pidx, "vocab"), cls: ShardingError, msg: msgNonlinear("gather", "tp", "P(sum)") },
+  { name: "gather with a Partial index", run: () => L.gather(table, pidx, "vocab"), cls: ShardingError, msg: msgPartialIndex("gather", "tp", "P(sum)") },
+  { name: "scatterAdd with a Partial index", run: () => L.scatterAdd(L.randn(mesh, { tokens: 8, d: 4 }, "f32"), pidx, "tokens", { dim: "slot", size: 4 }), cls: ShardingError, msg: msgPartialIndex("scatter_add", "tp", "P(sum)") },
   { name: "gather: batch dim sharded on x only", run: () => L.gather(xbatch, ib, "n"), cls: ShardingError, msg: msgAgree("gather", "dp", "S(b)", "R", "index", "S(b)") },
   { name: "scatterAdd: rows sharded, index not", run: () => L.scatterAdd(src, toIdx, "tok", { dim: "slot", size: 8 }), cls: ShardingError, msg: msgAgree("scatter_add", "dp", "S(tok)", "R", "index", "S(tok)") },
   { name: "sortByKey of f32 keys", run: () => L.sortByKey(L.randn(mesh, { tok: 8 }, "f32"), "tok", { rows: "slot", groups: "g", numGroups: 4 }), cls: DTypeError, msg: msgNeedsDType("sort_by_key", "f32", "i32") },
   { name: "sortByKey over a sharded dim", run: () => L.sortByKey(L.zeros(mesh, { tok: 8 }, "i32", { dp: Shard("tok") }), "tok", { rows: "slot", groups: "g", numGroups: 4 }), cls: ShardingError, msg: msgWholeDim("sort_by_key", "dp", "tok") },
   { name: "segmentDot with Partial counts", run: () => L.segmentDot(xs, wE, L.redistribute(routed.counts, { tp: Partial("sum") }), "model", { rows: "slot", groups: "g" }), cls: ShardingError, msg: msgUnsupported("segment_dot", "tp", "P(sum)") },
-  // trace-time-only rules that test/types/cases/known-bugs.ts wants the types to mirror
+  // movement (bad-wholedim.ts, bad-movement.ts)
   { name: "concat along a sharded dim", run: () => L.concat([xb, xb], "batch"), cls: ShardingError, msg: msgWholeDim("concat", "dp", "batch") },
+  { name: "flatten of a sharded dim", run: () => L.flatten(xbt, ["model", "batch"], "mb"), cls: ShardingError, msg: msgWholeDim("flatten", "tp", "batch") },
+  { name: "unflatten of a sharded dim", run: () => L.unflatten(xbt, "batch", { b1: 2, b2: 4 }), cls: ShardingError, msg: msgWholeDim("unflatten", "tp", "batch") },
+  { name: "split of a sharded dim", run: () => L.split(xbt, "batch", [4, 4]), cls: ShardingError, msg: msgWholeDim("split", "tp", "batch") },
   { name: "concat of disagreeing placements", run: () => L.concat([xb, L.zeros(mesh, { batch: 8, model: 16 }, "f32")], "model"), cls: ShardingError, msg: msgAgree("concat", "dp", "S(batch)", "R", "xs[1]", "S(batch)") },
-  { name: "mean of i32", run: () => L.mean(ids, "tokens"), cls: DTypeError, msg: msgNeedsDType("mean", "i32", "f32 or bf16") },
-  { name: "topk of FP8", run: () => L.topk(x8, "model", 2, "k"), cls: DTypeError, msg: msgFp8("topk", "fp8e4m3") },
-  { name: "where with an FP8 cond", run: () => L.where(x8, 1, 0), cls: DTypeError, msg: msgFp8("where", "fp8e4m3") },
-  { name: "scatterAdd of FP8 src", run: () => L.scatterAdd(L.cast(L.randn(mesh, { n: 8, d: 2 }, "f32"), "fp8e4m3"), L.zeros(mesh, { n: 8 }, "i32"), "n", { dim: "m", size: 4 }), cls: DTypeError, msg: msgFp8("scatter_add", "fp8e4m3") },
-  { name: "rename onto an existing dim", run: () => L.rename(x, "tokens", "model"), cls: ShapeError, msg: msgDimExists("rename", "model") },
+  { name: "concat: xs[2] differs", run: () => L.concat([xbt, xbt, L.redistribute(rep, { tp: Partial("sum") }), rep], "model"), cls: ShardingError, msg: msgAgree("concat", "tp", "S(batch)", "P(sum)", "xs[2]", "S(batch)") },
+  { name: "concat: Replicate then Shard", run: () => L.concat([rep, L.redistribute(rep, { dp: Shard("model") })], "batch"), cls: ShardingError, msg: msgAgree("concat", "dp", "R", "S(model)", "xs[1]", "R") },
+  { name: "concat along a dim xs[0] lacks", run: () => L.concat([rep, rep], "vocab"), cls: ShapeError, msg: msgMissingDim("concat", "vocab", "xs[0]") },
+  { name: "concat along a dim xs[1] lacks", run: () => L.concat([rep, L.randn(mesh, { batch: 8 }, "f32")], "model"), cls: ShapeError, msg: msgMissingDim("concat", "model", "xs[1]") },
 ];
 
 /** The 1-based line of this file that names the case. */
@@ -176,12 +198,13 @@ describe("placement errors of factories and redistribute", () => {
     expect(e).toBeInstanceOf(ShardingError);
     expect(e.message.split("\n")[0]).toBe(c.msg);
   });
-  // ...but BUG: stdlib/ops/factories.ts resolvePlacements throws before GraphBuilder.add, which is
-  // where the site is attached, so these errors do not say where the user's call is.
-  it.fails.each(cases.map((c) => [c.name, c] as const))("%s: the message names the user's file:line", (_n, c) => {
+  // ...and, though stdlib/ops/factories.ts resolvePlacements throws before GraphBuilder.add (which
+  // attaches the site to rule errors), it attaches the user's file:line itself.
+  it.each(cases.map((c) => [c.name, c] as const))("%s: the message names the user's file:line", (_n, c) => {
     const e = thrown(c.run) as Error & { site?: string };
-    const line = SOURCE.findIndex((l) => l.includes(`name: ${JSON.stringify(c.name)}`)) + 1;
+    const line = lineOf(c.name);
     expect(e.message).toMatch(new RegExp(`^${escape(c.msg)}\\n    at ${escape(HERE)}:${line}:\\d+$`));
+    expect(e.site).toMatch(new RegExp(`^${escape(HERE)}:${line}:\\d+$`));
   });
 });
 
@@ -211,35 +234,16 @@ describe("the corrected programs trace", () => {
     }).not.toThrow();
   });
 
-  it("movement ops pass a Partial through at trace time (the types reject it: known-bugs.ts BUG 2)", () => {
+  it("movement ops pass a Partial through (good.ts: so do the types)", () => {
     const p = L.sum(L.randn(mesh, { a: 2, b: 3, c: 4 }, "f32", { tp: Shard("a") }), "a");
     expect(L.flatten(p, ["b", "c"], "bc").placements).toEqual({ dp: "R", tp: "P(sum)" });
     expect(L.unflatten(p, "c", { c1: 2, c2: 2 }).placements).toEqual({ dp: "R", tp: "P(sum)" });
     expect(L.split(p, "b", [1, 2]).map((t: any) => t.placements.tp)).toEqual(["P(sum)", "P(sum)"]);
+    expect(L.concat([p, p], "b").placements).toEqual({ dp: "R", tp: "P(sum)" });
+    expect(L.flatten(p, ["c", "b"], "cb").dims).toEqual({ cb: 12 });
   });
 
-  it("topk takes i32 at trace time (the types reject it: known-bugs.ts BUG 4)", () => {
+  it("topk takes i32 (good.ts: so do the types)", () => {
     expect(L.topk(ids, "tokens", 2, "k").indices.dtype).toBe("i32");
-  });
-});
-
-describe("BUG: trace-time text differs from the type error's", () => {
-  // sort_by_key names its argument `keys` (OpDef args, and the type's MsgMissingDim<..., "keys">), but
-  // compiler/ops/routing.ts calls needDim("sort_by_key", k, dim) with the default arg name "x".
-  it.fails("sortByKey over a missing dim names `keys`", () => {
-    const e = thrown(() => L.sortByKey(ids, "m", { rows: "r", groups: "g", numGroups: 2 }));
-    expect(e).toBeInstanceOf(ShapeError);
-    expect(e.message.split("\n")[0]).toBe(msgMissingDim("sort_by_key", "m", "keys"));
-  });
-
-  // Two mistakes at once: the types check the dtype before the sizes (BinaryErrors / DotErrors), the
-  // runtime the sizes first (unionDims / dotDims before sameDType / contractDType).
-  it.fails("add with both a dtype and a size mismatch reports the dtype, as tsc does", () => {
-    const e = thrown(() => L.add(x, L.randn(mesh, { model: 12 }, "bf16")));
-    expect(e.message.split("\n")[0]).toBe(msgDType("add", "f32", "bf16"));
-  });
-  it.fails("dot with both a dtype and a size mismatch reports the dtype, as tsc does", () => {
-    const e = thrown(() => L.dot(x, L.randn(mesh, { model: 12, out: 4 }, "bf16"), "model"));
-    expect(e.message.split("\n")[0]).toBe(msgDType("dot", "f32", "bf16"));
   });
 });

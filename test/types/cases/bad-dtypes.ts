@@ -1,5 +1,5 @@
 // dtype mistakes: mixed dtypes, FP8 outside dot()/cast(), i32 into float-only ops.
-import { Mesh, randn, iota, add, exp, softmax, cast, dot, relu, neg } from "../../../stdlib/index.ts";
+import { Mesh, randn, zeros, iota, add, exp, softmax, cast, dot, relu, neg, mean, topk, where, scatterAdd } from "../../../stdlib/index.ts";
 
 const mesh = Mesh.of({ dp: 2, tp: 2 });
 const x = randn(mesh, { tokens: 8, model: 16 }, "f32");
@@ -39,3 +39,21 @@ export const ok7 = relu(neg(ids));
 // @expect-error dot() does not take i32; it needs f32, bf16 or FP8
 export const e7 = dot(ids, iota(mesh, { tokens: 8 }, "i32", "tokens"), "tokens");
 export const ok8 = dot(cast(ids, "f32"), iota(mesh, { tokens: 8 }, "f32", "tokens"), "tokens");
+
+// mean() needs a float (sum() and max() take i32)
+// @expect-error mean() does not take i32; it needs f32 or bf16
+export const e8 = mean(ids, "tokens");
+export const ok9 = mean(cast(ids, "f32"), "tokens");
+
+// topk() takes i32 (and any non-FP8 dtype), but FP8 goes only into dot() or cast()
+// @expect-error topk() does not take fp8e4m3; FP8 tensors go only into dot() or cast(): cast(x, "bf16") first
+export const e9 = topk(x8, "model", 2, "k");
+export const ok10 = topk(cast(x8, "bf16"), "model", 2, "k");
+
+// an FP8 condition of where(), and an FP8 src of scatterAdd(), are FP8 outside dot()/cast() too
+// @expect-error where() does not take fp8e4m3; FP8 tensors go only into dot() or cast(): cast(x, "bf16") first
+export const e10 = where(x8, 1, 0);
+export const ok11 = where(cast(x8, "f32"), 1, 0);
+// @expect-error scatter_add() does not take fp8e4m3; FP8 tensors go only into dot() or cast(): cast(x, "bf16") first
+export const e11 = scatterAdd(x8, zeros(mesh, { tokens: 8 }, "i32"), "tokens", { dim: "m", size: 4 });
+export const ok12 = scatterAdd(cast(x8, "bf16"), zeros(mesh, { tokens: 8 }, "i32"), "tokens", { dim: "m", size: 4 });

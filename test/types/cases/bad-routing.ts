@@ -10,11 +10,14 @@ const ids = zeros(mesh, { tokens: 8 }, "i32");
 export const e1 = embedding(table, randn(mesh, { tokens: 8 }, "f32"), "vocab");
 export const ok1 = embedding(table, ids, "vocab");
 
-// an index that is a Partial<sum> holds no usable positions
+// an index that is a Partial<sum> holds no usable positions: the fix reduces the index
 const pidx = sum(zeros(mesh, { r: 2, tokens: 8 }, "i32", { tp: Shard("r") }), "r");
-// @expect-error mesh axis 'tp': gather() is not linear and its input is Partial<sum>; reduce first: redistribute(x, { tp: Replicate })
+// @expect-error mesh axis 'tp': gather() needs whole positions but its index is Partial<sum>; reduce first: redistribute(index, { tp: Replicate })
 export const e2 = gather(table, pidx, "vocab");
 export const ok2 = gather(table, redistribute(pidx, { tp: Replicate }), "vocab");
+// @expect-error mesh axis 'tp': scatter_add() needs whole positions but its index is Partial<sum>; reduce first: redistribute(index, { tp: Replicate })
+export const e2b = scatterAdd(randn(mesh, { tokens: 8, d: 4 }, "f32"), pidx, "tokens", { dim: "slot", size: 4 });
+export const ok2b = scatterAdd(randn(mesh, { tokens: 8, d: 4 }, "f32"), redistribute(pidx, { tp: Replicate }), "tokens", { dim: "slot", size: 4 });
 
 // a batch dim of x and index sharded on one side only
 const xb = randn(mesh, { b: 4, n: 8, d: 2 }, "f32", { dp: Shard("b") });

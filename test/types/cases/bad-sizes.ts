@@ -1,5 +1,5 @@
 // The same dim name with two different literal sizes.
-import { Mesh, randn, add, dot } from "../../../stdlib/index.ts";
+import { Mesh, randn, add, dot, where, gather, zeros } from "../../../stdlib/index.ts";
 
 const mesh = Mesh.of({ dp: 2, tp: 2 });
 const a = randn(mesh, { tokens: 8, model: 16 }, "f32");
@@ -18,3 +18,19 @@ export const ok2 = dot(a, randn(mesh, { model: 16, out: 4 }, "f32"), "model");
 // @expect-error dim 'tokens' is 8 in a but 6 in b in dot(); sizes of a named dim must agree
 export const e3 = dot(a, randn(mesh, { tokens: 6, model: 16 }, "f32"), "model");
 export const ok3 = dot(a, randn(mesh, { tokens: 8, model: 16 }, "f32"), "model");
+
+// a size and a dtype mistake at once: the sizes are checked first, as at trace time
+// (compiler/ops/rules.ts unionDims before sameDType; contraction.ts dotDims before contractDType)
+// @expect-error dim 'model' is 16 in a but 12 in b in add(); sizes of a named dim must agree
+export const e4 = add(a, randn(mesh, { model: 12 }, "bf16"));
+// @expect-error dim 'model' is 16 in a but 12 in b in dot(); sizes of a named dim must agree
+export const e5 = dot(a, randn(mesh, { model: 12, out: 4 }, "bf16"), "model");
+
+// where() checks cond, a and b alike
+// @expect-error dim 'model' is 16 in a but 12 in b in where(); sizes of a named dim must agree
+export const e6 = where(a, b, 0);
+export const ok6 = where(a, randn(mesh, { model: 16 }, "f32"), 0);
+// gather(): a batch dim shared by x and index
+// @expect-error dim 'tokens' is 8 in a but 6 in b in gather(); sizes of a named dim must agree
+export const e7 = gather(a, zeros(mesh, { tokens: 6, k: 2 }, "i32"), "model");
+export const ok7 = gather(a, zeros(mesh, { tokens: 8, k: 2 }, "i32"), "model");

@@ -108,5 +108,22 @@ export const uf = unflatten(fl, "bc", { b: 3, c: 4 });
 export const cc = concat([x, x], "model");
 export const sp = split(x, "model", [4, 12]);
 export const fg = fromGlobal(mesh, { n: 4 }, "f32", [1, 2, 3, 4], { tp: Shard("n") });
+// movement ops only move data: a Partial<sum> passes through (compiler/ops/movement.ts passThrough)
+const part = sum(randn(mesh, { a: 2, b: 3, c: 4 }, "f32", { tp: Shard("a") }), "a");
+const pfl = flatten(part, ["c", "b"], "cb"); // dims need not be adjacent or in layout order
+const pflCheck: DTensor<{ cb: number }, "f32", { dp: "R"; tp: "P(sum)" }> = pfl;
+export const puf = unflatten(part, "c", { c1: 2, c2: 2 });
+export const psp = split(part, "b", [1, 2]);
+export const pcc = concat([part, part], "b");
+const pccCheck: DTensor<{ b: number; c: 4 }, "f32", { dp: "R"; tp: "P(sum)" }> = pcc;
+// a shard of a dim the op does not restructure passes too
+export const scc = concat([x, x], "model");
+const sccCheck: DTensor<{ batch: 8; model: number }, "f32", { dp: "S(batch)"; tp: "R" }> = scc;
+// topk takes i32 (its values keep the dtype)
+const itop = topk(io, "n", 2, "k");
+const itopCheck: DTensor<{ k: 2 }, "i32", { dp: "R"; tp: "R" }> = itop.values;
+// concat of a plain array (not a tuple): checked on its element type
+const many: (typeof x)[] = [x, x, x];
+export const cm = concat(many, "model");
 
-export const checks = [designCheck, s1Check, m1Check, abCheck, scoresCheck, embCheck, topCheck, permCheck, countsCheck, moeCheck, r6Check, xbCheck, c8Check, rrCheck];
+export const checks = [designCheck, s1Check, m1Check, abCheck, scoresCheck, embCheck, topCheck, permCheck, countsCheck, moeCheck, r6Check, xbCheck, c8Check, rrCheck, pflCheck, pccCheck, sccCheck, itopCheck];

@@ -5,11 +5,11 @@
 // MESSAGE_CASES and checks, at run time, that every builder returns its literal.
 import type {
   AsCode, MsgAgree, MsgContractOneSide, MsgDimExists, MsgDType, MsgFp8, MsgMissingDim, MsgNeedsDType, MsgNoAxis,
-  MsgNonlinear, MsgReduceFirst, MsgShardNoDim, MsgSize, MsgTwoShards, MsgUnsupported, MsgWholeDim, Pretty,
+  MsgNonlinear, MsgPartialIndex, MsgReduceFirst, MsgShardNoDim, MsgSize, MsgTwoShards, MsgUnsupported, MsgWholeDim, Pretty,
 } from "../../../compiler/messages.ts";
 import {
   asCode, msgAgree, msgContractOneSide, msgDimExists, msgDType, msgFp8, msgMissingDim, msgNeedsDType, msgNoAxis,
-  msgNonlinear, msgReduceFirst, msgShardNoDim, msgSize, msgTwoShards, msgUnsupported, msgWholeDim,
+  msgNonlinear, msgPartialIndex, msgReduceFirst, msgShardNoDim, msgSize, msgTwoShards, msgUnsupported, msgWholeDim,
 } from "../../../compiler/messages.ts";
 import { prettyPlacement } from "../../../compiler/ir/placement.ts";
 
@@ -72,5 +72,10 @@ const c23 = pair("prettyPlacement", prettyPlacement("P(sum)"), "Partial<sum>");
 export const t23: Eq<Pretty<"P(sum)">, typeof c23.expected> = true;
 const c24 = pair("prettyPlacement", prettyPlacement("R"), "Replicate");
 export const t24: Eq<Pretty<"R">, typeof c24.expected> = true;
+// a Partial index (gather / scatter_add): the fix names the index, not x
+const c25 = pair("msgPartialIndex", msgPartialIndex("gather", "tp", "P(sum)"), "mesh axis 'tp': gather() needs whole positions but its index is Partial<sum>; reduce first: redistribute(index, { tp: Replicate })");
+export const t25: Eq<MsgPartialIndex<"gather", "tp", "P(sum)">, typeof c25.expected> = true;
+const c26 = pair("msgPartialIndex", msgPartialIndex("scatter_add", "dp", "P(max)"), "mesh axis 'dp': scatter_add() needs whole positions but its index is Partial<max>; reduce first: redistribute(index, { dp: Replicate })");
+export const t26: Eq<MsgPartialIndex<"scatter_add", "dp", "P(max)">, typeof c26.expected> = true;
 
-export const MESSAGE_CASES: readonly MessageCase[] = [c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15, c16, c17, c18, c19, c20, c21, c22, c23, c24];
+export const MESSAGE_CASES: readonly MessageCase[] = [c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15, c16, c17, c18, c19, c20, c21, c22, c23, c24, c25, c26];
