@@ -4,24 +4,25 @@
 // clipping and AdamW with BF16 moments; expert load is balanced by DeepSeek-V3's
 // auxiliary-loss-free bias. Prints a progress bar, the loss curve against the text's unigram
 // entropy, the expert-load imbalance, and a sample of generated text.
-//   npx shardts run examples/train-moe-lm.ts [--steps 150] [--layout dp-ep] [--no-balance] [--help]
+//   npx shardts run examples/train-moe-lm.ts [--steps 120] [--layout dp-ep] [--no-balance] [--help]
 import { defineMain, UsageError } from "shardts";
 import { layoutByName, LAYOUTS } from "shardts/nn";
 import { Trainer, Evaluator, generate, maxOverMean, Progress, BatchLoader, ByteTokenizer, loadTrainingText, unigramEntropyNats, bigramEntropyNats, ADAMW_DEFAULTS } from "shardts/train";
 import type { LmConfig } from "shardts/nn";
 
 const HELP = `usage: shardts run examples/train-moe-lm.ts [options]
-  --steps N        optimisation steps (default 150)
+  --steps N        optimisation steps (default 120)
   --layout NAME    parallel layout: ${Object.keys(LAYOUTS).join(", ")} (default dp-ep: dp=2 × ep=2)
   --mesh A=N,...   override the layout's mesh sizes (same axis names)
   --batch N        sequences per step (default 16)
   --no-balance     turn off the auxiliary-loss-free bias balancing
+  --gamma X        bias update speed per step (default 0.01; scores are softmax, ~1/8 each)
   --aux X          auxiliary load-balancing loss coefficient (default 0)
   --seed N         initialisation and data seed (default 1)
   --sample N       characters of generated text at the end (default 240; 0 for none)`;
 
 function parse(args: string[]) {
-  const o = { steps: 150, layout: "dp-ep", mesh: undefined as string | undefined, batch: 16, balance: true, aux: 0, seed: 1, sample: 240, help: false };
+  const o = { steps: 120, layout: "dp-ep", mesh: undefined as string | undefined, batch: 16, balance: true, gamma: 0.01, aux: 0, seed: 1, sample: 240, help: false };
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!, v = () => {
       const x = args[++i];
@@ -39,6 +40,7 @@ function parse(args: string[]) {
     else if (a === "--batch") o.batch = num(v());
     else if (a === "--no-balance") o.balance = false;
     else if (a === "--aux") o.aux = num(v());
+    else if (a === "--gamma") o.gamma = num(v());
     else if (a === "--seed") o.seed = num(v());
     else if (a === "--sample") o.sample = num(v());
     else if (a === "--help") o.help = true;
@@ -65,7 +67,7 @@ export default defineMain(async ({ args, log }) => {
 
   const t0 = performance.now();
   const trainer = new Trainer({
-    model, layout, batch: o.batch, seed: o.seed, biasRate: o.balance ? 1e-3 : 0,
+    model, layout, batch: o.batch, seed: o.seed, biasRate: o.balance ? o.gamma : 0,
     opt: { ...ADAMW_DEFAULTS, lr: 3e-3 },
     schedule: { peak: 3e-3, warmup: Math.min(20, Math.ceil(o.steps / 10)), total: o.steps, minRatio: 0.1 },
   });

@@ -2,7 +2,7 @@
 // only its own piece, and every value depends on its GLOBAL position only, so the same program
 // gives the same numbers on any mesh.
 import type { Attrs, Dim, DType, Placement, TensorType } from "../ir/types.ts";
-import type { Box, LocalData, LocalTensor } from "../ir/local.ts";
+import type { Box, LocalData } from "../ir/local.ts";
 import { DTYPES, numel } from "../ir/types.ts";
 import { DTypeError, ShapeError, ShardingError, UsageError } from "../errors.ts";
 import { isPlacement, shardDim } from "../ir/placement.ts";

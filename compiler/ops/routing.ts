@@ -1,8 +1,7 @@
 // Index and routing family: top-k, gather, scatter-add, stable sort by key. These carry MoE routing:
 // sort_by_key produces rows grouped into data-dependent segments (tokens per expert) whose sizes
 // live in a counts tensor; the rows dim keeps its static bound and is marked `segmented`.
-import type { Attrs, Dim, Placement, TensorType } from "../ir/types.ts";
-import type { LocalTensor } from "../ir/local.ts";
+import type { Attrs, Dim, TensorType } from "../ir/types.ts";
 
 import { ShapeError, ShardingError } from "../errors.ts";
 import { isPartial, shardDim } from "../ir/placement.ts";

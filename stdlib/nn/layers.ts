@@ -4,7 +4,7 @@
 // follow from the explicit `toActivation` redistributes.
 import { UsageError } from "../../compiler/errors.ts";
 import type { AnyDTensor } from "../dtensor.ts";
-import { add, div, exp, log, mul, silu, stop_gradient_ as stopGradient, sub } from "./ops-internal.ts";
+import { add, exp, log, mul, silu, stop_gradient_ as stopGradient, sub } from "./ops-internal.ts";
 import { dot } from "../ops/contraction.ts";
 import { max, mean, rmsnorm as rmsnormOp, softmax, sum } from "../ops/reduce.ts";
 import { embedding as lookup, gather } from "../ops/routing.ts";
@@ -76,4 +76,3 @@ export function crossEntropy(ps: ParamStore, logits: AnyDTensor, targets: AnyDTe
   return toActivation(ps, mean(sub(lse, picked), ["batch", "seq"]) as AnyDTensor);
 }
 
-export { div, softmax };

@@ -36,6 +36,8 @@ export interface MoeOut {
   aux: AnyDTensor;
   /** Tokens routed to each expert in this batch, [experts], f32. */
   load: AnyDTensor;
+  /** The experts each token was routed to, [batch, seq, k], i32. */
+  indices: AnyDTensor;
 }
 
 /** `bias` ([experts], replicated) shifts only which experts are selected, never the gate weights. */
@@ -49,7 +51,11 @@ export function moe(ps: ParamStore, name: string, x: AnyDTensor, cfg: MoeConfig,
   const scores = cfg.score === "softmax" ? (softmax(logits, "experts") as AnyDTensor) : sigmoid(logits);
 
   let select = add(stopGradient(scores), bias);
-  if (cfg.nodeLimit) select = limitToGroups(ps, select, E, cfg.nodeLimit);
+  if (cfg.nodeLimit) {
+    const { groups: G, maxGroups: M } = cfg.nodeLimit;
+    if (E % G === 0 && K > M * (E / G)) throw new UsageError(`moe '${name}': top-${K} cannot fit in ${M} group(s) of ${E / G} experts; raise maxGroups or lower topK`);
+    select = limitToGroups(ps, select, E, cfg.nodeLimit);
+  }
   const { indices } = topk(select, "experts", K, "k") as { indices: AnyDTensor };
   const picked = gather(scores, indices, "experts") as AnyDTensor; // [batch, seq, k], unbiased scores
   const gate = div(picked, sum(picked, "k") as AnyDTensor);
@@ -83,7 +89,7 @@ export function moe(ps: ParamStore, name: string, x: AnyDTensor, cfg: MoeConfig,
     const P = toActivation(ps, mean(scores, ["batch", "seq"]) as AnyDTensor);
     aux = mul(sum(mul(f, P), "experts") as AnyDTensor, cfg.auxLoss * E);
   }
-  return { y: toActivation(ps, y), aux, load };
+  return { y: toActivation(ps, y), aux, load, indices };
 }
 
 /** Keeps, per token, only the experts of its best `maxGroups` groups (group score: its best expert). */

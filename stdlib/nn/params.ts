@@ -5,7 +5,7 @@
 import type { Placement } from "../../compiler/ir/types.ts";
 import { UsageError } from "../../compiler/errors.ts";
 import { Mesh } from "../mesh.ts";
-import { DTensor, type AnyDTensor } from "../dtensor.ts";
+import type { AnyDTensor } from "../dtensor.ts";
 import { input, Program, type Pieces } from "../program.ts";
 import { full, randn } from "../ops/factories.ts";
 import { redistribute } from "../ops/redistribute.ts";
@@ -72,4 +72,3 @@ export class ParamStore {
   }
 }
 
-export { DTensor };

@@ -14,23 +14,13 @@ import {
 } from "../../stdlib/index.ts";
 import { allOps } from "../../compiler/ops/index.ts";
 import { roundToBf16, roundToE4M3, roundToE5M2 } from "../../compiler/numeric/index.ts";
+import { mulberry32 } from "../helpers/prng.ts";
 
 // ---- seeded randomness ----------------------------------------------------------------------
 
 const BASE_SEED = process.env.SHARDTS_TEST_SEED !== undefined ? Number(process.env.SHARDTS_TEST_SEED) >>> 0 : (Math.random() * 2 ** 32) >>> 0;
 const SEED_NOTE = `(replay with SHARDTS_TEST_SEED=${BASE_SEED})`;
 
-/** mulberry32: a tiny, well-mixed 32-bit PRNG. */
-function mulberry32(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 const hash = (s: string) => [...s].reduce((h, c) => Math.imul(h ^ c.charCodeAt(0), 0x01000193) >>> 0, 0x811c9dc5);
 /** A generator per test, from the base seed and the test's name (tests stay independent). */
 function rngFor(name: string) {
@@ -652,6 +642,14 @@ describe(`ops against a float64 reference, 1-device mesh ${SEED_NOTE}`, () => {
       const x = input(mesh, [["n", 3], ["m", 2]], "f32", () => r.uniform(-2, 2));
       const [got] = await run(rawOp("expand", [x.t], { dims: [["p", 4], ["q", 2]] })[0]!);
       expectClose(got!, Ref.build([["n", 3], ["m", 2], ["p", 4], ["q", 2]], (i) => x.ref.at(i)), "exact", "expand", "f32");
+    });
+
+    it("permute reorders the layout, every named element unchanged", async () => {
+      const r = rngFor("permute");
+      const mesh = one();
+      const x = input(mesh, [["n", 3], ["m", 2], ["k", 4]], "f32", () => r.uniform(-2, 2));
+      const [got] = await run(rawOp("permute", [x.t], { order: ["k", "n", "m"] })[0]!);
+      expectClose(got!, Ref.build([["k", 4], ["n", 3], ["m", 2]], (i) => x.ref.at(i)), "exact", "permute", "f32");
     });
 
     it("segment_wgrad: per-segment sums of outer products", async () => {

@@ -18,19 +18,10 @@ import { planRedistribute, fmtStep, type PlannedStep } from "../../compiler/pass
 import { compile } from "../../compiler/pipeline.ts";
 import { boxOf } from "../../compiler/passes/partition.ts";
 import { runPlanCpu } from "../../runtime/cpu/index.ts";
+import { mulberry32 } from "../helpers/prng.ts";
 
 // ---- deterministic randomness ------------------------------------------------------------------
 
-function mulberry32(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 /** A multiple of 1/256 in [-4, 4]: sums of a few of these are exact in f32 and f64 alike. */
 const dyadic = (rnd: () => number) => (Math.floor(rnd() * 2049) - 1024) / 256;
 

@@ -20,21 +20,12 @@ import type { Attrs, DType, MeshSpec, Placement, TensorType, ValueRef } from "..
 import { compile } from "../../compiler/pipeline.ts";
 import type { PlanValue } from "../../compiler/plan.ts";
 import { runPlanCpu } from "../../runtime/cpu/index.ts";
+import { mulberry32 } from "../helpers/prng.ts";
 
 const AXIS = "tp";
 
 // ---- deterministic randomness and value generators ----------------------------------------------
 
-function mulberry32(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 type Rnd = () => number;
 type Gen = (rnd: Rnd, n: number) => number[];
 
@@ -119,6 +110,7 @@ const CASES: OpCase[] = [
   { op: "concat", label: "concat {r,c:4},{r,c:3} on c", inputs: [T({ r: 5, c: 4 }), T({ r: 5, c: 3 })], attrs: { dim: "c" } },
   { op: "split", label: "split c:7 into [3,4]", inputs: [T({ r: 5, c: 7 })], attrs: { dim: "c", sizes: [3, 4] } },
   { op: "expand", label: "expand {r,c} by z:3", inputs: [T(RC)], attrs: { dims: [["z", 3]] } },
+  { op: "permute", label: "permute {r,c,z} to [z,r,c]", inputs: [T({ r: 5, c: 4, z: 3 })], attrs: { order: ["z", "r", "c"] } },
 ];
 
 const SKIP_FAMILIES = new Set(["factory"]);

@@ -6,16 +6,8 @@ export type Dim = readonly [name: string, size: number];
 
 // ---- deterministic randomness ------------------------------------------------------------------
 
-export function mulberry32(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { mulberry32 } from "../../helpers/prng.ts";
+export { mulberry32 };
 
 export class Rng {
   private readonly next: () => number;
