@@ -8,7 +8,7 @@
 import type { Attrs, DType, Placement, TensorType, ValueRef } from "../ir/types.ts";
 import { isFloat, refKey } from "../ir/types.ts";
 import { isPartial, fmtType } from "../ir/placement.ts";
-import { CompileError, ShardingError } from "../errors.ts";
+import { CompileError } from "../errors.ts";
 import { getOp } from "../ops/index.ts";
 import type { GraphBuilder } from "../trace/builder.ts";
 import type { GradOps } from "./types.ts";
@@ -24,25 +24,13 @@ export function gradOps(gb: GraphBuilder): GradOps {
     const cur = type(v).placements;
     return cur.every((p, i) => p === to[i]) ? v : op("redistribute", [v], { to: [...to] });
   };
-  // A binary op whose operands' layouts clash: bring b to a's layout where b has a's sharded dim.
-  const binary = (name: string, a: ValueRef, b: ValueRef): ValueRef => {
-    try {
-      return op(name, [a, b]);
-    } catch (e) {
-      if (!(e instanceof ShardingError)) throw e;
-      const ta = type(a), tb = type(b);
-      const to = ta.placements.map((p, i) => (isPartial(p) ? "R" : p.startsWith("S(") && !tb.dims.some((d) => `S(${d.name})` === p) ? "R" : p)) as Placement[];
-      const a2 = fit(a, ta.placements.map((p) => (isPartial(p) ? "R" : p)) as Placement[]);
-      return op(name, [a2, fit(b, to)]);
-    }
-  };
   return {
     op, ops, type, fit,
     scalar: (value: number, dtype: DType) => op("full", [], { dims: [], dtype, placements: gb.mesh.axes.map(() => "R"), value }),
-    add: (a, b) => binary("add", a, b),
-    sub: (a, b) => binary("sub", a, b),
-    mul: (a, b) => binary("mul", a, b),
-    div: (a, b) => binary("div", a, b),
+    add: (a, b) => op("add", [a, b]),
+    sub: (a, b) => op("sub", [a, b]),
+    mul: (a, b) => op("mul", [a, b]),
+    div: (a, b) => op("div", [a, b]),
     sumTo: (g, like) => {
       const extra = type(g).dims.filter((d) => !like.dims.some((e) => e.name === d.name)).map((d) => d.name);
       return extra.length ? op("sum", [g], { dims: extra }) : g;
