@@ -28,6 +28,12 @@ export class Mesh<A extends string = string> {
     return new Mesh({ axes, sizes: axes.map((a) => sizes[a]!) });
   }
 
+  private seedCounter = 0x5eed;
+  /** The seed a factory takes when none is given: the same sequence every time a program is traced. */
+  nextSeed(): number {
+    return this.seedCounter++;
+  }
+
   get axes(): A[] {
     return this.spec.axes as A[];
   }

@@ -5,7 +5,7 @@ import type { Plan, PlanValue } from "../../compiler/plan.ts";
 import type { LocalTensor } from "../../compiler/ir/local.ts";
 import type { Placement } from "../../compiler/ir/types.ts";
 import { allocLocal } from "../../compiler/ir/local.ts";
-import { groupAlong } from "../../compiler/ir/placement.ts";
+import { coordsOf, groupAlong } from "../../compiler/ir/placement.ts";
 import { roundData } from "../../compiler/ops/cpu-util.ts";
 import { boxOf } from "../../compiler/passes/partition.ts";
 import type { PlannedStep } from "../../compiler/passes/redistribute-plan.ts";
@@ -16,17 +16,8 @@ type Counts = (slot: number) => GlobalTensor;
 /** A value as some step sees it: its type with given placements, boxes and shapes per rank. */
 function withPlacements(plan: Plan, v: PlanValue, placements: Placement[]): PlanValue {
   const t = { ...v.type, placements };
-  const per = Array.from({ length: plan.world }, (_, r) => boxOf(t, plan.mesh, coordsOfR(plan, r)));
+  const per = Array.from({ length: plan.world }, (_, r) => boxOf(t, plan.mesh, coordsOf(plan.mesh, r)));
   return { type: t, boxes: per.map((p) => p.box), shapes: per.map((p) => p.shape), segCounts: v.segCounts };
-}
-
-function coordsOfR(plan: Plan, r: number): number[] {
-  const s = plan.mesh.sizes, c = new Array<number>(s.length);
-  for (let a = s.length - 1; a >= 0; a--) {
-    c[a] = r % s[a]!;
-    r = Math.floor(r / s[a]!);
-  }
-  return c;
 }
 
 /** [outer, n, inner] view along `dim` in the value's own dim order. */

@@ -49,7 +49,6 @@ function factory(mesh: Mesh<any>, op: string, dims: Dims, dtype: DType, q: Pl | 
   return new DTensor(mesh, ref!);
 }
 
-let autoSeed = 0x5eed;
 export interface RandomOpts {
   seed?: number;
 }
@@ -58,14 +57,14 @@ export interface RandomOpts {
 export function randn<A extends string, const D extends Dims, const T extends FloatDType, const Q extends Pl = {}>(
   mesh: Mesh<A>, dims: D, dtype: T, placements?: Q & Fail<PlacementErrors<A, D, Q>>, opts: RandomOpts & { mean?: number; std?: number } = {},
 ): Out<A, D, T, Q> {
-  return factory(mesh, "random", dims, dtype, placements, { dist: "normal", seed: opts.seed ?? autoSeed++, mean: opts.mean ?? 0, std: opts.std ?? 1 }) as never;
+  return factory(mesh, "random", dims, dtype, placements, { dist: "normal", seed: opts.seed ?? mesh.nextSeed(), mean: opts.mean ?? 0, std: opts.std ?? 1 }) as never;
 }
 
 /** Uniform [low, high) samples; seeded like randn. */
 export function rand<A extends string, const D extends Dims, const T extends FloatDType, const Q extends Pl = {}>(
   mesh: Mesh<A>, dims: D, dtype: T, placements?: Q & Fail<PlacementErrors<A, D, Q>>, opts: RandomOpts & { low?: number; high?: number } = {},
 ): Out<A, D, T, Q> {
-  return factory(mesh, "random", dims, dtype, placements, { dist: "uniform", seed: opts.seed ?? autoSeed++, low: opts.low ?? 0, high: opts.high ?? 1 }) as never;
+  return factory(mesh, "random", dims, dtype, placements, { dist: "uniform", seed: opts.seed ?? mesh.nextSeed(), low: opts.low ?? 0, high: opts.high ?? 1 }) as never;
 }
 
 export function full<A extends string, const D extends Dims, const T extends DType, const Q extends Pl = {}>(
