@@ -89,11 +89,3 @@ export function localRange(
   return [start, len];
 }
 
-/** Local shape of a non-segmented tensor on the rank at `coords`; segmented dims keep their bound. */
-export function localShape(t: TensorType, mesh: MeshSpec, coords: readonly number[]): number[] {
-  return t.dims.map((d) => (d.segmented ? d.size : localRange(d.size, d.name, t.placements, mesh, coords)[1]));
-}
-
-/** The mesh axes that shard `dim`, major first. */
-export const axesSharding = (placements: readonly Placement[], dim: string): number[] =>
-  placements.flatMap((p, a) => (shardDim(p) === dim ? [a] : []));

@@ -74,6 +74,5 @@ export interface Graph {
 
 export const refKey = (v: ValueRef) => `${v.node}:${v.out}`;
 export const typeOf = (g: Graph, v: ValueRef): TensorType => g.nodes[v.node]!.outputs[v.out]!;
-export const dimIndex = (t: TensorType, name: string) => t.dims.findIndex((d) => d.name === name);
 export const dimNames = (t: TensorType) => t.dims.map((d) => d.name);
 export const numel = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);

@@ -3,7 +3,7 @@
 // computes in f32 and stores in the tensor's dtype.
 import type { Attrs, DType, Placement, TensorType } from "../ir/types.ts";
 import type { LocalTensor } from "../ir/local.ts";
-import { DTYPES, isFp8 } from "../ir/types.ts";
+import { DTYPES } from "../ir/types.ts";
 import { DTypeError, ShardingError } from "../errors.ts";
 import { isPartial, isShard, shardDim } from "../ir/placement.ts";
 import { msgAgree, msgNeedsDType, msgNonlinear, msgReduceFirst, msgTwoShards } from "../messages.ts";
@@ -211,9 +211,5 @@ const cast: OpDef = {
   grad: ({ b, gy, inTypes, outTypes }) => [inTypes[0]!.dtype === "i32" || outTypes[0]!.dtype === "i32" ? null : b.op("cast", [gy[0]!], { dtype: inTypes[0]!.dtype })],
 };
 
-export const isLinearUnary = (op: string) => !!UNARY[op]?.linear;
-export const UNARY_OPS = Object.keys(UNARY);
-export const BINARY_OPS = Object.keys(BINARY);
-export const fp8Allowed = (t: DType) => !isFp8(t);
 
 defineOps([...unaryDefs, ...binaryDefs, where, cast]);

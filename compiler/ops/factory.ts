@@ -141,5 +141,4 @@ const input = def("input", (_i, attrs, ctx) => {
   return [piece];
 });
 
-export const FACTORY_OPS = ["constant", "from_local", "random", "full", "iota", "input"];
 defineOps([constant, fromLocal, full, input, iota, random]);
