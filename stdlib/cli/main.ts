@@ -5,6 +5,7 @@ import { parseArgs } from "./args.ts";
 import { loadRunnable, runCommand, RUN_HELP } from "./run-command.ts";
 import { isMainDef } from "../model.ts";
 import { check } from "./check.ts";
+import { launch } from "../../runtime/launch/launcher.ts";
 
 const HELP = `shardts: distributed tensors as a typed TypeScript DSL
 
@@ -13,10 +14,20 @@ usage: shardts <command> [options]
 commands
   run FILE.ts     compile and run a model on a (simulated) device mesh; see shardts run --help
   check [FILES]   type-check model files and print sharding mistakes; see shardts check --help
+  launch          start one process per rank (torchrun's environment contract); see shardts launch --help
 
 options
   --help          this text
   --version       the package version
+`;
+
+const LAUNCH_HELP = `usage: shardts launch --nproc-per-node N [--nnodes K --node-rank R --master-addr A --master-port P] FILE.ts [args]
+
+Starts N processes on this node, each running \`shardts run FILE.ts [args]\` with RANK, LOCAL_RANK,
+WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT set as torchrun sets them, plus
+SHARDTS_JOB_TOKEN, the secret the rendezvous store on node 0 asks every peer for (on several nodes,
+export the same token everywhere). Output lines are prefixed with the rank. If a rank fails, the
+others are stopped within seconds and launch exits non-zero naming it.
 `;
 
 const CHECK_HELP = `usage: shardts check [FILES...] [--project tsconfig.json]
@@ -60,6 +71,18 @@ export async function main(argv: string[], log: (s: string) => void = console.lo
         dump: a.flags.dump as string | undefined,
         verify: !a.flags["no-verify"],
       }, log, runnable);
+    }
+    if (cmd === "launch") {
+      const fileAt = firstPositional(rest, ["nproc-per-node", "nnodes", "node-rank", "master-addr", "master-port"]);
+      const a = parseArgs(fileAt >= 0 ? rest.slice(0, fileAt) : rest, ["nproc-per-node", "nnodes", "node-rank", "master-addr", "master-port"], ["help"]);
+      if (a.flags.help || fileAt < 0) return log(LAUNCH_HELP), a.flags.help ? 0 : 2;
+      const num = (k: string, d: number) => (a.flags[k] === undefined ? d : Number(a.flags[k]));
+      const res = await launch({
+        nprocPerNode: num("nproc-per-node", 1), nnodes: num("nnodes", 1), nodeRank: num("node-rank", 0),
+        masterAddr: (a.flags["master-addr"] as string | undefined) ?? "127.0.0.1", masterPort: num("master-port", 0),
+        file: rest[fileAt]!, args: rest.slice(fileAt + 1), graceMs: 3000,
+      }, log, err);
+      return res.code;
     }
     if (cmd === "check") {
       const a = parseArgs(rest, ["project"], ["help"]);
