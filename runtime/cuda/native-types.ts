@@ -1,0 +1,288 @@
+// The types of the native addon's functions (native/src/*.cc), exactly as the addon exports them.
+//
+// Conventions: device pointers and every opaque handle are bigint (0n is the null pointer and, for a
+// stream, the legacy default stream); byte sizes and counts are numbers (bigint accepted). Every
+// failing CUDA / NVRTC / cuBLASLt / NCCL call throws a CudaApiError; a library that cannot be loaded
+// throws a LibraryUnavailableError listing every path tried. Nothing is loaded until first use.
+
+/** A device address (CUdeviceptr). Arithmetic is plain bigint arithmetic. */
+export type DevicePtr = bigint;
+/** Opaque handles. Distinct names for readability; all are bigint at run time. */
+export type Stream = bigint;
+export type Event = bigint;
+export type Module = bigint;
+export type KernelFunction = bigint;
+export type Graph = bigint;
+export type GraphExec = bigint;
+export type NvrtcProgram = bigint;
+export type NcclComm = bigint;
+
+/** Host memory accepted by the copy functions. */
+export type HostBuffer = ArrayBufferView | ArrayBuffer;
+/** Sizes: numbers, or bigint. */
+export type Size = number | bigint;
+/** Grid and block dimensions: x, or [x], [x, y], [x, y, z]. */
+export type Dim3 = number | [number] | [number, number] | [number, number, number];
+
+export type LibraryName = "cuda" | "nvrtc" | "cublasLt" | "nccl";
+
+export interface LibraryProbe {
+  ok: boolean;
+  library: LibraryName;
+  /** The file loaded (when ok). */
+  path?: string;
+  /** "12.8", "13.0", "2.27.3"... (when ok). */
+  version?: string;
+  /** The whole error message, with every candidate and why it was refused (when not ok). */
+  reason?: string;
+  /** "candidate: why it was refused", one per candidate tried before the one that loaded. */
+  tried: string[];
+}
+
+/** A failed library call. */
+export interface CudaApiError extends Error {
+  library: LibraryName;
+  /** The call, e.g. "cuMemAlloc_v2(1024 bytes)". */
+  call: string;
+  code: number;
+  /** e.g. "CUDA_ERROR_OUT_OF_MEMORY", "NVRTC_ERROR_INVALID_OPTION", "CUBLAS_STATUS_NOT_SUPPORTED", "ncclInvalidArgument". */
+  codeName: string;
+}
+
+/** A library that could not be loaded. */
+export interface LibraryUnavailableError extends Error {
+  code: "ERR_SHARDTS_LIBRARY_UNAVAILABLE";
+  library: LibraryName;
+  tried: string[];
+}
+
+export interface DeviceProperties {
+  ordinal: number;
+  name: string;
+  computeCapability: [number, number];
+  /** "sm_90" for compute capability 9.0. */
+  arch: string;
+  smCount: number;
+  totalMemory: number;
+  l2CacheBytes: number;
+  persistingL2CacheMaxBytes: number | null;
+  sharedMemPerBlock: number;
+  sharedMemPerBlockOptin: number;
+  sharedMemPerSM: number;
+  totalConstantMemory: number;
+  registersPerBlock: number;
+  maxThreadsPerBlock: number;
+  maxThreadsPerSM: number;
+  maxBlocksPerSM: number | null;
+  warpSize: number;
+  clockRateKHz: number | null;
+  memoryClockRateKHz: number | null;
+  memoryBusWidthBits: number | null;
+  asyncEngineCount: number | null;
+  eccEnabled: boolean;
+  integrated: boolean;
+  cooperativeLaunch: boolean;
+  pciBusId: string;
+  uuid?: string;
+  /** cuDriverGetVersion: 12080 for CUDA 12.8, 13000 for 13.0. */
+  driverVersion: number;
+}
+
+export interface FunctionAttributes {
+  maxThreadsPerBlock: number;
+  sharedSizeBytes: number;
+  constSizeBytes: number;
+  localSizeBytes: number;
+  numRegs: number;
+  ptxVersion: number;
+  binaryVersion: number;
+  maxDynamicSharedSizeBytes: number;
+}
+
+export type MatmulDtype = "f32" | "bf16" | "f16";
+
+/**
+ * One cuBLASLt matmul, column-major BLAS terms, for each of `batch` strided batches:
+ *   D[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C[m,n],   op(X) = transX ? Xᵀ : X.
+ * A is stored (transA ? k×m : m×k) with leading dimension lda, B (transB ? n×k : k×n) with ldb, C and
+ * D m×n with ldc and ldd. Strides are in elements. For row-major operands see matmulRowMajor in
+ * runtime/cuda/native.ts.
+ */
+export interface MatmulOptions {
+  /** The type of A and B. */
+  dtype: MatmulDtype;
+  /** The type of C and D (default: dtype). */
+  outDtype?: MatmulDtype;
+  /** Accumulation: "f32" (default, exact f32) or "tf32" (faster, f32 inputs rounded to tf32). */
+  computeType?: "f32" | "tf32";
+  transA?: boolean;
+  transB?: boolean;
+  m: number;
+  n: number;
+  k: number;
+  a: DevicePtr;
+  lda: number;
+  b: DevicePtr;
+  ldb: number;
+  /** Default: d (then ldc defaults to ldd). */
+  c?: DevicePtr;
+  ldc?: number;
+  d: DevicePtr;
+  ldd: number;
+  alpha?: number;
+  beta?: number;
+  batch?: number;
+  strideA?: number;
+  strideB?: number;
+  strideC?: number;
+  strideD?: number;
+  /** Scratch memory for the algorithm (none by default; 32 MiB lets it pick the fastest). */
+  workspace?: DevicePtr;
+  workspaceBytes?: number;
+  stream?: Stream;
+}
+
+/** NCCL's ncclDataType_t. */
+export const NcclDataType = {
+  i8: 0,
+  u8: 1,
+  i32: 2,
+  u32: 3,
+  i64: 4,
+  u64: 5,
+  f16: 6,
+  f32: 7,
+  f64: 8,
+  bf16: 9,
+  f8e4m3: 10,
+  f8e5m2: 11,
+} as const;
+export type NcclDataTypeName = keyof typeof NcclDataType;
+
+/** NCCL's ncclRedOp_t. */
+export const NcclRedOp = { sum: 0, prod: 1, max: 2, min: 3, avg: 4 } as const;
+export type NcclRedOpName = keyof typeof NcclRedOp;
+
+/** cuStreamCreate flags. */
+export const StreamFlags = { default: 0, nonBlocking: 1 } as const;
+/** cuEventCreate flags. */
+export const EventFlags = { default: 0, blockingSync: 1, disableTiming: 2 } as const;
+/** cuStreamBeginCapture modes. */
+export const CaptureMode = { global: 0, threadLocal: 1, relaxed: 2 } as const;
+/** cuStreamIsCapturing results. */
+export const CaptureStatus = { none: 0, active: 1, invalidated: 2 } as const;
+/** cuMemHostAlloc flags. */
+export const HostAllocFlags = { portable: 1, deviceMap: 2, writeCombined: 4 } as const;
+
+/** The addon's exports. */
+export interface NativeAddon {
+  addonInfo(): { napiVersion: number; built: string; compiler: string };
+  /** Loads (or reports) a library without throwing. */
+  probe(library: LibraryName): LibraryProbe;
+
+  // driver: devices and contexts
+  driverVersion(): number;
+  init(): void;
+  deviceCount(): number;
+  deviceProperties(ordinal?: number): DeviceProperties;
+  /** Makes the device's primary context current on this thread (device 0 is used until this is called). */
+  setDevice(ordinal: number): void;
+  getDevice(): number;
+  ctxSynchronize(): void;
+  memGetInfo(): { free: number; total: number };
+
+  // memory
+  memAlloc(bytes: Size): DevicePtr;
+  memFree(ptr: DevicePtr): void;
+  /** Copies `bytes` (default: all of src) from host to device. */
+  memcpyHtoD(dst: DevicePtr, src: HostBuffer, bytes?: Size): void;
+  memcpyHtoDAsync(dst: DevicePtr, src: HostBuffer, bytes: Size | undefined, stream: Stream): void;
+  /** Copies `bytes` (default: all of dst) from device to host. */
+  memcpyDtoH(dst: HostBuffer, src: DevicePtr, bytes?: Size): void;
+  memcpyDtoHAsync(dst: HostBuffer, src: DevicePtr, bytes: Size | undefined, stream: Stream): void;
+  memcpyDtoD(dst: DevicePtr, src: DevicePtr, bytes: Size): void;
+  memcpyDtoDAsync(dst: DevicePtr, src: DevicePtr, bytes: Size, stream: Stream): void;
+  /** Fills `count` elements of 1, 2 or 4 bytes; with a stream (0n included) it is asynchronous. */
+  memsetD8(ptr: DevicePtr, value: number, count: Size, stream?: Stream): void;
+  memsetD16(ptr: DevicePtr, value: number, count: Size, stream?: Stream): void;
+  memsetD32(ptr: DevicePtr, value: number, count: Size, stream?: Stream): void;
+  /** Page-locked host memory as an ArrayBuffer (truly asynchronous copies need it). */
+  hostAlloc(bytes: Size, flags?: number): ArrayBuffer;
+  /** Frees it now and detaches the ArrayBuffer (otherwise it is freed when collected). */
+  hostFree(buffer: ArrayBuffer): void;
+
+  // modules and launches
+  /** Loads PTX (string or bytes), a CUBIN or a fatbin; a JIT failure's log is in the error. */
+  moduleLoadData(image: string | HostBuffer): Module;
+  moduleUnload(module: Module): void;
+  moduleGetFunction(module: Module, name: string): KernelFunction;
+  funcSetMaxDynamicSharedMemory(fn: KernelFunction, bytes: number): void;
+  funcGetAttributes(fn: KernelFunction): FunctionAttributes;
+  /** `params` is the packed parameter block (see packArgs in runtime/cuda/kernel-args.ts). */
+  launchKernel(fn: KernelFunction, grid: Dim3, block: Dim3, sharedMemBytes: number, stream: Stream, params?: HostBuffer): void;
+
+  // streams and events
+  streamCreate(flags?: number): Stream;
+  streamDestroy(stream: Stream): void;
+  streamSynchronize(stream: Stream): void;
+  /** True when all its work is done. */
+  streamQuery(stream: Stream): boolean;
+  streamWaitEvent(stream: Stream, event: Event): void;
+  eventCreate(flags?: number): Event;
+  eventDestroy(event: Event): void;
+  eventRecord(event: Event, stream: Stream): void;
+  eventSynchronize(event: Event): void;
+  eventQuery(event: Event): boolean;
+  /** Milliseconds between two recorded events. */
+  eventElapsedTime(start: Event, end: Event): number;
+
+  // graphs
+  streamBeginCapture(stream: Stream, mode?: number): void;
+  streamEndCapture(stream: Stream): Graph;
+  streamIsCapturing(stream: Stream): number;
+  graphInstantiate(graph: Graph, flags?: Size): GraphExec;
+  graphUpload(exec: GraphExec, stream: Stream): void;
+  graphLaunch(exec: GraphExec, stream: Stream): void;
+  graphExecDestroy(exec: GraphExec): void;
+  graphDestroy(graph: Graph): void;
+  graphNodeCount(graph: Graph): number;
+
+  // NVRTC
+  nvrtcVersion(): [number, number];
+  nvrtcSupportedArchs(): number[];
+  nvrtcCreateProgram(source: string, name?: string, headerSources?: string[], headerNames?: string[]): NvrtcProgram;
+  nvrtcDestroyProgram(program: NvrtcProgram): void;
+  nvrtcAddNameExpression(program: NvrtcProgram, nameExpression: string): void;
+  nvrtcGetLoweredName(program: NvrtcProgram, nameExpression: string): string;
+  /** A compile error in the source is { ok: false, log }; other failures (a bad option...) throw. */
+  nvrtcCompileProgram(program: NvrtcProgram, options?: string[]): { ok: boolean; log: string };
+  nvrtcGetProgramLog(program: NvrtcProgram): string;
+  nvrtcGetPTX(program: NvrtcProgram): string;
+  /** Only for programs compiled for a real architecture (--gpu-architecture=sm_XX). */
+  nvrtcGetCUBIN(program: NvrtcProgram): Uint8Array;
+
+  // cuBLASLt
+  cublasLtVersion(): number;
+  cublasLtMatmul(options: MatmulOptions): void;
+
+  // NCCL (dtype and op are NcclDataType / NcclRedOp values)
+  ncclVersion(): number;
+  /** 128 bytes to hand to every rank. */
+  ncclGetUniqueId(): Uint8Array;
+  /** On the current device; blocks until all `nranks` ranks have joined. */
+  ncclCommInitRank(nranks: number, uniqueId: Uint8Array, rank: number): NcclComm;
+  ncclCommInitAll(devices: number[]): NcclComm[];
+  ncclCommDestroy(comm: NcclComm): void;
+  ncclCommAbort(comm: NcclComm): void;
+  /** 0 (ncclSuccess), 7 (ncclInProgress) or an error code. */
+  ncclCommGetAsyncError(comm: NcclComm): number;
+  ncclCommInfo(comm: NcclComm): { count: number; rank: number; device: number };
+  ncclAllReduce(send: DevicePtr, recv: DevicePtr, count: Size, dtype: number, op: number, comm: NcclComm, stream: Stream): void;
+  ncclAllGather(send: DevicePtr, recv: DevicePtr, sendCount: Size, dtype: number, comm: NcclComm, stream: Stream): void;
+  ncclReduceScatter(send: DevicePtr, recv: DevicePtr, recvCount: Size, dtype: number, op: number, comm: NcclComm, stream: Stream): void;
+  ncclBroadcast(send: DevicePtr, recv: DevicePtr, count: Size, dtype: number, root: number, comm: NcclComm, stream: Stream): void;
+  ncclSend(buffer: DevicePtr, count: Size, dtype: number, peer: number, comm: NcclComm, stream: Stream): void;
+  ncclRecv(buffer: DevicePtr, count: Size, dtype: number, peer: number, comm: NcclComm, stream: Stream): void;
+  ncclGroupStart(): void;
+  ncclGroupEnd(): void;
+}

@@ -1,0 +1,129 @@
+// The native addon on a machine without a GPU (CI, developers): it is built and loads, it loads no
+// CUDA library until asked, a missing libcuda is a clear report naming every path tried (or the
+// override that was set), and CUDA calls without a driver throw instead of crashing the process.
+import { spawnSync } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { describe, expect, it } from "vitest";
+
+import { addonCandidates, cudaAvailable, libraryStatus, native, packArgs, tryNative } from "../../runtime/cuda/native.ts";
+
+const nativeTs = fileURLToPath(new URL("../../runtime/cuda/native.ts", import.meta.url));
+
+/** Runs cudaAvailable() in a fresh Node process with extra environment variables. */
+function cudaAvailableIn(env: Record<string, string>): { ok: boolean; reason?: string } {
+  const script = `import(${JSON.stringify(nativeTs)}).then((m) => process.stdout.write(JSON.stringify(m.cudaAvailable())))`;
+  const r = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], {
+    encoding: "utf8",
+    env: { ...process.env, ...env },
+  });
+  if (r.status !== 0) throw new Error(`child failed (${r.status}): ${r.stderr}`);
+  return JSON.parse(r.stdout) as { ok: boolean; reason?: string };
+}
+
+const gpu = cudaAvailable();
+
+describe("native addon", () => {
+  it("is built and loads", () => {
+    const loaded = tryNative();
+    if (!loaded.ok) throw new Error(`${loaded.reason}\n(looked in ${addonCandidates().join(", ")})`);
+    const info = loaded.addon.addonInfo();
+    expect(info.napiVersion).toBe(8);
+    for (const fn of ["memAlloc", "launchKernel", "nvrtcCompileProgram", "cublasLtMatmul", "ncclAllReduce", "graphLaunch"]) {
+      expect(typeof (loaded.addon as unknown as Record<string, unknown>)[fn]).toBe("function");
+    }
+  });
+
+  it("cudaAvailable() never throws and explains itself", () => {
+    expect(typeof gpu.ok).toBe("boolean");
+    if (gpu.ok) expect(gpu.device.name.length).toBeGreaterThan(0);
+    else expect(gpu.reason.length).toBeGreaterThan(20);
+  });
+
+  it.skipIf(gpu.ok)("without a driver, the reason lists every libcuda path tried and what to set", () => {
+    if (gpu.ok) return;
+    for (const path of ["/usr/local/cuda/lib64/libcuda.so.1", "/usr/local/cuda/targets/x86_64-linux/lib/libcuda.so.1", "libcuda.so.1 (loader path)"]) {
+      expect(gpu.reason).toContain(path);
+    }
+    expect(gpu.reason).toContain("SHARDTS_LIBCUDA");
+  });
+
+  it("CUDA_HOME is searched first", () => {
+    const r = cudaAvailableIn({ CUDA_HOME: "/opt/no-such-cuda", SHARDTS_LIBCUDA: "" });
+    if (r.ok) return; // a GPU machine: libcuda was found elsewhere
+    const lines = r.reason!.split("\n");
+    const first = lines.findIndex((l) => l.startsWith("  ")); // the first candidate tried
+    expect(lines[first]).toContain("/opt/no-such-cuda/lib64/libcuda.so.1: no such file");
+  });
+
+  it("SHARDTS_LIBCUDA overrides the search, and a wrong one is reported by name", () => {
+    const r = cudaAvailableIn({ SHARDTS_LIBCUDA: "/nonexistent/libcuda.so.1" });
+    expect(r.ok).toBe(false);
+    expect(r.reason).toContain("/nonexistent/libcuda.so.1 (from SHARDTS_LIBCUDA): no such file");
+    expect(r.reason).not.toContain("/usr/local/cuda/lib64/libcuda.so.1");
+  });
+
+  it("a file that is not a CUDA driver is refused with dlopen's reason", () => {
+    const r = cudaAvailableIn({ SHARDTS_LIBCUDA: nativeTs });
+    expect(r.ok).toBe(false);
+    expect(r.reason).toContain(nativeTs);
+    expect(r.reason).toMatch(/invalid ELF header|file too short|not an ELF/i);
+  });
+
+  it.skipIf(gpu.ok)("CUDA calls without a driver throw a clear error instead of crashing", () => {
+    const addon = native();
+    const calls: [string, () => unknown][] = [
+      ["deviceCount", () => addon.deviceCount()],
+      ["memAlloc", () => addon.memAlloc(1024)],
+      ["memcpyHtoD", () => addon.memcpyHtoD(0n, new Float32Array(4))],
+      ["launchKernel", () => addon.launchKernel(1n, 1, 1, 0, 0n, packArgs(["i32", 1]))],
+      ["streamCreate", () => addon.streamCreate()],
+      ["deviceProperties", () => addon.deviceProperties(0)],
+    ];
+    for (const [name, call] of calls) {
+      let err: (Error & { code?: string; library?: string; tried?: string[] }) | undefined;
+      try {
+        call();
+      } catch (e) {
+        err = e as typeof err;
+      }
+      expect(err, name).toBeInstanceOf(Error);
+      expect(err!.code, name).toBe("ERR_SHARDTS_LIBRARY_UNAVAILABLE");
+      expect(err!.library, name).toBe("cuda");
+      expect(err!.message, name).toMatch(/cannot load the CUDA driver library \(libcuda\.so\.1\)/);
+      expect(err!.tried!.length, name).toBeGreaterThan(2);
+    }
+  });
+
+  it("bad arguments are type errors, not crashes", () => {
+    const addon = native();
+    expect(() => addon.memFree("nope" as unknown as bigint)).toThrow(/ptr must be a bigint or a number/);
+    expect(() => addon.memcpyDtoH(42 as unknown as Float32Array, 0n)).toThrow(/dst must be a TypedArray/);
+    expect(() => addon.memAlloc(-1)).toThrow(/non-negative/);
+    expect(() => addon.probe("cudnn" as never)).toThrow(/library must be/);
+    expect(() => addon.launchKernel(1n, [1, 2, 3, 4] as never, 1, 0, 0n)).toThrow(/grid must have 1 to 3 dimensions/);
+    expect(() => addon.nvrtcCreateProgram(42 as never)).toThrow(/source must be a string|cannot load NVRTC/);
+  });
+
+  it("each library's status is reported without throwing", () => {
+    const status = libraryStatus();
+    for (const name of ["cuda", "nvrtc", "cublasLt", "nccl"] as const) {
+      const s = status[name];
+      expect(typeof s.ok).toBe("boolean");
+      if (!s.ok) expect(s.reason).toMatch(/cannot load|not built/);
+    }
+  });
+
+  it("packArgs lays kernel parameters out at their natural alignment", () => {
+    const p = packArgs(["ptr", 0x1122334455667788n], ["f32", 1.5], ["ptr", 1n], ["i8", -1], ["f64", 2], ["bf16", 1], ["i32", 7]);
+    // ptr 0..8, f32 8..12, pad, ptr 16..24, i8 24, pad, f64 32..40, bf16 40..42, pad, i32 44..48
+    expect(p.byteLength).toBe(48);
+    const v = new DataView(p.buffer);
+    expect(v.getBigUint64(0, true)).toBe(0x1122334455667788n);
+    expect(v.getFloat32(8, true)).toBe(1.5);
+    expect(v.getBigUint64(16, true)).toBe(1n);
+    expect(v.getInt8(24)).toBe(-1);
+    expect(v.getFloat64(32, true)).toBe(2);
+    expect(v.getUint16(40, true)).toBe(0x3f80);
+    expect(v.getInt32(44, true)).toBe(7);
+  });
+});
