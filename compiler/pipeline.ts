@@ -6,6 +6,9 @@ import { verify } from "./passes/verify.ts";
 import { printGraph } from "./passes/print.ts";
 import { partition } from "./passes/partition.ts";
 import { printPlan } from "./passes/print-plan.ts";
+import type { FusedPlan } from "./codegen/types.ts";
+import { fuse } from "./codegen/fuse.ts";
+import { printFusedPlan } from "./codegen/print.ts";
 
 export const STAGES = ["trace", "partition"] as const;
 export type Stage = (typeof STAGES)[number];
@@ -22,4 +25,14 @@ export function compile(g: Graph, outputs: ValueRef[], opts: CompileOptions = {}
   const plan = partition(g, outputs);
   opts.dump?.("partition", printPlan(plan));
   return plan;
+}
+
+/**
+ * The plan with fusion applied: kernel instructions for the CUDA backend. Opt-in; the CPU backend
+ * runs `compile`'s plan as is.
+ */
+export function compileFused(g: Graph, outputs: ValueRef[], opts: CompileOptions & { dumpFused?: (text: string) => void } = {}): FusedPlan {
+  const fused = fuse(compile(g, outputs, opts));
+  opts.dumpFused?.(printFusedPlan(fused));
+  return fused;
 }

@@ -1,0 +1,52 @@
+// One rank's launch of a kernel instruction: grid, block and the argument values in parameter
+// order. Pointers are left to the backend (it knows the buffers); everything else is read from the
+// plan's local shapes, so the runtime re-derives nothing.
+import type { Plan } from "../../plan.ts";
+import type { KernelInstr } from "../types.ts";
+import type { CudaKernel } from "./emit.ts";
+import { geometry } from "../geometry.ts";
+import { numel } from "../../ir/types.ts";
+import { CompileError } from "../../errors.ts";
+
+export type LaunchArg = { name: string; slot: number } | { name: string; value: number };
+
+export interface Launch {
+  /** 0: nothing to do on this rank (an empty piece); skip the launch. */
+  grid: number;
+  block: number;
+  args: LaunchArg[];
+  vec: boolean;
+}
+
+export interface DeviceInfo {
+  smCount: number;
+  /** Whether every buffer passed is 16-byte aligned (a caching allocator's blocks are). */
+  aligned: boolean;
+}
+
+export function launchOf(kernel: CudaKernel, k: KernelInstr, plan: Plan, rank: number, device: DeviceInfo): Launch {
+  const r = kernel.launch, A = k.spec.axes;
+  const g = geometry(k, plan, rank);
+  const slots = [...k.inputs, ...k.outputs];
+  const inner = A ? g.sizes[A - 1]! : 0;
+  const vec = r.vec > 1 && device.aligned && A > 0 && (inner % r.vec === 0 || (r.kind === "map" && A === 1));
+  const resident = device.smCount * Math.max(1, Math.floor(2048 / r.block));
+  let grid: number;
+  if (r.kind === "map") {
+    const total = numel(g.sizes);
+    const units = vec ? Math.ceil(total / r.vec) : total;
+    grid = total === 0 ? 0 : Math.min(Math.ceil(units / r.block), resident);
+  } else {
+    if (r.chunks && inner > r.chunks * r.vec * r.rowThreads)
+      throw new CompileError(`kernel ${kernel.name} holds rows of up to ${r.chunks * r.vec * r.rowThreads} columns in registers; rank ${rank} has ${inner} (the kernel was generated for another plan)`);
+    const rows = numel(g.sizes.slice(0, -1));
+    grid = rows === 0 ? 0 : Math.min(Math.ceil(rows / (r.block / r.rowThreads)), resident);
+  }
+  const args = r.params.map((p): LaunchArg => {
+    if (p.k === "ptr") return { name: p.name, slot: slots[p.tensor]! };
+    if (p.k === "size") return { name: p.name, value: g.sizes[p.axis]! };
+    if (p.k === "stride") return { name: p.name, value: g.strides[p.tensor]![p.axis]! };
+    return { name: p.name, value: vec ? 1 : 0 };
+  });
+  return { grid, block: r.block, args, vec };
+}

@@ -1,0 +1,26 @@
+// One rank's sizes and strides for a kernel instruction, read from the plan's local shapes: the same
+// kernel serves every rank of an uneven mesh, only these numbers differ.
+import type { Plan } from "../plan.ts";
+import type { KernelInstr } from "./types.ts";
+import { stridesOf } from "../ir/local.ts";
+
+export interface Geometry {
+  /** Per iteration axis, the product of its dims' local sizes. */
+  sizes: number[];
+  /** Per tensor (operands, then results), per axis: the element stride (0 where the tensor lacks the axis). */
+  strides: number[][];
+}
+
+export function geometry(k: KernelInstr, plan: Plan, rank: number): Geometry {
+  const shape = (s: number) => plan.values[s]!.shapes[rank]!;
+  const sizes = k.axes.map((a) => a.from.reduce((p, f) => p * shape(f.slot)[f.dim]!, 1));
+  const strides = [...k.inputs, ...k.outputs].map((s) => {
+    const t = plan.values[s]!.type, st = stridesOf(shape(s));
+    // an axis's stride is that of its innermost dim; its other dims follow contiguously
+    return k.axes.map((a) => {
+      const i = t.dims.findIndex((d) => d.name === a.dims[a.dims.length - 1]);
+      return i < 0 ? 0 : st[i]!;
+    });
+  });
+  return { sizes, strides };
+}

@@ -1,0 +1,105 @@
+// A CPU interpreter of kernel instructions: evaluates a KernelSpec's expression DAG on typed arrays,
+// through the same axes, strides and column/row split the generated kernel uses, with every op
+// node computed by the registry's CPU reference. Running a fused plan with it and comparing to the
+// unfused plan checks the fusion itself (what was grouped, inlined, decomposed and written) without
+// a GPU; the CUDA text is checked by compilation and, on a GPU, against this.
+import type { DType, TensorType } from "../ir/types.ts";
+import type { LocalTensor } from "../ir/local.ts";
+import type { Plan } from "../plan.ts";
+import type { CpuCtx } from "../ops/registry.ts";
+import type { KernelInstr } from "./types.ts";
+import { allocLocal } from "../ir/local.ts";
+import { numel } from "../ir/types.ts";
+import { getOp } from "../ops/index.ts";
+import { forEachStrided, roundData } from "../ops/cpu-util.ts";
+import { geometry } from "./geometry.ts";
+
+/** A node's value over named iteration dims ("a0".. for a map kernel; "r", "c" for rows and columns). */
+interface Val {
+  t: LocalTensor;
+  type: TensorType;
+}
+
+const val = (dtype: DType, dims: [string, number][], data?: ArrayLike<number>): Val => {
+  const t = allocLocal(dtype, dims.map(([, s]) => s));
+  if (data) t.data.set(data);
+  return { t, type: { dims: dims.map(([name, size]) => ({ name, size })), dtype, placements: [] } };
+};
+
+/** Reads a tensor's elements over `shape` with per-axis strides, into a row-major array. */
+function gatherStrided(src: LocalTensor, shape: number[], strides: number[]): number[] {
+  const out = new Array<number>(numel(shape));
+  forEachStrided(shape, [strides], (o, offs) => (out[o] = src.data[offs[0]!]!));
+  return out;
+}
+
+/** An op node over the union of its arguments' dims, kept in the iteration order `order`. */
+function applyOp(op: string, args: Val[], dtype: DType, order: [string, number][]): Val {
+  const out = val(dtype, order.filter(([nm]) => args.some((a) => a.type.dims.some((d) => d.name === nm))));
+  const ctx = { inTypes: args.map((a) => a.type), outTypes: [out.type], outShapes: [out.t.shape], inBoxes: [], outBoxes: [], coords: [], rank: 0 } as unknown as CpuCtx;
+  out.t = getOp(op).cpu(args.map((a) => a.t), op === "cast" ? { dtype } : {}, ctx)[0]!;
+  return out;
+}
+
+/** One rank's kernel: inputs in `k.inputs` order; returns the results in `k.outputs` order. */
+export function interpretKernel(k: KernelInstr, plan: Plan, rank: number, inputs: LocalTensor[]): LocalTensor[] {
+  const { spec } = k;
+  const g = geometry(k, plan, rank);
+  const row = spec.kind === "row";
+  const outer = row ? g.sizes.slice(0, -1) : g.sizes;
+  const rows = numel(outer), ncol = row ? g.sizes[g.sizes.length - 1]! : 1;
+  // the iteration space as named dims: map kernels keep their axes; row kernels flatten the outer ones
+  const full: [string, number][] = row ? [["r", rows], ["c", ncol]] : g.sizes.map((s, i) => [`a${i}`, s]);
+  const perRow: [string, number][] = row ? [["r", rows]] : full;
+
+  const vals: Val[] = [];
+  for (const n of spec.nodes) {
+    if (n.k === "load") {
+      const st = g.strides[n.operand]!;
+      vals.push(n.col || !row ? val(n.dtype, full, gatherStrided(inputs[n.operand]!, g.sizes, st)) : val(n.dtype, perRow, gatherStrided(inputs[n.operand]!, outer, st.slice(0, -1))));
+    } else if (n.k === "const") vals.push(val(n.dtype, [], [n.value]));
+    else if (n.k === "op") vals.push(applyOp(n.op, n.args.map((a) => vals[a]!), n.dtype, full));
+    else if (n.k === "reduce") {
+      const x = vals[n.arg]!, out = val(n.dtype, perRow);
+      const along = x.type.dims.some((d) => d.name === "c"), rowed = x.type.dims.some((d) => d.name === "r");
+      for (let r = 0; r < rows; r++) {
+        let acc = n.fn === "sum" ? 0 : -Infinity;
+        for (let c = 0; c < ncol; c++) {
+          const v = x.t.data[(rowed ? r * (along ? ncol : 1) : 0) + (along ? c : 0)]!;
+          acc = n.fn === "sum" ? acc + v : v > acc || v !== v ? v : acc;
+        }
+        out.t.data[r] = Math.fround(acc);
+      }
+      roundData(n.dtype, out.t.data);
+      vals.push(out);
+    } else {
+      const x = vals[n.arg]!, idx = vals[n.index]!, out = val(n.dtype, perRow);
+      const along = x.type.dims.some((d) => d.name === "c"), rowed = x.type.dims.some((d) => d.name === "r");
+      for (let r = 0; r < rows; r++) {
+        const i = idx.t.data[idx.type.dims.length ? r : 0]!;
+        out.t.data[r] = i === -1 ? 0 : i < 0 || i >= ncol ? NaN : x.t.data[(rowed ? r * (along ? ncol : 1) : 0) + (along ? i : 0)]!;
+      }
+      vals.push(out);
+    }
+  }
+
+  return spec.results.map((res, j) => {
+    const slot = k.outputs[j]!;
+    const out = allocLocal(res.dtype, plan.values[slot]!.shapes[rank]!);
+    const st = g.strides[spec.operands.length + j]!;
+    const covers = !row || res.axes[res.axes.length - 1] !== "none";
+    const shape = covers ? g.sizes : outer;
+    const v = vals[res.node]!;
+    // the node may lack some of the result's dims (a broadcast value): index it by the dims it has
+    const names = covers ? full.map(([nm]) => nm) : perRow.map(([nm]) => nm);
+    const flatDims = covers ? full : perRow;
+    const vStr = names.map((nm) => {
+      const i = v.type.dims.findIndex((d) => d.name === nm);
+      return i < 0 ? 0 : v.type.dims.slice(i + 1).reduce((p, d) => p * d.size, 1);
+    });
+    const pos = new Array<number>(numel(shape));
+    forEachStrided(flatDims.map(([, s]) => s), [vStr], (o, offs) => (pos[o] = offs[0]!));
+    forEachStrided(shape, [covers ? st : st.slice(0, -1)], (o, offs) => (out.data[offs[0]!] = v.t.data[pos[o]!]!));
+    return out;
+  });
+}
