@@ -3,7 +3,10 @@ import type { Stage } from "../compiler/pipeline.ts";
 import type { Plan } from "../compiler/plan.ts";
 import { compile } from "../compiler/pipeline.ts";
 import { UsageError } from "../compiler/errors.ts";
-import { runPlanCpu } from "../runtime/cpu/index.ts";
+import { runPlanCpu, type CpuRunResult } from "../runtime/cpu/index.ts";
+import type { LocalTensor } from "../compiler/ir/local.ts";
+import { cudaAvailable } from "../runtime/cuda/native.ts";
+import { CudaExecutor } from "../runtime/cuda/executor.ts";
 import type { AnyDTensor } from "./dtensor.ts";
 import { GlobalValue } from "./value.ts";
 
@@ -17,21 +20,33 @@ export interface EvaluateOptions {
   onPlan?: (plan: Plan) => void;
 }
 
-/** Which backend `auto` means on this machine; the CUDA backend does not exist yet. */
-export function resolveBackend(b: Backend = "auto"): "cpu" {
+/** Which backend to use: `auto` is CUDA when a GPU and the native addon are usable, else the CPU. */
+export function resolveBackend(b: Backend = "auto"): "cpu" | "cuda" {
   if (!BACKENDS.includes(b)) throw new UsageError(`unknown backend '${b}'; use one of ${BACKENDS.join(", ")}`);
-  if (b === "cuda") throw new UsageError("the CUDA backend is not built yet; use --backend cpu (or auto, which picks cpu)");
+  if (b === "cpu") return "cpu";
+  const gpu = cudaAvailable();
+  if (gpu.ok) return "cuda";
+  if (b === "cuda") throw new UsageError(`--backend cuda: no usable GPU: ${gpu.reason}`);
   return "cpu";
+}
+
+let cuda: CudaExecutor | undefined;
+/** The process's CUDA executor (one device, created on first use). */
+export const cudaExecutor = (): CudaExecutor => (cuda ??= new CudaExecutor());
+
+/** Runs a compiled plan on the chosen backend. */
+export function runPlan(plan: Plan, backend: "cpu" | "cuda", feeds?: ReadonlyMap<string, LocalTensor[]>, read?: readonly number[]): CpuRunResult {
+  return backend === "cuda" ? cudaExecutor().run(plan, feeds, read) : runPlanCpu(plan, feeds, read);
 }
 
 export async function evaluate(tensors: readonly AnyDTensor[], opts: EvaluateOptions = {}): Promise<GlobalValue[]> {
   if (tensors.length === 0) return [];
-  resolveBackend(opts.backend);
+  const backend = resolveBackend(opts.backend);
   const mesh = tensors[0]!.mesh;
   for (const t of tensors) if (t.mesh !== mesh) throw new UsageError("evaluate(): all tensors must come from one mesh");
   const plan = compile(mesh.builder.graph, tensors.map((t) => t.ref), { dump: opts.dump });
   opts.onPlan?.(plan);
-  const res = runPlanCpu(plan);
+  const res = runPlan(plan, backend);
   return res.outputs.map((g, i) => new GlobalValue(tensors[i]!.type.dims.map((d) => d.name), g!.shape, g!.dtype, g!.data));
 }
 

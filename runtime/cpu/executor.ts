@@ -16,6 +16,21 @@ export interface CpuRunResult {
   locals: LocalTensor[][];
 }
 
+/** What an op's CPU reference is told about rank r's pieces (the CUDA backend uses it for factories). */
+export function cpuCtx(plan: Plan, ins: Extract<Plan["instrs"][number], { kind: "op" }>, r: number, coords: number[], feeds?: ReadonlyMap<string, LocalTensor[]>): CpuCtx {
+  return {
+    inTypes: ins.inputs.map((s) => plan.values[s]!.type),
+    outTypes: ins.outputs.map((s) => plan.values[s]!.type),
+    inBoxes: ins.inputs.map((s) => plan.values[s]!.boxes[r]!),
+    outBoxes: ins.outputs.map((s) => plan.values[s]!.boxes[r]!),
+    outShapes: ins.outputs.map((s) => plan.values[s]!.shapes[r]!),
+    coords,
+    rank: r,
+    payload: ins.payload,
+    feeds,
+  };
+}
+
 /** Runs the plan; `feeds` gives each `input` placeholder's pieces, one per rank, by name. */
 export function runPlanCpu(plan: Plan, feeds?: ReadonlyMap<string, LocalTensor[]>, read?: readonly number[]): CpuRunResult {
   const slots: (LocalTensor[] | undefined)[] = new Array(plan.values.length);
@@ -37,17 +52,7 @@ export function runPlanCpu(plan: Plan, feeds?: ReadonlyMap<string, LocalTensor[]
         const def = getOp(ins.op);
         const per: LocalTensor[][] = ins.outputs.map(() => new Array<LocalTensor>(plan.world));
         for (let r = 0; r < plan.world; r++) {
-          const ctx: CpuCtx = {
-            inTypes: ins.inputs.map((s) => plan.values[s]!.type),
-            outTypes: ins.outputs.map((s) => plan.values[s]!.type),
-            inBoxes: ins.inputs.map((s) => plan.values[s]!.boxes[r]!),
-            outBoxes: ins.outputs.map((s) => plan.values[s]!.boxes[r]!),
-            outShapes: ins.outputs.map((s) => plan.values[s]!.shapes[r]!),
-            coords: coords[r]!,
-            rank: r,
-            payload: ins.payload,
-            feeds,
-          };
+          const ctx = cpuCtx(plan, ins, r, coords[r]!, feeds);
           const outs = def.cpu(ins.inputs.map((s) => slots[s]![r]!), ins.attrs, ctx);
           outs.forEach((o, k) => (per[k]![r] = o));
         }

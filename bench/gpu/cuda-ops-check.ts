@@ -1,0 +1,142 @@
+// On a GPU machine: every op of the registry on the CUDA backend against the CPU reference on fresh
+// random inputs (f32, and bf16 where the op takes it), both examples on their meshes against the CPU
+// run, and cold/warm compile times. Writes cuda-ops-check.txt/.json to --out.
+//   (bundled by npm run gpu:pack; run there with bash bench/gpu/run.sh cuda-ops-check)
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { allOps } from "../../compiler/ops/index.ts";
+import { compile } from "../../compiler/pipeline.ts";
+import { runPlanCpu } from "../../runtime/cpu/index.ts";
+import { CudaExecutor } from "../../runtime/cuda/executor.ts";
+import { native } from "../../runtime/cuda/native.ts";
+import { Mesh, fromGlobal, DTensor, type AnyDTensor } from "../../stdlib/index.ts";
+import { buildOn, type ModelDef } from "../../stdlib/model.ts";
+import moeLayer from "../../examples/moe-layer.ts";
+import tpMlp from "../../examples/tp-mlp.ts";
+import type { DType } from "../../compiler/ir/types.ts";
+
+const outDir = process.argv.includes("--out") ? process.argv[process.argv.indexOf("--out") + 1]! : ".";
+let seed = 12345;
+const rnd = () => ((seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32);
+const lines: string[] = [];
+const log = (s: string) => (console.log(s), lines.push(s));
+
+type Maker = (m: Mesh<"d">, T: DType) => AnyDTensor[];
+const raw = (name: string, ins: AnyDTensor[], attrs: Record<string, unknown>) => ins[0]!.mesh.builder.add(name, ins.map((t) => t.ref), attrs as never).map((r) => new DTensor(ins[0]!.mesh, r) as AnyDTensor);
+const T = (m: Mesh<"d">, dims: Record<string, number>, dtype: DType, gen: () => number = () => rnd() * 4 - 2) =>
+  fromGlobal(m, dims, dtype, Array.from({ length: Object.values(dims).reduce((a, b) => a * b, 1) }, gen)) as AnyDTensor;
+const pos = () => rnd() * 3 + 0.1;
+const RC = { r: 33, c: 70 };
+
+const UNARY = ["abs", "exp", "gelu", "gelu_deriv", "log", "neg", "relu", "rsqrt", "sigmoid", "sign", "silu", "sqrt", "stop_gradient"];
+const BINARY = ["add", "sub", "mul", "div", "maximum", "minimum", "eq", "ge", "gt"];
+const cases: { op: string; dtypes: DType[]; make: Maker }[] = [
+  ...UNARY.map((op) => ({ op, dtypes: ["f32", "bf16"] as DType[], make: ((m, t) => raw(op, [T(m, RC, t, ["log", "sqrt", "rsqrt"].includes(op) ? pos : undefined)], {})) as Maker })),
+  ...BINARY.map((op) => ({ op, dtypes: ["f32", "bf16"] as DType[], make: ((m, t) => raw(op, [T(m, RC, t), T(m, { c: 70 }, t, op === "div" ? pos : () => Math.round(rnd() * 4 - 2))], {})) as Maker })),
+  { op: "where", dtypes: ["f32", "bf16"], make: (m, t) => raw("where", [T(m, RC, t, () => (rnd() < 0.5 ? 0 : 1)), T(m, RC, t), T(m, { c: 70 }, t)], {}) },
+  { op: "cast", dtypes: ["f32", "bf16"], make: (m, t) => [...raw("cast", [T(m, RC, t)], { dtype: t === "f32" ? "bf16" : "f32" }), ...raw("cast", [T(m, RC, t)], { dtype: "i32" })] },
+  ...["sum", "mean", "max"].map((op) => ({ op, dtypes: ["f32", "bf16"] as DType[], make: ((m, t) => [...raw(op, [T(m, RC, t)], { dims: ["c"] }), ...raw(op, [T(m, { a: 5, r: 9, c: 70 }, t)], { dims: ["r", "c"] })]) as Maker })),
+  ...["softmax", "log_softmax"].map((op) => ({ op, dtypes: ["f32", "bf16"] as DType[], make: ((m, t) => [...raw(op, [T(m, RC, t)], { dim: "c" }), ...raw(op, [T(m, { r: 7, c: 3000 }, t)], { dim: "c" })]) as Maker })),
+  { op: "rmsnorm", dtypes: ["f32", "bf16"], make: (m, t) => raw("rmsnorm", [T(m, RC, t), T(m, { c: 70 }, t, pos)], { dim: "c", eps: 1e-6 }) },
+  { op: "dot", dtypes: ["f32", "bf16"], make: (m, t) => [...raw("dot", [T(m, { b: 3, m: 17, k: 40 }, t), T(m, { b: 3, k: 40, n: 24 }, t)], { contract: ["k"] }), ...raw("dot", [T(m, { k: 40, m: 17 }, t), T(m, { n: 24, k: 40 }, t)], { contract: ["k"] })] },
+  { op: "topk", dtypes: ["f32", "bf16"], make: (m, t) => raw("topk", [T(m, { r: 20, c: 16 }, t)], { dim: "c", k: 3, kDim: "k" }) },
+  { op: "gather", dtypes: ["f32", "bf16"], make: (m, t) => raw("gather", [T(m, { v: 50, m: 16 }, t), T(m, { t: 30 }, "i32", () => (rnd() < 0.1 ? -1 : Math.floor(rnd() * 50)))], { dim: "v" }) },
+  { op: "scatter_add", dtypes: ["f32", "bf16"], make: (m, t) => raw("scatter_add", [T(m, { t: 30, m: 16 }, t), T(m, { t: 30 }, "i32", () => Math.floor(rnd() * 12))], { dim: "t", to: "v", size: 12 }) },
+  { op: "sort_by_key", dtypes: ["i32"], make: (m) => raw("sort_by_key", [T(m, { g: 3, s: 40 }, "i32", () => Math.floor(rnd() * 6))], { dim: "s", rows: "rows", groups: "e", numGroups: 6 }) },
+  ...(["segment_dot", "segment_wgrad"] as const).map((op) => ({
+    op, dtypes: ["f32", "bf16"] as DType[],
+    make: ((m, t) => {
+      const [perm, counts] = raw("sort_by_key", [T(m, { g: 2, s: 24 }, "i32", () => Math.floor(rnd() * 4))], { dim: "s", rows: "rows", groups: "e", numGroups: 4 });
+      const x = raw("gather", [T(m, { g: 2, s: 24, k: 16 }, t), perm!], { dim: "s" })[0]!;
+      if (op === "segment_dot") return raw("segment_dot", [x, T(m, { e: 4, k: 16, n: 20 }, t), counts!], { contract: "k" });
+      const gy = raw("gather", [T(m, { g: 2, s: 24, n: 20 }, t), perm!], { dim: "s" })[0]!;
+      return raw("segment_wgrad", [x, gy, counts!], { k: "k", n: "n" });
+    }) as Maker,
+  })),
+  { op: "flatten", dtypes: ["f32"], make: (m, t) => raw("flatten", [T(m, { r: 5, c: 4, z: 3 }, t)], { dims: ["z", "r"], to: "zr" }) },
+  { op: "unflatten", dtypes: ["f32"], make: (m, t) => raw("unflatten", [T(m, { r: 5, c: 6 }, t)], { dim: "c", into: { c1: 2, c2: 3 } }) },
+  { op: "rename", dtypes: ["f32"], make: (m, t) => raw("rename", [T(m, RC, t)], { from: "r", to: "q" }) },
+  { op: "concat", dtypes: ["f32", "bf16"], make: (m, t) => raw("concat", [T(m, { r: 5, c: 4 }, t), T(m, { r: 5, c: 3 }, t)], { dim: "c" }) },
+  { op: "split", dtypes: ["f32"], make: (m, t) => raw("split", [T(m, { r: 5, c: 7 }, t)], { dim: "c", sizes: [3, 4] }) },
+  { op: "expand", dtypes: ["f32"], make: (m, t) => raw("expand", [T(m, RC, t)], { dims: [["z", 3]] }) },
+  { op: "permute", dtypes: ["f32", "bf16"], make: (m, t) => raw("permute", [T(m, { r: 5, c: 4, z: 3 }, t)], { order: ["z", "r", "c"] }) },
+];
+
+/** max |a-b| / max |b| (NaN must match NaN). */
+function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let num = 0, den = 0;
+  for (let i = 0; i < b.length; i++) {
+    if (a[i] !== a[i] || b[i] !== b[i]) {
+      if (a[i] !== a[i] && b[i] !== b[i]) continue;
+      return Infinity;
+    }
+    num = Math.max(num, Math.abs(a[i]! - b[i]!));
+    den = Math.max(den, Math.abs(b[i]!));
+  }
+  return den === 0 ? num : num / den;
+}
+const TOL: Record<string, number> = { f32: 1e-5, bf16: 1e-2, i32: 0 };
+
+const gpu = new CudaExecutor(native());
+const props = native().deviceProperties(0);
+log(`device ${props.name} (${gpu.arch}, ${gpu.smCount} SMs); date ${new Date().toISOString()}`);
+const perOp = new Map<string, { err: number; tol: number; dtype: string }[]>();
+let failures = 0;
+const opsCovered = new Set<string>();
+
+for (const c of cases) {
+  for (const dtype of c.dtypes) {
+    const mesh = Mesh.of({ d: 1 });
+    const outs = c.make(mesh, dtype);
+    const plan = compile(mesh.builder.graph, outs.map((t) => t.ref));
+    for (const n of mesh.builder.graph.nodes) opsCovered.add(n.op);
+    const cpu = runPlanCpu(plan);
+    let res;
+    try {
+      res = gpu.run(plan);
+    } catch (e) {
+      failures++;
+      log(`FAIL ${c.op} ${dtype}: ${(e as Error).message.split("\n")[0]}`);
+      continue;
+    }
+    outs.forEach((t, i) => {
+      const err = relErr(res.outputs[i]!.data, cpu.outputs[i]!.data);
+      const tol = TOL[t.type.dtype] ?? 1e-2;
+      const list = perOp.get(c.op) ?? [];
+      list.push({ err, tol, dtype: `${dtype}->${t.type.dtype}` });
+      perOp.set(c.op, list);
+      if (!(err <= tol)) failures++, log(`FAIL ${c.op} ${dtype} output ${i}: rel err ${err} > ${tol}`);
+    });
+  }
+}
+const missing = allOps().filter((o) => o.family !== "factory" && o.name !== "redistribute" && !opsCovered.has(o.name)).map((o) => o.name);
+if (missing.length) failures++, log(`FAIL not covered: ${missing.join(", ")}`);
+log("\nop             largest relative error (dtype in -> out)");
+for (const [op, list] of [...perOp].sort(([a], [b]) => a.localeCompare(b)))
+  log(`${op.padEnd(14)} ${list.map((l) => `${l.err.toExponential(2)} (${l.dtype}${l.err <= l.tol ? "" : " FAIL"})`).join(", ")}`);
+
+// The examples on their meshes (ranks simulated on the one GPU), against the CPU run, and compile times.
+log("\nexamples on the CUDA backend against the CPU backend (same mesh):");
+for (const [name, def] of [["moe-layer", moeLayer], ["tp-mlp", tpMlp]] as [string, ModelDef][]) {
+  const { mesh, outputs } = buildOn(def, def.mesh);
+  const names = Object.keys(outputs);
+  const plan = compile(mesh.builder.graph, names.map((n) => outputs[n]!.ref));
+  const cpu = runPlanCpu(plan);
+  process.env.SHARDTS_CACHE_DIR = mkdtempSync(join(tmpdir(), "shardts-cache-"));
+  const cold = new CudaExecutor(native());
+  const r1 = cold.run(plan);
+  const warmExec = new CudaExecutor(native()); // a new process's view: kernels come from the disk cache
+  const t0 = performance.now();
+  const r2 = warmExec.run(plan);
+  const warmMs = performance.now() - t0;
+  const errs = names.map((n, i) => `${n} ${relErr(r2.outputs[i]!.data, cpu.outputs[i]!.data).toExponential(2)}`);
+  const bad = names.some((n, i) => !(relErr(r1.outputs[i]!.data, cpu.outputs[i]!.data) <= (TOL[outputs[n]!.type.dtype] ?? 1e-2)));
+  if (bad) failures++;
+  log(`${name.padEnd(10)} mesh ${JSON.stringify(def.mesh)}: max rel err ${errs.join(", ")}${bad ? " FAIL" : ""}`);
+  log(`           cold: ${r1.stats.compiled} kernels compiled in ${(r1.stats.compileMs / 1000).toFixed(2)} s, run ${(r1.stats.ms / 1000).toFixed(2)} s; warm (disk cache, new executor): ${r2.stats.cacheHits} cache hits, ${(r2.stats.compileMs / 1000).toFixed(3)} s loading, run ${(warmMs / 1000).toFixed(3)} s; peak device memory ${(r1.stats.peakBytes / 2 ** 20).toFixed(1)} MiB`);
+}
+
+log(`\n${failures === 0 ? "ALL PASS" : `${failures} FAILURES`}`);
+writeFileSync(join(outDir, "cuda-ops-check.txt"), lines.join("\n") + "\n");
+process.exitCode = failures === 0 ? 0 : 1;

@@ -1,0 +1,468 @@
+// The CUDA backend: runs a partitioned plan on one GPU. Chains of elementwise ops and row
+// reductions run as the kernels the fusion pass and CUDA emitter generate (NVRTC, disk-cached);
+// contractions go to cuBLASLt; routing and layout moves are the hand-written kernels of
+// kernels/sources.ts; factories produce each piece exactly as the CPU reference does and upload it.
+// A mesh of several ranks is simulated on the one GPU (each rank's pieces are its own buffers) and
+// its collective steps go through the CPU reference's exact simulation; real NCCL collectives on
+// several GPUs are the multi-GPU backend's.
+import type { Attrs, DType, Placement, TensorType } from "../../compiler/ir/types.ts";
+import type { LocalTensor } from "../../compiler/ir/local.ts";
+import type { Plan } from "../../compiler/plan.ts";
+import { numel } from "../../compiler/ir/types.ts";
+import { coordsOf } from "../../compiler/ir/placement.ts";
+import { CompileError, ShapeError, ShardtsError } from "../../compiler/errors.ts";
+import { getOp } from "../../compiler/ops/index.ts";
+import { contractAttr, dotDims } from "../../compiler/ops/contraction.ts";
+import { fuse } from "../../compiler/codegen/fuse.ts";
+import { emitCuda } from "../../compiler/codegen/cuda/emit.ts";
+import { launchOf } from "../../compiler/codegen/cuda/launch.ts";
+import type { FusedInstr } from "../../compiler/codegen/types.ts";
+import { cpuCtx } from "../cpu/executor.ts";
+import { runStep } from "../cpu/collectives.ts";
+import { assemble, type GlobalTensor } from "../cpu/assemble.ts";
+import type { KernelFunction, NativeAddon, Stream } from "./native-types.ts";
+import { matmulRowMajor, native, packArgs, type KernelArg } from "./native.ts";
+import { archFor, compileCuda } from "./compile.ts";
+import { CachingAllocator, download, empty, upload, type DeviceTensor } from "./memory.ts";
+import * as K from "./kernels/sources.ts";
+
+const FACTORIES_ON_HOST = new Set(["constant", "from_local", "random", "input"]);
+const BLOCK = 256;
+
+export interface CudaRunResult {
+  outputs: (GlobalTensor | undefined)[];
+  locals: LocalTensor[][];
+  stats: { kernels: number; compiled: number; cacheHits: number; compileMs: number; peakBytes: number; ms: number };
+}
+
+export class CudaExecutor {
+  readonly addon: NativeAddon;
+  readonly stream: Stream;
+  readonly arch: string;
+  readonly smCount: number;
+  readonly mem: CachingAllocator;
+  private fns = new Map<string, KernelFunction>();
+  private compileStats = { compiled: 0, cacheHits: 0, compileMs: 0 };
+
+  constructor(addon: NativeAddon = native(), device = 0) {
+    this.addon = addon;
+    addon.init();
+    addon.setDevice(device);
+    const p = addon.deviceProperties(device);
+    this.arch = archFor(p.computeCapability[0], p.computeCapability[1]);
+    this.smCount = p.smCount;
+    this.stream = addon.streamCreate(0);
+    this.mem = new CachingAllocator(addon);
+  }
+
+  /** Compiles (or finds in the disk cache) and loads a kernel. */
+  fn(name: string, source: string): KernelFunction {
+    const key = `${name}\n${source}`;
+    let f = this.fns.get(key);
+    if (f) return f;
+    const c = compileCuda(this.addon, name, source, this.arch);
+    if (c.cached) this.compileStats.cacheHits++;
+    else this.compileStats.compiled++;
+    this.compileStats.compileMs += c.ms;
+    f = this.addon.moduleGetFunction(this.addon.moduleLoadData(c.cubin), name);
+    this.fns.set(key, f);
+    return f;
+  }
+
+  private launch1D(k: { name: string; source: string }, n: number, args: KernelArg[]): void {
+    if (n <= 0) return;
+    const grid = Math.min(Math.ceil(n / BLOCK), this.smCount * 8);
+    this.addon.launchKernel(this.fn(k.name, k.source), [grid, 1, 1], [BLOCK, 1, 1], 0, this.stream, packArgs(...args));
+  }
+
+  /** Copies `src` (laid out as `from` dims) into a new tensor laid out in `order`. */
+  reorder(src: DeviceTensor, from: string[], order: string[]): DeviceTensor {
+    if (order.every((n, i) => from[i] === n)) return src;
+    const shape = order.map((n) => src.shape[from.indexOf(n)]!);
+    const st = stridesOf(src.shape);
+    const out = empty(this.mem, src.dtype, shape);
+    this.copy(out, src, shape, order.map((n) => st[from.indexOf(n)]!), stridesOf(shape), 0);
+    return out;
+  }
+
+  /** out[ooff + sum i*ostride] = in[sum i*istride] over `shape`. */
+  copy(out: DeviceTensor, src: DeviceTensor, shape: number[], istride: number[], ostride: number[], outOffset: number): void {
+    if (shape.length > K.MAX_DIMS) throw new CompileError(`the CUDA copy kernel takes at most ${K.MAX_DIMS} dims, got ${shape.length}`);
+    const geo = new DataView(new ArrayBuffer(8 + 8 + 4 * K.MAX_DIMS + 8 * K.MAX_DIMS * 2 + 4));
+    // struct Geo { int nd; long long n; int shape[8]; long long istride[8]; long long ostride[8]; }
+    geo.setInt32(0, shape.length, true);
+    geo.setBigInt64(8, BigInt(numel(shape)), true);
+    shape.forEach((s, i) => geo.setInt32(16 + 4 * i, s, true));
+    const so = 16 + 4 * K.MAX_DIMS;
+    istride.forEach((s, i) => geo.setBigInt64(so + 8 * i, BigInt(s), true));
+    ostride.forEach((s, i) => geo.setBigInt64(so + 8 * K.MAX_DIMS + 8 * i, BigInt(s), true));
+    const bytes = new Uint8Array(geo.buffer, 0, so + 16 * K.MAX_DIMS);
+    const eb = K.elemBytes(src.dtype);
+    this.launch1D(K.stridedCopy(src.dtype), numel(shape), [["ptr", out.ptr + BigInt(outOffset * eb)], ["ptr", src.ptr], ["bytes", bytes, 8]]);
+  }
+
+  release(t: DeviceTensor | undefined): void {
+    if (t) this.mem.release(t);
+  }
+
+  run(plan: Plan, feeds?: ReadonlyMap<string, LocalTensor[]>, read?: readonly number[]): CudaRunResult {
+    const t0 = performance.now();
+    const fused = fuse(plan);
+    const prog = emitCuda(fused, this.arch);
+    const W = plan.world;
+    const coords = Array.from({ length: W }, (_, r) => coordsOf(plan.mesh, r));
+    const slots: (DeviceTensor[] | undefined)[] = new Array(plan.values.length);
+    const hostCounts = new Map<number, GlobalTensor>();
+    const counts = (s: number): GlobalTensor => {
+      let g = hostCounts.get(s);
+      if (!g) {
+        g = assemble(plan, s, slots[s]!.map((d) => download(this.addon, d, this.stream)), counts);
+        hostCounts.set(s, g);
+      }
+      return g;
+    };
+    const lastUse = plan.values.map(() => -1);
+    const reads = (ins: FusedInstr) => (ins.kind === "comm" ? [ins.input] : ins.inputs);
+    fused.instrs.forEach((ins, i) => {
+      for (const s of reads(ins)) lastUse[s] = i;
+      for (const s of [...reads(ins), ...(ins.kind === "comm" ? [ins.output] : ins.outputs)]) for (const c of Object.values(plan.values[s]!.segCounts)) lastUse[c] = Math.max(lastUse[c]!, i);
+    });
+    for (const s of plan.outputs) {
+      lastUse[s] = fused.instrs.length;
+      for (const c of Object.values(plan.values[s]!.segCounts)) lastUse[c] = fused.instrs.length;
+    }
+    let kernels = 0;
+
+    fused.instrs.forEach((ins, i) => {
+      try {
+        if (ins.kind === "kernel") {
+          const kernel = prog.kernels[prog.kernelOf[ins.id]!]!;
+          const fn = this.fn(kernel.name, kernel.source);
+          const outs = ins.outputs.map((s) => Array.from({ length: W }, (_, r) => empty(this.mem, plan.values[s]!.type.dtype, plan.values[s]!.shapes[r]!)));
+          for (let r = 0; r < W; r++) {
+            const l = launchOf(kernel, ins, plan, r, { smCount: this.smCount, aligned: true });
+            if (l.grid === 0) continue;
+            const ptrOf = (slot: number) => {
+              const o = ins.outputs.indexOf(slot);
+              return o >= 0 ? outs[o]![r]!.ptr : slots[slot]![r]!.ptr;
+            };
+            const idx = kernel.launch.index === "u32" ? "u32" : "u64";
+            const args: KernelArg[] = kernel.launch.params.map((p, j) => {
+              const a = l.args[j]!;
+              if (p.k === "ptr") return ["ptr", ptrOf((a as { slot: number }).slot)];
+              const v = (a as { value: number }).value;
+              if (p.k === "vec" || (p.k === "size" && p.name === "ncol")) return ["i32", v];
+              return idx === "u32" ? ["u32", v] : ["u64", v];
+            });
+            this.addon.launchKernel(fn, [l.grid, 1, 1], [l.block, 1, 1], 0, this.stream, packArgs(...args));
+            kernels++;
+          }
+          ins.outputs.forEach((s, o) => (slots[s] = outs[o]));
+        } else if (ins.kind === "comm") {
+          const pieces = slots[ins.input]!.map((d) => download(this.addon, d, this.stream));
+          slots[ins.output] = runStep(plan, ins.step, ins.input, ins.output, pieces, counts).map((t) => upload(this.addon, this.mem, t, this.stream));
+        } else {
+          const outs = ins.outputs.map(() => new Array<DeviceTensor>(W));
+          for (let r = 0; r < W; r++) {
+            const got = this.op(plan, ins, r, coords[r]!, slots, feeds, counts);
+            got.forEach((d, o) => (outs[o]![r] = d));
+            kernels++;
+          }
+          ins.outputs.forEach((s, o) => (slots[s] = outs[o]));
+        }
+      } catch (e) {
+        const site = ins.kind === "kernel" ? ins.fuses.find((f) => f.site)?.site : ins.site;
+        if (e instanceof ShardtsError && site && !e.site) {
+          const E = e.constructor as new (m: string, s?: string) => ShardtsError;
+          throw new E(e.message, site);
+        }
+        throw e;
+      }
+      for (const s of reads(ins)) if (lastUse[s] === i && slots[s]) (slots[s]!.forEach((d) => this.release(d)), (slots[s] = undefined));
+    });
+
+    const locals = plan.outputs.map((s) => slots[s]!.map((d) => download(this.addon, d, this.stream)));
+    const hostSlots = new Map(plan.outputs.map((s, i) => [s, locals[i]!]));
+    const wanted = new Set(read ?? plan.outputs.map((_, i) => i));
+    const outputs = plan.outputs.map((s, i) => (wanted.has(i) ? assemble(plan, s, hostSlots.get(s)!, counts) : undefined));
+    for (const s of new Set(plan.outputs)) slots[s]?.forEach((d) => this.release(d));
+    return { outputs, locals, stats: { kernels, ...this.compileStats, peakBytes: this.mem.peak, ms: performance.now() - t0 } };
+  }
+
+  /** One non-fused op on rank r. */
+  private op(plan: Plan, ins: Extract<Plan["instrs"][number], { kind: "op" }>, r: number, coords: number[], slots: (DeviceTensor[] | undefined)[], feeds: ReadonlyMap<string, LocalTensor[]> | undefined, counts: (s: number) => GlobalTensor): DeviceTensor[] {
+    const tIn = ins.inputs.map((s) => plan.values[s]!.type), tOut = ins.outputs.map((s) => plan.values[s]!.type);
+    const names = (t: TensorType) => t.dims.map((d) => d.name);
+    const x = ins.inputs.map((s) => slots[s]![r]!);
+    const outShape = (o: number) => plan.values[ins.outputs[o]!]!.shapes[r]!;
+    const a = ins.attrs;
+    if (FACTORIES_ON_HOST.has(ins.op)) {
+      const host = getOp(ins.op).cpu([], a, cpuCtx(plan, ins, r, coords, feeds));
+      return host.map((t) => upload(this.addon, this.mem, t, this.stream));
+    }
+    switch (ins.op) {
+      case "full":
+      case "iota": {
+        const out = empty(this.mem, tOut[0]!.dtype, outShape(0));
+        const holds = tOut[0]!.placements.every((p, ax) => p !== "P(sum)" || coords[ax] === 0);
+        const di = ins.op === "iota" ? tOut[0]!.dims.findIndex((d) => d.name === a.dim) : -1;
+        const st = stridesOf(out.shape);
+        const off = di >= 0 ? plan.values[ins.outputs[0]!]!.boxes[r]!.offset[di]! : 0;
+        this.launch1D(K.fill(out.dtype), numel(out.shape), [["ptr", out.ptr], ["i64", numel(out.shape)], ["f32", holds ? Number(a.value ?? 0) : 0], ["i32", di >= 0 && holds ? 1 : 0], ["i64", di >= 0 ? st[di]! : 1], ["i64", di >= 0 ? Math.max(1, out.shape[di]!) : 1], ["i64", off]]);
+        return [out];
+      }
+      case "dot":
+        return [this.dot(x[0]!, x[1]!, tIn[0]!, tIn[1]!, tOut[0]!, outShape(0), a)];
+      case "segment_dot":
+      case "segment_wgrad":
+        return [this.segment(ins.op, plan, ins, r, x, tIn, tOut[0]!, outShape(0), counts)];
+      case "gather":
+        return [this.gather(plan, ins, r, x, tIn, tOut[0]!, outShape(0))];
+      case "scatter_add":
+        return [this.scatterAdd(x, tIn, tOut[0]!, outShape(0), a)];
+      case "topk": {
+        const dim = String(a.dim), k = Number(a.k), rest = names(tIn[0]!).filter((n) => n !== dim);
+        const X = this.reorder(x[0]!, names(tIn[0]!), [...rest, dim]);
+        const n = X.shape[X.shape.length - 1]!, rows = n ? numel(X.shape) / n : 0;
+        const vals = empty(this.mem, X.dtype, [...X.shape.slice(0, -1), k]), inds = empty(this.mem, "i32", vals.shape);
+        this.launch1D(K.topk(X.dtype), rows, [["ptr", vals.ptr], ["ptr", inds.ptr], ["ptr", X.ptr], ["i64", rows], ["i32", n], ["i32", k]]);
+        if (X !== x[0]) this.release(X);
+        const kd = String(a.kDim), order = [...rest, kd];
+        return [this.reorderOwned(vals, order, names(tOut[0]!)), this.reorderOwned(inds, order, names(tOut[1]!))];
+      }
+      case "sort_by_key": {
+        const dim = String(a.dim), G = Number(a.numGroups), batch = names(tIn[0]!).filter((nm) => nm !== dim);
+        const Kt = this.reorder(x[0]!, names(tIn[0]!), [...batch, dim]);
+        const n = Kt.shape[Kt.shape.length - 1]!, B = n ? numel(Kt.shape) / n : numel(Kt.shape.slice(0, -1));
+        const perm = empty(this.mem, "i32", outShape(0)), cnt = empty(this.mem, "i32", outShape(1)), start = empty(this.mem, "i32", [B, G]);
+        this.launch1D(K.sortByKey(), B, [["ptr", perm.ptr], ["ptr", cnt.ptr], ["ptr", start.ptr], ["ptr", Kt.ptr], ["i64", B], ["i32", n], ["i32", G]]);
+        this.release(start);
+        if (Kt !== x[0]) this.release(Kt);
+        return [perm, cnt];
+      }
+      case "rename":
+      case "unflatten": {
+        const out = empty(this.mem, x[0]!.dtype, outShape(0));
+        if (out.bytes && numel(out.shape)) this.addon.memcpyDtoDAsync(out.ptr, x[0]!.ptr, numel(out.shape) * K.elemBytes(out.dtype), this.stream);
+        return [out];
+      }
+      case "flatten": {
+        const dims = a.dims as string[];
+        const order = names(tIn[0]!).flatMap((nm) => (nm === dims[0] ? dims : dims.includes(nm) ? [] : [nm]));
+        const X = this.reorder(x[0]!, names(tIn[0]!), order);
+        const out = empty(this.mem, X.dtype, outShape(0));
+        if (numel(out.shape)) this.addon.memcpyDtoDAsync(out.ptr, X.ptr, numel(out.shape) * K.elemBytes(out.dtype), this.stream);
+        if (X !== x[0]) this.release(X);
+        return [out];
+      }
+      case "permute": {
+        const X = this.reorder(x[0]!, names(tIn[0]!), a.order as string[]);
+        return [X === x[0] ? this.clone(X) : X];
+      }
+      case "expand": {
+        const shape = outShape(0), out = empty(this.mem, x[0]!.dtype, shape);
+        const ist = [...stridesOf(x[0]!.shape), ...shape.slice(x[0]!.shape.length).map(() => 0)];
+        this.copy(out, x[0]!, shape, ist, stridesOf(shape), 0);
+        return [out];
+      }
+      case "concat":
+      case "split":
+        return this.concatSplit(ins.op, x, tIn, tOut, ins.outputs.map((_, o) => outShape(o)), String(a.dim));
+      default:
+        throw new CompileError(`the CUDA backend has no kernel for op '${ins.op}' here (the fusion pass leaves it unfused); this is a shardts bug — run with --backend cpu`);
+    }
+  }
+
+  private clone(t: DeviceTensor): DeviceTensor {
+    const out = empty(this.mem, t.dtype, t.shape);
+    if (numel(t.shape)) this.addon.memcpyDtoDAsync(out.ptr, t.ptr, numel(t.shape) * K.elemBytes(t.dtype), this.stream);
+    return out;
+  }
+
+  /** Reorders a tensor this code owns, releasing the original when a copy was made. */
+  private reorderOwned(t: DeviceTensor, from: string[], order: string[]): DeviceTensor {
+    const o = this.reorder(t, from, order);
+    if (o !== t) this.release(t);
+    return o;
+  }
+
+  private dot(a: DeviceTensor, b: DeviceTensor, ta: TensorType, tb: TensorType, to: TensorType, shape: number[], attrs: Attrs): DeviceTensor {
+    if (ta.dtype !== "f32" && ta.dtype !== "bf16") throw new CompileError(`the CUDA backend's dot takes f32 or bf16 here, got ${ta.dtype} (FP8 GEMMs are the FP8 issue's)`);
+    const dd = dotDims(ta, tb, contractAttr(attrs));
+    const nm = (t: TensorType) => t.dims.map((d) => d.name);
+    const A = this.reorder(a, nm(ta), [...dd.batch, ...dd.freeA, ...dd.contract]);
+    const B = this.reorder(b, nm(tb), [...dd.batch, ...dd.contract, ...dd.freeB]);
+    const size = (t: DeviceTensor, order: string[], which: string[]) => which.reduce((p, n) => p * t.shape[order.indexOf(n)]!, 1);
+    const oa = [...dd.batch, ...dd.freeA, ...dd.contract], ob = [...dd.batch, ...dd.contract, ...dd.freeB];
+    const bt = size(A, oa, dd.batch), m = size(A, oa, dd.freeA), k = size(A, oa, dd.contract), n = size(B, ob, dd.freeB);
+    const order = [...dd.batch, ...dd.freeA, ...dd.freeB];
+    const C = empty(this.mem, to.dtype, order.map((d) => shape[to.dims.findIndex((e) => e.name === d)]!));
+    if (bt * m * n > 0) {
+      if (k === 0) this.addon.memsetD8(C.ptr, 0, numel(C.shape) * K.elemBytes(C.dtype), this.stream);
+      else matmulRowMajor(this.addon, { dtype: ta.dtype, outDtype: to.dtype as "f32" | "bf16", M: m, N: n, K: k, a: A.ptr, b: B.ptr, d: C.ptr, batch: bt, strideA: m * k, strideB: k * n, strideD: m * n, stream: this.stream });
+    }
+    if (A !== a) this.release(A);
+    if (B !== b) this.release(B);
+    return this.reorderOwned(C, order, nm(to));
+  }
+
+  private segment(op: string, plan: Plan, ins: Extract<Plan["instrs"][number], { kind: "op" }>, r: number, x: DeviceTensor[], tIn: TensorType[], to: TensorType, shape: number[], counts: (s: number) => GlobalTensor): DeviceTensor {
+    const [tx, tw, tc] = tIn as [TensorType, TensorType, TensorType];
+    const nm = (t: TensorType) => t.dims.map((d) => d.name);
+    const rows = tx.dims.find((d) => d.segmented)!, groups = rows.segmented!.groups;
+    const batch = nm(tc).filter((n) => n !== groups);
+    const C = download(this.addon, this.reorder(x[2]!, nm(tc), [...batch, groups]), this.stream);
+    const cOff = plan.values[ins.inputs[2]!]!.boxes[r]!.offset[tc.dims.findIndex((d) => d.name === groups)]!;
+    const packed = plan.values[ins.inputs[0]!]!.boxes[r]!.seg[tx.dims.indexOf(rows)] !== null;
+    const gC = C.shape[C.shape.length - 1]!, bt = gC ? C.data.length / gC : 0;
+    const eb = K.elemBytes(tx.dtype);
+    if (op === "segment_dot") {
+      const k = String(ins.attrs.contract);
+      const nOut = nm(tw).filter((n) => n !== k && n !== groups);
+      const X = this.reorder(x[0]!, nm(tx), [...batch, rows.name, k]);
+      const Wt = this.reorder(x[1]!, nm(tw), [groups, k, ...nOut]);
+      const R = X.shape[batch.length]!, KK = X.shape[batch.length + 1]!, N = numel(Wt.shape.slice(2)), gW = Wt.shape[0]!;
+      const wOff = plan.values[ins.inputs[1]!]!.boxes[r]!.offset[tw.dims.findIndex((d) => d.name === groups)]!;
+      const order = [...batch, rows.name, ...nOut];
+      const Y = empty(this.mem, to.dtype, order.map((d) => shape[to.dims.findIndex((e) => e.name === d)]!));
+      if (numel(Y.shape)) this.addon.memsetD8(Y.ptr, 0, numel(Y.shape) * K.elemBytes(Y.dtype), this.stream);
+      const ebo = K.elemBytes(Y.dtype);
+      for (let t = 0; t < bt; t++) {
+        let row = 0;
+        if (!packed) for (let g = 0; g < wOff - cOff; g++) row += C.data[t * gC + g]!;
+        const start = row;
+        for (let g = 0; g < gW; g++) {
+          const cnt = C.data[t * gC + (wOff - cOff) + g]!, m = Math.max(0, Math.min(cnt, R - row));
+          if (m > 0 && N > 0 && KK > 0)
+            matmulRowMajor(this.addon, {
+              dtype: tx.dtype as "f32" | "bf16", outDtype: Y.dtype as "f32" | "bf16", M: m, N, K: KK,
+              a: X.ptr + BigInt((t * R + row) * KK * eb), b: Wt.ptr + BigInt(g * KK * N * eb), d: Y.ptr + BigInt((t * R + row - start) * N * ebo), stream: this.stream,
+            });
+          row += cnt;
+        }
+      }
+      if (X !== x[0]) this.release(X);
+      if (Wt !== x[1]) this.release(Wt);
+      return this.reorderOwned(Y, order, nm(to));
+    }
+    // segment_wgrad: out[g] = sum over the segment's rows of x^T gy, accumulated in f32
+    const k = String(ins.attrs.k), n = String(ins.attrs.n);
+    const [, tg] = tIn as [TensorType, TensorType];
+    const X = this.reorder(x[0]!, nm(tx), [...batch, rows.name, k]);
+    const G = this.reorder(x[1]!, nm(tg), [...batch, rows.name, n]);
+    const R = X.shape[batch.length]!, KK = X.shape[batch.length + 1]!, N = G.shape[batch.length + 1]!;
+    const gOut = shape[0]!, outOff = plan.values[ins.outputs[0]!]!.boxes[r]!.offset[0]!;
+    const acc = empty(this.mem, "f32", [gOut, KK, N]);
+    if (numel(acc.shape)) this.addon.memsetD8(acc.ptr, 0, numel(acc.shape) * 4, this.stream);
+    for (let t = 0; t < bt; t++) {
+      let row = 0;
+      if (!packed) for (let g = 0; g < outOff - cOff; g++) row += C.data[t * gC + g]!;
+      for (let g = 0; g < gOut; g++) {
+        const cnt = C.data[t * gC + (outOff - cOff) + g]!, m = Math.max(0, Math.min(row + cnt, R) - row);
+        if (m > 0 && KK > 0 && N > 0)
+          matmulRowMajor(this.addon, {
+            dtype: tx.dtype as "f32" | "bf16", outDtype: "f32", M: KK, N, K: m, transA: true,
+            a: X.ptr + BigInt((t * R + row) * KK * eb), b: G.ptr + BigInt((t * R + row) * N * eb), c: acc.ptr + BigInt(g * KK * N * 4), d: acc.ptr + BigInt(g * KK * N * 4), beta: 1, stream: this.stream,
+          });
+        row += cnt;
+      }
+    }
+    if (X !== x[0]) this.release(X);
+    if (G !== x[1]) this.release(G);
+    return this.castOwned(acc, to.dtype);
+  }
+
+  private castOwned(acc: DeviceTensor, dtype: DType): DeviceTensor {
+    if (dtype === "f32") return acc;
+    const out = empty(this.mem, dtype, acc.shape);
+    this.launch1D(K.castFromF32(dtype), numel(acc.shape), [["ptr", out.ptr], ["ptr", acc.ptr], ["i64", numel(acc.shape)]]);
+    this.release(acc);
+    return out;
+  }
+
+  private checkIndices(bad: DeviceTensor, op: string, dim: string, size: number): void {
+    const v = download(this.addon, bad, this.stream).data[0]!;
+    this.release(bad);
+    if (v !== BAD_NONE) throw new ShapeError(`${op}(): index ${v} is out of range for '${dim}' of size ${size}`);
+  }
+
+  private badFlag(): DeviceTensor {
+    const bad = empty(this.mem, "i32", [1]);
+    this.addon.memcpyHtoDAsync(bad.ptr, new Int32Array([BAD_NONE]), 4, this.stream);
+    return bad;
+  }
+
+  private gather(plan: Plan, ins: Extract<Plan["instrs"][number], { kind: "op" }>, r: number, x: DeviceTensor[], tIn: TensorType[], to: TensorType, shape: number[]): DeviceTensor {
+    const [tx, ti] = tIn as [TensorType, TensorType];
+    const dim = String(ins.attrs.dim), nm = (t: TensorType) => t.dims.map((d) => d.name);
+    const batch = nm(tx).filter((n) => n !== dim && nm(ti).includes(n)), rest = nm(tx).filter((n) => n !== dim && !batch.includes(n));
+    const other = nm(ti).filter((n) => !batch.includes(n));
+    const X = this.reorder(x[0]!, nm(tx), [...batch, dim, ...rest]), I = this.reorder(x[1]!, nm(ti), [...batch, ...other]);
+    const di = tx.dims.findIndex((d) => d.name === dim);
+    const B = batch.reduce((p, n) => p * X.shape[[...batch, dim, ...rest].indexOf(n)]!, 1), rows = X.shape[batch.length]!;
+    const J = B ? numel(I.shape) / B : 0, R = numel(X.shape.slice(batch.length + 1));
+    const order = [...batch, ...other, ...rest];
+    const out = empty(this.mem, tx.dtype, order.map((d) => shape[to.dims.findIndex((e) => e.name === d)]!));
+    const bad = this.badFlag();
+    this.launch1D(K.gather(tx.dtype), B * J * R, [["ptr", out.ptr], ["ptr", X.ptr], ["ptr", I.ptr], ["i64", B], ["i64", J], ["i64", R], ["i64", rows], ["i64", plan.values[ins.inputs[0]!]!.boxes[r]!.offset[di]!], ["i64", tx.dims[di]!.size], ["ptr", bad.ptr]]);
+    this.checkIndices(bad, "gather", dim, tx.dims[di]!.size);
+    if (X !== x[0]) this.release(X);
+    if (I !== x[1]) this.release(I);
+    return this.reorderOwned(out, order, nm(to));
+  }
+
+  private scatterAdd(x: DeviceTensor[], tIn: TensorType[], to: TensorType, shape: number[], attrs: Attrs): DeviceTensor {
+    const [ts, ti] = tIn as [TensorType, TensorType];
+    const nm = (t: TensorType) => t.dims.map((d) => d.name);
+    const dims = typeof attrs.dim === "string" ? [attrs.dim] : (attrs.dim as string[]);
+    const toDim = String(attrs.to), size = Number(attrs.size);
+    const batch = nm(ti).filter((n) => !dims.includes(n)), rest = nm(ts).filter((n) => !nm(ti).includes(n));
+    const S = this.reorder(x[0]!, nm(ts), [...batch, ...dims, ...rest]), I = this.reorder(x[1]!, nm(ti), [...batch, ...dims]);
+    const B = batch.reduce((p, n) => p * S.shape[batch.indexOf(n)]!, 1), J = dims.reduce((p, n) => p * S.shape[batch.length + dims.indexOf(n)]!, 1);
+    const R = numel(S.shape.slice(batch.length + dims.length));
+    const order = [...batch, toDim, ...rest];
+    const acc = empty(this.mem, "f32", order.map((d) => shape[to.dims.findIndex((e) => e.name === d)]!));
+    if (numel(acc.shape)) this.addon.memsetD8(acc.ptr, 0, numel(acc.shape) * 4, this.stream);
+    const bad = this.badFlag();
+    this.launch1D(K.scatterAdd(ts.dtype), B * J * R, [["ptr", acc.ptr], ["ptr", S.ptr], ["ptr", I.ptr], ["i64", B], ["i64", J], ["i64", R], ["i64", size], ["ptr", bad.ptr]]);
+    this.checkIndices(bad, "scatter_add", toDim, size);
+    if (S !== x[0]) this.release(S);
+    if (I !== x[1]) this.release(I);
+    return this.reorderOwned(this.castOwned(acc, to.dtype), order, nm(to));
+  }
+
+  private concatSplit(op: string, x: DeviceTensor[], tIn: TensorType[], tOut: TensorType[], shapes: number[][], dim: string): DeviceTensor[] {
+    const di = tIn[0]!.dims.findIndex((d) => d.name === dim);
+    if (op === "concat") {
+      const out = empty(this.mem, x[0]!.dtype, shapes[0]!);
+      const ost = stridesOf(out.shape);
+      let at = 0;
+      x.forEach((t) => {
+        this.copy(out, t, t.shape, stridesOf(t.shape), ost, at * ost[di]!);
+        at += t.shape[di]!;
+      });
+      return [out];
+    }
+    const ist = stridesOf(x[0]!.shape);
+    let at = 0;
+    return tOut.map((_, o) => {
+      const out = empty(this.mem, x[0]!.dtype, shapes[o]!);
+      // read the part [at, at + len) along dim: offset the source by at rows of that dim
+      const src = { ...x[0]!, ptr: x[0]!.ptr + BigInt(at * ist[di]! * K.elemBytes(x[0]!.dtype)) };
+      this.copy(out, src, out.shape, ist, stridesOf(out.shape), 0);
+      at += out.shape[di]!;
+      return out;
+    });
+  }
+}
+
+const BAD_NONE = -2147483648;
+
+export function stridesOf(shape: readonly number[]): number[] {
+  const s = new Array<number>(shape.length);
+  let acc = 1;
+  for (let i = shape.length - 1; i >= 0; i--) (s[i] = acc), (acc *= shape[i]!);
+  return s;
+}
+
+export type { Placement };

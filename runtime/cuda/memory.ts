@@ -1,0 +1,88 @@
+// Device memory for plan execution: a caching allocator (freed blocks are kept by size class and
+// reused; every block is 256-byte aligned, so 16-byte vector paths always apply) with live and peak
+// accounting for the memory report, and host <-> device conversion of pieces (bf16 travels as its
+// 16-bit patterns; the CPU reference keeps bf16 as exactly representable float32 values).
+import type { DType } from "../../compiler/ir/types.ts";
+import type { LocalTensor } from "../../compiler/ir/local.ts";
+import { allocLocal } from "../../compiler/ir/local.ts";
+import { numel } from "../../compiler/ir/types.ts";
+import type { NativeAddon, Stream } from "./native-types.ts";
+import { elemBytes } from "./kernels/sources.ts";
+
+export interface DeviceTensor {
+  dtype: DType;
+  shape: number[];
+  ptr: bigint;
+  /** Size class actually held (for returning the block). */
+  bytes: number;
+}
+
+const sizeClass = (n: number) => Math.max(512, 2 ** Math.ceil(Math.log2(Math.max(1, n))));
+
+export class CachingAllocator {
+  private free = new Map<number, bigint[]>();
+  live = 0;
+  peak = 0;
+  reserved = 0;
+
+  constructor(private readonly addon: NativeAddon) {}
+
+  alloc(bytes: number): { ptr: bigint; bytes: number } {
+    const cls = sizeClass(bytes);
+    const list = this.free.get(cls);
+    const ptr = list?.pop() ?? ((this.reserved += cls), this.addon.memAlloc(cls));
+    this.live += cls;
+    this.peak = Math.max(this.peak, this.live);
+    return { ptr, bytes: cls };
+  }
+
+  release(t: { ptr: bigint; bytes: number }): void {
+    const list = this.free.get(t.bytes) ?? [];
+    list.push(t.ptr);
+    this.free.set(t.bytes, list);
+    this.live -= t.bytes;
+  }
+
+  /** Returns every cached block to the driver. */
+  trim(): void {
+    for (const [cls, list] of this.free) for (const p of list) this.addon.memFree(p), (this.reserved -= cls);
+    this.free.clear();
+  }
+}
+
+export function empty(mem: CachingAllocator, dtype: DType, shape: number[]): DeviceTensor {
+  const { ptr, bytes } = mem.alloc(numel(shape) * elemBytes(dtype));
+  return { dtype, shape, ptr, bytes };
+}
+
+function hostBits(t: LocalTensor): ArrayBufferView {
+  if (t.dtype !== "bf16") return t.data;
+  const u32 = new Uint32Array((t.data as Float32Array).buffer, t.data.byteOffset, t.data.length);
+  const out = new Uint16Array(t.data.length);
+  for (let i = 0; i < out.length; i++) out[i] = u32[i]! >>> 16; // exact: the value is bf16-representable
+  return out;
+}
+
+export function upload(addon: NativeAddon, mem: CachingAllocator, t: LocalTensor, stream: Stream): DeviceTensor {
+  const d = empty(mem, t.dtype, t.shape);
+  const bits = hostBits(t);
+  if (bits.byteLength) addon.memcpyHtoDAsync(d.ptr, bits, bits.byteLength, stream);
+  return d;
+}
+
+export function download(addon: NativeAddon, d: DeviceTensor, stream: Stream): LocalTensor {
+  const out = allocLocal(d.dtype, d.shape);
+  const n = out.data.length;
+  if (n === 0) return out;
+  if (d.dtype === "bf16") {
+    const bits = new Uint16Array(n);
+    addon.memcpyDtoHAsync(bits, d.ptr, n * 2, stream);
+    addon.streamSynchronize(stream);
+    const u32 = new Uint32Array((out.data as Float32Array).buffer);
+    for (let i = 0; i < n; i++) u32[i] = bits[i]! << 16;
+  } else {
+    addon.memcpyDtoHAsync(out.data, d.ptr, out.data.byteLength, stream);
+    addon.streamSynchronize(stream);
+  }
+  return out;
+}
