@@ -29,10 +29,26 @@ import * as K from "./kernels/sources.ts";
 const FACTORIES_ON_HOST = new Set(["constant", "from_local", "random", "input"]);
 const BLOCK = 256;
 
+export interface KernelTiming {
+  name: string;
+  ops: string[];
+  /** Median of the timed re-launches, rank 0. */
+  ms: number;
+  /** Bytes its operands and results occupy on rank 0 (each read or written once). */
+  bytes: number;
+}
+
 export interface CudaRunResult {
   outputs: (GlobalTensor | undefined)[];
   locals: LocalTensor[][];
   stats: { kernels: number; compiled: number; cacheHits: number; compileMs: number; peakBytes: number; ms: number };
+  /** With `profile`: each fused kernel of rank 0 re-launched and timed with events. */
+  timings: KernelTiming[];
+}
+
+export interface RunOptions {
+  /** Re-launch every fused kernel this many times after it ran, timing each launch (0: no profiling). */
+  profile?: number;
 }
 
 export class CudaExecutor {
@@ -105,7 +121,24 @@ export class CudaExecutor {
     if (t) this.mem.release(t);
   }
 
-  run(plan: Plan, feeds?: ReadonlyMap<string, LocalTensor[]>, read?: readonly number[]): CudaRunResult {
+  /** Times `launch` `reps` times with events (after two warm-up launches); the median in ms. */
+  timeLaunch(launch: () => void, reps: number): number {
+    const a = this.addon;
+    for (let i = 0; i < 2; i++) launch();
+    const ev = Array.from({ length: reps + 1 }, () => a.eventCreate());
+    a.eventRecord(ev[0]!, this.stream);
+    for (let i = 0; i < reps; i++) {
+      launch();
+      a.eventRecord(ev[i + 1]!, this.stream);
+    }
+    a.eventSynchronize(ev[reps]!);
+    const ts = Array.from({ length: reps }, (_, i) => a.eventElapsedTime(ev[i]!, ev[i + 1]!)).sort((x, y) => x - y);
+    for (const e of ev) a.eventDestroy(e);
+    return ts[Math.floor(reps / 2)]!;
+  }
+
+  run(plan: Plan, feeds?: ReadonlyMap<string, LocalTensor[]>, read?: readonly number[], opts: RunOptions = {}): CudaRunResult {
+    const timings: KernelTiming[] = [];
     const t0 = performance.now();
     const fused = fuse(plan);
     const prog = emitCuda(fused, this.arch);
@@ -154,8 +187,14 @@ export class CudaExecutor {
               if (p.k === "vec" || (p.k === "size" && p.name === "ncol")) return ["i32", v];
               return idx === "u32" ? ["u32", v] : ["u64", v];
             });
-            this.addon.launchKernel(fn, [l.grid, 1, 1], [l.block, 1, 1], 0, this.stream, packArgs(...args));
+            const params = packArgs(...args);
+            this.addon.launchKernel(fn, [l.grid, 1, 1], [l.block, 1, 1], 0, this.stream, params);
             kernels++;
+            if (opts.profile && r === 0) {
+              const bytes = [...ins.inputs, ...ins.outputs].reduce((b, s) => b + numel(plan.values[s]!.shapes[0]!) * K.elemBytes(plan.values[s]!.type.dtype), 0);
+              const ms = this.timeLaunch(() => this.addon.launchKernel(fn, [l.grid, 1, 1], [l.block, 1, 1], 0, this.stream, params), opts.profile);
+              timings.push({ name: kernel.name, ops: ins.fuses.map((f) => f.op), ms, bytes });
+            }
           }
           ins.outputs.forEach((s, o) => (slots[s] = outs[o]));
         } else if (ins.kind === "comm") {
@@ -186,7 +225,7 @@ export class CudaExecutor {
     const wanted = new Set(read ?? plan.outputs.map((_, i) => i));
     const outputs = plan.outputs.map((s, i) => (wanted.has(i) ? assemble(plan, s, hostSlots.get(s)!, counts) : undefined));
     for (const s of new Set(plan.outputs)) slots[s]?.forEach((d) => this.release(d));
-    return { outputs, locals, stats: { kernels, ...this.compileStats, peakBytes: this.mem.peak, ms: performance.now() - t0 } };
+    return { outputs, locals, stats: { kernels, ...this.compileStats, peakBytes: this.mem.peak, ms: performance.now() - t0 }, timings };
   }
 
   /** One non-fused op on rank r. */
