@@ -18,6 +18,8 @@ export interface EvaluateOptions {
   dump?: (stage: Stage, text: string) => void;
   /** Receives the compiled plan (for summaries). */
   onPlan?: (plan: Plan) => void;
+  /** Receives what the backend reports about the run (the CUDA backend: kernels, compile times, peak memory). */
+  onStats?: (stats: Record<string, number>, backend: "cpu" | "cuda") => void;
 }
 
 /** Which backend to use: `auto` is CUDA when a GPU and the native addon are usable, else the CPU. */
@@ -47,6 +49,7 @@ export async function evaluate(tensors: readonly AnyDTensor[], opts: EvaluateOpt
   const plan = compile(mesh.builder.graph, tensors.map((t) => t.ref), { dump: opts.dump });
   opts.onPlan?.(plan);
   const res = runPlan(plan, backend);
+  if ("stats" in res) opts.onStats?.((res as { stats: Record<string, number> }).stats, backend);
   return res.outputs.map((g, i) => new GlobalValue(tensors[i]!.type.dims.map((d) => d.name), g!.shape, g!.dtype, g!.data));
 }
 

@@ -59,16 +59,17 @@ export async function main(argv: string[], log: (s: string) => void = console.lo
     }
     if (cmd === "run") {
       // a script (defineMain) gets every argument but its file name; a model takes the flags below
-      const fileAt = firstPositional(rest, ["mesh", "backend", "dump"]);
+      const fileAt = firstPositional(rest, ["mesh", "backend", "dump", "dump-cuda"]);
       const runnable = fileAt >= 0 ? await loadRunnable(rest[fileAt]!) : undefined;
       if (runnable && isMainDef(runnable)) return (await runnable.main({ args: rest.filter((_, i) => i !== fileAt), log })) ?? 0;
-      const a = parseArgs(rest, ["mesh", "backend", "dump"], ["no-verify", "help"]);
+      const a = parseArgs(rest, ["mesh", "backend", "dump", "dump-cuda"], ["no-verify", "help"]);
       if (a.flags.help) return log(RUN_HELP), 0;
       if (a.positionals.length !== 1) throw new UsageError(`shardts run takes one model file; got ${a.positionals.length}\n\n${RUN_HELP}`);
       return await runCommand(a.positionals[0]!, {
         mesh: a.flags.mesh as string | undefined,
         backend: a.flags.backend as string | undefined,
         dump: a.flags.dump as string | undefined,
+        dumpCuda: a.flags["dump-cuda"] as string | undefined,
         verify: !a.flags["no-verify"],
       }, log, runnable);
     }

@@ -5,6 +5,9 @@ import { existsSync } from "node:fs";
 import { pathToFileURL } from "node:url";
 import type { Plan } from "../../compiler/plan.ts";
 import { STAGES, type Stage } from "../../compiler/pipeline.ts";
+import { fuse } from "../../compiler/codegen/fuse.ts";
+import { emitCuda } from "../../compiler/codegen/cuda/emit.ts";
+import { dumpCuda } from "../../compiler/codegen/dump.ts";
 import { fmtPlacements } from "../../compiler/ir/placement.ts";
 import { fmtStep } from "../../compiler/passes/redistribute-plan.ts";
 import { ShardtsError, UsageError } from "../../compiler/errors.ts";
@@ -26,12 +29,15 @@ after its name; \`shardts run SCRIPT.ts --help\` prints its options.
   --backend B         auto (default: CUDA when a GPU is usable, else CPU), cuda or cpu
   --no-verify         skip the check against the same model on one device (every axis 1) on the CPU reference
   --dump STAGE        print an intermediate: ${STAGES.join(", ")}
+  --dump-cuda DIR     write the CUDA source of every kernel the plan fuses into DIR
 `;
 
 const TOLERANCE: Record<string, number> = { f32: 1e-4, bf16: 2e-2, i32: 0, fp8e4m3: 0.13, fp8e5m2: 0.26 };
 
 export async function loadRunnable(file: string): Promise<ModelDef | MainDef> {
   const path = resolve(file);
+  const pre = registered.get(path);
+  if (pre) return pre;
   if (!existsSync(path)) throw new UsageError(`shardts run: no such file: ${file}`);
   let mod: { default?: unknown };
   try {
@@ -56,7 +62,11 @@ export function summarizePlan(plan: Plan): string[] {
   return [`  ${ops} ops, ${[...comm.values()].reduce((a, b) => a + b, 0)} collective steps${list ? `: ${list}` : ""}`];
 }
 
-export async function runCommand(file: string, opts: { mesh?: string; backend?: string; verify: boolean; dump?: string }, log: (s: string) => void, def?: ModelDef): Promise<number> {
+/** Pre-loaded runnables by path, for bundles that cannot import TypeScript at run time (the GPU harness). */
+const registered = new Map<string, ModelDef | MainDef>();
+export const registerRunnable = (file: string, def: ModelDef | MainDef) => registered.set(resolve(file), def);
+
+export async function runCommand(file: string, opts: { mesh?: string; backend?: string; verify: boolean; dump?: string; dumpCuda?: string }, log: (s: string) => void, def?: ModelDef): Promise<number> {
   const backend = resolveBackend((opts.backend ?? "auto") as Backend);
   if (opts.dump !== undefined && !STAGES.includes(opts.dump as Stage)) throw new UsageError(`--dump takes one of ${STAGES.join(", ")}; got '${opts.dump}'`);
   def ??= (await loadRunnable(file)) as ModelDef;
@@ -69,10 +79,12 @@ export async function runCommand(file: string, opts: { mesh?: string; backend?: 
   const t0 = performance.now();
   const { outputs } = buildOn(def, sizes);
   let plan: Plan | undefined;
+  let stats: Record<string, number> | undefined;
   const names = Object.keys(outputs);
   const values = await evaluate(names.map((n) => outputs[n]!), {
     backend: opts.backend as Backend,
     onPlan: (p) => (plan = p),
+    onStats: (st) => (stats = st),
     dump: (stage, text) => stage === opts.dump && log(`--- ${stage} ---\n${text}`),
   });
   const ms = performance.now() - t0;
@@ -80,6 +92,11 @@ export async function runCommand(file: string, opts: { mesh?: string; backend?: 
   names.forEach((n, i) => log(`  ${n}  ${fmtPlacements(outputs[n]!.type.placements)}  ${values[i]!.toString()}`));
   log(`sharding summary (${ranks} ranks, ${ms.toFixed(0)} ms)`);
   for (const l of summarizePlan(plan!)) log(l);
+  if (stats) log(`  CUDA: ${stats.kernels} launches; ${stats.compiled} kernels compiled (${((stats.compileMs ?? 0) / 1000).toFixed(2)} s), ${stats.cacheHits} from the cache; peak device memory ${((stats.peakBytes ?? 0) / 2 ** 20).toFixed(1)} MiB`);
+  if (opts.dumpCuda) {
+    const written = dumpCuda(opts.dumpCuda, emitCuda(fuse(plan!)));
+    log(`  wrote ${written.length - 1} CUDA kernel source(s) and kernels.json to ${opts.dumpCuda}`);
+  }
 
   if (!opts.verify) return 0;
   const ref = buildOn(def, singleDevice(def));

@@ -11,6 +11,22 @@ import { lm, moeLayers, type LmConfig } from "../nn/transformer.ts";
 import { adamw, adamwScalars, momentNames, SCALARS, type AdamWConfig } from "../optim/adamw.ts";
 import { lrAt, type Schedule } from "../optim/schedule.ts";
 import type { GlobalValue } from "../value.ts";
+import type { MeshSpec, TensorType } from "../../compiler/ir/types.ts";
+import type { LocalTensor } from "../../compiler/ir/local.ts";
+import { UsageError } from "../../compiler/errors.ts";
+import { coordsOf } from "../../compiler/ir/placement.ts";
+import { boxOf } from "../../compiler/passes/partition.ts";
+
+/**
+ * A trainer's full state as tensors on its mesh: every parameter (f32), its AdamW moments `name.m`
+ * and `name.v` (bf16), all in the parameter's storage placements, and the routing biases
+ * `bias.l<layer>` (f32, replicated); plus the step counter. (The shape `shardts/checkpoint` saves.)
+ */
+export interface TrainerState {
+  mesh: MeshSpec;
+  step: number;
+  tensors: Record<string, { type: TensorType; pieces: Pieces }>;
+}
 
 export interface TrainConfig {
   model: LmConfig;
@@ -120,6 +136,49 @@ export class Trainer {
       step: this.step, lr, loss: v.loss!.data[0]!, ce: v.ce!.data[0]!, gradNorm: v.gradNorm!.data[0]!, loads,
       imbalance: loads.length ? loads.reduce((a, l) => a + maxOverMean(l), 0) / loads.length : 1,
     };
+  }
+
+  /** The types of `exportState()`'s tensors on this trainer's mesh and layout (a checkpoint load template). */
+  stateTypes(): Record<string, TensorType> {
+    const out: Record<string, TensorType> = {};
+    for (const s of this.ps.specs) {
+      const dims = Object.entries(s.dims).map(([name, size]) => ({ name, size }));
+      out[s.name] = { dims, dtype: "f32", placements: [...s.storage] };
+      for (const n of momentNames(s.name)) out[n] = { dims, dtype: "bf16", placements: [...s.storage] };
+    }
+    moeLayers(this.cfg.model).forEach((l, i) => (out[`bias.l${l}`] = { dims: [{ name: "experts", size: this.biases[i]!.length }], dtype: "f32", placements: this.mesh.spec.axes.map(() => "R") }));
+    return out;
+  }
+
+  /** Everything needed to continue training exactly (the live pieces, not copies: a checkpoint save copies them). */
+  exportState(): TrainerState {
+    const types = this.stateTypes();
+    const tensors: TrainerState["tensors"] = {};
+    for (const [name, type] of Object.entries(types))
+      tensors[name] = { type, pieces: name.startsWith("bias.l") ? piecesOf(this.mesh.spec, type, this.biases[moeLayers(this.cfg.model).indexOf(Number(name.slice(6)))]!) : this.state[name]! };
+    return { mesh: { axes: [...this.mesh.spec.axes], sizes: [...this.mesh.spec.sizes] }, step: this.step, tensors };
+  }
+
+  /**
+   * Continues from a state exported by a trainer of the same model (on any mesh and layout, once its
+   * pieces are laid out for this one, e.g. by a checkpoint load with `stateTypes()` as the template).
+   */
+  importState(s: { step: number; tensors: Record<string, readonly (LocalTensor | undefined)[]> }): void {
+    if (!Number.isSafeInteger(s.step) || s.step < 0) throw new UsageError(`importState(): step ${s.step} is not a non-negative integer`);
+    const types = this.stateTypes(), next: Record<string, Pieces> = {};
+    for (const [name, type] of Object.entries(types)) {
+      const pieces = s.tensors[name];
+      if (!pieces) throw new UsageError(`importState(): the state has no '${name}'`);
+      next[name] = Array.from({ length: this.mesh.spec.sizes.reduce((a, b) => a * b, 1) }, (_, r) => {
+        const p = pieces[r], want = boxOf(type, this.mesh.spec, coordsOf(this.mesh.spec, r)).shape;
+        if (!p || p.dtype !== type.dtype || p.shape.length !== want.length || p.shape.some((d, i) => d !== want[i]))
+          throw new UsageError(`importState(): '${name}' on rank ${r} is ${p ? `${p.dtype}[${p.shape}]` : "missing"}; this layout holds ${type.dtype}[${want}]`);
+        return p;
+      });
+    }
+    for (const s2 of this.ps.specs) for (const n of [s2.name, ...momentNames(s2.name)]) this.state[n] = next[n]!;
+    moeLayers(this.cfg.model).forEach((l, i) => this.biases[i]!.set(next[`bias.l${l}`]![0]!.data));
+    this.step = s.step;
   }
 
   /** The current parameters' pieces (for evaluation programs and checkpoints). */

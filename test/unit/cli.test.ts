@@ -51,6 +51,18 @@ describe("shardts run", () => {
     expect(r.out).toMatch(/y {2}max rel diff 0 {2}ok/);
   });
 
+  it("--dump-cuda writes the CUDA source of every fused kernel", async () => {
+    const { mkdtempSync, readdirSync, readFileSync } = await import("node:fs");
+    const { join } = await import("node:path");
+    const dir = mkdtempSync(join((await import("node:os")).tmpdir(), "dump-cuda-"));
+    const r = await cli("run", "examples/tp-mlp.ts", "--dump-cuda", dir);
+    expect(r.code).toBe(0);
+    const files = readdirSync(dir).filter((f) => f.endsWith(".cu"));
+    expect(files.length).toBeGreaterThan(0);
+    expect(r.out).toMatch(new RegExp(`wrote ${files.length} CUDA kernel source\\(s\\) and kernels.json`));
+    for (const f of files) expect(readFileSync(join(dir, f), "utf8")).toMatch(/extern "C" __global__/);
+  });
+
   it("prints help", async () => {
     expect((await cli("run", "--help")).out).toMatch(/usage: shardts run FILE.ts/);
     expect((await cli("--help")).out).toMatch(/commands/);

@@ -1,0 +1,18 @@
+// The shardts command line, bundled for a GPU machine (no Node packages, no TypeScript loader there):
+// the examples are compiled into the bundle and registered by path, so
+//   /tmp/node .gpu/shardts-cli.mjs run examples/moe-layer.ts --backend cuda
+// is `npx shardts run examples/moe-layer.ts --backend cuda`.
+import { main } from "../../stdlib/cli/main.ts";
+import { registerRunnable } from "../../stdlib/cli/run-command.ts";
+import moeLayer from "../../examples/moe-layer.ts";
+import tpMlp from "../../examples/tp-mlp.ts";
+import trainMoeLm from "../../examples/train-moe-lm.ts";
+
+registerRunnable("examples/moe-layer.ts", moeLayer);
+registerRunnable("examples/tp-mlp.ts", tpMlp);
+registerRunnable("examples/train-moe-lm.ts", trainMoeLm);
+// run.sh passes --out DIR to every bundle; the CLI takes its own arguments
+const argv = process.argv.slice(2);
+const out = argv.indexOf("--out");
+if (out >= 0) argv.splice(out, 2);
+process.exitCode = await main(argv.length ? argv : ["run", "examples/moe-layer.ts", "--backend", "cuda"]);
