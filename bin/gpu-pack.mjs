@@ -54,7 +54,7 @@ for (const entry of entries) {
     target: "node20",
     logLevel: "warning",
     // examples import the package by name
-    alias: { "shardts/nn": join(root, "stdlib", "nn", "index.ts"), "shardts/train": join(root, "stdlib", "train", "index.ts"), shardts: join(root, "stdlib", "index.ts") },
+    alias: { "shardts/nn": join(root, "stdlib", "nn", "index.ts"), "shardts/train": join(root, "stdlib", "train", "index.ts"), "shardts/checkpoint": join(root, "stdlib", "checkpoint", "index.ts"), shardts: join(root, "stdlib", "index.ts") },
     // Bundled CommonJS dependencies may call require(); give ESM output one.
     banner: { js: "import { createRequire as __shardtsCreateRequire } from 'node:module'; const require = __shardtsCreateRequire(import.meta.url);" },
   });

@@ -5,10 +5,13 @@
 // auxiliary-loss-free bias. Prints a progress bar, the loss curve against the text's unigram
 // entropy, the expert-load imbalance, and a sample of generated text.
 //   npx shardts run examples/train-moe-lm.ts [--steps 120] [--layout dp-ep] [--no-balance] [--help]
+// Checkpoints: `--save DIR [--save-every N]` saves in the background (sharded safetensors, atomic);
+// `--resume DIR` continues from DIR's latest checkpoint (or a step-<n> directory), on any --layout/--mesh.
 import { defineMain, UsageError } from "shardts";
 import { layoutByName, LAYOUTS } from "shardts/nn";
 import { Trainer, Evaluator, generate, maxOverMean, Progress, BatchLoader, ByteTokenizer, loadTrainingText, unigramEntropyNats, bigramEntropyNats, ADAMW_DEFAULTS } from "shardts/train";
 import type { LmConfig } from "shardts/nn";
+import { AsyncSaver, load, type Json } from "shardts/checkpoint";
 
 const HELP = `usage: shardts run examples/train-moe-lm.ts [options]
   --steps N        optimisation steps (default 120)
@@ -19,10 +22,14 @@ const HELP = `usage: shardts run examples/train-moe-lm.ts [options]
   --gamma X        bias update speed per step (default 0.01; scores are softmax, ~1/8 each)
   --aux X          auxiliary load-balancing loss coefficient (default 0)
   --seed N         initialisation and data seed (default 1)
-  --sample N       characters of generated text at the end (default 240; 0 for none)`;
+  --sample N       characters of generated text at the end (default 240; 0 for none)
+  --save DIR       save checkpoints into DIR (DIR/step-<n>, DIR/latest), in the background
+  --save-every N   save every N steps (default: only after the last step)
+  --keep K         keep the newest K checkpoints (default 3)
+  --resume DIR     continue from DIR's latest checkpoint (or a step-<n> directory), on any layout`;
 
 function parse(args: string[]) {
-  const o = { steps: 120, layout: "dp-ep", mesh: undefined as string | undefined, batch: 16, balance: true, gamma: 0.01, aux: 0, seed: 1, sample: 240, help: false };
+  const o = { steps: 120, layout: "dp-ep", mesh: undefined as string | undefined, batch: 16, balance: true, gamma: 0.01, aux: 0, seed: 1, sample: 240, help: false, save: undefined as string | undefined, saveEvery: 0, keep: 3, resume: undefined as string | undefined };
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!, v = () => {
       const x = args[++i];
@@ -44,6 +51,10 @@ function parse(args: string[]) {
     else if (a === "--seed") o.seed = num(v());
     else if (a === "--sample") o.sample = num(v());
     else if (a === "--help") o.help = true;
+    else if (a === "--save") o.save = v();
+    else if (a === "--save-every") o.saveEvery = num(v());
+    else if (a === "--keep") o.keep = Math.max(1, num(v()));
+    else if (a === "--resume") o.resume = v();
     else throw new UsageError(`unknown option ${a}\n${HELP}`);
   }
   return o;
@@ -61,7 +72,7 @@ export default defineMain(async ({ args, log }) => {
 
   const text = loadTrainingText();
   const tokens = new ByteTokenizer().encode(text);
-  const loader = new BatchLoader(tokens, { batch: o.batch, seq: model.seq, seed: o.seed });
+  let loader = new BatchLoader(tokens, { batch: o.batch, seq: model.seq, seed: o.seed });
   const h1 = unigramEntropyNats(tokens, 256), h2 = bigramEntropyNats(tokens, 256);
   log(`data: Brown corpus, ${(tokens.length / 1e6).toFixed(2)}M bytes; unigram entropy ${h1.toFixed(3)} nats/byte, bigram ${h2.toFixed(3)}`);
 
@@ -74,18 +85,40 @@ export default defineMain(async ({ args, log }) => {
   log(`model: ${model.layers} layers, d=${model.model}, ${model.moe!.experts} experts top-${model.moe!.topK} + ${model.moe!.shared} shared, ${(trainer.ps.count / 1e6).toFixed(2)}M parameters`);
   log(`layout: ${layout}; step program: ${trainer.program.plan.instrs.length} instructions, compiled in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
 
+  if (o.resume) {
+    // the template is this run's layout: the checkpoint's pieces are resharded onto it
+    const mesh = { axes: layout.axes, sizes: layout.axes.map((a) => layout.mesh[a]!) };
+    const t1 = performance.now();
+    const ck = await load(o.resume, { mesh, tensors: trainer.stateTypes() });
+    const data = ck.extras.data as unknown as ReturnType<BatchLoader["state"]>;
+    if (data?.batch !== o.batch) throw new UsageError(`--resume: the checkpoint was trained with --batch ${data?.batch}; give the same --batch`);
+    trainer.importState({ step: ck.step, tensors: ck.tensors });
+    loader = BatchLoader.fromState(tokens, data);
+    const saved = ck.savedMesh.axes.map((a, i) => `${a}=${ck.savedMesh.sizes[i]}`).join(", ");
+    log(`resumed from ${ck.path} at step ${ck.step} (saved on mesh ${saved}, loaded onto ${layout}) in ${((performance.now() - t1) / 1000).toFixed(2)} s`);
+    if (trainer.step >= o.steps) return log(`nothing to train: the checkpoint is at step ${trainer.step}, --steps is ${o.steps}`), 0;
+  }
+  const saver = o.save ? new AsyncSaver(o.save, { keep: o.keep }) : undefined;
+  const checkpoint = () => saver!.saveAsync({ ...trainer.exportState(), extras: { data: loader.state() as unknown as Json, layout: layout.toString(), seed: o.seed, steps: o.steps } });
+
   const progress = new Progress({ total: o.steps, tokensPerStep: o.batch * model.seq });
   const curve: number[] = [], imbalance: number[] = [];
   const tStart = performance.now();
-  for (let s = 0; s < o.steps; s++) {
+  for (let s = trainer.step; s < o.steps; s++) {
     const b = loader.next();
     const m = trainer.run(b.inputs, b.targets);
     curve.push(m.ce);
     imbalance.push(m.imbalance);
     progress.update(s + 1, { loss: m.ce, imbalance: m.imbalance });
+    if (saver && ((o.saveEvery > 0 && (s + 1) % o.saveEvery === 0) || s + 1 === o.steps)) await checkpoint();
+    if (saver) await new Promise((r) => setImmediate(r)); // let the background save's I/O callbacks run
   }
   progress.finish();
   const secs = (performance.now() - tStart) / 1000;
+  if (saver) {
+    const last = await saver.flush();
+    if (last) log(`checkpoint: step ${last.step} saved to ${last.path} (${(last.bytes / 1e6).toFixed(2)} MB)`);
+  }
 
   const ev = new Evaluator(layout, model, o.batch);
   const val = loader.valBatches(4).map((b) => ev.loss(trainer.params, trainer.biases, b.inputs, b.targets));
@@ -93,7 +126,7 @@ export default defineMain(async ({ args, log }) => {
   const mean = (xs: number[]) => xs.reduce((a, x) => a + x, 0) / Math.max(1, xs.length);
   const k = Math.max(1, Math.min(10, Math.floor(o.steps / 4)));
   log(`loss (nats/byte): first ${at(0)}, middle ${at(Math.floor(curve.length / 2))}, last ${at(curve.length - 1)}; held-out ${mean(val).toFixed(3)}; unigram entropy ${h1.toFixed(3)}`);
-  log(`time: ${secs.toFixed(0)} s for ${o.steps} steps, ${((o.steps * o.batch * model.seq) / secs).toFixed(0)} tokens/s`);
+  log(`time: ${secs.toFixed(0)} s for ${curve.length} steps, ${((curve.length * o.batch * model.seq) / secs).toFixed(0)} tokens/s`);
   log(`expert load max/mean (averaged over MoE layers): first ${k} steps ${mean(imbalance.slice(0, k)).toFixed(2)}, last ${k} steps ${mean(imbalance.slice(-k)).toFixed(2)} (bias balancing ${o.balance ? "on" : "off"})`);
   const lastLoads = trainer.lastLoads.map((l) => `[${Array.from(l).join(" ")}] (max/mean ${maxOverMean(l).toFixed(2)})`);
   log(`tokens per expert in the last step, per MoE layer:\n  ${lastLoads.join("\n  ")}`);

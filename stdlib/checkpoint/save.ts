@@ -200,14 +200,17 @@ async function readManifests(tmpDir: string, world: number, waitMs: number): Pro
       if (Date.now() > deadline) throw new CheckpointError(`rank ${r} did not finish writing its file within ${waitMs} ms`, path);
       await new Promise((res) => setTimeout(res, 50));
     }
-    out.push(await guard(path, "cannot read the manifest", async () => {
+    const m = await guard(path, "cannot read the manifest", async () => {
       const fh = await open(path, "r");
       try {
         return JSON.parse((await fh.readFile()).toString("utf8")) as RankManifest;
       } finally {
         await fh.close();
       }
-    }));
+    });
+    if (typeof m !== "object" || m === null || m.rank !== r || m.file !== rankFile(r) || !Array.isArray(m.pieces) || !m.pieces.every((p) => typeof p?.tensor === "string" && Array.isArray(p.byte_range) && Array.isArray(p.sha256)))
+      throw new CheckpointError(`is not a manifest of rank ${r}'s file`, path);
+    out.push(m);
   }
   return out;
 }
