@@ -21,6 +21,7 @@ const HELP = `usage: shardts run examples/train-moe-lm.ts [options]
   --no-balance     turn off the auxiliary-loss-free bias balancing
   --gamma X        bias update speed per step (default 0.01; scores are softmax, ~1/8 each)
   --aux X          auxiliary load-balancing loss coefficient (default 0)
+  --backend B      cpu (default), cuda or auto (CUDA when a GPU is usable)
   --seed N         initialisation and data seed (default 1)
   --sample N       characters of generated text at the end (default 240; 0 for none)
   --save DIR       save checkpoints into DIR (DIR/step-<n>, DIR/latest), in the background
@@ -29,7 +30,7 @@ const HELP = `usage: shardts run examples/train-moe-lm.ts [options]
   --resume DIR     continue from DIR's latest checkpoint (or a step-<n> directory), on any layout`;
 
 function parse(args: string[]) {
-  const o = { steps: 120, layout: "dp-ep", mesh: undefined as string | undefined, batch: 16, balance: true, gamma: 0.01, aux: 0, seed: 1, sample: 240, help: false, save: undefined as string | undefined, saveEvery: 0, keep: 3, resume: undefined as string | undefined };
+  const o = { steps: 120, layout: "dp-ep", mesh: undefined as string | undefined, batch: 16, balance: true, gamma: 0.01, aux: 0, seed: 1, sample: 240, help: false, save: undefined as string | undefined, saveEvery: 0, keep: 3, resume: undefined as string | undefined, backend: "cpu" as "auto" | "cpu" | "cuda" };
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!, v = () => {
       const x = args[++i];
@@ -50,6 +51,7 @@ function parse(args: string[]) {
     else if (a === "--gamma") o.gamma = num(v());
     else if (a === "--seed") o.seed = num(v());
     else if (a === "--sample") o.sample = num(v());
+    else if (a === "--backend") o.backend = v() as "auto" | "cpu" | "cuda";
     else if (a === "--help") o.help = true;
     else if (a === "--save") o.save = v();
     else if (a === "--save-every") o.saveEvery = num(v());
@@ -78,7 +80,7 @@ export default defineMain(async ({ args, log }) => {
 
   const t0 = performance.now();
   const trainer = new Trainer({
-    model, layout, batch: o.batch, seed: o.seed, biasRate: o.balance ? o.gamma : 0,
+    model, layout, batch: o.batch, seed: o.seed, backend: o.backend, biasRate: o.balance ? o.gamma : 0,
     opt: { ...ADAMW_DEFAULTS, lr: 3e-3 },
     schedule: { peak: 3e-3, warmup: Math.min(20, Math.ceil(o.steps / 10)), total: o.steps, minRatio: 0.1 },
   });
@@ -120,7 +122,7 @@ export default defineMain(async ({ args, log }) => {
     if (last) log(`checkpoint: step ${last.step} saved to ${last.path} (${(last.bytes / 1e6).toFixed(2)} MB)`);
   }
 
-  const ev = new Evaluator(layout, model, o.batch);
+  const ev = new Evaluator(layout, model, o.batch, o.backend);
   const val = loader.valBatches(4).map((b) => ev.loss(trainer.params, trainer.biases, b.inputs, b.targets));
   const at = (i: number) => curve[Math.min(curve.length - 1, Math.max(0, i))]!.toFixed(3);
   const mean = (xs: number[]) => xs.reduce((a, x) => a + x, 0) / Math.max(1, xs.length);
@@ -133,7 +135,7 @@ export default defineMain(async ({ args, log }) => {
 
   if (o.sample > 0) {
     const tok = new ByteTokenizer();
-    const gen = new Evaluator(layout, model, 1);
+    const gen = new Evaluator(layout, model, 1, o.backend);
     const prompt = tok.encode("The ");
     const out = generate(gen, trainer.params, trainer.biases, prompt, o.sample, { temperature: 0.8, seed: o.seed, pad: 32 });
     log(`sample: ${JSON.stringify(tok.decode(prompt) + tok.decode(out))}`);

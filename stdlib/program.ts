@@ -5,7 +5,7 @@ import type { Plan } from "../compiler/plan.ts";
 import type { DType } from "../compiler/ir/types.ts";
 import { compile } from "../compiler/pipeline.ts";
 import { UsageError } from "../compiler/errors.ts";
-import { runPlanCpu } from "../runtime/cpu/index.ts";
+import { resolveBackend, runPlan, type Backend } from "./run.ts";
 import { DTensor, type AnyDTensor } from "./dtensor.ts";
 import type { Mesh } from "./mesh.ts";
 import type { Dims, Fail, Full } from "./types/core.ts";
@@ -62,7 +62,11 @@ export class Program<O extends string = string> {
   /** Output names, in the order of plan.outputs. */
   readonly outputNames: O[];
 
-  constructor(readonly mesh: Mesh<any>, outputs: Record<O, AnyDTensor>) {
+  /** Which backend runs it: `auto` (the default) is CUDA when a GPU is usable. */
+  readonly backend: "cpu" | "cuda";
+
+  constructor(readonly mesh: Mesh<any>, outputs: Record<O, AnyDTensor>, opts: { backend?: Backend } = {}) {
+    this.backend = resolveBackend(opts.backend ?? "cpu");
     this.outputNames = Object.keys(outputs) as O[];
     this.plan = compile(mesh.builder.graph, this.outputNames.map((n) => outputs[n].ref));
     this.inputs = this.plan.instrs.flatMap((i) => (i.kind === "op" && i.op === "input" ? [String(i.attrs.name)] : []));
@@ -73,14 +77,14 @@ export class Program<O extends string = string> {
   /** Runs once. Every input must be fed; returns each output's pieces. */
   run(feeds: Record<string, Pieces>): Record<O, Pieces> {
     for (const n of this.inputs) if (!feeds[n]) throw new UsageError(`Program.run(): input '${n}' was not fed`);
-    const res = runPlanCpu(this.plan, new Map(Object.entries(feeds)), []);
+    const res = runPlan(this.plan, this.backend, new Map(Object.entries(feeds)), []);
     return Object.fromEntries(this.outputNames.map((n, i) => [n, res.locals[i]!])) as Record<O, Pieces>;
   }
 
   /** Runs once; returns every output's pieces and reads back the outputs named in `read` (default: all). */
   runGlobal(feeds: Record<string, Pieces>, read: readonly O[] = this.outputNames): { pieces: Record<O, Pieces>; values: Record<O, GlobalValue> } {
     for (const n of this.inputs) if (!feeds[n]) throw new UsageError(`Program.run(): input '${n}' was not fed`);
-    const res = runPlanCpu(this.plan, new Map(Object.entries(feeds)), read.map((n) => this.outputNames.indexOf(n)));
+    const res = runPlan(this.plan, this.backend, new Map(Object.entries(feeds)), read.map((n) => this.outputNames.indexOf(n)));
     const pieces = Object.fromEntries(this.outputNames.map((n, i) => [n, res.locals[i]!])) as Record<O, Pieces>;
     const values = Object.fromEntries(
       read.map((n) => {

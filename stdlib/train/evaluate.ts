@@ -4,15 +4,16 @@ import { piecesOf, Program } from "../program.ts";
 import type { Layout } from "../nn/layout.ts";
 import { moeLayers, type LmConfig } from "../nn/transformer.ts";
 import { traceLm } from "./trainer.ts";
+import type { Backend } from "../run.ts";
 
 export class Evaluator {
   private readonly program: Program<"ce" | "logits">;
   private readonly mesh;
 
-  constructor(readonly layout: Layout, readonly model: LmConfig, readonly batch: number) {
+  constructor(readonly layout: Layout, readonly model: LmConfig, readonly batch: number, backend?: Backend) {
     const t = traceLm(layout, model, batch);
     this.mesh = t.mesh;
-    this.program = new Program(t.mesh, { ce: t.out.ce, logits: t.out.logits });
+    this.program = new Program(t.mesh, { ce: t.out.ce, logits: t.out.logits }, { backend });
   }
 
   private feeds(params: Record<string, Pieces>, biases: Float32Array[], ids: Int32Array, targets: Int32Array): Record<string, Pieces> {

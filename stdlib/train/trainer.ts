@@ -11,6 +11,7 @@ import { lm, moeLayers, type LmConfig } from "../nn/transformer.ts";
 import { adamw, adamwScalars, momentNames, SCALARS, type AdamWConfig } from "../optim/adamw.ts";
 import { lrAt, type Schedule } from "../optim/schedule.ts";
 import type { GlobalValue } from "../value.ts";
+import type { Backend } from "../run.ts";
 import type { MeshSpec, TensorType } from "../../compiler/ir/types.ts";
 import type { LocalTensor } from "../../compiler/ir/local.ts";
 import { UsageError } from "../../compiler/errors.ts";
@@ -38,6 +39,8 @@ export interface TrainConfig {
   seed: number;
   /** Step size of the auxiliary-loss-free bias update (DeepSeek-V3's gamma); 0 turns it off. */
   biasRate: number;
+  /** Where the step runs (default: the CPU reference). */
+  backend?: Backend;
 }
 
 export interface StepMetrics {
@@ -96,7 +99,7 @@ export class Trainer {
     const grads = grad(t.out.loss, Object.fromEntries(t.ps.stored));
     const { updates, gradNorm } = adamw(t.ps, grads, cfg.opt);
     const loads = Object.fromEntries(t.out.loads.map((l, i) => [`load.${i}`, l]));
-    this.program = new Program(t.mesh, { loss: t.out.loss, ce: t.out.ce, gradNorm, ...loads, ...updates });
+    this.program = new Program(t.mesh, { loss: t.out.loss, ce: t.out.ce, gradNorm, ...loads, ...updates }, { backend: cfg.backend });
     this.state = t.ps.initialise(cfg.seed);
     for (const s of t.ps.specs)
       for (const n of momentNames(s.name)) this.state[n] = zeroPieces(t.mesh.spec, { dims: Object.entries(s.dims).map(([name, size]) => ({ name, size })), dtype: "bf16", placements: s.storage });
