@@ -4,7 +4,6 @@ import { ShardtsError, UsageError } from "../../compiler/errors.ts";
 import { parseArgs } from "./args.ts";
 import { loadRunnable, runCommand, RUN_HELP } from "./run-command.ts";
 import { isMainDef } from "../model.ts";
-import { check } from "./check.ts";
 import { launch } from "../../runtime/launch/launcher.ts";
 
 const HELP = `shardts: distributed tensors as a typed TypeScript DSL
@@ -88,6 +87,8 @@ export async function main(argv: string[], log: (s: string) => void = console.lo
     if (cmd === "check") {
       const a = parseArgs(rest, ["project"], ["help"]);
       if (a.flags.help) return log(CHECK_HELP), 0;
+      // loaded on demand: it finds the TypeScript compiler, which bundles for GPU machines leave out
+      const { check } = await import("./check.ts");
       const res = await check(a.positionals, { project: a.flags.project as string | undefined });
       log(res.output);
       return res.errorCount > 0 ? 1 : 0;
