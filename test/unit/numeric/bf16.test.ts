@@ -1,5 +1,6 @@
 import { describe, it, expect } from "vitest";
 import { roundToBf16, bf16ToBits, bf16FromBits, roundArrayToBf16 } from "../../../compiler/numeric/index.ts";
+import { mulberry32Bits as mulberry32 } from "../../helpers/prng.ts";
 
 const f32 = new Float32Array(1);
 const u32 = new Uint32Array(f32.buffer);
@@ -30,17 +31,6 @@ function referenceBf16(x: number): number {
   return f < 0 ? -r : r;
 }
 
-/** Deterministic 32-bit PRNG (mulberry32) so failures reproduce. */
-function mulberry32(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
-}
 
 const BF16_MAX = fromBits(0x7f7f0000); // (2 - 2^-7) * 2^127
 const OVERFLOW_MIDPOINT = fromBits(0x7f7f8000); // halfway to 2^128: ties to even = Inf

@@ -12,6 +12,7 @@ import {
   roundArrayToE5M2,
   type Fp8SaturationMode,
 } from "../../../compiler/numeric/index.ts";
+import { mulberry32Bits as mulberry32 } from "../../helpers/prng.ts";
 
 const f32 = new Float32Array(1);
 const u32 = new Uint32Array(f32.buffer);
@@ -20,16 +21,6 @@ const bitsOf = (x: number): number => ((f32[0] = x), u32[0]);
 const nextUp = (x: number): number => fromBits(bitsOf(x) + (x >= 0 ? 1 : -1));
 const nextDown = (x: number): number => fromBits(bitsOf(x) - (x > 0 ? 1 : -1));
 
-function mulberry32(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
-}
 
 interface FormatUnderTest {
   name: string;
