@@ -39,33 +39,8 @@ SH_HD void sh_put(int& d, int v) { d = v; }
 // N consecutive elements moved as one (up to 16-byte) access; the address must be aligned to it
 template <typename S, int N> struct alignas(sizeof(S) * N) sh_pack { S v[N]; };
 
-// One row chunk of a tensor into registers: V (vector mode) loads N consecutive columns from col0
-// as one pack; otherwise columns col0 + e*T. Columns past ncol read as zero (and are masked later).
-template <bool V, int N, int T, typename S, typename F>
-static __device__ __forceinline__ void sh_ld_row(const S* __restrict__ p, int col0, int ncol, F (&x)[N]) {
-  if (V) {
-    if (col0 < ncol) {
-      const sh_pack<S, N> q = *reinterpret_cast<const sh_pack<S, N>*>(p + col0);
-#pragma unroll
-      for (int e = 0; e < N; ++e) x[e] = sh_get(q.v[e]);
-    } else {
-#pragma unroll
-      for (int e = 0; e < N; ++e) x[e] = F(0);
-    }
-  } else {
-#pragma unroll
-    for (int e = 0; e < N; ++e) x[e] = col0 + e * T < ncol ? sh_get(p[col0 + e * T]) : F(0);
-  }
-}
-// The same for a tensor whose column stride is s (not its innermost dim): element loads only.
-template <bool V, int N, int T, typename S, typename F>
-static __device__ __forceinline__ void sh_ld_row_strided(const S* __restrict__ p, long long s, int col0, int ncol, F (&x)[N]) {
-#pragma unroll
-  for (int e = 0; e < N; ++e) {
-    const int c = V ? col0 + e : col0 + e * T;
-    x[e] = c < ncol ? sh_get(p[(long long)c * s]) : F(0);
-  }
-}
+// Row chunks written back: V (vector mode) stores N consecutive columns from col0 as one pack;
+// otherwise columns col0 + e*T. Columns past ncol are not written.
 template <bool V, int N, int T, typename S, typename F>
 static __device__ __forceinline__ void sh_st_row(S* __restrict__ p, int col0, int ncol, const F (&x)[N]) {
   if (V) {
@@ -90,6 +65,71 @@ static __device__ __forceinline__ void sh_st_row_strided(S* __restrict__ p, long
   }
 }
 
+// One row chunk of a tensor as stored (the row kernels keep these in registers and convert on use):
+// V loads N consecutive columns from col0 as one pack, otherwise columns col0 + e*T, each read once.
+// Columns past ncol hold zero (and are masked later).
+template <bool V, int N, int T, typename S>
+static __device__ __forceinline__ void sh_ld_raw(const S* __restrict__ p, int col0, int ncol, sh_pack<S, N>& x) {
+  if (V) {
+    if (col0 < ncol) x = *reinterpret_cast<const sh_pack<S, N>*>(p + col0);
+    else x = sh_pack<S, N>{};
+  } else {
+#pragma unroll
+    for (int e = 0; e < N; ++e) x.v[e] = col0 + e * T < ncol ? p[col0 + e * T] : S{};
+  }
+}
+template <bool V, int N, int T, typename S>
+static __device__ __forceinline__ void sh_ld_raw_strided(const S* __restrict__ p, long long s, int col0, int ncol, sh_pack<S, N>& x) {
+#pragma unroll
+  for (int e = 0; e < N; ++e) {
+    const int c = V ? col0 + e : col0 + e * T;
+    x.v[e] = c < ncol ? p[(long long)c * s] : S{};
+  }
+}
+// Hides a kept pack's bits from the optimizer: a later pass converts them again (one instruction a
+// value) rather than the first pass's converted values staying alive (bf16: two values a register, not one)
+template <typename S, int N>
+__device__ __forceinline__ void sh_launder(sh_pack<S, N>& p) {
+  unsigned* w = reinterpret_cast<unsigned*>(&p);
+#pragma unroll
+  for (int i = 0; i < (int)(sizeof(p) / 4); ++i) asm volatile("" : "+r"(w[i]));
+}
+// NaN-propagating max in one instruction where the GPU has it (sm_80+); elsewhere sh_max2
+__device__ __forceinline__ float sh_max_nan(float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  float r;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+#else
+  return sh_max2(a, b);
+#endif
+}
+// 2^x in one instruction (MUFU.EX2: 2 ulp; results below 2^-126 flush to 0). Softmax's exp(x - max)
+// is exp2((x - max) * log2 e): the argument is <= 0, so the product's rounding costs |x - max| * 6e-8
+// relative, and only on terms that are already small next to the max's 1.
+__device__ __forceinline__ float sh_exp2(float x) {
+#ifdef __CUDA_ARCH__
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+  return r;
+#else
+  return exp2f(x);
+#endif
+}
+#define SH_LOG2E 1.4426950408889634f
+// Online max-and-sum (as in flash attention's softmax): s is a sum of exp(x - m) over the values
+// seen, m their max. Rescaling s from max m to max mx (>= m): a -inf max (nothing but -inf seen)
+// keeps its sum (0) without exp(-inf - -inf); NaN propagates.
+__device__ __forceinline__ float sh_rescale(float s, float m, float mx) {
+  return m == mx ? s : s * sh_exp2((m - mx) * SH_LOG2E);
+}
+// The row's online sum rescaled to mr, the max as the kernel uses it (m rounded to its dtype). A row
+// whose values are all -inf sums exp(-inf - -inf) = NaN, as the two-pass form does; an empty row, 0.
+__device__ __forceinline__ float sh_online_sum(float m, float s, float mr, int n) {
+  if (m == -sh_inf()) return n > 0 ? sh_nan() : s;
+  return sh_rescale(s, m, mr);
+}
+
 // Reductions over an aligned group of T lanes (T = 32: the warp); every lane of the warp takes part
 template <int T>
 __device__ __forceinline__ float sh_group_sum(float v) {
@@ -103,23 +143,23 @@ __device__ __forceinline__ float sh_group_max(float v) {
   for (int o = T / 2; o > 0; o >>= 1) v = sh_max2(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
-// Block-wide reductions for one row per block of T threads; every thread gets the result. The
-// leading barrier makes the scratch reusable by the next reduction.
+// online (max, sum of exp(x - max)) pairs: the group's max, each sum rescaled to it, then summed
 template <int T>
-static __device__ __forceinline__ float sh_block_sum(float v, float* red) {
-  v = sh_group_sum<32>(v);
-  __syncthreads();
-  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
-  __syncthreads();
-  return sh_group_sum<32>((threadIdx.x & 31) < T / 32 ? red[threadIdx.x & 31] : 0.0f);
+__device__ __forceinline__ void sh_group_online(float& m, float& s) {
+  float mx = m;
+#pragma unroll
+  for (int o = T / 2; o > 0; o >>= 1) mx = sh_max_nan(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  s = sh_rescale(s, m, mx);
+#pragma unroll
+  for (int o = T / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  m = mx;
 }
+// the bits of the one lane that holds a value (every other lane gives 0): a gather from registers
 template <int T>
-static __device__ __forceinline__ float sh_block_max(float v, float* red) {
-  v = sh_group_max<32>(v);
-  __syncthreads();
-  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
-  __syncthreads();
-  return sh_group_max<32>((threadIdx.x & 31) < T / 32 ? red[threadIdx.x & 31] : -sh_inf());
+__device__ __forceinline__ unsigned sh_group_or(unsigned v) {
+#pragma unroll
+  for (int o = T / 2; o > 0; o >>= 1) v |= __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
 }
 #endif // SHARDTS_PRELUDE
 `;

@@ -1,0 +1,56 @@
+// CPU emulation of the CUDA subset the generated row kernels use, so their text can be run without a
+// GPU (test/codegen/row-emulation.test.ts): one block at a time, its threads as std::threads,
+// __syncthreads a block barrier, warp shuffles through a per-warp exchange with two barriers. Device
+// intrinsics take their host fallbacks in the prelude (#ifdef __CUDA_ARCH__).
+#pragma once
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+#define __host__
+#define __device__
+#define __global__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+// one block runs at a time, so a function-level static is the block's shared memory
+#define __shared__ static
+struct dim3 { unsigned x = 1, y = 1, z = 1; };
+inline thread_local dim3 threadIdx;
+inline dim3 blockIdx, gridDim, blockDim;
+inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
+struct EmuWarp { std::barrier<> bar{32}; uint64_t buf[32]; };
+inline std::unique_ptr<std::barrier<>> emu_block_bar;
+inline std::vector<std::unique_ptr<EmuWarp>> emu_warps;
+inline void __syncthreads() { emu_block_bar->arrive_and_wait(); }
+template <typename X> X __shfl_xor_sync(unsigned, X v, int o) {
+  EmuWarp& w = *emu_warps[threadIdx.x >> 5];
+  const int lane = threadIdx.x & 31;
+  uint64_t b = 0;
+  std::memcpy(&b, &v, sizeof(X));
+  w.buf[lane] = b;
+  w.bar.arrive_and_wait();
+  const uint64_t r = w.buf[lane ^ o];
+  w.bar.arrive_and_wait();
+  X x;
+  std::memcpy(&x, &r, sizeof(X));
+  return x;
+}
+template <typename F> void emu_launch(unsigned grid, unsigned block, F f) {
+  gridDim.x = grid;
+  blockDim.x = block;
+  for (unsigned b = 0; b < grid; ++b) {
+    blockIdx.x = b;
+    emu_block_bar = std::make_unique<std::barrier<>>(block);
+    emu_warps.clear();
+    for (unsigned w = 0; w < block / 32; ++w) emu_warps.push_back(std::make_unique<EmuWarp>());
+    std::vector<std::thread> ts;
+    for (unsigned t = 0; t < block; ++t) ts.emplace_back([t, &f] { threadIdx.x = t; f(); });
+    for (auto& t : ts) t.join();
+  }
+}
