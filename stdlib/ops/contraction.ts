@@ -1,13 +1,11 @@
 // Contractions by dim name. Types mirror compiler/ops/contraction.ts.
-import type { MsgDType, MsgMissingDim, MsgNeedsDType } from "../../compiler/messages.ts";
+import type { MsgDType, MsgNeedsDType } from "../../compiler/messages.ts";
 import type { AnyDTensor, DTensor } from "../dtensor.ts";
-import type { DimsOf, DTypeOf, ErrorsOf, Fail, Fp8DType, IfTyped, IsLiteral, KnownDims, Merge, OmitDims, Placed, PlacementsOf, SizeErrors } from "../types/core.ts";
+import type { DimsOf, DTypeOf, ErrorsOf, Fail, Fp8DType, IfTyped, IsLiteral, Merge, MissingDim, OmitDims, Or, Placed, PlacementsOf, SizeErrors } from "../types/core.ts";
 import type { DotRule, SegmentRule } from "../types/rules.ts";
 import { dimList, trace } from "./trace.ts";
 import { UsageError } from "../../compiler/errors.ts";
 
-type Or<A, B> = [A] extends [never] ? B : A;
-type Missing<Op extends string, D, K, Arg extends string> = KnownDims<D> extends true ? (K extends keyof D ? never : MsgMissingDim<Op, K & string, Arg>) : never;
 
 type DotDTypeErrors<TA, TB> = IfTyped<TA, IfTyped<TB, DotDTypeErrorsTyped<TA, TB>>>;
 type DotDTypeErrorsTyped<TA, TB> =
@@ -21,7 +19,7 @@ type DotRes<A, B, C> = {
 // dotDims (the contracted dims in a and b, then the sizes of shared dims), contractDType (no i32, one
 // dtype or both FP8), then the placements axis by axis. So a size mistake is reported before a dtype one.
 export type DotErrors<A, B, C> = Or<
-  Or<Missing<"dot", DimsOf<A>, C, "a">, Missing<"dot", DimsOf<B>, C, "b">>,
+  Or<MissingDim<"dot", DimsOf<A>, C, "a">, MissingDim<"dot", DimsOf<B>, C, "b">>,
   Or<SizeErrors<"dot", DimsOf<A>, DimsOf<B>>, Or<DotDTypeErrors<DTypeOf<A>, DTypeOf<B>>, ErrorsOf<DotRes<A, B, C>>>>
 >;
 type DotDType<A, O> = [O] extends [never] ? (DTypeOf<A> extends Fp8DType ? "bf16" : DTypeOf<A>) : O;

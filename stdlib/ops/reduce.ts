@@ -1,19 +1,16 @@
 // Reductions over named dims and row ops that need a whole dim. Types mirror compiler/ops/reduce.ts.
-import type { MsgFp8, MsgMissingDim, MsgNeedsDType } from "../../compiler/messages.ts";
+import type { MsgNeedsDType } from "../../compiler/messages.ts";
 import type { AnyDTensor, DTensor } from "../dtensor.ts";
-import type { DimsOf, DTypeOf, ErrorsOf, Fail, Fp8DType, IfTyped, KnownDims, OmitDims, Placed, PlacementsOf } from "../types/core.ts";
+import type { DimsOf, DTypeOf, ErrorsOf, Fail, Fp8DType, IfTyped, MissingDim, NoFp8, OmitDims, Or, Placed, PlacementsOf } from "../types/core.ts";
 import type { ReduceRule, WholeDimRule } from "../types/rules.ts";
 import { dimList, trace } from "./trace.ts";
 
-type Missing<Op extends string, D, K, Arg extends string = "x"> = KnownDims<D> extends true ? (K extends keyof D ? never : MsgMissingDim<Op, K & string, Arg>) : never;
-type NoFp8<Op extends string, X> = IfTyped<DTypeOf<X>, DTypeOf<X> extends Fp8DType ? MsgFp8<Op, DTypeOf<X>> : never>;
-type Or<A, B> = [A] extends [never] ? B : A;
 
 type RedRes<Op extends "sum" | "mean" | "max", X, K> = { [Ax in keyof PlacementsOf<X> & string]: ReduceRule<Op, Ax, PlacementsOf<X>[Ax], K> };
 /** mean() needs a float (compiler/ops/reduce.ts: needFloat after the dims are checked); FP8 is caught before. */
 type MeanFloat<Op extends string, X> = Op extends "mean" ? IfTyped<DTypeOf<X>, DTypeOf<X> extends "i32" ? MsgNeedsDType<Op, "i32", "f32 or bf16"> : never> : never;
 type Red<Op extends "sum" | "mean" | "max"> = <X extends AnyDTensor, const K extends string>(
-  x: X & Fail<Or<NoFp8<Op, X>, Or<Missing<Op, DimsOf<X>, K>, Or<MeanFloat<Op, X>, ErrorsOf<RedRes<Op, X, K>>>>>>,
+  x: X & Fail<Or<NoFp8<Op, DTypeOf<X>>, Or<MissingDim<Op, DimsOf<X>, K, "x">, Or<MeanFloat<Op, X>, ErrorsOf<RedRes<Op, X, K>>>>>>,
   dims: K | readonly K[],
 ) => DTensor<OmitDims<DimsOf<X>, K>, DTypeOf<X>, Placed<RedRes<Op, X, K>>>;
 
@@ -30,7 +27,7 @@ export const max = reduction("max");
 type WholeRes<Op extends string, X, K> = { [Ax in keyof PlacementsOf<X> & string]: WholeDimRule<Op, Ax, PlacementsOf<X>[Ax], K> };
 export type WholeDimErrors<Op extends string, X, K> = Or<
   IfTyped<DTypeOf<X>, DTypeOf<X> extends Fp8DType | "i32" ? MsgNeedsDType<Op, DTypeOf<X> & string, "f32 or bf16"> : never>,
-  Or<Missing<Op, DimsOf<X>, K>, ErrorsOf<WholeRes<Op, X, K>>>
+  Or<MissingDim<Op, DimsOf<X>, K, "x">, ErrorsOf<WholeRes<Op, X, K>>>
 >;
 type Row<Op extends string> = <X extends AnyDTensor, const K extends string>(
   x: X & Fail<WholeDimErrors<Op, X, K>>,
