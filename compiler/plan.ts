@@ -27,3 +27,26 @@ export interface Plan {
   /** For each slot, the index of the last instruction that reads it (for freeing). */
   lastUse: number[];
 }
+
+/** The slots an instruction reads and writes (an op's inputs/outputs, a comm step's input/output). */
+export const readsOf = (ins: { kind: string; inputs?: number[]; input?: number }): number[] => ins.inputs ?? [ins.input!];
+export const writesOf = (ins: { kind: string; outputs?: number[]; output?: number }): number[] => ins.outputs ?? [ins.output!];
+
+/**
+ * For each slot, the index of the last instruction that needs it (outputs: past the end). A
+ * segmented value needs its counts wherever it is read, written, moved or assembled.
+ */
+export function lastUses(values: PlanValue[], instrs: readonly Parameters<typeof readsOf>[0][], outputs: readonly number[]): number[] {
+  const last = values.map(() => -1);
+  const counts = (s: number) => Object.values(values[s]!.segCounts);
+  instrs.forEach((ins, i) => {
+    const r = readsOf(ins), w = writesOf(ins as Parameters<typeof writesOf>[0]);
+    for (const s of r) last[s] = i;
+    for (const s of [...r, ...w]) for (const c of counts(s)) last[c] = Math.max(last[c]!, i);
+  });
+  for (const s of outputs) {
+    last[s] = instrs.length;
+    for (const c of counts(s)) last[c] = instrs.length;
+  }
+  return last;
+}

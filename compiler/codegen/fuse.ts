@@ -8,13 +8,12 @@
 // joins no group and can be a kernel alone starts one. A `full` that every rank holds whole is
 // inlined as a literal. Dots, routing, factories and communication stay as they are.
 import type { Instr, Plan } from "../plan.ts";
+import { lastUses, readsOf as reads, writesOf as writes } from "../plan.ts";
 import type { FusedInstr, FusedPlan, KernelInstr } from "./types.ts";
 import { isFp8 } from "../ir/types.ts";
 import { roundToBf16, roundToE4M3, roundToE5M2 } from "../numeric/index.ts";
 import { buildGroup, fusible, type BuiltGroup, type GroupCtx } from "./spec.ts";
 
-const reads = (ins: FusedInstr): number[] => (ins.kind === "comm" ? [ins.input] : ins.inputs);
-const writes = (ins: FusedInstr): number[] => (ins.kind === "comm" ? [ins.output] : ins.outputs);
 
 /** The literal a `full` stands for on every rank, rounded as the CPU fills it; undefined where a Partial<sum> leaves zeros on some ranks. */
 function fullValue(ins: Instr, plan: Plan): number | undefined {
@@ -181,14 +180,5 @@ function emit(
   }
   if (instrs.length !== units.length) throw new Error("fuse: kernel groups form a cycle (a bug in the cycle check)");
 
-  const lastUse = plan.values.map(() => -1);
-  instrs.forEach((ins, i) => {
-    for (const s of reads(ins)) lastUse[s] = i;
-    for (const s of [...reads(ins), ...writes(ins)]) for (const c of Object.values(plan.values[s]!.segCounts)) lastUse[c] = Math.max(lastUse[c]!, i);
-  });
-  for (const s of plan.outputs) {
-    lastUse[s] = instrs.length;
-    for (const c of Object.values(plan.values[s]!.segCounts)) lastUse[c] = instrs.length;
-  }
-  return { mesh: plan.mesh, world: plan.world, values: plan.values, instrs, outputs: plan.outputs, lastUse, internal: internal.sort((a, b) => a - b) };
+  return { mesh: plan.mesh, world: plan.world, values: plan.values, instrs, outputs: plan.outputs, lastUse: lastUses(plan.values, instrs, plan.outputs), internal: internal.sort((a, b) => a - b) };
 }

@@ -4,6 +4,7 @@
 import type { Dim, Graph, MeshSpec, Placement, TensorType, ValueRef } from "../ir/types.ts";
 import type { Box } from "../ir/local.ts";
 import type { Instr, Plan, PlanValue } from "../plan.ts";
+import { lastUses } from "../plan.ts";
 import type { TracedNode } from "../trace/builder.ts";
 import { refKey } from "../ir/types.ts";
 import { coordsOf, localRange, splitRange, worldSize, shardDim } from "../ir/placement.ts";
@@ -91,16 +92,5 @@ export function partition(g: Graph, outputs: ValueRef[]): Plan {
     for (const d of dims) if (d.segmented) values[s]!.segCounts[d.name] = slot(d.segmented.counts);
 
   const outSlots = outputs.map(slot);
-  const lastUse = values.map(() => -1);
-  instrs.forEach((ins, i) => {
-    const reads = ins.kind === "op" ? ins.inputs : [ins.input];
-    for (const r of reads) lastUse[r] = i;
-    // segmented values need their counts when they are moved or assembled
-    for (const r of [...reads, ...(ins.kind === "op" ? ins.outputs : [ins.output])]) for (const c of Object.values(values[r]!.segCounts)) lastUse[c] = Math.max(lastUse[c]!, i);
-  });
-  for (const s of outSlots) {
-    lastUse[s] = instrs.length;
-    for (const c of Object.values(values[s]!.segCounts)) lastUse[c] = instrs.length;
-  }
-  return { mesh, world, values, instrs, outputs: outSlots, lastUse };
+  return { mesh, world, values, instrs, outputs: outSlots, lastUse: lastUses(values, instrs, outSlots) };
 }

@@ -1,6 +1,7 @@
 // The CPU reference backend: runs a plan for every rank of the mesh in one process. Ops run rank by
 // rank on local pieces; collective steps see all ranks' pieces at once and are simulated exactly.
 import type { Plan } from "../../compiler/plan.ts";
+import { readsOf } from "../../compiler/plan.ts";
 import type { LocalTensor } from "../../compiler/ir/local.ts";
 import type { CpuCtx } from "../../compiler/ops/registry.ts";
 import { getOp } from "../../compiler/ops/index.ts";
@@ -66,8 +67,7 @@ export function runPlanCpu(plan: Plan, feeds?: ReadonlyMap<string, LocalTensor[]
       throw e;
     }
     // free what nothing reads any more
-    const reads = ins.kind === "op" ? ins.inputs : [ins.input];
-    for (const s of reads) if (plan.lastUse[s] === i && !countsCache.has(s)) slots[s] = undefined;
+    for (const s of readsOf(ins)) if (plan.lastUse[s] === i && !countsCache.has(s)) slots[s] = undefined;
   });
   const wanted = new Set(read ?? plan.outputs.map((_, i) => i));
   return {

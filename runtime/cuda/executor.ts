@@ -5,9 +5,11 @@
 // A mesh of several ranks is simulated on the one GPU (each rank's pieces are its own buffers) and
 // its collective steps go through the CPU reference's exact simulation; real NCCL collectives on
 // several GPUs are the multi-GPU backend's.
-import type { Attrs, DType, Placement, TensorType } from "../../compiler/ir/types.ts";
+import type { Attrs, DType, TensorType } from "../../compiler/ir/types.ts";
 import type { LocalTensor } from "../../compiler/ir/local.ts";
+import { stridesOf } from "../../compiler/ir/local.ts";
 import type { Plan } from "../../compiler/plan.ts";
+import { readsOf } from "../../compiler/plan.ts";
 import { numel } from "../../compiler/ir/types.ts";
 import { coordsOf } from "../../compiler/ir/placement.ts";
 import { CompileError, ShapeError, ShardtsError } from "../../compiler/errors.ts";
@@ -16,7 +18,6 @@ import { contractAttr, dotDims } from "../../compiler/ops/contraction.ts";
 import { fuse } from "../../compiler/codegen/fuse.ts";
 import { emitCuda } from "../../compiler/codegen/cuda/emit.ts";
 import { launchOf } from "../../compiler/codegen/cuda/launch.ts";
-import type { FusedInstr } from "../../compiler/codegen/types.ts";
 import { cpuCtx } from "../cpu/executor.ts";
 import { runStep } from "../cpu/collectives.ts";
 import { assemble, type GlobalTensor } from "../cpu/assemble.ts";
@@ -121,6 +122,18 @@ export class CudaExecutor {
     if (t) this.mem.release(t);
   }
 
+  private loweredPlans = new WeakMap<Plan, { fused: ReturnType<typeof fuse>; prog: ReturnType<typeof emitCuda> }>();
+  /** The fused plan and its kernels, made once per plan (a training step runs the same plan every step). */
+  private lowered(plan: Plan) {
+    let l = this.loweredPlans.get(plan);
+    if (!l) {
+      const fused = fuse(plan);
+      l = { fused, prog: emitCuda(fused, this.arch) };
+      this.loweredPlans.set(plan, l);
+    }
+    return l;
+  }
+
   /** Times `launch` `reps` times with events (after two warm-up launches); the median in ms. */
   timeLaunch(launch: () => void, reps: number): number {
     const a = this.addon;
@@ -140,8 +153,7 @@ export class CudaExecutor {
   run(plan: Plan, feeds?: ReadonlyMap<string, LocalTensor[]>, read?: readonly number[], opts: RunOptions = {}): CudaRunResult {
     const timings: KernelTiming[] = [];
     const t0 = performance.now();
-    const fused = fuse(plan);
-    const prog = emitCuda(fused, this.arch);
+    const { fused, prog } = this.lowered(plan);
     const W = plan.world;
     const coords = Array.from({ length: W }, (_, r) => coordsOf(plan.mesh, r));
     const slots: (DeviceTensor[] | undefined)[] = new Array(plan.values.length);
@@ -154,16 +166,7 @@ export class CudaExecutor {
       }
       return g;
     };
-    const lastUse = plan.values.map(() => -1);
-    const reads = (ins: FusedInstr) => (ins.kind === "comm" ? [ins.input] : ins.inputs);
-    fused.instrs.forEach((ins, i) => {
-      for (const s of reads(ins)) lastUse[s] = i;
-      for (const s of [...reads(ins), ...(ins.kind === "comm" ? [ins.output] : ins.outputs)]) for (const c of Object.values(plan.values[s]!.segCounts)) lastUse[c] = Math.max(lastUse[c]!, i);
-    });
-    for (const s of plan.outputs) {
-      lastUse[s] = fused.instrs.length;
-      for (const c of Object.values(plan.values[s]!.segCounts)) lastUse[c] = fused.instrs.length;
-    }
+    const lastUse = fused.lastUse;
     let kernels = 0;
 
     fused.instrs.forEach((ins, i) => {
@@ -217,7 +220,7 @@ export class CudaExecutor {
         }
         throw e;
       }
-      for (const s of reads(ins)) if (lastUse[s] === i && slots[s]) (slots[s]!.forEach((d) => this.release(d)), (slots[s] = undefined));
+      for (const s of readsOf(ins)) if (lastUse[s] === i && slots[s]) (slots[s]!.forEach((d) => this.release(d)), (slots[s] = undefined));
     });
 
     const locals = plan.outputs.map((s) => slots[s]!.map((d) => download(this.addon, d, this.stream)));
@@ -497,11 +500,4 @@ export class CudaExecutor {
 
 const BAD_NONE = -2147483648;
 
-export function stridesOf(shape: readonly number[]): number[] {
-  const s = new Array<number>(shape.length);
-  let acc = 1;
-  for (let i = shape.length - 1; i >= 0; i--) (s[i] = acc), (acc *= shape[i]!);
-  return s;
-}
 
-export type { Placement };
