@@ -8,7 +8,7 @@
 //   3. writes .gpu/build-info.json (commit, dirty flag, date, entries) for the result files;
 //   4. packs this machine's Node binary into .gpu/node.xz with ../shared/gpu-host/pack-node.sh.
 import { execFileSync, spawnSync } from "node:child_process";
-import { copyFileSync, existsSync, mkdirSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -44,6 +44,12 @@ const entries = readdirSync(join(root, "bench", "gpu"))
   .map((f) => join(root, "bench", "gpu", f));
 step(`bundling ${entries.map((e) => basename(e)).join(", ")}`);
 const { build } = await import("esbuild");
+const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8"));
+const packageAliases = Object.fromEntries(
+  Object.entries(pkg.exports)
+    .filter(([, v]) => typeof v === "object" && v.default?.endsWith(".ts"))
+    .map(([k, v]) => [k === "." ? pkg.name : `${pkg.name}/${k.slice(2)}`, join(root, v.default)]),
+);
 for (const entry of entries) {
   await build({
     entryPoints: [entry],
@@ -53,8 +59,8 @@ for (const entry of entries) {
     format: "esm",
     target: "node20",
     logLevel: "warning",
-    // examples import the package by name
-    alias: { "shardts/nn": join(root, "stdlib", "nn", "index.ts"), "shardts/train": join(root, "stdlib", "train", "index.ts"), "shardts/checkpoint": join(root, "stdlib", "checkpoint", "index.ts"), shardts: join(root, "stdlib", "index.ts") },
+    // examples import the package by name: resolve it as package.json's exports say
+    alias: packageAliases,
     // Bundled CommonJS dependencies may call require(); give ESM output one.
     banner: { js: "import { createRequire as __shardtsCreateRequire } from 'node:module'; const require = __shardtsCreateRequire(import.meta.url);" },
   });

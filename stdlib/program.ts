@@ -62,7 +62,7 @@ export class Program<O extends string = string> {
   /** Output names, in the order of plan.outputs. */
   readonly outputNames: O[];
 
-  /** Which backend runs it: `auto` (the default) is CUDA when a GPU is usable. */
+  /** Which backend runs it (default the CPU reference; `auto` is CUDA when a GPU is usable). */
   readonly backend: "cpu" | "cuda";
 
   constructor(readonly mesh: Mesh<any>, outputs: Record<O, AnyDTensor>, opts: { backend?: Backend } = {}) {
@@ -76,9 +76,7 @@ export class Program<O extends string = string> {
 
   /** Runs once. Every input must be fed; returns each output's pieces. */
   run(feeds: Record<string, Pieces>): Record<O, Pieces> {
-    for (const n of this.inputs) if (!feeds[n]) throw new UsageError(`Program.run(): input '${n}' was not fed`);
-    const res = runPlan(this.plan, this.backend, new Map(Object.entries(feeds)), []);
-    return Object.fromEntries(this.outputNames.map((n, i) => [n, res.locals[i]!])) as Record<O, Pieces>;
+    return this.runGlobal(feeds, []).pieces;
   }
 
   /** Runs once; returns every output's pieces and reads back the outputs named in `read` (default: all). */

@@ -22,11 +22,14 @@ export interface EvaluateOptions {
   onStats?: (stats: Record<string, number>, backend: "cpu" | "cuda") => void;
 }
 
+let gpuProbe: ReturnType<typeof cudaAvailable> | undefined;
+
 /** Which backend to use: `auto` is CUDA when a GPU and the native addon are usable, else the CPU. */
 export function resolveBackend(b: Backend = "auto"): "cpu" | "cuda" {
   if (!BACKENDS.includes(b)) throw new UsageError(`unknown backend '${b}'; use one of ${BACKENDS.join(", ")}`);
   if (b === "cpu") return "cpu";
-  const gpu = cudaAvailable();
+  // whether this process has a GPU does not change: probe the driver once
+  const gpu = (gpuProbe ??= cudaAvailable());
   if (gpu.ok) return "cuda";
   if (b === "cuda") throw new UsageError(`--backend cuda: no usable GPU: ${gpu.reason}`);
   return "cpu";

@@ -23,14 +23,13 @@ export class CachingAllocator {
   private free = new Map<number, bigint[]>();
   live = 0;
   peak = 0;
-  reserved = 0;
 
   constructor(private readonly addon: NativeAddon) {}
 
   alloc(bytes: number): { ptr: bigint; bytes: number } {
     const cls = sizeClass(bytes);
     const list = this.free.get(cls);
-    const ptr = list?.pop() ?? ((this.reserved += cls), this.addon.memAlloc(cls));
+    const ptr = list?.pop() ?? this.addon.memAlloc(cls);
     this.live += cls;
     this.peak = Math.max(this.peak, this.live);
     return { ptr, bytes: cls };
@@ -43,11 +42,6 @@ export class CachingAllocator {
     this.live -= t.bytes;
   }
 
-  /** Returns every cached block to the driver. */
-  trim(): void {
-    for (const [cls, list] of this.free) for (const p of list) this.addon.memFree(p), (this.reserved -= cls);
-    this.free.clear();
-  }
 }
 
 export function empty(mem: CachingAllocator, dtype: DType, shape: number[]): DeviceTensor {

@@ -10,6 +10,5 @@ const un = (f: unknown) => f as (x: AnyDTensor) => AnyDTensor;
 
 export const add = bin(ew.add), sub = bin(ew.sub), mul = bin(ew.mul), div = bin(ew.div);
 export const exp = un(ew.exp), log = un(ew.log), silu = un(ew.silu), sigmoid = un(ew.sigmoid), neg = un(ew.neg);
-export const ge = (a: AnyDTensor, b: AnyDTensor): AnyDTensor => trace("ge", [a, b])[0]!;
 /** Identity whose gradient is zero. */
 export const stop_gradient_ = (x: AnyDTensor): AnyDTensor => trace("stop_gradient", [x])[0]!;
