@@ -17,6 +17,7 @@ import { getOp } from "../../compiler/ops/index.ts";
 import { contractAttr, dotDims } from "../../compiler/ops/contraction.ts";
 import { fuse } from "../../compiler/codegen/fuse.ts";
 import { emitCuda } from "../../compiler/codegen/cuda/emit.ts";
+import { DEFAULT_TUNING, type EmitTuning } from "../../compiler/codegen/cuda/tuning.ts";
 import { launchOf } from "../../compiler/codegen/cuda/launch.ts";
 import { cpuCtx } from "../cpu/executor.ts";
 import { runStep } from "../cpu/collectives.ts";
@@ -26,6 +27,8 @@ import { matmulRowMajor, native, packArgs, type KernelArg } from "./native.ts";
 import { archFor, compileCuda } from "./compile.ts";
 import { CachingAllocator, download, empty, upload, type DeviceTensor } from "./memory.ts";
 import * as K from "./kernels/sources.ts";
+import { CapturedStep, notCapturable, type DeferredCheck } from "./graph.ts";
+import { CaptureMode } from "./native-types.ts";
 
 const FACTORIES_ON_HOST = new Set(["constant", "from_local", "random", "input"]);
 const BLOCK = 256;
@@ -57,7 +60,10 @@ export class CudaExecutor {
   readonly stream: Stream;
   readonly arch: string;
   readonly smCount: number;
-  readonly mem: CachingAllocator;
+  /** Where buffers come from (while capturing: the graph's own pool). */
+  mem: CachingAllocator;
+  /** How the emitters write kernels (compiler/codegen/cuda/tuning.ts); plans are re-lowered when it changes. */
+  tuning: EmitTuning = DEFAULT_TUNING;
   private fns = new Map<string, KernelFunction>();
   private compileStats = { compiled: 0, cacheHits: 0, compileMs: 0 };
 
@@ -119,16 +125,16 @@ export class CudaExecutor {
   }
 
   release(t: DeviceTensor | undefined): void {
-    if (t) this.mem.release(t);
+    if (t && !this.cap?.pinned.has(t)) this.mem.release(t);
   }
 
-  private loweredPlans = new WeakMap<Plan, { fused: ReturnType<typeof fuse>; prog: ReturnType<typeof emitCuda> }>();
+  private loweredPlans = new WeakMap<Plan, { fused: ReturnType<typeof fuse>; prog: ReturnType<typeof emitCuda>; tuning: EmitTuning }>();
   /** The fused plan and its kernels, made once per plan (a training step runs the same plan every step). */
   private lowered(plan: Plan) {
     let l = this.loweredPlans.get(plan);
-    if (!l) {
-      const fused = fuse(plan);
-      l = { fused, prog: emitCuda(fused, this.arch) };
+    if (!l || l.tuning !== this.tuning) {
+      const fused = l?.fused ?? fuse(plan);
+      l = { fused, prog: emitCuda(fused, this.arch, this.tuning), tuning: this.tuning };
       this.loweredPlans.set(plan, l);
     }
     return l;
@@ -151,8 +157,71 @@ export class CudaExecutor {
   }
 
   run(plan: Plan, feeds?: ReadonlyMap<string, LocalTensor[]>, read?: readonly number[], opts: RunOptions = {}): CudaRunResult {
-    const timings: KernelTiming[] = [];
     const t0 = performance.now();
+    const { slots, counts, kernels, timings } = this.exec(plan, feeds, opts);
+    const locals = plan.outputs.map((s) => slots[s]!.map((d) => download(this.addon, d, this.stream)));
+    const hostSlots = new Map(plan.outputs.map((s, i) => [s, locals[i]!]));
+    const wanted = new Set(read ?? plan.outputs.map((_, i) => i));
+    const outputs = plan.outputs.map((s, i) => (wanted.has(i) ? assemble(plan, s, hostSlots.get(s)!, counts) : undefined));
+    for (const s of new Set(plan.outputs)) slots[s]?.forEach((d) => this.release(d));
+    return { outputs, locals, stats: { kernels, ...this.compileStats, peakBytes: this.mem.peak, ms: performance.now() - t0 }, timings };
+  }
+
+  /**
+   * Captures one run of `plan` as a CUDA graph (see graph.ts): a plain run first compiles every
+   * kernel and fills a private memory pool, then the same run is recorded; replays reuse the
+   * pool's buffers, so a replay costs one launch. Host-made values (inputs, constants, random and
+   * from_local factories) are staged in device buffers outside the graph: replay() uploads new
+   * inputs into them; the others keep the values of the capture.
+   */
+  capture(plan: Plan, feeds?: ReadonlyMap<string, LocalTensor[]>): CapturedStep {
+    const why = notCapturable(plan);
+    if (why) throw new CompileError(`cannot capture this plan as a CUDA graph: ${why}`);
+    const saved = this.mem;
+    const pool = new CachingAllocator(this.addon), staging = new CachingAllocator(this.addon);
+    const staged = new Map<object, DeviceTensor[]>();
+    const { fused } = this.lowered(plan);
+    const W = plan.world;
+    for (const ins of fused.instrs) {
+      if (ins.kind !== "op" || !FACTORIES_ON_HOST.has(ins.op)) continue;
+      staged.set(ins, Array.from({ length: W }, (_, r) => {
+        const host = getOp(ins.op).cpu([], ins.attrs, cpuCtx(plan, ins, r, coordsOf(plan.mesh, r), feeds));
+        return upload(this.addon, staging, host[0]!, this.stream);
+      }));
+    }
+    this.mem = pool;
+    this.cap = { staged, pinned: new Set([...staged.values()].flat()), deferred: [] };
+    try {
+      // warm-up: compiles, plans cuBLASLt calls, and fills the pool with every block the run asks for
+      const warm = this.exec(plan, feeds, {});
+      for (const s of new Set(plan.outputs)) warm.slots[s]?.forEach((d) => this.release(d));
+      const warmChecks = this.cap.deferred;
+      this.cap = { ...this.cap, deferred: [] };
+      for (const d of warmChecks) this.flagCheck(d);
+      this.addon.streamSynchronize(this.stream);
+      this.addon.streamBeginCapture(this.stream, CaptureMode.relaxed);
+      let rec: ReturnType<CudaExecutor["exec"]>;
+      try {
+        rec = this.exec(plan, feeds, {});
+      } catch (e) {
+        try { this.addon.graphDestroy(this.addon.streamEndCapture(this.stream)); } catch { /* the capture is already broken */ }
+        throw e;
+      }
+      const graph = this.addon.streamEndCapture(this.stream);
+      const outputs = plan.outputs.map((s) => rec.slots[s]!);
+      return new CapturedStep(this, plan, graph, outputs, staged, this.cap.deferred, [pool, staging]);
+    } finally {
+      this.mem = saved;
+      this.cap = undefined;
+    }
+  }
+
+  /** While capturing: host factories' staged buffers, which are never released, and index checks left for after a replay. */
+  private cap?: { staged: Map<object, DeviceTensor[]>; pinned: Set<DeviceTensor>; deferred: DeferredCheck[] };
+
+  /** Runs every instruction of the plan; the outputs stay on the device (the caller releases them). */
+  private exec(plan: Plan, feeds: ReadonlyMap<string, LocalTensor[]> | undefined, opts: RunOptions) {
+    const timings: KernelTiming[] = [];
     const { fused, prog } = this.lowered(plan);
     const W = plan.world;
     const coords = Array.from({ length: W }, (_, r) => coordsOf(plan.mesh, r));
@@ -222,13 +291,7 @@ export class CudaExecutor {
       }
       for (const s of readsOf(ins)) if (lastUse[s] === i && slots[s]) (slots[s]!.forEach((d) => this.release(d)), (slots[s] = undefined));
     });
-
-    const locals = plan.outputs.map((s) => slots[s]!.map((d) => download(this.addon, d, this.stream)));
-    const hostSlots = new Map(plan.outputs.map((s, i) => [s, locals[i]!]));
-    const wanted = new Set(read ?? plan.outputs.map((_, i) => i));
-    const outputs = plan.outputs.map((s, i) => (wanted.has(i) ? assemble(plan, s, hostSlots.get(s)!, counts) : undefined));
-    for (const s of new Set(plan.outputs)) slots[s]?.forEach((d) => this.release(d));
-    return { outputs, locals, stats: { kernels, ...this.compileStats, peakBytes: this.mem.peak, ms: performance.now() - t0 }, timings };
+    return { slots, counts, kernels, timings };
   }
 
   /** One non-fused op on rank r. */
@@ -239,6 +302,7 @@ export class CudaExecutor {
     const outShape = (o: number) => plan.values[ins.outputs[o]!]!.shapes[r]!;
     const a = ins.attrs;
     if (FACTORIES_ON_HOST.has(ins.op)) {
+      if (this.cap) return [this.cap.staged.get(ins)![r]!];
       const host = getOp(ins.op).cpu([], a, cpuCtx(plan, ins, r, coords, feeds));
       return host.map((t) => upload(this.addon, this.mem, t, this.stream));
     }
@@ -422,15 +486,22 @@ export class CudaExecutor {
     return out;
   }
 
+  /** Throws if a gather/scatter kernel flagged an index out of range (while capturing: after the replay). */
   private checkIndices(bad: DeviceTensor, op: string, dim: string, size: number): void {
+    if (this.cap) return void this.cap.deferred.push({ bad, op, dim, size });
+    this.flagCheck({ bad, op, dim, size });
+  }
+
+  /** Reads an index-check flag (synchronising the stream) and releases it; throws what it says. */
+  flagCheck({ bad, op, dim, size }: DeferredCheck, keep = false): void {
     const v = download(this.addon, bad, this.stream).data[0]!;
-    this.release(bad);
+    if (!keep) this.release(bad);
     if (v !== BAD_NONE) throw new ShapeError(`${op}(): index ${v} is out of range for '${dim}' of size ${size}`);
   }
 
   private badFlag(): DeviceTensor {
     const bad = empty(this.mem, "i32", [1]);
-    this.addon.memcpyHtoDAsync(bad.ptr, new Int32Array([BAD_NONE]), 4, this.stream);
+    this.addon.memsetD32(bad.ptr, BAD_NONE >>> 0, 1, this.stream);
     return bad;
   }
 

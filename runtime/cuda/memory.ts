@@ -42,6 +42,12 @@ export class CachingAllocator {
     this.live -= t.bytes;
   }
 
+  /** Frees every cached (released) block; blocks still in use are the caller's to free. */
+  drain(): void {
+    for (const list of this.free.values()) for (const p of list) this.addon.memFree(p);
+    this.free.clear();
+  }
+
 }
 
 export function empty(mem: CachingAllocator, dtype: DType, shape: number[]): DeviceTensor {
@@ -49,7 +55,8 @@ export function empty(mem: CachingAllocator, dtype: DType, shape: number[]): Dev
   return { dtype, shape, ptr, bytes };
 }
 
-function hostBits(t: LocalTensor): ArrayBufferView {
+/** A piece's bytes as the device holds them (bf16 as its 16-bit patterns). */
+export function hostBits(t: LocalTensor): ArrayBufferView {
   if (t.dtype !== "bf16") return t.data;
   const u32 = new Uint32Array((t.data as Float32Array).buffer, t.data.byteOffset, t.data.length);
   const out = new Uint16Array(t.data.length);

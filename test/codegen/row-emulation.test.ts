@@ -28,6 +28,10 @@ import type { LocalTensor } from "../../compiler/ir/local.ts";
 import type { DType } from "../../compiler/ir/types.ts";
 import type { Plan } from "../../compiler/plan.ts";
 import { runFusedCpu } from "./run-fused.ts";
+import { tuning, tuningLabel, type EmitTuning } from "../../compiler/codegen/cuda/tuning.ts";
+
+// the default emitter and every variant the memory-bound benchmark times (compiler/codegen/cuda/tuning.ts)
+const TUNINGS: Partial<EmitTuning>[] = [{}, { keepExp: true, prefetch: true }, { online: false, fast: true }, { fast: true, occupancy: 1536 }];
 
 const GXX = (() => {
   try {
@@ -175,7 +179,8 @@ describe.skipIf(!GXX)("generated row kernels, run on a CPU emulation of the GPU"
       const outs = c.make(feed);
       const plan = compile(mesh.builder.graph, outs.map((o) => o.ref));
       const fp = fuse(plan);
-      const prog = emitCuda(fp);
+      for (const tune of TUNINGS) {
+      const prog = emitCuda(fp, undefined, tuning(tune));
       runFusedCpu(fp, feeds, (k, rank, inputs, outputs) => {
         if (k.spec.kind !== "row") return;
         const kernel = prog.kernels[prog.kernelOf[k.id]!]!;
@@ -210,7 +215,7 @@ describe.skipIf(!GXX)("generated row kernels, run on a CPU emulation of the GPU"
           vals.writeBigInt64LE(BigInt(l.args.length), 0);
           l.args.forEach((a, j) => vals.writeBigInt64LE("value" in a ? BigInt(a.value) : 0n, 8 + 8 * j));
           parts.push(vals);
-          const label = `${c.name}: ${kernel.name} (${l.vec ? "vector" : "scalar"} path, grid ${l.grid})`;
+          const label = `${c.name} [${tuningLabel(tuning(tune))}]: ${kernel.name} (${l.vec ? "vector" : "scalar"} path, grid ${l.grid})`;
           const job = join(dir, `job${jobs.length}.bin`), out = join(dir, `out${jobs.length}.bin`);
           writeFileSync(job, Buffer.concat(parts));
           jobs.push({
@@ -241,6 +246,7 @@ describe.skipIf(!GXX)("generated row kernels, run on a CPU emulation of the GPU"
           });
         }
       });
+      }
     }
     const failures: string[] = [];
     for (const j of jobs) {

@@ -6,9 +6,10 @@
 import type { KernelSpec } from "../types.ts";
 import { literal, opExpr, storageType, valueType } from "./ops.ts";
 import { decompose, idxType, offset, paramDecl, tensorName, type LaunchRule, Src } from "./common.ts";
+import { DEFAULT_TUNING, type EmitTuning } from "./tuning.ts";
 
 /** The expression DAG as a function of the operands' values, writing the results. */
-export function emitBody(src: Src, spec: KernelSpec, name: string): void {
+export function emitBody(src: Src, spec: KernelSpec, name: string, tune: EmitTuning = DEFAULT_TUNING): void {
   const args = spec.operands.map((o, t) => `const ${valueType(o.dtype)} x${t}`);
   const outs = spec.results.map((r, j) => `${valueType(r.dtype)}& r${j}`);
   const ref = (i: number): string => {
@@ -18,19 +19,19 @@ export function emitBody(src: Src, spec: KernelSpec, name: string): void {
   src.open(`static __device__ __forceinline__ void ${name}_f(${[...args, ...outs].join(", ")})`);
   spec.nodes.forEach((n, i) => {
     if (n.k !== "op") return;
-    const e = opExpr(n.op, n.dtype, n.args.map((a) => ({ e: ref(a), dtype: spec.nodes[a]!.dtype })));
+    const e = opExpr(n.op, n.dtype, n.args.map((a) => ({ e: ref(a), dtype: spec.nodes[a]!.dtype })), tune.fast);
     src.line(`const ${valueType(n.dtype)} v${i} = ${e};  // ${n.op === n.of ? n.op : `${n.of}: ${n.op}`}${n.dtype === "f32" || n.dtype === "i32" ? "" : ` (${n.dtype})`}`);
   });
   spec.results.forEach((r, j) => src.line(`r${j} = ${ref(r.node)};`));
   src.close();
 }
 
-export function emitMap(src: Src, spec: KernelSpec, name: string, rule: LaunchRule): void {
+export function emitMap(src: Src, spec: KernelSpec, name: string, rule: LaunchRule, tune: EmitTuning = DEFAULT_TUNING): void {
   const I = idxType(rule), A = spec.axes, V = rule.vec, B = rule.block;
   const nIn = spec.operands.length;
   const size = (a: number) => `n${a}`;
   const last = A - 1;
-  emitBody(src, spec, name);
+  emitBody(src, spec, name, tune);
   src.line("");
   src.line(`extern "C" __global__ void __launch_bounds__(${B}) ${name}(`);
   src.line(...rule.params.map((p, i) => `    ${paramDecl(spec, rule, p)}${i === rule.params.length - 1 ? ") {" : ","}`));

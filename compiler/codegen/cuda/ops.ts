@@ -39,6 +39,17 @@ export const CUDA_EXPR: Record<string, { f: string; i?: string }> = {
   where: { f: "($a != 0 ? $b : $c)", i: "($a != 0 ? $b : $c)" },
 };
 
+/**
+ * The `fast` tuning's forms (compiler/codegen/cuda/tuning.ts): exp as MUFU.EX2 and reciprocals as
+ * MUFU.RCP (1-2 ulp of f32 before the result's rounding; subnormal results flush to 0).
+ */
+export const FAST_EXPR: Record<string, string> = {
+  div: "$a * sh_rcp($b)",
+  exp: "sh_exp2($a * SH_LOG2E)",
+  sigmoid: "sh_rcp(1.0f + sh_exp2($a * -SH_LOG2E))",
+  silu: "$a * sh_rcp(1.0f + sh_exp2($a * -SH_LOG2E))",
+};
+
 /** The C type a value of `dtype` is computed in. */
 export const valueType = (t: DType) => (t === "i32" ? "int" : "float");
 
@@ -57,7 +68,7 @@ export function roundTo(t: DType, e: string): string {
 }
 
 /** The C expression of an elementwise op applied to argument expressions (already simple names). */
-export function opExpr(op: string, out: DType, args: { e: string; dtype: DType }[]): string {
+export function opExpr(op: string, out: DType, args: { e: string; dtype: DType }[], fast = false): string {
   if (op === "cast") {
     const [a] = args;
     if (out === "i32") return a!.dtype === "i32" ? a!.e : `sh_f2i(${a!.e})`;
@@ -67,7 +78,7 @@ export function opExpr(op: string, out: DType, args: { e: string; dtype: DType }
   if (!entry) throw new Error(`no CUDA form for op '${op}'`);
   // comparisons and arithmetic run in the operands' type (where: the values', not the condition's)
   const int = (op === "where" ? args[1]! : args[0]!).dtype === "i32";
-  const form = int ? entry.i : entry.f;
+  const form = int ? entry.i : fast && FAST_EXPR[op] ? FAST_EXPR[op] : entry.f;
   if (form === undefined) throw new Error(`op '${op}' has no i32 form`);
   const body = form.replace(/\$([abc])/g, (_, v: string) => args["abc".indexOf(v)]!.e);
   return int ? body : roundTo(out, body);

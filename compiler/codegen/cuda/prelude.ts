@@ -117,6 +117,22 @@ __device__ __forceinline__ float sh_exp2(float x) {
 #endif
 }
 #define SH_LOG2E 1.4426950408889634f
+// 1/x in one instruction (MUFU.RCP: 1 ulp; the fast tuning's reciprocal and division)
+__device__ __forceinline__ float sh_rcp(float x) {
+#ifdef __CUDA_ARCH__
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+  return r;
+#else
+  return 1.0f / x;
+#endif
+}
+// Asks L2 for the 128-byte line holding p (no register is written; a hint the GPU may drop)
+__device__ __forceinline__ void sh_prefetch_l2(const void* p) {
+#ifdef __CUDA_ARCH__
+  asm volatile("prefetch.global.L2 [%0];" :: "l"(p));
+#endif
+}
 // Online max-and-sum (as in flash attention's softmax): s is a sum of exp(x - m) over the values
 // seen, m their max. Rescaling s from max m to max mx (>= m): a -inf max (nothing but -inf seen)
 // keeps its sum (0) without exp(-inf - -inf); NaN propagates.

@@ -24,6 +24,7 @@ import type { DType } from "../../ir/types.ts";
 import type { ExprNode, KernelSpec } from "../types.ts";
 import { byteSize, literal, opExpr, roundTo, storageType, valueType } from "./ops.ts";
 import { decompose, idxType, offset, paramDecl, vecWidth, type LaunchRule, type Param, Src } from "./common.ts";
+import { DEFAULT_TUNING, type EmitTuning } from "./tuning.ts";
 
 /** 16-byte packs per thread per row tensor that a block-per-row kernel aims for (4 KiB..64 KiB rows in 128..1024 threads). */
 const PACKS = 4;
@@ -33,8 +34,6 @@ const PACKS = 4;
  * without the cap (more would spill).
  */
 const ROW_REGS = 24, WARP_ROW_REGS = 32;
-/** Threads per SM the kernel's register cap is set for (__launch_bounds__): 64 registers a thread. */
-const OCCUPANCY = 1024;
 
 type Reduce = Extract<ExprNode, { k: "reduce" }>;
 type Pick = Extract<ExprNode, { k: "pick" }>;
@@ -68,6 +67,11 @@ interface RowPlan {
   cached: Set<number>;
   /** Online sums of exp(x - max): the sum's node -> its max's node. */
   online: Map<number, number>;
+  /**
+   * keepExp tuning: exp nodes of online sums that a later pass uses again, kept (f32) as the online
+   * pass computed them, relative to their vector's running max (also kept), and rescaled there.
+   */
+  keepExp: Set<number>;
   /** Per pick and load of its expression: the captured value's name (absent: read from memory). */
   captured: Map<string, string>;
   /** Shared-memory slots one block-wide combine needs (block kernels). */
@@ -101,12 +105,12 @@ function closure(nodes: ExprNode[], targets: number[]): number[] {
 }
 
 /** The plan of a kernel's vector path; `stream`: of its scalar path, with the same threads, streaming the rows. */
-function planRows(spec: KernelSpec, stream = false): RowPlan {
+function planRows(spec: KernelSpec, tune: EmitTuning, stream = false): RowPlan {
   const { nodes } = spec;
   // sum(exp(A - max(A))): the sum is taken online with the max, in the max's pass
   const online = new Map<number, number>();
   nodes.forEach((n, i) => {
-    if (n.k !== "reduce" || n.fn !== "sum") return;
+    if (!tune.online || n.k !== "reduce" || n.fn !== "sum") return;
     const e = nodes[n.arg]!;
     if (e.k !== "op" || e.op !== "exp" || !e.col) return;
     const d = nodes[e.args[0]!]!;
@@ -138,9 +142,12 @@ function planRows(spec: KernelSpec, stream = false): RowPlan {
     targets.push(rowResults.map((j) => spec.results[j]!.node));
   }
   // which column nodes each pass computes; with caching, one an earlier pass computed is kept in registers
+  const expOf = new Map([...online].map(([s]) => [(nodes[s] as Reduce).arg, s]));
   const assign = (cache: boolean) => {
     const computed = new Set<number>(), cached = new Set<number>();
-    const need = targets.map((ts) => {
+    const need = targets.map((ts, p) => {
+      // the online passes before this one computed their sums' exps (kept only with keepExp)
+      if (cache && tune.keepExp) for (const [e, s] of expOf) if (ready[s]! <= p) computed.add(e);
       const nd = new Set<number>();
       const visit = (v: number): void => {
         const n = nodes[v]!;
@@ -159,7 +166,7 @@ function planRows(spec: KernelSpec, stream = false): RowPlan {
   const V = vecWidth(spec, L), maxRow = spec.bounds.row;
   const withCache = assign(true);
   // registers of row data in the fullest pass: what is kept so far and the packs the pass reads
-  const regs = (chunks: number, i: number) => Math.ceil((chunks * V * byteSize(keptDtype(spec, i) ?? "f32")) / 4);
+  const regs = (chunks: number, i: number) => Math.ceil((chunks * V * byteSize((expOf.has(i) ? undefined : keptDtype(spec, i)) ?? "f32")) / 4) + (expOf.has(i) ? chunks : 0);
   const rowRegs = (chunks: number) =>
     Math.max(0, ...withCache.need.map((nd, p) => {
       const kept = [...withCache.cached].filter((c) => withCache.need.findIndex((x) => x.includes(c)) <= p).reduce((s, i) => s + regs(chunks, i), 0);
@@ -186,7 +193,7 @@ function planRows(spec: KernelSpec, stream = false): RowPlan {
   // the cap that keeps OCCUPANCY threads on an SM (or, where rows are streamed or need more
   // registers, half of that: 128 registers a thread)
   const block = T <= 32 ? 256 : T;
-  const minBlocks = Math.max(1, Math.floor((chunks && rowRegs(chunks) <= ROW_REGS ? OCCUPANCY : OCCUPANCY / 2) / block));
+  const minBlocks = Math.max(1, Math.floor((chunks && rowRegs(chunks) <= ROW_REGS ? tune.occupancy : tune.occupancy / 2) / block));
   if (stream) chunks = 0;
   const { need, cached } = chunks ? withCache : assign(false);
   const passes: Pass[] = shapes.map((s, p) => ({ ...s, need: need[p]!, captures: [] }));
@@ -205,22 +212,23 @@ function planRows(spec: KernelSpec, stream = false): RowPlan {
     }
   });
   const slots = Math.max(1, ...passes.map((p) => p.reduces.length + p.captures.length));
-  return { T, V, chunks, ready, passes, cached, online, captured, slots, minBlocks };
+  const keepExp = new Set([...cached].filter((c) => expOf.has(c)));
+  return { T, V, chunks, ready, passes, cached, online, keepExp, captured, slots, minBlocks };
 }
 
-export function rowRule(spec: KernelSpec, index: LaunchRule["index"], params: Param[]): LaunchRule {
-  const p = planRows(spec);
+export function rowRule(spec: KernelSpec, index: LaunchRule["index"], params: Param[], tune: EmitTuning = DEFAULT_TUNING): LaunchRule {
+  const p = planRows(spec, tune);
   return { kind: "row", block: p.T <= 32 ? 256 : p.T, vec: p.V, rowThreads: p.T, chunks: p.chunks, index, params };
 }
 
-export function emitRow(src: Src, spec: KernelSpec, name: string, rule: LaunchRule): void {
-  const main = planRows(spec);
+export function emitRow(src: Src, spec: KernelSpec, name: string, rule: LaunchRule, tune: EmitTuning = DEFAULT_TUNING): void {
+  const main = planRows(spec, tune);
   const args = rule.params.map((p) => p.name).join(", ");
   // the vector path keeps rows in registers; the scalar one (columns T apart, any alignment) streams them
   if (main.V > 1) {
-    rowBody(src, spec, `${name}_vec`, rule, main, true, main.minBlocks);
-    rowBody(src, spec, `${name}_any`, rule, main.chunks ? planRows(spec, true) : main, false, main.minBlocks);
-  } else rowBody(src, spec, `${name}_any`, rule, main, false, main.minBlocks);
+    rowBody(src, spec, `${name}_vec`, rule, main, true, main.minBlocks, tune);
+    rowBody(src, spec, `${name}_any`, rule, main.chunks ? planRows(spec, tune, true) : main, false, main.minBlocks, tune);
+  } else rowBody(src, spec, `${name}_any`, rule, main, false, main.minBlocks, tune);
   src.line("");
   src.line(`extern "C" __global__ void __launch_bounds__(${rule.block}, ${main.minBlocks}) ${name}(`);
   src.line(...rule.params.map((p, i) => `    ${paramDecl(spec, rule, p)}${i === rule.params.length - 1 ? ") {" : ","}`));
@@ -230,14 +238,15 @@ export function emitRow(src: Src, spec: KernelSpec, name: string, rule: LaunchRu
   src.close();
 }
 
-function rowBody(src: Src, spec: KernelSpec, fname: string, rule: LaunchRule, plan: RowPlan, vec: boolean, minBlocks: number): void {
-  const { T, V, chunks, ready, passes, cached, online, captured, slots } = plan;
+function rowBody(src: Src, spec: KernelSpec, fname: string, rule: LaunchRule, plan: RowPlan, vec: boolean, minBlocks: number, tune: EmitTuning): void {
+  const { T, V, chunks, ready, passes, cached, online, keepExp, captured, slots } = plan;
   const I = idxType(rule), L = spec.axes - 1, nIn = spec.operands.length, nodes = spec.nodes;
   const warp = T <= 32, perWarp = 32 / T, NW = T / 32;
   const vt = (i: number) => valueType(nodes[i]!.dtype);
   const rawType = (i: number) => storageType(spec.operands[(nodes[i] as Load).operand]!.dtype);
   const tensors = [...spec.operands, ...spec.results];
   const maxOf = new Map([...online].map(([s, m]) => [m, s]));
+  const expOf = (e: number) => [...online.keys()].find((s) => (nodes[s] as Reduce).arg === e)!;
 
   src.line(`static __device__ __forceinline__ void ${fname}(`);
   src.line(...rule.params.map((p, i) => `    ${paramDecl(spec, rule, p)}${i === rule.params.length - 1 ? ") {" : ","}`));
@@ -284,9 +293,22 @@ function rowBody(src: Src, spec: KernelSpec, fname: string, rule: LaunchRule, pl
     else if (t < nIn) src.line(`const ${st}* __restrict__ p${t} = in${t} + (${off});`);
     else src.line(`${st}* __restrict__ q${t - nIn} = out${t - nIn} + (${off});`);
   });
+  // prefetch tuning: the block's next row is asked of L2 now, so its loads find it there
+  const ahead = spec.operands.flatMap((o, t) => (o.axes[L] === "unit" && !warp && chunks && tune.prefetch ? [t] : []));
+  if (ahead.length) {
+    src.open("");
+    src.line(`const ${I} next = row + nb;`);
+    src.open("if (next < rows)");
+    decompose(src, I, "next", L, (a) => `n${a}`);
+    for (const t of ahead)
+      src.line(`for (int b = tid * 128; b < n * ${byteSize(spec.operands[t]!.dtype)}; b += T * 128) sh_prefetch_l2(reinterpret_cast<const char*>(in${t} + (${offset(spec, t, L)})) + b);`);
+    src.close();
+    src.close();
+  }
   for (const c of [...cached].sort((a, b) => a - b)) {
     const n = nodes[c]!, kd = keptDtype(spec, c);
-    if (n.k === "load") src.line(`sh_pack<${rawType(c)}, VEC> r${c}[${chunks}];  // in${n.operand}: this thread's part of the row, kept for later passes`);
+    if (keepExp.has(c)) src.line(`float c${c}[${chunks * V}], m${c}[${chunks}];  // ${n.of}: exp(x - m) as the online pass computed it, m its vector's running max`);
+    else if (n.k === "load") src.line(`sh_pack<${rawType(c)}, VEC> r${c}[${chunks}];  // in${n.operand}: this thread's part of the row, kept for later passes`);
     else if (kd) src.line(`sh_pack<${storageType(kd)}, VEC> r${c}[${chunks}];  // ${n.of}: kept for a later pass (${kd}, as stored)`);
     else src.line(`${vt(c)} c${c}[${chunks * V}];  // ${n.of}: kept for a later pass`);
   }
@@ -303,7 +325,7 @@ function rowBody(src: Src, spec: KernelSpec, fname: string, rule: LaunchRule, pl
     nodes.forEach((n, i) => {
       if (n.col || ready[i] !== p || n.k === "const" || n.k === "reduce") return;
       if (n.k === "load") src.line(`const ${vt(i)} v${i} = sh_get(in${n.operand}[o${n.operand}]);`);
-      else if (n.k === "op") src.line(`const ${vt(i)} v${i} = ${opExpr(n.op, n.dtype, n.args.map((a) => ({ e: ref(a, (x) => `v${x}`), dtype: nodes[a]!.dtype })))};  // ${comment(n)}`);
+      else if (n.k === "op") src.line(`const ${vt(i)} v${i} = ${opExpr(n.op, n.dtype, n.args.map((a) => ({ e: ref(a, (x) => `v${x}`), dtype: nodes[a]!.dtype })), tune.fast)};  // ${comment(n)}`);
       else emitPick(i, n);
     });
     spec.results.forEach((r, j) => {
@@ -325,7 +347,7 @@ function rowBody(src: Src, spec: KernelSpec, fname: string, rule: LaunchRule, pl
       if (m.k === "load") {
         const t = m.operand, got = captured.get(`${i}:${a}`);
         src.line(`const ${vt(a)} w${a} = ${got ?? `sh_get(p${t}[${spec.operands[t]!.axes[L] === "unit" ? "col" : `(${I})col * in${t}_s${L}`}])`};`);
-      } else if (m.k === "op") src.line(`const ${vt(a)} w${a} = ${opExpr(m.op, m.dtype, m.args.map((x) => ({ e: ref(x, (y) => `w${y}`), dtype: nodes[x]!.dtype })))};`);
+      } else if (m.k === "op") src.line(`const ${vt(a)} w${a} = ${opExpr(m.op, m.dtype, m.args.map((x) => ({ e: ref(x, (y) => `w${y}`), dtype: nodes[x]!.dtype })), tune.fast)};`);
     }
     src.line(`v${i} = ${ref(n.arg, (y) => `w${y}`)};`);
     src.close();
@@ -342,12 +364,14 @@ function rowBody(src: Src, spec: KernelSpec, fname: string, rule: LaunchRule, pl
   // Softmax's output pass: exp(x - max) as exp2 (its argument is <= 0: sh_exp2), and the division by
   // the row's sum of exp (>= 1 where finite) as a product with its reciprocal. Other ops as the table has them.
   const exps = new Set([...online.keys()].map((r) => (nodes[r] as Reduce).arg));
-  const divides = new Set(nodes.flatMap((n) => (n.k === "op" && n.op === "div" && n.col && online.has(n.args[1]!) && nodes[n.args[0]!]!.dtype !== "i32" ? [n.args[1]!] : [])));
+  // (with the fast tuning, a division by any row sum is a product with its reciprocal too)
+  const rowSum = (d: number) => online.has(d) || (tune.fast && nodes[d]!.k === "reduce" && (nodes[d] as Reduce).fn === "sum");
+  const divides = new Set(nodes.flatMap((n) => (n.k === "op" && n.op === "div" && n.col && rowSum(n.args[1]!) && nodes[n.args[0]!]!.dtype !== "i32" ? [n.args[1]!] : [])));
   const colOp = (i: number, n: Extract<ExprNode, { k: "op" }>, colRef: (x: number) => string): string => {
     const a = n.args.map((x) => ref(x, colRef));
     if (exps.has(i)) return roundTo(n.dtype, `sh_exp2((${a[0]}) * SH_LOG2E)`);
     if (n.op === "div" && divides.has(n.args[1]!) && nodes[n.args[0]!]!.dtype !== "i32") return roundTo(n.dtype, `${a[0]} * rs${n.args[1]}`);
-    return opExpr(n.op, n.dtype, n.args.map((x, k) => ({ e: a[k]!, dtype: nodes[x]!.dtype })));
+    return opExpr(n.op, n.dtype, n.args.map((x, k) => ({ e: a[k]!, dtype: nodes[x]!.dtype })), tune.fast);
   };
 
   perRow(0);
@@ -388,6 +412,11 @@ function rowBody(src: Src, spec: KernelSpec, fname: string, rule: LaunchRule, pl
       src.line("const int col0 = V ? (c * T + tid) * VEC : c * VEC * T + tid;");
       src.line("if (V && col0 >= n) continue;  // (vectors lie wholly inside the row or past it)");
       for (const x of kept) src.line(`if (V) sh_launder(r${x}[c]);`);
+      // a kept exp's rescale from its vector's running max to the row's (0 where nothing finite was seen yet)
+      for (const x of [...reads].filter((r) => keepExp.has(r) && !need.has(r))) {
+        const m = online.get(expOf(x))!;
+        src.line(`const float f${x} = m${x}[c] == -sh_inf() ? 0.0f : sh_exp2((m${x}[c] - v${m}) * SH_LOG2E);`);
+      }
     } else {
       src.open("for (int col0 = V ? tid * VEC : tid; col0 < n; col0 += T * VEC)");
       for (const i of loads) {
@@ -399,7 +428,7 @@ function rowBody(src: Src, spec: KernelSpec, fname: string, rule: LaunchRule, pl
     const pairs = pass.reduces.filter((r) => online.has(r));
     for (const s of pairs) src.line(`float x${s}[VEC];  // the values whose max and sum of exp pass ${p} takes`);
     // a column value this pass computes, or one an earlier pass kept
-    const colRef = (x: number) => (need.has(x) ? `v${x}` : keptDtype(spec, x) ? `sh_get(${raw(x)}.v[e])` : `c${x}[c * VEC + e]`);
+    const colRef = (x: number) => (need.has(x) ? `v${x}` : keepExp.has(x) ? `(c${x}[c * VEC + e] * f${x})` : keptDtype(spec, x) ? `sh_get(${raw(x)}.v[e])` : `c${x}[c * VEC + e]`);
     src.line("#pragma unroll");
     src.open("for (int e = 0; e < VEC; ++e)");
     if (pass.reduces.length || pass.captures.length) src.line("const int col = V ? col0 + e : col0 + e * T;");
@@ -432,7 +461,11 @@ function rowBody(src: Src, spec: KernelSpec, fname: string, rule: LaunchRule, pl
       src.line("#pragma unroll", `for (int e = 1; e < VEC; ++e) mv = sh_max_nan(mv, x${s}[e]);`);
       src.line(`const float mx = sh_max_nan(a${m}, mv), base = mx == -sh_inf() ? 0.0f : mx;`);
       src.line(`a${s} = sh_rescale(a${s}, a${m}, mx);`);
-      src.line("#pragma unroll", `for (int e = 0; e < VEC; ++e) a${s} += sh_exp2((x${s}[e] - base) * SH_LOG2E);`);
+      const e = (nodes[s] as Reduce).arg;
+      if (keepExp.has(e)) {
+        src.line(`m${e}[c] = mx;`);
+        src.line("#pragma unroll", `for (int e = 0; e < VEC; ++e) a${s} += (c${e}[c * VEC + e] = sh_exp2((x${s}[e] - base) * SH_LOG2E));`);
+      } else src.line("#pragma unroll", `for (int e = 0; e < VEC; ++e) a${s} += sh_exp2((x${s}[e] - base) * SH_LOG2E);`);
       src.line(`a${m} = mx;`);
       src.close();
     }
@@ -466,8 +499,8 @@ function rowBody(src: Src, spec: KernelSpec, fname: string, rule: LaunchRule, pl
         if (online.has(r)) {
           const m = online.get(r)!;
           src.line(`const float v${r} = ${roundTo(n.dtype, `sh_online_sum(a${m}, a${r}, v${m}, n)`)};  // ${n.of}: sum of exp(x - v${m})`);
-          if (divides.has(r)) src.line(`const float rs${r} = 1.0f / v${r};`);
         } else src.line(`const float v${r} = ${roundTo(n.dtype, `a${r}`)};  // ${n.fn} (${n.of})`);
+        if (divides.has(r)) src.line(`const float rs${r} = 1.0f / v${r};`);
       }
       for (const c of pass.captures)
         src.line(`const ${vt(c.load)} ${capName(c)} = ${vt(c.load) === "int" ? `(int)b${c.load}_${c.index}` : `__uint_as_float(b${c.load}_${c.index})`};  // in${(nodes[c.load] as Load).operand} at column t${c.index}_${p}`);

@@ -1,0 +1,38 @@
+// Knobs of the CUDA emitters that change how a kernel computes, not what: the defaults are the
+// variants bench/gpu/memory-bound.ts measured fastest (bench/NOTES.md has the table); the bench
+// emits the others to compare them in one run. Every variant computes the same function; `fast`
+// ones may differ from the CPU reference in the last bit of f32 before the result's rounding.
+export interface EmitTuning {
+  /** Row kernels: take max and sum of exp(x - max) in one online pass (else: max, then sum, each a pass). */
+  online: boolean;
+  /**
+   * Row kernels: when a row's exp(x - max) is summed and then used again (softmax), keep each value
+   * computed in the online pass (relative to its vector's running max) and rescale it once per
+   * vector in the output pass, instead of computing the exp again.
+   */
+  keepExp: boolean;
+  /** Row kernels: ask L2 for the block's next row while this one is worked on. */
+  prefetch: boolean;
+  /** Row kernels: threads per SM the register cap is set for (launch bounds). */
+  occupancy: number;
+  /** exp / sigmoid / silu / division by a row sum as MUFU approximations (ex2, rcp: 1-2 ulp of f32). */
+  fast: boolean;
+}
+
+export const DEFAULT_TUNING: EmitTuning = { online: true, keepExp: false, prefetch: false, occupancy: 1024, fast: false };
+
+/** The tuning with `over` applied; a short label of what differs from the default (for kernel names and reports). */
+export function tuning(over: Partial<EmitTuning> = {}): EmitTuning {
+  return { ...DEFAULT_TUNING, ...over };
+}
+
+export function tuningLabel(t: EmitTuning): string {
+  const d = DEFAULT_TUNING;
+  const parts: string[] = [];
+  if (t.online !== d.online) parts.push(t.online ? "online" : "two-pass");
+  if (t.keepExp !== d.keepExp) parts.push(t.keepExp ? "keep-exp" : "recompute-exp");
+  if (t.prefetch !== d.prefetch) parts.push(t.prefetch ? "prefetch" : "no-prefetch");
+  if (t.occupancy !== d.occupancy) parts.push(`occupancy ${t.occupancy}`);
+  if (t.fast !== d.fast) parts.push(t.fast ? "fast-math" : "accurate-math");
+  return parts.length ? parts.join(", ") : "default";
+}

@@ -1,0 +1,116 @@
+// Whole-step CUDA graphs: a plan run captured once (CudaExecutor.capture) and replayed with one
+// launch. What a capture needs: every shape static and nothing read back to the host mid-run, so a
+// plan is refused (saying why) when it holds segment contractions (their per-expert counts are read
+// on the host to size each GEMM: the MoE issue's device-side counts lift this) or collectives of a
+// mesh simulated on one GPU (they travel through the host). The graph owns its memory: the pool the
+// captured run drew from, the staged host-made values and the outputs, freed by destroy().
+import type { LocalTensor } from "../../compiler/ir/local.ts";
+import type { Plan } from "../../compiler/plan.ts";
+import { UsageError } from "../../compiler/errors.ts";
+import { assemble, type GlobalTensor } from "../cpu/assemble.ts";
+import { download, hostBits, type CachingAllocator, type DeviceTensor } from "./memory.ts";
+import type { Graph, GraphExec } from "./native-types.ts";
+import type { CudaExecutor } from "./executor.ts";
+
+/** A gather/scatter index check whose flag is read after the run (a capture cannot read mid-run). */
+export interface DeferredCheck {
+  bad: DeviceTensor;
+  op: string;
+  dim: string;
+  size: number;
+}
+
+const HOST_COUNTS = new Set(["segment_dot", "segment_wgrad"]);
+
+/** Why `plan` cannot be captured, or undefined when it can. */
+export function notCapturable(plan: Plan): string | undefined {
+  const seg = plan.instrs.find((i) => i.kind === "op" && HOST_COUNTS.has(i.op));
+  if (seg && seg.kind === "op")
+    return `it holds ${seg.op}, whose per-group row counts are read on the host to size each GEMM (device-side counts come with the MoE expert-parallel work); run it without capture`;
+  if (plan.world > 1 && plan.instrs.some((i) => i.kind === "comm"))
+    return `its mesh of ${plan.world} ranks is simulated on one GPU and its collectives go through the host; capture runs where each rank has its own GPU (NCCL), or on a mesh of one`;
+  return undefined;
+}
+
+export class CapturedStep {
+  private exec?: GraphExec;
+  /** Replays so far. */
+  replays = 0;
+
+  constructor(
+    private readonly gpu: CudaExecutor,
+    readonly plan: Plan,
+    private graph: Graph | undefined,
+    private readonly outputs: DeviceTensor[][],
+    private readonly staged: Map<object, DeviceTensor[]>,
+    private readonly checks: DeferredCheck[],
+    private readonly pools: CachingAllocator[],
+  ) {
+    this.exec = gpu.addon.graphInstantiate(graph!);
+    gpu.addon.graphUpload(this.exec, gpu.stream);
+  }
+
+  /** Nodes in the captured graph (kernels, copies, memsets, GEMMs). */
+  get nodes(): number {
+    return this.gpu.addon.graphNodeCount(this.live().graph);
+  }
+
+  private live(): { exec: GraphExec; graph: Graph } {
+    if (!this.exec || !this.graph) throw new UsageError("this captured step was destroyed; capture the plan again");
+    return { exec: this.exec, graph: this.graph };
+  }
+
+  /** Uploads new values for the plan's inputs (by name; the same shapes as at capture) into their staged buffers. */
+  feed(feeds: ReadonlyMap<string, LocalTensor[]>): void {
+    this.live();
+    for (const [ins, bufs] of this.staged) {
+      const i = ins as { op: string; attrs: { name?: unknown } };
+      if (i.op !== "input") continue;
+      const pieces = feeds.get(String(i.attrs.name));
+      if (!pieces) continue;
+      bufs.forEach((d, r) => {
+        const p = pieces[r];
+        if (!p || p.shape.length !== d.shape.length || p.shape.some((n, k) => n !== d.shape[k]) || p.dtype !== d.dtype)
+          throw new UsageError(`replay: input '${String(i.attrs.name)}' on rank ${r} must be ${d.dtype}[${d.shape.join(", ")}] as at capture, got ${p ? `${p.dtype}[${p.shape.join(", ")}]` : "nothing"}`);
+        const bits = hostBits(p);
+        if (bits.byteLength) this.gpu.addon.memcpyHtoD(d.ptr, bits, bits.byteLength);
+      });
+    }
+  }
+
+  /** Launches the graph (after feeding `feeds`, if given) and waits for it; throws what an index check flagged. */
+  replay(feeds?: ReadonlyMap<string, LocalTensor[]>): void {
+    if (feeds) this.feed(feeds);
+    this.launch();
+    this.gpu.addon.streamSynchronize(this.gpu.stream);
+    for (const c of this.checks) this.gpu.flagCheck(c, true);
+  }
+
+  /** Launches the graph on the executor's stream without waiting (for timing loops). */
+  launch(): void {
+    this.gpu.addon.graphLaunch(this.live().exec, this.gpu.stream);
+    this.replays++;
+  }
+
+  /** The outputs of the last replay (global values, assembled from every rank's piece). */
+  read(which?: readonly number[]): (GlobalTensor | undefined)[] {
+    this.live();
+    const want = new Set(which ?? this.plan.outputs.map((_, i) => i));
+    const locals = this.outputs.map((ds) => ds.map((d) => download(this.gpu.addon, d, this.gpu.stream)));
+    const bySlot = new Map(this.plan.outputs.map((s, i) => [s, locals[i]!]));
+    return this.plan.outputs.map((s, i) => (want.has(i) ? assemble(this.plan, s, bySlot.get(s)!, () => { throw new UsageError("a captured plan has no segmented values"); }) : undefined));
+  }
+
+  /** Frees the graph and every buffer it owns. */
+  destroy(): void {
+    if (!this.exec || !this.graph) return;
+    const a = this.gpu.addon;
+    a.streamSynchronize(this.gpu.stream);
+    a.graphExecDestroy(this.exec);
+    a.graphDestroy(this.graph);
+    this.exec = this.graph = undefined;
+    const owned = new Set<DeviceTensor>([...this.outputs.flat(), ...[...this.staged.values()].flat(), ...this.checks.map((c) => c.bad)]);
+    for (const d of owned) a.memFree(d.ptr);
+    for (const p of this.pools) p.drain();
+  }
+}
