@@ -51,6 +51,8 @@ export interface CudaRunResult {
 }
 
 export interface RunOptions {
+  /** false: leave the outputs unread (their buffers are released; `outputs` and `locals` come back empty). For timing. */
+  download?: boolean;
   /** Re-launch every fused kernel this many times after it ran, timing each launch (0: no profiling). */
   profile?: number;
 }
@@ -125,7 +127,24 @@ export class CudaExecutor {
   }
 
   release(t: DeviceTensor | undefined): void {
-    if (t && !this.cap?.pinned.has(t)) this.mem.release(t);
+    if (t && !this.pinned.has(t) && !this.cap?.pinned.has(t)) this.mem.release(t);
+  }
+
+  /** Inputs kept on the device between runs (setResident), by input name; never released by a run. */
+  private resident = new Map<string, DeviceTensor[]>();
+  private pinned = new Set<DeviceTensor>();
+
+  /**
+   * Uploads `pieces` (one per rank) once; every later run's input `name` reads them where they are
+   * instead of uploading a feed (weights that stay put between steps). `undefined` frees them.
+   */
+  setResident(name: string, pieces: LocalTensor[] | undefined): void {
+    for (const d of this.resident.get(name) ?? []) (this.pinned.delete(d), this.mem.release(d));
+    this.resident.delete(name);
+    if (!pieces) return;
+    const ds = pieces.map((p) => upload(this.addon, this.mem, p, this.stream));
+    ds.forEach((d) => this.pinned.add(d));
+    this.resident.set(name, ds);
   }
 
   private loweredPlans = new WeakMap<Plan, { fused: ReturnType<typeof fuse>; prog: ReturnType<typeof emitCuda>; tuning: EmitTuning }>();
@@ -159,6 +178,11 @@ export class CudaExecutor {
   run(plan: Plan, feeds?: ReadonlyMap<string, LocalTensor[]>, read?: readonly number[], opts: RunOptions = {}): CudaRunResult {
     const t0 = performance.now();
     const { slots, counts, kernels, timings } = this.exec(plan, feeds, opts);
+    if (opts.download === false) {
+      this.addon.streamSynchronize(this.stream);
+      for (const s of new Set(plan.outputs)) slots[s]?.forEach((d) => this.release(d));
+      return { outputs: [], locals: [], stats: { kernels, ...this.compileStats, peakBytes: this.mem.peak, ms: performance.now() - t0 }, timings };
+    }
     const locals = plan.outputs.map((s) => slots[s]!.map((d) => download(this.addon, d, this.stream)));
     const hostSlots = new Map(plan.outputs.map((s, i) => [s, locals[i]!]));
     const wanted = new Set(read ?? plan.outputs.map((_, i) => i));
@@ -184,6 +208,11 @@ export class CudaExecutor {
     const W = plan.world;
     for (const ins of fused.instrs) {
       if (ins.kind !== "op" || !FACTORIES_ON_HOST.has(ins.op)) continue;
+      const kept = ins.op === "input" ? this.resident.get(String(ins.attrs.name)) : undefined;
+      if (kept) {
+        staged.set(ins, kept);
+        continue;
+      }
       staged.set(ins, Array.from({ length: W }, (_, r) => {
         const host = getOp(ins.op).cpu([], ins.attrs, cpuCtx(plan, ins, r, coordsOf(plan.mesh, r), feeds));
         return upload(this.addon, staging, host[0]!, this.stream);
@@ -303,6 +332,13 @@ export class CudaExecutor {
     const a = ins.attrs;
     if (FACTORIES_ON_HOST.has(ins.op)) {
       if (this.cap) return [this.cap.staged.get(ins)![r]!];
+      const kept = ins.op === "input" ? this.resident.get(String(a.name))?.[r] : undefined;
+      if (kept) {
+        const want = outShape(0);
+        if (kept.dtype !== tOut[0]!.dtype || kept.shape.length !== want.length || kept.shape.some((n, k) => n !== want[k]))
+          throw new ShapeError(`resident input '${String(a.name)}' on rank ${r} is ${kept.dtype}[${kept.shape.join(", ")}]; this plan reads ${tOut[0]!.dtype}[${want.join(", ")}]`);
+        return [kept];
+      }
       const host = getOp(ins.op).cpu([], a, cpuCtx(plan, ins, r, coords, feeds));
       return host.map((t) => upload(this.addon, this.mem, t, this.stream));
     }

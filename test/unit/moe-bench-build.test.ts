@@ -1,0 +1,44 @@
+// The bf16 MoE layer the GPU benchmark times (bench/gpu/lib/moe-build.ts) builds and runs on the CPU
+// reference at a small size: every token's output is the gate-weighted sum of its top-k experts'
+// SwiGLU, recomputed here directly in float64 from the same feeds.
+import { describe, expect, it } from "vitest";
+import { build } from "../../bench/gpu/lib/moe-build.ts";
+import { runPlanCpu } from "../../runtime/cpu/executor.ts";
+import { roundToBf16 } from "../../compiler/numeric/bf16.ts";
+
+describe("the MoE benchmark's layer", () => {
+  it("equals a direct float64 MoE on the CPU", () => {
+    const z = { T: 24, D: 16, F: 8, E: 6, K: 2 };
+    const { plan, feeds } = build(z);
+    const [y, counts] = runPlanCpu(plan, feeds).outputs;
+    const f = (n: string) => feeds.get(n)![0]!.data;
+    const x = f("x"), router = f("router"), w1 = f("w1"), w3 = f("w3"), w2 = f("w2");
+    const want = new Float64Array(z.T * z.D);
+    const load = new Array(z.E).fill(0);
+    for (let t = 0; t < z.T; t++) {
+      // the router's logits are bf16 (a bf16 GEMM's output), as in the layer: top-k picks among them
+      const logit = Array.from({ length: z.E }, (_, e) => { let s = 0; for (let d = 0; d < z.D; d++) s += x[t * z.D + d]! * router[d * z.E + e]!; return roundToBf16(s); });
+      const m = Math.max(...logit), ex = logit.map((v) => Math.exp(v - m)), se = ex.reduce((a, b) => a + b, 0);
+      const p = ex.map((v) => v / se);
+      const top = p.map((v, e) => [v, e] as const).sort((a, b) => b[0] - a[0] || a[1] - b[1]).slice(0, z.K);
+      const gs = top.reduce((a, b) => a + b[0], 0);
+      for (const [pv, e] of top) {
+        load[e]++;
+        const h = Array.from({ length: z.F }, (_, j) => {
+          let a = 0, b = 0;
+          for (let d = 0; d < z.D; d++) (a += x[t * z.D + d]! * w1[(e * z.D + d) * z.F + j]!), (b += x[t * z.D + d]! * w3[(e * z.D + d) * z.F + j]!);
+          return (a / (1 + Math.exp(-a))) * b;
+        });
+        for (let d = 0; d < z.D; d++) {
+          let o = 0;
+          for (let j = 0; j < z.F; j++) o += h[j]! * w2[(e * z.F + j) * z.D + d]!;
+          want[t * z.D + d] += (pv / gs) * o;
+        }
+      }
+    }
+    let num = 0, den = 0;
+    y!.data.forEach((v, i) => ((num = Math.max(num, Math.abs(v - want[i]!))), (den = Math.max(den, Math.abs(want[i]!)))));
+    expect(num / den).toBeLessThan(3e-2); // bf16 activations and GEMM outputs along the way
+    expect(Array.from(counts!.data)).toEqual(load);
+  });
+});
