@@ -75,13 +75,13 @@ const cases: Record<string, Case> = {
       const rms = Math.sqrt(h.reduce((s, v) => s + v * v, 0) / C + 1e-6);
       return h.map((v, c) => (v / rms) * f.w![c]!);
     },
-    variants: [{}, { prefetch: true }],
+    variants: [{}],
   },
   swiglu: {
     feeds: () => ({ g: random(R * C), u: random(R * C) }),
     build: (m) => [mul(silu(inp(m, "g", { r: R, c: C }, "bf16")), inp(m, "u", { r: R, c: C }, "bf16"))],
     ref: (f, _o, r) => row(f.g!, r).map((g, c) => (g / (1 + Math.exp(-g))) * f.u![r * C + c]!),
-    variants: [{}, { fast: true }],
+    variants: [{}, { fast: false }],
   },
   softmax: {
     feeds: () => ({ x: random(R * C, (v) => v * 6 - 3) }),
@@ -90,7 +90,7 @@ const cases: Record<string, Case> = {
       const x = row(f.x!, r), mx = Math.max(...x), e = x.map((v) => Math.exp(v - mx)), s = e.reduce((p, v) => p + v, 0);
       return e.map((v) => v / s);
     },
-    variants: [{}, { prefetch: true }, { occupancy: 1536 }, { keepExp: true }, { keepExp: true, prefetch: true }, { online: false, fast: true }, { online: false, fast: true, prefetch: true }, { fast: true, prefetch: true }],
+    variants: [{}, { fast: false }, { online: false }, { keepExp: true }, { occupancy: 1536 }],
   },
   cross_entropy: {
     feeds: () => ({ x: random(R * C, (v) => v * 6 - 3), t: Int32Array.from(random(R, (v) => Math.floor(v * C))) }),
@@ -102,7 +102,7 @@ const cases: Record<string, Case> = {
       const x = row(f.x!, r), mx = Math.max(...x), s = x.reduce((p, v) => p + Math.exp(v - mx), 0);
       return [Math.log(s) - (x[f.t![r]!]! - mx)];
     },
-    variants: [{}, { prefetch: true }, { fast: true }],
+    variants: [{}, { fast: false }],
   },
 };
 

@@ -18,7 +18,7 @@ import { contractAttr, dotDims } from "../../compiler/ops/contraction.ts";
 import { fuse } from "../../compiler/codegen/fuse.ts";
 import { emitCuda } from "../../compiler/codegen/cuda/emit.ts";
 import { DEFAULT_TUNING, type EmitTuning } from "../../compiler/codegen/cuda/tuning.ts";
-import { launchOf } from "../../compiler/codegen/cuda/launch.ts";
+import { launchOf, residentBlocks } from "../../compiler/codegen/cuda/launch.ts";
 import { cpuCtx } from "../cpu/executor.ts";
 import { runStep } from "../cpu/collectives.ts";
 import { assemble, type GlobalTensor } from "../cpu/assemble.ts";
@@ -62,6 +62,8 @@ export class CudaExecutor {
   readonly stream: Stream;
   readonly arch: string;
   readonly smCount: number;
+  private readonly sm: Parameters<typeof residentBlocks>[3];
+  private residency = new Map<KernelFunction, number>();
   /** Where buffers come from (while capturing: the graph's own pool). */
   mem: CachingAllocator;
   /** How the emitters write kernels (compiler/codegen/cuda/tuning.ts); plans are re-lowered when it changes. */
@@ -76,6 +78,7 @@ export class CudaExecutor {
     const p = addon.deviceProperties(device);
     this.arch = archFor(p.computeCapability[0], p.computeCapability[1]);
     this.smCount = p.smCount;
+    this.sm = { regsPerSM: p.registersPerBlock, threadsPerSM: p.maxThreadsPerSM, smemPerSM: p.sharedMemPerSM, maxBlocksPerSM: p.maxBlocksPerSM || 32 };
     this.stream = addon.streamCreate(0);
     this.mem = new CachingAllocator(addon);
   }
@@ -92,6 +95,17 @@ export class CudaExecutor {
     f = this.addon.moduleGetFunction(this.addon.moduleLoadData(c.cubin), name);
     this.fns.set(key, f);
     return f;
+  }
+
+  /** How many blocks of `fn` fit on an SM at once (its registers and shared memory, read once from the driver). */
+  private blocksPerSM(fn: KernelFunction, block: number): number {
+    let n = this.residency.get(fn);
+    if (n === undefined) {
+      const at = this.addon.funcGetAttributes(fn);
+      n = residentBlocks(block, at.numRegs, at.sharedSizeBytes, this.sm);
+      this.residency.set(fn, n);
+    }
+    return n;
   }
 
   private launch1D(k: { name: string; source: string }, n: number, args: KernelArg[]): void {
@@ -274,7 +288,7 @@ export class CudaExecutor {
           const fn = this.fn(kernel.name, kernel.source);
           const outs = ins.outputs.map((s) => Array.from({ length: W }, (_, r) => empty(this.mem, plan.values[s]!.type.dtype, plan.values[s]!.shapes[r]!)));
           for (let r = 0; r < W; r++) {
-            const l = launchOf(kernel, ins, plan, r, { smCount: this.smCount, aligned: true });
+            const l = launchOf(kernel, ins, plan, r, { smCount: this.smCount, aligned: true, blocksPerSM: this.blocksPerSM(fn, kernel.launch.block) });
             if (l.grid === 0) continue;
             const ptrOf = (slot: number) => {
               const o = ins.outputs.indexOf(slot);

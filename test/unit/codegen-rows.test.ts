@@ -47,8 +47,8 @@ describe("row kernels for memory-bound patterns", () => {
           expect(r.vec * (dt === "bf16" ? 2 : 4)).toBe(16);
           expect(r.block).toBe(r.rowThreads);
           expect(k.source).toContain(`__launch_bounds__(${r.block}, ${1024 / r.block})`);
-          // the blocks past those resident together leave; the rest take every row in one wave
-          expect(k.source).toContain("if (blockIdx.x >= nb) return;");
+          // the grid is one wave (launch.ts sizes it from the compiled kernel); blocks stride over the rows
+          expect(k.source).toContain("const unsigned nb = gridDim.x;");
         }
       }
   });
@@ -95,5 +95,18 @@ describe("row kernels for memory-bound patterns", () => {
     const k = softmaxOf(64, 65536, "bf16");
     expect(k.launch.chunks).toBe(0);
     expect(passes(vecPath(k))).toEqual(["max and sum of exp (softmax), online", "write the results"]);
+  });
+});
+
+describe("residentBlocks (the one-wave grid of row kernels)", () => {
+  const h100 = { regsPerSM: 65536, threadsPerSM: 2048, smemPerSM: 233472, maxBlocksPerSM: 32 };
+  it("counts registers per warp in units of 256, and the thread and block limits", async () => {
+    const { residentBlocks } = await import("../../compiler/codegen/cuda/launch.ts");
+    expect(residentBlocks(128, 40, 1024, h100)).toBe(12); // 40 regs -> 1280 per warp, 5120 per block
+    expect(residentBlocks(128, 64, 1024, h100)).toBe(8);
+    expect(residentBlocks(256, 32, 0, h100)).toBe(8); // 2048 threads
+    expect(residentBlocks(32, 16, 0, h100)).toBe(32); // the block limit
+    expect(residentBlocks(1024, 64, 0, h100)).toBe(1);
+    expect(residentBlocks(128, 32, 100_000, h100)).toBe(2); // shared memory
   });
 });

@@ -54,7 +54,7 @@ function describeLaunch(r: LaunchRule): string[] {
   const per = r.rowThreads === 32 ? `one row per warp, ${r.block / 32} rows per ${r.block}-thread block`
     : r.rowThreads < 32 ? `one row per ${r.rowThreads} lane(s), ${r.block / r.rowThreads} rows per ${r.block}-thread block` : `one row per ${r.block}-thread block`;
   return [
-    `launch: ${per}; grid = min(ceil(rows / ${r.block / r.rowThreads}), SMs * ${2048 / r.block}); ${r.vec > 1 ? vec("ncol") : "vec is ignored"}`,
+    `launch: ${per}; grid = min(ceil(rows / ${r.block / r.rowThreads}), SMs * the blocks resident per SM at this kernel's register count); ${r.vec > 1 ? vec("ncol") : "vec is ignored"}`,
     r.chunks ? `  rows up to ${r.chunks * r.vec * r.rowThreads} columns (registers hold ${r.chunks} chunk(s) of ${r.vec} per thread)` : "  any row length (each pass rereads the row)",
   ];
 }

@@ -22,6 +22,8 @@ export interface DeviceInfo {
   smCount: number;
   /** Whether every buffer passed is 16-byte aligned (a caching allocator's blocks are). */
   aligned: boolean;
+  /** Row kernels: blocks of this kernel resident on an SM at once (from its compiled registers; see residentBlocks). */
+  blocksPerSM?: number;
 }
 
 export function launchOf(kernel: CudaKernel, k: KernelInstr, plan: Plan, rank: number, device: DeviceInfo): Launch {
@@ -40,7 +42,8 @@ export function launchOf(kernel: CudaKernel, k: KernelInstr, plan: Plan, rank: n
     if (r.chunks && inner > r.chunks * r.vec * r.rowThreads)
       throw new CompileError(`kernel ${kernel.name} holds rows of up to ${r.chunks * r.vec * r.rowThreads} columns in registers; rank ${rank} has ${inner} (the kernel was generated for another plan)`);
     const rows = numel(g.sizes.slice(0, -1));
-    grid = rows === 0 ? 0 : Math.min(Math.ceil(rows / (r.block / r.rowThreads)), resident);
+    // one wave: every block resident at once, striding over the rows
+    grid = rows === 0 ? 0 : Math.min(Math.ceil(rows / (r.block / r.rowThreads)), device.blocksPerSM ? device.smCount * device.blocksPerSM : resident);
   }
   const args = r.params.map((p): LaunchArg => {
     if (p.k === "ptr") return { name: p.name, slot: slots[p.tensor]! };
@@ -49,4 +52,17 @@ export function launchOf(kernel: CudaKernel, k: KernelInstr, plan: Plan, rank: n
     return { name: p.name, value: vec ? 1 : 0 };
   });
   return { grid, block: r.block, args, vec };
+}
+
+/**
+ * Blocks of `block` threads that fit on one SM at once, given the compiled kernel's registers per
+ * thread and static shared memory (registers are granted per warp in units of 256).
+ */
+export function residentBlocks(block: number, regs: number, smem: number, sm: { regsPerSM: number; threadsPerSM: number; smemPerSM: number; maxBlocksPerSM: number }): number {
+  const warps = Math.ceil(block / 32);
+  const perWarp = Math.ceil((Math.max(1, regs) * 32) / 256) * 256;
+  const byRegs = Math.floor(sm.regsPerSM / (perWarp * warps));
+  const byThreads = Math.floor(sm.threadsPerSM / block);
+  const bySmem = smem > 0 ? Math.floor(sm.smemPerSM / (smem + 1024)) : Infinity;
+  return Math.max(1, Math.min(byRegs, byThreads, bySmem, sm.maxBlocksPerSM));
 }

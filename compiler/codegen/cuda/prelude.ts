@@ -127,12 +127,6 @@ __device__ __forceinline__ float sh_rcp(float x) {
   return 1.0f / x;
 #endif
 }
-// Asks L2 for the 128-byte line holding p (no register is written; a hint the GPU may drop)
-__device__ __forceinline__ void sh_prefetch_l2(const void* p) {
-#ifdef __CUDA_ARCH__
-  asm volatile("prefetch.global.L2 [%0];" :: "l"(p));
-#endif
-}
 // Online max-and-sum (as in flash attention's softmax): s is a sum of exp(x - m) over the values
 // seen, m their max. Rescaling s from max m to max mx (>= m): a -inf max (nothing but -inf seen)
 // keeps its sum (0) without exp(-inf - -inf); NaN propagates.

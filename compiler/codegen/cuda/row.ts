@@ -17,9 +17,8 @@
 // max and a sum rescaled to it per 16-byte vector; the pairs merge across the row). A pick (gather
 // along the row: cross-entropy's target logit) takes its value from the registers of the pass that
 // reads the row: the thread holding the column hands it over with the pass's reductions.
-// The grid launch.ts gives holds more blocks than fit at once; the kernel keeps the first
-// SMs * minBlocks of them (resident together under the register cap) and spreads every row over
-// those, in one wave.
+// The grid is one wave (launch.ts: SMs x the blocks of this kernel that fit on an SM at once, from
+// its compiled register count), and the blocks stride over every row: no last partial wave.
 import type { DType } from "../../ir/types.ts";
 import type { ExprNode, KernelSpec } from "../types.ts";
 import { byteSize, literal, opExpr, roundTo, storageType, valueType } from "./ops.ts";
@@ -226,9 +225,9 @@ export function emitRow(src: Src, spec: KernelSpec, name: string, rule: LaunchRu
   const args = rule.params.map((p) => p.name).join(", ");
   // the vector path keeps rows in registers; the scalar one (columns T apart, any alignment) streams them
   if (main.V > 1) {
-    rowBody(src, spec, `${name}_vec`, rule, main, true, main.minBlocks, tune);
-    rowBody(src, spec, `${name}_any`, rule, main.chunks ? planRows(spec, tune, true) : main, false, main.minBlocks, tune);
-  } else rowBody(src, spec, `${name}_any`, rule, main, false, main.minBlocks, tune);
+    rowBody(src, spec, `${name}_vec`, rule, main, true, tune);
+    rowBody(src, spec, `${name}_any`, rule, main.chunks ? planRows(spec, tune, true) : main, false, tune);
+  } else rowBody(src, spec, `${name}_any`, rule, main, false, tune);
   src.line("");
   src.line(`extern "C" __global__ void __launch_bounds__(${rule.block}, ${main.minBlocks}) ${name}(`);
   src.line(...rule.params.map((p, i) => `    ${paramDecl(spec, rule, p)}${i === rule.params.length - 1 ? ") {" : ","}`));
@@ -238,7 +237,7 @@ export function emitRow(src: Src, spec: KernelSpec, name: string, rule: LaunchRu
   src.close();
 }
 
-function rowBody(src: Src, spec: KernelSpec, fname: string, rule: LaunchRule, plan: RowPlan, vec: boolean, minBlocks: number, tune: EmitTuning): void {
+function rowBody(src: Src, spec: KernelSpec, fname: string, rule: LaunchRule, plan: RowPlan, vec: boolean, tune: EmitTuning): void {
   const { T, V, chunks, ready, passes, cached, online, keepExp, captured, slots } = plan;
   const I = idxType(rule), L = spec.axes - 1, nIn = spec.operands.length, nodes = spec.nodes;
   const warp = T <= 32, perWarp = 32 / T, NW = T / 32;
@@ -259,14 +258,7 @@ function rowBody(src: Src, spec: KernelSpec, fname: string, rule: LaunchRule, pl
   }
   src.line(`const int tid = threadIdx.x${warp ? ` & ${T - 1}` : ""};  // the thread's place in its row`);
   src.line(`const ${I} rows = ${L ? Array.from({ length: L }, (_, a) => `n${a}`).join(" * ") : "1"};`);
-  // Where rows outnumber the grid, launch.ts gives SMs * G blocks (2048 threads' worth per SM), more
-  // than fit at once; those past the first SMs * MINB (resident together under the register cap)
-  // leave, and the rest take every row in one wave: no last wave that leaves most of the GPU idle.
-  const G = Math.max(1, Math.floor(2048 / rule.block)), rpb = rule.block / T;
-  if (minBlocks < G) {
-    src.line(`const unsigned nb = rows > (${I})gridDim.x * ${rpb} ? gridDim.x / ${G} * ${minBlocks} : gridDim.x;  // blocks at work`);
-    src.line("if (blockIdx.x >= nb) return;");
-  } else src.line("const unsigned nb = gridDim.x;");
+  src.line("const unsigned nb = gridDim.x;  // one wave (launch.ts); the blocks stride over the rows");
   if (warp) {
     // the loop runs while any row of the warp is live, so every lane reaches the shuffles; a group
     // past the last row works on the warp's first row with nothing to read or write (n = 0)
@@ -293,18 +285,6 @@ function rowBody(src: Src, spec: KernelSpec, fname: string, rule: LaunchRule, pl
     else if (t < nIn) src.line(`const ${st}* __restrict__ p${t} = in${t} + (${off});`);
     else src.line(`${st}* __restrict__ q${t - nIn} = out${t - nIn} + (${off});`);
   });
-  // prefetch tuning: the block's next row is asked of L2 now, so its loads find it there
-  const ahead = spec.operands.flatMap((o, t) => (o.axes[L] === "unit" && !warp && chunks && tune.prefetch ? [t] : []));
-  if (ahead.length) {
-    src.open("");
-    src.line(`const ${I} next = row + nb;`);
-    src.open("if (next < rows)");
-    decompose(src, I, "next", L, (a) => `n${a}`);
-    for (const t of ahead)
-      src.line(`for (int b = tid * 128; b < n * ${byteSize(spec.operands[t]!.dtype)}; b += T * 128) sh_prefetch_l2(reinterpret_cast<const char*>(in${t} + (${offset(spec, t, L)})) + b);`);
-    src.close();
-    src.close();
-  }
   for (const c of [...cached].sort((a, b) => a - b)) {
     const n = nodes[c]!, kd = keptDtype(spec, c);
     if (keepExp.has(c)) src.line(`float c${c}[${chunks * V}], m${c}[${chunks}];  // ${n.of}: exp(x - m) as the online pass computed it, m its vector's running max`);

@@ -11,15 +11,13 @@ export interface EmitTuning {
    * vector in the output pass, instead of computing the exp again.
    */
   keepExp: boolean;
-  /** Row kernels: ask L2 for the block's next row while this one is worked on. */
-  prefetch: boolean;
   /** Row kernels: threads per SM the register cap is set for (launch bounds). */
   occupancy: number;
   /** exp / sigmoid / silu / division by a row sum as MUFU approximations (ex2, rcp: 1-2 ulp of f32). */
   fast: boolean;
 }
 
-export const DEFAULT_TUNING: EmitTuning = { online: true, keepExp: false, prefetch: false, occupancy: 1024, fast: false };
+export const DEFAULT_TUNING: EmitTuning = { online: true, keepExp: false, occupancy: 1024, fast: true };
 
 /** The tuning with `over` applied; a short label of what differs from the default (for kernel names and reports). */
 export function tuning(over: Partial<EmitTuning> = {}): EmitTuning {
@@ -31,7 +29,6 @@ export function tuningLabel(t: EmitTuning): string {
   const parts: string[] = [];
   if (t.online !== d.online) parts.push(t.online ? "online" : "two-pass");
   if (t.keepExp !== d.keepExp) parts.push(t.keepExp ? "keep-exp" : "recompute-exp");
-  if (t.prefetch !== d.prefetch) parts.push(t.prefetch ? "prefetch" : "no-prefetch");
   if (t.occupancy !== d.occupancy) parts.push(`occupancy ${t.occupancy}`);
   if (t.fast !== d.fast) parts.push(t.fast ? "fast-math" : "accurate-math");
   return parts.length ? parts.join(", ") : "default";
