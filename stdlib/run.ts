@@ -5,7 +5,8 @@ import { compile } from "../compiler/pipeline.ts";
 import { UsageError } from "../compiler/errors.ts";
 import { runPlanCpu, type CpuRunResult } from "../runtime/cpu/index.ts";
 import type { LocalTensor } from "../compiler/ir/local.ts";
-import { cudaAvailable } from "../runtime/cuda/native.ts";
+import { cudaAvailable, native } from "../runtime/cuda/native.ts";
+import { inDistJob, joinJob, type JoinedJob } from "../runtime/cuda/nccl/setup.ts";
 import { CudaExecutor } from "../runtime/cuda/executor.ts";
 import type { AnyDTensor } from "./dtensor.ts";
 import { GlobalValue } from "./value.ts";
@@ -36,8 +37,27 @@ export function resolveBackend(b: Backend = "auto"): "cpu" | "cuda" {
 }
 
 let cuda: CudaExecutor | undefined;
-/** The process's CUDA executor (one device, created on first use). */
-export const cudaExecutor = (): CudaExecutor => (cuda ??= new CudaExecutor());
+let job: JoinedJob | undefined;
+/** The process's CUDA executor (one device, created on first use; in a multi-GPU job, GPU LOCAL_RANK running its rank only). */
+export const cudaExecutor = (): CudaExecutor => {
+  if (cuda) return cuda;
+  cuda = new CudaExecutor(native(), job?.env.localRank ?? 0);
+  if (job) (cuda.rankLocal = job.rankLocal).exec = cuda;
+  return cuda;
+};
+
+/**
+ * In a process started as one rank of a job (shardts launch, torchrun, srun: WORLD_SIZE > 1) with a
+ * usable GPU: joins the job (NCCL world communicator, watchdog), so CUDA plans whose mesh has
+ * WORLD_SIZE ranks run rank-local with NCCL. Returns the job (call close() at the end), or undefined.
+ */
+export async function joinGpuJob(backend: Backend = "auto"): Promise<JoinedJob | undefined> {
+  if (job || !inDistJob() || backend === "cpu" || resolveBackend(backend) !== "cuda") return job;
+  job = await joinJob();
+  return job;
+}
+/** This process's rank in a joined GPU job (0 otherwise). */
+export const jobRank = (): number => job?.env.rank ?? 0;
 
 /** Runs a compiled plan on the chosen backend. */
 export function runPlan(plan: Plan, backend: "cpu" | "cuda", feeds?: ReadonlyMap<string, LocalTensor[]>, read?: readonly number[]): CpuRunResult {

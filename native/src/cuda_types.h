@@ -259,4 +259,5 @@ struct NcclApi {
   ncclResult_t (*ncclRecv)(void*, size_t, int, int, ncclComm_t, CUstream);
   ncclResult_t (*ncclGroupStart)();
   ncclResult_t (*ncclGroupEnd)();
+  ncclResult_t (*ncclCommSplit)(ncclComm_t, int, int, ncclComm_t*, void*);  // optional (2.18+); config NULL: the parent's
 };

@@ -109,7 +109,7 @@ std::vector<Sym> ncclSyms() {
       REQ(a, ncclAllReduce, "ncclAllReduce"), REQ(a, ncclAllGather, "ncclAllGather"),
       REQ(a, ncclReduceScatter, "ncclReduceScatter"), REQ(a, ncclBroadcast, "ncclBroadcast"),
       REQ(a, ncclSend, "ncclSend"), REQ(a, ncclRecv, "ncclRecv"), REQ(a, ncclGroupStart, "ncclGroupStart"),
-      REQ(a, ncclGroupEnd, "ncclGroupEnd"),
+      REQ(a, ncclGroupEnd, "ncclGroupEnd"), OPT(a, ncclCommSplit, "ncclCommSplit"),
   };
 }
 

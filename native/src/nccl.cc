@@ -2,6 +2,10 @@
 // Data types and reduction ops are NCCL's integer enums (runtime/cuda/native-types.ts names them).
 // Communicator initialisation blocks until every rank has joined, as NCCL does: with several ranks in
 // one process, wrap the ncclCommInitRank calls in ncclGroupStart/ncclGroupEnd (or use ncclCommInitAll).
+// Non-blocking communicators (NCCL_COMM_BLOCKING=0 in the environment before the first communicator):
+// calls on them may answer ncclInProgress, which is not an error: the call returns 7 and the caller
+// polls ncclCommGetAsyncError until it reads 0 (runtime/cuda/dist/communicators.ts does). That is
+// what lets a watchdog abort a communicator whose peers never arrive.
 #include <string>
 #include <vector>
 
@@ -12,8 +16,9 @@ namespace shardts {
 
 namespace {
 
-void check(Napi::Env env, NcclApi& api, ncclResult_t r, const std::string& call, ncclComm_t comm = nullptr) {
-  if (r == ncclSuccess) return;
+// Returns r when it is ncclSuccess or ncclInProgress; throws a CudaApiError for anything else.
+int check(Napi::Env env, NcclApi& api, ncclResult_t r, const std::string& call, ncclComm_t comm = nullptr) {
+  if (r == ncclSuccess || r == ncclInProgress) return r;
   const char* s = api.ncclGetErrorString(r);
   std::string detail = s ? s : "";
   if (api.ncclGetLastError) {
@@ -25,6 +30,7 @@ void check(Napi::Env env, NcclApi& api, ncclResult_t r, const std::string& call,
                                 "ncclRemoteError",    "ncclInProgress",         "ncclTimeout"};
   std::string name = (r >= 0 && r < 9) ? names[r] : "ncclUnknownResult";
   throwApiError(env, "nccl", call, r, name, detail);
+  return r;
 }
 
 ncclComm_t comm(Napi::Env env, const Napi::Value& v) { return handle<ncclComm>(env, v, "comm"); }
@@ -66,6 +72,24 @@ Napi::Value CommInitRank(const Napi::CallbackInfo& info) {
   return bigPtr(env, c);
 }
 
+// ncclCommSplit(comm, color, key) -> the new communicator (null for a negative colour, NCCL_SPLIT_NOCOLOR).
+// Collective over the parent: every rank of it calls it, in the same order. The new communicator
+// inherits the parent's config (non-blocking parents give non-blocking children, still initialising
+// when this returns: poll ncclCommGetAsyncError on it).
+Napi::Value CommSplit(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  ctx(env);
+  NcclApi& api = nccl(env);
+  if (!api.ncclCommSplit) throwApiError(env, "nccl", "ncclCommSplit", 5, "ncclInvalidUsage", "this NCCL has no ncclCommSplit (it arrived in NCCL 2.18); install NCCL 2.18 or newer");
+  ncclComm_t parent = comm(env, info[0]);
+  int color = i32(env, info[1], "color"), key = i32(env, info[2], "key");
+  ncclComm_t c = nullptr;
+  check(env, api, api.ncclCommSplit(parent, color, key, &c, nullptr),
+        "ncclCommSplit(color " + std::to_string(color) + ", key " + std::to_string(key) + ")", parent);
+  if (!c) return env.Null();
+  return bigPtr(env, c);
+}
+
 // ncclCommInitAll(devices: number[]) -> comms (one process driving several GPUs).
 Napi::Value CommInitAll(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -82,13 +106,12 @@ Napi::Value CommInitAll(const Napi::CallbackInfo& info) {
   return out;
 }
 
-#define COMM_CALL(NAME, CALL, EXPR)                     \
-  Napi::Value NAME(const Napi::CallbackInfo& info) {    \
-    Napi::Env env = info.Env();                         \
-    NcclApi& api = nccl(env);                           \
-    ncclComm_t c = comm(env, info[0]);                  \
-    check(env, api, EXPR, CALL);                        \
-    return env.Undefined();                             \
+#define COMM_CALL(NAME, CALL, EXPR)                                   \
+  Napi::Value NAME(const Napi::CallbackInfo& info) {                  \
+    Napi::Env env = info.Env();                                       \
+    NcclApi& api = nccl(env);                                         \
+    ncclComm_t c = comm(env, info[0]);                                \
+    return Napi::Number::New(env, check(env, api, EXPR, CALL));       \
   }
 
 COMM_CALL(CommDestroy, "ncclCommDestroy", api.ncclCommDestroy(c))
@@ -123,11 +146,11 @@ Napi::Value AllReduce(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   NcclApi& api = nccl(env);
   ncclComm_t c = comm(env, info[5]);
-  check(env, api,
+  int rc = check(env, api,
         api.ncclAllReduce(dptr(env, info[0], "send"), const_cast<void*>(dptr(env, info[1], "recv")), u64(env, info[2], "count"),
                           i32(env, info[3], "dtype"), i32(env, info[4], "op"), c, handleOr<CUstream>(info, 6, "stream")),
         "ncclAllReduce", c);
-  return env.Undefined();
+  return Napi::Number::New(env, rc);
 }
 
 // ncclAllGather(send, recv, sendCount, dtype, comm, stream)
@@ -135,11 +158,11 @@ Napi::Value AllGather(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   NcclApi& api = nccl(env);
   ncclComm_t c = comm(env, info[4]);
-  check(env, api,
+  int rc = check(env, api,
         api.ncclAllGather(dptr(env, info[0], "send"), const_cast<void*>(dptr(env, info[1], "recv")),
                           u64(env, info[2], "sendCount"), i32(env, info[3], "dtype"), c, handleOr<CUstream>(info, 5, "stream")),
         "ncclAllGather", c);
-  return env.Undefined();
+  return Napi::Number::New(env, rc);
 }
 
 // ncclReduceScatter(send, recv, recvCount, dtype, op, comm, stream)
@@ -147,12 +170,12 @@ Napi::Value ReduceScatter(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   NcclApi& api = nccl(env);
   ncclComm_t c = comm(env, info[5]);
-  check(env, api,
+  int rc = check(env, api,
         api.ncclReduceScatter(dptr(env, info[0], "send"), const_cast<void*>(dptr(env, info[1], "recv")),
                               u64(env, info[2], "recvCount"), i32(env, info[3], "dtype"), i32(env, info[4], "op"), c,
                               handleOr<CUstream>(info, 6, "stream")),
         "ncclReduceScatter", c);
-  return env.Undefined();
+  return Napi::Number::New(env, rc);
 }
 
 // ncclBroadcast(send, recv, count, dtype, root, comm, stream)
@@ -160,11 +183,11 @@ Napi::Value Broadcast(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   NcclApi& api = nccl(env);
   ncclComm_t c = comm(env, info[5]);
-  check(env, api,
+  int rc = check(env, api,
         api.ncclBroadcast(dptr(env, info[0], "send"), const_cast<void*>(dptr(env, info[1], "recv")), u64(env, info[2], "count"),
                           i32(env, info[3], "dtype"), i32(env, info[4], "root"), c, handleOr<CUstream>(info, 6, "stream")),
         "ncclBroadcast", c);
-  return env.Undefined();
+  return Napi::Number::New(env, rc);
 }
 
 // ncclSend(buf, count, dtype, peer, comm, stream) / ncclRecv(buf, count, dtype, peer, comm, stream)
@@ -177,9 +200,9 @@ Napi::Value SendRecv(const Napi::CallbackInfo& info) {
   size_t count = u64(env, info[1], "count");
   int dtype = i32(env, info[2], "dtype"), peer = i32(env, info[3], "peer");
   CUstream s = handleOr<CUstream>(info, 5, "stream");
-  if (IsSend) check(env, api, api.ncclSend(buf, count, dtype, peer, c, s), "ncclSend(peer " + std::to_string(peer) + ")", c);
-  else check(env, api, api.ncclRecv(const_cast<void*>(buf), count, dtype, peer, c, s), "ncclRecv(peer " + std::to_string(peer) + ")", c);
-  return env.Undefined();
+  int rc = IsSend ? check(env, api, api.ncclSend(buf, count, dtype, peer, c, s), "ncclSend(peer " + std::to_string(peer) + ")", c)
+                  : check(env, api, api.ncclRecv(const_cast<void*>(buf), count, dtype, peer, c, s), "ncclRecv(peer " + std::to_string(peer) + ")", c);
+  return Napi::Number::New(env, rc);
 }
 
 Napi::Value GroupStart(const Napi::CallbackInfo& info) {
@@ -192,8 +215,7 @@ Napi::Value GroupStart(const Napi::CallbackInfo& info) {
 Napi::Value GroupEnd(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   NcclApi& api = nccl(env);
-  check(env, api, api.ncclGroupEnd(), "ncclGroupEnd");
-  return env.Undefined();
+  return Napi::Number::New(env, check(env, api, api.ncclGroupEnd(), "ncclGroupEnd"));
 }
 
 }  // namespace
@@ -203,6 +225,7 @@ void registerNccl(Napi::Env env, Napi::Object exports) {
   def(env, exports, "ncclGetUniqueId", GetUniqueId);
   def(env, exports, "ncclCommInitRank", CommInitRank);
   def(env, exports, "ncclCommInitAll", CommInitAll);
+  def(env, exports, "ncclCommSplit", CommSplit);
   def(env, exports, "ncclCommDestroy", CommDestroy);
   def(env, exports, "ncclCommAbort", CommAbort);
   def(env, exports, "ncclCommGetAsyncError", CommGetAsyncError);

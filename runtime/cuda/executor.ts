@@ -3,8 +3,9 @@
 // contractions go to cuBLASLt; routing and layout moves are the hand-written kernels of
 // kernels/sources.ts; factories produce each piece exactly as the CPU reference does and upload it.
 // A mesh of several ranks is simulated on the one GPU (each rank's pieces are its own buffers) and
-// its collective steps go through the CPU reference's exact simulation; real NCCL collectives on
-// several GPUs are the multi-GPU backend's.
+// its collective steps go through the CPU reference's exact simulation. With `rankLocal` set (one
+// process per GPU, nccl/collectives.ts), it runs only its own rank: other ranks' pieces are never
+// made, comm steps go to NCCL, and counts and read-back values are all-gathered across the world.
 import type { Attrs, DType, TensorType } from "../../compiler/ir/types.ts";
 import type { LocalTensor } from "../../compiler/ir/local.ts";
 import { stridesOf } from "../../compiler/ir/local.ts";
@@ -29,6 +30,7 @@ import { CachingAllocator, download, empty, upload, type DeviceTensor } from "./
 import * as K from "./kernels/sources.ts";
 import { CapturedStep, notCapturable, type DeferredCheck } from "./graph.ts";
 import { CaptureMode } from "./native-types.ts";
+import type { RankLocal } from "./nccl/collectives.ts";
 
 const FACTORIES_ON_HOST = new Set(["constant", "from_local", "random", "input"]);
 const BLOCK = 256;
@@ -69,6 +71,8 @@ export class CudaExecutor {
   /** How the emitters write kernels (compiler/codegen/cuda/tuning.ts); plans are re-lowered when it changes. */
   tuning: EmitTuning = DEFAULT_TUNING;
   private fns = new Map<string, KernelFunction>();
+  /** Rank-local execution over NCCL (one process per GPU); unset: every rank simulated on this GPU. */
+  rankLocal?: RankLocal;
   private compileStats = { compiled: 0, cacheHits: 0, compileMs: 0 };
 
   constructor(addon: NativeAddon = native(), device = 0) {
@@ -191,16 +195,20 @@ export class CudaExecutor {
 
   run(plan: Plan, feeds?: ReadonlyMap<string, LocalTensor[]>, read?: readonly number[], opts: RunOptions = {}): CudaRunResult {
     const t0 = performance.now();
-    const { slots, counts, kernels, timings } = this.exec(plan, feeds, opts);
+    const { slots, counts, kernels, timings, dist } = this.exec(plan, feeds, opts);
+    dist?.flush();
     if (opts.download === false) {
       this.addon.streamSynchronize(this.stream);
+      dist?.drained();
       for (const s of new Set(plan.outputs)) slots[s]?.forEach((d) => this.release(d));
       return { outputs: [], locals: [], stats: { kernels, ...this.compileStats, peakBytes: this.mem.peak, ms: performance.now() - t0 }, timings };
     }
     const locals = plan.outputs.map((s) => slots[s]!.map((d) => download(this.addon, d, this.stream)));
-    const hostSlots = new Map(plan.outputs.map((s, i) => [s, locals[i]!]));
     const wanted = new Set(read ?? plan.outputs.map((_, i) => i));
+    // rank-local: a value read back needs every rank's piece (a world all-gather; none for replicated values)
+    const hostSlots = new Map(plan.outputs.map((s, i) => [s, dist && wanted.has(i) ? dist.allPieces(plan, s, slots[s]![dist.rank]!) : locals[i]!]));
     const outputs = plan.outputs.map((s, i) => (wanted.has(i) ? assemble(plan, s, hostSlots.get(s)!, counts) : undefined));
+    dist?.drained();
     for (const s of new Set(plan.outputs)) slots[s]?.forEach((d) => this.release(d));
     return { outputs, locals, stats: { kernels, ...this.compileStats, peakBytes: this.mem.peak, ms: performance.now() - t0 }, timings };
   }
@@ -267,13 +275,15 @@ export class CudaExecutor {
     const timings: KernelTiming[] = [];
     const { fused, prog } = this.lowered(plan);
     const W = plan.world;
+    const dist = W > 1 ? this.rankLocal : undefined;
+    const ranks = dist ? [dist.rank] : Array.from({ length: W }, (_, r) => r);
     const coords = Array.from({ length: W }, (_, r) => coordsOf(plan.mesh, r));
     const slots: (DeviceTensor[] | undefined)[] = new Array(plan.values.length);
     const hostCounts = new Map<number, GlobalTensor>();
     const counts = (s: number): GlobalTensor => {
       let g = hostCounts.get(s);
       if (!g) {
-        g = assemble(plan, s, slots[s]!.map((d) => download(this.addon, d, this.stream)), counts);
+        g = assemble(plan, s, dist ? dist.allPieces(plan, s, slots[s]![dist.rank]!) : slots[s]!.map((d) => download(this.addon, d, this.stream)), counts);
         hostCounts.set(s, g);
       }
       return g;
@@ -282,12 +292,17 @@ export class CudaExecutor {
     let kernels = 0;
 
     fused.instrs.forEach((ins, i) => {
+      dist?.beforeReads(readsOf(ins));
       try {
         if (ins.kind === "kernel") {
           const kernel = prog.kernels[prog.kernelOf[ins.id]!]!;
           const fn = this.fn(kernel.name, kernel.source);
-          const outs = ins.outputs.map((s) => Array.from({ length: W }, (_, r) => empty(this.mem, plan.values[s]!.type.dtype, plan.values[s]!.shapes[r]!)));
-          for (let r = 0; r < W; r++) {
+          const outs = ins.outputs.map((s) => {
+            const per = new Array<DeviceTensor>(W);
+            for (const r of ranks) per[r] = empty(this.mem, plan.values[s]!.type.dtype, plan.values[s]!.shapes[r]!);
+            return per;
+          });
+          for (const r of ranks) {
             const l = launchOf(kernel, ins, plan, r, { smCount: this.smCount, aligned: true, blocksPerSM: this.blocksPerSM(fn, kernel.launch.block) });
             if (l.grid === 0) continue;
             const ptrOf = (slot: number) => {
@@ -305,19 +320,25 @@ export class CudaExecutor {
             const params = packArgs(...args);
             this.addon.launchKernel(fn, [l.grid, 1, 1], [l.block, 1, 1], 0, this.stream, params);
             kernels++;
-            if (opts.profile && r === 0) {
+            if (opts.profile && r === ranks[0]) {
               const bytes = [...ins.inputs, ...ins.outputs].reduce((b, s) => b + numel(plan.values[s]!.shapes[0]!) * K.elemBytes(plan.values[s]!.type.dtype), 0);
               const ms = this.timeLaunch(() => this.addon.launchKernel(fn, [l.grid, 1, 1], [l.block, 1, 1], 0, this.stream, params), opts.profile);
               timings.push({ name: kernel.name, ops: ins.fuses.map((f) => f.op), ms, bytes });
             }
           }
           ins.outputs.forEach((s, o) => (slots[s] = outs[o]));
+        } else if (ins.kind === "comm" && dist) {
+          const out = new Array<DeviceTensor>(W);
+          const last = lastUse[ins.input] === i;
+          out[dist.rank] = dist.step(plan, ins.step, ins.input, ins.output, slots[ins.input]![dist.rank]!, counts, last);
+          if (last) slots[ins.input] = undefined; // handed over: released once compute has waited for the step
+          slots[ins.output] = out;
         } else if (ins.kind === "comm") {
           const pieces = slots[ins.input]!.map((d) => download(this.addon, d, this.stream));
           slots[ins.output] = runStep(plan, ins.step, ins.input, ins.output, pieces, counts).map((t) => upload(this.addon, this.mem, t, this.stream));
         } else {
           const outs = ins.outputs.map(() => new Array<DeviceTensor>(W));
-          for (let r = 0; r < W; r++) {
+          for (const r of ranks) {
             const got = this.op(plan, ins, r, coords[r]!, slots, feeds, counts);
             got.forEach((d, o) => (outs[o]![r] = d));
             kernels++;
@@ -334,7 +355,7 @@ export class CudaExecutor {
       }
       for (const s of readsOf(ins)) if (lastUse[s] === i && slots[s]) (slots[s]!.forEach((d) => this.release(d)), (slots[s] = undefined));
     });
-    return { slots, counts, kernels, timings };
+    return { slots, counts, kernels, timings, dist };
   }
 
   /** One non-fused op on rank r. */

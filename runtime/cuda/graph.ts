@@ -1,8 +1,8 @@
 // Whole-step CUDA graphs: a plan run captured once (CudaExecutor.capture) and replayed with one
 // launch. What a capture needs: every shape static and nothing read back to the host mid-run, so a
 // plan is refused (saying why) when it holds segment contractions (their per-expert counts are read
-// on the host to size each GEMM: the MoE issue's device-side counts lift this) or collectives of a
-// mesh simulated on one GPU (they travel through the host). The graph owns its memory: the pool the
+// on the host to size each GEMM: the MoE issue's device-side counts lift this) or collectives on a
+// mesh of several ranks (not captured yet). The graph owns its memory: the pool the
 // captured run drew from, the staged host-made values and the outputs, freed by destroy().
 import type { LocalTensor } from "../../compiler/ir/local.ts";
 import type { Plan } from "../../compiler/plan.ts";
@@ -28,7 +28,7 @@ export function notCapturable(plan: Plan): string | undefined {
   if (seg && seg.kind === "op")
     return `it holds ${seg.op}, whose per-group row counts are read on the host to size each GEMM (device-side counts come with the MoE expert-parallel work); run it without capture`;
   if (plan.world > 1 && plan.instrs.some((i) => i.kind === "comm"))
-    return `its mesh of ${plan.world} ranks is simulated on one GPU and its collectives go through the host; capture runs where each rank has its own GPU (NCCL), or on a mesh of one`;
+    return `its mesh has ${plan.world} ranks and collectives, and capture covers plans without collectives for now (simulated on one GPU they travel through the host; NCCL steps inside graphs come later); run it without capture`;
   return undefined;
 }
 

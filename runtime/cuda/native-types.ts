@@ -265,24 +265,27 @@ export interface NativeAddon {
   cublasLtVersion(): number;
   cublasLtMatmul(options: MatmulOptions): void;
 
-  // NCCL (dtype and op are NcclDataType / NcclRedOp values)
+  // NCCL (dtype and op are NcclDataType / NcclRedOp values). Calls on a communicator answer 0, or 7
+  // (ncclInProgress) on a non-blocking one (NCCL_COMM_BLOCKING=0): then poll ncclCommGetAsyncError.
   ncclVersion(): number;
   /** 128 bytes to hand to every rank. */
   ncclGetUniqueId(): Uint8Array;
-  /** On the current device; blocks until all `nranks` ranks have joined. */
+  /** On the current device; blocks until all `nranks` ranks have joined (non-blocking: poll its async error). */
   ncclCommInitRank(nranks: number, uniqueId: Uint8Array, rank: number): NcclComm;
   ncclCommInitAll(devices: number[]): NcclComm[];
-  ncclCommDestroy(comm: NcclComm): void;
-  ncclCommAbort(comm: NcclComm): void;
+  /** Collective over `comm`: ranks with one colour form a communicator, ordered by key; null for a negative colour. */
+  ncclCommSplit(comm: NcclComm, color: number, key: number): NcclComm | null;
+  ncclCommDestroy(comm: NcclComm): number;
+  ncclCommAbort(comm: NcclComm): number;
   /** 0 (ncclSuccess), 7 (ncclInProgress) or an error code. */
   ncclCommGetAsyncError(comm: NcclComm): number;
   ncclCommInfo(comm: NcclComm): { count: number; rank: number; device: number };
-  ncclAllReduce(send: DevicePtr, recv: DevicePtr, count: Size, dtype: number, op: number, comm: NcclComm, stream: Stream): void;
-  ncclAllGather(send: DevicePtr, recv: DevicePtr, sendCount: Size, dtype: number, comm: NcclComm, stream: Stream): void;
-  ncclReduceScatter(send: DevicePtr, recv: DevicePtr, recvCount: Size, dtype: number, op: number, comm: NcclComm, stream: Stream): void;
-  ncclBroadcast(send: DevicePtr, recv: DevicePtr, count: Size, dtype: number, root: number, comm: NcclComm, stream: Stream): void;
-  ncclSend(buffer: DevicePtr, count: Size, dtype: number, peer: number, comm: NcclComm, stream: Stream): void;
-  ncclRecv(buffer: DevicePtr, count: Size, dtype: number, peer: number, comm: NcclComm, stream: Stream): void;
+  ncclAllReduce(send: DevicePtr, recv: DevicePtr, count: Size, dtype: number, op: number, comm: NcclComm, stream: Stream): number;
+  ncclAllGather(send: DevicePtr, recv: DevicePtr, sendCount: Size, dtype: number, comm: NcclComm, stream: Stream): number;
+  ncclReduceScatter(send: DevicePtr, recv: DevicePtr, recvCount: Size, dtype: number, op: number, comm: NcclComm, stream: Stream): number;
+  ncclBroadcast(send: DevicePtr, recv: DevicePtr, count: Size, dtype: number, root: number, comm: NcclComm, stream: Stream): number;
+  ncclSend(buffer: DevicePtr, count: Size, dtype: number, peer: number, comm: NcclComm, stream: Stream): number;
+  ncclRecv(buffer: DevicePtr, count: Size, dtype: number, peer: number, comm: NcclComm, stream: Stream): number;
   ncclGroupStart(): void;
-  ncclGroupEnd(): void;
+  ncclGroupEnd(): number;
 }

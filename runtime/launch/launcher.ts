@@ -29,7 +29,8 @@ export interface LaunchResult {
   pids: number[];
 }
 
-const SHARDTS_BIN = fileURLToPath(new URL("../../bin/shardts.mjs", import.meta.url));
+// what each rank runs: the shardts command; a bundle (the GPU harness) names itself in SHARDTS_CLI
+const shardtsBin = () => process.env.SHARDTS_CLI ?? fileURLToPath(new URL("../../bin/shardts.mjs", import.meta.url));
 
 export async function launch(o: LaunchOptions, out: (line: string) => void, err: (line: string) => void): Promise<LaunchResult> {
   if (!Number.isInteger(o.nprocPerNode) || o.nprocPerNode < 1) throw new UsageError(`--nproc-per-node must be a positive integer, got ${o.nprocPerNode}`);
@@ -67,7 +68,7 @@ export async function launch(o: LaunchOptions, out: (line: string) => void, err:
       ...distEnvVars({ rank, localRank: local, worldSize: world, localWorldSize: o.nprocPerNode, masterAddr: o.masterAddr, masterPort: port, token, storePort: port }),
       SHARDTS_STORE_HOSTED: "1",
     };
-    const child = spawn(process.execPath, [SHARDTS_BIN, "run", o.file, ...o.args], { env, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, [shardtsBin(), "run", o.file, ...o.args], { env, stdio: ["ignore", "pipe", "pipe"] });
     children.push(child);
     tails.push([]);
     const prefix = `[rank ${rank}] `;

@@ -3,7 +3,8 @@ import { readFileSync } from "node:fs";
 import { ShardtsError, UsageError } from "../../compiler/errors.ts";
 import { parseArgs } from "./args.ts";
 import { loadRunnable, runCommand, RUN_HELP } from "./run-command.ts";
-import { isMainDef } from "../model.ts";
+import { isMainDef, type MainDef, type ModelDef } from "../model.ts";
+import { joinGpuJob, type Backend } from "../run.ts";
 import { launch } from "../../runtime/launch/launcher.ts";
 
 const HELP = `shardts: distributed tensors as a typed TypeScript DSL
@@ -45,6 +46,19 @@ function firstPositional(argv: string[], valued: string[]): number {
   return -1;
 }
 
+async function runModel(rest: string[], runnable: ModelDef | MainDef | undefined, log: (s: string) => void): Promise<number> {
+  const a = parseArgs(rest, ["mesh", "backend", "dump", "dump-cuda"], ["no-verify", "help"]);
+  if (a.flags.help) return log(RUN_HELP), 0;
+  if (a.positionals.length !== 1) throw new UsageError(`shardts run takes one model file; got ${a.positionals.length}\n\n${RUN_HELP}`);
+  return await runCommand(a.positionals[0]!, {
+    mesh: a.flags.mesh as string | undefined,
+    backend: a.flags.backend as string | undefined,
+    dump: a.flags.dump as string | undefined,
+    dumpCuda: a.flags["dump-cuda"] as string | undefined,
+    verify: !a.flags["no-verify"],
+  }, log, runnable as ModelDef | undefined);
+}
+
 export async function main(argv: string[], log: (s: string) => void = console.log, err: (s: string) => void = console.error): Promise<number> {
   const [cmd, ...rest] = argv;
   try {
@@ -60,17 +74,16 @@ export async function main(argv: string[], log: (s: string) => void = console.lo
       // a script (defineMain) gets every argument but its file name; a model takes the flags below
       const fileAt = firstPositional(rest, ["mesh", "backend", "dump", "dump-cuda"]);
       const runnable = fileAt >= 0 ? await loadRunnable(rest[fileAt]!) : undefined;
-      if (runnable && isMainDef(runnable)) return (await runnable.main({ args: rest.filter((_, i) => i !== fileAt), log })) ?? 0;
-      const a = parseArgs(rest, ["mesh", "backend", "dump", "dump-cuda"], ["no-verify", "help"]);
-      if (a.flags.help) return log(RUN_HELP), 0;
-      if (a.positionals.length !== 1) throw new UsageError(`shardts run takes one model file; got ${a.positionals.length}\n\n${RUN_HELP}`);
-      return await runCommand(a.positionals[0]!, {
-        mesh: a.flags.mesh as string | undefined,
-        backend: a.flags.backend as string | undefined,
-        dump: a.flags.dump as string | undefined,
-        dumpCuda: a.flags["dump-cuda"] as string | undefined,
-        verify: !a.flags["no-verify"],
-      }, log, runnable);
+      // one rank of a multi-GPU job: join it (NCCL), run this rank only; rank 0 prints
+      const b = rest.indexOf("--backend");
+      const job = await joinGpuJob((b >= 0 ? rest[b + 1] : "auto") as Backend);
+      if (job && job.env.rank !== 0) log = () => {};
+      try {
+        if (runnable && isMainDef(runnable)) return (await runnable.main({ args: rest.filter((_, i) => i !== fileAt), log })) ?? 0;
+        return await runModel(rest, runnable, log);
+      } finally {
+        await job?.close();
+      }
     }
     if (cmd === "launch") {
       const fileAt = firstPositional(rest, ["nproc-per-node", "nnodes", "node-rank", "master-addr", "master-port"]);

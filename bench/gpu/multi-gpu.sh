@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Multi-GPU checks on a machine with N >= 2 GPUs (nvidia-h200-x2 today): `npm run gpu:pack` first,
+# carry .gpu/, then `bash bench/gpu/multi-gpu.sh`. Writes everything under $OUT and prints a summary.
+#   1. collectives: shardts (plan path, NCCL) vs torch.distributed, 8/64/256 MiB per rank, bus GB/s
+#   2. the MoE layer example rank-local on N GPUs, checked against the one-device CPU run
+#   3. train-moe-lm 20 steps per layout on N GPUs vs the CPU-simulated run of the same mesh and seed
+#   4. faults: one rank throws mid-step; one rank hangs before a collective (timeout 20 s)
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+GPU_DIR=${GPU_DIR:-.gpu}
+OUT=${OUT:-$GPU_DIR/out}; mkdir -p "$OUT"
+N=${NGPU:-$(nvidia-smi -L 2>/dev/null | wc -l)}
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 NCCL_DEBUG=${NCCL_DEBUG:-WARN}
+NODE=${NODE:-/tmp/node}
+[ -x "$NODE" ] || { xz -dc "$GPU_DIR/node.xz" > "$NODE" && chmod +x "$NODE"; }
+CLI=("$NODE" "$GPU_DIR/shardts-cli.mjs")
+summary=()
+note() { summary+=("$1"); echo "== $1"; }
+
+# 1. collectives
+timeout 150 "${CLI[@]}" launch --nproc-per-node "$N" bench/gpu/lib/dist-collectives.ts --json "$OUT/collectives-shardts.jsonl" > "$OUT/collectives-shardts.log" 2>&1
+note "collectives shardts: exit $?"
+timeout 120 python3 -m torch.distributed.run --nproc-per-node "$N" bench/peers/collectives.py --json "$OUT/collectives-torch.jsonl" > "$OUT/collectives-torch.log" 2>&1
+note "collectives torch: exit $?"
+python3 - "$OUT" > "$OUT/collectives-ratio.txt" <<'PY'
+import json, sys, os
+o = sys.argv[1]
+def load(f):
+    p = os.path.join(o, f)
+    return {(r["op"], r["mibPerRank"]): r for r in map(json.loads, open(p))} if os.path.exists(p) else {}
+s, t = load("collectives-shardts.jsonl"), load("collectives-torch.jsonl")
+print(f"{'op':16}{'MiB/rank':>9}{'shardts GB/s':>14}{'torch GB/s':>12}{'ratio':>8}  check")
+for k in sorted(set(s) | set(t)):
+    a, b = s.get(k, {}), t.get(k, {})
+    r = a.get("busGBs", 0) / b["busGBs"] if a and b and b.get("busGBs") else float("nan")
+    print(f"{k[0]:16}{k[1]:>9}{a.get('busGBs', float('nan')):>14}{b.get('busGBs', float('nan')):>12}{r:>8.3f}  {a.get('check', 'missing')}")
+PY
+cat "$OUT/collectives-ratio.txt"
+
+# 2. the MoE layer, one rank per GPU, checked against one device
+timeout 90 "${CLI[@]}" launch --nproc-per-node "$N" examples/moe-layer.ts --backend cuda --mesh dp=1,ep=$N > "$OUT/moe-layer.log" 2>&1
+note "moe-layer ep=$N rank-local vs one-device CPU: exit $? ($(grep -c ' ok' "$OUT/moe-layer.log") ok lines, $(grep -c FAIL "$OUT/moe-layer.log") FAIL)"
+
+# 3. per-layout training equivalence (20 steps): N GPUs vs the CPU-simulated mesh
+for layout in dp fsdp tp ep; do
+  case $layout in dp) mesh="dp=$N";; fsdp) mesh="fsdp=$N";; tp) mesh="tp=$N";; ep) mesh="ep=$N";; esac
+  timeout 60 "${CLI[@]}" launch --nproc-per-node "$N" examples/train-moe-lm.ts --layout $layout --mesh $mesh --steps 20 --sample 0 --backend cuda > "$OUT/train-$layout-gpu.log" 2>&1
+  g=$?
+  timeout 60 "${CLI[@]}" run examples/train-moe-lm.ts --layout $layout --mesh $mesh --steps 20 --sample 0 --backend cpu > "$OUT/train-$layout-cpu.log" 2>&1
+  note "train $layout ($mesh): gpu exit $g, cpu exit $? (losses in train-$layout-*.log)"
+done
+note "hsdp needs 4 GPUs (replica x shard): not run on $N"
+
+# 4. faults
+t0=$(date +%s)
+timeout 60 "${CLI[@]}" launch --nproc-per-node "$N" bench/gpu/lib/dist-fault.ts --throw-rank 1 > "$OUT/fault-throw.log" 2>&1
+rc=$?; note "fault throw: exit $rc in $(( $(date +%s) - t0 )) s; $(grep -o 'shardts launch: rank [0-9]* [a-z ]*' "$OUT/fault-throw.log" | head -1); left behind: $(pgrep -fc shardts-cli.mjs || true)"
+t0=$(date +%s)
+SHARDTS_COLLECTIVE_TIMEOUT_S=20 timeout 90 "${CLI[@]}" launch --nproc-per-node "$N" bench/gpu/lib/dist-fault.ts --hang-rank 1 > "$OUT/fault-hang.log" 2>&1
+rc=$?; note "fault hang: exit $rc in $(( $(date +%s) - t0 )) s; $(grep -o 'CollectiveTimeoutError: [^.]*' "$OUT/fault-hang.log" | head -1); left behind: $(pgrep -fc shardts-cli.mjs || true)"
+
+echo; echo "== summary"; printf '%s\n' "${summary[@]}" | tee "$OUT/multi-gpu-summary.txt"

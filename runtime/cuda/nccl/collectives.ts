@@ -1,0 +1,202 @@
+// Rank-local execution's communication: runs a lowered comm step (lower.ts) on this rank's GPU with
+// NCCL on a communication stream. The step waits (by an event) for the compute work issued before
+// it; compute waits for the step's event only when an instruction reads its output, so independent
+// compute proceeds meanwhile. Buffers the step reads or stages are released only once compute has
+// waited for it (the caching allocator is not stream-aware). Also: a world all-gather of pieces, for
+// the counts of segmented dims and for reading values back.
+import type { Plan } from "../../../compiler/plan.ts";
+import type { DType } from "../../../compiler/ir/types.ts";
+import type { LocalTensor } from "../../../compiler/ir/local.ts";
+import { numel } from "../../../compiler/ir/types.ts";
+import type { PlannedStep } from "../../../compiler/passes/redistribute-plan.ts";
+import { CompileError } from "../../../compiler/errors.ts";
+import type { Event, NativeAddon, NcclComm, Stream } from "../native-types.ts";
+import { NcclDataType, NcclRedOp } from "../native-types.ts";
+import { packArgs } from "../native.ts";
+import { download, empty, type DeviceTensor } from "../memory.ts";
+import * as K from "../kernels/sources.ts";
+import type { CudaExecutor } from "../executor.ts";
+import { lowerStep, type View } from "./lower.ts";
+import type { Counts } from "./transfers.ts";
+import { Communicators, waitComm } from "./communicators.ts";
+import { WatchdogThread } from "./watchdog-thread.ts";
+
+const NCCL_TYPE: Record<DType, number> = { f32: NcclDataType.f32, bf16: NcclDataType.bf16, i32: NcclDataType.i32, fp8e4m3: NcclDataType.f8e4m3, fp8e5m2: NcclDataType.f8e5m2 };
+
+export interface DistSetup {
+  rank: number;
+  localRank: number;
+  worldSize: number;
+  comms: Communicators;
+  watchdog?: WatchdogThread;
+  timeoutMs: number;
+}
+
+export class RankLocal {
+  readonly rank: number;
+  readonly localRank: number;
+  readonly worldSize: number;
+  readonly comms: Communicators;
+  private commStream?: Stream;
+  private pending = new Map<number, Event>();
+  private deferred: DeviceTensor[] = [];
+  private seq = new Map<string, number>();
+  /** Collectives issued, for reports. */
+  issued = 0;
+
+  constructor(private readonly s: DistSetup) {
+    this.rank = s.rank;
+    this.localRank = s.localRank;
+    this.worldSize = s.worldSize;
+    this.comms = s.comms;
+  }
+
+  private get addon(): NativeAddon {
+    return this.exec!.addon;
+  }
+  exec?: CudaExecutor;
+
+  private stream(): Stream {
+    return (this.commStream ??= this.addon.streamCreate(1));
+  }
+
+  private call(comm: NcclComm, axis: string, group: number[], what: string, rc: number): void {
+    const n = (this.seq.get(axis) ?? 0) + 1;
+    this.seq.set(axis, n);
+    this.issued++;
+    this.s.watchdog?.issued({ axis, seq: n, what, group });
+    if (rc === 7) waitComm(this.addon, comm, what, Date.now() + this.s.timeoutMs, () => this.s.watchdog?.check());
+  }
+
+  /** Before an instruction: compute waits for the comm steps whose outputs it reads. */
+  beforeReads(slots: readonly number[]): void {
+    this.s.watchdog?.beat();
+    if (!slots.some((s) => this.pending.has(s))) return;
+    this.flush();
+  }
+
+  /** Compute waits for every comm step issued; staged buffers go back to the allocator. */
+  flush(): void {
+    const a = this.addon;
+    for (const ev of this.pending.values()) {
+      a.streamWaitEvent(this.exec!.stream, ev);
+      a.eventDestroy(ev);
+    }
+    this.pending.clear();
+    for (const t of this.deferred) this.exec!.release(t);
+    this.deferred = [];
+  }
+
+  /** The run ended and its results were read: everything issued has completed. */
+  drained(): void {
+    this.s.watchdog?.drained();
+    this.s.watchdog?.check();
+  }
+
+  /** Runs plan comm step `step` on this rank; `input` is handed over (released once safe). */
+  step(plan: Plan, step: PlannedStep, inSlot: number, outSlot: number, input: DeviceTensor, counts: Counts, releaseInput: boolean): DeviceTensor {
+    const ex = this.exec!, a = this.addon, cs = this.stream();
+    const low = lowerStep(plan, step, inSlot, outSlot, this.rank, counts);
+    const comm = this.comms.axes(plan.mesh)[low.axis]!, axis = plan.mesh.axes[low.axis]!;
+    const dtype = plan.values[inSlot]!.type.dtype, eb = K.elemBytes(dtype), nt = NCCL_TYPE[dtype];
+    const out = empty(ex.mem, dtype, plan.values[outSlot]!.shapes[this.rank]!);
+    const bufs = new Map<string, bigint>([["in", input.ptr], ["out", out.ptr]]);
+    const ptr = (b: string, at: number) => bufs.get(b)! + BigInt(at * eb);
+    const start = a.eventCreate();
+    a.eventRecord(start, ex.stream);
+    a.streamWaitEvent(cs, start);
+    a.eventDestroy(start);
+    const red = (r: "sum" | "max") => (r === "sum" ? NcclRedOp.sum : NcclRedOp.max);
+    let grouped = false;
+    for (const c of low.calls) {
+      switch (c.op) {
+        case "alloc": {
+          const t = empty(ex.mem, dtype, [c.elems]);
+          this.deferred.push(t);
+          bufs.set(c.buf, t.ptr);
+          break;
+        }
+        case "zero":
+          if (c.elems) a.memsetD8(bufs.get(c.buf)!, 0, c.elems * eb, cs);
+          break;
+        case "copy":
+          this.copy(dtype, c.src, c.dst, bufs, cs);
+          break;
+        case "all_gather":
+          this.call(comm, axis, low.group, low.what, a.ncclAllGather(ptr(c.send.buf, c.send.at), ptr(c.recv.buf, c.recv.at), c.count, nt, comm, cs));
+          break;
+        case "reduce_scatter":
+          this.call(comm, axis, low.group, low.what, a.ncclReduceScatter(ptr(c.send.buf, c.send.at), ptr(c.recv.buf, c.recv.at), c.count, nt, red(c.reduce), comm, cs));
+          break;
+        case "all_reduce":
+          this.call(comm, axis, low.group, low.what, a.ncclAllReduce(ptr(c.send.buf, c.send.at), ptr(c.recv.buf, c.recv.at), c.count, nt, red(c.reduce), comm, cs));
+          break;
+        case "group_start":
+          a.ncclGroupStart();
+          grouped = true;
+          break;
+        case "send":
+          a.ncclSend(ptr(c.span.buf, c.span.at), c.count, nt, c.peer, comm, cs);
+          break;
+        case "recv":
+          a.ncclRecv(ptr(c.span.buf, c.span.at), c.count, nt, c.peer, comm, cs);
+          break;
+        case "group_end":
+          if (!grouped) throw new CompileError("group_end without group_start in a lowered comm step (a shardts bug)");
+          grouped = false;
+          this.call(comm, axis, low.group, low.what, a.ncclGroupEnd());
+          break;
+      }
+    }
+    if (releaseInput) this.deferred.push(input);
+    const done = a.eventCreate();
+    a.eventRecord(done, cs);
+    this.pending.set(outSlot, done);
+    this.s.watchdog?.check();
+    return out;
+  }
+
+  private copy(dtype: DType, src: View, dst: View, bufs: Map<string, bigint>, stream: Stream): void {
+    const n = numel(src.shape);
+    if (n === 0) return;
+    if (src.shape.length > K.MAX_DIMS) throw new CompileError(`a comm step's copy has ${src.shape.length} dims; the copy kernel takes ${K.MAX_DIMS}`);
+    const eb = K.elemBytes(dtype);
+    const geo = new DataView(new ArrayBuffer(16 + 4 * K.MAX_DIMS + 16 * K.MAX_DIMS));
+    // struct Geo { int nd; long long n; int shape[8]; long long istride[8]; long long ostride[8]; }
+    geo.setInt32(0, src.shape.length, true);
+    geo.setBigInt64(8, BigInt(n), true);
+    src.shape.forEach((s, i) => geo.setInt32(16 + 4 * i, s, true));
+    const so = 16 + 4 * K.MAX_DIMS;
+    src.strides.forEach((s, i) => geo.setBigInt64(so + 8 * i, BigInt(s), true));
+    dst.strides.forEach((s, i) => geo.setBigInt64(so + 8 * K.MAX_DIMS + 8 * i, BigInt(s), true));
+    const k = K.stridedCopy(dtype), ex = this.exec!;
+    const grid = Math.min(Math.ceil(n / 256), ex.smCount * 8);
+    const args = packArgs(["ptr", bufs.get(dst.buf)! + BigInt(dst.at * eb)], ["ptr", bufs.get(src.buf)! + BigInt(src.at * eb)], ["bytes", new Uint8Array(geo.buffer), 8]);
+    this.addon.launchKernel(ex.fn(k.name, k.source), [grid, 1, 1], [256, 1, 1], 0, stream, args);
+  }
+
+  /**
+   * Every rank's piece of a value, read back on every rank (world all-gather, padded to the largest
+   * piece). A value replicated on every axis needs no communication: each piece is this one.
+   */
+  allPieces(plan: Plan, slot: number, mine: DeviceTensor): LocalTensor[] {
+    const ex = this.exec!, a = this.addon, v = plan.values[slot]!;
+    this.flush();
+    if (v.type.placements.every((p) => p === "R")) {
+      const t = download(a, mine, ex.stream);
+      return Array.from({ length: plan.world }, () => t);
+    }
+    const eb = K.elemBytes(v.type.dtype);
+    const max = Math.max(...v.shapes.map((s) => numel(s) * eb));
+    if (max === 0) return v.shapes.map((s) => download(a, { ...mine, shape: s }, ex.stream));
+    const send = empty(ex.mem, "i32", [Math.ceil(max / 4)]), recv = empty(ex.mem, "i32", [Math.ceil(max / 4) * plan.world]);
+    const padded = Math.ceil(max / 4) * 4;
+    if (numel(mine.shape)) a.memcpyDtoDAsync(send.ptr, mine.ptr, numel(mine.shape) * eb, ex.stream);
+    const w = this.comms.world;
+    this.call(w, "world", Array.from({ length: plan.world }, (_, r) => r), `all_gather[world](pieces of a ${v.type.dtype} value)`, a.ncclAllGather(send.ptr, recv.ptr, padded, NcclDataType.u8, w, ex.stream));
+    const out = v.shapes.map((s, r) => download(a, { dtype: v.type.dtype, shape: s, ptr: recv.ptr + BigInt(r * padded), bytes: 0 }, ex.stream));
+    ex.release(send);
+    ex.release(recv);
+    return out;
+  }
+}
