@@ -183,7 +183,9 @@ const dequantize: OpDef = {
   },
   shard: ([pq, ps], ctx) => {
     if (isPartial(pq!)) throw new ShardingError(msgNonlinear("dequantize", ctx.axis, pq!));
-    const want = scalePlacement(pq!, tiledDimsOf("dequantize", ctx.inputs[0]!, ctx.inputs[1]!, "scales"));
+    const tiled = tiledDimsOf("dequantize", ctx.inputs[0]!, ctx.inputs[1]!, "scales");
+    checkWholeTiles(ctx, ctx.inputs[0]!, pq!, tiled);
+    const want = scalePlacement(pq!, tiled);
     if (ps !== want) throw new ShardingError(msgScalesAgree("dequantize", ctx.axis, "scales", want));
     return [pq!];
   },

@@ -7,11 +7,11 @@ import type { Attrs, TensorType } from "../ir/types.ts";
 import type { LocalData, LocalTensor } from "../ir/local.ts";
 import { DTypeError, ShapeError, ShardingError } from "../errors.ts";
 import { isPartial } from "../ir/placement.ts";
-import { msgNeedsDType, msgScalesAgree } from "../messages.ts";
+import { msgNeedsDType, msgReduceFirst, msgScalesAgree } from "../messages.ts";
 import { defineOps, type OpDef } from "./registry.ts";
 import { contractAttr, dotDims, dotRule } from "./contraction.ts";
 import { newOut, permuteTo, roundData } from "./cpu-util.ts";
-import { expandScales, scalePlacement, tiledDimsOf, TILE } from "./quantize.ts";
+import { checkWholeTiles, expandScales, scalePlacement, tiledDimsOf, TILE } from "./quantize.ts";
 
 /**
  * The CPU emulation of the block-scaled GEMM, behind one function so that the GEMM engineer's
@@ -76,8 +76,11 @@ const scaledDot: OpDef = {
   shard: ([pa, psa, pb, psb], ctx) => {
     const [a, sa, b, sb] = ctx.inputs as [TensorType, TensorType, TensorType, TensorType];
     const sd = scaledDims(a, sa, b, sb, ctx.attrs);
-    for (const [p, ps, tiled, arg] of [[pa!, psa!, sd.tiledA, "a_scales"], [pb!, psb!, sd.tiledB, "b_scales"]] as const) {
-      const want = isPartial(p) ? "R" : scalePlacement(p, tiled);
+    // a Partial FP8 operand is a sum of quantized pieces, not a quantized tensor: reduce before quantizing
+    if (isPartial(pa!) || isPartial(pb!)) throw new ShardingError(msgReduceFirst("scaled_dot", ctx.axis, pa!, pb!, isPartial(pa!) ? "a" : "b"));
+    for (const [t, p, ps, tiled, arg] of [[a, pa!, psa!, sd.tiledA, "a_scales"], [b, pb!, psb!, sd.tiledB, "b_scales"]] as const) {
+      checkWholeTiles(ctx, t, p, tiled);
+      const want = scalePlacement(p, tiled);
       if (ps !== want) throw new ShardingError(msgScalesAgree("scaled_dot", ctx.axis, arg, want));
     }
     return [dotRule(pa!, pb!, sd.dd, ctx.axis)];
