@@ -26,6 +26,7 @@ import { matmulRowMajor, native, packArgs, type KernelArg } from "./native.ts";
 import { archFor, compileCuda } from "./compile.ts";
 import { CachingAllocator, download, empty, upload, type DeviceTensor } from "./memory.ts";
 import * as K from "./kernels/sources.ts";
+import { FP8_OPS, runFp8 } from "./fp8.ts";
 
 const FACTORIES_ON_HOST = new Set(["constant", "from_local", "random", "input"]);
 const BLOCK = 256;
@@ -311,6 +312,7 @@ export class CudaExecutor {
       case "split":
         return this.concatSplit(ins.op, x, tIn, tOut, ins.outputs.map((_, o) => outShape(o)), String(a.dim));
       default:
+        if (FP8_OPS.has(ins.op)) return runFp8(this, ins.op, x, tIn, tOut, outShape(0), a);
         throw new CompileError(`the CUDA backend has no kernel for op '${ins.op}' here (the fusion pass leaves it unfused); this is a shardts bug — run with --backend cpu`);
     }
   }
@@ -328,7 +330,7 @@ export class CudaExecutor {
     return o;
   }
 
-  private dot(a: DeviceTensor, b: DeviceTensor, ta: TensorType, tb: TensorType, to: TensorType, shape: number[], attrs: Attrs): DeviceTensor {
+  dot(a: DeviceTensor, b: DeviceTensor, ta: TensorType, tb: TensorType, to: TensorType, shape: number[], attrs: Attrs): DeviceTensor {
     if (ta.dtype !== "f32" && ta.dtype !== "bf16") throw new CompileError(`the CUDA backend's dot takes f32 or bf16 here, got ${ta.dtype} (FP8 GEMMs are the FP8 issue's)`);
     const dd = dotDims(ta, tb, contractAttr(attrs));
     const nm = (t: TensorType) => t.dims.map((d) => d.name);
