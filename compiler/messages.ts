@@ -104,3 +104,14 @@ export type MsgUnsupported<Op extends string, Ax extends string, A> =
   `mesh axis '${Ax}': ${Op}() has no rule for an input that is ${Pretty<A>}; redistribute(x, { ${Ax}: Replicate }) first`;
 export const msgUnsupported = (op: string, ax: string, a: Placement) =>
   `mesh axis '${ax}': ${op}() has no rule for an input that is ${prettyPlacement(a)}; redistribute(x, { ${ax}: Replicate }) first`;
+
+// --- FP8 block quantization ------------------------------------------------------------------
+
+/** Trace-time only (the check needs the mesh's sizes): a 128-wide tile may not straddle two shards. */
+export const msgTileStraddle = (op: string, ax: string, d: string, size: number, shards: number) =>
+  `mesh axis '${ax}': ${op}() tiles dim '${d}' by 128 but Shard<${d}> splits its ${size} into ${shards} pieces; a tile must not straddle a shard boundary, so the local size must be a multiple of 128 (make '${d}' a multiple of ${shards * 128} or shard another dim)`;
+
+export type MsgScalesAgree<Op extends string, Ax extends string, Arg extends string, Want> =
+  `mesh axis '${Ax}': ${Op}()'s ${Arg} must be placed like its tensor's tiles (${Pretty<Want>}); redistribute(${Arg}, { ${Ax}: ${AsCode<Want>} })`;
+export const msgScalesAgree = (op: string, ax: string, arg: string, want: Placement) =>
+  `mesh axis '${ax}': ${op}()'s ${arg} must be placed like its tensor's tiles (${prettyPlacement(want)}); redistribute(${arg}, { ${ax}: ${asCode(want)} })`;

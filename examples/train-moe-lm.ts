@@ -19,6 +19,8 @@ const HELP = `usage: shardts run examples/train-moe-lm.ts [options]
   --mesh A=N,...   override the layout's mesh sizes (same axis names)
   --batch N        sequences per step (default 16)
   --no-balance     turn off the auxiliary-loss-free bias balancing
+  --fp8            the FP8 recipe (1x128 / 128x128 block scales, Fprop, Dgrad and Wgrad in FP8) for the
+                   dense and shared-expert MLPs; embedding, attention, router and output head stay as they are
   --gamma X        bias update speed per step (default 0.01; scores are softmax, ~1/8 each)
   --aux X          auxiliary load-balancing loss coefficient (default 0)
   --backend B      cpu (default), cuda or auto (CUDA when a GPU is usable)
@@ -30,7 +32,7 @@ const HELP = `usage: shardts run examples/train-moe-lm.ts [options]
   --resume DIR     continue from DIR's latest checkpoint (or a step-<n> directory), on any layout`;
 
 function parse(args: string[]) {
-  const o = { steps: 120, layout: "dp-ep", mesh: undefined as string | undefined, batch: 16, balance: true, gamma: 0.01, aux: 0, seed: 1, sample: 240, help: false, save: undefined as string | undefined, saveEvery: 0, keep: 3, resume: undefined as string | undefined, backend: "cpu" as "auto" | "cpu" | "cuda" };
+  const o = { steps: 120, layout: "dp-ep", mesh: undefined as string | undefined, batch: 16, balance: true, gamma: 0.01, aux: 0, seed: 1, sample: 240, help: false, save: undefined as string | undefined, saveEvery: 0, keep: 3, resume: undefined as string | undefined, fp8: false, backend: "cpu" as "auto" | "cpu" | "cuda" };
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!, v = () => {
       const x = args[++i];
@@ -47,6 +49,7 @@ function parse(args: string[]) {
     else if (a === "--mesh") o.mesh = v();
     else if (a === "--batch") o.batch = num(v());
     else if (a === "--no-balance") o.balance = false;
+    else if (a === "--fp8") o.fp8 = true;
     else if (a === "--aux") o.aux = num(v());
     else if (a === "--gamma") o.gamma = num(v());
     else if (a === "--seed") o.seed = num(v());
@@ -68,6 +71,7 @@ export default defineMain(async ({ args, log }) => {
   const model: LmConfig = {
     vocab: 256, model: 64, heads: 4, layers: 4, seq: 64, ffn: 256,
     moe: { experts: 8, topK: 2, ffn: 128, shared: 1, score: "softmax", auxLoss: o.aux },
+    fp8: o.fp8,
   };
   const sizes = o.mesh ? Object.fromEntries(o.mesh.split(",").map((p) => { const [k, n] = p.split("="); return [k!, Number(n)]; })) : undefined;
   const layout = layoutByName(o.layout, sizes);
@@ -85,6 +89,7 @@ export default defineMain(async ({ args, log }) => {
     schedule: { peak: 3e-3, warmup: Math.min(20, Math.ceil(o.steps / 10)), total: o.steps, minRatio: 0.1 },
   });
   log(`model: ${model.layers} layers, d=${model.model}, ${model.moe!.experts} experts top-${model.moe!.topK} + ${model.moe!.shared} shared, ${(trainer.ps.count / 1e6).toFixed(2)}M parameters`);
+  if (o.fp8) log("fp8: dense and shared-expert MLPs in FP8 (e4m3, 1x128 activation tiles, 128x128 weight blocks, FP32 master weights)");
   log(`layout: ${layout}; step program: ${trainer.program.plan.instrs.length} instructions, compiled in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
 
   if (o.resume) {

@@ -16,3 +16,4 @@ export { grad, valueAndGrad } from "./autodiff.ts";
 export { input, Program, type Pieces } from "./program.ts";
 export type { Dims, DType, Placement, PlacementMap } from "./types/core.ts";
 export { ShardingError, ShapeError, DTypeError, CompileError, UsageError } from "../compiler/errors.ts";
+export * from "./ops/quantize.ts";

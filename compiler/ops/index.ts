@@ -6,4 +6,6 @@ import "./routing.ts";
 import "./movement.ts";
 import "./factory.ts";
 import "./collective.ts";
+import "./quantize.ts";
+import "./scaled-dot.ts";
 export { getOp, allOps, inferTypes, type OpDef, type CpuCtx, type ShardCtx, type Family } from "./registry.ts";

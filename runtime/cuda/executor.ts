@@ -31,6 +31,7 @@ import * as K from "./kernels/sources.ts";
 import { CapturedStep, notCapturable, type DeferredCheck } from "./graph.ts";
 import { CaptureMode } from "./native-types.ts";
 import type { RankLocal } from "./nccl/collectives.ts";
+import { FP8_OPS, runFp8 } from "./fp8.ts";
 
 const FACTORIES_ON_HOST = new Set(["constant", "from_local", "random", "input"]);
 const BLOCK = 256;
@@ -446,6 +447,7 @@ export class CudaExecutor {
       case "split":
         return this.concatSplit(ins.op, x, tIn, tOut, ins.outputs.map((_, o) => outShape(o)), String(a.dim));
       default:
+        if (FP8_OPS.has(ins.op)) return runFp8(this, ins.op, x, tIn, tOut, outShape(0), a);
         throw new CompileError(`the CUDA backend has no kernel for op '${ins.op}' here (the fusion pass leaves it unfused); this is a shardts bug — run with --backend cpu`);
     }
   }
@@ -463,7 +465,7 @@ export class CudaExecutor {
     return o;
   }
 
-  private dot(a: DeviceTensor, b: DeviceTensor, ta: TensorType, tb: TensorType, to: TensorType, shape: number[], attrs: Attrs): DeviceTensor {
+  dot(a: DeviceTensor, b: DeviceTensor, ta: TensorType, tb: TensorType, to: TensorType, shape: number[], attrs: Attrs): DeviceTensor {
     if (ta.dtype !== "f32" && ta.dtype !== "bf16") throw new CompileError(`the CUDA backend's dot takes f32 or bf16 here, got ${ta.dtype} (FP8 GEMMs are the FP8 issue's)`);
     const dd = dotDims(ta, tb, contractAttr(attrs));
     const nm = (t: TensorType) => t.dims.map((d) => d.name);

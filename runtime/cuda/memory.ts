@@ -8,6 +8,7 @@ import { allocLocal } from "../../compiler/ir/local.ts";
 import { numel } from "../../compiler/ir/types.ts";
 import type { NativeAddon, Stream } from "./native-types.ts";
 import { elemBytes } from "./kernels/sources.ts";
+import { e4m3FromBits, e4m3ToBits, e5m2FromBits, e5m2ToBits } from "../../compiler/numeric/fp8.ts";
 
 export interface DeviceTensor {
   dtype: DType;
@@ -55,8 +56,10 @@ export function empty(mem: CachingAllocator, dtype: DType, shape: number[]): Dev
   return { dtype, shape, ptr, bytes };
 }
 
-/** A piece's bytes as the device holds them (bf16 as its 16-bit patterns). */
+/** A piece's bytes as the device holds them (bf16 as its 16-bit patterns, FP8 as one code byte). */
 export function hostBits(t: LocalTensor): ArrayBufferView {
+  // FP8: one code byte per value (the value is representable, so the encoding is exact)
+  if (t.dtype === "fp8e4m3" || t.dtype === "fp8e5m2") return Uint8Array.from(t.data, t.dtype === "fp8e4m3" ? (v) => e4m3ToBits(v) : (v) => e5m2ToBits(v));
   if (t.dtype !== "bf16") return t.data;
   const u32 = new Uint32Array((t.data as Float32Array).buffer, t.data.byteOffset, t.data.length);
   const out = new Uint16Array(t.data.length);
@@ -81,6 +84,12 @@ export function download(addon: NativeAddon, d: DeviceTensor, stream: Stream): L
     addon.streamSynchronize(stream);
     const u32 = new Uint32Array((out.data as Float32Array).buffer);
     for (let i = 0; i < n; i++) u32[i] = bits[i]! << 16;
+  } else if (d.dtype === "fp8e4m3" || d.dtype === "fp8e5m2") {
+    const bits = new Uint8Array(n);
+    addon.memcpyDtoHAsync(bits, d.ptr, n, stream);
+    addon.streamSynchronize(stream);
+    const dec = d.dtype === "fp8e4m3" ? e4m3FromBits : e5m2FromBits;
+    for (let i = 0; i < n; i++) out.data[i] = dec(bits[i]!);
   } else {
     addon.memcpyDtoHAsync(out.data, d.ptr, out.data.byteLength, stream);
     addon.streamSynchronize(stream);

@@ -12,6 +12,7 @@ import { rename } from "../ops/movement.ts";
 import { redistribute } from "../ops/redistribute.ts";
 import { fromGlobal } from "../ops/factories.ts";
 import type { ParamStore } from "./params.ts";
+import { fp8Dot } from "./fp8.ts";
 
 /** Redistributes an activation to the layout's canonical placements for its dims. */
 export function toActivation(ps: ParamStore, x: AnyDTensor): AnyDTensor {
@@ -20,12 +21,15 @@ export function toActivation(ps: ParamStore, x: AnyDTensor): AnyDTensor {
   return want.every((p, i) => p === cur[i]) ? x : (redistribute(x, ps.placementsObject(want) as never) as AnyDTensor);
 }
 
-/** y = x · w over `inDim` → `outDim`. "column": the output dim is split over the tensor axis; "row": the input dim. */
-export function linear(ps: ParamStore, name: string, x: AnyDTensor, inDim: string, outDim: string, outSize: number, split: "column" | "row" | "none" = "none", std?: number): AnyDTensor {
+/**
+ * y = x · w over `inDim` → `outDim`. "column": the output dim is split over the tensor axis; "row":
+ * the input dim. `fp8`: the FP8 recipe (stdlib/nn/fp8.ts; the weight stays an FP32 master).
+ */
+export function linear(ps: ParamStore, name: string, x: AnyDTensor, inDim: string, outDim: string, outSize: number, split: "column" | "row" | "none" = "none", std?: number, fp8 = false): AnyDTensor {
   const inSize = x.dims[inDim];
   if (inSize === undefined) throw new UsageError(`linear '${name}': input has no dim '${inDim}' (dims: ${Object.keys(x.dims).join(", ")})`);
   const w = ps.param(name, { [inDim]: inSize, [outDim]: outSize }, { kind: "normal", std: std ?? 1 / Math.sqrt(inSize) }, split === "column" ? { tp: outDim } : split === "row" ? { tp: inDim } : {});
-  return dot(x, w, inDim) as AnyDTensor;
+  return fp8 ? fp8Dot(x, w, inDim, outDim) : (dot(x, w, inDim) as AnyDTensor);
 }
 
 export function rmsnorm(ps: ParamStore, name: string, x: AnyDTensor, dim: string): AnyDTensor {
@@ -39,11 +43,11 @@ export function embedding(ps: ParamStore, name: string, ids: AnyDTensor, vocab: 
   return toActivation(ps, lookup(table, ids, "vocab") as AnyDTensor);
 }
 
-/** SwiGLU MLP: column-parallel up and gate projections, row-parallel down projection. */
-export function swiglu(ps: ParamStore, name: string, x: AnyDTensor, ffn: number): AnyDTensor {
+/** SwiGLU MLP: column-parallel up and gate projections, row-parallel down projection; `fp8`: all three in FP8. */
+export function swiglu(ps: ParamStore, name: string, x: AnyDTensor, ffn: number, fp8 = false): AnyDTensor {
   const model = x.dims.model!;
-  const h = mul(silu(linear(ps, `${name}.w1`, x, "model", "ffn", ffn, "column")), linear(ps, `${name}.w3`, x, "model", "ffn", ffn, "column"));
-  return toActivation(ps, linear(ps, `${name}.w2`, h, "ffn", "model", model, "row"));
+  const h = mul(silu(linear(ps, `${name}.w1`, x, "model", "ffn", ffn, "column", undefined, fp8)), linear(ps, `${name}.w3`, x, "model", "ffn", ffn, "column", undefined, fp8));
+  return toActivation(ps, linear(ps, `${name}.w2`, h, "ffn", "model", model, "row", undefined, fp8));
 }
 
 /** Causal multi-head self-attention over [batch, seq, model]; heads split over the tensor axis. */

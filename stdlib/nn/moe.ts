@@ -28,6 +28,8 @@ export interface MoeConfig {
   auxLoss: number;
   /** Node-limited routing: experts form `groups` groups; a token's experts lie in at most `maxGroups` of them. */
   nodeLimit?: { groups: number; maxGroups: number };
+  /** The FP8 recipe for the routed and shared experts (the router stays as it is). */
+  fp8?: boolean;
 }
 
 export interface MoeOut {
@@ -78,7 +80,7 @@ export function moe(ps: ParamStore, name: string, x: AnyDTensor, cfg: MoeConfig,
 
   const weight = gather(flatten(gate, ["seq", "k"], "slots") as AnyDTensor, perm, "slots") as AnyDTensor;
   let y = scatterAdd(mul(out, weight), token, "rows", { dim: "seq", size: seq }) as AnyDTensor;
-  for (let i = 0; i < cfg.shared; i++) y = add(y, swiglu(ps, `${name}.shared${i}`, x, cfg.ffn));
+  for (let i = 0; i < cfg.shared; i++) y = add(y, swiglu(ps, `${name}.shared${i}`, x, cfg.ffn, cfg.fp8));
 
   // load of each expert over the whole batch (no gradient: it comes from integer counts)
   const load = toActivation(ps, sum(cast(counts, "f32"), "batch") as AnyDTensor);

@@ -17,6 +17,8 @@ export interface LmConfig {
   ffn: number;
   /** MoE in every layer from `moeFrom` on (DeepSeek keeps the first layers dense). */
   moe?: MoeConfig & { moeFrom?: number };
+  /** The FP8 recipe for the MLPs and experts; embedding, attention, router and output head stay as they are. */
+  fp8?: boolean;
 }
 
 export interface LmOut {
@@ -41,11 +43,11 @@ export function lm(ps: ParamStore, ids: AnyDTensor, targets: AnyDTensor, cfg: Lm
     x = add(x, attention(ps, `l${l}.attn`, rmsnorm(ps, `l${l}.norm1`, x, "model"), cfg.heads));
     const hx = rmsnorm(ps, `l${l}.norm2`, x, "model");
     if (moeAt.includes(l)) {
-      const m = moe(ps, `l${l}.moe`, hx, cfg.moe!, biases[moeAt.indexOf(l)]!);
+      const m = moe(ps, `l${l}.moe`, hx, { ...cfg.moe!, fp8: cfg.moe!.fp8 ?? cfg.fp8 }, biases[moeAt.indexOf(l)]!);
       x = add(x, m.y);
       loads.push(m.load);
       aux = aux ? add(aux, m.aux) : m.aux;
-    } else x = add(x, swiglu(ps, `l${l}.mlp`, hx, cfg.ffn));
+    } else x = add(x, swiglu(ps, `l${l}.mlp`, hx, cfg.ffn, cfg.fp8));
   }
   const logits = linear(ps, "head", rmsnorm(ps, "norm", x, "model"), "model", "vocab", cfg.vocab, "column");
   const ce = crossEntropy(ps, logits, targets);

@@ -108,3 +108,10 @@ export type SegmentRule<Ax extends string, PX, PW, PC, Rows extends string, Grou
   : PW extends "R" ? (PX extends `S(${string})` ? ([PC] extends [PX] ? PX : Err<MsgTwoShards<"segment_dot", Ax, PX, PW>>) : Placement)
   : PX extends "R" ? (PC extends "R" ? (PW extends `S(${K})` ? Err<MsgTwoShards<"segment_dot", Ax, PX, PW>> : PW) : Err<MsgTwoShards<"segment_dot", Ax, PX, PW>>)
   : Err<MsgTwoShards<"segment_dot", Ax, PX, PW>>;
+
+/** compiler/ops/quantize.ts quantize rule: q keeps x's placement; its scales follow with `d` → `d_tiles`
+ * for a tiled dim. (Whole tiles per shard needs the mesh's sizes: checked at trace time.) */
+export type QuantizeRule<Ax extends string, P> =
+  Wide<P> extends true ? Placement
+  : P extends "P(sum)" | "P(max)" ? Err<MsgNonlinear<"quantize", Ax, P>> : P;
+export type ScalePlacement<P, Tiled extends string> = P extends `S(${infer D})` ? (D extends Tiled ? `S(${D}_tiles)` : P) : P;

@@ -8,6 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { allSources } from "../../runtime/cuda/kernels/sources.ts";
+import { fp8Sources } from "../../runtime/cuda/kernels/fp8-sources.ts";
 
 const nvcc = (() => {
   for (const c of ["nvcc", "/usr/local/cuda/bin/nvcc"]) {
@@ -26,7 +27,7 @@ describe.skipIf(!nvcc)("runtime kernels compile for sm_90a", () => {
   it("every kernel compiles with no spills", async () => {
     const dir = mkdtempSync(join(tmpdir(), "shardts-kernels-"));
     const run = promisify(execFile);
-    const kernels = allSources();
+    const kernels = [...allSources(), ...fp8Sources()];
     const results: { name: string; regs: string; spills: string }[] = [];
     // two at a time: the CI machine has two cores
     for (let i = 0; i < kernels.length; i += 2) {

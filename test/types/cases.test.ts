@@ -16,7 +16,7 @@ describe("type cases", () => {
   it("finds the fixtures, and no diagnostics outside them", () => {
     const names = results.map(name);
     for (const f of ["good.ts", "messages.ts", "result-types.ts", "bad-elementwise.ts", "bad-contraction.ts", "bad-nonlinear.ts", "bad-wholedim.ts",
-      "bad-placements.ts", "bad-sizes.ts", "bad-dtypes.ts", "bad-dims.ts", "bad-routing.ts", "bad-movement.ts"]) expect(names).toContain(f);
+      "bad-placements.ts", "bad-sizes.ts", "bad-dtypes.ts", "bad-dims.ts", "bad-routing.ts", "bad-movement.ts", "bad-fp8.ts"]) expect(names).toContain(f);
     // runTypeCases appends results for files outside the folder (stdlib, helpers) that had diagnostics
     const outside = results.filter((r) => !r.file.startsWith(CASES));
     expect(describeFailures(outside)).toBe("");

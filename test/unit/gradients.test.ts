@@ -796,7 +796,10 @@ describe("autodiff errors and edge cases", () => {
 
 describe("coverage", () => {
   it("every op with a gradient rule has a finite-difference case", () => {
-    const withGrad = allOps().filter((o) => o.grad).map((o) => o.name).sort();
+    // FP8's rules are by design not derivatives (straight-through quantize, FP8 Dgrad/Wgrad):
+    // test/unit/fp8-recipe.test.ts checks them against the unquantized computation instead
+    const FP8 = ["dequantize", "quantize", "scaled_dot"];
+    const withGrad = allOps().filter((o) => o.grad && !FP8.includes(o.name)).map((o) => o.name).sort();
     const covered = new Set(CASES.map((c) => c.op));
     expect(withGrad.filter((n) => !covered.has(n)), "ops with a grad rule but no case").toEqual([]);
     expect([...covered].filter((n) => !withGrad.includes(n)), "cases for ops without a grad rule").toEqual([]);

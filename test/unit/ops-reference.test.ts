@@ -10,7 +10,7 @@ import {
   Mesh, DTensor, Shard, Partial, Replicate, evaluate, fromGlobal, randn, rand, zeros, ones, full, iota, redistribute,
   abs, exp, gelu, log, neg, relu, rsqrt, sigmoid, silu, sqrt, add, sub, mul, div, maximum, minimum, where, cast,
   sum, mean, max, softmax, logSoftmax, rmsnorm, dot, segmentDot, topk, gather, embedding, scatterAdd, sortByKey,
-  rename, flatten, unflatten, concat, split, type GlobalValue,
+  rename, flatten, unflatten, concat, split, quantize, dequantize, scaledDot, type GlobalValue,
 } from "../../stdlib/index.ts";
 import { allOps } from "../../compiler/ops/index.ts";
 import { roundToBf16, roundToE4M3, roundToE5M2 } from "../../compiler/numeric/index.ts";
@@ -774,6 +774,38 @@ describe(`ops against a float64 reference, 1-device mesh ${SEED_NOTE}`, () => {
         const ms = row.reduce((p, v) => p + v * v, 0) / 16;
         return row.map((v, k) => (v / Math.sqrt(ms + 1e-6)) * g.ref.at({ k }));
       }), "rmsnorm");
+    });
+  });
+
+  // FP8 block quantization (the edge cases and more shapes: test/unit/fp8-quantize.test.ts)
+  describe("quantize, dequantize, scaled_dot", () => {
+    it("1x128 activations and 128x128 weights: bytes and scales exact, the contraction to f32 accumulation", async () => {
+      const r = rngFor("fp8");
+      const mesh = one();
+      const x = input(mesh, [["t", 3], ["m", 200]], "bf16", () => r.away(1e-3, 3));
+      const w = input(mesh, [["m", 200], ["n", 5]], "bf16", () => r.away(1e-3, 0.5));
+      const qx = quantize(x.t as never, "1x128", "m") as any, qw = quantize(w.t as never, "128x128", ["n", "m"]) as any;
+      const [q, s, dq, y] = await run(qx.q, qx.scales, dequantize(qx.q, qx.scales, { out: "f32" }), scaledDot(qx, qw, "m", { out: "f32" }));
+      // float64 reference: amax per (t, m/128), f32(448/amax), e4m3 of the f32 product
+      const amax = (ref: Ref, keyOf: (i: Idx) => string) => {
+        const m = new Map<string, number>();
+        forEachIdx(ref.dims, (i, o) => m.set(keyOf(i), Math.max(m.get(keyOf(i)) ?? 0, Math.abs(ref.data[o]!))));
+        return m;
+      };
+      const kx = (i: Idx) => `${i.t},${Math.floor(i.m! / 128)}`, kw = (i: Idx) => `${Math.floor(i.n! / 128)},${Math.floor(i.m! / 128)}`;
+      const ax = amax(x.ref, kx), aw = amax(w.ref, kw);
+      const qOf = (v: number, a: number) => roundToE4M3(Math.fround(v * Math.fround(448 / a)));
+      const qRef = Ref.build(x.ref.dims, (i) => qOf(x.ref.at(i), ax.get(kx(i))!));
+      expectClose(q!, qRef, "exact", "quantize q", "fp8e4m3");
+      expectClose(s!, Ref.build([["t", 3], ["m_tiles", 2]], (i) => Math.fround(ax.get(`${i.t},${i.m_tiles}`)! / 448)), "exact", "quantize scales", "f32");
+      expectClose(dq!, Ref.build(x.ref.dims, (i) => Math.fround(qRef.at(i) * Math.fround(ax.get(kx(i))! / 448))), "exact", "dequantize", "f32");
+      const wq = (i: Idx) => roundToE4M3(Math.fround(w.ref.at(i) * Math.fround(448 / aw.get(kw(i))!))) * Math.fround(aw.get(kw(i))! / 448);
+      const yRef = Ref.build([["t", 3], ["n", 5]], (i) => {
+        let acc = 0;
+        for (let m = 0; m < 200; m++) acc += qRef.at({ t: i.t!, m }) * Math.fround(ax.get(kx({ t: i.t!, m }))! / 448) * wq({ m, n: i.n! });
+        return acc;
+      });
+      expectClose(y!, yRef, "f32", "scaled_dot", "f32");
     });
   });
 

@@ -111,6 +111,11 @@ const CASES: OpCase[] = [
   { op: "split", label: "split c:7 into [3,4]", inputs: [T({ r: 5, c: 7 })], attrs: { dim: "c", sizes: [3, 4] } },
   { op: "expand", label: "expand {r,c} by z:3", inputs: [T(RC)], attrs: { dims: [["z", 3]] } },
   { op: "permute", label: "permute {r,c,z} to [z,r,c]", inputs: [T({ r: 5, c: 4, z: 3 })], attrs: { order: ["z", "r", "c"] } },
+  // FP8: a tiled dim of 256 splits into whole 128-tiles on 2 ranks, not on 3 (a ShardingError there)
+  { op: "quantize", label: "quantize 1x128 {r,c:256} along c", inputs: [T({ r: 3, c: 256 })], attrs: { tiling: "1x128", dims: ["c"] } },
+  { op: "quantize", label: "quantize 128x128 {c:256,n:130}", inputs: [T({ c: 256, n: 130 })], attrs: { tiling: "128x128", dims: ["c", "n"] } },
+  { op: "dequantize", label: "dequantize {r,c:256}, scales {r,c_tiles}", inputs: [T({ r: 3, c: 256 }, normal, "fp8e4m3"), T({ r: 3, c_tiles: 2 }, positive)], attrs: {} },
+  { op: "scaled_dot", label: "scaled_dot {r,k:256}.{k:256,n} over k", inputs: [T({ r: 3, k: 256 }, normal, "fp8e4m3"), T({ r: 3, k_tiles: 2 }, positive), T({ k: 256, n: 4 }, normal, "fp8e4m3"), T({ k_tiles: 2, n: 4 }, positive)], attrs: { contract: ["k"], out: "f32" } },
 ];
 
 const SKIP_FAMILIES = new Set(["factory"]);

@@ -5,11 +5,12 @@
 // MESSAGE_CASES and checks, at run time, that every builder returns its literal.
 import type {
   AsCode, MsgAgree, MsgContractOneSide, MsgDimExists, MsgDType, MsgFp8, MsgMissingDim, MsgNeedsDType, MsgNoAxis,
-  MsgNonlinear, MsgPartialIndex, MsgReduceFirst, MsgShardNoDim, MsgSize, MsgTwoShards, MsgUnsupported, MsgWholeDim, Pretty,
+  MsgNonlinear, MsgPartialIndex, MsgReduceFirst, MsgShardNoDim, MsgSize, MsgTwoShards, MsgUnsupported, MsgWholeDim, Pretty, MsgScalesAgree,
 } from "../../../compiler/messages.ts";
 import {
   asCode, msgAgree, msgContractOneSide, msgDimExists, msgDType, msgFp8, msgMissingDim, msgNeedsDType, msgNoAxis,
   msgNonlinear, msgPartialIndex, msgReduceFirst, msgShardNoDim, msgSize, msgTwoShards, msgUnsupported, msgWholeDim,
+  msgScalesAgree, msgTileStraddle,
 } from "../../../compiler/messages.ts";
 import { prettyPlacement } from "../../../compiler/ir/placement.ts";
 
@@ -78,4 +79,10 @@ export const t25: Eq<MsgPartialIndex<"gather", "tp", "P(sum)">, typeof c25.expec
 const c26 = pair("msgPartialIndex", msgPartialIndex("scatter_add", "dp", "P(max)"), "mesh axis 'dp': scatter_add() needs whole positions but its index is Partial<max>; reduce first: redistribute(index, { dp: Replicate })");
 export const t26: Eq<MsgPartialIndex<"scatter_add", "dp", "P(max)">, typeof c26.expected> = true;
 
-export const MESSAGE_CASES: readonly MessageCase[] = [c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15, c16, c17, c18, c19, c20, c21, c22, c23, c24, c25, c26];
+// FP8 block quantization: scales placed unlike their tensor's tiles; a tile across a shard boundary
+// (trace-time only: the check needs the mesh's sizes, so it has no type)
+const c27 = pair("msgScalesAgree", msgScalesAgree("dequantize", "tp", "scales", "S(model_tiles)"), "mesh axis 'tp': dequantize()'s scales must be placed like its tensor's tiles (Shard<model_tiles>); redistribute(scales, { tp: Shard(\"model_tiles\") })");
+export const t27: Eq<MsgScalesAgree<"dequantize", "tp", "scales", "S(model_tiles)">, typeof c27.expected> = true;
+const c28 = pair("msgTileStraddle", msgTileStraddle("quantize", "tp", "model", 384, 2), "mesh axis 'tp': quantize() tiles dim 'model' by 128 but Shard<model> splits its 384 into 2 pieces; a tile must not straddle a shard boundary, so the local size must be a multiple of 128 (make 'model' a multiple of 256 or shard another dim)");
+
+export const MESSAGE_CASES: readonly MessageCase[] = [c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15, c16, c17, c18, c19, c20, c21, c22, c23, c24, c25, c26, c27, c28];

@@ -1,0 +1,107 @@
+// On a GPU machine: shardts' standalone FP8 quantize kernels (1x128 activations, 128x128 weights,
+// 128x1 Wgrad tiling, dequantize) on bf16 [R, C] = 32768 x 4096 (256 MiB), each checked against the
+// CPU reference bit for bit (e4m3 bytes and f32 scales), timed with CUDA events (median of 30), as
+// GB/s against this run's device copy, and against the PyTorch peer (bench/peers/fp8_quant.py,
+// spawned in the same run: eager and torch.compile). The fused SwiGLU/RMSNorm → quantize epilogues
+// are NOT built yet: the peer's fused-workload rows are printed for reference only.
+//   npm run gpu:pack; there: bash bench/gpu/run.sh fp8-quant   (writes <out>/fp8-quant.txt)
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { spawnSync } from "node:child_process";
+import { CudaExecutor } from "../../runtime/cuda/executor.ts";
+import { native } from "../../runtime/cuda/native.ts";
+import { empty, upload, download } from "../../runtime/cuda/memory.ts";
+import { quantizeCuda, dequantizeCuda } from "../../runtime/cuda/fp8.ts";
+import { quantizeValues, dequantizeValues, tilesName } from "../../compiler/ops/quantize.ts";
+import { roundArrayToBf16 } from "../../compiler/numeric/index.ts";
+import type { TensorType } from "../../compiler/ir/types.ts";
+
+const argv = process.argv;
+const outDir = argv.includes("--out") ? argv[argv.indexOf("--out") + 1]! : ".";
+const R = argv.includes("--quick") ? 4096 : 32768, C = 4096, REPS = 30;
+const lines: string[] = [];
+const say = (s: string) => (console.log(s), lines.push(s));
+const summary: string[][] = [];
+
+let gpu: CudaExecutor;
+try {
+  gpu = new CudaExecutor(native());
+} catch (e) {
+  console.error(`fp8-quant: no usable GPU (${(e as Error).message})`);
+  process.exit(2);
+}
+const a = gpu.addon, device = a.deviceProperties(0).name;
+say(`fp8-quant on ${device}: bf16 [${R}, ${C}]`);
+
+const n = 2 ** 30;
+const src = empty(gpu.mem, "i32", [n / 4]), dst = empty(gpu.mem, "i32", [n / 4]);
+a.memsetD32(src.ptr, 0x3f800000, n / 4, gpu.stream);
+const copyMs = gpu.timeLaunch(() => a.memcpyDtoDAsync(dst.ptr, src.ptr, n, gpu.stream), REPS);
+const copyGBps = (2 * n) / copyMs / 1e6;
+gpu.release(src);
+gpu.release(dst);
+say(`device copy: ${copyGBps.toFixed(0)} GB/s (read + write of 1 GiB)`);
+
+let seed = 7;
+const data = new Float32Array(R * C);
+for (let i = 0; i < data.length; i++) {
+  seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0;
+  data[i] = (seed / 2 ** 32 - 0.5) * 2 ** ((i >> 12) % 12 - 4); // row ranges 2^-5 .. 2^6
+}
+roundArrayToBf16(data, data);
+const X = upload(a, gpu.mem, { dtype: "bf16", shape: [R, C], data }, gpu.stream);
+const tx: TensorType = { dims: [{ name: "r", size: R }, { name: "c", size: C }], dtype: "bf16", placements: [] };
+const ours: Record<string, number> = {};
+
+const cases: { name: string; tiling: "1x128" | "128x1" | "128x128"; dims: string[] }[] = [
+  { name: "quantize_1x128", tiling: "1x128", dims: ["c"] },
+  { name: "quantize_128x128", tiling: "128x128", dims: ["r", "c"] },
+  { name: "quantize_128x1", tiling: "128x1", dims: ["r"] },
+];
+for (const c of cases) {
+  try {
+    const [q, s] = quantizeCuda(gpu, X, tx, { tiling: c.tiling, dims: c.dims });
+    const gq = download(a, q!, gpu.stream), gs = download(a, s!, gpu.stream);
+    const ref = quantizeValues(data, [R, C], [c.dims.includes("r"), c.dims.includes("c")]);
+    let badQ = -1, badS = -1;
+    for (let i = 0; i < ref.q.length && badQ < 0; i++) if (!Object.is(ref.q[i], gq.data[i]) && !(Number.isNaN(ref.q[i]) && Number.isNaN(gq.data[i]))) badQ = i;
+    for (let i = 0; i < ref.scales.length && badS < 0; i++) if (ref.scales[i] !== gs.data[i]) badS = i;
+    say(`${c.name}: bytes ${badQ < 0 ? "equal" : `DIFFER first at ${badQ}: gpu ${gq.data[badQ]} cpu ${ref.q[badQ]}`} (${ref.q.length} values); scales ${badS < 0 ? "equal" : `DIFFER first at ${badS}: gpu ${gs.data[badS]} cpu ${ref.scales[badS]}`} (${ref.scales.length})`);
+    // dequantize of the GPU's own q and scales against the CPU's
+    const ts: TensorType = { dims: tx.dims.map((d) => (c.dims.includes(d.name) ? { name: tilesName(d.name), size: Math.ceil(d.size / 128) } : d)), dtype: "f32", placements: [] };
+    const dq = download(a, dequantizeCuda(gpu, q!, s!, { ...tx, dtype: "fp8e4m3" }, ts, "f32"), gpu.stream);
+    const dref = dequantizeValues(ref.q, [R, C], [c.dims.includes("r"), c.dims.includes("c")], ref.scales);
+    let badD = -1;
+    for (let i = 0; i < dref.length && badD < 0; i++) if (dref[i] !== dq.data[i]) badD = i;
+    say(`${c.name}: dequantize (f32) ${badD < 0 ? "equal" : `DIFFERS first at ${badD}`}`);
+    gpu.release(q);
+    gpu.release(s);
+    const ms = gpu.timeLaunch(() => {
+      const [q2, s2] = quantizeCuda(gpu, X, tx, { tiling: c.tiling, dims: c.dims });
+      gpu.release(q2);
+      gpu.release(s2);
+    }, REPS);
+    const bytes = R * C * 3 + ref.scales.length * 4;
+    ours[c.name] = bytes / ms / 1e6;
+    say(`${c.name}: ${ms.toFixed(3)} ms, ${ours[c.name]!.toFixed(0)} GB/s = ${((100 * ours[c.name]!) / copyGBps).toFixed(0)}% of copy${c.tiling === "128x1" ? " (includes the transposing copies before and after the kernel)" : ""}`);
+    summary.push([c.name, badQ < 0 && badS < 0 && badD < 0 ? "exact" : "MISMATCH", `${ours[c.name]!.toFixed(0)} GB/s`, `${((100 * ours[c.name]!) / copyGBps).toFixed(0)}%`]);
+  } catch (e) {
+    say(`${c.name}: FAILED ${(e as Error).stack ?? e}`);
+    summary.push([c.name, "FAILED", "-", "-"]);
+  }
+}
+
+// the PyTorch peer, same run
+const peer = spawnSync("python3", ["bench/peers/fp8_quant.py", "--rows", String(R), "--cols", String(C)], { encoding: "utf8", timeout: 500_000 });
+const peerRows = (peer.stdout ?? "").split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as { kernel: string; impl: string; GBps: number });
+if (peer.status !== 0) say(`peer failed (status ${peer.status}): ${(peer.stderr ?? "").slice(-2000)}`);
+for (const r of peerRows) say(`peer ${r.kernel} ${r.impl}: ${r.GBps.toFixed(0)} GB/s`);
+say("\nsummary (bytes moved / time; peer ratio = shardts GB/s / peer GB/s; fused epilogues not built yet)");
+say(["kernel", "vs CPU", "shardts", "of copy", "/ eager", "/ compile"].map((h) => h.padEnd(18)).join(""));
+for (const row of summary) {
+  const p = (impl: string) => peerRows.find((r) => r.kernel === row[0] && r.impl === impl)?.GBps;
+  const ratio = (g?: number) => (g && ours[row[0]!] ? `${(ours[row[0]!]! / g).toFixed(2)}x` : "-");
+  say([...row, ratio(p("torch eager")), ratio(p("torch.compile"))].map((h) => h.padEnd(18)).join(""));
+}
+writeFileSync(join(outDir, "fp8-quant.txt"), lines.join("\n") + "\n");
+process.exit(summary.every((r) => r[1] === "exact") ? 0 : 1);

@@ -1,0 +1,89 @@
+"""PyTorch peer for shardts' FP8 quantize kernels: DeepGEMM-style 1x128 per-token and 128x128
+per-block e4m3 quantization of a bf16 [R, C] tensor, and SwiGLU / RMSNorm followed by a separate
+1x128 quantize, in eager mode and under torch.compile. Prints one JSON line per measurement.
+
+Run on the GPU machine:  python3 bench/peers/fp8_quant.py [--rows R] [--cols C]
+Timing: CUDA events after warm-up, median of 30 repeats, two input buffers rotated.
+"""
+import argparse
+import json
+import statistics
+
+import torch
+
+
+def median_ms(fn, inputs, warmup=5, reps=30):
+    for i in range(warmup):
+        fn(*inputs[i % len(inputs)])
+    torch.cuda.synchronize()
+    times = []
+    for i in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(*inputs[i % len(inputs)])
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def quant_1x128(x):
+    r, c = x.shape
+    v = x.view(r, c // 128, 128).float()
+    amax = v.abs().amax(dim=2, keepdim=True)
+    inv = torch.where(amax == 0, torch.ones_like(amax), 448.0 / amax)
+    scale = torch.where(amax == 0, torch.ones_like(amax), amax / 448.0)
+    return (v * inv).to(torch.float8_e4m3fn).view(r, c), scale.view(r, c // 128)
+
+
+def quant_128x128(x):
+    r, c = x.shape
+    v = x.view(r // 128, 128, c // 128, 128).float()
+    amax = v.abs().amax(dim=(1, 3), keepdim=True)
+    inv = torch.where(amax == 0, torch.ones_like(amax), 448.0 / amax)
+    scale = torch.where(amax == 0, torch.ones_like(amax), amax / 448.0)
+    return (v * inv).to(torch.float8_e4m3fn).view(r, c), scale.view(r // 128, c // 128)
+
+
+def swiglu_quant(g, u):
+    return quant_1x128(torch.nn.functional.silu(g) * u)
+
+
+def rmsnorm_quant(x, w):
+    xf = x.float()
+    y = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6) * w.float()).to(torch.bfloat16)
+    return quant_1x128(y)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=32768)
+    ap.add_argument("--cols", type=int, default=4096)
+    a = ap.parse_args()
+    R, C = a.rows, a.cols
+    dev = torch.cuda.get_device_name()
+    mk = lambda: torch.randn(R, C, device="cuda", dtype=torch.bfloat16) * 2
+    xs = [(mk(),), (mk(),)]
+    pairs = [(mk(), mk()), (mk(), mk())]
+    w = torch.rand(C, device="cuda", dtype=torch.bfloat16) + 0.5
+    norm_in = [(x, w) for (x,) in xs]
+    n = 2 ** 30
+    src, dst = torch.empty(n, dtype=torch.uint8, device="cuda"), torch.empty(n, dtype=torch.uint8, device="cuda")
+    copy_ms = median_ms(lambda s, d: d.copy_(s), [(src, dst)])
+    print(json.dumps({"device": dev, "kernel": "copy", "impl": "torch", "ms": copy_ms, "bytes": 2 * n, "GBps": 2 * n / copy_ms / 1e6}), flush=True)
+    # bytes each workload must move: bf16 in, e4m3 out, f32 scales
+    q_bytes = R * C * 2 + R * C + (R * C // 128) * 4
+    cases = {
+        "quantize_1x128": (quant_1x128, xs, q_bytes),
+        "quantize_128x128": (quant_128x128, xs, R * C * 2 + R * C + (R * C // 16384) * 4),
+        "swiglu_quantize": (swiglu_quant, pairs, q_bytes + R * C * 2),
+        "rmsnorm_quantize": (rmsnorm_quant, norm_in, q_bytes + C * 2),
+    }
+    for name, (fn, ins, nbytes) in cases.items():
+        for impl, f in (("torch eager", fn), ("torch.compile", torch.compile(fn))):
+            ms = median_ms(f, ins)
+            print(json.dumps({"device": dev, "kernel": name, "impl": impl, "ms": ms, "bytes": nbytes, "GBps": nbytes / ms / 1e6}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+// The CUDA executor's FP8 ops: quantize and dequantize through the kernels of
+// kernels/fp8-sources.ts (the tiled dims moved last, [O, N, K] views), and scaled_dot through a
+// FALLBACK — both operands dequantized to f32 and contracted by cuBLASLt's f32 GEMM — until the
+// Hopper block-scaled FP8 GEMM kernels land; it equals the CPU reference's promoted accumulation to
+// f32 rounding, not bit for bit, and runs at f32 GEMM speed.
+import type { Attrs, TensorType } from "../../compiler/ir/types.ts";
+import { numel } from "../../compiler/ir/types.ts";
+import { CompileError } from "../../compiler/errors.ts";
+import { tileSpec, tiledDimsOf, tilesName } from "../../compiler/ops/quantize.ts";
+import { packArgs } from "./native.ts";
+import { empty, type DeviceTensor } from "./memory.ts";
+import * as Q from "./kernels/fp8-sources.ts";
+import type { CudaExecutor } from "./executor.ts";
+
+export const FP8_OPS = new Set(["quantize", "dequantize", "scaled_dot"]);
+const names = (t: TensorType) => t.dims.map((d) => d.name);
+
+/** x's dims with the tiled ones last (in `tiled` order), and the [O, N, K] view with its tile height. */
+function view(t: TensorType, shape: number[], tiled: string[]) {
+  const order = [...names(t).filter((n) => !tiled.includes(n)), ...tiled];
+  const size = (n: string) => shape[names(t).indexOf(n)]!;
+  const K = size(tiled[tiled.length - 1]!), N = tiled.length === 2 ? size(tiled[0]!) : 1;
+  return { order, O: numel(shape) / Math.max(1, N * K), N, K, tn: tiled.length === 2 ? 128 : 1 };
+}
+const scaleOrder = (order: string[], tiled: string[]) => order.map((n) => (tiled.includes(n) ? tilesName(n) : n));
+
+export function quantizeCuda(ex: CudaExecutor, x: DeviceTensor, tx: TensorType, attrs: Attrs): DeviceTensor[] {
+  const { dims: tiled } = tileSpec("quantize", attrs);
+  const v = view(tx, x.shape, tiled);
+  const X = ex.reorder(x, names(tx), v.order);
+  const q = empty(ex.mem, "fp8e4m3", X.shape);
+  const sShape = X.shape.map((n, i) => (tiled.includes(v.order[i]!) ? Math.ceil(n / 128) : n));
+  const s = empty(ex.mem, "f32", sShape);
+  const dt = x.dtype === "bf16" ? "bf16" : "f32";
+  if (numel(X.shape) > 0) {
+    if (v.tn === 1) {
+      const tiles = v.O * Math.ceil(v.K / 128);
+      ex.addon.launchKernel(ex.fn(Q.quantizeRows(dt).name, Q.quantizeRows(dt).source), [Math.min(Math.ceil(tiles / 8), ex.smCount * 32), 1, 1], [256, 1, 1], 0, ex.stream,
+        packArgs(["ptr", q.ptr], ["ptr", s.ptr], ["ptr", X.ptr], ["i64", v.O], ["i32", v.K]));
+    } else {
+      const tiles = v.O * Math.ceil(v.N / 128) * Math.ceil(v.K / 128);
+      ex.addon.launchKernel(ex.fn(Q.quantizeBlocks(dt).name, Q.quantizeBlocks(dt).source), [tiles, 1, 1], [256, 1, 1], 0, ex.stream,
+        packArgs(["ptr", q.ptr], ["ptr", s.ptr], ["ptr", X.ptr], ["i64", v.O], ["i32", v.N], ["i32", v.K]));
+    }
+  }
+  if (X !== x) ex.release(X);
+  const back = (t: DeviceTensor, from: string[], to: string[]) => {
+    const o = ex.reorder(t, from, to);
+    if (o !== t) ex.release(t);
+    return o;
+  };
+  return [back(q, v.order, names(tx)), back(s, scaleOrder(v.order, tiled), tx.dims.map((d) => (tiled.includes(d.name) ? tilesName(d.name) : d.name)))];
+}
+
+export function dequantizeCuda(ex: CudaExecutor, q: DeviceTensor, s: DeviceTensor, tq: TensorType, ts: TensorType, out: "f32" | "bf16"): DeviceTensor {
+  const tiled = tiledDimsOf("dequantize", tq, ts, "scales");
+  if (tiled.length === 0 || tiled.length > 2) throw new CompileError(`the CUDA dequantize takes one or two tiled dims, got [${tiled.join(", ")}]`);
+  const v = view(tq, q.shape, tiled);
+  const Qd = ex.reorder(q, names(tq), v.order), S = ex.reorder(s, names(ts), scaleOrder(v.order, tiled));
+  const y = empty(ex.mem, out, Qd.shape);
+  const n = numel(Qd.shape);
+  if (n > 0) {
+    const k = Q.dequantize(out);
+    ex.addon.launchKernel(ex.fn(k.name, k.source), [Math.min(Math.ceil(n / 256), ex.smCount * 8), 1, 1], [256, 1, 1], 0, ex.stream,
+      packArgs(["ptr", y.ptr], ["ptr", Qd.ptr], ["ptr", S.ptr], ["i64", v.O], ["i32", v.N], ["i32", v.K], ["i32", v.tn]));
+  }
+  if (Qd !== q) ex.release(Qd);
+  if (S !== s) ex.release(S);
+  const o = ex.reorder(y, v.order, names(tq));
+  if (o !== y) ex.release(y);
+  return o;
+}
+
+/** Runs one FP8 op of a plan (the executor's one call into this file). */
+export function runFp8(ex: CudaExecutor, op: string, x: DeviceTensor[], tIn: TensorType[], tOut: TensorType[], shape: number[], attrs: Attrs): DeviceTensor[] {
+  if (op === "quantize") return quantizeCuda(ex, x[0]!, tIn[0]!, attrs);
+  if (op === "dequantize") return [dequantizeCuda(ex, x[0]!, x[1]!, tIn[0]!, tIn[1]!, tOut[0]!.dtype as "f32" | "bf16")];
+  // scaled_dot: the labelled fallback (see the file header)
+  const a = dequantizeCuda(ex, x[0]!, x[1]!, tIn[0]!, tIn[1]!, "f32"), b = dequantizeCuda(ex, x[2]!, x[3]!, tIn[2]!, tIn[3]!, "f32");
+  const y = ex.dot(a, b, { ...tIn[0]!, dtype: "f32" }, { ...tIn[2]!, dtype: "f32" }, tOut[0]!, shape, { contract: attrs.contract! });
+  ex.release(a);
+  ex.release(b);
+  return [y];
+}

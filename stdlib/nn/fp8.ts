@@ -1,0 +1,16 @@
+// The FP8 recipe of a Linear (DeepSeek-V3 §3.3): X quantized in 1×128 tiles along the contracted
+// dim, W in 128×128 blocks, the block-scaled contraction with a bf16 output. The backward is the
+// gradient rules of the ops it traces (compiler/ops/quantize.ts, scaled-dot.ts): Dgrad = dY(1×128)
+// · W's blocks transposed, Wgrad = X requantized 128×1 · dY(128×1), both FP8 with bf16 outputs;
+// quantize passes the gradient straight through to the bf16/f32 value (the FP32 master weight).
+import type { AnyDTensor } from "../dtensor.ts";
+import { cast } from "../ops/elementwise.ts";
+import { quantize, scaledDot } from "../ops/quantize.ts";
+
+/** x · w over `inDim` in FP8; w's other dim is `outDim`; the result has x's dtype (computed in bf16). */
+export function fp8Dot(x: AnyDTensor, w: AnyDTensor, inDim: string, outDim: string): AnyDTensor {
+  const qx = quantize(x as never, "1x128", inDim) as { q: AnyDTensor; scales: AnyDTensor };
+  const qw = quantize(w as never, "128x128", [outDim, inDim]) as { q: AnyDTensor; scales: AnyDTensor };
+  const y = scaledDot(qx, qw as never, inDim) as AnyDTensor;
+  return x.dtype === "bf16" ? y : (cast(y as never, x.dtype) as AnyDTensor);
+}
