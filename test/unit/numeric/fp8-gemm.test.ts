@@ -65,7 +65,7 @@ describe("fp8 block-scaled GEMM reference", () => {
     const p = randomProblem(11, 48, 256, 512);
     const got = fp8GemmRef(p), want = fp8GemmF64(p);
     const { rel } = relFrobenius(got, want);
-    // bf16 output rounding: RMS 2^-9/sqrt(3) ≈ 1.1e-3 relative
+    // bf16 output rounding: RMS ≈ 1.6e-3 relative on random values
     expect(rel).toBeGreaterThan(3e-4);
     expect(rel).toBeLessThan(2.5e-3);
     // every element within one bf16 rounding (2^-8 relative) of the truth, plus f32 accumulation slack
