@@ -9,7 +9,8 @@
 // timings after warm-up, input sets rotated so L2 does not hold them). The parent compares each
 // output with the CPU reference (compiler/numeric/fp8-gemm.ts) and with f64 of the dequantized
 // operands, prints every check, a summary table last, and writes <out>/fp8-gemm.txt and .json.
-//   (bundled by npm run gpu:pack; run there: bash bench/gpu/run.sh fp8-gemm)
+//   (bundled by npm run gpu:pack; run there: bash bench/gpu/run.sh fp8-gemm, or directly
+//    /tmp/node .gpu/fp8-gemm.mjs --out DIR [--only REGEX] [--no-peer])
 import { spawnSync } from "node:child_process";
 import { existsSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -168,8 +169,12 @@ function parent(): void {
     { impl: "cublaslt" },
     ...(hopper ? [{ impl: "tune" as const }] : []),
   ];
+  // --only REGEX keeps the implementations whose label matches (config names, "cublaslt", "tune")
+  const only = arg("--only") !== undefined ? new RegExp(arg("--only")!) : undefined;
+  const picked = jobs.filter((j) => !only || only.test(j.impl === "kernel" ? configName(j.config) : j.impl));
+  if (only) log(`  --only ${only.source}: ${picked.length} of ${jobs.length} implementations`);
   const checks: Check[] = [];
-  for (const job of jobs) {
+  for (const job of picked) {
     for (const r of runChild(job, log)) {
       const c = [...DENSE_CASES, ...GROUPED_CASES].find((x) => x.name === r.case);
       const tflops = r.ms !== undefined && c ? usefulFlops(c) / (r.ms * 1e9) : undefined;
@@ -185,7 +190,7 @@ function parent(): void {
     }
   }
 
-  const peer = runPeer(log);
+  const peer = argv.includes("--no-peer") ? [] : runPeer(log);
   summary(checks, peer, log);
   writeFileSync(join(outDir, "fp8-gemm.txt"), lines.join("\n") + "\n");
   writeFileSync(join(outDir, "fp8-gemm.json"), JSON.stringify({ device: dev.name, checks, peer }, null, 1) + "\n");
