@@ -1,4 +1,5 @@
-// cuBLASLt glue: one matmul entry point for f32, bf16 and f16 operands in column-major BLAS terms.
+// cuBLASLt glue: one matmul entry point for f32, bf16 and f16 operands in column-major BLAS terms, and
+// the block-scaled FP8 GEMM (the one entry point for it: MatmulFp8BlockScaled below).
 //
 //   D[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C[m,n]     (for each of `batch` strided batches)
 //
@@ -191,11 +192,91 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// cublasLtMatmulFp8BlockScaled(options): the DeepSeek-V3 block-scaled FP8 GEMM on row-major operands,
+// D[M,N] (bf16) = (A[M,K] e4m3 · sa 1×128) (B[N,K] e4m3 · sb 128×128)ᵀ. See Fp8BlockScaledMatmulOptions in
+// runtime/cuda/native-types.ts. In cuBLASLt's column-major terms this is Dᵀ (N×M) = op(B')·A' with
+// B' = our B stored K×N (transposed, "TN" as FP8 on Hopper requires) scaled BLK128x128_32F, and A'
+// = our A stored K×M scaled VEC128_32F; cuBLASLt reads sa as [ceil(K/128)][M] (M contiguous) and sb
+// as [ceil(N/128)][ceil(K/128)] (K blocks contiguous), the layouts of compiler/numeric/fp8-gemm.ts.
+Napi::Value MatmulFp8BlockScaled(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsObject()) throwTypeError(env, "cublasLtMatmulFp8BlockScaled(options): options must be an object");
+  Napi::Object o = info[0].As<Napi::Object>();
+  ctx(env);
+  CublasLtApi& api = cublasLt(env);
+  uint64_t M = field(env, o, "M"), N = field(env, o, "N"), K = field(env, o, "K");
+  uint64_t pa = field(env, o, "a"), pb = field(env, o, "b"), psa = field(env, o, "sa"), psb = field(env, o, "sb"), pd = field(env, o, "d");
+  uint64_t ws = fieldOr(env, o, "workspace", 0), wsBytes = fieldOr(env, o, "workspaceBytes", 0);
+  if (!ws) wsBytes = 0;
+  CUstream stream = reinterpret_cast<CUstream>(static_cast<uintptr_t>(fieldOr(env, o, "stream", 0)));
+  if (M == 0 || N == 0 || K == 0) throwRangeError(env, "matmulFp8BlockScaled: M, N and K must be positive");
+  if (K % 16 != 0 || N % 16 != 0)
+    throwRangeError(env, "matmulFp8BlockScaled: cuBLASLt's FP8 path needs K and N to be multiples of 16 (got N=" + std::to_string(N) +
+                             ", K=" + std::to_string(K) + "); pad the operands");
+  uint32_t al[4] = {alignment(pb, 0, 1), alignment(pa, 0, 1), alignment(pd, 0, 1), alignment(pd, 0, 1)};
+  int dev = currentDevice();
+  std::string key = "fp8bs|" + std::to_string(dev) + "|" + std::to_string(M) + "," + std::to_string(N) + "," + std::to_string(K) + "|" +
+                    std::to_string(al[0]) + "," + std::to_string(al[1]) + "," + std::to_string(al[2]) + "|" + std::to_string(wsBytes);
+  std::string what = "(e4m3 block-scaled 1x128/128x128 -> bf16, M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K) + ")";
+
+  std::lock_guard<std::mutex> lock(g_mutex);
+  cublasLtHandle_t& h = g_handles[dev];
+  if (!h) check(env, api, api.cublasLtCreate(&h), "cublasLtCreate");
+  auto it = g_plans.find(key);
+  if (it == g_plans.end()) {
+    Plan p;
+    check(env, api, api.cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate " + what);
+    auto set = [&](int attr, const void* v, size_t n, const char* name) {
+      check(env, api, api.cublasLtMatmulDescSetAttribute(p.desc, attr, v, n), std::string("cublasLtMatmulDescSetAttribute(") + name + ") " + what);
+    };
+    int32_t opT = CUBLAS_OP_T, opN = CUBLAS_OP_N;
+    set(CUBLASLT_MATMUL_DESC_TRANSA, &opT, sizeof(opT), "TRANSA");
+    set(CUBLASLT_MATMUL_DESC_TRANSB, &opN, sizeof(opN), "TRANSB");
+    int32_t modeA = CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F, modeB = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
+    set(CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &modeA, sizeof(modeA), "A_SCALE_MODE = BLK128x128_32F (needs cuBLASLt 12.9+)");
+    set(CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &modeB, sizeof(modeB), "B_SCALE_MODE = VEC128_32F (needs cuBLASLt 12.9+)");
+    check(env, api, api.cublasLtMatrixLayoutCreate(&p.a, CUDA_R_8F_E4M3, K, N, K), "cublasLtMatrixLayoutCreate(A) " + what);
+    check(env, api, api.cublasLtMatrixLayoutCreate(&p.b, CUDA_R_8F_E4M3, K, M, K), "cublasLtMatrixLayoutCreate(B) " + what);
+    check(env, api, api.cublasLtMatrixLayoutCreate(&p.c, CUDA_R_16BF, N, M, N), "cublasLtMatrixLayoutCreate(C) " + what);
+    check(env, api, api.cublasLtMatrixLayoutCreate(&p.d, CUDA_R_16BF, N, M, N), "cublasLtMatrixLayoutCreate(D) " + what);
+    cublasLtMatmulPreference_t pref = nullptr;
+    check(env, api, api.cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
+    check(env, api, api.cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsBytes, sizeof(wsBytes)),
+          "cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)");
+    for (int i = 0; i < 4; i++)
+      check(env, api, api.cublasLtMatmulPreferenceSetAttribute(pref, PREF_MIN_ALIGNMENT_A + i, &al[i], sizeof(al[i])),
+            "cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT)");
+    cublasLtMatmulHeuristicResult_t results[4] = {};
+    int found = 0;
+    cublasStatus_t st = api.cublasLtMatmulAlgoGetHeuristic(h, p.desc, p.a, p.b, p.c, p.d, pref, 1, results, &found);
+    api.cublasLtMatmulPreferenceDestroy(pref);
+    check(env, api, st, "cublasLtMatmulAlgoGetHeuristic " + what);
+    if (found < 1)
+      throwApiError(env, "cublasLt", "cublasLtMatmulAlgoGetHeuristic " + what, 15, "CUBLAS_STATUS_NOT_SUPPORTED",
+                    "no block-scaled FP8 algorithm for this problem on this GPU (cuBLASLt supports it on Hopper and newer)");
+    p.algo = results[0].algo;
+    p.workspace = results[0].workspaceSize;
+    it = g_plans.emplace(key, p).first;
+  }
+  Plan& p = it->second;
+  // the scale pointers are per call: set on the cached descriptor under the lock
+  check(env, api, api.cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &psb, sizeof(psb)), "cublasLtMatmulDescSetAttribute(A_SCALE_POINTER)");
+  check(env, api, api.cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &psa, sizeof(psa)), "cublasLtMatmulDescSetAttribute(B_SCALE_POINTER)");
+  float alpha = 1.0f, beta = 0.0f;
+  check(env, api,
+        api.cublasLtMatmul(h, p.desc, &alpha, reinterpret_cast<const void*>(pb), p.a, reinterpret_cast<const void*>(pa), p.b, &beta,
+                           reinterpret_cast<const void*>(pd), p.c, reinterpret_cast<void*>(pd), p.d, &p.algo, reinterpret_cast<void*>(ws),
+                           wsBytes, stream),
+        "cublasLtMatmul " + what);
+  return env.Undefined();
+}
+
 }  // namespace
 
 void registerCublasLt(Napi::Env env, Napi::Object exports) {
   def(env, exports, "cublasLtVersion", Version);
   def(env, exports, "cublasLtMatmul", Matmul);
+  def(env, exports, "cublasLtMatmulFp8BlockScaled", MatmulFp8BlockScaled);
 }
 
 }  // namespace shardts

@@ -71,6 +71,31 @@ enum : int {
   CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES = 6,
 };
 
+// Tensor maps (TMA descriptors, sm_90+): 128 opaque bytes, and the cuTensorMapEncodeTiled enums.
+struct alignas(64) CUtensorMap {
+  uint64_t opaque[16];
+};
+enum : int {
+  // CUtensorMapDataType
+  CU_TENSOR_MAP_DATA_TYPE_UINT8 = 0,
+  CU_TENSOR_MAP_DATA_TYPE_UINT16 = 1,
+  CU_TENSOR_MAP_DATA_TYPE_UINT32 = 2,
+  CU_TENSOR_MAP_DATA_TYPE_INT32 = 3,
+  CU_TENSOR_MAP_DATA_TYPE_FLOAT16 = 6,
+  CU_TENSOR_MAP_DATA_TYPE_FLOAT32 = 7,
+  CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 = 9,
+  // CUtensorMapInterleave
+  CU_TENSOR_MAP_INTERLEAVE_NONE = 0,
+  // CUtensorMapSwizzle: NONE, 32B, 64B, 128B
+  CU_TENSOR_MAP_SWIZZLE_NONE = 0,
+  CU_TENSOR_MAP_SWIZZLE_128B = 3,
+  // CUtensorMapL2promotion: NONE, 64B, 128B, 256B
+  CU_TENSOR_MAP_L2_PROMOTION_NONE = 0,
+  // CUtensorMapFloatOOBfill
+  CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE = 0,
+  CU_TENSOR_MAP_FLOAT_OOB_FILL_NAN_REQUEST_ZERO_FMA = 1,
+};
+
 // cuLaunchKernel's `extra` keys
 #define SHARDTS_CU_LAUNCH_PARAM_END ((void*)0x00)
 #define SHARDTS_CU_LAUNCH_PARAM_BUFFER_POINTER ((void*)0x01)
@@ -136,6 +161,9 @@ struct DriverApi {
   CUresult (*cuGraphExecDestroy)(CUgraphExec);
   CUresult (*cuGraphDestroy)(CUgraph);
   CUresult (*cuGraphGetNodes)(CUgraph, CUgraphNode*, size_t*);
+  CUresult (*cuTensorMapEncodeTiled)(CUtensorMap*, int /* CUtensorMapDataType */, uint32_t, void*, const uint64_t*,
+                                     const uint64_t*, const uint32_t*, const uint32_t*, int /* interleave */,
+                                     int /* swizzle */, int /* l2Promotion */, int /* oobFill */);  // optional (CUDA 12.0+)
 };
 
 // ---- NVRTC -------------------------------------------------------------------------------------
@@ -198,6 +226,13 @@ enum : int {
   // cublasLtMatmulDescAttributes_t
   CUBLASLT_MATMUL_DESC_TRANSA = 3,
   CUBLASLT_MATMUL_DESC_TRANSB = 4,
+  CUBLASLT_MATMUL_DESC_A_SCALE_POINTER = 17,
+  CUBLASLT_MATMUL_DESC_B_SCALE_POINTER = 18,
+  CUBLASLT_MATMUL_DESC_A_SCALE_MODE = 31,
+  CUBLASLT_MATMUL_DESC_B_SCALE_MODE = 32,
+  // cublasLtMatmulMatrixScale_t (cuBLASLt 12.9+)
+  CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F = 4,
+  CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F = 5,
   // cublasLtMatrixLayoutAttribute_t
   CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT = 5,
   CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET = 6,

@@ -61,6 +61,7 @@ std::vector<Sym> driverSyms() {
       REQ(a, cuGraphInstantiateWithFlags, "cuGraphInstantiateWithFlags"), REQ(a, cuGraphUpload, "cuGraphUpload"),
       REQ(a, cuGraphLaunch, "cuGraphLaunch"), REQ(a, cuGraphExecDestroy, "cuGraphExecDestroy"),
       REQ(a, cuGraphDestroy, "cuGraphDestroy"), REQ(a, cuGraphGetNodes, "cuGraphGetNodes"),
+      OPT(a, cuTensorMapEncodeTiled, "cuTensorMapEncodeTiled"),
   };
 }
 

@@ -142,6 +142,54 @@ export interface MatmulOptions {
   stream?: Stream;
 }
 
+/**
+ * The block-scaled FP8 GEMM (DeepSeek-V3 scheme) on row-major operands, through cuBLASLt 12.9+:
+ *   D[M,N] (bf16) = Σ_kb sa[kb][m] · sb[n/128][kb] · Σ_{k in kb} A[m,k] · B[n,k]
+ * A is M×K e4m3 (K contiguous) with f32 scales per 1×128 tile laid out [ceil(K/128)][M] (M
+ * contiguous: cuBLASLt's VEC128_32F, "outer-dim-major"); B is N×K e4m3 with f32 scales per
+ * 128×128 block laid out [ceil(N/128)][ceil(K/128)] (BLK128x128_32F). The layouts are those of
+ * compiler/numeric/fp8-gemm.ts. N and K must be multiples of 16. The fallback for the generated
+ * kernels (compiler/codegen/cuda/gemm/): non-Hopper GPUs and shapes they refuse.
+ */
+export interface Fp8BlockScaledMatmulOptions {
+  M: number;
+  N: number;
+  K: number;
+  a: DevicePtr;
+  b: DevicePtr;
+  sa: DevicePtr;
+  sb: DevicePtr;
+  d: DevicePtr;
+  /** Scratch memory for the algorithm (32 MiB lets it pick the fastest). */
+  workspace?: DevicePtr;
+  workspaceBytes?: number;
+  stream?: Stream;
+}
+
+/**
+ * A TMA descriptor (cuTensorMapEncodeTiled) for a tiled view of global memory. Dimensions run
+ * innermost first: dims[0] is the contiguous one. The result is the 128-byte CUtensorMap, passed
+ * to a kernel by value: packArgs(["bytes", map, 64], ...) for a `const __grid_constant__` parameter.
+ */
+export interface TensorMapOptions {
+  dtype: "u8" | "u16" | "u32" | "i32" | "f16" | "f32" | "bf16";
+  /** Global address (16-byte aligned). */
+  address: DevicePtr;
+  /** Sizes in elements, innermost first (1 to 5 entries). */
+  dims: number[];
+  /** Byte strides of dims[1..]: dims.length - 1 entries, each a multiple of 16. */
+  strides: number[];
+  /** The box one load brings, in elements per dim (each <= 256; box[0] × element size <= the swizzle width). */
+  box: number[];
+  /** Traversal strides per dim (default all 1). */
+  elementStrides?: number[];
+  /** Shared-memory swizzle of the box (default "none"). */
+  swizzle?: "none" | "32B" | "64B" | "128B";
+  l2Promotion?: "none" | "64B" | "128B" | "256B";
+  /** Out-of-bounds elements read as zero (default) or NaN. */
+  oobFill?: "zero" | "nan";
+}
+
 /** NCCL's ncclDataType_t. */
 export const NcclDataType = {
   i8: 0,
@@ -264,6 +312,12 @@ export interface NativeAddon {
   // cuBLASLt
   cublasLtVersion(): number;
   cublasLtMatmul(options: MatmulOptions): void;
+  /** The block-scaled FP8 GEMM (see Fp8BlockScaledMatmulOptions); the one cuBLASLt FP8 entry point. */
+  cublasLtMatmulFp8BlockScaled(options: Fp8BlockScaledMatmulOptions): void;
+
+  // TMA
+  /** The 128-byte CUtensorMap (see TensorMapOptions); throws on a driver without it (before CUDA 12.0). */
+  tensorMapEncodeTiled(options: TensorMapOptions): Uint8Array;
 
   // NCCL (dtype and op are NcclDataType / NcclRedOp values). Calls on a communicator answer 0, or 7
   // (ncclInProgress) on a non-blocking one (NCCL_COMM_BLOCKING=0): then poll ncclCommGetAsyncError.

@@ -28,7 +28,7 @@ describe("native addon", () => {
     if (!loaded.ok) throw new Error(`${loaded.reason}\n(looked in ${addonCandidates().join(", ")})`);
     const info = loaded.addon.addonInfo();
     expect(info.napiVersion).toBe(8);
-    for (const fn of ["memAlloc", "launchKernel", "nvrtcCompileProgram", "cublasLtMatmul", "ncclAllReduce", "graphLaunch"]) {
+    for (const fn of ["memAlloc", "launchKernel", "nvrtcCompileProgram", "cublasLtMatmul", "cublasLtMatmulFp8BlockScaled", "tensorMapEncodeTiled", "ncclAllReduce", "graphLaunch"]) {
       expect(typeof (loaded.addon as unknown as Record<string, unknown>)[fn]).toBe("function");
     }
   });
@@ -78,6 +78,8 @@ describe("native addon", () => {
       ["launchKernel", () => addon.launchKernel(1n, 1, 1, 0, 0n, packArgs(["i32", 1]))],
       ["streamCreate", () => addon.streamCreate()],
       ["deviceProperties", () => addon.deviceProperties(0)],
+      ["tensorMapEncodeTiled", () => addon.tensorMapEncodeTiled({ dtype: "u8", address: 0n, dims: [128, 64], strides: [128], box: [128, 64], swizzle: "128B" })],
+      ["cublasLtMatmulFp8BlockScaled", () => addon.cublasLtMatmulFp8BlockScaled({ M: 128, N: 128, K: 128, a: 0n, b: 0n, sa: 0n, sb: 0n, d: 0n })],
     ];
     for (const [name, call] of calls) {
       let err: (Error & { code?: string; library?: string; tried?: string[] }) | undefined;

@@ -1,0 +1,272 @@
+// On a Hopper GPU: the generated FP8 block-scaled GEMM kernels (compiler/codegen/cuda/gemm/), every
+// autotuner candidate, dense and grouped, then the cuBLASLt fallback, the autotuner itself and the
+// PyTorch peer (bench/peers/fp8_gemm.py: torch scaled_mm blockwise, bf16 matmul, _grouped_mm).
+//
+// Each implementation runs in its own child process (this file with --child), so a kernel that
+// faults (a sticky CUDA error) or deadlocks (a wrong mbarrier phase) is reported and killed after a
+// time limit without hiding the others. A child checks every case (output rows downloaded, D
+// pre-filled with NaN so unwritten rows show) and times the issue's shapes (median of 20 CUDA-event
+// timings after warm-up, input sets rotated so L2 does not hold them). The parent compares each
+// output with the CPU reference (compiler/numeric/fp8-gemm.ts) and with f64 of the dequantized
+// operands, prints every check, a summary table last, and writes <out>/fp8-gemm.txt and .json.
+//   (bundled by npm run gpu:pack; run there: bash bench/gpu/run.sh fp8-gemm, or directly
+//    /tmp/node .gpu/fp8-gemm.mjs --out DIR [--only REGEX] [--no-peer])
+import { spawnSync } from "node:child_process";
+import { existsSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { configName, gemmCandidates, type Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { fp8GemmF64, fp8GemmRef, relFrobenius } from "../../compiler/numeric/fp8-gemm.ts";
+import { bf16FromBits } from "../../compiler/numeric/bf16.ts";
+import { cudaAvailable, native } from "../../runtime/cuda/native.ts";
+import { Fp8Gemm, type Fp8GemmBuffers } from "../../runtime/cuda/fp8-gemm.ts";
+import { timeMedian, tuneCacheFile, tuneFp8Gemm } from "../../runtime/cuda/gemm-tune.ts";
+import { DENSE_CASES, GROUPED_CASES, makeProblem, rowsOf, sampleRows, usefulFlops, type GemmCase } from "./lib/fp8-gemm-data.ts";
+
+const argv = process.argv;
+const arg = (k: string) => (argv.includes(k) ? argv[argv.indexOf(k) + 1] : undefined);
+const outDir = arg("--out") ?? ".";
+const REPS = 20, CHILD_TIMEOUT_S = 240;
+const seedOf = (c: GemmCase) => 1000 + [...DENSE_CASES, ...GROUPED_CASES].indexOf(c) * 10;
+
+type ChildJob = { impl: "kernel"; config: Fp8GemmConfig } | { impl: "cublaslt" } | { impl: "tune" };
+interface CaseResult {
+  case: string;
+  impl: string;
+  ok: boolean;
+  error?: string;
+  rows?: number[];
+  /** bf16 codes of the sampled rows, base64. */
+  out?: string;
+  ms?: number;
+  note?: string;
+}
+
+// ------------------------------------------------------------------ child: run one implementation
+function child(job: ChildJob): void {
+  const a = native(), stream = a.streamCreate(), g = new Fp8Gemm(a, stream);
+  const grouped = job.impl === "kernel" && job.config.grouped;
+  const cases = job.impl === "tune" ? [...DENSE_CASES, ...GROUPED_CASES].filter((c) => c.timed) : grouped ? GROUPED_CASES : DENSE_CASES;
+  const ws = job.impl === "cublaslt" ? { ptr: a.memAlloc(32 << 20), bytes: 32 << 20 } : undefined;
+  for (const c of cases) {
+    const impl = job.impl === "kernel" ? configName(job.config) : job.impl;
+    const res: CaseResult = { case: c.name, impl, ok: false };
+    const allocs: bigint[] = [];
+    const alloc = (bytes: number) => (allocs.push(a.memAlloc(Math.max(bytes, 256))), allocs[allocs.length - 1]!);
+    try {
+      const p = makeProblem(c, seedOf(c));
+      const put = (host: ArrayBufferView) => {
+        const d = alloc(host.byteLength);
+        a.memcpyHtoD(d, host);
+        return d;
+      };
+      const base: Fp8GemmBuffers = { a: put(p.a), b: put(p.b), sa: put(p.sa), sb: put(p.sb), d: alloc(p.M * p.N * 2), blockExpert: p.blockExpert ? put(p.blockExpert) : undefined };
+      const shape = { M: p.M, N: p.N, K: p.K, experts: c.kind === "grouped" ? c.experts : undefined };
+      if (job.impl === "tune") {
+        const sets = rotated(a, base, p, alloc);
+        const first = tuneFp8Gemm(g, shape, sets, { reps: REPS, force: true });
+        const again = tuneFp8Gemm(g, shape, sets);
+        res.ok = again.fromCache && again.best.name === first.best.name;
+        res.ms = first.best.ms;
+        res.note = `picked ${first.best.name}; second call ${again.fromCache ? "came from the cache" : "RE-TIMED (cache miss)"} (${tuneCacheFile()}); failed candidates: ${first.entries.filter((e) => e.error).map((e) => e.name).join(", ") || "none"}`;
+      } else {
+        const prep = (b: Fp8GemmBuffers) => (job.impl === "kernel" ? g.prepare(job.config, shape, b) : g.prepareCublasLt(shape, b, ws));
+        a.memsetD16(base.d, 0x7fc0, p.M * p.N); // bf16 NaN: rows the kernel leaves unwritten show
+        prep(base)();
+        a.streamSynchronize(stream);
+        const rows = sampleRows(p, c), out = new Uint16Array(rows.length * p.N);
+        rows.forEach((m, i) => a.memcpyDtoH(out.subarray(i * p.N, (i + 1) * p.N), base.d + BigInt(m * p.N * 2), p.N * 2));
+        res.rows = rows;
+        res.out = Buffer.from(out.buffer).toString("base64");
+        if (c.timed) {
+          const runs = rotated(a, base, p, alloc).map(prep);
+          res.ms = timeMedian(g, (i) => runs[i % runs.length]!(), REPS);
+        }
+        res.ok = true;
+      }
+    } catch (e) {
+      res.error = (e as Error).message.split("\n").slice(0, 3).join(" | ");
+    }
+    for (const d of allocs) {
+      try {
+        a.memFree(d);
+      } catch {
+        /* a faulted context: nothing more to free */
+      }
+    }
+    process.stdout.write(JSON.stringify(res) + "\n");
+  }
+}
+
+/** Input sets with the same values at other addresses, enough that they overflow L2 twice over. */
+function rotated(a: ReturnType<typeof native>, base: Fp8GemmBuffers, p: { a: Uint8Array; b: Uint8Array }, alloc: (n: number) => bigint): Fp8GemmBuffers[] {
+  const bytes = p.a.length + p.b.length;
+  const n = Math.max(2, Math.min(8, Math.ceil((160 << 20) / bytes)));
+  const sets = [base];
+  for (let i = 1; i < n; i++) {
+    const A = alloc(p.a.length), B = alloc(p.b.length);
+    a.memcpyDtoD(A, base.a, p.a.length);
+    a.memcpyDtoD(B, base.b, p.b.length);
+    sets.push({ ...base, a: A, b: B });
+  }
+  return sets;
+}
+
+// ------------------------------------------------------------------ parent
+function runChild(job: ChildJob, log: (s: string) => void): CaseResult[] {
+  const label = job.impl === "kernel" ? configName(job.config) : job.impl;
+  const t0 = performance.now();
+  const r = spawnSync(process.execPath, [fileURLToPath(import.meta.url), "--child", JSON.stringify(job)], {
+    encoding: "utf8",
+    maxBuffer: 1 << 30,
+    timeout: CHILD_TIMEOUT_S * 1000,
+    killSignal: "SIGKILL",
+    env: process.env,
+  });
+  const results = r.stdout.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as CaseResult);
+  const secs = ((performance.now() - t0) / 1000).toFixed(1);
+  if (r.error || r.status !== 0) {
+    const why = r.signal === "SIGKILL" ? `killed after ${CHILD_TIMEOUT_S} s (a hang: deadlock?)` : `exit ${r.status ?? r.signal}${r.error ? ` (${r.error.message})` : ""}`;
+    log(`  ${label}: child ${why} after ${results.length} case(s); stderr: ${r.stderr.trim().split("\n").slice(-3).join(" | ")}`);
+    results.push({ case: "(remaining cases)", impl: label, ok: false, error: why });
+  } else log(`  ${label}: ${results.length} case(s) in ${secs} s`);
+  return results;
+}
+
+interface Check {
+  case: string;
+  impl: string;
+  pass: boolean;
+  detail: string;
+  ms?: number;
+  tflops?: number;
+}
+
+function parent(): void {
+  const lines: string[] = [];
+  const log = (s: string) => (console.log(s), lines.push(s));
+  const gpu = cudaAvailable();
+  if (!gpu.ok) {
+    log(`fp8-gemm: no usable GPU: ${gpu.reason}`);
+    writeFileSync(join(outDir, "fp8-gemm.txt"), lines.join("\n") + "\n");
+    process.exit(2);
+  }
+  const dev = gpu.device;
+  log(`fp8-gemm on ${dev.name} (sm_${dev.computeCapability.join("")}, ${dev.smCount} SMs), driver ${gpu.driverVersion}, cuBLASLt ${native().cublasLtVersion()}`);
+  const hopper = dev.computeCapability[0] === 9 && dev.computeCapability[1] === 0;
+  if (!hopper) log("  not Hopper: the generated kernels need sm_90a; only the cuBLASLt fallback and the peer run");
+
+  // references for the sampled rows, computed once
+  const refs = new Map<string, { rows: number[]; ref: Float32Array; f64: Float64Array; N: number }>();
+  for (const c of [...DENSE_CASES, ...GROUPED_CASES]) {
+    const t0 = performance.now(), p = makeProblem(c, seedOf(c)), rows = sampleRows(p, c);
+    refs.set(c.name, { rows, ref: fp8GemmRef(p, rows), f64: fp8GemmF64(p, rows), N: p.N });
+    log(`  reference ${c.name}: ${rows.length} rows of ${p.M} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  }
+
+  const jobs: ChildJob[] = [
+    ...(hopper ? [...gemmCandidates(false), ...gemmCandidates(true)].map((config) => ({ impl: "kernel" as const, config })) : []),
+    { impl: "cublaslt" },
+    ...(hopper ? [{ impl: "tune" as const }] : []),
+  ];
+  // --only REGEX keeps the implementations whose label matches (config names, "cublaslt", "tune")
+  const only = arg("--only") !== undefined ? new RegExp(arg("--only")!) : undefined;
+  const picked = jobs.filter((j) => !only || only.test(j.impl === "kernel" ? configName(j.config) : j.impl));
+  if (only) log(`  --only ${only.source}: ${picked.length} of ${jobs.length} implementations`);
+  const checks: Check[] = [];
+  for (const job of picked) {
+    for (const r of runChild(job, log)) {
+      const c = [...DENSE_CASES, ...GROUPED_CASES].find((x) => x.name === r.case);
+      const tflops = r.ms !== undefined && c ? usefulFlops(c) / (r.ms * 1e9) : undefined;
+      if (!r.ok || !c) {
+        checks.push({ case: r.case, impl: r.impl, pass: false, detail: r.error ?? r.note ?? "failed", ms: r.ms, tflops });
+      } else if (r.out === undefined) {
+        checks.push({ case: r.case, impl: r.impl, pass: true, detail: r.note ?? "", ms: r.ms, tflops });
+      } else {
+        checks.push({ case: r.case, impl: r.impl, ms: r.ms, tflops, ...compare(refs.get(r.case)!, r) });
+      }
+      const k = checks[checks.length - 1]!;
+      log(`    ${k.pass ? "ok  " : "FAIL"} ${k.impl} | ${k.case} | ${k.detail}${k.ms !== undefined ? ` | ${k.ms.toFixed(4)} ms, ${k.tflops?.toFixed(0)} TFLOP/s` : ""}`);
+    }
+  }
+
+  const peer = argv.includes("--no-peer") ? [] : runPeer(log);
+  summary(checks, peer, log);
+  writeFileSync(join(outDir, "fp8-gemm.txt"), lines.join("\n") + "\n");
+  writeFileSync(join(outDir, "fp8-gemm.json"), JSON.stringify({ device: dev.name, checks, peer }, null, 1) + "\n");
+  process.exit(checks.every((c) => c.pass) ? 0 : 1);
+}
+
+// Error model (compiler/numeric/fp8-gemm.ts): vs the CPU reference, one bf16 rounding apart at most
+// (2^-7 |ref| covers a 1-ulp flip, plus 1e-3 of the rows' RMS for cancellation); vs f64 of the
+// dequantized operands, relative Frobenius error < 5e-3 (bf16 output rounding alone is ~1.6e-3).
+function compare(ref: { rows: number[]; ref: Float32Array; f64: Float64Array; N: number }, r: CaseResult): { pass: boolean; detail: string } {
+  const codes = new Uint16Array(Buffer.from(r.out!, "base64").buffer.slice(0));
+  const got = Float32Array.from(codes, (x) => bf16FromBits(x));
+  if (got.length !== ref.ref.length) return { pass: false, detail: `got ${got.length} values, expected ${ref.ref.length}` };
+  let rms = 0;
+  for (const v of ref.ref) rms += v * v;
+  rms = Math.sqrt(rms / ref.ref.length);
+  let bad = 0, nan = 0, worst = 0, worstAt = -1;
+  for (let i = 0; i < got.length; i++) {
+    const g = got[i]!, w = ref.ref[i]!;
+    if (Number.isNaN(g)) nan++;
+    const excess = Math.abs(g - w) / (2 ** -7 * Math.abs(w) + 1e-3 * rms);
+    if (!(excess <= 1)) bad++;
+    if (!(excess <= worst)) (worst = excess), (worstAt = i);
+  }
+  const vsRef = relFrobenius(got, ref.ref).rel, vsF64 = relFrobenius(got, ref.f64).rel;
+  const pass = bad === 0 && vsF64 < 5e-3;
+  const at = worstAt >= 0 ? ` (row ${ref.rows[Math.floor(worstAt / ref.N)]}, col ${worstAt % ref.N}: got ${got[worstAt]}, ref ${ref.ref[worstAt]})` : "";
+  return { pass, detail: `${ref.rows.length} rows: vs CPU ref rel-Frobenius ${vsRef.toExponential(2)}, ${bad} outside tolerance${nan ? ` (${nan} NaN = unwritten)` : ""}, worst ${worst.toFixed(2)}x tol${bad ? at : ""}; vs f64 ${vsF64.toExponential(2)} (limit 5e-3)` };
+}
+
+interface PeerRow {
+  case: string;
+  impl: string;
+  ms?: number;
+  tflops?: number;
+  error?: string;
+}
+
+function runPeer(log: (s: string) => void): PeerRow[] {
+  const here = dirname(fileURLToPath(import.meta.url));
+  const script = [join("bench", "peers", "fp8_gemm.py"), join(here, "..", "bench", "peers", "fp8_gemm.py"), join(here, "..", "peers", "fp8_gemm.py")].find((p) => existsSync(p));
+  if (!script) {
+    log("  peer: bench/peers/fp8_gemm.py not found (run from the repository root)");
+    return [];
+  }
+  const spec = {
+    reps: REPS,
+    dense: DENSE_CASES.filter((c) => c.timed).map((c) => ({ name: c.name, M: c.kind === "dense" ? c.M : 0, N: c.N, K: c.K })),
+    grouped: GROUPED_CASES.filter((c) => c.timed).map((c) => ({ name: c.name, rows: c.kind === "grouped" ? c.rows : [], N: c.N, K: c.K })),
+  };
+  const r = spawnSync("python3", [script, JSON.stringify(spec)], { encoding: "utf8", timeout: 400_000, killSignal: "SIGKILL", maxBuffer: 64 << 20 });
+  const rows = (r.stdout ?? "").split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as PeerRow);
+  for (const p of rows) log(`    peer ${p.impl} | ${p.case} | ${p.error ?? `${p.ms!.toFixed(4)} ms, ${p.tflops!.toFixed(0)} TFLOP/s`}`);
+  if (r.status !== 0) log(`  peer: python3 ${script} exited ${r.status ?? r.signal}${r.error ? ` (${r.error.message})` : ""}: ${(r.stderr ?? "").trim().split("\n").slice(-4).join(" | ")}`);
+  return rows;
+}
+
+function summary(checks: Check[], peer: PeerRow[], log: (s: string) => void): void {
+  log("\ncorrectness: " + `${checks.filter((c) => c.pass).length}/${checks.length} checks pass`);
+  const failed = checks.filter((c) => !c.pass);
+  for (const f of failed) log(`  FAIL ${f.impl} | ${f.case}`);
+  log("\nsummary (TFLOP/s of useful FLOPs; ratios against torch in the same run)");
+  log(`${"case".padEnd(30)} ${"best shardts kernel".padEnd(36)} ${"TF/s".padStart(6)} ${"plain".padStart(6)} ${"cuBLASLt".padStart(8)} ${"torch fp8".padStart(9)} ${"torch bf16".padStart(10)} ${"x fp8".padStart(6)} ${"x bf16".padStart(6)}`);
+  for (const c of [...DENSE_CASES, ...GROUPED_CASES].filter((x) => x.timed)) {
+    const mine = checks.filter((k) => k.case === c.name && k.pass && k.tflops !== undefined && k.impl.startsWith("sh_fp8_gemm"));
+    const best = mine.sort((x, y) => y.tflops! - x.tflops!)[0];
+    const plain = mine.find((k) => k.impl === configName(gemmCandidates(c.kind === "grouped")[0]!));
+    const lt = checks.find((k) => k.case === c.name && k.impl === "cublaslt" && k.pass);
+    const fp8 = peer.find((p) => p.case === c.name && /scaled_mm/.test(p.impl) && p.tflops !== undefined);
+    const bf16 = peer.find((p) => p.case === c.name && /bf16/.test(p.impl) && p.tflops !== undefined);
+    const f = (x?: number, w = 6) => (x === undefined ? "-" : x.toFixed(0)).padStart(w);
+    const ratio = (x?: number, y?: number) => (x === undefined || y === undefined ? "-" : (x / y).toFixed(2)).padStart(6);
+    log(`${c.name.slice(0, 30).padEnd(30)} ${(best?.impl ?? "(none passed)").padEnd(36)} ${f(best?.tflops)} ${f(plain?.tflops)} ${f(lt?.tflops, 8)} ${f(fp8?.tflops, 9)} ${f(bf16?.tflops, 10)} ${ratio(best?.tflops, fp8?.tflops)} ${ratio(best?.tflops, bf16?.tflops)}`);
+  }
+  log(`rows: grouped M is padded (${GROUPED_CASES.filter((c) => c.timed).map((c) => `${c.name}: ${rowsOf(c)} rows`).join("; ")}); FLOPs count routed rows only`);
+}
+
+if (argv.includes("--child")) child(JSON.parse(arg("--child")!) as ChildJob);
+else parent();

@@ -1,0 +1,198 @@
+"""PyTorch peers for shardts' FP8 block-scaled GEMM (issue 6): DeepSeek-V3 scaling (A: 1x128 tiles,
+B: 128x128 blocks, f32 dequantization scales, bf16 output) through torch's scaled_mm (cuBLASLt),
+bf16 torch.matmul on the same shapes, and for the grouped (MoE) shapes torch._grouped_mm in bf16
+and a per-expert scaled_mm loop.
+
+Run by bench/gpu/fp8-gemm.ts with one JSON argument ({"reps", "dense": [{name, M, N, K}],
+"grouped": [{name, rows, N, K}]}); prints one JSON line per measurement: {case, impl, ms, tflops}
+or {case, impl, error}. An unsupported variant prints its reason instead of crashing.
+Timing: CUDA events, median of `reps` after warm-up, input sets rotated (same values, other
+buffers) so L2 cannot serve repeats. The scaled_mm output is checked against a float32 matmul of
+the dequantized operands before it is timed, so a misread scale layout cannot pass as fast.
+"""
+import json
+import statistics
+import sys
+
+import torch
+
+FP8 = torch.float8_e4m3fn
+E4M3_MAX = 448.0
+
+
+def emit(**kw):
+    print(json.dumps(kw), flush=True)
+
+
+def median_ms(fn, sets, reps, warmup=3):
+    for i in range(warmup):
+        fn(*sets[i % len(sets)])
+    torch.cuda.synchronize()
+    times = []
+    for i in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        args = sets[i % len(sets)]
+        start.record()
+        fn(*args)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def quant_1x128(x):
+    """(M, K) -> e4m3 (M, K) and scales (M, K/128) laid out outer-dim-major (stride (1, M))."""
+    M, K = x.shape
+    t = x.float().view(M, K // 128, 128)
+    s = t.abs().amax(-1).clamp(min=1e-12) / E4M3_MAX
+    q = (t / s.unsqueeze(-1)).to(FP8).view(M, K)
+    return q, s.t().contiguous().t()
+
+
+def quant_128x128(w):
+    """(N, K) -> e4m3 (N, K) and scales (ceil(N/128), K/128) contiguous (N need not be a multiple of 128)."""
+    N, K = w.shape
+    Np = -(-N // 128) * 128
+    wp = torch.nn.functional.pad(w.float(), (0, 0, 0, Np - N))
+    t = wp.view(Np // 128, 128, K // 128, 128)
+    s = t.abs().amax(dim=(1, 3)).clamp(min=1e-12) / E4M3_MAX
+    q = (t / s[:, None, :, None]).to(FP8).view(Np, K)[:N].contiguous()
+    return q, s.contiguous()
+
+
+def dequant(q, s_rows):
+    """Dequantized f32 of an activation operand: s_rows (R, K/128) per-row scales expanded over 128 columns."""
+    return q.float() * s_rows.repeat_interleave(128, dim=-1)[:, : q.shape[1]]
+
+
+def scaling_types():
+    try:
+        from torch.nn.functional import ScalingType
+    except ImportError:
+        return None
+    a = getattr(ScalingType, "BlockWise1x128", None) or getattr(ScalingType, "Blockwise_1x128", None)
+    b = getattr(ScalingType, "BlockWise128x128", None) or getattr(ScalingType, "Blockwise_128x128", None)
+    return (a, b) if a is not None and b is not None else None
+
+
+def scaled_mm_variants(qa, sa, qb, sb):
+    """(label, fn(qa, sa, qb, sb)) candidates, most specific first."""
+    out = []
+    st = scaling_types()
+    if st is not None and hasattr(torch.nn.functional, "scaled_mm"):
+        for label, fix in (("sb.t()", lambda s: s.t()), ("sb.t().contiguous()", lambda s: s.t().contiguous()), ("sb", lambda s: s)):
+            out.append((f"F.scaled_mm blockwise ({label})",
+                        lambda a, sa_, b, sb_, fix=fix: torch.nn.functional.scaled_mm(
+                            a, b.t(), sa_, st[0], fix(sb_), st[1], output_dtype=torch.bfloat16)))
+    for label, fix in (("sb.t()", lambda s: s.t()), ("sb.t().contiguous()", lambda s: s.t().contiguous())):
+        out.append((f"torch._scaled_mm blockwise ({label})",
+                    lambda a, sa_, b, sb_, fix=fix: torch._scaled_mm(a, b.t(), scale_a=sa_, scale_b=fix(sb_), out_dtype=torch.bfloat16)))
+    return out
+
+
+def pick_scaled_mm(qa, sa, qb, sb, ref, case):
+    """The first variant that runs and matches the dequantized f32 product, else None (reasons printed)."""
+    reasons = []
+    for label, fn in scaled_mm_variants(qa, sa, qb, sb):
+        try:
+            got = fn(qa, sa, qb, sb)[: ref.shape[0]].float()
+            rel = ((got - ref).norm() / ref.norm()).item()
+            if rel < 1e-2:
+                return label, fn, rel
+            reasons.append(f"{label}: wrong result (rel err {rel:.2e}: scale layout misread)")
+        except Exception as e:  # noqa: BLE001 - report every variant's reason
+            reasons.append(f"{label}: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
+    emit(case=case, impl="torch scaled_mm fp8 blockwise", error="no scaled_mm variant works: " + " || ".join(reasons))
+    return None
+
+
+def n_sets(bytes_per_set):
+    return max(2, min(8, -(-(160 << 20) // bytes_per_set)))
+
+
+def dense(c, reps):
+    M, N, K, name = c["M"], c["N"], c["K"], c["name"]
+    flops = 2 * M * N * K
+    g = torch.Generator(device="cuda").manual_seed(7)
+    x = torch.randn(M, K, device="cuda", generator=g, dtype=torch.bfloat16)
+    w = torch.randn(N, K, device="cuda", generator=g, dtype=torch.bfloat16) * 0.05
+    qa, sa = quant_1x128(x)
+    qb, sb = quant_128x128(w)
+    rows = min(M, 256)
+    ref = dequant(qa[:rows], sa[:rows]) @ (qb.float() * sb.repeat_interleave(128, 0).repeat_interleave(128, 1)[:N, :K]).t()
+    picked = pick_scaled_mm(qa, sa, qb, sb, ref, name)
+    if picked is not None:
+        label, fn, rel = picked
+        sets = [(qa, sa, qb, sb)] + [(qa.clone(), sa, qb.clone(), sb) for _ in range(n_sets(M * K + N * K) - 1)]
+        ms = median_ms(fn, sets, reps)
+        emit(case=name, impl=f"torch scaled_mm fp8 blockwise [{label}; rel err vs f32 {rel:.1e}]", ms=ms, tflops=flops / ms / 1e9)
+    try:
+        sets = [(x, w)] + [(x.clone(), w.clone()) for _ in range(n_sets(2 * (M * K + N * K)) - 1)]
+        ms = median_ms(lambda a, b: torch.matmul(a, b.t()), sets, reps)
+        emit(case=name, impl="torch bf16 matmul", ms=ms, tflops=flops / ms / 1e9)
+    except Exception as e:  # noqa: BLE001
+        emit(case=name, impl="torch bf16 matmul", error=f"{type(e).__name__}: {e}")
+
+
+def grouped(c, reps):
+    rows, N, K, name = c["rows"], c["N"], c["K"], c["name"]
+    E, total = len(rows), sum(rows)
+    flops = 2 * total * N * K
+    g = torch.Generator(device="cuda").manual_seed(8)
+    x = torch.randn(total, K, device="cuda", generator=g, dtype=torch.bfloat16)
+    w = torch.randn(E, N, K, device="cuda", generator=g, dtype=torch.bfloat16) * 0.05
+    ends = torch.tensor(rows, device="cuda", dtype=torch.int32).cumsum(0).to(torch.int32)
+    try:
+        fn = lambda a, b, o: torch._grouped_mm(a, b.transpose(-2, -1), offs=o, out_dtype=torch.bfloat16)  # noqa: E731
+        sets = [(x, w, ends)] + [(x.clone(), w.clone(), ends) for _ in range(n_sets(2 * (total * K + E * N * K)) - 1)]
+        ms = median_ms(fn, sets, reps)
+        emit(case=name, impl="torch._grouped_mm bf16", ms=ms, tflops=flops / ms / 1e9)
+    except Exception as e:  # noqa: BLE001
+        emit(case=name, impl="torch._grouped_mm bf16", error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+    # per-expert scaled_mm loop (what a model without a grouped FP8 kernel does)
+    qa, sa = quant_1x128(x)
+    qw, sw = zip(*(quant_128x128(w[e]) for e in range(E)))
+    starts = [0]
+    for r in rows:
+        starts.append(starts[-1] + r)
+    first = next(e for e in range(E) if rows[e] > 0)
+    seg = slice(starts[first], starts[first + 1])
+    sa_seg = sa[seg].t().contiguous().t()
+    ref = dequant(qa[seg][:128], sa_seg[:128]) @ (qw[first].float() * sw[first].repeat_interleave(128, 0).repeat_interleave(128, 1)[:N, :K]).t()
+    picked = pick_scaled_mm(qa[seg], sa_seg, qw[first], sw[first], ref, name)
+    if picked is None:
+        return
+    label, fn1, _ = picked
+    segs = [(e, qa[starts[e]:starts[e + 1]], sa[starts[e]:starts[e + 1]].t().contiguous().t()) for e in range(E) if rows[e] > 0]
+
+    def loop(qw_, sw_):
+        for e, a_, s_ in segs:
+            fn1(a_, s_, qw_[e], sw_[e])
+
+    sets = [(qw, sw)] + [(tuple(q.clone() for q in qw), sw) for _ in range(n_sets(E * N * K) - 1)]
+    ms = median_ms(loop, sets, reps)
+    emit(case=name, impl=f"per-expert scaled_mm loop fp8 [{label}]", ms=ms, tflops=flops / ms / 1e9)
+
+
+def main():
+    spec = json.loads(sys.argv[1])
+    if not torch.cuda.is_available():
+        emit(case="*", impl="torch", error="torch.cuda.is_available() is False")
+        return
+    emit(case="*", impl=f"torch {torch.__version__} on {torch.cuda.get_device_name(0)}", ms=0.0, tflops=0.0)
+    for c in spec["dense"]:
+        try:
+            dense(c, spec["reps"])
+        except Exception as e:  # noqa: BLE001 - one failing shape must not hide the others
+            emit(case=c["name"], impl="torch dense", error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        torch.cuda.empty_cache()
+    for c in spec["grouped"]:
+        try:
+            grouped(c, spec["reps"])
+        except Exception as e:  # noqa: BLE001
+            emit(case=c["name"], impl="torch grouped", error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+// FP8 block-scaled GEMM kernel configurations (Hopper, sm_90a) and their launch geometry.
+//
+// A CTA is (consumers + 1) warpgroups of 128 threads: warpgroups 0..consumers-1 are consumers, each
+// owning 64 rows of the BLOCK_M × BLOCK_N tile (one m64nBLOCK_N wgmma per k32 step), and the last
+// warpgroup is the producer, whose one elected thread issues the TMA loads into a ring of `stages`
+// shared-memory buffers. So BLOCK_M = 64 · consumers. A consumer holds BLOCK_N/2 f32 accumulators
+// and as many for the chunk being promoted, which caps BLOCK_N at 192 (2·96 + addressing < 232
+// registers). Every smem tile is K-major with 128-byte rows (128 e4m3 = one K block = one 128-byte
+// swizzle atom wide), so A's tile is BLOCK_M × 128 B and B's BLOCK_N × 128 B per stage.
+import { CompileError } from "../../../errors.ts";
+import { FP8_BLOCK, GROUPED_M_ALIGN } from "../../../numeric/fp8-gemm.ts";
+
+export interface Fp8GemmConfig {
+  /** Consumer warpgroups (1 or 2); BLOCK_M = 64 · consumers. */
+  consumers: 1 | 2;
+  /** The tile's columns: a multiple of 16 from 16 to 192. */
+  blockN: number;
+  /** Shared-memory pipeline depth. */
+  stages: number;
+  /** A grid of min(tiles, SMs) CTAs, each looping over tiles (true), or one CTA per tile. */
+  persistent: boolean;
+  /** Grouped layout: B is [E][N][K] and each 128-row block of A names its expert. */
+  grouped: boolean;
+}
+
+export const SMEM_LIMIT = 232448; // 227 KiB: the opt-in maximum per block on H100 / H200
+const SMEM_ALIGN_SLACK = 1024; // dynamic smem is re-aligned to 1024 B (the 128-byte swizzle's atom)
+/** Rows per raster group: consecutive tiles walk down GROUP_M m-blocks before moving along N. */
+export const GROUP_M = 8;
+/** setmaxnreg targets (multiples of 8; the CTA's total stays within 64K registers). */
+export const PRODUCER_REGS = 40;
+export const consumerRegs = (c: Fp8GemmConfig): number => (c.consumers === 1 ? 240 : 232);
+
+export const blockM = (c: Fp8GemmConfig): number => 64 * c.consumers;
+export const threadsOf = (c: Fp8GemmConfig): number => 128 * (c.consumers + 1);
+export const aTileBytes = (c: Fp8GemmConfig): number => blockM(c) * FP8_BLOCK;
+export const bTileBytes = (c: Fp8GemmConfig): number => c.blockN * FP8_BLOCK;
+export const smemBytes = (c: Fp8GemmConfig): number => SMEM_ALIGN_SLACK + c.stages * (aTileBytes(c) + bTileBytes(c)) + 2 * c.stages * 8;
+
+/** Whether a tile's columns can span two 128-wide scale blocks of B (then each column picks its own). */
+export const spansScaleBlocks = (c: Fp8GemmConfig): boolean => FP8_BLOCK % c.blockN !== 0;
+
+export function configName(c: Fp8GemmConfig): string {
+  return `sh_fp8_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}`;
+}
+
+/** Why a configuration cannot be emitted, or undefined. */
+export function configProblem(c: Fp8GemmConfig): string | undefined {
+  if (c.consumers !== 1 && c.consumers !== 2) return `consumers must be 1 or 2, got ${c.consumers}`;
+  if (!Number.isInteger(c.blockN) || c.blockN < 16 || c.blockN > 192 || c.blockN % 16 !== 0)
+    return `blockN must be a multiple of 16 from 16 to 192 (two f32 fragments of blockN/2 registers per thread), got ${c.blockN}`;
+  // the tile starting at j·blockN must touch at most two scale blocks: (j·blockN mod 128) + blockN <= 256
+  for (let j = 0; j < FP8_BLOCK; j++) if (((j * c.blockN) % FP8_BLOCK) + c.blockN > 2 * FP8_BLOCK) return `blockN ${c.blockN} lets a tile span three 128-column scale blocks`;
+  if (!Number.isInteger(c.stages) || c.stages < 2) return `stages must be an integer >= 2, got ${c.stages}`;
+  if (smemBytes(c) > SMEM_LIMIT) return `${c.stages} stages of ${blockM(c)}x${c.blockN} need ${smemBytes(c)} B of shared memory, more than ${SMEM_LIMIT}`;
+  if (c.grouped && GROUPED_M_ALIGN % blockM(c) !== 0) return `grouped kernels need BLOCK_M to divide ${GROUPED_M_ALIGN}, got ${blockM(c)}`;
+  return undefined;
+}
+
+export function checkConfig(c: Fp8GemmConfig): void {
+  const why = configProblem(c);
+  if (why) throw new CompileError(`FP8 GEMM config ${JSON.stringify(c)}: ${why}; pick another from gemmCandidates()`);
+}
+
+/** The most stages that fit in shared memory (at most `cap`). */
+export function maxStages(consumers: 1 | 2, blockN: number, cap = 8): number {
+  const per = 64 * consumers * FP8_BLOCK + blockN * FP8_BLOCK;
+  return Math.min(cap, Math.floor((SMEM_LIMIT - SMEM_ALIGN_SLACK) / (per + 16)));
+}
+
+/**
+ * The configurations the autotuner times, the first being the plain one (one consumer, 64×128,
+ * 4 stages, one CTA per tile) that the GPU bench checks first so a broken fancy variant is told
+ * apart from a broken basis.
+ */
+export function gemmCandidates(grouped: boolean): Fp8GemmConfig[] {
+  const out: Fp8GemmConfig[] = [{ consumers: 1, blockN: 128, stages: 4, persistent: false, grouped }];
+  const shapes: [1 | 2, number][] = [[2, 128], [2, 160], [2, 192], [2, 96], [1, 128], [1, 192], [1, 64], [1, 32]];
+  for (const [consumers, blockN] of shapes) out.push({ consumers, blockN, stages: maxStages(consumers, blockN), persistent: true, grouped });
+  out.push({ consumers: 2, blockN: 128, stages: maxStages(2, 128), persistent: false, grouped });
+  return out.filter((c) => configProblem(c) === undefined);
+}
+
+export interface Fp8GemmShape {
+  M: number;
+  N: number;
+  K: number;
+}
+
+/** Why this problem cannot run on the generated kernels (the cuBLASLt fallback takes it), or undefined. */
+export function shapeProblem(s: Fp8GemmShape): string | undefined {
+  if (!(s.M > 0 && s.N > 0 && s.K > 0)) return `empty problem ${s.M}x${s.N}x${s.K}`;
+  if (s.K % 16 !== 0) return `K = ${s.K} is not a multiple of 16 (TMA needs 16-byte row strides)`;
+  if (s.N % 16 !== 0) return `N = ${s.N} is not a multiple of 16 (the epilogue stores column pairs)`;
+  if (s.M >= 2 ** 31 / Math.max(s.N, s.K)) return `M = ${s.M} overflows 32-bit offsets`;
+  return undefined;
+}
+
+export interface Fp8GemmGeometry {
+  grid: number;
+  block: number;
+  smemBytes: number;
+  tiles: number;
+  mBlocks: number;
+  nBlocks: number;
+}
+
+export function geometryOf(c: Fp8GemmConfig, s: Fp8GemmShape, smCount: number): Fp8GemmGeometry {
+  const mBlocks = Math.ceil(s.M / blockM(c)), nBlocks = Math.ceil(s.N / c.blockN), tiles = mBlocks * nBlocks;
+  return { grid: c.persistent ? Math.min(tiles, smCount) : tiles, block: threadsOf(c), smemBytes: smemBytes(c), tiles, mBlocks, nBlocks };
+}
+
+/** The tile a linear tile index names (GROUP_M-row raster), as the kernel computes it. */
+export function tileCoords(tile: number, mBlocks: number, nBlocks: number): { mb: number; nb: number } {
+  const perGroup = GROUP_M * nBlocks;
+  const first = Math.floor(tile / perGroup) * GROUP_M;
+  const rows = Math.min(mBlocks - first, GROUP_M);
+  const r = tile % perGroup;
+  return { mb: first + (r % rows), nb: Math.floor(r / rows) };
+}

@@ -1,0 +1,106 @@
+// The Hopper primitives the FP8 GEMM kernels use, as inline PTX (NVRTC compiles them with no CUDA
+// header): shared-memory addresses, mbarriers, TMA tile loads, wgmma descriptors and fences,
+// setmaxnreg, and bf16 packing. One wgmma wrapper is emitted per N, with its N/2 accumulators.
+
+/** Device helpers shared by every GEMM kernel in a source (guarded, so kernels may share a file). */
+export const GEMM_PTX = String.raw`#ifndef SHARDTS_GEMM_PTX
+#define SHARDTS_GEMM_PTX
+typedef unsigned int sh_u32;
+typedef unsigned long long sh_u64;
+// The driver's CUtensorMap: 128 opaque bytes, passed by value as a __grid_constant__ parameter.
+struct alignas(64) sh_tensor_map { sh_u64 opaque[16]; };
+
+#define SH_DEV static __device__ __forceinline__
+
+SH_DEV sh_u32 sh_smem_addr(const void* p) {
+  sh_u64 a;
+  asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
+  return (sh_u32)a;
+}
+
+// ---- mbarriers (a full/empty pair per pipeline stage) ----
+SH_DEV void sh_mbar_init(sh_u32 bar, sh_u32 count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(bar), "r"(count) : "memory");
+}
+// Makes the initialised barriers visible to the async proxy (TMA) and the other threads.
+SH_DEV void sh_mbar_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory"); }
+SH_DEV void sh_mbar_arrive(sh_u32 bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(bar) : "memory");
+}
+// The producer's arrival: the phase completes once 'bytes' more have landed (TMA complete_tx).
+SH_DEV void sh_mbar_arrive_expect_tx(sh_u32 bar, sh_u32 bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(bar), "r"(bytes) : "memory");
+}
+// Waits until the phase with the given parity has completed. A fresh barrier is in phase 0, and
+// waiting for parity 1 returns at once (the phase before it counts as completed): that is how the
+// producer's first pass over the empty barriers goes through.
+SH_DEV void sh_mbar_wait(sh_u32 bar, sh_u32 parity) {
+  sh_u32 done;
+  do {
+    asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
+                 : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+  } while (!done);
+}
+
+// ---- TMA ----
+SH_DEV void sh_tma_prefetch_map(const sh_tensor_map* m) {
+  asm volatile("prefetch.tensormap [%0];" :: "l"(reinterpret_cast<sh_u64>(m)) : "memory");
+}
+// One 2-D box (c0 = innermost coordinate, in elements) into shared memory; completion is counted
+// on 'bar' in bytes. Out-of-bounds parts of the box are filled with zeros and still counted.
+SH_DEV void sh_tma_load_2d(sh_u32 dst, const sh_tensor_map* m, int c0, int c1, sh_u32 bar) {
+  asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];"
+               :: "r"(dst), "l"(reinterpret_cast<sh_u64>(m)), "r"(c0), "r"(c1), "r"(bar) : "memory");
+}
+
+// ---- wgmma ----
+// Shared-memory matrix descriptor for a K-major tile with 128-byte rows and the 128-byte swizzle
+// (what TMA's CU_TENSOR_MAP_SWIZZLE_128B writes): bits 0-13 start address >> 4; 16-29 leading
+// byte offset >> 4 (unused for swizzled K-major, 1 by convention); 32-45 stride byte offset >> 4 =
+// 1024 B between 8-row groups; 49-51 base offset 0 (tiles are 1024-byte aligned); 62-63 swizzle
+// mode 1 = 128 B. Stepping K by 32 e4m3 inside the atom adds 32 B (2 in the >>4 units) to the start.
+SH_DEV sh_u64 sh_wgmma_desc(sh_u32 smem) {
+  return (sh_u64)((smem & 0x3FFFF) >> 4) | ((sh_u64)1 << 16) | ((sh_u64)(1024 >> 4) << 32) | ((sh_u64)1 << 62);
+}
+SH_DEV void sh_wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+SH_DEV void sh_wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+SH_DEV void sh_wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
+// Keeps the compiler from moving accumulator reads or writes across an asynchronous wgmma.
+SH_DEV void sh_reg_fence(float& x) { asm volatile("" : "+f"(x) :: "memory"); }
+
+// ---- registers ----
+template <sh_u32 R> SH_DEV void sh_setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" :: "n"(R)); }
+template <sh_u32 R> SH_DEV void sh_setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" :: "n"(R)); }
+
+// two floats -> bf16x2 (round to nearest even), lo in the low half
+SH_DEV sh_u32 sh_pack_bf16x2(float lo, float hi) {
+  sh_u32 r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+#endif // SHARDTS_GEMM_PTX
+`;
+
+/**
+ * `sh_wgmma_m64n{N}(d, descA, descB, accumulate)`: one m64nNk32 e4m3×e4m3→f32 wgmma on the N/2
+ * accumulators d (accumulate = 0 overwrites d with A·B).
+ */
+export function wgmmaWrapper(n: number): string {
+  const regs = n / 2;
+  const list = Array.from({ length: regs }, (_, i) => `%${i}`).join(", ");
+  const outs = Array.from({ length: regs }, (_, i) => `"+f"(d[${i}])`);
+  const lines: string[] = [];
+  for (let i = 0; i < outs.length; i += 8) lines.push(`      ${outs.slice(i, i + 8).join(", ")}`);
+  return `#ifndef SHARDTS_WGMMA_N${n}
+#define SHARDTS_WGMMA_N${n}
+SH_DEV void sh_wgmma_m64n${n}(float (&d)[${regs}], sh_u64 descA, sh_u64 descB, int accumulate) {
+  asm volatile(
+      "{\\n .reg .pred p;\\n setp.ne.b32 p, %${regs + 2}, 0;\\n"
+      " wgmma.mma_async.sync.aligned.m64n${n}k32.f32.e4m3.e4m3 {${list}}, %${regs}, %${regs + 1}, p, 1, 1;\\n}"
+      :
+${lines.join(",\n")}
+      : "l"(descA), "l"(descB), "r"(accumulate));
+}
+#endif
+`;
+}

@@ -1,0 +1,98 @@
+// Running the generated FP8 block-scaled GEMM kernels (compiler/codegen/cuda/gemm/) and the cuBLASLt
+// fallback on device buffers laid out as compiler/numeric/fp8-gemm.ts describes.
+//
+//   const g = new Fp8Gemm(addon, stream);
+//   const run = g.prepare(config, { M, N, K }, { a, b, sa, sb, d });   // compiles once, encodes the TMA maps
+//   run();                                                             // one launch, nothing allocated
+import { emitFp8Gemm, type Fp8GemmKernel } from "../../compiler/codegen/cuda/gemm/emit.ts";
+import { blockM, geometryOf, shapeProblem, type Fp8GemmConfig, type Fp8GemmShape } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { FP8_BLOCK, GROUPED_M_ALIGN } from "../../compiler/numeric/fp8-gemm.ts";
+import { CompileError } from "../../compiler/errors.ts";
+import { archFor, compileCuda } from "./compile.ts";
+import { packArgs } from "./kernel-args.ts";
+import type { DevicePtr, DeviceProperties, KernelFunction, NativeAddon, Stream } from "./native-types.ts";
+
+export interface Fp8GemmBuffers {
+  /** M×K e4m3. */
+  a: DevicePtr;
+  /** N×K e4m3 (grouped: E×N×K). */
+  b: DevicePtr;
+  /** [ceil(K/128)][M] f32. */
+  sa: DevicePtr;
+  /** [ceil(N/128)][ceil(K/128)] f32 (grouped: per expert). */
+  sb: DevicePtr;
+  /** M×N bf16. */
+  d: DevicePtr;
+  /** Grouped: int32 expert of each 128-row block of A (-1: padding), M/128 entries. */
+  blockExpert?: DevicePtr;
+}
+
+export interface Fp8GemmProblemShape extends Fp8GemmShape {
+  /** Grouped: the number of experts (B holds experts × N rows). */
+  experts?: number;
+}
+
+export class Fp8Gemm {
+  readonly device: DeviceProperties;
+  readonly arch: string;
+  private fns = new Map<string, { fn: KernelFunction; kernel: Fp8GemmKernel; compileMs: number; cached: boolean }>();
+
+  constructor(readonly addon: NativeAddon, readonly stream: Stream, ordinal = 0) {
+    this.device = addon.deviceProperties(ordinal);
+    this.arch = archFor(...this.device.computeCapability);
+  }
+
+  /** Whether this GPU runs the generated kernels (Hopper sm_90a: wgmma and TMA). */
+  get supported(): boolean {
+    return this.arch === "sm_90a";
+  }
+
+  /** The compiled, loaded kernel for a configuration (NVRTC, disk-cached), with its dynamic smem allowed. */
+  kernel(c: Fp8GemmConfig): { fn: KernelFunction; kernel: Fp8GemmKernel; compileMs: number; cached: boolean } {
+    const k = emitFp8Gemm(c);
+    let got = this.fns.get(k.name);
+    if (!got) {
+      if (!this.supported) throw new CompileError(`FP8 GEMM kernel ${k.name} needs a Hopper GPU (sm_90a); this is ${this.device.name} (${this.arch}): use the cuBLASLt fallback`);
+      const compiled = compileCuda(this.addon, k.name, k.source, this.arch);
+      const fn = this.addon.moduleGetFunction(this.addon.moduleLoadData(compiled.cubin), k.name);
+      this.addon.funcSetMaxDynamicSharedMemory(fn, k.smemBytes);
+      got = { fn, kernel: k, compileMs: compiled.ms, cached: compiled.cached };
+      this.fns.set(k.name, got);
+    }
+    return got;
+  }
+
+  /** A launch of `c` on these buffers: the tensor maps and the parameter block are built once here. */
+  prepare(c: Fp8GemmConfig, s: Fp8GemmProblemShape, bufs: Fp8GemmBuffers): () => void {
+    const why = shapeProblem(s);
+    if (why) throw new CompileError(`FP8 GEMM ${s.M}x${s.N}x${s.K}: ${why}; use the cuBLASLt fallback (Fp8Gemm.prepareCublasLt)`);
+    if (c.grouped !== (s.experts !== undefined)) throw new CompileError(`FP8 GEMM: config ${c.grouped ? "is" : "is not"} grouped but the problem ${s.experts !== undefined ? "has" : "has no"} experts`);
+    if (c.grouped && (s.M % GROUPED_M_ALIGN !== 0 || bufs.blockExpert === undefined))
+      throw new CompileError(`grouped FP8 GEMM: M (${s.M}) must be a multiple of ${GROUPED_M_ALIGN} and blockExpert given (one int32 per ${GROUPED_M_ALIGN} rows)`);
+    const { fn, kernel } = this.kernel(c);
+    const g = geometryOf(c, s, this.device.smCount);
+    const rowsB = s.N * (s.experts ?? 1);
+    const map = (address: DevicePtr, rows: number, boxRows: number) =>
+      this.addon.tensorMapEncodeTiled({ dtype: "u8", address, dims: [s.K, rows], strides: [s.K], box: [FP8_BLOCK, boxRows], swizzle: "128B", l2Promotion: "256B", oobFill: "zero" });
+    const params = packArgs(
+      ["bytes", map(bufs.a, s.M, blockM(c)), 64],
+      ["bytes", map(bufs.b, rowsB, c.blockN), 64],
+      ["ptr", bufs.sa],
+      ["ptr", bufs.sb],
+      ["ptr", bufs.d],
+      ...(c.grouped ? [["ptr", bufs.blockExpert!] as ["ptr", bigint]] : []),
+      ["i32", s.M],
+      ["i32", s.N],
+      ["i32", s.K],
+    );
+    const a = this.addon, stream = this.stream;
+    return () => a.launchKernel(fn, [g.grid, 1, 1], [kernel.threads, 1, 1], kernel.smemBytes, stream, params);
+  }
+
+  /** The cuBLASLt block-scaled fallback on the same (dense) buffers. */
+  prepareCublasLt(s: Fp8GemmShape, bufs: Fp8GemmBuffers, workspace?: { ptr: DevicePtr; bytes: number }): () => void {
+    const a = this.addon, stream = this.stream;
+    const o = { M: s.M, N: s.N, K: s.K, a: bufs.a, b: bufs.b, sa: bufs.sa, sb: bufs.sb, d: bufs.d, workspace: workspace?.ptr, workspaceBytes: workspace?.bytes, stream };
+    return () => a.cublasLtMatmulFp8BlockScaled(o);
+  }
+}

@@ -1,0 +1,104 @@
+// The FP8 GEMM emitter's configurations and launch geometry (compiler/codegen/cuda/gemm/): what is
+// accepted and why not, shared-memory sizes, the tile raster (every tile exactly once), and the
+// emitted source's parameters and per-configuration pieces.
+import { describe, expect, it } from "vitest";
+import {
+  blockM,
+  configProblem,
+  gemmCandidates,
+  geometryOf,
+  maxStages,
+  SMEM_LIMIT,
+  shapeProblem,
+  smemBytes,
+  spansScaleBlocks,
+  tileCoords,
+  type Fp8GemmConfig,
+} from "../../compiler/codegen/cuda/gemm/config.ts";
+import { emitFp8Gemm } from "../../compiler/codegen/cuda/gemm/emit.ts";
+import { CompileError } from "../../compiler/errors.ts";
+
+const base: Fp8GemmConfig = { consumers: 2, blockN: 128, stages: 4, persistent: true, grouped: false };
+
+describe("FP8 GEMM configurations", () => {
+  it("the first candidate is the plain one: one consumer, 64x128, 4 stages, one CTA per tile", () => {
+    for (const g of [false, true]) expect(gemmCandidates(g)[0]).toEqual({ consumers: 1, blockN: 128, stages: 4, persistent: false, grouped: g });
+  });
+
+  it("every candidate fits shared memory and passes validation", () => {
+    for (const g of [false, true])
+      for (const c of gemmCandidates(g)) {
+        expect(configProblem(c)).toBeUndefined();
+        expect(smemBytes(c)).toBeLessThanOrEqual(SMEM_LIMIT);
+      }
+  });
+
+  it("refuses configurations it cannot emit, saying why", () => {
+    expect(configProblem({ ...base, blockN: 256 })).toMatch(/from 16 to 192/);
+    expect(configProblem({ ...base, blockN: 100 })).toMatch(/multiple of 16/);
+    expect(configProblem({ ...base, stages: 9 })).toMatch(/shared memory/);
+    expect(configProblem({ ...base, stages: 1 })).toMatch(/stages/);
+    expect(() => emitFp8Gemm({ ...base, blockN: 176 })).toThrow(CompileError);
+    expect(configProblem({ ...base, blockN: 176 })).toMatch(/three 128-column scale blocks/);
+  });
+
+  it("stages: as many as fit (capped), and smem = 1 KiB slack + stages x (A + B tiles) + barriers", () => {
+    expect(maxStages(2, 128)).toBe(7);
+    expect(maxStages(2, 192)).toBe(5);
+    expect(maxStages(1, 128)).toBe(8);
+    expect(smemBytes({ ...base, stages: 4 })).toBe(1024 + 4 * (128 * 128 + 128 * 128) + 64);
+    expect(blockM({ ...base, consumers: 1 })).toBe(64);
+  });
+
+  it("a tile spans two scale blocks of B only when blockN does not divide 128", () => {
+    expect(spansScaleBlocks({ ...base, blockN: 128 })).toBe(false);
+    expect(spansScaleBlocks({ ...base, blockN: 64 })).toBe(false);
+    expect(spansScaleBlocks({ ...base, blockN: 192 })).toBe(true);
+    expect(spansScaleBlocks({ ...base, blockN: 96 })).toBe(true);
+  });
+
+  it("geometry: persistent grids stop at the SM count; tiles cover the problem", () => {
+    const g = geometryOf(base, { M: 4096, N: 7168, K: 2048 }, 132);
+    expect(g).toMatchObject({ mBlocks: 32, nBlocks: 56, tiles: 1792, grid: 132, block: 384 });
+    expect(geometryOf({ ...base, persistent: false }, { M: 4096, N: 7168, K: 2048 }, 132).grid).toBe(1792);
+    expect(geometryOf({ ...base, consumers: 1, blockN: 32 }, { M: 64, N: 2112, K: 7168 }, 132)).toMatchObject({ tiles: 66, grid: 66, block: 256 });
+  });
+
+  it("the raster visits every tile exactly once, GROUP_M row blocks at a time", () => {
+    for (const [mB, nB] of [[32, 56], [3, 5], [9, 1], [1, 17], [17, 3]] as const) {
+      const seen = new Set<number>();
+      for (let t = 0; t < mB * nB; t++) {
+        const { mb, nb } = tileCoords(t, mB, nB);
+        expect(mb).toBeLessThan(mB);
+        expect(nb).toBeLessThan(nB);
+        seen.add(mb * nB + nb);
+      }
+      expect(seen.size).toBe(mB * nB);
+    }
+    // the first 16 tiles of a tall problem walk down 8 row blocks, then the next column
+    expect(Array.from({ length: 9 }, (_, t) => tileCoords(t, 32, 56))).toEqual([...Array.from({ length: 8 }, (_, i) => ({ mb: i, nb: 0 })), { mb: 0, nb: 1 }]);
+  });
+
+  it("shapes the kernels refuse go to the fallback, with the reason", () => {
+    expect(shapeProblem({ M: 64, N: 2112, K: 7168 })).toBeUndefined();
+    expect(shapeProblem({ M: 64, N: 2112, K: 7000 })).toMatch(/K = 7000/);
+    expect(shapeProblem({ M: 64, N: 2100, K: 7168 })).toMatch(/N = 2100/);
+  });
+
+  it("the emitted source: parameters in order, the wgmma for blockN, setmaxnreg split, grouped expert lookup", () => {
+    const k = emitFp8Gemm({ ...base, blockN: 192, stages: 5, grouped: true });
+    expect(k.name).toBe("sh_fp8_gemm_grouped_m128n192_s5_p");
+    expect(k.threads).toBe(384);
+    expect(k.source).toMatch(/const __grid_constant__ sh_tensor_map tmA, const __grid_constant__ sh_tensor_map tmB,\s+const float\* __restrict__ sa, const float\* __restrict__ sb, unsigned short\* __restrict__ d,\s+const int\* __restrict__ blockExpert,\s+int M, int N, int K\)/);
+    expect(k.source).toContain("wgmma.mma_async.sync.aligned.m64n192k32.f32.e4m3.e4m3");
+    expect(k.source).toContain("sh_setmaxnreg_dec<40>");
+    expect(k.source).toContain("sh_setmaxnreg_inc<232>");
+    expect(k.source).toContain("blockExpert[(mb * 128) / 128]");
+    expect(k.source).toContain("e * N + nb * BN");
+    expect(k.source).toContain("const float b1 = second ?");
+    const dense = emitFp8Gemm(base);
+    expect(dense.source).not.toContain("blockExpert");
+    expect(dense.source).not.toContain("b1");
+    expect(dense.source).toContain("sh_mbar_init(bars + 8 * (S + s), 8)");
+  });
+});
