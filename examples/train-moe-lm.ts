@@ -12,6 +12,7 @@ import { layoutByName, LAYOUTS } from "shardts/nn";
 import { Trainer, Evaluator, generate, maxOverMean, Progress, BatchLoader, ByteTokenizer, loadTrainingText, unigramEntropyNats, bigramEntropyNats, ADAMW_DEFAULTS } from "shardts/train";
 import type { LmConfig } from "shardts/nn";
 import { AsyncSaver, load, type Json } from "shardts/checkpoint";
+import { writeFileSync } from "node:fs";
 
 const HELP = `usage: shardts run examples/train-moe-lm.ts [options]
   --steps N        optimisation steps (default 120)
@@ -29,10 +30,12 @@ const HELP = `usage: shardts run examples/train-moe-lm.ts [options]
   --save DIR       save checkpoints into DIR (DIR/step-<n>, DIR/latest), in the background
   --save-every N   save every N steps (default: only after the last step)
   --keep K         keep the newest K checkpoints (default 3)
-  --resume DIR     continue from DIR's latest checkpoint (or a step-<n> directory), on any layout`;
+  --resume DIR     continue from DIR's latest checkpoint (or a step-<n> directory), on any layout
+  --losses FILE    write every step's loss to FILE (JSON; rank 0 under a launcher)
+  --no-eval        stop after training: no held-out loss, load report or sample`;
 
 function parse(args: string[]) {
-  const o = { steps: 120, layout: "dp-ep", mesh: undefined as string | undefined, batch: 16, balance: true, gamma: 0.01, aux: 0, seed: 1, sample: 240, help: false, save: undefined as string | undefined, saveEvery: 0, keep: 3, resume: undefined as string | undefined, fp8: false, backend: "cpu" as "auto" | "cpu" | "cuda" };
+  const o = { steps: 120, layout: "dp-ep", mesh: undefined as string | undefined, batch: 16, balance: true, gamma: 0.01, aux: 0, seed: 1, sample: 240, help: false, save: undefined as string | undefined, saveEvery: 0, keep: 3, resume: undefined as string | undefined, losses: undefined as string | undefined, eval: true, fp8: false, backend: "cpu" as "auto" | "cpu" | "cuda" };
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!, v = () => {
       const x = args[++i];
@@ -60,6 +63,8 @@ function parse(args: string[]) {
     else if (a === "--save-every") o.saveEvery = num(v());
     else if (a === "--keep") o.keep = Math.max(1, num(v()));
     else if (a === "--resume") o.resume = v();
+    else if (a === "--losses") o.losses = v();
+    else if (a === "--no-eval") o.eval = false;
     else throw new UsageError(`unknown option ${a}\n${HELP}`);
   }
   return o;
@@ -122,6 +127,10 @@ export default defineMain(async ({ args, log }) => {
   }
   progress.finish();
   const secs = (performance.now() - tStart) / 1000;
+  // (under a launcher every rank computes the same losses; rank 0 writes them)
+  if (o.losses && (process.env.RANK ?? "0") === "0") writeFileSync(o.losses, JSON.stringify({ layout: layout.toString(), backend: o.backend, seed: o.seed, losses: curve }) + "\n");
+  log(`time: ${secs.toFixed(0)} s for ${curve.length} steps, ${((curve.length * o.batch * model.seq) / secs).toFixed(0)} tokens/s`);
+  if (!o.eval) return 0;
   if (saver) {
     const last = await saver.flush();
     if (last) log(`checkpoint: step ${last.step} saved to ${last.path} (${(last.bytes / 1e6).toFixed(2)} MB)`);
@@ -133,7 +142,6 @@ export default defineMain(async ({ args, log }) => {
   const mean = (xs: number[]) => xs.reduce((a, x) => a + x, 0) / Math.max(1, xs.length);
   const k = Math.max(1, Math.min(10, Math.floor(o.steps / 4)));
   log(`loss (nats/byte): first ${at(0)}, middle ${at(Math.floor(curve.length / 2))}, last ${at(curve.length - 1)}; held-out ${mean(val).toFixed(3)}; unigram entropy ${h1.toFixed(3)}`);
-  log(`time: ${secs.toFixed(0)} s for ${curve.length} steps, ${((curve.length * o.batch * model.seq) / secs).toFixed(0)} tokens/s`);
   log(`expert load max/mean (averaged over MoE layers): first ${k} steps ${mean(imbalance.slice(0, k)).toFixed(2)}, last ${k} steps ${mean(imbalance.slice(-k)).toFixed(2)} (bias balancing ${o.balance ? "on" : "off"})`);
   const lastLoads = trainer.lastLoads.map((l) => `[${Array.from(l).join(" ")}] (max/mean ${maxOverMean(l).toFixed(2)})`);
   log(`tokens per expert in the last step, per MoE layer:\n  ${lastLoads.join("\n  ")}`);

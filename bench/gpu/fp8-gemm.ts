@@ -26,7 +26,7 @@ import { DENSE_CASES, GROUPED_CASES, makeProblem, rowsOf, sampleRows, usefulFlop
 const argv = process.argv;
 const arg = (k: string) => (argv.includes(k) ? argv[argv.indexOf(k) + 1] : undefined);
 const outDir = arg("--out") ?? ".";
-const REPS = 20, CHILD_TIMEOUT_S = 240;
+const REPS = 20, CHILD_TIMEOUT_S = Number(process.env.FP8_GEMM_CHILD_TIMEOUT_S ?? 240);
 const seedOf = (c: GemmCase) => 1000 + [...DENSE_CASES, ...GROUPED_CASES].indexOf(c) * 10;
 
 type ChildJob = { impl: "kernel"; config: Fp8GemmConfig } | { impl: "cublaslt" } | { impl: "tune" };
