@@ -15,6 +15,7 @@ import { buildOn, type ModelDef } from "../../stdlib/model.ts";
 import moeLayer from "../../examples/moe-layer.ts";
 import tpMlp from "../../examples/tp-mlp.ts";
 import type { DType } from "../../compiler/ir/types.ts";
+import { quantize, dequantize, scaledDot } from "../../stdlib/ops/quantize.ts";
 
 const outDir = process.argv.includes("--out") ? process.argv[process.argv.indexOf("--out") + 1]! : ".";
 let seed = 12345;
@@ -61,6 +62,31 @@ const cases: { op: string; dtypes: DType[]; make: Maker }[] = [
   { op: "split", dtypes: ["f32"], make: (m, t) => raw("split", [T(m, { r: 5, c: 7 }, t)], { dim: "c", sizes: [3, 4] }) },
   { op: "expand", dtypes: ["f32"], make: (m, t) => raw("expand", [T(m, RC, t)], { dims: [["z", 3]] }) },
   { op: "permute", dtypes: ["f32", "bf16"], make: (m, t) => raw("permute", [T(m, { r: 5, c: 4, z: 3 }, t)], { order: ["z", "r", "c"] }) },
+  // FP8 block quantization: the three tilings (the last tile of a dim may be short), bytes and scales exact
+  {
+    op: "quantize", dtypes: ["f32", "bf16"],
+    make: (m, t) => {
+      const a = quantize(T(m, { t: 5, m: 300 }, t) as never, "1x128", "m") as { q: AnyDTensor; scales: AnyDTensor };
+      const w = quantize(T(m, { n: 200, m: 300 }, t) as never, "128x128", ["n", "m"]) as { q: AnyDTensor; scales: AnyDTensor };
+      const c = quantize(T(m, { t: 260, m: 64 }, t) as never, "128x1", "t") as { q: AnyDTensor; scales: AnyDTensor };
+      return [a.q, a.scales, w.q, w.scales, c.q, c.scales];
+    },
+  },
+  {
+    op: "dequantize", dtypes: ["f32", "bf16"],
+    make: (m, t) => {
+      const a = quantize(T(m, { t: 5, m: 300 }, t) as never, "1x128", "m") as { q: AnyDTensor; scales: AnyDTensor };
+      return [dequantize(a.q, a.scales, { out: "f32" }) as AnyDTensor, dequantize(a.q, a.scales, { out: "bf16" }) as AnyDTensor];
+    },
+  },
+  {
+    op: "scaled_dot", dtypes: ["f32", "bf16"],
+    make: (m, t) => {
+      const x = quantize(T(m, { t: 40, m: 300 }, t) as never, "1x128", "m") as { q: AnyDTensor; scales: AnyDTensor };
+      const w = quantize(T(m, { m: 300, n: 72 }, t) as never, "128x128", ["n", "m"]) as { q: AnyDTensor; scales: AnyDTensor };
+      return [scaledDot(x, w as never, "m", { out: "f32" }) as AnyDTensor];
+    },
+  },
 ];
 
 /** max |a-b| / max |b| (NaN must match NaN). */
@@ -76,7 +102,7 @@ function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
   }
   return den === 0 ? num : num / den;
 }
-const TOL: Record<string, number> = { f32: 1e-5, bf16: 1e-2, i32: 0 };
+const TOL: Record<string, number> = { f32: 1e-5, bf16: 1e-2, i32: 0, fp8e4m3: 0, fp8e5m2: 0 };
 
 const gpu = new CudaExecutor(native());
 const props = native().deviceProperties(0);

@@ -81,7 +81,7 @@ const cases: Record<string, Case> = {
     feeds: () => ({ g: random(R * C), u: random(R * C) }),
     build: (m) => [mul(silu(inp(m, "g", { r: R, c: C }, "bf16")), inp(m, "u", { r: R, c: C }, "bf16"))],
     ref: (f, _o, r) => row(f.g!, r).map((g, c) => (g / (1 + Math.exp(-g))) * f.u![r * C + c]!),
-    variants: [{}, { fast: false }],
+    variants: [{}],
   },
   softmax: {
     feeds: () => ({ x: random(R * C, (v) => v * 6 - 3) }),
@@ -90,7 +90,7 @@ const cases: Record<string, Case> = {
       const x = row(f.x!, r), mx = Math.max(...x), e = x.map((v) => Math.exp(v - mx)), s = e.reduce((p, v) => p + v, 0);
       return e.map((v) => v / s);
     },
-    variants: [{}, { fast: false }, { online: false }, { keepExp: true }, { occupancy: 1536 }],
+    variants: [{}, { keepExp: false }],
   },
   cross_entropy: {
     feeds: () => ({ x: random(R * C, (v) => v * 6 - 3), t: Int32Array.from(random(R, (v) => Math.floor(v * C))) }),
@@ -102,7 +102,7 @@ const cases: Record<string, Case> = {
       const x = row(f.x!, r), mx = Math.max(...x), s = x.reduce((p, v) => p + Math.exp(v - mx), 0);
       return [Math.log(s) - (x[f.t![r]!]! - mx)];
     },
-    variants: [{}, { fast: false }],
+    variants: [{}],
   },
 };
 

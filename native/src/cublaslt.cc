@@ -235,6 +235,9 @@ Napi::Value MatmulFp8BlockScaled(const Napi::CallbackInfo& info) {
     int32_t modeA = CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F, modeB = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
     set(CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &modeA, sizeof(modeA), "A_SCALE_MODE = BLK128x128_32F (needs cuBLASLt 12.9+)");
     set(CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &modeB, sizeof(modeB), "B_SCALE_MODE = VEC128_32F (needs cuBLASLt 12.9+)");
+    // the scale pointers before the heuristic: cuBLASLt checks block-scaled descriptors for them there
+    set(CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &psb, sizeof(psb), "A_SCALE_POINTER");
+    set(CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &psa, sizeof(psa), "B_SCALE_POINTER");
     check(env, api, api.cublasLtMatrixLayoutCreate(&p.a, CUDA_R_8F_E4M3, K, N, K), "cublasLtMatrixLayoutCreate(A) " + what);
     check(env, api, api.cublasLtMatrixLayoutCreate(&p.b, CUDA_R_8F_E4M3, K, M, K), "cublasLtMatrixLayoutCreate(B) " + what);
     check(env, api, api.cublasLtMatrixLayoutCreate(&p.c, CUDA_R_16BF, N, M, N), "cublasLtMatrixLayoutCreate(C) " + what);

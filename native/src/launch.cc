@@ -125,6 +125,28 @@ long long paramBytes(DriverApi& api, CUfunction fn) {
   return end;
 }
 
+// funcGetParamLayout(fn) -> [{offset, size}] per parameter, as the device lays them out (an
+// over-aligned parameter such as a 64-byte-aligned CUtensorMap may start past offset 0), or null
+// when the driver cannot say (before CUDA 12.4).
+Napi::Value FuncGetParamLayout(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  DriverApi& api = ctx(env);
+  CUfunction fn = handle<CUfunc_st>(env, info[0], "fn");
+  if (!api.cuFuncGetParamInfo) return env.Null();
+  Napi::Array out = Napi::Array::New(env);
+  for (size_t i = 0;; i++) {
+    size_t off = 0, size = 0;
+    CUresult r = api.cuFuncGetParamInfo(fn, i, &off, &size);
+    if (r == CUDA_ERROR_INVALID_VALUE) break;  // past the last parameter
+    cuCheck(env, r, "cuFuncGetParamInfo");
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("offset", static_cast<double>(off));
+    o.Set("size", static_cast<double>(size));
+    out.Set(static_cast<uint32_t>(i), o);
+  }
+  return out;
+}
+
 void dims(Napi::Env env, const Napi::Value& v, const char* what, unsigned out[3]) {
   out[0] = out[1] = out[2] = 1;
   if (v.IsNumber()) {
@@ -270,6 +292,7 @@ void registerLaunch(Napi::Env env, Napi::Object exports) {
   def(env, exports, "moduleGetFunction", ModuleGetFunction);
   def(env, exports, "funcSetMaxDynamicSharedMemory", FuncSetMaxDynamicSharedMemory);
   def(env, exports, "funcGetAttributes", FuncGetAttributes);
+  def(env, exports, "funcGetParamLayout", FuncGetParamLayout);
   def(env, exports, "launchKernel", LaunchKernel);
   def(env, exports, "streamCreate", StreamCreate);
   def(env, exports, "streamDestroy", StreamDestroy);

@@ -9,7 +9,7 @@ import { blockM, geometryOf, shapeProblem, type Fp8GemmConfig, type Fp8GemmShape
 import { FP8_BLOCK, GROUPED_M_ALIGN } from "../../compiler/numeric/fp8-gemm.ts";
 import { CompileError } from "../../compiler/errors.ts";
 import { archFor, compileCuda } from "./compile.ts";
-import { packArgs } from "./kernel-args.ts";
+import { packArgs, packArgsAt, type KernelArg } from "./kernel-args.ts";
 import type { DevicePtr, DeviceProperties, KernelFunction, NativeAddon, Stream } from "./native-types.ts";
 
 export interface Fp8GemmBuffers {
@@ -74,7 +74,10 @@ export class Fp8Gemm {
     const rowsB = s.N * (s.experts ?? 1);
     const map = (address: DevicePtr, rows: number, boxRows: number) =>
       this.addon.tensorMapEncodeTiled({ dtype: "u8", address, dims: [s.K, rows], strides: [s.K], box: [FP8_BLOCK, boxRows], swizzle: "128B", l2Promotion: "256B", oobFill: "zero" });
-    const params = packArgs(
+    // the tensor maps are 64-byte aligned: the device's parameter block may start them past offset 0,
+    // so the arguments go where the driver says (packArgs's C ABI offsets where it cannot say)
+    const layout = this.addon.funcGetParamLayout(fn);
+    const params = (layout ? (...x: KernelArg[]) => packArgsAt(layout, ...x) : packArgs)(
       ["bytes", map(bufs.a, s.M, blockM(c)), 64],
       ["bytes", map(bufs.b, rowsB, c.blockN), 64],
       ["ptr", bufs.sa],

@@ -121,3 +121,21 @@ export function packArgs(...args: KernelArg[]): Uint8Array {
   }
   return out;
 }
+
+/**
+ * Packs arguments at the offsets the driver gives for the kernel (funcGetParamLayout): needed when a
+ * parameter is over-aligned (a 64-byte-aligned CUtensorMap), where the device's block does not start
+ * it at the C ABI offset. Each argument's size must match its parameter's.
+ */
+export function packArgsAt(layout: readonly { offset: number; size: number }[], ...args: KernelArg[]): Uint8Array {
+  if (layout.length !== args.length) throw new RangeError(`packArgsAt: the kernel takes ${layout.length} parameters, got ${args.length} arguments`);
+  const end = layout.reduce((e, p) => Math.max(e, p.offset + p.size), 0);
+  const out = new Uint8Array(end);
+  args.forEach((a, i) => {
+    const one = packArgs(a);
+    const at = layout[i]!;
+    if (one.length !== at.size) throw new RangeError(`packArgsAt: argument ${i} (${a[0]}) is ${one.length} bytes; the kernel's parameter ${i} is ${at.size}`);
+    out.set(one, at.offset);
+  });
+  return out;
+}

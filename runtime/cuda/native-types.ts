@@ -266,6 +266,8 @@ export interface NativeAddon {
   moduleGetFunction(module: Module, name: string): KernelFunction;
   funcSetMaxDynamicSharedMemory(fn: KernelFunction, bytes: number): void;
   funcGetAttributes(fn: KernelFunction): FunctionAttributes;
+  /** Each parameter's offset and size in the device's parameter block (null before CUDA 12.4); pack with packArgsAt. */
+  funcGetParamLayout(fn: KernelFunction): { offset: number; size: number }[] | null;
   /** `params` is the packed parameter block (see packArgs in runtime/cuda/kernel-args.ts). */
   launchKernel(fn: KernelFunction, grid: Dim3, block: Dim3, sharedMemBytes: number, stream: Stream, params?: HostBuffer): void;
 

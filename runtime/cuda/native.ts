@@ -13,7 +13,7 @@ import { fileURLToPath } from "node:url";
 import type { DeviceProperties, LibraryName, LibraryProbe, MatmulDtype, NativeAddon, Stream } from "./native-types.ts";
 
 export * from "./native-types.ts";
-export { packArgs, f32ToBf16Bits, f32ToF16Bits, type KernelArg } from "./kernel-args.ts";
+export { packArgs, packArgsAt, f32ToBf16Bits, f32ToF16Bits, type KernelArg } from "./kernel-args.ts";
 
 const ADDON_FILE = "shardts_native.node";
 

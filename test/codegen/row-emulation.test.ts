@@ -31,7 +31,7 @@ import { runFusedCpu } from "./run-fused.ts";
 import { tuning, tuningLabel, type EmitTuning } from "../../compiler/codegen/cuda/tuning.ts";
 
 // the default emitter and every variant the memory-bound benchmark times (compiler/codegen/cuda/tuning.ts)
-const TUNINGS: Partial<EmitTuning>[] = [{}, { keepExp: true }, { online: false }, { fast: false }];
+const TUNINGS: Partial<EmitTuning>[] = [{}, { keepExp: false }, { online: false }, { fast: false }];
 
 const GXX = (() => {
   try {

@@ -13,15 +13,16 @@ import { compile } from "../../compiler/pipeline.ts";
 import { fuse } from "../../compiler/codegen/fuse.ts";
 import { emitCuda, type CudaKernel } from "../../compiler/codegen/cuda/emit.ts";
 import type { DType } from "../../compiler/ir/types.ts";
+import { tuning, type EmitTuning } from "../../compiler/codegen/cuda/tuning.ts";
 
-function kernelOf(make: (m: Mesh<"d">) => AnyDTensor[]): CudaKernel {
+function kernelOf(make: (m: Mesh<"d">) => AnyDTensor[], tune: Partial<EmitTuning> = {}): CudaKernel {
   const mesh = Mesh.of({ d: 1 });
   const outs = make(mesh);
-  const prog = emitCuda(fuse(compile(mesh.builder.graph, outs.map((o) => o.ref))));
+  const prog = emitCuda(fuse(compile(mesh.builder.graph, outs.map((o) => o.ref))), undefined, tuning(tune));
   expect(prog.kernels).toHaveLength(1);
   return prog.kernels[0]!;
 }
-const softmaxOf = (R: number, C: number, dt: DType) => kernelOf((m) => [softmax(input(m, "x", { r: R, c: C }, dt) as AnyDTensor, "c") as AnyDTensor]);
+const softmaxOf = (R: number, C: number, dt: DType, tune: Partial<EmitTuning> = {}) => kernelOf((m) => [softmax(input(m, "x", { r: R, c: C }, dt) as AnyDTensor, "c") as AnyDTensor], tune);
 const crossEntropyOf = (R: number, C: number, dt: DType) =>
   kernelOf((m) => {
     const x = input(m, "x", { r: R, c: C }, dt) as AnyDTensor, t = input(m, "t", { r: R }, "i32") as AnyDTensor;
@@ -53,15 +54,21 @@ describe("row kernels for memory-bound patterns", () => {
       }
   });
 
-  it("softmax: max and sum of exp in one online pass, then the output pass from registers", () => {
+  it("softmax: max and sum of exp in one online pass keeping each exp, then the output pass rescales them", () => {
     const k = softmaxOf(32768, 4096, "bf16");
-    expect([k.launch.rowThreads, k.launch.chunks]).toEqual([128, 4]);
+    // the kept exps are f32 (8 registers a vector): 512 threads of one vector each
+    expect([k.launch.rowThreads, k.launch.chunks]).toEqual([512, 1]);
     const v = vecPath(k);
     expect(passes(v)).toEqual(["max and sum of exp (softmax), online", "write the results"]);
     const [first, second] = v.split("// pass 2");
     expect(first!.match(/sh_ld_raw</g)).toHaveLength(1); // the row is read once, in pass 1
+    expect(first).toContain("m3[c] = mx;"); // each vector's running max, kept with its exps
     expect(second).not.toContain("sh_ld_raw");
-    expect(second).toContain("sh_launder(r0[c])"); // the kept bf16 row, converted again
+    expect(second).toContain("sh_exp2((m3[c] - v1) * SH_LOG2E)"); // one exp per vector to rescale
+    expect(second).toContain("(c3[c * VEC + e] * f3)");
+    // without keepExp the output pass recomputes exp from the kept bf16 row
+    const plain = vecPath(softmaxOf(32768, 4096, "bf16", { keepExp: false }));
+    expect(plain.split("// pass 2")[1]).toContain("sh_launder(r0[c])");
     expect(v).toContain("sh_group_online<32>");
     expect(v).not.toContain("expf("); // exp(x - max) as exp2, the division as a product with 1/sum
     expect(v).toContain("rs4 = 1.0f / v4");

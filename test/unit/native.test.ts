@@ -5,7 +5,7 @@ import { spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 
-import { addonCandidates, cudaAvailable, libraryStatus, native, packArgs, tryNative } from "../../runtime/cuda/native.ts";
+import { addonCandidates, cudaAvailable, libraryStatus, native, packArgs, packArgsAt, tryNative } from "../../runtime/cuda/native.ts";
 
 const nativeTs = fileURLToPath(new URL("../../runtime/cuda/native.ts", import.meta.url));
 
@@ -127,5 +127,21 @@ describe("native addon", () => {
     expect(v.getFloat64(32, true)).toBe(2);
     expect(v.getUint16(40, true)).toBe(0x3f80);
     expect(v.getInt32(44, true)).toBe(7);
+  });
+
+  it("packArgsAt puts each argument where the device's parameter layout says (an over-aligned struct past offset 0)", () => {
+    // as the H100 driver reported a kernel (CUtensorMap, CUtensorMap, ptr, i32): the maps start at 48
+    const layout = [{ offset: 48, size: 128 }, { offset: 176, size: 128 }, { offset: 304, size: 8 }, { offset: 312, size: 4 }];
+    const map = (b: number) => new Uint8Array(128).fill(b);
+    const p = packArgsAt(layout, ["bytes", map(1), 64], ["bytes", map(2), 64], ["ptr", 5n], ["i32", 9]);
+    expect(p.byteLength).toBe(316);
+    expect(p[47]).toBe(0);
+    expect(p[48]).toBe(1);
+    expect(p[176]).toBe(2);
+    const v = new DataView(p.buffer);
+    expect(v.getBigUint64(304, true)).toBe(5n);
+    expect(v.getInt32(312, true)).toBe(9);
+    expect(() => packArgsAt(layout, ["bytes", map(1), 64])).toThrow(/takes 4 parameters, got 1/);
+    expect(() => packArgsAt(layout, ["bytes", map(1), 64], ["bytes", map(2), 64], ["ptr", 5n], ["i64", 9])).toThrow(/argument 3 \(i64\) is 8 bytes; the kernel's parameter 3 is 4/);
   });
 });

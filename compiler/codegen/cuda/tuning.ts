@@ -17,7 +17,7 @@ export interface EmitTuning {
   fast: boolean;
 }
 
-export const DEFAULT_TUNING: EmitTuning = { online: true, keepExp: false, occupancy: 1024, fast: true };
+export const DEFAULT_TUNING: EmitTuning = { online: true, keepExp: true, occupancy: 1024, fast: true };
 
 /** The tuning with `over` applied; a short label of what differs from the default (for kernel names and reports). */
 export function tuning(over: Partial<EmitTuning> = {}): EmitTuning {
