@@ -18,9 +18,9 @@ summary=()
 note() { summary+=("$1"); echo "== $1"; }
 
 # 1. collectives
-timeout 150 "${CLI[@]}" launch --nproc-per-node "$N" bench/gpu/lib/dist-collectives.ts --json "$OUT/collectives-shardts.jsonl" > "$OUT/collectives-shardts.log" 2>&1
+timeout 110 "${CLI[@]}" launch --nproc-per-node "$N" bench/gpu/lib/dist-collectives.ts --json "$OUT/collectives-shardts.jsonl" > "$OUT/collectives-shardts.log" 2>&1
 note "collectives shardts: exit $?"
-timeout 120 python3 -m torch.distributed.run --nproc-per-node "$N" bench/peers/collectives.py --json "$OUT/collectives-torch.jsonl" > "$OUT/collectives-torch.log" 2>&1
+timeout 100 python3 -m torch.distributed.run --nproc-per-node "$N" bench/peers/collectives.py --json "$OUT/collectives-torch.jsonl" > "$OUT/collectives-torch.log" 2>&1
 note "collectives torch: exit $?"
 python3 - "$OUT" > "$OUT/collectives-ratio.txt" <<'PY'
 import json, sys, os
@@ -38,7 +38,7 @@ PY
 cat "$OUT/collectives-ratio.txt"
 
 # 2. the MoE layer, one rank per GPU, checked against one device
-timeout 90 "${CLI[@]}" launch --nproc-per-node "$N" examples/moe-layer.ts --backend cuda --mesh dp=1,ep=$N > "$OUT/moe-layer.log" 2>&1
+timeout 60 "${CLI[@]}" launch --nproc-per-node "$N" examples/moe-layer.ts --backend cuda --mesh dp=1,ep=$N > "$OUT/moe-layer.log" 2>&1
 note "moe-layer ep=$N rank-local vs one-device CPU: exit $? ($(grep -c ' ok' "$OUT/moe-layer.log") ok lines, $(grep -c FAIL "$OUT/moe-layer.log") FAIL)"
 
 # 3. per-layout training equivalence (20 steps): N GPUs vs the CPU-simulated run of the same mesh and
@@ -47,12 +47,12 @@ layouts=(dp fsdp tp ep)
 mesh_of() { case $1 in dp|fsdp) echo "dp=$N";; tp) echo "tp=$N";; ep) echo "ep=$N";; esac; }
 pids=()
 for layout in "${layouts[@]}"; do
-  timeout 240 "${CLI[@]}" run examples/train-moe-lm.ts --layout $layout --mesh "$(mesh_of $layout)" --steps 20 --no-eval --backend cpu --losses "$OUT/losses-$layout-cpu.json" > "$OUT/train-$layout-cpu.log" 2>&1 &
+  timeout 200 "${CLI[@]}" run examples/train-moe-lm.ts --layout $layout --mesh "$(mesh_of $layout)" --steps 20 --no-eval --backend cpu --losses "$OUT/losses-$layout-cpu.json" > "$OUT/train-$layout-cpu.log" 2>&1 &
   pids+=($!)
 done
 for layout in "${layouts[@]}"; do
   t0=$(date +%s)
-  timeout 150 "${CLI[@]}" launch --nproc-per-node "$N" examples/train-moe-lm.ts --layout $layout --mesh "$(mesh_of $layout)" --steps 20 --no-eval --backend cuda --losses "$OUT/losses-$layout-gpu.json" > "$OUT/train-$layout-gpu.log" 2>&1
+  timeout 80 "${CLI[@]}" launch --nproc-per-node "$N" examples/train-moe-lm.ts --layout $layout --mesh "$(mesh_of $layout)" --steps 20 --no-eval --backend cuda --losses "$OUT/losses-$layout-gpu.json" > "$OUT/train-$layout-gpu.log" 2>&1
   note "train $layout ($(mesh_of $layout)) on $N GPUs: exit $? in $(( $(date +%s) - t0 )) s"
 done
 for p in "${pids[@]}"; do wait "$p"; done
