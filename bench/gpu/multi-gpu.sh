@@ -19,9 +19,9 @@ note() { summary+=("$1"); echo "== $1"; }
 
 # 1. collectives
 timeout 110 "${CLI[@]}" launch --nproc-per-node "$N" bench/gpu/lib/dist-collectives.ts --json "$OUT/collectives-shardts.jsonl" > "$OUT/collectives-shardts.log" 2>&1
-note "collectives shardts: exit $?"
+rc=$?; note "collectives shardts: exit $rc"
 timeout 100 python3 -m torch.distributed.run --nproc-per-node "$N" bench/peers/collectives.py --json "$OUT/collectives-torch.jsonl" > "$OUT/collectives-torch.log" 2>&1
-note "collectives torch: exit $?"
+rc=$?; note "collectives torch: exit $rc"
 python3 - "$OUT" > "$OUT/collectives-ratio.txt" <<'PY'
 import json, sys, os
 o = sys.argv[1]
@@ -39,7 +39,7 @@ cat "$OUT/collectives-ratio.txt"
 
 # 2. the MoE layer, one rank per GPU, checked against one device
 timeout 60 "${CLI[@]}" launch --nproc-per-node "$N" examples/moe-layer.ts --backend cuda --mesh dp=1,ep=$N > "$OUT/moe-layer.log" 2>&1
-note "moe-layer ep=$N rank-local vs one-device CPU: exit $? ($(grep -c ' ok' "$OUT/moe-layer.log") ok lines, $(grep -c FAIL "$OUT/moe-layer.log") FAIL)"
+rc=$?; note "moe-layer ep=$N rank-local vs one-device CPU: exit $rc ($(grep -c ' ok' "$OUT/moe-layer.log") ok lines, $(grep -c FAIL "$OUT/moe-layer.log") FAIL)"
 
 # 3. per-layout training equivalence (20 steps): N GPUs vs the CPU-simulated run of the same mesh and
 #    seed. The CPU runs go in the background (one core each) while the GPU runs take their turn.
@@ -53,7 +53,7 @@ done
 for layout in "${layouts[@]}"; do
   t0=$(date +%s)
   timeout 80 "${CLI[@]}" launch --nproc-per-node "$N" examples/train-moe-lm.ts --layout $layout --mesh "$(mesh_of $layout)" --steps 20 --no-eval --backend cuda --losses "$OUT/losses-$layout-gpu.json" > "$OUT/train-$layout-gpu.log" 2>&1
-  note "train $layout ($(mesh_of $layout)) on $N GPUs: exit $? in $(( $(date +%s) - t0 )) s"
+  rc=$?; note "train $layout ($(mesh_of $layout)) on $N GPUs: exit $rc in $(( $(date +%s) - t0 )) s"
 done
 for p in "${pids[@]}"; do wait "$p"; done
 python3 - "$OUT" "${layouts[@]}" > "$OUT/train-equivalence.txt" <<'PY'

@@ -78,12 +78,15 @@ export async function main(argv: string[], log: (s: string) => void = console.lo
       const b = rest.indexOf("--backend");
       const job = await joinGpuJob((b >= 0 ? rest[b + 1] : "auto") as Backend);
       if (job && job.env.rank !== 0) log = () => {};
+      let code: number;
       try {
-        if (runnable && isMainDef(runnable)) return (await runnable.main({ args: rest.filter((_, i) => i !== fileAt), log })) ?? 0;
-        return await runModel(rest, runnable, log);
-      } finally {
-        await job?.close();
+        code = runnable && isMainDef(runnable) ? ((await runnable.main({ args: rest.filter((_, i) => i !== fileAt), log })) ?? 0) : await runModel(rest, runnable, log);
+      } catch (e) {
+        await job?.abort(); // the peers may be gone: abort, and report this rank's own error
+        throw e;
       }
+      await job?.close();
+      return code;
     }
     if (cmd === "launch") {
       const fileAt = firstPositional(rest, ["nproc-per-node", "nnodes", "node-rank", "master-addr", "master-port"]);

@@ -1,9 +1,11 @@
 // NCCL communicators of a job: the world communicator from the rendezvous's unique id, and one per
 // mesh axis split from it (ranks that differ only in that axis's coordinate share a colour; the key
 // is the coordinate, so a rank's index in its axis group is its rank in the axis communicator).
-// Made once per mesh and reused. Communicators are non-blocking (NCCL_COMM_BLOCKING=0, unless the
-// user set it) so that the watchdog can abort one whose peers never arrive; every call that answers
-// ncclInProgress is polled to completion here.
+// Made once per mesh and reused. Communicators are blocking (NCCL's default; NCCL_COMM_BLOCKING=0
+// makes them non-blocking, and every call that answers ncclInProgress is then polled to completion
+// here, parent and child of a split alike). A first run on two H200s with non-blocking ones failed:
+// "Attempt to use communicator before the previous operation returned ncclSuccess". The watchdog
+// aborts a hung communicator from its own thread either way.
 import type { MeshSpec } from "../../../compiler/ir/types.ts";
 import { coordsOf, rankOf, worldSize } from "../../../compiler/ir/placement.ts";
 import { UsageError } from "../../../compiler/errors.ts";
@@ -39,7 +41,6 @@ export class Communicators {
   readonly world: NcclComm;
 
   constructor(private readonly addon: NativeAddon, readonly rank: number, readonly size: number, uniqueId: Uint8Array, private readonly timeoutMs: number) {
-    process.env.NCCL_COMM_BLOCKING ??= "0";
     this.world = addon.ncclCommInitRank(size, uniqueId, rank);
     waitComm(addon, this.world, `ncclCommInitRank(world ${size}, rank ${rank})`, Date.now() + timeoutMs);
   }
@@ -56,6 +57,7 @@ export class Communicators {
       const c = this.addon.ncclCommSplit(this.world, color, k);
       if (c === null) throw new UsageError(`ncclCommSplit gave no communicator for mesh axis '${name}'`);
       waitComm(this.addon, c, `ncclCommSplit(mesh axis '${name}', colour ${color}, key ${k})`, Date.now() + this.timeoutMs);
+      waitComm(this.addon, this.world, `ncclCommSplit(mesh axis '${name}') on the world communicator`, Date.now() + this.timeoutMs);
       return c;
     });
     this.byMesh.set(key, comms);
@@ -66,8 +68,29 @@ export class Communicators {
     return [this.world, ...[...this.byMesh.values()].flat()];
   }
 
+  /** Frees every communicator (after a clean finish); the first failure is thrown once all were tried. */
   destroy(): void {
-    for (const c of this.all().reverse()) this.addon.ncclCommDestroy(c);
+    let first: unknown;
+    for (const c of this.all().reverse()) {
+      try {
+        this.addon.ncclCommDestroy(c);
+      } catch (e) {
+        first ??= e;
+      }
+    }
+    this.byMesh.clear();
+    if (first) throw first;
+  }
+
+  /** After a failure: aborts every communicator (peers may be gone), ignoring what NCCL says. */
+  abort(): void {
+    for (const c of this.all().reverse()) {
+      try {
+        this.addon.ncclCommAbort(c);
+      } catch {
+        // the job is failing already; the original error is what the user needs
+      }
+    }
     this.byMesh.clear();
   }
 }

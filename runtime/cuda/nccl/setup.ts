@@ -18,6 +18,8 @@ export interface JoinedJob {
   env: DistEnv;
   rankLocal: RankLocal;
   close(): Promise<void>;
+  /** After a failure on this rank: abort the communicators and stop, without waiting for peers. */
+  abort(): Promise<void>;
 }
 
 export async function joinJob(env: DistEnv = readDistEnv()): Promise<JoinedJob> {
@@ -40,10 +42,16 @@ export async function joinJob(env: DistEnv = readDistEnv()): Promise<JoinedJob> 
       // every rank finishes before rank 0's store goes away
       await client.add("nccl/done");
       if (env.rank === 0) while (Number(await client.add("nccl/done", 0)) < env.worldSize) await new Promise((r) => setTimeout(r, 50));
-      comms.destroy();
       await watchdog.stop();
+      comms.destroy();
       client.close();
       await hosted?.close();
+    },
+    abort: async () => {
+      await watchdog.stop().catch(() => undefined);
+      comms.abort();
+      client.close();
+      await hosted?.close().catch(() => undefined);
     },
   };
 }
