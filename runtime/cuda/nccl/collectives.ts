@@ -17,7 +17,7 @@ import { download, empty, type DeviceTensor } from "../memory.ts";
 import * as K from "../kernels/sources.ts";
 import type { CudaExecutor } from "../executor.ts";
 import { lowerStep, type View } from "./lower.ts";
-import type { Counts } from "./transfers.ts";
+import { isContiguous, type Counts } from "./transfers.ts";
 import { Communicators, waitComm } from "./communicators.ts";
 import { WatchdogThread } from "./watchdog-thread.ts";
 
@@ -161,6 +161,9 @@ export class RankLocal {
     if (n === 0) return;
     if (src.shape.length > K.MAX_DIMS) throw new CompileError(`a comm step's copy has ${src.shape.length} dims; the copy kernel takes ${K.MAX_DIMS}`);
     const eb = K.elemBytes(dtype);
+    // both sides one contiguous run: the copy engine's memcpy, not the strided kernel
+    if (isContiguous(src) && isContiguous(dst))
+      return this.addon.memcpyDtoDAsync(bufs.get(dst.buf)! + BigInt(dst.at * eb), bufs.get(src.buf)! + BigInt(src.at * eb), n * eb, stream);
     const geo = new DataView(new ArrayBuffer(16 + 4 * K.MAX_DIMS + 16 * K.MAX_DIMS));
     // struct Geo { int nd; long long n; int shape[8]; long long istride[8]; long long ostride[8]; }
     geo.setInt32(0, src.shape.length, true);

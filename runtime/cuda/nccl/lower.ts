@@ -66,12 +66,16 @@ export function lowerStep(plan: Plan, step: PlannedStep, inSlot: number, outSlot
   const base = { axis: step.axis, group, me, outElems: numelOf(sOut), what: fmtStep(step, plan.mesh) };
   const done = () => ({ ...base, calls });
 
-  // all-to-all-v: each pair's regions, packed where not contiguous; self regions copied locally
+  // all-to-all-v: each pair's regions, packed where not contiguous; this rank's own region a send to
+  // itself inside the group where contiguous on both sides (NCCL copies it while the peers' data moves,
+  // as torch's all_to_all_single does), else copied before the group
   const p2p = (pairs: (k: number, j: number) => Transfer[], srcBuf = "in") => {
     if (group.some((_, k) => segDimOf(inV, outV, group[k]!, rank) >= 0)) calls.push({ op: "zero", buf: "out", elems: numelOf(sOut) });
     const rename = (ts: Transfer[]) => ts.map((t) => ({ src: { ...t.src, buf: srcBuf }, dst: t.dst }));
-    for (const t of rename(pairs(me, me))) calls.push({ op: "copy", src: t.src, dst: t.dst });
     const sends: [number, Span, number][] = [], recvs: [number, Span, number][] = [], unpack: Call[] = [];
+    const self = rename(pairs(me, me)), selfN = self.reduce((a, t) => a + numelOf(t.src.shape), 0);
+    const selfInGroup = self.length === 1 && selfN > 0 && isContiguous(self[0]!.src) && isContiguous(self[0]!.dst);
+    if (!selfInGroup) for (const t of self) calls.push({ op: "copy", src: t.src, dst: t.dst });
     group.forEach((_, j) => {
       if (j === me) return;
       const out = rename(pairs(me, j)), total = out.reduce((a, t) => a + numelOf(t.src.shape), 0);
@@ -93,11 +97,14 @@ export function lowerStep(plan: Plan, step: PlannedStep, inSlot: number, outSlot
       recvs.push([k, { buf, at: 0 }, total]);
     });
     if (sends.length || recvs.length) {
+      // (only in a group that moves data between ranks anyway: a purely local step stays a copy)
+      if (selfInGroup) (sends.push([me, { buf: self[0]!.src.buf, at: self[0]!.src.at }, selfN]), recvs.push([me, { buf: self[0]!.dst.buf, at: self[0]!.dst.at }, selfN]));
       calls.push({ op: "group_start" });
       for (const [peer, span, count] of sends) calls.push({ op: "send", peer, span, count });
       for (const [peer, span, count] of recvs) calls.push({ op: "recv", peer, span, count });
       calls.push({ op: "group_end" });
     }
+    else if (selfInGroup) calls.push({ op: "copy", src: self[0]!.src, dst: self[0]!.dst });
     calls.push(...unpack);
   };
   const pairsOf = (k: number, j: number) => transfers(plan, inV, outV, group[k]!, group[j]!, counts);
