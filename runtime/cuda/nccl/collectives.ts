@@ -93,10 +93,26 @@ export class RankLocal {
     this.s.watchdog?.check();
   }
 
+  /** Lowerings that read no counts (no segmented dim), per plan and step: a training loop reuses them. */
+  private lowerings = new WeakMap<Plan, Map<PlannedStep, Map<string, ReturnType<typeof lowerStep>>>>();
+  private lower(plan: Plan, step: PlannedStep, inSlot: number, outSlot: number, counts: Counts): ReturnType<typeof lowerStep> {
+    let byStep = this.lowerings.get(plan);
+    if (!byStep) this.lowerings.set(plan, (byStep = new Map()));
+    let bySlots = byStep.get(step);
+    if (!bySlots) byStep.set(step, (bySlots = new Map()));
+    const key = `${inSlot}:${outSlot}`;
+    const hit = bySlots.get(key);
+    if (hit) return hit;
+    let readCounts = false;
+    const low = lowerStep(plan, step, inSlot, outSlot, this.rank, (s) => ((readCounts = true), counts(s)));
+    if (!readCounts) bySlots.set(key, low);
+    return low;
+  }
+
   /** Runs plan comm step `step` on this rank; `input` is handed over (released once safe). */
   step(plan: Plan, step: PlannedStep, inSlot: number, outSlot: number, input: DeviceTensor, counts: Counts, releaseInput: boolean): DeviceTensor {
     const ex = this.exec!, a = this.addon, cs = this.stream();
-    const low = lowerStep(plan, step, inSlot, outSlot, this.rank, counts);
+    const low = this.lower(plan, step, inSlot, outSlot, counts);
     const comm = this.comms.axes(plan.mesh)[low.axis]!, axis = plan.mesh.axes[low.axis]!;
     const dtype = plan.values[inSlot]!.type.dtype, eb = K.elemBytes(dtype), nt = NCCL_TYPE[dtype];
     const out = empty(ex.mem, dtype, plan.values[outSlot]!.shapes[this.rank]!);
