@@ -84,7 +84,15 @@ const cases: { op: string; dtypes: DType[]; make: Maker }[] = [
     make: (m, t) => {
       const x = quantize(T(m, { t: 40, m: 300 }, t) as never, "1x128", "m") as { q: AnyDTensor; scales: AnyDTensor };
       const w = quantize(T(m, { m: 300, n: 72 }, t) as never, "128x128", ["n", "m"]) as { q: AnyDTensor; scales: AnyDTensor };
-      return [scaledDot(x, w as never, "m", { out: "f32" }) as AnyDTensor];
+      // f32 out: dequantize + cuBLASLt f32; bf16 out with B = [n, m] or [m, n]: the generated Hopper FP8 GEMM
+      const x2 = quantize(T(m, { b: 3, t: 40, m: 256 }, t) as never, "1x128", "m") as { q: AnyDTensor; scales: AnyDTensor };
+      const w2 = quantize(T(m, { n: 64, m: 256 }, t) as never, "128x128", ["n", "m"]) as { q: AnyDTensor; scales: AnyDTensor };
+      const w3 = quantize(T(m, { m: 256, n: 160 }, t) as never, "128x128", ["m", "n"]) as { q: AnyDTensor; scales: AnyDTensor };
+      return [
+        scaledDot(x, w as never, "m", { out: "f32" }) as AnyDTensor,
+        scaledDot(x2, w2 as never, "m", { out: "bf16" }) as AnyDTensor,
+        scaledDot(x2, w3 as never, "m", { out: "bf16" }) as AnyDTensor,
+      ];
     },
   },
 ];

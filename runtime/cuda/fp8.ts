@@ -1,8 +1,8 @@
 // The CUDA executor's FP8 ops: quantize and dequantize through the kernels of
 // kernels/fp8-sources.ts (the tiled dims moved last, [O, N, K] views), and scaled_dot through a
-// FALLBACK — both operands dequantized to f32 and contracted by cuBLASLt's f32 GEMM — until the
-// Hopper block-scaled FP8 GEMM kernels land; it equals the CPU reference's promoted accumulation to
-// f32 rounding, not bit for bit, and runs at f32 GEMM speed.
+// FALLBACK — both operands dequantized to f32 and contracted by cuBLASLt's f32 GEMM — wherever the
+// generated Hopper FP8 GEMM does not take the operands (fp8-scaled-dot.ts says which); it equals the
+// CPU reference's promoted accumulation to f32 rounding, not bit for bit, and runs at f32 GEMM speed.
 import type { Attrs, TensorType } from "../../compiler/ir/types.ts";
 import { numel } from "../../compiler/ir/types.ts";
 import { CompileError } from "../../compiler/errors.ts";
@@ -11,6 +11,7 @@ import { packArgs } from "./native.ts";
 import { empty, type DeviceTensor } from "./memory.ts";
 import * as Q from "./kernels/fp8-sources.ts";
 import type { CudaExecutor } from "./executor.ts";
+import { scaledDotGemm } from "./fp8-scaled-dot.ts";
 
 export const FP8_OPS = new Set(["quantize", "dequantize", "scaled_dot"]);
 const names = (t: TensorType) => t.dims.map((d) => d.name);
@@ -75,7 +76,10 @@ export function dequantizeCuda(ex: CudaExecutor, q: DeviceTensor, s: DeviceTenso
 export function runFp8(ex: CudaExecutor, op: string, x: DeviceTensor[], tIn: TensorType[], tOut: TensorType[], shape: number[], attrs: Attrs): DeviceTensor[] {
   if (op === "quantize") return quantizeCuda(ex, x[0]!, tIn[0]!, attrs);
   if (op === "dequantize") return [dequantizeCuda(ex, x[0]!, x[1]!, tIn[0]!, tIn[1]!, tOut[0]!.dtype as "f32" | "bf16")];
-  // scaled_dot: the labelled fallback (see the file header)
+  // scaled_dot: the generated FP8 GEMM where the operands have its form (fp8-scaled-dot.ts), else the
+  // labelled fallback (see the file header)
+  const fast = scaledDotGemm(ex, x, tIn, tOut[0]!, shape, attrs.contract as string[]);
+  if (fast) return [fast];
   const a = dequantizeCuda(ex, x[0]!, x[1]!, tIn[0]!, tIn[1]!, "f32"), b = dequantizeCuda(ex, x[2]!, x[3]!, tIn[2]!, tIn[3]!, "f32");
   const y = ex.dot(a, b, { ...tIn[0]!, dtype: "f32" }, { ...tIn[2]!, dtype: "f32" }, tOut[0]!, shape, { contract: attrs.contract! });
   ex.release(a);

@@ -1,0 +1,59 @@
+// scaled_dot on the CUDA backend through the generated Hopper FP8 GEMM (compiler/codegen/cuda/gemm/)
+// where the operands have its form: A tiled 1×128 along the one contracted dim K (any other dims are
+// rows, M), B exactly [N, K] tiled 128×128, a bf16 result, and a Hopper GPU. Anything else returns
+// undefined and runs the dequantize + cuBLASLt f32 path of fp8.ts. The operands are reordered to the
+// kernel's layouts (A M×K, B N×K, A's scales [K/128][M], B's [N/128][K/128]); the configuration is
+// the persistent 128×128 two-consumer kernel, the autotuner's pick for most large shapes on an H100
+// (bench/results/2026-11-22-fp8-gemm-h100.txt).
+import type { TensorType } from "../../compiler/ir/types.ts";
+import { numel } from "../../compiler/ir/types.ts";
+import { shapeProblem, type Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { tilesName } from "../../compiler/ops/quantize.ts";
+import { empty, type DeviceTensor } from "./memory.ts";
+import { Fp8Gemm } from "./fp8-gemm.ts";
+import type { CudaExecutor } from "./executor.ts";
+
+const CONFIG: Fp8GemmConfig = { consumers: 2, blockN: 128, stages: 7, persistent: true, grouped: false };
+const names = (t: TensorType) => t.dims.map((d) => d.name);
+const gemms = new WeakMap<CudaExecutor, Fp8Gemm>();
+
+/** The kernel's operand form, or why not (for the fallback's choice; not an error). */
+export function formOf(tIn: TensorType[], tOut: TensorType, contract: string[]): { K: string; N: string; rows: string[] } | undefined {
+  const [ta, tsa, tb, tsb] = tIn as [TensorType, TensorType, TensorType, TensorType];
+  if (contract.length !== 1 || tOut.dtype !== "bf16") return undefined;
+  const K = contract[0]!;
+  if (tb.dims.length !== 2 || !names(tb).includes(K)) return undefined;
+  const N = names(tb).find((n) => n !== K)!;
+  // A: 1x128 along K (its scales rename K only); B: 128x128 over both of its dims
+  const aTiles = names(tsa), bTiles = names(tsb);
+  if (aTiles.length !== ta.dims.length || !ta.dims.every((d, i) => (d.name === K ? aTiles[i] === tilesName(K) : aTiles[i] === d.name))) return undefined;
+  if (!bTiles.includes(tilesName(K)) || !bTiles.includes(tilesName(N))) return undefined;
+  return { K, N, rows: names(ta).filter((n) => n !== K) };
+}
+
+export function scaledDotGemm(ex: CudaExecutor, x: DeviceTensor[], tIn: TensorType[], tOut: TensorType, shape: number[], contract: string[]): DeviceTensor | undefined {
+  const form = formOf(tIn, tOut, contract);
+  if (!form) return undefined;
+  let g = gemms.get(ex);
+  if (!g) gemms.set(ex, (g = new Fp8Gemm(ex.addon, ex.stream)));
+  if (!g.supported) return undefined;
+  const [ta, tsa, tb, tsb] = tIn as [TensorType, TensorType, TensorType, TensorType];
+  const { K, N, rows } = form;
+  const A = ex.reorder(x[0]!, names(ta), [...rows, K]);
+  const SA = ex.reorder(x[1]!, names(tsa), [tilesName(K), ...rows]);
+  const B = ex.reorder(x[2]!, names(tb), [N, K]);
+  const SB = ex.reorder(x[3]!, names(tsb), [tilesName(N), tilesName(K)]);
+  const kk = A.shape[A.shape.length - 1]!, M = numel(A.shape) / Math.max(1, kk), nn = B.shape[0]!;
+  const why = shapeProblem({ M, N: nn, K: kk });
+  let D: DeviceTensor | undefined;
+  if (!why) {
+    const order = [...rows, N];
+    D = empty(ex.mem, "bf16", order.map((d) => shape[tOut.dims.findIndex((e) => e.name === d)]!));
+    g.prepare(CONFIG, { M, N: nn, K: kk }, { a: A.ptr, b: B.ptr, sa: SA.ptr, sb: SB.ptr, d: D.ptr })();
+    const out = ex.reorder(D, order, names(tOut));
+    if (out !== D) ex.release(D);
+    D = out;
+  }
+  for (const [t, orig] of [[A, x[0]], [SA, x[1]], [B, x[2]], [SB, x[3]]] as const) if (t !== orig) ex.release(t);
+  return D;
+}
