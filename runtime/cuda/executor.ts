@@ -551,7 +551,8 @@ export class CudaExecutor {
     return this.castOwned(acc, to.dtype);
   }
 
-  private castOwned(acc: DeviceTensor, dtype: DType): DeviceTensor {
+  /** An f32 result cast to `dtype` (f32: itself); the f32 buffer is released. */
+  castOwned(acc: DeviceTensor, dtype: DType): DeviceTensor {
     if (dtype === "f32") return acc;
     const out = empty(this.mem, dtype, acc.shape);
     this.launch1D(K.castFromF32(dtype), numel(acc.shape), [["ptr", out.ptr], ["ptr", acc.ptr], ["i64", numel(acc.shape)]]);

@@ -81,7 +81,9 @@ export function runFp8(ex: CudaExecutor, op: string, x: DeviceTensor[], tIn: Ten
   const fast = scaledDotGemm(ex, x, tIn, tOut[0]!, shape, attrs.contract as string[]);
   if (fast) return [fast];
   const a = dequantizeCuda(ex, x[0]!, x[1]!, tIn[0]!, tIn[1]!, "f32"), b = dequantizeCuda(ex, x[2]!, x[3]!, tIn[2]!, tIn[3]!, "f32");
-  const y = ex.dot(a, b, { ...tIn[0]!, dtype: "f32" }, { ...tIn[2]!, dtype: "f32" }, tOut[0]!, shape, { contract: attrs.contract! });
+  // (cuBLASLt has no f32 x f32 -> bf16 GEMM: accumulate to f32, then round)
+  const y32 = ex.dot(a, b, { ...tIn[0]!, dtype: "f32" }, { ...tIn[2]!, dtype: "f32" }, { ...tOut[0]!, dtype: "f32" }, shape, { contract: attrs.contract! });
+  const y = ex.castOwned(y32, tOut[0]!.dtype);
   ex.release(a);
   ex.release(b);
   return [y];
