@@ -73,19 +73,9 @@ export function expertOfRow(p: Fp8GemmProblem, m: number): number {
  * out[i*N + n] for rows[i]. Rows of a padding block are NaN (the kernel leaves them unwritten).
  */
 export function fp8GemmF32(p: Fp8GemmProblem, rows?: ArrayLike<number>): Float32Array {
-  checkProblem(p);
-  const { M, N, K } = p;
-  const KB = kBlocks(K), NB = Math.ceil(N / FP8_BLOCK);
-  const list = rows ?? Array.from({ length: M }, (_, i) => i);
-  const out = new Float32Array(list.length * N);
+  const { M, N, K } = p, KB = kBlocks(K), NB = Math.ceil(N / FP8_BLOCK);
   const arow = new Float64Array(K);
-  for (let i = 0; i < list.length; i++) {
-    const m = list[i]!;
-    const e = expertOfRow(p, m);
-    if (e < 0) {
-      out.fill(NaN, i * N, (i + 1) * N);
-      continue;
-    }
+  return eachRow(p, rows, (n) => new Float32Array(n), (m, e, out, at) => {
     for (let k = 0; k < K; k++) arow[k] = E4M3_TABLE[p.a[m * K + k]!]!;
     for (let n = 0; n < N; n++) {
       const bOff = (e * N + n) * K, sbOff = (e * NB + Math.floor(n / FP8_BLOCK)) * KB;
@@ -94,11 +84,23 @@ export function fp8GemmF32(p: Fp8GemmProblem, rows?: ArrayLike<number>): Float32
         let chunk = 0;
         const k1 = Math.min(K, (kb + 1) * FP8_BLOCK);
         for (let k = kb * FP8_BLOCK; k < k1; k++) chunk += arow[k]! * E4M3_TABLE[p.b[bOff + k]!]!;
-        const s = Math.fround(p.sa[kb * M + m]! * p.sb[sbOff + kb]!);
-        acc = Math.fround(Math.fround(chunk) * s + acc);
+        const sc = Math.fround(p.sa[kb * M + m]! * p.sb[sbOff + kb]!);
+        acc = Math.fround(Math.fround(chunk) * sc + acc);
       }
-      out[i * N + n] = acc;
+      out[at + n] = acc;
     }
+  });
+}
+
+/** Runs `row` for each listed row (default: all) into its N outputs at `at`; padding rows' outputs are NaN. */
+function eachRow<T extends Float32Array | Float64Array>(p: Fp8GemmProblem, rows: ArrayLike<number> | undefined, make: (n: number) => T, row: (m: number, expert: number, out: T, at: number) => void): T {
+  checkProblem(p);
+  const list = rows ?? Array.from({ length: p.M }, (_, i) => i);
+  const out = make(list.length * p.N);
+  for (let i = 0; i < list.length; i++) {
+    const m = list[i]!, e = expertOfRow(p, m);
+    if (e < 0) out.fill(NaN, i * p.N, (i + 1) * p.N);
+    else row(m, e, out, i * p.N);
   }
   return out;
 }
@@ -112,28 +114,17 @@ export function fp8GemmRef(p: Fp8GemmProblem, rows?: ArrayLike<number>): Float32
 
 /** The exact product of the dequantized operands (f64), for the given rows: the error model's truth. */
 export function fp8GemmF64(p: Fp8GemmProblem, rows?: ArrayLike<number>): Float64Array {
-  checkProblem(p);
-  const { M, N, K } = p;
-  const KB = kBlocks(K), NB = Math.ceil(N / FP8_BLOCK);
-  const list = rows ?? Array.from({ length: M }, (_, i) => i);
-  const out = new Float64Array(list.length * N);
+  const { M, N, K } = p, KB = kBlocks(K), NB = Math.ceil(N / FP8_BLOCK);
   const arow = new Float64Array(K);
-  for (let i = 0; i < list.length; i++) {
-    const m = list[i]!;
-    const e = expertOfRow(p, m);
-    if (e < 0) {
-      out.fill(NaN, i * N, (i + 1) * N);
-      continue;
-    }
+  return eachRow(p, rows, (n) => new Float64Array(n), (m, e, out, at) => {
     for (let k = 0; k < K; k++) arow[k] = E4M3_TABLE[p.a[m * K + k]!]! * p.sa[Math.floor(k / FP8_BLOCK) * M + m]!;
     for (let n = 0; n < N; n++) {
       const bOff = (e * N + n) * K, sbOff = (e * NB + Math.floor(n / FP8_BLOCK)) * KB;
       let acc = 0;
       for (let k = 0; k < K; k++) acc += arow[k]! * (E4M3_TABLE[p.b[bOff + k]!]! * p.sb[sbOff + Math.floor(k / FP8_BLOCK)]!);
-      out[i * N + n] = acc;
+      out[at + n] = acc;
     }
-  }
-  return out;
+  });
 }
 
 /** Quantizes M×K values in 1×128 tiles: codes, and dequantization scales laid out [ceil(K/128)][M]. */

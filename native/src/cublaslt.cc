@@ -68,6 +68,28 @@ struct Plan {
   size_t workspace = 0;
 };
 
+// The preference (workspace, operand alignments) and cuBLASLt's best algorithm for the plan's
+// descriptor and layouts, stored in the plan; `none` says why when there is none.
+void pickAlgo(Napi::Env env, CublasLtApi& api, cublasLtHandle_t h, Plan& p, uint64_t wsBytes, const uint32_t al[4],
+              const std::string& what, const std::string& none) {
+  cublasLtMatmulPreference_t pref = nullptr;
+  check(env, api, api.cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
+  check(env, api, api.cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsBytes, sizeof(wsBytes)),
+        "cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)");
+  for (int i = 0; i < 4; i++)
+    check(env, api, api.cublasLtMatmulPreferenceSetAttribute(pref, PREF_MIN_ALIGNMENT_A + i, &al[i], sizeof(al[i])),
+          "cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT)");
+  // Room for more than one result, in case a future cuBLASLt grows the struct.
+  cublasLtMatmulHeuristicResult_t results[4] = {};
+  int found = 0;
+  cublasStatus_t s = api.cublasLtMatmulAlgoGetHeuristic(h, p.desc, p.a, p.b, p.c, p.d, pref, 1, results, &found);
+  api.cublasLtMatmulPreferenceDestroy(pref);
+  check(env, api, s, "cublasLtMatmulAlgoGetHeuristic " + what);
+  if (found < 1) throwApiError(env, "cublasLt", "cublasLtMatmulAlgoGetHeuristic " + what, 15, "CUBLAS_STATUS_NOT_SUPPORTED", none);
+  p.algo = results[0].algo;
+  p.workspace = results[0].workspaceSize;
+}
+
 std::mutex g_mutex;
 std::map<int, cublasLtHandle_t> g_handles;
 std::map<std::string, Plan> g_plans;
@@ -161,26 +183,9 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
     layout(&p.b, ab, tb ? n : k, tb ? k : n, ldb, sB, "B");
     layout(&p.c, cd, m, n, ldc, sC, "C");
     layout(&p.d, cd, m, n, ldd, sD, "D");
-    cublasLtMatmulPreference_t pref = nullptr;
-    check(env, api, api.cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
-    check(env, api, api.cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsBytes, sizeof(wsBytes)),
-          "cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)");
-    for (int i = 0; i < 4; i++)
-      check(env, api, api.cublasLtMatmulPreferenceSetAttribute(pref, PREF_MIN_ALIGNMENT_A + i, &al[i], sizeof(al[i])),
-            "cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT)");
-    // Room for more than one result, in case a future cuBLASLt grows the struct.
-    cublasLtMatmulHeuristicResult_t results[4] = {};
-    int found = 0;
-    cublasStatus_t s = api.cublasLtMatmulAlgoGetHeuristic(h, p.desc, p.a, p.b, p.c, p.d, pref, 1, results, &found);
-    api.cublasLtMatmulPreferenceDestroy(pref);
-    check(env, api, s, "cublasLtMatmulAlgoGetHeuristic " + what);
-    if (found < 1)
-      throwApiError(env, "cublasLt", "cublasLtMatmulAlgoGetHeuristic " + what, 15, "CUBLAS_STATUS_NOT_SUPPORTED",
-                    "no algorithm fits this problem, its alignment (" + std::to_string(al[0]) + "/" + std::to_string(al[1]) + "/" +
-                        std::to_string(al[2]) + "/" + std::to_string(al[3]) + " B) and " + std::to_string(wsBytes) +
-                        " bytes of workspace");
-    p.algo = results[0].algo;
-    p.workspace = results[0].workspaceSize;
+    pickAlgo(env, api, h, p, wsBytes, al, what,
+             "no algorithm fits this problem, its alignment (" + std::to_string(al[0]) + "/" + std::to_string(al[1]) + "/" +
+                 std::to_string(al[2]) + "/" + std::to_string(al[3]) + " B) and " + std::to_string(wsBytes) + " bytes of workspace");
     it = g_plans.emplace(key, p).first;
   }
   Plan& p = it->second;
@@ -242,23 +247,7 @@ Napi::Value MatmulFp8BlockScaled(const Napi::CallbackInfo& info) {
     check(env, api, api.cublasLtMatrixLayoutCreate(&p.b, CUDA_R_8F_E4M3, K, M, K), "cublasLtMatrixLayoutCreate(B) " + what);
     check(env, api, api.cublasLtMatrixLayoutCreate(&p.c, CUDA_R_16BF, N, M, N), "cublasLtMatrixLayoutCreate(C) " + what);
     check(env, api, api.cublasLtMatrixLayoutCreate(&p.d, CUDA_R_16BF, N, M, N), "cublasLtMatrixLayoutCreate(D) " + what);
-    cublasLtMatmulPreference_t pref = nullptr;
-    check(env, api, api.cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
-    check(env, api, api.cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsBytes, sizeof(wsBytes)),
-          "cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)");
-    for (int i = 0; i < 4; i++)
-      check(env, api, api.cublasLtMatmulPreferenceSetAttribute(pref, PREF_MIN_ALIGNMENT_A + i, &al[i], sizeof(al[i])),
-            "cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT)");
-    cublasLtMatmulHeuristicResult_t results[4] = {};
-    int found = 0;
-    cublasStatus_t st = api.cublasLtMatmulAlgoGetHeuristic(h, p.desc, p.a, p.b, p.c, p.d, pref, 1, results, &found);
-    api.cublasLtMatmulPreferenceDestroy(pref);
-    check(env, api, st, "cublasLtMatmulAlgoGetHeuristic " + what);
-    if (found < 1)
-      throwApiError(env, "cublasLt", "cublasLtMatmulAlgoGetHeuristic " + what, 15, "CUBLAS_STATUS_NOT_SUPPORTED",
-                    "no block-scaled FP8 algorithm for this problem on this GPU (cuBLASLt supports it on Hopper and newer)");
-    p.algo = results[0].algo;
-    p.workspace = results[0].workspaceSize;
+    pickAlgo(env, api, h, p, wsBytes, al, what, "no block-scaled FP8 algorithm for this problem on this GPU (cuBLASLt supports it on Hopper and newer)");
     it = g_plans.emplace(key, p).first;
   }
   Plan& p = it->second;
