@@ -8,6 +8,7 @@ import type { LocalTensor } from "../compiler/ir/local.ts";
 import { cudaAvailable, native } from "../runtime/cuda/native.ts";
 import { inDistJob, joinJob, type JoinedJob } from "../runtime/cuda/nccl/setup.ts";
 import { CudaExecutor } from "../runtime/cuda/executor.ts";
+import type { TraceEvent } from "../runtime/cuda/trace.ts";
 import type { AnyDTensor } from "./dtensor.ts";
 import { GlobalValue } from "./value.ts";
 
@@ -21,6 +22,8 @@ export interface EvaluateOptions {
   onPlan?: (plan: Plan) => void;
   /** Receives what the backend reports about the run (the CUDA backend: kernels, compile times, peak memory). */
   onStats?: (stats: Record<string, number>, backend: "cpu" | "cuda") => void;
+  /** CUDA backend: filled with the run's timeline (runtime/cuda/trace.ts). */
+  trace?: TraceEvent[];
 }
 
 let gpuProbe: ReturnType<typeof cudaAvailable> | undefined;
@@ -60,8 +63,8 @@ export async function joinGpuJob(backend: Backend = "auto"): Promise<JoinedJob |
 export const jobRank = (): number => job?.env.rank ?? 0;
 
 /** Runs a compiled plan on the chosen backend. */
-export function runPlan(plan: Plan, backend: "cpu" | "cuda", feeds?: ReadonlyMap<string, LocalTensor[]>, read?: readonly number[]): CpuRunResult {
-  return backend === "cuda" ? cudaExecutor().run(plan, feeds, read) : runPlanCpu(plan, feeds, read);
+export function runPlan(plan: Plan, backend: "cpu" | "cuda", feeds?: ReadonlyMap<string, LocalTensor[]>, read?: readonly number[], trace?: TraceEvent[]): CpuRunResult {
+  return backend === "cuda" ? cudaExecutor().run(plan, feeds, read, { trace }) : runPlanCpu(plan, feeds, read);
 }
 
 export async function evaluate(tensors: readonly AnyDTensor[], opts: EvaluateOptions = {}): Promise<GlobalValue[]> {
@@ -71,7 +74,7 @@ export async function evaluate(tensors: readonly AnyDTensor[], opts: EvaluateOpt
   for (const t of tensors) if (t.mesh !== mesh) throw new UsageError("evaluate(): all tensors must come from one mesh");
   const plan = compile(mesh.builder.graph, tensors.map((t) => t.ref), { dump: opts.dump });
   opts.onPlan?.(plan);
-  const res = runPlan(plan, backend);
+  const res = runPlan(plan, backend, undefined, undefined, opts.trace);
   if ("stats" in res) opts.onStats?.((res as { stats: Record<string, number> }).stats, backend);
   return res.outputs.map((g, i) => new GlobalValue(tensors[i]!.type.dims.map((d) => d.name), g!.shape, g!.dtype, g!.data));
 }

@@ -30,6 +30,7 @@ import { CachingAllocator, download, empty, upload, type DeviceTensor } from "./
 import * as K from "./kernels/sources.ts";
 import { CapturedStep, notCapturable, type DeferredCheck } from "./graph.ts";
 import { CaptureMode } from "./native-types.ts";
+import { TraceRecorder, type TraceEvent } from "./trace.ts";
 import type { RankLocal } from "./nccl/collectives.ts";
 import { FP8_OPS, runFp8 } from "./fp8.ts";
 
@@ -56,6 +57,8 @@ export interface CudaRunResult {
 export interface RunOptions {
   /** false: leave the outputs unread (their buffers are released; `outputs` and `locals` come back empty). For timing. */
   download?: boolean;
+  /** Filled with one event per instruction and rank, timed by CUDA events (runtime/cuda/trace.ts). */
+  trace?: TraceEvent[];
   /** Re-launch every fused kernel this many times after it ran, timing each launch (0: no profiling). */
   profile?: number;
 }
@@ -196,8 +199,13 @@ export class CudaExecutor {
 
   run(plan: Plan, feeds?: ReadonlyMap<string, LocalTensor[]>, read?: readonly number[], opts: RunOptions = {}): CudaRunResult {
     const t0 = performance.now();
-    const { slots, counts, kernels, timings, dist } = this.exec(plan, feeds, opts);
+    const tracer = opts.trace ? new TraceRecorder(this.addon) : undefined;
+    const { slots, counts, kernels, timings, dist } = this.exec(plan, feeds, opts, tracer);
     dist?.flush();
+    if (tracer) {
+      this.addon.streamSynchronize(this.stream);
+      opts.trace!.push(...tracer.collect());
+    }
     if (opts.download === false) {
       this.addon.streamSynchronize(this.stream);
       dist?.drained();
@@ -272,7 +280,7 @@ export class CudaExecutor {
   private cap?: { staged: Map<object, DeviceTensor[]>; pinned: Set<DeviceTensor>; deferred: DeferredCheck[] };
 
   /** Runs every instruction of the plan; the outputs stay on the device (the caller releases them). */
-  private exec(plan: Plan, feeds: ReadonlyMap<string, LocalTensor[]> | undefined, opts: RunOptions) {
+  private exec(plan: Plan, feeds: ReadonlyMap<string, LocalTensor[]> | undefined, opts: RunOptions, tracer?: TraceRecorder) {
     const timings: KernelTiming[] = [];
     const { fused, prog } = this.lowered(plan);
     const W = plan.world;
@@ -294,6 +302,11 @@ export class CudaExecutor {
 
     fused.instrs.forEach((ins, i) => {
       dist?.beforeReads(readsOf(ins));
+      if (tracer) {
+        const what = ins.kind === "kernel" ? prog.kernels[prog.kernelOf[ins.id]!]!.name : ins.kind === "comm" ? `${ins.step.kind}[${plan.mesh.axes[ins.step.axis] ?? ins.step.axis}]` : ins.op;
+        const cat = ins.kind === "kernel" ? "kernel" : ins.kind === "comm" ? "comm" : ["dot", "segment_dot", "segment_wgrad", "scaled_dot"].includes(ins.op) ? "gemm" : "op";
+        tracer.begin(what, cat, dist ? `rank ${dist.rank}` : "stream", this.stream, ins.kind === "kernel" ? { fuses: ins.fuses.map((f) => f.op).join("+") } : undefined);
+      }
       try {
         if (ins.kind === "kernel") {
           const kernel = prog.kernels[prog.kernelOf[ins.id]!]!;
@@ -354,6 +367,7 @@ export class CudaExecutor {
         }
         throw e;
       }
+      tracer?.end(this.stream);
       for (const s of readsOf(ins)) if (lastUse[s] === i && slots[s]) (slots[s]!.forEach((d) => this.release(d)), (slots[s] = undefined));
     });
     return { slots, counts, kernels, timings, dist };

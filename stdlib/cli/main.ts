@@ -47,7 +47,7 @@ function firstPositional(argv: string[], valued: string[]): number {
 }
 
 async function runModel(rest: string[], runnable: ModelDef | MainDef | undefined, log: (s: string) => void): Promise<number> {
-  const a = parseArgs(rest, ["mesh", "backend", "dump", "dump-cuda"], ["no-verify", "help"]);
+  const a = parseArgs(rest, ["mesh", "backend", "dump", "dump-cuda", "trace"], ["no-verify", "help"]);
   if (a.flags.help) return log(RUN_HELP), 0;
   if (a.positionals.length !== 1) throw new UsageError(`shardts run takes one model file; got ${a.positionals.length}\n\n${RUN_HELP}`);
   return await runCommand(a.positionals[0]!, {
@@ -55,6 +55,7 @@ async function runModel(rest: string[], runnable: ModelDef | MainDef | undefined
     backend: a.flags.backend as string | undefined,
     dump: a.flags.dump as string | undefined,
     dumpCuda: a.flags["dump-cuda"] as string | undefined,
+    trace: a.flags.trace as string | undefined,
     verify: !a.flags["no-verify"],
   }, log, runnable as ModelDef | undefined);
 }
@@ -72,7 +73,7 @@ export async function main(argv: string[], log: (s: string) => void = console.lo
     }
     if (cmd === "run") {
       // a script (defineMain) gets every argument but its file name; a model takes the flags below
-      const fileAt = firstPositional(rest, ["mesh", "backend", "dump", "dump-cuda"]);
+      const fileAt = firstPositional(rest, ["mesh", "backend", "dump", "dump-cuda", "trace"]);
       const runnable = fileAt >= 0 ? await loadRunnable(rest[fileAt]!) : undefined;
       // one rank of a multi-GPU job: join it (NCCL), run this rank only; rank 0 prints
       const b = rest.indexOf("--backend");

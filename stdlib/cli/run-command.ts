@@ -8,16 +8,17 @@ import { STAGES, type Stage } from "../../compiler/pipeline.ts";
 import { fuse } from "../../compiler/codegen/fuse.ts";
 import { emitCuda } from "../../compiler/codegen/cuda/emit.ts";
 import { dumpCuda } from "../../compiler/codegen/dump.ts";
+import { writeChromeTrace, type TraceEvent } from "../../runtime/cuda/trace.ts";
 import { fmtPlacements } from "../../compiler/ir/placement.ts";
 import { fmtStep } from "../../compiler/passes/redistribute-plan.ts";
 import { ShardtsError, UsageError } from "../../compiler/errors.ts";
 import { parseMeshArg } from "../mesh.ts";
 import { buildOn, isMainDef, isModelDef, meshFor, singleDevice, type MainDef, type ModelDef } from "../model.ts";
-import { evaluate, resolveBackend, type Backend } from "../run.ts";
+import { evaluate, jobRank, resolveBackend, type Backend } from "../run.ts";
 import { maxRelDiff, type GlobalValue } from "../value.ts";
 import { MAX_CPU_RANKS } from "../mesh.ts";
 
-export const RUN_HELP = `usage: shardts run FILE.ts [--mesh dp=2,ep=2] [--backend auto|cuda|cpu] [--no-verify] [--dump STAGE]
+export const RUN_HELP = `usage: shardts run FILE.ts [--mesh dp=2,ep=2] [--backend auto|cuda|cpu] [--no-verify] [--dump STAGE] [--trace FILE]
        shardts run SCRIPT.ts [script options]
 
 Builds the model that FILE.ts exports (export default defineModel(mesh, build)), compiles it for the
@@ -30,6 +31,8 @@ after its name; \`shardts run SCRIPT.ts --help\` prints its options.
   --no-verify         skip the check against the same model on one device (every axis 1) on the CPU reference
   --dump STAGE        print an intermediate: ${STAGES.join(", ")}
   --dump-cuda DIR     write the CUDA source of every kernel the plan fuses into DIR
+  --trace FILE        CUDA backend: write the run's timeline (every kernel, GEMM, op and collective,
+                      timed by CUDA events) as Chrome trace JSON, for https://ui.perfetto.dev or chrome://tracing
 `;
 
 const TOLERANCE: Record<string, number> = { f32: 1e-4, bf16: 2e-2, i32: 0, fp8e4m3: 0.13, fp8e5m2: 0.26 };
@@ -66,8 +69,9 @@ export function summarizePlan(plan: Plan): string[] {
 const registered = new Map<string, ModelDef | MainDef>();
 export const registerRunnable = (file: string, def: ModelDef | MainDef) => registered.set(resolve(file), def);
 
-export async function runCommand(file: string, opts: { mesh?: string; backend?: string; verify: boolean; dump?: string; dumpCuda?: string }, log: (s: string) => void, def?: ModelDef): Promise<number> {
+export async function runCommand(file: string, opts: { mesh?: string; backend?: string; verify: boolean; dump?: string; dumpCuda?: string; trace?: string }, log: (s: string) => void, def?: ModelDef): Promise<number> {
   const backend = resolveBackend((opts.backend ?? "auto") as Backend);
+  if (opts.trace !== undefined && backend !== "cuda") throw new UsageError(`--trace records CUDA events: it needs the CUDA backend (this run uses ${backend}; pass --backend cuda on a GPU machine)`);
   if (opts.dump !== undefined && !STAGES.includes(opts.dump as Stage)) throw new UsageError(`--dump takes one of ${STAGES.join(", ")}; got '${opts.dump}'`);
   def ??= (await loadRunnable(file)) as ModelDef;
   const sizes = meshFor(def, opts.mesh ? parseMeshArg(opts.mesh) : undefined);
@@ -80,11 +84,13 @@ export async function runCommand(file: string, opts: { mesh?: string; backend?: 
   const { outputs } = buildOn(def, sizes);
   let plan: Plan | undefined;
   let stats: Record<string, number> | undefined;
+  let trace: TraceEvent[] | undefined;
   const names = Object.keys(outputs);
   const values = await evaluate(names.map((n) => outputs[n]!), {
     backend: opts.backend as Backend,
     onPlan: (p) => (plan = p),
     onStats: (st) => (stats = st),
+    trace: opts.trace !== undefined ? (trace = []) : undefined,
     dump: (stage, text) => stage === opts.dump && log(`--- ${stage} ---\n${text}`),
   });
   const ms = performance.now() - t0;
@@ -93,6 +99,10 @@ export async function runCommand(file: string, opts: { mesh?: string; backend?: 
   log(`sharding summary (${ranks} ranks, ${ms.toFixed(0)} ms)`);
   for (const l of summarizePlan(plan!)) log(l);
   if (stats) log(`  CUDA: ${stats.kernels} launches; ${stats.compiled} kernels compiled (${((stats.compileMs ?? 0) / 1000).toFixed(2)} s), ${stats.cacheHits} from the cache; peak device memory ${((stats.peakBytes ?? 0) / 2 ** 20).toFixed(1)} MiB`);
+  if (opts.trace !== undefined && trace) {
+    writeChromeTrace(opts.trace, trace, jobRank(), `shardts run ${file}`);
+    log(`  wrote ${trace.length} trace events to ${opts.trace} (open in https://ui.perfetto.dev or chrome://tracing)`);
+  }
   if (opts.dumpCuda) {
     const written = dumpCuda(opts.dumpCuda, emitCuda(fuse(plan!)));
     log(`  wrote ${written.length - 1} CUDA kernel source(s) and kernels.json to ${opts.dumpCuda}`);

@@ -1,0 +1,64 @@
+// A timeline of a CUDA run for Perfetto / chrome://tracing: each plan instruction bracketed by CUDA
+// events on the stream it ran on, read back after the run as complete ("X") events in microseconds
+// from the first. Tracing adds two event records per instruction; without it nothing is recorded.
+import { writeFileSync } from "node:fs";
+import type { Event, NativeAddon, Stream } from "./native-types.ts";
+
+export interface TraceEvent {
+  name: string;
+  /** What kind of work: "kernel", "gemm", "op", "comm". */
+  cat: string;
+  /** Start, µs from the run's first event. */
+  ts: number;
+  dur: number;
+  /** The row it is drawn in (stream and rank). */
+  tid: string;
+  args?: Record<string, string | number>;
+}
+
+/** Records CUDA events around instructions; `collect` (after the stream finished) turns them into TraceEvents. */
+export class TraceRecorder {
+  private spans: { name: string; cat: string; tid: string; start: Event; end?: Event; args?: TraceEvent["args"] }[] = [];
+
+  constructor(private readonly addon: NativeAddon) {}
+
+  begin(name: string, cat: string, tid: string, stream: Stream, args?: TraceEvent["args"]): void {
+    const start = this.addon.eventCreate();
+    this.addon.eventRecord(start, stream);
+    this.spans.push({ name, cat, tid, start, args });
+  }
+
+  /** Closes the latest open span on `stream`. */
+  end(stream: Stream): void {
+    const s = [...this.spans].reverse().find((x) => !x.end);
+    if (!s) return;
+    s.end = this.addon.eventCreate();
+    this.addon.eventRecord(s.end, stream);
+  }
+
+  /** The spans as trace events (call once the streams have finished); frees the events. */
+  collect(): TraceEvent[] {
+    const a = this.addon, first = this.spans[0]?.start;
+    const out: TraceEvent[] = [];
+    for (const s of this.spans) {
+      if (s.end && first) {
+        out.push({ name: s.name, cat: s.cat, tid: s.tid, ts: a.eventElapsedTime(first, s.start) * 1000, dur: Math.max(0, a.eventElapsedTime(s.start, s.end) * 1000), ...(s.args ? { args: s.args } : {}) });
+        a.eventDestroy(s.end);
+      }
+      a.eventDestroy(s.start);
+    }
+    this.spans = [];
+    return out;
+  }
+}
+
+/** The Chrome trace JSON of `events` (pid: the process, e.g. the rank; one row per tid). */
+export function chromeTrace(events: readonly TraceEvent[], pid = 0, processName = "shardts"): string {
+  const meta = [{ name: "process_name", ph: "M", pid, args: { name: processName } }];
+  const body = events.map((e) => ({ name: e.name, cat: e.cat, ph: "X", ts: +e.ts.toFixed(3), dur: +e.dur.toFixed(3), pid, tid: e.tid, ...(e.args ? { args: e.args } : {}) }));
+  return JSON.stringify({ displayTimeUnit: "ms", traceEvents: [...meta, ...body] }) + "\n";
+}
+
+export function writeChromeTrace(file: string, events: readonly TraceEvent[], pid = 0, processName = "shardts"): void {
+  writeFileSync(file, chromeTrace(events, pid, processName));
+}
