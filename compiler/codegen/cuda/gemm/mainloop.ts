@@ -79,10 +79,11 @@ ${promote(c, "tmp", p)}    }
 function step(c: Fp8GemmConfig, kb: string, cur: string, next: string | undefined, pad: string): string {
   const q = pad + "  ";
   const wait = next
-    ? `${issue(c, next, q)}${q}sh_wgmma_wait1();  // block ${kb}'s group is done; block ${kb}+1's runs on\n`
+    ? `${issue(c, next, q)}${q}sh_wgmma_wait<1>();  // block bk's group is done; block bk + 1's runs on\n`
     : `${q}sh_wgmma_wait0();\n`;
   return `${pad}{
-${loadScales(c, kb, q)}${wait}${fenceAll(c, cur, q)}${q}if (lane == 0) sh_mbar_arrive(bars + 8 * (S + held));  // block ${kb}'s stage is read
+${q}const int bk = ${kb};
+${loadScales(c, "bk", q)}${wait}${fenceAll(c, cur, q)}${q}if (lane == 0) sh_mbar_arrive(bars + 8 * (S + held));  // block bk's stage is read
 ${q}if (++held == S) held = 0;
 ${promote(c, cur, q)}${pad}}
 `;
