@@ -9,9 +9,12 @@
 // timings after warm-up, input sets rotated so L2 does not hold them). The parent compares each
 // output with the CPU reference (compiler/numeric/fp8-gemm.ts) and with f64 of the dequantized
 // operands, prints every check, a summary table last, and writes <out>/fp8-gemm.txt and .json.
+// A child that prints no result for CASE_TIMEOUT_S (default 30 s: a deadlocked kernel) is killed.
 //   (bundled by npm run gpu:pack; run there: bash bench/gpu/run.sh fp8-gemm, or directly
-//    /tmp/node .gpu/fp8-gemm.mjs --out DIR [--only REGEX] [--no-peer])
-import { spawnSync } from "node:child_process";
+//    /tmp/node .gpu/fp8-gemm.mjs --out DIR [--only REGEX] [--shapes large] [--no-peer];
+//    --shapes large keeps the correctness-only edge cases and times only the four large dense
+//    shapes and the grouped ones, for the kernels, cuBLASLt, the autotuner and the peer)
+import { spawn, spawnSync } from "node:child_process";
 import { existsSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -21,13 +24,21 @@ import { bf16FromBits } from "../../compiler/numeric/bf16.ts";
 import { cudaAvailable, native } from "../../runtime/cuda/native.ts";
 import { Fp8Gemm, type Fp8GemmBuffers } from "../../runtime/cuda/fp8-gemm.ts";
 import { timeMedian, tuneCacheFile, tuneFp8Gemm } from "../../runtime/cuda/gemm-tune.ts";
-import { DENSE_CASES, GROUPED_CASES, makeProblem, rowsOf, sampleRows, usefulFlops, type GemmCase } from "./lib/fp8-gemm-data.ts";
+import { DENSE_CASES, GROUPED_CASES, inShapeSet, makeProblem, rowsOf, sampleRows, usefulFlops, type GemmCase } from "./lib/fp8-gemm-data.ts";
 
 const argv = process.argv;
 const arg = (k: string) => (argv.includes(k) ? argv[argv.indexOf(k) + 1] : undefined);
 const outDir = arg("--out") ?? ".";
 const REPS = 20, CHILD_TIMEOUT_S = Number(process.env.FP8_GEMM_CHILD_TIMEOUT_S ?? 240);
+/** A kernel or cuBLASLt child that prints no case result for this long is hung (the autotuner, which compiles every candidate per case, gets CHILD_TIMEOUT_S). */
+const CASE_TIMEOUT_S = Number(process.env.FP8_GEMM_CASE_TIMEOUT_S ?? 30);
 const seedOf = (c: GemmCase) => 1000 + [...DENSE_CASES, ...GROUPED_CASES].indexOf(c) * 10;
+const SHAPES = arg("--shapes") ?? "all";
+if (SHAPES !== "all" && SHAPES !== "large") {
+  console.error(`fp8-gemm: --shapes takes "all" or "large", got "${SHAPES}"`);
+  process.exit(2);
+}
+const ALL_CASES: GemmCase[] = [...DENSE_CASES, ...GROUPED_CASES].filter((c) => inShapeSet(c, SHAPES));
 
 type ChildJob = { impl: "kernel"; config: Fp8GemmConfig } | { impl: "cublaslt" } | { impl: "tune" };
 interface CaseResult {
@@ -46,7 +57,7 @@ interface CaseResult {
 function child(job: ChildJob): void {
   const a = native(), stream = a.streamCreate(), g = new Fp8Gemm(a, stream);
   const grouped = job.impl === "kernel" && job.config.grouped;
-  const cases = job.impl === "tune" ? [...DENSE_CASES, ...GROUPED_CASES].filter((c) => c.timed) : grouped ? GROUPED_CASES : DENSE_CASES;
+  const cases = ALL_CASES.filter((c) => (job.impl === "tune" ? c.timed : (c.kind === "grouped") === grouped));
   const ws = job.impl === "cublaslt" ? { ptr: a.memAlloc(32 << 20), bytes: 32 << 20 } : undefined;
   for (const c of cases) {
     const impl = job.impl === "kernel" ? configName(job.config) : job.impl;
@@ -113,21 +124,34 @@ function rotated(a: ReturnType<typeof native>, base: Fp8GemmBuffers, p: { a: Uin
 }
 
 // ------------------------------------------------------------------ parent
-function runChild(job: ChildJob, log: (s: string) => void): CaseResult[] {
+async function runChild(job: ChildJob, log: (s: string) => void): Promise<CaseResult[]> {
   const label = job.impl === "kernel" ? configName(job.config) : job.impl;
+  const idleLimit = job.impl === "tune" ? CHILD_TIMEOUT_S : CASE_TIMEOUT_S;
   const t0 = performance.now();
-  const r = spawnSync(process.execPath, [fileURLToPath(import.meta.url), "--child", JSON.stringify(job)], {
-    encoding: "utf8",
-    maxBuffer: 1 << 30,
-    timeout: CHILD_TIMEOUT_S * 1000,
-    killSignal: "SIGKILL",
-    env: process.env,
+  const args = [fileURLToPath(import.meta.url), "--child", JSON.stringify(job), "--shapes", SHAPES];
+  const p = spawn(process.execPath, [...process.execArgv, ...args], { env: process.env, stdio: ["ignore", "pipe", "pipe"] });
+  let stdout = "", stderr = "", killedWhy: string | undefined;
+  const kill = (why: string) => {
+    if (killedWhy === undefined) (killedWhy = why), p.kill("SIGKILL");
+  };
+  const total = setTimeout(() => kill(`killed after ${CHILD_TIMEOUT_S} s in all`), CHILD_TIMEOUT_S * 1000);
+  let idle = setTimeout(() => kill(`killed after ${idleLimit} s without a result (a hang: deadlock?)`), idleLimit * 1000);
+  p.stdout.setEncoding("utf8").on("data", (d: string) => {
+    stdout += d;
+    if (d.includes("\n")) {
+      clearTimeout(idle);
+      idle = setTimeout(() => kill(`killed after ${idleLimit} s without a result (a hang: deadlock?)`), idleLimit * 1000);
+    }
   });
-  const results = r.stdout.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as CaseResult);
+  p.stderr.setEncoding("utf8").on("data", (d: string) => (stderr = (stderr + d).slice(-20000)));
+  const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((res) => p.on("close", (c, s) => res([c, s])));
+  clearTimeout(total);
+  clearTimeout(idle);
+  const results = stdout.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as CaseResult);
   const secs = ((performance.now() - t0) / 1000).toFixed(1);
-  if (r.error || r.status !== 0) {
-    const why = r.signal === "SIGKILL" ? `killed after ${CHILD_TIMEOUT_S} s (a hang: deadlock?)` : `exit ${r.status ?? r.signal}${r.error ? ` (${r.error.message})` : ""}`;
-    log(`  ${label}: child ${why} after ${results.length} case(s); stderr: ${r.stderr.trim().split("\n").slice(-3).join(" | ")}`);
+  if (killedWhy !== undefined || code !== 0) {
+    const why = killedWhy ?? `exit ${code ?? signal}`;
+    log(`  ${label}: child ${why} after ${results.length} case(s), ${secs} s; stderr: ${stderr.trim().split("\n").slice(-3).join(" | ")}`);
     results.push({ case: "(remaining cases)", impl: label, ok: false, error: why });
   } else log(`  ${label}: ${results.length} case(s) in ${secs} s`);
   return results;
@@ -142,7 +166,7 @@ interface Check {
   tflops?: number;
 }
 
-function parent(): void {
+async function parent(): Promise<void> {
   const lines: string[] = [];
   const log = (s: string) => (console.log(s), lines.push(s));
   const gpu = cudaAvailable();
@@ -158,7 +182,8 @@ function parent(): void {
 
   // references for the sampled rows, computed once
   const refs = new Map<string, { rows: number[]; ref: Float32Array; f64: Float64Array; N: number }>();
-  for (const c of [...DENSE_CASES, ...GROUPED_CASES]) {
+  if (SHAPES !== "all") log(`  --shapes ${SHAPES}: ${ALL_CASES.map((c) => c.name).join("; ")}`);
+  for (const c of ALL_CASES) {
     const t0 = performance.now(), p = makeProblem(c, seedOf(c)), rows = sampleRows(p, c);
     refs.set(c.name, { rows, ref: fp8GemmRef(p, rows), f64: fp8GemmF64(p, rows), N: p.N });
     log(`  reference ${c.name}: ${rows.length} rows of ${p.M} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
@@ -175,8 +200,8 @@ function parent(): void {
   if (only) log(`  --only ${only.source}: ${picked.length} of ${jobs.length} implementations`);
   const checks: Check[] = [];
   for (const job of picked) {
-    for (const r of runChild(job, log)) {
-      const c = [...DENSE_CASES, ...GROUPED_CASES].find((x) => x.name === r.case);
+    for (const r of await runChild(job, log)) {
+      const c = ALL_CASES.find((x) => x.name === r.case);
       const tflops = r.ms !== undefined && c ? usefulFlops(c) / (r.ms * 1e9) : undefined;
       if (!r.ok || !c) {
         checks.push({ case: r.case, impl: r.impl, pass: false, detail: r.error ?? r.note ?? "failed", ms: r.ms, tflops });
@@ -238,8 +263,8 @@ function runPeer(log: (s: string) => void): PeerRow[] {
   }
   const spec = {
     reps: REPS,
-    dense: DENSE_CASES.filter((c) => c.timed).map((c) => ({ name: c.name, M: c.kind === "dense" ? c.M : 0, N: c.N, K: c.K })),
-    grouped: GROUPED_CASES.filter((c) => c.timed).map((c) => ({ name: c.name, rows: c.kind === "grouped" ? c.rows : [], N: c.N, K: c.K })),
+    dense: ALL_CASES.filter((c) => c.timed && c.kind === "dense").map((c) => ({ name: c.name, M: c.kind === "dense" ? c.M : 0, N: c.N, K: c.K })),
+    grouped: ALL_CASES.filter((c) => c.timed && c.kind === "grouped").map((c) => ({ name: c.name, rows: c.kind === "grouped" ? c.rows : [], N: c.N, K: c.K })),
   };
   const r = spawnSync("python3", [script, JSON.stringify(spec)], { encoding: "utf8", timeout: 400_000, killSignal: "SIGKILL", maxBuffer: 64 << 20 });
   const rows = (r.stdout ?? "").split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as PeerRow);
@@ -254,7 +279,7 @@ function summary(checks: Check[], peer: PeerRow[], log: (s: string) => void): vo
   for (const f of failed) log(`  FAIL ${f.impl} | ${f.case}`);
   log("\nsummary (TFLOP/s of useful FLOPs; ratios against torch in the same run)");
   log(`${"case".padEnd(30)} ${"best shardts kernel".padEnd(36)} ${"TF/s".padStart(6)} ${"plain".padStart(6)} ${"cuBLASLt".padStart(8)} ${"torch fp8".padStart(9)} ${"torch bf16".padStart(10)} ${"x fp8".padStart(6)} ${"x bf16".padStart(6)}`);
-  for (const c of [...DENSE_CASES, ...GROUPED_CASES].filter((x) => x.timed)) {
+  for (const c of ALL_CASES.filter((x) => x.timed)) {
     const mine = checks.filter((k) => k.case === c.name && k.pass && k.tflops !== undefined && k.impl.startsWith("sh_fp8_gemm"));
     const best = mine.sort((x, y) => y.tflops! - x.tflops!)[0];
     const plain = mine.find((k) => k.impl === configName(gemmCandidates(c.kind === "grouped")[0]!));
@@ -265,8 +290,12 @@ function summary(checks: Check[], peer: PeerRow[], log: (s: string) => void): vo
     const ratio = (x?: number, y?: number) => (x === undefined || y === undefined ? "-" : (x / y).toFixed(2)).padStart(6);
     log(`${c.name.slice(0, 30).padEnd(30)} ${(best?.impl ?? "(none passed)").padEnd(36)} ${f(best?.tflops)} ${f(plain?.tflops)} ${f(lt?.tflops, 8)} ${f(fp8?.tflops, 9)} ${f(bf16?.tflops, 10)} ${ratio(best?.tflops, fp8?.tflops)} ${ratio(best?.tflops, bf16?.tflops)}`);
   }
-  log(`rows: grouped M is padded (${GROUPED_CASES.filter((c) => c.timed).map((c) => `${c.name}: ${rowsOf(c)} rows`).join("; ")}); FLOPs count routed rows only`);
+  log(`rows: grouped M is padded (${ALL_CASES.filter((c) => c.timed && c.kind === "grouped").map((c) => `${c.name}: ${rowsOf(c)} rows`).join("; ")}); FLOPs count routed rows only`);
 }
 
 if (argv.includes("--child")) child(JSON.parse(arg("--child")!) as ChildJob);
-else parent();
+else
+  void parent().catch((e: unknown) => {
+    console.error(`fp8-gemm: ${(e as Error).stack ?? e}`);
+    process.exit(1);
+  });

@@ -4,6 +4,8 @@
 #
 #   bash bench/gpu/run.sh                 every .gpu/*.mjs
 #   bash bench/gpu/run.sh native-check    just that one
+#   GPU_ARGS="--only X --shapes large" bash bench/gpu/run.sh fp8-gemm    extra flags for the entries
+#                                         (split on whitespace, passed to each one run)
 #
 # Results go to $OUT (default .gpu/out): each entry writes its own result files there, its console
 # output goes to <name>.log, and run-info.txt records the date, the machine, the libraries found and
@@ -67,7 +69,8 @@ LIBS
 if [ ${#requested[@]} -gt 0 ]; then names=("${requested[@]}"); else names=(); for f in "$GPU_DIR"/*.mjs; do names+=("$(basename "$f" .mjs)"); done; fi
 status=0
 for name in "${names[@]}"; do
-  cmd=("$NODE" "$GPU_DIR/$name.mjs" --out "$OUT")
+  read -r -a extra <<< "${GPU_ARGS:-}"
+  cmd=("$NODE" "$GPU_DIR/$name.mjs" --out "$OUT" "${extra[@]}")
   echo "command   ${cmd[*]}" >> "$info"
   echo "== $name: ${cmd[*]}"
   "${cmd[@]}" 2>&1 | tee "$OUT/$name.log"

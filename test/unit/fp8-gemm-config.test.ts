@@ -4,7 +4,10 @@
 import { describe, expect, it } from "vitest";
 import {
   blockM,
+  configName,
   configProblem,
+  CONSUMER_OVERHEAD_REGS,
+  consumerRegs,
   gemmCandidates,
   geometryOf,
   maxStages,
@@ -40,6 +43,28 @@ describe("FP8 GEMM configurations", () => {
     expect(configProblem({ ...base, stages: 1 })).toMatch(/stages/);
     expect(() => emitFp8Gemm({ ...base, blockN: 176 })).toThrow(CompileError);
     expect(configProblem({ ...base, blockN: 176 })).toMatch(/three 128-column scale blocks/);
+  });
+
+  it("overlapped promotion: candidates keep every plain one and add _ov ones whose three fragments fit the registers", () => {
+    for (const g of [false, true]) {
+      const names = gemmCandidates(g).map(configName);
+      const kind = g ? "grouped" : "dense";
+      // the plain configurations the H100 run measured are all still there
+      for (const n of ["m64n128_s4", "m128n128_s7_p", "m128n192_s5_p", "m128n160_s6_p", "m128n96_s8_p", "m64n128_s8_p", "m64n192_s7_p", "m64n64_s8_p", "m64n32_s8_p", "m128n128_s7"])
+        expect(names, n).toContain(`sh_fp8_gemm_${kind}_${n}`);
+      const ov = gemmCandidates(g).filter((c) => c.overlap);
+      expect(ov.map(configName)).toEqual(["m128n128_s7_p_ov", "m128n112_s7_p_ov", "m128n96_s8_p_ov", "m64n128_s8_p_ov"].map((n) => `sh_fp8_gemm_${kind}_${n}`));
+      for (const c of ov) expect(3 * (c.blockN / 2) + CONSUMER_OVERHEAD_REGS).toBeLessThanOrEqual(consumerRegs(c));
+    }
+    expect(configProblem({ ...base, blockN: 192, overlap: true })).toMatch(/3 fragments of 96 registers \+ 32 = 320 .* more than its 232; use blockN <= 128/);
+    expect(configProblem({ ...base, blockN: 144, overlap: true })).toMatch(/more than its 232/);
+    expect(configProblem({ ...base, consumers: 1, blockN: 144, overlap: true })).toMatch(/more than its 240; use blockN <= 128/);
+    expect(configProblem({ ...base, stages: 2, overlap: true })).toMatch(/stages must be >= 3/);
+    expect(configProblem({ ...base, overlap: true })).toBeUndefined();
+    const k = emitFp8Gemm({ ...base, overlap: true });
+    expect(k.source).toContain("float acc[64], t0[64], t1[64];");
+    expect(k.source).toContain("sh_wgmma_wait<1>();");
+    expect(emitFp8Gemm(base).source).not.toContain("sh_wgmma_wait<1>");
   });
 
   it("stages: as many as fit (capped), and smem = 1 KiB slack + stages x (A + B tiles) + barriers", () => {

@@ -114,3 +114,11 @@ export const GROUPED_CASES: GroupedCase[] = [
   { kind: "grouped", name: "E64 49152 rows N2816 K2048", experts: 64, rows: routing(64, 8192 * 6, 5), N: 2816, K: 2048, timed: true },
   { kind: "grouped", name: "E64 49152 rows N2048 K1408", experts: 64, rows: routing(64, 8192 * 6, 6), N: 2048, K: 1408, timed: true },
 ];
+
+/**
+ * The cases a --shapes set keeps: "all", or "large": every correctness-only edge case (cheap, and
+ * what catches a wrong new kernel) plus the timed dense shapes of M >= 4096 and the grouped ones.
+ */
+export function inShapeSet(c: GemmCase, set: "all" | "large"): boolean {
+  return set === "all" || !c.timed || c.kind === "grouped" || c.M >= 4096;
+}

@@ -21,6 +21,12 @@ export interface Fp8GemmConfig {
   persistent: boolean;
   /** Grouped layout: B is [E][N][K] and each 128-row block of A names its expert. */
   grouped: boolean;
+  /**
+   * Promotion overlapped with the MMAs (absent = off): two temporary fragments ping-ponged, so
+   * k-block k+1's wgmmas are issued before block k is waited for (wait_group 1) and promoted. Costs
+   * a third fragment of blockN/2 registers, which caps blockN (see overlapRegisterProblem).
+   */
+  overlap?: boolean;
 }
 
 export const SMEM_LIMIT = 232448; // 227 KiB: the opt-in maximum per block on H100 / H200
@@ -41,7 +47,7 @@ export const smemBytes = (c: Fp8GemmConfig): number => SMEM_ALIGN_SLACK + c.stag
 export const spansScaleBlocks = (c: Fp8GemmConfig): boolean => FP8_BLOCK % c.blockN !== 0;
 
 export function configName(c: Fp8GemmConfig): string {
-  return `sh_fp8_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}`;
+  return `sh_fp8_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}`;
 }
 
 /** Why a configuration cannot be emitted, or undefined. */
@@ -54,6 +60,24 @@ export function configProblem(c: Fp8GemmConfig): string | undefined {
   if (!Number.isInteger(c.stages) || c.stages < 2) return `stages must be an integer >= 2, got ${c.stages}`;
   if (smemBytes(c) > SMEM_LIMIT) return `${c.stages} stages of ${blockM(c)}x${c.blockN} need ${smemBytes(c)} B of shared memory, more than ${SMEM_LIMIT}`;
   if (c.grouped && GROUPED_M_ALIGN % blockM(c) !== 0) return `grouped kernels need BLOCK_M to divide ${GROUPED_M_ALIGN}, got ${blockM(c)}`;
+  if (c.overlap) return overlapProblem(c);
+  return undefined;
+}
+
+/** Registers a consumer thread needs besides its fragments (addresses, scales, loop state); measured with ptxas -v. */
+export const CONSUMER_OVERHEAD_REGS = 32;
+
+/**
+ * Why an overlapped (ping-pong) configuration cannot work, or undefined: the accumulator and the two
+ * temporaries are 3 x blockN/2 f32 registers per thread, plus the overhead, within the setmaxnreg budget
+ * (232 with two consumers: blockN <= 128; 240 with one: blockN <= 136). Two stages in flight per
+ * consumer need at least 3 stages so the producer is not starved.
+ */
+function overlapProblem(c: Fp8GemmConfig): string | undefined {
+  const need = 3 * (c.blockN / 2) + CONSUMER_OVERHEAD_REGS;
+  if (need > consumerRegs(c))
+    return `overlapped promotion needs 3 fragments of ${c.blockN / 2} registers + ${CONSUMER_OVERHEAD_REGS} = ${need} registers per consumer thread, more than its ${consumerRegs(c)}; use blockN <= ${Math.floor(((consumerRegs(c) - CONSUMER_OVERHEAD_REGS) * 2) / 3 / 16) * 16} or overlap off`;
+  if (c.stages < 3) return `overlapped promotion holds two stages per consumer: stages must be >= 3, got ${c.stages}`;
   return undefined;
 }
 
@@ -68,6 +92,9 @@ export function maxStages(consumers: 1 | 2, blockN: number, cap = 8): number {
   return Math.min(cap, Math.floor((SMEM_LIMIT - SMEM_ALIGN_SLACK) / (per + 16)));
 }
 
+/** Overlapped candidates (consumers, blockN), tried after the plain-promotion ones. */
+const OVERLAP_SHAPES: [1 | 2, number][] = [[2, 128], [2, 112], [2, 96], [1, 128]];
+
 /**
  * The configurations the autotuner times, the first being the plain one (one consumer, 64×128,
  * 4 stages, one CTA per tile) that the GPU bench checks first so a broken fancy variant is told
@@ -78,6 +105,8 @@ export function gemmCandidates(grouped: boolean): Fp8GemmConfig[] {
   const shapes: [1 | 2, number][] = [[2, 128], [2, 160], [2, 192], [2, 96], [1, 128], [1, 192], [1, 64], [1, 32]];
   for (const [consumers, blockN] of shapes) out.push({ consumers, blockN, stages: maxStages(consumers, blockN), persistent: true, grouped });
   out.push({ consumers: 2, blockN: 128, stages: maxStages(2, 128), persistent: false, grouped });
+  // overlapped promotion (ping-pong temporaries): blockN is capped by the third fragment
+  for (const [consumers, blockN] of OVERLAP_SHAPES) out.push({ consumers, blockN, stages: maxStages(consumers, blockN), persistent: true, grouped, overlap: true });
   return out.filter((c) => configProblem(c) === undefined);
 }
 

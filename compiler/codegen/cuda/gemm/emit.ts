@@ -25,6 +25,7 @@ import {
   threadsOf,
   type Fp8GemmConfig,
 } from "./config.ts";
+import { overlappedLoop, plainLoop } from "./mainloop.ts";
 import { GEMM_PTX, wgmmaWrapper } from "./ptx.ts";
 
 export interface Fp8GemmKernel {
@@ -97,9 +98,9 @@ ${c.grouped ? "        const int* __restrict__ blockExpert,\n" : ""}        int 
 
   // ---------------- consumer warpgroup wg: rows wg*64 .. wg*64+63 of the tile ----------------
   sh_setmaxnreg_inc<${consumerRegs(c)}>();
-  float acc[${frag}], tmp[${frag}];
+  float acc[${frag}]${c.overlap ? ", t0[" + frag + "], t1[" + frag + "]" : ", tmp[" + frag + "]"};
 #pragma unroll
-  for (int i = 0; i < ${frag}; ++i) tmp[i] = 0.f;
+  for (int i = 0; i < ${frag}; ++i) ${c.overlap ? "t0[i] = t1[i] = 0.f" : "tmp[i] = 0.f"};
   int s = 0;
   sh_u32 phase = 0;
   // this thread's two rows of the m64 fragment, and the column of its first pair
@@ -116,33 +117,7 @@ ${twoBlocks ? `    // columns from 'split' on (tile-relative) take the next scal
     const bool second = n0 / ${FP8_BLOCK} + 1 < NB;
 ` : ""}#pragma unroll
     for (int i = 0; i < ${frag}; ++i) acc[i] = 0.f;
-    for (int kb = 0; kb < KB; ++kb) {
-      // this block's scales (plain loads: they do not wait for the stage)
-      const float a0 = m0 < M ? sa[(long long)kb * M + m0] : 0.f, a1 = m1 < M ? sa[(long long)kb * M + m1] : 0.f;
-      const float b0 = sbTile[kb];
-${twoBlocks ? "      const float b1 = second ? sbTile[KB + kb] : 0.f;\n" : ""}      sh_mbar_wait(bars + 8 * s, phase);  // the stage's bytes have landed
-      const sh_u64 da = sh_wgmma_desc(tilesA + s * A_BYTES + wg * 64 * ${FP8_BLOCK}), db = sh_wgmma_desc(tilesB + s * B_BYTES);
-      sh_wgmma_fence();
-#pragma unroll
-      for (int k = 0; k < ${FP8_BLOCK / 32}; ++k) sh_wgmma_m64n${BN}(tmp, da + 2 * k, db + 2 * k, k);
-      sh_wgmma_commit();
-      sh_wgmma_wait0();
-#pragma unroll
-      for (int i = 0; i < ${frag}; ++i) sh_reg_fence(tmp[i]);
-      // the wgmmas have read the stage: hand it back to the producer
-      if (lane == 0) sh_mbar_arrive(bars + 8 * (S + s));
-      if (++s == S) { s = 0; phase ^= 1; }
-      // promotion: fragment register 4j+{0,1} is row r0, 4j+{2,3} row r0+8, columns 8j + c0 + {0,1}
-      const float s00 = a0 * b0, s10 = a1 * b0;
-${twoBlocks ? "      const float s01 = a0 * b1, s11 = a1 * b1;\n" : ""}#pragma unroll
-      for (int j = 0; j < ${pairs}; ++j) {
-${twoBlocks ? "        const bool hi = 8 * j + c0 >= split;\n        const float t0 = hi ? s01 : s00, t1 = hi ? s11 : s10;\n" : "        const float t0 = s00, t1 = s10;\n"}        acc[4 * j + 0] = fmaf(tmp[4 * j + 0], t0, acc[4 * j + 0]);
-        acc[4 * j + 1] = fmaf(tmp[4 * j + 1], t0, acc[4 * j + 1]);
-        acc[4 * j + 2] = fmaf(tmp[4 * j + 2], t1, acc[4 * j + 2]);
-        acc[4 * j + 3] = fmaf(tmp[4 * j + 3], t1, acc[4 * j + 3]);
-      }
-    }
-    // epilogue: bf16 pairs straight from the fragment (N is a multiple of 16, so pairs never straddle it)
+${c.overlap ? overlappedLoop(c) : plainLoop(c)}    // epilogue: bf16 pairs straight from the fragment (N is a multiple of 16, so pairs never straddle it)
 #pragma unroll
     for (int j = 0; j < ${pairs}; ++j) {
       const int n = n0 + 8 * j + c0;

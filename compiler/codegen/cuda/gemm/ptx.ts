@@ -65,6 +65,9 @@ SH_DEV sh_u64 sh_wgmma_desc(sh_u32 smem) {
 SH_DEV void sh_wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 SH_DEV void sh_wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 SH_DEV void sh_wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
+// Waits until at most N committed groups are pending (N = 1: the newest may still run). A template,
+// so kernels that never call it get no unused-function warning.
+template <int N> SH_DEV void sh_wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" :: "n"(N) : "memory"); }
 // Keeps the compiler from moving accumulator reads or writes across an asynchronous wgmma.
 SH_DEV void sh_reg_fence(float& x) { asm volatile("" : "+f"(x) :: "memory"); }
 

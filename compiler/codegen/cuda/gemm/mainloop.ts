@@ -1,0 +1,110 @@
+// The consumer warpgroup's K loop of an FP8 GEMM kernel (emitted into emit.ts's kernel body), in two
+// forms. Plain: per 128-wide K block, 4 wgmma k32 steps into one temporary fragment, wait_group 0,
+// promote (acc += tmp · sa·sb): the tensor cores idle while the warpgroup promotes. Overlapped: two
+// temporaries ping-ponged, as DeepGEMM and CUTLASS's FP8 "2x accumulation" mainloops do: block k+1's
+// wgmmas are issued before block k is waited for with wait_group 1 (PTX: waits until at most one
+// committed group is pending, i.e. block k's group is done), so its promotion runs under block k+1's
+// MMAs. The loop is unrolled by two so each temporary is a statically named register array.
+//
+// Names the kernel body defines: acc, tmp (plain) or t0/t1 (overlapped), s/phase (the ring position),
+// bars, tilesA/tilesB, A_BYTES/B_BYTES, S, wg, lane, sa, sbTile, m0/m1, M, KB, split/second (when a
+// tile spans two scale blocks of B).
+import { FP8_BLOCK } from "../../../numeric/fp8-gemm.ts";
+import { spansScaleBlocks, type Fp8GemmConfig } from "./config.ts";
+
+/** The block's scales, loaded before the stage is waited for (plain loads, independent of TMA). */
+function loadScales(c: Fp8GemmConfig, kb: string, pad: string): string {
+  return `${pad}const float a0 = m0 < M ? sa[(long long)${kb} * M + m0] : 0.f, a1 = m1 < M ? sa[(long long)${kb} * M + m1] : 0.f;
+${pad}const float b0 = sbTile[${kb}];
+${spansScaleBlocks(c) ? `${pad}const float b1 = second ? sbTile[KB + ${kb}] : 0.f;\n` : ""}`;
+}
+
+/** acc += frag · scale: fragment register 4j+{0,1} is row r0, 4j+{2,3} row r0+8, columns 8j + c0 + {0,1}. */
+function promote(c: Fp8GemmConfig, frag: string, pad: string): string {
+  const two = spansScaleBlocks(c);
+  return `${pad}const float s00 = a0 * b0, s10 = a1 * b0;
+${two ? `${pad}const float s01 = a0 * b1, s11 = a1 * b1;\n` : ""}#pragma unroll
+${pad}for (int j = 0; j < ${c.blockN / 8}; ++j) {
+${two ? `${pad}  const bool hi = 8 * j + c0 >= split;\n${pad}  const float u0 = hi ? s01 : s00, u1 = hi ? s11 : s10;\n` : `${pad}  const float u0 = s00, u1 = s10;\n`}${pad}  acc[4 * j + 0] = fmaf(${frag}[4 * j + 0], u0, acc[4 * j + 0]);
+${pad}  acc[4 * j + 1] = fmaf(${frag}[4 * j + 1], u0, acc[4 * j + 1]);
+${pad}  acc[4 * j + 2] = fmaf(${frag}[4 * j + 2], u1, acc[4 * j + 2]);
+${pad}  acc[4 * j + 3] = fmaf(${frag}[4 * j + 3], u1, acc[4 * j + 3]);
+${pad}}
+`;
+}
+
+/** Waits for stage s, issues its 4 wgmma k32 steps into `frag` as one committed group, advances the ring. */
+function issue(c: Fp8GemmConfig, frag: string, pad: string): string {
+  return `${pad}sh_mbar_wait(bars + 8 * s, phase);  // the stage's bytes have landed
+${pad}{
+${pad}  const sh_u64 da = sh_wgmma_desc(tilesA + s * A_BYTES + wg * 64 * ${FP8_BLOCK}), db = sh_wgmma_desc(tilesB + s * B_BYTES);
+${pad}  sh_wgmma_fence();
+#pragma unroll
+${pad}  for (int k = 0; k < ${FP8_BLOCK / 32}; ++k) sh_wgmma_m64n${c.blockN}(${frag}, da + 2 * k, db + 2 * k, k);
+${pad}  sh_wgmma_commit();
+${pad}}
+${pad}if (++s == S) { s = 0; phase ^= 1; }
+`;
+}
+
+const fenceAll = (c: Fp8GemmConfig, frag: string, pad: string): string => `#pragma unroll
+${pad}for (int i = 0; i < ${c.blockN / 2}; ++i) sh_reg_fence(${frag}[i]);
+`;
+
+/** The plain loop, as it ran correct on the H100 (bench/results/2026-11-22-fp8-gemm-h100.txt). */
+export function plainLoop(c: Fp8GemmConfig): string {
+  const p = "      ";
+  return `    for (int kb = 0; kb < KB; ++kb) {
+      // this block's scales (plain loads: they do not wait for the stage)
+${loadScales(c, "kb", p)}${p}sh_mbar_wait(bars + 8 * s, phase);  // the stage's bytes have landed
+${p}const sh_u64 da = sh_wgmma_desc(tilesA + s * A_BYTES + wg * 64 * ${FP8_BLOCK}), db = sh_wgmma_desc(tilesB + s * B_BYTES);
+${p}sh_wgmma_fence();
+#pragma unroll
+${p}for (int k = 0; k < ${FP8_BLOCK / 32}; ++k) sh_wgmma_m64n${c.blockN}(tmp, da + 2 * k, db + 2 * k, k);
+${p}sh_wgmma_commit();
+${p}sh_wgmma_wait0();
+${fenceAll(c, "tmp", p)}${p}// the wgmmas have read the stage: hand it back to the producer
+${p}if (lane == 0) sh_mbar_arrive(bars + 8 * (S + s));
+${p}if (++s == S) { s = 0; phase ^= 1; }
+${p}// promotion: fragment register 4j+{0,1} is row r0, 4j+{2,3} row r0+8, columns 8j + c0 + {0,1}
+${promote(c, "tmp", p)}    }
+`;
+}
+
+/**
+ * One overlapped step: block `kb`'s group (in `cur`) is in flight. With `next`, block kb+1 is issued
+ * into the other fragment first and only the older group is waited for (wait_group 1); the last
+ * block waits for everything (wait_group 0). Then block kb's stage goes back and `cur` is promoted.
+ */
+function step(c: Fp8GemmConfig, kb: string, cur: string, next: string | undefined, pad: string): string {
+  const q = pad + "  ";
+  const wait = next
+    ? `${issue(c, next, q)}${q}sh_wgmma_wait<1>();  // block bk's group is done; block bk + 1's runs on\n`
+    : `${q}sh_wgmma_wait0();\n`;
+  return `${pad}{
+${q}const int bk = ${kb};
+${loadScales(c, "bk", q)}${wait}${fenceAll(c, cur, q)}${q}if (lane == 0) sh_mbar_arrive(bars + 8 * (S + held));  // block bk's stage is read
+${q}if (++held == S) held = 0;
+${promote(c, cur, q)}${pad}}
+`;
+}
+
+/**
+ * Peeled so that every path has the same groups pending where paths meet (ptxas otherwise serializes
+ * the wgmmas, C7514): t0 holds the block in flight at the loop head; pairs of steps while two more
+ * blocks follow, then a tail of one or two blocks that ends with wait_group 0.
+ */
+export function overlappedLoop(c: Fp8GemmConfig): string {
+  const p = "      ";
+  return `    // overlapped promotion: 'held' is the ring stage of the oldest block still in flight
+    int held = s;
+    {
+${issue(c, "t0", p)}    }
+    int kb = 0;
+    for (; kb + 2 < KB; kb += 2) {
+${step(c, "kb", "t0", "t1", p)}${step(c, "kb + 1", "t1", "t0", p)}    }
+    if (kb + 1 < KB) {
+${step(c, "kb", "t0", "t1", p)}${step(c, "kb + 1", "t1", undefined, p)}    } else {
+${step(c, "kb", "t0", undefined, p)}    }
+`;
+}
