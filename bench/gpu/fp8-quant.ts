@@ -3,7 +3,7 @@
 // CPU reference bit for bit (e4m3 bytes and f32 scales), timed with CUDA events (median of 30), as
 // GB/s against this run's device copy, and against the PyTorch peer (bench/peers/fp8_quant.py,
 // spawned in the same run: eager and torch.compile). Then the quantize epilogues
-// (fp8-epilogue-cases.ts): SwiGLU → quantize fused into one kernel (with and without the bf16 value
+// (lib/fp8-epilogue-cases.ts): SwiGLU → quantize fused into one kernel (with and without the bf16 value
 // also written), RMSNorm(+residual) → quantize (NOT fused yet: row kernel + standalone quantize),
 // each checked against the CPU backend at check sizes (incl. odd widths), timed at [R, C], and
 // compared by time with PyTorch eager (+ a separate quantize) and torch.compile of the same work.
@@ -18,7 +18,7 @@ import { quantizeCuda, dequantizeCuda } from "../../runtime/cuda/fp8.ts";
 import { quantizeValues, dequantizeValues, tilesName } from "../../compiler/ops/quantize.ts";
 import { roundArrayToBf16 } from "../../compiler/numeric/index.ts";
 import type { TensorType } from "../../compiler/ir/types.ts";
-import { EPILOGUES, checkEpilogue, timeEpilogue } from "./fp8-epilogue-cases.ts";
+import { EPILOGUES, checkEpilogue, timeEpilogue } from "./lib/fp8-epilogue-cases.ts";
 
 const argv = process.argv;
 const outDir = argv.includes("--out") ? argv[argv.indexOf("--out") + 1]! : ".";

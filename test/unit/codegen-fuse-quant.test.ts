@@ -56,7 +56,8 @@ describe("quantize epilogues", () => {
     expect(fp.internal).toContain(slotOf(plan, "mul"));
     expectBitExact(plan, fp);
     const src = emitCuda(fp).kernels[0]!.source;
-    expect(src).toContain("__shfl_xor_sync");
+    expect(src).toContain("amax = sh_group_amax<G>(amax);");
+    expect(src).toContain("constexpr int VEC = 8, G = 16;");
   });
 
   it("the value quantized is also used elsewhere: it is written too", () => {

@@ -5,6 +5,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
 template <int E, int M>
@@ -42,3 +43,11 @@ struct __nv_fp8_e5m2 {
 // correctly rounded f32 product and quotient (the host's IEEE operations)
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fdiv_rn(float a, float b) { return a / b; }
+// the conversion intrinsic the standalone kernels use (runtime/cuda/kernels/fp8-sources.ts)
+enum __nv_saturation_t { __NV_NOSAT, __NV_SATFINITE };
+enum __nv_fp8_interpretation_t { __NV_E4M3, __NV_E5M2 };
+typedef unsigned char __nv_fp8_storage_t;
+inline __nv_fp8_storage_t __nv_cvt_float_to_fp8(float x, __nv_saturation_t sat, __nv_fp8_interpretation_t t) {
+  if (sat != __NV_SATFINITE) std::abort();  // only the saturating form is emulated
+  return t == __NV_E4M3 ? emu_fp8_encode<4, 3, 0x7E>(x) : emu_fp8_encode<5, 2, 0x7B>(x);
+}

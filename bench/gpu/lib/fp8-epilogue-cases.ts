@@ -5,18 +5,18 @@
 // compared bit for bit (e4m3 values, f32 scales; the bf16 value within 1e-2 where the producer uses
 // exp, whose fast-math form may differ from the CPU in the last bit of bf16: then the bytes are also
 // checked against the CPU quantization of the GPU's own bf16 value), then timed at full size.
-import { compile } from "../../compiler/pipeline.ts";
-import { quantizeValues } from "../../compiler/ops/quantize.ts";
-import { roundToBf16 } from "../../compiler/numeric/bf16.ts";
-import type { LocalTensor } from "../../compiler/ir/local.ts";
-import type { DType } from "../../compiler/ir/types.ts";
-import { Mesh, type AnyDTensor } from "../../stdlib/index.ts";
-import { input, piecesOf } from "../../stdlib/program.ts";
-import { add, mul, silu } from "../../stdlib/nn/ops-internal.ts";
-import { rmsnorm } from "../../stdlib/ops/reduce.ts";
-import { quantize } from "../../stdlib/ops/quantize.ts";
-import { runPlanCpu } from "../../runtime/cpu/index.ts";
-import type { CudaExecutor } from "../../runtime/cuda/executor.ts";
+import { compile } from "../../../compiler/pipeline.ts";
+import { quantizeValues } from "../../../compiler/ops/quantize.ts";
+import { roundToBf16 } from "../../../compiler/numeric/bf16.ts";
+import type { LocalTensor } from "../../../compiler/ir/local.ts";
+import type { DType } from "../../../compiler/ir/types.ts";
+import { Mesh, type AnyDTensor } from "../../../stdlib/index.ts";
+import { input, piecesOf } from "../../../stdlib/program.ts";
+import { add, mul, silu } from "../../../stdlib/nn/ops-internal.ts";
+import { rmsnorm } from "../../../stdlib/ops/reduce.ts";
+import { quantize } from "../../../stdlib/ops/quantize.ts";
+import { runPlanCpu } from "../../../runtime/cpu/index.ts";
+import type { CudaExecutor } from "../../../runtime/cuda/executor.ts";
 
 export interface EpilogueResult {
   name: string;
