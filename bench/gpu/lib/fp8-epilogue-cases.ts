@@ -55,7 +55,7 @@ const random = (len: number, f = (u: number) => u * 4 - 2) => {
   return out;
 };
 
-function prepare(c: EpilogueCase, R: number, C: number) {
+export function prepare(c: EpilogueCase, R: number, C: number) {
   const mesh = Mesh.of({ d: 1 });
   const inputs = new Map<string, { t: AnyDTensor; len: number; f?: (u: number) => number }>();
   const inp = (name: string, dims: Record<string, number>) => {
