@@ -155,7 +155,13 @@ export function buildGroup(ctx: GroupCtx, members: readonly number[]): BuiltGrou
   // (a quantize epilogue writes its bytes and scales both)
   const outputs = members.flatMap((i) => (plan.instrs[i] as OpInstr).outputs).filter((s) => s === quant?.q || s === quant?.scales || ctx.escapes(s, memberSet));
   if (outputs.length === 0) return { why: "no value leaves the group" };
-  if (quant && reduceDims) return { why: "a quantize epilogue joins map kernels only (not a row kernel)" };
+  if (quant && reduceDims) {
+    // a row kernel takes the epilogue along its rows, with one level of reductions and no picks (row-quant.ts)
+    if (reduceDims.length !== 1 || reduceDims[0] !== quant.dim) return { why: `quantize tiles '${quant.dim}' but the kernel's rows run over [${reduceDims}]` };
+    if (picks.length) return { why: "a row kernel with a pick takes no quantize epilogue" };
+    const deep = (i: number): boolean => { const n = nodes[i]!; return n.k === "reduce" || (n.k === "op" && n.args.some(deep)); };
+    if (nodes.some((n) => n.k === "reduce" && deep(n.arg))) return { why: "a row kernel with reductions of reductions (softmax) takes no quantize epilogue" };
+  }
   if (quant && quant.q !== (plan.instrs[members[members.length - 1]!] as OpInstr).outputs[0]) return { why: "a quantize epilogue is the kernel's last op" };
   if (inputs.length + outputs.length > MAX_TENSORS) return { why: `more than ${MAX_TENSORS} tensors` };
   const col = reduceDims ?? [];

@@ -115,7 +115,8 @@ function edges(): Built {
 
 /**
  * Quantize epilogues (1x128 along the innermost dim): swiglu → quantize alone and with the bf16
- * value also written, an f32 sum with a short last tile, a broadcast bias and a transposed operand.
+ * value also written, an f32 sum with a short last tile, a broadcast bias and a transposed operand;
+ * rmsnorm → quantize row kernels (bf16 with the residual sum written, f32 with a short last tile).
  */
 function quantEpilogues(): Built {
   const mesh = Mesh.of({ dp: 2 });
@@ -125,7 +126,10 @@ function quantEpilogues(): Built {
   const b = quantize(h, "1x128", "ffn");
   const x = randn(mesh, { tokens: 4, k: 300 }, "f32"), bias = randn(mesh, { k: 300 }, "f32"), xt = randn(mesh, { k: 300, tokens: 4 }, "f32");
   const c = quantize(add(mul(x, xt), bias), "1x128", "k");
-  return build({ aq: a.q, as: a.scales, bq: b.q, bs: b.scales, h, cq: c.q, cs: c.scales });
+  // rmsnorm(x + residual) → quantize: a row kernel with the epilogue, the sum also written
+  const r = add(g, u), d = quantize(rmsnorm(r, randn(mesh, { ffn: 384 }, "bf16"), "ffn") as AnyDTensor, "1x128", "ffn");
+  const e = quantize(rmsnorm(x, bias, "k") as AnyDTensor, "1x128", "k");
+  return build({ aq: a.q, as: a.scales, bq: b.q, bs: b.scales, h, cq: c.q, cs: c.scales, dq: d.q, ds: d.scales, r, eq: e.q, es: e.scales });
 }
 
 function trainingStep(): Built {

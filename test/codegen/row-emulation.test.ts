@@ -99,8 +99,8 @@ const rmsResidual = (R: number, C: number, dt: DType, sms = 2): Case => ({
  * Quantize epilogues (map kernels, 1x128 along the columns): a zero row (amax 0), a NaN and an Inf,
  * a short last tile (C % 128), the scalar path (C % VEC), the bf16 value also written, SwiGLU.
  * Bytes and scales must equal the interpreter's bit for bit where the producer is exact arithmetic
- * (add, mul); after SwiGLU (whose exp may differ from the CPU's in the last bit) the kernel's bytes
- * must be exactly the quantization of the bf16 value it wrote.
+ * (add, mul); after SwiGLU or RMSNorm (whose exp or row sum may differ from the CPU's in the last
+ * bit) the kernel's bytes must be exactly the quantization of the value it wrote.
  */
 const quantCase = (R: number, C: number, dt: DType, swiglu: boolean, sms = 2): Case => ({
   name: `${swiglu ? "swiglu" : "x * y + b"} -> quantize 1x128${swiglu ? " (and the bf16 value)" : ""}: ${dt} ${R}x${C}`, sms, quant: swiglu ? "self" : "exact",
@@ -120,6 +120,21 @@ const quantCase = (R: number, C: number, dt: DType, swiglu: boolean, sms = 2): C
   },
 });
 
+/** rmsnorm(x + residual) → quantize 1x128: a row kernel with the epilogue; the sum and (optionally) the normed value written too. */
+const rmsQuant = (R: number, C: number, dt: DType, withValue: boolean, sms = 2): Case => ({
+  name: `rmsnorm of x + residual -> quantize 1x128${withValue ? " (and the normed value)" : ""}: ${dt} ${R}x${C}`, sms, quant: withValue ? "self" : "exact",
+  make: (feed) => {
+    const val = (i: number) => {
+      const r = Math.floor(i / C), c = i % C;
+      return r === 1 ? 0 : r === 2 && c === 5 ? NaN : (rnd() * 4 - 2) * (c % 128 === 7 ? 30 : 1);
+    };
+    const h = add(feed("x", { r: R, c: C }, dt, val), feed("res", { r: R, c: C }, dt, () => (rnd() * 4 - 2) * 0.01));
+    const y = rmsnorm(h, feed("w", { c: C }, dt, () => rnd() + 0.5), "c") as AnyDTensor;
+    const { q, scales } = quantize(y, "1x128", "c");
+    return withValue ? [q, scales, h, y] : [q, scales, h];
+  },
+});
+
 const CASES: Case[] = [
   softmaxes(6, 4096, "bf16"), // a block a row, rows in registers
   softmaxes(40, 4096, "bf16", 1), // blocks take many rows
@@ -136,6 +151,11 @@ const CASES: Case[] = [
   quantCase(5, 300, "bf16", false), // a short last tile; 300 % 8: the scalar path
   quantCase(5, 300, "f32", false), // 300 % 4 = 0: the vector path with a short last tile
   quantCase(4, 1000, "bf16", true),
+  rmsQuant(6, 512, "bf16", true),
+  rmsQuant(40, 256, "bf16", true, 1),
+  rmsQuant(5, 300, "bf16", true), // a short last tile; the scalar path
+  rmsQuant(5, 300, "f32", true), // the vector path with a short last tile
+  rmsQuant(6, 384, "bf16", false), // the normed value is not written: bytes against the interpreter's
 ];
 
 const bytesOf = (dt: string) => (dt === "bf16" ? 2 : dt === "fp8e4m3" ? 1 : 4);
@@ -209,17 +229,26 @@ function checkQuant(label: string, mode: "exact" | "self", spec: KernelInstr["sp
     // the kernel's own bf16 value: the result whose node is the quantized one
     const h = spec.results.findIndex((r, j) => j !== q && j !== scales && r.node === node);
     if (h < 0) return [`${label}: no bf16 result to check the bytes against`];
-    const shape = want[q]!.shape, C = shape[shape.length - 1]!;
+    const shape = want[q]!.shape;
     const r = quantizeValues(Float32Array.from(have[h]!), shape, shape.map((_, i) => i === shape.length - 1));
     ref = { q: r.q, scales: r.scales };
-    let err = 0;
-    for (let i = 0; i < want[h]!.data.length; i++) {
-      const a = have[h]![i]!, b = want[h]!.data[i]!;
-      if (Number.isFinite(b)) err = Math.max(err, Math.abs(a - b) / Math.max(Math.abs(b), 1));
-      else if (!same(a, b)) bad.push(`${label} out${h}[${i}]: ${a}, want ${b}`);
-    }
-    if (!(err <= TOL.bf16!)) bad.push(`${label} out${h} (bf16 value, C=${C}): error ${err}`);
   }
+  // every other result (the value quantized, a residual sum) within the dtype's tolerance
+  spec.results.forEach((res, j) => {
+    if (j === q || j === scales) return;
+    let num = 0, den = 0;
+    for (let i = 0; i < want[j]!.data.length; i++) {
+      const a = have[j]![i]!, b = want[j]!.data[i]!;
+      if (!Number.isFinite(b) || Number.isNaN(a)) {
+        if (!same(a, b)) bad.push(`${label} out${j}[${i}]: ${a}, want ${b}`);
+        continue;
+      }
+      num = Math.max(num, Math.abs(a - b));
+      den = Math.max(den, Math.abs(b));
+    }
+    const err = den === 0 ? num : num / den;
+    if (!(err <= TOL[res.dtype]!)) bad.push(`${label} out${j}: relative error ${err}`);
+  });
   for (const [j, w] of [[q, ref.q], [scales, ref.scales]] as const)
     for (let i = 0; i < w.length; i++) if (!same(have[j]![i]!, w[i]!)) bad.push(`${label} out${j}[${i}]: ${have[j]![i]}, want ${w[i]} (bit for bit)`);
   return bad.slice(0, 5);

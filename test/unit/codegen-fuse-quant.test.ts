@@ -3,7 +3,7 @@
 // the bf16 value stays in registers unless something else reads it. The fused plan, run through the
 // KernelSpec interpreter, must give the CPU reference's bytes and scales bit for bit.
 import { describe, expect, it } from "vitest";
-import { Mesh, Shard, randn, add, mul, silu, rmsnorm, type AnyDTensor } from "../../stdlib/index.ts";
+import { Mesh, Shard, randn, add, mul, silu, rmsnorm, softmax, type AnyDTensor } from "../../stdlib/index.ts";
 import { quantize } from "../../stdlib/ops/quantize.ts";
 import { compile } from "../../compiler/pipeline.ts";
 import { fuse } from "../../compiler/codegen/fuse.ts";
@@ -82,15 +82,40 @@ describe("quantize epilogues", () => {
     expectBitExact(plan, fp);
   });
 
-  it("a residual add → quantize epilogue after rmsnorm (the rmsnorm stays a row kernel)", () => {
-    const mesh = Mesh.of({ dp: 1 });
-    const x = randn(mesh, { tokens: 5, model: 256 }, "bf16"), d = randn(mesh, { tokens: 5, model: 256 }, "bf16");
-    const w = randn(mesh, { model: 256 }, "bf16");
+  it("residual add → rmsnorm → quantize is one row kernel; the sum is written, the normed value is not", () => {
+    const mesh = Mesh.of({ dp: 2 });
+    const x = randn(mesh, { tokens: 6, model: 384 }, "bf16", { dp: Shard("tokens") }), d = randn(mesh, { tokens: 6, model: 384 }, "bf16", { dp: Shard("tokens") });
+    const w = randn(mesh, { model: 384 }, "bf16");
     const r = add(x, d);
     const { q, scales } = quantize(rmsnorm(r, w, "model"), "1x128", "model");
     const { plan, fp } = build([q, scales, r]);
-    // a row kernel takes no quantize epilogue yet: quantize stays the standalone op
-    expect(chains(fp)).toEqual(["add rmsnorm"]);
+    expect(chains(fp)).toEqual(["add rmsnorm quantize"]);
+    const k = kernels(fp)[0]!;
+    expect(k.spec.kind).toBe("row");
+    expect(k.spec.results.map((x) => x.dtype)).toEqual(["bf16", "fp8e4m3", "f32"]);
+    expect(fp.internal).toContain(slotOf(plan, "rmsnorm"));
+    expectBitExact(plan, fp);
+    const src = emitCuda(fp).kernels[0]!.source;
+    expect(src).toContain("sh_group_sum<G>");
+    expect(src).toContain("amax = sh_group_amax<G>(amax);");
+  });
+
+  // (bf16 inputs here: an f32 row sum may differ from the CPU op's in the last bit, as in any row kernel)
+  it("rmsnorm → quantize of an odd width (a short last tile)", () => {
+    const mesh = Mesh.of({ dp: 1 });
+    const x = randn(mesh, { tokens: 5, model: 300 }, "bf16"), w = randn(mesh, { model: 300 }, "bf16");
+    const { q, scales } = quantize(rmsnorm(x, w, "model"), "1x128", "model");
+    const { plan, fp } = build([q, scales]);
+    expect(chains(fp)).toEqual(["rmsnorm quantize"]);
+    expectBitExact(plan, fp);
+  });
+
+  it("softmax → quantize (a reduction of a reduction) is not fused", () => {
+    const mesh = Mesh.of({ dp: 1 });
+    const x = randn(mesh, { tokens: 4, vocab: 256 }, "bf16");
+    const { q, scales } = quantize(softmax(x, "vocab"), "1x128", "vocab");
+    const { plan, fp } = build([q, scales]);
+    expect(chains(fp)).toEqual(["softmax"]);
     expect(opsLeft(fp)).toContain("quantize");
     expectBitExact(plan, fp);
   });
