@@ -1,7 +1,7 @@
-// The fused quantize epilogues for bench/gpu/fp8-quant.ts: SwiGLU → quantize (1x128) as the fusion
-// pass makes it from the plain program, with and without the bf16 value also written, and
-// RMSNorm(+residual) → quantize, which the pass does not fuse yet (a row kernel, then the standalone
-// quantize). Each is first run at a check size on the GPU and on the CPU backend (runPlanCpu) and
+// The fused quantize epilogues for bench/gpu/fp8-quant.ts: SwiGLU → quantize (1x128, a map kernel)
+// and RMSNorm(x + residual) → quantize (a row kernel, the sum also written) as the fusion pass makes
+// them from the plain programs; SwiGLU also with the bf16 value written. (Should a plan keep a
+// standalone quantize, its time is added from the standalone 1x128 kernel's and the kernels column says so.) Each is first run at a check size on the GPU and on the CPU backend (runPlanCpu) and
 // compared bit for bit (e4m3 values, f32 scales; the bf16 value within 1e-2 where the producer uses
 // exp, whose fast-math form may differ from the CPU in the last bit of bf16: then the bytes are also
 // checked against the CPU quantization of the GPU's own bf16 value), then timed at full size.
@@ -33,6 +33,8 @@ export interface EpilogueCase {
   build: Build;
   /** Output index of the bf16 value quantized, where the program also returns it. */
   value?: number;
+  /** false: checked only (a variant of a timed case). */
+  timed?: boolean;
 }
 
 export const EPILOGUES: EpilogueCase[] = [
@@ -46,6 +48,18 @@ export const EPILOGUES: EpilogueCase[] = [
       return [q, scales, h];
     },
   },
+  {
+    // the same with the normed value also written: its bytes checked against the CPU quantization of the GPU's own value
+    name: "rmsnorm_residual_quantize+y",
+    value: 3,
+    timed: false,
+    build: (inp, R, C) => {
+      const h = add(inp("x", { r: R, c: C }), inp("res", { r: R, c: C }));
+      const y = rmsnorm(h, inp("w", { c: C }), "c") as AnyDTensor;
+      const { q, scales } = quantize(y, "1x128", "c");
+      return [q, scales, h, y];
+    },
+  },
 ];
 
 let seed = 5;
@@ -55,6 +69,7 @@ const random = (len: number, f = (u: number) => u * 4 - 2) => {
   return out;
 };
 
+const big = new Map<number, Float32Array>();
 export function prepare(c: EpilogueCase, R: number, C: number) {
   const mesh = Mesh.of({ d: 1 });
   const inputs = new Map<string, { t: AnyDTensor; len: number; f?: (u: number) => number }>();
@@ -65,7 +80,14 @@ export function prepare(c: EpilogueCase, R: number, C: number) {
   };
   const outs = c.build(inp, R, C);
   const plan = compile(mesh.builder.graph, outs.map((o) => o.ref));
-  const feeds = new Map<string, LocalTensor[]>([...inputs].map(([k, v]) => [k, piecesOf(mesh.spec, v.t.type, random(v.len, v.f))]));
+  // (timing sizes: one random buffer per length, shared by the inputs: generating 128M values takes seconds)
+  const data = (len: number, f?: (u: number) => number) => {
+    if (len < 2 ** 24 || f) return random(len, f);
+    let b = big.get(len);
+    if (!b) big.set(len, (b = random(len)));
+    return b;
+  };
+  const feeds = new Map<string, LocalTensor[]>([...inputs].map(([k, v]) => [k, piecesOf(mesh.spec, v.t.type, data(v.len, v.f))]));
   return { plan, feeds };
 }
 
