@@ -156,6 +156,9 @@ const CASES: Case[] = [
   rmsQuant(5, 300, "bf16", true), // a short last tile; the scalar path
   rmsQuant(5, 300, "f32", true), // the vector path with a short last tile
   rmsQuant(6, 384, "bf16", false), // the normed value is not written: bytes against the interpreter's
+  rmsQuant(3, 2304, "bf16", true), // 18 tiles: the block's 16 groups take two steps
+  rmsQuant(3, 2300, "bf16", true), // the same on the scalar path, a short last tile
+  rmsQuant(3, 1300, "f32", true), // f32: 8 groups of 32 lanes, two steps
 ];
 
 const bytesOf = (dt: string) => (dt === "bf16" ? 2 : dt === "fp8e4m3" ? 1 : 4);

@@ -42,7 +42,7 @@ const sha256 = (s: string) => createHash("sha256").update(s).digest("hex");
 function launchRule(spec: KernelSpec, tune: EmitTuning): LaunchRule {
   const index = spec.bounds.elems < 2 ** 31 ? "u32" : "u64";
   const params = paramsOf(spec);
-  if (spec.kind === "row" && spec.quant) return { kind: "row", block: 256, vec: quantVec(spec), rowThreads: 128 / quantVec(spec), chunks: 0, index, params };
+  if (spec.kind === "row" && spec.quant) return { kind: "row", block: 256, vec: quantVec(spec), rowThreads: 256, chunks: 0, index, params };
   if (spec.kind === "row") return rowRule(spec, index, params, tune);
   if (spec.quant) return { kind: "map", block: 256, vec: quantVec(spec), rowThreads: 0, chunks: 0, index, params };
   return { kind: "map", block: 256, vec: spec.axes ? vecWidth(spec, spec.axes - 1) : 1, rowThreads: 0, chunks: 0, index, params };
@@ -52,7 +52,7 @@ function describeLaunch(r: LaunchRule, quant: boolean): string[] {
   const vec = (what: string) => `vec = 1 when ${what} divides by ${r.vec} and every pointer is 16-byte aligned`;
   if (quant && r.kind === "row")
     return [
-      `launch: one row per ${r.rowThreads} lanes (a 128-column tile a step), ${r.block / r.rowThreads} rows per ${r.block}-thread block; grid = min(ceil(rows / ${r.block / r.rowThreads}), SMs * the blocks resident per SM at this kernel's register count)`,
+      `launch: one row per ${r.block}-thread block (groups of ${128 / r.vec} lanes take its 128-column tiles in turn); grid = min(rows, SMs * the blocks resident per SM at this kernel's register count)`,
       `  ${vec("ncol")}; any row length (each pass rereads the row)`,
     ];
   if (quant)

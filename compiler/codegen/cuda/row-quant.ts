@@ -1,13 +1,15 @@
-// Row kernels with a quantize epilogue (spec.quant, kind "row": RMSNorm → quantize): an aligned group
-// of G = 128/VEC lanes takes a whole row, each lane VEC consecutive columns of every 128-column tile.
-// Pass 1 walks the row's tiles and accumulates the reductions (one level: their arguments read no
-// other reduction), combined over the group by shuffles; the per-row values follow; pass 2 walks the
-// tiles again (a reread, mostly from L2: the group's row was just read), computes the results, takes
-// each tile's amax by shuffles within the group and writes the e4m3 bytes, lane 0 the tile's scale,
-// and the other results. Warps stride over the rows together and every group runs the same number
-// of tile steps (ncol is the same for all), so every lane reaches the shuffles; a group past the last
-// row reads and writes nothing. vec = 1 (ncol a multiple of VEC, 16-byte aligned pointers) moves
-// each lane's columns as one pack where a tensor walks the row contiguously; else element by element.
+// Row kernels with a quantize epilogue (spec.quant, kind "row": RMSNorm → quantize): a 256-thread
+// block takes a row; its NG aligned groups of G = 128/VEC lanes take the row's 128-column tiles in
+// turn (group g tiles g, g + NG, ...), each lane VEC consecutive columns of a tile. Pass 1 walks the
+// tiles and accumulates the reductions (one level: their arguments read no other reduction),
+// combined by shuffles within each group and then over the groups in shared memory (a fixed order);
+// the per-row values follow; pass 2 walks the tiles again (a reread, from L2: a block per row keeps
+// about 8 rows an SM in flight, a few MiB in all), computes the results, takes each tile's amax by
+// shuffles within its group and writes the e4m3 bytes, lane 0 the tile's scale, and the other
+// results. Every group runs the same number of tile steps (a tile past the row has no columns), so
+// every lane reaches the shuffles and barriers. vec = 1 (ncol a multiple of VEC, 16-byte aligned
+// pointers) moves each lane's columns as one pack where a tensor walks the row contiguously; else
+// element by element.
 import type { ExprNode, KernelSpec } from "../types.ts";
 import { literal, opExpr, roundTo, storageType, valueType } from "./ops.ts";
 import { decompose, idxType, offset, paramDecl, type LaunchRule, Src } from "./common.ts";
@@ -38,26 +40,28 @@ export function emitRowQuant(src: Src, spec: KernelSpec, name: string, rule: Lau
   src.line(`extern "C" __global__ void __launch_bounds__(${B}) ${name}(`);
   src.line(...rule.params.map((p, i) => `    ${paramDecl(spec, rule, p)}${i === rule.params.length - 1 ? ") {" : ","}`));
   src.enter();
-  src.line(`constexpr int VEC = ${V}, G = ${G};  // columns per lane, lanes per row (one 128-column tile a step)`);
+  src.line(`constexpr int VEC = ${V}, G = ${G}, NG = ${B / G};  // columns per lane, lanes per tile, tiles a step`);
+  if (reduces.length) src.line(`__shared__ float red[${reduces.length}][NG];  // the groups' partial reductions`);
   src.line(`const ${I} rows = ${L ? Array.from({ length: L }, (_, a) => `n${a}`).join(" * ") : "1"};`);
   src.line("const bool V = vec && ncol % VEC == 0;");
-  src.line("const int g = (threadIdx.x & 31) / G, lane = threadIdx.x & (G - 1);");
-  src.open(`for (${I} first = ((${I})blockIdx.x * ${B / 32} + (threadIdx.x >> 5)) * ${32 / G}; first < rows; first += (${I})gridDim.x * ${B / G})`);
-  src.line(`const bool live = first + g < rows;`, `const ${I} row = live ? first + g : first;`, "const int n = live ? ncol : 0;");
+  src.line("const int g = threadIdx.x / G, lane = threadIdx.x & (G - 1);");
+  src.open(`for (${I} row = blockIdx.x; row < rows; row += gridDim.x)`);
+  src.line("const int n = ncol;");
   decompose(src, I, "row", L, (a) => `n${a}`);
   const perRow = (lateOnes: boolean) =>
     nodes.forEach((nd, i) => {
       if (nd.col || late[i] !== lateOnes || nd.k === "const") return;
       if (nd.k === "load") src.line(`const ${valueType(nd.dtype)} v${i} = sh_get(in${nd.operand}[${offset(spec, nd.operand, L)}]);`);
       else if (nd.k === "op") src.line(`const ${valueType(nd.dtype)} v${i} = ${opExpr(nd.op, nd.dtype, nd.args.map((a) => ({ e: ref(a), dtype: nodes[a]!.dtype })), tune.fast)};  // ${nd.of}: ${nd.op}`);
-      else if (nd.k === "reduce") src.line(`const float v${i} = ${roundTo(nd.dtype, `sh_group_${nd.fn}<G>(a${i})`)};  // ${nd.fn} (${nd.of})`);
+      else if (nd.k === "reduce") src.line(`const float v${i} = ${roundTo(nd.dtype, `r${i}`)};  // ${nd.fn} (${nd.of})`);
     });
   perRow(false);
 
   /** One walk over the row's tiles: loads of the pass's col operands, its col nodes per element, then `body`. */
   const walk = (targets: number[], pre: () => void, body: () => void, after: () => void) => {
     const need = colClosure(nodes, targets);
-    src.open("for (int t0 = 0; t0 < ncol; t0 += 128)");
+    src.open("for (int base = 0; base < ncol; base += NG * 128)");
+    src.line("const int t0 = base + g * 128;  // this group's tile");
     src.line("const int col0 = t0 + lane * VEC, cnt = col0 >= n ? 0 : (n - col0 < VEC ? n - col0 : VEC);  // this lane's columns");
     src.line(`const ${I} i${L} = col0;`);
     for (const i of need) {
@@ -91,10 +95,18 @@ export function emitRowQuant(src: Src, spec: KernelSpec, name: string, rule: Lau
         src.line(nd.fn === "sum" ? `if (e < cnt) a${r} += ${ref(nd.arg)};` : `if (e < cnt) a${r} = sh_max2(a${r}, ${ref(nd.arg)});`);
       }
     }, () => undefined);
+    // the groups' partials, combined in group order
+    reduces.forEach((r, k) => src.line(`a${r} = sh_group_${(nodes[r] as { fn: string }).fn}<G>(a${r});`, `if (lane == 0) red[${k}][g] = a${r};`));
+    src.line("__syncthreads();");
+    reduces.forEach((r, k) => {
+      const fn = (nodes[r] as { fn: string }).fn;
+      src.line(`float r${r} = red[${k}][0];`, `for (int w = 1; w < NG; ++w) r${r} = ${fn === "sum" ? `r${r} + red[${k}][w]` : `sh_max2(r${r}, red[${k}][w])`};`);
+    });
+    src.line("__syncthreads();  // (the next row's partials go to the same slots)");
   }
   perRow(true);
   spec.results.forEach((r, j) => {
-    if (r.axes[L] === "none") src.line(`if (lane == 0 && live) sh_put(out${j}[${offset(spec, nIn + j, L)}], ${ref(r.node)});`);
+    if (r.axes[L] === "none") src.line(`if (threadIdx.x == 0) sh_put(out${j}[${offset(spec, nIn + j, L)}], ${ref(r.node)});`);
   });
 
   // pass 2: the results, the tile's amax, bytes and scale
