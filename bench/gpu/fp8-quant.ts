@@ -2,8 +2,11 @@
 // 128x1 Wgrad tiling, dequantize) on bf16 [R, C] = 32768 x 4096 (256 MiB), each checked against the
 // CPU reference bit for bit (e4m3 bytes and f32 scales), timed with CUDA events (median of 30), as
 // GB/s against this run's device copy, and against the PyTorch peer (bench/peers/fp8_quant.py,
-// spawned in the same run: eager and torch.compile). The fused SwiGLU/RMSNorm → quantize epilogues
-// are NOT built yet: the peer's fused-workload rows are printed for reference only.
+// spawned in the same run: eager and torch.compile). Then the quantize epilogues
+// (lib/fp8-epilogue-cases.ts): SwiGLU → quantize (with and without the bf16 value also written) and
+// RMSNorm(x + residual) → quantize, each fused into one kernel by the fusion pass,
+// each checked against the CPU backend at check sizes (incl. odd widths), timed at [R, C], and
+// compared by time with PyTorch eager (+ a separate quantize) and torch.compile of the same work.
 //   npm run gpu:pack; there: bash bench/gpu/run.sh fp8-quant   (writes <out>/fp8-quant.txt)
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -15,6 +18,7 @@ import { quantizeCuda, dequantizeCuda } from "../../runtime/cuda/fp8.ts";
 import { quantizeValues, dequantizeValues, tilesName } from "../../compiler/ops/quantize.ts";
 import { roundArrayToBf16 } from "../../compiler/numeric/index.ts";
 import type { TensorType } from "../../compiler/ir/types.ts";
+import { EPILOGUES, checkEpilogue, timeEpilogue } from "./lib/fp8-epilogue-cases.ts";
 
 const argv = process.argv;
 const outDir = argv.includes("--out") ? argv[argv.indexOf("--out") + 1]! : ".";
@@ -52,6 +56,7 @@ roundArrayToBf16(data, data);
 const X = upload(a, gpu.mem, { dtype: "bf16", shape: [R, C], data }, gpu.stream);
 const tx: TensorType = { dims: [{ name: "r", size: R }, { name: "c", size: C }], dtype: "bf16", placements: [] };
 const ours: Record<string, number> = {};
+const oursMs: Record<string, number> = {};
 
 const cases: { name: string; tiling: "1x128" | "128x1" | "128x128"; dims: string[] }[] = [
   { name: "quantize_1x128", tiling: "1x128", dims: ["c"] },
@@ -83,7 +88,8 @@ for (const c of cases) {
     }, REPS);
     const bytes = R * C * 3 + ref.scales.length * 4;
     ours[c.name] = bytes / ms / 1e6;
-    say(`${c.name}: ${ms.toFixed(3)} ms, ${ours[c.name]!.toFixed(0)} GB/s = ${((100 * ours[c.name]!) / copyGBps).toFixed(0)}% of copy${c.tiling === "128x1" ? " (includes the transposing copies before and after the kernel)" : ""}`);
+    oursMs[c.name] = ms;
+    say(`${c.name}: ${ms.toFixed(3)} ms, ${ours[c.name]!.toFixed(0)} GB/s = ${((100 * ours[c.name]!) / copyGBps).toFixed(0)}% of copy${c.tiling === "128x1" ? " (in place: no transposing copies)" : ""}`);
     summary.push([c.name, badQ < 0 && badS < 0 && badD < 0 ? "exact" : "MISMATCH", `${ours[c.name]!.toFixed(0)} GB/s`, `${((100 * ours[c.name]!) / copyGBps).toFixed(0)}%`]);
   } catch (e) {
     say(`${c.name}: FAILED ${(e as Error).stack ?? e}`);
@@ -91,17 +97,91 @@ for (const c of cases) {
   }
 }
 
+// the standalone kernels on odd shapes: partial tiles in both dims, K % 8 != 0 (the fallback path), a 3-d tensor
+const oddShapes: { dims: [string, number][]; tiling: "1x128" | "128x1" | "128x128"; tiled: string[] }[] = [];
+for (const dims of [[["r", 200], ["c", 264]], [["r", 130], ["c", 4100]], [["b", 3], ["r", 200], ["c", 264]]] as [string, number][][])
+  for (const [tiling, tiled] of [["1x128", ["c"]], ["128x1", ["r"]], ["128x128", ["r", "c"]]] as const) oddShapes.push({ dims, tiling, tiled: [...tiled] });
+for (const o of oddShapes) {
+  const label = `${o.tiling} [${o.dims.map(([n, v]) => `${n}:${v}`).join(", ")}]`;
+  try {
+    const shape = o.dims.map(([, v]) => v), len = shape.reduce((p, v) => p * v, 1);
+    const d = new Float32Array(len);
+    for (let i = 0; i < len; i++) {
+      seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0;
+      d[i] = i % 1000 === 17 ? NaN : (seed / 2 ** 32 - 0.5) * 2 ** ((i % 7) - 3);
+    }
+    roundArrayToBf16(d, d);
+    const t: TensorType = { dims: o.dims.map(([name, size]) => ({ name, size })), dtype: "bf16", placements: [] };
+    const Xo = upload(a, gpu.mem, { dtype: "bf16", shape, data: d }, gpu.stream);
+    const [q, s] = quantizeCuda(gpu, Xo, t, { tiling: o.tiling, dims: o.tiled });
+    const gq = download(a, q!, gpu.stream), gs = download(a, s!, gpu.stream);
+    const ref = quantizeValues(d, shape, o.dims.map(([n]) => o.tiled.includes(n)));
+    let bq = 0, bs = 0;
+    for (let i = 0; i < ref.q.length; i++) if (!Object.is(ref.q[i], gq.data[i]) && !(Number.isNaN(ref.q[i]) && Number.isNaN(gq.data[i]))) bq++;
+    for (let i = 0; i < ref.scales.length; i++) if (ref.scales[i] !== gs.data[i]) bs++;
+    say(`odd shape ${label}: e4m3 ${bq}/${ref.q.length} differ, scales ${bs}/${ref.scales.length} differ (scale shape ${s!.shape.join("x")})`);
+    if (bq || bs) summary.push([`odd ${label}`, "MISMATCH", "-", "-"]);
+    [q!, s!, Xo].forEach((x) => gpu.release(x));
+  } catch (e) {
+    say(`odd shape ${label}: FAILED ${(e as Error).stack ?? e}`);
+    summary.push([`odd ${label}`, "FAILED", "-", "-"]);
+  }
+}
+
+// the quantize epilogues: checks at small sizes (odd widths: a short last tile; 4004 % 8: the scalar path), then timing
+const epi: { name: string; status: string; ok: boolean; kernels: string; ms?: number; bytes?: number }[] = [];
+for (const c of EPILOGUES) {
+  const row: (typeof epi)[number] = { name: c.name, status: "", ok: true, kernels: "" };
+  epi.push(row);
+  for (const [r, cols] of [[1024, 4096], [96, 4000], [64, 4004]] as const) {
+    try {
+      const k = checkEpilogue(gpu, c, r, cols);
+      say(`${c.name}: ${k.line}${k.ok ? "" : "  <-- FAILED"}`);
+      row.kernels = k.kernels;
+      row.ok &&= k.ok;
+      if (k.status !== "exact" || !row.status) row.status = k.status === "exact" ? "exact" : `${k.status} @${cols}`;
+    } catch (e) {
+      say(`${c.name} [${r}x${cols}]: check FAILED ${(e as Error).stack ?? e}`);
+      row.ok = false;
+      row.status = "FAILED";
+    }
+  }
+  if (c.timed === false) continue;
+  try {
+    const t = timeEpilogue(gpu, c, R, C, REPS);
+    row.ms = t.ms;
+    row.bytes = t.bytes;
+    // an unfused quantize is the standalone kernel measured above (the profile times fused kernels only)
+    if (row.kernels.includes("standalone quantize") && oursMs.quantize_1x128) {
+      row.ms += oursMs.quantize_1x128;
+      row.bytes += R * C * 3 + (R * C / 128) * 4;
+    }
+    say(`${c.name} [${R}x${C}]: kernels ${row.kernels}; ${row.ms.toFixed(3)} ms, ${(row.bytes / 2 ** 20).toFixed(0)} MiB moved, ${(row.bytes / row.ms / 1e6).toFixed(0)} GB/s = ${((100 * row.bytes) / row.ms / 1e6 / copyGBps).toFixed(0)}% of copy (${t.detail})`);
+  } catch (e) {
+    say(`${c.name}: timing FAILED ${(e as Error).stack ?? e}`);
+    row.ok = false;
+  }
+}
+
 // the PyTorch peer, same run
 const peer = spawnSync("python3", ["bench/peers/fp8_quant.py", "--rows", String(R), "--cols", String(C)], { encoding: "utf8", timeout: 500_000 });
-const peerRows = (peer.stdout ?? "").split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as { kernel: string; impl: string; GBps: number });
+const peerRows = (peer.stdout ?? "").split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as { kernel: string; impl: string; GBps: number; ms: number });
 if (peer.status !== 0) say(`peer failed (status ${peer.status}): ${(peer.stderr ?? "").slice(-2000)}`);
 for (const r of peerRows) say(`peer ${r.kernel} ${r.impl}: ${r.GBps.toFixed(0)} GB/s`);
-say("\nsummary (bytes moved / time; peer ratio = shardts GB/s / peer GB/s; fused epilogues not built yet)");
+say("\nsummary, standalone kernels (bytes moved / time; peer ratio = shardts GB/s / peer GB/s)");
 say(["kernel", "vs CPU", "shardts", "of copy", "/ eager", "/ compile"].map((h) => h.padEnd(18)).join(""));
 for (const row of summary) {
   const p = (impl: string) => peerRows.find((r) => r.kernel === row[0] && r.impl === impl)?.GBps;
   const ratio = (g?: number) => (g && ours[row[0]!] ? `${(ours[row[0]!]! / g).toFixed(2)}x` : "-");
   say([...row, ratio(p("torch eager")), ratio(p("torch.compile"))].map((h) => h.padEnd(18)).join(""));
 }
+say("\nsummary, quantize epilogues at [R, C] (bytes: what shardts' kernels read and write; peer ratio = peer ms / shardts ms, same work)");
+say(["workload", "vs CPU", "shardts", "of copy", "/ eager+quant", "/ compile", "kernels"].map((h) => h.padEnd(18)).join(""));
+for (const r of epi) {
+  const p = (impl: string) => peerRows.find((x) => x.kernel === r.name && x.impl === impl)?.ms;
+  const ratio = (ms?: number) => (ms && r.ms ? `${(ms / r.ms).toFixed(2)}x` : "-");
+  const gbps = r.ms && r.bytes ? r.bytes / r.ms / 1e6 : 0;
+  say([r.name, r.ok ? r.status : `FAILED: ${r.status}`, gbps ? `${gbps.toFixed(0)} GB/s` : "-", gbps ? `${((100 * gbps) / copyGBps).toFixed(0)}%` : "-", ratio(p("torch eager")), ratio(p("torch.compile")), r.kernels].map((h) => h.padEnd(18)).join(""));
+}
 writeFileSync(join(outDir, "fp8-quant.txt"), lines.join("\n") + "\n");
-process.exit(summary.every((r) => r[1] === "exact") ? 0 : 1);
+process.exit(summary.every((r) => r[1] === "exact") && epi.every((r) => r.ok) ? 0 : 1);

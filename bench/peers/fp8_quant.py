@@ -1,6 +1,6 @@
 """PyTorch peer for shardts' FP8 quantize kernels: DeepGEMM-style 1x128 per-token and 128x128
-per-block e4m3 quantization of a bf16 [R, C] tensor, and SwiGLU / RMSNorm followed by a separate
-1x128 quantize, in eager mode and under torch.compile. Prints one JSON line per measurement.
+per-block e4m3 quantization of a bf16 [R, C] tensor, and SwiGLU (also returning the bf16 value, or
+not) / RMSNorm of x + residual (returning the sum) followed by a separate 1x128 quantize, in eager mode and under torch.compile. Prints one JSON line per measurement.
 
 Run on the GPU machine:  python3 bench/peers/fp8_quant.py [--rows R] [--cols C]
 Timing: CUDA events after warm-up, median of 30 repeats, two input buffers rotated.
@@ -49,10 +49,16 @@ def swiglu_quant(g, u):
     return quant_1x128(torch.nn.functional.silu(g) * u)
 
 
-def rmsnorm_quant(x, w):
-    xf = x.float()
-    y = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6) * w.float()).to(torch.bfloat16)
-    return quant_1x128(y)
+def swiglu_quant_h(g, u):
+    h = torch.nn.functional.silu(g) * u
+    return quant_1x128(h) + (h,)
+
+
+def rmsnorm_residual_quant(x, res, w):
+    h = x + res
+    hf = h.float()
+    y = (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + 1e-6) * w.float()).to(torch.bfloat16)
+    return quant_1x128(y) + (h,)
 
 
 def main():
@@ -66,7 +72,7 @@ def main():
     xs = [(mk(),), (mk(),)]
     pairs = [(mk(), mk()), (mk(), mk())]
     w = torch.rand(C, device="cuda", dtype=torch.bfloat16) + 0.5
-    norm_in = [(x, w) for (x,) in xs]
+    norm_in = [(x, r, w) for ((x,), (r, _)) in zip(xs, pairs)]
     n = 2 ** 30
     src, dst = torch.empty(n, dtype=torch.uint8, device="cuda"), torch.empty(n, dtype=torch.uint8, device="cuda")
     copy_ms = median_ms(lambda s, d: d.copy_(s), [(src, dst)])
@@ -77,7 +83,8 @@ def main():
         "quantize_1x128": (quant_1x128, xs, q_bytes),
         "quantize_128x128": (quant_128x128, xs, R * C * 2 + R * C + (R * C // 16384) * 4),
         "swiglu_quantize": (swiglu_quant, pairs, q_bytes + R * C * 2),
-        "rmsnorm_quantize": (rmsnorm_quant, norm_in, q_bytes + C * 2),
+        "swiglu_quantize+h": (swiglu_quant_h, pairs, q_bytes + R * C * 4),
+        "rmsnorm_residual_quantize": (rmsnorm_residual_quant, norm_in, q_bytes + R * C * 4 + C * 2),
     }
     for name, (fn, ins, nbytes) in cases.items():
         for impl, f in (("torch eager", fn), ("torch.compile", torch.compile(fn))):

@@ -90,7 +90,7 @@ export function fuse(plan: Plan): FusedPlan {
       absorbed.push(g);
     }
     if (!built) {
-      if (ins.op === "gather") continue;
+      if (ins.op === "gather" || ins.op === "quantize") continue;
       const b = buildGroup(ctx, members);
       if (!("spec" in b)) continue;
       built = b;

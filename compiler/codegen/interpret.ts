@@ -13,6 +13,7 @@ import { numel } from "../ir/types.ts";
 import { getOp } from "../ops/index.ts";
 import { forEachStrided, roundData } from "../ops/cpu-util.ts";
 import { geometry } from "./geometry.ts";
+import { quantizeValues } from "../ops/quantize.ts";
 
 /** A node's value over named iteration dims ("a0".. for a map kernel; "r", "c" for rows and columns). */
 interface Val {
@@ -83,10 +84,26 @@ export function interpretKernel(k: KernelInstr, plan: Plan, rank: number, inputs
     }
   }
 
+  // a quantize epilogue: its value over the whole space, quantized in 1x128 tiles along the innermost axis
+  const q = spec.quant && (() => {
+    const v = vals[spec.quant!.node]!, names = full.map(([nm]) => nm), flat = new Float32Array(numel(g.sizes));
+    const vStr = names.map((nm) => {
+      const i = v.type.dims.findIndex((d) => d.name === nm);
+      return i < 0 ? 0 : v.type.dims.slice(i + 1).reduce((p, d) => p * d.size, 1);
+    });
+    forEachStrided(g.sizes, [vStr], (o, offs) => (flat[o] = v.t.data[offs[0]!]!));
+    return quantizeValues(flat, g.sizes, g.sizes.map((_, i) => i === g.sizes.length - 1));
+  })();
+
   return spec.results.map((res, j) => {
     const slot = k.outputs[j]!;
     const out = allocLocal(res.dtype, plan.values[slot]!.shapes[rank]!);
     const st = g.strides[spec.operands.length + j]!;
+    if (q && (j === spec.quant!.q || j === spec.quant!.scales)) {
+      const [data, shape] = j === spec.quant!.q ? [q.q, g.sizes] : [q.scales, q.scaleShape];
+      forEachStrided(shape, [st], (o, offs) => (out.data[offs[0]!] = data[o]!));
+      return out;
+    }
     const covers = !row || res.axes[res.axes.length - 1] !== "none";
     const shape = covers ? g.sizes : outer;
     const v = vals[res.node]!;

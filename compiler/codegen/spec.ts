@@ -7,6 +7,7 @@ import type { AxisInfo, AxisUse, ExprNode, KernelSpec } from "./types.ts";
 import { numel } from "../ir/types.ts";
 import { shardDim } from "../ir/placement.ts";
 import { CUDA_EXPR } from "./cuda/ops.ts";
+import { tilesName } from "../ops/quantize.ts";
 
 type OpInstr = Extract<Instr, { kind: "op" }>;
 
@@ -34,10 +35,20 @@ const MAX_NODES = 160, MAX_TENSORS = 24;
 const REDUCERS = new Set(["sum", "mean", "max"]);
 const ROW_OPS = new Set(["softmax", "log_softmax", "rmsnorm"]);
 
-/** Ops that can be part of a kernel; `gather` only joins a row kernel (as a pick), never starts one. */
+/** A quantize that can be a map kernel's epilogue: 1x128 tiles along its input's innermost dim. */
+export function epilogueQuantize(ins: Instr, plan: Plan): boolean {
+  if (ins.kind !== "op" || ins.op !== "quantize" || ins.attrs.tiling !== "1x128") return false;
+  const dims = ins.attrs.dims as string[], x = plan.values[ins.inputs[0]!]!.type;
+  return Array.isArray(dims) && dims.length === 1 && x.dims[x.dims.length - 1]?.name === dims[0] && ["f32", "bf16"].includes(x.dtype);
+}
+
+/**
+ * Ops that can be part of a kernel; `gather` only joins a row kernel (as a pick), and `quantize` a
+ * map kernel (as its epilogue), never starting one.
+ */
 export function fusible(ins: Instr, plan: Plan): boolean {
   if (ins.kind !== "op") return false;
-  if (ins.op in CUDA_EXPR || ins.op === "expand" || ROW_OPS.has(ins.op) || ins.op === "gather") return true;
+  if (ins.op in CUDA_EXPR || ins.op === "expand" || ROW_OPS.has(ins.op) || ins.op === "gather" || epilogueQuantize(ins, plan)) return true;
   // integer reductions keep their own (exact, wrapping) CPU semantics; only float rows are fused
   return REDUCERS.has(ins.op) && ["f32", "bf16"].includes(plan.values[ins.inputs[0]!]!.type.dtype);
 }
@@ -56,6 +67,7 @@ export function buildGroup(ctx: GroupCtx, members: readonly number[]): BuiltGrou
   let reduceDims: string[] | null = null;
   const space = new Set<string>();
   const picks: { ins: OpInstr; node: number }[] = [];
+  let quant: { node: number; q: number; scales: number; dim: string } | undefined;
   let of = "";
 
   const node = (n: ExprNode) => (nodes.push(n), nodes.length - 1);
@@ -91,6 +103,14 @@ export function buildGroup(ctx: GroupCtx, members: readonly number[]): BuiltGrou
     }
     if (ins.op in CUDA_EXPR) {
       nodeOf.set(out, op(ins.op, ins.inputs.map(arg), dt, ir));
+      continue;
+    }
+    if (ins.op === "quantize") {
+      if (quant) return { why: "one quantize epilogue per kernel" };
+      const x = arg(ins.inputs[0]!);
+      quant = { node: x, q: out, scales: ins.outputs[1]!, dim: (ins.attrs.dims as string[])[0]! };
+      nodeOf.set(out, x);
+      nodeOf.set(quant.scales, x);
       continue;
     }
     if (ins.op === "gather") {
@@ -132,22 +152,33 @@ export function buildGroup(ctx: GroupCtx, members: readonly number[]): BuiltGrou
   if (nodes.length > MAX_NODES) return { why: `more than ${MAX_NODES} expression nodes` };
 
   // results: every value that is read outside the group
-  const outputs = members.map((i) => (plan.instrs[i] as OpInstr).outputs[0]!).filter((s) => ctx.escapes(s, memberSet));
+  // (a quantize epilogue writes its bytes and scales both)
+  const outputs = members.flatMap((i) => (plan.instrs[i] as OpInstr).outputs).filter((s) => s === quant?.q || s === quant?.scales || ctx.escapes(s, memberSet));
   if (outputs.length === 0) return { why: "no value leaves the group" };
+  if (quant && reduceDims) {
+    // a row kernel takes the epilogue along its rows, with one level of reductions and no picks (row-quant.ts)
+    if (reduceDims.length !== 1 || reduceDims[0] !== quant.dim) return { why: `quantize tiles '${quant.dim}' but the kernel's rows run over [${reduceDims}]` };
+    if (picks.length) return { why: "a row kernel with a pick takes no quantize epilogue" };
+    const deep = (i: number): boolean => { const n = nodes[i]!; return n.k === "reduce" || (n.k === "op" && n.args.some(deep)); };
+    if (nodes.some((n) => n.k === "reduce" && deep(n.arg))) return { why: "a row kernel with reductions of reductions (softmax) takes no quantize epilogue" };
+  }
+  if (quant && quant.q !== (plan.instrs[members[members.length - 1]!] as OpInstr).outputs[0]) return { why: "a quantize epilogue is the kernel's last op" };
   if (inputs.length + outputs.length > MAX_TENSORS) return { why: `more than ${MAX_TENSORS} tensors` };
   const col = reduceDims ?? [];
   const colSet = new Set(col);
   const outer = new Set([...space].filter((d) => !colSet.has(d)));
   const full = new Set([...outer, ...col]);
   for (const s of outputs) {
+    if (s === quant?.scales) continue;
     const ds = names(typeOf(s));
     if (!sameSet(ds, full) && !(col.length > 0 && sameSet(ds, outer)))
       return { why: `result $${s} [${ds}] does not cover the iteration space [${[...full]}]` + (col.length ? ` or its rows [${[...outer]}]` : "") };
   }
 
   // iteration order: a covering result's layout (the one written most), the column dims last
-  const cover = outputs.find((s) => names(typeOf(s)).length === full.size) ?? outputs[0]!;
+  const cover = outputs.find((s) => s !== quant?.scales && names(typeOf(s)).length === full.size) ?? outputs[0]!;
   const order = [...names(typeOf(cover)).filter((d) => !colSet.has(d)), ...col];
+  if (quant && order[order.length - 1] !== quant.dim) return { why: `quantize tiles '${quant.dim}', which is not the kernel's innermost dim (${order[order.length - 1]})` };
   const tensors = [...inputs, ...outputs].map((s) => names(typeOf(s)));
   const axesDims: string[][] = [];
   order.forEach((d, i) => {
@@ -159,7 +190,9 @@ export function buildGroup(ctx: GroupCtx, members: readonly number[]): BuiltGrou
   });
   if (col.length > 0 && !sameSet(axesDims[axesDims.length - 1]!, colSet)) return { why: `the reduced dims [${col}] are not one contiguous run in every tensor` };
   const use = (t: string[], ax: string[]): AxisUse => (!t.includes(ax[0]!) ? "none" : t[t.length - 1] === ax[ax.length - 1] ? "unit" : "stride");
-  const spec = (s: number) => ({ dtype: typeOf(s).dtype, axes: axesDims.map((ax) => use(names(typeOf(s)), ax)) });
+  // the scales walk the tiled (innermost) axis by tiles: their `d_tiles` dim stands for `d`
+  const namesOf = (s: number) => (s === quant?.scales ? names(typeOf(s)).map((d) => (d === tilesName(quant!.dim) ? quant!.dim : d)) : names(typeOf(s)));
+  const spec = (s: number) => ({ dtype: typeOf(s).dtype, axes: axesDims.map((ax) => use(namesOf(s), ax)) });
   const operands = inputs.map(spec);
 
   // which values vary along the column axis (row kernels evaluate the others once per row)
@@ -179,7 +212,7 @@ export function buildGroup(ctx: GroupCtx, members: readonly number[]): BuiltGrou
   }
 
   // every slot of the group has its local shapes in the plan, literals' and internal values' too
-  const slotWith = (d: string) => [...outputs, ...inputs, ...members.map((i) => (plan.instrs[i] as OpInstr).outputs[0]!), ...literals].find((s) => names(typeOf(s)).includes(d))!;
+  const slotWith = (d: string) => [...outputs.filter((s) => s !== quant?.scales), ...inputs, ...members.map((i) => (plan.instrs[i] as OpInstr).outputs[0]!), ...literals].find((s) => names(typeOf(s)).includes(d))!;
   const axes: AxisInfo[] = axesDims.map((ds) => ({ dims: ds, from: ds.map((d) => ({ slot: slotWith(d), dim: names(typeOf(slotWith(d))).indexOf(d) })) }));
   let elems = 0, row = 0;
   for (let r = 0; r < plan.world; r++) {
@@ -197,6 +230,7 @@ export function buildGroup(ctx: GroupCtx, members: readonly number[]): BuiltGrou
       nodes,
       ops: members.map((i) => (plan.instrs[i] as OpInstr).op),
       bounds: { elems, row },
+      ...(quant ? { quant: { node: quant.node, q: outputs.indexOf(quant.q), scales: outputs.indexOf(quant.scales) } } : {}),
     },
     inputs,
     outputs,

@@ -45,6 +45,12 @@ export interface KernelSpec {
   nodes: ExprNode[];
   /** The IR ops fused, in plan order (for names and comments). */
   ops: string[];
+  /**
+   * A fused quantize epilogue (map kernels): node `node` (the value quantize reads) is quantized in
+   * 1x128 tiles along the innermost axis (which is the tiled dim alone) into result `q` (e4m3, whose
+   * `node` is `node` too) and result `scales` (f32, one per tile: its innermost axis counts tiles).
+   */
+  quant?: { node: number; q: number; scales: number };
   /** Largest over ranks: elements of any tensor or of the iteration space, and the column length (row kernels). */
   bounds: { elems: number; row: number };
 }

@@ -1,5 +1,6 @@
 // The CUDA executor's FP8 ops: quantize and dequantize through the kernels of
-// kernels/fp8-sources.ts (the tiled dims moved last, [O, N, K] views), and scaled_dot through a
+// kernels/fp8-sources.ts (128x1 and 128x128 in place by the register-tile kernel where it applies;
+// otherwise the tiled dims moved last, [O, N, K] views), and scaled_dot through a
 // FALLBACK — both operands dequantized to f32 and contracted by cuBLASLt's f32 GEMM — wherever the
 // generated Hopper FP8 GEMM does not take the operands (fp8-scaled-dot.ts says which); it equals the
 // CPU reference's promoted accumulation to f32 rounding, not bit for bit, and runs at f32 GEMM speed.
@@ -25,8 +26,34 @@ function view(t: TensorType, shape: number[], tiled: string[]) {
 }
 const scaleOrder = (order: string[], tiled: string[]) => order.map((n) => (tiled.includes(n) ? tilesName(n) : n));
 
+/**
+ * Quantize without moving the tiled dims: one tiled dim that is not innermost (128x1: [O, N, K] with
+ * N tiled, per-column amax over 128 rows), or two that are the innermost pair in order (128x128), by
+ * the register-tile kernel; undefined where it does not apply (K % VEC, alignment).
+ */
+function quantizeInPlace(ex: CudaExecutor, x: DeviceTensor, tx: TensorType, tiled: string[]): DeviceTensor[] | undefined {
+  const ns = names(tx), dt = x.dtype === "bf16" ? "bf16" : "f32", VEC = dt === "bf16" ? 8 : 4;
+  const at = ns.indexOf(tiled[0]!), prod = (a: number, b: number) => x.shape.slice(a, b).reduce((p, n) => p * n, 1);
+  let mode: "block" | "cols", O: number, N: number, K: number;
+  if (tiled.length === 1 && at < ns.length - 1) [mode, O, N, K] = ["cols", prod(0, at), x.shape[at]!, prod(at + 1, ns.length)];
+  else if (tiled.length === 2 && at === ns.length - 2 && ns[ns.length - 1] === tiled[1]) [mode, O, N, K] = ["block", prod(0, at), x.shape[at]!, x.shape[at + 1]!];
+  else return undefined;
+  if (K % VEC !== 0 || x.ptr % 16n !== 0n) return undefined;
+  const q = empty(ex.mem, "fp8e4m3", [...x.shape]);
+  const s = empty(ex.mem, "f32", x.shape.map((n, i) => (tiled.includes(ns[i]!) ? Math.ceil(n / 128) : n)));
+  const tiles = O * Math.ceil(N / 128) * Math.ceil(K / 128);
+  if (tiles > 0) {
+    const k = Q.quantizeTiles(dt, mode);
+    ex.addon.launchKernel(ex.fn(k.name, k.source), [tiles, 1, 1], [256, 1, 1], 0, ex.stream,
+      packArgs(["ptr", q.ptr], ["ptr", s.ptr], ["ptr", x.ptr], ["i64", O], ["i32", N], ["i32", K]));
+  }
+  return [q, s];
+}
+
 export function quantizeCuda(ex: CudaExecutor, x: DeviceTensor, tx: TensorType, attrs: Attrs): DeviceTensor[] {
   const { dims: tiled } = tileSpec("quantize", attrs);
+  const direct = quantizeInPlace(ex, x, tx, tiled);
+  if (direct) return direct;
   const v = view(tx, x.shape, tiled);
   const X = ex.reorder(x, names(tx), v.order);
   const q = empty(ex.mem, "fp8e4m3", X.shape);

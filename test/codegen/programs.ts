@@ -6,6 +6,7 @@ import {
   Mesh, Shard, randn, rand, iota, full, add, sub, mul, div, exp, log, neg, silu, gelu, sigmoid, rsqrt, abs, relu, sqrt,
   maximum, minimum, where, cast, sum, mean, max, softmax, logSoftmax, rmsnorm, gather, type AnyDTensor,
 } from "../../stdlib/index.ts";
+import { quantize } from "../../stdlib/ops/quantize.ts";
 import { compile } from "../../compiler/pipeline.ts";
 import { fuse } from "../../compiler/codegen/fuse.ts";
 import type { FusedPlan } from "../../compiler/codegen/types.ts";
@@ -112,6 +113,25 @@ function edges(): Built {
   });
 }
 
+/**
+ * Quantize epilogues (1x128 along the innermost dim): swiglu → quantize alone and with the bf16
+ * value also written, an f32 sum with a short last tile, a broadcast bias and a transposed operand;
+ * rmsnorm → quantize row kernels (bf16 with the residual sum written, f32 with a short last tile).
+ */
+function quantEpilogues(): Built {
+  const mesh = Mesh.of({ dp: 2 });
+  const g = randn(mesh, { tokens: 8, ffn: 384 }, "bf16", { dp: Shard("tokens") }), u = randn(mesh, { tokens: 8, ffn: 384 }, "bf16", { dp: Shard("tokens") });
+  const a = quantize(mul(silu(g), u), "1x128", "ffn");
+  const h = mul(sigmoid(g), u);
+  const b = quantize(h, "1x128", "ffn");
+  const x = randn(mesh, { tokens: 4, k: 300 }, "f32"), bias = randn(mesh, { k: 300 }, "f32"), xt = randn(mesh, { k: 300, tokens: 4 }, "f32");
+  const c = quantize(add(mul(x, xt), bias), "1x128", "k");
+  // rmsnorm(x + residual) → quantize: a row kernel with the epilogue, the sum also written
+  const r = add(g, u), d = quantize(rmsnorm(r, randn(mesh, { ffn: 384 }, "bf16"), "ffn") as AnyDTensor, "1x128", "ffn");
+  const e = quantize(rmsnorm(x, bias, "k") as AnyDTensor, "1x128", "k");
+  return build({ aq: a.q, as: a.scales, bq: b.q, bs: b.scales, h, cq: c.q, cs: c.scales, dq: d.q, ds: d.scales, r, eq: e.q, es: e.scales });
+}
+
 function trainingStep(): Built {
   const tr = new Trainer({
     model: { vocab: 40, model: 16, heads: 2, layers: 2, seq: 8, ffn: 24, moe: { experts: 4, topK: 2, ffn: 12, shared: 1, score: "softmax", auxLoss: 0.01, moeFrom: 1 } },
@@ -140,5 +160,6 @@ export const PROGRAMS: { name: string; build: () => Built }[] = [
   { name: "fused-f32", build: () => fusedPatterns("f32") },
   { name: "fused-bf16", build: () => fusedPatterns("bf16") },
   { name: "edge-cases", build: edges },
+  { name: "quant-epilogues", build: quantEpilogues },
   { name: "training-step", build: trainingStep },
 ];

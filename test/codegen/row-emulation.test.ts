@@ -15,7 +15,10 @@ import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { Mesh, type AnyDTensor } from "../../stdlib/index.ts";
 import { input, piecesOf } from "../../stdlib/program.ts";
-import { add, exp, log, neg, sub } from "../../stdlib/nn/ops-internal.ts";
+import { add, exp, log, mul, neg, silu, sub } from "../../stdlib/nn/ops-internal.ts";
+import { quantize } from "../../stdlib/ops/quantize.ts";
+import { quantizeValues } from "../../compiler/ops/quantize.ts";
+import { e4m3FromBits } from "../../compiler/numeric/fp8.ts";
 import { logSoftmax, max, rmsnorm, softmax, sum } from "../../stdlib/ops/reduce.ts";
 import { gather } from "../../stdlib/ops/routing.ts";
 import { compile } from "../../compiler/pipeline.ts";
@@ -54,6 +57,8 @@ interface Case {
   name: string;
   /** SMs launch.ts is told of (1: blocks take many rows). */
   sms: number;
+  /** Quantize epilogue outputs: bit for bit against the interpreter, or against the quantization of the kernel's own bf16 value. */
+  quant?: "exact" | "self";
   make: (feed: Feed) => AnyDTensor[];
 }
 
@@ -90,6 +95,46 @@ const rmsResidual = (R: number, C: number, dt: DType, sms = 2): Case => ({
   },
 });
 
+/**
+ * Quantize epilogues (map kernels, 1x128 along the columns): a zero row (amax 0), a NaN and an Inf,
+ * a short last tile (C % 128), the scalar path (C % VEC), the bf16 value also written, SwiGLU.
+ * Bytes and scales must equal the interpreter's bit for bit where the producer is exact arithmetic
+ * (add, mul); after SwiGLU or RMSNorm (whose exp or row sum may differ from the CPU's in the last
+ * bit) the kernel's bytes must be exactly the quantization of the value it wrote.
+ */
+const quantCase = (R: number, C: number, dt: DType, swiglu: boolean, sms = 2): Case => ({
+  name: `${swiglu ? "swiglu" : "x * y + b"} -> quantize 1x128${swiglu ? " (and the bf16 value)" : ""}: ${dt} ${R}x${C}`, sms, quant: swiglu ? "self" : "exact",
+  make: (feed) => {
+    const val = (i: number) => {
+      const r = Math.floor(i / C), c = i % C;
+      return r === 1 ? 0 : r === 2 && c === 5 ? NaN : r === 3 && c === C - 1 ? Infinity : (rnd() * 4 - 2) * (c % 128 === 7 ? 300 : 1);
+    };
+    const x = feed("x", { r: R, c: C }, dt, val), y = feed("y", { r: R, c: C }, dt, () => rnd() * 2 - 1);
+    if (swiglu) {
+      const h = mul(silu(x), y);
+      const { q, scales } = quantize(h, "1x128", "c");
+      return [q, scales, h];
+    }
+    const { q, scales } = quantize(add(mul(x, y), feed("b", { c: C }, dt, () => rnd())), "1x128", "c");
+    return [q, scales];
+  },
+});
+
+/** rmsnorm(x + residual) → quantize 1x128: a row kernel with the epilogue; the sum and (optionally) the normed value written too. */
+const rmsQuant = (R: number, C: number, dt: DType, withValue: boolean, sms = 2): Case => ({
+  name: `rmsnorm of x + residual -> quantize 1x128${withValue ? " (and the normed value)" : ""}: ${dt} ${R}x${C}`, sms, quant: withValue ? "self" : "exact",
+  make: (feed) => {
+    const val = (i: number) => {
+      const r = Math.floor(i / C), c = i % C;
+      return r === 1 ? 0 : r === 2 && c === 5 ? NaN : (rnd() * 4 - 2) * (c % 128 === 7 ? 30 : 1);
+    };
+    const h = add(feed("x", { r: R, c: C }, dt, val), feed("res", { r: R, c: C }, dt, () => (rnd() * 4 - 2) * 0.01));
+    const y = rmsnorm(h, feed("w", { c: C }, dt, () => rnd() + 0.5), "c") as AnyDTensor;
+    const { q, scales } = quantize(y, "1x128", "c");
+    return withValue ? [q, scales, h, y] : [q, scales, h];
+  },
+});
+
 const CASES: Case[] = [
   softmaxes(6, 4096, "bf16"), // a block a row, rows in registers
   softmaxes(40, 4096, "bf16", 1), // blocks take many rows
@@ -101,9 +146,22 @@ const CASES: Case[] = [
   crossEntropy(6, 1000, "bf16"), // a warp a row
   rmsResidual(5, 4096, "bf16"),
   rmsResidual(300, 256, "bf16", 1),
+  quantCase(6, 384, "bf16", true),
+  quantCase(40, 256, "bf16", false, 1),
+  quantCase(5, 300, "bf16", false), // a short last tile; 300 % 8: the scalar path
+  quantCase(5, 300, "f32", false), // 300 % 4 = 0: the vector path with a short last tile
+  quantCase(4, 1000, "bf16", true),
+  rmsQuant(6, 512, "bf16", true),
+  rmsQuant(40, 256, "bf16", true, 1),
+  rmsQuant(5, 300, "bf16", true), // a short last tile; the scalar path
+  rmsQuant(5, 300, "f32", true), // the vector path with a short last tile
+  rmsQuant(6, 384, "bf16", false), // the normed value is not written: bytes against the interpreter's
+  rmsQuant(3, 2304, "bf16", true), // 18 tiles: the block's 16 groups take two steps
+  rmsQuant(3, 2300, "bf16", true), // the same on the scalar path, a short last tile
+  rmsQuant(3, 1300, "f32", true), // f32: 8 groups of 32 lanes, two steps
 ];
 
-const bytesOf = (dt: string) => (dt === "bf16" ? 2 : 4);
+const bytesOf = (dt: string) => (dt === "bf16" ? 2 : dt === "fp8e4m3" ? 1 : 4);
 function encode(t: LocalTensor): Buffer {
   if (t.dtype === "f32") return Buffer.from(new Float32Array(t.data).buffer);
   if (t.dtype === "i32") return Buffer.from(new Int32Array(t.data).buffer);
@@ -116,6 +174,7 @@ function decode(dt: string, b: Buffer, n: number): ArrayLike<number> {
   const ab = b.buffer.slice(b.byteOffset, b.byteOffset + b.length);
   if (dt === "f32") return new Float32Array(ab, 0, n);
   if (dt === "i32") return new Int32Array(ab, 0, n);
+  if (dt === "fp8e4m3") return Float32Array.from(new Uint8Array(ab, 0, n), (b) => e4m3FromBits(b));
   const u = new Uint16Array(ab, 0, n), o = new Float32Array(n), ou = new Uint32Array(o.buffer);
   for (let i = 0; i < n; i++) ou[i] = u[i]! << 16;
   return o;
@@ -162,6 +221,42 @@ int main(int, char** argv) {
 `;
 }
 
+const same = (a: number, b: number) => Object.is(a, b) || (Number.isNaN(a) && Number.isNaN(b));
+
+/** A quantize epilogue kernel's outputs: bytes and scales bit for bit; another (bf16) result within TOL. */
+function checkQuant(label: string, mode: "exact" | "self", spec: KernelInstr["spec"], want: LocalTensor[], have: ArrayLike<number>[]): string[] {
+  const bad: string[] = [];
+  const { q, scales, node } = spec.quant!;
+  let ref = { q: want[q]!.data as ArrayLike<number>, scales: want[scales]!.data as ArrayLike<number> };
+  if (mode === "self") {
+    // the kernel's own bf16 value: the result whose node is the quantized one
+    const h = spec.results.findIndex((r, j) => j !== q && j !== scales && r.node === node);
+    if (h < 0) return [`${label}: no bf16 result to check the bytes against`];
+    const shape = want[q]!.shape;
+    const r = quantizeValues(Float32Array.from(have[h]!), shape, shape.map((_, i) => i === shape.length - 1));
+    ref = { q: r.q, scales: r.scales };
+  }
+  // every other result (the value quantized, a residual sum) within the dtype's tolerance
+  spec.results.forEach((res, j) => {
+    if (j === q || j === scales) return;
+    let num = 0, den = 0;
+    for (let i = 0; i < want[j]!.data.length; i++) {
+      const a = have[j]![i]!, b = want[j]!.data[i]!;
+      if (!Number.isFinite(b) || Number.isNaN(a)) {
+        if (!same(a, b)) bad.push(`${label} out${j}[${i}]: ${a}, want ${b}`);
+        continue;
+      }
+      num = Math.max(num, Math.abs(a - b));
+      den = Math.max(den, Math.abs(b));
+    }
+    const err = den === 0 ? num : num / den;
+    if (!(err <= TOL[res.dtype]!)) bad.push(`${label} out${j}: relative error ${err}`);
+  });
+  for (const [j, w] of [[q, ref.q], [scales, ref.scales]] as const)
+    for (let i = 0; i < w.length; i++) if (!same(have[j]![i]!, w[i]!)) bad.push(`${label} out${j}[${i}]: ${have[j]![i]}, want ${w[i]} (bit for bit)`);
+  return bad.slice(0, 5);
+}
+
 describe.skipIf(!GXX)("generated row kernels, run on a CPU emulation of the GPU", () => {
   it("match the interpreter on both paths, with -inf/NaN/+inf rows, picks and kept values", async () => {
     const dir = mkdtempSync(join(tmpdir(), "shardts-rowemu-"));
@@ -182,7 +277,7 @@ describe.skipIf(!GXX)("generated row kernels, run on a CPU emulation of the GPU"
       for (const tune of TUNINGS) {
       const prog = emitCuda(fp, undefined, tuning(tune));
       runFusedCpu(fp, feeds, (k, rank, inputs, outputs) => {
-        if (k.spec.kind !== "row") return;
+        if (k.spec.kind !== "row" && !k.spec.quant) return;
         const kernel = prog.kernels[prog.kernelOf[k.id]!]!;
         const exe = join(dir, kernel.name);
         if (!built.has(kernel.name)) {
@@ -224,6 +319,7 @@ describe.skipIf(!GXX)("generated row kernels, run on a CPU emulation of the GPU"
               execFileSync(exe, [job, out], { stdio: "inherit" });
               const got = readFileSync(out);
               const bad: string[] = [];
+              if (k.spec.quant) return checkQuant(label, c.quant!, k.spec, outputs, outDt.map((dt, j) => decode(dt, got.subarray(outBytes.slice(0, j).reduce((a, b) => a + b, 0)), outputs[j]!.data.length)));
               let at = 0;
               outputs.forEach((want, j) => {
                 const n = want.data.length, have = decode(outDt[j]!, got.subarray(at, at + outBytes[j]!), n);
@@ -253,7 +349,9 @@ describe.skipIf(!GXX)("generated row kernels, run on a CPU emulation of the GPU"
       await j.exe;
       failures.push(...j.run());
     }
-    expect(jobs.length).toBeGreaterThan(30);
+    expect(jobs.length).toBeGreaterThan(40);
+    expect(jobs.filter((j) => j.label.includes("quantize") && j.label.includes("scalar")).length).toBeGreaterThan(0);
+    expect(jobs.filter((j) => j.label.includes("quantize") && j.label.includes("vector")).length).toBeGreaterThan(0);
     expect(failures.slice(0, 10)).toEqual([]);
   }, 600_000);
 });

@@ -184,6 +184,18 @@ SH_HD float sh_get(__nv_fp8_e4m3 v) { return float(v); }
 SH_HD float sh_get(__nv_fp8_e5m2 v) { return float(v); }
 SH_HD void sh_put(__nv_fp8_e4m3& d, float v) { d = __nv_fp8_e4m3(v); }
 SH_HD void sh_put(__nv_fp8_e5m2& d, float v) { d = __nv_fp8_e5m2(v); }
+// quantize epilogues, compiler/ops/quantize.ts to the bit: amax by fmaxf (NaN ignored) over an
+// aligned group of G lanes; inv = 448/amax and scale = amax/448 correctly rounded (amax 0: both 1)
+template <int G>
+__device__ __forceinline__ float sh_group_amax(float v) {
+#pragma unroll
+  for (int o = G / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ __forceinline__ void sh_inv_scale(float amax, float& inv, float& scale) {
+  inv = amax == 0.0f ? 1.0f : __fdiv_rn(448.0f, amax);
+  scale = amax == 0.0f ? 1.0f : __fdiv_rn(amax, 448.0f);
+}
 #endif
 `;
 

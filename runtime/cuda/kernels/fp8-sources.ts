@@ -1,4 +1,4 @@
-// Block-scaled FP8 kernels (standalone; the fused producer epilogues are not written yet). The
+// Block-scaled FP8 kernels (standalone; the fused 1x128 epilogues are compiler/codegen/cuda/quant.ts). The
 // tensor is viewed as [O, N, K] with tiles of tn×128 over (N, K): tn = 1 is a 1×128 / 128×1 tiling
 // (the executor moves the tiled dim last), tn = 128 the 128×128 weight blocks. The numerics are
 // compiler/ops/quantize.ts's, to the bit: amax by fmaxf (NaN ignored), inv = 448/amax and
@@ -84,6 +84,94 @@ extern "C" __global__ void __launch_bounds__(256) ${name}(unsigned char* __restr
   };
 }
 
+/**
+ * A 128×128 tile of [O, N, K] per 256-thread block, read once with 16-byte loads and held in
+ * registers (VEC columns × P rows a thread), then quantized from them. `block`: one scale per tile
+ * (128×128 weights; amax by shuffles, then one shared-memory step). `cols`: one scale per column
+ * of the tile (128×1, tiles along N with no transposing copies; the column's amax over its 128 rows
+ * in shared memory), scales [O, N_tiles, K]. Needs K % VEC == 0 and 16-byte aligned pointers (the
+ * executor falls back to the kernels above otherwise); rows past N and columns past K are masked.
+ */
+export function quantizeTiles(t: DType, mode: "block" | "cols"): { name: string; source: string } {
+  const name = `shardts_quant_tiles_${mode}_${t}`;
+  const V = t === "bf16" ? 8 : 4, LPR = 128 / V, RPP = 256 / LPR, P = 128 / RPP;
+  const amax = mode === "block"
+    ? `  float a = 0.f;
+#pragma unroll
+  for (int p = 0; p < P; p++)
+#pragma unroll
+    for (int e = 0; e < VEC; e++) a = fmaxf(a, fabsf(ld(v[p].v, e)));
+#pragma unroll
+  for (int w = 16; w > 0; w >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, w));
+  if ((threadIdx.x & 31) == 0) red[0][threadIdx.x >> 5] = a;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float m = red[0][0];
+    for (int w = 1; w < 8; w++) m = fmaxf(m, red[0][w]);
+    float inv, scale;
+    inv_scale(m, &inv, &scale);
+    invs[0] = inv;
+    s[tile] = scale;
+  }
+  __syncthreads();`
+    : `#pragma unroll
+  for (int e = 0; e < VEC; e++) {
+    float a = 0.f;
+#pragma unroll
+    for (int p = 0; p < P; p++) a = fmaxf(a, fabsf(ld(v[p].v, e)));
+    red[rg][lane * VEC + e] = a;
+  }
+  __syncthreads();
+  if (threadIdx.x < 128) {
+    float m = red[0][threadIdx.x];
+    for (int r = 1; r < RPP; r++) m = fmaxf(m, red[r][threadIdx.x]);
+    float inv, scale;
+    inv_scale(m, &inv, &scale);
+    invs[threadIdx.x] = inv;
+    if (k0 + (int)threadIdx.x < K) s[(o * nt + n0 / 128) * (long long)K + k0 + threadIdx.x] = scale;
+  }
+  __syncthreads();`;
+  return {
+    name,
+    source: `${HEAD}
+template <typename S, int N> struct alignas(sizeof(S) * N) pk { S v[N]; };
+__device__ __forceinline__ float ld(const float* v, int e) { return v[e]; }
+__device__ __forceinline__ float ld(const __nv_bfloat16* v, int e) { return __bfloat162float(v[e]); }
+// (about 96 registers: 2 blocks an SM; a cap for 3 spills)
+extern "C" __global__ void __launch_bounds__(256) ${name}(unsigned char* __restrict__ q, float* __restrict__ s, const ${T(t)}* __restrict__ x, long long O, int N, int K) {
+  constexpr int VEC = ${V}, LPR = ${LPR}, RPP = ${RPP}, P = ${P};  // columns a load, lanes a tile row, rows a pass, passes
+  __shared__ float red[${mode === "block" ? "1][8" : "RPP][128"}];
+  __shared__ float invs[${mode === "block" ? 1 : 128}];
+  const int nt = (N + 127) / 128, kt = (K + 127) / 128;
+  const long long tile = blockIdx.x;
+  const long long o = tile / ((long long)nt * kt);
+  const int n0 = (int)((tile / kt) % nt) * 128, k0 = (int)(tile % kt) * 128;
+  const int lane = threadIdx.x % LPR, rg = threadIdx.x / LPR, col = k0 + lane * VEC;
+  const ${T(t)}* xt = x + o * N * (long long)K;
+  pk<${T(t)}, VEC> v[P];
+#pragma unroll
+  for (int p = 0; p < P; p++) {
+    const int r = n0 + rg + p * RPP;
+    if (col < K && r < N) v[p] = *reinterpret_cast<const pk<${T(t)}, VEC>*>(xt + (long long)r * K + col);
+    else
+#pragma unroll
+      for (int e = 0; e < VEC; e++) v[p].v[e] = ${t === "bf16" ? "__float2bfloat16_rn(0.f)" : "0.f"};
+  }
+${amax}
+  unsigned char* qt = q + o * N * (long long)K;
+#pragma unroll
+  for (int p = 0; p < P; p++) {
+    const int r = n0 + rg + p * RPP;
+    if (col >= K || r >= N) continue;
+    pk<unsigned char, VEC> b;
+#pragma unroll
+    for (int e = 0; e < VEC; e++) b.v[e] = q8(ld(v[p].v, e), invs[${mode === "block" ? "0" : "lane * VEC + e"}]);
+    *reinterpret_cast<pk<unsigned char, VEC>*>(qt + (long long)r * K + col) = b;
+  }
+}`,
+  };
+}
+
 /** out = f32(q · scale) over [O, N, K] with tn×128 tiles, rounded to the output type. */
 export function dequantize(out: DType): { name: string; source: string } {
   const name = `shardts_dequant_${out}`;
@@ -105,4 +193,8 @@ extern "C" __global__ void ${name}(${T(out)}* __restrict__ y, const unsigned cha
   };
 }
 
-export const fp8Sources = (): { name: string; source: string }[] => [quantizeRows("bf16"), quantizeRows("f32"), quantizeBlocks("bf16"), quantizeBlocks("f32"), dequantize("bf16"), dequantize("f32")];
+export const fp8Sources = (): { name: string; source: string }[] => [
+  quantizeRows("bf16"), quantizeRows("f32"), quantizeBlocks("bf16"), quantizeBlocks("f32"),
+  quantizeTiles("bf16", "block"), quantizeTiles("f32", "block"), quantizeTiles("bf16", "cols"), quantizeTiles("f32", "cols"),
+  dequantize("bf16"), dequantize("f32"),
+];
