@@ -40,13 +40,10 @@ export class TraceRecorder {
   collect(): TraceEvent[] {
     const a = this.addon, first = this.spans[0]?.start;
     const out: TraceEvent[] = [];
-    for (const s of this.spans) {
-      if (s.end && first) {
-        out.push({ name: s.name, cat: s.cat, tid: s.tid, ts: a.eventElapsedTime(first, s.start) * 1000, dur: Math.max(0, a.eventElapsedTime(s.start, s.end) * 1000), ...(s.args ? { args: s.args } : {}) });
-        a.eventDestroy(s.end);
-      }
-      a.eventDestroy(s.start);
-    }
+    for (const s of this.spans)
+      if (s.end && first) out.push({ name: s.name, cat: s.cat, tid: s.tid, ts: a.eventElapsedTime(first, s.start) * 1000, dur: Math.max(0, a.eventElapsedTime(s.start, s.end) * 1000), ...(s.args ? { args: s.args } : {}) });
+    // (destroyed only now: every span is timed from the first span's start event)
+    for (const s of this.spans) for (const e of [s.start, s.end]) if (e) a.eventDestroy(e);
     this.spans = [];
     return out;
   }
