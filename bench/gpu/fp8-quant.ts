@@ -11,9 +11,10 @@
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { spawnSync } from "node:child_process";
+import { copyBandwidth } from "./lib/copy-bandwidth.ts";
 import { CudaExecutor } from "../../runtime/cuda/executor.ts";
 import { native } from "../../runtime/cuda/native.ts";
-import { empty, upload, download } from "../../runtime/cuda/memory.ts";
+import { upload, download } from "../../runtime/cuda/memory.ts";
 import { quantizeCuda, dequantizeCuda } from "../../runtime/cuda/fp8.ts";
 import { quantizeValues, dequantizeValues, tilesName } from "../../compiler/ops/quantize.ts";
 import { roundArrayToBf16 } from "../../compiler/numeric/index.ts";
@@ -37,13 +38,7 @@ try {
 const a = gpu.addon, device = a.deviceProperties(0).name;
 say(`fp8-quant on ${device}: bf16 [${R}, ${C}]`);
 
-const n = 2 ** 30;
-const src = empty(gpu.mem, "i32", [n / 4]), dst = empty(gpu.mem, "i32", [n / 4]);
-a.memsetD32(src.ptr, 0x3f800000, n / 4, gpu.stream);
-const copyMs = gpu.timeLaunch(() => a.memcpyDtoDAsync(dst.ptr, src.ptr, n, gpu.stream), REPS);
-const copyGBps = (2 * n) / copyMs / 1e6;
-gpu.release(src);
-gpu.release(dst);
+const copyGBps = copyBandwidth(gpu, REPS).GBps;
 say(`device copy: ${copyGBps.toFixed(0)} GB/s (read + write of 1 GiB)`);
 
 let seed = 7;

@@ -9,9 +9,9 @@ import { spawnSync } from "node:child_process";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { compile } from "../../compiler/pipeline.ts";
+import { copyBandwidth } from "./lib/copy-bandwidth.ts";
 import { CudaExecutor } from "../../runtime/cuda/executor.ts";
 import { native } from "../../runtime/cuda/native.ts";
-import { empty } from "../../runtime/cuda/memory.ts";
 import { tuning, tuningLabel, type EmitTuning } from "../../compiler/codegen/cuda/tuning.ts";
 import { roundToBf16 as roundBf16 } from "../../compiler/numeric/bf16.ts";
 import { Mesh, type AnyDTensor } from "../../stdlib/index.ts";
@@ -29,15 +29,8 @@ const gpu = new CudaExecutor(native());
 const a = native();
 const device = a.deviceProperties(0).name;
 
-// device copy bandwidth: bytes read + written, 1 GiB buffers
-const n = 2 ** 30;
-const src = empty(gpu.mem, "i32", [n / 4]), dst = empty(gpu.mem, "i32", [n / 4]);
-a.memsetD32(src.ptr, 0x3f800000, n / 4, gpu.stream);
-const copyMs = gpu.timeLaunch(() => a.memcpyDtoDAsync(dst.ptr, src.ptr, n, gpu.stream), REPS);
-const copyGBps = (2 * n) / copyMs / 1e6;
-gpu.release(src);
-gpu.release(dst);
-const results: Record<string, unknown>[] = [{ device, kernel: "copy", impl: "shardts (cuMemcpyDtoD)", ms: copyMs, bytes: 2 * n, GBps: copyGBps }];
+const copy = copyBandwidth(gpu, REPS), copyGBps = copy.GBps;
+const results: Record<string, unknown>[] = [{ device, kernel: "copy", impl: "shardts (cuMemcpyDtoD)", ...copy }];
 console.log(JSON.stringify(results[0]));
 
 let seed = 7;

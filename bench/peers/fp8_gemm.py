@@ -11,10 +11,11 @@ buffers) so L2 cannot serve repeats. The scaled_mm output is checked against a f
 the dequantized operands before it is timed, so a misread scale layout cannot pass as fast.
 """
 import json
-import statistics
 import sys
 
 import torch
+
+from timing import median_ms  # bench/peers/timing.py (python puts the script's folder on sys.path)
 
 FP8 = torch.float8_e4m3fn
 E4M3_MAX = 448.0
@@ -24,20 +25,6 @@ def emit(**kw):
     print(json.dumps(kw), flush=True)
 
 
-def median_ms(fn, sets, reps, warmup=3):
-    for i in range(warmup):
-        fn(*sets[i % len(sets)])
-    torch.cuda.synchronize()
-    times = []
-    for i in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        args = sets[i % len(sets)]
-        start.record()
-        fn(*args)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def quant_1x128(x):

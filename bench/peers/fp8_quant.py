@@ -7,24 +7,12 @@ Timing: CUDA events after warm-up, median of 30 repeats, two input buffers rotat
 """
 import argparse
 import json
-import statistics
 
 import torch
 
+from timing import median_ms  # bench/peers/timing.py (python puts the script's folder on sys.path)
 
-def median_ms(fn, inputs, warmup=5, reps=30):
-    for i in range(warmup):
-        fn(*inputs[i % len(inputs)])
-    torch.cuda.synchronize()
-    times = []
-    for i in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn(*inputs[i % len(inputs)])
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+
 
 
 def quant_1x128(x):

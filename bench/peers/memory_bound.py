@@ -8,27 +8,14 @@ several buffers so the 50-60 MB L2 cannot serve repeats; inputs are random, neve
 """
 import argparse
 import json
-import statistics
 import sys
 
 import torch
+
+from timing import median_ms  # bench/peers/timing.py (python puts the script's folder on sys.path)
 import torch.nn.functional as F
 
 
-def median_ms(fn, inputs, warmup=5, reps=30):
-    for i in range(warmup):
-        fn(*inputs[i % len(inputs)])
-    torch.cuda.synchronize()
-    times = []
-    for i in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        args = inputs[i % len(inputs)]
-        start.record()
-        fn(*args)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def rmsnorm_residual(x, res, w, eps=1e-6):

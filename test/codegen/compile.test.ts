@@ -3,7 +3,7 @@
 // stay in registers). One .cu per program (the guarded prelude lets kernels share a file), compiled
 // two at a time. Register counts and compile times are printed. Skipped, saying so, without nvcc.
 import { afterAll, describe, expect, it } from "vitest";
-import { execFile, execFileSync } from "node:child_process";
+import { execFile } from "node:child_process";
 import { mkdtempSync, readdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -11,24 +11,12 @@ import { emitCuda } from "../../compiler/codegen/cuda/emit.ts";
 import { dumpCuda } from "../../compiler/codegen/dump.ts";
 import { PROGRAMS } from "./programs.ts";
 import { tuning, tuningLabel, type EmitTuning } from "../../compiler/codegen/cuda/tuning.ts";
+import { NVCC, noteIfNoNvcc } from "./gxx.ts";
 
 // (not the occupancy knob: a tighter register cap spills in some kernels; the benchmark times it on softmax alone)
 const TUNED: Partial<EmitTuning>[] = [{ keepExp: false }, { online: false }, { fast: false }];
 
-function findNvcc(): string | undefined {
-  for (const c of [process.env.NVCC, "nvcc", "/usr/local/cuda/bin/nvcc"]) {
-    if (!c) continue;
-    try {
-      execFileSync(c, ["--version"], { stdio: "ignore" });
-      return c;
-    } catch {
-      // not this one
-    }
-  }
-  return undefined;
-}
-const NVCC = findNvcc();
-if (!NVCC) console.log("test/codegen: skipped, no nvcc found (tried $NVCC, nvcc on PATH, /usr/local/cuda/bin/nvcc)");
+noteIfNoNvcc("compile.test.ts");
 
 interface Compiled {
   seconds: number;

@@ -15,16 +15,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { overlappedLoop, plainLoop } from "../../compiler/codegen/cuda/gemm/mainloop.ts";
 import type { Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { GXX, noteIfNoGxx } from "./gxx.ts";
 
-const GXX = (() => {
-  try {
-    execFileSync("g++", ["--version"], { stdio: "ignore" });
-    return "g++";
-  } catch {
-    return undefined;
-  }
-})();
-if (!GXX) console.log("test/codegen/fp8-gemm-mainloop: skipped, no g++ on PATH");
+noteIfNoGxx("fp8-gemm-mainloop");
 
 function harness(c: Fp8GemmConfig, loop: string): string {
   const F = c.blockN / 2;

@@ -4,29 +4,18 @@
 // e4m3 MMAs, TMA tensor loads, mbarrier waits and the setmaxnreg split; the overlapped-promotion
 // candidates wait with wait_group 1 and ptxas neither serializes their wgmmas nor injects waits. Skipped, saying so, without nvcc.
 import { describe, expect, it } from "vitest";
-import { execFile, execFileSync } from "node:child_process";
+import { execFile } from "node:child_process";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { emitFp8Gemm } from "../../compiler/codegen/cuda/gemm/emit.ts";
 import { gemmCandidates } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { NVCC, noteIfNoNvcc } from "./gxx.ts";
 
-const nvcc = (() => {
-  for (const c of [process.env.NVCC, "nvcc", "/usr/local/cuda/bin/nvcc"]) {
-    if (!c) continue;
-    try {
-      execFileSync(c, ["--version"], { stdio: "ignore" });
-      return c;
-    } catch {
-      /* try the next */
-    }
-  }
-  return undefined;
-})();
-if (!nvcc) console.log("[codegen tier] skipping fp8-gemm.test.ts: nvcc not found ($NVCC, PATH, /usr/local/cuda/bin)");
+noteIfNoNvcc("fp8-gemm.test.ts");
 
-describe.skipIf(!nvcc)("FP8 GEMM kernels compile for sm_90a", () => {
+describe.skipIf(!NVCC)("FP8 GEMM kernels compile for sm_90a", () => {
   const run = promisify(execFile);
   const dir = mkdtempSync(join(tmpdir(), "shardts-fp8-gemm-"));
 
@@ -42,7 +31,7 @@ describe.skipIf(!nvcc)("FP8 GEMM kernels compile for sm_90a", () => {
           kernels.slice(i, i + 2).map(async (k) => {
             const cu = join(dir, `${k.name}.cu`);
             writeFileSync(cu, k.source);
-            const { stdout, stderr } = await run(nvcc!, ["-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-Xptxas", "-v", "-o", join(dir, `${k.name}.cubin`), cu]);
+            const { stdout, stderr } = await run(NVCC!, ["-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-Xptxas", "-v", "-o", join(dir, `${k.name}.cubin`), cu]);
             const log = stdout + stderr;
             expect(log, k.name).not.toMatch(/warning/i);
             // ptxas reports serialized wgmmas (C7514) and injected waits (C7517) as "info", not warnings:
@@ -54,7 +43,7 @@ describe.skipIf(!nvcc)("FP8 GEMM kernels compile for sm_90a", () => {
             const regs = +(/Used (\d+) registers/.exec(log)?.[1] ?? NaN);
             // the launch must fit the register file: regs × threads <= 64K
             expect(regs * k.threads, k.name).toBeLessThanOrEqual(65536);
-            await run(nvcc!, ["-gencode=arch=compute_90a,code=sm_90a", "-ptx", "-o", join(dir, `${k.name}.ptx`), cu]);
+            await run(NVCC!, ["-gencode=arch=compute_90a,code=sm_90a", "-ptx", "-o", join(dir, `${k.name}.ptx`), cu]);
             const ptx = readFileSync(join(dir, `${k.name}.ptx`), "utf8");
             expect(ptx).toContain(`wgmma.mma_async.sync.aligned.m64n${k.config.blockN}k32.f32.e4m3.e4m3`);
             expect(ptx).toContain("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes");

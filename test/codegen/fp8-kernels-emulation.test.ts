@@ -8,24 +8,15 @@ import { describe, expect, it } from "vitest";
 import { execFile, execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { promisify } from "node:util";
 import { quantizeRows, quantizeTiles } from "../../runtime/cuda/kernels/fp8-sources.ts";
 import { quantizeValues } from "../../compiler/ops/quantize.ts";
 import { e4m3FromBits } from "../../compiler/numeric/fp8.ts";
 import { roundToBf16 } from "../../compiler/numeric/bf16.ts";
+import { GXX, EMU, noteIfNoGxx } from "./gxx.ts";
 
-const GXX = (() => {
-  try {
-    execFileSync("g++", ["--version"], { stdio: "ignore" });
-    return "g++";
-  } catch {
-    return undefined;
-  }
-})();
-if (!GXX) console.log("test/codegen/fp8-kernels-emulation: skipped, no g++ on PATH");
-const EMU = join(dirname(fileURLToPath(import.meta.url)), "emu");
+noteIfNoGxx("fp8-kernels-emulation");
 
 /** [O, N, K] bf16 values: row-dependent ranges, a spike per tile, tile (0, 0) all zero, a NaN and an Inf elsewhere. */
 function values(O: number, N: number, K: number): Float32Array {

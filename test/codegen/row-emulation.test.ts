@@ -10,8 +10,7 @@ import { describe, expect, it } from "vitest";
 import { execFile, execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { promisify } from "node:util";
 import { Mesh, type AnyDTensor } from "../../stdlib/index.ts";
 import { input, piecesOf } from "../../stdlib/program.ts";
@@ -32,21 +31,13 @@ import type { DType } from "../../compiler/ir/types.ts";
 import type { Plan } from "../../compiler/plan.ts";
 import { runFusedCpu } from "./run-fused.ts";
 import { tuning, tuningLabel, type EmitTuning } from "../../compiler/codegen/cuda/tuning.ts";
+import { GXX, EMU, noteIfNoGxx } from "./gxx.ts";
 
 // the default emitter and every variant the memory-bound benchmark times (compiler/codegen/cuda/tuning.ts)
 const TUNINGS: Partial<EmitTuning>[] = [{}, { keepExp: false }, { online: false }, { fast: false }];
 
-const GXX = (() => {
-  try {
-    execFileSync("g++", ["--version"], { stdio: "ignore" });
-    return "g++";
-  } catch {
-    return undefined;
-  }
-})();
-if (!GXX) console.log("test/codegen/row-emulation: skipped, no g++ on PATH");
+noteIfNoGxx("row-emulation");
 
-const EMU = join(dirname(fileURLToPath(import.meta.url)), "emu");
 const TOL: Record<string, number> = { f32: 1e-5, bf16: 1e-2, i32: 0 };
 
 let seed = 11;

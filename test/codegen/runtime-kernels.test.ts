@@ -1,29 +1,19 @@
 // The CUDA backend's hand-written kernels (layout moves, routing, fills) compile for sm_90a with
-// the machine's nvcc, each as NVRTC will see it (one self-contained source per kernel), with no
-// local-memory spills. Skipped, saying so, where nvcc is absent.
+// the machine's NVCC, each as NVRTC will see it (one self-contained source per kernel), with no
+// local-memory spills. Skipped, saying so, where NVCC is absent.
 import { describe, expect, it } from "vitest";
-import { execFile, execFileSync } from "node:child_process";
+import { execFile } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { allSources } from "../../runtime/cuda/kernels/sources.ts";
 import { fp8Sources } from "../../runtime/cuda/kernels/fp8-sources.ts";
+import { NVCC, noteIfNoNvcc } from "./gxx.ts";
 
-const nvcc = (() => {
-  for (const c of ["nvcc", "/usr/local/cuda/bin/nvcc"]) {
-    try {
-      execFileSync(c, ["--version"], { stdio: "ignore" });
-      return c;
-    } catch {
-      /* try the next */
-    }
-  }
-  return undefined;
-})();
-if (!nvcc) console.log("[codegen tier] skipping runtime-kernels.test.ts: nvcc not found on PATH or in /usr/local/cuda/bin");
+noteIfNoNvcc("runtime-kernels.test.ts");
 
-describe.skipIf(!nvcc)("runtime kernels compile for sm_90a", () => {
+describe.skipIf(!NVCC)("runtime kernels compile for sm_90a", () => {
   it("every kernel compiles with no spills", async () => {
     const dir = mkdtempSync(join(tmpdir(), "shardts-kernels-"));
     const run = promisify(execFile);
@@ -35,7 +25,7 @@ describe.skipIf(!nvcc)("runtime kernels compile for sm_90a", () => {
         kernels.slice(i, i + 2).map(async (k) => {
           const cu = join(dir, `${k.name}.cu`);
           writeFileSync(cu, k.source);
-          const { stderr } = await run(nvcc!, ["-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-Xptxas", "-v", "-o", join(dir, `${k.name}.cubin`), cu]);
+          const { stderr } = await run(NVCC!, ["-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-Xptxas", "-v", "-o", join(dir, `${k.name}.cubin`), cu]);
           results.push({ name: k.name, regs: /Used (\d+) registers/.exec(stderr)?.[1] ?? "?", spills: /(\d+) bytes spill stores/.exec(stderr)?.[1] ?? "?" });
         }),
       );

@@ -14,19 +14,8 @@ import type { ExprNode, KernelSpec } from "../types.ts";
 import { literal, opExpr, roundTo, storageType, valueType } from "./ops.ts";
 import { decompose, idxType, offset, paramDecl, type LaunchRule, Src } from "./common.ts";
 import { DEFAULT_TUNING, type EmitTuning } from "./tuning.ts";
+import { closure } from "./row.ts";
 
-/** Col nodes the targets need, each once, in topological order. */
-function colClosure(nodes: ExprNode[], targets: number[]): number[] {
-  const need = new Set<number>();
-  const visit = (v: number): void => {
-    const n = nodes[v]!;
-    if (!n.col || need.has(v)) return;
-    need.add(v);
-    if (n.k === "op") n.args.forEach(visit);
-  };
-  targets.forEach(visit);
-  return [...need].sort((a, b) => a - b);
-}
 
 export function emitRowQuant(src: Src, spec: KernelSpec, name: string, rule: LaunchRule, tune: EmitTuning = DEFAULT_TUNING): void {
   const quant = spec.quant!, nodes = spec.nodes;
@@ -59,7 +48,7 @@ export function emitRowQuant(src: Src, spec: KernelSpec, name: string, rule: Lau
 
   /** One walk over the row's tiles: loads of the pass's col operands, its col nodes per element, then `body`. */
   const walk = (targets: number[], pre: () => void, body: () => void, after: () => void) => {
-    const need = colClosure(nodes, targets);
+    const need = closure(nodes, targets);
     src.open("for (int base = 0; base < ncol; base += NG * 128)");
     src.line("const int t0 = base + g * 128;  // this group's tile");
     src.line("const int col0 = t0 + lane * VEC, cnt = col0 >= n ? 0 : (n - col0 < VEC ? n - col0 : VEC);  // this lane's columns");

@@ -91,7 +91,7 @@ const capName = (c: Capture) => `k${c.load}_${c.index}`;
 const VEC_NOTE = "columns tid*VEC.. as one 16-byte pack, ncol a multiple of VEC, 16-byte aligned rows";
 
 /** Col nodes that `targets` need, each once, topological. */
-function closure(nodes: ExprNode[], targets: number[]): number[] {
+export function closure(nodes: ExprNode[], targets: number[]): number[] {
   const need = new Set<number>();
   const visit = (v: number): void => {
     const n = nodes[v]!;
