@@ -1,6 +1,6 @@
 // The CUDA backend's hand-written kernels (layout moves, routing, fills) compile for sm_90a with
-// the machine's NVCC, each as NVRTC will see it (one self-contained source per kernel), with no
-// local-memory spills. Skipped, saying so, where NVCC is absent.
+// the machine's nvcc, each as NVRTC will see it (one self-contained source per kernel), with no
+// local-memory spills. Skipped, saying so, where nvcc is absent.
 import { describe, expect, it } from "vitest";
 import { execFile } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
