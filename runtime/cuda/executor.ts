@@ -6,7 +6,7 @@
 // its collective steps go through the CPU reference's exact simulation. With `rankLocal` set (one
 // process per GPU, nccl/collectives.ts), it runs only its own rank: other ranks' pieces are never
 // made, comm steps go to NCCL, and counts and read-back values are all-gathered across the world.
-import type { Attrs, DType, TensorType } from "../../compiler/ir/types.ts";
+import type { DType, TensorType } from "../../compiler/ir/types.ts";
 import type { LocalTensor } from "../../compiler/ir/local.ts";
 import { stridesOf } from "../../compiler/ir/local.ts";
 import type { Plan } from "../../compiler/plan.ts";
@@ -15,7 +15,6 @@ import { numel } from "../../compiler/ir/types.ts";
 import { coordsOf } from "../../compiler/ir/placement.ts";
 import { CompileError, ShapeError, ShardtsError } from "../../compiler/errors.ts";
 import { getOp } from "../../compiler/ops/index.ts";
-import { contractAttr, dotDims } from "../../compiler/ops/contraction.ts";
 import { fuse } from "../../compiler/codegen/fuse.ts";
 import { emitCuda } from "../../compiler/codegen/cuda/emit.ts";
 import { DEFAULT_TUNING, type EmitTuning } from "../../compiler/codegen/cuda/tuning.ts";
@@ -24,10 +23,11 @@ import { cpuCtx } from "../cpu/executor.ts";
 import { runStep } from "../cpu/collectives.ts";
 import { assemble, type GlobalTensor } from "../cpu/assemble.ts";
 import type { KernelFunction, NativeAddon, Stream } from "./native-types.ts";
-import { matmulRowMajor, native, packArgs, type KernelArg } from "./native.ts";
+import { native, packArgs, type KernelArg } from "./native.ts";
 import { archFor, compileCuda } from "./compile.ts";
 import { CachingAllocator, download, empty, upload, type DeviceTensor } from "./memory.ts";
 import * as K from "./kernels/sources.ts";
+import { concatSplit, dot, gather, scatterAdd, segmentContract } from "./ops.ts";
 import { CapturedStep, notCapturable, type DeferredCheck } from "./graph.ts";
 import { CaptureMode } from "./native-types.ts";
 import { TraceRecorder, type TraceEvent } from "./trace.ts";
@@ -116,7 +116,7 @@ export class CudaExecutor {
     return n;
   }
 
-  private launch1D(k: { name: string; source: string }, n: number, args: KernelArg[]): void {
+  launch1D(k: { name: string; source: string }, n: number, args: KernelArg[]): void {
     if (n <= 0) return;
     const grid = Math.min(Math.ceil(n / BLOCK), this.smCount * 8);
     this.addon.launchKernel(this.fn(k.name, k.source), [grid, 1, 1], [BLOCK, 1, 1], 0, this.stream, packArgs(...args));
@@ -404,14 +404,14 @@ export class CudaExecutor {
         return [out];
       }
       case "dot":
-        return [this.dot(x[0]!, x[1]!, tIn[0]!, tIn[1]!, tOut[0]!, outShape(0), a)];
+        return [dot(this, x[0]!, x[1]!, tIn[0]!, tIn[1]!, tOut[0]!, outShape(0), a)];
       case "segment_dot":
       case "segment_wgrad":
-        return [this.segment(ins.op, plan, ins, r, x, tIn, tOut[0]!, outShape(0), counts)];
+        return [segmentContract(this, ins.op, plan, ins, r, x, tIn, tOut[0]!, outShape(0), counts)];
       case "gather":
-        return [this.gather(plan, ins, r, x, tIn, tOut[0]!, outShape(0))];
+        return [gather(this, plan, ins, r, x, tIn, tOut[0]!, outShape(0))];
       case "scatter_add":
-        return [this.scatterAdd(x, tIn, tOut[0]!, outShape(0), a)];
+        return [scatterAdd(this, x, tIn, tOut[0]!, outShape(0), a)];
       case "topk": {
         const dim = String(a.dim), k = Number(a.k), rest = names(tIn[0]!).filter((n) => n !== dim);
         const X = this.reorder(x[0]!, names(tIn[0]!), [...rest, dim]);
@@ -459,7 +459,7 @@ export class CudaExecutor {
       }
       case "concat":
       case "split":
-        return this.concatSplit(ins.op, x, tIn, tOut, ins.outputs.map((_, o) => outShape(o)), String(a.dim));
+        return concatSplit(this, ins.op, x, tIn, tOut, ins.outputs.map((_, o) => outShape(o)), String(a.dim));
       default:
         if (FP8_OPS.has(ins.op)) return runFp8(this, ins.op, x, tIn, tOut, outShape(0), a);
         throw new CompileError(`the CUDA backend has no kernel for op '${ins.op}' here (the fusion pass leaves it unfused); this is a shardts bug — run with --backend cpu`);
@@ -473,97 +473,13 @@ export class CudaExecutor {
   }
 
   /** Reorders a tensor this code owns, releasing the original when a copy was made. */
-  private reorderOwned(t: DeviceTensor, from: string[], order: string[]): DeviceTensor {
+  reorderOwned(t: DeviceTensor, from: string[], order: string[]): DeviceTensor {
     const o = this.reorder(t, from, order);
     if (o !== t) this.release(t);
     return o;
   }
 
-  dot(a: DeviceTensor, b: DeviceTensor, ta: TensorType, tb: TensorType, to: TensorType, shape: number[], attrs: Attrs): DeviceTensor {
-    if (ta.dtype !== "f32" && ta.dtype !== "bf16") throw new CompileError(`the CUDA backend's dot takes f32 or bf16 here, got ${ta.dtype} (FP8 GEMMs are the FP8 issue's)`);
-    const dd = dotDims(ta, tb, contractAttr(attrs));
-    const nm = (t: TensorType) => t.dims.map((d) => d.name);
-    const A = this.reorder(a, nm(ta), [...dd.batch, ...dd.freeA, ...dd.contract]);
-    const B = this.reorder(b, nm(tb), [...dd.batch, ...dd.contract, ...dd.freeB]);
-    const size = (t: DeviceTensor, order: string[], which: string[]) => which.reduce((p, n) => p * t.shape[order.indexOf(n)]!, 1);
-    const oa = [...dd.batch, ...dd.freeA, ...dd.contract], ob = [...dd.batch, ...dd.contract, ...dd.freeB];
-    const bt = size(A, oa, dd.batch), m = size(A, oa, dd.freeA), k = size(A, oa, dd.contract), n = size(B, ob, dd.freeB);
-    const order = [...dd.batch, ...dd.freeA, ...dd.freeB];
-    const C = empty(this.mem, to.dtype, order.map((d) => shape[to.dims.findIndex((e) => e.name === d)]!));
-    if (bt * m * n > 0) {
-      if (k === 0) this.addon.memsetD8(C.ptr, 0, numel(C.shape) * K.elemBytes(C.dtype), this.stream);
-      else matmulRowMajor(this.addon, { dtype: ta.dtype, outDtype: to.dtype as "f32" | "bf16", M: m, N: n, K: k, a: A.ptr, b: B.ptr, d: C.ptr, batch: bt, strideA: m * k, strideB: k * n, strideD: m * n, stream: this.stream });
-    }
-    if (A !== a) this.release(A);
-    if (B !== b) this.release(B);
-    return this.reorderOwned(C, order, nm(to));
-  }
 
-  private segment(op: string, plan: Plan, ins: Extract<Plan["instrs"][number], { kind: "op" }>, r: number, x: DeviceTensor[], tIn: TensorType[], to: TensorType, shape: number[], counts: (s: number) => GlobalTensor): DeviceTensor {
-    const [tx, tw, tc] = tIn as [TensorType, TensorType, TensorType];
-    const nm = (t: TensorType) => t.dims.map((d) => d.name);
-    const rows = tx.dims.find((d) => d.segmented)!, groups = rows.segmented!.groups;
-    const batch = nm(tc).filter((n) => n !== groups);
-    const C = download(this.addon, this.reorder(x[2]!, nm(tc), [...batch, groups]), this.stream);
-    const cOff = plan.values[ins.inputs[2]!]!.boxes[r]!.offset[tc.dims.findIndex((d) => d.name === groups)]!;
-    const packed = plan.values[ins.inputs[0]!]!.boxes[r]!.seg[tx.dims.indexOf(rows)] !== null;
-    const gC = C.shape[C.shape.length - 1]!, bt = gC ? C.data.length / gC : 0;
-    const eb = K.elemBytes(tx.dtype);
-    if (op === "segment_dot") {
-      const k = String(ins.attrs.contract);
-      const nOut = nm(tw).filter((n) => n !== k && n !== groups);
-      const X = this.reorder(x[0]!, nm(tx), [...batch, rows.name, k]);
-      const Wt = this.reorder(x[1]!, nm(tw), [groups, k, ...nOut]);
-      const R = X.shape[batch.length]!, KK = X.shape[batch.length + 1]!, N = numel(Wt.shape.slice(2)), gW = Wt.shape[0]!;
-      const wOff = plan.values[ins.inputs[1]!]!.boxes[r]!.offset[tw.dims.findIndex((d) => d.name === groups)]!;
-      const order = [...batch, rows.name, ...nOut];
-      const Y = empty(this.mem, to.dtype, order.map((d) => shape[to.dims.findIndex((e) => e.name === d)]!));
-      if (numel(Y.shape)) this.addon.memsetD8(Y.ptr, 0, numel(Y.shape) * K.elemBytes(Y.dtype), this.stream);
-      const ebo = K.elemBytes(Y.dtype);
-      for (let t = 0; t < bt; t++) {
-        let row = 0;
-        if (!packed) for (let g = 0; g < wOff - cOff; g++) row += C.data[t * gC + g]!;
-        const start = row;
-        for (let g = 0; g < gW; g++) {
-          const cnt = C.data[t * gC + (wOff - cOff) + g]!, m = Math.max(0, Math.min(cnt, R - row));
-          if (m > 0 && N > 0 && KK > 0)
-            matmulRowMajor(this.addon, {
-              dtype: tx.dtype as "f32" | "bf16", outDtype: Y.dtype as "f32" | "bf16", M: m, N, K: KK,
-              a: X.ptr + BigInt((t * R + row) * KK * eb), b: Wt.ptr + BigInt(g * KK * N * eb), d: Y.ptr + BigInt((t * R + row - start) * N * ebo), stream: this.stream,
-            });
-          row += cnt;
-        }
-      }
-      if (X !== x[0]) this.release(X);
-      if (Wt !== x[1]) this.release(Wt);
-      return this.reorderOwned(Y, order, nm(to));
-    }
-    // segment_wgrad: out[g] = sum over the segment's rows of x^T gy, accumulated in f32
-    const k = String(ins.attrs.k), n = String(ins.attrs.n);
-    const [, tg] = tIn as [TensorType, TensorType];
-    const X = this.reorder(x[0]!, nm(tx), [...batch, rows.name, k]);
-    const G = this.reorder(x[1]!, nm(tg), [...batch, rows.name, n]);
-    const R = X.shape[batch.length]!, KK = X.shape[batch.length + 1]!, N = G.shape[batch.length + 1]!;
-    const gOut = shape[0]!, outOff = plan.values[ins.outputs[0]!]!.boxes[r]!.offset[0]!;
-    const acc = empty(this.mem, "f32", [gOut, KK, N]);
-    if (numel(acc.shape)) this.addon.memsetD8(acc.ptr, 0, numel(acc.shape) * 4, this.stream);
-    for (let t = 0; t < bt; t++) {
-      let row = 0;
-      if (!packed) for (let g = 0; g < outOff - cOff; g++) row += C.data[t * gC + g]!;
-      for (let g = 0; g < gOut; g++) {
-        const cnt = C.data[t * gC + (outOff - cOff) + g]!, m = Math.max(0, Math.min(row + cnt, R) - row);
-        if (m > 0 && KK > 0 && N > 0)
-          matmulRowMajor(this.addon, {
-            dtype: tx.dtype as "f32" | "bf16", outDtype: "f32", M: KK, N, K: m, transA: true,
-            a: X.ptr + BigInt((t * R + row) * KK * eb), b: G.ptr + BigInt((t * R + row) * N * eb), c: acc.ptr + BigInt(g * KK * N * 4), d: acc.ptr + BigInt(g * KK * N * 4), beta: 1, stream: this.stream,
-          });
-        row += cnt;
-      }
-    }
-    if (X !== x[0]) this.release(X);
-    if (G !== x[1]) this.release(G);
-    return this.castOwned(acc, to.dtype);
-  }
 
   /** An f32 result cast to `dtype` (f32: itself); the f32 buffer is released. */
   castOwned(acc: DeviceTensor, dtype: DType): DeviceTensor {
@@ -575,7 +491,7 @@ export class CudaExecutor {
   }
 
   /** Throws if a gather/scatter kernel flagged an index out of range (while capturing: after the replay). */
-  private checkIndices(bad: DeviceTensor, op: string, dim: string, size: number): void {
+  checkIndices(bad: DeviceTensor, op: string, dim: string, size: number): void {
     if (this.cap) return void this.cap.deferred.push({ bad, op, dim, size });
     this.flagCheck({ bad, op, dim, size });
   }
@@ -587,74 +503,14 @@ export class CudaExecutor {
     if (v !== BAD_NONE) throw new ShapeError(`${op}(): index ${v} is out of range for '${dim}' of size ${size}`);
   }
 
-  private badFlag(): DeviceTensor {
+  badFlag(): DeviceTensor {
     const bad = empty(this.mem, "i32", [1]);
     this.addon.memsetD32(bad.ptr, BAD_NONE >>> 0, 1, this.stream);
     return bad;
   }
 
-  private gather(plan: Plan, ins: Extract<Plan["instrs"][number], { kind: "op" }>, r: number, x: DeviceTensor[], tIn: TensorType[], to: TensorType, shape: number[]): DeviceTensor {
-    const [tx, ti] = tIn as [TensorType, TensorType];
-    const dim = String(ins.attrs.dim), nm = (t: TensorType) => t.dims.map((d) => d.name);
-    const batch = nm(tx).filter((n) => n !== dim && nm(ti).includes(n)), rest = nm(tx).filter((n) => n !== dim && !batch.includes(n));
-    const other = nm(ti).filter((n) => !batch.includes(n));
-    const X = this.reorder(x[0]!, nm(tx), [...batch, dim, ...rest]), I = this.reorder(x[1]!, nm(ti), [...batch, ...other]);
-    const di = tx.dims.findIndex((d) => d.name === dim);
-    const B = batch.reduce((p, n) => p * X.shape[[...batch, dim, ...rest].indexOf(n)]!, 1), rows = X.shape[batch.length]!;
-    const J = B ? numel(I.shape) / B : 0, R = numel(X.shape.slice(batch.length + 1));
-    const order = [...batch, ...other, ...rest];
-    const out = empty(this.mem, tx.dtype, order.map((d) => shape[to.dims.findIndex((e) => e.name === d)]!));
-    const bad = this.badFlag();
-    this.launch1D(K.gather(tx.dtype), B * J * R, [["ptr", out.ptr], ["ptr", X.ptr], ["ptr", I.ptr], ["i64", B], ["i64", J], ["i64", R], ["i64", rows], ["i64", plan.values[ins.inputs[0]!]!.boxes[r]!.offset[di]!], ["i64", tx.dims[di]!.size], ["ptr", bad.ptr]]);
-    this.checkIndices(bad, "gather", dim, tx.dims[di]!.size);
-    if (X !== x[0]) this.release(X);
-    if (I !== x[1]) this.release(I);
-    return this.reorderOwned(out, order, nm(to));
-  }
 
-  private scatterAdd(x: DeviceTensor[], tIn: TensorType[], to: TensorType, shape: number[], attrs: Attrs): DeviceTensor {
-    const [ts, ti] = tIn as [TensorType, TensorType];
-    const nm = (t: TensorType) => t.dims.map((d) => d.name);
-    const dims = typeof attrs.dim === "string" ? [attrs.dim] : (attrs.dim as string[]);
-    const toDim = String(attrs.to), size = Number(attrs.size);
-    const batch = nm(ti).filter((n) => !dims.includes(n)), rest = nm(ts).filter((n) => !nm(ti).includes(n));
-    const S = this.reorder(x[0]!, nm(ts), [...batch, ...dims, ...rest]), I = this.reorder(x[1]!, nm(ti), [...batch, ...dims]);
-    const B = batch.reduce((p, n) => p * S.shape[batch.indexOf(n)]!, 1), J = dims.reduce((p, n) => p * S.shape[batch.length + dims.indexOf(n)]!, 1);
-    const R = numel(S.shape.slice(batch.length + dims.length));
-    const order = [...batch, toDim, ...rest];
-    const acc = empty(this.mem, "f32", order.map((d) => shape[to.dims.findIndex((e) => e.name === d)]!));
-    if (numel(acc.shape)) this.addon.memsetD8(acc.ptr, 0, numel(acc.shape) * 4, this.stream);
-    const bad = this.badFlag();
-    this.launch1D(K.scatterAdd(ts.dtype), B * J * R, [["ptr", acc.ptr], ["ptr", S.ptr], ["ptr", I.ptr], ["i64", B], ["i64", J], ["i64", R], ["i64", size], ["ptr", bad.ptr]]);
-    this.checkIndices(bad, "scatter_add", toDim, size);
-    if (S !== x[0]) this.release(S);
-    if (I !== x[1]) this.release(I);
-    return this.reorderOwned(this.castOwned(acc, to.dtype), order, nm(to));
-  }
 
-  private concatSplit(op: string, x: DeviceTensor[], tIn: TensorType[], tOut: TensorType[], shapes: number[][], dim: string): DeviceTensor[] {
-    const di = tIn[0]!.dims.findIndex((d) => d.name === dim);
-    if (op === "concat") {
-      const out = empty(this.mem, x[0]!.dtype, shapes[0]!);
-      const ost = stridesOf(out.shape);
-      let at = 0;
-      x.forEach((t) => {
-        this.copy(out, t, t.shape, stridesOf(t.shape), ost, at * ost[di]!);
-        at += t.shape[di]!;
-      });
-      return [out];
-    }
-    const ist = stridesOf(x[0]!.shape);
-    let at = 0;
-    return tOut.map((_, o) => {
-      const out = empty(this.mem, x[0]!.dtype, shapes[o]!);
-      // read the part [at, at + len) along dim: offset the source by at rows of that dim
-      const src = { ...x[0]!, ptr: x[0]!.ptr + BigInt(at * ist[di]! * K.elemBytes(x[0]!.dtype)) };
-      this.copy(out, src, out.shape, ist, stridesOf(out.shape), 0);
-      at += out.shape[di]!;
-      return out;
-    });
-  }
 }
 
 const BAD_NONE = -2147483648;

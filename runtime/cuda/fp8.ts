@@ -13,6 +13,7 @@ import { empty, type DeviceTensor } from "./memory.ts";
 import * as Q from "./kernels/fp8-sources.ts";
 import type { CudaExecutor } from "./executor.ts";
 import { scaledDotGemm } from "./fp8-scaled-dot.ts";
+import { dot } from "./ops.ts";
 
 export const FP8_OPS = new Set(["quantize", "dequantize", "scaled_dot"]);
 const names = (t: TensorType) => t.dims.map((d) => d.name);
@@ -109,7 +110,7 @@ export function runFp8(ex: CudaExecutor, op: string, x: DeviceTensor[], tIn: Ten
   if (fast) return [fast];
   const a = dequantizeCuda(ex, x[0]!, x[1]!, tIn[0]!, tIn[1]!, "f32"), b = dequantizeCuda(ex, x[2]!, x[3]!, tIn[2]!, tIn[3]!, "f32");
   // (cuBLASLt has no f32 x f32 -> bf16 GEMM: accumulate to f32, then round)
-  const y32 = ex.dot(a, b, { ...tIn[0]!, dtype: "f32" }, { ...tIn[2]!, dtype: "f32" }, { ...tOut[0]!, dtype: "f32" }, shape, { contract: attrs.contract! });
+  const y32 = dot(ex, a, b, { ...tIn[0]!, dtype: "f32" }, { ...tIn[2]!, dtype: "f32" }, { ...tOut[0]!, dtype: "f32" }, shape, { contract: attrs.contract! });
   const y = ex.castOwned(y32, tOut[0]!.dtype);
   ex.release(a);
   ex.release(b);

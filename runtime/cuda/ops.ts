@@ -1,0 +1,164 @@
+// The CUDA executor's non-fused ops that take more than a line: contractions through cuBLASLt
+// (dense, and the per-group loop of the segment contractions over host-read counts), gather and
+// scatter-add with their index checks, concat and split. Each takes the executor for its memory,
+// stream and helpers, and returns buffers the executor owns.
+import type { Attrs, TensorType } from "../../compiler/ir/types.ts";
+import type { Plan } from "../../compiler/plan.ts";
+import { numel } from "../../compiler/ir/types.ts";
+import { stridesOf } from "../../compiler/ir/local.ts";
+import { CompileError } from "../../compiler/errors.ts";
+import { contractAttr, dotDims } from "../../compiler/ops/contraction.ts";
+import type { GlobalTensor } from "../cpu/assemble.ts";
+import { download, empty, type DeviceTensor } from "./memory.ts";
+import { matmulRowMajor } from "./native.ts";
+import * as K from "./kernels/sources.ts";
+import type { CudaExecutor } from "./executor.ts";
+
+export function dot(ex: CudaExecutor, a: DeviceTensor, b: DeviceTensor, ta: TensorType, tb: TensorType, to: TensorType, shape: number[], attrs: Attrs): DeviceTensor {
+  if (ta.dtype !== "f32" && ta.dtype !== "bf16") throw new CompileError(`the CUDA backend's dot takes f32 or bf16 here, got ${ta.dtype} (FP8 GEMMs are the FP8 issue's)`);
+  const dd = dotDims(ta, tb, contractAttr(attrs));
+  const nm = (t: TensorType) => t.dims.map((d) => d.name);
+  const A = ex.reorder(a, nm(ta), [...dd.batch, ...dd.freeA, ...dd.contract]);
+  const B = ex.reorder(b, nm(tb), [...dd.batch, ...dd.contract, ...dd.freeB]);
+  const size = (t: DeviceTensor, order: string[], which: string[]) => which.reduce((p, n) => p * t.shape[order.indexOf(n)]!, 1);
+  const oa = [...dd.batch, ...dd.freeA, ...dd.contract], ob = [...dd.batch, ...dd.contract, ...dd.freeB];
+  const bt = size(A, oa, dd.batch), m = size(A, oa, dd.freeA), k = size(A, oa, dd.contract), n = size(B, ob, dd.freeB);
+  const order = [...dd.batch, ...dd.freeA, ...dd.freeB];
+  const C = empty(ex.mem, to.dtype, order.map((d) => shape[to.dims.findIndex((e) => e.name === d)]!));
+  if (bt * m * n > 0) {
+    if (k === 0) ex.addon.memsetD8(C.ptr, 0, numel(C.shape) * K.elemBytes(C.dtype), ex.stream);
+    else matmulRowMajor(ex.addon, { dtype: ta.dtype, outDtype: to.dtype as "f32" | "bf16", M: m, N: n, K: k, a: A.ptr, b: B.ptr, d: C.ptr, batch: bt, strideA: m * k, strideB: k * n, strideD: m * n, stream: ex.stream });
+  }
+  if (A !== a) ex.release(A);
+  if (B !== b) ex.release(B);
+  return ex.reorderOwned(C, order, nm(to));
+}
+
+export function segmentContract(ex: CudaExecutor, op: string, plan: Plan, ins: Extract<Plan["instrs"][number], { kind: "op" }>, r: number, x: DeviceTensor[], tIn: TensorType[], to: TensorType, shape: number[], counts: (s: number) => GlobalTensor): DeviceTensor {
+  const [tx, tw, tc] = tIn as [TensorType, TensorType, TensorType];
+  const nm = (t: TensorType) => t.dims.map((d) => d.name);
+  const rows = tx.dims.find((d) => d.segmented)!, groups = rows.segmented!.groups;
+  const batch = nm(tc).filter((n) => n !== groups);
+  const C = download(ex.addon, ex.reorder(x[2]!, nm(tc), [...batch, groups]), ex.stream);
+  const cOff = plan.values[ins.inputs[2]!]!.boxes[r]!.offset[tc.dims.findIndex((d) => d.name === groups)]!;
+  const packed = plan.values[ins.inputs[0]!]!.boxes[r]!.seg[tx.dims.indexOf(rows)] !== null;
+  const gC = C.shape[C.shape.length - 1]!, bt = gC ? C.data.length / gC : 0;
+  const eb = K.elemBytes(tx.dtype);
+  if (op === "segment_dot") {
+    const k = String(ins.attrs.contract);
+    const nOut = nm(tw).filter((n) => n !== k && n !== groups);
+    const X = ex.reorder(x[0]!, nm(tx), [...batch, rows.name, k]);
+    const Wt = ex.reorder(x[1]!, nm(tw), [groups, k, ...nOut]);
+    const R = X.shape[batch.length]!, KK = X.shape[batch.length + 1]!, N = numel(Wt.shape.slice(2)), gW = Wt.shape[0]!;
+    const wOff = plan.values[ins.inputs[1]!]!.boxes[r]!.offset[tw.dims.findIndex((d) => d.name === groups)]!;
+    const order = [...batch, rows.name, ...nOut];
+    const Y = empty(ex.mem, to.dtype, order.map((d) => shape[to.dims.findIndex((e) => e.name === d)]!));
+    if (numel(Y.shape)) ex.addon.memsetD8(Y.ptr, 0, numel(Y.shape) * K.elemBytes(Y.dtype), ex.stream);
+    const ebo = K.elemBytes(Y.dtype);
+    for (let t = 0; t < bt; t++) {
+      let row = 0;
+      if (!packed) for (let g = 0; g < wOff - cOff; g++) row += C.data[t * gC + g]!;
+      const start = row;
+      for (let g = 0; g < gW; g++) {
+        const cnt = C.data[t * gC + (wOff - cOff) + g]!, m = Math.max(0, Math.min(cnt, R - row));
+        if (m > 0 && N > 0 && KK > 0)
+          matmulRowMajor(ex.addon, {
+            dtype: tx.dtype as "f32" | "bf16", outDtype: Y.dtype as "f32" | "bf16", M: m, N, K: KK,
+            a: X.ptr + BigInt((t * R + row) * KK * eb), b: Wt.ptr + BigInt(g * KK * N * eb), d: Y.ptr + BigInt((t * R + row - start) * N * ebo), stream: ex.stream,
+          });
+        row += cnt;
+      }
+    }
+    if (X !== x[0]) ex.release(X);
+    if (Wt !== x[1]) ex.release(Wt);
+    return ex.reorderOwned(Y, order, nm(to));
+  }
+  // segment_wgrad: out[g] = sum over the segment's rows of x^T gy, accumulated in f32
+  const k = String(ins.attrs.k), n = String(ins.attrs.n);
+  const [, tg] = tIn as [TensorType, TensorType];
+  const X = ex.reorder(x[0]!, nm(tx), [...batch, rows.name, k]);
+  const G = ex.reorder(x[1]!, nm(tg), [...batch, rows.name, n]);
+  const R = X.shape[batch.length]!, KK = X.shape[batch.length + 1]!, N = G.shape[batch.length + 1]!;
+  const gOut = shape[0]!, outOff = plan.values[ins.outputs[0]!]!.boxes[r]!.offset[0]!;
+  const acc = empty(ex.mem, "f32", [gOut, KK, N]);
+  if (numel(acc.shape)) ex.addon.memsetD8(acc.ptr, 0, numel(acc.shape) * 4, ex.stream);
+  for (let t = 0; t < bt; t++) {
+    let row = 0;
+    if (!packed) for (let g = 0; g < outOff - cOff; g++) row += C.data[t * gC + g]!;
+    for (let g = 0; g < gOut; g++) {
+      const cnt = C.data[t * gC + (outOff - cOff) + g]!, m = Math.max(0, Math.min(row + cnt, R) - row);
+      if (m > 0 && KK > 0 && N > 0)
+        matmulRowMajor(ex.addon, {
+          dtype: tx.dtype as "f32" | "bf16", outDtype: "f32", M: KK, N, K: m, transA: true,
+          a: X.ptr + BigInt((t * R + row) * KK * eb), b: G.ptr + BigInt((t * R + row) * N * eb), c: acc.ptr + BigInt(g * KK * N * 4), d: acc.ptr + BigInt(g * KK * N * 4), beta: 1, stream: ex.stream,
+        });
+      row += cnt;
+    }
+  }
+  if (X !== x[0]) ex.release(X);
+  if (G !== x[1]) ex.release(G);
+  return ex.castOwned(acc, to.dtype);
+}
+
+export function gather(ex: CudaExecutor, plan: Plan, ins: Extract<Plan["instrs"][number], { kind: "op" }>, r: number, x: DeviceTensor[], tIn: TensorType[], to: TensorType, shape: number[]): DeviceTensor {
+  const [tx, ti] = tIn as [TensorType, TensorType];
+  const dim = String(ins.attrs.dim), nm = (t: TensorType) => t.dims.map((d) => d.name);
+  const batch = nm(tx).filter((n) => n !== dim && nm(ti).includes(n)), rest = nm(tx).filter((n) => n !== dim && !batch.includes(n));
+  const other = nm(ti).filter((n) => !batch.includes(n));
+  const X = ex.reorder(x[0]!, nm(tx), [...batch, dim, ...rest]), I = ex.reorder(x[1]!, nm(ti), [...batch, ...other]);
+  const di = tx.dims.findIndex((d) => d.name === dim);
+  const B = batch.reduce((p, n) => p * X.shape[[...batch, dim, ...rest].indexOf(n)]!, 1), rows = X.shape[batch.length]!;
+  const J = B ? numel(I.shape) / B : 0, R = numel(X.shape.slice(batch.length + 1));
+  const order = [...batch, ...other, ...rest];
+  const out = empty(ex.mem, tx.dtype, order.map((d) => shape[to.dims.findIndex((e) => e.name === d)]!));
+  const bad = ex.badFlag();
+  ex.launch1D(K.gather(tx.dtype), B * J * R, [["ptr", out.ptr], ["ptr", X.ptr], ["ptr", I.ptr], ["i64", B], ["i64", J], ["i64", R], ["i64", rows], ["i64", plan.values[ins.inputs[0]!]!.boxes[r]!.offset[di]!], ["i64", tx.dims[di]!.size], ["ptr", bad.ptr]]);
+  ex.checkIndices(bad, "gather", dim, tx.dims[di]!.size);
+  if (X !== x[0]) ex.release(X);
+  if (I !== x[1]) ex.release(I);
+  return ex.reorderOwned(out, order, nm(to));
+}
+
+export function scatterAdd(ex: CudaExecutor, x: DeviceTensor[], tIn: TensorType[], to: TensorType, shape: number[], attrs: Attrs): DeviceTensor {
+  const [ts, ti] = tIn as [TensorType, TensorType];
+  const nm = (t: TensorType) => t.dims.map((d) => d.name);
+  const dims = typeof attrs.dim === "string" ? [attrs.dim] : (attrs.dim as string[]);
+  const toDim = String(attrs.to), size = Number(attrs.size);
+  const batch = nm(ti).filter((n) => !dims.includes(n)), rest = nm(ts).filter((n) => !nm(ti).includes(n));
+  const S = ex.reorder(x[0]!, nm(ts), [...batch, ...dims, ...rest]), I = ex.reorder(x[1]!, nm(ti), [...batch, ...dims]);
+  const B = batch.reduce((p, n) => p * S.shape[batch.indexOf(n)]!, 1), J = dims.reduce((p, n) => p * S.shape[batch.length + dims.indexOf(n)]!, 1);
+  const R = numel(S.shape.slice(batch.length + dims.length));
+  const order = [...batch, toDim, ...rest];
+  const acc = empty(ex.mem, "f32", order.map((d) => shape[to.dims.findIndex((e) => e.name === d)]!));
+  if (numel(acc.shape)) ex.addon.memsetD8(acc.ptr, 0, numel(acc.shape) * 4, ex.stream);
+  const bad = ex.badFlag();
+  ex.launch1D(K.scatterAdd(ts.dtype), B * J * R, [["ptr", acc.ptr], ["ptr", S.ptr], ["ptr", I.ptr], ["i64", B], ["i64", J], ["i64", R], ["i64", size], ["ptr", bad.ptr]]);
+  ex.checkIndices(bad, "scatter_add", toDim, size);
+  if (S !== x[0]) ex.release(S);
+  if (I !== x[1]) ex.release(I);
+  return ex.reorderOwned(ex.castOwned(acc, to.dtype), order, nm(to));
+}
+
+export function concatSplit(ex: CudaExecutor, op: string, x: DeviceTensor[], tIn: TensorType[], tOut: TensorType[], shapes: number[][], dim: string): DeviceTensor[] {
+  const di = tIn[0]!.dims.findIndex((d) => d.name === dim);
+  if (op === "concat") {
+    const out = empty(ex.mem, x[0]!.dtype, shapes[0]!);
+    const ost = stridesOf(out.shape);
+    let at = 0;
+    x.forEach((t) => {
+      ex.copy(out, t, t.shape, stridesOf(t.shape), ost, at * ost[di]!);
+      at += t.shape[di]!;
+    });
+    return [out];
+  }
+  const ist = stridesOf(x[0]!.shape);
+  let at = 0;
+  return tOut.map((_, o) => {
+    const out = empty(ex.mem, x[0]!.dtype, shapes[o]!);
+    // read the part [at, at + len) along dim: offset the source by at rows of that dim
+    const src = { ...x[0]!, ptr: x[0]!.ptr + BigInt(at * ist[di]! * K.elemBytes(x[0]!.dtype)) };
+    ex.copy(out, src, out.shape, ist, stridesOf(out.shape), 0);
+    at += out.shape[di]!;
+    return out;
+  });
+}
