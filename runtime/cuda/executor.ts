@@ -116,10 +116,10 @@ export class CudaExecutor {
     return n;
   }
 
-  launch1D(k: { name: string; source: string }, n: number, args: KernelArg[]): void {
+  launch1D(k: { name: string; source: string }, n: number, args: KernelArg[], stream: Stream = this.stream): void {
     if (n <= 0) return;
     const grid = Math.min(Math.ceil(n / BLOCK), this.smCount * 8);
-    this.addon.launchKernel(this.fn(k.name, k.source), [grid, 1, 1], [BLOCK, 1, 1], 0, this.stream, packArgs(...args));
+    this.addon.launchKernel(this.fn(k.name, k.source), [grid, 1, 1], [BLOCK, 1, 1], 0, stream, packArgs(...args));
   }
 
   /** Copies `src` (laid out as `from` dims) into a new tensor laid out in `order`. */
@@ -134,6 +134,11 @@ export class CudaExecutor {
 
   /** out[ooff + sum i*ostride] = in[sum i*istride] over `shape`. */
   copy(out: DeviceTensor, src: DeviceTensor, shape: number[], istride: number[], ostride: number[], outOffset: number): void {
+    this.copyStrided(src.dtype, out.ptr + BigInt(outOffset * K.elemBytes(src.dtype)), src.ptr, shape, istride, ostride);
+  }
+
+  /** dst[sum i*ostride] = src[sum i*istride] over `shape` (elements of `dtype`), on `stream`. */
+  copyStrided(dtype: DType, dst: bigint, src: bigint, shape: number[], istride: number[], ostride: number[], stream: Stream = this.stream): void {
     if (shape.length > K.MAX_DIMS) throw new CompileError(`the CUDA copy kernel takes at most ${K.MAX_DIMS} dims, got ${shape.length}`);
     const geo = new DataView(new ArrayBuffer(8 + 8 + 4 * K.MAX_DIMS + 8 * K.MAX_DIMS * 2 + 4));
     // struct Geo { int nd; long long n; int shape[8]; long long istride[8]; long long ostride[8]; }
@@ -144,8 +149,7 @@ export class CudaExecutor {
     istride.forEach((s, i) => geo.setBigInt64(so + 8 * i, BigInt(s), true));
     ostride.forEach((s, i) => geo.setBigInt64(so + 8 * K.MAX_DIMS + 8 * i, BigInt(s), true));
     const bytes = new Uint8Array(geo.buffer, 0, so + 16 * K.MAX_DIMS);
-    const eb = K.elemBytes(src.dtype);
-    this.launch1D(K.stridedCopy(src.dtype), numel(shape), [["ptr", out.ptr + BigInt(outOffset * eb)], ["ptr", src.ptr], ["bytes", bytes, 8]]);
+    this.launch1D(K.stridedCopy(dtype), numel(shape), [["ptr", dst], ["ptr", src], ["bytes", bytes, 8]], stream);
   }
 
   release(t: DeviceTensor | undefined): void {

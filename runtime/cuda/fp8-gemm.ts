@@ -35,7 +35,7 @@ export interface Fp8GemmProblemShape extends Fp8GemmShape {
 export class Fp8Gemm {
   readonly device: DeviceProperties;
   readonly arch: string;
-  private fns = new Map<string, { fn: KernelFunction; kernel: Fp8GemmKernel; compileMs: number; cached: boolean }>();
+  private fns = new Map<string, { fn: KernelFunction; kernel: Fp8GemmKernel; compileMs: number; cached: boolean; layout: { offset: number; size: number }[] | null }>();
 
   constructor(readonly addon: NativeAddon, readonly stream: Stream, ordinal = 0) {
     this.device = addon.deviceProperties(ordinal);
@@ -48,7 +48,7 @@ export class Fp8Gemm {
   }
 
   /** The compiled, loaded kernel for a configuration (NVRTC, disk-cached), with its dynamic smem allowed. */
-  kernel(c: Fp8GemmConfig): { fn: KernelFunction; kernel: Fp8GemmKernel; compileMs: number; cached: boolean } {
+  kernel(c: Fp8GemmConfig): { fn: KernelFunction; kernel: Fp8GemmKernel; compileMs: number; cached: boolean; layout: { offset: number; size: number }[] | null } {
     const k = emitFp8Gemm(c);
     let got = this.fns.get(k.name);
     if (!got) {
@@ -56,7 +56,8 @@ export class Fp8Gemm {
       const compiled = compileCuda(this.addon, k.name, k.source, this.arch);
       const fn = this.addon.moduleGetFunction(this.addon.moduleLoadData(compiled.cubin), k.name);
       this.addon.funcSetMaxDynamicSharedMemory(fn, k.smemBytes);
-      got = { fn, kernel: k, compileMs: compiled.ms, cached: compiled.cached };
+      // the device's parameter offsets, read once per kernel (packArgsAt places the tensor maps by them)
+      got = { fn, kernel: k, compileMs: compiled.ms, cached: compiled.cached, layout: this.addon.funcGetParamLayout(fn) };
       this.fns.set(k.name, got);
     }
     return got;
@@ -69,14 +70,13 @@ export class Fp8Gemm {
     if (c.grouped !== (s.experts !== undefined)) throw new CompileError(`FP8 GEMM: config ${c.grouped ? "is" : "is not"} grouped but the problem ${s.experts !== undefined ? "has" : "has no"} experts`);
     if (c.grouped && (s.M % GROUPED_M_ALIGN !== 0 || bufs.blockExpert === undefined))
       throw new CompileError(`grouped FP8 GEMM: M (${s.M}) must be a multiple of ${GROUPED_M_ALIGN} and blockExpert given (one int32 per ${GROUPED_M_ALIGN} rows)`);
-    const { fn, kernel } = this.kernel(c);
+    const { fn, kernel, layout } = this.kernel(c);
     const g = geometryOf(c, s, this.device.smCount);
     const rowsB = s.N * (s.experts ?? 1);
     const map = (address: DevicePtr, rows: number, boxRows: number) =>
       this.addon.tensorMapEncodeTiled({ dtype: "u8", address, dims: [s.K, rows], strides: [s.K], box: [FP8_BLOCK, boxRows], swizzle: "128B", l2Promotion: "256B", oobFill: "zero" });
     // the tensor maps are 64-byte aligned: the device's parameter block may start them past offset 0,
     // so the arguments go where the driver says (packArgs's C ABI offsets where it cannot say)
-    const layout = this.addon.funcGetParamLayout(fn);
     const params = (layout ? (...x: KernelArg[]) => packArgsAt(layout, ...x) : packArgs)(
       ["bytes", map(bufs.a, s.M, blockM(c)), 64],
       ["bytes", map(bufs.b, rowsB, c.blockN), 64],

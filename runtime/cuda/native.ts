@@ -10,7 +10,7 @@ import { createRequire } from "node:module";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
-import type { DeviceProperties, LibraryName, LibraryProbe, MatmulDtype, NativeAddon, Stream } from "./native-types.ts";
+import type { DeviceProperties, LibraryName, LibraryProbe, MatmulOptions, NativeAddon } from "./native-types.ts";
 
 export * from "./native-types.ts";
 export { packArgs, packArgsAt, f32ToBf16Bits, f32ToF16Bits, type KernelArg } from "./kernel-args.ts";
@@ -135,33 +135,13 @@ export function libraryStatus(): Record<LibraryName, LibraryProbe | { ok: false;
  * M×N; leading dimensions default to the stored row length. Implemented as the column-major product
  * Dᵀ = op(B)ᵀ op(A)ᵀ, which reads the same memory.
  */
-export interface RowMajorMatmul {
-  dtype: MatmulDtype;
-  outDtype?: MatmulDtype;
-  computeType?: "f32" | "tf32";
+export interface RowMajorMatmul extends Omit<MatmulOptions, "m" | "n" | "k" | "lda" | "ldb" | "ldd"> {
   M: number;
   N: number;
   K: number;
-  a: bigint;
-  b: bigint;
-  d: bigint;
-  c?: bigint;
-  transA?: boolean;
-  transB?: boolean;
   lda?: number;
   ldb?: number;
-  ldc?: number;
   ldd?: number;
-  alpha?: number;
-  beta?: number;
-  batch?: number;
-  strideA?: number;
-  strideB?: number;
-  strideC?: number;
-  strideD?: number;
-  workspace?: bigint;
-  workspaceBytes?: number;
-  stream?: Stream;
 }
 
 export function matmulRowMajor(addon: NativeAddon, o: RowMajorMatmul): void {

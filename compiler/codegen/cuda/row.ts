@@ -68,9 +68,10 @@ interface RowPlan {
   online: Map<number, number>;
   /**
    * keepExp tuning: exp nodes of online sums that a later pass uses again, kept (f32) as the online
-   * pass computed them, relative to their vector's running max (also kept), and rescaled there.
+   * pass computed them, relative to their vector's running max (also kept), and rescaled there:
+   * exp node -> the online sum it feeds.
    */
-  keepExp: Set<number>;
+  keepExp: Map<number, number>;
   /** Per pick and load of its expression: the captured value's name (absent: read from memory). */
   captured: Map<string, string>;
   /** Shared-memory slots one block-wide combine needs (block kernels). */
@@ -211,7 +212,7 @@ function planRows(spec: KernelSpec, tune: EmitTuning, stream = false): RowPlan {
     }
   });
   const slots = Math.max(1, ...passes.map((p) => p.reduces.length + p.captures.length));
-  const keepExp = new Set([...cached].filter((c) => expOf.has(c)));
+  const keepExp = new Map([...cached].filter((c) => expOf.has(c)).map((c) => [c, expOf.get(c)!] as const));
   return { T, V, chunks, ready, passes, cached, online, keepExp, captured, slots, minBlocks };
 }
 
@@ -245,7 +246,6 @@ function rowBody(src: Src, spec: KernelSpec, fname: string, rule: LaunchRule, pl
   const rawType = (i: number) => storageType(spec.operands[(nodes[i] as Load).operand]!.dtype);
   const tensors = [...spec.operands, ...spec.results];
   const maxOf = new Map([...online].map(([s, m]) => [m, s]));
-  const expOf = (e: number) => [...online.keys()].find((s) => (nodes[s] as Reduce).arg === e)!;
 
   src.line(`static __device__ __forceinline__ void ${fname}(`);
   src.line(...rule.params.map((p, i) => `    ${paramDecl(spec, rule, p)}${i === rule.params.length - 1 ? ") {" : ","}`));
@@ -394,7 +394,7 @@ function rowBody(src: Src, spec: KernelSpec, fname: string, rule: LaunchRule, pl
       for (const x of kept) src.line(`if (V) sh_launder(r${x}[c]);`);
       // a kept exp's rescale from its vector's running max to the row's (0 where nothing finite was seen yet)
       for (const x of [...reads].filter((r) => keepExp.has(r) && !need.has(r))) {
-        const m = online.get(expOf(x))!;
+        const m = online.get(keepExp.get(x)!)!;
         src.line(`const float f${x} = m${x}[c] == -sh_inf() ? 0.0f : sh_exp2((m${x}[c] - v${m}) * SH_LOG2E);`);
       }
     } else {

@@ -12,7 +12,6 @@ import type { PlannedStep } from "../../../compiler/passes/redistribute-plan.ts"
 import { CompileError } from "../../../compiler/errors.ts";
 import type { Event, NativeAddon, NcclComm, Stream } from "../native-types.ts";
 import { NcclDataType, NcclRedOp } from "../native-types.ts";
-import { packArgs } from "../native.ts";
 import { download, empty, type DeviceTensor } from "../memory.ts";
 import * as K from "../kernels/sources.ts";
 import type { CudaExecutor } from "../executor.ts";
@@ -175,23 +174,10 @@ export class RankLocal {
   private copy(dtype: DType, src: View, dst: View, bufs: Map<string, bigint>, stream: Stream): void {
     const n = numel(src.shape);
     if (n === 0) return;
-    if (src.shape.length > K.MAX_DIMS) throw new CompileError(`a comm step's copy has ${src.shape.length} dims; the copy kernel takes ${K.MAX_DIMS}`);
-    const eb = K.elemBytes(dtype);
-    // both sides one contiguous run: the copy engine's memcpy, not the strided kernel
-    if (isContiguous(src) && isContiguous(dst))
-      return this.addon.memcpyDtoDAsync(bufs.get(dst.buf)! + BigInt(dst.at * eb), bufs.get(src.buf)! + BigInt(src.at * eb), n * eb, stream);
-    const geo = new DataView(new ArrayBuffer(16 + 4 * K.MAX_DIMS + 16 * K.MAX_DIMS));
-    // struct Geo { int nd; long long n; int shape[8]; long long istride[8]; long long ostride[8]; }
-    geo.setInt32(0, src.shape.length, true);
-    geo.setBigInt64(8, BigInt(n), true);
-    src.shape.forEach((s, i) => geo.setInt32(16 + 4 * i, s, true));
-    const so = 16 + 4 * K.MAX_DIMS;
-    src.strides.forEach((s, i) => geo.setBigInt64(so + 8 * i, BigInt(s), true));
-    dst.strides.forEach((s, i) => geo.setBigInt64(so + 8 * K.MAX_DIMS + 8 * i, BigInt(s), true));
-    const k = K.stridedCopy(dtype), ex = this.exec!;
-    const grid = Math.min(Math.ceil(n / 256), ex.smCount * 8);
-    const args = packArgs(["ptr", bufs.get(dst.buf)! + BigInt(dst.at * eb)], ["ptr", bufs.get(src.buf)! + BigInt(src.at * eb)], ["bytes", new Uint8Array(geo.buffer), 8]);
-    this.addon.launchKernel(ex.fn(k.name, k.source), [grid, 1, 1], [256, 1, 1], 0, stream, args);
+    const eb = K.elemBytes(dtype), to = bufs.get(dst.buf)! + BigInt(dst.at * eb), from = bufs.get(src.buf)! + BigInt(src.at * eb);
+    // both sides one contiguous run: the copy engine's memcpy; else the executor's strided-copy kernel
+    if (isContiguous(src) && isContiguous(dst)) return this.addon.memcpyDtoDAsync(to, from, n * eb, stream);
+    this.exec!.copyStrided(dtype, to, from, src.shape, src.strides, dst.strides, stream);
   }
 
   /**
