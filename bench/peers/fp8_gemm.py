@@ -62,16 +62,44 @@ def scaling_types():
     return (a, b) if a is not None and b is not None else None
 
 
+def pad_kblocks(s, kb4, rows_major):
+    """Scales with their K-block count padded to kb4 (torch's blockwise checks want a multiple of 4):
+    rows_major=True: s is (R, KB) outer-dim-major (stride (1, R)) -> (R, kb4), same layout;
+    rows_major=False: s is (NB, KB) contiguous -> (NB, kb4) contiguous. The padding is zeros
+    (the K blocks past K do not exist, so nothing reads them as data)."""
+    if rows_major:
+        R, KB = s.shape
+        out = torch.zeros(kb4, R, device=s.device, dtype=s.dtype)
+        out[:KB] = s.t()
+        return out.t()
+    NB, KB = s.shape
+    out = torch.zeros(NB, kb4, device=s.device, dtype=s.dtype)
+    out[:, :KB] = s
+    return out
+
+
 def scaled_mm_variants(qa, sa, qb, sb):
     """(label, fn(qa, sa, qb, sb)) candidates, most specific first."""
     out = []
     st = scaling_types()
+    kb = sa.shape[1]
+    kb4 = -(-kb // 4) * 4
+    fixes = [("sb.t()", lambda s: s.t()), ("sb.t().contiguous()", lambda s: s.t().contiguous()), ("sb", lambda s: s)]
     if st is not None and hasattr(torch.nn.functional, "scaled_mm"):
-        for label, fix in (("sb.t()", lambda s: s.t()), ("sb.t().contiguous()", lambda s: s.t().contiguous()), ("sb", lambda s: s)):
+        for label, fix in fixes:
             out.append((f"F.scaled_mm blockwise ({label})",
                         lambda a, sa_, b, sb_, fix=fix: torch.nn.functional.scaled_mm(
                             a, b.t(), sa_, st[0], fix(sb_), st[1], output_dtype=torch.bfloat16)))
-    for label, fix in (("sb.t()", lambda s: s.t()), ("sb.t().contiguous()", lambda s: s.t().contiguous())):
+        if kb4 != kb:
+            # K blocks not a multiple of 4: the same call with both scales' K blocks zero-padded
+            out.append((f"F.scaled_mm blockwise (scales padded to {kb4} K blocks, sb.t())",
+                        lambda a, sa_, b, sb_: torch.nn.functional.scaled_mm(
+                            a, b.t(), pad_kblocks(sa_, kb4, True), st[0], pad_kblocks(sb_, kb4, False).t(), st[1],
+                            output_dtype=torch.bfloat16)))
+            out.append((f"F.scaled_mm blockwise (sb padded to {kb4} K blocks, sb.t())",
+                        lambda a, sa_, b, sb_: torch.nn.functional.scaled_mm(
+                            a, b.t(), sa_, st[0], pad_kblocks(sb_, kb4, False).t(), st[1], output_dtype=torch.bfloat16)))
+    for label, fix in fixes[:2]:
         out.append((f"torch._scaled_mm blockwise ({label})",
                     lambda a, sa_, b, sb_, fix=fix: torch._scaled_mm(a, b.t(), scale_a=sa_, scale_b=fix(sb_), out_dtype=torch.bfloat16)))
     return out
@@ -136,21 +164,27 @@ def grouped(c, reps):
         emit(case=name, impl="torch._grouped_mm bf16", ms=ms, tflops=flops / ms / 1e9)
     except Exception as e:  # noqa: BLE001
         emit(case=name, impl="torch._grouped_mm bf16", error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
-    # per-expert scaled_mm loop (what a model without a grouped FP8 kernel does)
-    qa, sa = quant_1x128(x)
+    # per-expert scaled_mm loop (what a model without a grouped FP8 kernel does). Each expert's rows
+    # are padded with zeros to a multiple of 128, as the grouped kernels' layout pads them (cuBLASLt's
+    # blockwise path refuses some unpadded row counts); FLOPs count the routed rows only, as for ours.
     qw, sw = zip(*(quant_128x128(w[e]) for e in range(E)))
     starts = [0]
     for r in rows:
         starts.append(starts[-1] + r)
-    first = next(e for e in range(E) if rows[e] > 0)
-    seg = slice(starts[first], starts[first + 1])
-    sa_seg = sa[seg].t().contiguous().t()
-    ref = dequant(qa[seg][:128], sa_seg[:128]) @ (qw[first].float() * sw[first].repeat_interleave(128, 0).repeat_interleave(128, 1)[:N, :K]).t()
-    picked = pick_scaled_mm(qa[seg], sa_seg, qw[first], sw[first], ref, name)
+    segs = []
+    for e in range(E):
+        if rows[e] == 0:
+            continue
+        xe = x[starts[e]:starts[e + 1]]
+        xe = torch.nn.functional.pad(xe, (0, 0, 0, -(-rows[e] // 128) * 128 - rows[e]))
+        qa_e, sa_e = quant_1x128(xe)
+        segs.append((e, qa_e, sa_e))
+    e0, qa0, sa0 = segs[0]
+    ref = dequant(qa0[:128], sa0[:128]) @ (qw[e0].float() * sw[e0].repeat_interleave(128, 0).repeat_interleave(128, 1)[:N, :K]).t()
+    picked = pick_scaled_mm(qa0, sa0, qw[e0], sw[e0], ref, name)
     if picked is None:
         return
     label, fn1, _ = picked
-    segs = [(e, qa[starts[e]:starts[e + 1]], sa[starts[e]:starts[e + 1]].t().contiguous().t()) for e in range(E) if rows[e] > 0]
 
     def loop(qw_, sw_):
         for e, a_, s_ in segs:
@@ -158,7 +192,7 @@ def grouped(c, reps):
 
     sets = [(qw, sw)] + [(tuple(q.clone() for q in qw), sw) for _ in range(n_sets(E * N * K) - 1)]
     ms = median_ms(loop, sets, reps)
-    emit(case=name, impl=f"per-expert scaled_mm loop fp8 [{label}]", ms=ms, tflops=flops / ms / 1e9)
+    emit(case=name, impl=f"per-expert scaled_mm loop fp8 [{label}; rows padded to 128]", ms=ms, tflops=flops / ms / 1e9)
 
 
 def main():

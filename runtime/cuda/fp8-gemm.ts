@@ -5,7 +5,7 @@
 //   const run = g.prepare(config, { M, N, K }, { a, b, sa, sb, d });   // compiles once, encodes the TMA maps
 //   run();                                                             // one launch, nothing allocated
 import { emitFp8Gemm, type Fp8GemmKernel } from "../../compiler/codegen/cuda/gemm/emit.ts";
-import { blockM, geometryOf, shapeProblem, type Fp8GemmConfig, type Fp8GemmShape } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { bBoxRows, blockM, geometryOf, shapeProblem, type Fp8GemmConfig, type Fp8GemmShape } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { FP8_BLOCK, GROUPED_M_ALIGN } from "../../compiler/numeric/fp8-gemm.ts";
 import { CompileError } from "../../compiler/errors.ts";
 import { archFor, compileCuda } from "./compile.ts";
@@ -79,7 +79,7 @@ export class Fp8Gemm {
     // so the arguments go where the driver says (packArgs's C ABI offsets where it cannot say)
     const params = (layout ? (...x: KernelArg[]) => packArgsAt(layout, ...x) : packArgs)(
       ["bytes", map(bufs.a, s.M, blockM(c)), 64],
-      ["bytes", map(bufs.b, rowsB, c.blockN), 64],
+      ["bytes", map(bufs.b, rowsB, bBoxRows(c)), 64],
       ["ptr", bufs.sa],
       ["ptr", bufs.sb],
       ["ptr", bufs.d],

@@ -57,6 +57,8 @@ static void sh_mbar_arrive(sh_u32 bar) {
   stageHeld[s] = 0;
   releases++;
 }
+// multicast kernels release a stage to both CTAs' producers: this CTA's side of it is the same check
+static void sh_mbar_arrive_pair(sh_u32 bar) { sh_mbar_arrive(bar); }
 static sh_u64 sh_wgmma_desc(sh_u32 a) { return a; }
 static void sh_wgmma_fence() { fenced = true; }
 static void sh_wgmma_commit() { pending.push_back(open); open = Group(); fenced = false; }
@@ -123,12 +125,13 @@ describe.skipIf(!GXX)("FP8 GEMM consumer K loop on a CPU model of wgmma / mbarri
   const configs: Fp8GemmConfig[] = [
     { consumers: 2, blockN: 128, stages: 7, persistent: true, grouped: false },
     { consumers: 2, blockN: 96, stages: 8, persistent: true, grouped: false },
+    { consumers: 2, blockN: 128, stages: 7, persistent: true, grouped: false, multicast: true },
   ];
   for (const base of configs)
     for (const overlap of [false, true]) {
-      it(`${overlap ? "overlapped" : "plain"} loop, blockN ${base.blockN}: protocol checks hold and acc pairs each block with its scale`, () => {
+      it(`${overlap ? "overlapped" : "plain"} loop, blockN ${base.blockN}${base.multicast ? " (multicast: pair release)" : ""}: protocol checks hold and acc pairs each block with its scale`, () => {
         const c = { ...base, overlap };
-        const src = join(dir, `loop_${c.blockN}_${overlap}.cc`), exe = src.replace(/\.cc$/, "");
+        const src = join(dir, `loop_${c.blockN}_${overlap}${c.multicast ? "_mc" : ""}.cc`), exe = src.replace(/\.cc$/, "");
         writeFileSync(src, harness(c, overlap ? overlappedLoop(c) : plainLoop(c)));
         execFileSync(GXX!, ["-O1", "-std=c++17", "-Wno-unknown-pragmas", "-o", exe, src]);
         const out = (() => {

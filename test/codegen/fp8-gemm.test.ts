@@ -24,6 +24,7 @@ describe.skipIf(!NVCC)("FP8 GEMM kernels compile for sm_90a", () => {
       const kernels = gemmCandidates(grouped).map(emitFp8Gemm);
       expect(kernels.length).toBeGreaterThanOrEqual(8);
       expect(kernels.filter((k) => k.config.overlap).length, "overlapped candidates").toBeGreaterThanOrEqual(3);
+      expect(kernels.filter((k) => k.config.multicast).length, "multicast candidates").toBe(grouped ? 0 : 4);
       // one file per kernel, as NVRTC sees it (each source is self-contained)
       const rows: string[] = [];
       for (let i = 0; i < kernels.length; i += 2) {
@@ -53,6 +54,14 @@ describe.skipIf(!NVCC)("FP8 GEMM kernels compile for sm_90a", () => {
             // overlapped promotion: the next block's group stays in flight while the older one is promoted
             if (k.config.overlap) expect(ptx, k.name).toContain("wgmma.wait_group.sync.aligned 1");
             else expect(ptx, k.name).not.toContain("wgmma.wait_group.sync.aligned 1");
+            // two-CTA clusters: B multicast, stages released to both CTAs, cluster barriers at start and end
+            if (k.config.multicast) {
+              expect(ptx, k.name).toMatch(/\.reqnctapercluster 2, 1, 1/);
+              expect(ptx, k.name).toContain("multicast::cluster");
+              expect(ptx, k.name).toContain("mapa.shared::cluster.u32");
+              expect(ptx, k.name).toContain("mbarrier.arrive.release.cluster.shared::cluster.b64");
+              expect(ptx.match(/barrier\.cluster\.wait/g)?.length, k.name).toBe(2);
+            } else expect(ptx, k.name).not.toContain("multicast::cluster");
             rows.push(`${k.name.padEnd(40)} ${regs} regs, ${k.smemBytes} B smem`);
           }),
         );

@@ -4,6 +4,7 @@
 import { describe, expect, it } from "vitest";
 import {
   blockM,
+  bBoxRows,
   configName,
   configProblem,
   CONSUMER_OVERHEAD_REGS,
@@ -52,7 +53,7 @@ describe("FP8 GEMM configurations", () => {
       // the plain configurations the H100 run measured are all still there
       for (const n of ["m64n128_s4", "m128n128_s7_p", "m128n192_s5_p", "m128n160_s6_p", "m128n96_s8_p", "m64n128_s8_p", "m64n192_s7_p", "m64n64_s8_p", "m64n32_s8_p", "m128n128_s7"])
         expect(names, n).toContain(`sh_fp8_gemm_${kind}_${n}`);
-      const ov = gemmCandidates(g).filter((c) => c.overlap);
+      const ov = gemmCandidates(g).filter((c) => c.overlap && !c.multicast);
       expect(ov.map(configName)).toEqual(["m128n128_s7_p_ov", "m128n112_s7_p_ov", "m128n96_s8_p_ov", "m64n128_s8_p_ov"].map((n) => `sh_fp8_gemm_${kind}_${n}`));
       for (const c of ov) expect(3 * (c.blockN / 2) + CONSUMER_OVERHEAD_REGS).toBeLessThanOrEqual(consumerRegs(c));
     }
@@ -87,6 +88,20 @@ describe("FP8 GEMM configurations", () => {
     expect(g).toMatchObject({ mBlocks: 32, nBlocks: 56, tiles: 1792, grid: 132, block: 384 });
     expect(geometryOf({ ...base, persistent: false }, { M: 4096, N: 7168, K: 2048 }, 132).grid).toBe(1792);
     expect(geometryOf({ ...base, consumers: 1, blockN: 32 }, { M: 64, N: 2112, K: 7168 }, 132)).toMatchObject({ tiles: 66, grid: 66, block: 256 });
+  });
+
+  it("multicast: tile pairs per cluster, grids in whole clusters, B's box halved; dense only", () => {
+    const mc = { ...base, multicast: true };
+    expect(configProblem(mc)).toBeUndefined();
+    // 32 m-blocks -> 16 pairs x 56 n-blocks; 66 clusters of 2 on 132 SMs
+    expect(geometryOf(mc, { M: 4096, N: 7168, K: 2048 }, 132)).toMatchObject({ tiles: 896, grid: 132 });
+    // an odd m-block count: the last pair's second CTA computes a block it does not store
+    expect(geometryOf({ ...mc, persistent: false }, { M: 300, N: 528, K: 1040 }, 132)).toMatchObject({ mBlocks: 3, tiles: 2 * Math.ceil(528 / mc.blockN), grid: 4 * Math.ceil(528 / mc.blockN) });
+    expect(geometryOf(mc, { M: 4096, N: 7168, K: 2048 }, 131).grid).toBe(130);
+    expect(bBoxRows(mc)).toBe(mc.blockN / 2);
+    expect(bBoxRows(base)).toBe(base.blockN);
+    expect(configProblem({ ...mc, grouped: true })).toMatch(/dense only/);
+    expect(configName(mc)).toMatch(/_mc$/);
   });
 
   it("the raster visits every tile exactly once, GROUP_M row blocks at a time", () => {

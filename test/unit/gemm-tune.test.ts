@@ -48,14 +48,14 @@ afterEach(() => {
 
 describe("FP8 GEMM autotuner", () => {
   it("picks the fastest working candidate, records failures, and caches the choice", () => {
-    const cost = (c: Fp8GemmConfig) => (c.blockN === 160 ? Infinity : c.blockN === 192 && c.consumers === 2 ? 0.1 : c.blockN === 128 ? 0.2 : 0.5);
+    const cost = (c: Fp8GemmConfig) => (c.blockN === 160 ? Infinity : c.blockN === 192 && c.consumers === 2 && !c.multicast ? 0.1 : c.blockN === 128 ? 0.2 : 0.5);
     const { g, prepared } = fakeDevice("Fake H200", cost);
     const first = tuneFp8Gemm(g, shape, [bufs, bufs]);
     expect(first.fromCache).toBe(false);
     expect(first.best.name).toBe("sh_fp8_gemm_dense_m128n192_s5_p");
     expect(first.best.ms).toBeCloseTo(0.1);
     expect(first.entries).toHaveLength(gemmCandidates(false).length);
-    expect(first.entries.find((e) => e.config.blockN === 160)!.error).toMatch(/ILLEGAL_ADDRESS/);
+    for (const e of first.entries.filter((x) => x.config.blockN === 160)) expect(e.error).toMatch(/ILLEGAL_ADDRESS/);
     expect(JSON.parse(readFileSync(tuneCacheFile(), "utf8"))[first.key].name).toBe(first.best.name);
 
     prepared.length = 0;

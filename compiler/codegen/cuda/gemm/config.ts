@@ -27,6 +27,13 @@ export interface Fp8GemmConfig {
    * a third fragment of blockN/2 registers, which caps blockN (see overlapRegisterProblem).
    */
   overlap?: boolean;
+  /**
+   * Two-CTA clusters along M with B multicast (absent = off; dense only): the CTAs of a cluster take
+   * m-blocks 2p and 2p+1 of the same n-block, each loads its own A and one half of the B tile, and
+   * TMA multicasts that half into both CTAs' shared memory, so each CTA reads A + B/2 from L2 per
+   * k-block instead of A + B. A stage is released to both producers (remote mbarrier arrivals).
+   */
+  multicast?: boolean;
 }
 
 export const SMEM_LIMIT = 232448; // 227 KiB: the opt-in maximum per block on H100 / H200
@@ -47,7 +54,7 @@ export const smemBytes = (c: Fp8GemmConfig): number => SMEM_ALIGN_SLACK + c.stag
 export const spansScaleBlocks = (c: Fp8GemmConfig): boolean => FP8_BLOCK % c.blockN !== 0;
 
 export function configName(c: Fp8GemmConfig): string {
-  return `sh_fp8_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}`;
+  return `sh_fp8_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}`;
 }
 
 /** Why a configuration cannot be emitted, or undefined. */
@@ -60,9 +67,15 @@ export function configProblem(c: Fp8GemmConfig): string | undefined {
   if (!Number.isInteger(c.stages) || c.stages < 2) return `stages must be an integer >= 2, got ${c.stages}`;
   if (smemBytes(c) > SMEM_LIMIT) return `${c.stages} stages of ${blockM(c)}x${c.blockN} need ${smemBytes(c)} B of shared memory, more than ${SMEM_LIMIT}`;
   if (c.grouped && GROUPED_M_ALIGN % blockM(c) !== 0) return `grouped kernels need BLOCK_M to divide ${GROUPED_M_ALIGN}, got ${blockM(c)}`;
+  if (c.multicast && c.grouped) return "B multicast needs both CTAs of a cluster on the same weights: dense only (a grouped tile pair may straddle two experts)";
   if (c.overlap) return overlapProblem(c);
   return undefined;
 }
+
+/** CTAs per cluster: 2 with B multicast, else 1. */
+export const clusterSize = (c: Fp8GemmConfig): 1 | 2 => (c.multicast ? 2 : 1);
+/** Rows of B one CTA loads per stage (its half when multicast). */
+export const bBoxRows = (c: Fp8GemmConfig): number => c.blockN / clusterSize(c);
 
 /** Registers a consumer thread needs besides its fragments (addresses, scales, loop state); measured with ptxas -v. */
 export const CONSUMER_OVERHEAD_REGS = 32;
@@ -94,6 +107,8 @@ export function maxStages(consumers: 1 | 2, blockN: number, cap = 8): number {
 
 /** Overlapped candidates (consumers, blockN), tried after the plain-promotion ones. */
 const OVERLAP_SHAPES: [1 | 2, number][] = [[2, 128], [2, 112], [2, 96], [1, 128]];
+/** Multicast candidates (blockN, overlapped promotion), two consumers each. */
+const MULTICAST_SHAPES: [number, boolean][] = [[128, true], [192, false], [160, false], [128, false]];
 
 /**
  * The configurations the autotuner times, the first being the plain one (one consumer, 64×128,
@@ -107,6 +122,9 @@ export function gemmCandidates(grouped: boolean): Fp8GemmConfig[] {
   out.push({ consumers: 2, blockN: 128, stages: maxStages(2, 128), persistent: false, grouped });
   // overlapped promotion (ping-pong temporaries): blockN is capped by the third fragment
   for (const [consumers, blockN] of OVERLAP_SHAPES) out.push({ consumers, blockN, stages: maxStages(consumers, blockN), persistent: true, grouped, overlap: true });
+  // two-CTA clusters with B multicast (dense): half the B traffic from L2 per CTA
+  if (!grouped)
+    for (const [blockN, overlap] of MULTICAST_SHAPES) out.push({ consumers: 2, blockN, stages: maxStages(2, blockN), persistent: true, grouped, ...(overlap ? { overlap } : {}), multicast: true });
   return out.filter((c) => configProblem(c) === undefined);
 }
 
@@ -134,9 +152,16 @@ export interface Fp8GemmGeometry {
   nBlocks: number;
 }
 
+/**
+ * The launch: `tiles` counts the scheduling units (tile pairs with multicast: a cluster takes both
+ * m-blocks of a pair, the odd last one computing an out-of-range block it does not store), and the
+ * grid is in CTAs (a multiple of the cluster size; persistent grids fill the SMs by clusters).
+ */
 export function geometryOf(c: Fp8GemmConfig, s: Fp8GemmShape, smCount: number): Fp8GemmGeometry {
-  const mBlocks = Math.ceil(s.M / blockM(c)), nBlocks = Math.ceil(s.N / c.blockN), tiles = mBlocks * nBlocks;
-  return { grid: c.persistent ? Math.min(tiles, smCount) : tiles, block: threadsOf(c), smemBytes: smemBytes(c), tiles, mBlocks, nBlocks };
+  const cs = clusterSize(c);
+  const mBlocks = Math.ceil(s.M / blockM(c)), nBlocks = Math.ceil(s.N / c.blockN), tiles = Math.ceil(mBlocks / cs) * nBlocks;
+  const clusters = c.persistent ? Math.min(tiles, Math.floor(smCount / cs)) : tiles;
+  return { grid: clusters * cs, block: threadsOf(c), smemBytes: smemBytes(c), tiles, mBlocks, nBlocks };
 }
 
 /** The tile a linear tile index names (GROUP_M-row raster), as the kernel computes it. */

@@ -47,6 +47,9 @@ ${pad}if (++s == S) { s = 0; phase ^= 1; }
 `;
 }
 
+/** A read stage goes back to this CTA's producer, or with multicast to both producers of the pair. */
+const release = (c: Fp8GemmConfig): string => (c.multicast ? "sh_mbar_arrive_pair" : "sh_mbar_arrive");
+
 const fenceAll = (c: Fp8GemmConfig, frag: string, pad: string): string => `#pragma unroll
 ${pad}for (int i = 0; i < ${c.blockN / 2}; ++i) sh_reg_fence(${frag}[i]);
 `;
@@ -64,7 +67,7 @@ ${p}for (int k = 0; k < ${FP8_BLOCK / 32}; ++k) sh_wgmma_m64n${c.blockN}(tmp, da
 ${p}sh_wgmma_commit();
 ${p}sh_wgmma_wait0();
 ${fenceAll(c, "tmp", p)}${p}// the wgmmas have read the stage: hand it back to the producer
-${p}if (lane == 0) sh_mbar_arrive(bars + 8 * (S + s));
+${p}if (lane == 0) ${release(c)}(bars + 8 * (S + s));
 ${p}if (++s == S) { s = 0; phase ^= 1; }
 ${p}// promotion: fragment register 4j+{0,1} is row r0, 4j+{2,3} row r0+8, columns 8j + c0 + {0,1}
 ${promote(c, "tmp", p)}    }
@@ -83,7 +86,7 @@ function step(c: Fp8GemmConfig, kb: string, cur: string, next: string | undefine
     : `${q}sh_wgmma_wait0();\n`;
   return `${pad}{
 ${q}const int bk = ${kb};
-${loadScales(c, "bk", q)}${wait}${fenceAll(c, cur, q)}${q}if (lane == 0) sh_mbar_arrive(bars + 8 * (S + held));  // block bk's stage is read
+${loadScales(c, "bk", q)}${wait}${fenceAll(c, cur, q)}${q}if (lane == 0) ${release(c)}(bars + 8 * (S + held));  // block bk's stage is read
 ${q}if (++held == S) held = 0;
 ${promote(c, cur, q)}${pad}}
 `;

@@ -10,7 +10,8 @@ typedef unsigned long long sh_u64;
 // The driver's CUtensorMap: 128 opaque bytes, passed by value as a __grid_constant__ parameter.
 struct alignas(64) sh_tensor_map { sh_u64 opaque[16]; };
 
-#define SH_DEV static __device__ __forceinline__
+// unused: a kernel calls only the helpers its configuration needs
+#define SH_DEV static __device__ __forceinline__ __attribute__((unused))
 
 SH_DEV sh_u32 sh_smem_addr(const void* p) {
   sh_u64 a;
@@ -42,6 +43,25 @@ SH_DEV void sh_mbar_wait(sh_u32 bar, sh_u32 parity) {
   } while (!done);
 }
 
+// ---- clusters (two-CTA B multicast) ----
+SH_DEV sh_u32 sh_cluster_rank() {
+  sh_u32 r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+  return r;
+}
+// Every thread of both CTAs: the barriers are initialised before any peer touches them (start), and
+// no CTA exits while its peer may still arrive on its barriers or multicast into it (end).
+SH_DEV void sh_cluster_sync() { asm volatile("barrier.cluster.arrive.release;\n barrier.cluster.wait.acquire;" ::: "memory"); }
+// Releases a stage to both CTAs' producers: the same barrier offset in each CTA of the pair.
+SH_DEV void sh_mbar_arrive_pair(sh_u32 bar) {
+#pragma unroll
+  for (sh_u32 r = 0; r < 2; ++r) {
+    sh_u32 remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(bar), "r"(r));
+    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" :: "r"(remote) : "memory");
+  }
+}
+
 // ---- TMA ----
 SH_DEV void sh_tma_prefetch_map(const sh_tensor_map* m) {
   asm volatile("prefetch.tensormap [%0];" :: "l"(reinterpret_cast<sh_u64>(m)) : "memory");
@@ -51,6 +71,13 @@ SH_DEV void sh_tma_prefetch_map(const sh_tensor_map* m) {
 SH_DEV void sh_tma_load_2d(sh_u32 dst, const sh_tensor_map* m, int c0, int c1, sh_u32 bar) {
   asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];"
                :: "r"(dst), "l"(reinterpret_cast<sh_u64>(m)), "r"(c0), "r"(c1), "r"(bar) : "memory");
+}
+
+// The same box written into the shared memory of every CTA in 'mask' (same offsets), each CTA's
+// barrier at 'bar' counting the bytes.
+SH_DEV void sh_tma_load_2d_mc(sh_u32 dst, const sh_tensor_map* m, int c0, int c1, sh_u32 bar, unsigned short mask) {
+  asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%2, %3}], [%4], %5;"
+               :: "r"(dst), "l"(reinterpret_cast<sh_u64>(m)), "r"(c0), "r"(c1), "r"(bar), "h"(mask) : "memory");
 }
 
 // ---- wgmma ----

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Hardware counters of FP8 GEMM kernels on a Hopper machine with Nsight Compute (after
+# `npm run gpu:pack`; carry .gpu). For each implementation named (a generated kernel's name, or
+# "cublaslt"), ncu profiles one launch of the 4096x7168x2048 case (the bench's third launch: the two
+# correctness-only edge cases come first) and writes the Speed-of-Light, memory and compute sections to
+# $OUT/profile-<impl>.txt, so tensor-pipe utilisation and L2 / shared-memory throughput of our kernels
+# can be set beside cuBLASLt's. Clocks are left alone (--clock-control none, as the device notes ask).
+#   bash bench/gpu/gemm-profile.sh sh_fp8_gemm_dense_m128n192_s5_p cublaslt
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+GPU_DIR=${GPU_DIR:-.gpu}
+OUT=${OUT:-$GPU_DIR/out}; mkdir -p "$OUT"
+NODE=${NODE:-/tmp/node}
+[ -x "$NODE" ] || { xz -dc "$GPU_DIR/node.xz" > "$NODE" && chmod +x "$NODE"; }
+command -v ncu >/dev/null || { echo "gemm-profile: ncu (Nsight Compute) is not on this machine's PATH" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: gemm-profile.sh IMPL... (kernel names from the fp8-gemm bench, or cublaslt)" >&2; exit 2; }
+status=0
+for impl in "$@"; do
+  if [ "$impl" = cublaslt ]; then only='^cublaslt$'; filter='regex:.'; else only="^${impl}\$"; filter="regex:^${impl}\$"; fi
+  echo "== $impl"
+  timeout 300 ncu --clock-control none --target-processes all -k "$filter" --launch-skip 2 --launch-count 1 \
+    --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section Occupancy \
+    "$NODE" "$GPU_DIR/fp8-gemm.mjs" --out "$OUT/profile-run" --shapes large --no-peer --only "$only" > "$OUT/profile-$impl.txt" 2>&1
+  rc=$?
+  [ "$rc" -ne 0 ] && status=$rc
+  grep -E '^  [a-zA-Z_0-9]+.*\(|Throughput|Pipe|L2|Shared|DRAM|Duration|Compute \(SM\)|Memory \[' "$OUT/profile-$impl.txt" | head -40
+done
+exit $status
