@@ -18,7 +18,7 @@ status=0
 for impl in "$@"; do
   if [ "$impl" = cublaslt ]; then only='^cublaslt$'; filter='regex:.'; else only="^${impl}\$"; filter="regex:^${impl}\$"; fi
   echo "== $impl"
-  timeout 300 ncu --clock-control none --target-processes all -k "$filter" --launch-skip 2 --launch-count 1 \
+  timeout "${PROFILE_TIMEOUT_S:-300}" ncu --clock-control none --target-processes all -k "$filter" --launch-skip 2 --launch-count 1 \
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section Occupancy \
     "$NODE" "$GPU_DIR/fp8-gemm.mjs" --out "$OUT/profile-run" --shapes large --no-peer --only "$only" > "$OUT/profile-$impl.txt" 2>&1
   rc=$?
