@@ -19,10 +19,10 @@ for impl in "$@"; do
   if [ "$impl" = cublaslt ]; then only='^cublaslt$'; filter='regex:.'; else only="^${impl}\$"; filter="regex:^${impl}\$"; fi
   echo "== $impl"
   timeout "${PROFILE_TIMEOUT_S:-300}" ncu --clock-control none --target-processes all -k "$filter" --launch-skip 2 --launch-count 1 \
-    --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section Occupancy \
+    --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section Occupancy --section WarpStateStats --section SchedulerStats \
     "$NODE" "$GPU_DIR/fp8-gemm.mjs" --out "$OUT/profile-run" --shapes large --no-peer --only "$only" > "$OUT/profile-$impl.txt" 2>&1
   rc=$?
   [ "$rc" -ne 0 ] && status=$rc
-  grep -E '^  [a-zA-Z_0-9]+.*\(|Throughput|Pipe|L2|Shared|DRAM|Duration|Compute \(SM\)|Memory \[' "$OUT/profile-$impl.txt" | head -40
+  grep -E '^  [a-zA-Z_0-9]+.*\(|Throughput|Duration|Stall|Warp Cycles|Issued Warp|No Eligible|Active Warps' "$OUT/profile-$impl.txt" | head -40
 done
 exit $status

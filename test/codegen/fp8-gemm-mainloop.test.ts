@@ -57,8 +57,9 @@ static void sh_mbar_arrive(sh_u32 bar) {
   stageHeld[s] = 0;
   releases++;
 }
-// multicast kernels release a stage to both CTAs' producers: this CTA's side of it is the same check
-static void sh_mbar_arrive_pair(sh_u32 bar) { sh_mbar_arrive(bar); }
+// multicast kernels release a stage to both CTAs' producers, lane r arriving on CTA r: the model runs
+// lane 0 (this CTA's side, the same checks as a plain release)
+static void sh_mbar_arrive_cta(sh_u32 bar, int rank) { if (rank == 0) sh_mbar_arrive(bar); }
 static sh_u64 sh_wgmma_desc(sh_u32 a) { return a; }
 static void sh_wgmma_fence() { fenced = true; }
 static void sh_wgmma_commit() { pending.push_back(open); open = Group(); fenced = false; }

@@ -59,7 +59,7 @@ describe.skipIf(!NVCC)("FP8 GEMM kernels compile for sm_90a", () => {
               expect(ptx, k.name).toMatch(/\.reqnctapercluster 2, 1, 1/);
               expect(ptx, k.name).toContain("multicast::cluster");
               expect(ptx, k.name).toContain("mapa.shared::cluster.u32");
-              expect(ptx, k.name).toContain("mbarrier.arrive.release.cluster.shared::cluster.b64");
+              expect(ptx, k.name).toContain("mbarrier.arrive.shared::cluster.b64");
               expect(ptx.match(/barrier\.cluster\.wait/g)?.length, k.name).toBe(2);
             } else expect(ptx, k.name).not.toContain("multicast::cluster");
             rows.push(`${k.name.padEnd(40)} ${regs} regs, ${k.smemBytes} B smem`);

@@ -135,7 +135,8 @@ describe("FP8 GEMM configurations", () => {
     expect(k.source).toContain("sh_setmaxnreg_inc<232>");
     expect(k.source).toContain("blockExpert[(mb * 128) / 128]");
     expect(k.source).toContain("e * N + nb * BN");
-    expect(k.source).toContain("const float b1 = second ?");
+    expect(k.source).toContain("float b1 = second ? sbTile[KB + 0]");
+    expect(k.source).toContain("const float nb1 = kb + 1 < KB && second ? sbTile[KB + kb + 1]");
     const dense = emitFp8Gemm(base);
     expect(dense.source).not.toContain("blockExpert");
     expect(dense.source).not.toContain("b1");

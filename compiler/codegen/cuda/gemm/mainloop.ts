@@ -12,12 +12,24 @@
 import { FP8_BLOCK } from "../../../numeric/fp8-gemm.ts";
 import { spansScaleBlocks, type Fp8GemmConfig } from "./config.ts";
 
-/** The block's scales, loaded before the stage is waited for (plain loads, independent of TMA). */
-function loadScales(c: Fp8GemmConfig, kb: string, pad: string): string {
-  return `${pad}const float a0 = m0 < M ? sa[(long long)${kb} * M + m0] : 0.f, a1 = m1 < M ? sa[(long long)${kb} * M + m1] : 0.f;
-${pad}const float b0 = sbTile[${kb}];
-${spansScaleBlocks(c) ? `${pad}const float b1 = second ? sbTile[KB + ${kb}] : 0.f;\n` : ""}`;
+/**
+ * Scales are loaded one K block ahead: a0/a1 (A's two rows), b0 (and b1 when the tile spans two scale
+ * blocks of B) hold block bk's while its wgmmas run, and the loads for bk + 1 go out as the block
+ * starts, so the L2 latency of sa (a new 128-row line every block) hides under a whole block of MMAs
+ * instead of stalling the promotion. `first` declares the registers and loads block 0.
+ */
+function scaleLoads(c: Fp8GemmConfig, kb: string, prefix: string, pad: string, decl: string, guard: string): string {
+  const g = guard ? `${guard} && ` : "";
+  return `${pad}${decl}${prefix}a0 = ${g}m0 < M ? sa[(long long)(${kb}) * M + m0] : 0.f, ${prefix}a1 = ${g}m1 < M ? sa[(long long)(${kb}) * M + m1] : 0.f;
+${pad}${decl}${prefix}b0 = ${guard ? `${guard} ? sbTile[${kb}] : 0.f` : `sbTile[${kb}]`};
+${spansScaleBlocks(c) ? `${pad}${decl}${prefix}b1 = ${g}second ? sbTile[KB + ${kb}] : 0.f;\n` : ""}`;
 }
+const firstScales = (c: Fp8GemmConfig, pad: string): string => scaleLoads(c, "0", "", pad, "float ", "");
+/** Block bk + 1's scales into na0.. (zeros past the last block). */
+const nextScales = (c: Fp8GemmConfig, bk: string, pad: string): string => scaleLoads(c, `${bk} + 1`, "n", pad, "const float ", `${bk} + 1 < KB`);
+/** The prefetched scales become the current ones. */
+const advanceScales = (c: Fp8GemmConfig, pad: string): string =>
+  `${pad}a0 = na0; a1 = na1; b0 = nb0;${spansScaleBlocks(c) ? " b1 = nb1;" : ""}\n`;
 
 /** acc += frag · scale: fragment register 4j+{0,1} is row r0, 4j+{2,3} row r0+8, columns 8j + c0 + {0,1}. */
 function promote(c: Fp8GemmConfig, frag: string, pad: string): string {
@@ -47,8 +59,12 @@ ${pad}if (++s == S) { s = 0; phase ^= 1; }
 `;
 }
 
-/** A read stage goes back to this CTA's producer, or with multicast to both producers of the pair. */
-const release = (c: Fp8GemmConfig): string => (c.multicast ? "sh_mbar_arrive_pair" : "sh_mbar_arrive");
+/**
+ * A read stage goes back to this CTA's producer (lane 0 of each consumer warp arrives), or with
+ * multicast to both producers of the pair: lane r arrives on CTA r's barrier, the two in parallel.
+ */
+const release = (c: Fp8GemmConfig, bar: string): string =>
+  c.multicast ? `if (lane < 2) sh_mbar_arrive_cta(${bar}, lane);` : `if (lane == 0) sh_mbar_arrive(${bar});`;
 
 const fenceAll = (c: Fp8GemmConfig, frag: string, pad: string): string => `#pragma unroll
 ${pad}for (int i = 0; i < ${c.blockN / 2}; ++i) sh_reg_fence(${frag}[i]);
@@ -57,9 +73,9 @@ ${pad}for (int i = 0; i < ${c.blockN / 2}; ++i) sh_reg_fence(${frag}[i]);
 /** The plain loop, as it ran correct on the H100 (bench/results/2026-11-22-fp8-gemm-h100.txt). */
 export function plainLoop(c: Fp8GemmConfig): string {
   const p = "      ";
-  return `    for (int kb = 0; kb < KB; ++kb) {
-      // this block's scales (plain loads: they do not wait for the stage)
-${loadScales(c, "kb", p)}${p}sh_mbar_wait(bars + 8 * s, phase);  // the stage's bytes have landed
+  return `${firstScales(c, "    ")}    for (int kb = 0; kb < KB; ++kb) {
+      // the next block's scales (plain loads: they do not wait for the stage)
+${nextScales(c, "kb", p)}${p}sh_mbar_wait(bars + 8 * s, phase);  // the stage's bytes have landed
 ${p}const sh_u64 da = sh_wgmma_desc(tilesA + s * A_BYTES + wg * 64 * ${FP8_BLOCK}), db = sh_wgmma_desc(tilesB + s * B_BYTES);
 ${p}sh_wgmma_fence();
 #pragma unroll
@@ -67,10 +83,10 @@ ${p}for (int k = 0; k < ${FP8_BLOCK / 32}; ++k) sh_wgmma_m64n${c.blockN}(tmp, da
 ${p}sh_wgmma_commit();
 ${p}sh_wgmma_wait0();
 ${fenceAll(c, "tmp", p)}${p}// the wgmmas have read the stage: hand it back to the producer
-${p}if (lane == 0) ${release(c)}(bars + 8 * (S + s));
+${p}${release(c, "bars + 8 * (S + s)")}
 ${p}if (++s == S) { s = 0; phase ^= 1; }
 ${p}// promotion: fragment register 4j+{0,1} is row r0, 4j+{2,3} row r0+8, columns 8j + c0 + {0,1}
-${promote(c, "tmp", p)}    }
+${promote(c, "tmp", p)}${advanceScales(c, p)}    }
 `;
 }
 
@@ -86,9 +102,9 @@ function step(c: Fp8GemmConfig, kb: string, cur: string, next: string | undefine
     : `${q}sh_wgmma_wait0();\n`;
   return `${pad}{
 ${q}const int bk = ${kb};
-${loadScales(c, "bk", q)}${wait}${fenceAll(c, cur, q)}${q}if (lane == 0) ${release(c)}(bars + 8 * (S + held));  // block bk's stage is read
+${nextScales(c, "bk", q)}${wait}${fenceAll(c, cur, q)}${q}${release(c, "bars + 8 * (S + held)")}  // block bk's stage is read
 ${q}if (++held == S) held = 0;
-${promote(c, cur, q)}${pad}}
+${promote(c, cur, q)}${advanceScales(c, q)}${pad}}
 `;
 }
 
@@ -101,7 +117,7 @@ export function overlappedLoop(c: Fp8GemmConfig): string {
   const p = "      ";
   return `    // overlapped promotion: 'held' is the ring stage of the oldest block still in flight
     int held = s;
-    {
+${firstScales(c, "    ")}    {
 ${issue(c, "t0", p)}    }
     int kb = 0;
     for (; kb + 2 < KB; kb += 2) {

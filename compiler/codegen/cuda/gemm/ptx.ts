@@ -52,14 +52,13 @@ SH_DEV sh_u32 sh_cluster_rank() {
 // Every thread of both CTAs: the barriers are initialised before any peer touches them (start), and
 // no CTA exits while its peer may still arrive on its barriers or multicast into it (end).
 SH_DEV void sh_cluster_sync() { asm volatile("barrier.cluster.arrive.release;\n barrier.cluster.wait.acquire;" ::: "memory"); }
-// Releases a stage to both CTAs' producers: the same barrier offset in each CTA of the pair.
-SH_DEV void sh_mbar_arrive_pair(sh_u32 bar) {
-#pragma unroll
-  for (sh_u32 r = 0; r < 2; ++r) {
-    sh_u32 remote;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(bar), "r"(r));
-    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" :: "r"(remote) : "memory");
-  }
+// Arrives on the barrier at the same offset in CTA 'rank' of the cluster (this one or the peer):
+// how a stage is released to both producers of a multicast pair. Default (release, CTA-scope)
+// semantics, as CUTLASS's ClusterBarrier uses: the wgmmas that read the stage have completed.
+SH_DEV void sh_mbar_arrive_cta(sh_u32 bar, sh_u32 rank) {
+  sh_u32 remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(bar), "r"(rank));
+  asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];" :: "r"(remote) : "memory");
 }
 
 // ---- TMA ----
