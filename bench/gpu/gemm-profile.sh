@@ -6,6 +6,9 @@
 # $OUT/profile-<impl>.txt, so tensor-pipe utilisation and L2 / shared-memory throughput of our kernels
 # can be set beside cuBLASLt's. Clocks are left alone (--clock-control none, as the device notes ask).
 #   bash bench/gpu/gemm-profile.sh sh_fp8_gemm_dense_m128n192_s5_p cublaslt
+# PROFILE_FULL=1: every section (--set full, with PC sampling) into $OUT/prof-<impl>.ncu-rep, and its
+# per-instruction SASS table (stall samples and executed counts per instruction) into
+# $OUT/sass-<impl>.csv and the stall-reason breakdown into $OUT/raw-<impl>.txt.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 GPU_DIR=${GPU_DIR:-.gpu}
@@ -18,10 +21,16 @@ status=0
 for impl in "$@"; do
   if [ "$impl" = cublaslt ]; then only='^cublaslt$'; filter='regex:.'; else only="^${impl}\$"; filter="regex:^${impl}\$"; fi
   echo "== $impl"
+  if [ "${PROFILE_FULL:-0}" = 1 ]; then sections=(--set full -o "$OUT/prof-$impl" -f); else
+    sections=(--section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section Occupancy --section WarpStateStats --section SchedulerStats); fi
   timeout "${PROFILE_TIMEOUT_S:-300}" ncu --clock-control none --target-processes all -k "$filter" --launch-skip 2 --launch-count 1 \
-    --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section Occupancy --section WarpStateStats --section SchedulerStats \
-    "$NODE" "$GPU_DIR/fp8-gemm.mjs" --out "$OUT/profile-run" --shapes large --no-peer --only "$only" > "$OUT/profile-$impl.txt" 2>&1
+    "${sections[@]}" "$NODE" "$GPU_DIR/fp8-gemm.mjs" --out "$OUT/profile-run" --shapes large --no-peer --only "$only" > "$OUT/profile-$impl.txt" 2>&1
   rc=$?
+  if [ "${PROFILE_FULL:-0}" = 1 ] && [ -s "$OUT/prof-$impl.ncu-rep" ]; then
+    ncu -i "$OUT/prof-$impl.ncu-rep" --page source --print-source sass --csv > "$OUT/sass-$impl.csv" 2>&1
+    ncu -i "$OUT/prof-$impl.ncu-rep" --page raw --csv > "$OUT/raw-$impl.csv" 2>&1
+    ncu -i "$OUT/prof-$impl.ncu-rep" --page details > "$OUT/details-$impl.txt" 2>&1
+  fi
   [ "$rc" -ne 0 ] && status=$rc
   grep -E '^  [a-zA-Z_0-9]+.*\(|Throughput|Duration|Stall|Warp Cycles|Issued Warp|No Eligible|Active Warps' "$OUT/profile-$impl.txt" | head -40
 done
