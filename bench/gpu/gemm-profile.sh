@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Hardware counters of FP8 GEMM kernels on a Hopper machine with Nsight Compute (after
 # `npm run gpu:pack`; carry .gpu). For each implementation named (a generated kernel's name, or
-# "cublaslt"), ncu profiles one launch of the 4096x7168x2048 case (the bench's third launch: the two
+# "cublaslt"), ncu profiles one launch of the 4096x7168x2048 case (the bench's fourth launch: the three
 # correctness-only edge cases come first) and writes the Speed-of-Light, memory and compute sections to
 # $OUT/profile-<impl>.txt, so tensor-pipe utilisation and L2 / shared-memory throughput of our kernels
 # can be set beside cuBLASLt's. Clocks are left alone (--clock-control none, as the device notes ask).
@@ -23,7 +23,7 @@ for impl in "$@"; do
   echo "== $impl"
   if [ "${PROFILE_FULL:-0}" = 1 ]; then sections=(--set full -o "$OUT/prof-$impl" -f); else
     sections=(--section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section Occupancy --section WarpStateStats --section SchedulerStats); fi
-  timeout "${PROFILE_TIMEOUT_S:-300}" ncu --clock-control none --target-processes all -k "$filter" --launch-skip 2 --launch-count 1 \
+  timeout "${PROFILE_TIMEOUT_S:-300}" ncu --clock-control none --target-processes all -k "$filter" --launch-skip 3 --launch-count 1 \
     "${sections[@]}" "$NODE" "$GPU_DIR/fp8-gemm.mjs" --out "$OUT/profile-run" --shapes large --no-peer --only "$only" > "$OUT/profile-$impl.txt" 2>&1
   rc=$?
   if [ "${PROFILE_FULL:-0}" = 1 ] && [ -s "$OUT/prof-$impl.ncu-rep" ]; then

@@ -63,23 +63,36 @@ export class Fp8Gemm {
     return got;
   }
 
-  /** A launch of `c` on these buffers: the tensor maps and the parameter block are built once here. */
-  prepare(c: Fp8GemmConfig, s: Fp8GemmProblemShape, bufs: Fp8GemmBuffers): () => void {
+  /**
+   * A launch of `c` on these buffers: the tensor maps and the parameter block are built once here.
+   * Where M % 4 != 0 the scale rows cannot come by TMA (their stride is no multiple of 16 bytes): the
+   * same configuration then runs with A's scales loaded from global memory (globalScales, name `_gs`).
+   */
+  prepare(config: Fp8GemmConfig, s: Fp8GemmProblemShape, bufs: Fp8GemmBuffers): () => void {
     const why = shapeProblem(s);
     if (why) throw new CompileError(`FP8 GEMM ${s.M}x${s.N}x${s.K}: ${why}; use the cuBLASLt fallback (Fp8Gemm.prepareCublasLt)`);
-    if (c.grouped !== (s.experts !== undefined)) throw new CompileError(`FP8 GEMM: config ${c.grouped ? "is" : "is not"} grouped but the problem ${s.experts !== undefined ? "has" : "has no"} experts`);
-    if (c.grouped && (s.M % GROUPED_M_ALIGN !== 0 || bufs.blockExpert === undefined))
+    if (config.grouped !== (s.experts !== undefined)) throw new CompileError(`FP8 GEMM: config ${config.grouped ? "is" : "is not"} grouped but the problem ${s.experts !== undefined ? "has" : "has no"} experts`);
+    if (config.grouped && (s.M % GROUPED_M_ALIGN !== 0 || bufs.blockExpert === undefined))
       throw new CompileError(`grouped FP8 GEMM: M (${s.M}) must be a multiple of ${GROUPED_M_ALIGN} and blockExpert given (one int32 per ${GROUPED_M_ALIGN} rows)`);
+    const c: Fp8GemmConfig = s.M % 4 !== 0 && !config.globalScales ? { ...config, globalScales: true } : config;
     const { fn, kernel, layout } = this.kernel(c);
     const g = geometryOf(c, s, this.device.smCount);
-    const rowsB = s.N * (s.experts ?? 1);
+    const rowsB = s.N * (s.experts ?? 1), KB = Math.ceil(s.K / FP8_BLOCK);
+    const enc = this.addon.tensorMapEncodeTiled.bind(this.addon);
     const map = (address: DevicePtr, rows: number, boxRows: number) =>
-      this.addon.tensorMapEncodeTiled({ dtype: "u8", address, dims: [s.K, rows], strides: [s.K], box: [FP8_BLOCK, boxRows], swizzle: "128B", l2Promotion: "256B", oobFill: "zero" });
+      enc({ dtype: "u8", address, dims: [s.K, rows], strides: [s.K], box: [FP8_BLOCK, boxRows], swizzle: "128B", l2Promotion: "256B", oobFill: "zero" });
+    const unused = new Uint8Array(128);
+    // A's scales, [KB][M] f32: one BLOCK_M run of a K block's row per stage
+    const mapSA = c.globalScales ? unused : enc({ dtype: "f32", address: bufs.sa, dims: [s.M, KB], strides: [s.M * 4], box: [blockM(c), 1], oobFill: "zero" });
+    // D, M x N bf16: 64 x 64 boxes with the 128-byte swizzle the staging buffer is written in
+    const mapD = c.tmaStore ? enc({ dtype: "bf16", address: bufs.d, dims: [s.N, s.M], strides: [s.N * 2], box: [64, 64], swizzle: "128B", oobFill: "zero" }) : unused;
     // the tensor maps are 64-byte aligned: the device's parameter block may start them past offset 0,
     // so the arguments go where the driver says (packArgs's C ABI offsets where it cannot say)
     const params = (layout ? (...x: KernelArg[]) => packArgsAt(layout, ...x) : packArgs)(
       ["bytes", map(bufs.a, s.M, blockM(c)), 64],
       ["bytes", map(bufs.b, rowsB, bBoxRows(c)), 64],
+      ["bytes", mapSA, 64],
+      ["bytes", mapD, 64],
       ["ptr", bufs.sa],
       ["ptr", bufs.sb],
       ["ptr", bufs.d],

@@ -3,17 +3,16 @@
 // rows, M), B exactly [N, K] tiled 128×128, a bf16 result, and a Hopper GPU. Anything else returns
 // undefined and runs the dequantize + cuBLASLt f32 path of fp8.ts. The operands are reordered to the
 // kernel's layouts (A M×K, B N×K, A's scales [K/128][M], B's [N/128][K/128]); the configuration is
-// the persistent 128×128 two-consumer kernel, the autotuner's pick for most large shapes on an H100
-// (bench/results/2026-11-22-fp8-gemm-h100.txt).
+// defaultGemmConfig (compiler/codegen/cuda/gemm/config.ts).
 import type { TensorType } from "../../compiler/ir/types.ts";
 import { numel } from "../../compiler/ir/types.ts";
-import { shapeProblem, type Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { defaultGemmConfig, shapeProblem } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { tilesName } from "../../compiler/ops/quantize.ts";
 import { empty, type DeviceTensor } from "./memory.ts";
 import { Fp8Gemm } from "./fp8-gemm.ts";
 import type { CudaExecutor } from "./executor.ts";
 
-const CONFIG: Fp8GemmConfig = { consumers: 2, blockN: 128, stages: 7, persistent: true, grouped: false };
+const CONFIG = defaultGemmConfig(false);
 const names = (t: TensorType) => t.dims.map((d) => d.name);
 const gemms = new WeakMap<CudaExecutor, Fp8Gemm>();
 

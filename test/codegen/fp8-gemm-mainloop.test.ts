@@ -60,6 +60,15 @@ static void sh_mbar_arrive(sh_u32 bar) {
 // multicast kernels release a stage to both CTAs' producers, lane r arriving on CTA r: the model runs
 // lane 0 (this CTA's side, the same checks as a plain release)
 static void sh_mbar_arrive_cta(sh_u32 bar, int rank) { if (rank == 0) sh_mbar_arrive(bar); }
+// A's scales as the TMA leaves them in a stage: only readable while the stage is held
+static const sh_u32 sas = 1u << 28, SA_BYTES = 512;
+static float sh_lds_f32(sh_u32 a) {
+  const int s = (int)((a - sas) / SA_BYTES), row = (int)((a - sas) % SA_BYTES) / 4;
+  if (s < 0 || s >= S) FAIL("scale read from stage %d", s);
+  if (!stageHeld[s]) FAIL("scale read from stage %d, which is not held (released or not yet waited for)", s);
+  if (row != 0 && row != 8) FAIL("scale read for row %d, the thread's rows are 0 and 8", row);
+  return (float)(stageBlock[s] % KB + 1);
+}
 static sh_u64 sh_wgmma_desc(sh_u32 a) { return a; }
 static void sh_wgmma_fence() { fenced = true; }
 static void sh_wgmma_commit() { pending.push_back(open); open = Group(); fenced = false; }
@@ -85,7 +94,8 @@ static void sh_wgmma_m64n${c.blockN}(float (&d)[F], sh_u64 da, sh_u64 db, int ac
 }
 
 int main() {
-  const int M = 16, m0 = 0, m1 = 8, c0 = 0, split = 1 << 30;
+  const int M = 16, m0 = 0, m1 = 8, c0 = 0, r0 = 0, split = 1 << 30;
+  (void)r0;
   const bool second = false;
   (void)split; (void)second; (void)c0;
   for (KB = 1; KB <= 7; ++KB)
@@ -127,12 +137,13 @@ describe.skipIf(!GXX)("FP8 GEMM consumer K loop on a CPU model of wgmma / mbarri
     { consumers: 2, blockN: 128, stages: 7, persistent: true, grouped: false },
     { consumers: 2, blockN: 96, stages: 8, persistent: true, grouped: false },
     { consumers: 2, blockN: 128, stages: 7, persistent: true, grouped: false, multicast: true },
+    { consumers: 2, blockN: 96, stages: 8, persistent: true, grouped: false, globalScales: true },
   ];
   for (const base of configs)
     for (const overlap of [false, true]) {
-      it(`${overlap ? "overlapped" : "plain"} loop, blockN ${base.blockN}${base.multicast ? " (multicast: pair release)" : ""}: protocol checks hold and acc pairs each block with its scale`, () => {
+      it(`${overlap ? "overlapped" : "plain"} loop, blockN ${base.blockN}${base.multicast ? " (multicast: pair release)" : ""}${base.globalScales ? " (A scales from global memory)" : ""}: protocol checks hold and acc pairs each block with its scale`, () => {
         const c = { ...base, overlap };
-        const src = join(dir, `loop_${c.blockN}_${overlap}${c.multicast ? "_mc" : ""}.cc`), exe = src.replace(/\.cc$/, "");
+        const src = join(dir, `loop_${c.blockN}_${overlap}${c.multicast ? "_mc" : ""}${c.globalScales ? "_gs" : ""}.cc`), exe = src.replace(/\.cc$/, "");
         writeFileSync(src, harness(c, overlap ? overlappedLoop(c) : plainLoop(c)));
         execFileSync(GXX!, ["-O1", "-std=c++17", "-Wno-unknown-pragmas", "-o", exe, src]);
         const out = (() => {
@@ -148,17 +159,20 @@ describe.skipIf(!GXX)("FP8 GEMM consumer K loop on a CPU model of wgmma / mbarri
 
   it("the model catches broken loops: promoting the pending fragment, or with the wrong block's scale", () => {
     const c: Fp8GemmConfig = { consumers: 2, blockN: 128, stages: 4, persistent: true, grouped: false, overlap: true };
-    const good = overlappedLoop(c);
-    const mutants: [string, RegExp][] = [
+    const g: Fp8GemmConfig = { ...c, globalScales: true };
+    const good = overlappedLoop(c), goodGlobal = overlappedLoop(g);
+    const mutants: [Fp8GemmConfig, string, string, RegExp][] = [
       // fence (read) the block just issued instead of the older one: its group is still pending
-      [good.replace("sh_reg_fence(t0[i])", "sh_reg_fence(t1[i])"), /fragment read while a group writing it is pending/],
-      // the second step of a pair takes the first one's scales
-      [good.replace("const int bk = kb + 1;", "const int bk = kb;"), /acc\[0\] = .*, expected/],
+      [c, good, good.replace("sh_reg_fence(t0[i])", "sh_reg_fence(t1[i])"), /fragment read while a group writing it is pending/],
+      // the second step of a pair takes the first one's scales (A's from global memory)
+      [g, goodGlobal, goodGlobal.replace("const int bk = kb + 1;", "const int bk = kb;"), /acc\[0\] = .*, expected/],
+      // A's scales read from the stage just issued instead of the block being promoted
+      [c, good, good.replace("sh_lds_f32(sas + (held)", "sh_lds_f32(sas + (s)"), /acc\[0\] = .*, expected|not held/],
     ];
-    mutants.forEach(([broken, why], i) => {
-      expect(broken).not.toBe(good);
+    mutants.forEach(([cfg, ok, broken, why], i) => {
+      expect(broken).not.toBe(ok);
       const src = join(dir, `broken${i}.cc`), exe = join(dir, `broken${i}`);
-      writeFileSync(src, harness(c, broken));
+      writeFileSync(src, harness(cfg, broken));
       execFileSync(GXX!, ["-O1", "-std=c++17", "-Wno-unknown-pragmas", "-o", exe, src]);
       let out = "";
       try {

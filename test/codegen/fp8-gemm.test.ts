@@ -24,7 +24,8 @@ describe.skipIf(!NVCC)("FP8 GEMM kernels compile for sm_90a", () => {
       const kernels = gemmCandidates(grouped).map(emitFp8Gemm);
       expect(kernels.length).toBeGreaterThanOrEqual(8);
       expect(kernels.filter((k) => k.config.overlap).length, "overlapped candidates").toBeGreaterThanOrEqual(3);
-      expect(kernels.filter((k) => k.config.multicast).length, "multicast candidates").toBe(grouped ? 0 : 4);
+      expect(kernels.filter((k) => k.config.multicast).length, "multicast candidates").toBe(grouped ? 0 : 6);
+      expect(kernels.filter((k) => k.config.tmaStore).length, "TMA-store candidates").toBe(grouped ? 3 : 5);
       // one file per kernel, as NVRTC sees it (each source is self-contained)
       const rows: string[] = [];
       for (let i = 0; i < kernels.length; i += 2) {
@@ -62,6 +63,16 @@ describe.skipIf(!NVCC)("FP8 GEMM kernels compile for sm_90a", () => {
               expect(ptx, k.name).toContain("mbarrier.arrive.shared::cluster.b64");
               expect(ptx.match(/barrier\.cluster\.wait/g)?.length, k.name).toBe(2);
             } else expect(ptx, k.name).not.toContain("multicast::cluster");
+            // TMA-store epilogue: staged through shared memory, fenced for the async proxy, stored by TMA
+            if (k.config.tmaStore) {
+              expect(ptx, k.name).toContain("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group");
+              expect(ptx, k.name).toContain("fence.proxy.async.shared::cta");
+              expect(ptx, k.name).toContain("cp.async.bulk.wait_group.read 0");
+              expect(ptx, k.name).not.toMatch(/st\.global/);
+            } else expect(ptx, k.name).toMatch(/st\.global/);
+            // A's scales come with each stage (a second TMA load per stage) and are read from shared memory
+            expect(ptx.match(/cp\.async\.bulk\.tensor\.2d\.shared::cluster\.global/g)?.length, k.name).toBeGreaterThanOrEqual(3);
+            expect(ptx, k.name).toContain("ld.shared.f32");
             rows.push(`${k.name.padEnd(40)} ${regs} regs, ${k.smemBytes} B smem`);
           }),
         );
@@ -69,4 +80,18 @@ describe.skipIf(!NVCC)("FP8 GEMM kernels compile for sm_90a", () => {
       console.log(rows.sort().join("\n"));
     }, 300_000);
   }
+
+  it("the globalScales variants (M % 4 != 0) compile clean: A's scales by global loads, no scale TMA", async () => {
+    for (const c of gemmCandidates(false).filter((x) => x.persistent && x.consumers === 2 && x.blockN === 128)) {
+      const k = emitFp8Gemm({ ...c, globalScales: true });
+      expect(k.name).toMatch(/_gs$/);
+      const cu = join(dir, `${k.name}.cu`);
+      writeFileSync(cu, k.source);
+      const { stdout, stderr } = await run(NVCC!, ["-gencode=arch=compute_90a,code=sm_90a", "-ptx", "-o", join(dir, `${k.name}.ptx`), cu]);
+      expect(stdout + stderr, k.name).not.toMatch(/warning/i);
+      const ptx = readFileSync(join(dir, `${k.name}.ptx`), "utf8");
+      expect(ptx, k.name).not.toContain("ld.shared.f32");
+      expect(ptx, k.name).toMatch(/ld\.global\.nc\.f32|ld\.global\.f32/);
+    }
+  }, 300_000);
 });

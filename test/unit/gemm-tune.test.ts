@@ -48,7 +48,7 @@ afterEach(() => {
 
 describe("FP8 GEMM autotuner", () => {
   it("picks the fastest working candidate, records failures, and caches the choice", () => {
-    const cost = (c: Fp8GemmConfig) => (c.blockN === 160 ? Infinity : c.blockN === 192 && c.consumers === 2 && !c.multicast ? 0.1 : c.blockN === 128 ? 0.2 : 0.5);
+    const cost = (c: Fp8GemmConfig) => (c.blockN === 160 ? Infinity : c.blockN === 192 && c.consumers === 2 && !c.multicast && !c.tmaStore ? 0.1 : c.blockN === 128 ? 0.2 : 0.5);
     const { g, prepared } = fakeDevice("Fake H200", cost);
     const first = tuneFp8Gemm(g, shape, [bufs, bufs]);
     expect(first.fromCache).toBe(false);

@@ -34,6 +34,18 @@ export interface Fp8GemmConfig {
    * k-block instead of A + B. A stage is released to both producers (remote mbarrier arrivals).
    */
   multicast?: boolean;
+  /**
+   * The epilogue through shared memory and TMA (absent = off; blockN a multiple of 64): each consumer
+   * warpgroup writes its 64 x blockN bf16 rows into a 128-byte-swizzled staging buffer and one thread
+   * stores it with cp.async.bulk.tensor, so the next tile's MMAs start while the store drains, instead
+   * of every thread issuing blockN/4 scattered 4-byte global stores (the LSU queue stalls them).
+   */
+  tmaStore?: boolean;
+  /**
+   * A's scales read from global memory in the K loop instead of arriving by TMA with each stage (set by
+   * the launcher when M % 4 != 0: the scale rows' stride is then no multiple of 16 bytes, which TMA needs).
+   */
+  globalScales?: boolean;
 }
 
 export const SMEM_LIMIT = 232448; // 227 KiB: the opt-in maximum per block on H100 / H200
@@ -48,13 +60,18 @@ export const blockM = (c: Fp8GemmConfig): number => 64 * c.consumers;
 export const threadsOf = (c: Fp8GemmConfig): number => 128 * (c.consumers + 1);
 export const aTileBytes = (c: Fp8GemmConfig): number => blockM(c) * FP8_BLOCK;
 export const bTileBytes = (c: Fp8GemmConfig): number => c.blockN * FP8_BLOCK;
-export const smemBytes = (c: Fp8GemmConfig): number => SMEM_ALIGN_SLACK + c.stages * (aTileBytes(c) + bTileBytes(c)) + 2 * c.stages * 8;
+/** A's scales of one K block for the tile's rows (f32), loaded with the stage unless globalScales. */
+export const saTileBytes = (c: Fp8GemmConfig): number => (c.globalScales ? 0 : blockM(c) * 4);
+/** The bf16 tile staged for the TMA store (0 without it); 1024-byte aligned boxes of 64 x 64. */
+export const stagingBytes = (c: Fp8GemmConfig): number => (c.tmaStore ? blockM(c) * c.blockN * 2 : 0);
+export const stageBytes = (c: Fp8GemmConfig): number => aTileBytes(c) + bTileBytes(c) + saTileBytes(c);
+export const smemBytes = (c: Fp8GemmConfig): number => SMEM_ALIGN_SLACK + c.stages * stageBytes(c) + stagingBytes(c) + 2 * c.stages * 8;
 
 /** Whether a tile's columns can span two 128-wide scale blocks of B (then each column picks its own). */
 export const spansScaleBlocks = (c: Fp8GemmConfig): boolean => FP8_BLOCK % c.blockN !== 0;
 
 export function configName(c: Fp8GemmConfig): string {
-  return `sh_fp8_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}`;
+  return `sh_fp8_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? "_ts" : ""}${c.globalScales ? "_gs" : ""}`;
 }
 
 /** Why a configuration cannot be emitted, or undefined. */
@@ -67,6 +84,7 @@ export function configProblem(c: Fp8GemmConfig): string | undefined {
   if (!Number.isInteger(c.stages) || c.stages < 2) return `stages must be an integer >= 2, got ${c.stages}`;
   if (smemBytes(c) > SMEM_LIMIT) return `${c.stages} stages of ${blockM(c)}x${c.blockN} need ${smemBytes(c)} B of shared memory, more than ${SMEM_LIMIT}`;
   if (c.grouped && GROUPED_M_ALIGN % blockM(c) !== 0) return `grouped kernels need BLOCK_M to divide ${GROUPED_M_ALIGN}, got ${blockM(c)}`;
+  if (c.tmaStore && c.blockN % 64 !== 0) return `the TMA-store epilogue stages 64-column boxes: blockN must be a multiple of 64, got ${c.blockN}`;
   if (c.multicast && c.grouped) return "B multicast needs both CTAs of a cluster on the same weights: dense only (a grouped tile pair may straddle two experts)";
   if (c.overlap) return overlapProblem(c);
   return undefined;
@@ -99,16 +117,18 @@ export function checkConfig(c: Fp8GemmConfig): void {
   if (why) throw new CompileError(`FP8 GEMM config ${JSON.stringify(c)}: ${why}; pick another from gemmCandidates()`);
 }
 
-/** The most stages that fit in shared memory (at most `cap`). */
-export function maxStages(consumers: 1 | 2, blockN: number, cap = 8): number {
-  const per = 64 * consumers * FP8_BLOCK + blockN * FP8_BLOCK;
-  return Math.min(cap, Math.floor((SMEM_LIMIT - SMEM_ALIGN_SLACK) / (per + 16)));
+/** The most stages that fit in shared memory (at most `cap`), with the TMA-store staging if asked. */
+export function maxStages(consumers: 1 | 2, blockN: number, cap = 8, tmaStore = false): number {
+  const shape: Fp8GemmConfig = { consumers, blockN, stages: 1, persistent: true, grouped: false, tmaStore };
+  return Math.min(cap, Math.floor((SMEM_LIMIT - SMEM_ALIGN_SLACK - stagingBytes(shape)) / (stageBytes(shape) + 16)));
 }
 
 /** Overlapped candidates (consumers, blockN), tried after the plain-promotion ones. */
 const OVERLAP_SHAPES: [1 | 2, number][] = [[2, 128], [2, 112], [2, 96], [1, 128]];
 /** Multicast candidates (blockN, overlapped promotion), two consumers each. */
 const MULTICAST_SHAPES: [number, boolean][] = [[128, true], [192, false], [160, false], [128, false]];
+/** TMA-store candidates (blockN, overlapped promotion, multicast), two consumers each. */
+const TMA_STORE_SHAPES: [number, boolean, boolean][] = [[128, true, false], [192, false, false], [128, false, false], [128, true, true], [192, false, true]];
 
 /**
  * The configurations the autotuner times, the first being the plain one (one consumer, 64×128,
@@ -125,7 +145,20 @@ export function gemmCandidates(grouped: boolean): Fp8GemmConfig[] {
   // two-CTA clusters with B multicast (dense): half the B traffic from L2 per CTA
   if (!grouped)
     for (const [blockN, overlap] of MULTICAST_SHAPES) out.push({ consumers: 2, blockN, stages: maxStages(2, blockN), persistent: true, grouped, ...(overlap ? { overlap } : {}), multicast: true });
+  // the TMA-store epilogue (one stage fewer: the staging buffer takes its shared memory)
+  for (const [blockN, overlap, multicast] of TMA_STORE_SHAPES)
+    if (!(multicast && grouped))
+      out.push({ consumers: 2, blockN, stages: maxStages(2, blockN, 8, true), persistent: true, grouped, ...(overlap ? { overlap } : {}), ...(multicast ? { multicast } : {}), tmaStore: true });
   return out.filter((c) => configProblem(c) === undefined);
+}
+
+/**
+ * The configuration the executor launches without tuning (dense or grouped): the persistent 128 x 128
+ * two-consumer kernel with as many stages as fit, the best or near it on every large shape measured
+ * on an H100 (bench/results/2026-11-22-fp8-gemm-h100*.txt).
+ */
+export function defaultGemmConfig(grouped: boolean): Fp8GemmConfig {
+  return { consumers: 2, blockN: 128, stages: maxStages(2, 128), persistent: true, grouped };
 }
 
 export interface Fp8GemmShape {

@@ -16,6 +16,8 @@ import {
   bBoxRows,
   bTileBytes,
   blockM,
+  saTileBytes,
+  stagingBytes,
   checkConfig,
   configName,
   consumerRegs,
@@ -40,7 +42,7 @@ export interface Fp8GemmKernel {
 export function emitFp8Gemm(c: Fp8GemmConfig): Fp8GemmKernel {
   checkConfig(c);
   const name = configName(c), BM = blockM(c), BN = c.blockN, S = c.stages, C = c.consumers;
-  const frag = BN / 2, pairs = BN / 8;
+  const frag = BN / 2;
   const expert = c.grouped ? `blockExpert[(mb * ${BM}) / ${GROUPED_M_ALIGN}]` : "0";
   // B's rows for tile (e, nb): grouped weights are stacked E×N rows deep
   const bRow = c.grouped ? "e * N + nb * BN" : "nb * BN";
@@ -63,14 +65,17 @@ export function emitFp8Gemm(c: Fp8GemmConfig): Fp8GemmKernel {
 ${GEMM_PTX}${wgmmaWrapper(BN)}
 extern "C" __global__ void ${mc ? "__cluster_dims__(2, 1, 1) " : ""}__launch_bounds__(${threadsOf(c)}, 1)
 ${name}(const __grid_constant__ sh_tensor_map tmA, const __grid_constant__ sh_tensor_map tmB,
+        const __grid_constant__ sh_tensor_map tmSA, const __grid_constant__ sh_tensor_map tmD,
         const float* __restrict__ sa, const float* __restrict__ sb, unsigned short* __restrict__ d,
 ${c.grouped ? "        const int* __restrict__ blockExpert,\n" : ""}        int M, int N, int K) {
   constexpr int BM = ${BM}, BN = ${BN}, S = ${S};
-  constexpr sh_u32 A_BYTES = ${aTileBytes(c)}, B_BYTES = ${bTileBytes(c)};
+  constexpr sh_u32 A_BYTES = ${aTileBytes(c)}, B_BYTES = ${bTileBytes(c)}, SA_BYTES = ${saTileBytes(c)}, STAGING_BYTES = ${stagingBytes(c)};
   extern __shared__ unsigned char smem_raw[];
-  // the 128-byte swizzle repeats every 1024 bytes: tiles start on a 1024-byte boundary
+  // the 128-byte swizzle repeats every 1024 bytes: tiles (and the staging boxes) start on a 1024-byte boundary
   const sh_u32 base = (sh_smem_addr(smem_raw) + 1023u) & ~1023u;
-  const sh_u32 tilesA = base, tilesB = base + S * A_BYTES, bars = tilesB + S * B_BYTES;
+  const sh_u32 tilesA = base, tilesB = base + S * A_BYTES, staging = tilesB + S * B_BYTES;
+  const sh_u32 sas = staging + STAGING_BYTES, bars = sas + S * SA_BYTES;
+  (void)sas; (void)staging; (void)tmSA; (void)tmD;
   // full[s] at bars + 8 s (the producer's arrival + TMA bytes); empty[s] at bars + 8 (S + s)
   const int wg = threadIdx.x / 128, lane = threadIdx.x % 32, warp = (threadIdx.x % 128) / 32;
   const int mBlocks = (M + BM - 1) / BM, nBlocks = (N + BN - 1) / BN, tiles = mBlocks * nBlocks;
@@ -95,15 +100,16 @@ ${mc ? `  (void)tiles;
     if (threadIdx.x % 128 == 0) {
     sh_tma_prefetch_map(&tmA);
     sh_tma_prefetch_map(&tmB);
-    int s = 0;
+${c.globalScales ? "" : "    sh_tma_prefetch_map(&tmSA);\n"}    int s = 0;
     sh_u32 phase = 0;
     ${indent(tileLoop, "  ")}
       const int e = ${expert};
       if (e < 0) continue;  // a padding block: no rows to compute
       for (int kb = 0; kb < KB; ++kb) {
         sh_mbar_wait(bars + 8 * (S + s), phase ^ 1);  // the consumers${mc ? " of both CTAs" : ""} have released this stage
-        sh_mbar_arrive_expect_tx(bars + 8 * s, A_BYTES + B_BYTES);
+        sh_mbar_arrive_expect_tx(bars + 8 * s, A_BYTES + B_BYTES + SA_BYTES);
         sh_tma_load_2d(tilesA + s * A_BYTES, &tmA, kb * ${FP8_BLOCK}, mb * BM, bars + 8 * s);
+${c.globalScales ? "" : "        sh_tma_load_2d(sas + s * SA_BYTES, &tmSA, mb * BM, kb, bars + 8 * s);  // A's scales of this block's rows\n"}
 ${mc ? `        // this CTA's half of B, into both CTAs (the peer sends the other half)
         sh_tma_load_2d_mc(tilesB + s * B_BYTES + crank * B_HALF, &tmB, kb * ${FP8_BLOCK}, ${bRow} + (int)crank * ${bBoxRows(c)}, bars + 8 * s, (unsigned short)3);` : `        sh_tma_load_2d(tilesB + s * B_BYTES, &tmB, kb * ${FP8_BLOCK}, ${bRow}, bars + 8 * s);`}
         if (++s == S) { s = 0; phase ^= 1; }
@@ -124,26 +130,62 @@ ${mc ? `        // this CTA's half of B, into both CTAs (the peer sends the othe
     const int e = ${expert};
     if (e < 0) continue;
     const int m0 = mb * BM + r0, m1 = m0 + 8, n0 = nb * BN;
+    (void)m0; (void)m1; (void)c0;  // unused by kernels whose scales and stores go through TMA
     const float* sbTile = sb + ((long long)e * NB + n0 / ${FP8_BLOCK}) * KB;
 ${twoBlocks ? `    // columns from 'split' on (tile-relative) take the next scale block of B
     const int split = (n0 / ${FP8_BLOCK} + 1) * ${FP8_BLOCK} - n0;
     const bool second = n0 / ${FP8_BLOCK} + 1 < NB;
 ` : ""}#pragma unroll
     for (int i = 0; i < ${frag}; ++i) acc[i] = 0.f;
-${c.overlap ? overlappedLoop(c) : plainLoop(c)}    // epilogue: bf16 pairs straight from the fragment (N is a multiple of 16, so pairs never straddle it)
+${c.overlap ? overlappedLoop(c) : plainLoop(c)}${c.tmaStore ? tmaStoreEpilogue(c) : directEpilogue(c)}  }
+${c.tmaStore ? "  if (threadIdx.x % 128 == 0) sh_bulk_wait0();  // this warpgroup's last store is done\n" : ""}  }
+${mc ? "  sh_cluster_sync();  // the peer's last arrivals and multicasts into this CTA are done\n" : ""}}
+`;
+  return { name, source: TILE_COORDS + source, config: c, threads: threadsOf(c), smemBytes: smemBytes(c) };
+}
+
+/** bf16 pairs straight from the fragment to global memory (N is a multiple of 16: pairs never straddle it). */
+function directEpilogue(c: Fp8GemmConfig): string {
+  return `    // epilogue: bf16 pairs straight from the fragment (N is a multiple of 16, so pairs never straddle it)
 #pragma unroll
-    for (int j = 0; j < ${pairs}; ++j) {
+    for (int j = 0; j < ${c.blockN / 8}; ++j) {
       const int n = n0 + 8 * j + c0;
       if (n < N) {
         if (m0 < M) *reinterpret_cast<sh_u32*>(d + (long long)m0 * N + n) = sh_pack_bf16x2(acc[4 * j + 0], acc[4 * j + 1]);
         if (m1 < M) *reinterpret_cast<sh_u32*>(d + (long long)m1 * N + n) = sh_pack_bf16x2(acc[4 * j + 2], acc[4 * j + 3]);
       }
     }
-  }
-  }
-${mc ? "  sh_cluster_sync();  // the peer's last arrivals and multicasts into this CTA are done\n" : ""}}
 `;
-  return { name, source: TILE_COORDS + source, config: c, threads: threadsOf(c), smemBytes: smemBytes(c) };
+}
+
+/**
+ * The warpgroup's 64 x blockN bf16 rows into its staging buffer (64-column boxes of 64 x 128 bytes with
+ * the 128-byte swizzle: 16-byte chunk j of row r sits at chunk j ^ (r % 8), so the 8 rows a warp writes
+ * at once hit 8 different chunks and no bank twice), then one thread stores the boxes by TMA (clipped
+ * at M and N). The buffer is reused only after the previous tile's store has read it.
+ */
+function tmaStoreEpilogue(c: Fp8GemmConfig): string {
+  return `    // epilogue through shared memory and TMA: this warpgroup's 64 rows, ${c.blockN / 64} box(es) of 64 columns
+    {
+      const sh_u32 mine = staging + wg * ${64 * c.blockN * 2};
+      if (threadIdx.x % 128 == 0) sh_bulk_wait_read0();  // the previous tile's store has read the buffer
+      sh_named_bar(1 + wg, 128);
+      const int rr = warp * 16 + lane / 4;  // this thread's rows rr and rr + 8 of the warpgroup's 64
+#pragma unroll
+      for (int j = 0; j < ${c.blockN / 8}; ++j) {
+        const sh_u32 at = mine + (j / 8) * 8192 + (((j % 8) ^ (rr % 8)) * 16) + 4 * (lane % 4);
+        sh_sts_u32(at + rr * 128, sh_pack_bf16x2(acc[4 * j + 0], acc[4 * j + 1]));
+        sh_sts_u32(at + (rr + 8) * 128, sh_pack_bf16x2(acc[4 * j + 2], acc[4 * j + 3]));
+      }
+      sh_fence_proxy_async();  // the writes are visible to the TMA engine
+      sh_named_bar(1 + wg, 128);
+      if (threadIdx.x % 128 == 0) {
+#pragma unroll
+        for (int b = 0; b < ${c.blockN / 64}; ++b) sh_tma_store_2d(&tmD, mine + b * 8192, n0 + 64 * b, mb * BM + wg * 64);
+        sh_bulk_commit();
+      }
+    }
+`;
 }
 
 // Tile raster (mirrors tileCoords in config.ts): GROUP_M m-blocks walked down before moving along N,

@@ -7,29 +7,37 @@
 // MMAs. The loop is unrolled by two so each temporary is a statically named register array.
 //
 // Names the kernel body defines: acc, tmp (plain) or t0/t1 (overlapped), s/phase (the ring position),
-// bars, tilesA/tilesB, A_BYTES/B_BYTES, S, wg, lane, sa, sbTile, m0/m1, M, KB, split/second (when a
+// bars, tilesA/tilesB, A_BYTES/B_BYTES, S, wg, lane, sa, sbTile, m0/m1, r0, sas/SA_BYTES, M, KB, split/second (when a
 // tile spans two scale blocks of B).
 import { FP8_BLOCK } from "../../../numeric/fp8-gemm.ts";
 import { spansScaleBlocks, type Fp8GemmConfig } from "./config.ts";
 
 /**
- * Scales are loaded one K block ahead: a0/a1 (A's two rows), b0 (and b1 when the tile spans two scale
- * blocks of B) hold block bk's while its wgmmas run, and the loads for bk + 1 go out as the block
- * starts, so the L2 latency of sa (a new 128-row line every block) hides under a whole block of MMAs
- * instead of stalling the promotion. `first` declares the registers and loads block 0.
+ * Scales. A's (two rows per thread, a0/a1) arrive by TMA with each stage, SA_BYTES per stage from
+ * `sas`, and are read from shared memory once the stage has landed, before it is released (the
+ * global loads they replace were a new 128-row line every block, and the promotion stalled on their
+ * L2 latency: bench/results/2026-11-22-fp8-gemm-profile-h100.txt). B's (b0, and b1 when the tile
+ * spans two scale blocks) are one broadcast float per block, loaded from global memory one K block
+ * ahead. With globalScales (M % 4 != 0: no TMA for the scale rows) A's are loaded like B's.
  */
 function scaleLoads(c: Fp8GemmConfig, kb: string, prefix: string, pad: string, decl: string, guard: string): string {
   const g = guard ? `${guard} && ` : "";
-  return `${pad}${decl}${prefix}a0 = ${g}m0 < M ? sa[(long long)(${kb}) * M + m0] : 0.f, ${prefix}a1 = ${g}m1 < M ? sa[(long long)(${kb}) * M + m1] : 0.f;
-${pad}${decl}${prefix}b0 = ${guard ? `${guard} ? sbTile[${kb}] : 0.f` : `sbTile[${kb}]`};
+  const a = c.globalScales
+    ? `${pad}${decl}${prefix}a0 = ${g}m0 < M ? sa[(long long)(${kb}) * M + m0] : 0.f, ${prefix}a1 = ${g}m1 < M ? sa[(long long)(${kb}) * M + m1] : 0.f;\n`
+    : "";
+  return `${a}${pad}${decl}${prefix}b0 = ${guard ? `${guard} ? sbTile[${kb}] : 0.f` : `sbTile[${kb}]`};
 ${spansScaleBlocks(c) ? `${pad}${decl}${prefix}b1 = ${g}second ? sbTile[KB + ${kb}] : 0.f;\n` : ""}`;
 }
+/** Declares the scale registers and loads block 0's. */
 const firstScales = (c: Fp8GemmConfig, pad: string): string => scaleLoads(c, "0", "", pad, "float ", "");
-/** Block bk + 1's scales into na0.. (zeros past the last block). */
+/** Block bk + 1's scales into nb0.. (zeros past the last block). */
 const nextScales = (c: Fp8GemmConfig, bk: string, pad: string): string => scaleLoads(c, `${bk} + 1`, "n", pad, "const float ", `${bk} + 1 < KB`);
 /** The prefetched scales become the current ones. */
 const advanceScales = (c: Fp8GemmConfig, pad: string): string =>
-  `${pad}a0 = na0; a1 = na1; b0 = nb0;${spansScaleBlocks(c) ? " b1 = nb1;" : ""}\n`;
+  `${pad}${c.globalScales ? "a0 = na0; a1 = na1; " : ""}b0 = nb0;${spansScaleBlocks(c) ? " b1 = nb1;" : ""}\n`;
+/** A's scales of the block in `stage` (landed, not yet released), from shared memory. */
+const stageScales = (c: Fp8GemmConfig, stage: string, pad: string): string =>
+  c.globalScales ? "" : `${pad}const float a0 = sh_lds_f32(sas + (${stage}) * SA_BYTES + r0 * 4), a1 = sh_lds_f32(sas + (${stage}) * SA_BYTES + (r0 + 8) * 4);\n`;
 
 /** acc += frag · scale: fragment register 4j+{0,1} is row r0, 4j+{2,3} row r0+8, columns 8j + c0 + {0,1}. */
 function promote(c: Fp8GemmConfig, frag: string, pad: string): string {
@@ -76,7 +84,7 @@ export function plainLoop(c: Fp8GemmConfig): string {
   return `${firstScales(c, "    ")}    for (int kb = 0; kb < KB; ++kb) {
       // the next block's scales (plain loads: they do not wait for the stage)
 ${nextScales(c, "kb", p)}${p}sh_mbar_wait(bars + 8 * s, phase);  // the stage's bytes have landed
-${p}const sh_u64 da = sh_wgmma_desc(tilesA + s * A_BYTES + wg * 64 * ${FP8_BLOCK}), db = sh_wgmma_desc(tilesB + s * B_BYTES);
+${stageScales(c, "s", p)}${p}const sh_u64 da = sh_wgmma_desc(tilesA + s * A_BYTES + wg * 64 * ${FP8_BLOCK}), db = sh_wgmma_desc(tilesB + s * B_BYTES);
 ${p}sh_wgmma_fence();
 #pragma unroll
 ${p}for (int k = 0; k < ${FP8_BLOCK / 32}; ++k) sh_wgmma_m64n${c.blockN}(tmp, da + 2 * k, db + 2 * k, k);
@@ -102,7 +110,7 @@ function step(c: Fp8GemmConfig, kb: string, cur: string, next: string | undefine
     : `${q}sh_wgmma_wait0();\n`;
   return `${pad}{
 ${q}const int bk = ${kb};
-${nextScales(c, "bk", q)}${wait}${fenceAll(c, cur, q)}${q}${release(c, "bars + 8 * (S + held)")}  // block bk's stage is read
+${stageScales(c, "held", q)}${nextScales(c, "bk", q)}${wait}${fenceAll(c, cur, q)}${q}${release(c, "bars + 8 * (S + held)")}  // block bk's stage is read
 ${q}if (++held == S) held = 0;
 ${promote(c, cur, q)}${advanceScales(c, q)}${pad}}
 `;

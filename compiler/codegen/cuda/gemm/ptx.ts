@@ -79,6 +79,29 @@ SH_DEV void sh_tma_load_2d_mc(sh_u32 dst, const sh_tensor_map* m, int c0, int c1
                :: "r"(dst), "l"(reinterpret_cast<sh_u64>(m)), "r"(c0), "r"(c1), "r"(bar), "h"(mask) : "memory");
 }
 
+// A tile from shared memory to global memory (clipped at the tensor's bounds), in this thread's
+// bulk group; the source must have been written before a fence.proxy.async (sh_fence_proxy_async).
+SH_DEV void sh_tma_store_2d(const sh_tensor_map* m, sh_u32 src, int c0, int c1) {
+  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];"
+               :: "l"(reinterpret_cast<sh_u64>(m)), "r"(src), "r"(c0), "r"(c1) : "memory");
+}
+SH_DEV void sh_bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
+// Until this thread's bulk stores have read their shared memory (the staging buffer is free again).
+SH_DEV void sh_bulk_wait_read0() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
+// Until they have completed (before the CTA exits).
+SH_DEV void sh_bulk_wait0() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
+// Ordinary shared-memory writes become visible to the async proxy (the TMA store that reads them).
+SH_DEV void sh_fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+// Named barrier 'id' over 'count' threads (one consumer warpgroup: 128).
+SH_DEV void sh_named_bar(sh_u32 id, sh_u32 count) { asm volatile("bar.sync %0, %1;" :: "r"(id), "r"(count) : "memory"); }
+SH_DEV void sh_sts_u32(sh_u32 addr, sh_u32 v) { asm volatile("st.shared.b32 [%0], %1;" :: "r"(addr), "r"(v) : "memory"); }
+// A scale the TMA put in the stage (read after the stage's full barrier, before its release).
+SH_DEV float sh_lds_f32(sh_u32 addr) {
+  float v;
+  asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(addr) : "memory");
+  return v;
+}
+
 // ---- wgmma ----
 // Shared-memory matrix descriptor for a K-major tile with 128-byte rows and the 128-byte swizzle
 // (what TMA's CU_TENSOR_MAP_SWIZZLE_128B writes): bits 0-13 start address >> 4; 16-29 leading
