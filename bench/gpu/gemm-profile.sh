@@ -30,6 +30,7 @@ for impl in "$@"; do
     ncu -i "$OUT/prof-$impl.ncu-rep" --page source --print-source sass --csv > "$OUT/sass-$impl.csv" 2>&1
     ncu -i "$OUT/prof-$impl.ncu-rep" --page raw --csv > "$OUT/raw-$impl.csv" 2>&1
     ncu -i "$OUT/prof-$impl.ncu-rep" --page details > "$OUT/details-$impl.txt" 2>&1
+    python3 "$(dirname "$0")/sass-stalls.py" "$OUT/sass-$impl.csv" > "$OUT/stalls-$impl.txt" 2>&1 && head -16 "$OUT/stalls-$impl.txt"
   fi
   [ "$rc" -ne 0 ] && status=$rc
   grep -E '^  [a-zA-Z_0-9]+.*\(|Throughput|Duration|Stall|Warp Cycles|Issued Warp|No Eligible|Active Warps' "$OUT/profile-$impl.txt" | head -40

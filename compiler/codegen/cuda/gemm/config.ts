@@ -154,11 +154,11 @@ export function gemmCandidates(grouped: boolean): Fp8GemmConfig[] {
 
 /**
  * The configuration the executor launches without tuning (dense or grouped): the persistent 128 x 128
- * two-consumer kernel with as many stages as fit, the best or near it on every large shape measured
- * on an H100 (bench/results/2026-11-22-fp8-gemm-h100*.txt).
+ * two-consumer kernel with overlapped promotion and the TMA-store epilogue, the fastest on every large
+ * dense and grouped shape measured on an H100 (bench/results/2026-11-22-fp8-gemm-h100-v5.txt).
  */
 export function defaultGemmConfig(grouped: boolean): Fp8GemmConfig {
-  return { consumers: 2, blockN: 128, stages: maxStages(2, 128), persistent: true, grouped };
+  return { consumers: 2, blockN: 128, stages: maxStages(2, 128, 8, true), persistent: true, grouped, overlap: true, tmaStore: true };
 }
 
 export interface Fp8GemmShape {
