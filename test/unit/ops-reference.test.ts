@@ -831,7 +831,12 @@ describe(`ops against a float64 reference, 1-device mesh ${SEED_NOTE}`, () => {
         for (let k = 0; k < K; k++) acc += dx!.data[i.slot! * K + k]! * dw!.data[(group[i.slot!]! * K + k) * N + i.ffn!]!;
         return acc;
       });
-      expectClose(y!, yRef, "f32", "scaled_segment_dot", "f32");
+      // the promotion rounds each 128-chunk and the accumulator to f32 (2^-24 of the chunk sums, not of an
+      // output that cancels): compare against the largest output, as the FP8 GEMM's error model does
+      expect(y!.dimNames).toEqual(["slot", "ffn"]);
+      const big = yRef.data.reduce((a, v) => Math.max(a, Math.abs(v)), 0);
+      const worst = yRef.data.reduce((a, v, i) => Math.max(a, Math.abs(y!.data[i]! - v)), 0);
+      expect(worst / big, `scaled_segment_dot ${SEED_NOTE}`).toBeLessThan(1e-6);
       // Wgrad: x and gy (gathered by perm) quantized 128x1 along each group's rows (< 128 rows: one tile per column)
       const q1 = (vals: number[]) => {
         const amax = Math.max(...vals.map(Math.abs));
