@@ -21,7 +21,7 @@ const HELP = `usage: shardts run examples/train-moe-lm.ts [options]
   --batch N        sequences per step (default 16)
   --no-balance     turn off the auxiliary-loss-free bias balancing
   --fp8            the FP8 recipe (1x128 / 128x128 block scales, Fprop, Dgrad and Wgrad in FP8) for the
-                   dense and shared-expert MLPs; embedding, attention, router and output head stay as they are
+                   dense MLPs, shared and routed experts; embedding, attention, router and output head stay as they are
   --gamma X        bias update speed per step (default 0.01; scores are softmax, ~1/8 each)
   --aux X          auxiliary load-balancing loss coefficient (default 0)
   --backend B      cpu (default), cuda or auto (CUDA when a GPU is usable)
@@ -94,7 +94,7 @@ export default defineMain(async ({ args, log }) => {
     schedule: { peak: 3e-3, warmup: Math.min(20, Math.ceil(o.steps / 10)), total: o.steps, minRatio: 0.1 },
   });
   log(`model: ${model.layers} layers, d=${model.model}, ${model.moe!.experts} experts top-${model.moe!.topK} + ${model.moe!.shared} shared, ${(trainer.ps.count / 1e6).toFixed(2)}M parameters`);
-  if (o.fp8) log("fp8: dense and shared-expert MLPs in FP8 (e4m3, 1x128 activation tiles, 128x128 weight blocks, FP32 master weights)");
+  if (o.fp8) log("fp8: dense MLPs, shared and routed experts in FP8 (e4m3, 1x128 activation tiles, 128x128 weight blocks, FP32 master weights)");
   log(`layout: ${layout}; step program: ${trainer.program.plan.instrs.length} instructions, compiled in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
 
   if (o.resume) {

@@ -95,6 +95,29 @@ const cases: { op: string; dtypes: DType[]; make: Maker }[] = [
       ];
     },
   },
+  // the routed experts' FP8 ops (grouped FP8 GEMM; Wgrad quantized 128x1 per segment): counts random,
+  // skewed (60% of the slots to expert 0, segments of several 128-row blocks) and with empty experts
+  ...(["scaled_segment_dot", "scaled_segment_wgrad"] as const).map((op) => ({
+    op, dtypes: ["f32", "bf16"] as DType[],
+    make: ((m, t) => {
+      const keyGens: [string, () => number][] = [
+        ["random", () => Math.floor(rnd() * 4)],
+        ["skewed", () => (rnd() < 0.6 ? 0 : 1 + Math.floor(rnd() * 3))],
+        ["empty experts 1 and 3", () => (rnd() < 0.05 ? -1 : rnd() < 0.7 ? 0 : 2)],
+      ];
+      return keyGens.flatMap(([, gen]) => {
+        const [perm, counts] = raw("sort_by_key", [T(m, { g: 2, s: 300 }, "i32", gen)], { dim: "s", rows: "rows", groups: "e", numGroups: 4 });
+        const x = raw("gather", [T(m, { g: 2, s: 300, k: 272 }, t), perm!], { dim: "s" })[0]!;
+        if (op === "scaled_segment_wgrad") {
+          const gy = raw("gather", [T(m, { g: 2, s: 300, n: 144 }, t), perm!], { dim: "s" })[0]!;
+          return raw("scaled_segment_wgrad", [x, gy, counts!], { k: "k", n: "n" });
+        }
+        const qx = quantize(x as never, "1x128", "k") as { q: AnyDTensor; scales: AnyDTensor };
+        const qw = quantize(T(m, { e: 4, k: 272, n: 144 }, t, () => rnd() * 0.2 - 0.1) as never, "128x128", ["n", "k"]) as { q: AnyDTensor; scales: AnyDTensor };
+        return raw("scaled_segment_dot", [qx.q, qx.scales, qw.q, qw.scales, counts!], { contract: "k" });
+      });
+    }) as Maker,
+  })),
 ];
 
 /** max |a-b| / max |b| (NaN must match NaN). */

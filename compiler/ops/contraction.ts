@@ -137,7 +137,7 @@ const dot: OpDef = {
 
 // ---- segment_dot ----------------------------------------------------------------------------
 
-interface SegDims {
+export interface SegDims {
   rows: Dim;
   groups: string;
   k: string;
@@ -145,22 +145,39 @@ interface SegDims {
   n: string[];
 }
 
-function segDims(x: TensorType, w: TensorType, counts: TensorType, attrs: Attrs): SegDims {
+export function segDims(x: TensorType, w: TensorType, counts: TensorType, attrs: Attrs, op = "segment_dot"): SegDims {
   const k = String(attrs.contract);
   const rows = x.dims.find((d) => d.segmented);
-  if (!rows) throw new ShapeError(`segment_dot() needs x to have a segmented dim (the rows produced by sort_by_key); x has [${x.dims.map((d) => d.name).join(", ")}]`);
+  if (!rows) throw new ShapeError(`${op}() needs x to have a segmented dim (the rows produced by sort_by_key); x has [${x.dims.map((d) => d.name).join(", ")}]`);
   const groups = rows.segmented!.groups;
-  needDim("segment_dot", x, k, "x");
-  needDim("segment_dot", w, k, "w");
-  needDim("segment_dot", w, groups, "w");
-  checkSizes("segment_dot", x.dims, w.dims);
+  needDim(op, x, k, "x");
+  needDim(op, w, k, "w");
+  needDim(op, w, groups, "w");
+  checkSizes(op, x.dims, w.dims);
   const batch = x.dims.filter((d) => d !== rows && d.name !== k).map((d) => d.name);
   const wantCounts = [...batch, groups];
   if (counts.dtype !== "i32" || counts.dims.map((d) => d.name).join() !== wantCounts.join())
-    throw new ShapeError(`segment_dot() counts must be i32 [${wantCounts.join(", ")}], got ${counts.dtype} [${counts.dims.map((d) => d.name).join(", ")}]`);
+    throw new ShapeError(`${op}() counts must be i32 [${wantCounts.join(", ")}], got ${counts.dtype} [${counts.dims.map((d) => d.name).join(", ")}]`);
   const n = w.dims.filter((d) => d.name !== k && d.name !== groups).map((d) => d.name);
-  for (const nm of n) if (findDim(x, nm)) throw new ShapeError(`segment_dot(): w's output dim '${nm}' is also a dim of x; rename one`);
+  for (const nm of n) if (findDim(x, nm)) throw new ShapeError(`${op}(): w's output dim '${nm}' is also a dim of x; rename one`);
   return { rows, groups, k, batch, n };
+}
+
+/** The one-axis rule of segment_dot (its FP8 twin scaled_segment_dot shares it, Partial operands excluded there). */
+export function segmentDotRule(px: Placement, pw: Placement, pc: Placement, sd: SegDims, axis: string, op = "segment_dot"): Placement {
+  const dx = shardDim(px), dw = shardDim(pw), dc = shardDim(pc);
+  if (isPartial(pc)) throw new ShardingError(msgUnsupported(op, axis, pc));
+  if (px === "R" && pw === "R" && pc === "R") return "R";
+  if (px === "P(sum)" && pw === "R" && pc === "R") return "P(sum)";
+  if (isPartial(px) || isPartial(pw)) throw new ShardingError(msgReduceFirst(op, axis, px, pw, isPartial(pw) ? "w" : "x"));
+  // batch dims: x and counts sharded alike, weights whole
+  if (dx !== undefined && sd.batch.includes(dx) && dc === dx && pw === "R") return px;
+  // expert parallel: the rank's rows are the segments of its own groups
+  // (x whole needs every group's counts, to skip the rows of groups before the rank's own)
+  if (dw === sd.groups && ((px === `S(${sd.rows.name})` && (dc === sd.groups || pc === "R")) || (px === "R" && pc === "R"))) return `S(${sd.rows.name})`;
+  if (dx === sd.k && dw === sd.k && dc === undefined) return "P(sum)";
+  if (dw !== undefined && sd.n.includes(dw) && px === "R" && pc === "R") return pw;
+  throw new ShardingError(msgTwoShards(op, axis, px, pw));
 }
 
 const segmentDot: OpDef = {
@@ -172,22 +189,7 @@ const segmentDot: OpDef = {
     const dims = [...x!.dims.filter((d) => d.name !== sd.k), ...w!.dims.filter((d) => sd.n.includes(d.name))];
     return [{ dims, dtype: contractDType("segment_dot", x!, w!, attrs) }];
   },
-  shard: ([px, pw, pc], ctx) => {
-    const sd = segDims(ctx.inputs[0]!, ctx.inputs[1]!, ctx.inputs[2]!, ctx.attrs);
-    const dx = shardDim(px!), dw = shardDim(pw!), dc = shardDim(pc!);
-    if (isPartial(pc!)) throw new ShardingError(msgUnsupported("segment_dot", ctx.axis, pc!));
-    if (px === "R" && pw === "R" && pc === "R") return ["R"];
-    if (px === "P(sum)" && pw === "R" && pc === "R") return ["P(sum)"];
-    if (isPartial(px!) || isPartial(pw!)) throw new ShardingError(msgReduceFirst("segment_dot", ctx.axis, px!, pw!, isPartial(pw!) ? "w" : "x"));
-    // batch dims: x and counts sharded alike, weights whole
-    if (dx !== undefined && sd.batch.includes(dx) && dc === dx && pw === "R") return [px!];
-    // expert parallel: the rank's rows are the segments of its own groups
-    // (x whole needs every group's counts, to skip the rows of groups before the rank's own)
-    if (dw === sd.groups && ((px === `S(${sd.rows.name})` && (dc === sd.groups || pc === "R")) || (px === "R" && pc === "R"))) return [`S(${sd.rows.name})`];
-    if (dx === sd.k && dw === sd.k && dc === undefined) return ["P(sum)"];
-    if (dw !== undefined && sd.n.includes(dw) && px === "R" && pc === "R") return [pw!];
-    throw new ShardingError(msgTwoShards("segment_dot", ctx.axis, px!, pw!));
-  },
+  shard: ([px, pw, pc], ctx) => [segmentDotRule(px!, pw!, pc!, segDims(ctx.inputs[0]!, ctx.inputs[1]!, ctx.inputs[2]!, ctx.attrs), ctx.axis)],
   cpu: ([x, w, c], attrs, ctx) => {
     const [tx, tw, tc] = ctx.inTypes as [TensorType, TensorType, TensorType];
     const sd = segDims(tx, tw, tc, attrs);
@@ -252,18 +254,7 @@ const segmentWgrad: OpDef = {
     if (c!.dtype !== "i32") throw new ShapeError("segment_wgrad() counts must be i32");
     return [{ dims: [{ name: groups, size: rows.segmented!.numGroups }, findDim(x!, k)!, findDim(gy!, n)!], dtype: contractDType("segment_wgrad", x!, gy!, attrs) }];
   },
-  shard: ([px, pg, pc], ctx) => {
-    const x = ctx.inputs[0]!, rows = x.dims.find((d) => d.segmented)!, groups = rows.segmented!.groups;
-    const k = String(ctx.attrs.k), n = String(ctx.attrs.n);
-    if (px === "R" && pg === "R" && pc === "R") return ["R"];
-    if (((px === "P(sum)" && pg === "R") || (px === "R" && pg === "P(sum)")) && pc === "R") return ["P(sum)"];
-    if (px === `S(${rows.name})` && pg === px && (pc === `S(${groups})` || pc === "R")) return [`S(${groups})`];
-    const dx = shardDim(px!);
-    if (dx !== undefined && px === pg && pc === px && dx !== k && dx !== n) return ["P(sum)"]; // a batch dim
-    if (px === `S(${k})` && pg === "R" && pc === "R") return [px];
-    if (pg === `S(${n})` && px === "R" && pc === "R") return [pg];
-    throw new ShardingError(msgTwoShards("segment_wgrad", ctx.axis, px!, pg!));
-  },
+  shard: ([px, pg, pc], ctx) => [segmentWgradRule(px!, pg!, pc!, ctx.inputs[0]!, ctx.attrs, ctx.axis)],
   cpu: ([x, gy, c], attrs, ctx) => {
     const [tx, tg, tc] = ctx.inTypes as [TensorType, TensorType, TensorType];
     const rows = tx.dims.find((d) => d.segmented)!, groups = rows.segmented!.groups;
@@ -302,5 +293,19 @@ const segmentWgrad: OpDef = {
     return [out];
   },
 };
+
+/** The one-axis rule of segment_wgrad (shared with scaled_segment_wgrad, which excludes Partial inputs). */
+export function segmentWgradRule(px: Placement, pg: Placement, pc: Placement, x: TensorType, attrs: Attrs, axis: string, op = "segment_wgrad"): Placement {
+  const rows = x.dims.find((d) => d.segmented)!, groups = rows.segmented!.groups;
+  const k = String(attrs.k), n = String(attrs.n);
+  if (px === "R" && pg === "R" && pc === "R") return "R";
+  if (((px === "P(sum)" && pg === "R") || (px === "R" && pg === "P(sum)")) && pc === "R") return "P(sum)";
+  if (px === `S(${rows.name})` && pg === px && (pc === `S(${groups})` || pc === "R")) return `S(${groups})`;
+  const dx = shardDim(px);
+  if (dx !== undefined && px === pg && pc === px && dx !== k && dx !== n) return "P(sum)"; // a batch dim
+  if (px === `S(${k})` && pg === "R" && pc === "R") return px;
+  if (pg === `S(${n})` && px === "R" && pc === "R") return pg;
+  throw new ShardingError(msgTwoShards(op, axis, px, pg));
+}
 
 defineOps([dot, segmentDot, segmentWgrad]);

@@ -33,6 +33,7 @@ import { CaptureMode } from "./native-types.ts";
 import { TraceRecorder, type TraceEvent } from "./trace.ts";
 import type { RankLocal } from "./nccl/collectives.ts";
 import { FP8_OPS, runFp8 } from "./fp8.ts";
+import { scaledSegmentDotCuda, scaledSegmentWgradCuda } from "./fp8-segment.ts";
 
 const FACTORIES_ON_HOST = new Set(["constant", "from_local", "random", "input"]);
 const BLOCK = 256;
@@ -308,7 +309,7 @@ export class CudaExecutor {
       dist?.beforeReads(readsOf(ins));
       if (tracer) {
         const what = ins.kind === "kernel" ? prog.kernels[prog.kernelOf[ins.id]!]!.name : ins.kind === "comm" ? `${ins.step.kind}[${plan.mesh.axes[ins.step.axis] ?? ins.step.axis}]` : ins.op;
-        const cat = ins.kind === "kernel" ? "kernel" : ins.kind === "comm" ? "comm" : ["dot", "segment_dot", "segment_wgrad", "scaled_dot"].includes(ins.op) ? "gemm" : "op";
+        const cat = ins.kind === "kernel" ? "kernel" : ins.kind === "comm" ? "comm" : ["dot", "segment_dot", "segment_wgrad", "scaled_dot", "scaled_segment_dot", "scaled_segment_wgrad"].includes(ins.op) ? "gemm" : "op";
         tracer.begin(what, cat, dist ? `rank ${dist.rank}` : "stream", this.stream, ins.kind === "kernel" ? { fuses: ins.fuses.map((f) => f.op).join("+") } : undefined);
       }
       try {
@@ -412,6 +413,10 @@ export class CudaExecutor {
       case "segment_dot":
       case "segment_wgrad":
         return [segmentContract(this, ins.op, plan, ins, r, x, tIn, tOut[0]!, outShape(0), counts)];
+      case "scaled_segment_dot":
+        return [scaledSegmentDotCuda(this, plan, ins, r, x, tIn, tOut[0]!, outShape(0))];
+      case "scaled_segment_wgrad":
+        return [scaledSegmentWgradCuda(this, plan, ins, r, x, tIn, tOut[0]!, outShape(0))];
       case "gather":
         return [gather(this, plan, ins, r, x, tIn, tOut[0]!, outShape(0))];
       case "scatter_add":

@@ -20,7 +20,7 @@ export interface DeferredCheck {
   size: number;
 }
 
-const HOST_COUNTS = new Set(["segment_dot", "segment_wgrad"]);
+const HOST_COUNTS = new Set(["segment_dot", "segment_wgrad", "scaled_segment_dot", "scaled_segment_wgrad"]);
 
 /** Why `plan` cannot be captured, or undefined when it can. */
 export function notCapturable(plan: Plan): string | undefined {

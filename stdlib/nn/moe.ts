@@ -16,6 +16,7 @@ import { ones } from "../ops/factories.ts";
 import { redistribute } from "../ops/redistribute.ts";
 import type { ParamStore } from "./params.ts";
 import { swiglu, toActivation } from "./layers.ts";
+import { fp8SegmentDot } from "./fp8.ts";
 
 export interface MoeConfig {
   experts: number;
@@ -28,7 +29,7 @@ export interface MoeConfig {
   auxLoss: number;
   /** Node-limited routing: experts form `groups` groups; a token's experts lie in at most `maxGroups` of them. */
   nodeLimit?: { groups: number; maxGroups: number };
-  /** The FP8 recipe for the routed and shared experts (the router stays as it is). */
+  /** The FP8 recipe for the routed and shared experts (the router, gates and combine stay as they are). */
   fp8?: boolean;
 }
 
@@ -74,8 +75,11 @@ export function moe(ps: ParamStore, name: string, x: AnyDTensor, cfg: MoeConfig,
     ps.param(`${name}.${p}`, { experts: E, [a]: an, [b]: bn }, { kind: "normal", std: 1 / Math.sqrt(an) }, { ep: "experts" });
   const seg = { rows: "rows", groups: "experts" } as const;
   const w1 = expert("w1", "model", model, "ffn", cfg.ffn), w3 = expert("w3", "model", model, "ffn", cfg.ffn), w2 = expert("w2", "ffn", cfg.ffn, "model", model);
-  const h = mul(silu(segmentDot(rows, w1, segCounts, "model", seg) as AnyDTensor), segmentDot(rows, w3, segCounts, "model", seg) as AnyDTensor);
-  let out = segmentDot(h, w2, segCounts, "ffn", seg) as AnyDTensor;
+  // fp8: the routed experts' contractions in FP8 (grouped, block-scaled; FP8 Dgrad and Wgrad too)
+  const sdot = (a: AnyDTensor, w: AnyDTensor, k: string, n: string): AnyDTensor =>
+    cfg.fp8 ? fp8SegmentDot(a, w, segCounts, k, n) : (segmentDot(a, w, segCounts, k, seg) as AnyDTensor);
+  const h = mul(silu(sdot(rows, w1, "model", "ffn")), sdot(rows, w3, "model", "ffn"));
+  let out = sdot(h, w2, "ffn", "model");
   if (ep) out = redistribute(out, { [ep]: "S(batch)" } as never) as AnyDTensor; // combine
 
   const weight = gather(flatten(gate, ["seq", "k"], "slots") as AnyDTensor, perm, "slots") as AnyDTensor;

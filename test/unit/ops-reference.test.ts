@@ -807,6 +807,50 @@ describe(`ops against a float64 reference, 1-device mesh ${SEED_NOTE}`, () => {
       });
       expectClose(y!, yRef, "f32", "scaled_dot", "f32");
     });
+
+    // the routed experts' FP8 ops (the promotion emulation itself: test/unit/fp8-moe.test.ts)
+    it("scaled_segment_dot and scaled_segment_wgrad: per-segment products of the FP8 values (f32 out)", async () => {
+      const r = rngFor("scaled_segment");
+      const mesh = one();
+      const T = 40, G = 3, K = 150, N = 6;
+      const keys = input(mesh, [["tok", T]], "i32", () => r.int(0, G - 1));
+      const x = input(mesh, [["tok", T], ["model", K]], "f32", () => r.away(1e-3, 2));
+      const w = input(mesh, [["g", G], ["model", K], ["ffn", N]], "f32", () => r.away(1e-3, 0.5));
+      const gy = input(mesh, [["tok", T], ["ffn", N]], "f32", () => r.away(1e-3, 2));
+      const routed = sortByKey(keys.t, "tok", { rows: "slot", groups: "g", numGroups: G });
+      const xs = gather(x.t, routed.perm, "tok");
+      const qx = quantize(xs as never, "1x128", "model") as any, qw = quantize(w.t as never, "128x128", ["ffn", "model"]) as any;
+      const gys = gather(gy.t, routed.perm, "tok");
+      const [y, gw, perm, dx, dw] = await run(
+        rawOp("scaled_segment_dot", [qx.q, qx.scales, qw.q, qw.scales, routed.counts], { contract: "model", out: "f32" })[0]!,
+        rawOp("scaled_segment_wgrad", [xs, gys, routed.counts], { k: "model", n: "ffn", out: "f32" })[0]!,
+        routed.perm, dequantize(qx.q, qx.scales, { out: "f32" }), dequantize(qw.q, qw.scales, { out: "f32" }));
+      const group = Array.from({ length: T }, (_, s) => keys.ref.at({ tok: perm!.data[s]! }));
+      const yRef = Ref.build([["slot", T], ["ffn", N]], (i) => {
+        let acc = 0;
+        for (let k = 0; k < K; k++) acc += dx!.data[i.slot! * K + k]! * dw!.data[(group[i.slot!]! * K + k) * N + i.ffn!]!;
+        return acc;
+      });
+      // the promotion rounds each 128-chunk and the accumulator to f32 (2^-24 of the chunk sums, not of an
+      // output that cancels): compare against the largest output, as the FP8 GEMM's error model does
+      expect(y!.dimNames).toEqual(["slot", "ffn"]);
+      const big = yRef.data.reduce((a, v) => Math.max(a, Math.abs(v)), 0);
+      const worst = yRef.data.reduce((a, v, i) => Math.max(a, Math.abs(y!.data[i]! - v)), 0);
+      expect(worst / big, `scaled_segment_dot ${SEED_NOTE}`).toBeLessThan(1e-6);
+      // Wgrad: x and gy (gathered by perm) quantized 128x1 along each group's rows (< 128 rows: one tile per column)
+      const q1 = (vals: number[]) => {
+        const amax = Math.max(...vals.map(Math.abs));
+        return vals.map((v) => (amax === 0 ? 0 : roundToE4M3(Math.fround(v * Math.fround(448 / amax))) * Math.fround(amax / 448)));
+      };
+      const rowsOf = (g: number) => group.flatMap((gg, s) => (gg === g ? [s] : []));
+      const wRef = Ref.build([["g", G], ["model", K], ["ffn", N]], (i) => {
+        const rows = rowsOf(i.g!);
+        const a = q1(rows.map((s) => x.ref.at({ tok: perm!.data[s]!, model: i.model! })));
+        const b = q1(rows.map((s) => gy.ref.at({ tok: perm!.data[s]!, ffn: i.ffn! })));
+        return a.reduce((acc, v, j) => acc + v * b[j]!, 0);
+      });
+      expectClose(gw!, wRef, "f32", "scaled_segment_wgrad", "f32");
+    });
   });
 
   // Runs last (vitest runs a file's tests in order): every op that computes something was compared.

@@ -121,7 +121,7 @@ const CASES: OpCase[] = [
 const SKIP_FAMILIES = new Set(["factory"]);
 const SKIP_OPS = new Set(["redistribute"]);
 /** Ops covered by the graph-built cases further down (their inputs carry a segmented dim). */
-const GRAPH_CASE_OPS = ["segment_dot", "segment_wgrad"];
+const GRAPH_CASE_OPS = ["segment_dot", "segment_wgrad", "scaled_segment_dot", "scaled_segment_wgrad"];
 
 // ---- helpers ------------------------------------------------------------------------------------
 
@@ -349,6 +349,16 @@ describe("sharding-rule validator: every op, every one-axis input placement comb
   const GRAPH_CASES: { op: string; label: string; attrs: Attrs; inputs: (g: SegG) => DTensor[] }[] = [
     { op: "segment_dot", label: "segment_dot {g,rows~seg,k}.{e,k,n}, counts {g,e}", attrs: { contract: "k" }, inputs: (g) => [g.x, g.w, g.counts] },
     { op: "segment_wgrad", label: "segment_wgrad {g,rows~seg,k},{g,rows~seg,n}, counts {g,e}", attrs: { k: "k", n: "n" }, inputs: (g) => [g.x, g.gy, g.counts] },
+    // the FP8 twins (f32 out, so a sum over ranks compares at f32): x quantized 1x128 along k, w 128x128 over [n, k]
+    {
+      op: "scaled_segment_dot", label: "scaled_segment_dot fp8 {g,rows~seg,k}.{e,k,n}, counts {g,e}", attrs: { contract: "k", out: "f32" },
+      inputs: (g) => {
+        const [qx, sx] = g.mesh.builder.add("quantize", [g.x.ref], { tiling: "1x128", dims: ["k"] });
+        const [qw, sw] = g.mesh.builder.add("quantize", [g.w.ref], { tiling: "128x128", dims: ["n", "k"] });
+        return [qx!, sx!, qw!, sw!].map((r) => new DTensor(g.mesh, r)).concat([g.counts]);
+      },
+    },
+    { op: "scaled_segment_wgrad", label: "scaled_segment_wgrad {g,rows~seg,k},{g,rows~seg,n}, counts {g,e}", attrs: { k: "k", n: "n", out: "f32" }, inputs: (g) => [g.x, g.gy, g.counts] },
   ];
 
   /** Legal by the rules but computed wrongly; each has an it.fails repro below. */

@@ -1,0 +1,170 @@
+// The routed experts' FP8 ops on CUDA (compiler/ops/scaled-segment.ts), over counts read on the host
+// (as segment_dot's cuBLASLt loop in ops.ts):
+//   scaled_segment_dot → the generated grouped FP8 GEMM (compiler/codegen/cuda/gemm/, Fp8Gemm's public
+//     API). The rank's segments are laid out group-major, each padded with zero rows to a multiple of
+//     GROUPED_M_ALIGN (128), so every 128-row block belongs to one expert (blockExpert; never -1 here).
+//     A and its 1×128 scales are gathered into that layout (FP8 codes moved as int32 words), the GEMM
+//     writes bf16 rows, and a second gather drops the padding on the way out (rows outside every
+//     segment come out 0, as on the CPU).
+//   scaled_segment_wgrad → x and dY gathered into the same padded layout, quantized 128×1 along the
+//     rows (the tiles restart at every segment, as the CPU reference's), dequantized, and one
+//     cuBLASLt f32 GEMM per expert over its padded rows. The generated kernels scale A per row and B
+//     per 128×128 block; Wgrad's operands are both scaled per column (128×1), which they cannot take, so
+//     this is the dequantize + f32 GEMM path (exact FP8 operands, f32 sums: equal to the CPU's
+//     promoted accumulation up to f32 rounding, not bit for bit).
+// A shape the grouped kernel cannot take (shapeProblem), an f32 output or a non-Hopper GPU is a
+// CompileError naming why.
+import type { TensorType } from "../../compiler/ir/types.ts";
+import type { Plan } from "../../compiler/plan.ts";
+import { numel } from "../../compiler/ir/types.ts";
+import { CompileError } from "../../compiler/errors.ts";
+import { shapeProblem, type Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { GROUPED_M_ALIGN } from "../../compiler/numeric/fp8-gemm.ts";
+import { scaledSegDims, segmentRuns } from "../../compiler/ops/scaled-segment.ts";
+import { tilesName } from "../../compiler/ops/quantize.ts";
+import { download, empty, upload, type DeviceTensor } from "./memory.ts";
+import { matmulRowMajor } from "./native.ts";
+import { Fp8Gemm } from "./fp8-gemm.ts";
+import { dequantizeCuda, quantizeCuda } from "./fp8.ts";
+import * as K from "./kernels/sources.ts";
+import type { CudaExecutor } from "./executor.ts";
+
+/** The grouped kernel the GEMM bench checked on H100 (bench/results/2026-11-22-fp8-gemm-h100-v2.txt). */
+const GROUPED: Fp8GemmConfig = { consumers: 2, blockN: 128, stages: 7, persistent: true, grouped: true };
+type OpInstr = Extract<Plan["instrs"][number], { kind: "op" }>;
+const names = (t: TensorType) => t.dims.map((d) => d.name);
+const gemms = new WeakMap<CudaExecutor, Fp8Gemm>();
+
+/**
+ * The padded group-major layout of the rank's segments: for each padded row the flat source row
+ * (t·R + row) or -1, each 128-row block's group, each group's padded row range, and for each flat
+ * output row (t·Rout + out) its padded row or -1.
+ */
+export function paddedLayout(runs: ReturnType<typeof segmentRuns>, nGroups: number, bt: number, R: number, Rout: number) {
+  const src: number[] = [], blockGroup: number[] = [], range: [number, number][] = [];
+  const outMap = new Int32Array(bt * Rout).fill(-1);
+  for (let g = 0; g < nGroups; g++) {
+    const p0 = src.length;
+    for (const s of runs) {
+      if (s.g !== g || s.m === 0) continue;
+      const rows = Math.ceil(s.m / GROUPED_M_ALIGN) * GROUPED_M_ALIGN;
+      for (let i = 0; i < rows; i++) {
+        if (i < s.m) outMap[s.t * Rout + s.out + i] = src.length;
+        src.push(i < s.m ? s.t * R + s.row + i : -1);
+      }
+      for (let b = 0; b < rows / GROUPED_M_ALIGN; b++) blockGroup.push(g);
+    }
+    range.push([p0, src.length]);
+  }
+  return { rowMap: Int32Array.from(src), blockGroup: Int32Array.from(blockGroup), range, outMap };
+}
+
+/** out[j, :] = x[idx[j], :] (0 where idx is -1): the gather kernel on a [rows, width] view of `dtype`. */
+function gatherRows(ex: CudaExecutor, x: DeviceTensor, rows: number, width: number, dtype: "i32" | "f32" | "bf16", idx: DeviceTensor, n: number): DeviceTensor {
+  const out = empty(ex.mem, dtype, [n, width]);
+  const bad = ex.badFlag();
+  ex.launch1D(K.gather(dtype), n * width, [["ptr", out.ptr], ["ptr", x.ptr], ["ptr", idx.ptr], ["i64", 1], ["i64", n], ["i64", width], ["i64", rows], ["i64", 0], ["i64", rows], ["ptr", bad.ptr]]);
+  ex.checkIndices(bad, "scaled_segment (padded layout)", "rows", rows);
+  return out;
+}
+
+const i32 = (ex: CudaExecutor, data: Int32Array) => upload(ex.addon, ex.mem, { dtype: "i32", shape: [data.length], data }, ex.stream);
+
+/** The rank's segments: counts read on the host, as segment_dot's loop does. */
+function runsOf(ex: CudaExecutor, plan: Plan, ins: OpInstr, r: number, x: DeviceTensor[], tIn: TensorType[], countsAt: number, firstGroup: number, nGroups: number, rowsDim: string, R: number) {
+  const tc = tIn[countsAt]!, tx = tIn[0]!, groups = tx.dims.find((d) => d.segmented)!.segmented!.groups;
+  const batch = names(tc).filter((n) => n !== groups);
+  const Ct = ex.reorder(x[countsAt]!, names(tc), [...batch, groups]);
+  const C = download(ex.addon, Ct, ex.stream);
+  if (Ct !== x[countsAt]) ex.release(Ct);
+  const gC = C.shape[C.shape.length - 1]!, bt = gC ? C.data.length / gC : 0;
+  const cOff = plan.values[ins.inputs[countsAt]!]!.boxes[r]!.offset[tc.dims.findIndex((d) => d.name === groups)]!;
+  const packed = plan.values[ins.inputs[0]!]!.boxes[r]!.seg[names(tx).indexOf(rowsDim)] !== null;
+  return { runs: segmentRuns(C.data, bt, gC, cOff, firstGroup, nGroups, R, packed), bt, batch };
+}
+
+export function scaledSegmentDotCuda(ex: CudaExecutor, plan: Plan, ins: OpInstr, r: number, x: DeviceTensor[], tIn: TensorType[], to: TensorType, shape: number[]): DeviceTensor {
+  const [tx, tsx, tw, tsw, tc] = tIn as [TensorType, TensorType, TensorType, TensorType, TensorType];
+  const sd = scaledSegDims(tx, tsx, tw, tsw, tc, ins.attrs);
+  if (to.dtype !== "bf16") throw new CompileError(`scaled_segment_dot on CUDA writes bf16 (the grouped FP8 GEMM's output); this one asks for ${to.dtype}: use out "bf16"`);
+  let g = gemms.get(ex);
+  if (!g) gemms.set(ex, (g = new Fp8Gemm(ex.addon, ex.stream)));
+  if (!g.supported) throw new CompileError(`scaled_segment_dot needs the grouped FP8 GEMM, which runs on Hopper (sm_90a); this GPU is ${g.device.name} (${g.arch})`);
+  const X = ex.reorder(x[0]!, names(tx), [...sd.batch, sd.rows.name, sd.k]);
+  const W = ex.reorder(x[2]!, names(tw), [sd.groups, sd.nOut, sd.k]);
+  const SW = ex.reorder(x[3]!, names(tsw), [sd.groups, tilesName(sd.nOut), tilesName(sd.k)]);
+  const R = X.shape[sd.batch.length]!, KK = X.shape[sd.batch.length + 1]!, N = W.shape[1]!, gW = W.shape[0]!;
+  const wOff = plan.values[ins.inputs[2]!]!.boxes[r]!.offset[tw.dims.findIndex((d) => d.name === sd.groups)]!;
+  const { runs, bt } = runsOf(ex, plan, ins, r, x, tIn, 4, wOff, gW, sd.rows.name, R);
+  const order = [...sd.batch, sd.rows.name, sd.nOut];
+  const outShape = order.map((d) => shape[to.dims.findIndex((e) => e.name === d)]!);
+  const Rout = outShape[sd.batch.length]!;
+  const lay = paddedLayout(runs, gW, bt, R, Rout);
+  const M = lay.rowMap.length;
+  const temps: DeviceTensor[] = [];
+  let Y: DeviceTensor;
+  if (M === 0 || N === 0) {
+    Y = empty(ex.mem, "bf16", outShape);
+    if (numel(outShape)) ex.addon.memsetD8(Y.ptr, 0, numel(outShape) * 2, ex.stream);
+  } else {
+    const why = shapeProblem({ M, N, K: KK });
+    if (why) throw new CompileError(`scaled_segment_dot ${M}x${N}x${KK} (padded rows x ${sd.nOut} x ${sd.k}) does not fit the grouped FP8 GEMM: ${why}`);
+    const rowMap = i32(ex, lay.rowMap), blockExpert = i32(ex, lay.blockGroup);
+    // A: the FP8 codes as int32 words (K is a multiple of 16), padding rows zero
+    const A = gatherRows(ex, { ...X, dtype: "i32" }, bt * R, KK / 4, "i32", rowMap, M);
+    // A's scales: [rows, K/128] gathered (padding scale 0), then [K/128][M] as the kernel reads them
+    const SX = ex.reorder(x[1]!, names(tsx), [...sd.batch, sd.rows.name, tilesName(sd.k)]);
+    const KB = SX.shape[SX.shape.length - 1]!;
+    const SAr = gatherRows(ex, SX, bt * R, KB, "f32", rowMap, M);
+    const SA = ex.reorder(SAr, ["m", "kb"], ["kb", "m"]);
+    const D = empty(ex.mem, "bf16", [M, N]);
+    g.prepare(GROUPED, { M, N, K: KK, experts: gW }, { a: A.ptr, b: W.ptr, sa: SA.ptr, sb: SW.ptr, d: D.ptr, blockExpert: blockExpert.ptr })();
+    // back to the rank's rows: padding dropped, rows outside every segment 0
+    const outIdx = i32(ex, lay.outMap);
+    Y = gatherRows(ex, D, M, N, "bf16", outIdx, bt * Rout);
+    Y = { ...Y, shape: outShape };
+    temps.push(rowMap, blockExpert, A, SAr, SA, D, outIdx, ...(SX !== x[1] ? [SX] : []));
+  }
+  for (const t of new Set(temps)) ex.release(t);
+  for (const [t, orig] of [[X, x[0]], [W, x[2]], [SW, x[3]]] as const) if (t !== orig) ex.release(t);
+  return ex.reorderOwned(Y, order, names(to));
+}
+
+export function scaledSegmentWgradCuda(ex: CudaExecutor, plan: Plan, ins: OpInstr, r: number, x: DeviceTensor[], tIn: TensorType[], to: TensorType, shape: number[]): DeviceTensor {
+  const [tx, tg] = tIn as [TensorType, TensorType];
+  const rows = tx.dims.find((d) => d.segmented)!, k = String(ins.attrs.k), n = String(ins.attrs.n);
+  const groups = rows.segmented!.groups;
+  const batch = names(tIn[2]!).filter((nm) => nm !== groups);
+  const X = ex.reorder(x[0]!, names(tx), [...batch, rows.name, k]), G = ex.reorder(x[1]!, names(tg), [...batch, rows.name, n]);
+  const R = X.shape[batch.length]!, KK = X.shape[batch.length + 1]!, N = G.shape[batch.length + 1]!;
+  const gOut = shape[0]!, outOff = plan.values[ins.outputs[0]!]!.boxes[r]!.offset[0]!;
+  const { runs, bt } = runsOf(ex, plan, ins, r, x, tIn, 2, outOff, gOut, rows.name, R);
+  const lay = paddedLayout(runs, gOut, bt, R, 0);
+  const M = lay.rowMap.length;
+  const acc = empty(ex.mem, "f32", [gOut, KK, N]);
+  if (numel(acc.shape)) ex.addon.memsetD8(acc.ptr, 0, numel(acc.shape) * 4, ex.stream);
+  if (M > 0 && KK > 0 && N > 0) {
+    const rowMap = i32(ex, lay.rowMap);
+    // each operand in the padded layout, quantized 128x1 along the rows (a tile never crosses a segment) and dequantized
+    const fp8Rows = (t: DeviceTensor, width: number) => {
+      const P = gatherRows(ex, t, bt * R, width, t.dtype as "f32" | "bf16", rowMap, M);
+      const pt: TensorType = { dims: [{ name: "p", size: M }, { name: "c", size: width }], dtype: P.dtype, placements: [] };
+      const [q, s] = quantizeCuda(ex, P, pt, { tiling: "128x1", dims: ["p"] });
+      const d = dequantizeCuda(ex, q!, s!, { ...pt, dtype: "fp8e4m3" }, { ...pt, dims: [{ name: tilesName("p"), size: M / 128 }, pt.dims[1]!], dtype: "f32" }, "f32");
+      for (const u of [P, q!, s!]) ex.release(u);
+      return d;
+    };
+    const Xd = fp8Rows(X, KK), Gd = fp8Rows(G, N);
+    lay.range.forEach(([p0, p1], g) => {
+      if (p1 > p0)
+        matmulRowMajor(ex.addon, {
+          dtype: "f32", outDtype: "f32", M: KK, N, K: p1 - p0, transA: true,
+          a: Xd.ptr + BigInt(p0 * KK * 4), b: Gd.ptr + BigInt(p0 * N * 4), d: acc.ptr + BigInt(g * KK * N * 4), stream: ex.stream,
+        });
+    });
+    for (const t of [rowMap, Xd, Gd]) ex.release(t);
+  }
+  if (X !== x[0]) ex.release(X);
+  if (G !== x[1]) ex.release(G);
+  return ex.castOwned(acc, to.dtype);
+}
