@@ -18,7 +18,7 @@ import type { TensorType } from "../../compiler/ir/types.ts";
 import type { Plan } from "../../compiler/plan.ts";
 import { numel } from "../../compiler/ir/types.ts";
 import { CompileError } from "../../compiler/errors.ts";
-import { shapeProblem, type Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { defaultGemmConfig, shapeProblem } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { GROUPED_M_ALIGN } from "../../compiler/numeric/fp8-gemm.ts";
 import { scaledSegDims, segmentRuns } from "../../compiler/ops/scaled-segment.ts";
 import { tilesName } from "../../compiler/ops/quantize.ts";
@@ -30,7 +30,7 @@ import * as K from "./kernels/sources.ts";
 import type { CudaExecutor } from "./executor.ts";
 
 /** The grouped kernel the GEMM bench checked on H100 (bench/results/2026-11-22-fp8-gemm-h100-v2.txt). */
-const GROUPED: Fp8GemmConfig = { consumers: 2, blockN: 128, stages: 7, persistent: true, grouped: true };
+const GROUPED = defaultGemmConfig(true);
 type OpInstr = Extract<Plan["instrs"][number], { kind: "op" }>;
 const names = (t: TensorType) => t.dims.map((d) => d.name);
 const gemms = new WeakMap<CudaExecutor, Fp8Gemm>();
