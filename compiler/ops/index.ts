@@ -8,4 +8,5 @@ import "./factory.ts";
 import "./collective.ts";
 import "./quantize.ts";
 import "./scaled-dot.ts";
+import "./dispatch.ts";
 export { getOp, allOps, inferTypes, type OpDef, type CpuCtx, type ShardCtx, type Family } from "./registry.ts";
