@@ -1,17 +1,20 @@
 // The inverse of `assemble`: cuts a global tensor into rank r's piece as the plan's box says. A dim
 // sharded by data-dependent segments holds, per batch index, the rows of the rank's groups packed
 // from row 0 (zeros after); the global tensor holds every group's rows packed in group order.
+// Partial placements get one valid decomposition of the whole value.
 import type { Plan } from "../../compiler/plan.ts";
 import type { LocalTensor } from "../../compiler/ir/local.ts";
 import { allocLocal, stridesOf } from "../../compiler/ir/local.ts";
-import { CompileError } from "../../compiler/errors.ts";
-import { isPartial } from "../../compiler/ir/placement.ts";
+import { coordsOf } from "../../compiler/ir/placement.ts";
 import { forEachStrided } from "../../compiler/ops/cpu-util.ts";
 import { fromRowsView, rowsView, segRows, type GlobalTensor } from "./segments.ts";
 
 export function pieceOf(plan: Plan, slot: number, g: GlobalTensor, r: number, getCounts: (slot: number) => GlobalTensor): LocalTensor {
   const v = plan.values[slot]!, box = v.boxes[r]!, shape = v.shapes[r]!;
-  if (v.type.placements.some(isPartial)) throw new CompileError(`cannot cut a global value into Partial pieces (${v.type.placements.join(", ")}); an op with a global reference yields whole values`);
+  // a Partial<sum> axis: the whole value on its first rank, zeros on the others (as `partialize`);
+  // a Partial<max> axis: the whole value everywhere
+  const c = coordsOf(plan.mesh, r);
+  if (v.type.placements.some((p, a) => p === "P(sum)" && c[a] !== 0)) return allocLocal(g.dtype, shape);
   // the box of every plain dim; a segment-sharded dim keeps its whole bound here
   const out = allocLocal(g.dtype, shape);
   const gStr = stridesOf(g.shape);

@@ -37,7 +37,7 @@ function build(layout: Layout, cfg: MoeConfig, routing: Routing) {
   const b = input(mesh, "bias", { experts: E }, dtype) as AnyDTensor;
   const out = moe(ps, "m", x, cfg, b);
   const loss = add(toActivation(ps, sum(mul(out.y, r), ["batch", "seq", "model"]) as AnyDTensor), out.aux);
-  const g = grad(loss, { x, ...Object.fromEntries(ps.stored) });
+  const g = grad(loss, { x, ...Object.fromEntries(ps.stored) } as Record<string, AnyDTensor>);
   const outs = { y: out.y, aux: out.aux, load: out.load, gx: g.x!, router: g["m.router"]!, w1: g["m.w1"]!, w2: g["m.w2"]!, w3: g["m.w3"]! };
   const prog = new Program(mesh, outs);
   const feeds = { ...ps.initialise(5), bias: piecesOf(mesh.spec, { dims: [{ name: "experts", size: E }], dtype, placements: mesh.spec.axes.map(() => "R") }, biasFor(routing)) };
