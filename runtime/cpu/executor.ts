@@ -51,7 +51,7 @@ export function runPlanCpu(plan: Plan, feeds?: ReadonlyMap<string, LocalTensor[]
       if (ins.kind === "comm") {
         slots[ins.output] = runStep(plan, ins.step, ins.input, ins.output, slots[ins.input]!, counts);
       } else if (getOp(ins.op).global) {
-        runGlobal(plan, ins, slots, counts);
+        runGlobalOp(plan, ins, (s) => slots[s]!, counts).forEach((per, k) => (slots[ins.outputs[k]!] = per));
       } else {
         const def = getOp(ins.op);
         const per: LocalTensor[][] = ins.outputs.map(() => new Array<LocalTensor>(plan.world));
@@ -79,10 +79,13 @@ export function runPlanCpu(plan: Plan, feeds?: ReadonlyMap<string, LocalTensor[]
   };
 }
 
-/** An op that reads every rank's pieces: whole inputs in, each output cut into the ranks' pieces. */
-function runGlobal(plan: Plan, ins: Extract<Plan["instrs"][number], { kind: "op" }>, slots: (LocalTensor[] | undefined)[], counts: (s: number) => GlobalTensor): void {
+/**
+ * An op that reads every rank's pieces (it has a `global` reference): whole inputs in, each output
+ * cut into the ranks' pieces. The CUDA backend's simulated mesh runs these ops through here too.
+ */
+export function runGlobalOp(plan: Plan, ins: Extract<Plan["instrs"][number], { kind: "op" }>, pieces: (slot: number) => LocalTensor[], counts: (s: number) => GlobalTensor): LocalTensor[][] {
   const def = getOp(ins.op);
-  const inputs = ins.inputs.map((s) => assemble(plan, s, slots[s]!, counts));
+  const inputs = ins.inputs.map((s) => assemble(plan, s, pieces(s), counts));
   const outs = def.global!(inputs, ins.attrs, ins.inputs.map((s) => plan.values[s]!.type), ins.outputs.map((s) => plan.values[s]!.type));
   outs.forEach((o, k) => {
     const want = plan.values[ins.outputs[k]!]!.type.dims.map((d) => d.size);
@@ -91,5 +94,5 @@ function runGlobal(plan: Plan, ins: Extract<Plan["instrs"][number], { kind: "op"
   // an output's segments may be counted by another output of the same op (dispatch's counts)
   const own = new Map(ins.outputs.map((s, k) => [s, outs[k]!]));
   const cnt = (s: number) => own.get(s) ?? counts(s);
-  ins.outputs.forEach((s, k) => (slots[s] = Array.from({ length: plan.world }, (_, r) => pieceOf(plan, s, outs[k]!, r, cnt))));
+  return ins.outputs.map((s, k) => Array.from({ length: plan.world }, (_, r) => pieceOf(plan, s, outs[k]!, r, cnt)));
 }
