@@ -17,6 +17,8 @@ import { add, mul } from "../../stdlib/nn/ops-internal.ts";
 import { toActivation } from "../../stdlib/nn/layers.ts";
 import { compile } from "../../compiler/pipeline.ts";
 import { fuse } from "../../compiler/codegen/fuse.ts";
+import { printPlan } from "../../compiler/passes/print-plan.ts";
+import { summarizePlan } from "../../stdlib/cli/run-command.ts";
 import { runPlanCpu } from "../../runtime/cpu/index.ts";
 import { runFusedCpu } from "../codegen/run-fused.ts";
 
@@ -98,6 +100,10 @@ describe("moe_dispatch / moe_combine in the MoE block", () => {
     expect(fused.get("all_to_all") ?? 0).toBe(0);
     expect(composed.get("all_to_all")).toBeGreaterThanOrEqual(4); // rows, counts, the way back; and the backward's
     expect(composed.get("moe_dispatch")).toBeUndefined();
+    // the printed plan and the run summary name the axis the rows travel over
+    const plan = build(layout, { ...base, fusedDispatch: true }, "random").plan;
+    expect(printPlan(plan)).toMatch(/= moe_dispatch\[ep\]\(\$\d+, \$\d+\)/);
+    for (const k of ["moe_dispatch[ep] ×1", "moe_combine[ep] ×3", "moe_redispatch[ep] ×1"]) expect(summarizePlan(plan)[0]).toContain(k);
   });
 
   it("the fusion pass keeps them as ops and the fused plan gives the same results", () => {
