@@ -29,7 +29,7 @@ export function notCapturable(plan: Plan): string | undefined {
   if (seg && seg.kind === "op")
     return `it holds ${seg.op}, whose per-group row counts are read on the host to size each GEMM (device-side counts come with the MoE expert-parallel work); run it without capture`;
   const host = plan.instrs.find((i) => i.kind === "op" && getOp(i.op).global);
-  if (host && host.kind === "op") return `it holds ${host.op}, which reads every rank's pieces and runs through the host for now (its CUDA kernels are still to come); run it without capture`;
+  if (host && host.kind === "op") return `it holds ${host.op}, whose token exchange is sized by per-expert counts read on the host; run it without capture`;
   if (plan.world > 1 && plan.instrs.some((i) => i.kind === "comm"))
     return `its mesh has ${plan.world} ranks and collectives, and capture covers plans without collectives for now (simulated on one GPU they travel through the host; NCCL steps inside graphs come later); run it without capture`;
   return undefined;
