@@ -5,13 +5,11 @@
 // any plan comm step: NCCL all-to-all-v (grouped send/recv, lower.ts) under `shardts launch`, the
 // CPU simulation when one GPU holds every rank. So the count exchange and the token exchange reuse
 // the plan's lowering, and dispatch equals its CPU reference bit for bit.
-import type { Placement, TensorType } from "../../compiler/ir/types.ts";
-import type { Plan, PlanValue } from "../../compiler/plan.ts";
+import type { TensorType } from "../../compiler/ir/types.ts";
+import type { Plan } from "../../compiler/plan.ts";
 import { numel } from "../../compiler/ir/types.ts";
-import { coordsOf, shardDim } from "../../compiler/ir/placement.ts";
 import { CompileError } from "../../compiler/errors.ts";
-import { boxOf } from "../../compiler/passes/partition.ts";
-import { planRedistribute, type PlannedStep } from "../../compiler/passes/redistribute-plan.ts";
+import { Extra, move, tokenSide, type RunStep } from "./moe-exchange.ts";
 import { empty, type DeviceTensor } from "./memory.ts";
 import { packArgs, type KernelArg } from "./native.ts";
 import * as K from "./kernels/sources.ts";
@@ -20,58 +18,9 @@ import type { CudaExecutor } from "./executor.ts";
 
 export const MOE_OPS = new Set(["moe_dispatch", "moe_combine", "moe_redispatch"]);
 
-type OpInstr = Extract<Plan["instrs"][number], { kind: "op" }>;
-/**
- * Runs one planned step of `plan` from slot `inSlot` to `outSlot` on pieces per rank (only the ranks
- * run here); `release`: the input pieces are the step's to release once it no longer needs them.
- */
-export type RunStep = (plan: Plan, step: PlannedStep, inSlot: number, outSlot: number, pieces: DeviceTensor[], release: boolean) => DeviceTensor[];
-
 const names = (t: TensorType) => t.dims.map((d) => d.name);
 
-/** The plan with extra values appended (intermediates of the exchanges); their slots follow the plan's. */
-class Extra {
-  readonly values: PlanValue[] = [];
-  constructor(private readonly plan: Plan) {}
-  add(type: TensorType, segCounts: Record<string, number>): number {
-    const per = Array.from({ length: this.plan.world }, (_, r) => boxOf(type, this.plan.mesh, coordsOf(this.plan.mesh, r)));
-    this.values.push({ type, boxes: per.map((p) => p.box), shapes: per.map((p) => p.shape), segCounts });
-    return this.plan.values.length + this.values.length - 1;
-  }
-  private value(slot: number): PlanValue {
-    return slot < this.plan.values.length ? this.plan.values[slot]! : this.values[slot - this.plan.values.length]!;
-  }
-  shapeOf(slot: number, r: number): number[] {
-    return this.value(slot).shapes[r]!;
-  }
-  typeOf(slot: number): TensorType {
-    return this.value(slot).type;
-  }
-  get full(): Plan {
-    return { ...this.plan, values: [...this.plan.values, ...this.values] };
-  }
-}
-
-/** Placements of a value whose axes that split `dims` (rows, experts) take the tokens' placement instead. */
-const tokenSide = (ps: Placement[], token: Placement[], dims: string[]): Placement[] => ps.map((p, a) => (dims.includes(shardDim(p) ?? "") ? token[a]! : p));
-
-/**
- * Moves pieces of `type` from slot `fromSlot` (placements `from`) to slot `toSlot` (placements `to`)
- * through the planner's steps, adding an extra value per intermediate. Pieces the move made are
- * handed to the next step to release; the first step's are the caller's. Returns `toSlot`'s pieces.
- */
-function move(ex: Extra, run: RunStep, type: TensorType, fromSlot: number, from: Placement[], toSlot: number, to: Placement[], pieces: DeviceTensor[], segCounts: Record<string, number>, ownFirst: boolean): DeviceTensor[] {
-  const steps = planRedistribute(type, from, to, ex.full.mesh);
-  const slots = steps.map((s, i) => (i === steps.length - 1 ? toSlot : ex.add({ ...type, placements: s.after as Placement[] }, segCounts)));
-  const plan = ex.full;
-  let cur = fromSlot;
-  steps.forEach((s, i) => {
-    pieces = run(plan, s, cur, slots[i]!, pieces, i > 0 || ownFirst);
-    cur = slots[i]!;
-  });
-  return pieces;
-}
-
+type OpInstr = Extract<Plan["instrs"][number], { kind: "op" }>;
 function launch(exe: CudaExecutor, k: { name: string; source: string }, blocks: number, threads: number, args: KernelArg[]): void {
   if (blocks <= 0) return;
   exe.addon.launchKernel(exe.fn(k.name, k.source), [Math.min(blocks, exe.smCount * 8), 1, 1], [threads, 1, 1], 0, exe.stream, packArgs(...args));
@@ -88,7 +37,7 @@ function needFloat(op: string, t: TensorType): "f32" | "bf16" {
   return t.dtype;
 }
 
-export function runMoe(exe: CudaExecutor, plan: Plan, ins: OpInstr, ranks: number[], slots: (DeviceTensor[] | undefined)[], run: RunStep): void {
+export function runMoe(exe: CudaExecutor, plan: Plan, ins: OpInstr, ranks: number[], slots: (DeviceTensor[] | undefined)[], run: RunStep<DeviceTensor>): void {
   const a = ins.attrs, ex = new Extra(plan);
   const tIn = ins.inputs.map((s) => plan.values[s]!.type), tOut = ins.outputs.map((s) => plan.values[s]!.type);
   const piece = (s: number, r: number) => slots[s]![r]!;
