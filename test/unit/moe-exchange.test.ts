@@ -1,7 +1,8 @@
 // The exchanges the CUDA backend runs inside MoE dispatch/combine (runtime/cuda/moe-exchange.ts):
 // rows in the tokens' layout (what the permute kernel leaves on each rank) moved by the planner's
 // steps to the op's own layout must be exactly the op's pieces, and back; the same for the counts.
-// Run here with the CPU simulation of the steps on host pieces, on even, uneven and 2-D meshes.
+// Each step runs both as the CPU simulation and as its NCCL lowering (grouped send/recv, emulated on
+// host buffers), on even, uneven and 2-D meshes.
 import { describe, expect, it } from "vitest";
 import { Mesh } from "../../stdlib/mesh.ts";
 import type { AnyDTensor } from "../../stdlib/dtensor.ts";
@@ -14,6 +15,8 @@ import { runStep } from "../../runtime/cpu/collectives.ts";
 import { pieceOf } from "../../runtime/cpu/pieces.ts";
 import type { LocalTensor } from "../../compiler/ir/local.ts";
 import { Extra, move, tokenSide } from "../../runtime/cuda/moe-exchange.ts";
+import { lowerStep } from "../../runtime/cuda/nccl/lower.ts";
+import { emulate } from "./nccl/host-nccl.ts";
 import { mulberry32 } from "../helpers/prng.ts";
 
 const B = 6, S = 7, K = 3, D = 4, E = 7;
@@ -39,7 +42,16 @@ describe("MoE exchanges as plan steps", () => {
         if (s !== countsSlot) throw new Error(`unexpected counts slot ${s}`);
         return gCounts;
       };
-      const run = (p: Plan, step: Parameters<typeof runStep>[1], i: number, o: number, pieces: LocalTensor[]) => runStep(p, step, i, o, pieces, counts);
+      // each step both ways: the CPU simulation, and its NCCL lowering (grouped send/recv) emulated on host buffers
+      let lowered = 0;
+      const run = (p: Plan, step: Parameters<typeof runStep>[1], i: number, o: number, pieces: LocalTensor[]) => {
+        const want = runStep(p, step, i, o, pieces, counts);
+        const low = Array.from({ length: p.world }, (_, r) => lowerStep(p, step, i, o, r, counts));
+        const got = emulate(low, pieces.map((q) => q.data), p.values[i]!.type.dtype);
+        for (let r = 0; r < p.world; r++) expect(Array.from(got[r]!), `${low[r]!.what} on rank ${r}`).toEqual(Array.from(want[r]!.data));
+        lowered += low.filter((l) => l.calls.some((c) => c.op === "send")).length;
+        return want;
+      };
       const ex = new Extra(plan), seg = { rows: countsSlot };
       const rowsSrc = ex.add({ ...tr, placements: tokenSide(tr.placements, ti.placements, ["rows"]) }, seg);
       const countsSrc = ex.add({ ...tc, placements: tokenSide(tc.placements, ti.placements, ["e"]) }, {});
@@ -59,6 +71,7 @@ describe("MoE exchanges as plan steps", () => {
       const returned = move(ex, run, tr, rowsSlot, tr.placements, back, ex.typeOf(back).placements, res.locals[0]!, seg, false);
       for (const r of world) expect(Array.from(returned[r]!.data), `rows back on rank ${r}`).toEqual(Array.from(srcRows[r]!.data));
       expect(srcRows.some((p) => p.data.some((v) => v !== 0))).toBe(true);
+      expect(lowered, "ranks whose lowering sends to a peer").toBeGreaterThan(0);
     });
   }
 });
