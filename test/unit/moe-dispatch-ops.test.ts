@@ -13,6 +13,7 @@ import { gather, scatterAdd, sortByKey } from "../../stdlib/ops/routing.ts";
 import { flatten } from "../../stdlib/ops/movement.ts";
 import { redistribute } from "../../stdlib/ops/redistribute.ts";
 import { sum } from "../../stdlib/ops/reduce.ts";
+import { cast } from "../../stdlib/ops/elementwise.ts";
 import { div, mul } from "../../stdlib/nn/ops-internal.ts";
 import { grad } from "../../stdlib/autodiff.ts";
 import { compile } from "../../compiler/pipeline.ts";
@@ -72,6 +73,18 @@ describe("moe_dispatch", () => {
         }
       }
     }
+  });
+
+  it("moves FP8 (e4m3) rows unchanged", async () => {
+    const mesh = Mesh.of({ ep: 3 });
+    const x = fromGlobal(mesh, { g: G, s: S, m: M }, "f32", X, { ep: "S(g)" } as never) as AnyDTensor;
+    const idx = fromGlobal(mesh, { g: G, s: S, k: K }, "i32", IDX, { ep: "S(g)" } as never) as AnyDTensor;
+    const q = cast(x, "fp8e4m3") as AnyDTensor;
+    const fp8 = moeDispatch(q, idx, dispatchOpts("ep")), f32 = moeDispatch(x, idx, dispatchOpts("ep"));
+    expect(fp8.rows.type.dtype).toBe("fp8e4m3");
+    const [a, b] = await evaluate([cast(fp8.rows, "f32") as AnyDTensor, cast(f32.rows, "fp8e4m3") as AnyDTensor]);
+    expect(Array.from(a!.data)).toEqual(Array.from(b!.data));
+    expect(Array.from(a!.data).some((v) => v !== 0)).toBe(true);
   });
 
   it("says what to do when the tokens are not sharded on a batch dim on the expert axis", () => {
