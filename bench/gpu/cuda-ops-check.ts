@@ -16,6 +16,11 @@ import moeLayer from "../../examples/moe-layer.ts";
 import tpMlp from "../../examples/tp-mlp.ts";
 import type { DType } from "../../compiler/ir/types.ts";
 import { quantize, dequantize, scaledDot } from "../../stdlib/ops/quantize.ts";
+import { moeCombine, moeDispatch } from "../../stdlib/ops/dispatch.ts";
+import { redistribute } from "../../stdlib/ops/redistribute.ts";
+import { sum } from "../../stdlib/ops/reduce.ts";
+import { mul } from "../../stdlib/nn/ops-internal.ts";
+import { grad } from "../../stdlib/autodiff.ts";
 
 const outDir = process.argv.includes("--out") ? process.argv[process.argv.indexOf("--out") + 1]! : ".";
 let seed = 12345;
@@ -53,6 +58,18 @@ const cases: { op: string; dtypes: DType[]; make: Maker }[] = [
       if (op === "segment_dot") return raw("segment_dot", [x, T(m, { e: 4, k: 16, n: 20 }, t), counts!], { contract: "k" });
       const gy = raw("gather", [T(m, { g: 2, s: 24, n: 20 }, t), perm!], { dim: "s" })[0]!;
       return raw("segment_wgrad", [x, gy, counts!], { k: "k", n: "n" });
+    }) as Maker,
+  })),
+  // MoE dispatch/combine: on one process they run through the host (the CPU reference) until their
+  // CUDA kernels land; this checks the executor's download / upload around them
+  ...(["moe_dispatch", "moe_combine", "moe_redispatch"] as const).map((op) => ({
+    op, dtypes: ["f32", "bf16"] as DType[],
+    make: ((m, t) => {
+      const x = T(m, { g: 2, s: 12, d: 16 }, t), w = T(m, { g: 2, s: 12, k: 2 }, t);
+      const [rows, perm] = raw("moe_dispatch", [x, T(m, { g: 2, s: 12, k: 2 }, "i32", () => Math.floor(rnd() * 5))], { axis: null, dim: "s", k: "k", rows: "rows", groups: "e", numGroups: 5 });
+      const attrs = { axis: null, dim: "s", size: 12, k: "k", numK: 2, keepK: false };
+      if (op === "moe_dispatch") return [rows!, perm!];
+      return raw(op, [op === "moe_combine" ? rows! : T(m, { g: 2, s: 12, d: 16 }, t), perm!, w], attrs);
     }) as Maker,
   })),
   { op: "flatten", dtypes: ["f32"], make: (m, t) => raw("flatten", [T(m, { r: 5, c: 4, z: 3 }, t)], { dims: ["z", "r"], to: "zr" }) },
@@ -192,6 +209,34 @@ for (const [name, def] of [["moe-layer", moeLayer], ["tp-mlp", tpMlp]] as [strin
   if (bad) failures++;
   log(`${name.padEnd(10)} mesh ${JSON.stringify(def.mesh)}: max rel err ${errs.join(", ")}${bad ? " FAIL" : ""}`);
   log(`           cold: ${r1.stats.compiled} kernels compiled in ${(r1.stats.compileMs / 1000).toFixed(2)} s, run ${(r1.stats.ms / 1000).toFixed(2)} s; warm (disk cache, new executor): ${r2.stats.cacheHits} cache hits, ${(r2.stats.compileMs / 1000).toFixed(3)} s loading, run ${(warmMs / 1000).toFixed(3)} s; peak device memory ${(r1.stats.peakBytes / 2 ** 20).toFixed(1)} MiB`);
+}
+
+// MoE dispatch -> identity experts -> weighted combine with gradients, on a simulated dp=2 x ep=3
+// mesh (kernels per rank, the exchanges through the CPU simulation), against the CPU backend
+log("\nmoe_dispatch/moe_combine on a simulated {dp:2, ep:3} mesh against the CPU backend:");
+for (const t of ["f32", "bf16"] as DType[]) {
+  try {
+    const mesh = Mesh.of({ dp: 2, ep: 3 });
+    const on = { dp: "S(b)", ep: "S(b)" } as never;
+    const B = 12, S = 10, K = 3, Dm = 24, E = 7;
+    const x = fromGlobal(mesh, { b: B, s: S, d: Dm }, t, Array.from({ length: B * S * Dm }, () => rnd() * 4 - 2), on) as AnyDTensor;
+    const idx = fromGlobal(mesh, { b: B, s: S, k: K }, "i32", Array.from({ length: B * S * K }, () => (rnd() < 0.05 ? -1 : rnd() < 0.4 ? 3 : Math.floor(rnd() * E))), on) as AnyDTensor;
+    const w = fromGlobal(mesh, { b: B, s: S, k: K }, t, Array.from({ length: B * S * K }, () => rnd()), on) as AnyDTensor;
+    const d = moeDispatch(x, idx, { axis: "ep", dim: "s", k: "k", rows: "rows", groups: "e", numGroups: E });
+    const y = moeCombine(d.rows, d.perm, w, { axis: "ep", dim: "s", size: S, k: "k", numK: K });
+    const loss = redistribute(sum(mul(y, y), ["b", "s", "d"]), { dp: "R", ep: "R" } as never) as AnyDTensor;
+    const g = grad(loss, { x, w });
+    const outs = [d.rows, d.perm, d.counts, y, g.x as AnyDTensor, g.w as AnyDTensor];
+    const plan = compile(mesh.builder.graph, outs.map((o) => o.ref));
+    const cpu = runPlanCpu(plan), res = gpu.run(plan);
+    const errs = outs.map((_, i) => relErr(res.outputs[i]!.data, cpu.outputs[i]!.data));
+    const bad = errs.some((e, i) => !(e <= (i < 3 ? 0 : TOL[t]!)));
+    if (bad) failures++;
+    log(`  ${t}: rows/perm/counts/y/dx/dw max rel err ${errs.map((e) => e.toExponential(2)).join(" / ")}${bad ? " FAIL" : " ok"}`);
+  } catch (e) {
+    failures++;
+    log(`  ${t}: FAIL ${(e as Error).stack?.split("\n").slice(0, 3).join(" | ")}`);
+  }
 }
 
 log(`\n${failures === 0 ? "ALL PASS" : `${failures} FAILURES`}`);

@@ -5,6 +5,9 @@
 #   2. the MoE layer example rank-local on N GPUs, checked against the one-device CPU run
 #   3. train-moe-lm 20 steps per layout on N GPUs vs the CPU-simulated run of the same mesh and seed
 #   4. faults: one rank throws mid-step; one rank hangs before a collective (timeout 20 s)
+#   5. MoE dispatch/combine ops: GPUs vs the CPU-simulated mesh (random/skewed/empty routings, forward
+#      and gradients), then dispatch/combine GB/s against torch.distributed (permute + count exchange +
+#      all_to_all_single) and plain all_to_all_single at the same bytes. Only this stage: STAGES=5
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 GPU_DIR=${GPU_DIR:-.gpu}
@@ -17,6 +20,10 @@ CLI=("$NODE" "$GPU_DIR/shardts-cli.mjs")
 summary=()
 note() { summary+=("$1"); echo "== $1"; }
 
+STAGES=${STAGES:-12345}
+want() { [[ "$STAGES" == *"$1"* ]]; }
+
+if want 1; then
 # 1. collectives
 timeout 110 "${CLI[@]}" launch --nproc-per-node "$N" bench/gpu/lib/dist-collectives.ts --json "$OUT/collectives-shardts.jsonl" > "$OUT/collectives-shardts.log" 2>&1
 rc=$?; note "collectives shardts: exit $rc"
@@ -36,11 +43,15 @@ for k in sorted(set(s) | set(t)):
     print(f"{k[0]:16}{k[1]:>9}{a.get('busGBs', float('nan')):>14}{b.get('busGBs', float('nan')):>12}{r:>8.3f}  {a.get('check', 'missing')}")
 PY
 cat "$OUT/collectives-ratio.txt"
+fi
 
+if want 2; then
 # 2. the MoE layer, one rank per GPU, checked against one device
 timeout 60 "${CLI[@]}" launch --nproc-per-node "$N" examples/moe-layer.ts --backend cuda --mesh dp=1,ep=$N > "$OUT/moe-layer.log" 2>&1
 rc=$?; note "moe-layer ep=$N rank-local vs one-device CPU: exit $rc ($(grep -c ' ok' "$OUT/moe-layer.log") ok lines, $(grep -c FAIL "$OUT/moe-layer.log") FAIL)"
+fi
 
+if want 3; then
 # 3. per-layout training equivalence (20 steps): N GPUs vs the CPU-simulated run of the same mesh and
 #    seed. The CPU runs go in the background (one core each) while the GPU runs take their turn.
 layouts=(dp fsdp tp ep)
@@ -71,7 +82,9 @@ for l in layouts:
 PY
 cat "$OUT/train-equivalence.txt"
 note "hsdp (replica x shard) needs 4 GPUs for a non-degenerate mesh: not run on $N"
+fi
 
+if want 4; then
 # 4. faults
 t0=$(date +%s)
 timeout 60 "${CLI[@]}" launch --nproc-per-node "$N" bench/gpu/lib/dist-fault.ts --throw-rank 1 > "$OUT/fault-throw.log" 2>&1
@@ -79,5 +92,34 @@ rc=$?; note "fault throw: exit $rc in $(( $(date +%s) - t0 )) s; $(grep -o 'shar
 t0=$(date +%s)
 SHARDTS_COLLECTIVE_TIMEOUT_S=20 timeout 90 "${CLI[@]}" launch --nproc-per-node "$N" bench/gpu/lib/dist-fault.ts --hang-rank 1 > "$OUT/fault-hang.log" 2>&1
 rc=$?; note "fault hang: exit $rc in $(( $(date +%s) - t0 )) s; $(grep -o 'CollectiveTimeoutError: [^.]*' "$OUT/fault-hang.log" | head -1); left behind: $(pgrep -fc shardts-cli.mjs || true)"
+fi
+
+if want 5; then
+# 5. MoE dispatch/combine: checks and GB/s, shardts then torch in the same run
+timeout 400 "${CLI[@]}" launch --nproc-per-node "$N" bench/gpu/lib/dist-moe-dispatch.ts --json "$OUT/moe-dispatch-shardts.jsonl" > "$OUT/moe-dispatch-shardts.log" 2>&1
+rc=$?; note "moe dispatch shardts: exit $rc ($(grep -c ': ok' "$OUT/moe-dispatch-shardts.log") checks ok, $(grep -c FAIL "$OUT/moe-dispatch-shardts.log") FAIL lines)"
+timeout 300 python3 -m torch.distributed.run --nproc-per-node "$N" bench/peers/moe_dispatch.py --json "$OUT/moe-dispatch-torch.jsonl" > "$OUT/moe-dispatch-torch.log" 2>&1
+rc=$?; note "moe dispatch torch: exit $rc"
+python3 - "$OUT" > "$OUT/moe-dispatch-ratio.txt" <<'PY'
+import json, sys, os
+o = sys.argv[1]
+def load(f):
+    p = os.path.join(o, f)
+    return {(r["tokens"], r["d"], r["k"]): r for r in map(json.loads, open(p)) if r.get("kind") == "time"} if os.path.exists(p) else {}
+s, t = load("moe-dispatch-shardts.jsonl"), load("moe-dispatch-torch.jsonl")
+nan = float("nan")
+print("GB/s of token payload per GPU (tokens x k x d x 2 bytes); x = shardts / torch (time ratio torch / shardts)")
+print(f"{'tokens':>6}{'d':>6}{'k':>3} | {'dispatch sh':>11}{'torch':>8}{'x':>6} | {'combine sh':>10}{'torch':>8}{'x':>6} | {'round trip ms sh':>16}{'torch':>8}{'x':>6} | {'plain a2a':>9}{'disp/plain':>11}")
+for k in sorted(set(s) | set(t)):
+    a, b = s.get(k, {}), t.get(k, {})
+    r = lambda x, y: (x / y) if x and y and x == x and y == y else nan
+    print(f"{k[0]:>6}{k[1]:>6}{k[2]:>3} | {a.get('dispatchGBs', nan):>11}{b.get('dispatchGBs', nan):>8}{r(b.get('dispatchMs'), a.get('dispatchMs')):>6.2f} | "
+          f"{a.get('combineGBs', nan):>10}{b.get('combineGBs', nan):>8}{r(b.get('combineMs'), a.get('combineMs')):>6.2f} | "
+          f"{a.get('roundTripMs', nan):>16}{b.get('roundTripMs', nan):>8}{r(b.get('roundTripMs'), a.get('roundTripMs')):>6.2f} | "
+          f"{b.get('plainA2aGBs', nan):>9}{r(a.get('dispatchGBs'), b.get('plainA2aGBs')):>11.2f}" + ("" if a and "error" not in a else f"  shardts: {a.get('error', 'missing')}"))
+print("target (issue 7): round trip x >= 1.3")
+PY
+cat "$OUT/moe-dispatch-ratio.txt"
+fi
 
 echo; echo "== summary"; printf '%s\n' "${summary[@]}" | tee "$OUT/multi-gpu-summary.txt"

@@ -9,4 +9,5 @@ import "./collective.ts";
 import "./quantize.ts";
 import "./scaled-dot.ts";
 import "./scaled-segment.ts";
+import "./dispatch.ts";
 export { getOp, allOps, inferTypes, type OpDef, type CpuCtx, type ShardCtx, type Family } from "./registry.ts";

@@ -50,6 +50,12 @@ export interface OpDef {
   shard(p: Placement[], ctx: ShardCtx): Placement[];
   /** Reference semantics on one rank's local pieces. */
   cpu(inputs: LocalTensor[], attrs: Attrs, ctx: CpuCtx): LocalTensor[];
+  /**
+   * For ops whose pieces depend on other ranks' pieces (MoE dispatch/combine move rows over a mesh
+   * axis): the reference on whole global tensors. The CPU backend assembles the inputs, calls it
+   * and cuts the outputs into each rank's piece; `cpu` is then never called.
+   */
+  global?(inputs: LocalTensor[], attrs: Attrs, inTypes: TensorType[], outTypes: TensorType[]): LocalTensor[];
   /** Reverse-mode rule (absent: the op passes no gradient, e.g. integer outputs or factories). */
   grad?: GradRule;
   /** Filled by the CUDA issue. */

@@ -1,4 +1,5 @@
-// Prints a plan: one line per instruction, with rank 0's local shapes.
+// Prints a plan: one line per instruction, with rank 0's local shapes. Ops that move data over a
+// mesh axis themselves (MoE dispatch/combine) show it: moe_dispatch[ep].
 import type { Plan } from "../plan.ts";
 import { fmtPlacements } from "../ir/placement.ts";
 import { fmtStep } from "./redistribute-plan.ts";
@@ -11,7 +12,7 @@ export function printPlan(p: Plan): string {
   const lines = p.instrs.map((ins) =>
     ins.kind === "comm"
       ? `${v(ins.output)} = ${fmtStep(ins.step, p.mesh)}($${ins.input})`
-      : `${ins.outputs.map(v).join(", ")} = ${ins.op}(${ins.inputs.map((s) => `$${s}`).join(", ")})`,
+      : `${ins.outputs.map(v).join(", ")} = ${ins.op}${typeof ins.attrs.axis === "string" ? `[${ins.attrs.axis}]` : ""}(${ins.inputs.map((s) => `$${s}`).join(", ")})`,
   );
   return [`plan for ${p.world} ranks (local shapes of rank 0)`, ...lines, `outputs: ${p.outputs.map((s) => `$${s}`).join(", ")}`].join("\n");
 }

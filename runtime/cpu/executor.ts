@@ -6,9 +6,10 @@ import type { LocalTensor } from "../../compiler/ir/local.ts";
 import type { CpuCtx } from "../../compiler/ops/registry.ts";
 import { getOp } from "../../compiler/ops/index.ts";
 import { coordsOf } from "../../compiler/ir/placement.ts";
-import { ShardtsError } from "../../compiler/errors.ts";
+import { CompileError, ShardtsError } from "../../compiler/errors.ts";
 import { assemble, type GlobalTensor } from "./assemble.ts";
 import { runStep } from "./collectives.ts";
+import { pieceOf } from "./pieces.ts";
 
 export interface CpuRunResult {
   /** Each output read back as one global tensor (only those asked for; the others are undefined). */
@@ -49,6 +50,8 @@ export function runPlanCpu(plan: Plan, feeds?: ReadonlyMap<string, LocalTensor[]
     try {
       if (ins.kind === "comm") {
         slots[ins.output] = runStep(plan, ins.step, ins.input, ins.output, slots[ins.input]!, counts);
+      } else if (getOp(ins.op).global) {
+        runGlobalOp(plan, ins, (s) => slots[s]!, counts).forEach((per, k) => (slots[ins.outputs[k]!] = per));
       } else {
         const def = getOp(ins.op);
         const per: LocalTensor[][] = ins.outputs.map(() => new Array<LocalTensor>(plan.world));
@@ -74,4 +77,22 @@ export function runPlanCpu(plan: Plan, feeds?: ReadonlyMap<string, LocalTensor[]
     outputs: plan.outputs.map((s, i) => (wanted.has(i) ? assemble(plan, s, slots[s]!, counts) : undefined)),
     locals: plan.outputs.map((s) => slots[s]!),
   };
+}
+
+/**
+ * An op that reads every rank's pieces (it has a `global` reference): whole inputs in, each output
+ * cut into the ranks' pieces. The CUDA backend's simulated mesh runs these ops through here too.
+ */
+export function runGlobalOp(plan: Plan, ins: Extract<Plan["instrs"][number], { kind: "op" }>, pieces: (slot: number) => LocalTensor[], counts: (s: number) => GlobalTensor): LocalTensor[][] {
+  const def = getOp(ins.op);
+  const inputs = ins.inputs.map((s) => assemble(plan, s, pieces(s), counts));
+  const outs = def.global!(inputs, ins.attrs, ins.inputs.map((s) => plan.values[s]!.type), ins.outputs.map((s) => plan.values[s]!.type));
+  outs.forEach((o, k) => {
+    const want = plan.values[ins.outputs[k]!]!.type.dims.map((d) => d.size);
+    if (o.shape.join() !== want.join()) throw new CompileError(`${ins.op}'s global reference returned output ${k} as [${o.shape.join(", ")}], its type says [${want.join(", ")}]; this is a shardts bug`);
+  });
+  // an output's segments may be counted by another output of the same op (dispatch's counts)
+  const own = new Map(ins.outputs.map((s, k) => [s, outs[k]!]));
+  const cnt = (s: number) => own.get(s) ?? counts(s);
+  return ins.outputs.map((s, k) => Array.from({ length: plan.world }, (_, r) => pieceOf(plan, s, outs[k]!, r, cnt)));
 }

@@ -3,9 +3,10 @@
 // contractions go to cuBLASLt; routing and layout moves are the hand-written kernels of
 // kernels/sources.ts; factories produce each piece exactly as the CPU reference does and upload it.
 // A mesh of several ranks is simulated on the one GPU (each rank's pieces are its own buffers) and
-// its collective steps go through the CPU reference's exact simulation. With `rankLocal` set (one
-// process per GPU, nccl/collectives.ts), it runs only its own rank: other ranks' pieces are never
-// made, comm steps go to NCCL, and counts and read-back values are all-gathered across the world.
+// its collective steps (and the exchanges inside MoE dispatch/combine, runtime/cuda/moe.ts) go
+// through the CPU reference's exact simulation. With `rankLocal` set (one process per GPU,
+// nccl/collectives.ts), it runs only its own rank: other ranks' pieces are never made, comm steps
+// go to NCCL, and counts and read-back values are all-gathered across the world.
 import type { DType, TensorType } from "../../compiler/ir/types.ts";
 import type { LocalTensor } from "../../compiler/ir/local.ts";
 import { stridesOf } from "../../compiler/ir/local.ts";
@@ -20,6 +21,7 @@ import { emitCuda } from "../../compiler/codegen/cuda/emit.ts";
 import { DEFAULT_TUNING, type EmitTuning } from "../../compiler/codegen/cuda/tuning.ts";
 import { launchOf, residentBlocks } from "../../compiler/codegen/cuda/launch.ts";
 import { cpuCtx } from "../cpu/executor.ts";
+import { MOE_OPS, runMoe } from "./moe.ts";
 import { runStep } from "../cpu/collectives.ts";
 import { assemble, type GlobalTensor } from "../cpu/assemble.ts";
 import type { KernelFunction, NativeAddon, Stream } from "./native-types.ts";
@@ -355,6 +357,18 @@ export class CudaExecutor {
         } else if (ins.kind === "comm") {
           const pieces = slots[ins.input]!.map((d) => download(this.addon, d, this.stream));
           slots[ins.output] = runStep(plan, ins.step, ins.input, ins.output, pieces, counts).map((t) => upload(this.addon, this.mem, t, this.stream));
+        } else if (MOE_OPS.has(ins.op)) {
+          // MoE dispatch/combine: local kernels, and the exchange as plan comm steps (NCCL or simulated)
+          runMoe(this, plan, ins, ranks, slots, (p, step, inS, outS, pieces, release) => {
+            if (dist) {
+              const out = new Array<DeviceTensor>(W);
+              out[dist.rank] = dist.step(p, step, inS, outS, pieces[dist.rank]!, counts, release);
+              return out;
+            }
+            const host = runStep(p, step, inS, outS, pieces.map((d) => download(this.addon, d, this.stream)), counts).map((t) => upload(this.addon, this.mem, t, this.stream));
+            if (release) pieces.forEach((d) => this.release(d));
+            return host;
+          });
         } else {
           const outs = ins.outputs.map(() => new Array<DeviceTensor>(W));
           for (const r of ranks) {

@@ -11,6 +11,7 @@ import { assemble, type GlobalTensor } from "../cpu/assemble.ts";
 import { download, hostBits, type CachingAllocator, type DeviceTensor } from "./memory.ts";
 import type { Graph, GraphExec } from "./native-types.ts";
 import type { CudaExecutor } from "./executor.ts";
+import { getOp } from "../../compiler/ops/index.ts";
 
 /** A gather/scatter index check whose flag is read after the run (a capture cannot read mid-run). */
 export interface DeferredCheck {
@@ -27,6 +28,8 @@ export function notCapturable(plan: Plan): string | undefined {
   const seg = plan.instrs.find((i) => i.kind === "op" && HOST_COUNTS.has(i.op));
   if (seg && seg.kind === "op")
     return `it holds ${seg.op}, whose per-group row counts are read on the host to size each GEMM (device-side counts come with the MoE expert-parallel work); run it without capture`;
+  const host = plan.instrs.find((i) => i.kind === "op" && getOp(i.op).global);
+  if (host && host.kind === "op") return `it holds ${host.op}, whose token exchange is sized by per-expert counts read on the host; run it without capture`;
   if (plan.world > 1 && plan.instrs.some((i) => i.kind === "comm"))
     return `its mesh has ${plan.world} ranks and collectives, and capture covers plans without collectives for now (simulated on one GPU they travel through the host; NCCL steps inside graphs come later); run it without capture`;
   return undefined;

@@ -57,9 +57,10 @@ export async function loadRunnable(file: string): Promise<ModelDef | MainDef> {
 export function summarizePlan(plan: Plan): string[] {
   const ops = plan.instrs.filter((i) => i.kind === "op").length;
   const comm = new Map<string, number>();
-  for (const i of plan.instrs) if (i.kind === "comm") {
-    const k = fmtStep(i.step, plan.mesh).replace(/\(.*\)$/, "");
-    comm.set(k, (comm.get(k) ?? 0) + 1);
+  for (const i of plan.instrs) {
+    // MoE dispatch/combine ops move rows over their axis themselves: one collective step each
+    const k = i.kind === "comm" ? fmtStep(i.step, plan.mesh).replace(/\(.*\)$/, "") : typeof i.attrs.axis === "string" && i.op.startsWith("moe_") ? `${i.op}[${i.attrs.axis}]` : undefined;
+    if (k) comm.set(k, (comm.get(k) ?? 0) + 1);
   }
   const list = [...comm].map(([k, n]) => `${k} ×${n}`).join(", ");
   return [`  ${ops} ops, ${[...comm.values()].reduce((a, b) => a + b, 0)} collective steps${list ? `: ${list}` : ""}`];

@@ -14,6 +14,7 @@ import { flatten, unflatten } from "../ops/movement.ts";
 import { cast, where } from "../ops/elementwise.ts";
 import { ones } from "../ops/factories.ts";
 import { redistribute } from "../ops/redistribute.ts";
+import { moeCombine, moeDispatch } from "../ops/dispatch.ts";
 import type { ParamStore } from "./params.ts";
 import { swiglu, toActivation } from "./layers.ts";
 import { fp8SegmentDot } from "./fp8.ts";
@@ -31,6 +32,11 @@ export interface MoeConfig {
   nodeLimit?: { groups: number; maxGroups: number };
   /** The FP8 recipe for the routed and shared experts (the router, gates and combine stay as they are). */
   fp8?: boolean;
+  /**
+   * Dispatch and combine as the single ops moe_dispatch / moe_combine (one plan step each) instead
+   * of sort + gather + redistribute + scatter_add; the results are the same.
+   */
+  fusedDispatch?: boolean;
 }
 
 export interface MoeOut {
@@ -46,7 +52,7 @@ export interface MoeOut {
 /** `bias` ([experts], replicated) shifts only which experts are selected, never the gate weights. */
 export function moe(ps: ParamStore, name: string, x: AnyDTensor, cfg: MoeConfig, bias: AnyDTensor): MoeOut {
   const { experts: E, topK: K } = cfg;
-  const model = x.dims.model!, seq = x.dims.seq!;
+  const model = x.dims.model!;
   if (K < 1 || K > E) throw new UsageError(`moe '${name}': topK ${K} must be in [1, ${E}]`);
   const ep = ps.layout.expertAxis;
   const router = ps.param(`${name}.router`, { model, experts: E }, { kind: "normal", std: 1 / Math.sqrt(model) });
@@ -63,14 +69,8 @@ export function moe(ps: ParamStore, name: string, x: AnyDTensor, cfg: MoeConfig,
   const picked = gather(scores, indices, "experts") as AnyDTensor; // [batch, seq, k], unbiased scores
   const gate = div(picked, sum(picked, "k") as AnyDTensor);
 
-  const { perm, counts } = sortByKey(flatten(indices, ["seq", "k"], "slots") as AnyDTensor, "slots", { rows: "rows", groups: "experts", numGroups: E }) as { perm: AnyDTensor; counts: AnyDTensor };
-  const token = div(perm, K); // slot -> token (integer division)
-  let rows = gather(x, token, "seq") as AnyDTensor; // [batch, rows, model]
-  let segCounts = counts;
-  if (ep) {
-    rows = redistribute(rows, { [ep]: "S(rows)" } as never) as AnyDTensor; // dispatch
-    segCounts = redistribute(counts, { [ep]: "S(experts)" } as never) as AnyDTensor; // count exchange
-  }
+  const routed = cfg.fusedDispatch ? fusedRoute(x, indices, gate, E, ep) : composedRoute(x, indices, gate, E, K, ep);
+  const { rows, segCounts, counts } = routed;
   const expert = (p: string, a: string, an: number, b: string, bn: number) =>
     ps.param(`${name}.${p}`, { experts: E, [a]: an, [b]: bn }, { kind: "normal", std: 1 / Math.sqrt(an) }, { ep: "experts" });
   const seg = { rows: "rows", groups: "experts" } as const;
@@ -79,11 +79,7 @@ export function moe(ps: ParamStore, name: string, x: AnyDTensor, cfg: MoeConfig,
   const sdot = (a: AnyDTensor, w: AnyDTensor, k: string, n: string): AnyDTensor =>
     cfg.fp8 ? fp8SegmentDot(a, w, segCounts, k, n) : (segmentDot(a, w, segCounts, k, seg) as AnyDTensor);
   const h = mul(silu(sdot(rows, w1, "model", "ffn")), sdot(rows, w3, "model", "ffn"));
-  let out = sdot(h, w2, "ffn", "model");
-  if (ep) out = redistribute(out, { [ep]: "S(batch)" } as never) as AnyDTensor; // combine
-
-  const weight = gather(flatten(gate, ["seq", "k"], "slots") as AnyDTensor, perm, "slots") as AnyDTensor;
-  let y = scatterAdd(mul(out, weight), token, "rows", { dim: "seq", size: seq }) as AnyDTensor;
+  let y = routed.combine(sdot(h, w2, "ffn", "model"));
   for (let i = 0; i < cfg.shared; i++) y = add(y, swiglu(ps, `${name}.shared${i}`, x, cfg.ffn, cfg.fp8));
 
   // load of each expert over the whole batch (no gradient: it comes from integer counts)
@@ -96,6 +92,42 @@ export function moe(ps: ParamStore, name: string, x: AnyDTensor, cfg: MoeConfig,
     aux = mul(sum(mul(f, P), "experts") as AnyDTensor, cfg.auxLoss * E);
   }
   return { y: toActivation(ps, y), aux, load, indices };
+}
+
+interface Routed {
+  /** Rows grouped by expert (on the expert axis: each rank's own experts), and their counts there. */
+  rows: AnyDTensor;
+  segCounts: AnyDTensor;
+  /** Tokens per expert in the tokens' own layout (for the load statistics). */
+  counts: AnyDTensor;
+  /** Expert outputs (laid out as `rows`) back to [batch, seq, model], gate-weighted and summed. */
+  combine(out: AnyDTensor): AnyDTensor;
+}
+
+/** Sort by expert, gather, and the all-to-alls asked for with redistribute. */
+function composedRoute(x: AnyDTensor, indices: AnyDTensor, gate: AnyDTensor, E: number, K: number, ep: string | undefined): Routed {
+  const { perm, counts } = sortByKey(flatten(indices, ["seq", "k"], "slots") as AnyDTensor, "slots", { rows: "rows", groups: "experts", numGroups: E }) as { perm: AnyDTensor; counts: AnyDTensor };
+  const token = div(perm, K); // slot -> token (integer division)
+  let rows = gather(x, token, "seq") as AnyDTensor; // [batch, rows, model]
+  let segCounts = counts;
+  if (ep) {
+    rows = redistribute(rows, { [ep]: "S(rows)" } as never) as AnyDTensor; // dispatch
+    segCounts = redistribute(counts, { [ep]: "S(experts)" } as never) as AnyDTensor; // count exchange
+  }
+  const combine = (out: AnyDTensor) => {
+    if (ep) out = redistribute(out, { [ep]: "S(batch)" } as never) as AnyDTensor; // combine
+    const weight = gather(flatten(gate, ["seq", "k"], "slots") as AnyDTensor, perm, "slots") as AnyDTensor;
+    return scatterAdd(mul(out, weight), token, "rows", { dim: "seq", size: x.dims.seq! }) as AnyDTensor;
+  };
+  return { rows, segCounts, counts, combine };
+}
+
+/** moe_dispatch / moe_combine: each one step of the plan. */
+function fusedRoute(x: AnyDTensor, indices: AnyDTensor, gate: AnyDTensor, E: number, ep: string | undefined): Routed {
+  const axis = ep ?? null;
+  const d = moeDispatch(x, indices, { axis, dim: "seq", k: "k", rows: "rows", groups: "experts", numGroups: E });
+  const combine = (out: AnyDTensor) => moeCombine(out, d.perm, gate, { axis, dim: "seq", size: x.dims.seq!, k: "k", numK: indices.dims.k! });
+  return { rows: d.rows, segCounts: d.counts, counts: d.counts, combine };
 }
 
 /** Keeps, per token, only the experts of its best `maxGroups` groups (group score: its best expert). */

@@ -1,5 +1,6 @@
 // Runs a FusedPlan on the CPU: kernel instructions through the KernelSpec interpreter, everything
-// else exactly as runtime/cpu does (registry CPU ops, simulated collectives). Test helper only.
+// else exactly as runtime/cpu does (registry CPU ops, ops with a global reference, simulated
+// collectives). Test helper only.
 import type { LocalTensor } from "../../compiler/ir/local.ts";
 import type { CpuCtx } from "../../compiler/ops/registry.ts";
 import type { FusedPlan, KernelInstr } from "../../compiler/codegen/types.ts";
@@ -9,6 +10,7 @@ import { coordsOf } from "../../compiler/ir/placement.ts";
 import { interpretKernel } from "../../compiler/codegen/interpret.ts";
 import { runStep } from "../../runtime/cpu/collectives.ts";
 import { assemble, type GlobalTensor } from "../../runtime/cpu/assemble.ts";
+import { runGlobalOp } from "../../runtime/cpu/executor.ts";
 
 /** `onKernel` sees every kernel launch: the instruction, the rank, its input pieces and the interpreter's results. */
 export function runFusedCpu(
@@ -30,6 +32,8 @@ export function runFusedCpu(
         outs.forEach((o, j) => (per[j]![r] = o));
       }
       ins.outputs.forEach((s, j) => (slots[s] = per[j]));
+    } else if (getOp(ins.op).global) {
+      runGlobalOp(plan, ins, (s) => slots[s]!, counts).forEach((per, k) => (slots[ins.outputs[k]!] = per));
     } else {
       const def = getOp(ins.op);
       const per = ins.outputs.map(() => new Array<LocalTensor>(fp.world));

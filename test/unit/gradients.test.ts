@@ -19,7 +19,7 @@ import {
   Mesh, DTensor, fromGlobal, randn, grad, evaluate, redistribute, Shard, Replicate, Partial, CompileError,
   add, sub, mul, div, maximum, minimum, where, cast, abs, exp, gelu, log, neg, relu, rsqrt, sigmoid, silu, sqrt,
   sum, mean, max, softmax, logSoftmax, rmsnorm, dot, segmentDot, gather, embedding, scatterAdd, topk, sortByKey,
-  flatten, unflatten, rename, concat, split,
+  flatten, unflatten, rename, concat, split, moeDispatch, moeCombine,
 } from "../../stdlib/index.ts";
 import { allOps } from "../../compiler/ops/index.ts";
 import * as R from "./grad-helpers/ref64.ts";
@@ -291,6 +291,51 @@ const CASES: OpCase[] = [
       return [R.segmentDot(R.gather(x!, perm, "tokens"), w!, counts, "rows", "experts", "model")];
     },
   })),
+  // ---- MoE dispatch / combine / redispatch: rows by expert (expert 2 empty, one slot dropped), back
+  // to tokens weighted; the reference is the composed sort + gather + scatter_add in float64.
+  ...(() => {
+    const IDS = ints([["b", 2], ["s", 3], ["k", 2]], [1, 0, 3, 1, -1, 0, 0, 3, 3, 1, 1, 0]);
+    const dOpts = { axis: null, dim: "s", k: "k", rows: "rows", groups: "e", numGroups: 4 };
+    const cOpts = { axis: null, dim: "s", size: 3, k: "k", numK: 2 };
+    const refRoute = (ids: T64) => {
+      const { perm } = R.sortByKey(R.flatten(ids, ["s", "k"], "slots"), "slots", "rows", "e", 4);
+      return { perm, token: R.map([perm], (v) => (v < 0 ? -1 : Math.floor(v / 2))) };
+    };
+    const refWeight = (w: T64, perm: T64) => R.gather(R.flatten(w, ["s", "k"], "slots"), perm, "slots");
+    return [
+      mk("moe_dispatch x[b,s,m] by ids[b,s,k]", (r) => ({
+        op: "moe_dispatch",
+        inputs: [uni(r, [["b", 2], ["s", 3], ["m", 2]]), IDS],
+        lib: ([x, ids]) => [moeDispatch(x!, ids!, dOpts).rows],
+        ref: ([x, ids]) => [R.gather(x!, refRoute(ids!).token, "s")],
+      })),
+      mk("moe_combine rows (dispatched x) weighted by w[b,s,k]", (r) => ({
+        op: "moe_combine",
+        inputs: [uni(r, [["b", 2], ["s", 3], ["m", 2]]), IDS, uni(r, [["b", 2], ["s", 3], ["k", 2]])],
+        lib: ([x, ids, w]) => {
+          const d = moeDispatch(x!, ids!, dOpts);
+          return [moeCombine(mul(d.rows, d.rows), d.perm, w!, cOpts)];
+        },
+        ref: ([x, ids, w]) => {
+          const { perm, token } = refRoute(ids!);
+          const rows = R.gather(x!, token, "s");
+          return [R.scatterAdd(R.map([rows, rows, refWeight(w!, perm)], (a, b, c) => a * b * c), token, ["rows"], "s", 3)];
+        },
+      })),
+      mk("moe_redispatch src[b,s,m] weighted by w[b,s,k] into dispatch's rows", (r) => ({
+        op: "moe_redispatch",
+        inputs: [{ ...uni(r, [["b", 2], ["s", 3], ["m", 2]]), diff: false }, IDS, uni(r, [["b", 2], ["s", 3], ["k", 2]]), uni(r, [["b", 2], ["s", 3], ["m", 2]])],
+        lib: ([x, ids, w, src]) => {
+          const d = moeDispatch(x!, ids!, dOpts);
+          return raw("moe_redispatch", [src!, d.perm, w!], { ...cOpts, keepK: false });
+        },
+        ref: ([, ids, w, src]) => {
+          const { perm, token } = refRoute(ids!);
+          return [R.map([R.gather(src!, token, "s"), refWeight(w!, perm)], (a, b) => a * b)];
+        },
+      })),
+    ];
+  })(),
   // ---- gather / embedding: a repeated row and a -1 (padding)
   mk("gather rows [v,f] by index[n] (repeat, -1)", (r) => ({
     op: "gather",

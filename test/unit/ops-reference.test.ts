@@ -10,7 +10,7 @@ import {
   Mesh, DTensor, Shard, Partial, Replicate, evaluate, fromGlobal, randn, rand, zeros, ones, full, iota, redistribute,
   abs, exp, gelu, log, neg, relu, rsqrt, sigmoid, silu, sqrt, add, sub, mul, div, maximum, minimum, where, cast,
   sum, mean, max, softmax, logSoftmax, rmsnorm, dot, segmentDot, topk, gather, embedding, scatterAdd, sortByKey,
-  rename, flatten, unflatten, concat, split, quantize, dequantize, scaledDot, type GlobalValue,
+  rename, flatten, unflatten, concat, split, quantize, dequantize, scaledDot, moeDispatch, moeCombine, type GlobalValue,
 } from "../../stdlib/index.ts";
 import { allOps } from "../../compiler/ops/index.ts";
 import { roundToBf16, roundToE4M3, roundToE5M2 } from "../../compiler/numeric/index.ts";
@@ -533,6 +533,43 @@ describe(`ops against a float64 reference, 1-device mesh ${SEED_NOTE}`, () => {
       const [perm, counts] = await run(s.perm, s.counts);
       expect(Array.from(perm!.data)).toEqual([1, 4, 8, 3, 7, 0, 2, 5, -1, -1]);
       expect(Array.from(counts!.data)).toEqual([3, 2, 3]);
+    });
+
+    it("moe_dispatch / moe_combine / moe_redispatch: rows by expert, weighted sum back, weighted rows out", async () => {
+      const r = rngFor("moe_dispatch");
+      const mesh = one();
+      const B = 2, T = 5, K = 2, M = 3, G = 4;
+      // ids in [0, G) with a few dropped slots (-1)
+      const ids = input(mesh, [["b", B], ["tok", T], ["k", K]], "i32", () => (r.uniform(0, 1) < 0.1 ? -1 : r.int(0, G - 1)));
+      const x = input(mesh, [["b", B], ["tok", T], ["model", M]], "f32", () => r.uniform(-2, 2));
+      const w = input(mesh, [["b", B], ["tok", T], ["k", K]], "f32", () => r.uniform(-2, 2));
+      const d = moeDispatch(x.t as never, ids.t as never, { axis: null, dim: "tok", k: "k", rows: "slot", groups: "g", numGroups: G });
+      const y = moeCombine(d.rows, d.perm, w.t as never, { axis: null, dim: "tok", size: T, k: "k", numK: K });
+      const attrs = { axis: null, dim: "tok", size: T, k: "k", numK: K, keepK: false };
+      const z = new DTensor(mesh, mesh.builder.add("moe_redispatch", [x.t.ref, d.perm.ref, w.t.ref], attrs)[0]!);
+      const [rows, perm, counts, yv, zv] = await run(d.rows as never, d.perm as never, d.counts as never, y as never, z);
+      const permRef = new Ref([["b", B], ["slot", T * K]]), countsRef = new Ref([["b", B], ["g", G]]);
+      for (let bi = 0; bi < B; bi++) {
+        const s = sortRef(Array.from({ length: T * K }, (_, j) => ids.ref.at({ b: bi, tok: Math.floor(j / K), k: j % K })), G);
+        s.perm.forEach((p, j) => (permRef.data[permRef.offset({ b: bi, slot: j })] = p));
+        s.counts.forEach((c, g) => (countsRef.data[countsRef.offset({ b: bi, g })] = c));
+      }
+      expectClose(perm!, permRef, "exact", "moe_dispatch perm", "i32");
+      expectClose(counts!, countsRef, "exact", "moe_dispatch counts", "i32");
+      const at = (i: Idx) => permRef.at({ b: i.b!, slot: i.slot! });
+      expectClose(rows!, Ref.build([["b", B], ["slot", T * K], ["model", M]], (i) => (at(i) < 0 ? 0 : x.ref.at({ ...i, tok: Math.floor(at(i) / K) }))), "exact", "moe_dispatch rows", "f32");
+      // y[b, t] = sum over t's kept slots of w * x[b, t]
+      const yRef = Ref.build([["b", B], ["tok", T], ["model", M]], (i) => {
+        let s = 0;
+        for (let k = 0; k < K; k++) if (ids.ref.at({ ...i, k }) >= 0) s += w.ref.at({ ...i, k }) * x.ref.at(i);
+        return s;
+      });
+      expectClose(yv!, yRef, "f32", "moe_combine", "f32");
+      const zRef = Ref.build([["b", B], ["slot", T * K], ["model", M]], (i) => {
+        const p = at(i);
+        return p < 0 ? 0 : x.ref.at({ ...i, tok: Math.floor(p / K) }) * w.ref.at({ b: i.b!, tok: Math.floor(p / K), k: p % K });
+      });
+      expectClose(zv!, zRef, "f32", "moe_redispatch", "f32");
     });
 
     it("topk: values and indices along a middle dim, ties to the lower index", async () => {

@@ -18,7 +18,7 @@ export function ctype(t: DType): string {
 }
 export const elemBytes = (t: DType): number => (t === "bf16" ? 2 : t === "f32" || t === "i32" ? 4 : 1);
 
-const PRELUDE = `#include <cuda_bf16.h>
+export const PRELUDE = `#include <cuda_bf16.h>
 struct Geo { int nd; long long n; int shape[${MAX_DIMS}]; long long istride[${MAX_DIMS}]; long long ostride[${MAX_DIMS}]; };
 __device__ __forceinline__ float to_f(float x) { return x; }
 __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }

@@ -3,6 +3,7 @@
 // __syncthreads a block barrier, warp shuffles through a per-warp exchange with two barriers. Device
 // intrinsics take their host fallbacks in the prelude (#ifdef __CUDA_ARCH__).
 #pragma once
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -40,6 +41,21 @@ template <typename X> X __shfl_xor_sync(unsigned, X v, int o) {
   X x;
   std::memcpy(&x, &r, sizeof(X));
   return x;
+}
+struct uint4 { unsigned x, y, z, w; };
+inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
+inline int __popc(unsigned v) { return __builtin_popcount(v); }
+inline int __ffs(unsigned v) { return __builtin_ffs((int)v); }
+/** The lanes of this warp whose v equals this lane's (the emulation runs whole warps: mask is all lanes). */
+inline unsigned __match_any_sync(unsigned, int v) {
+  EmuWarp& w = *emu_warps[threadIdx.x >> 5];
+  const int lane = threadIdx.x & 31;
+  w.buf[lane] = (uint64_t)(uint32_t)v;
+  w.bar.arrive_and_wait();
+  unsigned m = 0;
+  for (int l = 0; l < 32; l++) if ((uint32_t)w.buf[l] == (uint32_t)v) m |= 1u << l;
+  w.bar.arrive_and_wait();
+  return m;
 }
 template <typename F> void emu_launch(unsigned grid, unsigned block, F f) {
   gridDim.x = grid;

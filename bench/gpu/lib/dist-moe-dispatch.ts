@@ -1,0 +1,180 @@
+// One rank of the MoE dispatch/combine check and benchmark, run under `shardts launch
+// --nproc-per-node N` (bench/gpu/multi-gpu.sh, stage 5). Mesh ep=N; tokens sharded by batch entry.
+//   1. checks: dispatch -> identity experts -> weighted combine, forward and the gradients of the
+//      tokens and the gate weights, on the GPUs (kernels + NCCL exchanges) against the CPU-simulated
+//      mesh of the same plan, with random, skewed and empty-expert routings, f32 and bf16. Integer
+//      outputs and the dispatched rows must be equal; floats within 1e-5 (f32) / 1e-2 (bf16).
+//   2. timing: 4096 and 8192 tokens per GPU x d 2048 / 7168 x top-6 / top-8, 256 experts, bf16:
+//      the dispatch plan (permute + count exchange + token exchange) and the round trip (dispatch
+//      + weighted combine) per run, median wall time of 15 after 3 warm-ups; combine = round trip -
+//      dispatch. GB/s = token payload per GPU (tokens x k x d x 2 bytes) / time.
+// Every check and every size is caught and reported on its own; rank 0 prints a summary table and
+// writes one JSON line per result to --json FILE.
+import { writeFileSync } from "node:fs";
+import { defineMain } from "../../../stdlib/model.ts";
+import { cudaExecutor, jobRank } from "../../../stdlib/run.ts";
+import { Mesh } from "../../../stdlib/mesh.ts";
+import type { AnyDTensor } from "../../../stdlib/dtensor.ts";
+import { fromGlobal } from "../../../stdlib/ops/factories.ts";
+import { input } from "../../../stdlib/program.ts";
+import { moeCombine, moeDispatch } from "../../../stdlib/ops/dispatch.ts";
+import { redistribute } from "../../../stdlib/ops/redistribute.ts";
+import { sum } from "../../../stdlib/ops/reduce.ts";
+import { mul } from "../../../stdlib/nn/ops-internal.ts";
+import { grad } from "../../../stdlib/autodiff.ts";
+import { compile } from "../../../compiler/pipeline.ts";
+import type { DType } from "../../../compiler/ir/types.ts";
+import { allocLocal, type LocalTensor } from "../../../compiler/ir/local.ts";
+import { roundToBf16 } from "../../../compiler/numeric/bf16.ts";
+import { runPlanCpu } from "../../../runtime/cpu/executor.ts";
+
+type Routing = "random" | "skewed" | "empty";
+const E = 256, SEQ = 512;
+
+/** Expert ids: uniform; 70% to expert 1; or never experts 0, E/2, E-1 and a few dropped (-1). */
+function route(r: Routing, n: number, experts: number, seed: number, K: number): Int32Array {
+  const ids = new Int32Array(n);
+  let s = seed >>> 0;
+  const rnd = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32);
+  for (let i = 0; i < n; i++) {
+    // a token's k ids differ (as top-k's do): redraw on a repeat within the token
+    for (;;) {
+      let e = Math.floor(rnd() * experts);
+      if (r === "skewed" && rnd() < 0.7) e = 1;
+      if (r === "empty") {
+        if (rnd() < 0.03) e = -1;
+        else if (e === 0 || e === experts >> 1 || e === experts - 1) e = 2;
+      }
+      let dup = false;
+      for (let j = i - (i % K); j < i; j++) if (ids[j] === e && e >= 0) dup = true;
+      if (!dup || r === "skewed") {
+        ids[i] = e;
+        break;
+      }
+    }
+  }
+  return ids;
+}
+const values = (n: number, dtype: DType, seed: number) => {
+  let s = seed >>> 0;
+  const f = dtype === "bf16" ? roundToBf16 : Math.fround;
+  return Float32Array.from({ length: n }, () => f(((s = (Math.imul(s, 1103515245) + 12345) >>> 0) / 2 ** 32 - 0.5) * 4));
+};
+
+function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let num = 0, den = 0;
+  for (let i = 0; i < b.length; i++) {
+    if (a[i] !== a[i] || b[i] !== b[i]) return Infinity;
+    num = Math.max(num, Math.abs(a[i]! - b[i]!));
+    den = Math.max(den, Math.abs(b[i]!));
+  }
+  return den ? num / den : num;
+}
+
+export default defineMain(async ({ args, log }) => {
+  const W = Number(process.env.WORLD_SIZE ?? 1), rank = jobRank();
+  const outFile = args.includes("--json") ? args[args.indexOf("--json") + 1] : undefined;
+  const only = args.includes("--only") ? args[args.indexOf("--only") + 1] : undefined;
+  const ex = cudaExecutor();
+  if (!ex.rankLocal) throw new Error("not in a multi-GPU job: run under shardts launch --nproc-per-node N with a GPU per rank");
+  const results: Record<string, unknown>[] = [];
+  const say = (s: string) => rank === 0 && log(s);
+  let failures = 0;
+
+  // ---- 1. checks against the CPU-simulated mesh
+  if (only !== "time") {
+    for (const routing of ["random", "skewed", "empty"] as Routing[]) {
+      for (const dtype of ["f32", "bf16"] as DType[]) {
+        const what = `check ${routing} ${dtype} (ep=${W})`;
+        try {
+          const B = 2 * W, S = 48, K = 4, D = 160, Ex = 4 * W + 1; // uneven experts per rank
+          const mesh = Mesh.of({ ep: W });
+          const on = { ep: "S(b)" } as never;
+          const x = fromGlobal(mesh, { b: B, s: S, d: D }, dtype, values(B * S * D, dtype, 1), on) as AnyDTensor;
+          const idx = fromGlobal(mesh, { b: B, s: S, k: K }, "i32", route(routing, B * S * K, Ex, 7, K), on) as AnyDTensor;
+          const w = fromGlobal(mesh, { b: B, s: S, k: K }, dtype, values(B * S * K, dtype, 2), on) as AnyDTensor;
+          const rr = fromGlobal(mesh, { b: B, s: S, d: D }, dtype, values(B * S * D, dtype, 3), on) as AnyDTensor;
+          const d = moeDispatch(x, idx, { axis: "ep", dim: "s", k: "k", rows: "rows", groups: "e", numGroups: Ex });
+          const y = moeCombine(d.rows, d.perm, w, { axis: "ep", dim: "s", size: S, k: "k", numK: K }); // identity experts
+          const loss = redistribute(sum(mul(y, rr), ["b", "s", "d"]) as AnyDTensor, { ep: "R" } as never) as AnyDTensor;
+          const g = grad(loss, { x, w });
+          const outs = { rows: d.rows, perm: d.perm, counts: d.counts, y, dx: g.x as AnyDTensor, dw: g.w as AnyDTensor };
+          const plan = compile(mesh.builder.graph, Object.values(outs).map((t) => t.ref));
+          const cpu = runPlanCpu(plan).outputs, gpu = ex.run(plan).outputs;
+          const tol = dtype === "f32" ? 1e-5 : 1e-2;
+          const errs = Object.keys(outs).map((k, i) => [k, relErr(gpu[i]!.data, cpu[i]!.data)] as const);
+          const exact = new Set(["rows", "perm", "counts"]);
+          const bad = errs.filter(([k, e]) => (exact.has(k) ? e !== 0 : !(e <= tol)));
+          if (bad.length) failures++;
+          const detail = errs.map(([k, e]) => `${k} ${e === 0 ? "equal" : e.toExponential(2)}`).join(", ");
+          say(`${what}: ${bad.length ? "FAIL" : "ok"}  (${detail}; tolerance ${tol} for y/dx/dw, exact for rows/perm/counts)`);
+          results.push({ kind: "check", routing, dtype, world: W, ok: !bad.length, errors: Object.fromEntries(errs) });
+        } catch (e) {
+          failures++;
+          say(`${what}: FAIL with ${(e as Error).stack?.split("\n").slice(0, 4).join(" | ")}`);
+          results.push({ kind: "check", routing, dtype, world: W, ok: false, error: String((e as Error).message) });
+        }
+      }
+    }
+  }
+
+  // ---- 2. timing
+  if (only !== "check") {
+    for (const T of [4096, 8192]) for (const D of [2048, 7168]) for (const K of [6, 8]) {
+      const what = `time T=${T} d=${D} top-${K} (ep=${W})`;
+      try {
+        const Bper = T / SEQ, B = Bper * W;
+        const mesh = Mesh.of({ ep: W });
+        const on = { ep: "S(b)" } as never;
+        const x = input(mesh, "x", { b: B, s: SEQ, d: D }, "bf16", on) as AnyDTensor;
+        const idx = input(mesh, "idx", { b: B, s: SEQ, k: K }, "i32", on) as AnyDTensor;
+        const w = input(mesh, "w", { b: B, s: SEQ, k: K }, "bf16", on) as AnyDTensor;
+        const d = moeDispatch(x, idx, { axis: "ep", dim: "s", k: "k", rows: "rows", groups: "e", numGroups: E });
+        const y = moeCombine(d.rows, d.perm, w, { axis: "ep", dim: "s", size: SEQ, k: "k", numK: K });
+        const planD = compile(mesh.builder.graph, [d.rows.ref]), planRT = compile(mesh.builder.graph, [y.ref]);
+        const mine = (t: LocalTensor) => {
+          const a = new Array<LocalTensor>(W);
+          a[rank] = t;
+          return a;
+        };
+        const xs = allocLocal("bf16", [Bper, SEQ, D]);
+        xs.data.set(values(Bper * SEQ * D, "bf16", 11 + rank));
+        const ws = allocLocal("bf16", [Bper, SEQ, K]);
+        ws.data.set(values(Bper * SEQ * K, "bf16", 13 + rank));
+        const is = allocLocal("i32", [Bper, SEQ, K]);
+        is.data.set(route("random", Bper * SEQ * K, E, 17 + rank, K));
+        ex.setResident("x", mine(xs));
+        ex.setResident("w", mine(ws));
+        ex.setResident("idx", mine(is));
+        const time = (plan: typeof planD) => {
+          for (let i = 0; i < 3; i++) ex.run(plan, undefined, [], { download: false });
+          const ts: number[] = [];
+          for (let i = 0; i < 15; i++) {
+            const t0 = performance.now();
+            ex.run(plan, undefined, [], { download: false });
+            ts.push(performance.now() - t0);
+          }
+          return ts.sort((a, b) => a - b)[7]!;
+        };
+        const msD = time(planD), msRT = time(planRT), msC = msRT - msD;
+        const bytes = T * K * D * 2;
+        const row = { kind: "time", impl: "shardts", tokens: T, d: D, k: K, experts: E, world: W, dispatchMs: +msD.toFixed(3), roundTripMs: +msRT.toFixed(3), combineMs: +msC.toFixed(3), dispatchGBs: +(bytes / msD / 1e6).toFixed(1), combineGBs: +(bytes / msC / 1e6).toFixed(1), peakGiB: +(ex.mem.peak / 2 ** 30).toFixed(2) };
+        say(`${what}: dispatch ${msD.toFixed(3)} ms (${row.dispatchGBs} GB/s), round trip ${msRT.toFixed(3)} ms, combine ${msC.toFixed(3)} ms (${row.combineGBs} GB/s)`);
+        results.push(row);
+        for (const n of ["x", "w", "idx"]) ex.setResident(n, undefined);
+      } catch (e) {
+        failures++;
+        say(`${what}: FAIL with ${(e as Error).stack?.split("\n").slice(0, 4).join(" | ")}`);
+        results.push({ kind: "time", impl: "shardts", tokens: T, d: D, k: K, world: W, error: String((e as Error).message) });
+        for (const n of ["x", "w", "idx"]) ex.setResident(n, undefined);
+      }
+    }
+  }
+
+  if (rank === 0) {
+    log("\nsummary (shardts, ep=" + W + ")");
+    for (const r of results) log(r.kind === "check" ? `  check ${r.routing} ${r.dtype}: ${r.ok ? "ok" : "FAIL"}` : `  T ${r.tokens} d ${r.d} top-${r.k}: ${r.error ? "FAIL " + r.error : `dispatch ${r.dispatchMs} ms ${r.dispatchGBs} GB/s, combine ${r.combineMs} ms ${r.combineGBs} GB/s`}`);
+    if (outFile) writeFileSync(outFile, results.map((r) => JSON.stringify(r)).join("\n") + "\n");
+  }
+  return failures ? 1 : 0;
+});
