@@ -5,6 +5,7 @@
 #   2. the MoE layer example rank-local on N GPUs, checked against the one-device CPU run
 #   3. train-moe-lm 20 steps per layout on N GPUs vs the CPU-simulated run of the same mesh and seed
 #   4. faults: one rank throws mid-step; one rank hangs before a collective (timeout 20 s)
+#   checkpoints (ckpt_stage): save/load of the trained MoE LM and a bulk state, GB/s, async overhead
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 GPU_DIR=${GPU_DIR:-.gpu}
@@ -79,5 +80,27 @@ rc=$?; note "fault throw: exit $rc in $(( $(date +%s) - t0 )) s; $(grep -o 'shar
 t0=$(date +%s)
 SHARDTS_COLLECTIVE_TIMEOUT_S=20 timeout 90 "${CLI[@]}" launch --nproc-per-node "$N" bench/gpu/lib/dist-fault.ts --hang-rank 1 > "$OUT/fault-hang.log" 2>&1
 rc=$?; note "fault hang: exit $rc in $(( $(date +%s) - t0 )) s; $(grep -o 'CollectiveTimeoutError: [^.]*' "$OUT/fault-hang.log" | head -1); left behind: $(pgrep -fc shardts-cli.mjs || true)"
+
+# --- stage: checkpoints (issue 8) --------------------------------------------------------------
+# The MoE LM trained rank-local on N GPUs, its state saved (each rank its own pieces, rank 0 commits)
+# and loaded back; a 1 GiB-per-rank bulk state saved from GPU memory (device -> pinned -> background
+# write) and loaded on the same and on a resharded layout, with GB/s per rank and in total; step time
+# with and without a save in flight. Then Python reads rank 0's file of each checkpoint
+# (bench/peers/read_safetensors.py: the safetensors package, else torch) against metadata.json.
+ckpt_stage() {
+  local ck=${CKPT_DIR:-/tmp/shardts-ckpt-bench} t0 rc
+  t0=$(date +%s)
+  SHARDTS_COLLECTIVE_TIMEOUT_S=60 timeout 420 "${CLI[@]}" launch --nproc-per-node "$N" bench/gpu/lib/dist-checkpoint.ts --backend cuda \
+    --out "$OUT/ckpt" --ckpt-dir "$ck" --layout ep --steps 8 --bulk-mib "${CKPT_BULK_MIB:-1024}" > "$OUT/ckpt.log" 2>&1
+  rc=$?; note "checkpoints on $N GPUs: exit $rc in $(( $(date +%s) - t0 )) s; $(tail -1 "$OUT/ckpt/summary.txt" 2>/dev/null || echo 'no summary')"
+  for which in train bulk; do
+    timeout 120 python3 bench/peers/read_safetensors.py "$ck/$which" --rank 0 --json "$OUT/ckpt/python-$which.json" > "$OUT/ckpt-python-$which.log" 2>&1
+    rc=$?; note "checkpoint $which rank-0 file read by Python: exit $rc; $(head -1 "$OUT/ckpt-python-$which.log" | sed 's/.* with //'); $(tail -1 "$OUT/ckpt-python-$which.log")"
+  done
+  cat "$OUT/ckpt/summary.txt" 2>/dev/null
+  rm -rf "$ck"
+}
+ckpt_stage
+# --- end of stage: checkpoints -------------------------------------------------------------------
 
 echo; echo "== summary"; printf '%s\n' "${summary[@]}" | tee "$OUT/multi-gpu-summary.txt"
