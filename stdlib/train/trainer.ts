@@ -176,14 +176,16 @@ export class Trainer {
     for (const [name, type] of Object.entries(types)) {
       const pieces = s.tensors[name];
       if (!pieces) throw new UsageError(`importState(): the state has no '${name}'`);
-      // a process of a rank-local job holds (and feeds) only its own ranks' pieces
-      next[name] = Array.from({ length: world }, (_, r) => {
-        if (!held.has(r)) return undefined as unknown as LocalTensor;
+      // a process of a rank-local job holds (and feeds) only its own ranks' pieces: the others are
+      // holes, as in the pieces a rank-local step returns
+      const arr: Pieces = new Array(world);
+      for (const r of held) {
         const p = pieces[r], want = boxOf(type, this.mesh.spec, coordsOf(this.mesh.spec, r)).shape;
         if (!p || p.dtype !== type.dtype || p.shape.length !== want.length || p.shape.some((d, i) => d !== want[i]))
           throw new UsageError(`importState(): '${name}' on rank ${r} is ${p ? `${p.dtype}[${p.shape}]` : "missing"}; this layout holds ${type.dtype}[${want}]`);
-        return p;
-      });
+        arr[r] = p;
+      }
+      next[name] = arr;
     }
     for (const s2 of this.ps.specs) for (const n of [s2.name, ...momentNames(s2.name)]) this.state[n] = next[n]!;
     const first = Math.min(...held);
