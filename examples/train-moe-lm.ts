@@ -112,7 +112,8 @@ export default defineMain(async ({ args, log }) => {
     if (data?.batch !== o.batch) throw new UsageError(`--resume: the checkpoint was trained with --batch ${data?.batch}; give the same --batch`);
     trainer.importState({ step: ck.step, tensors: ck.tensors }, rankLocal ? { ranks: [rank] } : {});
     loader = BatchLoader.fromState(tokens, data);
-    log(`resumed from ${ck.path} at step ${ck.step} (loaded onto ${layout}${rankLocal ? `, rank ${rank} of ${world} reading its own piece` : ""}) in ${((performance.now() - t1) / 1000).toFixed(2)} s`);
+    const saved = ck.savedMesh.axes.map((a, i) => `${a}=${ck.savedMesh.sizes[i]}`).join(", ");
+    log(`resumed from ${ck.path} at step ${ck.step} (saved on mesh ${saved}, loaded onto ${layout}) in ${((performance.now() - t1) / 1000).toFixed(2)} s${rankLocal ? `; rank ${rank} of ${world} read only its own piece` : ""}`);
     if (trainer.step >= o.steps) return log(`nothing to train: the checkpoint is at step ${trainer.step}, --steps is ${o.steps}`), 0;
   }
   const saver = !o.save ? undefined : world > 1 ? await connectRankSaver(o.save, { keep: o.keep }) : new AsyncSaver(o.save, { keep: o.keep });

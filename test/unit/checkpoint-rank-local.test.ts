@@ -3,12 +3,14 @@
 // meet at store barriers, rank 0 commits. Saved on dp=4, loaded on dp=1 x ep=2 and on one process,
 // bit-identical, each rank reading only what overlaps its piece; a rank SIGKILLed mid-save leaves
 // `latest` loadable and the next save cleans up; a rank whose background save fails makes every
-// rank's next call fail, and the job saves again after it. Also the barrier itself, in one process.
+// rank's next call fail, and the job saves again after it. Also the training example's --save under
+// the launcher, and the barrier itself, in one process.
 import { afterAll, describe, expect, it } from "vitest";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { launch } from "../../runtime/launch/launcher.ts";
+import { main } from "../../stdlib/cli/main.ts";
 import { startStore } from "../../runtime/launch/store.ts";
 import { StoreClient } from "../../runtime/launch/rendezvous.ts";
 import { StoreBarrier } from "../../runtime/launch/barrier.ts";
@@ -110,6 +112,21 @@ describe("rank-local checkpoints under shardts launch (CPU backend)", () => {
     }
     expect(readdirSync(bdir).filter((n) => n.startsWith("step-")).sort()).toEqual(["step-1", "step-3"]);
     await expectStep(bdir, 3);
+  }, 120_000);
+});
+
+describe("examples/train-moe-lm.ts under shardts launch", () => {
+  it("--save on 2 processes: each writes its own rank's file, rank 0 commits; the checkpoint resumes in one process", async () => {
+    const edir = join(root, "example");
+    const out: string[] = [], err: string[] = [];
+    const res = await launch({ nprocPerNode: 2, nnodes: 1, nodeRank: 0, masterAddr: "127.0.0.1", masterPort: 0, file: "examples/train-moe-lm.ts", args: ["--layout", "ep", "--mesh", "ep=2", "--steps", "2", "--batch", "4", "--no-eval", "--save", edir], graceMs: 2000 }, (l) => out.push(l), (l) => err.push(l));
+    expect(res.code, err.join("\n")).toBe(0);
+    expect(out.filter((l) => /checkpoint: step 2 saved to .*step-2/.test(l)).map((l) => l.slice(0, 8)).sort()).toEqual(["[rank 0]", "[rank 1]"]);
+    const { meta } = await readMetadata(edir);
+    expect(meta.mesh).toEqual({ axes: ["ep"], sizes: [2] });
+    expect(Object.values(meta.tensors).flatMap((t) => t.pieces.map((p) => p.rank)).filter((r) => r === 1).length).toBeGreaterThan(0);
+    const r = await main(["run", "examples/train-moe-lm.ts", "--steps", "3", "--batch", "4", "--no-eval", "--layout", "single", "--resume", edir]);
+    expect(r).toBe(0);
   }, 120_000);
 });
 
