@@ -11,7 +11,7 @@ import { defineMain, UsageError } from "shardts";
 import { layoutByName, LAYOUTS } from "shardts/nn";
 import { Trainer, Evaluator, generate, maxOverMean, Progress, BatchLoader, ByteTokenizer, loadTrainingText, unigramEntropyNats, bigramEntropyNats, ADAMW_DEFAULTS } from "shardts/train";
 import type { LmConfig } from "shardts/nn";
-import { AsyncSaver, load, type Json } from "shardts/checkpoint";
+import { AsyncSaver, connectRankSaver, load, loadRank, type Json } from "shardts/checkpoint";
 import { writeFileSync } from "node:fs";
 
 const HELP = `usage: shardts run examples/train-moe-lm.ts [options]
@@ -97,20 +97,26 @@ export default defineMain(async ({ args, log }) => {
   if (o.fp8) log("fp8: dense MLPs, shared and routed experts in FP8 (e4m3, 1x128 activation tiles, 128x128 weight blocks, FP32 master weights)");
   log(`layout: ${layout}; step program: ${trainer.program.plan.instrs.length} instructions, compiled in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
 
+  // one process per rank (shardts launch): each saves its own rank's pieces; on GPUs each also holds
+  // (and loads) only its own
+  const world = Number(process.env.WORLD_SIZE ?? "1"), rank = Number(process.env.RANK ?? "0");
+  const rankLocal = world > 1 && trainer.program.backend === "cuda";
   if (o.resume) {
     // the template is this run's layout: the checkpoint's pieces are resharded onto it
     const mesh = { axes: layout.axes, sizes: layout.axes.map((a) => layout.mesh[a]!) };
     const t1 = performance.now();
-    const ck = await load(o.resume, { mesh, tensors: trainer.stateTypes() });
+    const ck = rankLocal
+      ? await loadRank(o.resume, rank, { mesh, tensors: trainer.stateTypes() }).then((r) => ({ ...r, tensors: Object.fromEntries(Object.entries(r.tensors).map(([n, t]) => [n, Array.from({ length: world }, (_, q) => (q === rank ? t : undefined))])) }))
+      : await load(o.resume, { mesh, tensors: trainer.stateTypes() });
     const data = ck.extras.data as unknown as ReturnType<BatchLoader["state"]>;
     if (data?.batch !== o.batch) throw new UsageError(`--resume: the checkpoint was trained with --batch ${data?.batch}; give the same --batch`);
-    trainer.importState({ step: ck.step, tensors: ck.tensors });
+    trainer.importState({ step: ck.step, tensors: ck.tensors }, rankLocal ? { ranks: [rank] } : {});
     loader = BatchLoader.fromState(tokens, data);
     const saved = ck.savedMesh.axes.map((a, i) => `${a}=${ck.savedMesh.sizes[i]}`).join(", ");
-    log(`resumed from ${ck.path} at step ${ck.step} (saved on mesh ${saved}, loaded onto ${layout}) in ${((performance.now() - t1) / 1000).toFixed(2)} s`);
+    log(`resumed from ${ck.path} at step ${ck.step} (saved on mesh ${saved}, loaded onto ${layout}) in ${((performance.now() - t1) / 1000).toFixed(2)} s${rankLocal ? `; rank ${rank} of ${world} read only its own piece` : ""}`);
     if (trainer.step >= o.steps) return log(`nothing to train: the checkpoint is at step ${trainer.step}, --steps is ${o.steps}`), 0;
   }
-  const saver = o.save ? new AsyncSaver(o.save, { keep: o.keep }) : undefined;
+  const saver = !o.save ? undefined : world > 1 ? await connectRankSaver(o.save, { keep: o.keep }) : new AsyncSaver(o.save, { keep: o.keep });
   const checkpoint = () => saver!.saveAsync({ ...trainer.exportState(), extras: { data: loader.state() as unknown as Json, layout: layout.toString(), seed: o.seed, steps: o.steps } });
 
   const progress = new Progress({ total: o.steps, tokensPerStep: o.batch * model.seq });
@@ -130,11 +136,12 @@ export default defineMain(async ({ args, log }) => {
   // (under a launcher every rank computes the same losses; rank 0 writes them)
   if (o.losses && (process.env.RANK ?? "0") === "0") writeFileSync(o.losses, JSON.stringify({ layout: layout.toString(), backend: o.backend, seed: o.seed, losses: curve }) + "\n");
   log(`time: ${secs.toFixed(0)} s for ${curve.length} steps, ${((curve.length * o.batch * model.seq) / secs).toFixed(0)} tokens/s`);
-  if (!o.eval) return 0;
   if (saver) {
     const last = await saver.flush();
     if (last) log(`checkpoint: step ${last.step} saved to ${last.path} (${(last.bytes / 1e6).toFixed(2)} MB)`);
+    if ("close" in saver) saver.close();
   }
+  if (!o.eval) return 0;
 
   const ev = new Evaluator(layout, model, o.batch, o.backend);
   const val = loader.valBatches(4).map((b) => ev.loss(trainer.params, trainer.biases, b.inputs, b.targets));

@@ -8,6 +8,7 @@
 #   5. MoE dispatch/combine ops: GPUs vs the CPU-simulated mesh (random/skewed/empty routings, forward
 #      and gradients), then dispatch/combine GB/s against torch.distributed (permute + count exchange +
 #      all_to_all_single) and plain all_to_all_single at the same bytes. Only this stage: STAGES=5
+#   6. checkpoints (ckpt_stage): save/load of the trained MoE LM and a bulk state, GB/s, async overhead
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 GPU_DIR=${GPU_DIR:-.gpu}
@@ -20,7 +21,7 @@ CLI=("$NODE" "$GPU_DIR/shardts-cli.mjs")
 summary=()
 note() { summary+=("$1"); echo "== $1"; }
 
-STAGES=${STAGES:-12345}
+STAGES=${STAGES:-123456}
 want() { [[ "$STAGES" == *"$1"* ]]; }
 
 if want 1; then
@@ -121,5 +122,27 @@ print("target (issue 7): round trip x >= 1.3")
 PY
 cat "$OUT/moe-dispatch-ratio.txt"
 fi
+
+# --- stage: checkpoints (issue 8) --------------------------------------------------------------
+# The MoE LM trained rank-local on N GPUs, its state saved (each rank its own pieces, rank 0 commits)
+# and loaded back; a 1 GiB-per-rank bulk state saved from GPU memory (device -> pinned -> background
+# write) and loaded on the same and on a resharded layout, with GB/s per rank and in total; step time
+# with and without a save in flight. Then Python reads rank 0's file of each checkpoint
+# (bench/peers/read_safetensors.py: the safetensors package, else torch) against metadata.json.
+ckpt_stage() {
+  local ck=${CKPT_DIR:-/tmp/shardts-ckpt-bench} t0 rc
+  t0=$(date +%s)
+  SHARDTS_COLLECTIVE_TIMEOUT_S=60 timeout 420 "${CLI[@]}" launch --nproc-per-node "$N" bench/gpu/lib/dist-checkpoint.ts --backend cuda \
+    --out "$OUT/ckpt" --ckpt-dir "$ck" --layout ep --steps 8 --bulk-mib "${CKPT_BULK_MIB:-1024}" > "$OUT/ckpt.log" 2>&1
+  rc=$?; note "checkpoints on $N GPUs: exit $rc in $(( $(date +%s) - t0 )) s; $(tail -1 "$OUT/ckpt/summary.txt" 2>/dev/null || echo 'no summary')"
+  for which in train bulk; do
+    timeout 120 python3 bench/peers/read_safetensors.py "$ck/$which" --rank 0 --json "$OUT/ckpt/python-$which.json" > "$OUT/ckpt-python-$which.log" 2>&1
+    rc=$?; note "checkpoint $which rank-0 file read by Python: exit $rc; $(head -1 "$OUT/ckpt-python-$which.log" | sed 's/.* with //'); $(tail -1 "$OUT/ckpt-python-$which.log")"
+  done
+  cat "$OUT/ckpt/summary.txt" 2>/dev/null
+  rm -rf "$ck"
+}
+if want 6; then ckpt_stage; fi
+# --- end of stage: checkpoints -------------------------------------------------------------------
 
 echo; echo "== summary"; printf '%s\n' "${summary[@]}" | tee "$OUT/multi-gpu-summary.txt"

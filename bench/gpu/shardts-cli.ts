@@ -11,6 +11,7 @@ import trainMoeLm from "../../examples/train-moe-lm.ts";
 import distCollectives from "./lib/dist-collectives.ts";
 import distFault from "./lib/dist-fault.ts";
 import distMoeDispatch from "./lib/dist-moe-dispatch.ts";
+import distCheckpoint from "./lib/dist-checkpoint.ts";
 
 registerRunnable("examples/moe-layer.ts", moeLayer);
 registerRunnable("examples/tp-mlp.ts", tpMlp);
@@ -18,6 +19,7 @@ registerRunnable("examples/train-moe-lm.ts", trainMoeLm);
 registerRunnable("bench/gpu/lib/dist-collectives.ts", distCollectives);
 registerRunnable("bench/gpu/lib/dist-fault.ts", distFault);
 registerRunnable("bench/gpu/lib/dist-moe-dispatch.ts", distMoeDispatch);
+registerRunnable("bench/gpu/lib/dist-checkpoint.ts", distCheckpoint);
 // `launch` starts each rank as this bundle (there is no bin/shardts.mjs or TypeScript loader there)
 process.env.SHARDTS_CLI ??= fileURLToPath(import.meta.url);
 // run.sh passes --out DIR to every bundle; the CLI takes its own arguments

@@ -102,6 +102,10 @@ export class StoreClient {
   async add(key: string, amount = 1): Promise<number> {
     return Number((await this.request({ op: "add", key, amount })).value);
   }
+  /** Removes every key starting with `prefix`; returns how many. */
+  async deletePrefix(prefix: string): Promise<number> {
+    return Number((await this.request({ op: "delete", key: prefix })).value);
+  }
   close(): void {
     this.sock?.destroy();
   }

@@ -75,6 +75,12 @@ export function startStore(token: string, port = 0, host = "127.0.0.1"): Promise
         sock.once("close", () => set.delete(send));
         return;
       }
+      case "delete": {
+        // keys starting with `key` (a finished barrier's keys, so that the store stays bounded)
+        let n = 0;
+        for (const k of [...data.keys()]) if (k.startsWith(key)) data.delete(k), n++;
+        return reply({ value: String(n) });
+      }
       case "list":
         // keys starting with `key` (who has arrived, for error messages)
         return reply({ value: JSON.stringify([...data.keys()].filter((k) => k.startsWith(key))) });

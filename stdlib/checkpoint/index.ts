@@ -10,9 +10,13 @@
 //   dir/step-<n>/rank-<r>.safetensors   rank r's pieces (those it writes: replicas once), keyed by
 //                               tensor name, dtypes F32 / BF16 / F8_E4M3 / F8_E5M2 / I32
 // A save is written into dir/.tmp-<n>-<nonce>/, fsync'd, renamed to step-<n> (step-<n>.<k> if that
-// exists), then `latest` is replaced; retention then removes the oldest beyond `keep`.
+// exists), then `latest` is replaced; retention then removes the oldest beyond `keep`. One process per
+// rank (shardts launch): RankSaver / connectRankSaver (rank-local.ts) and loadRank.
 export { CheckpointError } from "./errors.ts";
 export { save, saveAsync, flush, AsyncSaver, beginSave, saveRank, commit, describe, snapshotRank, writeRank, buildMetadata, DEFAULT_CHUNK_BYTES } from "./save.ts";
+export { RankSaver, connectRankSaver, type RankGroup } from "./rank-local.ts";
+export { rankPieces, encodeRank } from "./save.ts";
+export type { RankPieces, EncodedPiece } from "./save.ts";
 export type { CheckpointState, TensorState, SaveInfo, SaveOptions, SaveResult, SaveHandle, RankManifest, RankSnapshot } from "./save.ts";
 export { load, loadRank, readMetadata, resolveCheckpoint, CheckpointReader, newReadStats } from "./load.ts";
 export type { LoadTemplate, LoadOptions, Loaded, ReadStats } from "./load.ts";

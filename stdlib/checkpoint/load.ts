@@ -248,12 +248,12 @@ export async function load(dir: string, template: LoadTemplate, opts: LoadOption
 }
 
 /** One rank's pieces (what one process of a multi-process job loads). */
-export async function loadRank(dir: string, rank: number, template: LoadTemplate, opts: { stats?: ReadStats } = {}): Promise<{ path: string; step: number; extras: { [k: string]: Json }; tensors: Record<string, LocalTensor> }> {
+export async function loadRank(dir: string, rank: number, template: LoadTemplate, opts: { stats?: ReadStats } = {}): Promise<{ path: string; step: number; savedMesh: MeshSpec; extras: { [k: string]: Json }; tensors: Record<string, LocalTensor> }> {
   checkRanks(template, [rank]);
   const reader = await CheckpointReader.open(dir, opts.stats);
   try {
     reader.check(template);
-    return { path: reader.path, step: reader.meta.step, extras: reader.meta.extras, tensors: await reader.loadRank(template, rank) };
+    return { path: reader.path, step: reader.meta.step, savedMesh: reader.meta.mesh, extras: reader.meta.extras, tensors: await reader.loadRank(template, rank) };
   } finally {
     await reader.close();
   }

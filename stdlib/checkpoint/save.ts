@@ -106,7 +106,7 @@ export function describe(state: CheckpointState): SaveInfo {
   return { mesh: { axes: [...mesh.axes], sizes: [...mesh.sizes] }, step, types, extras };
 }
 
-interface EncodedPiece {
+export interface EncodedPiece {
   name: string;
   type: TensorType;
   region: Region;
@@ -120,11 +120,18 @@ export interface RankSnapshot {
   pieces: EncodedPiece[];
 }
 
-/** Copies and encodes the pieces `rank` writes. Synchronous: afterwards the live pieces may change. */
-export function snapshotRank(state: CheckpointState, rank: number, info: SaveInfo = describe(state)): RankSnapshot {
+/** The live pieces `rank` writes, checked against their types (not copied). */
+export interface RankPieces {
+  rank: number;
+  step: number;
+  pieces: { name: string; type: TensorType; region: Region; data: LocalTensor["data"] }[];
+}
+
+/** Selects and checks the pieces `rank` writes; the data is the caller's (live) unless `copy`. */
+export function rankPieces(state: CheckpointState, rank: number, info: SaveInfo = describe(state), copy = false): RankPieces {
   const file = rankFile(rank);
   if (!Number.isSafeInteger(rank) || rank < 0 || rank >= worldSize(info.mesh)) throw new CheckpointError(`rank ${rank} is not in a mesh of ${worldSize(info.mesh)}`, file);
-  const pieces: EncodedPiece[] = [];
+  const pieces: RankPieces["pieces"] = [];
   for (const [name, type] of Object.entries(info.types)) {
     if (!isWriter(type, info.mesh, rank)) continue;
     const region = regionOf(type, info.mesh, rank);
@@ -134,11 +141,27 @@ export function snapshotRank(state: CheckpointState, rank: number, info: SaveInf
     const ok = p.dtype === type.dtype && p.shape.length === region.shape.length && p.shape.every((s, d) => s === region.shape[d]) &&
       p.data.length === numel(region.shape) && (type.dtype === "i32" ? p.data instanceof Int32Array : p.data instanceof Float32Array);
     if (!ok) throw new CheckpointError(`rank ${rank}'s piece is ${p.dtype}[${p.shape}] (${p.data.constructor.name} of ${p.data.length}); the type says ${type.dtype}[${region.shape}]`, file, name);
-    const bytes = encode(type.dtype, p.data);
-    if (!(bytes instanceof Uint8Array)) throw new CheckpointError(`element ${bytes.bad} (${p.data[bytes.bad]}) is not exactly representable in ${type.dtype}`, file, name);
-    pieces.push({ name, type, region, bytes });
+    pieces.push({ name, type, region, data: copy ? p.data.slice() : p.data });
   }
   return { rank, step: info.step, pieces };
+}
+
+/** Encodes selected pieces into their bytes on disk (a copy). */
+export function encodeRank(sel: RankPieces): RankSnapshot {
+  const file = rankFile(sel.rank);
+  return {
+    rank: sel.rank, step: sel.step,
+    pieces: sel.pieces.map(({ name, type, region, data }) => {
+      const bytes = encode(type.dtype, data);
+      if (!(bytes instanceof Uint8Array)) throw new CheckpointError(`element ${bytes.bad} (${data[bytes.bad]}) is not exactly representable in ${type.dtype}`, file, name);
+      return { name, type, region, bytes };
+    }),
+  };
+}
+
+/** Copies and encodes the pieces `rank` writes. Synchronous: afterwards the live pieces may change. */
+export function snapshotRank(state: CheckpointState, rank: number, info: SaveInfo = describe(state)): RankSnapshot {
+  return encodeRank(rankPieces(state, rank, info));
 }
 
 async function sha256Hex(data: Uint8Array): Promise<string> {

@@ -165,22 +165,31 @@ export class Trainer {
   /**
    * Continues from a state exported by a trainer of the same model (on any mesh and layout, once its
    * pieces are laid out for this one, e.g. by a checkpoint load with `stateTypes()` as the template).
+   * `ranks`: the ranks whose pieces this process holds (one process per rank: its own; default all).
    */
-  importState(s: { step: number; tensors: Record<string, readonly (LocalTensor | undefined)[]> }): void {
+  importState(s: { step: number; tensors: Record<string, readonly (LocalTensor | undefined)[]> }, opts: { ranks?: readonly number[] } = {}): void {
     if (!Number.isSafeInteger(s.step) || s.step < 0) throw new UsageError(`importState(): step ${s.step} is not a non-negative integer`);
     const types = this.stateTypes(), next: Record<string, Pieces> = {};
+    const world = this.mesh.spec.sizes.reduce((a, b) => a * b, 1);
+    const held = new Set(opts.ranks ?? Array.from({ length: world }, (_, r) => r));
+    if (held.size === 0 || [...held].some((r) => !Number.isSafeInteger(r) || r < 0 || r >= world)) throw new UsageError(`importState(): ranks [${[...held]}] are not ranks of a mesh of ${world}`);
     for (const [name, type] of Object.entries(types)) {
       const pieces = s.tensors[name];
       if (!pieces) throw new UsageError(`importState(): the state has no '${name}'`);
-      next[name] = Array.from({ length: this.mesh.spec.sizes.reduce((a, b) => a * b, 1) }, (_, r) => {
+      // a process of a rank-local job holds (and feeds) only its own ranks' pieces: the others are
+      // holes, as in the pieces a rank-local step returns
+      const arr: Pieces = new Array(world);
+      for (const r of held) {
         const p = pieces[r], want = boxOf(type, this.mesh.spec, coordsOf(this.mesh.spec, r)).shape;
         if (!p || p.dtype !== type.dtype || p.shape.length !== want.length || p.shape.some((d, i) => d !== want[i]))
           throw new UsageError(`importState(): '${name}' on rank ${r} is ${p ? `${p.dtype}[${p.shape}]` : "missing"}; this layout holds ${type.dtype}[${want}]`);
-        return p;
-      });
+        arr[r] = p;
+      }
+      next[name] = arr;
     }
     for (const s2 of this.ps.specs) for (const n of [s2.name, ...momentNames(s2.name)]) this.state[n] = next[n]!;
-    moeLayers(this.cfg.model).forEach((l, i) => this.biases[i]!.set(next[`bias.l${l}`]![0]!.data));
+    const first = Math.min(...held);
+    moeLayers(this.cfg.model).forEach((l, i) => this.biases[i]!.set(next[`bias.l${l}`]![first]!.data));
     this.step = s.step;
   }
 

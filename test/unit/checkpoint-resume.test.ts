@@ -77,6 +77,22 @@ describe("resume", () => {
     console.log(`resume from dp-ep onto other layouts:\n  ${lines.join("\n  ")}`);
   }, 60_000);
 
+  it("a process of a rank-local job imports only its own rank's pieces (the others stay holes), and a missing one is named", () => {
+    const a = makeTrainer("dp-ep");
+    const full = a.exportState();
+    const own = Object.fromEntries(Object.entries(full.tensors).map(([n, t]) => [n, t.pieces.map((p, r) => (r === 2 ? p : undefined))]));
+    const b = makeTrainer("dp-ep");
+    b.importState({ step: 3, tensors: own }, { ranks: [2] });
+    expect(b.step).toBe(3);
+    for (const [n, t] of Object.entries(b.exportState().tensors)) {
+      if (n.startsWith("bias.")) continue; // host copies, replicated: every rank's piece is made from them
+      expect(Object.keys(t.pieces), n).toEqual(["2"]);
+      expect(t.pieces[2], n).toBe(own[n]![2]);
+    }
+    expect(() => b.importState({ step: 3, tensors: own }, { ranks: [1] })).toThrow(/on rank 1 is missing/);
+    expect(() => b.importState({ step: 3, tensors: own }, { ranks: [4] })).toThrow(/ranks \[4\] are not ranks of a mesh of 4/);
+  });
+
   it("saving in the background while training goes on captures the state of the step it was called at", async () => {
     const dir = join(root, "async");
     const trainer = makeTrainer("dp-ep"), loader = makeLoader();
