@@ -32,10 +32,11 @@ const HELP = `usage: shardts run examples/train-moe-lm.ts [options]
   --keep K         keep the newest K checkpoints (default 3)
   --resume DIR     continue from DIR's latest checkpoint (or a step-<n> directory), on any layout
   --losses FILE    write every step's loss to FILE (JSON; rank 0 under a launcher)
-  --no-eval        stop after training: no held-out loss, load report or sample`;
+  --no-eval        stop after training: no held-out loss, load report or sample
+  --warmup N       also print tokens/s over the steps after the first N (compilation and caches warm)`;
 
 function parse(args: string[]) {
-  const o = { steps: 120, layout: "dp-ep", mesh: undefined as string | undefined, batch: 16, balance: true, gamma: 0.01, aux: 0, seed: 1, sample: 240, help: false, save: undefined as string | undefined, saveEvery: 0, keep: 3, resume: undefined as string | undefined, losses: undefined as string | undefined, eval: true, fp8: false, backend: "cpu" as "auto" | "cpu" | "cuda" };
+  const o = { steps: 120, layout: "dp-ep", mesh: undefined as string | undefined, batch: 16, balance: true, gamma: 0.01, aux: 0, seed: 1, sample: 240, help: false, save: undefined as string | undefined, saveEvery: 0, keep: 3, resume: undefined as string | undefined, losses: undefined as string | undefined, eval: true, warmup: 0, fp8: false, backend: "cpu" as "auto" | "cpu" | "cuda" };
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!, v = () => {
       const x = args[++i];
@@ -65,6 +66,7 @@ function parse(args: string[]) {
     else if (a === "--resume") o.resume = v();
     else if (a === "--losses") o.losses = v();
     else if (a === "--no-eval") o.eval = false;
+    else if (a === "--warmup") o.warmup = num(v());
     else throw new UsageError(`unknown option ${a}\n${HELP}`);
   }
   return o;
@@ -116,7 +118,9 @@ export default defineMain(async ({ args, log }) => {
   const progress = new Progress({ total: o.steps, tokensPerStep: o.batch * model.seq });
   const curve: number[] = [], imbalance: number[] = [];
   const tStart = performance.now();
+  let tWarm = tStart;
   for (let s = trainer.step; s < o.steps; s++) {
+    if (s === o.warmup) tWarm = performance.now();
     const b = loader.next();
     const m = trainer.run(b.inputs, b.targets);
     curve.push(m.ce);
@@ -130,6 +134,11 @@ export default defineMain(async ({ args, log }) => {
   // (under a launcher every rank computes the same losses; rank 0 writes them)
   if (o.losses && (process.env.RANK ?? "0") === "0") writeFileSync(o.losses, JSON.stringify({ layout: layout.toString(), backend: o.backend, seed: o.seed, losses: curve }) + "\n");
   log(`time: ${secs.toFixed(0)} s for ${curve.length} steps, ${((curve.length * o.batch * model.seq) / secs).toFixed(0)} tokens/s`);
+  const timed = o.steps - Math.max(o.warmup, o.steps - curve.length);
+  if (o.warmup > 0 && timed > 0) {
+    const ws = secs - (tWarm - tStart) / 1000;
+    log(`throughput: ${timed} steps after ${o.warmup} warm-up in ${ws.toFixed(3)} s, ${((timed * o.batch * model.seq) / ws).toFixed(0)} tokens/s (${((ws / timed) * 1000).toFixed(2)} ms/step)`);
+  }
   if (!o.eval) return 0;
   if (saver) {
     const last = await saver.flush();
