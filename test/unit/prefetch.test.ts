@@ -107,7 +107,7 @@ describe("prefetching comm steps", () => {
     const small = prefetchComms(fp, biggest, r);
     expect(r.moved.length).toBeGreaterThan(0);
     expectValidOrder(small);
-    const comms = fp.instrs.filter((x) => x.kind === "comm");
+    const comms: FusedInstr[] = fp.instrs.filter((x) => x.kind === "comm");
     const pos = new Map(small.instrs.map((x, i) => [x, i]));
     comms.forEach((c, k) => k > 0 && expect(pos.get(c)!).toBeGreaterThan(pos.get(comms[k - 1]!)!));
     // and moved only past compute: what lies between a moved step's new and old neighbours is no comm
