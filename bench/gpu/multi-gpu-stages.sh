@@ -49,13 +49,18 @@ PY
 }
 
 # ---- FSDP prefetch: comm spans against compute spans -----------------------------------------------
-# One traced FSDP training step per rank (train-moe-lm --trace): the parameter all-gathers run on the
-# communication stream; the check reports how much of their time overlaps kernels on the compute stream.
+# One traced FSDP training step per rank (train-moe-lm --trace, the last of 3 steps), with the prefetch
+# pass on (default window) and off (SHARDTS_PREFETCH_BYTES=0): the parameter all-gathers run on the
+# communication stream; each run reports how much of their time overlapped compute-stream work, and
+# writes Chrome traces ($OUT/fsdp-trace-<mode>.rank<r>.json) to look at in Perfetto.
 stage_fsdp_prefetch() {
-  local rc
-  timeout 200 "${CLI[@]}" launch --nproc-per-node "$N" examples/train-moe-lm.ts --layout fsdp --mesh "dp=$N" --steps 3 --no-eval \
-    --backend cuda --trace "$OUT/fsdp-trace" > "$OUT/fsdp-trace.log" 2>&1
-  rc=$?; note "fsdp traced step on $N GPUs: exit $rc; $(grep -o 'overlap: .*' "$OUT/fsdp-trace.log" | head -1)"
-  grep -h 'overlap: ' "$OUT/fsdp-trace.log" > "$OUT/fsdp-overlap.txt"
+  local rc mode window
+  for mode in prefetch no-prefetch; do
+    window=${SHARDTS_PREFETCH_BYTES:-}; [ "$mode" = no-prefetch ] && window=0
+    SHARDTS_PREFETCH_BYTES=$window timeout 200 "${CLI[@]}" launch --nproc-per-node "$N" examples/train-moe-lm.ts --layout fsdp --mesh "dp=$N" --steps 3 --no-eval \
+      --backend cuda --trace "$OUT/fsdp-trace-$mode" > "$OUT/fsdp-trace-$mode.log" 2>&1
+    rc=$?; note "fsdp traced step on $N GPUs ($mode): exit $rc; $(grep -o 'overlap: [^(]*([^)]*)[^(]*' "$OUT/fsdp-trace-$mode.log" | head -1)"
+  done
+  grep -H 'overlap: \|throughput: \|time: ' "$OUT"/fsdp-trace-*.log > "$OUT/fsdp-overlap.txt"
   cat "$OUT/fsdp-overlap.txt"
 }
