@@ -388,7 +388,8 @@ export class CudaExecutor {
         throw e;
       }
       if (!(ins.kind === "comm" && dist)) tracer?.end(this.stream);
-      for (const s of readsOf(ins)) if (lastUse[s] === i && slots[s]) (slots[s]!.forEach((d) => this.release(d)), (slots[s] = undefined));
+      // (rank-local: a buffer an in-flight comm step still reads goes back once compute waited for that step)
+      for (const s of readsOf(ins)) if (lastUse[s] === i && slots[s]) (slots[s]!.forEach((d) => (dist ? dist.release(d) : this.release(d))), (slots[s] = undefined));
     });
     return { slots, counts, kernels, timings, dist };
   }

@@ -104,6 +104,21 @@ describe("RankLocal host path", () => {
     expect(ex.mem.live - live0).toBe(outBytes - in1.bytes - in2.bytes);
   });
 
+  it("a buffer an in-flight step reads goes back to the allocator only after compute waited for that step", () => {
+    const { rl, ex } = setup();
+    const [ag] = collectiveCases(2, 1024);
+    const x = empty(ex.mem, "f32", ag!.plan.values[0]!.shapes[0]!), other = empty(ex.mem, "f32", [16]);
+    const out = rl.step(ag!.plan, ag!.step, 0, 1, x, noCounts, false); // x not handed over: compute reads it later
+    const live = ex.mem.live;
+    rl.release(x); // compute's last use of x, while the step still reads it
+    expect(ex.mem.live).toBe(live);
+    rl.release(other); // no step reads it: back at once
+    expect(ex.mem.live).toBe(live - other.bytes);
+    rl.beforeReads([1]);
+    expect(ex.mem.live).toBe(live - other.bytes - x.bytes);
+    ex.release(out);
+  });
+
   it("the watchdog still names a collective issued through the cached path that never completes", async () => {
     const token = "t".repeat(24);
     const store = await startStore(token);

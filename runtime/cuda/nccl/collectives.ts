@@ -47,6 +47,8 @@ interface Prepared {
 interface InFlight {
   slot: number;
   done: Event;
+  /** The buffer the step reads. */
+  input: DeviceTensor;
   release: DeviceTensor[];
 }
 
@@ -124,6 +126,15 @@ export class RankLocal {
       this.eventPool.push(f.done); // a later record does not disturb the wait already enqueued
       for (const t of f.release) this.exec!.release(t);
     }
+  }
+
+  /**
+   * Compute is done with `t`: back to the allocator now, or, while an in-flight comm step still reads
+   * it (a prefetched step issued before compute's last use), once compute has waited for that step.
+   */
+  release(t: DeviceTensor): void {
+    for (let i = this.inFlight.length - 1; i >= 0; i--) if (this.inFlight[i]!.input === t) return void this.inFlight[i]!.release.push(t);
+    this.exec!.release(t);
   }
 
   /** Comm steps issued that compute has not waited for yet (prefetched work in flight). */
@@ -218,7 +229,7 @@ export class RankLocal {
     span?.end(cs);
     const done = this.event();
     a.eventRecord(done, cs);
-    this.inFlight.push({ slot: outSlot, done, release });
+    this.inFlight.push({ slot: outSlot, done, input, release });
     this.s.watchdog?.check();
     return out;
   }
