@@ -345,10 +345,13 @@ def main():
         fully_shard(b, mesh=world_mesh, reshard_after_forward=raf)
     fully_shard(model, mesh=world_mesh, reshard_after_forward=raf)
     expert_params = [p for n, p in model.named_parameters() if ".experts." in n]
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=3e-3, betas=(0.9, 0.95), eps=1e-8, foreach=True)
+    dense = [p for n, p in model.named_parameters() if ".experts." not in n]
+    # one group per mesh: foreach kernels take DTensors of one mesh at a time (experts: dp, the rest: world)
+    groups = [{"params": [p for p in dense if p.ndim >= 2], "weight_decay": 0.1},
+              {"params": [p for p in dense if p.ndim < 2], "weight_decay": 0.0},
+              {"params": expert_params, "weight_decay": 0.1}]
+    if any(p.ndim < 2 for p in expert_params): fail("an expert parameter with fewer than 2 dims (it would be decayed)")
+    opt = torch.optim.AdamW(groups, lr=3e-3, betas=(0.9, 0.95), eps=1e-8, foreach=True)
     warm_lr = min(20, math.ceil(a.steps / 10))
     gen = torch.Generator().manual_seed(a.seed)
     per = a.batch // W
