@@ -188,8 +188,9 @@ export class CudaExecutor {
   private lowered(plan: Plan) {
     let l = this.loweredPlans.get(plan);
     if (!l || l.tuning !== this.tuning) {
-      // comm steps issued early (compiler/passes/prefetch.ts): rank-local runs overlap them with compute
-      const fused = l?.fused ?? prefetchComms(fuse(plan), prefetchBytes());
+      // rank-local runs issue comm steps early (compiler/passes/prefetch.ts) to overlap them with
+      // compute; a mesh simulated on one GPU runs them on the host and would only hold memory longer
+      const fused = l?.fused ?? (this.rankLocal ? prefetchComms(fuse(plan), prefetchBytes()) : fuse(plan));
       l = { fused, prog: emitCuda(fused, this.arch, this.tuning), tuning: this.tuning };
       this.loweredPlans.set(plan, l);
     }
