@@ -8,8 +8,11 @@
 // read by nothing before the step's old place) moves along, just before it, so a parameter's gather
 // is not pinned behind its upload. A window bounds how far ahead data is fetched: the bytes of the
 // comm outputs between a step's new and old places (its own included) stay within `windowBytes`;
-// a step larger than the window alone stays where it is. Steps keep their relative order where they
-// land at the same place. The runtime waits for a step only where its output is read
+// a step larger than the window alone stays where it is. Nor does a step move above a host read of
+// routing counts (the first segment contraction or segmented comm step of each counts value: the
+// runtime reads the counts back there, which waits for every comm step issued before it), so the
+// gathers after it overlap the compute after it instead of holding it up. Steps keep their relative
+// order where they land at the same place. The runtime waits for a step only where its output is read
 // (runtime/cuda/nccl/collectives.ts), so a prefetched gather runs while the compute before it does.
 import { lastUses, readsOf, writesOf } from "../plan.ts";
 import type { PlanValue } from "../plan.ts";
@@ -33,12 +36,17 @@ const BYTES: Record<DType, number> = { f32: 4, bf16: 2, i32: 4, fp8e4m3: 1, fp8e
 /** The largest piece of a value over the ranks, in bytes. */
 const pieceBytes = (v: PlanValue) => BYTES[v.type.dtype] * Math.max(0, ...v.shapes.map((s) => s.reduce((a, b) => a * b, 1)));
 
+/** Ops that read a segmented dim's counts on the host (runtime/cuda/ops.ts segmentContract). */
+const READS_COUNTS = new Set(["segment_dot", "segment_wgrad"]);
+
 /** Sources that depend on nothing and may move along with the step that reads them. */
 const MOVABLE_SOURCE = new Set(["input"]);
 
 export interface PrefetchReport {
-  /** Per moved comm step: its old index, its new index, and how many instructions it passed. */
+  /** Per moved comm step: its old index and its new index. */
   moved: { from: number; to: number }[];
+  /** Original indices of the host reads of counts no step moves above. */
+  barriers?: number[];
 }
 
 /**
@@ -59,6 +67,16 @@ export function prefetchComms<I extends AnyInstr, P extends Prefetchable<I>>(pla
   const prefix = new Array<number>(n + 1).fill(0);
   ins.forEach((x, i) => (prefix[i + 1] = prefix[i]! + (x.kind === "comm" ? pieceBytes(plan.values[x.output!]!) : 0)));
 
+  // host reads of counts: per counts slot, the first instruction that needs it on the host
+  const seen = new Set<number>(), barrier = new Array<number>(n).fill(-1);
+  let last = -1;
+  ins.forEach((x, i) => {
+    const needs = x.kind === "comm" ? [x.input!, x.output!] : x.kind === "op" && READS_COUNTS.has(x.op!) ? readsOf(x as never) : [];
+    for (const s of needs) for (const c of countsOf(s)) if (!seen.has(c)) (seen.add(c), (last = i));
+    barrier[i] = last; // the latest host read at or before i
+  });
+  if (report) report.barriers = [...new Set(barrier.filter((b) => b >= 0))];
+
   // sort keys: [position, tie-break]; an instruction that stays keeps [i, 0]
   const key: [number, number][] = ins.map((_, i) => [i, 0]);
   const movedSource = new Set<number>();
@@ -69,7 +87,8 @@ export function prefetchComms<I extends AnyInstr, P extends Prefetchable<I>>(pla
     // the source moves along when it reads nothing and no one else reads it before this step's old place
     const carry = srcIns !== undefined && srcIns.kind === "op" && MOVABLE_SOURCE.has(srcIns.op!) && readsOf(srcIns as never).length === 0
       && !movedSource.has(src) && writesOf(srcIns as never).every((s) => readers[s]!.every((r) => r === j || (r > j && ins[r]!.kind !== "comm")));
-    let dep = carry ? -1 : src;
+    // not above the latest host read of counts before it (nor its source with it)
+    let dep = Math.max(carry ? -1 : src, j > 0 ? barrier[j - 1]! : -1);
     for (const s of [...countsOf(x.input!), ...countsOf(x.output!)]) dep = Math.max(dep, producer[s]!);
     // earliest place the window allows: the comm bytes in [p, j] stay within it
     let lo = dep + 1, hi = j;

@@ -72,14 +72,41 @@ describe("prefetching comm steps", () => {
     // before: layer 1's gather comes after layer 0's attention has run; after: before it
     expect(at(fp, "l1.attn.wq")).toBeGreaterThan(firstUse(fp, "l0.attn.wq"));
     expect(at(pf, "l1.attn.wq")).toBeLessThan(firstUse(pf, "l0.attn.wq"));
-    expect(at(pf, "l2.moe.w1")).toBeLessThan(firstUse(pf, "l1.attn.wq"));
+    // within a layer: the next projection's gather no longer waits behind the previous projection
+    expect(at(fp, "l0.attn.wk")).toBeGreaterThan(firstUse(fp, "l0.attn.wq"));
+    expect(at(pf, "l0.attn.wk")).toBeLessThan(firstUse(pf, "l0.attn.wq"));
+    expect(at(pf, "l2.moe.w1")).toBeLessThan(firstUse(pf, "l0.attn.wq"));
     // each gather's parameter upload moved with it, just before it
     for (const [x, name] of names) {
       const i = pf.instrs.indexOf(x), src = pf.instrs[i - 1]!;
       expect(src.kind === "op" && src.op === "input" && src.attrs.name === name, `${name}'s input just before its gather`).toBe(true);
     }
-    const computeBefore = (plan: FusedPlan) => plan.instrs.slice(0, at(plan, "l2.moe.w1")).filter((x) => x.kind === "kernel" || (x.kind === "op" && x.op === "dot")).length;
-    report.push(`fsdp dp=2, ${model.layers} layers: ${moved.moved.length} of ${fp.instrs.filter((x) => x.kind === "comm").length} comm steps issued earlier; the last layer's expert gather had ${computeBefore(fp)} compute instructions before it, now ${computeBefore(pf)}`);
+    const computeBefore = (plan: FusedPlan) => plan.instrs.slice(0, at(plan, "l2.attn.wq")).filter((x) => x.kind === "kernel" || (x.kind === "op" && x.op === "dot")).length;
+    report.push(`fsdp dp=2, ${model.layers} layers: ${moved.moved.length} of ${fp.instrs.filter((x) => x.kind === "comm").length} comm steps issued earlier; the last layer's attention gather had ${computeBefore(fp)} compute instructions before it, now ${computeBefore(pf)}; ${moved.barriers!.length} host reads of routing counts`);
+  });
+
+  it("moves no step above a host read of routing counts", () => {
+    // one per MoE layer: its first segment contraction reads the counts (the backward reuses them)
+    expect(moved.barriers!.length).toBe(2);
+    const pos = new Map(pf.instrs.map((x, i) => [x, i]));
+    for (const m of moved.moved) {
+      const before = moved.barriers!.filter((b) => b < m.from);
+      if (before.length) expect(m.to, `step ${m.from}`).toBeGreaterThan(pos.get(fp.instrs[Math.max(...before)]!)!);
+    }
+    // a small plan where it binds: x -> counts, rows (segmented by them) -> segment_dot -> h; p gathered for h . p
+    const v = (dims: number[], segCounts: Record<string, number> = {}, dtype: "f32" | "i32" = "f32") =>
+      ({ type: { dims: dims.map((size, i) => ({ name: `d${i}`, size })), dtype, placements: ["R"] }, boxes: [], shapes: [dims, dims], segCounts });
+    const values = [v([4]), v([2], {}, "i32"), v([4], { d0: 1 }), v([4]), v([2]), v([4]), v([4])];
+    const op = (o: string, inputs: number[], outputs: number[], name?: string) => ({ kind: "op", op: o, inputs, outputs, attrs: name ? { name } : {} });
+    const instrs = [
+      op("input", [], [0], "x"), op("count", [0], [1]), op("rows", [0, 1], [2]), op("segment_dot", [2, 1], [3]),
+      op("input", [], [4], "p"), { kind: "comm", input: 4, output: 5 }, op("dot", [3, 5], [6]),
+    ];
+    const small = { values, instrs, outputs: [6], lastUse: [] as number[] };
+    const order = (p: typeof small) => p.instrs.map((x) => instrs.indexOf(x));
+    expect(order(prefetchComms(small))).toEqual([0, 1, 2, 3, 4, 5, 6]); // not above the host read at 3
+    const noRead = { ...small, instrs: instrs.map((x, i) => (i === 3 ? op("dot", [2, 1], [3]) : x)) };
+    expect(prefetchComms(noRead).instrs.map((x) => noRead.instrs.indexOf(x))).toEqual([4, 5, 0, 1, 2, 3, 6]); // to the top, with its input
   });
 
   it("keeps a valid order and the same instructions, with lastUse recomputed", () => {
