@@ -4,8 +4,8 @@
 import { afterAll, describe, expect, it } from "vitest";
 import { fuse } from "../../compiler/codegen/fuse.ts";
 import type { FusedInstr, FusedPlan } from "../../compiler/codegen/types.ts";
-import { readsOf, writesOf } from "../../compiler/plan.ts";
-import { prefetchComms, type PrefetchReport } from "../../compiler/passes/prefetch.ts";
+import { readsOf, writesOf, type PlanValue } from "../../compiler/plan.ts";
+import { prefetchComms, type Prefetchable, type PrefetchReport } from "../../compiler/passes/prefetch.ts";
 import type { LocalTensor } from "../../compiler/ir/local.ts";
 import { Trainer } from "../../stdlib/train/trainer.ts";
 import { layoutByName } from "../../stdlib/nn/layout.ts";
@@ -94,7 +94,7 @@ describe("prefetching comm steps", () => {
       if (before.length) expect(m.to, `step ${m.from}`).toBeGreaterThan(pos.get(fp.instrs[Math.max(...before)]!)!);
     }
     // a small plan where it binds: x -> counts, rows (segmented by them) -> segment_dot -> h; p gathered for h . p
-    const v = (dims: number[], segCounts: Record<string, number> = {}, dtype: "f32" | "i32" = "f32") =>
+    const v = (dims: number[], segCounts: Record<string, number> = {}, dtype: "f32" | "i32" = "f32"): PlanValue =>
       ({ type: { dims: dims.map((size, i) => ({ name: `d${i}`, size })), dtype, placements: ["R"] }, boxes: [], shapes: [dims, dims], segCounts });
     const values = [v([4]), v([2], {}, "i32"), v([4], { d0: 1 }), v([4]), v([2]), v([4]), v([4])];
     const op = (o: string, inputs: number[], outputs: number[], name?: string) => ({ kind: "op", op: o, inputs, outputs, attrs: name ? { name } : {} });
@@ -102,7 +102,7 @@ describe("prefetching comm steps", () => {
       op("input", [], [0], "x"), op("count", [0], [1]), op("rows", [0, 1], [2]), op("segment_dot", [2, 1], [3]),
       op("input", [], [4], "p"), { kind: "comm", input: 4, output: 5 }, op("dot", [3, 5], [6]),
     ];
-    const small = { values, instrs, outputs: [6], lastUse: [] as number[] };
+    const small: Prefetchable<(typeof instrs)[number]> = { values, instrs, outputs: [6], lastUse: [] };
     const order = (p: typeof small) => p.instrs.map((x) => instrs.indexOf(x));
     expect(order(prefetchComms(small))).toEqual([0, 1, 2, 3, 4, 5, 6]); // not above the host read at 3
     const noRead = { ...small, instrs: instrs.map((x, i) => (i === 3 ? op("dot", [2, 1], [3]) : x)) };
