@@ -38,14 +38,15 @@ def load(f):
     p = os.path.join(o, f)
     return {(r["op"], r["mibPerRank"]): r for r in map(json.loads, open(p))} if os.path.exists(p) else {}
 s, t = load("collectives-shardts.jsonl"), load("collectives-torch.jsonl")
-# raw: the same NCCL calls on shardts' communicator without the plan step (tells its per-call work from NCCL's)
-print(f"{'op':16}{'MiB/rank':>9}{'shardts GB/s':>14}{'torch GB/s':>12}{'ratio':>8}{'raw GB/s':>10}{'raw/torch':>10}{'issue us':>9}  check")
+# raw: the same NCCL calls without the plan step, on the axis communicator (split from the world) and
+# on the world communicator itself; ms ratios against torch's time (>1: slower than torch)
+print(f"{'op':16}{'MiB/rank':>9}{'shardts GB/s':>14}{'torch GB/s':>12}{'ratio':>8}{'raw/torch t':>12}{'world/torch t':>14}{'issue us':>9}  check")
 nan = float("nan")
 for k in sorted(set(s) | set(t)):
     a, b = s.get(k, {}), t.get(k, {})
     r = a.get("busGBs", 0) / b["busGBs"] if a and b and b.get("busGBs") else nan
-    rr = a.get("rawBusGBs", 0) / b["busGBs"] if a.get("rawBusGBs") and b.get("busGBs") else nan
-    print(f"{k[0]:16}{k[1]:>9}{a.get('busGBs', nan):>14}{b.get('busGBs', nan):>12}{r:>8.3f}{a.get('rawBusGBs', nan):>10}{rr:>10.3f}{a.get('issueUs', nan):>9}  {a.get('check', 'missing')}")
+    tr = lambda f: a[f] / b["ms"] if a.get(f) and b.get("ms") else nan
+    print(f"{k[0]:16}{k[1]:>9}{a.get('busGBs', nan):>14}{b.get('busGBs', nan):>12}{r:>8.3f}{tr('rawMs'):>12.3f}{tr('rawWorldMs'):>14.3f}{a.get('issueUs', nan):>9}  {a.get('check', 'missing')}")
 PY
 cat "$OUT/collectives-ratio.txt"
 fi
