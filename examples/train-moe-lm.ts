@@ -7,7 +7,7 @@
 //   npx shardts run examples/train-moe-lm.ts [--steps 120] [--layout dp-ep] [--no-balance] [--help]
 // Checkpoints: `--save DIR [--save-every N]` saves in the background (sharded safetensors, atomic);
 // `--resume DIR` continues from DIR's latest checkpoint (or a step-<n> directory), on any --layout/--mesh.
-import { defineMain, UsageError } from "shardts";
+import { defineMain, UsageError, commOverlap, writeChromeTrace, type TraceEvent } from "shardts";
 import { layoutByName, LAYOUTS } from "shardts/nn";
 import { Trainer, Evaluator, generate, maxOverMean, Progress, BatchLoader, ByteTokenizer, loadTrainingText, unigramEntropyNats, bigramEntropyNats, ADAMW_DEFAULTS } from "shardts/train";
 import type { LmConfig } from "shardts/nn";
@@ -32,10 +32,13 @@ const HELP = `usage: shardts run examples/train-moe-lm.ts [options]
   --keep K         keep the newest K checkpoints (default 3)
   --resume DIR     continue from DIR's latest checkpoint (or a step-<n> directory), on any layout
   --losses FILE    write every step's loss to FILE (JSON; rank 0 under a launcher)
-  --no-eval        stop after training: no held-out loss, load report or sample`;
+  --no-eval        stop after training: no held-out loss, load report or sample
+  --warmup N       also print tokens/s over the steps after the first N (compilation and caches warm)
+  --trace FILE     CUDA backend: the last step's timeline as Chrome trace JSON (FILE.rank<r>.json under a
+                   launcher) and how much of its communication overlapped compute`;
 
 function parse(args: string[]) {
-  const o = { steps: 120, layout: "dp-ep", mesh: undefined as string | undefined, batch: 16, balance: true, gamma: 0.01, aux: 0, seed: 1, sample: 240, help: false, save: undefined as string | undefined, saveEvery: 0, keep: 3, resume: undefined as string | undefined, losses: undefined as string | undefined, eval: true, fp8: false, backend: "cpu" as "auto" | "cpu" | "cuda" };
+  const o = { steps: 120, layout: "dp-ep", mesh: undefined as string | undefined, batch: 16, balance: true, gamma: 0.01, aux: 0, seed: 1, sample: 240, help: false, save: undefined as string | undefined, saveEvery: 0, keep: 3, resume: undefined as string | undefined, losses: undefined as string | undefined, eval: true, warmup: 0, trace: undefined as string | undefined, fp8: false, backend: "cpu" as "auto" | "cpu" | "cuda" };
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!, v = () => {
       const x = args[++i];
@@ -65,6 +68,8 @@ function parse(args: string[]) {
     else if (a === "--resume") o.resume = v();
     else if (a === "--losses") o.losses = v();
     else if (a === "--no-eval") o.eval = false;
+    else if (a === "--warmup") o.warmup = num(v());
+    else if (a === "--trace") o.trace = v();
     else throw new UsageError(`unknown option ${a}\n${HELP}`);
   }
   return o;
@@ -73,6 +78,7 @@ function parse(args: string[]) {
 export default defineMain(async ({ args, log }) => {
   const o = parse(args);
   if (o.help) return log(HELP), 0;
+  if (o.trace && o.backend !== "cuda") throw new UsageError("--trace records CUDA events: give --backend cuda (on a GPU machine)");
   const model: LmConfig = {
     vocab: 256, model: 64, heads: 4, layers: 4, seq: 64, ffn: 256,
     moe: { experts: 8, topK: 2, ffn: 128, shared: 1, score: "softmax", auxLoss: o.aux },
@@ -122,8 +128,11 @@ export default defineMain(async ({ args, log }) => {
   const progress = new Progress({ total: o.steps, tokensPerStep: o.batch * model.seq });
   const curve: number[] = [], imbalance: number[] = [];
   const tStart = performance.now();
+  let tWarm = tStart;
   for (let s = trainer.step; s < o.steps; s++) {
+    if (s === o.warmup) tWarm = performance.now();
     const b = loader.next();
+    if (o.trace && s === o.steps - 1) trainer.program.trace = [];
     const m = trainer.run(b.inputs, b.targets);
     curve.push(m.ce);
     imbalance.push(m.imbalance);
@@ -136,6 +145,12 @@ export default defineMain(async ({ args, log }) => {
   // (under a launcher every rank computes the same losses; rank 0 writes them)
   if (o.losses && (process.env.RANK ?? "0") === "0") writeFileSync(o.losses, JSON.stringify({ layout: layout.toString(), backend: o.backend, seed: o.seed, losses: curve }) + "\n");
   log(`time: ${secs.toFixed(0)} s for ${curve.length} steps, ${((curve.length * o.batch * model.seq) / secs).toFixed(0)} tokens/s`);
+  const timed = o.steps - Math.max(o.warmup, o.steps - curve.length);
+  if (o.warmup > 0 && timed > 0) {
+    const ws = secs - (tWarm - tStart) / 1000;
+    log(`throughput: ${timed} steps after ${o.warmup} warm-up in ${ws.toFixed(3)} s, ${((timed * o.batch * model.seq) / ws).toFixed(0)} tokens/s (${((ws / timed) * 1000).toFixed(2)} ms/step)`);
+  }
+  if (o.trace && trainer.program.trace) traced(o.trace, trainer.program.trace, log);
   if (saver) {
     const last = await saver.flush();
     if (last) log(`checkpoint: step ${last.step} saved to ${last.path} (${(last.bytes / 1e6).toFixed(2)} MB)`);
@@ -162,3 +177,12 @@ export default defineMain(async ({ args, log }) => {
   }
   return 0;
 }, "trains a small MoE LM on the Brown corpus on a simulated dp=2 × ep=2 mesh");
+
+/** Writes the traced step and reports how much of its communication ran while compute was busy. */
+function traced(file: string, events: TraceEvent[], log: (s: string) => void): void {
+  const rank = process.env.RANK;
+  const path = rank === undefined ? file : `${file}.rank${rank}.json`;
+  writeChromeTrace(path, events, Number(rank ?? 0), "train-moe-lm");
+  const ov = commOverlap(events), pct = ov.commUs > 0 ? (100 * ov.overlapUs) / ov.commUs : 0;
+  log(`overlap: ${ov.commSpans} comm steps, ${ov.commUs.toFixed(0)} us on the comm stream, ${ov.overlapUs.toFixed(0)} us of it (${pct.toFixed(1)} %) while compute ran; compute ${ov.computeUs.toFixed(0)} us, step ${ov.wallUs.toFixed(0)} us (trace: ${path})`);
+}

@@ -6,6 +6,7 @@ import type { DType } from "../compiler/ir/types.ts";
 import { compile } from "../compiler/pipeline.ts";
 import { UsageError } from "../compiler/errors.ts";
 import { resolveBackend, runPlan, type Backend } from "./run.ts";
+import type { TraceEvent } from "../runtime/cuda/trace.ts";
 import { DTensor, type AnyDTensor } from "./dtensor.ts";
 import type { Mesh } from "./mesh.ts";
 import type { Dims, Fail, Full } from "./types/core.ts";
@@ -73,6 +74,8 @@ export class Program<O extends string = string> {
     this.types = Object.fromEntries(this.outputNames.map((n) => [n, outputs[n].type])) as never;
   }
   private readonly types: Record<O, AnyDTensor["type"]>;
+  /** CUDA backend: while set, each run appends its timeline (runtime/cuda/trace.ts) to it. */
+  trace?: TraceEvent[];
 
   /** Runs once. Every input must be fed; returns each output's pieces. */
   run(feeds: Record<string, Pieces>): Record<O, Pieces> {
@@ -82,7 +85,7 @@ export class Program<O extends string = string> {
   /** Runs once; returns every output's pieces and reads back the outputs named in `read` (default: all). */
   runGlobal(feeds: Record<string, Pieces>, read: readonly O[] = this.outputNames): { pieces: Record<O, Pieces>; values: Record<O, GlobalValue> } {
     for (const n of this.inputs) if (!feeds[n]) throw new UsageError(`Program.run(): input '${n}' was not fed`);
-    const res = runPlan(this.plan, this.backend, new Map(Object.entries(feeds)), read.map((n) => this.outputNames.indexOf(n)));
+    const res = runPlan(this.plan, this.backend, new Map(Object.entries(feeds)), read.map((n) => this.outputNames.indexOf(n)), this.trace);
     const pieces = Object.fromEntries(this.outputNames.map((n, i) => [n, res.locals[i]!])) as Record<O, Pieces>;
     const values = Object.fromEntries(
       read.map((n) => {

@@ -4,11 +4,16 @@
 #   1. collectives: shardts (plan path, NCCL) vs torch.distributed, 8/64/256 MiB per rank, bus GB/s
 #   2. the MoE layer example rank-local on N GPUs, checked against the one-device CPU run
 #   3. train-moe-lm 20 steps per layout on N GPUs vs the CPU-simulated run of the same mesh and seed
+#      (every layout whose mesh fits: dp, fsdp, tp, ep; with 4 GPUs also hsdp, dp-ep, fsdp-tp, fsdp-ep)
 #   4. faults: one rank throws mid-step; one rank hangs before a collective (timeout 20 s)
-#   5. MoE dispatch/combine ops: GPUs vs the CPU-simulated mesh (random/skewed/empty routings, forward
+#   5. train-moe-lm (fsdp-ep) tokens/s against the PyTorch FSDP2 + expert-parallel peer, same job
+#   6. a traced FSDP step: comm spans against compute spans, prefetch on and off
+#   7. MoE dispatch/combine ops: GPUs vs the CPU-simulated mesh (random/skewed/empty routings, forward
 #      and gradients), then dispatch/combine GB/s against torch.distributed (permute + count exchange +
-#      all_to_all_single) and plain all_to_all_single at the same bytes. Only this stage: STAGES=5
-#   6. checkpoints (ckpt_stage): save/load of the trained MoE LM and a bulk state, GB/s, async overhead
+#      all_to_all_single) and plain all_to_all_single at the same bytes
+#   8. checkpoints (ckpt_stage): save/load of the trained MoE LM and a bulk state, GB/s, async overhead
+# Stages 3 (its layout list), 5 and 6 live in bench/gpu/multi-gpu-stages.sh. SKIP="5 6" leaves stages
+# out, ONLY="5 6" runs just those.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 GPU_DIR=${GPU_DIR:-.gpu}
@@ -20,12 +25,12 @@ NODE=${NODE:-/tmp/node}
 CLI=("$NODE" "$GPU_DIR/shardts-cli.mjs")
 summary=()
 note() { summary+=("$1"); echo "== $1"; }
+# SKIP="5 6": leave those stages out; ONLY="5 6": run just those (a GPU call is limited to 10 minutes)
+skip() { [[ " ${SKIP:-} " == *" $1 "* ]] || { [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $1 "* ]]; }; }
+source bench/gpu/multi-gpu-stages.sh
 
-STAGES=${STAGES:-123456}
-want() { [[ "$STAGES" == *"$1"* ]]; }
-
-if want 1; then
 # 1. collectives
+if ! skip 1; then
 timeout 110 "${CLI[@]}" launch --nproc-per-node "$N" bench/gpu/lib/dist-collectives.ts --json "$OUT/collectives-shardts.jsonl" > "$OUT/collectives-shardts.log" 2>&1
 rc=$?; note "collectives shardts: exit $rc"
 timeout 100 python3 -m torch.distributed.run --nproc-per-node "$N" bench/peers/collectives.py --json "$OUT/collectives-torch.jsonl" > "$OUT/collectives-torch.log" 2>&1
@@ -37,26 +42,34 @@ def load(f):
     p = os.path.join(o, f)
     return {(r["op"], r["mibPerRank"]): r for r in map(json.loads, open(p))} if os.path.exists(p) else {}
 s, t = load("collectives-shardts.jsonl"), load("collectives-torch.jsonl")
-print(f"{'op':16}{'MiB/rank':>9}{'shardts GB/s':>14}{'torch GB/s':>12}{'ratio':>8}  check")
+# raw: the same NCCL calls without the plan step, on the axis communicator (split from the world) and
+# on the world communicator itself; ms ratios against torch's time (>1: slower than torch)
+print(f"{'op':16}{'MiB/rank':>9}{'shardts GB/s':>14}{'torch GB/s':>12}{'ratio':>8}{'raw/torch t':>12}{'world/torch t':>14}{'issue us':>9}  check")
+nan = float("nan")
 for k in sorted(set(s) | set(t)):
     a, b = s.get(k, {}), t.get(k, {})
-    r = a.get("busGBs", 0) / b["busGBs"] if a and b and b.get("busGBs") else float("nan")
-    print(f"{k[0]:16}{k[1]:>9}{a.get('busGBs', float('nan')):>14}{b.get('busGBs', float('nan')):>12}{r:>8.3f}  {a.get('check', 'missing')}")
+    r = a.get("busGBs", 0) / b["busGBs"] if a and b and b.get("busGBs") else nan
+    tr = lambda f: a[f] / b["ms"] if a.get(f) and b.get("ms") else nan
+    print(f"{k[0]:16}{k[1]:>9}{a.get('busGBs', nan):>14}{b.get('busGBs', nan):>12}{r:>8.3f}{tr('rawMs'):>12.3f}{tr('rawWorldMs'):>14.3f}{a.get('issueUs', nan):>9}  {a.get('check', 'missing')}")
 PY
 cat "$OUT/collectives-ratio.txt"
 fi
 
-if want 2; then
 # 2. the MoE layer, one rank per GPU, checked against one device
+if ! skip 2; then
 timeout 60 "${CLI[@]}" launch --nproc-per-node "$N" examples/moe-layer.ts --backend cuda --mesh dp=1,ep=$N > "$OUT/moe-layer.log" 2>&1
 rc=$?; note "moe-layer ep=$N rank-local vs one-device CPU: exit $rc ($(grep -c ' ok' "$OUT/moe-layer.log") ok lines, $(grep -c FAIL "$OUT/moe-layer.log") FAIL)"
 fi
 
-if want 3; then
 # 3. per-layout training equivalence (20 steps): N GPUs vs the CPU-simulated run of the same mesh and
 #    seed. The CPU runs go in the background (one core each) while the GPU runs take their turn.
-layouts=(dp fsdp tp ep)
-mesh_of() { case $1 in dp|fsdp) echo "dp=$N";; tp) echo "tp=$N";; ep) echo "ep=$N";; esac; }
+if ! skip 3; then
+# ---- stage 3 layouts (stage_layouts in multi-gpu-stages.sh: every layout whose mesh fits on N) ----
+declare -A MESH_OF=()
+layouts=()
+while read -r name mesh; do layouts+=("$name"); MESH_OF[$name]=$mesh; done < <(stage_layouts)
+mesh_of() { echo "${MESH_OF[$1]}"; }
+# ---- end stage 3 layouts ----
 pids=()
 for layout in "${layouts[@]}"; do
   timeout 200 "${CLI[@]}" run examples/train-moe-lm.ts --layout $layout --mesh "$(mesh_of $layout)" --steps 20 --no-eval --backend cpu --losses "$OUT/losses-$layout-cpu.json" > "$OUT/train-$layout-cpu.log" 2>&1 &
@@ -82,11 +95,11 @@ for l in layouts:
         print(f"{l:8} missing: {e}")
 PY
 cat "$OUT/train-equivalence.txt"
-note "hsdp (replica x shard) needs 4 GPUs for a non-degenerate mesh: not run on $N"
+[ "$N" -ge 4 ] || note "hsdp (replica x shard) needs 4 GPUs for a non-degenerate mesh: not run on $N"
 fi
 
-if want 4; then
 # 4. faults
+if ! skip 4; then
 t0=$(date +%s)
 timeout 60 "${CLI[@]}" launch --nproc-per-node "$N" bench/gpu/lib/dist-fault.ts --throw-rank 1 > "$OUT/fault-throw.log" 2>&1
 rc=$?; note "fault throw: exit $rc in $(( $(date +%s) - t0 )) s; $(grep -o 'shardts launch: rank [0-9]* [a-z ]*' "$OUT/fault-throw.log" | head -1); left behind: $(pgrep -fc shardts-cli.mjs || true)"
@@ -95,8 +108,14 @@ SHARDTS_COLLECTIVE_TIMEOUT_S=20 timeout 90 "${CLI[@]}" launch --nproc-per-node "
 rc=$?; note "fault hang: exit $rc in $(( $(date +%s) - t0 )) s; $(grep -o 'CollectiveTimeoutError: [^.]*' "$OUT/fault-hang.log" | head -1); left behind: $(pgrep -fc shardts-cli.mjs || true)"
 fi
 
-if want 5; then
-# 5. MoE dispatch/combine: checks and GB/s, shardts then torch in the same run
+# ---- stage 5: train-moe-lm vs PyTorch FSDP2 + EP (multi-gpu-stages.sh) ----
+skip 5 || stage_moe_lm_vs_torch
+# ---- stage 6: FSDP prefetch, traced (multi-gpu-stages.sh) ----
+skip 6 || stage_fsdp_prefetch
+
+
+if ! skip 7; then
+# 7. MoE dispatch/combine: checks and GB/s, shardts then torch in the same run
 timeout 400 "${CLI[@]}" launch --nproc-per-node "$N" bench/gpu/lib/dist-moe-dispatch.ts --json "$OUT/moe-dispatch-shardts.jsonl" > "$OUT/moe-dispatch-shardts.log" 2>&1
 rc=$?; note "moe dispatch shardts: exit $rc ($(grep -c ': ok' "$OUT/moe-dispatch-shardts.log") checks ok, $(grep -c FAIL "$OUT/moe-dispatch-shardts.log") FAIL lines)"
 timeout 300 python3 -m torch.distributed.run --nproc-per-node "$N" bench/peers/moe_dispatch.py --json "$OUT/moe-dispatch-torch.jsonl" > "$OUT/moe-dispatch-torch.log" 2>&1
@@ -142,7 +161,7 @@ ckpt_stage() {
   cat "$OUT/ckpt/summary.txt" 2>/dev/null
   rm -rf "$ck"
 }
-if want 6; then ckpt_stage; fi
+skip 8 || ckpt_stage
 # --- end of stage: checkpoints -------------------------------------------------------------------
 
 echo; echo "== summary"; printf '%s\n' "${summary[@]}" | tee "$OUT/multi-gpu-summary.txt"

@@ -14,9 +14,10 @@ import type { Plan } from "../../compiler/plan.ts";
 import { readsOf } from "../../compiler/plan.ts";
 import { numel } from "../../compiler/ir/types.ts";
 import { coordsOf } from "../../compiler/ir/placement.ts";
-import { CompileError, ShapeError, ShardtsError } from "../../compiler/errors.ts";
+import { CompileError, ShapeError, ShardtsError, UsageError } from "../../compiler/errors.ts";
 import { getOp } from "../../compiler/ops/index.ts";
 import { fuse } from "../../compiler/codegen/fuse.ts";
+import { prefetchComms } from "../../compiler/passes/prefetch.ts";
 import { emitCuda } from "../../compiler/codegen/cuda/emit.ts";
 import { DEFAULT_TUNING, type EmitTuning } from "../../compiler/codegen/cuda/tuning.ts";
 import { launchOf, residentBlocks } from "../../compiler/codegen/cuda/launch.ts";
@@ -38,6 +39,15 @@ import { FP8_OPS, runFp8 } from "./fp8.ts";
 import { scaledSegmentDotCuda, scaledSegmentWgradCuda } from "./fp8-segment.ts";
 
 const FACTORIES_ON_HOST = new Set(["constant", "from_local", "random", "input"]);
+
+/** SHARDTS_PREFETCH_BYTES: the prefetch window (compiler/passes/prefetch.ts); 0 turns prefetching off. */
+function prefetchBytes(env: NodeJS.ProcessEnv = process.env): number | undefined {
+  const v = env.SHARDTS_PREFETCH_BYTES;
+  if (v === undefined || v === "") return undefined;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < 0) throw new UsageError(`SHARDTS_PREFETCH_BYTES=${JSON.stringify(v)} must be a non-negative number of bytes (0: no prefetch)`);
+  return n;
+}
 const BLOCK = 256;
 
 export interface KernelTiming {
@@ -181,7 +191,9 @@ export class CudaExecutor {
   private lowered(plan: Plan) {
     let l = this.loweredPlans.get(plan);
     if (!l || l.tuning !== this.tuning) {
-      const fused = l?.fused ?? fuse(plan);
+      // rank-local runs issue comm steps early (compiler/passes/prefetch.ts) to overlap them with
+      // compute; a mesh simulated on one GPU runs them on the host and would only hold memory longer
+      const fused = l?.fused ?? (this.rankLocal ? prefetchComms(fuse(plan), prefetchBytes()) : fuse(plan));
       l = { fused, prog: emitCuda(fused, this.arch, this.tuning), tuning: this.tuning };
       this.loweredPlans.set(plan, l);
     }
@@ -309,7 +321,8 @@ export class CudaExecutor {
 
     fused.instrs.forEach((ins, i) => {
       dist?.beforeReads(readsOf(ins));
-      if (tracer) {
+      // a rank-local comm step is traced on the communication stream, around its own work (below)
+      if (tracer && !(ins.kind === "comm" && dist)) {
         const what = ins.kind === "kernel" ? prog.kernels[prog.kernelOf[ins.id]!]!.name : ins.kind === "comm" ? `${ins.step.kind}[${plan.mesh.axes[ins.step.axis] ?? ins.step.axis}]` : ins.op;
         const cat = ins.kind === "kernel" ? "kernel" : ins.kind === "comm" ? "comm" : ["dot", "segment_dot", "segment_wgrad", "scaled_dot", "scaled_segment_dot", "scaled_segment_wgrad"].includes(ins.op) ? "gemm" : "op";
         tracer.begin(what, cat, dist ? `rank ${dist.rank}` : "stream", this.stream, ins.kind === "kernel" ? { fuses: ins.fuses.map((f) => f.op).join("+") } : undefined);
@@ -351,7 +364,11 @@ export class CudaExecutor {
         } else if (ins.kind === "comm" && dist) {
           const out = new Array<DeviceTensor>(W);
           const last = lastUse[ins.input] === i;
-          out[dist.rank] = dist.step(plan, ins.step, ins.input, ins.output, slots[ins.input]![dist.rank]!, counts, last);
+          const span = tracer && {
+            begin: (cs: Stream) => tracer.begin(`${ins.step.kind}[${plan.mesh.axes[ins.step.axis] ?? ins.step.axis}]`, "comm", `rank ${dist.rank} comm`, cs),
+            end: (cs: Stream) => tracer.end(cs),
+          };
+          out[dist.rank] = dist.step(plan, ins.step, ins.input, ins.output, slots[ins.input]![dist.rank]!, counts, last, span || undefined);
           if (last) slots[ins.input] = undefined; // handed over: released once compute has waited for the step
           slots[ins.output] = out;
         } else if (ins.kind === "comm") {
@@ -386,8 +403,9 @@ export class CudaExecutor {
         }
         throw e;
       }
-      tracer?.end(this.stream);
-      for (const s of readsOf(ins)) if (lastUse[s] === i && slots[s]) (slots[s]!.forEach((d) => this.release(d)), (slots[s] = undefined));
+      if (!(ins.kind === "comm" && dist)) tracer?.end(this.stream);
+      // (rank-local: a buffer an in-flight comm step still reads goes back once compute waited for that step)
+      for (const s of readsOf(ins)) if (lastUse[s] === i && slots[s]) (slots[s]!.forEach((d) => (dist ? dist.release(d) : this.release(d))), (slots[s] = undefined));
     });
     return { slots, counts, kernels, timings, dist };
   }

@@ -59,3 +59,35 @@ export function chromeTrace(events: readonly TraceEvent[], pid = 0, processName 
 export function writeChromeTrace(file: string, events: readonly TraceEvent[], pid = 0, processName = "shardts"): void {
   writeFileSync(file, chromeTrace(events, pid, processName));
 }
+
+/** How much of the communication time ran while compute was busy (one rank's events). */
+export interface CommOverlap {
+  /** Total duration of the comm spans, µs. */
+  commUs: number;
+  /** Of that, the time some non-comm span was running too, µs. */
+  overlapUs: number;
+  /** Union of the non-comm spans, µs. */
+  computeUs: number;
+  /** First start to last end, µs. */
+  wallUs: number;
+  commSpans: number;
+}
+
+/** Comm spans (cat "comm") against the union of every other span: what prefetching buys. */
+export function commOverlap(events: readonly TraceEvent[]): CommOverlap {
+  const busy: [number, number][] = [];
+  for (const e of [...events].filter((x) => x.cat !== "comm").sort((a, b) => a.ts - b.ts)) {
+    const last = busy[busy.length - 1];
+    if (last && e.ts <= last[1]) last[1] = Math.max(last[1], e.ts + e.dur);
+    else busy.push([e.ts, e.ts + e.dur]);
+  }
+  let commUs = 0, overlapUs = 0, commSpans = 0;
+  for (const c of events) {
+    if (c.cat !== "comm") continue;
+    commSpans++;
+    commUs += c.dur;
+    for (const [a, b] of busy) overlapUs += Math.max(0, Math.min(b, c.ts + c.dur) - Math.max(a, c.ts));
+  }
+  const start = Math.min(...events.map((e) => e.ts)), end = Math.max(...events.map((e) => e.ts + e.dur));
+  return { commUs, overlapUs, computeUs: busy.reduce((s, [a, b]) => s + b - a, 0), wallUs: events.length ? end - start : 0, commSpans };
+}

@@ -88,6 +88,8 @@ export const LAYOUTS: Record<string, () => Layout> = {
   ep: () => new Layout("ep", { ep: 4 }, { ep: "expert" }),
   "dp-ep": () => new Layout("dp-ep", { dp: 2, ep: 2 }, { dp: "data", ep: "expert" }),
   "fsdp-tp": () => new Layout("fsdp-tp", { dp: 2, tp: 2 }, { dp: "fsdp", tp: "tensor" }),
+  // FSDP over dp and expert parallelism over ep (the PyTorch peer bench/peers/moe_lm_fsdp_ep.py's layout)
+  "fsdp-ep": () => new Layout("fsdp-ep", { dp: 2, ep: 2 }, { dp: "fsdp", ep: "expert" }),
 };
 
 export function layoutByName(name: string, sizes?: Record<string, number>): Layout {

@@ -71,6 +71,35 @@ describe("the watchdog thread", () => {
     }
   });
 
+  it("keeps the newest 4096 collectives of its shared-memory log and names the first one a peer is behind on", async () => {
+    const token = "t".repeat(24);
+    const store = await startStore(token);
+    const peer = await StoreClient.connect("127.0.0.1", store.port, token);
+    await peer.set("progress/1", JSON.stringify({ dp: 1000 }));
+    const w = new WatchdogThread({ rank: 0, storeAddr: "127.0.0.1", storePort: store.port, token, addonPath: "/nonexistent/addon.node", timeoutS: 0.6, graceMs: 60_000 });
+    try {
+      const id = w.describe({ axis: "dp", what: "all_gather[dp](model)", group: [0, 1] });
+      expect(w.describe({ axis: "dp", what: "all_gather[dp](model)", group: [0, 1] })).toBe(id);
+      for (let seq = 1; seq <= 5000; seq++) w.issuedId(id, seq);
+      let msg = "";
+      for (const t0 = Date.now(); !msg && Date.now() - t0 < 10_000; ) {
+        await new Promise((r) => setTimeout(r, 100));
+        try {
+          w.check();
+        } catch (e) {
+          msg = (e as Error).message;
+        }
+      }
+      expect(msg).toMatch(/all_gather\[dp\]\(model\) \(#1001 on mesh axis 'dp', ranks \[0, 1\]\)/);
+      expect(msg).toContain("rank(s) 1 had not arrived (their last collective on 'dp': #1000)");
+      expect(JSON.parse(await peer.get("progress/0"))).toEqual({ dp: 5000 });
+    } finally {
+      await w.stop();
+      peer.close();
+      await store.close();
+    }
+  });
+
   it("does not fire while the main thread drains its collectives", async () => {
     const w = new WatchdogThread({ rank: 0, storeAddr: "127.0.0.1", storePort: 1, token: "t".repeat(24), addonPath: "/nonexistent", timeoutS: 0.3, graceMs: 60_000 });
     try {

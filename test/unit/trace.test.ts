@@ -2,7 +2,7 @@
 // --trace refusing a backend that has no CUDA events. (The events themselves are recorded on the GPU
 // machine: bench/results/*-trace-*.json.)
 import { describe, expect, it } from "vitest";
-import { chromeTrace } from "../../runtime/cuda/trace.ts";
+import { chromeTrace, commOverlap } from "../../runtime/cuda/trace.ts";
 import { main } from "../../stdlib/cli/main.ts";
 
 describe("--trace", () => {
@@ -15,6 +15,18 @@ describe("--trace", () => {
     expect(j.traceEvents[0]).toEqual({ name: "process_name", ph: "M", pid: 1, args: { name: "shardts run examples/moe-layer.ts" } });
     expect(j.traceEvents[1]).toEqual({ name: "sh_row_softmax_1234", cat: "kernel", ph: "X", ts: 0, dur: 12.346, pid: 1, tid: "stream", args: { fuses: "softmax" } });
     expect(j.traceEvents[2]).toMatchObject({ name: "all_to_all[ep]", ph: "X", ts: 20, dur: 5, tid: "rank 1" });
+  });
+
+  it("measures how much comm-stream time ran while compute-stream spans did", () => {
+    const ov = commOverlap([
+      { name: "k0", cat: "kernel", ts: 0, dur: 10, tid: "rank 0" },
+      { name: "g0", cat: "gemm", ts: 5, dur: 10, tid: "rank 0" }, // overlaps k0: one busy interval [0, 15)
+      { name: "k1", cat: "kernel", ts: 30, dur: 10, tid: "rank 0" },
+      { name: "ag1", cat: "comm", ts: 10, dur: 10, tid: "rank 0 comm" }, // 5 us inside [0, 15)
+      { name: "ag2", cat: "comm", ts: 35, dur: 20, tid: "rank 0 comm" }, // 5 us inside [30, 40)
+    ]);
+    expect(ov).toEqual({ commUs: 30, overlapUs: 10, computeUs: 25, wallUs: 55, commSpans: 2 });
+    expect(commOverlap([{ name: "k", cat: "kernel", ts: 0, dur: 4, tid: "r" }])).toMatchObject({ commUs: 0, overlapUs: 0, commSpans: 0 });
   });
 
   it("is refused on the CPU backend, saying what it needs", async () => {

