@@ -60,18 +60,6 @@ const cases: { op: string; dtypes: DType[]; make: Maker }[] = [
       return raw("segment_wgrad", [x, gy, counts!], { k: "k", n: "n" });
     }) as Maker,
   })),
-  // MoE dispatch/combine: on one process they run through the host (the CPU reference) until their
-  // CUDA kernels land; this checks the executor's download / upload around them
-  ...(["moe_dispatch", "moe_combine", "moe_redispatch"] as const).map((op) => ({
-    op, dtypes: ["f32", "bf16"] as DType[],
-    make: ((m, t) => {
-      const x = T(m, { g: 2, s: 12, d: 16 }, t), w = T(m, { g: 2, s: 12, k: 2 }, t);
-      const [rows, perm] = raw("moe_dispatch", [x, T(m, { g: 2, s: 12, k: 2 }, "i32", () => Math.floor(rnd() * 5))], { axis: null, dim: "s", k: "k", rows: "rows", groups: "e", numGroups: 5 });
-      const attrs = { axis: null, dim: "s", size: 12, k: "k", numK: 2, keepK: false };
-      if (op === "moe_dispatch") return [rows!, perm!];
-      return raw(op, [op === "moe_combine" ? rows! : T(m, { g: 2, s: 12, d: 16 }, t), perm!, w], attrs);
-    }) as Maker,
-  })),
   { op: "flatten", dtypes: ["f32"], make: (m, t) => raw("flatten", [T(m, { r: 5, c: 4, z: 3 }, t)], { dims: ["z", "r"], to: "zr" }) },
   { op: "unflatten", dtypes: ["f32"], make: (m, t) => raw("unflatten", [T(m, { r: 5, c: 6 }, t)], { dim: "c", into: { c1: 2, c2: 3 } }) },
   { op: "rename", dtypes: ["f32"], make: (m, t) => raw("rename", [T(m, RC, t)], { from: "r", to: "q" }) },
@@ -133,6 +121,20 @@ const cases: { op: string; dtypes: DType[]; make: Maker }[] = [
         const qw = quantize(T(m, { e: 4, k: 272, n: 144 }, t, () => rnd() * 0.2 - 0.1) as never, "128x128", ["n", "k"]) as { q: AnyDTensor; scales: AnyDTensor };
         return raw("scaled_segment_dot", [qx.q, qx.scales, qw.q, qw.scales, counts!], { contract: "k" });
       });
+    }) as Maker,
+  })),
+  // MoE dispatch/combine (issue 7): last. Their first GPU run (2026-11-22, H200) failed, and every op
+  // checked after them failed too, ops that had passed before (concat, split, quantize, scaled_dot):
+  // consistent with one of their kernels writing out of bounds, not yet shown
+  // (bench/results/2026-11-22-cuda-ops-h200-moe-first.txt). Here they cannot touch the other checks.
+  ...(["moe_dispatch", "moe_combine", "moe_redispatch"] as const).map((op) => ({
+    op, dtypes: ["f32", "bf16"] as DType[],
+    make: ((m, t) => {
+      const x = T(m, { g: 2, s: 12, d: 16 }, t), w = T(m, { g: 2, s: 12, k: 2 }, t);
+      const [rows, perm] = raw("moe_dispatch", [x, T(m, { g: 2, s: 12, k: 2 }, "i32", () => Math.floor(rnd() * 5))], { axis: null, dim: "s", k: "k", rows: "rows", groups: "e", numGroups: 5 });
+      const attrs = { axis: null, dim: "s", size: 12, k: "k", numK: 2, keepK: false };
+      if (op === "moe_dispatch") return [rows!, perm!];
+      return raw(op, [op === "moe_combine" ? rows! : T(m, { g: 2, s: 12, d: 16 }, t), perm!, w], attrs);
     }) as Maker,
   })),
 ];
