@@ -152,8 +152,9 @@ ckpt_stage() {
   local ck=${CKPT_DIR:-/tmp/shardts-ckpt-bench} t0 rc
   t0=$(date +%s)
   SHARDTS_COLLECTIVE_TIMEOUT_S=60 timeout 420 "${CLI[@]}" launch --nproc-per-node "$N" bench/gpu/lib/dist-checkpoint.ts --backend cuda \
-    --out "$OUT/ckpt" --ckpt-dir "$ck" --layout ep --steps 8 --bulk-mib "${CKPT_BULK_MIB:-1024}" > "$OUT/ckpt.log" 2>&1
+    --results "$OUT/ckpt" --ckpt-dir "$ck" --layout ep --steps 8 --bulk-mib "${CKPT_BULK_MIB:-1024}" > "$OUT/ckpt.log" 2>&1
   rc=$?; note "checkpoints on $N GPUs: exit $rc in $(( $(date +%s) - t0 )) s; $(tail -1 "$OUT/ckpt/summary.txt" 2>/dev/null || echo 'no summary')"
+  mkdir -p "$OUT/ckpt"
   for which in train bulk; do
     timeout 120 python3 bench/peers/read_safetensors.py "$ck/$which" --rank 0 --json "$OUT/ckpt/python-$which.json" > "$OUT/ckpt-python-$which.log" 2>&1
     rc=$?; note "checkpoint $which rank-0 file read by Python: exit $rc; $(head -1 "$OUT/ckpt-python-$which.log" | sed 's/.* with //'); $(tail -1 "$OUT/ckpt-python-$which.log")"

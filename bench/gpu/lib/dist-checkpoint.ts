@@ -37,7 +37,8 @@ interface Check { name: string; ok: boolean; detail: string; numbers?: Record<st
 export default defineMain(async ({ args }) => {
   const opt = (n: string, d: string) => (args.includes(n) ? args[args.indexOf(n) + 1]! : d);
   const env = readDistEnv(), rank = env.rank, W = env.worldSize;
-  const out = opt("--out", ".gpu/out/ckpt"), root = opt("--ckpt-dir", "/tmp/shardts-ckpt-bench");
+  // --results, not --out: the bundled CLI (shardts-cli.ts) takes the first --out as run.sh's
+  const out = opt("--results", ".gpu/out/ckpt"), root = opt("--ckpt-dir", "/tmp/shardts-ckpt-bench");
   // --backend cpu runs the same flow where there is no GPU (each process simulates every rank of
   // the trainer; the bulk pieces are host arrays saved through the host-copy path)
   const gpu = resolveBackend(opt("--backend", "cuda") as Backend) === "cuda";
