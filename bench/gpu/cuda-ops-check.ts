@@ -23,6 +23,8 @@ import { mul } from "../../stdlib/nn/ops-internal.ts";
 import { grad } from "../../stdlib/autodiff.ts";
 
 const outDir = process.argv.includes("--out") ? process.argv[process.argv.indexOf("--out") + 1]! : ".";
+/** --only REGEX: just the op cases whose name matches (and the example and mesh checks only if it matches them too). */
+const only = process.argv.includes("--only") ? new RegExp(process.argv[process.argv.indexOf("--only") + 1]!) : undefined;
 let seed = 12345;
 const rnd = () => ((seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32);
 const lines: string[] = [];
@@ -162,6 +164,7 @@ let failures = 0;
 const opsCovered = new Set<string>();
 
 for (const c of cases) {
+  if (only && !only.test(c.op)) continue;
   for (const dtype of c.dtypes) {
     const mesh = Mesh.of({ d: 1 });
     const outs = c.make(mesh, dtype);
@@ -194,7 +197,7 @@ for (const [op, list] of [...perOp].sort(([a], [b]) => a.localeCompare(b)))
 
 // The examples on their meshes (ranks simulated on the one GPU), against the CPU run, and compile times.
 log("\nexamples on the CUDA backend against the CPU backend (same mesh):");
-for (const [name, def] of [["moe-layer", moeLayer], ["tp-mlp", tpMlp]] as [string, ModelDef][]) {
+for (const [name, def] of ([["moe-layer", moeLayer], ["tp-mlp", tpMlp]] as [string, ModelDef][]).filter(([n]) => !only || only.test(n))) {
   const { mesh, outputs } = buildOn(def, def.mesh);
   const names = Object.keys(outputs);
   const plan = compile(mesh.builder.graph, names.map((n) => outputs[n]!.ref));
@@ -216,7 +219,7 @@ for (const [name, def] of [["moe-layer", moeLayer], ["tp-mlp", tpMlp]] as [strin
 // MoE dispatch -> identity experts -> weighted combine with gradients, on a simulated dp=2 x ep=3
 // mesh (kernels per rank, the exchanges through the CPU simulation), against the CPU backend
 log("\nmoe_dispatch/moe_combine on a simulated {dp:2, ep:3} mesh against the CPU backend:");
-for (const t of ["f32", "bf16"] as DType[]) {
+for (const t of (!only || only.test("moe_mesh") ? ["f32", "bf16"] : []) as DType[]) {
   try {
     const mesh = Mesh.of({ dp: 2, ep: 3 });
     const on = { dp: "S(b)", ep: "S(b)" } as never;

@@ -105,10 +105,26 @@ export class Fp8Gemm {
     return () => a.launchKernel(fn, [g.grid, 1, 1], [kernel.threads, 1, 1], kernel.smemBytes, stream, params);
   }
 
-  /** The cuBLASLt block-scaled fallback on the same (dense) buffers. */
-  prepareCublasLt(s: Fp8GemmShape, bufs: Fp8GemmBuffers, workspace?: { ptr: DevicePtr; bytes: number }): () => void {
+  /**
+   * The cuBLASLt block-scaled fallback on the same (dense) buffers. cuBLASLt reads B's 128x128 scales
+   * with their K-block rows padded to a multiple of 4 (it misread ours wherever ceil(K/128) % 4 != 0:
+   * bench/results/2026-11-22-fp8-gemm-h100-v2.txt), so those go through a padded copy made here once;
+   * it refuses M % 4 != 0 (A's scale rows are then no multiple of 16 bytes), which is said up front.
+   * `release()` frees the copy.
+   */
+  prepareCublasLt(s: Fp8GemmShape, bufs: Fp8GemmBuffers, workspace?: { ptr: DevicePtr; bytes: number }): (() => void) & { release(): void } {
+    if (s.M % 4 !== 0) throw new CompileError(`cuBLASLt block-scaled FP8 GEMM ${s.M}x${s.N}x${s.K}: M must be a multiple of 4 (its 1x128 scale rows need 16-byte strides); pad M or use the generated kernels`);
     const a = this.addon, stream = this.stream;
-    const o = { M: s.M, N: s.N, K: s.K, a: bufs.a, b: bufs.b, sa: bufs.sa, sb: bufs.sb, d: bufs.d, workspace: workspace?.ptr, workspaceBytes: workspace?.bytes, stream };
-    return () => a.cublasLtMatmulFp8BlockScaled(o);
+    const KB = Math.ceil(s.K / FP8_BLOCK), NB = Math.ceil(s.N / FP8_BLOCK), KB4 = Math.ceil(KB / 4) * 4;
+    let sb = bufs.sb, padded: DevicePtr | undefined;
+    if (KB4 !== KB) {
+      padded = a.memAlloc(NB * KB4 * 4);
+      a.memsetD8(padded, 0, NB * KB4 * 4, stream);
+      for (let nb = 0; nb < NB; nb++) a.memcpyDtoDAsync(padded + BigInt(nb * KB4 * 4), bufs.sb + BigInt(nb * KB * 4), KB * 4, stream);
+      sb = padded;
+    }
+    const o = { M: s.M, N: s.N, K: s.K, a: bufs.a, b: bufs.b, sa: bufs.sa, sb, d: bufs.d, workspace: workspace?.ptr, workspaceBytes: workspace?.bytes, stream };
+    const run = () => a.cublasLtMatmulFp8BlockScaled(o);
+    return Object.assign(run, { release: () => padded !== undefined && a.memFree(padded) });
   }
 }
