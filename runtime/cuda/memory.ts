@@ -22,6 +22,8 @@ const sizeClass = (n: number) => Math.max(512, 2 ** Math.ceil(Math.log2(Math.max
 
 export class CachingAllocator {
   private free = new Map<number, bigint[]>();
+  /** Every cached block, to catch a block released twice (it would later be handed to two tensors). */
+  private cached = new Set<bigint>();
   live = 0;
   peak = 0;
 
@@ -31,12 +33,16 @@ export class CachingAllocator {
     const cls = sizeClass(bytes);
     const list = this.free.get(cls);
     const ptr = list?.pop() ?? this.addon.memAlloc(cls);
+    this.cached.delete(ptr);
     this.live += cls;
     this.peak = Math.max(this.peak, this.live);
     return { ptr, bytes: cls };
   }
 
   release(t: { ptr: bigint; bytes: number }): void {
+    if (this.cached.has(t.ptr))
+      throw new Error(`shardts internal error: device block 0x${t.ptr.toString(16)} (${t.bytes} B) released twice; two tensors would share it. Please report this with the plan that ran.`);
+    this.cached.add(t.ptr);
     const list = this.free.get(t.bytes) ?? [];
     list.push(t.ptr);
     this.free.set(t.bytes, list);
@@ -47,6 +53,7 @@ export class CachingAllocator {
   drain(): void {
     for (const list of this.free.values()) for (const p of list) this.addon.memFree(p);
     this.free.clear();
+    this.cached.clear();
   }
 
 }

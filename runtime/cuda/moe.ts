@@ -81,7 +81,13 @@ export function runMoe(exe: CudaExecutor, plan: Plan, ins: OpInstr, ranks: numbe
   const batch = names(tp).filter((n) => n !== rowsDim.name), S = Number(a.size), Kk = Number(a.numK), n = S * Kk;
   const segCounts = { [rowsDim.name]: plan.values[ins.inputs[1]!]!.segCounts[rowsDim.name]! };
   const hasW = ins.inputs.length === 3;
-  const W = (r: number) => (hasW ? tmp(exe.reorder(piece(ins.inputs[2]!, r), names(tIn[2]!), [...batch, seq, kDim])) : undefined);
+  // the weights in [...batch, seq, k] order: a reordered copy is a temporary, the slot's own piece is not
+  // (releasing that one handed a live buffer back to the pool: later ops got aliased buffers)
+  const W = (r: number) => {
+    if (!hasW) return undefined;
+    const own = piece(ins.inputs[2]!, r), w = exe.reorder(own, names(tIn[2]!), [...batch, seq, kDim]);
+    return w === own ? w : tmp(w);
+  };
   const P = (r: number) => exe.reorder(piece(ins.inputs[1]!, r), names(tp), [...batch, rowsDim.name]);
 
   if (ins.op === "moe_combine") {
