@@ -178,7 +178,8 @@ export class CudaExecutor {
    * instead of uploading a feed (weights that stay put between steps). `undefined` frees them.
    */
   setResident(name: string, pieces: LocalTensor[] | undefined): void {
-    for (const d of this.resident.get(name) ?? []) (this.pinned.delete(d), this.mem.release(d));
+    // rank-local executors hold only their own rank's piece: the others are holes
+    for (const d of this.resident.get(name) ?? []) if (d) (this.pinned.delete(d), this.mem.release(d));
     this.resident.delete(name);
     if (!pieces) return;
     const ds = pieces.map((p) => upload(this.addon, this.mem, p, this.stream));
