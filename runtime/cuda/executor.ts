@@ -381,6 +381,9 @@ export class CudaExecutor {
             if (dist) {
               const out = new Array<DeviceTensor>(W);
               out[dist.rank] = dist.step(p, step, inS, outS, pieces[dist.rank]!, counts, release);
+              // the op's own kernels read the exchanged rows next: compute waits for this step now (the
+              // plan-level waits only know the plan's slots, not the op's inner ones)
+              dist.beforeReads([outS]);
               return out;
             }
             const host = runStep(p, step, inS, outS, pieces.map((d) => download(this.addon, d, this.stream)), counts).map((t) => upload(this.addon, this.mem, t, this.stream));
