@@ -12,6 +12,7 @@
 import { StoreBarrier, type BarrierResult } from "../../runtime/launch/barrier.ts";
 import { worldSize } from "../../compiler/ir/placement.ts";
 import { CheckpointError } from "./errors.ts";
+import { SaveQueue } from "./save-queue.ts";
 import { beginSave, commit, describe, encodeRank, rankPieces, writeRank, type CheckpointState, type RankSnapshot, type SaveHandle, type SaveInfo, type SaveOptions, type SaveResult } from "./save.ts";
 
 /** Where this process stands in the job, and how it meets the others (a StoreBarrier, or a stand-in in tests). */
@@ -37,12 +38,11 @@ function raise(dir: string, step: number, phase: string, r: BarrierResult): void
  * the next `saveAsync` or `flush` of every rank.
  */
 export class RankSaver {
-  private tail: Promise<void> = Promise.resolve();
-  private failure: CheckpointError | undefined;
-  private last: SaveResult | undefined;
+  private q: SaveQueue;
 
   constructor(readonly dir: string, readonly group: RankGroup, readonly opts: SaveOptions = {}) {
     if (!Number.isSafeInteger(group.rank) || group.rank < 0 || group.rank >= group.world) throw new CheckpointError(`rank ${group.rank} is not in a job of ${group.world}`, dir);
+    this.q = new SaveQueue(dir);
   }
 
   private check(info: SaveInfo): void {
@@ -83,7 +83,7 @@ export class RankSaver {
     const info = describe(state);
     this.check(info);
     const sel = rankPieces(state, this.group.rank, info);
-    return (this.last = await this.run(info, () => encodeRank(sel)));
+    return (this.q.last = await this.run(info, () => encodeRank(sel)));
   }
 
   /**
@@ -108,36 +108,14 @@ export class RankSaver {
     } catch (e) {
       return Promise.reject(e);
     }
-    const prev = this.tail;
-    let release!: () => void;
-    this.tail = new Promise<void>((r) => (release = r));
-    return (async () => {
-      await prev;
-      const f = this.failure;
-      if (f) {
-        this.failure = undefined;
-        release();
-        throw f;
-      }
-      const done = this.run(info, encode);
-      done.then(
-        (r) => ((this.last = r), release()),
-        (e) => ((this.failure = e instanceof CheckpointError ? e : new CheckpointError(message(e), this.dir)), release()),
-      );
-      return { step: info.step, done };
-    })();
+    return this.q.enqueue(info.step, () => this.run(info, encode));
   }
 
   /** Waits for the save under way; throws its failure (any rank's). Returns the last committed save. */
-  async flush(): Promise<SaveResult | undefined> {
-    await this.tail;
-    const f = this.failure;
-    if (f) {
-      this.failure = undefined;
-      throw f;
-    }
-    return this.last;
+  flush(): Promise<SaveResult | undefined> {
+    return this.q.flush();
   }
+
 }
 
 /**

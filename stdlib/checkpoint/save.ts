@@ -12,6 +12,7 @@ import { numel } from "../../compiler/ir/types.ts";
 import type { LocalTensor } from "../../compiler/ir/local.ts";
 import { worldSize } from "../../compiler/ir/placement.ts";
 import { CheckpointError, guard } from "./errors.ts";
+import { SaveQueue } from "./save-queue.ts";
 import { encode } from "./dtypes.ts";
 import { isWriter, layoutProblem, regionOf, savedRegions, type Region } from "./geometry.ts";
 import { buildHeader } from "./safetensors.ts";
@@ -315,12 +316,11 @@ export interface SaveHandle {
  * A background failure is reported once, by the next `saveAsync` or `flush`.
  */
 export class AsyncSaver {
-  private tail: Promise<void> = Promise.resolve();
-  private failure: CheckpointError | undefined;
-  private last: SaveResult | undefined;
+  private q: SaveQueue;
 
   constructor(readonly dir: string, readonly opts: SaveOptions = {}) {
     chunkBytesOf(opts);
+    this.q = new SaveQueue(dir);
   }
 
   saveAsync(state: CheckpointState): Promise<SaveHandle> {
@@ -330,35 +330,12 @@ export class AsyncSaver {
     } catch (e) {
       return Promise.reject(e);
     }
-    const prev = this.tail;
-    let release!: () => void;
-    this.tail = new Promise<void>((r) => (release = r));
-    return (async () => {
-      await prev;
-      const f = this.failure;
-      if (f) {
-        this.failure = undefined;
-        release();
-        throw f;
-      }
-      const done = writeAll(this.dir, snap.info, snap.snaps, this.opts);
-      done.then(
-        (r) => ((this.last = r), release()),
-        (e) => ((this.failure = e instanceof CheckpointError ? e : new CheckpointError(String((e as Error)?.message ?? e), this.dir)), release()),
-      );
-      return { step: snap.info.step, done };
-    })();
+    return this.q.enqueue(snap.info.step, () => writeAll(this.dir, snap.info, snap.snaps, this.opts));
   }
 
   /** Waits for the save under way; throws its error if it failed. Returns the last committed save. */
-  async flush(): Promise<SaveResult | undefined> {
-    await this.tail;
-    const f = this.failure;
-    if (f) {
-      this.failure = undefined;
-      throw f;
-    }
-    return this.last;
+  flush(): Promise<SaveResult | undefined> {
+    return this.q.flush();
   }
 }
 
