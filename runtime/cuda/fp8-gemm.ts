@@ -9,7 +9,6 @@ import { bBoxRows, blockM, geometryOf, shapeProblem, type Fp8GemmConfig, type Fp
 import { FP8_BLOCK, GROUPED_M_ALIGN } from "../../compiler/numeric/fp8-gemm.ts";
 import { CompileError } from "../../compiler/errors.ts";
 import { archFor, compileCuda } from "./compile.ts";
-import { patchFfma } from "../../compiler/codegen/cuda/gemm/sass-patch.ts";
 import { packArgs, packArgsAt, type KernelArg } from "./kernel-args.ts";
 import type { DevicePtr, DeviceProperties, KernelFunction, NativeAddon, Stream } from "./native-types.ts";
 
@@ -55,13 +54,7 @@ export class Fp8Gemm {
     if (!got) {
       if (!this.supported) throw new CompileError(`FP8 GEMM kernel ${k.name} needs a Hopper GPU (sm_90a); this is ${this.device.name} (${this.arch}): use the cuBLASLt fallback`);
       const compiled = compileCuda(this.addon, k.name, k.source, this.arch);
-      let cubin = compiled.cubin;
-      if (c.ffmaPatch) {
-        const p = patchFfma(cubin, k.name, c.ffmaPatch);
-        if (p.changed === 0) throw new CompileError(`FP8 GEMM ${k.name}: the "${c.ffmaPatch}" FFMA rewrite found nothing to change (${p.ffma} FFMAs, ${p.runs} runs): this ptxas output has another shape; use the configuration without ffmaPatch`);
-        cubin = p.cubin;
-      }
-      const fn = this.addon.moduleGetFunction(this.addon.moduleLoadData(cubin), k.name);
+      const fn = this.addon.moduleGetFunction(this.addon.moduleLoadData(compiled.cubin), k.name);
       this.addon.funcSetMaxDynamicSharedMemory(fn, k.smemBytes);
       // the device's parameter offsets, read once per kernel (packArgsAt places the tensor maps by them)
       got = { fn, kernel: k, compileMs: compiled.ms, cached: compiled.cached, layout: this.addon.funcGetParamLayout(fn) };

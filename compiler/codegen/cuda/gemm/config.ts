@@ -46,11 +46,6 @@ export interface Fp8GemmConfig {
    * the launcher when M % 4 != 0: the scale rows' stride is then no multiple of 16 bytes, which TMA needs).
    */
   globalScales?: boolean;
-  /**
-   * A rewrite of the promotion FFMAs' scheduling hints in the compiled cubin (absent = none; see
-   * sass-patch.ts): "yield" clears reuse + yield on part of each run, "reuse" sets them on all.
-   */
-  ffmaPatch?: "yield" | "reuse";
 }
 
 export const SMEM_LIMIT = 232448; // 227 KiB: the opt-in maximum per block on H100 / H200
@@ -76,7 +71,7 @@ export const smemBytes = (c: Fp8GemmConfig): number => SMEM_ALIGN_SLACK + c.stag
 export const spansScaleBlocks = (c: Fp8GemmConfig): boolean => FP8_BLOCK % c.blockN !== 0;
 
 export function configName(c: Fp8GemmConfig): string {
-  return `sh_fp8_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? "_ts" : ""}${c.globalScales ? "_gs" : ""}${c.ffmaPatch ? (c.ffmaPatch === "yield" ? "_fy" : "_fr") : ""}`;
+  return `sh_fp8_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? "_ts" : ""}${c.globalScales ? "_gs" : ""}`;
 }
 
 /** Why a configuration cannot be emitted, or undefined. */
@@ -154,8 +149,6 @@ export function gemmCandidates(grouped: boolean): Fp8GemmConfig[] {
   for (const [blockN, overlap, multicast] of TMA_STORE_SHAPES)
     if (!(multicast && grouped))
       out.push({ consumers: 2, blockN, stages: maxStages(2, blockN, 8, true), persistent: true, grouped, ...(overlap ? { overlap } : {}), ...(multicast ? { multicast } : {}), tmaStore: true });
-  // the best of those with the promotion FFMAs' scheduling hints rewritten in the cubin
-  for (const ffmaPatch of ["yield", "reuse"] as const) out.push({ ...defaultGemmConfig(grouped), ffmaPatch });
   return out.filter((c) => configProblem(c) === undefined);
 }
 
