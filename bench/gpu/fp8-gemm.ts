@@ -18,7 +18,7 @@ import { spawn, spawnSync } from "node:child_process";
 import { existsSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { configName, gemmCandidates, type Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { configName, gemmCandidates, rowScaledCandidates, type Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { fp8GemmF64, fp8GemmRef, relFrobenius } from "../../compiler/numeric/fp8-gemm.ts";
 import { bf16FromBits } from "../../compiler/numeric/bf16.ts";
 import { cudaAvailable, native } from "../../runtime/cuda/native.ts";
@@ -57,7 +57,10 @@ interface CaseResult {
 function child(job: ChildJob): void {
   const a = native(), stream = a.streamCreate(), g = new Fp8Gemm(a, stream);
   const grouped = job.impl === "kernel" && job.config.grouped;
-  const cases = ALL_CASES.filter((c) => (job.impl === "tune" ? c.timed : (c.kind === "grouped") === grouped));
+  // row-scaled B cases (the Wgrad form) run only on the bRows kernels, and those kernels only on them
+  const rowScaled = (c: GemmCase) => c.kind === "dense" && c.bRows === true;
+  const bRows = job.impl === "kernel" && job.config.bRows === true;
+  const cases = ALL_CASES.filter((c) => (job.impl === "tune" ? c.timed && !rowScaled(c) : (c.kind === "grouped") === grouped && rowScaled(c) === bRows));
   const ws = job.impl === "cublaslt" ? { ptr: a.memAlloc(32 << 20), bytes: 32 << 20 } : undefined;
   for (const c of cases) {
     const impl = job.impl === "kernel" ? configName(job.config) : job.impl;
@@ -190,7 +193,7 @@ async function parent(): Promise<void> {
   }
 
   const jobs: ChildJob[] = [
-    ...(hopper ? [...gemmCandidates(false), ...gemmCandidates(true)].map((config) => ({ impl: "kernel" as const, config })) : []),
+    ...(hopper ? [...gemmCandidates(false), ...gemmCandidates(true), ...rowScaledCandidates()].map((config) => ({ impl: "kernel" as const, config })) : []),
     { impl: "cublaslt" },
     ...(hopper ? [{ impl: "tune" as const }] : []),
   ];
@@ -263,7 +266,7 @@ function runPeer(log: (s: string) => void): PeerRow[] {
   }
   const spec = {
     reps: REPS,
-    dense: ALL_CASES.filter((c) => c.timed && c.kind === "dense").map((c) => ({ name: c.name, M: c.kind === "dense" ? c.M : 0, N: c.N, K: c.K })),
+    dense: ALL_CASES.filter((c) => c.timed && c.kind === "dense").map((c) => ({ name: c.name, M: c.kind === "dense" ? c.M : 0, N: c.N, K: c.K, bRows: c.kind === "dense" && c.bRows === true })),
     grouped: ALL_CASES.filter((c) => c.timed && c.kind === "grouped").map((c) => ({ name: c.name, rows: c.kind === "grouped" ? c.rows : [], N: c.N, K: c.K })),
   };
   const r = spawnSync("python3", [script, JSON.stringify(spec)], { encoding: "utf8", timeout: 400_000, killSignal: "SIGKILL", maxBuffer: 64 << 20 });

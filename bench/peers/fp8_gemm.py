@@ -121,6 +121,27 @@ def pick_scaled_mm(qa, sa, qb, sb, ref, case):
     return None
 
 
+def pick_rowwise_scaled_mm(qa, sa, qb, sb, ref, case):
+    """scaled_mm with 1x128 scaling on both operands (the Wgrad form), first variant that runs and is right."""
+    st = scaling_types()
+    reasons = []
+    if st is None or not hasattr(torch.nn.functional, "scaled_mm"):
+        emit(case=case, impl="torch scaled_mm fp8 1x128x1x128", error="torch.nn.functional.scaled_mm with BlockWise1x128 is not available")
+        return None
+    for label, fix in (("sb.t()", lambda s: s.t()), ("sb.t().contiguous()", lambda s: s.t().contiguous()), ("sb", lambda s: s)):
+        fn = lambda a, sa_, b, sb_, fix=fix: torch.nn.functional.scaled_mm(a, b.t(), sa_, st[0], fix(sb_), st[0], output_dtype=torch.bfloat16)  # noqa: E731
+        try:
+            got = fn(qa, sa, qb, sb)[: ref.shape[0]].float()
+            rel = ((got - ref).norm() / ref.norm()).item()
+            if rel < 1e-2:
+                return f"F.scaled_mm 1x128 both ({label})", fn, rel
+            reasons.append(f"{label}: wrong result (rel err {rel:.2e})")
+        except Exception as e:  # noqa: BLE001 - report every variant's reason
+            reasons.append(f"{label}: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
+    emit(case=case, impl="torch scaled_mm fp8 1x128x1x128", error="no variant works: " + " || ".join(reasons))
+    return None
+
+
 def n_sets(bytes_per_set):
     return max(2, min(8, -(-(160 << 20) // bytes_per_set)))
 
@@ -132,10 +153,16 @@ def dense(c, reps):
     x = torch.randn(M, K, device="cuda", generator=g, dtype=torch.bfloat16)
     w = torch.randn(N, K, device="cuda", generator=g, dtype=torch.bfloat16) * 0.05
     qa, sa = quant_1x128(x)
-    qb, sb = quant_128x128(w)
     rows = min(M, 256)
-    ref = dequant(qa[:rows], sa[:rows]) @ (qb.float() * sb.repeat_interleave(128, 0).repeat_interleave(128, 1)[:N, :K]).t()
-    picked = pick_scaled_mm(qa, sa, qb, sb, ref, name)
+    if c.get("bRows"):
+        # the Wgrad form: B quantized 1x128 along K too (per row and K block)
+        qb, sb = quant_1x128(w)
+        ref = dequant(qa[:rows], sa[:rows]) @ dequant(qb, sb).t()
+        picked = pick_rowwise_scaled_mm(qa, sa, qb, sb, ref, name)
+    else:
+        qb, sb = quant_128x128(w)
+        ref = dequant(qa[:rows], sa[:rows]) @ (qb.float() * sb.repeat_interleave(128, 0).repeat_interleave(128, 1)[:N, :K]).t()
+        picked = pick_scaled_mm(qa, sa, qb, sb, ref, name)
     if picked is not None:
         label, fn, rel = picked
         sets = [(qa, sa, qb, sb)] + [(qa.clone(), sa, qb.clone(), sb) for _ in range(n_sets(M * K + N * K) - 1)]

@@ -8,6 +8,8 @@
 // Scale layouts (the ones the kernels and cuBLASLt read, so a tile's scales are contiguous):
 //   sa: [ceil(K/128)][M]             sa[kb*M + m]            ("outer-dim-major", M contiguous)
 //   sb: [ceil(N/128)][ceil(K/128)]   sb[nb*KB + kb]          (K-block contiguous)
+// Row-scaled B (`bRows`, the Wgrad form: both operands quantized along K in 1×128 tiles, "1D1D"):
+//   sb: [ceil(K/128)][N]             sb[kb*N + n]            (like sa), D[m,n] uses sa[m,kb]·sb[n,kb].
 // Grouped: B is [E][N][K], sb is [E][ceil(N/128)][ceil(K/128)], and the rows of A are contiguous
 // per-expert segments, each padded to GROUPED_M_ALIGN rows; blockExpert[i] names the expert of rows
 // [128 i, 128 i + 128) (-1: padding only, left unwritten).
@@ -44,8 +46,10 @@ export interface Fp8GemmProblem {
   sa: Float32Array;
   /** N×K e4m3 codes (grouped: E×N×K). */
   b: Uint8Array;
-  /** [ceil(N/128)][ceil(K/128)] (grouped: one such block per expert). */
+  /** [ceil(N/128)][ceil(K/128)] (grouped: one such block per expert); with bRows [ceil(K/128)][N]. */
   sb: Float32Array;
+  /** B scaled per row and K block (1×128 tiles, the Wgrad form) instead of per 128×128 block; dense only. */
+  bRows?: boolean;
   /** Grouped only: the expert of each 128-row block of A (-1: padding). */
   blockExpert?: Int32Array;
 }
@@ -57,7 +61,9 @@ function checkProblem(p: Fp8GemmProblem): number {
   if (p.a.length !== M * K) throw new RangeError(`fp8 gemm: a has ${p.a.length} codes, M×K = ${M * K}`);
   if (p.sa.length !== KB * M) throw new RangeError(`fp8 gemm: sa has ${p.sa.length} scales, ceil(K/128)×M = ${KB * M}`);
   if (!Number.isInteger(experts) || p.b.length !== experts * N * K) throw new RangeError(`fp8 gemm: b has ${p.b.length} codes, not a multiple of N×K = ${N * K}`);
-  if (p.sb.length !== experts * NB * KB) throw new RangeError(`fp8 gemm: sb has ${p.sb.length} scales, expected ${experts}×${NB}×${KB}`);
+  if (p.bRows && p.blockExpert) throw new RangeError("fp8 gemm: row-scaled B is dense only");
+  if (p.bRows ? p.sb.length !== KB * N : p.sb.length !== experts * NB * KB)
+    throw new RangeError(`fp8 gemm: sb has ${p.sb.length} scales, expected ${p.bRows ? `ceil(K/128)×N = ${KB}×${N}` : `${experts}×${NB}×${KB}`}`);
   if (p.blockExpert && p.blockExpert.length * GROUPED_M_ALIGN !== M)
     throw new RangeError(`fp8 gemm: grouped M = ${M} must be blockExpert.length (${p.blockExpert.length}) × ${GROUPED_M_ALIGN}`);
   return experts;
@@ -78,18 +84,25 @@ export function fp8GemmF32(p: Fp8GemmProblem, rows?: ArrayLike<number>): Float32
   return eachRow(p, rows, (n) => new Float32Array(n), (m, e, out, at) => {
     for (let k = 0; k < K; k++) arow[k] = E4M3_TABLE[p.a[m * K + k]!]!;
     for (let n = 0; n < N; n++) {
-      const bOff = (e * N + n) * K, sbOff = (e * NB + Math.floor(n / FP8_BLOCK)) * KB;
+      const bOff = (e * N + n) * K, sbAt = bScaleAt(p, e, n, KB, NB);
       let acc = 0;
       for (let kb = 0; kb < KB; kb++) {
         let chunk = 0;
         const k1 = Math.min(K, (kb + 1) * FP8_BLOCK);
         for (let k = kb * FP8_BLOCK; k < k1; k++) chunk += arow[k]! * E4M3_TABLE[p.b[bOff + k]!]!;
-        const sc = Math.fround(p.sa[kb * M + m]! * p.sb[sbOff + kb]!);
+        const sc = Math.fround(p.sa[kb * M + m]! * p.sb[sbAt(kb)]!);
         acc = Math.fround(Math.fround(chunk) * sc + acc);
       }
       out[at + n] = acc;
     }
   });
+}
+
+/** Where B's scale of row n (expert e) for K block kb sits in sb. */
+function bScaleAt(p: Fp8GemmProblem, e: number, n: number, KB: number, NB: number): (kb: number) => number {
+  if (p.bRows) return (kb) => kb * p.N + n;
+  const off = (e * NB + Math.floor(n / FP8_BLOCK)) * KB;
+  return (kb) => off + kb;
 }
 
 /** Runs `row` for each listed row (default: all) into its N outputs at `at`; padding rows' outputs are NaN. */
@@ -119,9 +132,9 @@ export function fp8GemmF64(p: Fp8GemmProblem, rows?: ArrayLike<number>): Float64
   return eachRow(p, rows, (n) => new Float64Array(n), (m, e, out, at) => {
     for (let k = 0; k < K; k++) arow[k] = E4M3_TABLE[p.a[m * K + k]!]! * p.sa[Math.floor(k / FP8_BLOCK) * M + m]!;
     for (let n = 0; n < N; n++) {
-      const bOff = (e * N + n) * K, sbOff = (e * NB + Math.floor(n / FP8_BLOCK)) * KB;
+      const bOff = (e * N + n) * K, sbAt = bScaleAt(p, e, n, KB, NB);
       let acc = 0;
-      for (let k = 0; k < K; k++) acc += arow[k]! * (E4M3_TABLE[p.b[bOff + k]!]! * p.sb[sbOff + Math.floor(k / FP8_BLOCK)]!);
+      for (let k = 0; k < K; k++) acc += arow[k]! * (E4M3_TABLE[p.b[bOff + k]!]! * p.sb[sbAt(Math.floor(k / FP8_BLOCK))]!);
       out[at + n] = acc;
     }
   });

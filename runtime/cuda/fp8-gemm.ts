@@ -19,7 +19,7 @@ export interface Fp8GemmBuffers {
   b: DevicePtr;
   /** [ceil(K/128)][M] f32. */
   sa: DevicePtr;
-  /** [ceil(N/128)][ceil(K/128)] f32 (grouped: per expert). */
+  /** [ceil(N/128)][ceil(K/128)] f32 (grouped: per expert); with a bRows configuration [ceil(K/128)][N]. */
   sb: DevicePtr;
   /** M×N bf16. */
   d: DevicePtr;
@@ -86,6 +86,8 @@ export class Fp8Gemm {
     const mapSA = c.globalScales ? unused : enc({ dtype: "f32", address: bufs.sa, dims: [s.M, KB], strides: [s.M * 4], box: [blockM(c), 1], oobFill: "zero" });
     // D, M x N bf16: 64 x 64 boxes with the 128-byte swizzle the staging buffer is written in
     const mapD = c.tmaStore ? enc({ dtype: "bf16", address: bufs.d, dims: [s.N, s.M], strides: [s.N * 2], box: [64, 64], swizzle: "128B", oobFill: "zero" }) : unused;
+    // B's row scales (bRows: [KB][N] f32): one BLOCK_N run of a K block's row per stage
+    const mapSB = c.bRows ? enc({ dtype: "f32", address: bufs.sb, dims: [s.N, KB], strides: [s.N * 4], box: [c.blockN, 1], oobFill: "zero" }) : unused;
     // the tensor maps are 64-byte aligned: the device's parameter block may start them past offset 0,
     // so the arguments go where the driver says (packArgs's C ABI offsets where it cannot say)
     const params = (layout ? (...x: KernelArg[]) => packArgsAt(layout, ...x) : packArgs)(
@@ -93,6 +95,7 @@ export class Fp8Gemm {
       ["bytes", map(bufs.b, rowsB, bBoxRows(c)), 64],
       ["bytes", mapSA, 64],
       ["bytes", mapD, 64],
+      ["bytes", mapSB, 64],
       ["ptr", bufs.sa],
       ["ptr", bufs.sb],
       ["ptr", bufs.d],

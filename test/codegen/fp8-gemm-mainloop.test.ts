@@ -69,6 +69,14 @@ static float sh_lds_f32(sh_u32 a) {
   if (row != 0 && row != 8) FAIL("scale read for row %d, the thread's rows are 0 and 8", row);
   return (float)(stageBlock[s] % KB + 1);
 }
+// B's row scales (bRows kernels): readable only while the stage is held; 1 everywhere
+static const sh_u32 sbs = 1u << 29, SB_BYTES = 512;
+static void sh_lds_f32x2(sh_u32 a, float& x, float& y) {
+  const int s = (int)((a - sbs) / SB_BYTES);
+  if (s < 0 || s >= S) FAIL("B scale read from stage %d", s);
+  if (!stageHeld[s]) FAIL("B scale read from stage %d, which is not held (released or not yet waited for)", s);
+  x = y = 1.f;
+}
 static sh_u64 sh_wgmma_desc(sh_u32 a) { return a; }
 static void sh_wgmma_fence() { fenced = true; }
 static void sh_wgmma_commit() { pending.push_back(open); open = Group(); fenced = false; }
@@ -138,12 +146,13 @@ describe.skipIf(!GXX)("FP8 GEMM consumer K loop on a CPU model of wgmma / mbarri
     { consumers: 2, blockN: 96, stages: 8, persistent: true, grouped: false },
     { consumers: 2, blockN: 128, stages: 7, persistent: true, grouped: false, multicast: true },
     { consumers: 2, blockN: 96, stages: 8, persistent: true, grouped: false, globalScales: true },
+    { consumers: 2, blockN: 128, stages: 6, persistent: true, grouped: false, bRows: true },
   ];
   for (const base of configs)
     for (const overlap of [false, true]) {
-      it(`${overlap ? "overlapped" : "plain"} loop, blockN ${base.blockN}${base.multicast ? " (multicast: pair release)" : ""}${base.globalScales ? " (A scales from global memory)" : ""}: protocol checks hold and acc pairs each block with its scale`, () => {
+      it(`${overlap ? "overlapped" : "plain"} loop, blockN ${base.blockN}${base.multicast ? " (multicast: pair release)" : ""}${base.globalScales ? " (A scales from global memory)" : ""}${base.bRows ? " (row-scaled B: promoted before release)" : ""}: protocol checks hold and acc pairs each block with its scale`, () => {
         const c = { ...base, overlap };
-        const src = join(dir, `loop_${c.blockN}_${overlap}${c.multicast ? "_mc" : ""}${c.globalScales ? "_gs" : ""}.cc`), exe = src.replace(/\.cc$/, "");
+        const src = join(dir, `loop_${c.blockN}_${overlap}${c.multicast ? "_mc" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}.cc`), exe = src.replace(/\.cc$/, "");
         writeFileSync(src, harness(c, overlap ? overlappedLoop(c) : plainLoop(c)));
         execFileSync(GXX!, ["-O1", "-std=c++17", "-Wno-unknown-pragmas", "-o", exe, src]);
         const out = (() => {

@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { emitFp8Gemm } from "../../compiler/codegen/cuda/gemm/emit.ts";
-import { gemmCandidates } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { gemmCandidates, rowScaledCandidates } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { NVCC, noteIfNoNvcc } from "./gxx.ts";
 
 noteIfNoNvcc("fp8-gemm.test.ts");
@@ -92,6 +92,25 @@ describe.skipIf(!NVCC)("FP8 GEMM kernels compile for sm_90a", () => {
       const ptx = readFileSync(join(dir, `${k.name}.ptx`), "utf8");
       expect(ptx, k.name).not.toContain("ld.shared.f32");
       expect(ptx, k.name).toMatch(/ld\.global\.nc\.f32|ld\.global\.f32/);
+    }
+  }, 300_000);
+
+  it("the row-scaled B kernels (the Wgrad form) compile clean: B's scales by TMA per stage, read as column pairs", async () => {
+    const kernels = rowScaledCandidates().map(emitFp8Gemm);
+    expect(kernels.length).toBeGreaterThanOrEqual(3);
+    for (const k of kernels) {
+      expect(k.name).toMatch(/_br$/);
+      const cu = join(dir, `${k.name}.cu`);
+      writeFileSync(cu, k.source);
+      const { stdout, stderr } = await run(NVCC!, ["-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-Xptxas", "-v", "-o", join(dir, `${k.name}.cubin`), cu]);
+      const log = stdout + stderr;
+      expect(log, k.name).not.toMatch(/warning|C751\d/i);
+      expect(/(\d+) bytes stack frame, (\d+) bytes spill stores/.exec(log)?.slice(1, 3), k.name).toEqual(["0", "0"]);
+      await run(NVCC!, ["-gencode=arch=compute_90a,code=sm_90a", "-ptx", "-o", join(dir, `${k.name}.ptx`), cu]);
+      const ptx = readFileSync(join(dir, `${k.name}.ptx`), "utf8");
+      expect(ptx, k.name).toContain("ld.shared.v2.f32");
+      // A, B, A's scales and B's scales: four bulk tensor loads per stage
+      expect(ptx.match(/cp\.async\.bulk\.tensor\.2d\.shared::cluster\.global/g)?.length, k.name).toBeGreaterThanOrEqual(4);
     }
   }, 300_000);
 });

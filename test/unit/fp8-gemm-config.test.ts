@@ -6,6 +6,7 @@ import {
   blockM,
   bBoxRows,
   configName,
+  rowScaledCandidates,
   configProblem,
   CONSUMER_OVERHEAD_REGS,
   consumerRegs,
@@ -96,6 +97,18 @@ describe("FP8 GEMM configurations", () => {
     expect(geometryOf({ ...base, consumers: 1, blockN: 32 }, { M: 64, N: 2112, K: 7168 }, 132)).toMatchObject({ tiles: 66, grid: 66, block: 256 });
   });
 
+  it("row-scaled B (the Wgrad form): dense only, a B-scale row per stage in shared memory, its own name", () => {
+    const br = { ...base, bRows: true };
+    expect(configProblem(br)).toBeUndefined();
+    expect(configName(br)).toMatch(/_br$/);
+    expect(configProblem({ ...br, grouped: true })).toMatch(/dense and without multicast only/);
+    expect(configProblem({ ...br, multicast: true })).toMatch(/dense and without multicast only/);
+    expect(smemBytes({ ...br, stages: 4 })).toBe(1024 + 4 * (128 * 128 + 128 * 128 + 128 * 4 + 128 * 4) + 64);
+    const rs = rowScaledCandidates();
+    expect(rs.length).toBe(3);
+    for (const c of rs) expect([c.bRows, c.grouped, configProblem(c)]).toEqual([true, false, undefined]);
+  });
+
   it("multicast: tile pairs per cluster, grids in whole clusters, B's box halved; dense only", () => {
     const mc = { ...base, multicast: true };
     expect(configProblem(mc)).toBeUndefined();
@@ -135,7 +148,7 @@ describe("FP8 GEMM configurations", () => {
     const k = emitFp8Gemm({ ...base, blockN: 192, stages: 5, grouped: true });
     expect(k.name).toBe("sh_fp8_gemm_grouped_m128n192_s5_p");
     expect(k.threads).toBe(384);
-    expect(k.source).toMatch(/const __grid_constant__ sh_tensor_map tmA, const __grid_constant__ sh_tensor_map tmB,\s+const __grid_constant__ sh_tensor_map tmSA, const __grid_constant__ sh_tensor_map tmD,\s+const float\* __restrict__ sa, const float\* __restrict__ sb, unsigned short\* __restrict__ d,\s+const int\* __restrict__ blockExpert,\s+int M, int N, int K\)/);
+    expect(k.source).toMatch(/const __grid_constant__ sh_tensor_map tmA, const __grid_constant__ sh_tensor_map tmB,\s+const __grid_constant__ sh_tensor_map tmSA, const __grid_constant__ sh_tensor_map tmD,\s+const __grid_constant__ sh_tensor_map tmSB,\s+const float\* __restrict__ sa, const float\* __restrict__ sb, unsigned short\* __restrict__ d,\s+const int\* __restrict__ blockExpert,\s+int M, int N, int K\)/);
     expect(k.source).toContain("wgmma.mma_async.sync.aligned.m64n192k32.f32.e4m3.e4m3");
     expect(k.source).toContain("sh_setmaxnreg_dec<40>");
     expect(k.source).toContain("sh_setmaxnreg_inc<232>");

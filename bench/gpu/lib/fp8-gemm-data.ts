@@ -12,6 +12,8 @@ export interface DenseCase {
   K: number;
   /** Timed against the peers (the shapes), or a correctness-only edge case. */
   timed: boolean;
+  /** B scaled per row and K block (the Wgrad form): run by the bRows kernels only. */
+  bRows?: boolean;
 }
 export interface GroupedCase {
   kind: "grouped";
@@ -75,7 +77,8 @@ function scales(n: number, seed: number): Float32Array {
 export function makeProblem(c: GemmCase, seed: number): Fp8GemmProblem & { experts: number } {
   const { N, K } = c, KB = kBlocks(K), NB = Math.ceil(N / FP8_BLOCK);
   if (c.kind === "dense") {
-    return { M: c.M, N, K, a: codes(c.M * K, seed), sa: scales(KB * c.M, seed + 1), b: codes(N * K, seed + 2), sb: scales(NB * KB, seed + 3), experts: 1 };
+    const bRows = c.bRows === true;
+    return { M: c.M, N, K, a: codes(c.M * K, seed), sa: scales(KB * c.M, seed + 1), b: codes(N * K, seed + 2), sb: scales(bRows ? KB * N : NB * KB, seed + 3), experts: 1, ...(bRows ? { bRows } : {}) };
   }
   const M = paddedRows(c.rows);
   const a = codes(M * K, seed), blockExpert = new Int32Array(M / GROUPED_M_ALIGN).fill(-1);
@@ -109,6 +112,10 @@ export const DENSE_CASES: DenseCase[] = [
   { kind: "dense", name: "8192x8192x8192", M: 8192, N: 8192, K: 8192, timed: true },
   { kind: "dense", name: "128x7168x2048", M: 128, N: 7168, K: 2048, timed: true },
   { kind: "dense", name: "64x2112x7168", M: 64, N: 2112, K: 7168, timed: true },
+  // the Wgrad form (both operands 1x128 along K = tokens): dW[out, in] over 8192 tokens
+  { kind: "dense", name: "wgrad edge 300x528x1040", M: 300, N: 528, K: 1040, timed: false, bRows: true },
+  { kind: "dense", name: "wgrad 2048x7168x8192", M: 2048, N: 7168, K: 8192, timed: true, bRows: true },
+  { kind: "dense", name: "wgrad 7168x2048x8192", M: 7168, N: 2048, K: 8192, timed: true, bRows: true },
 ];
 
 export const GROUPED_CASES: GroupedCase[] = [
@@ -122,5 +129,5 @@ export const GROUPED_CASES: GroupedCase[] = [
  * what catches a wrong new kernel) plus the timed dense shapes of M >= 4096 and the grouped ones.
  */
 export function inShapeSet(c: GemmCase, set: "all" | "large"): boolean {
-  return set === "all" || !c.timed || c.kind === "grouped" || c.M >= 4096;
+  return set === "all" || !c.timed || c.kind === "grouped" || c.M >= 4096 || (c.kind === "dense" && c.bRows === true);
 }

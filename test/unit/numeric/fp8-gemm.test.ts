@@ -41,6 +41,21 @@ describe("fp8 block-scaled GEMM reference", () => {
     expect(Array.from(fp8GemmF64(p))).toEqual([1088]);
   });
 
+  it("row-scaled B (the Wgrad form): each column takes its own scale per K block (worked by hand)", () => {
+    const M = 1, N = 2, K = 256;
+    // sb [KB][N]: block 0 scales 3 (col 0) and 7 (col 1), block 1 scales 5 and 11
+    const p: Fp8GemmProblem = { M, N, K, a: new Uint8Array(K).fill(ONE), sa: new Float32Array([2, 0.5]), b: new Uint8Array(N * K).fill(ONE), sb: new Float32Array([3, 7, 5, 11]), bRows: true };
+    // col 0: 128·2·3 + 128·0.5·5 = 1088; col 1: 128·2·7 + 128·0.5·11 = 1792 + 704 = 2496
+    expect(Array.from(fp8GemmRef(p))).toEqual([1088, 2496]);
+    expect(Array.from(fp8GemmF64(p))).toEqual([1088, 2496]);
+    // and on random operands, the same error model as the block-scaled form
+    const x = gaussian(7, 96 * 384), w = gaussian(8, 160 * 384, 0.05);
+    const qa = quantizeActivations(x, 96, 384), qb = quantizeActivations(w, 160, 384);
+    const r: Fp8GemmProblem = { M: 96, N: 160, K: 384, a: qa.q, sa: qa.s, b: qb.q, sb: qb.s, bRows: true };
+    expect(relFrobenius(fp8GemmRef(r), fp8GemmF64(r)).rel).toBeLessThan(5e-3);
+    expect(() => fp8GemmRef({ ...r, sb: qb.s.subarray(1) })).toThrow(/ceil\(K\/128\)×N/);
+  });
+
   it("rounds the f32 accumulator once to bf16 (RNE)", () => {
     // 1 + 2^-8 + 2^-10 is not a bf16: it rounds up to 1 + 2^-7; the f64 truth keeps it
     const K = 384, M = 1, N = 1;

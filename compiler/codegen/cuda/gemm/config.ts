@@ -46,6 +46,13 @@ export interface Fp8GemmConfig {
    * the launcher when M % 4 != 0: the scale rows' stride is then no multiple of 16 bytes, which TMA needs).
    */
   globalScales?: boolean;
+  /**
+   * B scaled per row and K block (1×128 tiles along K, sb laid out [KB][N]: the Wgrad form, both
+   * operands quantized along the contracted dim) instead of per 128×128 block. B's scales of the tile
+   * arrive by TMA with each stage; each thread's promotion takes its columns' scales from shared
+   * memory (2 per 8-column group), so the stage is released after the promotion. Dense only.
+   */
+  bRows?: boolean;
 }
 
 export const SMEM_LIMIT = 232448; // 227 KiB: the opt-in maximum per block on H100 / H200
@@ -62,16 +69,18 @@ export const aTileBytes = (c: Fp8GemmConfig): number => blockM(c) * FP8_BLOCK;
 export const bTileBytes = (c: Fp8GemmConfig): number => c.blockN * FP8_BLOCK;
 /** A's scales of one K block for the tile's rows (f32), loaded with the stage unless globalScales. */
 export const saTileBytes = (c: Fp8GemmConfig): number => (c.globalScales ? 0 : blockM(c) * 4);
+/** B's row scales of one K block for the tile's columns (f32), with bRows. */
+export const sbTileBytes = (c: Fp8GemmConfig): number => (c.bRows ? c.blockN * 4 : 0);
 /** The bf16 tile staged for the TMA store (0 without it); 1024-byte aligned boxes of 64 x 64. */
 export const stagingBytes = (c: Fp8GemmConfig): number => (c.tmaStore ? blockM(c) * c.blockN * 2 : 0);
-export const stageBytes = (c: Fp8GemmConfig): number => aTileBytes(c) + bTileBytes(c) + saTileBytes(c);
+export const stageBytes = (c: Fp8GemmConfig): number => aTileBytes(c) + bTileBytes(c) + saTileBytes(c) + sbTileBytes(c);
 export const smemBytes = (c: Fp8GemmConfig): number => SMEM_ALIGN_SLACK + c.stages * stageBytes(c) + stagingBytes(c) + 2 * c.stages * 8;
 
 /** Whether a tile's columns can span two 128-wide scale blocks of B (then each column picks its own). */
 export const spansScaleBlocks = (c: Fp8GemmConfig): boolean => FP8_BLOCK % c.blockN !== 0;
 
 export function configName(c: Fp8GemmConfig): string {
-  return `sh_fp8_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? "_ts" : ""}${c.globalScales ? "_gs" : ""}`;
+  return `sh_fp8_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? "_ts" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}`;
 }
 
 /** Why a configuration cannot be emitted, or undefined. */
@@ -85,6 +94,7 @@ export function configProblem(c: Fp8GemmConfig): string | undefined {
   if (smemBytes(c) > SMEM_LIMIT) return `${c.stages} stages of ${blockM(c)}x${c.blockN} need ${smemBytes(c)} B of shared memory, more than ${SMEM_LIMIT}`;
   if (c.grouped && GROUPED_M_ALIGN % blockM(c) !== 0) return `grouped kernels need BLOCK_M to divide ${GROUPED_M_ALIGN}, got ${blockM(c)}`;
   if (c.tmaStore && c.blockN % 64 !== 0) return `the TMA-store epilogue stages 64-column boxes: blockN must be a multiple of 64, got ${c.blockN}`;
+  if (c.bRows && (c.grouped || c.multicast)) return "row-scaled B (the Wgrad form) is dense and without multicast only";
   if (c.multicast && c.grouped) return "B multicast needs both CTAs of a cluster on the same weights: dense only (a grouped tile pair may straddle two experts)";
   if (c.overlap) return overlapProblem(c);
   return undefined;
@@ -118,8 +128,8 @@ export function checkConfig(c: Fp8GemmConfig): void {
 }
 
 /** The most stages that fit in shared memory (at most `cap`), with the TMA-store staging if asked. */
-export function maxStages(consumers: 1 | 2, blockN: number, cap = 8, tmaStore = false): number {
-  const shape: Fp8GemmConfig = { consumers, blockN, stages: 1, persistent: true, grouped: false, tmaStore };
+export function maxStages(consumers: 1 | 2, blockN: number, cap = 8, tmaStore = false, bRows = false): number {
+  const shape: Fp8GemmConfig = { consumers, blockN, stages: 1, persistent: true, grouped: false, tmaStore, bRows };
   return Math.min(cap, Math.floor((SMEM_LIMIT - SMEM_ALIGN_SLACK - stagingBytes(shape)) / (stageBytes(shape) + 16)));
 }
 
@@ -149,6 +159,17 @@ export function gemmCandidates(grouped: boolean): Fp8GemmConfig[] {
   for (const [blockN, overlap, multicast] of TMA_STORE_SHAPES)
     if (!(multicast && grouped))
       out.push({ consumers: 2, blockN, stages: maxStages(2, blockN, 8, true), persistent: true, grouped, ...(overlap ? { overlap } : {}), ...(multicast ? { multicast } : {}), tmaStore: true });
+  return out.filter((c) => configProblem(c) === undefined);
+}
+
+/**
+ * Candidates for row-scaled B (the Wgrad form; dense): the default kernel's shape with and without
+ * overlapped promotion and the TMA-store epilogue.
+ */
+export function rowScaledCandidates(): Fp8GemmConfig[] {
+  const out: Fp8GemmConfig[] = [];
+  for (const [overlap, tmaStore] of [[true, true], [false, true], [true, false]] as const)
+    out.push({ consumers: 2, blockN: 128, stages: maxStages(2, 128, 8, tmaStore, true), persistent: true, grouped: false, ...(overlap ? { overlap } : {}), ...(tmaStore ? { tmaStore } : {}), bRows: true });
   return out.filter((c) => configProblem(c) === undefined);
 }
 

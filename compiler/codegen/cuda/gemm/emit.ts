@@ -17,6 +17,7 @@ import {
   bTileBytes,
   blockM,
   saTileBytes,
+  sbTileBytes,
   stagingBytes,
   checkConfig,
   configName,
@@ -66,16 +67,17 @@ ${GEMM_PTX}${wgmmaWrapper(BN)}
 extern "C" __global__ void ${mc ? "__cluster_dims__(2, 1, 1) " : ""}__launch_bounds__(${threadsOf(c)}, 1)
 ${name}(const __grid_constant__ sh_tensor_map tmA, const __grid_constant__ sh_tensor_map tmB,
         const __grid_constant__ sh_tensor_map tmSA, const __grid_constant__ sh_tensor_map tmD,
+        const __grid_constant__ sh_tensor_map tmSB,
         const float* __restrict__ sa, const float* __restrict__ sb, unsigned short* __restrict__ d,
 ${c.grouped ? "        const int* __restrict__ blockExpert,\n" : ""}        int M, int N, int K) {
   constexpr int BM = ${BM}, BN = ${BN}, S = ${S};
-  constexpr sh_u32 A_BYTES = ${aTileBytes(c)}, B_BYTES = ${bTileBytes(c)}, SA_BYTES = ${saTileBytes(c)}, STAGING_BYTES = ${stagingBytes(c)};
+  constexpr sh_u32 A_BYTES = ${aTileBytes(c)}, B_BYTES = ${bTileBytes(c)}, SA_BYTES = ${saTileBytes(c)}, SB_BYTES = ${sbTileBytes(c)}, STAGING_BYTES = ${stagingBytes(c)};
   extern __shared__ unsigned char smem_raw[];
   // the 128-byte swizzle repeats every 1024 bytes: tiles (and the staging boxes) start on a 1024-byte boundary
   const sh_u32 base = (sh_smem_addr(smem_raw) + 1023u) & ~1023u;
   const sh_u32 tilesA = base, tilesB = base + S * A_BYTES, staging = tilesB + S * B_BYTES;
-  const sh_u32 sas = staging + STAGING_BYTES, bars = sas + S * SA_BYTES;
-  (void)sas; (void)staging; (void)tmSA; (void)tmD;
+  const sh_u32 sas = staging + STAGING_BYTES, sbs = sas + S * SA_BYTES, bars = sbs + S * SB_BYTES;
+  (void)sas; (void)sbs; (void)staging; (void)tmSA; (void)tmD; (void)tmSB;
   // full[s] at bars + 8 s (the producer's arrival + TMA bytes); empty[s] at bars + 8 (S + s)
   const int wg = threadIdx.x / 128, lane = threadIdx.x % 32, warp = (threadIdx.x % 128) / 32;
   const int mBlocks = (M + BM - 1) / BM, nBlocks = (N + BN - 1) / BN, tiles = mBlocks * nBlocks;
@@ -107,9 +109,9 @@ ${c.globalScales ? "" : "    sh_tma_prefetch_map(&tmSA);\n"}    int s = 0;
       if (e < 0) continue;  // a padding block: no rows to compute
       for (int kb = 0; kb < KB; ++kb) {
         sh_mbar_wait(bars + 8 * (S + s), phase ^ 1);  // the consumers${mc ? " of both CTAs" : ""} have released this stage
-        sh_mbar_arrive_expect_tx(bars + 8 * s, A_BYTES + B_BYTES + SA_BYTES);
+        sh_mbar_arrive_expect_tx(bars + 8 * s, A_BYTES + B_BYTES + SA_BYTES + SB_BYTES);
         sh_tma_load_2d(tilesA + s * A_BYTES, &tmA, kb * ${FP8_BLOCK}, mb * BM, bars + 8 * s);
-${c.globalScales ? "" : "        sh_tma_load_2d(sas + s * SA_BYTES, &tmSA, mb * BM, kb, bars + 8 * s);  // A's scales of this block's rows\n"}
+${c.globalScales ? "" : "        sh_tma_load_2d(sas + s * SA_BYTES, &tmSA, mb * BM, kb, bars + 8 * s);  // A's scales of this block's rows\n"}${c.bRows ? "        sh_tma_load_2d(sbs + s * SB_BYTES, &tmSB, nb * BN, kb, bars + 8 * s);  // B's row scales of this block's columns\n" : ""}
 ${mc ? `        // this CTA's half of B, into both CTAs (the peer sends the other half)
         sh_tma_load_2d_mc(tilesB + s * B_BYTES + crank * B_HALF, &tmB, kb * ${FP8_BLOCK}, ${bRow} + (int)crank * ${bBoxRows(c)}, bars + 8 * s, (unsigned short)3);` : `        sh_tma_load_2d(tilesB + s * B_BYTES, &tmB, kb * ${FP8_BLOCK}, ${bRow}, bars + 8 * s);`}
         if (++s == S) { s = 0; phase ^= 1; }
@@ -131,8 +133,7 @@ ${mc ? `        // this CTA's half of B, into both CTAs (the peer sends the othe
     if (e < 0) continue;
     const int m0 = mb * BM + r0, m1 = m0 + 8, n0 = nb * BN;
     (void)m0; (void)m1; (void)c0;  // unused by kernels whose scales and stores go through TMA
-    const float* sbTile = sb + ((long long)e * NB + n0 / ${FP8_BLOCK}) * KB;
-${twoBlocks ? `    // columns from 'split' on (tile-relative) take the next scale block of B
+${c.bRows ? "    (void)sb; (void)NB;\n" : `    const float* sbTile = sb + ((long long)e * NB + n0 / ${FP8_BLOCK}) * KB;\n`}${twoBlocks && !c.bRows ? `    // columns from 'split' on (tile-relative) take the next scale block of B
     const int split = (n0 / ${FP8_BLOCK} + 1) * ${FP8_BLOCK} - n0;
     const bool second = n0 / ${FP8_BLOCK} + 1 < NB;
 ` : ""}#pragma unroll

@@ -25,6 +25,7 @@ function scaleLoads(c: Fp8GemmConfig, kb: string, prefix: string, pad: string, d
   const a = c.globalScales
     ? `${pad}${decl}${prefix}a0 = ${g}m0 < M ? sa[(long long)(${kb}) * M + m0] : 0.f, ${prefix}a1 = ${g}m1 < M ? sa[(long long)(${kb}) * M + m1] : 0.f;\n`
     : "";
+  if (c.bRows) return a; // B's scales are per column, read from the stage in the promotion
   return `${a}${pad}${decl}${prefix}b0 = ${guard ? `${guard} ? sbTile[${kb}] : 0.f` : `sbTile[${kb}]`};
 ${spansScaleBlocks(c) ? `${pad}${decl}${prefix}b1 = ${g}second ? sbTile[KB + ${kb}] : 0.f;\n` : ""}`;
 }
@@ -33,14 +34,30 @@ const firstScales = (c: Fp8GemmConfig, pad: string): string => scaleLoads(c, "0"
 /** Block bk + 1's scales into nb0.. (zeros past the last block). */
 const nextScales = (c: Fp8GemmConfig, bk: string, pad: string): string => scaleLoads(c, `${bk} + 1`, "n", pad, "const float ", `${bk} + 1 < KB`);
 /** The prefetched scales become the current ones. */
-const advanceScales = (c: Fp8GemmConfig, pad: string): string =>
-  `${pad}${c.globalScales ? "a0 = na0; a1 = na1; " : ""}b0 = nb0;${spansScaleBlocks(c) ? " b1 = nb1;" : ""}\n`;
+const advanceScales = (c: Fp8GemmConfig, pad: string): string => {
+  const parts = [...(c.globalScales ? ["a0 = na0; a1 = na1;"] : []), ...(c.bRows ? [] : [`b0 = nb0;${spansScaleBlocks(c) ? " b1 = nb1;" : ""}`])];
+  return parts.length ? `${pad}${parts.join(" ")}\n` : "";
+};
 /** A's scales of the block in `stage` (landed, not yet released), from shared memory. */
 const stageScales = (c: Fp8GemmConfig, stage: string, pad: string): string =>
   c.globalScales ? "" : `${pad}const float a0 = sh_lds_f32(sas + (${stage}) * SA_BYTES + r0 * 4), a1 = sh_lds_f32(sas + (${stage}) * SA_BYTES + (r0 + 8) * 4);\n`;
 
-/** acc += frag · scale: fragment register 4j+{0,1} is row r0, 4j+{2,3} row r0+8, columns 8j + c0 + {0,1}. */
-function promote(c: Fp8GemmConfig, frag: string, pad: string): string {
+/**
+ * acc += frag · scale: fragment register 4j+{0,1} is row r0, 4j+{2,3} row r0+8, columns 8j + c0 + {0,1}.
+ * With bRows each column has its own B scale for the block, read from `stage` (still held).
+ */
+function promote(c: Fp8GemmConfig, frag: string, pad: string, stage: string): string {
+  if (c.bRows)
+    return `#pragma unroll
+${pad}for (int j = 0; j < ${c.blockN / 8}; ++j) {
+${pad}  float b0, b1;  // the row scales of B for this thread's columns 8j + c0 and 8j + c0 + 1
+${pad}  sh_lds_f32x2(sbs + (${stage}) * SB_BYTES + (8 * j + c0) * 4, b0, b1);
+${pad}  acc[4 * j + 0] = fmaf(${frag}[4 * j + 0], a0 * b0, acc[4 * j + 0]);
+${pad}  acc[4 * j + 1] = fmaf(${frag}[4 * j + 1], a0 * b1, acc[4 * j + 1]);
+${pad}  acc[4 * j + 2] = fmaf(${frag}[4 * j + 2], a1 * b0, acc[4 * j + 2]);
+${pad}  acc[4 * j + 3] = fmaf(${frag}[4 * j + 3], a1 * b1, acc[4 * j + 3]);
+${pad}}
+`;
   const two = spansScaleBlocks(c);
   return `${pad}const float s00 = a0 * b0, s10 = a1 * b0;
 ${two ? `${pad}const float s01 = a0 * b1, s11 = a1 * b1;\n` : ""}#pragma unroll
@@ -90,11 +107,12 @@ ${p}sh_wgmma_fence();
 ${p}for (int k = 0; k < ${FP8_BLOCK / 32}; ++k) sh_wgmma_m64n${c.blockN}(tmp, da + 2 * k, db + 2 * k, k);
 ${p}sh_wgmma_commit();
 ${p}sh_wgmma_wait0();
-${fenceAll(c, "tmp", p)}${p}// the wgmmas have read the stage: hand it back to the producer
+${fenceAll(c, "tmp", p)}${c.bRows ? `${p}// promotion first: B's scales are read from the stage
+${promote(c, "tmp", p, "s")}` : ""}${p}// the wgmmas have read the stage: hand it back to the producer
 ${p}${release(c, "bars + 8 * (S + s)")}
 ${p}if (++s == S) { s = 0; phase ^= 1; }
-${p}// promotion: fragment register 4j+{0,1} is row r0, 4j+{2,3} row r0+8, columns 8j + c0 + {0,1}
-${promote(c, "tmp", p)}${advanceScales(c, p)}    }
+${c.bRows ? "" : `${p}// promotion: fragment register 4j+{0,1} is row r0, 4j+{2,3} row r0+8, columns 8j + c0 + {0,1}
+${promote(c, "tmp", p, "s")}`}${advanceScales(c, p)}    }
 `;
 }
 
@@ -110,9 +128,10 @@ function step(c: Fp8GemmConfig, kb: string, cur: string, next: string | undefine
     : `${q}sh_wgmma_wait0();\n`;
   return `${pad}{
 ${q}const int bk = ${kb};
-${stageScales(c, "held", q)}${nextScales(c, "bk", q)}${wait}${fenceAll(c, cur, q)}${q}${release(c, "bars + 8 * (S + held)")}  // block bk's stage is read
+${q}(void)bk;
+${stageScales(c, "held", q)}${nextScales(c, "bk", q)}${wait}${fenceAll(c, cur, q)}${c.bRows ? promote(c, cur, q, "held") : ""}${q}${release(c, "bars + 8 * (S + held)")}  // block bk's stage is read
 ${q}if (++held == S) held = 0;
-${promote(c, cur, q)}${advanceScales(c, q)}${pad}}
+${c.bRows ? "" : promote(c, cur, q, "held")}${advanceScales(c, q)}${pad}}
 `;
 }
 

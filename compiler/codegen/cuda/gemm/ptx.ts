@@ -102,6 +102,11 @@ SH_DEV float sh_lds_f32(sh_u32 addr) {
   return v;
 }
 
+// Two adjacent floats (8-byte aligned) from shared memory: a column pair's row scales of B.
+SH_DEV void sh_lds_f32x2(sh_u32 addr, float& x, float& y) {
+  asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];" : "=f"(x), "=f"(y) : "r"(addr) : "memory");
+}
+
 // ---- wgmma ----
 // Shared-memory matrix descriptor for a K-major tile with 128-byte rows and the 128-byte swizzle
 // (what TMA's CU_TENSOR_MAP_SWIZZLE_128B writes): bits 0-13 start address >> 4; 16-29 leading
