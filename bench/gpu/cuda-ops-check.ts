@@ -95,10 +95,19 @@ const cases: { op: string; dtypes: DType[]; make: Maker }[] = [
       const x2 = quantize(T(m, { b: 3, t: 40, m: 256 }, t) as never, "1x128", "m") as { q: AnyDTensor; scales: AnyDTensor };
       const w2 = quantize(T(m, { n: 64, m: 256 }, t) as never, "128x128", ["n", "m"]) as { q: AnyDTensor; scales: AnyDTensor };
       const w3 = quantize(T(m, { m: 256, n: 160 }, t) as never, "128x128", ["m", "n"]) as { q: AnyDTensor; scales: AnyDTensor };
+      // the Wgrad form (both operands 1x128 along the contracted tokens, 336 = 2.6 blocks): the row-scaled kernels, with
+      // 72 output rows (A's scales by TMA) and 70 (M % 4 != 0: A's scales from global memory)
+      const wg = (o: number) => {
+        const gy = quantize(T(m, { s: 336, o }, t) as never, "1x128", "s") as { q: AnyDTensor; scales: AnyDTensor };
+        const xs = quantize(T(m, { s: 336, i: 160 }, t) as never, "1x128", "s") as { q: AnyDTensor; scales: AnyDTensor };
+        return scaledDot(gy, xs as never, "s", { out: "bf16" }) as AnyDTensor;
+      };
       return [
         scaledDot(x, w as never, "m", { out: "f32" }) as AnyDTensor,
         scaledDot(x2, w2 as never, "m", { out: "bf16" }) as AnyDTensor,
         scaledDot(x2, w3 as never, "m", { out: "bf16" }) as AnyDTensor,
+        wg(72),
+        wg(70),
       ];
     },
   },

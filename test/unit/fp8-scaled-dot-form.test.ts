@@ -23,13 +23,19 @@ describe("scaled_dot on CUDA: the FP8 GEMM or the fallback", () => {
   it("takes 1x128 activations against a 128x128-blocked [N, K] weight with a bf16 result, either weight dim order", () => {
     for (const dims of [{ n: 64, m: 256 }, { m: 256, n: 64 }]) {
       const t = typesOf(dims, "128x128", "bf16");
-      expect(formOf(t.tIn, t.tOut, t.contract)).toEqual({ K: "m", N: "n", rows: ["t"] });
+      expect(formOf(t.tIn, t.tOut, t.contract)).toEqual({ K: "m", N: "n", rows: ["t"], bRows: false });
     }
   });
-  it("leaves an f32 result (the kernel writes bf16) and a 1x128-tiled weight to the fallback", () => {
-    const f = typesOf({ n: 64, m: 256 }, "128x128", "f32");
-    expect(formOf(f.tIn, f.tOut, f.contract)).toBeUndefined();
-    const v = typesOf({ n: 64, m: 256 }, "1x128", "bf16");
-    expect(formOf(v.tIn, v.tOut, v.contract)).toBeUndefined();
+  it("takes a weight tiled 1x128 along K (the Wgrad form) to the row-scaled kernels", () => {
+    for (const dims of [{ n: 64, m: 256 }, { m: 256, n: 64 }]) {
+      const t = typesOf(dims, "1x128", "bf16");
+      expect(formOf(t.tIn, t.tOut, t.contract)).toEqual({ K: "m", N: "n", rows: ["t"], bRows: true });
+    }
+  });
+  it("leaves an f32 result (the kernel writes bf16) to the fallback, in either weight form", () => {
+    for (const tiling of ["128x128", "1x128"] as const) {
+      const f = typesOf({ n: 64, m: 256 }, tiling, "f32");
+      expect(formOf(f.tIn, f.tOut, f.contract)).toBeUndefined();
+    }
   });
 });

@@ -182,6 +182,14 @@ export function defaultGemmConfig(grouped: boolean): Fp8GemmConfig {
   return { consumers: 2, blockN: 128, stages: maxStages(2, 128, 8, true), persistent: true, grouped, overlap: true, tmaStore: true };
 }
 
+/**
+ * The configuration for row-scaled B (the Wgrad form): 128 x 128 with the TMA-store epilogue and
+ * plain promotion, the faster of the candidates on an H200 (bench/results/2026-11-22-fp8-gemm-h200-wgrad.txt).
+ */
+export function defaultRowScaledConfig(): Fp8GemmConfig {
+  return { consumers: 2, blockN: 128, stages: maxStages(2, 128, 8, true, true), persistent: true, grouped: false, tmaStore: true, bRows: true };
+}
+
 export interface Fp8GemmShape {
   M: number;
   N: number;
