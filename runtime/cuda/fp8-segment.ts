@@ -191,6 +191,5 @@ export function scaledSegmentWgradCuda(ex: CudaExecutor, plan: Plan, ins: OpInst
   }
   if (X !== x[0]) ex.release(X);
   if (G !== x[1]) ex.release(G);
-  // the GEMM wrote bf16 already (castOwned reads f32)
-  return out.dtype === to.dtype ? out : ex.castOwned(out, to.dtype);
+  return ex.castOwned(out, to.dtype);
 }
