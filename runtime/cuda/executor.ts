@@ -11,6 +11,7 @@ import type { DType, TensorType } from "../../compiler/ir/types.ts";
 import type { LocalTensor } from "../../compiler/ir/local.ts";
 import { stridesOf } from "../../compiler/ir/local.ts";
 import type { Plan } from "../../compiler/plan.ts";
+import type { PlannedStep } from "../../compiler/passes/redistribute-plan.ts";
 import { readsOf } from "../../compiler/plan.ts";
 import { numel } from "../../compiler/ir/types.ts";
 import { coordsOf } from "../../compiler/ir/placement.ts";
@@ -34,7 +35,8 @@ import { concatSplit, dot, gather, scatterAdd, segmentContract } from "./ops.ts"
 import { CapturedStep, notCapturable, type DeferredCheck } from "./graph.ts";
 import { CaptureMode } from "./native-types.ts";
 import { TraceRecorder, type TraceEvent } from "./trace.ts";
-import type { RankLocal } from "./nccl/collectives.ts";
+import type { RankLocal, StepSpan } from "./nccl/collectives.ts";
+import type { Counts } from "./nccl/transfers.ts";
 import { FP8_OPS, runFp8 } from "./fp8.ts";
 import { scaledSegmentDotCuda, scaledSegmentWgradCuda } from "./fp8-segment.ts";
 
@@ -167,6 +169,22 @@ export class CudaExecutor {
 
   release(t: DeviceTensor | undefined): void {
     if (t && !this.pinned.has(t) && !this.cap?.pinned.has(t)) this.mem.release(t);
+  }
+
+  /**
+   * One redistribute step over the pieces of slot `inS`: under rank-local execution this rank's piece
+   * through NCCL, else the CPU reference's exact simulation of every rank (download, runStep, upload).
+   * `release`: the pieces are handed over (rank-local: freed once compute has waited for the step).
+   */
+  private commStep(dist: RankLocal | undefined, plan: Plan, step: PlannedStep, inS: number, outS: number, pieces: DeviceTensor[], counts: Counts, release: boolean, span?: StepSpan): DeviceTensor[] {
+    if (dist) {
+      const out = new Array<DeviceTensor>(plan.world);
+      out[dist.rank] = dist.step(plan, step, inS, outS, pieces[dist.rank]!, counts, release, span);
+      return out;
+    }
+    const host = runStep(plan, step, inS, outS, pieces.map((d) => download(this.addon, d, this.stream)), counts).map((t) => upload(this.addon, this.mem, t, this.stream));
+    if (release) pieces.forEach((d) => this.release(d));
+    return host;
   }
 
   /** Inputs kept on the device between runs (setResident), by input name; never released by a run. */
@@ -362,33 +380,22 @@ export class CudaExecutor {
             }
           }
           ins.outputs.forEach((s, o) => (slots[s] = outs[o]));
-        } else if (ins.kind === "comm" && dist) {
-          const out = new Array<DeviceTensor>(W);
+        } else if (ins.kind === "comm") {
           const last = lastUse[ins.input] === i;
-          const span = tracer && {
+          const span = tracer && dist && {
             begin: (cs: Stream) => tracer.begin(`${ins.step.kind}[${plan.mesh.axes[ins.step.axis] ?? ins.step.axis}]`, "comm", `rank ${dist.rank} comm`, cs),
             end: (cs: Stream) => tracer.end(cs),
           };
-          out[dist.rank] = dist.step(plan, ins.step, ins.input, ins.output, slots[ins.input]![dist.rank]!, counts, last, span || undefined);
-          if (last) slots[ins.input] = undefined; // handed over: released once compute has waited for the step
-          slots[ins.output] = out;
-        } else if (ins.kind === "comm") {
-          const pieces = slots[ins.input]!.map((d) => download(this.addon, d, this.stream));
-          slots[ins.output] = runStep(plan, ins.step, ins.input, ins.output, pieces, counts).map((t) => upload(this.addon, this.mem, t, this.stream));
+          slots[ins.output] = this.commStep(dist, plan, ins.step, ins.input, ins.output, slots[ins.input]!, counts, last, span || undefined);
+          if (last) slots[ins.input] = undefined; // handed over (rank-local: released once compute has waited for the step)
         } else if (MOE_OPS.has(ins.op)) {
           // MoE dispatch/combine: local kernels, and the exchange as plan comm steps (NCCL or simulated)
           runMoe(this, plan, ins, ranks, slots, (p, step, inS, outS, pieces, release) => {
-            if (dist) {
-              const out = new Array<DeviceTensor>(W);
-              out[dist.rank] = dist.step(p, step, inS, outS, pieces[dist.rank]!, counts, release);
-              // the op's own kernels read the exchanged rows next: compute waits for this step now (the
-              // plan-level waits only know the plan's slots, not the op's inner ones)
-              dist.beforeReads([outS]);
-              return out;
-            }
-            const host = runStep(p, step, inS, outS, pieces.map((d) => download(this.addon, d, this.stream)), counts).map((t) => upload(this.addon, this.mem, t, this.stream));
-            if (release) pieces.forEach((d) => this.release(d));
-            return host;
+            const out = this.commStep(dist, p, step, inS, outS, pieces, counts, release);
+            // the op's own kernels read the exchanged rows next: compute waits for this step now (the
+            // plan-level waits only know the plan's slots, not the op's inner ones)
+            dist?.beforeReads([outS]);
+            return out;
           });
         } else {
           const outs = ins.outputs.map(() => new Array<DeviceTensor>(W));
