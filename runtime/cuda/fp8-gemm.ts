@@ -131,3 +131,15 @@ export class Fp8Gemm {
     return Object.assign(run, { release: () => padded !== undefined && a.memFree(padded) });
   }
 }
+
+const perExecutor = new WeakMap<object, Fp8Gemm>();
+
+/**
+ * The Fp8Gemm of an executor, made on first use: one per executor, so every op that runs an FP8 GEMM
+ * on it (scaled_dot, the segment contractions) shares its loaded kernels and device properties.
+ */
+export function fp8GemmOf(ex: { readonly addon: NativeAddon; readonly stream: Stream }): Fp8Gemm {
+  let g = perExecutor.get(ex);
+  if (!g) perExecutor.set(ex, (g = new Fp8Gemm(ex.addon, ex.stream)));
+  return g;
+}

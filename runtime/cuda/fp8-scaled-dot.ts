@@ -10,12 +10,11 @@ import { numel } from "../../compiler/ir/types.ts";
 import { defaultGemmConfig, defaultRowScaledConfig, shapeProblem } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { tilesName } from "../../compiler/ops/quantize.ts";
 import { empty, type DeviceTensor } from "./memory.ts";
-import { Fp8Gemm } from "./fp8-gemm.ts";
+import { fp8GemmOf } from "./fp8-gemm.ts";
 import type { CudaExecutor } from "./executor.ts";
 
 const CONFIG = defaultGemmConfig(false), ROW_CONFIG = defaultRowScaledConfig();
 const names = (t: TensorType) => t.dims.map((d) => d.name);
-const gemms = new WeakMap<CudaExecutor, Fp8Gemm>();
 
 /**
  * The kernels' operand form, or undefined (the fallback's choice; not an error). `bRows`: B is tiled
@@ -40,8 +39,7 @@ export function formOf(tIn: TensorType[], tOut: TensorType, contract: string[]):
 export function scaledDotGemm(ex: CudaExecutor, x: DeviceTensor[], tIn: TensorType[], tOut: TensorType, shape: number[], contract: string[]): DeviceTensor | undefined {
   const form = formOf(tIn, tOut, contract);
   if (!form) return undefined;
-  let g = gemms.get(ex);
-  if (!g) gemms.set(ex, (g = new Fp8Gemm(ex.addon, ex.stream)));
+  const g = fp8GemmOf(ex);
   if (!g.supported) return undefined;
   const [ta, tsa, tb, tsb] = tIn as [TensorType, TensorType, TensorType, TensorType];
   const { K, N, rows, bRows } = form;

@@ -24,16 +24,15 @@ import { scaledSegDims, segmentRuns } from "../../compiler/ops/scaled-segment.ts
 import { tilesName } from "../../compiler/ops/quantize.ts";
 import { download, empty, upload, type DeviceTensor } from "./memory.ts";
 import { matmulRowMajor } from "./native.ts";
-import { Fp8Gemm } from "./fp8-gemm.ts";
+import { fp8GemmOf } from "./fp8-gemm.ts";
 import { dequantizeCuda, quantizeCuda } from "./fp8.ts";
 import * as K from "./kernels/sources.ts";
 import type { CudaExecutor } from "./executor.ts";
 
-/** The grouped kernel the GEMM bench checked on H100 (bench/results/2026-11-22-fp8-gemm-h100-v2.txt). */
+/** The grouped kernel the executor launches (defaultGemmConfig: the fastest grouped kernel on the GEMM bench). */
 const GROUPED = defaultGemmConfig(true);
 type OpInstr = Extract<Plan["instrs"][number], { kind: "op" }>;
 const names = (t: TensorType) => t.dims.map((d) => d.name);
-const gemms = new WeakMap<CudaExecutor, Fp8Gemm>();
 
 /**
  * The padded group-major layout of the rank's segments: for each padded row the flat source row
@@ -87,8 +86,7 @@ export function scaledSegmentDotCuda(ex: CudaExecutor, plan: Plan, ins: OpInstr,
   const [tx, tsx, tw, tsw, tc] = tIn as [TensorType, TensorType, TensorType, TensorType, TensorType];
   const sd = scaledSegDims(tx, tsx, tw, tsw, tc, ins.attrs);
   if (to.dtype !== "bf16") throw new CompileError(`scaled_segment_dot on CUDA writes bf16 (the grouped FP8 GEMM's output); this one asks for ${to.dtype}: use out "bf16"`);
-  let g = gemms.get(ex);
-  if (!g) gemms.set(ex, (g = new Fp8Gemm(ex.addon, ex.stream)));
+  const g = fp8GemmOf(ex);
   if (!g.supported) throw new CompileError(`scaled_segment_dot needs the grouped FP8 GEMM, which runs on Hopper (sm_90a); this GPU is ${g.device.name} (${g.arch})`);
   const X = ex.reorder(x[0]!, names(tx), [...sd.batch, sd.rows.name, sd.k]);
   const W = ex.reorder(x[2]!, names(tw), [sd.groups, sd.nOut, sd.k]);
