@@ -71,11 +71,12 @@ describe("FP8 GEMM configurations", () => {
   });
 
   it("stages: as many as fit (capped), and smem = 1 KiB slack + stages x (A + B tiles + A's scales) + staging + barriers", () => {
-    expect(maxStages(2, 128)).toBe(6);
-    expect(maxStages(2, 192)).toBe(5);
-    expect(maxStages(1, 128)).toBe(8);
-    expect(maxStages(2, 128, 8, true)).toBe(5);
-    expect(maxStages(2, 192, 8, true)).toBe(4);
+    const shape = (consumers: 1 | 2, blockN: number, tmaStore = false) => ({ consumers, blockN, persistent: true, grouped: false, tmaStore });
+    expect(maxStages(shape(2, 128))).toBe(6);
+    expect(maxStages(shape(2, 192))).toBe(5);
+    expect(maxStages(shape(1, 128))).toBe(8);
+    expect(maxStages(shape(2, 128, true))).toBe(5);
+    expect(maxStages(shape(2, 192, true))).toBe(4);
     expect(smemBytes({ ...base, stages: 4 })).toBe(1024 + 4 * (128 * 128 + 128 * 128 + 128 * 4) + 64);
     expect(smemBytes({ ...base, stages: 4, globalScales: true })).toBe(1024 + 4 * (128 * 128 + 128 * 128) + 64);
     expect(smemBytes({ ...base, stages: 4, tmaStore: true })).toBe(1024 + 4 * (128 * 128 + 128 * 128 + 128 * 4) + 128 * 128 * 2 + 64);

@@ -127,11 +127,16 @@ export function checkConfig(c: Fp8GemmConfig): void {
   if (why) throw new CompileError(`FP8 GEMM config ${JSON.stringify(c)}: ${why}; pick another from gemmCandidates()`);
 }
 
-/** The most stages that fit in shared memory (at most `cap`), with the TMA-store staging if asked. */
-export function maxStages(consumers: 1 | 2, blockN: number, cap = 8, tmaStore = false, bRows = false): number {
-  const shape: Fp8GemmConfig = { consumers, blockN, stages: 1, persistent: true, grouped: false, tmaStore, bRows };
-  return Math.min(cap, Math.floor((SMEM_LIMIT - SMEM_ALIGN_SLACK - stagingBytes(shape)) / (stageBytes(shape) + 16)));
+export type Fp8GemmShapeless = Omit<Fp8GemmConfig, "stages">;
+
+/** The most stages of configuration `c` that fit in shared memory (at most `cap`). */
+export function maxStages(c: Fp8GemmShapeless, cap = 8): number {
+  const one: Fp8GemmConfig = { ...c, stages: 1 };
+  return Math.min(cap, Math.floor((SMEM_LIMIT - SMEM_ALIGN_SLACK - stagingBytes(one)) / (stageBytes(one) + 16)));
 }
+
+/** `c` with as many stages as fit. */
+const filled = (c: Fp8GemmShapeless): Fp8GemmConfig => ({ ...c, stages: maxStages(c) });
 
 /** Overlapped candidates (consumers, blockN), tried after the plain-promotion ones. */
 const OVERLAP_SHAPES: [1 | 2, number][] = [[2, 128], [2, 112], [2, 96], [1, 128]];
@@ -148,17 +153,16 @@ const TMA_STORE_SHAPES: [number, boolean, boolean][] = [[128, true, false], [192
 export function gemmCandidates(grouped: boolean): Fp8GemmConfig[] {
   const out: Fp8GemmConfig[] = [{ consumers: 1, blockN: 128, stages: 4, persistent: false, grouped }];
   const shapes: [1 | 2, number][] = [[2, 128], [2, 160], [2, 192], [2, 96], [1, 128], [1, 192], [1, 64], [1, 32]];
-  for (const [consumers, blockN] of shapes) out.push({ consumers, blockN, stages: maxStages(consumers, blockN), persistent: true, grouped });
-  out.push({ consumers: 2, blockN: 128, stages: maxStages(2, 128), persistent: false, grouped });
+  for (const [consumers, blockN] of shapes) out.push(filled({ consumers, blockN, persistent: true, grouped }));
+  out.push(filled({ consumers: 2, blockN: 128, persistent: false, grouped }));
   // overlapped promotion (ping-pong temporaries): blockN is capped by the third fragment
-  for (const [consumers, blockN] of OVERLAP_SHAPES) out.push({ consumers, blockN, stages: maxStages(consumers, blockN), persistent: true, grouped, overlap: true });
+  for (const [consumers, blockN] of OVERLAP_SHAPES) out.push(filled({ consumers, blockN, persistent: true, grouped, overlap: true }));
   // two-CTA clusters with B multicast (dense): half the B traffic from L2 per CTA
   if (!grouped)
-    for (const [blockN, overlap] of MULTICAST_SHAPES) out.push({ consumers: 2, blockN, stages: maxStages(2, blockN), persistent: true, grouped, ...(overlap ? { overlap } : {}), multicast: true });
+    for (const [blockN, overlap] of MULTICAST_SHAPES) out.push(filled({ consumers: 2, blockN, persistent: true, grouped, ...(overlap ? { overlap } : {}), multicast: true }));
   // the TMA-store epilogue (one stage fewer: the staging buffer takes its shared memory)
   for (const [blockN, overlap, multicast] of TMA_STORE_SHAPES)
-    if (!(multicast && grouped))
-      out.push({ consumers: 2, blockN, stages: maxStages(2, blockN, 8, true), persistent: true, grouped, ...(overlap ? { overlap } : {}), ...(multicast ? { multicast } : {}), tmaStore: true });
+    if (!(multicast && grouped)) out.push(filled({ consumers: 2, blockN, persistent: true, grouped, ...(overlap ? { overlap } : {}), ...(multicast ? { multicast } : {}), tmaStore: true }));
   return out.filter((c) => configProblem(c) === undefined);
 }
 
@@ -169,7 +173,7 @@ export function gemmCandidates(grouped: boolean): Fp8GemmConfig[] {
 export function rowScaledCandidates(): Fp8GemmConfig[] {
   const out: Fp8GemmConfig[] = [];
   for (const [overlap, tmaStore] of [[true, true], [false, true], [true, false]] as const)
-    out.push({ consumers: 2, blockN: 128, stages: maxStages(2, 128, 8, tmaStore, true), persistent: true, grouped: false, ...(overlap ? { overlap } : {}), ...(tmaStore ? { tmaStore } : {}), bRows: true });
+    out.push(filled({ consumers: 2, blockN: 128, persistent: true, grouped: false, ...(overlap ? { overlap } : {}), ...(tmaStore ? { tmaStore } : {}), bRows: true }));
   return out.filter((c) => configProblem(c) === undefined);
 }
 
@@ -179,7 +183,7 @@ export function rowScaledCandidates(): Fp8GemmConfig[] {
  * dense and grouped shape measured on an H100 (bench/results/2026-11-22-fp8-gemm-h100-v5.txt).
  */
 export function defaultGemmConfig(grouped: boolean): Fp8GemmConfig {
-  return { consumers: 2, blockN: 128, stages: maxStages(2, 128, 8, true), persistent: true, grouped, overlap: true, tmaStore: true };
+  return filled({ consumers: 2, blockN: 128, persistent: true, grouped, overlap: true, tmaStore: true });
 }
 
 /**
@@ -187,7 +191,7 @@ export function defaultGemmConfig(grouped: boolean): Fp8GemmConfig {
  * plain promotion, the faster of the candidates on an H200 (bench/results/2026-11-22-fp8-gemm-h200-wgrad.txt).
  */
 export function defaultRowScaledConfig(): Fp8GemmConfig {
-  return { consumers: 2, blockN: 128, stages: maxStages(2, 128, 8, true, true), persistent: true, grouped: false, tmaStore: true, bRows: true };
+  return filled({ consumers: 2, blockN: 128, persistent: true, grouped: false, tmaStore: true, bRows: true });
 }
 
 export interface Fp8GemmShape {
