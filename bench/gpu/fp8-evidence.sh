@@ -6,10 +6,7 @@
 #      and data: per-step losses and the final loss difference.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-GPU_DIR=${GPU_DIR:-.gpu}
-OUT=${OUT:-$GPU_DIR/out}; mkdir -p "$OUT"
-NODE=${NODE:-/tmp/node}
-[ -x "$NODE" ] || { xz -dc "$GPU_DIR/node.xz" > "$NODE" && chmod +x "$NODE"; }
+source bench/gpu/lib/gpu-env.sh
 CACHE=${SHARDTS_CACHE_DIR:-$HOME/.cache/shardts}
 STEPS=${STEPS:-30}
 

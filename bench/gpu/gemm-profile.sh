@@ -11,10 +11,7 @@
 # $OUT/sass-<impl>.csv and the stall-reason breakdown into $OUT/raw-<impl>.txt.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-GPU_DIR=${GPU_DIR:-.gpu}
-OUT=${OUT:-$GPU_DIR/out}; mkdir -p "$OUT"
-NODE=${NODE:-/tmp/node}
-[ -x "$NODE" ] || { xz -dc "$GPU_DIR/node.xz" > "$NODE" && chmod +x "$NODE"; }
+source bench/gpu/lib/gpu-env.sh
 command -v ncu >/dev/null || { echo "gemm-profile: ncu (Nsight Compute) is not on this machine's PATH" >&2; exit 2; }
 [ $# -gt 0 ] || { echo "usage: gemm-profile.sh IMPL... (kernel names from the fp8-gemm bench, or cublaslt)" >&2; exit 2; }
 status=0

@@ -16,12 +16,9 @@
 # out, ONLY="5 6" runs just those.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-GPU_DIR=${GPU_DIR:-.gpu}
-OUT=${OUT:-$GPU_DIR/out}; mkdir -p "$OUT"
+source bench/gpu/lib/gpu-env.sh
 N=${NGPU:-$(nvidia-smi -L 2>/dev/null | wc -l)}
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 NCCL_DEBUG=${NCCL_DEBUG:-WARN}
-NODE=${NODE:-/tmp/node}
-[ -x "$NODE" ] || { xz -dc "$GPU_DIR/node.xz" > "$NODE" && chmod +x "$NODE"; }
+export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
 CLI=("$NODE" "$GPU_DIR/shardts-cli.mjs")
 summary=()
 note() { summary+=("$1"); echo "== $1"; }
