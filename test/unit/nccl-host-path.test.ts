@@ -7,8 +7,7 @@ import { RankLocal } from "../../runtime/cuda/nccl/collectives.ts";
 import { Communicators } from "../../runtime/cuda/nccl/communicators.ts";
 import { WatchdogThread } from "../../runtime/cuda/nccl/watchdog-thread.ts";
 import { empty } from "../../runtime/cuda/memory.ts";
-import { startStore } from "../../runtime/launch/store.ts";
-import { StoreClient } from "../../runtime/launch/rendezvous.ts";
+import { firstTimeout, withWatchdog } from "./nccl/watchdog-harness.ts";
 import { fakeAddon, fakeExecutor } from "./nccl/fake-addon.ts";
 import { collectiveCases, measure } from "../../bench/host/nccl-step-overhead.ts";
 
@@ -120,37 +119,19 @@ describe("RankLocal host path", () => {
   });
 
   it("the watchdog still names a collective issued through the cached path that never completes", async () => {
-    const token = "t".repeat(24);
-    const store = await startStore(token);
-    const peer = await StoreClient.connect("127.0.0.1", store.port, token);
-    await peer.set("progress/1", JSON.stringify({ x: 6 }));
-    const w = new WatchdogThread({ rank: 0, storeAddr: "127.0.0.1", storePort: store.port, token, addonPath: "/nonexistent/addon.node", timeoutS: 0.6, graceMs: 60_000 });
-    try {
+    await withWatchdog({ x: 6 }, async (w, peer) => {
       const { rl, ex } = setup(w);
       const [ag, rs] = collectiveCases(2, 1024);
       const input = empty(ex.mem, "f32", ag!.plan.values[0]!.shapes[0]!);
       for (let i = 0; i < 6; i++) (rl.step(ag!.plan, ag!.step, 0, 1, input, noCounts, false), rl.flush());
       rl.drained(); // the first six completed
       rl.step(rs!.plan, rs!.step, 0, 1, input, noCounts, false); // #7 on 'x': rank 1 never arrives
-      const t0 = Date.now();
-      for (;;) {
-        await new Promise((r) => setTimeout(r, 100));
-        try {
-          w.check();
-        } catch (e) {
-          expect((e as Error).name).toBe("CollectiveTimeoutError");
-          expect((e as Error).message).toMatch(/collective reduce_scatter\[x\]\(sum -> a\) \(#7 on mesh axis 'x', ranks \[0, 1\]\) has not completed within 0.6 s/);
-          expect((e as Error).message).toContain("rank(s) 1 had not arrived (their last collective on 'x': #6)");
-          break;
-        }
-        if (Date.now() - t0 > 10_000) throw new Error("the watchdog did not fire within 10 s");
-      }
+      const { error } = await firstTimeout(w);
+      expect(error.name).toBe("CollectiveTimeoutError");
+      expect(error.message).toMatch(/collective reduce_scatter\[x\]\(sum -> a\) \(#7 on mesh axis 'x', ranks \[0, 1\]\) has not completed within 0.6 s/);
+      expect(error.message).toContain("rank(s) 1 had not arrived (their last collective on 'x': #6)");
       expect(JSON.parse(await peer.get("progress/0"))).toEqual({ x: 7 });
-    } finally {
-      await w.stop();
-      peer.close();
-      await store.close();
-    }
+    });
   });
 
   it("costs a few microseconds of host work per collective (fake native layer)", async () => {

@@ -3,8 +3,7 @@
 import { describe, it, expect } from "vitest";
 import { collectiveTimeoutS, describeTimeout, watchdogAction, type Issued } from "../../runtime/cuda/nccl/watchdog.ts";
 import { WatchdogThread } from "../../runtime/cuda/nccl/watchdog-thread.ts";
-import { startStore } from "../../runtime/launch/store.ts";
-import { StoreClient } from "../../runtime/launch/rendezvous.ts";
+import { firstTimeout, withWatchdog } from "./nccl/watchdog-harness.ts";
 
 describe("watchdog decisions", () => {
   it("idles without a pending collective, publishes after a quarter of the timeout, fires at the timeout", () => {
@@ -39,65 +38,30 @@ describe("watchdog decisions", () => {
 
 describe("the watchdog thread", () => {
   it("fires on a collective that never completes, reading the peers' progress from the store", async () => {
-    const token = "t".repeat(24);
-    const store = await startStore(token);
-    const peer = await StoreClient.connect("127.0.0.1", store.port, token);
-    await peer.set("progress/1", JSON.stringify({ ep: 2 }));
-    const w = new WatchdogThread({ rank: 0, storeAddr: "127.0.0.1", storePort: store.port, token, addonPath: "/nonexistent/addon.node", timeoutS: 0.6, graceMs: 60_000 });
-    try {
+    await withWatchdog({ ep: 2 }, async (w, peer) => {
       w.issued({ axis: "ep", seq: 3, what: "all_to_all[ep](batch -> rows)", group: [0, 1] });
       expect(() => w.check()).not.toThrow();
-      const t0 = Date.now();
-      for (;;) {
-        await new Promise((r) => setTimeout(r, 100));
-        try {
-          w.check();
-        } catch (e) {
-          expect((e as Error).name).toBe("CollectiveTimeoutError");
-          expect((e as Error).message).toMatch(/all_to_all\[ep\]\(batch -> rows\) \(#3 on mesh axis 'ep', ranks \[0, 1\]\) has not completed within 0.6 s/);
-          expect((e as Error).message).toContain("rank(s) 1 had not arrived (their last collective on 'ep': #2)");
-          expect((e as Error).message).toContain("ncclCommAbort failed");
-          break;
-        }
-        if (Date.now() - t0 > 10_000) throw new Error("the watchdog did not fire within 10 s");
-      }
-      expect(Date.now() - t0).toBeGreaterThanOrEqual(500);
+      const { error, ms } = await firstTimeout(w);
+      expect(error.name).toBe("CollectiveTimeoutError");
+      expect(error.message).toMatch(/all_to_all\[ep\]\(batch -> rows\) \(#3 on mesh axis 'ep', ranks \[0, 1\]\) has not completed within 0.6 s/);
+      expect(error.message).toContain("rank(s) 1 had not arrived (their last collective on 'ep': #2)");
+      expect(error.message).toContain("ncclCommAbort failed");
+      expect(ms).toBeGreaterThanOrEqual(500);
       // this rank's own progress reached the store
       expect(JSON.parse(await peer.get("progress/0"))).toEqual({ ep: 3 });
-    } finally {
-      await w.stop();
-      peer.close();
-      await store.close();
-    }
+    });
   });
 
   it("keeps the newest 4096 collectives of its shared-memory log and names the first one a peer is behind on", async () => {
-    const token = "t".repeat(24);
-    const store = await startStore(token);
-    const peer = await StoreClient.connect("127.0.0.1", store.port, token);
-    await peer.set("progress/1", JSON.stringify({ dp: 1000 }));
-    const w = new WatchdogThread({ rank: 0, storeAddr: "127.0.0.1", storePort: store.port, token, addonPath: "/nonexistent/addon.node", timeoutS: 0.6, graceMs: 60_000 });
-    try {
+    await withWatchdog({ dp: 1000 }, async (w, peer) => {
       const id = w.describe({ axis: "dp", what: "all_gather[dp](model)", group: [0, 1] });
       expect(w.describe({ axis: "dp", what: "all_gather[dp](model)", group: [0, 1] })).toBe(id);
       for (let seq = 1; seq <= 5000; seq++) w.issuedId(id, seq);
-      let msg = "";
-      for (const t0 = Date.now(); !msg && Date.now() - t0 < 10_000; ) {
-        await new Promise((r) => setTimeout(r, 100));
-        try {
-          w.check();
-        } catch (e) {
-          msg = (e as Error).message;
-        }
-      }
+      const msg = (await firstTimeout(w)).error.message;
       expect(msg).toMatch(/all_gather\[dp\]\(model\) \(#1001 on mesh axis 'dp', ranks \[0, 1\]\)/);
       expect(msg).toContain("rank(s) 1 had not arrived (their last collective on 'dp': #1000)");
       expect(JSON.parse(await peer.get("progress/0"))).toEqual({ dp: 5000 });
-    } finally {
-      await w.stop();
-      peer.close();
-      await store.close();
-    }
+    });
   });
 
   it("does not fire while the main thread drains its collectives", async () => {
