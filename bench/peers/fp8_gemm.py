@@ -105,10 +105,22 @@ def scaled_mm_variants(qa, sa, qb, sb):
     return out
 
 
-def pick_scaled_mm(qa, sa, qb, sb, ref, case):
-    """The first variant that runs and matches the dequantized f32 product, else None (reasons printed)."""
-    reasons = []
-    for label, fn in scaled_mm_variants(qa, sa, qb, sb):
+def rowwise_variants():
+    """(label, fn) candidates of scaled_mm with 1x128 scaling on both operands (the Wgrad form)."""
+    st = scaling_types()
+    if st is None or not hasattr(torch.nn.functional, "scaled_mm"):
+        return []
+    return [(f"F.scaled_mm 1x128 both ({label})",
+             lambda a, sa_, b, sb_, fix=fix: torch.nn.functional.scaled_mm(a, b.t(), sa_, st[0], fix(sb_), st[0], output_dtype=torch.bfloat16))
+            for label, fix in (("sb.t()", lambda s: s.t()), ("sb.t().contiguous()", lambda s: s.t().contiguous()), ("sb", lambda s: s))]
+
+
+def pick_scaled_mm(qa, sa, qb, sb, ref, case, variants=None):
+    """The first variant (default: the 1x128 x 128x128 ones) that runs and matches the dequantized f32
+    product, else None (reasons printed)."""
+    variants = scaled_mm_variants(qa, sa, qb, sb) if variants is None else variants
+    reasons = [] if variants else ["torch.nn.functional.scaled_mm with BlockWise1x128 is not available"]
+    for label, fn in variants:
         try:
             got = fn(qa, sa, qb, sb)[: ref.shape[0]].float()
             rel = ((got - ref).norm() / ref.norm()).item()
@@ -118,27 +130,6 @@ def pick_scaled_mm(qa, sa, qb, sb, ref, case):
         except Exception as e:  # noqa: BLE001 - report every variant's reason
             reasons.append(f"{label}: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
     emit(case=case, impl="torch scaled_mm fp8 blockwise", error="no scaled_mm variant works: " + " || ".join(reasons))
-    return None
-
-
-def pick_rowwise_scaled_mm(qa, sa, qb, sb, ref, case):
-    """scaled_mm with 1x128 scaling on both operands (the Wgrad form), first variant that runs and is right."""
-    st = scaling_types()
-    reasons = []
-    if st is None or not hasattr(torch.nn.functional, "scaled_mm"):
-        emit(case=case, impl="torch scaled_mm fp8 1x128x1x128", error="torch.nn.functional.scaled_mm with BlockWise1x128 is not available")
-        return None
-    for label, fix in (("sb.t()", lambda s: s.t()), ("sb.t().contiguous()", lambda s: s.t().contiguous()), ("sb", lambda s: s)):
-        fn = lambda a, sa_, b, sb_, fix=fix: torch.nn.functional.scaled_mm(a, b.t(), sa_, st[0], fix(sb_), st[0], output_dtype=torch.bfloat16)  # noqa: E731
-        try:
-            got = fn(qa, sa, qb, sb)[: ref.shape[0]].float()
-            rel = ((got - ref).norm() / ref.norm()).item()
-            if rel < 1e-2:
-                return f"F.scaled_mm 1x128 both ({label})", fn, rel
-            reasons.append(f"{label}: wrong result (rel err {rel:.2e})")
-        except Exception as e:  # noqa: BLE001 - report every variant's reason
-            reasons.append(f"{label}: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
-    emit(case=case, impl="torch scaled_mm fp8 1x128x1x128", error="no variant works: " + " || ".join(reasons))
     return None
 
 
@@ -158,7 +149,7 @@ def dense(c, reps):
         # the Wgrad form: B quantized 1x128 along K too (per row and K block)
         qb, sb = quant_1x128(w)
         ref = dequant(qa[:rows], sa[:rows]) @ dequant(qb, sb).t()
-        picked = pick_rowwise_scaled_mm(qa, sa, qb, sb, ref, name)
+        picked = pick_scaled_mm(qa, sa, qb, sb, ref, name, rowwise_variants())
     else:
         qb, sb = quant_128x128(w)
         ref = dequant(qa[:rows], sa[:rows]) @ (qb.float() * sb.repeat_interleave(128, 0).repeat_interleave(128, 1)[:N, :K]).t()
