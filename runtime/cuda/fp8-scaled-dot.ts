@@ -3,8 +3,9 @@
 // rows, M), B exactly [N, K] tiled 128×128 (or 1×128 along K: the Wgrad form, run by the row-scaled
 // kernels), a bf16 result, and a Hopper GPU. Anything else returns
 // undefined and runs the dequantize + cuBLASLt f32 path of fp8.ts. The operands are reordered to the
-// kernel's layouts (A M×K, B N×K, A's scales [K/128][M], B's [N/128][K/128]); the configuration is
-// defaultGemmConfig (compiler/codegen/cuda/gemm/config.ts).
+// kernel's layouts (A M×K, B N×K, A's scales [K/128][M], B's [N/128][K/128] or, row-scaled,
+// [K/128][N]); the configurations are defaultGemmConfig and defaultRowScaledConfig
+// (compiler/codegen/cuda/gemm/config.ts).
 import type { TensorType } from "../../compiler/ir/types.ts";
 import { numel } from "../../compiler/ir/types.ts";
 import { defaultGemmConfig, defaultRowScaledConfig, shapeProblem } from "../../compiler/codegen/cuda/gemm/config.ts";

@@ -8,8 +8,9 @@
 // of K. The CTA walks tiles in a GROUP_M-row raster; persistent CTAs stride over tiles by gridDim.
 // The layouts of the operands and scales are those of compiler/numeric/fp8-gemm.ts.
 //
-// Kernel parameters, in order: tmA, tmB (CUtensorMap by value, 64-byte aligned), sa, sb, d,
-// [blockExpert when grouped], M, N, K.
+// Kernel parameters, in order: tmA, tmB, tmSA (A's scales), tmD (the TMA-store epilogue's output),
+// tmSB (row-scaled B's scales) — CUtensorMaps by value, 64-byte aligned, passed whether the
+// configuration uses them or not — then sa, sb, d, [blockExpert when grouped], M, N, K.
 import { FP8_BLOCK, GROUPED_M_ALIGN } from "../../../numeric/fp8-gemm.ts";
 import {
   aTileBytes,

@@ -7,8 +7,8 @@
 // MMAs. The loop is unrolled by two so each temporary is a statically named register array.
 //
 // Names the kernel body defines: acc, tmp (plain) or t0/t1 (overlapped), s/phase (the ring position),
-// bars, tilesA/tilesB, A_BYTES/B_BYTES, S, wg, lane, sa, sbTile, m0/m1, r0, sas/SA_BYTES, M, KB, split/second (when a
-// tile spans two scale blocks of B).
+// bars, tilesA/tilesB, A_BYTES/B_BYTES, S, wg, lane, sa, sbTile, m0/m1, r0, c0, sas/SA_BYTES,
+// sbs/SB_BYTES (row-scaled B), M, KB, split/second (when a tile spans two scale blocks of B).
 import { FP8_BLOCK } from "../../../numeric/fp8-gemm.ts";
 import { spansScaleBlocks, type Fp8GemmConfig } from "./config.ts";
 
@@ -95,7 +95,10 @@ const fenceAll = (c: Fp8GemmConfig, frag: string, pad: string): string => `#prag
 ${pad}for (int i = 0; i < ${c.blockN / 2}; ++i) sh_reg_fence(${frag}[i]);
 `;
 
-/** The plain loop, as it ran correct on the H100 (bench/results/2026-11-22-fp8-gemm-h100.txt). */
+/**
+ * The plain loop: wait for the stage, 4 wgmmas, wait_group 0, then release the stage and promote
+ * (with row-scaled B: promote first, its scales are in the stage).
+ */
 export function plainLoop(c: Fp8GemmConfig): string {
   const p = "      ";
   return `${firstScales(c, "    ")}    for (int kb = 0; kb < KB; ++kb) {
