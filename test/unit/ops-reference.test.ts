@@ -144,6 +144,23 @@ function expectClose(got: GlobalValue, want: Ref, tol: Tol, what: string, dtype?
   }
 }
 
+/**
+ * An f32 accumulation of `n` terms against its float64 value: |got - want| <= (n + 2) * 2^-24 * sum|terms|
+ * (the recursive-summation bound, plus the rounding of each product and of the scales). A relative
+ * tolerance fails by chance where the terms cancel; this bound cannot.
+ */
+function expectWithinSumBound(got: GlobalValue, want: Ref, absSum: Ref, n: number, what: string, dtype?: DT): void {
+  const where = `${what} ${SEED_NOTE}`;
+  expect(got.dimNames, `${where}: dims`).toEqual(want.dims.map(([d]) => d));
+  expect(got.shape, `${where}: shape`).toEqual(want.dims.map(([, s]) => s));
+  if (dtype) expect(got.dtype, `${where}: dtype`).toBe(dtype);
+  for (let o = 0; o < want.data.length; o++) {
+    const bound = (n + 2) * 2 ** -24 * absSum.data[o]!;
+    const err = Math.abs(got.data[o]! - want.data[o]!);
+    if (!(err <= bound)) expect.fail(`${where}: element ${o} got ${got.data[o]} but the reference is ${want.data[o]} (|error| ${err.toExponential(2)} > bound ${bound.toExponential(2)})`);
+  }
+}
+
 /** Every float32 of a bf16 tensor has zero low 16 bits. */
 function expectBf16Representable(got: GlobalValue, what: string): void {
   const bits = new Uint32Array(Float32Array.from(got.data).buffer);
@@ -837,12 +854,10 @@ describe(`ops against a float64 reference, 1-device mesh ${SEED_NOTE}`, () => {
       expectClose(s!, Ref.build([["t", 3], ["m_tiles", 2]], (i) => Math.fround(ax.get(`${i.t},${i.m_tiles}`)! / 448)), "exact", "quantize scales", "f32");
       expectClose(dq!, Ref.build(x.ref.dims, (i) => Math.fround(qRef.at(i) * Math.fround(ax.get(kx(i))! / 448))), "exact", "dequantize", "f32");
       const wq = (i: Idx) => roundToE4M3(Math.fround(w.ref.at(i) * Math.fround(448 / aw.get(kw(i))!))) * Math.fround(aw.get(kw(i))! / 448);
-      const yRef = Ref.build([["t", 3], ["n", 5]], (i) => {
-        let acc = 0;
-        for (let m = 0; m < 200; m++) acc += qRef.at({ t: i.t!, m }) * Math.fround(ax.get(kx({ t: i.t!, m }))! / 448) * wq({ m, n: i.n! });
-        return acc;
-      });
-      expectClose(y!, yRef, "f32", "scaled_dot", "f32");
+      const term = (i: Idx, m: number) => qRef.at({ t: i.t!, m }) * Math.fround(ax.get(kx({ t: i.t!, m }))! / 448) * wq({ m, n: i.n! });
+      const yRef = Ref.build([["t", 3], ["n", 5]], (i) => Array.from({ length: 200 }, (_, m) => term(i, m)).reduce((s, v) => s + v, 0));
+      const yAbs = Ref.build([["t", 3], ["n", 5]], (i) => Array.from({ length: 200 }, (_, m) => Math.abs(term(i, m))).reduce((s, v) => s + v, 0));
+      expectWithinSumBound(y!, yRef, yAbs, 200, "scaled_dot", "f32");
     });
 
     // the routed experts' FP8 ops (the promotion emulation itself: test/unit/fp8-moe.test.ts)
