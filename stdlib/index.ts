@@ -6,7 +6,7 @@ export * from "./ops/elementwise.ts";
 export * from "./ops/reduce.ts";
 export * from "./ops/contraction.ts";
 export * from "./ops/routing.ts";
-export { moeDispatch, moeCombine, type DispatchOpts } from "./ops/dispatch.ts";
+export { moeDispatch, moeCombine, moeRedispatch, type DispatchOpts } from "./ops/dispatch.ts";
 export * from "./ops/movement.ts";
 export { randn, rand, zeros, ones, full, iota, fromGlobal, fromLocal } from "./ops/factories.ts";
 export { redistribute } from "./ops/redistribute.ts";

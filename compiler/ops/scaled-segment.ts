@@ -12,7 +12,10 @@
 // Placements are segment_dot's / segment_wgrad's, without Partial operands (a sum of quantized pieces
 // is not a quantized tensor). The gradient of scaled_segment_dot is the FP8 recipe: Dgrad =
 // scaled_segment_dot(quantize(dY, 1×128 along n), w's blocks read transposed), Wgrad =
-// scaled_segment_wgrad(dequantize(x), dY).
+// scaled_segment_wgrad(dequantize(x), dY). Dgrad is bf16; attr `dx: "f32"` casts it to f32 for rows
+// quantized before an MoE dispatch from f32 tokens (stdlib/nn/fp8.ts fp8Dispatch): quantize's
+// straight-through gradient would have cast it there, so the rows' gradients then add up and travel
+// back in f32 as they do when the rows are quantized after the dispatch.
 import type { Attrs, Placement, TensorType } from "../ir/types.ts";
 import type { LocalData, LocalTensor } from "../ir/local.ts";
 import { DTypeError, ShapeError, ShardingError } from "../errors.ts";
@@ -30,6 +33,11 @@ const outDType = (op: string, attrs: Attrs) => {
   const out = attrs.out ?? "bf16";
   if (out !== "bf16" && out !== "f32") throw new DTypeError(`${op}() output dtype must be f32 or bf16, got ${JSON.stringify(out)}`);
   return out;
+};
+const dxDType = (attrs: Attrs) => {
+  const dx = attrs.dx ?? "bf16";
+  if (dx !== "bf16" && dx !== "f32") throw new DTypeError(`${OP}() dx (the dtype of x's gradient: that of the rows before they were quantized) must be f32 or bf16, got ${JSON.stringify(dx)}`);
+  return dx;
 };
 
 /** segment_dot's dims plus the FP8 form: x tiled 1×128 along k only, w tiled 128×128 over its one out dim and k. */
@@ -73,6 +81,7 @@ const scaledSegmentDot: OpDef = {
   args: ["x", "x_scales", "w", "w_scales", "counts"],
   shape: ([x, sx, w, sw, c], attrs) => {
     const sd = scaledSegDims(x!, sx!, w!, sw!, c!, attrs);
+    dxDType(attrs);
     return [{ dims: [...x!.dims.filter((d) => d.name !== sd.k), findDim(w!, sd.nOut)!], dtype: outDType(OP, attrs) }];
   },
   shard: ([px, psx, pw, psw, pc], ctx) => {
@@ -117,7 +126,8 @@ const scaledSegmentDot: OpDef = {
     const g = gy[0]!;
     // Dgrad: dY in 1x128 tiles along n times each expert's 128x128 blocks, read transposed
     const [qg, sg] = b.ops("quantize", [g], { tiling: "1x128", dims: [sd.nOut] });
-    const gx = b.op(OP, [qg!, sg!, x[2]!, x[3]!, x[4]!], { contract: sd.nOut, out: "bf16" });
+    const dgrad = b.op(OP, [qg!, sg!, x[2]!, x[3]!, x[4]!], { contract: sd.nOut, out: "bf16" });
+    const gx = dxDType(attrs) === "bf16" ? dgrad : b.op("cast", [dgrad], { dtype: "f32" });
     // Wgrad: the forward's FP8 rows (dequantized) and dY, each requantized 128x1 along the segment's rows
     const xd = b.op("dequantize", [x[0]!, x[1]!], { out: "f32" });
     const gw = b.op(WOP, [xd, g, x[4]!], { k: sd.k, n: sd.nOut, out: "bf16" });

@@ -17,7 +17,7 @@ import { redistribute } from "../ops/redistribute.ts";
 import { moeCombine, moeDispatch } from "../ops/dispatch.ts";
 import type { ParamStore } from "./params.ts";
 import { swiglu, toActivation } from "./layers.ts";
-import { fp8SegmentDot } from "./fp8.ts";
+import { fp8Dispatch, fp8SegmentDot, isFp8Rows, type Fp8Rows } from "./fp8.ts";
 
 export interface MoeConfig {
   experts: number;
@@ -30,7 +30,12 @@ export interface MoeConfig {
   auxLoss: number;
   /** Node-limited routing: experts form `groups` groups; a token's experts lie in at most `maxGroups` of them. */
   nodeLimit?: { groups: number; maxGroups: number };
-  /** The FP8 recipe for the routed and shared experts (the router, gates and combine stay as they are). */
+  /**
+   * The FP8 recipe for the routed and shared experts (the router, gates and combine stay as they are).
+   * With `fusedDispatch` the tokens are quantized before the dispatch and travel as e4m3 codes with
+   * their 1x128 scales (fp8Dispatch, stdlib/nn/fp8.ts); the composed path moves them in their own
+   * dtype and quantizes after. The results are the same bits.
+   */
   fp8?: boolean;
   /**
    * Dispatch and combine as the single ops moe_dispatch / moe_combine (one plan step each) instead
@@ -69,15 +74,15 @@ export function moe(ps: ParamStore, name: string, x: AnyDTensor, cfg: MoeConfig,
   const picked = gather(scores, indices, "experts") as AnyDTensor; // [batch, seq, k], unbiased scores
   const gate = div(picked, sum(picked, "k") as AnyDTensor);
 
-  const routed = cfg.fusedDispatch ? fusedRoute(x, indices, gate, E, ep) : composedRoute(x, indices, gate, E, K, ep);
+  const routed = cfg.fusedDispatch ? fusedRoute(x, indices, gate, E, ep, cfg.fp8 === true) : composedRoute(x, indices, gate, E, K, ep);
   const { rows, segCounts, counts } = routed;
   const expert = (p: string, a: string, an: number, b: string, bn: number) =>
     ps.param(`${name}.${p}`, { experts: E, [a]: an, [b]: bn }, { kind: "normal", std: 1 / Math.sqrt(an) }, { ep: "experts" });
   const seg = { rows: "rows", groups: "experts" } as const;
   const w1 = expert("w1", "model", model, "ffn", cfg.ffn), w3 = expert("w3", "model", model, "ffn", cfg.ffn), w2 = expert("w2", "ffn", cfg.ffn, "model", model);
   // fp8: the routed experts' contractions in FP8 (grouped, block-scaled; FP8 Dgrad and Wgrad too)
-  const sdot = (a: AnyDTensor, w: AnyDTensor, k: string, n: string): AnyDTensor =>
-    cfg.fp8 ? fp8SegmentDot(a, w, segCounts, k, n) : (segmentDot(a, w, segCounts, k, seg) as AnyDTensor);
+  const sdot = (a: AnyDTensor | Fp8Rows, w: AnyDTensor, k: string, n: string): AnyDTensor =>
+    cfg.fp8 || isFp8Rows(a) ? fp8SegmentDot(a, w, segCounts, k, n) : (segmentDot(a, w, segCounts, k, seg) as AnyDTensor);
   const h = mul(silu(sdot(rows, w1, "model", "ffn")), sdot(rows, w3, "model", "ffn"));
   let y = routed.combine(sdot(h, w2, "ffn", "model"));
   for (let i = 0; i < cfg.shared; i++) y = add(y, swiglu(ps, `${name}.shared${i}`, x, cfg.ffn, cfg.fp8));
@@ -96,7 +101,7 @@ export function moe(ps: ParamStore, name: string, x: AnyDTensor, cfg: MoeConfig,
 
 interface Routed {
   /** Rows grouped by expert (on the expert axis: each rank's own experts), and their counts there. */
-  rows: AnyDTensor;
+  rows: AnyDTensor | Fp8Rows;
   segCounts: AnyDTensor;
   /** Tokens per expert in the tokens' own layout (for the load statistics). */
   counts: AnyDTensor;
@@ -123,9 +128,10 @@ function composedRoute(x: AnyDTensor, indices: AnyDTensor, gate: AnyDTensor, E: 
 }
 
 /** moe_dispatch / moe_combine: each one step of the plan. */
-function fusedRoute(x: AnyDTensor, indices: AnyDTensor, gate: AnyDTensor, E: number, ep: string | undefined): Routed {
+function fusedRoute(x: AnyDTensor, indices: AnyDTensor, gate: AnyDTensor, E: number, ep: string | undefined, fp8: boolean): Routed {
   const axis = ep ?? null;
-  const d = moeDispatch(x, indices, { axis, dim: "seq", k: "k", rows: "rows", groups: "experts", numGroups: E });
+  const o = { axis, dim: "seq", k: "k", rows: "rows", groups: "experts", numGroups: E };
+  const d = fp8 ? fp8Dispatch(x, indices, o, "model") : moeDispatch(x, indices, o);
   const combine = (out: AnyDTensor) => moeCombine(out, d.perm, gate, { axis, dim: "seq", size: x.dims.seq!, k: "k", numK: indices.dims.k! });
   return { rows: d.rows, segCounts: d.counts, counts: d.counts, combine };
 }

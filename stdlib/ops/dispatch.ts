@@ -1,6 +1,6 @@
 // MoE dispatch and combine as single ops (compiler/ops/dispatch.ts): the permute by expert, the
 // count exchange and the token exchange over the expert mesh axis in one step, and the way back
-// with the gate-weighted sum. Shapes and placements are checked when traced.
+// with the gate-weighted sum (and its transpose, moe_redispatch). Shapes and placements are checked when traced.
 import type { AnyDTensor } from "../dtensor.ts";
 import { trace } from "./trace.ts";
 
@@ -35,4 +35,14 @@ export function moeDispatch(x: AnyDTensor, indices: AnyDTensor, o: DispatchOpts)
 export function moeCombine(rows: AnyDTensor, perm: AnyDTensor, weights: AnyDTensor | null, o: { axis: string | null; dim: string; size: number; k: string; numK: number }): AnyDTensor {
   const attrs = { axis: o.axis, dim: o.dim, size: o.size, k: o.k, numK: o.numK, keepK: false };
   return trace("moe_combine", weights ? [rows, perm, weights] : [rows, perm], attrs)[0]!;
+}
+
+/**
+ * Combine's transpose: `src` [...batch, seq, ...row] laid out as moe_dispatch laid out its rows, by
+ * that dispatch's `perm` (a token's rows are copies of its row of src; with `weights` each times its
+ * slot's weight). One gather and one token exchange: the routing is not computed again.
+ */
+export function moeRedispatch(src: AnyDTensor, perm: AnyDTensor, weights: AnyDTensor | null, o: { axis: string | null; dim: string; size: number; k: string; numK: number }): AnyDTensor {
+  const attrs = { axis: o.axis, dim: o.dim, size: o.size, k: o.k, numK: o.numK, keepK: false };
+  return trace("moe_redispatch", weights ? [src, perm, weights] : [src, perm], attrs)[0]!;
 }
