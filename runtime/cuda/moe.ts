@@ -28,7 +28,7 @@ function launch(exe: CudaExecutor, k: { name: string; source: string }, blocks: 
 
 /** Rows of `words` words gathered by perm; the word is the widest the row bytes and pointers allow. */
 function gatherRows(exe: CudaExecutor, out: DeviceTensor, src: DeviceTensor, perm: DeviceTensor, rows: number, n: number, per: number, srcRows: number, rowBytes: number): void {
-  const V = ([16, 4, 1] as const).find((v) => rowBytes % v === 0 && out.ptr % BigInt(v) === 0n && src.ptr % BigInt(v) === 0n)!;
+  const V = M.gatherWord(rowBytes, [out.ptr, src.ptr]);
   launch(exe, M.moeGatherRows(V), Math.ceil(rows / 8), 256, [["ptr", out.ptr], ["ptr", src.ptr], ["ptr", perm.ptr], ["i64", rows], ["i32", n], ["i32", per], ["i64", srcRows], ["i64", rowBytes / V]]);
 }
 

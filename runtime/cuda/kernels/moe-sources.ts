@@ -1,9 +1,9 @@
 // Hand-written kernels of MoE dispatch and combine (compiler/ops/dispatch.ts): the fused permute
 // (per-expert counts, the stable sort of every (token, k) slot by expert and its inverse, in one
-// block per batch entry), the row gather into send order (a byte copy, vectorised; with the gate
-// weights for redispatch) and the un-permute + weighted combine. Each gives the CPU reference's
-// results bit for bit: the combine adds a token's rows in row order in double precision, as the
-// reference does, and rounds once.
+// block per batch entry), the row gather into send order (a byte copy, vectorised, of any dtype:
+// FP8 codes and their scales too; with the gate weights for redispatch) and the un-permute +
+// weighted combine. Each gives the CPU reference's results bit for bit: the combine adds a token's
+// rows in row order in double precision, as the reference does, and rounds once.
 import type { DType } from "../../../compiler/ir/types.ts";
 import { ctype, PRELUDE } from "./sources.ts";
 
@@ -72,6 +72,14 @@ extern "C" __global__ void ${name}(int* __restrict__ pos, const int* __restrict_
   }
 }`,
   };
+}
+
+/**
+ * The word moeGatherRows moves: the widest of 16, 4 and 1 bytes that divides the row's bytes and
+ * both pointers. Rows whose bytes are no multiple of 4 (an FP8 row of d = 6 or 130) move bytewise.
+ */
+export function gatherWord(rowBytes: number, ptrs: bigint[]): 16 | 4 | 1 {
+  return ([16, 4, 1] as const).find((v) => rowBytes % v === 0 && ptrs.every((p) => p % BigInt(v) === 0n))!;
 }
 
 /**

@@ -23,7 +23,9 @@ import { isContiguous, type Counts } from "./transfers.ts";
 import { Communicators, waitComm } from "./communicators.ts";
 import { WatchdogThread } from "./watchdog-thread.ts";
 
-const NCCL_TYPE: Record<DType, number> = { f32: NcclDataType.f32, bf16: NcclDataType.bf16, i32: NcclDataType.i32, fp8e4m3: NcclDataType.f8e4m3, fp8e5m2: NcclDataType.f8e5m2 };
+// FP8 values only move (the rules refuse a Partial FP8 value, so no reduction meets one): their bytes
+// travel as u8, which every NCCL version and GPU takes (ncclFloat8e4m3 is recent and meant for reductions)
+const NCCL_TYPE: Record<DType, number> = { f32: NcclDataType.f32, bf16: NcclDataType.bf16, i32: NcclDataType.i32, fp8e4m3: NcclDataType.u8, fp8e5m2: NcclDataType.u8 };
 
 export interface DistSetup {
   rank: number;
@@ -183,7 +185,10 @@ export class RankLocal {
     a.streamWaitEvent(cs, start);
     span?.begin(cs);
     const release: DeviceTensor[] = [];
-    const red = (r: "sum" | "max") => (r === "sum" ? NcclRedOp.sum : NcclRedOp.max);
+    const red = (r: "sum" | "max") => {
+      if (nt === NcclDataType.u8) throw new CompileError(`${low.what}: a ${r} reduction of ${dtype} values (a shardts bug: FP8 values only move); redistribute the f32/bf16 value before quantize`);
+      return r === "sum" ? NcclRedOp.sum : NcclRedOp.max;
+    };
     let grouped = false;
     for (const c of low.calls) {
       switch (c.op) {
