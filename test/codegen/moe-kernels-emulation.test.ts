@@ -3,15 +3,19 @@
 // fused permute (counts and the stable sort by expert, several 256-slot chunks, skewed routing,
 // empty experts, dropped ids, 300 experts), its inverse, the row gather at each word width, the
 // weighted gather (redispatch, from token rows and from slot rows) and the combine (weighted,
-// unweighted, keeping k), in f32 and bf16. Every output must equal the ops' CPU references
-// (compiler/ops/dispatch.ts) bit for bit. Skipped, saying so, without g++.
+// unweighted, keeping k), in f32 and bf16; and FP8 dispatch's gathers (stdlib/nn/fp8.ts fp8Dispatch):
+// e4m3 code rows of 6 to 2048 bytes (every word width, rows no multiple of 16 bytes) and their f32
+// scale rows. Every output must equal the ops' CPU references (compiler/ops/dispatch.ts) bit for
+// bit. Skipped, saying so, without g++.
 import { describe, expect, it } from "vitest";
 import { execFile, execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { moeCombine, moeGatherRows, moeGatherWeighted, moeInvert, moeRoute, MOE_ROUTE_BLOCK } from "../../runtime/cuda/kernels/moe-sources.ts";
+import { gatherWord, moeCombine, moeGatherRows, moeGatherWeighted, moeInvert, moeRoute, MOE_ROUTE_BLOCK } from "../../runtime/cuda/kernels/moe-sources.ts";
+import { quantizeValues } from "../../compiler/ops/quantize.ts";
+import { e4m3FromBits, e4m3ToBits } from "../../compiler/numeric/fp8.ts";
 import { getOp } from "../../compiler/ops/index.ts";
 import type { Attrs, Dim, DType, TensorType } from "../../compiler/ir/types.ts";
 import type { LocalTensor } from "../../compiler/ir/local.ts";
@@ -60,7 +64,7 @@ describe.skipIf(!GXX)("MoE dispatch/combine kernels, run on a CPU emulation of t
       const val = () => (dtype === "bf16" ? roundToBf16 : Math.fround)((rnd() - 0.5) * 6);
       const ids = Array.from({ length: B * n }, (_, i) => c.ids(rnd, Math.floor(i / K) % S, i % K));
       const x = Array.from({ length: B * S * D }, val), w = Array.from({ length: B * n }, val), rowsIn = Array.from({ length: B * n * D }, val);
-      const V = (D * es) % 16 === 0 ? 16 : (D * es) % 4 === 0 ? 4 : 1;
+      const V = gatherWord(D * es, [0n]);
       const gather = moeGatherRows(V), route = moeRoute(), inv = moeInvert(), wg = moeGatherWeighted(dtype), combK = moeCombine(dtype);
       const GW = V === 16 ? "uint4" : V === 4 ? "unsigned int" : "unsigned char";
       const Tc = dtype === "f32" ? "float" : "__nv_bfloat16";
@@ -131,6 +135,67 @@ int main(int, char** argv) {
       }
       // the routing is what the label says
       if (c.G === 9) expect(Array.from(want.counts).filter((v) => v === 0).length).toBeGreaterThan(0);
+    }
+    expect(bad).toEqual([]);
+  }, 300_000);
+  // d: 6 (bytewise), 12 (4-byte words; scales 4 B), 130 (bytewise; scales 8 B), 384 (16 B; scales 12 B), 2048 (16 B; scales 64 B)
+  it("FP8 dispatch: e4m3 code rows and their scale rows gathered by the permute's perm equal moe_dispatch / moe_redispatch bit for bit", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "shardts-moeemu-fp8-"));
+    const run = promisify(execFile);
+    const bad: string[] = [];
+    for (const D of [6, 12, 130, 384, 2048]) {
+      const B = 2, S = 40, K = 3, G = 6, n = S * K, tiles = Math.ceil(D / 128);
+      const rnd = mulberry32(D);
+      const ids = Array.from({ length: B * n }, () => (rnd() < 0.05 ? -1 : rnd() < 0.5 ? 1 : Math.floor(rnd() * (G - 1)))); // expert G-1 empty
+      const x = Float32Array.from({ length: B * S * D }, () => Math.fround((rnd() - 0.5) * 8));
+      const { q, scales } = quantizeValues(x, [B * S, D], [false, true]);
+      const codes = Buffer.from(Uint8Array.from(q, (v) => e4m3ToBits(v)));
+      const VQ = gatherWord(D, [0n]), VS = gatherWord(4 * tiles, [0n]);
+      const gq = moeGatherRows(VQ), gs = moeGatherRows(VS), route = moeRoute();
+      const word = (v: number) => (v === 16 ? "uint4" : v === 4 ? "unsigned int" : "unsigned char");
+      const strip = (src: string) => src.slice(src.indexOf("typedef"));
+      const exe = join(dir, `fp8_d${D}`);
+      writeFileSync(`${exe}.cpp`, `#include "cuda-emu.h"
+${route.source}
+${strip(gq.source)}
+${VS === VQ ? "" : strip(gs.source)}
+int main(int, char** argv) {
+  const long long B = ${B}, S = ${S}, K = ${K}, G = ${G}, n = S * K, qb = ${D}, sb = ${4 * tiles};
+  FILE* f = fopen(argv[1], "rb");
+  int* keys = (int*)calloc(B * n, 4); unsigned char* x = (unsigned char*)calloc(B * S * qb, 1); unsigned char* sc = (unsigned char*)calloc(B * S * sb, 1);
+  if (fread(keys, 4, B * n, f) != (size_t)(B * n) || fread(x, 1, B * S * qb, f) != (size_t)(B * S * qb) || fread(sc, 1, B * S * sb, f) != (size_t)(B * S * sb)) return 2;
+  fclose(f);
+  int* counts = (int*)calloc(B * G, 4), *perm = (int*)calloc(B * n, 4);
+  unsigned char* rows = (unsigned char*)malloc(B * n * qb); unsigned char* rs = (unsigned char*)malloc(B * n * sb);
+  memset(rows, 0x5a, B * n * qb); memset(rs, 0x5a, B * n * sb);
+  emu_launch(2, ${MOE_ROUTE_BLOCK}, [&] { ${route.name}(counts, perm, keys, B, (int)n, (int)G); });
+  emu_launch(3, 64, [&] { ${gq.name}((${word(VQ)}*)rows, (const ${word(VQ)}*)x, perm, B * n, (int)n, (int)K, S, qb / ${VQ}); });
+  emu_launch(3, 64, [&] { ${gs.name}((${word(VS)}*)rs, (const ${word(VS)}*)sc, perm, B * n, (int)n, (int)K, S, sb / ${VS}); });
+  FILE* o = fopen(argv[2], "wb");
+  fwrite(perm, 4, B * n, o); fwrite(rows, 1, B * n * qb, o); fwrite(rs, 1, B * n * sb, o);
+  fclose(o);
+  return 0;
+}
+`);
+      writeFileSync(`${exe}.in`, Buffer.concat([bytesOf("i32", ids), codes, bytesOf("f32", scales)]));
+      await run(GXX!, ["-std=c++20", "-O1", "-pthread", "-w", `-I${EMU}`, `-I${join(EMU, "include")}`, "-x", "c++", `${exe}.cpp`, "-o", exe]);
+      execFileSync(exe, [`${exe}.in`, `${exe}.out`]);
+      const out = readFileSync(`${exe}.out`);
+      const perm = valuesOf("i32", out.subarray(0, B * n * 4));
+      const rows = Array.from(out.subarray(B * n * 4, B * n * (4 + D)), e4m3FromBits);
+      const rowScales = valuesOf("f32", out.subarray(B * n * (4 + D)));
+
+      const tPerm = T([["b", B], ["rows", n, true]], "i32");
+      const [wantRows, wantPerm] = getOp("moe_dispatch").global!(
+        [L("fp8e4m3", [B, S, D], q), L("i32", [B, S, K], ids)], { axis: null, dim: "s", k: "k", rows: "rows", groups: "e", numGroups: G },
+        [T([["b", B], ["s", S], ["d", D]], "fp8e4m3"), T([["b", B], ["s", S], ["k", K]], "i32")], [T([["b", B], ["rows", n, true], ["d", D]], "fp8e4m3"), tPerm, T([["b", B], ["e", G]], "i32")]);
+      const [wantScales] = getOp("moe_redispatch").global!(
+        [L("f32", [B, S, tiles], scales), L("i32", [B, n], wantPerm!.data)], { axis: null, dim: "s", size: S, k: "k", numK: K, keepK: false },
+        [T([["b", B], ["s", S], ["d_tiles", tiles]], "f32"), tPerm], [T([["b", B], ["rows", n, true], ["d_tiles", tiles]], "f32")]);
+      const same = (a: number[], b: ArrayLike<number>) => a.length === b.length && a.every((v, i) => Object.is(v, b[i]) || (v === 0 && b[i] === 0));
+      if (!same(perm, wantPerm!.data)) bad.push(`d ${D}: perm`);
+      if (!same(rows, wantRows!.data)) bad.push(`d ${D}: code rows (${VQ}-byte words)`);
+      if (!same(rowScales, wantScales!.data)) bad.push(`d ${D}: scale rows (${VS}-byte words)`);
     }
     expect(bad).toEqual([]);
   }, 300_000);
