@@ -1,12 +1,15 @@
 // RankLocal's host path per collective, on the CPU over a native layer that only counts
 // (test/unit/nccl/fake-addon.ts): lowerings are cached per plan step, events come from a pool, compute
 // waits only for the steps whose outputs it reads (prefetched steps stay in flight), the watchdog
-// still names a collective that never completes, and the host work stays a few microseconds.
+// still names a collective that never completes, the host work stays a few microseconds, and FP8
+// values (MoE's FP8 dispatch) cross as their bytes.
 import { describe, it, expect } from "vitest";
 import { RankLocal } from "../../runtime/cuda/nccl/collectives.ts";
 import { Communicators } from "../../runtime/cuda/nccl/communicators.ts";
 import { WatchdogThread } from "../../runtime/cuda/nccl/watchdog-thread.ts";
 import { empty } from "../../runtime/cuda/memory.ts";
+import { NcclDataType } from "../../runtime/cuda/native-types.ts";
+import type { Plan } from "../../compiler/plan.ts";
 import { firstTimeout, withWatchdog } from "./nccl/watchdog-harness.ts";
 import { fakeAddon, fakeExecutor } from "./nccl/fake-addon.ts";
 import { collectiveCases, measure } from "../../bench/host/nccl-step-overhead.ts";
@@ -137,5 +140,28 @@ describe("RankLocal host path", () => {
   it("costs a few microseconds of host work per collective (fake native layer)", async () => {
     const rows = await measure({ reps: 5000, watchdog: true });
     for (const r of rows) expect(r.usPerCall, `${r.name}: ${r.usPerCall.toFixed(2)} us`).toBeLessThan(20);
+  });
+  it("FP8 values cross as u8, one byte an element (all-to-all, all-gather); a reduction of one is refused", () => {
+    const { f, rl, ex } = setup();
+    const seen: { op: string; count: number; dtype: number }[] = [];
+    const wrapped = new Proxy(f.addon, {
+      get: (t, name: string) => (name === "ncclSend" || name === "ncclRecv" || name === "ncclAllGather" ? (...a: unknown[]) => (seen.push({ op: name, count: Number(a[name === "ncclAllGather" ? 2 : 1]), dtype: a[name === "ncclAllGather" ? 3 : 2] as number }), 0) : (t as never)[name]),
+    });
+    (ex as { addon: unknown }).addon = wrapped;
+    const fp8 = (p: Plan): Plan => ({ ...p, values: p.values.map((v) => ({ ...v, type: { ...v.type, dtype: "fp8e4m3" } })) });
+    const cases = collectiveCases(2, 96);
+    for (const c of cases.filter((k) => k.name === "all_to_all" || k.name === "all_gather")) {
+      seen.length = 0;
+      const plan = fp8(c.plan);
+      const input = empty(ex.mem, "fp8e4m3", plan.values[0]!.shapes[0]!);
+      ex.release(rl.step(plan, c.step, 0, 1, input, noCounts, false));
+      expect(seen.length, c.name).toBeGreaterThan(0);
+      for (const call of seen) expect(call.dtype, `${c.name} ${call.op}`).toBe(NcclDataType.u8);
+      // this rank's piece, 96 elements, leaves it (all-gather: whole; all-to-all: half to each rank, itself included)
+      expect(seen.reduce((a, k) => a + (k.op === "ncclRecv" ? 0 : k.count), 0), `${c.name}: bytes sent`).toBe(96);
+    }
+    const ar = cases.find((k) => k.name === "all_reduce")!, plan = fp8(ar.plan);
+    expect(() => rl.step(plan, ar.step, 0, 1, empty(ex.mem, "fp8e4m3", plan.values[0]!.shapes[0]!), noCounts, false)).toThrow(/sum reduction of fp8e4m3/);
+    rl.flush();
   });
 });
