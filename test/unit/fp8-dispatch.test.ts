@@ -3,7 +3,8 @@
 // row, so the rows must be bit for bit those of quantizing after the dispatch; the MoE block with
 // fp8 + fusedDispatch must equal the fp8 path that dispatches the activations and quantizes after,
 // forward and every gradient bit for bit, on meshes with an expert axis and random, skewed and
-// empty-expert routings; the tokens' gradient returns through dispatch's transpose in their dtype.
+// empty-expert routings; the tokens' gradient returns through dispatch's transpose in their dtype;
+// and the fusion pass makes the tokens' quantize the epilogue of the kernel that produces them.
 import { describe, expect, it } from "vitest";
 import { Mesh } from "../../stdlib/mesh.ts";
 import { ParamStore } from "../../stdlib/nn/params.ts";
@@ -12,15 +13,17 @@ import { moe, type MoeConfig } from "../../stdlib/nn/moe.ts";
 import { fp8Dispatch, fp8SegmentDot } from "../../stdlib/nn/fp8.ts";
 import { input, piecesOf, Program } from "../../stdlib/program.ts";
 import { grad } from "../../stdlib/autodiff.ts";
-import { fromGlobal, randn } from "../../stdlib/ops/factories.ts";
+import { fromGlobal, ones, randn } from "../../stdlib/ops/factories.ts";
 import { moeCombine, moeDispatch, type DispatchOpts } from "../../stdlib/ops/dispatch.ts";
 import { quantize } from "../../stdlib/ops/quantize.ts";
 import { evaluate } from "../../stdlib/index.ts";
 import type { AnyDTensor } from "../../stdlib/dtensor.ts";
-import { sum } from "../../stdlib/ops/reduce.ts";
+import { rmsnorm, sum } from "../../stdlib/ops/reduce.ts";
 import { add, mul } from "../../stdlib/nn/ops-internal.ts";
 import { toActivation } from "../../stdlib/nn/layers.ts";
 import { DTypeError } from "../../compiler/errors.ts";
+import { compile } from "../../compiler/pipeline.ts";
+import { fuse } from "../../compiler/codegen/fuse.ts";
 import { roundToBf16 } from "../../compiler/numeric/bf16.ts";
 import { mulberry32 } from "../helpers/prng.ts";
 
@@ -80,6 +83,18 @@ describe("the MoE block with FP8 dispatch", () => {
         if (routing === "empty") for (const e of [0, 3, 6, 7]) expect(load[e], `expert ${e} is empty`).toBe(0);
         if (routing === "skewed") expect(load[2]).toBe(B * S);
       });
+  it("the fused plan quantizes the tokens in the RMSNorm kernel's epilogue: no quantize of activations stands alone", () => {
+    const layout = LAYOUTS[2]!, mesh = Mesh.of(layout.mesh), ps = new ParamStore(mesh, layout);
+    const at = ps.placementsObject(layout.activation(["batch", "seq", "model"])) as never;
+    const h = randn(mesh, { batch: 4, seq: 8, model: 256 }, "f32", at, { seed: 3 }) as AnyDTensor;
+    const x = rmsnorm(h as never, ones(mesh, { model: 256 }, "f32") as never, "model") as AnyDTensor;
+    const out = moe(ps, "m", x, { ...cfg, experts: 4, ffn: 128, fusedDispatch: true }, input(mesh, "bias", { experts: 4 }, "f32") as AnyDTensor);
+    const instrs = fuse(compile(mesh.builder.graph, [out.y.ref])).instrs;
+    const kernels = instrs.flatMap((i) => (i.kind === "kernel" ? [i.spec] : []));
+    expect(kernels.some((k) => k.kind === "row" && k.ops.join() === "rmsnorm,quantize" && k.results.some((r) => r.dtype === "fp8e4m3"))).toBe(true);
+    const alone = instrs.flatMap((i) => (i.kind === "op" && i.op === "quantize" ? [i.attrs.tiling] : []));
+    expect(alone, "only the weights' 128x128 blocks").toEqual(["128x128", "128x128", "128x128"]);
+  });
 });
 
 describe("fp8Dispatch and fp8SegmentDot on pre-quantized rows, bf16 and f32 tokens", () => {
