@@ -16,7 +16,8 @@ import moeLayer from "../../examples/moe-layer.ts";
 import tpMlp from "../../examples/tp-mlp.ts";
 import type { DType } from "../../compiler/ir/types.ts";
 import { quantize, dequantize, scaledDot } from "../../stdlib/ops/quantize.ts";
-import { moeCombine, moeDispatch } from "../../stdlib/ops/dispatch.ts";
+import { moeCombine, moeDispatch, moeRedispatch } from "../../stdlib/ops/dispatch.ts";
+import { fp8Dispatch } from "../../stdlib/nn/fp8.ts";
 import { redistribute } from "../../stdlib/ops/redistribute.ts";
 import { sum } from "../../stdlib/ops/reduce.ts";
 import { mul } from "../../stdlib/nn/ops-internal.ts";
@@ -148,6 +149,17 @@ const cases: { op: string; dtypes: DType[]; make: Maker }[] = [
       return raw(op, [op === "moe_combine" ? rows! : T(m, { g: 2, s: 12, d: 16 }, t), perm!, w], attrs);
     }) as Maker,
   })),
+  // FP8 dispatch (stdlib/nn/fp8.ts): e4m3 code rows of 200 B (4-byte words) and 130 B (bytewise) and
+  // their scale rows (8 B) through the gather kernel; codes exact, scales f32-exact
+  {
+    op: "moe_dispatch", dtypes: ["fp8e4m3"],
+    make: ((m) => [200, 130].flatMap((d) => {
+      const q = quantize(T(m, { g: 2, s: 12, d }, "bf16") as never, "1x128", "d") as { q: AnyDTensor; scales: AnyDTensor };
+      const ids = T(m, { g: 2, s: 12, k: 2 }, "i32", () => (rnd() < 0.1 ? -1 : Math.floor(rnd() * 5)));
+      const disp = moeDispatch(q.q, ids, { axis: null, dim: "s", k: "k", rows: "rows", groups: "e", numGroups: 5 });
+      return [disp.rows, disp.perm, moeRedispatch(q.scales, disp.perm, null, { axis: null, dim: "s", size: 12, k: "k", numK: 2 })];
+    })) as Maker,
+  },
 ];
 
 /** max |a-b| / max |b| (NaN must match NaN). */
@@ -226,27 +238,33 @@ for (const [name, def] of ([["moe-layer", moeLayer], ["tp-mlp", tpMlp]] as [stri
 }
 
 // MoE dispatch -> identity experts -> weighted combine with gradients, on a simulated dp=2 x ep=3
-// mesh (kernels per rank, the exchanges through the CPU simulation), against the CPU backend
+// mesh (kernels per rank, the exchanges through the CPU simulation), against the CPU backend; fp8e4m3:
+// FP8 dispatch of bf16 tokens (codes and scales travel, dequantized for the identity experts)
 log("\nmoe_dispatch/moe_combine on a simulated {dp:2, ep:3} mesh against the CPU backend:");
-for (const t of (!only || only.test("moe_mesh") ? ["f32", "bf16"] : []) as DType[]) {
+for (const t of (!only || only.test("moe_mesh") ? ["f32", "bf16", "fp8e4m3"] : []) as DType[]) {
   try {
     const mesh = Mesh.of({ dp: 2, ep: 3 });
     const on = { dp: "S(b)", ep: "S(b)" } as never;
     const B = 12, S = 10, K = 3, Dm = 24, E = 7;
-    const x = fromGlobal(mesh, { b: B, s: S, d: Dm }, t, Array.from({ length: B * S * Dm }, () => rnd() * 4 - 2), on) as AnyDTensor;
+    const fp8 = t === "fp8e4m3", ft = fp8 ? "bf16" : t;
+    const x = fromGlobal(mesh, { b: B, s: S, d: Dm }, ft, Array.from({ length: B * S * Dm }, () => rnd() * 4 - 2), on) as AnyDTensor;
     const idx = fromGlobal(mesh, { b: B, s: S, k: K }, "i32", Array.from({ length: B * S * K }, () => (rnd() < 0.05 ? -1 : rnd() < 0.4 ? 3 : Math.floor(rnd() * E))), on) as AnyDTensor;
-    const w = fromGlobal(mesh, { b: B, s: S, k: K }, t, Array.from({ length: B * S * K }, () => rnd()), on) as AnyDTensor;
-    const d = moeDispatch(x, idx, { axis: "ep", dim: "s", k: "k", rows: "rows", groups: "e", numGroups: E });
-    const y = moeCombine(d.rows, d.perm, w, { axis: "ep", dim: "s", size: S, k: "k", numK: K });
+    const w = fromGlobal(mesh, { b: B, s: S, k: K }, ft, Array.from({ length: B * S * K }, () => rnd()), on) as AnyDTensor;
+    const o = { axis: "ep", dim: "s", k: "k", rows: "rows", groups: "e", numGroups: E };
+    const f8 = fp8 ? fp8Dispatch(x, idx, o, "d") : undefined;
+    const d = f8 ? { ...f8, rows: f8.rows.q } : moeDispatch(x, idx, o);
+    const rows = f8 ? (dequantize(f8.rows.q as never, f8.rows.scales as never) as AnyDTensor) : d.rows;
+    const y = moeCombine(rows, d.perm, w, { axis: "ep", dim: "s", size: S, k: "k", numK: K });
     const loss = redistribute(sum(mul(y, y), ["b", "s", "d"]), { dp: "R", ep: "R" } as never) as AnyDTensor;
     const g = grad(loss, { x, w });
-    const outs = [d.rows, d.perm, d.counts, y, g.x as AnyDTensor, g.w as AnyDTensor];
+    const outs = [d.rows, d.perm, d.counts, ...(f8 ? [f8.rows.scales] : []), y, g.x as AnyDTensor, g.w as AnyDTensor];
+    const exact = f8 ? 4 : 3;
     const plan = compile(mesh.builder.graph, outs.map((o) => o.ref));
     const cpu = runPlanCpu(plan), res = gpu.run(plan);
     const errs = outs.map((_, i) => relErr(res.outputs[i]!.data, cpu.outputs[i]!.data));
-    const bad = errs.some((e, i) => !(e <= (i < 3 ? 0 : TOL[t]!)));
+    const bad = errs.some((e, i) => !(e <= (i < exact ? 0 : TOL[ft]!)));
     if (bad) failures++;
-    log(`  ${t}: rows/perm/counts/y/dx/dw max rel err ${errs.map((e) => e.toExponential(2)).join(" / ")}${bad ? " FAIL" : " ok"}`);
+    log(`  ${t}: rows/perm/counts${f8 ? "/scales" : ""}/y/dx/dw max rel err ${errs.map((e) => e.toExponential(2)).join(" / ")}${bad ? " FAIL" : " ok"}`);
   } catch (e) {
     failures++;
     log(`  ${t}: FAIL ${(e as Error).stack?.split("\n").slice(0, 3).join(" | ")}`);
