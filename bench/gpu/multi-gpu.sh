@@ -113,7 +113,7 @@ skip 6 || stage_fsdp_prefetch
 
 if ! skip 7; then
 # 7. MoE dispatch/combine: checks and GB/s, shardts then torch in the same run
-timeout 400 "${CLI[@]}" launch --nproc-per-node "$N" bench/gpu/lib/dist-moe-dispatch.ts --json "$OUT/moe-dispatch-shardts.jsonl" > "$OUT/moe-dispatch-shardts.log" 2>&1
+timeout 600 "${CLI[@]}" launch --nproc-per-node "$N" bench/gpu/lib/dist-moe-dispatch.ts --json "$OUT/moe-dispatch-shardts.jsonl" > "$OUT/moe-dispatch-shardts.log" 2>&1
 rc=$?; note "moe dispatch shardts: exit $rc ($(grep -c ': ok' "$OUT/moe-dispatch-shardts.log") checks ok, $(grep -c FAIL "$OUT/moe-dispatch-shardts.log") FAIL lines)"
 timeout 300 python3 -m torch.distributed.run --nproc-per-node "$N" bench/peers/moe_dispatch.py --json "$OUT/moe-dispatch-torch.jsonl" > "$OUT/moe-dispatch-torch.log" 2>&1
 rc=$?; note "moe dispatch torch: exit $rc"
@@ -122,15 +122,15 @@ import json, sys, os
 o = sys.argv[1]
 def load(f):
     p = os.path.join(o, f)
-    return {(r["tokens"], r["d"], r["k"]): r for r in map(json.loads, open(p)) if r.get("kind") == "time"} if os.path.exists(p) else {}
+    return {(r["tokens"], r["d"], r["k"], r.get("fmt", "bf16")): r for r in map(json.loads, open(p)) if r.get("kind") == "time"} if os.path.exists(p) else {}
 s, t = load("moe-dispatch-shardts.jsonl"), load("moe-dispatch-torch.jsonl")
 nan = float("nan")
-print("GB/s of token payload per GPU (tokens x k x d x 2 bytes); x = shardts / torch (time ratio torch / shardts)")
-print(f"{'tokens':>6}{'d':>6}{'k':>3} | {'dispatch sh':>11}{'torch':>8}{'x':>6} | {'combine sh':>10}{'torch':>8}{'x':>6} | {'round trip ms sh':>16}{'torch':>8}{'x':>6} | {'plain a2a':>9}{'disp/plain':>11}")
+print("GB/s of dispatched payload per GPU (tokens x k x 2d bytes; fp8: d + 4d/128); x = shardts / torch (time ratio torch / shardts)")
+print(f"{'tokens':>6}{'d':>6}{'k':>3}{'fmt':>5} | {'dispatch sh':>11}{'torch':>8}{'x':>6} | {'combine sh':>10}{'torch':>8}{'x':>6} | {'round trip ms sh':>16}{'torch':>8}{'x':>6} | {'plain a2a':>9}{'disp/plain':>11}")
 for k in sorted(set(s) | set(t)):
     a, b = s.get(k, {}), t.get(k, {})
     r = lambda x, y: (x / y) if x and y and x == x and y == y else nan
-    print(f"{k[0]:>6}{k[1]:>6}{k[2]:>3} | {a.get('dispatchGBs', nan):>11}{b.get('dispatchGBs', nan):>8}{r(b.get('dispatchMs'), a.get('dispatchMs')):>6.2f} | "
+    print(f"{k[0]:>6}{k[1]:>6}{k[2]:>3}{k[3]:>5} | {a.get('dispatchGBs', nan):>11}{b.get('dispatchGBs', nan):>8}{r(b.get('dispatchMs'), a.get('dispatchMs')):>6.2f} | "
           f"{a.get('combineGBs', nan):>10}{b.get('combineGBs', nan):>8}{r(b.get('combineMs'), a.get('combineMs')):>6.2f} | "
           f"{a.get('roundTripMs', nan):>16}{b.get('roundTripMs', nan):>8}{r(b.get('roundTripMs'), a.get('roundTripMs')):>6.2f} | "
           f"{b.get('plainA2aGBs', nan):>9}{r(a.get('dispatchGBs'), b.get('plainA2aGBs')):>11.2f}" + ("" if a and "error" not in a else f"  shardts: {a.get('error', 'missing')}"))

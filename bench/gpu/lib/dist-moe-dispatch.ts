@@ -2,12 +2,16 @@
 // --nproc-per-node N` (bench/gpu/multi-gpu.sh, stage 7). Mesh ep=N; tokens sharded by batch entry.
 //   1. checks: dispatch -> identity experts -> weighted combine, forward and the gradients of the
 //      tokens and the gate weights, on the GPUs (kernels + NCCL exchanges) against the CPU-simulated
-//      mesh of the same plan, with random, skewed and empty-expert routings, f32 and bf16. Integer
-//      outputs and the dispatched rows must be equal; floats within 1e-5 (f32) / 1e-2 (bf16).
-//   2. timing: 4096 and 8192 tokens per GPU x d 2048 / 7168 x top-6 / top-8, 256 experts, bf16:
+//      mesh of the same plan, with random, skewed and empty-expert routings, f32, bf16 and fp8e4m3
+//      (FP8 dispatch of bf16 tokens, stdlib/nn/fp8.ts: e4m3 codes and their scales travel, the
+//      identity experts dequantize). Integer outputs, the dispatched rows and scales must be equal;
+//      floats within 1e-5 (f32) / 1e-2 (bf16).
+//   2. timing: 4096 and 8192 tokens per GPU x d 2048 / 7168 x top-6 / top-8, 256 experts, bf16
+//      tokens dispatched as bf16 or as FP8 (quantize + codes + scales, a second token exchange):
 //      the dispatch plan (permute + count exchange + token exchange) and the round trip (dispatch
-//      + weighted combine) per run, median wall time of 15 after 3 warm-ups; combine = round trip -
-//      dispatch. GB/s = token payload per GPU (tokens x k x d x 2 bytes) / time.
+//      + weighted combine, bf16) per run, median wall time of 15 after 3 warm-ups; combine = round
+//      trip - dispatch. GB/s = dispatched payload per GPU (tokens x k x row bytes: 2d in bf16,
+//      d + 4 ceil(d/128) in FP8) / time; combine's payload is bf16 in both.
 // Every check and every size is caught and reported on its own; rank 0 prints a summary table and
 // writes one JSON line per result to --json FILE.
 import { writeFileSync } from "node:fs";
@@ -18,6 +22,8 @@ import type { AnyDTensor } from "../../../stdlib/dtensor.ts";
 import { fromGlobal } from "../../../stdlib/ops/factories.ts";
 import { input } from "../../../stdlib/program.ts";
 import { moeCombine, moeDispatch } from "../../../stdlib/ops/dispatch.ts";
+import { fp8Dispatch } from "../../../stdlib/nn/fp8.ts";
+import { dequantize } from "../../../stdlib/ops/quantize.ts";
 import { redistribute } from "../../../stdlib/ops/redistribute.ts";
 import { sum } from "../../../stdlib/ops/reduce.ts";
 import { mul } from "../../../stdlib/nn/ops-internal.ts";
@@ -84,30 +90,34 @@ export default defineMain(async ({ args, log }) => {
   // ---- 1. checks against the CPU-simulated mesh
   if (only !== "time") {
     for (const routing of ["random", "skewed", "empty"] as Routing[]) {
-      for (const dtype of ["f32", "bf16"] as DType[]) {
+      for (const dtype of ["f32", "bf16", "fp8e4m3"] as DType[]) {
         const what = `check ${routing} ${dtype} (ep=${W})`;
+        const fp8 = dtype === "fp8e4m3", ft: DType = fp8 ? "bf16" : dtype;
         try {
           const B = 2 * W, S = 48, K = 4, D = 160, Ex = 4 * W + 1; // uneven experts per rank
           const mesh = Mesh.of({ ep: W });
           const on = { ep: "S(b)" } as never;
-          const x = fromGlobal(mesh, { b: B, s: S, d: D }, dtype, values(B * S * D, dtype, 1), on) as AnyDTensor;
+          const x = fromGlobal(mesh, { b: B, s: S, d: D }, ft, values(B * S * D, ft, 1), on) as AnyDTensor;
           const idx = fromGlobal(mesh, { b: B, s: S, k: K }, "i32", route(routing, B * S * K, Ex, 7, K), on) as AnyDTensor;
-          const w = fromGlobal(mesh, { b: B, s: S, k: K }, dtype, values(B * S * K, dtype, 2), on) as AnyDTensor;
-          const rr = fromGlobal(mesh, { b: B, s: S, d: D }, dtype, values(B * S * D, dtype, 3), on) as AnyDTensor;
-          const d = moeDispatch(x, idx, { axis: "ep", dim: "s", k: "k", rows: "rows", groups: "e", numGroups: Ex });
-          const y = moeCombine(d.rows, d.perm, w, { axis: "ep", dim: "s", size: S, k: "k", numK: K }); // identity experts
+          const w = fromGlobal(mesh, { b: B, s: S, k: K }, ft, values(B * S * K, ft, 2), on) as AnyDTensor;
+          const rr = fromGlobal(mesh, { b: B, s: S, d: D }, ft, values(B * S * D, ft, 3), on) as AnyDTensor;
+          const o = { axis: "ep", dim: "s", k: "k", rows: "rows", groups: "e", numGroups: Ex };
+          const f8 = fp8 ? fp8Dispatch(x, idx, o, "d") : undefined;
+          const d = f8 ? { ...f8, rows: f8.rows.q } : moeDispatch(x, idx, o);
+          const rows = f8 ? (dequantize(f8.rows.q as never, f8.rows.scales as never) as AnyDTensor) : d.rows;
+          const y = moeCombine(rows, d.perm, w, { axis: "ep", dim: "s", size: S, k: "k", numK: K }); // identity experts
           const loss = redistribute(sum(mul(y, rr), ["b", "s", "d"]) as AnyDTensor, { ep: "R" } as never) as AnyDTensor;
           const g = grad(loss, { x, w });
-          const outs = { rows: d.rows, perm: d.perm, counts: d.counts, y, dx: g.x as AnyDTensor, dw: g.w as AnyDTensor };
+          const outs = { rows: d.rows, perm: d.perm, counts: d.counts, ...(f8 ? { scales: f8.rows.scales } : {}), y, dx: g.x as AnyDTensor, dw: g.w as AnyDTensor };
           const plan = compile(mesh.builder.graph, Object.values(outs).map((t) => t.ref));
           const cpu = runPlanCpu(plan).outputs, gpu = ex.run(plan).outputs;
-          const tol = dtype === "f32" ? 1e-5 : 1e-2;
+          const tol = ft === "f32" ? 1e-5 : 1e-2;
           const errs = Object.keys(outs).map((k, i) => [k, relErr(gpu[i]!.data, cpu[i]!.data)] as const);
-          const exact = new Set(["rows", "perm", "counts"]);
+          const exact = new Set(["rows", "perm", "counts", "scales"]);
           const bad = errs.filter(([k, e]) => (exact.has(k) ? e !== 0 : !(e <= tol)));
           if (bad.length) failures++;
           const detail = errs.map(([k, e]) => `${k} ${e === 0 ? "equal" : e.toExponential(2)}`).join(", ");
-          say(`${what}: ${bad.length ? "FAIL" : "ok"}  (${detail}; tolerance ${tol} for y/dx/dw, exact for rows/perm/counts)`);
+          say(`${what}: ${bad.length ? "FAIL" : "ok"}  (${detail}; tolerance ${tol} for y/dx/dw, exact for rows/perm/counts/scales)`);
           results.push({ kind: "check", routing, dtype, world: W, ok: !bad.length, errors: Object.fromEntries(errs) });
         } catch (e) {
           failures++;
@@ -120,8 +130,8 @@ export default defineMain(async ({ args, log }) => {
 
   // ---- 2. timing
   if (only !== "check") {
-    for (const T of [4096, 8192]) for (const D of [2048, 7168]) for (const K of [6, 8]) {
-      const what = `time T=${T} d=${D} top-${K} (ep=${W})`;
+    for (const T of [4096, 8192]) for (const D of [2048, 7168]) for (const K of [6, 8]) for (const fmt of ["bf16", "fp8"] as const) {
+      const what = `time T=${T} d=${D} top-${K} ${fmt} dispatch (ep=${W})`;
       try {
         const Bper = T / SEQ, B = Bper * W;
         const mesh = Mesh.of({ ep: W });
@@ -129,9 +139,12 @@ export default defineMain(async ({ args, log }) => {
         const x = input(mesh, "x", { b: B, s: SEQ, d: D }, "bf16", on) as AnyDTensor;
         const idx = input(mesh, "idx", { b: B, s: SEQ, k: K }, "i32", on) as AnyDTensor;
         const w = input(mesh, "w", { b: B, s: SEQ, k: K }, "bf16", on) as AnyDTensor;
-        const d = moeDispatch(x, idx, { axis: "ep", dim: "s", k: "k", rows: "rows", groups: "e", numGroups: E });
-        const y = moeCombine(d.rows, d.perm, w, { axis: "ep", dim: "s", size: SEQ, k: "k", numK: K });
-        const planD = compile(mesh.builder.graph, [d.rows.ref]), planRT = compile(mesh.builder.graph, [y.ref]);
+        const o = { axis: "ep", dim: "s", k: "k", rows: "rows", groups: "e", numGroups: E };
+        const f8 = fmt === "fp8" ? fp8Dispatch(x, idx, o, "d") : undefined;
+        const d = f8 ? { ...f8, rows: f8.rows.q } : moeDispatch(x, idx, o);
+        const rows = f8 ? (dequantize(f8.rows.q as never, f8.rows.scales as never) as AnyDTensor) : d.rows;
+        const y = moeCombine(rows, d.perm, w, { axis: "ep", dim: "s", size: SEQ, k: "k", numK: K });
+        const planD = compile(mesh.builder.graph, f8 ? [f8.rows.q.ref, f8.rows.scales.ref] : [d.rows.ref]), planRT = compile(mesh.builder.graph, [y.ref]);
         const mine = (t: LocalTensor) => {
           const a = new Array<LocalTensor>(W);
           a[rank] = t;
@@ -157,15 +170,15 @@ export default defineMain(async ({ args, log }) => {
           return ts.sort((a, b) => a - b)[7]!;
         };
         const msD = time(planD), msRT = time(planRT), msC = msRT - msD;
-        const bytes = T * K * D * 2;
-        const row = { kind: "time", impl: "shardts", tokens: T, d: D, k: K, experts: E, world: W, dispatchMs: +msD.toFixed(3), roundTripMs: +msRT.toFixed(3), combineMs: +msC.toFixed(3), dispatchGBs: +(bytes / msD / 1e6).toFixed(1), combineGBs: +(bytes / msC / 1e6).toFixed(1), peakGiB: +(ex.mem.peak / 2 ** 30).toFixed(2) };
+        const bytes = T * K * (f8 ? D + 4 * Math.ceil(D / 128) : 2 * D), combineBytes = T * K * D * 2;
+        const row = { kind: "time", impl: "shardts", fmt, tokens: T, d: D, k: K, experts: E, world: W, dispatchMs: +msD.toFixed(3), roundTripMs: +msRT.toFixed(3), combineMs: +msC.toFixed(3), dispatchGBs: +(bytes / msD / 1e6).toFixed(1), combineGBs: +(combineBytes / msC / 1e6).toFixed(1), peakGiB: +(ex.mem.peak / 2 ** 30).toFixed(2) };
         say(`${what}: dispatch ${msD.toFixed(3)} ms (${row.dispatchGBs} GB/s), round trip ${msRT.toFixed(3)} ms, combine ${msC.toFixed(3)} ms (${row.combineGBs} GB/s)`);
         results.push(row);
         for (const n of ["x", "w", "idx"]) ex.setResident(n, undefined);
       } catch (e) {
         failures++;
         say(`${what}: FAIL with ${(e as Error).stack?.split("\n").slice(0, 4).join(" | ")}`);
-        results.push({ kind: "time", impl: "shardts", tokens: T, d: D, k: K, world: W, error: String((e as Error).message) });
+        results.push({ kind: "time", impl: "shardts", fmt, tokens: T, d: D, k: K, world: W, error: String((e as Error).message) });
         for (const n of ["x", "w", "idx"]) ex.setResident(n, undefined);
       }
     }
@@ -173,7 +186,7 @@ export default defineMain(async ({ args, log }) => {
 
   if (rank === 0) {
     log("\nsummary (shardts, ep=" + W + ")");
-    for (const r of results) log(r.kind === "check" ? `  check ${r.routing} ${r.dtype}: ${r.ok ? "ok" : "FAIL"}` : `  T ${r.tokens} d ${r.d} top-${r.k}: ${r.error ? "FAIL " + r.error : `dispatch ${r.dispatchMs} ms ${r.dispatchGBs} GB/s, combine ${r.combineMs} ms ${r.combineGBs} GB/s`}`);
+    for (const r of results) log(r.kind === "check" ? `  check ${r.routing} ${r.dtype}: ${r.ok ? "ok" : "FAIL"}` : `  T ${r.tokens} d ${r.d} top-${r.k} ${r.fmt}: ${r.error ? "FAIL " + r.error : `dispatch ${r.dispatchMs} ms ${r.dispatchGBs} GB/s, combine ${r.combineMs} ms ${r.combineGBs} GB/s`}`);
     if (outFile) writeFileSync(outFile, results.map((r) => JSON.stringify(r)).join("\n") + "\n");
   }
   return failures ? 1 : 0;
