@@ -3,6 +3,7 @@
 // gradient rules of the ops it traces (compiler/ops/quantize.ts, scaled-dot.ts): Dgrad = dY(1×128)
 // · W's blocks transposed, Wgrad = X requantized 128×1 · dY(128×1), both FP8 with bf16 outputs;
 // quantize passes the gradient straight through to the bf16/f32 value (the FP32 master weight).
+// The same for the routed MoE experts, whose tokens may be quantized before they are dispatched.
 import type { AnyDTensor } from "../dtensor.ts";
 import { DTypeError } from "../../compiler/errors.ts";
 import type { Attrs } from "../../compiler/ir/types.ts";
