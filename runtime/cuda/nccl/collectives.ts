@@ -25,7 +25,7 @@ import { WatchdogThread } from "./watchdog-thread.ts";
 
 // FP8 values only move (the rules refuse a Partial FP8 value, so no reduction meets one): their bytes
 // travel as u8, which every NCCL version and GPU takes (ncclFloat8e4m3 is recent and meant for reductions)
-export const NCCL_TYPE: Record<DType, number> = { f32: NcclDataType.f32, bf16: NcclDataType.bf16, i32: NcclDataType.i32, fp8e4m3: NcclDataType.u8, fp8e5m2: NcclDataType.u8 };
+const NCCL_TYPE: Record<DType, number> = { f32: NcclDataType.f32, bf16: NcclDataType.bf16, i32: NcclDataType.i32, fp8e4m3: NcclDataType.u8, fp8e5m2: NcclDataType.u8 };
 
 export interface DistSetup {
   rank: number;
