@@ -130,17 +130,18 @@ export function moe(ps: ParamStore, name: string, x: AnyDTensor, cfg: MoeConfig,
 }
 
 /**
- * Each (token, k) assignment to logical expert e goes to replica j = p mod count[e] of e, with p the
- * assignment's flat position (batch, seq, k): deterministic, and even over the replicas for tokens
- * spread over positions. Returns the physical slots, [batch, seq, k] i32.
+ * Each (token, k) assignment to logical expert e goes to replica j = t mod count[e] of e, with t the
+ * token's flat index (batch, seq): deterministic, and even over the replicas for tokens spread over
+ * positions. (A token's k experts are distinct, so k need not enter; with it, as t * K + k, an expert
+ * with K replicas would send all its first choices to one replica and its second to another.)
+ * Returns the physical slots, [batch, seq, k] i32.
  */
 function toSlots(ps: ParamStore, indices: AnyDTensor, rep: ReplicaMap, maxReplicas: number): AnyDTensor {
   const pl = ps.placementsObject(indices.type.placements) as never;
   const at = (d: string) => iota(ps.mesh, indices.dims, "i32", d, pl) as AnyDTensor;
-  const { seq: S, k: K } = indices.dims as { seq: number; k: number };
-  const pos = add(add(mul(at("batch"), S * K), mul(at("seq"), K)), at("k"));
+  const t = add(mul(at("batch"), indices.dims.seq!), at("seq"));
   const n = gather(rep.count, indices, "experts") as AnyDTensor;
-  const j = sub(pos, mul(div(pos, n), n)); // pos mod n (i32 division truncates; pos >= 0, n >= 1)
+  const j = sub(t, mul(div(t, n), n)); // t mod n (i32 division truncates; t >= 0, n >= 1)
   return gather(rep.table, add(mul(indices, maxReplicas), j), "erep") as AnyDTensor;
 }
 
