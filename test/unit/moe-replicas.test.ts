@@ -1,7 +1,8 @@
 // Redundant experts. The planner (stdlib/nn/moe-replicas.ts): replica counts and balanced packing on
 // hand-computed loads, ties, R = 0, R >= E, all-zero load. The MoE block with a replica map: output,
 // aux loss, load and every parameter gradient equal the block without replicas (same routing, same
-// seed) on meshes with an expert axis, for random and skewed routings, composed and fused dispatch;
+// seed) on meshes with an expert axis, for random and skewed routings, composed and fused dispatch
+// (with the FP8 recipe: the same forward, weight gradients within FP8 rounding);
 // a replicated expert's rows really reach more than one slot (so the summed replica gradients are
 // what makes the gradients equal).
 import { describe, expect, it } from "vitest";
@@ -102,6 +103,24 @@ const meshes = [
 ];
 
 describe("MoE block with redundant experts", () => {
+  // FP8: the forward is per row (1x128 activation tiles, 128x128 blocks of each slot's copy of its
+  // expert's weights), so it is unchanged; the Wgrad quantizes activations in 128x1 tiles within each
+  // slot's segment of rows, and a replicated expert's rows are split over several segments, so its
+  // weight gradient differs at FP8 rounding level (not a summation bug: every other gradient is exact)
+  it("with the FP8 recipe: the same forward, gradients within FP8 rounding", () => {
+    const cfg = { ...base, fp8: true };
+    const ref = build(new Layout("one", { d: 1 }, { d: "data" }), cfg, skewed);
+    const map = planReplicas(ref.load!.data, 3, 2);
+    const v = build(meshes[1]!, cfg, skewed, map);
+    for (const k of ["y", "aux", "load", "grad.m.router"]) expect(maxRelDiff(v[k]!, ref[k]!), k).toBeLessThan(1e-5);
+    const normRel = (a: GlobalValue, b: GlobalValue) => {
+      let d = 0, n = 0;
+      b.data.forEach((y, i) => ((d += (a.data[i]! - y) ** 2), (n += y * y)));
+      return Math.sqrt(d / n);
+    };
+    for (const k of ["grad.m.w1", "grad.m.w2", "grad.m.w3"]) expect(normRel(v[k]!, ref[k]!), k).toBeLessThan(0.03);
+  });
+
   for (const [routing, bias] of [["random", new Float32Array(E)], ["skewed", skewed]] as const) {
     for (const fused of [false, true]) {
       it(`equals the block without replicas: ${routing} routing, ${fused ? "fused" : "composed"} dispatch`, () => {

@@ -43,6 +43,7 @@ describe("training with redundant experts", () => {
   const layouts = [
     ...Object.keys(LAYOUTS).map((n) => layoutByName(n)).filter((l) => l.expertAxis),
     new Layout("dp1-ep3", { dp: 1, ep: 3 }, { dp: "data", ep: "expert" }),
+    new Layout("hsdp-ep", { replica: 2, shard: 2, ep: 2 }, { replica: "data", shard: "fsdp", ep: "expert" }),
   ];
   for (const layout of layouts) {
     // 3 extra slots: 7 over ep=2 (4, 3), over ep=4 (2, 2, 2, 1), over ep=3 (3, 2, 2)
