@@ -40,7 +40,9 @@ export interface MoeConfig {
   /**
    * Redundant experts: `slots` extra physical expert slots hold replicas of the hottest experts; the
    * replica map is a program input (`ReplicaMap`), re-planned by the Trainer every `every` steps
-   * from the observed load (stdlib/nn/moe-replicas.ts).
+   * from the observed load (stdlib/nn/moe-replicas.ts). The block computes the same as without
+   * replicas (with `fp8`, a replicated expert's Wgrad is quantized per slot segment: equal within
+   * FP8 rounding).
    */
   redundant?: { slots: number; every: number };
 }
