@@ -8,8 +8,8 @@
 // Checkpoints: `--save DIR [--save-every N]` saves in the background (sharded safetensors, atomic);
 // `--resume DIR` continues from DIR's latest checkpoint (or a step-<n> directory), on any --layout/--mesh.
 import { defineMain, UsageError, commOverlap, writeChromeTrace, type TraceEvent } from "shardts";
-import { layoutByName, LAYOUTS } from "shardts/nn";
-import { Trainer, Evaluator, generate, maxOverMean, Progress, BatchLoader, ByteTokenizer, loadTrainingText, unigramEntropyNats, bigramEntropyNats, ADAMW_DEFAULTS } from "shardts/train";
+import { layoutByName, LAYOUTS, rankLoads } from "shardts/nn";
+import { Trainer, Evaluator, expertRanks, generate, maxOverMean, Progress, BatchLoader, ByteTokenizer, loadTrainingText, unigramEntropyNats, bigramEntropyNats, ADAMW_DEFAULTS } from "shardts/train";
 import type { LmConfig } from "shardts/nn";
 import { AsyncSaver, connectRankSaver, load, loadRank, type Json } from "shardts/checkpoint";
 import { writeFileSync } from "node:fs";
@@ -24,6 +24,9 @@ const HELP = `usage: shardts run examples/train-moe-lm.ts [options]
                    dense MLPs, shared and routed experts; embedding, attention, router and output head stay as they are
   --gamma X        bias update speed per step (default 0.01; scores are softmax, ~1/8 each)
   --aux X          auxiliary load-balancing loss coefficient (default 0)
+  --redundant R    redundant experts: R extra expert slots per MoE layer hold replicas of the hottest
+                   experts (the model computes the same; load per slot and per expert-axis rank evens out)
+  --replan-every N re-plan the replicas from the load observed over the last N steps (default 10)
   --backend B      cpu (default), cuda or auto (CUDA when a GPU is usable)
   --seed N         initialisation and data seed (default 1)
   --sample N       characters of generated text at the end (default 240; 0 for none)
@@ -38,7 +41,7 @@ const HELP = `usage: shardts run examples/train-moe-lm.ts [options]
                    launcher) and how much of its communication overlapped compute`;
 
 function parse(args: string[]) {
-  const o = { steps: 120, layout: "dp-ep", mesh: undefined as string | undefined, batch: 16, balance: true, gamma: 0.01, aux: 0, seed: 1, sample: 240, help: false, save: undefined as string | undefined, saveEvery: 0, keep: 3, resume: undefined as string | undefined, losses: undefined as string | undefined, eval: true, warmup: 0, trace: undefined as string | undefined, fp8: false, backend: "cpu" as "auto" | "cpu" | "cuda" };
+  const o = { steps: 120, layout: "dp-ep", mesh: undefined as string | undefined, batch: 16, balance: true, gamma: 0.01, aux: 0, seed: 1, sample: 240, help: false, save: undefined as string | undefined, saveEvery: 0, keep: 3, resume: undefined as string | undefined, losses: undefined as string | undefined, eval: true, warmup: 0, trace: undefined as string | undefined, fp8: false, backend: "cpu" as "auto" | "cpu" | "cuda", redundant: 0, replanEvery: 10 };
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!, v = () => {
       const x = args[++i];
@@ -58,6 +61,8 @@ function parse(args: string[]) {
     else if (a === "--fp8") o.fp8 = true;
     else if (a === "--aux") o.aux = num(v());
     else if (a === "--gamma") o.gamma = num(v());
+    else if (a === "--redundant") o.redundant = num(v());
+    else if (a === "--replan-every") o.replanEvery = Math.max(1, num(v()));
     else if (a === "--seed") o.seed = num(v());
     else if (a === "--sample") o.sample = num(v());
     else if (a === "--backend") o.backend = v() as "auto" | "cpu" | "cuda";
@@ -81,7 +86,7 @@ export default defineMain(async ({ args, log }) => {
   if (o.trace && o.backend !== "cuda") throw new UsageError("--trace records CUDA events: give --backend cuda (on a GPU machine)");
   const model: LmConfig = {
     vocab: 256, model: 64, heads: 4, layers: 4, seq: 64, ffn: 256,
-    moe: { experts: 8, topK: 2, ffn: 128, shared: 1, score: "softmax", auxLoss: o.aux },
+    moe: { experts: 8, topK: 2, ffn: 128, shared: 1, score: "softmax", auxLoss: o.aux, redundant: o.redundant > 0 ? { slots: o.redundant, every: o.replanEvery } : undefined },
     fp8: o.fp8,
   };
   const sizes = o.mesh ? Object.fromEntries(o.mesh.split(",").map((p) => { const [k, n] = p.split("="); return [k!, Number(n)]; })) : undefined;
@@ -100,6 +105,7 @@ export default defineMain(async ({ args, log }) => {
     schedule: { peak: 3e-3, warmup: Math.min(20, Math.ceil(o.steps / 10)), total: o.steps, minRatio: 0.1 },
   });
   log(`model: ${model.layers} layers, d=${model.model}, ${model.moe!.experts} experts top-${model.moe!.topK} + ${model.moe!.shared} shared, ${(trainer.ps.count / 1e6).toFixed(2)}M parameters`);
+  if (o.redundant > 0) log(`redundant experts: ${o.redundant} extra slots per MoE layer (${model.moe!.experts + o.redundant} slots over ${expertRanks(layout)} expert-axis rank(s)), re-planned every ${o.replanEvery} steps`);
   if (o.fp8) log("fp8: dense MLPs, shared and routed experts in FP8 (e4m3, 1x128 activation tiles, 128x128 weight blocks, FP32 master weights)");
   log(`layout: ${layout}; step program: ${trainer.program.plan.instrs.length} instructions, compiled in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
 
@@ -127,6 +133,7 @@ export default defineMain(async ({ args, log }) => {
 
   const progress = new Progress({ total: o.steps, tokensPerStep: o.batch * model.seq });
   const curve: number[] = [], imbalance: number[] = [];
+  const loadStats: LoadStats[] = [];
   const tStart = performance.now();
   let tWarm = tStart;
   for (let s = trainer.step; s < o.steps; s++) {
@@ -136,6 +143,7 @@ export default defineMain(async ({ args, log }) => {
     const m = trainer.run(b.inputs, b.targets);
     curve.push(m.ce);
     imbalance.push(m.imbalance);
+    loadStats.push({ step: m.step, slot: m.slotImbalance, rank: m.rankImbalance, expert: m.imbalance, expertRank: mean(m.loads.map((l) => maxOverMean(rankLoads(l, expertRanks(layout))))), replanned: m.replanned });
     progress.update(s + 1, { loss: m.ce, imbalance: m.imbalance });
     if (saver && ((o.saveEvery > 0 && (s + 1) % o.saveEvery === 0) || s + 1 === o.steps)) await checkpoint();
     if (saver) await new Promise((r) => setImmediate(r)); // let the background save's I/O callbacks run
@@ -156,12 +164,12 @@ export default defineMain(async ({ args, log }) => {
     if (last) log(`checkpoint: step ${last.step} saved to ${last.path} (${(last.bytes / 1e6).toFixed(2)} MB)`);
     if ("close" in saver) saver.close();
   }
+  if (o.redundant > 0) reportReplicas(loadStats, o.replanEvery, trainer.replicas.maps, log);
   if (!o.eval) return 0;
 
   const ev = new Evaluator(layout, model, o.batch, o.backend);
   const val = loader.valBatches(4).map((b) => ev.loss(trainer.params, trainer.biases, b.inputs, b.targets));
   const at = (i: number) => curve[Math.min(curve.length - 1, Math.max(0, i))]!.toFixed(3);
-  const mean = (xs: number[]) => xs.reduce((a, x) => a + x, 0) / Math.max(1, xs.length);
   const k = Math.max(1, Math.min(10, Math.floor(o.steps / 4)));
   log(`loss (nats/byte): first ${at(0)}, middle ${at(Math.floor(curve.length / 2))}, last ${at(curve.length - 1)}; held-out ${mean(val).toFixed(3)}; unigram entropy ${h1.toFixed(3)}`);
   log(`expert load max/mean (averaged over MoE layers): first ${k} steps ${mean(imbalance.slice(0, k)).toFixed(2)}, last ${k} steps ${mean(imbalance.slice(-k)).toFixed(2)} (bias balancing ${o.balance ? "on" : "off"})`);
@@ -177,6 +185,29 @@ export default defineMain(async ({ args, log }) => {
   }
   return 0;
 }, "trains a small MoE LM on the Brown corpus on a simulated dp=2 × ep=2 mesh");
+
+const mean = (xs: number[]) => xs.reduce((a, x) => a + x, 0) / Math.max(1, xs.length);
+
+interface LoadStats { step: number; slot: number; rank: number; expert: number; expertRank: number; replanned: boolean }
+
+/**
+ * Load max/mean (averaged over MoE layers and the steps of a window) per slot and per expert-axis
+ * rank, in the window before the first re-plan and the one after it; beside them the same run's
+ * per-expert figures, which are what the slots would see without replicas (the replicas change
+ * where experts run, not the routing, so the run without them routes the same).
+ */
+function reportReplicas(stats: LoadStats[], every: number, maps: Int32Array[], log: (s: string) => void): void {
+  const first = stats.findIndex((s) => s.replanned);
+  if (first < 0) return log(`redundant experts: no re-plan within these ${stats.length} steps (every ${every}); nothing to compare`);
+  const before = stats.slice(Math.max(0, first + 1 - every), first + 1), after = stats.slice(first + 1, first + 1 + every);
+  const w = (xs: LoadStats[]) => `steps ${xs[0]!.step}-${xs[xs.length - 1]!.step}`;
+  const f = (xs: LoadStats[], k: keyof LoadStats) => mean(xs.map((s) => s[k] as number)).toFixed(3);
+  log(`redundant experts: load max/mean before the first re-plan (${w(before)}) → after it (${after.length ? w(after) : "no steps"}), averaged over MoE layers:`);
+  log(`  per slot   ${f(before, "slot")} → ${after.length ? f(after, "slot") : "-"}   (per expert, i.e. without replicas: ${f(before, "expert")} → ${after.length ? f(after, "expert") : "-"})`);
+  log(`  per rank   ${f(before, "rank")} → ${after.length ? f(after, "rank") : "-"}   (without replicas: ${f(before, "expertRank")} → ${after.length ? f(after, "expertRank") : "-"})`);
+  log(`  over all ${stats.length} steps: per slot ${f(stats, "slot")}, per rank ${f(stats, "rank")}; without replicas ${f(stats, "expert")}, ${f(stats, "expertRank")}`);
+  log(`replica maps now (logical expert of each slot), per MoE layer:\n  ${maps.map((m) => `[${Array.from(m).join(" ")}]`).join("\n  ")}`);
+}
 
 /** Writes the traced step and reports how much of its communication ran while compute was busy. */
 function traced(file: string, events: TraceEvent[], log: (s: string) => void): void {

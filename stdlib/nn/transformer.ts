@@ -4,7 +4,7 @@
 import type { AnyDTensor } from "../dtensor.ts";
 import { add } from "./ops-internal.ts";
 import { attention, crossEntropy, embedding, linear, rmsnorm, swiglu, toActivation } from "./layers.ts";
-import { moe, type MoeConfig } from "./moe.ts";
+import { moe, type MoeConfig, type ReplicaMap } from "./moe.ts";
 import type { ParamStore } from "./params.ts";
 
 export interface LmConfig {
@@ -28,28 +28,35 @@ export interface LmOut {
   logits: AnyDTensor;
   /** Per MoE layer: tokens per expert. */
   loads: AnyDTensor[];
+  /** Per MoE layer: tokens per physical expert slot (= `loads` without redundant experts). */
+  slotLoads: AnyDTensor[];
 }
 
 export const moeLayers = (cfg: LmConfig): number[] =>
   cfg.moe ? Array.from({ length: cfg.layers }, (_, i) => i).filter((i) => i >= (cfg.moe!.moeFrom ?? 0)) : [];
 
-/** `biases[i]` is the selection bias ([experts], replicated) of the i-th MoE layer. */
-export function lm(ps: ParamStore, ids: AnyDTensor, targets: AnyDTensor, cfg: LmConfig, biases: AnyDTensor[]): LmOut {
+/**
+ * `biases[i]` is the selection bias ([experts], replicated) of the i-th MoE layer; `replicas[i]` its
+ * replica map, when `cfg.moe.redundant` has slots.
+ */
+export function lm(ps: ParamStore, ids: AnyDTensor, targets: AnyDTensor, cfg: LmConfig, biases: AnyDTensor[], replicas?: ReplicaMap[]): LmOut {
   let x = embedding(ps, "embed", ids, cfg.vocab, cfg.model);
-  const loads: AnyDTensor[] = [];
+  const loads: AnyDTensor[] = [], slotLoads: AnyDTensor[] = [];
   let aux: AnyDTensor | undefined;
   const moeAt = moeLayers(cfg);
   for (let l = 0; l < cfg.layers; l++) {
     x = add(x, attention(ps, `l${l}.attn`, rmsnorm(ps, `l${l}.norm1`, x, "model"), cfg.heads));
     const hx = rmsnorm(ps, `l${l}.norm2`, x, "model");
     if (moeAt.includes(l)) {
-      const m = moe(ps, `l${l}.moe`, hx, { ...cfg.moe!, fp8: cfg.moe!.fp8 ?? cfg.fp8 }, biases[moeAt.indexOf(l)]!);
+      const i = moeAt.indexOf(l);
+      const m = moe(ps, `l${l}.moe`, hx, { ...cfg.moe!, fp8: cfg.moe!.fp8 ?? cfg.fp8 }, biases[i]!, replicas?.[i]);
       x = add(x, m.y);
       loads.push(m.load);
+      slotLoads.push(m.slotLoad);
       aux = aux ? add(aux, m.aux) : m.aux;
     } else x = add(x, swiglu(ps, `l${l}.mlp`, hx, cfg.ffn, cfg.fp8));
   }
   const logits = linear(ps, "head", rmsnorm(ps, "norm", x, "model"), "model", "vocab", cfg.vocab, "column");
   const ce = crossEntropy(ps, logits, targets);
-  return { loss: toActivation(ps, aux ? add(ce, aux) : ce), ce, logits, loads };
+  return { loss: toActivation(ps, aux ? add(ce, aux) : ce), ce, logits, loads, slotLoads };
 }

@@ -11,7 +11,9 @@ export class Evaluator {
   private readonly mesh;
 
   constructor(readonly layout: Layout, readonly model: LmConfig, readonly batch: number, backend?: Backend) {
-    const t = traceLm(layout, model, batch);
+    // without the redundant experts: replicas change where experts run, not what the model computes
+    // (test/unit/moe-replicas.test.ts), and a forward-only program has no load to balance
+    const t = traceLm(layout, model.moe?.redundant ? { ...model, moe: { ...model.moe, redundant: undefined } } : model, batch);
     this.mesh = t.mesh;
     this.program = new Program(t.mesh, { ce: t.out.ce, logits: t.out.logits }, { backend });
   }

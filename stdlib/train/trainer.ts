@@ -17,11 +17,15 @@ import type { LocalTensor } from "../../compiler/ir/local.ts";
 import { UsageError } from "../../compiler/errors.ts";
 import { coordsOf } from "../../compiler/ir/placement.ts";
 import { boxOf } from "../../compiler/passes/partition.ts";
+import { rankLoads } from "../nn/moe-replicas.ts";
+import { expertRanks, replicaInputs, Replicas } from "./replicas.ts";
 
 /**
  * A trainer's full state as tensors on its mesh: every parameter (f32), its AdamW moments `name.m`
  * and `name.v` (bf16), all in the parameter's storage placements, and the routing biases
- * `bias.l<layer>` (f32, replicated); plus the step counter. (The shape `shardts/checkpoint` saves.)
+ * `bias.l<layer>` (f32, replicated); with redundant experts each MoE layer's replica map
+ * `replicas.l<layer>` and the load observed since its plan `replicas.l<layer>.observed` (i32,
+ * replicated); plus the step counter. (The shape `shardts/checkpoint` saves.)
  */
 export interface TrainerState {
   mesh: MeshSpec;
@@ -53,6 +57,14 @@ export interface StepMetrics {
   loads: Float32Array[];
   /** max/mean tokens per expert, averaged over MoE layers (1 = perfectly even). */
   imbalance: number;
+  /** Per MoE layer: tokens per physical expert slot this step (= `loads` without redundant experts). */
+  slotLoads: Float32Array[];
+  /** max/mean tokens per slot, averaged over MoE layers. */
+  slotImbalance: number;
+  /** max/mean tokens per expert-axis rank (the slots each holds), averaged over MoE layers. */
+  rankImbalance: number;
+  /** Whether the replica maps were re-planned after this step (the next step uses the new ones). */
+  replanned: boolean;
 }
 
 export const maxOverMean = (load: ArrayLike<number>): number => {
@@ -69,8 +81,9 @@ export function traceLm(layout: Layout, cfg: LmConfig, batch: number) {
   const ids = input(mesh, "data.ids", { batch, seq: cfg.seq }, "i32", act) as AnyDTensor;
   const targets = input(mesh, "data.targets", { batch, seq: cfg.seq }, "i32", act) as AnyDTensor;
   const biases = moeLayers(cfg).map((l) => input(mesh, `bias.l${l}`, { experts: cfg.moe!.experts }, "f32") as AnyDTensor);
-  const out = lm(ps, ids, targets, cfg, biases);
-  return { mesh, ps, ids, targets, biases, out };
+  const replicas = replicaInputs(mesh, cfg);
+  const out = lm(ps, ids, targets, cfg, biases, replicas);
+  return { mesh, ps, ids, targets, biases, replicas, out };
 }
 
 export class Trainer {
@@ -87,8 +100,11 @@ export class Trainer {
   readParams = false;
   /** Tokens per expert in the last step, per MoE layer. */
   lastLoads: Float32Array[] = [];
+  /** Redundant experts: the replica maps fed each step and their re-planning. */
+  readonly replicas: Replicas;
   private get readEachStep(): string[] {
-    const metrics = ["loss", "ce", "gradNorm", ...this.biases.map((_, i) => `load.${i}`)];
+    const slots = this.replicas.enabled ? this.biases.map((_, i) => `slotLoad.${i}`) : [];
+    const metrics = ["loss", "ce", "gradNorm", ...this.biases.map((_, i) => `load.${i}`), ...slots];
     return this.readParams ? [...metrics, ...this.ps.specs.flatMap((s) => [s.name, ...momentNames(s.name)])] : metrics;
   }
 
@@ -98,8 +114,10 @@ export class Trainer {
     this.ps = t.ps;
     const grads = grad(t.out.loss, Object.fromEntries(t.ps.stored));
     const { updates, gradNorm } = adamw(t.ps, grads, cfg.opt);
+    this.replicas = new Replicas(cfg.model, expertRanks(cfg.layout));
     const loads = Object.fromEntries(t.out.loads.map((l, i) => [`load.${i}`, l]));
-    this.program = new Program(t.mesh, { loss: t.out.loss, ce: t.out.ce, gradNorm, ...loads, ...updates }, { backend: cfg.backend });
+    const slotLoads = t.replicas ? Object.fromEntries(t.out.slotLoads.map((l, i) => [`slotLoad.${i}`, l])) : {};
+    this.program = new Program(t.mesh, { loss: t.out.loss, ce: t.out.ce, gradNorm, ...loads, ...slotLoads, ...updates }, { backend: cfg.backend });
     this.state = t.ps.initialise(cfg.seed);
     for (const s of t.ps.specs)
       for (const n of momentNames(s.name)) this.state[n] = zeroPieces(t.mesh.spec, { dims: Object.entries(s.dims).map(([name, size]) => ({ name, size })), dtype: "bf16", placements: s.storage });
@@ -119,7 +137,7 @@ export class Trainer {
   run(ids: Int32Array, targets: Int32Array): StepMetrics {
     const lr = lrAt(this.cfg.schedule, this.step);
     const scalars = adamwScalars(this.cfg.opt, lr, this.step + 1);
-    const feeds: Record<string, Pieces> = { ...this.state, "data.ids": this.batchPieces(ids), "data.targets": this.batchPieces(targets) };
+    const feeds: Record<string, Pieces> = { ...this.state, ...this.replicas.feeds(this.mesh.spec), "data.ids": this.batchPieces(ids), "data.targets": this.batchPieces(targets) };
     for (const n of SCALARS) feeds[n] = this.scalar(scalars[n]);
     moeLayers(this.cfg.model).forEach((l, i) => (feeds[`bias.l${l}`] = piecesOf(this.mesh.spec, { dims: [{ name: "experts", size: this.biases[i]!.length }], dtype: "f32", placements: this.mesh.spec.axes.map(() => "R") }, this.biases[i]!)));
     const { pieces, values } = this.program.runGlobal(feeds, this.readEachStep);
@@ -127,6 +145,8 @@ export class Trainer {
     for (const s of this.ps.specs) for (const n of [s.name, ...momentNames(s.name)]) this.state[n] = pieces[n]!;
     const loads = this.biases.map((_, i) => Float32Array.from((values as Record<string, GlobalValue>)[`load.${i}`]!.data));
     this.lastLoads = loads;
+    const slotLoads = this.replicas.enabled ? this.biases.map((_, i) => Float32Array.from((values as Record<string, GlobalValue>)[`slotLoad.${i}`]!.data)) : loads;
+    const replanned = this.replicas.observe(this.step + 1, loads);
     // auxiliary-loss-free balancing: raise the bias of under-loaded experts, lower the over-loaded
     if (this.cfg.biasRate > 0)
       loads.forEach((load, i) => {
@@ -135,9 +155,11 @@ export class Trainer {
       });
     this.step++;
     const v = values as Record<string, GlobalValue>;
+    const avg = (f: (l: Float32Array) => number) => (loads.length ? slotLoads.reduce((a, l) => a + f(l), 0) / loads.length : 1);
     return {
       step: this.step, lr, loss: v.loss!.data[0]!, ce: v.ce!.data[0]!, gradNorm: v.gradNorm!.data[0]!, loads,
       imbalance: loads.length ? loads.reduce((a, l) => a + maxOverMean(l), 0) / loads.length : 1,
+      slotLoads, slotImbalance: avg(maxOverMean), rankImbalance: avg((l) => maxOverMean(rankLoads(l, this.replicas.ranks))), replanned,
     };
   }
 
@@ -150,15 +172,17 @@ export class Trainer {
       for (const n of momentNames(s.name)) out[n] = { dims, dtype: "bf16", placements: [...s.storage] };
     }
     moeLayers(this.cfg.model).forEach((l, i) => (out[`bias.l${l}`] = { dims: [{ name: "experts", size: this.biases[i]!.length }], dtype: "f32", placements: this.mesh.spec.axes.map(() => "R") }));
-    return out;
+    return { ...out, ...this.replicas.stateTypes(this.mesh.spec) };
   }
 
   /** Everything needed to continue training exactly (the live pieces, not copies: a checkpoint save copies them). */
   exportState(): TrainerState {
     const types = this.stateTypes();
     const tensors: TrainerState["tensors"] = {};
-    for (const [name, type] of Object.entries(types))
-      tensors[name] = { type, pieces: name.startsWith("bias.l") ? piecesOf(this.mesh.spec, type, this.biases[moeLayers(this.cfg.model).indexOf(Number(name.slice(6)))]!) : this.state[name]! };
+    for (const [name, type] of Object.entries(types)) {
+      const host = name.startsWith("bias.l") ? this.biases[moeLayers(this.cfg.model).indexOf(Number(name.slice(6)))]! : this.replicas.hostArray(name);
+      tensors[name] = { type, pieces: host ? piecesOf(this.mesh.spec, type, host) : this.state[name]! };
+    }
     return { mesh: { axes: [...this.mesh.spec.axes], sizes: [...this.mesh.spec.sizes] }, step: this.step, tensors };
   }
 
@@ -190,6 +214,7 @@ export class Trainer {
     for (const s2 of this.ps.specs) for (const n of [s2.name, ...momentNames(s2.name)]) this.state[n] = next[n]!;
     const first = Math.min(...held);
     moeLayers(this.cfg.model).forEach((l, i) => this.biases[i]!.set(next[`bias.l${l}`]![first]!.data));
+    this.replicas.import((name) => next[name]![first]!.data);
     this.step = s.step;
   }
 
