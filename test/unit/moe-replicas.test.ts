@@ -107,8 +107,8 @@ describe("MoE block with redundant experts", () => {
   // expert's weights), so it is unchanged; the Wgrad quantizes activations in 128x1 tiles within each
   // slot's segment of rows, and a replicated expert's rows are split over several segments, so its
   // weight gradient differs at FP8 rounding level (not a summation bug: every other gradient is exact)
-  it("with the FP8 recipe: the same forward, gradients within FP8 rounding", () => {
-    const cfg = { ...base, fp8: true };
+  it.each([false, true])("with the FP8 recipe (fused dispatch, so FP8 rows travel: %s): the same forward, gradients within FP8 rounding", (fused) => {
+    const cfg = { ...base, fp8: true, fusedDispatch: fused };
     const ref = build(new Layout("one", { d: 1 }, { d: "data" }), cfg, skewed);
     const map = planReplicas(ref.load!.data, 3, 2);
     const v = build(meshes[1]!, cfg, skewed, map);
