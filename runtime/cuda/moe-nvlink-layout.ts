@@ -108,6 +108,12 @@ export function windowLayout(W: number, blocks: number, countsCap: number, lensC
   return { flagN, flagR, counts, lens, rows, bytes: rows + up(rowsCap), countsCap, lensCap, rowsCap };
 }
 
+/** The counts and lens areas op `epoch` uses: a peer still reading the last op's (other parity) is not disturbed. */
+export function parityAreas(l: WindowLayout, epoch: number): { counts: number; lens: number } {
+  const p = epoch % 2;
+  return { counts: l.counts + p * up(l.countsCap * 4), lens: l.lens + p * up(l.lensCap * 4) };
+}
+
 /** st[q] = a batch entry's sorted rows before rank q's experts (st[W] = rows kept), from its counts row. */
 export function boundsFromCounts(counts: ArrayLike<number>, at: number, G: number, efirst: Int32Array): number[] {
   const W = efirst.length - 1, st = new Array<number>(W + 1).fill(0);

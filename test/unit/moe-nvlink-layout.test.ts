@@ -8,55 +8,12 @@ import { describe, expect, it } from "vitest";
 import { Mesh } from "../../stdlib/mesh.ts";
 import type { AnyDTensor } from "../../stdlib/dtensor.ts";
 import { fromGlobal } from "../../stdlib/ops/factories.ts";
-import { moeCombine, moeDispatch } from "../../stdlib/ops/dispatch.ts";
+import { moeDispatch } from "../../stdlib/ops/dispatch.ts";
 import { compile } from "../../compiler/pipeline.ts";
 import type { Plan } from "../../compiler/plan.ts";
-import type { LocalTensor } from "../../compiler/ir/local.ts";
 import { coordsOf } from "../../compiler/ir/placement.ts";
-import { runPlanCpu } from "../../runtime/cpu/index.ts";
-import { pieceOf } from "../../runtime/cpu/pieces.ts";
-import { Extra, tokenSide } from "../../runtime/cuda/moe-exchange.ts";
 import { boundsFromCounts, combineBack, NvlinkUnavailable, nvlGeometry, pushRows, windowLayout } from "../../runtime/cuda/moe-nvlink-layout.ts";
-import { mulberry32 } from "../helpers/prng.ts";
-
-type Routing = "random" | "skewed" | "empty";
-const S = 9, K = 3, D = 5;
-
-function routeIds(r: Routing, n: number, E: number, rnd: () => number): number[] {
-  return Array.from({ length: n }, () => {
-    if (r === "skewed") return rnd() < 0.8 ? 1 : Math.floor(rnd() * E);
-    if (r === "empty") return rnd() < 0.1 ? -1 : 2 + Math.floor(rnd() * 2); // most experts (and ranks) get nothing
-    return Math.floor(rnd() * E);
-  });
-}
-
-function setup(axes: Record<string, number>, B: number, E: number, routing: Routing) {
-  const rnd = mulberry32(B * 31 + E);
-  const mesh = Mesh.of(axes);
-  const on = Object.fromEntries(Object.keys(axes).map((a) => [a, "S(b)"])) as never;
-  const x = fromGlobal(mesh, { b: B, s: S, d: D }, "f32", Array.from({ length: B * S * D }, () => rnd() - 0.5), on) as AnyDTensor;
-  const idx = fromGlobal(mesh, { b: B, s: S, k: K }, "i32", routeIds(routing, B * S * K, E, rnd), on) as AnyDTensor;
-  const w = fromGlobal(mesh, { b: B, s: S, k: K }, "f32", Array.from({ length: B * S * K }, () => rnd()), on) as AnyDTensor;
-  const d = moeDispatch(x, idx, { axis: "ep", dim: "s", k: "k", rows: "rows", groups: "e", numGroups: E });
-  const y = moeCombine(d.rows, d.perm, w, { axis: "ep", dim: "s", size: S, k: "k", numK: K });
-  const plan = compile(mesh.builder.graph, [d.rows.ref, d.perm.ref, d.counts.ref, y.ref]);
-  const res = runPlanCpu(plan);
-  const ins = plan.instrs.find((i) => i.kind === "op" && i.op === "moe_dispatch") as Extract<Plan["instrs"][number], { kind: "op" }>;
-  const [rowsSlot, , countsSlot] = ins.outputs as [number, number, number];
-  const ti = plan.values[ins.inputs[1]!]!.type, tr = plan.values[rowsSlot]!.type, tc = plan.values[countsSlot]!.type;
-  const [gRows, , gCounts] = res.outputs as [LocalTensor, LocalTensor, LocalTensor];
-  const counts = () => gCounts;
-  // what the permute leaves on each token-side rank: its batch entries' rows sorted by expert, and its counts
-  const ex = new Extra(plan), seg = { rows: countsSlot };
-  const rowsSrc = ex.add({ ...tr, placements: tokenSide(tr.placements, ti.placements, ["rows"]) }, seg);
-  const countsSrc = ex.add({ ...tc, placements: tokenSide(tc.placements, ti.placements, ["e"]) }, {});
-  const world = Array.from({ length: plan.world }, (_, r) => r);
-  return {
-    plan, ins, rowsSlot, countsSlot, res,
-    srcRows: world.map((r) => pieceOf(ex.full, rowsSrc, gRows, r, counts)),
-    srcCounts: world.map((r) => pieceOf(ex.full, countsSrc, gCounts, r, counts)),
-  };
-}
+import { moeCase, S, K, D, type Routing } from "../helpers/moe-nvlink-case.ts";
 
 const CASES: [Record<string, number>, number, number][] = [
   [{ ep: 2 }, 4, 7],
@@ -69,7 +26,7 @@ describe("NVLink MoE transport layout", () => {
   for (const [axes, B, E] of CASES)
     for (const routing of ["random", "skewed", "empty"] as Routing[]) {
       it(`${JSON.stringify(axes)} B=${B} E=${E} ${routing}: pushes rebuild the CPU reference's pieces`, () => {
-        const { plan, ins, rowsSlot, res, srcRows, srcCounts } = setup(axes, B, E, routing);
+        const { plan, ins, rowsSlot, res, srcRows, srcCounts } = moeCase(axes, B, E, routing, D);
         const n = S * K, ep = plan.mesh.axes.indexOf("ep");
         let moved = 0;
         for (let r = 0; r < plan.world; r++) {

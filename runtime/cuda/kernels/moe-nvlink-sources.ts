@@ -30,7 +30,7 @@ import { ctype, PRELUDE } from "./sources.ts";
 
 /** Largest expert-axis group the kernels take (their flag and bound arrays are sized by it). */
 export const NVL_MAX_RANKS = 8;
-/** Threads per block of every NVLink kernel (8 warps). */
+/** Threads per block of every NVLink kernel (8 warps; one block per SM: the grid is the SM budget). */
 export const NVL_BLOCK = 256;
 
 /** Flag primitives, device and emulation (the emulation runs ranks one after another: waits never spin long). */
@@ -115,8 +115,9 @@ export function moeNvlPush(o: { redispatch: boolean; V: 16 | 4 | 1; weighted?: D
   return {
     name,
     source: `${HEAD}
-typedef ${W_T} nvl_word;
-extern "C" __global__ void __launch_bounds__(${NVL_BLOCK}) ${name}(const unsigned long long* __restrict__ peers, const int* __restrict__ geo, int W, int me,
+typedef ${W_T} ${name}_t;
+#define nvl_word ${name}_t
+extern "C" __global__ void __launch_bounds__(${NVL_BLOCK}, 1) ${name}(const unsigned long long* __restrict__ peers, const int* __restrict__ geo, int W, int me,
     unsigned long long epoch, int phases, long long timeoutNs, long long oFlagN, long long oFlagR, long long oCounts, long long oLens, long long oRows,
     const nvl_word* __restrict__ x, const int* __restrict__ perm, const int* __restrict__ counts, const ${o.weighted ? W_T : "void"}* __restrict__ w,
     int Bloc, int Bdst, int G, int n, int per, long long srcRows, long long words, nvl_word* __restrict__ out, int* __restrict__ outCounts) {
@@ -150,7 +151,7 @@ extern "C" __global__ void __launch_bounds__(${NVL_BLOCK}) ${name}(const unsigne
   if (phases & 4) {
     nvl_wait(peers, W, me, oFlagR, epoch, timeoutNs);
     const nvl_word* rows = reinterpret_cast<const nvl_word*>(NVL_WIN(me, oRows));
-    const int* wc = reinterpret_cast<const int*>(NVL_WIN(me, oCounts));
+    ${o.redispatch ? "" : "const int* wc = reinterpret_cast<const int*>(NVL_WIN(me, oCounts));"}
     for (long long r = warp0; r < (long long)Bdst * n; r += warps) {
       const long long b = r / n, j = r % n;
       ${consumeLen}
@@ -161,7 +162,8 @@ extern "C" __global__ void __launch_bounds__(${NVL_BLOCK}) ${name}(const unsigne
     ${o.redispatch ? "" : `const int ne = efirst[me + 1] - efirst[me];
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (long long)Bdst * ne; i += (long long)gridDim.x * blockDim.x) outCounts[i] = wc[(i / ne) * G + efirst[me] + i % ne];`}
   }
-}`,
+}
+#undef nvl_word`,
   };
 }
 
@@ -176,8 +178,9 @@ export function moeNvlCombine(V: 16 | 4 | 1): { name: string; source: string } {
   return {
     name,
     source: `${HEAD}
-typedef ${word(V)} nvl_word;
-extern "C" __global__ void __launch_bounds__(${NVL_BLOCK}) ${name}(const unsigned long long* __restrict__ peers, const int* __restrict__ geo, int W, int me,
+typedef ${word(V)} ${name}_t;
+#define nvl_word ${name}_t
+extern "C" __global__ void __launch_bounds__(${NVL_BLOCK}, 1) ${name}(const unsigned long long* __restrict__ peers, const int* __restrict__ geo, int W, int me,
     unsigned long long epoch, int phases, long long timeoutNs, long long oFlagN, long long oFlagR, long long oLens, long long oRows,
     const nvl_word* __restrict__ rows, const int* __restrict__ counts, int Bdst, int n, long long words) {
   const int* efirst = geo;
@@ -203,7 +206,8 @@ extern "C" __global__ void __launch_bounds__(${NVL_BLOCK}) ${name}(const unsigne
     nvl_signal(peers, W, me, oFlagR, epoch);
   }
   if (phases & 4) nvl_wait(peers, W, me, oFlagR, epoch, timeoutNs);
-}`,
+}
+#undef nvl_word`,
   };
 }
 
