@@ -39,6 +39,7 @@ const CASES: { axes: Record<string, number>; B: number; E: number; routing: Rout
   { axes: { ep: 2 }, B: 5, E: 7, routing: "random", D: 5 }, // 20-byte rows: 4-byte words; uneven batch
   { axes: { ep: 4 }, B: 8, E: 9, routing: "skewed", D: 8 }, // 32-byte rows: 16-byte words
   { axes: { ep: 3 }, B: 3, E: 6, routing: "empty", D: 4 },
+  { axes: { ep: 2 }, B: 4, E: 5, routing: "random", D: 520 }, // 130 words a row: the 4-deep copy loop and its tail
 ];
 const NB = 3, THREADS = 64;
 

@@ -66,6 +66,12 @@ __device__ __forceinline__ void nvl_wait(const unsigned long long* peers, int W,
   __syncthreads();
   nvl_fence();
 }
+/** A warp copies a row; four words per lane in flight (one at a time leaves NVLink stores latency-bound). */
+template <typename T> __device__ __forceinline__ void nvl_copy_row(T* __restrict__ d, const T* __restrict__ s, long long words, int lane) {
+  long long i = lane;
+  for (; i + 96 < words; i += 128) { const T a = s[i], b = s[i + 32], c = s[i + 64], e = s[i + 96]; d[i] = a; d[i + 32] = b; d[i + 64] = c; d[i + 96] = e; }
+  for (; i < words; i += 32) d[i] = s[i];
+}
 /** Rows per batch entry of expert rank \`me\` (sum of its counts piece [B, ne]), into every peer's lens[me][b]. */
 __device__ __forceinline__ void nvl_notify_lens(const unsigned long long* peers, int W, int me, long long oLens, const int* counts, int B, int ne) {
   for (long long b = blockIdx.x * (long long)blockDim.x + threadIdx.x; b < B; b += (long long)gridDim.x * blockDim.x) {
@@ -95,7 +101,7 @@ export function moeNvlPush(o: { redispatch: boolean; V: 16 | 4 | 1; weighted?: D
   const name = `shardts_moe_nvl_${o.redispatch ? "redispatch" : "dispatch"}_${o.weighted ? `w_${o.weighted}` : `v${o.V}`}`;
   const copy = o.weighted
     ? `const float wv = to_f(w[lb * n + s]); for (long long i = lane; i < words; i += 32) d[i] = from_f<${W_T}>(to_f(src[i]) * wv);`
-    : `for (long long i = lane; i < words; i += 32) d[i] = src[i];`;
+    : `nvl_copy_row(d, src, words, lane);`;
   const notify = o.redispatch
     ? `nvl_notify_lens(peers, W, me, oLens, counts, Bdst, efirst[me + 1] - efirst[me]);`
     : `for (int lb = blockIdx.x; lb < Bloc; lb += gridDim.x) for (int q = 0; q < W; q++) for (int g = threadIdx.x; g < G; g += blockDim.x) reinterpret_cast<int*>(NVL_WIN(q, oCounts))[(long long)dstOf[lb] * G + g] = counts[(long long)lb * G + g];`;
@@ -156,7 +162,7 @@ extern "C" __global__ void __launch_bounds__(${NVL_BLOCK}, 1) ${name}(const unsi
       const long long b = r / n, j = r % n;
       ${consumeLen}
       nvl_word* d = out + r * words;
-      if (j < len) for (long long i = lane; i < words; i += 32) d[i] = rows[r * words + i];
+      if (j < len) nvl_copy_row(d, rows + r * words, words, lane);
       else for (long long i = lane; i < words; i += 32) d[i] = nvl_word{};
     }
     ${o.redispatch ? "" : `const int ne = efirst[me + 1] - efirst[me];
@@ -201,7 +207,7 @@ extern "C" __global__ void __launch_bounds__(${NVL_BLOCK}, 1) ${name}(const unsi
       int start = 0;
       for (int q = 0; q < me; q++) start += L[(long long)q * Bdst + b];
       nvl_word* d = reinterpret_cast<nvl_word*>(NVL_WIN(srcRank[b], oRows)) + ((long long)srcLb[b] * n + start + j) * words;
-      for (long long i = lane; i < words; i += 32) d[i] = rows[r * words + i];
+      nvl_copy_row(d, rows + r * words, words, lane);
     }
     nvl_signal(peers, W, me, oFlagR, epoch);
   }
