@@ -47,6 +47,13 @@ const groups = new WeakMap<CudaExecutor, Map<string, Group>>();
 const tables = new WeakMap<Plan, Map<OpInstr, { geo: NvlGeometry; table: bigint }>>();
 const freeTables = new FinalizationRegistry<{ free: () => void }>((h) => h.free());
 
+/** The operand counts this path was written for; a variant with more (FP8 scales beside the rows, say) stays on NCCL until this path learns it. */
+const ARITY: Record<string, { inputs: number[]; outputs: number }> = {
+  moe_combine: { inputs: [2, 3], outputs: 1 },
+  moe_dispatch: { inputs: [2], outputs: 3 },
+  moe_redispatch: { inputs: [2, 3], outputs: 1 },
+};
+
 const names = (t: TensorType) => t.dims.map((d) => d.name);
 const prod = (xs: number[]) => xs.reduce((a, b) => a * b, 1);
 const wordOf = (bytes: number, ptrs: bigint[]) => ([16, 4, 1] as const).find((v) => bytes % v === 0 && ptrs.every((p) => p % BigInt(v) === 0n))!;
@@ -111,6 +118,8 @@ function needFloat(op: string, t: TensorType): "f32" | "bf16" {
 export function runMoeNvlink(exe: CudaExecutor, plan: Plan, ins: OpInstr, slots: (DeviceTensor[] | undefined)[]): boolean {
   const axis = String(ins.attrs.axis), a = plan.mesh.axes.indexOf(axis);
   if (moeTransport() !== "nvlink" || !exe.rankLocal || a < 0 || plan.mesh.sizes[a]! < 2) return false;
+  const arity = ARITY[ins.op];
+  if (!arity || !arity.inputs.includes(ins.inputs.length) || ins.outputs.length !== arity.outputs) return false;
   try {
     run(exe, plan, ins, slots, exe.rankLocal.rank);
     return true;
