@@ -1,7 +1,7 @@
 // Peer windows for the intranode MoE transport: every rank of an expert-axis group allocates one
 // receive window (flags, counts, lens, rows: moe-nvlink-layout.ts windowLayout), exports it as a
 // CUDA IPC handle, and maps every peer's, so the NVLink kernels store straight into peers' memory.
-// A window is kept across steps and grows (collectively: every rank runs the same plan, so every rank
+// A window is kept across steps (until the process ends, which unmaps and frees it) and grows (collectively: every rank runs the same plan, so every rank
 // asks for the same sizes at the same op) when an op needs more.
 //
 // Handles travel by an all-gather over the group (`AllGather`: on GPUs an NCCL all-gather on the
@@ -147,14 +147,5 @@ export class PeerWindow {
   private unmap(): void {
     this.mapped.forEach((p, q) => q !== this.me && this.addon.ipcCloseMemHandle(p));
     this.mapped = [];
-  }
-
-  /** Unmaps the peers and frees the window (after every rank's last use: call at the job's end). */
-  close(): void {
-    this.unmap();
-    if (this.base) this.addon.memFree(this.base);
-    if (this.peersTable) this.addon.memFree(this.peersTable);
-    this.base = this.peersTable = 0n;
-    this.layout = undefined;
   }
 }

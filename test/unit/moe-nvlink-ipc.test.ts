@@ -87,9 +87,6 @@ describe("MoE NVLink peer windows", () => {
     expect(w.nextEpoch()).toBe(1);
     expect(w.nextEpoch()).toBe(2);
     expect(() => w.ensure({ blocks: 4, countsCap: 0, lensCap: 0, rowsCap: 2 ** 40 })).toThrow(/SHARDTS_MOE_WINDOW_MAX_BYTES=.*raise it, or use SHARDTS_MOE_TRANSPORT=nccl/);
-    const [base, peersTable] = [w.base, w.peersTable];
-    w.close();
-    expect(log.slice(-4)).toEqual(["close a000040", "close a000042", `free ${base.toString(16)}`, `free ${peersTable.toString(16)}`]);
   });
 
   it("reads its switches and says what a wrong value should be", () => {
