@@ -120,6 +120,10 @@ export function runMoeNvlink(exe: CudaExecutor, plan: Plan, ins: OpInstr, slots:
   if (moeTransport() !== "nvlink" || !exe.rankLocal || a < 0 || plan.mesh.sizes[a]! < 2) return false;
   const arity = ARITY[ins.op];
   if (!arity || !arity.inputs.includes(ins.inputs.length) || ins.outputs.length !== arity.outputs) return false;
+  // a replayed graph would launch with the epochs of its capture, which every flag already holds:
+  // its barriers would pass at once and peers would overwrite windows still being read
+  if (exe.addon.streamIsCapturing(exe.stream) !== 0)
+    throw new CompileError(`${ins.op} over NVLink cannot be captured in a CUDA graph (its barriers count ops at launch); run it eagerly, or set SHARDTS_MOE_TRANSPORT=nccl`);
   try {
     run(exe, plan, ins, slots, exe.rankLocal.rank);
     return true;

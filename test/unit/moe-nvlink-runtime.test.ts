@@ -3,8 +3,8 @@
 // keepK and the weighted redispatch all run) on rank 0 of ep=2: every launch's parameter bytes must
 // match its kernel's C signature (arity and types, as the driver would read them), the window is
 // made once and grown only when a bound needs it, epochs count up by one per op, a refusal (here:
-// both ranks on one GPU) is said once and leaves every op to the NCCL path, and nvlink is never taken
-// unless asked for.
+// both ranks on one GPU) is said once and leaves every op to the NCCL path, graph capture is refused,
+// and nvlink is never taken unless asked for.
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { Mesh } from "../../stdlib/mesh.ts";
 import type { AnyDTensor } from "../../stdlib/dtensor.ts";
@@ -34,7 +34,7 @@ function paramBytes(source: string, name: string): number {
   return at;
 }
 
-function fakeExecutor(device: (q: number) => number) {
+function fakeExecutor(device: (q: number) => number, capturing = 0) {
   const launches: { name: string; params: number; want: number; grid: number }[] = [], log: string[] = [];
   const host = new Map<bigint, Uint8Array>();
   let next = 0x10000n;
@@ -59,6 +59,7 @@ function fakeExecutor(device: (q: number) => number) {
     ipcOpenMemHandle: () => (log.push("open"), 0xa0000000n),
     ipcCloseMemHandle: () => void log.push("close"),
     deviceCanAccessPeer: () => true,
+    streamIsCapturing: () => capturing,
     launchKernel: (fn: { name: string; source: string }, grid: number[], _b: number[], _s: number, _st: bigint, params: Uint8Array) =>
       void launches.push({ name: fn.name, params: params.byteLength, want: paramBytes(fn.source, fn.name), grid: grid[0]! }),
   };
@@ -135,6 +136,12 @@ describe("the NVLink MoE path's host side", () => {
     expect(String(warn.mock.calls[0]![0])).toMatch(/uses NCCL, not NVLink: rank 1 of the group uses this rank's GPU 0 too/);
     expect(launches.filter((l) => l.name.startsWith("shardts_moe_nvl_"))).toEqual([]);
     warn.mockRestore();
+  });
+
+  it("refuses to be captured in a CUDA graph, saying what to do", () => {
+    process.env.SHARDTS_MOE_TRANSPORT = "nvlink";
+    const { exe } = fakeExecutor((q) => q, 1);
+    expect(() => runOps(exe)).toThrow(/cannot be captured in a CUDA graph .* SHARDTS_MOE_TRANSPORT=nccl/);
   });
 
   it("is not taken unless SHARDTS_MOE_TRANSPORT=nvlink", () => {
