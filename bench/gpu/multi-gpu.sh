@@ -9,8 +9,9 @@
 #   5. train-moe-lm (fsdp-ep) tokens/s against the PyTorch FSDP2 + expert-parallel peer, same job
 #   6. a traced FSDP step: comm spans against compute spans, prefetch on and off
 #   7. MoE dispatch/combine ops: GPUs vs the CPU-simulated mesh (random/skewed/empty routings, forward
-#      and gradients), then dispatch/combine GB/s against torch.distributed (permute + count exchange +
-#      all_to_all_single) and plain all_to_all_single at the same bytes
+#      and gradients; the NVLink transport bit for bit against NCCL), then dispatch/combine GB/s of both
+#      transports against torch.distributed (permute + count exchange + all_to_all_single) and plain
+#      all_to_all_single at the same bytes
 #   8. checkpoints (ckpt_stage): save/load of the trained MoE LM and a bulk state, GB/s, async overhead
 # Stages 3 (its layout list), 5 and 6 live in bench/gpu/multi-gpu-stages.sh. SKIP="5 6" leaves stages
 # out, ONLY="5 6" runs just those.
@@ -122,15 +123,16 @@ import json, sys, os
 o = sys.argv[1]
 def load(f):
     p = os.path.join(o, f)
-    return {(r["tokens"], r["d"], r["k"], r.get("fmt", "bf16")): r for r in map(json.loads, open(p)) if r.get("kind") == "time"} if os.path.exists(p) else {}
+    return {(r["tokens"], r["d"], r["k"], r.get("fmt", "bf16"), r.get("transport", "-")): r for r in map(json.loads, open(p)) if r.get("kind") == "time"} if os.path.exists(p) else {}
 s, t = load("moe-dispatch-shardts.jsonl"), load("moe-dispatch-torch.jsonl")
+t = {k[:4]: v for k, v in t.items()}
 nan = float("nan")
-print("GB/s of dispatched payload per GPU (tokens x k x 2d bytes; fp8: d + 4d/128); x = shardts / torch (time ratio torch / shardts)")
-print(f"{'tokens':>6}{'d':>6}{'k':>3}{'fmt':>5} | {'dispatch sh':>11}{'torch':>8}{'x':>6} | {'combine sh':>10}{'torch':>8}{'x':>6} | {'round trip ms sh':>16}{'torch':>8}{'x':>6} | {'plain a2a':>9}{'disp/plain':>11}")
-for k in sorted(set(s) | set(t)):
-    a, b = s.get(k, {}), t.get(k, {})
+print("GB/s of dispatched payload per GPU (tokens x k x 2d bytes; fp8: d + 4d/128); x = shardts / torch (time ratio torch / shardts); one row per shardts transport")
+print(f"{'tokens':>6}{'d':>6}{'k':>3}{'fmt':>5}{'via':>7} | {'dispatch sh':>11}{'torch':>8}{'x':>6} | {'combine sh':>10}{'torch':>8}{'x':>6} | {'round trip ms sh':>16}{'torch':>8}{'x':>6} | {'plain a2a':>9}{'disp/plain':>11}")
+for k in sorted(s):
+    a, b = s.get(k, {}), t.get(k[:4], {})
     r = lambda x, y: (x / y) if x and y and x == x and y == y else nan
-    print(f"{k[0]:>6}{k[1]:>6}{k[2]:>3}{k[3]:>5} | {a.get('dispatchGBs', nan):>11}{b.get('dispatchGBs', nan):>8}{r(b.get('dispatchMs'), a.get('dispatchMs')):>6.2f} | "
+    print(f"{k[0]:>6}{k[1]:>6}{k[2]:>3}{k[3]:>5}{k[4]:>7} | {a.get('dispatchGBs', nan):>11}{b.get('dispatchGBs', nan):>8}{r(b.get('dispatchMs'), a.get('dispatchMs')):>6.2f} | "
           f"{a.get('combineGBs', nan):>10}{b.get('combineGBs', nan):>8}{r(b.get('combineMs'), a.get('combineMs')):>6.2f} | "
           f"{a.get('roundTripMs', nan):>16}{b.get('roundTripMs', nan):>8}{r(b.get('roundTripMs'), a.get('roundTripMs')):>6.2f} | "
           f"{b.get('plainA2aGBs', nan):>9}{r(a.get('dispatchGBs'), b.get('plainA2aGBs')):>11.2f}" + ("" if a and "error" not in a else f"  shardts: {a.get('error', 'missing')}"))

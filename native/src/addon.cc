@@ -29,6 +29,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   registerCublasLt(env, exports);
   registerTensorMap(env, exports);
   registerNccl(env, exports);
+  registerIpc(env, exports);
   return exports;
 }
 

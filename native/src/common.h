@@ -64,5 +64,6 @@ void registerNvrtc(Napi::Env env, Napi::Object exports);
 void registerCublasLt(Napi::Env env, Napi::Object exports);
 void registerTensorMap(Napi::Env env, Napi::Object exports);
 void registerNccl(Napi::Env env, Napi::Object exports);
+void registerIpc(Napi::Env env, Napi::Object exports);
 
 }  // namespace shardts

@@ -19,6 +19,11 @@ typedef struct CUevent_st* CUevent;
 typedef struct CUgraph_st* CUgraph;
 typedef struct CUgraphExec_st* CUgraphExec;
 typedef struct CUgraphNode_st* CUgraphNode;
+// CUipcMemHandle: 64 opaque bytes, passed by value (same layout and ABI as the driver's struct)
+struct CUipcMemHandle {
+  char reserved[64];
+};
+enum : unsigned int { CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS = 1 };
 
 enum : int {
   CUDA_SUCCESS = 0,
@@ -164,6 +169,11 @@ struct DriverApi {
   CUresult (*cuTensorMapEncodeTiled)(CUtensorMap*, int /* CUtensorMapDataType */, uint32_t, void*, const uint64_t*,
                                      const uint64_t*, const uint32_t*, const uint32_t*, int /* interleave */,
                                      int /* swizzle */, int /* l2Promotion */, int /* oobFill */);  // optional (CUDA 12.0+)
+  // CUDA IPC (native/src/ipc.cc): optional, so a driver without them still loads
+  CUresult (*cuIpcGetMemHandle)(CUipcMemHandle*, CUdeviceptr);
+  CUresult (*cuIpcOpenMemHandle)(CUdeviceptr*, CUipcMemHandle, unsigned int);
+  CUresult (*cuIpcCloseMemHandle)(CUdeviceptr);
+  CUresult (*cuDeviceCanAccessPeer)(int*, CUdevice, CUdevice);
 };
 
 // ---- NVRTC -------------------------------------------------------------------------------------

@@ -62,6 +62,8 @@ std::vector<Sym> driverSyms() {
       REQ(a, cuGraphLaunch, "cuGraphLaunch"), REQ(a, cuGraphExecDestroy, "cuGraphExecDestroy"),
       REQ(a, cuGraphDestroy, "cuGraphDestroy"), REQ(a, cuGraphGetNodes, "cuGraphGetNodes"),
       OPT(a, cuTensorMapEncodeTiled, "cuTensorMapEncodeTiled"),
+      OPT(a, cuIpcGetMemHandle, "cuIpcGetMemHandle"), OPT(a, cuIpcOpenMemHandle, "cuIpcOpenMemHandle_v2", "cuIpcOpenMemHandle"),
+      OPT(a, cuIpcCloseMemHandle, "cuIpcCloseMemHandle"), OPT(a, cuDeviceCanAccessPeer, "cuDeviceCanAccessPeer"),
   };
 }
 

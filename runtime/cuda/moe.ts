@@ -15,6 +15,7 @@ import { packArgs, type KernelArg } from "./native.ts";
 import * as K from "./kernels/sources.ts";
 import * as M from "./kernels/moe-sources.ts";
 import type { CudaExecutor } from "./executor.ts";
+import { runMoeNvlink } from "./moe-nvlink.ts";
 
 export const MOE_OPS = new Set(["moe_dispatch", "moe_combine", "moe_redispatch"]);
 
@@ -38,6 +39,7 @@ function needFloat(op: string, t: TensorType): "f32" | "bf16" {
 }
 
 export function runMoe(exe: CudaExecutor, plan: Plan, ins: OpInstr, ranks: number[], slots: (DeviceTensor[] | undefined)[], run: RunStep<DeviceTensor>): void {
+  if (runMoeNvlink(exe, plan, ins, slots)) return; // SHARDTS_MOE_TRANSPORT=nvlink within a node (moe-nvlink.ts)
   const a = ins.attrs, ex = new Extra(plan);
   const tIn = ins.inputs.map((s) => plan.values[s]!.type), tOut = ins.outputs.map((s) => plan.values[s]!.type);
   const piece = (s: number, r: number) => slots[s]![r]!;

@@ -344,4 +344,13 @@ export interface NativeAddon {
   ncclRecv(buffer: DevicePtr, count: Size, dtype: number, peer: number, comm: NcclComm, stream: Stream): number;
   ncclGroupStart(): void;
   ncclGroupEnd(): number;
+
+  // CUDA IPC (native/src/ipc.cc; the intranode MoE transport, runtime/cuda/ipc.ts)
+  /** 64 bytes naming the cuMemAlloc allocation that starts at `ptr`, for peer processes on this node. */
+  ipcGetMemHandle(ptr: DevicePtr): Buffer;
+  /** Maps a peer process's allocation (peer access enabled lazily); not for this process's own handles. */
+  ipcOpenMemHandle(handle: Uint8Array): DevicePtr;
+  ipcCloseMemHandle(ptr: DevicePtr): void;
+  /** Whether kernels on device `ordinal` can load and store device `peerOrdinal`'s memory directly. */
+  deviceCanAccessPeer(ordinal: number, peerOrdinal: number): boolean;
 }

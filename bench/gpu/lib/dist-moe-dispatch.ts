@@ -5,13 +5,16 @@
 //      mesh of the same plan, with random, skewed and empty-expert routings, f32, bf16 and fp8e4m3
 //      (FP8 dispatch of bf16 tokens, stdlib/nn/fp8.ts: e4m3 codes and their scales travel, the
 //      identity experts dequantize). Integer outputs, the dispatched rows and scales must be equal;
-//      floats within 1e-5 (f32) / 1e-2 (bf16).
+//      floats within 1e-5 (f32) / 1e-2 (bf16). With the NVLink transport
+//      (SHARDTS_MOE_TRANSPORT=nvlink, runtime/cuda/moe-nvlink.ts) the same plan runs again and every
+//      output and gradient must equal the NCCL path's bit for bit.
 //   2. timing: 4096 and 8192 tokens per GPU x d 2048 / 7168 x top-6 / top-8, 256 experts, bf16
 //      tokens dispatched as bf16 or as FP8 (quantize + codes + scales, a second token exchange):
 //      the dispatch plan (permute + count exchange + token exchange) and the round trip (dispatch
 //      + weighted combine, bf16) per run, median wall time of 15 after 3 warm-ups; combine = round
 //      trip - dispatch. GB/s = dispatched payload per GPU (tokens x k x row bytes: 2d in bf16,
-//      d + 4 ceil(d/128) in FP8) / time; combine's payload is bf16 in both.
+//      d + 4 ceil(d/128) in FP8) / time; combine's payload is bf16 in both. Once per transport
+//      (--transport nccl|nvlink|both, default both; rows carry `transport`).
 // Every check and every size is caught and reported on its own; rank 0 prints a summary table and
 // writes one JSON line per result to --json FILE.
 import { writeFileSync } from "node:fs";
@@ -81,6 +84,19 @@ export default defineMain(async ({ args, log }) => {
   const W = Number(process.env.WORLD_SIZE ?? 1), rank = jobRank();
   const outFile = args.includes("--json") ? args[args.indexOf("--json") + 1] : undefined;
   const only = args.includes("--only") ? args[args.indexOf("--only") + 1] : undefined;
+  const tArg = args.includes("--transport") ? args[args.indexOf("--transport") + 1]! : "both";
+  const transports = tArg === "both" ? ["nccl", "nvlink"] : [tArg];
+  // the transport is read at each MoE op: switching the variable between runs switches the path
+  const onTransport = <T>(t: string, f: () => T): T => {
+    const was = process.env.SHARDTS_MOE_TRANSPORT;
+    process.env.SHARDTS_MOE_TRANSPORT = t;
+    try {
+      return f();
+    } finally {
+      if (was === undefined) delete process.env.SHARDTS_MOE_TRANSPORT;
+      else process.env.SHARDTS_MOE_TRANSPORT = was;
+    }
+  };
   const ex = cudaExecutor();
   if (!ex.rankLocal) throw new Error("not in a multi-GPU job: run under shardts launch --nproc-per-node N with a GPU per rank");
   const results: Record<string, unknown>[] = [];
@@ -110,15 +126,19 @@ export default defineMain(async ({ args, log }) => {
           const g = grad(loss, { x, w });
           const outs = { rows: d.rows, perm: d.perm, counts: d.counts, ...(f8 ? { scales: f8.rows.scales } : {}), y, dx: g.x as AnyDTensor, dw: g.w as AnyDTensor };
           const plan = compile(mesh.builder.graph, Object.values(outs).map((t) => t.ref));
-          const cpu = runPlanCpu(plan).outputs, gpu = ex.run(plan).outputs;
+          const cpu = runPlanCpu(plan).outputs, gpu = onTransport("nccl", () => ex.run(plan).outputs);
           const tol = ft === "f32" ? 1e-5 : 1e-2;
           const errs = Object.keys(outs).map((k, i) => [k, relErr(gpu[i]!.data, cpu[i]!.data)] as const);
           const exact = new Set(["rows", "perm", "counts", "scales"]);
           const bad = errs.filter(([k, e]) => (exact.has(k) ? e !== 0 : !(e <= tol)));
-          if (bad.length) failures++;
+          // NVLink against NCCL: the same kernels around another transport, so every output bit for bit
+          const nvl = transports.includes("nvlink") ? onTransport("nvlink", () => ex.run(plan).outputs) : undefined;
+          const differ = nvl ? Object.keys(outs).filter((_, i) => nvl[i]!.data.some((v, j) => !Object.is(v, gpu[i]!.data[j]))) : [];
+          if (bad.length || differ.length) failures++;
           const detail = errs.map(([k, e]) => `${k} ${e === 0 ? "equal" : e.toExponential(2)}`).join(", ");
-          say(`${what}: ${bad.length ? "FAIL" : "ok"}  (${detail}; tolerance ${tol} for y/dx/dw, exact for rows/perm/counts/scales)`);
-          results.push({ kind: "check", routing, dtype, world: W, ok: !bad.length, errors: Object.fromEntries(errs) });
+          const nvlSays = nvl ? `; nvlink vs nccl: ${differ.length ? `FAIL, ${differ.join("/")} differ` : "all equal"}` : "";
+          say(`${what}: ${bad.length || differ.length ? "FAIL" : "ok"}  (${detail}; tolerance ${tol} for y/dx/dw, exact for rows/perm/counts/scales${nvlSays})`);
+          results.push({ kind: "check", routing, dtype, world: W, ok: !bad.length && !differ.length, errors: Object.fromEntries(errs), ...(nvl ? { nvlinkDiffer: differ } : {}) });
         } catch (e) {
           failures++;
           say(`${what}: FAIL with ${(e as Error).stack?.split("\n").slice(0, 4).join(" | ")}`);
@@ -169,11 +189,13 @@ export default defineMain(async ({ args, log }) => {
           }
           return ts.sort((a, b) => a - b)[7]!;
         };
-        const msD = time(planD), msRT = time(planRT), msC = msRT - msD;
-        const bytes = T * K * (f8 ? D + 4 * Math.ceil(D / 128) : 2 * D), combineBytes = T * K * D * 2;
-        const row = { kind: "time", impl: "shardts", fmt, tokens: T, d: D, k: K, experts: E, world: W, dispatchMs: +msD.toFixed(3), roundTripMs: +msRT.toFixed(3), combineMs: +msC.toFixed(3), dispatchGBs: +(bytes / msD / 1e6).toFixed(1), combineGBs: +(combineBytes / msC / 1e6).toFixed(1), peakGiB: +(ex.mem.peak / 2 ** 30).toFixed(2) };
-        say(`${what}: dispatch ${msD.toFixed(3)} ms (${row.dispatchGBs} GB/s), round trip ${msRT.toFixed(3)} ms, combine ${msC.toFixed(3)} ms (${row.combineGBs} GB/s)`);
-        results.push(row);
+        for (const transport of transports) {
+          const msD = onTransport(transport, () => time(planD)), msRT = onTransport(transport, () => time(planRT)), msC = msRT - msD;
+          const bytes = T * K * (f8 ? D + 4 * Math.ceil(D / 128) : 2 * D), combineBytes = T * K * D * 2;
+          const row = { kind: "time", impl: "shardts", fmt, transport, tokens: T, d: D, k: K, experts: E, world: W, dispatchMs: +msD.toFixed(3), roundTripMs: +msRT.toFixed(3), combineMs: +msC.toFixed(3), dispatchGBs: +(bytes / msD / 1e6).toFixed(1), combineGBs: +(combineBytes / msC / 1e6).toFixed(1), peakGiB: +(ex.mem.peak / 2 ** 30).toFixed(2) };
+          say(`${what} ${transport}: dispatch ${msD.toFixed(3)} ms (${row.dispatchGBs} GB/s), round trip ${msRT.toFixed(3)} ms, combine ${msC.toFixed(3)} ms (${row.combineGBs} GB/s)`);
+          results.push(row);
+        }
         for (const n of ["x", "w", "idx"]) ex.setResident(n, undefined);
       } catch (e) {
         failures++;
@@ -186,7 +208,7 @@ export default defineMain(async ({ args, log }) => {
 
   if (rank === 0) {
     log("\nsummary (shardts, ep=" + W + ")");
-    for (const r of results) log(r.kind === "check" ? `  check ${r.routing} ${r.dtype}: ${r.ok ? "ok" : "FAIL"}` : `  T ${r.tokens} d ${r.d} top-${r.k} ${r.fmt}: ${r.error ? "FAIL " + r.error : `dispatch ${r.dispatchMs} ms ${r.dispatchGBs} GB/s, combine ${r.combineMs} ms ${r.combineGBs} GB/s`}`);
+    for (const r of results) log(r.kind === "check" ? `  check ${r.routing} ${r.dtype}: ${r.ok ? "ok" : "FAIL"}` : `  T ${r.tokens} d ${r.d} top-${r.k} ${r.fmt} ${r.transport ?? ""}: ${r.error ? "FAIL " + r.error : `dispatch ${r.dispatchMs} ms ${r.dispatchGBs} GB/s, combine ${r.combineMs} ms ${r.combineGBs} GB/s`}`);
     if (outFile) writeFileSync(outFile, results.map((r) => JSON.stringify(r)).join("\n") + "\n");
   }
   return failures ? 1 : 0;

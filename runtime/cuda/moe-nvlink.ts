@@ -1,0 +1,207 @@
+// MoE dispatch / combine / redispatch over NVLink within a node (SHARDTS_MOE_TRANSPORT=nvlink): the
+// permute kernel as on the NCCL path, then one kernel on a bounded number of SMs (SHARDTS_MOE_SMS)
+// that stores rows straight from the tokens into the peers' windows (ipc.ts) and, after a device-side
+// barrier, copies its own window into the op's output. No host round trip for counts, no permuted
+// copy. Used under `shardts launch` where the op's expert axis lies within one node and its GPUs have
+// peer access; anything else (another node, no peer access, a layout with nothing to exchange) runs
+// on the NCCL path, said once per expert-axis group. Outputs equal the NCCL path's bit for bit: the
+// same permute, the same row bytes, the same combine kernel over the same row order.
+import type { Plan } from "../../compiler/plan.ts";
+import type { DType, TensorType } from "../../compiler/ir/types.ts";
+import { coordsOf } from "../../compiler/ir/placement.ts";
+import { CompileError, UsageError } from "../../compiler/errors.ts";
+import { empty, type DeviceTensor } from "./memory.ts";
+import { packArgs, type KernelArg } from "./native.ts";
+import { elemBytes } from "./kernels/sources.ts";
+import * as M from "./kernels/moe-sources.ts";
+import { moeNvlCombine, moeNvlPush, NVL_BLOCK } from "./kernels/moe-nvlink-sources.ts";
+import { NvlinkUnavailable, nvlGeometry, parityAreas, type NvlGeometry, type WindowLayout } from "./moe-nvlink-layout.ts";
+import { ncclAllGather, PeerWindow } from "./ipc.ts";
+import { collectiveTimeoutS } from "./nccl/watchdog.ts";
+import type { CudaExecutor } from "./executor.ts";
+
+type OpInstr = Extract<Plan["instrs"][number], { kind: "op" }>;
+export type MoeTransport = "nccl" | "nvlink";
+
+/** SHARDTS_MOE_TRANSPORT: nccl (default until the NVLink path is measured faster) or nvlink. */
+export function moeTransport(env: NodeJS.ProcessEnv = process.env): MoeTransport {
+  const v = env.SHARDTS_MOE_TRANSPORT || "nccl";
+  if (v !== "nccl" && v !== "nvlink") throw new UsageError(`SHARDTS_MOE_TRANSPORT=${JSON.stringify(v)}: use nccl (grouped send/recv, any nodes) or nvlink (peer stores within a node)`);
+  return v;
+}
+
+/** Blocks (one per SM) the NVLink kernels take: SHARDTS_MOE_SMS, default 20, at most the GPU's SMs. */
+export function moeSms(smCount: number, env: NodeJS.ProcessEnv = process.env): number {
+  const v = env.SHARDTS_MOE_SMS;
+  const n = v === undefined || v === "" ? 20 : Number(v);
+  if (!Number.isInteger(n) || n <= 0) throw new UsageError(`SHARDTS_MOE_SMS=${JSON.stringify(v)} must be a positive whole number of SMs`);
+  return Math.min(n, smCount);
+}
+
+interface Group {
+  window?: PeerWindow;
+  refused?: string;
+}
+const groups = new WeakMap<CudaExecutor, Map<string, Group>>();
+/** Per plan and op: its geometry and that geometry's device table; freed with the plan. */
+const tables = new WeakMap<Plan, Map<OpInstr, { geo: NvlGeometry; table: bigint }>>();
+const freeTables = new FinalizationRegistry<{ free: () => void }>((h) => h.free());
+
+/** The operand counts this path was written for; a variant with more (FP8 scales beside the rows, say) stays on NCCL until this path learns it. */
+const ARITY: Record<string, { inputs: number[]; outputs: number }> = {
+  moe_combine: { inputs: [2, 3], outputs: 1 },
+  moe_dispatch: { inputs: [2], outputs: 3 },
+  moe_redispatch: { inputs: [2, 3], outputs: 1 },
+};
+
+const names = (t: TensorType) => t.dims.map((d) => d.name);
+const prod = (xs: number[]) => xs.reduce((a, b) => a * b, 1);
+const wordOf = (bytes: number, ptrs: bigint[]) => ([16, 4, 1] as const).find((v) => bytes % v === 0 && ptrs.every((p) => p % BigInt(v) === 0n))!;
+
+function windowOf(exe: CudaExecutor, plan: Plan, axis: string): PeerWindow {
+  const dist = exe.rankLocal!, a = plan.mesh.axes.indexOf(axis), key = `${plan.mesh.sizes.join("x")}/${axis}`;
+  const byKey = groups.get(exe) ?? new Map<string, Group>();
+  groups.set(exe, byKey);
+  let g = byKey.get(key);
+  if (!g) {
+    g = {};
+    byKey.set(key, g);
+    const W = plan.mesh.sizes[a]!, me = coordsOf(plan.mesh, dist.rank)[a]!;
+    const gather = ncclAllGather(exe.addon, dist.comms.axes(plan.mesh)[a]!, dist.stream(), W, collectiveTimeoutS() * 1000);
+    try {
+      g.window = PeerWindow.create(exe.addon, gather, me, W, dist.localRank, moeSms(exe.smCount));
+    } catch (e) {
+      if (!(e instanceof NvlinkUnavailable)) throw e;
+      g.refused = e.message;
+      console.warn(`shardts: MoE over mesh axis '${axis}' uses NCCL, not NVLink: ${e.message}`);
+    }
+  }
+  if (!g.window) throw new NvlinkUnavailable(g.refused!);
+  return g.window;
+}
+
+/** The op's geometry (expert side `eSlot`, token side `tSlot`) and its device table, made once per plan. */
+function geometry(exe: CudaExecutor, plan: Plan, ins: OpInstr, eSlot: number, tSlot: number, rowsDim: string, batch: string[], rank: number, tokenSide: boolean): { geo: NvlGeometry; table: bigint } {
+  const byOp = tables.get(plan) ?? new Map();
+  tables.set(plan, byOp);
+  let t = byOp.get(ins);
+  if (!t) {
+    const geo = nvlGeometry(plan, eSlot, tSlot, String(ins.attrs.axis), rowsDim, batch, rank);
+    // dispatch/redispatch read efirst | dstOf[me]; combine reads efirst | srcRank | srcLb
+    const ints = tokenSide ? [...geo.efirst, ...geo.dstOf[geo.me]!] : [...geo.efirst, ...geo.srcRank, ...geo.srcLb];
+    const addon = exe.addon, table = addon.memAlloc(4 * ints.length);
+    addon.memcpyHtoD(table, Int32Array.from(ints));
+    freeTables.register(plan, { free: () => addon.memFree(table) });
+    byOp.set(ins, (t = { geo, table }));
+  }
+  return t;
+}
+
+function launch(exe: CudaExecutor, k: { name: string; source: string }, blocks: number, threads: number, args: KernelArg[]): void {
+  if (blocks > 0) exe.addon.launchKernel(exe.fn(k.name, k.source), [blocks, 1, 1], [threads, 1, 1], 0, exe.stream, packArgs(...args));
+}
+
+/** The arguments every NVLink kernel starts with: peers, geometry, group, epoch, all phases, timeout, flags. */
+function head(w: PeerWindow, table: bigint, geo: NvlGeometry, L: WindowLayout, epoch: number): KernelArg[] {
+  return [["ptr", w.peersTable], ["ptr", table], ["i32", geo.ranks.length], ["i32", geo.me], ["u64", epoch], ["i32", 7], ["i64", collectiveTimeoutS() * 1e9], ["i64", L.flagN], ["i64", L.flagR]];
+}
+
+function needFloat(op: string, t: TensorType): "f32" | "bf16" {
+  if (t.dtype !== "f32" && t.dtype !== "bf16") throw new CompileError(`the CUDA backend's ${op} computes in f32 or bf16, got ${t.dtype}; cast first`);
+  return t.dtype;
+}
+
+/**
+ * Runs a MoE op on this rank over NVLink when the transport is chosen and possible; false: the
+ * caller runs it on the NCCL path (refusals are said once per group).
+ */
+export function runMoeNvlink(exe: CudaExecutor, plan: Plan, ins: OpInstr, slots: (DeviceTensor[] | undefined)[]): boolean {
+  const axis = String(ins.attrs.axis), a = plan.mesh.axes.indexOf(axis);
+  if (moeTransport() !== "nvlink" || !exe.rankLocal || a < 0 || plan.mesh.sizes[a]! < 2) return false;
+  const arity = ARITY[ins.op];
+  if (!arity || !arity.inputs.includes(ins.inputs.length) || ins.outputs.length !== arity.outputs) return false;
+  // a replayed graph would launch with the epochs of its capture, which every flag already holds:
+  // its barriers would pass at once and peers would overwrite windows still being read
+  if (exe.addon.streamIsCapturing(exe.stream) !== 0)
+    throw new CompileError(`${ins.op} over NVLink cannot be captured in a CUDA graph (its barriers count ops at launch); run it eagerly, or set SHARDTS_MOE_TRANSPORT=nccl`);
+  try {
+    run(exe, plan, ins, slots, exe.rankLocal.rank);
+    return true;
+  } catch (e) {
+    if (!(e instanceof NvlinkUnavailable)) throw e;
+    return false;
+  }
+}
+
+function run(exe: CudaExecutor, plan: Plan, ins: OpInstr, slots: (DeviceTensor[] | undefined)[], r: number): void {
+  const at = ins.attrs, axis = String(at.axis), seq = String(at.dim), kDim = String(at.k), blocks = moeSms(exe.smCount);
+  const tIn = ins.inputs.map((s) => plan.values[s]!.type);
+  const own = (s: number) => slots[s]![r]!;
+  const temps: DeviceTensor[] = [];
+  const reorder = (s: number, order: string[]) => {
+    const t = exe.reorder(own(s), names(plan.values[s]!.type), order);
+    if (t !== own(s)) temps.push(t);
+    return t;
+  };
+  const out = (i: number, dtype: DType) => ((slots[ins.outputs[i]!] ??= [])[r] = empty(exe.mem, dtype, plan.values[ins.outputs[i]!]!.shapes[r]!));
+
+  if (ins.op === "moe_dispatch") {
+    const [tx, ti] = tIn as [TensorType, TensorType], G = Number(at.numGroups);
+    if (G > M.MOE_MAX_GROUPS) throw new CompileError(`moe_dispatch on CUDA sorts by at most ${M.MOE_MAX_GROUPS} experts, got ${G}`);
+    const batch = names(ti).filter((n) => n !== seq && n !== kDim), inner = names(tx).filter((n) => n !== seq && !batch.includes(n));
+    const { geo, table } = geometry(exe, plan, ins, ins.outputs[0]!, ins.inputs[1]!, String(at.rows), batch, r, true);
+    const w = windowOf(exe, plan, axis);
+    const X = reorder(ins.inputs[0]!, [...batch, seq, ...inner]), I = reorder(ins.inputs[1]!, [...batch, seq, kDim]);
+    const Bloc = prod(I.shape.slice(0, batch.length)), S = I.shape[batch.length]!, Kk = I.shape[batch.length + 1]!, n = S * Kk;
+    const rowBytes = prod(X.shape.slice(batch.length + 1)) * elemBytes(tx.dtype);
+    const perm = out(1, "i32"), counts = empty(exe.mem, "i32", [Bloc, G]), rows = out(0, tx.dtype), cOut = out(2, "i32");
+    temps.push(counts);
+    launch(exe, M.moeRoute(), Math.min(Bloc, exe.smCount * 8), M.MOE_ROUTE_BLOCK, [["ptr", counts.ptr], ["ptr", perm.ptr], ["ptr", I.ptr], ["i64", Bloc], ["i32", n], ["i32", G]]);
+    const L = w.ensure({ blocks, countsCap: geo.Bdst * G, lensCap: geo.ranks.length * geo.Bdst, rowsCap: geo.Bdst * n * rowBytes });
+    const epoch = w.nextEpoch(), p = parityAreas(L, epoch), V = wordOf(rowBytes, [X.ptr, rows.ptr]);
+    launch(exe, moeNvlPush({ redispatch: false, V }), blocks, NVL_BLOCK, [...head(w, table, geo, L, epoch), ["i64", p.counts], ["i64", p.lens], ["i64", L.rows],
+      ["ptr", X.ptr], ["ptr", perm.ptr], ["ptr", counts.ptr], ["ptr", 0n], ["i32", Bloc], ["i32", geo.Bdst], ["i32", G], ["i32", n], ["i32", Kk], ["i64", S], ["i64", rowBytes / V], ["ptr", rows.ptr], ["ptr", cOut.ptr]]);
+  } else {
+    // combine and redispatch: perm [...batch, rows~seg] in the tokens' layout; counts: the expert side's piece
+    const tp = tIn[1]!, rowsDim = tp.dims.find((d) => d.segmented)!, batch = names(tp).filter((n) => n !== rowsDim.name);
+    const S = Number(at.size), Kk = Number(at.numK), n = S * Kk, hasW = ins.inputs.length === 3;
+    const countsSlot = plan.values[ins.inputs[1]!]!.segCounts[rowsDim.name]!;
+    const combine = ins.op === "moe_combine";
+    const { geo, table } = geometry(exe, plan, ins, combine ? ins.inputs[0]! : ins.outputs[0]!, ins.inputs[1]!, rowsDim.name, batch, r, !combine);
+    const w = windowOf(exe, plan, axis);
+    exe.rankLocal!.beforeReads([countsSlot]);
+    const C = reorder(countsSlot, [...batch, rowsDim.segmented!.groups]);
+    const P = reorder(ins.inputs[1]!, [...batch, rowsDim.name]), Bloc = prod(P.shape.slice(0, batch.length));
+    const Wt = hasW ? reorder(ins.inputs[2]!, [...batch, seq, kDim]) : undefined;
+    if (combine) {
+      const tr = tIn[0]!, ty = plan.values[ins.outputs[0]!]!.type, dt = needFloat("moe_combine", tr), keepK = at.keepK === true;
+      if (Kk > 16) throw new CompileError(`the CUDA backend's moe_combine takes at most 16 slots per token, got ${Kk}`);
+      const inner = names(tr).filter((nm) => nm !== rowsDim.name && !batch.includes(nm));
+      const R = reorder(ins.inputs[0]!, [...batch, rowsDim.name, ...inner]), D = prod(R.shape.slice(batch.length + 1)), rowBytes = D * elemBytes(dt);
+      const L = w.ensure({ blocks, countsCap: 0, lensCap: geo.ranks.length * geo.Bdst, rowsCap: geo.Bdst * n * rowBytes });
+      const epoch = w.nextEpoch(), V = wordOf(rowBytes, [R.ptr]);
+      launch(exe, moeNvlCombine(V), blocks, NVL_BLOCK, [...head(w, table, geo, L, epoch), ["i64", parityAreas(L, epoch).lens], ["i64", L.rows], ["ptr", R.ptr], ["ptr", C.ptr], ["i32", geo.Bdst], ["i32", n], ["i64", rowBytes / V]]);
+      // this rank's window now holds its tokens' rows in sorted order: un-permute and weigh in place
+      const Bn = Bloc * n, pos = empty(exe.mem, "i32", [Bn]), moved = w.base + BigInt(L.rows);
+      temps.push(pos);
+      if (Bn) exe.addon.memsetD8(pos.ptr, 0xff, Bn * 4, exe.stream);
+      exe.launch1D(M.moeInvert(), Bn, [["ptr", pos.ptr], ["ptr", P.ptr], ["i64", Bn], ["i32", n]]);
+      const order = [...batch, seq, ...(keepK ? [kDim] : []), ...inner], shape = plan.values[ins.outputs[0]!]!.shapes[r]!;
+      const Y = empty(exe.mem, dt, order.map((d) => shape[ty.dims.findIndex((e) => e.name === d)]!));
+      launch(exe, M.moeCombine(dt), Math.min(Math.ceil((Bloc * S) / 8), exe.smCount * 8), 256, [["ptr", Y.ptr], ["ptr", moved], ["ptr", pos.ptr], ["ptr", Wt?.ptr ?? 0n], ["i64", Bloc * S], ["i32", S], ["i32", Kk], ["i32", D], ["i32", keepK ? 1 : 0]]);
+      (slots[ins.outputs[0]!] ??= [])[r] = exe.reorderOwned(Y, order, names(ty));
+    } else {
+      const ts = tIn[0]!, keepK = ts.dims.some((d) => d.name === kDim);
+      const inner = names(ts).filter((nm) => nm !== seq && nm !== kDim && !batch.includes(nm));
+      const X = reorder(ins.inputs[0]!, [...batch, seq, ...(keepK ? [kDim] : []), ...inner]), D = prod(X.shape.slice(batch.length + (keepK ? 2 : 1)));
+      const rowBytes = D * elemBytes(ts.dtype), rows = out(0, ts.dtype);
+      const L = w.ensure({ blocks, countsCap: 0, lensCap: geo.ranks.length * geo.Bdst, rowsCap: geo.Bdst * n * rowBytes });
+      const epoch = w.nextEpoch(), p = parityAreas(L, epoch);
+      const V = Wt ? 1 : wordOf(rowBytes, [X.ptr, rows.ptr]), words = Wt ? D : rowBytes / V;
+      const k = Wt ? moeNvlPush({ redispatch: true, V: 1, weighted: needFloat("moe_redispatch", ts) }) : moeNvlPush({ redispatch: true, V });
+      launch(exe, k, blocks, NVL_BLOCK, [...head(w, table, geo, L, epoch), ["i64", p.counts], ["i64", p.lens], ["i64", L.rows],
+        ["ptr", X.ptr], ["ptr", P.ptr], ["ptr", C.ptr], ["ptr", Wt?.ptr ?? 0n], ["i32", Bloc], ["i32", geo.Bdst], ["i32", 0], ["i32", n], ["i32", keepK ? 1 : Kk], ["i64", keepK ? n : S], ["i64", words], ["ptr", rows.ptr], ["ptr", 0n]]);
+    }
+  }
+  for (const t of temps) exe.release(t);
+}
