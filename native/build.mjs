@@ -13,7 +13,7 @@
 // native/build/build-status.json, which runtime/cuda/native.ts quotes when the addon is missing.
 // SHARDTS_SKIP_NATIVE=1 skips the build.
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { availableParallelism } from "node:os";
 import { delimiter, dirname, join, relative } from "node:path";
@@ -74,6 +74,14 @@ try {
 } catch (e) {
   finish(false, `cmake-js is not installed (${e.message.split("\n")[0]})`);
 }
+
+// A build folder copied from another checkout keeps a CMake cache bound to that folder: cmake then
+// refuses it, yet cmake-js can exit 0 with the old addon still in place. Such a folder is cleared,
+// and the addon is removed before every build, so "built" always means this build made it.
+const cache = join(buildDir, "CMakeCache.txt");
+const home = existsSync(cache) ? /^CMAKE_HOME_DIRECTORY:INTERNAL=(.*)$/m.exec(readFileSync(cache, "utf8"))?.[1] : undefined;
+if (home !== undefined && home !== here) rmSync(buildDir, { recursive: true, force: true });
+rmSync(addonPath, { force: true });
 
 const args = [cmakeJs, "compile", "--directory", here, "--out", buildDir, "--parallel", String(Math.max(1, availableParallelism()))];
 const run = spawnSync(process.execPath, args, { encoding: "utf8", maxBuffer: 64 * 1024 * 1024, env: { ...process.env } });
