@@ -76,7 +76,14 @@ export interface RunOptions {
   trace?: TraceEvent[];
   /** Re-launch every fused kernel this many times after it ran, timing each launch (0: no profiling). */
   profile?: number;
+  /** Host time per instruction, added up by its trace name and category (bench/host/host-overhead.ts). */
+  hostTimes?: HostTimes;
 }
+
+/** Host milliseconds spent issuing instructions, by what ran ("kernel", "gemm", "comm", "op"... and name). */
+export type HostTimes = Map<string, { cat: string; name: string; n: number; ms: number }>;
+
+const GEMM_OPS = new Set(["dot", "segment_dot", "segment_wgrad", "scaled_dot", "scaled_segment_dot", "scaled_segment_wgrad"]);
 
 export class CudaExecutor {
   readonly addon: NativeAddon;
@@ -337,13 +344,14 @@ export class CudaExecutor {
     };
     const lastUse = fused.lastUse;
     let kernels = 0;
+    const hostTimes = opts.hostTimes;
+    let tIns = hostTimes ? performance.now() : 0;
 
     fused.instrs.forEach((ins, i) => {
       dist?.beforeReads(readsOf(ins));
       // a rank-local comm step is traced on the communication stream, around its own work (below)
       if (tracer && !(ins.kind === "comm" && dist)) {
-        const what = ins.kind === "kernel" ? prog.kernels[prog.kernelOf[ins.id]!]!.name : ins.kind === "comm" ? `${ins.step.kind}[${plan.mesh.axes[ins.step.axis] ?? ins.step.axis}]` : ins.op;
-        const cat = ins.kind === "kernel" ? "kernel" : ins.kind === "comm" ? "comm" : ["dot", "segment_dot", "segment_wgrad", "scaled_dot", "scaled_segment_dot", "scaled_segment_wgrad"].includes(ins.op) ? "gemm" : "op";
+        const { what, cat } = labelOf(plan, prog, ins);
         tracer.begin(what, cat, dist ? `rank ${dist.rank}` : "stream", this.stream, ins.kind === "kernel" ? { fuses: ins.fuses.map((f) => f.op).join("+") } : undefined);
       }
       try {
@@ -417,6 +425,13 @@ export class CudaExecutor {
       if (!(ins.kind === "comm" && dist)) tracer?.end(this.stream);
       // (rank-local: a buffer an in-flight comm step still reads goes back once compute waited for that step)
       for (const s of readsOf(ins)) if (lastUse[s] === i && slots[s]) (slots[s]!.forEach((d) => (dist ? dist.release(d) : this.release(d))), (slots[s] = undefined));
+      if (hostTimes) {
+        const now = performance.now(), { what, cat } = labelOf(plan, prog, ins), key = `${cat} ${what}`;
+        const e = hostTimes.get(key) ?? hostTimes.set(key, { cat, name: what, n: 0, ms: 0 }).get(key)!;
+        e.n++;
+        e.ms += now - tIns;
+        tIns = now;
+      }
     });
     return { slots, counts, kernels, timings, dist };
   }
@@ -566,5 +581,12 @@ export class CudaExecutor {
 }
 
 const BAD_NONE = -2147483648;
+
+/** An instruction's name and category in traces and host timings. */
+function labelOf(plan: Plan, prog: ReturnType<typeof emitCuda>, ins: ReturnType<typeof fuse>["instrs"][number]): { what: string; cat: string } {
+  if (ins.kind === "kernel") return { what: prog.kernels[prog.kernelOf[ins.id]!]!.name, cat: "kernel" };
+  if (ins.kind === "comm") return { what: `${ins.step.kind}[${plan.mesh.axes[ins.step.axis] ?? ins.step.axis}]`, cat: "comm" };
+  return { what: ins.op, cat: GEMM_OPS.has(ins.op) ? "gemm" : MOE_OPS.has(ins.op) ? "moe" : "op" };
+}
 
 

@@ -1,5 +1,5 @@
 // RankLocal's host path per collective, on the CPU over a native layer that only counts
-// (test/unit/nccl/fake-addon.ts): lowerings are cached per plan step, events come from a pool, compute
+// (test/fakes/native-addon.ts): lowerings are cached per plan step, events come from a pool, compute
 // waits only for the steps whose outputs it reads (prefetched steps stay in flight), the watchdog
 // still names a collective that never completes, and the host work stays a few microseconds.
 import { describe, it, expect } from "vitest";
@@ -8,7 +8,7 @@ import { Communicators } from "../../runtime/cuda/nccl/communicators.ts";
 import { WatchdogThread } from "../../runtime/cuda/nccl/watchdog-thread.ts";
 import { empty } from "../../runtime/cuda/memory.ts";
 import { firstTimeout, withWatchdog } from "./nccl/watchdog-harness.ts";
-import { fakeAddon, fakeExecutor } from "./nccl/fake-addon.ts";
+import { fakeAddon, fakeExecutor } from "../fakes/native-addon.ts";
 import { collectiveCases, measure } from "../../bench/host/nccl-step-overhead.ts";
 
 const noCounts = () => {
