@@ -96,7 +96,7 @@ export class CudaExecutor {
   mem: CachingAllocator;
   /** How the emitters write kernels (compiler/codegen/cuda/tuning.ts); plans are re-lowered when it changes. */
   tuning: EmitTuning = DEFAULT_TUNING;
-  private fns = new Map<string, KernelFunction>();
+  private fns = new Map<string, { source: string; fn: KernelFunction }[]>();
   /** Rank-local execution over NCCL (one process per GPU); unset: every rank simulated on this GPU. */
   rankLocal?: RankLocal;
   private compileStats = { compiled: 0, cacheHits: 0, compileMs: 0 };
@@ -113,17 +113,21 @@ export class CudaExecutor {
     this.mem = new CachingAllocator(addon);
   }
 
-  /** Compiles (or finds in the disk cache) and loads a kernel. */
+  /**
+   * Compiles (or finds in the disk cache) and loads a kernel. Called on every launch: looked up by
+   * name, then by source (the same string object on a hit, so compared by identity: a key joining
+   * name and source was hashed anew, character by character, on every launch).
+   */
   fn(name: string, source: string): KernelFunction {
-    const key = `${name}\n${source}`;
-    let f = this.fns.get(key);
-    if (f) return f;
+    const known = this.fns.get(name);
+    if (known) for (const k of known) if (k.source === source) return k.fn;
     const c = compileCuda(this.addon, name, source, this.arch);
     if (c.cached) this.compileStats.cacheHits++;
     else this.compileStats.compiled++;
     this.compileStats.compileMs += c.ms;
-    f = this.addon.moduleGetFunction(this.addon.moduleLoadData(c.cubin), name);
-    this.fns.set(key, f);
+    const f = this.addon.moduleGetFunction(this.addon.moduleLoadData(c.cubin), name);
+    if (known) known.push({ source, fn: f });
+    else this.fns.set(name, [{ source, fn: f }]);
     return f;
   }
 
