@@ -21,7 +21,8 @@ import { fuse } from "../../compiler/codegen/fuse.ts";
 import { prefetchComms } from "../../compiler/passes/prefetch.ts";
 import { emitCuda } from "../../compiler/codegen/cuda/emit.ts";
 import { DEFAULT_TUNING, type EmitTuning } from "../../compiler/codegen/cuda/tuning.ts";
-import { launchOf, residentBlocks } from "../../compiler/codegen/cuda/launch.ts";
+import { residentBlocks } from "../../compiler/codegen/cuda/launch.ts";
+import { fillPointers, packedLaunch, type LaunchCache } from "./launches.ts";
 import { cpuCtx } from "../cpu/executor.ts";
 import { MOE_OPS, runMoe } from "./moe.ts";
 import { runStep } from "../cpu/collectives.ts";
@@ -216,15 +217,15 @@ export class CudaExecutor {
     this.resident.set(name, ds);
   }
 
-  private loweredPlans = new WeakMap<Plan, { fused: ReturnType<typeof fuse>; prog: ReturnType<typeof emitCuda>; tuning: EmitTuning }>();
-  /** The fused plan and its kernels, made once per plan (a training step runs the same plan every step). */
+  private loweredPlans = new WeakMap<Plan, { fused: ReturnType<typeof fuse>; prog: ReturnType<typeof emitCuda>; tuning: EmitTuning; launches: LaunchCache }>();
+  /** The fused plan, its kernels and their launches, made once per plan (a training step runs the same plan every step). */
   private lowered(plan: Plan) {
     let l = this.loweredPlans.get(plan);
     if (!l || l.tuning !== this.tuning) {
       // rank-local runs issue comm steps early (compiler/passes/prefetch.ts) to overlap them with
       // compute; a mesh simulated on one GPU runs them on the host and would only hold memory longer
       const fused = l?.fused ?? (this.rankLocal ? prefetchComms(fuse(plan), prefetchBytes()) : fuse(plan));
-      l = { fused, prog: emitCuda(fused, this.arch, this.tuning), tuning: this.tuning };
+      l = { fused, prog: emitCuda(fused, this.arch, this.tuning), tuning: this.tuning, launches: new Map() };
       this.loweredPlans.set(plan, l);
     }
     return l;
@@ -331,7 +332,7 @@ export class CudaExecutor {
   /** Runs every instruction of the plan; the outputs stay on the device (the caller releases them). */
   private exec(plan: Plan, feeds: ReadonlyMap<string, LocalTensor[]> | undefined, opts: RunOptions, tracer?: TraceRecorder) {
     const timings: KernelTiming[] = [];
-    const { fused, prog } = this.lowered(plan);
+    const { fused, prog, launches } = this.lowered(plan);
     const W = plan.world;
     const dist = W > 1 ? this.rankLocal : undefined;
     const ranks = dist ? [dist.rank] : Array.from({ length: W }, (_, r) => r);
@@ -368,26 +369,14 @@ export class CudaExecutor {
             return per;
           });
           for (const r of ranks) {
-            const l = launchOf(kernel, ins, plan, r, { smCount: this.smCount, aligned: true, blocksPerSM: this.blocksPerSM(fn, kernel.launch.block) });
-            if (l.grid === 0) continue;
-            const ptrOf = (slot: number) => {
-              const o = ins.outputs.indexOf(slot);
-              return o >= 0 ? outs[o]![r]!.ptr : slots[slot]![r]!.ptr;
-            };
-            const idx = kernel.launch.index === "u32" ? "u32" : "u64";
-            const args: KernelArg[] = kernel.launch.params.map((p, j) => {
-              const a = l.args[j]!;
-              if (p.k === "ptr") return ["ptr", ptrOf((a as { slot: number }).slot)];
-              const v = (a as { value: number }).value;
-              if (p.k === "vec" || (p.k === "size" && p.name === "ncol")) return ["i32", v];
-              return idx === "u32" ? ["u32", v] : ["u64", v];
-            });
-            const params = packArgs(...args);
-            this.addon.launchKernel(fn, [l.grid, 1, 1], [l.block, 1, 1], 0, this.stream, params);
+            const pl = packedLaunch(launches, kernel, ins, plan, r, { smCount: this.smCount, blocksPerSM: () => this.blocksPerSM(fn, kernel.launch.block) });
+            if (!pl) continue;
+            fillPointers(pl, r, outs, slots);
+            this.addon.launchKernel(fn, pl.grid, pl.block, 0, this.stream, pl.params);
             kernels++;
             if (opts.profile && r === ranks[0]) {
               const bytes = [...ins.inputs, ...ins.outputs].reduce((b, s) => b + numel(plan.values[s]!.shapes[0]!) * K.elemBytes(plan.values[s]!.type.dtype), 0);
-              const ms = this.timeLaunch(() => this.addon.launchKernel(fn, [l.grid, 1, 1], [l.block, 1, 1], 0, this.stream, params), opts.profile);
+              const ms = this.timeLaunch(() => this.addon.launchKernel(fn, pl.grid, pl.block, 0, this.stream, pl.params), opts.profile);
               timings.push({ name: kernel.name, ops: ins.fuses.map((f) => f.op), ms, bytes });
             }
           }

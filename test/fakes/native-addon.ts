@@ -21,6 +21,8 @@ export interface FakeAddon {
 export interface FakeOptions {
   /** Fills the host buffer of a device-to-host copy (default: left as it is, zeros for a fresh array). */
   read?: (dst: ArrayBufferView | ArrayBuffer) => void;
+  /** Sees every call with its arguments (argument buffers the caller reuses must be copied). */
+  spy?: (method: string, args: unknown[]) => void;
 }
 
 /** An H200's figures, so launch geometry (grids, resident blocks) is what the GPU run computes. */
@@ -37,7 +39,9 @@ const H200: DeviceProperties = {
 export function fakeAddon(opts: FakeOptions = {}): FakeAddon {
   const liveEvents = new Set<bigint>();
   const flags = new Map<bigint, number>();
-  let next = 0x1000n;
+  // device memory and NVRTC programs count apart from other handles: whether a kernel came from the
+  // disk cache (no program made) changes neither the buffers nor the functions a run gets
+  let next = 0x1000n, mem = 0x7f0000000000n, programs = 0n;
   const handle = () => ++next;
   const readBack = (dst: unknown, src: unknown) => {
     const v = flags.get(src as bigint);
@@ -51,7 +55,7 @@ export function fakeAddon(opts: FakeOptions = {}): FakeAddon {
       if (!liveEvents.delete(e as bigint)) throw new Error(`fake addon: eventDestroy of an unknown event ${String(e)}`);
     },
     streamCreate: handle,
-    memAlloc: () => (next += 0x100000n),
+    memAlloc: () => (mem += 0x100000n),
     memsetD32: (p, v) => void flags.set(p as bigint, v as number),
     memsetD8: (p) => void flags.delete(p as bigint),
     memcpyDtoH: (dst, src) => readBack(dst, src),
@@ -59,7 +63,7 @@ export function fakeAddon(opts: FakeOptions = {}): FakeAddon {
     deviceProperties: () => H200,
     driverVersion: () => 0,
     nvrtcVersion: () => [0, 0],
-    nvrtcCreateProgram: handle,
+    nvrtcCreateProgram: () => ++programs,
     nvrtcCompileProgram: () => ({ ok: true, log: "" }),
     nvrtcGetCUBIN: () => new Uint8Array(0),
     moduleLoadData: handle,
@@ -78,7 +82,13 @@ export function fakeAddon(opts: FakeOptions = {}): FakeAddon {
       if (!fn) {
         const c = { n: 0 }, f = answers[name], dflt = name.startsWith("nccl") ? 0 : undefined;
         counters.set(name, c);
-        fns.set(name, (fn = f ? (...args: unknown[]) => (c.n++, f(...args)) : () => (c.n++, dflt)));
+        const spy = opts.spy;
+        fn = f ? (...args: unknown[]) => (c.n++, f(...args)) : () => (c.n++, dflt);
+        if (spy) {
+          const inner = fn;
+          fn = (...args: unknown[]) => (spy(name, args), inner(...args));
+        }
+        fns.set(name, fn);
       }
       return fn;
     },
