@@ -167,17 +167,27 @@ export class CudaExecutor {
   /** dst[sum i*ostride] = src[sum i*istride] over `shape` (elements of `dtype`), on `stream`. */
   copyStrided(dtype: DType, dst: bigint, src: bigint, shape: number[], istride: number[], ostride: number[], stream: Stream = this.stream): void {
     if (shape.length > K.MAX_DIMS) throw new CompileError(`the CUDA copy kernel takes at most ${K.MAX_DIMS} dims, got ${shape.length}`);
-    const geo = new DataView(new ArrayBuffer(8 + 8 + 4 * K.MAX_DIMS + 8 * K.MAX_DIMS * 2 + 4));
-    // struct Geo { int nd; long long n; int shape[8]; long long istride[8]; long long ostride[8]; }
-    geo.setInt32(0, shape.length, true);
-    geo.setBigInt64(8, BigInt(numel(shape)), true);
-    shape.forEach((s, i) => geo.setInt32(16 + 4 * i, s, true));
-    const so = 16 + 4 * K.MAX_DIMS;
-    istride.forEach((s, i) => geo.setBigInt64(so + 8 * i, BigInt(s), true));
-    ostride.forEach((s, i) => geo.setBigInt64(so + 8 * K.MAX_DIMS + 8 * i, BigInt(s), true));
-    const bytes = new Uint8Array(geo.buffer, 0, so + 16 * K.MAX_DIMS);
-    this.launch1D(K.stridedCopy(dtype), numel(shape), [["ptr", dst], ["ptr", src], ["bytes", bytes, 8]], stream);
+    const n = numel(shape);
+    if (n <= 0) return;
+    // the kernel's arguments (out, in, Geo) written straight into one reused block: the MoE
+    // exchanges issue a copy per sequence and peer every step (cuLaunchKernel copies the block)
+    const v = this.copyArgs, so = 16 + 16 + 4 * K.MAX_DIMS;
+    this.copyBlock.fill(0);
+    v.setBigUint64(0, dst, true);
+    v.setBigUint64(8, src, true);
+    // struct Geo { int nd; long long n; int shape[8]; long long istride[8]; long long ostride[8]; } at 16
+    v.setInt32(16, shape.length, true);
+    setI64(v, 24, n);
+    for (let i = 0; i < shape.length; i++) {
+      v.setInt32(32 + 4 * i, shape[i]!, true);
+      setI64(v, so + 8 * i, istride[i]!);
+      setI64(v, so + 8 * K.MAX_DIMS + 8 * i, ostride[i]!);
+    }
+    const k = K.stridedCopy(dtype), grid = Math.min(Math.ceil(n / BLOCK), this.smCount * 8);
+    this.addon.launchKernel(this.fn(k.name, k.source), [grid, 1, 1], [BLOCK, 1, 1], 0, stream, this.copyBlock);
   }
+  private readonly copyBlock = new Uint8Array(16 + 16 + 4 * K.MAX_DIMS + 16 * K.MAX_DIMS);
+  private readonly copyArgs = new DataView(this.copyBlock.buffer);
 
   release(t: DeviceTensor | undefined): void {
     if (t && !this.pinned.has(t) && !this.cap?.pinned.has(t)) this.mem.release(t);
@@ -574,6 +584,12 @@ export class CudaExecutor {
 }
 
 const BAD_NONE = -2147483648;
+
+/** A little-endian int64 from a safe integer, without a BigInt (ToUint32 keeps the low 32 bits, two's complement). */
+function setI64(v: DataView, at: number, x: number): void {
+  v.setUint32(at, x >>> 0, true);
+  v.setInt32(at + 4, Math.floor(x / 4294967296), true);
+}
 
 /** An instruction's name and category in traces and host timings. */
 function labelOf(plan: Plan, prog: ReturnType<typeof emitCuda>, ins: ReturnType<typeof fuse>["instrs"][number]): { what: string; cat: string } {

@@ -18,7 +18,8 @@ export interface DeviceTensor {
   bytes: number;
 }
 
-const sizeClass = (n: number) => Math.max(512, 2 ** Math.ceil(Math.log2(Math.max(1, n))));
+/** The power of two at or above n (512 at least); by count of leading zeros where it fits 32 bits (every alloc asks). */
+const sizeClass = (n: number) => (n <= 512 ? 512 : n <= 2 ** 31 ? 2 ** (32 - Math.clz32(n - 1)) : 2 ** Math.ceil(Math.log2(n)));
 
 export class CachingAllocator {
   private free = new Map<number, bigint[]>();

@@ -12,6 +12,8 @@ import { compile } from "../../compiler/pipeline.ts";
 import { buildOn } from "../../stdlib/model.ts";
 import type { AnyDTensor } from "../../stdlib/index.ts";
 import { fakeAddon } from "../fakes/native-addon.ts";
+import { packArgs } from "../../runtime/cuda/kernel-args.ts";
+import { MAX_DIMS } from "../../runtime/cuda/kernels/sources.ts";
 import tpMlp from "../../examples/tp-mlp.ts";
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
@@ -65,5 +67,26 @@ describe("CUDA executor host path (fake native layer)", () => {
     const after = launches.map((l) => l.split(" ")[0]);
     expect(after.length).toBe(before.length);
     expect(after.some((fn) => !before.includes(fn))).toBe(true);
+  });
+
+  it("a strided copy passes the kernel's (out, in, Geo) block exactly as packArgs lays out the C struct", () => {
+    const { ex, launches } = logged();
+    const cases: [number[], number[], number[]][] = [
+      [[3, 5], [5, 1], [1, 3]],
+      [[2, 1, 4], [0, 0, 1], [4, 4, 1]], // broadcast
+      [[2, 3], [2 ** 33 + 7, 1], [3, 1]], // a stride past 32 bits
+    ];
+    for (const [shape, ist, ost] of cases) {
+      ex.copyStrided("bf16", 0x7000n, 0x9000n, shape, ist, ost);
+      // struct Geo { int nd; long long n; int shape[8]; long long istride[8]; long long ostride[8]; }
+      const geo = new DataView(new ArrayBuffer(16 + 4 * MAX_DIMS + 16 * MAX_DIMS)), so = 16 + 4 * MAX_DIMS;
+      geo.setInt32(0, shape.length, true);
+      geo.setBigInt64(8, BigInt(shape.reduce((a, b) => a * b, 1)), true);
+      shape.forEach((x, i) => geo.setInt32(16 + 4 * i, x, true));
+      ist.forEach((x, i) => geo.setBigInt64(so + 8 * i, BigInt(x), true));
+      ost.forEach((x, i) => geo.setBigInt64(so + 8 * MAX_DIMS + 8 * i, BigInt(x), true));
+      const want = packArgs(["ptr", 0x7000n], ["ptr", 0x9000n], ["bytes", new Uint8Array(geo.buffer), 8]);
+      expect(launches.pop()!.split(" ")[3]).toBe(hex(want));
+    }
   });
 });
