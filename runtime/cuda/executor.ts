@@ -30,7 +30,7 @@ import { assemble, type GlobalTensor } from "../cpu/assemble.ts";
 import type { KernelFunction, NativeAddon, Stream } from "./native-types.ts";
 import { native, packArgs, type KernelArg } from "./native.ts";
 import { archFor, compileCuda } from "./compile.ts";
-import { CachingAllocator, download, empty, upload, type DeviceTensor } from "./memory.ts";
+import { CachingAllocator, download, downloadAll, empty, upload, type DeviceTensor } from "./memory.ts";
 import * as K from "./kernels/sources.ts";
 import { concatSplit, dot, gather, scatterAdd, segmentContract } from "./ops.ts";
 import { CapturedStep, notCapturable, type DeferredCheck } from "./graph.ts";
@@ -272,7 +272,11 @@ export class CudaExecutor {
       for (const s of new Set(plan.outputs)) slots[s]?.forEach((d) => this.release(d));
       return { outputs: [], locals: [], stats: { kernels, ...this.compileStats, peakBytes: this.mem.peak, ms: performance.now() - t0 }, timings };
     }
-    const locals = plan.outputs.map((s) => slots[s]!.map((d) => download(this.addon, d, this.stream)));
+    // every output piece read back with one wait (rank-local: this rank's piece; the others are holes)
+    const flat: DeviceTensor[] = [], at: [number, number][] = [];
+    plan.outputs.forEach((s, i) => slots[s]!.forEach((d, r) => (flat.push(d), at.push([i, r]))));
+    const locals = plan.outputs.map((s) => new Array<LocalTensor>(slots[s]!.length));
+    downloadAll(this.addon, flat, this.stream).forEach((t, k) => (locals[at[k]![0]]![at[k]![1]] = t));
     const wanted = new Set(read ?? plan.outputs.map((_, i) => i));
     // rank-local: a value read back needs every rank's piece (a world all-gather; none for replicated values)
     const hostSlots = new Map(plan.outputs.map((s, i) => [s, dist && wanted.has(i) ? dist.allPieces(plan, s, slots[s]![dist.rank]!) : locals[i]!]));

@@ -14,6 +14,7 @@ import type { AnyDTensor } from "../../stdlib/index.ts";
 import { fakeAddon } from "../fakes/native-addon.ts";
 import { packArgs } from "../../runtime/cuda/kernel-args.ts";
 import { MAX_DIMS } from "../../runtime/cuda/kernels/sources.ts";
+import { CachingAllocator, downloadAll, empty } from "../../runtime/cuda/memory.ts";
 import tpMlp from "../../examples/tp-mlp.ts";
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
@@ -88,5 +89,22 @@ describe("CUDA executor host path (fake native layer)", () => {
       const want = packArgs(["ptr", 0x7000n], ["ptr", 0x9000n], ["bytes", new Uint8Array(geo.buffer), 8]);
       expect(launches.pop()!.split(" ")[3]).toBe(hex(want));
     }
+  });
+
+  it("reads pieces back with every copy issued before one wait, each converted from its device bits", () => {
+    const seen: string[] = [];
+    const f = fakeAddon({
+      spy: (m) => void (m.startsWith("memcpy") || m === "streamSynchronize" ? seen.push(m) : undefined),
+      // device bits of 1.0 in each width: bf16 0x3f80, e4m3 0x38; f32 and i32 as themselves
+      read: (dst) => void (dst instanceof Uint16Array ? dst.fill(0x3f80) : dst instanceof Uint8Array ? dst.fill(0x38) : (dst as Float32Array).fill(1)),
+    });
+    const mem = new CachingAllocator(f.addon);
+    const ds = [empty(mem, "f32", [3]), empty(mem, "bf16", [2]), empty(mem, "i32", [0]), empty(mem, "fp8e4m3", [2])];
+    const got = downloadAll(f.addon, ds, 0n);
+    expect(seen).toEqual(["memcpyDtoHAsync", "memcpyDtoHAsync", "memcpyDtoHAsync", "streamSynchronize"]);
+    expect(got.map((t) => [t.dtype, Array.from(t.data)])).toEqual([["f32", [1, 1, 1]], ["bf16", [1, 1]], ["i32", []], ["fp8e4m3", [1, 1]]]);
+    seen.length = 0;
+    expect(downloadAll(f.addon, [ds[2]!], 0n)[0]!.data.length).toBe(0);
+    expect(seen).toEqual([]); // nothing to copy: no wait
   });
 });

@@ -16,7 +16,7 @@ import type { PlannedStep } from "../../../compiler/passes/redistribute-plan.ts"
 import { CompileError } from "../../../compiler/errors.ts";
 import type { Event, NativeAddon, NcclComm, Stream } from "../native-types.ts";
 import { NcclDataType, NcclRedOp } from "../native-types.ts";
-import { download, empty, type DeviceTensor } from "../memory.ts";
+import { download, downloadAll, empty, type DeviceTensor } from "../memory.ts";
 import * as K from "../kernels/sources.ts";
 import type { CudaExecutor } from "../executor.ts";
 import { lowerStep, type Lowered, type View } from "./lower.ts";
@@ -293,7 +293,7 @@ export class RankLocal {
     const w = this.comms.world, what = `all_gather[world](pieces of a ${v.type.dtype} value)`;
     const desc = this.s.watchdog?.describe({ axis: "world", what, group: Array.from({ length: plan.world }, (_, r) => r) }) ?? -1;
     this.call(w, "world", desc, what, a.ncclAllGather(send.ptr, recv.ptr, padded, NcclDataType.u8, w, ex.stream));
-    const out = v.shapes.map((s, r) => download(a, { dtype: v.type.dtype, shape: s, ptr: recv.ptr + BigInt(r * padded), bytes: 0 }, ex.stream));
+    const out = downloadAll(a, v.shapes.map((s, r) => ({ dtype: v.type.dtype, shape: s, ptr: recv.ptr + BigInt(r * padded), bytes: 0 })), ex.stream);
     ex.release(send);
     ex.release(recv);
     return out;
