@@ -7,7 +7,7 @@
 // through the CPU reference's exact simulation. With `rankLocal` set (one process per GPU,
 // nccl/collectives.ts), it runs only its own rank: other ranks' pieces are never made, comm steps
 // go to NCCL, and counts and read-back values are all-gathered across the world.
-import type { DType, TensorType } from "../../compiler/ir/types.ts";
+import type { DType } from "../../compiler/ir/types.ts";
 import type { LocalTensor } from "../../compiler/ir/local.ts";
 import { stridesOf } from "../../compiler/ir/local.ts";
 import type { Plan } from "../../compiler/plan.ts";
@@ -32,14 +32,12 @@ import { native, packArgs, type KernelArg } from "./native.ts";
 import { archFor, compileCuda } from "./compile.ts";
 import { CachingAllocator, download, downloadAll, empty, upload, type DeviceTensor } from "./memory.ts";
 import * as K from "./kernels/sources.ts";
-import { concatSplit, dot, gather, scatterAdd, segmentContract } from "./ops.ts";
+import { deviceOp } from "./device-ops.ts";
 import { CapturedStep, notCapturable, type DeferredCheck } from "./graph.ts";
 import { CaptureMode } from "./native-types.ts";
 import { TraceRecorder, type TraceEvent } from "./trace.ts";
 import type { RankLocal, StepSpan } from "./nccl/collectives.ts";
 import type { Counts } from "./nccl/transfers.ts";
-import { FP8_OPS, runFp8 } from "./fp8.ts";
-import { scaledSegmentDotCuda, scaledSegmentWgradCuda } from "./fp8-segment.ts";
 
 const FACTORIES_ON_HOST = new Set(["constant", "from_local", "random", "input"]);
 
@@ -443,10 +441,9 @@ export class CudaExecutor {
     return { slots, counts, kernels, timings, dist };
   }
 
-  /** One non-fused op on rank r. */
+  /** One non-fused op on rank r: host-made values here (they depend on resident inputs and capture), the rest in device-ops.ts. */
   private op(plan: Plan, ins: Extract<Plan["instrs"][number], { kind: "op" }>, r: number, coords: number[], slots: (DeviceTensor[] | undefined)[], feeds: ReadonlyMap<string, LocalTensor[]> | undefined, counts: (s: number) => GlobalTensor): DeviceTensor[] {
     const tIn = ins.inputs.map((s) => plan.values[s]!.type), tOut = ins.outputs.map((s) => plan.values[s]!.type);
-    const names = (t: TensorType) => t.dims.map((d) => d.name);
     const x = ins.inputs.map((s) => slots[s]![r]!);
     const outShape = (o: number) => plan.values[ins.outputs[o]!]!.shapes[r]!;
     const a = ins.attrs;
@@ -462,88 +459,7 @@ export class CudaExecutor {
       const host = getOp(ins.op).cpu([], a, cpuCtx(plan, ins, r, coords, feeds));
       return host.map((t) => upload(this.addon, this.mem, t, this.stream));
     }
-    switch (ins.op) {
-      case "full":
-      case "iota": {
-        const out = empty(this.mem, tOut[0]!.dtype, outShape(0));
-        const holds = tOut[0]!.placements.every((p, ax) => p !== "P(sum)" || coords[ax] === 0);
-        const di = ins.op === "iota" ? tOut[0]!.dims.findIndex((d) => d.name === a.dim) : -1;
-        const st = stridesOf(out.shape);
-        const off = di >= 0 ? plan.values[ins.outputs[0]!]!.boxes[r]!.offset[di]! : 0;
-        this.launch1D(K.fill(out.dtype), numel(out.shape), [["ptr", out.ptr], ["i64", numel(out.shape)], ["f32", holds ? Number(a.value ?? 0) : 0], ["i32", di >= 0 && holds ? 1 : 0], ["i64", di >= 0 ? st[di]! : 1], ["i64", di >= 0 ? Math.max(1, out.shape[di]!) : 1], ["i64", off]]);
-        return [out];
-      }
-      case "dot":
-        return [dot(this, x[0]!, x[1]!, tIn[0]!, tIn[1]!, tOut[0]!, outShape(0), a)];
-      case "segment_dot":
-      case "segment_wgrad":
-        return [segmentContract(this, ins.op, plan, ins, r, x, tIn, tOut[0]!, outShape(0), counts)];
-      case "scaled_segment_dot":
-        return [scaledSegmentDotCuda(this, plan, ins, r, x, tIn, tOut[0]!, outShape(0))];
-      case "scaled_segment_wgrad":
-        return [scaledSegmentWgradCuda(this, plan, ins, r, x, tIn, tOut[0]!, outShape(0))];
-      case "gather":
-        return [gather(this, plan, ins, r, x, tIn, tOut[0]!, outShape(0))];
-      case "scatter_add":
-        return [scatterAdd(this, x, tIn, tOut[0]!, outShape(0), a)];
-      case "topk": {
-        const dim = String(a.dim), k = Number(a.k), rest = names(tIn[0]!).filter((n) => n !== dim);
-        const X = this.reorder(x[0]!, names(tIn[0]!), [...rest, dim]);
-        const n = X.shape[X.shape.length - 1]!, rows = n ? numel(X.shape) / n : 0;
-        const vals = empty(this.mem, X.dtype, [...X.shape.slice(0, -1), k]), inds = empty(this.mem, "i32", vals.shape);
-        this.launch1D(K.topk(X.dtype), rows, [["ptr", vals.ptr], ["ptr", inds.ptr], ["ptr", X.ptr], ["i64", rows], ["i32", n], ["i32", k]]);
-        if (X !== x[0]) this.release(X);
-        const kd = String(a.kDim), order = [...rest, kd];
-        return [this.reorderOwned(vals, order, names(tOut[0]!)), this.reorderOwned(inds, order, names(tOut[1]!))];
-      }
-      case "sort_by_key": {
-        const dim = String(a.dim), G = Number(a.numGroups), batch = names(tIn[0]!).filter((nm) => nm !== dim);
-        const Kt = this.reorder(x[0]!, names(tIn[0]!), [...batch, dim]);
-        const n = Kt.shape[Kt.shape.length - 1]!, B = n ? numel(Kt.shape) / n : numel(Kt.shape.slice(0, -1));
-        const perm = empty(this.mem, "i32", outShape(0)), cnt = empty(this.mem, "i32", outShape(1)), start = empty(this.mem, "i32", [B, G]);
-        this.launch1D(K.sortByKey(), B, [["ptr", perm.ptr], ["ptr", cnt.ptr], ["ptr", start.ptr], ["ptr", Kt.ptr], ["i64", B], ["i32", n], ["i32", G]]);
-        this.release(start);
-        if (Kt !== x[0]) this.release(Kt);
-        return [perm, cnt];
-      }
-      case "rename":
-      case "unflatten": {
-        const out = empty(this.mem, x[0]!.dtype, outShape(0));
-        if (out.bytes && numel(out.shape)) this.addon.memcpyDtoDAsync(out.ptr, x[0]!.ptr, numel(out.shape) * K.elemBytes(out.dtype), this.stream);
-        return [out];
-      }
-      case "flatten": {
-        const dims = a.dims as string[];
-        const order = names(tIn[0]!).flatMap((nm) => (nm === dims[0] ? dims : dims.includes(nm) ? [] : [nm]));
-        const X = this.reorder(x[0]!, names(tIn[0]!), order);
-        const out = empty(this.mem, X.dtype, outShape(0));
-        if (numel(out.shape)) this.addon.memcpyDtoDAsync(out.ptr, X.ptr, numel(out.shape) * K.elemBytes(out.dtype), this.stream);
-        if (X !== x[0]) this.release(X);
-        return [out];
-      }
-      case "permute": {
-        const X = this.reorder(x[0]!, names(tIn[0]!), a.order as string[]);
-        return [X === x[0] ? this.clone(X) : X];
-      }
-      case "expand": {
-        const shape = outShape(0), out = empty(this.mem, x[0]!.dtype, shape);
-        const ist = [...stridesOf(x[0]!.shape), ...shape.slice(x[0]!.shape.length).map(() => 0)];
-        this.copy(out, x[0]!, shape, ist, stridesOf(shape), 0);
-        return [out];
-      }
-      case "concat":
-      case "split":
-        return concatSplit(this, ins.op, x, tIn, tOut, ins.outputs.map((_, o) => outShape(o)), String(a.dim));
-      default:
-        if (FP8_OPS.has(ins.op)) return runFp8(this, ins.op, x, tIn, tOut, outShape(0), a);
-        throw new CompileError(`the CUDA backend has no kernel for op '${ins.op}' here (the fusion pass leaves it unfused); this is a shardts bug — run with --backend cpu`);
-    }
-  }
-
-  private clone(t: DeviceTensor): DeviceTensor {
-    const out = empty(this.mem, t.dtype, t.shape);
-    if (numel(t.shape)) this.addon.memcpyDtoDAsync(out.ptr, t.ptr, numel(t.shape) * K.elemBytes(t.dtype), this.stream);
-    return out;
+    return deviceOp(this, plan, ins, r, coords, x, tIn, tOut, outShape, counts);
   }
 
   /** Reorders a tensor this code owns, releasing the original when a copy was made. */
@@ -552,8 +468,6 @@ export class CudaExecutor {
     if (o !== t) this.release(t);
     return o;
   }
-
-
 
   /** An f32 result cast to `dtype` (f32: itself); the f32 buffer is released. */
   castOwned(acc: DeviceTensor, dtype: DType): DeviceTensor {
@@ -582,9 +496,6 @@ export class CudaExecutor {
     this.addon.memsetD32(bad.ptr, BAD_NONE >>> 0, 1, this.stream);
     return bad;
   }
-
-
-
 }
 
 const BAD_NONE = -2147483648;
@@ -601,5 +512,3 @@ function labelOf(plan: Plan, prog: ReturnType<typeof emitCuda>, ins: ReturnType<
   if (ins.kind === "comm") return { what: `${ins.step.kind}[${plan.mesh.axes[ins.step.axis] ?? ins.step.axis}]`, cat: "comm" };
   return { what: ins.op, cat: GEMM_OPS.has(ins.op) ? "gemm" : MOE_OPS.has(ins.op) ? "moe" : "op" };
 }
-
-
