@@ -7,7 +7,9 @@
 // routed rows over 8 experts, so every segment GEMM the GPU run issues is issued here too) and
 // zeros otherwise. The native calls' own cost (N-API, driver, ~1–10 µs each on a GPU host) is not
 // in the times; the calls per step are counted, so a GPU host's figure can be estimated from them.
-//   npx tsx bench/host/host-overhead.ts [--steps 20] [--batch 16,64] [--cpu-prof-steps N]
+//   npm run bench:host [-- --steps 100] [--batch 16,64]    (npx tsx bench/host/host-overhead.ts ...)
+// Where the time goes inside an instruction: node --cpu-prof on a bundle (npx esbuild --bundle
+// --platform=node --format=esm) of a script calling profileMoeStep (tsx's output has no useful lines).
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -105,7 +107,7 @@ export function report(p: StepProfile, top = 15): string {
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? "").href) {
   const a = process.argv.slice(2), opt = (k: string, d: string) => (a.includes(k) ? a[a.indexOf(k) + 1]! : d);
-  const steps = Number(opt("--steps", "20"));
+  const steps = Number(opt("--steps", "100"));
   // the fake "compiles" every kernel to an empty image: keep those out of the real kernel cache
   const cache = mkdtempSync(join(tmpdir(), "shardts-host-overhead-"));
   process.env.SHARDTS_CACHE_DIR = cache;
