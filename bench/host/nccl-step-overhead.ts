@@ -1,6 +1,6 @@
 // Host-side cost of one collective through the plan path (RankLocal.step + flush, as
 // bench/gpu/lib/dist-collectives.ts times it), on the CPU over a native layer that does nothing
-// (test/unit/nccl/fake-addon.ts): what is left is shardts' own per-call work (lowering lookup,
+// (test/fakes/native-addon.ts): what is left is shardts' own per-call work (lowering lookup,
 // buffers, events, watchdog bookkeeping) and the count of native calls per collective.
 //   npx tsx bench/host/nccl-step-overhead.ts [--reps 20000] [--no-watchdog]
 import { pathToFileURL } from "node:url";
@@ -14,7 +14,7 @@ import { RankLocal } from "../../runtime/cuda/nccl/collectives.ts";
 import { Communicators } from "../../runtime/cuda/nccl/communicators.ts";
 import { WatchdogThread } from "../../runtime/cuda/nccl/watchdog-thread.ts";
 import { startStore } from "../../runtime/launch/store.ts";
-import { fakeAddon, fakeExecutor } from "../../test/unit/nccl/fake-addon.ts";
+import { fakeAddon, fakeExecutor } from "../../test/fakes/native-addon.ts";
 
 const value = (t: TensorType, mesh: MeshSpec, placements: Placement[]): PlanValue => {
   const tt = { ...t, placements };

@@ -7,7 +7,7 @@
 // through the CPU reference's exact simulation. With `rankLocal` set (one process per GPU,
 // nccl/collectives.ts), it runs only its own rank: other ranks' pieces are never made, comm steps
 // go to NCCL, and counts and read-back values are all-gathered across the world.
-import type { DType, TensorType } from "../../compiler/ir/types.ts";
+import type { DType } from "../../compiler/ir/types.ts";
 import type { LocalTensor } from "../../compiler/ir/local.ts";
 import { stridesOf } from "../../compiler/ir/local.ts";
 import type { Plan } from "../../compiler/plan.ts";
@@ -21,7 +21,8 @@ import { fuse } from "../../compiler/codegen/fuse.ts";
 import { prefetchComms } from "../../compiler/passes/prefetch.ts";
 import { emitCuda } from "../../compiler/codegen/cuda/emit.ts";
 import { DEFAULT_TUNING, type EmitTuning } from "../../compiler/codegen/cuda/tuning.ts";
-import { launchOf, residentBlocks } from "../../compiler/codegen/cuda/launch.ts";
+import { residentBlocks } from "../../compiler/codegen/cuda/launch.ts";
+import { fillPointers, packedLaunch, type LaunchCache } from "./launches.ts";
 import { cpuCtx } from "../cpu/executor.ts";
 import { MOE_OPS, runMoe } from "./moe.ts";
 import { runStep } from "../cpu/collectives.ts";
@@ -29,16 +30,14 @@ import { assemble, type GlobalTensor } from "../cpu/assemble.ts";
 import type { KernelFunction, NativeAddon, Stream } from "./native-types.ts";
 import { native, packArgs, type KernelArg } from "./native.ts";
 import { archFor, compileCuda } from "./compile.ts";
-import { CachingAllocator, download, empty, upload, type DeviceTensor } from "./memory.ts";
+import { CachingAllocator, download, downloadAll, empty, upload, type DeviceTensor } from "./memory.ts";
 import * as K from "./kernels/sources.ts";
-import { concatSplit, dot, gather, scatterAdd, segmentContract } from "./ops.ts";
+import { deviceOp } from "./device-ops.ts";
 import { CapturedStep, notCapturable, type DeferredCheck } from "./graph.ts";
 import { CaptureMode } from "./native-types.ts";
 import { TraceRecorder, type TraceEvent } from "./trace.ts";
 import type { RankLocal, StepSpan } from "./nccl/collectives.ts";
 import type { Counts } from "./nccl/transfers.ts";
-import { FP8_OPS, runFp8 } from "./fp8.ts";
-import { scaledSegmentDotCuda, scaledSegmentWgradCuda } from "./fp8-segment.ts";
 
 const FACTORIES_ON_HOST = new Set(["constant", "from_local", "random", "input"]);
 
@@ -76,7 +75,14 @@ export interface RunOptions {
   trace?: TraceEvent[];
   /** Re-launch every fused kernel this many times after it ran, timing each launch (0: no profiling). */
   profile?: number;
+  /** Host time per instruction, added up by its trace name and category (bench/host/host-overhead.ts). */
+  hostTimes?: HostTimes;
 }
+
+/** Host milliseconds spent issuing instructions, by what ran ("kernel", "gemm", "comm", "op"... and name). */
+export type HostTimes = Map<string, { cat: string; name: string; n: number; ms: number }>;
+
+const GEMM_OPS = new Set(["dot", "segment_dot", "segment_wgrad", "scaled_dot", "scaled_segment_dot", "scaled_segment_wgrad"]);
 
 export class CudaExecutor {
   readonly addon: NativeAddon;
@@ -89,7 +95,7 @@ export class CudaExecutor {
   mem: CachingAllocator;
   /** How the emitters write kernels (compiler/codegen/cuda/tuning.ts); plans are re-lowered when it changes. */
   tuning: EmitTuning = DEFAULT_TUNING;
-  private fns = new Map<string, KernelFunction>();
+  private fns = new Map<string, { source: string; fn: KernelFunction }[]>();
   /** Rank-local execution over NCCL (one process per GPU); unset: every rank simulated on this GPU. */
   rankLocal?: RankLocal;
   private compileStats = { compiled: 0, cacheHits: 0, compileMs: 0 };
@@ -106,17 +112,21 @@ export class CudaExecutor {
     this.mem = new CachingAllocator(addon);
   }
 
-  /** Compiles (or finds in the disk cache) and loads a kernel. */
+  /**
+   * Compiles (or finds in the disk cache) and loads a kernel. Called on every launch: looked up by
+   * name, then by source (the same string object on a hit, so compared by identity: a key joining
+   * name and source was hashed anew, character by character, on every launch).
+   */
   fn(name: string, source: string): KernelFunction {
-    const key = `${name}\n${source}`;
-    let f = this.fns.get(key);
-    if (f) return f;
+    const known = this.fns.get(name);
+    if (known) for (const k of known) if (k.source === source) return k.fn;
     const c = compileCuda(this.addon, name, source, this.arch);
     if (c.cached) this.compileStats.cacheHits++;
     else this.compileStats.compiled++;
     this.compileStats.compileMs += c.ms;
-    f = this.addon.moduleGetFunction(this.addon.moduleLoadData(c.cubin), name);
-    this.fns.set(key, f);
+    const f = this.addon.moduleGetFunction(this.addon.moduleLoadData(c.cubin), name);
+    if (known) known.push({ source, fn: f });
+    else this.fns.set(name, [{ source, fn: f }]);
     return f;
   }
 
@@ -155,17 +165,27 @@ export class CudaExecutor {
   /** dst[sum i*ostride] = src[sum i*istride] over `shape` (elements of `dtype`), on `stream`. */
   copyStrided(dtype: DType, dst: bigint, src: bigint, shape: number[], istride: number[], ostride: number[], stream: Stream = this.stream): void {
     if (shape.length > K.MAX_DIMS) throw new CompileError(`the CUDA copy kernel takes at most ${K.MAX_DIMS} dims, got ${shape.length}`);
-    const geo = new DataView(new ArrayBuffer(8 + 8 + 4 * K.MAX_DIMS + 8 * K.MAX_DIMS * 2 + 4));
-    // struct Geo { int nd; long long n; int shape[8]; long long istride[8]; long long ostride[8]; }
-    geo.setInt32(0, shape.length, true);
-    geo.setBigInt64(8, BigInt(numel(shape)), true);
-    shape.forEach((s, i) => geo.setInt32(16 + 4 * i, s, true));
-    const so = 16 + 4 * K.MAX_DIMS;
-    istride.forEach((s, i) => geo.setBigInt64(so + 8 * i, BigInt(s), true));
-    ostride.forEach((s, i) => geo.setBigInt64(so + 8 * K.MAX_DIMS + 8 * i, BigInt(s), true));
-    const bytes = new Uint8Array(geo.buffer, 0, so + 16 * K.MAX_DIMS);
-    this.launch1D(K.stridedCopy(dtype), numel(shape), [["ptr", dst], ["ptr", src], ["bytes", bytes, 8]], stream);
+    const n = numel(shape);
+    if (n <= 0) return;
+    // the kernel's arguments (out, in, Geo) written straight into one reused block: the MoE
+    // exchanges issue a copy per sequence and peer every step (cuLaunchKernel copies the block)
+    const v = this.copyArgs, so = 16 + 16 + 4 * K.MAX_DIMS;
+    this.copyBlock.fill(0);
+    v.setBigUint64(0, dst, true);
+    v.setBigUint64(8, src, true);
+    // struct Geo { int nd; long long n; int shape[8]; long long istride[8]; long long ostride[8]; } at 16
+    v.setInt32(16, shape.length, true);
+    setI64(v, 24, n);
+    for (let i = 0; i < shape.length; i++) {
+      v.setInt32(32 + 4 * i, shape[i]!, true);
+      setI64(v, so + 8 * i, istride[i]!);
+      setI64(v, so + 8 * K.MAX_DIMS + 8 * i, ostride[i]!);
+    }
+    const k = K.stridedCopy(dtype), grid = Math.min(Math.ceil(n / BLOCK), this.smCount * 8);
+    this.addon.launchKernel(this.fn(k.name, k.source), [grid, 1, 1], [BLOCK, 1, 1], 0, stream, this.copyBlock);
   }
+  private readonly copyBlock = new Uint8Array(16 + 16 + 4 * K.MAX_DIMS + 16 * K.MAX_DIMS);
+  private readonly copyArgs = new DataView(this.copyBlock.buffer);
 
   release(t: DeviceTensor | undefined): void {
     if (t && !this.pinned.has(t) && !this.cap?.pinned.has(t)) this.mem.release(t);
@@ -205,15 +225,15 @@ export class CudaExecutor {
     this.resident.set(name, ds);
   }
 
-  private loweredPlans = new WeakMap<Plan, { fused: ReturnType<typeof fuse>; prog: ReturnType<typeof emitCuda>; tuning: EmitTuning }>();
-  /** The fused plan and its kernels, made once per plan (a training step runs the same plan every step). */
+  private loweredPlans = new WeakMap<Plan, { fused: ReturnType<typeof fuse>; prog: ReturnType<typeof emitCuda>; tuning: EmitTuning; launches: LaunchCache }>();
+  /** The fused plan, its kernels and their launches, made once per plan (a training step runs the same plan every step). */
   private lowered(plan: Plan) {
     let l = this.loweredPlans.get(plan);
     if (!l || l.tuning !== this.tuning) {
       // rank-local runs issue comm steps early (compiler/passes/prefetch.ts) to overlap them with
       // compute; a mesh simulated on one GPU runs them on the host and would only hold memory longer
       const fused = l?.fused ?? (this.rankLocal ? prefetchComms(fuse(plan), prefetchBytes()) : fuse(plan));
-      l = { fused, prog: emitCuda(fused, this.arch, this.tuning), tuning: this.tuning };
+      l = { fused, prog: emitCuda(fused, this.arch, this.tuning), tuning: this.tuning, launches: new Map() };
       this.loweredPlans.set(plan, l);
     }
     return l;
@@ -250,7 +270,11 @@ export class CudaExecutor {
       for (const s of new Set(plan.outputs)) slots[s]?.forEach((d) => this.release(d));
       return { outputs: [], locals: [], stats: { kernels, ...this.compileStats, peakBytes: this.mem.peak, ms: performance.now() - t0 }, timings };
     }
-    const locals = plan.outputs.map((s) => slots[s]!.map((d) => download(this.addon, d, this.stream)));
+    // every output piece read back with one wait (rank-local: this rank's piece; the others are holes)
+    const flat: DeviceTensor[] = [], at: [number, number][] = [];
+    plan.outputs.forEach((s, i) => slots[s]!.forEach((d, r) => (flat.push(d), at.push([i, r]))));
+    const locals = plan.outputs.map((s) => new Array<LocalTensor>(slots[s]!.length));
+    downloadAll(this.addon, flat, this.stream).forEach((t, k) => (locals[at[k]![0]]![at[k]![1]] = t));
     const wanted = new Set(read ?? plan.outputs.map((_, i) => i));
     // rank-local: a value read back needs every rank's piece (a world all-gather; none for replicated values)
     const hostSlots = new Map(plan.outputs.map((s, i) => [s, dist && wanted.has(i) ? dist.allPieces(plan, s, slots[s]![dist.rank]!) : locals[i]!]));
@@ -320,7 +344,7 @@ export class CudaExecutor {
   /** Runs every instruction of the plan; the outputs stay on the device (the caller releases them). */
   private exec(plan: Plan, feeds: ReadonlyMap<string, LocalTensor[]> | undefined, opts: RunOptions, tracer?: TraceRecorder) {
     const timings: KernelTiming[] = [];
-    const { fused, prog } = this.lowered(plan);
+    const { fused, prog, launches } = this.lowered(plan);
     const W = plan.world;
     const dist = W > 1 ? this.rankLocal : undefined;
     const ranks = dist ? [dist.rank] : Array.from({ length: W }, (_, r) => r);
@@ -337,13 +361,14 @@ export class CudaExecutor {
     };
     const lastUse = fused.lastUse;
     let kernels = 0;
+    const hostTimes = opts.hostTimes;
+    let tIns = hostTimes ? performance.now() : 0;
 
     fused.instrs.forEach((ins, i) => {
       dist?.beforeReads(readsOf(ins));
       // a rank-local comm step is traced on the communication stream, around its own work (below)
       if (tracer && !(ins.kind === "comm" && dist)) {
-        const what = ins.kind === "kernel" ? prog.kernels[prog.kernelOf[ins.id]!]!.name : ins.kind === "comm" ? `${ins.step.kind}[${plan.mesh.axes[ins.step.axis] ?? ins.step.axis}]` : ins.op;
-        const cat = ins.kind === "kernel" ? "kernel" : ins.kind === "comm" ? "comm" : ["dot", "segment_dot", "segment_wgrad", "scaled_dot", "scaled_segment_dot", "scaled_segment_wgrad"].includes(ins.op) ? "gemm" : "op";
+        const { what, cat } = labelOf(plan, prog, ins);
         tracer.begin(what, cat, dist ? `rank ${dist.rank}` : "stream", this.stream, ins.kind === "kernel" ? { fuses: ins.fuses.map((f) => f.op).join("+") } : undefined);
       }
       try {
@@ -356,26 +381,14 @@ export class CudaExecutor {
             return per;
           });
           for (const r of ranks) {
-            const l = launchOf(kernel, ins, plan, r, { smCount: this.smCount, aligned: true, blocksPerSM: this.blocksPerSM(fn, kernel.launch.block) });
-            if (l.grid === 0) continue;
-            const ptrOf = (slot: number) => {
-              const o = ins.outputs.indexOf(slot);
-              return o >= 0 ? outs[o]![r]!.ptr : slots[slot]![r]!.ptr;
-            };
-            const idx = kernel.launch.index === "u32" ? "u32" : "u64";
-            const args: KernelArg[] = kernel.launch.params.map((p, j) => {
-              const a = l.args[j]!;
-              if (p.k === "ptr") return ["ptr", ptrOf((a as { slot: number }).slot)];
-              const v = (a as { value: number }).value;
-              if (p.k === "vec" || (p.k === "size" && p.name === "ncol")) return ["i32", v];
-              return idx === "u32" ? ["u32", v] : ["u64", v];
-            });
-            const params = packArgs(...args);
-            this.addon.launchKernel(fn, [l.grid, 1, 1], [l.block, 1, 1], 0, this.stream, params);
+            const pl = packedLaunch(launches, kernel, ins, plan, r, { smCount: this.smCount, blocksPerSM: () => this.blocksPerSM(fn, kernel.launch.block) });
+            if (!pl) continue;
+            fillPointers(pl, r, outs, slots);
+            this.addon.launchKernel(fn, pl.grid, pl.block, 0, this.stream, pl.params);
             kernels++;
             if (opts.profile && r === ranks[0]) {
               const bytes = [...ins.inputs, ...ins.outputs].reduce((b, s) => b + numel(plan.values[s]!.shapes[0]!) * K.elemBytes(plan.values[s]!.type.dtype), 0);
-              const ms = this.timeLaunch(() => this.addon.launchKernel(fn, [l.grid, 1, 1], [l.block, 1, 1], 0, this.stream, params), opts.profile);
+              const ms = this.timeLaunch(() => this.addon.launchKernel(fn, pl.grid, pl.block, 0, this.stream, pl.params), opts.profile);
               timings.push({ name: kernel.name, ops: ins.fuses.map((f) => f.op), ms, bytes });
             }
           }
@@ -417,14 +430,20 @@ export class CudaExecutor {
       if (!(ins.kind === "comm" && dist)) tracer?.end(this.stream);
       // (rank-local: a buffer an in-flight comm step still reads goes back once compute waited for that step)
       for (const s of readsOf(ins)) if (lastUse[s] === i && slots[s]) (slots[s]!.forEach((d) => (dist ? dist.release(d) : this.release(d))), (slots[s] = undefined));
+      if (hostTimes) {
+        const now = performance.now(), { what, cat } = labelOf(plan, prog, ins), key = `${cat} ${what}`;
+        const e = hostTimes.get(key) ?? hostTimes.set(key, { cat, name: what, n: 0, ms: 0 }).get(key)!;
+        e.n++;
+        e.ms += now - tIns;
+        tIns = now;
+      }
     });
     return { slots, counts, kernels, timings, dist };
   }
 
-  /** One non-fused op on rank r. */
+  /** One non-fused op on rank r: host-made values here (they depend on resident inputs and capture), the rest in device-ops.ts. */
   private op(plan: Plan, ins: Extract<Plan["instrs"][number], { kind: "op" }>, r: number, coords: number[], slots: (DeviceTensor[] | undefined)[], feeds: ReadonlyMap<string, LocalTensor[]> | undefined, counts: (s: number) => GlobalTensor): DeviceTensor[] {
     const tIn = ins.inputs.map((s) => plan.values[s]!.type), tOut = ins.outputs.map((s) => plan.values[s]!.type);
-    const names = (t: TensorType) => t.dims.map((d) => d.name);
     const x = ins.inputs.map((s) => slots[s]![r]!);
     const outShape = (o: number) => plan.values[ins.outputs[o]!]!.shapes[r]!;
     const a = ins.attrs;
@@ -440,88 +459,7 @@ export class CudaExecutor {
       const host = getOp(ins.op).cpu([], a, cpuCtx(plan, ins, r, coords, feeds));
       return host.map((t) => upload(this.addon, this.mem, t, this.stream));
     }
-    switch (ins.op) {
-      case "full":
-      case "iota": {
-        const out = empty(this.mem, tOut[0]!.dtype, outShape(0));
-        const holds = tOut[0]!.placements.every((p, ax) => p !== "P(sum)" || coords[ax] === 0);
-        const di = ins.op === "iota" ? tOut[0]!.dims.findIndex((d) => d.name === a.dim) : -1;
-        const st = stridesOf(out.shape);
-        const off = di >= 0 ? plan.values[ins.outputs[0]!]!.boxes[r]!.offset[di]! : 0;
-        this.launch1D(K.fill(out.dtype), numel(out.shape), [["ptr", out.ptr], ["i64", numel(out.shape)], ["f32", holds ? Number(a.value ?? 0) : 0], ["i32", di >= 0 && holds ? 1 : 0], ["i64", di >= 0 ? st[di]! : 1], ["i64", di >= 0 ? Math.max(1, out.shape[di]!) : 1], ["i64", off]]);
-        return [out];
-      }
-      case "dot":
-        return [dot(this, x[0]!, x[1]!, tIn[0]!, tIn[1]!, tOut[0]!, outShape(0), a)];
-      case "segment_dot":
-      case "segment_wgrad":
-        return [segmentContract(this, ins.op, plan, ins, r, x, tIn, tOut[0]!, outShape(0), counts)];
-      case "scaled_segment_dot":
-        return [scaledSegmentDotCuda(this, plan, ins, r, x, tIn, tOut[0]!, outShape(0))];
-      case "scaled_segment_wgrad":
-        return [scaledSegmentWgradCuda(this, plan, ins, r, x, tIn, tOut[0]!, outShape(0))];
-      case "gather":
-        return [gather(this, plan, ins, r, x, tIn, tOut[0]!, outShape(0))];
-      case "scatter_add":
-        return [scatterAdd(this, x, tIn, tOut[0]!, outShape(0), a)];
-      case "topk": {
-        const dim = String(a.dim), k = Number(a.k), rest = names(tIn[0]!).filter((n) => n !== dim);
-        const X = this.reorder(x[0]!, names(tIn[0]!), [...rest, dim]);
-        const n = X.shape[X.shape.length - 1]!, rows = n ? numel(X.shape) / n : 0;
-        const vals = empty(this.mem, X.dtype, [...X.shape.slice(0, -1), k]), inds = empty(this.mem, "i32", vals.shape);
-        this.launch1D(K.topk(X.dtype), rows, [["ptr", vals.ptr], ["ptr", inds.ptr], ["ptr", X.ptr], ["i64", rows], ["i32", n], ["i32", k]]);
-        if (X !== x[0]) this.release(X);
-        const kd = String(a.kDim), order = [...rest, kd];
-        return [this.reorderOwned(vals, order, names(tOut[0]!)), this.reorderOwned(inds, order, names(tOut[1]!))];
-      }
-      case "sort_by_key": {
-        const dim = String(a.dim), G = Number(a.numGroups), batch = names(tIn[0]!).filter((nm) => nm !== dim);
-        const Kt = this.reorder(x[0]!, names(tIn[0]!), [...batch, dim]);
-        const n = Kt.shape[Kt.shape.length - 1]!, B = n ? numel(Kt.shape) / n : numel(Kt.shape.slice(0, -1));
-        const perm = empty(this.mem, "i32", outShape(0)), cnt = empty(this.mem, "i32", outShape(1)), start = empty(this.mem, "i32", [B, G]);
-        this.launch1D(K.sortByKey(), B, [["ptr", perm.ptr], ["ptr", cnt.ptr], ["ptr", start.ptr], ["ptr", Kt.ptr], ["i64", B], ["i32", n], ["i32", G]]);
-        this.release(start);
-        if (Kt !== x[0]) this.release(Kt);
-        return [perm, cnt];
-      }
-      case "rename":
-      case "unflatten": {
-        const out = empty(this.mem, x[0]!.dtype, outShape(0));
-        if (out.bytes && numel(out.shape)) this.addon.memcpyDtoDAsync(out.ptr, x[0]!.ptr, numel(out.shape) * K.elemBytes(out.dtype), this.stream);
-        return [out];
-      }
-      case "flatten": {
-        const dims = a.dims as string[];
-        const order = names(tIn[0]!).flatMap((nm) => (nm === dims[0] ? dims : dims.includes(nm) ? [] : [nm]));
-        const X = this.reorder(x[0]!, names(tIn[0]!), order);
-        const out = empty(this.mem, X.dtype, outShape(0));
-        if (numel(out.shape)) this.addon.memcpyDtoDAsync(out.ptr, X.ptr, numel(out.shape) * K.elemBytes(out.dtype), this.stream);
-        if (X !== x[0]) this.release(X);
-        return [out];
-      }
-      case "permute": {
-        const X = this.reorder(x[0]!, names(tIn[0]!), a.order as string[]);
-        return [X === x[0] ? this.clone(X) : X];
-      }
-      case "expand": {
-        const shape = outShape(0), out = empty(this.mem, x[0]!.dtype, shape);
-        const ist = [...stridesOf(x[0]!.shape), ...shape.slice(x[0]!.shape.length).map(() => 0)];
-        this.copy(out, x[0]!, shape, ist, stridesOf(shape), 0);
-        return [out];
-      }
-      case "concat":
-      case "split":
-        return concatSplit(this, ins.op, x, tIn, tOut, ins.outputs.map((_, o) => outShape(o)), String(a.dim));
-      default:
-        if (FP8_OPS.has(ins.op)) return runFp8(this, ins.op, x, tIn, tOut, outShape(0), a);
-        throw new CompileError(`the CUDA backend has no kernel for op '${ins.op}' here (the fusion pass leaves it unfused); this is a shardts bug — run with --backend cpu`);
-    }
-  }
-
-  private clone(t: DeviceTensor): DeviceTensor {
-    const out = empty(this.mem, t.dtype, t.shape);
-    if (numel(t.shape)) this.addon.memcpyDtoDAsync(out.ptr, t.ptr, numel(t.shape) * K.elemBytes(t.dtype), this.stream);
-    return out;
+    return deviceOp(this, plan, ins, r, coords, x, tIn, tOut, outShape, counts);
   }
 
   /** Reorders a tensor this code owns, releasing the original when a copy was made. */
@@ -530,8 +468,6 @@ export class CudaExecutor {
     if (o !== t) this.release(t);
     return o;
   }
-
-
 
   /** An f32 result cast to `dtype` (f32: itself); the f32 buffer is released. */
   castOwned(acc: DeviceTensor, dtype: DType): DeviceTensor {
@@ -560,11 +496,19 @@ export class CudaExecutor {
     this.addon.memsetD32(bad.ptr, BAD_NONE >>> 0, 1, this.stream);
     return bad;
   }
-
-
-
 }
 
 const BAD_NONE = -2147483648;
 
+/** A little-endian int64 from a safe integer, without a BigInt (ToUint32 keeps the low 32 bits, two's complement). */
+function setI64(v: DataView, at: number, x: number): void {
+  v.setUint32(at, x >>> 0, true);
+  v.setInt32(at + 4, Math.floor(x / 4294967296), true);
+}
 
+/** An instruction's name and category in traces and host timings. */
+function labelOf(plan: Plan, prog: ReturnType<typeof emitCuda>, ins: ReturnType<typeof fuse>["instrs"][number]): { what: string; cat: string } {
+  if (ins.kind === "kernel") return { what: prog.kernels[prog.kernelOf[ins.id]!]!.name, cat: "kernel" };
+  if (ins.kind === "comm") return { what: `${ins.step.kind}[${plan.mesh.axes[ins.step.axis] ?? ins.step.axis}]`, cat: "comm" };
+  return { what: ins.op, cat: GEMM_OPS.has(ins.op) ? "gemm" : MOE_OPS.has(ins.op) ? "moe" : "op" };
+}

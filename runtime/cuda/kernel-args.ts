@@ -60,9 +60,10 @@ export function f32ToF16Bits(x: number): number {
   return sign | (e << 10) | r;
 }
 
-export function packArgs(...args: KernelArg[]): Uint8Array {
+/** Each argument's offset in the packed block, and the block's size. */
+export function argOffsets(args: readonly KernelArg[]): { offsets: number[]; size: number } {
   let size = 0;
-  const placed: { offset: number; arg: KernelArg }[] = [];
+  const offsets: number[] = [];
   for (const arg of args) {
     const [kind] = arg;
     const bytes = kind === "bytes" ? arg[1].byteLength : SIZE[kind];
@@ -70,12 +71,18 @@ export function packArgs(...args: KernelArg[]): Uint8Array {
     if (bytes === undefined || align === undefined) throw new TypeError(`packArgs: unknown argument kind '${String(kind)}'`);
     if (!(align > 0) || (align & (align - 1)) !== 0) throw new RangeError(`packArgs: alignment ${align} is not a power of two`);
     const offset = Math.ceil(size / align) * align;
-    placed.push({ offset, arg });
+    offsets.push(offset);
     size = offset + bytes;
   }
+  return { offsets, size };
+}
+
+export function packArgs(...args: KernelArg[]): Uint8Array {
+  const { offsets, size } = argOffsets(args);
   const out = new Uint8Array(size);
   const view = new DataView(out.buffer);
-  for (const { offset, arg } of placed) {
+  for (let i = 0; i < args.length; i++) {
+    const offset = offsets[i]!, arg = args[i]!;
     switch (arg[0]) {
       case "ptr":
       case "u64":

@@ -18,7 +18,8 @@ export interface DeviceTensor {
   bytes: number;
 }
 
-const sizeClass = (n: number) => Math.max(512, 2 ** Math.ceil(Math.log2(Math.max(1, n))));
+/** The power of two at or above n (512 at least); by count of leading zeros where it fits 32 bits (every alloc asks). */
+const sizeClass = (n: number) => (n <= 512 ? 512 : n <= 2 ** 31 ? 2 ** (32 - Math.clz32(n - 1)) : 2 ** Math.ceil(Math.log2(n)));
 
 export class CachingAllocator {
   private free = new Map<number, bigint[]>();
@@ -82,24 +83,42 @@ export function upload(addon: NativeAddon, mem: CachingAllocator, t: LocalTensor
 }
 
 export function download(addon: NativeAddon, d: DeviceTensor, stream: Stream): LocalTensor {
-  const out = allocLocal(d.dtype, d.shape);
-  const n = out.data.length;
-  if (n === 0) return out;
-  if (d.dtype === "bf16") {
-    const bits = new Uint16Array(n);
-    addon.memcpyDtoHAsync(bits, d.ptr, n * 2, stream);
-    addon.streamSynchronize(stream);
-    const u32 = new Uint32Array((out.data as Float32Array).buffer);
-    for (let i = 0; i < n; i++) u32[i] = bits[i]! << 16;
-  } else if (d.dtype === "fp8e4m3" || d.dtype === "fp8e5m2") {
-    const bits = new Uint8Array(n);
-    addon.memcpyDtoHAsync(bits, d.ptr, n, stream);
-    addon.streamSynchronize(stream);
-    const dec = d.dtype === "fp8e4m3" ? e4m3FromBits : e5m2FromBits;
-    for (let i = 0; i < n; i++) out.data[i] = dec(bits[i]!);
-  } else {
+  return downloadAll(addon, [d], stream)[0]!;
+}
+
+/**
+ * Reads pieces back: every copy issued, then one wait for the stream, then the conversions (a
+ * training step reads back every updated parameter and moment; a wait per piece was a driver call
+ * each). The same copies in the same order as one download after another.
+ */
+export function downloadAll(addon: NativeAddon, ds: readonly DeviceTensor[], stream: Stream): LocalTensor[] {
+  let issued = false;
+  const finish = ds.map((d): (() => LocalTensor) => {
+    const out = allocLocal(d.dtype, d.shape);
+    const n = out.data.length;
+    if (n === 0) return () => out;
+    issued = true;
+    if (d.dtype === "bf16") {
+      const bits = new Uint16Array(n);
+      addon.memcpyDtoHAsync(bits, d.ptr, n * 2, stream);
+      return () => {
+        const u32 = new Uint32Array((out.data as Float32Array).buffer);
+        for (let i = 0; i < n; i++) u32[i] = bits[i]! << 16;
+        return out;
+      };
+    }
+    if (d.dtype === "fp8e4m3" || d.dtype === "fp8e5m2") {
+      const bits = new Uint8Array(n);
+      addon.memcpyDtoHAsync(bits, d.ptr, n, stream);
+      return () => {
+        const dec = d.dtype === "fp8e4m3" ? e4m3FromBits : e5m2FromBits;
+        for (let i = 0; i < n; i++) out.data[i] = dec(bits[i]!);
+        return out;
+      };
+    }
     addon.memcpyDtoHAsync(out.data, d.ptr, out.data.byteLength, stream);
-    addon.streamSynchronize(stream);
-  }
-  return out;
+    return () => out;
+  });
+  if (issued) addon.streamSynchronize(stream);
+  return finish.map((f) => f());
 }

@@ -6,7 +6,7 @@ import type { Event, NativeAddon, Stream } from "./native-types.ts";
 
 export interface TraceEvent {
   name: string;
-  /** What kind of work: "kernel", "gemm", "op", "comm". */
+  /** What kind of work: "kernel", "gemm", "moe", "op", "comm". */
   cat: string;
   /** Start, µs from the run's first event. */
   ts: number;

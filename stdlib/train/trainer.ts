@@ -133,14 +133,20 @@ export class Trainer {
     return piecesOf(this.mesh.spec, type, data);
   }
 
-  /** One optimisation step on [batch, seq] token ids and targets. */
-  run(ids: Int32Array, targets: Int32Array): StepMetrics {
+  /** The step program's inputs for the next step on these token ids and targets (bench/host/host-overhead.ts runs them itself). */
+  feeds(ids: Int32Array, targets: Int32Array): { feeds: Record<string, Pieces>; lr: number; read: string[] } {
     const lr = lrAt(this.cfg.schedule, this.step);
     const scalars = adamwScalars(this.cfg.opt, lr, this.step + 1);
     const feeds: Record<string, Pieces> = { ...this.state, ...this.replicas.feeds(this.mesh.spec), "data.ids": this.batchPieces(ids), "data.targets": this.batchPieces(targets) };
     for (const n of SCALARS) feeds[n] = this.scalar(scalars[n]);
     moeLayers(this.cfg.model).forEach((l, i) => (feeds[`bias.l${l}`] = piecesOf(this.mesh.spec, { dims: [{ name: "experts", size: this.biases[i]!.length }], dtype: "f32", placements: this.mesh.spec.axes.map(() => "R") }, this.biases[i]!)));
-    const { pieces, values } = this.program.runGlobal(feeds, this.readEachStep);
+    return { feeds, lr, read: this.readEachStep };
+  }
+
+  /** One optimisation step on [batch, seq] token ids and targets. */
+  run(ids: Int32Array, targets: Int32Array): StepMetrics {
+    const { feeds, lr, read } = this.feeds(ids, targets);
+    const { pieces, values } = this.program.runGlobal(feeds, read);
     this.last = values as Record<string, GlobalValue>;
     for (const s of this.ps.specs) for (const n of [s.name, ...momentNames(s.name)]) this.state[n] = pieces[n]!;
     const loads = this.biases.map((_, i) => Float32Array.from((values as Record<string, GlobalValue>)[`load.${i}`]!.data));

@@ -27,6 +27,13 @@ describe("CachingAllocator", () => {
     m.release(b);
   });
 
+  it("size classes are the power of two at or above the request, 512 bytes at least, past 32 bits too", () => {
+    const m = new CachingAllocator(fakeAddon().addon);
+    const want = (n: number) => Math.max(512, 2 ** Math.ceil(Math.log2(Math.max(1, n))));
+    for (const n of [0, 1, 511, 512, 513, 1023, 1024, 1025, 3 * 2 ** 20 + 1, 2 ** 31 - 1, 2 ** 31, 2 ** 31 + 1, 2 ** 33 + 5])
+      expect(m.alloc(n).bytes, `${n} bytes`).toBe(want(n));
+  });
+
   it("refuses a block released twice, saying so", () => {
     const { addon } = fakeAddon();
     const m = new CachingAllocator(addon);

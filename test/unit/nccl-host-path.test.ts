@@ -1,18 +1,40 @@
 // RankLocal's host path per collective, on the CPU over a native layer that only counts
-// (test/unit/nccl/fake-addon.ts): lowerings are cached per plan step, events come from a pool, compute
+// (test/fakes/native-addon.ts): lowerings are cached per plan step, events come from a pool, compute
 // waits only for the steps whose outputs it reads (prefetched steps stay in flight), the watchdog
 // still names a collective that never completes, the host work stays a few microseconds, and FP8
 // values (MoE's FP8 dispatch) cross as their bytes.
 import { describe, it, expect } from "vitest";
-import { RankLocal } from "../../runtime/cuda/nccl/collectives.ts";
+import { isIdentity, RankLocal } from "../../runtime/cuda/nccl/collectives.ts";
+import type { Lowered } from "../../runtime/cuda/nccl/lower.ts";
 import { Communicators } from "../../runtime/cuda/nccl/communicators.ts";
 import { WatchdogThread } from "../../runtime/cuda/nccl/watchdog-thread.ts";
 import { empty } from "../../runtime/cuda/memory.ts";
 import { NcclDataType } from "../../runtime/cuda/native-types.ts";
 import type { Plan } from "../../compiler/plan.ts";
 import { firstTimeout, withWatchdog } from "./nccl/watchdog-harness.ts";
-import { fakeAddon, fakeExecutor } from "./nccl/fake-addon.ts";
+import { fakeAddon, fakeExecutor } from "../fakes/native-addon.ts";
 import { collectiveCases, measure } from "../../bench/host/nccl-step-overhead.ts";
+import type { MeshSpec, Placement, TensorType } from "../../compiler/ir/types.ts";
+import { coordsOf, worldSize } from "../../compiler/ir/placement.ts";
+import { boxOf } from "../../compiler/passes/partition.ts";
+import { planRedistribute } from "../../compiler/passes/redistribute-plan.ts";
+
+/** Values of one f32 tensor [a: 8] on the mesh (one=1, x=2) in each of `layouts`, and the single step between consecutive ones. */
+function onOneRankAxis(...layouts: Placement[][]) {
+  const mesh: MeshSpec = { axes: ["one", "x"], sizes: [1, 2] };
+  const t: TensorType = { dims: [{ name: "a", size: 8 }], dtype: "f32", placements: [] };
+  const values = layouts.map((pl) => {
+    const tt = { ...t, placements: pl }, per = Array.from({ length: worldSize(mesh) }, (_, r) => boxOf(tt, mesh, coordsOf(mesh, r)));
+    return { type: tt, boxes: per.map((p) => p.box), shapes: per.map((p) => p.shape), segCounts: {} };
+  });
+  const plan: Plan = { mesh, world: 2, values, instrs: [], outputs: [], lastUse: [] };
+  const steps = layouts.slice(1).map((pl, i) => {
+    const s = planRedistribute(t, layouts[i]!, pl, mesh);
+    expect(s.length).toBe(1);
+    return s[0]!;
+  });
+  return { plan, steps };
+}
 
 const noCounts = () => {
   throw new Error("no segmented dims here");
@@ -163,5 +185,47 @@ describe("RankLocal host path", () => {
     const ar = cases.find((k) => k.name === "all_reduce")!, plan = fp8(ar.plan);
     expect(() => rl.step(plan, ar.step, 0, 1, empty(ex.mem, "fp8e4m3", plan.values[0]!.shapes[0]!), noCounts, false)).toThrow(/sum reduction of fp8e4m3/);
     rl.flush();
+  });
+
+  it("a step over a one-rank axis with its input handed over is the identity: the input comes back, no native call", () => {
+    const { f, rl, ex } = setup();
+    const { plan, steps: [reduce] } = onOneRankAxis(["P(sum)", "R"], ["R", "R"]);
+    const input = empty(ex.mem, "f32", plan.values[0]!.shapes[0]!);
+    expect(rl.step(plan, reduce!, 0, 1, input, noCounts, true)).toBe(input); // (the first also splits the communicators)
+    f.reset();
+    expect(rl.step(plan, reduce!, 0, 1, input, noCounts, true)).toBe(input);
+    expect(f.calls.size).toBe(0);
+    expect(rl.identities).toBe(2);
+    // not handed over (compute reads the input again): a buffer of its own, through NCCL
+    const out = rl.step(plan, reduce!, 0, 1, input, noCounts, false);
+    expect(out).not.toBe(input);
+    expect(f.calls.get("ncclAllReduce")).toBe(1);
+    rl.flush();
+    ex.release(out);
+  });
+
+  it("compute reading an identity step's output waits for the in-flight step that wrote its input", () => {
+    const { f, rl, ex } = setup();
+    const { plan, steps: [gather, reduce] } = onOneRankAxis(["P(sum)", "S(a)"], ["P(sum)", "R"], ["R", "R"]);
+    const x = empty(ex.mem, "f32", plan.values[0]!.shapes[0]!);
+    const gathered = rl.step(plan, gather!, 0, 1, x, noCounts, true); // in flight on the comm stream
+    expect(rl.step(plan, reduce!, 1, 2, gathered, noCounts, true)).toBe(gathered);
+    f.reset();
+    rl.beforeReads([2]);
+    expect(f.calls.get("streamWaitEvent")).toBe(1);
+    expect(rl.pending).toBe(0);
+    ex.release(gathered);
+  });
+
+  it("a lowering over a one-rank group that does more than move the whole piece is not the identity", () => {
+    const low = (calls: Lowered["calls"]): Lowered => ({ axis: 0, group: [0], me: 0, outElems: 8, calls, what: "t" });
+    const whole = { shape: [8], strides: [1] };
+    expect(isIdentity(low([{ op: "copy", src: { buf: "in", at: 0, ...whole }, dst: { buf: "out", at: 0, ...whole } }]), [8], [8])).toBe(true);
+    expect(isIdentity(low([{ op: "all_reduce", send: { buf: "in", at: 0 }, recv: { buf: "out", at: 0 }, count: 8, reduce: "sum" }]), [8], [8])).toBe(true);
+    // a segmented dim's padding zeroed first; a strided copy; another shape; a group of two
+    expect(isIdentity(low([{ op: "zero", buf: "out", elems: 8 }, { op: "copy", src: { buf: "in", at: 0, ...whole }, dst: { buf: "out", at: 0, ...whole } }]), [8], [8])).toBe(false);
+    expect(isIdentity(low([{ op: "copy", src: { buf: "in", at: 0, shape: [4, 2], strides: [1, 4] }, dst: { buf: "out", at: 0, shape: [4, 2], strides: [2, 1] } }]), [4, 2], [4, 2])).toBe(false);
+    expect(isIdentity(low([{ op: "copy", src: { buf: "in", at: 0, ...whole }, dst: { buf: "out", at: 0, ...whole } }]), [8], [2, 4])).toBe(false);
+    expect(isIdentity({ ...low([{ op: "all_reduce", send: { buf: "in", at: 0 }, recv: { buf: "out", at: 0 }, count: 8, reduce: "sum" }]), group: [0, 1] }, [8], [8])).toBe(false);
   });
 });

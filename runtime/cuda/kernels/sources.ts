@@ -6,6 +6,21 @@ import type { DType } from "../../../compiler/ir/types.ts";
 
 export const MAX_DIMS = 8;
 
+type Kernel = { name: string; source: string };
+/**
+ * Each kernel is built once per element type and the same object returned after: the executor looks
+ * compiled functions up by name and source on every launch (CudaExecutor.fn), and an unchanged
+ * source string compares by identity instead of by its characters.
+ */
+function memo<A extends [] | [DType]>(make: (...a: A) => Kernel): (...a: A) => Kernel {
+  const made = new Map<DType | undefined, Kernel>();
+  return (...a: A) => {
+    let k = made.get(a[0]);
+    if (!k) made.set(a[0], (k = make(...a)));
+    return k;
+  };
+}
+
 /** The C type a dtype is stored as on the device. */
 export function ctype(t: DType): string {
   switch (t) {
@@ -30,7 +45,7 @@ template <> __device__ __forceinline__ int from_f<int>(float x) { return (int)x;
 `;
 
 /** out[ooff(i)] = in[ioff(i)] over the multi-index i of shape (strides in elements; 0 = broadcast). */
-export function stridedCopy(t: DType): { name: string; source: string } {
+export const stridedCopy = memo((t: DType): Kernel => {
   const T = ctype(t), name = `shardts_copy_${t}`;
   return {
     name,
@@ -48,10 +63,10 @@ extern "C" __global__ void ${name}(${T}* __restrict__ out, const ${T}* __restric
   }
 }`,
   };
-}
+});
 
 /** out[b, j, r] = x[b, idx[b, j] - off, r] when that row is held here (0 <= . < rows), else 0; idx -1 is padding. */
-export function gather(t: DType): { name: string; source: string } {
+export const gather = memo((t: DType): Kernel => {
   const T = ctype(t), name = `shardts_gather_${t}`;
   return {
     name,
@@ -72,10 +87,10 @@ extern "C" __global__ void ${name}(${T}* __restrict__ out, const ${T}* __restric
   }
 }`,
   };
-}
+});
 
 /** acc[b, idx[b, j], r] += src[b, j, r] in float (index -1 skipped); the caller casts acc to the dtype. */
-export function scatterAdd(t: DType): { name: string; source: string } {
+export const scatterAdd = memo((t: DType): Kernel => {
   const T = ctype(t), name = `shardts_scatter_add_${t}`;
   return {
     name,
@@ -92,10 +107,10 @@ extern "C" __global__ void ${name}(float* __restrict__ acc, const ${T}* __restri
   }
 }`,
   };
-}
+});
 
 /** Per row of n: the k largest (NaN first, ties to the lower index), values and i32 indices. One thread a row. */
-export function topk(t: DType): { name: string; source: string } {
+export const topk = memo((t: DType): Kernel => {
   const T = ctype(t), name = `shardts_topk_${t}`;
   return {
     name,
@@ -124,10 +139,10 @@ extern "C" __global__ void ${name}(${T}* __restrict__ vals, int* __restrict__ in
   }
 }`,
   };
-}
+});
 
 /** Stable counting sort of each batch row's keys into groups: perm (rows padded with -1) and counts. One thread a row. */
-export function sortByKey(): { name: string; source: string } {
+export const sortByKey = memo((): Kernel => {
   const name = "shardts_sort_by_key";
   return {
     name,
@@ -145,10 +160,10 @@ extern "C" __global__ void ${name}(int* __restrict__ perm, int* __restrict__ cou
   }
 }`,
   };
-}
+});
 
 /** Fills with a value, or with the global index along one dim (iota): v = value + off + (i / stride) % len. */
-export function fill(t: DType): { name: string; source: string } {
+export const fill = memo((t: DType): Kernel => {
   const T = ctype(t), name = `shardts_fill_${t}`;
   return {
     name,
@@ -158,10 +173,10 @@ extern "C" __global__ void ${name}(${T}* __restrict__ out, long long n, float va
     out[i] = from_f<${T}>(iota ? (float)(off + (i / stride) % len) : value);
 }`,
   };
-}
+});
 
 /** Casts f32 accumulators to the output dtype. */
-export function castFromF32(t: DType): { name: string; source: string } {
+export const castFromF32 = memo((t: DType): Kernel => {
   const T = ctype(t), name = `shardts_cast_f32_${t}`;
   return {
     name,
@@ -170,7 +185,7 @@ extern "C" __global__ void ${name}(${T}* __restrict__ out, const float* __restri
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) out[i] = from_f<${T}>(in[i]);
 }`,
   };
-}
+});
 
 /** Every kernel source this file defines, for the codegen tier's nvcc check. */
 export function allSources(): { name: string; source: string }[] {

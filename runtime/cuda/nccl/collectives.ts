@@ -5,8 +5,9 @@
 // running while compute proceeds. Buffers a step reads or stages are released only once compute has
 // waited for it (the caching allocator is not stream-aware). Per call the host does a cached lowering
 // lookup, two event records from a pool, the NCCL calls and a few shared-memory stores for the
-// watchdog (bench/host/nccl-step-overhead.ts times it). Also: a world all-gather of pieces, for the
-// counts of segmented dims and for reading values back.
+// watchdog (bench/host/nccl-step-overhead.ts times it); a step over a group of one rank whose input
+// is handed over is the identity and costs none of it (`isIdentity`). Also: a world all-gather of
+// pieces, for the counts of segmented dims and for reading values back.
 import type { Plan } from "../../../compiler/plan.ts";
 import type { DType } from "../../../compiler/ir/types.ts";
 import type { LocalTensor } from "../../../compiler/ir/local.ts";
@@ -15,7 +16,7 @@ import type { PlannedStep } from "../../../compiler/passes/redistribute-plan.ts"
 import { CompileError } from "../../../compiler/errors.ts";
 import type { Event, NativeAddon, NcclComm, Stream } from "../native-types.ts";
 import { NcclDataType, NcclRedOp } from "../native-types.ts";
-import { download, empty, type DeviceTensor } from "../memory.ts";
+import { download, downloadAll, empty, type DeviceTensor } from "../memory.ts";
 import * as K from "../kernels/sources.ts";
 import type { CudaExecutor } from "../executor.ts";
 import { lowerStep, type Lowered, type View } from "./lower.ts";
@@ -43,11 +44,29 @@ interface Prepared {
   axis: string;
   /** The watchdog's id for its description. */
   desc: number;
+  /** Over a group of one rank, one call moving the whole input piece into the output: the output is the input (see `identity`). */
+  identity: boolean;
+}
+
+/**
+ * Whether a lowered step is the identity: a group of this rank alone (a mesh axis of size 1, as dp
+ * in dp=1 × ep=2) and one call that moves the whole input piece, unchanged, into an output piece of
+ * the same size. A step with anything else (a zero fill of a segmented dim's padding, staging) is not.
+ */
+export function isIdentity(low: Lowered, inShape: readonly number[], outShape: readonly number[]): boolean {
+  if (low.group.length !== 1 || low.calls.length !== 1 || inShape.length !== outShape.length || inShape.some((n, d) => n !== outShape[d])) return false;
+  const inElems = numel(inShape as number[]);
+  const c = low.calls[0]!;
+  if (c.op === "copy") return c.src.buf === "in" && c.src.at === 0 && c.dst.buf === "out" && c.dst.at === 0 && numel(c.src.shape) === inElems && isContiguous(c.src) && isContiguous(c.dst);
+  if (c.op === "all_reduce" || c.op === "all_gather" || c.op === "reduce_scatter") return c.send.buf === "in" && c.send.at === 0 && c.recv.buf === "out" && c.recv.at === 0 && c.count === inElems;
+  return false;
 }
 
 /** An issued comm step compute has not yet waited for: its completion event and what it frees then. */
 interface InFlight {
-  slot: number;
+  /** Its output slot, and the slots of identity steps that handed that output on (`step`). */
+  slots: number[];
+  out: DeviceTensor;
   done: Event;
   /** The buffer the step reads. */
   input: DeviceTensor;
@@ -78,6 +97,8 @@ export class RankLocal {
   issued = 0;
   /** Steps lowered (lowering-cache misses), for tests and reports. */
   lowered = 0;
+  /** Steps run as the identity (a group of one rank, the input handed over), for tests and reports. */
+  identities = 0;
 
   constructor(private readonly s: DistSetup) {
     this.rank = s.rank;
@@ -111,7 +132,7 @@ export class RankLocal {
   /** Before an instruction: compute waits for the latest in-flight comm step whose output it reads (and so for those before it). */
   beforeReads(slots: readonly number[]): void {
     this.s.watchdog?.beat();
-    for (let i = this.inFlight.length - 1; i >= 0; i--) if (slots.includes(this.inFlight[i]!.slot)) return this.waitThrough(i);
+    for (let i = this.inFlight.length - 1; i >= 0; i--) for (const s of this.inFlight[i]!.slots) if (slots.includes(s)) return this.waitThrough(i);
   }
 
   /** Compute waits for every comm step issued; staged buffers go back to the allocator. */
@@ -164,7 +185,8 @@ export class RankLocal {
     const low = lowerStep(plan, step, inSlot, outSlot, this.rank, (s) => ((readCounts = true), counts(s)));
     this.lowered++;
     const axis = plan.mesh.axes[low.axis]!;
-    const p: Prepared = { low, comm: this.comms.axes(plan.mesh)[low.axis]!, axis, desc: this.s.watchdog?.describe({ axis, what: low.what, group: low.group }) ?? -1 };
+    const identity = isIdentity(low, plan.values[inSlot]!.shapes[this.rank]!, plan.values[outSlot]!.shapes[this.rank]!);
+    const p: Prepared = { low, comm: this.comms.axes(plan.mesh)[low.axis]!, axis, desc: this.s.watchdog?.describe({ axis, what: low.what, group: low.group }) ?? -1, identity };
     if (!readCounts) bySlots.set(key, p);
     return p;
   }
@@ -174,8 +196,16 @@ export class RankLocal {
    * brackets the step's work on the communication stream (after its wait for compute).
    */
   step(plan: Plan, step: PlannedStep, inSlot: number, outSlot: number, input: DeviceTensor, counts: Counts, releaseInput: boolean, span?: StepSpan): DeviceTensor {
-    const ex = this.exec!, a = this.addon, cs = this.stream();
-    const { low, comm, axis, desc } = this.prepare(plan, step, inSlot, outSlot, counts);
+    const ex = this.exec!, a = this.addon;
+    const { low, comm, axis, desc, identity } = this.prepare(plan, step, inSlot, outSlot, counts);
+    if (identity && releaseInput && input.dtype === plan.values[outSlot]!.type.dtype) {
+      // the input is handed over and the step moves nothing between GPUs: it is the output, with no
+      // work and no native call (NCCL would copy it); compute reading it waits for whatever writes it
+      for (const f of this.inFlight) if (f.out === input) f.slots.push(outSlot);
+      this.identities++;
+      return input;
+    }
+    const cs = this.stream();
     const dtype = plan.values[inSlot]!.type.dtype, eb = K.elemBytes(dtype), nt = NCCL_TYPE[dtype];
     const out = empty(ex.mem, dtype, plan.values[outSlot]!.shapes[this.rank]!);
     const bufs = new Map<string, bigint>([["in", input.ptr], ["out", out.ptr]]);
@@ -234,7 +264,7 @@ export class RankLocal {
     span?.end(cs);
     const done = this.event();
     a.eventRecord(done, cs);
-    this.inFlight.push({ slot: outSlot, done, input, release });
+    this.inFlight.push({ slots: [outSlot], out, done, input, release });
     this.s.watchdog?.check();
     return out;
   }
@@ -268,7 +298,7 @@ export class RankLocal {
     const w = this.comms.world, what = `all_gather[world](pieces of a ${v.type.dtype} value)`;
     const desc = this.s.watchdog?.describe({ axis: "world", what, group: Array.from({ length: plan.world }, (_, r) => r) }) ?? -1;
     this.call(w, "world", desc, what, a.ncclAllGather(send.ptr, recv.ptr, padded, NcclDataType.u8, w, ex.stream));
-    const out = v.shapes.map((s, r) => download(a, { dtype: v.type.dtype, shape: s, ptr: recv.ptr + BigInt(r * padded), bytes: 0 }, ex.stream));
+    const out = downloadAll(a, v.shapes.map((s, r) => ({ dtype: v.type.dtype, shape: s, ptr: recv.ptr + BigInt(r * padded), bytes: 0 })), ex.stream);
     ex.release(send);
     ex.release(recv);
     return out;

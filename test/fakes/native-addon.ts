@@ -1,0 +1,117 @@
+// A native layer that does no device work: every NativeAddon method answers at once (handles are
+// fresh bigints, NVRTC "compiles" to an empty image, NCCL calls succeed), so the CUDA executor and
+// RankLocal's host path (runtime/cuda/nccl/collectives.ts) run on the CPU. The unit tests use it for
+// per-call counts; bench/host/ for the host overhead of a collective and of a whole training step.
+// Live events are tracked so a test sees leaks. Reads of device memory answer what `read` writes
+// (zeros by default), except a buffer last filled by memsetD32 (the executor's index-check flags),
+// which reads back its fill value, so an index check passes as it would on a GPU.
+import type { DeviceProperties, NativeAddon } from "../../runtime/cuda/native-types.ts";
+import type { CudaExecutor } from "../../runtime/cuda/executor.ts";
+import { CachingAllocator } from "../../runtime/cuda/memory.ts";
+
+export interface FakeAddon {
+  addon: NativeAddon;
+  /** Calls per method name since the last reset. */
+  calls: Map<string, number>;
+  /** Events created and not destroyed. */
+  liveEvents: Set<bigint>;
+  reset(): void;
+}
+
+export interface FakeOptions {
+  /** Fills the host buffer of a device-to-host copy (default: left as it is, zeros for a fresh array). */
+  read?: (dst: ArrayBufferView | ArrayBuffer) => void;
+  /** Sees every call with its arguments (argument buffers the caller reuses must be copied). */
+  spy?: (method: string, args: unknown[]) => void;
+}
+
+/** An H200's figures, so launch geometry (grids, resident blocks) is what the GPU run computes. */
+const H200: DeviceProperties = {
+  ordinal: 0, name: "fake H200 (no device)", computeCapability: [9, 0], arch: "sm_90", smCount: 132, totalMemory: 150e9,
+  l2CacheBytes: 60 << 20, persistingL2CacheMaxBytes: null, sharedMemPerBlock: 49152, sharedMemPerBlockOptin: 232448,
+  sharedMemPerSM: 233472, totalConstantMemory: 65536, registersPerBlock: 65536, maxThreadsPerBlock: 1024, maxThreadsPerSM: 2048,
+  maxBlocksPerSM: 32, warpSize: 32, clockRateKHz: null, memoryClockRateKHz: null, memoryBusWidthBits: null, asyncEngineCount: null,
+  eccEnabled: true, integrated: false, cooperativeLaunch: true, pciBusId: "0000:00:00.0",
+  // 0: kernel cache keys (runtime/cuda/compile.ts) never match a real driver's
+  driverVersion: 0,
+};
+
+export function fakeAddon(opts: FakeOptions = {}): FakeAddon {
+  const liveEvents = new Set<bigint>();
+  const flags = new Map<bigint, number>();
+  // device memory and NVRTC programs count apart from other handles: whether a kernel came from the
+  // disk cache (no program made) changes neither the buffers nor the functions a run gets
+  let next = 0x1000n, mem = 0x7f0000000000n, programs = 0n;
+  const handle = () => ++next;
+  const readBack = (dst: unknown, src: unknown) => {
+    const v = flags.get(src as bigint);
+    if (v === undefined) return opts.read?.(dst as ArrayBufferView);
+    flags.delete(src as bigint);
+    new Int32Array((dst as ArrayBufferView).buffer, (dst as ArrayBufferView).byteOffset, 1)[0] = v | 0;
+  };
+  const answers: Record<string, (...a: unknown[]) => unknown> = {
+    eventCreate: () => (liveEvents.add(++next), next),
+    eventDestroy: (e) => {
+      if (!liveEvents.delete(e as bigint)) throw new Error(`fake addon: eventDestroy of an unknown event ${String(e)}`);
+    },
+    streamCreate: handle,
+    memAlloc: () => (mem += 0x100000n),
+    memsetD32: (p, v) => void flags.set(p as bigint, v as number),
+    memsetD8: (p) => void flags.delete(p as bigint),
+    memcpyDtoH: (dst, src) => readBack(dst, src),
+    memcpyDtoHAsync: (dst, src) => readBack(dst, src),
+    deviceProperties: () => H200,
+    driverVersion: () => 0,
+    nvrtcVersion: () => [0, 0],
+    nvrtcCreateProgram: () => ++programs,
+    nvrtcCompileProgram: () => ({ ok: true, log: "" }),
+    nvrtcGetCUBIN: () => new Uint8Array(0),
+    moduleLoadData: handle,
+    moduleGetFunction: handle,
+    funcGetAttributes: () => ({ maxThreadsPerBlock: 1024, sharedSizeBytes: 0, constSizeBytes: 0, localSizeBytes: 0, numRegs: 32, ptxVersion: 90, binaryVersion: 90, maxDynamicSharedSizeBytes: 0 }),
+    funcGetParamLayout: () => null,
+    streamIsCapturing: () => 0,
+    ncclCommGetAsyncError: () => 0,
+  };
+  // one function per method, made on first use (a fresh closure per access would be most of the cost timed)
+  const counters = new Map<string, { n: number }>();
+  const fns = new Map<string, (...a: unknown[]) => unknown>();
+  const addon = new Proxy({}, {
+    get: (_, name: string) => {
+      let fn = fns.get(name);
+      if (!fn) {
+        const c = { n: 0 }, f = answers[name], dflt = name.startsWith("nccl") ? 0 : undefined;
+        counters.set(name, c);
+        const spy = opts.spy;
+        fn = f ? (...args: unknown[]) => (c.n++, f(...args)) : () => (c.n++, dflt);
+        if (spy) {
+          const inner = fn;
+          fn = (...args: unknown[]) => (spy(name, args), inner(...args));
+        }
+        fns.set(name, fn);
+      }
+      return fn;
+    },
+  }) as NativeAddon;
+  const calls = new Map<string, number>();
+  const snapshot = () => {
+    calls.clear();
+    for (const [k, c] of counters) if (c.n) calls.set(k, c.n);
+    return calls;
+  };
+  return {
+    addon, liveEvents,
+    get calls() { return snapshot(); },
+    reset: () => counters.forEach((c) => (c.n = 0)),
+  };
+}
+
+/** The parts of a CudaExecutor that RankLocal uses, over the fake addon. */
+export function fakeExecutor(addon: NativeAddon): CudaExecutor {
+  const mem = new CachingAllocator(addon);
+  return {
+    addon, mem, stream: addon.streamCreate(0),
+    release: (t: { ptr: bigint; bytes: number } | undefined) => t && mem.release(t),
+    copyStrided: () => addon.launchKernel(0n as never, [1, 1, 1], [1, 1, 1], 0, 0n as never, new Uint8Array(0) as never),
+  } as unknown as CudaExecutor;
+}
