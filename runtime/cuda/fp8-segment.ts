@@ -185,5 +185,6 @@ export function scaledSegmentWgradCuda(ex: CudaExecutor, plan: Plan, ins: OpInst
   }
   if (X !== x[0]) ex.release(X);
   if (G !== x[1]) ex.release(G);
-  return ex.castOwned(out, to.dtype);
+  // the GEMM wrote bf16 already (castOwned reads f32)
+  return out.dtype === to.dtype ? out : ex.castOwned(out, to.dtype);
 }
