@@ -30,6 +30,9 @@ export interface Fp8GemmBuffers {
 export interface Fp8GemmProblemShape extends Fp8GemmShape {
   /** Grouped: the number of experts (B holds experts × N rows). */
   experts?: number;
+  /** Row strides of A and B in bytes (default K: contiguous); multiples of 16 (TMA), at least K. */
+  lda?: number;
+  ldb?: number;
 }
 
 export class Fp8Gemm {
@@ -79,8 +82,11 @@ export class Fp8Gemm {
     const g = geometryOf(c, s, this.device.smCount);
     const rowsB = s.N * (s.experts ?? 1), KB = Math.ceil(s.K / FP8_BLOCK);
     const enc = this.addon.tensorMapEncodeTiled.bind(this.addon);
-    const map = (address: DevicePtr, rows: number, boxRows: number) =>
-      enc({ dtype: "u8", address, dims: [s.K, rows], strides: [s.K], box: [FP8_BLOCK, boxRows], swizzle: "128B", l2Promotion: "256B", oobFill: "zero" });
+    const lda = s.lda ?? s.K, ldb = s.ldb ?? s.K;
+    if (lda < s.K || ldb < s.K || lda % 16 !== 0 || ldb % 16 !== 0)
+      throw new CompileError(`FP8 GEMM ${s.M}x${s.N}x${s.K}: row strides lda ${lda} / ldb ${ldb} must be >= K and multiples of 16 bytes`);
+    const map = (address: DevicePtr, rows: number, boxRows: number, ld: number) =>
+      enc({ dtype: "u8", address, dims: [s.K, rows], strides: [ld], box: [FP8_BLOCK, boxRows], swizzle: "128B", l2Promotion: "256B", oobFill: "zero" });
     const unused = new Uint8Array(128);
     // A's scales, [KB][M] f32: one BLOCK_M run of a K block's row per stage
     const mapSA = c.globalScales ? unused : enc({ dtype: "f32", address: bufs.sa, dims: [s.M, KB], strides: [s.M * 4], box: [blockM(c), 1], oobFill: "zero" });
@@ -91,8 +97,8 @@ export class Fp8Gemm {
     // the tensor maps are 64-byte aligned: the device's parameter block may start them past offset 0,
     // so the arguments go where the driver says (packArgs's C ABI offsets where it cannot say)
     const params = (layout ? (...x: KernelArg[]) => packArgsAt(layout, ...x) : packArgs)(
-      ["bytes", map(bufs.a, s.M, blockM(c)), 64],
-      ["bytes", map(bufs.b, rowsB, bBoxRows(c)), 64],
+      ["bytes", map(bufs.a, s.M, blockM(c), lda), 64],
+      ["bytes", map(bufs.b, rowsB, bBoxRows(c), ldb), 64],
       ["bytes", mapSA, 64],
       ["bytes", mapD, 64],
       ["bytes", mapSB, 64],

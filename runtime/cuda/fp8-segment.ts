@@ -7,18 +7,18 @@
 //     writes bf16 rows, and a second gather drops the padding on the way out (rows outside every
 //     segment come out 0, as on the CPU).
 //   scaled_segment_wgrad → x and dY gathered into the same padded layout, quantized 128×1 along the
-//     rows (the tiles restart at every segment, as the CPU reference's), dequantized, and one
-//     cuBLASLt f32 GEMM per expert over its padded rows. The generated kernels scale A per row and B
-//     per 128×128 block; Wgrad's operands are both scaled per column (128×1), which they cannot take, so
-//     this is the dequantize + f32 GEMM path (exact FP8 operands, f32 sums: equal to the CPU's
-//     promoted accumulation up to f32 rounding, not bit for bit).
+//     rows (the tiles restart at every segment, as the CPU reference's), and per expert the row-scaled
+//     FP8 GEMM (both operands scaled per column and 128-row block: X^T and dY^T with the expert's padded
+//     rows as K; the codes transposed once, each expert a column range) writing bf16. An f32 result,
+//     a non-Hopper GPU or widths the kernels refuse take the dequantize + one cuBLASLt f32 GEMM per
+//     expert path instead (exact FP8 operands, f32 sums).
 // A shape the grouped kernel cannot take (shapeProblem), an f32 output or a non-Hopper GPU is a
 // CompileError naming why.
 import type { TensorType } from "../../compiler/ir/types.ts";
 import type { Plan } from "../../compiler/plan.ts";
 import { numel } from "../../compiler/ir/types.ts";
 import { CompileError } from "../../compiler/errors.ts";
-import { defaultGemmConfig, shapeProblem } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { defaultGemmConfig, defaultRowScaledConfig, shapeProblem } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { GROUPED_M_ALIGN } from "../../compiler/numeric/fp8-gemm.ts";
 import { scaledSegDims, segmentRuns } from "../../compiler/ops/scaled-segment.ts";
 import { tilesName } from "../../compiler/ops/quantize.ts";
@@ -30,7 +30,7 @@ import * as K from "./kernels/sources.ts";
 import type { CudaExecutor } from "./executor.ts";
 
 /** The grouped kernel the executor launches (defaultGemmConfig: the fastest grouped kernel on the GEMM bench). */
-const GROUPED = defaultGemmConfig(true);
+const GROUPED = defaultGemmConfig(true), ROW_SCALED = defaultRowScaledConfig();
 type OpInstr = Extract<Plan["instrs"][number], { kind: "op" }>;
 const names = (t: TensorType) => t.dims.map((d) => d.name);
 
@@ -139,30 +139,52 @@ export function scaledSegmentWgradCuda(ex: CudaExecutor, plan: Plan, ins: OpInst
   const { runs, bt } = runsOf(ex, plan, ins, r, x, tIn, 2, outOff, gOut, rows.name, R);
   const lay = paddedLayout(runs, gOut, bt, R, 0);
   const M = lay.rowMap.length;
-  const acc = empty(ex.mem, "f32", [gOut, KK, N]);
-  if (numel(acc.shape)) ex.addon.memsetD8(acc.ptr, 0, numel(acc.shape) * 4, ex.stream);
+  // each operand in the padded layout, quantized 128x1 along the rows (a tile never crosses a segment):
+  // codes [M][width] and scales [M/128][width], the row-scaled GEMM's sa / sb layout as they are
+  const quantRows = (t: DeviceTensor, width: number, rowMap: DeviceTensor) => {
+    const P = gatherRows(ex, t, bt * R, width, t.dtype as "f32" | "bf16", rowMap, M);
+    const pt: TensorType = { dims: [{ name: "p", size: M }, { name: "c", size: width }], dtype: P.dtype, placements: [] };
+    const [q, sc] = quantizeCuda(ex, P, pt, { tiling: "128x1", dims: ["p"] });
+    ex.release(P);
+    return { q: q!, s: sc!, pt };
+  };
+  const g = fp8GemmOf(ex);
+  const onGemm = to.dtype === "bf16" && g.supported && shapeProblem({ M: KK, N, K: GROUPED_M_ALIGN }) === undefined;
+  const out = empty(ex.mem, onGemm ? "bf16" : "f32", [gOut, KK, N]);
+  if (numel(out.shape)) ex.addon.memsetD8(out.ptr, 0, numel(out.shape) * K.elemBytes(out.dtype), ex.stream);
   if (M > 0 && KK > 0 && N > 0) {
     const rowMap = i32(ex, lay.rowMap);
-    // each operand in the padded layout, quantized 128x1 along the rows (a tile never crosses a segment) and dequantized
-    const fp8Rows = (t: DeviceTensor, width: number) => {
-      const P = gatherRows(ex, t, bt * R, width, t.dtype as "f32" | "bf16", rowMap, M);
-      const pt: TensorType = { dims: [{ name: "p", size: M }, { name: "c", size: width }], dtype: P.dtype, placements: [] };
-      const [q, s] = quantizeCuda(ex, P, pt, { tiling: "128x1", dims: ["p"] });
-      const d = dequantizeCuda(ex, q!, s!, { ...pt, dtype: "fp8e4m3" }, { ...pt, dims: [{ name: tilesName("p"), size: M / 128 }, pt.dims[1]!], dtype: "f32" }, "f32");
-      for (const u of [P, q!, s!]) ex.release(u);
-      return d;
-    };
-    const Xd = fp8Rows(X, KK), Gd = fp8Rows(G, N);
-    lay.range.forEach(([p0, p1], g) => {
-      if (p1 > p0)
-        matmulRowMajor(ex.addon, {
-          dtype: "f32", outDtype: "f32", M: KK, N, K: p1 - p0, transA: true,
-          a: Xd.ptr + BigInt(p0 * KK * 4), b: Gd.ptr + BigInt(p0 * N * 4), d: acc.ptr + BigInt(g * KK * N * 4), stream: ex.stream,
-        });
-    });
-    for (const t of [rowMap, Xd, Gd]) ex.release(t);
+    const qx = quantRows(X, KK, rowMap), qg = quantRows(G, N, rowMap);
+    if (onGemm) {
+      // per expert: dW_g = X_g^T G_g on the row-scaled FP8 GEMM (A = X^T, B = G^T, K = the expert's padded
+      // rows): the codes transposed once to [width][M], each expert a column range (row stride M)
+      const XT = ex.reorder(qx.q, ["p", "c"], ["c", "p"]), GT = ex.reorder(qg.q, ["p", "c"], ["c", "p"]);
+      lay.range.forEach(([p0, p1], grp) => {
+        if (p1 <= p0) return;
+        const kb0 = p0 / GROUPED_M_ALIGN;
+        g.prepare(ROW_SCALED, { M: KK, N, K: p1 - p0, lda: M, ldb: M }, {
+          a: XT.ptr + BigInt(p0), b: GT.ptr + BigInt(p0), sa: qx.s.ptr + BigInt(kb0 * KK * 4), sb: qg.s.ptr + BigInt(kb0 * N * 4), d: out.ptr + BigInt(grp * KK * N * 2),
+        })();
+      });
+      for (const t of [XT, GT]) ex.release(t);
+    } else {
+      // an f32 result, or no Hopper: dequantize and one cuBLASLt f32 GEMM per expert
+      const deq = (o: { q: DeviceTensor; s: DeviceTensor; pt: TensorType }) =>
+        dequantizeCuda(ex, o.q, o.s, { ...o.pt, dtype: "fp8e4m3" }, { ...o.pt, dims: [{ name: tilesName("p"), size: M / 128 }, o.pt.dims[1]!], dtype: "f32" }, "f32");
+      const Xd = deq(qx), Gd = deq(qg);
+      lay.range.forEach(([p0, p1], grp) => {
+        if (p1 > p0)
+          matmulRowMajor(ex.addon, {
+            dtype: "f32", outDtype: "f32", M: KK, N, K: p1 - p0, transA: true,
+            a: Xd.ptr + BigInt(p0 * KK * 4), b: Gd.ptr + BigInt(p0 * N * 4), d: out.ptr + BigInt(grp * KK * N * 4), stream: ex.stream,
+          });
+      });
+      for (const t of [Xd, Gd]) ex.release(t);
+    }
+    for (const t of [rowMap, qx.q, qx.s, qg.q, qg.s]) ex.release(t);
   }
   if (X !== x[0]) ex.release(X);
   if (G !== x[1]) ex.release(G);
-  return ex.castOwned(acc, to.dtype);
+  // the GEMM wrote bf16 already (castOwned reads f32)
+  return out.dtype === to.dtype ? out : ex.castOwned(out, to.dtype);
 }
