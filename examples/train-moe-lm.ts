@@ -27,6 +27,9 @@ const HELP = `usage: shardts run examples/train-moe-lm.ts [options]
   --fused-dispatch MoE dispatch and combine as the single ops moe_dispatch / moe_combine (one plan step
                    each; with --fp8 the tokens travel as e4m3 codes and 1x128 scales) instead of
                    sort + gather + redistribute + scatter_add; the same results
+  --micro-batches M split each step's batch into M micro-batches, each its own chain through the layers
+                   (the same loss and gradients); on the CUDA backend under a launcher the schedule pass
+                   interleaves them so one's dispatch/combine overlaps the other's compute
   --redundant R    redundant experts: R extra expert slots per MoE layer hold replicas of the hottest
                    experts (the model computes the same; load per slot and per expert-axis rank evens out)
   --replan-every N re-plan the replicas from the load observed over the last N steps (default 10)
@@ -44,7 +47,7 @@ const HELP = `usage: shardts run examples/train-moe-lm.ts [options]
                    launcher) and how much of its communication overlapped compute`;
 
 function parse(args: string[]) {
-  const o = { steps: 120, layout: "dp-ep", mesh: undefined as string | undefined, batch: 16, balance: true, gamma: 0.01, aux: 0, seed: 1, sample: 240, help: false, save: undefined as string | undefined, saveEvery: 0, keep: 3, resume: undefined as string | undefined, losses: undefined as string | undefined, eval: true, warmup: 0, trace: undefined as string | undefined, fp8: false, backend: "cpu" as "auto" | "cpu" | "cuda", redundant: 0, replanEvery: 10, fusedDispatch: false };
+  const o = { steps: 120, layout: "dp-ep", mesh: undefined as string | undefined, batch: 16, balance: true, gamma: 0.01, aux: 0, seed: 1, sample: 240, help: false, save: undefined as string | undefined, saveEvery: 0, keep: 3, resume: undefined as string | undefined, losses: undefined as string | undefined, eval: true, warmup: 0, trace: undefined as string | undefined, fp8: false, backend: "cpu" as "auto" | "cpu" | "cuda", redundant: 0, replanEvery: 10, fusedDispatch: false, microBatches: 1 };
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!, v = () => {
       const x = args[++i];
@@ -66,6 +69,7 @@ function parse(args: string[]) {
     else if (a === "--gamma") o.gamma = num(v());
     else if (a === "--redundant") o.redundant = num(v());
     else if (a === "--fused-dispatch") o.fusedDispatch = true;
+    else if (a === "--micro-batches") o.microBatches = num(v());
     else if (a === "--replan-every") o.replanEvery = Math.max(1, num(v()));
     else if (a === "--seed") o.seed = num(v());
     else if (a === "--sample") o.sample = num(v());
@@ -92,6 +96,7 @@ export default defineMain(async ({ args, log }) => {
     vocab: 256, model: 64, heads: 4, layers: 4, seq: 64, ffn: 256,
     moe: { experts: 8, topK: 2, ffn: 128, shared: 1, score: "softmax", auxLoss: o.aux, fusedDispatch: o.fusedDispatch, redundant: o.redundant > 0 ? { slots: o.redundant, every: o.replanEvery } : undefined },
     fp8: o.fp8,
+    microBatches: o.microBatches,
   };
   const sizes = o.mesh ? Object.fromEntries(o.mesh.split(",").map((p) => { const [k, n] = p.split("="); return [k!, Number(n)]; })) : undefined;
   const layout = layoutByName(o.layout, sizes);
