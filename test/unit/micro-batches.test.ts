@@ -7,7 +7,7 @@ import { traceLm, dataInputs } from "../../stdlib/train/trainer.ts";
 import { grad } from "../../stdlib/autodiff.ts";
 import { piecesOf, Program, type Pieces } from "../../stdlib/program.ts";
 import { layoutByName } from "../../stdlib/nn/layout.ts";
-import { maxRelDiff } from "../../stdlib/value.ts";
+import { maxRelDiff, type GlobalValue } from "../../stdlib/value.ts";
 import type { LmConfig } from "../../stdlib/nn/transformer.ts";
 import { UsageError } from "../../compiler/errors.ts";
 
@@ -36,7 +36,7 @@ function step(layoutName: string, cfg: LmConfig) {
   });
   // a non-zero selection bias, so the routing is not the scores' alone
   t.biases.forEach((_, k) => (feeds[`bias.l${k + 1}`] = piecesOf(spec, { dims: [{ name: "experts", size: 4 }], dtype: "f32", placements: R }, Float32Array.from([0.01, -0.02, 0.03, 0]))));
-  return prog.runGlobal(feeds).values;
+  return prog.runGlobal(feeds).values as Record<string, GlobalValue>;
 }
 
 describe("two micro-batches equal the unsplit batch", () => {
