@@ -16,6 +16,7 @@ import { layoutByName } from "../../stdlib/nn/layout.ts";
 import { ADAMW_DEFAULTS } from "../../stdlib/optim/adamw.ts";
 import type { LmConfig } from "../../stdlib/nn/transformer.ts";
 import { runFusedCpu } from "../codegen/run-fused.ts";
+import { build } from "../../bench/gpu/lib/moe-build.ts";
 
 const model: LmConfig = {
   vocab: 40, model: 16, heads: 2, layers: 2, seq: 8, ffn: 24,
@@ -79,7 +80,8 @@ describe("the schedule pass", () => {
   });
 
   it("leaves a plan without communication as it is", () => {
-    const { fp } = step("single", {}, 2, false);
+    const { plan } = build({ T: 16, D: 8, F: 8, E: 4, K: 2 }); // the MoE layer bench's one-device forward
+    const fp = fuse(plan);
     expect(schedule(fp)).toBe(fp);
     expect(simulate(fp.values, fp.instrs).commOnly).toBe(0);
   });
