@@ -18,7 +18,8 @@ import { coordsOf } from "../../compiler/ir/placement.ts";
 import { CompileError, ShapeError, ShardtsError, UsageError } from "../../compiler/errors.ts";
 import { getOp } from "../../compiler/ops/index.ts";
 import { fuse } from "../../compiler/codegen/fuse.ts";
-import { prefetchComms } from "../../compiler/passes/prefetch.ts";
+import { orderForStreams } from "../../compiler/pipeline.ts";
+import { costFromEnv } from "../../compiler/passes/schedule.ts";
 import { emitCuda } from "../../compiler/codegen/cuda/emit.ts";
 import { DEFAULT_TUNING, type EmitTuning } from "../../compiler/codegen/cuda/tuning.ts";
 import { launchOf, residentBlocks } from "../../compiler/codegen/cuda/launch.ts";
@@ -210,9 +211,10 @@ export class CudaExecutor {
   private lowered(plan: Plan) {
     let l = this.loweredPlans.get(plan);
     if (!l || l.tuning !== this.tuning) {
-      // rank-local runs issue comm steps early (compiler/passes/prefetch.ts) to overlap them with
-      // compute; a mesh simulated on one GPU runs them on the host and would only hold memory longer
-      const fused = l?.fused ?? (this.rankLocal ? prefetchComms(fuse(plan), prefetchBytes()) : fuse(plan));
+      // rank-local runs order instructions for the two streams (compiler/passes/schedule.ts, then
+      // prefetch.ts) to overlap comm with compute; a mesh simulated on one GPU runs comm on the host
+      // SHARDTS_SCHEDULE=0 keeps the fused order (the bench's unscheduled baseline); SHARDTS_SCHEDULE_COST overrides the cost model
+      const fused = l?.fused ?? (this.rankLocal ? orderForStreams(fuse(plan), { schedule: process.env.SHARDTS_SCHEDULE !== "0", cost: costFromEnv(process.env.SHARDTS_SCHEDULE_COST), prefetchBytes: prefetchBytes() }) : fuse(plan));
       l = { fused, prog: emitCuda(fused, this.arch, this.tuning), tuning: this.tuning };
       this.loweredPlans.set(plan, l);
     }
