@@ -25,6 +25,7 @@ import { DEFAULT_TUNING, type EmitTuning } from "../../compiler/codegen/cuda/tun
 import { launchOf, residentBlocks } from "../../compiler/codegen/cuda/launch.ts";
 import { cpuCtx } from "../cpu/executor.ts";
 import { MOE_OPS, runMoe } from "./moe.ts";
+import { waitsAtOnce } from "./moe-exchange.ts";
 import { runStep } from "../cpu/collectives.ts";
 import { assemble, type GlobalTensor } from "../cpu/assemble.ts";
 import type { KernelFunction, NativeAddon, Stream } from "./native-types.ts";
@@ -394,9 +395,9 @@ export class CudaExecutor {
           // MoE dispatch/combine: local kernels, and the exchange as plan comm steps (NCCL or simulated)
           runMoe(this, plan, ins, ranks, slots, (p, step, inS, outS, pieces, release) => {
             const out = this.commStep(dist, p, step, inS, outS, pieces, counts, release);
-            // the op's own kernels read the exchanged rows next: compute waits for this step now (the
-            // plan-level waits only know the plan's slots, not the op's inner ones)
-            dist?.beforeReads([outS]);
+            // the op's own kernels read an inner value next: compute waits now (the plan-level waits
+            // know only the plan's slots); a plan slot is waited for by its reader (moe-exchange.ts)
+            if (waitsAtOnce(plan, outS)) dist?.beforeReads([outS]);
             return out;
           });
         } else {
