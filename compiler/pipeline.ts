@@ -9,6 +9,9 @@ import { printPlan } from "./passes/print-plan.ts";
 import type { FusedPlan } from "./codegen/types.ts";
 import { fuse } from "./codegen/fuse.ts";
 import { printFusedPlan } from "./codegen/print.ts";
+import { schedule, type ScheduleReport } from "./passes/schedule.ts";
+import type { CostModel } from "./passes/schedule-cost.ts";
+import { prefetchComms } from "./passes/prefetch.ts";
 
 export const STAGES = ["trace", "partition"] as const;
 export type Stage = (typeof STAGES)[number];
@@ -35,4 +38,23 @@ export function compileFused(g: Graph, outputs: ValueRef[], opts: CompileOptions
   const fused = fuse(compile(g, outputs, opts));
   opts.dumpFused?.(printFusedPlan(fused));
   return fused;
+}
+
+export interface OrderOptions {
+  /** Run the schedule pass (default true). */
+  schedule?: boolean;
+  cost?: CostModel;
+  /** The prefetch window in bytes (undefined: the default; 0: no prefetch). */
+  prefetchBytes?: number;
+  report?: ScheduleReport;
+}
+
+/**
+ * The issue order for rank-local execution (one process per GPU, comm on its own stream): schedule
+ * (streams, micro-batch overlap) first, then prefetch (see compiler/passes/schedule.ts for why in
+ * that order). A mesh simulated on one GPU keeps the fused order.
+ */
+export function orderForStreams(fused: FusedPlan, opts: OrderOptions = {}): FusedPlan {
+  const s = opts.schedule === false ? fused : schedule(fused, opts.cost, opts.report);
+  return prefetchComms(s, opts.prefetchBytes);
 }

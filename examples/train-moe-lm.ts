@@ -27,6 +27,12 @@ const HELP = `usage: shardts run examples/train-moe-lm.ts [options]
   --fused-dispatch MoE dispatch and combine as the single ops moe_dispatch / moe_combine (one plan step
                    each; with --fp8 the tokens travel as e4m3 codes and 1x128 scales) instead of
                    sort + gather + redistribute + scatter_add; the same results
+  --micro-batches M split each step's batch into M micro-batches, each its own chain through the layers
+                   (the same loss and gradients); on the CUDA backend under a launcher the schedule pass
+                   interleaves them so one's dispatch/combine overlaps the other's compute
+  --size S         small (default: d=64, 8 experts top-2, seq 64) or overlap (d=1024, 16 experts
+                   top-4 of ffn 1408, seq 512: large enough that exchanges and expert GEMMs, not host
+                   work, fill a step; bench/gpu/multi-gpu.sh stage 9)
   --redundant R    redundant experts: R extra expert slots per MoE layer hold replicas of the hottest
                    experts (the model computes the same; load per slot and per expert-axis rank evens out)
   --replan-every N re-plan the replicas from the load observed over the last N steps (default 10)
@@ -44,7 +50,7 @@ const HELP = `usage: shardts run examples/train-moe-lm.ts [options]
                    launcher) and how much of its communication overlapped compute`;
 
 function parse(args: string[]) {
-  const o = { steps: 120, layout: "dp-ep", mesh: undefined as string | undefined, batch: 16, balance: true, gamma: 0.01, aux: 0, seed: 1, sample: 240, help: false, save: undefined as string | undefined, saveEvery: 0, keep: 3, resume: undefined as string | undefined, losses: undefined as string | undefined, eval: true, warmup: 0, trace: undefined as string | undefined, fp8: false, backend: "cpu" as "auto" | "cpu" | "cuda", redundant: 0, replanEvery: 10, fusedDispatch: false };
+  const o = { steps: 120, layout: "dp-ep", mesh: undefined as string | undefined, batch: 16, balance: true, gamma: 0.01, aux: 0, seed: 1, sample: 240, help: false, save: undefined as string | undefined, saveEvery: 0, keep: 3, resume: undefined as string | undefined, losses: undefined as string | undefined, eval: true, warmup: 0, trace: undefined as string | undefined, fp8: false, backend: "cpu" as "auto" | "cpu" | "cuda", redundant: 0, replanEvery: 10, fusedDispatch: false, microBatches: 1, size: "small" as "small" | "overlap" };
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!, v = () => {
       const x = args[++i];
@@ -66,6 +72,8 @@ function parse(args: string[]) {
     else if (a === "--gamma") o.gamma = num(v());
     else if (a === "--redundant") o.redundant = num(v());
     else if (a === "--fused-dispatch") o.fusedDispatch = true;
+    else if (a === "--micro-batches") o.microBatches = num(v());
+    else if (a === "--size") o.size = v() as "small" | "overlap";
     else if (a === "--replan-every") o.replanEvery = Math.max(1, num(v()));
     else if (a === "--seed") o.seed = num(v());
     else if (a === "--sample") o.sample = num(v());
@@ -88,10 +96,13 @@ export default defineMain(async ({ args, log }) => {
   const o = parse(args);
   if (o.help) return log(HELP), 0;
   if (o.trace && o.backend !== "cuda") throw new UsageError("--trace records CUDA events: give --backend cuda (on a GPU machine)");
+  if (o.size !== "small" && o.size !== "overlap") throw new UsageError(`--size ${String(o.size)}: give small or overlap`);
+  const big = o.size === "overlap";
   const model: LmConfig = {
-    vocab: 256, model: 64, heads: 4, layers: 4, seq: 64, ffn: 256,
-    moe: { experts: 8, topK: 2, ffn: 128, shared: 1, score: "softmax", auxLoss: o.aux, fusedDispatch: o.fusedDispatch, redundant: o.redundant > 0 ? { slots: o.redundant, every: o.replanEvery } : undefined },
+    vocab: 256, model: big ? 1024 : 64, heads: big ? 8 : 4, layers: 4, seq: big ? 512 : 64, ffn: big ? 2816 : 256,
+    moe: { experts: big ? 16 : 8, topK: big ? 4 : 2, ffn: big ? 1408 : 128, shared: 1, score: "softmax", auxLoss: o.aux, fusedDispatch: o.fusedDispatch, redundant: o.redundant > 0 ? { slots: o.redundant, every: o.replanEvery } : undefined },
     fp8: o.fp8,
+    microBatches: o.microBatches,
   };
   const sizes = o.mesh ? Object.fromEntries(o.mesh.split(",").map((p) => { const [k, n] = p.split("="); return [k!, Number(n)]; })) : undefined;
   const layout = layoutByName(o.layout, sizes);

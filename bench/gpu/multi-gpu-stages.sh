@@ -3,6 +3,7 @@
 #   stage_layouts            the train-moe-lm layouts that fit on N GPUs, with their meshes
 #   stage_moe_lm_vs_torch    train-moe-lm (fsdp-ep) on N GPUs: tokens/s against the PyTorch peer
 #   stage_fsdp_prefetch      an FSDP step traced on N GPUs: do the parameter all-gathers overlap compute?
+#   stage_moe_overlap        two-micro-batch overlap: step time against compute-only and comm-only
 
 # ---- layouts --------------------------------------------------------------------------------------
 # "name mesh" per line: every layout of stdlib/nn/layout.ts whose mesh is non-degenerate on N GPUs.
@@ -63,4 +64,46 @@ stage_fsdp_prefetch() {
   done
   grep -H 'overlap: \|throughput: \|time: ' "$OUT"/fsdp-trace-*.log > "$OUT/fsdp-overlap.txt"
   cat "$OUT/fsdp-overlap.txt"
+}
+
+# ---- two-micro-batch overlap (MoE issue item 3) -----------------------------------------------------
+# train-moe-lm --size overlap, layout ep on N GPUs (ep=N), composed and fused dispatch, in one job:
+#   step mb=1 / mb=2   ms/step after the warm-up, micro-batches 1 and 2 (the schedule pass on)
+#   step mb=2 unsched  micro-batches 2 with SHARDTS_SCHEDULE=0 (the traced order)
+#   compute-only       the same per-rank work on one GPU: ep=1 with batch / N (same tokens per rank, and
+#                      as many routed rows per rank, tokens x top-k, so the same expert FLOPs; no
+#                      exchange, no count read through NCCL). It holds all experts' weights, which
+#                      changes memory, not FLOPs.
+#   comm-only          the comm stream's busy time in the traced mb=2 step (sum of its spans)
+# and prints step/max and step/sum (target: step mb=2 <= 1.15 x max). Traces: $OUT/overlap-*.rank<r>.json.
+stage_moe_overlap() {
+  local b=${OVERLAP_BATCH:-16} steps=${OVERLAP_STEPS:-12} warm=${OVERLAP_WARMUP:-4} d mb rc tag
+  local common=(--size overlap --steps "$steps" --warmup "$warm" --no-eval --backend cuda --no-balance)
+  for d in composed fused; do
+    local fd=(); [ "$d" = fused ] && fd=(--fused-dispatch)
+    for mb in 1 2; do
+      tag="overlap-$d-mb$mb"
+      timeout 300 "${CLI[@]}" launch --nproc-per-node "$N" examples/train-moe-lm.ts --layout ep --mesh "ep=$N" --batch "$b" \
+        --micro-batches "$mb" "${fd[@]}" "${common[@]}" --trace "$OUT/$tag" > "$OUT/$tag.log" 2>&1
+      rc=$?; note "moe overlap $d mb=$mb on $N GPUs: exit $rc"
+    done
+    SHARDTS_SCHEDULE=0 timeout 300 "${CLI[@]}" launch --nproc-per-node "$N" examples/train-moe-lm.ts --layout ep --mesh "ep=$N" --batch "$b" \
+      --micro-batches 2 "${fd[@]}" "${common[@]}" > "$OUT/overlap-$d-mb2-unsched.log" 2>&1
+    rc=$?; note "moe overlap $d mb=2 unscheduled: exit $rc"
+    CUDA_VISIBLE_DEVICES=0 timeout 300 "${CLI[@]}" run examples/train-moe-lm.ts --layout ep --mesh ep=1 --batch $((b / N)) \
+      --micro-batches 2 "${fd[@]}" "${common[@]}" > "$OUT/overlap-$d-compute.log" 2>&1
+    rc=$?; note "moe overlap $d compute-only (ep=1, batch $((b / N))): exit $rc"
+  done
+  python3 - "$OUT" > "$OUT/moe-overlap.txt" <<'PY'
+import os, re, sys
+o = sys.argv[1]
+ms = lambda f: (lambda m: float(m.group(1)) if m else float("nan"))(re.search(r"\(([0-9.]+) ms/step\)", open(f).read()) if os.path.exists(f) else None)
+comm = lambda f: (lambda m: float(m.group(1)) / 1e3 if m else float("nan"))(re.search(r"overlap: \d+ comm steps, ([0-9.]+) us", open(f).read()) if os.path.exists(f) else None)
+print(f"{'dispatch':>9}{'mb=1':>9}{'mb=2':>9}{'unsched':>9}{'compute':>9}{'comm':>9}{'step/max':>10}{'step/sum':>10}   (ms/step; target step/max <= 1.15)")
+for d in ["composed", "fused"]:
+    p = lambda t: os.path.join(o, f"overlap-{d}-{t}.log")
+    m1, m2, un, c, k = ms(p("mb1")), ms(p("mb2")), ms(p("mb2-unsched")), ms(p("compute")), comm(p("mb2"))
+    print(f"{d:>9}{m1:>9.2f}{m2:>9.2f}{un:>9.2f}{c:>9.2f}{k:>9.2f}{m2 / max(c, k):>10.3f}{m2 / (c + k):>10.3f}")
+PY
+  cat "$OUT/moe-overlap.txt"
 }

@@ -13,7 +13,9 @@
 #      transports against torch.distributed (permute + count exchange + all_to_all_single) and plain
 #      all_to_all_single at the same bytes
 #   8. checkpoints (ckpt_stage): save/load of the trained MoE LM and a bulk state, GB/s, async overhead
-# Stages 3 (its layout list), 5 and 6 live in bench/gpu/multi-gpu-stages.sh. SKIP="5 6" leaves stages
+#   9. two-micro-batch overlap: train-moe-lm --size overlap (ep=N) step time, micro-batches 1 and 2,
+#      against compute-only (ep=1, batch / N, one GPU) and comm-only (the traced comm stream); Chrome traces
+# Stages 3 (its layout list), 5, 6 and 9 live in bench/gpu/multi-gpu-stages.sh. SKIP="5 6" leaves stages
 # out, ONLY="5 6" runs just those.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -163,5 +165,8 @@ ckpt_stage() {
 }
 skip 8 || ckpt_stage
 # --- end of stage: checkpoints -------------------------------------------------------------------
+
+# 9. two-micro-batch overlap
+skip 9 || stage_moe_overlap
 
 echo; echo "== summary"; printf '%s\n' "${summary[@]}" | tee "$OUT/multi-gpu-summary.txt"

@@ -18,13 +18,15 @@ import { coordsOf } from "../../compiler/ir/placement.ts";
 import { CompileError, ShapeError, ShardtsError, UsageError } from "../../compiler/errors.ts";
 import { getOp } from "../../compiler/ops/index.ts";
 import { fuse } from "../../compiler/codegen/fuse.ts";
-import { prefetchComms } from "../../compiler/passes/prefetch.ts";
+import { orderForStreams } from "../../compiler/pipeline.ts";
+import { costFromEnv } from "../../compiler/passes/schedule.ts";
 import { emitCuda } from "../../compiler/codegen/cuda/emit.ts";
 import { DEFAULT_TUNING, type EmitTuning } from "../../compiler/codegen/cuda/tuning.ts";
 import { residentBlocks } from "../../compiler/codegen/cuda/launch.ts";
 import { fillPointers, packedLaunch, type LaunchCache } from "./launches.ts";
 import { cpuCtx } from "../cpu/executor.ts";
 import { MOE_OPS, runMoe } from "./moe.ts";
+import { waitsAtOnce } from "./moe-exchange.ts";
 import { runStep } from "../cpu/collectives.ts";
 import { assemble, type GlobalTensor } from "../cpu/assemble.ts";
 import type { KernelFunction, NativeAddon, Stream } from "./native-types.ts";
@@ -230,9 +232,10 @@ export class CudaExecutor {
   private lowered(plan: Plan) {
     let l = this.loweredPlans.get(plan);
     if (!l || l.tuning !== this.tuning) {
-      // rank-local runs issue comm steps early (compiler/passes/prefetch.ts) to overlap them with
-      // compute; a mesh simulated on one GPU runs them on the host and would only hold memory longer
-      const fused = l?.fused ?? (this.rankLocal ? prefetchComms(fuse(plan), prefetchBytes()) : fuse(plan));
+      // rank-local runs order instructions for the two streams (compiler/passes/schedule.ts, then
+      // prefetch.ts) to overlap comm with compute; a mesh simulated on one GPU runs comm on the host
+      // SHARDTS_SCHEDULE=0 keeps the fused order (the bench's unscheduled baseline); SHARDTS_SCHEDULE_COST overrides the cost model
+      const fused = l?.fused ?? (this.rankLocal ? orderForStreams(fuse(plan), { schedule: process.env.SHARDTS_SCHEDULE !== "0", cost: costFromEnv(process.env.SHARDTS_SCHEDULE_COST), prefetchBytes: prefetchBytes() }) : fuse(plan));
       l = { fused, prog: emitCuda(fused, this.arch, this.tuning), tuning: this.tuning, launches: new Map() };
       this.loweredPlans.set(plan, l);
     }
@@ -405,9 +408,9 @@ export class CudaExecutor {
           // MoE dispatch/combine: local kernels, and the exchange as plan comm steps (NCCL or simulated)
           runMoe(this, plan, ins, ranks, slots, (p, step, inS, outS, pieces, release) => {
             const out = this.commStep(dist, p, step, inS, outS, pieces, counts, release);
-            // the op's own kernels read the exchanged rows next: compute waits for this step now (the
-            // plan-level waits only know the plan's slots, not the op's inner ones)
-            dist?.beforeReads([outS]);
+            // the op's own kernels read an inner value next: compute waits now (the plan-level waits
+            // know only the plan's slots); a plan slot is waited for by its reader (moe-exchange.ts)
+            if (waitsAtOnce(plan, outS)) dist?.beforeReads([outS]);
             return out;
           });
         } else {

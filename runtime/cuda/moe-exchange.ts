@@ -38,6 +38,15 @@ export class Extra {
   }
 }
 
+/**
+ * Whether compute must wait for an exchange into `slot` as soon as it is issued: only for the op's
+ * inner values (its own kernels read them next: combine's rows on the way back). An exchange into one
+ * of the plan's own values (dispatch's rows and counts, redispatch's rows) stays in flight on the
+ * communication stream, and the instruction that reads it waits (RankLocal.beforeReads), so the
+ * compute issued in between (the other micro-batch's) overlaps it.
+ */
+export const waitsAtOnce = (plan: Plan, slot: number): boolean => slot >= plan.values.length;
+
 /** Placements of a value whose axes that split `dims` (rows, experts) take the tokens' placement instead. */
 export const tokenSide = (ps: Placement[], token: Placement[], dims: string[]): Placement[] => ps.map((p, a) => (dims.includes(shardDim(p) ?? "") ? token[a]! : p));
 

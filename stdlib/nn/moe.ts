@@ -73,6 +73,8 @@ export interface MoeOut {
   indices: AnyDTensor;
   /** With redundant experts: tokens routed to each physical slot, [eslots], f32 (else `load`). */
   slotLoad: AnyDTensor;
+  /** Mean router score per expert over the batch, [experts] (the auxiliary loss's P); only with `auxLoss` > 0. */
+  scoreMean?: AnyDTensor;
 }
 
 /**
@@ -126,14 +128,20 @@ export function moe(ps: ParamStore, name: string, x: AnyDTensor, cfg: MoeConfig,
   // load of each expert (slot) over the whole batch (no gradient: it comes from integer counts)
   const slotLoad = toActivation(ps, sum(cast(counts, "f32"), "batch") as AnyDTensor);
   const load = replicas ? (scatterAdd(slotLoad, replicas.slotExpert, "eslots", { dim: "experts", size: E }) as AnyDTensor) : slotLoad;
-  let aux = mul(sum(load, "experts") as AnyDTensor, 0);
-  if (cfg.auxLoss > 0) {
-    // Switch / DeepSeek: E * sum_e f_e P_e with f_e the fraction of routed slots, P_e the mean score
-    const f = div(load, sum(load, "experts") as AnyDTensor);
-    const P = toActivation(ps, mean(scores, ["batch", "seq"]) as AnyDTensor);
-    aux = mul(sum(mul(f, P), "experts") as AnyDTensor, cfg.auxLoss * E);
-  }
-  return { y: toActivation(ps, y), aux, load, indices, slotLoad };
+  // only traced when the loss reads it (its reduction over a sharded batch is a collective)
+  const scoreMean = cfg.auxLoss > 0 ? toActivation(ps, mean(scores, ["batch", "seq"]) as AnyDTensor) : undefined;
+  return { y: toActivation(ps, y), aux: auxLoss(load, scoreMean, cfg), load, indices, slotLoad, scoreMean };
+}
+
+/**
+ * Switch / DeepSeek: E * sum_e f_e P_e with f_e the fraction of routed slots and P_e the mean score
+ * (times `cfg.auxLoss`; a zero of the load's graph when it is 0). Micro-batches pass their summed
+ * loads and averaged score means, so the loss is the whole batch's.
+ */
+export function auxLoss(load: AnyDTensor, scoreMean: AnyDTensor | undefined, cfg: MoeConfig): AnyDTensor {
+  if (!(cfg.auxLoss > 0) || !scoreMean) return mul(sum(load, "experts") as AnyDTensor, 0);
+  const f = div(load, sum(load, "experts") as AnyDTensor);
+  return mul(sum(mul(f, scoreMean), "experts") as AnyDTensor, cfg.auxLoss * cfg.experts);
 }
 
 /**

@@ -33,11 +33,36 @@ export class ParamStore {
   readonly specs: ParamSpec[] = [];
   /** The storage placeholders, by name (what gradients are taken with respect to). */
   readonly stored = new Map<string, AnyDTensor>();
+  /** Each parameter in its compute placements, by name (what `sharing` hands out again). */
+  private readonly computed = new Map<string, AnyDTensor>();
+  private reuse = false;
 
   constructor(readonly mesh: Mesh<any>, readonly layout: Layout) {}
 
+  /**
+   * Runs `build` with every parameter it declares taken from an earlier declaration of the same name
+   * (a second micro-batch through the same layers): the same traced tensor, so its FSDP gather is
+   * shared and autodiff sums the gradients of every use.
+   */
+  sharing<T>(build: () => T): T {
+    this.reuse = true;
+    try {
+      return build();
+    } finally {
+      this.reuse = false;
+    }
+  }
+
   /** Declares a parameter and returns it in its compute placements. */
   param(name: string, dims: Record<string, number>, init: Init, hints: ShardHints = {}): AnyDTensor {
+    const had = this.computed.get(name);
+    if (had && this.reuse) {
+      const want = this.specs.find((s) => s.name === name)!.dims;
+      if (Object.keys(dims).length !== Object.keys(want).length || Object.entries(dims).some(([d, n]) => want[d] !== n))
+        throw new UsageError(`parameter '${name}' is shared with dims ${JSON.stringify(dims)} but was declared with ${JSON.stringify(want)}; a shared layer must be called with the same sizes`);
+      return had;
+    }
+    if (this.reuse) throw new UsageError(`parameter '${name}' is first declared inside sharing(); declare it outside (the first micro-batch) and reuse it inside`);
     if (this.stored.has(name)) throw new UsageError(`parameter '${name}' is declared twice`);
     const names = Object.keys(dims);
     for (const h of [hints.tp, hints.ep]) if (h !== undefined && !names.includes(h)) throw new UsageError(`parameter '${name}': shard hint '${h}' is not one of its dims (${names.join(", ")})`);
@@ -46,7 +71,9 @@ export class ParamStore {
     const p = input(this.mesh, name, dims, "f32", this.placementsObject(storage) as never) as AnyDTensor;
     this.stored.set(name, p);
     const differs = storage.some((s, i) => s !== compute[i]);
-    return differs ? (redistribute(p, this.placementsObject(compute) as never) as AnyDTensor) : p;
+    const c = differs ? (redistribute(p, this.placementsObject(compute) as never) as AnyDTensor) : p;
+    this.computed.set(name, c);
+    return c;
   }
 
   placementsObject(ps: Placement[]): Record<string, Placement> {

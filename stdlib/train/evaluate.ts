@@ -13,9 +13,10 @@ export class Evaluator {
   constructor(readonly layout: Layout, readonly model: LmConfig, readonly batch: number, backend?: Backend) {
     // without the redundant experts: replicas change where experts run, not what the model computes
     // (test/unit/moe-replicas.test.ts), and a forward-only program has no load to balance
-    const t = traceLm(layout, model.moe?.redundant ? { ...model, moe: { ...model.moe, redundant: undefined } } : model, batch);
+    // and unsplit: micro-batches change how a step is scheduled, not what it computes
+    const t = traceLm(layout, { ...model, microBatches: 1, ...(model.moe?.redundant ? { moe: { ...model.moe, redundant: undefined } } : {}) }, batch);
     this.mesh = t.mesh;
-    this.program = new Program(t.mesh, { ce: t.out.ce, logits: t.out.logits }, { backend });
+    this.program = new Program(t.mesh, { ce: t.out.ce, logits: t.out.logits[0]! }, { backend });
   }
 
   private feeds(params: Record<string, Pieces>, biases: Float32Array[], ids: Int32Array, targets: Int32Array): Record<string, Pieces> {

@@ -7,7 +7,7 @@ import { grad } from "../autodiff.ts";
 import { input, piecesOf, Program, zeroPieces, type Pieces } from "../program.ts";
 import { ParamStore } from "../nn/params.ts";
 import type { Layout } from "../nn/layout.ts";
-import { lm, moeLayers, type LmConfig } from "../nn/transformer.ts";
+import { lm, microBatchesOf, moeLayers, type LmConfig } from "../nn/transformer.ts";
 import { adamw, adamwScalars, momentNames, SCALARS, type AdamWConfig } from "../optim/adamw.ts";
 import { lrAt, type Schedule } from "../optim/schedule.ts";
 import type { GlobalValue } from "../value.ts";
@@ -78,13 +78,20 @@ export function traceLm(layout: Layout, cfg: LmConfig, batch: number) {
   const mesh = Mesh.of(layout.mesh);
   const ps = new ParamStore(mesh, layout);
   const act = ps.placementsObject(layout.activation(["batch", "seq"])) as never;
-  const ids = input(mesh, "data.ids", { batch, seq: cfg.seq }, "i32", act) as AnyDTensor;
-  const targets = input(mesh, "data.targets", { batch, seq: cfg.seq }, "i32", act) as AnyDTensor;
+  const M = microBatchesOf(cfg, batch);
+  const data = dataInputs(M).map(([i, t]) => ({
+    ids: input(mesh, i, { batch: batch / M, seq: cfg.seq }, "i32", act) as AnyDTensor,
+    targets: input(mesh, t, { batch: batch / M, seq: cfg.seq }, "i32", act) as AnyDTensor,
+  }));
   const biases = moeLayers(cfg).map((l) => input(mesh, `bias.l${l}`, { experts: cfg.moe!.experts }, "f32") as AnyDTensor);
   const replicas = replicaInputs(mesh, cfg);
-  const out = lm(ps, ids, targets, cfg, biases, replicas);
-  return { mesh, ps, ids, targets, biases, replicas, out };
+  const out = lm(ps, data, cfg, biases, replicas);
+  return { mesh, ps, data, biases, replicas, out };
 }
+
+/** The program inputs of the token ids and targets per micro-batch: micro-batch m holds rows [m·B/M, (m+1)·B/M) of the batch. */
+export const dataInputs = (M: number): [string, string][] =>
+  M === 1 ? [["data.ids", "data.targets"]] : Array.from({ length: M }, (_, m) => [`data.ids.${m}`, `data.targets.${m}`]);
 
 export class Trainer {
   readonly ps: ParamStore;
@@ -128,16 +135,19 @@ export class Trainer {
     return piecesOf(this.mesh.spec, { dims: [], dtype, placements: this.mesh.spec.axes.map(() => "R") }, [v]);
   }
 
-  private batchPieces(data: Int32Array): Pieces {
-    const type = { dims: [{ name: "batch", size: this.cfg.batch }, { name: "seq", size: this.cfg.model.seq }], dtype: "i32" as const, placements: this.cfg.layout.activation(["batch", "seq"]) };
-    return piecesOf(this.mesh.spec, type, data);
+  /** The feeds of one step's [batch, seq] ids and targets, split into the micro-batches' inputs. */
+  private batchFeeds(ids: Int32Array, targets: Int32Array): Record<string, Pieces> {
+    const M = microBatchesOf(this.cfg.model, this.cfg.batch), rows = this.cfg.batch / M, n = rows * this.cfg.model.seq;
+    const type = { dims: [{ name: "batch", size: rows }, { name: "seq", size: this.cfg.model.seq }], dtype: "i32" as const, placements: this.cfg.layout.activation(["batch", "seq"]) };
+    const part = (d: Int32Array, m: number) => piecesOf(this.mesh.spec, type, d.subarray(m * n, (m + 1) * n));
+    return Object.fromEntries(dataInputs(M).flatMap(([i, t], m) => [[i, part(ids, m)], [t, part(targets, m)]]));
   }
 
   /** The step program's inputs for the next step on these token ids and targets (bench/host/host-overhead.ts runs them itself). */
   feeds(ids: Int32Array, targets: Int32Array): { feeds: Record<string, Pieces>; lr: number; read: string[] } {
     const lr = lrAt(this.cfg.schedule, this.step);
     const scalars = adamwScalars(this.cfg.opt, lr, this.step + 1);
-    const feeds: Record<string, Pieces> = { ...this.state, ...this.replicas.feeds(this.mesh.spec), "data.ids": this.batchPieces(ids), "data.targets": this.batchPieces(targets) };
+    const feeds: Record<string, Pieces> = { ...this.state, ...this.replicas.feeds(this.mesh.spec), ...this.batchFeeds(ids, targets) };
     for (const n of SCALARS) feeds[n] = this.scalar(scalars[n]);
     moeLayers(this.cfg.model).forEach((l, i) => (feeds[`bias.l${l}`] = piecesOf(this.mesh.spec, { dims: [{ name: "experts", size: this.biases[i]!.length }], dtype: "f32", placements: this.mesh.spec.axes.map(() => "R") }, this.biases[i]!)));
     return { feeds, lr, read: this.readEachStep };

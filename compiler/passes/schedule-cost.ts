@@ -1,0 +1,157 @@
+// The schedule pass's cost model and timeline simulation (compiler/passes/schedule.ts): what one
+// instruction costs on each stream, and how the CUDA runtime's rank-local execution orders them —
+// one compute stream and one communication stream, both in issue order; a comm step waits for all
+// compute issued before it (runtime/cuda/nccl/collectives.ts records its start event on the compute
+// stream when it is issued); compute waits for a comm step only where it reads the step's output;
+// the first host read of a counts value waits for everything issued (RankLocal.allPieces flushes and
+// synchronizes). A MoE dispatch is its permute kernels, the count exchange, that host read, then the
+// token exchange; combine and redispatch move rows first and compute waits for them.
+import type { PlanValue } from "../plan.ts";
+import { readsOf, writesOf } from "../plan.ts";
+import type { DType } from "../ir/types.ts";
+
+/** What the model needs of an instruction (a Plan's or a FusedPlan's). */
+export type AnyInstr = { kind: string; op?: string; inputs?: number[]; input?: number; outputs?: number[]; output?: number };
+
+/** Rates and latencies, per rank. Defaults: one H100/H200 SXM GPU in an NVLink node; override per machine. */
+export interface CostModel {
+  /** Dense matrix rate for bf16 operands, FLOP/s (cuBLASLt reaches ~600-700 T on H100). */
+  matmulBf16: number;
+  /** f32 operands (cuBLASLt without TF32). */
+  matmulF32: number;
+  /** FP8 operands (the block-scaled kernels: ~1000-1200 T measured). */
+  matmulFp8: number;
+  /** Device memory bandwidth for elementwise/row kernels and copies, bytes/s (copy: 3.0 T measured). */
+  memBandwidth: number;
+  /** Bytes a rank sends or receives over the link per second in a collective (NCCL all-to-all over NVLink: 100-250 G measured). */
+  linkBandwidth: number;
+  /** Fixed cost of one kernel or library call on its stream, s. */
+  launch: number;
+  /** Fixed cost of one collective (NCCL latency), s. */
+  commLatency: number;
+  /** A host read of counts: stream sync, a world all-gather of the counts, the copy to the host, s. */
+  hostRead: number;
+}
+
+export const DEFAULT_COST: CostModel = {
+  matmulBf16: 600e12, matmulF32: 50e12, matmulFp8: 1000e12,
+  memBandwidth: 3.0e12, linkBandwidth: 150e9,
+  launch: 4e-6, commLatency: 20e-6, hostRead: 60e-6,
+};
+
+const BYTES: Record<DType, number> = { f32: 4, bf16: 2, i32: 4, fp8e4m3: 1, fp8e5m2: 1 };
+const CONTRACTIONS = new Set(["dot", "segment_dot", "segment_wgrad", "scaled_dot", "scaled_segment_dot", "scaled_segment_wgrad"]);
+/** Ops that read a segmented dim's counts on the host (runtime/cuda/ops.ts segmentContract). */
+export const READS_COUNTS = new Set(["segment_dot", "segment_wgrad"]);
+export const MOE_OPS = new Set(["moe_dispatch", "moe_combine", "moe_redispatch"]);
+
+/** Largest piece over the ranks: elements, bytes. */
+const elems = (v: PlanValue) => Math.max(0, ...v.shapes.map((s) => s.reduce((a, b) => a * b, 1)));
+const bytes = (v: PlanValue) => BYTES[v.type.dtype] * elems(v);
+
+/** One instruction's work: compute-stream seconds, comm-stream seconds, and which comes first. */
+export interface InstrCost {
+  compute: number;
+  comm: number;
+  /** Combine/redispatch: the exchange runs first and the op's kernels wait for it. */
+  commFirst: boolean;
+}
+
+export function instrCost(values: PlanValue[], ins: AnyInstr, m: CostModel): InstrCost {
+  const r = readsOf(ins as never).map((s) => values[s]!), w = writesOf(ins as never).map((s) => values[s]!);
+  const moved = [...r, ...w].reduce((a, v) => a + bytes(v), 0);
+  if (ins.kind === "comm") return { compute: 0, comm: m.commLatency + Math.max(bytes(r[0]!), bytes(w[0]!)) / m.linkBandwidth, commFirst: true };
+  if (ins.kind === "op" && MOE_OPS.has(ins.op!)) {
+    // the rows cross the link once; the permute kernels read and write them once more
+    const rows = ins.op === "moe_dispatch" ? bytes(w[0]!) : Math.max(bytes(r[0]!), bytes(w[0]!));
+    const exchanges = ins.op === "moe_dispatch" ? 2 : 1;
+    return { compute: m.launch * 2 + moved / m.memBandwidth, comm: exchanges * m.commLatency + rows / m.linkBandwidth, commFirst: ins.op !== "moe_dispatch" };
+  }
+  if (ins.kind === "op" && CONTRACTIONS.has(ins.op!)) {
+    // 2·M·N·K: the output's elements times the first operand's contracted extent
+    const outDims = new Set(w[0]!.type.dims.map((d) => d.name));
+    const a = r[0]!, k = a.type.dims.reduce((p, d, i) => (outDims.has(d.name) ? p : p * Math.max(...a.shapes.map((s) => s[i]!))), 1);
+    const dt = a.type.dtype, rate = dt === "bf16" ? m.matmulBf16 : dt.startsWith("fp8") ? m.matmulFp8 : m.matmulF32;
+    return { compute: m.launch + Math.max((2 * elems(w[0]!) * k) / rate, moved / m.memBandwidth), comm: 0, commFirst: false };
+  }
+  return { compute: m.launch + moved / m.memBandwidth, comm: 0, commFirst: false };
+}
+
+/** Predicted step time of an order, and its parts (seconds). */
+export interface Timeline {
+  /** The compute stream's work alone (sum of compute costs). */
+  computeOnly: number;
+  /** The communication stream's work alone. */
+  commOnly: number;
+  /** Host reads of counts (each a full sync). */
+  hostReads: number;
+  /** The simulated step in this order: both streams, their waits and the host reads. */
+  step: number;
+}
+
+/** The counts slots an instruction needs on the host (the first such read syncs everything issued before it). */
+export function countsReadOnHost(values: PlanValue[], ins: AnyInstr): number[] {
+  const counts = (s: number) => Object.values(values[s]!.segCounts);
+  if (ins.kind === "comm") return [...counts(ins.input!), ...counts(ins.output!)];
+  if (ins.kind === "op" && READS_COUNTS.has(ins.op!)) return readsOf(ins as never).flatMap(counts);
+  // dispatch sizes its token exchange by the exchanged counts; combine/redispatch move segmented rows
+  if (ins.kind === "op" && MOE_OPS.has(ins.op!)) return [...readsOf(ins as never), ...writesOf(ins as never)].flatMap(counts);
+  return [];
+}
+
+/** The streams' state while an order is simulated; `issue` advances it by one instruction. */
+export class StreamSim {
+  compute = 0;
+  comm = 0;
+  computeOnly = 0;
+  commOnly = 0;
+  hostReads = 0;
+  private readonly ready: number[];
+  /** Counts slots already read on the host. */
+  readonly read = new Set<number>();
+  constructor(private readonly values: PlanValue[], private readonly model: CostModel) {
+    this.ready = values.map(() => 0);
+  }
+
+  /** When the compute stream could start `ins`'s compute work if it were issued now. */
+  start(ins: AnyInstr, cost: InstrCost): number {
+    const inputs = Math.max(0, ...readsOf(ins as never).map((s) => this.ready[s]!));
+    const barrier = countsReadOnHost(this.values, ins).some((c) => !this.read.has(c)) ? Math.max(this.compute, this.comm) + this.model.hostRead : this.compute;
+    if (cost.comm > 0 && cost.commFirst) return Math.max(barrier, Math.max(this.comm, this.compute) + cost.comm);
+    return Math.max(barrier, inputs);
+  }
+
+  issue(ins: AnyInstr, cost: InstrCost): void {
+    const reads = countsReadOnHost(this.values, ins).filter((c) => !this.read.has(c));
+    if (reads.length) {
+      // everything issued finishes, then the host reads and goes on
+      this.compute = this.comm = Math.max(this.compute, this.comm) + this.model.hostRead;
+      this.hostReads++;
+      for (const c of reads) this.read.add(c);
+    }
+    this.computeOnly += cost.compute;
+    this.commOnly += cost.comm;
+    let done: number;
+    if (ins.kind === "comm") {
+      done = this.comm = Math.max(this.comm, this.compute) + cost.comm;
+    } else if (cost.comm > 0 && cost.commFirst) {
+      const moved = (this.comm = Math.max(this.comm, this.compute) + cost.comm);
+      done = this.compute = Math.max(this.compute, moved) + cost.compute;
+    } else {
+      this.compute = Math.max(this.compute, ...readsOf(ins as never).map((s) => this.ready[s]!)) + cost.compute;
+      done = cost.comm > 0 ? (this.comm = Math.max(this.comm, this.compute) + cost.comm) : this.compute;
+    }
+    for (const s of writesOf(ins as never)) this.ready[s] = done;
+  }
+
+  get step(): number {
+    return Math.max(this.compute, this.comm);
+  }
+}
+
+/** The timeline of `instrs` in their order under `model`. */
+export function simulate(values: PlanValue[], instrs: readonly AnyInstr[], model: CostModel = DEFAULT_COST): Timeline {
+  const sim = new StreamSim(values, model);
+  for (const ins of instrs) sim.issue(ins, instrCost(values, ins, model));
+  return { computeOnly: sim.computeOnly, commOnly: sim.commOnly, hostReads: sim.hostReads, step: sim.step };
+}

@@ -1,0 +1,120 @@
+// Schedule: reorders a (fused) plan's instructions so communication overlaps compute — with two
+// micro-batches (LmConfig.microBatches), one chain's dispatch/combine runs on the communication
+// stream while the other chain's attention and experts run on the compute stream. A pure pass: only
+// the order changes (a topological order of the same instructions; `verifyOrder` checks one), and
+// `lastUse` is recomputed.
+//
+// A list scheduler over two resources, simulating the rank-local CUDA runtime (schedule-cost.ts):
+// a comm step is issued as soon as its inputs are issued (its start waits for the compute issued
+// before it, so issuing it later only delays it); otherwise the instruction whose compute could
+// start first is issued, ties going to host reads of counts and MoE exchanges (a sync is cheapest
+// while the other chain's exchange is not yet in flight), then to program order. So an order with
+// no communication, or whose communication never makes compute wait, comes out unchanged; where an
+// instruction would wait for an exchange, the other chain's ready work is issued instead.
+//
+// Composition with prefetch (compiler/passes/prefetch.ts): schedule first, prefetch after. The
+// schedule issues each comm step right after its inputs; prefetch then only lifts FSDP gathers
+// above their host-fed sources' places, within its byte window and never above a host read, which
+// the schedule's timeline does not price (parameters are resident or uploaded off the streams).
+import { CompileError } from "../errors.ts";
+import { lastUses, readsOf, writesOf } from "../plan.ts";
+import type { PlanValue } from "../plan.ts";
+import { countsReadOnHost, DEFAULT_COST, instrCost, MOE_OPS, simulate, StreamSim, type AnyInstr, type CostModel, type Timeline } from "./schedule-cost.ts";
+
+export interface Schedulable<I extends AnyInstr> {
+  values: PlanValue[];
+  instrs: I[];
+  outputs: number[];
+  lastUse: number[];
+}
+
+export interface ScheduleReport {
+  /** The timeline of the order given and of the order returned (predicted, seconds). */
+  before: Timeline;
+  after: Timeline;
+  /** Instructions whose position changed. */
+  moved: number;
+}
+
+/** For each instruction, the instructions it depends on: producers of what it reads, and of the counts of segmented values it reads or writes. */
+function dependencies<I extends AnyInstr>(values: PlanValue[], ins: readonly I[]): number[][] {
+  const producer = values.map(() => -1);
+  ins.forEach((x, i) => writesOf(x as never).forEach((s) => (producer[s] = i)));
+  const counts = (s: number) => Object.values(values[s]!.segCounts);
+  return ins.map((x, i) => {
+    const slots = [...readsOf(x as never), ...[...readsOf(x as never), ...writesOf(x as never)].flatMap(counts)];
+    return [...new Set(slots.map((s) => producer[s]!).filter((p) => p >= 0 && p !== i))];
+  });
+}
+
+/**
+ * Throws unless `order` holds each of `original`'s instructions once and every one comes after the
+ * instructions producing what it reads (and the counts of its segmented values).
+ */
+export function verifyOrder<I extends AnyInstr>(values: PlanValue[], original: readonly I[], order: readonly I[]): void {
+  const at = new Map<I, number>();
+  order.forEach((x, k) => at.set(x, k));
+  if (order.length !== original.length || at.size !== original.length || original.some((x) => !at.has(x)))
+    throw new CompileError(`schedule: the new order has ${order.length} instructions (${at.size} distinct) for ${original.length}; a scheduler must permute the plan's instructions, not add or drop any`);
+  const deps = dependencies(values, original);
+  original.forEach((x, i) => {
+    for (const d of deps[i]!)
+      if (at.get(original[d]!)! > at.get(x)!)
+        throw new CompileError(`schedule: instruction ${i} (${x.op ?? x.kind}) now runs before instruction ${d} (${original[d]!.op ?? original[d]!.kind}), which produces what it reads; the order must stay topological`);
+  });
+}
+
+/** Whether the instruction is best issued at once: a comm step that reads no counts on the host. */
+const eager = (values: PlanValue[], x: AnyInstr, read: Set<number>) => x.kind === "comm" && countsReadOnHost(values, x).every((c) => read.has(c));
+
+/** The plan in an order that overlaps communication with compute (see the header). */
+export function schedule<I extends AnyInstr, P extends Schedulable<I>>(plan: P, model: CostModel = DEFAULT_COST, report?: ScheduleReport): P {
+  const ins = plan.instrs, n = ins.length, values = plan.values;
+  if (!ins.some((x) => x.kind === "comm" || (x.kind === "op" && MOE_OPS.has(x.op!)))) return plan;
+  const deps = dependencies(values, ins);
+  const users: number[][] = ins.map(() => []);
+  deps.forEach((ds, i) => ds.forEach((d) => users[d]!.push(i)));
+  const waiting = deps.map((d) => d.length);
+  const costs = ins.map((x) => instrCost(values, x, model));
+  const sim = new StreamSim(values, model);
+  const ready: number[] = [];
+  ins.forEach((_, i) => waiting[i] === 0 && ready.push(i));
+  const order: number[] = [];
+  while (ready.length) {
+    let pick = ready.filter((i) => eager(values, ins[i]!, sim.read)).reduce((a, i) => Math.min(a, i), Infinity);
+    if (pick === Infinity) {
+      let best: [number, number, number] = [Infinity, Infinity, Infinity];
+      for (const i of ready) {
+        // at equal start, host reads and MoE exchanges first: they sync, or fill the comm stream
+        const syncs = countsReadOnHost(values, ins[i]!).some((c) => !sim.read.has(c)) || costs[i]!.comm > 0 ? 0 : 1;
+        const key: [number, number, number] = [sim.start(ins[i]!, costs[i]!), syncs, i];
+        if (key[0] < best[0] || (key[0] === best[0] && (key[1] < best[1] || (key[1] === best[1] && key[2] < best[2])))) (pick = i), (best = key);
+      }
+    }
+    ready.splice(ready.indexOf(pick), 1);
+    order.push(pick);
+    sim.issue(ins[pick]!, costs[pick]!);
+    for (const u of users[pick]!) if (--waiting[u]! === 0) ready.push(u);
+  }
+  if (order.length !== n) throw new CompileError(`schedule: ${n - order.length} instructions never became ready (the plan's dependencies form a cycle: a shardts bug)`);
+  const instrs = order.map((i) => ins[i]!);
+  verifyOrder(values, ins, instrs);
+  if (report) {
+    report.before = simulate(values, ins, model);
+    report.after = simulate(values, instrs, model);
+    report.moved = order.filter((i, k) => i !== k).length;
+  }
+  if (order.every((i, k) => i === k)) return plan;
+  return { ...plan, instrs, lastUse: lastUses(values, instrs as never, plan.outputs) };
+}
+
+/** Overrides of the default cost model from `SHARDTS_SCHEDULE_COST` (`key=value,...`, keys of CostModel). */
+export function costFromEnv(spec: string | undefined): CostModel {
+  const m: CostModel = { ...DEFAULT_COST };
+  for (const kv of (spec ?? "").split(",").filter(Boolean)) {
+    const [k, v] = kv.split("=");
+    if (!(k! in m) || !Number.isFinite(Number(v))) throw new CompileError(`SHARDTS_SCHEDULE_COST: '${kv}' is not key=number with key one of ${Object.keys(m).join(", ")}`);
+    (m as unknown as Record<string, number>)[k!] = Number(v);
+  }
+  return m;
+}
