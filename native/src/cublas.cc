@@ -51,11 +51,11 @@ Args parse(const Napi::CallbackInfo& info) {
   a.transB = info[2].ToBoolean() ? CUBLAS_OP_T : CUBLAS_OP_N;
   auto typed = [&](size_t i, napi_typedarray_type want, const char* name, const char* type) {
     if (!info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != want)
-      throwTypeError(env, std::string(sig) + ": " + name + " must be a " + type);
+      throwTypeError(env, std::string(sig) + ": " + name + " must be " + type);
     return info[i].As<Napi::TypedArray>();
   };
-  Napi::TypedArray dims = typed(3, napi_int32_array, "dims", "Int32Array (m, n, k, lda, ldb, ldc: G entries each)");
-  Napi::TypedArray ptrs = typed(4, napi_biguint64_array, "ptrs", "BigUint64Array (A, B, C pointers: G entries each)");
+  Napi::TypedArray dims = typed(3, napi_int32_array, "dims", "an Int32Array (m, n, k, lda, ldb, ldc: G entries each)");
+  Napi::TypedArray ptrs = typed(4, napi_biguint64_array, "ptrs", "a BigUint64Array (A, B, C pointers: G entries each)");
   size_t g = dims.ElementLength() / 6;
   if (g == 0 || dims.ElementLength() != 6 * g || ptrs.ElementLength() != 3 * g)
     throwRangeError(env, std::string(sig) + ": dims must hold 6G entries and ptrs 3G for G >= 1 problems, got " +
