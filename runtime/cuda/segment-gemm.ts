@@ -120,6 +120,8 @@ export function groupedArgs(ps: Problem[], transA: boolean): { dims: Int32Array;
 /** Why the grouped GEMM cannot run the set, or undefined when it can. */
 export function groupedRefusal(set: ProblemSet): string | undefined {
   if (set.dtype !== set.outDtype) return `${set.dtype} -> ${set.outDtype} (the grouped GEMM writes its inputs' type)`;
+  // its shapes are 32-bit ints (the 64-bit variant is not worth a second entry point for MoE shapes)
+  if (set.problems.some((p) => Math.max(p.M, p.N, p.K) > 0x7fffffff)) return "a dimension past 2^31 - 1";
   // 16-bit operands want 16-byte aligned pointers (cuBLAS: else misaligned accesses); f32 has no such rule
   if (set.dtype === "bf16" && set.problems.some((p) => ((p.a | p.b | p.d) & 15n) !== 0n)) return "bf16 pointers not 16-byte aligned";
   return undefined;

@@ -84,6 +84,7 @@ describe("segment GEMM problems", () => {
     expect(groupedRefusal(set("bf16", "bf16"))).toBeUndefined();
     expect(groupedRefusal(set("bf16", "bf16", 8n))).toMatch(/16-byte/);
     expect(groupedRefusal(set("bf16", "f32"))).toMatch(/bf16 -> f32/);
+    expect(groupedRefusal({ ...set("f32", "f32"), problems: [{ ...ps[0]!, N: 2 ** 31 }] })).toMatch(/2\^31/);
   });
 });
 
