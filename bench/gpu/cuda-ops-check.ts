@@ -40,7 +40,8 @@ const RC = { r: 33, c: 70 };
 
 const UNARY = ["abs", "exp", "gelu", "gelu_deriv", "log", "neg", "relu", "rsqrt", "sigmoid", "sign", "silu", "sqrt", "stop_gradient"];
 const BINARY = ["add", "sub", "mul", "div", "maximum", "minimum", "eq", "ge", "gt"];
-const cases: { op: string; dtypes: DType[]; make: Maker }[] = [
+/** grouped: whether the case must run as cuBLAS grouped GEMMs (when libcublas loads) rather than cuBLASLt calls. */
+const cases: { op: string; dtypes: DType[]; make: Maker; grouped?: (t: DType) => boolean }[] = [
   ...UNARY.map((op) => ({ op, dtypes: ["f32", "bf16"] as DType[], make: ((m, t) => raw(op, [T(m, RC, t, ["log", "sqrt", "rsqrt"].includes(op) ? pos : undefined)], {})) as Maker })),
   ...BINARY.map((op) => ({ op, dtypes: ["f32", "bf16"] as DType[], make: ((m, t) => raw(op, [T(m, RC, t), T(m, { c: 70 }, t, op === "div" ? pos : () => Math.round(rnd() * 4 - 2))], {})) as Maker })),
   { op: "where", dtypes: ["f32", "bf16"], make: (m, t) => raw("where", [T(m, RC, t, () => (rnd() < 0.5 ? 0 : 1)), T(m, RC, t), T(m, { c: 70 }, t)], {}) },
@@ -62,6 +63,22 @@ const cases: { op: string; dtypes: DType[]; make: Maker }[] = [
       const gy = raw("gather", [T(m, { g: 2, s: 24, n: 20 }, t), perm!], { dim: "s" })[0]!;
       return raw("segment_wgrad", [x, gy, counts!], { k: "k", n: "n" });
     }) as Maker,
+    // the grouped cuBLAS GEMM: f32 both ops; bf16 rows of 20 are not 16-byte aligned, so the cuBLASLt loop
+    grouped: (t: DType) => t === "f32",
+  })),
+  // skewed counts (60% of the rows to expert 0, experts 2 and 5 empty) on 16-byte-aligned rows: the
+  // grouped GEMM for segment_dot in both types and segment_wgrad f32 (bf16 -> f32 stays the loop)
+  ...(["segment_dot", "segment_wgrad"] as const).map((op) => ({
+    op: `${op} skewed`, dtypes: ["f32", "bf16"] as DType[],
+    make: ((m, t) => {
+      const key = () => (rnd() < 0.6 ? 0 : [1, 3, 4][Math.floor(rnd() * 3)]!);
+      const [perm, counts] = raw("sort_by_key", [T(m, { g: 3, s: 40 }, "i32", key)], { dim: "s", rows: "rows", groups: "e", numGroups: 6 });
+      const x = raw("gather", [T(m, { g: 3, s: 40, k: 64 }, t), perm!], { dim: "s" })[0]!;
+      if (op === "segment_dot") return raw("segment_dot", [x, T(m, { e: 6, k: 64, n: 32 }, t), counts!], { contract: "k" });
+      const gy = raw("gather", [T(m, { g: 3, s: 40, n: 32 }, t), perm!], { dim: "s" })[0]!;
+      return raw("segment_wgrad", [x, gy, counts!], { k: "k", n: "n" });
+    }) as Maker,
+    grouped: (t: DType) => op === "segment_dot" || t === "f32",
   })),
   { op: "flatten", dtypes: ["f32"], make: (m, t) => raw("flatten", [T(m, { r: 5, c: 4, z: 3 }, t)], { dims: ["z", "r"], to: "zr" }) },
   { op: "unflatten", dtypes: ["f32"], make: (m, t) => raw("unflatten", [T(m, { r: 5, c: 6 }, t)], { dim: "c", into: { c1: 2, c2: 3 } }) },
@@ -180,7 +197,18 @@ function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
 }
 const TOL: Record<string, number> = { f32: 1e-5, bf16: 1e-2, i32: 0, fp8e4m3: 0, fp8e5m2: 0 };
 
-const gpu = new CudaExecutor(native());
+// GEMM calls counted by entry point, so the segment cases show which path ran
+const gemmCalls = new Map<string, number>();
+const counted = new Proxy(native(), {
+  get: (t, k) => {
+    const v = Reflect.get(t, k) as unknown;
+    if (typeof v !== "function" || (k !== "cublasGroupedGemm" && k !== "cublasLtMatmul")) return v;
+    return (...a: unknown[]) => (gemmCalls.set(k, (gemmCalls.get(k) ?? 0) + 1), (v as (...x: unknown[]) => unknown).apply(t, a));
+  },
+});
+const cublasOk = native().probe("cublas");
+log(`libcublas (grouped GEMM): ${cublasOk.ok ? `${cublasOk.path} ${cublasOk.version}` : `not loaded, segment contractions use the cuBLASLt loop: ${cublasOk.reason?.split("\n")[0]}`}`);
+const gpu = new CudaExecutor(counted);
 const props = native().deviceProperties(0);
 log(`device ${props.name} (${gpu.arch}, ${gpu.smCount} SMs); date ${new Date().toISOString()}`);
 const perOp = new Map<string, { err: number; tol: number; dtype: string }[]>();
@@ -196,12 +224,19 @@ for (const c of cases) {
     for (const n of mesh.builder.graph.nodes) opsCovered.add(n.op);
     const cpu = runPlanCpu(plan);
     let res;
+    gemmCalls.clear();
     try {
       res = gpu.run(plan);
     } catch (e) {
       failures++;
       log(`FAIL ${c.op} ${dtype}: ${(e as Error).message.split("\n")[0]}`);
       continue;
+    }
+    if (c.grouped) {
+      const g = gemmCalls.get("cublasGroupedGemm") ?? 0, lt = gemmCalls.get("cublasLtMatmul") ?? 0, want = cublasOk.ok && c.grouped(dtype);
+      const bad = want ? g === 0 || lt > 0 : g > 0;
+      if (bad) failures++;
+      log(`${c.op} ${dtype}: ${g} grouped GEMM calls, ${lt} cuBLASLt calls (expected ${want ? "grouped only" : "cuBLASLt only"})${bad ? " FAIL" : ""}`);
     }
     outs.forEach((t, i) => {
       const err = relErr(res.outputs[i]!.data, cpu.outputs[i]!.data);

@@ -27,6 +27,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   registerLaunch(env, exports);
   registerNvrtc(env, exports);
   registerCublasLt(env, exports);
+  registerCublas(env, exports);
   registerTensorMap(env, exports);
   registerNccl(env, exports);
   registerIpc(env, exports);

@@ -1,6 +1,6 @@
 // The few CUDA driver, NVRTC, cuBLASLt and NCCL types this addon uses, declared by hand so that it
 // builds with no CUDA header: opaque handles, enums as ints, and the structs passed by value or by
-// pointer. The values are the ones in cuda.h, library_types.h, nvrtc.h, cublasLt.h and nccl.h of
+// pointer. The values are the ones in cuda.h, library_types.h, nvrtc.h, cublas_api.h, cublasLt.h and nccl.h of
 // CUDA 12/13 and NCCL 2.x (those are ABI: they never change between releases).
 #pragma once
 
@@ -273,6 +273,29 @@ struct CublasLtApi {
                                    cublasLtMatrixLayout_t, const void*, cublasLtMatrixLayout_t, const void*,
                                    const void*, cublasLtMatrixLayout_t, void*, cublasLtMatrixLayout_t,
                                    const cublasLtMatmulAlgo_t*, void*, size_t, CUstream);
+};
+
+// ---- cuBLAS (only the grouped GEMM: cuBLASLt has no grouped mode that fits, see native/src/cublas.cc) ----
+typedef struct cublasContext* cublasHandle_t;
+enum : int {
+  // libraryPropertyType
+  SHARDTS_MAJOR_VERSION = 0,
+  SHARDTS_MINOR_VERSION = 1,
+  SHARDTS_PATCH_LEVEL = 2,
+};
+
+struct CublasApi {
+  cublasStatus_t (*cublasGetProperty)(int /* libraryPropertyType */, int*);
+  const char* (*cublasGetStatusName)(cublasStatus_t);
+  const char* (*cublasGetStatusString)(cublasStatus_t);
+  cublasStatus_t (*cublasCreate)(cublasHandle_t*);
+  cublasStatus_t (*cublasSetStream)(cublasHandle_t, CUstream);
+  // cuBLAS 12.5+. Enums (cublasOperation_t, cudaDataType_t, cublasComputeType_t) are ints.
+  cublasStatus_t (*cublasGemmGroupedBatchedEx)(cublasHandle_t, const int* transa, const int* transb, const int* m,
+                                               const int* n, const int* k, const void* alpha, const void* const* A,
+                                               int Atype, const int* lda, const void* const* B, int Btype,
+                                               const int* ldb, const void* beta, void* const* C, int Ctype,
+                                               const int* ldc, int groupCount, const int* groupSize, int computeType);
 };
 
 // ---- NCCL --------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ DriverApi g_cu{};
 NvrtcApi g_nvrtc{};
 CublasLtApi g_lt{};
 NcclApi g_nccl{};
+CublasApi g_blas{};
 
 std::vector<Sym> driverSyms() {
   DriverApi& a = g_cu;
@@ -116,6 +117,17 @@ std::vector<Sym> ncclSyms() {
   };
 }
 
+// Every symbol is required: a libcublas without the grouped GEMM (before 12.5) is refused as too old,
+// and the segment contractions keep their per-group cuBLASLt loop.
+std::vector<Sym> cublasSyms() {
+  CublasApi& a = g_blas;
+  return {
+      REQ(a, cublasGetProperty, "cublasGetProperty"), REQ(a, cublasGetStatusName, "cublasGetStatusName"),
+      REQ(a, cublasGetStatusString, "cublasGetStatusString"), REQ(a, cublasCreate, "cublasCreate_v2"),
+      REQ(a, cublasSetStream, "cublasSetStream_v2"), REQ(a, cublasGemmGroupedBatchedEx, "cublasGemmGroupedBatchedEx"),
+  };
+}
+
 // Version checks run once the symbols resolve: "" when acceptable, else why not; `version` is filled.
 std::string checkDriver(std::string& version) {
   int v = 0;
@@ -145,6 +157,15 @@ std::string checkNccl(std::string& version) {
   return "";
 }
 
+std::string checkCublas(std::string& version) {
+  int major = 0, minor = 0, patch = 0;
+  if (g_blas.cublasGetProperty(SHARDTS_MAJOR_VERSION, &major) || g_blas.cublasGetProperty(SHARDTS_MINOR_VERSION, &minor) ||
+      g_blas.cublasGetProperty(SHARDTS_PATCH_LEVEL, &patch))
+    return "cublasGetProperty failed";
+  version = std::to_string(major) + "." + std::to_string(minor) + "." + std::to_string(patch);
+  return "";
+}
+
 struct Spec {
   const char* label;   // what it is, for messages
   const char* envVar;  // the explicit override
@@ -164,6 +185,8 @@ const Spec& spec(LibId id) {
       {"cuBLASLt", "SHARDTS_CUBLASLT", {"libcublasLt.so.13", "libcublasLt.so.12"}, {}, cublasLtSyms, checkCublasLt,
        "Install the CUDA toolkit's cuBLAS (12 or 13)"},
       {"NCCL", "SHARDTS_NCCL", {"libnccl.so.2"}, {}, ncclSyms, checkNccl, "Install NCCL 2"},
+      {"cuBLAS", "SHARDTS_CUBLAS", {"libcublas.so.13", "libcublas.so.12"}, {}, cublasSyms, checkCublas,
+       "Install the CUDA toolkit's cuBLAS (12.5 or newer, for cublasGemmGroupedBatchedEx)"},
   };
   return specs[static_cast<int>(id)];
 }
@@ -173,7 +196,7 @@ struct State {
   void* handle = nullptr;
   LibStatus status;
 };
-State g_state[4];
+State g_state[5];
 std::mutex g_mutex;
 
 bool fileExists(const std::string& p) {
@@ -272,7 +295,7 @@ void load(LibId id) {
 [[noreturn]] void throwUnavailable(Napi::Env env, LibId id, const LibStatus& status) {
   Napi::Error err = Napi::Error::New(env, status.message);
   err.Set("code", Napi::String::New(env, "ERR_SHARDTS_LIBRARY_UNAVAILABLE"));
-  static const char* names[] = {"cuda", "nvrtc", "cublasLt", "nccl"};
+  static const char* names[] = {"cuda", "nvrtc", "cublasLt", "nccl", "cublas"};
   err.Set("library", Napi::String::New(env, names[static_cast<int>(id)]));
   Napi::Array tried = Napi::Array::New(env, status.tried.size());
   for (size_t i = 0; i < status.tried.size(); i++) tried.Set(static_cast<uint32_t>(i), status.tried[i]);
@@ -302,7 +325,8 @@ Napi::Value Probe(const Napi::CallbackInfo& info) {
   else if (name == "nvrtc") id = LibId::Nvrtc;
   else if (name == "cublasLt") id = LibId::CublasLt;
   else if (name == "nccl") id = LibId::Nccl;
-  else throwTypeError(env, "probe(library): library must be 'cuda', 'nvrtc', 'cublasLt' or 'nccl', got '" + name + "'");
+  else if (name == "cublas") id = LibId::Cublas;
+  else throwTypeError(env, "probe(library): library must be 'cuda', 'nvrtc', 'cublasLt', 'nccl' or 'cublas', got '" + name + "'");
   LibStatus s = probeLib(id);
   Napi::Object o = Napi::Object::New(env);
   o.Set("ok", s.ok);
@@ -331,6 +355,7 @@ DriverApi& cu(Napi::Env env) { return require(env, LibId::Cuda, g_cu); }
 NvrtcApi& nvrtc(Napi::Env env) { return require(env, LibId::Nvrtc, g_nvrtc); }
 CublasLtApi& cublasLt(Napi::Env env) { return require(env, LibId::CublasLt, g_lt); }
 NcclApi& nccl(Napi::Env env) { return require(env, LibId::Nccl, g_nccl); }
+CublasApi& cublas(Napi::Env env) { return require(env, LibId::Cublas, g_blas); }
 DriverApi* cuIfLoaded() { return g_state[static_cast<int>(LibId::Cuda)].ok ? &g_cu : nullptr; }
 
 void registerLoader(Napi::Env env, Napi::Object exports) { def(env, exports, "probe", Probe); }

@@ -24,7 +24,8 @@ export type Size = number | bigint;
 /** Grid and block dimensions: x, or [x], [x, y], [x, y, z]. */
 export type Dim3 = number | [number] | [number, number] | [number, number, number];
 
-export type LibraryName = "cuda" | "nvrtc" | "cublasLt" | "nccl";
+/** "cublas" (libcublas) is optional: only its grouped GEMM is used, and cuBLASLt stands in without it. */
+export type LibraryName = "cuda" | "nvrtc" | "cublasLt" | "nccl" | "cublas";
 
 export interface LibraryProbe {
   ok: boolean;
@@ -316,6 +317,16 @@ export interface NativeAddon {
   cublasLtMatmul(options: MatmulOptions): void;
   /** The block-scaled FP8 GEMM (see Fp8BlockScaledMatmulOptions); the one cuBLASLt FP8 entry point. */
   cublasLtMatmulFp8BlockScaled(options: Fp8BlockScaledMatmulOptions): void;
+
+  // cuBLAS (native/src/cublas.cc)
+  /**
+   * cublasGemmGroupedBatchedEx over G problems, column-major BLAS terms as in MatmulOptions, alpha 1:
+   *   C_i[m_i,n_i] = op(A_i) op(B_i) + beta * C_i    (C has A's type; f32 or bf16, accumulated in f32)
+   * `dims`: 6G entries by field: m[0..G), n[0..G), k, lda, ldb, ldc. `ptrs`: 3G: the A pointers, then
+   * B, then C (the C_i must not overlap). Empty problems are refused: leave them out. Checks its
+   * arguments before loading libcublas (probe("cublas") says whether it can be loaded).
+   */
+  cublasGroupedGemm(dtype: "f32" | "bf16", transA: boolean, transB: boolean, dims: Int32Array, ptrs: BigUint64Array, beta: number, stream: Stream): void;
 
   // TMA
   /** The 128-byte CUtensorMap (see TensorMapOptions); throws on a driver without it (before CUDA 12.0). */

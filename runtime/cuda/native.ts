@@ -114,7 +114,7 @@ export function cudaAvailable(): CudaAvailability {
 /** Each CUDA library's load status (loads what can be loaded); never throws. */
 export function libraryStatus(): Record<LibraryName, LibraryProbe | { ok: false; reason: string }> {
   const loaded = tryNative();
-  const names: LibraryName[] = ["cuda", "nvrtc", "cublasLt", "nccl"];
+  const names: LibraryName[] = ["cuda", "nvrtc", "cublasLt", "nccl", "cublas"];
   const out = {} as Record<LibraryName, LibraryProbe | { ok: false; reason: string }>;
   for (const n of names) {
     if (!loaded.ok) out[n] = { ok: false, reason: loaded.reason };

@@ -1,5 +1,5 @@
 // The CUDA executor's non-fused ops that take more than a line: contractions through cuBLASLt
-// (dense, and the per-group loop of the segment contractions over host-read counts), gather and
+// (dense) and cuBLAS's grouped GEMM (the segment contractions over host-read counts), gather and
 // scatter-add with their index checks, concat and split. Each takes the executor for its memory,
 // stream and helpers, and returns buffers the executor owns.
 import type { Attrs, TensorType } from "../../compiler/ir/types.ts";
@@ -11,6 +11,7 @@ import { contractAttr, dotDims } from "../../compiler/ops/contraction.ts";
 import type { GlobalTensor } from "../cpu/assemble.ts";
 import { download, empty, type DeviceTensor } from "./memory.ts";
 import { matmulRowMajor } from "./native.ts";
+import { dotProblems, runProblems, segments, wgradProblems } from "./segment-gemm.ts";
 import * as K from "./kernels/sources.ts";
 import type { CudaExecutor } from "./executor.ts";
 
@@ -43,7 +44,7 @@ export function segmentContract(ex: CudaExecutor, op: string, plan: Plan, ins: E
   const cOff = plan.values[ins.inputs[2]!]!.boxes[r]!.offset[tc.dims.findIndex((d) => d.name === groups)]!;
   const packed = plan.values[ins.inputs[0]!]!.boxes[r]!.seg[tx.dims.indexOf(rows)] !== null;
   const gC = C.shape[C.shape.length - 1]!, bt = gC ? C.data.length / gC : 0;
-  const eb = K.elemBytes(tx.dtype);
+  const eb = K.elemBytes(tx.dtype), dtype = tx.dtype as "f32" | "bf16";
   if (op === "segment_dot") {
     const k = String(ins.attrs.contract);
     const nOut = nm(tw).filter((n) => n !== k && n !== groups);
@@ -54,21 +55,9 @@ export function segmentContract(ex: CudaExecutor, op: string, plan: Plan, ins: E
     const order = [...batch, rows.name, ...nOut];
     const Y = empty(ex.mem, to.dtype, order.map((d) => shape[to.dims.findIndex((e) => e.name === d)]!));
     if (numel(Y.shape)) ex.addon.memsetD8(Y.ptr, 0, numel(Y.shape) * K.elemBytes(Y.dtype), ex.stream);
-    const ebo = K.elemBytes(Y.dtype);
-    for (let t = 0; t < bt; t++) {
-      let row = 0;
-      if (!packed) for (let g = 0; g < wOff - cOff; g++) row += C.data[t * gC + g]!;
-      const start = row;
-      for (let g = 0; g < gW; g++) {
-        const cnt = C.data[t * gC + (wOff - cOff) + g]!, m = Math.max(0, Math.min(cnt, R - row));
-        if (m > 0 && N > 0 && KK > 0)
-          matmulRowMajor(ex.addon, {
-            dtype: tx.dtype as "f32" | "bf16", outDtype: Y.dtype as "f32" | "bf16", M: m, N, K: KK,
-            a: X.ptr + BigInt((t * R + row) * KK * eb), b: Wt.ptr + BigInt(g * KK * N * eb), d: Y.ptr + BigInt((t * R + row - start) * N * ebo), stream: ex.stream,
-          });
-        row += cnt;
-      }
-    }
+    const segs = segments({ counts: C.data, bt, gC, first: wOff - cOff, groups: gW, packed, R });
+    const problems = dotProblems(segs, { R, K: KK, N, x: X.ptr, w: Wt.ptr, y: Y.ptr, eb, ebo: K.elemBytes(Y.dtype) });
+    runProblems(ex.addon, { dtype, outDtype: Y.dtype as "f32" | "bf16", transA: false, accumulate: false, problems }, ex.stream);
     if (X !== x[0]) ex.release(X);
     if (Wt !== x[1]) ex.release(Wt);
     return ex.reorderOwned(Y, order, nm(to));
@@ -82,19 +71,9 @@ export function segmentContract(ex: CudaExecutor, op: string, plan: Plan, ins: E
   const gOut = shape[0]!, outOff = plan.values[ins.outputs[0]!]!.boxes[r]!.offset[0]!;
   const acc = empty(ex.mem, "f32", [gOut, KK, N]);
   if (numel(acc.shape)) ex.addon.memsetD8(acc.ptr, 0, numel(acc.shape) * 4, ex.stream);
-  for (let t = 0; t < bt; t++) {
-    let row = 0;
-    if (!packed) for (let g = 0; g < outOff - cOff; g++) row += C.data[t * gC + g]!;
-    for (let g = 0; g < gOut; g++) {
-      const cnt = C.data[t * gC + (outOff - cOff) + g]!, m = Math.max(0, Math.min(row + cnt, R) - row);
-      if (m > 0 && KK > 0 && N > 0)
-        matmulRowMajor(ex.addon, {
-          dtype: tx.dtype as "f32" | "bf16", outDtype: "f32", M: KK, N, K: m, transA: true,
-          a: X.ptr + BigInt((t * R + row) * KK * eb), b: G.ptr + BigInt((t * R + row) * N * eb), c: acc.ptr + BigInt(g * KK * N * 4), d: acc.ptr + BigInt(g * KK * N * 4), beta: 1, stream: ex.stream,
-        });
-      row += cnt;
-    }
-  }
+  const segs = segments({ counts: C.data, bt, gC, first: outOff - cOff, groups: gOut, packed, R });
+  const problems = wgradProblems(segs, { R, K: KK, N, x: X.ptr, gy: G.ptr, acc: acc.ptr, eb });
+  runProblems(ex.addon, { dtype, outDtype: "f32", transA: true, accumulate: true, problems }, ex.stream);
   if (X !== x[0]) ex.release(X);
   if (G !== x[1]) ex.release(G);
   return ex.castOwned(acc, to.dtype);

@@ -4,8 +4,9 @@
 // per-call counts; bench/host/ for the host overhead of a collective and of a whole training step.
 // Live events are tracked so a test sees leaks. Reads of device memory answer what `read` writes
 // (zeros by default), except a buffer last filled by memsetD32 (the executor's index-check flags),
-// which reads back its fill value, so an index check passes as it would on a GPU.
-import type { DeviceProperties, NativeAddon } from "../../runtime/cuda/native-types.ts";
+// which reads back its fill value, so an index check passes as it would on a GPU. Every library
+// probes as loaded unless `missing` names it (libcublas missing: the segment GEMMs' cuBLASLt loop).
+import type { DeviceProperties, LibraryName, NativeAddon } from "../../runtime/cuda/native-types.ts";
 import type { CudaExecutor } from "../../runtime/cuda/executor.ts";
 import { CachingAllocator } from "../../runtime/cuda/memory.ts";
 
@@ -23,6 +24,8 @@ export interface FakeOptions {
   read?: (dst: ArrayBufferView | ArrayBuffer) => void;
   /** Sees every call with its arguments (argument buffers the caller reuses must be copied). */
   spy?: (method: string, args: unknown[]) => void;
+  /** Libraries that probe as not loadable. */
+  missing?: LibraryName[];
 }
 
 /** An H200's figures, so launch geometry (grids, resident blocks) is what the GPU run computes. */
@@ -60,6 +63,10 @@ export function fakeAddon(opts: FakeOptions = {}): FakeAddon {
     memsetD8: (p) => void flags.delete(p as bigint),
     memcpyDtoH: (dst, src) => readBack(dst, src),
     memcpyDtoHAsync: (dst, src) => readBack(dst, src),
+    probe: (lib) =>
+      opts.missing?.includes(lib as LibraryName)
+        ? { ok: false, library: lib, reason: `fake addon: ${String(lib)} is missing`, tried: [] }
+        : { ok: true, library: lib, path: `fake ${String(lib)}`, version: "0", tried: [] },
     deviceProperties: () => H200,
     driverVersion: () => 0,
     nvrtcVersion: () => [0, 0],

@@ -106,9 +106,24 @@ describe("native addon", () => {
     expect(() => addon.nvrtcCreateProgram(42 as never)).toThrow(/source must be a string|cannot load NVRTC/);
   });
 
+  it("the grouped GEMM checks its arguments before loading libcublas, naming the one at fault", () => {
+    const g = native().cublasGroupedGemm;
+    const dims = (m: number, n: number, k: number, lda: number, ldb: number, ldc: number) => new Int32Array([m, n, k, lda, ldb, ldc]);
+    const call = (dt: string, d: unknown, p: unknown, transA = false) => () => g(dt as never, transA, false, d as never, p as never, 0, 0n);
+    expect(call("f16", dims(2, 3, 4, 2, 4, 2), new BigUint64Array([16n, 32n, 48n]))).toThrow(/dtype must be 'f32' or 'bf16'/);
+    expect(call("f32", [2, 3, 4, 2, 4, 2], new BigUint64Array(3))).toThrow(/dims must be an Int32Array/);
+    expect(call("f32", dims(2, 3, 4, 2, 4, 2), [16n, 32n, 48n])).toThrow(/ptrs must be a BigUint64Array/);
+    expect(call("f32", new Int32Array(12), new BigUint64Array(3))).toThrow(/6G entries and ptrs 3G/);
+    expect(call("f32", dims(0, 3, 4, 2, 4, 2), new BigUint64Array([16n, 32n, 48n]))).toThrow(/problem 0 .*must be positive \(leave empty segments out\)/);
+    // transA: A is stored k x m, so lda must cover k
+    expect(call("f32", dims(2, 3, 4, 2, 4, 2), new BigUint64Array([16n, 32n, 48n]), true)).toThrow(/need lda >= 4, ldb >= 4, ldc >= 2; got 2, 4, 2/);
+    expect(call("bf16", dims(2, 3, 4, 2, 4, 2), new BigUint64Array([16n, 0n, 48n]))).toThrow(/a null B pointer/);
+    expect(() => (g as (...a: unknown[]) => void)("f32", false, false, dims(2, 3, 4, 2, 4, 2), new BigUint64Array(3), 0, 0n, 1)).toThrow(/takes 7 arguments/);
+  });
+
   it("each library's status is reported without throwing", () => {
     const status = libraryStatus();
-    for (const name of ["cuda", "nvrtc", "cublasLt", "nccl"] as const) {
+    for (const name of ["cuda", "nvrtc", "cublasLt", "nccl", "cublas"] as const) {
       const s = status[name];
       expect(typeof s.ok).toBe("boolean");
       if (!s.ok) expect(s.reason).toMatch(/cannot load|not built/);

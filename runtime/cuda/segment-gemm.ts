@@ -1,0 +1,163 @@
+// The GEMMs of a segment contraction (segment_dot, segment_wgrad; runtime/cuda/ops.ts): the per-expert
+// row segments of every batch entry, found from the counts read on the host, become a list of
+// row-major problems (pure functions below), which run as one grouped cuBLAS call
+// (cublasGemmGroupedBatchedEx, native/src/cublas.cc) instead of one cuBLASLt call each: the per-call
+// host cost (~16 µs) times batch entries × local experts was most of the MoE step's host time.
+// Where the grouped GEMM cannot run the problems (no libcublas 12.5+; bf16 inputs with an f32 output,
+// which it does not offer; bf16 pointers off 16 bytes), they run one cuBLASLt call each, as before.
+import type { NativeAddon, Stream } from "./native-types.ts";
+import { matmulRowMajor } from "./native.ts";
+
+/** One non-empty segment: `m` rows from `row` of batch entry `t` for the `g`-th local group (expert). */
+export interface Segment {
+  t: number;
+  g: number;
+  row: number;
+  m: number;
+  /** The row of entry t where its first local group starts (its output rows start there in segment_dot). */
+  start: number;
+}
+
+/** Where the segments lie: `counts` is [bt][gC] row counts (gC groups per entry, of which the local ones
+ * are `first` to `first + groups`); rows hold `R` per entry. Packed rows hold only the local groups'
+ * segments; unpacked ones hold every group's, so the local ones start after the earlier groups'. */
+export interface SegmentLayout {
+  counts: ArrayLike<number>;
+  bt: number;
+  gC: number;
+  first: number;
+  groups: number;
+  packed: boolean;
+  R: number;
+}
+
+/** The non-empty segments in the order the per-group loop visits them, clipped to the R rows. */
+export function segments(l: SegmentLayout): Segment[] {
+  const out: Segment[] = [];
+  for (let t = 0; t < l.bt; t++) {
+    let row = 0;
+    if (!l.packed) for (let g = 0; g < l.first; g++) row += l.counts[t * l.gC + g]!;
+    const start = row;
+    for (let g = 0; g < l.groups; g++) {
+      const cnt = l.counts[t * l.gC + l.first + g]!, m = Math.max(0, Math.min(cnt, l.R - row));
+      if (m > 0) out.push({ t, g, row, m, start });
+      row += cnt;
+    }
+  }
+  return out;
+}
+
+/** A row-major problem D[M,N] = op(A)[M,K] · B[K,N] (+ D when the set accumulates), leading dimensions the row lengths. */
+export interface Problem {
+  M: number;
+  N: number;
+  K: number;
+  a: bigint;
+  b: bigint;
+  d: bigint;
+}
+
+/** Problems that share types and form: `transA` (A stored K×M) and `accumulate` (beta 1: D += ...). */
+export interface ProblemSet {
+  dtype: "f32" | "bf16";
+  outDtype: "f32" | "bf16";
+  transA: boolean;
+  accumulate: boolean;
+  problems: Problem[];
+}
+
+const at = (base: bigint, elems: number, bytes: number) => base + BigInt(elems * bytes);
+
+/** segment_dot: Y[rows of s] = X[rows of s] · W[g]; X [bt, R, K], W [groups, K, N], Y [bt, R, N] from each entry's `start`. */
+export function dotProblems(segs: Segment[], o: { R: number; K: number; N: number; x: bigint; w: bigint; y: bigint; eb: number; ebo: number }): Problem[] {
+  if (o.K === 0 || o.N === 0) return [];
+  return segs.map((s) => ({
+    M: s.m, N: o.N, K: o.K,
+    a: at(o.x, (s.t * o.R + s.row) * o.K, o.eb), b: at(o.w, s.g * o.K * o.N, o.eb), d: at(o.y, (s.t * o.R + s.row - s.start) * o.N, o.ebo),
+  }));
+}
+
+/** segment_wgrad: acc[g] += X[rows of s]ᵀ · G[rows of s]; X [bt, R, K], G [bt, R, N], acc [groups, K, N] in f32. */
+export function wgradProblems(segs: Segment[], o: { R: number; K: number; N: number; x: bigint; gy: bigint; acc: bigint; eb: number }): Problem[] {
+  if (o.K === 0 || o.N === 0) return [];
+  return segs.map((s) => ({
+    M: o.K, N: o.N, K: s.m,
+    a: at(o.x, (s.t * o.R + s.row) * o.K, o.eb), b: at(o.gy, (s.t * o.R + s.row) * o.N, o.eb), d: at(o.acc, s.g * o.K * o.N, 4),
+  }));
+}
+
+/** Runs of consecutive problems with distinct outputs: the grouped GEMM's outputs must not overlap
+ * (a problem's D is either another's exactly or disjoint from it, so comparing pointers suffices). */
+export function nonOverlapping(ps: Problem[]): Problem[][] {
+  const runs: Problem[][] = [];
+  let seen = new Set<bigint>(), run: Problem[] = [];
+  for (const p of ps) {
+    if (seen.has(p.d)) runs.push(run), (run = []), (seen = new Set());
+    seen.add(p.d);
+    run.push(p);
+  }
+  if (run.length) runs.push(run);
+  return runs;
+}
+
+/** cublasGroupedGemm's arrays for row-major problems: the column-major product Dᵀ = Bᵀ op(A)ᵀ, as matmulRowMajor. */
+export function groupedArgs(ps: Problem[], transA: boolean): { dims: Int32Array; ptrs: BigUint64Array } {
+  const G = ps.length, dims = new Int32Array(6 * G), ptrs = new BigUint64Array(3 * G);
+  ps.forEach((p, i) => {
+    dims[i] = p.N;
+    dims[G + i] = p.M;
+    dims[2 * G + i] = p.K;
+    dims[3 * G + i] = p.N; // lda: B's row
+    dims[4 * G + i] = transA ? p.M : p.K; // ldb: A's row
+    dims[5 * G + i] = p.N; // ldc: D's row
+    ptrs[i] = p.b;
+    ptrs[G + i] = p.a;
+    ptrs[2 * G + i] = p.d;
+  });
+  return { dims, ptrs };
+}
+
+/** Why the grouped GEMM cannot run the set, or undefined when it can. */
+export function groupedRefusal(set: ProblemSet): string | undefined {
+  if (set.dtype !== set.outDtype) return `${set.dtype} -> ${set.outDtype} (the grouped GEMM writes its inputs' type)`;
+  // its shapes are 32-bit ints (the 64-bit variant is not worth a second entry point for MoE shapes)
+  if (set.problems.some((p) => Math.max(p.M, p.N, p.K) > 0x7fffffff)) return "a dimension past 2^31 - 1";
+  // 16-bit operands want 16-byte aligned pointers (cuBLAS: else misaligned accesses); f32 has no such rule
+  if (set.dtype === "bf16" && set.problems.some((p) => ((p.a | p.b | p.d) & 15n) !== 0n)) return "bf16 pointers not 16-byte aligned";
+  return undefined;
+}
+
+const hasCublas = new WeakMap<NativeAddon, boolean>();
+let warned = false;
+
+/** Whether this addon can load libcublas with its grouped GEMM; says once per process when not. */
+export function groupedAvailable(addon: NativeAddon): boolean {
+  let ok = hasCublas.get(addon);
+  if (ok === undefined) {
+    const p = addon.probe("cublas");
+    ok = p.ok;
+    hasCublas.set(addon, ok);
+    if (!ok && !warned) {
+      warned = true;
+      console.warn(`shardts: segment contractions run one cuBLASLt call per (batch entry, expert), not one grouped GEMM: ${(p.reason ?? "libcublas not loaded").split("\n")[0]} (set SHARDTS_CUBLAS to libcublas.so.13 or .12, 12.5 or newer)`);
+    }
+  }
+  return ok;
+}
+
+/** Runs the set on `stream`: grouped calls where they can, else one cuBLASLt call per problem. */
+export function runProblems(addon: NativeAddon, set: ProblemSet, stream: Stream): void {
+  if (!set.problems.length) return;
+  if (groupedRefusal(set) === undefined && groupedAvailable(addon)) {
+    for (const run of nonOverlapping(set.problems)) {
+      const { dims, ptrs } = groupedArgs(run, set.transA);
+      addon.cublasGroupedGemm(set.dtype, false, set.transA, dims, ptrs, set.accumulate ? 1 : 0, stream);
+    }
+    return;
+  }
+  for (const p of set.problems)
+    matmulRowMajor(addon, {
+      dtype: set.dtype, outDtype: set.outDtype, M: p.M, N: p.N, K: p.K, transA: set.transA || undefined, a: p.a, b: p.b, d: p.d,
+      ...(set.accumulate ? { c: p.d, beta: 1 } : {}), stream,
+    });
+}

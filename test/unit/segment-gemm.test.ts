@@ -1,0 +1,162 @@
+// The segment contractions' grouped GEMM (runtime/cuda/segment-gemm.ts) on the CPU: the problems built
+// from the counts equal the calls of the per-group loop it replaced (transcribed below as the oracle),
+// through empty groups, packed and unpacked rows, rows clipped at R and local groups that start past
+// the counts' first; and through the executor over the fake native layer, the grouped calls' problems
+// are exactly the cuBLASLt calls the loop makes when libcublas is missing.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { dotProblems, groupedArgs, groupedRefusal, nonOverlapping, segments, wgradProblems, type SegmentLayout } from "../../runtime/cuda/segment-gemm.ts";
+import { CudaExecutor } from "../../runtime/cuda/executor.ts";
+import type { MatmulOptions } from "../../runtime/cuda/native-types.ts";
+import { compile } from "../../compiler/pipeline.ts";
+import type { DType } from "../../compiler/ir/types.ts";
+import { DTensor, Mesh, fromGlobal, type AnyDTensor } from "../../stdlib/index.ts";
+import { buildOn } from "../../stdlib/model.ts";
+import moeLayer from "../../examples/moe-layer.ts";
+import { fakeAddon } from "../fakes/native-addon.ts";
+
+let seed = 7;
+const rnd = () => ((seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32);
+
+/** The loop segmentContract ran before the grouped GEMM, recording its matmulRowMajor calls. */
+function loopCalls(op: "dot" | "wgrad", l: SegmentLayout, K: number, N: number) {
+  const calls: { M: number; N: number; K: number; a: bigint; b: bigint; d: bigint }[] = [];
+  const [x, w, y, eb, ebo] = [0x1000n, 0x900000n, 0x5000000n, 2, 4];
+  for (let t = 0; t < l.bt; t++) {
+    let row = 0;
+    if (!l.packed) for (let g = 0; g < l.first; g++) row += l.counts[t * l.gC + g]!;
+    const start = row;
+    for (let g = 0; g < l.groups; g++) {
+      const cnt = l.counts[t * l.gC + l.first + g]!;
+      if (op === "dot") {
+        const m = Math.max(0, Math.min(cnt, l.R - row));
+        if (m > 0 && N > 0 && K > 0) calls.push({ M: m, N, K, a: x + BigInt((t * l.R + row) * K * eb), b: w + BigInt(g * K * N * eb), d: y + BigInt((t * l.R + row - start) * N * ebo) });
+      } else {
+        const m = Math.max(0, Math.min(row + cnt, l.R) - row);
+        if (m > 0 && K > 0 && N > 0) calls.push({ M: K, N, K: m, a: x + BigInt((t * l.R + row) * K * eb), b: w + BigInt((t * l.R + row) * N * eb), d: y + BigInt(g * K * N * 4) });
+      }
+      row += cnt;
+    }
+  }
+  return calls;
+}
+
+function layout(packed: boolean, clip: boolean): SegmentLayout {
+  const bt = 1 + Math.floor(rnd() * 4), gC = 1 + Math.floor(rnd() * 8);
+  const first = Math.floor(rnd() * gC), groups = 1 + Math.floor(rnd() * (gC - first));
+  // a third of the groups empty, one often hot
+  const counts = Array.from({ length: bt * gC }, () => (rnd() < 0.33 ? 0 : rnd() < 0.2 ? 20 + Math.floor(rnd() * 40) : Math.floor(rnd() * 9)));
+  const need = Math.max(...Array.from({ length: bt }, (_, t) => counts.slice(t * gC, (t + 1) * gC).reduce((a, b) => a + b, 0)));
+  return { counts, bt, gC, first, groups, packed, R: clip ? Math.floor(need * rnd()) : need };
+}
+
+describe("segment GEMM problems", () => {
+  it("equal the per-group loop's calls: empty groups, packed and unpacked, clipped rows, offset groups", () => {
+    let clipped = 0;
+    for (let i = 0; i < 400; i++) {
+      const l = layout(i % 2 === 0, i % 3 === 0), K = i % 17 === 0 ? 0 : 16, N = 24;
+      const segs = segments(l);
+      expect(segs.every((s) => s.m > 0 && s.row + s.m <= l.R)).toBe(true);
+      expect(dotProblems(segs, { R: l.R, K, N, x: 0x1000n, w: 0x900000n, y: 0x5000000n, eb: 2, ebo: 4 })).toEqual(loopCalls("dot", l, K, N));
+      expect(wgradProblems(segs, { R: l.R, K, N, x: 0x1000n, gy: 0x900000n, acc: 0x5000000n, eb: 2 })).toEqual(loopCalls("wgrad", l, K, N));
+      if (segs.some((s) => s.m < l.counts[s.t * l.gC + l.first + s.g]!)) clipped++;
+    }
+    expect(clipped).toBeGreaterThan(20);
+  });
+
+  it("split accumulating problems into runs whose outputs do not overlap, in order", () => {
+    const p = (d: bigint) => ({ M: 1, N: 1, K: 1, a: 0n, b: 0n, d });
+    const runs = nonOverlapping([p(1n), p(2n), p(1n), p(3n), p(2n), p(2n)]);
+    expect(runs.map((r) => r.map((x) => x.d))).toEqual([[1n, 2n], [1n, 3n, 2n], [2n]]);
+  });
+
+  it("pass cuBLAS the column-major form matmulRowMajor passes cuBLASLt, and refuse what the grouped GEMM lacks", () => {
+    const ps = [{ M: 3, N: 5, K: 7, a: 16n, b: 32n, d: 48n }, { M: 2, N: 5, K: 7, a: 64n, b: 80n, d: 96n }];
+    for (const transA of [false, true]) {
+      const { dims, ptrs } = groupedArgs(ps, transA);
+      expect([...dims]).toEqual([5, 5, 3, 2, 7, 7, 5, 5, transA ? 3 : 7, transA ? 2 : 7, 5, 5]);
+      expect([...ptrs]).toEqual([32n, 80n, 16n, 64n, 48n, 96n]);
+    }
+    const set = (dtype: "f32" | "bf16", outDtype: "f32" | "bf16", a = 16n) => ({ dtype, outDtype, transA: false, accumulate: false, problems: [{ ...ps[0]!, a }] });
+    expect(groupedRefusal(set("f32", "f32", 4n))).toBeUndefined();
+    expect(groupedRefusal(set("bf16", "bf16"))).toBeUndefined();
+    expect(groupedRefusal(set("bf16", "bf16", 8n))).toMatch(/16-byte/);
+    expect(groupedRefusal(set("bf16", "f32"))).toMatch(/bf16 -> f32/);
+    expect(groupedRefusal({ ...set("f32", "f32"), problems: [{ ...ps[0]!, N: 2 ** 31 }] })).toMatch(/2\^31/);
+  });
+});
+
+/** Each GEMM the run asks for, one line per problem, whether through cuBLASLt or the grouped call. */
+function gemms(missing: boolean, counts: number[]) {
+  const lines: string[] = [], grouped: number[] = [];
+  const line = (dt: string, out: string, tA: boolean, tB: boolean, m: number, n: number, k: number, a: bigint, lda: number, b: bigint, ldb: number, c: bigint, ldc: number, d: bigint, ldd: number, beta: number) =>
+    lines.push(`${dt}->${out} ${tA ? "T" : "N"}${tB ? "T" : "N"} ${m}x${n}x${k} a=${a}/${lda} b=${b}/${ldb} c=${c}/${ldc} d=${d}/${ldd} beta=${beta}`);
+  const f = fakeAddon({
+    missing: missing ? ["cublas"] : [],
+    read: (dst) => void (dst instanceof Int32Array && dst.forEach((_, i) => (dst[i] = counts[i % counts.length]!))),
+    spy: (method, args) => {
+      if (method === "cublasLtMatmul") {
+        const o = args[0] as MatmulOptions;
+        if ((o.batch ?? 1) === 1) line(o.dtype, o.outDtype ?? o.dtype, !!o.transA, !!o.transB, o.m, o.n, o.k, o.a, o.lda, o.b, o.ldb, o.c ?? o.d, o.ldc ?? o.ldd, o.d, o.ldd, o.beta ?? 0);
+      }
+      if (method === "cublasGroupedGemm") {
+        const [dt, tA, tB, dims, ptrs, beta] = args as [string, boolean, boolean, Int32Array, BigUint64Array, number];
+        const G = dims.length / 6;
+        grouped.push(G);
+        for (let i = 0; i < G; i++)
+          line(dt, dt, tA, tB, dims[i]!, dims[G + i]!, dims[2 * G + i]!, ptrs[i]!, dims[3 * G + i]!, ptrs[G + i]!, dims[4 * G + i]!, ptrs[2 * G + i]!, dims[5 * G + i]!, ptrs[2 * G + i]!, dims[5 * G + i]!, beta);
+      }
+    },
+  });
+  return { ex: new CudaExecutor(f.addon, 0), lines, grouped };
+}
+
+const raw = (name: string, ins: AnyDTensor[], attrs: Record<string, unknown>) => ins[0]!.mesh.builder.add(name, ins.map((t) => t.ref), attrs as never).map((r) => new DTensor(ins[0]!.mesh, r) as AnyDTensor);
+const T = (m: Mesh<"d">, dims: Record<string, number>, dtype: DType) => fromGlobal(m, dims, dtype, Array.from({ length: Object.values(dims).reduce((a, b) => a * b, 1) }, () => rnd() * 4 - 2)) as AnyDTensor;
+
+function segmentPlan(op: "segment_dot" | "segment_wgrad", dtype: DType) {
+  const m = Mesh.of({ d: 1 });
+  const [perm, counts] = raw("sort_by_key", [fromGlobal(m, { g: 3, s: 24 }, "i32", Array.from({ length: 72 }, () => Math.floor(rnd() * 5))) as AnyDTensor], { dim: "s", rows: "rows", groups: "e", numGroups: 5 });
+  const x = raw("gather", [T(m, { g: 3, s: 24, k: 16 }, dtype), perm!], { dim: "s" })[0]!;
+  const outs = op === "segment_dot"
+    ? raw("segment_dot", [x, T(m, { e: 5, k: 16, n: 32 }, dtype), counts!], { contract: "k" })
+    : raw("segment_wgrad", [x, raw("gather", [T(m, { g: 3, s: 24, n: 32 }, dtype), perm!], { dim: "s" })[0]!, counts!], { k: "k", n: "n" });
+  return compile(m.builder.graph, outs.map((t) => t.ref));
+}
+
+describe("segment contractions through the executor (fake native layer)", () => {
+  const saved = process.env.SHARDTS_CACHE_DIR, dir = mkdtempSync(join(tmpdir(), "shardts-fake-kernels-"));
+  beforeAll(() => void (process.env.SHARDTS_CACHE_DIR = dir));
+  afterAll(() => {
+    if (saved === undefined) delete process.env.SHARDTS_CACHE_DIR;
+    else process.env.SHARDTS_CACHE_DIR = saved;
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  // every i32 read answers this pattern: skewed, with empty groups, and more rows than there are (clipped)
+  const skew = [5, 0, 9, 0, 3, 12, 1, 7, 0, 2];
+  const cases: [string, () => ReturnType<typeof compile>, number | undefined, number[]][] = [
+    // one grouped call for segment_dot; segment_wgrad accumulates over entries: one per batch entry
+    ["segment_dot f32", () => segmentPlan("segment_dot", "f32"), 1, skew],
+    ["segment_dot bf16", () => segmentPlan("segment_dot", "bf16"), 1, skew],
+    ["segment_wgrad f32", () => segmentPlan("segment_wgrad", "f32"), 3, skew],
+    // bf16 -> f32 accumulation is not a grouped GEMM type: the cuBLASLt loop stays
+    ["segment_wgrad bf16", () => segmentPlan("segment_wgrad", "bf16"), 0, skew],
+    // expert-sharded segments over dp=2 x ep=2 (local experts past the counts' first); the simulated
+    // exchange needs counts that add up to each group's 32 rows: every other expert empty
+    ["moe-layer", () => { const { mesh, outputs } = buildOn(moeLayer, moeLayer.mesh); return compile(mesh.builder.graph, Object.values(outputs).map((o) => (o as AnyDTensor).ref)); }, undefined, [8, 0]],
+  ];
+  for (const [name, make, calls, counts] of cases)
+    it(`${name}: the grouped calls' problems are the loop's cuBLASLt calls`, () => {
+      const plan = make(), loop = gemms(true, counts), grouped = gemms(false, counts);
+      loop.ex.run(plan, undefined, undefined, { download: false });
+      grouped.ex.run(plan, undefined, undefined, { download: false });
+      expect(loop.grouped).toEqual([]);
+      expect(loop.lines.length).toBeGreaterThan(0);
+      expect(grouped.lines).toEqual(loop.lines);
+      if (calls !== undefined) expect(grouped.grouped.length).toBe(calls);
+      else expect(grouped.grouped.length).toBeGreaterThan(0);
+    });
+});
