@@ -11,7 +11,7 @@ import { fuse } from "./codegen/fuse.ts";
 import { printFusedPlan } from "./codegen/print.ts";
 import { schedule, type ScheduleReport } from "./passes/schedule.ts";
 import type { CostModel } from "./passes/schedule-cost.ts";
-import { prefetchComms } from "./passes/prefetch.ts";
+import { DEFAULT_PREFETCH_BYTES, prefetchComms } from "./passes/prefetch.ts";
 
 export const STAGES = ["trace", "partition"] as const;
 export type Stage = (typeof STAGES)[number];
@@ -40,9 +40,14 @@ export function compileFused(g: Graph, outputs: ValueRef[], opts: CompileOptions
   return fused;
 }
 
+/** The predicted gain below which the schedule pass keeps the fused order (see schedule.ts: memory). */
+export const MIN_SCHEDULE_GAIN = 0.02;
+
 export interface OrderOptions {
   /** Run the schedule pass (default true). */
   schedule?: boolean;
+  /** Keep the scheduled order only for a predicted step at least this fraction shorter (default MIN_SCHEDULE_GAIN). */
+  minGain?: number;
   cost?: CostModel;
   /** The prefetch window in bytes (undefined: the default; 0: no prefetch). */
   prefetchBytes?: number;
@@ -55,6 +60,6 @@ export interface OrderOptions {
  * that order). A mesh simulated on one GPU keeps the fused order.
  */
 export function orderForStreams(fused: FusedPlan, opts: OrderOptions = {}): FusedPlan {
-  const s = opts.schedule === false ? fused : schedule(fused, opts.cost, opts.report);
+  const s = opts.schedule === false ? fused : schedule(fused, opts.cost, opts.report, { minGain: opts.minGain ?? MIN_SCHEDULE_GAIN, windowBytes: opts.prefetchBytes ?? DEFAULT_PREFETCH_BYTES });
   return prefetchComms(s, opts.prefetchBytes);
 }

@@ -47,7 +47,7 @@ export const MOE_OPS = new Set(["moe_dispatch", "moe_combine", "moe_redispatch"]
 
 /** Largest piece over the ranks: elements, bytes. */
 const elems = (v: PlanValue) => Math.max(0, ...v.shapes.map((s) => s.reduce((a, b) => a * b, 1)));
-const bytes = (v: PlanValue) => BYTES[v.type.dtype] * elems(v);
+export const bytes = (v: PlanValue) => BYTES[v.type.dtype] * elems(v);
 
 /** One instruction's work: compute-stream seconds, comm-stream seconds, and which comes first. */
 export interface InstrCost {

@@ -234,8 +234,10 @@ export class CudaExecutor {
     if (!l || l.tuning !== this.tuning) {
       // rank-local runs order instructions for the two streams (compiler/passes/schedule.ts, then
       // prefetch.ts) to overlap comm with compute; a mesh simulated on one GPU runs comm on the host
-      // SHARDTS_SCHEDULE=0 keeps the fused order (the bench's unscheduled baseline); SHARDTS_SCHEDULE_COST overrides the cost model
-      const fused = l?.fused ?? (this.rankLocal ? orderForStreams(fuse(plan), { schedule: process.env.SHARDTS_SCHEDULE !== "0", cost: costFromEnv(process.env.SHARDTS_SCHEDULE_COST), prefetchBytes: prefetchBytes() }) : fuse(plan));
+      // SHARDTS_SCHEDULE=0 keeps the fused order (the bench's unscheduled baseline), =1 keeps the
+      // scheduled one whatever its predicted gain; SHARDTS_SCHEDULE_COST overrides the cost model
+      const sch = process.env.SHARDTS_SCHEDULE;
+      const fused = l?.fused ?? (this.rankLocal ? orderForStreams(fuse(plan), { schedule: sch !== "0", minGain: sch === "1" ? 0 : undefined, cost: costFromEnv(process.env.SHARDTS_SCHEDULE_COST), prefetchBytes: prefetchBytes() }) : fuse(plan));
       l = { fused, prog: emitCuda(fused, this.arch, this.tuning), tuning: this.tuning, launches: new Map() };
       this.loweredPlans.set(plan, l);
     }

@@ -79,6 +79,55 @@ describe("the schedule pass", () => {
     report.push(`ep composed mb=2, link 1 GB/s: ${ms(r.before.step)} -> ${ms(r.after.step)} ms; max(compute, comm) ${ms(Math.max(r.after.computeOnly, r.after.commOnly))}, sum ${ms(r.after.computeOnly + r.after.commOnly)}`);
   });
 
+  it("keeps the program order where the predicted gain is below minGain (the pipeline's default: 2%)", () => {
+    const { fp } = step("ep", { ep: 2 }, 2, false);
+    const cost = costFromEnv("linkBandwidth=1e9,hostRead=1e-6");
+    const r = {} as ScheduleReport;
+    const gain = (() => {
+      const g = {} as ScheduleReport;
+      schedule(fp, cost, g);
+      return 1 - g.after.step / g.before.step;
+    })();
+    expect(gain).toBeGreaterThan(0.02);
+    expect(schedule(fp, cost, r, { minGain: Math.min(0.99, gain * 1.5) })).toBe(fp);
+    expect(r.moved).toBe(0);
+    expect(r.after.step).toBe(r.before.step);
+    expect(schedule(fp, cost, undefined, { minGain: gain * 0.5 })).not.toBe(fp);
+  });
+
+  it("places each source (input, constant, factory) just before its first reader, as program order does", () => {
+    const { fp } = step("dp-ep", { dp: 2, ep: 2 }, 2, false);
+    const s = schedule(fp, costFromEnv("linkBandwidth=1e9,hostRead=1e-6"));
+    expect(s).not.toBe(fp);
+    const isSource = (x: (typeof s.instrs)[number]) => readsOf(x).length === 0;
+    let checked = 0;
+    s.instrs.forEach((x, k) => {
+      if (!isSource(x)) return;
+      const next = s.instrs.slice(k + 1).find((y) => !isSource(y));
+      const readers = s.instrs.filter((y) => readsOf(y).some((r) => writesOf(x).includes(r)));
+      if (!readers.length) return;
+      expect(next, `source ${k} (${x.kind === "op" ? x.op : x.kind})`).toBe(readers[0]);
+      checked++;
+    });
+    expect(checked).toBeGreaterThan(10);
+  });
+
+  it("windowBytes holds a comm step back while compute is ready and another's output waits for its reader", () => {
+    // s0 -> two independent exchanges c1, c2 (each read by k1, k2) and a compute chain x1 -> x2
+    const v = (name: string) => ({ type: { dims: [{ name, size: 1024 }], dtype: "f32" as const, placements: [] }, boxes: [], shapes: [[1024]], segCounts: {} });
+    const values = ["s0", "c1", "c2", "k1", "k2", "x1", "x2"].map(v);
+    const op = (o: string, inputs: number[], out: number) => ({ kind: "op" as const, op: o, inputs, outputs: [out] });
+    const comm = (input: number, output: number) => ({ kind: "comm" as const, input, output });
+    const instrs = [op("input", [], 0), op("exp", [0], 5), op("exp", [5], 6), comm(0, 1), op("exp", [1], 3), comm(0, 2), op("exp", [2], 4)];
+    const plan = { values, instrs, outputs: [3, 4, 6], lastUse: [] as number[] };
+    const cost = costFromEnv("linkBandwidth=1e6");
+    const at = (o: typeof plan, i: number) => o.instrs.indexOf(instrs[i]!);
+    const loose = schedule(plan, cost), tight = schedule(plan, cost, undefined, { windowBytes: 4096 });
+    expect(at(loose, 5)).toBeLessThan(at(loose, 4)); // unbounded: both exchanges go out at once
+    expect(at(tight, 5)).toBeGreaterThan(at(tight, 4)); // one piece of window: c2 after c1's reader
+    expect(at(tight, 3)).toBe(1); // c1 still first after its source
+  });
+
   it("leaves a plan without communication as it is", () => {
     const { plan } = build({ T: 16, D: 8, F: 8, E: 4, K: 2 }); // the MoE layer bench's one-device forward
     const fp = fuse(plan);
