@@ -10,7 +10,9 @@
 // start first is issued, ties going to host reads of counts and MoE exchanges (a sync is cheapest
 // while the other chain's exchange is not yet in flight), then to program order. So an order with
 // no communication, or whose communication never makes compute wait, comes out unchanged; where an
-// instruction would wait for an exchange, the other chain's ready work is issued instead.
+// instruction would wait for an exchange, the other chain's ready work is issued instead. Sources
+// (inputs, constants) stay just before their first reader, and comm outputs issued ahead of their
+// readers stay within a byte window (ScheduleOptions), so the order does not hold more memory.
 //
 // Composition with prefetch (compiler/passes/prefetch.ts): schedule first, prefetch after. The
 // schedule issues each comm step right after its inputs; prefetch then only lifts FSDP gathers
