@@ -202,7 +202,7 @@ const gemmCalls = new Map<string, number>();
 const counted = new Proxy(native(), {
   get: (t, k) => {
     const v = Reflect.get(t, k) as unknown;
-    if (typeof v !== "function" || (k !== "cublasGroupedGemm" && k !== "cublasLtMatmul")) return v;
+    if (typeof v !== "function" || (k !== "cublasGroupedGemm" && k !== "cublasLtMatmulRun")) return v;
     return (...a: unknown[]) => (gemmCalls.set(k, (gemmCalls.get(k) ?? 0) + 1), (v as (...x: unknown[]) => unknown).apply(t, a));
   },
 });
@@ -233,7 +233,7 @@ for (const c of cases) {
       continue;
     }
     if (c.grouped) {
-      const g = gemmCalls.get("cublasGroupedGemm") ?? 0, lt = gemmCalls.get("cublasLtMatmul") ?? 0, want = cublasOk.ok && c.grouped(dtype);
+      const g = gemmCalls.get("cublasGroupedGemm") ?? 0, lt = gemmCalls.get("cublasLtMatmulRun") ?? 0, want = cublasOk.ok && c.grouped(dtype);
       const bad = want ? g === 0 || lt > 0 : g > 0;
       if (bad) failures++;
       log(`${c.op} ${dtype}: ${g} grouped GEMM calls, ${lt} cuBLASLt calls (expected ${want ? "grouped only" : "cuBLASLt only"})${bad ? " FAIL" : ""}`);

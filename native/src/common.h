@@ -62,6 +62,7 @@ void registerDriver(Napi::Env env, Napi::Object exports);
 void registerLaunch(Napi::Env env, Napi::Object exports);
 void registerNvrtc(Napi::Env env, Napi::Object exports);
 void registerCublasLt(Napi::Env env, Napi::Object exports);
+void registerCublasLtMatmul(Napi::Env env, Napi::Object exports);  // called by registerCublasLt
 void registerCublas(Napi::Env env, Napi::Object exports);
 void registerTensorMap(Napi::Env env, Napi::Object exports);
 void registerNccl(Napi::Env env, Napi::Object exports);

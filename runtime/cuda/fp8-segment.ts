@@ -23,7 +23,7 @@ import { GROUPED_M_ALIGN } from "../../compiler/numeric/fp8-gemm.ts";
 import { scaledSegDims, segmentRuns } from "../../compiler/ops/scaled-segment.ts";
 import { tilesName } from "../../compiler/ops/quantize.ts";
 import { download, empty, upload, type DeviceTensor } from "./memory.ts";
-import { matmulRowMajor } from "./native.ts";
+import { matmulPlans } from "./matmul-plans.ts";
 import { fp8GemmOf } from "./fp8-gemm.ts";
 import { dequantizeCuda, quantizeCuda } from "./fp8.ts";
 import * as K from "./kernels/sources.ts";
@@ -31,6 +31,8 @@ import type { CudaExecutor } from "./executor.ts";
 
 /** The grouped kernel the executor launches (defaultGemmConfig: the fastest grouped kernel on the GEMM bench). */
 const GROUPED = defaultGemmConfig(true), ROW_SCALED = defaultRowScaledConfig();
+// the f32 fallback Wgrad: A (the dequantized activations) stored [tokens][KK], so transposed
+const F32_TRANS_A = { dtype: "f32", outDtype: "f32", transA: true, accumulate: false } as const;
 type OpInstr = Extract<Plan["instrs"][number], { kind: "op" }>;
 const names = (t: TensorType) => t.dims.map((d) => d.name);
 
@@ -174,10 +176,7 @@ export function scaledSegmentWgradCuda(ex: CudaExecutor, plan: Plan, ins: OpInst
       const Xd = deq(qx), Gd = deq(qg);
       lay.range.forEach(([p0, p1], grp) => {
         if (p1 > p0)
-          matmulRowMajor(ex.addon, {
-            dtype: "f32", outDtype: "f32", M: KK, N, K: p1 - p0, transA: true,
-            a: Xd.ptr + BigInt(p0 * KK * 4), b: Gd.ptr + BigInt(p0 * N * 4), d: out.ptr + BigInt(grp * KK * N * 4), stream: ex.stream,
-          });
+          matmulPlans(ex.addon).run(F32_TRANS_A, KK, N, p1 - p0, 1, Xd.ptr + BigInt(p0 * KK * 4), Gd.ptr + BigInt(p0 * N * 4), out.ptr + BigInt(grp * KK * N * 4), ex.stream);
       });
       for (const t of [Xd, Gd]) ex.release(t);
     }

@@ -103,11 +103,12 @@ export interface FunctionAttributes {
 export type MatmulDtype = "f32" | "bf16" | "f16";
 
 /**
- * One cuBLASLt matmul, column-major BLAS terms, for each of `batch` strided batches:
+ * A cuBLASLt matmul problem for cublasLtMatmulPrepare, column-major BLAS terms, for each of `batch`
+ * strided batches:
  *   D[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C[m,n],   op(X) = transX ? Xᵀ : X.
  * A is stored (transA ? k×m : m×k) with leading dimension lda, B (transB ? n×k : k×n) with ldb, C and
- * D m×n with ldc and ldd. Strides are in elements. For row-major operands see matmulRowMajor in
- * runtime/cuda/native.ts.
+ * D m×n with ldc and ldd. Strides are in elements. The pointers are read for their alignment only
+ * (each run passes its own). For row-major operands see matmulRowMajor in runtime/cuda/native.ts.
  */
 export interface MatmulOptions {
   /** The type of A and B. */
@@ -137,11 +138,12 @@ export interface MatmulOptions {
   strideB?: number;
   strideC?: number;
   strideD?: number;
-  /** Scratch memory for the algorithm (none by default; 32 MiB lets it pick the fastest). */
-  workspace?: DevicePtr;
+  /** Scratch memory the algorithm may use (none by default; 32 MiB lets it pick the fastest); every run must pass that much. */
   workspaceBytes?: number;
-  stream?: Stream;
 }
+
+/** A prepared matmul: a small integer, valid in this process on the device it was prepared on. */
+export type MatmulHandle = number & { readonly __matmulHandle: unique symbol };
 
 /**
  * The block-scaled FP8 GEMM (DeepSeek-V3 scheme) on row-major operands, through cuBLASLt 12.9+:
@@ -314,7 +316,16 @@ export interface NativeAddon {
 
   // cuBLASLt
   cublasLtVersion(): number;
-  cublasLtMatmul(options: MatmulOptions): void;
+  /**
+   * Validates the problem, builds (or finds) its plan and returns a handle for cublasLtMatmulRun; the
+   * same problem, alignment and alpha/beta give the same handle.
+   */
+  cublasLtMatmulPrepare(options: MatmulOptions): MatmulHandle;
+  /**
+   * Runs a prepared matmul: positional arguments only, so a call reads no object and builds no
+   * string. c 0n means d. Pointers aligned differently from the prepare's get that alignment's plan.
+   */
+  cublasLtMatmulRun(handle: MatmulHandle, a: DevicePtr, b: DevicePtr, c: DevicePtr, d: DevicePtr, workspace: DevicePtr, stream: Stream): void;
   /** The block-scaled FP8 GEMM (see Fp8BlockScaledMatmulOptions); the one cuBLASLt FP8 entry point. */
   cublasLtMatmulFp8BlockScaled(options: Fp8BlockScaledMatmulOptions): void;
 

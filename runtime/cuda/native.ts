@@ -10,7 +10,7 @@ import { createRequire } from "node:module";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
-import type { DeviceProperties, LibraryName, LibraryProbe, MatmulOptions, NativeAddon } from "./native-types.ts";
+import type { DeviceProperties, DevicePtr, LibraryName, LibraryProbe, MatmulOptions, NativeAddon, Stream } from "./native-types.ts";
 
 export * from "./native-types.ts";
 export { packArgs, packArgsAt, f32ToBf16Bits, f32ToF16Bits, type KernelArg } from "./kernel-args.ts";
@@ -142,38 +142,33 @@ export interface RowMajorMatmul extends Omit<MatmulOptions, "m" | "n" | "k" | "l
   lda?: number;
   ldb?: number;
   ldd?: number;
+  workspace?: DevicePtr;
+  stream?: Stream;
 }
 
-export function matmulRowMajor(addon: NativeAddon, o: RowMajorMatmul): void {
+/** The column-major problem cuBLASLt is asked for (see RowMajorMatmul). */
+export function columnMajor(o: Omit<RowMajorMatmul, "stream">): MatmulOptions {
   const lda = o.lda ?? (o.transA ? o.M : o.K);
   const ldb = o.ldb ?? (o.transB ? o.K : o.N);
   const ldd = o.ldd ?? o.N;
-  addon.cublasLtMatmul({
-    dtype: o.dtype,
-    outDtype: o.outDtype,
-    computeType: o.computeType,
-    m: o.N,
-    n: o.M,
-    k: o.K,
-    a: o.b,
-    lda: ldb,
-    transA: o.transB ?? false,
-    b: o.a,
-    ldb: lda,
-    transB: o.transA ?? false,
-    c: o.c,
-    ldc: o.ldc ?? (o.c !== undefined ? ldd : undefined),
-    d: o.d,
-    ldd,
-    alpha: o.alpha,
-    beta: o.beta,
-    batch: o.batch,
-    strideA: o.strideB,
-    strideB: o.strideA,
-    strideC: o.strideC,
-    strideD: o.strideD,
-    workspace: o.workspace,
-    workspaceBytes: o.workspaceBytes,
-    stream: o.stream,
-  });
+  return {
+    dtype: o.dtype, outDtype: o.outDtype, computeType: o.computeType,
+    m: o.N, n: o.M, k: o.K,
+    a: o.b, lda: ldb, transA: o.transB ?? false,
+    b: o.a, ldb: lda, transB: o.transA ?? false,
+    c: o.c, ldc: o.ldc ?? (o.c !== undefined ? ldd : undefined),
+    d: o.d, ldd,
+    alpha: o.alpha, beta: o.beta,
+    batch: o.batch, strideA: o.strideB, strideB: o.strideA, strideC: o.strideC, strideD: o.strideD,
+    workspaceBytes: o.workspace ? o.workspaceBytes : undefined,
+  };
+}
+
+/**
+ * One matmul, prepared and run at once: for one-off callers (checks, tests). Hot paths keep their
+ * handles (runtime/cuda/matmul-plans.ts) so a call costs one positional native call.
+ */
+export function matmulRowMajor(addon: NativeAddon, o: RowMajorMatmul): void {
+  const h = addon.cublasLtMatmulPrepare(columnMajor(o));
+  addon.cublasLtMatmulRun(h, o.b, o.a, o.c ?? 0n, o.d, o.workspace ?? 0n, o.stream ?? 0n);
 }

@@ -10,7 +10,7 @@ import { CompileError } from "../../compiler/errors.ts";
 import { contractAttr, dotDims } from "../../compiler/ops/contraction.ts";
 import type { GlobalTensor } from "../cpu/assemble.ts";
 import { download, empty, type DeviceTensor } from "./memory.ts";
-import { matmulRowMajor } from "./native.ts";
+import { matmulPlans } from "./matmul-plans.ts";
 import { dotProblems, runProblems, segments, wgradProblems } from "./segment-gemm.ts";
 import * as K from "./kernels/sources.ts";
 import type { CudaExecutor } from "./executor.ts";
@@ -28,7 +28,7 @@ export function dot(ex: CudaExecutor, a: DeviceTensor, b: DeviceTensor, ta: Tens
   const C = empty(ex.mem, to.dtype, order.map((d) => shape[to.dims.findIndex((e) => e.name === d)]!));
   if (bt * m * n > 0) {
     if (k === 0) ex.addon.memsetD8(C.ptr, 0, numel(C.shape) * K.elemBytes(C.dtype), ex.stream);
-    else matmulRowMajor(ex.addon, { dtype: ta.dtype, outDtype: to.dtype as "f32" | "bf16", M: m, N: n, K: k, a: A.ptr, b: B.ptr, d: C.ptr, batch: bt, strideA: m * k, strideB: k * n, strideD: m * n, stream: ex.stream });
+    else matmulPlans(ex.addon).run({ dtype: ta.dtype, outDtype: to.dtype as "f32" | "bf16", transA: false, accumulate: false }, m, n, k, bt, A.ptr, B.ptr, C.ptr, ex.stream);
   }
   if (A !== a) ex.release(A);
   if (B !== b) ex.release(B);

@@ -6,7 +6,7 @@
 // Where the grouped GEMM cannot run the problems (no libcublas 12.5+; bf16 inputs with an f32 output,
 // which it does not offer; bf16 pointers off 16 bytes), they run one cuBLASLt call each, as before.
 import type { NativeAddon, Stream } from "./native-types.ts";
-import { matmulRowMajor } from "./native.ts";
+import { matmulPlans, type MatmulForm } from "./matmul-plans.ts";
 
 /** One non-empty segment: `m` rows from `row` of batch entry `t` for the `g`-th local group (expert). */
 export interface Segment {
@@ -58,11 +58,7 @@ export interface Problem {
 }
 
 /** Problems that share types and form: `transA` (A stored K×M) and `accumulate` (beta 1: D += ...). */
-export interface ProblemSet {
-  dtype: "f32" | "bf16";
-  outDtype: "f32" | "bf16";
-  transA: boolean;
-  accumulate: boolean;
+export interface ProblemSet extends MatmulForm {
   problems: Problem[];
 }
 
@@ -155,9 +151,6 @@ export function runProblems(addon: NativeAddon, set: ProblemSet, stream: Stream)
     }
     return;
   }
-  for (const p of set.problems)
-    matmulRowMajor(addon, {
-      dtype: set.dtype, outDtype: set.outDtype, M: p.M, N: p.N, K: p.K, transA: set.transA || undefined, a: p.a, b: p.b, d: p.d,
-      ...(set.accumulate ? { c: p.d, beta: 1 } : {}), stream,
-    });
+  const plans = matmulPlans(addon);
+  for (const p of set.problems) plans.run(set, p.M, p.N, p.K, 1, p.a, p.b, p.d, stream);
 }

@@ -6,7 +6,7 @@
 // (zeros by default), except a buffer last filled by memsetD32 (the executor's index-check flags),
 // which reads back its fill value, so an index check passes as it would on a GPU. Every library
 // probes as loaded unless `missing` names it (libcublas missing: the segment GEMMs' cuBLASLt loop).
-import type { DeviceProperties, LibraryName, NativeAddon } from "../../runtime/cuda/native-types.ts";
+import type { DeviceProperties, LibraryName, MatmulOptions, NativeAddon } from "../../runtime/cuda/native-types.ts";
 import type { CudaExecutor } from "../../runtime/cuda/executor.ts";
 import { CachingAllocator } from "../../runtime/cuda/memory.ts";
 
@@ -16,6 +16,8 @@ export interface FakeAddon {
   calls: Map<string, number>;
   /** Events created and not destroyed. */
   liveEvents: Set<bigint>;
+  /** The options a cublasLtMatmulPrepare handle was made from (handles count from 1). */
+  matmulProblem(handle: number): MatmulOptions;
   reset(): void;
 }
 
@@ -41,6 +43,7 @@ const H200: DeviceProperties = {
 
 export function fakeAddon(opts: FakeOptions = {}): FakeAddon {
   const liveEvents = new Set<bigint>();
+  const matmuls: MatmulOptions[] = [];
   const flags = new Map<bigint, number>();
   // device memory and NVRTC programs count apart from other handles: whether a kernel came from the
   // disk cache (no program made) changes neither the buffers nor the functions a run gets
@@ -77,6 +80,11 @@ export function fakeAddon(opts: FakeOptions = {}): FakeAddon {
     moduleGetFunction: handle,
     funcGetAttributes: () => ({ maxThreadsPerBlock: 1024, sharedSizeBytes: 0, constSizeBytes: 0, localSizeBytes: 0, numRegs: 32, ptxVersion: 90, binaryVersion: 90, maxDynamicSharedSizeBytes: 0 }),
     funcGetParamLayout: () => null,
+    // a copy: the caller may reuse its options object
+    cublasLtMatmulPrepare: (o) => matmuls.push({ ...(o as MatmulOptions) }),
+    cublasLtMatmulRun: (h) => {
+      if (!matmuls[(h as number) - 1]) throw new Error(`fake addon: cublasLtMatmulRun with an unknown handle ${String(h)}`);
+    },
     streamIsCapturing: () => 0,
     ncclCommGetAsyncError: () => 0,
   };
@@ -108,6 +116,11 @@ export function fakeAddon(opts: FakeOptions = {}): FakeAddon {
   };
   return {
     addon, liveEvents,
+    matmulProblem: (h) => {
+      const o = matmuls[h - 1];
+      if (!o) throw new Error(`fake addon: no cublasLtMatmulPrepare handle ${h}`);
+      return o;
+    },
     get calls() { return snapshot(); },
     reset: () => counters.forEach((c) => (c.n = 0)),
   };

@@ -28,7 +28,7 @@ describe("native addon", () => {
     if (!loaded.ok) throw new Error(`${loaded.reason}\n(looked in ${addonCandidates().join(", ")})`);
     const info = loaded.addon.addonInfo();
     expect(info.napiVersion).toBe(8);
-    for (const fn of ["memAlloc", "launchKernel", "nvrtcCompileProgram", "cublasLtMatmul", "cublasLtMatmulFp8BlockScaled", "tensorMapEncodeTiled", "ncclAllReduce", "graphLaunch"]) {
+    for (const fn of ["memAlloc", "launchKernel", "nvrtcCompileProgram", "cublasLtMatmulPrepare", "cublasLtMatmulRun", "cublasLtMatmulFp8BlockScaled", "tensorMapEncodeTiled", "ncclAllReduce", "graphLaunch"]) {
       expect(typeof (loaded.addon as unknown as Record<string, unknown>)[fn]).toBe("function");
     }
   });
@@ -119,6 +119,24 @@ describe("native addon", () => {
     expect(call("f32", dims(2, 3, 4, 2, 4, 2), new BigUint64Array([16n, 32n, 48n]), true)).toThrow(/need lda >= 4, ldb >= 4, ldc >= 2; got 2, 4, 2/);
     expect(call("bf16", dims(2, 3, 4, 2, 4, 2), new BigUint64Array([16n, 0n, 48n]))).toThrow(/a null B pointer/);
     expect(() => (g as (...a: unknown[]) => void)("f32", false, false, dims(2, 3, 4, 2, 4, 2), new BigUint64Array(3), 0, 0n, 1)).toThrow(/takes 7 arguments/);
+  });
+
+  it("the prepared matmul checks its arguments before loading cuBLASLt, and a run needs a prepared handle", () => {
+    const a = native();
+    const ok = { dtype: "f32", m: 4, n: 4, k: 4, a: 256n, lda: 4, b: 256n, ldb: 4, d: 256n, ldd: 4 } as const;
+    expect(() => a.cublasLtMatmulPrepare(42 as never)).toThrow(/options must be an object/);
+    expect(() => a.cublasLtMatmulPrepare({ ...ok, dtype: "f64" as never })).toThrow(/dtype must be 'f32', 'bf16' or 'f16', got 'f64'/);
+    expect(() => a.cublasLtMatmulPrepare({ ...ok, computeType: "f16" as never })).toThrow(/computeType must be 'f32' or 'tf32'/);
+    expect(() => a.cublasLtMatmulPrepare({ ...ok, k: 0 })).toThrow(/must be positive \(got m=4 n=4 k=0 batch=1\); skip empty products/);
+    expect(() => a.cublasLtMatmulPrepare({ ...ok, a: "x" as never })).toThrow(/a must be a bigint or a number/);
+    const run = a.cublasLtMatmulRun as (...x: unknown[]) => void;
+    expect(() => run(1, 0n, 0n, 0n, 0n, 0n)).toThrow(/takes 7 arguments, got 6/);
+    expect(() => run("1", 0n, 0n, 0n, 0n, 0n, 0n)).toThrow(/handle must be the number cublasLtMatmulPrepare returned/);
+    expect(() => run(1, -1, 0n, 0n, 0n, 0n, 0n)).toThrow(/a must be a non-negative integer/);
+    if (!gpu.ok) {
+      expect(() => run(1, 0n, 0n, 0n, 0n, 0n, 0n)).toThrow(/unknown handle 1; get one from cublasLtMatmulPrepare/);
+      expect(() => a.cublasLtMatmulPrepare(ok)).toThrow(/cannot load the CUDA driver library/);
+    }
   });
 
   it("each library's status is reported without throwing", () => {

@@ -97,9 +97,10 @@ function gemms(missing: boolean, counts: number[]) {
     missing: missing ? ["cublas"] : [],
     read: (dst) => void (dst instanceof Int32Array && dst.forEach((_, i) => (dst[i] = counts[i % counts.length]!))),
     spy: (method, args) => {
-      if (method === "cublasLtMatmul") {
-        const o = args[0] as MatmulOptions;
-        if ((o.batch ?? 1) === 1) line(o.dtype, o.outDtype ?? o.dtype, !!o.transA, !!o.transB, o.m, o.n, o.k, o.a, o.lda, o.b, o.ldb, o.c ?? o.d, o.ldc ?? o.ldd, o.d, o.ldd, o.beta ?? 0);
+      if (method === "cublasLtMatmulRun") {
+        const [h, a, b, c, d] = args as [number, bigint, bigint, bigint, bigint];
+        const o: MatmulOptions = f.matmulProblem(h);
+        if ((o.batch ?? 1) === 1) line(o.dtype, o.outDtype ?? o.dtype, !!o.transA, !!o.transB, o.m, o.n, o.k, a, o.lda, b, o.ldb, c || d, o.ldc ?? o.ldd, d, o.ldd, o.beta ?? 0);
       }
       if (method === "cublasGroupedGemm") {
         const [dt, tA, tB, dims, ptrs, beta] = args as [string, boolean, boolean, Int32Array, BigUint64Array, number];
