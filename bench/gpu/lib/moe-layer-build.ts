@@ -12,9 +12,9 @@
 //     the FP8 dispatch; the composed path was not measured on GPUs and pays a separate gather kernel;
 //   shared experts: dense SwiGLUs of every token, added;
 //   loss = sum(y · dy) with dy a random input, so the backward starts from dy as torch's
-//     y.backward(dy) does. Gradients of x and of every weight; those of the replicated weights
-//     (router, shared) stay Partial over ep (per-rank sums, as the peer leaves them: their
-//     all-reduce belongs to the data-parallel step, not to the layer).
+//     y.backward(dy) does. Gradients of x and of every weight. The loss sums every rank's tokens,
+//     so the replicated weights' gradients (router, shared: 17.4 M values) come out all-reduced
+//     (7 all-reduces in the plan); the peer all-reduces the same tensors after its backward.
 // With `fp8` the routed experts go through fp8Dispatch + fp8SegmentDot and the shared ones through
 // fp8Dot (stdlib/nn/fp8.ts); router, gates and combine stay bf16/f32.
 import { compile } from "../../../compiler/pipeline.ts";
