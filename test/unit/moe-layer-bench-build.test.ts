@@ -2,7 +2,7 @@
 // CPU-simulated mesh: ep=2 (rows exchanged, experts split, the replicated weights' gradients Partial
 // over the ranks) must give the one-device run's forward, expert counts and every gradient.
 import { describe, expect, it } from "vitest";
-import { buildLayer, globalFeeds, type LayerSize } from "../../bench/gpu/lib/moe-layer-build.ts";
+import { buildLayer, globalFeeds, rankFeeds, type LayerSize } from "../../bench/gpu/lib/moe-layer-build.ts";
 import { runPlanCpu } from "../../runtime/cpu/executor.ts";
 
 const relErr = (a: ArrayLike<number>, b: ArrayLike<number>) => {
@@ -32,5 +32,17 @@ describe("the EP MoE layer benchmark's program", () => {
   });
   it("the same with the FP8 recipe (fp8Dispatch, fp8SegmentDot, fp8Dot)", () => {
     compare({ T: 16, D: 128, F: 128, E: 4, K: 2, shared: 1 }, true);
+  });
+  it("rank feeds (the full-size timing's): each rank's piece has its box's shape; replicated inputs agree over ranks, sharded ones differ", () => {
+    const z = { T: 8, D: 16, F: 8, E: 4, K: 2, shared: 1 };
+    const layer = buildLayer(z, 2), cut = globalFeeds(layer, z);
+    const r0 = rankFeeds(layer, z, 0), r1 = rankFeeds(layer, z, 1);
+    for (const [name, type] of layer.inputs) {
+      const a = r0.get(name)![0]!, b = r1.get(name)![1]!;
+      expect([a.shape, b.shape], name).toEqual([cut.get(name)![0]!.shape, cut.get(name)![1]!.shape]);
+      expect(r0.get(name)![1], `${name}: rank 0 holds only its own piece`).toBeUndefined();
+      const same = a.data.every((v, i) => v === b.data[i]);
+      expect(same, name).toBe(type.placements.every((p) => p === "R"));
+    }
   });
 });
