@@ -4,6 +4,7 @@
 #   stage_moe_lm_vs_torch    train-moe-lm (fsdp-ep) on N GPUs: tokens/s against the PyTorch peer
 #   stage_fsdp_prefetch      an FSDP step traced on N GPUs: do the parameter all-gathers overlap compute?
 #   stage_moe_overlap        two-micro-batch overlap: step time against compute-only and comm-only
+#   stage_moe_layer_ep       the EP MoE layer fwd+bwd on N GPUs: ms per step against the PyTorch peer
 
 # ---- layouts --------------------------------------------------------------------------------------
 # "name mesh" per line: every layout of stdlib/nn/layout.ts whose mesh is non-degenerate on N GPUs.
@@ -107,4 +108,36 @@ for d in ["composed", "fused"]:
     print(f"{d:>9}{m1:>9.2f}{m2:>9.2f}{un:>9.2f}{c:>9.2f}{k:>9.2f}{m2 / max(c, k):>10.3f}{m2 / (c + k):>10.3f}")
 PY
   cat "$OUT/moe-overlap.txt"
+}
+
+# ---- the EP MoE layer against PyTorch (MoE issue: target >= 2x the peer) ----------------------------
+# One DeepSeek-V2-Lite-sized MoE layer per GPU (8192 tokens, d 2048, 64 experts / N, top-6, 2 shared
+# experts, bf16), forward + backward, ep=N: bench/gpu/lib/dist-moe-layer.ts (its small-size check
+# against the CPU-simulated mesh first) and bench/peers/moe_layer_ep.py (its EP-vs-dense check first),
+# in the same job. MOE_LAYER_FP8=1 adds shardts' FP8 run (no FP8 peer: its row reads "-");
+# MOE_LAYER_TRANSPORT=nvlink runs shardts' dispatch/combine over NVLink instead of NCCL.
+stage_moe_layer_ep() {
+  local rc fp8=(); [ "${MOE_LAYER_FP8:-0}" = 1 ] && fp8=(--fp8)
+  SHARDTS_MOE_TRANSPORT=${MOE_LAYER_TRANSPORT:-nccl} timeout 480 "${CLI[@]}" launch --nproc-per-node "$N" bench/gpu/lib/dist-moe-layer.ts \
+    "${fp8[@]}" --json "$OUT/moe-layer-ep-shardts.jsonl" > "$OUT/moe-layer-ep-shardts.log" 2>&1
+  rc=$?; note "moe layer ep=$N shardts: exit $rc ($(grep -c ': ok' "$OUT/moe-layer-ep-shardts.log") checks ok, $(grep -c FAIL "$OUT/moe-layer-ep-shardts.log") FAIL lines)"
+  timeout 300 python3 -m torch.distributed.run --nproc-per-node "$N" bench/peers/moe_layer_ep.py --json "$OUT/moe-layer-ep-torch.jsonl" > "$OUT/moe-layer-ep-torch.log" 2>&1
+  rc=$?; note "moe layer ep=$N torch: exit $rc"
+  python3 - "$OUT" > "$OUT/moe-layer-ep-ratio.txt" <<'PY'
+import json, os, sys
+o = sys.argv[1]
+def load(f):
+    p = os.path.join(o, f)
+    return [json.loads(l) for l in open(p) if l.strip()] if os.path.exists(p) else []
+s, t = load("moe-layer-ep-shardts.jsonl"), load("moe-layer-ep-torch.jsonl")
+for r in s + t:
+    if r["kind"] == "check": print(f"check {r['impl']} {r.get('fmt', 'bf16')} ep={r['world']}: {'ok' if r['ok'] else 'FAIL'} {r.get('errors', r.get('error'))}")
+peer = next((r for r in t if r["kind"] == "time" and "ms" in r), None)
+print(f"{'impl':>8}{'fmt':>6}{'ep':>4}{'ms/step':>10}{'TFLOP/s':>9}{'peak GiB':>9}{'peer/this':>10}   (fwd+bwd, 8192 tokens per GPU; target peer/shardts >= 2)")
+for r in [r for r in s + t if r["kind"] == "time"]:
+    if "ms" not in r: print(f"{r['impl']:>8}{r.get('fmt', '-'):>6}{r['world']:>4}  FAIL {r.get('error')}"); continue
+    x = f"{peer['ms'] / r['ms']:.2f}" if peer else "-"
+    print(f"{r['impl']:>8}{r['fmt']:>6}{r['world']:>4}{r['ms']:>10.3f}{r['tflops']:>9.1f}{r['peakGiB']:>9.2f}{x:>10}")
+PY
+  cat "$OUT/moe-layer-ep-ratio.txt"
 }

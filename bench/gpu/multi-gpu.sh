@@ -15,7 +15,9 @@
 #   8. checkpoints (ckpt_stage): save/load of the trained MoE LM and a bulk state, GB/s, async overhead
 #   9. two-micro-batch overlap: train-moe-lm --size overlap (ep=N) step time, micro-batches 1 and 2,
 #      against compute-only (ep=1, batch / N, one GPU) and comm-only (the traced comm stream); Chrome traces
-# Stages 3 (its layout list), 5, 6 and 9 live in bench/gpu/multi-gpu-stages.sh. SKIP="5 6" leaves stages
+#  10. the EP MoE layer (DeepSeek-V2-Lite size, fwd+bwd, ep=N): GPUs vs the CPU-simulated mesh, then ms per
+#      step against the PyTorch peer (all_to_all_single + torch._grouped_mm) and the ratio; MOE_LAYER_FP8=1 adds FP8
+# Stages 3 (its layout list), 5, 6, 9 and 10 live in bench/gpu/multi-gpu-stages.sh. SKIP="5 6" leaves stages
 # out, ONLY="5 6" runs just those.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -168,5 +170,7 @@ skip 8 || ckpt_stage
 
 # 9. two-micro-batch overlap
 skip 9 || stage_moe_overlap
+# 10. the EP MoE layer against the PyTorch peer
+skip 10 || stage_moe_layer_ep
 
 echo; echo "== summary"; printf '%s\n' "${summary[@]}" | tee "$OUT/multi-gpu-summary.txt"

@@ -12,6 +12,7 @@ import distCollectives from "./lib/dist-collectives.ts";
 import distFault from "./lib/dist-fault.ts";
 import distMoeDispatch from "./lib/dist-moe-dispatch.ts";
 import distCheckpoint from "./lib/dist-checkpoint.ts";
+import distMoeLayer from "./lib/dist-moe-layer.ts";
 
 registerRunnable("examples/moe-layer.ts", moeLayer);
 registerRunnable("examples/tp-mlp.ts", tpMlp);
@@ -20,6 +21,7 @@ registerRunnable("bench/gpu/lib/dist-collectives.ts", distCollectives);
 registerRunnable("bench/gpu/lib/dist-fault.ts", distFault);
 registerRunnable("bench/gpu/lib/dist-moe-dispatch.ts", distMoeDispatch);
 registerRunnable("bench/gpu/lib/dist-checkpoint.ts", distCheckpoint);
+registerRunnable("bench/gpu/lib/dist-moe-layer.ts", distMoeLayer);
 // `launch` starts each rank as this bundle (there is no bin/shardts.mjs or TypeScript loader there)
 process.env.SHARDTS_CLI ??= fileURLToPath(import.meta.url);
 // run.sh passes --out DIR to every bundle; the CLI takes its own arguments

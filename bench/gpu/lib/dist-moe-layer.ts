@@ -1,0 +1,92 @@
+// One rank of the EP MoE layer benchmark, run under `shardts launch --nproc-per-node N`
+// (bench/gpu/multi-gpu.sh, stage 10; N = WORLD_SIZE, 2 or 4). The program is
+// bench/gpu/lib/moe-layer-build.ts: a DeepSeek-V2-Lite-sized MoE layer (8192 tokens per GPU, d 2048,
+// 64 experts of ffn 1408 sharded over ep=N, top-6, 2 shared experts, bf16), forward and backward as
+// one plan, run rank-locally (kernels + NCCL).
+//   1. check: the same program at a small size on the GPUs against the CPU-simulated mesh: y, the
+//      expert counts (exact) and every gradient (x, router, w1/w3/w2, shared), bf16 tolerance 1e-2
+//      (FP8: 5e-2, the FP8 GEMMs' error model is per element, the comparison is of the max);
+//   2. timing: the full size, weights and inputs resident, outputs left on the device; median wall
+//      time of --reps runs (default 10) after 3 warm-ups. Wall time, not events: the run ends with a
+//      stream synchronize and the host work between kernels (counts read for the exchanges) is part
+//      of the step, as the peer's .tolist() is of its step.
+// --fp8: the same again with the routed and shared experts in FP8 (stdlib/nn/fp8.ts).
+// Rank 0 prints one line per result and writes one JSON line per result to --json FILE.
+import { writeFileSync } from "node:fs";
+import { defineMain } from "../../../stdlib/model.ts";
+import { cudaExecutor, jobRank } from "../../../stdlib/run.ts";
+import { runPlanCpu } from "../../../runtime/cpu/executor.ts";
+import { buildLayer, forwardFlops, globalFeeds, rankFeeds, V2_LITE, type LayerSize } from "./moe-layer-build.ts";
+
+function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let num = 0, den = 0;
+  for (let i = 0; i < b.length; i++) {
+    if (a[i] !== a[i] || b[i] !== b[i]) return Infinity;
+    num = Math.max(num, Math.abs(a[i]! - b[i]!));
+    den = Math.max(den, Math.abs(b[i]!));
+  }
+  return den ? num / den : num;
+}
+
+export default defineMain(async ({ args, log }) => {
+  const W = Number(process.env.WORLD_SIZE ?? 1), rank = jobRank();
+  const opt = (name: string) => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
+  const outFile = opt("--json"), reps = Number(opt("--reps") ?? 10), T = Number(opt("--tokens") ?? V2_LITE.T);
+  const formats = args.includes("--fp8") ? [false, true] : [false];
+  const ex = cudaExecutor();
+  if (!ex.rankLocal) throw new Error("not in a multi-GPU job: run under shardts launch --nproc-per-node N with a GPU per rank");
+  if (V2_LITE.E % W) throw new Error(`${V2_LITE.E} experts do not split over ep=${W}`);
+  const results: Record<string, unknown>[] = [];
+  const say = (s: string) => rank === 0 && log(s);
+  let failures = 0;
+
+  for (const fp8 of formats) {
+    const fmt = fp8 ? "fp8" : "bf16";
+    // ---- 1. small size: GPUs against the CPU-simulated mesh (uneven expert loads, 2 experts a rank)
+    const z: LayerSize = { T: 256, D: 256, F: 128, E: 2 * W, K: 2, shared: 2 };
+    const what = `check ${fmt} T ${z.T} d ${z.D} ffn ${z.F} ${z.E} experts top-${z.K} (ep=${W})`;
+    try {
+      const layer = buildLayer(z, W, { fp8 });
+      const feeds = globalFeeds(layer, z);
+      const cpu = runPlanCpu(layer.plan, feeds).outputs, gpu = ex.run(layer.plan, feeds).outputs;
+      const tol = fp8 ? 5e-2 : 1e-2;
+      const errs = layer.outNames.map((k, i) => [k, relErr(gpu[i]!.data, cpu[i]!.data)] as const);
+      const bad = errs.filter(([k, e]) => (k === "counts" ? e !== 0 : !(e <= tol)));
+      if (bad.length) failures++;
+      say(`${what}: ${bad.length ? "FAIL" : "ok"}  (${errs.map(([k, e]) => `${k} ${e === 0 ? "equal" : e.toExponential(2)}`).join(", ")}; tolerance ${tol}, counts exact)`);
+      results.push({ kind: "check", impl: "shardts", fmt, world: W, ok: !bad.length, errors: Object.fromEntries(errs) });
+    } catch (e) {
+      failures++;
+      say(`${what}: FAIL with ${(e as Error).stack?.split("\n").slice(0, 4).join(" | ")}`);
+      results.push({ kind: "check", impl: "shardts", fmt, world: W, ok: false, error: String((e as Error).message) });
+    }
+
+    // ---- 2. full size, timed
+    const Z = { ...V2_LITE, T };
+    const names: string[] = [];
+    try {
+      const layer = buildLayer(Z, W, { fp8 });
+      for (const [name, pieces] of rankFeeds(layer, Z, rank)) ex.setResident(name, pieces), names.push(name);
+      const run = () => ex.run(layer.plan, undefined, [], { download: false });
+      for (let i = 0; i < 3; i++) run();
+      const ts: number[] = [];
+      for (let i = 0; i < reps; i++) {
+        const t0 = performance.now();
+        run();
+        ts.push(performance.now() - t0);
+      }
+      const ms = ts.sort((a, b) => a - b)[ts.length >> 1]!, flops = 3 * forwardFlops(Z);
+      const row = { kind: "time", impl: "shardts", fmt, world: W, tokens: Z.T, d: Z.D, ffn: Z.F, experts: Z.E, k: Z.K, shared: Z.shared, ms: +ms.toFixed(3), minMs: +ts[0]!.toFixed(3), tflops: +(flops / ms / 1e9).toFixed(1), peakGiB: +(ex.mem.peak / 2 ** 30).toFixed(2), instrs: layer.plan.instrs.length };
+      say(`time ${fmt} fwd+bwd T ${Z.T} per GPU (ep=${W}): ${row.ms} ms median of ${reps} (min ${row.minMs}), ${row.tflops} TFLOP/s per GPU (3 x forward FLOPs), peak ${row.peakGiB} GiB`);
+      results.push(row);
+    } catch (e) {
+      failures++;
+      say(`time ${fmt} (ep=${W}): FAIL with ${(e as Error).stack?.split("\n").slice(0, 4).join(" | ")}`);
+      results.push({ kind: "time", impl: "shardts", fmt, world: W, tokens: Z.T, error: String((e as Error).message) });
+    }
+    for (const n of names) ex.setResident(n, undefined);
+  }
+
+  if (rank === 0 && outFile) writeFileSync(outFile, results.map((r) => JSON.stringify(r)).join("\n") + "\n");
+  return failures ? 1 : 0;
+});

@@ -1,0 +1,48 @@
+// The EP MoE layer the multi-GPU benchmark times (bench/gpu/lib/moe-layer-build.ts), small, on the
+// CPU-simulated mesh: ep=2 (rows exchanged, experts split, the replicated weights' gradients Partial
+// over the ranks) must give the one-device run's forward, expert counts and every gradient.
+import { describe, expect, it } from "vitest";
+import { buildLayer, globalFeeds, rankFeeds, type LayerSize } from "../../bench/gpu/lib/moe-layer-build.ts";
+import { runPlanCpu } from "../../runtime/cpu/executor.ts";
+
+const relErr = (a: ArrayLike<number>, b: ArrayLike<number>) => {
+  let num = 0, den = 0;
+  for (let i = 0; i < b.length; i++) (num = Math.max(num, Math.abs(a[i]! - b[i]!))), (den = Math.max(den, Math.abs(b[i]!)));
+  return num / den;
+};
+
+function compare(z: LayerSize, fp8: boolean) {
+  const one = buildLayer(z, 1, { fp8, batch: 2 }), two = buildLayer(z, 2, { fp8 });
+  const want = runPlanCpu(one.plan, globalFeeds(one, z)).outputs, got = runPlanCpu(two.plan, globalFeeds(two, z)).outputs;
+  expect(two.outNames).toEqual(one.outNames);
+  expect(one.outNames).toEqual(["y", "counts", "dx", "drouter", "dw1", "dw3", "dw2", ...(z.shared ? ["ds0.w1", "ds0.w3", "ds0.w2"] : []), ...(z.shared > 1 ? ["ds1.w1", "ds1.w3", "ds1.w2"] : [])]);
+  one.outNames.forEach((name, i) => {
+    const a = got[i]!.data, b = want[i]!.data;
+    expect(a.length, name).toBe(b.length);
+    expect(b.some((v) => v !== 0), `${name} is not all zeros`).toBe(true);
+    if (name === "counts") expect(Array.from(a), name).toEqual(Array.from(b));
+    // bf16 outputs; the replicated weights' gradients are summed over the ranks in another order
+    else expect(relErr(a, b), name).toBeLessThan(1e-2);
+  });
+}
+
+describe("the EP MoE layer benchmark's program", () => {
+  it("ep=2 equals the one-device run: forward, counts, gradients of x and every weight (bf16)", () => {
+    compare({ T: 64, D: 32, F: 16, E: 8, K: 2, shared: 2 }, false);
+  });
+  it("the same with the FP8 recipe (fp8Dispatch, fp8SegmentDot, fp8Dot)", () => {
+    compare({ T: 16, D: 128, F: 128, E: 4, K: 2, shared: 1 }, true);
+  });
+  it("rank feeds (the full-size timing's): each rank's piece has its box's shape; replicated inputs agree over ranks, sharded ones differ", () => {
+    const z = { T: 8, D: 16, F: 8, E: 4, K: 2, shared: 1 };
+    const layer = buildLayer(z, 2), cut = globalFeeds(layer, z);
+    const r0 = rankFeeds(layer, z, 0), r1 = rankFeeds(layer, z, 1);
+    for (const [name, type] of layer.inputs) {
+      const a = r0.get(name)![0]!, b = r1.get(name)![1]!;
+      expect([a.shape, b.shape], name).toEqual([cut.get(name)![0]!.shape, cut.get(name)![1]!.shape]);
+      expect(r0.get(name)![1], `${name}: rank 0 holds only its own piece`).toBeUndefined();
+      const same = a.data.every((v, i) => v === b.data[i]);
+      expect(same, name).toBe(type.placements.every((p) => p === "R"));
+    }
+  });
+});
