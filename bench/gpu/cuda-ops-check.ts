@@ -22,6 +22,7 @@ import { redistribute } from "../../stdlib/ops/redistribute.ts";
 import { sum } from "../../stdlib/ops/reduce.ts";
 import { mul } from "../../stdlib/nn/ops-internal.ts";
 import { grad } from "../../stdlib/autodiff.ts";
+import { relError } from "./lib/compare.ts";
 
 const outDir = process.argv.includes("--out") ? process.argv[process.argv.indexOf("--out") + 1]! : ".";
 /** --only REGEX: just the op cases whose name matches (and the example and mesh checks only if it matches them too). */
@@ -182,19 +183,6 @@ const cases: { op: string; dtypes: DType[]; make: Maker; grouped?: (t: DType) =>
   },
 ];
 
-/** max |a-b| / max |b| (NaN must match NaN). */
-function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let num = 0, den = 0;
-  for (let i = 0; i < b.length; i++) {
-    if (a[i] !== a[i] || b[i] !== b[i]) {
-      if (a[i] !== a[i] && b[i] !== b[i]) continue;
-      return Infinity;
-    }
-    num = Math.max(num, Math.abs(a[i]! - b[i]!));
-    den = Math.max(den, Math.abs(b[i]!));
-  }
-  return den === 0 ? num : num / den;
-}
 const TOL: Record<string, number> = { f32: 1e-5, bf16: 1e-2, i32: 0, fp8e4m3: 0, fp8e5m2: 0 };
 
 // GEMM calls counted by entry point, so the segment cases show which path ran
@@ -239,7 +227,7 @@ for (const c of cases) {
       log(`${c.op} ${dtype}: ${g} grouped GEMM calls, ${lt} cuBLASLt calls (expected ${want ? "grouped only" : "cuBLASLt only"})${bad ? " FAIL" : ""}`);
     }
     outs.forEach((t, i) => {
-      const err = relErr(res.outputs[i]!.data, cpu.outputs[i]!.data);
+      const err = relError(res.outputs[i]!.data, cpu.outputs[i]!.data);
       const tol = TOL[t.type.dtype] ?? 1e-2;
       const list = perOp.get(c.op) ?? [];
       list.push({ err, tol, dtype: `${dtype}->${t.type.dtype}` });
@@ -268,8 +256,8 @@ for (const [name, def] of ([["moe-layer", moeLayer], ["tp-mlp", tpMlp]] as [stri
   const t0 = performance.now();
   const r2 = warmExec.run(plan);
   const warmMs = performance.now() - t0;
-  const errs = names.map((n, i) => `${n} ${relErr(r2.outputs[i]!.data, cpu.outputs[i]!.data).toExponential(2)}`);
-  const bad = names.some((n, i) => !(relErr(r1.outputs[i]!.data, cpu.outputs[i]!.data) <= (TOL[outputs[n]!.type.dtype] ?? 1e-2)));
+  const errs = names.map((n, i) => `${n} ${relError(r2.outputs[i]!.data, cpu.outputs[i]!.data).toExponential(2)}`);
+  const bad = names.some((n, i) => !(relError(r1.outputs[i]!.data, cpu.outputs[i]!.data) <= (TOL[outputs[n]!.type.dtype] ?? 1e-2)));
   if (bad) failures++;
   log(`${name.padEnd(10)} mesh ${JSON.stringify(def.mesh)}: max rel err ${errs.join(", ")}${bad ? " FAIL" : ""}`);
   log(`           cold: ${r1.stats.compiled} kernels compiled in ${(r1.stats.compileMs / 1000).toFixed(2)} s, run ${(r1.stats.ms / 1000).toFixed(2)} s; warm (disk cache, new executor): ${r2.stats.cacheHits} cache hits, ${(r2.stats.compileMs / 1000).toFixed(3)} s loading, run ${(warmMs / 1000).toFixed(3)} s; peak device memory ${(r1.stats.peakBytes / 2 ** 20).toFixed(1)} MiB`);
@@ -299,7 +287,7 @@ for (const t of (!only || only.test("moe_mesh") ? ["f32", "bf16", "fp8e4m3"] : [
     const exact = f8 ? 4 : 3;
     const plan = compile(mesh.builder.graph, outs.map((o) => o.ref));
     const cpu = runPlanCpu(plan), res = gpu.run(plan);
-    const errs = outs.map((_, i) => relErr(res.outputs[i]!.data, cpu.outputs[i]!.data));
+    const errs = outs.map((_, i) => relError(res.outputs[i]!.data, cpu.outputs[i]!.data));
     const bad = errs.some((e, i) => !(e <= (i < exact ? 0 : TOL[ft]!)));
     if (bad) failures++;
     log(`  ${t}: rows/perm/counts${f8 ? "/scales" : ""}/y/dx/dw max rel err ${errs.map((e) => e.toExponential(2)).join(" / ")}${bad ? " FAIL" : " ok"}`);

@@ -2,10 +2,7 @@
 // (test/fakes/native-addon.ts): the launch of each fused kernel is worked out once per instruction
 // and rank (runtime/cuda/launches.ts) and must pass exactly the argument blocks a launch worked out
 // afresh would, pointers included, as buffers move between runs; a new emit tuning starts over.
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { describe, expect, it } from "vitest";
 import { CudaExecutor } from "../../runtime/cuda/executor.ts";
 import { tuning } from "../../compiler/codegen/cuda/tuning.ts";
 import { compile } from "../../compiler/pipeline.ts";
@@ -16,6 +13,7 @@ import { packArgs } from "../../runtime/cuda/kernel-args.ts";
 import { MAX_DIMS } from "../../runtime/cuda/kernels/sources.ts";
 import { CachingAllocator, downloadAll, empty } from "../../runtime/cuda/memory.ts";
 import tpMlp from "../../examples/tp-mlp.ts";
+import { useTempKernelCache } from "../fakes/kernel-cache.ts";
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
 
@@ -32,14 +30,7 @@ function plan(sizes: Record<string, number>) {
 }
 
 describe("CUDA executor host path (fake native layer)", () => {
-  // the fake compiles every kernel to an empty image: keep those out of the real kernel cache
-  const saved = process.env.SHARDTS_CACHE_DIR, dir = mkdtempSync(join(tmpdir(), "shardts-fake-kernels-"));
-  beforeAll(() => void (process.env.SHARDTS_CACHE_DIR = dir));
-  afterAll(() => {
-    if (saved === undefined) delete process.env.SHARDTS_CACHE_DIR;
-    else process.env.SHARDTS_CACHE_DIR = saved;
-    rmSync(dir, { recursive: true, force: true });
-  });
+  useTempKernelCache();
 
   it("a warm launch cache passes the argument blocks that launches worked out afresh pass, as buffers move", () => {
     for (const sizes of [{ dp: 1, tp: 1 }, { dp: 2, tp: 2 }]) {

@@ -3,10 +3,7 @@
 // through empty groups, packed and unpacked rows, rows clipped at R and local groups that start past
 // the counts' first; and through the executor over the fake native layer, the grouped calls' problems
 // are exactly the cuBLASLt calls the loop makes when libcublas is missing.
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { describe, expect, it } from "vitest";
 import { dotProblems, groupedArgs, groupedRefusal, nonOverlapping, segments, wgradProblems, type SegmentLayout } from "../../runtime/cuda/segment-gemm.ts";
 import { CudaExecutor } from "../../runtime/cuda/executor.ts";
 import type { MatmulOptions } from "../../runtime/cuda/native-types.ts";
@@ -16,6 +13,7 @@ import { DTensor, Mesh, fromGlobal, type AnyDTensor } from "../../stdlib/index.t
 import { buildOn } from "../../stdlib/model.ts";
 import moeLayer from "../../examples/moe-layer.ts";
 import { fakeAddon } from "../fakes/native-addon.ts";
+import { useTempKernelCache } from "../fakes/kernel-cache.ts";
 
 let seed = 7;
 const rnd = () => ((seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32);
@@ -128,13 +126,7 @@ function segmentPlan(op: "segment_dot" | "segment_wgrad", dtype: DType) {
 }
 
 describe("segment contractions through the executor (fake native layer)", () => {
-  const saved = process.env.SHARDTS_CACHE_DIR, dir = mkdtempSync(join(tmpdir(), "shardts-fake-kernels-"));
-  beforeAll(() => void (process.env.SHARDTS_CACHE_DIR = dir));
-  afterAll(() => {
-    if (saved === undefined) delete process.env.SHARDTS_CACHE_DIR;
-    else process.env.SHARDTS_CACHE_DIR = saved;
-    rmSync(dir, { recursive: true, force: true });
-  });
+  useTempKernelCache();
 
   // every i32 read answers this pattern: skewed, with empty groups, and more rows than there are (clipped)
   const skew = [5, 0, 9, 0, 3, 12, 1, 7, 0, 2];

@@ -36,6 +36,7 @@ import type { DType } from "../../../compiler/ir/types.ts";
 import { allocLocal, type LocalTensor } from "../../../compiler/ir/local.ts";
 import { roundToBf16 } from "../../../compiler/numeric/bf16.ts";
 import { runPlanCpu } from "../../../runtime/cpu/executor.ts";
+import { relError } from "./compare.ts";
 
 type Routing = "random" | "skewed" | "empty";
 const E = 256, SEQ = 512;
@@ -70,15 +71,6 @@ const values = (n: number, dtype: DType, seed: number) => {
   return Float32Array.from({ length: n }, () => f(((s = (Math.imul(s, 1103515245) + 12345) >>> 0) / 2 ** 32 - 0.5) * 4));
 };
 
-function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let num = 0, den = 0;
-  for (let i = 0; i < b.length; i++) {
-    if (a[i] !== a[i] || b[i] !== b[i]) return Infinity;
-    num = Math.max(num, Math.abs(a[i]! - b[i]!));
-    den = Math.max(den, Math.abs(b[i]!));
-  }
-  return den ? num / den : num;
-}
 
 export default defineMain(async ({ args, log }) => {
   const W = Number(process.env.WORLD_SIZE ?? 1), rank = jobRank();
@@ -128,7 +120,7 @@ export default defineMain(async ({ args, log }) => {
           const plan = compile(mesh.builder.graph, Object.values(outs).map((t) => t.ref));
           const cpu = runPlanCpu(plan).outputs, gpu = onTransport("nccl", () => ex.run(plan).outputs);
           const tol = ft === "f32" ? 1e-5 : 1e-2;
-          const errs = Object.keys(outs).map((k, i) => [k, relErr(gpu[i]!.data, cpu[i]!.data)] as const);
+          const errs = Object.keys(outs).map((k, i) => [k, relError(gpu[i]!.data, cpu[i]!.data)] as const);
           const exact = new Set(["rows", "perm", "counts", "scales"]);
           const bad = errs.filter(([k, e]) => (exact.has(k) ? e !== 0 : !(e <= tol)));
           // NVLink against NCCL: the same kernels around another transport, so every output bit for bit

@@ -17,16 +17,8 @@ import { defineMain } from "../../../stdlib/model.ts";
 import { cudaExecutor, jobRank } from "../../../stdlib/run.ts";
 import { runPlanCpu } from "../../../runtime/cpu/executor.ts";
 import { buildLayer, forwardFlops, globalFeeds, rankFeeds, V2_LITE, type LayerSize } from "./moe-layer-build.ts";
+import { relError } from "./compare.ts";
 
-function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let num = 0, den = 0;
-  for (let i = 0; i < b.length; i++) {
-    if (a[i] !== a[i] || b[i] !== b[i]) return Infinity;
-    num = Math.max(num, Math.abs(a[i]! - b[i]!));
-    den = Math.max(den, Math.abs(b[i]!));
-  }
-  return den ? num / den : num;
-}
 
 export default defineMain(async ({ args, log }) => {
   const W = Number(process.env.WORLD_SIZE ?? 1), rank = jobRank();
@@ -50,7 +42,7 @@ export default defineMain(async ({ args, log }) => {
       const feeds = globalFeeds(layer, z);
       const cpu = runPlanCpu(layer.plan, feeds).outputs, gpu = ex.run(layer.plan, feeds).outputs;
       const tol = fp8 ? 5e-2 : 1e-2;
-      const errs = layer.outNames.map((k, i) => [k, relErr(gpu[i]!.data, cpu[i]!.data)] as const);
+      const errs = layer.outNames.map((k, i) => [k, relError(gpu[i]!.data, cpu[i]!.data)] as const);
       const bad = errs.filter(([k, e]) => (k === "counts" ? e !== 0 : !(e <= tol)));
       if (bad.length) failures++;
       say(`${what}: ${bad.length ? "FAIL" : "ok"}  (${errs.map(([k, e]) => `${k} ${e === 0 ? "equal" : e.toExponential(2)}`).join(", ")}; tolerance ${tol}, counts exact)`);

@@ -4,6 +4,7 @@
 // Inputs are fresh seeded random data, never zeros; tolerances follow DESIGN.md (f32 < 1e-5
 // relative, bf16 < 1e-2), with relative error = max |got - ref| / max |ref| over the output.
 import { mulberry32 } from "../../../test/helpers/prng.ts";
+import { relError } from "./compare.ts";
 import {
   CaptureStatus,
   NcclDataType,
@@ -134,16 +135,6 @@ function expectThrow(f: () => void, pattern: RegExp, what: string): string {
   throw new Error(`${what}: expected an error, got none`);
 }
 
-/** max |got - ref| / max |ref| */
-export function relError(got: ArrayLike<number>, ref: ArrayLike<number>): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < ref.length; i++) {
-    num = Math.max(num, Math.abs(got[i]! - ref[i]!));
-    den = Math.max(den, Math.abs(ref[i]!));
-  }
-  return den === 0 ? num : num / den;
-}
 
 function bf16BitsToF32(bits: number): number {
   const u = new Uint32Array([bits << 16]);
