@@ -1,7 +1,7 @@
 // The plan: what a backend executes. SPMD: one instruction list; every value slot records, for each
 // rank, the local shape and where that piece sits in the global tensor. Backends read these; they
 // never re-derive placements.
-import type { Attrs, MeshSpec, TensorType } from "./ir/types.ts";
+import { DTYPE_BYTES, type Attrs, type MeshSpec, type TensorType } from "./ir/types.ts";
 import type { Box } from "./ir/local.ts";
 import type { PlannedStep } from "./passes/redistribute-plan.ts";
 
@@ -29,6 +29,16 @@ export interface Plan {
 }
 
 /** The slots an instruction reads and writes (an op's inputs/outputs, a comm step's input/output). */
+/** The largest piece of a value over the ranks, in bytes. */
+export const pieceBytes = (v: PlanValue): number => DTYPE_BYTES[v.type.dtype] * Math.max(0, ...v.shapes.map((s) => s.reduce((a, b) => a * b, 1)));
+
+/**
+ * Ops whose backend reads a segmented dim's counts on the host to size its work (the CUDA backend's
+ * per-group GEMMs and padded FP8 layouts): such a read waits for everything issued before it, which
+ * the prefetch and schedule passes and graph capture must know.
+ */
+export const READS_COUNTS_ON_HOST: ReadonlySet<string> = new Set(["segment_dot", "segment_wgrad", "scaled_segment_dot", "scaled_segment_wgrad"]);
+
 export const readsOf = (ins: { kind: string; inputs?: number[]; input?: number }): number[] => ins.inputs ?? [ins.input!];
 export const writesOf = (ins: { kind: string; outputs?: number[]; output?: number }): number[] => ins.outputs ?? [ins.output!];
 

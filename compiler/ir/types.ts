@@ -4,6 +4,8 @@
 export type DType = "f32" | "bf16" | "fp8e4m3" | "fp8e5m2" | "i32";
 export const DTYPES: readonly DType[] = ["f32", "bf16", "fp8e4m3", "fp8e5m2", "i32"];
 export const isFloat = (t: DType) => t !== "i32";
+/** Bytes an element of each dtype takes. */
+export const DTYPE_BYTES: Readonly<Record<DType, number>> = { f32: 4, bf16: 2, i32: 4, fp8e4m3: 1, fp8e5m2: 1 };
 export const isFp8 = (t: DType) => t === "fp8e4m3" || t === "fp8e5m2";
 
 /** Compact placement notation, used as-is in types, IR, messages and dumps. */

@@ -64,6 +64,9 @@ const tokenAttrs = (attrs: Attrs) => ({
   k: attrStr(attrs.k, "top-k dim"), K: attrInt(attrs.numK, "top-k size"), keepK: attrs.keepK === true,
 });
 
+/** The family's ops: each exchanges rows over its axis inside one plan step (passes and backends special-case them). */
+export const MOE_OPS: ReadonlySet<string> = new Set(["moe_dispatch", "moe_combine", "moe_redispatch"]);
+
 // ---- the one-axis sharding rules -----------------------------------------------------------------
 
 /** The expert axis moves rows: tokens (sharded on a batch dim, or replicated) in, rows by expert out. */

@@ -14,9 +14,7 @@
 // gathers after it overlap the compute after it instead of holding it up. Steps keep their relative
 // order where they land at the same place. The runtime waits for a step only where its output is read
 // (runtime/cuda/nccl/collectives.ts), so a prefetched gather runs while the compute before it does.
-import { lastUses, readsOf, writesOf } from "../plan.ts";
-import type { PlanValue } from "../plan.ts";
-import type { DType } from "../ir/types.ts";
+import { lastUses, pieceBytes, readsOf, READS_COUNTS_ON_HOST, writesOf, type PlanValue } from "../plan.ts";
 
 /** What the pass needs of an instruction (a Plan's or a FusedPlan's). */
 type AnyInstr = { kind: string; op?: string; inputs?: number[]; input?: number; outputs?: number[]; output?: number };
@@ -30,14 +28,6 @@ export interface Prefetchable<I extends AnyInstr> {
 
 /** Default window: 256 MiB of prefetched comm outputs per rank. */
 export const DEFAULT_PREFETCH_BYTES = 256 * 2 ** 20;
-
-const BYTES: Record<DType, number> = { f32: 4, bf16: 2, i32: 4, fp8e4m3: 1, fp8e5m2: 1 };
-
-/** The largest piece of a value over the ranks, in bytes. */
-const pieceBytes = (v: PlanValue) => BYTES[v.type.dtype] * Math.max(0, ...v.shapes.map((s) => s.reduce((a, b) => a * b, 1)));
-
-/** Ops that read a segmented dim's counts on the host (runtime/cuda/ops.ts segmentContract). */
-const READS_COUNTS = new Set(["segment_dot", "segment_wgrad"]);
 
 /** Sources that depend on nothing and may move along with the step that reads them. */
 const MOVABLE_SOURCE = new Set(["input"]);
@@ -71,7 +61,7 @@ export function prefetchComms<I extends AnyInstr, P extends Prefetchable<I>>(pla
   const seen = new Set<number>(), barrier = new Array<number>(n).fill(-1);
   let last = -1;
   ins.forEach((x, i) => {
-    const needs = x.kind === "comm" ? [x.input!, x.output!] : x.kind === "op" && READS_COUNTS.has(x.op!) ? readsOf(x as never) : [];
+    const needs = x.kind === "comm" ? [x.input!, x.output!] : x.kind === "op" && READS_COUNTS_ON_HOST.has(x.op!) ? readsOf(x as never) : [];
     for (const s of needs) for (const c of countsOf(s)) if (!seen.has(c)) (seen.add(c), (last = i));
     barrier[i] = last; // the latest host read at or before i
   });

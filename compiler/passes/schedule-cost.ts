@@ -6,9 +6,8 @@
 // the first host read of a counts value waits for everything issued (RankLocal.allPieces flushes and
 // synchronizes). A MoE dispatch is its permute kernels, the count exchange, that host read, then the
 // token exchange; combine and redispatch move rows first and compute waits for them.
-import type { PlanValue } from "../plan.ts";
-import { readsOf, writesOf } from "../plan.ts";
-import type { DType } from "../ir/types.ts";
+import { pieceBytes, readsOf, READS_COUNTS_ON_HOST, writesOf, type PlanValue } from "../plan.ts";
+import { MOE_OPS } from "../ops/dispatch.ts";
 
 /** What the model needs of an instruction (a Plan's or a FusedPlan's). */
 export type AnyInstr = { kind: string; op?: string; inputs?: number[]; input?: number; outputs?: number[]; output?: number };
@@ -39,15 +38,10 @@ export const DEFAULT_COST: CostModel = {
   launch: 4e-6, commLatency: 20e-6, hostRead: 60e-6,
 };
 
-const BYTES: Record<DType, number> = { f32: 4, bf16: 2, i32: 4, fp8e4m3: 1, fp8e5m2: 1 };
 const CONTRACTIONS = new Set(["dot", "segment_dot", "segment_wgrad", "scaled_dot", "scaled_segment_dot", "scaled_segment_wgrad"]);
-/** Ops that read a segmented dim's counts on the host (runtime/cuda/ops.ts segmentContract). */
-export const READS_COUNTS = new Set(["segment_dot", "segment_wgrad"]);
-export const MOE_OPS = new Set(["moe_dispatch", "moe_combine", "moe_redispatch"]);
 
 /** Largest piece over the ranks: elements, bytes. */
 const elems = (v: PlanValue) => Math.max(0, ...v.shapes.map((s) => s.reduce((a, b) => a * b, 1)));
-export const bytes = (v: PlanValue) => BYTES[v.type.dtype] * elems(v);
 
 /** One instruction's work: compute-stream seconds, comm-stream seconds, and which comes first. */
 export interface InstrCost {
@@ -59,11 +53,11 @@ export interface InstrCost {
 
 export function instrCost(values: PlanValue[], ins: AnyInstr, m: CostModel): InstrCost {
   const r = readsOf(ins as never).map((s) => values[s]!), w = writesOf(ins as never).map((s) => values[s]!);
-  const moved = [...r, ...w].reduce((a, v) => a + bytes(v), 0);
-  if (ins.kind === "comm") return { compute: 0, comm: m.commLatency + Math.max(bytes(r[0]!), bytes(w[0]!)) / m.linkBandwidth, commFirst: true };
+  const moved = [...r, ...w].reduce((a, v) => a + pieceBytes(v), 0);
+  if (ins.kind === "comm") return { compute: 0, comm: m.commLatency + Math.max(pieceBytes(r[0]!), pieceBytes(w[0]!)) / m.linkBandwidth, commFirst: true };
   if (ins.kind === "op" && MOE_OPS.has(ins.op!)) {
     // the rows cross the link once; the permute kernels read and write them once more
-    const rows = ins.op === "moe_dispatch" ? bytes(w[0]!) : Math.max(bytes(r[0]!), bytes(w[0]!));
+    const rows = ins.op === "moe_dispatch" ? pieceBytes(w[0]!) : Math.max(pieceBytes(r[0]!), pieceBytes(w[0]!));
     const exchanges = ins.op === "moe_dispatch" ? 2 : 1;
     return { compute: m.launch * 2 + moved / m.memBandwidth, comm: exchanges * m.commLatency + rows / m.linkBandwidth, commFirst: ins.op !== "moe_dispatch" };
   }
@@ -93,7 +87,7 @@ export interface Timeline {
 export function countsReadOnHost(values: PlanValue[], ins: AnyInstr): number[] {
   const counts = (s: number) => Object.values(values[s]!.segCounts);
   if (ins.kind === "comm") return [...counts(ins.input!), ...counts(ins.output!)];
-  if (ins.kind === "op" && READS_COUNTS.has(ins.op!)) return readsOf(ins as never).flatMap(counts);
+  if (ins.kind === "op" && READS_COUNTS_ON_HOST.has(ins.op!)) return readsOf(ins as never).flatMap(counts);
   // dispatch sizes its token exchange by the exchanged counts; combine/redispatch move segmented rows
   if (ins.kind === "op" && MOE_OPS.has(ins.op!)) return [...readsOf(ins as never), ...writesOf(ins as never)].flatMap(counts);
   return [];

@@ -19,9 +19,10 @@
 // above their host-fed sources' places, within its byte window and never above a host read, which
 // the schedule's timeline does not price (parameters are resident or uploaded off the streams).
 import { CompileError } from "../errors.ts";
-import { lastUses, readsOf, writesOf } from "../plan.ts";
+import { MOE_OPS } from "../ops/dispatch.ts";
+import { lastUses, pieceBytes, readsOf, writesOf } from "../plan.ts";
 import type { PlanValue } from "../plan.ts";
-import { bytes, countsReadOnHost, DEFAULT_COST, instrCost, MOE_OPS, simulate, StreamSim, type AnyInstr, type CostModel, type Timeline } from "./schedule-cost.ts";
+import { countsReadOnHost, DEFAULT_COST, instrCost, simulate, StreamSim, type AnyInstr, type CostModel, type Timeline } from "./schedule-cost.ts";
 
 export interface Schedulable<I extends AnyInstr> {
   values: PlanValue[];
@@ -119,7 +120,7 @@ export function schedule<I extends AnyInstr, P extends Schedulable<I>>(plan: P, 
   const fits = (i: number) => {
     const x = ins[i]!;
     if (x.kind !== "comm" || aheadBytes === 0) return true;
-    return aheadBytes + writesOf(x as never).reduce((a, s) => a + bytes(values[s]!), 0) <= windowBytes;
+    return aheadBytes + writesOf(x as never).reduce((a, s) => a + pieceBytes(values[s]!), 0) <= windowBytes;
   };
   while (ready.length) {
     const open = ready.some((i) => !fits(i)) && ready.some(fits) ? ready.filter(fits) : ready;
@@ -135,7 +136,7 @@ export function schedule<I extends AnyInstr, P extends Schedulable<I>>(plan: P, 
     }
     ready.splice(ready.indexOf(pick), 1);
     for (const s of readsOf(ins[pick]! as never)) if (ahead.has(s)) (aheadBytes -= ahead.get(s)!), ahead.delete(s);
-    if (ins[pick]!.kind === "comm") for (const s of writesOf(ins[pick]! as never)) ahead.set(s, bytes(values[s]!)), (aheadBytes += bytes(values[s]!));
+    if (ins[pick]!.kind === "comm") for (const s of writesOf(ins[pick]! as never)) ahead.set(s, pieceBytes(values[s]!)), (aheadBytes += pieceBytes(values[s]!));
     for (const d of deps[pick]!) if (source[d] && !placed[d]) place(d);
     place(pick);
     for (const u of users[pick]!) if (--waiting[u]! === 0) ready.push(u);

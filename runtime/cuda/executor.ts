@@ -25,7 +25,8 @@ import { DEFAULT_TUNING, type EmitTuning } from "../../compiler/codegen/cuda/tun
 import { residentBlocks } from "../../compiler/codegen/cuda/launch.ts";
 import { fillPointers, packedLaunch, type LaunchCache } from "./launches.ts";
 import { cpuCtx } from "../cpu/executor.ts";
-import { MOE_OPS, runMoe } from "./moe.ts";
+import { runMoe } from "./moe.ts";
+import { MOE_OPS } from "../../compiler/ops/dispatch.ts";
 import { waitsAtOnce } from "./moe-exchange.ts";
 import { runStep } from "../cpu/collectives.ts";
 import { assemble, type GlobalTensor } from "../cpu/assemble.ts";

@@ -5,7 +5,7 @@
 // mesh of several ranks (not captured yet). The graph owns its memory: the pool the
 // captured run drew from, the staged host-made values and the outputs, freed by destroy().
 import type { LocalTensor } from "../../compiler/ir/local.ts";
-import type { Plan } from "../../compiler/plan.ts";
+import { READS_COUNTS_ON_HOST, type Plan } from "../../compiler/plan.ts";
 import { UsageError } from "../../compiler/errors.ts";
 import { assemble, type GlobalTensor } from "../cpu/assemble.ts";
 import { download, hostBits, type CachingAllocator, type DeviceTensor } from "./memory.ts";
@@ -21,11 +21,9 @@ export interface DeferredCheck {
   size: number;
 }
 
-const HOST_COUNTS = new Set(["segment_dot", "segment_wgrad", "scaled_segment_dot", "scaled_segment_wgrad"]);
-
 /** Why `plan` cannot be captured, or undefined when it can. */
 export function notCapturable(plan: Plan): string | undefined {
-  const seg = plan.instrs.find((i) => i.kind === "op" && HOST_COUNTS.has(i.op));
+  const seg = plan.instrs.find((i) => i.kind === "op" && READS_COUNTS_ON_HOST.has(i.op));
   if (seg && seg.kind === "op")
     return `it holds ${seg.op}, whose per-group row counts are read on the host to size each GEMM (device-side counts come with the MoE expert-parallel work); run it without capture`;
   const host = plan.instrs.find((i) => i.kind === "op" && getOp(i.op).global);

@@ -17,8 +17,6 @@ import * as M from "./kernels/moe-sources.ts";
 import type { CudaExecutor } from "./executor.ts";
 import { runMoeNvlink } from "./moe-nvlink.ts";
 
-export const MOE_OPS = new Set(["moe_dispatch", "moe_combine", "moe_redispatch"]);
-
 const names = (t: TensorType) => t.dims.map((d) => d.name);
 
 type OpInstr = Extract<Plan["instrs"][number], { kind: "op" }>;

@@ -16,7 +16,7 @@ import { mul } from "../../stdlib/nn/ops-internal.ts";
 import { grad } from "../../stdlib/autodiff.ts";
 import { compile } from "../../compiler/pipeline.ts";
 import { CachingAllocator, empty, type DeviceTensor } from "../../runtime/cuda/memory.ts";
-import { MOE_OPS } from "../../runtime/cuda/moe.ts";
+import { MOE_OPS } from "../../compiler/ops/dispatch.ts";
 import { runMoeNvlink } from "../../runtime/cuda/moe-nvlink.ts";
 import { RECORD_FIELDS } from "../../runtime/cuda/ipc.ts";
 import type { CudaExecutor } from "../../runtime/cuda/executor.ts";
