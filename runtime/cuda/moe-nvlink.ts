@@ -56,7 +56,6 @@ const ARITY: Record<string, { inputs: number[]; outputs: number }> = {
 
 const names = (t: TensorType) => t.dims.map((d) => d.name);
 const prod = (xs: number[]) => xs.reduce((a, b) => a * b, 1);
-const wordOf = (bytes: number, ptrs: bigint[]) => ([16, 4, 1] as const).find((v) => bytes % v === 0 && ptrs.every((p) => p % BigInt(v) === 0n))!;
 
 function windowOf(exe: CudaExecutor, plan: Plan, axis: string): PeerWindow {
   const dist = exe.rankLocal!, a = plan.mesh.axes.indexOf(axis), key = `${plan.mesh.sizes.join("x")}/${axis}`;
@@ -158,7 +157,7 @@ function run(exe: CudaExecutor, plan: Plan, ins: OpInstr, slots: (DeviceTensor[]
     temps.push(counts);
     launch(exe, M.moeRoute(), Math.min(Bloc, exe.smCount * 8), M.MOE_ROUTE_BLOCK, [["ptr", counts.ptr], ["ptr", perm.ptr], ["ptr", I.ptr], ["i64", Bloc], ["i32", n], ["i32", G]]);
     const L = w.ensure({ blocks, countsCap: geo.Bdst * G, lensCap: geo.ranks.length * geo.Bdst, rowsCap: geo.Bdst * n * rowBytes });
-    const epoch = w.nextEpoch(), p = parityAreas(L, epoch), V = wordOf(rowBytes, [X.ptr, rows.ptr]);
+    const epoch = w.nextEpoch(), p = parityAreas(L, epoch), V = M.gatherWord(rowBytes, [X.ptr, rows.ptr]);
     launch(exe, moeNvlPush({ redispatch: false, V }), blocks, NVL_BLOCK, [...head(w, table, geo, L, epoch), ["i64", p.counts], ["i64", p.lens], ["i64", L.rows],
       ["ptr", X.ptr], ["ptr", perm.ptr], ["ptr", counts.ptr], ["ptr", 0n], ["i32", Bloc], ["i32", geo.Bdst], ["i32", G], ["i32", n], ["i32", Kk], ["i64", S], ["i64", rowBytes / V], ["ptr", rows.ptr], ["ptr", cOut.ptr]]);
   } else {
@@ -179,7 +178,7 @@ function run(exe: CudaExecutor, plan: Plan, ins: OpInstr, slots: (DeviceTensor[]
       const inner = names(tr).filter((nm) => nm !== rowsDim.name && !batch.includes(nm));
       const R = reorder(ins.inputs[0]!, [...batch, rowsDim.name, ...inner]), D = prod(R.shape.slice(batch.length + 1)), rowBytes = D * elemBytes(dt);
       const L = w.ensure({ blocks, countsCap: 0, lensCap: geo.ranks.length * geo.Bdst, rowsCap: geo.Bdst * n * rowBytes });
-      const epoch = w.nextEpoch(), V = wordOf(rowBytes, [R.ptr]);
+      const epoch = w.nextEpoch(), V = M.gatherWord(rowBytes, [R.ptr]);
       launch(exe, moeNvlCombine(V), blocks, NVL_BLOCK, [...head(w, table, geo, L, epoch), ["i64", parityAreas(L, epoch).lens], ["i64", L.rows], ["ptr", R.ptr], ["ptr", C.ptr], ["i32", geo.Bdst], ["i32", n], ["i64", rowBytes / V]]);
       // this rank's window now holds its tokens' rows in sorted order: un-permute and weigh in place
       const Bn = Bloc * n, pos = empty(exe.mem, "i32", [Bn]), moved = w.base + BigInt(L.rows);
@@ -197,7 +196,7 @@ function run(exe: CudaExecutor, plan: Plan, ins: OpInstr, slots: (DeviceTensor[]
       const rowBytes = D * elemBytes(ts.dtype), rows = out(0, ts.dtype);
       const L = w.ensure({ blocks, countsCap: 0, lensCap: geo.ranks.length * geo.Bdst, rowsCap: geo.Bdst * n * rowBytes });
       const epoch = w.nextEpoch(), p = parityAreas(L, epoch);
-      const V = Wt ? 1 : wordOf(rowBytes, [X.ptr, rows.ptr]), words = Wt ? D : rowBytes / V;
+      const V = Wt ? 1 : M.gatherWord(rowBytes, [X.ptr, rows.ptr]), words = Wt ? D : rowBytes / V;
       const k = Wt ? moeNvlPush({ redispatch: true, V: 1, weighted: needFloat("moe_redispatch", ts) }) : moeNvlPush({ redispatch: true, V });
       launch(exe, k, blocks, NVL_BLOCK, [...head(w, table, geo, L, epoch), ["i64", p.counts], ["i64", p.lens], ["i64", L.rows],
         ["ptr", X.ptr], ["ptr", P.ptr], ["ptr", C.ptr], ["ptr", Wt?.ptr ?? 0n], ["i32", Bloc], ["i32", geo.Bdst], ["i32", 0], ["i32", n], ["i32", keepK ? 1 : Kk], ["i64", keepK ? n : S], ["i64", words], ["ptr", rows.ptr], ["ptr", 0n]]);

@@ -26,7 +26,7 @@
 // one peer, so the waits need no atomics, only NB x W loads. A wait that exceeds timeoutNs traps (the
 // job then fails with a launch error instead of hanging: a peer that never arrives ran another plan).
 import type { DType } from "../../../compiler/ir/types.ts";
-import { ctype, PRELUDE } from "./sources.ts";
+import { ctype, memo, PRELUDE } from "./sources.ts";
 
 /** Largest expert-axis group the kernels take (their flag and bound arrays are sized by it). */
 export const NVL_MAX_RANKS = 8;
@@ -96,7 +96,16 @@ const word = (V: 16 | 4 | 1) => (V === 16 ? "uint4" : V === 4 ? "unsigned int" :
  * lens table its notify phase fills). geo = efirst[W+1] | dstOf[Bloc]. Sorted row j of batch entry
  * lb (perm order) lands at peer q's rows[dstOf[lb], j - start_q(lb)], q the rank whose experts hold j.
  */
-export function moeNvlPush(o: { redispatch: boolean; V: 16 | 4 | 1; weighted?: DType }): { name: string; source: string } {
+export function moeNvlPush(o: NvlPush): { name: string; source: string } {
+  const key = `${o.redispatch ? "r" : "d"}${o.V}${o.weighted ?? ""}`;
+  let k = pushKernels.get(key);
+  if (!k) pushKernels.set(key, (k = makePush(o)));
+  return k;
+}
+type NvlPush = { redispatch: boolean; V: 16 | 4 | 1; weighted?: DType };
+/** Built once per specialisation (the executor looks sources up by identity on every launch). */
+const pushKernels = new Map<string, { name: string; source: string }>();
+function makePush(o: NvlPush): { name: string; source: string } {
   const W_T = o.weighted ? ctype(o.weighted) : word(o.V);
   const name = `shardts_moe_nvl_${o.redispatch ? "redispatch" : "dispatch"}_${o.weighted ? `w_${o.weighted}` : `v${o.V}`}`;
   const copy = o.weighted
@@ -179,7 +188,7 @@ extern "C" __global__ void __launch_bounds__(${NVL_BLOCK}, 1) ${name}(const unsi
  * window holds the rows in the tokens' sorted layout, which moeInvert + moeCombine then read in
  * place. geo = efirst[W+1] | srcRank[Bdst] | srcLb[Bdst].
  */
-export function moeNvlCombine(V: 16 | 4 | 1): { name: string; source: string } {
+export const moeNvlCombine = memo((V: 16 | 4 | 1): { name: string; source: string } => {
   const name = `shardts_moe_nvl_combine_v${V}`;
   return {
     name,
@@ -215,7 +224,7 @@ extern "C" __global__ void __launch_bounds__(${NVL_BLOCK}, 1) ${name}(const unsi
 }
 #undef nvl_word`,
   };
-}
+});
 
 export function moeNvlSources(): { name: string; source: string }[] {
   const Vs = [16, 4, 1] as const;

@@ -5,7 +5,7 @@
 // weighted combine. Each gives the CPU reference's results bit for bit: the combine adds a token's
 // rows in row order in double precision, as the reference does, and rounds once.
 import type { DType } from "../../../compiler/ir/types.ts";
-import { ctype, PRELUDE } from "./sources.ts";
+import { ctype, memo, PRELUDE } from "./sources.ts";
 
 /** Most experts a permute block sorts by (its shared memory holds a count per expert and warp). */
 export const MOE_MAX_GROUPS = 1024;
@@ -18,7 +18,7 @@ export const MOE_ROUTE_BLOCK = 256;
  * One block per batch entry: a shared histogram, a scan, then chunks of 256 slots placed stably
  * (within a warp by __match_any_sync ranks, across warps by per-warp counts).
  */
-export function moeRoute(): { name: string; source: string } {
+export const moeRoute = memo((): { name: string; source: string } => {
   const name = "shardts_moe_route";
   return {
     name,
@@ -57,10 +57,10 @@ extern "C" __global__ void __launch_bounds__(${MOE_ROUTE_BLOCK}) ${name}(int* __
   }
 }`,
   };
-}
+});
 
 /** pos[b, perm[b, j]] = j: the row of each slot (pos starts as -1 everywhere: dropped slots stay -1). */
-export function moeInvert(): { name: string; source: string } {
+export const moeInvert = memo((): { name: string; source: string } => {
   const name = "shardts_moe_invert";
   return {
     name,
@@ -72,7 +72,7 @@ extern "C" __global__ void ${name}(int* __restrict__ pos, const int* __restrict_
   }
 }`,
   };
-}
+});
 
 /**
  * The word moeGatherRows moves: the widest of 16, 4 and 1 bytes that divides the row's bytes and
@@ -87,7 +87,7 @@ export function gatherWord(rowBytes: number, ptrs: bigint[]): 16 | 4 | 1 {
  * token's row for each of its slots; per = 1: one source row per slot). Rows whose perm is -1 are
  * zeros. A warp per row, moving \`V\`-byte words (rowBytes a multiple of V, pointers aligned to V).
  */
-export function moeGatherRows(V: 16 | 4 | 1): { name: string; source: string } {
+export const moeGatherRows = memo((V: 16 | 4 | 1): { name: string; source: string } => {
   const W = `moe_word${V}`, name = `shardts_moe_gather_rows_v${V}`;
   return {
     name,
@@ -104,10 +104,10 @@ extern "C" __global__ void ${name}(${W}* __restrict__ out, const ${W}* __restric
   }
 }`,
   };
-}
+});
 
 /** Redispatch: out[r, d] = src[row of perm[r], d] * w[b, perm[r]] rounded to the dtype (as mul()). */
-export function moeGatherWeighted(t: DType): { name: string; source: string } {
+export const moeGatherWeighted = memo((t: DType): { name: string; source: string } => {
   const T = ctype(t), name = `shardts_moe_gather_weighted_${t}`;
   return {
     name,
@@ -125,14 +125,14 @@ extern "C" __global__ void ${name}(${T}* __restrict__ out, const ${T}* __restric
   }
 }`,
   };
-}
+});
 
 /**
  * Combine: y[b, t, d] = sum over t's slots k (in row order) of rows[b, pos[b, t*K+k], d], each
  * times w[b, t, k] rounded to the dtype when weighted; keepK writes y[b, t, k, d] unsummed. A warp
  * per token; sums in double, rounded once (the CPU reference's order and rounding).
  */
-export function moeCombine(t: DType): { name: string; source: string } {
+export const moeCombine = memo((t: DType): { name: string; source: string } => {
   const T = ctype(t), name = `shardts_moe_combine_${t}`;
   return {
     name,
@@ -164,7 +164,7 @@ extern "C" __global__ void ${name}(${T}* __restrict__ y, const ${T}* __restrict_
   }
 }`,
   };
-}
+});
 
 export function moeSources(): { name: string; source: string }[] {
   const ts: DType[] = ["f32", "bf16"];

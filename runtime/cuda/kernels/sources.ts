@@ -8,12 +8,12 @@ export const MAX_DIMS = 8;
 
 type Kernel = { name: string; source: string };
 /**
- * Each kernel is built once per element type and the same object returned after: the executor looks
+ * Each kernel is built once per specialisation (element type, word size) and the same object returned after: the executor looks
  * compiled functions up by name and source on every launch (CudaExecutor.fn), and an unchanged
  * source string compares by identity instead of by its characters.
  */
-function memo<A extends [] | [DType]>(make: (...a: A) => Kernel): (...a: A) => Kernel {
-  const made = new Map<DType | undefined, Kernel>();
+export function memo<A extends [] | [string | number]>(make: (...a: A) => Kernel): (...a: A) => Kernel {
+  const made = new Map<string | number | undefined, Kernel>();
   return (...a: A) => {
     let k = made.get(a[0]);
     if (!k) made.set(a[0], (k = make(...a)));
