@@ -6,7 +6,6 @@ import type { Plan } from "../../compiler/plan.ts";
 import { numel } from "../../compiler/ir/types.ts";
 import { stridesOf } from "../../compiler/ir/local.ts";
 import { CompileError } from "../../compiler/errors.ts";
-import type { GlobalTensor } from "../cpu/assemble.ts";
 import { empty, type DeviceTensor } from "./memory.ts";
 import * as K from "./kernels/sources.ts";
 import { concatSplit, dot, gather, scatterAdd, segmentContract } from "./ops.ts";
@@ -17,7 +16,7 @@ import type { CudaExecutor } from "./executor.ts";
 type OpInstr = Extract<Plan["instrs"][number], { kind: "op" }>;
 const names = (t: TensorType) => t.dims.map((d) => d.name);
 
-export function deviceOp(ex: CudaExecutor, plan: Plan, ins: OpInstr, r: number, coords: number[], x: DeviceTensor[], tIn: TensorType[], tOut: TensorType[], outShape: (o: number) => number[], counts: (s: number) => GlobalTensor): DeviceTensor[] {
+export function deviceOp(ex: CudaExecutor, plan: Plan, ins: OpInstr, r: number, coords: number[], x: DeviceTensor[], tIn: TensorType[], tOut: TensorType[], outShape: (o: number) => number[]): DeviceTensor[] {
   const a = ins.attrs;
   switch (ins.op) {
     case "full":
@@ -34,7 +33,7 @@ export function deviceOp(ex: CudaExecutor, plan: Plan, ins: OpInstr, r: number, 
       return [dot(ex, x[0]!, x[1]!, tIn[0]!, tIn[1]!, tOut[0]!, outShape(0), a)];
     case "segment_dot":
     case "segment_wgrad":
-      return [segmentContract(ex, ins.op, plan, ins, r, x, tIn, tOut[0]!, outShape(0), counts)];
+      return [segmentContract(ex, ins.op, plan, ins, r, x, tIn, tOut[0]!, outShape(0))];
     case "scaled_segment_dot":
       return [scaledSegmentDotCuda(ex, plan, ins, r, x, tIn, tOut[0]!, outShape(0))];
     case "scaled_segment_wgrad":

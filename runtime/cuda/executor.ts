@@ -419,7 +419,7 @@ export class CudaExecutor {
         } else {
           const outs = ins.outputs.map(() => new Array<DeviceTensor>(W));
           for (const r of ranks) {
-            const got = this.op(plan, ins, r, coords[r]!, slots, feeds, counts);
+            const got = this.op(plan, ins, r, coords[r]!, slots, feeds);
             got.forEach((d, o) => (outs[o]![r] = d));
             kernels++;
           }
@@ -448,7 +448,7 @@ export class CudaExecutor {
   }
 
   /** One non-fused op on rank r: host-made values here (they depend on resident inputs and capture), the rest in device-ops.ts. */
-  private op(plan: Plan, ins: Extract<Plan["instrs"][number], { kind: "op" }>, r: number, coords: number[], slots: (DeviceTensor[] | undefined)[], feeds: ReadonlyMap<string, LocalTensor[]> | undefined, counts: (s: number) => GlobalTensor): DeviceTensor[] {
+  private op(plan: Plan, ins: Extract<Plan["instrs"][number], { kind: "op" }>, r: number, coords: number[], slots: (DeviceTensor[] | undefined)[], feeds: ReadonlyMap<string, LocalTensor[]> | undefined): DeviceTensor[] {
     const tIn = ins.inputs.map((s) => plan.values[s]!.type), tOut = ins.outputs.map((s) => plan.values[s]!.type);
     const x = ins.inputs.map((s) => slots[s]![r]!);
     const outShape = (o: number) => plan.values[ins.outputs[o]!]!.shapes[r]!;
@@ -465,7 +465,7 @@ export class CudaExecutor {
       const host = getOp(ins.op).cpu([], a, cpuCtx(plan, ins, r, coords, feeds));
       return host.map((t) => upload(this.addon, this.mem, t, this.stream));
     }
-    return deviceOp(this, plan, ins, r, coords, x, tIn, tOut, outShape, counts);
+    return deviceOp(this, plan, ins, r, coords, x, tIn, tOut, outShape);
   }
 
   /** Reorders a tensor this code owns, releasing the original when a copy was made. */

@@ -8,7 +8,6 @@ import { numel } from "../../compiler/ir/types.ts";
 import { stridesOf } from "../../compiler/ir/local.ts";
 import { CompileError } from "../../compiler/errors.ts";
 import { contractAttr, dotDims } from "../../compiler/ops/contraction.ts";
-import type { GlobalTensor } from "../cpu/assemble.ts";
 import { download, empty, type DeviceTensor } from "./memory.ts";
 import { matmulPlans } from "./matmul-plans.ts";
 import { dotProblems, runProblems, segments, wgradProblems } from "./segment-gemm.ts";
@@ -35,7 +34,7 @@ export function dot(ex: CudaExecutor, a: DeviceTensor, b: DeviceTensor, ta: Tens
   return ex.reorderOwned(C, order, nm(to));
 }
 
-export function segmentContract(ex: CudaExecutor, op: string, plan: Plan, ins: Extract<Plan["instrs"][number], { kind: "op" }>, r: number, x: DeviceTensor[], tIn: TensorType[], to: TensorType, shape: number[], counts: (s: number) => GlobalTensor): DeviceTensor {
+export function segmentContract(ex: CudaExecutor, op: string, plan: Plan, ins: Extract<Plan["instrs"][number], { kind: "op" }>, r: number, x: DeviceTensor[], tIn: TensorType[], to: TensorType, shape: number[]): DeviceTensor {
   const [tx, tw, tc] = tIn as [TensorType, TensorType, TensorType];
   const nm = (t: TensorType) => t.dims.map((d) => d.name);
   const rows = tx.dims.find((d) => d.segmented)!, groups = rows.segmented!.groups;
