@@ -4,12 +4,8 @@
 import { describe, expect, it } from "vitest";
 import { buildLayer, globalFeeds, rankFeeds, type LayerSize } from "../../bench/gpu/lib/moe-layer-build.ts";
 import { runPlanCpu } from "../../runtime/cpu/executor.ts";
+import { relError } from "../../bench/gpu/lib/compare.ts";
 
-const relErr = (a: ArrayLike<number>, b: ArrayLike<number>) => {
-  let num = 0, den = 0;
-  for (let i = 0; i < b.length; i++) (num = Math.max(num, Math.abs(a[i]! - b[i]!))), (den = Math.max(den, Math.abs(b[i]!)));
-  return num / den;
-};
 
 function compare(z: LayerSize, fp8: boolean) {
   const one = buildLayer(z, 1, { fp8, batch: 2 }), two = buildLayer(z, 2, { fp8 });
@@ -22,7 +18,7 @@ function compare(z: LayerSize, fp8: boolean) {
     expect(b.some((v) => v !== 0), `${name} is not all zeros`).toBe(true);
     if (name === "counts") expect(Array.from(a), name).toEqual(Array.from(b));
     // bf16 outputs; the replicated weights' gradients are summed over the ranks in another order
-    else expect(relErr(a, b), name).toBeLessThan(1e-2);
+    else expect(relError(a, b), name).toBeLessThan(1e-2);
   });
 }
 
