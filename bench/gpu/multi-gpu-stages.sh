@@ -124,11 +124,11 @@ stage_moe_layer_ep() {
   timeout 300 python3 -m torch.distributed.run --nproc-per-node "$N" bench/peers/moe_layer_ep.py --json "$OUT/moe-layer-ep-torch.jsonl" > "$OUT/moe-layer-ep-torch.log" 2>&1
   rc=$?; note "moe layer ep=$N torch: exit $rc"
   python3 - "$OUT" > "$OUT/moe-layer-ep-ratio.txt" <<'PY'
-import json, os, sys
+import sys
+sys.path.insert(0, "bench/gpu/lib")
+from results import rows
 o = sys.argv[1]
-def load(f):
-    p = os.path.join(o, f)
-    return [json.loads(l) for l in open(p) if l.strip()] if os.path.exists(p) else []
+load = lambda f: rows(o, f)
 s, t = load("moe-layer-ep-shardts.jsonl"), load("moe-layer-ep-torch.jsonl")
 for r in s + t:
     if r["kind"] == "check": print(f"check {r['impl']} {r.get('fmt', 'bf16')} ep={r['world']}: {'ok' if r['ok'] else 'FAIL'} {r.get('errors', r.get('error'))}")

@@ -38,11 +38,11 @@ rc=$?; note "collectives shardts: exit $rc"
 timeout 100 python3 -m torch.distributed.run --nproc-per-node "$N" bench/peers/collectives.py --json "$OUT/collectives-torch.jsonl" > "$OUT/collectives-torch.log" 2>&1
 rc=$?; note "collectives torch: exit $rc"
 python3 - "$OUT" > "$OUT/collectives-ratio.txt" <<'PY'
-import json, sys, os
+import sys
+sys.path.insert(0, "bench/gpu/lib")
+from results import rows
 o = sys.argv[1]
-def load(f):
-    p = os.path.join(o, f)
-    return {(r["op"], r["mibPerRank"]): r for r in map(json.loads, open(p))} if os.path.exists(p) else {}
+load = lambda f: {(r["op"], r["mibPerRank"]): r for r in rows(o, f)}
 s, t = load("collectives-shardts.jsonl"), load("collectives-torch.jsonl")
 # raw: the same NCCL calls without the plan step, on the axis communicator (split from the world) and
 # on the world communicator itself; ms ratios against torch's time (>1: slower than torch)
@@ -123,11 +123,11 @@ rc=$?; note "moe dispatch shardts: exit $rc ($(grep -c ': ok' "$OUT/moe-dispatch
 timeout 300 python3 -m torch.distributed.run --nproc-per-node "$N" bench/peers/moe_dispatch.py --json "$OUT/moe-dispatch-torch.jsonl" > "$OUT/moe-dispatch-torch.log" 2>&1
 rc=$?; note "moe dispatch torch: exit $rc"
 python3 - "$OUT" > "$OUT/moe-dispatch-ratio.txt" <<'PY'
-import json, sys, os
+import sys
+sys.path.insert(0, "bench/gpu/lib")
+from results import rows
 o = sys.argv[1]
-def load(f):
-    p = os.path.join(o, f)
-    return {(r["tokens"], r["d"], r["k"], r.get("fmt", "bf16"), r.get("transport", "-")): r for r in map(json.loads, open(p)) if r.get("kind") == "time"} if os.path.exists(p) else {}
+load = lambda f: {(r["tokens"], r["d"], r["k"], r.get("fmt", "bf16"), r.get("transport", "-")): r for r in rows(o, f, "time")}
 s, t = load("moe-dispatch-shardts.jsonl"), load("moe-dispatch-torch.jsonl")
 t = {k[:4]: v for k, v in t.items()}
 nan = float("nan")
