@@ -5,7 +5,8 @@ import type { Plan } from "../compiler/plan.ts";
 import type { DType } from "../compiler/ir/types.ts";
 import { compile } from "../compiler/pipeline.ts";
 import { UsageError } from "../compiler/errors.ts";
-import { resolveBackend, runPlan, type Backend } from "./run.ts";
+import { cudaExecutor, resolveBackend, runPlan, type Backend } from "./run.ts";
+import { CarriedValues } from "../runtime/cuda/carried.ts";
 import type { TraceEvent } from "../runtime/cuda/trace.ts";
 import { DTensor, type AnyDTensor } from "./dtensor.ts";
 import type { Mesh } from "./mesh.ts";
@@ -77,15 +78,37 @@ export class Program<O extends string = string> {
   /** CUDA backend: while set, each run appends its timeline (runtime/cuda/trace.ts) to it. */
   trace?: TraceEvent[];
 
-  /** Runs once. Every input must be fed; returns each output's pieces. */
+  /** Runs once. Every input must be fed (or carried); returns each output's pieces. */
   run(feeds: Record<string, Pieces>): Record<O, Pieces> {
     return this.runGlobal(feeds, []).pieces;
   }
 
-  /** Runs once; returns every output's pieces and reads back the outputs named in `read` (default: all). */
-  runGlobal(feeds: Record<string, Pieces>, read: readonly O[] = this.outputNames): { pieces: Record<O, Pieces>; values: Record<O, GlobalValue> } {
-    for (const n of this.inputs) if (!feeds[n]) throw new UsageError(`Program.run(): input '${n}' was not fed`);
-    const res = runPlan(this.plan, this.backend, new Map(Object.entries(feeds)), read.map((n) => this.outputNames.indexOf(n)), this.trace);
+  /** CPU backend: the pieces carried from the last run, by input name (CUDA keeps them on the device). */
+  private readonly carriedHost = new Map<string, Pieces>();
+  private readonly carriedNames = new Set<string>();
+
+  /**
+   * Runs once; returns every output's pieces and reads back the outputs named in `read` (default: all).
+   * `carry` (output name -> input name): those outputs become that input of the next run, which then
+   * need not feed it (a training step's parameters and moments). On CUDA they stay on the device and
+   * their `pieces` come back as holes unless `read` names them; `carried(name)` reads them.
+   */
+  runGlobal(feeds: Record<string, Pieces>, read: readonly O[] = this.outputNames, opts: { carry?: Partial<Record<O, string>> } = {}): { pieces: Record<O, Pieces>; values: Record<O, GlobalValue> } {
+    const carry = new Map<number, string>();
+    for (const [o, name] of Object.entries(opts.carry ?? {}) as [O, string][]) {
+      const i = this.outputNames.indexOf(o);
+      if (i < 0) throw new UsageError(`Program.run(): carry names '${o}', which is not an output (outputs: ${this.outputNames.join(", ")})`);
+      carry.set(i, name);
+    }
+    if (carry.size) CarriedValues.check(this.plan, carry);
+    for (const n of this.inputs) if (!feeds[n] && !this.carriedNames.has(n)) throw new UsageError(`Program.run(): input '${n}' was not fed`);
+    const all = new Map(Object.entries(feeds));
+    if (this.backend === "cpu") for (const [n, p] of this.carriedHost) if (!all.has(n)) all.set(n, p);
+    const res = runPlan(this.plan, this.backend, all, read.map((n) => this.outputNames.indexOf(n)), this.trace, carry.size ? carry : undefined);
+    for (const [i, name] of carry) {
+      this.carriedNames.add(name);
+      if (this.backend === "cpu") this.carriedHost.set(name, res.locals[i]!);
+    }
     const pieces = Object.fromEntries(this.outputNames.map((n, i) => [n, res.locals[i]!])) as Record<O, Pieces>;
     const values = Object.fromEntries(
       read.map((n) => {
@@ -94,5 +117,18 @@ export class Program<O extends string = string> {
       }),
     ) as Record<O, GlobalValue>;
     return { pieces, values };
+  }
+
+  /** The pieces last carried into input `name` (CUDA: read back from the device), or undefined. */
+  carried(name: string): Pieces | undefined {
+    if (!this.carriedNames.has(name)) return undefined;
+    return this.backend === "cpu" ? this.carriedHost.get(name) : cudaExecutor().carried.read(this.plan, name);
+  }
+
+  /** Forgets (and on CUDA frees) the carried inputs: the next run must feed them again. */
+  dropCarried(): void {
+    if (this.backend === "cuda" && this.carriedNames.size) cudaExecutor().carried.drop(this.plan);
+    this.carriedHost.clear();
+    this.carriedNames.clear();
   }
 }

@@ -62,9 +62,9 @@ export async function joinGpuJob(backend: Backend = "auto"): Promise<JoinedJob |
 /** This process's rank in a joined GPU job (0 otherwise). */
 export const jobRank = (): number => job?.env.rank ?? 0;
 
-/** Runs a compiled plan on the chosen backend. */
-export function runPlan(plan: Plan, backend: "cpu" | "cuda", feeds?: ReadonlyMap<string, LocalTensor[]>, read?: readonly number[], trace?: TraceEvent[]): CpuRunResult {
-  return backend === "cuda" ? cudaExecutor().run(plan, feeds, read, { trace }) : runPlanCpu(plan, feeds, read);
+/** Runs a compiled plan on the chosen backend. `carry` (CUDA): outputs kept on the device as the plan's next inputs (runtime/cuda/carried.ts). */
+export function runPlan(plan: Plan, backend: "cpu" | "cuda", feeds?: ReadonlyMap<string, LocalTensor[]>, read?: readonly number[], trace?: TraceEvent[], carry?: ReadonlyMap<number, string>): CpuRunResult {
+  return backend === "cuda" ? cudaExecutor().run(plan, feeds, read, { trace, carry }) : runPlanCpu(plan, feeds, read);
 }
 
 export async function evaluate(tensors: readonly AnyDTensor[], opts: EvaluateOptions = {}): Promise<GlobalValue[]> {

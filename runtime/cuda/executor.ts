@@ -39,6 +39,7 @@ import { deviceOp } from "./device-ops.ts";
 import { CapturedStep, notCapturable, type DeferredCheck } from "./graph.ts";
 import { CaptureMode } from "./native-types.ts";
 import { TraceRecorder, type TraceEvent } from "./trace.ts";
+import { CarriedValues } from "./carried.ts";
 import type { RankLocal, StepSpan } from "./nccl/collectives.ts";
 import type { Counts } from "./nccl/transfers.ts";
 
@@ -80,6 +81,11 @@ export interface RunOptions {
   profile?: number;
   /** Host time per instruction, added up by its trace name and category (bench/host/host-overhead.ts). */
   hostTimes?: HostTimes;
+  /**
+   * Output index -> input name of this plan: those outputs stay on the device as the plan's next
+   * run's inputs (runtime/cuda/carried.ts) and are read back only when `read` names them.
+   */
+  carry?: ReadonlyMap<number, string>;
 }
 
 /** Host milliseconds spent issuing instructions, by what ran ("kernel", "gemm", "comm", "op"... and name). */
@@ -213,6 +219,14 @@ export class CudaExecutor {
   /** Inputs kept on the device between runs (setResident), by input name; never released by a run. */
   private resident = new Map<string, DeviceTensor[]>();
   private pinned = new Set<DeviceTensor>();
+  /** Outputs carried to the plan's next run (RunOptions.carry). */
+  readonly carried = new CarriedValues({
+    addon: () => this.addon,
+    stream: () => this.stream,
+    mem: () => this.mem,
+    pinned: this.pinned,
+    residentPtrs: () => new Set([...this.resident.values()].flat().filter((d) => d).map((d) => d.ptr)),
+  });
 
   /**
    * Uploads `pieces` (one per rank) once; every later run's input `name` reads them where they are
@@ -226,6 +240,11 @@ export class CudaExecutor {
     const ds = pieces.map((p) => upload(this.addon, this.mem, p, this.stream));
     ds.forEach((d) => this.pinned.add(d));
     this.resident.set(name, ds);
+  }
+
+  /** Input `name` where it already is on the device: resident (setResident), else carried from the plan's last run unless fed now. */
+  private keptInput(plan: Plan, name: string, feeds: ReadonlyMap<string, LocalTensor[]> | undefined): DeviceTensor[] | undefined {
+    return this.resident.get(name) ?? (feeds?.has(name) ? undefined : this.carried.get(plan, name));
   }
 
   private loweredPlans = new WeakMap<Plan, { fused: ReturnType<typeof fuse>; prog: ReturnType<typeof emitCuda>; tuning: EmitTuning; launches: LaunchCache }>();
@@ -263,8 +282,15 @@ export class CudaExecutor {
 
   run(plan: Plan, feeds?: ReadonlyMap<string, LocalTensor[]>, read?: readonly number[], opts: RunOptions = {}): CudaRunResult {
     const t0 = performance.now();
+    if (opts.carry) CarriedValues.check(plan, opts.carry);
     const tracer = opts.trace ? new TraceRecorder(this.addon) : undefined;
     const { slots, counts, kernels, timings, dist } = this.exec(plan, feeds, opts, tracer);
+    // carried outputs are kept for the next run (after the run's comm has drained) and not freed here
+    let kept = new Set<bigint>();
+    const keep = () => opts.carry && (kept = this.carried.keep(plan, opts.carry, plan.outputs.map((s) => slots[s])));
+    const releaseOutputs = () => {
+      for (const s of new Set(plan.outputs)) slots[s]?.forEach((d) => !kept.has(d.ptr) && this.release(d));
+    };
     dist?.flush();
     if (tracer) {
       this.addon.streamSynchronize(this.stream);
@@ -273,20 +299,23 @@ export class CudaExecutor {
     if (opts.download === false) {
       this.addon.streamSynchronize(this.stream);
       dist?.drained();
-      for (const s of new Set(plan.outputs)) slots[s]?.forEach((d) => this.release(d));
+      keep();
+      releaseOutputs();
       return { outputs: [], locals: [], stats: { kernels, ...this.compileStats, peakBytes: this.mem.peak, ms: performance.now() - t0 }, timings };
     }
     // every output piece read back with one wait (rank-local: this rank's piece; the others are holes)
+    // (carried outputs only when read: their `locals` are holes otherwise)
+    const wanted = new Set(read ?? plan.outputs.map((_, i) => i));
     const flat: DeviceTensor[] = [], at: [number, number][] = [];
-    plan.outputs.forEach((s, i) => slots[s]!.forEach((d, r) => (flat.push(d), at.push([i, r]))));
+    plan.outputs.forEach((s, i) => (!opts.carry?.has(i) || wanted.has(i)) && slots[s]!.forEach((d, r) => (flat.push(d), at.push([i, r]))));
     const locals = plan.outputs.map((s) => new Array<LocalTensor>(slots[s]!.length));
     downloadAll(this.addon, flat, this.stream).forEach((t, k) => (locals[at[k]![0]]![at[k]![1]] = t));
-    const wanted = new Set(read ?? plan.outputs.map((_, i) => i));
     // rank-local: a value read back needs every rank's piece (a world all-gather; none for replicated values)
     const hostSlots = new Map(plan.outputs.map((s, i) => [s, dist && wanted.has(i) ? dist.allPieces(plan, s, slots[s]![dist.rank]!) : locals[i]!]));
     const outputs = plan.outputs.map((s, i) => (wanted.has(i) ? assemble(plan, s, hostSlots.get(s)!, counts) : undefined));
     dist?.drained();
-    for (const s of new Set(plan.outputs)) slots[s]?.forEach((d) => this.release(d));
+    keep();
+    releaseOutputs();
     return { outputs, locals, stats: { kernels, ...this.compileStats, peakBytes: this.mem.peak, ms: performance.now() - t0 }, timings };
   }
 
@@ -307,7 +336,7 @@ export class CudaExecutor {
     const W = plan.world;
     for (const ins of fused.instrs) {
       if (ins.kind !== "op" || !FACTORIES_ON_HOST.has(ins.op)) continue;
-      const kept = ins.op === "input" ? this.resident.get(String(ins.attrs.name)) : undefined;
+      const kept = ins.op === "input" ? this.resident.get(String(ins.attrs.name)) : undefined; // (not carried values: a later run may free them)
       if (kept) {
         staged.set(ins, kept);
         continue;
@@ -455,7 +484,7 @@ export class CudaExecutor {
     const a = ins.attrs;
     if (FACTORIES_ON_HOST.has(ins.op)) {
       if (this.cap) return [this.cap.staged.get(ins)![r]!];
-      const kept = ins.op === "input" ? this.resident.get(String(a.name))?.[r] : undefined;
+      const kept = ins.op === "input" ? this.keptInput(plan, String(a.name), feeds)?.[r] : undefined;
       if (kept) {
         const want = outShape(0);
         if (kept.dtype !== tOut[0]!.dtype || kept.shape.length !== want.length || kept.shape.some((n, k) => n !== want[k]))

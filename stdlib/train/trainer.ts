@@ -97,7 +97,26 @@ export class Trainer {
   readonly ps: ParamStore;
   readonly program: Program;
   private readonly mesh: Mesh<string>;
+  /** The parameters and moments fed to the first step (and after importState); later steps' live in the program. */
   private state: Record<string, Pieces> = {};
+  /** The step whose updated state the program carries (undefined: `state` is current). */
+  private carriedStep?: number;
+  /** Host copies of carried state read back at `carriedStep` (a CUDA run keeps it on the device). */
+  private readBack = new Map<string, Pieces>();
+  private get stateNames(): string[] {
+    return this.ps.specs.flatMap((s) => [s.name, ...momentNames(s.name)]);
+  }
+  /** The current pieces of a parameter or moment (read back once per step when the program carries them). */
+  private stateOf(name: string): Pieces {
+    if (this.carriedStep === undefined) return this.state[name]!;
+    const key = `${this.carriedStep}:${name}`;
+    let p = this.readBack.get(key);
+    if (!p) {
+      if (this.readBack.size && ![...this.readBack.keys()][0]!.startsWith(`${this.carriedStep}:`)) this.readBack.clear();
+      this.readBack.set(key, (p = this.program.carried(name)!));
+    }
+    return p;
+  }
   /** Host copies of the routing biases, per MoE layer. */
   readonly biases: Float32Array[];
   step = 0;
@@ -147,7 +166,8 @@ export class Trainer {
   feeds(ids: Int32Array, targets: Int32Array): { feeds: Record<string, Pieces>; lr: number; read: string[] } {
     const lr = lrAt(this.cfg.schedule, this.step);
     const scalars = adamwScalars(this.cfg.opt, lr, this.step + 1);
-    const feeds: Record<string, Pieces> = { ...this.state, ...this.replicas.feeds(this.mesh.spec), ...this.batchFeeds(ids, targets) };
+    // after the first step the parameters and moments are carried by the program (on CUDA: they stay on the device)
+    const feeds: Record<string, Pieces> = { ...(this.carriedStep === undefined ? this.state : {}), ...this.replicas.feeds(this.mesh.spec), ...this.batchFeeds(ids, targets) };
     for (const n of SCALARS) feeds[n] = this.scalar(scalars[n]);
     moeLayers(this.cfg.model).forEach((l, i) => (feeds[`bias.l${l}`] = piecesOf(this.mesh.spec, { dims: [{ name: "experts", size: this.biases[i]!.length }], dtype: "f32", placements: this.mesh.spec.axes.map(() => "R") }, this.biases[i]!)));
     return { feeds, lr, read: this.readEachStep };
@@ -156,9 +176,10 @@ export class Trainer {
   /** One optimisation step on [batch, seq] token ids and targets. */
   run(ids: Int32Array, targets: Int32Array): StepMetrics {
     const { feeds, lr, read } = this.feeds(ids, targets);
-    const { pieces, values } = this.program.runGlobal(feeds, read);
+    const carry = Object.fromEntries(this.stateNames.map((n) => [n, n]));
+    const { values } = this.program.runGlobal(feeds, read, { carry });
     this.last = values as Record<string, GlobalValue>;
-    for (const s of this.ps.specs) for (const n of [s.name, ...momentNames(s.name)]) this.state[n] = pieces[n]!;
+    this.carriedStep = this.step + 1;
     const loads = this.biases.map((_, i) => Float32Array.from((values as Record<string, GlobalValue>)[`load.${i}`]!.data));
     this.lastLoads = loads;
     const slotLoads = this.replicas.enabled ? this.biases.map((_, i) => Float32Array.from((values as Record<string, GlobalValue>)[`slotLoad.${i}`]!.data)) : loads;
@@ -197,7 +218,7 @@ export class Trainer {
     const tensors: TrainerState["tensors"] = {};
     for (const [name, type] of Object.entries(types)) {
       const host = name.startsWith("bias.l") ? this.biases[moeLayers(this.cfg.model).indexOf(Number(name.slice(6)))]! : this.replicas.hostArray(name);
-      tensors[name] = { type, pieces: host ? piecesOf(this.mesh.spec, type, host) : this.state[name]! };
+      tensors[name] = { type, pieces: host ? piecesOf(this.mesh.spec, type, host) : this.stateOf(name) };
     }
     return { mesh: { axes: [...this.mesh.spec.axes], sizes: [...this.mesh.spec.sizes] }, step: this.step, tensors };
   }
@@ -227,7 +248,9 @@ export class Trainer {
       }
       next[name] = arr;
     }
-    for (const s2 of this.ps.specs) for (const n of [s2.name, ...momentNames(s2.name)]) this.state[n] = next[n]!;
+    for (const n of this.stateNames) this.state[n] = next[n]!;
+    this.program.dropCarried();
+    this.carriedStep = undefined;
     const first = Math.min(...held);
     moeLayers(this.cfg.model).forEach((l, i) => this.biases[i]!.set(next[`bias.l${l}`]![first]!.data));
     this.replicas.import((name) => next[name]![first]!.data);
@@ -236,6 +259,6 @@ export class Trainer {
 
   /** The current parameters' pieces (for evaluation programs and checkpoints). */
   get params(): Record<string, Pieces> {
-    return Object.fromEntries(this.ps.specs.map((s) => [s.name, this.state[s.name]!]));
+    return Object.fromEntries(this.ps.specs.map((s) => [s.name, this.stateOf(s.name)]));
   }
 }
