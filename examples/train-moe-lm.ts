@@ -7,7 +7,7 @@
 //   npx shardts run examples/train-moe-lm.ts [--steps 120] [--layout dp-ep] [--no-balance] [--help]
 // Checkpoints: `--save DIR [--save-every N]` saves in the background (sharded safetensors, atomic);
 // `--resume DIR` continues from DIR's latest checkpoint (or a step-<n> directory), on any --layout/--mesh.
-import { defineMain, UsageError, commOverlap, writeChromeTrace, type TraceEvent } from "shardts";
+import { defineMain, UsageError, commOverlap, traceTotals, writeChromeTrace, type TraceEvent } from "shardts";
 import { layoutByName, LAYOUTS, rankLoads } from "shardts/nn";
 import { Trainer, Evaluator, expertRanks, generate, maxOverMean, Progress, BatchLoader, ByteTokenizer, loadTrainingText, unigramEntropyNats, bigramEntropyNats, ADAMW_DEFAULTS } from "shardts/train";
 import type { LmConfig } from "shardts/nn";
@@ -231,4 +231,5 @@ function traced(file: string, events: TraceEvent[], log: (s: string) => void): v
   writeChromeTrace(path, events, Number(rank ?? 0), "train-moe-lm");
   const ov = commOverlap(events), pct = ov.commUs > 0 ? (100 * ov.overlapUs) / ov.commUs : 0;
   log(`overlap: ${ov.commSpans} comm steps, ${ov.commUs.toFixed(0)} us on the comm stream, ${ov.overlapUs.toFixed(0)} us of it (${pct.toFixed(1)} %) while compute ran; compute ${ov.computeUs.toFixed(0)} us, step ${ov.wallUs.toFixed(0)} us (trace: ${path})`);
+  log(`largest in the traced step: ${traceTotals(events).slice(0, 8).map((t) => `${t.name} ${(t.us / 1e3).toFixed(2)} ms (${t.n}x)`).join(", ")}`);
 }

@@ -15,7 +15,7 @@ export { GlobalValue, maxRelDiff } from "./value.ts";
 export { defineModel, defineMain, type ModelDef, type MainDef, type MainContext } from "./model.ts";
 export { grad, valueAndGrad } from "./autodiff.ts";
 export { input, Program, type Pieces } from "./program.ts";
-export { writeChromeTrace, commOverlap, type TraceEvent, type CommOverlap } from "../runtime/cuda/trace.ts";
+export { writeChromeTrace, commOverlap, traceTotals, type TraceEvent, type CommOverlap } from "../runtime/cuda/trace.ts";
 export type { Dims, DType, Placement, PlacementMap } from "./types/core.ts";
 export { ShardingError, ShapeError, DTypeError, CompileError, UsageError } from "../compiler/errors.ts";
 export * from "./ops/quantize.ts";

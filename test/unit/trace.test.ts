@@ -2,7 +2,7 @@
 // --trace refusing a backend that has no CUDA events. (The events themselves are recorded on the GPU
 // machine: bench/results/*-trace-*.json.)
 import { describe, expect, it } from "vitest";
-import { chromeTrace, commOverlap } from "../../runtime/cuda/trace.ts";
+import { chromeTrace, commOverlap, traceTotals } from "../../runtime/cuda/trace.ts";
 import { main } from "../../stdlib/cli/main.ts";
 
 describe("--trace", () => {
@@ -34,5 +34,19 @@ describe("--trace", () => {
     const code = await main(["run", "examples/tp-mlp.ts", "--backend", "cpu", "--trace", "/tmp/never.json"], () => {}, (s) => errs.push(s));
     expect(code).not.toBe(0);
     expect(errs.join("\n")).toMatch(/--trace records CUDA events: it needs the CUDA backend \(this run uses cpu/);
+  });
+  it("traceTotals adds up time per instruction name and kind, largest first", () => {
+    const t = traceTotals([
+      { name: "dot", cat: "gemm", ts: 0, dur: 3, tid: "r" },
+      { name: "all_to_all[ep]", cat: "comm", ts: 1, dur: 5, tid: "c" },
+      { name: "dot", cat: "gemm", ts: 4, dur: 4, tid: "r" },
+      { name: "dot", cat: "op", ts: 9, dur: 1, tid: "r" },
+    ]);
+    expect(t).toEqual([
+      { cat: "gemm", name: "dot", n: 2, us: 7 },
+      { cat: "comm", name: "all_to_all[ep]", n: 1, us: 5 },
+      { cat: "op", name: "dot", n: 1, us: 1 },
+    ]);
+    expect(traceTotals([])).toEqual([]);
   });
 });

@@ -37,6 +37,7 @@ import { allocLocal, type LocalTensor } from "../../../compiler/ir/local.ts";
 import { roundToBf16 } from "../../../compiler/numeric/bf16.ts";
 import { runPlanCpu } from "../../../runtime/cpu/executor.ts";
 import { relError } from "./compare.ts";
+import { commOverlap, traceTotals, type TraceEvent } from "../../../runtime/cuda/trace.ts";
 
 type Routing = "random" | "skewed" | "empty";
 const E = 256, SEQ = 512;
@@ -187,6 +188,15 @@ export default defineMain(async ({ args, log }) => {
           const row = { kind: "time", impl: "shardts", fmt, transport, tokens: T, d: D, k: K, experts: E, world: W, dispatchMs: +msD.toFixed(3), roundTripMs: +msRT.toFixed(3), combineMs: +msC.toFixed(3), dispatchGBs: +(bytes / msD / 1e6).toFixed(1), combineGBs: +(combineBytes / msC / 1e6).toFixed(1), peakGiB: +(ex.mem.peak / 2 ** 30).toFixed(2) };
           say(`${what} ${transport}: dispatch ${msD.toFixed(3)} ms (${row.dispatchGBs} GB/s), round trip ${msRT.toFixed(3)} ms, combine ${msC.toFixed(3)} ms (${row.combineGBs} GB/s)`);
           results.push(row);
+          if (T === 8192 && D === 2048 && K === 6) {
+            // one traced round trip of this size: where the time goes, and the host's share (wall - spans)
+            const events: TraceEvent[] = [];
+            const t0 = performance.now();
+            onTransport(transport, () => ex.run(planRT, undefined, [], { download: false, trace: events }));
+            const wall = performance.now() - t0, ov = commOverlap(events);
+            say(`  trace ${fmt} ${transport} round trip: wall ${wall.toFixed(3)} ms (traced), device spans ${(ov.wallUs / 1e3).toFixed(3)} ms first to last, busy ${((ov.computeUs + ov.commUs - ov.overlapUs) / 1e3).toFixed(3)} ms:`);
+            for (const t of traceTotals(events).slice(0, 12)) say(`    ${(t.us / 1e3).toFixed(3).padStart(8)} ms ${String(t.n).padStart(3)}x ${t.cat.padEnd(5)} ${t.name}`);
+          }
         }
         for (const n of ["x", "w", "idx"]) ex.setResident(n, undefined);
       } catch (e) {

@@ -10,6 +10,7 @@
 //      time of --reps runs (default 10) after 3 warm-ups. Wall time, not events: the run ends with a
 //      stream synchronize and the host work between kernels (counts read for the exchanges) is part
 //      of the step, as the peer's .tolist() is of its step.
+// --trace FILE: rank 0's timeline of one more run to FILE.<fmt>.json; every rank logs where its time went.
 // --fp8: the same again with the routed and shared experts in FP8 (stdlib/nn/fp8.ts).
 // Rank 0 prints one line per result and writes one JSON line per result to --json FILE.
 import { writeFileSync } from "node:fs";
@@ -18,12 +19,13 @@ import { cudaExecutor, jobRank } from "../../../stdlib/run.ts";
 import { runPlanCpu } from "../../../runtime/cpu/executor.ts";
 import { buildLayer, forwardFlops, globalFeeds, rankFeeds, V2_LITE, type LayerSize } from "./moe-layer-build.ts";
 import { relError } from "./compare.ts";
+import { commOverlap, traceTotals, writeChromeTrace, type TraceEvent } from "../../../runtime/cuda/trace.ts";
 
 
 export default defineMain(async ({ args, log }) => {
   const W = Number(process.env.WORLD_SIZE ?? 1), rank = jobRank();
   const opt = (name: string) => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
-  const outFile = opt("--json"), reps = Number(opt("--reps") ?? 10), T = Number(opt("--tokens") ?? V2_LITE.T);
+  const outFile = opt("--json"), traceFile = opt("--trace"), reps = Number(opt("--reps") ?? 10), T = Number(opt("--tokens") ?? V2_LITE.T);
   const formats = args.includes("--fp8") ? [false, true] : [false];
   const ex = cudaExecutor();
   if (!ex.rankLocal) throw new Error("not in a multi-GPU job: run under shardts launch --nproc-per-node N with a GPU per rank");
@@ -71,6 +73,13 @@ export default defineMain(async ({ args, log }) => {
       const row = { kind: "time", impl: "shardts", fmt, world: W, tokens: Z.T, d: Z.D, ffn: Z.F, experts: Z.E, k: Z.K, shared: Z.shared, ms: +ms.toFixed(3), minMs: +ts[0]!.toFixed(3), tflops: +(flops / ms / 1e9).toFixed(1), peakGiB: +(ex.mem.peak / 2 ** 30).toFixed(2), instrs: layer.plan.instrs.length };
       say(`time ${fmt} fwd+bwd T ${Z.T} per GPU (ep=${W}): ${row.ms} ms median of ${reps} (min ${row.minMs}), ${row.tflops} TFLOP/s per GPU (3 x forward FLOPs), peak ${row.peakGiB} GiB`);
       results.push(row);
+      // one traced run: where the time goes (each instruction between CUDA events on its stream)
+      const events: TraceEvent[] = [];
+      ex.run(layer.plan, undefined, [], { download: false, trace: events });
+      const o = commOverlap(events);
+      say(`trace ${fmt}: step ${(o.wallUs / 1e3).toFixed(2)} ms, compute ${(o.computeUs / 1e3).toFixed(2)} ms, comm ${(o.commUs / 1e3).toFixed(2)} ms (${((100 * o.overlapUs) / Math.max(o.commUs, 1e-9)).toFixed(0)} % under compute); largest:`);
+      for (const t of traceTotals(events).slice(0, 18)) say(`  ${(t.us / 1e3).toFixed(3).padStart(8)} ms ${String(t.n).padStart(4)}x ${t.cat.padEnd(6)} ${t.name}`);
+      if (traceFile && rank === 0) writeChromeTrace(`${traceFile}.${fmt}.json`, events, rank, "moe-layer-ep");
     } catch (e) {
       failures++;
       say(`time ${fmt} (ep=${W}): FAIL with ${(e as Error).stack?.split("\n").slice(0, 4).join(" | ")}`);
