@@ -211,6 +211,15 @@ export class CudaExecutor {
       out[dist.rank] = dist.step(plan, step, inS, outS, pieces[dist.rank]!, counts, release, span);
       return out;
     }
+    const only = pieces[0], want = plan.values[outS]!;
+    if (plan.world === 1 && only && only.dtype === want.type.dtype && only.shape.length === want.shapes[0]!.length && only.shape.every((n, d) => n === want.shapes[0]![d])) {
+      // one rank: every axis has size 1, so a step that keeps the piece's shape moves nothing (the
+      // simulation below would read it back to the host and upload it again)
+      if (release) return [only];
+      const c = empty(this.mem, only.dtype, only.shape);
+      if (c.bytes) this.addon.memcpyDtoDAsync(c.ptr, only.ptr, Math.min(c.bytes, only.bytes), this.stream);
+      return [c];
+    }
     const host = runStep(plan, step, inS, outS, pieces.map((d) => download(this.addon, d, this.stream)), counts).map((t) => upload(this.addon, this.mem, t, this.stream));
     if (release) pieces.forEach((d) => this.release(d));
     return host;

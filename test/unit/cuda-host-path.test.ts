@@ -98,4 +98,13 @@ describe("CUDA executor host path (fake native layer)", () => {
     expect(downloadAll(f.addon, [ds[2]!], 0n)[0]!.data.length).toBe(0);
     expect(seen).toEqual([]); // nothing to copy: no wait
   });
+
+  it("on a one-rank mesh the plan's comm steps move nothing: no read-back to the host while it runs", () => {
+    const p = plan({ dp: 1, tp: 1 });
+    expect(p.instrs.some((i) => i.kind === "comm")).toBe(true); // (the plan has steps to skip)
+    const seen: string[] = [];
+    const f = fakeAddon({ spy: (m) => void (m.startsWith("memcpy") ? seen.push(m) : undefined) });
+    new CudaExecutor(f.addon, 0).run(p, undefined, undefined, { download: false });
+    expect(seen.filter((m) => m.startsWith("memcpyDtoH"))).toEqual([]);
+  });
 });
