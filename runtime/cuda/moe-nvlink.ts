@@ -187,7 +187,7 @@ function run(exe: CudaExecutor, plan: Plan, ins: OpInstr, slots: (DeviceTensor[]
       exe.launch1D(M.moeInvert(), Bn, [["ptr", pos.ptr], ["ptr", P.ptr], ["i64", Bn], ["i32", n]]);
       const order = [...batch, seq, ...(keepK ? [kDim] : []), ...inner], shape = plan.values[ins.outputs[0]!]!.shapes[r]!;
       const Y = empty(exe.mem, dt, order.map((d) => shape[ty.dims.findIndex((e) => e.name === d)]!));
-      launch(exe, M.moeCombine(dt), Math.min(Math.ceil((Bloc * S) / 8), exe.smCount * 8), 256, [["ptr", Y.ptr], ["ptr", moved], ["ptr", pos.ptr], ["ptr", Wt?.ptr ?? 0n], ["i64", Bloc * S], ["i32", S], ["i32", Kk], ["i32", D], ["i32", keepK ? 1 : 0]]);
+      launch(exe, M.moeCombine(dt, M.combineVec(dt, D, [Y.ptr, moved])), Math.min(Math.ceil((Bloc * S) / 8), exe.smCount * 8), 256, [["ptr", Y.ptr], ["ptr", moved], ["ptr", pos.ptr], ["ptr", Wt?.ptr ?? 0n], ["i64", Bloc * S], ["i32", S], ["i32", Kk], ["i32", D], ["i32", keepK ? 1 : 0]]);
       (slots[ins.outputs[0]!] ??= [])[r] = exe.reorderOwned(Y, order, names(ty));
     } else {
       const ts = tIn[0]!, keepK = ts.dims.some((d) => d.name === kDim);

@@ -108,7 +108,7 @@ export function runMoe(exe: CudaExecutor, plan: Plan, ins: OpInstr, ranks: numbe
       const shape = plan.values[ins.outputs[0]!]!.shapes[r]!;
       const Y = empty(exe.mem, dt, order.map((d) => shape[ty.dims.findIndex((e) => e.name === d)]!));
       const w = W(r);
-      launch(exe, M.moeCombine(dt), Math.ceil((B * S) / 8), 256, [["ptr", Y.ptr], ["ptr", R.ptr], ["ptr", pos.ptr], ["ptr", w ? w.ptr : 0n], ["i64", B * S], ["i32", S], ["i32", Kk], ["i32", I], ["i32", keepK ? 1 : 0]]);
+      launch(exe, M.moeCombine(dt, M.combineVec(dt, I, [Y.ptr, R.ptr])), Math.ceil((B * S) / 8), 256, [["ptr", Y.ptr], ["ptr", R.ptr], ["ptr", pos.ptr], ["ptr", w ? w.ptr : 0n], ["i64", B * S], ["i32", S], ["i32", Kk], ["i32", I], ["i32", keepK ? 1 : 0]]);
       (slots[ins.outputs[0]!] ??= [])[r] = exe.reorderOwned(Y, order, names(ty));
       for (const t of [R === moved[r] ? undefined : R, p === piece(ins.inputs[1]!, r) ? undefined : p, pos]) exe.release(t);
       if (moved[r] !== piece(ins.inputs[0]!, r)) exe.release(moved[r]);

@@ -13,7 +13,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { gatherWord, moeCombine, moeGatherRows, moeGatherWeighted, moeInvert, moeRoute, MOE_ROUTE_BLOCK } from "../../runtime/cuda/kernels/moe-sources.ts";
+import { combineVec, gatherWord, moeCombine, moeGatherRows, moeGatherWeighted, moeInvert, moeRoute, MOE_ROUTE_BLOCK } from "../../runtime/cuda/kernels/moe-sources.ts";
 import { quantizeValues } from "../../compiler/ops/quantize.ts";
 import { e4m3FromBits, e4m3ToBits } from "../../compiler/numeric/fp8.ts";
 import { getOp } from "../../compiler/ops/index.ts";
@@ -66,6 +66,7 @@ describe.skipIf(!GXX)("MoE dispatch/combine kernels, run on a CPU emulation of t
       const x = Array.from({ length: B * S * D }, val), w = Array.from({ length: B * n }, val), rowsIn = Array.from({ length: B * n * D }, val);
       const V = gatherWord(D * es, [0n]);
       const gather = moeGatherRows(V), route = moeRoute(), inv = moeInvert(), wg = moeGatherWeighted(dtype), combK = moeCombine(dtype);
+      const VC = combineVec(dtype, D, [0n]), combV = moeCombine(dtype, VC); // the 16-byte variant where D allows (else the same kernel)
       const GW = V === 16 ? "uint4" : V === 4 ? "unsigned int" : "unsigned char";
       const Tc = dtype === "f32" ? "float" : "__nv_bfloat16";
       const exe = join(dir, c.label.replace(/\W+/g, "_"));
@@ -77,6 +78,7 @@ ${strip(inv.source, false)}
 ${strip(gather.source, false)}
 ${strip(wg.source, false)}
 ${strip(combK.source, false)}
+${VC > 1 ? strip(combV.source, false) : ""}
 template <typename X> X* rd(FILE* f, long long n) { X* p = (X*)calloc(n + 16, sizeof(X)); if (fread(p, sizeof(X), n, f) != (size_t)n) exit(2); return p; }
 template <typename X> void wr(FILE* f, const X* p, long long n) { fwrite(p, sizeof(X), n, f); }
 int main(int, char** argv) {
@@ -96,10 +98,15 @@ int main(int, char** argv) {
   emu_launch(2, 64, [&] { ${combK.name}(yw, rowsIn, pos, w, B * S, (int)S, (int)K, (int)D, 0); });
   emu_launch(2, 64, [&] { ${combK.name}(yu, rowsIn, pos, nullptr, B * S, (int)S, (int)K, (int)D, 0); });
   emu_launch(2, 64, [&] { ${combK.name}(yk, rowsIn, pos, nullptr, B * S, (int)S, (int)K, (int)D, 1); });
+  ${Tc}* ywv = (${Tc}*)calloc(B * S * D, ${es}); ${Tc}* yuv = (${Tc}*)calloc(B * S * D, ${es}); ${Tc}* ykv = (${Tc}*)calloc(B * n * D, ${es});
+  memset(ykv, 0x7f, B * n * D * ${es});
+  emu_launch(3, 96, [&] { ${combV.name}(ywv, rowsIn, pos, w, B * S, (int)S, (int)K, (int)D, 0); });
+  emu_launch(3, 96, [&] { ${combV.name}(yuv, rowsIn, pos, nullptr, B * S, (int)S, (int)K, (int)D, 0); });
+  emu_launch(3, 96, [&] { ${combV.name}(ykv, rowsIn, pos, nullptr, B * S, (int)S, (int)K, (int)D, 1); });
   emu_launch(2, 64, [&] { ${wg.name}(rt, x, perm, w, B * n, (int)n, (int)K, S, (int)D); });
   emu_launch(2, 64, [&] { ${wg.name}(rs, rowsIn, perm, w, B * n, (int)n, 1, n, (int)D); });
   FILE* o = fopen(argv[2], "wb");
-  wr(o, counts, B * G); wr(o, perm, B * n); wr(o, rows, B * n * D); wr(o, yw, B * S * D); wr(o, yu, B * S * D); wr(o, yk, B * n * D); wr(o, rt, B * n * D); wr(o, rs, B * n * D);
+  wr(o, counts, B * G); wr(o, perm, B * n); wr(o, rows, B * n * D); wr(o, yw, B * S * D); wr(o, yu, B * S * D); wr(o, yk, B * n * D); wr(o, rt, B * n * D); wr(o, rs, B * n * D); wr(o, ywv, B * S * D); wr(o, yuv, B * S * D); wr(o, ykv, B * n * D);
   fclose(o);
   return 0;
 }
@@ -110,7 +117,7 @@ int main(int, char** argv) {
       const out = readFileSync(`${exe}.out`);
       let at = 0;
       const take = (t: DType, count: number) => valuesOf(t, out.subarray(at, (at += count * (t === "i32" ? 4 : es))));
-      const got = { counts: take("i32", B * G), perm: take("i32", B * n), rows: take(dtype, B * n * D), yw: take(dtype, B * S * D), yu: take(dtype, B * S * D), yk: take(dtype, B * n * D), rt: take(dtype, B * n * D), rs: take(dtype, B * n * D) };
+      const got = { counts: take("i32", B * G), perm: take("i32", B * n), rows: take(dtype, B * n * D), yw: take(dtype, B * S * D), yu: take(dtype, B * S * D), yk: take(dtype, B * n * D), rt: take(dtype, B * n * D), rs: take(dtype, B * n * D), ywv: take(dtype, B * S * D), yuv: take(dtype, B * S * D), ykv: take(dtype, B * n * D) };
 
       // the references
       const tx = T([["b", B], ["s", S], ["d", D]], dtype), ti = T([["b", B], ["s", S], ["k", K]], "i32"), tw = T([["b", B], ["s", S], ["k", K]], dtype);
@@ -122,11 +129,12 @@ int main(int, char** argv) {
       const P = L("i32", [B, n], perm!.data), RIn = L(dtype, [B, n, D], rowsIn), Wt = L(dtype, [B, S, K], w);
       const comb = (ins: LocalTensor[], types: TensorType[], keepK: boolean) => getOp("moe_combine").global!(ins, cAttrs(keepK), types, [keepK ? tYk : tY])[0]!.data;
       const redis = (src: LocalTensor, ts: TensorType) => getOp("moe_redispatch").global!([src, P, Wt], cAttrs(false), [ts, tPerm, tw], [tRows])[0]!.data;
-      const want = {
+      const want0 = {
         counts: counts!.data, perm: perm!.data, rows: rows!.data,
         yw: comb([RIn, P, Wt], [tRows, tPerm, tw], false), yu: comb([RIn, P], [tRows, tPerm], false), yk: comb([RIn, P], [tRows, tPerm], true),
         rt: redis(L(dtype, [B, S, D], x), tx), rs: redis(L(dtype, [B, S, K, D], rowsIn), T([["b", B], ["s", S], ["k", K], ["d", D]], dtype)),
       };
+      const want = { ...want0, ywv: want0.yw, yuv: want0.yu, ykv: want0.yk };
       for (const k of Object.keys(want) as (keyof typeof want)[]) {
         const a = got[k], b = Array.from(want[k]);
         let diff = 0, first = -1;

@@ -130,18 +130,25 @@ extern "C" __global__ void ${name}(${T}* __restrict__ out, const ${T}* __restric
 /**
  * Combine: y[b, t, d] = sum over t's slots k (in row order) of rows[b, pos[b, t*K+k], d], each
  * times w[b, t, k] rounded to the dtype when weighted; keepK writes y[b, t, k, d] unsummed. A warp
- * per token; sums in double, rounded once (the CPU reference's order and rounding).
+ * per token; sums in double, rounded once (the CPU reference's order and rounding). \`vec\` elements
+ * per lane move as one access (16 bytes where D and the pointers allow: see combineVec), and every
+ * row's access is issued before the sum reads any (a warp per token otherwise waited on each row in
+ * turn: the combine ran at about a tenth of the copy bandwidth).
  */
-export const moeCombine = memo((t: DType): { name: string; source: string } => {
-  const T = ctype(t), name = `shardts_moe_combine_${t}`;
+export const moeCombine = (t: DType, vec = 1): { name: string; source: string } => combineOf(`${t}/${vec}`);
+const combineOf = memo((key: string): { name: string; source: string } => {
+  const [t, v] = key.split("/") as [DType, string], vec = Number(v);
+  const T = ctype(t), name = `shardts_moe_combine_${t}_v${vec}`;
   return {
     name,
     source: `${PRELUDE}
+typedef struct alignas(${vec} * sizeof(${T})) { ${T} v[${vec}]; } moe_pack_${t}_${vec};
 extern "C" __global__ void ${name}(${T}* __restrict__ y, const ${T}* __restrict__ rows, const int* __restrict__ pos, const ${T}* __restrict__ w, long long tokens, int S, int K, int D, int keepK) {
   const long long warps = (long long)gridDim.x * (blockDim.x >> 5);
-  const int n = S * K;
+  const int n = S * K, lane = threadIdx.x & 31;
   for (long long tok = blockIdx.x * (long long)(blockDim.x >> 5) + (threadIdx.x >> 5); tok < tokens; tok += warps) {
     const long long b = tok / S, slot0 = tok * K;
+    // the token's rows in row order
     int at[16], kk[16], m = 0;
     for (int k = 0; k < K && k < 16; k++) {
       const int j = pos[slot0 + k];
@@ -150,23 +157,50 @@ extern "C" __global__ void ${name}(${T}* __restrict__ y, const ${T}* __restrict_
       for (; i > 0 && at[i - 1] > j; i--) { at[i] = at[i - 1]; kk[i] = kk[i - 1]; }
       at[i] = j; kk[i] = k;
     }
-    for (int d = threadIdx.x & 31; d < D; d += 32) {
-      double acc = 0.0;
-      for (int i = 0; i < m; i++) {
-        float v = to_f(rows[(b * n + at[i]) * D + d]);
-        if (w) v = to_f(from_f<${T}>(v * to_f(w[slot0 + kk[i]])));
-        if (keepK) y[(slot0 + kk[i]) * D + d] = from_f<${T}>(v);
-        else acc += (double)v;
+    for (int d = lane * ${vec}; d < D; d += 32 * ${vec}) {
+      double acc[${vec}];
+#pragma unroll
+      for (int e = 0; e < ${vec}; e++) acc[e] = 0.0;
+      // up to 8 rows' accesses in flight at once, then their sums in row order
+      for (int i0 = 0; i0 < m; i0 += 8) {
+        moe_pack_${t}_${vec} p[8];
+#pragma unroll
+        for (int i = 0; i < 8; i++) if (i0 + i < m) p[i] = *reinterpret_cast<const moe_pack_${t}_${vec}*>(rows + (b * n + at[i0 + i]) * D + d);
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+          if (i0 + i >= m) break;
+          const float wi = w ? to_f(w[slot0 + kk[i0 + i]]) : 1.0f;
+          moe_pack_${t}_${vec} o;
+#pragma unroll
+          for (int e = 0; e < ${vec}; e++) {
+            float v = to_f(p[i].v[e]);
+            if (w) v = to_f(from_f<${T}>(v * wi));
+            o.v[e] = from_f<${T}>(v);
+            acc[e] += (double)v;
+          }
+          if (keepK) *reinterpret_cast<moe_pack_${t}_${vec}*>(y + (slot0 + kk[i0 + i]) * D + d) = o;
+        }
       }
-      if (!keepK) y[tok * D + d] = from_f<${T}>((float)acc);
+      if (!keepK) {
+        moe_pack_${t}_${vec} o;
+#pragma unroll
+        for (int e = 0; e < ${vec}; e++) o.v[e] = from_f<${T}>((float)acc[e]);
+        *reinterpret_cast<moe_pack_${t}_${vec}*>(y + tok * D + d) = o;
+      }
     }
-    if (keepK) for (int k = 0; k < K; k++) if (pos[slot0 + k] < 0) for (int d = threadIdx.x & 31; d < D; d += 32) y[(slot0 + k) * D + d] = from_f<${T}>(0.0f);
+    if (keepK) for (int k = 0; k < K; k++) if (pos[slot0 + k] < 0) for (int d = lane; d < D; d += 32) y[(slot0 + k) * D + d] = from_f<${T}>(0.0f);
   }
 }`,
   };
 });
 
+/** The combine's elements per access: 16 bytes' worth where the row length and every pointer allow, else 1. */
+export function combineVec(t: DType, D: number, ptrs: bigint[]): number {
+  const v = 16 / (t === "f32" ? 4 : 2);
+  return D % v === 0 && ptrs.every((p) => p % 16n === 0n) ? v : 1;
+}
+
 export function moeSources(): { name: string; source: string }[] {
   const ts: DType[] = ["f32", "bf16"];
-  return [moeRoute(), moeInvert(), moeGatherRows(16), moeGatherRows(4), moeGatherRows(1), ...ts.flatMap((t) => [moeGatherWeighted(t), moeCombine(t)])];
+  return [moeRoute(), moeInvert(), moeGatherRows(16), moeGatherRows(4), moeGatherRows(1), ...ts.flatMap((t) => [moeGatherWeighted(t), moeCombine(t), moeCombine(t, 16 / (t === "f32" ? 4 : 2))])];
 }
