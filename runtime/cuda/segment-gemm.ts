@@ -4,9 +4,12 @@
 // (cublasGemmGroupedBatchedEx, native/src/cublas.cc) instead of one cuBLASLt call each: the per-call
 // host cost (~16 µs) times batch entries × local experts was most of the MoE step's host time.
 // Where the grouped GEMM cannot run the problems (no libcublas 12.5+; bf16 inputs with an f32 output,
-// which it does not offer; bf16 pointers off 16 bytes), they run one cuBLASLt call each, as before.
+// which it does not offer; bf16 pointers off 16 bytes), they run one cuBLASLt call each, fanned out
+// over side streams (side-streams.ts) so that several experts' GEMMs share the GPU.
+// SHARDTS_SEGMENT_GEMM=lanes uses the fan-out for every set, =loop one stream (SegmentMode).
 import type { NativeAddon, Stream } from "./native-types.ts";
 import { matmulPlans, type MatmulForm } from "./matmul-plans.ts";
+import { segmentLanes } from "./side-streams.ts";
 
 /** One non-empty segment: `m` rows from `row` of batch entry `t` for the `g`-th local group (expert). */
 export interface Segment {
@@ -141,16 +144,37 @@ export function groupedAvailable(addon: NativeAddon): boolean {
   return ok;
 }
 
-/** Runs the set on `stream`: grouped calls where they can, else one cuBLASLt call per problem. */
-export function runProblems(addon: NativeAddon, set: ProblemSet, stream: Stream): void {
+/** How a set runs: `grouped` (one grouped cuBLAS call where it can, else `lanes`), `lanes` (one cuBLASLt
+ * call per problem, fanned out over side streams), `loop` (one cuBLASLt call per problem on the stream). */
+export type SegmentMode = "grouped" | "lanes" | "loop";
+
+export function segmentModeFromEnv(v: string | undefined): SegmentMode {
+  if (v === undefined || v === "") return "grouped";
+  if (v === "grouped" || v === "lanes" || v === "loop") return v;
+  throw new RangeError(`SHARDTS_SEGMENT_GEMM=${v}: give grouped, lanes or loop`);
+}
+
+/** Lanes for the problems: those with the same output share one (they accumulate into it in order); outputs go round-robin. */
+export function problemLanes(ps: Problem[], lanes: number): number[] {
+  const of = new Map<bigint, number>();
+  return ps.map((p) => of.get(p.d) ?? of.set(p.d, of.size % lanes).get(p.d)!);
+}
+
+/** Runs the set on `stream` (the work after it on `stream` sees it done), as `mode` says (default SHARDTS_SEGMENT_GEMM). */
+export function runProblems(addon: NativeAddon, set: ProblemSet, stream: Stream, mode: SegmentMode = segmentModeFromEnv(process.env.SHARDTS_SEGMENT_GEMM)): void {
   if (!set.problems.length) return;
-  if (groupedRefusal(set) === undefined && groupedAvailable(addon)) {
+  if (mode === "grouped" && groupedRefusal(set) === undefined && groupedAvailable(addon)) {
     for (const run of nonOverlapping(set.problems)) {
       const { dims, ptrs } = groupedArgs(run, set.transA);
       addon.cublasGroupedGemm(set.dtype, false, set.transA, dims, ptrs, set.accumulate ? 1 : 0, stream);
     }
     return;
   }
-  const plans = matmulPlans(addon);
-  for (const p of set.problems) plans.run(set, p.M, p.N, p.K, 1, p.a, p.b, p.d, stream);
+  const plans = matmulPlans(addon), ps = set.problems;
+  if (mode === "loop" || ps.length === 1) {
+    for (const p of ps) plans.run(set, p.M, p.N, p.K, 1, p.a, p.b, p.d, stream);
+    return;
+  }
+  const side = segmentLanes(addon), lane = problemLanes(ps, side.lanes);
+  side.fan(stream, ps.length, (i) => lane[i]!, (i, s) => plans.run(set, ps[i]!.M, ps[i]!.N, ps[i]!.K, 1, ps[i]!.a, ps[i]!.b, ps[i]!.d, s));
 }

@@ -4,7 +4,8 @@
 // the counts' first; and through the executor over the fake native layer, the grouped calls' problems
 // are exactly the cuBLASLt calls the loop makes when libcublas is missing.
 import { describe, expect, it } from "vitest";
-import { dotProblems, groupedArgs, groupedRefusal, nonOverlapping, segments, wgradProblems, type SegmentLayout } from "../../runtime/cuda/segment-gemm.ts";
+import { dotProblems, groupedArgs, groupedRefusal, nonOverlapping, problemLanes, runProblems, segmentModeFromEnv, segments, wgradProblems, type Problem, type SegmentLayout } from "../../runtime/cuda/segment-gemm.ts";
+import { lanesFromEnv } from "../../runtime/cuda/side-streams.ts";
 import { CudaExecutor } from "../../runtime/cuda/executor.ts";
 import type { MatmulOptions } from "../../runtime/cuda/native-types.ts";
 import { compile } from "../../compiler/pipeline.ts";
@@ -152,4 +153,51 @@ describe("segment contractions through the executor (fake native layer)", () => 
       if (calls !== undefined) expect(grouped.grouped.length).toBe(calls);
       else expect(grouped.grouped.length).toBeGreaterThan(0);
     });
+});
+
+describe("segment GEMMs fanned out over side streams", () => {
+  const P = (d: number, m = 64): Problem => ({ M: m, N: 32, K: 16, a: 0x1000n, b: 0x2000n, d: BigInt(d) * 0x10000n });
+
+  it("give problems with one output one lane (they accumulate in order) and spread the outputs round-robin", () => {
+    expect(problemLanes([P(1), P(2), P(1), P(3), P(4), P(5), P(2)], 4)).toEqual([0, 1, 0, 2, 3, 0, 1]);
+    expect(problemLanes([P(1), P(2)], 1)).toEqual([0, 0]);
+  });
+
+  it("fork from the stream, run each problem on its lane, and make the stream wait for every lane used", () => {
+    const calls: string[] = [];
+    const f = fakeAddon({
+      spy: (m, a) => {
+        if (m === "eventRecord") calls.push(`record ${a[0]} on ${a[1]}`);
+        if (m === "streamWaitEvent") calls.push(`wait ${a[0]} for ${a[1]}`); // stream, event
+        if (m === "cublasLtMatmulRun") calls.push(`gemm d=${(a[4] as bigint).toString(16)} on ${a[6]}`);
+      },
+    });
+    const main = f.addon.streamCreate(0);
+    const set = { dtype: "bf16" as const, outDtype: "f32" as const, transA: true, accumulate: true, problems: [P(1), P(2), P(1)] };
+    runProblems(f.addon, set, main, "lanes");
+    const gemm = calls.filter((c) => c.startsWith("gemm")), lanes = gemm.map((c) => c.split(" on ")[1]);
+    expect(gemm.map((c) => c.split(" ")[1])).toEqual(["d=10000", "d=20000", "d=10000"]);
+    expect(lanes[0]).toBe(lanes[2]); // same output, same lane
+    expect(lanes[0]).not.toBe(lanes[1]);
+    expect(lanes).not.toContain(String(main));
+    const fork = calls.findIndex((c) => c.endsWith(`on ${main}`) && c.startsWith("record"));
+    expect(fork).toBeGreaterThanOrEqual(0);
+    expect(fork).toBeLessThan(calls.indexOf(gemm[0]!));
+    const waitsOfMain = calls.filter((c) => c.startsWith(`wait ${main} `));
+    expect(waitsOfMain.length).toBe(2); // one per lane used, after the last GEMM
+    expect(calls.indexOf(waitsOfMain[0]!)).toBeGreaterThan(calls.lastIndexOf(gemm[2]!));
+    // loop mode: every problem on the stream itself, no events
+    calls.length = 0;
+    runProblems(f.addon, set, main, "loop");
+    expect(calls).toEqual(["gemm d=10000 on " + main, "gemm d=20000 on " + main, "gemm d=10000 on " + main]);
+  });
+
+  it("read their settings from the environment and refuse bad ones", () => {
+    expect(segmentModeFromEnv(undefined)).toBe("grouped");
+    expect(segmentModeFromEnv("lanes")).toBe("lanes");
+    expect(() => segmentModeFromEnv("fast")).toThrow(/give grouped, lanes or loop/);
+    expect(lanesFromEnv(undefined)).toBe(4);
+    expect(lanesFromEnv("8")).toBe(8);
+    expect(() => lanesFromEnv("0")).toThrow(/1 to 32/);
+  });
 });
