@@ -2,6 +2,7 @@
 // random inputs (f32, and bf16 where the op takes it), both examples on their meshes against the CPU
 // run, and cold/warm compile times. Writes cuda-ops-check.txt/.json to --out.
 //   (bundled by npm run gpu:pack; run there with bash bench/gpu/run.sh cuda-ops-check)
+import { segmentModeFromEnv } from "../../runtime/cuda/segment-gemm.ts";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -41,6 +42,8 @@ const RC = { r: 33, c: 70 };
 
 const UNARY = ["abs", "exp", "gelu", "gelu_deriv", "log", "neg", "relu", "rsqrt", "sigmoid", "sign", "silu", "sqrt", "stop_gradient"];
 const BINARY = ["add", "sub", "mul", "div", "maximum", "minimum", "eq", "ge", "gt"];
+/** Whether segment GEMMs of this dtype take the grouped call in this run (bf16's default is the side-stream fan-out; SHARDTS_SEGMENT_GEMM). */
+const groupedMode = (t: DType) => segmentModeFromEnv(process.env.SHARDTS_SEGMENT_GEMM, t === "bf16" ? "bf16" : "f32") === "grouped";
 /** grouped: whether the case must run as cuBLAS grouped GEMMs (when libcublas loads) rather than cuBLASLt calls. */
 const cases: { op: string; dtypes: DType[]; make: Maker; grouped?: (t: DType) => boolean }[] = [
   ...UNARY.map((op) => ({ op, dtypes: ["f32", "bf16"] as DType[], make: ((m, t) => raw(op, [T(m, RC, t, ["log", "sqrt", "rsqrt"].includes(op) ? pos : undefined)], {})) as Maker })),
@@ -65,7 +68,7 @@ const cases: { op: string; dtypes: DType[]; make: Maker; grouped?: (t: DType) =>
       return raw("segment_wgrad", [x, gy, counts!], { k: "k", n: "n" });
     }) as Maker,
     // the grouped cuBLAS GEMM: f32 both ops; bf16 rows of 20 are not 16-byte aligned, so the cuBLASLt loop
-    grouped: (t: DType) => t === "f32",
+    grouped: (t: DType) => t === "f32" && groupedMode(t),
   })),
   // skewed counts (60% of the rows to expert 0, experts 2 and 5 empty) on 16-byte-aligned rows: the
   // grouped GEMM for segment_dot in both types and segment_wgrad f32 (bf16 -> f32 stays the loop)
@@ -79,7 +82,7 @@ const cases: { op: string; dtypes: DType[]; make: Maker; grouped?: (t: DType) =>
       const gy = raw("gather", [T(m, { g: 3, s: 40, n: 32 }, t), perm!], { dim: "s" })[0]!;
       return raw("segment_wgrad", [x, gy, counts!], { k: "k", n: "n" });
     }) as Maker,
-    grouped: (t: DType) => op === "segment_dot" || t === "f32",
+    grouped: (t: DType) => (op === "segment_dot" || t === "f32") && groupedMode(t),
   })),
   { op: "flatten", dtypes: ["f32"], make: (m, t) => raw("flatten", [T(m, { r: 5, c: 4, z: 3 }, t)], { dims: ["z", "r"], to: "zr" }) },
   { op: "unflatten", dtypes: ["f32"], make: (m, t) => raw("unflatten", [T(m, { r: 5, c: 6 }, t)], { dim: "c", into: { c1: 2, c2: 3 } }) },

@@ -81,17 +81,19 @@ stage_fsdp_prefetch() {
 stage_moe_overlap() {
   local b=${OVERLAP_BATCH:-16} steps=${OVERLAP_STEPS:-12} warm=${OVERLAP_WARMUP:-4} d mb rc tag
   local common=(--size overlap --steps "$steps" --warmup "$warm" --no-eval --backend cuda --no-balance)
-  for d in composed fused; do
+  # OVERLAP_DISPATCH ("composed fused"), OVERLAP_MB ("1 2") and OVERLAP_UNSCHED=0 run less: each launch
+  # compiles the step program on the host first (25-30 s at this size)
+  for d in ${OVERLAP_DISPATCH:-composed fused}; do
     local fd=(); [ "$d" = fused ] && fd=(--fused-dispatch)
-    for mb in 1 2; do
+    for mb in ${OVERLAP_MB:-1 2}; do
       tag="overlap-$d-mb$mb"
       SHARDTS_SCHEDULE=1 timeout 300 "${CLI[@]}" launch --nproc-per-node "$N" examples/train-moe-lm.ts --layout ep --mesh "ep=$N" --batch "$b" \
         --micro-batches "$mb" "${fd[@]}" "${common[@]}" --trace "$OUT/$tag" > "$OUT/$tag.log" 2>&1
       rc=$?; note "moe overlap $d mb=$mb on $N GPUs: exit $rc"
     done
-    SHARDTS_SCHEDULE=0 timeout 300 "${CLI[@]}" launch --nproc-per-node "$N" examples/train-moe-lm.ts --layout ep --mesh "ep=$N" --batch "$b" \
+    [ "${OVERLAP_UNSCHED:-1}" = 1 ] && SHARDTS_SCHEDULE=0 timeout 300 "${CLI[@]}" launch --nproc-per-node "$N" examples/train-moe-lm.ts --layout ep --mesh "ep=$N" --batch "$b" \
       --micro-batches 2 "${fd[@]}" "${common[@]}" > "$OUT/overlap-$d-mb2-unsched.log" 2>&1
-    rc=$?; note "moe overlap $d mb=2 unscheduled: exit $rc"
+    rc=$?; [ "${OVERLAP_UNSCHED:-1}" = 1 ] && note "moe overlap $d mb=2 unscheduled: exit $rc"
     CUDA_VISIBLE_DEVICES=0 timeout 300 "${CLI[@]}" run examples/train-moe-lm.ts --layout ep --mesh ep=1 --batch $((b / N)) \
       --micro-batches 2 "${fd[@]}" "${common[@]}" > "$OUT/overlap-$d-compute.log" 2>&1
     rc=$?; note "moe overlap $d compute-only (ep=1, batch $((b / N))): exit $rc"

@@ -6,7 +6,8 @@
 // Where the grouped GEMM cannot run the problems (no libcublas 12.5+; bf16 inputs with an f32 output,
 // which it does not offer; bf16 pointers off 16 bytes), they run one cuBLASLt call each, fanned out
 // over side streams (side-streams.ts) so that several experts' GEMMs share the GPU.
-// SHARDTS_SEGMENT_GEMM=lanes uses the fan-out for every set, =loop one stream (SegmentMode).
+// bf16 sets use the fan-out by default (measured faster on an H200); SHARDTS_SEGMENT_GEMM=grouped,
+// lanes or loop (one stream) sets the mode for every set (SegmentMode).
 import type { NativeAddon, Stream } from "./native-types.ts";
 import { matmulPlans, type MatmulForm } from "./matmul-plans.ts";
 import { segmentLanes } from "./side-streams.ts";
@@ -145,11 +146,15 @@ export function groupedAvailable(addon: NativeAddon): boolean {
 }
 
 /** How a set runs: `grouped` (one grouped cuBLAS call where it can, else `lanes`), `lanes` (one cuBLASLt
- * call per problem, fanned out over side streams), `loop` (one cuBLASLt call per problem on the stream). */
+ * call per problem, fanned out over side streams), `loop` (one cuBLASLt call per problem on the stream).
+ * Default: `lanes` for bf16 operands, `grouped` for f32. */
 export type SegmentMode = "grouped" | "lanes" | "loop";
 
-export function segmentModeFromEnv(v: string | undefined): SegmentMode {
-  if (v === undefined || v === "") return "grouped";
+export function segmentModeFromEnv(v: string | undefined, dtype: "f32" | "bf16" = "f32"): SegmentMode {
+  // bf16: the fanned-out cuBLASLt calls beat the grouped call on the EP MoE layer (H200x2, ep=2:
+  // segment_dot 6.85 against 8.39 ms, step 18.3 against 21.7 ms; bench/results/2026-11-23-*);
+  // f32 keeps the grouped call (not measured against the lanes)
+  if (v === undefined || v === "") return dtype === "bf16" ? "lanes" : "grouped";
   if (v === "grouped" || v === "lanes" || v === "loop") return v;
   throw new RangeError(`SHARDTS_SEGMENT_GEMM=${v}: give grouped, lanes or loop`);
 }
@@ -161,7 +166,7 @@ export function problemLanes(ps: Problem[], lanes: number): number[] {
 }
 
 /** Runs the set on `stream` (the work after it on `stream` sees it done), as `mode` says (default SHARDTS_SEGMENT_GEMM). */
-export function runProblems(addon: NativeAddon, set: ProblemSet, stream: Stream, mode: SegmentMode = segmentModeFromEnv(process.env.SHARDTS_SEGMENT_GEMM)): void {
+export function runProblems(addon: NativeAddon, set: ProblemSet, stream: Stream, mode: SegmentMode = segmentModeFromEnv(process.env.SHARDTS_SEGMENT_GEMM, set.dtype)): void {
   if (!set.problems.length) return;
   if (mode === "grouped" && groupedRefusal(set) === undefined && groupedAvailable(addon)) {
     for (const run of nonOverlapping(set.problems)) {

@@ -3,7 +3,7 @@
 // through empty groups, packed and unpacked rows, rows clipped at R and local groups that start past
 // the counts' first; and through the executor over the fake native layer, the grouped calls' problems
 // are exactly the cuBLASLt calls the loop makes when libcublas is missing.
-import { describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { dotProblems, groupedArgs, groupedRefusal, nonOverlapping, problemLanes, runProblems, segmentModeFromEnv, segments, wgradProblems, type Problem, type SegmentLayout } from "../../runtime/cuda/segment-gemm.ts";
 import { lanesFromEnv } from "../../runtime/cuda/side-streams.ts";
 import { CudaExecutor } from "../../runtime/cuda/executor.ts";
@@ -128,6 +128,10 @@ function segmentPlan(op: "segment_dot" | "segment_wgrad", dtype: DType) {
 
 describe("segment contractions through the executor (fake native layer)", () => {
   useTempKernelCache();
+  // the grouped call where it can run (bf16's default is the side-stream fan-out of the loop's calls)
+  const saved = process.env.SHARDTS_SEGMENT_GEMM;
+  beforeAll(() => void (process.env.SHARDTS_SEGMENT_GEMM = "grouped"));
+  afterAll(() => void (saved === undefined ? delete process.env.SHARDTS_SEGMENT_GEMM : (process.env.SHARDTS_SEGMENT_GEMM = saved)));
 
   // every i32 read answers this pattern: skewed, with empty groups, and more rows than there are (clipped)
   const skew = [5, 0, 9, 0, 3, 12, 1, 7, 0, 2];
@@ -194,6 +198,8 @@ describe("segment GEMMs fanned out over side streams", () => {
 
   it("read their settings from the environment and refuse bad ones", () => {
     expect(segmentModeFromEnv(undefined)).toBe("grouped");
+    expect(segmentModeFromEnv(undefined, "bf16")).toBe("lanes");
+    expect(segmentModeFromEnv("grouped", "bf16")).toBe("grouped");
     expect(segmentModeFromEnv("lanes")).toBe("lanes");
     expect(() => segmentModeFromEnv("fast")).toThrow(/give grouped, lanes or loop/);
     expect(lanesFromEnv(undefined)).toBe(4);
