@@ -33,7 +33,7 @@ const STREAM_NORMAL = 1;
  * hold a 64-bit product exactly, so multiply 16-bit halves (each partial
  * product < 2^32, exact) and propagate the carries by hand.
  */
-function mulhi32(a: number, b: number): number {
+export function mulhi32(a: number, b: number): number {
   const aLo = a & 0xffff;
   const aHi = a >>> 16;
   const bLo = b & 0xffff;

@@ -180,3 +180,18 @@ describe("fillRandom", () => {
     }
   });
 });
+
+describe("mulhi32", () => {
+  it("is the high word of the exact 64-bit product (BigInt), edge values and 20000 random pairs", async () => {
+    const { mulhi32 } = await import("../../../compiler/numeric/rng.ts");
+    const exact = (a: number, b: number) => Number((BigInt(a) * BigInt(b)) >> 32n);
+    const edges = [0, 1, 2, 0xffff, 0x10000, 0x7fffffff, 0x80000000, 0xfffffffe, 0xffffffff, 0xd2511f53, 0xcd9e8d57];
+    for (const a of edges) for (const b of edges) expect(mulhi32(a, b), `${a} * ${b}`).toBe(exact(a, b));
+    let x = 0x12345678;
+    const next = () => ((x = (Math.imul(x, 1664525) + 1013904223) >>> 0), x);
+    for (let i = 0; i < 20000; i++) {
+      const a = next(), b = next();
+      expect(mulhi32(a, b)).toBe(exact(a, b));
+    }
+  });
+});
