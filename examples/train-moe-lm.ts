@@ -7,7 +7,7 @@
 //   npx shardts run examples/train-moe-lm.ts [--steps 120] [--layout dp-ep] [--no-balance] [--help]
 // Checkpoints: `--save DIR [--save-every N]` saves in the background (sharded safetensors, atomic);
 // `--resume DIR` continues from DIR's latest checkpoint (or a step-<n> directory), on any --layout/--mesh.
-import { defineMain, UsageError, commOverlap, traceTotals, writeChromeTrace, type TraceEvent } from "shardts";
+import { defineMain, UsageError, resolveBackend, commOverlap, traceTotals, writeChromeTrace, type TraceEvent } from "shardts";
 import { layoutByName, LAYOUTS, rankLoads } from "shardts/nn";
 import { Trainer, Evaluator, expertRanks, generate, maxOverMean, Progress, BatchLoader, ByteTokenizer, loadTrainingText, unigramEntropyNats, bigramEntropyNats, ADAMW_DEFAULTS } from "shardts/train";
 import type { LmConfig } from "shardts/nn";
@@ -113,8 +113,12 @@ export default defineMain(async ({ args, log }) => {
   const h1 = unigramEntropyNats(tokens, 256), h2 = bigramEntropyNats(tokens, 256);
   log(`data: Brown corpus, ${(tokens.length / 1e6).toFixed(2)}M bytes; unigram entropy ${h1.toFixed(3)} nats/byte, bigram ${h2.toFixed(3)}`);
 
+  // one process per rank (shardts launch): each makes, feeds, saves and loads only its own rank's pieces
+  const world = Number(process.env.WORLD_SIZE ?? "1"), rank = Number(process.env.RANK ?? "0");
+  const rankLocal = world > 1 && resolveBackend(o.backend) === "cuda";
   const t0 = performance.now();
   const trainer = new Trainer({
+    ranks: rankLocal ? [rank] : undefined,
     model, layout, batch: o.batch, seed: o.seed, backend: o.backend, biasRate: o.balance ? o.gamma : 0,
     opt: { ...ADAMW_DEFAULTS, lr: 3e-3 },
     schedule: { peak: 3e-3, warmup: Math.min(20, Math.ceil(o.steps / 10)), total: o.steps, minRatio: 0.1 },
@@ -122,12 +126,8 @@ export default defineMain(async ({ args, log }) => {
   log(`model: ${model.layers} layers, d=${model.model}, ${model.moe!.experts} experts top-${model.moe!.topK} + ${model.moe!.shared} shared, ${(trainer.ps.count / 1e6).toFixed(2)}M parameters`);
   if (o.redundant > 0) log(`redundant experts: ${o.redundant} extra slots per MoE layer (${model.moe!.experts + o.redundant} slots over ${expertRanks(layout)} expert-axis rank(s)), re-planned every ${o.replanEvery} steps`);
   if (o.fp8) log("fp8: dense MLPs, shared and routed experts in FP8 (e4m3, 1x128 activation tiles, 128x128 weight blocks, FP32 master weights)");
-  log(`layout: ${layout}; step program: ${trainer.program.plan.instrs.length} instructions, compiled in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  log(`layout: ${layout}; step program: ${trainer.program.plan.instrs.length} instructions; traced, compiled and parameters initialised in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
 
-  // one process per rank (shardts launch): each saves its own rank's pieces; on GPUs each also holds
-  // (and loads) only its own
-  const world = Number(process.env.WORLD_SIZE ?? "1"), rank = Number(process.env.RANK ?? "0");
-  const rankLocal = world > 1 && trainer.program.backend === "cuda";
   if (o.resume) {
     // the template is this run's layout: the checkpoint's pieces are resharded onto it
     const mesh = { axes: layout.axes, sizes: layout.axes.map((a) => layout.mesh[a]!) };

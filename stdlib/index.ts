@@ -10,7 +10,7 @@ export { moeDispatch, moeCombine, moeRedispatch, type DispatchOpts } from "./ops
 export * from "./ops/movement.ts";
 export { randn, rand, zeros, ones, full, iota, fromGlobal, fromLocal } from "./ops/factories.ts";
 export { redistribute } from "./ops/redistribute.ts";
-export { evaluate, read, type Backend, type EvaluateOptions } from "./run.ts";
+export { evaluate, read, resolveBackend, type Backend, type EvaluateOptions } from "./run.ts";
 export { GlobalValue, maxRelDiff } from "./value.ts";
 export { defineModel, defineMain, type ModelDef, type MainDef, type MainContext } from "./model.ts";
 export { grad, valueAndGrad } from "./autodiff.ts";

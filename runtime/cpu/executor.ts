@@ -6,7 +6,7 @@ import type { LocalTensor } from "../../compiler/ir/local.ts";
 import type { CpuCtx } from "../../compiler/ops/registry.ts";
 import { getOp } from "../../compiler/ops/index.ts";
 import { coordsOf } from "../../compiler/ir/placement.ts";
-import { CompileError, ShardtsError } from "../../compiler/errors.ts";
+import { CompileError, ShardtsError, UsageError } from "../../compiler/errors.ts";
 import { assemble, type GlobalTensor } from "./assemble.ts";
 import { runStep } from "./collectives.ts";
 import { pieceOf } from "./pieces.ts";
@@ -34,7 +34,20 @@ export function cpuCtx(plan: Plan, ins: Extract<Plan["instrs"][number], { kind: 
 }
 
 /** Runs the plan; `feeds` gives each `input` placeholder's pieces, one per rank, by name. */
-export function runPlanCpu(plan: Plan, feeds?: ReadonlyMap<string, LocalTensor[]>, read?: readonly number[]): CpuRunResult {
+/**
+ * `opts.ranks`: compute only these ranks' pieces (the others are holes in `locals`; nothing is read
+ * back), for plans whose ranks are independent: no comm steps and no whole-tensor ops (a process of
+ * a rank-local job initialising its own parameters).
+ */
+export function runPlanCpu(plan: Plan, feeds?: ReadonlyMap<string, LocalTensor[]>, read?: readonly number[], opts: { ranks?: readonly number[] } = {}): CpuRunResult {
+  const only = opts.ranks;
+  if (only) {
+    const bad = plan.instrs.find((i) => i.kind === "comm" || getOp(i.op).global);
+    if (bad) throw new UsageError(`runPlanCpu(): computing some ranks only needs ranks that do not exchange data; this plan has ${bad.kind === "comm" ? "a comm step" : `'${bad.op}', which reads every rank`}`);
+    if (only.some((r) => !Number.isInteger(r) || r < 0 || r >= plan.world)) throw new UsageError(`runPlanCpu(): ranks [${only.join(", ")}] are not ranks of a world of ${plan.world}`);
+    if (read?.length) throw new UsageError("runPlanCpu(): reading outputs back needs every rank's pieces; give ranks or read, not both");
+  }
+  const rankList = only ?? Array.from({ length: plan.world }, (_, r) => r);
   const slots: (LocalTensor[] | undefined)[] = new Array(plan.values.length);
   const coords = Array.from({ length: plan.world }, (_, r) => coordsOf(plan.mesh, r));
   const countsCache = new Map<number, GlobalTensor>();
@@ -55,7 +68,7 @@ export function runPlanCpu(plan: Plan, feeds?: ReadonlyMap<string, LocalTensor[]
       } else {
         const def = getOp(ins.op);
         const per: LocalTensor[][] = ins.outputs.map(() => new Array<LocalTensor>(plan.world));
-        for (let r = 0; r < plan.world; r++) {
+        for (const r of rankList) {
           const ctx = cpuCtx(plan, ins, r, coords[r]!, feeds);
           const outs = def.cpu(ins.inputs.map((s) => slots[s]![r]!), ins.attrs, ctx);
           outs.forEach((o, k) => (per[k]![r] = o));
@@ -72,7 +85,7 @@ export function runPlanCpu(plan: Plan, feeds?: ReadonlyMap<string, LocalTensor[]
     // free what nothing reads any more
     for (const s of readsOf(ins)) if (plan.lastUse[s] === i && !countsCache.has(s)) slots[s] = undefined;
   });
-  const wanted = new Set(read ?? plan.outputs.map((_, i) => i));
+  const wanted = new Set(only ? [] : (read ?? plan.outputs.map((_, i) => i)));
   return {
     outputs: plan.outputs.map((s, i) => (wanted.has(i) ? assemble(plan, s, slots[s]!, counts) : undefined)),
     locals: plan.outputs.map((s) => slots[s]!),

@@ -7,6 +7,7 @@ import { UsageError } from "../../compiler/errors.ts";
 import { Mesh } from "../mesh.ts";
 import type { AnyDTensor } from "../dtensor.ts";
 import { input, Program, type Pieces } from "../program.ts";
+import { runPlanCpu } from "../../runtime/cpu/executor.ts";
 import { full, randn } from "../ops/factories.ts";
 import { redistribute } from "../ops/redistribute.ts";
 import type { Layout, ShardHints } from "./layout.ts";
@@ -80,8 +81,12 @@ export class ParamStore {
     return Object.fromEntries(this.layout.axes.map((a, i) => [a, ps[i]!]));
   }
 
-  /** Runs the initialisers on a fresh trace of the same mesh; returns each parameter's pieces. */
-  initialise(seed: number): Record<string, Pieces> {
+  /**
+   * Runs the initialisers on a fresh trace of the same mesh; returns each parameter's pieces.
+   * `ranks`: only those ranks' pieces (the others are holes): a process of a rank-local job makes
+   * its own, the same values as the whole run's.
+   */
+  initialise(seed: number, ranks?: readonly number[]): Record<string, Pieces> {
     const mesh = Mesh.of(this.layout.mesh);
     const outs: Record<string, AnyDTensor> = {};
     for (const s of this.specs) {
@@ -90,7 +95,10 @@ export class ParamStore {
         ? (randn(mesh, s.dims, "f32", pl, { seed: nameSeed(s.name, seed), std: s.init.std }) as AnyDTensor)
         : (full(mesh, s.dims, "f32", s.init.value, pl) as AnyDTensor);
     }
-    return new Program(mesh, outs).run({});
+    const prog = new Program(mesh, outs);
+    if (!ranks) return prog.run({});
+    const { locals } = runPlanCpu(prog.plan, undefined, [], { ranks });
+    return Object.fromEntries(prog.outputNames.map((n, i) => [n, locals[i]!]));
   }
 
   /** Total parameter count. */

@@ -45,6 +45,11 @@ export interface TrainConfig {
   biasRate: number;
   /** Where the step runs (default: the CPU reference). */
   backend?: Backend;
+  /**
+   * The ranks whose parameters this process makes and feeds (one process per rank under `shardts
+   * launch` on GPUs: its own; the other ranks' pieces are holes). Default: every rank.
+   */
+  ranks?: readonly number[];
 }
 
 export interface StepMetrics {
@@ -144,9 +149,14 @@ export class Trainer {
     const loads = Object.fromEntries(t.out.loads.map((l, i) => [`load.${i}`, l]));
     const slotLoads = t.replicas ? Object.fromEntries(t.out.slotLoads.map((l, i) => [`slotLoad.${i}`, l])) : {};
     this.program = new Program(t.mesh, { loss: t.out.loss, ce: t.out.ce, gradNorm, ...loads, ...slotLoads, ...updates }, { backend: cfg.backend });
-    this.state = t.ps.initialise(cfg.seed);
+    this.state = t.ps.initialise(cfg.seed, cfg.ranks);
+    const held = cfg.ranks && new Set(cfg.ranks);
     for (const s of t.ps.specs)
-      for (const n of momentNames(s.name)) this.state[n] = zeroPieces(t.mesh.spec, { dims: Object.entries(s.dims).map(([name, size]) => ({ name, size })), dtype: "bf16", placements: s.storage });
+      for (const n of momentNames(s.name)) {
+        const z = zeroPieces(t.mesh.spec, { dims: Object.entries(s.dims).map(([name, size]) => ({ name, size })), dtype: "bf16", placements: s.storage });
+        if (held) z.forEach((_, r) => !held.has(r) && delete z[r]); // holes, as in the parameters
+        this.state[n] = z;
+      }
     this.biases = t.biases.map(() => new Float32Array(cfg.model.moe!.experts));
   }
 
