@@ -143,3 +143,25 @@ for r in [r for r in s + t if r["kind"] == "time"]:
 PY
   cat "$OUT/moe-layer-ep-ratio.txt"
 }
+
+# ---- redundant experts: step time and load with and without replicas -----------------------------
+# train-moe-lm --size overlap, layout ep (ep=N), --no-balance (the router's skew stays), REDUNDANT_STEPS
+# steps (default 30; ms/step over those after REDUNDANT_WARMUP, default 10), re-planned every 10 steps:
+# without replicas, then with --redundant ${REDUNDANT_SLOTS:-4}. Each prints its load max/mean per slot and rank.
+stage_redundant() {
+  local steps=${REDUNDANT_STEPS:-30} warm=${REDUNDANT_WARMUP:-10} r rc tag
+  for r in 0 "${REDUNDANT_SLOTS:-4}"; do
+    tag="redundant-$r"
+    local extra=(); [ "$r" != 0 ] && extra=(--redundant "$r" --replan-every 10)
+    timeout 300 "${CLI[@]}" launch --nproc-per-node "$N" examples/train-moe-lm.ts --size overlap --layout ep --mesh "ep=$N" --batch 16 \
+      --no-balance --steps "$steps" --warmup "$warm" --no-eval --sample 0 --backend cuda "${extra[@]}" > "$OUT/$tag.log" 2>&1
+    rc=$?; note "redundant experts: $r extra slots on $N GPUs: exit $rc"
+  done
+  {
+    echo "ms/step (rank 0, steps after the warm-up) and load max/mean, without and with replicas (--no-balance, ep=$N)"
+    for r in 0 "${REDUNDANT_SLOTS:-4}"; do
+      echo "-- $r extra slots:"
+      grep -h "\[rank 0\] throughput\|\[rank 0\] redundant\|\[rank 0\]   per \|\[rank 0\]   over all" "$OUT/redundant-$r.log" | sed 's/^\[rank 0\] /  /'
+    done
+  } | tee "$OUT/redundant.txt"
+}

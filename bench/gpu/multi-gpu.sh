@@ -17,7 +17,9 @@
 #      against compute-only (ep=1, batch / N, one GPU) and comm-only (the traced comm stream); Chrome traces
 #  10. the EP MoE layer (DeepSeek-V2-Lite size, fwd+bwd, ep=N): GPUs vs the CPU-simulated mesh, then ms per
 #      step against the PyTorch peer (all_to_all_single + torch._grouped_mm) and the ratio; MOE_LAYER_FP8=1 adds FP8
-# Stages 3 (its layout list), 5, 6, 9 and 10 live in bench/gpu/multi-gpu-stages.sh. SKIP="5 6" leaves stages
+#  11. redundant experts: train-moe-lm --size overlap --no-balance on ep=N, ms/step and expert load with and
+#      without --redundant 4
+# Stages 3 (its layout list), 5, 6, 9, 10 and 11 live in bench/gpu/multi-gpu-stages.sh. SKIP="5 6" leaves stages
 # out, ONLY="5 6" runs just those.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -172,5 +174,7 @@ skip 8 || ckpt_stage
 skip 9 || stage_moe_overlap
 # 10. the EP MoE layer against the PyTorch peer
 skip 10 || stage_moe_layer_ep
+# 11. redundant experts: step time and load with and without replicas
+skip 11 || stage_redundant
 
 echo; echo "== summary"; printf '%s\n' "${summary[@]}" | tee "$OUT/multi-gpu-summary.txt"
