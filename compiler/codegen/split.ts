@@ -15,10 +15,15 @@ import type { Plan, PlanValue } from "../plan.ts";
 import type { AxisInfo, AxisUse, ExprNode, KernelSpec, TensorSpec } from "./types.ts";
 import type { BuiltGroup } from "./spec.ts";
 
-/** Columns per part (32 KiB of f32): a row of 2^20 columns is 128 parts, about one per SM. */
-export const CHUNK = 2 ** 13;
 /**
- * Cut rows of at least MIN_COLS columns (16 parts or more) where there are fewer than MAX_ROWS:
+ * Columns per part (16 KiB of f32). Small enough that the part kernels' blocks are small (256..512
+ * threads): several fit on an SM at once, so one block's reduction and write pass overlap another's
+ * loads (8192 gave add -> mul -> sum 1024-thread blocks at 40 registers, one an SM); a row of 2^20
+ * columns is 256 parts, about two per SM.
+ */
+export const CHUNK = 2 ** 12;
+/**
+ * Cut rows of at least MIN_COLS columns (32 parts or more) where there are fewer than MAX_ROWS:
  * one block reads a row at ~90 GB/s, so ~50 rows' blocks are what it takes to keep HBM (4.8 TB/s) busy.
  */
 export const MIN_COLS = 2 ** 17, MAX_ROWS = 64;
