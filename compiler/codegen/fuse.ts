@@ -6,13 +6,15 @@
 // produce its inputs, one at a time, when (1) no path leaves the merged set and comes back (that
 // would be a cycle between kernels) and (2) buildGroup accepts the merged set as one kernel. What
 // joins no group and can be a kernel alone starts one. A `full` that every rank holds whole is
-// inlined as a literal. Dots, routing, factories and communication stay as they are.
+// inlined as a literal. Dots, routing, factories and communication stay as they are. A row kernel
+// over few, long rows becomes two (split.ts), with a slot of partials between them.
 import type { Instr, Plan } from "../plan.ts";
 import { lastUses, readsOf as reads, writesOf as writes } from "../plan.ts";
 import type { FusedInstr, FusedPlan, KernelInstr } from "./types.ts";
 import { isFp8 } from "../ir/types.ts";
 import { roundToBf16, roundToE4M3, roundToE5M2 } from "../numeric/index.ts";
 import { buildGroup, fusible, type BuiltGroup, type GroupCtx } from "./spec.ts";
+import { splitRows } from "./split.ts";
 
 
 /** The literal a `full` stands for on every rank, rounded as the CPU fills it; undefined where a Partial<sum> leaves zeros on some ranks. */
@@ -115,15 +117,24 @@ function emit(
   type Unit = { at: number; instr: FusedInstr; deps: Set<number>; users: number[] };
   const units: Unit[] = [];
   const internal: number[] = [];
+  // few, long rows are reduced by two kernels, through slots of partials added after the plan's
+  const values = [...plan.values];
   for (const [, g] of [...groups].sort((a, b) => a[1].members[0]! - b[1].members[0]!)) {
-    const { spec, inputs, outputs, axes } = g.built;
     const fuses = g.members.map((m) => {
       const ins = plan.instrs[m] as Extract<Instr, { kind: "op" }>;
       return ins.site === undefined ? { node: ins.node, op: ins.op } : { node: ins.node, op: ins.op, site: ins.site };
     });
-    const k: KernelInstr = { kind: "kernel", id: -1, spec, inputs, outputs, axes, fuses };
-    for (const m of g.members) for (const s of writes(plan.instrs[m]!)) if (!outputs.includes(s)) internal.push(s);
-    units.push({ at: g.members[g.members.length - 1]!, instr: k, deps: new Set(), users: [] });
+    for (const m of g.members) for (const s of writes(plan.instrs[m]!)) if (!g.built.outputs.includes(s)) internal.push(s);
+    const split = splitRows(g.built, plan, values.length);
+    if (split) values.push(...split.values);
+    const stages = split ? split.stages : [g.built];
+    // each stage fuses the ops whose values it computes (the first: those that compute none, expands, too)
+    const computes = stages.map((b) => new Set(b.spec.nodes.flatMap((n) => (n.k === "op" || n.k === "reduce" ? [n.ir] : []))));
+    stages.forEach(({ spec, inputs, outputs, axes }, k) => {
+      const mine = stages.length === 1 ? fuses : fuses.filter((f) => computes[k]!.has(f.node) || (k === 0 && !computes[1]!.has(f.node)));
+      const instr: KernelInstr = { kind: "kernel", id: -1, spec, inputs, outputs, axes, fuses: mine };
+      units.push({ at: g.members[g.members.length - 1]!, instr, deps: new Set(), users: [] });
+    });
   }
   plan.instrs.forEach((ins, i) => {
     if (groupOf[i]! >= 0) return;
@@ -180,5 +191,5 @@ function emit(
   }
   if (instrs.length !== units.length) throw new Error("fuse: kernel groups form a cycle (a bug in the cycle check)");
 
-  return { mesh: plan.mesh, world: plan.world, values: plan.values, instrs, outputs: plan.outputs, lastUse: lastUses(plan.values, instrs, plan.outputs), internal: internal.sort((a, b) => a - b) };
+  return { mesh: plan.mesh, world: plan.world, values, instrs, outputs: plan.outputs, lastUse: lastUses(values, instrs, plan.outputs), internal: internal.sort((a, b) => a - b) };
 }

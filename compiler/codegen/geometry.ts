@@ -12,7 +12,7 @@ export interface Geometry {
   strides: number[][];
 }
 
-export function geometry(k: KernelInstr, plan: Plan, rank: number): Geometry {
+export function geometry(k: KernelInstr, plan: Pick<Plan, "values">, rank: number): Geometry {
   const shape = (s: number) => plan.values[s]!.shapes[rank]!;
   const sizes = k.axes.map((a) => a.from.reduce((p, f) => p * shape(f.slot)[f.dim]!, 1));
   const scales = k.spec.quant ? k.spec.operands.length + k.spec.quant.scales : -1;

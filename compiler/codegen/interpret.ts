@@ -43,34 +43,42 @@ function applyOp(op: string, args: Val[], dtype: DType, order: [string, number][
 }
 
 /** One rank's kernel: inputs in `k.inputs` order; returns the results in `k.outputs` order. */
-export function interpretKernel(k: KernelInstr, plan: Plan, rank: number, inputs: LocalTensor[]): LocalTensor[] {
+export function interpretKernel(k: KernelInstr, plan: Pick<Plan, "values">, rank: number, inputs: LocalTensor[]): LocalTensor[] {
   const { spec } = k;
   const g = geometry(k, plan, rank);
   const row = spec.kind === "row";
-  const outer = row ? g.sizes.slice(0, -1) : g.sizes;
-  const rows = numel(outer), ncol = row ? g.sizes[g.sizes.length - 1]! : 1;
+  // a split kernel: the axis before the columns counts parts of `chunk` columns; only the
+  // reductions' partials walk it (one value per part), the rest is the unsplit row kernel
+  const cut = spec.split ? g.sizes.length - 2 : -1;
+  const drop = <T>(a: T[]) => a.filter((_, i) => i !== cut);
+  const sizes = drop(g.sizes);
+  const outer = row ? sizes.slice(0, -1) : sizes;
+  const rows = numel(outer), ncol = row ? sizes[sizes.length - 1]! : 1;
+  const parts = spec.split ? g.sizes[cut]! : 1, chunk = spec.split?.chunk ?? ncol;
   // the iteration space as named dims: map kernels keep their axes; row kernels flatten the outer ones
-  const full: [string, number][] = row ? [["r", rows], ["c", ncol]] : g.sizes.map((s, i) => [`a${i}`, s]);
+  const full: [string, number][] = row ? [["r", rows], ["c", ncol]] : sizes.map((s, i) => [`a${i}`, s]);
   const perRow: [string, number][] = row ? [["r", rows]] : full;
+  const perPart: [string, number][] = spec.split ? [["r", rows], ["p", parts]] : perRow;
 
   const vals: Val[] = [];
   for (const n of spec.nodes) {
     if (n.k === "load") {
-      const st = g.strides[n.operand]!;
-      vals.push(n.col || !row ? val(n.dtype, full, gatherStrided(inputs[n.operand]!, g.sizes, st)) : val(n.dtype, perRow, gatherStrided(inputs[n.operand]!, outer, st.slice(0, -1))));
+      const st = drop(g.strides[n.operand]!);
+      vals.push(n.col || !row ? val(n.dtype, full, gatherStrided(inputs[n.operand]!, sizes, st)) : val(n.dtype, perRow, gatherStrided(inputs[n.operand]!, outer, st.slice(0, -1))));
     } else if (n.k === "const") vals.push(val(n.dtype, [], [n.value]));
     else if (n.k === "op") vals.push(applyOp(n.op, n.args.map((a) => vals[a]!), n.dtype, full));
     else if (n.k === "reduce") {
-      const x = vals[n.arg]!, out = val(n.dtype, perRow);
+      const x = vals[n.arg]!, out = val(n.dtype, perPart);
       const along = x.type.dims.some((d) => d.name === "c"), rowed = x.type.dims.some((d) => d.name === "r");
-      for (let r = 0; r < rows; r++) {
-        let acc = n.fn === "sum" ? 0 : -Infinity;
-        for (let c = 0; c < ncol; c++) {
-          const v = x.t.data[(rowed ? r * (along ? ncol : 1) : 0) + (along ? c : 0)]!;
-          acc = n.fn === "sum" ? acc + v : v > acc || v !== v ? v : acc;
+      for (let r = 0; r < rows; r++)
+        for (let p = 0; p < parts; p++) {
+          let acc = n.fn === "sum" ? 0 : -Infinity;
+          for (let c = p * chunk; c < Math.min(ncol, (p + 1) * chunk); c++) {
+            const v = x.t.data[(rowed ? r * (along ? ncol : 1) : 0) + (along ? c : 0)]!;
+            acc = n.fn === "sum" ? acc + v : v > acc || v !== v ? v : acc;
+          }
+          out.t.data[r * parts + p] = Math.fround(acc);
         }
-        out.t.data[r] = Math.fround(acc);
-      }
       roundData(n.dtype, out.t.data);
       vals.push(out);
     } else {
@@ -105,18 +113,18 @@ export function interpretKernel(k: KernelInstr, plan: Plan, rank: number, inputs
       return out;
     }
     const covers = !row || res.axes[res.axes.length - 1] !== "none";
-    const shape = covers ? g.sizes : outer;
+    const shape = covers ? sizes : g.sizes.slice(0, -1);
     const v = vals[res.node]!;
     // the node may lack some of the result's dims (a broadcast value): index it by the dims it has
-    const names = covers ? full.map(([nm]) => nm) : perRow.map(([nm]) => nm);
-    const flatDims = covers ? full : perRow;
+    const flatDims = covers ? full : perPart;
+    const names = flatDims.map(([nm]) => nm);
     const vStr = names.map((nm) => {
       const i = v.type.dims.findIndex((d) => d.name === nm);
       return i < 0 ? 0 : v.type.dims.slice(i + 1).reduce((p, d) => p * d.size, 1);
     });
     const pos = new Array<number>(numel(shape));
     forEachStrided(flatDims.map(([, s]) => s), [vStr], (o, offs) => (pos[o] = offs[0]!));
-    forEachStrided(shape, [covers ? st : st.slice(0, -1)], (o, offs) => (out.data[offs[0]!] = v.t.data[pos[o]!]!));
+    forEachStrided(shape, [covers ? drop(st) : st.slice(0, -1)], (o, offs) => (out.data[offs[0]!] = v.t.data[pos[o]!]!));
     return out;
   });
 }

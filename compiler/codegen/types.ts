@@ -51,7 +51,14 @@ export interface KernelSpec {
    * `node` is `node` too) and result `scales` (f32, one per tile: its innermost axis counts tiles).
    */
   quant?: { node: number; q: number; scales: number };
-  /** Largest over ranks: elements of any tensor or of the iteration space, and the column length (row kernels). */
+  /**
+   * Row kernels over few, long rows (split.ts): each row is cut into parts of `chunk` columns (the
+   * last shorter), each reduced as a row of its own. Axis `axes - 2` counts the parts: the tensors
+   * along the row do not walk it (a part starts at its index x chunk), the reductions' partials
+   * (results, one per part) do.
+   */
+  split?: { chunk: number };
+  /** Largest over ranks: elements of any tensor or of the iteration space, and the column length (row kernels; split: the part's). */
   bounds: { elems: number; row: number };
 }
 

@@ -393,7 +393,7 @@ export class CudaExecutor {
     const dist = W > 1 ? this.rankLocal : undefined;
     const ranks = dist ? [dist.rank] : Array.from({ length: W }, (_, r) => r);
     const coords = Array.from({ length: W }, (_, r) => coordsOf(plan.mesh, r));
-    const slots: (DeviceTensor[] | undefined)[] = new Array(plan.values.length);
+    const slots: (DeviceTensor[] | undefined)[] = new Array(fused.values.length);
     const hostCounts = new Map<number, GlobalTensor>();
     const counts = (s: number): GlobalTensor => {
       let g = hostCounts.get(s);
@@ -421,17 +421,18 @@ export class CudaExecutor {
           const fn = this.fn(kernel.name, kernel.source);
           const outs = ins.outputs.map((s) => {
             const per = new Array<DeviceTensor>(W);
-            for (const r of ranks) per[r] = empty(this.mem, plan.values[s]!.type.dtype, plan.values[s]!.shapes[r]!);
+            // (the fused plan's values: a split row kernel's partials are slots the plan does not have)
+            for (const r of ranks) per[r] = empty(this.mem, fused.values[s]!.type.dtype, fused.values[s]!.shapes[r]!);
             return per;
           });
           for (const r of ranks) {
-            const pl = packedLaunch(launches, kernel, ins, plan, r, { smCount: this.smCount, blocksPerSM: () => this.blocksPerSM(fn, kernel.launch.block) });
+            const pl = packedLaunch(launches, kernel, ins, fused, r, { smCount: this.smCount, blocksPerSM: () => this.blocksPerSM(fn, kernel.launch.block) });
             if (!pl) continue;
             fillPointers(pl, r, outs, slots);
             this.addon.launchKernel(fn, pl.grid, pl.block, 0, this.stream, pl.params);
             kernels++;
             if (opts.profile && r === ranks[0]) {
-              const bytes = [...ins.inputs, ...ins.outputs].reduce((b, s) => b + numel(plan.values[s]!.shapes[0]!) * K.elemBytes(plan.values[s]!.type.dtype), 0);
+              const bytes = [...ins.inputs, ...ins.outputs].reduce((b, s) => b + numel(fused.values[s]!.shapes[0]!) * K.elemBytes(fused.values[s]!.type.dtype), 0);
               const ms = this.timeLaunch(() => this.addon.launchKernel(fn, pl.grid, pl.block, 0, this.stream, pl.params), opts.profile);
               timings.push({ name: kernel.name, ops: ins.fuses.map((f) => f.op), ms, bytes });
             }

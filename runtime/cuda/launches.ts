@@ -25,7 +25,7 @@ export interface PackedLaunch {
 /** Per instruction, per rank: its launch, or null where the rank has nothing to do (grid 0). */
 export type LaunchCache = Map<KernelInstr, (PackedLaunch | null | undefined)[]>;
 
-export function packedLaunch(cache: LaunchCache, kernel: CudaKernel, ins: KernelInstr, plan: Plan, r: number, device: { smCount: number; blocksPerSM: () => number }): PackedLaunch | null {
+export function packedLaunch(cache: LaunchCache, kernel: CudaKernel, ins: KernelInstr, plan: Pick<Plan, "values">, r: number, device: { smCount: number; blocksPerSM: () => number }): PackedLaunch | null {
   let per = cache.get(ins);
   if (!per) cache.set(ins, (per = []));
   const hit = per[r];

@@ -1,7 +1,8 @@
 // Representative programs for the code generator: every elementwise op in f32 and bf16 (i32 where
 // it applies), broadcasts, where and casts, each row reduction in f32 and bf16 on short, long and
-// very long rows, the fused patterns of a transformer, and a whole training step. Each builds a
-// fused plan; test/codegen compiles every kernel of it, and a GPU test can run the same programs.
+// very long rows (few, long ones split in two kernels), the fused patterns of a transformer, and a
+// whole training step. Each builds a fused plan; test/codegen compiles every kernel of it, and a GPU
+// test can run the same programs.
 import {
   Mesh, Shard, randn, rand, iota, full, add, sub, mul, div, exp, log, neg, silu, gelu, sigmoid, rsqrt, abs, relu, sqrt,
   maximum, minimum, where, cast, sum, mean, max, softmax, logSoftmax, rmsnorm, gather, type AnyDTensor,
@@ -132,6 +133,19 @@ function quantEpilogues(): Built {
   return build({ aq: a.q, as: a.scales, bq: b.q, bs: b.scales, h, cq: c.q, cs: c.scales, dq: d.q, ds: d.scales, r, eq: e.q, es: e.scales });
 }
 
+/**
+ * Few, long rows (compiler/codegen/split.ts), each reduction a kernel of partials and one that
+ * reduces them: add -> mul -> sum over a whole f32 tensor with the add written, and bf16 rows
+ * sharded along the columns (sum, mean and max of partial pieces).
+ */
+function fewLongRows(): Built {
+  const mesh = Mesh.of({ dp: 2 });
+  const dims = { e: 8, m: 128, f: 176 };
+  const h = add(randn(mesh, dims, "f32"), randn(mesh, dims, "f32"));
+  const x = randn(mesh, { r: 6, c: 2 ** 18 }, "bf16", { dp: Shard("c") });
+  return build({ h, norm: sum(mul(h, h), ["e", "m", "f"]), sum: sum(x, "c"), mean: mean(x, "c"), max: max(x, "c") });
+}
+
 function trainingStep(): Built {
   const tr = new Trainer({
     model: { vocab: 40, model: 16, heads: 2, layers: 2, seq: 8, ffn: 24, moe: { experts: 4, topK: 2, ffn: 12, shared: 1, score: "softmax", auxLoss: 0.01, moeFrom: 1 } },
@@ -161,5 +175,6 @@ export const PROGRAMS: { name: string; build: () => Built }[] = [
   { name: "fused-bf16", build: () => fusedPatterns("bf16") },
   { name: "edge-cases", build: edges },
   { name: "quant-epilogues", build: quantEpilogues },
+  { name: "few-long-rows", build: fewLongRows },
   { name: "training-step", build: trainingStep },
 ];

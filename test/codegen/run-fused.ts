@@ -12,10 +12,13 @@ import { runStep } from "../../runtime/cpu/collectives.ts";
 import { assemble, type GlobalTensor } from "../../runtime/cpu/assemble.ts";
 import { runGlobalOp } from "../../runtime/cpu/executor.ts";
 
-/** `onKernel` sees every kernel launch: the instruction, the rank, its input pieces and the interpreter's results. */
+/**
+ * `onKernel` sees every kernel launch: the instruction, the rank, its input pieces and the
+ * interpreter's results; results it returns replace the interpreter's (a kernel run another way).
+ */
 export function runFusedCpu(
   fp: FusedPlan, feeds?: ReadonlyMap<string, LocalTensor[]>,
-  onKernel?: (k: KernelInstr, rank: number, inputs: LocalTensor[], outputs: LocalTensor[]) => void,
+  onKernel?: (k: KernelInstr, rank: number, inputs: LocalTensor[], outputs: LocalTensor[]) => LocalTensor[] | void,
 ): { outputs: GlobalTensor[]; locals: LocalTensor[][] } {
   const plan = fp as unknown as Plan; // the same values, outputs and mesh; instrs are only read here
   const slots: (LocalTensor[] | undefined)[] = new Array(fp.values.length);
@@ -28,8 +31,7 @@ export function runFusedCpu(
       for (let r = 0; r < fp.world; r++) {
         const inputs = ins.inputs.map((s) => slots[s]![r]!);
         const outs = interpretKernel(ins, plan, r, inputs);
-        onKernel?.(ins, r, inputs, outs);
-        outs.forEach((o, j) => (per[j]![r] = o));
+        (onKernel?.(ins, r, inputs, outs) ?? outs).forEach((o, j) => (per[j]![r] = o));
       }
       ins.outputs.forEach((s, j) => (slots[s] = per[j]));
     } else if (getOp(ins.op).global) {

@@ -26,7 +26,7 @@ export interface DeviceInfo {
   blocksPerSM?: number;
 }
 
-export function launchOf(kernel: CudaKernel, k: KernelInstr, plan: Plan, rank: number, device: DeviceInfo): Launch {
+export function launchOf(kernel: CudaKernel, k: KernelInstr, plan: Pick<Plan, "values">, rank: number, device: DeviceInfo): Launch {
   const r = kernel.launch, A = k.spec.axes;
   const g = geometry(k, plan, rank);
   const slots = [...k.inputs, ...k.outputs];
@@ -39,8 +39,10 @@ export function launchOf(kernel: CudaKernel, k: KernelInstr, plan: Plan, rank: n
     const units = vec ? Math.ceil(total / r.vec) : total;
     grid = total === 0 ? 0 : Math.min(Math.ceil(units / r.block), resident);
   } else {
-    if (r.chunks && inner > r.chunks * r.vec * r.rowThreads)
-      throw new CompileError(`kernel ${kernel.name} holds rows of up to ${r.chunks * r.vec * r.rowThreads} columns in registers; rank ${rank} has ${inner} (the kernel was generated for another plan)`);
+    // (a split kernel's rows are parts of at most `chunk` columns; its outer axes count the parts)
+    const row = Math.min(inner, k.spec.split?.chunk ?? inner);
+    if (r.chunks && row > r.chunks * r.vec * r.rowThreads)
+      throw new CompileError(`kernel ${kernel.name} holds rows of up to ${r.chunks * r.vec * r.rowThreads} columns in registers; rank ${rank} has ${row} (the kernel was generated for another plan)`);
     const rows = numel(g.sizes.slice(0, -1));
     // one wave: every block resident at once, striding over the rows
     grid = rows === 0 ? 0 : Math.min(Math.ceil(rows / (r.block / r.rowThreads)), device.blocksPerSM ? device.smCount * device.blocksPerSM : resident);

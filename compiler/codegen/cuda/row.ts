@@ -19,6 +19,8 @@
 // reads the row: the thread holding the column hands it over with the pass's reductions.
 // The grid is one wave (launch.ts: SMs x the blocks of this kernel that fit on an SM at once, from
 // its compiled register count), and the blocks stride over every row: no last partial wave.
+// A split kernel (codegen/split.ts) takes parts of few, long rows as its rows: the last outer axis
+// numbers the parts, and a part's columns start at its index x CHUNK.
 import type { DType } from "../../ir/types.ts";
 import type { ExprNode, KernelSpec } from "../types.ts";
 import { byteSize, literal, opExpr, roundTo, storageType, valueType } from "./ops.ts";
@@ -241,7 +243,7 @@ export function emitRow(src: Src, spec: KernelSpec, name: string, rule: LaunchRu
 function rowBody(src: Src, spec: KernelSpec, fname: string, rule: LaunchRule, plan: RowPlan, vec: boolean, tune: EmitTuning): void {
   const { T, V, chunks, ready, passes, cached, online, keepExp, captured, slots } = plan;
   const I = idxType(rule), L = spec.axes - 1, nIn = spec.operands.length, nodes = spec.nodes;
-  const warp = T <= 32, perWarp = 32 / T, NW = T / 32;
+  const warp = T <= 32, perWarp = 32 / T, NW = T / 32, split = spec.split;
   const vt = (i: number) => valueType(nodes[i]!.dtype);
   const rawType = (i: number) => storageType(spec.operands[(nodes[i] as Load).operand]!.dtype);
   const tensors = [...spec.operands, ...spec.results];
@@ -252,6 +254,10 @@ function rowBody(src: Src, spec: KernelSpec, fname: string, rule: LaunchRule, pl
   src.enter();
   src.line(`constexpr bool V = ${vec};  // ${vec ? `vector path: ${VEC_NOTE}` : "columns tid, tid + T, ..."}`);
   src.line(`constexpr int T = ${T}, VEC = ${V};  // threads per row, columns per vector${chunks ? `; ${chunks} vector(s) per thread per row tensor` : ""}`);
+  if (split) {
+    if (warp) throw new Error(`row kernel ${fname}: parts of ${split.chunk} columns take a block each (a bug in split.ts or planRows)`);
+    src.line(`constexpr int CHUNK = ${split.chunk};  // columns per part: each row of ncol columns is n${L - 1} parts, each a row here`);
+  }
   if (!warp) {
     src.line(`__shared__ float red[${2 * slots * 32}];  // per-warp partials; two halves, used in turn`);
     src.line("int half = 0;");
@@ -275,15 +281,18 @@ function rowBody(src: Src, spec: KernelSpec, fname: string, rule: LaunchRule, pl
     }
   } else {
     src.open(`for (${I} row = blockIdx.x; row < rows; row += nb)`);
-    src.line("const int n = ncol;");
+    if (!split) src.line("const int n = ncol;");
   }
   const live = warp && perWarp > 1 ? " && live" : "";
   decompose(src, I, "row", L, (a) => `n${a}`);
+  // a split kernel's row is part i(L-1) of a longer row: its columns start at c0
+  if (split) src.line(`const ${I} c0 = (${I})i${L - 1} * CHUNK;`, "const int n = ncol - (int)c0 < CHUNK ? ncol - (int)c0 : CHUNK;");
   tensors.forEach((ts, t) => {
     const off = offset(spec, t, L), st = storageType(ts.dtype);
+    const start = !split ? "" : ts.axes[L] === "unit" ? " + c0" : ` + c0 * ${t < nIn ? `in${t}` : `out${t - nIn}`}_s${L}`;
     if (ts.axes[L] === "none") src.line(`const ${I} o${t} = ${off};`);
-    else if (t < nIn) src.line(`const ${st}* __restrict__ p${t} = in${t} + (${off});`);
-    else src.line(`${st}* __restrict__ q${t - nIn} = out${t - nIn} + (${off});`);
+    else if (t < nIn) src.line(`const ${st}* __restrict__ p${t} = in${t} + (${off})${start};`);
+    else src.line(`${st}* __restrict__ q${t - nIn} = out${t - nIn} + (${off})${start};`);
   });
   for (const c of [...cached].sort((a, b) => a - b)) {
     const n = nodes[c]!, kd = keptDtype(spec, c);
