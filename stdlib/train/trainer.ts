@@ -106,20 +106,17 @@ export class Trainer {
   private state: Record<string, Pieces> = {};
   /** The step whose updated state the program carries (undefined: `state` is current). */
   private carriedStep?: number;
-  /** Host copies of carried state read back at `carriedStep` (a CUDA run keeps it on the device). */
-  private readBack = new Map<string, Pieces>();
+  /** Host copies of carried state read back after step `step` (a CUDA run keeps it on the device). */
+  private readBack = { step: -1, pieces: new Map<string, Pieces>() };
   private get stateNames(): string[] {
     return this.ps.specs.flatMap((s) => [s.name, ...momentNames(s.name)]);
   }
   /** The current pieces of a parameter or moment (read back once per step when the program carries them). */
   private stateOf(name: string): Pieces {
     if (this.carriedStep === undefined) return this.state[name]!;
-    const key = `${this.carriedStep}:${name}`;
-    let p = this.readBack.get(key);
-    if (!p) {
-      if (this.readBack.size && ![...this.readBack.keys()][0]!.startsWith(`${this.carriedStep}:`)) this.readBack.clear();
-      this.readBack.set(key, (p = this.program.carried(name)!));
-    }
+    if (this.readBack.step !== this.carriedStep) this.readBack = { step: this.carriedStep, pieces: new Map() };
+    let p = this.readBack.pieces.get(name);
+    if (!p) this.readBack.pieces.set(name, (p = this.program.carried(name)!));
     return p;
   }
   /** Host copies of the routing biases, per MoE layer. */
@@ -190,6 +187,7 @@ export class Trainer {
     const { values } = this.program.runGlobal(feeds, read, { carry });
     this.last = values as Record<string, GlobalValue>;
     this.carriedStep = this.step + 1;
+    this.state = {}; // the program holds the state now (the first step's host copies would only take memory)
     const loads = this.biases.map((_, i) => Float32Array.from((values as Record<string, GlobalValue>)[`load.${i}`]!.data));
     this.lastLoads = loads;
     const slotLoads = this.replicas.enabled ? this.biases.map((_, i) => Float32Array.from((values as Record<string, GlobalValue>)[`slotLoad.${i}`]!.data)) : loads;
