@@ -293,12 +293,29 @@ export class CudaExecutor {
     const t0 = performance.now();
     if (opts.carry) CarriedValues.check(plan, opts.carry);
     const tracer = opts.trace ? new TraceRecorder(this.addon) : undefined;
-    const { slots, counts, kernels, timings, dist } = this.exec(plan, feeds, opts, tracer);
+    let ran: ReturnType<CudaExecutor["exec"]>;
+    try {
+      ran = this.exec(plan, feeds, opts, tracer);
+    } catch (e) {
+      // an index out of range flagged earlier is the cause of what failed after it
+      this.drainChecks();
+      throw e;
+    }
+    const { slots, counts, kernels, timings, dist } = ran;
     // carried outputs are kept for the next run (after the run's comm has drained) and not freed here
     let kept = new Set<bigint>();
     const keep = () => opts.carry && (kept = this.carried.keep(plan, opts.carry, plan.outputs.map((s) => slots[s])));
     const releaseOutputs = () => {
       for (const s of new Set(plan.outputs)) slots[s]?.forEach((d) => !kept.has(d.ptr) && this.release(d));
+    };
+    // the deferred index checks, before anything is carried: a flagged run's outputs are freed, not kept
+    const checked = () => {
+      try {
+        this.drainChecks();
+      } catch (e) {
+        releaseOutputs();
+        throw e;
+      }
     };
     dist?.flush();
     if (tracer) {
@@ -308,6 +325,7 @@ export class CudaExecutor {
     if (opts.download === false) {
       this.addon.streamSynchronize(this.stream);
       dist?.drained();
+      checked();
       keep();
       releaseOutputs();
       return { outputs: [], locals: [], stats: { kernels, ...this.compileStats, peakBytes: this.mem.peak, ms: performance.now() - t0 }, timings };
@@ -319,6 +337,7 @@ export class CudaExecutor {
     plan.outputs.forEach((s, i) => (!opts.carry?.has(i) || wanted.has(i)) && slots[s]!.forEach((d, r) => (flat.push(d), at.push([i, r]))));
     const locals = plan.outputs.map((s) => new Array<LocalTensor>(slots[s]!.length));
     downloadAll(this.addon, flat, this.stream).forEach((t, k) => (locals[at[k]![0]]![at[k]![1]] = t));
+    checked(); // (the stream has finished: the flags are final; before the outputs are assembled from counts)
     // rank-local: a value read back needs every rank's piece (a world all-gather; none for replicated values)
     const hostSlots = new Map(plan.outputs.map((s, i) => [s, dist && wanted.has(i) ? dist.allPieces(plan, s, slots[s]![dist.rank]!) : locals[i]!]));
     const outputs = plan.outputs.map((s, i) => (wanted.has(i) ? assemble(plan, s, hostSlots.get(s)!, counts) : undefined));
@@ -523,10 +542,25 @@ export class CudaExecutor {
     return out;
   }
 
-  /** Throws if a gather/scatter kernel flagged an index out of range (while capturing: after the replay). */
+  /**
+   * Throws if a gather/scatter kernel flagged an index out of range: at the end of the run (reading
+   * each flag at once synchronised the stream, dozens of times a training step), or while capturing
+   * after the replay. The kernels never access out of range, so the run can go on until then.
+   */
   checkIndices(bad: DeviceTensor, op: string, dim: string, size: number): void {
-    if (this.cap) return void this.cap.deferred.push({ bad, op, dim, size });
-    this.flagCheck({ bad, op, dim, size });
+    (this.cap ? this.cap.deferred : this.runChecks).push({ bad, op, dim, size });
+  }
+  private runChecks: DeferredCheck[] = [];
+
+  /** Reads every deferred index flag of the run with one wait, releases them, and throws the first that flagged. */
+  private drainChecks(): void {
+    const checks = this.runChecks;
+    if (!checks.length) return;
+    this.runChecks = [];
+    const vals = downloadAll(this.addon, checks.map((c) => c.bad), this.stream).map((t) => t.data[0]!);
+    for (const c of checks) this.release(c.bad);
+    const i = vals.findIndex((v) => v !== BAD_NONE);
+    if (i >= 0) throw new ShapeError(`${checks[i]!.op}(): index ${vals[i]} is out of range for '${checks[i]!.dim}' of size ${checks[i]!.size}`);
   }
 
   /** Reads an index-check flag (synchronising the stream) and releases it; throws what it says. */

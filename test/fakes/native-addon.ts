@@ -26,6 +26,8 @@ export interface FakeOptions {
   read?: (dst: ArrayBufferView | ArrayBuffer) => void;
   /** Sees every call with its arguments (argument buffers the caller reuses must be copied). */
   spy?: (method: string, args: unknown[]) => void;
+  /** What a flag buffer (filled by memsetD32) reads back, given its fill (default: the fill: no index flagged). */
+  flag?: (fill: number) => number;
   /** Libraries that probe as not loadable. */
   missing?: LibraryName[];
 }
@@ -53,7 +55,7 @@ export function fakeAddon(opts: FakeOptions = {}): FakeAddon {
     const v = flags.get(src as bigint);
     if (v === undefined) return opts.read?.(dst as ArrayBufferView);
     flags.delete(src as bigint);
-    new Int32Array((dst as ArrayBufferView).buffer, (dst as ArrayBufferView).byteOffset, 1)[0] = v | 0;
+    new Int32Array((dst as ArrayBufferView).buffer, (dst as ArrayBufferView).byteOffset, 1)[0] = (opts.flag ? opts.flag(v | 0) : v) | 0;
   };
   const answers: Record<string, (...a: unknown[]) => unknown> = {
     eventCreate: () => (liveEvents.add(++next), next),

@@ -7,7 +7,8 @@ import { CudaExecutor } from "../../runtime/cuda/executor.ts";
 import { tuning } from "../../compiler/codegen/cuda/tuning.ts";
 import { compile } from "../../compiler/pipeline.ts";
 import { buildOn } from "../../stdlib/model.ts";
-import type { AnyDTensor } from "../../stdlib/index.ts";
+import { Mesh, fromGlobal, type AnyDTensor } from "../../stdlib/index.ts";
+import { gather } from "../../stdlib/ops/routing.ts";
 import { fakeAddon } from "../fakes/native-addon.ts";
 import { packArgs } from "../../runtime/cuda/kernel-args.ts";
 import { MAX_DIMS } from "../../runtime/cuda/kernels/sources.ts";
@@ -106,5 +107,35 @@ describe("CUDA executor host path (fake native layer)", () => {
     const f = fakeAddon({ spy: (m) => void (m.startsWith("memcpy") ? seen.push(m) : undefined) });
     new CudaExecutor(f.addon, 0).run(p, undefined, undefined, { download: false });
     expect(seen.filter((m) => m.startsWith("memcpyDtoH"))).toEqual([]);
+  });
+
+  it("index checks are read once at the end of the run, not with a wait each; a flagged index still fails the run, naming the op", () => {
+    // three gathers in a row on one rank: nothing else reads the device back while the run goes on
+    const m = Mesh.of({ d: 1 });
+    const x = fromGlobal(m, { r: 8, c: 4 }, "f32", Array.from({ length: 32 }, (_, i) => i)) as AnyDTensor;
+    const idx = fromGlobal(m, { j: 8 }, "i32", [7, 6, 5, 4, 3, 2, 1, 0]) as AnyDTensor;
+    const jdx = fromGlobal(m, { r: 8 }, "i32", [0, 2, 4, 6, 1, 3, 5, 7]) as AnyDTensor;
+    const y = gather(gather(gather(x, idx as never, "r") as AnyDTensor, jdx as never, "j") as AnyDTensor, idx as never, "r") as AnyDTensor;
+    const p = compile(m.builder.graph, [y.ref]);
+    const runOnce = (flag?: (fill: number) => number) => {
+      const seen = { syncs: 0, flags: 0 };
+      const f = fakeAddon({ flag, spy: (m) => void (m === "streamSynchronize" ? seen.syncs++ : m === "memsetD32" ? seen.flags++ : 0) });
+      const ex = new CudaExecutor(f.addon, 0);
+      let err: unknown;
+      try {
+        ex.run(p, undefined, undefined, { download: false });
+      } catch (e) {
+        err = e;
+      }
+      return { ...seen, err, live: ex.mem.live };
+    };
+    const ok = runOnce();
+    expect(ok.err).toBeUndefined();
+    expect(ok.flags).toBe(3);
+    expect(ok.syncs).toBe(2); // the run's end, then one read of all three flags (was a wait per flag: 4)
+    let n = 0;
+    const bad = runOnce((fill) => (++n === 2 ? 99 : fill));
+    expect(String(bad.err)).toMatch(/ShapeError: gather\(\): index 99 is out of range for 'j' of size 8/);
+    expect(bad.live).toBe(0); // the failed run's outputs and flags were freed
   });
 });
