@@ -293,6 +293,7 @@ export class CudaExecutor {
     const t0 = performance.now();
     if (opts.carry) CarriedValues.check(plan, opts.carry);
     const tracer = opts.trace ? new TraceRecorder(this.addon) : undefined;
+    this.hostPieces.clear(); // (a buffer of an earlier run may hold another value now)
     let ran: ReturnType<CudaExecutor["exec"]>;
     try {
       ran = this.exec(plan, feeds, opts, tracer);
@@ -551,6 +552,25 @@ export class CudaExecutor {
     (this.cap ? this.cap.deferred : this.runChecks).push({ bad, op, dim, size });
   }
   private runChecks: DeferredCheck[] = [];
+
+  /**
+   * A piece read back to the host in dims order `order` (a reordered copy is made and freed here),
+   * once per run: the MoE layer's segment contractions all read the same counts piece, and each read
+   * waits for the stream. Values never change once written, so the run's copy stays right.
+   */
+  hostPiece(d: DeviceTensor, from: string[], order: string[]): LocalTensor {
+    const key = order.join("\u0000");
+    let byOrder = this.hostPieces.get(d);
+    const hit = byOrder?.get(key);
+    if (hit) return hit;
+    const t = this.reorder(d, from, order);
+    const h = download(this.addon, t, this.stream);
+    if (t !== d) this.release(t);
+    if (!byOrder) this.hostPieces.set(d, (byOrder = new Map()));
+    byOrder.set(key, h);
+    return h;
+  }
+  private hostPieces = new Map<DeviceTensor, Map<string, LocalTensor>>();
 
   /** Reads every deferred index flag of the run with one wait, releases them, and throws the first that flagged. */
   private drainChecks(): void {

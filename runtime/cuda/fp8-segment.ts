@@ -22,7 +22,7 @@ import { defaultGemmConfig, defaultRowScaledConfig, shapeProblem } from "../../c
 import { GROUPED_M_ALIGN } from "../../compiler/numeric/fp8-gemm.ts";
 import { scaledSegDims, segmentRuns } from "../../compiler/ops/scaled-segment.ts";
 import { tilesName } from "../../compiler/ops/quantize.ts";
-import { download, empty, upload, type DeviceTensor } from "./memory.ts";
+import { empty, upload, type DeviceTensor } from "./memory.ts";
 import { matmulPlans } from "./matmul-plans.ts";
 import { fp8GemmOf } from "./fp8-gemm.ts";
 import { dequantizeCuda, quantizeCuda } from "./fp8.ts";
@@ -75,9 +75,7 @@ const i32 = (ex: CudaExecutor, data: Int32Array) => upload(ex.addon, ex.mem, { d
 function runsOf(ex: CudaExecutor, plan: Plan, ins: OpInstr, r: number, x: DeviceTensor[], tIn: TensorType[], countsAt: number, firstGroup: number, nGroups: number, rowsDim: string, R: number) {
   const tc = tIn[countsAt]!, tx = tIn[0]!, groups = tx.dims.find((d) => d.segmented)!.segmented!.groups;
   const batch = names(tc).filter((n) => n !== groups);
-  const Ct = ex.reorder(x[countsAt]!, names(tc), [...batch, groups]);
-  const C = download(ex.addon, Ct, ex.stream);
-  if (Ct !== x[countsAt]) ex.release(Ct);
+  const C = ex.hostPiece(x[countsAt]!, names(tc), [...batch, groups]);
   const gC = C.shape[C.shape.length - 1]!, bt = gC ? C.data.length / gC : 0;
   const cOff = plan.values[ins.inputs[countsAt]!]!.boxes[r]!.offset[tc.dims.findIndex((d) => d.name === groups)]!;
   const packed = plan.values[ins.inputs[0]!]!.boxes[r]!.seg[names(tx).indexOf(rowsDim)] !== null;

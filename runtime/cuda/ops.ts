@@ -8,7 +8,7 @@ import { numel } from "../../compiler/ir/types.ts";
 import { stridesOf } from "../../compiler/ir/local.ts";
 import { CompileError } from "../../compiler/errors.ts";
 import { contractAttr, dotDims } from "../../compiler/ops/contraction.ts";
-import { download, empty, type DeviceTensor } from "./memory.ts";
+import { empty, type DeviceTensor } from "./memory.ts";
 import { matmulPlans } from "./matmul-plans.ts";
 import { dotProblems, runProblems, segments, wgradProblems } from "./segment-gemm.ts";
 import * as K from "./kernels/sources.ts";
@@ -39,7 +39,7 @@ export function segmentContract(ex: CudaExecutor, op: string, plan: Plan, ins: E
   const nm = (t: TensorType) => t.dims.map((d) => d.name);
   const rows = tx.dims.find((d) => d.segmented)!, groups = rows.segmented!.groups;
   const batch = nm(tc).filter((n) => n !== groups);
-  const C = download(ex.addon, ex.reorder(x[2]!, nm(tc), [...batch, groups]), ex.stream);
+  const C = ex.hostPiece(x[2]!, nm(tc), [...batch, groups]);
   const cOff = plan.values[ins.inputs[2]!]!.boxes[r]!.offset[tc.dims.findIndex((d) => d.name === groups)]!;
   const packed = plan.values[ins.inputs[0]!]!.boxes[r]!.seg[tx.dims.indexOf(rows)] !== null;
   const gC = C.shape[C.shape.length - 1]!, bt = gC ? C.data.length / gC : 0;

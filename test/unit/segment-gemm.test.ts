@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { dotProblems, groupedArgs, groupedRefusal, nonOverlapping, problemLanes, runProblems, segmentModeFromEnv, segments, wgradProblems, type Problem, type SegmentLayout } from "../../runtime/cuda/segment-gemm.ts";
 import { lanesFromEnv } from "../../runtime/cuda/side-streams.ts";
 import { CudaExecutor } from "../../runtime/cuda/executor.ts";
+import { empty } from "../../runtime/cuda/memory.ts";
 import type { MatmulOptions } from "../../runtime/cuda/native-types.ts";
 import { compile } from "../../compiler/pipeline.ts";
 import type { DType } from "../../compiler/ir/types.ts";
@@ -157,6 +158,26 @@ describe("segment contractions through the executor (fake native layer)", () => 
       if (calls !== undefined) expect(grouped.grouped.length).toBe(calls);
       else expect(grouped.grouped.length).toBeGreaterThan(0);
     });
+});
+
+describe("segment contractions read their counts back once per run", () => {
+  useTempKernelCache();
+  it("hostPiece reads a piece back once per order until the next run; a reordered copy is freed", () => {
+    let reads = 0;
+    const f = fakeAddon({ spy: (m) => void (m === "memcpyDtoHAsync" && reads++) });
+    const ex = new CudaExecutor(f.addon, 0);
+    const d = empty(ex.mem, "i32", [2, 3]), live = ex.mem.live;
+    const a = ex.hostPiece(d, ["b", "g"], ["b", "g"]);
+    expect(ex.hostPiece(d, ["b", "g"], ["b", "g"])).toBe(a);
+    expect(reads).toBe(1);
+    expect(ex.hostPiece(d, ["b", "g"], ["g", "b"]).shape).toEqual([3, 2]);
+    expect(reads).toBe(2);
+    expect(ex.mem.live).toBe(live); // the transposed copy was freed
+    ex.run(segmentPlan("segment_dot", "f32"), undefined, undefined, { download: false }); // a run starts afresh
+    reads = 0;
+    ex.hostPiece(d, ["b", "g"], ["b", "g"]);
+    expect(reads).toBe(1);
+  });
 });
 
 describe("segment GEMMs fanned out over side streams", () => {
