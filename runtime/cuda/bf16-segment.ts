@@ -7,6 +7,7 @@
 // What the kernel cannot take (wgmmaSegmentRefusal) returns undefined: the caller runs its cuBLAS path.
 import type { TensorType } from "../../compiler/ir/types.ts";
 import { defaultBf16GemmConfig, shapeProblem } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { GROUPED_M_ALIGN } from "../../compiler/numeric/fp8-gemm.ts";
 import { empty, type DeviceTensor } from "./memory.ts";
 import { fp8GemmOf } from "./fp8-gemm.ts";
 import { gatherRows, i32, paddedLayout } from "./padded-segments.ts";
@@ -47,10 +48,11 @@ export interface WgmmaSegmentDot {
 
 /** Y [bt, Rout, N] bf16 from the grouped kernel, or undefined (nothing launched) where it refuses the problem. */
 export function wgmmaSegmentDot(ex: CudaExecutor, o: WgmmaSegmentDot): DeviceTensor | undefined {
+  // the padded rows (what paddedLayout makes), counted before the layout is built for nothing
+  const M = o.segs.reduce((n, s) => n + Math.ceil(s.m / GROUPED_M_ALIGN) * GROUPED_M_ALIGN, 0), g = fp8GemmOf(ex);
+  if (wgmmaSegmentRefusal({ dtype: o.X.dtype, outDtype: o.outDtype, arch: g.arch, M, N: o.N, K: o.K }) !== undefined) return undefined;
   const Rout = o.outShape[o.outShape.length - 2]!;
   const lay = paddedLayout(o.segs.map((s) => ({ t: s.t, g: s.g, row: s.row, m: s.m, out: s.row - s.start })), o.E, o.bt, o.R, Rout);
-  const M = lay.rowMap.length, g = fp8GemmOf(ex);
-  if (wgmmaSegmentRefusal({ dtype: o.X.dtype, outDtype: o.outDtype, arch: g.arch, M, N: o.N, K: o.K }) !== undefined) return undefined;
   // B K-major, as the kernel's TMA boxes read it: [E][N][K]
   const W = ex.reorder(o.w, o.tw.dims.map((d) => d.name), [o.groups, ...o.nOut, o.k]);
   const rowMap = i32(ex, lay.rowMap), blockExpert = i32(ex, lay.blockGroup);

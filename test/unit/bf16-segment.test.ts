@@ -33,17 +33,18 @@ const COUNTS = [5, 0, 9, 0, 3, 12, 1, 7, 0, 2];
 const PADDED_ROWS = 10 * 128;
 
 function run(dtype: DType, K: number, N: number) {
-  const launches: { grid: number[]; block: number[]; smem: number }[] = [], maps: TensorMapOptions[] = [];
+  const launches: { grid: number[]; block: number[]; smem: number }[] = [], maps: TensorMapOptions[] = [], uploads: Int32Array[] = [];
   const f = fakeAddon({
     read: (dst) => void (dst instanceof Int32Array && dst.forEach((_, i) => (dst[i] = COUNTS[i % COUNTS.length]!))),
     spy: (method, args) => {
       if (method === "launchKernel") launches.push({ grid: [...(args[1] as number[])], block: [...(args[2] as number[])], smem: args[3] as number });
       if (method === "tensorMapEncodeTiled") maps.push({ ...(args[0] as TensorMapOptions) });
+      if (method === "memcpyHtoDAsync" && args[1] instanceof Int32Array) uploads.push(Int32Array.from(args[1]));
     },
   });
   new CudaExecutor(f.addon, 0).run(dotPlan(dtype, K, N), undefined, undefined, { download: false });
   const gemm = launches.filter((l) => l.block[0] === threadsOf(WGMMA_SEGMENT_CONFIG) && l.smem === smemBytes(WGMMA_SEGMENT_CONFIG));
-  return { gemm, maps, cublas: (f.calls.get("cublasLtMatmulRun") ?? 0) + (f.calls.get("cublasGroupedGemm") ?? 0) };
+  return { gemm, maps, uploads, cublas: (f.calls.get("cublasLtMatmulRun") ?? 0) + (f.calls.get("cublasGroupedGemm") ?? 0) };
 }
 
 describe("bf16 segment_dot on the grouped wgmma kernel (SHARDTS_SEGMENT_GEMM=wgmma, fake native layer)", () => {
@@ -66,6 +67,8 @@ describe("bf16 segment_dot on the grouped wgmma kernel (SHARDTS_SEGMENT_GEMM=wgm
       [PADDED_ROWS, 64, 2 * K],
       [5 * N, 64, 2 * K],
     ]);
+    // blockExpert, group-major: expert 0's segments of entries 0, 1, 2, then expert 1's (entry 1 only), 2's, 4's
+    expect(r.uploads.map((u) => Array.from(u))).toContainEqual([0, 0, 0, 1, 2, 2, 2, 4, 4, 4]);
     // no scale maps: the only other map is the TMA-store epilogue's D
     expect(r.maps.filter((m) => m.dtype === "f32" || m.dtype === "u8")).toEqual([]);
   });
