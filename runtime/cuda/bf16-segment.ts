@@ -14,7 +14,7 @@ import { gatherRows, i32, paddedLayout } from "./padded-segments.ts";
 import type { Segment } from "./segment-gemm.ts";
 import type { CudaExecutor } from "./executor.ts";
 
-/** The grouped kernel launched (not yet tuned: bench/gpu/fp8-gemm.ts --bf16 times the candidates). */
+/** The grouped kernel launched (not yet tuned: bench/gpu/bf16-gemm.ts times the candidates). */
 export const WGMMA_SEGMENT_CONFIG = defaultBf16GemmConfig(true);
 
 /** Why bf16 segment_dot cannot run on the grouped wgmma kernel (M: the padded rows), or undefined. */

@@ -19,7 +19,7 @@ export interface Fp8GemmConfig {
   ab?: "e4m3" | "bf16";
   /** Consumer warpgroups (1 or 2); BLOCK_M = 64 · consumers. */
   consumers: 1 | 2;
-  /** The tile's columns: a multiple of 16 from 16 to 192. */
+  /** The tile's columns: a multiple of 16 from 16 to 192 (bf16: to 256). */
   blockN: number;
   /** Shared-memory pipeline depth. */
   stages: number;
@@ -223,7 +223,7 @@ export function bf16GemmCandidates(grouped: boolean): Fp8GemmConfig[] {
 
 /**
  * The bf16 configuration launched without tuning: the e4m3 default's shape (persistent 128 x 128, two
- * consumers, TMA-store epilogue) with no promotion. Not yet measured: bench/gpu/fp8-gemm.ts --bf16 times the candidates.
+ * consumers, TMA-store epilogue) with no promotion. Not yet measured: bench/gpu/bf16-gemm.ts times the candidates.
  */
 export function defaultBf16GemmConfig(grouped: boolean): Fp8GemmConfig {
   return filled({ ab: "bf16", consumers: 2, blockN: 128, persistent: true, grouped, tmaStore: true });
