@@ -207,8 +207,12 @@ export function rowScaledCandidates(): Fp8GemmConfig[] {
   return out.filter((c) => configProblem(c) === undefined);
 }
 
-/** TMA-store and plain-epilogue bf16 shapes (consumers, blockN, tmaStore), tried after the basic one. */
-const BF16_SHAPES: [1 | 2, number, boolean][] = [[2, 128, true], [2, 256, true], [2, 192, true], [2, 128, false], [2, 256, false], [1, 256, true], [1, 128, false]];
+/**
+ * TMA-store and plain-epilogue bf16 shapes (consumers, blockN, tmaStore), tried after the basic one.
+ * 176 (plain epilogue: the TMA store takes 64-column boxes) tiles the MoE expert widths 1408 and 2816
+ * exactly (8 and 16 tiles) and is wider than 128, which tiles them too; 256 leaves 1408 a half-empty last tile.
+ */
+const BF16_SHAPES: [1 | 2, number, boolean][] = [[2, 128, true], [2, 256, true], [2, 192, true], [2, 128, false], [2, 256, false], [2, 176, false], [1, 256, true], [1, 128, false]];
 
 /**
  * The bf16 configurations to time (dense or grouped), the first being the plain one (one consumer,
