@@ -44,8 +44,12 @@ const UNARY = ["abs", "exp", "gelu", "gelu_deriv", "log", "neg", "relu", "rsqrt"
 const BINARY = ["add", "sub", "mul", "div", "maximum", "minimum", "eq", "ge", "gt"];
 /** Whether segment GEMMs of this dtype take the grouped call in this run (bf16's default is the side-stream fan-out; SHARDTS_SEGMENT_GEMM). */
 const groupedMode = (t: DType) => segmentModeFromEnv(process.env.SHARDTS_SEGMENT_GEMM, t === "bf16" ? "bf16" : "f32") === "grouped";
-/** grouped: whether the case must run as cuBLAS grouped GEMMs (when libcublas loads) rather than cuBLASLt calls. */
-const cases: { op: string; dtypes: DType[]; make: Maker; grouped?: (t: DType) => boolean }[] = [
+/**
+ * grouped: whether the case must run as cuBLAS grouped GEMMs (when libcublas loads) rather than cuBLASLt calls;
+ * env: variables set while the case runs on the GPU; wgmma: the case must make no cuBLAS GEMM call on
+ * sm_90a (the generated grouped bf16 kernel took it) and fall back to cuBLAS elsewhere.
+ */
+const cases: { op: string; dtypes: DType[]; make: Maker; grouped?: (t: DType) => boolean; env?: Record<string, string>; wgmma?: boolean }[] = [
   ...UNARY.map((op) => ({ op, dtypes: ["f32", "bf16"] as DType[], make: ((m, t) => raw(op, [T(m, RC, t, ["log", "sqrt", "rsqrt"].includes(op) ? pos : undefined)], {})) as Maker })),
   ...BINARY.map((op) => ({ op, dtypes: ["f32", "bf16"] as DType[], make: ((m, t) => raw(op, [T(m, RC, t), T(m, { c: 70 }, t, op === "div" ? pos : () => Math.round(rnd() * 4 - 2))], {})) as Maker })),
   { op: "where", dtypes: ["f32", "bf16"], make: (m, t) => raw("where", [T(m, RC, t, () => (rnd() < 0.5 ? 0 : 1)), T(m, RC, t), T(m, { c: 70 }, t)], {}) },
@@ -84,6 +88,19 @@ const cases: { op: string; dtypes: DType[]; make: Maker; grouped?: (t: DType) =>
     }) as Maker,
     grouped: (t: DType) => (op === "segment_dot" || t === "f32") && groupedMode(t),
   })),
+  // SHARDTS_SEGMENT_GEMM=wgmma: bf16 segment_dot on the generated grouped bf16 kernel, over segments
+  // longer than one 128-row block, an empty expert, K = 208 (not a multiple of the 64-wide K block:
+  // TMA's zero fill) and N = 176 (a partial 128-column tile); no cuBLAS GEMM call may be made (the
+  // fallback on a refused shape is unit-tested: test/unit/bf16-segment.test.ts)
+  {
+    op: "segment_dot wgmma", dtypes: ["bf16"], env: { SHARDTS_SEGMENT_GEMM: "wgmma" }, wgmma: true,
+    make: (m, t) => {
+      const key = () => (rnd() < 0.7 ? 0 : [1, 3][Math.floor(rnd() * 2)]!);
+      const [perm, counts] = raw("sort_by_key", [T(m, { g: 2, s: 300 }, "i32", key)], { dim: "s", rows: "rows", groups: "e", numGroups: 4 });
+      const x = raw("gather", [T(m, { g: 2, s: 300, k: 208 }, t), perm!], { dim: "s" })[0]!;
+      return raw("segment_dot", [x, T(m, { e: 4, k: 208, n: 176 }, t, () => (rnd() * 4 - 2) / 8), counts!], { contract: "k" });
+    },
+  },
   { op: "flatten", dtypes: ["f32"], make: (m, t) => raw("flatten", [T(m, { r: 5, c: 4, z: 3 }, t)], { dims: ["z", "r"], to: "zr" }) },
   { op: "unflatten", dtypes: ["f32"], make: (m, t) => raw("unflatten", [T(m, { r: 5, c: 6 }, t)], { dim: "c", into: { c1: 2, c2: 3 } }) },
   { op: "rename", dtypes: ["f32"], make: (m, t) => raw("rename", [T(m, RC, t)], { from: "r", to: "q" }) },
@@ -216,12 +233,23 @@ for (const c of cases) {
     const cpu = runPlanCpu(plan);
     let res;
     gemmCalls.clear();
+    const savedEnv = Object.entries(c.env ?? {}).map(([k]) => [k, process.env[k]] as const);
+    Object.assign(process.env, c.env ?? {});
     try {
       res = gpu.run(plan);
     } catch (e) {
       failures++;
       log(`FAIL ${c.op} ${dtype}: ${(e as Error).message.split("\n")[0]}`);
       continue;
+    } finally {
+      for (const [k, v] of savedEnv) if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+    if (c.wgmma) {
+      const g = gemmCalls.get("cublasGroupedGemm") ?? 0, lt = gemmCalls.get("cublasLtMatmulRun") ?? 0, want = gpu.arch === "sm_90a";
+      const bad = want ? g + lt > 0 : g + lt === 0;
+      if (bad) failures++;
+      log(`${c.op} ${dtype}: ${g} grouped GEMM calls, ${lt} cuBLASLt calls (expected ${want ? "none: the generated grouped bf16 kernel" : "cuBLAS: no sm_90a, the fallback"})${bad ? " FAIL" : ""}`);
     }
     if (c.grouped) {
       const g = gemmCalls.get("cublasGroupedGemm") ?? 0, lt = gemmCalls.get("cublasLtMatmulRun") ?? 0, want = cublasOk.ok && c.grouped(dtype);

@@ -1,11 +1,12 @@
 // Running the generated FP8 block-scaled GEMM kernels (compiler/codegen/cuda/gemm/) and the cuBLASLt
-// fallback on device buffers laid out as compiler/numeric/fp8-gemm.ts describes.
+// fallback on device buffers laid out as compiler/numeric/fp8-gemm.ts describes. A bf16 configuration
+// (ab: "bf16") runs through the same prepare on bf16 A and B with no scales (sa and sb ignored).
 //
 //   const g = new Fp8Gemm(addon, stream);
 //   const run = g.prepare(config, { M, N, K }, { a, b, sa, sb, d });   // compiles once, encodes the TMA maps
 //   run();                                                             // one launch, nothing allocated
 import { emitFp8Gemm, type Fp8GemmKernel } from "../../compiler/codegen/cuda/gemm/emit.ts";
-import { bBoxRows, blockM, geometryOf, shapeProblem, type Fp8GemmConfig, type Fp8GemmShape } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { bBoxRows, blockM, geometryOf, isBf16, kBlock, shapeProblem, type Fp8GemmConfig, type Fp8GemmShape } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { FP8_BLOCK, GROUPED_M_ALIGN } from "../../compiler/numeric/fp8-gemm.ts";
 import { CompileError } from "../../compiler/errors.ts";
 import { archFor, compileCuda } from "./compile.ts";
@@ -13,11 +14,11 @@ import { packArgs, packArgsAt, type KernelArg } from "./kernel-args.ts";
 import type { DevicePtr, DeviceProperties, KernelFunction, NativeAddon, Stream } from "./native-types.ts";
 
 export interface Fp8GemmBuffers {
-  /** M×K e4m3. */
+  /** M×K e4m3 (bf16 configurations: bf16). */
   a: DevicePtr;
-  /** N×K e4m3 (grouped: E×N×K). */
+  /** N×K e4m3 (grouped: E×N×K; bf16 configurations: bf16). */
   b: DevicePtr;
-  /** [ceil(K/128)][M] f32. */
+  /** [ceil(K/128)][M] f32 (bf16 configurations: unused, 0n). */
   sa: DevicePtr;
   /** [ceil(N/128)][ceil(K/128)] f32 (grouped: per expert); with a bRows configuration [ceil(K/128)][N]. */
   sb: DevicePtr;
@@ -30,7 +31,7 @@ export interface Fp8GemmBuffers {
 export interface Fp8GemmProblemShape extends Fp8GemmShape {
   /** Grouped: the number of experts (B holds experts × N rows). */
   experts?: number;
-  /** Row strides of A and B in bytes (default K: contiguous); multiples of 16 (TMA), at least K. */
+  /** Row strides of A and B in bytes (default K · element bytes: contiguous); multiples of 16 (TMA), at least that. */
   lda?: number;
   ldb?: number;
 }
@@ -72,24 +73,26 @@ export class Fp8Gemm {
    * same configuration then runs with A's scales loaded from global memory (globalScales, name `_gs`).
    */
   prepare(config: Fp8GemmConfig, s: Fp8GemmProblemShape, bufs: Fp8GemmBuffers): () => void {
+    const bf16 = isBf16(config), what = bf16 ? "bf16 GEMM" : "FP8 GEMM", eb = bf16 ? 2 : 1;
     const why = shapeProblem(s);
-    if (why) throw new CompileError(`FP8 GEMM ${s.M}x${s.N}x${s.K}: ${why}; use the cuBLASLt fallback (Fp8Gemm.prepareCublasLt)`);
-    if (config.grouped !== (s.experts !== undefined)) throw new CompileError(`FP8 GEMM: config ${config.grouped ? "is" : "is not"} grouped but the problem ${s.experts !== undefined ? "has" : "has no"} experts`);
+    if (why) throw new CompileError(`${what} ${s.M}x${s.N}x${s.K}: ${why}; use the cuBLASLt fallback${bf16 ? "" : " (Fp8Gemm.prepareCublasLt)"}`);
+    if (config.grouped !== (s.experts !== undefined)) throw new CompileError(`${what}: config ${config.grouped ? "is" : "is not"} grouped but the problem ${s.experts !== undefined ? "has" : "has no"} experts`);
     if (config.grouped && (s.M % GROUPED_M_ALIGN !== 0 || bufs.blockExpert === undefined))
-      throw new CompileError(`grouped FP8 GEMM: M (${s.M}) must be a multiple of ${GROUPED_M_ALIGN} and blockExpert given (one int32 per ${GROUPED_M_ALIGN} rows)`);
-    const c: Fp8GemmConfig = s.M % 4 !== 0 && !config.globalScales ? { ...config, globalScales: true } : config;
+      throw new CompileError(`grouped ${what}: M (${s.M}) must be a multiple of ${GROUPED_M_ALIGN} and blockExpert given (one int32 per ${GROUPED_M_ALIGN} rows)`);
+    const c: Fp8GemmConfig = s.M % 4 !== 0 && !config.globalScales && !bf16 ? { ...config, globalScales: true } : config;
     const { fn, kernel, layout } = this.kernel(c);
     const g = geometryOf(c, s, this.device.smCount);
     const rowsB = s.N * (s.experts ?? 1), KB = Math.ceil(s.K / FP8_BLOCK);
     const enc = this.addon.tensorMapEncodeTiled.bind(this.addon);
-    const lda = s.lda ?? s.K, ldb = s.ldb ?? s.K;
-    if (lda < s.K || ldb < s.K || lda % 16 !== 0 || ldb % 16 !== 0)
-      throw new CompileError(`FP8 GEMM ${s.M}x${s.N}x${s.K}: row strides lda ${lda} / ldb ${ldb} must be >= K and multiples of 16 bytes`);
+    const lda = s.lda ?? s.K * eb, ldb = s.ldb ?? s.K * eb;
+    if (lda < s.K * eb || ldb < s.K * eb || lda % 16 !== 0 || ldb % 16 !== 0)
+      throw new CompileError(`${what} ${s.M}x${s.N}x${s.K}: row strides lda ${lda} / ldb ${ldb} must be >= K·${eb} and multiples of 16 bytes`);
+    // A and B: one 128-byte row of K (128 e4m3 or 64 bf16) per box row, the 128-byte swizzle wgmma reads
     const map = (address: DevicePtr, rows: number, boxRows: number, ld: number) =>
-      enc({ dtype: "u8", address, dims: [s.K, rows], strides: [ld], box: [FP8_BLOCK, boxRows], swizzle: "128B", l2Promotion: "256B", oobFill: "zero" });
+      enc({ dtype: bf16 ? "bf16" : "u8", address, dims: [s.K, rows], strides: [ld], box: [kBlock(c), boxRows], swizzle: "128B", l2Promotion: "256B", oobFill: "zero" });
     const unused = new Uint8Array(128);
     // A's scales, [KB][M] f32: one BLOCK_M run of a K block's row per stage
-    const mapSA = c.globalScales ? unused : enc({ dtype: "f32", address: bufs.sa, dims: [s.M, KB], strides: [s.M * 4], box: [blockM(c), 1], oobFill: "zero" });
+    const mapSA = c.globalScales || bf16 ? unused : enc({ dtype: "f32", address: bufs.sa, dims: [s.M, KB], strides: [s.M * 4], box: [blockM(c), 1], oobFill: "zero" });
     // D, M x N bf16: 64 x 64 boxes with the 128-byte swizzle the staging buffer is written in
     const mapD = c.tmaStore ? enc({ dtype: "bf16", address: bufs.d, dims: [s.N, s.M], strides: [s.N * 2], box: [64, 64], swizzle: "128B", oobFill: "zero" }) : unused;
     // B's row scales (bRows: [KB][N] f32): one BLOCK_N run of a K block's row per stage

@@ -22,9 +22,10 @@ import { defaultGemmConfig, defaultRowScaledConfig, shapeProblem } from "../../c
 import { GROUPED_M_ALIGN } from "../../compiler/numeric/fp8-gemm.ts";
 import { scaledSegDims, segmentRuns } from "../../compiler/ops/scaled-segment.ts";
 import { tilesName } from "../../compiler/ops/quantize.ts";
-import { empty, upload, type DeviceTensor } from "./memory.ts";
+import { empty, type DeviceTensor } from "./memory.ts";
 import { matmulPlans } from "./matmul-plans.ts";
 import { fp8GemmOf } from "./fp8-gemm.ts";
+import { gatherRows, i32, paddedLayout } from "./padded-segments.ts";
 import { dequantizeCuda, quantizeCuda } from "./fp8.ts";
 import * as K from "./kernels/sources.ts";
 import type { CudaExecutor } from "./executor.ts";
@@ -35,41 +36,6 @@ const GROUPED = defaultGemmConfig(true), ROW_SCALED = defaultRowScaledConfig();
 const F32_TRANS_A = { dtype: "f32", outDtype: "f32", transA: true, accumulate: false } as const;
 type OpInstr = Extract<Plan["instrs"][number], { kind: "op" }>;
 const names = (t: TensorType) => t.dims.map((d) => d.name);
-
-/**
- * The padded group-major layout of the rank's segments: for each padded row the flat source row
- * (t·R + row) or -1, each 128-row block's group, each group's padded row range, and for each flat
- * output row (t·Rout + out) its padded row or -1.
- */
-export function paddedLayout(runs: ReturnType<typeof segmentRuns>, nGroups: number, bt: number, R: number, Rout: number) {
-  const src: number[] = [], blockGroup: number[] = [], range: [number, number][] = [];
-  const outMap = new Int32Array(bt * Rout).fill(-1);
-  for (let g = 0; g < nGroups; g++) {
-    const p0 = src.length;
-    for (const s of runs) {
-      if (s.g !== g || s.m === 0) continue;
-      const rows = Math.ceil(s.m / GROUPED_M_ALIGN) * GROUPED_M_ALIGN;
-      for (let i = 0; i < rows; i++) {
-        if (i < s.m) outMap[s.t * Rout + s.out + i] = src.length;
-        src.push(i < s.m ? s.t * R + s.row + i : -1);
-      }
-      for (let b = 0; b < rows / GROUPED_M_ALIGN; b++) blockGroup.push(g);
-    }
-    range.push([p0, src.length]);
-  }
-  return { rowMap: Int32Array.from(src), blockGroup: Int32Array.from(blockGroup), range, outMap };
-}
-
-/** out[j, :] = x[idx[j], :] (0 where idx is -1): the gather kernel on a [rows, width] view of `dtype`. */
-function gatherRows(ex: CudaExecutor, x: DeviceTensor, rows: number, width: number, dtype: "i32" | "f32" | "bf16", idx: DeviceTensor, n: number): DeviceTensor {
-  const out = empty(ex.mem, dtype, [n, width]);
-  const bad = ex.badFlag();
-  ex.launch1D(K.gather(dtype), n * width, [["ptr", out.ptr], ["ptr", x.ptr], ["ptr", idx.ptr], ["i64", 1], ["i64", n], ["i64", width], ["i64", rows], ["i64", 0], ["i64", rows], ["ptr", bad.ptr]]);
-  ex.checkIndices(bad, "scaled_segment (padded layout)", "rows", rows);
-  return out;
-}
-
-const i32 = (ex: CudaExecutor, data: Int32Array) => upload(ex.addon, ex.mem, { dtype: "i32", shape: [data.length], data }, ex.stream);
 
 /** The rank's segments: counts read on the host, as segment_dot's loop does. */
 function runsOf(ex: CudaExecutor, plan: Plan, ins: OpInstr, r: number, x: DeviceTensor[], tIn: TensorType[], countsAt: number, firstGroup: number, nGroups: number, rowsDim: string, R: number) {

@@ -10,7 +10,8 @@ import { CompileError } from "../../compiler/errors.ts";
 import { contractAttr, dotDims } from "../../compiler/ops/contraction.ts";
 import { empty, type DeviceTensor } from "./memory.ts";
 import { matmulPlans } from "./matmul-plans.ts";
-import { dotProblems, runProblems, segments, wgradProblems } from "./segment-gemm.ts";
+import { dotProblems, runProblems, segmentModeFromEnv, segments, wgradProblems } from "./segment-gemm.ts";
+import { wgmmaSegmentDot } from "./bf16-segment.ts";
 import * as K from "./kernels/sources.ts";
 import type { CudaExecutor } from "./executor.ts";
 
@@ -48,13 +49,22 @@ export function segmentContract(ex: CudaExecutor, op: string, plan: Plan, ins: E
     const k = String(ins.attrs.contract);
     const nOut = nm(tw).filter((n) => n !== k && n !== groups);
     const X = ex.reorder(x[0]!, nm(tx), [...batch, rows.name, k]);
-    const Wt = ex.reorder(x[1]!, nm(tw), [groups, k, ...nOut]);
-    const R = X.shape[batch.length]!, KK = X.shape[batch.length + 1]!, N = numel(Wt.shape.slice(2)), gW = Wt.shape[0]!;
+    const wSize = (d: string) => x[1]!.shape[tw.dims.findIndex((e) => e.name === d)]!;
+    const R = X.shape[batch.length]!, KK = X.shape[batch.length + 1]!, N = nOut.reduce((p, d) => p * wSize(d), 1), gW = wSize(groups);
     const wOff = plan.values[ins.inputs[1]!]!.boxes[r]!.offset[tw.dims.findIndex((d) => d.name === groups)]!;
-    const order = [...batch, rows.name, ...nOut];
-    const Y = empty(ex.mem, to.dtype, order.map((d) => shape[to.dims.findIndex((e) => e.name === d)]!));
-    if (numel(Y.shape)) ex.addon.memsetD8(Y.ptr, 0, numel(Y.shape) * K.elemBytes(Y.dtype), ex.stream);
+    const order = [...batch, rows.name, ...nOut], outShape = order.map((d) => shape[to.dims.findIndex((e) => e.name === d)]!);
     const segs = segments({ counts: C.data, bt, gC, first: wOff - cOff, groups: gW, packed, R });
+    // opt-in: bf16 on the generated grouped kernel; a problem it refuses takes the cuBLAS path below
+    if (segmentModeFromEnv(process.env.SHARDTS_SEGMENT_GEMM, dtype) === "wgmma") {
+      const Yw = wgmmaSegmentDot(ex, { X, w: x[1]!, tw, groups, k, nOut, segs, bt, R, K: KK, N, E: gW, outShape: [bt, outShape[batch.length]!, N], outDtype: to.dtype });
+      if (Yw) {
+        if (X !== x[0]) ex.release(X);
+        return ex.reorderOwned({ ...Yw, shape: outShape }, order, nm(to));
+      }
+    }
+    const Wt = ex.reorder(x[1]!, nm(tw), [groups, k, ...nOut]);
+    const Y = empty(ex.mem, to.dtype, outShape);
+    if (numel(Y.shape)) ex.addon.memsetD8(Y.ptr, 0, numel(Y.shape) * K.elemBytes(Y.dtype), ex.stream);
     const problems = dotProblems(segs, { R, K: KK, N, x: X.ptr, w: Wt.ptr, y: Y.ptr, eb, ebo: K.elemBytes(Y.dtype) });
     runProblems(ex.addon, { dtype, outDtype: Y.dtype as "f32" | "bf16", transA: false, accumulate: false, problems }, ex.stream);
     if (X !== x[0]) ex.release(X);

@@ -7,7 +7,9 @@
 // which it does not offer; bf16 pointers off 16 bytes), they run one cuBLASLt call each, fanned out
 // over side streams (side-streams.ts) so that several experts' GEMMs share the GPU.
 // bf16 sets use the fan-out by default (measured faster on an H200); SHARDTS_SEGMENT_GEMM=grouped,
-// lanes or loop (one stream) sets the mode for every set (SegmentMode).
+// lanes or loop (one stream) sets the mode for every set (SegmentMode). SHARDTS_SEGMENT_GEMM=wgmma
+// (opt-in, not yet measured) runs bf16 segment_dot on the generated grouped bf16 kernel instead
+// (bf16-segment.ts); the sets it refuses, and every other set, run as by default.
 import type { NativeAddon, Stream } from "./native-types.ts";
 import { matmulPlans, type MatmulForm } from "./matmul-plans.ts";
 import { segmentLanes } from "./side-streams.ts";
@@ -146,17 +148,22 @@ export function groupedAvailable(addon: NativeAddon): boolean {
 }
 
 /** How a set runs: `grouped` (one grouped cuBLAS call where it can, else `lanes`), `lanes` (one cuBLASLt
- * call per problem, fanned out over side streams), `loop` (one cuBLASLt call per problem on the stream).
- * Default: `lanes` for bf16 operands, `grouped` for f32. */
-export type SegmentMode = "grouped" | "lanes" | "loop";
+ * call per problem, fanned out over side streams), `loop` (one cuBLASLt call per problem on the stream),
+ * `wgmma` (bf16 segment_dot on the generated grouped wgmma kernel, bf16-segment.ts; what it refuses,
+ * and every set that reaches runProblems, as the default). Default: `lanes` for bf16 operands, `grouped` for f32. */
+export type SegmentMode = "grouped" | "lanes" | "loop" | "wgmma";
 
-export function segmentModeFromEnv(v: string | undefined, dtype: "f32" | "bf16" = "f32"): SegmentMode {
+/** The mode of a set when none is given (or wgmma's fallback). */
+const defaultMode = (dtype: "f32" | "bf16"): SegmentMode =>
   // bf16: the fanned-out cuBLASLt calls beat the grouped call on the EP MoE layer (H200x2, ep=2:
   // segment_dot 6.85 against 8.39 ms, step 18.3 against 21.7 ms; bench/results/2026-11-23-*);
   // f32 keeps the grouped call (not measured against the lanes)
-  if (v === undefined || v === "") return dtype === "bf16" ? "lanes" : "grouped";
-  if (v === "grouped" || v === "lanes" || v === "loop") return v;
-  throw new RangeError(`SHARDTS_SEGMENT_GEMM=${v}: give grouped, lanes or loop`);
+  dtype === "bf16" ? "lanes" : "grouped";
+
+export function segmentModeFromEnv(v: string | undefined, dtype: "f32" | "bf16" = "f32"): SegmentMode {
+  if (v === undefined || v === "") return defaultMode(dtype);
+  if (v === "grouped" || v === "lanes" || v === "loop" || v === "wgmma") return v;
+  throw new RangeError(`SHARDTS_SEGMENT_GEMM=${v}: give grouped, lanes, loop or wgmma (bf16 segment_dot on the generated kernel)`);
 }
 
 /** Lanes for the problems: those with the same output share one (they accumulate into it in order); outputs go round-robin. */
@@ -166,8 +173,10 @@ export function problemLanes(ps: Problem[], lanes: number): number[] {
 }
 
 /** Runs the set on `stream` (the work after it on `stream` sees it done), as `mode` says (default SHARDTS_SEGMENT_GEMM). */
-export function runProblems(addon: NativeAddon, set: ProblemSet, stream: Stream, mode: SegmentMode = segmentModeFromEnv(process.env.SHARDTS_SEGMENT_GEMM, set.dtype)): void {
+export function runProblems(addon: NativeAddon, set: ProblemSet, stream: Stream, given: SegmentMode = segmentModeFromEnv(process.env.SHARDTS_SEGMENT_GEMM, set.dtype)): void {
   if (!set.problems.length) return;
+  // wgmma is taken (or refused) before the problems are built: what reaches here runs as by default
+  const mode = given === "wgmma" ? defaultMode(set.dtype) : given;
   if (mode === "grouped" && groupedRefusal(set) === undefined && groupedAvailable(addon)) {
     for (const run of nonOverlapping(set.problems)) {
       const { dims, ptrs } = groupedArgs(run, set.transA);

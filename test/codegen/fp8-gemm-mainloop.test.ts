@@ -7,14 +7,18 @@
 // The model's wgmma writes a value that names the K block it read, and the promotion must pair each
 // fragment with its own block's scale: acc[i] = sum_kb 10 (kb+1)^2 (i+1) (a swapped pairing gives
 // less). Over K blocks 1..7 (the peeled tail's cases), stage counts 3..8, three tiles in a row (the
-// ring carries over), the plain loop (known good on the H100) and the overlapped one. Skipped without g++.
+// ring carries over), the plain loop (known good on the H100) and the overlapped one. The bf16 loop
+// (no scales) runs on the same model, where a tile's first wgmma starts acc afresh and every later one
+// accumulates, chaining groups on acc as PTX allows for wgmmas of one shape:
+// acc[i] = sum_kb 10 (kb+1) (i+1). Skipped without g++.
 import { describe, expect, it } from "vitest";
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { overlappedLoop, plainLoop } from "../../compiler/codegen/cuda/gemm/mainloop.ts";
-import type { Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { bf16Loop, overlappedLoop, plainLoop } from "../../compiler/codegen/cuda/gemm/mainloop.ts";
+import { isBf16, type Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { wgmmaName } from "../../compiler/codegen/cuda/gemm/ptx.ts";
 import { GXX, noteIfNoGxx } from "./gxx.ts";
 
 noteIfNoGxx("fp8-gemm-mainloop");
@@ -29,8 +33,8 @@ using std::fmaf;
 typedef unsigned int sh_u32;
 typedef unsigned long long sh_u64;
 #define FAIL(...) do { std::printf("FAIL KB=%d S=%d tile=%d: ", KB, S, tile); std::printf(__VA_ARGS__); std::printf("\n"); std::exit(1); } while (0)
-static const int F = ${F};
-static int KB, S, tile, loads, releases;
+static const int F = ${F}, BF16 = ${isBf16(c) ? 1 : 0};
+static int KB, S, tile, loads, releases, issued;
 static bool fenced;
 static std::vector<int> stageBlock, stageHeld;
 static const sh_u32 bars = 1u << 20, tilesA = 0, tilesB = 1u << 24, A_BYTES = 1u << 14, B_BYTES = 1u << 15;
@@ -89,13 +93,15 @@ static bool isPending(const float* x) {
   return false;
 }
 static void sh_reg_fence(float& x) { if (isPending(&x)) FAIL("fragment read while a group writing it is pending"); }
-static void sh_wgmma_m64n${c.blockN}(float (&d)[F], sh_u64 da, sh_u64 db, int accumulate) {
+static void ${wgmmaName(c.blockN, c.ab)}(float (&d)[F], sh_u64 da, sh_u64 db, int accumulate) {
   if (!fenced) FAIL("wgmma issued without a wgmma.fence before its batch");
-  if (isPending(d)) FAIL("wgmma into a fragment an older pending group writes");
+  // bf16 chains groups on acc (ordered by PTX for one shape); starting a pending fragment afresh is a race
+  if (isPending(d) && !(BF16 && accumulate)) FAIL("wgmma into a fragment an older pending group writes");
   const int s = (int)((db - tilesB) / B_BYTES), k = (int)((db - tilesB) % B_BYTES) / 2;
   if (da != tilesA + (sh_u64)s * A_BYTES + wg * 64 * 128 + 2 * k) FAIL("A and B descriptors name different stages");
   if (!stageHeld[s]) FAIL("wgmma reads stage %d, which is not held", s);
-  if ((accumulate != 0) != (k != 0)) FAIL("k step %d with accumulate %d", k, accumulate);
+  if (BF16 ? (accumulate != 0) != (issued != 0) : (accumulate != 0) != (k != 0)) FAIL("k step %d (wgmma %d of the tile) with accumulate %d", k, issued, accumulate);
+  issued++;
   for (int i = 0; i < F; ++i) d[i] = (accumulate ? d[i] : 0.f) + (float)((stageBlock[s] % KB + 1) * (k + 1) * (i + 1));
   open.frags.push_back(d);
   open.stages.push_back(s);
@@ -124,11 +130,12 @@ int main() {
       (void)tmp; (void)t0; (void)t1;
       for (tile = 0; tile < 3; ++tile) {
         for (int i = 0; i < F; ++i) acc[i] = 0.f;
+        issued = 0;
 ${loop}
         if (!pending.empty()) FAIL("%d wgmma group(s) pending at the epilogue", (int)pending.size());
         if (loads != (tile + 1) * KB || releases != loads) FAIL("loaded %d, released %d blocks", loads, releases);
         float want = 0;
-        for (int kb = 0; kb < KB; ++kb) want += 10.f * (kb + 1) * (kb + 1);
+        for (int kb = 0; kb < KB; ++kb) want += BF16 ? 10.f * (kb + 1) : 10.f * (kb + 1) * (kb + 1);
         for (int i = 0; i < F; ++i)
           if (acc[i] != want * (i + 1)) FAIL("acc[%d] = %g, expected %g", i, acc[i], want * (i + 1));
       }
@@ -165,6 +172,46 @@ describe.skipIf(!GXX)("FP8 GEMM consumer K loop on a CPU model of wgmma / mbarri
         expect(out.trim()).toBe("ok");
       }, 60_000);
     }
+
+  const bf16Configs: Fp8GemmConfig[] = [
+    { ab: "bf16", consumers: 2, blockN: 128, stages: 6, persistent: true, grouped: true, tmaStore: true },
+    { ab: "bf16", consumers: 2, blockN: 256, stages: 3, persistent: true, grouped: false, multicast: true, tmaStore: true },
+  ];
+  for (const c of bf16Configs)
+    it(`bf16 loop, blockN ${c.blockN}${c.multicast ? " (multicast: pair release)" : ""}: protocol checks hold, acc sums every block once`, () => {
+      const src = join(dir, `loop_bf16_${c.blockN}${c.multicast ? "_mc" : ""}.cc`), exe = src.replace(/\.cc$/, "");
+      writeFileSync(src, harness(c, bf16Loop(c)));
+      execFileSync(GXX!, ["-O1", "-std=c++17", "-Wno-unknown-pragmas", "-o", exe, src]);
+      let out = "";
+      try {
+        out = execFileSync(exe, { encoding: "utf8" });
+      } catch (e) {
+        out = String((e as { stdout?: string }).stdout ?? e);
+      }
+      expect(out.trim()).toBe("ok");
+    }, 60_000);
+
+  it("the model catches broken bf16 loops: a stage released before its group is done, a block that overwrites acc", () => {
+    const c = bf16Configs[0]!;
+    const good = bf16Loop(c);
+    const mutants: [string, RegExp][] = [
+      [good.replace("sh_wgmma_wait<1>();", ""), /while a wgmma group reading it is pending/],
+      [good.replace(/db \+ 2 \* k, 1\)/, "db + 2 * k, k)"), /with accumulate 0|older pending group/],
+    ];
+    mutants.forEach(([broken, why], i) => {
+      expect(broken).not.toBe(good);
+      const src = join(dir, `broken_bf16_${i}.cc`), exe = join(dir, `broken_bf16_${i}`);
+      writeFileSync(src, harness(c, broken));
+      execFileSync(GXX!, ["-O1", "-std=c++17", "-Wno-unknown-pragmas", "-o", exe, src]);
+      let out = "";
+      try {
+        out = execFileSync(exe, { encoding: "utf8" });
+      } catch (e) {
+        out = String((e as { stdout?: string }).stdout ?? "");
+      }
+      expect(out).toMatch(why);
+    });
+  }, 60_000);
 
   it("the model catches broken loops: promoting the pending fragment, or with the wrong block's scale", () => {
     const c: Fp8GemmConfig = { consumers: 2, blockN: 128, stages: 4, persistent: true, grouped: false, overlap: true };

@@ -82,6 +82,8 @@ export function fakeAddon(opts: FakeOptions = {}): FakeAddon {
     moduleGetFunction: handle,
     funcGetAttributes: () => ({ maxThreadsPerBlock: 1024, sharedSizeBytes: 0, constSizeBytes: 0, localSizeBytes: 0, numRegs: 32, ptxVersion: 90, binaryVersion: 90, maxDynamicSharedSizeBytes: 0 }),
     funcGetParamLayout: () => null,
+    // an opaque CUtensorMap (the generated GEMMs' launches pack it by value)
+    tensorMapEncodeTiled: () => new Uint8Array(128),
     // a copy: the caller may reuse its options object
     cublasLtMatmulPrepare: (o) => matmuls.push({ ...(o as MatmulOptions) }),
     cublasLtMatmulRun: (h) => {

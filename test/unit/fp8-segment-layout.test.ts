@@ -1,5 +1,5 @@
 // The CUDA lowering of scaled_segment_dot without a GPU: the padded group-major layout
-// (runtime/cuda/fp8-segment.ts paddedLayout) fed to the grouped FP8 GEMM's CPU model
+// (runtime/cuda/padded-segments.ts paddedLayout) fed to the grouped FP8 GEMM's CPU model
 // (compiler/numeric/fp8-gemm.ts, the model the generated kernels are checked against) reproduces the
 // op's CPU reference bit for bit, for random, skewed and empty-expert counts; and the layout's
 // invariants (every 128-row block one expert, each segment's rows once, padding -1).
@@ -7,7 +7,7 @@ import { describe, expect, it } from "vitest";
 import { Mesh, fromGlobal, evaluate, quantize, sortByKey, gather, type GlobalValue } from "../../stdlib/index.ts";
 import { trace } from "../../stdlib/ops/trace.ts";
 import type { AnyDTensor } from "../../stdlib/dtensor.ts";
-import { paddedLayout } from "../../runtime/cuda/fp8-segment.ts";
+import { paddedLayout } from "../../runtime/cuda/padded-segments.ts";
 import { segmentRuns } from "../../compiler/ops/scaled-segment.ts";
 import { fp8GemmRef, GROUPED_M_ALIGN } from "../../compiler/numeric/fp8-gemm.ts";
 import { e4m3ToBits, roundToBf16 } from "../../compiler/numeric/index.ts";

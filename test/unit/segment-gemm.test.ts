@@ -222,7 +222,8 @@ describe("segment GEMMs fanned out over side streams", () => {
     expect(segmentModeFromEnv(undefined, "bf16")).toBe("lanes");
     expect(segmentModeFromEnv("grouped", "bf16")).toBe("grouped");
     expect(segmentModeFromEnv("lanes")).toBe("lanes");
-    expect(() => segmentModeFromEnv("fast")).toThrow(/give grouped, lanes or loop/);
+    expect(segmentModeFromEnv("wgmma", "bf16")).toBe("wgmma");
+    expect(() => segmentModeFromEnv("fast")).toThrow(/give grouped, lanes, loop or wgmma/);
     expect(lanesFromEnv(undefined)).toBe(4);
     expect(lanesFromEnv("8")).toBe(8);
     expect(() => lanesFromEnv("0")).toThrow(/1 to 32/);

@@ -7,13 +7,19 @@
 // and as many for the chunk being promoted, which caps BLOCK_N at 192 (2·96 + addressing < 232
 // registers). Every smem tile is K-major with 128-byte rows (128 e4m3 = one K block = one 128-byte
 // swizzle atom wide), so A's tile is BLOCK_M × 128 B and B's BLOCK_N × 128 B per stage.
+//
+// With `ab: "bf16"` the operands are bf16 and unscaled: a 128-byte row holds 64 bf16, so a stage's K
+// block is 64 wide (4 wgmma k16 steps), and the f32 accumulators take all of K directly (no scales,
+// no temporary fragment, no promotion), which leaves room for blockN up to 256.
 import { CompileError } from "../../../errors.ts";
 import { FP8_BLOCK, GROUPED_M_ALIGN } from "../../../numeric/fp8-gemm.ts";
 
 export interface Fp8GemmConfig {
+  /** The operands' element type (absent = e4m3 with block scales; "bf16": unscaled, f32 accumulation over all of K). */
+  ab?: "e4m3" | "bf16";
   /** Consumer warpgroups (1 or 2); BLOCK_M = 64 · consumers. */
   consumers: 1 | 2;
-  /** The tile's columns: a multiple of 16 from 16 to 192. */
+  /** The tile's columns: a multiple of 16 from 16 to 192 (bf16: to 256). */
   blockN: number;
   /** Shared-memory pipeline depth. */
   stages: number;
@@ -64,11 +70,16 @@ export const PRODUCER_REGS = 40;
 export const consumerRegs = (c: Fp8GemmConfig): number => (c.consumers === 1 ? 240 : 232);
 
 export const blockM = (c: Fp8GemmConfig): number => 64 * c.consumers;
+export const isBf16 = (c: Pick<Fp8GemmConfig, "ab">): boolean => c.ab === "bf16";
+/** Elements of K per stage: one 128-byte smem row (128 e4m3 or 64 bf16). */
+export const kBlock = (c: Pick<Fp8GemmConfig, "ab">): number => (isBf16(c) ? 64 : FP8_BLOCK);
+/** The largest blockN: two f32 fragments of blockN/2 with e4m3 (accumulator + promoted temporary), one with bf16. */
+const maxBlockN = (c: Pick<Fp8GemmConfig, "ab">): number => (isBf16(c) ? 256 : 192);
 export const threadsOf = (c: Fp8GemmConfig): number => 128 * (c.consumers + 1);
 export const aTileBytes = (c: Fp8GemmConfig): number => blockM(c) * FP8_BLOCK;
 export const bTileBytes = (c: Fp8GemmConfig): number => c.blockN * FP8_BLOCK;
 /** A's scales of one K block for the tile's rows (f32), loaded with the stage unless globalScales. */
-export const saTileBytes = (c: Fp8GemmConfig): number => (c.globalScales ? 0 : blockM(c) * 4);
+export const saTileBytes = (c: Fp8GemmConfig): number => (c.globalScales || isBf16(c) ? 0 : blockM(c) * 4);
 /** B's row scales of one K block for the tile's columns (f32), with bRows. */
 export const sbTileBytes = (c: Fp8GemmConfig): number => (c.bRows ? c.blockN * 4 : 0);
 /** The bf16 tile staged for the TMA store (0 without it); 1024-byte aligned boxes of 64 x 64. */
@@ -77,19 +88,27 @@ export const stageBytes = (c: Fp8GemmConfig): number => aTileBytes(c) + bTileByt
 export const smemBytes = (c: Fp8GemmConfig): number => SMEM_ALIGN_SLACK + c.stages * stageBytes(c) + stagingBytes(c) + 2 * c.stages * 8;
 
 /** Whether a tile's columns can span two 128-wide scale blocks of B (then each column picks its own). */
-export const spansScaleBlocks = (c: Fp8GemmConfig): boolean => FP8_BLOCK % c.blockN !== 0;
+export const spansScaleBlocks = (c: Fp8GemmConfig): boolean => !isBf16(c) && FP8_BLOCK % c.blockN !== 0;
 
 export function configName(c: Fp8GemmConfig): string {
-  return `sh_fp8_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? "_ts" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}`;
+  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? "_ts" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}`;
 }
 
 /** Why a configuration cannot be emitted, or undefined. */
 export function configProblem(c: Fp8GemmConfig): string | undefined {
   if (c.consumers !== 1 && c.consumers !== 2) return `consumers must be 1 or 2, got ${c.consumers}`;
-  if (!Number.isInteger(c.blockN) || c.blockN < 16 || c.blockN > 192 || c.blockN % 16 !== 0)
-    return `blockN must be a multiple of 16 from 16 to 192 (two f32 fragments of blockN/2 registers per thread), got ${c.blockN}`;
+  if (c.ab !== undefined && c.ab !== "e4m3" && c.ab !== "bf16") return `ab must be "e4m3" or "bf16", got ${JSON.stringify(c.ab)}`;
+  if (isBf16(c)) {
+    const why = bf16Problem(c);
+    if (why) return why;
+  }
+  if (!Number.isInteger(c.blockN) || c.blockN < 16 || c.blockN > maxBlockN(c) || c.blockN % 16 !== 0)
+    return isBf16(c)
+      ? `blockN must be a multiple of 16 from 16 to 256 (the widest wgmma, n256), got ${c.blockN}`
+      : `blockN must be a multiple of 16 from 16 to 192 (two f32 fragments of blockN/2 registers per thread), got ${c.blockN}`;
   // the tile starting at j·blockN must touch at most two scale blocks: (j·blockN mod 128) + blockN <= 256
-  for (let j = 0; j < FP8_BLOCK; j++) if (((j * c.blockN) % FP8_BLOCK) + c.blockN > 2 * FP8_BLOCK) return `blockN ${c.blockN} lets a tile span three 128-column scale blocks`;
+  if (!isBf16(c))
+    for (let j = 0; j < FP8_BLOCK; j++) if (((j * c.blockN) % FP8_BLOCK) + c.blockN > 2 * FP8_BLOCK) return `blockN ${c.blockN} lets a tile span three 128-column scale blocks`;
   if (!Number.isInteger(c.stages) || c.stages < 2) return `stages must be an integer >= 2, got ${c.stages}`;
   if (smemBytes(c) > SMEM_LIMIT) return `${c.stages} stages of ${blockM(c)}x${c.blockN} need ${smemBytes(c)} B of shared memory, more than ${SMEM_LIMIT}`;
   if (c.grouped && GROUPED_M_ALIGN % blockM(c) !== 0) return `grouped kernels need BLOCK_M to divide ${GROUPED_M_ALIGN}, got ${blockM(c)}`;
@@ -97,6 +116,17 @@ export function configProblem(c: Fp8GemmConfig): string | undefined {
   if (c.bRows && (c.grouped || c.multicast)) return "row-scaled B (the Wgrad form) is dense and without multicast only";
   if (c.multicast && c.grouped) return "B multicast needs both CTAs of a cluster on the same weights: dense only (a grouped tile pair may straddle two experts)";
   if (c.overlap) return overlapProblem(c);
+  return undefined;
+}
+
+/**
+ * The e4m3 features a bf16 kernel has no use for: they all concern the block scales, which bf16
+ * operands do not have (its accumulators take all of K, so there is nothing to promote or overlap).
+ */
+function bf16Problem(c: Fp8GemmConfig): string | undefined {
+  if (c.overlap) return "overlapped promotion hides the e4m3 scale promotion; bf16 accumulates in the wgmma's f32 registers over all of K and has none: set overlap off";
+  if (c.bRows) return "row-scaled B (bRows) picks B's block scales; bf16 operands are unscaled: set bRows off";
+  if (c.globalScales) return "globalScales says how A's scales are loaded; bf16 operands are unscaled: set globalScales off";
   return undefined;
 }
 
@@ -175,6 +205,32 @@ export function rowScaledCandidates(): Fp8GemmConfig[] {
   for (const [overlap, tmaStore] of [[true, true], [false, true], [true, false]] as const)
     out.push(filled({ consumers: 2, blockN: 128, persistent: true, grouped: false, ...(overlap ? { overlap } : {}), ...(tmaStore ? { tmaStore } : {}), bRows: true }));
   return out.filter((c) => configProblem(c) === undefined);
+}
+
+/**
+ * TMA-store and plain-epilogue bf16 shapes (consumers, blockN, tmaStore), tried after the basic one.
+ * 176 (plain epilogue: the TMA store takes 64-column boxes) tiles the MoE expert widths 1408 and 2816
+ * exactly (8 and 16 tiles) and is wider than 128, which tiles them too; 256 leaves 1408 a half-empty last tile.
+ */
+const BF16_SHAPES: [1 | 2, number, boolean][] = [[2, 128, true], [2, 256, true], [2, 192, true], [2, 128, false], [2, 256, false], [2, 176, false], [1, 256, true], [1, 128, false]];
+
+/**
+ * The bf16 configurations to time (dense or grouped), the first being the plain one (one consumer,
+ * 64x128, 4 stages, one CTA per tile), as for e4m3; dense adds the B-multicast pair.
+ */
+export function bf16GemmCandidates(grouped: boolean): Fp8GemmConfig[] {
+  const out: Fp8GemmConfig[] = [{ ab: "bf16", consumers: 1, blockN: 128, stages: 4, persistent: false, grouped }];
+  for (const [consumers, blockN, tmaStore] of BF16_SHAPES) out.push(filled({ ab: "bf16", consumers, blockN, persistent: true, grouped, ...(tmaStore ? { tmaStore } : {}) }));
+  if (!grouped) out.push(filled({ ab: "bf16", consumers: 2, blockN: 256, persistent: true, grouped, multicast: true, tmaStore: true }));
+  return out.filter((c) => configProblem(c) === undefined);
+}
+
+/**
+ * The bf16 configuration launched without tuning: the e4m3 default's shape (persistent 128 x 128, two
+ * consumers, TMA-store epilogue) with no promotion. Not yet measured: bench/gpu/bf16-gemm.ts times the candidates.
+ */
+export function defaultBf16GemmConfig(grouped: boolean): Fp8GemmConfig {
+  return filled({ ab: "bf16", consumers: 2, blockN: 128, persistent: true, grouped, tmaStore: true });
 }
 
 /**

@@ -6,11 +6,16 @@
 // committed group is pending, i.e. block k's group is done), so its promotion runs under block k+1's
 // MMAs. The loop is unrolled by two so each temporary is a statically named register array.
 //
+// The bf16 loop (bf16Loop) has no scales: each block's 4 wgmma k16 steps accumulate straight into
+// acc, and block k+1's group is issued before block k's is waited for (wait_group 1), so the tensor
+// cores always have a group queued while the warpgroup waits and releases a stage.
+//
 // Names the kernel body defines: acc, tmp (plain) or t0/t1 (overlapped), s/phase (the ring position),
 // bars, tilesA/tilesB, A_BYTES/B_BYTES, S, wg, lane, sa, sbTile, m0/m1, r0, c0, sas/SA_BYTES,
 // sbs/SB_BYTES (row-scaled B), M, KB, split/second (when a tile spans two scale blocks of B).
 import { FP8_BLOCK } from "../../../numeric/fp8-gemm.ts";
 import { spansScaleBlocks, type Fp8GemmConfig } from "./config.ts";
+import { wgmmaName } from "./ptx.ts";
 
 /**
  * Scales. A's (two rows per thread, a0/a1) arrive by TMA with each stage, SA_BYTES per stage from
@@ -70,14 +75,18 @@ ${pad}}
 `;
 }
 
-/** Waits for stage s, issues its 4 wgmma k32 steps into `frag` as one committed group, advances the ring. */
-function issue(c: Fp8GemmConfig, frag: string, pad: string): string {
+/**
+ * Waits for stage s, issues its 4 wgmma steps (k32 e4m3 or k16 bf16: 32 bytes of K each) into `frag`
+ * as one committed group, advances the ring. `accumulate` is step k's flag: `k` starts the fragment
+ * afresh, `1` adds to it (bf16 blocks after a tile's first).
+ */
+function issue(c: Fp8GemmConfig, frag: string, pad: string, accumulate = "k"): string {
   return `${pad}sh_mbar_wait(bars + 8 * s, phase);  // the stage's bytes have landed
 ${pad}{
 ${pad}  const sh_u64 da = sh_wgmma_desc(tilesA + s * A_BYTES + wg * 64 * ${FP8_BLOCK}), db = sh_wgmma_desc(tilesB + s * B_BYTES);
 ${pad}  sh_wgmma_fence();
 #pragma unroll
-${pad}  for (int k = 0; k < ${FP8_BLOCK / 32}; ++k) sh_wgmma_m64n${c.blockN}(${frag}, da + 2 * k, db + 2 * k, k);
+${pad}  for (int k = 0; k < ${FP8_BLOCK / 32}; ++k) ${wgmmaName(c.blockN, c.ab)}(${frag}, da + 2 * k, db + 2 * k, ${accumulate});
 ${pad}  sh_wgmma_commit();
 ${pad}}
 ${pad}if (++s == S) { s = 0; phase ^= 1; }
@@ -156,4 +165,27 @@ ${step(c, "kb", "t0", "t1", p)}${step(c, "kb + 1", "t1", "t0", p)}    }
 ${step(c, "kb", "t0", "t1", p)}${step(c, "kb + 1", "t1", undefined, p)}    } else {
 ${step(c, "kb", "t0", undefined, p)}    }
 `;
+}
+
+/**
+ * The bf16 loop: block 0's group starts acc afresh, each later block's adds to it and is issued before
+ * the previous group is waited for (wait_group 1), whose stage then goes back. PTX orders wgmmas of one
+ * shape on the same accumulators without a fence, so chaining groups on acc is allowed; at the loop
+ * head exactly one group is pending on every path (no C7514 serialization).
+ */
+export function bf16Loop(c: Fp8GemmConfig): string {
+  const p = "      ";
+  return `    // bf16: no scales; 'held' is the ring stage of the group in flight
+    int held = s;
+    {
+${issue(c, "acc", p)}    }
+    for (int kb = 1; kb < KB; ++kb) {
+      const int next = s;
+${issue(c, "acc", p, "1")}${p}sh_wgmma_wait<1>();  // the previous block's group is done; this one runs on
+${p}${release(c, "bars + 8 * (S + held)")}
+${p}held = next;
+    }
+    sh_wgmma_wait0();
+    ${release(c, "bars + 8 * (S + held)")}
+${fenceAll(c, "acc", "    ")}`;
 }

@@ -138,22 +138,30 @@ SH_DEV sh_u32 sh_pack_bf16x2(float lo, float hi) {
 #endif // SHARDTS_GEMM_PTX
 `;
 
+/** The wrapper's name for a tile width and operand type (kernels of both types may share a source). */
+export const wgmmaName = (n: number, ab?: "e4m3" | "bf16"): string => (ab === "bf16" ? `sh_wgmma_bf16_m64n${n}` : `sh_wgmma_m64n${n}`);
+
 /**
  * `sh_wgmma_m64n{N}(d, descA, descB, accumulate)`: one m64nNk32 e4m3×e4m3→f32 wgmma on the N/2
- * accumulators d (accumulate = 0 overwrites d with A·B).
+ * accumulators d (accumulate = 0 overwrites d with A·B). With ab = "bf16", `sh_wgmma_bf16_m64n{N}`:
+ * one m64nNk16 bf16×bf16→f32 wgmma (32 bytes of K either way, so the descriptors step alike), whose
+ * two trailing immediates say neither operand is transposed (both K-major, as the e4m3 form requires).
  */
-export function wgmmaWrapper(n: number): string {
+export function wgmmaWrapper(n: number, ab?: "e4m3" | "bf16"): string {
   const regs = n / 2;
   const list = Array.from({ length: regs }, (_, i) => `%${i}`).join(", ");
   const outs = Array.from({ length: regs }, (_, i) => `"+f"(d[${i}])`);
   const lines: string[] = [];
   for (let i = 0; i < outs.length; i += 8) lines.push(`      ${outs.slice(i, i + 8).join(", ")}`);
-  return `#ifndef SHARDTS_WGMMA_N${n}
-#define SHARDTS_WGMMA_N${n}
-SH_DEV void sh_wgmma_m64n${n}(float (&d)[${regs}], sh_u64 descA, sh_u64 descB, int accumulate) {
+  const bf16 = ab === "bf16";
+  const guard = bf16 ? `SHARDTS_WGMMA_BF16_N${n}` : `SHARDTS_WGMMA_N${n}`;
+  const op = bf16 ? `m64n${n}k16.f32.bf16.bf16 {${list}}, %${regs}, %${regs + 1}, p, 1, 1, 0, 0` : `m64n${n}k32.f32.e4m3.e4m3 {${list}}, %${regs}, %${regs + 1}, p, 1, 1`;
+  return `#ifndef ${guard}
+#define ${guard}
+SH_DEV void ${wgmmaName(n, ab)}(float (&d)[${regs}], sh_u64 descA, sh_u64 descB, int accumulate) {
   asm volatile(
       "{\\n .reg .pred p;\\n setp.ne.b32 p, %${regs + 2}, 0;\\n"
-      " wgmma.mma_async.sync.aligned.m64n${n}k32.f32.e4m3.e4m3 {${list}}, %${regs}, %${regs + 1}, p, 1, 1;\\n}"
+      " wgmma.mma_async.sync.aligned.${op};\\n}"
       :
 ${lines.join(",\n")}
       : "l"(descA), "l"(descB), "r"(accumulate));

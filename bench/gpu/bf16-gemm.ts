@@ -1,0 +1,239 @@
+// On a Hopper GPU: the generated bf16 GEMM kernels (compiler/codegen/cuda/gemm/, ab: "bf16"), every
+// candidate of bf16GemmCandidates, dense and grouped, checked against an f64 reference on sampled rows
+// and timed on the MoE expert shapes, against the PyTorch peer (bench/peers/fp8_gemm.py's bf16 rows:
+// torch._grouped_mm for the grouped shapes, torch.matmul for the dense one) and against the floor
+// FLOPs / 700 TFLOP/s (the H100/H200 dense bf16 rate the kernels should approach).
+//
+// Each candidate runs in its own child process (this file with --child), killed after CHILD_TIMEOUT_S
+// (a deadlocked kernel: a wrong mbarrier phase), so one broken kernel does not hide the others. D is
+// pre-filled with NaN so unwritten rows show. Timings: median of 20 CUDA-event timings after warm-up,
+// input sets rotated so L2 does not hold them. Writes <out>/bf16-gemm.txt and .json.
+//   (bundled by npm run gpu:pack; run there: bash bench/gpu/run.sh bf16-gemm, or directly
+//    /tmp/node .gpu/bf16-gemm.mjs --out DIR [--only REGEX] [--no-peer])
+import { spawnSync } from "node:child_process";
+import { existsSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { bf16GemmCandidates, configName, defaultBf16GemmConfig, type Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { GROUPED_M_ALIGN } from "../../compiler/numeric/fp8-gemm.ts";
+import { bf16FromBits, bf16ToBits } from "../../compiler/numeric/bf16.ts";
+import { cudaAvailable, native } from "../../runtime/cuda/native.ts";
+import { Fp8Gemm, type Fp8GemmBuffers } from "../../runtime/cuda/fp8-gemm.ts";
+import { timeMedian } from "../../runtime/cuda/gemm-tune.ts";
+import { paddedRows, routing } from "./lib/fp8-gemm-data.ts";
+
+const argv = process.argv;
+const arg = (k: string) => (argv.includes(k) ? argv[argv.indexOf(k) + 1] : undefined);
+const outDir = arg("--out") ?? ".";
+const REPS = 20, CHILD_TIMEOUT_S = Number(process.env.BF16_GEMM_CHILD_TIMEOUT_S ?? 180);
+/** The dense bf16 tensor-core rate the floor is taken at (TFLOP/s). */
+const FLOOR_TFLOPS = 700;
+/** Relative Frobenius error allowed on the sampled rows: the bf16 output rounding (~2e-3) and f32 sums. */
+const TOL = 8e-3;
+
+interface Bf16Case {
+  name: string;
+  /** Grouped: routed rows per expert (padded to 128 in A); dense: undefined. */
+  rows?: number[];
+  M: number;
+  N: number;
+  K: number;
+  timed: boolean;
+}
+const grouped = (name: string, rows: number[], N: number, K: number, timed: boolean): Bf16Case => ({ name, rows, M: paddedRows(rows), N, K, timed });
+const CASES: Bf16Case[] = [
+  { name: "edge 300x528x1040", M: 300, N: 528, K: 1040, timed: false },
+  { name: "4096x7168x2048", M: 4096, N: 7168, K: 2048, timed: true },
+  grouped("edge E4 rows[100,0,300,37] N256 K512", [100, 0, 300, 37], 256, 512, false),
+  // K = 208: not a multiple of the 64-wide K block (TMA zero fill); N = 176: a partial tile
+  grouped("edge E3 rows[130,1,255] N176 K208", [130, 1, 255], 176, 208, false),
+  // the EP MoE layer's routed experts: 64 experts x 8192 tokens x top-6, hidden 2048, expert width 1408
+  grouped("E64 49152 rows N1408 K2048", routing(64, 8192 * 6, 7), 1408, 2048, true),
+  grouped("E64 49152 rows N2816 K2048", routing(64, 8192 * 6, 5), 2816, 2048, true),
+  grouped("E64 49152 rows N2048 K1408", routing(64, 8192 * 6, 6), 2048, 1408, true),
+];
+const flops = (c: Bf16Case) => 2 * (c.rows ? c.rows.reduce((a, b) => a + b, 0) : c.M) * c.N * c.K;
+const floorMs = (c: Bf16Case) => flops(c) / (FLOOR_TFLOPS * 1e9);
+
+// bf16 codes of ~N(0, 1) values by table lookup (the largest operand has 369M elements)
+const TABLE = (() => {
+  let s = 99;
+  const u = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) + 0.5) / 2 ** 32;
+  return Uint16Array.from({ length: 4096 }, () => bf16ToBits(Math.sqrt(-2 * Math.log(u())) * Math.cos(2 * Math.PI * u())));
+})();
+function codes(n: number, seed: number): Uint16Array {
+  const out = new Uint16Array(n);
+  let s = seed >>> 0;
+  for (let i = 0; i < n; i++) out[i] = TABLE[(s = (Math.imul(s, 1664525) + 1013904223) >>> 0) >>> 20]!;
+  return out;
+}
+
+/** A [M][K] (grouped: padding rows zero), B [E][N][K], blockExpert (grouped). */
+function problem(c: Bf16Case, seed: number) {
+  const a = codes(c.M * c.K, seed), E = c.rows?.length ?? 1, b = codes(E * c.N * c.K, seed + 1);
+  let blockExpert: Int32Array | undefined;
+  if (c.rows) {
+    blockExpert = new Int32Array(c.M / GROUPED_M_ALIGN).fill(-1);
+    let row = 0;
+    c.rows.forEach((r, e) => {
+      const padded = Math.ceil(r / GROUPED_M_ALIGN) * GROUPED_M_ALIGN;
+      a.fill(0, (row + r) * c.K, (row + padded) * c.K);
+      for (let i = row / GROUPED_M_ALIGN; i < (row + padded) / GROUPED_M_ALIGN; i++) blockExpert![i] = e;
+      row += padded;
+    });
+  }
+  return { a, b, blockExpert, E };
+}
+
+/** Rows checked: all of a small problem, else block edges and a spread (grouped: expert blocks only). */
+function sampleRows(c: Bf16Case, blockExpert?: Int32Array): number[] {
+  const real = (m: number) => !blockExpert || blockExpert[Math.floor(m / GROUPED_M_ALIGN)]! >= 0;
+  if (c.M <= 320) return Array.from({ length: c.M }, (_, i) => i).filter(real);
+  const want = [0, 1, 63, 64, 127, 128, 191, 200, c.M - 129, c.M - 65, c.M - 2, c.M - 1];
+  for (let i = 1; i <= 8; i++) want.push(Math.floor((c.M * i) / 9) + i);
+  return [...new Set(want.filter((m) => m >= 0 && m < c.M))].filter(real).sort((x, y) => x - y);
+}
+
+interface Result {
+  case: string;
+  impl: string;
+  ok: boolean;
+  err?: number;
+  ms?: number;
+  error?: string;
+}
+
+// ------------------------------------------------------------------ child: one configuration
+function child(config: Fp8GemmConfig): void {
+  const a = native(), stream = a.streamCreate(), g = new Fp8Gemm(a, stream);
+  const lut = Float64Array.from({ length: 65536 }, (_, i) => bf16FromBits(i));
+  CASES.forEach((c, ci) => {
+    if ((c.rows !== undefined) !== config.grouped) return;
+    const res: Result = { case: c.name, impl: configName(config), ok: false };
+    const allocs: bigint[] = [];
+    const alloc = (bytes: number) => (allocs.push(a.memAlloc(Math.max(bytes, 256))), allocs[allocs.length - 1]!);
+    const put = (host: ArrayBufferView) => {
+      const d = alloc(host.byteLength);
+      a.memcpyHtoD(d, host);
+      return d;
+    };
+    try {
+      const p = problem(c, 1000 + 10 * ci);
+      const base: Fp8GemmBuffers = { a: put(p.a), b: put(p.b), sa: 0n, sb: 0n, d: alloc(c.M * c.N * 2), blockExpert: p.blockExpert ? put(p.blockExpert) : undefined };
+      const shape = { M: c.M, N: c.N, K: c.K, experts: c.rows ? p.E : undefined };
+      a.memsetD16(base.d, 0x7fc0, c.M * c.N); // bf16 NaN: rows the kernel leaves unwritten show
+      g.prepare(config, shape, base)();
+      a.streamSynchronize(stream);
+      // f64 reference of the sampled rows (the bf16 operands are exact in f64)
+      let num = 0, den = 0;
+      const row = new Uint16Array(c.N);
+      for (const m of sampleRows(c, p.blockExpert)) {
+        a.memcpyDtoH(row, base.d + BigInt(m * c.N * 2), c.N * 2);
+        const e = p.blockExpert ? p.blockExpert[Math.floor(m / GROUPED_M_ALIGN)]! : 0;
+        for (let n = 0; n < c.N; n++) {
+          let ref = 0;
+          const ao = m * c.K, bo = (e * c.N + n) * c.K;
+          for (let k = 0; k < c.K; k++) ref += lut[p.a[ao + k]!]! * lut[p.b[bo + k]!]!;
+          const got = lut[row[n]!]!;
+          num += (got - ref) ** 2;
+          den += ref * ref;
+        }
+      }
+      res.err = Math.sqrt(num / Math.max(den, 1e-30));
+      res.ok = res.err <= TOL; // NaN (an unwritten row) fails
+      if (c.timed) {
+        // input sets with the same values at other addresses, enough to overflow L2 twice over
+        const bytes = (p.a.length + p.b.length) * 2, sets = [base];
+        for (let i = 1; i < Math.max(2, Math.min(8, Math.ceil((160 << 20) / bytes))); i++) {
+          const A = alloc(p.a.length * 2), B = alloc(p.b.length * 2);
+          a.memcpyDtoD(A, base.a, p.a.length * 2);
+          a.memcpyDtoD(B, base.b, p.b.length * 2);
+          sets.push({ ...base, a: A, b: B });
+        }
+        const runs = sets.map((s) => g.prepare(config, shape, s));
+        res.ms = timeMedian(g, (i) => runs[i % runs.length]!(), REPS);
+      }
+    } catch (e) {
+      res.error = (e as Error).message.split("\n").slice(0, 3).join(" | ");
+    }
+    for (const d of allocs) {
+      try {
+        a.memFree(d);
+      } catch {
+        /* a faulted context: nothing more to free */
+      }
+    }
+    process.stdout.write(JSON.stringify(res) + "\n");
+  });
+}
+
+// ------------------------------------------------------------------ parent
+interface PeerRow {
+  case: string;
+  impl: string;
+  ms?: number;
+  tflops?: number;
+  error?: string;
+}
+
+function runPeer(log: (s: string) => void): PeerRow[] {
+  const here = dirname(fileURLToPath(import.meta.url));
+  const script = [join("bench", "peers", "fp8_gemm.py"), join(here, "..", "bench", "peers", "fp8_gemm.py"), join(here, "..", "peers", "fp8_gemm.py")].find((p) => existsSync(p));
+  if (!script) {
+    log("  peer: bench/peers/fp8_gemm.py not found (run from the repository root)");
+    return [];
+  }
+  const timed = CASES.filter((c) => c.timed);
+  const spec = {
+    reps: REPS,
+    dense: timed.filter((c) => !c.rows).map((c) => ({ name: c.name, M: c.M, N: c.N, K: c.K, bRows: false })),
+    grouped: timed.filter((c) => c.rows).map((c) => ({ name: c.name, rows: c.rows, N: c.N, K: c.K })),
+  };
+  const r = spawnSync("python3", [script, JSON.stringify(spec)], { encoding: "utf8", timeout: 400_000, killSignal: "SIGKILL", maxBuffer: 64 << 20 });
+  const rows = (r.stdout ?? "").split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as PeerRow);
+  for (const p of rows) log(`    peer ${p.impl} | ${p.case} | ${p.error ?? `${p.ms!.toFixed(4)} ms, ${p.tflops!.toFixed(0)} TFLOP/s`}`);
+  if (r.status !== 0) log(`  peer: python3 ${script} exited ${r.status ?? r.signal}: ${(r.stderr ?? "").trim().split("\n").slice(-4).join(" | ")}`);
+  return rows;
+}
+
+function parent(): void {
+  const lines: string[] = [];
+  const log = (s: string) => (console.log(s), lines.push(s));
+  const gpu = cudaAvailable();
+  if (!gpu.ok) {
+    log(`bf16-gemm: no CUDA device: ${gpu.reason}`);
+    process.exit(2);
+  }
+  const props = native().deviceProperties(0);
+  log(`device ${props.name} (${props.smCount} SMs, sm_${props.computeCapability.join("")}); date ${new Date().toISOString()}; floor at ${FLOOR_TFLOPS} TFLOP/s`);
+  const only = arg("--only") ? new RegExp(arg("--only")!) : undefined;
+  const configs = [...bf16GemmCandidates(false), ...bf16GemmCandidates(true)].filter((c) => !only || only.test(configName(c)));
+  const results: Result[] = [];
+  for (const config of configs) {
+    const name = configName(config), t0 = performance.now();
+    const r = spawnSync(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), "--child", JSON.stringify(config)], { encoding: "utf8", timeout: CHILD_TIMEOUT_S * 1000, killSignal: "SIGKILL", maxBuffer: 16 << 20 });
+    const got = (r.stdout ?? "").split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as Result);
+    for (const x of got) log(`  ${x.ok ? "ok  " : "FAIL"} ${name} | ${x.case} | ${x.error ?? `rel err ${x.err!.toExponential(2)}${x.ms !== undefined ? `, ${x.ms.toFixed(4)} ms` : ""}`}`);
+    const want = CASES.filter((c) => (c.rows !== undefined) === config.grouped).length;
+    if (got.length < want) log(`  FAIL ${name}: ${got.length}/${want} cases reported; exit ${r.status ?? r.signal}${r.error ? ` (${r.error.message})` : ""} after ${((performance.now() - t0) / 1000).toFixed(0)} s: ${(r.stderr ?? "").trim().split("\n").slice(-3).join(" | ")}`);
+    results.push(...got);
+  }
+  const peer = argv.includes("--no-peer") ? [] : runPeer(log);
+  const failed = results.filter((r) => !r.ok);
+  log(`\ncorrectness: ${results.length - failed.length}/${results.length} checks pass`);
+  log("\nsummary (TFLOP/s of routed rows' FLOPs; floor = FLOPs / 700 TFLOP/s)");
+  log(`${"case".padEnd(32)} ${"best shardts bf16 kernel".padEnd(40)} ${"ms".padStart(8)} ${"TF/s".padStart(6)} ${"default".padStart(8)} ${"torch".padStart(8)} ${"x torch".padStart(7)} ${"floor ms".padStart(8)}`);
+  for (const c of CASES.filter((x) => x.timed)) {
+    const mine = results.filter((r) => r.case === c.name && r.ok && r.ms !== undefined).sort((x, y) => x.ms! - y.ms!);
+    const best = mine[0], dflt = mine.find((r) => r.impl === configName(defaultBf16GemmConfig(c.rows !== undefined)));
+    const torch = peer.find((p) => p.case === c.name && p.ms !== undefined && (c.rows ? p.impl === "torch._grouped_mm bf16" : p.impl === "torch bf16 matmul"));
+    const tf = (ms?: number) => (ms === undefined ? "-" : (flops(c) / ms / 1e9).toFixed(0));
+    log(`${c.name.padEnd(32)} ${(best?.impl ?? "none").padEnd(40)} ${(best?.ms?.toFixed(4) ?? "-").padStart(8)} ${tf(best?.ms).padStart(6)} ${tf(dflt?.ms).padStart(8)} ${tf(torch?.ms).padStart(8)} ${(best && torch ? (torch.ms! / best.ms!).toFixed(2) : "-").padStart(7)} ${floorMs(c).toFixed(4).padStart(8)}`);
+  }
+  writeFileSync(join(outDir, "bf16-gemm.txt"), lines.join("\n") + "\n");
+  writeFileSync(join(outDir, "bf16-gemm.json"), JSON.stringify({ device: props.name, results, peer }, null, 1));
+  process.exit(failed.length || results.length === 0 ? 1 : 0);
+}
+
+if (argv.includes("--child")) child(JSON.parse(arg("--child")!) as Fp8GemmConfig);
+else parent();

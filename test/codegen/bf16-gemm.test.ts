@@ -1,0 +1,132 @@
+// The bf16 variant of the generated Hopper GEMM (ab: "bf16" in compiler/codegen/cuda/gemm/config.ts):
+// the e4m3 kernels' sources are byte-identical to before the option existed (a hash over every
+// candidate), the scale-only features are refused with a CompileError that says why, and every bf16
+// candidate (dense and grouped) compiles for sm_90a with the machine's nvcc: no warnings, no spills,
+// no stack, no serialized wgmmas; the PTX has m64nNk16 bf16 wgmmas, one group kept in flight
+// (wait_group 1), A and B by TMA and no scale reads. Where cuobjdump runs, the SASS has HGMMA and no
+// local memory. The nvcc parts skip, saying so, without nvcc.
+import { describe, expect, it } from "vitest";
+import { createHash } from "node:crypto";
+import { execFile, execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { CompileError } from "../../compiler/errors.ts";
+import { emitFp8Gemm } from "../../compiler/codegen/cuda/gemm/emit.ts";
+import { bf16GemmCandidates, configProblem, defaultBf16GemmConfig, gemmCandidates, kBlock, rowScaledCandidates, type Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { NVCC, noteIfNoNvcc } from "./gxx.ts";
+
+noteIfNoNvcc("bf16-gemm.test.ts");
+
+/** cuobjdump next to nvcc or on PATH, or undefined (the SASS check skips). */
+const CUOBJDUMP: string | undefined = (() => {
+  for (const c of ["cuobjdump", "/usr/local/cuda/bin/cuobjdump"]) {
+    try {
+      execFileSync(c, ["--version"], { stdio: "ignore" });
+      return c;
+    } catch {
+      // not this one
+    }
+  }
+  return undefined;
+})();
+
+describe("bf16 GEMM configurations", () => {
+  it("leaves every e4m3 kernel's source byte-identical (hash of all candidates, and a globalScales one, from before ab existed)", () => {
+    const all = [...gemmCandidates(false), ...gemmCandidates(true), ...rowScaledCandidates()];
+    const h = createHash("sha256");
+    for (const c of all) h.update(emitFp8Gemm(c).source);
+    expect(all.length).toBe(43);
+    expect(h.digest("hex")).toBe("c6d40ca35caf8be5a7f80cc6f2bd722c863382f8db2a30e91a17955ab35985e7");
+    const gs = { ...gemmCandidates(false).find((c) => c.persistent && c.consumers === 2 && c.blockN === 128)!, globalScales: true };
+    expect(createHash("sha256").update(emitFp8Gemm(gs).source).digest("hex")).toBe("5278ab7e0cf771b9b56b835fc07bdcebe8d00ab653251d13d3f63cd29c132454");
+    // ab: "e4m3" spelled out is the default
+    expect(emitFp8Gemm({ ...all[0]!, ab: "e4m3" }).source).toBe(emitFp8Gemm(all[0]!).source);
+  });
+
+  it("refuses the scale-only features for bf16, saying why and what to set", () => {
+    const base: Fp8GemmConfig = { ab: "bf16", consumers: 2, blockN: 128, stages: 4, persistent: true, grouped: false };
+    expect(configProblem(base)).toBeUndefined();
+    for (const [extra, why] of [
+      [{ overlap: true }, /overlapped promotion .* set overlap off/],
+      [{ bRows: true }, /row-scaled B .* set bRows off/],
+      [{ globalScales: true }, /globalScales .* set globalScales off/],
+    ] as const) {
+      expect(() => emitFp8Gemm({ ...base, ...extra })).toThrow(CompileError);
+      expect(() => emitFp8Gemm({ ...base, ...extra })).toThrow(why);
+    }
+    // bf16 has one fragment, so n256 fits; e4m3 stays capped at 192
+    expect(configProblem({ ...base, blockN: 256, stages: 3 })).toBeUndefined();
+    expect(configProblem({ ...base, ab: undefined, blockN: 256, stages: 3 })).toMatch(/from 16 to 192/);
+    expect(configProblem({ ...base, blockN: 272 })).toMatch(/from 16 to 256/);
+    expect(configProblem({ ...base, grouped: true, multicast: true })).toMatch(/dense only/);
+    expect(kBlock(base)).toBe(64);
+  });
+
+  it("emits no scale loads and steps K by 64 elements", () => {
+    const k = emitFp8Gemm(defaultBf16GemmConfig(true));
+    expect(k.name).toMatch(/^sh_bf16_gemm_grouped_m128n128_s\d+_p_ts$/);
+    expect(k.source).toContain("SA_BYTES = 0, SB_BYTES = 0");
+    expect(k.source).toContain("const int KB = (K + 63) / 64");
+    expect(k.source).toContain("kb * 64, mb * BM");
+    expect(k.source).not.toContain("tmSA, mb * BM");
+    expect(k.source).not.toMatch(/sbTile|tmp\[|t0\[/);
+    expect(k.source).toContain("sh_wgmma_bf16_m64n128(acc, da + 2 * k, db + 2 * k, 1)");
+  });
+});
+
+describe.skipIf(!NVCC)("bf16 GEMM kernels compile for sm_90a", () => {
+  const run = promisify(execFile);
+  const dir = mkdtempSync(join(tmpdir(), "shardts-bf16-gemm-"));
+  const arch = "-gencode=arch=compute_90a,code=sm_90a";
+
+  for (const grouped of [false, true]) {
+    it(`every ${grouped ? "grouped" : "dense"} candidate: no warnings, spills, stack or serialization; bf16 wgmma k16 + TMA, no scales`, async () => {
+      const kernels = bf16GemmCandidates(grouped).map(emitFp8Gemm);
+      expect(kernels.length).toBeGreaterThanOrEqual(7);
+      expect(kernels.filter((k) => k.config.multicast).length, "multicast candidates").toBe(grouped ? 0 : 1);
+      expect(kernels.some((k) => k.config.blockN === 256), "an n256 candidate").toBe(true);
+      const rows: string[] = [];
+      for (let i = 0; i < kernels.length; i += 2) {
+        await Promise.all(
+          kernels.slice(i, i + 2).map(async (k) => {
+            const cu = join(dir, `${k.name}.cu`), cubin = join(dir, `${k.name}.cubin`);
+            writeFileSync(cu, k.source);
+            const { stdout, stderr } = await run(NVCC!, [arch, "-cubin", "-Xptxas", "-v", "-o", cubin, cu]);
+            const log = stdout + stderr;
+            expect(log, k.name).not.toMatch(/warning/i);
+            // serialized wgmmas (C7514) or injected waits (C7517) would undo the group kept in flight
+            expect(log, k.name).not.toMatch(/C751\d|serialized|injected/);
+            const props = /(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads/.exec(log);
+            expect(props, `${k.name}: ptxas printed no properties:\n${log}`).not.toBeNull();
+            expect([+props![1]!, +props![2]!, +props![3]!], `${k.name} stack/spills`).toEqual([0, 0, 0]);
+            const regs = +(/Used (\d+) registers/.exec(log)?.[1] ?? NaN);
+            expect(regs * k.threads, k.name).toBeLessThanOrEqual(65536);
+            await run(NVCC!, [arch, "-ptx", "-o", join(dir, `${k.name}.ptx`), cu]);
+            const ptx = readFileSync(join(dir, `${k.name}.ptx`), "utf8");
+            expect(ptx, k.name).toContain(`wgmma.mma_async.sync.aligned.m64n${k.config.blockN}k16.f32.bf16.bf16`);
+            expect(ptx, k.name).not.toContain(".e4m3");
+            expect(ptx, k.name).toContain("wgmma.wait_group.sync.aligned 1");
+            expect(ptx, k.name).toContain("wgmma.wait_group.sync.aligned 0");
+            expect(ptx, k.name).toMatch(/mbarrier\.try_wait\.parity/);
+            expect(ptx, k.name).toContain("setmaxnreg.dec.sync.aligned.u32 40");
+            // A and B by TMA (B multicast in clusters); no scale is read from shared or global memory
+            expect(ptx, k.name).toContain("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes");
+            expect(ptx, k.name).not.toMatch(/ld\.shared\.f32|ld\.global(\.nc)?\.f32/);
+            if (k.config.tmaStore) expect(ptx, k.name).toContain("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group");
+            else expect(ptx, k.name).toMatch(/st\.global/);
+            if (CUOBJDUMP) {
+              const sass = execFileSync(CUOBJDUMP, ["--dump-sass", cubin], { encoding: "utf8", maxBuffer: 64 << 20 });
+              expect(sass, k.name).toMatch(/HGMMA/);
+              expect(sass, k.name).not.toMatch(/\bQGMMA\b|\bLDL\b|\bSTL\b/);
+            }
+            rows.push(`${k.name.padEnd(40)} ${regs} regs, ${k.smemBytes} B smem`);
+          }),
+        );
+      }
+      if (!CUOBJDUMP) rows.push("(no cuobjdump here: SASS not checked)");
+      console.log(rows.sort().join("\n"));
+    }, 300_000);
+  }
+});

@@ -1,0 +1,94 @@
+// bf16 segment_dot on the generated grouped wgmma kernel (runtime/cuda/bf16-segment.ts, opt-in with
+// SHARDTS_SEGMENT_GEMM=wgmma), through the executor over the fake native layer: one launch of the
+// grouped bf16 kernel with the geometry its config gives for the padded rows, TMA maps of bf16 with
+// 64-element (128-byte) boxes, and no cuBLAS GEMM; a shape the kernel refuses (K not a multiple of 16)
+// and an f32 segment_dot run the cuBLAS path as without the setting, with no error. Not numerics
+// (the fake does no device work): bench/gpu/cuda-ops-check.ts checks those on a GPU.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { CudaExecutor } from "../../runtime/cuda/executor.ts";
+import { WGMMA_SEGMENT_CONFIG, wgmmaSegmentRefusal } from "../../runtime/cuda/bf16-segment.ts";
+import { geometryOf, smemBytes, threadsOf } from "../../compiler/codegen/cuda/gemm/config.ts";
+import type { TensorMapOptions } from "../../runtime/cuda/native-types.ts";
+import { compile } from "../../compiler/pipeline.ts";
+import type { DType } from "../../compiler/ir/types.ts";
+import { DTensor, Mesh, fromGlobal, type AnyDTensor } from "../../stdlib/index.ts";
+import { fakeAddon } from "../fakes/native-addon.ts";
+import { useTempKernelCache } from "../fakes/kernel-cache.ts";
+
+const raw = (name: string, ins: AnyDTensor[], attrs: Record<string, unknown>) => ins[0]!.mesh.builder.add(name, ins.map((t) => t.ref), attrs as never).map((r) => new DTensor(ins[0]!.mesh, r) as AnyDTensor);
+const T = (m: Mesh<"d">, dims: Record<string, number>, dtype: DType) => fromGlobal(m, dims, dtype, Array.from({ length: Object.values(dims).reduce((a, b) => a * b, 1) }, (_, i) => (i % 7) - 3)) as AnyDTensor;
+
+/** segment_dot of 3 entries x 24 rows sorted into 5 experts, K x N weights. */
+function dotPlan(dtype: DType, K: number, N: number) {
+  const m = Mesh.of({ d: 1 });
+  const [perm, counts] = raw("sort_by_key", [fromGlobal(m, { g: 3, s: 24 }, "i32", Array.from({ length: 72 }, (_, i) => (i * 7) % 5)) as AnyDTensor], { dim: "s", rows: "rows", groups: "e", numGroups: 5 });
+  const x = raw("gather", [T(m, { g: 3, s: 24, k: K }, dtype), perm!], { dim: "s" })[0]!;
+  const outs = raw("segment_dot", [x, T(m, { e: 5, k: K, n: N }, dtype), counts!], { contract: "k" });
+  return compile(m.builder.graph, outs.map((t) => t.ref));
+}
+
+// every i32 read answers these counts ([3][5]: skewed, with empty experts; each entry's sum <= 24)
+const COUNTS = [5, 0, 9, 0, 3, 12, 1, 7, 0, 2];
+/** Non-empty segments of those counts: 3 + 4 + 3, each padded to one 128-row block. */
+const PADDED_ROWS = 10 * 128;
+
+function run(dtype: DType, K: number, N: number) {
+  const launches: { grid: number[]; block: number[]; smem: number }[] = [], maps: TensorMapOptions[] = [], uploads: Int32Array[] = [];
+  const f = fakeAddon({
+    read: (dst) => void (dst instanceof Int32Array && dst.forEach((_, i) => (dst[i] = COUNTS[i % COUNTS.length]!))),
+    spy: (method, args) => {
+      if (method === "launchKernel") launches.push({ grid: [...(args[1] as number[])], block: [...(args[2] as number[])], smem: args[3] as number });
+      if (method === "tensorMapEncodeTiled") maps.push({ ...(args[0] as TensorMapOptions) });
+      if (method === "memcpyHtoDAsync" && args[1] instanceof Int32Array) uploads.push(Int32Array.from(args[1]));
+    },
+  });
+  new CudaExecutor(f.addon, 0).run(dotPlan(dtype, K, N), undefined, undefined, { download: false });
+  const gemm = launches.filter((l) => l.block[0] === threadsOf(WGMMA_SEGMENT_CONFIG) && l.smem === smemBytes(WGMMA_SEGMENT_CONFIG));
+  return { gemm, maps, uploads, cublas: (f.calls.get("cublasLtMatmulRun") ?? 0) + (f.calls.get("cublasGroupedGemm") ?? 0) };
+}
+
+describe("bf16 segment_dot on the grouped wgmma kernel (SHARDTS_SEGMENT_GEMM=wgmma, fake native layer)", () => {
+  useTempKernelCache();
+  const saved = process.env.SHARDTS_SEGMENT_GEMM;
+  beforeAll(() => void (process.env.SHARDTS_SEGMENT_GEMM = "wgmma"));
+  afterAll(() => void (saved === undefined ? delete process.env.SHARDTS_SEGMENT_GEMM : (process.env.SHARDTS_SEGMENT_GEMM = saved)));
+
+  it("launches the grouped bf16 kernel once over the padded rows, with bf16 TMA maps, and no cuBLAS GEMM", () => {
+    const K = 32, N = 48;
+    const r = run("bf16", K, N);
+    expect(r.cublas).toBe(0);
+    expect(r.gemm.length).toBe(1);
+    const g = geometryOf(WGMMA_SEGMENT_CONFIG, { M: PADDED_ROWS, N, K }, 132);
+    expect(r.gemm[0]!.grid).toEqual([g.grid, 1, 1]);
+    expect(g.grid).toBe(10); // one tile per 128-row block: N fits one 128-column tile
+    // A [M][K] and B [E·N][K]: bf16, one 128-byte row (64 elements) of K per box row, 128-byte swizzle
+    const ab = r.maps.filter((m) => m.swizzle === "128B" && m.dtype === "bf16" && m.dims[0] === K);
+    expect(ab.map((m) => [m.dims[1], m.box[0], m.strides[0]])).toEqual([
+      [PADDED_ROWS, 64, 2 * K],
+      [5 * N, 64, 2 * K],
+    ]);
+    // blockExpert, group-major: expert 0's segments of entries 0, 1, 2, then expert 1's (entry 1 only), 2's, 4's
+    expect(r.uploads.map((u) => Array.from(u))).toContainEqual([0, 0, 0, 1, 2, 2, 2, 4, 4, 4]);
+    // no scale maps: the only other map is the TMA-store epilogue's D
+    expect(r.maps.filter((m) => m.dtype === "f32" || m.dtype === "u8")).toEqual([]);
+  });
+
+  it("falls back to the cuBLAS path, with no error, where the kernel refuses the shape or the types", () => {
+    const odd = run("bf16", 24, 48); // K = 24: not a multiple of 16
+    expect(odd.gemm).toEqual([]);
+    expect(odd.cublas).toBeGreaterThan(0);
+    const f32 = run("f32", 32, 48);
+    expect(f32.gemm).toEqual([]);
+    expect(f32.cublas).toBeGreaterThan(0);
+  });
+
+  it("says why it refuses", () => {
+    const ok = { dtype: "bf16", outDtype: "bf16", arch: "sm_90a", M: 1280, N: 1408, K: 2048 };
+    expect(wgmmaSegmentRefusal(ok)).toBeUndefined();
+    expect(wgmmaSegmentRefusal({ ...ok, outDtype: "f32" })).toMatch(/bf16 to bf16/);
+    expect(wgmmaSegmentRefusal({ ...ok, arch: "sm_80" })).toMatch(/Hopper/);
+    expect(wgmmaSegmentRefusal({ ...ok, M: 0 })).toMatch(/no rows/);
+    expect(wgmmaSegmentRefusal({ ...ok, K: 24 })).toMatch(/multiple of 16/);
+    expect(wgmmaSegmentRefusal({ ...ok, N: 1400 })).toMatch(/multiple of 16/);
+  });
+});
