@@ -24,6 +24,9 @@ export interface CarryHost {
   residentPtrs(): Set<bigint>;
 }
 
+/** Carry maps already checked against each plan (by signature). */
+const checkedCarries = new WeakMap<Plan, Set<string>>();
+
 export class CarriedValues {
   private readonly byPlan = new WeakMap<Plan, Map<string, DeviceTensor[]>>();
 
@@ -41,6 +44,11 @@ export class CarriedValues {
 
   /** Checks a carry map against the plan before the run: output indices in range, names that are inputs of matching type. */
   static check(plan: Plan, carry: ReadonlyMap<number, string>): void {
+    // a training step passes the same carry every step (and Program and the executor both check it):
+    // each (plan, carry) is checked once
+    const sig = [...carry].map(([i, n]) => `${i}=${n}`).join("\u0000");
+    const done = checkedCarries.get(plan) ?? checkedCarries.set(plan, new Set()).get(plan)!;
+    if (done.has(sig)) return;
     const inputs = new Map<string, number>();
     for (const ins of plan.instrs) if (ins.kind === "op" && ins.op === "input") inputs.set(String(ins.attrs.name), ins.outputs[0]!);
     const seen = new Set<string>();
@@ -55,6 +63,7 @@ export class CarriedValues {
       const same = a.type.dtype === b.type.dtype && a.shapes.length === b.shapes.length && a.shapes.every((sh, r) => sh.length === b.shapes[r]!.length && sh.every((n, k) => n === b.shapes[r]![k]));
       if (!same) throw new UsageError(`carry: output ${i} (${a.type.dtype}[${a.shapes[0]}]) cannot feed input '${name}' (${b.type.dtype}[${b.shapes[0]}]): the types differ`);
     }
+    done.add(sig);
   }
 
   /**

@@ -108,9 +108,9 @@ export class Trainer {
   private carriedStep?: number;
   /** Host copies of carried state read back after step `step` (a CUDA run keeps it on the device). */
   private readBack = { step: -1, pieces: new Map<string, Pieces>() };
-  private get stateNames(): string[] {
-    return this.ps.specs.flatMap((s) => [s.name, ...momentNames(s.name)]);
-  }
+  /** The parameters' and moments' names (each carried from a step's output to the next step's input of that name). */
+  private readonly stateNames: string[];
+  private readonly carry: Record<string, string>;
   /** The current pieces of a parameter or moment (read back once per step when the program carries them). */
   private stateOf(name: string): Pieces {
     if (this.carriedStep === undefined) return this.state[name]!;
@@ -133,7 +133,7 @@ export class Trainer {
   private get readEachStep(): string[] {
     const slots = this.replicas.enabled ? this.biases.map((_, i) => `slotLoad.${i}`) : [];
     const metrics = ["loss", "ce", "gradNorm", ...this.biases.map((_, i) => `load.${i}`), ...slots];
-    return this.readParams ? [...metrics, ...this.ps.specs.flatMap((s) => [s.name, ...momentNames(s.name)])] : metrics;
+    return this.readParams ? [...metrics, ...this.stateNames] : metrics;
   }
 
   constructor(readonly cfg: TrainConfig) {
@@ -146,6 +146,8 @@ export class Trainer {
     const loads = Object.fromEntries(t.out.loads.map((l, i) => [`load.${i}`, l]));
     const slotLoads = t.replicas ? Object.fromEntries(t.out.slotLoads.map((l, i) => [`slotLoad.${i}`, l])) : {};
     this.program = new Program(t.mesh, { loss: t.out.loss, ce: t.out.ce, gradNorm, ...loads, ...slotLoads, ...updates }, { backend: cfg.backend });
+    this.stateNames = t.ps.specs.flatMap((s) => [s.name, ...momentNames(s.name)]);
+    this.carry = Object.fromEntries(this.stateNames.map((n) => [n, n]));
     this.state = t.ps.initialise(cfg.seed, cfg.ranks);
     const held = cfg.ranks && new Set(cfg.ranks);
     for (const s of t.ps.specs)
@@ -183,8 +185,7 @@ export class Trainer {
   /** One optimisation step on [batch, seq] token ids and targets. */
   run(ids: Int32Array, targets: Int32Array): StepMetrics {
     const { feeds, lr, read } = this.feeds(ids, targets);
-    const carry = Object.fromEntries(this.stateNames.map((n) => [n, n]));
-    const { values } = this.program.runGlobal(feeds, read, { carry });
+    const { values } = this.program.runGlobal(feeds, read, { carry: this.carry });
     this.last = values as Record<string, GlobalValue>;
     this.carriedStep = this.step + 1;
     this.state = {}; // the program holds the state now (the first step's host copies would only take memory)
