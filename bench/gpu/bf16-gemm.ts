@@ -11,13 +11,14 @@
 //   (bundled by npm run gpu:pack; run there: bash bench/gpu/run.sh bf16-gemm, or directly
 //    /tmp/node .gpu/bf16-gemm.mjs --out DIR [--only REGEX] [--no-peer])
 import { spawnSync } from "node:child_process";
-import { existsSync, writeFileSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { bf16GemmCandidates, configName, defaultBf16GemmConfig, type Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { GROUPED_M_ALIGN } from "../../compiler/numeric/fp8-gemm.ts";
 import { bf16FromBits, bf16ToBits } from "../../compiler/numeric/bf16.ts";
 import { cudaAvailable, native } from "../../runtime/cuda/native.ts";
+import { runGemmPeer, type PeerRow, type PeerSpec } from "./lib/gemm-peer.ts";
 import { Fp8Gemm, type Fp8GemmBuffers } from "../../runtime/cuda/fp8-gemm.ts";
 import { timeMedian } from "../../runtime/cuda/gemm-tune.ts";
 import { paddedRows, routing } from "./lib/fp8-gemm-data.ts";
@@ -168,32 +169,14 @@ function child(config: Fp8GemmConfig): void {
 }
 
 // ------------------------------------------------------------------ parent
-interface PeerRow {
-  case: string;
-  impl: string;
-  ms?: number;
-  tflops?: number;
-  error?: string;
-}
-
 function runPeer(log: (s: string) => void): PeerRow[] {
-  const here = dirname(fileURLToPath(import.meta.url));
-  const script = [join("bench", "peers", "fp8_gemm.py"), join(here, "..", "bench", "peers", "fp8_gemm.py"), join(here, "..", "peers", "fp8_gemm.py")].find((p) => existsSync(p));
-  if (!script) {
-    log("  peer: bench/peers/fp8_gemm.py not found (run from the repository root)");
-    return [];
-  }
   const timed = CASES.filter((c) => c.timed);
-  const spec = {
+  const spec: PeerSpec = {
     reps: REPS,
     dense: timed.filter((c) => !c.rows).map((c) => ({ name: c.name, M: c.M, N: c.N, K: c.K, bRows: false })),
-    grouped: timed.filter((c) => c.rows).map((c) => ({ name: c.name, rows: c.rows, N: c.N, K: c.K })),
+    grouped: timed.filter((c) => c.rows).map((c) => ({ name: c.name, rows: c.rows!, N: c.N, K: c.K })),
   };
-  const r = spawnSync("python3", [script, JSON.stringify(spec)], { encoding: "utf8", timeout: 400_000, killSignal: "SIGKILL", maxBuffer: 64 << 20 });
-  const rows = (r.stdout ?? "").split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as PeerRow);
-  for (const p of rows) log(`    peer ${p.impl} | ${p.case} | ${p.error ?? `${p.ms!.toFixed(4)} ms, ${p.tflops!.toFixed(0)} TFLOP/s`}`);
-  if (r.status !== 0) log(`  peer: python3 ${script} exited ${r.status ?? r.signal}: ${(r.stderr ?? "").trim().split("\n").slice(-4).join(" | ")}`);
-  return rows;
+  return runGemmPeer(spec, log);
 }
 
 function parent(): void {

@@ -14,14 +14,15 @@
 //    /tmp/node .gpu/fp8-gemm.mjs --out DIR [--only REGEX] [--shapes large] [--no-peer];
 //    --shapes large keeps the correctness-only edge cases and times only the four large dense
 //    shapes and the grouped ones, for the kernels, cuBLASLt, the autotuner and the peer)
-import { spawn, spawnSync } from "node:child_process";
-import { existsSync, writeFileSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { spawn } from "node:child_process";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { configName, gemmCandidates, rowScaledCandidates, type Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { fp8GemmF64, fp8GemmRef, relFrobenius } from "../../compiler/numeric/fp8-gemm.ts";
 import { bf16FromBits } from "../../compiler/numeric/bf16.ts";
 import { cudaAvailable, native } from "../../runtime/cuda/native.ts";
+import { runGemmPeer, type PeerRow, type PeerSpec } from "./lib/gemm-peer.ts";
 import { Fp8Gemm, type Fp8GemmBuffers } from "../../runtime/cuda/fp8-gemm.ts";
 import { timeMedian, tuneCacheFile, tuneFp8Gemm } from "../../runtime/cuda/gemm-tune.ts";
 import { DENSE_CASES, GROUPED_CASES, inShapeSet, makeProblem, rowsOf, sampleRows, usefulFlops, type GemmCase } from "./lib/fp8-gemm-data.ts";
@@ -249,31 +250,13 @@ function compare(ref: { rows: number[]; ref: Float32Array; f64: Float64Array; N:
   return { pass, detail: `${ref.rows.length} rows: vs CPU ref rel-Frobenius ${vsRef.toExponential(2)}, ${bad} outside tolerance${nan ? ` (${nan} NaN = unwritten)` : ""}, worst ${worst.toFixed(2)}x tol${bad ? at : ""}; vs f64 ${vsF64.toExponential(2)} (limit 5e-3)` };
 }
 
-interface PeerRow {
-  case: string;
-  impl: string;
-  ms?: number;
-  tflops?: number;
-  error?: string;
-}
-
 function runPeer(log: (s: string) => void): PeerRow[] {
-  const here = dirname(fileURLToPath(import.meta.url));
-  const script = [join("bench", "peers", "fp8_gemm.py"), join(here, "..", "bench", "peers", "fp8_gemm.py"), join(here, "..", "peers", "fp8_gemm.py")].find((p) => existsSync(p));
-  if (!script) {
-    log("  peer: bench/peers/fp8_gemm.py not found (run from the repository root)");
-    return [];
-  }
-  const spec = {
+  const spec: PeerSpec = {
     reps: REPS,
     dense: ALL_CASES.filter((c) => c.timed && c.kind === "dense").map((c) => ({ name: c.name, M: c.kind === "dense" ? c.M : 0, N: c.N, K: c.K, bRows: c.kind === "dense" && c.bRows === true })),
     grouped: ALL_CASES.filter((c) => c.timed && c.kind === "grouped").map((c) => ({ name: c.name, rows: c.kind === "grouped" ? c.rows : [], N: c.N, K: c.K })),
   };
-  const r = spawnSync("python3", [script, JSON.stringify(spec)], { encoding: "utf8", timeout: 400_000, killSignal: "SIGKILL", maxBuffer: 64 << 20 });
-  const rows = (r.stdout ?? "").split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as PeerRow);
-  for (const p of rows) log(`    peer ${p.impl} | ${p.case} | ${p.error ?? `${p.ms!.toFixed(4)} ms, ${p.tflops!.toFixed(0)} TFLOP/s`}`);
-  if (r.status !== 0) log(`  peer: python3 ${script} exited ${r.status ?? r.signal}${r.error ? ` (${r.error.message})` : ""}: ${(r.stderr ?? "").trim().split("\n").slice(-4).join(" | ")}`);
-  return rows;
+  return runGemmPeer(spec, log);
 }
 
 function summary(checks: Check[], peer: PeerRow[], log: (s: string) => void): void {
