@@ -7,15 +7,15 @@
 // local memory. The nvcc parts skip, saying so, without nvcc.
 import { describe, expect, it } from "vitest";
 import { createHash } from "node:crypto";
-import { execFile, execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { promisify } from "node:util";
 import { CompileError } from "../../compiler/errors.ts";
 import { emitFp8Gemm } from "../../compiler/codegen/cuda/gemm/emit.ts";
 import { bf16GemmCandidates, configProblem, defaultBf16GemmConfig, gemmCandidates, kBlock, rowScaledCandidates, type Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { NVCC, noteIfNoNvcc } from "./gxx.ts";
+import { compileGemmKernel } from "./gemm-ptxas.ts";
 
 noteIfNoNvcc("bf16-gemm.test.ts");
 
@@ -77,9 +77,7 @@ describe("bf16 GEMM configurations", () => {
 });
 
 describe.skipIf(!NVCC)("bf16 GEMM kernels compile for sm_90a", () => {
-  const run = promisify(execFile);
   const dir = mkdtempSync(join(tmpdir(), "shardts-bf16-gemm-"));
-  const arch = "-gencode=arch=compute_90a,code=sm_90a";
 
   for (const grouped of [false, true]) {
     it(`every ${grouped ? "grouped" : "dense"} candidate: no warnings, spills, stack or serialization; bf16 wgmma k16 + TMA, no scales`, async () => {
@@ -91,20 +89,7 @@ describe.skipIf(!NVCC)("bf16 GEMM kernels compile for sm_90a", () => {
       for (let i = 0; i < kernels.length; i += 2) {
         await Promise.all(
           kernels.slice(i, i + 2).map(async (k) => {
-            const cu = join(dir, `${k.name}.cu`), cubin = join(dir, `${k.name}.cubin`);
-            writeFileSync(cu, k.source);
-            const { stdout, stderr } = await run(NVCC!, [arch, "-cubin", "-Xptxas", "-v", "-o", cubin, cu]);
-            const log = stdout + stderr;
-            expect(log, k.name).not.toMatch(/warning/i);
-            // serialized wgmmas (C7514) or injected waits (C7517) would undo the group kept in flight
-            expect(log, k.name).not.toMatch(/C751\d|serialized|injected/);
-            const props = /(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads/.exec(log);
-            expect(props, `${k.name}: ptxas printed no properties:\n${log}`).not.toBeNull();
-            expect([+props![1]!, +props![2]!, +props![3]!], `${k.name} stack/spills`).toEqual([0, 0, 0]);
-            const regs = +(/Used (\d+) registers/.exec(log)?.[1] ?? NaN);
-            expect(regs * k.threads, k.name).toBeLessThanOrEqual(65536);
-            await run(NVCC!, [arch, "-ptx", "-o", join(dir, `${k.name}.ptx`), cu]);
-            const ptx = readFileSync(join(dir, `${k.name}.ptx`), "utf8");
+            const { cubin, ptx, regs } = await compileGemmKernel(k, dir);
             expect(ptx, k.name).toContain(`wgmma.mma_async.sync.aligned.m64n${k.config.blockN}k16.f32.bf16.bf16`);
             expect(ptx, k.name).not.toContain(".e4m3");
             expect(ptx, k.name).toContain("wgmma.wait_group.sync.aligned 1");

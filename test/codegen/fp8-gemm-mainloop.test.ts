@@ -148,6 +148,17 @@ ${loop}
 
 describe.skipIf(!GXX)("FP8 GEMM consumer K loop on a CPU model of wgmma / mbarrier", () => {
   const dir = mkdtempSync(join(tmpdir(), "shardts-gemm-loop-"));
+  /** What the model prints for `loop` (a broken loop exits non-zero: its stdout still says why). */
+  const modelOutput = (c: Fp8GemmConfig, loop: string, tag: string): string => {
+    const src = join(dir, `${tag}.cc`), exe = join(dir, tag);
+    writeFileSync(src, harness(c, loop));
+    execFileSync(GXX!, ["-O1", "-std=c++17", "-Wno-unknown-pragmas", "-o", exe, src]);
+    try {
+      return execFileSync(exe, { encoding: "utf8" });
+    } catch (e) {
+      return String((e as { stdout?: string }).stdout ?? "");
+    }
+  };
   const configs: Fp8GemmConfig[] = [
     { consumers: 2, blockN: 128, stages: 7, persistent: true, grouped: false },
     { consumers: 2, blockN: 96, stages: 8, persistent: true, grouped: false },
@@ -200,16 +211,7 @@ describe.skipIf(!GXX)("FP8 GEMM consumer K loop on a CPU model of wgmma / mbarri
     ];
     mutants.forEach(([broken, why], i) => {
       expect(broken).not.toBe(good);
-      const src = join(dir, `broken_bf16_${i}.cc`), exe = join(dir, `broken_bf16_${i}`);
-      writeFileSync(src, harness(c, broken));
-      execFileSync(GXX!, ["-O1", "-std=c++17", "-Wno-unknown-pragmas", "-o", exe, src]);
-      let out = "";
-      try {
-        out = execFileSync(exe, { encoding: "utf8" });
-      } catch (e) {
-        out = String((e as { stdout?: string }).stdout ?? "");
-      }
-      expect(out).toMatch(why);
+      expect(modelOutput(c, broken, `broken_bf16_${i}`)).toMatch(why);
     });
   }, 60_000);
 
@@ -227,16 +229,7 @@ describe.skipIf(!GXX)("FP8 GEMM consumer K loop on a CPU model of wgmma / mbarri
     ];
     mutants.forEach(([cfg, ok, broken, why], i) => {
       expect(broken).not.toBe(ok);
-      const src = join(dir, `broken${i}.cc`), exe = join(dir, `broken${i}`);
-      writeFileSync(src, harness(cfg, broken));
-      execFileSync(GXX!, ["-O1", "-std=c++17", "-Wno-unknown-pragmas", "-o", exe, src]);
-      let out = "";
-      try {
-        out = execFileSync(exe, { encoding: "utf8" });
-      } catch (e) {
-        out = String((e as { stdout?: string }).stdout ?? "");
-      }
-      expect(out).toMatch(why);
+      expect(modelOutput(cfg, broken, `broken${i}`)).toMatch(why);
     });
   }, 60_000);
 });

@@ -12,6 +12,7 @@ import { promisify } from "node:util";
 import { emitFp8Gemm } from "../../compiler/codegen/cuda/gemm/emit.ts";
 import { gemmCandidates, rowScaledCandidates } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { NVCC, noteIfNoNvcc } from "./gxx.ts";
+import { compileGemmKernel } from "./gemm-ptxas.ts";
 
 noteIfNoNvcc("fp8-gemm.test.ts");
 
@@ -31,22 +32,7 @@ describe.skipIf(!NVCC)("FP8 GEMM kernels compile for sm_90a", () => {
       for (let i = 0; i < kernels.length; i += 2) {
         await Promise.all(
           kernels.slice(i, i + 2).map(async (k) => {
-            const cu = join(dir, `${k.name}.cu`);
-            writeFileSync(cu, k.source);
-            const { stdout, stderr } = await run(NVCC!, ["-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-Xptxas", "-v", "-o", join(dir, `${k.name}.cubin`), cu]);
-            const log = stdout + stderr;
-            expect(log, k.name).not.toMatch(/warning/i);
-            // ptxas reports serialized wgmmas (C7514) and injected waits (C7517) as "info", not warnings:
-            // either would undo the overlapped promotion, and the plain kernels have none either
-            expect(log, k.name).not.toMatch(/C751\d|serialized|injected/);
-            const props = /(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads/.exec(log);
-            expect(props, `${k.name}: ptxas printed no properties:\n${log}`).not.toBeNull();
-            expect([+props![1]!, +props![2]!, +props![3]!], `${k.name} stack/spills`).toEqual([0, 0, 0]);
-            const regs = +(/Used (\d+) registers/.exec(log)?.[1] ?? NaN);
-            // the launch must fit the register file: regs × threads <= 64K
-            expect(regs * k.threads, k.name).toBeLessThanOrEqual(65536);
-            await run(NVCC!, ["-gencode=arch=compute_90a,code=sm_90a", "-ptx", "-o", join(dir, `${k.name}.ptx`), cu]);
-            const ptx = readFileSync(join(dir, `${k.name}.ptx`), "utf8");
+            const { ptx, regs } = await compileGemmKernel(k, dir);
             expect(ptx).toContain(`wgmma.mma_async.sync.aligned.m64n${k.config.blockN}k32.f32.e4m3.e4m3`);
             expect(ptx).toContain("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes");
             expect(ptx).toMatch(/mbarrier\.try_wait\.parity/);
