@@ -85,7 +85,10 @@ export class Program<O extends string = string> {
 
   /** CPU backend: the pieces carried from the last run, by input name (CUDA keeps them on the device). */
   private readonly carriedHost = new Map<string, Pieces>();
-  private readonly carriedNames = new Set<string>();
+  /** Whether input `name` was carried from the last run (and not dropped since). */
+  private isCarried(name: string): boolean {
+    return this.backend === "cpu" ? this.carriedHost.has(name) : cudaExecutor().carried.get(this.plan, name) !== undefined;
+  }
 
   /**
    * Runs once; returns every output's pieces and reads back the outputs named in `read` (default: all).
@@ -101,14 +104,11 @@ export class Program<O extends string = string> {
       carry.set(i, name);
     }
     if (carry.size) CarriedValues.check(this.plan, carry);
-    for (const n of this.inputs) if (!feeds[n] && !this.carriedNames.has(n)) throw new UsageError(`Program.run(): input '${n}' was not fed`);
+    for (const n of this.inputs) if (!feeds[n] && !this.isCarried(n)) throw new UsageError(`Program.run(): input '${n}' was not fed`);
     const all = new Map(Object.entries(feeds));
     if (this.backend === "cpu") for (const [n, p] of this.carriedHost) if (!all.has(n)) all.set(n, p);
     const res = runPlan(this.plan, this.backend, all, read.map((n) => this.outputNames.indexOf(n)), this.trace, carry.size ? carry : undefined);
-    for (const [i, name] of carry) {
-      this.carriedNames.add(name);
-      if (this.backend === "cpu") this.carriedHost.set(name, res.locals[i]!);
-    }
+    if (this.backend === "cpu") for (const [i, name] of carry) this.carriedHost.set(name, res.locals[i]!);
     const pieces = Object.fromEntries(this.outputNames.map((n, i) => [n, res.locals[i]!])) as Record<O, Pieces>;
     const values = Object.fromEntries(
       read.map((n) => {
@@ -121,14 +121,12 @@ export class Program<O extends string = string> {
 
   /** The pieces last carried into input `name` (CUDA: read back from the device), or undefined. */
   carried(name: string): Pieces | undefined {
-    if (!this.carriedNames.has(name)) return undefined;
     return this.backend === "cpu" ? this.carriedHost.get(name) : cudaExecutor().carried.read(this.plan, name);
   }
 
   /** Forgets (and on CUDA frees) the carried inputs: the next run must feed them again. */
   dropCarried(): void {
-    if (this.backend === "cuda" && this.carriedNames.size) cudaExecutor().carried.drop(this.plan);
+    if (this.backend === "cuda") cudaExecutor().carried.drop(this.plan);
     this.carriedHost.clear();
-    this.carriedNames.clear();
   }
 }

@@ -37,11 +37,6 @@ export class CarriedValues {
     return this.byPlan.get(plan)?.get(name);
   }
 
-  /** Names kept for `plan`. */
-  names(plan: Plan): string[] {
-    return [...(this.byPlan.get(plan)?.keys() ?? [])];
-  }
-
   /** Checks a carry map against the plan before the run: output indices in range, names that are inputs of matching type. */
   static check(plan: Plan, carry: ReadonlyMap<number, string>): void {
     // a training step passes the same carry every step (and Program and the executor both check it):
