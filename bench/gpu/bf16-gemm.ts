@@ -208,7 +208,7 @@ function parent(): void {
   log(`${"case".padEnd(32)} ${"best shardts bf16 kernel".padEnd(40)} ${"ms".padStart(8)} ${"TF/s".padStart(6)} ${"default".padStart(8)} ${"torch".padStart(8)} ${"x torch".padStart(7)} ${"floor ms".padStart(8)}`);
   for (const c of CASES.filter((x) => x.timed)) {
     const mine = results.filter((r) => r.case === c.name && r.ok && r.ms !== undefined).sort((x, y) => x.ms! - y.ms!);
-    const best = mine[0], dflt = mine.find((r) => r.impl === configName(defaultBf16GemmConfig(c.rows !== undefined)));
+    const best = mine[0], dflt = mine.find((r) => r.impl === configName(defaultBf16GemmConfig(c.rows !== undefined, c.N)));
     const torch = peer.find((p) => p.case === c.name && p.ms !== undefined && (c.rows ? p.impl === "torch._grouped_mm bf16" : p.impl === "torch bf16 matmul"));
     const tf = (ms?: number) => (ms === undefined ? "-" : (flops(c) / ms / 1e9).toFixed(0));
     log(`${c.name.padEnd(32)} ${(best?.impl ?? "none").padEnd(40)} ${(best?.ms?.toFixed(4) ?? "-").padStart(8)} ${tf(best?.ms).padStart(6)} ${tf(dflt?.ms).padStart(8)} ${tf(torch?.ms).padStart(8)} ${(best && torch ? (torch.ms! / best.ms!).toFixed(2) : "-").padStart(7)} ${floorMs(c).toFixed(4).padStart(8)}`);

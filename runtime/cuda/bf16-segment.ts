@@ -14,8 +14,8 @@ import { gatherRows, i32, paddedLayout } from "./padded-segments.ts";
 import type { Segment } from "./segment-gemm.ts";
 import type { CudaExecutor } from "./executor.ts";
 
-/** The grouped kernel launched (not yet tuned: bench/gpu/bf16-gemm.ts times the candidates). */
-export const WGMMA_SEGMENT_CONFIG = defaultBf16GemmConfig(true);
+/** The grouped kernel launched for N output columns (bench/gpu/bf16-gemm.ts times the candidates). */
+export const wgmmaSegmentConfig = (N: number) => defaultBf16GemmConfig(true, N);
 
 /** Why bf16 segment_dot cannot run on the grouped wgmma kernel (M: the padded rows), or undefined. */
 export function wgmmaSegmentRefusal(o: { dtype: string; outDtype: string; arch: string; M: number; N: number; K: number }): string | undefined {
@@ -58,7 +58,7 @@ export function wgmmaSegmentDot(ex: CudaExecutor, o: WgmmaSegmentDot): DeviceTen
   const rowMap = i32(ex, lay.rowMap), blockExpert = i32(ex, lay.blockGroup);
   const A = gatherRows(ex, { ...o.X, dtype: "i32" }, o.bt * o.R, o.K / 2, "i32", rowMap, M);
   const D = empty(ex.mem, "bf16", [M, o.N]);
-  g.prepare(WGMMA_SEGMENT_CONFIG, { M, N: o.N, K: o.K, experts: o.E }, { a: A.ptr, b: W.ptr, sa: 0n, sb: 0n, d: D.ptr, blockExpert: blockExpert.ptr })();
+  g.prepare(wgmmaSegmentConfig(o.N), { M, N: o.N, K: o.K, experts: o.E }, { a: A.ptr, b: W.ptr, sa: 0n, sb: 0n, d: D.ptr, blockExpert: blockExpert.ptr })();
   const outIdx = i32(ex, lay.outMap);
   const Y = gatherRows(ex, D, M, o.N, "bf16", outIdx, o.bt * Rout);
   for (const t of [rowMap, blockExpert, A, D, outIdx, ...(W !== o.w ? [W] : [])]) ex.release(t);

@@ -13,7 +13,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { CompileError } from "../../compiler/errors.ts";
 import { emitFp8Gemm } from "../../compiler/codegen/cuda/gemm/emit.ts";
-import { bf16GemmCandidates, configProblem, defaultBf16GemmConfig, gemmCandidates, kBlock, rowScaledCandidates, type Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { bf16GemmCandidates, configName, configProblem, defaultBf16GemmConfig, gemmCandidates, kBlock, rowScaledCandidates, type Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { NVCC, noteIfNoNvcc } from "./gxx.ts";
 import { compileGemmKernel } from "./gemm-ptxas.ts";
 
@@ -64,8 +64,15 @@ describe("bf16 GEMM configurations", () => {
     expect(kBlock(base)).toBe(64);
   });
 
+  it("defaults to 128 x 256 tiles where N is a multiple of 256 and 128 x 128 otherwise", () => {
+    expect(configName(defaultBf16GemmConfig(false))).toMatch(/_m128n256_s\d+_p_ts$/);
+    expect(configName(defaultBf16GemmConfig(true, 2816))).toMatch(/_grouped_m128n256_s\d+_p_ts$/);
+    expect(configName(defaultBf16GemmConfig(true, 1408))).toMatch(/_grouped_m128n128_s\d+_p_ts$/);
+    for (const N of [1408, 2048, 2816]) expect(configProblem(defaultBf16GemmConfig(true, N))).toBeUndefined();
+  });
+
   it("emits no scale loads and steps K by 64 elements", () => {
-    const k = emitFp8Gemm(defaultBf16GemmConfig(true));
+    const k = emitFp8Gemm(defaultBf16GemmConfig(true, 1408));
     expect(k.name).toMatch(/^sh_bf16_gemm_grouped_m128n128_s\d+_p_ts$/);
     expect(k.source).toContain("SA_BYTES = 0, SB_BYTES = 0");
     expect(k.source).toContain("const int KB = (K + 63) / 64");

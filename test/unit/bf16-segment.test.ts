@@ -6,7 +6,7 @@
 // (the fake does no device work): bench/gpu/cuda-ops-check.ts checks those on a GPU.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CudaExecutor } from "../../runtime/cuda/executor.ts";
-import { WGMMA_SEGMENT_CONFIG, wgmmaSegmentRefusal } from "../../runtime/cuda/bf16-segment.ts";
+import { wgmmaSegmentConfig, wgmmaSegmentRefusal } from "../../runtime/cuda/bf16-segment.ts";
 import { geometryOf, smemBytes, threadsOf } from "../../compiler/codegen/cuda/gemm/config.ts";
 import type { TensorMapOptions } from "../../runtime/cuda/native-types.ts";
 import { compile } from "../../compiler/pipeline.ts";
@@ -43,7 +43,7 @@ function run(dtype: DType, K: number, N: number) {
     },
   });
   new CudaExecutor(f.addon, 0).run(dotPlan(dtype, K, N), undefined, undefined, { download: false });
-  const gemm = launches.filter((l) => l.block[0] === threadsOf(WGMMA_SEGMENT_CONFIG) && l.smem === smemBytes(WGMMA_SEGMENT_CONFIG));
+  const gemm = launches.filter((l) => l.block[0] === threadsOf(wgmmaSegmentConfig(N)) && l.smem === smemBytes(wgmmaSegmentConfig(N)));
   return { gemm, maps, uploads, cublas: (f.calls.get("cublasLtMatmulRun") ?? 0) + (f.calls.get("cublasGroupedGemm") ?? 0) };
 }
 
@@ -58,7 +58,7 @@ describe("bf16 segment_dot on the grouped wgmma kernel (SHARDTS_SEGMENT_GEMM=wgm
     const r = run("bf16", K, N);
     expect(r.cublas).toBe(0);
     expect(r.gemm.length).toBe(1);
-    const g = geometryOf(WGMMA_SEGMENT_CONFIG, { M: PADDED_ROWS, N, K }, 132);
+    const g = geometryOf(wgmmaSegmentConfig(N), { M: PADDED_ROWS, N, K }, 132);
     expect(r.gemm[0]!.grid).toEqual([g.grid, 1, 1]);
     expect(g.grid).toBe(10); // one tile per 128-row block: N fits one 128-column tile
     // A [M][K] and B [E·N][K]: bf16, one 128-byte row (64 elements) of K per box row, 128-byte swizzle

@@ -226,11 +226,15 @@ export function bf16GemmCandidates(grouped: boolean): Fp8GemmConfig[] {
 }
 
 /**
- * The bf16 configuration launched without tuning: the e4m3 default's shape (persistent 128 x 128, two
- * consumers, TMA-store epilogue) with no promotion. Not yet measured: bench/gpu/bf16-gemm.ts times the candidates.
+ * The bf16 configuration launched without tuning: persistent, two consumers, TMA-store epilogue, 128 x 256
+ * tiles where N is a multiple of 256 and 128 x 128 otherwise (N = 1408 would leave 256's last tile half
+ * empty). The fastest candidates on an H200 (bench/results/2026-11-23-bf16-gemm-h200.txt): 128 x 256 on
+ * dense 4096x7168x2048 (768 TFLOP/s) and grouped N2816/K2048 and N2048/K1408 (700, 672), 128 x 128 on
+ * grouped N1408/K2048 (649; 128 x 256 there: 618).
  */
-export function defaultBf16GemmConfig(grouped: boolean): Fp8GemmConfig {
-  return filled({ ab: "bf16", consumers: 2, blockN: 128, persistent: true, grouped, tmaStore: true });
+export function defaultBf16GemmConfig(grouped: boolean, N?: number): Fp8GemmConfig {
+  const blockN = N === undefined || N % 256 === 0 ? 256 : 128;
+  return filled({ ab: "bf16", consumers: 2, blockN, persistent: true, grouped, tmaStore: true });
 }
 
 /**
