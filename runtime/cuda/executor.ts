@@ -35,6 +35,8 @@ import { native, packArgs, type KernelArg } from "./native.ts";
 import { archFor, compileCuda } from "./compile.ts";
 import { CachingAllocator, download, downloadAll, empty, upload, type DeviceTensor } from "./memory.ts";
 import * as K from "./kernels/sources.ts";
+import { runCopy, transposeCopy } from "./kernels/move-sources.ts";
+import { moveGeoBytes, planCopy, RUN_CHUNK } from "./copy-plan.ts";
 import { deviceOp } from "./device-ops.ts";
 import { CapturedStep, notCapturable, type DeferredCheck } from "./graph.ts";
 import { CaptureMode } from "./native-types.ts";
@@ -176,6 +178,19 @@ export class CudaExecutor {
     if (shape.length > K.MAX_DIMS) throw new CompileError(`the CUDA copy kernel takes at most ${K.MAX_DIMS} dims, got ${shape.length}`);
     const n = numel(shape);
     if (n <= 0) return;
+    const plan = planCopy(K.elemBytes(dtype), dst, src, shape, istride, ostride);
+    if (plan.kind === "runs") {
+      const warps = plan.runs * plan.chunks, grid = Math.min(Math.ceil((warps * 32) / BLOCK), this.smCount * 8), k = runCopy(plan.word);
+      const args = packArgs(["ptr", dst], ["ptr", src], ["bytes", moveGeoBytes(plan.outer), 8], ["i64", plan.runs], ["i64", plan.run], ["i64", plan.chunks], ["i64", RUN_CHUNK]);
+      this.addon.launchKernel(this.fn(k.name, k.source), [grid, 1, 1], [BLOCK, 1, 1], 0, stream, args);
+      return;
+    }
+    if (plan.kind === "transpose") {
+      const tiles = plan.batches * Math.ceil(plan.P / 32) * Math.ceil(plan.L / 32), grid = Math.min(tiles, this.smCount * 8), k = transposeCopy(plan.elem);
+      const args = packArgs(["ptr", dst], ["ptr", src], ["bytes", moveGeoBytes(plan.batch), 8], ["i64", plan.batches], ["i64", plan.P], ["i64", plan.L], ["i64", plan.lis], ["i64", plan.pos]);
+      this.addon.launchKernel(this.fn(k.name, k.source), [grid, 1, 1], [256, 1, 1], 0, stream, args);
+      return;
+    }
     // the kernel's arguments (out, in, Geo) written straight into one reused block: the MoE
     // exchanges issue a copy per sequence and peer every step (cuLaunchKernel copies the block)
     const v = this.copyArgs, so = 16 + 16 + 4 * K.MAX_DIMS;

@@ -2,6 +2,7 @@
 // (dense) and cuBLAS's grouped GEMM (the segment contractions over host-read counts), gather and
 // scatter-add with their index checks, concat and split. Each takes the executor for its memory,
 // stream and helpers, and returns buffers the executor owns.
+import { launchRowGather } from "./row-gather.ts";
 import type { Attrs, TensorType } from "../../compiler/ir/types.ts";
 import type { Plan } from "../../compiler/plan.ts";
 import { numel } from "../../compiler/ir/types.ts";
@@ -100,7 +101,7 @@ export function gather(ex: CudaExecutor, plan: Plan, ins: Extract<Plan["instrs"]
   const order = [...batch, ...other, ...rest];
   const out = empty(ex.mem, tx.dtype, order.map((d) => shape[to.dims.findIndex((e) => e.name === d)]!));
   const bad = ex.badFlag();
-  ex.launch1D(K.gather(tx.dtype), B * J * R, [["ptr", out.ptr], ["ptr", X.ptr], ["ptr", I.ptr], ["i64", B], ["i64", J], ["i64", R], ["i64", rows], ["i64", plan.values[ins.inputs[0]!]!.boxes[r]!.offset[di]!], ["i64", tx.dims[di]!.size], ["ptr", bad.ptr]]);
+  launchRowGather(ex, { out, x: X, idx: I, dtype: tx.dtype, B, J, R, rows, off: plan.values[ins.inputs[0]!]!.boxes[r]!.offset[di]!, global: tx.dims[di]!.size, bad });
   ex.checkIndices(bad, "gather", dim, tx.dims[di]!.size);
   if (X !== x[0]) ex.release(X);
   if (I !== x[1]) ex.release(I);

@@ -5,7 +5,7 @@
 // the gathers that move rows into that layout and back.
 import { GROUPED_M_ALIGN } from "../../compiler/numeric/fp8-gemm.ts";
 import { empty, upload, type DeviceTensor } from "./memory.ts";
-import * as K from "./kernels/sources.ts";
+import { launchRowGather } from "./row-gather.ts";
 import type { CudaExecutor } from "./executor.ts";
 
 /** One segment: `m` rows from `row` of batch entry `t` for local group `g`, its output rows from `out`. */
@@ -45,7 +45,7 @@ export function paddedLayout(runs: readonly SegmentRun[], nGroups: number, bt: n
 export function gatherRows(ex: CudaExecutor, x: DeviceTensor, rows: number, width: number, dtype: "i32" | "f32" | "bf16", idx: DeviceTensor, n: number): DeviceTensor {
   const out = empty(ex.mem, dtype, [n, width]);
   const bad = ex.badFlag();
-  ex.launch1D(K.gather(dtype), n * width, [["ptr", out.ptr], ["ptr", x.ptr], ["ptr", idx.ptr], ["i64", 1], ["i64", n], ["i64", width], ["i64", rows], ["i64", 0], ["i64", rows], ["ptr", bad.ptr]]);
+  launchRowGather(ex, { out, x, idx, dtype, B: 1, J: n, R: width, rows, off: 0, global: rows, bad });
   ex.checkIndices(bad, "scaled_segment (padded layout)", "rows", rows);
   return out;
 }

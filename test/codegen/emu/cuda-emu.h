@@ -44,6 +44,7 @@ template <typename X> X __shfl_xor_sync(unsigned, X v, int o) {
 }
 struct uint4 { unsigned x, y, z, w; };
 inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
+inline int atomicExch(int* p, int v) { return std::atomic_ref<int>(*p).exchange(v); }
 inline int __popc(unsigned v) { return __builtin_popcount(v); }
 inline int __ffs(unsigned v) { return __builtin_ffs((int)v); }
 /** The lanes of this warp whose v equals this lane's (the emulation runs whole warps: mask is all lanes). */
