@@ -52,15 +52,14 @@ export function wgmmaSegmentDot(ex: CudaExecutor, o: WgmmaSegmentDot): DeviceTen
   const M = o.segs.reduce((n, s) => n + Math.ceil(s.m / GROUPED_M_ALIGN) * GROUPED_M_ALIGN, 0), g = fp8GemmOf(ex);
   if (wgmmaSegmentRefusal({ dtype: o.X.dtype, outDtype: o.outDtype, arch: g.arch, M, N: o.N, K: o.K }) !== undefined) return undefined;
   const Rout = o.outShape[o.outShape.length - 2]!;
-  const lay = paddedLayout(o.segs.map((s) => ({ t: s.t, g: s.g, row: s.row, m: s.m, out: s.row - s.start })), o.E, o.bt, o.R, Rout);
+  const lay = ex.part("padded layout (host)", () => paddedLayout(o.segs.map((s) => ({ t: s.t, g: s.g, row: s.row, m: s.m, out: s.row - s.start })), o.E, o.bt, o.R, Rout));
   // B K-major, as the kernel's TMA boxes read it: [E][N][K]
-  const W = ex.reorder(o.w, o.tw.dims.map((d) => d.name), [o.groups, ...o.nOut, o.k]);
-  const rowMap = i32(ex, lay.rowMap), blockExpert = i32(ex, lay.blockGroup);
-  const A = gatherRows(ex, { ...o.X, dtype: "i32" }, o.bt * o.R, o.K / 2, "i32", rowMap, M);
+  const W = ex.part("weights K-major", () => ex.reorder(o.w, o.tw.dims.map((d) => d.name), [o.groups, ...o.nOut, o.k]));
+  const [rowMap, blockExpert, outIdx] = ex.part("layout upload", () => [i32(ex, lay.rowMap), i32(ex, lay.blockGroup), i32(ex, lay.outMap)]);
+  const A = ex.part("gather rows in", () => gatherRows(ex, { ...o.X, dtype: "i32" }, o.bt * o.R, o.K / 2, "i32", rowMap, M));
   const D = empty(ex.mem, "bf16", [M, o.N]);
-  g.prepare(wgmmaSegmentConfig(o.N), { M, N: o.N, K: o.K, experts: o.E }, { a: A.ptr, b: W.ptr, sa: 0n, sb: 0n, d: D.ptr, blockExpert: blockExpert.ptr })();
-  const outIdx = i32(ex, lay.outMap);
-  const Y = gatherRows(ex, D, M, o.N, "bf16", outIdx, o.bt * Rout);
+  ex.part("grouped GEMM", () => g.prepare(wgmmaSegmentConfig(o.N), { M, N: o.N, K: o.K, experts: o.E }, { a: A.ptr, b: W.ptr, sa: 0n, sb: 0n, d: D.ptr, blockExpert: blockExpert.ptr })());
+  const Y = ex.part("gather rows out", () => gatherRows(ex, D, M, o.N, "bf16", outIdx, o.bt * Rout));
   for (const t of [rowMap, blockExpert, A, D, outIdx, ...(W !== o.w ? [W] : [])]) ex.release(t);
   return { ...Y, shape: o.outShape };
 }

@@ -304,10 +304,31 @@ export class CudaExecutor {
     return ts[Math.floor(reps / 2)]!;
   }
 
+  /** The current run's trace recorder (undefined when not tracing) and the row its instructions' parts go in. */
+  private tracer?: TraceRecorder;
+  private partsRow = "stream parts";
+
+  /**
+   * Runs `fn`, and when the run is traced records it as a part of the current instruction (its own row,
+   * "<rank> parts", timed by events on the compute stream): how an op's time splits between its kernels
+   * and the host work between them (a gap where the stream waited for the host).
+   */
+  part<T>(name: string, fn: () => T): T {
+    const t = this.tracer;
+    if (!t) return fn();
+    t.begin(name, "part", this.partsRow, this.stream);
+    try {
+      return fn();
+    } finally {
+      t.end(this.stream);
+    }
+  }
+
   run(plan: Plan, feeds?: ReadonlyMap<string, LocalTensor[]>, read?: readonly number[], opts: RunOptions = {}): CudaRunResult {
     const t0 = performance.now();
     if (opts.carry) CarriedValues.check(plan, opts.carry);
     const tracer = opts.trace ? new TraceRecorder(this.addon) : undefined;
+    this.tracer = tracer;
     this.hostPieces.clear(); // (a buffer of an earlier run may hold another value now)
     let ran: ReturnType<CudaExecutor["exec"]>;
     try {
@@ -316,6 +337,8 @@ export class CudaExecutor {
       // an index out of range flagged earlier is the cause of what failed after it
       this.drainChecks();
       throw e;
+    } finally {
+      this.tracer = undefined;
     }
     const { slots, counts, kernels, timings, dist } = ran;
     // carried outputs are kept for the next run (after the run's comm has drained) and not freed here
@@ -448,6 +471,7 @@ export class CudaExecutor {
       // a rank-local comm step is traced on the communication stream, around its own work (below)
       if (tracer && !(ins.kind === "comm" && dist)) {
         const { what, cat } = labelOf(plan, prog, ins);
+        this.partsRow = `${dist ? `rank ${dist.rank}` : "stream"} parts`;
         tracer.begin(what, cat, dist ? `rank ${dist.rank}` : "stream", this.stream, ins.kind === "kernel" ? { fuses: ins.fuses.map((f) => f.op).join("+") } : undefined);
       }
       try {

@@ -41,7 +41,7 @@ export function segmentContract(ex: CudaExecutor, op: string, plan: Plan, ins: E
   const nm = (t: TensorType) => t.dims.map((d) => d.name);
   const rows = tx.dims.find((d) => d.segmented)!, groups = rows.segmented!.groups;
   const batch = nm(tc).filter((n) => n !== groups);
-  const C = ex.hostPiece(x[2]!, nm(tc), [...batch, groups]);
+  const C = ex.part("counts to host", () => ex.hostPiece(x[2]!, nm(tc), [...batch, groups]));
   const cOff = plan.values[ins.inputs[2]!]!.boxes[r]!.offset[tc.dims.findIndex((d) => d.name === groups)]!;
   const packed = plan.values[ins.inputs[0]!]!.boxes[r]!.seg[tx.dims.indexOf(rows)] !== null;
   const gC = C.shape[C.shape.length - 1]!, bt = gC ? C.data.length / gC : 0;
@@ -49,7 +49,7 @@ export function segmentContract(ex: CudaExecutor, op: string, plan: Plan, ins: E
   if (op === "segment_dot") {
     const k = String(ins.attrs.contract);
     const nOut = nm(tw).filter((n) => n !== k && n !== groups);
-    const X = ex.reorder(x[0]!, nm(tx), [...batch, rows.name, k]);
+    const X = ex.part("rows layout", () => ex.reorder(x[0]!, nm(tx), [...batch, rows.name, k]));
     const wSize = (d: string) => x[1]!.shape[tw.dims.findIndex((e) => e.name === d)]!;
     const R = X.shape[batch.length]!, KK = X.shape[batch.length + 1]!, N = nOut.reduce((p, d) => p * wSize(d), 1), gW = wSize(groups);
     const wOff = plan.values[ins.inputs[1]!]!.boxes[r]!.offset[tw.dims.findIndex((d) => d.name === groups)]!;
@@ -60,33 +60,33 @@ export function segmentContract(ex: CudaExecutor, op: string, plan: Plan, ins: E
       const Yw = wgmmaSegmentDot(ex, { X, w: x[1]!, tw, groups, k, nOut, segs, bt, R, K: KK, N, E: gW, outShape: [bt, outShape[batch.length]!, N], outDtype: to.dtype });
       if (Yw) {
         if (X !== x[0]) ex.release(X);
-        return ex.reorderOwned({ ...Yw, shape: outShape }, order, nm(to));
+        return ex.part("output layout", () => ex.reorderOwned({ ...Yw, shape: outShape }, order, nm(to)));
       }
     }
-    const Wt = ex.reorder(x[1]!, nm(tw), [groups, k, ...nOut]);
+    const Wt = ex.part("weights layout", () => ex.reorder(x[1]!, nm(tw), [groups, k, ...nOut]));
     const Y = empty(ex.mem, to.dtype, outShape);
     if (numel(Y.shape)) ex.addon.memsetD8(Y.ptr, 0, numel(Y.shape) * K.elemBytes(Y.dtype), ex.stream);
     const problems = dotProblems(segs, { R, K: KK, N, x: X.ptr, w: Wt.ptr, y: Y.ptr, eb, ebo: K.elemBytes(Y.dtype) });
-    runProblems(ex.addon, { dtype, outDtype: Y.dtype as "f32" | "bf16", transA: false, accumulate: false, problems }, ex.stream);
+    ex.part("cuBLAS GEMMs", () => runProblems(ex.addon, { dtype, outDtype: Y.dtype as "f32" | "bf16", transA: false, accumulate: false, problems }, ex.stream));
     if (X !== x[0]) ex.release(X);
     if (Wt !== x[1]) ex.release(Wt);
-    return ex.reorderOwned(Y, order, nm(to));
+    return ex.part("output layout", () => ex.reorderOwned(Y, order, nm(to)));
   }
   // segment_wgrad: out[g] = sum over the segment's rows of x^T gy, accumulated in f32
   const k = String(ins.attrs.k), n = String(ins.attrs.n);
   const [, tg] = tIn as [TensorType, TensorType];
-  const X = ex.reorder(x[0]!, nm(tx), [...batch, rows.name, k]);
-  const G = ex.reorder(x[1]!, nm(tg), [...batch, rows.name, n]);
+  const X = ex.part("rows layout", () => ex.reorder(x[0]!, nm(tx), [...batch, rows.name, k]));
+  const G = ex.part("gradient rows layout", () => ex.reorder(x[1]!, nm(tg), [...batch, rows.name, n]));
   const R = X.shape[batch.length]!, KK = X.shape[batch.length + 1]!, N = G.shape[batch.length + 1]!;
   const gOut = shape[0]!, outOff = plan.values[ins.outputs[0]!]!.boxes[r]!.offset[0]!;
   const acc = empty(ex.mem, "f32", [gOut, KK, N]);
   if (numel(acc.shape)) ex.addon.memsetD8(acc.ptr, 0, numel(acc.shape) * 4, ex.stream);
   const segs = segments({ counts: C.data, bt, gC, first: outOff - cOff, groups: gOut, packed, R });
   const problems = wgradProblems(segs, { R, K: KK, N, x: X.ptr, gy: G.ptr, acc: acc.ptr, eb });
-  runProblems(ex.addon, { dtype, outDtype: "f32", transA: true, accumulate: true, problems }, ex.stream);
+  ex.part("cuBLAS GEMMs", () => runProblems(ex.addon, { dtype, outDtype: "f32", transA: true, accumulate: true, problems }, ex.stream));
   if (X !== x[0]) ex.release(X);
   if (G !== x[1]) ex.release(G);
-  return ex.castOwned(acc, to.dtype);
+  return ex.part("cast", () => ex.castOwned(acc, to.dtype));
 }
 
 export function gather(ex: CudaExecutor, plan: Plan, ins: Extract<Plan["instrs"][number], { kind: "op" }>, r: number, x: DeviceTensor[], tIn: TensorType[], to: TensorType, shape: number[]): DeviceTensor {

@@ -4,6 +4,7 @@
 // 64-element (128-byte) boxes, and no cuBLAS GEMM; a shape the kernel refuses (K not a multiple of 16)
 // and an f32 segment_dot run the cuBLAS path as without the setting, with no error. Not numerics
 // (the fake does no device work): bench/gpu/cuda-ops-check.ts checks those on a GPU.
+import type { TraceEvent } from "../../runtime/cuda/trace.ts";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CudaExecutor } from "../../runtime/cuda/executor.ts";
 import { wgmmaSegmentConfig, wgmmaSegmentRefusal } from "../../runtime/cuda/bf16-segment.ts";
@@ -80,6 +81,20 @@ describe("bf16 segment_dot on the grouped wgmma kernel (SHARDTS_SEGMENT_GEMM=wgm
     const f32 = run("f32", 32, 48);
     expect(f32.gemm).toEqual([]);
     expect(f32.cublas).toBeGreaterThan(0);
+  });
+
+  it("traces its parts (host layout, weights, gathers, the GEMM) on their own row", () => {
+    const f = fakeAddon({ read: (dst) => void (dst instanceof Int32Array && dst.forEach((_, i) => (dst[i] = COUNTS[i % COUNTS.length]!))) });
+    const trace: TraceEvent[] = [];
+    new CudaExecutor(f.addon, 0).run(dotPlan("bf16", 32, 48), undefined, undefined, { download: false, trace });
+    const parts = trace.filter((e) => e.cat === "part");
+    expect(parts.map((e) => e.name)).toEqual(expect.arrayContaining(["counts to host", "padded layout (host)", "weights K-major", "gather rows in", "grouped GEMM", "gather rows out"]));
+    expect(new Set(parts.map((e) => e.tid))).toEqual(new Set(["stream parts"]));
+    expect(trace.filter((e) => e.name === "segment_dot")).toHaveLength(1);
+    // untraced runs record nothing
+    const g = fakeAddon({ read: (dst) => void (dst instanceof Int32Array && dst.forEach((_, i) => (dst[i] = COUNTS[i % COUNTS.length]!))) });
+    new CudaExecutor(g.addon, 0).run(dotPlan("bf16", 32, 48), undefined, undefined, { download: false });
+    expect(g.calls.get("eventRecord") ?? 0).toBe(0);
   });
 
   it("says why it refuses", () => {

@@ -78,7 +78,7 @@ export default defineMain(async ({ args, log }) => {
       ex.run(layer.plan, undefined, [], { download: false, trace: events });
       const o = commOverlap(events);
       say(`trace ${fmt}: step ${(o.wallUs / 1e3).toFixed(2)} ms, compute ${(o.computeUs / 1e3).toFixed(2)} ms, comm ${(o.commUs / 1e3).toFixed(2)} ms (${((100 * o.overlapUs) / Math.max(o.commUs, 1e-9)).toFixed(0)} % under compute); largest:`);
-      for (const t of traceTotals(events).slice(0, 18)) say(`  ${(t.us / 1e3).toFixed(3).padStart(8)} ms ${String(t.n).padStart(4)}x ${t.cat.padEnd(6)} ${t.name}`);
+      for (const t of traceTotals(events).slice(0, 30)) say(`  ${(t.us / 1e3).toFixed(3).padStart(8)} ms ${String(t.n).padStart(4)}x ${t.cat.padEnd(6)} ${t.name}`);
       if (traceFile && rank === 0) writeChromeTrace(`${traceFile}.${fmt}.json`, events, rank, "moe-layer-ep");
     } catch (e) {
       failures++;
