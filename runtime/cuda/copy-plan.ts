@@ -3,7 +3,8 @@
 //   sides) is contiguous in the input and the output: the widest word (16 bytes down to 1) that
 //   divides the run's bytes, both pointers and every outer stride; a warp per chunk of a run;
 // - "transpose" when the output's innermost dim is strided in the input and another dim is the
-//   input's contiguous one: 32 x 32 tiles through shared memory, the other dims as a batch;
+//   input's contiguous one: 32 x 32 tiles through shared memory, the other dims as a batch; 1- and
+//   2-byte elements 4 bytes a lane (64 x 64 / 128 x 128 tiles) where the sizes and strides allow;
 // - "elements" otherwise (the per-element kernel of kernels/sources.ts).
 // The run and transpose kernels are kernels/move-sources.ts.
 import { ELEMENT_BYTES, WORDS, type Word } from "./kernels/move-sources.ts";
@@ -24,7 +25,8 @@ export const MIN_TRANSPOSE_SIDE = 8;
 
 export type CopyPlan =
   | { kind: "runs"; word: Word; run: number; runs: number; chunks: number; outer: MoveGeo }
-  | { kind: "transpose"; elem: Word; P: number; L: number; lis: number; pos: number; batches: number; batch: MoveGeo }
+  /** wide: 1- or 2-byte elements moved 4 bytes a lane (kernels/move-sources.ts transposeWide). */
+  | { kind: "transpose"; elem: Word; wide: boolean; P: number; L: number; lis: number; pos: number; batches: number; batch: MoveGeo }
   | { kind: "elements" };
 
 /** The same copy with size-1 dims dropped and neighbours contiguous on both sides merged into one. */
@@ -67,7 +69,9 @@ export function planCopy(elemBytes: number, dst: bigint, src: bigint, shape: rea
   if (g.ostride[last] === 1 && g.istride[last] !== 1 && p >= 0 && ELEMENT_BYTES.includes(elemBytes as Word) && Math.min(g.shape[p]!, g.shape[last]!) >= MIN_TRANSPOSE_SIDE) {
     const rest = g.shape.map((_, d) => d).filter((d) => d !== p && d !== last);
     const batch = { shape: rest.map((d) => g.shape[d]!), istride: rest.map((d) => g.istride[d]!), ostride: rest.map((d) => g.ostride[d]!) };
-    return { kind: "transpose", elem: elemBytes as Word, P: g.shape[p]!, L: g.shape[last]!, lis: g.istride[last]!, pos: g.ostride[p]!, batches: prod(batch.shape), batch };
+    const P = g.shape[p]!, L = g.shape[last]!, lis = g.istride[last]!, pos = g.ostride[p]!, v = 4 / elemBytes;
+    const wide = elemBytes <= 2 && aligned(dst, 4) && aligned(src, 4) && [P, L, lis, pos, ...batch.istride, ...batch.ostride].every((x) => x % v === 0);
+    return { kind: "transpose", elem: elemBytes as Word, wide, P, L, lis, pos, batches: prod(batch.shape), batch };
   }
   return { kind: "elements" };
 }

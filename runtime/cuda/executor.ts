@@ -35,7 +35,7 @@ import { native, packArgs, type KernelArg } from "./native.ts";
 import { archFor, compileCuda } from "./compile.ts";
 import { CachingAllocator, download, downloadAll, empty, upload, type DeviceTensor } from "./memory.ts";
 import * as K from "./kernels/sources.ts";
-import { runCopy, transposeCopy } from "./kernels/move-sources.ts";
+import { runCopy, transposeCopy, transposeWide } from "./kernels/move-sources.ts";
 import { moveGeoBytes, planCopy, RUN_CHUNK } from "./copy-plan.ts";
 import { deviceOp } from "./device-ops.ts";
 import { CapturedStep, notCapturable, type DeferredCheck } from "./graph.ts";
@@ -186,7 +186,8 @@ export class CudaExecutor {
       return;
     }
     if (plan.kind === "transpose") {
-      const tiles = plan.batches * Math.ceil(plan.P / 32) * Math.ceil(plan.L / 32), grid = Math.min(tiles, this.smCount * 8), k = transposeCopy(plan.elem);
+      const T = plan.wide ? 128 / plan.elem : 32, k = plan.wide ? transposeWide(plan.elem as 1 | 2) : transposeCopy(plan.elem);
+      const tiles = plan.batches * Math.ceil(plan.P / T) * Math.ceil(plan.L / T), grid = Math.min(tiles, this.smCount * 8);
       const args = packArgs(["ptr", dst], ["ptr", src], ["bytes", moveGeoBytes(plan.batch), 8], ["i64", plan.batches], ["i64", plan.P], ["i64", plan.L], ["i64", plan.lis], ["i64", plan.pos]);
       this.addon.launchKernel(this.fn(k.name, k.source), [grid, 1, 1], [256, 1, 1], 0, stream, args);
       return;

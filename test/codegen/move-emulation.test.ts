@@ -1,6 +1,7 @@
 // The word-wise data-movement kernels (runtime/cuda/kernels/move-sources.ts) run, as text, on the CPU
 // emulation of test/codegen/emu, with the geometry and word size the host planner
-// (runtime/cuda/copy-plan.ts) picks: transposes (2 to 4 dims, bf16 / f32 / bytes, partial tiles),
+// (runtime/cuda/copy-plan.ts) picks: transposes (2 to 4 dims, bf16 / f32 / bytes, partial tiles, an
+// element or a 4-byte word a lane),
 // contiguous runs (chunked long runs, concat-like output strides, broadcast inputs, pointers off
 // 16 bytes so narrower words are used, FP8 bytes), and row gathers at each word width with -1,
 // rows held elsewhere and out-of-range indices. Every output byte must equal a plain element-wise
@@ -12,13 +13,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { planCopy, RUN_CHUNK, type CopyPlan, type MoveGeo } from "../../runtime/cuda/copy-plan.ts";
-import { rowGather, runCopy, transposeCopy, type Word } from "../../runtime/cuda/kernels/move-sources.ts";
+import { rowGather, runCopy, transposeCopy, transposeWide, type Word } from "../../runtime/cuda/kernels/move-sources.ts";
 import { mulberry32 } from "../helpers/prng.ts";
 import { GXX, EMU, noteIfNoGxx } from "./gxx.ts";
 
 noteIfNoGxx("move-emulation");
 
-interface CopyCase { label: string; eb: number; shape: number[]; istride: number[]; ostride: number[]; srcOff?: number; dstOff?: number; kind: CopyPlan["kind"]; word?: Word; grid: number }
+interface CopyCase { label: string; eb: number; shape: number[]; istride: number[]; ostride: number[]; srcOff?: number; dstOff?: number; kind: CopyPlan["kind"]; word?: Word; wide?: boolean; grid: number }
 
 /** Strides of a contiguous tensor of `shape`, then read in the order `perm` (a permuted view). */
 const contiguous = (shape: number[]) => shape.map((_, i) => shape.slice(i + 1).reduce((a, b) => a * b, 1));
@@ -28,9 +29,13 @@ const permuted = (shape: number[], perm: number[]) => {
 };
 
 const CASES: CopyCase[] = [
-  { label: "bf16 [3][40][72] -> [3][72][40] (the expert weights' transpose, partial tiles)", eb: 2, ...permuted([3, 40, 72], [0, 2, 1]), kind: "transpose", grid: 5 },
-  { label: "f32 [33][65] -> [65][33]", eb: 4, ...permuted([33, 65], [1, 0]), kind: "transpose", grid: 3 },
-  { label: "bytes [2][20][3][36] -> [3][2][36][20] (two batch dims)", eb: 1, ...permuted([2, 20, 3, 36], [2, 0, 3, 1]), kind: "transpose", grid: 4 },
+  { label: "bf16 [3][40][72] -> [3][72][40] (the expert weights' transpose, partial tiles), pairs a lane", eb: 2, ...permuted([3, 40, 72], [0, 2, 1]), kind: "transpose", wide: true, grid: 5 },
+  { label: "bf16 [2][130][66] -> [2][66][130] (more than one 64 x 64 tile each way), pairs a lane", eb: 2, ...permuted([2, 130, 66], [0, 2, 1]), kind: "transpose", wide: true, grid: 3 },
+  { label: "bf16 [3][37][41] -> [3][41][37] (odd sizes: an element a lane)", eb: 2, ...permuted([3, 37, 41], [0, 2, 1]), kind: "transpose", wide: false, grid: 5 },
+  { label: "f32 [33][65] -> [65][33]", eb: 4, ...permuted([33, 65], [1, 0]), kind: "transpose", wide: false, grid: 3 },
+  { label: "bytes [2][20][3][36] -> [3][2][36][20] (two batch dims), 4 a lane", eb: 1, ...permuted([2, 20, 3, 36], [2, 0, 3, 1]), kind: "transpose", wide: true, grid: 4 },
+  { label: "bytes [2][136][132] -> [2][132][136] (128 x 128 tiles, partial), 4 a lane", eb: 1, ...permuted([2, 136, 132], [0, 2, 1]), kind: "transpose", wide: true, grid: 3 },
+  { label: "bytes [5][33][40] -> [5][40][33] (an element a lane)", eb: 1, ...permuted([5, 33, 40], [0, 2, 1]), kind: "transpose", wide: false, grid: 3 },
   { label: "f32 contiguous, 20000 elements: one run cut into chunks", eb: 4, shape: [20000], istride: [1], ostride: [1], kind: "runs", word: 16, grid: 2 },
   { label: "f32 [4][6][48] into a wider output (concat-like)", eb: 4, shape: [4, 6, 48], istride: [288, 48, 1], ostride: [600, 100, 1], kind: "runs", word: 16, grid: 3 },
   { label: "bf16 broadcast [3][1->5][32]", eb: 2, shape: [3, 5, 32], istride: [32, 0, 1], ostride: [160, 32, 1], kind: "runs", word: 16, grid: 2 },
@@ -69,8 +74,8 @@ function copyCall(c: CopyCase, p: CopyPlan): string {
     return `${geoInit("g", p.outer)} emu_launch(${c.grid}, 256, [&] { ${runCopy(p.word).name}((${T}*)dst, (const ${T}*)src, g, ${p.runs}LL, ${p.run}LL, ${p.chunks}LL, ${RUN_CHUNK}LL); });`;
   }
   if (p.kind === "transpose") {
-    const T = wordType(p.elem);
-    return `${geoInit("g", p.batch)} emu_launch(${c.grid}, 256, [&] { ${transposeCopy(p.elem).name}((${T}*)dst, (const ${T}*)src, g, ${p.batches}LL, ${p.P}LL, ${p.L}LL, ${p.lis}LL, ${p.pos}LL); });`;
+    const T = wordType(p.elem), k = p.wide ? transposeWide(p.elem as 1 | 2) : transposeCopy(p.elem);
+    return `${geoInit("g", p.batch)} emu_launch(${c.grid}, 256, [&] { ${k.name}((${T}*)dst, (const ${T}*)src, g, ${p.batches}LL, ${p.P}LL, ${p.L}LL, ${p.lis}LL, ${p.pos}LL); });`;
   }
   throw new Error(`${c.label}: planned as ${p.kind}`);
 }
@@ -92,6 +97,7 @@ describe.skipIf(!GXX)("word-wise move kernels, run on a CPU emulation of the GPU
       const p = planCopy(c.eb, BigInt(4096 + dstOff), BigInt(8192 + srcOff), c.shape, c.istride, c.ostride);
       expect(p.kind, c.label).toBe(c.kind);
       if (c.word !== undefined && p.kind === "runs") expect(p.word, c.label).toBe(c.word);
+      if (c.wide !== undefined && p.kind === "transpose") expect(p.wide, c.label).toBe(c.wide);
       const srcBytes = span(c.shape, c.istride) * c.eb, dstBytes = span(c.shape, c.ostride) * c.eb;
       blocks.push(`{ // ${c.label}
   std::vector<unsigned char> sv(${srcBytes} + 64), dv(${dstBytes} + 64);
@@ -143,7 +149,7 @@ describe.skipIf(!GXX)("word-wise move kernels, run on a CPU emulation of the GPU
     for (const c of CASES) {
       const p = planCopy(c.eb, BigInt(4096 + (c.dstOff ?? 0)), BigInt(8192 + (c.srcOff ?? 0)), c.shape, c.istride, c.ostride);
       if (p.kind === "runs") kernels.add(runCopy(p.word).source);
-      if (p.kind === "transpose") kernels.add(transposeCopy(p.elem).source);
+      if (p.kind === "transpose") kernels.add((p.wide ? transposeWide(p.elem as 1 | 2) : transposeCopy(p.elem)).source);
     }
     for (const g of GATHERS) kernels.add(rowGather(g.w).source);
     const exe = join(dir, "move");

@@ -20,9 +20,19 @@ describe("strided copy planning", () => {
   it("transposes a swap of the contiguous dim through tiles, with the other dims as a batch", () => {
     // [E][K][N] -> [E][N][K]
     expect(planCopy(2, 0n, 0n, [4, 1408, 2048], [2048 * 1408, 1, 1408], [1408 * 2048, 2048, 1])).toEqual({
-      kind: "transpose", elem: 2, P: 1408, L: 2048, lis: 1408, pos: 2048, batches: 4,
+      kind: "transpose", elem: 2, wide: true, P: 1408, L: 2048, lis: 1408, pos: 2048, batches: 4,
       batch: { shape: [4], istride: [2048 * 1408], ostride: [1408 * 2048] },
     });
+  });
+
+  it("moves 1- and 2-byte elements 4 bytes a lane only where sizes, strides and pointers allow", () => {
+    const t = (eb: number, src: bigint, P: number, L: number) => planCopy(eb, 0n, src, [P, L], [1, P], [L, 1]);
+    expect(t(2, 0n, 64, 64)).toMatchObject({ kind: "transpose", wide: true });
+    expect(t(2, 2n, 64, 64)).toMatchObject({ kind: "transpose", wide: false });
+    expect(t(2, 0n, 64, 63)).toMatchObject({ kind: "transpose", wide: false });
+    expect(t(1, 0n, 64, 66)).toMatchObject({ kind: "transpose", wide: false });
+    expect(t(1, 0n, 64, 68)).toMatchObject({ kind: "transpose", wide: true });
+    expect(t(4, 0n, 64, 64)).toMatchObject({ kind: "transpose", wide: false });
   });
 
   it("leaves short runs, thin transposes and other strides to the per-element kernel", () => {

@@ -91,6 +91,50 @@ extern "C" __global__ void ${name}(${T}* __restrict__ out, const ${T}* __restric
 });
 
 /**
+ * The transpose for 1- and 2-byte elements, moving 4-byte words: V = 4 / e elements of a row per lane,
+ * tiles of 32V x 32V (64 x 64 bf16, 128 x 128 bytes), so each warp access is 128 contiguous bytes.
+ * Needs P, L, lis, pos and the batch strides to be multiples of V, and both pointers 4-byte aligned
+ * (copy-plan.ts checks); otherwise transposeCopy moves single elements.
+ */
+export const transposeWide = memo((e: 1 | 2): Kernel => {
+  const E = e === 2 ? "unsigned short" : "unsigned char", V = 4 / e, T = 32 * V, name = `shardts_transpose_wide_e${e}`;
+  return {
+    name,
+    source: `${MOVE_PRELUDE}
+extern "C" __global__ void ${name}(${E}* __restrict__ out, const ${E}* __restrict__ in, MoveGeo g, long long batches,
+                                   long long P, long long L, long long lis, long long pos) {
+  __shared__ ${E} tile[${T}][${T + 1}];
+  const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;  // 256 threads: 32 x 8
+  const long long tp = (P + ${T - 1}) / ${T}, tl = (L + ${T - 1}) / ${T}, tiles = batches * tp * tl;
+  for (long long t = blockIdx.x; t < tiles; t += gridDim.x) {
+    const long long b = t / (tp * tl), rem = t % (tp * tl), p0 = (rem / tl) * ${T}, l0 = (rem % tl) * ${T};
+    long long ib, ob;
+    move_offsets(g, b, ib, ob);
+    // read: a lane takes ${V} neighbours along p (contiguous in the input) as one word
+    for (int j = ty; j < ${T}; j += 8) {
+      const long long p = p0 + ${V} * tx, l = l0 + j;
+      if (p < P && l < L) {
+        const unsigned int w = *(const unsigned int*)(in + ib + p + l * lis);
+        for (int i = 0; i < ${V}; i++) tile[j][${V} * tx + i] = (${E})(w >> (${8 * e} * i));
+      }
+    }
+    __syncthreads();
+    // write: a lane packs ${V} neighbours along l (contiguous in the output) into one word
+    for (int j = ty; j < ${T}; j += 8) {
+      const long long l = l0 + ${V} * tx, p = p0 + j;
+      if (p < P && l < L) {
+        unsigned int w = 0;
+        for (int i = 0; i < ${V}; i++) w |= (unsigned int)tile[${V} * tx + i][j] << (${8 * e} * i);
+        *(unsigned int*)(out + ob + p * pos + l) = w;
+      }
+    }
+    __syncthreads();
+  }
+}`,
+  };
+});
+
+/**
  * out[q, :] = x[b(q)·rows + idx[q] - off, :] over W words per row (q = b·J + j), zeros where idx[q] is -1
  * or the row is not held here (outside [off, off + rows)); an index outside [0, global) other than -1 is
  * written to *bad. A warp per row.
@@ -122,5 +166,5 @@ extern "C" __global__ void ${name}(${T}* __restrict__ out, const ${T}* __restric
 
 /** Every specialisation, for the compile test. */
 export function moveSources(): Kernel[] {
-  return [...WORDS.flatMap((w) => [runCopy(w), rowGather(w)]), ...ELEMENT_BYTES.map((e) => transposeCopy(e))];
+  return [...WORDS.flatMap((w) => [runCopy(w), rowGather(w)]), ...ELEMENT_BYTES.map((e) => transposeCopy(e)), transposeWide(1), transposeWide(2)];
 }
