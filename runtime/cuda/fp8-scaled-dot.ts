@@ -13,6 +13,7 @@ import { defaultGemmConfig, defaultRowScaledConfig, shapeProblem } from "../../c
 import { tilesName } from "../../compiler/ops/quantize.ts";
 import { empty, type DeviceTensor } from "./memory.ts";
 import { fp8GemmOf } from "./fp8-gemm.ts";
+import { reorderCodes } from "./fp8-layout.ts";
 import type { CudaExecutor } from "./executor.ts";
 
 const CONFIG = defaultGemmConfig(false), ROW_CONFIG = defaultRowScaledConfig();
@@ -57,9 +58,9 @@ export function scaledDotGemm(ex: CudaExecutor, x: DeviceTensor[], tIn: TensorTy
   const [ta, tsa, tb, tsb] = tIn as [TensorType, TensorType, TensorType, TensorType];
   const { K, kRest, N, rows, bRows } = form;
   const ks = [...kRest, K], kTiles = [...kRest, tilesName(K)];
-  const A = ex.reorder(x[0]!, names(ta), [...rows, ...ks]);
+  const A = reorderCodes(ex, x[0]!, names(ta), [...rows, ...ks]);
   const SA = ex.reorder(x[1]!, names(tsa), [...kTiles, ...rows]);
-  const B = ex.reorder(x[2]!, names(tb), [N, ...ks]);
+  const B = reorderCodes(ex, x[2]!, names(tb), [N, ...ks]);
   // B's scales: [N/128][K/128] blocks, or with row-scaled B [K/128][N] (the kernels' layouts)
   const SB = ex.reorder(x[3]!, names(tsb), bRows ? [...kTiles, N] : [tilesName(N), ...kTiles]);
   const kk = numel(B.shape.slice(1)), M = numel(A.shape) / Math.max(1, kk), nn = B.shape[0]!;

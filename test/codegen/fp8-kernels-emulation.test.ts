@@ -5,14 +5,16 @@
 // both dims, a leading batch dim, zero tiles, a NaN and an Inf. The e4m3 bytes and f32 scales must
 // equal compiler/ops/quantize.ts's bit for bit. The dequantize kernels (scalar, and 16 codes a thread)
 // the same way: every code byte, 128x128 and 1x128 scale layouts, f32 and bf16 outputs equal to
-// dequantizeValues (then rounded) bit for bit. Skipped, saying so, without g++.
+// dequantizeValues (then rounded) bit for bit. And the byte moves of the FP8 GEMM paths: the tiled
+// code transpose on partial tiles, the 16-byte row gather with padding and a bad index. Skipped,
+// saying so, without g++.
 import { describe, expect, it } from "vitest";
 import { execFile, execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { dequantize, dequantizeVec, quantizeRows, quantizeTiles } from "../../runtime/cuda/kernels/fp8-sources.ts";
+import { dequantize, dequantizeVec, gatherRows16, quantizeRows, quantizeTiles, transposeBytes } from "../../runtime/cuda/kernels/fp8-sources.ts";
 import { dequantizeValues, quantizeValues } from "../../compiler/ops/quantize.ts";
 import { e4m3FromBits } from "../../compiler/numeric/fp8.ts";
 import { roundToBf16 } from "../../compiler/numeric/bf16.ts";
@@ -144,6 +146,56 @@ int main(int, char** argv) {
           if (diff) bad.push(`${k.name} [${O}, ${N}, ${K}] tn ${tn}: ${diff}/${n} values differ`);
         }
       }
+    }
+    expect(bad).toEqual([]);
+  }, 300_000);
+
+  it("the tiled byte transpose and the 16-byte row gather move bytes exactly", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "shardts-fp8emu-"));
+    const run = promisify(execFile);
+    const build = async (tag: string, kernel: { source: string }, main: string) => {
+      const exe = join(dir, tag);
+      writeFileSync(`${exe}.cpp`, `#include "cuda-emu.h"\n${kernel.source}\nint main(int, char** argv) {\n${main}\n  return 0;\n}\n`);
+      await run(GXX!, ["-std=c++20", "-O1", "-pthread", "-w", `-I${EMU}`, `-I${join(EMU, "include")}`, "-x", "c++", `${exe}.cpp`, "-o", exe]);
+      return exe;
+    };
+    const bad: string[] = [];
+    // [O, R, C] -> [O, C, R], partial 64-byte tiles in both dims
+    for (const [O, R, C] of [[2, 80, 48], [1, 128, 144]] as const) {
+      const n = O * R * C, tiles = O * Math.ceil(R / 64) * Math.ceil(C / 64);
+      const src = Uint8Array.from({ length: n }, (_, i) => (i * 37 + (i >> 8)) & 255);
+      const exe = await build(`transpose_${O}_${R}_${C}`, transposeBytes(), `  const long long n = ${n};
+  unsigned char* in = (unsigned char*)aligned_alloc(64, (n + 63) / 64 * 64);
+  unsigned char* out = (unsigned char*)aligned_alloc(64, (n + 63) / 64 * 64);
+  memset(out, 0xEE, n);
+  FILE* f = fopen(argv[1], "rb"); if (fread(in, 1, n, f) != (size_t)n) return 2; fclose(f);
+  emu_launch(${tiles}, 256, [&] { shardts_transpose_b8(out, in, ${R}, ${C}); });
+  FILE* o = fopen(argv[2], "wb"); fwrite(out, 1, n, o); fclose(o);`);
+      writeFileSync(`${exe}.in`, src);
+      execFileSync(exe, [`${exe}.in`, `${exe}.out`]);
+      const got = readFileSync(`${exe}.out`);
+      let diff = 0;
+      for (let o = 0; o < O; o++) for (let r = 0; r < R; r++) for (let c = 0; c < C; c++) if (got[(o * C + c) * R + r] !== src[(o * R + r) * C + c]) diff++;
+      if (diff) bad.push(`transpose [${O}, ${R}, ${C}]: ${diff}/${n} bytes differ`);
+    }
+    // 7 rows of 3 chunks (48 bytes) from 10: padding (-1) and an index out of range (12) give zeros, 12 flagged
+    {
+      const rows = 10, chunks = 3, idx = [4, -1, 0, 9, 12, 4, -1], w = chunks * 16;
+      const x = Uint8Array.from({ length: rows * w }, (_, i) => (i * 11 + 5) & 255);
+      const exe = await build("gather_rows16", gatherRows16(), `  unsigned char* x = (unsigned char*)aligned_alloc(64, ${rows * w});
+  unsigned char* out = (unsigned char*)aligned_alloc(64, ${idx.length * w});
+  int idx[] = {${idx.join(", ")}}, bad = -2147483647 - 1;
+  memset(out, 0xEE, ${idx.length * w});
+  FILE* f = fopen(argv[1], "rb"); if (fread(x, 1, ${rows * w}, f) != ${rows * w}) return 2; fclose(f);
+  emu_launch(1, 256, [&] { shardts_gather_rows16(out, x, idx, ${idx.length}LL, ${chunks}, ${rows}LL, &bad); });
+  FILE* o = fopen(argv[2], "wb"); fwrite(out, 1, ${idx.length * w}, o); fwrite(&bad, 4, 1, o); fclose(o);`);
+      writeFileSync(`${exe}.in`, x);
+      execFileSync(exe, [`${exe}.in`, `${exe}.out`]);
+      const got = readFileSync(`${exe}.out`);
+      const want = Buffer.alloc(idx.length * w);
+      idx.forEach((g, j) => g >= 0 && g < rows && want.set(x.subarray(g * w, (g + 1) * w), j * w));
+      if (!got.subarray(0, idx.length * w).equals(want)) bad.push("gather_rows16: rows differ");
+      if (got.readInt32LE(idx.length * w) !== 12) bad.push(`gather_rows16: bad flag ${got.readInt32LE(idx.length * w)}, want 12`);
     }
     expect(bad).toEqual([]);
   }, 300_000);

@@ -1,9 +1,11 @@
-// Block-scaled FP8 kernels (standalone; the fused 1x128 epilogues are compiler/codegen/cuda/quant.ts). The
+// Block-scaled FP8 kernels (standalone; the fused 1x128 epilogues are compiler/codegen/cuda/quant.ts), and
+// the byte-layout moves of the FP8 GEMM paths (a tiled code transpose, a 16-byte row gather). The
 // tensor is viewed as [O, N, K] with tiles of tn×128 over (N, K): tn = 1 is a 1×128 / 128×1 tiling
 // (the executor moves the tiled dim last), tn = 128 the 128×128 weight blocks. The numerics are
 // compiler/ops/quantize.ts's, to the bit: amax by fmaxf (NaN ignored), inv = 448/amax and
 // scale = amax/448 correctly rounded (__fdiv_rn), amax 0 → 1, q = cvt.rn.satfinite.e4m3(x·inv).
 import type { DType } from "../../../compiler/ir/types.ts";
+import { memo } from "./sources.ts";
 
 const T = (t: DType) => (t === "bf16" ? "__nv_bfloat16" : "float");
 const HEAD = `#include <cuda_bf16.h>
@@ -199,7 +201,7 @@ extern "C" __global__ void ${name}(${T(out)}* __restrict__ y, const unsigned cha
  * The same values as dequantize() above, element by element. Needs K % 16 == 0 and 16-byte aligned
  * q and y (the executor takes the scalar kernel otherwise).
  */
-export function dequantizeVec(out: DType): { name: string; source: string } {
+export const dequantizeVec = memo((out: DType): { name: string; source: string } => {
   const name = `shardts_dequant_v16_${out}`;
   const W = out === "bf16" ? 8 : 4; // elements a 16-byte store
   const store = out === "bf16" ? "__float2bfloat16_rn(v)" : "v";
@@ -229,10 +231,67 @@ extern "C" __global__ void ${name}(${T(out)}* __restrict__ y, const unsigned cha
   }
 }`,
   };
-}
+});
+
+/**
+ * out[o][c][r] = in[o][r][c] for bytes (FP8 codes): the operand transposes of the FP8 GEMMs (K-major A
+ * and B). A 64×64-byte tile per 256-thread block through shared memory, 16-byte loads and stores;
+ * tiles numbered o-major on a 1-D grid. Needs R % 16 == 0, C % 16 == 0 and 16-byte aligned pointers.
+ */
+export const transposeBytes = memo((): { name: string; source: string } => {
+  const name = "shardts_transpose_b8";
+  return {
+    name,
+    source: `template <typename S, int N> struct alignas(sizeof(S) * N) pk { S v[N]; };
+extern "C" __global__ void __launch_bounds__(256) ${name}(unsigned char* __restrict__ out, const unsigned char* __restrict__ in, int R, int C) {
+  __shared__ pk<unsigned char, 16> t[64][5];  // (rows of 80 bytes: 16-byte aligned, banks staggered)
+  const int rt = (R + 63) / 64, ct = (C + 63) / 64;
+  const long long tile = blockIdx.x, o = tile / ((long long)rt * ct);
+  const int r0 = (int)((tile / ct) % rt) * 64, c0 = (int)(tile % ct) * 64;
+  const unsigned char* src = in + o * (long long)R * C;
+  unsigned char* dst = out + o * (long long)R * C;
+  const int a = threadIdx.x >> 2, b = (threadIdx.x & 3) * 16;
+  if (r0 + a < R && c0 + b < C) t[a][b / 16] = *reinterpret_cast<const pk<unsigned char, 16>*>(src + (long long)(r0 + a) * C + c0 + b);
+  __syncthreads();
+  // out row c0 + a, its bytes r0 + b .. r0 + b + 15: column a of tile rows b .. b + 15
+  if (c0 + a < C && r0 + b < R) {
+    pk<unsigned char, 16> v;
+#pragma unroll
+    for (int j = 0; j < 16; j++) v.v[j] = t[b + j][a / 16].v[a % 16];
+    *reinterpret_cast<pk<unsigned char, 16>*>(dst + (long long)(c0 + a) * R + r0 + b) = v;
+  }
+}`,
+  };
+});
+
+/**
+ * out[j, :] = x[idx[j], :] (zeros where idx[j] is -1) over rows of `chunks` 16-byte words, whatever
+ * the element type: the padded group-major layout's gathers (runtime/cuda/padded-segments.ts), one
+ * index read per 16 bytes. An index outside [0, rows) writes zeros and itself to *bad.
+ */
+export const gatherRows16 = memo((): { name: string; source: string } => {
+  const name = "shardts_gather_rows16";
+  return {
+    name,
+    source: `template <typename S, int N> struct alignas(sizeof(S) * N) pk { S v[N]; };
+extern "C" __global__ void ${name}(unsigned char* __restrict__ out, const unsigned char* __restrict__ x, const int* __restrict__ idx, long long n, int chunks, long long rows, int* __restrict__ bad) {
+  const long long total = n * chunks;
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x) {
+    const long long j = i / chunks;
+    const int g = idx[j];
+    pk<unsigned, 4> v;
+    v.v[0] = v.v[1] = v.v[2] = v.v[3] = 0u;
+    if (g >= 0 && g < rows) v = *reinterpret_cast<const pk<unsigned, 4>*>(x + ((long long)g * chunks + (i - j * chunks)) * 16);
+    else if (g != -1) *bad = g;
+    *reinterpret_cast<pk<unsigned, 4>*>(out + i * 16) = v;
+  }
+}`,
+  };
+});
 
 export const fp8Sources = (): { name: string; source: string }[] => [
   quantizeRows("bf16"), quantizeRows("f32"), quantizeBlocks("bf16"), quantizeBlocks("f32"),
   quantizeTiles("bf16", "block"), quantizeTiles("f32", "block"), quantizeTiles("bf16", "cols"), quantizeTiles("f32", "cols"),
   dequantize("bf16"), dequantize("f32"), dequantizeVec("bf16"), dequantizeVec("f32"),
+  transposeBytes(), gatherRows16(),
 ];
