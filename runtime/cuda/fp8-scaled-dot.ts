@@ -22,9 +22,9 @@ const names = (t: TensorType) => t.dims.map((d) => d.name);
 /**
  * The kernels' operand form, or undefined (the fallback's choice; not an error). `K` is the contracted
  * dim both operands tile by 128 and `kRest` the other contracted dims, flattened into the kernel's K
- * outside it ([...kRest, K], in A's order): exact where K is a whole number of tiles, since the CPU
- * reference promotes block by block in that same order (scaledMatmulCpu: rest dims outer, tiles
- * inner), e.g. the Wgrad's ["b", "seq"]. `bRows`: B is tiled along K only (the Wgrad form, both
+ * outside it ([...kRest, K], kRest in `contract` order): exact where K is a whole number of tiles,
+ * since the CPU reference promotes block by block in that same order (scaled-dot.ts: the rest of
+ * `contract` outer, the tiles inner), e.g. the Wgrad's ["b", "seq"]. `bRows`: B is tiled along K only (the Wgrad form, both
  * operands quantized along the contracted dim), which the row-scaled kernels take; otherwise B is
  * 128×128-blocked. B has one free dim (N) and no batch dims.
  */
@@ -34,7 +34,7 @@ export function formOf(tIn: TensorType[], tOut: TensorType, contract: string[]):
   const aTiles = names(tsa), bTiles = names(tsb);
   const tiledK = contract.filter((d) => aTiles.includes(tilesName(d)));
   if (tiledK.length !== 1) return undefined;
-  const K = tiledK[0]!, kRest = names(ta).filter((n) => contract.includes(n) && n !== K);
+  const K = tiledK[0]!, kRest = contract.filter((n) => n !== K);
   // flattened K: the tiles of K must not run into the next entry of the dims outside it
   if (kRest.length > 0 && ta.dims.find((d) => d.name === K)!.size % 128 !== 0) return undefined;
   const bFree = names(tb).filter((n) => !contract.includes(n));
