@@ -115,14 +115,21 @@ const cases: { op: string; dtypes: DType[]; make: Maker; grouped?: (t: DType) =>
       const a = quantize(T(m, { t: 5, m: 300 }, t) as never, "1x128", "m") as { q: AnyDTensor; scales: AnyDTensor };
       const w = quantize(T(m, { n: 200, m: 300 }, t) as never, "128x128", ["n", "m"]) as { q: AnyDTensor; scales: AnyDTensor };
       const c = quantize(T(m, { t: 260, m: 64 }, t) as never, "128x1", "t") as { q: AnyDTensor; scales: AnyDTensor };
-      return [a.q, a.scales, w.q, w.scales, c.q, c.scales];
+      // 128x128 with the tiled dims named against the memory order (quantized in place, scales in x's order)
+      const w2 = quantize(T(m, { e: 2, m: 300, n: 200 }, t) as never, "128x128", ["n", "m"]) as { q: AnyDTensor; scales: AnyDTensor };
+      return [a.q, a.scales, w.q, w.scales, c.q, c.scales, w2.q, w2.scales];
     },
   },
   {
     op: "dequantize", dtypes: ["f32", "bf16"],
     make: (m, t) => {
       const a = quantize(T(m, { t: 5, m: 300 }, t) as never, "1x128", "m") as { q: AnyDTensor; scales: AnyDTensor };
-      return [dequantize(a.q, a.scales, { out: "f32" }) as AnyDTensor, dequantize(a.q, a.scales, { out: "bf16" }) as AnyDTensor];
+      // rows of whole 16-byte chunks: the 16-codes-a-thread kernel (1x128, and 128x128 blocks)
+      const v = quantize(T(m, { t: 5, m: 272 }, t) as never, "1x128", "m") as { q: AnyDTensor; scales: AnyDTensor };
+      const w = quantize(T(m, { n: 200, m: 272 }, t) as never, "128x128", ["n", "m"]) as { q: AnyDTensor; scales: AnyDTensor };
+      return [dequantize(a.q, a.scales, { out: "f32" }) as AnyDTensor, dequantize(a.q, a.scales, { out: "bf16" }) as AnyDTensor,
+        dequantize(v.q, v.scales, { out: "f32" }) as AnyDTensor, dequantize(v.q, v.scales, { out: "bf16" }) as AnyDTensor,
+        dequantize(w.q, w.scales, { out: "bf16" }) as AnyDTensor];
     },
   },
   {
@@ -141,7 +148,14 @@ const cases: { op: string; dtypes: DType[]; make: Maker; grouped?: (t: DType) =>
         const xs = quantize(T(m, { s: 336, i: 160 }, t) as never, "1x128", "s") as { q: AnyDTensor; scales: AnyDTensor };
         return scaledDot(gy, xs as never, "s", { out: "bf16" }) as AnyDTensor;
       };
+      // the Wgrad over two contracted dims ["b", "s"] (s 128x1 in whole tiles): flattened into the row-scaled kernel's K
+      const wg2 = () => {
+        const gy = quantize(T(m, { b: 2, s: 256, o: 72 }, t) as never, "128x1", "s") as { q: AnyDTensor; scales: AnyDTensor };
+        const xs = quantize(T(m, { b: 2, s: 256, i: 160 }, t) as never, "128x1", "s") as { q: AnyDTensor; scales: AnyDTensor };
+        return scaledDot(gy, xs as never, ["b", "s"], { out: "bf16" }) as AnyDTensor;
+      };
       return [
+        wg2(),
         scaledDot(x, w as never, "m", { out: "f32" }) as AnyDTensor,
         scaledDot(x2, w2 as never, "m", { out: "bf16" }) as AnyDTensor,
         scaledDot(x2, w3 as never, "m", { out: "bf16" }) as AnyDTensor,

@@ -48,6 +48,9 @@ export class GraphBuilder {
 
   add(op: string, inputs: ValueRef[], attrs: Attrs = {}, payload?: unknown): ValueRef[] {
     const def = getOp(op);
+    const key = this.pureKey(op, def.family, inputs, attrs, payload);
+    const seen = key === undefined ? undefined : this.pure.get(key);
+    if (seen) return seen.map((v) => ({ ...v }));
     const site = userSite();
     let outputs: TensorType[];
     try {
@@ -63,6 +66,27 @@ export class GraphBuilder {
     const node: TracedNode = { id, op, inputs, attrs, outputs: resolveSelf(outputs, id), site };
     if (payload !== undefined) node.payload = payload;
     this.graph.nodes.push(node);
-    return node.outputs.map((_, out) => ({ node: id, out }));
+    const refs = node.outputs.map((_, out) => ({ node: id, out }));
+    if (key !== undefined) this.pure.set(key, refs);
+    return refs.map((v) => ({ ...v }));
+  }
+  private readonly pure = new Map<string, ValueRef[]>();
+
+  /**
+   * The quantize family is pure and its outputs are activation-sized: the FP8 recipe traces the same
+   * quantize of an activation once per consumer (fp8Dispatch and every fp8Dot of x), and each
+   * scaled_dot's Wgrad dequantizes and requantizes its own copy of it. The same op on the same inputs
+   * with the same attrs is then that node again. A quantize merges only where its gradients need no
+   * cast: of bf16 (the FP8 contractions' Dgrads are bf16), or of a dequantize's output (the Wgrad's
+   * requantization, in the backward). Of an f32 value, the bf16 gradients of two consumers would be
+   * summed in bf16 before quantize's cast instead of in f32 after it.
+   */
+  private pureKey(op: string, family: string, inputs: ValueRef[], attrs: Attrs, payload: unknown): string | undefined {
+    if (family !== "quantize" || payload !== undefined) return undefined;
+    if (op === "quantize") {
+      const x = inputs[0]!;
+      if (this.type(x).dtype !== "bf16" && this.graph.nodes[x.node]?.op !== "dequantize") return undefined;
+    }
+    return `${op}|${inputs.map((v) => `${v.node}:${v.out}`).join(",")}|${JSON.stringify(attrs)}`;
   }
 }

@@ -25,7 +25,7 @@ import { tilesName } from "../../compiler/ops/quantize.ts";
 import { empty, type DeviceTensor } from "./memory.ts";
 import { matmulPlans } from "./matmul-plans.ts";
 import { fp8GemmOf } from "./fp8-gemm.ts";
-import { gatherRows, i32, paddedLayout } from "./padded-segments.ts";
+import { gatherRows, i32, paddedLayout, paddedLayoutOf } from "./padded-segments.ts";
 import { dequantizeCuda, quantizeCuda } from "./fp8.ts";
 import * as K from "./kernels/sources.ts";
 import type { CudaExecutor } from "./executor.ts";
@@ -37,7 +37,7 @@ const F32_TRANS_A = { dtype: "f32", outDtype: "f32", transA: true, accumulate: f
 type OpInstr = Extract<Plan["instrs"][number], { kind: "op" }>;
 const names = (t: TensorType) => t.dims.map((d) => d.name);
 
-/** The rank's segments: counts read on the host, as segment_dot's loop does. */
+/** The rank's segments: counts read on the host, as segment_dot's loop does, and their padded layout. */
 function runsOf(ex: CudaExecutor, plan: Plan, ins: OpInstr, r: number, x: DeviceTensor[], tIn: TensorType[], countsAt: number, firstGroup: number, nGroups: number, rowsDim: string, R: number) {
   const tc = tIn[countsAt]!, tx = tIn[0]!, groups = tx.dims.find((d) => d.segmented)!.segmented!.groups;
   const batch = names(tc).filter((n) => n !== groups);
@@ -45,7 +45,10 @@ function runsOf(ex: CudaExecutor, plan: Plan, ins: OpInstr, r: number, x: Device
   const gC = C.shape[C.shape.length - 1]!, bt = gC ? C.data.length / gC : 0;
   const cOff = plan.values[ins.inputs[countsAt]!]!.boxes[r]!.offset[tc.dims.findIndex((d) => d.name === groups)]!;
   const packed = plan.values[ins.inputs[0]!]!.boxes[r]!.seg[names(tx).indexOf(rowsDim)] !== null;
-  return { runs: segmentRuns(C.data, bt, gC, cOff, firstGroup, nGroups, R, packed), bt, batch };
+  /** The padded layout of these runs with `Rout` output rows an entry, shared by the run's segment ops on this counts piece. */
+  const layout = (Rout: number) =>
+    paddedLayoutOf(C, [cOff, firstGroup, nGroups, R, packed ? 1 : 0, Rout], () => paddedLayout(segmentRuns(C.data, bt, gC, cOff, firstGroup, nGroups, R, packed), nGroups, bt, R, Rout));
+  return { layout, bt, batch };
 }
 
 export function scaledSegmentDotCuda(ex: CudaExecutor, plan: Plan, ins: OpInstr, r: number, x: DeviceTensor[], tIn: TensorType[], to: TensorType, shape: number[]): DeviceTensor {
@@ -59,11 +62,11 @@ export function scaledSegmentDotCuda(ex: CudaExecutor, plan: Plan, ins: OpInstr,
   const SW = ex.reorder(x[3]!, names(tsw), [sd.groups, tilesName(sd.nOut), tilesName(sd.k)]);
   const R = X.shape[sd.batch.length]!, KK = X.shape[sd.batch.length + 1]!, N = W.shape[1]!, gW = W.shape[0]!;
   const wOff = plan.values[ins.inputs[2]!]!.boxes[r]!.offset[tw.dims.findIndex((d) => d.name === sd.groups)]!;
-  const { runs, bt } = runsOf(ex, plan, ins, r, x, tIn, 4, wOff, gW, sd.rows.name, R);
+  const { layout, bt } = runsOf(ex, plan, ins, r, x, tIn, 4, wOff, gW, sd.rows.name, R);
   const order = [...sd.batch, sd.rows.name, sd.nOut];
   const outShape = order.map((d) => shape[to.dims.findIndex((e) => e.name === d)]!);
   const Rout = outShape[sd.batch.length]!;
-  const lay = paddedLayout(runs, gW, bt, R, Rout);
+  const lay = layout(Rout);
   const M = lay.rowMap.length;
   const temps: DeviceTensor[] = [];
   let Y: DeviceTensor;
@@ -102,8 +105,9 @@ export function scaledSegmentWgradCuda(ex: CudaExecutor, plan: Plan, ins: OpInst
   const X = ex.reorder(x[0]!, names(tx), [...batch, rows.name, k]), G = ex.reorder(x[1]!, names(tg), [...batch, rows.name, n]);
   const R = X.shape[batch.length]!, KK = X.shape[batch.length + 1]!, N = G.shape[batch.length + 1]!;
   const gOut = shape[0]!, outOff = plan.values[ins.outputs[0]!]!.boxes[r]!.offset[0]!;
-  const { runs, bt } = runsOf(ex, plan, ins, r, x, tIn, 2, outOff, gOut, rows.name, R);
-  const lay = paddedLayout(runs, gOut, bt, R, 0);
+  const { layout, bt } = runsOf(ex, plan, ins, r, x, tIn, 2, outOff, gOut, rows.name, R);
+  // (output rows as many as the input's, as the dots on these counts have: their layout, outMap unused here)
+  const lay = layout(R);
   const M = lay.rowMap.length;
   // each operand in the padded layout, quantized 128x1 along the rows (a tile never crosses a segment):
   // codes [M][width] and scales [M/128][width], the row-scaled GEMM's sa / sb layout as they are

@@ -29,7 +29,7 @@ const scaleOrder = (order: string[], tiled: string[]) => order.map((n) => (tiled
 
 /**
  * Quantize without moving the tiled dims: one tiled dim that is not innermost (128x1: [O, N, K] with
- * N tiled, per-column amax over 128 rows), or two that are the innermost pair in order (128x128), by
+ * N tiled, per-column amax over 128 rows), or two that are the innermost pair, in either order (128x128), by
  * the register-tile kernel; undefined where it does not apply (K % VEC, alignment).
  */
 function quantizeInPlace(ex: CudaExecutor, x: DeviceTensor, tx: TensorType, tiled: string[]): DeviceTensor[] | undefined {
@@ -37,7 +37,12 @@ function quantizeInPlace(ex: CudaExecutor, x: DeviceTensor, tx: TensorType, tile
   const at = ns.indexOf(tiled[0]!), prod = (a: number, b: number) => x.shape.slice(a, b).reduce((p, n) => p * n, 1);
   let mode: "block" | "cols", O: number, N: number, K: number;
   if (tiled.length === 1 && at < ns.length - 1) [mode, O, N, K] = ["cols", prod(0, at), x.shape[at]!, prod(at + 1, ns.length)];
-  else if (tiled.length === 2 && at === ns.length - 2 && ns[ns.length - 1] === tiled[1]) [mode, O, N, K] = ["block", prod(0, at), x.shape[at]!, x.shape[at + 1]!];
+  // (128x128: a block is the same block whichever order `tiled` names its dims in, and the scales
+  // keep x's dim order, so the innermost pair in either order is quantized where it lies)
+  else if (tiled.length === 2 && ns.length >= 2 && tiled.includes(ns[ns.length - 2]!) && tiled.includes(ns[ns.length - 1]!)) {
+    const b = ns.length - 2;
+    [mode, O, N, K] = ["block", prod(0, b), x.shape[b]!, x.shape[b + 1]!];
+  }
   else return undefined;
   if (K % VEC !== 0 || x.ptr % 16n !== 0n) return undefined;
   const q = empty(ex.mem, "fp8e4m3", [...x.shape]);
@@ -89,8 +94,10 @@ export function dequantizeCuda(ex: CudaExecutor, q: DeviceTensor, s: DeviceTenso
   const y = empty(ex.mem, out, Qd.shape);
   const n = numel(Qd.shape);
   if (n > 0) {
-    const k = Q.dequantize(out);
-    ex.addon.launchKernel(ex.fn(k.name, k.source), [Math.min(Math.ceil(n / 256), ex.smCount * 8), 1, 1], [256, 1, 1], 0, ex.stream,
+    // 16 codes a thread where rows are whole 16-byte chunks (the scalar kernel otherwise)
+    const vec = v.K % 16 === 0 && Qd.ptr % 16n === 0n && y.ptr % 16n === 0n;
+    const k = vec ? Q.dequantizeVec(out) : Q.dequantize(out), threads = vec ? n / 16 : n;
+    ex.addon.launchKernel(ex.fn(k.name, k.source), [Math.min(Math.ceil(threads / 256), ex.smCount * 8), 1, 1], [256, 1, 1], 0, ex.stream,
       packArgs(["ptr", y.ptr], ["ptr", Qd.ptr], ["ptr", S.ptr], ["i64", v.O], ["i32", v.N], ["i32", v.K], ["i32", v.tn]));
   }
   if (Qd !== q) ex.release(Qd);

@@ -3,15 +3,19 @@
 // and shuffles): the register-tile kernel in both modes (128x128 one scale per tile, 128x1 one per
 // column of a 128-row tile, in place) and the 1x128 row kernel, on shapes with partial tiles in
 // both dims, a leading batch dim, zero tiles, a NaN and an Inf. The e4m3 bytes and f32 scales must
-// equal compiler/ops/quantize.ts's bit for bit. Skipped, saying so, without g++.
+// equal compiler/ops/quantize.ts's bit for bit. The dequantize kernels (scalar, and 16 codes a thread)
+// the same way: every code byte, 128x128 and 1x128 scale layouts, f32 and bf16 outputs equal to
+// dequantizeValues (then rounded) bit for bit. And the byte moves of the FP8 GEMM paths: the tiled
+// code transpose on partial tiles, the 16-byte row gather with padding and a bad index. Skipped,
+// saying so, without g++.
 import { describe, expect, it } from "vitest";
 import { execFile, execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { quantizeRows, quantizeTiles } from "../../runtime/cuda/kernels/fp8-sources.ts";
-import { quantizeValues } from "../../compiler/ops/quantize.ts";
+import { dequantize, dequantizeVec, quantizeRows, quantizeTiles } from "../../runtime/cuda/kernels/fp8-sources.ts";
+import { dequantizeValues, quantizeValues } from "../../compiler/ops/quantize.ts";
 import { e4m3FromBits } from "../../compiler/numeric/fp8.ts";
 import { roundToBf16 } from "../../compiler/numeric/bf16.ts";
 import { GXX, EMU, noteIfNoGxx } from "./gxx.ts";
@@ -96,6 +100,52 @@ int main(int, char** argv) {
       const sc = new Float32Array(got.buffer.slice(got.byteOffset + x.length, got.byteOffset + x.length + ref.scales.length * 4));
       for (let i = 0; i < ref.scales.length; i++) if (!Object.is(sc[i], ref.scales[i])) ns++;
       if (nq || ns) bad.push(`${c.label} (${c.kernel.name}): ${nq}/${x.length} bytes, ${ns}/${ref.scales.length} scales differ`);
+    }
+    expect(bad).toEqual([]);
+  }, 300_000);
+
+  it("dequantize, scalar and 16 codes a thread, gives dequantizeValues's values bit for bit", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "shardts-fp8emu-"));
+    const run = promisify(execFile);
+    const bad: string[] = [];
+    // [O, N, K] with tn-row tiles: 128x128 with partial tiles in both dims, and 1x128 (tn 1) rows
+    for (const [O, N, K, tn] of [[2, 130, 272, 128], [3, 5, 400, 1]] as const) {
+      const n = O * N * K, nt = Math.ceil(N / tn), kt = Math.ceil(K / 128), ns = O * nt * kt;
+      const codes = Uint8Array.from({ length: n }, (_, i) => (i * 151 + (i >> 7)) & 255);
+      let seed = 9;
+      const scales = Float32Array.from({ length: ns }, () => ((seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32) * 2 ** ((seed % 40) - 20));
+      const want = dequantizeValues(Float32Array.from(codes, (b) => e4m3FromBits(b)), [O, N, K], [false, tn === 128, true], scales);
+      for (const out of ["f32", "bf16"] as const) {
+        for (const k of [dequantize(out), dequantizeVec(out)]) {
+          const vec = k.name.includes("v16"), threads = vec ? n / 16 : n, eb = out === "bf16" ? 2 : 4;
+          const exe = join(dir, `${k.name}_${O}_${N}_${K}`);
+          writeFileSync(`${exe}.cpp`, `#include "cuda-emu.h"
+${k.source}
+int main(int, char** argv) {
+  const long long n = ${n}, ns = ${ns};
+  unsigned char* q = (unsigned char*)aligned_alloc(64, (n + 63) / 64 * 64);
+  float* s = (float*)aligned_alloc(64, (ns * 4 + 63) / 64 * 64);
+  ${out === "bf16" ? "__nv_bfloat16" : "float"}* y = (${out === "bf16" ? "__nv_bfloat16" : "float"}*)aligned_alloc(64, (n * ${eb} + 63) / 64 * 64);
+  memset(y, 0xAB, n * ${eb});
+  FILE* f = fopen(argv[1], "rb"); if (fread(q, 1, n, f) != (size_t)n || fread(s, 4, ns, f) != (size_t)ns) return 2; fclose(f);
+  emu_launch(${Math.min(Math.ceil(threads / 256), 8)}, 256, [&] { ${k.name}(y, q, s, ${O}LL, ${N}, ${K}, ${tn}); });
+  FILE* o = fopen(argv[2], "wb"); fwrite(y, ${eb}, n, o); fclose(o);
+  return 0;
+}
+`);
+          writeFileSync(`${exe}.in`, Buffer.concat([Buffer.from(codes), Buffer.from(scales.buffer)]));
+          await run(GXX!, ["-std=c++20", "-O1", "-pthread", "-w", `-I${EMU}`, `-I${join(EMU, "include")}`, "-x", "c++", `${exe}.cpp`, "-o", exe]);
+          execFileSync(exe, [`${exe}.in`, `${exe}.out`]);
+          const got = readFileSync(`${exe}.out`);
+          let diff = 0;
+          for (let i = 0; i < n; i++) {
+            const v = out === "f32" ? got.readFloatLE(i * 4) : new Float32Array(new Uint32Array([got.readUInt16LE(i * 2) << 16]).buffer)[0]!;
+            const w = out === "f32" ? want[i]! : roundToBf16(want[i]!);
+            if (!(Object.is(v, w) || (Number.isNaN(v) && Number.isNaN(w)))) diff++;
+          }
+          if (diff) bad.push(`${k.name} [${O}, ${N}, ${K}] tn ${tn}: ${diff}/${n} values differ`);
+        }
+      }
     }
     expect(bad).toEqual([]);
   }, 300_000);

@@ -23,13 +23,13 @@ describe("scaled_dot on CUDA: the FP8 GEMM or the fallback", () => {
   it("takes 1x128 activations against a 128x128-blocked [N, K] weight with a bf16 result, either weight dim order", () => {
     for (const dims of [{ n: 64, m: 256 }, { m: 256, n: 64 }]) {
       const t = typesOf(dims, "128x128", "bf16");
-      expect(formOf(t.tIn, t.tOut, t.contract)).toEqual({ K: "m", N: "n", rows: ["t"], bRows: false });
+      expect(formOf(t.tIn, t.tOut, t.contract)).toEqual({ K: "m", kRest: [], N: "n", rows: ["t"], bRows: false });
     }
   });
   it("takes a weight tiled 1x128 along K (the Wgrad form) to the row-scaled kernels", () => {
     for (const dims of [{ n: 64, m: 256 }, { m: 256, n: 64 }]) {
       const t = typesOf(dims, "1x128", "bf16");
-      expect(formOf(t.tIn, t.tOut, t.contract)).toEqual({ K: "m", N: "n", rows: ["t"], bRows: true });
+      expect(formOf(t.tIn, t.tOut, t.contract)).toEqual({ K: "m", kRest: [], N: "n", rows: ["t"], bRows: true });
     }
   });
   it("leaves an f32 result (the kernel writes bf16) to the fallback, in either weight form", () => {

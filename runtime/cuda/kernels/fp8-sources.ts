@@ -1,9 +1,11 @@
-// Block-scaled FP8 kernels (standalone; the fused 1x128 epilogues are compiler/codegen/cuda/quant.ts). The
+// Block-scaled FP8 kernels (standalone; the fused 1x128 epilogues are compiler/codegen/cuda/quant.ts), and
+// the byte-layout moves of the FP8 GEMM paths (a tiled code transpose, a 16-byte row gather). The
 // tensor is viewed as [O, N, K] with tiles of tn×128 over (N, K): tn = 1 is a 1×128 / 128×1 tiling
 // (the executor moves the tiled dim last), tn = 128 the 128×128 weight blocks. The numerics are
 // compiler/ops/quantize.ts's, to the bit: amax by fmaxf (NaN ignored), inv = 448/amax and
 // scale = amax/448 correctly rounded (__fdiv_rn), amax 0 → 1, q = cvt.rn.satfinite.e4m3(x·inv).
 import type { DType } from "../../../compiler/ir/types.ts";
+import { memo } from "./sources.ts";
 
 const T = (t: DType) => (t === "bf16" ? "__nv_bfloat16" : "float");
 const HEAD = `#include <cuda_bf16.h>
@@ -193,8 +195,46 @@ extern "C" __global__ void ${name}(${T(out)}* __restrict__ y, const unsigned cha
   };
 }
 
+/**
+ * dequantize over [O, N, K] with tn×128 tiles, 16 codes a thread: one 16-byte load, one scale (16
+ * divides the tile's 128 columns) and one row / column computation per 16 elements, 16-byte stores.
+ * The same values as dequantize() above, element by element. Needs K % 16 == 0 and 16-byte aligned
+ * q and y (the executor takes the scalar kernel otherwise).
+ */
+export const dequantizeVec = memo((out: DType): { name: string; source: string } => {
+  const name = `shardts_dequant_v16_${out}`;
+  const W = out === "bf16" ? 8 : 4; // elements a 16-byte store
+  const store = out === "bf16" ? "__float2bfloat16_rn(v)" : "v";
+  return {
+    name,
+    source: `${HEAD}
+template <typename S, int N> struct alignas(sizeof(S) * N) pk { S v[N]; };
+extern "C" __global__ void ${name}(${T(out)}* __restrict__ y, const unsigned char* __restrict__ q, const float* __restrict__ s, long long O, int N, int K, int tn) {
+  const int nt = (N + tn - 1) / tn, kt = (K + 127) / 128, kc = K / 16;
+  const long long chunks = O * N * (long long)kc;
+  for (long long c = blockIdx.x * (long long)blockDim.x + threadIdx.x; c < chunks; c += (long long)gridDim.x * blockDim.x) {
+    const long long row = c / kc;
+    const int k0 = (int)(c - row * kc) * 16, n = (int)(row % N);
+    const float sc = s[(row / N * nt + n / tn) * kt + k0 / 128];
+    const pk<unsigned char, 16> b = *reinterpret_cast<const pk<unsigned char, 16>*>(q + c * 16);
+#pragma unroll
+    for (int h = 0; h < 16 / ${W}; h++) {
+      pk<${T(out)}, ${W}> o;
+#pragma unroll
+      for (int e = 0; e < ${W}; e++) {
+        __nv_fp8_e4m3 f; f.__x = b.v[h * ${W} + e];
+        const float v = __fmul_rn(float(f), sc);
+        o.v[e] = ${store};
+      }
+      *reinterpret_cast<pk<${T(out)}, ${W}>*>(y + c * 16 + h * ${W}) = o;
+    }
+  }
+}`,
+  };
+});
+
 export const fp8Sources = (): { name: string; source: string }[] => [
   quantizeRows("bf16"), quantizeRows("f32"), quantizeBlocks("bf16"), quantizeBlocks("f32"),
   quantizeTiles("bf16", "block"), quantizeTiles("f32", "block"), quantizeTiles("bf16", "cols"), quantizeTiles("f32", "cols"),
-  dequantize("bf16"), dequantize("f32"),
+  dequantize("bf16"), dequantize("f32"), dequantizeVec("bf16"), dequantizeVec("f32"),
 ];

@@ -1,0 +1,81 @@
+// The FP8 Linear's three contractions (stdlib/nn/fp8.ts fp8Dot: Fprop, Dgrad, and the Wgrad over the
+// token dims ["b", "seq"]) through the CUDA executor over the fake native layer: each is one launch
+// of a generated FP8 GEMM (the Wgrad the row-scaled one, its two contracted dims flattened into K) and
+// none dequantizes into cuBLASLt's f32 GEMM. The flattening is exact: the CPU reference of a
+// contraction over ["b", "seq"] equals that of the same codes and scales contracted over one dim of
+// b·seq (the kernel's K), bit for bit. Numerics on a GPU: bench/gpu/cuda-ops-check.ts (scaled_dot).
+import { describe, expect, it } from "vitest";
+import { CudaExecutor } from "../../runtime/cuda/executor.ts";
+import { formOf } from "../../runtime/cuda/fp8-scaled-dot.ts";
+import { defaultGemmConfig, defaultRowScaledConfig, smemBytes } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { compile } from "../../compiler/pipeline.ts";
+import { runPlanCpu } from "../../runtime/cpu/executor.ts";
+import { Mesh, fromGlobal, type AnyDTensor } from "../../stdlib/index.ts";
+import { fp8Dot } from "../../stdlib/nn/fp8.ts";
+import { quantize, scaledDot } from "../../stdlib/ops/quantize.ts";
+import { sum } from "../../stdlib/ops/reduce.ts";
+import { mul } from "../../stdlib/nn/ops-internal.ts";
+import { grad } from "../../stdlib/autodiff.ts";
+import { fakeAddon } from "../fakes/native-addon.ts";
+import { useTempKernelCache } from "../fakes/kernel-cache.ts";
+import { mulberry32 as rng } from "../helpers/prng.ts";
+
+const T = (m: Mesh<"d">, dims: Record<string, number>, r: () => number) =>
+  fromGlobal(m, dims, "bf16", Array.from({ length: Object.values(dims).reduce((a, b) => a * b, 1) }, () => r() * 4 - 2)) as AnyDTensor;
+
+/** fp8Dot(x, w) with x [b, seq, model] and its gradients wrt x and w, as the EP layer's shared experts. */
+function linearPlan(wDims: Record<string, number>) {
+  const m = Mesh.of({ d: 1 }), r = rng(7);
+  const x = T(m, { b: 2, seq: 256, model: 256 }, r), w = T(m, wDims, r), dy = T(m, { b: 2, seq: 256, ffn: 128 }, r);
+  const y = fp8Dot(x, w, "model", "ffn");
+  const g = grad(sum(mul(y, dy), ["b", "seq", "ffn"]) as AnyDTensor, { x, w });
+  return compile(m.builder.graph, [y.ref, g.x.ref, g.w.ref]);
+}
+
+describe("scaled_dot on CUDA: the FP8 Linear's Fprop, Dgrad and Wgrad on the generated FP8 GEMMs (fake native layer)", () => {
+  useTempKernelCache();
+  for (const wDims of [{ model: 256, ffn: 128 }, { ffn: 128, model: 256 }]) {
+    it(`every scaled_dot has the kernels' form, the Wgrad's [b, seq] flattened (weight [${Object.keys(wDims).join(", ")}])`, () => {
+      const plan = linearPlan(wDims);
+      const sds = plan.instrs.filter((i) => i.kind === "op" && i.op === "scaled_dot");
+      expect(sds.length).toBe(3);
+      const forms = sds.map((ins) => {
+        if (ins.kind !== "op") throw new Error("not an op");
+        return formOf(ins.inputs.map((v) => plan.values[v]!.type), plan.values[ins.outputs[0]!]!.type, ins.attrs.contract as string[]);
+      });
+      expect(forms.map((f) => f && { K: f.K, kRest: f.kRest, bRows: f.bRows })).toEqual([
+        { K: "model", kRest: [], bRows: false },
+        { K: "ffn", kRest: [], bRows: false },
+        { K: "seq", kRest: ["b"], bRows: true },
+      ]);
+    });
+    it(`runs three FP8 GEMM launches (one row-scaled) and no cuBLASLt GEMM (weight [${Object.keys(wDims).join(", ")}])`, () => {
+      const launches: number[] = [];
+      const f = fakeAddon({ spy: (method, args) => void (method === "launchKernel" && launches.push(args[3] as number)) });
+      new CudaExecutor(f.addon, 0).run(linearPlan(wDims), undefined, undefined, { download: false });
+      const dense = smemBytes(defaultGemmConfig(false)), rows = smemBytes(defaultRowScaledConfig());
+      expect(dense).not.toBe(rows);
+      expect([launches.filter((s) => s === dense).length, launches.filter((s) => s === rows).length]).toEqual([2, 1]);
+      expect(f.calls.get("cublasLtMatmulRun") ?? 0).toBe(0);
+    });
+  }
+
+  it("contracting [b, seq] (seq tiled 128x1 in whole tiles) equals contracting the flattened b·seq, bit for bit (CPU reference)", () => {
+    const r = rng(11);
+    const vals = (n: number) => Array.from({ length: n }, () => r() * 4 - 2);
+    const xs = vals(2 * 256 * 64), gs = vals(2 * 256 * 48);
+    const run = (flat: boolean) => {
+      const m = Mesh.of({ d: 1 });
+      const dims = (w: Record<string, number>) => (flat ? { t: 512, ...w } : { b: 2, seq: 256, ...w });
+      const x = fromGlobal(m, dims({ i: 64 }), "bf16", xs) as AnyDTensor, g = fromGlobal(m, dims({ o: 48 }), "bf16", gs) as AnyDTensor;
+      const tok = flat ? "t" : "seq";
+      const qx = quantize(x as never, "128x1", tok) as { q: AnyDTensor; scales: AnyDTensor };
+      const qg = quantize(g as never, "128x1", tok) as { q: AnyDTensor; scales: AnyDTensor };
+      const y = scaledDot(qx, qg as never, (flat ? ["t"] : ["b", "seq"]) as never, { out: "bf16" }) as AnyDTensor;
+      return runPlanCpu(compile(m.builder.graph, [y.ref])).outputs[0]!.data;
+    };
+    const a = run(false), b = run(true);
+    expect(a.some((v) => v !== 0)).toBe(true);
+    expect(Array.from(a)).toEqual(Array.from(b));
+  });
+});
