@@ -7,7 +7,7 @@
 // its own stream, an event after the writer), and holds up the host: nothing issued after the read
 // starts before it, while the work queued before it runs on. A MoE dispatch is its permute kernels,
 // the count exchange, that host read, then the token exchange; combine and redispatch move rows first
-// and compute waits for them.
+// and compute waits for them (a fused combine's exchange is issued right after its rows' writer).
 import { pieceBytes, readsOf, READS_COUNTS_ON_HOST, writesOf, type PlanValue } from "../plan.ts";
 import { MOE_OPS } from "../ops/dispatch.ts";
 
@@ -122,11 +122,20 @@ export class StreamSim {
     return counts.length ? Math.max(this.host, ...counts.map((c) => this.ready[c]!)) + this.model.hostRead : this.host;
   }
 
+  /**
+   * When a combine/redispatch's exchange could start: a fused combine's right after its rows' writer
+   * (the executor issues it there, runtime/cuda/executor.ts); redispatch's where it stands (after the
+   * compute issued before it, and the host).
+   */
+  private exchangeFrom(ins: AnyInstr, host: number): number {
+    return ins.op === "moe_combine" ? this.ready[readsOf(ins as never)[0]!]! : Math.max(this.compute, host);
+  }
+
   /** When the compute stream could start `ins`'s compute work if it were issued now. */
   start(ins: AnyInstr, cost: InstrCost): number {
     const inputs = Math.max(0, ...readsOf(ins as never).map((s) => this.ready[s]!));
     const host = this.hostAfter(this.unread(ins).before);
-    if (cost.comm > 0 && cost.commFirst) return Math.max(this.compute, Math.max(this.comm, this.compute, host) + cost.comm);
+    if (cost.comm > 0 && cost.commFirst) return Math.max(this.compute, Math.max(this.comm, this.exchangeFrom(ins, host)) + cost.comm);
     return Math.max(this.compute, host, inputs);
   }
 
@@ -144,7 +153,7 @@ export class StreamSim {
     if (ins.kind === "comm") {
       done = this.comm = Math.max(this.comm, this.compute, this.host) + cost.comm;
     } else if (cost.comm > 0 && cost.commFirst) {
-      const moved = (this.comm = Math.max(this.comm, this.compute, this.host) + cost.comm);
+      const moved = (this.comm = Math.max(this.comm, this.exchangeFrom(ins, this.host)) + cost.comm);
       done = this.compute = Math.max(this.compute, moved) + cost.compute;
     } else {
       this.compute = Math.max(this.compute, this.host, ...readsOf(ins as never).map((s) => this.ready[s]!)) + cost.compute;

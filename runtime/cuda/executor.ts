@@ -25,13 +25,14 @@ import { DEFAULT_TUNING, type EmitTuning } from "../../compiler/codegen/cuda/tun
 import { residentBlocks } from "../../compiler/codegen/cuda/launch.ts";
 import { fillPointers, packedLaunch, type LaunchCache } from "./launches.ts";
 import { cpuCtx } from "../cpu/executor.ts";
-import { runMoe } from "./moe.ts";
+import { combineExchange, runMoe } from "./moe.ts";
+import { moeTransport } from "./moe-nvlink.ts";
 import { MOE_OPS } from "../../compiler/ops/dispatch.ts";
 import { waitsAtOnce } from "./moe-exchange.ts";
 import { CountReads, countSlots, reorderHost } from "./moe-counts.ts";
 import { runStep } from "../cpu/collectives.ts";
 import { assemble, type GlobalTensor } from "../cpu/assemble.ts";
-import type { KernelFunction, NativeAddon, Stream } from "./native-types.ts";
+import type { Event, KernelFunction, NativeAddon, Stream } from "./native-types.ts";
 import { native, packArgs, type KernelArg } from "./native.ts";
 import { archFor, compileCuda } from "./compile.ts";
 import { CachingAllocator, download, downloadAll, empty, upload, type DeviceTensor } from "./memory.ts";
@@ -257,7 +258,7 @@ export class CudaExecutor {
     return this.resident.get(name) ?? (feeds?.has(name) ? undefined : this.carried.get(plan, name));
   }
 
-  private loweredPlans = new WeakMap<Plan, { fused: ReturnType<typeof fuse>; prog: ReturnType<typeof emitCuda>; tuning: EmitTuning; launches: LaunchCache; counts: Set<number> }>();
+  private loweredPlans = new WeakMap<Plan, { fused: ReturnType<typeof fuse>; prog: ReturnType<typeof emitCuda>; tuning: EmitTuning; launches: LaunchCache; counts: Set<number>; combinesAfter: Map<number, number[]> }>();
   /** The fused plan, its kernels and their launches, made once per plan (a training step runs the same plan every step). */
   private lowered(plan: Plan) {
     let l = this.loweredPlans.get(plan);
@@ -268,7 +269,7 @@ export class CudaExecutor {
       // scheduled one whatever its predicted gain; SHARDTS_SCHEDULE_COST overrides the cost model
       const sch = process.env.SHARDTS_SCHEDULE;
       const fused = l?.fused ?? (this.rankLocal ? orderForStreams(fuse(plan), { schedule: sch !== "0", minGain: sch === "1" ? 0 : undefined, cost: costFromEnv(process.env.SHARDTS_SCHEDULE_COST), prefetchBytes: prefetchBytes() }) : fuse(plan));
-      l = { fused, prog: emitCuda(fused, this.arch, this.tuning), tuning: this.tuning, launches: new Map(), counts: countSlots(fused) };
+      l = { fused, prog: emitCuda(fused, this.arch, this.tuning), tuning: this.tuning, launches: new Map(), counts: countSlots(fused), combinesAfter: combinesAfter(fused) };
       this.loweredPlans.set(plan, l);
     }
     return l;
@@ -409,7 +410,7 @@ export class CudaExecutor {
   /** Runs every instruction of the plan; the outputs stay on the device (the caller releases them). */
   private exec(plan: Plan, feeds: ReadonlyMap<string, LocalTensor[]> | undefined, opts: RunOptions, tracer?: TraceRecorder) {
     const timings: KernelTiming[] = [];
-    const { fused, prog, launches, counts: countsSlots } = this.lowered(plan);
+    const { fused, prog, launches, counts: countsSlots, combinesAfter } = this.lowered(plan);
     const W = plan.world;
     const dist = W > 1 ? this.rankLocal : undefined;
     // rank-local: counts are read on their own stream after only their writer (moe-counts.ts)
@@ -432,6 +433,9 @@ export class CudaExecutor {
       return g;
     };
     const lastUse = fused.lastUse;
+    // rank-local over NCCL: a fused combine's exchange goes out right after its rows' writer (moe.ts combineExchange)
+    const early = dist && moeTransport() !== "nvlink" ? combinesAfter : undefined;
+    const exchanged = new Map<object, { moved: DeviceTensor[]; done: Event }>();
     let kernels = 0;
     const hostTimes = opts.hostTimes;
     let tIns = hostTimes ? performance.now() : 0;
@@ -480,6 +484,13 @@ export class CudaExecutor {
           if (last) slots[ins.input] = undefined; // handed over (rank-local: released once compute has waited for the step)
         } else if (MOE_OPS.has(ins.op)) {
           // MoE dispatch/combine: local kernels, and the exchange as plan comm steps (NCCL or simulated)
+          const pre = exchanged.get(ins);
+          if (pre) {
+            // compute waits for this combine's own exchange, issued earlier (not for comm issued since)
+            exchanged.delete(ins);
+            this.addon.streamWaitEvent(this.stream, pre.done);
+            this.combineEvents.push(pre.done);
+          }
           runMoe(this, plan, ins, ranks, slots, (p, step, inS, outS, pieces, release) => {
             const out = this.commStep(dist, p, step, inS, outS, pieces, counts, release);
             // dispatch's exchanged counts: ready once this exchange is (read next, to size the token exchange)
@@ -488,7 +499,7 @@ export class CudaExecutor {
             // know only the plan's slots); a plan slot is waited for by its reader (moe-exchange.ts)
             if (waitsAtOnce(plan, outS)) dist?.beforeReads([outS]);
             return out;
-          });
+          }, pre?.moved);
           for (const s of ins.outputs) markCounts(s, this.stream); // (unless the exchange marked it)
         } else {
           const outs = ins.outputs.map(() => new Array<DeviceTensor>(W));
@@ -509,6 +520,14 @@ export class CudaExecutor {
         throw e;
       }
       if (!(ins.kind === "comm" && dist)) tracer?.end(this.stream);
+      for (const j of early?.get(i) ?? []) {
+        // the comm stream waits for the compute issued up to these rows' writer, and no more
+        const c = fused.instrs[j] as Extract<Plan["instrs"][number], { kind: "op" }>;
+        const moved = combineExchange(plan, c, ranks, slots, (p, step, inS, outS, pieces, release) => this.commStep(dist, p, step, inS, outS, pieces, counts, release));
+        const done = this.combineEvents.pop() ?? this.addon.eventCreate(2 /* disable timing */);
+        this.addon.eventRecord(done, dist!.stream());
+        exchanged.set(c, { moved, done });
+      }
       // (rank-local: a buffer an in-flight comm step still reads goes back once compute waited for that step)
       for (const s of readsOf(ins)) if (lastUse[s] === i && slots[s]) (slots[s]!.forEach((d) => (dist ? dist.release(d) : this.release(d))), (slots[s] = undefined));
       if (hostTimes) {
@@ -593,6 +612,8 @@ export class CudaExecutor {
     return h;
   }
   private hostPieces = new Map<DeviceTensor, Map<string, LocalTensor>>();
+  /** Events marking pre-issued combine exchanges done, for reuse. */
+  private combineEvents: Event[] = [];
   /** Host reads of counts on their own stream (rank-local runs); `reads` is the current run's, if rank-local. */
   private countReads?: CountReads;
   private reads?: CountReads;
@@ -647,6 +668,23 @@ const BAD_NONE = -2147483648;
 function setI64(v: DataView, at: number, x: number): void {
   v.setUint32(at, x >>> 0, true);
   v.setInt32(at + 4, Math.floor(x / 4294967296), true);
+}
+
+/**
+ * Instruction index -> the fused moe_combine instructions whose rows (input 0) it writes: their
+ * exchanges are issued right after it (rank-local), not where the combine stands in the order.
+ */
+function combinesAfter(fp: ReturnType<typeof fuse>): Map<number, number[]> {
+  const writer = new Map<number, number>(), out = new Map<number, number[]>();
+  fp.instrs.forEach((x, i) => {
+    if (x.kind === "op" && x.op === "moe_combine" && writer.has(x.inputs[0]!)) {
+      const w = writer.get(x.inputs[0]!)!;
+      out.set(w, [...(out.get(w) ?? []), i]);
+    }
+    const ws = x.kind === "comm" ? [x.output] : x.outputs;
+    for (const s of ws) writer.set(s, i);
+  });
+  return out;
 }
 
 /** An instruction's name and category in traces and host timings. */

@@ -5,8 +5,10 @@
 // no count read synchronizes the compute or the communication stream (the old read flushed every comm
 // step in flight into compute, then synchronized the compute stream), comm steps stay in flight
 // across the reads, and each read's all-gather and copy run on a stream of their own that waits for
-// one event. Plus the counts piece arithmetic (staging cut per rank, host reorder) on its own.
-import { describe, expect, it } from "vitest";
+// one event. A fused combine's exchange is issued right after the writer of its rows, before the
+// work the schedule puts between them (the other micro-batch's), instead of inside the combine after
+// all of it. Plus the counts piece arithmetic (staging cut per rank, host reorder) on its own.
+import { describe, expect, it, vi } from "vitest";
 import { layoutByName, type LmConfig } from "../../stdlib/nn/index.ts";
 import { ADAMW_DEFAULTS, Trainer } from "../../stdlib/train/index.ts";
 import { CudaExecutor } from "../../runtime/cuda/executor.ts";
@@ -17,6 +19,18 @@ import { empty } from "../../runtime/cuda/memory.ts";
 import type { Plan } from "../../compiler/plan.ts";
 import { fakeAddon } from "../fakes/native-addon.ts";
 import { useTempKernelCache } from "../fakes/kernel-cache.ts";
+
+/** MoE ops and pre-issued combine exchanges, in the order the executor issued them (moe.ts, wrapped). */
+const moeLog: { what: "exchange" | "op"; ins: object; op: string; moved: boolean; at: number }[] = [];
+let nativeCalls = 0;
+vi.mock("../../runtime/cuda/moe.ts", async (importOriginal) => {
+  const m = await importOriginal<typeof import("../../runtime/cuda/moe.ts")>();
+  return {
+    ...m,
+    combineExchange: (...a: Parameters<typeof m.combineExchange>) => (moeLog.push({ what: "exchange", ins: a[1], op: a[1].op, moved: false, at: nativeCalls }), m.combineExchange(...a)),
+    runMoe: (...a: Parameters<typeof m.runMoe>) => (moeLog.push({ what: "op", ins: a[2], op: a[2].op, moved: a[6] !== undefined, at: nativeCalls }), m.runMoe(...a)),
+  };
+});
 
 const model = (fusedDispatch: boolean): LmConfig => ({
   vocab: 64, model: 32, heads: 2, layers: 2, seq: 16, ffn: 64, microBatches: 2,
@@ -38,7 +52,7 @@ function step(fusedDispatch: boolean) {
   const calls: Call[] = [];
   const f = fakeAddon({
     read: (dst) => void (dst instanceof Int32Array && dst.fill((cfg.seq * cfg.moe!.topK) / cfg.moe!.experts)),
-    spy: (m, args) => void calls.push({ m, args: [...args], pending: rl?.pending ?? 0 }),
+    spy: (m, args) => void (calls.push({ m, args: [...args], pending: rl?.pending ?? 0 }), nativeCalls++),
   });
   const trainer = new Trainer({
     model: cfg, layout: layoutByName("ep", { ep: 2 }), batch, seed: 1, backend: "cpu", biasRate: 0.01,
@@ -94,6 +108,24 @@ describe("host reads of MoE counts (rank-local, fake native layer)", () => {
       const countEvents = new Set(calls.filter((c) => c.m === "eventRecord" && c.args[1] === countStream).map((c) => c.args[0]));
       expect(calls.filter((c) => c.m === "streamWaitEvent" && c.args[0] !== countStream && countEvents.has(c.args[1]))).toEqual([]);
     });
+
+  it("two micro-batches, fused dispatch: each combine's exchange goes out before the work scheduled between its rows' writer and it", () => {
+    moeLog.length = 0;
+    nativeCalls = 0;
+    const { calls, compute } = step(true);
+    const combines = moeLog.filter((e) => e.what === "op" && e.op === "moe_combine");
+    expect(combines.length).toBeGreaterThanOrEqual(4); // 2 MoE layers × 2 micro-batches forward, and the backward's
+    let between = 0;
+    for (const c of combines) {
+      expect(c.moved, "the combine ran on rows moved earlier").toBe(true);
+      const ex = moeLog.find((e) => e.what === "exchange" && e.ins === c.ins)!;
+      expect(ex).toBeDefined();
+      expect(moeLog.indexOf(ex)).toBeLessThan(moeLog.indexOf(c));
+      // compute launched after the exchange went out and before its combine: work it no longer waits for
+      between += calls.slice(ex.at, c.at).filter((x) => x.m === "launchKernel" && x.args[4] === compute).length;
+    }
+    expect(between).toBeGreaterThan(0);
+  });
 
   it("cuts every rank's piece out of the gathered staging and reads one piece alone", () => {
     // the staging after the gather: rank r's counts at r × (largest piece), here 3 i32 each
