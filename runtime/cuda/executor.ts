@@ -9,7 +9,7 @@
 // go to NCCL, and counts and read-back values are all-gathered across the world.
 import type { DType } from "../../compiler/ir/types.ts";
 import type { LocalTensor } from "../../compiler/ir/local.ts";
-import { stridesOf } from "../../compiler/ir/local.ts";
+import { allocLocal, stridesOf } from "../../compiler/ir/local.ts";
 import type { Plan } from "../../compiler/plan.ts";
 import type { PlannedStep } from "../../compiler/passes/redistribute-plan.ts";
 import { readsOf } from "../../compiler/plan.ts";
@@ -30,6 +30,7 @@ import { moeTransport } from "./moe-nvlink.ts";
 import { MOE_OPS } from "../../compiler/ops/dispatch.ts";
 import { waitsAtOnce } from "./moe-exchange.ts";
 import { CountReads, countSlots, reorderHost } from "./moe-counts.ts";
+import { sliceBox } from "../../compiler/ops/factory.ts";
 import { runStep } from "../cpu/collectives.ts";
 import { assemble, type GlobalTensor } from "../cpu/assemble.ts";
 import type { Event, KernelFunction, NativeAddon, Stream } from "./native-types.ts";
@@ -481,6 +482,11 @@ export class CudaExecutor {
           slots[ins.output] = this.commStep(dist, plan, ins.step, ins.input, ins.output, input, counts, last, span || undefined);
           // (a step that handed its input on as the output did no work: the input's mark holds)
           if (dist && slots[ins.output]![dist.rank] !== input[dist.rank]) markCounts(ins.output, dist.stream());
+          if (dist && countsSlots.has(ins.output) && countsSlots.has(ins.input)) {
+            // (a redistribute keeps the value: the host has the output once it has the input)
+            hostCounts.set(ins.output, counts(ins.input));
+            this.countsMoved(plan, ins.output, hostCounts.get(ins.output)!, slots[ins.output]![dist.rank]!);
+          }
           if (last) slots[ins.input] = undefined; // handed over (rank-local: released once compute has waited for the step)
         } else if (MOE_OPS.has(ins.op)) {
           // MoE dispatch/combine: local kernels, and the exchange as plan comm steps (NCCL or simulated)
@@ -612,6 +618,25 @@ export class CudaExecutor {
     return h;
   }
   private hostPieces = new Map<DeviceTensor, Map<string, LocalTensor>>();
+  /**
+   * Counts redistributed (the composed route's count exchange): the value is the same, so the host
+   * has it (`g`) from the read of the step's input (which the token exchange needs anyway: read then
+   * if not yet), and this rank's piece of the output is a box of it. The segment contractions then take
+   * their piece without a read of the exchanged counts, which the in-order comm stream would give
+   * only after every step issued before the count exchange.
+   */
+  private countsMoved(plan: Plan, to: number, g: GlobalTensor, mine: DeviceTensor): void {
+    const v = plan.values[to]!, r = this.rankLocal!.rank;
+    const ds = v.type.dims.map((d) => d.name).join("\u0000");
+    if (v.type.placements.some((p) => p.startsWith("P")) || this.hostPieces.get(mine)?.has(ds)) return; // (a partial piece is not a box of the value)
+    if (g.shape.length !== v.type.dims.length || v.type.dims.some((d, i) => d.size !== g.shape[i])) return;
+    let byOrder = this.hostPieces.get(mine);
+    if (!byOrder) this.hostPieces.set(mine, (byOrder = new Map()));
+    const piece = allocLocal("i32", v.shapes[r]!);
+    sliceBox(g.data, g.shape, v.boxes[r]!, v.shapes[r]!, piece.data);
+    byOrder.set(ds, piece);
+  }
+
   /** Events marking pre-issued combine exchanges done, for reuse. */
   private combineEvents: Event[] = [];
   /** Host reads of counts on their own stream (rank-local runs); `reads` is the current run's, if rank-local. */

@@ -14,7 +14,7 @@
 // out may still be in use by compute issued after the counts' producer, which this stream does not
 // wait for. Everything the stream does is done when a read returns, so the buffers are free again then.
 import type { LocalTensor } from "../../compiler/ir/local.ts";
-import type { Plan } from "../../compiler/plan.ts";
+import { READS_COUNTS_ON_HOST, type Plan } from "../../compiler/plan.ts";
 import { numel } from "../../compiler/ir/types.ts";
 import type { Event, NativeAddon, Stream } from "./native-types.ts";
 import type { DeviceTensor } from "./memory.ts";
@@ -22,9 +22,14 @@ import type { RankLocal } from "./nccl/collectives.ts";
 
 const EVENT_DISABLE_TIMING = 2;
 
-/** The slots whose values are the counts of some segmented value: the ones read on the host. */
-export function countSlots(plan: { values: Plan["values"] }): Set<number> {
-  return new Set(plan.values.flatMap((v) => Object.values(v.segCounts)));
+/**
+ * The slots read on the host as counts: the counts of some segmented value (the exchanges size their
+ * rows by them), and the counts operand (i32) of the segment contractions, which size their GEMMs by it.
+ */
+export function countSlots(plan: { values: Plan["values"]; instrs: readonly { kind: string; op?: string; inputs?: number[] }[] }): Set<number> {
+  const s = new Set(plan.values.flatMap((v) => Object.values(v.segCounts)));
+  for (const x of plan.instrs) if (x.kind === "op" && READS_COUNTS_ON_HOST.has(x.op!)) for (const i of x.inputs!) if (plan.values[i]!.type.dtype === "i32") s.add(i);
+  return s;
 }
 
 export class CountReads {
@@ -153,3 +158,4 @@ export function reorderHost(t: LocalTensor, from: string[], order: string[]): Lo
   }
   return { dtype: t.dtype, shape, data } as LocalTensor;
 }
+

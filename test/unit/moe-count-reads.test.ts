@@ -17,6 +17,7 @@ import { Communicators } from "../../runtime/cuda/nccl/communicators.ts";
 import { CountReads, reorderHost } from "../../runtime/cuda/moe-counts.ts";
 import { empty } from "../../runtime/cuda/memory.ts";
 import type { Plan } from "../../compiler/plan.ts";
+import type { LocalTensor } from "../../compiler/ir/local.ts";
 import { fakeAddon } from "../fakes/native-addon.ts";
 import { useTempKernelCache } from "../fakes/kernel-cache.ts";
 
@@ -59,6 +60,14 @@ function step(fusedDispatch: boolean) {
     opt: { ...ADAMW_DEFAULTS, lr: 1e-3 }, schedule: { peak: 1e-3, warmup: 1, total: 10, minRatio: 0.1 },
   });
   const ex = new CudaExecutor(f.addon, 0);
+  // the segment contractions' counts pieces, as they got them, with the device piece's element count
+  const pieces: { n: number; got: LocalTensor }[] = [];
+  const hostPiece = ex.hostPiece.bind(ex);
+  ex.hostPiece = (d, from, order) => {
+    const got = hostPiece(d, from, order);
+    pieces.push({ n: d.shape.reduce((a, b) => a * b, 1), got });
+    return got;
+  };
   rl = new RankLocal({ rank: 0, localRank: 0, worldSize: 2, comms: new Communicators(f.addon, 0, 2, new Uint8Array(128), 10_000), timeoutMs: 60_000 });
   (ex.rankLocal = rl).exec = ex;
   const ids = Int32Array.from({ length: batch * cfg.seq }, (_, i) => (i * 7 + 3) % cfg.vocab);
@@ -72,7 +81,7 @@ function step(fusedDispatch: boolean) {
     if (saved === undefined) delete process.env.SHARDTS_SCHEDULE;
     else process.env.SHARDTS_SCHEDULE = saved;
   }
-  return { calls, compute: ex.stream, comm: rl.stream() };
+  return { calls, compute: ex.stream, comm: rl.stream(), pieces, fill: (cfg.seq * cfg.moe!.topK) / cfg.moe!.experts };
 }
 
 describe("host reads of MoE counts (rank-local, fake native layer)", () => {
@@ -80,7 +89,7 @@ describe("host reads of MoE counts (rank-local, fake native layer)", () => {
 
   for (const fused of [false, true])
     it(`two micro-batches, ${fused ? "fused" : "composed"} dispatch: a count read waits for its counts alone, never for the compute or comm stream`, () => {
-      const { calls, compute, comm } = step(fused);
+      const { calls, compute, comm, pieces, fill } = step(fused);
       const lastLaunch = calls.map((c) => c.m).lastIndexOf("launchKernel");
       // the counts' all-gathers (plan all-gather steps run on the comm stream): not on the compute stream either
       const gathers = calls.filter((c, i) => c.m === "ncclAllGather" && c.args[5] !== comm && i < lastLaunch);
@@ -94,7 +103,15 @@ describe("host reads of MoE counts (rank-local, fake native layer)", () => {
       expect(midStep.filter((c) => c.m === "streamSynchronize" && (c.args[0] === compute || c.args[0] === comm)).map((c) => c.m)).toEqual([]);
       // each read: the count stream waits for one event, then the host for the count stream's event
       const syncs = midStep.filter((c) => c.m === "eventSynchronize");
-      expect(syncs.length).toBeGreaterThanOrEqual(gathers.length);
+      // one read per counts value the token exchanges need; the segment contractions' pieces come from
+      // those reads (fused: the same value; composed: the count exchange moves a value the host has)
+      expect(syncs.length).toBe(gathers.length);
+      // and those pieces are whole and hold what the device holds (every count is `fill` on this fake)
+      expect(pieces.length).toBeGreaterThan(0);
+      for (const p of pieces) {
+        expect(p.got.data.length).toBe(p.n);
+        expect(p.got.data.every((v) => v === fill)).toBe(true);
+      }
       const waits = midStep.filter((c) => c.m === "streamWaitEvent" && c.args[0] === countStream);
       expect(waits.length).toBe(syncs.length);
       // what each waited event was last recorded on before the wait: the compute or the comm stream (the counts' writer)
