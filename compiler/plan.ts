@@ -34,8 +34,8 @@ export const pieceBytes = (v: PlanValue): number => DTYPE_BYTES[v.type.dtype] * 
 
 /**
  * Ops whose backend reads a segmented dim's counts on the host to size its work (the CUDA backend's
- * per-group GEMMs and padded FP8 layouts): such a read waits for everything issued before it, which
- * the prefetch and schedule passes and graph capture must know.
+ * per-group GEMMs and padded FP8 layouts): such a read holds the host until the counts' writer is done
+ * (runtime/cuda/moe-counts.ts), which the prefetch and schedule passes and graph capture must know.
  */
 export const READS_COUNTS_ON_HOST: ReadonlySet<string> = new Set(["segment_dot", "segment_wgrad", "scaled_segment_dot", "scaled_segment_wgrad"]);
 

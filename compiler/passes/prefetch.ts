@@ -9,12 +9,16 @@
 // is not pinned behind its upload. A window bounds how far ahead data is fetched: the bytes of the
 // comm outputs between a step's new and old places (its own included) stay within `windowBytes`;
 // a step larger than the window alone stays where it is. Nor does a step move above a host read of
-// routing counts (the first segment contraction or segmented comm step of each counts value: the
-// runtime reads the counts back there, which waits for every comm step issued before it), so the
-// gathers after it overlap the compute after it instead of holding it up. Steps keep their relative
+// routing counts written on the communication stream (the first segment contraction, segmented comm
+// step or MoE op reading each counts value that a comm step or a MoE op's exchange wrote: the read
+// waits for that writer, which the in-order comm stream runs after every step issued before it), so
+// the gathers after it overlap the compute after it instead of holding it up. Counts written by
+// compute are read after their writer alone (runtime/cuda/moe-counts.ts): no barrier there. Steps keep their relative
 // order where they land at the same place. The runtime waits for a step only where its output is read
 // (runtime/cuda/nccl/collectives.ts), so a prefetched gather runs while the compute before it does.
-import { lastUses, pieceBytes, readsOf, READS_COUNTS_ON_HOST, writesOf, type PlanValue } from "../plan.ts";
+import { lastUses, pieceBytes, readsOf, writesOf, type PlanValue } from "../plan.ts";
+import { MOE_OPS } from "../ops/dispatch.ts";
+import { countsReadOnHost } from "./schedule-cost.ts";
 
 /** What the pass needs of an instruction (a Plan's or a FusedPlan's). */
 type AnyInstr = { kind: string; op?: string; inputs?: number[]; input?: number; outputs?: number[]; output?: number };
@@ -35,7 +39,7 @@ const MOVABLE_SOURCE = new Set(["input"]);
 export interface PrefetchReport {
   /** Per moved comm step: its old index and its new index. */
   moved: { from: number; to: number }[];
-  /** Original indices of the host reads of counts no step moves above. */
+  /** Original indices of the host reads of comm-written counts no step moves above. */
   barriers?: number[];
 }
 
@@ -57,13 +61,14 @@ export function prefetchComms<I extends AnyInstr, P extends Prefetchable<I>>(pla
   const prefix = new Array<number>(n + 1).fill(0);
   ins.forEach((x, i) => (prefix[i + 1] = prefix[i]! + (x.kind === "comm" ? pieceBytes(plan.values[x.output!]!) : 0)));
 
-  // host reads of counts: per counts slot, the first instruction that needs it on the host
+  // host reads of counts: per counts slot, the first instruction that needs it on the host; a barrier
+  // where the counts come off the comm stream (a comm step's, or a MoE op's exchange: dispatch's own)
+  const onComm = (c: number) => producer[c]! >= 0 && (ins[producer[c]!]!.kind === "comm" || MOE_OPS.has(ins[producer[c]!]!.op ?? ""));
   const seen = new Set<number>(), barrier = new Array<number>(n).fill(-1);
   let last = -1;
   ins.forEach((x, i) => {
-    const needs = x.kind === "comm" ? [x.input!, x.output!] : x.kind === "op" && READS_COUNTS_ON_HOST.has(x.op!) ? readsOf(x as never) : [];
-    for (const s of needs) for (const c of countsOf(s)) if (!seen.has(c)) (seen.add(c), (last = i));
-    barrier[i] = last; // the latest host read at or before i
+    for (const c of countsReadOnHost(plan.values, x)) if (!seen.has(c)) (seen.add(c), onComm(c) && (last = i));
+    barrier[i] = last; // the latest such host read at or before i
   });
   if (report) report.barriers = [...new Set(barrier.filter((b) => b >= 0))];
 

@@ -3,9 +3,11 @@
 // one compute stream and one communication stream, both in issue order; a comm step waits for all
 // compute issued before it (runtime/cuda/nccl/collectives.ts records its start event on the compute
 // stream when it is issued); compute waits for a comm step only where it reads the step's output;
-// the first host read of a counts value waits for everything issued (RankLocal.allPieces flushes and
-// synchronizes). A MoE dispatch is its permute kernels, the count exchange, that host read, then the
-// token exchange; combine and redispatch move rows first and compute waits for them.
+// the first host read of a counts value waits for that value's writer only (runtime/cuda/moe-counts.ts:
+// its own stream, an event after the writer), and holds up the host: nothing issued after the read
+// starts before it, while the work queued before it runs on. A MoE dispatch is its permute kernels,
+// the count exchange, that host read, then the token exchange; combine and redispatch move rows first
+// and compute waits for them (a fused combine's exchange is issued right after its rows' writer).
 import { pieceBytes, readsOf, READS_COUNTS_ON_HOST, writesOf, type PlanValue } from "../plan.ts";
 import { MOE_OPS } from "../ops/dispatch.ts";
 
@@ -28,7 +30,7 @@ export interface CostModel {
   launch: number;
   /** Fixed cost of one collective (NCCL latency), s. */
   commLatency: number;
-  /** A host read of counts: stream sync, a world all-gather of the counts, the copy to the host, s. */
+  /** A host read of counts: the wait for its writer's event, a world all-gather of the counts, the copy to the host, s. */
   hostRead: number;
 }
 
@@ -77,13 +79,13 @@ export interface Timeline {
   computeOnly: number;
   /** The communication stream's work alone. */
   commOnly: number;
-  /** Host reads of counts (each a full sync). */
+  /** Host reads of counts (each holds the host until its counts are written and read). */
   hostReads: number;
   /** The simulated step in this order: both streams, their waits and the host reads. */
   step: number;
 }
 
-/** The counts slots an instruction needs on the host (the first such read syncs everything issued before it). */
+/** The counts slots an instruction needs on the host (the first read of each waits for its writer and holds the host). */
 export function countsReadOnHost(values: PlanValue[], ins: AnyInstr): number[] {
   const counts = (s: number) => Object.values(values[s]!.segCounts);
   if (ins.kind === "comm") return [...counts(ins.input!), ...counts(ins.output!)];
@@ -97,6 +99,8 @@ export function countsReadOnHost(values: PlanValue[], ins: AnyInstr): number[] {
 export class StreamSim {
   compute = 0;
   comm = 0;
+  /** When the host is back from its last read of counts: work issued after it starts no earlier. */
+  host = 0;
   computeOnly = 0;
   commOnly = 0;
   hostReads = 0;
@@ -107,33 +111,59 @@ export class StreamSim {
     this.ready = values.map(() => 0);
   }
 
+  /** Counts `ins` reads on the host first: written before it (`before`) or by itself (`own`: a dispatch's exchanged counts). */
+  private unread(ins: AnyInstr): { before: number[]; own: number[] } {
+    const reads = countsReadOnHost(this.values, ins).filter((c) => !this.read.has(c)), w = writesOf(ins as never);
+    return { before: reads.filter((c) => !w.includes(c)), own: reads.filter((c) => w.includes(c)) };
+  }
+
+  /** When the host is back from reading `counts` (written earlier): their writer done, then the read. */
+  private hostAfter(counts: number[]): number {
+    return counts.length ? Math.max(this.host, ...counts.map((c) => this.ready[c]!)) + this.model.hostRead : this.host;
+  }
+
+  /**
+   * When a combine/redispatch's exchange could start: a fused combine's right after its rows' writer
+   * (the executor issues it there, runtime/cuda/executor.ts); redispatch's where it stands (after the
+   * compute issued before it, and the host).
+   */
+  private exchangeFrom(ins: AnyInstr, host: number): number {
+    return ins.op === "moe_combine" ? this.ready[readsOf(ins as never)[0]!]! : Math.max(this.compute, host);
+  }
+
   /** When the compute stream could start `ins`'s compute work if it were issued now. */
   start(ins: AnyInstr, cost: InstrCost): number {
     const inputs = Math.max(0, ...readsOf(ins as never).map((s) => this.ready[s]!));
-    const barrier = countsReadOnHost(this.values, ins).some((c) => !this.read.has(c)) ? Math.max(this.compute, this.comm) + this.model.hostRead : this.compute;
-    if (cost.comm > 0 && cost.commFirst) return Math.max(barrier, Math.max(this.comm, this.compute) + cost.comm);
-    return Math.max(barrier, inputs);
+    const host = this.hostAfter(this.unread(ins).before);
+    if (cost.comm > 0 && cost.commFirst) return Math.max(this.compute, Math.max(this.comm, this.exchangeFrom(ins, host)) + cost.comm);
+    return Math.max(this.compute, host, inputs);
   }
 
   issue(ins: AnyInstr, cost: InstrCost): void {
-    const reads = countsReadOnHost(this.values, ins).filter((c) => !this.read.has(c));
-    if (reads.length) {
-      // everything issued finishes, then the host reads and goes on
-      this.compute = this.comm = Math.max(this.compute, this.comm) + this.model.hostRead;
+    const { before, own } = this.unread(ins);
+    if (before.length) {
+      // the host waits for those counts' writer alone; the streams run on
+      this.host = this.hostAfter(before);
       this.hostReads++;
-      for (const c of reads) this.read.add(c);
     }
+    for (const c of [...before, ...own]) this.read.add(c);
     this.computeOnly += cost.compute;
     this.commOnly += cost.comm;
     let done: number;
     if (ins.kind === "comm") {
-      done = this.comm = Math.max(this.comm, this.compute) + cost.comm;
+      done = this.comm = Math.max(this.comm, this.compute, this.host) + cost.comm;
     } else if (cost.comm > 0 && cost.commFirst) {
-      const moved = (this.comm = Math.max(this.comm, this.compute) + cost.comm);
+      const moved = (this.comm = Math.max(this.comm, this.exchangeFrom(ins, this.host)) + cost.comm);
       done = this.compute = Math.max(this.compute, moved) + cost.compute;
     } else {
-      this.compute = Math.max(this.compute, ...readsOf(ins as never).map((s) => this.ready[s]!)) + cost.compute;
-      done = cost.comm > 0 ? (this.comm = Math.max(this.comm, this.compute) + cost.comm) : this.compute;
+      this.compute = Math.max(this.compute, this.host, ...readsOf(ins as never).map((s) => this.ready[s]!)) + cost.compute;
+      if (cost.comm > 0 && own.length) {
+        // dispatch: the count exchange, the host's read of what it brought, then the token exchange
+        this.comm = Math.max(this.comm, this.compute) + this.model.commLatency;
+        this.host = Math.max(this.host, this.comm) + this.model.hostRead;
+        this.hostReads++;
+        done = this.comm = Math.max(this.comm, this.host) + cost.comm - this.model.commLatency;
+      } else done = cost.comm > 0 ? (this.comm = Math.max(this.comm, this.compute) + cost.comm) : this.compute;
     }
     for (const s of writesOf(ins as never)) this.ready[s] = done;
   }

@@ -9,7 +9,7 @@
 // go to NCCL, and counts and read-back values are all-gathered across the world.
 import type { DType } from "../../compiler/ir/types.ts";
 import type { LocalTensor } from "../../compiler/ir/local.ts";
-import { stridesOf } from "../../compiler/ir/local.ts";
+import { allocLocal, stridesOf } from "../../compiler/ir/local.ts";
 import type { Plan } from "../../compiler/plan.ts";
 import type { PlannedStep } from "../../compiler/passes/redistribute-plan.ts";
 import { readsOf } from "../../compiler/plan.ts";
@@ -25,12 +25,15 @@ import { DEFAULT_TUNING, type EmitTuning } from "../../compiler/codegen/cuda/tun
 import { residentBlocks } from "../../compiler/codegen/cuda/launch.ts";
 import { fillPointers, packedLaunch, type LaunchCache } from "./launches.ts";
 import { cpuCtx } from "../cpu/executor.ts";
-import { runMoe } from "./moe.ts";
+import { combineExchange, runMoe } from "./moe.ts";
+import { moeTransport } from "./moe-nvlink.ts";
 import { MOE_OPS } from "../../compiler/ops/dispatch.ts";
 import { waitsAtOnce } from "./moe-exchange.ts";
+import { CountReads, countSlots, reorderHost } from "./moe-counts.ts";
+import { sliceBox } from "../../compiler/ops/factory.ts";
 import { runStep } from "../cpu/collectives.ts";
 import { assemble, type GlobalTensor } from "../cpu/assemble.ts";
-import type { KernelFunction, NativeAddon, Stream } from "./native-types.ts";
+import type { Event, KernelFunction, NativeAddon, Stream } from "./native-types.ts";
 import { native, packArgs, type KernelArg } from "./native.ts";
 import { archFor, compileCuda } from "./compile.ts";
 import { CachingAllocator, download, downloadAll, empty, upload, type DeviceTensor } from "./memory.ts";
@@ -272,7 +275,7 @@ export class CudaExecutor {
     return this.resident.get(name) ?? (feeds?.has(name) ? undefined : this.carried.get(plan, name));
   }
 
-  private loweredPlans = new WeakMap<Plan, { fused: ReturnType<typeof fuse>; prog: ReturnType<typeof emitCuda>; tuning: EmitTuning; launches: LaunchCache }>();
+  private loweredPlans = new WeakMap<Plan, { fused: ReturnType<typeof fuse>; prog: ReturnType<typeof emitCuda>; tuning: EmitTuning; launches: LaunchCache; counts: Set<number>; combinesAfter: Map<number, number[]> }>();
   /** The fused plan, its kernels and their launches, made once per plan (a training step runs the same plan every step). */
   private lowered(plan: Plan) {
     let l = this.loweredPlans.get(plan);
@@ -283,7 +286,7 @@ export class CudaExecutor {
       // scheduled one whatever its predicted gain; SHARDTS_SCHEDULE_COST overrides the cost model
       const sch = process.env.SHARDTS_SCHEDULE;
       const fused = l?.fused ?? (this.rankLocal ? orderForStreams(fuse(plan), { schedule: sch !== "0", minGain: sch === "1" ? 0 : undefined, cost: costFromEnv(process.env.SHARDTS_SCHEDULE_COST), prefetchBytes: prefetchBytes() }) : fuse(plan));
-      l = { fused, prog: emitCuda(fused, this.arch, this.tuning), tuning: this.tuning, launches: new Map() };
+      l = { fused, prog: emitCuda(fused, this.arch, this.tuning), tuning: this.tuning, launches: new Map(), counts: countSlots(fused), combinesAfter: combinesAfter(fused) };
       this.loweredPlans.set(plan, l);
     }
     return l;
@@ -447,9 +450,16 @@ export class CudaExecutor {
   /** Runs every instruction of the plan; the outputs stay on the device (the caller releases them). */
   private exec(plan: Plan, feeds: ReadonlyMap<string, LocalTensor[]> | undefined, opts: RunOptions, tracer?: TraceRecorder) {
     const timings: KernelTiming[] = [];
-    const { fused, prog, launches } = this.lowered(plan);
+    const { fused, prog, launches, counts: countsSlots, combinesAfter } = this.lowered(plan);
     const W = plan.world;
     const dist = W > 1 ? this.rankLocal : undefined;
+    // rank-local: counts are read on their own stream after only their writer (moe-counts.ts)
+    const reads = (this.reads = dist ? (this.countReads ??= new CountReads(this.addon)) : undefined);
+    reads?.newRun();
+    /** After slot s was written (on `stream`): a counts piece is marked ready there. */
+    const markCounts = (s: number, stream: Stream) => {
+      if (reads && countsSlots.has(s)) reads.mark(slots[s]![dist!.rank]!, stream);
+    };
     const ranks = dist ? [dist.rank] : Array.from({ length: W }, (_, r) => r);
     const coords = Array.from({ length: W }, (_, r) => coordsOf(plan.mesh, r));
     const slots: (DeviceTensor[] | undefined)[] = new Array(fused.values.length);
@@ -457,12 +467,15 @@ export class CudaExecutor {
     const counts = (s: number): GlobalTensor => {
       let g = hostCounts.get(s);
       if (!g) {
-        g = assemble(plan, s, dist ? dist.allPieces(plan, s, slots[s]![dist.rank]!) : slots[s]!.map((d) => download(this.addon, d, this.stream)), counts);
+        g = assemble(plan, s, dist ? this.readCounts(dist, plan, s, slots[s]![dist.rank]!) : slots[s]!.map((d) => download(this.addon, d, this.stream)), counts);
         hostCounts.set(s, g);
       }
       return g;
     };
     const lastUse = fused.lastUse;
+    // rank-local over NCCL: a fused combine's exchange goes out right after its rows' writer (moe.ts combineExchange)
+    const early = dist && moeTransport() !== "nvlink" ? combinesAfter : undefined;
+    const exchanged = new Map<object, { moved: DeviceTensor[]; done: Event }>();
     let kernels = 0;
     const hostTimes = opts.hostTimes;
     let tIns = hostTimes ? performance.now() : 0;
@@ -498,23 +511,42 @@ export class CudaExecutor {
             }
           }
           ins.outputs.forEach((s, o) => (slots[s] = outs[o]));
+          for (const s of ins.outputs) markCounts(s, this.stream);
         } else if (ins.kind === "comm") {
           const last = lastUse[ins.input] === i;
           const span = tracer && dist && {
             begin: (cs: Stream) => tracer.begin(`${ins.step.kind}[${plan.mesh.axes[ins.step.axis] ?? ins.step.axis}]`, "comm", `rank ${dist.rank} comm`, cs),
             end: (cs: Stream) => tracer.end(cs),
           };
-          slots[ins.output] = this.commStep(dist, plan, ins.step, ins.input, ins.output, slots[ins.input]!, counts, last, span || undefined);
+          const input = slots[ins.input]!;
+          slots[ins.output] = this.commStep(dist, plan, ins.step, ins.input, ins.output, input, counts, last, span || undefined);
+          // (a step that handed its input on as the output did no work: the input's mark holds)
+          if (dist && slots[ins.output]![dist.rank] !== input[dist.rank]) markCounts(ins.output, dist.stream());
+          if (dist && countsSlots.has(ins.output) && countsSlots.has(ins.input)) {
+            // (a redistribute keeps the value: the host has the output once it has the input)
+            hostCounts.set(ins.output, counts(ins.input));
+            this.countsMoved(plan, ins.output, hostCounts.get(ins.output)!, slots[ins.output]![dist.rank]!);
+          }
           if (last) slots[ins.input] = undefined; // handed over (rank-local: released once compute has waited for the step)
         } else if (MOE_OPS.has(ins.op)) {
           // MoE dispatch/combine: local kernels, and the exchange as plan comm steps (NCCL or simulated)
+          const pre = exchanged.get(ins);
+          if (pre) {
+            // compute waits for this combine's own exchange, issued earlier (not for comm issued since)
+            exchanged.delete(ins);
+            this.addon.streamWaitEvent(this.stream, pre.done);
+            this.combineEvents.push(pre.done);
+          }
           runMoe(this, plan, ins, ranks, slots, (p, step, inS, outS, pieces, release) => {
             const out = this.commStep(dist, p, step, inS, outS, pieces, counts, release);
+            // dispatch's exchanged counts: ready once this exchange is (read next, to size the token exchange)
+            if (dist && reads && countsSlots.has(outS) && out[dist.rank] !== pieces[dist.rank]) reads.mark(out[dist.rank]!, dist.stream());
             // the op's own kernels read an inner value next: compute waits now (the plan-level waits
             // know only the plan's slots); a plan slot is waited for by its reader (moe-exchange.ts)
             if (waitsAtOnce(plan, outS)) dist?.beforeReads([outS]);
             return out;
-          });
+          }, pre?.moved);
+          for (const s of ins.outputs) markCounts(s, this.stream); // (unless the exchange marked it)
         } else {
           const outs = ins.outputs.map(() => new Array<DeviceTensor>(W));
           for (const r of ranks) {
@@ -523,6 +555,7 @@ export class CudaExecutor {
             kernels++;
           }
           ins.outputs.forEach((s, o) => (slots[s] = outs[o]));
+          for (const s of ins.outputs) markCounts(s, this.stream);
         }
       } catch (e) {
         const site = ins.kind === "kernel" ? ins.fuses.find((f) => f.site)?.site : ins.site;
@@ -533,6 +566,14 @@ export class CudaExecutor {
         throw e;
       }
       if (!(ins.kind === "comm" && dist)) tracer?.end(this.stream);
+      for (const j of early?.get(i) ?? []) {
+        // the comm stream waits for the compute issued up to these rows' writer, and no more
+        const c = fused.instrs[j] as Extract<Plan["instrs"][number], { kind: "op" }>;
+        const moved = combineExchange(plan, c, ranks, slots, (p, step, inS, outS, pieces, release) => this.commStep(dist, p, step, inS, outS, pieces, counts, release));
+        const done = this.combineEvents.pop() ?? this.addon.eventCreate(2 /* disable timing */);
+        this.addon.eventRecord(done, dist!.stream());
+        exchanged.set(c, { moved, done });
+      }
       // (rank-local: a buffer an in-flight comm step still reads goes back once compute waited for that step)
       for (const s of readsOf(ins)) if (lastUse[s] === i && slots[s]) (slots[s]!.forEach((d) => (dist ? dist.release(d) : this.release(d))), (slots[s] = undefined));
       if (hostTimes) {
@@ -594,23 +635,72 @@ export class CudaExecutor {
   private runChecks: DeferredCheck[] = [];
 
   /**
-   * A piece read back to the host in dims order `order` (a reordered copy is made and freed here),
-   * once per run: the MoE layer's segment contractions all read the same counts piece, and each read
-   * waits for the stream. Values never change once written, so the run's copy stays right.
+   * A counts piece on the host in dims order `order` (reordered on the host), once per run: the MoE
+   * layer's segment contractions all read the same counts piece, and dispatch's read of every rank's
+   * counts already holds it. Rank-local, a read waits only for the piece's writer (moe-counts.ts);
+   * else for the stream. Values never change once written, so the run's copy stays right.
    */
   hostPiece(d: DeviceTensor, from: string[], order: string[]): LocalTensor {
-    const key = order.join("\u0000");
+    const key = order.join("\u0000"), fromKey = from.join("\u0000");
     let byOrder = this.hostPieces.get(d);
     const hit = byOrder?.get(key);
     if (hit) return hit;
-    const t = this.reorder(d, from, order);
-    const h = download(this.addon, t, this.stream);
-    if (t !== d) this.release(t);
+    let raw = byOrder?.get(fromKey);
+    if (!raw) {
+      const reads = this.reads;
+      if (reads && !reads.marked(d)) reads.mark(d, this.stream); // (the reader's beforeReads made compute wait for its writer)
+      raw = reads ? reads.piece(d) : download(this.addon, d, this.stream);
+    }
     if (!byOrder) this.hostPieces.set(d, (byOrder = new Map()));
+    byOrder.set(fromKey, raw);
+    const h = reorderHost(raw, from, order);
     byOrder.set(key, h);
     return h;
   }
   private hostPieces = new Map<DeviceTensor, Map<string, LocalTensor>>();
+  /**
+   * Counts redistributed (the composed route's count exchange): the value is the same, so the host
+   * has it (`g`) from the read of the step's input (which the token exchange needs anyway: read then
+   * if not yet), and this rank's piece of the output is a box of it. The segment contractions then take
+   * their piece without a read of the exchanged counts, which the in-order comm stream would give
+   * only after every step issued before the count exchange.
+   */
+  private countsMoved(plan: Plan, to: number, g: GlobalTensor, mine: DeviceTensor): void {
+    const v = plan.values[to]!, r = this.rankLocal!.rank;
+    const ds = v.type.dims.map((d) => d.name).join("\u0000");
+    if (v.type.placements.some((p) => p.startsWith("P")) || this.hostPieces.get(mine)?.has(ds)) return; // (a partial piece is not a box of the value)
+    if (g.shape.length !== v.type.dims.length || v.type.dims.some((d, i) => d.size !== g.shape[i])) return;
+    let byOrder = this.hostPieces.get(mine);
+    if (!byOrder) this.hostPieces.set(mine, (byOrder = new Map()));
+    const piece = allocLocal("i32", v.shapes[r]!);
+    sliceBox(g.data, g.shape, v.boxes[r]!, v.shapes[r]!, piece.data);
+    byOrder.set(ds, piece);
+  }
+
+  /** Events marking pre-issued combine exchanges done, for reuse. */
+  private combineEvents: Event[] = [];
+  /** Host reads of counts on their own stream (rank-local runs); `reads` is the current run's, if rank-local. */
+  private countReads?: CountReads;
+  private reads?: CountReads;
+
+  /**
+   * Every rank's piece of counts slot `s` (this rank's: `mine`), read waiting only for its writer;
+   * this rank's piece is kept for the segment contractions' hostPiece.
+   */
+  private readCounts(dist: RankLocal, plan: Plan, s: number, mine: DeviceTensor): LocalTensor[] {
+    const reads = this.reads!;
+    if (!reads.marked(mine)) {
+      // a writer that marked nothing (a value made before this run): compute waits for its comm step, if one is in flight
+      dist.beforeReads([s]);
+      reads.mark(mine, this.stream);
+    }
+    const pieces = reads.allPieces(dist, plan, s, mine);
+    const from = plan.values[s]!.type.dims.map((d) => d.name).join("\u0000");
+    let byOrder = this.hostPieces.get(mine);
+    if (!byOrder) this.hostPieces.set(mine, (byOrder = new Map()));
+    if (!byOrder.has(from)) byOrder.set(from, pieces[dist.rank]!);
+    return pieces;
+  }
 
   /** Reads every deferred index flag of the run with one wait, releases them, and throws the first that flagged. */
   private drainChecks(): void {
@@ -643,6 +733,23 @@ const BAD_NONE = -2147483648;
 function setI64(v: DataView, at: number, x: number): void {
   v.setUint32(at, x >>> 0, true);
   v.setInt32(at + 4, Math.floor(x / 4294967296), true);
+}
+
+/**
+ * Instruction index -> the fused moe_combine instructions whose rows (input 0) it writes: their
+ * exchanges are issued right after it (rank-local), not where the combine stands in the order.
+ */
+function combinesAfter(fp: ReturnType<typeof fuse>): Map<number, number[]> {
+  const writer = new Map<number, number>(), out = new Map<number, number[]>();
+  fp.instrs.forEach((x, i) => {
+    if (x.kind === "op" && x.op === "moe_combine" && writer.has(x.inputs[0]!)) {
+      const w = writer.get(x.inputs[0]!)!;
+      out.set(w, [...(out.get(w) ?? []), i]);
+    }
+    const ws = x.kind === "comm" ? [x.output] : x.outputs;
+    for (const s of ws) writer.set(s, i);
+  });
+  return out;
 }
 
 /** An instruction's name and category in traces and host timings. */

@@ -36,8 +36,25 @@ function needFloat(op: string, t: TensorType): "f32" | "bf16" {
   return t.dtype;
 }
 
-export function runMoe(exe: CudaExecutor, plan: Plan, ins: OpInstr, ranks: number[], slots: (DeviceTensor[] | undefined)[], run: RunStep<DeviceTensor>): void {
-  if (runMoeNvlink(exe, plan, ins, slots)) return; // SHARDTS_MOE_TRANSPORT=nvlink within a node (moe-nvlink.ts)
+/**
+ * moe_combine's exchange alone: its rows (input 0) back to the tokens' layout. The executor issues it
+ * right after the instruction that writes those rows (rank-local, NCCL transport), so its comm step
+ * waits for the compute issued up to there and no more (the other micro-batch's experts issued in
+ * between run beside it); the combine then runs on the moved rows (`runMoe`'s `moved`).
+ */
+export function combineExchange(plan: Plan, ins: OpInstr, ranks: number[], slots: (DeviceTensor[] | undefined)[], run: RunStep<DeviceTensor>): DeviceTensor[] {
+  const tr = plan.values[ins.inputs[0]!]!.type, tp = plan.values[ins.inputs[1]!]!.type, rowsDim = tp.dims.find((d) => d.segmented)!;
+  const segCounts = { [rowsDim.name]: plan.values[ins.inputs[1]!]!.segCounts[rowsDim.name]! };
+  const ex = new Extra(plan);
+  // the way back: rows to the tokens' layout
+  const back = ex.add({ ...tr, placements: tokenSide(tr.placements, tp.placements, [rowsDim.name]) }, segCounts);
+  const mine = ranks.reduce((acc, r) => ((acc[r] = slots[ins.inputs[0]!]![r]!), acc), [] as DeviceTensor[]);
+  return move(ex, run, tr, ins.inputs[0]!, tr.placements, back, ex.typeOf(back).placements, mine, segCounts, false);
+}
+
+/** One MoE op; `moved`: a combine whose exchange was issued already (combineExchange), its moved rows. */
+export function runMoe(exe: CudaExecutor, plan: Plan, ins: OpInstr, ranks: number[], slots: (DeviceTensor[] | undefined)[], run: RunStep<DeviceTensor>, moved?: DeviceTensor[]): void {
+  if (!moved && runMoeNvlink(exe, plan, ins, slots)) return; // SHARDTS_MOE_TRANSPORT=nvlink within a node (moe-nvlink.ts)
   const a = ins.attrs, ex = new Extra(plan);
   const tIn = ins.inputs.map((s) => plan.values[s]!.type), tOut = ins.outputs.map((s) => plan.values[s]!.type);
   const piece = (s: number, r: number) => slots[s]![r]!;
@@ -94,10 +111,7 @@ export function runMoe(exe: CudaExecutor, plan: Plan, ins: OpInstr, ranks: numbe
     const tr = tIn[0]!, ty = tOut[0]!, dt = needFloat("moe_combine", tr), keepK = a.keepK === true;
     if (Kk > 16) throw new CompileError(`the CUDA backend's moe_combine takes at most 16 slots per token, got ${Kk}`);
     const inner = names(tr).filter((nm) => nm !== rowsDim.name && !batch.includes(nm));
-    // the way back: rows to the tokens' layout
-    const back = ex.add({ ...tr, placements: tokenSide(tr.placements, tp.placements, [rowsDim.name]) }, segCounts);
-    const mine = ranks.reduce((acc, r) => ((acc[r] = piece(ins.inputs[0]!, r)), acc), [] as DeviceTensor[]);
-    const moved = move(ex, run, tr, ins.inputs[0]!, tr.placements, back, ex.typeOf(back).placements, mine, segCounts, false);
+    moved ??= combineExchange(plan, ins, ranks, slots, run);
     for (const r of ranks) {
       const R = exe.reorder(moved[r]!, names(tr), [...batch, rowsDim.name, ...inner]), p = P(r);
       const Bn = numel(p.shape), I = numel(R.shape) / Math.max(1, Bn), B = Bn / n;

@@ -64,6 +64,8 @@ export function fakeAddon(opts: FakeOptions = {}): FakeAddon {
     },
     streamCreate: handle,
     memAlloc: () => (mem += 0x100000n),
+    // page-locked host memory: an ordinary ArrayBuffer
+    hostAlloc: (n) => new ArrayBuffer(Number(n)),
     memsetD32: (p, v) => void flags.set(p as bigint, v as number),
     memsetD8: (p) => void flags.delete(p as bigint),
     memcpyDtoH: (dst, src) => readBack(dst, src),

@@ -128,6 +128,22 @@ describe("the schedule pass", () => {
     expect(at(tight, 3)).toBe(1); // c1 still first after its source
   });
 
+  it("a host read of counts written by compute waits for their writer, not for the exchange in flight (runtime/cuda/moe-counts.ts)", () => {
+    // a big exchange a -> b on a slow link; meanwhile x is routed (count), its rows go to segment_dot
+    // (a host read of the counts) and a long elementwise op follows on other data
+    const v = (n: number, segCounts: Record<string, number> = {}, dtype: "f32" | "i32" = "f32") =>
+      ({ type: { dims: [{ name: "d0", size: n }], dtype, placements: ["R" as const] }, boxes: [], shapes: [[n], [n]], segCounts });
+    const values = [v(1 << 20), v(1 << 20), v(4), v(2, {}, "i32"), v(4, { d0: 3 }), v(4), v(1 << 22), v(1 << 22)];
+    const op = (o: string, inputs: number[], outputs: number[]) => ({ kind: "op", op: o, inputs, outputs });
+    const instrs = [op("input", [], [0]), { kind: "comm", input: 0, output: 1 }, op("input", [], [2]), op("count", [2], [3]), op("rows", [2, 3], [4]), op("segment_dot", [4, 3], [5]), op("input", [], [6]), op("exp", [6], [7])];
+    const cost = costFromEnv("linkBandwidth=1e9,memBandwidth=1e10");
+    const t = simulate(values, instrs, cost);
+    expect(t.hostReads).toBe(1);
+    // the read and the compute after it overlap the exchange: the step is the longer stream plus the read, not their sum
+    expect(t.step).toBeLessThanOrEqual(Math.max(t.computeOnly, t.commOnly) + cost.hostRead + 1e-9);
+    expect(t.step).toBeLessThan(0.75 * (t.computeOnly + t.commOnly));
+  });
+
   it("leaves a plan without communication as it is", () => {
     const { plan } = build({ T: 16, D: 8, F: 8, E: 4, K: 2 }); // the MoE layer bench's one-device forward
     const fp = fuse(plan);

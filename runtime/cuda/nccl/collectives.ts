@@ -279,6 +279,17 @@ export class RankLocal {
   }
 
   /**
+   * A world all-gather of `bytes` bytes per rank on `stream`, named for the watchdog: the host reads
+   * of MoE routing counts (runtime/cuda/moe-counts.ts), on their own stream after only the work that
+   * produced the counts, with buffers of their own.
+   */
+  worldAllGather(send: bigint, recv: bigint, bytes: number, what: string, stream: Stream): void {
+    const w = this.comms.world;
+    const desc = this.s.watchdog?.describe({ axis: "world", what, group: Array.from({ length: this.worldSize }, (_, r) => r) }) ?? -1;
+    this.call(w, "world", desc, what, this.addon.ncclAllGather(send, recv, bytes, NcclDataType.u8, w, stream));
+  }
+
+  /**
    * Every rank's piece of a value, read back on every rank (world all-gather, padded to the largest
    * piece). A value replicated on every axis needs no communication: each piece is this one.
    */
