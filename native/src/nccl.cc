@@ -261,6 +261,7 @@ Napi::Value Issue(const Napi::CallbackInfo& info) {
     bool two = o[0] <= kAllReduce;
     if (o[1] < 0 || static_cast<size_t>(o[1]) >= nbufs || (two && (o[2] < 0 || static_cast<size_t>(o[2]) >= nbufs)))
       throwRangeError(env, at + ": a buffer index outside ptrs (" + std::to_string(nbufs) + " buffers)");
+    if (!ptrs[o[1]] || (two && !ptrs[o[2]])) throwRangeError(env, at + ": a null buffer pointer");
     for (int j = 0; j < (two ? 3 : 2); j++) {
       double v = counts[3 * i + j];
       if (!(v >= 0 && v < maxElems && v == static_cast<double>(static_cast<uint64_t>(v))))
