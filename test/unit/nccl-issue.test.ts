@@ -3,7 +3,8 @@
 // the work a step enqueues (event records, stream waits, NCCL calls and their arguments, the polls
 // of a non-blocking communicator) is the same through ncclIssue as through the separate calls; a
 // failing NCCL call throws the same error; steps with a zero fill, copy or trace span keep the
-// separate calls.
+// separate calls. Without a GPU, the built addon's ncclIssue checks its arguments (what the packing
+// writes passes them) before it loads any library.
 import { describe, it, expect } from "vitest";
 import { RankLocal, type StepSpan } from "../../runtime/cuda/nccl/collectives.ts";
 import { lowerStep, packIssue, type Lowered } from "../../runtime/cuda/nccl/lower.ts";
@@ -18,6 +19,7 @@ import { boxOf } from "../../compiler/passes/partition.ts";
 import { planRedistribute } from "../../compiler/passes/redistribute-plan.ts";
 import { fakeAddon, fakeExecutor, type FakeOptions } from "../fakes/native-addon.ts";
 import { collectiveCases } from "../../bench/host/nccl-step-overhead.ts";
+import { cudaAvailable, tryNative } from "../../runtime/cuda/native.ts";
 
 const noCounts = () => {
   throw new Error("no segmented dims here");
@@ -193,5 +195,45 @@ describe("ncclIssue: one native call per collective", () => {
     expect(k.allocs).toEqual([[2, 32]]);
     expect(k.counted).toEqual([0, 4]);
     expect(() => packIssue({ ...low, calls: [{ op: "group_end" }] }, () => 0)).toThrow(/group_end without group_start/);
+  });
+});
+
+describe.skipIf(cudaAvailable().ok)("the built addon's ncclIssue without a GPU", () => {
+  const loaded = tryNative();
+  const addon = loaded.ok ? loaded.addon : undefined;
+  const args = (ops: number[], ptrs: bigint[], counts: number[], dtype = 7, first = 0) =>
+    [1n, 2n, 3n, 4n, 5n, Int32Array.from(ops), BigUint64Array.from(ptrs), Float64Array.from(counts), dtype, first] as const;
+
+  it("refuses bad arguments by name before loading a library", () => {
+    const issue = (a: ReturnType<typeof args>) => () => addon!.ncclIssue(...a);
+    const ag = [NcclIssueOp.all_gather, 0, 1, 0];
+    expect(issue(args(ag, [0x1000n, 0x2000n], [8, 0]))).toThrow(/ops must hold 4N entries and counts 3N/);
+    expect(issue(args([9, 0, 1, 0], [0x1000n, 0x2000n], [8, 0, 0]))).toThrow(/call 0: unknown op 9/);
+    expect(issue(args([NcclIssueOp.all_gather, 0, 2, 0], [0x1000n, 0x2000n], [8, 0, 0]))).toThrow(/call 0: a buffer index outside ptrs \(2 buffers\)/);
+    expect(issue(args(ag, [0x1000n, 0n], [8, 0, 0]))).toThrow(/call 0: a null buffer pointer/);
+    expect(issue(args(ag, [0x1000n, 0x2000n], [8.5, 0, 0]))).toThrow(/non-negative integers/);
+    expect(issue(args(ag, [0x1000n, 0x2000n], [8, 0, 0], 99))).toThrow(/unknown ncclDataType_t 99/);
+    expect(issue(args(ag, [0x1000n, 0x2000n], [8, 0, 0], 7, 2))).toThrow(/first must be an integer in \[0, 1\]/);
+    expect(() => (addon!.ncclIssue as (...a: unknown[]) => number)(1n, 2n)).toThrow(/takes 10 arguments, got 2/);
+    const [, p] = args(ag, [1n], [1]);
+    expect(() => addon!.ncclIssue(1n, 2n, 3n, 4n, 5n, new Int32Array(4), p as never, new Float64Array(3), 7, 0)).toThrow(/ptrs must be a BigUint64Array/);
+  });
+
+  it("takes what the packing writes for every collective (then finds no driver)", () => {
+    for (const W of [2, 4])
+      for (const c of collectiveCases(W, 96)) {
+        const low = lowerStep(c.plan, c.step, 0, 1, 0, noCounts);
+        const k = packIssue(low, () => NcclRedOp.sum)!;
+        k.ptrs.fill(0x7f0000000000n);
+        let err: Error | undefined;
+        try {
+          addon!.ncclIssue(1n, 2n, 3n, 4n, 5n, k.ops, k.ptrs, k.counts, 7, 0);
+        } catch (e) {
+          err = e as Error;
+        }
+        expect(err, c.name).toBeDefined();
+        expect(err!.name, `${c.name}: ${err!.message}`).not.toBe("RangeError");
+        expect(err!.name, `${c.name}: ${err!.message}`).not.toBe("TypeError");
+      }
   });
 });
