@@ -8,11 +8,11 @@
 // watchdog (bench/host/nccl-step-overhead.ts times it); a step over a group of one rank whose input
 // is handed over is the identity and costs none of it (`isIdentity`). A step of only allocs and NCCL
 // calls (no zero fill, copy or trace span) makes all of that one native call, ncclIssue, from arrays
-// packed once (lower.ts `packIssue`): an 8 MiB all-gather's 5 native calls took ~23 µs of host time
-// on the 2×H200 host (SHARDTS_NCCL_ISSUE=0 keeps the separate calls, for comparison). Also: a world
+// packed once (lower.ts `packIssue`); the separate calls (two records, a wait, the NCCL call) took
+// 15–23 µs of host time on 2×H200 (SHARDTS_NCCL_ISSUE=0 keeps them, for comparison). Also: a world
 // all-gather of pieces, for the counts of segmented dims and for reading values back.
 import type { Plan } from "../../../compiler/plan.ts";
-import type { DType } from "../../../compiler/ir/types.ts";
+import type { DType, ReduceOp } from "../../../compiler/ir/types.ts";
 import type { LocalTensor } from "../../../compiler/ir/local.ts";
 import { numel } from "../../../compiler/ir/types.ts";
 import type { PlannedStep } from "../../../compiler/passes/redistribute-plan.ts";
@@ -25,7 +25,6 @@ import type { CudaExecutor } from "../executor.ts";
 import { lowerStep, packIssue, type Lowered, type Packed, type View } from "./lower.ts";
 import { isContiguous, type Counts } from "./transfers.ts";
 import { Communicators, waitComm } from "./communicators.ts";
-import type { ReduceOp } from "../../../compiler/ir/types.ts";
 import { WatchdogThread } from "./watchdog-thread.ts";
 
 // FP8 values only move (the rules refuse a Partial FP8 value, so no reduction meets one): their bytes
