@@ -205,6 +205,111 @@ Napi::Value SendRecv(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, rc);
 }
 
+// One comm step in one call (runtime/cuda/nccl/collectives.ts packs it, lower.ts `packIssue`):
+//   ncclIssue(comm, computeStream, commStream, startEvent, doneEvent, ops, ptrs, counts, dtype, first) -> number
+// records startEvent on the compute stream and makes the comm stream wait on it (first 0 only), then
+// issues calls first.. in order and records doneEvent on the comm stream: what RankLocal.step did in
+// 4+ native calls. ops: Int32Array, 4 per call: [op (NcclIssueOp), buffer a, buffer b, reduce op or
+// peer]; counts: Float64Array, 3 per call: [count, element offset in a, element offset in b]; ptrs:
+// BigUint64Array, the buffers' base pointers; dtype: ncclDataType_t (sets the element size). Returns
+// the number of calls when all were issued (doneEvent recorded), else the index of the call that
+// answered ncclInProgress (a non-blocking communicator: nothing after it was issued; poll, then call
+// again with first = that index + 1). A failing call throws the error its own entry point throws,
+// under the same call name; all arguments are checked before anything is issued.
+enum IssueOp : int32_t { kAllGather, kReduceScatter, kAllReduce, kSend, kRecv, kGroupStart, kGroupEnd };
+
+size_t ncclTypeBytes(int dtype) {
+  static const size_t bytes[] = {1, 1, 4, 4, 8, 8, 2, 4, 8, 2, 1, 1};  // i8 u8 i32 u32 i64 u64 f16 f32 f64 bf16 f8e4m3 f8e5m2
+  return dtype >= 0 && dtype < 12 ? bytes[dtype] : 0;
+}
+
+Napi::Value Issue(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* sig = "ncclIssue(comm, computeStream, commStream, startEvent, doneEvent, ops, ptrs, counts, dtype, first)";
+  if (info.Length() != 10) throwTypeError(env, std::string(sig) + ": takes 10 arguments, got " + std::to_string(info.Length()));
+  ncclComm_t c = comm(env, info[0]);
+  CUstream compute = handleOr<CUstream>(info, 1, "computeStream"), cs = handleOr<CUstream>(info, 2, "commStream");
+  CUevent start = handle<CUevent_st>(env, info[3], "startEvent"), done = handle<CUevent_st>(env, info[4], "doneEvent");
+  auto typed = [&](size_t i, napi_typedarray_type want, const char* name, const char* type) {
+    if (!info[i].IsTypedArray() || info[i].As<Napi::TypedArray>().TypedArrayType() != want)
+      throwTypeError(env, std::string(sig) + ": " + name + " must be " + type);
+    Napi::TypedArray t = info[i].As<Napi::TypedArray>();
+    return std::make_pair(static_cast<const uint8_t*>(t.ArrayBuffer().Data()) + t.ByteOffset(), t.ElementLength());
+  };
+  auto [opsData, opsLen] = typed(5, napi_int32_array, "ops", "an Int32Array (4 entries per call)");
+  auto [ptrsData, nbufs] = typed(6, napi_biguint64_array, "ptrs", "a BigUint64Array (the buffers' base pointers)");
+  auto [countsData, countsLen] = typed(7, napi_float64_array, "counts", "a Float64Array (3 entries per call)");
+  const int32_t* ops = reinterpret_cast<const int32_t*>(opsData);
+  const uint64_t* ptrs = reinterpret_cast<const uint64_t*>(ptrsData);
+  const double* counts = reinterpret_cast<const double*>(countsData);
+  int dtype = i32(env, info[8], "dtype");
+  size_t eb = ncclTypeBytes(dtype), n = opsLen / 4;
+  if (!eb) throwRangeError(env, std::string(sig) + ": unknown ncclDataType_t " + std::to_string(dtype));
+  if (opsLen != 4 * n || countsLen != 3 * n)
+    throwRangeError(env, std::string(sig) + ": ops must hold 4N entries and counts 3N for N calls, got " + std::to_string(opsLen) +
+                             " and " + std::to_string(countsLen));
+  double firstD = f64(env, info[9], "first");
+  if (!(firstD >= 0 && firstD <= static_cast<double>(n) && firstD == static_cast<double>(static_cast<size_t>(firstD))))
+    throwRangeError(env, std::string(sig) + ": first must be an integer in [0, " + std::to_string(n) + "]");
+  size_t first = static_cast<size_t>(firstD);
+  const double maxElems = 9007199254740992.0;  // 2^53: exact in a double
+  for (size_t i = 0; i < n; i++) {
+    const int32_t* o = ops + 4 * i;
+    std::string at = std::string(sig) + ": call " + std::to_string(i);
+    if (o[0] < kAllGather || o[0] > kGroupEnd) throwRangeError(env, at + ": unknown op " + std::to_string(o[0]));
+    if (o[0] >= kGroupStart) continue;
+    bool two = o[0] <= kAllReduce;
+    if (o[1] < 0 || static_cast<size_t>(o[1]) >= nbufs || (two && (o[2] < 0 || static_cast<size_t>(o[2]) >= nbufs)))
+      throwRangeError(env, at + ": a buffer index outside ptrs (" + std::to_string(nbufs) + " buffers)");
+    if (!ptrs[o[1]] || (two && !ptrs[o[2]])) throwRangeError(env, at + ": a null buffer pointer");
+    for (int j = 0; j < (two ? 3 : 2); j++) {
+      double v = counts[3 * i + j];
+      if (!(v >= 0 && v < maxElems && v == static_cast<double>(static_cast<uint64_t>(v))))
+        throwRangeError(env, at + ": counts and offsets must be non-negative integers below 2^53");
+    }
+  }
+  DriverApi& cu = ctx(env);
+  NcclApi& api = nccl(env);
+  if (first == 0) {
+    cuCheck(env, cu.cuEventRecord(start, compute), "cuEventRecord");
+    cuCheck(env, cu.cuStreamWaitEvent(cs, start, 0), "cuStreamWaitEvent");
+  }
+  auto at = [&](size_t i, int j) {  // call i's pointer in buffer ops[4i + j], at its offset counts[3i + j]
+    return reinterpret_cast<void*>(static_cast<uintptr_t>(ptrs[ops[4 * i + j]] + static_cast<uint64_t>(counts[3 * i + j]) * eb));
+  };
+  for (size_t i = first; i < n; i++) {
+    const int32_t* o = ops + 4 * i;
+    size_t count = static_cast<size_t>(counts[3 * i]);
+    int rc = ncclSuccess;
+    switch (o[0]) {
+      case kAllGather:
+        rc = check(env, api, api.ncclAllGather(at(i, 1), at(i, 2), count, dtype, c, cs), "ncclAllGather", c);
+        break;
+      case kReduceScatter:
+        rc = check(env, api, api.ncclReduceScatter(at(i, 1), at(i, 2), count, dtype, o[3], c, cs), "ncclReduceScatter", c);
+        break;
+      case kAllReduce:
+        rc = check(env, api, api.ncclAllReduce(at(i, 1), at(i, 2), count, dtype, o[3], c, cs), "ncclAllReduce", c);
+        break;
+      case kSend:
+        rc = check(env, api, api.ncclSend(at(i, 1), count, dtype, o[3], c, cs), "ncclSend(peer " + std::to_string(o[3]) + ")", c);
+        break;
+      case kRecv:
+        rc = check(env, api, api.ncclRecv(at(i, 1), count, dtype, o[3], c, cs), "ncclRecv(peer " + std::to_string(o[3]) + ")", c);
+        break;
+      case kGroupStart:
+        rc = check(env, api, api.ncclGroupStart(), "ncclGroupStart");
+        break;
+      default:
+        rc = check(env, api, api.ncclGroupEnd(), "ncclGroupEnd");
+        break;
+    }
+    if (rc == ncclInProgress) return Napi::Number::New(env, static_cast<double>(i));
+  }
+  cuCheck(env, cu.cuEventRecord(done, cs), "cuEventRecord");
+  return Napi::Number::New(env, static_cast<double>(n));
+}
+
 Napi::Value GroupStart(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   NcclApi& api = nccl(env);
@@ -238,6 +343,7 @@ void registerNccl(Napi::Env env, Napi::Object exports) {
   def(env, exports, "ncclRecv", SendRecv<false>);
   def(env, exports, "ncclGroupStart", GroupStart);
   def(env, exports, "ncclGroupEnd", GroupEnd);
+  def(env, exports, "ncclIssue", Issue);
 }
 
 }  // namespace shardts

@@ -214,6 +214,9 @@ export type NcclDataTypeName = keyof typeof NcclDataType;
 export const NcclRedOp = { sum: 0, prod: 1, max: 2, min: 3, avg: 4 } as const;
 export type NcclRedOpName = keyof typeof NcclRedOp;
 
+/** ncclIssue's op codes (native/src/nccl.cc `IssueOp`). */
+export const NcclIssueOp = { all_gather: 0, reduce_scatter: 1, all_reduce: 2, send: 3, recv: 4, group_start: 5, group_end: 6 } as const;
+
 /** cuStreamCreate flags. */
 export const StreamFlags = { default: 0, nonBlocking: 1 } as const;
 /** cuEventCreate flags. */
@@ -366,6 +369,16 @@ export interface NativeAddon {
   ncclRecv(buffer: DevicePtr, count: Size, dtype: number, peer: number, comm: NcclComm, stream: Stream): number;
   ncclGroupStart(): void;
   ncclGroupEnd(): number;
+  /**
+   * One comm step in one call: records `startEvent` on `computeStream` and makes `commStream` wait on
+   * it (when `first` is 0), issues calls `first`.. in order on `commStream`, records `doneEvent` there.
+   * `ops`: 4 per call, [op (NcclIssueOp), buffer a, buffer b, reduce op (NcclRedOp) or peer]; `ptrs`:
+   * the buffers' base pointers; `counts`: 3 per call, [count, element offset in a, in b]; collectives
+   * send from a into b, send/recv use a. Returns the number of calls when all were issued, else the
+   * index of the one that answered ncclInProgress (nothing after it issued, `doneEvent` not recorded:
+   * poll, then call again with `first` one past it). A failing call throws what its own entry point does.
+   */
+  ncclIssue(comm: NcclComm, computeStream: Stream, commStream: Stream, startEvent: Event, doneEvent: Event, ops: Int32Array, ptrs: BigUint64Array, counts: Float64Array, dtype: number, first: number): number;
 
   // CUDA IPC (native/src/ipc.cc; the intranode MoE transport, runtime/cuda/ipc.ts)
   /** 64 bytes naming the cuMemAlloc allocation that starts at `ptr`, for peer processes on this node. */

@@ -6,6 +6,10 @@
 // (zeros by default), except a buffer last filled by memsetD32 (the executor's index-check flags),
 // which reads back its fill value, so an index check passes as it would on a GPU. Every library
 // probes as loaded unless `missing` names it (libcublas missing: the segment GEMMs' cuBLASLt loop).
+// NCCL calls answer what `ncclStatus` says (0 by default); a failing status throws the error
+// native/src/nccl.cc's `check` throws. ncclIssue does what native/src/nccl.cc's `Issue` does, call by
+// call: the spy sees each record, wait and NCCL call it makes after the ncclIssue itself, so a
+// recorded sequence compares with the separate calls' (`calls` counts the one native call).
 import type { DeviceProperties, LibraryName, MatmulOptions, NativeAddon } from "../../runtime/cuda/native-types.ts";
 import type { CudaExecutor } from "../../runtime/cuda/executor.ts";
 import { CachingAllocator } from "../../runtime/cuda/memory.ts";
@@ -30,7 +34,20 @@ export interface FakeOptions {
   flag?: (fill: number) => number;
   /** Libraries that probe as not loadable. */
   missing?: LibraryName[];
+  /** What an NCCL collective, send, recv or group call answers (0 ncclSuccess, 7 ncclInProgress, else it throws). */
+  ncclStatus?: (method: string, args: unknown[]) => number;
 }
+
+const NCCL_RESULT = ["ncclSuccess", "ncclUnhandledCudaError", "ncclSystemError", "ncclInternalError", "ncclInvalidArgument", "ncclInvalidUsage", "ncclRemoteError", "ncclInProgress", "ncclTimeout"];
+/** The error native/src/nccl.cc's `check` throws for a failing status (the fake's ncclGetErrorString says "fake NCCL error"). */
+function ncclError(call: string, code: number): Error {
+  const codeName = NCCL_RESULT[code] ?? "ncclUnknownResult";
+  return Object.assign(new Error(`${call} failed: ${codeName} (${code}): fake NCCL error`), { library: "nccl", call, code, codeName });
+}
+/** The call name native/src/nccl.cc gives an NCCL entry point in its errors. */
+const ncclCallName = (method: string, args: unknown[]) => (method === "ncclSend" || method === "ncclRecv" ? `${method}(peer ${String(args[3])})` : method);
+const ISSUE_METHOD = ["ncclAllGather", "ncclReduceScatter", "ncclAllReduce", "ncclSend", "ncclRecv", "ncclGroupStart", "ncclGroupEnd"];
+const NCCL_BYTES = [1, 1, 4, 4, 8, 8, 2, 4, 8, 2, 1, 1];
 
 /** An H200's figures, so launch geometry (grids, resident blocks) is what the GPU run computes. */
 const H200: DeviceProperties = {
@@ -93,6 +110,41 @@ export function fakeAddon(opts: FakeOptions = {}): FakeAddon {
     },
     streamIsCapturing: () => 0,
     ncclCommGetAsyncError: () => 0,
+  };
+  const nccl = (method: string, args: unknown[]) => {
+    const r = opts.ncclStatus?.(method, args) ?? 0;
+    if (r !== 0 && r !== 7) throw ncclError(ncclCallName(method, args), r);
+    return r;
+  };
+  for (const m of ISSUE_METHOD) answers[m] = (...args) => nccl(m, args);
+  answers.ncclGroupStart = () => void nccl("ncclGroupStart", []);
+  // native/src/nccl.cc `Issue`, its argument checks included
+  answers.ncclIssue = (comm, compute, cs, start, done, o, p, k, dtype, first) => {
+    const ops = o as Int32Array, ptrs = p as BigUint64Array, counts = k as Float64Array, n = ops.length / 4, eb = BigInt(NCCL_BYTES[dtype as number] ?? 0);
+    if (!(ops instanceof Int32Array) || !(ptrs instanceof BigUint64Array) || !(counts instanceof Float64Array)) throw new TypeError("fake addon: ncclIssue: ops, ptrs, counts must be an Int32Array, a BigUint64Array, a Float64Array");
+    if (!eb || !Number.isInteger(n) || counts.length !== 3 * n || !Number.isInteger(first) || (first as number) < 0 || (first as number) > n) throw new RangeError("fake addon: ncclIssue: bad dtype, array lengths or first");
+    for (let i = 0; i < n; i++) {
+      const [op, a, b] = ops.subarray(4 * i, 4 * i + 3), two = op! <= 2;
+      if (op! < 0 || op! > 6) throw new RangeError(`fake addon: ncclIssue: call ${i}: unknown op ${op}`);
+      if (op! >= 5) continue;
+      if (!(a! >= 0 && a! < ptrs.length && (!two || (b! >= 0 && b! < ptrs.length)))) throw new RangeError(`fake addon: ncclIssue: call ${i}: a buffer index outside ptrs`);
+      if (!ptrs[a!] || (two && !ptrs[b!])) throw new RangeError(`fake addon: ncclIssue: call ${i}: a null buffer pointer`);
+      for (let j = 0; j < (two ? 3 : 2); j++) if (!Number.isSafeInteger(counts[3 * i + j]!) || counts[3 * i + j]! < 0) throw new RangeError(`fake addon: ncclIssue: call ${i}: bad count or offset`);
+    }
+    const made = (method: string, args: unknown[]) => opts.spy?.(method, args);
+    if (first === 0) (made("eventRecord", [start, compute]), made("streamWaitEvent", [cs, start]));
+    const at = (i: number, j: number) => ptrs[ops[4 * i + j]!]! + BigInt(counts[3 * i + j]!) * eb;
+    for (let i = first as number; i < n; i++) {
+      const op = ops[4 * i]!, count = counts[3 * i]!, method = ISSUE_METHOD[op]!;
+      const args =
+        op <= 2 ? [at(i, 1), at(i, 2), count, dtype, ...(op === 0 ? [] : [ops[4 * i + 3]]), comm, cs]
+        : op <= 4 ? [at(i, 1), count, dtype, ops[4 * i + 3], comm, cs]
+        : [];
+      made(method, args);
+      if (nccl(method, args) === 7) return i;
+    }
+    made("eventRecord", [done, cs]);
+    return n;
   };
   // one function per method, made on first use (a fresh closure per access would be most of the cost timed)
   const counters = new Map<string, { n: number }>();

@@ -12,7 +12,7 @@ import { empty } from "../../runtime/cuda/memory.ts";
 import { NcclDataType } from "../../runtime/cuda/native-types.ts";
 import type { Plan } from "../../compiler/plan.ts";
 import { firstTimeout, withWatchdog } from "./nccl/watchdog-harness.ts";
-import { fakeAddon, fakeExecutor } from "../fakes/native-addon.ts";
+import { fakeAddon, fakeExecutor, type FakeOptions } from "../fakes/native-addon.ts";
 import { collectiveCases, measure } from "../../bench/host/nccl-step-overhead.ts";
 import type { MeshSpec, Placement, TensorType } from "../../compiler/ir/types.ts";
 import { coordsOf, worldSize } from "../../compiler/ir/placement.ts";
@@ -40,8 +40,8 @@ const noCounts = () => {
   throw new Error("no segmented dims here");
 };
 
-function setup(watchdog?: WatchdogThread) {
-  const f = fakeAddon();
+function setup(watchdog?: WatchdogThread, opts?: FakeOptions) {
+  const f = fakeAddon(opts);
   const rl = new RankLocal({ rank: 0, localRank: 0, worldSize: 2, comms: new Communicators(f.addon, 0, 2, new Uint8Array(128), 1000), watchdog, timeoutMs: 60_000 });
   const ex = fakeExecutor(f.addon);
   rl.exec = ex;
@@ -67,23 +67,26 @@ describe("RankLocal host path", () => {
     expect(rl.lowered).toBe(3);
   });
 
-  it("steady state: no event created or destroyed per collective, one NCCL call, two records and two waits", () => {
-    const { f, rl, ex } = setup();
-    for (const c of collectiveCases(2, 1024)) {
-      const input = empty(ex.mem, "f32", c.plan.values[0]!.shapes[0]!);
-      for (let i = 0; i < 3; i++) (ex.release(rl.step(c.plan, c.step, 0, 1, input, noCounts, false)), rl.flush());
-      f.reset();
-      for (let i = 0; i < 10; i++) (ex.release(rl.step(c.plan, c.step, 0, 1, input, noCounts, false)), rl.flush());
-      const calls = f.calls;
-      expect(calls.get("eventCreate") ?? 0, c.name).toBe(0);
-      expect(calls.get("eventDestroy") ?? 0, c.name).toBe(0);
-      expect(calls.get("eventRecord"), c.name).toBe(20);
-      expect(calls.get("streamWaitEvent"), c.name).toBe(20);
-      const nccl = c.name === "all_to_all" ? "ncclGroupEnd" : { all_gather: "ncclAllGather", reduce_scatter: "ncclReduceScatter", all_reduce: "ncclAllReduce" }[c.name]!;
-      expect(calls.get(nccl), c.name).toBe(10);
+  it("steady state: no event created or destroyed per collective; one ncclIssue and compute's wait (separately: one NCCL call, two records and two waits)", () => {
+    for (const fuse of [true, false]) {
+      const { f, rl, ex } = setup();
+      rl.fuseIssue = fuse;
+      for (const c of collectiveCases(2, 1024)) {
+        const input = empty(ex.mem, "f32", c.plan.values[0]!.shapes[0]!);
+        for (let i = 0; i < 3; i++) (ex.release(rl.step(c.plan, c.step, 0, 1, input, noCounts, false)), rl.flush());
+        f.reset();
+        for (let i = 0; i < 10; i++) (ex.release(rl.step(c.plan, c.step, 0, 1, input, noCounts, false)), rl.flush());
+        const calls = f.calls;
+        expect(calls.get("eventCreate") ?? 0, c.name).toBe(0);
+        expect(calls.get("eventDestroy") ?? 0, c.name).toBe(0);
+        expect(calls.get("eventRecord") ?? 0, c.name).toBe(fuse ? 0 : 20);
+        expect(calls.get("streamWaitEvent"), c.name).toBe(fuse ? 10 : 20);
+        const nccl = fuse ? "ncclIssue" : c.name === "all_to_all" ? "ncclGroupEnd" : { all_gather: "ncclAllGather", reduce_scatter: "ncclReduceScatter", all_reduce: "ncclAllReduce" }[c.name]!;
+        expect(calls.get(nccl), c.name).toBe(10);
+      }
+      // the start event and one pooled completion event, however many steps ran
+      expect(f.liveEvents.size).toBe(2);
     }
-    // the start event and one pooled completion event, however many steps ran
-    expect(f.liveEvents.size).toBe(2);
   });
 
   it("compute waits only for the step it reads (and those before it); a later step stays in flight", () => {
@@ -164,12 +167,10 @@ describe("RankLocal host path", () => {
     for (const r of rows) expect(r.usPerCall, `${r.name}: ${r.usPerCall.toFixed(2)} us`).toBeLessThan(20);
   });
   it("FP8 values cross as u8, one byte an element (all-to-all, all-gather); a reduction of one is refused", () => {
-    const { f, rl, ex } = setup();
     const seen: { op: string; count: number; dtype: number }[] = [];
-    const wrapped = new Proxy(f.addon, {
-      get: (t, name: string) => (name === "ncclSend" || name === "ncclRecv" || name === "ncclAllGather" ? (...a: unknown[]) => (seen.push({ op: name, count: Number(a[name === "ncclAllGather" ? 2 : 1]), dtype: a[name === "ncclAllGather" ? 3 : 2] as number }), 0) : (t as never)[name]),
-    });
-    (ex as { addon: unknown }).addon = wrapped;
+    // the spy sees the NCCL calls ncclIssue makes too
+    const spy = (name: string, a: unknown[]) => void ((name === "ncclSend" || name === "ncclRecv" || name === "ncclAllGather") && seen.push({ op: name, count: Number(a[name === "ncclAllGather" ? 2 : 1]), dtype: a[name === "ncclAllGather" ? 3 : 2] as number }));
+    const { rl, ex } = setup(undefined, { spy });
     const fp8 = (p: Plan): Plan => ({ ...p, values: p.values.map((v) => ({ ...v, type: { ...v.type, dtype: "fp8e4m3" } })) });
     const cases = collectiveCases(2, 96);
     for (const c of cases.filter((k) => k.name === "all_to_all" || k.name === "all_gather")) {
@@ -199,7 +200,7 @@ describe("RankLocal host path", () => {
     // not handed over (compute reads the input again): a buffer of its own, through NCCL
     const out = rl.step(plan, reduce!, 0, 1, input, noCounts, false);
     expect(out).not.toBe(input);
-    expect(f.calls.get("ncclAllReduce")).toBe(1);
+    expect(f.calls.get(rl.fuseIssue ? "ncclIssue" : "ncclAllReduce")).toBe(1);
     rl.flush();
     ex.release(out);
   });

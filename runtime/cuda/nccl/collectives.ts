@@ -6,10 +6,13 @@
 // waited for it (the caching allocator is not stream-aware). Per call the host does a cached lowering
 // lookup, two event records from a pool, the NCCL calls and a few shared-memory stores for the
 // watchdog (bench/host/nccl-step-overhead.ts times it); a step over a group of one rank whose input
-// is handed over is the identity and costs none of it (`isIdentity`). Also: a world all-gather of
-// pieces, for the counts of segmented dims and for reading values back.
+// is handed over is the identity and costs none of it (`isIdentity`). A step of only allocs and NCCL
+// calls (no zero fill, copy or trace span) makes all of that one native call, ncclIssue, from arrays
+// packed once (lower.ts `packIssue`); the separate calls (two records, a wait, the NCCL call) took
+// 15–23 µs of host time on 2×H200 (SHARDTS_NCCL_ISSUE=0 keeps them, for comparison). Also: a world
+// all-gather of pieces, for the counts of segmented dims and for reading values back.
 import type { Plan } from "../../../compiler/plan.ts";
-import type { DType } from "../../../compiler/ir/types.ts";
+import type { DType, ReduceOp } from "../../../compiler/ir/types.ts";
 import type { LocalTensor } from "../../../compiler/ir/local.ts";
 import { numel } from "../../../compiler/ir/types.ts";
 import type { PlannedStep } from "../../../compiler/passes/redistribute-plan.ts";
@@ -19,7 +22,7 @@ import { NcclDataType, NcclRedOp } from "../native-types.ts";
 import { download, downloadAll, empty, type DeviceTensor } from "../memory.ts";
 import * as K from "../kernels/sources.ts";
 import type { CudaExecutor } from "../executor.ts";
-import { lowerStep, type Lowered, type View } from "./lower.ts";
+import { lowerStep, packIssue, type Lowered, type Packed, type View } from "./lower.ts";
 import { isContiguous, type Counts } from "./transfers.ts";
 import { Communicators, waitComm } from "./communicators.ts";
 import { WatchdogThread } from "./watchdog-thread.ts";
@@ -46,6 +49,8 @@ interface Prepared {
   desc: number;
   /** Over a group of one rank, one call moving the whole input piece into the output: the output is the input (see `identity`). */
   identity: boolean;
+  /** Its ncclIssue arguments; null where it has a zero fill or copy (packed on first issue). */
+  packed?: Packed | null;
 }
 
 /**
@@ -99,6 +104,8 @@ export class RankLocal {
   lowered = 0;
   /** Steps run as the identity (a group of one rank, the input handed over), for tests and reports. */
   identities = 0;
+  /** Whether steps that fit go through one ncclIssue call (else: a native call per record, wait and NCCL call). */
+  fuseIssue = process.env.SHARDTS_NCCL_ISSUE !== "0";
 
   constructor(private readonly s: DistSetup) {
     this.rank = s.rank;
@@ -197,7 +204,7 @@ export class RankLocal {
    */
   step(plan: Plan, step: PlannedStep, inSlot: number, outSlot: number, input: DeviceTensor, counts: Counts, releaseInput: boolean, span?: StepSpan): DeviceTensor {
     const ex = this.exec!, a = this.addon;
-    const { low, comm, axis, desc, identity } = this.prepare(plan, step, inSlot, outSlot, counts);
+    const p = this.prepare(plan, step, inSlot, outSlot, counts), { low, comm, axis, desc, identity } = p;
     if (identity && releaseInput && input.dtype === plan.values[outSlot]!.type.dtype) {
       // the input is handed over and the step moves nothing between GPUs: it is the output, with no
       // work and no native call (NCCL would copy it); compute reading it waits for whatever writes it
@@ -207,18 +214,20 @@ export class RankLocal {
     }
     const cs = this.stream();
     const dtype = plan.values[inSlot]!.type.dtype, eb = K.elemBytes(dtype), nt = NCCL_TYPE[dtype];
-    const out = empty(ex.mem, dtype, plan.values[outSlot]!.shapes[this.rank]!);
-    const bufs = new Map<string, bigint>([["in", input.ptr], ["out", out.ptr]]);
-    const ptr = (b: string, at: number) => bufs.get(b)! + BigInt(at * eb);
-    const start = (this.startEvent ??= a.eventCreate(EVENT_DISABLE_TIMING));
-    a.eventRecord(start, ex.stream);
-    a.streamWaitEvent(cs, start);
-    span?.begin(cs);
-    const release: DeviceTensor[] = [];
-    const red = (r: "sum" | "max") => {
+    const red = (r: ReduceOp) => {
       if (nt === NcclDataType.u8) throw new CompileError(`${low.what}: a ${r} reduction of ${dtype} values (a shardts bug: FP8 values only move); redistribute the f32/bf16 value before quantize`);
       return r === "sum" ? NcclRedOp.sum : NcclRedOp.max;
     };
+    const packed = span || !this.fuseIssue ? null : p.packed !== undefined ? p.packed : (p.packed = packIssue(low, red));
+    const out = empty(ex.mem, dtype, plan.values[outSlot]!.shapes[this.rank]!);
+    const start = (this.startEvent ??= a.eventCreate(EVENT_DISABLE_TIMING));
+    const release: DeviceTensor[] = [];
+    if (packed) return this.issue(p, packed, nt, input, out, start, release, releaseInput, outSlot);
+    const bufs = new Map<string, bigint>([["in", input.ptr], ["out", out.ptr]]);
+    const ptr = (b: string, at: number) => bufs.get(b)! + BigInt(at * eb);
+    a.eventRecord(start, ex.stream);
+    a.streamWaitEvent(cs, start);
+    span?.begin(cs);
     let grouped = false;
     for (const c of low.calls) {
       switch (c.op) {
@@ -264,6 +273,36 @@ export class RankLocal {
     span?.end(cs);
     const done = this.event();
     a.eventRecord(done, cs);
+    this.inFlight.push({ slots: [outSlot], out, done, input, release });
+    this.s.watchdog?.check();
+    return out;
+  }
+
+  /** `step` through one ncclIssue call (the same native work in the same order; see Packed). */
+  private issue(p: Prepared, k: Packed, nt: number, input: DeviceTensor, out: DeviceTensor, start: Event, release: DeviceTensor[], releaseInput: boolean, outSlot: number): DeviceTensor {
+    const ex = this.exec!, a = this.addon, { comm, axis, desc, low } = p, { ops, ptrs, counts, counted } = k;
+    ptrs[0] = input.ptr;
+    ptrs[1] = out.ptr;
+    for (const [b, elems] of k.allocs) {
+      const t = empty(ex.mem, out.dtype, [elems]);
+      release.push(t);
+      ptrs[b] = t.ptr;
+    }
+    const done = this.event(), n = ops.length >> 2;
+    // a call answering ncclInProgress (a non-blocking communicator) stops the issue there; the rest
+    // is issued after `call` polled it where `step` polls (after a collective or a group end)
+    for (let first = 0, c = 0; first <= n; ) {
+      let r: number;
+      try {
+        r = a.ncclIssue(comm, ex.stream, this.stream(), start, done, ops, ptrs, counts, nt, first);
+      } catch (e) {
+        this.eventPool.push(done);
+        throw e;
+      }
+      for (; c < counted.length && counted[c]! <= Math.min(r, n - 1); c++) this.call(comm, axis, desc, low.what, counted[c] === r ? 7 : 0);
+      first = r + 1;
+    }
+    if (releaseInput) release.push(input);
     this.inFlight.push({ slots: [outSlot], out, done, input, release });
     this.s.watchdog?.check();
     return out;

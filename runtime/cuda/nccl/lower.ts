@@ -8,11 +8,14 @@
 // else through padded staging buffers (uneven splits: first ranks one larger; NCCL wants equal
 // counts). All-to-all and anything with a segmented (data-dependent) dim is all-to-all-v: grouped
 // send/recv of exactly the regions transfers.ts computes, packed where they are not contiguous.
+// `packIssue` turns a list of allocs and NCCL calls into the typed arrays of one native ncclIssue.
 import type { Plan } from "../../../compiler/plan.ts";
 import type { ReduceOp } from "../../../compiler/ir/types.ts";
 import { stridesOf } from "../../../compiler/ir/local.ts";
 import { groupAlong } from "../../../compiler/ir/placement.ts";
 import { fmtStep, type PlannedStep } from "../../../compiler/passes/redistribute-plan.ts";
+import { CompileError } from "../../../compiler/errors.ts";
+import { NcclIssueOp } from "../native-types.ts";
 import { isContiguous, numelOf, segDimOf, transfers, wholeView, type Counts, type Transfer, type View } from "./transfers.ts";
 
 export type { View };
@@ -176,4 +179,65 @@ export function lowerStep(plan: Plan, step: PlannedStep, inSlot: number, outSlot
       return done();
     }
   }
+}
+
+/**
+ * A lowered step as ncclIssue's arguments (native-types.ts), packed once per (plan step, rank):
+ * per issue only the buffers' base pointers change. `ptrs` holds in, out, then the temporaries,
+ * in that order, and is written by each issue (read by the native call, synchronously).
+ */
+export interface Packed {
+  ops: Int32Array;
+  counts: Float64Array;
+  ptrs: BigUint64Array;
+  /** Temporaries to allocate per issue, in lowering order: [index in ptrs, elements]. */
+  allocs: [number, number][];
+  /** Indices of the calls whose status RankLocal accounts for (collectives and group ends), in order. */
+  counted: number[];
+}
+
+/**
+ * `low` packed for ncclIssue, or null when it has a call the native issue does not make (a zero
+ * fill or copy: memsets and kernels on the comm stream between NCCL calls). `red` gives a reduction's
+ * NcclRedOp (and refuses one the dtype cannot take).
+ */
+export function packIssue(low: Lowered, red: (r: ReduceOp) => number): Packed | null {
+  if (low.calls.some((c) => c.op === "zero" || c.op === "copy")) return null;
+  const bufs = new Map<string, number>([["in", 0], ["out", 1]]), allocs: [number, number][] = [], counted: number[] = [];
+  const ops: number[] = [], counts: number[] = [];
+  const buf = (s: Span) => bufs.get(s.buf)!;
+  let grouped = false;
+  for (const c of low.calls) {
+    switch (c.op) {
+      case "alloc":
+        bufs.set(c.buf, bufs.size);
+        allocs.push([bufs.size - 1, c.elems]);
+        continue;
+      case "all_gather":
+      case "reduce_scatter":
+      case "all_reduce":
+        counted.push(ops.length / 4);
+        ops.push(NcclIssueOp[c.op], buf(c.send), buf(c.recv), c.op === "all_gather" ? 0 : red(c.reduce));
+        counts.push(c.count, c.send.at, c.recv.at);
+        continue;
+      case "send":
+      case "recv":
+        ops.push(NcclIssueOp[c.op], buf(c.span), 0, c.peer);
+        counts.push(c.count, c.span.at, 0);
+        continue;
+      case "group_start":
+        grouped = true;
+        ops.push(NcclIssueOp.group_start, 0, 0, 0);
+        counts.push(0, 0, 0);
+        continue;
+      case "group_end":
+        if (!grouped) throw new CompileError("group_end without group_start in a lowered comm step (a shardts bug)");
+        grouped = false;
+        counted.push(ops.length / 4);
+        ops.push(NcclIssueOp.group_end, 0, 0, 0);
+        counts.push(0, 0, 0);
+        continue;
+    }
+  }
+  return { ops: Int32Array.from(ops), counts: Float64Array.from(counts), ptrs: new BigUint64Array(bufs.size), allocs, counted };
 }
