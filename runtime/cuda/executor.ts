@@ -618,8 +618,9 @@ export class CudaExecutor {
   /** An f32 result cast to `dtype` (f32: itself); the f32 buffer is released. */
   castOwned(acc: DeviceTensor, dtype: DType): DeviceTensor {
     if (dtype === "f32") return acc;
-    const out = empty(this.mem, dtype, acc.shape);
-    this.launch1D(K.castFromF32(dtype), numel(acc.shape), [["ptr", out.ptr], ["ptr", acc.ptr], ["i64", numel(acc.shape)]]);
+    const out = empty(this.mem, dtype, acc.shape), n = numel(acc.shape);
+    if (dtype === "bf16" && n % 4 === 0 && acc.ptr % 16n === 0n && out.ptr % 8n === 0n) this.launch1D(K.castF32ToBf16x4(), n / 4, [["ptr", out.ptr], ["ptr", acc.ptr], ["i64", n / 4]]);
+    else this.launch1D(K.castFromF32(dtype), n, [["ptr", out.ptr], ["ptr", acc.ptr], ["i64", n]]);
     this.release(acc);
     return out;
   }

@@ -187,8 +187,33 @@ extern "C" __global__ void ${name}(${T}* __restrict__ out, const float* __restri
   };
 });
 
+/**
+ * f32 -> bf16 four values a thread (a 16-byte load, an 8-byte store; n4 = n / 4, both pointers aligned):
+ * the same round-to-nearest-even as castFromF32, at a bandwidth the element-a-thread kernel does not reach.
+ */
+export const castF32ToBf16x4 = memo((): Kernel => {
+  const name = "shardts_cast_f32_bf16_x4";
+  return {
+    name,
+    source: `${PRELUDE}
+__device__ __forceinline__ unsigned shardts_bf16_bits(float x) {
+  __nv_bfloat16 h = __float2bfloat16_rn(x);
+  return *reinterpret_cast<unsigned short*>(&h);
+}
+extern "C" __global__ void ${name}(uint2* __restrict__ out, const float4* __restrict__ in, long long n4) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n4; i += (long long)gridDim.x * blockDim.x) {
+    const float4 v = in[i];
+    uint2 o;
+    o.x = shardts_bf16_bits(v.x) | (shardts_bf16_bits(v.y) << 16);
+    o.y = shardts_bf16_bits(v.z) | (shardts_bf16_bits(v.w) << 16);
+    out[i] = o;
+  }
+}`,
+  };
+});
+
 /** Every kernel source this file defines, for the codegen tier's nvcc check. */
 export function allSources(): { name: string; source: string }[] {
   const ts: DType[] = ["f32", "bf16", "i32"];
-  return [...ts.flatMap((t) => [stridedCopy(t), gather(t), scatterAdd(t), topk(t), fill(t)]), sortByKey(), castFromF32("bf16"), castFromF32("f32")];
+  return [...ts.flatMap((t) => [stridedCopy(t), gather(t), scatterAdd(t), topk(t), fill(t)]), sortByKey(), castFromF32("bf16"), castFromF32("f32"), castF32ToBf16x4()];
 }
