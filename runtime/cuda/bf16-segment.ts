@@ -1,21 +1,39 @@
 // bf16 segment_dot on the generated grouped bf16 wgmma kernel (compiler/codegen/cuda/gemm/, ab: "bf16",
-// grouped), opt-in with SHARDTS_SEGMENT_GEMM=wgmma (segment-gemm.ts). The rank's segments go into the
-// padded group-major layout the FP8 segment ops use (padded-segments.ts): X's rows gathered into
-// 128-aligned expert blocks (bf16 pairs moved as int32 words, padding rows zero), the weights made
-// K-major ([E][N][K], a device transpose per call: segment_dot's W is [E][K][N]), one launch, and a
-// second gather back to the rank's rows (rows outside every segment 0, as the cuBLAS path leaves them).
-// What the kernel cannot take (wgmmaSegmentRefusal) returns undefined: the caller runs its cuBLAS path.
+// grouped over row runs), opt-in with SHARDTS_SEGMENT_GEMM=wgmma (segment-gemm.ts). The kernel reads X's
+// rows and writes Y's where they are: each segment is cut into 128-row blocks, each block named by one
+// table row (expert, X's first row, Y's first row, valid rows), blocks group after group; the weights
+// are made K-major ([E][N][K], a device transpose: segment_dot's W is [E][K][N]). Y's rows outside
+// every segment are zeroed first, as the cuBLAS path leaves them. What the kernel cannot take
+// (wgmmaSegmentRefusal) returns undefined: the caller runs its cuBLAS path.
 import type { TensorType } from "../../compiler/ir/types.ts";
 import { defaultBf16GemmConfig, shapeProblem } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { GROUPED_M_ALIGN } from "../../compiler/numeric/fp8-gemm.ts";
+import { numel } from "../../compiler/ir/types.ts";
 import { empty, type DeviceTensor } from "./memory.ts";
 import { fp8GemmOf } from "./fp8-gemm.ts";
-import { gatherRows, i32, paddedLayout } from "./padded-segments.ts";
+import { i32 } from "./padded-segments.ts";
 import type { Segment } from "./segment-gemm.ts";
 import type { CudaExecutor } from "./executor.ts";
 
-/** The grouped kernel launched for N output columns (bench/gpu/bf16-gemm.ts times the candidates). */
-export const wgmmaSegmentConfig = (N: number) => defaultBf16GemmConfig(true, N);
+/** The grouped kernel launched for N output columns (bench/gpu/bf16-gemm.ts times the candidates), over row runs. */
+export const wgmmaSegmentConfig = (N: number) => ({ ...defaultBf16GemmConfig(true, N), rowRuns: true });
+
+/**
+ * The row-run table: 4 int32 per 128-row block (local expert, X's flat row, Y's flat row, valid rows),
+ * blocks of expert 0's segments first, then expert 1's, ... (tiles of one expert's weights run together).
+ */
+export function rowRunTable(segs: readonly Segment[], E: number, R: number, Rout: number): Int32Array {
+  const byGroup: Segment[][] = Array.from({ length: E }, () => []);
+  for (const s of segs) if (s.m > 0 && s.g >= 0 && s.g < E) byGroup[s.g]!.push(s);
+  const blocks = segs.reduce((n, s) => n + (s.m > 0 && s.g >= 0 && s.g < E ? Math.ceil(s.m / GROUPED_M_ALIGN) : 0), 0);
+  const out = new Int32Array(4 * blocks);
+  let b = 0;
+  byGroup.forEach((list, g) => {
+    for (const s of list)
+      for (let i = 0; i < s.m; i += GROUPED_M_ALIGN, b++) out.set([g, s.t * R + s.row + i, s.t * Rout + s.row - s.start + i, Math.min(GROUPED_M_ALIGN, s.m - i)], 4 * b);
+  });
+  return out;
+}
 
 /** Why bf16 segment_dot cannot run on the grouped wgmma kernel (M: the padded rows), or undefined. */
 export function wgmmaSegmentRefusal(o: { dtype: string; outDtype: string; arch: string; M: number; N: number; K: number }): string | undefined {
@@ -48,18 +66,20 @@ export interface WgmmaSegmentDot {
 
 /** Y [bt, Rout, N] bf16 from the grouped kernel, or undefined (nothing launched) where it refuses the problem. */
 export function wgmmaSegmentDot(ex: CudaExecutor, o: WgmmaSegmentDot): DeviceTensor | undefined {
-  // the padded rows (what paddedLayout makes), counted before the layout is built for nothing
-  const M = o.segs.reduce((n, s) => n + Math.ceil(s.m / GROUPED_M_ALIGN) * GROUPED_M_ALIGN, 0), g = fp8GemmOf(ex);
+  // M: 128 rows per block of the runs (the kernel's tile count), counted before anything is built
+  const M = o.segs.reduce((n, s) => n + (s.g >= 0 && s.g < o.E ? Math.ceil(s.m / GROUPED_M_ALIGN) * GROUPED_M_ALIGN : 0), 0), g = fp8GemmOf(ex);
   if (wgmmaSegmentRefusal({ dtype: o.X.dtype, outDtype: o.outDtype, arch: g.arch, M, N: o.N, K: o.K }) !== undefined) return undefined;
-  const Rout = o.outShape[o.outShape.length - 2]!;
-  const lay = ex.part("padded layout (host)", () => paddedLayout(o.segs.map((s) => ({ t: s.t, g: s.g, row: s.row, m: s.m, out: s.row - s.start })), o.E, o.bt, o.R, Rout));
+  const Rout = o.outShape[o.outShape.length - 2]!, rowsD = o.bt * Rout;
+  const table = ex.part("row runs (host)", () => rowRunTable(o.segs, o.E, o.R, Rout));
   // B K-major, as the kernel's TMA boxes read it: [E][N][K]
   const W = ex.part("weights K-major", () => ex.reorder(o.w, o.tw.dims.map((d) => d.name), [o.groups, ...o.nOut, o.k]));
-  const [rowMap, blockExpert, outIdx] = ex.part("layout upload", () => [i32(ex, lay.rowMap), i32(ex, lay.blockGroup), i32(ex, lay.outMap)]);
-  const A = ex.part("gather rows in", () => gatherRows(ex, { ...o.X, dtype: "i32" }, o.bt * o.R, o.K / 2, "i32", rowMap, M));
-  const D = empty(ex.mem, "bf16", [M, o.N]);
-  ex.part("grouped GEMM", () => g.prepare(wgmmaSegmentConfig(o.N), { M, N: o.N, K: o.K, experts: o.E }, { a: A.ptr, b: W.ptr, sa: 0n, sb: 0n, d: D.ptr, blockExpert: blockExpert.ptr })());
-  const Y = ex.part("gather rows out", () => gatherRows(ex, D, M, o.N, "bf16", outIdx, o.bt * Rout));
-  for (const t of [rowMap, blockExpert, A, D, outIdx, ...(W !== o.w ? [W] : [])]) ex.release(t);
+  const runs = ex.part("row runs upload", () => i32(ex, table));
+  const Y = empty(ex.mem, "bf16", [rowsD, o.N]);
+  let covered = 0;
+  for (let i = 3; i < table.length; i += 4) covered += table[i]!;
+  if (covered < rowsD) ex.addon.memsetD8(Y.ptr, 0, numel(Y.shape) * 2, ex.stream);
+  const shape = { M, N: o.N, K: o.K, experts: o.E, rowsA: o.bt * o.R, rowsD };
+  ex.part("grouped GEMM", () => g.prepare(wgmmaSegmentConfig(o.N), shape, { a: o.X.ptr, b: W.ptr, sa: 0n, sb: 0n, d: Y.ptr, blockExpert: runs.ptr })());
+  for (const t of [runs, ...(W !== o.w ? [W] : [])]) ex.release(t);
   return { ...Y, shape: o.outShape };
 }

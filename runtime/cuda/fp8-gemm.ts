@@ -24,7 +24,7 @@ export interface Fp8GemmBuffers {
   sb: DevicePtr;
   /** M×N bf16. */
   d: DevicePtr;
-  /** Grouped: int32 expert of each 128-row block of A (-1: padding), M/128 entries. */
+  /** Grouped: int32 expert of each 128-row block of A (-1: padding), M/128 entries; row runs: 4 int32 per block (expert, A row, D row, rows). */
   blockExpert?: DevicePtr;
 }
 
@@ -34,6 +34,9 @@ export interface Fp8GemmProblemShape extends Fp8GemmShape {
   /** Row strides of A and B in bytes (default K · element bytes: contiguous); multiples of 16 (TMA), at least that. */
   lda?: number;
   ldb?: number;
+  /** Row runs (config rowRuns): the rows A and D hold (M is 128 x the run blocks, not their rows). */
+  rowsA?: number;
+  rowsD?: number;
 }
 
 export class Fp8Gemm {
@@ -79,6 +82,8 @@ export class Fp8Gemm {
     if (config.grouped !== (s.experts !== undefined)) throw new CompileError(`${what}: config ${config.grouped ? "is" : "is not"} grouped but the problem ${s.experts !== undefined ? "has" : "has no"} experts`);
     if (config.grouped && (s.M % GROUPED_M_ALIGN !== 0 || bufs.blockExpert === undefined))
       throw new CompileError(`grouped ${what}: M (${s.M}) must be a multiple of ${GROUPED_M_ALIGN} and blockExpert given (one int32 per ${GROUPED_M_ALIGN} rows)`);
+    if (config.rowRuns && !(s.rowsA! > 0 && s.rowsD! > 0)) throw new CompileError(`${what} over row runs: the problem must say the rows A and D hold (rowsA, rowsD)`);
+    const rowsA = config.rowRuns ? s.rowsA! : s.M, rowsD = config.rowRuns ? s.rowsD! : s.M;
     const c: Fp8GemmConfig = s.M % 4 !== 0 && !config.globalScales && !bf16 ? { ...config, globalScales: true } : config;
     const { fn, kernel, layout } = this.kernel(c);
     const g = geometryOf(c, s, this.device.smCount);
@@ -94,13 +99,13 @@ export class Fp8Gemm {
     // A's scales, [KB][M] f32: one BLOCK_M run of a K block's row per stage
     const mapSA = c.globalScales || bf16 ? unused : enc({ dtype: "f32", address: bufs.sa, dims: [s.M, KB], strides: [s.M * 4], box: [blockM(c), 1], oobFill: "zero" });
     // D, M x N bf16: 64 x 64 boxes with the 128-byte swizzle the staging buffer is written in
-    const mapD = c.tmaStore ? enc({ dtype: "bf16", address: bufs.d, dims: [s.N, s.M], strides: [s.N * 2], box: [64, 64], swizzle: "128B", oobFill: "zero" }) : unused;
+    const mapD = c.tmaStore ? enc({ dtype: "bf16", address: bufs.d, dims: [s.N, rowsD], strides: [s.N * 2], box: [64, 64], swizzle: "128B", oobFill: "zero" }) : unused;
     // B's row scales (bRows: [KB][N] f32): one BLOCK_N run of a K block's row per stage
     const mapSB = c.bRows ? enc({ dtype: "f32", address: bufs.sb, dims: [s.N, KB], strides: [s.N * 4], box: [c.blockN, 1], oobFill: "zero" }) : unused;
     // the tensor maps are 64-byte aligned: the device's parameter block may start them past offset 0,
     // so the arguments go where the driver says (packArgs's C ABI offsets where it cannot say)
     const params = (layout ? (...x: KernelArg[]) => packArgsAt(layout, ...x) : packArgs)(
-      ["bytes", map(bufs.a, s.M, blockM(c), lda), 64],
+      ["bytes", map(bufs.a, rowsA, blockM(c), lda), 64],
       ["bytes", map(bufs.b, rowsB, bBoxRows(c), ldb), 64],
       ["bytes", mapSA, 64],
       ["bytes", mapD, 64],

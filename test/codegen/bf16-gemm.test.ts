@@ -83,8 +83,44 @@ describe("bf16 GEMM configurations", () => {
   });
 });
 
+describe("bf16 GEMM over row runs (segment_dot's kernel: rows read and written where they are)", () => {
+  const rr = (N: number) => ({ ...defaultBf16GemmConfig(true, N), rowRuns: true });
+  it("reads each block's expert, A row, D row and valid rows from the table; full blocks store by TMA, a run's last block directly", () => {
+    const k = emitFp8Gemm(rr(1408));
+    expect(k.name).toMatch(/^sh_bf16_gemm_grouped_m128n128_s\d+_p_ts_rr$/);
+    expect(k.source).toContain("const int e = blockExpert[4 * mb];");
+    expect(k.source).toContain("&tmA, kb * 64, blockExpert[4 * mb + 1], bars");
+    expect(k.source).toContain("const int dRow = blockExpert[4 * mb + 2], rows = blockExpert[4 * mb + 3];");
+    expect(k.source).toContain("if (rows == BM) {");
+    expect(k.source).toContain("n0 + 64 * b, dRow + wg * 64);");
+    expect(k.source).toContain("if (m0 < rows) *reinterpret_cast<sh_u32*>(d + (long long)(dRow + m0) * N + n)");
+    // the padded kernels are unchanged
+    expect(emitFp8Gemm(defaultBf16GemmConfig(true, 1408)).source).toContain("blockExpert[(mb * 128) / 128]");
+  });
+  it("is refused where it cannot work", () => {
+    const base = rr(1408);
+    expect(configProblem({ ...base, ab: undefined, stages: 4 })).toMatch(/row runs are for grouped bf16/);
+    expect(configProblem({ ...base, grouped: false })).toMatch(/row runs are for grouped bf16/);
+    expect(configProblem({ ...base, consumers: 1 })).toMatch(/row runs are for grouped bf16/);
+    expect(configProblem(base)).toBeUndefined();
+    expect(configProblem(rr(2816))).toBeUndefined();
+  });
+});
+
 describe.skipIf(!NVCC)("bf16 GEMM kernels compile for sm_90a", () => {
   const dir = mkdtempSync(join(tmpdir(), "shardts-bf16-gemm-"));
+
+  it("the row-run kernels (N 1408 and 2816 defaults, and a plain-epilogue one): no spills; TMA and direct stores", async () => {
+    const kernels = [{ ...defaultBf16GemmConfig(true, 1408), rowRuns: true }, { ...defaultBf16GemmConfig(true, 2816), rowRuns: true }, { ...defaultBf16GemmConfig(true, 1408), tmaStore: undefined, rowRuns: true }].map(emitFp8Gemm);
+    await Promise.all(
+      kernels.map(async (k) => {
+        const { ptx } = await compileGemmKernel(k, dir);
+        expect(ptx, k.name).toContain(`wgmma.mma_async.sync.aligned.m64n${k.config.blockN}k16.f32.bf16.bf16`);
+        expect(ptx, k.name).toMatch(/st\.global/);
+        if (k.config.tmaStore) expect(ptx, k.name).toContain("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group");
+      }),
+    );
+  }, 300_000);
 
   for (const grouped of [false, true]) {
     it(`every ${grouped ? "grouped" : "dense"} candidate: no warnings, spills, stack or serialization; bf16 wgmma k16 + TMA, no scales`, async () => {

@@ -1,6 +1,6 @@
 // bf16 segment_dot on the generated grouped wgmma kernel (runtime/cuda/bf16-segment.ts, opt-in with
 // SHARDTS_SEGMENT_GEMM=wgmma), through the executor over the fake native layer: one launch of the
-// grouped bf16 kernel with the geometry its config gives for the padded rows, TMA maps of bf16 with
+// grouped bf16 kernel over row runs (X read and Y written in place) with the geometry its config gives, TMA maps of bf16 with
 // 64-element (128-byte) boxes, and no cuBLAS GEMM; a shape the kernel refuses (K not a multiple of 16)
 // and an f32 segment_dot run the cuBLAS path as without the setting, with no error. Not numerics
 // (the fake does no device work): bench/gpu/cuda-ops-check.ts checks those on a GPU.
@@ -54,24 +54,32 @@ describe("bf16 segment_dot on the grouped wgmma kernel (SHARDTS_SEGMENT_GEMM=wgm
   beforeAll(() => void (process.env.SHARDTS_SEGMENT_GEMM = "wgmma"));
   afterAll(() => void (saved === undefined ? delete process.env.SHARDTS_SEGMENT_GEMM : (process.env.SHARDTS_SEGMENT_GEMM = saved)));
 
-  it("launches the grouped bf16 kernel once over the padded rows, with bf16 TMA maps, and no cuBLAS GEMM", () => {
+  it("launches the grouped bf16 kernel once over the row runs, reading X and writing Y in place, with bf16 TMA maps, and no cuBLAS GEMM", () => {
     const K = 32, N = 48;
     const r = run("bf16", K, N);
     expect(r.cublas).toBe(0);
     expect(r.gemm.length).toBe(1);
     const g = geometryOf(wgmmaSegmentConfig(N), { M: PADDED_ROWS, N, K }, 132);
     expect(r.gemm[0]!.grid).toEqual([g.grid, 1, 1]);
-    expect(g.grid).toBe(10); // one tile per 128-row block: N fits one 128-column tile
-    // A [M][K] and B [E·N][K]: bf16, one 128-byte row (64 elements) of K per box row, 128-byte swizzle
+    expect(g.grid).toBe(10); // one tile per 128-row block of a run: N fits one 128-column tile
+    // A is X's 72 rows as they are ([3][24][K]), B [E·N][K]: bf16, one 128-byte row (64 elements) of K per box row
     const ab = r.maps.filter((m) => m.swizzle === "128B" && m.dtype === "bf16" && m.dims[0] === K);
     expect(ab.map((m) => [m.dims[1], m.box[0], m.strides[0]])).toEqual([
-      [PADDED_ROWS, 64, 2 * K],
+      [72, 64, 2 * K],
       [5 * N, 64, 2 * K],
     ]);
-    // blockExpert, group-major: expert 0's segments of entries 0, 1, 2, then expert 1's (entry 1 only), 2's, 4's
-    expect(r.uploads.map((u) => Array.from(u))).toContainEqual([0, 0, 0, 1, 2, 2, 2, 4, 4, 4]);
-    // no scale maps: the only other map is the TMA-store epilogue's D
+    // the run table, group-major: (expert, X row, Y row, rows) per 128-row block; counts per entry [5,0,9,0,3], [12,1,7,0,2], [5,0,9,0,3]
+    expect(r.uploads.map((u) => Array.from(u))).toContainEqual([
+      0, 0, 0, 5, 0, 24, 24, 12, 0, 48, 48, 5,
+      1, 36, 36, 1,
+      2, 5, 5, 9, 2, 37, 37, 7, 2, 53, 53, 9,
+      4, 14, 14, 3, 4, 44, 44, 2, 4, 62, 62, 3,
+    ]);
+    // no row map for a gather into a padded layout (PADDED_ROWS long): the kernel reads and writes the rows where they are
+    expect(r.uploads.filter((u) => u.length === PADDED_ROWS)).toEqual([]);
+    // no scale maps: the only other map is the TMA-store epilogue's D, over Y's 72 rows
     expect(r.maps.filter((m) => m.dtype === "f32" || m.dtype === "u8")).toEqual([]);
+    expect(r.maps.filter((m) => m.dtype === "bf16" && m.dims[0] === N).map((m) => m.dims[1])).toEqual([72]);
   });
 
   it("falls back to the cuBLAS path, with no error, where the kernel refuses the shape or the types", () => {
@@ -83,12 +91,12 @@ describe("bf16 segment_dot on the grouped wgmma kernel (SHARDTS_SEGMENT_GEMM=wgm
     expect(f32.cublas).toBeGreaterThan(0);
   });
 
-  it("traces its parts (host layout, weights, gathers, the GEMM) on their own row", () => {
+  it("traces its parts (host table, weights, upload, the GEMM) on their own row", () => {
     const f = fakeAddon({ read: (dst) => void (dst instanceof Int32Array && dst.forEach((_, i) => (dst[i] = COUNTS[i % COUNTS.length]!))) });
     const trace: TraceEvent[] = [];
     new CudaExecutor(f.addon, 0).run(dotPlan("bf16", 32, 48), undefined, undefined, { download: false, trace });
     const parts = trace.filter((e) => e.cat === "part");
-    expect(parts.map((e) => e.name)).toEqual(expect.arrayContaining(["counts to host", "padded layout (host)", "weights K-major", "gather rows in", "grouped GEMM", "gather rows out"]));
+    expect(parts.map((e) => e.name)).toEqual(expect.arrayContaining(["counts to host", "row runs (host)", "weights K-major", "row runs upload", "grouped GEMM"]));
     expect(new Set(parts.map((e) => e.tid))).toEqual(new Set(["stream parts"]));
     expect(trace.filter((e) => e.name === "segment_dot")).toHaveLength(1);
     // untraced runs record nothing

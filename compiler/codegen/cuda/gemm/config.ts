@@ -59,6 +59,14 @@ export interface Fp8GemmConfig {
    * memory (2 per 8-column group), so the stage is released after the promotion. Dense only.
    */
   bRows?: boolean;
+  /**
+   * Grouped over unpadded row runs (absent = off; bf16, two consumers): blockExpert holds four int32
+   * per 128-row block — expert, A's first row, D's first row, valid rows — so A is read and D written
+   * where the rows already are (no gather into a padded layout and back). Rows past a run's end are
+   * computed from whatever A holds there and not stored: full blocks store by TMA (with tmaStore),
+   * a run's last partial block stores its valid rows directly.
+   */
+  rowRuns?: boolean;
 }
 
 export const SMEM_LIMIT = 232448; // 227 KiB: the opt-in maximum per block on H100 / H200
@@ -91,7 +99,7 @@ export const smemBytes = (c: Fp8GemmConfig): number => SMEM_ALIGN_SLACK + c.stag
 export const spansScaleBlocks = (c: Fp8GemmConfig): boolean => !isBf16(c) && FP8_BLOCK % c.blockN !== 0;
 
 export function configName(c: Fp8GemmConfig): string {
-  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? "_ts" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}`;
+  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? "_ts" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}`;
 }
 
 /** Why a configuration cannot be emitted, or undefined. */
@@ -115,6 +123,8 @@ export function configProblem(c: Fp8GemmConfig): string | undefined {
   if (c.tmaStore && c.blockN % 64 !== 0) return `the TMA-store epilogue stages 64-column boxes: blockN must be a multiple of 64, got ${c.blockN}`;
   if (c.bRows && (c.grouped || c.multicast)) return "row-scaled B (the Wgrad form) is dense and without multicast only";
   if (c.multicast && c.grouped) return "B multicast needs both CTAs of a cluster on the same weights: dense only (a grouped tile pair may straddle two experts)";
+  if (c.rowRuns && !(c.grouped && isBf16(c) && c.consumers === 2 && !c.multicast))
+    return "row runs are for grouped bf16 kernels with two consumers (128-row blocks; e4m3's A scales by TMA need 16-byte aligned row starts)";
   if (c.overlap) return overlapProblem(c);
   return undefined;
 }

@@ -10,7 +10,9 @@
 //
 // Kernel parameters, in order: tmA, tmB, tmSA (A's scales), tmD (the TMA-store epilogue's output),
 // tmSB (row-scaled B's scales) — CUtensorMaps by value, 64-byte aligned, passed whether the
-// configuration uses them or not — then sa, sb, d, [blockExpert when grouped], M, N, K.
+// configuration uses them or not — then sa, sb, d, [blockExpert when grouped], M, N, K. With row runs
+// (rowRuns) blockExpert holds 4 int32 per 128-row block (expert, A's row, D's row, valid rows) and M is
+// 128 x the blocks: A and D are the rows where they are, read and written through the runs.
 //
 // With ab = "bf16" (config.ts): D = A·Bᵀ with bf16 A and B, 64-wide K blocks, no scales (tmSA, tmSB,
 // sa and sb are passed and ignored, so one launcher serves both), acc summed over all of K by the wgmmas.
@@ -50,7 +52,10 @@ export function emitFp8Gemm(c: Fp8GemmConfig): Fp8GemmKernel {
   checkConfig(c);
   const name = configName(c), BM = blockM(c), BN = c.blockN, S = c.stages, C = c.consumers;
   const frag = BN / 2;
-  const expert = c.grouped ? `blockExpert[(mb * ${BM}) / ${GROUPED_M_ALIGN}]` : "0";
+  const rr = c.rowRuns === true;
+  const expert = rr ? "blockExpert[4 * mb]" : c.grouped ? `blockExpert[(mb * ${BM}) / ${GROUPED_M_ALIGN}]` : "0";
+  // A's first row of the tile: its run's (row runs) or the block's own
+  const aRow = rr ? "blockExpert[4 * mb + 1]" : "mb * BM";
   // B's rows for tile (e, nb): grouped weights are stacked E×N rows deep
   const bRow = c.grouped ? "e * N + nb * BN" : "nb * BN";
   const twoBlocks = spansScaleBlocks(c);
@@ -128,7 +133,7 @@ ${saByTma ? "    sh_tma_prefetch_map(&tmSA);\n" : ""}    int s = 0;
       for (int kb = 0; kb < KB; ++kb) {
         sh_mbar_wait(bars + 8 * (S + s), phase ^ 1);  // the consumers${mc ? " of both CTAs" : ""} have released this stage
         sh_mbar_arrive_expect_tx(bars + 8 * s, A_BYTES + B_BYTES + SA_BYTES + SB_BYTES);
-        sh_tma_load_2d(tilesA + s * A_BYTES, &tmA, kb * ${KBLK}, mb * BM, bars + 8 * s);
+        sh_tma_load_2d(tilesA + s * A_BYTES, &tmA, kb * ${KBLK}, ${aRow}, bars + 8 * s);
 ${!saByTma ? "" : "        sh_tma_load_2d(sas + s * SA_BYTES, &tmSA, mb * BM, kb, bars + 8 * s);  // A's scales of this block's rows\n"}${c.bRows ? "        sh_tma_load_2d(sbs + s * SB_BYTES, &tmSB, nb * BN, kb, bars + 8 * s);  // B's row scales of this block's columns\n" : ""}
 ${mc ? `        // this CTA's half of B, into both CTAs (the peer sends the other half)
         sh_tma_load_2d_mc(tilesB + s * B_BYTES + crank * B_HALF, &tmB, kb * ${KBLK}, ${bRow} + (int)crank * ${bBoxRows(c)}, bars + 8 * s, (unsigned short)3);` : `        sh_tma_load_2d(tilesB + s * B_BYTES, &tmB, kb * ${KBLK}, ${bRow}, bars + 8 * s);`}
@@ -147,29 +152,49 @@ ${fragInit}  int s = 0;
   ${tileLoop}
     const int e = ${expert};
     if (e < 0) continue;
-    const int m0 = mb * BM + r0, m1 = m0 + 8, n0 = nb * BN;
+${rr ? `    // the run's block: D's first row and the valid rows (m0, m1 are tile-relative here)
+    const int dRow = blockExpert[4 * mb + 2], rows = blockExpert[4 * mb + 3];
+    const int m0 = r0, m1 = m0 + 8, n0 = nb * BN;` : "    const int m0 = mb * BM + r0, m1 = m0 + 8, n0 = nb * BN;"}
     (void)m0; (void)m1; (void)c0;  // unused by kernels whose scales and stores go through TMA
 ${sbTileLine}${twoBlocks && !c.bRows ? `    // columns from 'split' on (tile-relative) take the next scale block of B
     const int split = (n0 / ${FP8_BLOCK} + 1) * ${FP8_BLOCK} - n0;
     const bool second = n0 / ${FP8_BLOCK} + 1 < NB;
 ` : ""}#pragma unroll
     for (int i = 0; i < ${frag}; ++i) acc[i] = 0.f;
-${bf16 ? bf16Loop(c) : c.overlap ? overlappedLoop(c) : plainLoop(c)}${c.tmaStore ? tmaStoreEpilogue(c) : directEpilogue(c)}  }
+${bf16 ? bf16Loop(c) : c.overlap ? overlappedLoop(c) : plainLoop(c)}${epilogue(c)}  }
 ${c.tmaStore ? "  if (threadIdx.x % 128 == 0) sh_bulk_wait0();  // this warpgroup's last store is done\n" : ""}  }
 ${mc ? "  sh_cluster_sync();  // the peer's last arrivals and multicasts into this CTA are done\n" : ""}}
 `;
   return { name, source: TILE_COORDS + source, config: c, threads: threadsOf(c), smemBytes: smemBytes(c) };
 }
 
-/** bf16 pairs straight from the fragment to global memory (N is a multiple of 16: pairs never straddle it). */
-function directEpilogue(c: Fp8GemmConfig): string {
+/**
+ * The tile's store: by TMA or directly; with row runs, a full block (rows == BM) by TMA where the
+ * configuration has it and a run's partial last block directly, its valid rows only, at D's row dRow.
+ */
+function epilogue(c: Fp8GemmConfig): string {
+  if (!c.rowRuns) return c.tmaStore ? tmaStoreEpilogue(c, "mb * BM") : directEpilogue(c, "", "M");
+  const direct = directEpilogue(c, "dRow + ", "rows");
+  if (!c.tmaStore) return direct;
+  return `    if (rows == BM) {
+${tmaStoreEpilogue(c, "dRow")}    } else {
+${direct}    }
+`;
+}
+
+/**
+ * bf16 pairs straight from the fragment to global memory (N is a multiple of 16: pairs never straddle
+ * it); rows m0 / m1 below `bound` stored at row `base`m0 / `base`m1.
+ */
+function directEpilogue(c: Fp8GemmConfig, base: string, bound: string): string {
+  const row = (m: string) => (base ? `(${base}${m})` : m);
   return `    // epilogue: bf16 pairs straight from the fragment (N is a multiple of 16, so pairs never straddle it)
 #pragma unroll
     for (int j = 0; j < ${c.blockN / 8}; ++j) {
       const int n = n0 + 8 * j + c0;
       if (n < N) {
-        if (m0 < M) *reinterpret_cast<sh_u32*>(d + (long long)m0 * N + n) = sh_pack_bf16x2(acc[4 * j + 0], acc[4 * j + 1]);
-        if (m1 < M) *reinterpret_cast<sh_u32*>(d + (long long)m1 * N + n) = sh_pack_bf16x2(acc[4 * j + 2], acc[4 * j + 3]);
+        if (m0 < ${bound}) *reinterpret_cast<sh_u32*>(d + (long long)${row("m0")} * N + n) = sh_pack_bf16x2(acc[4 * j + 0], acc[4 * j + 1]);
+        if (m1 < ${bound}) *reinterpret_cast<sh_u32*>(d + (long long)${row("m1")} * N + n) = sh_pack_bf16x2(acc[4 * j + 2], acc[4 * j + 3]);
       }
     }
 `;
@@ -181,7 +206,7 @@ function directEpilogue(c: Fp8GemmConfig): string {
  * at once hit 8 different chunks and no bank twice), then one thread stores the boxes by TMA (clipped
  * at M and N). The buffer is reused only after the previous tile's store has read it.
  */
-function tmaStoreEpilogue(c: Fp8GemmConfig): string {
+function tmaStoreEpilogue(c: Fp8GemmConfig, rowBase: string): string {
   return `    // epilogue through shared memory and TMA: this warpgroup's 64 rows, ${c.blockN / 64} box(es) of 64 columns
     {
       const sh_u32 mine = staging + wg * ${64 * c.blockN * 2};
@@ -198,7 +223,7 @@ function tmaStoreEpilogue(c: Fp8GemmConfig): string {
       sh_named_bar(1 + wg, 128);
       if (threadIdx.x % 128 == 0) {
 #pragma unroll
-        for (int b = 0; b < ${c.blockN / 64}; ++b) sh_tma_store_2d(&tmD, mine + b * 8192, n0 + 64 * b, mb * BM + wg * 64);
+        for (int b = 0; b < ${c.blockN / 64}; ++b) sh_tma_store_2d(&tmD, mine + b * 8192, n0 + 64 * b, ${rowBase} + wg * 64);
         sh_bulk_commit();
       }
     }
