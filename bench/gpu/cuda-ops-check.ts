@@ -47,9 +47,10 @@ const groupedMode = (t: DType) => segmentModeFromEnv(process.env.SHARDTS_SEGMENT
 /**
  * grouped: whether the case must run as cuBLAS grouped GEMMs (when libcublas loads) rather than cuBLASLt calls;
  * env: variables set while the case runs on the GPU; wgmma: the case must make no cuBLAS GEMM call on
- * sm_90a (the generated grouped bf16 kernel took it) and fall back to cuBLAS elsewhere.
+ * sm_90a (the generated grouped bf16 kernel took it) and fall back to cuBLAS elsewhere; lanes: the case must
+ * run as cuBLASLt calls only (no grouped call, no generated kernel).
  */
-const cases: { op: string; dtypes: DType[]; make: Maker; grouped?: (t: DType) => boolean; env?: Record<string, string>; wgmma?: boolean }[] = [
+const cases: { op: string; dtypes: DType[]; make: Maker; grouped?: (t: DType) => boolean; env?: Record<string, string>; wgmma?: boolean; lanes?: boolean }[] = [
   ...UNARY.map((op) => ({ op, dtypes: ["f32", "bf16"] as DType[], make: ((m, t) => raw(op, [T(m, RC, t, ["log", "sqrt", "rsqrt"].includes(op) ? pos : undefined)], {})) as Maker })),
   ...BINARY.map((op) => ({ op, dtypes: ["f32", "bf16"] as DType[], make: ((m, t) => raw(op, [T(m, RC, t), T(m, { c: 70 }, t, op === "div" ? pos : () => Math.round(rnd() * 4 - 2))], {})) as Maker })),
   { op: "where", dtypes: ["f32", "bf16"], make: (m, t) => raw("where", [T(m, RC, t, () => (rnd() < 0.5 ? 0 : 1)), T(m, RC, t), T(m, { c: 70 }, t)], {}) },
@@ -88,6 +89,17 @@ const cases: { op: string; dtypes: DType[]; make: Maker; grouped?: (t: DType) =>
     }) as Maker,
     grouped: (t: DType) => (op === "segment_dot" || t === "f32") && groupedMode(t),
   })),
+  // SHARDTS_SEGMENT_GEMM=lanes: bf16 segment_dot on cuBLASLt (the default takes the generated kernel on sm_90a),
+  // skewed counts with empty experts, as above
+  {
+    op: "segment_dot lanes", dtypes: ["bf16"], env: { SHARDTS_SEGMENT_GEMM: "lanes" }, lanes: true,
+    make: (m, t) => {
+      const key = () => (rnd() < 0.6 ? 0 : [1, 3, 4][Math.floor(rnd() * 3)]!);
+      const [perm, counts] = raw("sort_by_key", [T(m, { g: 3, s: 40 }, "i32", key)], { dim: "s", rows: "rows", groups: "e", numGroups: 6 });
+      const x = raw("gather", [T(m, { g: 3, s: 40, k: 64 }, t), perm!], { dim: "s" })[0]!;
+      return raw("segment_dot", [x, T(m, { e: 6, k: 64, n: 32 }, t), counts!], { contract: "k" });
+    },
+  },
   // SHARDTS_SEGMENT_GEMM=wgmma: bf16 segment_dot on the generated grouped bf16 kernel, over segments
   // longer than one 128-row block, an empty expert, K = 208 (not a multiple of the 64-wide K block:
   // TMA's zero fill) and N = 176 (a partial 128-column tile); no cuBLAS GEMM call may be made (the
@@ -265,11 +277,16 @@ for (const c of cases) {
       if (bad) failures++;
       log(`${c.op} ${dtype}: ${g} grouped GEMM calls, ${lt} cuBLASLt calls (expected ${want ? "none: the generated grouped bf16 kernel" : "cuBLAS: no sm_90a, the fallback"})${bad ? " FAIL" : ""}`);
     }
+    if (c.lanes) {
+      const g = gemmCalls.get("cublasGroupedGemm") ?? 0, lt = gemmCalls.get("cublasLtMatmulRun") ?? 0, bad = g > 0 || lt === 0;
+      if (bad) failures++;
+      log(`${c.op} ${dtype}: ${g} grouped GEMM calls, ${lt} cuBLASLt calls (expected cuBLASLt only)${bad ? " FAIL" : ""}`);
+    }
     if (c.grouped) {
       const g = gemmCalls.get("cublasGroupedGemm") ?? 0, lt = gemmCalls.get("cublasLtMatmulRun") ?? 0, want = cublasOk.ok && c.grouped(dtype);
       const bad = want ? g === 0 || lt > 0 : g > 0;
       if (bad) failures++;
-      log(`${c.op} ${dtype}: ${g} grouped GEMM calls, ${lt} cuBLASLt calls (expected ${want ? "grouped only" : "cuBLASLt only"})${bad ? " FAIL" : ""}`);
+      log(`${c.op} ${dtype}: ${g} grouped GEMM calls, ${lt} cuBLASLt calls (expected ${want ? "grouped only" : "no grouped call"})${bad ? " FAIL" : ""}`);
     }
     outs.forEach((t, i) => {
       const err = relError(res.outputs[i]!.data, cpu.outputs[i]!.data);

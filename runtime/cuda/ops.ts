@@ -11,7 +11,7 @@ import { CompileError } from "../../compiler/errors.ts";
 import { contractAttr, dotDims } from "../../compiler/ops/contraction.ts";
 import { empty, type DeviceTensor } from "./memory.ts";
 import { matmulPlans } from "./matmul-plans.ts";
-import { dotProblems, runProblems, segmentModeFromEnv, segments, wgradProblems } from "./segment-gemm.ts";
+import { dotProblems, runProblems, segmentDotOnWgmma, segments, wgradProblems } from "./segment-gemm.ts";
 import { wgmmaSegmentDot } from "./bf16-segment.ts";
 import * as K from "./kernels/sources.ts";
 import type { CudaExecutor } from "./executor.ts";
@@ -55,8 +55,8 @@ export function segmentContract(ex: CudaExecutor, op: string, plan: Plan, ins: E
     const wOff = plan.values[ins.inputs[1]!]!.boxes[r]!.offset[tw.dims.findIndex((d) => d.name === groups)]!;
     const order = [...batch, rows.name, ...nOut], outShape = order.map((d) => shape[to.dims.findIndex((e) => e.name === d)]!);
     const segs = segments({ counts: C.data, bt, gC, first: wOff - cOff, groups: gW, packed, R });
-    // opt-in: bf16 on the generated grouped kernel; a problem it refuses takes the cuBLAS path below
-    if (segmentModeFromEnv(process.env.SHARDTS_SEGMENT_GEMM, dtype) === "wgmma") {
+    // bf16 on the generated grouped kernel (default); a problem it refuses takes the cuBLAS path below
+    if (segmentDotOnWgmma(process.env.SHARDTS_SEGMENT_GEMM, dtype)) {
       const Yw = wgmmaSegmentDot(ex, { X, w: x[1]!, tw, groups, k, nOut, segs, bt, R, K: KK, N, E: gW, outShape: [bt, outShape[batch.length]!, N], outDtype: to.dtype });
       if (Yw) {
         if (X !== x[0]) ex.release(X);

@@ -150,7 +150,8 @@ export function groupedAvailable(addon: NativeAddon): boolean {
 /** How a set runs: `grouped` (one grouped cuBLAS call where it can, else `lanes`), `lanes` (one cuBLASLt
  * call per problem, fanned out over side streams), `loop` (one cuBLASLt call per problem on the stream),
  * `wgmma` (bf16 segment_dot on the generated grouped wgmma kernel, bf16-segment.ts; what it refuses,
- * and every set that reaches runProblems, as the default). Default: `lanes` for bf16 operands, `grouped` for f32. */
+ * and every set that reaches runProblems, as the default). Default: `lanes` for bf16 operands, `grouped` for f32;
+ * bf16 segment_dot goes to the wgmma kernel first unless the variable names another mode (segmentDotOnWgmma). */
 export type SegmentMode = "grouped" | "lanes" | "loop" | "wgmma";
 
 /** The mode of a set when none is given (or wgmma's fallback). */
@@ -159,6 +160,16 @@ const defaultMode = (dtype: "f32" | "bf16"): SegmentMode =>
   // segment_dot 6.85 against 8.39 ms, step 18.3 against 21.7 ms; bench/results/2026-11-23-*);
   // f32 keeps the grouped call (not measured against the lanes)
   dtype === "bf16" ? "lanes" : "grouped";
+
+/**
+ * Whether bf16 segment_dot tries the generated grouped wgmma kernel first (bf16-segment.ts; what it refuses
+ * takes runProblems): by default, and with SHARDTS_SEGMENT_GEMM=wgmma. On the EP MoE layer (2x H200, ep=2)
+ * it ran segment_dot in 3.94 ms against the lanes' 5.24 ms, step 12.71 against 14.35 ms
+ * (bench/results/2026-11-23-moe-layer-ep-h200x2.txt, run 8). Another SHARDTS_SEGMENT_GEMM value keeps cuBLAS.
+ */
+export function segmentDotOnWgmma(v: string | undefined, dtype: "f32" | "bf16"): boolean {
+  return v === undefined || v === "" ? dtype === "bf16" : segmentModeFromEnv(v, dtype) === "wgmma";
+}
 
 export function segmentModeFromEnv(v: string | undefined, dtype: "f32" | "bf16" = "f32"): SegmentMode {
   if (v === undefined || v === "") return defaultMode(dtype);

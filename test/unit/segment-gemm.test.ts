@@ -4,7 +4,7 @@
 // the counts' first; and through the executor over the fake native layer, the grouped calls' problems
 // are exactly the cuBLASLt calls the loop makes when libcublas is missing.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { dotProblems, groupedArgs, groupedRefusal, nonOverlapping, problemLanes, runProblems, segmentModeFromEnv, segments, wgradProblems, type Problem, type SegmentLayout } from "../../runtime/cuda/segment-gemm.ts";
+import { dotProblems, groupedArgs, groupedRefusal, nonOverlapping, problemLanes, runProblems, segmentDotOnWgmma, segmentModeFromEnv, segments, wgradProblems, type Problem, type SegmentLayout } from "../../runtime/cuda/segment-gemm.ts";
 import { lanesFromEnv } from "../../runtime/cuda/side-streams.ts";
 import { CudaExecutor } from "../../runtime/cuda/executor.ts";
 import { empty } from "../../runtime/cuda/memory.ts";
@@ -229,6 +229,13 @@ describe("segment GEMMs fanned out over side streams", () => {
     expect(segmentModeFromEnv("lanes")).toBe("lanes");
     expect(segmentModeFromEnv("wgmma", "bf16")).toBe("wgmma");
     expect(() => segmentModeFromEnv("fast")).toThrow(/give grouped, lanes, loop or wgmma/);
+    // bf16 segment_dot takes the generated kernel unless another mode is named; f32 only when asked (and then falls back)
+    expect(segmentDotOnWgmma(undefined, "bf16")).toBe(true);
+    expect(segmentDotOnWgmma("", "bf16")).toBe(true);
+    expect(segmentDotOnWgmma(undefined, "f32")).toBe(false);
+    expect(segmentDotOnWgmma("lanes", "bf16")).toBe(false);
+    expect(segmentDotOnWgmma("grouped", "bf16")).toBe(false);
+    expect(segmentDotOnWgmma("wgmma", "f32")).toBe(true);
     expect(lanesFromEnv(undefined)).toBe(4);
     expect(lanesFromEnv("8")).toBe(8);
     expect(() => lanesFromEnv("0")).toThrow(/1 to 32/);
