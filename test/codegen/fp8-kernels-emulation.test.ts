@@ -14,7 +14,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { dequantize, dequantizeVec, quantizeRows, quantizeTiles, wgradColumns } from "../../runtime/cuda/kernels/fp8-sources.ts";
+import { dequantize, dequantizeVec, quantizeRows, quantizeTiles, wgradColumns, wgradStrip } from "../../runtime/cuda/kernels/fp8-sources.ts";
 import { dequantizeValues, quantizeValues } from "../../compiler/ops/quantize.ts";
 import { e4m3FromBits, e4m3ToBits } from "../../compiler/numeric/fp8.ts";
 import { roundToBf16 } from "../../compiler/numeric/bf16.ts";
@@ -183,7 +183,7 @@ int main(int, char** argv) {
         for (let i = 0; i < 128; i++) for (let c = 0; c < width; c++) wantQ[c * M + b * 128 + i] = e4m3ToBits(r.q[i * width + c]!);
         wantS.set(r.scales, b * width);
       }
-      const k = wgradColumns(src), eb = src === "f32" ? 4 : src === "bf16" ? 2 : 1, CW = src === "f32" ? 64 : 128;
+      const k = wgradColumns(src), eb = src === "f32" ? 4 : src === "bf16" ? 2 : 1, CW = wgradStrip(src);
       const vec = (width * eb) % 16 === 0 ? 1 : 0;
       const xBytes = src === "fp8" ? Buffer.from(codes) : src === "bf16" ? bf16Bytes(vals) : Buffer.from(vals.buffer);
       const T = src === "fp8" ? "unsigned char" : src === "bf16" ? "__nv_bfloat16" : "float";

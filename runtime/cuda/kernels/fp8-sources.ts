@@ -245,9 +245,11 @@ extern "C" __global__ void ${name}(${T(out)}* __restrict__ y, const unsigned cha
  * each value f32(code · scale) as dequantize() computes it, so the result is, bit for bit, dequantize
  * then quantize 128×1 (compiler/ops/scaled-segment.ts's reference); "bf16" / "f32": x as it is.
  */
+/** wgradColumns's columns a block (its shared tile 16 or 32 KB). */
+export const wgradStrip = (src: "fp8" | "bf16" | "f32"): number => (src === "f32" ? 64 : 128);
 export const wgradColumns = memo((src: "fp8" | "bf16" | "f32"): { name: string; source: string } => {
   const name = `shardts_wgrad_cols_${src}`;
-  const S = src === "fp8" ? "unsigned char" : T(src), EB = src === "f32" ? 4 : src === "bf16" ? 2 : 1, CW = src === "f32" ? 64 : 128;
+  const S = src === "fp8" ? "unsigned char" : T(src), EB = src === "f32" ? 4 : src === "bf16" ? 2 : 1, CW = wgradStrip(src);
   const val = src === "fp8"
     ? "__nv_fp8_e4m3 f; f.__x = tile[r * CW + c]; return __fmul_rn(float(f), rs[r]);"
     : src === "bf16" ? "return __bfloat162float(tile[r * CW + c]);" : "return tile[r * CW + c];";
