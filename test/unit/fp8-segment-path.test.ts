@@ -24,7 +24,7 @@ const COUNTS = [5, 0, 9, 0, 3, 12, 1, 7, 0, 2];
 const PADDED_ROWS = 10 * 128; // (the reads repeat COUNTS over the 15 counts: 10 non-empty segments, one 128-row block each)
 
 /** Two scaled_segment_dots (weights [e, k, n]: moved to [e, n, k]) and a scaled_segment_wgrad on one counts piece. */
-function plan() {
+function plan(wgradOut = "bf16") {
   const m = Mesh.of({ d: 1 });
   const [perm, counts] = raw("sort_by_key", [fromGlobal(m, { g: 3, s: 24 }, "i32", Array.from({ length: 72 }, (_, i) => (i * 7) % 5)) as AnyDTensor], { dim: "s", rows: "rows", groups: "e", numGroups: 5 });
   const x = raw("gather", [T(m, { g: 3, s: 24, k: 64 }), perm!], { dim: "s" })[0]!;
@@ -34,11 +34,11 @@ function plan() {
     const qw = quantize(T(m, { e: 5, k: 64, n: 48 }) as never, "128x128", ["n", "k"]) as { q: AnyDTensor; scales: AnyDTensor };
     return raw("scaled_segment_dot", [qx.q, qx.scales, qw.q, qw.scales, counts!], { contract: "k", out: "bf16" })[0]!;
   });
-  const dw = raw("scaled_segment_wgrad", [qx.q, qx.scales, gy, counts!], { k: "k", n: "n", out: "bf16" })[0]!;
+  const dw = raw("scaled_segment_wgrad", [qx.q, qx.scales, gy, counts!], { k: "k", n: "n", out: wgradOut })[0]!;
   return compile(m.builder.graph, [...dots, dw].map((t) => t.ref));
 }
 
-function run(times = 1) {
+function run(times = 1, wgradOut = "bf16") {
   const names = new Map<unknown, string>(), order: string[] = [], uploads: Int32Array[] = [], maps: number[] = [];
   const f = fakeAddon({
     read: (dst) => void (dst instanceof Int32Array && dst.forEach((_, i) => (dst[i] = COUNTS[i % COUNTS.length]!))),
@@ -55,7 +55,7 @@ function run(times = 1) {
       return v;
     },
   }) as NativeAddon;
-  const ex = new CudaExecutor(addon, 0), p = plan();
+  const ex = new CudaExecutor(addon, 0), p = plan(wgradOut);
   for (let i = 0; i < times; i++) {
     maps.push(0);
     ex.run(p, undefined, undefined, { download: false });
@@ -93,6 +93,12 @@ describe("scaled_segment_dot and scaled_segment_wgrad on CUDA: the moves around 
     expect(r.maps[0]).toBe(2 * 4 + 4 * 5);
     // second: the dots' only (prepared per call)
     expect(r.maps[1]).toBe(2 * 4);
+  });
+  it("Wgrad with an f32 result: the labelled fallback (x dequantized, rows gathered and quantized 128x1, cuBLASLt per expert)", () => {
+    const r = run(1, "f32");
+    expect(r.order.filter((o) => o.endsWith("_br") || o.startsWith("shardts_wgrad_cols"))).toEqual([]);
+    expect(r.order.filter((o) => o.startsWith("shardts_dequant")).length).toBe(3);
+    expect(r.order.filter((o) => o.startsWith("shardts_quant_tiles_cols")).length).toBe(2);
   });
   it("builds the padded layout once per run: every segment op uploads the same row map", () => {
     const maps = run().uploads.filter((u) => u.length === PADDED_ROWS);
