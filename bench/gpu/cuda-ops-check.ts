@@ -190,11 +190,19 @@ const cases: { op: string; dtypes: DType[]; make: Maker; grouped?: (t: DType) =>
         const [perm, counts] = raw("sort_by_key", [T(m, { g: 2, s: 300 }, "i32", gen)], { dim: "s", rows: "rows", groups: "e", numGroups: 4 });
         const x = raw("gather", [T(m, { g: 2, s: 300, k: 272 }, t), perm!], { dim: "s" })[0]!;
         if (op === "scaled_segment_wgrad") {
-          // bf16 out runs the row-scaled FP8 GEMM per expert: k = 272 loads A's scales by TMA, k = 270
-          // (M % 4 != 0 for the GEMM) from global memory (the _gs variant)
+          // x the forward's e4m3 rows (1x128 along k); dY f32 or bf16 (the two source kinds of the
+          // gather + quantize + transpose kernel besides codes). bf16 out runs the row-scaled FP8 GEMM per
+          // expert: k = 272 loads A's scales by TMA and its codes 16 bytes at a time, k = 270 (M % 4 != 0
+          // for the GEMM) from global memory (the _gs variant) and its codes one at a time; f32 out the
+          // dequantize + cuBLASLt fallback
           const gy = raw("gather", [T(m, { g: 2, s: 300, n: 144 }, t), perm!], { dim: "s" })[0]!;
           const x2 = raw("gather", [T(m, { g: 2, s: 300, k: 270 }, t), perm!], { dim: "s" })[0]!;
-          return [...raw("scaled_segment_wgrad", [x, gy, counts!], { k: "k", n: "n" }), ...raw("scaled_segment_wgrad", [x2, gy, counts!], { k: "k", n: "n" })];
+          const [q1, q2] = [x, x2].map((v) => quantize(v as never, "1x128", "k") as { q: AnyDTensor; scales: AnyDTensor });
+          return [
+            ...raw("scaled_segment_wgrad", [q1!.q, q1!.scales, gy, counts!], { k: "k", n: "n" }),
+            ...raw("scaled_segment_wgrad", [q2!.q, q2!.scales, gy, counts!], { k: "k", n: "n" }),
+            ...raw("scaled_segment_wgrad", [q1!.q, q1!.scales, gy, counts!], { k: "k", n: "n", out: "f32" }),
+          ];
         }
         const qx = quantize(x as never, "1x128", "k") as { q: AnyDTensor; scales: AnyDTensor };
         const qw = quantize(T(m, { e: 4, k: 272, n: 144 }, t, () => rnd() * 0.2 - 0.1) as never, "128x128", ["n", "k"]) as { q: AnyDTensor; scales: AnyDTensor };

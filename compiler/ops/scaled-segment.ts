@@ -5,14 +5,17 @@
 //     (scaledMatmulCpu: each 128-chunk of k summed exactly, rounded to f32, scaled by f32(sa·sb) and
 //     added into an f32 accumulator), the same numerics as compiler/numeric/fp8-gemm.ts's grouped
 //     model, so the CUDA grouped GEMM is compared with it.
-//   scaled_segment_wgrad(x, gy, counts): out[g, k, n] = Σ over group g's rows of x[r, k]·gy[r, n] in
-//     FP8: x and gy quantized in 128×1 tiles along the rows of each segment (a segment is padded with
-//     zero rows to a multiple of 128, so a tile never straddles two segments or two experts), the
-//     contraction over the rows promoted every 128 rows. bf16 out unless told.
+//   scaled_segment_wgrad(x, x_scales, gy, counts): out[g, k, n] = Σ over group g's rows of x[r, k]·gy[r, n]
+//     in FP8. x is the forward's e4m3 rows (1×128 tiles along k, as scaled_segment_dot takes them);
+//     their values f32(code · scale) (dequantize's) and gy are quantized in 128×1 tiles along the rows
+//     of each segment (a segment is padded with zero rows to a multiple of 128, so a tile never
+//     straddles two segments or two experts), the contraction over the rows promoted every 128 rows.
+//     bf16 out unless told. Taking the codes, not dequantized rows, spares the f32 copy of the
+//     dispatched rows (4 bytes an element): the CUDA path dequantizes them in registers.
 // Placements are segment_dot's / segment_wgrad's, without Partial operands (a sum of quantized pieces
 // is not a quantized tensor). The gradient of scaled_segment_dot is the FP8 recipe: Dgrad =
 // scaled_segment_dot(quantize(dY, 1×128 along n), w's blocks read transposed), Wgrad =
-// scaled_segment_wgrad(dequantize(x), dY). Dgrad is bf16; attr `dx: "f32"` casts it to f32 for rows
+// scaled_segment_wgrad(x, x_scales, dY). Dgrad is bf16; attr `dx: "f32"` casts it to f32 for rows
 // quantized before an MoE dispatch from f32 tokens (stdlib/nn/fp8.ts fp8Dispatch): quantize's
 // straight-through gradient would have cast it there, so the rows' gradients then add up and travel
 // back in f32 as they do when the rows are quantized after the dispatch.
@@ -128,21 +131,22 @@ const scaledSegmentDot: OpDef = {
     const [qg, sg] = b.ops("quantize", [g], { tiling: "1x128", dims: [sd.nOut] });
     const dgrad = b.op(OP, [qg!, sg!, x[2]!, x[3]!, x[4]!], { contract: sd.nOut, out: "bf16" });
     const gx = dxDType(attrs) === "bf16" ? dgrad : b.op("cast", [dgrad], { dtype: "f32" });
-    // Wgrad: the forward's FP8 rows (dequantized) and dY, each requantized 128x1 along the segment's rows
-    const xd = b.op("dequantize", [x[0]!, x[1]!], { out: "f32" });
-    const gw = b.op(WOP, [xd, g, x[4]!], { k: sd.k, n: sd.nOut, out: "bf16" });
+    // Wgrad: the forward's FP8 rows and dY, each requantized 128x1 along the segment's rows
+    const gw = b.op(WOP, [x[0]!, x[1]!, g, x[4]!], { k: sd.k, n: sd.nOut, out: "bf16" });
     return [gx, null, gw, null, null];
   },
 };
 
-function wgradDims(x: TensorType, gy: TensorType, c: TensorType, attrs: Attrs) {
+function wgradDims(x: TensorType, sx: TensorType, gy: TensorType, c: TensorType, attrs: Attrs) {
   const rows = x.dims.find((d) => d.segmented);
   if (!rows) throw new ShapeError(`${WOP}() needs x to have a segmented rows dim (the rows produced by sort_by_key)`);
   const k = String(attrs.k), n = String(attrs.n), groups = rows.segmented!.groups;
   needDim(WOP, x, k, "x");
   needDim(WOP, gy, n, "gy");
   checkSizes(WOP, x.dims, gy.dims);
-  for (const [t, arg] of [[x, "x"], [gy, "gy"]] as const) if (t.dtype !== "f32" && t.dtype !== "bf16") throw new DTypeError(msgNeedsDType(WOP, t.dtype, `f32 or bf16 for ${arg} (it quantizes them itself, 128x1 per segment)`));
+  if (x.dtype !== "fp8e4m3") throw new DTypeError(msgNeedsDType(WOP, x.dtype, "fp8e4m3 for x (the forward's quantized rows)"));
+  if (tiledDimsOf(WOP, x, sx, "x_scales").join() !== k) throw new ShapeError(`${WOP}() needs x quantized "1x128" along '${k}' (the forward's rows, quantize(x, "1x128", "${k}"))`);
+  if (gy.dtype !== "f32" && gy.dtype !== "bf16") throw new DTypeError(msgNeedsDType(WOP, gy.dtype, "f32 or bf16 for gy (it quantizes it itself, 128x1 per segment)"));
   if (c.dtype !== "i32") throw new ShapeError(`${WOP}() counts must be i32`);
   const batch = c.dims.map((d) => d.name).filter((nm) => nm !== groups);
   return { rows, k, n, groups, batch };
@@ -161,24 +165,32 @@ function quantizeColumns(src: LocalData, m: number, cols: number, q: Float32Arra
 const scaledSegmentWgrad: OpDef = {
   name: WOP,
   family: "contraction",
-  args: ["x", "gy", "counts"],
-  shape: ([x, gy, c], attrs) => {
-    const wd = wgradDims(x!, gy!, c!, attrs);
+  args: ["x", "x_scales", "gy", "counts"],
+  shape: ([x, sx, gy, c], attrs) => {
+    const wd = wgradDims(x!, sx!, gy!, c!, attrs);
     return [{ dims: [{ name: wd.groups, size: wd.rows.segmented!.numGroups }, findDim(x!, wd.k)!, findDim(gy!, wd.n)!], dtype: outDType(WOP, attrs) }];
   },
-  shard: ([px, pg, pc], ctx) => {
+  shard: ([px, psx, pg, pc], ctx) => {
     for (const p of [px!, pg!, pc!]) if (isPartial(p)) throw new ShardingError(msgNonlinear(WOP, ctx.axis, p));
+    const k = String(ctx.attrs.k);
+    checkWholeTiles(ctx, ctx.inputs[0]!, px!, [k]);
+    const want = scalePlacement(px!, [k]);
+    if (psx !== want) throw new ShardingError(msgScalesAgree(WOP, ctx.axis, "x_scales", want));
     return [segmentWgradRule(px!, pg!, pc!, ctx.inputs[0]!, ctx.attrs, ctx.axis, WOP) as Placement];
   },
-  cpu: ([x, gy, c], attrs, ctx) => {
-    const [tx, tg, tc] = ctx.inTypes as TensorType[];
-    const wd = wgradDims(tx!, tg!, tc!, attrs);
-    const X = permuteTo(x!, tx!, [...wd.batch, wd.rows.name, wd.k]), G = permuteTo(gy!, tg!, [...wd.batch, wd.rows.name, wd.n]);
+  cpu: ([x, sx, gy, c], attrs, ctx) => {
+    const [tx, tsx, tg, tc] = ctx.inTypes as TensorType[];
+    const wd = wgradDims(tx!, tsx!, tg!, tc!, attrs);
+    const xo = [...wd.batch, wd.rows.name, wd.k];
+    // the rows' values as dequantize gives them: f32(code · scale)
+    const XQ = permuteTo(x!, tx!, xo), SX = permuteTo(expandScales(x!, tx!, sx!, [wd.k]), { ...tx!, dtype: "f32" }, xo);
+    const X = { ...XQ, data: Float32Array.from(XQ.data, (q, i) => Math.fround(q * SX.data[i]!)) };
+    const G = permuteTo(gy!, tg!, [...wd.batch, wd.rows.name, wd.n]);
     const C = permuteTo(c!, tc!, [...wd.batch, wd.groups]);
     const bt = sizeOf(x!, tx!, wd.batch), R = sizeOf(x!, tx!, [wd.rows.name]), K = sizeOf(x!, tx!, [wd.k]), N = sizeOf(gy!, tg!, [wd.n]);
     const gOut = ctx.outShapes[0]![0]!;
     const packed = ctx.inBoxes[0]!.seg[tx!.dims.indexOf(wd.rows)] !== null;
-    const runs = segmentRuns(C.data, bt, sizeOf(c!, tc!, [wd.groups]), offsetOf(ctx, 2, tc!, wd.groups), ctx.outBoxes[0]!.offset[0]!, gOut, R, packed);
+    const runs = segmentRuns(C.data, bt, sizeOf(c!, tc!, [wd.groups]), offsetOf(ctx, 3, tc!, wd.groups), ctx.outBoxes[0]!.offset[0]!, gOut, R, packed);
     const out = newOut(ctx.outTypes[0]!.dtype, ctx.outShapes[0]!);
     const pad = (m: number) => Math.ceil(m / TILE) * TILE;
     for (let g = 0; g < gOut; g++) {

@@ -6,12 +6,13 @@
 //     A and its 1×128 scales are gathered into that layout (FP8 codes moved as int32 words), the GEMM
 //     writes bf16 rows, and a second gather drops the padding on the way out (rows outside every
 //     segment come out 0, as on the CPU).
-//   scaled_segment_wgrad → x and dY gathered into the same padded layout, quantized 128×1 along the
-//     rows (the tiles restart at every segment, as the CPU reference's), and per expert the row-scaled
-//     FP8 GEMM (both operands scaled per column and 128-row block: X^T and dY^T with the expert's padded
-//     rows as K; the codes transposed once, each expert a column range) writing bf16. An f32 result,
-//     a non-Hopper GPU or widths the kernels refuse take the dequantize + one cuBLASLt f32 GEMM per
-//     expert path instead (exact FP8 operands, f32 sums).
+//   scaled_segment_wgrad → x (the forward's e4m3 codes and 1×128 scales) and dY each gathered into the
+//     same padded layout, quantized 128×1 along the rows (the tiles restart at every segment, as the
+//     CPU reference's) and transposed to K-major by one kernel (x dequantized in registers), then per
+//     expert the row-scaled FP8 GEMM (both operands scaled per column and 128-row block: X^T and dY^T
+//     with the expert's padded rows as K, each expert a column range), its launches prepared once per
+//     executor and buffers. An f32 result, a non-Hopper GPU or widths the kernels refuse take the
+//     dequantize + one cuBLASLt f32 GEMM per expert path instead (exact FP8 operands, f32 sums).
 // A shape the grouped kernel cannot take (shapeProblem), an f32 output or a non-Hopper GPU is a
 // CompileError naming why.
 import type { TensorType } from "../../compiler/ir/types.ts";
@@ -24,10 +25,12 @@ import { scaledSegDims, segmentRuns } from "../../compiler/ops/scaled-segment.ts
 import { tilesName } from "../../compiler/ops/quantize.ts";
 import { empty, type DeviceTensor } from "./memory.ts";
 import { matmulPlans } from "./matmul-plans.ts";
-import { fp8GemmOf } from "./fp8-gemm.ts";
+import { fp8GemmOf, type Fp8Gemm, type Fp8GemmBuffers, type Fp8GemmProblemShape } from "./fp8-gemm.ts";
 import { gatherRows, i32, paddedLayout, paddedLayoutOf } from "./padded-segments.ts";
 import { dequantizeCuda, quantizeCuda } from "./fp8.ts";
 import * as K from "./kernels/sources.ts";
+import * as Q from "./kernels/fp8-sources.ts";
+import { packArgs } from "./native.ts";
 import type { CudaExecutor } from "./executor.ts";
 
 /** The grouped kernel the executor launches (defaultGemmConfig: the fastest grouped kernel on the GEMM bench). */
@@ -97,61 +100,93 @@ export function scaledSegmentDotCuda(ex: CudaExecutor, plan: Plan, ins: OpInstr,
   return ex.reorderOwned(Y, order, names(to));
 }
 
+/** The row-scaled GEMM's launch for these buffers, prepared (tensor maps encoded) once per executor and arguments. */
+function rowScaledLaunch(g: Fp8Gemm, s: Fp8GemmProblemShape, bufs: Fp8GemmBuffers): () => void {
+  let byKey = launches.get(g);
+  if (!byKey) launches.set(g, (byKey = new Map()));
+  const key = `${s.M},${s.N},${s.K},${s.lda},${s.ldb},${bufs.a},${bufs.b},${bufs.sa},${bufs.sb},${bufs.d}`;
+  let run = byKey.get(key);
+  if (!run) {
+    // (the caching allocator hands a step the blocks of the step before: a bound, not an eviction policy)
+    if (byKey.size >= MAX_LAUNCHES) byKey.clear();
+    byKey.set(key, (run = g.prepare(ROW_SCALED, s, bufs)));
+  }
+  return run;
+}
+const launches = new WeakMap<Fp8Gemm, Map<string, () => void>>(), MAX_LAUNCHES = 4096;
+
+/**
+ * Rows of x (`rows` × `width`; e4m3 codes with their 1×128 scales `xs`, or bf16 / f32) gathered by
+ * `rowMap` into the padded layout, quantized 128×1 along its M rows and transposed in one kernel:
+ * codes [width][M], scales [M/128][width] (kernels/fp8-sources.ts wgradColumns).
+ */
+function quantizeColumnsT(ex: CudaExecutor, x: DeviceTensor, xs: DeviceTensor | undefined, rows: number, width: number, rowMap: DeviceTensor, M: number) {
+  const src = xs ? "fp8" : (x.dtype as "bf16" | "f32");
+  const q = empty(ex.mem, "fp8e4m3", [width, M]), s = empty(ex.mem, "f32", [M / GROUPED_M_ALIGN, width]);
+  const vec = (width * K.elemBytes(x.dtype)) % 16 === 0 && x.ptr % 16n === 0n ? 1 : 0;
+  const k = Q.wgradColumns(src);
+  ex.addon.launchKernel(ex.fn(k.name, k.source), [(M / GROUPED_M_ALIGN) * Math.ceil(width / Q.wgradStrip(src)), 1, 1], [256, 1, 1], 0, ex.stream,
+    packArgs(["ptr", q.ptr], ["ptr", s.ptr], ["ptr", x.ptr], ["ptr", xs?.ptr ?? 0n], ["ptr", rowMap.ptr], ["i64", rows], ["i32", width], ["i64", M], ["i32", vec]));
+  return { q, s };
+}
+
 export function scaledSegmentWgradCuda(ex: CudaExecutor, plan: Plan, ins: OpInstr, r: number, x: DeviceTensor[], tIn: TensorType[], to: TensorType, shape: number[]): DeviceTensor {
-  const [tx, tg] = tIn as [TensorType, TensorType];
+  const [tx, tsx, tg] = tIn as [TensorType, TensorType, TensorType];
   const rows = tx.dims.find((d) => d.segmented)!, k = String(ins.attrs.k), n = String(ins.attrs.n);
   const groups = rows.segmented!.groups;
-  const batch = names(tIn[2]!).filter((nm) => nm !== groups);
-  const X = ex.reorder(x[0]!, names(tx), [...batch, rows.name, k]), G = ex.reorder(x[1]!, names(tg), [...batch, rows.name, n]);
+  const batch = names(tIn[3]!).filter((nm) => nm !== groups);
+  const X = ex.reorder(x[0]!, names(tx), [...batch, rows.name, k]), G = ex.reorder(x[2]!, names(tg), [...batch, rows.name, n]);
+  const SX = ex.reorder(x[1]!, names(tsx), [...batch, rows.name, tilesName(k)]);
   const R = X.shape[batch.length]!, KK = X.shape[batch.length + 1]!, N = G.shape[batch.length + 1]!;
   const gOut = shape[0]!, outOff = plan.values[ins.outputs[0]!]!.boxes[r]!.offset[0]!;
-  const { layout, bt } = runsOf(ex, plan, ins, r, x, tIn, 2, outOff, gOut, rows.name, R);
+  const { layout, bt } = runsOf(ex, plan, ins, r, x, tIn, 3, outOff, gOut, rows.name, R);
   // (output rows as many as the input's, as the dots on these counts have: their layout, outMap unused here)
   const lay = layout(R);
   const M = lay.rowMap.length;
-  // each operand in the padded layout, quantized 128x1 along the rows (a tile never crosses a segment):
-  // codes [M][width] and scales [M/128][width], the row-scaled GEMM's sa / sb layout as they are
-  const quantRows = (t: DeviceTensor, width: number, rowMap: DeviceTensor) => {
-    const P = gatherRows(ex, t, bt * R, width, t.dtype as "f32" | "bf16", rowMap, M);
-    const pt: TensorType = { dims: [{ name: "p", size: M }, { name: "c", size: width }], dtype: P.dtype, placements: [] };
-    const [q, sc] = quantizeCuda(ex, P, pt, { tiling: "128x1", dims: ["p"] });
-    ex.release(P);
-    return { q: q!, s: sc!, pt };
-  };
   const g = fp8GemmOf(ex);
   const onGemm = to.dtype === "bf16" && g.supported && shapeProblem({ M: KK, N, K: GROUPED_M_ALIGN }) === undefined;
   const out = empty(ex.mem, onGemm ? "bf16" : "f32", [gOut, KK, N]);
   if (numel(out.shape)) ex.addon.memsetD8(out.ptr, 0, numel(out.shape) * K.elemBytes(out.dtype), ex.stream);
   if (M > 0 && KK > 0 && N > 0) {
     const rowMap = i32(ex, lay.rowMap);
-    const qx = quantRows(X, KK, rowMap), qg = quantRows(G, N, rowMap);
     if (onGemm) {
       // per expert: dW_g = X_g^T G_g on the row-scaled FP8 GEMM (A = X^T, B = G^T, K = the expert's padded
-      // rows): the codes transposed once to [width][M], each expert a column range (row stride M)
-      const XT = ex.reorder(qx.q, ["p", "c"], ["c", "p"]), GT = ex.reorder(qg.q, ["p", "c"], ["c", "p"]);
+      // rows). Both operands gathered, quantized 128x1 and transposed to [width][M] by one kernel each
+      // (x's codes dequantized in registers: no f32 rows); each expert a column range (row stride M)
+      const qx = quantizeColumnsT(ex, X, SX, bt * R, KK, rowMap, M), qg = quantizeColumnsT(ex, G, undefined, bt * R, N, rowMap, M);
       lay.range.forEach(([p0, p1], grp) => {
         if (p1 <= p0) return;
         const kb0 = p0 / GROUPED_M_ALIGN;
-        g.prepare(ROW_SCALED, { M: KK, N, K: p1 - p0, lda: M, ldb: M }, {
-          a: XT.ptr + BigInt(p0), b: GT.ptr + BigInt(p0), sa: qx.s.ptr + BigInt(kb0 * KK * 4), sb: qg.s.ptr + BigInt(kb0 * N * 4), d: out.ptr + BigInt(grp * KK * N * 2),
+        rowScaledLaunch(g, { M: KK, N, K: p1 - p0, lda: M, ldb: M }, {
+          a: qx.q.ptr + BigInt(p0), b: qg.q.ptr + BigInt(p0), sa: qx.s.ptr + BigInt(kb0 * KK * 4), sb: qg.s.ptr + BigInt(kb0 * N * 4), d: out.ptr + BigInt(grp * KK * N * 2),
         })();
       });
-      for (const t of [XT, GT]) ex.release(t);
+      for (const t of [qx.q, qx.s, qg.q, qg.s]) ex.release(t);
     } else {
-      // an f32 result, or no Hopper: dequantize and one cuBLASLt f32 GEMM per expert
-      const deq = (o: { q: DeviceTensor; s: DeviceTensor; pt: TensorType }) =>
-        dequantizeCuda(ex, o.q, o.s, { ...o.pt, dtype: "fp8e4m3" }, { ...o.pt, dims: [{ name: tilesName("p"), size: M / 128 }, o.pt.dims[1]!], dtype: "f32" }, "f32");
-      const Xd = deq(qx), Gd = deq(qg);
+      // an f32 result, or no Hopper: x dequantized, both operands gathered and quantized 128x1 along the
+      // rows, dequantized again (exact FP8 operands) and one cuBLASLt f32 GEMM per expert
+      const xd = dequantizeCuda(ex, { ...X, shape: [bt * R, KK] }, { ...SX, shape: [bt * R, SX.shape[SX.shape.length - 1]!] }, { dims: [{ name: "r", size: bt * R }, { name: "c", size: KK }], dtype: "fp8e4m3", placements: [] },
+        { dims: [{ name: "r", size: bt * R }, { name: tilesName("c"), size: SX.shape[SX.shape.length - 1]! }], dtype: "f32", placements: [] }, "f32");
+      const quantRows = (t: DeviceTensor, width: number) => {
+        const P = gatherRows(ex, t, bt * R, width, t.dtype as "f32" | "bf16", rowMap, M);
+        const pt: TensorType = { dims: [{ name: "p", size: M }, { name: "c", size: width }], dtype: P.dtype, placements: [] };
+        const [q, sc] = quantizeCuda(ex, P, pt, { tiling: "128x1", dims: ["p"] });
+        ex.release(P);
+        const d = dequantizeCuda(ex, q!, sc!, { ...pt, dtype: "fp8e4m3" }, { ...pt, dims: [{ name: tilesName("p"), size: M / 128 }, pt.dims[1]!], dtype: "f32" }, "f32");
+        for (const o of [q!, sc!]) ex.release(o);
+        return d;
+      };
+      const Xd = quantRows(xd, KK), Gd = quantRows(G, N);
+      ex.release(xd);
       lay.range.forEach(([p0, p1], grp) => {
         if (p1 > p0)
           matmulPlans(ex.addon).run(F32_TRANS_A, KK, N, p1 - p0, 1, Xd.ptr + BigInt(p0 * KK * 4), Gd.ptr + BigInt(p0 * N * 4), out.ptr + BigInt(grp * KK * N * 4), ex.stream);
       });
       for (const t of [Xd, Gd]) ex.release(t);
     }
-    for (const t of [rowMap, qx.q, qx.s, qg.q, qg.s]) ex.release(t);
+    ex.release(rowMap);
   }
-  if (X !== x[0]) ex.release(X);
-  if (G !== x[1]) ex.release(G);
+  for (const [t, orig] of [[X, x[0]], [SX, x[1]], [G, x[2]]] as const) if (t !== orig) ex.release(t);
   // the GEMM wrote bf16 already (castOwned reads f32)
   return out.dtype === to.dtype ? out : ex.castOwned(out, to.dtype);
 }

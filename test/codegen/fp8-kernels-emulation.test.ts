@@ -14,9 +14,9 @@ import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { dequantize, dequantizeVec, quantizeRows, quantizeTiles } from "../../runtime/cuda/kernels/fp8-sources.ts";
+import { dequantize, dequantizeVec, quantizeRows, quantizeTiles, wgradColumns, wgradStrip } from "../../runtime/cuda/kernels/fp8-sources.ts";
 import { dequantizeValues, quantizeValues } from "../../compiler/ops/quantize.ts";
-import { e4m3FromBits } from "../../compiler/numeric/fp8.ts";
+import { e4m3FromBits, e4m3ToBits } from "../../compiler/numeric/fp8.ts";
 import { roundToBf16 } from "../../compiler/numeric/bf16.ts";
 import { GXX, EMU, noteIfNoGxx } from "./gxx.ts";
 
@@ -146,6 +146,75 @@ int main(int, char** argv) {
           if (diff) bad.push(`${k.name} [${O}, ${N}, ${K}] tn ${tn}: ${diff}/${n} values differ`);
         }
       }
+    }
+    expect(bad).toEqual([]);
+  }, 300_000);
+  it("the routed Wgrad's gather + 128x1 quantize + transpose equals quantizeValues on the gathered (dequantized) rows", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "shardts-fp8emu-"));
+    const run = promisify(execFile);
+    const bad: string[] = [];
+    const rows = 300;
+    // three segments padded to whole 128-row blocks (the middle one spans two), padding rows -1
+    const segs = [[0, 130], [200, 60], [140, 128]] as const;
+    const rowMap: number[] = [];
+    for (const [r0, m] of segs) for (let i = 0; i < Math.ceil(m / 128) * 128; i++) rowMap.push(i < m ? r0 + i : -1);
+    const M = rowMap.length;
+    // widths: a partial last strip with 16-byte rows (vec), and rows that are not whole 16-byte chunks
+    for (const [src, width] of [["fp8", 272], ["fp8", 200], ["bf16", 264], ["bf16", 100], ["f32", 136], ["f32", 70]] as const) {
+      const kt = Math.ceil(width / 128), n = rows * width;
+      let seed = 5;
+      const rnd = () => ((seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32);
+      // source values: fp8 codes (every byte but NaN's) with 1x128 row scales, or bf16 / f32 values; a spike and a zero column tile
+      const codes = Uint8Array.from({ length: n }, () => { const b = Math.floor(rnd() * 256); return (b & 0x7f) === 0x7f ? 0 : b; });
+      const xs = Float32Array.from({ length: rows * kt }, () => Math.fround(rnd() * 2 ** Math.floor(rnd() * 12 - 6)));
+      const vals = Float32Array.from({ length: n }, (_, i) => {
+        const r = Math.floor(i / width), c = i % width;
+        if (src === "fp8") return Math.fround(e4m3FromBits(codes[i]!) * xs[r * kt + Math.floor(c / 128)]!);
+        if (r < 130 && c < 8) return 0;
+        const v = (rnd() - 0.5) * 2 ** ((r % 7) - 3) + (r === 77 && c === 5 ? 900 : 0);
+        return src === "bf16" ? roundToBf16(v) : Math.fround(v);
+      });
+      // the reference: each 128-row block of the gathered values quantized 128x1, transposed
+      const wantQ = new Uint8Array(width * M), wantS = new Float32Array((M / 128) * width);
+      for (let b = 0; b < M / 128; b++) {
+        const blk = new Float32Array(128 * width);
+        for (let i = 0; i < 128; i++) if (rowMap[b * 128 + i]! >= 0) blk.set(vals.subarray(rowMap[b * 128 + i]! * width, (rowMap[b * 128 + i]! + 1) * width), i * width);
+        const r = quantizeValues(blk, [128, width], [true, false]);
+        for (let i = 0; i < 128; i++) for (let c = 0; c < width; c++) wantQ[c * M + b * 128 + i] = e4m3ToBits(r.q[i * width + c]!);
+        wantS.set(r.scales, b * width);
+      }
+      const k = wgradColumns(src), eb = src === "f32" ? 4 : src === "bf16" ? 2 : 1, CW = wgradStrip(src);
+      const vec = (width * eb) % 16 === 0 ? 1 : 0;
+      const xBytes = src === "fp8" ? Buffer.from(codes) : src === "bf16" ? bf16Bytes(vals) : Buffer.from(vals.buffer);
+      const T = src === "fp8" ? "unsigned char" : src === "bf16" ? "__nv_bfloat16" : "float";
+      const exe = join(dir, `${k.name}_${width}`);
+      writeFileSync(`${exe}.cpp`, `#include "cuda-emu.h"
+${k.source}
+int main(int, char** argv) {
+  const long long nx = ${xBytes.length}, ns = ${xs.length}, M = ${M};
+  ${T}* x = (${T}*)aligned_alloc(64, (nx + 63) / 64 * 64);
+  float* xs = (float*)aligned_alloc(64, (ns * 4 + 63) / 64 * 64);
+  int* map = (int*)aligned_alloc(64, (M * 4 + 63) / 64 * 64);
+  unsigned char* q = (unsigned char*)aligned_alloc(64, (${width} * M + 63) / 64 * 64);
+  float* s = (float*)aligned_alloc(64, (M / 128 * ${width} * 4 + 63) / 64 * 64);
+  memset(q, 0xAA, ${width} * M); memset(s, 0xff, M / 128 * ${width} * 4);
+  FILE* f = fopen(argv[1], "rb");
+  if (fread(x, 1, nx, f) != (size_t)nx || fread(xs, 4, ns, f) != (size_t)ns || fread(map, 4, M, f) != (size_t)M) return 2;
+  fclose(f);
+  emu_launch(${(M / 128) * Math.ceil(width / CW)}, 256, [&] { ${k.name}(q, s, x, xs, map, ${rows}LL, ${width}, M, ${vec}); });
+  FILE* o = fopen(argv[2], "wb"); fwrite(q, 1, ${width} * M, o); fwrite(s, 4, M / 128 * ${width}, o); fclose(o);
+  return 0;
+}
+`);
+      writeFileSync(`${exe}.in`, Buffer.concat([xBytes, Buffer.from(xs.buffer), Buffer.from(Int32Array.from(rowMap).buffer)]));
+      await run(GXX!, ["-std=c++20", "-O1", "-pthread", "-w", `-I${EMU}`, `-I${join(EMU, "include")}`, "-x", "c++", `${exe}.cpp`, "-o", exe]);
+      execFileSync(exe, [`${exe}.in`, `${exe}.out`]);
+      const got = readFileSync(`${exe}.out`);
+      let nq = 0, ns = 0;
+      for (let i = 0; i < wantQ.length; i++) if (got[i] !== wantQ[i]) nq++;
+      const sc = new Float32Array(got.buffer.slice(got.byteOffset + wantQ.length, got.byteOffset + wantQ.length + wantS.length * 4));
+      for (let i = 0; i < wantS.length; i++) if (!Object.is(sc[i], wantS[i])) ns++;
+      if (nq || ns) bad.push(`${k.name} width ${width} (vec ${vec}): ${nq}/${wantQ.length} codes, ${ns}/${wantS.length} scales differ`);
     }
     expect(bad).toEqual([]);
   }, 300_000);

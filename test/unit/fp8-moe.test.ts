@@ -108,12 +108,13 @@ describe("scaled_segment_dot: the routed experts' grouped FP8 contraction", () =
       }
   });
 
-  it("Wgrad equals, per expert, scaled_dot over its rows quantized 128x1 (the segment padded to whole tiles) bit for bit", async () => {
+  it("Wgrad equals, per expert, scaled_dot over its rows (the forward's FP8 rows, dequantized) quantized 128x1 (the segment padded to whole tiles) bit for bit", async () => {
     const m = Mesh.of({ d: 1 });
     const { rows, counts } = routed(m, 1, 300, E, { k: 136 }, "f32", randn(300 * 136, 3));
     const { rows: gyr } = routed(m, 1, 300, E, { n: 40 }, "f32", randn(300 * 40, 4));
-    const gw = trace("scaled_segment_wgrad", [rows, gyr, counts], { k: "k", n: "n" })[0]!;
-    const [w, gc, xv, gv] = await evaluate([gw, counts, rows, gyr]);
+    const qx = quantize(rows as never, "1x128", "k") as unknown as { q: AnyDTensor; scales: AnyDTensor };
+    const gw = trace("scaled_segment_wgrad", [qx.q, qx.scales, gyr, counts], { k: "k", n: "n" })[0]!;
+    const [w, gc, xv, gv] = await evaluate([gw, counts, dequantize(qx.q, qx.scales, { out: "f32" }) as AnyDTensor, gyr]);
     expect(w!.dimNames).toEqual(["e", "k", "n"]);
     const segs = segmentsOf(gc!, 1, E)[0]!;
     expect(segs[0]![1]).toBeGreaterThan(128);

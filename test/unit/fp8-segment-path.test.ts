@@ -1,8 +1,10 @@
 // The routed experts' FP8 ops (runtime/cuda/fp8-segment.ts) through the executor over the fake native
 // layer, by the kernels they launch: the expert weights' codes moved K-major by the tiled
-// transpose (not the element-a-thread strided copy), the codes of the Wgrad's operands the same, the
-// rows moved into the padded layout and back a warp per row, and the padded layout built once per
-// run for all the segment ops on one counts piece (the same host array uploaded by each). Not
+// transpose (not the element-a-thread strided copy), the rows moved into the padded layout and back
+// a warp per row, the Wgrad's operands gathered, quantized and transposed by one kernel each (x from
+// its codes: no dequantize), its per-expert GEMM launches prepared once per executor and buffers,
+// and the padded layout built once per run for all the segment ops on one counts piece (the same
+// host array uploaded by each). Not
 // numerics (the fake does no device work): test/codegen/fp8-kernels-emulation.test.ts runs the
 // kernels, bench/gpu/cuda-ops-check.ts the ops on a GPU.
 import { describe, expect, it } from "vitest";
@@ -22,7 +24,7 @@ const COUNTS = [5, 0, 9, 0, 3, 12, 1, 7, 0, 2];
 const PADDED_ROWS = 10 * 128; // (the reads repeat COUNTS over the 15 counts: 10 non-empty segments, one 128-row block each)
 
 /** Two scaled_segment_dots (weights [e, k, n]: moved to [e, n, k]) and a scaled_segment_wgrad on one counts piece. */
-function plan() {
+function plan(wgradOut = "bf16") {
   const m = Mesh.of({ d: 1 });
   const [perm, counts] = raw("sort_by_key", [fromGlobal(m, { g: 3, s: 24 }, "i32", Array.from({ length: 72 }, (_, i) => (i * 7) % 5)) as AnyDTensor], { dim: "s", rows: "rows", groups: "e", numGroups: 5 });
   const x = raw("gather", [T(m, { g: 3, s: 24, k: 64 }), perm!], { dim: "s" })[0]!;
@@ -32,15 +34,18 @@ function plan() {
     const qw = quantize(T(m, { e: 5, k: 64, n: 48 }) as never, "128x128", ["n", "k"]) as { q: AnyDTensor; scales: AnyDTensor };
     return raw("scaled_segment_dot", [qx.q, qx.scales, qw.q, qw.scales, counts!], { contract: "k", out: "bf16" })[0]!;
   });
-  const dw = raw("scaled_segment_wgrad", [x, gy, counts!], { k: "k", n: "n", out: "bf16" })[0]!;
+  const dw = raw("scaled_segment_wgrad", [qx.q, qx.scales, gy, counts!], { k: "k", n: "n", out: wgradOut })[0]!;
   return compile(m.builder.graph, [...dots, dw].map((t) => t.ref));
 }
 
-function run() {
-  const names = new Map<unknown, string>(), order: string[] = [], uploads: Int32Array[] = [];
+function run(times = 1, wgradOut = "bf16") {
+  const names = new Map<unknown, string>(), order: string[] = [], uploads: Int32Array[] = [], maps: number[] = [];
   const f = fakeAddon({
     read: (dst) => void (dst instanceof Int32Array && dst.forEach((_, i) => (dst[i] = COUNTS[i % COUNTS.length]!))),
-    spy: (method, args) => void (method === "memcpyHtoDAsync" && args[1] instanceof Int32Array && uploads.push(args[1])),
+    spy: (method, args) => {
+      if (method === "memcpyHtoDAsync" && args[1] instanceof Int32Array) uploads.push(args[1]);
+      if (method === "tensorMapEncodeTiled") maps[maps.length - 1]!++;
+    },
   });
   const addon = new Proxy(f.addon, {
     get: (t, k) => {
@@ -50,23 +55,50 @@ function run() {
       return v;
     },
   }) as NativeAddon;
-  new CudaExecutor(addon, 0).run(plan(), undefined, undefined, { download: false });
-  return { order, uploads, count: (n: string) => order.filter((o) => o === n).length };
+  const ex = new CudaExecutor(addon, 0), p = plan(wgradOut);
+  for (let i = 0; i < times; i++) {
+    maps.push(0);
+    ex.run(p, undefined, undefined, { download: false });
+  }
+  return { order, uploads, maps, count: (n: string) => order.filter((o) => o === n).length };
 }
 
 describe("scaled_segment_dot and scaled_segment_wgrad on CUDA: the moves around the grouped GEMM (fake native layer)", () => {
   useTempKernelCache();
-  it("transposes codes with the tiled transpose 4 bytes a lane (weights, Wgrad operands), never the element-a-thread copy", () => {
+  it("transposes the weights' codes with the tiled transpose 4 bytes a lane, never the element-a-thread copy", () => {
     const r = run();
     expect(r.count("shardts_copy_fp8e4m3")).toBe(0);
-    // each dot's weight [e, k, n] -> [e, n, k]; the Wgrad's quantized x and dY [M, c] -> [c, M]
-    expect(r.count("shardts_transpose_wide_e1")).toBe(4);
+    // each dot's weight [e, k, n] -> [e, n, k] (the Wgrad's operands come out transposed from their quantize)
+    expect(r.count("shardts_transpose_wide_e1")).toBe(2);
   });
-  it("moves rows into the padded layout and back a warp per row, 16 bytes a lane (codes, bf16 outputs, the Wgrad's bf16 rows)", () => {
+  it("moves rows into the padded layout and back a warp per row, 16 bytes a lane (codes, bf16 outputs)", () => {
     const r = run();
     expect([r.count("shardts_gather_i32"), r.count("shardts_gather_bf16")]).toEqual([0, 0]);
-    // per dot: codes in, bf16 out; the Wgrad: x and dY in; and the plan's own two gathers of x and dY by perm
-    expect(r.count("shardts_gather_rows_w16")).toBe(2 * 2 + 2 + 2);
+    // per dot: codes in, bf16 out; and the plan's own two gathers of x and dY by perm
+    expect(r.count("shardts_gather_rows_w16")).toBe(2 * 2 + 2);
+  });
+  it("Wgrad: x's codes and dY each gathered, quantized 128x1 and transposed by one kernel; nothing dequantized or requantized apart", () => {
+    const r = run();
+    expect([r.count("shardts_wgrad_cols_fp8"), r.count("shardts_wgrad_cols_bf16")]).toEqual([1, 1]);
+    expect(r.order.filter((o) => /dequant|quant_tiles_cols|quant_rows/.test(o))).toEqual(
+      // (the plan's own quantize of x for the dots, 1x128 along k)
+      ["shardts_quant_rows_bf16"],
+    );
+    // one row-scaled GEMM per expert with rows (expert 3 has none in any batch entry)
+    expect(r.order.filter((o) => o.endsWith("_br")).length).toBe(4);
+  });
+  it("Wgrad: a second run on the same executor encodes no new tensor maps for its per-expert GEMMs", () => {
+    const r = run(2);
+    // first run: the dots' grouped GEMMs (4 maps each: A, B, A's scales, D) and 4 experts' row-scaled ones (and B's row scales)
+    expect(r.maps[0]).toBe(2 * 4 + 4 * 5);
+    // second: the dots' only (prepared per call)
+    expect(r.maps[1]).toBe(2 * 4);
+  });
+  it("Wgrad with an f32 result: the labelled fallback (x dequantized, rows gathered and quantized 128x1, cuBLASLt per expert)", () => {
+    const r = run(1, "f32");
+    expect(r.order.filter((o) => o.endsWith("_br") || o.startsWith("shardts_wgrad_cols"))).toEqual([]);
+    expect(r.order.filter((o) => o.startsWith("shardts_dequant")).length).toBe(3);
+    expect(r.order.filter((o) => o.startsWith("shardts_quant_tiles_cols")).length).toBe(2);
   });
   it("builds the padded layout once per run: every segment op uploads the same row map", () => {
     const maps = run().uploads.filter((u) => u.length === PADDED_ROWS);

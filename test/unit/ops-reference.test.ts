@@ -889,7 +889,7 @@ describe(`ops against a float64 reference, 1-device mesh ${SEED_NOTE}`, () => {
       const gys = gather(gy.t, routed.perm, "tok");
       const [y, gw, perm, dx, dw] = await run(
         rawOp("scaled_segment_dot", [qx.q, qx.scales, qw.q, qw.scales, routed.counts], { contract: "model", out: "f32" })[0]!,
-        rawOp("scaled_segment_wgrad", [xs, gys, routed.counts], { k: "model", n: "ffn", out: "f32" })[0]!,
+        rawOp("scaled_segment_wgrad", [qx.q, qx.scales, gys, routed.counts], { k: "model", n: "ffn", out: "f32" })[0]!,
         routed.perm, dequantize(qx.q, qx.scales, { out: "f32" }), dequantize(qw.q, qw.scales, { out: "f32" }));
       const group = Array.from({ length: T }, (_, s) => keys.ref.at({ tok: perm!.data[s]! }));
       const yRef = Ref.build([["slot", T], ["ffn", N]], (i) => {
@@ -903,7 +903,8 @@ describe(`ops against a float64 reference, 1-device mesh ${SEED_NOTE}`, () => {
       const big = yRef.data.reduce((a, v) => Math.max(a, Math.abs(v)), 0);
       const worst = yRef.data.reduce((a, v, i) => Math.max(a, Math.abs(y!.data[i]! - v)), 0);
       expect(worst / big, `scaled_segment_dot ${SEED_NOTE}`).toBeLessThan(1e-6);
-      // Wgrad: x and gy (gathered by perm) quantized 128x1 along each group's rows (< 128 rows: one tile per column)
+      // Wgrad: x's FP8 rows (their dequantized values) and gy (gathered by perm) quantized 128x1 along each
+      // group's rows (< 128 rows: one tile per column)
       const q1 = (vals: number[]) => {
         const amax = Math.max(...vals.map(Math.abs));
         return vals.map((v) => (amax === 0 ? 0 : roundToE4M3(Math.fround(v * Math.fround(448 / amax))) * Math.fround(amax / 448)));
@@ -911,13 +912,13 @@ describe(`ops against a float64 reference, 1-device mesh ${SEED_NOTE}`, () => {
       const rowsOf = (g: number) => group.flatMap((gg, s) => (gg === g ? [s] : []));
       const wRef = Ref.build([["g", G], ["model", K], ["ffn", N]], (i) => {
         const rows = rowsOf(i.g!);
-        const a = q1(rows.map((s) => x.ref.at({ tok: perm!.data[s]!, model: i.model! })));
+        const a = q1(rows.map((s) => dx!.data[s * K + i.model!]!));
         const b = q1(rows.map((s) => gy.ref.at({ tok: perm!.data[s]!, ffn: i.ffn! })));
         return a.reduce((acc, v, j) => acc + v * b[j]!, 0);
       });
       const wAbs = Ref.build([["g", G], ["model", K], ["ffn", N]], (i) => {
         const rows = rowsOf(i.g!);
-        const a = q1(rows.map((s) => x.ref.at({ tok: perm!.data[s]!, model: i.model! })));
+        const a = q1(rows.map((s) => dx!.data[s * K + i.model!]!));
         const b = q1(rows.map((s) => gy.ref.at({ tok: perm!.data[s]!, ffn: i.ffn! })));
         return a.reduce((acc, v, j) => acc + Math.abs(v * b[j]!), 0);
       });

@@ -363,7 +363,13 @@ describe("sharding-rule validator: every op, every one-axis input placement comb
         return [qx!, sx!, qw!, sw!].map((r) => new DTensor(g.mesh, r)).concat([g.counts]);
       },
     },
-    { op: "scaled_segment_wgrad", label: "scaled_segment_wgrad {g,rows~seg,k},{g,rows~seg,n}, counts {g,e}", attrs: { k: "k", n: "n", out: "f32" }, inputs: (g) => [g.x, g.gy, g.counts] },
+    {
+      op: "scaled_segment_wgrad", label: "scaled_segment_wgrad fp8 {g,rows~seg,k},{g,rows~seg,n}, counts {g,e}", attrs: { k: "k", n: "n", out: "f32" },
+      inputs: (g) => {
+        const [qx, sx] = g.mesh.builder.add("quantize", [g.x.ref], { tiling: "1x128", dims: ["k"] });
+        return [new DTensor(g.mesh, qx!), new DTensor(g.mesh, sx!), g.gy, g.counts];
+      },
+    },
   ];
 
   /** Legal by the rules but computed wrongly; each has an it.fails repro below. */

@@ -233,8 +233,96 @@ extern "C" __global__ void ${name}(${T(out)}* __restrict__ y, const unsigned cha
   };
 });
 
+/**
+ * The routed Wgrad's operands (runtime/cuda/fp8-segment.ts): rows of x gathered into the padded
+ * group-major layout (rowMap: a source row per padded row, -1 a zero row), quantized 128×1 along the
+ * padded rows (a 128-row block is one tile: the layout never lets a tile cross a segment) and written
+ * transposed, codes [width][M] (the row-scaled GEMM's K-major operand) and scales [M/128][width]. One
+ * 256-thread block per (128-row block, strip of CW columns): the gathered rows are staged in shared
+ * memory in their own type (16-byte loads where the rows are whole 16-byte chunks and x is aligned:
+ * `vec`), each column's amax taken over the 128 rows, then each thread writes 16-byte runs of its
+ * column's codes. `src` "fp8": x is e4m3 codes with 1×128 scales along the width (xs, [rows][ceil(width/128)]),
+ * each value f32(code · scale) as dequantize() computes it, so the result is, bit for bit, dequantize
+ * then quantize 128×1 (compiler/ops/scaled-segment.ts's reference); "bf16" / "f32": x as it is.
+ */
+/** wgradColumns's columns a block (its shared tile 16 or 32 KB). */
+export const wgradStrip = (src: "fp8" | "bf16" | "f32"): number => (src === "f32" ? 64 : 128);
+export const wgradColumns = memo((src: "fp8" | "bf16" | "f32"): { name: string; source: string } => {
+  const name = `shardts_wgrad_cols_${src}`;
+  const S = src === "fp8" ? "unsigned char" : T(src), EB = src === "f32" ? 4 : src === "bf16" ? 2 : 1, CW = wgradStrip(src);
+  const val = src === "fp8"
+    ? "__nv_fp8_e4m3 f; f.__x = tile[r * CW + c]; return __fmul_rn(float(f), rs[r]);"
+    : src === "bf16" ? "return __bfloat162float(tile[r * CW + c]);" : "return tile[r * CW + c];";
+  return {
+    name,
+    source: `${HEAD}
+template <typename S, int N> struct alignas(sizeof(S) * N) pk { S v[N]; };
+constexpr int CW = ${CW}, PARTS = 256 / CW, RP = 128 / PARTS, CPR = CW * ${EB} / 16; // columns a strip, threads a column, rows a thread, 16-byte chunks a row
+__device__ __forceinline__ float val(const ${S}* tile, const float* rs, int r, int c) { ${val} }
+extern "C" __global__ void __launch_bounds__(256) ${name}(unsigned char* __restrict__ qT, float* __restrict__ s, const ${S}* __restrict__ x, const float* __restrict__ xs, const int* __restrict__ rowMap, long long rows, int width, long long M, int vec) {
+  __shared__ pk<${S}, 16 / ${EB}> tile16[128 * CPR];
+  __shared__ long long srcRow[128];
+  __shared__ float rs[128];
+  __shared__ float red[PARTS][CW];
+  __shared__ float invs[CW];
+  ${S}* tile = reinterpret_cast<${S}*>(tile16);
+  const int strips = (width + CW - 1) / CW, t = threadIdx.x;
+  const long long b = blockIdx.x / strips;
+  const int c0 = (int)(blockIdx.x % strips) * CW;
+  if (t < 128) {
+    const long long r = rowMap[b * 128 + t];
+    srcRow[t] = r >= 0 && r < rows ? r : -1;
+    rs[t] = ${src === "fp8" ? "r >= 0 && r < rows ? xs[r * ((width + 127) / 128) + c0 / 128] : 0.f" : "0.f"};
+  }
+  __syncthreads();
+  if (vec) {
+    for (int i = t; i < 128 * CPR; i += 256) {
+      const int r = i / CPR, col = c0 + (i % CPR) * (16 / ${EB});
+      pk<${S}, 16 / ${EB}> v;
+      if (srcRow[r] >= 0 && col < width) v = *reinterpret_cast<const pk<${S}, 16 / ${EB}>*>(x + srcRow[r] * width + col);
+      else
+#pragma unroll
+        for (int e = 0; e < 16 / ${EB}; e++) v.v[e] = ${src === "bf16" ? "__float2bfloat16_rn(0.f)" : "0"};
+      tile16[i] = v;
+    }
+  } else {
+    for (int i = t; i < 128 * CW; i += 256) {
+      const int r = i / CW, c = i % CW;
+      tile[i] = srcRow[r] >= 0 && c0 + c < width ? x[srcRow[r] * width + c0 + c] : ${src === "bf16" ? "__float2bfloat16_rn(0.f)" : "0"};
+    }
+  }
+  __syncthreads();
+  // each column's amax over the block's 128 rows: PARTS threads a column (a warp reads 32 columns of one row)
+  const int c = t % CW, part = t / CW;
+  float a = 0.f;
+  for (int j = 0; j < RP; j++) a = fmaxf(a, fabsf(val(tile, rs, part * RP + j, c)));
+  red[part][c] = a;
+  __syncthreads();
+  if (t < CW) {
+    float m = red[0][t];
+    for (int p = 1; p < PARTS; p++) m = fmaxf(m, red[p][t]);
+    float inv, scale;
+    inv_scale(m, &inv, &scale);
+    invs[t] = inv;
+    if (c0 + t < width) s[b * width + c0 + t] = scale;
+  }
+  __syncthreads();
+  if (c0 + c >= width) return;
+  const float inv = invs[c];
+  unsigned char* o = qT + (long long)(c0 + c) * M + b * 128 + part * RP;
+  for (int j0 = 0; j0 < RP; j0 += 16) {
+    pk<unsigned char, 16> w;
+#pragma unroll
+    for (int e = 0; e < 16; e++) w.v[e] = q8(val(tile, rs, part * RP + j0 + e, c), inv);
+    *reinterpret_cast<pk<unsigned char, 16>*>(o + j0) = w;
+  }
+}`,
+  };
+});
+
 export const fp8Sources = (): { name: string; source: string }[] => [
   quantizeRows("bf16"), quantizeRows("f32"), quantizeBlocks("bf16"), quantizeBlocks("f32"),
   quantizeTiles("bf16", "block"), quantizeTiles("f32", "block"), quantizeTiles("bf16", "cols"), quantizeTiles("f32", "cols"),
   dequantize("bf16"), dequantize("f32"), dequantizeVec("bf16"), dequantizeVec("f32"),
+  wgradColumns("fp8"), wgradColumns("bf16"), wgradColumns("f32"),
 ];
