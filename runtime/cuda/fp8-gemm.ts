@@ -39,6 +39,19 @@ export interface Fp8GemmProblemShape extends Fp8GemmShape {
   rowsD?: number;
 }
 
+/**
+ * The SMs a persistent generated GEMM spreads over: all but SHARDTS_GEMM_RESERVED_SMS (default 0). A
+ * persistent kernel strides its tiles over a fixed grid, so CTAs that wait for SMs an NCCL kernel holds
+ * finish their share late; leaving SMs to the communication kernels (as DeepGEMM's set_num_sms does)
+ * lets a GEMM and an exchange run side by side.
+ */
+export function gemmSms(smCount: number, env: string | undefined = process.env.SHARDTS_GEMM_RESERVED_SMS): number {
+  if (env === undefined || env === "") return smCount;
+  const r = Number(env);
+  if (!Number.isInteger(r) || r < 0 || r >= smCount) throw new RangeError(`SHARDTS_GEMM_RESERVED_SMS=${env}: give a whole number of SMs from 0 to ${smCount - 1}`);
+  return smCount - r;
+}
+
 export class Fp8Gemm {
   readonly device: DeviceProperties;
   readonly arch: string;
@@ -86,7 +99,7 @@ export class Fp8Gemm {
     const rowsA = config.rowRuns ? s.rowsA! : s.M, rowsD = config.rowRuns ? s.rowsD! : s.M;
     const c: Fp8GemmConfig = s.M % 4 !== 0 && !config.globalScales && !bf16 ? { ...config, globalScales: true } : config;
     const { fn, kernel, layout } = this.kernel(c);
-    const g = geometryOf(c, s, this.device.smCount);
+    const g = geometryOf(c, s, gemmSms(this.device.smCount));
     const rowsB = s.N * (s.experts ?? 1), KB = Math.ceil(s.K / FP8_BLOCK);
     const enc = this.addon.tensorMapEncodeTiled.bind(this.addon);
     const lda = s.lda ?? s.K * eb, ldb = s.ldb ?? s.K * eb;

@@ -4,6 +4,7 @@
 // 64-element (128-byte) boxes, and no cuBLAS GEMM; a shape the kernel refuses (K not a multiple of 16)
 // and an f32 segment_dot run the cuBLAS path as without the setting, with no error. Not numerics
 // (the fake does no device work): bench/gpu/cuda-ops-check.ts checks those on a GPU.
+import { gemmSms } from "../../runtime/cuda/fp8-gemm.ts";
 import type { TraceEvent } from "../../runtime/cuda/trace.ts";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CudaExecutor } from "../../runtime/cuda/executor.ts";
@@ -113,5 +114,15 @@ describe("bf16 segment_dot on the grouped wgmma kernel (SHARDTS_SEGMENT_GEMM=wgm
     expect(wgmmaSegmentRefusal({ ...ok, M: 0 })).toMatch(/no rows/);
     expect(wgmmaSegmentRefusal({ ...ok, K: 24 })).toMatch(/multiple of 16/);
     expect(wgmmaSegmentRefusal({ ...ok, N: 1400 })).toMatch(/multiple of 16/);
+  });
+});
+
+describe("SMs left to communication by the persistent generated GEMMs (SHARDTS_GEMM_RESERVED_SMS)", () => {
+  it("takes all SMs by default and leaves the reserved ones otherwise; refuses nonsense", () => {
+    expect(gemmSms(132, undefined)).toBe(132);
+    expect(gemmSms(132, "")).toBe(132);
+    expect(gemmSms(132, "24")).toBe(108);
+    expect(() => gemmSms(132, "132")).toThrow(/from 0 to 131/);
+    expect(() => gemmSms(132, "x")).toThrow(/SHARDTS_GEMM_RESERVED_SMS=x/);
   });
 });
