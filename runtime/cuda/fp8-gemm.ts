@@ -43,16 +43,27 @@ export interface Fp8GemmProblemShape extends Fp8GemmShape {
  * The SMs a persistent generated GEMM spreads over: all but SHARDTS_GEMM_RESERVED_SMS (default 0). A
  * persistent kernel strides its tiles over a fixed grid, so CTAs that wait for SMs an NCCL kernel holds
  * finish their share late; leaving SMs to the communication kernels (as DeepGEMM's set_num_sms does)
- * lets a GEMM and an exchange run side by side.
+ * lets a GEMM and an exchange run side by side. `byDefault` applies when the variable is unset: the
+ * executor's rank-local multi-GPU runs reserve MULTI_RANK_RESERVED_SMS (fp8GemmOf).
  */
-export function gemmSms(smCount: number, env: string | undefined = process.env.SHARDTS_GEMM_RESERVED_SMS): number {
-  if (env === undefined || env === "") return smCount;
+export function gemmSms(smCount: number, env: string | undefined = process.env.SHARDTS_GEMM_RESERVED_SMS, byDefault = 0): number {
+  if (env === undefined || env === "") return smCount - byDefault;
   const r = Number(env);
   if (!Number.isInteger(r) || r < 0 || r >= smCount) throw new RangeError(`SHARDTS_GEMM_RESERVED_SMS=${env}: give a whole number of SMs from 0 to ${smCount - 1}`);
   return smCount - r;
 }
 
+/**
+ * SMs the generated GEMMs leave to NCCL by default when a process runs one rank of several: on the FP8 EP
+ * layer (2x H200) 16 and 32 gave 16.7 / 16.6 ms against 17.9 / 19.4 ms with none (the shared experts'
+ * GEMMs beside the dispatch's exchange); bf16 13.09 / 13.34 against 13.07 / 13.08
+ * (bench/results/2026-11-23-moe-layer-ep-h200x2.txt, runs 9 and 10).
+ */
+export const MULTI_RANK_RESERVED_SMS = 16;
+
 export class Fp8Gemm {
+  /** SMs left to communication when SHARDTS_GEMM_RESERVED_SMS is unset (set by fp8GemmOf for multi-rank executors). */
+  reservedSms = 0;
   readonly device: DeviceProperties;
   readonly arch: string;
   private fns = new Map<string, { fn: KernelFunction; kernel: Fp8GemmKernel; compileMs: number; cached: boolean; layout: { offset: number; size: number }[] | null }>();
@@ -99,7 +110,7 @@ export class Fp8Gemm {
     const rowsA = config.rowRuns ? s.rowsA! : s.M, rowsD = config.rowRuns ? s.rowsD! : s.M;
     const c: Fp8GemmConfig = s.M % 4 !== 0 && !config.globalScales && !bf16 ? { ...config, globalScales: true } : config;
     const { fn, kernel, layout } = this.kernel(c);
-    const g = geometryOf(c, s, gemmSms(this.device.smCount));
+    const g = geometryOf(c, s, gemmSms(this.device.smCount, process.env.SHARDTS_GEMM_RESERVED_SMS, this.reservedSms));
     const rowsB = s.N * (s.experts ?? 1), KB = Math.ceil(s.K / FP8_BLOCK);
     const enc = this.addon.tensorMapEncodeTiled.bind(this.addon);
     const lda = s.lda ?? s.K * eb, ldb = s.ldb ?? s.K * eb;
@@ -165,8 +176,9 @@ const perExecutor = new WeakMap<object, Fp8Gemm>();
  * The Fp8Gemm of an executor, made on first use: one per executor, so every op that runs an FP8 GEMM
  * on it (scaled_dot, the segment contractions) shares its loaded kernels and device properties.
  */
-export function fp8GemmOf(ex: { readonly addon: NativeAddon; readonly stream: Stream }): Fp8Gemm {
+export function fp8GemmOf(ex: { readonly addon: NativeAddon; readonly stream: Stream; readonly rankLocal?: { readonly worldSize: number } }): Fp8Gemm {
   let g = perExecutor.get(ex);
   if (!g) perExecutor.set(ex, (g = new Fp8Gemm(ex.addon, ex.stream)));
+  g.reservedSms = (ex.rankLocal?.worldSize ?? 1) > 1 ? MULTI_RANK_RESERVED_SMS : 0;
   return g;
 }

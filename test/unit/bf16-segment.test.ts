@@ -4,7 +4,7 @@
 // 64-element (128-byte) boxes, and no cuBLAS GEMM; a shape the kernel refuses (K not a multiple of 16)
 // and an f32 segment_dot run the cuBLAS path as without the setting, with no error. Not numerics
 // (the fake does no device work): bench/gpu/cuda-ops-check.ts checks those on a GPU.
-import { gemmSms } from "../../runtime/cuda/fp8-gemm.ts";
+import { fp8GemmOf, gemmSms, MULTI_RANK_RESERVED_SMS } from "../../runtime/cuda/fp8-gemm.ts";
 import type { TraceEvent } from "../../runtime/cuda/trace.ts";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CudaExecutor } from "../../runtime/cuda/executor.ts";
@@ -124,5 +124,13 @@ describe("SMs left to communication by the persistent generated GEMMs (SHARDTS_G
     expect(gemmSms(132, "24")).toBe(108);
     expect(() => gemmSms(132, "132")).toThrow(/from 0 to 131/);
     expect(() => gemmSms(132, "x")).toThrow(/SHARDTS_GEMM_RESERVED_SMS=x/);
+    // the executor's multi-rank default, which the variable overrides (0 included)
+    expect(gemmSms(132, undefined, MULTI_RANK_RESERVED_SMS)).toBe(132 - MULTI_RANK_RESERVED_SMS);
+    expect(gemmSms(132, "0", MULTI_RANK_RESERVED_SMS)).toBe(132);
+  });
+  it("is reserved by default only for a process running one rank of several", () => {
+    const one = fakeAddon({}), two = fakeAddon({});
+    expect(fp8GemmOf({ addon: one.addon, stream: 1n }).reservedSms).toBe(0);
+    expect(fp8GemmOf({ addon: two.addon, stream: 1n, rankLocal: { worldSize: 2 } }).reservedSms).toBe(MULTI_RANK_RESERVED_SMS);
   });
 });
