@@ -4,9 +4,9 @@
 // scales keep x's dim order), with no transposing copies of the weight, its codes or its scales; a
 // dequantize whose rows are whole 16-byte chunks is one launch of the 16-codes-a-thread kernel, and
 // the scalar kernel takes the rest. The kernels' numerics: test/codegen/fp8-kernels-emulation.test.ts.
+import { namingLaunches } from "../fakes/kernel-names.ts";
 import { describe, expect, it } from "vitest";
 import { CudaExecutor } from "../../runtime/cuda/executor.ts";
-import type { NativeAddon } from "../../runtime/cuda/native-types.ts";
 import { compile } from "../../compiler/pipeline.ts";
 import { Mesh, fromGlobal, type AnyDTensor } from "../../stdlib/index.ts";
 import { dequantize, quantize } from "../../stdlib/ops/quantize.ts";
@@ -17,15 +17,7 @@ import { useTempKernelCache } from "../fakes/kernel-cache.ts";
 function launched(make: (m: Mesh<"d">) => AnyDTensor[]): string[] {
   const m = Mesh.of({ d: 1 });
   const plan = compile(m.builder.graph, make(m).map((t) => t.ref));
-  const f = fakeAddon(), names = new Map<unknown, string>(), order: string[] = [];
-  const addon = new Proxy(f.addon, {
-    get: (t, k) => {
-      const v = Reflect.get(t, k) as (...a: unknown[]) => unknown;
-      if (k === "moduleGetFunction") return (mod: unknown, name: string) => { const h = v(mod, name); names.set(h, name); return h; };
-      if (k === "launchKernel") return (fn: unknown, ...rest: unknown[]) => (order.push(names.get(fn) ?? "?"), v(fn, ...rest));
-      return v;
-    },
-  }) as NativeAddon;
+  const { addon, order } = namingLaunches(fakeAddon().addon);
   new CudaExecutor(addon, 0).run(plan, undefined, undefined, { download: false });
   return order;
 }

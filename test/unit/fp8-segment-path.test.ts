@@ -7,9 +7,9 @@
 // host array uploaded by each). Not
 // numerics (the fake does no device work): test/codegen/fp8-kernels-emulation.test.ts runs the
 // kernels, bench/gpu/cuda-ops-check.ts the ops on a GPU.
+import { namingLaunches } from "../fakes/kernel-names.ts";
 import { describe, expect, it } from "vitest";
 import { CudaExecutor } from "../../runtime/cuda/executor.ts";
-import type { NativeAddon } from "../../runtime/cuda/native-types.ts";
 import { paddedLayout, paddedLayoutOf } from "../../runtime/cuda/padded-segments.ts";
 import { compile } from "../../compiler/pipeline.ts";
 import { DTensor, Mesh, fromGlobal, type AnyDTensor } from "../../stdlib/index.ts";
@@ -39,7 +39,7 @@ function plan(wgradOut = "bf16") {
 }
 
 function run(times = 1, wgradOut = "bf16") {
-  const names = new Map<unknown, string>(), order: string[] = [], uploads: Int32Array[] = [], maps: number[] = [];
+  const uploads: Int32Array[] = [], maps: number[] = [];
   const f = fakeAddon({
     read: (dst) => void (dst instanceof Int32Array && dst.forEach((_, i) => (dst[i] = COUNTS[i % COUNTS.length]!))),
     spy: (method, args) => {
@@ -47,14 +47,7 @@ function run(times = 1, wgradOut = "bf16") {
       if (method === "tensorMapEncodeTiled") maps[maps.length - 1]!++;
     },
   });
-  const addon = new Proxy(f.addon, {
-    get: (t, k) => {
-      const v = Reflect.get(t, k) as (...a: unknown[]) => unknown;
-      if (k === "moduleGetFunction") return (mod: unknown, name: string) => { const h = v(mod, name); names.set(h, name); return h; };
-      if (k === "launchKernel") return (fn: unknown, ...rest: unknown[]) => (order.push(names.get(fn) ?? "?"), v(fn, ...rest));
-      return v;
-    },
-  }) as NativeAddon;
+  const { addon, order } = namingLaunches(f.addon);
   const ex = new CudaExecutor(addon, 0), p = plan(wgradOut);
   for (let i = 0; i < times; i++) {
     maps.push(0);
