@@ -59,36 +59,7 @@ extern "C" __global__ void ${name}(${T}* __restrict__ out, const ${T}* __restric
  * A batched transpose of elements of `e` bytes: in[ib + p + l*lis] -> out[ob + p*pos + l] for p < P,
  * l < L, the batch offsets ib/ob from the batch geometry; one 32 x 32 tile per block iteration.
  */
-export const transposeCopy = memo((e: Word): Kernel => {
-  const T = wordType(e), name = `shardts_transpose_e${e}`;
-  return {
-    name,
-    source: `${MOVE_PRELUDE}
-extern "C" __global__ void ${name}(${T}* __restrict__ out, const ${T}* __restrict__ in, MoveGeo g, long long batches,
-                                   long long P, long long L, long long lis, long long pos) {
-  __shared__ ${T} tile[32][33];
-  const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;  // 256 threads: 32 x 8
-  const long long tp = (P + 31) / 32, tl = (L + 31) / 32, tiles = batches * tp * tl;
-  for (long long t = blockIdx.x; t < tiles; t += gridDim.x) {
-    const long long b = t / (tp * tl), rem = t % (tp * tl), p0 = (rem / tl) * 32, l0 = (rem % tl) * 32;
-    long long ib, ob;
-    move_offsets(g, b, ib, ob);
-    // read: lanes along p (contiguous in the input)
-    for (int j = ty; j < 32; j += 8) {
-      const long long p = p0 + tx, l = l0 + j;
-      if (p < P && l < L) tile[j][tx] = in[ib + p + l * lis];
-    }
-    __syncthreads();
-    // write: lanes along l (contiguous in the output)
-    for (int j = ty; j < 32; j += 8) {
-      const long long l = l0 + tx, p = p0 + j;
-      if (p < P && l < L) out[ob + p * pos + l] = tile[tx][j];
-    }
-    __syncthreads();
-  }
-}`,
-  };
-});
+export const transposeCopy = memo((e: Word): Kernel => transposeTiles(e, 1));
 
 /**
  * The transpose for 1- and 2-byte elements, moving 4-byte words: V = 4 / e elements of a row per lane,
@@ -96,8 +67,25 @@ extern "C" __global__ void ${name}(${T}* __restrict__ out, const ${T}* __restric
  * Needs P, L, lis, pos and the batch strides to be multiples of V, and both pointers 4-byte aligned
  * (copy-plan.ts checks); otherwise transposeCopy moves single elements.
  */
-export const transposeWide = memo((e: 1 | 2): Kernel => {
-  const E = e === 2 ? "unsigned short" : "unsigned char", V = 4 / e, T = 32 * V, name = `shardts_transpose_wide_e${e}`;
+export const transposeWide = memo((e: 1 | 2): Kernel => transposeTiles(e, 4 / e));
+
+/** The tiled transpose of `e`-byte elements, `V` neighbours a lane (packed into one 4-byte word when V > 1). */
+function transposeTiles(e: Word, V: number): Kernel {
+  const E = wordType(e), T = 32 * V, name = V === 1 ? `shardts_transpose_e${e}` : `shardts_transpose_wide_e${e}`;
+  // a lane's V neighbours along p read as one word, and along l written as one
+  const read = V === 1
+    ? "tile[j][tx] = in[ib + p + l * lis];"
+    : `{
+        const unsigned int w = *(const unsigned int*)(in + ib + p + l * lis);
+        for (int i = 0; i < ${V}; i++) tile[j][${V} * tx + i] = (${E})(w >> (${8 * e} * i));
+      }`;
+  const write = V === 1
+    ? "out[ob + p * pos + l] = tile[tx][j];"
+    : `{
+        unsigned int w = 0;
+        for (int i = 0; i < ${V}; i++) w |= (unsigned int)tile[${V} * tx + i][j] << (${8 * e} * i);
+        *(unsigned int*)(out + ob + p * pos + l) = w;
+      }`;
   return {
     name,
     source: `${MOVE_PRELUDE}
@@ -110,29 +98,22 @@ extern "C" __global__ void ${name}(${E}* __restrict__ out, const ${E}* __restric
     const long long b = t / (tp * tl), rem = t % (tp * tl), p0 = (rem / tl) * ${T}, l0 = (rem % tl) * ${T};
     long long ib, ob;
     move_offsets(g, b, ib, ob);
-    // read: a lane takes ${V} neighbours along p (contiguous in the input) as one word
+    // read: lanes along p (contiguous in the input)
     for (int j = ty; j < ${T}; j += 8) {
-      const long long p = p0 + ${V} * tx, l = l0 + j;
-      if (p < P && l < L) {
-        const unsigned int w = *(const unsigned int*)(in + ib + p + l * lis);
-        for (int i = 0; i < ${V}; i++) tile[j][${V} * tx + i] = (${E})(w >> (${8 * e} * i));
-      }
+      const long long p = p0 + ${V === 1 ? "tx" : `${V} * tx`}, l = l0 + j;
+      if (p < P && l < L) ${read}
     }
     __syncthreads();
-    // write: a lane packs ${V} neighbours along l (contiguous in the output) into one word
+    // write: lanes along l (contiguous in the output)
     for (int j = ty; j < ${T}; j += 8) {
-      const long long l = l0 + ${V} * tx, p = p0 + j;
-      if (p < P && l < L) {
-        unsigned int w = 0;
-        for (int i = 0; i < ${V}; i++) w |= (unsigned int)tile[${V} * tx + i][j] << (${8 * e} * i);
-        *(unsigned int*)(out + ob + p * pos + l) = w;
-      }
+      const long long l = l0 + ${V === 1 ? "tx" : `${V} * tx`}, p = p0 + j;
+      if (p < P && l < L) ${write}
     }
     __syncthreads();
   }
 }`,
   };
-});
+}
 
 /**
  * out[q, :] = x[b(q)·rows + idx[q] - off, :] over W words per row (q = b·J + j), zeros where idx[q] is -1
