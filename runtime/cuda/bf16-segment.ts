@@ -1,5 +1,5 @@
 // bf16 segment_dot on the generated grouped bf16 wgmma kernel (compiler/codegen/cuda/gemm/, ab: "bf16",
-// grouped over row runs), opt-in with SHARDTS_SEGMENT_GEMM=wgmma (segment-gemm.ts). The kernel reads X's
+// grouped over row runs), the default on Hopper (segment-gemm.ts segmentDotOnWgmma). The kernel reads X's
 // rows and writes Y's where they are: each segment is cut into 128-row blocks, each block named by one
 // table row (expert, X's first row, Y's first row, valid rows), blocks group after group; the weights
 // are made K-major ([E][N][K], a device transpose: segment_dot's W is [E][K][N]). Y's rows outside
@@ -20,22 +20,28 @@ export const wgmmaSegmentConfig = (N: number) => ({ ...defaultBf16GemmConfig(tru
 
 /**
  * The row-run table: 4 int32 per 128-row block (local expert, X's flat row, Y's flat row, valid rows),
- * blocks of expert 0's segments first, then expert 1's, ... (tiles of one expert's weights run together).
+ * blocks of expert 0's segments first, then expert 1's, ... (tiles of one expert's weights run together);
+ * and the rows the runs cover.
  */
-export function rowRunTable(segs: readonly Segment[], E: number, R: number, Rout: number): Int32Array {
+export function rowRunTable(segs: readonly Segment[], E: number, R: number, Rout: number): { table: Int32Array; blocks: number; covered: number } {
   const byGroup: Segment[][] = Array.from({ length: E }, () => []);
-  for (const s of segs) if (s.m > 0 && s.g >= 0 && s.g < E) byGroup[s.g]!.push(s);
-  const blocks = segs.reduce((n, s) => n + (s.m > 0 && s.g >= 0 && s.g < E ? Math.ceil(s.m / GROUPED_M_ALIGN) : 0), 0);
-  const out = new Int32Array(4 * blocks);
+  let blocks = 0, covered = 0;
+  for (const s of segs)
+    if (s.m > 0 && s.g >= 0 && s.g < E) {
+      byGroup[s.g]!.push(s);
+      blocks += Math.ceil(s.m / GROUPED_M_ALIGN);
+      covered += s.m;
+    }
+  const table = new Int32Array(4 * blocks);
   let b = 0;
   byGroup.forEach((list, g) => {
     for (const s of list)
-      for (let i = 0; i < s.m; i += GROUPED_M_ALIGN, b++) out.set([g, s.t * R + s.row + i, s.t * Rout + s.row - s.start + i, Math.min(GROUPED_M_ALIGN, s.m - i)], 4 * b);
+      for (let i = 0; i < s.m; i += GROUPED_M_ALIGN, b++) table.set([g, s.t * R + s.row + i, s.t * Rout + s.row - s.start + i, Math.min(GROUPED_M_ALIGN, s.m - i)], 4 * b);
   });
-  return out;
+  return { table, blocks, covered };
 }
 
-/** Why bf16 segment_dot cannot run on the grouped wgmma kernel (M: the padded rows), or undefined. */
+/** Why bf16 segment_dot cannot run on the grouped wgmma kernel (M: 128 x the row-run blocks), or undefined. */
 export function wgmmaSegmentRefusal(o: { dtype: string; outDtype: string; arch: string; M: number; N: number; K: number }): string | undefined {
   if (o.dtype !== "bf16" || o.outDtype !== "bf16") return `${o.dtype} -> ${o.outDtype} (the kernel takes bf16 to bf16)`;
   if (o.arch !== "sm_90a") return `${o.arch} (wgmma and TMA need Hopper, sm_90a)`;
@@ -66,17 +72,15 @@ export interface WgmmaSegmentDot {
 
 /** Y [bt, Rout, N] bf16 from the grouped kernel, or undefined (nothing launched) where it refuses the problem. */
 export function wgmmaSegmentDot(ex: CudaExecutor, o: WgmmaSegmentDot): DeviceTensor | undefined {
-  // M: 128 rows per block of the runs (the kernel's tile count), counted before anything is built
-  const M = o.segs.reduce((n, s) => n + (s.g >= 0 && s.g < o.E ? Math.ceil(s.m / GROUPED_M_ALIGN) * GROUPED_M_ALIGN : 0), 0), g = fp8GemmOf(ex);
+  const Rout = o.outShape[o.outShape.length - 2]!, rowsD = o.bt * Rout, g = fp8GemmOf(ex);
+  const { table, blocks, covered } = ex.part("row runs (host)", () => rowRunTable(o.segs, o.E, o.R, Rout));
+  // M: 128 rows per block of the runs (the kernel's tile count)
+  const M = blocks * GROUPED_M_ALIGN;
   if (wgmmaSegmentRefusal({ dtype: o.X.dtype, outDtype: o.outDtype, arch: g.arch, M, N: o.N, K: o.K }) !== undefined) return undefined;
-  const Rout = o.outShape[o.outShape.length - 2]!, rowsD = o.bt * Rout;
-  const table = ex.part("row runs (host)", () => rowRunTable(o.segs, o.E, o.R, Rout));
   // B K-major, as the kernel's TMA boxes read it: [E][N][K]
   const W = ex.part("weights K-major", () => ex.reorder(o.w, o.tw.dims.map((d) => d.name), [o.groups, ...o.nOut, o.k]));
   const runs = ex.part("row runs upload", () => i32(ex, table));
   const Y = empty(ex.mem, "bf16", [rowsD, o.N]);
-  let covered = 0;
-  for (let i = 3; i < table.length; i += 4) covered += table[i]!;
   if (covered < rowsD) ex.addon.memsetD8(Y.ptr, 0, numel(Y.shape) * 2, ex.stream);
   const shape = { M, N: o.N, K: o.K, experts: o.E, rowsA: o.bt * o.R, rowsD };
   ex.part("grouped GEMM", () => g.prepare(wgmmaSegmentConfig(o.N), shape, { a: o.X.ptr, b: W.ptr, sa: 0n, sb: 0n, d: Y.ptr, blockExpert: runs.ptr })());

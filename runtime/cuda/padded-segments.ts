@@ -1,8 +1,8 @@
-// The padded group-major layout the grouped GEMM kernels (compiler/codegen/cuda/gemm/, grouped: true)
-// read, shared by the FP8 segment ops (fp8-segment.ts) and bf16 segment_dot on the wgmma kernel
-// (bf16-segment.ts): the rank's segments laid out group after group, each padded with zero rows to a
-// multiple of GROUPED_M_ALIGN (128) so every 128-row block belongs to one expert (blockExpert), and
-// the gathers that move rows into that layout and back.
+// The padded group-major layout the grouped FP8 GEMM kernels (compiler/codegen/cuda/gemm/, grouped: true)
+// read for the FP8 segment ops (fp8-segment.ts): the rank's segments laid out group after group, each
+// padded with zero rows to a multiple of GROUPED_M_ALIGN (128) so every 128-row block belongs to one
+// expert (blockExpert), and the gathers that move rows into that layout and back. (bf16 segment_dot
+// reads its rows where they are, by row runs: bf16-segment.ts.)
 import { GROUPED_M_ALIGN } from "../../compiler/numeric/fp8-gemm.ts";
 import { empty, upload, type DeviceTensor } from "./memory.ts";
 import { launchRowGather } from "./row-gather.ts";

@@ -7,9 +7,9 @@
 // which it does not offer; bf16 pointers off 16 bytes), they run one cuBLASLt call each, fanned out
 // over side streams (side-streams.ts) so that several experts' GEMMs share the GPU.
 // bf16 sets use the fan-out by default (measured faster on an H200); SHARDTS_SEGMENT_GEMM=grouped,
-// lanes or loop (one stream) sets the mode for every set (SegmentMode). SHARDTS_SEGMENT_GEMM=wgmma
-// (opt-in, not yet measured) runs bf16 segment_dot on the generated grouped bf16 kernel instead
-// (bf16-segment.ts); the sets it refuses, and every other set, run as by default.
+// lanes or loop (one stream) sets the mode for every set (SegmentMode). bf16 segment_dot runs on the
+// generated grouped bf16 kernel first (bf16-segment.ts; by default and with SHARDTS_SEGMENT_GEMM=wgmma:
+// segmentDotOnWgmma); the sets it refuses, and every other set, run as by default.
 import type { NativeAddon, Stream } from "./native-types.ts";
 import { matmulPlans, type MatmulForm } from "./matmul-plans.ts";
 import { segmentLanes } from "./side-streams.ts";

@@ -1,5 +1,5 @@
-// bf16 segment_dot on the generated grouped wgmma kernel (runtime/cuda/bf16-segment.ts, opt-in with
-// SHARDTS_SEGMENT_GEMM=wgmma), through the executor over the fake native layer: one launch of the
+// bf16 segment_dot on the generated grouped wgmma kernel (runtime/cuda/bf16-segment.ts, here with
+// SHARDTS_SEGMENT_GEMM=wgmma set), through the executor over the fake native layer: one launch of the
 // grouped bf16 kernel over row runs (X read and Y written in place) with the geometry its config gives, TMA maps of bf16 with
 // 64-element (128-byte) boxes, and no cuBLAS GEMM; a shape the kernel refuses (K not a multiple of 16)
 // and an f32 segment_dot run the cuBLAS path as without the setting, with no error. Not numerics
