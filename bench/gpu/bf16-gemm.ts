@@ -10,6 +10,7 @@
 // input sets rotated so L2 does not hold them. Writes <out>/bf16-gemm.txt and .json.
 //   (bundled by npm run gpu:pack; run there: bash bench/gpu/run.sh bf16-gemm, or directly
 //    /tmp/node .gpu/bf16-gemm.mjs --out DIR [--only REGEX] [--no-peer])
+import { caseBuffers } from "./lib/case-buffers.ts";
 import { spawnSync } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -111,8 +112,7 @@ function child(config: Fp8GemmConfig): void {
   CASES.forEach((c, ci) => {
     if ((c.rows !== undefined) !== config.grouped) return;
     const res: Result = { case: c.name, impl: configName(config), ok: false };
-    const allocs: bigint[] = [];
-    const alloc = (bytes: number) => (allocs.push(a.memAlloc(Math.max(bytes, 256))), allocs[allocs.length - 1]!);
+    const { alloc, finish } = caseBuffers(a);
     const put = (host: ArrayBufferView) => {
       const d = alloc(host.byteLength);
       a.memcpyHtoD(d, host);
@@ -157,14 +157,7 @@ function child(config: Fp8GemmConfig): void {
     } catch (e) {
       res.error = (e as Error).message.split("\n").slice(0, 3).join(" | ");
     }
-    for (const d of allocs) {
-      try {
-        a.memFree(d);
-      } catch {
-        /* a faulted context: nothing more to free */
-      }
-    }
-    process.stdout.write(JSON.stringify(res) + "\n");
+    finish(res);
   });
 }
 

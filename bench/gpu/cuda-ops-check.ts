@@ -44,6 +44,17 @@ const UNARY = ["abs", "exp", "gelu", "gelu_deriv", "log", "neg", "relu", "rsqrt"
 const BINARY = ["add", "sub", "mul", "div", "maximum", "minimum", "eq", "ge", "gt"];
 /** Whether segment GEMMs of this dtype take the grouped call in this run (bf16's default is the side-stream fan-out; SHARDTS_SEGMENT_GEMM). */
 const groupedMode = (t: DType) => segmentModeFromEnv(process.env.SHARDTS_SEGMENT_GEMM, t === "bf16" ? "bf16" : "f32") === "grouped";
+/** segment_dot / segment_wgrad over skewed counts: 60% of the rows to expert 0, experts 2 and 5 empty, rows of 64 and 32. */
+function skewedSegments(op: "segment_dot" | "segment_wgrad"): Maker {
+  return (m, t) => {
+    const key = () => (rnd() < 0.6 ? 0 : [1, 3, 4][Math.floor(rnd() * 3)]!);
+    const [perm, counts] = raw("sort_by_key", [T(m, { g: 3, s: 40 }, "i32", key)], { dim: "s", rows: "rows", groups: "e", numGroups: 6 });
+    const x = raw("gather", [T(m, { g: 3, s: 40, k: 64 }, t), perm!], { dim: "s" })[0]!;
+    if (op === "segment_dot") return raw("segment_dot", [x, T(m, { e: 6, k: 64, n: 32 }, t), counts!], { contract: "k" });
+    const gy = raw("gather", [T(m, { g: 3, s: 40, n: 32 }, t), perm!], { dim: "s" })[0]!;
+    return raw("segment_wgrad", [x, gy, counts!], { k: "k", n: "n" });
+  };
+}
 /**
  * grouped: whether the case must run as cuBLAS grouped GEMMs (when libcublas loads) rather than cuBLASLt calls;
  * env: variables set while the case runs on the GPU; wgmma: the case must make no cuBLAS GEMM call on
@@ -79,27 +90,12 @@ const cases: { op: string; dtypes: DType[]; make: Maker; grouped?: (t: DType) =>
   // grouped GEMM for segment_dot in both types and segment_wgrad f32 (bf16 -> f32 stays the loop)
   ...(["segment_dot", "segment_wgrad"] as const).map((op) => ({
     op: `${op} skewed`, dtypes: ["f32", "bf16"] as DType[],
-    make: ((m, t) => {
-      const key = () => (rnd() < 0.6 ? 0 : [1, 3, 4][Math.floor(rnd() * 3)]!);
-      const [perm, counts] = raw("sort_by_key", [T(m, { g: 3, s: 40 }, "i32", key)], { dim: "s", rows: "rows", groups: "e", numGroups: 6 });
-      const x = raw("gather", [T(m, { g: 3, s: 40, k: 64 }, t), perm!], { dim: "s" })[0]!;
-      if (op === "segment_dot") return raw("segment_dot", [x, T(m, { e: 6, k: 64, n: 32 }, t), counts!], { contract: "k" });
-      const gy = raw("gather", [T(m, { g: 3, s: 40, n: 32 }, t), perm!], { dim: "s" })[0]!;
-      return raw("segment_wgrad", [x, gy, counts!], { k: "k", n: "n" });
-    }) as Maker,
+    make: skewedSegments(op),
     grouped: (t: DType) => (op === "segment_dot" || t === "f32") && groupedMode(t),
   })),
   // SHARDTS_SEGMENT_GEMM=lanes: bf16 segment_dot on cuBLASLt (the default takes the generated kernel on sm_90a),
   // skewed counts with empty experts, as above
-  {
-    op: "segment_dot lanes", dtypes: ["bf16"], env: { SHARDTS_SEGMENT_GEMM: "lanes" }, lanes: true,
-    make: (m, t) => {
-      const key = () => (rnd() < 0.6 ? 0 : [1, 3, 4][Math.floor(rnd() * 3)]!);
-      const [perm, counts] = raw("sort_by_key", [T(m, { g: 3, s: 40 }, "i32", key)], { dim: "s", rows: "rows", groups: "e", numGroups: 6 });
-      const x = raw("gather", [T(m, { g: 3, s: 40, k: 64 }, t), perm!], { dim: "s" })[0]!;
-      return raw("segment_dot", [x, T(m, { e: 6, k: 64, n: 32 }, t), counts!], { contract: "k" });
-    },
-  },
+  { op: "segment_dot lanes", dtypes: ["bf16"], env: { SHARDTS_SEGMENT_GEMM: "lanes" }, lanes: true, make: skewedSegments("segment_dot") },
   // SHARDTS_SEGMENT_GEMM=wgmma: bf16 segment_dot on the generated grouped bf16 kernel, over segments
   // longer than one 128-row block, an empty expert, K = 208 (not a multiple of the 64-wide K block:
   // TMA's zero fill) and N = 176 (a partial 128-column tile); no cuBLAS GEMM call may be made (the

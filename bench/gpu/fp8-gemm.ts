@@ -14,6 +14,7 @@
 //    /tmp/node .gpu/fp8-gemm.mjs --out DIR [--only REGEX] [--shapes large] [--no-peer];
 //    --shapes large keeps the correctness-only edge cases and times only the four large dense
 //    shapes and the grouped ones, for the kernels, cuBLASLt, the autotuner and the peer)
+import { caseBuffers } from "./lib/case-buffers.ts";
 import { spawn } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -66,8 +67,7 @@ function child(job: ChildJob): void {
   for (const c of cases) {
     const impl = job.impl === "kernel" ? configName(job.config) : job.impl;
     const res: CaseResult = { case: c.name, impl, ok: false };
-    const allocs: bigint[] = [];
-    const alloc = (bytes: number) => (allocs.push(a.memAlloc(Math.max(bytes, 256))), allocs[allocs.length - 1]!);
+    const { alloc, finish } = caseBuffers(a);
     try {
       const p = makeProblem(c, seedOf(c));
       const put = (host: ArrayBufferView) => {
@@ -102,14 +102,7 @@ function child(job: ChildJob): void {
     } catch (e) {
       res.error = (e as Error).message.split("\n").slice(0, 3).join(" | ");
     }
-    for (const d of allocs) {
-      try {
-        a.memFree(d);
-      } catch {
-        /* a faulted context: nothing more to free */
-      }
-    }
-    process.stdout.write(JSON.stringify(res) + "\n");
+    finish(res);
   }
 }
 
