@@ -23,7 +23,7 @@ export const wgmmaSegmentConfig = (N: number) => ({ ...defaultBf16GemmConfig(tru
  * blocks of expert 0's segments first, then expert 1's, ... (tiles of one expert's weights run together);
  * and the rows the runs cover.
  */
-export function rowRunTable(segs: readonly Segment[], E: number, R: number, Rout: number): { table: Int32Array; blocks: number; covered: number } {
+function rowRunTable(segs: readonly Segment[], E: number, R: number, Rout: number): { table: Int32Array; blocks: number; covered: number } {
   const byGroup: Segment[][] = Array.from({ length: E }, () => []);
   let blocks = 0, covered = 0;
   for (const s of segs)

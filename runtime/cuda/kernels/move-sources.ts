@@ -17,7 +17,7 @@ export const ELEMENT_BYTES: Word[] = [1, 2, 4, 8];
 const wordType = (w: Word) => (w === 16 ? "uint4" : w === 8 ? "unsigned long long" : w === 4 ? "unsigned int" : w === 2 ? "unsigned short" : "unsigned char");
 
 /** Outer geometry of a run copy / batch geometry of a transpose (at most MAX_DIMS - 1 outer dims; strides in words or elements). */
-export const MOVE_PRELUDE = `#ifndef SHARDTS_MOVE_PRELUDE
+const MOVE_PRELUDE = `#ifndef SHARDTS_MOVE_PRELUDE
 #define SHARDTS_MOVE_PRELUDE
 struct MoveGeo { int nd; int shape[${MAX_DIMS}]; long long istride[${MAX_DIMS}]; long long ostride[${MAX_DIMS}]; };
 __device__ __forceinline__ void move_offsets(const MoveGeo& g, long long r, long long& io, long long& oo) {
