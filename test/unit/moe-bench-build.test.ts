@@ -2,7 +2,7 @@
 // reference at a small size: every token's output is the gate-weighted sum of its top-k experts'
 // SwiGLU, recomputed here directly in float64 from the same feeds.
 import { describe, expect, it } from "vitest";
-import { build } from "../../bench/gpu/lib/moe-build.ts";
+import { build, buildTrain } from "../../bench/gpu/lib/moe-build.ts";
 import { runPlanCpu } from "../../runtime/cpu/executor.ts";
 import { roundToBf16 } from "../../compiler/numeric/bf16.ts";
 
@@ -40,5 +40,37 @@ describe("the MoE benchmark's layer", () => {
     y!.data.forEach((v, i) => ((num = Math.max(num, Math.abs(v - want[i]!))), (den = Math.max(den, Math.abs(want[i]!)))));
     expect(num / den).toBeLessThan(3e-2); // bf16 activations and GEMM outputs along the way
     expect(Array.from(counts!.data)).toEqual(load);
+  });
+  it("trains: the step's y equals the forward's, and dW2 equals a direct float64 sum over the routed tokens", () => {
+    const z = { T: 24, D: 16, F: 8, E: 6, K: 2 };
+    const fwd = build(z), step = buildTrain(z);
+    const feeds = new Map([...step.weights, ...step.batch(7)]);
+    feeds.set("x", fwd.feeds.get("x")!);
+    const out = runPlanCpu(step.plan, feeds).outputs;
+    const at = (n: string) => out[step.outNames.indexOf(n)]!;
+    const [y0, c0] = runPlanCpu(fwd.plan, fwd.feeds).outputs;
+    expect(Array.from(at("counts").data)).toEqual(Array.from(c0!.data));
+    expect(Array.from(at("y").data)).toEqual(Array.from(y0!.data)); // the same routing, gates and experts
+    const f = (n: string) => feeds.get(n)![0]!.data;
+    const x = f("x"), router = f("router"), w1 = f("w1"), w3 = f("w3"), dy = f("dy");
+    const want = new Float64Array(z.E * z.F * z.D);
+    for (let t = 0; t < z.T; t++) {
+      const logit = Array.from({ length: z.E }, (_, e) => { let s = 0; for (let d = 0; d < z.D; d++) s += x[t * z.D + d]! * router[d * z.E + e]!; return roundToBf16(s); });
+      const m = Math.max(...logit), ex = logit.map((v) => Math.exp(v - m)), se = ex.reduce((a, b) => a + b, 0);
+      const top = ex.map((v, e) => [v / se, e] as const).sort((a, b) => b[0] - a[0] || a[1] - b[1]).slice(0, z.K);
+      const gs = top.reduce((a, b) => a + b[0], 0);
+      for (const [pv, e] of top)
+        for (let j = 0; j < z.F; j++) {
+          let a = 0, b = 0;
+          for (let d = 0; d < z.D; d++) (a += x[t * z.D + d]! * w1[(e * z.D + d) * z.F + j]!), (b += x[t * z.D + d]! * w3[(e * z.D + d) * z.F + j]!);
+          const h = (a / (1 + Math.exp(-a))) * b;
+          for (let d = 0; d < z.D; d++) want[(e * z.F + j) * z.D + d] += h * (pv / gs) * dy[t * z.D + d]!;
+        }
+    }
+    const got = at("dw2").data;
+    let num = 0, den = 0;
+    want.forEach((v, i) => ((num = Math.max(num, Math.abs(got[i]! - v))), (den = Math.max(den, Math.abs(v)))));
+    expect(den).toBeGreaterThan(0);
+    expect(num / den).toBeLessThan(3e-2);
   });
 });
