@@ -4,8 +4,10 @@ gate-weighted scatter back) at DeepSeek-V2-Lite size: 8192 tokens, d=2048, exper
 64 experts, top-6. Two expert implementations: a per-expert loop of matmuls, and torch._grouped_mm
 over the contiguous per-expert segments. Prints one JSON line per implementation.
 
-Run on the GPU machine:  python3 bench/peers/moe_layer.py [--out FILE]
-Timing: CUDA events around the whole forward after warm-up, median of 20; random inputs.
+Run on the GPU machine:  python3 bench/peers/moe_layer.py [--backward] [--out FILE]
+--backward: the training step instead (bench/gpu/moe-graph.ts): the forward with gradients, then
+y.backward(dy), gradients of x, router, w1, w3, w2.
+Timing: CUDA events around the whole forward (and backward) after warm-up, median of 20; random inputs.
 """
 import argparse
 import json
@@ -72,6 +74,7 @@ def median_ms(fn, reps=20, warmup=3):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out")
+    ap.add_argument("--backward", action="store_true", help="forward + backward from a random dy")
     a = ap.parse_args()
     torch.manual_seed(0)
     dev, bf = torch.device("cuda"), torch.bfloat16
@@ -81,6 +84,25 @@ def main():
     w3 = torch.randn(E, D, FF, device=dev, dtype=bf) / D ** 0.5
     w2 = torch.randn(E, FF, D, device=dev, dtype=bf) / FF ** 0.5
     results = []
+    if a.backward:
+        dy = torch.randn(T, D, device=dev, dtype=bf)
+        params = [x, router, w1, w3, w2]
+        for p in params:
+            p.requires_grad_(True)
+        for impl, fn in [("per-expert loop", loop_forward), ("torch._grouped_mm", grouped_forward)]:
+            def step():
+                for p in params:
+                    p.grad = None
+                fn(*params).backward(dy)
+            try:
+                ms = median_ms(step)
+                r = {"device": torch.cuda.get_device_name(), "impl": impl, "ms": round(ms, 3), "backward": True}
+            except Exception as e:  # report, don't hide the other implementation's number
+                r = {"device": torch.cuda.get_device_name(), "impl": impl, "error": str(e)[:500]}
+            results.append(r)
+            print(json.dumps(r), flush=True)
+        write(a.out, results)
+        return
     ref = loop_forward(x, router, w1, w3, w2)
     for impl, fn in [("per-expert loop", loop_forward), ("torch._grouped_mm", grouped_forward)]:
         try:
@@ -93,8 +115,12 @@ def main():
             r = {"device": torch.cuda.get_device_name(), "impl": impl, "error": str(e)[:500]}
         results.append(r)
         print(json.dumps(r), flush=True)
-    if a.out:
-        with open(a.out, "w") as f:
+    write(a.out, results)
+
+
+def write(out, results):
+    if out:
+        with open(out, "w") as f:
             for r in results:
                 if "ms" in r:
                     f.write(json.dumps(r) + "\n")
