@@ -11,6 +11,11 @@
 // With `ab: "bf16"` the operands are bf16 and unscaled: a 128-byte row holds 64 bf16, so a stage's K
 // block is 64 wide (4 wgmma k16 steps), and the f32 accumulators take all of K directly (no scales,
 // no temporary fragment, no promotion), which leaves room for blockN up to 256.
+//
+// With `kGrouped` (bf16, grouped, two consumers) the grouping is over K instead of M: D holds one M x N
+// block per expert, each summed over its expert's 64-column blocks of A [M][P] and B [N][P] (the MoE
+// weight gradient). The tile index runs expert-major (kGroupedTileCoords), and D is stored through a
+// 3-D map [E][M][N], so M needs no alignment: a tile's rows past M are clipped at its expert's block.
 import { CompileError } from "../../../errors.ts";
 import { FP8_BLOCK, GROUPED_M_ALIGN } from "../../../numeric/fp8-gemm.ts";
 
@@ -73,6 +78,8 @@ export interface Fp8GemmConfig {
    * A is [M][P] and B [N][P] (P contiguous), blockExpert holds two int32 per expert (its first 64-column
    * block, its block count); the tiles are E × ceil(M/BM) × ceil(N/BN), expert-major. An expert with no
    * blocks has its D block stored as zeros, its tiles waiting on and releasing no stage. See kGroupedProblem.
+   * persistent and tmaStore are optional (defaultKGroupedConfig sets both, as the M-grouped kernel's
+   * measurements favour); the kernel takes one more parameter, E, after K.
    */
   kGrouped?: boolean;
 }

@@ -10,9 +10,13 @@
 //
 // Kernel parameters, in order: tmA, tmB, tmSA (A's scales), tmD (the TMA-store epilogue's output),
 // tmSB (row-scaled B's scales) — CUtensorMaps by value, 64-byte aligned, passed whether the
-// configuration uses them or not — then sa, sb, d, [blockExpert when grouped], M, N, K. With row runs
-// (rowRuns) blockExpert holds 4 int32 per 128-row block (expert, A's row, D's row, valid rows) and M is
-// 128 x the blocks: A and D are the rows where they are, read and written through the runs.
+// configuration uses them or not — then sa, sb, d, [blockExpert when grouped], M, N, K, [E when
+// K-grouped]. With row runs (rowRuns) blockExpert holds 4 int32 per 128-row block (expert, A's row, D's
+// row, valid rows) and M is 128 x the blocks: A and D are the rows where they are, read and written
+// through the runs. K-grouped (kGrouped): blockExpert holds 2 int32 per expert (first 64-column block,
+// blocks); the producer loads those blocks and the consumers take as many stages (none for an empty
+// expert, whose tile stores zeros), so both walk the ring alike across tiles of different K; D rows
+// e·M + m go out through a 3-D map [E][M][N] (sh_tma_store_3d) or direct stores bounded by M.
 //
 // With ab = "bf16" (config.ts): D = A·Bᵀ with bf16 A and B, 64-wide K blocks, no scales (tmSA, tmSB,
 // sa and sb are passed and ignored, so one launcher serves both), acc summed over all of K by the wgmmas.
