@@ -244,7 +244,8 @@ def kgrouped(c, reps):
         xT[:, pstarts[e]:pstarts[e] + rows[e]] = x[starts[e]:starts[e + 1]].t()
         dyT[:, pstarts[e]:pstarts[e] + rows[e]] = dy[starts[e]:starts[e + 1]].t()
     pends = torch.tensor(pstarts[1:], device="cuda", dtype=torch.int32)
-    check = sorted({max(range(E), key=lambda e: rows[e]), E - 1})
+    # the largest expert and the last non-empty one (an empty expert's block is checked for zeros below)
+    check = sorted({max(range(E), key=lambda e: rows[e]), max(e for e in range(E) if rows[e])})
     empty = rows.index(0) if 0 in rows else None
 
     def wrong(out):
