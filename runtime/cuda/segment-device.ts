@@ -4,7 +4,8 @@
 // turns the counts into the layout the generated GEMM reads, on the stream:
 // - segment_dot: the row-run table of bf16-segment.ts, with capacity for any counts (rowRunCapacity),
 //   blocks past the segments' marked expert -1 (the grouped kernel's producer and consumer skip them);
-//   Y is zeroed first, whole: which rows the segments cover is known only on the device.
+//   the plan kernel also zeroes Y's rows no segment covers (which they are is known only on the device):
+//   none when the segments fill Y, never more than the host path's memset of all of Y.
 // - segment_wgrad: the K-grouped GEMM over each expert's rows as columns (columnCapacity), its A = Xᵀ
 //   and B = Gᵀ made by the transposing gather from the plan's column map.
 // What the kernels refuse (deviceSegmentRefusal: types, architecture, sizes) returns undefined before
@@ -96,10 +97,15 @@ export function deviceSegmentRefusal(op: string, inTypes: readonly TensorType[],
   return "segment_wgrad on device-side counts waits for the K-grouped bf16 GEMM (branch kgroup)";
 }
 
-/** The runs table (kernels/segment-sources.ts segmentRunsPlan) into `runs` ([cap][4] int32), on the stream. */
-export function launchSegmentRuns(ex: CudaExecutor, o: { counts: DeviceTensor; bt: number; gC: number; first: number; E: number; packed: boolean; R: number; Rout: number; runs: DeviceTensor; cap: number }): void {
-  const k = segmentRunsPlan(), grid = Math.max(1, Math.min(ex.smCount, Math.ceil((4 * o.cap) / (16 * SEGMENT_PLAN_BLOCK))));
-  const args = packArgs(["ptr", o.counts.ptr], ["i32", o.bt], ["i32", o.gC], ["i32", o.first], ["i32", o.E], ["i32", o.packed ? 1 : 0], ["i32", o.R], ["i32", o.Rout], ["ptr", o.runs.ptr], ["i32", o.cap]);
+/**
+ * The runs table (kernels/segment-sources.ts segmentRunsPlan) into `runs` ([cap][4] int32) and the zeros of
+ * Y ([bt][Rout][N] bf16, N a multiple of 8, 16-byte aligned) outside the segments, on the stream. The grid
+ * takes 64 KiB of the largest write (Y's zeros, when nothing is covered) a block, at most two blocks an SM.
+ */
+export function launchSegmentRuns(ex: CudaExecutor, o: { counts: DeviceTensor; bt: number; gC: number; first: number; E: number; packed: boolean; R: number; Rout: number; runs: DeviceTensor; cap: number; y: DeviceTensor; N: number }): void {
+  const bytes = Math.max(16 * o.cap, 2 * o.bt * o.Rout * o.N);
+  const k = segmentRunsPlan(), grid = Math.max(1, Math.min(2 * ex.smCount, Math.ceil(bytes / 65536)));
+  const args = packArgs(["ptr", o.counts.ptr], ["i32", o.bt], ["i32", o.gC], ["i32", o.first], ["i32", o.E], ["i32", o.packed ? 1 : 0], ["i32", o.R], ["i32", o.Rout], ["ptr", o.runs.ptr], ["i32", o.cap], ["ptr", o.y.ptr], ["i64", o.N / 8]);
   ex.addon.launchKernel(ex.fn(k.name, k.source), [grid, 1, 1], [SEGMENT_PLAN_BLOCK, 1, 1], 0, ex.stream, args);
 }
 
@@ -135,17 +141,18 @@ export function deviceSegmentContract(ex: CudaExecutor, op: string, plan: Plan, 
   // segment_dot (segment_wgrad is refused above until the K-grouped GEMM lands)
   const k = t1Contract(tx, tw, groups), nOut = nm(tw).filter((n) => n !== k && n !== groups);
   const order = [...batch, rows.name, ...nOut], outShape = order.map((d) => shape[to.dims.findIndex((e) => e.name === d)]!);
-  // zeroed whole: the rows no segment covers are known only on the device (a write of bt·Rout·N·2 bytes, bench/NOTES.md)
   const Y = empty(ex.mem, "bf16", outShape);
-  if (numel(outShape)) ex.part("zero fill", () => ex.addon.memsetD8(Y.ptr, 0, numel(outShape) * 2, ex.stream));
   const cap = rowRunCapacity(s.bt, s.R, s.E);
-  if (cap > 0 && s.bt * s.Rout > 0) {
+  if (cap === 0 || s.bt * s.Rout === 0) {
+    // no rows to plan (R = 0): Y is zeros
+    if (numel(outShape)) ex.addon.memsetD8(Y.ptr, 0, numel(outShape) * 2, ex.stream);
+  } else {
     const C = mine(ex.part("counts layout", () => ex.reorder(x[2]!, nm(tc), [...batch, groups])), x[2]!);
     const X = mine(ex.part("rows layout", () => ex.reorder(x[0]!, nm(tx), [...batch, rows.name, k])), x[0]!);
     const W = mine(ex.part("weights K-major", () => ex.reorder(x[1]!, nm(tw), [groups, ...nOut, k])), x[1]!);
     const runs = empty(ex.mem, "i32", [cap, 4]);
     owned.push(runs);
-    ex.part("segment plan (device)", () => launchSegmentRuns(ex, { counts: C, bt: s.bt, gC, first, E: s.E, packed, R: s.R, Rout: s.Rout, runs, cap }));
+    ex.part("segment plan (device)", () => launchSegmentRuns(ex, { counts: C, bt: s.bt, gC, first, E: s.E, packed, R: s.R, Rout: s.Rout, runs, cap, y: Y, N: s.N }));
     const problem = { M: GROUPED_M_ALIGN * cap, N: s.N, K: s.K, experts: s.E, rowsA: s.bt * s.R, rowsD: s.bt * s.Rout };
     ex.part("grouped GEMM", () => g.prepare(wgmmaSegmentConfig(s.N), problem, { a: X.ptr, b: W.ptr, sa: 0n, sb: 0n, d: Y.ptr, blockExpert: runs.ptr })());
   }

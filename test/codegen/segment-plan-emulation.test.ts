@@ -1,7 +1,8 @@
 // The device-side segment plan (runtime/cuda/kernels/segment-sources.ts) runs, as text, on the CPU
 // emulation of test/codegen/emu (g++; threads for lanes, barriers for __syncthreads and shuffles),
 // against the host: the row-run table equals bf16-segment.ts's rowRunTable over segment-gemm.ts's
-// segments() (then expert -1 up to rowRunCapacity), and the column layout equals each expert's
+// segments() (then expert -1 up to rowRunCapacity), Y's rows outside the segments are zeroed and the
+// others left alone, and the column layout equals each expert's
 // segments laid end to end and padded to 64 columns (transcribed below from segments()); the
 // transposing gather equals Xᵀ gathered by that layout, bit for bit, over the used columns only.
 // Layouts: random, skewed, empty experts and entries, bt > 1, packed and unpacked (local groups
@@ -70,6 +71,8 @@ function cases(): Case[] {
 }
 
 const SENT = 0x7eadbeef | 0;
+/** Y's row length in the emulation (two 16-byte words). */
+const YN = 16;
 
 describe.skipIf(!GXX)("segment plan and transposing gather, run on a CPU emulation of the GPU", () => {
   it("equal the host's segments() row runs and column layout, and Xᵀ gathered by it", async () => {
@@ -87,20 +90,31 @@ describe.skipIf(!GXX)("segment plan and transposing gather, run on a CPU emulati
       const host = rowRunTable(segs, E, l.R, c.Rout), cols = columnsOf(l);
       expect(host.blocks, `${c.label}: row-run capacity`).toBeLessThanOrEqual(cap);
       expect(cols.colmap.length, `${c.label}: column capacity`).toBeLessThanOrEqual(P);
-      const xr = l.bt * l.R, nx = xr * c.K;
+      const xr = l.bt * l.R, nx = xr * c.K, ny = l.bt * c.Rout * YN;
       blocks.push(`{ // ${c.label}
   std::vector<int> counts = {${Array.from(l.counts).join(", ")}};
   std::vector<int> runs(${4 * cap} + 4, ${SENT}), be(${2 * E + 2} + 2, ${SENT}), colmap(${P} + 1, ${SENT});
-  emu_launch(${c.grid}, ${SEGMENT_PLAN_BLOCK}, [&] { ${segmentRunsPlan().name}(counts.data(), ${l.bt}, ${l.gC}, ${l.first}, ${E}, ${l.packed ? 1 : 0}, ${l.R}, ${c.Rout}, runs.data(), ${cap}); });
+  std::vector<unsigned short> y(${ny} + 8, 0xEEEE);
+  emu_launch(${c.grid}, ${SEGMENT_PLAN_BLOCK}, [&] { ${segmentRunsPlan().name}(counts.data(), ${l.bt}, ${l.gC}, ${l.first}, ${E}, ${l.packed ? 1 : 0}, ${l.R}, ${c.Rout}, runs.data(), ${cap}, (uint4*)y.data(), ${YN / 8}LL); });
   emu_launch(${c.grid}, ${SEGMENT_PLAN_BLOCK}, [&] { ${segmentColumnsPlan().name}(counts.data(), ${l.bt}, ${l.gC}, ${l.first}, ${E}, ${l.packed ? 1 : 0}, ${l.R}, be.data(), colmap.data()); });
   std::vector<unsigned short> x(${nx} + 8), xt((size_t)${c.K} * ${P} + 8, 0xEEEE);
   for (long long i = 0; i < ${nx}; ++i) x[i] = (unsigned short)((i * 40503u + 17u) & 0xffff);
   emu_launch(${c.grid + 1}, ${SEGMENT_GATHER_BLOCK}, [&] { ${segmentGatherT().name}((uint4*)xt.data(), (const uint4*)x.data(), colmap.data(), be.data() + ${2 * E}, ${c.K}LL, ${P}LL); });
-  fwrite(runs.data(), 4, runs.size(), o); fwrite(be.data(), 4, be.size(), o); fwrite(colmap.data(), 4, colmap.size(), o); fwrite(xt.data(), 2, xt.size(), o);
+  fwrite(runs.data(), 4, runs.size(), o); fwrite(y.data(), 2, y.size(), o); fwrite(be.data(), 4, be.size(), o); fwrite(colmap.data(), 4, colmap.size(), o); fwrite(xt.data(), 2, xt.size(), o);
 }`);
       checks.push((out, at) => {
         const i32 = (n: number) => { const v = Array.from({ length: n }, (_, i) => out.readInt32LE(at + 4 * i)); at += 4 * n; return v; };
-        const runs = i32(4 * cap + 4), be = i32(2 * E + 4), colmap = i32(P + 1);
+        const runs = i32(4 * cap + 4);
+        const y = Array.from({ length: ny + 8 }, (_, i) => out.readUInt16LE(at + 2 * i));
+        at += 2 * (ny + 8);
+        const be = i32(2 * E + 4), colmap = i32(P + 1);
+        // Y: an entry's rows past its segments zeroed, the rows they cover (the GEMM's) and past Y left alone
+        const wantY: number[] = [];
+        for (let t = 0; t < l.bt; t++) {
+          const covered = segs.filter((q) => q.t === t).reduce((a, q) => a + q.m, 0);
+          for (let i = 0; i < c.Rout * YN; i++) wantY.push(i < covered * YN ? 0xeeee : 0);
+        }
+        expect(y, `${c.label}: Y's zeros`).toEqual([...wantY, ...Array(8).fill(0xeeee)]);
         const want = [...host.table];
         for (let b = host.blocks; b < cap; b++) want.push(-1, 0, 0, 0);
         expect(runs.slice(0, 4 * cap), `${c.label}: row runs`).toEqual(want);

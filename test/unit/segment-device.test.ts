@@ -2,9 +2,9 @@
 // over the fake native layer: with CudaExecutor.segmentCountsOnDevice set, bf16 segment_dot reads no
 // counts back (no hostPiece, no device-to-host copy or stream sync before the GEMM), launches the plan
 // kernel with the layout the host path would read the counts with (entries, groups, the local groups'
-// first, packed or not, rows; on a simulated two-rank mesh each rank its own groups) and a table of
-// rowRunCapacity blocks, zeroes Y whole, and launches the grouped bf16 kernel once over M = 128 x that
-// capacity; what the device path refuses (a shape, f32, the FP8 ops) reads the counts on the host as
+// first, packed or not, rows; on a simulated two-rank mesh each rank its own groups), a table of
+// rowRunCapacity blocks and Y's rows (the kernel zeroes those outside the segments: no memset), and
+// launches the grouped bf16 kernel once over M = 128 x that capacity; what the device path refuses (a shape, f32, the FP8 ops) reads the counts on the host as
 // before. SHARDTS_SEGMENT_COUNTS is parsed, a bad value refused. Not numerics (the fake does no device
 // work): the plan kernel's emulation (test/codegen/segment-plan-emulation.test.ts) and
 // bench/gpu/cuda-ops-check.ts's "device counts" cases check those.
@@ -18,6 +18,7 @@ import type { TensorMapOptions } from "../../runtime/cuda/native-types.ts";
 import { compile } from "../../compiler/pipeline.ts";
 import type { DType, TensorType } from "../../compiler/ir/types.ts";
 import { DTensor, Mesh, fromGlobal, type AnyDTensor } from "../../stdlib/index.ts";
+import { redistribute } from "../../stdlib/ops/redistribute.ts";
 import { fakeAddon } from "../fakes/native-addon.ts";
 import { namingLaunches } from "../fakes/kernel-names.ts";
 import { useTempKernelCache } from "../fakes/kernel-cache.ts";
@@ -26,26 +27,31 @@ const raw = (name: string, ins: AnyDTensor[], attrs: Record<string, unknown>) =>
 const T = (m: Mesh<"d">, dims: Record<string, number>, dtype: DType, placements?: Record<string, string>) =>
   fromGlobal(m, dims, dtype, Array.from({ length: Object.values(dims).reduce((a, b) => a * b, 1) }, (_, i) => (i % 7) - 3), placements as never) as AnyDTensor;
 
-/** segment_dot (or segment_wgrad) of 3 entries x 24 rows sorted into 5 experts; on `ranks` ranks the experts' weights are sharded (x whole: unpacked rows). */
-function plan(op: "segment_dot" | "segment_wgrad", dtype: DType, K: number, N: number, ranks = 1) {
+/**
+ * segment_dot (or segment_wgrad) of 3 entries x 24 rows sorted into 5 experts; on `ranks` ranks the
+ * experts are sharded: x whole (unpacked rows), or with `packed` the rows and counts dispatched (S(rows), S(e)).
+ */
+function plan(op: "segment_dot" | "segment_wgrad", dtype: DType, K: number, N: number, ranks = 1, packed = false) {
   const m = Mesh.of({ d: ranks });
   const [perm, counts] = raw("sort_by_key", [fromGlobal(m, { g: 3, s: 24 }, "i32", Array.from({ length: 72 }, (_, i) => (i * 7) % 5)) as AnyDTensor], { dim: "s", rows: "rows", groups: "e", numGroups: 5 });
-  const x = raw("gather", [T(m, { g: 3, s: 24, k: K }, dtype), perm!], { dim: "s" })[0]!;
+  const rows = (v: AnyDTensor) => (packed ? (redistribute(v as never, { d: "S(rows)" } as never) as AnyDTensor) : v);
+  const c = packed ? (redistribute(counts! as never, { d: "S(e)" } as never) as AnyDTensor) : counts!;
+  const x = rows(raw("gather", [T(m, { g: 3, s: 24, k: K }, dtype), perm!], { dim: "s" })[0]!);
   const outs = op === "segment_dot"
-    ? raw("segment_dot", [x, T(m, { e: 5, k: K, n: N }, dtype, ranks > 1 ? { d: "S(e)" } : undefined), counts!], { contract: "k" })
-    : raw("segment_wgrad", [x, raw("gather", [T(m, { g: 3, s: 24, n: N }, dtype), perm!], { dim: "s" })[0]!, counts!], { k: "k", n: "n" });
+    ? raw("segment_dot", [x, T(m, { e: 5, k: K, n: N }, dtype, ranks > 1 ? { d: "S(e)" } : undefined), c], { contract: "k" })
+    : raw("segment_wgrad", [x, rows(raw("gather", [T(m, { g: 3, s: 24, n: N }, dtype), perm!], { dim: "s" })[0]!), c], { k: "k", n: "n" });
   return compile(m.builder.graph, outs.map((t) => t.ref));
 }
 
 const COUNTS = [5, 0, 9, 0, 3, 12, 1, 7, 0, 2];
 
-/** The plan kernel's arguments as packArgs lays them out: counts, bt, gC, first, E, packed, R, Rout, runs, cap. */
+/** The plan kernel's arguments as packArgs lays them out: counts, bt, gC, first, E, packed, R, Rout, runs, cap, y, rowWords. */
 function planArgs(p: Uint8Array) {
   const v = new DataView(p.buffer, p.byteOffset, p.byteLength), i = (at: number) => v.getInt32(at, true);
-  return { bt: i(8), gC: i(12), first: i(16), E: i(20), packed: i(24), R: i(28), Rout: i(32), cap: i(48) };
+  return { bt: i(8), gC: i(12), first: i(16), E: i(20), packed: i(24), R: i(28), Rout: i(32), cap: i(48), rowWords: Number(v.getBigInt64(64, true)) };
 }
 
-function run(op: "segment_dot" | "segment_wgrad", dtype: DType, K: number, N: number, o: { ranks?: number; device?: boolean } = {}) {
+function run(op: "segment_dot" | "segment_wgrad", dtype: DType, K: number, N: number, o: { ranks?: number; packed?: boolean; device?: boolean } = {}) {
   const events: string[] = [], plans: ReturnType<typeof planArgs>[] = [], maps: TensorMapOptions[] = [], memsets: number[] = [];
   let launched: string[] = [];
   const f = fakeAddon({
@@ -68,7 +74,7 @@ function run(op: "segment_dot" | "segment_wgrad", dtype: DType, K: number, N: nu
   let hostPieces = 0;
   const hostPiece = ex.hostPiece.bind(ex);
   ex.hostPiece = (...a) => (hostPieces++, hostPiece(...a));
-  ex.run(plan(op, dtype, K, N, o.ranks), undefined, undefined, { download: false });
+  ex.run(plan(op, dtype, K, N, o.ranks, o.packed), undefined, undefined, { download: false });
   const gemmAt = events.findIndex((e) => e.startsWith("sh_bf16_gemm_grouped"));
   return { events, plans, maps, memsets, hostPieces, gemmAt, cublas: (f.calls.get("cublasLtMatmulRun") ?? 0) + (f.calls.get("cublasGroupedGemm") ?? 0) };
 }
@@ -76,7 +82,7 @@ function run(op: "segment_dot" | "segment_wgrad", dtype: DType, K: number, N: nu
 describe("bf16 segment contractions on device-side counts (fake native layer)", () => {
   useTempKernelCache();
 
-  it("segment_dot: no counts read on the host; the plan kernel, then one grouped GEMM over the table's capacity; Y zeroed whole", () => {
+  it("segment_dot: no counts read on the host; the plan kernel (table and Y's zeros), then one grouped GEMM over the table's capacity", () => {
     const K = 32, N = 48, r = run("segment_dot", "bf16", K, N);
     expect(r.hostPieces).toBe(0);
     expect(r.cublas).toBe(0);
@@ -86,23 +92,28 @@ describe("bf16 segment contractions on device-side counts (fake native layer)", 
     expect(r.events.filter((e) => e.startsWith("sh_bf16_gemm_grouped"))).toEqual([`sh_bf16_gemm_grouped_m128n128_s${wgmmaSegmentConfig(N).stages}_p_ts_rr`]);
     expect(r.events.indexOf(segmentRunsPlan().name)).toBeLessThan(r.gemmAt);
     const cap = rowRunCapacity(3, 24, 5);
-    expect(r.plans).toEqual([{ bt: 3, gC: 5, first: 0, E: 5, packed: 0, R: 24, Rout: 24, cap }]);
+    expect(r.plans).toEqual([{ bt: 3, gC: 5, first: 0, E: 5, packed: 0, R: 24, Rout: 24, cap, rowWords: N / 8 }]);
     // one tile per 128-row block of the capacity (N fits one 128-column tile): a fixed grid, whatever the counts
     expect(cap).toBe(15);
     expect(geometryOf(wgmmaSegmentConfig(N), { M: 128 * cap, N, K }, 132).tiles).toBe(15);
     // A: X's 72 rows where they are; B: [E·N][K]; D: Y's 72 rows
     expect(r.maps.filter((m) => m.dtype === "bf16" && m.dims[0] === K).map((m) => m.dims[1])).toEqual([72, 5 * N]);
     expect(r.maps.filter((m) => m.dtype === "bf16" && m.dims[0] === N).map((m) => m.dims[1])).toEqual([72]);
-    // Y [3][24][N] bf16 zeroed whole
-    expect(r.memsets).toContain(72 * N * 2);
+    // Y's rows outside the segments are zeroed by the plan kernel (it alone knows them), not by a memset of all of Y
+    expect(r.memsets).not.toContain(72 * N * 2);
   });
 
-  it("segment_dot on two ranks with the experts sharded (x whole, unpacked): each rank plans its own groups past the counts' first", () => {
+  it("segment_dot on two ranks with the experts sharded: x whole (unpacked, groups past the counts' first) and dispatched (packed)", () => {
     const r = run("segment_dot", "bf16", 32, 48, { ranks: 2 });
     expect(r.hostPieces).toBe(0);
     expect(r.cublas).toBe(0);
     expect(r.plans.map((p) => [p.first, p.E, p.packed, p.gC, p.bt])).toEqual([[0, 3, 0, 5, 3], [3, 2, 0, 5, 3]]);
     expect(r.plans.map((p) => p.cap)).toEqual([rowRunCapacity(3, 24, 3), rowRunCapacity(3, 24, 2)]);
+    // rows and counts dispatched (as the MoE layer's): packed rows, the counts' groups those of the weights
+    const p = run("segment_dot", "bf16", 32, 48, { ranks: 2, packed: true });
+    expect(p.hostPieces).toBe(0);
+    expect(p.cublas).toBe(0);
+    expect(p.plans.map((q) => [q.first, q.E, q.packed, q.gC, q.bt, q.R])).toEqual([[0, 3, 1, 3, 3, 24], [0, 2, 1, 2, 3, 24]]);
   });
 
   it("what the device path refuses reads the counts on the host as before, with no error", () => {

@@ -4,7 +4,8 @@
 //   with (segment-gemm.ts SegmentLayout: local groups first..first+E, packed or not, R rows an entry),
 //   the segments segments() finds on the host, clipped to R, laid out as
 //   - row runs (segment_dot): bf16-segment.ts's table, 4 int32 per 128-row block (expert, X's flat
-//     row, Y's flat row, valid rows), expert-major, then expert -1 up to the table's capacity;
+//     row, Y's flat row, valid rows), expert-major, then expert -1 up to the table's capacity; and Y's
+//     rows outside every segment zeroed (only the plan knows which they are);
 //   - columns (segment_wgrad): each expert's rows as one run of columns, all entries' segments of the
 //     expert together, padded with -1 to a multiple of 64: blockExpert [E][2] (first 64-column block,
 //     blocks), [E] = (the blocks used, 0), and colmap (column -> X's flat row, -1 = a zero column).
@@ -101,14 +102,17 @@ const PLAN_PARAMS = "const int* __restrict__ counts, int bt, int gC, int first, 
  * The row-run table of bf16-segment.ts from device counts: runs[4 b + (0..3)] = (expert, X's flat row
  * t·R + row, Y's flat row t·Rout + row - start, valid rows) for the b-th 128-row block, experts in order
  * and entries in order within one; blocks from the total to `cap` get expert -1 (the grouped kernel
- * skips them). Grid-wide: a warp per segment, then the padding.
+ * skips them). And Y's rows no segment covers are zeroed: an entry's local segments are one run of Y's
+ * rows from its first, so rows from their end to Rout (y: Rout rows of rowWords 16-byte words an entry).
+ * Grid-wide: a warp per segment, then the padding, then the zeros.
  */
 export const segmentRunsPlan = memo((): Kernel => {
   const name = "shardts_segment_runs", B = SEGMENT_PLAN_BLOCK, M = GROUPED_M_ALIGN;
   return {
     name,
     source: `${PLAN_PRELUDE}
-extern "C" __global__ void __launch_bounds__(${B}) ${name}(${PLAN_PARAMS}, int Rout, int* __restrict__ runs, int cap) {
+extern "C" __global__ void __launch_bounds__(${B}) ${name}(${PLAN_PARAMS}, int Rout, int* __restrict__ runs, int cap,
+                                                     uint4* __restrict__ y, long long rowWords) {
   __shared__ int sm[${SEGMENT_PLAN_SMEM_INTS}];
   __shared__ int part[${B}];
   const int n = bt * E;
@@ -140,6 +144,10 @@ extern "C" __global__ void __launch_bounds__(${B}) ${name}(${PLAN_PARAMS}, int R
   for (long long b = blk[n] + gtid; b < cap; b += threads) {
     int* r = runs + 4 * b;
     r[0] = -1; r[1] = 0; r[2] = 0; r[3] = 0;
+  }
+  for (int t = 0; t < bt; t++) {
+    const int covered = rows[t * (E + 1) + E] - rows[t * (E + 1)];
+    for (long long w = ((long long)t * Rout + (covered < Rout ? covered : Rout)) * rowWords + gtid; w < (t + 1LL) * Rout * rowWords; w += threads) y[w] = uint4{0u, 0u, 0u, 0u};
   }
 }`,
   };
