@@ -5,7 +5,8 @@ and a per-expert scaled_mm loop.
 
 Run by bench/gpu/fp8-gemm.ts with one JSON argument ({"reps", "dense": [{name, M, N, K}],
 "grouped": [{name, rows, N, K}]}); prints one JSON line per measurement: {case, impl, ms, tflops}
-or {case, impl, error}. An unsupported variant prints its reason instead of crashing.
+or {case, impl, error}. bench/gpu/bf16-gemm.ts adds "kgrouped": [{name, rows, M, N}], the MoE weight
+gradient dW[e] = x_e^T dy_e in bf16, timed as torch._grouped_mm's 2-D x 2-D (jagged K) form. An unsupported variant prints its reason instead of crashing.
 Timing: CUDA events, median of `reps` after warm-up, input sets rotated (same values, other
 buffers) so L2 cannot serve repeats. The scaled_mm output is checked against a float32 matmul of
 the dequantized operands before it is timed, so a misread scale layout cannot pass as fast.
@@ -213,6 +214,100 @@ def grouped(c, reps):
     emit(case=name, impl=f"per-expert scaled_mm loop fp8 [{label}; rows padded to 128]", ms=ms, tflops=flops / ms / 1e9)
 
 
+def kgrouped(c, reps):
+    """dW[e] = x_e^T dy_e (x [rows][M], dy [rows][N], bf16, f32 accumulation) for every expert, as
+    torch._grouped_mm's 2-D x 2-D form with offs splitting K (the tokens), which is what torch's grouped_mm
+    backward computes for the weights: (a) on x.t() and dy as a model holds them, offs the routed rows'
+    ends; (b) on the K-major operands bench/gpu/bf16-gemm.ts gives shardts' K-grouped kernel (x^T and dy^T
+    with each expert's columns zero-padded to 64), offs the padded ends. Each is checked against an f32
+    matmul on three experts (the largest, an empty one, the last) before it is timed. If neither runs, a
+    per-expert torch.matmul loop (the impl label says so). Impl labels start with "kg " (the bench's
+    summary takes the fastest)."""
+    rows, M, N, name = c["rows"], c["M"], c["N"], c["name"]
+    E, total = len(rows), sum(rows)
+    flops = 2 * M * N * total
+    g = torch.Generator(device="cuda").manual_seed(9)
+    x = torch.randn(total, M, device="cuda", generator=g, dtype=torch.bfloat16)
+    dy = torch.randn(total, N, device="cuda", generator=g, dtype=torch.bfloat16)
+    ends = torch.tensor(rows, device="cuda", dtype=torch.int32).cumsum(0).to(torch.int32)
+    starts = [0]
+    for r in rows:
+        starts.append(starts[-1] + r)
+    # the K-major, padded operands (shardts' layout)
+    padded = [-(-r // 64) * 64 for r in rows]
+    pstarts = [0]
+    for r in padded:
+        pstarts.append(pstarts[-1] + r)
+    xT = torch.zeros(M, pstarts[-1], device="cuda", dtype=torch.bfloat16)
+    dyT = torch.zeros(N, pstarts[-1], device="cuda", dtype=torch.bfloat16)
+    for e in range(E):
+        xT[:, pstarts[e]:pstarts[e] + rows[e]] = x[starts[e]:starts[e + 1]].t()
+        dyT[:, pstarts[e]:pstarts[e] + rows[e]] = dy[starts[e]:starts[e + 1]].t()
+    pends = torch.tensor(pstarts[1:], device="cuda", dtype=torch.int32)
+    check = sorted({max(range(E), key=lambda e: rows[e]), E - 1})
+    empty = rows.index(0) if 0 in rows else None
+
+    def wrong(out):
+        """(None if out matches the f32 reference on the checked experts, else why not; a note where an
+        empty expert's block is not zeros, which a caller would have to fill: timed all the same)."""
+        if tuple(out.shape) != (E, M, N):
+            return f"output shape {tuple(out.shape)}, expected {(E, M, N)}", ""
+        for e in check:
+            ref = x[starts[e]:starts[e + 1]].float().t() @ dy[starts[e]:starts[e + 1]].float()
+            err = ((out[e].float() - ref).norm() / ref.norm()).item()
+            if not err < 1e-2:
+                return f"expert {e} ({rows[e]} rows): rel err {err:.2e}", ""
+        if empty is not None and not bool((out[empty] == 0).all()):
+            return None, f" [empty expert {empty}'s block not zeroed]"
+        return None, ""
+
+    forms = [
+        ("kg torch._grouped_mm(x.t(), dy, offs) [2-D x 2-D, the MoE wgrad call]", (x, dy, ends),
+         lambda a, b, o: torch._grouped_mm(a.t(), b, offs=o, out_dtype=torch.bfloat16)),
+        ("kg torch._grouped_mm(xT, dyT.t(), offs) [2-D x 2-D, shardts' padded K-major operands]", (xT, dyT, pends),
+         lambda a, b, o: torch._grouped_mm(a, b.t(), offs=o, out_dtype=torch.bfloat16)),
+    ]
+    ran, reasons = False, []
+    for label, args, fn in forms:
+        try:
+            why, note = wrong(fn(*args))
+            if why:
+                reasons.append(f"{label}: wrong result ({why})")
+                emit(case=name, impl=label, error=f"wrong result: {why}")
+                continue
+            a, b, o = args
+            sets = [args] + [(a.clone(), b.clone(), o) for _ in range(n_sets(2 * (a.numel() + b.numel())) - 1)]
+            ms = median_ms(fn, sets, reps)
+            emit(case=name, impl=label + note, ms=ms, tflops=flops / ms / 1e9)
+            ran = True
+        except Exception as e:  # noqa: BLE001 - report the reason, try the next form
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            reasons.append(f"{label}: {reason}")
+            emit(case=name, impl=label, error=reason)
+        torch.cuda.empty_cache()
+    if ran:
+        return
+    # neither form ran: one matmul per expert (empty experts' blocks zeroed)
+    out = torch.empty(E, M, N, device="cuda", dtype=torch.bfloat16)
+
+    def loop(a, b):
+        for e in range(E):
+            if rows[e]:
+                torch.matmul(a[starts[e]:starts[e + 1]].t(), b[starts[e]:starts[e + 1]], out=out[e])
+            else:
+                out[e].zero_()
+
+    loop(x, dy)
+    why, _ = wrong(out)
+    label = "kg per-expert torch.matmul loop (torch._grouped_mm refused: " + " || ".join(reasons)[:400] + ")"
+    if why:
+        emit(case=name, impl=label, error=f"wrong result: {why}")
+        return
+    sets = [(x, dy)] + [(x.clone(), dy.clone()) for _ in range(n_sets(2 * (x.numel() + dy.numel())) - 1)]
+    ms = median_ms(loop, sets, reps)
+    emit(case=name, impl=label, ms=ms, tflops=flops / ms / 1e9)
+
+
 def main():
     spec = json.loads(sys.argv[1])
     if not torch.cuda.is_available():
@@ -230,6 +325,12 @@ def main():
             grouped(c, spec["reps"])
         except Exception as e:  # noqa: BLE001
             emit(case=c["name"], impl="torch grouped", error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        torch.cuda.empty_cache()
+    for c in spec.get("kgrouped", []):
+        try:
+            kgrouped(c, spec["reps"])
+        except Exception as e:  # noqa: BLE001
+            emit(case=c["name"], impl="kg torch", error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
         torch.cuda.empty_cache()
 
 

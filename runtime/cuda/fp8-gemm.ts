@@ -2,11 +2,17 @@
 // fallback on device buffers laid out as compiler/numeric/fp8-gemm.ts describes. A bf16 configuration
 // (ab: "bf16") runs through the same prepare on bf16 A and B with no scales (sa and sb ignored).
 //
+// A K-grouped configuration (kGrouped: the MoE weight gradient, one launch for every expert) takes the
+// shape { M, N, K, experts: E } with K = P, the padded columns: a = A [M][P] bf16, b = B [N][P] bf16
+// (P contiguous in both), d = D [E·M][N] bf16, blockExpert = int32 [E][2] (expert e's first 64-column
+// block of P, its block count); D[e·M + m][n] = Σ over e's columns of A[m][p]·B[n][p], zeros where e has
+// none. D is stored through a 3-D map [E][M][N], so M need not be a multiple of the tile's 128 rows.
+//
 //   const g = new Fp8Gemm(addon, stream);
 //   const run = g.prepare(config, { M, N, K }, { a, b, sa, sb, d });   // compiles once, encodes the TMA maps
 //   run();                                                             // one launch, nothing allocated
 import { emitFp8Gemm, type Fp8GemmKernel } from "../../compiler/codegen/cuda/gemm/emit.ts";
-import { bBoxRows, blockM, geometryOf, isBf16, kBlock, shapeProblem, type Fp8GemmConfig, type Fp8GemmShape } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { bBoxRows, blockM, geometryOf, isBf16, kBlock, kGroupedProblem, shapeProblem, type Fp8GemmConfig, type Fp8GemmShape } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { FP8_BLOCK, GROUPED_M_ALIGN } from "../../compiler/numeric/fp8-gemm.ts";
 import { CompileError } from "../../compiler/errors.ts";
 import { archFor, compileCuda } from "./compile.ts";
@@ -24,7 +30,10 @@ export interface Fp8GemmBuffers {
   sb: DevicePtr;
   /** M×N bf16. */
   d: DevicePtr;
-  /** Grouped: int32 expert of each 128-row block of A (-1: padding), M/128 entries; row runs: 4 int32 per block (expert, A row, D row, rows). */
+  /**
+   * Grouped: int32 expert of each 128-row block of A (-1: padding), M/128 entries; row runs: 4 int32 per
+   * block (expert, A row, D row, rows); K-grouped: 2 int32 per expert (first 64-column block, blocks).
+   */
   blockExpert?: DevicePtr;
 }
 
@@ -100,6 +109,7 @@ export class Fp8Gemm {
    * same configuration then runs with A's scales loaded from global memory (globalScales, name `_gs`).
    */
   prepare(config: Fp8GemmConfig, s: Fp8GemmProblemShape, bufs: Fp8GemmBuffers): () => void {
+    if (config.kGrouped) return this.prepareKGrouped(config, s, bufs);
     const bf16 = isBf16(config), what = bf16 ? "bf16 GEMM" : "FP8 GEMM", eb = bf16 ? 2 : 1;
     const why = shapeProblem(s);
     if (why) throw new CompileError(`${what} ${s.M}x${s.N}x${s.K}: ${why}; use the cuBLASLt fallback${bf16 ? "" : " (Fp8Gemm.prepareCublasLt)"}`);
@@ -141,6 +151,44 @@ export class Fp8Gemm {
       ["i32", s.M],
       ["i32", s.N],
       ["i32", s.K],
+    );
+    const a = this.addon, stream = this.stream;
+    return () => a.launchKernel(fn, [g.grid, 1, 1], [kernel.threads, 1, 1], kernel.smemBytes, stream, params);
+  }
+
+  /**
+   * A K-grouped launch (prepare with a kGrouped configuration): the maps of A [M][P] and B [N][P] with
+   * 64-column boxes of BLOCK_M and BLOCK_N rows, and of D as [E][M][N] for the TMA store.
+   */
+  private prepareKGrouped(c: Fp8GemmConfig, s: Fp8GemmProblemShape, bufs: Fp8GemmBuffers): () => void {
+    const why = kGroupedProblem(s);
+    if (why) throw new CompileError(`K-grouped bf16 GEMM ${s.M}x${s.N}x${s.K} over ${s.experts} experts: ${why}`);
+    if (bufs.blockExpert === undefined) throw new CompileError("K-grouped bf16 GEMM: blockExpert must be given (2 int32 per expert: first 64-column block, blocks)");
+    if (s.lda !== undefined || s.ldb !== undefined || s.rowsA !== undefined || s.rowsD !== undefined)
+      throw new CompileError("K-grouped bf16 GEMM: A and B are contiguous [M][P] and [N][P] (no lda, ldb, rowsA or rowsD)");
+    const E = s.experts!;
+    const { fn, kernel, layout } = this.kernel(c);
+    const g = geometryOf(c, s, gemmSms(this.device.smCount, process.env.SHARDTS_GEMM_RESERVED_SMS, this.reservedSms));
+    const enc = this.addon.tensorMapEncodeTiled.bind(this.addon);
+    const map = (address: DevicePtr, rows: number, boxRows: number) =>
+      enc({ dtype: "bf16", address, dims: [s.K, rows], strides: [s.K * 2], box: [kBlock(c), boxRows], swizzle: "128B", l2Promotion: "256B", oobFill: "zero" });
+    const unused = new Uint8Array(128);
+    // D as [E][M][N]: a tile's rows past M fall outside its expert's block and are clipped
+    const mapD = c.tmaStore ? enc({ dtype: "bf16", address: bufs.d, dims: [s.N, s.M, E], strides: [s.N * 2, s.M * s.N * 2], box: [64, 64, 1], swizzle: "128B", oobFill: "zero" }) : unused;
+    const params = (layout ? (...x: KernelArg[]) => packArgsAt(layout, ...x) : packArgs)(
+      ["bytes", map(bufs.a, s.M, blockM(c)), 64],
+      ["bytes", map(bufs.b, s.N, c.blockN), 64],
+      ["bytes", unused, 64],
+      ["bytes", mapD, 64],
+      ["bytes", unused, 64],
+      ["ptr", bufs.sa],
+      ["ptr", bufs.sb],
+      ["ptr", bufs.d],
+      ["ptr", bufs.blockExpert],
+      ["i32", s.M],
+      ["i32", s.N],
+      ["i32", s.K],
+      ["i32", E],
     );
     const a = this.addon, stream = this.stream;
     return () => a.launchKernel(fn, [g.grid, 1, 1], [kernel.threads, 1, 1], kernel.smemBytes, stream, params);

@@ -45,6 +45,15 @@ describe("bf16 GEMM configurations", () => {
     expect(emitFp8Gemm({ ...all[0]!, ab: "e4m3" }).source).toBe(emitFp8Gemm(all[0]!).source);
   });
 
+  it("leaves every bf16 kernel's source byte-identical since the K-grouped variant (kGrouped) came (hash of the candidates and the row-run kernels)", () => {
+    const all = [...bf16GemmCandidates(false), ...bf16GemmCandidates(true)];
+    for (const N of [1408, 2816]) all.push({ ...defaultBf16GemmConfig(true, N), rowRuns: true }, { ...defaultBf16GemmConfig(true, N), tmaStore: undefined, rowRuns: true });
+    const h = createHash("sha256");
+    for (const c of all) h.update(emitFp8Gemm(c).source);
+    expect(all.length).toBe(23);
+    expect(h.digest("hex")).toBe("a6c3503620f11d1631402d277783ce03a3d03970624ba7f39ce7e7ed8407e839");
+  });
+
   it("refuses the scale-only features for bf16, saying why and what to set", () => {
     const base: Fp8GemmConfig = { ab: "bf16", consumers: 2, blockN: 128, stages: 4, persistent: true, grouped: false };
     expect(configProblem(base)).toBeUndefined();

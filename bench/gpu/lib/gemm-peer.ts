@@ -18,6 +18,8 @@ export interface PeerSpec {
   reps: number;
   dense: { name: string; M: number; N: number; K: number; bRows: boolean }[];
   grouped: { name: string; rows: number[]; N: number; K: number }[];
+  /** K-grouped (bf16 only: the MoE weight gradient dW[e] = x_eᵀ dy_e, x [rows][M], dy [rows][N]). */
+  kgrouped?: { name: string; rows: number[]; M: number; N: number }[];
 }
 
 /** Runs the peer on `spec`, logging each row; [] (and says why) where the script or Python is missing. */

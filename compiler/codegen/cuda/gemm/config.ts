@@ -11,6 +11,11 @@
 // With `ab: "bf16"` the operands are bf16 and unscaled: a 128-byte row holds 64 bf16, so a stage's K
 // block is 64 wide (4 wgmma k16 steps), and the f32 accumulators take all of K directly (no scales,
 // no temporary fragment, no promotion), which leaves room for blockN up to 256.
+//
+// With `kGrouped` (bf16, grouped, two consumers) the grouping is over K instead of M: D holds one M x N
+// block per expert, each summed over its expert's 64-column blocks of A [M][P] and B [N][P] (the MoE
+// weight gradient). The tile index runs expert-major (kGroupedTileCoords), and D is stored through a
+// 3-D map [E][M][N], so M needs no alignment: a tile's rows past M are clipped at its expert's block.
 import { CompileError } from "../../../errors.ts";
 import { FP8_BLOCK, GROUPED_M_ALIGN } from "../../../numeric/fp8-gemm.ts";
 
@@ -67,6 +72,16 @@ export interface Fp8GemmConfig {
    * a run's last partial block stores its valid rows directly.
    */
   rowRuns?: boolean;
+  /**
+   * Grouped over K (absent = off; bf16, grouped, two consumers; the MoE weight gradient in one launch):
+   * D[e·M + m][n] = Σ A[m][p]·B[n][p] over expert e's 64-column blocks of p, for every expert at once.
+   * A is [M][P] and B [N][P] (P contiguous), blockExpert holds two int32 per expert (its first 64-column
+   * block, its block count); the tiles are E × ceil(M/BM) × ceil(N/BN), expert-major. An expert with no
+   * blocks has its D block stored as zeros, its tiles waiting on and releasing no stage. See kGroupedProblem.
+   * persistent and tmaStore are optional (defaultKGroupedConfig sets both, as the M-grouped kernel's
+   * measurements favour); the kernel takes one more parameter, E, after K.
+   */
+  kGrouped?: boolean;
 }
 
 export const SMEM_LIMIT = 232448; // 227 KiB: the opt-in maximum per block on H100 / H200
@@ -99,7 +114,7 @@ export const smemBytes = (c: Fp8GemmConfig): number => SMEM_ALIGN_SLACK + c.stag
 export const spansScaleBlocks = (c: Fp8GemmConfig): boolean => !isBf16(c) && FP8_BLOCK % c.blockN !== 0;
 
 export function configName(c: Fp8GemmConfig): string {
-  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? "_ts" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}`;
+  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? "_ts" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}`;
 }
 
 /** Why a configuration cannot be emitted, or undefined. */
@@ -125,6 +140,8 @@ export function configProblem(c: Fp8GemmConfig): string | undefined {
   if (c.multicast && c.grouped) return "B multicast needs both CTAs of a cluster on the same weights: dense only (a grouped tile pair may straddle two experts)";
   if (c.rowRuns && !(c.grouped && isBf16(c) && c.consumers === 2 && !c.multicast))
     return "row runs are for grouped bf16 kernels with two consumers (128-row blocks; e4m3's A scales by TMA need 16-byte aligned row starts)";
+  if (c.kGrouped && !(c.grouped && isBf16(c) && c.consumers === 2 && !c.multicast && !c.rowRuns))
+    return "K-grouped kernels (kGrouped) are grouped bf16 kernels with two consumers, without multicast or row runs: set ab \"bf16\", grouped, consumers 2";
   if (c.overlap) return overlapProblem(c);
   return undefined;
 }
@@ -248,6 +265,26 @@ export function defaultBf16GemmConfig(grouped: boolean, N?: number): Fp8GemmConf
 }
 
 /**
+ * The K-grouped configurations to time (MoE weight gradients): 128 x 256 and 128 x 128 tiles with the
+ * TMA-store epilogue (the default's two widths), and both with the plain epilogue.
+ */
+export function kGroupedCandidates(): Fp8GemmConfig[] {
+  const out: Fp8GemmConfig[] = [];
+  for (const [blockN, tmaStore] of [[256, true], [128, true], [256, false], [128, false]] as const)
+    out.push(filled({ ab: "bf16", consumers: 2, blockN, persistent: true, grouped: true, kGrouped: true, ...(tmaStore ? { tmaStore } : {}) }));
+  return out.filter((c) => configProblem(c) === undefined);
+}
+
+/**
+ * The K-grouped configuration launched without tuning, chosen as defaultBf16GemmConfig chooses for the
+ * M-grouped kernel (not yet measured for this one): persistent, two consumers, TMA-store epilogue,
+ * 128 x 256 tiles where N is a multiple of 256 and 128 x 128 otherwise.
+ */
+export function defaultKGroupedConfig(N: number): Fp8GemmConfig {
+  return { ...defaultBf16GemmConfig(true, N), kGrouped: true };
+}
+
+/**
  * The configuration the executor launches without tuning (dense or grouped): the persistent 128 x 128
  * two-consumer kernel with overlapped promotion and the TMA-store epilogue, the fastest on every large
  * dense and grouped shape measured on an H100 (bench/results/2026-11-22-fp8-gemm-h100-v5.txt).
@@ -293,9 +330,10 @@ export interface Fp8GemmGeometry {
  * m-blocks of a pair, the odd last one computing an out-of-range block it does not store), and the
  * grid is in CTAs (a multiple of the cluster size; persistent grids fill the SMs by clusters).
  */
-export function geometryOf(c: Fp8GemmConfig, s: Fp8GemmShape, smCount: number): Fp8GemmGeometry {
+export function geometryOf(c: Fp8GemmConfig, s: Fp8GemmShape & { experts?: number }, smCount: number): Fp8GemmGeometry {
   const cs = clusterSize(c);
-  const mBlocks = Math.ceil(s.M / blockM(c)), nBlocks = Math.ceil(s.N / c.blockN), tiles = Math.ceil(mBlocks / cs) * nBlocks;
+  // K-grouped: every expert has its own M x N block of D
+  const mBlocks = Math.ceil(s.M / blockM(c)), nBlocks = Math.ceil(s.N / c.blockN), tiles = Math.ceil(mBlocks / cs) * nBlocks * (c.kGrouped ? s.experts! : 1);
   const clusters = c.persistent ? Math.min(tiles, Math.floor(smCount / cs)) : tiles;
   return { grid: clusters * cs, block: threadsOf(c), smemBytes: smemBytes(c), tiles, mBlocks, nBlocks };
 }
@@ -307,4 +345,30 @@ export function tileCoords(tile: number, mBlocks: number, nBlocks: number): { mb
   const rows = Math.min(mBlocks - first, GROUP_M);
   const r = tile % perGroup;
   return { mb: first + (r % rows), nb: Math.floor(r / rows) };
+}
+
+/**
+ * The tile a K-grouped kernel's linear tile index names: expert-major (an expert's tiles together, so
+ * its A and B columns stay in L2 while its tiles run), the GROUP_M raster inside the expert. Mirrored
+ * by kg_tile_coords in the kernel (emit.ts).
+ */
+export function kGroupedTileCoords(tile: number, mBlocks: number, nBlocks: number): { e: number; mb: number; nb: number } {
+  const perExpert = mBlocks * nBlocks, e = Math.floor(tile / perExpert);
+  return { e, ...tileCoords(tile - e * perExpert, mBlocks, nBlocks) };
+}
+
+/**
+ * Why a K-grouped problem cannot run, or undefined: M (each expert's rows of D), N and K (= P, the
+ * padded columns A and B hold) as for shapeProblem, K a positive multiple of the 64-column blocks
+ * blockExpert counts in (an all-empty routing still passes one block), and the experts' D rows and
+ * the tiles within 32-bit indices.
+ */
+export function kGroupedProblem(s: Fp8GemmShape & { experts?: number }): string | undefined {
+  const E = s.experts;
+  if (E === undefined || !Number.isInteger(E) || E < 1) return `K-grouped GEMMs need experts >= 1 (one M x N block of D each), got ${E}`;
+  const why = shapeProblem(s);
+  if (why) return why;
+  if (s.K % 64 !== 0) return `K = P = ${s.K} must be a multiple of 64 (blockExpert counts 64-column blocks of A and B; pad each expert's columns with zeros)`;
+  if (E * s.M >= 2 ** 31 / s.N) return `E x M = ${E * s.M} rows of D overflow 32-bit offsets`;
+  return undefined;
 }

@@ -10,9 +10,13 @@
 //
 // Kernel parameters, in order: tmA, tmB, tmSA (A's scales), tmD (the TMA-store epilogue's output),
 // tmSB (row-scaled B's scales) — CUtensorMaps by value, 64-byte aligned, passed whether the
-// configuration uses them or not — then sa, sb, d, [blockExpert when grouped], M, N, K. With row runs
-// (rowRuns) blockExpert holds 4 int32 per 128-row block (expert, A's row, D's row, valid rows) and M is
-// 128 x the blocks: A and D are the rows where they are, read and written through the runs.
+// configuration uses them or not — then sa, sb, d, [blockExpert when grouped], M, N, K, [E when
+// K-grouped]. With row runs (rowRuns) blockExpert holds 4 int32 per 128-row block (expert, A's row, D's
+// row, valid rows) and M is 128 x the blocks: A and D are the rows where they are, read and written
+// through the runs. K-grouped (kGrouped): blockExpert holds 2 int32 per expert (first 64-column block,
+// blocks); the producer loads those blocks and the consumers take as many stages (none for an empty
+// expert, whose tile stores zeros), so both walk the ring alike across tiles of different K; D rows
+// e·M + m go out through a 3-D map [E][M][N] (sh_tma_store_3d) or direct stores bounded by M.
 //
 // With ab = "bf16" (config.ts): D = A·Bᵀ with bf16 A and B, 64-wide K blocks, no scales (tmSA, tmSB,
 // sa and sb are passed and ignored, so one launcher serves both), acc summed over all of K by the wgmmas.
@@ -37,8 +41,8 @@ import {
   threadsOf,
   type Fp8GemmConfig,
 } from "./config.ts";
-import { bf16Loop, overlappedLoop, plainLoop } from "./mainloop.ts";
-import { GEMM_PTX, wgmmaWrapper } from "./ptx.ts";
+import { bf16Loop, kGroupedLoop, overlappedLoop, plainLoop } from "./mainloop.ts";
+import { GEMM_PTX, TMA_STORE_3D, wgmmaWrapper } from "./ptx.ts";
 
 export interface Fp8GemmKernel {
   name: string;
@@ -52,12 +56,12 @@ export function emitFp8Gemm(c: Fp8GemmConfig): Fp8GemmKernel {
   checkConfig(c);
   const name = configName(c), BM = blockM(c), BN = c.blockN, S = c.stages, C = c.consumers;
   const frag = BN / 2;
-  const rr = c.rowRuns === true;
+  const rr = c.rowRuns === true, kg = c.kGrouped === true;
   const expert = rr ? "blockExpert[4 * mb]" : c.grouped ? `blockExpert[(mb * ${BM}) / ${GROUPED_M_ALIGN}]` : "0";
   // A's first row of the tile: its run's (row runs) or the block's own
   const aRow = rr ? "blockExpert[4 * mb + 1]" : "mb * BM";
-  // B's rows for tile (e, nb): grouped weights are stacked E×N rows deep
-  const bRow = c.grouped ? "e * N + nb * BN" : "nb * BN";
+  // B's rows for tile (e, nb): grouped weights are stacked E×N rows deep (K-grouped: B is one N x P)
+  const bRow = c.grouped && !kg ? "e * N + nb * BN" : "nb * BN";
   const twoBlocks = spansScaleBlocks(c);
   const mc = c.multicast === true;
   // the tile loop: one tile per unit, or (multicast) a pair of m-blocks per cluster, this CTA's by rank
@@ -67,7 +71,11 @@ export function emitFp8Gemm(c: Fp8GemmConfig): Fp8GemmKernel {
     int pm, nb;
     tile_coords(u, pairsM, nBlocks, pm, nb);
     const int mb = 2 * pm + (int)crank;`
-    : `for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    : kg
+      ? `for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    int e, mb, nb;
+    kg_tile_coords(tile, mBlocks, nBlocks, e, mb, nb);`
+      : `for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     int mb, nb;
     tile_coords(tile, mBlocks, nBlocks, mb, nb);`;
   const indent = (text: string, pad: string) => text.replace(/\n/g, "\n" + pad);
@@ -75,24 +83,24 @@ export function emitFp8Gemm(c: Fp8GemmConfig): Fp8GemmKernel {
   // A's scales arrive by TMA with each stage (e4m3 without globalScales)
   const saByTma = !c.globalScales && !bf16;
   const title = bf16
-    ? `// bf16 GEMM (${c.grouped ? "grouped over 128-row expert blocks" : "dense NT"}): BLOCK ${BM}x${BN}x${KBLK}, ${S} stages,`
+    ? `// bf16 GEMM (${kg ? "grouped over K: one M x N block of D per expert" : c.grouped ? "grouped over 128-row expert blocks" : "dense NT"}): BLOCK ${BM}x${BN}x${KBLK}, ${S} stages,`
     : `// FP8 block-scaled GEMM (${c.grouped ? "grouped over 128-row expert blocks" : "dense NT"}): BLOCK ${BM}x${BN}x128, ${S} stages,`;
   // the consumer's fragments: e4m3 promotes a temporary (two with overlap) into acc; bf16 has acc only
   const frags = bf16 ? "" : c.overlap ? ", t0[" + frag + "], t1[" + frag + "]" : ", tmp[" + frag + "]";
   const fragInit = bf16 ? "" : `#pragma unroll
   for (int i = 0; i < ${frag}; ++i) ${c.overlap ? "t0[i] = t1[i] = 0.f" : "tmp[i] = 0.f"};
 `;
-  const sbTileLine = bf16 ? "    (void)sa; (void)sb; (void)NB;\n" : c.bRows ? "    (void)sb; (void)NB;\n" : `    const float* sbTile = sb + ((long long)e * NB + n0 / ${FP8_BLOCK}) * KB;\n`;
+  const sbTileLine = kg ? "    (void)sa; (void)sb;\n" : bf16 ? "    (void)sa; (void)sb; (void)NB;\n" : c.bRows ? "    (void)sb; (void)NB;\n" : `    const float* sbTile = sb + ((long long)e * NB + n0 / ${FP8_BLOCK}) * KB;\n`;
 
   const source = `${title}
 // ${C} consumer warpgroup(s) + 1 producer, ${c.persistent ? "persistent grid" : "one CTA per tile"}. Generated by compiler/codegen/cuda/gemm/emit.ts.
-${GEMM_PTX}${wgmmaWrapper(BN, c.ab)}
+${GEMM_PTX}${wgmmaWrapper(BN, c.ab)}${kg && c.tmaStore ? TMA_STORE_3D : ""}
 extern "C" __global__ void ${mc ? "__cluster_dims__(2, 1, 1) " : ""}__launch_bounds__(${threadsOf(c)}, 1)
 ${name}(const __grid_constant__ sh_tensor_map tmA, const __grid_constant__ sh_tensor_map tmB,
         const __grid_constant__ sh_tensor_map tmSA, const __grid_constant__ sh_tensor_map tmD,
         const __grid_constant__ sh_tensor_map tmSB,
         const float* __restrict__ sa, const float* __restrict__ sb, unsigned short* __restrict__ d,
-${c.grouped ? "        const int* __restrict__ blockExpert,\n" : ""}        int M, int N, int K) {
+${c.grouped ? "        const int* __restrict__ blockExpert,\n" : ""}        int M, int N, int K${kg ? ", int E" : ""}) {
   constexpr int BM = ${BM}, BN = ${BN}, S = ${S};
   constexpr sh_u32 A_BYTES = ${aTileBytes(c)}, B_BYTES = ${bTileBytes(c)}, SA_BYTES = ${saTileBytes(c)}, SB_BYTES = ${sbTileBytes(c)}, STAGING_BYTES = ${stagingBytes(c)};
   extern __shared__ unsigned char smem_raw[];
@@ -103,9 +111,12 @@ ${c.grouped ? "        const int* __restrict__ blockExpert,\n" : ""}        int 
   (void)sas; (void)sbs; (void)staging; (void)tmSA; (void)tmD; (void)tmSB;
   // full[s] at bars + 8 s (the producer's arrival + TMA bytes); empty[s] at bars + 8 (S + s)
   const int wg = threadIdx.x / 128, lane = threadIdx.x % 32, warp = (threadIdx.x % 128) / 32;
-  const int mBlocks = (M + BM - 1) / BM, nBlocks = (N + BN - 1) / BN, tiles = mBlocks * nBlocks;
+${kg ? `  // K-grouped: every expert's M x N block of D, its K blocks (P's 64-column blocks) from blockExpert
+  const int mBlocks = (M + BM - 1) / BM, nBlocks = (N + BN - 1) / BN, tiles = E * mBlocks * nBlocks;
+  (void)K;
+` : `  const int mBlocks = (M + BM - 1) / BM, nBlocks = (N + BN - 1) / BN, tiles = mBlocks * nBlocks;
   const int KB = (K + ${KBLK - 1}) / ${KBLK}, NB = (N + ${FP8_BLOCK - 1}) / ${FP8_BLOCK};
-${mc ? `  (void)tiles;
+`}${mc ? `  (void)tiles;
   // cluster of two along M: this CTA's m-block of each pair, and its half of the B tile
   const sh_u32 crank = sh_cluster_rank();
   constexpr sh_u32 B_HALF = B_BYTES / 2;
@@ -128,9 +139,11 @@ ${mc ? `  (void)tiles;
 ${saByTma ? "    sh_tma_prefetch_map(&tmSA);\n" : ""}    int s = 0;
     sh_u32 phase = 0;
     ${indent(tileLoop, "  ")}
-      const int e = ${expert};
+${kg ? `      // this expert's 64-column blocks of A and B (none: nothing to load, no stage taken)
+      const int kb0 = blockExpert[2 * e], kbEnd = kb0 + blockExpert[2 * e + 1];
+      for (int kb = kb0; kb < kbEnd; ++kb) {` : `      const int e = ${expert};
       if (e < 0) continue;  // a padding block: no rows to compute
-      for (int kb = 0; kb < KB; ++kb) {
+      for (int kb = 0; kb < KB; ++kb) {`}
         sh_mbar_wait(bars + 8 * (S + s), phase ^ 1);  // the consumers${mc ? " of both CTAs" : ""} have released this stage
         sh_mbar_arrive_expect_tx(bars + 8 * s, A_BYTES + B_BYTES + SA_BYTES + SB_BYTES);
         sh_tma_load_2d(tilesA + s * A_BYTES, &tmA, kb * ${KBLK}, ${aRow}, bars + 8 * s);
@@ -150,9 +163,11 @@ ${fragInit}  int s = 0;
   // this thread's two rows of the m64 fragment, and the column of its first pair
   const int r0 = wg * 64 + warp * 16 + lane / 4, c0 = 2 * (lane % 4);
   ${tileLoop}
-    const int e = ${expert};
+${kg ? `    // this expert's 64-column blocks: the consumers take as many stages as the producer fills for the tile
+    const int KB = blockExpert[2 * e + 1];
+` : `    const int e = ${expert};
     if (e < 0) continue;
-${rr ? `    // the run's block: D's first row and the valid rows (m0, m1 are tile-relative here)
+`}${rr ? `    // the run's block: D's first row and the valid rows (m0, m1 are tile-relative here)
     const int dRow = blockExpert[4 * mb + 2], rows = blockExpert[4 * mb + 3];
     const int m0 = r0, m1 = m0 + 8, n0 = nb * BN;` : "    const int m0 = mb * BM + r0, m1 = m0 + 8, n0 = nb * BN;"}
     (void)m0; (void)m1; (void)c0;  // unused by kernels whose scales and stores go through TMA
@@ -161,11 +176,11 @@ ${sbTileLine}${twoBlocks && !c.bRows ? `    // columns from 'split' on (tile-rel
     const bool second = n0 / ${FP8_BLOCK} + 1 < NB;
 ` : ""}#pragma unroll
     for (int i = 0; i < ${frag}; ++i) acc[i] = 0.f;
-${bf16 ? bf16Loop(c) : c.overlap ? overlappedLoop(c) : plainLoop(c)}${epilogue(c)}  }
+${kg ? kGroupedLoop(c) : bf16 ? bf16Loop(c) : c.overlap ? overlappedLoop(c) : plainLoop(c)}${epilogue(c)}  }
 ${c.tmaStore ? "  if (threadIdx.x % 128 == 0) sh_bulk_wait0();  // this warpgroup's last store is done\n" : ""}  }
 ${mc ? "  sh_cluster_sync();  // the peer's last arrivals and multicasts into this CTA are done\n" : ""}}
 `;
-  return { name, source: TILE_COORDS + source, config: c, threads: threadsOf(c), smemBytes: smemBytes(c) };
+  return { name, source: TILE_COORDS + (kg ? KG_TILE_COORDS : "") + source, config: c, threads: threadsOf(c), smemBytes: smemBytes(c) };
 }
 
 /**
@@ -173,6 +188,9 @@ ${mc ? "  sh_cluster_sync();  // the peer's last arrivals and multicasts into th
  * configuration has it and a run's partial last block directly, its valid rows only, at D's row dRow.
  */
 function epilogue(c: Fp8GemmConfig): string {
+  // K-grouped: expert e's block of D starts at row e·M; its rows past M are not stored (the 3-D map's
+  // bounds clip them, or the direct stores' row check), so they never reach the next expert's block
+  if (c.kGrouped) return c.tmaStore ? tmaStoreEpilogue(c, "mb * BM", "e") : directEpilogue(c, "e * M + ", "M");
   if (!c.rowRuns) return c.tmaStore ? tmaStoreEpilogue(c, "mb * BM") : directEpilogue(c, "", "M");
   const direct = directEpilogue(c, "dRow + ", "rows");
   if (!c.tmaStore) return direct;
@@ -206,7 +224,8 @@ function directEpilogue(c: Fp8GemmConfig, base: string, bound: string): string {
  * at once hit 8 different chunks and no bank twice), then one thread stores the boxes by TMA (clipped
  * at M and N). The buffer is reused only after the previous tile's store has read it.
  */
-function tmaStoreEpilogue(c: Fp8GemmConfig, rowBase: string): string {
+function tmaStoreEpilogue(c: Fp8GemmConfig, rowBase: string, expert?: string): string {
+  const store = expert === undefined ? `sh_tma_store_2d(&tmD, mine + b * 8192, n0 + 64 * b, ${rowBase} + wg * 64)` : `sh_tma_store_3d(&tmD, mine + b * 8192, n0 + 64 * b, ${rowBase} + wg * 64, ${expert})`;
   return `    // epilogue through shared memory and TMA: this warpgroup's 64 rows, ${c.blockN / 64} box(es) of 64 columns
     {
       const sh_u32 mine = staging + wg * ${64 * c.blockN * 2};
@@ -223,7 +242,7 @@ function tmaStoreEpilogue(c: Fp8GemmConfig, rowBase: string): string {
       sh_named_bar(1 + wg, 128);
       if (threadIdx.x % 128 == 0) {
 #pragma unroll
-        for (int b = 0; b < ${c.blockN / 64}; ++b) sh_tma_store_2d(&tmD, mine + b * 8192, n0 + 64 * b, ${rowBase} + wg * 64);
+        for (int b = 0; b < ${c.blockN / 64}; ++b) ${store};
         sh_bulk_commit();
       }
     }
@@ -239,6 +258,18 @@ static __device__ __forceinline__ void tile_coords(int tile, int mBlocks, int nB
   const int rows = min(mBlocks - first, ${GROUP_M}), r = tile % perGroup;
   mb = first + r % rows;
   nb = r / rows;
+}
+#endif
+`;
+
+// K-grouped tile decode (mirrors kGroupedTileCoords in config.ts): expert-major, the GROUP_M raster inside
+// the expert.
+const KG_TILE_COORDS = `#ifndef SHARDTS_GEMM_KG_TILE_COORDS
+#define SHARDTS_GEMM_KG_TILE_COORDS
+static __device__ __forceinline__ void kg_tile_coords(int tile, int mBlocks, int nBlocks, int& e, int& mb, int& nb) {
+  const int perExpert = mBlocks * nBlocks;
+  e = tile / perExpert;
+  tile_coords(tile - e * perExpert, mBlocks, nBlocks, mb, nb);
 }
 #endif
 `;

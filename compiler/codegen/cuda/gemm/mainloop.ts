@@ -189,3 +189,15 @@ ${p}held = next;
     ${release(c, "bars + 8 * (S + held)")}
 ${fenceAll(c, "acc", "    ")}`;
 }
+
+/**
+ * The K-grouped loop: the bf16 loop over the tile's expert's KB blocks (KB from blockExpert, per tile),
+ * skipped whole when the expert has none, so that an empty expert's tile neither waits on nor releases
+ * a stage; the producer loads exactly KB blocks for the same tile, so the ring stays in step across
+ * tiles of different K. acc stays as zeroed: the tile is stored as zeros.
+ */
+export function kGroupedLoop(c: Fp8GemmConfig): string {
+  return `    if (KB > 0) {  // an empty expert: no stage taken, acc stays zero
+${bf16Loop(c).replace(/^(?=.)/gm, "  ")}    }
+`;
+}

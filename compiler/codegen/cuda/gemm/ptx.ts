@@ -138,6 +138,20 @@ SH_DEV sh_u32 sh_pack_bf16x2(float lo, float hi) {
 #endif // SHARDTS_GEMM_PTX
 `;
 
+/**
+ * The TMA store of a 3-D box (K-grouped kernels: D as [E][M][N], so a tile's rows past M are clipped
+ * at its expert's block, not written into the next one). Outside GEMM_PTX, so kernels that do not use
+ * it keep their sources.
+ */
+export const TMA_STORE_3D = String.raw`#ifndef SHARDTS_GEMM_TMA_STORE_3D
+#define SHARDTS_GEMM_TMA_STORE_3D
+SH_DEV void sh_tma_store_3d(const sh_tensor_map* m, sh_u32 src, int c0, int c1, int c2) {
+  asm volatile("cp.async.bulk.tensor.3d.global.shared::cta.bulk_group [%0, {%2, %3, %4}], [%1];"
+               :: "l"(reinterpret_cast<sh_u64>(m)), "r"(src), "r"(c0), "r"(c1), "r"(c2) : "memory");
+}
+#endif
+`;
+
 /** The wrapper's name for a tile width and operand type (kernels of both types may share a source). */
 export const wgmmaName = (n: number, ab?: "e4m3" | "bf16"): string => (ab === "bf16" ? `sh_wgmma_bf16_m64n${n}` : `sh_wgmma_m64n${n}`);
 
