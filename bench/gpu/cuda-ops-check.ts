@@ -134,13 +134,19 @@ const cases: { op: string; dtypes: DType[]; make: Maker; grouped?: (t: DType) =>
       return raw("segment_dot", [x, T(m, { e: 4, k: 208, n: 176 }, t, () => (rnd() * 4 - 2) / 8), counts!], { contract: "k" });
     },
   },
-  // device-side counts (segment-device.ts): the plan kernel and the generated GEMM over the routing's
-  // upper bound, random and skewed routings (empty experts), bt = 3; on two ranks with x whole (unpacked,
-  // the second rank's groups past the counts' first, all of them empty) and with the rows dispatched (packed)
+  // device-side counts (segment-device.ts): the plan kernel and the generated GEMMs over the routing's
+  // upper bound, random and skewed routings (empty experts), bt = 3; segment_dot on two ranks with x whole
+  // (unpacked, the second rank's groups past the counts' first, all of them empty) and with the rows
+  // dispatched (packed)
   { op: "segment_dot device counts", dtypes: ["bf16"], deviceCounts: true, make: deviceSegments("segment_dot", uniform6) },
   { op: "segment_dot device counts skewed", dtypes: ["bf16"], deviceCounts: true, make: deviceSegments("segment_dot", skewed6) },
   { op: "segment_dot device counts ep whole", dtypes: ["bf16"], deviceCounts: true, ranks: 2, make: deviceSegments("segment_dot", firstHalf6) },
   { op: "segment_dot device counts ep packed", dtypes: ["bf16"], deviceCounts: true, ranks: 2, make: deviceSegments("segment_dot", skewed6, "packed") },
+  // segment_wgrad: the column plan, Xᵀ / Gᵀ gathered and the K-grouped GEMM; on two ranks (dispatched rows) the
+  // second rank's experts all empty (dW zeros from the kernel)
+  { op: "segment_wgrad device counts", dtypes: ["bf16"], deviceCounts: true, make: deviceSegments("segment_wgrad", uniform6) },
+  { op: "segment_wgrad device counts skewed", dtypes: ["bf16"], deviceCounts: true, make: deviceSegments("segment_wgrad", skewed6) },
+  { op: "segment_wgrad device counts ep packed", dtypes: ["bf16"], deviceCounts: true, ranks: 2, make: deviceSegments("segment_wgrad", firstHalf6, "packed") },
   { op: "flatten", dtypes: ["f32"], make: (m, t) => raw("flatten", [T(m, { r: 5, c: 4, z: 3 }, t)], { dims: ["z", "r"], to: "zr" }) },
   { op: "unflatten", dtypes: ["f32"], make: (m, t) => raw("unflatten", [T(m, { r: 5, c: 6 }, t)], { dim: "c", into: { c1: 2, c2: 3 } }) },
   { op: "rename", dtypes: ["f32"], make: (m, t) => raw("rename", [T(m, RC, t)], { from: "r", to: "q" }) },

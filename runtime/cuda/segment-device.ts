@@ -6,14 +6,17 @@
 //   blocks past the segments' marked expert -1 (the grouped kernel's producer and consumer skip them);
 //   the plan kernel also zeroes Y's rows no segment covers (which they are is known only on the device):
 //   none when the segments fill Y, never more than the host path's memset of all of Y.
-// - segment_wgrad: the K-grouped GEMM over each expert's rows as columns (columnCapacity), its A = Xᵀ
-//   and B = Gᵀ made by the transposing gather from the plan's column map.
+// - segment_wgrad: the K-grouped GEMM (config.ts kGrouped) over each expert's rows as one run of columns
+//   (all entries' segments of the expert together, padded to 64; columnCapacity), its A = Xᵀ and B = Gᵀ
+//   made by the transposing gather from the plan's column map, D = dW written once in bf16 (the host
+//   path accumulates in f32 and casts).
 // What the kernels refuse (deviceSegmentRefusal: types, architecture, sizes) returns undefined before
-// anything is launched, and the caller reads the counts on the host as before.
+// anything is launched, and the caller reads the counts on the host as before. Where it runs, it
+// overrides SHARDTS_SEGMENT_GEMM: the cuBLAS modes size their GEMMs from host counts.
 import type { TensorType } from "../../compiler/ir/types.ts";
 import type { Plan } from "../../compiler/plan.ts";
 import { numel } from "../../compiler/ir/types.ts";
-import { shapeProblem } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { defaultKGroupedConfig, kGroupedProblem, shapeProblem } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { GROUPED_M_ALIGN } from "../../compiler/numeric/fp8-gemm.ts";
 import { empty, type DeviceTensor } from "./memory.ts";
 import { fp8GemmOf } from "./fp8-gemm.ts";
@@ -94,7 +97,8 @@ export function deviceSegmentRefusal(op: string, inTypes: readonly TensorType[],
   if (segmentPlanInts(s.bt, s.E) > SEGMENT_PLAN_SMEM_INTS) return `${s.bt} entries x ${s.E} groups: the plan's tables outgrow a block's shared memory (${SEGMENT_PLAN_SMEM_INTS} int32)`;
   if (s.bt * Math.max(s.R, s.Rout) >= 2 ** 31) return `${s.bt} x ${Math.max(s.R, s.Rout)} rows overflow the plan's 32-bit row indices`;
   if (op === "segment_dot") return shapeProblem({ M: GROUPED_M_ALIGN * Math.max(1, rowRunCapacity(s.bt, s.R, s.E)), N: s.N, K: s.K });
-  return "segment_wgrad on device-side counts waits for the K-grouped bf16 GEMM (branch kgroup)";
+  if (s.K % 8 !== 0 || s.N % 8 !== 0) return `K = ${s.K}, N = ${s.N}: the transposing gather moves rows of 16-byte words (multiples of 8)`;
+  return kGroupedProblem({ M: s.K, N: s.N, K: columnCapacity(s.bt, s.R, s.E), experts: s.E });
 }
 
 /**
@@ -138,7 +142,29 @@ export function deviceSegmentContract(ex: CudaExecutor, op: string, plan: Plan, 
   const gC = x[2]!.shape[tc.dims.findIndex((d) => d.name === groups)]!;
   const owned: DeviceTensor[] = [];
   const mine = (t: DeviceTensor, of: DeviceTensor) => (t !== of && owned.push(t), t);
-  // segment_dot (segment_wgrad is refused above until the K-grouped GEMM lands)
+  const counts = () => mine(ex.part("counts layout", () => ex.reorder(x[2]!, nm(tc), [...batch, groups])), x[2]!);
+  if (op === "segment_wgrad") {
+    // dW[e] = Xᵀ G over e's rows: the K-grouped GEMM on Xᵀ [K][P] and Gᵀ [N][P], each expert's rows a run of P
+    const [k, n] = [to.dims[1]!.name, to.dims[2]!.name], tg = tIn[1]!, P = columnCapacity(s.bt, s.R, s.E);
+    const C = counts();
+    const X = mine(ex.part("rows layout", () => ex.reorder(x[0]!, nm(tx), [...batch, rows.name, k])), x[0]!);
+    const G = mine(ex.part("gradient rows layout", () => ex.reorder(x[1]!, nm(tg), [...batch, rows.name, n])), x[1]!);
+    const be = empty(ex.mem, "i32", [s.E + 1, 2]), colmap = empty(ex.mem, "i32", [P]);
+    const XT = empty(ex.mem, "bf16", [s.K, P]), GT = empty(ex.mem, "bf16", [s.N, P]);
+    owned.push(be, colmap, XT, GT);
+    ex.part("segment plan (device)", () => launchSegmentColumns(ex, { counts: C, bt: s.bt, gC, first, E: s.E, packed, R: s.R, blockExpert: be, colmap, P }));
+    // the blocks used, be[E][0], bound the gathers: columns past them are read by no one
+    const used = be.ptr + BigInt(8 * s.E);
+    ex.part("rows transposed", () => {
+      launchGatherT(ex, { out: XT, x: X, colmap, used, K: s.K, P });
+      launchGatherT(ex, { out: GT, x: G, colmap, used, K: s.N, P });
+    });
+    const D = empty(ex.mem, "bf16", [s.E, s.K, s.N]);
+    ex.part("K-grouped GEMM", () => g.prepare(defaultKGroupedConfig(s.N), { M: s.K, N: s.N, K: P, experts: s.E }, { a: XT.ptr, b: GT.ptr, sa: 0n, sb: 0n, d: D.ptr, blockExpert: be.ptr })());
+    for (const t of owned) ex.release(t);
+    // D [E][K][N] is the output in its dims order, [groups, k, n] (segment_wgrad's shape rule)
+    return D;
+  }
   const k = t1Contract(tx, tw, groups), nOut = nm(tw).filter((n) => n !== k && n !== groups);
   const order = [...batch, rows.name, ...nOut], outShape = order.map((d) => shape[to.dims.findIndex((e) => e.name === d)]!);
   const Y = empty(ex.mem, "bf16", outShape);
@@ -147,7 +173,7 @@ export function deviceSegmentContract(ex: CudaExecutor, op: string, plan: Plan, 
     // no rows to plan (R = 0): Y is zeros
     if (numel(outShape)) ex.addon.memsetD8(Y.ptr, 0, numel(outShape) * 2, ex.stream);
   } else {
-    const C = mine(ex.part("counts layout", () => ex.reorder(x[2]!, nm(tc), [...batch, groups])), x[2]!);
+    const C = counts();
     const X = mine(ex.part("rows layout", () => ex.reorder(x[0]!, nm(tx), [...batch, rows.name, k])), x[0]!);
     const W = mine(ex.part("weights K-major", () => ex.reorder(x[1]!, nm(tw), [groups, ...nOut, k])), x[1]!);
     const runs = empty(ex.mem, "i32", [cap, 4]);

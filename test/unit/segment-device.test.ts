@@ -5,14 +5,15 @@
 // first, packed or not, rows; on a simulated two-rank mesh each rank its own groups), a table of
 // rowRunCapacity blocks and Y's rows (the kernel zeroes those outside the segments: no memset), and
 // launches the grouped bf16 kernel once over M = 128 x that capacity; what the device path refuses (a shape, f32, the FP8 ops) reads the counts on the host as
-// before. SHARDTS_SEGMENT_COUNTS is parsed, a bad value refused. Not numerics (the fake does no device
+// before. bf16 segment_wgrad likewise: the column plan, the two transposing gathers and one K-grouped
+// GEMM over columnCapacity columns writing dW in bf16. SHARDTS_SEGMENT_COUNTS is parsed, a bad value refused. Not numerics (the fake does no device
 // work): the plan kernel's emulation (test/codegen/segment-plan-emulation.test.ts) and
 // bench/gpu/cuda-ops-check.ts's "device counts" cases check those.
 import { afterEach, describe, expect, it } from "vitest";
 import { CudaExecutor } from "../../runtime/cuda/executor.ts";
-import { deviceSegmentRefusal, rowRunCapacity, segmentCountsFromEnv } from "../../runtime/cuda/segment-device.ts";
+import { columnCapacity, deviceSegmentRefusal, rowRunCapacity, segmentCountsFromEnv } from "../../runtime/cuda/segment-device.ts";
 import { wgmmaSegmentConfig } from "../../runtime/cuda/bf16-segment.ts";
-import { segmentRunsPlan } from "../../runtime/cuda/kernels/segment-sources.ts";
+import { segmentColumnsPlan, segmentGatherT, segmentRunsPlan } from "../../runtime/cuda/kernels/segment-sources.ts";
 import { geometryOf } from "../../compiler/codegen/cuda/gemm/config.ts";
 import type { TensorMapOptions } from "../../runtime/cuda/native-types.ts";
 import { compile } from "../../compiler/pipeline.ts";
@@ -116,6 +117,27 @@ describe("bf16 segment contractions on device-side counts (fake native layer)", 
     expect(p.plans.map((q) => [q.first, q.E, q.packed, q.gC, q.bt, q.R])).toEqual([[0, 3, 1, 3, 3, 24], [0, 2, 1, 2, 3, 24]]);
   });
 
+  it("segment_wgrad: no counts read on the host; the column plan, Xᵀ and Gᵀ gathered, one K-grouped GEMM writing dW in bf16", () => {
+    const K = 32, N = 48, r = run("segment_wgrad", "bf16", K, N);
+    expect(r.hostPieces).toBe(0);
+    expect(r.cublas).toBe(0);
+    const gemm = r.events.findIndex((e) => e.startsWith("sh_bf16_gemm_grouped"));
+    expect(r.events.slice(0, gemm).filter((e) => !e.startsWith("sh"))).toEqual([]);
+    expect(r.events[gemm]).toMatch(/_kg$/);
+    const seg = r.events.filter((e) => e.startsWith("shardts_segment") || e.startsWith("sh_bf16"));
+    expect(seg).toEqual([segmentColumnsPlan().name, segmentGatherT().name, segmentGatherT().name, r.events[gemm]]);
+    // A = Xᵀ [K][P], B = Gᵀ [N][P] (P columns, 64-column boxes), D [E][K][N] through a 3-D map; no f32 accumulator, no cast
+    const P = columnCapacity(3, 24, 5);
+    expect(P).toBe(64 * Math.floor((72 + 63 * 5) / 64));
+    expect(r.maps.filter((m) => m.dims[0] === P).map((m) => [m.dims[1], m.box[0]])).toEqual([[K, 64], [N, 64]]);
+    expect(r.maps.filter((m) => m.dims.length === 3).map((m) => m.dims)).toEqual([[N, K, 5]]);
+    expect(r.events.some((e) => e.includes("cast"))).toBe(false);
+    // dispatched rows on two ranks: each rank's own experts, packed
+    const p = run("segment_wgrad", "bf16", K, N, { ranks: 2, packed: true });
+    expect(p.hostPieces).toBe(0);
+    expect(p.events.filter((e) => e === segmentColumnsPlan().name)).toHaveLength(2);
+  });
+
   it("what the device path refuses reads the counts on the host as before, with no error", () => {
     const odd = run("segment_dot", "bf16", 24, 48); // K = 24: not a multiple of 16
     expect(odd.plans).toEqual([]);
@@ -124,6 +146,9 @@ describe("bf16 segment contractions on device-side counts (fake native layer)", 
     const f32 = run("segment_dot", "f32", 32, 48);
     expect(f32.plans).toEqual([]);
     expect(f32.hostPieces).toBe(1);
+    const wodd = run("segment_wgrad", "bf16", 36, 48); // K = 36: not whole 16-byte words
+    expect(wodd.events).not.toContain(segmentColumnsPlan().name);
+    expect(wodd.hostPieces).toBe(1);
     const off = run("segment_dot", "bf16", 32, 48, { device: false });
     expect(off.plans).toEqual([]);
     expect(off.hostPieces).toBe(1);
@@ -156,7 +181,7 @@ describe("deviceSegmentRefusal", () => {
   const c = t([["b", 4], ["e", 8]], "i32");
   const y = (dtype: DType) => t([["b", 4], ["rows", 512, "e"], ["n", 128]], dtype);
 
-  it("takes bf16 segment_dot on sm_90a and says why it refuses the rest", () => {
+  it("takes bf16 segment_dot and segment_wgrad on sm_90a and says why it refuses the rest", () => {
     expect(deviceSegmentRefusal("segment_dot", [x("bf16"), w("bf16"), c], y("bf16"), "sm_90a")).toBeUndefined();
     expect(deviceSegmentRefusal("segment_dot", [x("f32"), w("f32"), c], y("f32"), "sm_90a")).toMatch(/bf16 to bf16/);
     expect(deviceSegmentRefusal("segment_dot", [x("bf16"), w("bf16"), c], y("f32"), "sm_90a")).toMatch(/bf16 to bf16/);
@@ -164,6 +189,13 @@ describe("deviceSegmentRefusal", () => {
     expect(deviceSegmentRefusal("scaled_segment_dot", [x("bf16"), w("bf16"), c], y("bf16"), "sm_90a")).toMatch(/FP8 ops keep host counts/);
     expect(deviceSegmentRefusal("segment_dot", [x("bf16", 24), w("bf16"), c], y("bf16"), "sm_90a")).toMatch(/K = 24/);
     expect(deviceSegmentRefusal("segment_dot", [x("bf16"), w("bf16", 40), c], y("bf16"), "sm_90a")).toMatch(/N = 40/);
+    // segment_wgrad: x and gy rows, out [e, k, n]
+    const gy = (N = 128) => t([["b", 4], ["rows", 512, "e"], ["n", N]], "bf16"), dw = (N = 128, K = 256) => t([["e", 8], ["k", K], ["n", N]], "bf16");
+    expect(deviceSegmentRefusal("segment_wgrad", [x("bf16"), gy(), c], dw(), "sm_90a")).toBeUndefined();
+    expect(deviceSegmentRefusal("segment_wgrad", [x("bf16", 36), gy(), c], dw(128, 36), "sm_90a")).toMatch(/16-byte words/);
+    expect(deviceSegmentRefusal("segment_wgrad", [x("bf16"), gy(40), c], dw(40), "sm_90a")).toMatch(/N = 40/);
+    expect(deviceSegmentRefusal("segment_wgrad", [x("bf16"), gy(), c], { ...dw(), dtype: "f32" }, "sm_90a")).toMatch(/bf16 to bf16/);
+    expect(deviceSegmentRefusal("scaled_segment_wgrad", [x("bf16"), gy(), c], dw(), "sm_90a")).toMatch(/FP8 ops keep host counts/);
     // this rank's shapes, where given, are what it checks: 64 entries of 100 local groups outgrow the plan's shared tables
     const local = { inShapes: [[64, 512, 256], [100, 256, 128], [64, 800]], outShape: [64, 512, 128] };
     expect(deviceSegmentRefusal("segment_dot", [x("bf16"), w("bf16"), c], y("bf16"), "sm_90a", local)).toMatch(/64 entries x 100 groups/);
