@@ -35,8 +35,8 @@ const log = (s: string) => (console.log(s), lines.push(s));
 
 type Maker = (m: Mesh<"d">, T: DType) => AnyDTensor[];
 const raw = (name: string, ins: AnyDTensor[], attrs: Record<string, unknown>) => ins[0]!.mesh.builder.add(name, ins.map((t) => t.ref), attrs as never).map((r) => new DTensor(ins[0]!.mesh, r) as AnyDTensor);
-const T = (m: Mesh<"d">, dims: Record<string, number>, dtype: DType, gen: () => number = () => rnd() * 4 - 2) =>
-  fromGlobal(m, dims, dtype, Array.from({ length: Object.values(dims).reduce((a, b) => a * b, 1) }, gen)) as AnyDTensor;
+const T = (m: Mesh<"d">, dims: Record<string, number>, dtype: DType, gen: () => number = () => rnd() * 4 - 2, placements?: Record<string, string>) =>
+  fromGlobal(m, dims, dtype, Array.from({ length: Object.values(dims).reduce((a, b) => a * b, 1) }, gen), placements as never) as AnyDTensor;
 const pos = () => rnd() * 3 + 0.1;
 const RC = { r: 33, c: 70 };
 
@@ -56,12 +56,37 @@ function skewedSegments(op: "segment_dot" | "segment_wgrad"): Maker {
   };
 }
 /**
+ * A segment contraction on device-side counts (CudaExecutor.segmentCountsOnDevice): bt = 3 entries of 200
+ * slots routed to 6 experts by `key`, rows of k = 128 and n = 96 (16-byte multiples, as the kernels want);
+ * on `ranks` ranks the experts are sharded: `layout` "whole" keeps x (and the counts) whole, so each
+ * rank's rows are unpacked and its groups start past the counts' first; "packed" dispatches the rows
+ * (x, gy: S(rows)) and the counts (S(e)), as the MoE layer does.
+ */
+function deviceSegments(op: "segment_dot" | "segment_wgrad", key: () => number, layout: "whole" | "packed" = "whole"): Maker {
+  return (m, t) => {
+    const [perm, counts] = raw("sort_by_key", [T(m, { g: 3, s: 200 }, "i32", key)], { dim: "s", rows: "rows", groups: "e", numGroups: 6 });
+    const rows = (v: AnyDTensor) => (layout === "packed" ? (redistribute(v as never, { d: "S(rows)" } as never) as AnyDTensor) : v);
+    const c = layout === "packed" ? (redistribute(counts! as never, { d: "S(e)" } as never) as AnyDTensor) : counts!;
+    const x = rows(raw("gather", [T(m, { g: 3, s: 200, k: 128 }, t), perm!], { dim: "s" })[0]!);
+    if (op === "segment_dot") return raw("segment_dot", [x, T(m, { e: 6, k: 128, n: 96 }, t, () => (rnd() * 4 - 2) / 8, m.spec.sizes[0]! > 1 ? { d: "S(e)" } : undefined), c], { contract: "k" });
+    const gy = rows(raw("gather", [T(m, { g: 3, s: 200, n: 96 }, t), perm!], { dim: "s" })[0]!);
+    return raw("segment_wgrad", [x, gy, c], { k: "k", n: "n" });
+  };
+}
+const uniform6 = () => Math.floor(rnd() * 6);
+/** 60% of the slots to expert 0, experts 2 and 5 empty. */
+const skewed6 = () => (rnd() < 0.6 ? 0 : [1, 3, 4][Math.floor(rnd() * 3)]!);
+/** Experts 0 to 2 only: on two ranks, the second has every local group empty. */
+const firstHalf6 = () => (rnd() < 0.5 ? 0 : [1, 2][Math.floor(rnd() * 2)]!);
+/**
  * grouped: whether the case must run as cuBLAS grouped GEMMs (when libcublas loads) rather than cuBLASLt calls;
  * env: variables set while the case runs on the GPU; wgmma: the case must make no cuBLAS GEMM call on
  * sm_90a (the generated grouped bf16 kernel took it) and fall back to cuBLAS elsewhere; lanes: the case must
- * run as cuBLASLt calls only (no grouped call, no generated kernel).
+ * run as cuBLASLt calls only (no grouped call, no generated kernel); ranks: the mesh's (default 1);
+ * deviceCounts: run with CudaExecutor.segmentCountsOnDevice set (SHARDTS_SEGMENT_COUNTS=device), where
+ * on sm_90a no segment contraction may read its counts on the host nor call cuBLAS.
  */
-const cases: { op: string; dtypes: DType[]; make: Maker; grouped?: (t: DType) => boolean; env?: Record<string, string>; wgmma?: boolean; lanes?: boolean }[] = [
+const cases: { op: string; dtypes: DType[]; make: Maker; grouped?: (t: DType) => boolean; env?: Record<string, string>; wgmma?: boolean; lanes?: boolean; ranks?: number; deviceCounts?: boolean }[] = [
   ...UNARY.map((op) => ({ op, dtypes: ["f32", "bf16"] as DType[], make: ((m, t) => raw(op, [T(m, RC, t, ["log", "sqrt", "rsqrt"].includes(op) ? pos : undefined)], {})) as Maker })),
   ...BINARY.map((op) => ({ op, dtypes: ["f32", "bf16"] as DType[], make: ((m, t) => raw(op, [T(m, RC, t), T(m, { c: 70 }, t, op === "div" ? pos : () => Math.round(rnd() * 4 - 2))], {})) as Maker })),
   { op: "where", dtypes: ["f32", "bf16"], make: (m, t) => raw("where", [T(m, RC, t, () => (rnd() < 0.5 ? 0 : 1)), T(m, RC, t), T(m, { c: 70 }, t)], {}) },
@@ -109,6 +134,19 @@ const cases: { op: string; dtypes: DType[]; make: Maker; grouped?: (t: DType) =>
       return raw("segment_dot", [x, T(m, { e: 4, k: 208, n: 176 }, t, () => (rnd() * 4 - 2) / 8), counts!], { contract: "k" });
     },
   },
+  // device-side counts (segment-device.ts): the plan kernel and the generated GEMMs over the routing's
+  // upper bound, random and skewed routings (empty experts), bt = 3; segment_dot on two ranks with x whole
+  // (unpacked, the second rank's groups past the counts' first, all of them empty) and with the rows
+  // dispatched (packed)
+  { op: "segment_dot device counts", dtypes: ["bf16"], deviceCounts: true, make: deviceSegments("segment_dot", uniform6) },
+  { op: "segment_dot device counts skewed", dtypes: ["bf16"], deviceCounts: true, make: deviceSegments("segment_dot", skewed6) },
+  { op: "segment_dot device counts ep whole", dtypes: ["bf16"], deviceCounts: true, ranks: 2, make: deviceSegments("segment_dot", firstHalf6) },
+  { op: "segment_dot device counts ep packed", dtypes: ["bf16"], deviceCounts: true, ranks: 2, make: deviceSegments("segment_dot", skewed6, "packed") },
+  // segment_wgrad: the column plan, Xᵀ / Gᵀ gathered and the K-grouped GEMM; on two ranks (dispatched rows) the
+  // second rank's experts all empty (dW zeros from the kernel)
+  { op: "segment_wgrad device counts", dtypes: ["bf16"], deviceCounts: true, make: deviceSegments("segment_wgrad", uniform6) },
+  { op: "segment_wgrad device counts skewed", dtypes: ["bf16"], deviceCounts: true, make: deviceSegments("segment_wgrad", skewed6) },
+  { op: "segment_wgrad device counts ep packed", dtypes: ["bf16"], deviceCounts: true, ranks: 2, make: deviceSegments("segment_wgrad", firstHalf6, "packed") },
   { op: "flatten", dtypes: ["f32"], make: (m, t) => raw("flatten", [T(m, { r: 5, c: 4, z: 3 }, t)], { dims: ["z", "r"], to: "zr" }) },
   { op: "unflatten", dtypes: ["f32"], make: (m, t) => raw("unflatten", [T(m, { r: 5, c: 6 }, t)], { dim: "c", into: { c1: 2, c2: 3 } }) },
   { op: "rename", dtypes: ["f32"], make: (m, t) => raw("rename", [T(m, RC, t)], { from: "r", to: "q" }) },
@@ -247,6 +285,10 @@ const counted = new Proxy(native(), {
 const cublasOk = native().probe("cublas");
 log(`libcublas (grouped GEMM): ${cublasOk.ok ? `${cublasOk.path} ${cublasOk.version}` : `not loaded, segment contractions use the cuBLASLt loop: ${cublasOk.reason?.split("\n")[0]}`}`);
 const gpu = new CudaExecutor(counted);
+// segment contractions that read their counts on the host (the device-counts cases must make none on sm_90a)
+let hostCounts = 0;
+const part = gpu.part.bind(gpu);
+gpu.part = (name, fn) => (name === "counts to host" && hostCounts++, part(name, fn));
 const props = native().deviceProperties(0);
 log(`device ${props.name} (${gpu.arch}, ${gpu.smCount} SMs); date ${new Date().toISOString()}`);
 const perOp = new Map<string, { err: number; tol: number; dtype: string }[]>();
@@ -256,13 +298,15 @@ const opsCovered = new Set<string>();
 for (const c of cases) {
   if (only && !only.test(c.op)) continue;
   for (const dtype of c.dtypes) {
-    const mesh = Mesh.of({ d: 1 });
+    const mesh = Mesh.of({ d: c.ranks ?? 1 });
     const outs = c.make(mesh, dtype);
     const plan = compile(mesh.builder.graph, outs.map((t) => t.ref));
     for (const n of mesh.builder.graph.nodes) opsCovered.add(n.op);
     const cpu = runPlanCpu(plan);
     let res;
     gemmCalls.clear();
+    hostCounts = 0;
+    gpu.segmentCountsOnDevice = c.deviceCounts === true;
     const savedEnv = Object.entries(c.env ?? {}).map(([k]) => [k, process.env[k]] as const);
     Object.assign(process.env, c.env ?? {});
     try {
@@ -272,6 +316,7 @@ for (const c of cases) {
       log(`FAIL ${c.op} ${dtype}: ${(e as Error).message.split("\n")[0]}`);
       continue;
     } finally {
+      gpu.segmentCountsOnDevice = false;
       for (const [k, v] of savedEnv) if (v === undefined) delete process.env[k];
       else process.env[k] = v;
     }
@@ -280,6 +325,12 @@ for (const c of cases) {
       const bad = want ? g + lt > 0 : g + lt === 0;
       if (bad) failures++;
       log(`${c.op} ${dtype}: ${g} grouped GEMM calls, ${lt} cuBLASLt calls (expected ${want ? "none: the generated grouped bf16 kernel" : "cuBLAS: no sm_90a, the fallback"})${bad ? " FAIL" : ""}`);
+    }
+    if (c.deviceCounts) {
+      const g = gemmCalls.get("cublasGroupedGemm") ?? 0, lt = gemmCalls.get("cublasLtMatmulRun") ?? 0, want = gpu.arch === "sm_90a";
+      const bad = want ? hostCounts + g + lt > 0 : hostCounts === 0;
+      if (bad) failures++;
+      log(`${c.op} ${dtype}: ${hostCounts} host reads of counts, ${g + lt} cuBLAS calls (expected ${want ? "none: planned on the device" : "host reads: no sm_90a, the fallback"})${bad ? " FAIL" : ""}`);
     }
     if (c.lanes) {
       const g = gemmCalls.get("cublasGroupedGemm") ?? 0, lt = gemmCalls.get("cublasLtMatmulRun") ?? 0, bad = g > 0 || lt === 0;

@@ -21,9 +21,10 @@ export const wgmmaSegmentConfig = (N: number) => ({ ...defaultBf16GemmConfig(tru
 /**
  * The row-run table: 4 int32 per 128-row block (local expert, X's flat row, Y's flat row, valid rows),
  * blocks of expert 0's segments first, then expert 1's, ... (tiles of one expert's weights run together);
- * and the rows the runs cover.
+ * and the rows the runs cover. Exported as the oracle of the device-side plan's emulation test
+ * (segment-device.ts builds the same table on the device).
  */
-function rowRunTable(segs: readonly Segment[], E: number, R: number, Rout: number): { table: Int32Array; blocks: number; covered: number } {
+export function rowRunTable(segs: readonly Segment[], E: number, R: number, Rout: number): { table: Int32Array; blocks: number; covered: number } {
   const byGroup: Segment[][] = Array.from({ length: E }, () => []);
   let blocks = 0, covered = 0;
   for (const s of segs)

@@ -41,6 +41,7 @@ import * as K from "./kernels/sources.ts";
 import { runCopy, transposeCopy, transposeWide } from "./kernels/move-sources.ts";
 import { moveGeoBytes, planCopy, RUN_CHUNK } from "./copy-plan.ts";
 import { deviceOp } from "./device-ops.ts";
+import { segmentCountsFromEnv } from "./segment-device.ts";
 import { CapturedStep, notCapturable, type DeferredCheck } from "./graph.ts";
 import { CaptureMode } from "./native-types.ts";
 import { TraceRecorder, type TraceEvent } from "./trace.ts";
@@ -110,6 +111,8 @@ export class CudaExecutor {
   /** How the emitters write kernels (compiler/codegen/cuda/tuning.ts); plans are re-lowered when it changes. */
   tuning: EmitTuning = DEFAULT_TUNING;
   private fns = new Map<string, { source: string; fn: KernelFunction }[]>();
+  /** bf16 segment_dot / segment_wgrad plan on device-side counts, no host read (capturable): SHARDTS_SEGMENT_COUNTS=device (default host; segment-device.ts). */
+  segmentCountsOnDevice = segmentCountsFromEnv(process.env.SHARDTS_SEGMENT_COUNTS);
   /** Rank-local execution over NCCL (one process per GPU); unset: every rank simulated on this GPU. */
   rankLocal?: RankLocal;
   private compileStats = { compiled: 0, cacheHits: 0, compileMs: 0 };

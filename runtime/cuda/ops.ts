@@ -1,5 +1,6 @@
 // The CUDA executor's non-fused ops that take more than a line: contractions through cuBLASLt
-// (dense) and cuBLAS's grouped GEMM (the segment contractions over host-read counts), gather and
+// (dense) and cuBLAS's grouped GEMM (the segment contractions over host-read counts; bf16 ones on
+// device-side counts with CudaExecutor.segmentCountsOnDevice: segment-device.ts), gather and
 // scatter-add with their index checks, concat and split. Each takes the executor for its memory,
 // stream and helpers, and returns buffers the executor owns.
 import { launchRowGather } from "./row-gather.ts";
@@ -11,7 +12,8 @@ import { CompileError } from "../../compiler/errors.ts";
 import { contractAttr, dotDims } from "../../compiler/ops/contraction.ts";
 import { empty, type DeviceTensor } from "./memory.ts";
 import { matmulPlans } from "./matmul-plans.ts";
-import { dotProblems, runProblems, segmentDotOnWgmma, segments, wgradProblems } from "./segment-gemm.ts";
+import { dotProblems, runProblems, segmentDotOnWgmma, segmentPlacement, segments, wgradProblems } from "./segment-gemm.ts";
+import { deviceSegmentContract } from "./segment-device.ts";
 import { wgmmaSegmentDot } from "./bf16-segment.ts";
 import * as K from "./kernels/sources.ts";
 import type { CudaExecutor } from "./executor.ts";
@@ -39,11 +41,13 @@ export function dot(ex: CudaExecutor, a: DeviceTensor, b: DeviceTensor, ta: Tens
 export function segmentContract(ex: CudaExecutor, op: string, plan: Plan, ins: Extract<Plan["instrs"][number], { kind: "op" }>, r: number, x: DeviceTensor[], tIn: TensorType[], to: TensorType, shape: number[]): DeviceTensor {
   const [tx, tw, tc] = tIn as [TensorType, TensorType, TensorType];
   const nm = (t: TensorType) => t.dims.map((d) => d.name);
-  const rows = tx.dims.find((d) => d.segmented)!, groups = rows.segmented!.groups;
-  const batch = nm(tc).filter((n) => n !== groups);
+  // device-side counts (no host read, so capturable): bf16 on sm_90a; what its kernels refuse reads the counts below
+  if (ex.segmentCountsOnDevice) {
+    const y = deviceSegmentContract(ex, op, plan, ins, r, x, tIn, to, shape);
+    if (y) return y;
+  }
+  const { rows, groups, batch, packed, first } = segmentPlacement(op, plan, ins, r, tIn);
   const C = ex.part("counts to host", () => ex.hostPiece(x[2]!, nm(tc), [...batch, groups]));
-  const cOff = plan.values[ins.inputs[2]!]!.boxes[r]!.offset[tc.dims.findIndex((d) => d.name === groups)]!;
-  const packed = plan.values[ins.inputs[0]!]!.boxes[r]!.seg[tx.dims.indexOf(rows)] !== null;
   const gC = C.shape[C.shape.length - 1]!, bt = gC ? C.data.length / gC : 0;
   const eb = K.elemBytes(tx.dtype), dtype = tx.dtype as "f32" | "bf16";
   if (op === "segment_dot") {
@@ -52,9 +56,8 @@ export function segmentContract(ex: CudaExecutor, op: string, plan: Plan, ins: E
     const X = ex.part("rows layout", () => ex.reorder(x[0]!, nm(tx), [...batch, rows.name, k]));
     const wSize = (d: string) => x[1]!.shape[tw.dims.findIndex((e) => e.name === d)]!;
     const R = X.shape[batch.length]!, KK = X.shape[batch.length + 1]!, N = nOut.reduce((p, d) => p * wSize(d), 1), gW = wSize(groups);
-    const wOff = plan.values[ins.inputs[1]!]!.boxes[r]!.offset[tw.dims.findIndex((d) => d.name === groups)]!;
     const order = [...batch, rows.name, ...nOut], outShape = order.map((d) => shape[to.dims.findIndex((e) => e.name === d)]!);
-    const segs = segments({ counts: C.data, bt, gC, first: wOff - cOff, groups: gW, packed, R });
+    const segs = segments({ counts: C.data, bt, gC, first, groups: gW, packed, R });
     // bf16 on the generated grouped kernel (default); a problem it refuses takes the cuBLAS path below
     if (segmentDotOnWgmma(process.env.SHARDTS_SEGMENT_GEMM, dtype)) {
       const Yw = wgmmaSegmentDot(ex, { X, w: x[1]!, tw, groups, k, nOut, segs, bt, R, K: KK, N, E: gW, outShape: [bt, outShape[batch.length]!, N], outDtype: to.dtype });
@@ -78,10 +81,10 @@ export function segmentContract(ex: CudaExecutor, op: string, plan: Plan, ins: E
   const X = ex.part("rows layout", () => ex.reorder(x[0]!, nm(tx), [...batch, rows.name, k]));
   const G = ex.part("gradient rows layout", () => ex.reorder(x[1]!, nm(tg), [...batch, rows.name, n]));
   const R = X.shape[batch.length]!, KK = X.shape[batch.length + 1]!, N = G.shape[batch.length + 1]!;
-  const gOut = shape[0]!, outOff = plan.values[ins.outputs[0]!]!.boxes[r]!.offset[0]!;
+  const gOut = shape[0]!;
   const acc = empty(ex.mem, "f32", [gOut, KK, N]);
   if (numel(acc.shape)) ex.addon.memsetD8(acc.ptr, 0, numel(acc.shape) * 4, ex.stream);
-  const segs = segments({ counts: C.data, bt, gC, first: outOff - cOff, groups: gOut, packed, R });
+  const segs = segments({ counts: C.data, bt, gC, first, groups: gOut, packed, R });
   const problems = wgradProblems(segs, { R, K: KK, N, x: X.ptr, gy: G.ptr, acc: acc.ptr, eb });
   ex.part("cuBLAS GEMMs", () => runProblems(ex.addon, { dtype, outDtype: "f32", transA: true, accumulate: true, problems }, ex.stream));
   if (X !== x[0]) ex.release(X);

@@ -10,6 +10,8 @@
 // lanes or loop (one stream) sets the mode for every set (SegmentMode). bf16 segment_dot runs on the
 // generated grouped bf16 kernel first (bf16-segment.ts; by default and with SHARDTS_SEGMENT_GEMM=wgmma:
 // segmentDotOnWgmma); the sets it refuses, and every other set, run as by default.
+import type { Dim, TensorType } from "../../compiler/ir/types.ts";
+import type { Plan } from "../../compiler/plan.ts";
 import type { NativeAddon, Stream } from "./native-types.ts";
 import { matmulPlans, type MatmulForm } from "./matmul-plans.ts";
 import { segmentLanes } from "./side-streams.ts";
@@ -35,6 +37,21 @@ export interface SegmentLayout {
   groups: number;
   packed: boolean;
   R: number;
+}
+
+/**
+ * Where rank r's operands of a segment contraction lie: x's segmented rows dim and its groups, the
+ * counts' batch dims, whether x's rows are packed (hold only the local groups' segments), and `first`,
+ * the first local group among the counts' groups (w's for segment_dot, the output's for segment_wgrad).
+ */
+export function segmentPlacement(op: string, plan: Plan, ins: Extract<Plan["instrs"][number], { kind: "op" }>, r: number, tIn: readonly TensorType[]): { rows: Dim; groups: string; batch: string[]; packed: boolean; first: number } {
+  const [tx, t1, tc] = tIn as [TensorType, TensorType, TensorType];
+  const rows = tx.dims.find((d) => d.segmented)!, groups = rows.segmented!.groups;
+  const batch = tc.dims.map((d) => d.name).filter((n) => n !== groups);
+  const cOff = plan.values[ins.inputs[2]!]!.boxes[r]!.offset[tc.dims.findIndex((d) => d.name === groups)]!;
+  const packed = plan.values[ins.inputs[0]!]!.boxes[r]!.seg[tx.dims.indexOf(rows)] !== null;
+  const gOff = op === "segment_dot" ? plan.values[ins.inputs[1]!]!.boxes[r]!.offset[t1.dims.findIndex((d) => d.name === groups)]! : plan.values[ins.outputs[0]!]!.boxes[r]!.offset[0]!;
+  return { rows, groups, batch, packed, first: gOff - cOff };
 }
 
 /** The non-empty segments in the order the per-group loop visits them, clipped to the R rows. */

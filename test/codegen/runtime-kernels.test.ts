@@ -1,4 +1,5 @@
-// The CUDA backend's hand-written kernels (layout moves, word-wise copies and gathers, routing, fills, MoE dispatch/combine) compile for sm_90a with
+// The CUDA backend's hand-written kernels (layout moves, word-wise copies and gathers, routing, fills, MoE dispatch/combine,
+// the segment plan on device-side counts) compile for sm_90a with
 // the machine's nvcc, each as NVRTC will see it (one self-contained source per kernel), with no
 // local-memory spills. Skipped, saying so, where nvcc is absent.
 import { describe, expect, it } from "vitest";
@@ -11,6 +12,7 @@ import { allSources } from "../../runtime/cuda/kernels/sources.ts";
 import { fp8Sources } from "../../runtime/cuda/kernels/fp8-sources.ts";
 import { moeSources } from "../../runtime/cuda/kernels/moe-sources.ts";
 import { moveSources } from "../../runtime/cuda/kernels/move-sources.ts";
+import { segmentSources } from "../../runtime/cuda/kernels/segment-sources.ts";
 import { NVCC, noteIfNoNvcc } from "./gxx.ts";
 
 noteIfNoNvcc("runtime-kernels.test.ts");
@@ -19,7 +21,7 @@ describe.skipIf(!NVCC)("runtime kernels compile for sm_90a", () => {
   it("every kernel compiles with no spills", async () => {
     const dir = mkdtempSync(join(tmpdir(), "shardts-kernels-"));
     const run = promisify(execFile);
-    const kernels = [...allSources(), ...fp8Sources(), ...moeSources(), ...moveSources()];
+    const kernels = [...allSources(), ...fp8Sources(), ...moeSources(), ...moveSources(), ...segmentSources()];
     const results: { name: string; regs: string; spills: string }[] = [];
     // two at a time: the CI machine has two cores
     for (let i = 0; i < kernels.length; i += 2) {
