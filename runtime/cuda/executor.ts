@@ -398,12 +398,14 @@ export class CudaExecutor {
    * kernel and fills a private memory pool, then the same run is recorded; replays reuse the
    * pool's buffers, so a replay costs one launch. Host-made values (inputs, constants, random and
    * from_local factories) are staged in device buffers outside the graph: replay() uploads new
-   * inputs into them; the others keep the values of the capture.
+   * inputs into them; the others keep the values of the capture. Both runs take the segment
+   * contractions' device-side counts (segmentCountsOnDevice), so a replay routes a new batch's tokens.
    */
   capture(plan: Plan, feeds?: ReadonlyMap<string, LocalTensor[]>): CapturedStep {
-    const why = notCapturable(plan);
+    const why = notCapturable(plan, this.arch);
     if (why) throw new CompileError(`cannot capture this plan as a CUDA graph: ${why}`);
-    const saved = this.mem;
+    const saved = this.mem, countsWere = this.segmentCountsOnDevice;
+    this.segmentCountsOnDevice = true; // the segment contractions plan their GEMMs on the GPU (graph.ts)
     const pool = new CachingAllocator(this.addon), staging = new CachingAllocator(this.addon);
     const staged = new Map<object, DeviceTensor[]>();
     const { fused } = this.lowered(plan);
@@ -444,6 +446,7 @@ export class CudaExecutor {
     } finally {
       this.mem = saved;
       this.cap = undefined;
+      this.segmentCountsOnDevice = countsWere;
     }
   }
 

@@ -1,9 +1,12 @@
 // Whole-step CUDA graphs: a plan run captured once (CudaExecutor.capture) and replayed with one
-// launch. What a capture needs: every shape static and nothing read back to the host mid-run, so a
-// plan is refused (saying why) when it holds segment contractions (their per-expert counts are read
-// on the host to size each GEMM: the MoE issue's device-side counts lift this) or collectives on a
-// mesh of several ranks (not captured yet). The graph owns its memory: the pool the
-// captured run drew from, the staged host-made values and the outputs, freed by destroy().
+// launch. What a capture needs: every shape static and nothing read back to the host mid-run. The
+// segment contractions (MoE experts) qualify where they run on device-side counts (segment-device.ts:
+// bf16 segment_dot / segment_wgrad on Hopper, their GEMMs planned on the GPU over buffers sized by the
+// routing's upper bound), which capture switches on; a plan is refused (saying why) when one of them
+// would read its per-expert counts on the host (FP8 ones, f32, another GPU, sizes the kernels refuse),
+// when it holds a global MoE op (its exchange is sized on the host), or collectives on a mesh of
+// several ranks (not captured yet). The graph owns its memory: the pool the captured run drew from,
+// the staged host-made values and the outputs, freed by destroy().
 import type { LocalTensor } from "../../compiler/ir/local.ts";
 import { READS_COUNTS_ON_HOST, type Plan } from "../../compiler/plan.ts";
 import { UsageError } from "../../compiler/errors.ts";
@@ -12,6 +15,7 @@ import { download, hostBits, type CachingAllocator, type DeviceTensor } from "./
 import type { Graph, GraphExec } from "./native-types.ts";
 import type { CudaExecutor } from "./executor.ts";
 import { getOp } from "../../compiler/ops/index.ts";
+import { deviceSegmentRefusal } from "./segment-device.ts";
 
 /** A gather/scatter index check whose flag is read after the run (a capture cannot read mid-run). */
 export interface DeferredCheck {
@@ -21,11 +25,20 @@ export interface DeferredCheck {
   size: number;
 }
 
-/** Why `plan` cannot be captured, or undefined when it can. */
-export function notCapturable(plan: Plan): string | undefined {
-  const seg = plan.instrs.find((i) => i.kind === "op" && READS_COUNTS_ON_HOST.has(i.op));
-  if (seg && seg.kind === "op")
-    return `it holds ${seg.op}, whose per-group row counts are read on the host to size each GEMM (device-side counts come with the MoE expert-parallel work); run it without capture`;
+/**
+ * Why `plan` cannot be captured on a GPU of `arch` (e.g. "sm_90a"), or undefined when it can. A segment
+ * contraction is checked with every rank's shapes (a rank whose sizes the device path refuses would read
+ * its counts on the host mid-capture).
+ */
+export function notCapturable(plan: Plan, arch: string): string | undefined {
+  for (const ins of plan.instrs) {
+    if (ins.kind !== "op" || !READS_COUNTS_ON_HOST.has(ins.op)) continue;
+    const inTypes = ins.inputs.map((s) => plan.values[s]!.type), out = plan.values[ins.outputs[0]!]!;
+    for (let r = 0; r < plan.world; r++) {
+      const why = deviceSegmentRefusal(ins.op, inTypes, out.type, arch, { inShapes: ins.inputs.map((s) => plan.values[s]!.shapes[r]!), outShape: out.shapes[r]! });
+      if (why) return `it holds ${ins.op}, whose per-group row counts would be read on the host to size its GEMMs: device-side counts do not take it (${why}); run it without capture`;
+    }
+  }
   const host = plan.instrs.find((i) => i.kind === "op" && getOp(i.op).global);
   if (host && host.kind === "op") return `it holds ${host.op}, whose token exchange is sized by per-expert counts read on the host; run it without capture`;
   if (plan.world > 1 && plan.instrs.some((i) => i.kind === "comm"))

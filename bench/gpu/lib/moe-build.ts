@@ -89,7 +89,7 @@ export function buildTrain(z: Size) {
   const loss = sum(mul(y, dy), ["batch", "seq", "model"]) as AnyDTensor;
   const g = grad(loss, { x: t.x, router: t.router, w1: t.w1, w3: t.w3, w2: t.w2 });
   const outs: Record<string, AnyDTensor> = { y, counts };
-  for (const k of ["x", "router", "w1", "w3", "w2"]) outs[`d${k}`] = g[k] as AnyDTensor;
+  for (const k of ["x", "router", "w1", "w3", "w2"] as const) outs[`d${k}`] = g[k] as AnyDTensor;
   const plan = compile(t.mesh.builder.graph, Object.values(outs).map((o) => o.ref));
   const weights = new Map<string, LocalTensor[]>(weightFeeds(z, t));
   const batch = (seed: number) =>
