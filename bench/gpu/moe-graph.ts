@@ -22,6 +22,7 @@ import { native } from "../../runtime/cuda/native.ts";
 import { runPlanCpu } from "../../runtime/cpu/executor.ts";
 import { buildTrain, type Size } from "./lib/moe-build.ts";
 import { relError } from "./lib/compare.ts";
+import { traceTotals, writeChromeTrace, type TraceEvent } from "../../runtime/cuda/trace.ts";
 
 const outDir = process.argv.includes("--out") ? process.argv[process.argv.indexOf("--out") + 1]! : ".";
 const STEPS = Number(process.env.MOE_GRAPH_STEPS ?? 20);
@@ -41,7 +42,17 @@ const withCounts = <T>(onDevice: boolean, f: () => T): T => {
     gpu.segmentCountsOnDevice = was;
   }
 };
-const sameBits = (a: ArrayLike<number>, b: ArrayLike<number>) => a.length === b.length && Array.prototype.every.call(a, (v: number, i: number) => Object.is(v, b[i]));
+/** Equal bit for bit (f32 / i32 data compared as 32-bit words). */
+function sameBits(a: ArrayLike<number>, b: ArrayLike<number>): boolean {
+  if (a.length !== b.length) return false;
+  if (ArrayBuffer.isView(a) && ArrayBuffer.isView(b) && (a as unknown as { BYTES_PER_ELEMENT: number }).BYTES_PER_ELEMENT === 4 && (b as unknown as { BYTES_PER_ELEMENT: number }).BYTES_PER_ELEMENT === 4) {
+    const x = new Uint32Array(a.buffer, a.byteOffset, a.length), y = new Uint32Array(b.buffer, b.byteOffset, b.length);
+    for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return false;
+    return true;
+  }
+  for (let i = 0; i < a.length; i++) if (!Object.is(a[i], b[i])) return false;
+  return true;
+}
 
 // 1. small size: both eager modes against the CPU reference (uneven loads, some experts empty)
 {
@@ -87,6 +98,12 @@ try {
   const errs = step.outNames.map((k, i) => `${k} ${relError(dev1[i]!, host1[i]!).toExponential(2)}`);
   say(`full size: device counts against host counts (eager): ${errs.join(", ")}`);
   const eagerHostMs = timeEager(false), eagerDevMs = timeEager(true);
+  // one traced eager run (device counts): where the step's time goes, each instruction between CUDA events
+  const events: TraceEvent[] = [];
+  withCounts(true, () => gpu.run(step.plan, undefined, [], { download: false, trace: events }));
+  say(`trace (eager, device counts), largest instructions:`);
+  for (const t of traceTotals(events).slice(0, 25)) say(`  ${(t.us / 1e3).toFixed(3).padStart(8)} ms ${String(t.n).padStart(4)}x ${t.cat.padEnd(6)} ${t.name}`);
+  writeChromeTrace(join(outDir, "moe-graph-trace.json"), events, 0, "moe-graph");
 
   const t0 = performance.now();
   const cap = gpu.capture(step.plan);
@@ -123,7 +140,7 @@ try {
 // 3. the PyTorch peer, same GPU, same run
 const peerFile = join(outDir, "moe-graph-peer.jsonl");
 if (existsSync("bench/peers/moe_layer.py")) {
-  const p = spawnSync("python3", ["bench/peers/moe_layer.py", "--backward", "--out", peerFile], { stdio: "inherit", env: { ...process.env, PYTHONUNBUFFERED: "1" } });
+  const p = spawnSync("python3", ["bench/peers/moe_layer.py", "--backward", "--profile", "--out", peerFile], { stdio: "inherit", env: { ...process.env, PYTHONUNBUFFERED: "1" } });
   if (p.status !== 0) say(`PyTorch peer failed (exit ${p.status})`);
   if (existsSync(peerFile))
     for (const l of readFileSync(peerFile, "utf8").trim().split("\n").filter(Boolean)) {

@@ -75,6 +75,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out")
     ap.add_argument("--backward", action="store_true", help="forward + backward from a random dy")
+    ap.add_argument("--profile", action="store_true", help="with --backward: print the grouped step's largest CUDA kernels")
     a = ap.parse_args()
     torch.manual_seed(0)
     dev, bf = torch.device("cuda"), torch.bfloat16
@@ -97,6 +98,8 @@ def main():
             try:
                 ms = median_ms(step)
                 r = {"device": torch.cuda.get_device_name(), "impl": impl, "ms": round(ms, 3), "backward": True}
+                if a.profile and impl == "torch._grouped_mm":
+                    profile(step)
             except Exception as e:  # report, don't hide the other implementation's number
                 r = {"device": torch.cuda.get_device_name(), "impl": impl, "error": str(e)[:500]}
             results.append(r)
@@ -116,6 +119,16 @@ def main():
         results.append(r)
         print(json.dumps(r), flush=True)
     write(a.out, results)
+
+
+def profile(step):
+    """The largest CUDA kernels of one step (torch.profiler), printed to stdout."""
+    step()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=20, max_name_column_width=60), flush=True)
 
 
 def write(out, results):
