@@ -31,7 +31,7 @@ const device = gpu.addon.deviceProperties(0).name;
 const lines: string[] = [`device ${device}; MoE layer training step (forward + backward), bf16, one GPU; median of ${STEPS} steps`];
 const results: Record<string, unknown>[] = [];
 let failed = 0;
-const say = (s: string) => (lines.push(s), console.log(s));
+const say = (s: string) => (lines.push(s), console.log(`[${(performance.now() / 1e3).toFixed(1)} s] ${s}`));
 const median = (xs: number[]) => [...xs].sort((p, q) => p - q)[Math.floor(xs.length / 2)]!;
 const withCounts = <T>(onDevice: boolean, f: () => T): T => {
   const was = gpu.segmentCountsOnDevice;
