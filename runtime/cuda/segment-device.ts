@@ -26,11 +26,16 @@ import { wgmmaSegmentConfig } from "./bf16-segment.ts";
 import { SEGMENT_COLUMN_BLOCK, SEGMENT_GATHER_BLOCK, SEGMENT_PLAN_BLOCK, SEGMENT_PLAN_SMEM_INTS, segmentColumnsPlan, segmentGatherT, segmentPlanInts, segmentRunsPlan } from "./kernels/segment-sources.ts";
 import type { CudaExecutor } from "./executor.ts";
 
-/** SHARDTS_SEGMENT_COUNTS: `device` plans the segment contractions on the device; `host` (the default) reads the counts back. */
+/**
+ * SHARDTS_SEGMENT_COUNTS: `device` (the default) plans the bf16 segment contractions on the device where
+ * deviceSegmentRefusal allows (elsewhere the counts are read back); `host` always reads the counts back.
+ * Device counts were faster on the one-GPU MoE training step (H200: 15.04 against 16.69 ms eager;
+ * bench/results/2026-11-23-moe-graph-h200.txt) and are what a captured step needs.
+ */
 export function segmentCountsFromEnv(v: string | undefined): boolean {
-  if (v === undefined || v === "" || v === "host") return false;
-  if (v === "device") return true;
-  throw new RangeError(`SHARDTS_SEGMENT_COUNTS=${v}: give host (counts read back to size the GEMMs, the default) or device (planned on the device, capturable: bf16 segment_dot / segment_wgrad on sm_90a)`);
+  if (v === undefined || v === "" || v === "device") return true;
+  if (v === "host") return false;
+  throw new RangeError(`SHARDTS_SEGMENT_COUNTS=${v}: give device (planned on the device, capturable: bf16 segment_dot / segment_wgrad on sm_90a; the default) or host (counts read back to size the GEMMs)`);
 }
 
 /**

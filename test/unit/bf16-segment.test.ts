@@ -17,6 +17,9 @@ import { DTensor, Mesh, fromGlobal, type AnyDTensor } from "../../stdlib/index.t
 import { fakeAddon } from "../fakes/native-addon.ts";
 import { useTempKernelCache } from "../fakes/kernel-cache.ts";
 
+/** The executor with the counts read on the host (the path these tests are about; device-side counts: segment-device.test.ts). */
+const hostCounts = (ex: CudaExecutor) => ((ex.segmentCountsOnDevice = false), ex);
+
 const raw = (name: string, ins: AnyDTensor[], attrs: Record<string, unknown>) => ins[0]!.mesh.builder.add(name, ins.map((t) => t.ref), attrs as never).map((r) => new DTensor(ins[0]!.mesh, r) as AnyDTensor);
 const T = (m: Mesh<"d">, dims: Record<string, number>, dtype: DType) => fromGlobal(m, dims, dtype, Array.from({ length: Object.values(dims).reduce((a, b) => a * b, 1) }, (_, i) => (i % 7) - 3)) as AnyDTensor;
 
@@ -44,7 +47,7 @@ function run(dtype: DType, K: number, N: number) {
       if (method === "memcpyHtoDAsync" && args[1] instanceof Int32Array) uploads.push(Int32Array.from(args[1]));
     },
   });
-  new CudaExecutor(f.addon, 0).run(dotPlan(dtype, K, N), undefined, undefined, { download: false });
+  hostCounts(new CudaExecutor(f.addon, 0)).run(dotPlan(dtype, K, N), undefined, undefined, { download: false });
   const gemm = launches.filter((l) => l.block[0] === threadsOf(wgmmaSegmentConfig(N)) && l.smem === smemBytes(wgmmaSegmentConfig(N)));
   return { gemm, maps, uploads, cublas: (f.calls.get("cublasLtMatmulRun") ?? 0) + (f.calls.get("cublasGroupedGemm") ?? 0) };
 }
@@ -95,14 +98,14 @@ describe("bf16 segment_dot on the grouped wgmma kernel (SHARDTS_SEGMENT_GEMM=wgm
   it("traces its parts (host table, weights, upload, the GEMM) on their own row", () => {
     const f = fakeAddon({ read: (dst) => void (dst instanceof Int32Array && dst.forEach((_, i) => (dst[i] = COUNTS[i % COUNTS.length]!))) });
     const trace: TraceEvent[] = [];
-    new CudaExecutor(f.addon, 0).run(dotPlan("bf16", 32, 48), undefined, undefined, { download: false, trace });
+    hostCounts(new CudaExecutor(f.addon, 0)).run(dotPlan("bf16", 32, 48), undefined, undefined, { download: false, trace });
     const parts = trace.filter((e) => e.cat === "part");
     expect(parts.map((e) => e.name)).toEqual(expect.arrayContaining(["counts to host", "row runs (host)", "weights K-major", "row runs upload", "grouped GEMM"]));
     expect(new Set(parts.map((e) => e.tid))).toEqual(new Set(["stream parts"]));
     expect(trace.filter((e) => e.name === "segment_dot")).toHaveLength(1);
     // untraced runs record nothing
     const g = fakeAddon({ read: (dst) => void (dst instanceof Int32Array && dst.forEach((_, i) => (dst[i] = COUNTS[i % COUNTS.length]!))) });
-    new CudaExecutor(g.addon, 0).run(dotPlan("bf16", 32, 48), undefined, undefined, { download: false });
+    hostCounts(new CudaExecutor(g.addon, 0)).run(dotPlan("bf16", 32, 48), undefined, undefined, { download: false });
     expect(g.calls.get("eventRecord") ?? 0).toBe(0);
   });
 

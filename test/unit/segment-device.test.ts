@@ -155,17 +155,17 @@ describe("bf16 segment contractions on device-side counts (fake native layer)", 
   });
 
   afterEach(() => void delete process.env.SHARDTS_SEGMENT_COUNTS);
-  it("reads SHARDTS_SEGMENT_COUNTS (host by default) and refuses other values", () => {
-    expect(segmentCountsFromEnv(undefined)).toBe(false);
-    expect(segmentCountsFromEnv("")).toBe(false);
+  it("reads SHARDTS_SEGMENT_COUNTS (device by default) and refuses other values", () => {
+    expect(segmentCountsFromEnv(undefined)).toBe(true);
+    expect(segmentCountsFromEnv("")).toBe(true);
     expect(segmentCountsFromEnv("host")).toBe(false);
     expect(segmentCountsFromEnv("device")).toBe(true);
     expect(() => segmentCountsFromEnv("gpu")).toThrow(RangeError);
-    expect(() => segmentCountsFromEnv("gpu")).toThrow(/SHARDTS_SEGMENT_COUNTS=gpu: give host .* or device/);
+    expect(() => segmentCountsFromEnv("gpu")).toThrow(/SHARDTS_SEGMENT_COUNTS=gpu: give device .* or host/);
     const f = fakeAddon({});
-    expect(new CudaExecutor(f.addon, 0).segmentCountsOnDevice).toBe(false);
-    process.env.SHARDTS_SEGMENT_COUNTS = "device";
     expect(new CudaExecutor(f.addon, 0).segmentCountsOnDevice).toBe(true);
+    process.env.SHARDTS_SEGMENT_COUNTS = "host";
+    expect(new CudaExecutor(f.addon, 0).segmentCountsOnDevice).toBe(false);
     process.env.SHARDTS_SEGMENT_COUNTS = "yes";
     expect(() => new CudaExecutor(f.addon, 0)).toThrow(RangeError);
   });
