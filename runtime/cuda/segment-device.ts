@@ -151,19 +151,27 @@ export function deviceSegmentContract(ex: CudaExecutor, op: string, plan: Plan, 
   if (op === "segment_wgrad") {
     // dW[e] = Xᵀ G over e's rows: the K-grouped GEMM on Xᵀ [K][P] and Gᵀ [N][P], each expert's rows a run of P
     const [k, n] = [to.dims[1]!.name, to.dims[2]!.name], tg = tIn[1]!, P = columnCapacity(s.bt, s.R, s.E);
-    const C = counts();
-    const X = mine(ex.part("rows layout", () => ex.reorder(x[0]!, nm(tx), [...batch, rows.name, k])), x[0]!);
     const G = mine(ex.part("gradient rows layout", () => ex.reorder(x[1]!, nm(tg), [...batch, rows.name, n])), x[1]!);
-    const be = empty(ex.mem, "i32", [s.E + 1, 2]), colmap = empty(ex.mem, "i32", [P]);
-    const XT = empty(ex.mem, "bf16", [s.K, P]), GT = empty(ex.mem, "bf16", [s.N, P]);
-    owned.push(be, colmap, XT, GT);
-    ex.part("segment plan (device)", () => launchSegmentColumns(ex, { counts: C, bt: s.bt, gC, first, E: s.E, packed, R: s.R, blockExpert: be, colmap, P }));
+    // Xᵀ and its column plan: an earlier segment_wgrad on the same rows and counts may have left them
+    // (a SwiGLU's gate and up weights take their gradients from the same rows: transposed once)
+    const key = `${ins.inputs[0]}:${ins.inputs[2]}:${r}:${k}`;
+    let cols = takeShared(ex, key, x[0]!, x[2]!);
+    if (!cols) {
+      const C = counts();
+      const X = mine(ex.part("rows layout", () => ex.reorder(x[0]!, nm(tx), [...batch, rows.name, k])), x[0]!);
+      const be = empty(ex.mem, "i32", [s.E + 1, 2]), colmap = empty(ex.mem, "i32", [P]), XT = empty(ex.mem, "bf16", [s.K, P]);
+      ex.part("segment plan (device)", () => launchSegmentColumns(ex, { counts: C, bt: s.bt, gC, first, E: s.E, packed, R: s.R, blockExpert: be, colmap, P }));
+      ex.part("rows transposed", () => launchGatherT(ex, { out: XT, x: X, colmap, used: be.ptr + BigInt(8 * s.E), K: s.K, P }));
+      cols = { x: x[0]!, counts: x[2]!, be, colmap, XT };
+    }
+    if (sharedLater(plan, ins, k)) keepShared(ex, key, cols);
+    else owned.push(cols.be, cols.colmap, cols.XT);
+    const { be, colmap, XT } = cols;
+    const GT = empty(ex.mem, "bf16", [s.N, P]);
+    owned.push(GT);
     // the blocks used, be[E][0], bound the gathers: columns past them are read by no one
     const used = be.ptr + BigInt(8 * s.E);
-    ex.part("rows transposed", () => {
-      launchGatherT(ex, { out: XT, x: X, colmap, used, K: s.K, P });
-      launchGatherT(ex, { out: GT, x: G, colmap, used, K: s.N, P });
-    });
+    ex.part("rows transposed", () => launchGatherT(ex, { out: GT, x: G, colmap, used, K: s.N, P }));
     const D = empty(ex.mem, "bf16", [s.E, s.K, s.N]);
     ex.part("K-grouped GEMM", () => g.prepare(defaultKGroupedConfig(s.N), { M: s.K, N: s.N, K: P, experts: s.E }, { a: XT.ptr, b: GT.ptr, sa: 0n, sb: 0n, d: D.ptr, blockExpert: be.ptr })());
     for (const t of owned) ex.release(t);
@@ -189,6 +197,34 @@ export function deviceSegmentContract(ex: CudaExecutor, op: string, plan: Plan, 
   }
   for (const t of owned) ex.release(t);
   return ex.part("output layout", () => ex.reorderOwned(Y, order, nm(to)));
+}
+
+/** segment_wgrad's transposed rows (Xᵀ), their column plan and the tensors they were made from. */
+interface Columns { x: DeviceTensor; counts: DeviceTensor; be: DeviceTensor; colmap: DeviceTensor; XT: DeviceTensor }
+const shared = new WeakMap<CudaExecutor, Map<string, Columns>>();
+
+/** Whether a later segment_wgrad of the plan contracts the same rows over the same counts and dim. */
+function sharedLater(plan: Plan, ins: Extract<Plan["instrs"][number], { kind: "op" }>, k: string): boolean {
+  const at = plan.instrs.indexOf(ins);
+  return plan.instrs.some((o, i) => i > at && o.kind === "op" && o.op === "segment_wgrad" && o.inputs[0] === ins.inputs[0] && o.inputs[2] === ins.inputs[2] && o.attrs.k === k);
+}
+
+function keepShared(ex: CudaExecutor, key: string, c: Columns): void {
+  let m = shared.get(ex);
+  if (!m) shared.set(ex, (m = new Map()));
+  const old = m.get(key);
+  if (old && old !== c) for (const t of [old.be, old.colmap, old.XT]) ex.release(t);
+  m.set(key, c);
+}
+
+/** The columns an earlier segment_wgrad left under `key`, if made from these very tensors (not a stale run's). */
+function takeShared(ex: CudaExecutor, key: string, x: DeviceTensor, counts: DeviceTensor): Columns | undefined {
+  const m = shared.get(ex), c = m?.get(key);
+  if (!c) return undefined;
+  m!.delete(key);
+  if (c.x === x && c.counts === counts) return c;
+  for (const t of [c.be, c.colmap, c.XT]) ex.release(t); // left by a run that stopped before its last user
+  return undefined;
 }
 
 /** segment_dot's contracted dim: the one w shares with x besides the groups. */

@@ -22,6 +22,7 @@ import { DTensor, Mesh, fromGlobal, type AnyDTensor } from "../../stdlib/index.t
 import { redistribute } from "../../stdlib/ops/redistribute.ts";
 import { fakeAddon } from "../fakes/native-addon.ts";
 import { namingLaunches } from "../fakes/kernel-names.ts";
+import { buildTrain } from "../../bench/gpu/lib/moe-build.ts";
 import { useTempKernelCache } from "../fakes/kernel-cache.ts";
 
 const raw = (name: string, ins: AnyDTensor[], attrs: Record<string, unknown>) => ins[0]!.mesh.builder.add(name, ins.map((t) => t.ref), attrs as never).map((r) => new DTensor(ins[0]!.mesh, r) as AnyDTensor);
@@ -199,5 +200,24 @@ describe("deviceSegmentRefusal", () => {
     // this rank's shapes, where given, are what it checks: 64 entries of 100 local groups outgrow the plan's shared tables
     const local = { inShapes: [[64, 512, 256], [100, 256, 128], [64, 800]], outShape: [64, 512, 128] };
     expect(deviceSegmentRefusal("segment_dot", [x("bf16"), w("bf16"), c], y("bf16"), "sm_90a", local)).toMatch(/64 entries x 100 groups/);
+  });
+});
+
+describe("segment_wgrad's transposed rows, shared between gradients of the same rows (fake native layer)", () => {
+  useTempKernelCache();
+  it("transposes X once for the gate and up weights of the MoE training step (same rows, same counts), Gᵀ once per gradient", () => {
+    const { plan, weights, batch } = buildTrain({ T: 64, D: 32, F: 16, E: 4, K: 2 });
+    const wgrads = plan.instrs.filter((i) => i.kind === "op" && i.op === "segment_wgrad");
+    const rowsOf = new Set(wgrads.map((i) => (i.kind === "op" ? `${i.inputs[0]}:${i.inputs[2]}` : "")));
+    expect(wgrads).toHaveLength(3);
+    expect(rowsOf.size).toBe(2); // dW1 and dW3 from the rows, dW2 from h
+    const { addon, order } = namingLaunches(fakeAddon({}).addon);
+    const ex = new CudaExecutor(addon, 0);
+    for (let run = 0; run < 2; run++) {
+      order.length = 0;
+      ex.run(plan, new Map([...weights, ...batch(3)]), undefined, { download: false });
+      expect(order.filter((n) => n === "shardts_segment_columns"), `run ${run}`).toHaveLength(2);
+      expect(order.filter((n) => n === "shardts_segment_gather_t"), `run ${run}`).toHaveLength(2 + 3);
+    }
   });
 });
