@@ -1,6 +1,8 @@
 // The host C++ compiler the emulation tests run generated kernels with, and the emulation headers
 // (test/codegen/emu: threads for lanes, barriers for __syncthreads, shuffles, fp8/bf16 conversions).
-import { execFileSync } from "node:child_process";
+import { execFile, execFileSync } from "node:child_process";
+import { readFileSync, writeFileSync } from "node:fs";
+import { promisify } from "node:util";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -38,4 +40,31 @@ export const NVCC: string | undefined = (() => {
 /** Logs why `test` is skipped when there is no nvcc. */
 export function noteIfNoNvcc(test: string): void {
   if (!NVCC) console.log(`[codegen tier] skipping ${test}: nvcc not found ($NVCC, PATH, /usr/local/cuda/bin)`);
+}
+
+/** Reads one case's results from a program's output at byte `at`, checks them, returns where the next case's start. */
+export type OutputCheck = (out: Buffer, at: number) => number;
+
+/**
+ * Builds `name` in `dir` from the emulation header, `kernels` (their source text and any helpers) and a
+ * main() of `blocks` (each writes its case's results to the FILE* o), runs it, and hands the output to
+ * `checks` in order, which must consume all of it.
+ */
+export async function runEmulated(dir: string, name: string, kernels: string, blocks: readonly string[], checks: readonly OutputCheck[]): Promise<void> {
+  const exe = join(dir, name);
+  writeFileSync(`${exe}.cpp`, `#include "cuda-emu.h"
+${kernels}
+int main(int, char** argv) {
+  FILE* o = fopen(argv[1], "wb");
+${blocks.join("\n")}
+  fclose(o);
+  return 0;
+}
+`);
+  await promisify(execFile)(GXX!, ["-std=c++20", "-O1", "-pthread", "-w", `-I${EMU}`, `-I${join(EMU, "include")}`, "-x", "c++", `${exe}.cpp`, "-o", exe]);
+  execFileSync(exe, [`${exe}.out`]);
+  const out = readFileSync(`${exe}.out`);
+  let at = 0;
+  for (const check of checks) at = check(out, at);
+  if (at !== out.length) throw new Error(`${name}: the checks read ${at} of the program's ${out.length} output bytes`);
 }

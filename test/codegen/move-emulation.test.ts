@@ -7,15 +7,13 @@
 // rows held elsewhere and out-of-range indices. Every output byte must equal a plain element-wise
 // copy, and bytes outside the destination's elements must be left alone. Skipped, saying so, without g++.
 import { describe, expect, it } from "vitest";
-import { execFile, execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { promisify } from "node:util";
 import { planCopy, RUN_CHUNK, type CopyPlan, type MoveGeo } from "../../runtime/cuda/copy-plan.ts";
 import { rowGather, runCopy, transposeCopy, transposeWide, type Word } from "../../runtime/cuda/kernels/move-sources.ts";
 import { mulberry32 } from "../helpers/prng.ts";
-import { GXX, EMU, noteIfNoGxx } from "./gxx.ts";
+import { GXX, noteIfNoGxx, runEmulated } from "./gxx.ts";
 
 noteIfNoGxx("move-emulation");
 
@@ -152,22 +150,7 @@ describe.skipIf(!GXX)("word-wise move kernels, run on a CPU emulation of the GPU
       if (p.kind === "transpose") kernels.add((p.wide ? transposeWide(p.elem as 1 | 2) : transposeCopy(p.elem)).source);
     }
     for (const g of GATHERS) kernels.add(rowGather(g.w).source);
-    const exe = join(dir, "move");
-    writeFileSync(`${exe}.cpp`, `#include "cuda-emu.h"
-${[...kernels].join("\n")}
-static unsigned char* align64(unsigned char* p) { return (unsigned char*)(((unsigned long long)p + 63) & ~63ULL); }
-int main(int, char** argv) {
-  FILE* o = fopen(argv[1], "wb");
-${blocks.join("\n")}
-  fclose(o);
-  return 0;
-}
-`);
-    await promisify(execFile)(GXX!, ["-std=c++20", "-O1", "-pthread", "-w", `-I${EMU}`, `-I${join(EMU, "include")}`, "-x", "c++", `${exe}.cpp`, "-o", exe]);
-    execFileSync(exe, [`${exe}.out`]);
-    const out = readFileSync(`${exe}.out`);
-    let at = 0;
-    for (const check of checks) at = check(out, at);
-    expect(at).toBe(out.length);
+    await runEmulated(dir, "move", `${[...kernels].join("\n")}
+static unsigned char* align64(unsigned char* p) { return (unsigned char*)(((unsigned long long)p + 63) & ~63ULL); }`, blocks, checks);
   }, 120_000);
 });

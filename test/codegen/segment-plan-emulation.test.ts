@@ -9,17 +9,15 @@
 // past the counts' first), rows clipped at R, more than 32 groups and entries (several warp chunks,
 // several entries a warp), grids of several blocks. Skipped, saying so, without g++.
 import { describe, expect, it } from "vitest";
-import { execFile, execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { promisify } from "node:util";
 import { segments, type SegmentLayout } from "../../runtime/cuda/segment-gemm.ts";
 import { rowRunTable } from "../../runtime/cuda/bf16-segment.ts";
 import { columnCapacity, rowRunCapacity } from "../../runtime/cuda/segment-device.ts";
 import { segmentColumnsPlan, segmentGatherT, segmentPlanInts, segmentRunsPlan, SEGMENT_GATHER_BLOCK, SEGMENT_PLAN_BLOCK, SEGMENT_PLAN_SMEM_INTS } from "../../runtime/cuda/kernels/segment-sources.ts";
 import { mulberry32 } from "../helpers/prng.ts";
-import { GXX, EMU, noteIfNoGxx } from "./gxx.ts";
+import { GXX, noteIfNoGxx, runEmulated } from "./gxx.ts";
 
 noteIfNoGxx("segment-plan-emulation");
 
@@ -142,24 +140,9 @@ describe.skipIf(!GXX)("segment plan and transposing gather, run on a CPU emulati
     expect(clipped).toBeGreaterThan(3);
     expect(multiBlock).toBeGreaterThan(3);
     expect(emptyGroups).toBeGreaterThan(5);
-    const exe = join(dir, "segplan");
-    writeFileSync(`${exe}.cpp`, `#include "cuda-emu.h"
-${segmentRunsPlan().source}
+    await runEmulated(dir, "segplan", `${segmentRunsPlan().source}
 ${segmentColumnsPlan().source}
-${segmentGatherT().source}
-int main(int, char** argv) {
-  FILE* o = fopen(argv[1], "wb");
-${blocks.join("\n")}
-  fclose(o);
-  return 0;
-}
-`);
-    await promisify(execFile)(GXX!, ["-std=c++20", "-O1", "-pthread", "-w", `-I${EMU}`, `-I${join(EMU, "include")}`, "-x", "c++", `${exe}.cpp`, "-o", exe]);
-    execFileSync(exe, [`${exe}.out`]);
-    const out = readFileSync(`${exe}.out`);
-    let at = 0;
-    for (const check of checks) at = check(out, at);
-    expect(at).toBe(out.length);
+${segmentGatherT().source}`, blocks, checks);
   }, 180_000);
 });
 
