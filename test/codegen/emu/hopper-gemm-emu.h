@@ -27,7 +27,8 @@ using std::min;
 
 #define SHARDTS_GEMM_PTX
 #define SHARDTS_GEMM_TMA_STORE_3D
-#define SHARDTS_GEMM_MN_MAJOR_B
+// the kernel's own sh_wgmma_desc_mn (SHARDTS_GEMM_DESC_MN, plain arithmetic) is compiled as it is
+#define SHARDTS_GEMM_TMA_LOAD_3D
 #define __grid_constant__
 typedef unsigned int sh_u32;
 typedef unsigned long long sh_u64;
@@ -160,6 +161,13 @@ struct EmuStore {
   long long c[3];
 };
 inline thread_local std::vector<EmuStore> emu_stores;
+SH_DEV void sh_tma_store_2d(const sh_tensor_map* m, sh_u32 src, int c0, int c1) {
+  const EmuMap& t = emu_map(m);
+  if (t.rank != 2 || t.box[0] * t.eb != 128) EMU_FAIL("2-D TMA store through a map of rank %d, box %d x %d", t.rank, t.box[0], t.box[1]);
+  if (src % 1024) EMU_FAIL("TMA store with the 128-byte swizzle from smem %u, not 1024-byte aligned", src);
+  emu_smem_check(src, 128u * t.box[1]);
+  emu_stores.push_back({&t, src, {c0, c1, 0}});
+}
 SH_DEV void sh_tma_store_3d(const sh_tensor_map* m, sh_u32 src, int c0, int c1, int c2) {
   const EmuMap& t = emu_map(m);
   if (t.rank != 3 || t.box[0] * t.eb != 128 || t.box[2] != 1) EMU_FAIL("3-D TMA store through a map of rank %d, box %d x %d x %d", t.rank, t.box[0], t.box[1], t.box[2]);
@@ -173,8 +181,8 @@ static inline void emu_run_stores() {
     for (int i = 0; i < t.box[1]; ++i)
       for (int j = 0; j < t.box[0]; ++j) {
         const long long x = s.c[0] + j, y = s.c[1] + i, z = s.c[2];
-        if (x < 0 || y < 0 || z < 0 || x >= t.dims[0] || y >= t.dims[1] || z >= t.dims[2]) continue;
-        std::memcpy(t.base + z * t.strides[2] + y * t.strides[1] + x * t.eb, emu_smem + emu_swz(s.src + i * 128 + j * t.eb), t.eb);
+        if (x < 0 || y < 0 || z < 0 || x >= t.dims[0] || y >= t.dims[1] || z >= (t.rank == 3 ? t.dims[2] : 1)) continue;
+        std::memcpy(t.base + (t.rank == 3 ? z * t.strides[2] : 0) + y * t.strides[1] + x * t.eb, emu_smem + emu_swz(s.src + i * 128 + j * t.eb), t.eb);
       }
   }
   emu_stores.clear();
@@ -228,9 +236,6 @@ template <sh_u32 R> SH_DEV void sh_setmaxnreg_inc() {}
 // ---- wgmma ----
 SH_DEV sh_u64 sh_wgmma_desc(sh_u32 smem) {
   return (sh_u64)((smem & 0x3FFFF) >> 4) | ((sh_u64)1 << 16) | ((sh_u64)(1024 >> 4) << 32) | ((sh_u64)1 << 62);
-}
-SH_DEV sh_u64 sh_wgmma_desc_mn(sh_u32 smem) {
-  return (sh_u64)((smem & 0x3FFFF) >> 4) | ((sh_u64)(8192 >> 4) << 16) | ((sh_u64)(1024 >> 4) << 32) | ((sh_u64)1 << 62);
 }
 struct EmuWgmma {
   float* d;

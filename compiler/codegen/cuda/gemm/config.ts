@@ -270,6 +270,17 @@ export function bf16GemmCandidates(grouped: boolean): Fp8GemmConfig[] {
 }
 
 /**
+ * The MN-major-B bf16 configurations to time (bMnMajor: B [E][K][N] as segment_dot's weights are), dense or
+ * grouped: BF16_SHAPES's two-consumer shapes whose blockN is a multiple of 64 (the 64-column boxes of B).
+ */
+export function bf16MnMajorCandidates(grouped: boolean): Fp8GemmConfig[] {
+  const out: Fp8GemmConfig[] = [];
+  for (const [consumers, blockN, tmaStore] of BF16_SHAPES)
+    if (consumers === 2 && blockN % 64 === 0) out.push(filled({ ab: "bf16", consumers, blockN, persistent: true, grouped, ...(tmaStore ? { tmaStore } : {}), bMnMajor: true }));
+  return out.filter((c) => configProblem(c) === undefined);
+}
+
+/**
  * The bf16 configuration launched without tuning: persistent, two consumers, TMA-store epilogue, 128 x 256
  * tiles where N is a multiple of 256 and 128 x 128 otherwise (N = 1408 would leave 256's last tile half
  * empty). The fastest candidates on an H200 (bench/results/2026-11-23-bf16-gemm-h200.txt): 128 x 256 on

@@ -171,15 +171,19 @@ SH_DEV void sh_tma_store_3d(const sh_tensor_map* m, sh_u32 src, int c0, int c1, 
  * are 8192 B apart (LBO = 8192) and K's 8-row groups 1024 B apart (SBO = 1024); base offset 0 (the
  * regions are 1024-byte aligned), swizzle mode 1 (128 B). A k16 wgmma step covers 16 K rows: its start
  * advances 16 x 128 = 2048 B (128 in the >> 4 units) where the K-major one advances 32 B (2 units).
- * test/codegen/emu/hopper-gemm-emu.h decodes both forms from the bits and runs whole kernels on them.
+ * test/codegen/emu/hopper-gemm-emu.h decodes both forms from the bits and runs whole kernels on them (the
+ * descriptor function is the kernel's own: plain arithmetic, in a guard of its own the model leaves open).
  */
-export const MN_MAJOR_B = String.raw`#ifndef SHARDTS_GEMM_MN_MAJOR_B
-#define SHARDTS_GEMM_MN_MAJOR_B
+export const MN_MAJOR_B = String.raw`#ifndef SHARDTS_GEMM_TMA_LOAD_3D
+#define SHARDTS_GEMM_TMA_LOAD_3D
 // One 3-D box (c0 = innermost coordinate, in elements): B [E][K][N] at (n, k, e); out-of-bounds parts are zeros.
 SH_DEV void sh_tma_load_3d(sh_u32 dst, const sh_tensor_map* m, int c0, int c1, int c2, sh_u32 bar) {
   asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];"
                :: "r"(dst), "l"(reinterpret_cast<sh_u64>(m)), "r"(c0), "r"(c1), "r"(c2), "r"(bar) : "memory");
 }
+#endif
+#ifndef SHARDTS_GEMM_DESC_MN
+#define SHARDTS_GEMM_DESC_MN
 // MN-major B with the 128-byte swizzle (see ptx.ts MN_MAJOR_B): LBO 8192 B between 64-column boxes,
 // SBO 1024 B between 8-row groups of K, base offset 0, swizzle mode 1. A k16 step adds 2048 B (128).
 SH_DEV sh_u64 sh_wgmma_desc_mn(sh_u32 smem) {
