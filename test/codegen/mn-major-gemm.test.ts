@@ -1,6 +1,7 @@
 // The bf16 GEMM reading B MN-major (bMnMajor in compiler/codegen/cuda/gemm/config.ts: B [E][K][N] as
 // segment_dot's weights are, no transpose first). On the CPU: the configurations it takes and refuses;
-// the emitted loads (blockN/64 3-D boxes of 64 N columns x 64 K rows, 8 KiB apart), B's descriptor and
+// the emitted loads (blockN/64 3-D boxes of 64 N columns x 64 K rows, 8 KiB apart, those wholly past N
+// not loaded), B's descriptor and
 // its k16 start-address steps, the transposed-B wgmma. With nvcc: every candidate compiles for sm_90a with
 // no warnings, spills or serialized wgmmas, the PTX has the trans-b immediate, and the SASS's HGMMAs are
 // printed for the record. With g++: whole M-grouped row-run kernels (and dense ones) run on the CPU model
@@ -62,7 +63,9 @@ describe("MN-major B bf16 GEMM configurations", () => {
     for (const N of [2816, 1408]) {
       const k = emitFp8Gemm(rowRun(N, true)), BN = k.config.blockN;
       expect(bTileBytes(k.config)).toBe((BN / 64) * MN_BOX_BYTES); // the stage's bytes: the boxes the producer loads
-      expect(k.source).toContain(`for (int j = 0; j < ${BN / 64}; ++j) sh_tma_load_3d(tilesB + s * B_BYTES + j * 8192, &tmB, nb * BN + 64 * j, kb * 64, e, bars + 8 * s);`);
+      expect(k.source).toContain(`const int bBoxes = min(${BN / 64}, (N - nb * BN + 63) / 64);`);
+      expect(k.source).toContain("sh_mbar_arrive_expect_tx(bars + 8 * s, A_BYTES + bBoxes * 8192);");
+      expect(k.source).toContain(`for (int j = 0; j < bBoxes; ++j) sh_tma_load_3d(tilesB + s * B_BYTES + j * 8192, &tmB, nb * BN + 64 * j, kb * 64, e, bars + 8 * s);`);
       expect(k.source).toContain("db = sh_wgmma_desc_mn(tilesB + s * B_BYTES);");
       expect(k.source).toContain(`sh_wgmma_bf16_tb_m64n${BN}(acc, da + 2 * k, db + 128 * k, k);`);
       expect(k.source).toContain(`p, 1, 1, 0, 1;`); // imm-trans-b = 1
@@ -208,6 +211,8 @@ describe.skipIf(!GXX)("MN-major B kernels run whole on the CPU model, descriptor
     [208, 320, 3, 3, 5, 2, 130, 0, 1, 2, 255],
     [144, 208, 4, 1, 0, 1, 300, 3, 37, 0, 128],
     [64, 256, 2, 2, 3, 1, 64],
+    // N = 48: the tile's boxes past the first lie wholly past N (not loaded, not counted)
+    [80, 48, 2, 2, 1, 1, 140, 0, 20],
   ];
   const configs: [string, Fp8GemmConfig][] = [
     ["row runs n256", rowRun(2816, false)],
@@ -227,7 +232,7 @@ describe.skipIf(!GXX)("MN-major B kernels run whole on the CPU model, descriptor
   it("dense MN-major (E = 1): D equals the reference, K and N not multiples of the tile", async () => {
     const c: Fp8GemmConfig = { ...defaultBf16GemmConfig(false, 320), bMnMajor: true };
     const exe = await build(emitFp8Gemm(c), configName(c));
-    for (const [K, N, M] of [[208, 320, 200], [64, 128, 128]]) expect((await output(exe, [K!, N!, 1, 2, 20, 0, 0, M!])).trim(), `${K} ${N} ${M}`).toBe("ok");
+    for (const [K, N, M] of [[208, 320, 200], [64, 128, 128], [96, 48, 130]]) expect((await output(exe, [K!, N!, 1, 2, 20, 0, 0, M!])).trim(), `${K} ${N} ${M}`).toBe("ok");
   }, 600_000);
 
   it("catches wrong MN-major descriptors: LBO, SBO, the k16 step, B's boxes, B read K-major", async () => {
@@ -237,6 +242,7 @@ describe.skipIf(!GXX)("MN-major B kernels run whole on the CPU model, descriptor
       ["SBO 128", "((sh_u64)(1024 >> 4) << 32) | ((sh_u64)1 << 62);\n}\n#endif", "((sh_u64)(128 >> 4) << 32) | ((sh_u64)1 << 62);\n}\n#endif", /FAIL: D\[/],
       ["k step 32 B", "db + 128 * k", "db + 2 * k", /FAIL: D\[/],
       ["boxes swapped", "nb * BN + 64 * j, kb * 64, e,", "nb * BN + 64 * (j ^ 1), kb * 64, e,", /FAIL: D\[/],
+      ["boxes past N counted", "A_BYTES + bBoxes * 8192", "A_BYTES + B_BYTES", /FAIL.*deadlock/],
       ["B's K-major descriptor", "db = sh_wgmma_desc_mn(", "db = sh_wgmma_desc(", /FAIL: D\[/],
     ];
     for (const [what, from, to, why] of mutants) {

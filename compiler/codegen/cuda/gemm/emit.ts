@@ -145,14 +145,17 @@ ${kg ? `      // this expert's 64-column blocks of A and B (none: nothing to loa
       const int kb0 = blockExpert[2 * e], kbEnd = kb0 + blockExpert[2 * e + 1];
       for (int kb = kb0; kb < kbEnd; ++kb) {` : `      const int e = ${expert};
       if (e < 0) continue;  // a padding block: no rows to compute
-      for (int kb = 0; kb < KB; ++kb) {`}
+${mn ? `      // B's 64-column boxes holding columns < N: a box wholly past N is not loaded (its columns of D are
+      // not stored, and D's columns depend on B's alone), so no TMA box ever lies wholly out of bounds
+      const int bBoxes = min(${BN / 64}, (N - nb * BN + 63) / 64);
+` : ""}      for (int kb = 0; kb < KB; ++kb) {`}
         sh_mbar_wait(bars + 8 * (S + s), phase ^ 1);  // the consumers${mc ? " of both CTAs" : ""} have released this stage
-        sh_mbar_arrive_expect_tx(bars + 8 * s, A_BYTES + B_BYTES + SA_BYTES + SB_BYTES);
+        sh_mbar_arrive_expect_tx(bars + 8 * s, ${mn ? `A_BYTES + bBoxes * ${MN_BOX_BYTES}` : "A_BYTES + B_BYTES + SA_BYTES + SB_BYTES"});
         sh_tma_load_2d(tilesA + s * A_BYTES, &tmA, kb * ${KBLK}, ${aRow}, bars + 8 * s);
 ${!saByTma ? "" : "        sh_tma_load_2d(sas + s * SA_BYTES, &tmSA, mb * BM, kb, bars + 8 * s);  // A's scales of this block's rows\n"}${c.bRows ? "        sh_tma_load_2d(sbs + s * SB_BYTES, &tmSB, nb * BN, kb, bars + 8 * s);  // B's row scales of this block's columns\n" : ""}
 ${mc ? `        // this CTA's half of B, into both CTAs (the peer sends the other half)
         sh_tma_load_2d_mc(tilesB + s * B_BYTES + crank * B_HALF, &tmB, kb * ${KBLK}, ${bRow} + (int)crank * ${bBoxRows(c)}, bars + 8 * s, (unsigned short)3);` : mn ? `        // B [E][K][N] MN-major: 64 K rows x 64 columns a box, box j of the tile's columns ${MN_BOX_BYTES} B in
-        for (int j = 0; j < ${BN / 64}; ++j) sh_tma_load_3d(tilesB + s * B_BYTES + j * ${MN_BOX_BYTES}, &tmB, nb * BN + 64 * j, kb * ${KBLK}, e, bars + 8 * s);` : `        sh_tma_load_2d(tilesB + s * B_BYTES, &tmB, kb * ${KBLK}, ${bRow}, bars + 8 * s);`}
+        for (int j = 0; j < bBoxes; ++j) sh_tma_load_3d(tilesB + s * B_BYTES + j * ${MN_BOX_BYTES}, &tmB, nb * BN + 64 * j, kb * ${KBLK}, e, bars + 8 * s);` : `        sh_tma_load_2d(tilesB + s * B_BYTES, &tmB, kb * ${KBLK}, ${bRow}, bars + 8 * s);`}
         if (++s == S) { s = 0; phase ^= 1; }
       }
     }
