@@ -27,11 +27,11 @@ const raw = (name: string, ins: AnyDTensor[], attrs: Record<string, unknown>) =>
 const T = (m: Mesh<"d">, dims: Record<string, number>, dtype: DType) => fromGlobal(m, dims, dtype, Array.from({ length: Object.values(dims).reduce((a, b) => a * b, 1) }, (_, i) => (i % 7) - 3)) as AnyDTensor;
 
 /** segment_dot of 3 entries x 24 rows sorted into 5 experts, K x N weights. */
-function dotPlan(dtype: DType, K: number, N: number) {
+function dotPlan(dtype: DType, K: number, N: number, nk = false) {
   const m = Mesh.of({ d: 1 });
   const [perm, counts] = raw("sort_by_key", [fromGlobal(m, { g: 3, s: 24 }, "i32", Array.from({ length: 72 }, (_, i) => (i * 7) % 5)) as AnyDTensor], { dim: "s", rows: "rows", groups: "e", numGroups: 5 });
   const x = raw("gather", [T(m, { g: 3, s: 24, k: K }, dtype), perm!], { dim: "s" })[0]!;
-  const outs = raw("segment_dot", [x, T(m, { e: 5, k: K, n: N }, dtype), counts!], { contract: "k" });
+  const outs = raw("segment_dot", [x, T(m, nk ? { e: 5, n: N, k: K } : { e: 5, k: K, n: N }, dtype), counts!], { contract: "k" });
   return compile(m.builder.graph, outs.map((t) => t.ref));
 }
 
@@ -41,19 +41,19 @@ const COUNTS = [5, 0, 9, 0, 3, 12, 1, 7, 0, 2];
 const PADDED_ROWS = 10 * 128;
 
 /** The run with SHARDTS_SEGMENT_B as given (undefined: unset, the MN-major default). */
-function run(dtype: DType, K: number, N: number, segmentB?: string) {
+function run(dtype: DType, K: number, N: number, segmentB?: string, nk = false) {
   const savedB = process.env.SHARDTS_SEGMENT_B;
   if (segmentB === undefined) delete process.env.SHARDTS_SEGMENT_B;
   else process.env.SHARDTS_SEGMENT_B = segmentB;
   try {
-    return runWith(dtype, K, N);
+    return runWith(dtype, K, N, nk);
   } finally {
     if (savedB === undefined) delete process.env.SHARDTS_SEGMENT_B;
     else process.env.SHARDTS_SEGMENT_B = savedB;
   }
 }
 
-function runWith(dtype: DType, K: number, N: number) {
+function runWith(dtype: DType, K: number, N: number, nk: boolean) {
   const launches: { grid: number[]; block: number[]; smem: number }[] = [], maps: TensorMapOptions[] = [], uploads: Int32Array[] = [];
   const f = fakeAddon({
     read: (dst) => void (dst instanceof Int32Array && dst.forEach((_, i) => (dst[i] = COUNTS[i % COUNTS.length]!))),
@@ -64,7 +64,7 @@ function runWith(dtype: DType, K: number, N: number) {
     },
   });
   const named = namingLaunches(f.addon);
-  hostCounts(new CudaExecutor(named.addon, 0)).run(dotPlan(dtype, K, N), undefined, undefined, { download: false });
+  hostCounts(new CudaExecutor(named.addon, 0)).run(dotPlan(dtype, K, N, nk), undefined, undefined, { download: false });
   const gemm = launches.filter((l) => l.block[0] === threadsOf(wgmmaSegmentConfig(N)) && l.smem === smemBytes(wgmmaSegmentConfig(N)));
   return { gemm, maps, uploads, names: named.order, cublas: (f.calls.get("cublasLtMatmulRun") ?? 0) + (f.calls.get("cublasGroupedGemm") ?? 0) };
 }
@@ -101,6 +101,11 @@ describe("bf16 segment_dot on the grouped wgmma kernel (SHARDTS_SEGMENT_GEMM=wgm
       [5 * N, 64, 2 * K],
     ]);
     expect(km.maps.filter((m) => m.dims.length === 3)).toEqual([]);
+    // weights laid out [e, n, k]: already K-major, read as they are (no transpose either)
+    const nk = run("bf16", K, N, undefined, true);
+    expect(nk.names.filter((n) => n.startsWith("sh_bf16_gemm"))).toEqual([configName(wgmmaSegmentConfig(N))]);
+    expect(nk.names.length).toBe(r.names.length);
+    expect(nk.maps.filter((m) => m.dims.length === 3)).toEqual([]);
     // the run table, group-major: (expert, X row, Y row, rows) per 128-row block; counts per entry [5,0,9,0,3], [12,1,7,0,2], [5,0,9,0,3]
     expect(r.uploads.map((u) => Array.from(u))).toContainEqual([
       0, 0, 0, 5, 0, 24, 24, 12, 0, 48, 48, 5,
