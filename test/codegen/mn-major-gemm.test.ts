@@ -12,7 +12,7 @@
 // K-major) must fail there.
 import { describe, expect, it } from "vitest";
 import { execFile, execFileSync } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -74,6 +74,10 @@ describe("MN-major B bf16 GEMM configurations", () => {
     }
     // a k16 step is 16 K rows of 128 bytes: the start addresses of a stage's four steps, in bytes
     expect([0, 1, 2, 3].map((k) => (k * MN_K16_STEP) << 4)).toEqual([0, 2048, 4096, 6144]);
+    // the model's K-major descriptor (GEMM_PTX is skipped under the model) is the kernel's, character for character
+    const model = readFileSync(join(EMU, "hopper-gemm-emu.h"), "utf8"), at = model.indexOf("SH_DEV sh_u64 sh_wgmma_desc(sh_u32 smem) {");
+    expect(at).toBeGreaterThan(0);
+    expect(emitFp8Gemm(rowRun(2816, true)).source).toContain(model.slice(at, model.indexOf("}", at) + 1));
     // the K-major kernel is untouched
     const km = emitFp8Gemm(rowRun(1408, false));
     expect(km.source).not.toMatch(/desc_mn|_tb_|load_3d/);
