@@ -10,6 +10,11 @@
 // K, what torch's MoE backward calls), on x.t() and dy as a model holds them and on the padded K-major
 // operands these kernels take; a per-expert torch.matmul loop where it refuses (the output says which).
 //
+// The MN-major-B kernels (bMnMajor, names ending _bn: B [E][K][N] as segment_dot's weights are, read with
+// no transpose) run on the dense and grouped cases beside the K-major ones, on the same values (B uploaded
+// transposed to [E][K][N]) and the same reference and peer; the summary puts the best of each form side by
+// side (--only _bn keeps them alone).
+//
 // Each candidate runs in its own child process (this file with --child), killed after CHILD_TIMEOUT_S
 // (a deadlocked kernel: a wrong mbarrier phase), so one broken kernel does not hide the others. D is
 // pre-filled with NaN so unwritten rows show. Timings: median of 20 CUDA-event timings after warm-up,
@@ -22,7 +27,7 @@ import { spawnSync } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { bf16GemmCandidates, configName, defaultBf16GemmConfig, defaultKGroupedConfig, kGroupedCandidates, type Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { bf16GemmCandidates, bf16MnMajorCandidates, configName, defaultBf16GemmConfig, defaultKGroupedConfig, kGroupedCandidates, type Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { GROUPED_M_ALIGN } from "../../compiler/numeric/fp8-gemm.ts";
 import { bf16FromBits, bf16ToBits } from "../../compiler/numeric/bf16.ts";
 import { cudaAvailable, native } from "../../runtime/cuda/native.ts";
@@ -155,6 +160,15 @@ interface Result {
   error?: string;
 }
 
+/** B [E][N][K] -> [E][K][N] (the MN-major kernels' layout). */
+function nkToKn(b: Uint16Array, E: number, N: number, K: number): Uint16Array {
+  const out = new Uint16Array(b.length);
+  for (let e = 0; e < E; e++)
+    for (let n = 0; n < N; n++)
+      for (let k = 0; k < K; k++) out[(e * K + k) * N + n] = b[(e * N + n) * K + k]!;
+  return out;
+}
+
 // ------------------------------------------------------------------ child: one configuration
 function child(config: Fp8GemmConfig): void {
   const a = native(), stream = a.streamCreate(), g = new Fp8Gemm(a, stream);
@@ -171,7 +185,9 @@ function child(config: Fp8GemmConfig): void {
     try {
       const p = problem(c, 1000 + 10 * ci);
       const dRows = c.kind === "kgrouped" ? p.E * c.M : c.M;
-      const base: Fp8GemmBuffers = { a: put(p.a), b: put(p.b), sa: 0n, sb: 0n, d: alloc(dRows * c.N * 2), blockExpert: p.blockExpert ? put(p.blockExpert) : undefined };
+      // MN-major B: the same values as [E][K][N] (the reference below reads p.b as [E][N][K])
+      const bUp = config.bMnMajor ? nkToKn(p.b, p.E, c.N, c.K) : p.b;
+      const base: Fp8GemmBuffers = { a: put(p.a), b: put(bUp), sa: 0n, sb: 0n, d: alloc(dRows * c.N * 2), blockExpert: p.blockExpert ? put(p.blockExpert) : undefined };
       const shape = { M: c.M, N: c.N, K: c.K, experts: c.rows ? p.E : undefined };
       a.memsetD16(base.d, 0x7fc0, dRows * c.N); // bf16 NaN: rows the kernel leaves unwritten show
       g.prepare(config, shape, base)();
@@ -238,7 +254,7 @@ function parent(): void {
   const props = native().deviceProperties(0);
   log(`device ${props.name} (${props.smCount} SMs, sm_${props.computeCapability.join("")}); date ${new Date().toISOString()}; floor at ${FLOOR_TFLOPS} TFLOP/s`);
   const only = arg("--only") ? new RegExp(arg("--only")!) : undefined;
-  const configs = [...bf16GemmCandidates(false), ...bf16GemmCandidates(true), ...kGroupedCandidates()].filter((c) => !only || only.test(configName(c)));
+  const configs = [...bf16GemmCandidates(false), ...bf16GemmCandidates(true), ...bf16MnMajorCandidates(false), ...bf16MnMajorCandidates(true), ...kGroupedCandidates()].filter((c) => !only || only.test(configName(c)));
   // the cases (and peer rows) of the kinds the chosen configurations run
   const cases = CASES.filter((c) => configs.some((x) => runsCase(x, c)));
   const results: Result[] = [];
@@ -269,6 +285,15 @@ function parent(): void {
     const tf = (ms?: number) => (ms === undefined ? "-" : (flops(c) / ms / 1e9).toFixed(0));
     log(`${c.name.padEnd(32)} ${(best?.impl ?? "none").padEnd(40)} ${(best?.ms?.toFixed(4) ?? "-").padStart(8)} ${tf(best?.ms).padStart(6)} ${tf(dflt?.ms).padStart(8)} ${tf(torch?.ms).padStart(8)} ${(best && torch ? (torch.ms! / best.ms!).toFixed(2) : "-").padStart(7)} ${floorMs(c).toFixed(4).padStart(8)}`);
   }
+  // MN-major B against K-major B: the best of each form per case (what dropping segment_dot's transpose costs or saves in the GEMM)
+  const forms: string[] = [];
+  for (const c of cases.filter((x) => x.timed && x.kind !== "kgrouped")) {
+    const ok = results.filter((r) => r.case === c.name && r.ok && r.ms !== undefined);
+    const bestOf = (mn: boolean) => ok.filter((r) => r.impl.endsWith("_bn") === mn).sort((x, y) => x.ms! - y.ms!)[0];
+    const k = bestOf(false), m = bestOf(true);
+    if (k && m) forms.push(`  ${c.name.padEnd(32)} K-major ${k.ms!.toFixed(4)} ms (${k.impl}), MN-major ${m.ms!.toFixed(4)} ms (${m.impl}): MN/K ${(m.ms! / k.ms!).toFixed(3)}`);
+  }
+  if (forms.length) log(`\nB K-major [E][N][K] against MN-major [E][K][N] (_bn), best of each:\n${forms.join("\n")}`);
   if (kgTorch.length) log(`\nK-grouped cases: "default" is defaultKGroupedConfig(N); the torch column is the fastest peer form:\n${kgTorch.join("\n")}`);
   writeFileSync(join(outDir, "bf16-gemm.txt"), lines.join("\n") + "\n");
   writeFileSync(join(outDir, "bf16-gemm.json"), JSON.stringify({ device: props.name, results, peer }, null, 1));

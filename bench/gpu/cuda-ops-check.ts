@@ -73,6 +73,20 @@ function deviceSegments(op: "segment_dot" | "segment_wgrad", key: () => number, 
     return raw("segment_wgrad", [x, gy, c], { k: "k", n: "n" });
   };
 }
+/**
+ * segment_dot over 2 x 300 rows sorted into 4 experts (70% to expert 0, 2 empty): segments longer than one
+ * 128-row block, K = 208 (not a multiple of the 64-wide K block: TMA's zero fill), N = 176 (a partial
+ * 128-column tile); the weights [e, k, n], or with `nk` laid out [e, n, k].
+ */
+function wgmmaSegments(nk: boolean): Maker {
+  return (m, t) => {
+    const key = () => (rnd() < 0.7 ? 0 : [1, 3][Math.floor(rnd() * 2)]!);
+    const [perm, counts] = raw("sort_by_key", [T(m, { g: 2, s: 300 }, "i32", key)], { dim: "s", rows: "rows", groups: "e", numGroups: 4 });
+    const x = raw("gather", [T(m, { g: 2, s: 300, k: 208 }, t), perm!], { dim: "s" })[0]!;
+    const w = T(m, nk ? { e: 4, n: 176, k: 208 } : { e: 4, k: 208, n: 176 }, t, () => (rnd() * 4 - 2) / 8);
+    return raw("segment_dot", [x, w, counts!], { contract: "k" });
+  };
+}
 const uniform6 = () => Math.floor(rnd() * 6);
 /** 60% of the slots to expert 0, experts 2 and 5 empty. */
 const skewed6 = () => (rnd() < 0.6 ? 0 : [1, 3, 4][Math.floor(rnd() * 3)]!);
@@ -125,21 +139,20 @@ const cases: { op: string; dtypes: DType[]; make: Maker; grouped?: (t: DType) =>
   // longer than one 128-row block, an empty expert, K = 208 (not a multiple of the 64-wide K block:
   // TMA's zero fill) and N = 176 (a partial 128-column tile); no cuBLAS GEMM call may be made (the
   // fallback on a refused shape is unit-tested: test/unit/bf16-segment.test.ts)
-  {
-    op: "segment_dot wgmma", dtypes: ["bf16"], env: { SHARDTS_SEGMENT_GEMM: "wgmma" }, wgmma: true,
-    make: (m, t) => {
-      const key = () => (rnd() < 0.7 ? 0 : [1, 3][Math.floor(rnd() * 2)]!);
-      const [perm, counts] = raw("sort_by_key", [T(m, { g: 2, s: 300 }, "i32", key)], { dim: "s", rows: "rows", groups: "e", numGroups: 4 });
-      const x = raw("gather", [T(m, { g: 2, s: 300, k: 208 }, t), perm!], { dim: "s" })[0]!;
-      return raw("segment_dot", [x, T(m, { e: 4, k: 208, n: 176 }, t, () => (rnd() * 4 - 2) / 8), counts!], { contract: "k" });
-    },
-  },
+  // The weights [e, k, n] are read MN-major (bMnMajor, no transpose; N = 176 leaves the last tile's second
+  // 64-column box wholly past N, not loaded); the same with SHARDTS_SEGMENT_B=kmajor (transposed to
+  // [e, n, k] first, the path before), and with the weights laid out [e, n, k] (K-major, no copy)
+  { op: "segment_dot wgmma", dtypes: ["bf16"], env: { SHARDTS_SEGMENT_GEMM: "wgmma" }, wgmma: true, make: wgmmaSegments(false) },
+  { op: "segment_dot wgmma kmajor", dtypes: ["bf16"], env: { SHARDTS_SEGMENT_GEMM: "wgmma", SHARDTS_SEGMENT_B: "kmajor" }, wgmma: true, make: wgmmaSegments(false) },
+  { op: "segment_dot wgmma weights [e,n,k]", dtypes: ["bf16"], env: { SHARDTS_SEGMENT_GEMM: "wgmma" }, wgmma: true, make: wgmmaSegments(true) },
   // device-side counts (segment-device.ts): the plan kernel and the generated GEMMs over the routing's
   // upper bound, random and skewed routings (empty experts), bt = 3; segment_dot on two ranks with x whole
   // (unpacked, the second rank's groups past the counts' first, all of them empty) and with the rows
   // dispatched (packed)
   { op: "segment_dot device counts", dtypes: ["bf16"], deviceCounts: true, make: deviceSegments("segment_dot", uniform6) },
   { op: "segment_dot device counts skewed", dtypes: ["bf16"], deviceCounts: true, make: deviceSegments("segment_dot", skewed6) },
+  // the weights transposed to K-major first (the path before MN-major B), for comparison
+  { op: "segment_dot device counts kmajor", dtypes: ["bf16"], deviceCounts: true, env: { SHARDTS_SEGMENT_B: "kmajor" }, make: deviceSegments("segment_dot", skewed6) },
   { op: "segment_dot device counts ep whole", dtypes: ["bf16"], deviceCounts: true, ranks: 2, make: deviceSegments("segment_dot", firstHalf6) },
   { op: "segment_dot device counts ep packed", dtypes: ["bf16"], deviceCounts: true, ranks: 2, make: deviceSegments("segment_dot", skewed6, "packed") },
   // segment_wgrad: the column plan, Xᵀ / Gᵀ gathered and the K-grouped GEMM; on two ranks (dispatched rows) the

@@ -2,6 +2,10 @@
 // fallback on device buffers laid out as compiler/numeric/fp8-gemm.ts describes. A bf16 configuration
 // (ab: "bf16") runs through the same prepare on bf16 A and B with no scales (sa and sb ignored).
 //
+// A configuration with MN-major B (bMnMajor) takes b = B [E][K][N] bf16 (dense: [K][N]), N contiguous, as
+// segment_dot's weights are; D = A·B. Its map is 3-D [E][K][N] with 64 x 64 boxes (the kernel loads
+// blockN/64 of them a stage).
+//
 // A K-grouped configuration (kGrouped: the MoE weight gradient, one launch for every expert) takes the
 // shape { M, N, K, experts: E } with K = P, the padded columns: a = A [M][P] bf16, b = B [N][P] bf16
 // (P contiguous in both), d = D [E·M][N] bf16, blockExpert = int32 [E][2] (expert e's first 64-column
@@ -22,7 +26,7 @@ import type { DevicePtr, DeviceProperties, KernelFunction, NativeAddon, Stream }
 export interface Fp8GemmBuffers {
   /** M×K e4m3 (bf16 configurations: bf16). */
   a: DevicePtr;
-  /** N×K e4m3 (grouped: E×N×K; bf16 configurations: bf16). */
+  /** N×K e4m3 (grouped: E×N×K; bf16 configurations: bf16; bMnMajor: K×N, grouped E×K×N). */
   b: DevicePtr;
   /** [ceil(K/128)][M] f32 (bf16 configurations: unused, 0n). */
   sa: DevicePtr;
@@ -123,12 +127,18 @@ export class Fp8Gemm {
     const g = geometryOf(c, s, gemmSms(this.device.smCount, process.env.SHARDTS_GEMM_RESERVED_SMS, this.reservedSms));
     const rowsB = s.N * (s.experts ?? 1), KB = Math.ceil(s.K / FP8_BLOCK);
     const enc = this.addon.tensorMapEncodeTiled.bind(this.addon);
+    if (c.bMnMajor && s.ldb !== undefined) throw new CompileError(`${what} with MN-major B (bMnMajor): B is a contiguous [E][K][N] (no ldb)`);
     const lda = s.lda ?? s.K * eb, ldb = s.ldb ?? s.K * eb;
     if (lda < s.K * eb || ldb < s.K * eb || lda % 16 !== 0 || ldb % 16 !== 0)
       throw new CompileError(`${what} ${s.M}x${s.N}x${s.K}: row strides lda ${lda} / ldb ${ldb} must be >= K·${eb} and multiples of 16 bytes`);
     // A and B: one 128-byte row of K (128 e4m3 or 64 bf16) per box row, the 128-byte swizzle wgmma reads
     const map = (address: DevicePtr, rows: number, boxRows: number, ld: number) =>
       enc({ dtype: bf16 ? "bf16" : "u8", address, dims: [s.K, rows], strides: [ld], box: [kBlock(c), boxRows], swizzle: "128B", l2Promotion: "256B", oobFill: "zero" });
+    // MN-major B (bMnMajor): [E][K][N] through a 3-D map, boxes of 64 N columns (128 bytes, the swizzle's
+    // span) x 64 K rows, so a K block past an expert's K reads zeros rather than the next expert's rows
+    const mapB = c.bMnMajor
+      ? enc({ dtype: "bf16", address: bufs.b, dims: [s.N, s.K, s.experts ?? 1], strides: [s.N * 2, s.K * s.N * 2], box: [64, kBlock(c), 1], swizzle: "128B", l2Promotion: "256B", oobFill: "zero" })
+      : map(bufs.b, rowsB, bBoxRows(c), ldb);
     const unused = new Uint8Array(128);
     // A's scales, [KB][M] f32: one BLOCK_M run of a K block's row per stage
     const mapSA = c.globalScales || bf16 ? unused : enc({ dtype: "f32", address: bufs.sa, dims: [s.M, KB], strides: [s.M * 4], box: [blockM(c), 1], oobFill: "zero" });
@@ -140,7 +150,7 @@ export class Fp8Gemm {
     // so the arguments go where the driver says (packArgs's C ABI offsets where it cannot say)
     const params = (layout ? (...x: KernelArg[]) => packArgsAt(layout, ...x) : packArgs)(
       ["bytes", map(bufs.a, rowsA, blockM(c), lda), 64],
-      ["bytes", map(bufs.b, rowsB, bBoxRows(c), ldb), 64],
+      ["bytes", mapB, 64],
       ["bytes", mapSA, 64],
       ["bytes", mapD, 64],
       ["bytes", mapSB, 64],

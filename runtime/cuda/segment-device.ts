@@ -2,7 +2,8 @@
 // SHARDTS_SEGMENT_COUNTS=device): nothing is read back to the host, so a MoE step can be captured in a
 // CUDA graph. Buffers are sized by the routing's upper bound; one plan kernel (kernels/segment-sources.ts)
 // turns the counts into the layout the generated GEMM reads, on the stream:
-// - segment_dot: the row-run table of bf16-segment.ts, with capacity for any counts (rowRunCapacity),
+// - segment_dot: the weights read MN-major where they are [groups, k, ...nOut] (bf16-segment.ts
+//   segmentWeightsLayout), the row-run table of bf16-segment.ts, with capacity for any counts (rowRunCapacity),
 //   blocks past the segments' marked expert -1 (the grouped kernel's producer and consumer skip them);
 //   the plan kernel also zeroes Y's rows no segment covers (which they are is known only on the device):
 //   none when the segments fill Y, never more than the host path's memset of all of Y.
@@ -22,7 +23,7 @@ import { empty, type DeviceTensor } from "./memory.ts";
 import { fp8GemmOf } from "./fp8-gemm.ts";
 import { packArgs } from "./native.ts";
 import { segmentPlacement } from "./segment-gemm.ts";
-import { wgmmaSegmentConfig } from "./bf16-segment.ts";
+import { segmentWeightsLayout, wgmmaSegmentConfig } from "./bf16-segment.ts";
 import { SEGMENT_COLUMN_BLOCK, SEGMENT_GATHER_BLOCK, SEGMENT_PLAN_BLOCK, SEGMENT_PLAN_SMEM_INTS, segmentColumnsPlan, segmentGatherT, segmentPlanInts, segmentRunsPlan } from "./kernels/segment-sources.ts";
 import type { CudaExecutor } from "./executor.ts";
 
@@ -188,12 +189,14 @@ export function deviceSegmentContract(ex: CudaExecutor, op: string, plan: Plan, 
   } else {
     const C = counts();
     const X = mine(ex.part("rows layout", () => ex.reorder(x[0]!, nm(tx), [...batch, rows.name, k])), x[0]!);
-    const W = mine(ex.part("weights K-major", () => ex.reorder(x[1]!, nm(tw), [groups, ...nOut, k])), x[1]!);
+    // the weights as they are where [groups, k, ...nOut] (MN-major B), else K-major [groups, ...nOut, k]
+    const b = segmentWeightsLayout(nm(tw), groups, k, nOut);
+    const W = b.bMnMajor ? x[1]! : mine(ex.part("weights K-major", () => ex.reorder(x[1]!, nm(tw), b.order)), x[1]!);
     const runs = empty(ex.mem, "i32", [cap, 4]);
     owned.push(runs);
     ex.part("segment plan (device)", () => launchSegmentRuns(ex, { counts: C, bt: s.bt, gC, first, E: s.E, packed, R: s.R, Rout: s.Rout, runs, cap, y: Y, N: s.N }));
     const problem = { M: GROUPED_M_ALIGN * cap, N: s.N, K: s.K, experts: s.E, rowsA: s.bt * s.R, rowsD: s.bt * s.Rout };
-    ex.part("grouped GEMM", () => g.prepare(wgmmaSegmentConfig(s.N), problem, { a: X.ptr, b: W.ptr, sa: 0n, sb: 0n, d: Y.ptr, blockExpert: runs.ptr })());
+    ex.part("grouped GEMM", () => g.prepare(wgmmaSegmentConfig(s.N, b.bMnMajor), problem, { a: X.ptr, b: W.ptr, sa: 0n, sb: 0n, d: Y.ptr, blockExpert: runs.ptr })());
   }
   for (const t of owned) ex.release(t);
   return ex.part("output layout", () => ex.reorderOwned(Y, order, nm(to)));

@@ -91,16 +91,32 @@ describe("bf16 segment contractions on device-side counts (fake native layer)", 
     // nothing is read back (and the stream not waited for) before the GEMM: the reads after it are the run's deferred index checks
     expect(r.gemmAt).toBeGreaterThan(0);
     expect(r.events.slice(0, r.gemmAt).filter((e) => !e.startsWith("sh") && !e.startsWith("shardts"))).toEqual([]);
-    expect(r.events.filter((e) => e.startsWith("sh_bf16_gemm_grouped"))).toEqual([`sh_bf16_gemm_grouped_m128n128_s${wgmmaSegmentConfig(N).stages}_p_ts_rr`]);
+    // the weights [e, k, n] read as they are: the MN-major kernel, and no kernel but the plan's between the rows layout and it
+    expect(r.events.filter((e) => e.startsWith("sh_bf16_gemm_grouped"))).toEqual([`sh_bf16_gemm_grouped_m128n128_s${wgmmaSegmentConfig(N, true).stages}_p_ts_rr_bn`]);
+    expect(r.events[r.gemmAt - 1]).toBe(segmentRunsPlan().name);
     expect(r.events.indexOf(segmentRunsPlan().name)).toBeLessThan(r.gemmAt);
     const cap = rowRunCapacity(3, 24, 5);
     expect(r.plans).toEqual([{ bt: 3, gC: 5, first: 0, E: 5, packed: 0, R: 24, Rout: 24, cap, rowWords: N / 8 }]);
     // one tile per 128-row block of the capacity (N fits one 128-column tile): a fixed grid, whatever the counts
     expect(cap).toBe(15);
     expect(geometryOf(wgmmaSegmentConfig(N), { M: 128 * cap, N, K }, 132).tiles).toBe(15);
-    // A: X's 72 rows where they are; B: [E·N][K]; D: Y's 72 rows
-    expect(r.maps.filter((m) => m.dtype === "bf16" && m.dims[0] === K).map((m) => m.dims[1])).toEqual([72, 5 * N]);
-    expect(r.maps.filter((m) => m.dtype === "bf16" && m.dims[0] === N).map((m) => m.dims[1])).toEqual([72]);
+    // A: X's 72 rows where they are; B: W [E][K][N] where it is (3-D, 64 x 64 boxes); D: Y's 72 rows
+    expect(r.maps.filter((m) => m.dtype === "bf16" && m.dims[0] === K).map((m) => m.dims[1])).toEqual([72]);
+    expect(r.maps.filter((m) => m.dims.length === 3).map((m) => [m.dims, m.box])).toEqual([[[N, K, 5], [64, 64, 1]]]);
+    expect(r.maps.filter((m) => m.dtype === "bf16" && m.dims[0] === N && m.dims.length === 2).map((m) => m.dims[1])).toEqual([72]);
+    // SHARDTS_SEGMENT_B=kmajor: the weights transposed to [E][N][K] first (one more kernel), B [E·N][K]
+    const saved = process.env.SHARDTS_SEGMENT_B;
+    process.env.SHARDTS_SEGMENT_B = "kmajor";
+    try {
+      const km = run("segment_dot", "bf16", K, N);
+      expect(km.events.filter((e) => e.startsWith("sh_bf16_gemm_grouped"))).toEqual([`sh_bf16_gemm_grouped_m128n128_s${wgmmaSegmentConfig(N).stages}_p_ts_rr`]);
+      expect(km.events.filter((e) => !e.startsWith("memcpy") && e !== "streamSynchronize").length).toBe(r.events.filter((e) => !e.startsWith("memcpy") && e !== "streamSynchronize").length + 1);
+      expect(km.maps.filter((m) => m.dtype === "bf16" && m.dims[0] === K).map((m) => m.dims[1]).sort((a, b) => a - b)).toEqual([72, 5 * N]);
+      expect(km.maps.filter((m) => m.dims.length === 3)).toEqual([]);
+    } finally {
+      if (saved === undefined) delete process.env.SHARDTS_SEGMENT_B;
+      else process.env.SHARDTS_SEGMENT_B = saved;
+    }
     // Y's rows outside the segments are zeroed by the plan kernel (it alone knows them), not by a memset of all of Y
     expect(r.memsets).not.toContain(72 * N * 2);
   });

@@ -12,7 +12,8 @@
 //
 // The kernel source is included after this header: its GEMM_PTX block and the guarded helpers this
 // header models are skipped (their guards are defined here); the including harness defines the wgmma
-// wrapper of the kernel's width with EMU_WGMMA_BF16(N) and that wrapper's guard SHARDTS_WGMMA_BF16_N<N>. Its `extern __shared__` buffer is
+// wrapper of the kernel's width with EMU_WGMMA_BF16(N) and that wrapper's guard SHARDTS_WGMMA_BF16_N<N>
+// (B N-major: EMU_WGMMA_BF16_TB(N), SHARDTS_WGMMA_BF16_TB_N<N>). Its `extern __shared__` buffer is
 // replaced by `unsigned char* smem_raw = emu_smem;` before compiling.
 #pragma once
 #include "cuda-emu.h"
@@ -26,6 +27,8 @@ using std::min;
 
 #define SHARDTS_GEMM_PTX
 #define SHARDTS_GEMM_TMA_STORE_3D
+// the kernel's own sh_wgmma_desc_mn (SHARDTS_GEMM_DESC_MN, plain arithmetic) is compiled as it is
+#define SHARDTS_GEMM_TMA_LOAD_3D
 #define __grid_constant__
 typedef unsigned int sh_u32;
 typedef unsigned long long sh_u64;
@@ -116,10 +119,10 @@ SH_DEV void sh_tma_prefetch_map(const sh_tensor_map*) {}
 // shared-memory ranges pending wgmmas will read (a TMA load into one of them is a race)
 inline std::multiset<std::pair<sh_u32, sh_u32>> emu_reads;
 
-SH_DEV void sh_tma_load_2d(sh_u32 dst, const sh_tensor_map* m, int c0, int c1, sh_u32 bar) {
-  const EmuMap& t = emu_map(m);
+// one box of a rank-2 or rank-3 map (c2 = 0 for rank 2), written with the 128-byte swizzle
+static inline void emu_tma_load(sh_u32 dst, const EmuMap& t, long long c0, long long c1, long long c2, sh_u32 bar) {
   const sh_u32 row = (sh_u32)(t.box[0] * t.eb), bytes = row * (sh_u32)t.box[1];
-  if (t.rank != 2 || row != 128) EMU_FAIL("TMA load through a map of rank %d with %u-byte box rows (the kernels load 128-byte rows)", t.rank, row);
+  if (row != 128 || (t.rank == 3 && t.box[2] != 1)) EMU_FAIL("TMA load through a map of rank %d with %u-byte box rows (the kernels load 128-byte rows, one deep)", t.rank, row);
   if (dst % 1024) EMU_FAIL("TMA load with the 128-byte swizzle into smem %u, not 1024-byte aligned", dst);
   emu_smem_check(dst, bytes);
   {
@@ -127,17 +130,28 @@ SH_DEV void sh_tma_load_2d(sh_u32 dst, const sh_tensor_map* m, int c0, int c1, s
     for (const auto& r : emu_reads)
       if (r.first < dst + bytes && dst < r.second) EMU_FAIL("TMA load into smem [%u, %u) while a pending wgmma reads [%u, %u)", dst, dst + bytes, r.first, r.second);
   }
+  const bool zIn = c2 >= 0 && c2 < (t.rank == 3 ? t.dims[2] : 1);
   for (int i = 0; i < t.box[1]; ++i)
     for (int j = 0; j < t.box[0]; ++j) {
-      const long long x = (long long)c0 + j, y = (long long)c1 + i;
+      const long long x = c0 + j, y = c1 + i;
       unsigned char* to = emu_smem + emu_swz(dst + i * row + j * t.eb);
-      if (x >= 0 && y >= 0 && x < t.dims[0] && y < t.dims[1]) std::memcpy(to, t.base + y * t.strides[1] + x * t.eb, t.eb);
+      if (zIn && x >= 0 && y >= 0 && x < t.dims[0] && y < t.dims[1]) std::memcpy(to, t.base + (t.rank == 3 ? c2 * t.strides[2] : 0) + y * t.strides[1] + x * t.eb, t.eb);
       else std::memset(to, 0, t.eb);
     }
   std::lock_guard<std::mutex> l(emu_mu);
   EmuBar& b = emu_bar(bar);
   b.tx -= bytes;
   emu_try_complete(b);
+}
+SH_DEV void sh_tma_load_2d(sh_u32 dst, const sh_tensor_map* m, int c0, int c1, sh_u32 bar) {
+  const EmuMap& t = emu_map(m);
+  if (t.rank != 2) EMU_FAIL("2-D TMA load through a map of rank %d", t.rank);
+  emu_tma_load(dst, t, c0, c1, 0, bar);
+}
+SH_DEV void sh_tma_load_3d(sh_u32 dst, const sh_tensor_map* m, int c0, int c1, int c2, sh_u32 bar) {
+  const EmuMap& t = emu_map(m);
+  if (t.rank != 3) EMU_FAIL("3-D TMA load through a map of rank %d", t.rank);
+  emu_tma_load(dst, t, c0, c1, c2, bar);
 }
 
 // bulk stores: queued by the issuing thread, read from shared memory only when it waits for them
@@ -147,6 +161,13 @@ struct EmuStore {
   long long c[3];
 };
 inline thread_local std::vector<EmuStore> emu_stores;
+SH_DEV void sh_tma_store_2d(const sh_tensor_map* m, sh_u32 src, int c0, int c1) {
+  const EmuMap& t = emu_map(m);
+  if (t.rank != 2 || t.box[0] * t.eb != 128) EMU_FAIL("2-D TMA store through a map of rank %d, box %d x %d", t.rank, t.box[0], t.box[1]);
+  if (src % 1024) EMU_FAIL("TMA store with the 128-byte swizzle from smem %u, not 1024-byte aligned", src);
+  emu_smem_check(src, 128u * t.box[1]);
+  emu_stores.push_back({&t, src, {c0, c1, 0}});
+}
 SH_DEV void sh_tma_store_3d(const sh_tensor_map* m, sh_u32 src, int c0, int c1, int c2) {
   const EmuMap& t = emu_map(m);
   if (t.rank != 3 || t.box[0] * t.eb != 128 || t.box[2] != 1) EMU_FAIL("3-D TMA store through a map of rank %d, box %d x %d x %d", t.rank, t.box[0], t.box[1], t.box[2]);
@@ -160,8 +181,8 @@ static inline void emu_run_stores() {
     for (int i = 0; i < t.box[1]; ++i)
       for (int j = 0; j < t.box[0]; ++j) {
         const long long x = s.c[0] + j, y = s.c[1] + i, z = s.c[2];
-        if (x < 0 || y < 0 || z < 0 || x >= t.dims[0] || y >= t.dims[1] || z >= t.dims[2]) continue;
-        std::memcpy(t.base + z * t.strides[2] + y * t.strides[1] + x * t.eb, emu_smem + emu_swz(s.src + i * 128 + j * t.eb), t.eb);
+        if (x < 0 || y < 0 || z < 0 || x >= t.dims[0] || y >= t.dims[1] || z >= (t.rank == 3 ? t.dims[2] : 1)) continue;
+        std::memcpy(t.base + (t.rank == 3 ? z * t.strides[2] : 0) + y * t.strides[1] + x * t.eb, emu_smem + emu_swz(s.src + i * 128 + j * t.eb), t.eb);
       }
   }
   emu_stores.clear();
@@ -220,6 +241,7 @@ struct EmuWgmma {
   float* d;
   int n, accumulate;
   sh_u64 da, db;
+  bool tb;  // B transposed: N-major (imm-trans-b = 1)
 };
 struct EmuWgmmaState {
   std::vector<EmuWgmma> open;
@@ -227,14 +249,48 @@ struct EmuWgmmaState {
   bool fenced = false;
 };
 inline thread_local EmuWgmmaState emu_wg;
-// a K-major tile with 128-byte rows and the 128-byte swizzle: its start address and rows' reach
-static inline sh_u32 emu_desc_addr(sh_u64 desc, int rows, std::pair<sh_u32, sh_u32>* range) {
-  if (((desc >> 16) & 0x3FFF) != 1 || ((desc >> 32) & 0x3FFF) != 1024 >> 4 || (desc >> 62) != 1 || ((desc >> 49) & 7) != 0)
-    EMU_FAIL("wgmma descriptor %llx is not a K-major 128-byte-swizzled tile (LBO 1, SBO 1024 B, base offset 0, swizzle 128B)", desc);
-  const sh_u32 a = (sh_u32)(desc & 0x3FFF) << 4;
-  *range = {a & ~127u, (a & ~127u) + 128u * rows};
-  emu_smem_check(range->first, range->second - range->first);
-  return a;
+// A shared-memory matrix descriptor decoded from its bits (PTX ISA "Matrix Descriptor Format": start
+// address 0-13, leading byte offset 16-29, stride byte offset 32-45, each >> 4; base offset 49-51;
+// swizzle mode 62-63). Only what the kernels use is modelled: the 128-byte swizzle with base offset 0;
+// any other bit set fails, so a descriptor the model would misread is not silently accepted.
+struct EmuDesc {
+  sh_u32 start, lbo, sbo;
+  bool mnMajor;
+};
+static inline EmuDesc emu_desc(sh_u64 desc, bool mnMajor) {
+  const sh_u64 known = 0x3FFFull | (0x3FFFull << 16) | (0x3FFFull << 32) | (7ull << 49) | (3ull << 62);
+  if ((desc & ~known) != 0 || (desc >> 62) != 1 || ((desc >> 49) & 7) != 0)
+    EMU_FAIL("wgmma descriptor %llx: the model takes the 128-byte swizzle (mode 1) with base offset 0 and no other bits", desc);
+  const EmuDesc d{(sh_u32)(desc & 0x3FFF) << 4, (sh_u32)((desc >> 16) & 0x3FFF) << 4, (sh_u32)((desc >> 32) & 0x3FFF) << 4, mnMajor};
+  // K-major swizzled: PTX says the leading byte offset is unused, "assumed to be 1"; the kernels set 1
+  if (!mnMajor && d.lbo != 16) EMU_FAIL("K-major swizzled wgmma descriptor %llx with leading byte offset field %u (unused, set to 1)", desc, d.lbo >> 4);
+  if (d.sbo == 0 || (mnMajor && d.lbo == 0)) EMU_FAIL("wgmma descriptor %llx with a zero byte offset", desc);
+  return d;
+}
+// The byte address (before the swizzle) of element (i, k) of one k16 step's operand, i along M or N, k
+// along K, bf16, in the canonical 128-byte-swizzled layouts (PTX ISA "Shared Memory Matrix Layout";
+// CUTLASS make_gmma_desc's SW128 layouts in 16-byte units: K-major ((8,m),(T,2)):((8T,SBO),(1,T)),
+// MN-major ((T,8,m),(8,k)):((1,T,LBO),(8T,SBO)), T = 8 bf16):
+// - K-major: a 128-byte row per i, 8-row groups SBO apart, k contiguous from the start (which a k step
+//   moves 32 B along the row);
+// - MN-major: 64 elements of i contiguous in a 128-byte row per k, 64-element chunks of i LBO apart, the
+//   8-row groups of k SBO apart.
+// The swizzle then applies to the address (16-byte chunk bits 4-6 ^= bits 7-9), as TMA writes it.
+static inline sh_u32 emu_elem(const EmuDesc& d, int i, int k) {
+  if (!d.mnMajor) return d.start + 128u * (i % 8) + d.sbo * (i / 8) + 2u * k;
+  return d.start + 2u * (i % 64) + d.lbo * (i / 64) + 128u * (k % 8) + d.sbo * (k / 8);
+}
+// the 128-byte rows an operand of `rows` (M or N) reads, for the race checks
+static inline std::pair<sh_u32, sh_u32> emu_desc_range(const EmuDesc& d, int rows) {
+  sh_u32 lo = ~0u, hi = 0;
+  for (int i = 0; i < rows; ++i)
+    for (int k = 0; k < 16; ++k) {
+      const sh_u32 a = emu_elem(d, i, k) & ~127u;
+      lo = std::min(lo, a);
+      hi = std::max(hi, a + 128u);
+    }
+  emu_smem_check(lo, hi - lo);
+  return {lo, hi};
 }
 static inline bool emu_pending(const float* x) {
   for (const auto& g : emu_wg.groups)
@@ -244,24 +300,22 @@ static inline bool emu_pending(const float* x) {
     if (x >= w.d && x < w.d + w.n / 2) return true;
   return false;
 }
-static inline void emu_wgmma_issue(float* d, int n, sh_u64 da, sh_u64 db, int accumulate) {
+static inline void emu_wgmma_issue(float* d, int n, sh_u64 da, sh_u64 db, int accumulate, bool tb) {
   if (!emu_wg.fenced) EMU_FAIL("wgmma issued without a wgmma.fence before its batch");
   // chaining groups on one accumulator is ordered for wgmmas of one shape; starting it afresh is a race
   if (emu_pending(d) && !accumulate) EMU_FAIL("wgmma with accumulate 0 into a fragment a pending wgmma writes");
-  std::pair<sh_u32, sh_u32> ra, rb;
-  emu_desc_addr(da, 64, &ra);
-  emu_desc_addr(db, n, &rb);
+  const std::pair<sh_u32, sh_u32> ra = emu_desc_range(emu_desc(da, false), 64), rb = emu_desc_range(emu_desc(db, tb), n);
   {
     std::lock_guard<std::mutex> l(emu_mu);
     emu_reads.insert(ra);
     emu_reads.insert(rb);
   }
-  emu_wg.open.push_back({d, n, accumulate, da, db});
+  emu_wg.open.push_back({d, n, accumulate, da, db, tb});
 }
 // m64nNk16: thread t of the warpgroup holds rows 16 (t/32) + (t%32)/4 and that + 8, column pairs 8j + 2 (t%4)
 static inline void emu_wgmma_run(const EmuWgmma& w) {
-  std::pair<sh_u32, sh_u32> ra, rb;
-  const sh_u32 a = emu_desc_addr(w.da, 64, &ra), b = emu_desc_addr(w.db, w.n, &rb);
+  const EmuDesc a = emu_desc(w.da, false), b = emu_desc(w.db, w.tb);
+  const std::pair<sh_u32, sh_u32> ra = emu_desc_range(a, 64), rb = emu_desc_range(b, w.n);
   const int t = (int)(threadIdx.x % 128), r0 = 16 * (t / 32) + (t % 32) / 4;
   for (int j = 0; j < w.n / 8; ++j)
     for (int q = 0; q < 4; ++q) {
@@ -269,8 +323,8 @@ static inline void emu_wgmma_run(const EmuWgmma& w) {
       float sum = 0.f;
       for (int k = 0; k < 16; ++k) {
         unsigned short x, y;
-        std::memcpy(&x, emu_smem + emu_swz(a + 128 * r + 2 * k), 2);
-        std::memcpy(&y, emu_smem + emu_swz(b + 128 * c + 2 * k), 2);
+        std::memcpy(&x, emu_smem + emu_swz(emu_elem(a, r, k)), 2);
+        std::memcpy(&y, emu_smem + emu_swz(emu_elem(b, c, k)), 2);
         sum += emu_f32(x) * emu_f32(y);
       }
       w.d[4 * j + q] = (w.accumulate ? w.d[4 * j + q] : 0.f) + sum;
@@ -305,7 +359,12 @@ SH_DEV void sh_reg_fence(float& x) {
 }
 #define EMU_WGMMA_BF16(N)                                                                                  \
   SH_DEV void sh_wgmma_bf16_m64n##N(float (&d)[N / 2], sh_u64 da, sh_u64 db, int accumulate) {             \
-    emu_wgmma_issue(d, N, da, db, accumulate);                                                             \
+    emu_wgmma_issue(d, N, da, db, accumulate, false);                                                      \
+  }
+// B N-major (imm-trans-b = 1: the bMnMajor kernels' sh_wgmma_bf16_tb_m64n<N>)
+#define EMU_WGMMA_BF16_TB(N)                                                                               \
+  SH_DEV void sh_wgmma_bf16_tb_m64n##N(float (&d)[N / 2], sh_u64 da, sh_u64 db, int accumulate) {          \
+    emu_wgmma_issue(d, N, da, db, accumulate, true);                                                       \
   }
 
 // ---- launch: one block at a time, fresh barriers and shared memory for each ----

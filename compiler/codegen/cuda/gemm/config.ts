@@ -16,6 +16,11 @@
 // block per expert, each summed over its expert's 64-column blocks of A [M][P] and B [N][P] (the MoE
 // weight gradient). The tile index runs expert-major (kGroupedTileCoords), and D is stored through a
 // 3-D map [E][M][N], so M needs no alignment: a tile's rows past M are clipped at its expert's block.
+//
+// With `bMnMajor` (bf16, not K-grouped, no multicast) B is read in its natural [E][K][N] layout (N
+// contiguous: segment_dot's weights) instead of [E][N][K]: each stage takes blockN/64 TMA boxes of
+// 64 K rows x 64 N columns (128 bytes, 128-byte swizzle), each into its own 8 KiB region, and the
+// wgmmas read B N-major (imm-trans-b = 1) through an MN-major descriptor (ptx.ts sh_wgmma_desc_mn).
 import { CompileError } from "../../../errors.ts";
 import { FP8_BLOCK, GROUPED_M_ALIGN } from "../../../numeric/fp8-gemm.ts";
 
@@ -82,6 +87,13 @@ export interface Fp8GemmConfig {
    * measurements favour); the kernel takes one more parameter, E, after K.
    */
   kGrouped?: boolean;
+  /**
+   * B MN-major (absent = off; bf16, blockN a multiple of 64, not K-grouped, no multicast): B is [E][K][N]
+   * bf16 (N contiguous; dense: [K][N]) and loaded through a 3-D map [E][K][N] in blockN/64 boxes of 64 N
+   * columns x 64 K rows a stage (so K past an expert's end reads zeros, not the next expert's rows);
+   * the wgmmas take B transposed (imm-trans-b 1). Name suffix _bn.
+   */
+  bMnMajor?: boolean;
 }
 
 export const SMEM_LIMIT = 232448; // 227 KiB: the opt-in maximum per block on H100 / H200
@@ -114,7 +126,7 @@ export const smemBytes = (c: Fp8GemmConfig): number => SMEM_ALIGN_SLACK + c.stag
 export const spansScaleBlocks = (c: Fp8GemmConfig): boolean => !isBf16(c) && FP8_BLOCK % c.blockN !== 0;
 
 export function configName(c: Fp8GemmConfig): string {
-  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? "_ts" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}`;
+  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? "_ts" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}`;
 }
 
 /** Why a configuration cannot be emitted, or undefined. */
@@ -142,6 +154,11 @@ export function configProblem(c: Fp8GemmConfig): string | undefined {
     return "row runs are for grouped bf16 kernels with two consumers (128-row blocks; e4m3's A scales by TMA need 16-byte aligned row starts)";
   if (c.kGrouped && !(c.grouped && isBf16(c) && c.consumers === 2 && !c.multicast && !c.rowRuns))
     return "K-grouped kernels (kGrouped) are grouped bf16 kernels with two consumers, without multicast or row runs: set ab \"bf16\", grouped, consumers 2";
+  if (c.bMnMajor) {
+    if (!isBf16(c)) return "MN-major B (bMnMajor) is for bf16 operands (wgmma transposes only 16-bit B): set ab \"bf16\" or bMnMajor off";
+    if (c.kGrouped || c.multicast) return "MN-major B (bMnMajor) is for the M-grouped and dense bf16 kernels, without kGrouped or multicast";
+    if (c.blockN % 64 !== 0) return `MN-major B (bMnMajor) loads 64-column boxes of B: blockN must be a multiple of 64, got ${c.blockN}`;
+  }
   if (c.overlap) return overlapProblem(c);
   return undefined;
 }
@@ -249,6 +266,17 @@ export function bf16GemmCandidates(grouped: boolean): Fp8GemmConfig[] {
   const out: Fp8GemmConfig[] = [{ ab: "bf16", consumers: 1, blockN: 128, stages: 4, persistent: false, grouped }];
   for (const [consumers, blockN, tmaStore] of BF16_SHAPES) out.push(filled({ ab: "bf16", consumers, blockN, persistent: true, grouped, ...(tmaStore ? { tmaStore } : {}) }));
   if (!grouped) out.push(filled({ ab: "bf16", consumers: 2, blockN: 256, persistent: true, grouped, multicast: true, tmaStore: true }));
+  return out.filter((c) => configProblem(c) === undefined);
+}
+
+/**
+ * The MN-major-B bf16 configurations to time (bMnMajor: B [E][K][N] as segment_dot's weights are), dense or
+ * grouped: BF16_SHAPES's two-consumer shapes whose blockN is a multiple of 64 (the 64-column boxes of B).
+ */
+export function bf16MnMajorCandidates(grouped: boolean): Fp8GemmConfig[] {
+  const out: Fp8GemmConfig[] = [];
+  for (const [consumers, blockN, tmaStore] of BF16_SHAPES)
+    if (consumers === 2 && blockN % 64 === 0) out.push(filled({ ab: "bf16", consumers, blockN, persistent: true, grouped, ...(tmaStore ? { tmaStore } : {}), bMnMajor: true }));
   return out.filter((c) => configProblem(c) === undefined);
 }
 

@@ -15,7 +15,7 @@
 // sbs/SB_BYTES (row-scaled B), M, KB, split/second (when a tile spans two scale blocks of B).
 import { FP8_BLOCK } from "../../../numeric/fp8-gemm.ts";
 import { spansScaleBlocks, type Fp8GemmConfig } from "./config.ts";
-import { wgmmaName } from "./ptx.ts";
+import { MN_K16_STEP, wgmmaName } from "./ptx.ts";
 
 /**
  * Scales. A's (two rows per thread, a0/a1) arrive by TMA with each stage, SA_BYTES per stage from
@@ -81,12 +81,14 @@ ${pad}}
  * afresh, `1` adds to it (bf16 blocks after a tile's first).
  */
 function issue(c: Fp8GemmConfig, frag: string, pad: string, accumulate = "k"): string {
+  // MN-major B (bMnMajor): its own descriptor, a k16 step 16 rows of 128 bytes further (ptx.ts MN_MAJOR_B)
+  const mn = c.bMnMajor === true;
   return `${pad}sh_mbar_wait(bars + 8 * s, phase);  // the stage's bytes have landed
 ${pad}{
-${pad}  const sh_u64 da = sh_wgmma_desc(tilesA + s * A_BYTES + wg * 64 * ${FP8_BLOCK}), db = sh_wgmma_desc(tilesB + s * B_BYTES);
+${pad}  const sh_u64 da = sh_wgmma_desc(tilesA + s * A_BYTES + wg * 64 * ${FP8_BLOCK}), db = ${mn ? "sh_wgmma_desc_mn" : "sh_wgmma_desc"}(tilesB + s * B_BYTES);
 ${pad}  sh_wgmma_fence();
 #pragma unroll
-${pad}  for (int k = 0; k < ${FP8_BLOCK / 32}; ++k) ${wgmmaName(c.blockN, c.ab)}(${frag}, da + 2 * k, db + 2 * k, ${accumulate});
+${pad}  for (int k = 0; k < ${FP8_BLOCK / 32}; ++k) ${wgmmaName(c.blockN, c.ab, mn)}(${frag}, da + 2 * k, db + ${mn ? MN_K16_STEP : 2} * k, ${accumulate});
 ${pad}  sh_wgmma_commit();
 ${pad}}
 ${pad}if (++s == S) { s = 0; phase ^= 1; }

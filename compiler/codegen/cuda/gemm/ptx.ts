@@ -152,8 +152,56 @@ SH_DEV void sh_tma_store_3d(const sh_tensor_map* m, sh_u32 src, int c0, int c1, 
 #endif
 `;
 
-/** The wrapper's name for a tile width and operand type (kernels of both types may share a source). */
-export const wgmmaName = (n: number, ab?: "e4m3" | "bf16"): string => (ab === "bf16" ? `sh_wgmma_bf16_m64n${n}` : `sh_wgmma_m64n${n}`);
+/**
+ * What an MN-major B (config bMnMajor) needs besides GEMM_PTX, outside it so the other kernels keep their
+ * sources: the 3-D TMA load of a box of B [E][K][N], and B's descriptor.
+ *
+ * The descriptor. PTX ISA 9.1, "Shared Memory Matrix Layout" (9.7.15.5.1.2) and "Matrix Descriptor Format"
+ * (9.7.15.5.1.2.2): the matrix is normalized to 128-bit elements (8 bf16); for an MN-major operand with a
+ * swizzled layout the leading dimension byte offset (bits 16-29, >> 4) is "the offset from the first
+ * (swizzle-byte-size/16) rows to the next (swizzle-byte-size/16) rows" - rows of the normalized matrix
+ * run along MN, so with the 128-byte swizzle that is from one 64-element MN chunk to the next - and the
+ * stride dimension byte offset (bits 32-45) "the offset from the first 8 columns to the next 8 columns",
+ * the columns running along K. CUTLASS's make_gmma_desc (cute/atom/mma_traits_sm90_gmma.hpp) writes the
+ * same canonical MN-major SW128 layout, in 16-byte units, as Swizzle<3,4,3> o ((T,8,m),(8,k)) :
+ * ((1,T,LBO),(8T,SBO)) and sets LBO and SBO from those strides. So element (n, k) of a B tile sits at
+ *   start + 2 (n % 64) + LBO (n / 64) + 128 (k % 8) + SBO (k / 8),
+ * then the 128-byte swizzle of the address (bits 4-6 ^= bits 7-9), as for K-major. Our stage holds B as
+ * blockN/64 TMA boxes of 64 K rows x 128 bytes (64 N columns), each its own 8 KiB region: the MN chunks
+ * are 8192 B apart (LBO = 8192) and K's 8-row groups 1024 B apart (SBO = 1024); base offset 0 (the
+ * regions are 1024-byte aligned), swizzle mode 1 (128 B). A k16 wgmma step covers 16 K rows: its start
+ * advances 16 x 128 = 2048 B (128 in the >> 4 units) where the K-major one advances 32 B (2 units).
+ * test/codegen/emu/hopper-gemm-emu.h decodes both forms from the bits and runs whole kernels on them (the
+ * descriptor function is the kernel's own: plain arithmetic, in a guard of its own the model leaves open).
+ */
+export const MN_MAJOR_B = String.raw`#ifndef SHARDTS_GEMM_TMA_LOAD_3D
+#define SHARDTS_GEMM_TMA_LOAD_3D
+// One 3-D box (c0 = innermost coordinate, in elements): B [E][K][N] at (n, k, e); out-of-bounds parts are zeros.
+SH_DEV void sh_tma_load_3d(sh_u32 dst, const sh_tensor_map* m, int c0, int c1, int c2, sh_u32 bar) {
+  asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];"
+               :: "r"(dst), "l"(reinterpret_cast<sh_u64>(m)), "r"(c0), "r"(c1), "r"(c2), "r"(bar) : "memory");
+}
+#endif
+#ifndef SHARDTS_GEMM_DESC_MN
+#define SHARDTS_GEMM_DESC_MN
+// MN-major B with the 128-byte swizzle (see ptx.ts MN_MAJOR_B): LBO 8192 B between 64-column boxes,
+// SBO 1024 B between 8-row groups of K, base offset 0, swizzle mode 1. A k16 step adds 2048 B (128).
+SH_DEV sh_u64 sh_wgmma_desc_mn(sh_u32 smem) {
+  return (sh_u64)((smem & 0x3FFFF) >> 4) | ((sh_u64)(8192 >> 4) << 16) | ((sh_u64)(1024 >> 4) << 32) | ((sh_u64)1 << 62);
+}
+#endif
+`;
+
+/** Bytes between the 64-column boxes of an MN-major B stage (the descriptor's leading byte offset). */
+export const MN_BOX_BYTES = 8192;
+/** The MN-major B descriptor's start-address advance per k16 step, in its >> 4 units (16 rows of 128 bytes). */
+export const MN_K16_STEP = (16 * 128) >> 4;
+
+/**
+ * The wrapper's name for a tile width and operand type (kernels of both types may share a source); `tb`:
+ * B transposed (N-major, bMnMajor).
+ */
+export const wgmmaName = (n: number, ab?: "e4m3" | "bf16", tb = false): string => (ab === "bf16" ? `sh_wgmma_bf16${tb ? "_tb" : ""}_m64n${n}` : `sh_wgmma_m64n${n}`);
 
 /**
  * `sh_wgmma_m64n{N}(d, descA, descB, accumulate)`: one m64nNk32 e4m3×e4m3→f32 wgmma on the N/2
@@ -161,18 +209,19 @@ export const wgmmaName = (n: number, ab?: "e4m3" | "bf16"): string => (ab === "b
  * one m64nNk16 bf16×bf16→f32 wgmma (32 bytes of K either way, so the descriptors step alike), whose
  * two trailing immediates say neither operand is transposed (both K-major, as the e4m3 form requires).
  */
-export function wgmmaWrapper(n: number, ab?: "e4m3" | "bf16"): string {
+export function wgmmaWrapper(n: number, ab?: "e4m3" | "bf16", tb = false): string {
   const regs = n / 2;
   const list = Array.from({ length: regs }, (_, i) => `%${i}`).join(", ");
   const outs = Array.from({ length: regs }, (_, i) => `"+f"(d[${i}])`);
   const lines: string[] = [];
   for (let i = 0; i < outs.length; i += 8) lines.push(`      ${outs.slice(i, i + 8).join(", ")}`);
   const bf16 = ab === "bf16";
-  const guard = bf16 ? `SHARDTS_WGMMA_BF16_N${n}` : `SHARDTS_WGMMA_N${n}`;
-  const op = bf16 ? `m64n${n}k16.f32.bf16.bf16 {${list}}, %${regs}, %${regs + 1}, p, 1, 1, 0, 0` : `m64n${n}k32.f32.e4m3.e4m3 {${list}}, %${regs}, %${regs + 1}, p, 1, 1`;
+  const guard = bf16 ? `SHARDTS_WGMMA_BF16${tb ? "_TB" : ""}_N${n}` : `SHARDTS_WGMMA_N${n}`;
+  // the immediates: scale-d by p, scale-a 1, scale-b 1, trans-a 0 (A K-major), trans-b (1: B N-major)
+  const op = bf16 ? `m64n${n}k16.f32.bf16.bf16 {${list}}, %${regs}, %${regs + 1}, p, 1, 1, 0, ${tb ? 1 : 0}` : `m64n${n}k32.f32.e4m3.e4m3 {${list}}, %${regs}, %${regs + 1}, p, 1, 1`;
   return `#ifndef ${guard}
 #define ${guard}
-SH_DEV void ${wgmmaName(n, ab)}(float (&d)[${regs}], sh_u64 descA, sh_u64 descB, int accumulate) {
+SH_DEV void ${wgmmaName(n, ab, tb)}(float (&d)[${regs}], sh_u64 descA, sh_u64 descB, int accumulate) {
   asm volatile(
       "{\\n .reg .pred p;\\n setp.ne.b32 p, %${regs + 2}, 0;\\n"
       " wgmma.mma_async.sync.aligned.${op};\\n}"
