@@ -30,10 +30,17 @@ export function moeTransport(env: NodeJS.ProcessEnv = process.env): MoeTransport
   return v;
 }
 
-/** Blocks (one per SM) the NVLink kernels take: SHARDTS_MOE_SMS, default 20, at most the GPU's SMs. */
+/**
+ * The NVLink kernels' blocks (one per SM) when SHARDTS_MOE_SMS is unset. On 2 H200s the round trip over
+ * the 16 dispatch/combine shapes ran 1.23-1.39x torch (bf16) with 20, 1.42-1.66x with 32 and 1.57-1.84x
+ * with 48 (FP8 1.95-2.26x) (bench/results/2026-11-23-moe-dispatch-h200x2-v3.txt).
+ */
+export const MOE_SMS_DEFAULT = 48;
+
+/** Blocks (one per SM) the NVLink kernels take: SHARDTS_MOE_SMS, default MOE_SMS_DEFAULT, at most the GPU's SMs. */
 export function moeSms(smCount: number, env: NodeJS.ProcessEnv = process.env): number {
   const v = env.SHARDTS_MOE_SMS;
-  const n = v === undefined || v === "" ? 20 : Number(v);
+  const n = v === undefined || v === "" ? MOE_SMS_DEFAULT : Number(v);
   if (!Number.isInteger(n) || n <= 0) throw new UsageError(`SHARDTS_MOE_SMS=${JSON.stringify(v)} must be a positive whole number of SMs`);
   return Math.min(n, smCount);
 }

@@ -93,7 +93,7 @@ describe("MoE NVLink peer windows", () => {
     expect(moeTransport({})).toBe("nccl");
     expect(moeTransport({ SHARDTS_MOE_TRANSPORT: "nvlink" })).toBe("nvlink");
     expect(() => moeTransport({ SHARDTS_MOE_TRANSPORT: "ipc" })).toThrow(/use nccl .* or nvlink/);
-    expect(moeSms(132, {})).toBe(20);
+    expect(moeSms(132, {})).toBe(48);
     expect(moeSms(16, { SHARDTS_MOE_SMS: "64" })).toBe(16);
     expect(() => moeSms(132, { SHARDTS_MOE_SMS: "0" })).toThrow(/positive whole number/);
     expect(windowMaxBytes({ SHARDTS_MOE_WINDOW_MAX_BYTES: "1024" })).toBe(1024);

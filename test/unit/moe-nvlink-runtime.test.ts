@@ -17,7 +17,7 @@ import { grad } from "../../stdlib/autodiff.ts";
 import { compile } from "../../compiler/pipeline.ts";
 import { CachingAllocator, empty, type DeviceTensor } from "../../runtime/cuda/memory.ts";
 import { MOE_OPS } from "../../compiler/ops/dispatch.ts";
-import { runMoeNvlink } from "../../runtime/cuda/moe-nvlink.ts";
+import { MOE_SMS_DEFAULT, runMoeNvlink } from "../../runtime/cuda/moe-nvlink.ts";
 import { RECORD_FIELDS } from "../../runtime/cuda/ipc.ts";
 import type { CudaExecutor } from "../../runtime/cuda/executor.ts";
 
@@ -121,7 +121,7 @@ describe("the NVLink MoE path's host side", () => {
     const nvl = launches.filter((l) => l.name.startsWith("shardts_moe_nvl_"));
     expect(nvl.length).toBe(ops.length);
     for (const l of launches.filter((x) => x.want)) expect(l.params, l.name).toBe(l.want);
-    expect(nvl.every((l) => l.grid === 20)).toBe(true); // SHARDTS_MOE_SMS default
+    expect(nvl.every((l) => l.grid === MOE_SMS_DEFAULT)).toBe(true); // SHARDTS_MOE_SMS default
     expect(log.filter((l) => l === "open")).toHaveLength(1); // the peer's window, mapped once (no growth past the first op here)
     expect(launches.some((l) => l.name.startsWith("shardts_moe_combine_f32_v"))).toBe(true); // the existing combine reads the window
   });
