@@ -33,7 +33,7 @@ export function moeTransport(env: NodeJS.ProcessEnv = process.env): MoeTransport
 /**
  * The NVLink kernels' blocks (one per SM) when SHARDTS_MOE_SMS is unset. On 2 H200s the round trip over
  * the 16 dispatch/combine shapes ran 1.23-1.39x torch (bf16) with 20, 1.42-1.66x with 32 and 1.57-1.84x
- * with 48 (FP8 1.95-2.26x) (bench/results/2026-11-23-moe-dispatch-h200x2-v3.txt).
+ * with 48 (FP8 1.95-2.28x) (bench/results/2026-11-23-moe-dispatch-h200x2-v3.txt).
  */
 export const MOE_SMS_DEFAULT = 48;
 
