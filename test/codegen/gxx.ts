@@ -68,3 +68,27 @@ ${blocks.join("\n")}
   for (const check of checks) at = check(out, at);
   if (at !== out.length) throw new Error(`${name}: the checks read ${at} of the program's ${out.length} output bytes`);
 }
+
+/**
+ * Builds and runs whole GEMM kernels on the CPU model of TMA / mbarrier / wgmma (emu/hopper-gemm-emu.h):
+ * `build` writes `harness(kernel)` as `tag`.cpp in `dir` and compiles it; `output` runs it with its
+ * arguments and returns its stdout, also when it exits non-zero (the harness prints why it failed).
+ */
+export function gemmModel<K>(dir: string, harness: (k: K) => string) {
+  const run = promisify(execFile);
+  return {
+    build: async (k: K, tag: string): Promise<string> => {
+      const exe = join(dir, tag);
+      writeFileSync(`${exe}.cpp`, harness(k));
+      await run(GXX!, ["-std=c++20", "-O1", "-pthread", "-w", `-I${EMU}`, `${exe}.cpp`, "-o", exe], { maxBuffer: 16 << 20 });
+      return exe;
+    },
+    output: async (exe: string, args: number[]): Promise<string> => {
+      try {
+        return (await run(exe, args.map(String), { timeout: 300_000 })).stdout;
+      } catch (e) {
+        return String((e as { stdout?: string }).stdout ?? e);
+      }
+    },
+  };
+}

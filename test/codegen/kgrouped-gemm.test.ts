@@ -10,11 +10,10 @@
 // fit; the model fails a wait that never completes, so a ring the producer and the consumers step
 // differently shows as a deadlock, not a hang. Mutated kernels show the model catches both.
 import { describe, expect, it } from "vitest";
-import { execFile, execFileSync } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { promisify } from "node:util";
 import { CompileError } from "../../compiler/errors.ts";
 import { emitFp8Gemm, type Fp8GemmKernel } from "../../compiler/codegen/cuda/gemm/emit.ts";
 import {
@@ -32,12 +31,11 @@ import {
   stagingBytes,
   type Fp8GemmConfig,
 } from "../../compiler/codegen/cuda/gemm/config.ts";
-import { EMU, GXX, NVCC, noteIfNoGxx, noteIfNoNvcc } from "./gxx.ts";
+import { GXX, NVCC, gemmModel, noteIfNoGxx, noteIfNoNvcc } from "./gxx.ts";
 import { compileGemmKernel } from "./gemm-ptxas.ts";
 
 noteIfNoNvcc("kgrouped-gemm.test.ts");
 noteIfNoGxx("kgrouped-gemm.test.ts");
-const run = promisify(execFile);
 
 describe("K-grouped bf16 GEMM configurations", () => {
   it("takes the interface's configuration, names it _kg, and defaults to 128 x 256 tiles where N is a multiple of 256", () => {
@@ -231,20 +229,7 @@ int main(int argc, char** argv) {
 }
 
 describe.skipIf(!GXX)("K-grouped kernels run whole on a CPU model of TMA / mbarrier / wgmma", () => {
-  const dir = mkdtempSync(join(tmpdir(), "shardts-kg-emu-"));
-  const build = async (k: Fp8GemmKernel, tag: string): Promise<string> => {
-    const exe = join(dir, tag);
-    writeFileSync(`${exe}.cpp`, emulationHarness(k));
-    await run(GXX!, ["-std=c++20", "-O1", "-pthread", "-w", `-I${EMU}`, `${exe}.cpp`, "-o", exe], { maxBuffer: 16 << 20 });
-    return exe;
-  };
-  const output = async (exe: string, args: number[]): Promise<string> => {
-    try {
-      return (await run(exe, args.map(String), { timeout: 300_000 })).stdout;
-    } catch (e) {
-      return String((e as { stdout?: string }).stdout ?? e);
-    }
-  };
+  const { build, output } = gemmModel(mkdtempSync(join(tmpdir(), "shardts-kg-emu-")), (k: Fp8GemmKernel) => emulationHarness(k));
   // [M, N, grid, blocks per expert...]: empty experts between, before and after ones of different K
   // lengths; M and N with partial last tiles; one CTA taking every tile, or several striding over them
   const problems: number[][] = [

@@ -11,20 +11,18 @@
 // exactly (small integer operands: every sum is exact). Mutants (a wrong LBO, SBO or k step, B read
 // K-major) must fail there.
 import { describe, expect, it } from "vitest";
-import { execFile, execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { promisify } from "node:util";
 import { emitFp8Gemm, type Fp8GemmKernel } from "../../compiler/codegen/cuda/gemm/emit.ts";
 import { aTileBytes, bTileBytes, bf16MnMajorCandidates, blockM, configName, configProblem, defaultBf16GemmConfig, stagingBytes, type Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { MN_BOX_BYTES, MN_K16_STEP } from "../../compiler/codegen/cuda/gemm/ptx.ts";
-import { EMU, GXX, NVCC, noteIfNoGxx, noteIfNoNvcc } from "./gxx.ts";
+import { EMU, GXX, NVCC, gemmModel, noteIfNoGxx, noteIfNoNvcc } from "./gxx.ts";
 import { compileGemmKernel } from "./gemm-ptxas.ts";
 
 noteIfNoNvcc("mn-major-gemm.test.ts");
 noteIfNoGxx("mn-major-gemm.test.ts");
-const run = promisify(execFile);
 /** cuobjdump beside nvcc or on PATH, for the SASS listing (absent on some CPU machines: then skipped, said). */
 const CUOBJDUMP: string | undefined = (() => {
   for (const c of [NVCC && join(NVCC, "..", "cuobjdump"), "cuobjdump", "/usr/local/cuda/bin/cuobjdump"])
@@ -194,20 +192,7 @@ int main(int argc, char** argv) {
 }
 
 describe.skipIf(!GXX)("MN-major B kernels run whole on the CPU model, descriptors decoded from their bits", () => {
-  const dir = mkdtempSync(join(tmpdir(), "shardts-bn-emu-"));
-  const build = async (k: Fp8GemmKernel, tag: string): Promise<string> => {
-    const exe = join(dir, tag);
-    writeFileSync(`${exe}.cpp`, harness(k));
-    await run(GXX!, ["-std=c++20", "-O1", "-pthread", "-w", `-I${EMU}`, `${exe}.cpp`, "-o", exe], { maxBuffer: 16 << 20 });
-    return exe;
-  };
-  const output = async (exe: string, args: number[]): Promise<string> => {
-    try {
-      return (await run(exe, args.map(String), { timeout: 300_000 })).stdout;
-    } catch (e) {
-      return String((e as { stdout?: string }).stdout ?? e);
-    }
-  };
+  const { build, output } = gemmModel(mkdtempSync(join(tmpdir(), "shardts-bn-emu-")), (k: Fp8GemmKernel) => harness(k));
   // [K, N, E, grid, gap, (expert, rows)...]: K not a multiple of 64 (the 3-D map's zeros past an expert's
   // K), N not a multiple of the tile or of 64, segments of several blocks and partial ones, an expert with
   // none, experts out of order, one CTA or several
@@ -256,9 +241,7 @@ describe.skipIf(!GXX)("MN-major B kernels run whole on the CPU model, descriptor
     }
     // the wgmma read K-major (imm-trans-b 0) on the MN-major stage
     const kmajorRead = harness(good).replace("#define SHARDTS_WGMMA_BF16_TB_N256\nEMU_WGMMA_BF16_TB(256)", "#define SHARDTS_WGMMA_BF16_TB_N256\nEMU_WGMMA_BF16(256)\nSH_DEV void sh_wgmma_bf16_tb_m64n256(float (&d)[128], sh_u64 da, sh_u64 db, int acc) { sh_wgmma_bf16_m64n256(d, da, db, acc); }");
-    const exe = join(dir, "mutant-trans-b-0");
-    writeFileSync(`${exe}.cpp`, kmajorRead);
-    await run(GXX!, ["-std=c++20", "-O1", "-pthread", "-w", `-I${EMU}`, `${exe}.cpp`, "-o", exe], { maxBuffer: 16 << 20 });
+    const exe = await gemmModel(mkdtempSync(join(tmpdir(), "shardts-bn-emu-")), (source: string) => source).build(kmajorRead, "mutant-trans-b-0");
     expect(await output(exe, [208, 320, 3, 2, 5, 1, 2, 130, 0, 1, 2, 255])).toMatch(/FAIL/);
   }, 600_000);
 });
