@@ -9,7 +9,6 @@ import { CompileError } from "../../compiler/errors.ts";
 import { empty, type DeviceTensor } from "./memory.ts";
 import * as K from "./kernels/sources.ts";
 import * as M from "./kernels/moe-sources.ts";
-import { packArgs } from "./native.ts";
 import { concatSplit, dot, gather, scatterAdd, segmentContract } from "./ops.ts";
 import { FP8_OPS, runFp8 } from "./fp8.ts";
 import { scaledSegmentDotCuda, scaledSegmentWgradCuda } from "./fp8-segment.ts";
@@ -63,7 +62,7 @@ export function deviceOp(ex: CudaExecutor, plan: Plan, ins: OpInstr, r: number, 
         // a block per row, its threads sorting 256 keys at a time (moe_dispatch's permute: the same
         // stable order and -1 padding); the one-thread-a-row kernel took 6.8 ms for one row of 49152
         // keys on an H200 (bench/results/2026-11-23-moe-graph-h200-trace.txt)
-        if (B > 0) ex.addon.launchKernel(ex.fn(M.moeRoute().name, M.moeRoute().source), [Math.min(B, ex.smCount * 8), 1, 1], [M.MOE_ROUTE_BLOCK, 1, 1], 0, ex.stream, packArgs(["ptr", cnt.ptr], ["ptr", perm.ptr], ["ptr", Kt.ptr], ["i64", B], ["i32", n], ["i32", G]));
+        if (B > 0) ex.launchGrid(M.moeRoute(), Math.min(B, ex.smCount * 8), M.MOE_ROUTE_BLOCK, [["ptr", cnt.ptr], ["ptr", perm.ptr], ["ptr", Kt.ptr], ["i64", B], ["i32", n], ["i32", G]]);
       } else {
         const start = empty(ex.mem, "i32", [B, G]);
         ex.launch1D(K.sortByKey(), B, [["ptr", perm.ptr], ["ptr", cnt.ptr], ["ptr", start.ptr], ["ptr", Kt.ptr], ["i64", B], ["i32", n], ["i32", G]]);

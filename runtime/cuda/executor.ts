@@ -111,7 +111,7 @@ export class CudaExecutor {
   /** How the emitters write kernels (compiler/codegen/cuda/tuning.ts); plans are re-lowered when it changes. */
   tuning: EmitTuning = DEFAULT_TUNING;
   private fns = new Map<string, { source: string; fn: KernelFunction }[]>();
-  /** bf16 segment_dot / segment_wgrad plan on device-side counts, no host read (capturable): SHARDTS_SEGMENT_COUNTS=device (default host; segment-device.ts). */
+  /** bf16 segment_dot / segment_wgrad plan their GEMMs from device-side counts, no host read (capturable; segment-device.ts): SHARDTS_SEGMENT_COUNTS, default device (host: read back). */
   segmentCountsOnDevice = segmentCountsFromEnv(process.env.SHARDTS_SEGMENT_COUNTS);
   /** Rank-local execution over NCCL (one process per GPU); unset: every rank simulated on this GPU. */
   rankLocal?: RankLocal;
@@ -160,8 +160,12 @@ export class CudaExecutor {
 
   launch1D(k: { name: string; source: string }, n: number, args: KernelArg[], stream: Stream = this.stream): void {
     if (n <= 0) return;
-    const grid = Math.min(Math.ceil(n / BLOCK), this.smCount * 8);
-    this.addon.launchKernel(this.fn(k.name, k.source), [grid, 1, 1], [BLOCK, 1, 1], 0, stream, packArgs(...args));
+    this.launchGrid(k, Math.min(Math.ceil(n / BLOCK), this.smCount * 8), BLOCK, args, stream);
+  }
+
+  /** Launches kernel `k` (compiled once, looked up by name and source) on `grid` blocks of `block` threads, no dynamic shared memory. */
+  launchGrid(k: { name: string; source: string }, grid: number, block: number, args: KernelArg[] | Uint8Array, stream: Stream = this.stream): void {
+    this.addon.launchKernel(this.fn(k.name, k.source), [grid, 1, 1], [block, 1, 1], 0, stream, args instanceof Uint8Array ? args : packArgs(...args));
   }
 
   /** Copies `src` (laid out as `from` dims) into a new tensor laid out in `order`. */
@@ -188,14 +192,14 @@ export class CudaExecutor {
     if (plan.kind === "runs") {
       const warps = plan.runs * plan.chunks, grid = Math.min(Math.ceil((warps * 32) / BLOCK), this.smCount * 8), k = runCopy(plan.word);
       const args = packArgs(["ptr", dst], ["ptr", src], ["bytes", moveGeoBytes(plan.outer), 8], ["i64", plan.runs], ["i64", plan.run], ["i64", plan.chunks], ["i64", RUN_CHUNK]);
-      this.addon.launchKernel(this.fn(k.name, k.source), [grid, 1, 1], [BLOCK, 1, 1], 0, stream, args);
+      this.launchGrid(k, grid, BLOCK, args, stream);
       return;
     }
     if (plan.kind === "transpose") {
       const T = plan.wide ? 128 / plan.elem : 32, k = plan.wide ? transposeWide(plan.elem as 1 | 2) : transposeCopy(plan.elem);
       const tiles = plan.batches * Math.ceil(plan.P / T) * Math.ceil(plan.L / T), grid = Math.min(tiles, this.smCount * 8);
       const args = packArgs(["ptr", dst], ["ptr", src], ["bytes", moveGeoBytes(plan.batch), 8], ["i64", plan.batches], ["i64", plan.P], ["i64", plan.L], ["i64", plan.lis], ["i64", plan.pos]);
-      this.addon.launchKernel(this.fn(k.name, k.source), [grid, 1, 1], [256, 1, 1], 0, stream, args);
+      this.launchGrid(k, grid, 256, args, stream);
       return;
     }
     // the kernel's arguments (out, in, Geo) written straight into one reused block: the MoE

@@ -30,7 +30,6 @@ import { gatherRows, i32, paddedLayout, paddedLayoutOf } from "./padded-segments
 import { dequantizeCuda, quantizeCuda } from "./fp8.ts";
 import * as K from "./kernels/sources.ts";
 import * as Q from "./kernels/fp8-sources.ts";
-import { packArgs } from "./native.ts";
 import type { CudaExecutor } from "./executor.ts";
 
 /** The grouped kernel the executor launches (defaultGemmConfig: the fastest grouped kernel on the GEMM bench). */
@@ -125,8 +124,8 @@ function quantizeColumnsT(ex: CudaExecutor, x: DeviceTensor, xs: DeviceTensor | 
   const q = empty(ex.mem, "fp8e4m3", [width, M]), s = empty(ex.mem, "f32", [M / GROUPED_M_ALIGN, width]);
   const vec = (width * K.elemBytes(x.dtype)) % 16 === 0 && x.ptr % 16n === 0n ? 1 : 0;
   const k = Q.wgradColumns(src);
-  ex.addon.launchKernel(ex.fn(k.name, k.source), [(M / GROUPED_M_ALIGN) * Math.ceil(width / Q.wgradStrip(src)), 1, 1], [256, 1, 1], 0, ex.stream,
-    packArgs(["ptr", q.ptr], ["ptr", s.ptr], ["ptr", x.ptr], ["ptr", xs?.ptr ?? 0n], ["ptr", rowMap.ptr], ["i64", rows], ["i32", width], ["i64", M], ["i32", vec]));
+  ex.launchGrid(k, (M / GROUPED_M_ALIGN) * Math.ceil(width / Q.wgradStrip(src)), 256,
+    [["ptr", q.ptr], ["ptr", s.ptr], ["ptr", x.ptr], ["ptr", xs?.ptr ?? 0n], ["ptr", rowMap.ptr], ["i64", rows], ["i32", width], ["i64", M], ["i32", vec]]);
   return { q, s };
 }
 

@@ -11,7 +11,7 @@ import { numel } from "../../compiler/ir/types.ts";
 import { CompileError } from "../../compiler/errors.ts";
 import { Extra, move, tokenSide, type RunStep } from "./moe-exchange.ts";
 import { empty, type DeviceTensor } from "./memory.ts";
-import { packArgs, type KernelArg } from "./native.ts";
+import type { KernelArg } from "./native.ts";
 import * as K from "./kernels/sources.ts";
 import * as M from "./kernels/moe-sources.ts";
 import type { CudaExecutor } from "./executor.ts";
@@ -22,7 +22,7 @@ const names = (t: TensorType) => t.dims.map((d) => d.name);
 type OpInstr = Extract<Plan["instrs"][number], { kind: "op" }>;
 function launch(exe: CudaExecutor, k: { name: string; source: string }, blocks: number, threads: number, args: KernelArg[]): void {
   if (blocks <= 0) return;
-  exe.addon.launchKernel(exe.fn(k.name, k.source), [Math.min(blocks, exe.smCount * 8), 1, 1], [threads, 1, 1], 0, exe.stream, packArgs(...args));
+  exe.launchGrid(k, Math.min(blocks, exe.smCount * 8), threads, args);
 }
 
 /** Rows of `words` words gathered by perm; the word is the widest the row bytes and pointers allow. */

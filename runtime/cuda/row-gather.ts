@@ -7,7 +7,6 @@ import * as K from "./kernels/sources.ts";
 import { rowGather } from "./kernels/move-sources.ts";
 import { MIN_RUN_BYTES } from "./copy-plan.ts";
 import { gatherWord } from "./kernels/moe-sources.ts";
-import { packArgs } from "./native.ts";
 import type { DeviceTensor } from "./memory.ts";
 import type { CudaExecutor } from "./executor.ts";
 
@@ -38,6 +37,5 @@ export function launchRowGather(ex: CudaExecutor, g: RowGather): void {
   }
   const w = gatherWord(rowBytes, [g.out.ptr, g.x.ptr]), k = rowGather(w), block = 256;
   const grid = Math.min(Math.ceil((n * 32) / block), ex.smCount * 8);
-  const args = packArgs(["ptr", g.out.ptr], ["ptr", g.x.ptr], ["ptr", g.idx.ptr], ["i64", g.B], ["i64", g.J], ["i64", rowBytes / w], ["i64", g.rows], ["i64", g.off], ["i64", g.global], ["ptr", g.bad.ptr]);
-  ex.addon.launchKernel(ex.fn(k.name, k.source), [grid, 1, 1], [block, 1, 1], 0, ex.stream, args);
+  ex.launchGrid(k, grid, block, [["ptr", g.out.ptr], ["ptr", g.x.ptr], ["ptr", g.idx.ptr], ["i64", g.B], ["i64", g.J], ["i64", rowBytes / w], ["i64", g.rows], ["i64", g.off], ["i64", g.global], ["ptr", g.bad.ptr]]);
 }

@@ -21,7 +21,6 @@ import { defaultKGroupedConfig, kGroupedProblem, shapeProblem } from "../../comp
 import { GROUPED_M_ALIGN } from "../../compiler/numeric/fp8-gemm.ts";
 import { empty, type DeviceTensor } from "./memory.ts";
 import { fp8GemmOf } from "./fp8-gemm.ts";
-import { packArgs } from "./native.ts";
 import { segmentPlacement } from "./segment-gemm.ts";
 import { segmentWeightsLayout, wgmmaSegmentConfig } from "./bf16-segment.ts";
 import { SEGMENT_COLUMN_BLOCK, SEGMENT_GATHER_BLOCK, SEGMENT_PLAN_BLOCK, SEGMENT_PLAN_SMEM_INTS, segmentColumnsPlan, segmentGatherT, segmentPlanInts, segmentRunsPlan } from "./kernels/segment-sources.ts";
@@ -95,11 +94,16 @@ function sizesOf(op: string, inTypes: readonly TensorType[], outType: TensorType
  * rank's shapes.
  */
 export function deviceSegmentRefusal(op: string, inTypes: readonly TensorType[], outType: TensorType, arch: string, local?: { inShapes: readonly (readonly number[])[]; outShape: readonly number[] }): string | undefined {
+  return refusal(op, inTypes, outType, arch, () => sizesOf(op, inTypes, outType, local));
+}
+
+/** deviceSegmentRefusal over this rank's sizes, made only past the type and architecture checks (they need the op's operands as segment_dot / segment_wgrad have them). */
+function refusal(op: string, inTypes: readonly TensorType[], outType: TensorType, arch: string, sizes: () => SegmentSizes): string | undefined {
   if (op !== "segment_dot" && op !== "segment_wgrad") return `${op} reads its counts on the host (device-side counts serve segment_dot and segment_wgrad; the FP8 ops keep host counts)`;
   const [tx, t1] = inTypes as [TensorType, TensorType];
   if (tx.dtype !== "bf16" || t1.dtype !== "bf16" || outType.dtype !== "bf16") return `${tx.dtype}, ${t1.dtype} -> ${outType.dtype} (device-side counts run bf16 to bf16 only, on the generated kernels)`;
   if (arch !== "sm_90a") return `${arch} (the generated kernels need Hopper, sm_90a)`;
-  const s = sizesOf(op, inTypes, outType, local);
+  const s = sizes();
   if (segmentPlanInts(s.bt, s.E) > SEGMENT_PLAN_SMEM_INTS) return `${s.bt} entries x ${s.E} groups: the plan's tables outgrow a block's shared memory (${SEGMENT_PLAN_SMEM_INTS} int32)`;
   if (s.bt * Math.max(s.R, s.Rout) >= 2 ** 31) return `${s.bt} x ${Math.max(s.R, s.Rout)} rows overflow the plan's 32-bit row indices`;
   if (op === "segment_dot") return shapeProblem({ M: GROUPED_M_ALIGN * Math.max(1, rowRunCapacity(s.bt, s.R, s.E)), N: s.N, K: s.K });
@@ -115,23 +119,20 @@ export function deviceSegmentRefusal(op: string, inTypes: readonly TensorType[],
 export function launchSegmentRuns(ex: CudaExecutor, o: { counts: DeviceTensor; bt: number; gC: number; first: number; E: number; packed: boolean; R: number; Rout: number; runs: DeviceTensor; cap: number; y: DeviceTensor; N: number }): void {
   const bytes = Math.max(16 * o.cap, 2 * o.bt * o.Rout * o.N);
   const k = segmentRunsPlan(), grid = Math.max(1, Math.min(2 * ex.smCount, Math.ceil(bytes / 65536)));
-  const args = packArgs(["ptr", o.counts.ptr], ["i32", o.bt], ["i32", o.gC], ["i32", o.first], ["i32", o.E], ["i32", o.packed ? 1 : 0], ["i32", o.R], ["i32", o.Rout], ["ptr", o.runs.ptr], ["i32", o.cap], ["ptr", o.y.ptr], ["i64", o.N / 8]);
-  ex.addon.launchKernel(ex.fn(k.name, k.source), [grid, 1, 1], [SEGMENT_PLAN_BLOCK, 1, 1], 0, ex.stream, args);
+  ex.launchGrid(k, grid, SEGMENT_PLAN_BLOCK, [["ptr", o.counts.ptr], ["i32", o.bt], ["i32", o.gC], ["i32", o.first], ["i32", o.E], ["i32", o.packed ? 1 : 0], ["i32", o.R], ["i32", o.Rout], ["ptr", o.runs.ptr], ["i32", o.cap], ["ptr", o.y.ptr], ["i64", o.N / 8]]);
 }
 
 /** The column layout (segmentColumnsPlan) into `blockExpert` ([E + 1][2] int32) and `colmap` ([P] int32), on the stream. */
 export function launchSegmentColumns(ex: CudaExecutor, o: { counts: DeviceTensor; bt: number; gC: number; first: number; E: number; packed: boolean; R: number; blockExpert: DeviceTensor; colmap: DeviceTensor; P: number }): void {
   const k = segmentColumnsPlan(), grid = Math.max(1, Math.min(ex.smCount, Math.ceil(o.P / (16 * SEGMENT_PLAN_BLOCK))));
-  const args = packArgs(["ptr", o.counts.ptr], ["i32", o.bt], ["i32", o.gC], ["i32", o.first], ["i32", o.E], ["i32", o.packed ? 1 : 0], ["i32", o.R], ["ptr", o.blockExpert.ptr], ["ptr", o.colmap.ptr]);
-  ex.addon.launchKernel(ex.fn(k.name, k.source), [grid, 1, 1], [SEGMENT_PLAN_BLOCK, 1, 1], 0, ex.stream, args);
+  ex.launchGrid(k, grid, SEGMENT_PLAN_BLOCK, [["ptr", o.counts.ptr], ["i32", o.bt], ["i32", o.gC], ["i32", o.first], ["i32", o.E], ["i32", o.packed ? 1 : 0], ["i32", o.R], ["ptr", o.blockExpert.ptr], ["ptr", o.colmap.ptr]]);
 }
 
 /** out [K][P] bf16 = x [rows][K] gathered by colmap and transposed (segmentGatherT), over the used blocks `used` points at. */
 export function launchGatherT(ex: CudaExecutor, o: { out: DeviceTensor; x: DeviceTensor; colmap: DeviceTensor; used: bigint; K: number; P: number }): void {
   const k = segmentGatherT(), tiles = (o.P / SEGMENT_COLUMN_BLOCK) * Math.ceil(o.K / SEGMENT_COLUMN_BLOCK);
   const grid = Math.max(1, Math.min(tiles, ex.smCount * 8));
-  const args = packArgs(["ptr", o.out.ptr], ["ptr", o.x.ptr], ["ptr", o.colmap.ptr], ["ptr", o.used], ["i64", o.K], ["i64", o.P]);
-  ex.addon.launchKernel(ex.fn(k.name, k.source), [grid, 1, 1], [SEGMENT_GATHER_BLOCK, 1, 1], 0, ex.stream, args);
+  ex.launchGrid(k, grid, SEGMENT_GATHER_BLOCK, [["ptr", o.out.ptr], ["ptr", o.x.ptr], ["ptr", o.colmap.ptr], ["ptr", o.used], ["i64", o.K], ["i64", o.P]]);
 }
 
 /**
@@ -140,11 +141,12 @@ export function launchGatherT(ex: CudaExecutor, o: { out: DeviceTensor; x: Devic
  */
 export function deviceSegmentContract(ex: CudaExecutor, op: string, plan: Plan, ins: Extract<Plan["instrs"][number], { kind: "op" }>, r: number, x: DeviceTensor[], tIn: TensorType[], to: TensorType, shape: number[]): DeviceTensor | undefined {
   const g = fp8GemmOf(ex);
-  if (deviceSegmentRefusal(op, tIn, to, g.arch, { inShapes: x.map((t) => t.shape), outShape: shape }) !== undefined) return undefined;
+  // (segmentContract calls this for segment_dot and segment_wgrad only, whose operands sizesOf reads)
+  const s = sizesOf(op, tIn, to, { inShapes: x.map((t) => t.shape), outShape: shape });
+  if (refusal(op, tIn, to, g.arch, () => s) !== undefined) return undefined;
   const [tx, tw, tc] = tIn as [TensorType, TensorType, TensorType];
   const nm = (t: TensorType) => t.dims.map((d) => d.name);
   const { rows, groups, batch, packed, first } = segmentPlacement(op, plan, ins, r, tIn);
-  const s = sizesOf(op, tIn, to, { inShapes: x.map((t) => t.shape), outShape: shape });
   const gC = x[2]!.shape[tc.dims.findIndex((d) => d.name === groups)]!;
   const owned: DeviceTensor[] = [];
   const mine = (t: DeviceTensor, of: DeviceTensor) => (t !== of && owned.push(t), t);
@@ -162,17 +164,15 @@ export function deviceSegmentContract(ex: CudaExecutor, op: string, plan: Plan, 
       const X = mine(ex.part("rows layout", () => ex.reorder(x[0]!, nm(tx), [...batch, rows.name, k])), x[0]!);
       const be = empty(ex.mem, "i32", [s.E + 1, 2]), colmap = empty(ex.mem, "i32", [P]), XT = empty(ex.mem, "bf16", [s.K, P]);
       ex.part("segment plan (device)", () => launchSegmentColumns(ex, { counts: C, bt: s.bt, gC, first, E: s.E, packed, R: s.R, blockExpert: be, colmap, P }));
-      ex.part("rows transposed", () => launchGatherT(ex, { out: XT, x: X, colmap, used: be.ptr + BigInt(8 * s.E), K: s.K, P }));
+      ex.part("rows transposed", () => launchGatherT(ex, { out: XT, x: X, colmap, used: usedBlocks(be, s.E), K: s.K, P }));
       cols = { x: x[0]!, counts: x[2]!, be, colmap, XT };
     }
-    if (sharedLater(plan, ins, k)) keepShared(ex, key, cols);
+    if (sharesLater(plan).has(ins)) keepShared(ex, key, cols);
     else owned.push(cols.be, cols.colmap, cols.XT);
     const { be, colmap, XT } = cols;
     const GT = empty(ex.mem, "bf16", [s.N, P]);
     owned.push(GT);
-    // the blocks used, be[E][0], bound the gathers: columns past them are read by no one
-    const used = be.ptr + BigInt(8 * s.E);
-    ex.part("rows transposed", () => launchGatherT(ex, { out: GT, x: G, colmap, used, K: s.N, P }));
+    ex.part("rows transposed", () => launchGatherT(ex, { out: GT, x: G, colmap, used: usedBlocks(be, s.E), K: s.N, P }));
     const D = empty(ex.mem, "bf16", [s.E, s.K, s.N]);
     ex.part("K-grouped GEMM", () => g.prepare(defaultKGroupedConfig(s.N), { M: s.K, N: s.N, K: P, experts: s.E }, { a: XT.ptr, b: GT.ptr, sa: 0n, sb: 0n, d: D.ptr, blockExpert: be.ptr })());
     for (const t of owned) ex.release(t);
@@ -206,11 +206,28 @@ export function deviceSegmentContract(ex: CudaExecutor, op: string, plan: Plan, 
 interface Columns { x: DeviceTensor; counts: DeviceTensor; be: DeviceTensor; colmap: DeviceTensor; XT: DeviceTensor }
 const shared = new WeakMap<CudaExecutor, Map<string, Columns>>();
 
-/** Whether a later segment_wgrad of the plan contracts the same rows over the same counts and dim. */
-function sharedLater(plan: Plan, ins: Extract<Plan["instrs"][number], { kind: "op" }>, k: string): boolean {
-  const at = plan.instrs.indexOf(ins);
-  return plan.instrs.some((o, i) => i > at && o.kind === "op" && o.op === "segment_wgrad" && o.inputs[0] === ins.inputs[0] && o.inputs[2] === ins.inputs[2] && o.attrs.k === k);
+const sharers = new WeakMap<Plan, Set<Plan["instrs"][number]>>();
+
+/** The plan's segment_wgrads that a later one follows on the same rows, counts and dim (found once per plan, not per step). */
+function sharesLater(plan: Plan): Set<Plan["instrs"][number]> {
+  let set = sharers.get(plan);
+  if (!set) {
+    const seen = new Set<string>();
+    set = new Set();
+    for (let i = plan.instrs.length - 1; i >= 0; i--) {
+      const o = plan.instrs[i]!;
+      if (o.kind !== "op" || o.op !== "segment_wgrad") continue;
+      const key = `${o.inputs[0]}:${o.inputs[2]}:${String(o.attrs.k)}`;
+      if (seen.has(key)) set.add(o);
+      seen.add(key);
+    }
+    sharers.set(plan, set);
+  }
+  return set;
 }
+
+/** Where the column plan wrote the 64-column blocks used (blockExpert[E][0]): the gathers stop there, past it no one reads. */
+const usedBlocks = (be: DeviceTensor, E: number): bigint => be.ptr + BigInt(8 * E);
 
 function keepShared(ex: CudaExecutor, key: string, c: Columns): void {
   let m = shared.get(ex);
