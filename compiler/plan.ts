@@ -33,11 +33,13 @@ export interface Plan {
 export const pieceBytes = (v: PlanValue): number => DTYPE_BYTES[v.type.dtype] * Math.max(0, ...v.shapes.map((s) => s.reduce((a, b) => a * b, 1)));
 
 /**
- * Ops whose backend reads a segmented dim's counts on the host to size its work (the CUDA backend's
- * per-group GEMMs and padded FP8 layouts): such a read holds the host until the counts' writer is done
- * (runtime/cuda/moe-counts.ts), which the prefetch and schedule passes and graph capture must know.
+ * The segment contractions: ops whose work is sized by a segmented dim's per-group counts. The CUDA
+ * backend reads those counts on the host for its per-group GEMMs and padded FP8 layouts, except where the
+ * bf16 ones plan their GEMMs on the device (runtime/cuda/segment-device.ts); a host read holds the host
+ * until the counts' writer is done (runtime/cuda/moe-counts.ts), which the prefetch and schedule passes
+ * (which assume the read) and graph capture (which asks whether it can be avoided) must know.
  */
-export const READS_COUNTS_ON_HOST: ReadonlySet<string> = new Set(["segment_dot", "segment_wgrad", "scaled_segment_dot", "scaled_segment_wgrad"]);
+export const COUNT_SIZED_OPS: ReadonlySet<string> = new Set(["segment_dot", "segment_wgrad", "scaled_segment_dot", "scaled_segment_wgrad"]);
 
 export const readsOf = (ins: { kind: string; inputs?: number[]; input?: number }): number[] => ins.inputs ?? [ins.input!];
 export const writesOf = (ins: { kind: string; outputs?: number[]; output?: number }): number[] => ins.outputs ?? [ins.output!];

@@ -300,8 +300,8 @@ log(`libcublas (grouped GEMM): ${cublasOk.ok ? `${cublasOk.path} ${cublasOk.vers
 const gpu = new CudaExecutor(counted);
 // segment contractions that read their counts on the host (the device-counts cases must make none on sm_90a)
 let hostCounts = 0;
-const part = gpu.part.bind(gpu);
-gpu.part = (name, fn) => (name === "counts to host" && hostCounts++, part(name, fn));
+const hostPiece = gpu.hostPiece.bind(gpu);
+gpu.hostPiece = (d, from, order) => (hostCounts++, hostPiece(d, from, order));
 const props = native().deviceProperties(0);
 log(`device ${props.name} (${gpu.arch}, ${gpu.smCount} SMs); date ${new Date().toISOString()}`);
 const perOp = new Map<string, { err: number; tol: number; dtype: string }[]>();

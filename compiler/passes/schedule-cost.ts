@@ -8,7 +8,7 @@
 // starts before it, while the work queued before it runs on. A MoE dispatch is its permute kernels,
 // the count exchange, that host read, then the token exchange; combine and redispatch move rows first
 // and compute waits for them (a fused combine's exchange is issued right after its rows' writer).
-import { pieceBytes, readsOf, READS_COUNTS_ON_HOST, writesOf, type PlanValue } from "../plan.ts";
+import { pieceBytes, readsOf, COUNT_SIZED_OPS, writesOf, type PlanValue } from "../plan.ts";
 import { MOE_OPS } from "../ops/dispatch.ts";
 
 /** What the model needs of an instruction (a Plan's or a FusedPlan's). */
@@ -89,7 +89,7 @@ export interface Timeline {
 export function countsReadOnHost(values: PlanValue[], ins: AnyInstr): number[] {
   const counts = (s: number) => Object.values(values[s]!.segCounts);
   if (ins.kind === "comm") return [...counts(ins.input!), ...counts(ins.output!)];
-  if (ins.kind === "op" && READS_COUNTS_ON_HOST.has(ins.op!)) return readsOf(ins as never).flatMap(counts);
+  if (ins.kind === "op" && COUNT_SIZED_OPS.has(ins.op!)) return readsOf(ins as never).flatMap(counts);
   // dispatch sizes its token exchange by the exchanged counts; combine/redispatch move segmented rows
   if (ins.kind === "op" && MOE_OPS.has(ins.op!)) return [...readsOf(ins as never), ...writesOf(ins as never)].flatMap(counts);
   return [];

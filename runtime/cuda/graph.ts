@@ -8,7 +8,7 @@
 // several ranks (not captured yet). The graph owns its memory: the pool the captured run drew from,
 // the staged host-made values and the outputs, freed by destroy().
 import type { LocalTensor } from "../../compiler/ir/local.ts";
-import { READS_COUNTS_ON_HOST, type Plan } from "../../compiler/plan.ts";
+import { COUNT_SIZED_OPS, type Plan } from "../../compiler/plan.ts";
 import { UsageError } from "../../compiler/errors.ts";
 import { assemble, type GlobalTensor } from "../cpu/assemble.ts";
 import { download, hostBits, type CachingAllocator, type DeviceTensor } from "./memory.ts";
@@ -32,7 +32,7 @@ export interface DeferredCheck {
  */
 export function notCapturable(plan: Plan, arch: string): string | undefined {
   for (const ins of plan.instrs) {
-    if (ins.kind !== "op" || !READS_COUNTS_ON_HOST.has(ins.op)) continue;
+    if (ins.kind !== "op" || !COUNT_SIZED_OPS.has(ins.op)) continue;
     const inTypes = ins.inputs.map((s) => plan.values[s]!.type), out = plan.values[ins.outputs[0]!]!;
     for (let r = 0; r < plan.world; r++) {
       const why = deviceSegmentRefusal(ins.op, inTypes, out.type, arch, { inShapes: ins.inputs.map((s) => plan.values[s]!.shapes[r]!), outShape: out.shapes[r]! });

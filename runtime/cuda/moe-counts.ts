@@ -14,7 +14,7 @@
 // out may still be in use by compute issued after the counts' producer, which this stream does not
 // wait for. Everything the stream does is done when a read returns, so the buffers are free again then.
 import type { LocalTensor } from "../../compiler/ir/local.ts";
-import { READS_COUNTS_ON_HOST, type Plan } from "../../compiler/plan.ts";
+import { COUNT_SIZED_OPS, type Plan } from "../../compiler/plan.ts";
 import { numel } from "../../compiler/ir/types.ts";
 import type { Event, NativeAddon, Stream } from "./native-types.ts";
 import type { DeviceTensor } from "./memory.ts";
@@ -28,7 +28,7 @@ const EVENT_DISABLE_TIMING = 2;
  */
 export function countSlots(plan: { values: Plan["values"]; instrs: readonly { kind: string; op?: string; inputs?: number[] }[] }): Set<number> {
   const s = new Set(plan.values.flatMap((v) => Object.values(v.segCounts)));
-  for (const x of plan.instrs) if (x.kind === "op" && READS_COUNTS_ON_HOST.has(x.op!)) for (const i of x.inputs!) if (plan.values[i]!.type.dtype === "i32") s.add(i);
+  for (const x of plan.instrs) if (x.kind === "op" && COUNT_SIZED_OPS.has(x.op!)) for (const i of x.inputs!) if (plan.values[i]!.type.dtype === "i32") s.add(i);
   return s;
 }
 
