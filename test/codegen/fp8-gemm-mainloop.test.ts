@@ -18,8 +18,8 @@ import { execFileSync } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { bf16Loop, kGroupedLoop, overlappedLoop, plainLoop } from "../../compiler/codegen/cuda/gemm/mainloop.ts";
-import { isBf16, type Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { bf16Loop, chunkedLoop, kGroupedLoop, overlappedLoop, plainLoop } from "../../compiler/codegen/cuda/gemm/mainloop.ts";
+import { isBf16, wgmmaN, type Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { wgmmaName } from "../../compiler/codegen/cuda/gemm/ptx.ts";
 import { GXX, noteIfNoGxx } from "./gxx.ts";
 
@@ -30,7 +30,8 @@ noteIfNoGxx("fp8-gemm-mainloop");
  * (K-grouped): one pass over tiles of those K lengths (0: an empty expert), stages 2..8.
  */
 function harness(c: Fp8GemmConfig, loop: string, perTile?: number[]): string {
-  const F = c.blockN / 2;
+  // acc covers the tile (F), a wgmma group writes FT of it (a 128-column chunk's 64 when chunked)
+  const F = c.blockN / 2, FT = wgmmaN(c) / 2, CH = c.chunked ? 1 : 0;
   return String.raw`#include <cstdio>
 #include <cstdlib>
 #include <cmath>
@@ -39,7 +40,7 @@ using std::fmaf;
 typedef unsigned int sh_u32;
 typedef unsigned long long sh_u64;
 #define FAIL(...) do { std::printf("FAIL KB=%d S=%d tile=%d: ", KB, S, tile); std::printf(__VA_ARGS__); std::printf("\n"); std::exit(1); } while (0)
-static const int F = ${F}, BF16 = ${isBf16(c) ? 1 : 0};
+static const int F = ${F}, FT = ${FT}, BF16 = ${isBf16(c) ? 1 : 0}, CH = ${CH};
 static int KB, S, tile, tileStart, loads, releases, issued;
 ${perTile ? `static const int PER_TILE[] = {${perTile.join(", ")}}, TILES = ${perTile.length}, KB_RUNS = 1, S_MIN = 2;` : "static const int TILES = 3, KB_RUNS = 7, S_MIN = 3;"}
 static bool fenced;
@@ -96,20 +97,22 @@ static void sh_wgmma_wait0() { pending.clear(); }
 static bool isPending(const float* x) {
   for (const Group& g : pending)
     for (float* f : g.frags)
-      if (x >= f && x < f + F) return true;
+      if (x >= f && x < f + FT) return true;
   return false;
 }
 static void sh_reg_fence(float& x) { if (isPending(&x)) FAIL("fragment read while a group writing it is pending"); }
-static void ${wgmmaName(c.blockN, c.ab)}(float (&d)[F], sh_u64 da, sh_u64 db, int accumulate) {
+static void ${wgmmaName(wgmmaN(c), c.ab)}(float (&d)[FT], sh_u64 da, sh_u64 db, int accumulate) {
   if (!fenced) FAIL("wgmma issued without a wgmma.fence before its batch");
   // bf16 chains groups on acc (ordered by PTX for one shape); starting a pending fragment afresh is a race
   if (isPending(d) && !(BF16 && accumulate)) FAIL("wgmma into a fragment an older pending group writes");
-  const int s = (int)((db - tilesB) / B_BYTES), k = (int)((db - tilesB) % B_BYTES) / 2;
+  // a chunked kernel's chunk j reads B 16 KiB (128 rows of 128 bytes) into the stage
+  const int s = (int)((db - tilesB) / B_BYTES), chunk = (int)((db - tilesB) % B_BYTES) / 16384, k = (int)((db - tilesB) % 16384) / 2;
+  if (chunk && !CH) FAIL("B descriptor %d bytes into the stage", (int)((db - tilesB) % B_BYTES));
   if (da != tilesA + (sh_u64)s * A_BYTES + wg * 64 * 128 + 2 * k) FAIL("A and B descriptors name different stages");
   if (!stageHeld[s]) FAIL("wgmma reads stage %d, which is not held", s);
   if (BF16 ? (accumulate != 0) != (issued != 0) : (accumulate != 0) != (k != 0)) FAIL("k step %d (wgmma %d of the tile) with accumulate %d", k, issued, accumulate);
   issued++;
-  for (int i = 0; i < F; ++i) d[i] = (accumulate ? d[i] : 0.f) + (float)((stageBlock[s] + 1) * (k + 1) * (i + 1));
+  for (int i = 0; i < FT; ++i) d[i] = (accumulate ? d[i] : 0.f) + (float)((stageBlock[s] + 1) * (k + 1) * (i + 1) * (chunk + 1));
   open.frags.push_back(d);
   open.stages.push_back(s);
 }
@@ -117,12 +120,14 @@ static void ${wgmmaName(c.blockN, c.ab)}(float (&d)[F], sh_u64 da, sh_u64 db, in
 int main() {
   const int M = 16, m0 = 0, m1 = 8, c0 = 0, r0 = 0, split = 1 << 30;
   (void)r0;
-  const bool second = false;
+  const bool second = CH != 0;  // chunked: the tile's second chunk has its scale block
   (void)split; (void)second; (void)c0;
   for (int run = 1; run <= KB_RUNS; ++run)
     for (S = S_MIN; S <= 8; ++S) {
       KB = run;
+      // B's scales: 1 for the tile's first scale block, 3 for a chunked tile's second (a swapped pairing shows)
       std::vector<float> saV(KB * M), sbV(2 * KB, 1.f);
+      for (int kb = 0; kb < KB && CH; ++kb) sbV[KB + kb] = 3.f;
       for (int kb = 0; kb < KB; ++kb) for (int m = 0; m < M; ++m) saV[kb * M + m] = (float)(kb + 1);
       const float* sa = saV.data();
       const float* sbTile = sbV.data();
@@ -133,8 +138,8 @@ int main() {
       fenced = false;
       int s = 0;
       sh_u32 phase = 0;
-      float acc[F], tmp[F], t0[F], t1[F];
-      for (int i = 0; i < F; ++i) tmp[i] = t0[i] = t1[i] = 0.f;
+      float acc[F], tmp[FT], t0[FT], t1[FT];
+      for (int i = 0; i < FT; ++i) tmp[i] = t0[i] = t1[i] = 0.f;
       (void)tmp; (void)t0; (void)t1;
       int done = 0;
       for (tile = 0; tile < TILES; ++tile) {
@@ -147,8 +152,11 @@ ${loop}
         if (loads != done || releases != loads) FAIL("loaded %d, released %d blocks, the producer %d", loads, releases, done);
         float want = 0;
         for (int kb = 0; kb < KB; ++kb) want += BF16 ? 10.f * (kb + 1) : 10.f * (kb + 1) * (kb + 1);
-        for (int i = 0; i < F; ++i)
-          if (acc[i] != want * (i + 1)) FAIL("acc[%d] = %g, expected %g", i, acc[i], want * (i + 1));
+        for (int i = 0; i < F; ++i) {
+          // chunk i / FT: its wgmma value (x chunk + 1) times its B scale (3 for the second)
+          const float chunkFactor = CH && i >= FT ? 2.f * 3.f : 1.f, expect = want * (i % FT + 1) * chunkFactor;
+          if (acc[i] != expect) FAIL("acc[%d] = %g, expected %g", i, acc[i], expect);
+        }
       }
     }
   std::printf("ok\n");
@@ -194,6 +202,31 @@ describe.skipIf(!GXX)("FP8 GEMM consumer K loop on a CPU model of wgmma / mbarri
         expect(out.trim()).toBe("ok");
       }, 60_000);
     }
+
+  // chunked 128 x 256 tiles: two m64n128 groups per K block through one temporary, each promoted with
+  // its own chunk's B scale into its half of acc; A's scales from the stage or from global memory
+  const chunked: Fp8GemmConfig[] = [
+    { consumers: 2, blockN: 256, stages: 4, persistent: true, grouped: false, chunked: true, tmaStore: true, storeByBox: true },
+    { consumers: 2, blockN: 256, stages: 3, persistent: true, grouped: false, chunked: true, globalScales: true },
+  ];
+  for (const c of chunked)
+    it(`chunked loop, blockN 256${c.globalScales ? " (A scales from global memory)" : ""}: protocol checks hold, each chunk promoted with its own scale into its half of acc`, () => {
+      expect(modelOutput(c, chunkedLoop(c), `loop_chunked${c.globalScales ? "_gs" : ""}`).trim()).toBe("ok");
+    }, 60_000);
+
+  it("the model catches broken chunked loops: swapped chunk scales, the stage released before the last chunk is done, a chunk promoted while pending", () => {
+    const c = chunked[0]!;
+    const good = chunkedLoop(c);
+    const mutants: [string, RegExp][] = [
+      [good.replace("u0 = a0 * b1, u1 = a1 * b1", "u0 = a0 * b0, u1 = a1 * b0"), /acc\[64\] = .*, expected/],
+      [good.replace(/(\/\/ chunk 1[^]*?)sh_wgmma_wait0\(\);/, "$1"), /while a wgmma group reading it is pending|fragment read while a group writing it is pending/],
+      [good.replace("+ 16384)", ")"), /acc\[64\] = .*, expected/],
+    ];
+    mutants.forEach(([broken, why], i) => {
+      expect(broken).not.toBe(good);
+      expect(modelOutput(c, broken, `broken_chunked_${i}`)).toMatch(why);
+    });
+  }, 60_000);
 
   const bf16Configs: Fp8GemmConfig[] = [
     { ab: "bf16", consumers: 2, blockN: 128, stages: 6, persistent: true, grouped: true, tmaStore: true },

@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { emitFp8Gemm } from "../../compiler/codegen/cuda/gemm/emit.ts";
-import { gemmCandidates, rowScaledCandidates } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { gemmCandidates, rowScaledCandidates, wgmmaN } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { NVCC, noteIfNoNvcc } from "./gxx.ts";
 import { compileGemmKernel } from "./gemm-ptxas.ts";
 
@@ -26,14 +26,16 @@ describe.skipIf(!NVCC)("FP8 GEMM kernels compile for sm_90a", () => {
       expect(kernels.length).toBeGreaterThanOrEqual(8);
       expect(kernels.filter((k) => k.config.overlap).length, "overlapped candidates").toBeGreaterThanOrEqual(3);
       expect(kernels.filter((k) => k.config.multicast).length, "multicast candidates").toBe(grouped ? 0 : 6);
-      expect(kernels.filter((k) => k.config.tmaStore).length, "TMA-store candidates").toBe(grouped ? 3 : 5);
+      expect(kernels.filter((k) => k.config.tmaStore).length, "TMA-store candidates").toBe(grouped ? 5 : 7);
+      expect(kernels.filter((k) => k.config.chunked).length, "chunked 128 x 256 candidates").toBe(3);
       // one file per kernel, as NVRTC sees it (each source is self-contained)
       const rows: string[] = [];
       for (let i = 0; i < kernels.length; i += 2) {
         await Promise.all(
           kernels.slice(i, i + 2).map(async (k) => {
             const { ptx, regs } = await compileGemmKernel(k, dir);
-            expect(ptx).toContain(`wgmma.mma_async.sync.aligned.m64n${k.config.blockN}k32.f32.e4m3.e4m3`);
+            // chunked tiles run 128-column wgmma groups
+            expect(ptx).toContain(`wgmma.mma_async.sync.aligned.m64n${wgmmaN(k.config)}k32.f32.e4m3.e4m3`);
             expect(ptx).toContain("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes");
             expect(ptx).toMatch(/mbarrier\.try_wait\.parity/);
             expect(ptx).toContain("setmaxnreg.dec.sync.aligned.u32 40");

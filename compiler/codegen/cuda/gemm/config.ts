@@ -94,6 +94,22 @@ export interface Fp8GemmConfig {
    * the wgmmas take B transposed (imm-trans-b 1). Name suffix _bn.
    */
   bMnMajor?: boolean;
+  /**
+   * The tile's columns in chunks of 128 (absent = off; e4m3, blockN 256, without overlap, multicast or
+   * row-scaled B): each K block runs as two m64n128 wgmma groups, each waited for and promoted into its
+   * half of acc before the next is issued, through one 64-register temporary. So a 128 x 256 tile fits
+   * (acc 128 + 64 + overhead registers, where n256 would need 2 x 128), and each stage's A and B are read
+   * from shared memory per 128 x 256 x 128 block: 144 KiB of wgmma reads and TMA writes per block, against
+   * 2 x 80 KiB for two 128 x 128 tiles. A chunk is one scale block of B. The warpgroup waits for each
+   * chunk (no ping-pong), so the other consumer's wgmmas are what run under its promotion. Suffix _ch.
+   */
+  chunked?: boolean;
+  /**
+   * The TMA-store epilogue staged one 64 x 64 box at a time (absent = the whole tile; needs tmaStore):
+   * 8 KiB of staging per consumer, each box waiting for the previous box's store to have read it, so a
+   * 128 x 256 tile keeps 4 stages instead of 3. Suffix _tsb (for _ts).
+   */
+  storeByBox?: boolean;
 }
 
 export const SMEM_LIMIT = 232448; // 227 KiB: the opt-in maximum per block on H100 / H200
@@ -109,7 +125,9 @@ export const isBf16 = (c: Pick<Fp8GemmConfig, "ab">): boolean => c.ab === "bf16"
 /** Elements of K per stage: one 128-byte smem row (128 e4m3 or 64 bf16). */
 export const kBlock = (c: Pick<Fp8GemmConfig, "ab">): number => (isBf16(c) ? 64 : FP8_BLOCK);
 /** The largest blockN: two f32 fragments of blockN/2 with e4m3 (accumulator + promoted temporary), one with bf16. */
-const maxBlockN = (c: Pick<Fp8GemmConfig, "ab">): number => (isBf16(c) ? 256 : 192);
+const maxBlockN = (c: Pick<Fp8GemmConfig, "ab" | "chunked">): number => (isBf16(c) || c.chunked ? 256 : 192);
+/** Columns one wgmma group covers: a 128-column chunk when chunked, else the whole tile. */
+export const wgmmaN = (c: Pick<Fp8GemmConfig, "blockN" | "chunked">): number => (c.chunked ? FP8_BLOCK : c.blockN);
 export const threadsOf = (c: Fp8GemmConfig): number => 128 * (c.consumers + 1);
 export const aTileBytes = (c: Fp8GemmConfig): number => blockM(c) * FP8_BLOCK;
 export const bTileBytes = (c: Fp8GemmConfig): number => c.blockN * FP8_BLOCK;
@@ -118,15 +136,15 @@ export const saTileBytes = (c: Fp8GemmConfig): number => (c.globalScales || isBf
 /** B's row scales of one K block for the tile's columns (f32), with bRows. */
 export const sbTileBytes = (c: Fp8GemmConfig): number => (c.bRows ? c.blockN * 4 : 0);
 /** The bf16 tile staged for the TMA store (0 without it); 1024-byte aligned boxes of 64 x 64. */
-export const stagingBytes = (c: Fp8GemmConfig): number => (c.tmaStore ? blockM(c) * c.blockN * 2 : 0);
+export const stagingBytes = (c: Fp8GemmConfig): number => (c.tmaStore ? blockM(c) * (c.storeByBox ? 64 : c.blockN) * 2 : 0);
 export const stageBytes = (c: Fp8GemmConfig): number => aTileBytes(c) + bTileBytes(c) + saTileBytes(c) + sbTileBytes(c);
 export const smemBytes = (c: Fp8GemmConfig): number => SMEM_ALIGN_SLACK + c.stages * stageBytes(c) + stagingBytes(c) + 2 * c.stages * 8;
 
 /** Whether a tile's columns can span two 128-wide scale blocks of B (then each column picks its own). */
-export const spansScaleBlocks = (c: Fp8GemmConfig): boolean => !isBf16(c) && FP8_BLOCK % c.blockN !== 0;
+export const spansScaleBlocks = (c: Fp8GemmConfig): boolean => !isBf16(c) && !c.chunked && FP8_BLOCK % c.blockN !== 0;
 
 export function configName(c: Fp8GemmConfig): string {
-  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? "_ts" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}`;
+  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}`;
 }
 
 /** Why a configuration cannot be emitted, or undefined. */
@@ -140,7 +158,7 @@ export function configProblem(c: Fp8GemmConfig): string | undefined {
   if (!Number.isInteger(c.blockN) || c.blockN < 16 || c.blockN > maxBlockN(c) || c.blockN % 16 !== 0)
     return isBf16(c)
       ? `blockN must be a multiple of 16 from 16 to 256 (the widest wgmma, n256), got ${c.blockN}`
-      : `blockN must be a multiple of 16 from 16 to 192 (two f32 fragments of blockN/2 registers per thread), got ${c.blockN}`;
+      : `blockN must be a multiple of 16 from 16 to ${maxBlockN(c)} (two f32 fragments of blockN/2 registers per thread${c.chunked ? "" : "; 256 with chunked"}), got ${c.blockN}`;
   // the tile starting at j·blockN must touch at most two scale blocks: (j·blockN mod 128) + blockN <= 256
   if (!isBf16(c))
     for (let j = 0; j < FP8_BLOCK; j++) if (((j * c.blockN) % FP8_BLOCK) + c.blockN > 2 * FP8_BLOCK) return `blockN ${c.blockN} lets a tile span three 128-column scale blocks`;
@@ -159,7 +177,23 @@ export function configProblem(c: Fp8GemmConfig): string | undefined {
     if (c.kGrouped || c.multicast) return "MN-major B (bMnMajor) is for the M-grouped and dense bf16 kernels, without kGrouped or multicast";
     if (c.blockN % 64 !== 0) return `MN-major B (bMnMajor) loads 64-column boxes of B: blockN must be a multiple of 64, got ${c.blockN}`;
   }
+  if (c.storeByBox && !c.tmaStore) return "storeByBox stages the TMA-store epilogue box by box: it needs tmaStore";
+  if (c.chunked) return chunkedProblem(c);
   if (c.overlap) return overlapProblem(c);
+  return undefined;
+}
+
+/**
+ * Why a chunked configuration cannot work, or undefined: e4m3 with 128-column chunks that are B's scale
+ * blocks (blockN 256), one temporary (no overlap), no multicast or row-scaled B (their stage releases and
+ * scale reads are per tile, not per chunk), and acc + the temporary within the consumer's registers.
+ */
+function chunkedProblem(c: Fp8GemmConfig): string | undefined {
+  if (isBf16(c)) return "chunked splits the e4m3 promotion into 128-column chunks; bf16 has no promotion and takes blockN 256 whole: set chunked off";
+  if (c.blockN !== 2 * FP8_BLOCK) return `chunked tiles are two 128-column chunks: blockN must be 256, got ${c.blockN}`;
+  if (c.overlap || c.multicast || c.bRows) return "chunked tiles wait for and promote each chunk before the next: no overlap, multicast or bRows with chunked";
+  const need = c.blockN / 2 + FP8_BLOCK / 2 + CONSUMER_OVERHEAD_REGS;
+  if (need > consumerRegs(c)) return `chunked promotion needs ${c.blockN / 2} + ${FP8_BLOCK / 2} + ${CONSUMER_OVERHEAD_REGS} = ${need} registers per consumer thread, more than its ${consumerRegs(c)}`;
   return undefined;
 }
 
@@ -218,6 +252,8 @@ const OVERLAP_SHAPES: [1 | 2, number][] = [[2, 128], [2, 112], [2, 96], [1, 128]
 const MULTICAST_SHAPES: [number, boolean][] = [[128, true], [192, false], [160, false], [128, false]];
 /** TMA-store candidates (blockN, overlapped promotion, multicast), two consumers each. */
 const TMA_STORE_SHAPES: [number, boolean, boolean][] = [[128, true, false], [192, false, false], [128, false, false], [128, true, true], [192, false, true]];
+/** 128 x 256 chunked candidates (tmaStore, storeByBox): whole-tile staging (3 stages), box by box (4), direct stores (4). */
+const CHUNKED_SHAPES: [boolean, boolean][] = [[true, false], [true, true], [false, false]];
 
 /**
  * The configurations the autotuner times, the first being the plain one (one consumer, 64×128,
@@ -237,6 +273,9 @@ export function gemmCandidates(grouped: boolean): Fp8GemmConfig[] {
   // the TMA-store epilogue (one stage fewer: the staging buffer takes its shared memory)
   for (const [blockN, overlap, multicast] of TMA_STORE_SHAPES)
     if (!(multicast && grouped)) out.push(filled({ consumers: 2, blockN, persistent: true, grouped, ...(overlap ? { overlap } : {}), ...(multicast ? { multicast } : {}), tmaStore: true }));
+  // 128 x 256 tiles in two 128-column chunks (less shared-memory traffic per FLOP than 128 x 128)
+  for (const [tmaStore, storeByBox] of CHUNKED_SHAPES)
+    out.push(filled({ consumers: 2, blockN: 256, persistent: true, grouped, chunked: true, ...(tmaStore ? { tmaStore } : {}), ...(storeByBox ? { storeByBox } : {}) }));
   return out.filter((c) => configProblem(c) === undefined);
 }
 

@@ -170,6 +170,63 @@ ${step(c, "kb", "t0", undefined, p)}    }
 }
 
 /**
+ * The chunked loop (128 x 256 tiles): per K block, for each 128-column chunk j, 4 wgmma m64n128 steps
+ * over the chunk's rows of B (16 KiB further into the stage per chunk) into tmp, wait_group 0, promote
+ * into acc[64 j ..] with chunk j's B scale (b0, b1: one scale block each); the stage goes back after
+ * the last chunk's wait, before its promotion. The other consumer's wgmmas run under each promotion.
+ */
+export function chunkedLoop(c: Fp8GemmConfig): string {
+  const p = "      ", q = p + "  ";
+  const chunks = c.blockN / FP8_BLOCK, frag = FP8_BLOCK / 2;
+  const body = Array.from({ length: chunks }, (_, j) => {
+    const last = j === chunks - 1;
+    return `${p}{  // chunk ${j}: columns ${j * FP8_BLOCK}..${(j + 1) * FP8_BLOCK - 1} of the tile
+${q}const sh_u64 db = sh_wgmma_desc(tilesB + s * B_BYTES + ${j * FP8_BLOCK * FP8_BLOCK});
+${q}sh_wgmma_fence();
+#pragma unroll
+${q}for (int k = 0; k < ${FP8_BLOCK / 32}; ++k) ${wgmmaName(FP8_BLOCK, c.ab)}(tmp, da + 2 * k, db + 2 * k, k);
+${q}sh_wgmma_commit();
+${q}sh_wgmma_wait0();
+${fenceAll({ ...c, blockN: FP8_BLOCK }, "tmp", q)}${last ? `${q}// the last chunk's wgmmas have read the stage: hand it back to the producer
+${q}${release(c, "bars + 8 * (S + s)")}
+${q}if (++s == S) { s = 0; phase ^= 1; }
+` : ""}${q}const float u0 = a0 * b${j}, u1 = a1 * b${j};
+#pragma unroll
+${q}for (int j = 0; j < ${frag / 4}; ++j) {
+${q}  acc[${j * frag} + 4 * j + 0] = fmaf(tmp[4 * j + 0], u0, acc[${j * frag} + 4 * j + 0]);
+${q}  acc[${j * frag} + 4 * j + 1] = fmaf(tmp[4 * j + 1], u0, acc[${j * frag} + 4 * j + 1]);
+${q}  acc[${j * frag} + 4 * j + 2] = fmaf(tmp[4 * j + 2], u1, acc[${j * frag} + 4 * j + 2]);
+${q}  acc[${j * frag} + 4 * j + 3] = fmaf(tmp[4 * j + 3], u1, acc[${j * frag} + 4 * j + 3]);
+${q}}
+${p}}
+`;
+  }).join("");
+  return `${chunkScales(c, "0", "", "    ", "float ", "")}    for (int kb = 0; kb < KB; ++kb) {
+      // the next block's scales (plain loads: they do not wait for the stage)
+${chunkScales(c, "kb + 1", "n", p, "const float ", "kb + 1 < KB")}${p}sh_mbar_wait(bars + 8 * s, phase);  // the stage's bytes have landed
+${stageScales(c, "s", p)}${p}const sh_u64 da = sh_wgmma_desc(tilesA + s * A_BYTES + wg * 64 * ${FP8_BLOCK});
+${body}${c.globalScales ? `${p}a0 = na0; a1 = na1;
+` : ""}${p}${Array.from({ length: chunks }, (_, j) => `b${j} = nb${j};`).join(" ")}
+    }
+`;
+}
+
+/** Chunk j's B scale b<j> (its own scale block: sbTile[j·KB + kb], zero past B's last block) and, with globalScales, A's. */
+function chunkScales(c: Fp8GemmConfig, kb: string, prefix: string, pad: string, decl: string, guard: string): string {
+  const g = guard ? `${guard} && ` : "";
+  const a = c.globalScales
+    ? `${pad}${decl}${prefix}a0 = ${g}m0 < M ? sa[(long long)(${kb}) * M + m0] : 0.f, ${prefix}a1 = ${g}m1 < M ? sa[(long long)(${kb}) * M + m1] : 0.f;\n`
+    : "";
+  const b = Array.from({ length: c.blockN / FP8_BLOCK }, (_, j) => {
+    const cond = [guard, j > 0 ? "second" : ""].filter(Boolean).join(" && ");
+    const read = `sbTile[${j > 0 ? `${j} * KB + ` : ""}${kb}]`;
+    return `${prefix}b${j} = ${cond ? `${cond} ? ${read} : 0.f` : read}`;
+  });
+  return `${a}${pad}${decl}${b.join(", ")};
+`;
+}
+
+/**
  * The bf16 loop: block 0's group starts acc afresh, each later block's adds to it and is issued before
  * the previous group is waited for (wait_group 1), whose stage then goes back. PTX orders wgmmas of one
  * shape on the same accumulators without a fence, so chaining groups on acc is allowed; at the loop
