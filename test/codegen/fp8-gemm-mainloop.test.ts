@@ -90,6 +90,25 @@ static void sh_lds_f32x2(sh_u32 a, float& x, float& y) {
   x = y = 1.f;
 }
 static sh_u64 sh_wgmma_desc(sh_u32 a) { return a; }
+// the deferred store (chunked deferStore): the previous tile's acc is staged under this tile's first
+// block's chunks; the model collects the packed values in order and checks them at the TMA store
+static std::vector<float> staged;
+static int proxyFenced, readWaited, stores, commits;
+static float expectAcc(int i);
+static sh_u32 sh_pack_bf16x2(float x, float y) { staged.push_back(x); staged.push_back(y); return 0; }
+static void sh_sts_u32(sh_u32, sh_u32) { if (!readWaited) FAIL("staging written before the previous store was waited for"); }
+static void sh_bulk_wait_read0() { readWaited = 1; }
+static void sh_named_bar(sh_u32, sh_u32) {}
+static void sh_fence_proxy_async() { proxyFenced = 1; }
+static void sh_tma_store_2d(const int*, sh_u32, int, int) { if (!proxyFenced) FAIL("TMA store before fence.proxy.async"); stores++; }
+static void sh_bulk_commit() {
+  if ((int)staged.size() != F) FAIL("%d values staged, expected %d", (int)staged.size(), F);
+  for (int i = 0; i < F; ++i)
+    if (staged[i] != expectAcc(i)) FAIL("staged acc[%d] = %g, the previous tile's is %g", i, staged[i], expectAcc(i));
+  commits++;
+}
+static const int tmD = 0;
+static const struct { int x; } threadIdx = {0};
 static void sh_wgmma_fence() { fenced = true; }
 static void sh_wgmma_commit() { pending.push_back(open); open = Group(); fenced = false; }
 template <int N> static void sh_wgmma_wait() { while ((int)pending.size() > N) pending.erase(pending.begin()); }
@@ -117,7 +136,20 @@ static void ${wgmmaName(wgmmaN(c), c.ab)}(float (&d)[FT], sh_u64 da, sh_u64 db, 
   open.stages.push_back(s);
 }
 
+static float expectAcc(int i) {
+  float want = 0;
+  for (int kb = 0; kb < KB; ++kb) want += BF16 ? 10.f * (kb + 1) : 10.f * (kb + 1) * (kb + 1);
+  // chunk i / FT: its wgmma value (x chunk + 1) times its B scale (3 for the second)
+  const float chunkFactor = CH && i >= FT ? 2.f * 3.f : 1.f;
+  return want * (i % FT + 1) * chunkFactor;
+}
+
 int main() {
+  const int BM = 128, BN = 256, DEFER = ${c.deferStore ? 1 : 0};
+  const sh_u32 mine = 0;
+  const int rr = 0;
+  int have = 0, pmb = 0, pnb = 0;
+  (void)BM; (void)BN; (void)mine; (void)rr; (void)have; (void)pmb; (void)pnb;
   const int M = 16, m0 = 0, m1 = 8, c0 = 0, r0 = 0, split = 1 << 30;
   (void)r0;
   const bool second = CH != 0;  // chunked: the tile's second chunk has its scale block
@@ -136,6 +168,7 @@ int main() {
       loads = releases = 0;
       pending.clear();
       fenced = false;
+      have = 0;
       int s = 0;
       sh_u32 phase = 0;
       float acc[F], tmp[FT], t0[FT], t1[FT];
@@ -143,20 +176,23 @@ int main() {
       (void)tmp; (void)t0; (void)t1;
       int done = 0;
       for (tile = 0; tile < TILES; ++tile) {
-${perTile ? "        KB = PER_TILE[tile];\n" : ""}        for (int i = 0; i < F; ++i) acc[i] = 0.f;
+${perTile ? "        KB = PER_TILE[tile];\n" : ""}        // a deferred store zeroes acc itself, after staging it: the model leaves the last tile's values there
+        if (!DEFER || tile == 0) for (int i = 0; i < F; ++i) acc[i] = DEFER ? -1.f : 0.f;
+        staged.clear();
+        proxyFenced = readWaited = stores = commits = 0;
         issued = 0;
         tileStart = loads;
 ${loop}
         done += KB;
+        if (DEFER && (commits != have || stores != (have ? BN / 64 : 0))) FAIL("%d commits, %d box stores of the previous tile (have %d)", commits, stores, have);
+        if (DEFER) have = 1;
         if (!pending.empty()) FAIL("%d wgmma group(s) pending at the epilogue", (int)pending.size());
         if (loads != done || releases != loads) FAIL("loaded %d, released %d blocks, the producer %d", loads, releases, done);
         float want = 0;
         for (int kb = 0; kb < KB; ++kb) want += BF16 ? 10.f * (kb + 1) : 10.f * (kb + 1) * (kb + 1);
-        for (int i = 0; i < F; ++i) {
-          // chunk i / FT: its wgmma value (x chunk + 1) times its B scale (3 for the second)
-          const float chunkFactor = CH && i >= FT ? 2.f * 3.f : 1.f, expect = want * (i % FT + 1) * chunkFactor;
-          if (acc[i] != expect) FAIL("acc[%d] = %g, expected %g", i, acc[i], expect);
-        }
+        (void)want;
+        for (int i = 0; i < F; ++i)
+          if (acc[i] != expectAcc(i)) FAIL("acc[%d] = %g, expected %g", i, acc[i], expectAcc(i));
       }
     }
   std::printf("ok\n");
@@ -208,10 +244,12 @@ describe.skipIf(!GXX)("FP8 GEMM consumer K loop on a CPU model of wgmma / mbarri
   const chunked: Fp8GemmConfig[] = [
     { consumers: 2, blockN: 256, stages: 4, persistent: true, grouped: false, chunked: true, tmaStore: true, storeByBox: true },
     { consumers: 2, blockN: 256, stages: 3, persistent: true, grouped: false, chunked: true, globalScales: true },
+    { consumers: 2, blockN: 256, stages: 3, persistent: true, grouped: false, chunked: true, tmaStore: true, deferStore: true },
+    { consumers: 2, blockN: 256, stages: 3, persistent: true, grouped: false, chunked: true, tmaStore: true, deferStore: true, multicast: true },
   ];
   for (const c of chunked)
-    it(`chunked loop, blockN 256${c.globalScales ? " (A scales from global memory)" : ""}: protocol checks hold, each chunk promoted with its own scale into its half of acc`, () => {
-      expect(modelOutput(c, chunkedLoop(c), `loop_chunked${c.globalScales ? "_gs" : ""}`).trim()).toBe("ok");
+    it(`chunked loop, blockN 256${c.globalScales ? " (A scales from global memory)" : ""}${c.deferStore ? " (the previous tile's store under the first block)" : ""}${c.multicast ? " (multicast)" : ""}: protocol checks hold, each chunk promoted with its own scale into its half of acc`, () => {
+      expect(modelOutput(c, chunkedLoop(c), `loop_chunked${c.globalScales ? "_gs" : ""}${c.deferStore ? "_ds" : ""}${c.multicast ? "_mc" : ""}`).trim()).toBe("ok");
     }, 60_000);
 
   it("the model catches broken chunked loops: swapped chunk scales, the stage released before the last chunk is done, a chunk promoted while pending", () => {
@@ -225,6 +263,21 @@ describe.skipIf(!GXX)("FP8 GEMM consumer K loop on a CPU model of wgmma / mbarri
     mutants.forEach(([broken, why], i) => {
       expect(broken).not.toBe(good);
       expect(modelOutput(c, broken, `broken_chunked_${i}`)).toMatch(why);
+    });
+  }, 60_000);
+
+  it("the model catches broken deferred stores: a half zeroed before it is staged, the store before the fence, no wait for the previous store", () => {
+    const c = chunked[2]!;
+    const good = chunkedLoop(c);
+    const zeroFirst = good.replace(/(\/\/ chunk 0[^]*?)(\s*\/\/ the previous tile's columns 0\.\.127[^]*?\n(?:.*\n)*?\s*\}\n)(#pragma unroll\n.*acc\[i\] = 0\.f;.*\n)/, "$1\n$3$2");
+    const mutants: [string, RegExp][] = [
+      [zeroFirst, /staged acc\[0\] = 0, the previous tile's is/],
+      [good.replace("sh_fence_proxy_async();", ""), /TMA store before fence\.proxy\.async/],
+      [good.replace("if (threadIdx.x % 128 == 0) sh_bulk_wait_read0();", ""), /staging written before the previous store was waited for/],
+    ];
+    mutants.forEach(([broken, why], i) => {
+      expect(broken, `mutant ${i}`).not.toBe(good);
+      expect(modelOutput(c, broken, `broken_deferred_${i}`)).toMatch(why);
     });
   }, 60_000);
 

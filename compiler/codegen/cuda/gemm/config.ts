@@ -110,6 +110,14 @@ export interface Fp8GemmConfig {
    * 128 x 256 tile keeps 4 stages instead of 3. Suffix _tsb (for _ts).
    */
   storeByBox?: boolean;
+  /**
+   * The tile's store deferred into the next tile's first K block (absent = off; chunked with tmaStore,
+   * whole-tile staging): each half of acc is written into the staging buffer while the next tile's wgmmas
+   * for that chunk run, and stored by TMA after them; the last tile's store follows the tile loop. So
+   * the tensor cores are not idle while the shared-memory writes of the epilogue run, which costs most
+   * on short K (16 blocks per tile at K = 2048). Suffix _ds.
+   */
+  deferStore?: boolean;
 }
 
 export const SMEM_LIMIT = 232448; // 227 KiB: the opt-in maximum per block on H100 / H200
@@ -144,7 +152,7 @@ export const smemBytes = (c: Fp8GemmConfig): number => SMEM_ALIGN_SLACK + c.stag
 export const spansScaleBlocks = (c: Fp8GemmConfig): boolean => !isBf16(c) && !c.chunked && FP8_BLOCK % c.blockN !== 0;
 
 export function configName(c: Fp8GemmConfig): string {
-  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}`;
+  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}`;
 }
 
 /** Why a configuration cannot be emitted, or undefined. */
@@ -178,6 +186,7 @@ export function configProblem(c: Fp8GemmConfig): string | undefined {
     if (c.blockN % 64 !== 0) return `MN-major B (bMnMajor) loads 64-column boxes of B: blockN must be a multiple of 64, got ${c.blockN}`;
   }
   if (c.storeByBox && !c.tmaStore) return "storeByBox stages the TMA-store epilogue box by box: it needs tmaStore";
+  if (c.deferStore && !(c.chunked && c.tmaStore && !c.storeByBox)) return "deferStore writes each half of the tile into the whole-tile staging buffer under the next tile's chunks: it needs chunked and tmaStore, without storeByBox";
   if (c.chunked) return chunkedProblem(c);
   if (c.overlap) return overlapProblem(c);
   return undefined;
@@ -191,7 +200,7 @@ export function configProblem(c: Fp8GemmConfig): string | undefined {
 function chunkedProblem(c: Fp8GemmConfig): string | undefined {
   if (isBf16(c)) return "chunked splits the e4m3 promotion into 128-column chunks; bf16 has no promotion and takes blockN 256 whole: set chunked off";
   if (c.blockN !== 2 * FP8_BLOCK) return `chunked tiles are two 128-column chunks: blockN must be 256, got ${c.blockN}`;
-  if (c.overlap || c.multicast || c.bRows) return "chunked tiles wait for and promote each chunk before the next: no overlap, multicast or bRows with chunked";
+  if (c.overlap || c.bRows) return "chunked tiles wait for and promote each chunk before the next, with B's block scales: no overlap or bRows with chunked";
   const need = c.blockN / 2 + FP8_BLOCK / 2 + CONSUMER_OVERHEAD_REGS;
   if (need > consumerRegs(c)) return `chunked promotion needs ${c.blockN / 2} + ${FP8_BLOCK / 2} + ${CONSUMER_OVERHEAD_REGS} = ${need} registers per consumer thread, more than its ${consumerRegs(c)}`;
   return undefined;
@@ -252,8 +261,18 @@ const OVERLAP_SHAPES: [1 | 2, number][] = [[2, 128], [2, 112], [2, 96], [1, 128]
 const MULTICAST_SHAPES: [number, boolean][] = [[128, true], [192, false], [160, false], [128, false]];
 /** TMA-store candidates (blockN, overlapped promotion, multicast), two consumers each. */
 const TMA_STORE_SHAPES: [number, boolean, boolean][] = [[128, true, false], [192, false, false], [128, false, false], [128, true, true], [192, false, true]];
-/** 128 x 256 chunked candidates (tmaStore, storeByBox): whole-tile staging (3 stages), box by box (4), direct stores (4). */
-const CHUNKED_SHAPES: [boolean, boolean][] = [[true, false], [true, true], [false, false]];
+/**
+ * 128 x 256 chunked candidates [tmaStore, storeByBox, deferStore, multicast]: whole-tile staging (3 stages),
+ * box by box (4), direct stores (4), the store deferred under the next tile's chunks, and B multicast.
+ */
+const CHUNKED_SHAPES: [boolean, boolean, boolean, boolean][] = [
+  [true, false, false, false],
+  [true, true, false, false],
+  [false, false, false, false],
+  [true, false, true, false],
+  [true, false, false, true],
+  [true, false, true, true],
+];
 
 /**
  * The configurations the autotuner times, the first being the plain one (one consumer, 64×128,
@@ -274,8 +293,9 @@ export function gemmCandidates(grouped: boolean): Fp8GemmConfig[] {
   for (const [blockN, overlap, multicast] of TMA_STORE_SHAPES)
     if (!(multicast && grouped)) out.push(filled({ consumers: 2, blockN, persistent: true, grouped, ...(overlap ? { overlap } : {}), ...(multicast ? { multicast } : {}), tmaStore: true }));
   // 128 x 256 tiles in two 128-column chunks (less shared-memory traffic per FLOP than 128 x 128)
-  for (const [tmaStore, storeByBox] of CHUNKED_SHAPES)
-    out.push(filled({ consumers: 2, blockN: 256, persistent: true, grouped, chunked: true, ...(tmaStore ? { tmaStore } : {}), ...(storeByBox ? { storeByBox } : {}) }));
+  for (const [tmaStore, storeByBox, deferStore, multicast] of CHUNKED_SHAPES)
+    if (!(multicast && grouped))
+      out.push(filled({ consumers: 2, blockN: 256, persistent: true, grouped, chunked: true, ...(tmaStore ? { tmaStore } : {}), ...(storeByBox ? { storeByBox } : {}), ...(deferStore ? { deferStore } : {}), ...(multicast ? { multicast } : {}) }));
   return out.filter((c) => configProblem(c) === undefined);
 }
 

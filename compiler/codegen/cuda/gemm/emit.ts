@@ -45,6 +45,7 @@ import {
   type Fp8GemmConfig,
 } from "./config.ts";
 import { bf16Loop, chunkedLoop, kGroupedLoop, overlappedLoop, plainLoop } from "./mainloop.ts";
+import { stagingDecl, stagingWrites } from "./staging.ts";
 import { GEMM_PTX, MN_BOX_BYTES, MN_MAJOR_B, TMA_STORE_3D, wgmmaWrapper } from "./ptx.ts";
 
 export interface Fp8GemmKernel {
@@ -170,7 +171,9 @@ ${fragInit}  int s = 0;
   sh_u32 phase = 0;
   // this thread's two rows of the m64 fragment, and the column of its first pair
   const int r0 = wg * 64 + warp * 16 + lane / 4, c0 = 2 * (lane % 4);
-  ${tileLoop}
+${c.deferStore ? `  // deferred store: the previous tile (pmb, pnb) is staged and stored under the next tile's first K block
+  int have = 0, pmb = 0, pnb = 0;
+${stagingDecl(BN, "  ")}` : ""}  ${tileLoop}
 ${kg ? `    // this expert's 64-column blocks: the consumers take as many stages as the producer fills for the tile
     const int KB = blockExpert[2 * e + 1];
 ` : `    const int e = ${expert};
@@ -184,10 +187,12 @@ ${sbTileLine}${twoBlocks && !c.bRows ? `    // columns from 'split' on (tile-rel
     const bool second = n0 / ${FP8_BLOCK} + 1 < NB;
 ` : ""}${c.chunked ? `    // chunk 1 (columns 128..255) lies past N when N ends inside the tile: its scale block does not exist
     const bool second = n0 / ${FP8_BLOCK} + 1 < NB;
-` : ""}#pragma unroll
+` : ""}${c.deferStore ? "" : `#pragma unroll
     for (int i = 0; i < ${frag}; ++i) acc[i] = 0.f;
-${kg ? kGroupedLoop(c) : bf16 ? bf16Loop(c) : c.chunked ? chunkedLoop(c) : c.overlap ? overlappedLoop(c) : plainLoop(c)}${epilogue(c)}  }
-${c.tmaStore ? "  if (threadIdx.x % 128 == 0) sh_bulk_wait0();  // this warpgroup's last store is done\n" : ""}  }
+`}${kg ? kGroupedLoop(c) : bf16 ? bf16Loop(c) : c.chunked ? chunkedLoop(c) : c.overlap ? overlappedLoop(c) : plainLoop(c)}${c.deferStore ? "    have = 1; pmb = mb; pnb = nb;  // stored under the next tile's first K block, or after the loop\n" : epilogue(c)}  }
+${c.deferStore ? `  if (have) {  // the last tile's store
+${tmaStoreEpilogue(c, "pmb * BM", undefined, "pnb * BN").replace(/^(?=.)/gm, "  ")}  }
+` : ""}${c.tmaStore ? "  if (threadIdx.x % 128 == 0) sh_bulk_wait0();  // this warpgroup's last store is done\n" : ""}  }
 ${mc ? "  sh_cluster_sync();  // the peer's last arrivals and multicasts into this CTA are done\n" : ""}}
 `;
   return { name, source: TILE_COORDS + (kg ? KG_TILE_COORDS : "") + source, config: c, threads: threadsOf(c), smemBytes: smemBytes(c) };
@@ -234,13 +239,9 @@ function directEpilogue(c: Fp8GemmConfig, base: string, bound: string): string {
  * at once hit 8 different chunks and no bank twice), then one thread stores the boxes by TMA (clipped
  * at M and N). The buffer is reused only after the previous tile's store has read it.
  */
-function tmaStoreEpilogue(c: Fp8GemmConfig, rowBase: string, expert?: string): string {
+function tmaStoreEpilogue(c: Fp8GemmConfig, rowBase: string, expert?: string, n0 = "n0"): string {
   const store = (box: string, b: string) =>
-    expert === undefined ? `sh_tma_store_2d(&tmD, ${box}, n0 + 64 * ${b}, ${rowBase} + wg * 64)` : `sh_tma_store_3d(&tmD, ${box}, n0 + 64 * ${b}, ${rowBase} + wg * 64, ${expert})`;
-  // columns 8j + c0 + {0,1} of rows rr / rr + 8 into box (j / 8)'s chunk (j % 8) ^ (row % 8)
-  const write = (box: string) => `        const sh_u32 at = ${box} + (((j % 8) ^ (rr % 8)) * 16) + 4 * (lane % 4);
-        sh_sts_u32(at + rr * 128, sh_pack_bf16x2(acc[4 * j + 0], acc[4 * j + 1]));
-        sh_sts_u32(at + (rr + 8) * 128, sh_pack_bf16x2(acc[4 * j + 2], acc[4 * j + 3]));`;
+    expert === undefined ? `sh_tma_store_2d(&tmD, ${box}, ${n0} + 64 * ${b}, ${rowBase} + wg * 64)` : `sh_tma_store_3d(&tmD, ${box}, ${n0} + 64 * ${b}, ${rowBase} + wg * 64, ${expert})`;
   if (c.storeByBox)
     return `    // epilogue through shared memory and TMA, one 64 x 64 box at a time: this warpgroup's 64 rows, ${c.blockN / 64} boxes
     {
@@ -252,7 +253,9 @@ function tmaStoreEpilogue(c: Fp8GemmConfig, rowBase: string, expert?: string): s
         sh_named_bar(1 + wg, 128);
 #pragma unroll
         for (int j = 8 * b; j < 8 * b + 8; ++j) {
-${write("mine")}
+          const sh_u32 at = mine + (((j % 8) ^ (rr % 8)) * 16) + 4 * (lane % 4);
+          sh_sts_u32(at + rr * 128, sh_pack_bf16x2(acc[4 * j + 0], acc[4 * j + 1]));
+          sh_sts_u32(at + (rr + 8) * 128, sh_pack_bf16x2(acc[4 * j + 2], acc[4 * j + 3]));
         }
         sh_fence_proxy_async();  // the writes are visible to the TMA engine
         sh_named_bar(1 + wg, 128);
@@ -265,24 +268,21 @@ ${write("mine")}
 `;
   return `    // epilogue through shared memory and TMA: this warpgroup's 64 rows, ${c.blockN / 64} box(es) of 64 columns
     {
-      const sh_u32 mine = staging + wg * ${64 * c.blockN * 2};
-      if (threadIdx.x % 128 == 0) sh_bulk_wait_read0();  // the previous tile's store has read the buffer
+${stagingDecl(c.blockN, "      ")}      if (threadIdx.x % 128 == 0) sh_bulk_wait_read0();  // the previous tile's store has read the buffer
       sh_named_bar(1 + wg, 128);
-      const int rr = warp * 16 + lane / 4;  // this thread's rows rr and rr + 8 of the warpgroup's 64
-#pragma unroll
-      for (int j = 0; j < ${c.blockN / 8}; ++j) {
-${write("mine + (j / 8) * 8192")}
-      }
-      sh_fence_proxy_async();  // the writes are visible to the TMA engine
+${stagingWrites(0, c.blockN / 8, "      ")}      sh_fence_proxy_async();  // the writes are visible to the TMA engine
       sh_named_bar(1 + wg, 128);
       if (threadIdx.x % 128 == 0) {
-#pragma unroll
-        for (int b = 0; b < ${c.blockN / 64}; ++b) ${store("mine + b * 8192", "b")};
-        sh_bulk_commit();
-      }
+${tmaStores(c, store)}      }
     }
 `;
 }
+
+/** Thread 0 of the warpgroup stores its staged boxes and commits them as one bulk group. */
+const tmaStores = (c: Fp8GemmConfig, store: (box: string, b: string) => string): string => `#pragma unroll
+        for (int b = 0; b < ${c.blockN / 64}; ++b) ${store("mine + b * 8192", "b")};
+        sh_bulk_commit();
+`;
 
 // Tile raster (mirrors tileCoords in config.ts): GROUP_M m-blocks walked down before moving along N,
 // so the CTAs resident at once share a few row blocks of A and a band of B in L2.

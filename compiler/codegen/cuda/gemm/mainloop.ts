@@ -16,6 +16,7 @@
 import { FP8_BLOCK } from "../../../numeric/fp8-gemm.ts";
 import { spansScaleBlocks, type Fp8GemmConfig } from "./config.ts";
 import { MN_K16_STEP, wgmmaName } from "./ptx.ts";
+import { stagingWrites } from "./staging.ts";
 
 /**
  * Scales. A's (two rows per thread, a0/a1) arrive by TMA with each stage, SA_BYTES per stage from
@@ -174,19 +175,55 @@ ${step(c, "kb", "t0", undefined, p)}    }
  * over the chunk's rows of B (16 KiB further into the stage per chunk) into tmp, wait_group 0, promote
  * into acc[64 j ..] with chunk j's B scale (b0, b1: one scale block each); the stage goes back after
  * the last chunk's wait, before its promotion. The other consumer's wgmmas run under each promotion.
+ *
+ * With deferStore the first K block is peeled: while chunk j's wgmmas run, the previous tile's half j of
+ * acc (when there is one: `have`) goes into the staging buffer, then that half is zeroed for this tile;
+ * after the last chunk's writes, one thread stores the boxes by TMA at the previous tile's (pmb, pnb).
+ * Without it, acc is zeroed before the loop (emit.ts) and the tile's epilogue follows it.
  */
 export function chunkedLoop(c: Fp8GemmConfig): string {
-  const p = "      ", q = p + "  ";
-  const chunks = c.blockN / FP8_BLOCK, frag = FP8_BLOCK / 2;
-  const body = Array.from({ length: chunks }, (_, j) => {
-    const last = j === chunks - 1;
-    return `${p}{  // chunk ${j}: columns ${j * FP8_BLOCK}..${(j + 1) * FP8_BLOCK - 1} of the tile
+  const p = "      ";
+  const block = (first: boolean) => `${chunkScales(c, "kb + 1", "n", p, "const float ", "kb + 1 < KB")}${p}sh_mbar_wait(bars + 8 * s, phase);  // the stage's bytes have landed
+${stageScales(c, "s", p)}${p}const sh_u64 da = sh_wgmma_desc(tilesA + s * A_BYTES + wg * 64 * ${FP8_BLOCK});
+${Array.from({ length: c.blockN / FP8_BLOCK }, (_, j) => chunk(c, j, first)).join("")}${c.globalScales ? `${p}a0 = na0; a1 = na1;\n` : ""}${p}${Array.from({ length: c.blockN / FP8_BLOCK }, (_, j) => `b${j} = nb${j};`).join(" ")}
+`;
+  const loop = `    for (int kb = ${c.deferStore ? 1 : 0}; kb < KB; ++kb) {
+      // the next block's scales (plain loads: they do not wait for the stage)
+${block(false)}    }
+`;
+  return `${chunkScales(c, "0", "", "    ", "float ", "")}${c.deferStore ? `    {  // K block 0, with the previous tile's store under its chunks
+      const int kb = 0;
+${block(true)}    }
+` : ""}${loop}`;
+}
+
+/** Chunk j of a K block: its wgmmas, (deferStore, first block) the previous tile's half j staged under them, wait, promote. */
+function chunk(c: Fp8GemmConfig, j: number, first: boolean): string {
+  const p = "      ", q = p + "  ", frag = FP8_BLOCK / 2, chunks = c.blockN / FP8_BLOCK;
+  const last = j === chunks - 1, groups = FP8_BLOCK / 8;
+  const deferred = first
+    ? `${q}// the previous tile's columns ${j * FP8_BLOCK}..${(j + 1) * FP8_BLOCK - 1} into the staging buffer while the wgmmas run
+${q}if (have) {
+${j === 0 ? `${q}  if (threadIdx.x % 128 == 0) sh_bulk_wait_read0();  // the store before it has read the buffer
+${q}  sh_named_bar(1 + wg, 128);
+` : ""}${stagingWrites(j * groups, (j + 1) * groups, q + "  ")}${last ? `${q}  sh_fence_proxy_async();  // the writes are visible to the TMA engine
+${q}  sh_named_bar(1 + wg, 128);
+${q}  if (threadIdx.x % 128 == 0) {
+${q}    for (int b = 0; b < ${c.blockN / 64}; ++b) sh_tma_store_2d(&tmD, mine + b * 8192, pnb * BN + 64 * b, pmb * BM + wg * 64);
+${q}    sh_bulk_commit();
+${q}  }
+` : ""}${q}}
+#pragma unroll
+${q}for (int i = ${j * frag}; i < ${(j + 1) * frag}; ++i) acc[i] = 0.f;  // this tile's half starts at zero
+`
+    : "";
+  return `${p}{  // chunk ${j}: columns ${j * FP8_BLOCK}..${(j + 1) * FP8_BLOCK - 1} of the tile
 ${q}const sh_u64 db = sh_wgmma_desc(tilesB + s * B_BYTES + ${j * FP8_BLOCK * FP8_BLOCK});
 ${q}sh_wgmma_fence();
 #pragma unroll
 ${q}for (int k = 0; k < ${FP8_BLOCK / 32}; ++k) ${wgmmaName(FP8_BLOCK, c.ab)}(tmp, da + 2 * k, db + 2 * k, k);
 ${q}sh_wgmma_commit();
-${q}sh_wgmma_wait0();
+${deferred}${q}sh_wgmma_wait0();
 ${fenceAll({ ...c, blockN: FP8_BLOCK }, "tmp", q)}${last ? `${q}// the last chunk's wgmmas have read the stage: hand it back to the producer
 ${q}${release(c, "bars + 8 * (S + s)")}
 ${q}if (++s == S) { s = 0; phase ^= 1; }
@@ -199,15 +236,6 @@ ${q}  acc[${j * frag} + 4 * j + 2] = fmaf(tmp[4 * j + 2], u1, acc[${j * frag} + 
 ${q}  acc[${j * frag} + 4 * j + 3] = fmaf(tmp[4 * j + 3], u1, acc[${j * frag} + 4 * j + 3]);
 ${q}}
 ${p}}
-`;
-  }).join("");
-  return `${chunkScales(c, "0", "", "    ", "float ", "")}    for (int kb = 0; kb < KB; ++kb) {
-      // the next block's scales (plain loads: they do not wait for the stage)
-${chunkScales(c, "kb + 1", "n", p, "const float ", "kb + 1 < KB")}${p}sh_mbar_wait(bars + 8 * s, phase);  // the stage's bytes have landed
-${stageScales(c, "s", p)}${p}const sh_u64 da = sh_wgmma_desc(tilesA + s * A_BYTES + wg * 64 * ${FP8_BLOCK});
-${body}${c.globalScales ? `${p}a0 = na0; a1 = na1;
-` : ""}${p}${Array.from({ length: chunks }, (_, j) => `b${j} = nb${j};`).join(" ")}
-    }
 `;
 }
 
