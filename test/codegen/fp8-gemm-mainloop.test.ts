@@ -98,7 +98,17 @@ static float expectAcc(int i);
 static sh_u32 sh_pack_bf16x2(float x, float y) { staged.push_back(x); staged.push_back(y); return 0; }
 static void sh_sts_u32(sh_u32, sh_u32) { if (!readWaited) FAIL("staging written before the previous store was waited for"); }
 static void sh_bulk_wait_read0() { readWaited = 1; }
-static void sh_named_bar(sh_u32, sh_u32) {}
+// orderedChunks: this consumer (wg 1) waits for its turn on barrier 4 before each chunk and hands the
+// turn back on barrier 3 after committing it
+static int turnWaited, turnsOwed;
+static void sh_named_bar(sh_u32 id, sh_u32 count) {
+  if (id == 4) { if (count != 256) FAIL("turn barrier over %u threads", count); turnWaited = 1; }
+}
+static void sh_named_arrive(sh_u32 id, sh_u32 count) {
+  if (id != 3 || count != 256) FAIL("consumer 1 arrived on barrier %u over %u threads, not the turn barrier 3 over 256", id, count);
+  if (turnsOwed <= 0) FAIL("turn handed back with no chunk committed");
+  turnsOwed--;
+}
 static void sh_fence_proxy_async() { proxyFenced = 1; }
 static void sh_tma_store_2d(const int*, sh_u32, int, int) { if (!proxyFenced) FAIL("TMA store before fence.proxy.async"); stores++; }
 static void sh_bulk_commit() {
@@ -109,8 +119,13 @@ static void sh_bulk_commit() {
 }
 static const int tmD = 0;
 static const struct { int x; } threadIdx = {0};
-static void sh_wgmma_fence() { fenced = true; }
-static void sh_wgmma_commit() { pending.push_back(open); open = Group(); fenced = false; }
+static const int ORDERED = ${c.orderedChunks ? 1 : 0};
+static void sh_wgmma_fence() {
+  if (ORDERED && !turnWaited) FAIL("a chunk issued without waiting for its turn");
+  turnWaited = 0;
+  fenced = true;
+}
+static void sh_wgmma_commit() { pending.push_back(open); open = Group(); fenced = false; if (ORDERED) turnsOwed++; }
 template <int N> static void sh_wgmma_wait() { while ((int)pending.size() > N) pending.erase(pending.begin()); }
 static void sh_wgmma_wait0() { pending.clear(); }
 static bool isPending(const float* x) {
@@ -184,6 +199,7 @@ ${perTile ? "        KB = PER_TILE[tile];\n" : ""}        // a deferred store ze
         tileStart = loads;
 ${loop}
         done += KB;
+        if (ORDERED && turnsOwed) FAIL("%d chunk(s) committed without handing the turn back", turnsOwed);
         if (DEFER && (commits != have || stores != (have ? BN / 64 : 0))) FAIL("%d commits, %d box stores of the previous tile (have %d)", commits, stores, have);
         if (DEFER) have = 1;
         if (!pending.empty()) FAIL("%d wgmma group(s) pending at the epilogue", (int)pending.size());
@@ -246,10 +262,11 @@ describe.skipIf(!GXX)("FP8 GEMM consumer K loop on a CPU model of wgmma / mbarri
     { consumers: 2, blockN: 256, stages: 3, persistent: true, grouped: false, chunked: true, globalScales: true },
     { consumers: 2, blockN: 256, stages: 3, persistent: true, grouped: false, chunked: true, tmaStore: true, deferStore: true },
     { consumers: 2, blockN: 256, stages: 3, persistent: true, grouped: false, chunked: true, tmaStore: true, deferStore: true, multicast: true },
+    { consumers: 2, blockN: 256, stages: 3, persistent: true, grouped: false, chunked: true, tmaStore: true, orderedChunks: true },
   ];
   for (const c of chunked)
-    it(`chunked loop, blockN 256${c.globalScales ? " (A scales from global memory)" : ""}${c.deferStore ? " (the previous tile's store under the first block)" : ""}${c.multicast ? " (multicast)" : ""}: protocol checks hold, each chunk promoted with its own scale into its half of acc`, () => {
-      expect(modelOutput(c, chunkedLoop(c), `loop_chunked${c.globalScales ? "_gs" : ""}${c.deferStore ? "_ds" : ""}${c.multicast ? "_mc" : ""}`).trim()).toBe("ok");
+    it(`chunked loop, blockN 256${c.globalScales ? " (A scales from global memory)" : ""}${c.deferStore ? " (the previous tile's store under the first block)" : ""}${c.multicast ? " (multicast)" : ""}${c.orderedChunks ? " (chunks in turns)" : ""}: protocol checks hold, each chunk promoted with its own scale into its half of acc`, () => {
+      expect(modelOutput(c, chunkedLoop(c), `loop_chunked${c.globalScales ? "_gs" : ""}${c.deferStore ? "_ds" : ""}${c.multicast ? "_mc" : ""}${c.orderedChunks ? "_oc" : ""}`).trim()).toBe("ok");
     }, 60_000);
 
   it("the model catches broken chunked loops: swapped chunk scales, the stage released before the last chunk is done, a chunk promoted while pending", () => {
@@ -263,6 +280,19 @@ describe.skipIf(!GXX)("FP8 GEMM consumer K loop on a CPU model of wgmma / mbarri
     mutants.forEach(([broken, why], i) => {
       expect(broken).not.toBe(good);
       expect(modelOutput(c, broken, `broken_chunked_${i}`)).toMatch(why);
+    });
+  }, 60_000);
+
+  it("the model catches broken turns: a chunk issued without its turn, the turn not handed back", () => {
+    const c = chunked[4]!;
+    const good = chunkedLoop(c);
+    const mutants: [string, RegExp][] = [
+      [good.replace(/sh_named_bar\(wg == 0 \? 3 : 4, 256\);.*\n/, "\n"), /issued without waiting for its turn/],
+      [good.replace(/sh_named_arrive\(wg == 0 \? 4 : 3, 256\);.*\n/, "\n"), /without handing the turn back/],
+    ];
+    mutants.forEach(([broken, why], i) => {
+      expect(broken, `mutant ${i}`).not.toBe(good);
+      expect(modelOutput(c, broken, `broken_turns_${i}`)).toMatch(why);
     });
   }, 60_000);
 

@@ -118,10 +118,19 @@ export interface Fp8GemmConfig {
    * on short K (16 blocks per tile at K = 2048). Suffix _ds.
    */
   deferStore?: boolean;
+  /**
+   * The two consumers take turns issuing chunks (absent = off; chunked): consumer 0 issues a chunk, then
+   * consumer 1 its own, then consumer 0 its next, through two named barriers (ORDER_BARRIERS). Without it
+   * both wait for the same stage, issue together and finish together, and then both promote while the
+   * tensor cores idle; in turns, one promotes while the other's chunk runs. Suffix _oc.
+   */
+  orderedChunks?: boolean;
 }
 
 export const SMEM_LIMIT = 232448; // 227 KiB: the opt-in maximum per block on H100 / H200
 const SMEM_ALIGN_SLACK = 1024; // dynamic smem is re-aligned to 1024 B (the 128-byte swizzle's atom)
+/** Named barriers the consumers take turns through (orderedChunks): consumer 0 waits on the first, consumer 1 on the second. */
+export const ORDER_BARRIERS = [3, 4] as const;
 /** Rows per raster group: consecutive tiles walk down GROUP_M m-blocks before moving along N. */
 export const GROUP_M = 8;
 /** setmaxnreg targets (multiples of 8; the CTA's total stays within 64K registers). */
@@ -152,7 +161,7 @@ export const smemBytes = (c: Fp8GemmConfig): number => SMEM_ALIGN_SLACK + c.stag
 export const spansScaleBlocks = (c: Fp8GemmConfig): boolean => !isBf16(c) && !c.chunked && FP8_BLOCK % c.blockN !== 0;
 
 export function configName(c: Fp8GemmConfig): string {
-  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}`;
+  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}`;
 }
 
 /** Why a configuration cannot be emitted, or undefined. */
@@ -187,6 +196,7 @@ export function configProblem(c: Fp8GemmConfig): string | undefined {
   }
   if (c.storeByBox && !c.tmaStore) return "storeByBox stages the TMA-store epilogue box by box: it needs tmaStore";
   if (c.deferStore && !(c.chunked && c.tmaStore && !c.storeByBox)) return "deferStore writes each half of the tile into the whole-tile staging buffer under the next tile's chunks: it needs chunked and tmaStore, without storeByBox";
+  if (c.orderedChunks && !(c.chunked && c.consumers === 2)) return "orderedChunks alternates the two consumers' chunks: it needs chunked and two consumers";
   if (c.chunked) return chunkedProblem(c);
   if (c.overlap) return overlapProblem(c);
   return undefined;
@@ -296,6 +306,9 @@ export function gemmCandidates(grouped: boolean): Fp8GemmConfig[] {
   for (const [tmaStore, storeByBox, deferStore, multicast] of CHUNKED_SHAPES)
     if (!(multicast && grouped))
       out.push(filled({ consumers: 2, blockN: 256, persistent: true, grouped, chunked: true, ...(tmaStore ? { tmaStore } : {}), ...(storeByBox ? { storeByBox } : {}), ...(deferStore ? { deferStore } : {}), ...(multicast ? { multicast } : {}) }));
+  // the consumers' chunks in turns (whole-tile staging, 3 stages; and box by box, 4 stages)
+  for (const storeByBox of [false, true])
+    out.push(filled({ consumers: 2, blockN: 256, persistent: true, grouped, chunked: true, tmaStore: true, ...(storeByBox ? { storeByBox } : {}), orderedChunks: true }));
   return out.filter((c) => configProblem(c) === undefined);
 }
 

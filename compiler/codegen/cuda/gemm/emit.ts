@@ -36,6 +36,7 @@ import {
   consumerRegs,
   GROUP_M,
   isBf16,
+  ORDER_BARRIERS,
   kBlock,
   PRODUCER_REGS,
   smemBytes,
@@ -171,7 +172,9 @@ ${fragInit}  int s = 0;
   sh_u32 phase = 0;
   // this thread's two rows of the m64 fragment, and the column of its first pair
   const int r0 = wg * 64 + warp * 16 + lane / 4, c0 = 2 * (lane % 4);
-${c.deferStore ? `  // deferred store: the previous tile (pmb, pnb) is staged and stored under the next tile's first K block
+${c.orderedChunks ? `  // chunks in turns: consumer 0 goes first (consumer 1's arrival lets it), and takes consumer 1's last arrival at the end
+  if (wg == 1) sh_named_arrive(${ORDER_BARRIERS[0]}, 256);
+` : ""}${c.deferStore ? `  // deferred store: the previous tile (pmb, pnb) is staged and stored under the next tile's first K block
   int have = 0, pmb = 0, pnb = 0;
 ${stagingDecl(BN, "  ")}` : ""}  ${tileLoop}
 ${kg ? `    // this expert's 64-column blocks: the consumers take as many stages as the producer fills for the tile
@@ -190,7 +193,8 @@ ${sbTileLine}${twoBlocks && !c.bRows ? `    // columns from 'split' on (tile-rel
 ` : ""}${c.deferStore ? "" : `#pragma unroll
     for (int i = 0; i < ${frag}; ++i) acc[i] = 0.f;
 `}${kg ? kGroupedLoop(c) : bf16 ? bf16Loop(c) : c.chunked ? chunkedLoop(c) : c.overlap ? overlappedLoop(c) : plainLoop(c)}${c.deferStore ? "    have = 1; pmb = mb; pnb = nb;  // stored under the next tile's first K block, or after the loop\n" : epilogue(c)}  }
-${c.deferStore ? `  if (have) {  // the last tile's store
+${c.orderedChunks ? `  if (wg == 0) sh_named_bar(${ORDER_BARRIERS[0]}, 256);  // consumer 1's arrival after its last chunk
+` : ""}${c.deferStore ? `  if (have) {  // the last tile's store
 ${tmaStoreEpilogue(c, "pmb * BM", undefined, "pnb * BN").replace(/^(?=.)/gm, "  ")}  }
 ` : ""}${c.tmaStore ? "  if (threadIdx.x % 128 == 0) sh_bulk_wait0();  // this warpgroup's last store is done\n" : ""}  }
 ${mc ? "  sh_cluster_sync();  // the peer's last arrivals and multicasts into this CTA are done\n" : ""}}

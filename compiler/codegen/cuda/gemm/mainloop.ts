@@ -14,7 +14,7 @@
 // bars, tilesA/tilesB, A_BYTES/B_BYTES, S, wg, lane, sa, sbTile, m0/m1, r0, c0, sas/SA_BYTES,
 // sbs/SB_BYTES (row-scaled B), M, KB, split/second (when a tile spans two scale blocks of B).
 import { FP8_BLOCK } from "../../../numeric/fp8-gemm.ts";
-import { spansScaleBlocks, type Fp8GemmConfig } from "./config.ts";
+import { ORDER_BARRIERS, spansScaleBlocks, type Fp8GemmConfig } from "./config.ts";
 import { MN_K16_STEP, wgmmaName } from "./ptx.ts";
 import { stagingWrites } from "./staging.ts";
 
@@ -219,11 +219,13 @@ ${q}for (int i = ${j * frag}; i < ${(j + 1) * frag}; ++i) acc[i] = 0.f;  // this
     : "";
   return `${p}{  // chunk ${j}: columns ${j * FP8_BLOCK}..${(j + 1) * FP8_BLOCK - 1} of the tile
 ${q}const sh_u64 db = sh_wgmma_desc(tilesB + s * B_BYTES + ${j * FP8_BLOCK * FP8_BLOCK});
-${q}sh_wgmma_fence();
+${c.orderedChunks ? `${q}sh_named_bar(wg == 0 ? ${ORDER_BARRIERS[0]} : ${ORDER_BARRIERS[1]}, 256);  // the other consumer has issued its chunk before this one
+` : ""}${q}sh_wgmma_fence();
 #pragma unroll
 ${q}for (int k = 0; k < ${FP8_BLOCK / 32}; ++k) ${wgmmaName(FP8_BLOCK, c.ab)}(tmp, da + 2 * k, db + 2 * k, k);
 ${q}sh_wgmma_commit();
-${deferred}${q}sh_wgmma_wait0();
+${c.orderedChunks ? `${q}sh_named_arrive(wg == 0 ? ${ORDER_BARRIERS[1]} : ${ORDER_BARRIERS[0]}, 256);  // the other consumer's turn
+` : ""}${deferred}${q}sh_wgmma_wait0();
 ${fenceAll({ ...c, blockN: FP8_BLOCK }, "tmp", q)}${last ? `${q}// the last chunk's wgmmas have read the stage: hand it back to the producer
 ${q}${release(c, "bars + 8 * (S + s)")}
 ${q}if (++s == S) { s = 0; phase ^= 1; }
