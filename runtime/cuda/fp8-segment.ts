@@ -32,8 +32,8 @@ import * as K from "./kernels/sources.ts";
 import * as Q from "./kernels/fp8-sources.ts";
 import type { CudaExecutor } from "./executor.ts";
 
-/** The grouped kernel the executor launches (defaultGemmConfig: the fastest grouped kernel on the GEMM bench). */
-const GROUPED = defaultGemmConfig(true), ROW_SCALED = defaultRowScaledConfig();
+/** The row-scaled (Wgrad) kernel; the grouped one is defaultGemmConfig's choice for each launch's shape. */
+const ROW_SCALED = defaultRowScaledConfig();
 // the f32 fallback Wgrad: A (the dequantized activations) stored [tokens][KK], so transposed
 const F32_TRANS_A = { dtype: "f32", outDtype: "f32", transA: true, accumulate: false } as const;
 type OpInstr = Extract<Plan["instrs"][number], { kind: "op" }>;
@@ -87,7 +87,7 @@ export function scaledSegmentDotCuda(ex: CudaExecutor, plan: Plan, ins: OpInstr,
     const SAr = gatherRows(ex, SX, bt * R, KB, "f32", rowMap, M);
     const SA = ex.reorder(SAr, ["m", "kb"], ["kb", "m"]);
     const D = empty(ex.mem, "bf16", [M, N]);
-    g.prepare(GROUPED, { M, N, K: KK, experts: gW }, { a: A.ptr, b: W.ptr, sa: SA.ptr, sb: SW.ptr, d: D.ptr, blockExpert: blockExpert.ptr })();
+    g.prepare(defaultGemmConfig(true, { M, N }), { M, N, K: KK, experts: gW }, { a: A.ptr, b: W.ptr, sa: SA.ptr, sb: SW.ptr, d: D.ptr, blockExpert: blockExpert.ptr })();
     // back to the rank's rows: padding dropped, rows outside every segment 0
     const outIdx = i32(ex, lay.outMap);
     Y = gatherRows(ex, D, M, N, "bf16", outIdx, bt * Rout);

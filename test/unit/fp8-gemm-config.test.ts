@@ -9,6 +9,7 @@ import {
   rowScaledCandidates,
   configProblem,
   CONSUMER_OVERHEAD_REGS,
+  defaultGemmConfig,
   consumerRegs,
   gemmCandidates,
   geometryOf,
@@ -39,12 +40,41 @@ describe("FP8 GEMM configurations", () => {
   });
 
   it("refuses configurations it cannot emit, saying why", () => {
-    expect(configProblem({ ...base, blockN: 256 })).toMatch(/from 16 to 192/);
+    expect(configProblem({ ...base, blockN: 256 })).toMatch(/from 16 to 192.*256 with chunked/);
     expect(configProblem({ ...base, blockN: 100 })).toMatch(/multiple of 16/);
     expect(configProblem({ ...base, stages: 9 })).toMatch(/shared memory/);
     expect(configProblem({ ...base, stages: 1 })).toMatch(/stages/);
     expect(() => emitFp8Gemm({ ...base, blockN: 176 })).toThrow(CompileError);
     expect(configProblem({ ...base, blockN: 176 })).toMatch(/three 128-column scale blocks/);
+  });
+
+  it("chunked 128 x 256 tiles: blockN 256 only chunked, one 64-register temporary, refusals say why; names and stages", () => {
+    const ch: Fp8GemmConfig = { ...base, blockN: 256, stages: 3, chunked: true, tmaStore: true };
+    expect(configProblem(ch)).toBeUndefined();
+    expect(configName(ch)).toBe("sh_fp8_gemm_dense_m128n256_s3_p_ts_ch");
+    expect(configProblem({ ...ch, blockN: 128 })).toMatch(/blockN must be 256/);
+    expect(configProblem({ ...ch, overlap: true })).toMatch(/no overlap or bRows/);
+    expect(configProblem({ ...ch, ab: "bf16" })).toMatch(/bf16 has no promotion/);
+    expect(configProblem({ ...ch, stages: 4 })).toMatch(/shared memory/); // whole-tile staging leaves room for 3
+    expect(configProblem({ ...ch, stages: 4, storeByBox: true })).toBeUndefined(); // box by box: 4
+    expect(configProblem({ ...base, deferStore: true })).toMatch(/needs chunked and tmaStore/);
+    expect(configProblem({ ...base, orderedChunks: true })).toMatch(/needs chunked/);
+    expect(configProblem({ ...base, storeByBox: true })).toMatch(/needs tmaStore/);
+    for (const g of [false, true]) {
+      const names = gemmCandidates(g).filter((c) => c.chunked).map(configName);
+      expect(names).toContain(`sh_fp8_gemm_${g ? "grouped" : "dense"}_m128n256_s3_p_ts_ch`);
+      expect(names).toContain(`sh_fp8_gemm_${g ? "grouped" : "dense"}_m128n256_s4_p_tsb_ch`);
+    }
+  });
+
+  it("the default kernel: 128 x 256 chunked with at least a wave of its tiles (or no shape), 128 x 128 overlapped below", () => {
+    const name = (c: Fp8GemmConfig) => configName(c).replace(/^sh_fp8_gemm_(dense|grouped)_/, "");
+    expect(name(defaultGemmConfig(false))).toBe("m128n256_s3_p_ts_ch");
+    expect(name(defaultGemmConfig(true, { M: 53120, N: 2816 }))).toBe("m128n256_s3_p_ts_ch");
+    expect(name(defaultGemmConfig(false, { M: 4096, N: 2048 }))).toBe("m128n256_s3_p_ts_ch"); // 32 x 8 = 256 tiles
+    expect(name(defaultGemmConfig(false, { M: 128, N: 7168 }))).toBe("m128n128_s5_p_ov_ts"); // 28 tiles
+    expect(name(defaultGemmConfig(false, { M: 1024, N: 4096 }, 132))).toBe("m128n128_s5_p_ov_ts"); // 8 x 16 = 128 < 132
+    expect(name(defaultGemmConfig(false, { M: 1024, N: 4096 }, 128))).toBe("m128n256_s3_p_ts_ch");
   });
 
   it("overlapped promotion: candidates keep every plain one and add _ov ones whose three fragments fit the registers", () => {

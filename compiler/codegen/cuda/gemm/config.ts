@@ -384,13 +384,22 @@ export function defaultKGroupedConfig(N: number): Fp8GemmConfig {
   return { ...defaultBf16GemmConfig(true, N), kGrouped: true };
 }
 
+/** SMs of the Hopper parts the defaults were measured on (H100 / H200 SXM). */
+export const HOPPER_SMS = 132;
+
 /**
- * The configuration the executor launches without tuning (dense or grouped): the persistent 128 x 128
- * two-consumer kernel with overlapped promotion and the TMA-store epilogue, the fastest on every large
- * dense and grouped shape measured on an H100 (bench/results/2026-11-22-fp8-gemm-h100-v5.txt).
+ * The configuration the executor launches without tuning (dense or grouped). Where the problem has at
+ * least a wave of 128 x 256 tiles (or its shape is not given): the persistent 128 x 256 chunked kernel
+ * with the TMA-store epilogue, the fastest on every large dense and grouped shape on an H200
+ * (bench/results/2026-11-23-fp8-gemm-h200-chunked*.txt: 1229-1404 TFLOP/s on the four large dense
+ * shapes, 5-8% above the 128 x 128 one). With fewer tiles (small M: 128x7168x2048 ran 209 TFLOP/s
+ * chunked, 282 at 128 x 128), the persistent 128 x 128 kernel with overlapped promotion and the TMA store.
  */
-export function defaultGemmConfig(grouped: boolean): Fp8GemmConfig {
-  return filled({ consumers: 2, blockN: 128, persistent: true, grouped, overlap: true, tmaStore: true });
+export function defaultGemmConfig(grouped: boolean, shape?: { M: number; N: number }, sms = HOPPER_SMS): Fp8GemmConfig {
+  const wide = shape === undefined || Math.ceil(shape.M / 128) * Math.ceil(shape.N / 256) >= sms;
+  return wide
+    ? filled({ consumers: 2, blockN: 256, persistent: true, grouped, chunked: true, tmaStore: true })
+    : filled({ consumers: 2, blockN: 128, persistent: true, grouped, overlap: true, tmaStore: true });
 }
 
 /**
