@@ -154,6 +154,26 @@ describe("FP8 GEMM configurations", () => {
     expect(configName(mc)).toMatch(/_mc$/);
   });
 
+  it("groupM: another raster height, its own name and helper; the raster still visits every tile once", () => {
+    const c: Fp8GemmConfig = { ...base, blockN: 256, stages: 3, chunked: true, tmaStore: true, groupM: 16 };
+    expect(configName(c)).toBe("sh_fp8_gemm_dense_m128n256_s3_p_ts_ch_g16");
+    expect(configName({ ...c, groupM: 8 })).toBe("sh_fp8_gemm_dense_m128n256_s3_p_ts_ch");
+    expect(configProblem({ ...c, groupM: 0 })).toMatch(/groupM must be an integer/);
+    const src = emitFp8Gemm(c).source;
+    expect(src).toContain("tile_coords_g<16>(tile, mBlocks, nBlocks, mb, nb);");
+    expect(emitFp8Gemm({ ...c, groupM: undefined }).source).not.toContain("tile_coords_g");
+    for (const [mB, nB] of [[64, 32], [17, 5], [3, 9]] as const) {
+      const seen = new Set<string>();
+      for (let t = 0; t < mB * nB; t++) {
+        const { mb, nb } = tileCoords(t, mB, nB, 16);
+        expect(mb < mB && nb < nB).toBe(true);
+        seen.add(`${mb},${nb}`);
+      }
+      expect(seen.size).toBe(mB * nB);
+    }
+    expect(Array.from({ length: 17 }, (_, t) => tileCoords(t, 64, 32, 16)).slice(15)).toEqual([{ mb: 15, nb: 0 }, { mb: 0, nb: 1 }]);
+  });
+
   it("the raster visits every tile exactly once, GROUP_M row blocks at a time", () => {
     for (const [mB, nB] of [[32, 56], [3, 5], [9, 1], [1, 17], [17, 3]] as const) {
       const seen = new Set<number>();

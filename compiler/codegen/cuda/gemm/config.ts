@@ -125,6 +125,12 @@ export interface Fp8GemmConfig {
    * tensor cores idle; in turns, one promotes while the other's chunk runs. Suffix _oc.
    */
   orderedChunks?: boolean;
+  /**
+   * Rows per raster group (absent = GROUP_M, 8): consecutive tiles walk down groupM m-blocks before
+   * moving along N. With 128 x 256 tiles on 8192³ a wave of 132 CTAs under GROUP_M 8 touches 8 row panels
+   * of A and 16.5 column panels of B (16 + 66 MiB, more than L2); 16 rows make it 32 + 33 MiB. Suffix _g<N>.
+   */
+  groupM?: number;
 }
 
 export const SMEM_LIMIT = 232448; // 227 KiB: the opt-in maximum per block on H100 / H200
@@ -161,7 +167,7 @@ export const smemBytes = (c: Fp8GemmConfig): number => SMEM_ALIGN_SLACK + c.stag
 export const spansScaleBlocks = (c: Fp8GemmConfig): boolean => !isBf16(c) && !c.chunked && FP8_BLOCK % c.blockN !== 0;
 
 export function configName(c: Fp8GemmConfig): string {
-  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}`;
+  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}`;
 }
 
 /** Why a configuration cannot be emitted, or undefined. */
@@ -196,6 +202,7 @@ export function configProblem(c: Fp8GemmConfig): string | undefined {
   }
   if (c.storeByBox && !c.tmaStore) return "storeByBox stages the TMA-store epilogue box by box: it needs tmaStore";
   if (c.deferStore && !(c.chunked && c.tmaStore && !c.storeByBox)) return "deferStore writes each half of the tile into the whole-tile staging buffer under the next tile's chunks: it needs chunked and tmaStore, without storeByBox";
+  if (c.groupM !== undefined && !(Number.isInteger(c.groupM) && c.groupM >= 1 && c.groupM <= 64)) return `groupM must be an integer from 1 to 64, got ${c.groupM}`;
   if (c.orderedChunks && !(c.chunked && c.consumers === 2)) return "orderedChunks alternates the two consumers' chunks: it needs chunked and two consumers";
   if (c.chunked) return chunkedProblem(c);
   if (c.overlap) return overlapProblem(c);
@@ -306,6 +313,8 @@ export function gemmCandidates(grouped: boolean): Fp8GemmConfig[] {
   for (const [tmaStore, storeByBox, deferStore, multicast] of CHUNKED_SHAPES)
     if (!(multicast && grouped))
       out.push(filled({ consumers: 2, blockN: 256, persistent: true, grouped, chunked: true, ...(tmaStore ? { tmaStore } : {}), ...(storeByBox ? { storeByBox } : {}), ...(deferStore ? { deferStore } : {}), ...(multicast ? { multicast } : {}) }));
+  // a 16-row raster (fewer B panels per wave: 8192³ thrashes L2 with 8)
+  out.push(filled({ consumers: 2, blockN: 256, persistent: true, grouped, chunked: true, tmaStore: true, groupM: 16 }));
   // the consumers' chunks in turns (whole-tile staging, 3 stages; and box by box, 4 stages)
   for (const storeByBox of [false, true])
     out.push(filled({ consumers: 2, blockN: 256, persistent: true, grouped, chunked: true, tmaStore: true, ...(storeByBox ? { storeByBox } : {}), orderedChunks: true }));
@@ -448,10 +457,10 @@ export function geometryOf(c: Fp8GemmConfig, s: Fp8GemmShape & { experts?: numbe
 }
 
 /** The tile a linear tile index names (GROUP_M-row raster), as the kernel computes it. */
-export function tileCoords(tile: number, mBlocks: number, nBlocks: number): { mb: number; nb: number } {
-  const perGroup = GROUP_M * nBlocks;
-  const first = Math.floor(tile / perGroup) * GROUP_M;
-  const rows = Math.min(mBlocks - first, GROUP_M);
+export function tileCoords(tile: number, mBlocks: number, nBlocks: number, groupM = GROUP_M): { mb: number; nb: number } {
+  const perGroup = groupM * nBlocks;
+  const first = Math.floor(tile / perGroup) * groupM;
+  const rows = Math.min(mBlocks - first, groupM);
   const r = tile % perGroup;
   return { mb: first + (r % rows), nb: Math.floor(r / rows) };
 }

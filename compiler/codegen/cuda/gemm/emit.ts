@@ -71,11 +71,13 @@ export function emitFp8Gemm(c: Fp8GemmConfig): Fp8GemmKernel {
   const twoBlocks = spansScaleBlocks(c);
   const mc = c.multicast === true, mn = c.bMnMajor === true;
   // the tile loop: one tile per unit, or (multicast) a pair of m-blocks per cluster, this CTA's by rank
+  // the raster: the shared GROUP_M helper, or a template one for another group height
+  const coords = c.groupM !== undefined && c.groupM !== GROUP_M ? `tile_coords_g<${c.groupM}>` : "tile_coords";
   const tileLoop = mc
     ? `const int pairsM = (mBlocks + 1) / 2, units = pairsM * nBlocks;
   for (int u = blockIdx.x / 2; u < units; u += gridDim.x / 2) {
     int pm, nb;
-    tile_coords(u, pairsM, nBlocks, pm, nb);
+    ${coords}(u, pairsM, nBlocks, pm, nb);
     const int mb = 2 * pm + (int)crank;`
     : kg
       ? `for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
@@ -83,7 +85,7 @@ export function emitFp8Gemm(c: Fp8GemmConfig): Fp8GemmKernel {
     kg_tile_coords(tile, mBlocks, nBlocks, e, mb, nb);`
       : `for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     int mb, nb;
-    tile_coords(tile, mBlocks, nBlocks, mb, nb);`;
+    ${coords}(tile, mBlocks, nBlocks, mb, nb);`;
   const indent = (text: string, pad: string) => text.replace(/\n/g, "\n" + pad);
   const bf16 = isBf16(c), KBLK = kBlock(c);
   // A's scales arrive by TMA with each stage (e4m3 without globalScales)
@@ -199,7 +201,7 @@ ${tmaStoreEpilogue(c, "pmb * BM", undefined, "pnb * BN").replace(/^(?=.)/gm, "  
 ` : ""}${c.tmaStore ? "  if (threadIdx.x % 128 == 0) sh_bulk_wait0();  // this warpgroup's last store is done\n" : ""}  }
 ${mc ? "  sh_cluster_sync();  // the peer's last arrivals and multicasts into this CTA are done\n" : ""}}
 `;
-  return { name, source: TILE_COORDS + (kg ? KG_TILE_COORDS : "") + source, config: c, threads: threadsOf(c), smemBytes: smemBytes(c) };
+  return { name, source: (coords === "tile_coords" || kg ? TILE_COORDS : TILE_COORDS_G) + (kg ? KG_TILE_COORDS : "") + source, config: c, threads: threadsOf(c), smemBytes: smemBytes(c) };
 }
 
 /**
@@ -295,6 +297,18 @@ const TILE_COORDS = `#ifndef SHARDTS_GEMM_TILE_COORDS
 static __device__ __forceinline__ void tile_coords(int tile, int mBlocks, int nBlocks, int& mb, int& nb) {
   const int perGroup = ${GROUP_M} * nBlocks, first = (tile / perGroup) * ${GROUP_M};
   const int rows = min(mBlocks - first, ${GROUP_M}), r = tile % perGroup;
+  mb = first + r % rows;
+  nb = r / rows;
+}
+#endif
+`;
+
+// The same raster for a group height G other than GROUP_M (Fp8GemmConfig.groupM).
+const TILE_COORDS_G = `#ifndef SHARDTS_GEMM_TILE_COORDS_G
+#define SHARDTS_GEMM_TILE_COORDS_G
+template <int G> static __device__ __forceinline__ void tile_coords_g(int tile, int mBlocks, int nBlocks, int& mb, int& nb) {
+  const int perGroup = G * nBlocks, first = (tile / perGroup) * G;
+  const int rows = min(mBlocks - first, G), r = tile % perGroup;
   mb = first + r % rows;
   nb = r / rows;
 }
