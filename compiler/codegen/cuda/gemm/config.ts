@@ -400,14 +400,14 @@ export const HOPPER_SMS = 132;
  * The configuration the executor launches without tuning (dense or grouped). Where the problem has at
  * least a wave of 128 x 256 tiles (or its shape is not given): the persistent 128 x 256 chunked kernel
  * with the TMA-store epilogue, the fastest on every large dense and grouped shape on an H200
- * (bench/results/2026-11-23-fp8-gemm-h200-chunked*.txt: 1229-1404 TFLOP/s on the four large dense
- * shapes, 5-8% above the 128 x 128 one). With fewer tiles (small M: 128x7168x2048 ran 209 TFLOP/s
+ * (bench/results/2026-11-23-fp8-gemm-h200-chunked*.txt: 1224-1404 TFLOP/s on the four large dense
+ * shapes, 5-8% above the 128 x 128 one), with the 16-row raster (_g16: +1% on 8192³, even elsewhere). With fewer tiles (small M: 128x7168x2048 ran 209 TFLOP/s
  * chunked, 282 at 128 x 128), the persistent 128 x 128 kernel with overlapped promotion and the TMA store.
  */
 export function defaultGemmConfig(grouped: boolean, shape?: { M: number; N: number }, sms = HOPPER_SMS): Fp8GemmConfig {
   const wide = shape === undefined || Math.ceil(shape.M / 128) * Math.ceil(shape.N / 256) >= sms;
   return wide
-    ? filled({ consumers: 2, blockN: 256, persistent: true, grouped, chunked: true, tmaStore: true })
+    ? filled({ consumers: 2, blockN: 256, persistent: true, grouped, chunked: true, tmaStore: true, groupM: 16 })
     : filled({ consumers: 2, blockN: 128, persistent: true, grouped, overlap: true, tmaStore: true });
 }
 
