@@ -20,7 +20,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { bf16Loop, chunkedLoop, kGroupedLoop, overlappedLoop, plainLoop } from "../../compiler/codegen/cuda/gemm/mainloop.ts";
 import { isBf16, wgmmaN, type Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
-import { wgmmaName } from "../../compiler/codegen/cuda/gemm/ptx.ts";
+import { wgmmaName, wgmmaRsName } from "../../compiler/codegen/cuda/gemm/ptx.ts";
 import { GXX, noteIfNoGxx } from "./gxx.ts";
 
 noteIfNoGxx("fp8-gemm-mainloop");
@@ -135,7 +135,23 @@ static bool isPending(const float* x) {
   return false;
 }
 static void sh_reg_fence(float& x) { if (isPending(&x)) FAIL("fragment read while a group writing it is pending"); }
-static void ${wgmmaName(wgmmaN(c), c.ab)}(float (&d)[FT], sh_u64 da, sh_u64 db, int accumulate) {
+${c.aRegs ? `// register A (aRegs): the fragment is loaded from a held stage, each register naming that stage's block;
+// the wgmma checks that its A registers came from the stage its B descriptor reads
+static const int warp = 0;
+static void sh_ldsm_x4(sh_u32 a, sh_u32& r0, sh_u32& r1, sh_u32& r2, sh_u32& r3) {
+  const int s = (int)((a - tilesA) / A_BYTES);
+  if (s < 0 || s >= S) FAIL("A fragment loaded from stage %d", s);
+  if (!stageHeld[s]) FAIL("A fragment loaded from stage %d, which is not held", s);
+  r0 = r1 = r2 = r3 = (sh_u32)(stageBlock[s] + 1);
+}
+static void wgmma_model(float (&d)[FT], sh_u64 da, sh_u64 db, int accumulate);
+static void ${wgmmaRsName(wgmmaN(c))}(float (&d)[FT], sh_u32 a0, sh_u32 a1, sh_u32 a2, sh_u32 a3, sh_u64 db, int accumulate) {
+  const int s = (int)((db - tilesB) / B_BYTES), k = (int)((db - tilesB) % 16384) / 2;
+  if (a0 != a1 || a0 != a2 || a0 != a3 || a0 != (sh_u32)(stageBlock[s] + 1)) FAIL("A registers of block %u, B from stage %d (block %d)", a0 - 1, s, stageBlock[s]);
+  wgmma_model(d, tilesA + (sh_u64)s * A_BYTES + wg * 64 * 128 + 2 * k, db, accumulate);
+}
+#define ${wgmmaName(wgmmaN(c), c.ab)} wgmma_model
+` : ""}static void ${wgmmaName(wgmmaN(c), c.ab)}(float (&d)[FT], sh_u64 da, sh_u64 db, int accumulate) {
   if (!fenced) FAIL("wgmma issued without a wgmma.fence before its batch");
   // bf16 chains groups on acc (ordered by PTX for one shape); starting a pending fragment afresh is a race
   if (isPending(d) && !(BF16 && accumulate)) FAIL("wgmma into a fragment an older pending group writes");
@@ -263,10 +279,11 @@ describe.skipIf(!GXX)("FP8 GEMM consumer K loop on a CPU model of wgmma / mbarri
     { consumers: 2, blockN: 256, stages: 3, persistent: true, grouped: false, chunked: true, tmaStore: true, deferStore: true },
     { consumers: 2, blockN: 256, stages: 3, persistent: true, grouped: false, chunked: true, tmaStore: true, deferStore: true, multicast: true },
     { consumers: 2, blockN: 256, stages: 3, persistent: true, grouped: false, chunked: true, tmaStore: true, orderedChunks: true },
+    { consumers: 2, blockN: 256, stages: 3, persistent: true, grouped: false, chunked: true, tmaStore: true, aRegs: true },
   ];
   for (const c of chunked)
-    it(`chunked loop, blockN 256${c.globalScales ? " (A scales from global memory)" : ""}${c.deferStore ? " (the previous tile's store under the first block)" : ""}${c.multicast ? " (multicast)" : ""}${c.orderedChunks ? " (chunks in turns)" : ""}: protocol checks hold, each chunk promoted with its own scale into its half of acc`, () => {
-      expect(modelOutput(c, chunkedLoop(c), `loop_chunked${c.globalScales ? "_gs" : ""}${c.deferStore ? "_ds" : ""}${c.multicast ? "_mc" : ""}${c.orderedChunks ? "_oc" : ""}`).trim()).toBe("ok");
+    it(`chunked loop, blockN 256${c.globalScales ? " (A scales from global memory)" : ""}${c.deferStore ? " (the previous tile's store under the first block)" : ""}${c.multicast ? " (multicast)" : ""}${c.orderedChunks ? " (chunks in turns)" : ""}${c.aRegs ? " (A from registers)" : ""}: protocol checks hold, each chunk promoted with its own scale into its half of acc`, () => {
+      expect(modelOutput(c, chunkedLoop(c), `loop_chunked${c.globalScales ? "_gs" : ""}${c.deferStore ? "_ds" : ""}${c.multicast ? "_mc" : ""}${c.orderedChunks ? "_oc" : ""}${c.aRegs ? "_ra" : ""}`).trim()).toBe("ok");
     }, 60_000);
 
   it("the model catches broken chunked loops: swapped chunk scales, the stage released before the last chunk is done, a chunk promoted while pending", () => {
@@ -281,6 +298,14 @@ describe.skipIf(!GXX)("FP8 GEMM consumer K loop on a CPU model of wgmma / mbarri
       expect(broken).not.toBe(good);
       expect(modelOutput(c, broken, `broken_chunked_${i}`)).toMatch(why);
     });
+  }, 60_000);
+
+  it("the model catches a broken register-A loop: A loaded from the stage after the one B is read from", () => {
+    const c = chunked[5]!;
+    const good = chunkedLoop(c);
+    const broken = good.replace("tilesA + s * A_BYTES + (wg * 64", "tilesA + ((s + 1) % S) * A_BYTES + (wg * 64");
+    expect(broken).not.toBe(good);
+    expect(modelOutput(c, broken, "broken_ra")).toMatch(/A registers of block|not held/);
   }, 60_000);
 
   it("the model catches broken turns: a chunk issued without its turn, the turn not handed back", () => {

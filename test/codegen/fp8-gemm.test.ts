@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { emitFp8Gemm } from "../../compiler/codegen/cuda/gemm/emit.ts";
-import { gemmCandidates, rowScaledCandidates, wgmmaN } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { consumerRegs, gemmCandidates, producerRegs, rowScaledCandidates, wgmmaN } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { NVCC, noteIfNoNvcc } from "./gxx.ts";
 import { compileGemmKernel } from "./gemm-ptxas.ts";
 
@@ -26,8 +26,8 @@ describe.skipIf(!NVCC)("FP8 GEMM kernels compile for sm_90a", () => {
       expect(kernels.length).toBeGreaterThanOrEqual(8);
       expect(kernels.filter((k) => k.config.overlap).length, "overlapped candidates").toBeGreaterThanOrEqual(3);
       expect(kernels.filter((k) => k.config.multicast).length, "multicast candidates").toBe(grouped ? 0 : 8);
-      expect(kernels.filter((k) => k.config.tmaStore).length, "TMA-store candidates").toBe(grouped ? 9 : 13);
-      expect(kernels.filter((k) => k.config.chunked).length, "chunked 128 x 256 candidates").toBe(grouped ? 7 : 9);
+      expect(kernels.filter((k) => k.config.tmaStore).length, "TMA-store candidates").toBe(grouped ? 10 : 14);
+      expect(kernels.filter((k) => k.config.chunked).length, "chunked 128 x 256 candidates").toBe(grouped ? 8 : 10);
       // one file per kernel, as NVRTC sees it (each source is self-contained)
       const rows: string[] = [];
       for (let i = 0; i < kernels.length; i += 2) {
@@ -38,7 +38,10 @@ describe.skipIf(!NVCC)("FP8 GEMM kernels compile for sm_90a", () => {
             expect(ptx).toContain(`wgmma.mma_async.sync.aligned.m64n${wgmmaN(k.config)}k32.f32.e4m3.e4m3`);
             expect(ptx).toContain("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes");
             expect(ptx).toMatch(/mbarrier\.try_wait\.parity/);
-            expect(ptx).toContain("setmaxnreg.dec.sync.aligned.u32 40");
+            expect(ptx).toContain(`setmaxnreg.dec.sync.aligned.u32 ${producerRegs(k.config)}`);
+            expect(ptx).toContain(`setmaxnreg.inc.sync.aligned.u32 ${consumerRegs(k.config)}`);
+            // register A: ldmatrix fills the fragment, the wgmmas take A as four 32-bit registers
+            if (k.config.aRegs) expect(ptx, k.name).toMatch(/ldmatrix\.sync\.aligned\.m8n8\.x4\.shared\.b16[^]*k32\.f32\.e4m3\.e4m3 \{[^}]*\}, \{%r\d+, %r\d+, %r\d+, %r\d+\}/);
             expect(ptx).toContain("wgmma.wait_group.sync.aligned 0");
             // overlapped promotion: the next block's group stays in flight while the older one is promoted
             if (k.config.overlap) expect(ptx, k.name).toContain("wgmma.wait_group.sync.aligned 1");

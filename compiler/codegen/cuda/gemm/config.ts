@@ -131,6 +131,14 @@ export interface Fp8GemmConfig {
    * of A and 16.5 column panels of B (16 + 66 MiB, more than L2); 16 rows make it 32 + 33 MiB. Suffix _g<N>.
    */
   groupM?: number;
+  /**
+   * A from registers (absent = off; chunked): each K block's A rows of the consumer (64 x 128 e4m3) are
+   * loaded once into 16 registers with ldmatrix, and both chunks' wgmmas take A from them (the
+   * register-A form of wgmma) instead of each reading A from shared memory: per 128 x 256 x 128 block,
+   * 128 KiB of shared-memory traffic instead of 144. The consumers get 240 registers (acc 128 + tmp 64
+   * + A 16 + overhead) and the producer 24. Suffix _ra.
+   */
+  aRegs?: boolean;
 }
 
 export const SMEM_LIMIT = 232448; // 227 KiB: the opt-in maximum per block on H100 / H200
@@ -141,7 +149,11 @@ export const ORDER_BARRIERS = [3, 4] as const;
 export const GROUP_M = 8;
 /** setmaxnreg targets (multiples of 8; the CTA's total stays within 64K registers). */
 export const PRODUCER_REGS = 40;
-export const consumerRegs = (c: Fp8GemmConfig): number => (c.consumers === 1 ? 240 : 232);
+/** The producer's setmaxnreg target: 24 where two consumers take 240 (register A), else PRODUCER_REGS. */
+export const producerRegs = (c: Fp8GemmConfig): number => (c.aRegs ? 24 : PRODUCER_REGS);
+export const consumerRegs = (c: Fp8GemmConfig): number => (c.consumers === 1 || c.aRegs ? 240 : 232);
+/** Registers of A's fragment per consumer thread with aRegs: 4 k32 steps x 4 (64 rows x 32 e4m3 over 128 threads). */
+export const A_REGS = 16;
 
 export const blockM = (c: Fp8GemmConfig): number => 64 * c.consumers;
 export const isBf16 = (c: Pick<Fp8GemmConfig, "ab">): boolean => c.ab === "bf16";
@@ -167,7 +179,7 @@ export const smemBytes = (c: Fp8GemmConfig): number => SMEM_ALIGN_SLACK + c.stag
 export const spansScaleBlocks = (c: Fp8GemmConfig): boolean => !isBf16(c) && !c.chunked && FP8_BLOCK % c.blockN !== 0;
 
 export function configName(c: Fp8GemmConfig): string {
-  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}`;
+  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.aRegs ? "_ra" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}`;
 }
 
 /** Why a configuration cannot be emitted, or undefined. */
@@ -203,6 +215,7 @@ export function configProblem(c: Fp8GemmConfig): string | undefined {
   if (c.storeByBox && !c.tmaStore) return "storeByBox stages the TMA-store epilogue box by box: it needs tmaStore";
   if (c.deferStore && !(c.chunked && c.tmaStore && !c.storeByBox)) return "deferStore writes each half of the tile into the whole-tile staging buffer under the next tile's chunks: it needs chunked and tmaStore, without storeByBox";
   if (c.groupM !== undefined && !(Number.isInteger(c.groupM) && c.groupM >= 1 && c.groupM <= 64)) return `groupM must be an integer from 1 to 64, got ${c.groupM}`;
+  if (c.aRegs && !c.chunked) return "aRegs loads A once per K block for both chunks' wgmmas: it needs chunked";
   if (c.orderedChunks && !(c.chunked && c.consumers === 2)) return "orderedChunks alternates the two consumers' chunks: it needs chunked and two consumers";
   if (c.chunked) return chunkedProblem(c);
   if (c.overlap) return overlapProblem(c);
@@ -218,8 +231,8 @@ function chunkedProblem(c: Fp8GemmConfig): string | undefined {
   if (isBf16(c)) return "chunked splits the e4m3 promotion into 128-column chunks; bf16 has no promotion and takes blockN 256 whole: set chunked off";
   if (c.blockN !== 2 * FP8_BLOCK) return `chunked tiles are two 128-column chunks: blockN must be 256, got ${c.blockN}`;
   if (c.overlap || c.bRows) return "chunked tiles wait for and promote each chunk before the next, with B's block scales: no overlap or bRows with chunked";
-  const need = c.blockN / 2 + FP8_BLOCK / 2 + CONSUMER_OVERHEAD_REGS;
-  if (need > consumerRegs(c)) return `chunked promotion needs ${c.blockN / 2} + ${FP8_BLOCK / 2} + ${CONSUMER_OVERHEAD_REGS} = ${need} registers per consumer thread, more than its ${consumerRegs(c)}`;
+  const aRegs = c.aRegs ? A_REGS : 0, need = c.blockN / 2 + FP8_BLOCK / 2 + aRegs + CONSUMER_OVERHEAD_REGS;
+  if (need > consumerRegs(c)) return `chunked promotion needs ${c.blockN / 2} + ${FP8_BLOCK / 2}${aRegs ? ` + ${aRegs}` : ""} + ${CONSUMER_OVERHEAD_REGS} = ${need} registers per consumer thread, more than its ${consumerRegs(c)}`;
   return undefined;
 }
 
@@ -315,6 +328,8 @@ export function gemmCandidates(grouped: boolean): Fp8GemmConfig[] {
       out.push(filled({ consumers: 2, blockN: 256, persistent: true, grouped, chunked: true, ...(tmaStore ? { tmaStore } : {}), ...(storeByBox ? { storeByBox } : {}), ...(deferStore ? { deferStore } : {}), ...(multicast ? { multicast } : {}) }));
   // a 16-row raster (fewer B panels per wave: 8192³ thrashes L2 with 8)
   out.push(filled({ consumers: 2, blockN: 256, persistent: true, grouped, chunked: true, tmaStore: true, groupM: 16 }));
+  // A from registers, loaded once per K block for both chunks (with the 16-row raster)
+  out.push(filled({ consumers: 2, blockN: 256, persistent: true, grouped, chunked: true, tmaStore: true, groupM: 16, aRegs: true }));
   // the consumers' chunks in turns (whole-tile staging, 3 stages; and box by box, 4 stages)
   for (const storeByBox of [false, true])
     out.push(filled({ consumers: 2, blockN: 256, persistent: true, grouped, chunked: true, tmaStore: true, ...(storeByBox ? { storeByBox } : {}), orderedChunks: true }));

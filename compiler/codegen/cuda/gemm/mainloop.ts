@@ -14,8 +14,8 @@
 // bars, tilesA/tilesB, A_BYTES/B_BYTES, S, wg, lane, sa, sbTile, m0/m1, r0, c0, sas/SA_BYTES,
 // sbs/SB_BYTES (row-scaled B), M, KB, split/second (when a tile spans two scale blocks of B).
 import { FP8_BLOCK } from "../../../numeric/fp8-gemm.ts";
-import { ORDER_BARRIERS, spansScaleBlocks, type Fp8GemmConfig } from "./config.ts";
-import { MN_K16_STEP, wgmmaName } from "./ptx.ts";
+import { A_REGS, ORDER_BARRIERS, spansScaleBlocks, type Fp8GemmConfig } from "./config.ts";
+import { MN_K16_STEP, wgmmaName, wgmmaRsName } from "./ptx.ts";
 import { stagingWrites } from "./staging.ts";
 
 /**
@@ -184,8 +184,8 @@ ${step(c, "kb", "t0", undefined, p)}    }
 export function chunkedLoop(c: Fp8GemmConfig): string {
   const p = "      ";
   const block = (first: boolean) => `${chunkScales(c, "kb + 1", "n", p, "const float ", "kb + 1 < KB")}${p}sh_mbar_wait(bars + 8 * s, phase);  // the stage's bytes have landed
-${stageScales(c, "s", p)}${p}const sh_u64 da = sh_wgmma_desc(tilesA + s * A_BYTES + wg * 64 * ${FP8_BLOCK});
-${Array.from({ length: c.blockN / FP8_BLOCK }, (_, j) => chunk(c, j, first)).join("")}${c.globalScales ? `${p}a0 = na0; a1 = na1;\n` : ""}${p}${Array.from({ length: c.blockN / FP8_BLOCK }, (_, j) => `b${j} = nb${j};`).join(" ")}
+${stageScales(c, "s", p)}${c.aRegs ? aFragment(p) : `${p}const sh_u64 da = sh_wgmma_desc(tilesA + s * A_BYTES + wg * 64 * ${FP8_BLOCK});
+`}${Array.from({ length: c.blockN / FP8_BLOCK }, (_, j) => chunk(c, j, first)).join("")}${c.globalScales ? `${p}a0 = na0; a1 = na1;\n` : ""}${p}${Array.from({ length: c.blockN / FP8_BLOCK }, (_, j) => `b${j} = nb${j};`).join(" ")}
 `;
   const loop = `    for (int kb = ${c.deferStore ? 1 : 0}; kb < KB; ++kb) {
       // the next block's scales (plain loads: they do not wait for the stage)
@@ -195,6 +195,22 @@ ${block(false)}    }
       const int kb = 0;
 ${block(true)}    }
 ` : ""}${loop}`;
+}
+
+/**
+ * aRegs: the consumer's 64 rows of the stage's A (128-byte rows, 128-byte swizzle: 16-byte chunk j of row
+ * r at chunk j ^ (r % 8)) into ar[16], four registers per k32 step, with one ldmatrix.x4 per step: lane
+ * l names row (l / 8 % 2) · 8 + l % 8 of its warp's 16 and the step's 16-byte chunk 2k + l / 16 (the warp's
+ * first row is a multiple of 8, so the row's swizzle phase is l % 8).
+ */
+function aFragment(p: string): string {
+  return `${p}sh_u32 ar[${A_REGS}];
+${p}{
+${p}  const sh_u32 rowAddr = tilesA + s * A_BYTES + (wg * 64 + warp * 16 + ((lane / 8) % 2) * 8 + lane % 8) * ${FP8_BLOCK};
+#pragma unroll
+${p}  for (int k = 0; k < ${FP8_BLOCK / 32}; ++k) sh_ldsm_x4(rowAddr + (((2 * k + lane / 16) ^ (lane % 8)) * 16), ar[4 * k], ar[4 * k + 1], ar[4 * k + 2], ar[4 * k + 3]);
+${p}}
+`;
 }
 
 /** Chunk j of a K block: its wgmmas, (deferStore, first block) the previous tile's half j staged under them, wait, promote. */
@@ -222,7 +238,7 @@ ${q}const sh_u64 db = sh_wgmma_desc(tilesB + s * B_BYTES + ${j * FP8_BLOCK * FP8
 ${c.orderedChunks ? `${q}sh_named_bar(wg == 0 ? ${ORDER_BARRIERS[0]} : ${ORDER_BARRIERS[1]}, 256);  // the other consumer has issued its chunk before this one
 ` : ""}${q}sh_wgmma_fence();
 #pragma unroll
-${q}for (int k = 0; k < ${FP8_BLOCK / 32}; ++k) ${wgmmaName(FP8_BLOCK, c.ab)}(tmp, da + 2 * k, db + 2 * k, k);
+${q}for (int k = 0; k < ${FP8_BLOCK / 32}; ++k) ${c.aRegs ? `${wgmmaRsName(FP8_BLOCK)}(tmp, ar[4 * k], ar[4 * k + 1], ar[4 * k + 2], ar[4 * k + 3], db + 2 * k, k)` : `${wgmmaName(FP8_BLOCK, c.ab)}(tmp, da + 2 * k, db + 2 * k, k)`};
 ${q}sh_wgmma_commit();
 ${c.orderedChunks ? `${q}sh_named_arrive(wg == 0 ? ${ORDER_BARRIERS[1]} : ${ORDER_BARRIERS[0]}, 256);  // the other consumer's turn
 ` : ""}${deferred}${q}sh_wgmma_wait0();

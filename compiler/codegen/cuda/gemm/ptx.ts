@@ -234,3 +234,39 @@ ${lines.join(",\n")}
 #endif
 `;
 }
+
+/** `sh_wgmma_rs_m64n{N}`: the register-A form: m64nNk32 e4m3 with A's fragment in four 32-bit registers. */
+export const wgmmaRsName = (n: number): string => `sh_wgmma_rs_m64n${n}`;
+
+/**
+ * The register-A wgmma wrapper and the ldmatrix that fills A's fragment. For k32 e4m3 the fragment of a
+ * warp's 16 rows is mma.m16n8k32's: register 0 holds row g = lane / 4, bytes 4 (lane % 4) .. +3 of the
+ * step's 32; register 1 row g + 8; registers 2 and 3 the same rows 16 bytes on, which is what
+ * ldmatrix.x4 of four 8 x 16-byte matrices (rows 0-7 and 8-15 at bytes 0-15, then at 16-31) gives.
+ */
+export function wgmmaRsWrapper(n: number): string {
+  const regs = n / 2;
+  const list = Array.from({ length: regs }, (_, i) => `%${i}`).join(", ");
+  const outs = Array.from({ length: regs }, (_, i) => `"+f"(d[${i}])`);
+  const lines: string[] = [];
+  for (let i = 0; i < outs.length; i += 8) lines.push(`      ${outs.slice(i, i + 8).join(", ")}`);
+  return `#ifndef SHARDTS_WGMMA_RS_N${n}
+#define SHARDTS_WGMMA_RS_N${n}
+SH_DEV void ${wgmmaRsName(n)}(float (&d)[${regs}], sh_u32 a0, sh_u32 a1, sh_u32 a2, sh_u32 a3, sh_u64 descB, int accumulate) {
+  asm volatile(
+      "{\\n .reg .pred p;\\n setp.ne.b32 p, %${regs + 5}, 0;\\n"
+      " wgmma.mma_async.sync.aligned.m64n${n}k32.f32.e4m3.e4m3 {${list}}, {%${regs}, %${regs + 1}, %${regs + 2}, %${regs + 3}}, %${regs + 4}, p, 1, 1;\\n}"
+      :
+${lines.join(",\n")}
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(descB), "r"(accumulate));
+}
+#endif
+#ifndef SHARDTS_LDSM_X4
+#define SHARDTS_LDSM_X4
+// four 8 x 16-byte matrices from shared memory, lane l naming row l % 8 of matrix l / 8
+SH_DEV void sh_ldsm_x4(sh_u32 addr, sh_u32& r0, sh_u32& r1, sh_u32& r2, sh_u32& r3) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];" : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr) : "memory");
+}
+#endif
+`;
+}
