@@ -126,12 +126,6 @@ export interface Fp8GemmConfig {
    */
   orderedChunks?: boolean;
   /**
-   * With orderedChunks, a consumer hands the turn over when its chunk has completed (after its
-   * wait_group 0) instead of when it is issued, so the two consumers' chunks never share the tensor
-   * cores and each one's promotion runs while the other's chunk does. Suffix _ocw.
-   */
-  handOffAfterWait?: boolean;
-  /**
    * Rows per raster group (absent = GROUP_M, 8): consecutive tiles walk down groupM m-blocks before
    * moving along N. With 128 x 256 tiles on 8192³ a wave of 132 CTAs under GROUP_M 8 touches 8 row panels
    * of A and 16.5 column panels of B (16 + 66 MiB, more than L2); 16 rows make it 32 + 33 MiB. Suffix _g<N>.
@@ -185,7 +179,7 @@ export const smemBytes = (c: Fp8GemmConfig): number => SMEM_ALIGN_SLACK + c.stag
 export const spansScaleBlocks = (c: Fp8GemmConfig): boolean => !isBf16(c) && !c.chunked && FP8_BLOCK % c.blockN !== 0;
 
 export function configName(c: Fp8GemmConfig): string {
-  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? (c.handOffAfterWait ? "_ocw" : "_oc") : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.aRegs ? "_ra" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}`;
+  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.aRegs ? "_ra" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}`;
 }
 
 /** Why a configuration cannot be emitted, or undefined. */
@@ -222,7 +216,6 @@ export function configProblem(c: Fp8GemmConfig): string | undefined {
   if (c.deferStore && !(c.chunked && c.tmaStore && !c.storeByBox)) return "deferStore writes each half of the tile into the whole-tile staging buffer under the next tile's chunks: it needs chunked and tmaStore, without storeByBox";
   if (c.groupM !== undefined && !(Number.isInteger(c.groupM) && c.groupM >= 1 && c.groupM <= 64)) return `groupM must be an integer from 1 to 64, got ${c.groupM}`;
   if (c.aRegs && !c.chunked) return "aRegs loads A once per K block for both chunks' wgmmas: it needs chunked";
-  if (c.handOffAfterWait && !c.orderedChunks) return "handOffAfterWait says when a turn passes: it needs orderedChunks";
   if (c.orderedChunks && !(c.chunked && c.consumers === 2)) return "orderedChunks alternates the two consumers' chunks: it needs chunked and two consumers";
   if (c.chunked) return chunkedProblem(c);
   if (c.overlap) return overlapProblem(c);
@@ -340,8 +333,6 @@ export function gemmCandidates(grouped: boolean): Fp8GemmConfig[] {
   // the consumers' chunks in turns (whole-tile staging, 3 stages; and box by box, 4 stages)
   for (const storeByBox of [false, true])
     out.push(filled({ consumers: 2, blockN: 256, persistent: true, grouped, chunked: true, tmaStore: true, ...(storeByBox ? { storeByBox } : {}), orderedChunks: true }));
-  // the turn handed over at a chunk's completion: the consumers' chunks never share the tensor cores
-  out.push(filled({ consumers: 2, blockN: 256, persistent: true, grouped, chunked: true, tmaStore: true, groupM: 16, orderedChunks: true, handOffAfterWait: true }));
   return out.filter((c) => configProblem(c) === undefined);
 }
 

@@ -213,9 +213,6 @@ ${p}}
 `;
 }
 
-/** orderedChunks: the other consumer's turn (after this chunk's issue, or with handOffAfterWait its completion). */
-const handOff = (q: string): string => `${q}sh_named_arrive(wg == 0 ? ${ORDER_BARRIERS[1]} : ${ORDER_BARRIERS[0]}, 256);  // the other consumer's turn\n`;
-
 /** Chunk j of a K block: its wgmmas, (deferStore, first block) the previous tile's half j staged under them, wait, promote. */
 function chunk(c: Fp8GemmConfig, j: number, first: boolean): string {
   const p = "      ", q = p + "  ", frag = FP8_BLOCK / 2, chunks = c.blockN / FP8_BLOCK;
@@ -243,8 +240,9 @@ ${c.orderedChunks ? `${q}sh_named_bar(wg == 0 ? ${ORDER_BARRIERS[0]} : ${ORDER_B
 #pragma unroll
 ${q}for (int k = 0; k < ${FP8_BLOCK / 32}; ++k) ${c.aRegs ? `${wgmmaRsName(FP8_BLOCK)}(tmp, ar[4 * k], ar[4 * k + 1], ar[4 * k + 2], ar[4 * k + 3], db + 2 * k, k)` : `${wgmmaName(FP8_BLOCK, c.ab)}(tmp, da + 2 * k, db + 2 * k, k)`};
 ${q}sh_wgmma_commit();
-${c.orderedChunks && !c.handOffAfterWait ? handOff(q) : ""}${deferred}${q}sh_wgmma_wait0();
-${c.orderedChunks && c.handOffAfterWait ? handOff(q) : ""}${fenceAll({ ...c, blockN: FP8_BLOCK }, "tmp", q)}${last ? `${q}// the last chunk's wgmmas have read the stage: hand it back to the producer
+${c.orderedChunks ? `${q}sh_named_arrive(wg == 0 ? ${ORDER_BARRIERS[1]} : ${ORDER_BARRIERS[0]}, 256);  // the other consumer's turn
+` : ""}${deferred}${q}sh_wgmma_wait0();
+${fenceAll({ ...c, blockN: FP8_BLOCK }, "tmp", q)}${last ? `${q}// the last chunk's wgmmas have read the stage: hand it back to the producer
 ${q}${release(c, "bars + 8 * (S + s)")}
 ${q}if (++s == S) { s = 0; phase ^= 1; }
 ` : ""}${q}const float u0 = a0 * b${j}, u1 = a1 * b${j};
