@@ -176,10 +176,6 @@ ${fragInit}  int s = 0;
   const int r0 = wg * 64 + warp * 16 + lane / 4, c0 = 2 * (lane % 4);
 ${c.orderedChunks ? `  // chunks in turns: consumer 0 goes first (consumer 1's arrival lets it), and takes consumer 1's last arrival at the end
   if (wg == 1) sh_named_arrive(${ORDER_BARRIERS[0]}, 256);
-` : ""}${c.chunked ? `  // chunked: B's chunk scales of the K block in hand; the last block of a tile loads the next tile's first
-  // ones into them, so a tile starts without waiting on a global load (pfTile: the tile they belong to)
-  float b0 = 0.f, b1 = 0.f;
-  int pfTile = -1;
 ` : ""}${c.deferStore ? `  // deferred store: the previous tile (pmb, pnb) is staged and stored under the next tile's first K block
   int have = 0, pmb = 0, pnb = 0;
 ${stagingDecl(BN, "  ")}` : ""}  ${tileLoop}
@@ -196,9 +192,9 @@ ${sbTileLine}${twoBlocks && !c.bRows ? `    // columns from 'split' on (tile-rel
     const bool second = n0 / ${FP8_BLOCK} + 1 < NB;
 ` : ""}${c.chunked ? `    // chunk 1 (columns 128..255) lies past N when N ends inside the tile: its scale block does not exist
     const bool second = n0 / ${FP8_BLOCK} + 1 < NB;
-${nextTileScales(c, expert, mc ? "u" : "tile")}` : ""}${c.deferStore ? "" : `#pragma unroll
+` : ""}${c.deferStore ? "" : `#pragma unroll
     for (int i = 0; i < ${frag}; ++i) acc[i] = 0.f;
-`}${kg ? kGroupedLoop(c) : bf16 ? bf16Loop(c) : c.chunked ? chunkedLoop(c) : c.overlap ? overlappedLoop(c) : plainLoop(c)}${c.chunked ? "    pfTile = nextTile;  // b0, b1 now hold its first K block's scales (or nothing: -1)\n" : ""}${c.deferStore ? "    have = 1; pmb = mb; pnb = nb;  // stored under the next tile's first K block, or after the loop\n" : epilogue(c)}  }
+`}${kg ? kGroupedLoop(c) : bf16 ? bf16Loop(c) : c.chunked ? chunkedLoop(c) : c.overlap ? overlappedLoop(c) : plainLoop(c)}${c.deferStore ? "    have = 1; pmb = mb; pnb = nb;  // stored under the next tile's first K block, or after the loop\n" : epilogue(c)}  }
 ${c.orderedChunks ? `  if (wg == 0) sh_named_bar(${ORDER_BARRIERS[0]}, 256);  // consumer 1's arrival after its last chunk
 ` : ""}${c.deferStore ? `  if (have) {  // the last tile's store
 ${tmaStoreEpilogue(c, "pmb * BM", undefined, "pnb * BN").replace(/^(?=.)/gm, "  ")}  }
@@ -206,44 +202,6 @@ ${tmaStoreEpilogue(c, "pmb * BM", undefined, "pnb * BN").replace(/^(?=.)/gm, "  
 ${mc ? "  sh_cluster_sync();  // the peer's last arrivals and multicasts into this CTA are done\n" : ""}}
 `;
   return { name, source: (coords === "tile_coords" || kg ? TILE_COORDS : TILE_COORDS_G) + (kg ? KG_TILE_COORDS : "") + source, config: c, threads: threadsOf(c), smemBytes: smemBytes(c) };
-}
-
-/**
- * Chunked kernels: this CTA's next tile (the tile loop's next index, `id` + the grid's stride) and the row of
- * B's scales its first K block reads (sbNext, secondNext; none when there is no next tile or it is a
- * padding block); then the current tile's first scales, unless the previous tile prefetched them.
- */
-function nextTileScales(c: Fp8GemmConfig, expert: string, id: string): string {
-  const mc = c.multicast === true;
-  const coords = c.groupM !== undefined && c.groupM !== GROUP_M ? `tile_coords_g<${c.groupM}>` : "tile_coords";
-  const decode = mc
-    ? `int npm, nnb;
-        ${coords}(nt, pairsM, nBlocks, npm, nnb);
-        const int nmb = 2 * npm + (int)crank;
-        (void)nmb;  // dense: no expert to look up`
-    : `int nmb, nnb;
-        ${coords}(nt, mBlocks, nBlocks, nmb, nnb);
-        (void)nmb;  // dense: no expert to look up`;
-  return `    const float* sbNext = nullptr;
-    bool secondNext = false;
-    int nextTile = -1;
-    {
-      const int nt = ${id} + ${mc ? "gridDim.x / 2" : "gridDim.x"};
-      if (nt < ${mc ? "units" : "tiles"}) {
-        ${decode}
-        const int ne = ${expert.replace(/mb/g, "nmb")};
-        if (ne >= 0) {
-          sbNext = sb + ((long long)ne * NB + (nnb * BN) / ${FP8_BLOCK}) * KB;
-          secondNext = (nnb * BN) / ${FP8_BLOCK} + 1 < NB;
-          nextTile = nt;
-        }
-      }
-    }
-    if (pfTile != ${id}) {  // not prefetched by the tile before: load them now
-      b0 = sbTile[0];
-      b1 = second ? sbTile[KB] : 0.f;
-    }
-`;
 }
 
 /**

@@ -191,8 +191,7 @@ ${stageScales(c, "s", p)}${c.aRegs ? aFragment(p) : `${p}const sh_u64 da = sh_wg
       // the next block's scales (plain loads: they do not wait for the stage)
 ${block(false)}    }
 `;
-  // b0, b1 (this block's chunk scales) come from the kernel body: loaded at the tile's start or prefetched
-  return `${c.globalScales ? chunkScales(c, "0", "", "    ", "float ", "", true) : ""}${c.deferStore ? `    {  // K block 0, with the previous tile's store under its chunks
+  return `${chunkScales(c, "0", "", "    ", "float ", "")}${c.deferStore ? `    {  // K block 0, with the previous tile's store under its chunks
       const int kb = 0;
 ${block(true)}    }
 ` : ""}${loop}`;
@@ -258,21 +257,16 @@ ${p}}
 `;
 }
 
-/**
- * The next block's scales: chunk j's B scale nb<j> (its own scale block: sbTile[j·KB + kb]; past the tile's
- * last block, the next tile's first from sbNext, or zero) and, with globalScales, A's (zero past the last
- * block). `aOnly`: just A's (their first declaration at the tile's start).
- */
-function chunkScales(c: Fp8GemmConfig, kb: string, prefix: string, pad: string, decl: string, guard: string, aOnly = false): string {
+/** Chunk j's B scale b<j> (its own scale block: sbTile[j·KB + kb], zero past B's last block) and, with globalScales, A's. */
+function chunkScales(c: Fp8GemmConfig, kb: string, prefix: string, pad: string, decl: string, guard: string): string {
   const g = guard ? `${guard} && ` : "";
   const a = c.globalScales
     ? `${pad}${decl}${prefix}a0 = ${g}m0 < M ? sa[(long long)(${kb}) * M + m0] : 0.f, ${prefix}a1 = ${g}m1 < M ? sa[(long long)(${kb}) * M + m1] : 0.f;\n`
     : "";
-  if (aOnly) return a;
   const b = Array.from({ length: c.blockN / FP8_BLOCK }, (_, j) => {
-    const here = `sbTile[${j > 0 ? `${j} * KB + ` : ""}${kb}]`, next = `sbNext[${j > 0 ? `${j} * KB` : "0"}]`;
-    const mine = j > 0 ? `(second ? ${here} : 0.f)` : here, theirs = j > 0 ? `(secondNext ? ${next} : 0.f)` : `(sbNext ? ${next} : 0.f)`;
-    return `${prefix}b${j} = ${guard} ? ${mine} : ${theirs}`;
+    const cond = [guard, j > 0 ? "second" : ""].filter(Boolean).join(" && ");
+    const read = `sbTile[${j > 0 ? `${j} * KB + ` : ""}${kb}]`;
+    return `${prefix}b${j} = ${cond ? `${cond} ? ${read} : 0.f` : read}`;
   });
   return `${a}${pad}${decl}${b.join(", ")};
 `;
