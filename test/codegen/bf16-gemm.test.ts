@@ -34,7 +34,8 @@ const CUOBJDUMP: string | undefined = (() => {
 
 describe("bf16 GEMM configurations", () => {
   it("leaves every e4m3 kernel's source byte-identical (hash of all candidates, and a globalScales one, from before ab existed)", () => {
-    const all = [...gemmCandidates(false), ...gemmCandidates(true), ...rowScaledCandidates()];
+    // the candidates that existed then (the chunked 128 x 256 ones came later and are their own kernels)
+    const all = [...gemmCandidates(false), ...gemmCandidates(true), ...rowScaledCandidates()].filter((c) => !c.chunked);
     const h = createHash("sha256");
     for (const c of all) h.update(emitFp8Gemm(c).source);
     expect(all.length).toBe(43);

@@ -94,8 +94,6 @@ SH_DEV void sh_bulk_wait0() { asm volatile("cp.async.bulk.wait_group 0;" ::: "me
 SH_DEV void sh_fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
 // Named barrier 'id' over 'count' threads (one consumer warpgroup: 128).
 SH_DEV void sh_named_bar(sh_u32 id, sh_u32 count) { asm volatile("bar.sync %0, %1;" :: "r"(id), "r"(count) : "memory"); }
-// Arrives on named barrier 'id' without waiting (the waiting side of the pair uses sh_named_bar).
-SH_DEV void sh_named_arrive(sh_u32 id, sh_u32 count) { asm volatile("bar.arrive %0, %1;" :: "r"(id), "r"(count) : "memory"); }
 SH_DEV void sh_sts_u32(sh_u32 addr, sh_u32 v) { asm volatile("st.shared.b32 [%0], %1;" :: "r"(addr), "r"(v) : "memory"); }
 // A scale the TMA put in the stage (read after the stage's full barrier, before its release).
 SH_DEV float sh_lds_f32(sh_u32 addr) {
@@ -270,3 +268,11 @@ SH_DEV void sh_ldsm_x4(sh_u32 addr, sh_u32& r0, sh_u32& r1, sh_u32& r2, sh_u32& 
 #endif
 `;
 }
+
+/** bar.arrive for the chunked kernels' turns (orderedChunks), emitted only where they use it. */
+export const NAMED_ARRIVE = `#ifndef SHARDTS_NAMED_ARRIVE
+#define SHARDTS_NAMED_ARRIVE
+// Arrives on named barrier 'id' without waiting (the waiting side of the pair uses sh_named_bar).
+SH_DEV void sh_named_arrive(sh_u32 id, sh_u32 count) { asm volatile("bar.arrive %0, %1;" :: "r"(id), "r"(count) : "memory"); }
+#endif
+`;

@@ -17,8 +17,9 @@ ${pad}}
 `;
 }
 
-/** The warpgroup's staging buffer (`mine`) and this thread's first row in it (`rr`; the other is rr + 8). */
-export const stagingDecl = (blockN: number, pad: string): string =>
-  `${pad}const sh_u32 mine = staging + wg * ${64 * blockN * 2};
-${pad}const int rr = warp * 16 + lane / 4;  // this thread's rows rr and rr + 8 of the warpgroup's 64
-`;
+/** The warpgroup's staging buffer (`mine`). */
+export const stagingBuffer = (blockN: number, pad: string): string => `${pad}const sh_u32 mine = staging + wg * ${64 * blockN * 2};\n`;
+/** This thread's first row in it (`rr`; the other is rr + 8). */
+export const stagingRow = (pad: string): string => `${pad}const int rr = warp * 16 + lane / 4;  // this thread's rows rr and rr + 8 of the warpgroup's 64\n`;
+/** Both, as the deferred store declares them once before the tile loop. */
+export const stagingDecl = (blockN: number, pad: string): string => stagingBuffer(blockN, pad) + stagingRow(pad);
