@@ -120,6 +120,8 @@ export const DENSE_CASES: DenseCase[] = [
 
 export const GROUPED_CASES: GroupedCase[] = [
   { kind: "grouped", name: "edge E4 256x512 rows[100,0,300,37]", experts: 4, rows: [100, 0, 300, 37], N: 256, K: 512, timed: false },
+  // N = 384: a 128 x 256 tile's second chunk lies past N (its scale block is absent, its B rows are the next expert's)
+  { kind: "grouped", name: "edge E4 384x512 rows[100,0,300,37]", experts: 4, rows: [100, 0, 300, 37], N: 384, K: 512, timed: false },
   { kind: "grouped", name: "E64 49152 rows N2816 K2048", experts: 64, rows: routing(64, 8192 * 6, 5), N: 2816, K: 2048, timed: true },
   { kind: "grouped", name: "E64 49152 rows N2048 K1408", experts: 64, rows: routing(64, 8192 * 6, 6), N: 2048, K: 1408, timed: true },
 ];
