@@ -16,7 +16,7 @@
 //   const run = g.prepare(config, { M, N, K }, { a, b, sa, sb, d });   // compiles once, encodes the TMA maps
 //   run();                                                             // one launch, nothing allocated
 import { emitFp8Gemm, type Fp8GemmKernel } from "../../compiler/codegen/cuda/gemm/emit.ts";
-import { bBoxRows, blockM, geometryOf, isBf16, kBlock, kGroupedProblem, shapeProblem, type Fp8GemmConfig, type Fp8GemmShape } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { bBoxRows, blockM, configName, geometryOf, isBf16, kBlock, kGroupedProblem, shapeProblem, type Fp8GemmConfig, type Fp8GemmShape } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { FP8_BLOCK, GROUPED_M_ALIGN } from "../../compiler/numeric/fp8-gemm.ts";
 import { CompileError } from "../../compiler/errors.ts";
 import { archFor, compileCuda } from "./compile.ts";
@@ -91,11 +91,19 @@ export class Fp8Gemm {
     return this.arch === "sm_90a";
   }
 
-  /** The compiled, loaded kernel for a configuration (NVRTC, disk-cached), with its dynamic smem allowed. */
+  /** SMs a persistent GEMM's grid spreads over: the device's, less those left to communication. */
+  gridSms(): number {
+    return gemmSms(this.device.smCount, process.env.SHARDTS_GEMM_RESERVED_SMS, this.reservedSms);
+  }
+
+  /**
+   * The compiled, loaded kernel for a configuration (NVRTC, disk-cached), with its dynamic smem allowed.
+   * Looked up by the configuration's name, so a launch of a loaded kernel does not emit its source again.
+   */
   kernel(c: Fp8GemmConfig): { fn: KernelFunction; kernel: Fp8GemmKernel; compileMs: number; cached: boolean; layout: { offset: number; size: number }[] | null } {
-    const k = emitFp8Gemm(c);
-    let got = this.fns.get(k.name);
+    let got = this.fns.get(configName(c));
     if (!got) {
+      const k = emitFp8Gemm(c);
       if (!this.supported) throw new CompileError(`FP8 GEMM kernel ${k.name} needs a Hopper GPU (sm_90a); this is ${this.device.name} (${this.arch}): use the cuBLASLt fallback`);
       const compiled = compileCuda(this.addon, k.name, k.source, this.arch);
       const fn = this.addon.moduleGetFunction(this.addon.moduleLoadData(compiled.cubin), k.name);
@@ -124,7 +132,7 @@ export class Fp8Gemm {
     const rowsA = config.rowRuns ? s.rowsA! : s.M, rowsD = config.rowRuns ? s.rowsD! : s.M;
     const c: Fp8GemmConfig = s.M % 4 !== 0 && !config.globalScales && !bf16 ? { ...config, globalScales: true } : config;
     const { fn, kernel, layout } = this.kernel(c);
-    const g = geometryOf(c, s, gemmSms(this.device.smCount, process.env.SHARDTS_GEMM_RESERVED_SMS, this.reservedSms));
+    const g = geometryOf(c, s, this.gridSms());
     const rowsB = s.N * (s.experts ?? 1), KB = Math.ceil(s.K / FP8_BLOCK);
     const enc = this.addon.tensorMapEncodeTiled.bind(this.addon);
     if (c.bMnMajor && s.ldb !== undefined) throw new CompileError(`${what} with MN-major B (bMnMajor): B is a contiguous [E][K][N] (no ldb)`);
@@ -178,7 +186,7 @@ export class Fp8Gemm {
       throw new CompileError("K-grouped bf16 GEMM: A and B are contiguous [M][P] and [N][P] (no lda, ldb, rowsA or rowsD)");
     const E = s.experts!;
     const { fn, kernel, layout } = this.kernel(c);
-    const g = geometryOf(c, s, gemmSms(this.device.smCount, process.env.SHARDTS_GEMM_RESERVED_SMS, this.reservedSms));
+    const g = geometryOf(c, s, this.gridSms());
     const enc = this.addon.tensorMapEncodeTiled.bind(this.addon);
     const map = (address: DevicePtr, rows: number, boxRows: number) =>
       enc({ dtype: "bf16", address, dims: [s.K, rows], strides: [s.K * 2], box: [kBlock(c), boxRows], swizzle: "128B", l2Promotion: "256B", oobFill: "zero" });

@@ -68,7 +68,7 @@ export function scaledDotGemm(ex: CudaExecutor, x: DeviceTensor[], tIn: TensorTy
   if (!why) {
     const order = [...rows, N];
     D = empty(ex.mem, "bf16", order.map((d) => shape[tOut.dims.findIndex((e) => e.name === d)]!));
-    g.prepare(bRows ? ROW_CONFIG : defaultGemmConfig(false, { M, N: nn }), { M, N: nn, K: kk }, { a: A.ptr, b: B.ptr, sa: SA.ptr, sb: SB.ptr, d: D.ptr })();
+    g.prepare(bRows ? ROW_CONFIG : defaultGemmConfig(false, { M, N: nn }, g.gridSms()), { M, N: nn, K: kk }, { a: A.ptr, b: B.ptr, sa: SA.ptr, sb: SB.ptr, d: D.ptr })();
     const out = ex.reorder(D, order, names(tOut));
     if (out !== D) ex.release(D);
     D = out;

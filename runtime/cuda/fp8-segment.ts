@@ -87,7 +87,7 @@ export function scaledSegmentDotCuda(ex: CudaExecutor, plan: Plan, ins: OpInstr,
     const SAr = gatherRows(ex, SX, bt * R, KB, "f32", rowMap, M);
     const SA = ex.reorder(SAr, ["m", "kb"], ["kb", "m"]);
     const D = empty(ex.mem, "bf16", [M, N]);
-    g.prepare(defaultGemmConfig(true, { M, N }), { M, N, K: KK, experts: gW }, { a: A.ptr, b: W.ptr, sa: SA.ptr, sb: SW.ptr, d: D.ptr, blockExpert: blockExpert.ptr })();
+    g.prepare(defaultGemmConfig(true, { M, N }, g.gridSms()), { M, N, K: KK, experts: gW }, { a: A.ptr, b: W.ptr, sa: SA.ptr, sb: SW.ptr, d: D.ptr, blockExpert: blockExpert.ptr })();
     // back to the rank's rows: padding dropped, rows outside every segment 0
     const outIdx = i32(ex, lay.outMap);
     Y = gatherRows(ex, D, M, N, "bf16", outIdx, bt * Rout);

@@ -95,8 +95,8 @@ export interface Fp8GemmConfig {
    */
   bMnMajor?: boolean;
   /**
-   * The tile's columns in chunks of 128 (absent = off; e4m3, blockN 256, without overlap, multicast or
-   * row-scaled B): each K block runs as two m64n128 wgmma groups, each waited for and promoted into its
+   * The tile's columns in chunks of 128 (absent = off; e4m3, blockN 256, without overlap or row-scaled
+   * B): each K block runs as two m64n128 wgmma groups, each waited for and promoted into its
    * half of acc before the next is issued, through one 64-register temporary. So a 128 x 256 tile fits
    * (acc 128 + 64 + overhead registers, where n256 would need 2 x 128), and each stage's A and B are read
    * from shared memory per 128 x 256 x 128 block: 144 KiB of wgmma reads and TMA writes per block, against
@@ -224,8 +224,9 @@ export function configProblem(c: Fp8GemmConfig): string | undefined {
 
 /**
  * Why a chunked configuration cannot work, or undefined: e4m3 with 128-column chunks that are B's scale
- * blocks (blockN 256), one temporary (no overlap), no multicast or row-scaled B (their stage releases and
- * scale reads are per tile, not per chunk), and acc + the temporary within the consumer's registers.
+ * blocks (blockN 256), one temporary (no overlap), no row-scaled B (its scales are read per column from
+ * the stage, not one per chunk), and acc + the temporary (+ A's fragment with aRegs) within the
+ * consumer's registers.
  */
 function chunkedProblem(c: Fp8GemmConfig): string | undefined {
   if (isBf16(c)) return "chunked splits the e4m3 promotion into 128-column chunks; bf16 has no promotion and takes blockN 256 whole: set chunked off";
@@ -292,16 +293,21 @@ const MULTICAST_SHAPES: [number, boolean][] = [[128, true], [192, false], [160, 
 /** TMA-store candidates (blockN, overlapped promotion, multicast), two consumers each. */
 const TMA_STORE_SHAPES: [number, boolean, boolean][] = [[128, true, false], [192, false, false], [128, false, false], [128, true, true], [192, false, true]];
 /**
- * 128 x 256 chunked candidates [tmaStore, storeByBox, deferStore, multicast]: whole-tile staging (3 stages),
- * box by box (4), direct stores (4), the store deferred under the next tile's chunks, and B multicast.
+ * 128 x 256 chunked candidates, each on top of { consumers 2, blockN 256, persistent, chunked }: whole-tile
+ * staging (3 stages), box by box (4), direct stores (4), the store deferred under the next tile's chunks,
+ * B multicast (dense only), the 16-row raster, A from registers, and the consumers' chunks in turns.
  */
-const CHUNKED_SHAPES: [boolean, boolean, boolean, boolean][] = [
-  [true, false, false, false],
-  [true, true, false, false],
-  [false, false, false, false],
-  [true, false, true, false],
-  [true, false, false, true],
-  [true, false, true, true],
+const CHUNKED_VARIANTS: Partial<Fp8GemmConfig>[] = [
+  { tmaStore: true },
+  { tmaStore: true, storeByBox: true },
+  {},
+  { tmaStore: true, deferStore: true },
+  { tmaStore: true, multicast: true },
+  { tmaStore: true, deferStore: true, multicast: true },
+  { tmaStore: true, groupM: 16 },
+  { tmaStore: true, groupM: 16, aRegs: true },
+  { tmaStore: true, orderedChunks: true },
+  { tmaStore: true, storeByBox: true, orderedChunks: true },
 ];
 
 /**
@@ -323,16 +329,7 @@ export function gemmCandidates(grouped: boolean): Fp8GemmConfig[] {
   for (const [blockN, overlap, multicast] of TMA_STORE_SHAPES)
     if (!(multicast && grouped)) out.push(filled({ consumers: 2, blockN, persistent: true, grouped, ...(overlap ? { overlap } : {}), ...(multicast ? { multicast } : {}), tmaStore: true }));
   // 128 x 256 tiles in two 128-column chunks (less shared-memory traffic per FLOP than 128 x 128)
-  for (const [tmaStore, storeByBox, deferStore, multicast] of CHUNKED_SHAPES)
-    if (!(multicast && grouped))
-      out.push(filled({ consumers: 2, blockN: 256, persistent: true, grouped, chunked: true, ...(tmaStore ? { tmaStore } : {}), ...(storeByBox ? { storeByBox } : {}), ...(deferStore ? { deferStore } : {}), ...(multicast ? { multicast } : {}) }));
-  // a 16-row raster (fewer B panels per wave: 8192³ thrashes L2 with 8)
-  out.push(filled({ consumers: 2, blockN: 256, persistent: true, grouped, chunked: true, tmaStore: true, groupM: 16 }));
-  // A from registers, loaded once per K block for both chunks (with the 16-row raster)
-  out.push(filled({ consumers: 2, blockN: 256, persistent: true, grouped, chunked: true, tmaStore: true, groupM: 16, aRegs: true }));
-  // the consumers' chunks in turns (whole-tile staging, 3 stages; and box by box, 4 stages)
-  for (const storeByBox of [false, true])
-    out.push(filled({ consumers: 2, blockN: 256, persistent: true, grouped, chunked: true, tmaStore: true, ...(storeByBox ? { storeByBox } : {}), orderedChunks: true }));
+  for (const v of CHUNKED_VARIANTS) if (!(v.multicast && grouped)) out.push(filled({ consumers: 2, blockN: 256, persistent: true, grouped, chunked: true, ...v }));
   return out.filter((c) => configProblem(c) === undefined);
 }
 
@@ -413,18 +410,25 @@ export const HOPPER_SMS = 132;
 
 /**
  * The configuration the executor launches without tuning (dense or grouped). Where the problem has at
- * least a wave of 128 x 256 tiles (or its shape is not given): the persistent 128 x 256 chunked kernel
- * with the TMA-store epilogue, the fastest on every large dense and grouped shape on an H200
- * (bench/results/2026-11-23-fp8-gemm-h200-chunked*.txt: 1224-1404 TFLOP/s on the four large dense
- * shapes, 5-8% above the 128 x 128 one), with the 16-row raster (_g16: +1% on 8192³, even elsewhere). With fewer tiles (small M: 128x7168x2048 ran 209 TFLOP/s
- * chunked, 282 at 128 x 128), the persistent 128 x 128 kernel with overlapped promotion and the TMA store.
+ * least a wave of its tiles on `sms` SMs (or its shape is not given): the persistent 128 x 256 chunked
+ * kernel with the TMA-store epilogue and the 16-row raster, the fastest on every large dense and grouped
+ * shape on an H200 (bench/results/2026-11-23-fp8-gemm-h200-chunked*.txt: 1224-1404 TFLOP/s on the four
+ * large dense shapes, 5-8% above the 128 x 128 one; _g16 +1% on 8192³, even elsewhere). With fewer tiles
+ * (small M: 128x7168x2048 ran 209 TFLOP/s chunked, 282 at 128 x 128), the persistent 128 x 128 kernel
+ * with overlapped promotion and the TMA store.
  */
 export function defaultGemmConfig(grouped: boolean, shape?: { M: number; N: number }, sms = HOPPER_SMS): Fp8GemmConfig {
-  const wide = shape === undefined || Math.ceil(shape.M / 128) * Math.ceil(shape.N / 256) >= sms;
-  return wide
-    ? filled({ consumers: 2, blockN: 256, persistent: true, grouped, chunked: true, tmaStore: true, groupM: 16 })
-    : filled({ consumers: 2, blockN: 128, persistent: true, grouped, overlap: true, tmaStore: true });
+  const [wide, narrow] = DEFAULT_GEMM_CONFIGS[grouped ? 1 : 0];
+  return shape === undefined || Math.ceil(shape.M / blockM(wide)) * Math.ceil(shape.N / wide.blockN) >= sms ? wide : narrow;
 }
+/** [wide, narrow] defaults, dense then grouped: built once, the executor asks for one per launch. */
+const DEFAULT_GEMM_CONFIGS = [false, true].map(
+  (grouped) =>
+    [
+      filled({ consumers: 2, blockN: 256, persistent: true, grouped, chunked: true, tmaStore: true, groupM: 16 }),
+      filled({ consumers: 2, blockN: 128, persistent: true, grouped, overlap: true, tmaStore: true }),
+    ] as const,
+);
 
 /**
  * The configuration for row-scaled B (the Wgrad form): 128 x 128 with the TMA-store epilogue and

@@ -46,7 +46,7 @@ import {
   type Fp8GemmConfig,
 } from "./config.ts";
 import { bf16Loop, chunkedLoop, kGroupedLoop, overlappedLoop, plainLoop } from "./mainloop.ts";
-import { stagingBuffer, stagingDecl, stagingRow, stagingWrites } from "./staging.ts";
+import { stagingBuffer, stagingFlush, stagingRow, stagingWrites } from "./staging.ts";
 import { GEMM_PTX, NAMED_ARRIVE, MN_BOX_BYTES, MN_MAJOR_B, TMA_STORE_3D, wgmmaRsWrapper, wgmmaWrapper } from "./ptx.ts";
 
 export interface Fp8GemmKernel {
@@ -178,7 +178,7 @@ ${c.orderedChunks ? `  // chunks in turns: consumer 0 goes first (consumer 1's a
   if (wg == 1) sh_named_arrive(${ORDER_BARRIERS[0]}, 256);
 ` : ""}${c.deferStore ? `  // deferred store: the previous tile (pmb, pnb) is staged and stored under the next tile's first K block
   int have = 0, pmb = 0, pnb = 0;
-${stagingDecl(BN, "  ")}` : ""}  ${tileLoop}
+${stagingBuffer(BN, "  ")}${stagingRow("  ")}` : ""}  ${tileLoop}
 ${kg ? `    // this expert's 64-column blocks: the consumers take as many stages as the producer fills for the tile
     const int KB = blockExpert[2 * e + 1];
 ` : `    const int e = ${expert};
@@ -251,44 +251,21 @@ function tmaStoreEpilogue(c: Fp8GemmConfig, rowBase: string, expert?: string, n0
   if (c.storeByBox)
     return `    // epilogue through shared memory and TMA, one 64 x 64 box at a time: this warpgroup's 64 rows, ${c.blockN / 64} boxes
     {
-      const sh_u32 mine = staging + wg * 8192;
-      const int rr = warp * 16 + lane / 4;  // this thread's rows rr and rr + 8 of the warpgroup's 64
-#pragma unroll
+${stagingBuffer(64, "      ")}${stagingRow("      ")}#pragma unroll
       for (int b = 0; b < ${c.blockN / 64}; ++b) {
         if (threadIdx.x % 128 == 0) sh_bulk_wait_read0();  // the previous box's store has read the buffer
         sh_named_bar(1 + wg, 128);
-#pragma unroll
-        for (int j = 8 * b; j < 8 * b + 8; ++j) {
-          const sh_u32 at = mine + (((j % 8) ^ (rr % 8)) * 16) + 4 * (lane % 4);
-          sh_sts_u32(at + rr * 128, sh_pack_bf16x2(acc[4 * j + 0], acc[4 * j + 1]));
-          sh_sts_u32(at + (rr + 8) * 128, sh_pack_bf16x2(acc[4 * j + 2], acc[4 * j + 3]));
-        }
-        sh_fence_proxy_async();  // the writes are visible to the TMA engine
-        sh_named_bar(1 + wg, 128);
-        if (threadIdx.x % 128 == 0) {
-          ${store("mine", "b")};
-          sh_bulk_commit();
-        }
-      }
+${stagingWrites("8 * b", "8 * b + 8", "        ", true)}${stagingFlush(`          ${store("mine", "b")};\n`, "        ")}      }
     }
 `;
   return `    // epilogue through shared memory and TMA: this warpgroup's 64 rows, ${c.blockN / 64} box(es) of 64 columns
     {
 ${stagingBuffer(c.blockN, "      ")}      if (threadIdx.x % 128 == 0) sh_bulk_wait_read0();  // the previous tile's store has read the buffer
       sh_named_bar(1 + wg, 128);
-${stagingRow("      ")}${stagingWrites(0, c.blockN / 8, "      ")}      sh_fence_proxy_async();  // the writes are visible to the TMA engine
-      sh_named_bar(1 + wg, 128);
-      if (threadIdx.x % 128 == 0) {
-${tmaStores(c, store)}      }
-    }
+${stagingRow("      ")}${stagingWrites(0, c.blockN / 8, "      ")}${stagingFlush(`#pragma unroll
+        for (int b = 0; b < ${c.blockN / 64}; ++b) ${store("mine + b * 8192", "b")};\n`, "      ")}    }
 `;
 }
-
-/** Thread 0 of the warpgroup stores its staged boxes and commits them as one bulk group. */
-const tmaStores = (c: Fp8GemmConfig, store: (box: string, b: string) => string): string => `#pragma unroll
-        for (int b = 0; b < ${c.blockN / 64}; ++b) ${store("mine + b * 8192", "b")};
-        sh_bulk_commit();
-`;
 
 // Tile raster (mirrors tileCoords in config.ts): GROUP_M m-blocks walked down before moving along N,
 // so the CTAs resident at once share a few row blocks of A and a band of B in L2.

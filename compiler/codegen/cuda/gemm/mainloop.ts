@@ -16,7 +16,7 @@
 import { FP8_BLOCK } from "../../../numeric/fp8-gemm.ts";
 import { A_REGS, ORDER_BARRIERS, spansScaleBlocks, type Fp8GemmConfig } from "./config.ts";
 import { MN_K16_STEP, wgmmaName, wgmmaRsName } from "./ptx.ts";
-import { stagingWrites } from "./staging.ts";
+import { stagingFlush, stagingWrites } from "./staging.ts";
 
 /**
  * Scales. A's (two rows per thread, a0/a1) arrive by TMA with each stage, SA_BYTES per stage from
@@ -28,12 +28,17 @@ import { stagingWrites } from "./staging.ts";
  */
 function scaleLoads(c: Fp8GemmConfig, kb: string, prefix: string, pad: string, decl: string, guard: string): string {
   const g = guard ? `${guard} && ` : "";
-  const a = c.globalScales
-    ? `${pad}${decl}${prefix}a0 = ${g}m0 < M ? sa[(long long)(${kb}) * M + m0] : 0.f, ${prefix}a1 = ${g}m1 < M ? sa[(long long)(${kb}) * M + m1] : 0.f;\n`
-    : "";
+  const a = globalAScales(c, kb, prefix, pad, decl, guard);
   if (c.bRows) return a; // B's scales are per column, read from the stage in the promotion
   return `${a}${pad}${decl}${prefix}b0 = ${guard ? `${guard} ? sbTile[${kb}] : 0.f` : `sbTile[${kb}]`};
 ${spansScaleBlocks(c) ? `${pad}${decl}${prefix}b1 = ${g}second ? sbTile[KB + ${kb}] : 0.f;\n` : ""}`;
+}
+/** With globalScales, A's two row scales of block `kb` from global memory (zero past M, or where `guard` fails). */
+function globalAScales(c: Fp8GemmConfig, kb: string, prefix: string, pad: string, decl: string, guard: string): string {
+  const g = guard ? `${guard} && ` : "";
+  return c.globalScales
+    ? `${pad}${decl}${prefix}a0 = ${g}m0 < M ? sa[(long long)(${kb}) * M + m0] : 0.f, ${prefix}a1 = ${g}m1 < M ? sa[(long long)(${kb}) * M + m1] : 0.f;\n`
+    : "";
 }
 /** Declares the scale registers and loads block 0's. */
 const firstScales = (c: Fp8GemmConfig, pad: string): string => scaleLoads(c, "0", "", pad, "float ", "");
@@ -68,13 +73,16 @@ ${pad}}
   return `${pad}const float s00 = a0 * b0, s10 = a1 * b0;
 ${two ? `${pad}const float s01 = a0 * b1, s11 = a1 * b1;\n` : ""}#pragma unroll
 ${pad}for (int j = 0; j < ${c.blockN / 8}; ++j) {
-${two ? `${pad}  const bool hi = 8 * j + c0 >= split;\n${pad}  const float u0 = hi ? s01 : s00, u1 = hi ? s11 : s10;\n` : `${pad}  const float u0 = s00, u1 = s10;\n`}${pad}  acc[4 * j + 0] = fmaf(${frag}[4 * j + 0], u0, acc[4 * j + 0]);
-${pad}  acc[4 * j + 1] = fmaf(${frag}[4 * j + 1], u0, acc[4 * j + 1]);
-${pad}  acc[4 * j + 2] = fmaf(${frag}[4 * j + 2], u1, acc[4 * j + 2]);
-${pad}  acc[4 * j + 3] = fmaf(${frag}[4 * j + 3], u1, acc[4 * j + 3]);
-${pad}}
+${two ? `${pad}  const bool hi = 8 * j + c0 >= split;\n${pad}  const float u0 = hi ? s01 : s00, u1 = hi ? s11 : s10;\n` : `${pad}  const float u0 = s00, u1 = s10;\n`}${fmaGroup(frag, "", pad + "  ")}${pad}}
 `;
 }
+
+/**
+ * Column group j's four FMAs (inside a loop over j): acc[`base`4j + r] += frag[4j + r] · u0 for the row r0
+ * pair (r 0, 1), · u1 for the row r0 + 8 pair (r 2, 3). `base` offsets acc ("64 + ": a chunk's half).
+ */
+const fmaGroup = (frag: string, base: string, pad: string): string =>
+  [0, 1, 2, 3].map((r) => `${pad}acc[${base}4 * j + ${r}] = fmaf(${frag}[4 * j + ${r}], ${r < 2 ? "u0" : "u1"}, acc[${base}4 * j + ${r}]);\n`).join("");
 
 /**
  * Waits for stage s, issues its 4 wgmma steps (k32 e4m3 or k16 bf16: 32 bytes of K each) into `frag`
@@ -103,8 +111,9 @@ ${pad}if (++s == S) { s = 0; phase ^= 1; }
 const release = (c: Fp8GemmConfig, bar: string): string =>
   c.multicast ? `if (lane < 2) sh_mbar_arrive_cta(${bar}, lane);` : `if (lane == 0) sh_mbar_arrive(${bar});`;
 
-const fenceAll = (c: Fp8GemmConfig, frag: string, pad: string): string => `#pragma unroll
-${pad}for (int i = 0; i < ${c.blockN / 2}; ++i) sh_reg_fence(${frag}[i]);
+/** The wgmmas' registers of `frag` (`n` of them) are read only after their group is waited for. */
+const fenceAll = (n: number, frag: string, pad: string): string => `#pragma unroll
+${pad}for (int i = 0; i < ${n}; ++i) sh_reg_fence(${frag}[i]);
 `;
 
 /**
@@ -122,7 +131,7 @@ ${p}sh_wgmma_fence();
 ${p}for (int k = 0; k < ${FP8_BLOCK / 32}; ++k) sh_wgmma_m64n${c.blockN}(tmp, da + 2 * k, db + 2 * k, k);
 ${p}sh_wgmma_commit();
 ${p}sh_wgmma_wait0();
-${fenceAll(c, "tmp", p)}${c.bRows ? `${p}// promotion first: B's scales are read from the stage
+${fenceAll(c.blockN / 2, "tmp", p)}${c.bRows ? `${p}// promotion first: B's scales are read from the stage
 ${promote(c, "tmp", p, "s")}` : ""}${p}// the wgmmas have read the stage: hand it back to the producer
 ${p}${release(c, "bars + 8 * (S + s)")}
 ${p}if (++s == S) { s = 0; phase ^= 1; }
@@ -144,7 +153,7 @@ function step(c: Fp8GemmConfig, kb: string, cur: string, next: string | undefine
   return `${pad}{
 ${q}const int bk = ${kb};
 ${q}(void)bk;
-${stageScales(c, "held", q)}${nextScales(c, "bk", q)}${wait}${fenceAll(c, cur, q)}${c.bRows ? promote(c, cur, q, "held") : ""}${q}${release(c, "bars + 8 * (S + held)")}  // block bk's stage is read
+${stageScales(c, "held", q)}${nextScales(c, "bk", q)}${wait}${fenceAll(c.blockN / 2, cur, q)}${c.bRows ? promote(c, cur, q, "held") : ""}${q}${release(c, "bars + 8 * (S + held)")}  // block bk's stage is read
 ${q}if (++held == S) held = 0;
 ${c.bRows ? "" : promote(c, cur, q, "held")}${advanceScales(c, q)}${pad}}
 `;
@@ -222,13 +231,7 @@ function chunk(c: Fp8GemmConfig, j: number, first: boolean): string {
 ${q}if (have) {
 ${j === 0 ? `${q}  if (threadIdx.x % 128 == 0) sh_bulk_wait_read0();  // the store before it has read the buffer
 ${q}  sh_named_bar(1 + wg, 128);
-` : ""}${stagingWrites(j * groups, (j + 1) * groups, q + "  ")}${last ? `${q}  sh_fence_proxy_async();  // the writes are visible to the TMA engine
-${q}  sh_named_bar(1 + wg, 128);
-${q}  if (threadIdx.x % 128 == 0) {
-${q}    for (int b = 0; b < ${c.blockN / 64}; ++b) sh_tma_store_2d(&tmD, mine + b * 8192, pnb * BN + 64 * b, pmb * BM + wg * 64);
-${q}    sh_bulk_commit();
-${q}  }
-` : ""}${q}}
+` : ""}${stagingWrites(j * groups, (j + 1) * groups, q + "  ")}${last ? stagingFlush(`${q}    for (int b = 0; b < ${c.blockN / 64}; ++b) sh_tma_store_2d(&tmD, mine + b * 8192, pnb * BN + 64 * b, pmb * BM + wg * 64);\n`, q + "  ") : ""}${q}}
 #pragma unroll
 ${q}for (int i = ${j * frag}; i < ${(j + 1) * frag}; ++i) acc[i] = 0.f;  // this tile's half starts at zero
 `
@@ -242,27 +245,20 @@ ${q}for (int k = 0; k < ${FP8_BLOCK / 32}; ++k) ${c.aRegs ? `${wgmmaRsName(FP8_B
 ${q}sh_wgmma_commit();
 ${c.orderedChunks ? `${q}sh_named_arrive(wg == 0 ? ${ORDER_BARRIERS[1]} : ${ORDER_BARRIERS[0]}, 256);  // the other consumer's turn
 ` : ""}${deferred}${q}sh_wgmma_wait0();
-${fenceAll({ ...c, blockN: FP8_BLOCK }, "tmp", q)}${last ? `${q}// the last chunk's wgmmas have read the stage: hand it back to the producer
+${fenceAll(FP8_BLOCK / 2, "tmp", q)}${last ? `${q}// the last chunk's wgmmas have read the stage: hand it back to the producer
 ${q}${release(c, "bars + 8 * (S + s)")}
 ${q}if (++s == S) { s = 0; phase ^= 1; }
 ` : ""}${q}const float u0 = a0 * b${j}, u1 = a1 * b${j};
 #pragma unroll
 ${q}for (int j = 0; j < ${frag / 4}; ++j) {
-${q}  acc[${j * frag} + 4 * j + 0] = fmaf(tmp[4 * j + 0], u0, acc[${j * frag} + 4 * j + 0]);
-${q}  acc[${j * frag} + 4 * j + 1] = fmaf(tmp[4 * j + 1], u0, acc[${j * frag} + 4 * j + 1]);
-${q}  acc[${j * frag} + 4 * j + 2] = fmaf(tmp[4 * j + 2], u1, acc[${j * frag} + 4 * j + 2]);
-${q}  acc[${j * frag} + 4 * j + 3] = fmaf(tmp[4 * j + 3], u1, acc[${j * frag} + 4 * j + 3]);
-${q}}
+${fmaGroup("tmp", `${j * frag} + `, q + "  ")}${q}}
 ${p}}
 `;
 }
 
 /** Chunk j's B scale b<j> (its own scale block: sbTile[j·KB + kb], zero past B's last block) and, with globalScales, A's. */
 function chunkScales(c: Fp8GemmConfig, kb: string, prefix: string, pad: string, decl: string, guard: string): string {
-  const g = guard ? `${guard} && ` : "";
-  const a = c.globalScales
-    ? `${pad}${decl}${prefix}a0 = ${g}m0 < M ? sa[(long long)(${kb}) * M + m0] : 0.f, ${prefix}a1 = ${g}m1 < M ? sa[(long long)(${kb}) * M + m1] : 0.f;\n`
-    : "";
+  const a = globalAScales(c, kb, prefix, pad, decl, guard);
   const b = Array.from({ length: c.blockN / FP8_BLOCK }, (_, j) => {
     const cond = [guard, j > 0 ? "second" : ""].filter(Boolean).join(" && ");
     const read = `sbTile[${j > 0 ? `${j} * KB + ` : ""}${kb}]`;
@@ -292,7 +288,7 @@ ${p}held = next;
     }
     sh_wgmma_wait0();
     ${release(c, "bars + 8 * (S + held)")}
-${fenceAll(c, "acc", "    ")}`;
+${fenceAll(c.blockN / 2, "acc", "    ")}`;
 }
 
 /**
