@@ -15,6 +15,7 @@
 //    --shapes large keeps the correctness-only edge cases and times only the four large dense
 //    shapes and the grouped ones, for the kernels, cuBLASLt, the autotuner and the peer)
 import { caseBuffers } from "./lib/case-buffers.ts";
+import { rotated } from "./lib/rotated-sets.ts";
 import { spawn } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -104,20 +105,6 @@ function child(job: ChildJob): void {
     }
     finish(res);
   }
-}
-
-/** Input sets with the same values at other addresses, enough that they overflow L2 twice over. */
-function rotated(a: ReturnType<typeof native>, base: Fp8GemmBuffers, p: { a: Uint8Array; b: Uint8Array }, alloc: (n: number) => bigint): Fp8GemmBuffers[] {
-  const bytes = p.a.length + p.b.length;
-  const n = Math.max(2, Math.min(8, Math.ceil((160 << 20) / bytes)));
-  const sets = [base];
-  for (let i = 1; i < n; i++) {
-    const A = alloc(p.a.length), B = alloc(p.b.length);
-    a.memcpyDtoD(A, base.a, p.a.length);
-    a.memcpyDtoD(B, base.b, p.b.length);
-    sets.push({ ...base, a: A, b: B });
-  }
-  return sets;
 }
 
 // ------------------------------------------------------------------ parent

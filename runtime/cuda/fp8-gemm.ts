@@ -39,6 +39,8 @@ export interface Fp8GemmBuffers {
    * block (expert, A row, D row, rows); K-grouped: 2 int32 per expert (first 64-column block, blocks).
    */
   blockExpert?: DevicePtr;
+  /** A traced configuration's timeline (config trace): traceWords(tiles, grid) u64 (compiler/codegen/cuda/gemm/trace.ts). */
+  trace?: DevicePtr;
 }
 
 export interface Fp8GemmProblemShape extends Fp8GemmShape {
@@ -128,6 +130,7 @@ export class Fp8Gemm {
     if (config.grouped !== (s.experts !== undefined)) throw new CompileError(`${what}: config ${config.grouped ? "is" : "is not"} grouped but the problem ${s.experts !== undefined ? "has" : "has no"} experts`);
     if (config.grouped && (s.M % GROUPED_M_ALIGN !== 0 || bufs.blockExpert === undefined))
       throw new CompileError(`grouped ${what}: M (${s.M}) must be a multiple of ${GROUPED_M_ALIGN} and blockExpert given (one int32 per ${GROUPED_M_ALIGN} rows)`);
+    if (config.trace && bufs.trace === undefined) throw new CompileError(`${what}: a traced configuration (trace) writes its timeline to bufs.trace: give a buffer of traceWords(tiles, grid) u64`);
     if (config.rowRuns && !(s.rowsA! > 0 && s.rowsD! > 0)) throw new CompileError(`${what} over row runs: the problem must say the rows A and D hold (rowsA, rowsD)`);
     const rowsA = config.rowRuns ? s.rowsA! : s.M, rowsD = config.rowRuns ? s.rowsD! : s.M;
     const c: Fp8GemmConfig = s.M % 4 !== 0 && !config.globalScales && !bf16 ? { ...config, globalScales: true } : config;
@@ -169,6 +172,7 @@ export class Fp8Gemm {
       ["i32", s.M],
       ["i32", s.N],
       ["i32", s.K],
+      ...(c.trace ? [["ptr", bufs.trace!] as ["ptr", bigint]] : []),
     );
     const a = this.addon, stream = this.stream;
     return () => a.launchKernel(fn, [g.grid, 1, 1], [kernel.threads, 1, 1], kernel.smemBytes, stream, params);

@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { emitFp8Gemm } from "../../compiler/codegen/cuda/gemm/emit.ts";
-import { consumerRegs, gemmCandidates, producerRegs, rowScaledCandidates, wgmmaN } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { configName, consumerRegs, defaultGemmConfig, gemmCandidates, producerRegs, rowScaledCandidates, wgmmaN } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { NVCC, noteIfNoNvcc } from "./gxx.ts";
 import { compileGemmKernel } from "./gemm-ptxas.ts";
 
@@ -84,6 +84,27 @@ describe.skipIf(!NVCC)("FP8 GEMM kernels compile for sm_90a", () => {
       expect(ptx, k.name).not.toContain("ld.shared.f32");
       expect(ptx, k.name).toMatch(/ld\.global\.nc\.f32|ld\.global\.f32/);
     }
+  }, 300_000);
+
+  it("the traced chunked kernel (trace, the tile timeline) compiles clean with its stamps; untraced sources carry none", async () => {
+    const c = defaultGemmConfig(false, { M: 4096, N: 7168 });
+    const k = emitFp8Gemm({ ...c, trace: true });
+    expect(k.name).toBe(`${configName(c)}_tr`);
+    expect(emitFp8Gemm(c).source).not.toMatch(/clock64|globaltimer|trRows/);
+    const cu = join(dir, `${k.name}.cu`);
+    writeFileSync(cu, k.source);
+    const { stdout, stderr } = await run(NVCC!, ["-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-Xptxas", "-v", "-o", join(dir, `${k.name}.cubin`), cu]);
+    const log = stdout + stderr;
+    expect(log).not.toMatch(/warning/i);
+    expect(/(\d+) bytes stack frame, (\d+) bytes spill stores/.exec(log)?.slice(1, 3)).toEqual(["0", "0"]);
+    await run(NVCC!, ["-gencode=arch=compute_90a,code=sm_90a", "-ptx", "-o", join(dir, `${k.name}.ptx`), cu]);
+    const ptx = readFileSync(join(dir, `${k.name}.ptx`), "utf8");
+    expect(ptx).toContain("%globaltimer");
+    expect(ptx).toContain("%smid");
+    expect(ptx.match(/mov\.u64\s+%rd\d+, %clock64/g)?.length ?? 0).toBeGreaterThanOrEqual(8);
+    // the stamps go to the trailing parameter; the kernel still stores D by TMA only
+    expect(ptx).toMatch(/\.param \.u64 sh_fp8_gemm_dense_\w+_tr_param_11\s*\)/);
+    expect(ptx).toContain("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group");
   }, 300_000);
 
   it("the row-scaled B kernels (the Wgrad form) compile clean: B's scales by TMA per stage, read as column pairs", async () => {

@@ -139,6 +139,12 @@ export interface Fp8GemmConfig {
    * + A 16 + overhead) and the producer 24. Suffix _ra.
    */
   aRegs?: boolean;
+  /**
+   * A timeline of the tiles (absent = off; chunked without deferStore or multicast; a measuring
+   * instrument, never a candidate): clock stamps at each tile's boundaries into a trailing kernel
+   * parameter (trace.ts has the layout; bench/gpu/gemm-trace.ts reads it). Suffix _tr.
+   */
+  trace?: boolean;
 }
 
 export const SMEM_LIMIT = 232448; // 227 KiB: the opt-in maximum per block on H100 / H200
@@ -179,7 +185,7 @@ export const smemBytes = (c: Fp8GemmConfig): number => SMEM_ALIGN_SLACK + c.stag
 export const spansScaleBlocks = (c: Fp8GemmConfig): boolean => !isBf16(c) && !c.chunked && FP8_BLOCK % c.blockN !== 0;
 
 export function configName(c: Fp8GemmConfig): string {
-  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.aRegs ? "_ra" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}`;
+  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.aRegs ? "_ra" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}${c.trace ? "_tr" : ""}`;
 }
 
 /** Why a configuration cannot be emitted, or undefined. */
@@ -217,6 +223,7 @@ export function configProblem(c: Fp8GemmConfig): string | undefined {
   if (c.groupM !== undefined && !(Number.isInteger(c.groupM) && c.groupM >= 1 && c.groupM <= 64)) return `groupM must be an integer from 1 to 64, got ${c.groupM}`;
   if (c.aRegs && !c.chunked) return "aRegs loads A once per K block for both chunks' wgmmas: it needs chunked";
   if (c.orderedChunks && !(c.chunked && c.consumers === 2)) return "orderedChunks alternates the two consumers' chunks: it needs chunked and two consumers";
+  if (c.trace && !(c.chunked && !c.deferStore && !c.multicast)) return "trace stamps the chunked kernel's tile boundaries: it needs chunked, without deferStore or multicast";
   if (c.chunked) return chunkedProblem(c);
   if (c.overlap) return overlapProblem(c);
   return undefined;

@@ -17,6 +17,7 @@ import { FP8_BLOCK } from "../../../numeric/fp8-gemm.ts";
 import { A_REGS, ORDER_BARRIERS, spansScaleBlocks, type Fp8GemmConfig } from "./config.ts";
 import { MN_K16_STEP, wgmmaName, wgmmaRsName } from "./ptx.ts";
 import { stagingFlush, stagingWrites } from "./staging.ts";
+import { traceConsumerWait } from "./trace.ts";
 
 /**
  * Scales. A's (two rows per thread, a0/a1) arrive by TMA with each stage, SA_BYTES per stage from
@@ -192,8 +193,7 @@ ${step(c, "kb", "t0", undefined, p)}    }
  */
 export function chunkedLoop(c: Fp8GemmConfig): string {
   const p = "      ";
-  const block = (first: boolean) => `${chunkScales(c, "kb + 1", "n", p, "const float ", "kb + 1 < KB")}${p}sh_mbar_wait(bars + 8 * s, phase);  // the stage's bytes have landed
-${stageScales(c, "s", p)}${c.aRegs ? aFragment(p) : `${p}const sh_u64 da = sh_wgmma_desc(tilesA + s * A_BYTES + wg * 64 * ${FP8_BLOCK});
+  const block = (first: boolean) => `${chunkScales(c, "kb + 1", "n", p, "const float ", "kb + 1 < KB")}${traceConsumerWait(c, "sh_mbar_wait(bars + 8 * s, phase);  // the stage's bytes have landed", p)}${stageScales(c, "s", p)}${c.aRegs ? aFragment(p) : `${p}const sh_u64 da = sh_wgmma_desc(tilesA + s * A_BYTES + wg * 64 * ${FP8_BLOCK});
 `}${Array.from({ length: c.blockN / FP8_BLOCK }, (_, j) => chunk(c, j, first)).join("")}${c.globalScales ? `${p}a0 = na0; a1 = na1;\n` : ""}${p}${Array.from({ length: c.blockN / FP8_BLOCK }, (_, j) => `b${j} = nb${j};`).join(" ")}
 `;
   const loop = `    for (int kb = ${c.deferStore ? 1 : 0}; kb < KB; ++kb) {
