@@ -75,7 +75,7 @@ export function summarizeTrace(words: BigUint64Array, grid: number, tiles: numbe
         if (!(top <= first && first <= end && end <= epi)) throw new Error(`trace: CTA ${b} tile row ${i} consumer ${w}: stamps out of order (${top}, ${first}, ${end}, ${epi})`);
         acc.start.push(first - top);
         acc.loop.push(end - first);
-        acc.perBlock.push((end - first) / Math.max(1, kBlocks - 1));
+        acc.perBlock.push((end - first) / kBlocks); // the loop runs every block's chunks and all but the first block's stage waits
         acc.waits.push(at(TRACE.stageWaits));
         acc.epi.push(epi - end);
         loopCycles += (end - first) / consumers;
@@ -118,7 +118,7 @@ export function formatTrace(s: TraceSummary): string[] {
     `  ${s.ctas} CTAs, ${s.tiles} tiles; SM clock ${s.ghz.median.toFixed(3)} GHz (${s.ghz.mean.toFixed(3)} mean); kernel ${s.kernelUs.toFixed(1)} µs by globaltimer; consumers in K loops ${(100 * s.inLoop).toFixed(1)}% of CTA time`,
     row("tile start (top to first stage)", s.start),
     row("K loop (first stage to last promote)", s.loop),
-    row("  per K block after the first", s.loopPerBlock),
+    row("  per K block", s.loopPerBlock),
     row("  waiting for stages (whole tile)", s.stageWaits),
     row("epilogue (staging + TMA store)", s.epilogue),
     row("gap to the next tile's top", s.gap),

@@ -145,6 +145,15 @@ export interface Fp8GemmConfig {
    * parameter (trace.ts has the layout; bench/gpu/gemm-trace.ts reads it). Suffix _tr.
    */
   trace?: boolean;
+  /**
+   * The next tile's first blocks prefetched into L2 (absent = off; chunked, persistent, no multicast): this
+   * many K blocks before a tile's end, the producer issues TMA L2 prefetches of the next tile's first
+   * `stages` blocks of A, B and A's scales, and a prefetch of its first B scales, so the loads that start
+   * that tile (issued only when the last stages of this one are released) find their lines in L2. The
+   * tile timeline (trace) showed a tile's first stage landing ~1100-1600 cycles after the consumers ask
+   * for it, where later stages wait ~70. Suffix _pf<n>.
+   */
+  prefetchNext?: number;
 }
 
 export const SMEM_LIMIT = 232448; // 227 KiB: the opt-in maximum per block on H100 / H200
@@ -185,7 +194,7 @@ export const smemBytes = (c: Fp8GemmConfig): number => SMEM_ALIGN_SLACK + c.stag
 export const spansScaleBlocks = (c: Fp8GemmConfig): boolean => !isBf16(c) && !c.chunked && FP8_BLOCK % c.blockN !== 0;
 
 export function configName(c: Fp8GemmConfig): string {
-  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.aRegs ? "_ra" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}${c.trace ? "_tr" : ""}`;
+  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.aRegs ? "_ra" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}${c.prefetchNext !== undefined ? `_pf${c.prefetchNext}` : ""}${c.trace ? "_tr" : ""}`;
 }
 
 /** Why a configuration cannot be emitted, or undefined. */
@@ -223,6 +232,10 @@ export function configProblem(c: Fp8GemmConfig): string | undefined {
   if (c.groupM !== undefined && !(Number.isInteger(c.groupM) && c.groupM >= 1 && c.groupM <= 64)) return `groupM must be an integer from 1 to 64, got ${c.groupM}`;
   if (c.aRegs && !c.chunked) return "aRegs loads A once per K block for both chunks' wgmmas: it needs chunked";
   if (c.orderedChunks && !(c.chunked && c.consumers === 2)) return "orderedChunks alternates the two consumers' chunks: it needs chunked and two consumers";
+  if (c.prefetchNext !== undefined && !(Number.isInteger(c.prefetchNext) && c.prefetchNext >= 1 && c.prefetchNext <= 64))
+    return `prefetchNext is a number of K blocks from 1 to 64, got ${c.prefetchNext}`;
+  if (c.prefetchNext !== undefined && !(c.chunked && c.persistent && !c.multicast))
+    return "prefetchNext prefetches a persistent CTA's next tile: it needs chunked and persistent, without multicast";
   if (c.trace && !(c.chunked && !c.deferStore && !c.multicast)) return "trace stamps the chunked kernel's tile boundaries: it needs chunked, without deferStore or multicast";
   if (c.chunked) return chunkedProblem(c);
   if (c.overlap) return overlapProblem(c);
@@ -315,6 +328,10 @@ const CHUNKED_VARIANTS: Partial<Fp8GemmConfig>[] = [
   { tmaStore: true, groupM: 16, aRegs: true },
   { tmaStore: true, orderedChunks: true },
   { tmaStore: true, storeByBox: true, orderedChunks: true },
+  { tmaStore: true, groupM: 16, prefetchNext: 4 },
+  { tmaStore: true, groupM: 16, prefetchNext: 8 },
+  { tmaStore: true, groupM: 16, prefetchNext: 16 },
+  { tmaStore: true, groupM: 16, deferStore: true, prefetchNext: 8 },
 ];
 
 /**

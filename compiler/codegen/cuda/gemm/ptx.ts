@@ -276,3 +276,15 @@ export const NAMED_ARRIVE = `#ifndef SHARDTS_NAMED_ARRIVE
 SH_DEV void sh_named_arrive(sh_u32 id, sh_u32 count) { asm volatile("bar.arrive %0, %1;" :: "r"(id), "r"(count) : "memory"); }
 #endif
 `;
+
+/** L2 prefetches (prefetchNext): a TMA box of a tensor map, and one line of global memory. */
+export const L2_PREFETCH = `#ifndef SHARDTS_L2_PREFETCH
+#define SHARDTS_L2_PREFETCH
+// The box at (c0, c1) of the tensor map into L2 (no shared memory, no barrier).
+SH_DEV void sh_tma_prefetch_2d(const sh_tensor_map* m, int c0, int c1) {
+  asm volatile("cp.async.bulk.prefetch.tensor.2d.L2.global.tile [%0, {%1, %2}];" :: "l"(reinterpret_cast<sh_u64>(m)), "r"(c0), "r"(c1) : "memory");
+}
+// The line holding p into L2.
+SH_DEV void sh_prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" :: "l"(p)); }
+#endif
+`;
