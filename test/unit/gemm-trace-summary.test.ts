@@ -52,6 +52,9 @@ describe("the GEMM tile timeline summary", () => {
     expect(s.gap.n).toBe(2 * (8 - 3)); // tiles after each CTA's first, two consumers
     expect(s.skew.mean).toBe(7);
     expect(s.producerFirstFree.mean).toBe(10);
+    // issued at t - 390: the consumers' tops 390 / 397 later, their first stages 50 after that
+    expect(s.firstIssueToTop.mean).toBe(393.5);
+    expect(s.firstIssueToLanded.mean).toBe(443.5);
     expect(s.setup.mean).toBe(300);
     expect(s.drain.mean).toBeCloseTo((20 + 13) / 2, 6); // consumer 0 ends 20 before the CTA, consumer 1 13
     expect(s.inLoop).toBeGreaterThan(0.6);

@@ -27,6 +27,9 @@ export interface TraceSummary {
   /** Per tile: the producer's wait for its first free stage, and all its waits (cycles). */
   producerFirstFree: Stat;
   producerWaits: Stat;
+  /** A tile's first stage: from the producer's free stage (its loads issued) to the consumers' stamp of it landed, and to their tile top. */
+  firstIssueToLanded: Stat;
+  firstIssueToTop: Stat;
   /** Per CTA: start to first tile top, last epilogue to end, and its whole time (cycles). */
   setup: Stat;
   drain: Stat;
@@ -54,7 +57,7 @@ export function summarizeTrace(words: BigUint64Array, grid: number, tiles: numbe
   const maxT = Math.ceil(tiles / grid), rowOf = (b: number, i: number) => (b * (maxT + 1) + i) * TRACE_SLOTS;
   if (words.length < grid * (maxT + 1) * TRACE_SLOTS) throw new RangeError(`trace: ${words.length} words, a grid of ${grid} over ${tiles} tiles needs ${grid * (maxT + 1) * TRACE_SLOTS}`);
   const v = (b: number, i: number, slot: number) => Number(words[rowOf(b, i) + slot]!);
-  const acc = { ghz: [] as number[], start: [] as number[], loop: [] as number[], perBlock: [] as number[], waits: [] as number[], epi: [] as number[], gap: [] as number[], skew: [] as number[], pFirst: [] as number[], pWaits: [] as number[], setup: [] as number[], drain: [] as number[], cta: [] as number[] };
+  const acc = { ghz: [] as number[], start: [] as number[], loop: [] as number[], perBlock: [] as number[], waits: [] as number[], epi: [] as number[], gap: [] as number[], skew: [] as number[], pFirst: [] as number[], pWaits: [] as number[], issueLanded: [] as number[], issueTop: [] as number[], setup: [] as number[], drain: [] as number[], cta: [] as number[] };
   let t0 = Infinity, t1 = -Infinity, loopCycles = 0, ctaCycles = 0, counted = 0;
   for (let b = 0; b < grid; b++) {
     const n = tilesOf(b, grid, tiles);
@@ -86,6 +89,11 @@ export function summarizeTrace(words: BigUint64Array, grid: number, tiles: numbe
       if (consumers === 2) acc.skew.push(v(b, i, TRACE.consumerStride + TRACE.top) - v(b, i, TRACE.top));
       acc.pFirst.push(v(b, i, TRACE.producerFirstFree) - v(b, i, TRACE.producerTop));
       acc.pWaits.push(v(b, i, TRACE.freeWaits));
+      const issued = v(b, i, TRACE.producerFirstFree);
+      for (let w = 0; w < consumers; w++) {
+        acc.issueLanded.push(v(b, i, w * TRACE.consumerStride + TRACE.firstStage) - issued);
+        acc.issueTop.push(v(b, i, w * TRACE.consumerStride + TRACE.top) - issued);
+      }
       counted++;
     }
   }
@@ -102,6 +110,8 @@ export function summarizeTrace(words: BigUint64Array, grid: number, tiles: numbe
     skew: stat(acc.skew),
     producerFirstFree: stat(acc.pFirst),
     producerWaits: stat(acc.pWaits),
+    firstIssueToLanded: stat(acc.issueLanded),
+    firstIssueToTop: stat(acc.issueTop),
     setup: stat(acc.setup),
     drain: stat(acc.drain),
     ctaCycles: stat(acc.cta),
@@ -125,6 +135,8 @@ export function formatTrace(s: TraceSummary): string[] {
     row("consumer 1 top - consumer 0 top", s.skew),
     row("producer: wait for first free stage", s.producerFirstFree),
     row("producer: all free-stage waits", s.producerWaits),
+    row("first stage: issued to landed", s.firstIssueToLanded),
+    row("first stage: issued to consumer top", s.firstIssueToTop),
     row("CTA setup (start to first top)", s.setup),
     row("CTA drain (last epilogue to end)", s.drain),
     row("CTA total", s.ctaCycles),

@@ -154,6 +154,16 @@ export interface Fp8GemmConfig {
    * for it, where later stages wait ~70. Suffix _pf<n>.
    */
   prefetchNext?: number;
+  /**
+   * How the barrier waits wait (absent = mbarrier.try_wait in a loop, the hardware's own suspend limit):
+   * "producer" spins the producer's free-stage waits on mbarrier.test_wait, "all" the consumers' stage
+   * waits too. The tile timeline showed the producer's waits pinned at ~1000 cycles and a tile's first
+   * stage wait at ~1024, as if a suspended thread woke at a time limit rather than when the phase
+   * completed. Chunked only. Suffix _sp / _spa.
+   */
+  spinWaits?: "producer" | "all";
+  /** try_wait's suspend-time hint in ns for the waits that do not spin (absent = none; chunked only). Suffix _wh<n>. */
+  waitHintNs?: number;
 }
 
 export const SMEM_LIMIT = 232448; // 227 KiB: the opt-in maximum per block on H100 / H200
@@ -194,7 +204,7 @@ export const smemBytes = (c: Fp8GemmConfig): number => SMEM_ALIGN_SLACK + c.stag
 export const spansScaleBlocks = (c: Fp8GemmConfig): boolean => !isBf16(c) && !c.chunked && FP8_BLOCK % c.blockN !== 0;
 
 export function configName(c: Fp8GemmConfig): string {
-  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.aRegs ? "_ra" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}${c.prefetchNext !== undefined ? `_pf${c.prefetchNext}` : ""}${c.trace ? "_tr" : ""}`;
+  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.aRegs ? "_ra" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}${c.prefetchNext !== undefined ? `_pf${c.prefetchNext}` : ""}${c.spinWaits ? (c.spinWaits === "all" ? "_spa" : "_sp") : ""}${c.waitHintNs !== undefined ? `_wh${c.waitHintNs}` : ""}${c.trace ? "_tr" : ""}`;
 }
 
 /** Why a configuration cannot be emitted, or undefined. */
@@ -236,6 +246,9 @@ export function configProblem(c: Fp8GemmConfig): string | undefined {
     return `prefetchNext is a number of K blocks from 1 to 64, got ${c.prefetchNext}`;
   if (c.prefetchNext !== undefined && !(c.chunked && c.persistent && !c.multicast))
     return "prefetchNext prefetches a persistent CTA's next tile: it needs chunked and persistent, without multicast";
+  if (c.spinWaits !== undefined && c.spinWaits !== "producer" && c.spinWaits !== "all") return `spinWaits is "producer" or "all", got ${JSON.stringify(c.spinWaits)}`;
+  if (c.waitHintNs !== undefined && !(Number.isInteger(c.waitHintNs) && c.waitHintNs >= 1 && c.waitHintNs <= 1_000_000)) return `waitHintNs is a whole number of ns from 1 to 1000000, got ${c.waitHintNs}`;
+  if ((c.spinWaits !== undefined || c.waitHintNs !== undefined) && !c.chunked) return "spinWaits and waitHintNs change the chunked kernel's barrier waits: they need chunked";
   if (c.trace && !(c.chunked && !c.deferStore && !c.multicast)) return "trace stamps the chunked kernel's tile boundaries: it needs chunked, without deferStore or multicast";
   if (c.chunked) return chunkedProblem(c);
   if (c.overlap) return overlapProblem(c);
@@ -332,6 +345,10 @@ const CHUNKED_VARIANTS: Partial<Fp8GemmConfig>[] = [
   { tmaStore: true, groupM: 16, prefetchNext: 8 },
   { tmaStore: true, groupM: 16, prefetchNext: 16 },
   { tmaStore: true, groupM: 16, deferStore: true, prefetchNext: 8 },
+  { tmaStore: true, groupM: 16, spinWaits: "producer" },
+  { tmaStore: true, groupM: 16, spinWaits: "all" },
+  { tmaStore: true, groupM: 16, waitHintNs: 64 },
+  { tmaStore: true, groupM: 16, deferStore: true, spinWaits: "all" },
 ];
 
 /**

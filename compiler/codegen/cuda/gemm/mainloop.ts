@@ -20,6 +20,16 @@ import { stagingFlush, stagingWrites } from "./staging.ts";
 import { traceConsumerWait } from "./trace.ts";
 
 /**
+ * A barrier wait as the configuration waits (spinWaits, waitHintNs): by "producer" (free stages) or
+ * "consumer" (landed stages), a call ending in ';'.
+ */
+export function waitOn(c: Fp8GemmConfig, who: "producer" | "consumer", bar: string, parity: string): string {
+  if (c.spinWaits === "all" || (c.spinWaits === "producer" && who === "producer")) return `sh_mbar_spin(${bar}, ${parity});`;
+  if (c.waitHintNs !== undefined) return `sh_mbar_wait_hint(${bar}, ${parity}, ${c.waitHintNs}u);`;
+  return `sh_mbar_wait(${bar}, ${parity});`;
+}
+
+/**
  * Scales. A's (two rows per thread, a0/a1) arrive by TMA with each stage, SA_BYTES per stage from
  * `sas`, and are read from shared memory once the stage has landed, before it is released (the
  * global loads they replace were a new 128-row line every block, and the promotion stalled on their
@@ -193,7 +203,7 @@ ${step(c, "kb", "t0", undefined, p)}    }
  */
 export function chunkedLoop(c: Fp8GemmConfig): string {
   const p = "      ";
-  const block = (first: boolean) => `${chunkScales(c, "kb + 1", "n", p, "const float ", "kb + 1 < KB")}${traceConsumerWait(c, "sh_mbar_wait(bars + 8 * s, phase);  // the stage's bytes have landed", p)}${stageScales(c, "s", p)}${c.aRegs ? aFragment(p) : `${p}const sh_u64 da = sh_wgmma_desc(tilesA + s * A_BYTES + wg * 64 * ${FP8_BLOCK});
+  const block = (first: boolean) => `${chunkScales(c, "kb + 1", "n", p, "const float ", "kb + 1 < KB")}${traceConsumerWait(c, `${waitOn(c, "consumer", "bars + 8 * s", "phase")}  // the stage's bytes have landed`, p)}${stageScales(c, "s", p)}${c.aRegs ? aFragment(p) : `${p}const sh_u64 da = sh_wgmma_desc(tilesA + s * A_BYTES + wg * 64 * ${FP8_BLOCK});
 `}${Array.from({ length: c.blockN / FP8_BLOCK }, (_, j) => chunk(c, j, first)).join("")}${c.globalScales ? `${p}a0 = na0; a1 = na1;\n` : ""}${p}${Array.from({ length: c.blockN / FP8_BLOCK }, (_, j) => `b${j} = nb${j};`).join(" ")}
 `;
   const loop = `    for (int kb = ${c.deferStore ? 1 : 0}; kb < KB; ++kb) {
