@@ -74,7 +74,16 @@ static void sh_mbar_arrive(sh_u32 bar) {
 static void sh_mbar_arrive_cta(sh_u32 bar, int rank) { if (rank == 0) sh_mbar_arrive(bar); }
 // A's scales as the TMA leaves them in a stage: only readable while the stage is held
 static const sh_u32 sas = 1u << 28, SA_BYTES = 512;
+// B's scales in the stage: row scales (bRows kernels), or a chunked tile's two block scales (stagedBScales)
+static const sh_u32 sbs = 1u << 29, SB_BYTES = 512;
 static float sh_lds_f32(sh_u32 a) {
+  if (a >= sbs) {  // stagedBScales: 1 for chunk 0 at +0, 3 for chunk 1 at +4, as the scale thread stores them
+    const int s = (int)((a - sbs) / SB_BYTES), off = (int)((a - sbs) % SB_BYTES);
+    if (s < 0 || s >= S) FAIL("B scale read from stage %d", s);
+    if (!stageHeld[s]) FAIL("B scale read from stage %d, which is not held (released or not yet waited for)", s);
+    if (off != 0 && off != 4) FAIL("B scale read %d bytes into the stage's pair", off);
+    return off ? 3.f : 1.f;
+  }
   const int s = (int)((a - sas) / SA_BYTES), row = (int)((a - sas) % SA_BYTES) / 4;
   if (s < 0 || s >= S) FAIL("scale read from stage %d", s);
   if (!stageHeld[s]) FAIL("scale read from stage %d, which is not held (released or not yet waited for)", s);
@@ -82,7 +91,6 @@ static float sh_lds_f32(sh_u32 a) {
   return (float)(stageBlock[s] + 1);
 }
 // B's row scales (bRows kernels): readable only while the stage is held; 1 everywhere
-static const sh_u32 sbs = 1u << 29, SB_BYTES = 512;
 static void sh_lds_f32x2(sh_u32 a, float& x, float& y) {
   const int s = (int)((a - sbs) / SB_BYTES);
   if (s < 0 || s >= S) FAIL("B scale read from stage %d", s);
@@ -280,10 +288,13 @@ describe.skipIf(!GXX)("FP8 GEMM consumer K loop on a CPU model of wgmma / mbarri
     { consumers: 2, blockN: 256, stages: 3, persistent: true, grouped: false, chunked: true, tmaStore: true, deferStore: true, multicast: true },
     { consumers: 2, blockN: 256, stages: 3, persistent: true, grouped: false, chunked: true, tmaStore: true, orderedChunks: true },
     { consumers: 2, blockN: 256, stages: 3, persistent: true, grouped: false, chunked: true, tmaStore: true, aRegs: true },
+    { consumers: 2, blockN: 256, stages: 3, persistent: true, grouped: false, chunked: true, tmaStore: true, stagedBScales: true },
+    { consumers: 2, blockN: 256, stages: 3, persistent: true, grouped: false, chunked: true, tmaStore: true, stagedBScales: true, deferStore: true },
+    { consumers: 2, blockN: 256, stages: 3, persistent: true, grouped: false, chunked: true, tmaStore: true, stagedBScales: true, globalScales: true },
   ];
   for (const c of chunked)
-    it(`chunked loop, blockN 256${c.globalScales ? " (A scales from global memory)" : ""}${c.deferStore ? " (the previous tile's store under the first block)" : ""}${c.multicast ? " (multicast)" : ""}${c.orderedChunks ? " (chunks in turns)" : ""}${c.aRegs ? " (A from registers)" : ""}: protocol checks hold, each chunk promoted with its own scale into its half of acc`, () => {
-      expect(modelOutput(c, chunkedLoop(c), `loop_chunked${c.globalScales ? "_gs" : ""}${c.deferStore ? "_ds" : ""}${c.multicast ? "_mc" : ""}${c.orderedChunks ? "_oc" : ""}${c.aRegs ? "_ra" : ""}`).trim()).toBe("ok");
+    it(`chunked loop, blockN 256${c.globalScales ? " (A scales from global memory)" : ""}${c.deferStore ? " (the previous tile's store under the first block)" : ""}${c.multicast ? " (multicast)" : ""}${c.orderedChunks ? " (chunks in turns)" : ""}${c.aRegs ? " (A from registers)" : ""}${c.stagedBScales ? " (B's scales from the stage)" : ""}: protocol checks hold, each chunk promoted with its own scale into its half of acc`, () => {
+      expect(modelOutput(c, chunkedLoop(c), `loop_chunked${c.globalScales ? "_gs" : ""}${c.deferStore ? "_ds" : ""}${c.multicast ? "_mc" : ""}${c.orderedChunks ? "_oc" : ""}${c.aRegs ? "_ra" : ""}${c.stagedBScales ? "_sbs" : ""}`).trim()).toBe("ok");
     }, 60_000);
 
   it("the model catches broken chunked loops: swapped chunk scales, the stage released before the last chunk is done, a chunk promoted while pending", () => {
@@ -298,6 +309,14 @@ describe.skipIf(!GXX)("FP8 GEMM consumer K loop on a CPU model of wgmma / mbarri
       expect(broken).not.toBe(good);
       expect(modelOutput(c, broken, `broken_chunked_${i}`)).toMatch(why);
     });
+  }, 60_000);
+
+  it("the model catches broken staged B scales: the second chunk's scale read from the first's slot", () => {
+    const c = chunked.find((x) => x.stagedBScales && !x.deferStore && !x.globalScales)!;
+    const good = chunkedLoop(c);
+    const broken = good.replace("b1 = sh_lds_f32(sbs + s * SB_BYTES + 4)", "b1 = sh_lds_f32(sbs + s * SB_BYTES)");
+    expect(broken).not.toBe(good);
+    expect(modelOutput(c, broken, "broken_sbs")).toMatch(/acc\[64\] = .*, expected/);
   }, 60_000);
 
   it("the model catches a broken register-A loop: A loaded from the stage after the one B is read from", () => {

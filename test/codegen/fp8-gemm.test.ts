@@ -26,8 +26,8 @@ describe.skipIf(!NVCC)("FP8 GEMM kernels compile for sm_90a", () => {
       expect(kernels.length).toBeGreaterThanOrEqual(8);
       expect(kernels.filter((k) => k.config.overlap).length, "overlapped candidates").toBeGreaterThanOrEqual(3);
       expect(kernels.filter((k) => k.config.multicast).length, "multicast candidates").toBe(grouped ? 0 : 8);
-      expect(kernels.filter((k) => k.config.tmaStore).length, "TMA-store candidates").toBe(grouped ? 18 : 22);
-      expect(kernels.filter((k) => k.config.chunked).length, "chunked 128 x 256 candidates").toBe(grouped ? 16 : 18);
+      expect(kernels.filter((k) => k.config.tmaStore).length, "TMA-store candidates").toBe(grouped ? 21 : 25);
+      expect(kernels.filter((k) => k.config.chunked).length, "chunked 128 x 256 candidates").toBe(grouped ? 19 : 21);
       // one file per kernel, as NVRTC sees it (each source is self-contained)
       const rows: string[] = [];
       for (let i = 0; i < kernels.length; i += 2) {
@@ -43,6 +43,9 @@ describe.skipIf(!NVCC)("FP8 GEMM kernels compile for sm_90a", () => {
             // register A: ldmatrix fills the fragment, the wgmmas take A as four 32-bit registers
             if (k.config.aRegs) expect(ptx, k.name).toMatch(/ldmatrix\.sync\.aligned\.m8n8\.x4\.shared\.b16[^]*k32\.f32\.e4m3\.e4m3 \{[^}]*\}, \{%r\d+, %r\d+, %r\d+, %r\d+\}/);
             expect(ptx).toContain("wgmma.wait_group.sync.aligned 0");
+            // staged B scales: the scale thread's paired store into the stage, read back by the consumers
+            if (k.config.stagedBScales) expect(ptx, k.name).toMatch(/st\.shared\.v2\.f32[^]*mbarrier\.arrive\.shared::cta\.b64/);
+            else expect(ptx, k.name).not.toContain("st.shared.v2.f32");
             // overlapped promotion: the next block's group stays in flight while the older one is promoted
             if (k.config.overlap) expect(ptx, k.name).toContain("wgmma.wait_group.sync.aligned 1");
             else expect(ptx, k.name).not.toContain("wgmma.wait_group.sync.aligned 1");

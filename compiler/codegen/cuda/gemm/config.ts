@@ -164,6 +164,17 @@ export interface Fp8GemmConfig {
   spinWaits?: "producer" | "all";
   /** try_wait's suspend-time hint in ns for the waits that do not spin (absent = none; chunked only). Suffix _wh<n>. */
   waitHintNs?: number;
+  /**
+   * B's block scales put in each stage by a second producer thread (absent = off; chunked, without
+   * multicast): lane 0 of the producer's second warp loads the stage's two scales (one per 128-column
+   * chunk) from global memory while the stage is still in use, stores them into the stage once it is
+   * free and arrives on its full barrier (which then counts two arrivals), so the consumers read them
+   * from shared memory after the stage's wait. Without it the consumers load them from global memory
+   * one block ahead, and a tile's first block waits on that load: the tile timeline showed ~1100–1200
+   * cycles at every tile's first stage wait however early its TMA loads were issued (the tile's scale
+   * line is new, and ptxas waits on the load before the barrier wait). Suffix _sbs.
+   */
+  stagedBScales?: boolean;
 }
 
 export const SMEM_LIMIT = 232448; // 227 KiB: the opt-in maximum per block on H100 / H200
@@ -194,7 +205,7 @@ export const bTileBytes = (c: Fp8GemmConfig): number => c.blockN * FP8_BLOCK;
 /** A's scales of one K block for the tile's rows (f32), loaded with the stage unless globalScales. */
 export const saTileBytes = (c: Fp8GemmConfig): number => (c.globalScales || isBf16(c) ? 0 : blockM(c) * 4);
 /** B's row scales of one K block for the tile's columns (f32), with bRows. */
-export const sbTileBytes = (c: Fp8GemmConfig): number => (c.bRows ? c.blockN * 4 : 0);
+export const sbTileBytes = (c: Fp8GemmConfig): number => (c.bRows ? c.blockN * 4 : c.stagedBScales ? 16 : 0);
 /** The bf16 tile staged for the TMA store (0 without it); 1024-byte aligned boxes of 64 x 64. */
 export const stagingBytes = (c: Fp8GemmConfig): number => (c.tmaStore ? blockM(c) * (c.storeByBox ? 64 : c.blockN) * 2 : 0);
 export const stageBytes = (c: Fp8GemmConfig): number => aTileBytes(c) + bTileBytes(c) + saTileBytes(c) + sbTileBytes(c);
@@ -204,7 +215,7 @@ export const smemBytes = (c: Fp8GemmConfig): number => SMEM_ALIGN_SLACK + c.stag
 export const spansScaleBlocks = (c: Fp8GemmConfig): boolean => !isBf16(c) && !c.chunked && FP8_BLOCK % c.blockN !== 0;
 
 export function configName(c: Fp8GemmConfig): string {
-  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.aRegs ? "_ra" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}${c.prefetchNext !== undefined ? `_pf${c.prefetchNext}` : ""}${c.spinWaits ? (c.spinWaits === "all" ? "_spa" : "_sp") : ""}${c.waitHintNs !== undefined ? `_wh${c.waitHintNs}` : ""}${c.trace ? "_tr" : ""}`;
+  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.aRegs ? "_ra" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}${c.prefetchNext !== undefined ? `_pf${c.prefetchNext}` : ""}${c.spinWaits ? (c.spinWaits === "all" ? "_spa" : "_sp") : ""}${c.waitHintNs !== undefined ? `_wh${c.waitHintNs}` : ""}${c.stagedBScales ? "_sbs" : ""}${c.trace ? "_tr" : ""}`;
 }
 
 /** Why a configuration cannot be emitted, or undefined. */
@@ -249,6 +260,7 @@ export function configProblem(c: Fp8GemmConfig): string | undefined {
   if (c.spinWaits !== undefined && c.spinWaits !== "producer" && c.spinWaits !== "all") return `spinWaits is "producer" or "all", got ${JSON.stringify(c.spinWaits)}`;
   if (c.waitHintNs !== undefined && !(Number.isInteger(c.waitHintNs) && c.waitHintNs >= 1 && c.waitHintNs <= 1_000_000)) return `waitHintNs is a whole number of ns from 1 to 1000000, got ${c.waitHintNs}`;
   if ((c.spinWaits !== undefined || c.waitHintNs !== undefined) && !c.chunked) return "spinWaits and waitHintNs change the chunked kernel's barrier waits: they need chunked";
+  if (c.stagedBScales && !(c.chunked && !c.multicast)) return "stagedBScales puts a chunked tile's two B scales in each stage: it needs chunked, without multicast";
   if (c.trace && !(c.chunked && !c.deferStore && !c.multicast)) return "trace stamps the chunked kernel's tile boundaries: it needs chunked, without deferStore or multicast";
   if (c.chunked) return chunkedProblem(c);
   if (c.overlap) return overlapProblem(c);
@@ -349,6 +361,9 @@ const CHUNKED_VARIANTS: Partial<Fp8GemmConfig>[] = [
   { tmaStore: true, groupM: 16, spinWaits: "all" },
   { tmaStore: true, groupM: 16, waitHintNs: 64 },
   { tmaStore: true, groupM: 16, deferStore: true, spinWaits: "all" },
+  { tmaStore: true, groupM: 16, stagedBScales: true },
+  { tmaStore: true, groupM: 16, stagedBScales: true, deferStore: true },
+  { tmaStore: true, groupM: 16, stagedBScales: true, prefetchNext: 8 },
 ];
 
 /**

@@ -203,15 +203,15 @@ ${step(c, "kb", "t0", undefined, p)}    }
  */
 export function chunkedLoop(c: Fp8GemmConfig): string {
   const p = "      ";
-  const block = (first: boolean) => `${chunkScales(c, "kb + 1", "n", p, "const float ", "kb + 1 < KB")}${traceConsumerWait(c, `${waitOn(c, "consumer", "bars + 8 * s", "phase")}  // the stage's bytes have landed`, p)}${stageScales(c, "s", p)}${c.aRegs ? aFragment(p) : `${p}const sh_u64 da = sh_wgmma_desc(tilesA + s * A_BYTES + wg * 64 * ${FP8_BLOCK});
-`}${Array.from({ length: c.blockN / FP8_BLOCK }, (_, j) => chunk(c, j, first)).join("")}${c.globalScales ? `${p}a0 = na0; a1 = na1;\n` : ""}${p}${Array.from({ length: c.blockN / FP8_BLOCK }, (_, j) => `b${j} = nb${j};`).join(" ")}
-`;
+  const block = (first: boolean) => `${chunkScales(c, "kb + 1", "n", p, "const float ", "kb + 1 < KB")}${traceConsumerWait(c, `${waitOn(c, "consumer", "bars + 8 * s", "phase")}  // the stage's bytes have landed`, p)}${stageScales(c, "s", p)}${c.stagedBScales ? `${p}const float b0 = sh_lds_f32(sbs + s * SB_BYTES), b1 = sh_lds_f32(sbs + s * SB_BYTES + 4);  // B's scales, put in the stage by the scale thread
+` : ""}${c.aRegs ? aFragment(p) : `${p}const sh_u64 da = sh_wgmma_desc(tilesA + s * A_BYTES + wg * 64 * ${FP8_BLOCK});
+`}${Array.from({ length: c.blockN / FP8_BLOCK }, (_, j) => chunk(c, j, first)).join("")}${c.globalScales ? `${p}a0 = na0; a1 = na1;\n` : ""}${c.stagedBScales ? "" : `${p}${Array.from({ length: c.blockN / FP8_BLOCK }, (_, j) => `b${j} = nb${j};`).join(" ")}\n`}`;
   const loop = `    for (int kb = ${c.deferStore ? 1 : 0}; kb < KB; ++kb) {
       // the next block's scales (plain loads: they do not wait for the stage)
 ${block(false)}    }
 `;
   return `${chunkScales(c, "0", "", "    ", "float ", "")}${c.deferStore ? `    {  // K block 0, with the previous tile's store under its chunks
-      const int kb = 0;
+      const int kb = 0;${c.stagedBScales && !c.globalScales ? " (void)kb;" : ""}
 ${block(true)}    }
 ` : ""}${loop}`;
 }
@@ -269,6 +269,7 @@ ${p}}
 /** Chunk j's B scale b<j> (its own scale block: sbTile[j·KB + kb], zero past B's last block) and, with globalScales, A's. */
 function chunkScales(c: Fp8GemmConfig, kb: string, prefix: string, pad: string, decl: string, guard: string): string {
   const a = globalAScales(c, kb, prefix, pad, decl, guard);
+  if (c.stagedBScales) return a; // B's scales come with the stage (stagedBScales)
   const b = Array.from({ length: c.blockN / FP8_BLOCK }, (_, j) => {
     const cond = [guard, j > 0 ? "second" : ""].filter(Boolean).join(" && ");
     const read = `sbTile[${j > 0 ? `${j} * KB + ` : ""}${kb}]`;

@@ -310,3 +310,10 @@ SH_DEV void sh_mbar_wait_hint(sh_u32 bar, sh_u32 parity, sh_u32 ns) {
 }
 #endif
 `;
+
+/** The scale thread's store of a stage's two B scales (Fp8GemmConfig stagedBScales). */
+export const STS_F32X2 = `#ifndef SHARDTS_STS_F32X2
+#define SHARDTS_STS_F32X2
+SH_DEV void sh_sts_f32x2(sh_u32 addr, float x, float y) { asm volatile("st.shared.v2.f32 [%0], {%1, %2};" :: "r"(addr), "f"(x), "f"(y) : "memory"); }
+#endif
+`;
