@@ -6,6 +6,8 @@ import {
   blockM,
   bBoxRows,
   configName,
+  saTileBytes,
+  sbTileBytes,
   rowScaledCandidates,
   configProblem,
   CONSUMER_OVERHEAD_REGS,
@@ -211,5 +213,18 @@ describe("FP8 GEMM configurations", () => {
     expect(dense.source).not.toContain("blockExpert");
     expect(dense.source).not.toContain("b1");
     expect(dense.source).toContain("sh_mbar_init(bars + 8 * (S + s), 8)");
+  });
+
+  it("every candidate's producer expects exactly the bytes its TMA loads bring: A's and B's scales counted only where TMA loads them", () => {
+    const all = [...gemmCandidates(false), ...gemmCandidates(true), ...rowScaledCandidates()];
+    for (const c of all) {
+      const src = emitFp8Gemm(c).source;
+      const expect_ = /sh_mbar_arrive_expect_tx\([^;]*\);/.exec(src)?.[0] ?? "";
+      expect(expect_, configName(c)).not.toBe("");
+      // a scale region of 0 bytes may be named (it adds nothing); one with bytes is expected only where TMA fills it
+      if (saTileBytes(c) > 0) expect(/SA_BYTES/.test(expect_), `${configName(c)}: A's scales`).toBe(/sh_tma_load_2d\(sas \+/.test(src));
+      if (sbTileBytes(c) > 0) expect(/SB_BYTES/.test(expect_), `${configName(c)}: B's scales`).toBe(/sh_tma_load_2d\(sbs \+/.test(src));
+    }
+    expect(all.filter((c) => c.stagedBScales).length, "staged-B-scale candidates checked").toBeGreaterThan(0);
   });
 });

@@ -156,7 +156,7 @@ ${traceProducerTop(c, "      ")}${mn ? `      // B's 64-column boxes holding col
       // not stored, and D's columns depend on B's alone), so no TMA box ever lies wholly out of bounds
       const int bBoxes = min(${BN / 64}, (N - nb * BN + 63) / 64);
 ` : ""}      for (int kb = 0; kb < KB; ++kb) {`}
-${c.prefetchNext !== undefined ? prefetchNextTile(c, coords, expert.replace("mb", "pfM"), bRow.replace("e ", "pfE ").replace("nb", "pfN")) : ""}${traceProducerWait(c, `${waitOn(c, "producer", "bars + 8 * (S + s)", "phase ^ 1")}  // the consumers${mc ? " of both CTAs" : ""} have released this stage`, "        ")}        sh_mbar_arrive_expect_tx(bars + 8 * s, ${mn ? `A_BYTES + bBoxes * ${MN_BOX_BYTES}` : "A_BYTES + B_BYTES + SA_BYTES + SB_BYTES"});
+${c.prefetchNext !== undefined ? prefetchNextTile(c, coords, expert.replace("mb", "pfM"), bRow.replace("e ", "pfE ").replace("nb", "pfN")) : ""}${traceProducerWait(c, `${waitOn(c, "producer", "bars + 8 * (S + s)", "phase ^ 1")}  // the consumers${mc ? " of both CTAs" : ""} have released this stage`, "        ")}        sh_mbar_arrive_expect_tx(bars + 8 * s, ${mn ? `A_BYTES + bBoxes * ${MN_BOX_BYTES}` : `A_BYTES + B_BYTES + SA_BYTES${c.stagedBScales ? "" : " + SB_BYTES"}`});
         sh_tma_load_2d(tilesA + s * A_BYTES, &tmA, kb * ${KBLK}, ${aRow}, bars + 8 * s);
 ${!saByTma ? "" : "        sh_tma_load_2d(sas + s * SA_BYTES, &tmSA, mb * BM, kb, bars + 8 * s);  // A's scales of this block's rows\n"}${c.bRows ? "        sh_tma_load_2d(sbs + s * SB_BYTES, &tmSB, nb * BN, kb, bars + 8 * s);  // B's row scales of this block's columns\n" : ""}
 ${mc ? `        // this CTA's half of B, into both CTAs (the peer sends the other half)
