@@ -20,7 +20,7 @@ import { spawn } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { configName, gemmCandidates, rowScaledCandidates, type Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { configName, experimentalGemmCandidates, gemmCandidates, rowScaledCandidates, type Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { fp8GemmF64, fp8GemmRef, relFrobenius } from "../../compiler/numeric/fp8-gemm.ts";
 import { bf16FromBits } from "../../compiler/numeric/bf16.ts";
 import { cudaAvailable, native } from "../../runtime/cuda/native.ts";
@@ -174,7 +174,7 @@ async function parent(): Promise<void> {
   }
 
   const jobs: ChildJob[] = [
-    ...(hopper ? [...gemmCandidates(false), ...gemmCandidates(true), ...rowScaledCandidates()].map((config) => ({ impl: "kernel" as const, config })) : []),
+    ...(hopper ? [...gemmCandidates(false), ...gemmCandidates(true), ...rowScaledCandidates(), ...experimentalGemmCandidates(false), ...experimentalGemmCandidates(true)].map((config) => ({ impl: "kernel" as const, config })) : []),
     { impl: "cublaslt" },
     ...(hopper ? [{ impl: "tune" as const }] : []),
   ];

@@ -10,7 +10,7 @@
 // Writes <out>/gemm-trace.txt and .json. Exit status 0 when every run completed with a consistent trace.
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { configName, defaultGemmConfig, gemmCandidates, geometryOf, type Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { configName, defaultGemmConfig, experimentalGemmCandidates, gemmCandidates, geometryOf, type Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { traceWords } from "../../compiler/codegen/cuda/gemm/trace.ts";
 import { FP8_BLOCK } from "../../compiler/numeric/fp8-gemm.ts";
 import { cudaAvailable, native } from "../../runtime/cuda/native.ts";
@@ -54,7 +54,7 @@ const sms = g.gridSms();
 log(`gemm-trace on ${g.device.name} (${g.device.smCount} SMs, grid ${sms}), driver ${gpu.driverVersion}`);
 const only = arg("--only") !== undefined ? new RegExp(arg("--only")!) : undefined;
 const configsFor = (M: number, N: number): Fp8GemmConfig[] =>
-  only ? gemmCandidates(false).filter((c) => c.chunked && !c.deferStore && !c.multicast && only.test(configName(c))) : [defaultGemmConfig(false, { M, N }, sms)];
+  only ? [...gemmCandidates(false), ...experimentalGemmCandidates(false)].filter((c) => c.chunked && !c.deferStore && !c.multicast && only.test(configName(c))) : [defaultGemmConfig(false, { M, N }, sms)];
 
 const json: { shape: string; config: string; tflops: number; tracedTflops?: number; summary?: TraceSummary; error?: string }[] = [];
 let failed = 0;

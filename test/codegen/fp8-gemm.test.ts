@@ -10,7 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { emitFp8Gemm } from "../../compiler/codegen/cuda/gemm/emit.ts";
-import { configName, consumerRegs, defaultGemmConfig, gemmCandidates, producerRegs, rowScaledCandidates, wgmmaN } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { configName, consumerRegs, defaultGemmConfig, experimentalGemmCandidates, gemmCandidates, producerRegs, rowScaledCandidates, wgmmaN } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { NVCC, noteIfNoNvcc } from "./gxx.ts";
 import { compileGemmKernel } from "./gemm-ptxas.ts";
 
@@ -21,18 +21,22 @@ describe.skipIf(!NVCC)("FP8 GEMM kernels compile for sm_90a", () => {
   const dir = mkdtempSync(join(tmpdir(), "shardts-fp8-gemm-"));
 
   for (const grouped of [false, true]) {
-    it(`every ${grouped ? "grouped" : "dense"} candidate: no warnings, spills or stack; wgmma e4m3 + TMA in the PTX`, async () => {
+    it(`every ${grouped ? "grouped" : "dense"} candidate and experimental variant: no warnings, spills or stack; wgmma e4m3 + TMA in the PTX`, async () => {
       const kernels = gemmCandidates(grouped).map(emitFp8Gemm);
+      const experimental = experimentalGemmCandidates(grouped).map(emitFp8Gemm);
       expect(kernels.length).toBeGreaterThanOrEqual(8);
       expect(kernels.filter((k) => k.config.overlap).length, "overlapped candidates").toBeGreaterThanOrEqual(3);
       expect(kernels.filter((k) => k.config.multicast).length, "multicast candidates").toBe(grouped ? 0 : 8);
-      expect(kernels.filter((k) => k.config.tmaStore).length, "TMA-store candidates").toBe(grouped ? 21 : 25);
-      expect(kernels.filter((k) => k.config.chunked).length, "chunked 128 x 256 candidates").toBe(grouped ? 19 : 21);
+      expect(kernels.filter((k) => k.config.tmaStore).length, "TMA-store candidates").toBe(grouped ? 10 : 14);
+      expect(kernels.filter((k) => k.config.chunked).length, "chunked 128 x 256 candidates").toBe(grouped ? 8 : 10);
       // one file per kernel, as NVRTC sees it (each source is self-contained)
       const rows: string[] = [];
-      for (let i = 0; i < kernels.length; i += 2) {
+      // the autotuner's candidates and the bench's experimental variants (not timed by the autotuner)
+      expect(experimental.length, "experimental variants").toBe(6);
+      const all = [...kernels, ...experimental];
+      for (let i = 0; i < all.length; i += 2) {
         await Promise.all(
-          kernels.slice(i, i + 2).map(async (k) => {
+          all.slice(i, i + 2).map(async (k) => {
             const { ptx, regs } = await compileGemmKernel(k, dir);
             // chunked tiles run 128-column wgmma groups
             expect(ptx).toContain(`wgmma.mma_async.sync.aligned.m64n${wgmmaN(k.config)}k32.f32.e4m3.e4m3`);

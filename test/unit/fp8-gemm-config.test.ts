@@ -14,6 +14,7 @@ import {
   defaultGemmConfig,
   consumerRegs,
   gemmCandidates,
+  experimentalGemmCandidates,
   geometryOf,
   maxStages,
   SMEM_LIMIT,
@@ -216,7 +217,7 @@ describe("FP8 GEMM configurations", () => {
   });
 
   it("every candidate's producer expects exactly the bytes its TMA loads bring: A's and B's scales counted only where TMA loads them", () => {
-    const all = [...gemmCandidates(false), ...gemmCandidates(true), ...rowScaledCandidates()];
+    const all = [...gemmCandidates(false), ...gemmCandidates(true), ...rowScaledCandidates(), ...experimentalGemmCandidates(false), ...experimentalGemmCandidates(true)];
     for (const c of all) {
       const src = emitFp8Gemm(c).source;
       const expect_ = /sh_mbar_arrive_expect_tx\([^;]*\);/.exec(src)?.[0] ?? "";
@@ -226,5 +227,15 @@ describe("FP8 GEMM configurations", () => {
       if (sbTileBytes(c) > 0) expect(/SB_BYTES/.test(expect_), `${configName(c)}: B's scales`).toBe(/sh_tma_load_2d\(sbs \+/.test(src));
     }
     expect(all.filter((c) => c.stagedBScales).length, "staged-B-scale candidates checked").toBeGreaterThan(0);
+  });
+
+  it("the experimental variants are for the bench only: the autotuner's candidates (and so its cache key) do not include them", () => {
+    for (const g of [false, true]) {
+      const tuned = new Set(gemmCandidates(g).map(configName));
+      const exp = experimentalGemmCandidates(g);
+      expect(exp.map(configName).filter((n) => tuned.has(n))).toEqual([]);
+      expect(exp.some((c) => c.stagedBScales)).toBe(true);
+      expect(gemmCandidates(g).some((c) => c.stagedBScales || c.prefetchNext !== undefined || c.spinWaits || c.waitHintNs !== undefined || c.trace)).toBe(false);
+    }
   });
 });
