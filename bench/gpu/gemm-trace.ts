@@ -7,14 +7,18 @@
 // K block from the cost per tile: 4096 x 7168 x K for K = 1024..8192, and M = 2048 / 8192 at K = 2048.
 //   (bundled by npm run gpu:pack; run there: bash bench/gpu/run.sh gemm-trace, or
 //    /tmp/node .gpu/gemm-trace.mjs --out DIR [--shapes MxNxK,...] [--only REGEX] [--sweep])
-// Writes <out>/gemm-trace.txt and .json. Exit status 0 when every run completed with a consistent trace.
+// Each run is a child process (this file with --job) killed after JOB_TIMEOUT_S (default 60 s), so a kernel
+// that hangs costs its own run and not the rest. Writes <out>/gemm-trace.txt and .json. Exit status 0 when
+// every run completed with a consistent trace.
+import { spawn } from "node:child_process";
 import { writeFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
 import { join } from "node:path";
 import { configName, defaultGemmConfig, experimentalGemmCandidates, gemmCandidates, geometryOf, type Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { traceWords } from "../../compiler/codegen/cuda/gemm/trace.ts";
 import { FP8_BLOCK } from "../../compiler/numeric/fp8-gemm.ts";
 import { cudaAvailable, native } from "../../runtime/cuda/native.ts";
-import { Fp8Gemm, type Fp8GemmBuffers } from "../../runtime/cuda/fp8-gemm.ts";
+import { Fp8Gemm, gemmSms, type Fp8GemmBuffers } from "../../runtime/cuda/fp8-gemm.ts";
 import { timeMedian } from "../../runtime/cuda/gemm-tune.ts";
 import { makeProblem } from "./lib/fp8-gemm-data.ts";
 import { formatTrace, summarizeTrace, type TraceSummary } from "./lib/gemm-trace-summary.ts";
@@ -36,41 +40,29 @@ function parseShape(s: string): { M: number; N: number; K: number } {
   return { M: Number(m[1]), N: Number(m[2]), K: Number(m[3]) };
 }
 
-const lines: string[] = [];
-const log = (s: string) => (console.log(s), lines.push(s));
-const gpu = cudaAvailable();
-if (!gpu.ok) {
-  log(`gemm-trace: no usable GPU: ${gpu.reason}`);
-  writeFileSync(join(outDir, "gemm-trace.txt"), lines.join("\n") + "\n");
-  process.exit(2);
+type Entry = { shape: string; config: string; tflops: number; tracedTflops?: number; summary?: TraceSummary; error?: string };
+interface Job {
+  shape: string;
+  config: Fp8GemmConfig;
+  traced: boolean;
 }
-const a = native(), stream = a.streamCreate(), g = new Fp8Gemm(a, stream);
-if (!g.supported) {
-  log(`gemm-trace: ${g.device.name} is not Hopper (sm_90a): the generated kernels do not run here`);
-  writeFileSync(join(outDir, "gemm-trace.txt"), lines.join("\n") + "\n");
-  process.exit(2);
-}
-const sms = g.gridSms();
-log(`gemm-trace on ${g.device.name} (${g.device.smCount} SMs, grid ${sms}), driver ${gpu.driverVersion}`);
-const only = arg("--only") !== undefined ? new RegExp(arg("--only")!) : undefined;
-const configsFor = (M: number, N: number): Fp8GemmConfig[] =>
-  only ? [...gemmCandidates(false), ...experimentalGemmCandidates(false)].filter((c) => c.chunked && !c.deferStore && !c.multicast && only.test(configName(c))) : [defaultGemmConfig(false, { M, N }, sms)];
+const JOB_TIMEOUT_S = Number(process.env.GEMM_TRACE_JOB_TIMEOUT_S ?? 60);
 
-const json: { shape: string; config: string; tflops: number; tracedTflops?: number; summary?: TraceSummary; error?: string }[] = [];
-let failed = 0;
-
-/** Times `c` (and, traced, its timeline) on one shape. */
-function run(shapeText: string, c: Fp8GemmConfig, traced: boolean): void {
-  const { M, N, K } = parseShape(shapeText);
+// ------------------------------------------------------------------ child: one run
+/** Times the job's configuration (and, traced, its timeline) on its shape; prints { entry, lines } as one JSON line. */
+function child(job: Job): void {
+  const { M, N, K } = parseShape(job.shape);
+  const a = native(), stream = a.streamCreate(), g = new Fp8Gemm(a, stream);
+  const c = job.config, name = configName(c), lines: string[] = [];
   const owned: bigint[] = [];
   const alloc = (bytes: number) => {
     const d = a.memAlloc(Math.max(bytes, 256));
     owned.push(d);
     return d;
   };
-  const name = configName(c);
+  let entry: Entry;
   try {
-    const p = makeProblem({ kind: "dense", name: shapeText, M, N, K, timed: true }, 7);
+    const p = makeProblem({ kind: "dense", name: job.shape, M, N, K, timed: true }, 7);
     const put = (host: ArrayBufferView) => {
       const d = alloc(host.byteLength);
       a.memcpyHtoD(d, host);
@@ -80,10 +72,10 @@ function run(shapeText: string, c: Fp8GemmConfig, traced: boolean): void {
     const sets = rotated(a, base, p, alloc), flops = 2 * M * N * K;
     const plain = sets.map((b) => g.prepare(c, { M, N, K }, b));
     const ms = timeMedian(g, (i) => plain[i % plain.length]!(), REPS);
-    const entry: (typeof json)[number] = { shape: shapeText, config: name, tflops: flops / ms / 1e9 };
-    let text = `${shapeText.padEnd(16)} ${name.padEnd(40)} ${entry.tflops.toFixed(0).padStart(5)} TFLOP/s (${(ms * 1000).toFixed(1)} µs)`;
-    if (traced) {
-      const tc: Fp8GemmConfig = { ...c, trace: true };
+    entry = { shape: job.shape, config: name, tflops: flops / ms / 1e9 };
+    let text = `${job.shape.padEnd(16)} ${name.padEnd(40)} ${entry.tflops.toFixed(0).padStart(5)} TFLOP/s (${(ms * 1000).toFixed(1)} µs)`;
+    if (job.traced) {
+      const tc: Fp8GemmConfig = { ...c, trace: true }, sms = g.gridSms();
       const geo = geometryOf(tc, { M, N, K }, sms), words = traceWords(geo.tiles, geo.grid);
       const trace = alloc(words * 8);
       const runs = sets.map((b) => g.prepare(tc, { M, N, K }, { ...b, trace }));
@@ -96,30 +88,77 @@ function run(shapeText: string, c: Fp8GemmConfig, traced: boolean): void {
       a.memcpyDtoH(host, trace, words * 8);
       entry.summary = summarizeTrace(host, geo.grid, geo.tiles, Math.ceil(K / FP8_BLOCK));
       text += `; traced ${entry.tracedTflops.toFixed(0)} TFLOP/s (${(tms * 1000).toFixed(1)} µs), ${geo.tiles} tiles on ${geo.grid} CTAs, ${Math.ceil(K / FP8_BLOCK)} K blocks a tile`;
-      log(text);
-      for (const l of formatTrace(entry.summary)) log(l);
-    } else log(text);
-    json.push(entry);
+      lines.push(text, ...formatTrace(entry.summary));
+    } else lines.push(text);
   } catch (e) {
-    failed++;
     const error = (e as Error).message.split("\n").slice(0, 3).join(" | ");
-    log(`${shapeText} ${name}: FAILED: ${error}`);
-    json.push({ shape: shapeText, config: name, tflops: NaN, error });
+    lines.push(`${job.shape} ${name}: FAILED: ${error}`);
+    entry = { shape: job.shape, config: name, tflops: NaN, error };
   }
   for (const d of owned) a.memFree(d);
+  process.stdout.write(JSON.stringify({ entry, lines }) + "\n");
 }
 
-for (const s of SHAPES) {
-  const { M, N } = parseShape(s);
-  for (const c of configsFor(M, N)) run(s, c, true);
+/** Runs a job in a child process; a child that prints nothing within JOB_TIMEOUT_S is killed (a hung kernel). */
+async function runJob(job: Job): Promise<{ entry: Entry; lines: string[] }> {
+  const p = spawn(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), "--job", JSON.stringify(job)], { env: process.env, stdio: ["ignore", "pipe", "pipe"] });
+  let stdout = "", stderr = "", killed = false;
+  const timer = setTimeout(() => ((killed = true), p.kill("SIGKILL")), JOB_TIMEOUT_S * 1000);
+  p.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
+  p.stderr.setEncoding("utf8").on("data", (d: string) => (stderr = (stderr + d).slice(-4000)));
+  const code = await new Promise<number | null>((res) => p.on("close", (c) => res(c)));
+  clearTimeout(timer);
+  const line = stdout.split("\n").find((l) => l.startsWith("{"));
+  if (line && !killed && code === 0) return JSON.parse(line) as { entry: Entry; lines: string[] };
+  const why = killed ? `killed after ${JOB_TIMEOUT_S} s (a hung kernel?)` : `child exited ${code}: ${stderr.trim().split("\n").slice(-2).join(" | ")}`;
+  const name = configName(job.config);
+  return { entry: { shape: job.shape, config: name, tflops: NaN, error: why }, lines: [`${job.shape} ${name}: FAILED: ${why}`] };
 }
-if (argv.includes("--sweep")) {
-  log("sweep: the default configuration, untraced");
-  for (const s of SWEEP) {
-    const { M, N } = parseShape(s);
-    run(s, defaultGemmConfig(false, { M, N }, sms), false);
+
+// ------------------------------------------------------------------ parent
+async function parent(): Promise<void> {
+  const lines: string[] = [];
+  const log = (s: string) => (console.log(s), lines.push(s));
+  const write = () => writeFileSync(join(outDir, "gemm-trace.txt"), lines.join("\n") + "\n");
+  const gpu = cudaAvailable();
+  if (!gpu.ok) {
+    log(`gemm-trace: no usable GPU: ${gpu.reason}`);
+    write();
+    process.exit(2);
   }
+  const dev = gpu.device;
+  if (dev.computeCapability[0] !== 9 || dev.computeCapability[1] !== 0) {
+    log(`gemm-trace: ${dev.name} is not Hopper (sm_90a): the generated kernels do not run here`);
+    write();
+    process.exit(2);
+  }
+  const sms = gemmSms(dev.smCount);
+  log(`gemm-trace on ${dev.name} (${dev.smCount} SMs, grid ${sms}), driver ${gpu.driverVersion}`);
+  const only = arg("--only") !== undefined ? new RegExp(arg("--only")!) : undefined;
+  const configsFor = (M: number, N: number): Fp8GemmConfig[] =>
+    only ? [...gemmCandidates(false), ...experimentalGemmCandidates(false)].filter((c) => c.chunked && !c.deferStore && !c.multicast && only.test(configName(c))) : [defaultGemmConfig(false, { M, N }, sms)];
+  const jobs: Job[] = [];
+  for (const shape of SHAPES) {
+    const { M, N } = parseShape(shape);
+    for (const config of configsFor(M, N)) jobs.push({ shape, config, traced: true });
+  }
+  if (argv.includes("--sweep")) for (const shape of SWEEP) {
+    const { M, N } = parseShape(shape);
+    jobs.push({ shape, config: defaultGemmConfig(false, { M, N }, sms), traced: false });
+  }
+  const json: Entry[] = [];
+  let failed = 0, sweepHeader = false;
+  for (const job of jobs) {
+    if (!job.traced && !sweepHeader) (sweepHeader = true), log("sweep: the default configuration, untraced");
+    const r = await runJob(job);
+    for (const l of r.lines) log(l);
+    if (r.entry.error) failed++;
+    json.push(r.entry);
+  }
+  write();
+  writeFileSync(join(outDir, "gemm-trace.json"), JSON.stringify(json, null, 1) + "\n");
+  process.exit(failed ? 1 : 0);
 }
-writeFileSync(join(outDir, "gemm-trace.txt"), lines.join("\n") + "\n");
-writeFileSync(join(outDir, "gemm-trace.json"), JSON.stringify(json, null, 1) + "\n");
-process.exit(failed ? 1 : 0);
+
+if (arg("--job") !== undefined) child(JSON.parse(arg("--job")!) as Job);
+else await parent();
