@@ -32,7 +32,7 @@ describe.skipIf(!NVCC)("FP8 GEMM kernels compile for sm_90a", () => {
       // one file per kernel, as NVRTC sees it (each source is self-contained)
       const rows: string[] = [];
       // the autotuner's candidates and the bench's experimental variants (not timed by the autotuner)
-      expect(experimental.length, "experimental variants").toBe(6);
+      expect(experimental.length, "experimental variants").toBe(8);
       const all = [...kernels, ...experimental];
       for (let i = 0; i < all.length; i += 2) {
         await Promise.all(
@@ -50,6 +50,9 @@ describe.skipIf(!NVCC)("FP8 GEMM kernels compile for sm_90a", () => {
             // staged B scales: the scale thread's paired store into the stage, read back by the consumers
             if (k.config.stagedBScales) expect(ptx, k.name).toMatch(/st\.shared\.v2\.f32[^]*mbarrier\.arrive\.shared::cta\.b64/);
             else expect(ptx, k.name).not.toContain("st.shared.v2.f32");
+            // stmatrix staging: 16 m8n8.x4 stores a thread instead of 64 st.shared.b32
+            if (k.config.stmatrix) expect(ptx, k.name).toContain("stmatrix.sync.aligned.m8n8.x4.shared.b16");
+            else expect(ptx, k.name).not.toContain("stmatrix");
             // overlapped promotion: the next block's group stays in flight while the older one is promoted
             if (k.config.overlap) expect(ptx, k.name).toContain("wgmma.wait_group.sync.aligned 1");
             else expect(ptx, k.name).not.toContain("wgmma.wait_group.sync.aligned 1");

@@ -175,6 +175,13 @@ export interface Fp8GemmConfig {
    * line is new, and ptxas waits on the load before the barrier wait). Suffix _sbs.
    */
   stagedBScales?: boolean;
+  /**
+   * The TMA-store staging written with stmatrix (absent = st.shared.b32; needs tmaStore): one
+   * m8n8.x4 per two 8-column groups of the warp's 16 rows, 16 stores a thread for a 64 x 256 half-tile
+   * instead of 64, same swizzled layout. The tile timeline put the epilogue at ~1130 cycles a tile, of
+   * which the 64 KiB of writes need 512 at 128 B/clk. Suffix _sm.
+   */
+  stmatrix?: boolean;
 }
 
 export const SMEM_LIMIT = 232448; // 227 KiB: the opt-in maximum per block on H100 / H200
@@ -215,7 +222,7 @@ export const smemBytes = (c: Fp8GemmConfig): number => SMEM_ALIGN_SLACK + c.stag
 export const spansScaleBlocks = (c: Fp8GemmConfig): boolean => !isBf16(c) && !c.chunked && FP8_BLOCK % c.blockN !== 0;
 
 export function configName(c: Fp8GemmConfig): string {
-  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.aRegs ? "_ra" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}${c.prefetchNext !== undefined ? `_pf${c.prefetchNext}` : ""}${c.spinWaits ? (c.spinWaits === "all" ? "_spa" : "_sp") : ""}${c.waitHintNs !== undefined ? `_wh${c.waitHintNs}` : ""}${c.stagedBScales ? "_sbs" : ""}${c.trace ? "_tr" : ""}`;
+  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.aRegs ? "_ra" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}${c.prefetchNext !== undefined ? `_pf${c.prefetchNext}` : ""}${c.spinWaits ? (c.spinWaits === "all" ? "_spa" : "_sp") : ""}${c.waitHintNs !== undefined ? `_wh${c.waitHintNs}` : ""}${c.stagedBScales ? "_sbs" : ""}${c.stmatrix ? "_sm" : ""}${c.trace ? "_tr" : ""}`;
 }
 
 /** Why a configuration cannot be emitted, or undefined. */
@@ -261,6 +268,7 @@ export function configProblem(c: Fp8GemmConfig): string | undefined {
   if (c.waitHintNs !== undefined && !(Number.isInteger(c.waitHintNs) && c.waitHintNs >= 1 && c.waitHintNs <= 1_000_000)) return `waitHintNs is a whole number of ns from 1 to 1000000, got ${c.waitHintNs}`;
   if ((c.spinWaits !== undefined || c.waitHintNs !== undefined) && !c.chunked) return "spinWaits and waitHintNs change the chunked kernel's barrier waits: they need chunked";
   if (c.stagedBScales && !(c.chunked && !c.multicast)) return "stagedBScales puts a chunked tile's two B scales in each stage: it needs chunked, without multicast";
+  if (c.stmatrix && !c.tmaStore) return "stmatrix writes the TMA-store epilogue's staging: it needs tmaStore";
   if (c.trace && !(c.chunked && !c.deferStore && !c.multicast)) return "trace stamps the chunked kernel's tile boundaries: it needs chunked, without deferStore or multicast";
   if (c.chunked) return chunkedProblem(c);
   if (c.overlap) return overlapProblem(c);
@@ -367,6 +375,8 @@ const EXPERIMENTAL_CHUNKED_VARIANTS: Partial<Fp8GemmConfig>[] = [
   { stagedBScales: true },
   { stagedBScales: true, deferStore: true },
   { stagedBScales: true, prefetchNext: 8 },
+  { stmatrix: true },
+  { stmatrix: true, stagedBScales: true },
 ];
 
 /**

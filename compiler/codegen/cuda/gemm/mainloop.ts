@@ -241,7 +241,7 @@ function chunk(c: Fp8GemmConfig, j: number, first: boolean): string {
 ${q}if (have) {
 ${j === 0 ? `${q}  if (threadIdx.x % 128 == 0) sh_bulk_wait_read0();  // the store before it has read the buffer
 ${q}  sh_named_bar(1 + wg, 128);
-` : ""}${stagingWrites(j * groups, (j + 1) * groups, q + "  ")}${last ? stagingFlush(`${q}    for (int b = 0; b < ${c.blockN / 64}; ++b) sh_tma_store_2d(&tmD, mine + b * 8192, pnb * BN + 64 * b, pmb * BM + wg * 64);\n`, q + "  ") : ""}${q}}
+` : ""}${stagingWrites(j * groups, (j + 1) * groups, q + "  ", false, c.stmatrix === true)}${last ? stagingFlush(`${q}    for (int b = 0; b < ${c.blockN / 64}; ++b) sh_tma_store_2d(&tmD, mine + b * 8192, pnb * BN + 64 * b, pmb * BM + wg * 64);\n`, q + "  ") : ""}${q}}
 #pragma unroll
 ${q}for (int i = ${j * frag}; i < ${(j + 1) * frag}; ++i) acc[i] = 0.f;  // this tile's half starts at zero
 `

@@ -317,3 +317,12 @@ export const STS_F32X2 = `#ifndef SHARDTS_STS_F32X2
 SH_DEV void sh_sts_f32x2(sh_u32 addr, float x, float y) { asm volatile("st.shared.v2.f32 [%0], {%1, %2};" :: "r"(addr), "f"(x), "f"(y) : "memory"); }
 #endif
 `;
+
+/** Four 8 x 8 b16 matrices into shared memory, row addresses from lanes 0-7 / 8-15 / 16-23 / 24-31 (Fp8GemmConfig stmatrix). */
+export const STSM_X4 = `#ifndef SHARDTS_STSM_X4
+#define SHARDTS_STSM_X4
+SH_DEV void sh_stsm_x4(sh_u32 addr, sh_u32 r0, sh_u32 r1, sh_u32 r2, sh_u32 r3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};" :: "r"(addr), "r"(r0), "r"(r1), "r"(r2), "r"(r3) : "memory");
+}
+#endif
+`;
