@@ -16,7 +16,7 @@
 //    shapes and the grouped ones, for the kernels, cuBLASLt, the autotuner and the peer)
 import { caseBuffers } from "./lib/case-buffers.ts";
 import { rotated } from "./lib/rotated-sets.ts";
-import { spawn } from "node:child_process";
+import { runSelfChild } from "./lib/self-child.ts";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -112,25 +112,7 @@ async function runChild(job: ChildJob, log: (s: string) => void): Promise<CaseRe
   const label = job.impl === "kernel" ? configName(job.config) : job.impl;
   const idleLimit = job.impl === "tune" ? CHILD_TIMEOUT_S : CASE_TIMEOUT_S;
   const t0 = performance.now();
-  const args = [fileURLToPath(import.meta.url), "--child", JSON.stringify(job), "--shapes", SHAPES];
-  const p = spawn(process.execPath, [...process.execArgv, ...args], { env: process.env, stdio: ["ignore", "pipe", "pipe"] });
-  let stdout = "", stderr = "", killedWhy: string | undefined;
-  const kill = (why: string) => {
-    if (killedWhy === undefined) (killedWhy = why), p.kill("SIGKILL");
-  };
-  const total = setTimeout(() => kill(`killed after ${CHILD_TIMEOUT_S} s in all`), CHILD_TIMEOUT_S * 1000);
-  let idle = setTimeout(() => kill(`killed after ${idleLimit} s without a result (a hang: deadlock?)`), idleLimit * 1000);
-  p.stdout.setEncoding("utf8").on("data", (d: string) => {
-    stdout += d;
-    if (d.includes("\n")) {
-      clearTimeout(idle);
-      idle = setTimeout(() => kill(`killed after ${idleLimit} s without a result (a hang: deadlock?)`), idleLimit * 1000);
-    }
-  });
-  p.stderr.setEncoding("utf8").on("data", (d: string) => (stderr = (stderr + d).slice(-20000)));
-  const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((res) => p.on("close", (c, s) => res([c, s])));
-  clearTimeout(total);
-  clearTimeout(idle);
+  const { stdout, stderr, code, signal, killedWhy } = await runSelfChild(fileURLToPath(import.meta.url), ["--child", JSON.stringify(job), "--shapes", SHAPES], { totalS: CHILD_TIMEOUT_S, idleS: idleLimit });
   const results = stdout.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as CaseResult);
   const secs = ((performance.now() - t0) / 1000).toFixed(1);
   if (killedWhy !== undefined || code !== 0) {

@@ -10,7 +10,6 @@
 // Each run is a child process (this file with --job) killed after JOB_TIMEOUT_S (default 60 s), so a kernel
 // that hangs costs its own run and not the rest. Writes <out>/gemm-trace.txt and .json. Exit status 0 when
 // every run completed with a consistent trace.
-import { spawn } from "node:child_process";
 import { writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { join } from "node:path";
@@ -23,6 +22,7 @@ import { timeMedian } from "../../runtime/cuda/gemm-tune.ts";
 import { makeProblem } from "./lib/fp8-gemm-data.ts";
 import { formatTrace, summarizeTrace, type TraceSummary } from "./lib/gemm-trace-summary.ts";
 import { rotated } from "./lib/rotated-sets.ts";
+import { runSelfChild } from "./lib/self-child.ts";
 
 const argv = process.argv;
 const arg = (k: string) => (argv.includes(k) ? argv[argv.indexOf(k) + 1] : undefined);
@@ -101,16 +101,10 @@ function child(job: Job): void {
 
 /** Runs a job in a child process; a child that prints nothing within JOB_TIMEOUT_S is killed (a hung kernel). */
 async function runJob(job: Job): Promise<{ entry: Entry; lines: string[] }> {
-  const p = spawn(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), "--job", JSON.stringify(job)], { env: process.env, stdio: ["ignore", "pipe", "pipe"] });
-  let stdout = "", stderr = "", killed = false;
-  const timer = setTimeout(() => ((killed = true), p.kill("SIGKILL")), JOB_TIMEOUT_S * 1000);
-  p.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
-  p.stderr.setEncoding("utf8").on("data", (d: string) => (stderr = (stderr + d).slice(-4000)));
-  const code = await new Promise<number | null>((res) => p.on("close", (c) => res(c)));
-  clearTimeout(timer);
+  const { stdout, stderr, code, killedWhy } = await runSelfChild(fileURLToPath(import.meta.url), ["--job", JSON.stringify(job)], { totalS: JOB_TIMEOUT_S });
   const line = stdout.split("\n").find((l) => l.startsWith("{"));
-  if (line && !killed && code === 0) return JSON.parse(line) as { entry: Entry; lines: string[] };
-  const why = killed ? `killed after ${JOB_TIMEOUT_S} s (a hung kernel?)` : `child exited ${code}: ${stderr.trim().split("\n").slice(-2).join(" | ")}`;
+  if (line && killedWhy === undefined && code === 0) return JSON.parse(line) as { entry: Entry; lines: string[] };
+  const why = killedWhy !== undefined ? `${killedWhy} (a hung kernel?)` : `child exited ${code}: ${stderr.trim().split("\n").slice(-2).join(" | ")}`;
   const name = configName(job.config);
   return { entry: { shape: job.shape, config: name, tflops: NaN, error: why }, lines: [`${job.shape} ${name}: FAILED: ${why}`] };
 }

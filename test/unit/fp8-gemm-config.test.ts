@@ -235,7 +235,7 @@ describe("FP8 GEMM configurations", () => {
       const exp = experimentalGemmCandidates(g);
       expect(exp.map(configName).filter((n) => tuned.has(n))).toEqual([]);
       expect(exp.some((c) => c.stagedBScales)).toBe(true);
-      expect(gemmCandidates(g).some((c) => c.stagedBScales || c.prefetchNext !== undefined || c.spinWaits || c.waitHintNs !== undefined || c.trace)).toBe(false);
+      expect(gemmCandidates(g).some((c) => c.stagedBScales || c.prefetchNext !== undefined || c.stmatrix || c.trace)).toBe(false);
     }
   });
 });

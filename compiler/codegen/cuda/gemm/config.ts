@@ -149,30 +149,20 @@ export interface Fp8GemmConfig {
    * The next tile's first blocks prefetched into L2 (absent = off; chunked, persistent, no multicast): this
    * many K blocks before a tile's end, the producer issues TMA L2 prefetches of the next tile's first
    * `stages` blocks of A, B and A's scales, and a prefetch of its first B scales, so the loads that start
-   * that tile (issued only when the last stages of this one are released) find their lines in L2. The
-   * tile timeline (trace) showed a tile's first stage landing ~1100-1600 cycles after the consumers ask
-   * for it, where later stages wait ~70. Suffix _pf<n>.
+   * that tile (issued only when the last stages of this one are released) find their lines in L2.
+   * Measured 4–6% slower on H200: the tile start it aimed at does not wait for those loads (bench/NOTES.md,
+   * fifth session). Suffix _pf<n>.
    */
   prefetchNext?: number;
-  /**
-   * How the barrier waits wait (absent = mbarrier.try_wait in a loop, the hardware's own suspend limit):
-   * "producer" spins the producer's free-stage waits on mbarrier.test_wait, "all" the consumers' stage
-   * waits too. The tile timeline showed the producer's waits pinned at ~1000 cycles and a tile's first
-   * stage wait at ~1024, as if a suspended thread woke at a time limit rather than when the phase
-   * completed. Chunked only. Suffix _sp / _spa.
-   */
-  spinWaits?: "producer" | "all";
-  /** try_wait's suspend-time hint in ns for the waits that do not spin (absent = none; chunked only). Suffix _wh<n>. */
-  waitHintNs?: number;
   /**
    * B's block scales put in each stage by a second producer thread (absent = off; chunked, without
    * multicast): lane 0 of the producer's second warp loads the stage's two scales (one per 128-column
    * chunk) from global memory while the stage is still in use, stores them into the stage once it is
    * free and arrives on its full barrier (which then counts two arrivals), so the consumers read them
    * from shared memory after the stage's wait. Without it the consumers load them from global memory
-   * one block ahead, and a tile's first block waits on that load: the tile timeline showed ~1100–1200
-   * cycles at every tile's first stage wait however early its TMA loads were issued (the tile's scale
-   * line is new, and ptxas waits on the load before the barrier wait). Suffix _sbs.
+   * one block ahead, and (the likely reading of the tile timeline) a tile's first block waits on that
+   * load: every tile's first stage wait took ~1100–1200 cycles however early its TMA loads were issued,
+   * and the tile's scale line is one no earlier block touched. Suffix _sbs.
    */
   stagedBScales?: boolean;
   /**
@@ -222,7 +212,7 @@ export const smemBytes = (c: Fp8GemmConfig): number => SMEM_ALIGN_SLACK + c.stag
 export const spansScaleBlocks = (c: Fp8GemmConfig): boolean => !isBf16(c) && !c.chunked && FP8_BLOCK % c.blockN !== 0;
 
 export function configName(c: Fp8GemmConfig): string {
-  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.aRegs ? "_ra" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}${c.prefetchNext !== undefined ? `_pf${c.prefetchNext}` : ""}${c.spinWaits ? (c.spinWaits === "all" ? "_spa" : "_sp") : ""}${c.waitHintNs !== undefined ? `_wh${c.waitHintNs}` : ""}${c.stagedBScales ? "_sbs" : ""}${c.stmatrix ? "_sm" : ""}${c.trace ? "_tr" : ""}`;
+  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.aRegs ? "_ra" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}${c.prefetchNext !== undefined ? `_pf${c.prefetchNext}` : ""}${c.stagedBScales ? "_sbs" : ""}${c.stmatrix ? "_sm" : ""}${c.trace ? "_tr" : ""}`;
 }
 
 /** Why a configuration cannot be emitted, or undefined. */
@@ -264,9 +254,6 @@ export function configProblem(c: Fp8GemmConfig): string | undefined {
     return `prefetchNext is a number of K blocks from 1 to 64, got ${c.prefetchNext}`;
   if (c.prefetchNext !== undefined && !(c.chunked && c.persistent && !c.multicast))
     return "prefetchNext prefetches a persistent CTA's next tile: it needs chunked and persistent, without multicast";
-  if (c.spinWaits !== undefined && c.spinWaits !== "producer" && c.spinWaits !== "all") return `spinWaits is "producer" or "all", got ${JSON.stringify(c.spinWaits)}`;
-  if (c.waitHintNs !== undefined && !(Number.isInteger(c.waitHintNs) && c.waitHintNs >= 1 && c.waitHintNs <= 1_000_000)) return `waitHintNs is a whole number of ns from 1 to 1000000, got ${c.waitHintNs}`;
-  if ((c.spinWaits !== undefined || c.waitHintNs !== undefined) && !c.chunked) return "spinWaits and waitHintNs change the chunked kernel's barrier waits: they need chunked";
   if (c.stagedBScales && !(c.chunked && !c.multicast)) return "stagedBScales puts a chunked tile's two B scales in each stage: it needs chunked, without multicast";
   if (c.stmatrix && !c.tmaStore) return "stmatrix writes the TMA-store epilogue's staging: it needs tmaStore";
   if (c.trace && !(c.chunked && !c.deferStore && !c.multicast)) return "trace stamps the chunked kernel's tile boundaries: it needs chunked, without deferStore or multicast";
@@ -364,14 +351,12 @@ const CHUNKED_VARIANTS: Partial<Fp8GemmConfig>[] = [
 ];
 /**
  * Chunked variants the GPU bench runs (bench/gpu/fp8-gemm.ts, gemm-trace.ts) but the autotuner does not
- * time: the next tile prefetched into L2, spun and hinted barrier waits (measured on H200, none faster:
- * bench/NOTES.md, fifth session), and B's scales staged by a scale thread (not yet run to completion on a
- * GPU: its first run hung on a byte count since fixed), each on top of the default's { tmaStore, groupM 16 }.
+ * time, each on top of the default's { tmaStore, groupM 16 }: the next tile prefetched into L2 (measured
+ * slower on its own; kept to try beside the staged scales), B's scales staged by a scale thread and the
+ * stmatrix staging (neither yet run to completion on a GPU: bench/NOTES.md, fifth session).
  */
 const EXPERIMENTAL_CHUNKED_VARIANTS: Partial<Fp8GemmConfig>[] = [
   { prefetchNext: 8 },
-  { spinWaits: "producer" },
-  { waitHintNs: 64 },
   { stagedBScales: true },
   { stagedBScales: true, deferStore: true },
   { stagedBScales: true, prefetchNext: 8 },

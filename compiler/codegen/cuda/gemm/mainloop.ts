@@ -20,16 +20,6 @@ import { stagingFlush, stagingWrites } from "./staging.ts";
 import { traceConsumerWait } from "./trace.ts";
 
 /**
- * A barrier wait as the configuration waits (spinWaits, waitHintNs): by "producer" (free stages) or
- * "consumer" (landed stages), a call ending in ';'.
- */
-export function waitOn(c: Fp8GemmConfig, who: "producer" | "consumer", bar: string, parity: string): string {
-  if (c.spinWaits === "all" || (c.spinWaits === "producer" && who === "producer")) return `sh_mbar_spin(${bar}, ${parity});`;
-  if (c.waitHintNs !== undefined) return `sh_mbar_wait_hint(${bar}, ${parity}, ${c.waitHintNs}u);`;
-  return `sh_mbar_wait(${bar}, ${parity});`;
-}
-
-/**
  * Scales. A's (two rows per thread, a0/a1) arrive by TMA with each stage, SA_BYTES per stage from
  * `sas`, and are read from shared memory once the stage has landed, before it is released (the
  * global loads they replace were a new 128-row line every block, and the promotion stalled on their
@@ -203,7 +193,7 @@ ${step(c, "kb", "t0", undefined, p)}    }
  */
 export function chunkedLoop(c: Fp8GemmConfig): string {
   const p = "      ";
-  const block = (first: boolean) => `${chunkScales(c, "kb + 1", "n", p, "const float ", "kb + 1 < KB")}${traceConsumerWait(c, `${waitOn(c, "consumer", "bars + 8 * s", "phase")}  // the stage's bytes have landed`, p)}${stageScales(c, "s", p)}${c.stagedBScales ? `${p}const float b0 = sh_lds_f32(sbs + s * SB_BYTES), b1 = sh_lds_f32(sbs + s * SB_BYTES + 4);  // B's scales, put in the stage by the scale thread
+  const block = (first: boolean) => `${chunkScales(c, "kb + 1", "n", p, "const float ", "kb + 1 < KB")}${traceConsumerWait(c, "sh_mbar_wait(bars + 8 * s, phase);  // the stage's bytes have landed", p)}${stageScales(c, "s", p)}${c.stagedBScales ? `${p}const float b0 = sh_lds_f32(sbs + s * SB_BYTES), b1 = sh_lds_f32(sbs + s * SB_BYTES + 4);  // B's scales, put in the stage by the scale thread
 ` : ""}${c.aRegs ? aFragment(p) : `${p}const sh_u64 da = sh_wgmma_desc(tilesA + s * A_BYTES + wg * 64 * ${FP8_BLOCK});
 `}${Array.from({ length: c.blockN / FP8_BLOCK }, (_, j) => chunk(c, j, first)).join("")}${c.globalScales ? `${p}a0 = na0; a1 = na1;\n` : ""}${c.stagedBScales ? "" : `${p}${Array.from({ length: c.blockN / FP8_BLOCK }, (_, j) => `b${j} = nb${j};`).join(" ")}\n`}`;
   const loop = `    for (int kb = ${c.deferStore ? 1 : 0}; kb < KB; ++kb) {
@@ -241,7 +231,7 @@ function chunk(c: Fp8GemmConfig, j: number, first: boolean): string {
 ${q}if (have) {
 ${j === 0 ? `${q}  if (threadIdx.x % 128 == 0) sh_bulk_wait_read0();  // the store before it has read the buffer
 ${q}  sh_named_bar(1 + wg, 128);
-` : ""}${stagingWrites(j * groups, (j + 1) * groups, q + "  ", false, c.stmatrix === true)}${last ? stagingFlush(`${q}    for (int b = 0; b < ${c.blockN / 64}; ++b) sh_tma_store_2d(&tmD, mine + b * 8192, pnb * BN + 64 * b, pmb * BM + wg * 64);\n`, q + "  ") : ""}${q}}
+` : ""}${stagingWrites(j * groups, (j + 1) * groups, q + "  ", false, c.stmatrix)}${last ? stagingFlush(`${q}    for (int b = 0; b < ${c.blockN / 64}; ++b) sh_tma_store_2d(&tmD, mine + b * 8192, pnb * BN + 64 * b, pmb * BM + wg * 64);\n`, q + "  ") : ""}${q}}
 #pragma unroll
 ${q}for (int i = ${j * frag}; i < ${(j + 1) * frag}; ++i) acc[i] = 0.f;  // this tile's half starts at zero
 `

@@ -289,28 +289,6 @@ SH_DEV void sh_prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0
 #endif
 `;
 
-/** Barrier waits other than try_wait's own (Fp8GemmConfig spinWaits, waitHintNs). */
-export const MBAR_WAITS = `#ifndef SHARDTS_MBAR_WAITS
-#define SHARDTS_MBAR_WAITS
-// Spins on mbarrier.test_wait (never suspends) until the phase with the given parity has completed.
-SH_DEV void sh_mbar_spin(sh_u32 bar, sh_u32 parity) {
-  sh_u32 done;
-  do {
-    asm volatile("{\\n .reg .pred p;\\n mbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2;\\n selp.u32 %0, 1, 0, p;\\n}"
-                 : "=r"(done) : "r"(bar), "r"(parity) : "memory");
-  } while (!done);
-}
-// try_wait with a suspend-time hint of 'ns' nanoseconds.
-SH_DEV void sh_mbar_wait_hint(sh_u32 bar, sh_u32 parity, sh_u32 ns) {
-  sh_u32 done;
-  do {
-    asm volatile("{\\n .reg .pred p;\\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2, %3;\\n selp.u32 %0, 1, 0, p;\\n}"
-                 : "=r"(done) : "r"(bar), "r"(parity), "r"(ns) : "memory");
-  } while (!done);
-}
-#endif
-`;
-
 /** The scale thread's store of a stage's two B scales (Fp8GemmConfig stagedBScales). */
 export const STS_F32X2 = `#ifndef SHARDTS_STS_F32X2
 #define SHARDTS_STS_F32X2

@@ -8,7 +8,7 @@
  * into the boxes at `mine` (group j in box j / 8; `oneBox`: the buffer holds one box, group j at its j % 8).
  * Names the body defines: mine, rr, lane, acc.
  */
-export function stagingWrites(from: number | string, to: number | string, pad: string, oneBox = false, stmatrix = false): string {
+export function stagingWrites(from: number | string, to: number | string, pad: string, oneBox = false, stmatrix?: boolean): string {
   if (stmatrix) return stagingWritesStsm(from, to, pad, oneBox);
   return `#pragma unroll
 ${pad}for (int j = ${from}; j < ${to}; ++j) {
@@ -32,8 +32,9 @@ ${pad}}
 
 /** The warpgroup's staging buffer (`mine`) of 64 x `columns` bf16. */
 export const stagingBuffer = (columns: number, pad: string): string => `${pad}const sh_u32 mine = staging + wg * ${64 * columns * 2};\n`;
-/** This thread's first row in it (`rr`; the other is rr + 8). */
-export const stagingRow = (pad: string): string => `${pad}const int rr = warp * 16 + lane / 4;  // this thread's rows rr and rr + 8 of the warpgroup's 64\n`;
+/** This thread's first row in it (`rr`; the other is rr + 8), which the st.shared writes use (stmatrix's do not). */
+export const stagingRow = (pad: string, stmatrix?: boolean): string =>
+  stmatrix ? "" : `${pad}const int rr = warp * 16 + lane / 4;  // this thread's rows rr and rr + 8 of the warpgroup's 64\n`;
 
 /**
  * The same writes by stmatrix (Fp8GemmConfig stmatrix; `from` and `to` even): one m8n8.x4 per two 8-column

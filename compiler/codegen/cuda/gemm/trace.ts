@@ -70,7 +70,7 @@ ${pad}++trI;
  * A barrier wait `wait` timed into trWaits; in K block 0 its end stamped at `firstSlot` (the consumers'
  * stage waits, the producer's free-stage waits).
  */
-export function traceWait(c: Fp8GemmConfig, wait: string, firstSlot: string, pad: string): string {
+function traceWait(c: Fp8GemmConfig, wait: string, firstSlot: string, pad: string): string {
   if (!on(c)) return `${pad}${wait}\n`;
   return `${pad}const long long trT0 = clock64();
 ${pad}${wait}
