@@ -8,7 +8,8 @@
 #                                         (split on whitespace, passed to each one run)
 #
 # Results go to $OUT (default .gpu/out): each entry writes its own result files there, its console
-# output goes to <name>.log, and run-info.txt records the date, the machine, the libraries found and
+# output goes to <name>.log (ending with the SM clock and power summary of lib/clocks.py over the
+# samples in <name>-clocks.csv), and run-info.txt records the date, the machine, the libraries found and
 # the exact commands. Exit status: 0 when every entry passed.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -73,8 +74,15 @@ for name in "${names[@]}"; do
   cmd=("$NODE" "$GPU_DIR/$name.mjs" --out "$OUT" "${extra[@]}")
   echo "command   ${cmd[*]}" >> "$info"
   echo "== $name: ${cmd[*]}"
+  # the SM clock, power and what held the clock back, 5 samples a second while the entry runs
+  clocks="$OUT/$name-clocks.csv"
+  nvidia-smi --query-gpu="$(python3 -c 'import sys; sys.path.insert(0, "bench/gpu/lib"); import clocks; print(",".join(clocks.FIELDS))')" \
+    --format=csv,noheader,nounits -lms 200 > "$clocks" 2>/dev/null &
+  sampler=$!
   "${cmd[@]}" 2>&1 | tee "$OUT/$name.log"
   rc=${PIPESTATUS[0]}
+  kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null
+  python3 bench/gpu/lib/clocks.py "$clocks" 2>&1 | tee -a "$OUT/$name.log"
   echo "exit      $name: $rc" >> "$info"
   [ "$rc" -ne 0 ] && status=$rc
 done

@@ -172,12 +172,23 @@ export interface Fp8GemmConfig {
    * which the 64 KiB of writes need 512 at 128 B/clk. Suffix _sm.
    */
   stmatrix?: boolean;
+  /**
+   * Consumer 1 starts half a block behind consumer 0 (absent = off; chunked, two consumers, not with
+   * orderedChunks): it waits at a named barrier (STAGGER_BARRIER) until consumer 0's first chunk has been
+   * waited for, once per CTA, then both run free. In lockstep both consumers' chunks finish together and
+   * both promote while the tensor cores idle (~1230 cycles a 128 x 256 x 128 block with the staged scales
+   * against 1024 of MMAs); offset by a chunk, one promotes under the other's wgmmas. Unlike orderedChunks
+   * (turns at every chunk, 1% slower) it costs one barrier per CTA. Suffix _st.
+   */
+  stagger?: boolean;
 }
 
 export const SMEM_LIMIT = 232448; // 227 KiB: the opt-in maximum per block on H100 / H200
 const SMEM_ALIGN_SLACK = 1024; // dynamic smem is re-aligned to 1024 B (the 128-byte swizzle's atom)
 /** Named barriers the consumers take turns through (orderedChunks): consumer 0 waits on the first, consumer 1 on the second. */
 export const ORDER_BARRIERS = [3, 4] as const;
+/** The named barrier consumer 1 waits at until consumer 0's first chunk is done (stagger). */
+export const STAGGER_BARRIER = 5;
 /** Rows per raster group: consecutive tiles walk down GROUP_M m-blocks before moving along N. */
 export const GROUP_M = 8;
 /** setmaxnreg targets (multiples of 8; the CTA's total stays within 64K registers). */
@@ -212,7 +223,7 @@ export const smemBytes = (c: Fp8GemmConfig): number => SMEM_ALIGN_SLACK + c.stag
 export const spansScaleBlocks = (c: Fp8GemmConfig): boolean => !isBf16(c) && !c.chunked && FP8_BLOCK % c.blockN !== 0;
 
 export function configName(c: Fp8GemmConfig): string {
-  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.aRegs ? "_ra" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}${c.prefetchNext !== undefined ? `_pf${c.prefetchNext}` : ""}${c.stagedBScales ? "_sbs" : ""}${c.stmatrix ? "_sm" : ""}${c.trace ? "_tr" : ""}`;
+  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.aRegs ? "_ra" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}${c.prefetchNext !== undefined ? `_pf${c.prefetchNext}` : ""}${c.stagedBScales ? "_sbs" : ""}${c.stmatrix ? "_sm" : ""}${c.stagger ? "_st" : ""}${c.trace ? "_tr" : ""}`;
 }
 
 /** Why a configuration cannot be emitted, or undefined. */
@@ -256,6 +267,8 @@ export function configProblem(c: Fp8GemmConfig): string | undefined {
     return "prefetchNext prefetches a persistent CTA's next tile: it needs chunked and persistent, without multicast";
   if (c.stagedBScales && !(c.chunked && !c.multicast)) return "stagedBScales puts a chunked tile's two B scales in each stage: it needs chunked, without multicast";
   if (c.stmatrix && !c.tmaStore) return "stmatrix writes the TMA-store epilogue's staging: it needs tmaStore";
+  if (c.stagger && !(c.chunked && c.consumers === 2 && !c.orderedChunks))
+    return "stagger offsets consumer 1 by consumer 0's first chunk: it needs chunked and two consumers, without orderedChunks (which already takes turns)";
   if (c.trace && !(c.chunked && !c.deferStore && !c.multicast)) return "trace stamps the chunked kernel's tile boundaries: it needs chunked, without deferStore or multicast";
   if (c.chunked) return chunkedProblem(c);
   if (c.overlap) return overlapProblem(c);
@@ -335,7 +348,9 @@ const TMA_STORE_SHAPES: [number, boolean, boolean][] = [[128, true, false], [192
 /**
  * 128 x 256 chunked candidates, each on top of { consumers 2, blockN 256, persistent, chunked }: whole-tile
  * staging (3 stages), box by box (4), direct stores (4), the store deferred under the next tile's chunks,
- * B multicast (dense only), the 16-row raster, A from registers, and the consumers' chunks in turns.
+ * B multicast (dense only), the 16-row raster, A from registers, the consumers' chunks in turns, and with
+ * the 16-row raster B's scales staged by the scale thread and/or the staging written by stmatrix (sixth
+ * session: _sbs_sm the fastest on K = 2048, the plain _g16 on K = 7168 and 8192; bench/NOTES.md).
  */
 const CHUNKED_VARIANTS: Partial<Fp8GemmConfig>[] = [
   { tmaStore: true },
@@ -348,20 +363,20 @@ const CHUNKED_VARIANTS: Partial<Fp8GemmConfig>[] = [
   { tmaStore: true, groupM: 16, aRegs: true },
   { tmaStore: true, orderedChunks: true },
   { tmaStore: true, storeByBox: true, orderedChunks: true },
+  { tmaStore: true, groupM: 16, stagedBScales: true },
+  { tmaStore: true, groupM: 16, stmatrix: true },
+  { tmaStore: true, groupM: 16, stagedBScales: true, stmatrix: true },
 ];
 /**
  * Chunked variants the GPU bench runs (bench/gpu/fp8-gemm.ts, gemm-trace.ts) but the autotuner does not
- * time, each on top of the default's { tmaStore, groupM 16 }: the next tile prefetched into L2 (measured
- * slower on its own; kept to try beside the staged scales), B's scales staged by a scale thread and the
- * stmatrix staging (neither yet run to completion on a GPU: bench/NOTES.md, fifth session).
+ * time, each on top of { tmaStore, groupM 16, stagedBScales, stmatrix } (the fastest on K = 2048): consumer 1
+ * staggered by a chunk, and four stages with box-by-box staging, each alone and together (not yet run on
+ * a GPU: bench/NOTES.md, sixth session).
  */
 const EXPERIMENTAL_CHUNKED_VARIANTS: Partial<Fp8GemmConfig>[] = [
-  { prefetchNext: 8 },
-  { stagedBScales: true },
-  { stagedBScales: true, deferStore: true },
-  { stagedBScales: true, prefetchNext: 8 },
-  { stmatrix: true },
-  { stmatrix: true, stagedBScales: true },
+  { stagger: true },
+  { storeByBox: true },
+  { storeByBox: true, stagger: true },
 ];
 
 /**
@@ -389,7 +404,9 @@ export function gemmCandidates(grouped: boolean): Fp8GemmConfig[] {
 
 /** The experimental chunked variants (EXPERIMENTAL_CHUNKED_VARIANTS): for the GPU bench, never the autotuner. */
 export function experimentalGemmCandidates(grouped: boolean): Fp8GemmConfig[] {
-  return EXPERIMENTAL_CHUNKED_VARIANTS.map((v) => filled({ consumers: 2, blockN: 256, persistent: true, grouped, chunked: true, tmaStore: true, groupM: 16, ...v })).filter((c) => configProblem(c) === undefined);
+  return EXPERIMENTAL_CHUNKED_VARIANTS.map((v) =>
+    filled({ consumers: 2, blockN: 256, persistent: true, grouped, chunked: true, tmaStore: true, groupM: 16, stagedBScales: true, stmatrix: true, ...v }),
+  ).filter((c) => configProblem(c) === undefined);
 }
 
 /**
