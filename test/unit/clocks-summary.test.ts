@@ -19,10 +19,10 @@ describe.skipIf(!PY)("GPU clock log summary (bench/gpu/lib/clocks.py)", () => {
   it("counts busy samples only: median clock and power, the limit, and how often each reason held the clock back", () => {
     const row = (gpu: number, util: number, sm: number, w: number, cap: boolean) =>
       `${gpu}, ${util}, ${sm}, 1980, ${w}, 700.00, 61, ${cap ? "Active" : "Not Active"}, Not Active, Not Active`;
-    const csv = [row(0, 0, 1980, 90, false), row(0, 100, 1600, 690, true), row(0, 99, 1500, 700, true), row(0, 98, 1700, 650, false), "garbage line", row(1, 3, 345, 80, false)].join("\n");
+    const csv = [row(0, 0, 1980, 90, false), row(0, 100, 1600, 690, true), row(0, 99, 1500, 700, true), row(0, 98, 1700, 650, false), "garbage line", row(1, 0, 345, 80, false)].join("\n");
     const out = summarize(csv).split("\n");
-    expect(out[0]).toBe("clocks gpu 0: 3 busy samples; SM clock median 1600 MHz (min 1500, max 1700; top 1980); power median 690 W (max 700; limit 700); temperature max 61 C; held back by: power cap 67%, thermal 0%, hw slowdown 0%");
-    expect(out[1]).toBe("clocks gpu 1: no busy samples (utilization >= 50%)");
+    expect(out[0]).toBe("clocks gpu 0: 3 of 4 samples busy; SM clock median 1600 MHz (min 1500, max 1700; top 1980); power median 690 W (max 700; limit 700); temperature max 61 C; busy samples with the clock held back by: power cap 2, thermal 0, hw slowdown 0");
+    expect(out[1]).toBe("clocks gpu 1: no busy samples (utilization >= 1%)");
   });
 
   it("an empty log (no nvidia-smi, or fields it does not know) says so and exits 0", () => {

@@ -155,14 +155,14 @@ export interface Fp8GemmConfig {
    */
   prefetchNext?: number;
   /**
-   * B's block scales put in each stage by a second producer thread (absent = off; chunked, without
-   * multicast): lane 0 of the producer's second warp loads the stage's two scales (one per 128-column
-   * chunk) from global memory while the stage is still in use, stores them into the stage once it is
-   * free and arrives on its full barrier (which then counts two arrivals), so the consumers read them
-   * from shared memory after the stage's wait. Without it the consumers load them from global memory
-   * one block ahead, and (the likely reading of the tile timeline) a tile's first block waits on that
-   * load: every tile's first stage wait took ~1100–1200 cycles however early its TMA loads were issued,
-   * and the tile's scale line is one no earlier block touched. Suffix _sbs.
+   * B's block scales put in each stage by a second producer thread (absent = off; chunked): lane 0 of the
+   * producer's second warp loads the stage's two scales (one per 128-column chunk) from global memory
+   * while the stage is still in use, stores them into the stage once it is free and arrives on its full
+   * barrier (which then counts two arrivals), so the consumers read them from shared memory after the
+   * stage's wait. Without it the consumers load them from global memory one block ahead. Measured on an
+   * H200 (bench/NOTES.md, sixth session): a tile's start fell from ~1150 to ~380 cycles and a K block from
+   * ~1320 to ~1230, so it is the faster on K = 2048 (+2%); on K = 7168 and 8192 the SM clock fell as much
+   * as the cycles did (the card is at its power limit) and it ran 1% slower. Suffix _sbs.
    */
   stagedBScales?: boolean;
   /**
@@ -172,23 +172,12 @@ export interface Fp8GemmConfig {
    * which the 64 KiB of writes need 512 at 128 B/clk. Suffix _sm.
    */
   stmatrix?: boolean;
-  /**
-   * Consumer 1 starts half a block behind consumer 0 (absent = off; chunked, two consumers, not with
-   * orderedChunks): it waits at a named barrier (STAGGER_BARRIER) until consumer 0's first chunk has been
-   * waited for, once per CTA, then both run free. In lockstep both consumers' chunks finish together and
-   * both promote while the tensor cores idle (~1230 cycles a 128 x 256 x 128 block with the staged scales
-   * against 1024 of MMAs); offset by a chunk, one promotes under the other's wgmmas. Unlike orderedChunks
-   * (turns at every chunk, 1% slower) it costs one barrier per CTA. Suffix _st.
-   */
-  stagger?: boolean;
 }
 
 export const SMEM_LIMIT = 232448; // 227 KiB: the opt-in maximum per block on H100 / H200
 const SMEM_ALIGN_SLACK = 1024; // dynamic smem is re-aligned to 1024 B (the 128-byte swizzle's atom)
 /** Named barriers the consumers take turns through (orderedChunks): consumer 0 waits on the first, consumer 1 on the second. */
 export const ORDER_BARRIERS = [3, 4] as const;
-/** The named barrier consumer 1 waits at until consumer 0's first chunk is done (stagger). */
-export const STAGGER_BARRIER = 5;
 /** Rows per raster group: consecutive tiles walk down GROUP_M m-blocks before moving along N. */
 export const GROUP_M = 8;
 /** setmaxnreg targets (multiples of 8; the CTA's total stays within 64K registers). */
@@ -223,7 +212,7 @@ export const smemBytes = (c: Fp8GemmConfig): number => SMEM_ALIGN_SLACK + c.stag
 export const spansScaleBlocks = (c: Fp8GemmConfig): boolean => !isBf16(c) && !c.chunked && FP8_BLOCK % c.blockN !== 0;
 
 export function configName(c: Fp8GemmConfig): string {
-  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.aRegs ? "_ra" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}${c.prefetchNext !== undefined ? `_pf${c.prefetchNext}` : ""}${c.stagedBScales ? "_sbs" : ""}${c.stmatrix ? "_sm" : ""}${c.stagger ? "_st" : ""}${c.trace ? "_tr" : ""}`;
+  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.aRegs ? "_ra" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}${c.prefetchNext !== undefined ? `_pf${c.prefetchNext}` : ""}${c.stagedBScales ? "_sbs" : ""}${c.stmatrix ? "_sm" : ""}${c.trace ? "_tr" : ""}`;
 }
 
 /** Why a configuration cannot be emitted, or undefined. */
@@ -265,10 +254,8 @@ export function configProblem(c: Fp8GemmConfig): string | undefined {
     return `prefetchNext is a number of K blocks from 1 to 64, got ${c.prefetchNext}`;
   if (c.prefetchNext !== undefined && !(c.chunked && c.persistent && !c.multicast))
     return "prefetchNext prefetches a persistent CTA's next tile: it needs chunked and persistent, without multicast";
-  if (c.stagedBScales && !(c.chunked && !c.multicast)) return "stagedBScales puts a chunked tile's two B scales in each stage: it needs chunked, without multicast";
+  if (c.stagedBScales && !c.chunked) return "stagedBScales puts a chunked tile's two B scales in each stage: it needs chunked";
   if (c.stmatrix && !c.tmaStore) return "stmatrix writes the TMA-store epilogue's staging: it needs tmaStore";
-  if (c.stagger && !(c.chunked && c.consumers === 2 && !c.orderedChunks))
-    return "stagger offsets consumer 1 by consumer 0's first chunk: it needs chunked and two consumers, without orderedChunks (which already takes turns)";
   if (c.trace && !(c.chunked && !c.deferStore && !c.multicast)) return "trace stamps the chunked kernel's tile boundaries: it needs chunked, without deferStore or multicast";
   if (c.chunked) return chunkedProblem(c);
   if (c.overlap) return overlapProblem(c);
@@ -369,15 +356,11 @@ const CHUNKED_VARIANTS: Partial<Fp8GemmConfig>[] = [
 ];
 /**
  * Chunked variants the GPU bench runs (bench/gpu/fp8-gemm.ts, gemm-trace.ts) but the autotuner does not
- * time, each on top of { tmaStore, groupM 16, stagedBScales, stmatrix } (the fastest on K = 2048): consumer 1
- * staggered by a chunk, and four stages with box-by-box staging, each alone and together (not yet run on
- * a GPU: bench/NOTES.md, sixth session).
+ * time, each on top of { tmaStore, groupM 16, stagedBScales, stmatrix } (the fastest on K = 2048): B
+ * multicast over 2-CTA clusters (dense only), with and without stmatrix (not yet run on a GPU:
+ * bench/NOTES.md, sixth session).
  */
-const EXPERIMENTAL_CHUNKED_VARIANTS: Partial<Fp8GemmConfig>[] = [
-  { stagger: true },
-  { storeByBox: true },
-  { storeByBox: true, stagger: true },
-];
+const EXPERIMENTAL_CHUNKED_VARIANTS: Partial<Fp8GemmConfig>[] = [{ multicast: true }, { multicast: true, stmatrix: false }];
 
 /**
  * The configurations the autotuner times, the first being the plain one (one consumer, 64×128,

@@ -14,7 +14,7 @@
 // bars, tilesA/tilesB, A_BYTES/B_BYTES, S, wg, lane, sa, sbTile, m0/m1, r0, c0, sas/SA_BYTES,
 // sbs/SB_BYTES (row-scaled B), M, KB, split/second (when a tile spans two scale blocks of B).
 import { FP8_BLOCK } from "../../../numeric/fp8-gemm.ts";
-import { A_REGS, ORDER_BARRIERS, STAGGER_BARRIER, spansScaleBlocks, type Fp8GemmConfig } from "./config.ts";
+import { A_REGS, ORDER_BARRIERS, spansScaleBlocks, type Fp8GemmConfig } from "./config.ts";
 import { MN_K16_STEP, wgmmaName, wgmmaRsName } from "./ptx.ts";
 import { stagingFlush, stagingWrites } from "./staging.ts";
 import { traceConsumerWait } from "./trace.ts";
@@ -245,8 +245,7 @@ ${q}for (int k = 0; k < ${FP8_BLOCK / 32}; ++k) ${c.aRegs ? `${wgmmaRsName(FP8_B
 ${q}sh_wgmma_commit();
 ${c.orderedChunks ? `${q}sh_named_arrive(wg == 0 ? ${ORDER_BARRIERS[1]} : ${ORDER_BARRIERS[0]}, 256);  // the other consumer's turn
 ` : ""}${deferred}${q}sh_wgmma_wait0();
-${c.stagger && j === 0 ? `${q}if (stagger) { sh_named_arrive(${STAGGER_BARRIER}, 256); stagger = false; }  // consumer 0's first chunk is done: consumer 1 starts
-` : ""}${fenceAll(FP8_BLOCK / 2, "tmp", q)}${last ? `${q}// the last chunk's wgmmas have read the stage: hand it back to the producer
+${fenceAll(FP8_BLOCK / 2, "tmp", q)}${last ? `${q}// the last chunk's wgmmas have read the stage: hand it back to the producer
 ${q}${release(c, "bars + 8 * (S + s)")}
 ${q}if (++s == S) { s = 0; phase ^= 1; }
 ` : ""}${q}const float u0 = a0 * b${j}, u1 = a1 * b${j};

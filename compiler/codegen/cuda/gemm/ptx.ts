@@ -269,7 +269,7 @@ SH_DEV void sh_ldsm_x4(sh_u32 addr, sh_u32& r0, sh_u32& r1, sh_u32& r2, sh_u32& 
 `;
 }
 
-/** bar.arrive for the chunked kernels' turns (orderedChunks) and stagger, emitted only where they use it. */
+/** bar.arrive for the chunked kernels' turns (orderedChunks), emitted only where they use it. */
 export const NAMED_ARRIVE = `#ifndef SHARDTS_NAMED_ARRIVE
 #define SHARDTS_NAMED_ARRIVE
 // Arrives on named barrier 'id' without waiting (the waiting side of the pair uses sh_named_bar).
