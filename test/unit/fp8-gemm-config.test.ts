@@ -72,12 +72,12 @@ describe("FP8 GEMM configurations", () => {
 
   it("the default kernel: 128 x 256 chunked with at least a wave of its tiles (or no shape), 128 x 128 overlapped below", () => {
     const name = (c: Fp8GemmConfig) => configName(c).replace(/^sh_fp8_gemm_(dense|grouped)_/, "");
-    expect(name(defaultGemmConfig(false))).toBe("m128n256_s3_p_ts_ch_g16");
-    expect(name(defaultGemmConfig(true, { M: 53120, N: 2816 }))).toBe("m128n256_s3_p_ts_ch_g16");
-    expect(name(defaultGemmConfig(false, { M: 4096, N: 2048 }))).toBe("m128n256_s3_p_ts_ch_g16"); // 32 x 8 = 256 tiles
+    expect(name(defaultGemmConfig(false))).toBe("m128n256_s3_p_ts_ch_g16_sm");
+    expect(name(defaultGemmConfig(true, { M: 53120, N: 2816 }))).toBe("m128n256_s3_p_ts_ch_g16_sm");
+    expect(name(defaultGemmConfig(false, { M: 4096, N: 2048 }))).toBe("m128n256_s3_p_ts_ch_g16_sm"); // 32 x 8 = 256 tiles
     expect(name(defaultGemmConfig(false, { M: 128, N: 7168 }))).toBe("m128n128_s5_p_ov_ts"); // 28 tiles
     expect(name(defaultGemmConfig(false, { M: 1024, N: 4096 }, 132))).toBe("m128n128_s5_p_ov_ts"); // 8 x 16 = 128 < 132
-    expect(name(defaultGemmConfig(false, { M: 1024, N: 4096 }, 128))).toBe("m128n256_s3_p_ts_ch_g16");
+    expect(name(defaultGemmConfig(false, { M: 1024, N: 4096 }, 128))).toBe("m128n256_s3_p_ts_ch_g16_sm");
   });
 
   it("overlapped promotion: candidates keep every plain one and add _ov ones whose three fragments fit the registers", () => {

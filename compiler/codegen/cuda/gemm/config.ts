@@ -470,9 +470,11 @@ export const HOPPER_SMS = 132;
 /**
  * The configuration the executor launches without tuning (dense or grouped). Where the problem has at
  * least a wave of its tiles on `sms` SMs (or its shape is not given): the persistent 128 x 256 chunked
- * kernel with the TMA-store epilogue and the 16-row raster, the fastest on every large dense and grouped
- * shape on an H200 (bench/results/2026-11-23-fp8-gemm-h200-chunked*.txt: 1224-1404 TFLOP/s on the four
- * large dense shapes, 5-8% above the 128 x 128 one; _g16 +1% on 8192³, even elsewhere). With fewer tiles
+ * kernel with the TMA-store epilogue, the 16-row raster and the stmatrix staging, the fastest on every large
+ * dense and grouped shape on an H200 (bench/results/2026-11-23-fp8-gemm-h200-chunked*.txt: 1224-1404 TFLOP/s
+ * on the four large dense shapes, 5-8% above the 128 x 128 one; _g16 +1% on 8192³, even elsewhere; _sm
+ * 0-1.4% above it on every large dense and grouped shape in three calls, -sixth.txt the last; the
+ * autotuner picks _sbs_sm on K = 2048, 1-2% faster there, 1% slower on long K). With fewer tiles
  * (small M: 128x7168x2048 ran 209 TFLOP/s chunked, 282 at 128 x 128), the persistent 128 x 128 kernel
  * with overlapped promotion and the TMA store.
  */
@@ -484,7 +486,7 @@ export function defaultGemmConfig(grouped: boolean, shape?: { M: number; N: numb
 const DEFAULT_GEMM_CONFIGS = [false, true].map(
   (grouped) =>
     [
-      filled({ consumers: 2, blockN: 256, persistent: true, grouped, chunked: true, tmaStore: true, groupM: 16 }),
+      filled({ consumers: 2, blockN: 256, persistent: true, grouped, chunked: true, tmaStore: true, groupM: 16, stmatrix: true }),
       filled({ consumers: 2, blockN: 128, persistent: true, grouped, overlap: true, tmaStore: true }),
     ] as const,
 );
