@@ -473,8 +473,8 @@ export const HOPPER_SMS = 132;
  * kernel with the TMA-store epilogue, the 16-row raster and the stmatrix staging, the fastest on every large
  * dense and grouped shape on an H200 (bench/results/2026-11-23-fp8-gemm-h200-chunked*.txt: 1224-1404 TFLOP/s
  * on the four large dense shapes, 5-8% above the 128 x 128 one; _g16 +1% on 8192³, even elsewhere; _sm
- * 0-1.4% above it on every large dense and grouped shape in three calls, -sixth.txt the last; the
- * autotuner picks _sbs_sm on K = 2048, 1-2% faster there, 1% slower on long K). With fewer tiles
+ * -0.2% to +1.4% against _g16 in three calls, -sixth.txt the last: level on long K, ahead on K = 2048 and
+ * grouped; _sbs_sm, a tuner candidate, is 1-2% faster on dense K = 2048 and 1% slower on long K). With fewer tiles
  * (small M: 128x7168x2048 ran 209 TFLOP/s chunked, 282 at 128 x 128), the persistent 128 x 128 kernel
  * with overlapped promotion and the TMA store.
  */
