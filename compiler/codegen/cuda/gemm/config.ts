@@ -146,15 +146,6 @@ export interface Fp8GemmConfig {
    */
   trace?: boolean;
   /**
-   * The next tile's first blocks prefetched into L2 (absent = off; chunked, persistent, no multicast): this
-   * many K blocks before a tile's end, the producer issues TMA L2 prefetches of the next tile's first
-   * `stages` blocks of A, B and A's scales, and a prefetch of its first B scales, so the loads that start
-   * that tile (issued only when the last stages of this one are released) find their lines in L2.
-   * Measured 4–6% slower on H200: the tile start it aimed at does not wait for those loads (bench/NOTES.md,
-   * fifth session). Suffix _pf<n>.
-   */
-  prefetchNext?: number;
-  /**
    * B's block scales put in each stage by a second producer thread (absent = off; chunked): lane 0 of the
    * producer's second warp loads the stage's two scales (one per 128-column chunk) from global memory
    * while the stage is still in use, stores them into the stage once it is free and arrives on its full
@@ -212,7 +203,7 @@ export const smemBytes = (c: Fp8GemmConfig): number => SMEM_ALIGN_SLACK + c.stag
 export const spansScaleBlocks = (c: Fp8GemmConfig): boolean => !isBf16(c) && !c.chunked && FP8_BLOCK % c.blockN !== 0;
 
 export function configName(c: Fp8GemmConfig): string {
-  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.aRegs ? "_ra" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}${c.prefetchNext !== undefined ? `_pf${c.prefetchNext}` : ""}${c.stagedBScales ? "_sbs" : ""}${c.stmatrix ? "_sm" : ""}${c.trace ? "_tr" : ""}`;
+  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.aRegs ? "_ra" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}${c.stagedBScales ? "_sbs" : ""}${c.stmatrix ? "_sm" : ""}${c.trace ? "_tr" : ""}`;
 }
 
 /** Why a configuration cannot be emitted, or undefined. */
@@ -250,10 +241,6 @@ export function configProblem(c: Fp8GemmConfig): string | undefined {
   if (c.groupM !== undefined && !(Number.isInteger(c.groupM) && c.groupM >= 1 && c.groupM <= 64)) return `groupM must be an integer from 1 to 64, got ${c.groupM}`;
   if (c.aRegs && !c.chunked) return "aRegs loads A once per K block for both chunks' wgmmas: it needs chunked";
   if (c.orderedChunks && !(c.chunked && c.consumers === 2)) return "orderedChunks alternates the two consumers' chunks: it needs chunked and two consumers";
-  if (c.prefetchNext !== undefined && !(Number.isInteger(c.prefetchNext) && c.prefetchNext >= 1 && c.prefetchNext <= 64))
-    return `prefetchNext is a number of K blocks from 1 to 64, got ${c.prefetchNext}`;
-  if (c.prefetchNext !== undefined && !(c.chunked && c.persistent && !c.multicast))
-    return "prefetchNext prefetches a persistent CTA's next tile: it needs chunked and persistent, without multicast";
   if (c.stagedBScales && !c.chunked) return "stagedBScales puts a chunked tile's two B scales in each stage: it needs chunked";
   if (c.stmatrix && !c.tmaStore) return "stmatrix writes the TMA-store epilogue's staging: it needs tmaStore";
   if (c.trace && !(c.chunked && !c.deferStore && !c.multicast)) return "trace stamps the chunked kernel's tile boundaries: it needs chunked, without deferStore or multicast";

@@ -277,18 +277,6 @@ SH_DEV void sh_named_arrive(sh_u32 id, sh_u32 count) { asm volatile("bar.arrive 
 #endif
 `;
 
-/** L2 prefetches (prefetchNext): a TMA box of a tensor map, and one line of global memory. */
-export const L2_PREFETCH = `#ifndef SHARDTS_L2_PREFETCH
-#define SHARDTS_L2_PREFETCH
-// The box at (c0, c1) of the tensor map into L2 (no shared memory, no barrier).
-SH_DEV void sh_tma_prefetch_2d(const sh_tensor_map* m, int c0, int c1) {
-  asm volatile("cp.async.bulk.prefetch.tensor.2d.L2.global.tile [%0, {%1, %2}];" :: "l"(reinterpret_cast<sh_u64>(m)), "r"(c0), "r"(c1) : "memory");
-}
-// The line holding p into L2.
-SH_DEV void sh_prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" :: "l"(p)); }
-#endif
-`;
-
 /** The scale thread's store of a stage's two B scales (Fp8GemmConfig stagedBScales). */
 export const STS_F32X2 = `#ifndef SHARDTS_STS_F32X2
 #define SHARDTS_STS_F32X2
