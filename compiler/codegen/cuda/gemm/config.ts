@@ -324,7 +324,7 @@ const TMA_STORE_SHAPES: [number, boolean, boolean][] = [[128, true, false], [192
  * staging (3 stages), box by box (4), direct stores (4), the store deferred under the next tile's chunks,
  * B multicast (dense only), the 16-row raster, A from registers, the consumers' chunks in turns, and with
  * the 16-row raster B's scales staged by the scale thread and/or the staging written by stmatrix (sixth
- * session: _sbs_sm the fastest on K = 2048, the plain _g16 on K = 7168 and 8192; bench/NOTES.md).
+ * session: _sbs_sm the fastest on K = 2048, _sm on K = 7168 and 8192 and grouped; bench/NOTES.md).
  */
 const CHUNKED_VARIANTS: Partial<Fp8GemmConfig>[] = [
   { tmaStore: true },
@@ -344,8 +344,9 @@ const CHUNKED_VARIANTS: Partial<Fp8GemmConfig>[] = [
 /**
  * Chunked variants the GPU bench runs (bench/gpu/fp8-gemm.ts, gemm-trace.ts) but the autotuner does not
  * time, each on top of { tmaStore, groupM 16, stagedBScales, stmatrix } (the fastest on K = 2048): B
- * multicast over 2-CTA clusters (dense only), with and without stmatrix (not yet run on a GPU:
- * bench/NOTES.md, sixth session).
+ * multicast over 2-CTA clusters (dense only), with and without stmatrix. Measured 1-3% slower than
+ * _sbs_sm (bench/results/2026-11-23-fp8-gemm-h200-multicast-sbs.txt); kept so the bench keeps checking
+ * the scale thread under multicast, which no tuned kernel exercises.
  */
 const EXPERIMENTAL_CHUNKED_VARIANTS: Partial<Fp8GemmConfig>[] = [{ multicast: true }, { multicast: true, stmatrix: false }];
 

@@ -64,14 +64,12 @@ export function emitFp8Gemm(c: Fp8GemmConfig): Fp8GemmKernel {
   // acc covers the tile's columns; a temporary, one wgmma group's (a 128-column chunk when chunked)
   const frag = BN / 2, tmpFrag = wgmmaN(c) / 2;
   const rr = c.rowRuns === true, kg = c.kGrouped === true;
-  // a tile's expert for m-block `mb` (a C expression), and this tile's
-  const expertOf = (mb: string) => (rr ? `blockExpert[4 * ${mb}]` : c.grouped ? `blockExpert[(${mb} * ${BM}) / ${GROUPED_M_ALIGN}]` : "0");
-  const expert = expertOf("mb");
+  // this tile's expert (a C expression of its m-block mb)
+  const expert = rr ? "blockExpert[4 * mb]" : c.grouped ? `blockExpert[(mb * ${BM}) / ${GROUPED_M_ALIGN}]` : "0";
   // A's first row of the tile: its run's (row runs) or the block's own
   const aRow = rr ? "blockExpert[4 * mb + 1]" : "mb * BM";
   // B's rows for tile (e, nb): grouped weights are stacked E×N rows deep (K-grouped: B is one N x P)
-  const bRowOf = (e: string, nb: string) => (c.grouped && !kg ? `${e} * N + ${nb} * BN` : `${nb} * BN`);
-  const bRow = bRowOf("e", "nb");
+  const bRow = c.grouped && !kg ? "e * N + nb * BN" : "nb * BN";
   const twoBlocks = spansScaleBlocks(c);
   const mc = c.multicast === true, mn = c.bMnMajor === true;
   // the tile loop: one tile per unit, or (multicast) a pair of m-blocks per cluster, this CTA's by rank
