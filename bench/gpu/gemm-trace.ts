@@ -1,5 +1,5 @@
 // On a Hopper GPU: where a chunked FP8 GEMM kernel's time goes, tile by tile. Runs the executor's default
-// dense configuration (or --only REGEX over the dense chunked candidates) and the same kernel traced
+// dense configuration (or --only REGEX over the dense candidates the trace can stamp) and the same kernel traced
 // (config trace: clock stamps at the tile boundaries, compiler/codegen/cuda/gemm/trace.ts), on seeded
 // random inputs rotated so L2 does not hold them, and prints each one's TFLOP/s and the traced run's
 // timeline summed (lib/gemm-trace-summary.ts): tile start, K loop per block, epilogue, gaps, the
@@ -13,7 +13,7 @@
 import { writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { join } from "node:path";
-import { configName, defaultGemmConfig, experimentalGemmCandidates, gemmCandidates, geometryOf, type Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { configName, configProblem, defaultGemmConfig, experimentalGemmCandidates, gemmCandidates, geometryOf, type Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { traceWords } from "../../compiler/codegen/cuda/gemm/trace.ts";
 import { FP8_BLOCK } from "../../compiler/numeric/fp8-gemm.ts";
 import { cudaAvailable, native } from "../../runtime/cuda/native.ts";
@@ -130,7 +130,7 @@ async function parent(): Promise<void> {
   log(`gemm-trace on ${dev.name} (${dev.smCount} SMs, grid ${sms}), driver ${gpu.driverVersion}`);
   const only = arg("--only") !== undefined ? new RegExp(arg("--only")!) : undefined;
   const configsFor = (M: number, N: number): Fp8GemmConfig[] =>
-    only ? [...gemmCandidates(false), ...experimentalGemmCandidates(false)].filter((c) => c.chunked && !c.deferStore && !c.multicast && only.test(configName(c))) : [defaultGemmConfig(false, { M, N }, sms)];
+    only ? [...gemmCandidates(false), ...experimentalGemmCandidates(false)].filter((c) => configProblem({ ...c, trace: true }) === undefined && only.test(configName(c))) : [defaultGemmConfig(false, { M, N }, sms)];
   const jobs: Job[] = [];
   for (const shape of SHAPES) {
     const { M, N } = parseShape(shape);

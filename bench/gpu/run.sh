@@ -76,7 +76,7 @@ for name in "${names[@]}"; do
   echo "== $name: ${cmd[*]}"
   # the SM clock, power and what held the clock back, 5 samples a second while the entry runs
   clocks="$OUT/$name-clocks.csv"
-  nvidia-smi --query-gpu="$(python3 -c 'import sys; sys.path.insert(0, "bench/gpu/lib"); import clocks; print(",".join(clocks.FIELDS))')" \
+  nvidia-smi --query-gpu="$(python3 bench/gpu/lib/clocks.py --fields)" \
     --format=csv,noheader,nounits -lms 200 > "$clocks" 2>/dev/null &
   sampler=$!
   "${cmd[@]}" 2>&1 | tee "$OUT/$name.log"

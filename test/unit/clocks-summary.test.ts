@@ -25,6 +25,11 @@ describe.skipIf(!PY)("GPU clock log summary (bench/gpu/lib/clocks.py)", () => {
     expect(out[1]).toBe("clocks gpu 1: no busy samples (utilization >= 1%)");
   });
 
+  it("--fields names the columns the summary reads, in its order (run.sh passes them to nvidia-smi)", () => {
+    const r = spawnSync("python3", ["bench/gpu/lib/clocks.py", "--fields"], { encoding: "utf8" });
+    expect(r.stdout.trim().split(",")).toEqual(["index", "utilization.gpu", "clocks.sm", "clocks.max.sm", "power.draw", "enforced.power.limit", "temperature.gpu", "clocks_event_reasons.sw_power_cap", "clocks_event_reasons.sw_thermal_slowdown", "clocks_event_reasons.hw_slowdown"]);
+  });
+
   it("an empty log (no nvidia-smi, or fields it does not know) says so and exits 0", () => {
     expect(summarize("")).toMatch(/no samples/);
     expect(summarize("Field \"clocks_event_reasons.sw_power_cap\" is not a valid field to query.\n")).toMatch(/no samples/);

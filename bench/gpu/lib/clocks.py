@@ -2,6 +2,7 @@
 whether the GPU ran at its power limit, and how far below its top clock that held it.
 
     python3 bench/gpu/lib/clocks.py OUT/NAME-clocks.csv
+    python3 bench/gpu/lib/clocks.py --fields     (the --query-gpu list run.sh samples)
 
 The file has no header; each line is the fields of FIELDS (nvidia-smi --format=csv,noheader,nounits).
 The figures are over the samples with the GPU busy (utilization >= BUSY % over the driver's window):
@@ -70,5 +71,8 @@ def summary(samples):
 
 
 if __name__ == "__main__":
-    with open(sys.argv[1]) as f:
-        print("\n".join(summary(parse(f))))
+    if sys.argv[1] == "--fields":
+        print(",".join(FIELDS))
+    else:
+        with open(sys.argv[1]) as f:
+            print("\n".join(summary(parse(f))))
