@@ -15,7 +15,7 @@
 //    --shapes large keeps the correctness-only edge cases and times only the four large dense
 //    shapes and the grouped ones, for the kernels, cuBLASLt, the autotuner and the peer)
 import { caseBuffers } from "./lib/case-buffers.ts";
-import { rotated } from "./lib/rotated-sets.ts";
+import { rotated } from "../../runtime/cuda/gemm-inputs.ts";
 import { runSelfChild } from "./lib/self-child.ts";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";

@@ -5,7 +5,8 @@
 //   exact  float64 of the bf16 inputs (what an unquantized Linear computes, to rounding);
 //   model  float64 of the operands as the recipe quantizes them (x 1×128 along the model dim, w in
 //          128×128 blocks, dY 1×128 along ffn for Dgrad; x dequantized and requantized 128×1 along
-//          the tokens and dY 128×1 for Wgrad), quantized on the CPU by compiler/numeric's emulation.
+//          the tokens and dY 128×1 for Wgrad), by the quantize op's own CPU reference (quantizeValues,
+//          which the GPU's quantize kernels match bit for bit: bench/gpu/fp8-quant.ts).
 // What must hold: GPU FP8 against the model within the FP8 GEMM's accumulation limit (5e-3: FP32
 // promotion every 128 of K, bf16 output); GPU FP8 against exact equal to the model's own error
 // against exact (the quantization error, predicted on the CPU) within 10% + 1e-3, and under the CPU
@@ -22,7 +23,8 @@ import { native } from "../../runtime/cuda/native.ts";
 import { Mesh, fromGlobal, dot, mul, sum, grad, type AnyDTensor } from "../../stdlib/index.ts";
 import { fp8Dot } from "../../stdlib/nn/fp8.ts";
 import { roundArrayToBf16 } from "../../compiler/numeric/index.ts";
-import { E4M3_TABLE, quantizeActivations, quantizeWeights, relFrobenius } from "../../compiler/numeric/fp8-gemm.ts";
+import { relFrobenius } from "../../compiler/numeric/fp8-gemm.ts";
+import { dequantizeValues, quantizeValues } from "../../compiler/ops/quantize.ts";
 import { relError } from "./lib/compare.ts";
 
 const argv = process.argv;
@@ -67,17 +69,10 @@ const transpose = (a: Float32Array, rows: number, cols: number) => {
   for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) t[c * rows + r] = a[r * cols + c]!;
   return t;
 };
-/** Dequantized rows of 1×128 tiles (codes [R×C], scales [ceil(C/128)][R]), as the GPU's dequantize writes them (f32). */
-const dequantRows = (q: { q: Uint8Array; s: Float32Array }, R: number, C: number) => {
-  const v = new Float32Array(R * C);
-  for (let r = 0; r < R; r++) for (let c = 0; c < C; c++) v[r * C + c] = Math.fround(E4M3_TABLE[q.q[r * C + c]!]! * q.s[(c >> 7) * R + r]!);
-  return v;
-};
-/** w [model, ffn] in 128×128 blocks: quantized as the [ffn, model] matrix, dequantized back to [model, ffn]. */
-const dequantBlocks = (w: Float32Array, D: number, F: number) => {
-  const q = quantizeWeights(transpose(w, D, F), F, D), KB = Math.ceil(D / 128), v = new Float32Array(D * F);
-  for (let f = 0; f < F; f++) for (let d = 0; d < D; d++) v[d * F + f] = E4M3_TABLE[q.q[f * D + d]!]! * q.s[(f >> 7) * KB + (d >> 7)]!;
-  return v;
+/** `v` [rows, cols] quantized with the tiled dims as the recipe tiles them (tiles of 128), and dequantized (f32). */
+const fp8 = (v: Float32Array, rows: number, cols: number, tiled: [boolean, boolean]) => {
+  const q = quantizeValues(v, [rows, cols], tiled);
+  return dequantizeValues(q.q, [rows, cols], tiled, q.scales);
 };
 /** Rows `rows` of a [R, K] · b where b is [K, N] (bT false) or [N, K] (bT true), in float64. */
 function rowsOf(a: Float32Array, K: number, b: Float32Array, N: number, bT: boolean, rows: number[]): Float64Array {
@@ -133,11 +128,11 @@ for (const dims of onCpu ? SHAPES.slice(0, 1) : SHAPES) {
   say(`first run (compiles included): FP8 ${(q.ms / 1000).toFixed(2)} s, bf16 ${(b.ms / 1000).toFixed(2)} s`);
 
   // the recipe's operands on the CPU
-  const xq = dequantRows(quantizeActivations(x, T, D), T, D);
-  const wq = dequantBlocks(w, D, F);
-  const gq = dequantRows(quantizeActivations(r, T, F), T, F);
-  const xr = dequantRows(quantizeActivations(transpose(xq, T, D), D, T), D, T); // [model, tokens], 128×1 along tokens
-  const gr = dequantRows(quantizeActivations(transpose(r, T, F), F, T), F, T); // [ffn, tokens]
+  const xq = fp8(x, T, D, [false, true]); // 1×128 along model
+  const wq = fp8(w, D, F, [true, true]); // 128×128 blocks
+  const gq = fp8(r, T, F, [false, true]); // dY 1×128 along ffn
+  const xr = transpose(fp8(xq, T, D, [true, false]), T, D); // x dequantized, requantized 128×1 along tokens: [model, tokens]
+  const gr = transpose(fp8(r, T, F, [true, false]), T, F); // dY 128×1 along tokens: [ffn, tokens]
   const xT = transpose(x, T, D), rT = transpose(r, T, F);
   const rowsT = sampleRows(T), rowsD = sampleRows(D);
   const outputs = [

@@ -21,7 +21,7 @@ import { Fp8Gemm, gemmSms, type Fp8GemmBuffers } from "../../runtime/cuda/fp8-ge
 import { timeMedian } from "../../runtime/cuda/gemm-tune.ts";
 import { makeProblem } from "./lib/fp8-gemm-data.ts";
 import { formatTrace, summarizeTrace, type TraceSummary } from "./lib/gemm-trace-summary.ts";
-import { rotated } from "./lib/rotated-sets.ts";
+import { rotated } from "../../runtime/cuda/gemm-inputs.ts";
 import { runSelfChild } from "./lib/self-child.ts";
 
 const argv = process.argv;

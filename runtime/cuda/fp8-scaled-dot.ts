@@ -5,11 +5,12 @@
 // a Hopper GPU. Anything else returns
 // undefined and runs the dequantize + cuBLASLt f32 path of fp8.ts. The operands are reordered to the
 // kernel's layouts (A M×K, B N×K, A's scales [K/128][M], B's [N/128][K/128] or, row-scaled,
-// [K/128][N]); the configurations are defaultGemmConfig and defaultRowScaledConfig
-// (compiler/codegen/cuda/gemm/config.ts).
+// [K/128][N]); the configurations are the autotuner's cached choice or defaultGemmConfig
+// (gemm-tune.ts gemmConfigFor), and defaultRowScaledConfig (compiler/codegen/cuda/gemm/config.ts).
 import type { TensorType } from "../../compiler/ir/types.ts";
 import { numel } from "../../compiler/ir/types.ts";
-import { defaultGemmConfig, defaultRowScaledConfig, shapeProblem } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { defaultRowScaledConfig, shapeProblem } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { gemmConfigFor } from "./gemm-tune.ts";
 import { tilesName } from "../../compiler/ops/quantize.ts";
 import { empty, type DeviceTensor } from "./memory.ts";
 import { fp8GemmOf } from "./fp8-gemm.ts";
@@ -68,7 +69,7 @@ export function scaledDotGemm(ex: CudaExecutor, x: DeviceTensor[], tIn: TensorTy
   if (!why) {
     const order = [...rows, N];
     D = empty(ex.mem, "bf16", order.map((d) => shape[tOut.dims.findIndex((e) => e.name === d)]!));
-    g.prepare(bRows ? ROW_CONFIG : defaultGemmConfig(false, { M, N: nn }, g.gridSms()), { M, N: nn, K: kk }, { a: A.ptr, b: B.ptr, sa: SA.ptr, sb: SB.ptr, d: D.ptr })();
+    g.prepare(bRows ? ROW_CONFIG : gemmConfigFor(g, { M, N: nn, K: kk }, false), { M, N: nn, K: kk }, { a: A.ptr, b: B.ptr, sa: SA.ptr, sb: SB.ptr, d: D.ptr })();
     const out = ex.reorder(D, order, names(tOut));
     if (out !== D) ex.release(D);
     D = out;

@@ -19,7 +19,7 @@ import type { TensorType } from "../../compiler/ir/types.ts";
 import type { Plan } from "../../compiler/plan.ts";
 import { numel } from "../../compiler/ir/types.ts";
 import { CompileError } from "../../compiler/errors.ts";
-import { defaultGemmConfig, defaultRowScaledConfig, shapeProblem } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { defaultRowScaledConfig, shapeProblem } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { GROUPED_M_ALIGN } from "../../compiler/numeric/fp8-gemm.ts";
 import { scaledSegDims, segmentRuns } from "../../compiler/ops/scaled-segment.ts";
 import { tilesName } from "../../compiler/ops/quantize.ts";
@@ -28,11 +28,12 @@ import { matmulPlans } from "./matmul-plans.ts";
 import { fp8GemmOf, type Fp8Gemm, type Fp8GemmBuffers, type Fp8GemmProblemShape } from "./fp8-gemm.ts";
 import { gatherRows, i32, paddedLayout, paddedLayoutOf } from "./padded-segments.ts";
 import { dequantizeCuda, quantizeCuda } from "./fp8.ts";
+import { gemmConfigFor } from "./gemm-tune.ts";
 import * as K from "./kernels/sources.ts";
 import * as Q from "./kernels/fp8-sources.ts";
 import type { CudaExecutor } from "./executor.ts";
 
-/** The row-scaled (Wgrad) kernel; the grouped one is defaultGemmConfig's choice for each launch's shape. */
+/** The row-scaled (Wgrad) kernel; the grouped one is gemmConfigFor's choice for each launch's shape (tuned, else the default). */
 const ROW_SCALED = defaultRowScaledConfig();
 // the f32 fallback Wgrad: A (the dequantized activations) stored [tokens][KK], so transposed
 const F32_TRANS_A = { dtype: "f32", outDtype: "f32", transA: true, accumulate: false } as const;
@@ -87,7 +88,7 @@ export function scaledSegmentDotCuda(ex: CudaExecutor, plan: Plan, ins: OpInstr,
     const SAr = gatherRows(ex, SX, bt * R, KB, "f32", rowMap, M);
     const SA = ex.reorder(SAr, ["m", "kb"], ["kb", "m"]);
     const D = empty(ex.mem, "bf16", [M, N]);
-    g.prepare(defaultGemmConfig(true, { M, N }, g.gridSms()), { M, N, K: KK, experts: gW }, { a: A.ptr, b: W.ptr, sa: SA.ptr, sb: SW.ptr, d: D.ptr, blockExpert: blockExpert.ptr })();
+    g.prepare(gemmConfigFor(g, { M, N, K: KK, experts: gW }, true), { M, N, K: KK, experts: gW }, { a: A.ptr, b: W.ptr, sa: SA.ptr, sb: SW.ptr, d: D.ptr, blockExpert: blockExpert.ptr })();
     // back to the rank's rows: padding dropped, rows outside every segment 0
     const outIdx = i32(ex, lay.outMap);
     Y = gatherRows(ex, D, M, N, "bf16", outIdx, bt * Rout);

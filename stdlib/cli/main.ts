@@ -1,4 +1,4 @@
-// The `shardts` command line: run, check, help.
+// The `shardts` command line: run, check, launch, tune-gemm, help.
 import { readFileSync } from "node:fs";
 import { ShardtsError, UsageError } from "../../compiler/errors.ts";
 import { parseArgs } from "./args.ts";
@@ -15,6 +15,7 @@ commands
   run FILE.ts     compile and run a model on a (simulated) device mesh; see shardts run --help
   check [FILES]   type-check model files and print sharding mistakes; see shardts check --help
   launch          start one process per rank (torchrun's environment contract); see shardts launch --help
+  tune-gemm       time the FP8 GEMM kernels for given shapes on this GPU and cache the fastest; see shardts tune-gemm --help
 
 options
   --help          this text
@@ -109,6 +110,10 @@ export async function main(argv: string[], log: (s: string) => void = console.lo
       const res = await check(a.positionals, { project: a.flags.project as string | undefined });
       log(res.output);
       return res.errorCount > 0 ? 1 : 0;
+    }
+    if (cmd === "tune-gemm") {
+      const { tuneCommand } = await import("./tune-command.ts");
+      return tuneCommand(rest, log);
     }
     throw new UsageError(`unknown command '${cmd}'\n\n${HELP}`);
   } catch (e) {

@@ -2,6 +2,7 @@
 // the single-device run; bad input gives a usage error and exit code 2.
 import { describe, expect, it } from "vitest";
 import { main } from "../../stdlib/cli/main.ts";
+import { cudaAvailable } from "../../runtime/cuda/native.ts";
 
 async function cli(...argv: string[]) {
   const out: string[] = [], err: string[] = [];
@@ -75,5 +76,31 @@ describe("shardts check", () => {
     const r = await cli("check", "examples/moe-layer.ts", "examples/tp-mlp.ts");
     expect(r.code).toBe(0);
     expect(r.out).toMatch(/2 files, 0 errors/);
+  });
+});
+
+describe("shardts tune-gemm", () => {
+  it("prints help, and refuses malformed or unfit shapes and bad options with a usage error (exit 2)", async () => {
+    expect((await cli("tune-gemm", "--help")).out).toMatch(/usage: shardts tune-gemm MxNxK/);
+    expect((await cli("--help")).out).toMatch(/tune-gemm/);
+    const refused: [string[], RegExp][] = [
+      [[], /needs at least one problem shape/],
+      [["4096x7168"], /a problem is MxNxK/],
+      [["4096x7168x2048", "--experts", "0"], /--experts takes a positive integer/],
+      [["300x7168x2048", "--experts", "8"], /multiple of 128; got 300/],
+      [["4096x7168x2040"], /does not fit the generated FP8 GEMM kernels/],
+      [["4096x7168x2048", "--warm"], /unknown option --warm/],
+    ];
+    for (const [args, why] of refused) {
+      const r = await cli("tune-gemm", ...args);
+      expect(r.code, args.join(" ")).toBe(2);
+      expect(r.err).toMatch(why);
+    }
+  });
+
+  it.skipIf(cudaAvailable().ok)("says there is no GPU to time on", async () => {
+    const r = await cli("tune-gemm", "4096x7168x2048");
+    expect(r.code).toBe(2);
+    expect(r.err).toMatch(/tune-gemm times kernels on a GPU, and there is no usable one/);
   });
 });

@@ -1,22 +1,28 @@
 // The FP8 GEMM autotuner (runtime/cuda/gemm-tune.ts) on a simulated device: it times every
-// candidate, picks the fastest that works, records failures, caches the choice per device, problem
-// and emitter source, and answers from the cache the second time.
+// candidate, re-times the finalists in turns, picks the fastest that works, records failures, caches
+// the choice per device, problem and emitter source, answers from the cache the second time, and the
+// executor's lookup (tunedGemmConfig, gemmConfigFor) launches the cached choice.
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { configName, gemmCandidates, type Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
-import { tuneCacheFile, tuneFp8Gemm, tuneKey } from "../../runtime/cuda/gemm-tune.ts";
+import { writeFileSync } from "node:fs";
+import { configName, defaultGemmConfig, gemmCandidates, type Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { gemmConfigFor, tuneCacheFile, tuneFp8Gemm, tuneKey, tunedGemmConfig } from "../../runtime/cuda/gemm-tune.ts";
 import type { Fp8Gemm, Fp8GemmBuffers } from "../../runtime/cuda/fp8-gemm.ts";
 
-/** A device whose kernels take `cost(config)` ms each; events read a simulated clock. */
-function fakeDevice(name: string, cost: (c: Fp8GemmConfig) => number) {
-  let clock = 0, nextEvent = 1n;
+/**
+ * A device whose kernels take `cost(config)` ms each, times 1 + `drift` per launch made before (a GPU
+ * that slows as it heats); events read a simulated clock.
+ */
+function fakeDevice(name: string, cost: (c: Fp8GemmConfig) => number, drift = 0) {
+  let clock = 0, nextEvent = 1n, launches = 0;
   const at = new Map<bigint, number>();
   const prepared: string[] = [];
   const g = {
     device: { name },
     stream: 0n,
+    gridSms: () => 132,
     addon: {
       eventCreate: () => nextEvent++,
       eventRecord: (e: bigint) => void at.set(e, clock),
@@ -28,7 +34,7 @@ function fakeDevice(name: string, cost: (c: Fp8GemmConfig) => number) {
       prepared.push(configName(c));
       const ms = cost(c);
       if (!Number.isFinite(ms)) throw new Error(`CUDA_ERROR_ILLEGAL_ADDRESS in ${configName(c)}`);
-      return () => void (clock += ms);
+      return () => void (clock += ms * (1 + drift * launches++));
     },
   };
   return { g: g as unknown as Fp8Gemm, prepared };
@@ -71,6 +77,43 @@ describe("FP8 GEMM autotuner", () => {
     expect(tuneKey("A", { ...shape, experts: 64 }, true)).toMatch(/^A\|grouped 4096x7168x2048 E64\|[0-9a-f]{16}$/);
     const { g } = fakeDevice("Other GPU", () => 0.3);
     expect(tuneFp8Gemm(g, shape, [bufs]).fromCache).toBe(false);
+  });
+
+  it("re-times the finalists in turns, so a GPU slowing over the pass does not pick an early candidate", () => {
+    // the true best is the last candidate (3% ahead of the first); each launch makes the next 0.005% slower,
+    // so one pass in order (~830 launches between them) sees the first ahead
+    const best = "sh_fp8_gemm_dense_m128n256_s3_p_ts_ch_g16_sbs_sm", early = "sh_fp8_gemm_dense_m64n128_s4";
+    expect(configName(gemmCandidates(false).at(-1)!)).toBe(best);
+    expect(configName(gemmCandidates(false)[0]!)).toBe(early);
+    const cost = (c: Fp8GemmConfig) => (configName(c) === best ? 0.1 : configName(c) === early ? 0.103 : 0.2);
+    const onePass = tuneFp8Gemm(fakeDevice("Warming GPU", cost, 5e-5).g, shape, [bufs], { force: true, rounds: 0 });
+    expect(onePass.best.name).toBe(early); // the drift wins without the turns: the test can fail
+    const lines: string[] = [];
+    const tuned = tuneFp8Gemm(fakeDevice("Warming GPU", cost, 5e-5).g, shape, [bufs], { force: true, log: (l) => lines.push(l) });
+    expect(tuned.best.name).toBe(best);
+    expect(tuned.best.rounds).toHaveLength(4);
+    expect(tuned.entries.filter((e) => e.rounds).map((e) => e.name).sort()).toEqual([best, early].sort()); // the finalists: within 10%
+    expect(lines.filter((l) => l.startsWith("  round "))).toHaveLength(4);
+    expect(lines[0]).toMatch(/^ {2}\[1\/\d+\] sh_fp8_gemm_dense_m64n128_s4: 0\.10\d+ ms$/);
+  });
+
+  it("the executor launches the cached choice for that problem on that device, and the default elsewhere", () => {
+    const { g } = fakeDevice("Fake H200", (c) => (c.blockN === 128 && c.consumers === 2 && !c.multicast && !c.tmaStore && !c.overlap && c.persistent ? 0.1 : 0.3));
+    expect(tunedGemmConfig("Fake H200", shape, false)).toBeUndefined(); // no cache yet
+    expect(gemmConfigFor(g, shape, false)).toEqual(defaultGemmConfig(false, shape, 132));
+    const t = tuneFp8Gemm(g, shape, [bufs]);
+    expect(t.best.name).toBe("sh_fp8_gemm_dense_m128n128_s6_p");
+    expect(configName(gemmConfigFor(g, shape, false))).toBe(t.best.name);
+    expect(tunedGemmConfig("Other GPU", shape, false)).toBeUndefined();
+    expect(tunedGemmConfig("Fake H200", { ...shape, M: 8192 }, false)).toBeUndefined();
+    expect(gemmConfigFor(g, { ...shape, M: 8192 }, false)).toEqual(defaultGemmConfig(false, { ...shape, M: 8192 }, 132));
+    // an entry whose configuration no longer builds (edited by hand, or from another version) is passed over
+    const file = JSON.parse(readFileSync(tuneCacheFile(), "utf8"));
+    file[t.key].config = { ...file[t.key].config, blockN: 100 };
+    writeFileSync(tuneCacheFile(), JSON.stringify(file));
+    expect(tunedGemmConfig("Fake H200", shape, false)).toBeUndefined();
+    writeFileSync(tuneCacheFile(), "{ torn");
+    expect(gemmConfigFor(g, shape, false)).toEqual(defaultGemmConfig(false, shape, 132));
   });
 
   it("says so when every candidate fails", () => {
