@@ -26,6 +26,8 @@ import { roundArrayToBf16 } from "../../compiler/numeric/index.ts";
 import { relFrobenius } from "../../compiler/numeric/fp8-gemm.ts";
 import { dequantizeValues, quantizeValues } from "../../compiler/ops/quantize.ts";
 import { relError } from "./lib/compare.ts";
+import { tunedGemmConfig } from "../../runtime/cuda/gemm-tune.ts";
+import { configName } from "../../compiler/codegen/cuda/gemm/config.ts";
 
 const argv = process.argv;
 const outDir = argv.includes("--out") ? argv[argv.indexOf("--out") + 1]! : ".";
@@ -42,13 +44,14 @@ const lines: string[] = [];
 const say = (s: string) => (console.log(s), lines.push(s));
 const onCpu = argv.includes("--cpu");
 let run: (plan: ReturnType<typeof compile>) => { outputs: { data: ArrayLike<number> }[] };
-let device = "the CPU backend";
+let device = "the CPU backend", deviceName = "";
 if (onCpu) run = (plan) => runPlanCpu(plan) as never;
 else {
   try {
     const gpu = new CudaExecutor(native());
     run = (plan) => gpu.run(plan) as never;
-    device = `${gpu.addon.deviceProperties(0).name} (${gpu.arch})`;
+    deviceName = gpu.addon.deviceProperties(0).name;
+    device = `${deviceName} (${gpu.arch})`;
   } catch (e) {
     console.error(`fp8-linear: no usable GPU (${(e as Error).message}); --cpu runs the checks on the CPU backend`);
     process.exit(2);
@@ -126,6 +129,14 @@ for (const dims of onCpu ? SHAPES.slice(0, 1) : SHAPES) {
   if (!quantized) failures++;
   say(`graphs: FP8 ${[...q.ops].filter((o) => o === "quantize" || o === "scaled_dot" || o === "dot").join(", ")}; bf16 ${[...b.ops].filter((o) => o === "scaled_dot" || o === "dot").join(", ")}${quantized ? "" : "  FAIL: the FP8 graph is not all scaled_dot"}`);
   say(`first run (compiles included): FP8 ${(q.ms / 1000).toFixed(2)} s, bf16 ${(b.ms / 1000).toFixed(2)} s`);
+  if (!onCpu) {
+    // which kernel the executor launched for Fprop and Dgrad: the tune cache's choice (shardts tune-gemm) or the default
+    const choice = (M: number, N: number, K: number) => {
+      const t = tunedGemmConfig(deviceName, { M, N, K }, false);
+      return `${M}x${N}x${K} ${t ? `tuned: ${configName(t)}` : "default configuration (not in the tune cache)"}`;
+    };
+    say(`FP8 GEMMs: Fprop ${choice(T, F, D)}; Dgrad ${choice(T, D, F)}; Wgrad the row-scaled kernel`);
+  }
 
   // the recipe's operands on the CPU
   const xq = fp8(x, T, D, [false, true]); // 1×128 along model
