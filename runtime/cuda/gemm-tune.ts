@@ -1,5 +1,6 @@
 // The FP8 GEMM autotuner: for a problem (M, N, K, grouped?, experts) it times every candidate
-// configuration on the device, then times the finalists (within 10% of the fastest) again in turns,
+// configuration on the device, then times the finalists (within 10% of the fastest, and the executor's
+// default) again in turns,
 // keeps the fastest, and caches the choice in <cache dir>/fp8-gemm-tune.json (beside the NVRTC cubin
 // cache), keyed by device name, problem and a hash of the candidates' sources, so a changed emitter
 // re-tunes. A candidate that fails to compile or launch is recorded with its error and never chosen.
@@ -38,7 +39,7 @@ export interface TuneOptions {
   rounds?: number;
   /** Finalists: candidates within this fraction of the first pass's fastest (default 0.1), ... */
   within?: number;
-  /** ... at most this many (default 6). */
+  /** ... at most this many (default 6), and the executor's default configuration. */
   maxFinalists?: number;
   /** Progress lines (each candidate's first timing, each round). */
   log?: (line: string) => void;
@@ -174,7 +175,10 @@ export function tuneFp8Gemm(g: Fp8Gemm, s: Fp8GemmProblemShape, sets: Fp8GemmBuf
   const ok = entries.filter((e) => e.ms !== undefined).sort((x, y) => x.ms! - y.ms!);
   if (ok.length === 0) throw new Error(`FP8 GEMM autotune ${key}: every candidate failed:\n${entries.map((e) => `  ${e.name}: ${e.error}`).join("\n")}`);
   // the finalists in turns: forward, backward, ...; each keeps the median of its rounds
+  // the executor's default is always a finalist: the choice departs from it only on a like-for-like win
   const finalists = ok.filter((e) => e.ms! <= ok[0]!.ms! * (1 + (opts.within ?? 0.1))).slice(0, opts.maxFinalists ?? 6);
+  const fallback = ok.find((e) => e.name === configName(defaultGemmConfig(grouped, s, g.gridSms())));
+  if (fallback && !finalists.includes(fallback)) finalists.push(fallback);
   if (finalists.length > 1) {
     for (const e of finalists) e.rounds = [];
     for (let r = 0; r < (opts.rounds ?? 4); r++) {

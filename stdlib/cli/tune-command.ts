@@ -14,8 +14,8 @@ export const TUNE_HELP = `usage: shardts tune-gemm MxNxK [MxNxK ...] [--experts 
 
 Times every generated FP8 GEMM configuration for each problem (M×K e4m3 activations in 1x128 tiles
 against an N×K weight in 128x128 blocks, bf16 out) on this machine's Hopper GPU, on random operands
-copied often enough to keep L2 cold; re-times the finalists (within 10% of the fastest) in four
-rounds of alternating order; and caches the fastest in the tune cache (fp8-gemm-tune.json beside the
+copied often enough to keep L2 cold; re-times the finalists (within 10% of the fastest, and the
+default configuration) in four rounds of alternating order; and caches the fastest in the tune cache (fp8-gemm-tune.json beside the
 kernel cache, SHARDTS_CACHE_DIR). scaled_dot and the MoE experts' FP8 GEMMs launch the cached choice
 for that exact problem on that device, and their default configuration otherwise.
 
@@ -69,7 +69,7 @@ export function tuneCommand(argv: string[], log: (s: string) => void): number {
       const tflops = (ms: number) => ((2 * s.M * s.N * s.K) / (ms * 1e9)).toFixed(0);
       const def = configName(defaultGemmConfig(grouped, s, g.gridSms()));
       const defMs = t.entries.find((e) => e.name === def)?.ms;
-      log(`picked ${t.best.name}: ${t.best.ms!.toFixed(4)} ms, ${tflops(t.best.ms!)} TFLOP/s${defMs !== undefined ? `; the default ${def}: ${defMs.toFixed(4)} ms, ${tflops(defMs)} TFLOP/s` : ""}`);
+      log(`picked ${t.best.name}: ${t.best.ms!.toFixed(4)} ms, ${tflops(t.best.ms!)} TFLOP/s${defMs !== undefined ? `; the default ${def} in the same rounds: ${defMs.toFixed(4)} ms, ${tflops(defMs)} TFLOP/s` : ""} (medians of the rounds)`);
       const failed = t.entries.filter((e) => e.error);
       if (failed.length) log(`${failed.length} candidate(s) failed and were passed over: ${failed.map((e) => `${e.name} (${e.error})`).join("; ")}`);
     } finally {
