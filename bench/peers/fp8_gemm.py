@@ -8,7 +8,9 @@ Run by bench/gpu/fp8-gemm.ts with one JSON argument ({"reps", "dense": [{name, M
 or {case, impl, error}. bench/gpu/bf16-gemm.ts adds "kgrouped": [{name, rows, M, N}], the MoE weight
 gradient dW[e] = x_e^T dy_e in bf16, timed as torch._grouped_mm's 2-D x 2-D (jagged K) form. An unsupported variant prints its reason instead of crashing.
 Timing: CUDA events, median of `reps` after warm-up, input sets rotated (same values, other
-buffers) so L2 cannot serve repeats. The scaled_mm output is checked against a float32 matmul of
+buffers) so L2 cannot serve repeats. The single calls (scaled_mm, matmul, _grouped_mm) are queued
+ahead behind a spin kernel, so each event pair times the kernel and not Python's launch of it (as
+shardts' kernels are timed); the per-expert loops are timed call by call, their launches included. The scaled_mm output is checked against a float32 matmul of
 the dequantized operands before it is timed, so a misread scale layout cannot pass as fast.
 """
 import json
@@ -158,11 +160,11 @@ def dense(c, reps):
     if picked is not None:
         label, fn, rel = picked
         sets = [(qa, sa, qb, sb)] + [(qa.clone(), sa, qb.clone(), sb) for _ in range(n_sets(M * K + N * K) - 1)]
-        ms = median_ms(fn, sets, reps)
+        ms = median_ms(fn, sets, reps, queue_ahead=True)
         emit(case=name, impl=f"torch scaled_mm fp8 blockwise [{label}; rel err vs f32 {rel:.1e}]", ms=ms, tflops=flops / ms / 1e9)
     try:
         sets = [(x, w)] + [(x.clone(), w.clone()) for _ in range(n_sets(2 * (M * K + N * K)) - 1)]
-        ms = median_ms(lambda a, b: torch.matmul(a, b.t()), sets, reps)
+        ms = median_ms(lambda a, b: torch.matmul(a, b.t()), sets, reps, queue_ahead=True)
         emit(case=name, impl="torch bf16 matmul", ms=ms, tflops=flops / ms / 1e9)
     except Exception as e:  # noqa: BLE001
         emit(case=name, impl="torch bf16 matmul", error=f"{type(e).__name__}: {e}")
@@ -179,7 +181,7 @@ def grouped(c, reps):
     try:
         fn = lambda a, b, o: torch._grouped_mm(a, b.transpose(-2, -1), offs=o, out_dtype=torch.bfloat16)  # noqa: E731
         sets = [(x, w, ends)] + [(x.clone(), w.clone(), ends) for _ in range(n_sets(2 * (total * K + E * N * K)) - 1)]
-        ms = median_ms(fn, sets, reps)
+        ms = median_ms(fn, sets, reps, queue_ahead=True)
         emit(case=name, impl="torch._grouped_mm bf16", ms=ms, tflops=flops / ms / 1e9)
     except Exception as e:  # noqa: BLE001
         emit(case=name, impl="torch._grouped_mm bf16", error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
@@ -210,7 +212,7 @@ def grouped(c, reps):
             fn1(a_, s_, qw_[e], sw_[e])
 
     sets = [(qw, sw)] + [(tuple(q.clone() for q in qw), sw) for _ in range(n_sets(E * N * K) - 1)]
-    ms = median_ms(loop, sets, reps)
+    ms = median_ms(loop, sets, reps)  # an eager loop: its launches are its cost, timed synchronized
     emit(case=name, impl=f"per-expert scaled_mm loop fp8 [{label}; rows padded to 128]", ms=ms, tflops=flops / ms / 1e9)
 
 
@@ -278,7 +280,7 @@ def kgrouped(c, reps):
                 continue
             a, b, o = args
             sets = [args] + [(a.clone(), b.clone(), o) for _ in range(n_sets(2 * (a.numel() + b.numel())) - 1)]
-            ms = median_ms(fn, sets, reps)
+            ms = median_ms(fn, sets, reps, queue_ahead=True)
             emit(case=name, impl=label + note, ms=ms, tflops=flops / ms / 1e9)
             ran = True
         except Exception as e:  # noqa: BLE001 - report the reason, try the next form
@@ -305,7 +307,7 @@ def kgrouped(c, reps):
         emit(case=name, impl=label, error=f"wrong result: {why}")
         return
     sets = [(x, dy)] + [(x.clone(), dy.clone()) for _ in range(n_sets(2 * (x.numel() + dy.numel())) - 1)]
-    ms = median_ms(loop, sets, reps)
+    ms = median_ms(loop, sets, reps)  # an eager loop: its launches are its cost, timed synchronized
     emit(case=name, impl=label, ms=ms, tflops=flops / ms / 1e9)
 
 

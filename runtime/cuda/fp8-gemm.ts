@@ -93,6 +93,20 @@ export class Fp8Gemm {
     return this.arch === "sm_90a";
   }
 
+  /**
+   * Holds the stream for `cycles` SM clocks (one thread spinning on clock64): a timing loop launches it
+   * first, so the host enqueues every timed launch while the GPU waits, and the GPU then runs them back
+   * to back; each pair of events then times a kernel, not the host's launch between two of them.
+   */
+  spin(cycles: number): void {
+    if (!this.spinFn) {
+      const src = `extern "C" __global__ void sh_spin(long long cycles) {\n  const long long t0 = clock64();\n  while (clock64() - t0 < cycles) {}\n}\n`;
+      this.spinFn = this.addon.moduleGetFunction(this.addon.moduleLoadData(compileCuda(this.addon, "sh_spin", src, this.arch).cubin), "sh_spin");
+    }
+    this.addon.launchKernel(this.spinFn, [1, 1, 1], [1, 1, 1], 0, this.stream, packArgs(["i64", cycles]));
+  }
+  private spinFn?: KernelFunction;
+
   /** SMs a persistent GEMM's grid spreads over: the device's, less those left to communication. */
   gridSms(): number {
     return gemmSms(this.device.smCount, process.env.SHARDTS_GEMM_RESERVED_SMS, this.reservedSms);

@@ -16,13 +16,14 @@ import type { Fp8Gemm, Fp8GemmBuffers } from "../../runtime/cuda/fp8-gemm.ts";
  * that slows as it heats); events read a simulated clock.
  */
 function fakeDevice(name: string, cost: (c: Fp8GemmConfig) => number, drift = 0) {
-  let clock = 0, nextEvent = 1n, launches = 0;
+  let clock = 0, nextEvent = 1n, launches = 0, spins = 0;
   const at = new Map<bigint, number>();
   const prepared: string[] = [];
   const g = {
     device: { name },
     stream: 0n,
     gridSms: () => 132,
+    spin: () => void spins++,
     addon: {
       eventCreate: () => nextEvent++,
       eventRecord: (e: bigint) => void at.set(e, clock),
@@ -37,7 +38,7 @@ function fakeDevice(name: string, cost: (c: Fp8GemmConfig) => number, drift = 0)
       return () => void (clock += ms * (1 + drift * launches++));
     },
   };
-  return { g: g as unknown as Fp8Gemm, prepared };
+  return { g: g as unknown as Fp8Gemm, prepared, spins: () => spins };
 }
 
 const bufs: Fp8GemmBuffers = { a: 1n, b: 2n, sa: 3n, sb: 4n, d: 5n };
@@ -55,8 +56,11 @@ afterEach(() => {
 describe("FP8 GEMM autotuner", () => {
   it("picks the fastest working candidate, records failures, and caches the choice", () => {
     const cost = (c: Fp8GemmConfig) => (c.blockN === 160 ? Infinity : c.blockN === 192 && c.consumers === 2 && !c.multicast && !c.tmaStore ? 0.1 : c.blockN === 128 ? 0.2 : 0.5);
-    const { g, prepared } = fakeDevice("Fake H200", cost);
+    const { g, prepared, spins } = fakeDevice("Fake H200", cost);
     const first = tuneFp8Gemm(g, shape, [bufs, bufs]);
+    // every timing is queued behind a spin kernel (the host's launches are not timed): one per timed candidate and round
+    const timed = first.entries.filter((e) => e.ms !== undefined);
+    expect(spins()).toBe(timed.length + timed.reduce((n, e) => n + (e.rounds?.length ?? 0), 0));
     expect(first.fromCache).toBe(false);
     expect(first.best.name).toBe("sh_fp8_gemm_dense_m128n192_s5_p");
     expect(first.best.ms).toBeCloseTo(0.1);
