@@ -39,7 +39,7 @@ say(`FFMA yield edit against ${cuobjdump}, ${kernels.length} kernels for ${arch}
 for (const c of kernels) {
   const k = emitFp8Gemm(c);
   const cubin = compileCuda(a, k.name, k.source, arch).cubin;
-  const p = interleaveFfmaYield(cubin, k.name);
+  const p = interleaveFfmaYield(cubin, k.name, c.ffmaYield);
   const before = join(dir, `${k.name}.cubin`), after = join(dir, `${k.name}.yield.cubin`);
   writeFileSync(before, cubin);
   writeFileSync(after, p.cubin);
@@ -55,8 +55,11 @@ for (const c of kernels) {
     const now = l1.get(off);
     // operands: "FFMA R1", "R2", "R3.reuse", "R1 ;": operand B is the third
     const ops = ins.split(", ");
-    const want = changed.has(off) ? [...ops.slice(0, 2), ops[2]!.replace(".reuse", ""), ...ops.slice(3)].join(", ") : ins;
-    if (changed.has(off) && !ops[2]?.includes(".reuse")) problems.push(`${off.toString(16)}: changed, but operand B had no .reuse: "${ins}"`);
+    // "deepgemm" drops B's reuse (shown as ".reuse"); "none" changes only the yield flag, which the listing does not show
+    const drop = changed.has(off) && c.ffmaYield === "deepgemm";
+    const want = drop ? [...ops.slice(0, 2), ops[2]!.replace(".reuse", ""), ...ops.slice(3)].join(", ") : ins;
+    if (drop && !ops[2]?.includes(".reuse")) problems.push(`${off.toString(16)}: changed, but operand B had no .reuse: "${ins}"`);
+    if (changed.has(off) && !theirs) problems.push(`${off.toString(16)}: changed, but not an FFMA R,R,R,R: "${ins}"`);
     if (now !== want) problems.push(`${off.toString(16)}: after the edit "${now}", expected "${want}"`);
   }
   if (l1.size !== l0.size) problems.push(`${l0.size} instructions before, ${l1.size} after`);

@@ -124,7 +124,7 @@ export class Fp8Gemm {
       if (!this.supported) throw new CompileError(`FP8 GEMM kernel ${k.name} needs a Hopper GPU (sm_90a); this is ${this.device.name} (${this.arch}): use the cuBLASLt fallback`);
       const compiled = compileCuda(this.addon, k.name, k.source, this.arch);
       // ffmaYield: the promotion's FFMAs edited to yield in the loaded image (the cached cubin stays as compiled)
-      const cubin = c.ffmaYield ? interleaveFfmaYield(compiled.cubin, k.name).cubin : compiled.cubin;
+      const cubin = c.ffmaYield ? interleaveFfmaYield(compiled.cubin, k.name, c.ffmaYield).cubin : compiled.cubin;
       const fn = this.addon.moduleGetFunction(this.addon.moduleLoadData(cubin), k.name);
       this.addon.funcSetMaxDynamicSharedMemory(fn, k.smemBytes);
       // the device's parameter offsets, read once per kernel (packArgsAt places the tensor maps by them)

@@ -48,8 +48,12 @@ export interface YieldPatch {
   at: number[];
 }
 
-/** A copy of `cubin` with kernel `kernel`'s FFMA runs interleaved with yields (the input is not modified). */
-export function interleaveFfmaYield(cubin: Uint8Array, kernel: string): YieldPatch {
+/**
+ * A copy of `cubin` with kernel `kernel`'s FFMA runs edited (the input is not modified): "deepgemm",
+ * the first 9/16 of each run yield (above); "none", no FFMA of a run yields (bit 45 set on every one,
+ * reuse flags kept), so a promotion is issued whole before the scheduler switches warps.
+ */
+export function interleaveFfmaYield(cubin: Uint8Array, kernel: string, mode: "deepgemm" | "none" = "deepgemm"): YieldPatch {
   const text = textSection(cubin, kernel);
   if (!text) throw new Error(`interleaveFfmaYield: no section .text.${kernel} in the cubin`);
   const out = new Uint8Array(cubin);
@@ -67,7 +71,16 @@ export function interleaveFfmaYield(cubin: Uint8Array, kernel: string): YieldPat
     let j = i;
     while (j < n && isFfma(lo(j))) j++;
     ffma += j - i;
-    if (j - i >= MIN_RUN) {
+    if (j - i >= MIN_RUN && mode === "none") {
+      runs++;
+      for (let k = i; k < j; k++) {
+        const hi = v.getBigUint64(hiAt(k), true);
+        if ((hi & YIELD) === 0n) {
+          v.setBigUint64(hiAt(k), hi | YIELD, true);
+          at.push(k * 16);
+        }
+      }
+    } else if (j - i >= MIN_RUN) {
       runs++;
       // the first 9/16 of the run; an instruction whose B stays in the reuse cache yields instead where
       // its destination is new in the run, or repeats the last one's while that kept its reuse

@@ -1,7 +1,7 @@
 // The FFMA yield edit (runtime/cuda/sass-yield.ts) on a real cubin: the default chunked FP8 GEMM
 // compiled by the machine's nvcc. It finds the kernel's text, counts the promotion's FFMAs (two
 // 128-column chunks of 64), and changes nothing but the yield and operand-B reuse bits of FFMAs in the
-// first 9/16 of each run, both cleared. Whether its opcode test names exactly the instructions
+// first 9/16 of each run, both cleared ("deepgemm"), or only the yield bit, set on every FFMA of a run ("none"). Whether its opcode test names exactly the instructions
 // cuobjdump calls FFMA is checked where cuobjdump is, on the GPU machine (bench/gpu/sass-yield.ts).
 // Skipped, saying so, without nvcc.
 import { describe, expect, it } from "vitest";
@@ -52,6 +52,18 @@ describe.skipIf(!NVCC)("FFMA yield edit of a compiled FP8 GEMM", () => {
     }
     // nothing outside the kernel's text moves
     for (let i = 0; i < cubin.length; i++) if (i < text.offset || i >= text.offset + text.size) if (cubin[i] !== p.cubin[i]) throw new Error(`byte ${i} outside the text changed`);
+ 
+    // "none": every FFMA of a run keeps the warp (bit 45 set), nothing else changes
+    const q = interleaveFfmaYield(cubin, k.name, "none");
+    expect(q.changed).toBeGreaterThan(32); // ptxas lets every other one yield
+    const qAt = new Set(q.at);
+    for (let off = 0; off < text.size; off += 16) {
+      const hi0 = word(cubin, text.offset + off + 8), hi1 = word(q.cubin, text.offset + off + 8);
+      expect(word(q.cubin, text.offset + off)).toBe(word(cubin, text.offset + off));
+      if (qAt.has(off)) expect(hi1 ^ hi0).toBe(1n << 45n);
+      else expect(hi1).toBe(hi0);
+      if (isFfma(word(cubin, text.offset + off)) && qAt.has(off)) expect(hi1 & (1n << 45n)).toBe(1n << 45n);
+    }
   });
 
   it("refuses a cubin without the kernel", () => {

@@ -167,9 +167,11 @@ export interface Fp8GemmConfig {
    * The compiled kernel's promotion FFMAs edited to yield (absent = as ptxas scheduled them; e4m3 only):
    * in each run of FFMAs, the first 9/16 of those keeping operand B in the reuse cache drop the reuse and
    * yield, so the scheduler can issue the other consumer's wgmmas between them (DeepGEMM's cubin edit,
-   * runtime/cuda/sass-yield.ts). The CUDA source is that of the same configuration without it. Suffix _fy.
+   * runtime/cuda/sass-yield.ts): "deepgemm", suffix _fy. Or "none": no FFMA of a run yields (ptxas 13
+   * makes every other one yield), suffix _fn. The CUDA source is that of the same configuration without
+   * it. Measured on an H200 (bench/results/2026-11-23-fp8-gemm-h200-ffma-yield.txt): _fy 1-3% slower.
    */
-  ffmaYield?: boolean;
+  ffmaYield?: "deepgemm" | "none";
 }
 
 export const SMEM_LIMIT = 232448; // 227 KiB: the opt-in maximum per block on H100 / H200
@@ -210,7 +212,7 @@ export const smemBytes = (c: Fp8GemmConfig): number => SMEM_ALIGN_SLACK + c.stag
 export const spansScaleBlocks = (c: Fp8GemmConfig): boolean => !isBf16(c) && !c.chunked && FP8_BLOCK % c.blockN !== 0;
 
 export function configName(c: Fp8GemmConfig): string {
-  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.aRegs ? "_ra" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}${c.stagedBScales ? "_sbs" : ""}${c.stmatrix ? "_sm" : ""}${c.ffmaYield ? "_fy" : ""}${c.trace ? "_tr" : ""}`;
+  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.aRegs ? "_ra" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}${c.stagedBScales ? "_sbs" : ""}${c.stmatrix ? "_sm" : ""}${c.ffmaYield === "deepgemm" ? "_fy" : c.ffmaYield === "none" ? "_fn" : ""}${c.trace ? "_tr" : ""}`;
 }
 
 /** Why a configuration cannot be emitted, or undefined. */
@@ -355,9 +357,9 @@ const CHUNKED_VARIANTS: Partial<Fp8GemmConfig>[] = [
  * multicast over 2-CTA clusters (dense only), with and without stmatrix. Measured 1-3% slower than
  * _sbs_sm (bench/results/2026-11-23-fp8-gemm-h200-multicast-sbs.txt); kept so the bench keeps checking
  * the scale thread under multicast, which no tuned kernel exercises. And the promotion FFMAs edited to
- * yield (ffmaYield), on _sbs_sm and on _sm: not yet measured.
+ * yield more (ffmaYield "deepgemm": 1-3% slower) or not at all ("none"), on _sbs_sm and on _sm.
  */
-const EXPERIMENTAL_CHUNKED_VARIANTS: Partial<Fp8GemmConfig>[] = [{ multicast: true }, { multicast: true, stmatrix: false }, { ffmaYield: true }, { ffmaYield: true, stagedBScales: false }];
+const EXPERIMENTAL_CHUNKED_VARIANTS: Partial<Fp8GemmConfig>[] = [{ multicast: true }, { multicast: true, stmatrix: false }, { ffmaYield: "deepgemm" }, { ffmaYield: "deepgemm", stagedBScales: false }, { ffmaYield: "none" }, { ffmaYield: "none", stagedBScales: false }];
 
 /**
  * The configurations the autotuner times, the first being the plain one (one consumer, 64×128,
