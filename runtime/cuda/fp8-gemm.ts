@@ -20,7 +20,6 @@ import { bBoxRows, blockM, configName, geometryOf, isBf16, kBlock, kGroupedProbl
 import { FP8_BLOCK, GROUPED_M_ALIGN } from "../../compiler/numeric/fp8-gemm.ts";
 import { CompileError } from "../../compiler/errors.ts";
 import { archFor, compileCuda } from "./compile.ts";
-import { interleaveFfmaYield } from "./sass-yield.ts";
 import { packArgs, packArgsAt, type KernelArg } from "./kernel-args.ts";
 import type { DevicePtr, DeviceProperties, KernelFunction, NativeAddon, Stream } from "./native-types.ts";
 
@@ -123,9 +122,7 @@ export class Fp8Gemm {
       const k = emitFp8Gemm(c);
       if (!this.supported) throw new CompileError(`FP8 GEMM kernel ${k.name} needs a Hopper GPU (sm_90a); this is ${this.device.name} (${this.arch}): use the cuBLASLt fallback`);
       const compiled = compileCuda(this.addon, k.name, k.source, this.arch);
-      // ffmaYield: the promotion's FFMAs edited to yield in the loaded image (the cached cubin stays as compiled)
-      const cubin = c.ffmaYield ? interleaveFfmaYield(compiled.cubin, k.name, c.ffmaYield).cubin : compiled.cubin;
-      const fn = this.addon.moduleGetFunction(this.addon.moduleLoadData(cubin), k.name);
+      const fn = this.addon.moduleGetFunction(this.addon.moduleLoadData(compiled.cubin), k.name);
       this.addon.funcSetMaxDynamicSharedMemory(fn, k.smemBytes);
       // the device's parameter offsets, read once per kernel (packArgsAt places the tensor maps by them)
       got = { fn, kernel: k, compileMs: compiled.ms, cached: compiled.cached, layout: this.addon.funcGetParamLayout(fn) };

@@ -163,15 +163,6 @@ export interface Fp8GemmConfig {
    * which the 64 KiB of writes need 512 at 128 B/clk. Suffix _sm.
    */
   stmatrix?: boolean;
-  /**
-   * The compiled kernel's promotion FFMAs edited to yield (absent = as ptxas scheduled them; e4m3 only):
-   * in each run of FFMAs, the first 9/16 of those keeping operand B in the reuse cache drop the reuse and
-   * yield, so the scheduler can issue the other consumer's wgmmas between them (DeepGEMM's cubin edit,
-   * runtime/cuda/sass-yield.ts): "deepgemm", suffix _fy. Or "none": no FFMA of a run yields (ptxas 13
-   * makes every other one yield), suffix _fn. The CUDA source is that of the same configuration without
-   * it. Measured on an H200 (bench/results/2026-11-23-fp8-gemm-h200-ffma-yield.txt): _fy 1-3% slower.
-   */
-  ffmaYield?: "deepgemm" | "none";
 }
 
 export const SMEM_LIMIT = 232448; // 227 KiB: the opt-in maximum per block on H100 / H200
@@ -212,7 +203,7 @@ export const smemBytes = (c: Fp8GemmConfig): number => SMEM_ALIGN_SLACK + c.stag
 export const spansScaleBlocks = (c: Fp8GemmConfig): boolean => !isBf16(c) && !c.chunked && FP8_BLOCK % c.blockN !== 0;
 
 export function configName(c: Fp8GemmConfig): string {
-  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.aRegs ? "_ra" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}${c.stagedBScales ? "_sbs" : ""}${c.stmatrix ? "_sm" : ""}${c.ffmaYield === "deepgemm" ? "_fy" : c.ffmaYield === "none" ? "_fn" : ""}${c.trace ? "_tr" : ""}`;
+  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.aRegs ? "_ra" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}${c.stagedBScales ? "_sbs" : ""}${c.stmatrix ? "_sm" : ""}${c.trace ? "_tr" : ""}`;
 }
 
 /** Why a configuration cannot be emitted, or undefined. */
@@ -252,7 +243,6 @@ export function configProblem(c: Fp8GemmConfig): string | undefined {
   if (c.orderedChunks && !(c.chunked && c.consumers === 2)) return "orderedChunks alternates the two consumers' chunks: it needs chunked and two consumers";
   if (c.stagedBScales && !c.chunked) return "stagedBScales puts a chunked tile's two B scales in each stage: it needs chunked";
   if (c.stmatrix && !c.tmaStore) return "stmatrix writes the TMA-store epilogue's staging: it needs tmaStore";
-  if (c.ffmaYield && isBf16(c)) return "ffmaYield edits the FP8 promotion's FFMAs; a bf16 kernel has none: set ffmaYield off";
   if (c.trace && !(c.chunked && !c.deferStore && !c.multicast)) return "trace stamps the chunked kernel's tile boundaries: it needs chunked, without deferStore or multicast";
   if (c.chunked) return chunkedProblem(c);
   if (c.overlap) return overlapProblem(c);
@@ -356,10 +346,9 @@ const CHUNKED_VARIANTS: Partial<Fp8GemmConfig>[] = [
  * time, each on top of { tmaStore, groupM 16, stagedBScales, stmatrix } (the fastest on K = 2048): B
  * multicast over 2-CTA clusters (dense only), with and without stmatrix. Measured 1-3% slower than
  * _sbs_sm (bench/results/2026-11-23-fp8-gemm-h200-multicast-sbs.txt); kept so the bench keeps checking
- * the scale thread under multicast, which no tuned kernel exercises. And the promotion FFMAs edited to
- * yield more (ffmaYield "deepgemm": 1-3% slower) or not at all ("none"), on _sbs_sm and on _sm.
+ * the scale thread under multicast, which no tuned kernel exercises.
  */
-const EXPERIMENTAL_CHUNKED_VARIANTS: Partial<Fp8GemmConfig>[] = [{ multicast: true }, { multicast: true, stmatrix: false }, { ffmaYield: "deepgemm" }, { ffmaYield: "deepgemm", stagedBScales: false }, { ffmaYield: "none" }, { ffmaYield: "none", stagedBScales: false }];
+const EXPERIMENTAL_CHUNKED_VARIANTS: Partial<Fp8GemmConfig>[] = [{ multicast: true }, { multicast: true, stmatrix: false }];
 
 /**
  * The configurations the autotuner times, the first being the plain one (one consumer, 64×128,
