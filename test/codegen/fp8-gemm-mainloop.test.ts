@@ -75,7 +75,7 @@ static void sh_mbar_arrive_cta(sh_u32 bar, int rank) { if (rank == 0) sh_mbar_ar
 // A's scales as the TMA leaves them in a stage: only readable while the stage is held
 static const sh_u32 sas = 1u << 28, SA_BYTES = 512;
 // B's scales in the stage: row scales (bRows kernels), or a chunked tile's two block scales (stagedBScales)
-static const sh_u32 sbs = 1u << 29, SB_BYTES = 512;
+static const sh_u32 sbs = 1u << 29, SB_BYTES = 1024;
 static float sh_lds_f32(sh_u32 a) {
   if (a >= sbs) {  // stagedBScales: 1 for chunk 0 at +0, 3 for chunk 1 at +4, as the scale thread stores them
     const int s = (int)((a - sbs) / SB_BYTES), off = (int)((a - sbs) % SB_BYTES);
@@ -90,12 +90,13 @@ static float sh_lds_f32(sh_u32 a) {
   if (row != 0 && row != 8) FAIL("scale read for row %d, the thread's rows are 0 and 8", row);
   return (float)(stageBlock[s] + 1);
 }
-// B's row scales (bRows kernels): readable only while the stage is held; 1 everywhere
+// B's row scales (bRows kernels): readable only while the stage is held; 1, and 3 for a chunked tile's
+// columns 128..255 (so that a chunk promoted with the other chunk's columns shows, as with block scales)
 static void sh_lds_f32x2(sh_u32 a, float& x, float& y) {
-  const int s = (int)((a - sbs) / SB_BYTES);
+  const int s = (int)((a - sbs) / SB_BYTES), col = (int)((a - sbs) % SB_BYTES) / 4;
   if (s < 0 || s >= S) FAIL("B scale read from stage %d", s);
   if (!stageHeld[s]) FAIL("B scale read from stage %d, which is not held (released or not yet waited for)", s);
-  x = y = 1.f;
+  x = y = CH && col >= 128 ? 3.f : 1.f;
 }
 static sh_u64 sh_wgmma_desc(sh_u32 a) { return a; }
 // the deferred store (chunked deferStore): the previous tile's acc is staged under this tile's first
@@ -292,10 +293,11 @@ describe.skipIf(!GXX)("FP8 GEMM consumer K loop on a CPU model of wgmma / mbarri
     { consumers: 2, blockN: 256, stages: 3, persistent: true, grouped: false, chunked: true, tmaStore: true, stagedBScales: true, deferStore: true },
     { consumers: 2, blockN: 256, stages: 3, persistent: true, grouped: false, chunked: true, tmaStore: true, stagedBScales: true, globalScales: true },
     { consumers: 2, blockN: 256, stages: 3, persistent: true, grouped: false, chunked: true, tmaStore: true, stagedBScales: true, multicast: true },
+    { consumers: 2, blockN: 256, stages: 3, persistent: true, grouped: false, chunked: true, tmaStore: true, bRows: true },
   ];
   for (const c of chunked)
-    it(`chunked loop, blockN 256${c.globalScales ? " (A scales from global memory)" : ""}${c.deferStore ? " (the previous tile's store under the first block)" : ""}${c.multicast ? " (multicast)" : ""}${c.orderedChunks ? " (chunks in turns)" : ""}${c.aRegs ? " (A from registers)" : ""}${c.stagedBScales ? " (B's scales from the stage)" : ""}: protocol checks hold, each chunk promoted with its own scale into its half of acc`, () => {
-      expect(modelOutput(c, chunkedLoop(c), `loop_chunked${c.globalScales ? "_gs" : ""}${c.deferStore ? "_ds" : ""}${c.multicast ? "_mc" : ""}${c.orderedChunks ? "_oc" : ""}${c.aRegs ? "_ra" : ""}${c.stagedBScales ? "_sbs" : ""}`).trim()).toBe("ok");
+    it(`chunked loop, blockN 256${c.globalScales ? " (A scales from global memory)" : ""}${c.deferStore ? " (the previous tile's store under the first block)" : ""}${c.multicast ? " (multicast)" : ""}${c.orderedChunks ? " (chunks in turns)" : ""}${c.aRegs ? " (A from registers)" : ""}${c.stagedBScales ? " (B's scales from the stage)" : ""}${c.bRows ? " (row-scaled B: each column's scale from the stage)" : ""}: protocol checks hold, each chunk promoted with its own scale into its half of acc`, () => {
+      expect(modelOutput(c, chunkedLoop(c), `loop_chunked${c.globalScales ? "_gs" : ""}${c.deferStore ? "_ds" : ""}${c.multicast ? "_mc" : ""}${c.orderedChunks ? "_oc" : ""}${c.aRegs ? "_ra" : ""}${c.stagedBScales ? "_sbs" : ""}${c.bRows ? "_br" : ""}`).trim()).toBe("ok");
     }, 60_000);
 
   it("the model catches broken chunked loops: swapped chunk scales, the stage released before the last chunk is done, a chunk promoted while pending", () => {
@@ -318,6 +320,21 @@ describe.skipIf(!GXX)("FP8 GEMM consumer K loop on a CPU model of wgmma / mbarri
     const broken = good.replace("b1 = sh_lds_f32(sbs + s * SB_BYTES + 4)", "b1 = sh_lds_f32(sbs + s * SB_BYTES)");
     expect(broken).not.toBe(good);
     expect(modelOutput(c, broken, "broken_sbs")).toMatch(/acc\[64\] = .*, expected/);
+  }, 60_000);
+
+  it("the model catches broken row-scaled chunks: chunk 1 promoted with chunk 0's columns, the stage released before the last chunk's promotion", () => {
+    const c = chunked.find((x) => x.bRows)!;
+    const good = chunkedLoop(c);
+    // the release (and the ring's advance) moved ahead of the last chunk's scale reads
+    const early = good.replace(/(\/\/ chunk 1[^]*?for \(int i = 0; i < 64; \+\+i\) sh_reg_fence\(tmp\[i\]\);\n)([^]*?)(\s*\/\/ the last chunk is promoted[^]*?phase \^= 1; \}\n)/, "$1$3$2");
+    const mutants: [string, RegExp][] = [
+      [good.replace("(128 + 8 * j + c0) * 4", "(0 + 8 * j + c0) * 4"), /acc\[64\] = .*, expected/],
+      [early, /not held/],
+    ];
+    mutants.forEach(([broken, why], i) => {
+      expect(broken).not.toBe(good);
+      expect(modelOutput(c, broken, `broken_chunked_br_${i}`)).toMatch(why);
+    });
   }, 60_000);
 
   it("the model catches a broken register-A loop: A loaded from the stage after the one B is read from", () => {

@@ -120,8 +120,9 @@ describe.skipIf(!NVCC)("FP8 GEMM kernels compile for sm_90a", () => {
   it("the row-scaled B kernels (the Wgrad form) compile clean: B's scales by TMA per stage, read as column pairs", async () => {
     const kernels = rowScaledCandidates().map(emitFp8Gemm);
     expect(kernels.length).toBeGreaterThanOrEqual(3);
+    expect(kernels.filter((k) => k.config.chunked).length, "chunked 128 x 256 row-scaled kernels").toBe(2);
     for (const k of kernels) {
-      expect(k.name).toMatch(/_br$/);
+      expect(k.name).toMatch(/_br(_sm)?$/);
       const cu = join(dir, `${k.name}.cu`);
       writeFileSync(cu, k.source);
       const { stdout, stderr } = await run(NVCC!, ["-gencode=arch=compute_90a,code=sm_90a", "-cubin", "-Xptxas", "-v", "-o", join(dir, `${k.name}.cubin`), cu]);

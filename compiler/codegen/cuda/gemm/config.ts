@@ -258,7 +258,8 @@ export function configProblem(c: Fp8GemmConfig): string | undefined {
 function chunkedProblem(c: Fp8GemmConfig): string | undefined {
   if (isBf16(c)) return "chunked splits the e4m3 promotion into 128-column chunks; bf16 has no promotion and takes blockN 256 whole: set chunked off";
   if (c.blockN !== 2 * FP8_BLOCK) return `chunked tiles are two 128-column chunks: blockN must be 256, got ${c.blockN}`;
-  if (c.overlap || c.bRows) return "chunked tiles wait for and promote each chunk before the next, with B's block scales: no overlap or bRows with chunked";
+  if (c.overlap) return "chunked tiles wait for and promote each chunk before the next: no overlap with chunked";
+  if (c.bRows && (c.stagedBScales || c.deferStore || c.aRegs || c.orderedChunks)) return "chunked row-scaled B (the Wgrad form) reads B's row scales from the stage by TMA: without stagedBScales, deferStore, aRegs or orderedChunks";
   const aRegs = c.aRegs ? A_REGS : 0, need = c.blockN / 2 + FP8_BLOCK / 2 + aRegs + CONSUMER_OVERHEAD_REGS;
   if (need > consumerRegs(c)) return `chunked promotion needs ${c.blockN / 2} + ${FP8_BLOCK / 2}${aRegs ? ` + ${aRegs}` : ""} + ${CONSUMER_OVERHEAD_REGS} = ${need} registers per consumer thread, more than its ${consumerRegs(c)}`;
   return undefined;
@@ -382,12 +383,15 @@ export function experimentalGemmCandidates(grouped: boolean): Fp8GemmConfig[] {
 
 /**
  * Candidates for row-scaled B (the Wgrad form; dense): the default kernel's shape with and without
- * overlapped promotion and the TMA-store epilogue.
+ * overlapped promotion and the TMA-store epilogue, and 128 x 256 chunked tiles (each chunk promoted
+ * with its columns' row scales from the stage), with and without stmatrix staging.
  */
 export function rowScaledCandidates(): Fp8GemmConfig[] {
   const out: Fp8GemmConfig[] = [];
   for (const [overlap, tmaStore] of [[true, true], [false, true], [true, false]] as const)
     out.push(filled({ consumers: 2, blockN: 128, persistent: true, grouped: false, ...(overlap ? { overlap } : {}), ...(tmaStore ? { tmaStore } : {}), bRows: true }));
+  for (const stmatrix of [false, true])
+    out.push(filled({ consumers: 2, blockN: 256, persistent: true, grouped: false, chunked: true, tmaStore: true, groupM: 16, bRows: true, ...(stmatrix ? { stmatrix } : {}) }));
   return out.filter((c) => configProblem(c) === undefined);
 }
 

@@ -191,7 +191,7 @@ ${kg ? `    // this expert's 64-column blocks: the consumers take as many stages
 ${sbTileLine}${twoBlocks && !c.bRows ? `    // columns from 'split' on (tile-relative) take the next scale block of B
     const int split = (n0 / ${FP8_BLOCK} + 1) * ${FP8_BLOCK} - n0;
     const bool second = ${hasSecond("n0")};
-` : ""}${c.chunked && !c.stagedBScales ? `    // chunk 1 (columns 128..255) lies past N when N ends inside the tile: its scale block does not exist
+` : ""}${c.chunked && !c.stagedBScales && !c.bRows ? `    // chunk 1 (columns 128..255) lies past N when N ends inside the tile: its scale block does not exist
     const bool second = ${hasSecond("n0")};
 ` : ""}${c.deferStore ? "" : `#pragma unroll
     for (int i = 0; i < ${frag}; ++i) acc[i] = 0.f;

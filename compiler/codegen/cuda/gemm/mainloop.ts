@@ -184,7 +184,8 @@ ${step(c, "kb", "t0", undefined, p)}    }
  * The chunked loop (128 x 256 tiles): per K block, for each 128-column chunk j, 4 wgmma m64n128 steps
  * over the chunk's rows of B (16 KiB further into the stage per chunk) into tmp, wait_group 0, promote
  * into acc[64 j ..] with chunk j's B scale (b0, b1: one scale block each); the stage goes back after
- * the last chunk's wait, before its promotion. The other consumer's wgmmas run under each promotion.
+ * the last chunk's wait, before its promotion (with row-scaled B, bRows, after it: each column's scale
+ * is read from the stage). The other consumer's wgmmas run under each promotion.
  *
  * With deferStore the first K block is peeled: while chunk j's wgmmas run, the previous tile's half j of
  * acc (when there is one: `have`) goes into the staging buffer, then that half is zeroed for this tile;
@@ -195,7 +196,7 @@ export function chunkedLoop(c: Fp8GemmConfig): string {
   const p = "      ";
   const block = (first: boolean) => `${chunkScales(c, "kb + 1", "n", p, "const float ", "kb + 1 < KB")}${traceConsumerWait(c, "sh_mbar_wait(bars + 8 * s, phase);  // the stage's bytes have landed", p)}${stageScales(c, "s", p)}${c.stagedBScales ? `${p}const float b0 = sh_lds_f32(sbs + s * SB_BYTES), b1 = sh_lds_f32(sbs + s * SB_BYTES + 4);  // B's scales, put in the stage by the scale thread
 ` : ""}${c.aRegs ? aFragment(p) : `${p}const sh_u64 da = sh_wgmma_desc(tilesA + s * A_BYTES + wg * 64 * ${FP8_BLOCK});
-`}${Array.from({ length: c.blockN / FP8_BLOCK }, (_, j) => chunk(c, j, first)).join("")}${c.globalScales ? `${p}a0 = na0; a1 = na1;\n` : ""}${c.stagedBScales ? "" : `${p}${Array.from({ length: c.blockN / FP8_BLOCK }, (_, j) => `b${j} = nb${j};`).join(" ")}\n`}`;
+`}${Array.from({ length: c.blockN / FP8_BLOCK }, (_, j) => chunk(c, j, first)).join("")}${c.globalScales ? `${p}a0 = na0; a1 = na1;\n` : ""}${c.stagedBScales || c.bRows ? "" : `${p}${Array.from({ length: c.blockN / FP8_BLOCK }, (_, j) => `b${j} = nb${j};`).join(" ")}\n`}`;
   const loop = `    for (int kb = ${c.deferStore ? 1 : 0}; kb < KB; ++kb) {
       // the next block's scales (plain loads: they do not wait for the stage)
 ${block(false)}    }
@@ -245,21 +246,42 @@ ${q}for (int k = 0; k < ${FP8_BLOCK / 32}; ++k) ${c.aRegs ? `${wgmmaRsName(FP8_B
 ${q}sh_wgmma_commit();
 ${c.orderedChunks ? `${q}sh_named_arrive(wg == 0 ? ${ORDER_BARRIERS[1]} : ${ORDER_BARRIERS[0]}, 256);  // the other consumer's turn
 ` : ""}${deferred}${q}sh_wgmma_wait0();
-${fenceAll(FP8_BLOCK / 2, "tmp", q)}${last ? `${q}// the last chunk's wgmmas have read the stage: hand it back to the producer
-${q}${release(c, "bars + 8 * (S + s)")}
-${q}if (++s == S) { s = 0; phase ^= 1; }
-` : ""}${q}const float u0 = a0 * b${j}, u1 = a1 * b${j};
+${fenceAll(FP8_BLOCK / 2, "tmp", q)}${c.bRows ? `${rowScaledChunk(j, q)}${last ? handBack(c, q, "the last chunk is promoted (it read its B scales from the stage)") : ""}` : `${last ? handBack(c, q, "the last chunk's wgmmas have read the stage") : ""}${q}const float u0 = a0 * b${j}, u1 = a1 * b${j};
 #pragma unroll
 ${q}for (int j = 0; j < ${frag / 4}; ++j) {
 ${fmaGroup("tmp", `${j * frag} + `, q + "  ")}${q}}
-${p}}
+`}${p}}
+`;
+}
+
+/** The stage goes back to the producer and the ring advances. */
+const handBack = (c: Fp8GemmConfig, q: string, why: string): string => `${q}// ${why}: hand it back to the producer
+${q}${release(c, "bars + 8 * (S + s)")}
+${q}if (++s == S) { s = 0; phase ^= 1; }
+`;
+
+/**
+ * Chunk j promoted with row-scaled B (the Wgrad form): each column's own scale of the block, read from
+ * the stage (still held) for this thread's columns 128j + 8g + c0 (+1), into acc's half j.
+ */
+function rowScaledChunk(j: number, q: string): string {
+  const frag = FP8_BLOCK / 2;
+  return `#pragma unroll
+${q}for (int j = 0; j < ${frag / 4}; ++j) {
+${q}  float b0, b1;  // B's row scales of this thread's columns ${j * FP8_BLOCK} + 8j + c0 and the one after
+${q}  sh_lds_f32x2(sbs + s * SB_BYTES + (${j * FP8_BLOCK} + 8 * j + c0) * 4, b0, b1);
+${q}  acc[${j * frag} + 4 * j + 0] = fmaf(tmp[4 * j + 0], a0 * b0, acc[${j * frag} + 4 * j + 0]);
+${q}  acc[${j * frag} + 4 * j + 1] = fmaf(tmp[4 * j + 1], a0 * b1, acc[${j * frag} + 4 * j + 1]);
+${q}  acc[${j * frag} + 4 * j + 2] = fmaf(tmp[4 * j + 2], a1 * b0, acc[${j * frag} + 4 * j + 2]);
+${q}  acc[${j * frag} + 4 * j + 3] = fmaf(tmp[4 * j + 3], a1 * b1, acc[${j * frag} + 4 * j + 3]);
+${q}}
 `;
 }
 
 /** Chunk j's B scale b<j> (its own scale block: sbTile[j·KB + kb], zero past B's last block) and, with globalScales, A's. */
 function chunkScales(c: Fp8GemmConfig, kb: string, prefix: string, pad: string, decl: string, guard: string): string {
   const a = globalAScales(c, kb, prefix, pad, decl, guard);
-  if (c.stagedBScales) return a; // B's scales come with the stage (stagedBScales)
+  if (c.stagedBScales || c.bRows) return a; // B's scales come with the stage (stagedBScales; bRows: per column, by TMA)
   const b = Array.from({ length: c.blockN / FP8_BLOCK }, (_, j) => {
     const cond = [guard, j > 0 ? "second" : ""].filter(Boolean).join(" && ");
     const read = `sbTile[${j > 0 ? `${j} * KB + ` : ""}${kb}]`;
