@@ -13,7 +13,7 @@
 // alternating order (forward, backward, ...), and each keeps the median of its rounds: with four
 // rounds a drift linear in time adds the same to every finalist's median.
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { configName, configProblem, defaultGemmConfig, gemmCandidates, type Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { emitFp8Gemm } from "../../compiler/codegen/cuda/gemm/emit.ts";
@@ -73,21 +73,23 @@ export function tuneKey(device: string, s: Fp8GemmProblemShape, grouped: boolean
   return `${device}|${problem}|${candidatesHash(grouped)}`;
 }
 
-// The cache file as last read, with its modification time and size (the executor asks per launch).
+// The cache file as last read, with its modification time and size: the executor asks per launch, and
+// one stat tells whether the file changed (or is gone).
 let cached: { file: string; mtimeMs: number; size: number; entries: Record<string, TuneEntry> } | undefined;
+const NONE: Record<string, TuneEntry> = Object.freeze({});
 
 function readCache(): Record<string, TuneEntry> {
   const f = tuneCacheFile();
-  if (!existsSync(f)) return {};
-  const { mtimeMs, size } = statSync(f);
-  if (cached && cached.file === f && cached.mtimeMs === mtimeMs && cached.size === size) return cached.entries;
+  const st = statSync(f, { throwIfNoEntry: false });
+  if (!st) return NONE;
+  if (cached && cached.file === f && cached.mtimeMs === st.mtimeMs && cached.size === st.size) return cached.entries;
   let entries: Record<string, TuneEntry>;
   try {
     entries = JSON.parse(readFileSync(f, "utf8")) as Record<string, TuneEntry>;
   } catch {
-    entries = {}; // a torn or foreign file: re-tune and overwrite
+    entries = NONE; // a torn or foreign file: re-tune and overwrite
   }
-  cached = { file: f, mtimeMs, size, entries };
+  cached = { file: f, mtimeMs: st.mtimeMs, size: st.size, entries };
   return entries;
 }
 
@@ -96,8 +98,9 @@ function readCache(): Record<string, TuneEntry> {
  * (the executor's choice; it falls back to defaultGemmConfig otherwise).
  */
 export function tunedGemmConfig(device: string, s: Fp8GemmProblemShape, grouped: boolean): Fp8GemmConfig | undefined {
-  if (!existsSync(tuneCacheFile())) return undefined;
-  const hit = readCache()[tuneKey(device, s, grouped)];
+  const entries = readCache();
+  if (entries === NONE) return undefined; // no cache: no key to build
+  const hit = entries[tuneKey(device, s, grouped)];
   if (!hit || hit.ms === undefined || typeof hit.config !== "object" || hit.config === null) return undefined;
   return configProblem(hit.config) === undefined && hit.config.grouped === grouped ? hit.config : undefined;
 }
