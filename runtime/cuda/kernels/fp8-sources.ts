@@ -45,9 +45,11 @@ extern "C" __global__ void ${name}(unsigned char* __restrict__ q, float* __restr
   const int kt = (K + 127) / 128, lane = threadIdx.x & 31;
   const bool vec = (K & 3) == 0;
   const long long tiles = rows * kt, warps = (long long)gridDim.x * (blockDim.x >> 5);
+  const bool small = tiles < (1ll << 32);
   for (long long tile = blockIdx.x * (long long)(blockDim.x >> 5) + (threadIdx.x >> 5); tile < tiles; tile += warps) {
-    const long long row = tile / kt;
-    const int k0 = (int)(tile % kt) * 128 + lane * 4;
+    // 32-bit division where the tile count allows (a 64-bit one costs ~100 instructions a tile of 128)
+    const long long row = small ? (long long)((unsigned int)tile / (unsigned int)kt) : tile / kt;
+    const int k0 = (int)(tile - row * kt) * 128 + lane * 4;
     const long long base = row * K;
     float v[4], amax = 0.f;
     if (vec) {  // K % 4 == 0: a lane's 4 elements are one aligned vector, all in the row or all past it
