@@ -12,16 +12,6 @@ const HEAD = `#include <cuda_bf16.h>
 #include <cuda_fp8.h>
 __device__ __forceinline__ float ld(const float* p, long long i) { return p[i]; }
 __device__ __forceinline__ float ld(const __nv_bfloat16* p, long long i) { return __bfloat162float(p[i]); }
-// four consecutive elements at an index that is a multiple of 4 (one 8- or 16-byte load)
-__device__ __forceinline__ void ld4(const float* p, long long i, float* v) {
-  const float4 u = *reinterpret_cast<const float4*>(p + i);
-  v[0] = u.x; v[1] = u.y; v[2] = u.z; v[3] = u.w;
-}
-__device__ __forceinline__ void ld4(const __nv_bfloat16* p, long long i, float* v) {
-  const uint2 u = *reinterpret_cast<const uint2*>(p + i);
-  const __nv_bfloat16* h = reinterpret_cast<const __nv_bfloat16*>(&u);
-  v[0] = __bfloat162float(h[0]); v[1] = __bfloat162float(h[1]); v[2] = __bfloat162float(h[2]); v[3] = __bfloat162float(h[3]);
-}
 __device__ __forceinline__ unsigned char q8(float x, float inv) {
   return (unsigned char)__nv_cvt_float_to_fp8(__fmul_rn(x, inv), __NV_SATFINITE, __NV_E4M3);
 }
@@ -31,11 +21,7 @@ __device__ __forceinline__ void inv_scale(float amax, float* inv, float* scale) 
 }
 `;
 
-/**
- * 1×128 tiles along the contiguous last dim: one warp per tile, 4 elements a lane, amax by shuffles.
- * Where K % 4 == 0 a lane loads its 4 elements as one vector and stores its 4 codes as one word (the
- * scalar loads reached 59% of copy on an H200: bench/results/2026-11-23-fp8-quant-h200.txt).
- */
+/** 1×128 tiles along the contiguous last dim: one warp per tile, 4 elements a lane, amax by shuffles. */
 export function quantizeRows(t: DType): { name: string; source: string } {
   const name = `shardts_quant_rows_${t}`;
   return {
@@ -43,34 +29,23 @@ export function quantizeRows(t: DType): { name: string; source: string } {
     source: `${HEAD}
 extern "C" __global__ void ${name}(unsigned char* __restrict__ q, float* __restrict__ s, const ${T(t)}* __restrict__ x, long long rows, int K) {
   const int kt = (K + 127) / 128, lane = threadIdx.x & 31;
-  const bool vec = (K & 3) == 0;
   const long long tiles = rows * kt, warps = (long long)gridDim.x * (blockDim.x >> 5);
-  const bool small = tiles < (1ll << 32);
   for (long long tile = blockIdx.x * (long long)(blockDim.x >> 5) + (threadIdx.x >> 5); tile < tiles; tile += warps) {
-    // 32-bit division where the tile count allows (a 64-bit one costs ~100 instructions a tile of 128)
-    const long long row = small ? (long long)((unsigned int)tile / (unsigned int)kt) : tile / kt;
-    const int k0 = (int)(tile - row * kt) * 128 + lane * 4;
+    const long long row = tile / kt;
+    const int k0 = (int)(tile % kt) * 128 + lane * 4;
     const long long base = row * K;
     float v[4], amax = 0.f;
-    if (vec) {  // K % 4 == 0: a lane's 4 elements are one aligned vector, all in the row or all past it
-      if (k0 < K) ld4(x, base + k0, v);
-      else v[0] = v[1] = v[2] = v[3] = 0.f;
-    } else {
 #pragma unroll
-      for (int j = 0; j < 4; j++) v[j] = k0 + j < K ? ld(x, base + k0 + j) : 0.f;
+    for (int j = 0; j < 4; j++) {
+      v[j] = k0 + j < K ? ld(x, base + k0 + j) : 0.f;
+      amax = fmaxf(amax, fabsf(v[j]));
     }
-#pragma unroll
-    for (int j = 0; j < 4; j++) amax = fmaxf(amax, fabsf(v[j]));
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
     float inv, scale;
     inv_scale(amax, &inv, &scale);
-    if (vec) {  // the 4 codes as one 4-byte store
-      if (k0 < K) *reinterpret_cast<unsigned int*>(q + base + k0) = (unsigned int)q8(v[0], inv) | ((unsigned int)q8(v[1], inv) << 8) | ((unsigned int)q8(v[2], inv) << 16) | ((unsigned int)q8(v[3], inv) << 24);
-    } else {
 #pragma unroll
-      for (int j = 0; j < 4; j++) if (k0 + j < K) q[base + k0 + j] = q8(v[j], inv);
-    }
+    for (int j = 0; j < 4; j++) if (k0 + j < K) q[base + k0 + j] = q8(v[j], inv);
     if (lane == 0) s[tile] = scale;
   }
 }`,
