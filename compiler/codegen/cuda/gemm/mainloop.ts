@@ -59,22 +59,27 @@ const stageScales = (c: Fp8GemmConfig, stage: string, pad: string): string =>
  * With bRows each column has its own B scale for the block, read from `stage` (still held).
  */
 function promote(c: Fp8GemmConfig, frag: string, pad: string, stage: string): string {
-  if (c.bRows)
-    return `#pragma unroll
-${pad}for (int j = 0; j < ${c.blockN / 8}; ++j) {
-${pad}  float b0, b1;  // the row scales of B for this thread's columns 8j + c0 and 8j + c0 + 1
-${pad}  sh_lds_f32x2(sbs + (${stage}) * SB_BYTES + (8 * j + c0) * 4, b0, b1);
-${pad}  acc[4 * j + 0] = fmaf(${frag}[4 * j + 0], a0 * b0, acc[4 * j + 0]);
-${pad}  acc[4 * j + 1] = fmaf(${frag}[4 * j + 1], a0 * b1, acc[4 * j + 1]);
-${pad}  acc[4 * j + 2] = fmaf(${frag}[4 * j + 2], a1 * b0, acc[4 * j + 2]);
-${pad}  acc[4 * j + 3] = fmaf(${frag}[4 * j + 3], a1 * b1, acc[4 * j + 3]);
-${pad}}
-`;
+  if (c.bRows) return rowScaledPromote(frag, pad, stage, c.blockN / 8);
   const two = spansScaleBlocks(c);
   return `${pad}const float s00 = a0 * b0, s10 = a1 * b0;
 ${two ? `${pad}const float s01 = a0 * b1, s11 = a1 * b1;\n` : ""}#pragma unroll
 ${pad}for (int j = 0; j < ${c.blockN / 8}; ++j) {
 ${two ? `${pad}  const bool hi = 8 * j + c0 >= split;\n${pad}  const float u0 = hi ? s01 : s00, u1 = hi ? s11 : s10;\n` : `${pad}  const float u0 = s00, u1 = s10;\n`}${fmaGroup(frag, "", pad + "  ")}${pad}}
+`;
+}
+
+/**
+ * Row-scaled B (the Wgrad form): `groups` column groups of `frag` into acc from acc[`acc0`] on, each
+ * column with its own B scale of the block, read from `stage` (still held) for this thread's columns
+ * `col0` + 8j + c0 and the one after (a chunked tile's chunk j: col0 128j, acc0 64j).
+ */
+function rowScaledPromote(frag: string, pad: string, stage: string, groups: number, col0 = 0, acc0 = 0): string {
+  const col = col0 ? `${col0} + ` : "", at = (r: number) => `acc[${acc0 ? `${acc0} + ` : ""}4 * j + ${r}]`;
+  return `#pragma unroll
+${pad}for (int j = 0; j < ${groups}; ++j) {
+${pad}  float b0, b1;  // the row scales of B for this thread's columns ${col}8j + c0 and ${col}8j + c0 + 1
+${pad}  sh_lds_f32x2(sbs + (${stage}) * SB_BYTES + (${col}8 * j + c0) * 4, b0, b1);
+${[0, 1, 2, 3].map((r) => `${pad}  ${at(r)} = fmaf(${frag}[4 * j + ${r}], a${r >> 1} * b${r & 1}, ${at(r)});\n`).join("")}${pad}}
 `;
 }
 
@@ -133,10 +138,7 @@ ${p}for (int k = 0; k < ${FP8_BLOCK / 32}; ++k) sh_wgmma_m64n${c.blockN}(tmp, da
 ${p}sh_wgmma_commit();
 ${p}sh_wgmma_wait0();
 ${fenceAll(c.blockN / 2, "tmp", p)}${c.bRows ? `${p}// promotion first: B's scales are read from the stage
-${promote(c, "tmp", p, "s")}` : ""}${p}// the wgmmas have read the stage: hand it back to the producer
-${p}${release(c, "bars + 8 * (S + s)")}
-${p}if (++s == S) { s = 0; phase ^= 1; }
-${c.bRows ? "" : `${p}// promotion: fragment register 4j+{0,1} is row r0, 4j+{2,3} row r0+8, columns 8j + c0 + {0,1}
+${promote(c, "tmp", p, "s")}` : ""}${handBack(c, p, "the wgmmas have read the stage")}${c.bRows ? "" : `${p}// promotion: fragment register 4j+{0,1} is row r0, 4j+{2,3} row r0+8, columns 8j + c0 + {0,1}
 ${promote(c, "tmp", p, "s")}`}${advanceScales(c, p)}    }
 `;
 }
@@ -246,7 +248,7 @@ ${q}for (int k = 0; k < ${FP8_BLOCK / 32}; ++k) ${c.aRegs ? `${wgmmaRsName(FP8_B
 ${q}sh_wgmma_commit();
 ${c.orderedChunks ? `${q}sh_named_arrive(wg == 0 ? ${ORDER_BARRIERS[1]} : ${ORDER_BARRIERS[0]}, 256);  // the other consumer's turn
 ` : ""}${deferred}${q}sh_wgmma_wait0();
-${fenceAll(FP8_BLOCK / 2, "tmp", q)}${c.bRows ? `${rowScaledChunk(j, q)}${last ? handBack(c, q, "the last chunk is promoted (it read its B scales from the stage)") : ""}` : `${last ? handBack(c, q, "the last chunk's wgmmas have read the stage") : ""}${q}const float u0 = a0 * b${j}, u1 = a1 * b${j};
+${fenceAll(FP8_BLOCK / 2, "tmp", q)}${c.bRows ? `${rowScaledPromote("tmp", q, "s", frag / 4, j * FP8_BLOCK, j * frag)}${last ? handBack(c, q, "the last chunk is promoted (it read its B scales from the stage)") : ""}` : `${last ? handBack(c, q, "the last chunk's wgmmas have read the stage") : ""}${q}const float u0 = a0 * b${j}, u1 = a1 * b${j};
 #pragma unroll
 ${q}for (int j = 0; j < ${frag / 4}; ++j) {
 ${fmaGroup("tmp", `${j * frag} + `, q + "  ")}${q}}
@@ -259,24 +261,6 @@ const handBack = (c: Fp8GemmConfig, q: string, why: string): string => `${q}// $
 ${q}${release(c, "bars + 8 * (S + s)")}
 ${q}if (++s == S) { s = 0; phase ^= 1; }
 `;
-
-/**
- * Chunk j promoted with row-scaled B (the Wgrad form): each column's own scale of the block, read from
- * the stage (still held) for this thread's columns 128j + 8g + c0 (+1), into acc's half j.
- */
-function rowScaledChunk(j: number, q: string): string {
-  const frag = FP8_BLOCK / 2;
-  return `#pragma unroll
-${q}for (int j = 0; j < ${frag / 4}; ++j) {
-${q}  float b0, b1;  // B's row scales of this thread's columns ${j * FP8_BLOCK} + 8j + c0 and the one after
-${q}  sh_lds_f32x2(sbs + s * SB_BYTES + (${j * FP8_BLOCK} + 8 * j + c0) * 4, b0, b1);
-${q}  acc[${j * frag} + 4 * j + 0] = fmaf(tmp[4 * j + 0], a0 * b0, acc[${j * frag} + 4 * j + 0]);
-${q}  acc[${j * frag} + 4 * j + 1] = fmaf(tmp[4 * j + 1], a0 * b1, acc[${j * frag} + 4 * j + 1]);
-${q}  acc[${j * frag} + 4 * j + 2] = fmaf(tmp[4 * j + 2], a1 * b0, acc[${j * frag} + 4 * j + 2]);
-${q}  acc[${j * frag} + 4 * j + 3] = fmaf(tmp[4 * j + 3], a1 * b1, acc[${j * frag} + 4 * j + 3]);
-${q}}
-`;
-}
 
 /** Chunk j's B scale b<j> (its own scale block: sbTile[j·KB + kb], zero past B's last block) and, with globalScales, A's. */
 function chunkScales(c: Fp8GemmConfig, kb: string, prefix: string, pad: string, decl: string, guard: string): string {
