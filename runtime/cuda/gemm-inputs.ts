@@ -1,10 +1,10 @@
 // Device inputs for timing a generated GEMM: random e4m3 operands with positive scales in the kernels'
-// layouts (fp8-gemm.ts Fp8GemmBuffers), the codes those of quantized Gaussian values (not uniform random
-// bytes: on an H200 those drew so much more power that the same kernels ran 5–22% slower under the
-// power cap), and copies of A and B at other addresses, enough sets that
-// together they overflow L2 (50 MiB on H100 / H200) about three times, so that a timing loop's launches
-// find L2 cold. Used by `shardts tune-gemm` (stdlib/cli/tune-command.ts), the FP8 GEMM bench
-// (bench/gpu/fp8-gemm.ts) and its tile timeline (bench/gpu/gemm-trace.ts).
+// layouts (fp8-gemm.ts Fp8GemmBuffers), and copies of A and B at other addresses, enough sets that
+// together they overflow L2 (50 MiB on H100 / H200) about three times, so that a timing loop's
+// launches find L2 cold. The codes are those of quantized Gaussian values, not uniform random bytes:
+// on an H200 those drew so much more power that the same kernels ran 5–22% slower under the power cap.
+// Used by `shardts tune-gemm` (stdlib/cli/tune-command.ts), the FP8 GEMM bench (bench/gpu/fp8-gemm.ts)
+// and its tile timeline (bench/gpu/gemm-trace.ts).
 import { FP8_BLOCK, GROUPED_M_ALIGN } from "../../compiler/numeric/fp8-gemm.ts";
 import { e4m3ToBits } from "../../compiler/numeric/fp8.ts";
 import type { Fp8GemmBuffers, Fp8GemmProblemShape } from "./fp8-gemm.ts";

@@ -1,9 +1,8 @@
 // The FP8 GEMM autotuner: for a problem (M, N, K, grouped?, experts) it times every candidate
 // configuration on the device, then times the finalists (within 10% of the fastest, and the executor's
-// default) again in turns,
-// keeps the fastest, and caches the choice in <cache dir>/fp8-gemm-tune.json (beside the NVRTC cubin
-// cache), keyed by device name, problem and a hash of the candidates' sources, so a changed emitter
-// re-tunes. A candidate that fails to compile or launch is recorded with its error and never chosen.
+// default) again in turns, keeps the fastest, and caches the choice in <cache dir>/fp8-gemm-tune.json
+// (beside the NVRTC cubin cache), keyed by device name, problem and a hash of the candidates' sources,
+// so a changed emitter re-tunes. A candidate that fails to compile or launch is recorded with its error and never chosen.
 // The executor launches the cached choice where there is one (tunedGemmConfig), its default otherwise;
 // `shardts tune-gemm` fills the cache for given shapes.
 //
@@ -35,7 +34,7 @@ export interface TuneOptions {
   reps?: number;
   /** Re-time even when the cache has the problem, and return every candidate's time. */
   force?: boolean;
-  /** Rounds the finalists are re-timed in, alternating order (default 4). */
+  /** Rounds the finalists are re-timed in, alternating order (default 4; 0: the first pass decides). */
   rounds?: number;
   /** Finalists: candidates within this fraction of the first pass's fastest (default 0.1), ... */
   within?: number;
@@ -139,9 +138,12 @@ export function timeMedian(g: Fp8Gemm, run: (i: number) => void, reps = 20, warm
   return ts[Math.floor(reps / 2)]!;
 }
 
-/** The executor's configuration for a problem: the tuned one where the cache has it, else defaultGemmConfig's. */
+/** The executor's untuned configuration for a problem on this device's grid (defaultGemmConfig). */
+export const untunedGemmConfig = (g: Fp8Gemm, s: Fp8GemmProblemShape, grouped: boolean): Fp8GemmConfig => defaultGemmConfig(grouped, { M: s.M, N: s.N }, g.gridSms());
+
+/** The executor's configuration for a problem: the tuned one where the cache has it, else the untuned one. */
 export const gemmConfigFor = (g: Fp8Gemm, s: Fp8GemmProblemShape, grouped: boolean): Fp8GemmConfig =>
-  tunedGemmConfig(g.device.name, s, grouped) ?? defaultGemmConfig(grouped, { M: s.M, N: s.N }, g.gridSms());
+  tunedGemmConfig(g.device.name, s, grouped) ?? untunedGemmConfig(g, s, grouped);
 
 /** The middle of a list of timings (the mean of the two middle ones for an even count). */
 const median = (xs: number[]): number => {
@@ -176,8 +178,9 @@ export function tuneFp8Gemm(g: Fp8Gemm, s: Fp8GemmProblemShape, sets: Fp8GemmBuf
       runsOf.set(e, run);
       log(`  [${i + 1}/${candidates.length}] ${name}: ${ms.toFixed(4)} ms`);
     } catch (e) {
-      entries.push({ name, config, error: (e as Error).message.split("\n")[0] });
-      log(`  [${i + 1}/${candidates.length}] ${name}: failed (${(e as Error).message.split("\n")[0]})`);
+      const error = (e as Error).message.split("\n")[0];
+      entries.push({ name, config, error });
+      log(`  [${i + 1}/${candidates.length}] ${name}: failed (${error})`);
       // a launch failure may leave the context unusable; later candidates then fail and say so
     }
   }
@@ -186,11 +189,12 @@ export function tuneFp8Gemm(g: Fp8Gemm, s: Fp8GemmProblemShape, sets: Fp8GemmBuf
   // the finalists in turns: forward, backward, ...; each keeps the median of its rounds
   // the executor's default is always a finalist: the choice departs from it only on a like-for-like win
   const finalists = ok.filter((e) => e.ms! <= ok[0]!.ms! * (1 + (opts.within ?? 0.1))).slice(0, opts.maxFinalists ?? 6);
-  const fallback = ok.find((e) => e.name === configName(defaultGemmConfig(grouped, s, g.gridSms())));
+  const fallback = ok.find((e) => e.name === configName(untunedGemmConfig(g, s, grouped)));
   if (fallback && !finalists.includes(fallback)) finalists.push(fallback);
-  if (finalists.length > 1) {
+  const rounds = opts.rounds ?? 4;
+  if (finalists.length > 1 && rounds > 0) {
     for (const e of finalists) e.rounds = [];
-    for (let r = 0; r < (opts.rounds ?? 4); r++) {
+    for (let r = 0; r < rounds; r++) {
       for (const e of r % 2 ? [...finalists].reverse() : finalists) e.rounds!.push(timeMedian(g, runsOf.get(e)!, reps));
       log(`  round ${r + 1}: ${finalists.map((e) => `${e.name} ${e.rounds!.at(-1)!.toFixed(4)}`).join(", ")}`);
     }

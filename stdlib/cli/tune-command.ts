@@ -2,11 +2,11 @@
 // this machine's GPU, on random operands; the choices go to the tune cache, from which scaled_dot and
 // the MoE experts' FP8 GEMMs take them.
 import { UsageError } from "../../compiler/errors.ts";
-import { configName, defaultGemmConfig, shapeProblem } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { configName, shapeProblem } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { GROUPED_M_ALIGN } from "../../compiler/numeric/fp8-gemm.ts";
 import { Fp8Gemm, type Fp8GemmProblemShape } from "../../runtime/cuda/fp8-gemm.ts";
 import { randomGemmInputs, rotated } from "../../runtime/cuda/gemm-inputs.ts";
-import { tuneCacheFile, tuneFp8Gemm } from "../../runtime/cuda/gemm-tune.ts";
+import { tuneCacheFile, tuneFp8Gemm, untunedGemmConfig } from "../../runtime/cuda/gemm-tune.ts";
 import { cudaAvailable, native } from "../../runtime/cuda/native.ts";
 import { parseArgs } from "./args.ts";
 
@@ -67,7 +67,7 @@ export function tuneCommand(argv: string[], log: (s: string) => void): number {
       log(`tuning ${what} on ${g.device.name}: every candidate on ${sets.length} input sets, then the finalists in turns`);
       const t = tuneFp8Gemm(g, s, sets, { force: true, reps, log });
       const tflops = (ms: number) => ((2 * s.M * s.N * s.K) / (ms * 1e9)).toFixed(0);
-      const def = configName(defaultGemmConfig(grouped, s, g.gridSms()));
+      const def = configName(untunedGemmConfig(g, s, grouped));
       const defMs = t.entries.find((e) => e.name === def)?.ms;
       log(`picked ${t.best.name}: ${t.best.ms!.toFixed(4)} ms, ${tflops(t.best.ms!)} TFLOP/s${defMs !== undefined ? `; the default ${def} in the same rounds: ${defMs.toFixed(4)} ms, ${tflops(defMs)} TFLOP/s` : ""} (medians of the rounds)`);
       const failed = t.entries.filter((e) => e.error);
