@@ -4,7 +4,10 @@ they are measured against. Prints one JSON line per measurement and a table at t
 
 Run on the GPU machine:  python3 bench/peers/memory_bound.py [--quick] [--out FILE]
 Timing: CUDA events around each call after warm-up, median of many repeats, inputs rotated among
-several buffers so the 50-60 MB L2 cannot serve repeats; inputs are random, never zeros.
+several buffers so the 50-60 MB L2 cannot serve repeats; inputs are random, never zeros. Every call is
+queued ahead behind a spin kernel (timing.py queue_ahead), so the events time the GPU's kernels and not
+Python's launches, as shardts' kernels are timed (launched back to back); before 2026-11-23 (eighth
+session) each call was synchronized and its launch counted against torch.
 """
 import argparse
 import json
@@ -58,7 +61,7 @@ def main():
     # copy bandwidth: bytes read + bytes written
     big = [torch.randn(rows * cols * 2, device=dev, dtype=bf) for _ in range(n_sets)]
     dst = torch.empty_like(big[0])
-    emit("copy", "torch", median_ms(lambda s: dst.copy_(s), [(b,) for b in big]), 2 * big[0].numel() * 2)
+    emit("copy", "torch", median_ms(lambda s: dst.copy_(s), [(b,) for b in big], queue_ahead=True), 2 * big[0].numel() * 2)
     del big, dst
 
     cases = {
@@ -70,9 +73,9 @@ def main():
     }
     for kernel, (fn, make, nbytes) in cases.items():
         inputs = [make() for _ in range(n_sets)]
-        emit(kernel, "torch-eager", median_ms(fn, inputs), nbytes)
+        emit(kernel, "torch-eager", median_ms(fn, inputs, queue_ahead=True), nbytes)
         compiled = torch.compile(fn)
-        emit(kernel, "torch-compile", median_ms(compiled, inputs), nbytes)
+        emit(kernel, "torch-compile", median_ms(compiled, inputs, queue_ahead=True), nbytes)
         del inputs
         torch.cuda.empty_cache()
 
