@@ -1,6 +1,7 @@
 // On a GPU machine: shardts' standalone FP8 quantize kernels (1x128 activations, 128x128 weights,
 // 128x1 Wgrad tiling, dequantize) on bf16 [R, C] = 32768 x 4096 (256 MiB), each checked against the
-// CPU reference bit for bit (e4m3 bytes and f32 scales), timed with CUDA events (median of 30), as
+// CPU reference bit for bit (e4m3 bytes and f32 scales; the flat 1x128 kernel also with 1, 2 and 8
+// loads in flight a lane), timed with CUDA events (median of 30), as
 // GB/s against this run's device copy, and against the PyTorch peer (bench/peers/fp8_quant.py,
 // spawned in the same run: eager and torch.compile). Then the quantize epilogues
 // (lib/fp8-epilogue-cases.ts): SwiGLU → quantize (with and without the bf16 value also written) and
@@ -14,8 +15,8 @@ import { spawnSync } from "node:child_process";
 import { copyBandwidth } from "./lib/copy-bandwidth.ts";
 import { CudaExecutor } from "../../runtime/cuda/executor.ts";
 import { native } from "../../runtime/cuda/native.ts";
-import { upload, download } from "../../runtime/cuda/memory.ts";
-import { quantizeCuda, dequantizeCuda } from "../../runtime/cuda/fp8.ts";
+import { upload, download, empty } from "../../runtime/cuda/memory.ts";
+import { quantizeCuda, dequantizeCuda, quantizeFlatLaunch } from "../../runtime/cuda/fp8.ts";
 import { quantizeValues, dequantizeValues, tilesName } from "../../compiler/ops/quantize.ts";
 import { roundArrayToBf16 } from "../../compiler/numeric/index.ts";
 import type { TensorType } from "../../compiler/ir/types.ts";
@@ -86,15 +87,43 @@ for (const c of cases) {
     oursMs[c.name] = ms;
     say(`${c.name}: ${ms.toFixed(3)} ms, ${ours[c.name]!.toFixed(0)} GB/s = ${((100 * ours[c.name]!) / copyGBps).toFixed(0)}% of copy${c.tiling === "128x1" ? " (in place: no transposing copies)" : ""}`);
     summary.push([c.name, badQ < 0 && badS < 0 && badD < 0 ? "exact" : "MISMATCH", `${ours[c.name]!.toFixed(0)} GB/s`, `${((100 * ours[c.name]!) / copyGBps).toFixed(0)}%`]);
+    if (c.tiling === "1x128") flatVariants(ref, bytes);
   } catch (e) {
     say(`${c.name}: FAILED ${(e as Error).stack ?? e}`);
     summary.push([c.name, "FAILED", "-", "-"]);
   }
 }
 
-// the standalone kernels on odd shapes: partial tiles in both dims, K % 8 != 0 (the fallback path), a 3-d tensor
+/**
+ * The flat 1x128 kernel (the executor's where K % 128 == 0) with other numbers of loads in flight a
+ * lane (FLAT_UNROLL is the default, timed above as quantize_1x128): each checked bit for bit and timed.
+ */
+function flatVariants(ref: { q: Float32Array; scales: Float32Array }, bytes: number): void {
+  for (const u of [1, 2, 8]) {
+    const label = `quantize_1x128 flat unroll ${u}`;
+    try {
+      const q = empty(gpu.mem, "fp8e4m3", [R, C]), s = empty(gpu.mem, "f32", [R, C / 128]);
+      quantizeFlatLaunch(gpu, q, s, X, R * (C / 128), u);
+      const gq = download(a, q, gpu.stream), gs = download(a, s, gpu.stream);
+      let bad = 0;
+      for (let i = 0; i < ref.q.length; i++) if (!Object.is(ref.q[i], gq.data[i]) && !(Number.isNaN(ref.q[i]) && Number.isNaN(gq.data[i]))) bad++;
+      for (let i = 0; i < ref.scales.length; i++) if (ref.scales[i] !== gs.data[i]) bad++;
+      const ms = gpu.timeLaunch(() => quantizeFlatLaunch(gpu, q, s, X, R * (C / 128), u), REPS);
+      say(`${label}: ${bad ? `${bad} values DIFFER` : "exact"}; ${ms.toFixed(3)} ms, ${(bytes / ms / 1e6).toFixed(0)} GB/s = ${((100 * bytes) / ms / 1e6 / copyGBps).toFixed(0)}% of copy`);
+      if (bad) summary.push([label, "MISMATCH", "-", "-"]);
+      gpu.release(q);
+      gpu.release(s);
+    } catch (e) {
+      say(`${label}: FAILED ${(e as Error).stack ?? e}`);
+      summary.push([label, "FAILED", "-", "-"]);
+    }
+  }
+}
+
+// the standalone kernels on odd shapes: partial tiles in both dims, K % 8 != 0 (the fallback path), a 3-d tensor,
+// 1x128 with K % 128 == 0 on few tiles (the flat kernel, a trip past the end)
 const oddShapes: { dims: [string, number][]; tiling: "1x128" | "128x1" | "128x128"; tiled: string[] }[] = [];
-for (const dims of [[["r", 200], ["c", 264]], [["r", 130], ["c", 4100]], [["b", 3], ["r", 200], ["c", 264]]] as [string, number][][])
+for (const dims of [[["r", 200], ["c", 264]], [["r", 130], ["c", 4100]], [["b", 3], ["r", 200], ["c", 264]], [["b", 3], ["r", 7], ["c", 640]]] as [string, number][][])
   for (const [tiling, tiled] of [["1x128", ["c"]], ["128x1", ["r"]], ["128x128", ["r", "c"]]] as const) oddShapes.push({ dims, tiling, tiled: [...tiled] });
 for (const o of oddShapes) {
   const label = `${o.tiling} [${o.dims.map(([n, v]) => `${n}:${v}`).join(", ")}]`;

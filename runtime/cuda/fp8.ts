@@ -56,6 +56,17 @@ function quantizeInPlace(ex: CudaExecutor, x: DeviceTensor, tx: TensorType, tile
   return [q, s];
 }
 
+/**
+ * 1x128 quantize of `tiles` whole contiguous tiles (K % 128 == 0, x 16-byte aligned) by the flat kernel,
+ * `unroll` loads a lane in flight (bench/gpu/fp8-quant.ts times the choices); grid-stride over at most
+ * 8 blocks an SM.
+ */
+export function quantizeFlatLaunch(ex: CudaExecutor, q: DeviceTensor, s: DeviceTensor, x: DeviceTensor, tiles: number, unroll = Q.FLAT_UNROLL): void {
+  const dt = x.dtype === "bf16" ? "bf16" : "f32", k = Q.quantizeFlat(dt, unroll), perBlock = 8 * unroll * (dt === "bf16" ? 2 : 1);
+  ex.addon.launchKernel(ex.fn(k.name, k.source), [Math.min(Math.ceil(tiles / perBlock), ex.smCount * 8), 1, 1], [256, 1, 1], 0, ex.stream,
+    packArgs(["ptr", q.ptr], ["ptr", s.ptr], ["ptr", x.ptr], ["i64", tiles]));
+}
+
 export function quantizeCuda(ex: CudaExecutor, x: DeviceTensor, tx: TensorType, attrs: Attrs): DeviceTensor[] {
   const { dims: tiled } = tileSpec("quantize", attrs);
   const direct = quantizeInPlace(ex, x, tx, tiled);
@@ -67,7 +78,8 @@ export function quantizeCuda(ex: CudaExecutor, x: DeviceTensor, tx: TensorType, 
   const s = empty(ex.mem, "f32", sShape);
   const dt = x.dtype === "bf16" ? "bf16" : "f32";
   if (numel(X.shape) > 0) {
-    if (v.tn === 1) {
+    if (v.tn === 1 && v.K % 128 === 0 && X.ptr % 16n === 0n) quantizeFlatLaunch(ex, q, s, X, v.O * (v.K / 128));
+    else if (v.tn === 1) {
       const tiles = v.O * Math.ceil(v.K / 128);
       ex.addon.launchKernel(ex.fn(Q.quantizeRows(dt).name, Q.quantizeRows(dt).source), [Math.min(Math.ceil(tiles / 8), ex.smCount * 32), 1, 1], [256, 1, 1], 0, ex.stream,
         packArgs(["ptr", q.ptr], ["ptr", s.ptr], ["ptr", X.ptr], ["i64", v.O], ["i32", v.K]));

@@ -14,7 +14,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { dequantize, dequantizeVec, quantizeRows, quantizeTiles, wgradColumns, wgradStrip } from "../../runtime/cuda/kernels/fp8-sources.ts";
+import { dequantize, dequantizeVec, quantizeFlat, quantizeRows, quantizeTiles, wgradColumns, wgradStrip } from "../../runtime/cuda/kernels/fp8-sources.ts";
 import { dequantizeValues, quantizeValues } from "../../compiler/ops/quantize.ts";
 import { e4m3FromBits, e4m3ToBits } from "../../compiler/numeric/fp8.ts";
 import { roundToBf16 } from "../../compiler/numeric/bf16.ts";
@@ -49,7 +49,7 @@ const bf16Bytes = (x: Float32Array) => {
   return Buffer.from(o.buffer);
 };
 
-interface Case { label: string; kernel: { name: string; source: string }; O: number; N: number; K: number; mode: "rows" | "block" | "cols" }
+interface Case { label: string; kernel: { name: string; source: string }; O: number; N: number; K: number; mode: "rows" | "flat" | "block" | "cols" }
 const CASES: Case[] = [
   { label: "128x128 [200, 264]", kernel: quantizeTiles("bf16", "block"), O: 1, N: 200, K: 264, mode: "block" },
   { label: "128x128 [2, 130, 136]", kernel: quantizeTiles("bf16", "block"), O: 2, N: 130, K: 136, mode: "block" },
@@ -57,6 +57,10 @@ const CASES: Case[] = [
   { label: "128x1 [3, 130, 24]", kernel: quantizeTiles("bf16", "cols"), O: 3, N: 130, K: 24, mode: "cols" },
   { label: "1x128 [5, 300]", kernel: quantizeRows("bf16"), O: 5, N: 1, K: 300, mode: "rows" },
   { label: "1x128 [5, 302]", kernel: quantizeRows("bf16"), O: 5, N: 1, K: 302, mode: "rows" }, // a row ending inside a lane's 4 elements
+  // the flat kernel (K % 128 == 0): 35 tiles on 2 blocks, so warps stride, and a trip's last loads fall past the end
+  { label: "1x128 flat [7, 640]", kernel: quantizeFlat("bf16"), O: 7, N: 1, K: 640, mode: "flat" },
+  { label: "1x128 flat [7, 640] unroll 1", kernel: quantizeFlat("bf16", 1), O: 7, N: 1, K: 640, mode: "flat" },
+  { label: "1x128 flat [3, 1024] unroll 8", kernel: quantizeFlat("bf16", 8), O: 3, N: 1, K: 1024, mode: "flat" },
 ];
 
 describe.skipIf(!GXX)("standalone FP8 quantize kernels, run on a CPU emulation of the GPU", () => {
@@ -68,12 +72,13 @@ describe.skipIf(!GXX)("standalone FP8 quantize kernels, run on a CPU emulation o
       const { O, N, K } = c;
       const x = values(O, N, K);
       // rows kernel: [rows, K] with 1x128 tiles; tile kernels: [O, N, K]
-      const shape = c.mode === "rows" ? [O, K] : [O, N, K];
-      const tiled = c.mode === "rows" ? [false, true] : c.mode === "block" ? [false, true, true] : [false, true, false];
+      const rows = c.mode === "rows" || c.mode === "flat";
+      const shape = rows ? [O, K] : [O, N, K];
+      const tiled = rows ? [false, true] : c.mode === "block" ? [false, true, true] : [false, true, false];
       const ref = quantizeValues(x, shape, tiled);
-      const tiles = c.mode === "rows" ? O * Math.ceil(K / 128) : O * Math.ceil(N / 128) * Math.ceil(K / 128);
-      const grid = c.mode === "rows" ? Math.ceil(tiles / 8) : tiles;
-      const args = c.mode === "rows" ? `q, s, x, ${O}LL, ${K}` : `q, s, x, ${O}LL, ${N}, ${K}`;
+      const tiles = rows ? O * Math.ceil(K / 128) : O * Math.ceil(N / 128) * Math.ceil(K / 128);
+      const grid = c.mode === "flat" ? 2 : c.mode === "rows" ? Math.ceil(tiles / 8) : tiles;
+      const args = c.mode === "flat" ? `q, s, x, ${tiles}LL` : c.mode === "rows" ? `q, s, x, ${O}LL, ${K}` : `q, s, x, ${O}LL, ${N}, ${K}`;
       const exe = join(dir, c.kernel.name + c.label.replace(/\W+/g, "_"));
       writeFileSync(`${exe}.cpp`, `#include "cuda-emu.h"
 ${c.kernel.source}

@@ -52,6 +52,68 @@ extern "C" __global__ void ${name}(unsigned char* __restrict__ q, float* __restr
   };
 }
 
+/** quantizeFlat's default loads a lane per trip, all in flight before the trip's first shuffle. */
+export const FLAT_UNROLL = 4;
+
+/**
+ * 1×128 tiles of a [rows, K] tensor with K % 128 == 0, so the tensor is a flat run of whole tiles and
+ * tile t's scale is s[t]; x 16-byte aligned (quantizeRows above takes every other case). A lane loads 16
+ * bytes (8 bf16 or 4 f32 values), so a tile is G = 16 or 32 lanes and a warp covers 32 / G tiles a load;
+ * each warp issues `unroll` such loads (different tiles) before the first shuffle, so that more bytes are
+ * in flight than one tile a warp allows (the row kernel's 256 bytes a warp left the 1x128 quantize at ~60%
+ * of copy on an H200: bench/NOTES.md). Same numerics as quantizeRows, to the bit.
+ */
+export function quantizeFlat(t: DType, unroll: number = FLAT_UNROLL): { name: string; source: string } {
+  const name = `shardts_quant_flat_u${unroll}_${t}`;
+  const V = t === "bf16" ? 8 : 4, G = 128 / V;
+  return {
+    name,
+    source: `${HEAD}
+template <typename S, int N> struct alignas(sizeof(S) * N) pk { S v[N]; };
+__device__ __forceinline__ float ld(const float* v, int e) { return v[e]; }
+__device__ __forceinline__ float ld(const __nv_bfloat16* v, int e) { return __bfloat162float(v[e]); }
+extern "C" __global__ void __launch_bounds__(256) ${name}(unsigned char* __restrict__ q, float* __restrict__ s, const ${T(t)}* __restrict__ x, long long tiles) {
+  constexpr int VEC = ${V}, G = ${G}, TW = 32 / G, U = ${unroll};  // values a lane, lanes a tile, tiles a load a warp, loads a trip
+  const int lane = threadIdx.x & 31, sub = lane % G, half = lane / G;
+  const long long warps = (long long)gridDim.x * (blockDim.x >> 5);
+  for (long long first = (blockIdx.x * (long long)(blockDim.x >> 5) + (threadIdx.x >> 5)) * (TW * U); first < tiles; first += warps * (TW * U)) {
+    pk<${T(t)}, VEC> v[U];
+#pragma unroll
+    for (int u = 0; u < U; u++) {  // every load of the trip first
+      const long long tile = first + u * TW + half;
+      if (tile < tiles) v[u] = *reinterpret_cast<const pk<${T(t)}, VEC>*>(x + tile * 128 + sub * VEC);
+      else
+#pragma unroll
+        for (int e = 0; e < VEC; e++) v[u].v[e] = ${t === "bf16" ? "__float2bfloat16_rn(0.f)" : "0.f"};
+    }
+    float amax[U];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      amax[u] = 0.f;
+#pragma unroll
+      for (int e = 0; e < VEC; e++) amax[u] = fmaxf(amax[u], fabsf(ld(v[u].v, e)));  // NaN ignored
+    }
+#pragma unroll
+    for (int o = G / 2; o > 0; o >>= 1)
+#pragma unroll
+      for (int u = 0; u < U; u++) amax[u] = fmaxf(amax[u], __shfl_xor_sync(0xffffffffu, amax[u], o));
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const long long tile = first + u * TW + half;
+      if (tile >= tiles) continue;
+      float inv, scale;
+      inv_scale(amax[u], &inv, &scale);
+      pk<unsigned char, VEC> b;
+#pragma unroll
+      for (int e = 0; e < VEC; e++) b.v[e] = q8(ld(v[u].v, e), inv);
+      *reinterpret_cast<pk<unsigned char, VEC>*>(q + tile * 128 + sub * VEC) = b;
+      if (sub == 0) s[tile] = scale;
+    }
+  }
+}`,
+  };
+}
+
 /** 128×128 blocks of [O, N, K]: one 256-thread block per tile, amax by shuffles and shared memory. */
 export function quantizeBlocks(t: DType): { name: string; source: string } {
   const name = `shardts_quant_blocks_${t}`;
@@ -321,7 +383,7 @@ extern "C" __global__ void __launch_bounds__(256) ${name}(unsigned char* __restr
 });
 
 export const fp8Sources = (): { name: string; source: string }[] => [
-  quantizeRows("bf16"), quantizeRows("f32"), quantizeBlocks("bf16"), quantizeBlocks("f32"),
+  quantizeRows("bf16"), quantizeRows("f32"), quantizeFlat("bf16"), quantizeFlat("f32"), quantizeBlocks("bf16"), quantizeBlocks("f32"),
   quantizeTiles("bf16", "block"), quantizeTiles("f32", "block"), quantizeTiles("bf16", "cols"), quantizeTiles("f32", "cols"),
   dequantize("bf16"), dequantize("f32"), dequantizeVec("bf16"), dequantizeVec("f32"),
   wgradColumns("fp8"), wgradColumns("bf16"), wgradColumns("f32"),
