@@ -7,7 +7,8 @@
 // (lib/fp8-epilogue-cases.ts): SwiGLU → quantize (with and without the bf16 value also written) and
 // RMSNorm(x + residual) → quantize, each fused into one kernel by the fusion pass,
 // each checked against the CPU backend at check sizes (incl. odd widths), timed at [R, C], and
-// compared by time with PyTorch eager (+ a separate quantize) and torch.compile of the same work.
+// compared by time with PyTorch eager (+ a separate quantize) and torch.compile of the same work; and
+// the epilogues in their other emitter forms (tiles a trip, the row re-read), checked and timed.
 //   npm run gpu:pack; there: bash bench/gpu/run.sh fp8-quant   (writes <out>/fp8-quant.txt)
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -21,6 +22,7 @@ import { quantizeValues, dequantizeValues, tilesName } from "../../compiler/ops/
 import { roundArrayToBf16 } from "../../compiler/numeric/index.ts";
 import type { TensorType } from "../../compiler/ir/types.ts";
 import { EPILOGUES, checkEpilogue, timeEpilogue } from "./lib/fp8-epilogue-cases.ts";
+import { tuning, tuningLabel, type EmitTuning } from "../../compiler/codegen/cuda/tuning.ts";
 
 const argv = process.argv;
 const outDir = argv.includes("--out") ? argv[argv.indexOf("--out") + 1]! : ".";
@@ -187,6 +189,30 @@ for (const c of EPILOGUES) {
   }
 }
 
+// the epilogues' other emitter forms (compiler/codegen/cuda/tuning.ts: tiles a lane group takes per trip
+// in the map kernels, the row held in registers or re-read in the row kernels), each checked, then timed
+const variantLines: string[] = [];
+for (const c of EPILOGUES) {
+  if (c.timed === false) continue;
+  const overs: Partial<EmitTuning>[] = c.name.startsWith("rmsnorm") ? [{ quantRowRegs: false }] : [{ quantUnroll: 1 }, { quantUnroll: 2 }, { quantUnroll: 8 }];
+  for (const over of overs) {
+    const label = `${c.name} [${tuningLabel(tuning(over))}]`;
+    gpu.tuning = tuning(over);
+    try {
+      const k = checkEpilogue(gpu, c, 1024, 4096);
+      const t = timeEpilogue(gpu, c, R, C, REPS);
+      const line = `${label}: ${k.ok ? k.status : `FAILED ${k.status}`}; ${t.ms.toFixed(3)} ms, ${(t.bytes / t.ms / 1e6).toFixed(0)} GB/s = ${((100 * t.bytes) / t.ms / 1e6 / copyGBps).toFixed(0)}% of copy`;
+      say(line);
+      variantLines.push(line);
+      if (!k.ok) epi.push({ name: label, status: k.status, ok: false, kernels: k.kernels });
+    } catch (e) {
+      say(`${label}: FAILED ${(e as Error).stack ?? e}`);
+      epi.push({ name: label, status: "FAILED", ok: false, kernels: "" });
+    }
+  }
+}
+gpu.tuning = tuning();
+
 // the PyTorch peer, same run
 const peer = spawnSync("python3", ["bench/peers/fp8_quant.py", "--rows", String(R), "--cols", String(C)], { encoding: "utf8", timeout: 500_000 });
 const peerRows = (peer.stdout ?? "").split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as { kernel: string; impl: string; GBps: number; ms: number });
@@ -207,5 +233,6 @@ for (const r of epi) {
   const gbps = r.ms && r.bytes ? r.bytes / r.ms / 1e6 : 0;
   say([r.name, r.ok ? r.status : `FAILED: ${r.status}`, gbps ? `${gbps.toFixed(0)} GB/s` : "-", gbps ? `${((100 * gbps) / copyGBps).toFixed(0)}%` : "-", ratio(p("torch eager")), ratio(p("torch.compile")), r.kernels].map((h) => h.padEnd(18)).join(""));
 }
+if (variantLines.length) say(["", "the epilogues' other emitter forms (the default is in the table above)", ...variantLines].join("\n"));
 writeFileSync(join(outDir, "fp8-quant.txt"), lines.join("\n") + "\n");
 process.exit(summary.every((r) => r[1] === "exact") && epi.every((r) => r.ok) ? 0 : 1);

@@ -21,6 +21,8 @@ export interface LaunchRule {
   rowThreads: number;
   /** Row kernels: column chunks per thread kept in registers (0: rows are re-read each pass). */
   chunks: number;
+  /** Map kernels with a quantize epilogue: 128-column tiles a lane group takes per trip (loads first); 1 otherwise. */
+  unroll?: number;
   /** Integer type of flat indices: 32-bit while every tensor has fewer than 2^31 elements. */
   index: "u32" | "u64";
   params: Param[];

@@ -9,7 +9,7 @@ import { prelude } from "./prelude.ts";
 import { emitMap } from "./map.ts";
 import { emitRow, rowRule } from "./row.ts";
 import { emitQuant, quantVec } from "./quant.ts";
-import { emitRowQuant } from "./row-quant.ts";
+import { emitRowQuant, rowQuantChunks } from "./row-quant.ts";
 import { describeTensor, paramsOf, tensorCount, vecWidth, type LaunchRule, Src } from "./common.ts";
 import { isFp8 } from "../../ir/types.ts";
 import { DEFAULT_TUNING, type EmitTuning } from "./tuning.ts";
@@ -42,9 +42,9 @@ const sha256 = (s: string) => createHash("sha256").update(s).digest("hex");
 function launchRule(spec: KernelSpec, tune: EmitTuning): LaunchRule {
   const index = spec.bounds.elems < 2 ** 31 ? "u32" : "u64";
   const params = paramsOf(spec);
-  if (spec.kind === "row" && spec.quant) return { kind: "row", block: 256, vec: quantVec(spec), rowThreads: 256, chunks: 0, index, params };
+  if (spec.kind === "row" && spec.quant) return { kind: "row", block: 256, vec: quantVec(spec), rowThreads: 256, chunks: tune.quantRowRegs ? rowQuantChunks(spec, 256, quantVec(spec)) : 0, index, params };
   if (spec.kind === "row") return rowRule(spec, index, params, tune);
-  if (spec.quant) return { kind: "map", block: 256, vec: quantVec(spec), rowThreads: 0, chunks: 0, index, params };
+  if (spec.quant) return { kind: "map", block: 256, vec: quantVec(spec), rowThreads: 0, chunks: 0, unroll: tune.quantUnroll, index, params };
   return { kind: "map", block: 256, vec: spec.axes ? vecWidth(spec, spec.axes - 1) : 1, rowThreads: 0, chunks: 0, index, params };
 }
 
@@ -53,11 +53,11 @@ function describeLaunch(r: LaunchRule, quant: boolean): string[] {
   if (quant && r.kind === "row")
     return [
       `launch: one row per ${r.block}-thread block (groups of ${128 / r.vec} lanes take its 128-column tiles in turn); grid = min(rows, SMs * the blocks resident per SM at this kernel's register count)`,
-      `  ${vec("ncol")}; any row length (each pass rereads the row)`,
+      r.chunks ? `  ${vec("ncol")}; rows up to ${r.chunks * r.vec * r.block} columns, held in registers (${r.chunks} chunk(s) of ${r.vec} a thread, loaded together)` : `  ${vec("ncol")}; any row length (each pass rereads the row)`,
     ];
   if (quant)
     return [
-      `launch: ${r.block} threads per block, one 128-column tile per ${128 / r.vec} lanes, grid-stride; grid = min(ceil(units / ${r.block}), SMs * ${2048 / r.block})`,
+      `launch: ${r.block} threads per block, ${r.unroll ?? 1} 128-column tile(s) per ${128 / r.vec} lanes a trip (every tile's loads first), grid-stride; grid = min(ceil(units / ${r.block * (r.unroll ?? 1)}), SMs * ${2048 / r.block})`,
       `  units = ceil(elements / ${r.vec}) with ${vec("the innermost axis")}; else elements (the kernel takes its vector path only where ncol divides by ${r.vec})`,
     ];
   if (r.kind === "map")

@@ -6,7 +6,9 @@
 // multiple of VEC, 16-byte aligned pointers) moves each lane's columns as one pack where a tensor
 // walks the axis contiguously; the scalar path reads and writes element by element (any width: the
 // last tile of a row may be short). Warps stride over the tiles together, so every lane reaches the
-// shuffles; a group past the last tile has no column to read or write.
+// shuffles; a group past the last tile has no column to read or write. A trip takes U = rule.unroll
+// tiles a group (tuning.quantUnroll): every tile's operand loads are issued first, then tile by tile
+// the expression, amax and stores, so that U loads a lane are in flight at once instead of one.
 import type { KernelSpec } from "../types.ts";
 import { byteSize, storageType, valueType } from "./ops.ts";
 import { decompose, idxType, offset, paramDecl, tensorCount, tensorSpec, type LaunchRule, Src } from "./common.ts";
@@ -32,42 +34,58 @@ export function emitQuant(src: Src, spec: KernelSpec, name: string, rule: Launch
   src.line(`extern "C" __global__ void __launch_bounds__(${B}) ${name}(`);
   src.line(...rule.params.map((p, i) => `    ${paramDecl(spec, rule, p)}${i === rule.params.length - 1 ? ") {" : ","}`));
   src.enter();
-  src.line(`constexpr int VEC = ${V}, G = ${G};  // columns per lane, lanes per 128-column tile`);
+  src.line(`constexpr int VEC = ${V}, G = ${G}, U = ${rule.unroll ?? 1};  // columns per lane, lanes per 128-column tile, tiles a lane group takes per trip`);
   const size = (a: number) => (a === L ? "ncol" : `n${a}`);
   src.line(`const ${I} ncol = n${L};`, `const ${I} kt = (ncol + 127) / 128;`);
   src.line(`const ${I} tiles = ${[...Array.from({ length: L }, (_, a) => `n${a}`), "kt"].join(" * ")};`);
   src.line("const bool V = vec && ncol % VEC == 0;");
   src.line(`const int g = (threadIdx.x & 31) / G, lane = threadIdx.x & (G - 1);`);
-  src.line(`const ${I} step = (${I})gridDim.x * ${B / G};`);
-  src.open(`for (${I} first = ((${I})blockIdx.x * ${B / 32} + (threadIdx.x >> 5)) * ${32 / G}; first < tiles; first += step)`);
-  src.line(`const ${I} t = first + g;`, "const bool live = t < tiles;");
-  src.line(`const ${I} row = live ? t / kt : 0;`, `const ${I} col0 = (live ? t % kt : 0) * 128 + lane * VEC;`);
-  src.line(`const int n = !live || col0 >= ncol ? 0 : (int)(ncol - col0 < VEC ? ncol - col0 : VEC);  // this lane's columns`);
-  decompose(src, I, "row", L, size);
-  src.line(`const ${I} i${L} = col0;`);
-  src.line(`${xType} x[VEC];`, "float amax = 0.0f;");
-  spec.results.forEach((r, j) => {
-    if (j !== quant.scales && j !== quant.q && r.axes[L] === "unit") src.line(`sh_pack<${storageType(r.dtype)}, VEC> q${j};`);
+  src.line(`const ${I} step = (${I})gridDim.x * ${B / G} * U;`);
+  src.open(`for (${I} first = ((${I})blockIdx.x * ${B / 32} + (threadIdx.x >> 5)) * ${32 / G} * U; first < tiles; first += step)`);
+  /** Tile u of the trip: its row, first column, this lane's column count and the indices i0.. of its first column. */
+  const tileHead = () => {
+    src.line(`const ${I} t = first + (${I})u * ${32 / G} + g;`, "const bool live = t < tiles;");
+    src.line(`const ${I} row = live ? t / kt : 0;`, `const ${I} col0 = (live ? t % kt : 0) * 128 + lane * VEC;`);
+    src.line(`const int n = !live || col0 >= ncol ? 0 : (int)(ncol - col0 < VEC ? ncol - col0 : VEC);  // this lane's columns`);
+    decompose(src, I, "row", L, size);
+    src.line(`const ${I} i${L} = col0;`);
+  };
+  // phase 1: every tile's operands: a pack (vector path, contiguous), once (broadcast along the axis), or element by element
+  spec.operands.forEach((o, t) => {
+    if (o.axes[L] === "none") src.line(`${valueType(o.dtype)} x${t}[U];`);
+    else src.line(`sh_pack<${storageType(o.dtype)}, VEC> p${t}[U] = {};`);
   });
-  // the operands: a pack (vector path, contiguous), once (broadcast along the axis), or element by element
+  src.line("#pragma unroll");
+  src.open("for (int u = 0; u < U; ++u)");
+  tileHead();
   src.open("if (n > 0)");
   const args: string[] = [];
   spec.operands.forEach((o, t) => {
     const st = storageType(o.dtype), u = o.axes[L];
     if (u === "none") {
-      src.line(`const ${valueType(o.dtype)} x${t} = sh_get(in${t}[${offset(spec, t, A)}]);`);
-      args.push(`x${t}`);
+      src.line(`x${t}[u] = sh_get(in${t}[${offset(spec, t, A)}]);`);
+      args.push(`x${t}[u]`);
     } else {
-      src.line(`sh_pack<${st}, VEC> p${t}{};`);
       src.line(
         u === "unit"
-          ? `if (V) p${t} = *reinterpret_cast<const sh_pack<${st}, VEC>*>(in${t} + (${offset(spec, t, A)}));`
-          : `if (V) _Pragma("unroll") for (int e = 0; e < VEC; ++e) p${t}.v[e] = in${t}[${offset(spec, t, A)} + (${I})e * in${t}_s${L}];`,
+          ? `if (V) p${t}[u] = *reinterpret_cast<const sh_pack<${st}, VEC>*>(in${t} + (${offset(spec, t, A)}));`
+          : `if (V) _Pragma("unroll") for (int e = 0; e < VEC; ++e) p${t}[u].v[e] = in${t}[${offset(spec, t, A)} + (${I})e * in${t}_s${L}];`,
       );
-      src.line(`else _Pragma("unroll") for (int e = 0; e < VEC; ++e) if (e < n) p${t}.v[e] = in${t}[${offset(spec, t, A)}${u === "unit" ? " + e" : ` + (${I})e * in${t}_s${L}`}];`);
-      args.push(`sh_get(p${t}.v[e])`);
+      src.line(`else _Pragma("unroll") for (int e = 0; e < VEC; ++e) if (e < n) p${t}[u].v[e] = in${t}[${offset(spec, t, A)}${u === "unit" ? " + e" : ` + (${I})e * in${t}_s${L}`}];`);
+      args.push(`sh_get(p${t}[u].v[e])`);
     }
   });
+  src.close();
+  src.close();
+  // phase 2: tile by tile, the expression, the amax, the bytes
+  src.line("#pragma unroll");
+  src.open("for (int u = 0; u < U; ++u)");
+  tileHead();
+  src.line(`${xType} x[VEC];`, "float amax = 0.0f;");
+  spec.results.forEach((r, j) => {
+    if (j !== quant.scales && j !== quant.q && r.axes[L] === "unit") src.line(`sh_pack<${storageType(r.dtype)}, VEC> q${j};`);
+  });
+  src.open("if (n > 0)");
   src.line("#pragma unroll");
   src.open("for (int e = 0; e < VEC; ++e)");
   bodyResults.forEach(({ j, r }) => src.line(`${valueType(r.dtype)} r${j};`));
@@ -102,6 +120,7 @@ export function emitQuant(src: Src, spec: KernelSpec, name: string, rule: Launch
   const so = offset(spec, nIn + quant.scales, L), sl = spec.results[quant.scales]!.axes[L];
   const tileTerm = sl === "unit" ? "col0 / 128" : sl === "stride" ? `col0 / 128 * out${quant.scales}_s${L}` : "0";
   src.line(`if (lane == 0) out${quant.scales}[${so === "0" ? "" : `${so} + `}${tileTerm}] = scale;`);
+  src.close();
   src.close();
   src.close();
 }

@@ -17,6 +17,15 @@ import { DEFAULT_TUNING, type EmitTuning } from "./tuning.ts";
 import { closure } from "./row.ts";
 
 
+/** Most chunks of the block's width (block · vec columns) a row may have to be held in registers. */
+export const ROW_QUANT_MAX_CHUNKS = 8;
+
+/** Chunks of `block` · `vec` columns that hold the longest row (spec.bounds.row) in registers; 0 when it needs more than ROW_QUANT_MAX_CHUNKS. */
+export function rowQuantChunks(spec: KernelSpec, block: number, vec: number): number {
+  const c = Math.max(1, Math.ceil(spec.bounds.row / (block * vec)));
+  return c <= ROW_QUANT_MAX_CHUNKS ? c : 0;
+}
+
 export function emitRowQuant(src: Src, spec: KernelSpec, name: string, rule: LaunchRule, tune: EmitTuning = DEFAULT_TUNING): void {
   const quant = spec.quant!, nodes = spec.nodes;
   const I = idxType(rule), A = spec.axes, L = A - 1, V = rule.vec, G = 128 / V, B = rule.block, nIn = spec.operands.length;
@@ -46,27 +55,48 @@ export function emitRowQuant(src: Src, spec: KernelSpec, name: string, rule: Lau
     });
   perRow(false);
 
-  /** One walk over the row's tiles: loads of the pass's col operands, its col nodes per element, then `body`. */
+  const CH = rule.chunks;
+  /** This group's tile of a step at column `base`: t0, this lane's first column and count, and i<L>. */
+  const tileHead = (base: string) => {
+    src.line(`const int t0 = ${base} + g * 128;  // this group's tile`);
+    src.line("const int col0 = t0 + lane * VEC, cnt = col0 >= n ? 0 : (n - col0 < VEC ? n - col0 : VEC);  // this lane's columns");
+    src.line(`const ${I} i${L} = col0;`, `(void)i${L};  // (a pass over a held row may store nothing)`);
+  };
+  /** Load node `i`'s pack for the current tile into `dst`. */
+  const load = (i: number, dst: string) => {
+    const t = (nodes[i] as Extract<ExprNode, { k: "load" }>).operand, st = storageType(spec.operands[t]!.dtype), u = spec.operands[t]!.axes[L];
+    if (u === "unit") src.line(`if (V && cnt) ${dst} = *reinterpret_cast<const sh_pack<${st}, VEC>*>(in${t} + (${offset(spec, t, A)}));`);
+    src.line(`${u === "unit" ? "else " : ""}_Pragma("unroll") for (int e = 0; e < VEC; ++e) if (e < cnt) ${dst}.v[e] = in${t}[${offset(spec, t, A)}${u === "unit" ? " + e" : ` + (${I})e * in${t}_s${L}`}];`);
+  };
+  const packType = (i: number) => `sh_pack<${storageType(spec.operands[(nodes[i] as Extract<ExprNode, { k: "load" }>).operand]!.dtype)}, VEC>`;
+  const loadNodes = (targets: number[]) => closure(nodes, targets).filter((i) => nodes[i]!.k === "load");
+
+  /**
+   * One walk over the row's tiles: its col nodes per element, then `body`. Without chunks the pass's
+   * loads come first in each step (a re-read of the row); with chunks (rule.chunks: the row held in
+   * registers) the packs were all loaded by holdRow and the steps are unrolled.
+   */
   const walk = (targets: number[], pre: () => void, body: () => void, after: () => void) => {
     const need = closure(nodes, targets);
-    src.open("for (int base = 0; base < ncol; base += NG * 128)");
-    src.line("const int t0 = base + g * 128;  // this group's tile");
-    src.line("const int col0 = t0 + lane * VEC, cnt = col0 >= n ? 0 : (n - col0 < VEC ? n - col0 : VEC);  // this lane's columns");
-    src.line(`const ${I} i${L} = col0;`);
-    for (const i of need) {
-      const nd = nodes[i]!;
-      if (nd.k !== "load") continue;
-      const t = nd.operand, st = storageType(spec.operands[t]!.dtype), u = spec.operands[t]!.axes[L];
-      src.line(`sh_pack<${st}, VEC> p${t}{};`);
-      if (u === "unit") src.line(`if (V && cnt) p${t} = *reinterpret_cast<const sh_pack<${st}, VEC>*>(in${t} + (${offset(spec, t, A)}));`);
-      src.line(`${u === "unit" ? "else " : ""}_Pragma("unroll") for (int e = 0; e < VEC; ++e) if (e < cnt) p${t}.v[e] = in${t}[${offset(spec, t, A)}${u === "unit" ? " + e" : ` + (${I})e * in${t}_s${L}`}];`);
+    if (CH) {
+      src.line("#pragma unroll");
+      src.open(`for (int c = 0; c < ${CH}; ++c)`);
+      tileHead("c * NG * 128");
+    } else {
+      src.open("for (int base = 0; base < ncol; base += NG * 128)");
+      tileHead("base");
+      for (const i of need) {
+        if (nodes[i]!.k !== "load") continue;
+        src.line(`${packType(i)} p${i}{};`);
+        load(i, `p${i}`);
+      }
     }
     pre();
     src.line("#pragma unroll");
     src.open("for (int e = 0; e < VEC; ++e)");
     for (const i of need) {
       const nd = nodes[i]!;
-      if (nd.k === "load") src.line(`const float v${i} = sh_get(p${nd.operand}.v[e]);`);
+      if (nd.k === "load") src.line(`const float v${i} = sh_get(p${i}${CH ? "[c]" : ""}.v[e]);`);
       else if (nd.k === "op") src.line(`const ${valueType(nd.dtype)} v${i} = ${opExpr(nd.op, nd.dtype, nd.args.map((a) => ({ e: ref(a), dtype: nodes[a]!.dtype })), tune.fast)};  // ${nd.of}: ${nd.op}`);
     }
     body();
@@ -74,6 +104,20 @@ export function emitRowQuant(src: Src, spec: KernelSpec, name: string, rule: Lau
     after();
     src.close();
   };
+  /** With chunks: every col load of both passes, all chunks, issued together (held for both passes). */
+  const holdRow = (targets: number[]) => {
+    if (!CH) return;
+    const loads = loadNodes(targets);
+    for (const i of loads) src.line(`${packType(i)} p${i}[${CH}] = {};  // this thread's part of the row`);
+    src.line("#pragma unroll");
+    src.open(`for (int c = 0; c < ${CH}; ++c)`);
+    tileHead("c * NG * 128");
+    for (const i of loads) load(i, `p${i}[c]`);
+    src.close();
+  };
+
+  const colResults = spec.results.flatMap((r, j) => (j !== quant.scales && r.axes[L] !== "none" ? [j] : []));
+  holdRow([...reduces.map((r) => (nodes[r] as { arg: number }).arg), ...colResults.map((j) => spec.results[j]!.node)]);
 
   // pass 1: the reductions
   if (reduces.length) {
@@ -99,7 +143,6 @@ export function emitRowQuant(src: Src, spec: KernelSpec, name: string, rule: Lau
   });
 
   // pass 2: the results, the tile's amax, bytes and scale
-  const colResults = spec.results.flatMap((r, j) => (j !== quant.scales && r.axes[L] !== "none" ? [j] : []));
   src.line(`${valueType(nodes[quant.node]!.dtype)} x[VEC];`);
   walk(colResults.map((j) => spec.results[j]!.node), () => {
     for (const j of colResults) if (j !== quant.q) src.line(`sh_pack<${storageType(spec.results[j]!.dtype)}, VEC> q${j};`);

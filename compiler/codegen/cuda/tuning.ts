@@ -15,9 +15,19 @@ export interface EmitTuning {
   occupancy: number;
   /** exp / sigmoid / silu / division by a row sum as MUFU approximations (ex2, rcp: 1-2 ulp of f32). */
   fast: boolean;
+  /**
+   * Map kernels with a quantize epilogue: 128-column tiles a lane group takes per trip, every tile's
+   * loads issued before the first tile's amax shuffles (more bytes in flight a warp).
+   */
+  quantUnroll: number;
+  /**
+   * Row kernels with a quantize epilogue: hold the row in registers (loaded once, every chunk's loads
+   * issued together) where it is at most 8 chunks of the block's width; else each pass re-reads it.
+   */
+  quantRowRegs: boolean;
 }
 
-export const DEFAULT_TUNING: EmitTuning = { online: true, keepExp: true, occupancy: 1024, fast: true };
+export const DEFAULT_TUNING: EmitTuning = { online: true, keepExp: true, occupancy: 1024, fast: true, quantUnroll: 4, quantRowRegs: true };
 
 /** The tuning with `over` applied; a short label of what differs from the default (for kernel names and reports). */
 export function tuning(over: Partial<EmitTuning> = {}): EmitTuning {
@@ -31,5 +41,7 @@ export function tuningLabel(t: EmitTuning): string {
   if (t.keepExp !== d.keepExp) parts.push(t.keepExp ? "keep-exp" : "recompute-exp");
   if (t.occupancy !== d.occupancy) parts.push(`occupancy ${t.occupancy}`);
   if (t.fast !== d.fast) parts.push(t.fast ? "fast-math" : "accurate-math");
+  if (t.quantUnroll !== d.quantUnroll) parts.push(`quantize unroll ${t.quantUnroll}`);
+  if (t.quantRowRegs !== d.quantRowRegs) parts.push(t.quantRowRegs ? "quantize row in registers" : "quantize row re-read");
   return parts.length ? parts.join(", ") : "default";
 }
