@@ -190,11 +190,13 @@ for (const c of EPILOGUES) {
 }
 
 // the epilogues' other emitter forms (compiler/codegen/cuda/tuning.ts: tiles a lane group takes per trip
-// in the map kernels, the row held in registers or re-read in the row kernels), each checked, then timed
+// and packs a lane takes of a tile in the map kernels, the row held in registers or re-read in the row
+// kernels), each checked, then timed
 const variantLines: string[] = [];
 for (const c of EPILOGUES) {
   if (c.timed === false) continue;
-  const overs: Partial<EmitTuning>[] = c.name.startsWith("rmsnorm") ? [{ quantRowRegs: false }] : [{ quantUnroll: 1 }, { quantUnroll: 2 }, { quantUnroll: 8 }];
+  const overs: Partial<EmitTuning>[] = c.name.startsWith("rmsnorm") ? [{ quantRowRegs: true }]
+    : [{ quantUnroll: 1 }, { quantUnroll: 4 }, { quantUnroll: 1, quantPacks: 2 }, { quantPacks: 2 }, { quantUnroll: 1, quantPacks: 4 }];
   for (const over of overs) {
     const label = `${c.name} [${tuningLabel(tuning(over))}]`;
     gpu.tuning = tuning(over);

@@ -57,7 +57,7 @@ describe("quantize epilogues", () => {
     expectBitExact(plan, fp);
     const src = emitCuda(fp).kernels[0]!.source;
     expect(src).toContain("amax = sh_group_amax<G>(amax);");
-    expect(src).toContain("constexpr int VEC = 8, G = 16, U = 4;");
+    expect(src).toContain("constexpr int VEC = 8, P = 1, W = VEC * P, G = 16, U = 2;");
   });
 
   it("the value quantized is also used elsewhere: it is written too", () => {

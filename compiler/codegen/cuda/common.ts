@@ -23,6 +23,8 @@ export interface LaunchRule {
   chunks: number;
   /** Map kernels with a quantize epilogue: 128-column tiles a lane group takes per trip (loads first); 1 otherwise. */
   unroll?: number;
+  /** Map kernels with a quantize epilogue: vec-wide packs a lane takes of each tile (128 / (vec · packs) lanes a tile); 1 otherwise. */
+  packs?: number;
   /** Integer type of flat indices: 32-bit while every tensor has fewer than 2^31 elements. */
   index: "u32" | "u64";
   params: Param[];

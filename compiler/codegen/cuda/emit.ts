@@ -44,7 +44,7 @@ function launchRule(spec: KernelSpec, tune: EmitTuning): LaunchRule {
   const params = paramsOf(spec);
   if (spec.kind === "row" && spec.quant) return { kind: "row", block: 256, vec: quantVec(spec), rowThreads: 256, chunks: tune.quantRowRegs ? rowQuantChunks(spec, 256, quantVec(spec)) : 0, index, params };
   if (spec.kind === "row") return rowRule(spec, index, params, tune);
-  if (spec.quant) return { kind: "map", block: 256, vec: quantVec(spec), rowThreads: 0, chunks: 0, unroll: tune.quantUnroll, index, params };
+  if (spec.quant) return { kind: "map", block: 256, vec: quantVec(spec), rowThreads: 0, chunks: 0, unroll: tune.quantUnroll, packs: tune.quantPacks, index, params };
   return { kind: "map", block: 256, vec: spec.axes ? vecWidth(spec, spec.axes - 1) : 1, rowThreads: 0, chunks: 0, index, params };
 }
 
@@ -57,7 +57,7 @@ function describeLaunch(r: LaunchRule, quant: boolean): string[] {
     ];
   if (quant)
     return [
-      `launch: ${r.block} threads per block, ${r.unroll ?? 1} 128-column tile(s) per ${128 / r.vec} lanes a trip (every tile's loads first), grid-stride; grid = min(ceil(units / ${r.block * (r.unroll ?? 1)}), SMs * ${2048 / r.block})`,
+      `launch: ${r.block} threads per block, ${r.unroll ?? 1} 128-column tile(s) per ${128 / r.vec / (r.packs ?? 1)} lanes a trip (${r.packs ?? 1} pack(s) of ${r.vec} a lane; every tile's loads first), grid-stride; grid = min(ceil(units / ${r.block * (r.unroll ?? 1) * (r.packs ?? 1)}), SMs * ${2048 / r.block})`,
       `  units = ceil(elements / ${r.vec}) with ${vec("the innermost axis")}; else elements (the kernel takes its vector path only where ncol divides by ${r.vec})`,
     ];
   if (r.kind === "map")

@@ -37,7 +37,7 @@ export function launchOf(kernel: CudaKernel, k: KernelInstr, plan: Pick<Plan, "v
   if (r.kind === "map") {
     const total = numel(g.sizes);
     const units = vec ? Math.ceil(total / r.vec) : total;
-    grid = total === 0 ? 0 : Math.min(Math.ceil(units / (r.block * (r.unroll ?? 1))), resident);
+    grid = total === 0 ? 0 : Math.min(Math.ceil(units / (r.block * (r.unroll ?? 1) * (r.packs ?? 1))), resident);
   } else {
     // (a split kernel's rows are parts of at most `chunk` columns; its outer axes count the parts)
     const row = Math.min(inner, k.spec.split?.chunk ?? inner);
