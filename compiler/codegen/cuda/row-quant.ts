@@ -9,7 +9,9 @@
 // results. Every group runs the same number of tile steps (a tile past the row has no columns), so
 // every lane reaches the shuffles and barriers. vec = 1 (ncol a multiple of VEC, 16-byte aligned
 // pointers) moves each lane's columns as one pack where a tensor walks the row contiguously; else
-// element by element.
+// element by element. With rule.chunks (tuning.quantRowRegs, rows of at most ROW_QUANT_MAX_CHUNKS
+// steps) every step's packs of both passes are loaded together before pass 1 and held in registers,
+// so pass 2 re-reads nothing (measured slower on an H200, so not the default: bench/NOTES.md).
 import type { ExprNode, KernelSpec } from "../types.ts";
 import { literal, opExpr, roundTo, storageType, valueType } from "./ops.ts";
 import { decompose, idxType, offset, paramDecl, type LaunchRule, Src } from "./common.ts";
