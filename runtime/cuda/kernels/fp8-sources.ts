@@ -21,6 +21,14 @@ __device__ __forceinline__ void inv_scale(float amax, float* inv, float* scale) 
 }
 `;
 
+/** A register pack of N values (one 16-byte load or store where N · sizeof(S) is 16). */
+const PACK = `template <typename S, int N> struct alignas(sizeof(S) * N) pk { S v[N]; };
+`;
+/** PACK, and element e of a pack as f32. */
+const PACKS = `${PACK}__device__ __forceinline__ float ld(const float* v, int e) { return v[e]; }
+__device__ __forceinline__ float ld(const __nv_bfloat16* v, int e) { return __bfloat162float(v[e]); }
+`;
+
 /** 1×128 tiles along the contiguous last dim: one warp per tile, 4 elements a lane, amax by shuffles. */
 export function quantizeRows(t: DType): { name: string; source: string } {
   const name = `shardts_quant_rows_${t}`;
@@ -69,10 +77,7 @@ export function quantizeFlat(t: DType, unroll: number = FLAT_UNROLL): { name: st
   return {
     name,
     source: `${HEAD}
-template <typename S, int N> struct alignas(sizeof(S) * N) pk { S v[N]; };
-__device__ __forceinline__ float ld(const float* v, int e) { return v[e]; }
-__device__ __forceinline__ float ld(const __nv_bfloat16* v, int e) { return __bfloat162float(v[e]); }
-extern "C" __global__ void __launch_bounds__(256) ${name}(unsigned char* __restrict__ q, float* __restrict__ s, const ${T(t)}* __restrict__ x, long long tiles) {
+${PACKS}extern "C" __global__ void __launch_bounds__(256) ${name}(unsigned char* __restrict__ q, float* __restrict__ s, const ${T(t)}* __restrict__ x, long long tiles) {
   constexpr int VEC = ${V}, G = ${G}, TW = 32 / G, U = ${unroll};  // values a lane, lanes a tile, tiles a load a warp, loads a trip
   const int lane = threadIdx.x & 31, sub = lane % G, half = lane / G;
   const long long warps = (long long)gridDim.x * (blockDim.x >> 5);
@@ -198,10 +203,7 @@ export function quantizeTiles(t: DType, mode: "block" | "cols"): { name: string;
   return {
     name,
     source: `${HEAD}
-template <typename S, int N> struct alignas(sizeof(S) * N) pk { S v[N]; };
-__device__ __forceinline__ float ld(const float* v, int e) { return v[e]; }
-__device__ __forceinline__ float ld(const __nv_bfloat16* v, int e) { return __bfloat162float(v[e]); }
-// (about 96 registers: 2 blocks an SM; a cap for 3 spills)
+${PACKS}// (about 96 registers: 2 blocks an SM; a cap for 3 spills)
 extern "C" __global__ void __launch_bounds__(256) ${name}(unsigned char* __restrict__ q, float* __restrict__ s, const ${T(t)}* __restrict__ x, long long O, int N, int K) {
   constexpr int VEC = ${V}, LPR = ${LPR}, RPP = ${RPP}, P = ${P};  // columns a load, lanes a tile row, rows a pass, passes
   __shared__ float red[${mode === "block" ? "1][8" : "RPP][128"}];
@@ -270,8 +272,7 @@ export const dequantizeVec = memo((out: DType): { name: string; source: string }
   return {
     name,
     source: `${HEAD}
-template <typename S, int N> struct alignas(sizeof(S) * N) pk { S v[N]; };
-extern "C" __global__ void ${name}(${T(out)}* __restrict__ y, const unsigned char* __restrict__ q, const float* __restrict__ s, long long O, int N, int K, int tn) {
+${PACK}extern "C" __global__ void ${name}(${T(out)}* __restrict__ y, const unsigned char* __restrict__ q, const float* __restrict__ s, long long O, int N, int K, int tn) {
   const int nt = (N + tn - 1) / tn, kt = (K + 127) / 128, kc = K / 16;
   const long long chunks = O * N * (long long)kc;
   for (long long c = blockIdx.x * (long long)blockDim.x + threadIdx.x; c < chunks; c += (long long)gridDim.x * blockDim.x) {
@@ -318,8 +319,7 @@ export const wgradColumns = memo((src: "fp8" | "bf16" | "f32"): { name: string; 
   return {
     name,
     source: `${HEAD}
-template <typename S, int N> struct alignas(sizeof(S) * N) pk { S v[N]; };
-constexpr int CW = ${CW}, PARTS = 256 / CW, RP = 128 / PARTS, CPR = CW * ${EB} / 16; // columns a strip, threads a column, rows a thread, 16-byte chunks a row
+${PACK}constexpr int CW = ${CW}, PARTS = 256 / CW, RP = 128 / PARTS, CPR = CW * ${EB} / 16; // columns a strip, threads a column, rows a thread, 16-byte chunks a row
 __device__ __forceinline__ float val(const ${S}* tile, const float* rs, int r, int c) { ${val} }
 extern "C" __global__ void __launch_bounds__(256) ${name}(unsigned char* __restrict__ qT, float* __restrict__ s, const ${S}* __restrict__ x, const float* __restrict__ xs, const int* __restrict__ rowMap, long long rows, int width, long long M, int vec) {
   __shared__ pk<${S}, 16 / ${EB}> tile16[128 * CPR];
