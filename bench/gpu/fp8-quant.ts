@@ -8,12 +8,14 @@
 // RMSNorm(x + residual) → quantize, each fused into one kernel by the fusion pass,
 // each checked against the CPU backend at check sizes (incl. odd widths), timed at [R, C], and
 // compared by time with PyTorch eager (+ a separate quantize) and torch.compile of the same work; and
-// the epilogues in their other emitter forms (tiles a trip, the row re-read), checked and timed.
+// the epilogues in their other emitter forms (tiles a trip and packs a lane in the map kernels, the row
+// held in registers in the row kernel), checked and timed.
 //   npm run gpu:pack; there: bash bench/gpu/run.sh fp8-quant   (writes <out>/fp8-quant.txt)
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { spawnSync } from "node:child_process";
 import { copyBandwidth } from "./lib/copy-bandwidth.ts";
+import { countDiffers, firstDiffer } from "./lib/compare.ts";
 import { CudaExecutor } from "../../runtime/cuda/executor.ts";
 import { native } from "../../runtime/cuda/native.ts";
 import { upload, download, empty } from "../../runtime/cuda/memory.ts";
@@ -66,16 +68,13 @@ for (const c of cases) {
     const [q, s] = quantizeCuda(gpu, X, tx, { tiling: c.tiling, dims: c.dims });
     const gq = download(a, q!, gpu.stream), gs = download(a, s!, gpu.stream);
     const ref = quantizeValues(data, [R, C], [c.dims.includes("r"), c.dims.includes("c")]);
-    let badQ = -1, badS = -1;
-    for (let i = 0; i < ref.q.length && badQ < 0; i++) if (!Object.is(ref.q[i], gq.data[i]) && !(Number.isNaN(ref.q[i]) && Number.isNaN(gq.data[i]))) badQ = i;
-    for (let i = 0; i < ref.scales.length && badS < 0; i++) if (ref.scales[i] !== gs.data[i]) badS = i;
+    const badQ = firstDiffer(gq.data, ref.q), badS = firstDiffer(gs.data, ref.scales);
     say(`${c.name}: bytes ${badQ < 0 ? "equal" : `DIFFER first at ${badQ}: gpu ${gq.data[badQ]} cpu ${ref.q[badQ]}`} (${ref.q.length} values); scales ${badS < 0 ? "equal" : `DIFFER first at ${badS}: gpu ${gs.data[badS]} cpu ${ref.scales[badS]}`} (${ref.scales.length})`);
     // dequantize of the GPU's own q and scales against the CPU's
     const ts: TensorType = { dims: tx.dims.map((d) => (c.dims.includes(d.name) ? { name: tilesName(d.name), size: Math.ceil(d.size / 128) } : d)), dtype: "f32", placements: [] };
     const dq = download(a, dequantizeCuda(gpu, q!, s!, { ...tx, dtype: "fp8e4m3" }, ts, "f32"), gpu.stream);
     const dref = dequantizeValues(ref.q, [R, C], [c.dims.includes("r"), c.dims.includes("c")], ref.scales);
-    let badD = -1;
-    for (let i = 0; i < dref.length && badD < 0; i++) if (dref[i] !== dq.data[i]) badD = i;
+    const badD = firstDiffer(dq.data, dref);
     say(`${c.name}: dequantize (f32) ${badD < 0 ? "equal" : `DIFFERS first at ${badD}`}`);
     gpu.release(q);
     gpu.release(s);
@@ -107,9 +106,7 @@ function flatVariants(ref: { q: Float32Array; scales: Float32Array }, bytes: num
       const q = empty(gpu.mem, "fp8e4m3", [R, C]), s = empty(gpu.mem, "f32", [R, C / 128]);
       quantizeFlatLaunch(gpu, q, s, X, R * (C / 128), u);
       const gq = download(a, q, gpu.stream), gs = download(a, s, gpu.stream);
-      let bad = 0;
-      for (let i = 0; i < ref.q.length; i++) if (!Object.is(ref.q[i], gq.data[i]) && !(Number.isNaN(ref.q[i]) && Number.isNaN(gq.data[i]))) bad++;
-      for (let i = 0; i < ref.scales.length; i++) if (ref.scales[i] !== gs.data[i]) bad++;
+      const bad = countDiffers(gq.data, ref.q) + countDiffers(gs.data, ref.scales);
       const ms = gpu.timeLaunch(() => quantizeFlatLaunch(gpu, q, s, X, R * (C / 128), u), REPS);
       say(`${label}: ${bad ? `${bad} values DIFFER` : "exact"}; ${ms.toFixed(3)} ms, ${(bytes / ms / 1e6).toFixed(0)} GB/s = ${((100 * bytes) / ms / 1e6 / copyGBps).toFixed(0)}% of copy`);
       if (bad) summary.push([label, "MISMATCH", "-", "-"]);
@@ -142,9 +139,7 @@ for (const o of oddShapes) {
     const [q, s] = quantizeCuda(gpu, Xo, t, { tiling: o.tiling, dims: o.tiled });
     const gq = download(a, q!, gpu.stream), gs = download(a, s!, gpu.stream);
     const ref = quantizeValues(d, shape, o.dims.map(([n]) => o.tiled.includes(n)));
-    let bq = 0, bs = 0;
-    for (let i = 0; i < ref.q.length; i++) if (!Object.is(ref.q[i], gq.data[i]) && !(Number.isNaN(ref.q[i]) && Number.isNaN(gq.data[i]))) bq++;
-    for (let i = 0; i < ref.scales.length; i++) if (ref.scales[i] !== gs.data[i]) bs++;
+    const bq = countDiffers(gq.data, ref.q), bs = countDiffers(gs.data, ref.scales);
     say(`odd shape ${label}: e4m3 ${bq}/${ref.q.length} differ, scales ${bs}/${ref.scales.length} differ (scale shape ${s!.shape.join("x")})`);
     if (bq || bs) summary.push([`odd ${label}`, "MISMATCH", "-", "-"]);
     [q!, s!, Xo].forEach((x) => gpu.release(x));

@@ -62,7 +62,7 @@ function quantizeInPlace(ex: CudaExecutor, x: DeviceTensor, tx: TensorType, tile
  * 8 blocks an SM.
  */
 export function quantizeFlatLaunch(ex: CudaExecutor, q: DeviceTensor, s: DeviceTensor, x: DeviceTensor, tiles: number, unroll = Q.FLAT_UNROLL): void {
-  const dt = x.dtype === "bf16" ? "bf16" : "f32", k = Q.quantizeFlat(dt, unroll), perBlock = 8 * unroll * (dt === "bf16" ? 2 : 1);
+  const dt = x.dtype === "bf16" ? "bf16" : "f32", k = Q.quantizeFlat(dt, unroll), perBlock = 8 * Q.flatTilesPerWarp(dt, unroll);
   ex.addon.launchKernel(ex.fn(k.name, k.source), [Math.min(Math.ceil(tiles / perBlock), ex.smCount * 8), 1, 1], [256, 1, 1], 0, ex.stream,
     packArgs(["ptr", q.ptr], ["ptr", s.ptr], ["ptr", x.ptr], ["i64", tiles]));
 }

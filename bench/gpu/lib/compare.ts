@@ -14,3 +14,19 @@ export function relError(got: ArrayLike<number>, ref: ArrayLike<number>): number
   }
   return den === 0 ? num : num / den;
 }
+
+/** Equal bit for bit as the checks read it: the same value (-0 apart from 0), or NaN against NaN. */
+export const sameValue = (a: number, b: number): boolean => Object.is(a, b) || (Number.isNaN(a) && Number.isNaN(b));
+
+/** How many elements of `got` are not sameValue as `ref`'s. */
+export function countDiffers(got: ArrayLike<number>, ref: ArrayLike<number>): number {
+  let n = 0;
+  for (let i = 0; i < ref.length; i++) if (!sameValue(got[i]!, ref[i]!)) n++;
+  return n;
+}
+
+/** The first index where `got` is not sameValue as `ref`, or -1. */
+export function firstDiffer(got: ArrayLike<number>, ref: ArrayLike<number>): number {
+  for (let i = 0; i < ref.length; i++) if (!sameValue(got[i]!, ref[i]!)) return i;
+  return -1;
+}

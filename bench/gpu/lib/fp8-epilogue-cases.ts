@@ -7,6 +7,7 @@
 // checked against the CPU quantization of the GPU's own bf16 value), then timed at full size.
 import { compile } from "../../../compiler/pipeline.ts";
 import { fuse } from "../../../compiler/codegen/fuse.ts";
+import { countDiffers } from "./compare.ts";
 import { quantizeValues } from "../../../compiler/ops/quantize.ts";
 import { roundToBf16 } from "../../../compiler/numeric/bf16.ts";
 import type { LocalTensor } from "../../../compiler/ir/local.ts";
@@ -92,12 +93,6 @@ export function prepare(c: EpilogueCase, R: number, C: number) {
   return { plan, feeds };
 }
 
-const same = (a: number, b: number) => Object.is(a, b) || (Number.isNaN(a) && Number.isNaN(b));
-const diffs = (a: ArrayLike<number>, b: ArrayLike<number>) => {
-  let n = 0;
-  for (let i = 0; i < a.length; i++) if (!same(a[i]!, b[i]!)) n++;
-  return n;
-};
 
 /**
  * Whether a quantize is left as its own op after the CUDA executor's fusion pass (compiler/codegen/fuse.ts),
@@ -122,20 +117,20 @@ export function checkEpilogue(gpu: CudaExecutor, c: EpilogueCase, R: number, C: 
   const kernels = g.timings.map((k) => k.ops.join("+")).join(", ") + (standaloneQuantize(plan) ? " + standalone quantize" : "");
   const cpu = runPlanCpu(plan, feeds).outputs;
   const got = g.locals.map((p) => p[0]!.data);
-  const nq = diffs(got[0]!, cpu[0]!.data), ns = diffs(got[1]!, cpu[1]!.data);
+  const nq = countDiffers(got[0]!, cpu[0]!.data), ns = countDiffers(got[1]!, cpu[1]!.data);
   let line = `[${R}x${C}] vs CPU backend: e4m3 ${nq}/${got[0]!.length} differ, scales ${ns}/${got[1]!.length} differ`;
   let ok = true, status = nq === 0 && ns === 0 ? "exact" : `${nq} e4m3/${ns} scales differ`;
   if (got.length > 2) {
     let err = 0;
     const want = cpu[2]!.data;
     for (let i = 0; i < want.length; i++) err = Math.max(err, Math.abs(got[2]![i]! - want[i]!) / Math.max(1, Math.abs(want[i]!)));
-    line += `; bf16 value max rel. err ${err.toExponential(2)}, ${diffs(got[2]!, want)} elements differ`;
+    line += `; bf16 value max rel. err ${err.toExponential(2)}, ${countDiffers(got[2]!, want)} elements differ`;
     if (err >= 1e-2) ok = false;
   }
   if (c.value !== undefined) {
     // the bytes must be exactly the quantization of the bf16 value the GPU computed
     const own = quantizeValues(Float32Array.from(got[c.value]!), [R, C], [false, true]);
-    const oq = diffs(got[0]!, own.q), os = diffs(got[1]!, own.scales);
+    const oq = countDiffers(got[0]!, own.q), os = countDiffers(got[1]!, own.scales);
     line += `; vs CPU quantize of the GPU's bf16 value: e4m3 ${oq} differ, scales ${os} differ`;
     if (oq || os) ok = false;
     status += oq || os ? ", NOT the quantization of its own bf16" : status === "exact" ? "" : " (exact vs its own bf16)";

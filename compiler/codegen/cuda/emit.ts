@@ -55,9 +55,10 @@ function describeLaunch(r: LaunchRule, quant: boolean): string[] {
       `launch: one row per ${r.block}-thread block (groups of ${128 / r.vec} lanes take its 128-column tiles in turn); grid = min(rows, SMs * the blocks resident per SM at this kernel's register count)`,
       r.chunks ? `  ${vec("ncol")}; rows up to ${r.chunks * r.vec * r.block} columns, held in registers (${r.chunks} chunk(s) of ${r.vec} a thread, loaded together)` : `  ${vec("ncol")}; any row length (each pass rereads the row)`,
     ];
+  const u = r.unroll ?? 1, p = r.packs ?? 1;
   if (quant)
     return [
-      `launch: ${r.block} threads per block, ${r.unroll ?? 1} 128-column tile(s) per ${128 / r.vec / (r.packs ?? 1)} lanes a trip (${r.packs ?? 1} pack(s) of ${r.vec} a lane; every tile's loads first), grid-stride; grid = min(ceil(units / ${r.block * (r.unroll ?? 1) * (r.packs ?? 1)}), SMs * ${2048 / r.block})`,
+      `launch: ${r.block} threads per block, ${u} 128-column tile(s) per ${128 / r.vec / p} lanes a trip (${p} pack(s) of ${r.vec} a lane; every tile's loads first), grid-stride; grid = min(ceil(units / ${r.block * u * p}), SMs * ${2048 / r.block})`,
       `  units = ceil(elements / ${r.vec}) with ${vec("the innermost axis")}; else elements (the kernel takes its vector path only where ncol divides by ${r.vec})`,
     ];
   if (r.kind === "map")

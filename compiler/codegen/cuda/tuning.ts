@@ -25,7 +25,8 @@ export interface EmitTuning {
   /**
    * Map kernels with a quantize epilogue: 16-byte packs a lane takes of each tile (1, 2 or 4), so fewer
    * lanes share a tile and its per-tile work (index division, amax shuffles, the scale's divisions)
-   * is spread over more columns.
+   * is spread over more columns. On an H200: 2 packs (one tile a trip) ran SwiGLU → quantize 8% faster
+   * and SwiGLU → quantize with the bf16 value written 15% slower; 4 packs slower on both. Default 1.
    */
   quantPacks: number;
   /**

@@ -62,6 +62,10 @@ extern "C" __global__ void ${name}(unsigned char* __restrict__ q, float* __restr
 
 /** quantizeFlat's default loads a lane per trip, all in flight before the trip's first shuffle. */
 export const FLAT_UNROLL = 4;
+/** quantizeFlat's values a lane loads (16 bytes). */
+const flatVec = (t: DType): number => (t === "bf16" ? 8 : 4);
+/** Tiles a warp of quantizeFlat takes a trip: `unroll` loads, each covering 32 / (128 / vec) tiles. */
+export const flatTilesPerWarp = (t: DType, unroll: number): number => unroll * ((32 * flatVec(t)) / 128);
 
 /**
  * 1×128 tiles of a [rows, K] tensor with K % 128 == 0, so the tensor is a flat run of whole tiles and
@@ -73,7 +77,7 @@ export const FLAT_UNROLL = 4;
  */
 export function quantizeFlat(t: DType, unroll: number = FLAT_UNROLL): { name: string; source: string } {
   const name = `shardts_quant_flat_u${unroll}_${t}`;
-  const V = t === "bf16" ? 8 : 4, G = 128 / V;
+  const V = flatVec(t), G = 128 / V;
   return {
     name,
     source: `${HEAD}
