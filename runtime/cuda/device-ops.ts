@@ -12,6 +12,7 @@ import * as M from "./kernels/moe-sources.ts";
 import { concatSplit, dot, gather, scatterAdd, segmentContract } from "./ops.ts";
 import { FP8_OPS, runFp8 } from "./fp8.ts";
 import { scaledSegmentDotCuda, scaledSegmentWgradCuda } from "./fp8-segment.ts";
+import { deviceScaledSegment } from "./fp8-segment-device.ts";
 import type { CudaExecutor } from "./executor.ts";
 
 type OpInstr = Extract<Plan["instrs"][number], { kind: "op" }>;
@@ -36,9 +37,12 @@ export function deviceOp(ex: CudaExecutor, plan: Plan, ins: OpInstr, r: number, 
     case "segment_wgrad":
       return [segmentContract(ex, ins.op, plan, ins, r, x, tIn, tOut[0]!, outShape(0))];
     case "scaled_segment_dot":
-      return [scaledSegmentDotCuda(ex, plan, ins, r, x, tIn, tOut[0]!, outShape(0))];
-    case "scaled_segment_wgrad":
-      return [scaledSegmentWgradCuda(ex, plan, ins, r, x, tIn, tOut[0]!, outShape(0))];
+    case "scaled_segment_wgrad": {
+      // device-side counts (no host read, so capturable) where fp8-segment-device.ts takes the sizes
+      const y = ex.segmentCountsOnDevice ? deviceScaledSegment(ex, plan, ins, r, x, tIn, tOut[0]!, outShape(0)) : undefined;
+      if (y) return [y];
+      return [(ins.op === "scaled_segment_dot" ? scaledSegmentDotCuda : scaledSegmentWgradCuda)(ex, plan, ins, r, x, tIn, tOut[0]!, outShape(0))];
+    }
     case "gather":
       return [gather(ex, plan, ins, r, x, tIn, tOut[0]!, outShape(0))];
     case "scatter_add":

@@ -7,10 +7,15 @@
 // blockN/64 of them a stage).
 //
 // A K-grouped configuration (kGrouped: the MoE weight gradient, one launch for every expert) takes the
-// shape { M, N, K, experts: E } with K = P, the padded columns: a = A [M][P] bf16, b = B [N][P] bf16
-// (P contiguous in both), d = D [E·M][N] bf16, blockExpert = int32 [E][2] (expert e's first 64-column
-// block of P, its block count); D[e·M + m][n] = Σ over e's columns of A[m][p]·B[n][p], zeros where e has
-// none. D is stored through a 3-D map [E][M][N], so M need not be a multiple of the tile's 128 rows.
+// shape { M, N, K, experts: E } with K = P, the padded columns: a = A [M][P], b = B [N][P] (bf16, or
+// e4m3 with row-scaled B: sa [P/128][M] and sb [P/128][N] f32; P contiguous in both), d = D [E·M][N] bf16,
+// blockExpert = int32 [E][2] (expert e's first K block of P, 64 columns bf16 or 128 e4m3, its block count);
+// D[e·M + m][n] = Σ over e's columns of A[m][p]·B[n][p], zeros where e has none. D is stored through a
+// 3-D map [E][M][N], so M need not be a multiple of the tile's 128 rows.
+//
+// A row-run configuration (rowRuns) takes blockExpert = int32 [blocks][4] (expert, A's row, D's row, valid
+// rows; bf16-segment.ts rowRunTable) with M = 128 x blocks and rowsA / rowsD the rows A and D hold; e4m3
+// takes sa [KB][M] in the blocks' layout (kernels/segment-sources.ts segmentRunScales).
 //
 //   const g = new Fp8Gemm(addon, stream);
 //   const run = g.prepare(config, { M, N, K }, { a, b, sa, sb, d });   // compiles once, encodes the TMA maps
@@ -194,29 +199,33 @@ export class Fp8Gemm {
 
   /**
    * A K-grouped launch (prepare with a kGrouped configuration): the maps of A [M][P] and B [N][P] with
-   * 64-column boxes of BLOCK_M and BLOCK_N rows, and of D as [E][M][N] for the TMA store.
+   * K-block boxes (64 bf16 / 128 e4m3 columns) of BLOCK_M and BLOCK_N rows, of D as [E][M][N] for the TMA
+   * store, and with e4m3 (row-scaled B) of the scales sa [P/128][M] and sb [P/128][N].
    */
   private prepareKGrouped(c: Fp8GemmConfig, s: Fp8GemmProblemShape, bufs: Fp8GemmBuffers): () => void {
-    const why = kGroupedProblem(s);
-    if (why) throw new CompileError(`K-grouped bf16 GEMM ${s.M}x${s.N}x${s.K} over ${s.experts} experts: ${why}`);
-    if (bufs.blockExpert === undefined) throw new CompileError("K-grouped bf16 GEMM: blockExpert must be given (2 int32 per expert: first 64-column block, blocks)");
+    const bf16 = isBf16(c), what = `K-grouped ${bf16 ? "bf16" : "FP8 row-scaled"} GEMM`, KBLK = kBlock(c);
+    const why = kGroupedProblem(s, KBLK);
+    if (why) throw new CompileError(`${what} ${s.M}x${s.N}x${s.K} over ${s.experts} experts: ${why}`);
+    if (bufs.blockExpert === undefined) throw new CompileError(`${what}: blockExpert must be given (2 int32 per expert: first ${KBLK}-column block, blocks)`);
     if (s.lda !== undefined || s.ldb !== undefined || s.rowsA !== undefined || s.rowsD !== undefined)
-      throw new CompileError("K-grouped bf16 GEMM: A and B are contiguous [M][P] and [N][P] (no lda, ldb, rowsA or rowsD)");
-    const E = s.experts!;
+      throw new CompileError(`${what}: A and B are contiguous [M][P] and [N][P] (no lda, ldb, rowsA or rowsD)`);
+    const E = s.experts!, eb = bf16 ? 2 : 1, KB = s.K / KBLK;
     const { fn, kernel, layout } = this.kernel(c);
     const g = geometryOf(c, s, this.gridSms());
     const enc = this.addon.tensorMapEncodeTiled.bind(this.addon);
     const map = (address: DevicePtr, rows: number, boxRows: number) =>
-      enc({ dtype: "bf16", address, dims: [s.K, rows], strides: [s.K * 2], box: [kBlock(c), boxRows], swizzle: "128B", l2Promotion: "256B", oobFill: "zero" });
+      enc({ dtype: bf16 ? "bf16" : "u8", address, dims: [s.K, rows], strides: [s.K * eb], box: [KBLK, boxRows], swizzle: "128B", l2Promotion: "256B", oobFill: "zero" });
     const unused = new Uint8Array(128);
+    // e4m3: the scales of each 128-column block of P, for A's M rows and B's N rows: one tile's run a stage
+    const scales = (address: DevicePtr, rows: number, boxRows: number) => (bf16 ? unused : enc({ dtype: "f32", address, dims: [rows, KB], strides: [rows * 4], box: [boxRows, 1], oobFill: "zero" }));
     // D as [E][M][N]: a tile's rows past M fall outside its expert's block and are clipped
     const mapD = c.tmaStore ? enc({ dtype: "bf16", address: bufs.d, dims: [s.N, s.M, E], strides: [s.N * 2, s.M * s.N * 2], box: [64, 64, 1], swizzle: "128B", oobFill: "zero" }) : unused;
     const params = (layout ? (...x: KernelArg[]) => packArgsAt(layout, ...x) : packArgs)(
       ["bytes", map(bufs.a, s.M, blockM(c)), 64],
       ["bytes", map(bufs.b, s.N, c.blockN), 64],
-      ["bytes", unused, 64],
+      ["bytes", scales(bufs.sa, s.M, blockM(c)), 64],
       ["bytes", mapD, 64],
-      ["bytes", unused, 64],
+      ["bytes", scales(bufs.sb, s.N, c.blockN), 64],
       ["ptr", bufs.sa],
       ["ptr", bufs.sb],
       ["ptr", bufs.d],

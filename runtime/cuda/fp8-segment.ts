@@ -120,7 +120,7 @@ const launches = new WeakMap<Fp8Gemm, Map<string, () => void>>(), MAX_LAUNCHES =
  * `rowMap` into the padded layout, quantized 128×1 along its M rows and transposed in one kernel:
  * codes [width][M], scales [M/128][width] (kernels/fp8-sources.ts wgradColumns).
  */
-function quantizeColumnsT(ex: CudaExecutor, x: DeviceTensor, xs: DeviceTensor | undefined, rows: number, width: number, rowMap: DeviceTensor, M: number) {
+export function quantizeColumnsT(ex: CudaExecutor, x: DeviceTensor, xs: DeviceTensor | undefined, rows: number, width: number, rowMap: DeviceTensor, M: number) {
   const src = xs ? "fp8" : (x.dtype as "bf16" | "f32");
   const q = empty(ex.mem, "fp8e4m3", [width, M]), s = empty(ex.mem, "f32", [M / GROUPED_M_ALIGN, width]);
   const vec = (width * K.elemBytes(x.dtype)) % 16 === 0 && x.ptr % 16n === 0n ? 1 : 0;

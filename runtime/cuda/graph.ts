@@ -1,9 +1,10 @@
 // Whole-step CUDA graphs: a plan run captured once (CudaExecutor.capture) and replayed with one
 // launch. What a capture needs: every shape static and nothing read back to the host mid-run. The
 // segment contractions (MoE experts) qualify where they run on device-side counts (segment-device.ts:
-// bf16 segment_dot / segment_wgrad on Hopper, their GEMMs planned on the GPU over buffers sized by the
-// routing's upper bound), which capture switches on; a plan is refused (saying why) when one of them
-// would read its per-expert counts on the host (FP8 ones, f32, another GPU, sizes the kernels refuse),
+// bf16 segment_dot / segment_wgrad; fp8-segment-device.ts: the FP8 scaled_segment_dot / _wgrad with bf16
+// results; on Hopper, their GEMMs planned on the GPU over buffers sized by the routing's upper bound),
+// which capture switches on; a plan is refused (saying why) when one of them would read its per-expert
+// counts on the host (f32, another GPU, sizes the kernels refuse),
 // when it holds a global MoE op (its exchange is sized on the host), or collectives on a mesh of
 // several ranks (not captured yet). The graph owns its memory: the pool the captured run drew from,
 // the staged host-made values and the outputs, freed by destroy().
@@ -16,6 +17,7 @@ import type { Graph, GraphExec } from "./native-types.ts";
 import type { CudaExecutor } from "./executor.ts";
 import { getOp } from "../../compiler/ops/index.ts";
 import { deviceSegmentRefusal } from "./segment-device.ts";
+import { deviceScaledSegmentRefusal } from "./fp8-segment-device.ts";
 
 /** A gather/scatter index check whose flag is read after the run (a capture cannot read mid-run). */
 export interface DeferredCheck {
@@ -35,7 +37,8 @@ export function notCapturable(plan: Plan, arch: string): string | undefined {
     if (ins.kind !== "op" || !COUNT_SIZED_OPS.has(ins.op)) continue;
     const inTypes = ins.inputs.map((s) => plan.values[s]!.type), out = plan.values[ins.outputs[0]!]!;
     for (let r = 0; r < plan.world; r++) {
-      const why = deviceSegmentRefusal(ins.op, inTypes, out.type, arch, { inShapes: ins.inputs.map((s) => plan.values[s]!.shapes[r]!), outShape: out.shapes[r]! });
+      const local = { inShapes: ins.inputs.map((s) => plan.values[s]!.shapes[r]!), outShape: out.shapes[r]! };
+      const why = ins.op.startsWith("scaled_") ? deviceScaledSegmentRefusal(ins.op, inTypes, out.type, arch, ins.attrs, local) : deviceSegmentRefusal(ins.op, inTypes, out.type, arch, local);
       if (why) return `it holds ${ins.op}, whose per-group row counts would be read on the host to size its GEMMs: device-side counts do not take it (${why}); run it without capture`;
     }
   }

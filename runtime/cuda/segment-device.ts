@@ -99,7 +99,7 @@ export function deviceSegmentRefusal(op: string, inTypes: readonly TensorType[],
 
 /** deviceSegmentRefusal over this rank's sizes, made only past the type and architecture checks (they need the op's operands as segment_dot / segment_wgrad have them). */
 function refusal(op: string, inTypes: readonly TensorType[], outType: TensorType, arch: string, sizes: () => SegmentSizes): string | undefined {
-  if (op !== "segment_dot" && op !== "segment_wgrad") return `${op} reads its counts on the host (device-side counts serve segment_dot and segment_wgrad; the FP8 ops keep host counts)`;
+  if (op !== "segment_dot" && op !== "segment_wgrad") return `${op} is not a bf16 segment contraction (device-side counts: segment_dot and segment_wgrad here, the FP8 ops in fp8-segment-device.ts)`;
   const [tx, t1] = inTypes as [TensorType, TensorType];
   if (tx.dtype !== "bf16" || t1.dtype !== "bf16" || outType.dtype !== "bf16") return `${tx.dtype}, ${t1.dtype} -> ${outType.dtype} (device-side counts run bf16 to bf16 only, on the generated kernels)`;
   if (arch !== "sm_90a") return `${arch} (the generated kernels need Hopper, sm_90a)`;

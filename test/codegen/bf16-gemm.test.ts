@@ -109,9 +109,11 @@ describe("bf16 GEMM over row runs (segment_dot's kernel: rows read and written w
   });
   it("is refused where it cannot work", () => {
     const base = rr(1408);
-    expect(configProblem({ ...base, ab: undefined, stages: 4 })).toMatch(/row runs are for grouped bf16/);
-    expect(configProblem({ ...base, grouped: false })).toMatch(/row runs are for grouped bf16/);
-    expect(configProblem({ ...base, consumers: 1 })).toMatch(/row runs are for grouped bf16/);
+    // e4m3 takes row runs too (A's scales by TMA in the blocks' layout), but not globalScales or deferStore
+    expect(configProblem({ ...base, ab: undefined, stages: 4 })).toBeUndefined();
+    expect(configProblem({ ...base, ab: undefined, stages: 4, globalScales: true })).toMatch(/row runs are for grouped kernels with two consumers.*globalScales/);
+    expect(configProblem({ ...base, grouped: false })).toMatch(/row runs are for grouped kernels with two consumers/);
+    expect(configProblem({ ...base, consumers: 1 })).toMatch(/row runs are for grouped kernels with two consumers/);
     expect(configProblem(base)).toBeUndefined();
     expect(configProblem(rr(2816))).toBeUndefined();
   });

@@ -55,8 +55,10 @@ describe("K-grouped bf16 GEMM configurations", () => {
 
   it("refuses what it is not, saying what to set", () => {
     const base = defaultKGroupedConfig(1408);
-    for (const bad of [{ ab: undefined }, { ab: "e4m3" as const }, { grouped: false }, { consumers: 1 as const }, { rowRuns: true }])
-      expect(configProblem({ ...base, ...bad, stages: 3 }), JSON.stringify(bad)).toMatch(/K-grouped kernels \(kGrouped\) are grouped bf16 kernels with two consumers.*set ab "bf16", grouped, consumers 2/);
+    // e4m3 only with row-scaled B (the Wgrad form), plain promotion and A's scales by TMA
+    for (const bad of [{ ab: undefined }, { ab: "e4m3" as const }, { grouped: false }, { consumers: 1 as const }, { rowRuns: true }, { ab: "e4m3" as const, bRows: true, overlap: true }, { ab: "e4m3" as const, bRows: true, globalScales: true }])
+      expect(configProblem({ ...base, ...bad, stages: 3 }), JSON.stringify(bad)).toMatch(/K-grouped kernels \(kGrouped\) are grouped kernels with two consumers.*set ab "bf16", or bRows without chunked, overlap or globalScales/);
+    expect(configProblem({ ...base, ab: "e4m3", bRows: true, stages: 3 })).toBeUndefined();
     expect(configProblem({ ...base, multicast: true })).toMatch(/dense only/);
     expect(() => emitFp8Gemm({ ...base, grouped: false })).toThrow(CompileError);
     expect(configProblem({ ...base, blockN: 192, stages: 3 })).toBeUndefined();

@@ -203,7 +203,7 @@ describe("deviceSegmentRefusal", () => {
     expect(deviceSegmentRefusal("segment_dot", [x("f32"), w("f32"), c], y("f32"), "sm_90a")).toMatch(/bf16 to bf16/);
     expect(deviceSegmentRefusal("segment_dot", [x("bf16"), w("bf16"), c], y("f32"), "sm_90a")).toMatch(/bf16 to bf16/);
     expect(deviceSegmentRefusal("segment_dot", [x("bf16"), w("bf16"), c], y("bf16"), "sm_80")).toMatch(/Hopper/);
-    expect(deviceSegmentRefusal("scaled_segment_dot", [x("bf16"), w("bf16"), c], y("bf16"), "sm_90a")).toMatch(/FP8 ops keep host counts/);
+    expect(deviceSegmentRefusal("scaled_segment_dot", [x("bf16"), w("bf16"), c], y("bf16"), "sm_90a")).toMatch(/not a bf16 segment contraction.*fp8-segment-device.ts/);
     expect(deviceSegmentRefusal("segment_dot", [x("bf16", 24), w("bf16"), c], y("bf16"), "sm_90a")).toMatch(/K = 24/);
     expect(deviceSegmentRefusal("segment_dot", [x("bf16"), w("bf16", 40), c], y("bf16"), "sm_90a")).toMatch(/N = 40/);
     // segment_wgrad: x and gy rows, out [e, k, n]
@@ -212,7 +212,7 @@ describe("deviceSegmentRefusal", () => {
     expect(deviceSegmentRefusal("segment_wgrad", [x("bf16", 36), gy(), c], dw(128, 36), "sm_90a")).toMatch(/16-byte words/);
     expect(deviceSegmentRefusal("segment_wgrad", [x("bf16"), gy(40), c], dw(40), "sm_90a")).toMatch(/N = 40/);
     expect(deviceSegmentRefusal("segment_wgrad", [x("bf16"), gy(), c], { ...dw(), dtype: "f32" }, "sm_90a")).toMatch(/bf16 to bf16/);
-    expect(deviceSegmentRefusal("scaled_segment_wgrad", [x("bf16"), gy(), c], dw(), "sm_90a")).toMatch(/FP8 ops keep host counts/);
+    expect(deviceSegmentRefusal("scaled_segment_wgrad", [x("bf16"), gy(), c], dw(), "sm_90a")).toMatch(/not a bf16 segment contraction.*fp8-segment-device.ts/);
     // this rank's shapes, where given, are what it checks: 64 entries of 100 local groups outgrow the plan's shared tables
     const local = { inShapes: [[64, 512, 256], [100, 256, 128], [64, 800]], outShape: [64, 512, 128] };
     expect(deviceSegmentRefusal("segment_dot", [x("bf16"), w("bf16"), c], y("bf16"), "sm_90a", local)).toMatch(/64 entries x 100 groups/);

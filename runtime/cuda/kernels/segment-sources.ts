@@ -14,6 +14,8 @@
 //   its share of the output: no grid-wide sync, one launch of a geometry fixed by host-known sizes.
 // - transposing gather: out[k][p] = x[colmap[p]][k] (0 where colmap[p] is -1) for the columns in use,
 //   bf16, through a 64 x 64 shared tile: 16-byte reads along k and 16-byte writes along p.
+// - row-run expansions (the FP8 segment ops, fp8-segment-device.ts): A's scales in the blocks' layout
+//   (scaled_segment_dot), and the padded row map and each expert's blocks (scaled_segment_wgrad).
 // Counts are at least 0 (as every producer writes them; a negative one would read as 0), and a row
 // past R saturates at R: a segment starting there is empty, as on the host.
 import { GROUPED_M_ALIGN } from "../../../compiler/numeric/fp8-gemm.ts";
@@ -253,7 +255,77 @@ export const segmentGatherT = memo((): Kernel => {
   };
 });
 
+/** Threads of a block of the row-run expansions below (segmentRunScales, segmentRunBlocks). */
+export const SEGMENT_RUN_BLOCK = 256;
+
+/** A grid-stride loop's thread index and thread count (the row-run expansions). */
+const GRID_STRIDE = "const long long gtid = (long long)blockIdx.x * blockDim.x + threadIdx.x, threads = (long long)gridDim.x * blockDim.x;";
+
+/**
+ * A's 1×128 scales in the layout the grouped FP8 GEMM reads over row runs (config rowRuns), from the
+ * row-run table (segmentRunsPlan's, cap blocks) and X's scales sx [rows][KB] (f32, rows = bt·R):
+ * sa[kb][128 b + i] = sx[X's row of block b + i][kb] for the block's valid rows, 0 past them and in the
+ * expert -1 blocks. So the scales arrive by TMA at each block's own 128-row offset while the codes are
+ * read where they are. A thread an element of sa [KB][128·cap], rows fastest.
+ */
+export const segmentRunScales = memo((): Kernel => {
+  const name = "shardts_segment_run_scales", M = GROUPED_M_ALIGN;
+  return {
+    name,
+    source: `extern "C" __global__ void __launch_bounds__(${SEGMENT_RUN_BLOCK}) ${name}(const int* __restrict__ runs, int cap, const float* __restrict__ sx,
+                                                     long long rows, int KB, float* __restrict__ sa) {
+  ${GRID_STRIDE}
+  const long long P = ${M}LL * cap, n = P * KB;
+  for (long long q = gtid; q < n; q += threads) {
+    const long long kb = q / P, p = q - kb * P;
+    const int* r = runs + 4 * (p / ${M});
+    const int i = (int)(p % ${M});
+    const long long row = (long long)r[1] + i;
+    sa[q] = r[0] >= 0 && i < r[3] && row < rows ? sx[row * KB + kb] : 0.f;
+  }
+}`,
+  };
+});
+
+/**
+ * The padded layout scaled_segment_wgrad's operands are quantized in (128×1 tiles that restart at every
+ * segment, as each segment's blocks are its own), from the row-run table: rowMap[128 b + i] = X's flat
+ * row of block b's row i, -1 past its valid rows and in the expert -1 blocks; and each local expert's
+ * run of 128-row blocks for the K-grouped GEMM, be[2g] (first block) and be[2g + 1] (blocks): the table
+ * is expert-major with the -1 blocks last, so a binary search finds where expert g's blocks start.
+ */
+export const segmentRunBlocks = memo((): Kernel => {
+  const name = "shardts_segment_run_blocks", M = GROUPED_M_ALIGN;
+  return {
+    name,
+    source: `// the first block of the table whose expert is >= g (the -1 blocks count as past every expert)
+__device__ __forceinline__ int seg_first_block(const int* __restrict__ runs, int cap, int g) {
+  int lo = 0, hi = cap;
+  while (lo < hi) {
+    const int mid = (lo + hi) >> 1, e = runs[4 * mid];
+    if (e >= 0 && e < g) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+extern "C" __global__ void __launch_bounds__(${SEGMENT_RUN_BLOCK}) ${name}(const int* __restrict__ runs, int cap, int E, int* __restrict__ rowMap, int* __restrict__ be) {
+  ${GRID_STRIDE}
+  for (long long p = gtid; p < ${M}LL * cap; p += threads) {
+    const int* r = runs + 4 * (p / ${M});
+    const int i = (int)(p % ${M});
+    rowMap[p] = r[0] >= 0 && i < r[3] ? r[1] + i : -1;
+  }
+  for (long long g = gtid; g < E; g += threads) {
+    const int b0 = seg_first_block(runs, cap, (int)g);
+    be[2 * g] = b0;
+    be[2 * g + 1] = seg_first_block(runs, cap, (int)g + 1) - b0;
+  }
+}`,
+  };
+});
+
 /** Every kernel of this file, for the compile test. */
 export function segmentSources(): Kernel[] {
-  return [segmentRunsPlan(), segmentColumnsPlan(), segmentGatherT()];
+  return [segmentRunsPlan(), segmentColumnsPlan(), segmentGatherT(), segmentRunScales(), segmentRunBlocks()];
 }

@@ -70,19 +70,24 @@ export interface Fp8GemmConfig {
    */
   bRows?: boolean;
   /**
-   * Grouped over unpadded row runs (absent = off; bf16, two consumers): blockExpert holds four int32
-   * per 128-row block — expert, A's first row, D's first row, valid rows — so A is read and D written
-   * where the rows already are (no gather into a padded layout and back). Rows past a run's end are
-   * computed from whatever A holds there and not stored: full blocks store by TMA (with tmaStore),
-   * a run's last partial block stores its valid rows directly.
+   * Grouped over unpadded row runs (absent = off; two consumers, no multicast, globalScales or
+   * deferStore): blockExpert holds four int32 per 128-row block — expert, A's first row, D's first row,
+   * valid rows — so A is read and D written where the rows already are (no gather into a padded layout
+   * and back). Rows past a run's end are computed from whatever A holds there and not stored: full
+   * blocks store by TMA (with tmaStore), a run's last partial block stores its valid rows directly.
+   * e4m3: A's 1×128 scales are laid out by block, sa [KB][M] with M = 128 x the blocks (row 128 b + i of
+   * block b, zero past its valid rows: runtime/cuda/kernels/segment-sources.ts segmentRunScales), so
+   * they still arrive by TMA at the block's own 128-row offset.
    */
   rowRuns?: boolean;
   /**
-   * Grouped over K (absent = off; bf16, grouped, two consumers; the MoE weight gradient in one launch):
-   * D[e·M + m][n] = Σ A[m][p]·B[n][p] over expert e's 64-column blocks of p, for every expert at once.
-   * A is [M][P] and B [N][P] (P contiguous), blockExpert holds two int32 per expert (its first 64-column
-   * block, its block count); the tiles are E × ceil(M/BM) × ceil(N/BN), expert-major. An expert with no
-   * blocks has its D block stored as zeros, its tiles waiting on and releasing no stage. See kGroupedProblem.
+   * Grouped over K (absent = off; grouped, two consumers; the MoE weight gradient in one launch):
+   * D[e·M + m][n] = Σ A[m][p]·B[n][p] over expert e's K blocks of p (64 columns bf16, 128 e4m3), for
+   * every expert at once. A is [M][P] and B [N][P] (P contiguous), blockExpert holds two int32 per expert
+   * (its first K block, its block count); the tiles are E × ceil(M/BM) × ceil(N/BN), expert-major. An
+   * expert with no blocks has its D block stored as zeros, its tiles waiting on and releasing no stage.
+   * e4m3 takes row-scaled B (bRows: sa [P/128][M], sb [P/128][N], both scaled per 128-column block of P,
+   * the Wgrad form) with plain promotion. See kGroupedProblem.
    * persistent and tmaStore are optional (defaultKGroupedConfig sets both, as the M-grouped kernel's
    * measurements favour); the kernel takes one more parameter, E, after K.
    */
@@ -225,12 +230,12 @@ export function configProblem(c: Fp8GemmConfig): string | undefined {
   if (smemBytes(c) > SMEM_LIMIT) return `${c.stages} stages of ${blockM(c)}x${c.blockN} need ${smemBytes(c)} B of shared memory, more than ${SMEM_LIMIT}`;
   if (c.grouped && GROUPED_M_ALIGN % blockM(c) !== 0) return `grouped kernels need BLOCK_M to divide ${GROUPED_M_ALIGN}, got ${blockM(c)}`;
   if (c.tmaStore && c.blockN % 64 !== 0) return `the TMA-store epilogue stages 64-column boxes: blockN must be a multiple of 64, got ${c.blockN}`;
-  if (c.bRows && (c.grouped || c.multicast)) return "row-scaled B (the Wgrad form) is dense and without multicast only";
+  if (c.bRows && ((c.grouped && !c.kGrouped) || c.multicast)) return "row-scaled B (the Wgrad form) is dense or K-grouped, without multicast";
   if (c.multicast && c.grouped) return "B multicast needs both CTAs of a cluster on the same weights: dense only (a grouped tile pair may straddle two experts)";
-  if (c.rowRuns && !(c.grouped && isBf16(c) && c.consumers === 2 && !c.multicast))
-    return "row runs are for grouped bf16 kernels with two consumers (128-row blocks; e4m3's A scales by TMA need 16-byte aligned row starts)";
-  if (c.kGrouped && !(c.grouped && isBf16(c) && c.consumers === 2 && !c.multicast && !c.rowRuns))
-    return "K-grouped kernels (kGrouped) are grouped bf16 kernels with two consumers, without multicast or row runs: set ab \"bf16\", grouped, consumers 2";
+  if (c.rowRuns && !(c.grouped && c.consumers === 2 && !c.multicast && !c.globalScales && !c.deferStore))
+    return "row runs are for grouped kernels with two consumers (128-row blocks), without multicast, globalScales or deferStore (e4m3: A's scales by TMA in the blocks' padded layout; the deferred store names its tile by m-block)";
+  if (c.kGrouped && !(c.grouped && c.consumers === 2 && !c.multicast && !c.rowRuns && (isBf16(c) || (c.bRows && !c.chunked && !c.overlap && !c.globalScales))))
+    return "K-grouped kernels (kGrouped) are grouped kernels with two consumers, without multicast or row runs, on bf16 operands or e4m3 with row-scaled B (the Wgrad form: both operands scaled per 128-column block of K), plain promotion and A's scales by TMA: set ab \"bf16\", or bRows without chunked, overlap or globalScales";
   if (c.bMnMajor) {
     if (!isBf16(c)) return "MN-major B (bMnMajor) is for bf16 operands (wgmma transposes only 16-bit B): set ab \"bf16\" or bMnMajor off";
     if (c.kGrouped || c.multicast) return "MN-major B (bMnMajor) is for the M-grouped and dense bf16 kernels, without kGrouped or multicast";
@@ -459,6 +464,14 @@ export function defaultKGroupedConfig(N: number): Fp8GemmConfig {
   return { ...defaultBf16GemmConfig(true, N), kGrouped: true };
 }
 
+/**
+ * The K-grouped e4m3 configuration (scaled_segment_wgrad on device-side counts): the dense Wgrad form's
+ * kernel (defaultRowScaledConfig: 128 x 128, plain promotion, TMA store) over every expert's K blocks.
+ */
+export function defaultKGroupedRowScaledConfig(): Fp8GemmConfig {
+  return { ...defaultRowScaledConfig(), grouped: true, kGrouped: true };
+}
+
 /** SMs of the Hopper parts the defaults were measured on (H100 / H200 SXM). */
 export const HOPPER_SMS = 132;
 
@@ -556,12 +569,13 @@ export function kGroupedTileCoords(tile: number, mBlocks: number, nBlocks: numbe
  * blockExpert counts in (an all-empty routing still passes one block), and the experts' D rows and
  * the tiles within 32-bit indices.
  */
-export function kGroupedProblem(s: Fp8GemmShape & { experts?: number }): string | undefined {
+export function kGroupedProblem(s: Fp8GemmShape & { experts?: number }, kBlockCols = 64): string | undefined {
   const E = s.experts;
   if (E === undefined || !Number.isInteger(E) || E < 1) return `K-grouped GEMMs need experts >= 1 (one M x N block of D each), got ${E}`;
   const why = shapeProblem(s);
   if (why) return why;
-  if (s.K % 64 !== 0) return `K = P = ${s.K} must be a multiple of 64 (blockExpert counts 64-column blocks of A and B; pad each expert's columns with zeros)`;
+  if (s.K % kBlockCols !== 0) return `K = P = ${s.K} must be a multiple of ${kBlockCols} (blockExpert counts ${kBlockCols}-column blocks of A and B; pad each expert's columns with zeros)`;
+  if (kBlockCols === FP8_BLOCK && s.M % 4 !== 0) return `M = ${s.M}: A's scale rows [P/128][M] need 16-byte strides for TMA (M a multiple of 4)`;
   if (E * s.M >= 2 ** 31 / s.N) return `E x M = ${E * s.M} rows of D overflow 32-bit offsets`;
   return undefined;
 }

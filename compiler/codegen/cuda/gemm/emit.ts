@@ -94,7 +94,7 @@ export function emitFp8Gemm(c: Fp8GemmConfig): Fp8GemmKernel {
   const saByTma = !c.globalScales && !bf16;
   const title = bf16
     ? `// bf16 GEMM (${kg ? "grouped over K: one M x N block of D per expert" : c.grouped ? "grouped over 128-row expert blocks" : "dense NT"}): BLOCK ${BM}x${BN}x${KBLK}, ${S} stages,`
-    : `// FP8 block-scaled GEMM (${c.grouped ? "grouped over 128-row expert blocks" : "dense NT"}): BLOCK ${BM}x${BN}x128, ${S} stages,`;
+    : `// FP8 block-scaled GEMM (${kg ? "grouped over K: one M x N block of D per expert, row-scaled B" : c.grouped ? `grouped over 128-row expert blocks${rr ? ", row runs" : ""}` : "dense NT"}): BLOCK ${BM}x${BN}x128, ${S} stages,`;
   // the consumer's fragments: e4m3 promotes a temporary (two with overlap) into acc; bf16 has acc only
   const frags = bf16 ? "" : c.overlap ? ", t0[" + frag + "], t1[" + frag + "]" : ", tmp[" + tmpFrag + "]";
   const fragInit = bf16 ? "" : `#pragma unroll
@@ -121,7 +121,7 @@ ${c.grouped ? "        const int* __restrict__ blockExpert,\n" : ""}        int 
   (void)sas; (void)sbs; (void)staging; (void)tmSA; (void)tmD; (void)tmSB;
   // full[s] at bars + 8 s (the producer's arrival + TMA bytes); empty[s] at bars + 8 (S + s)
   const int wg = threadIdx.x / 128, lane = threadIdx.x % 32, warp = (threadIdx.x % 128) / 32;
-${kg ? `  // K-grouped: every expert's M x N block of D, its K blocks (P's 64-column blocks) from blockExpert
+${kg ? `  // K-grouped: every expert's M x N block of D, its K blocks (P's ${KBLK}-column blocks) from blockExpert
   const int mBlocks = (M + BM - 1) / BM, nBlocks = (N + BN - 1) / BN, tiles = E * mBlocks * nBlocks;
   (void)K;
 ` : `  const int mBlocks = (M + BM - 1) / BM, nBlocks = (N + BN - 1) / BN, tiles = mBlocks * nBlocks;
@@ -149,7 +149,7 @@ ${kg ? `  // K-grouped: every expert's M x N block of D, its K blocks (P's 64-co
 ${saByTma ? "    sh_tma_prefetch_map(&tmSA);\n" : ""}    int s = 0;
     sh_u32 phase = 0;
     ${indent(tileLoop, "  ")}
-${kg ? `      // this expert's 64-column blocks of A and B (none: nothing to load, no stage taken)
+${kg ? `      // this expert's ${KBLK}-column blocks of A and B (none: nothing to load, no stage taken)
       const int kb0 = blockExpert[2 * e], kbEnd = kb0 + blockExpert[2 * e + 1];
       for (int kb = kb0; kb < kbEnd; ++kb) {` : `      const int e = ${expert};
       if (e < 0) continue;  // a padding block: no rows to compute
@@ -180,7 +180,7 @@ ${c.orderedChunks ? `  // chunks in turns: consumer 0 goes first (consumer 1's a
 ` : ""}${c.deferStore ? `  // deferred store: the previous tile (pmb, pnb) is staged and stored under the next tile's first K block
   int have = 0, pmb = 0, pnb = 0;
 ${stagingBuffer(BN, "  ")}${stagingRow("  ", c.stmatrix)}` : ""}  ${tileLoop}
-${kg ? `    // this expert's 64-column blocks: the consumers take as many stages as the producer fills for the tile
+${kg ? `    // this expert's ${KBLK}-column blocks: the consumers take as many stages as the producer fills for the tile
     const int KB = blockExpert[2 * e + 1];
 ` : `    const int e = ${expert};
     if (e < 0) continue;

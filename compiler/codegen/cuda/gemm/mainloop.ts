@@ -299,13 +299,14 @@ ${fenceAll(c.blockN / 2, "acc", "    ")}`;
 }
 
 /**
- * The K-grouped loop: the bf16 loop over the tile's expert's KB blocks (KB from blockExpert, per tile),
+ * The K-grouped loop: the bf16 loop (e4m3 with row-scaled B: the plain loop, each block promoted with
+ * its row scales from the stage) over the tile's expert's KB blocks (KB from blockExpert, per tile),
  * skipped whole when the expert has none, so that an empty expert's tile neither waits on nor releases
  * a stage; the producer loads exactly KB blocks for the same tile, so the ring stays in step across
  * tiles of different K. acc stays as zeroed: the tile is stored as zeros.
  */
 export function kGroupedLoop(c: Fp8GemmConfig): string {
   return `    if (KB > 0) {  // an empty expert: no stage taken, acc stays zero
-${bf16Loop(c).replace(/^(?=.)/gm, "  ")}    }
+${(c.ab === "bf16" ? bf16Loop(c) : plainLoop(c)).replace(/^(?=.)/gm, "  ")}    }
 `;
 }
