@@ -74,6 +74,28 @@ function deviceSegments(op: "segment_dot" | "segment_wgrad", key: () => number, 
   };
 }
 /**
+ * The FP8 segment ops on device-side counts (fp8-segment-device.ts), on deviceSegments' routing (bt = 3
+ * entries of 200 slots, 6 experts): x quantized 1x128 along k = 256, the weights 128x128 per expert with
+ * n = 144 (a partial 128-column tile, and a chunked tile's absent second scale block); scaled_segment_wgrad
+ * on x's codes and a bf16 dY of n = 144. On `ranks` ranks the experts sharded as deviceSegments does.
+ */
+function deviceScaledSegments(op: "scaled_segment_dot" | "scaled_segment_wgrad", key: () => number, layout: "whole" | "packed" = "whole"): Maker {
+  return (m, t) => {
+    const [perm, counts] = raw("sort_by_key", [T(m, { g: 3, s: 200 }, "i32", key)], { dim: "s", rows: "rows", groups: "e", numGroups: 6 });
+    const rows = (v: AnyDTensor) => (layout === "packed" ? (redistribute(v as never, { d: "S(rows)" } as never) as AnyDTensor) : v);
+    const c = layout === "packed" ? (redistribute(counts! as never, { d: "S(e)" } as never) as AnyDTensor) : counts!;
+    const x = rows(raw("gather", [T(m, { g: 3, s: 200, k: 256 }, t), perm!], { dim: "s" })[0]!);
+    const qx = quantize(x as never, "1x128", "k") as { q: AnyDTensor; scales: AnyDTensor };
+    if (op === "scaled_segment_dot") {
+      const w = T(m, { e: 6, k: 256, n: 144 }, t, () => rnd() * 0.2 - 0.1, m.spec.sizes[0]! > 1 ? { d: "S(e)" } : undefined);
+      const qw = quantize(w as never, "128x128", ["n", "k"]) as { q: AnyDTensor; scales: AnyDTensor };
+      return raw("scaled_segment_dot", [qx.q, qx.scales, qw.q, qw.scales, c], { contract: "k" });
+    }
+    const gy = rows(raw("gather", [T(m, { g: 3, s: 200, n: 144 }, t), perm!], { dim: "s" })[0]!);
+    return raw("scaled_segment_wgrad", [qx.q, qx.scales, gy, c], { k: "k", n: "n" });
+  };
+}
+/**
  * segment_dot over 2 x 300 rows sorted into 4 experts (70% to expert 0, 2 empty): segments longer than one
  * 128-row block, K = 208 (not a multiple of the 64-wide K block: TMA's zero fill), N = 176 (a partial
  * 128-column tile); the weights [e, k, n], or with `nk` laid out [e, n, k].
@@ -160,6 +182,16 @@ const cases: { op: string; dtypes: DType[]; make: Maker; grouped?: (t: DType) =>
   { op: "segment_wgrad device counts", dtypes: ["bf16"], deviceCounts: true, make: deviceSegments("segment_wgrad", uniform6) },
   { op: "segment_wgrad device counts skewed", dtypes: ["bf16"], deviceCounts: true, make: deviceSegments("segment_wgrad", skewed6) },
   { op: "segment_wgrad device counts ep packed", dtypes: ["bf16"], deviceCounts: true, ranks: 2, make: deviceSegments("segment_wgrad", firstHalf6, "packed") },
+  // the FP8 segment ops on device-side counts (fp8-segment-device.ts): the grouped FP8 GEMM over row runs and
+  // the K-grouped row-scaled one, random / skewed (empty experts) routings, and on two ranks (the second
+  // rank's experts all empty with firstHalf6)
+  { op: "scaled_segment_dot device counts", dtypes: ["bf16"], deviceCounts: true, make: deviceScaledSegments("scaled_segment_dot", uniform6) },
+  { op: "scaled_segment_dot device counts skewed", dtypes: ["bf16"], deviceCounts: true, make: deviceScaledSegments("scaled_segment_dot", skewed6) },
+  { op: "scaled_segment_dot device counts ep whole", dtypes: ["bf16"], deviceCounts: true, ranks: 2, make: deviceScaledSegments("scaled_segment_dot", firstHalf6) },
+  { op: "scaled_segment_dot device counts ep packed", dtypes: ["bf16"], deviceCounts: true, ranks: 2, make: deviceScaledSegments("scaled_segment_dot", skewed6, "packed") },
+  { op: "scaled_segment_wgrad device counts", dtypes: ["bf16"], deviceCounts: true, make: deviceScaledSegments("scaled_segment_wgrad", uniform6) },
+  { op: "scaled_segment_wgrad device counts skewed", dtypes: ["bf16"], deviceCounts: true, make: deviceScaledSegments("scaled_segment_wgrad", skewed6) },
+  { op: "scaled_segment_wgrad device counts ep packed", dtypes: ["bf16"], deviceCounts: true, ranks: 2, make: deviceScaledSegments("scaled_segment_wgrad", firstHalf6, "packed") },
   { op: "flatten", dtypes: ["f32"], make: (m, t) => raw("flatten", [T(m, { r: 5, c: 4, z: 3 }, t)], { dims: ["z", "r"], to: "zr" }) },
   { op: "unflatten", dtypes: ["f32"], make: (m, t) => raw("unflatten", [T(m, { r: 5, c: 6 }, t)], { dim: "c", into: { c1: 2, c2: 3 } }) },
   { op: "rename", dtypes: ["f32"], make: (m, t) => raw("rename", [T(m, RC, t)], { from: "r", to: "q" }) },

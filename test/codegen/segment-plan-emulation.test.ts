@@ -4,7 +4,9 @@
 // segments() (then expert -1 up to rowRunCapacity), Y's rows outside the segments are zeroed and the
 // others left alone, and the column layout equals each expert's
 // segments laid end to end and padded to 64 columns (transcribed below from segments()); the
-// transposing gather equals Xᵀ gathered by that layout, bit for bit, over the used columns only.
+// transposing gather equals Xᵀ gathered by that layout, bit for bit, over the used columns only; the
+// FP8 ops' expansions of the row-run table equal it too: A's scales laid out by block (zero past a
+// block's rows), the padded row map, and each expert's consecutive blocks (first, count).
 // Layouts: random, skewed, empty experts and entries, bt > 1, packed and unpacked (local groups
 // past the counts' first), rows clipped at R, more than 32 groups and entries (several warp chunks,
 // several entries a warp), grids of several blocks. Skipped, saying so, without g++.
@@ -15,7 +17,7 @@ import { join } from "node:path";
 import { segments, type SegmentLayout } from "../../runtime/cuda/segment-gemm.ts";
 import { rowRunTable } from "../../runtime/cuda/bf16-segment.ts";
 import { columnCapacity, rowRunCapacity } from "../../runtime/cuda/segment-device.ts";
-import { segmentColumnsPlan, segmentGatherT, segmentPlanInts, segmentRunsPlan, SEGMENT_GATHER_BLOCK, SEGMENT_PLAN_BLOCK, SEGMENT_PLAN_SMEM_INTS } from "../../runtime/cuda/kernels/segment-sources.ts";
+import { segmentColumnsPlan, segmentGatherT, segmentPlanInts, segmentRunBlocks, segmentRunScales, segmentRunsPlan, SEGMENT_GATHER_BLOCK, SEGMENT_PLAN_BLOCK, SEGMENT_PLAN_SMEM_INTS, SEGMENT_RUN_BLOCK } from "../../runtime/cuda/kernels/segment-sources.ts";
 import { mulberry32 } from "../helpers/prng.ts";
 import { GXX, noteIfNoGxx, runEmulated } from "./gxx.ts";
 
@@ -69,6 +71,8 @@ function cases(): Case[] {
 }
 
 const SENT = 0x7eadbeef | 0;
+/** K blocks of X's 1×128 scales in the FP8 expansions' emulation. */
+const SKB = 3;
 /** Y's row length in the emulation (two 16-byte words). */
 const YN = 16;
 
@@ -99,6 +103,13 @@ describe.skipIf(!GXX)("segment plan and transposing gather, run on a CPU emulati
   for (long long i = 0; i < ${nx}; ++i) x[i] = (unsigned short)((i * 40503u + 17u) & 0xffff);
   emu_launch(${c.grid + 1}, ${SEGMENT_GATHER_BLOCK}, [&] { ${segmentGatherT().name}((uint4*)xt.data(), (const uint4*)x.data(), colmap.data(), be.data() + ${2 * E}, ${c.K}LL, ${P}LL); });
   fwrite(runs.data(), 4, runs.size(), o); fwrite(y.data(), 2, y.size(), o); fwrite(be.data(), 4, be.size(), o); fwrite(colmap.data(), 4, colmap.size(), o); fwrite(xt.data(), 2, xt.size(), o);
+  // the FP8 ops' expansions of the table: A's scales by block, the padded row map and each expert's blocks
+  std::vector<float> sx((size_t)${xr * SKB} + 1), sa((size_t)${SKB * 128 * cap} + 4, -7.f);
+  for (long long i = 0; i < ${xr * SKB}; ++i) sx[i] = (float)i + 0.5f;
+  std::vector<int> rowMap(${128 * cap} + 4, ${SENT}), rbe(${2 * E} + 2, ${SENT});
+  emu_launch(${c.grid}, ${SEGMENT_RUN_BLOCK}, [&] { ${segmentRunScales().name}(runs.data(), ${cap}, sx.data(), ${xr}LL, ${SKB}, sa.data()); });
+  emu_launch(${c.grid}, ${SEGMENT_RUN_BLOCK}, [&] { ${segmentRunBlocks().name}(runs.data(), ${cap}, ${E}, rowMap.data(), rbe.data()); });
+  fwrite(sa.data(), 4, sa.size(), o); fwrite(rowMap.data(), 4, rowMap.size(), o); fwrite(rbe.data(), 4, rbe.size(), o);
 }`);
       checks.push((out, at) => {
         const i32 = (n: number) => { const v = Array.from({ length: n }, (_, i) => out.readInt32LE(at + 4 * i)); at += 4 * n; return v; };
@@ -133,6 +144,25 @@ describe.skipIf(!GXX)("segment plan and transposing gather, run on a CPU emulati
           }
         expect(bad, `${c.label}: transposing gather`).toEqual([]);
         expect(xt.slice(c.K * P).every((v) => v === 0xeeee), `${c.label}: past XT`).toBe(true);
+        // the expansions, against the host table: block b's row i is X's row table[4b + 1] + i while i < its valid rows
+        const f32 = (n: number) => { const v = Array.from({ length: n }, (_, i) => out.readFloatLE(at + 4 * i)); at += 4 * n; return v; };
+        const sa = f32(SKB * 128 * cap + 4), rowMap = i32(128 * cap + 4), rbe = i32(2 * E + 2);
+        const wantMap: number[] = [];
+        for (let b = 0; b < cap; b++)
+          for (let i = 0; i < 128; i++) wantMap.push(b < host.blocks && i < host.table[4 * b + 3]! ? host.table[4 * b + 1]! + i : -1);
+        expect(rowMap, `${c.label}: padded row map`).toEqual([...wantMap, SENT, SENT, SENT, SENT]);
+        const wantSa: number[] = [];
+        for (let kb = 0; kb < SKB; kb++) for (const src of wantMap) wantSa.push(src < 0 ? 0 : src * SKB + kb + 0.5);
+        expect(sa, `${c.label}: A's scales by block`).toEqual([...wantSa, -7, -7, -7, -7]);
+        const wantBe: number[] = [];
+        for (let g = 0; g < E; g++) {
+          const mine = Array.from({ length: host.blocks }, (_, b) => b).filter((b) => host.table[4 * b] === g);
+          // an expert with no blocks starts where the next one's would (its count is what the GEMM reads)
+          const firstAt = mine.length ? mine[0]! : Array.from({ length: host.blocks }, (_, b) => b).find((b) => host.table[4 * b]! > g) ?? host.blocks;
+          wantBe.push(firstAt, mine.length);
+          if (mine.length) expect(mine, `${c.label}: expert ${g}'s blocks consecutive`).toEqual(Array.from({ length: mine.length }, (_, i) => mine[0]! + i));
+        }
+        expect(rbe, `${c.label}: experts' blocks`).toEqual([...wantBe, SENT, SENT]);
         return at;
       });
     }
@@ -142,7 +172,9 @@ describe.skipIf(!GXX)("segment plan and transposing gather, run on a CPU emulati
     expect(emptyGroups).toBeGreaterThan(5);
     await runEmulated(dir, "segplan", `${segmentRunsPlan().source}
 ${segmentColumnsPlan().source}
-${segmentGatherT().source}`, blocks, checks);
+${segmentGatherT().source}
+${segmentRunScales().source}
+${segmentRunBlocks().source}`, blocks, checks);
   }, 180_000);
 });
 

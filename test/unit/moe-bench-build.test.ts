@@ -73,4 +73,24 @@ describe("the MoE benchmark's layer", () => {
     expect(den).toBeGreaterThan(0);
     expect(num / den).toBeLessThan(3e-2);
   });
+  it("trains with FP8 experts: three scaled_segment_dot and three scaled_segment_wgrad, y and dW2 near the bf16 step's", () => {
+    const z = { T: 24, D: 16, F: 8, E: 6, K: 2 };
+    const bf = buildTrain(z), f8 = buildTrain(z, { fp8: true });
+    const ops = (p: typeof f8.plan, op: string) => p.instrs.filter((i) => i.kind === "op" && i.op === op).length;
+    // the forward's three contractions, and the backward's three Dgrads (scaled_segment_dot on dY) and three Wgrads
+    expect(ops(f8.plan, "scaled_segment_dot")).toBe(6);
+    expect(ops(f8.plan, "scaled_segment_wgrad")).toBe(3);
+    expect(ops(f8.plan, "segment_dot") + ops(bf.plan, "scaled_segment_dot")).toBe(0);
+    const feeds = new Map([...bf.weights, ...bf.batch(7)]);
+    const a = runPlanCpu(bf.plan, feeds).outputs, b = runPlanCpu(f8.plan, feeds).outputs;
+    const at = (o: typeof a, n: string) => o[bf.outNames.indexOf(n)]!.data;
+    expect(Array.from(at(b, "counts"))).toEqual(Array.from(at(a, "counts")));
+    for (const n of ["y", "dw2"]) {
+      let num = 0, den = 0;
+      at(a, n).forEach((v, i) => ((num = Math.max(num, Math.abs(at(b, n)[i]! - v))), (den = Math.max(den, Math.abs(v)))));
+      expect(den, n).toBeGreaterThan(0);
+      expect(num / den, n).toBeGreaterThan(0); // quantized: not the bf16 values
+      expect(num / den, n).toBeLessThan(0.15); // e4m3 keeps 3 mantissa bits: a few % an operand
+    }
+  });
 });

@@ -13,6 +13,7 @@ import { segmentDot } from "../../../stdlib/ops/contraction.ts";
 import { flatten } from "../../../stdlib/ops/movement.ts";
 import { input, piecesOf } from "../../../stdlib/program.ts";
 import { grad } from "../../../stdlib/autodiff.ts";
+import { fp8SegmentDot } from "../../../stdlib/nn/fp8.ts";
 import { roundToBf16 } from "../../../compiler/numeric/bf16.ts";
 import type { LocalTensor } from "../../../compiler/ir/local.ts";
 
@@ -39,14 +40,19 @@ function inputs(z: Size) {
   };
 }
 
-/** The routed experts over the rows sorted by expert, and the gate-weighted scatter back to the tokens. */
-function experts(z: Size, x: AnyDTensor, w1: AnyDTensor, w3: AnyDTensor, w2: AnyDTensor, indices: AnyDTensor, gate: AnyDTensor) {
+/**
+ * The routed experts over the rows sorted by expert, and the gate-weighted scatter back to the tokens;
+ * with `fp8` the three contractions are stdlib/nn/fp8.ts's fp8SegmentDot (rows 1×128, weights 128×128,
+ * bf16 results; their Dgrad and Wgrad FP8 too).
+ */
+function experts(z: Size, x: AnyDTensor, w1: AnyDTensor, w3: AnyDTensor, w2: AnyDTensor, indices: AnyDTensor, gate: AnyDTensor, fp8 = false) {
   const { perm, counts } = sortByKey(flatten(indices, ["seq", "k"], "slots") as AnyDTensor, "slots", { rows: "rows", groups: "experts", numGroups: z.E }) as { perm: AnyDTensor; counts: AnyDTensor };
   const token = div(perm, z.K);
   const rows = gather(x, token, "seq") as AnyDTensor;
   const seg = { rows: "rows", groups: "experts" } as const;
-  const h = mul(silu(segmentDot(rows, w1, counts, "model", seg) as AnyDTensor), segmentDot(rows, w3, counts, "model", seg) as AnyDTensor);
-  const out = segmentDot(h, w2, counts, "ffn", seg) as AnyDTensor;
+  const contract = (v: AnyDTensor, w: AnyDTensor, inDim: string, outDim: string) => (fp8 ? fp8SegmentDot(v, w, counts, inDim, outDim) : (segmentDot(v, w, counts, inDim, seg) as AnyDTensor));
+  const h = mul(silu(contract(rows, w1, "model", "ffn")), contract(rows, w3, "model", "ffn"));
+  const out = contract(h, w2, "ffn", "model");
   const weight = cast(gather(flatten(gate, ["seq", "k"], "slots") as AnyDTensor, perm, "slots") as AnyDTensor, "bf16") as AnyDTensor;
   const y = scatterAdd(mul(out, weight), token, "rows", { dim: "seq", size: z.T }) as AnyDTensor;
   return { y, counts };
@@ -72,20 +78,20 @@ export function build(z: Size) {
 }
 
 /**
- * The training step: the forward with the router's gradient taken through the gates (top-k on the
+ * The training step (with `fp8`, the experts' contractions in FP8: fp8SegmentDot): the forward with the router's gradient taken through the gates (top-k on the
  * scores without gradient, the gates gathered from the scores, as bench/gpu/lib/moe-layer-build.ts),
  * loss = sum(y · dy) so the backward starts from dy as torch's y.backward(dy) does. Outputs y, the
  * counts and the gradients of x, router, w1, w3, w2 (`outNames`). The weights are fixed feeds;
  * `batch(seed)` draws a new x and dy (a new routing).
  */
-export function buildTrain(z: Size) {
+export function buildTrain(z: Size, o: { fp8?: boolean } = {}) {
   const t = inputs(z);
   const dy = input(t.mesh, "dy", { batch: 1, seq: z.T, model: z.D }, "bf16") as AnyDTensor;
   const scores = softmax(cast(dot(t.x, t.router, "model") as AnyDTensor, "f32") as AnyDTensor, "experts") as AnyDTensor;
   const { indices } = topk(stopGradient(scores), "experts", z.K, "k") as { indices: AnyDTensor };
   const picked = gather(scores, indices, "experts") as AnyDTensor;
   const gate = div(picked, sum(picked, "k") as AnyDTensor);
-  const { y, counts } = experts(z, t.x, t.w1, t.w3, t.w2, indices, gate);
+  const { y, counts } = experts(z, t.x, t.w1, t.w3, t.w2, indices, gate, o.fp8);
   const loss = sum(mul(y, dy), ["batch", "seq", "model"]) as AnyDTensor;
   const g = grad(loss, { x: t.x, router: t.router, w1: t.w1, w3: t.w3, w2: t.w2 });
   const outs: Record<string, AnyDTensor> = { y, counts };
