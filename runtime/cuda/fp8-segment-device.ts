@@ -10,8 +10,8 @@
 // - scaled_segment_wgrad: the table expanded to the padded row map (segmentRunBlocks: each segment its own
 //   128-row blocks, so the 128×1 tiles restart at every segment, as on the CPU) and each expert's run of
 //   blocks; x (codes, dequantized in registers) and dY gathered, quantized 128×1 and transposed by the
-//   kernel the host path uses, then one K-grouped row-scaled FP8 GEMM for every expert (config kGrouped
-//   with bRows) writes dW in bf16.
+//   kernel the host path uses (x's side made once for the gate and up projections: shared-operands.ts),
+//   then one K-grouped row-scaled FP8 GEMM for every expert (config kGrouped with bRows) writes dW in bf16.
 // What these refuse (deviceScaledSegmentRefusal: an f32 output, another GPU, sizes the kernels refuse)
 // returns undefined before anything is launched, and the caller reads the counts on the host
 // (fp8-segment.ts).
@@ -26,6 +26,7 @@ import { fp8GemmOf } from "./fp8-gemm.ts";
 import { quantizeColumnsT } from "./fp8-segment.ts";
 import { launchSegmentRuns, rowRunCapacity } from "./segment-device.ts";
 import { SEGMENT_PLAN_SMEM_INTS, SEGMENT_RUN_BLOCK, segmentPlanInts, segmentRunBlocks, segmentRunScales } from "./kernels/segment-sources.ts";
+import { keepShared, laterSharers, takeShared, type SharedEntry } from "./shared-operands.ts";
 import type { CudaExecutor } from "./executor.ts";
 
 type OpInstr = Extract<Plan["instrs"][number], { kind: "op" }>;
@@ -102,6 +103,12 @@ function placement(op: string, plan: Plan, ins: OpInstr, r: number, tIn: readonl
   return { first: gOff - cOff, packed };
 }
 
+/** scaled_segment_wgrad's x side, shared with a later one on the same rows and counts (shared-operands.ts). */
+interface XSide extends SharedEntry { rowMap: DeviceTensor; be: DeviceTensor; q: DeviceTensor; s: DeviceTensor }
+
+/** scaled_segment_wgrad's key for sharing its x side: x's codes and scales, the counts, the contracted dim. */
+const sameRowsKey = (o: OpInstr): string => `${o.inputs[0]}:${o.inputs[1]}:${o.inputs[3]}:${String(o.attrs.k)}`;
+
 /**
  * scaled_segment_dot / scaled_segment_wgrad on device-side counts, in the output's dims order, or undefined
  * (nothing launched) where deviceScaledSegmentRefusal refuses this rank's sizes.
@@ -155,16 +162,25 @@ export function deviceScaledSegment(ex: CudaExecutor, plan: Plan, ins: OpInstr, 
     } else {
       const tg = tIn[2]!;
       const G = mine(ex.part("gradient rows layout", () => ex.reorder(x[2]!, names(tg), [...ro.batch, ro.rows, ro.n])), x[2]!);
-      const A = X(), SA0 = SX();
-      const runs = runTable(0, undefined);
-      const rowMap = empty(ex.mem, "i32", [P]), be = empty(ex.mem, "i32", [s.E, 2]);
-      owned.push(rowMap, be);
-      ex.part("segment plan (device)", () => ex.launchGrid(segmentRunBlocks(), grid(Math.max(P, s.E)), SEGMENT_RUN_BLOCK, [["ptr", runs.ptr], ["i32", cap], ["i32", s.E], ["ptr", rowMap.ptr], ["ptr", be.ptr]]));
-      const qx = ex.part("rows quantized 128x1", () => quantizeColumnsT(ex, A, SA0, rowsA, s.K, rowMap, P));
+      // x's side (the row map, the experts' blocks, x quantized 128x1 and transposed): an earlier
+      // scaled_segment_wgrad on the same rows and counts may have left it (a SwiGLU's gate and up weights)
+      const key = `scaled_segment_wgrad:${ins.inputs[0]}:${ins.inputs[1]}:${ins.inputs[3]}:${r}:${ro.k}`, from = [x[0]!, x[1]!, x[3]!];
+      let xs = takeShared<XSide>(ex, key, from);
+      if (!xs) {
+        const A = X(), SA0 = SX();
+        const runs = runTable(0, undefined);
+        const rowMap = empty(ex.mem, "i32", [P]), be = empty(ex.mem, "i32", [s.E, 2]);
+        ex.part("segment plan (device)", () => ex.launchGrid(segmentRunBlocks(), grid(Math.max(P, s.E)), SEGMENT_RUN_BLOCK, [["ptr", runs.ptr], ["i32", cap], ["i32", s.E], ["ptr", rowMap.ptr], ["ptr", be.ptr]]));
+        const qx = ex.part("rows quantized 128x1", () => quantizeColumnsT(ex, A, SA0, rowsA, s.K, rowMap, P));
+        xs = { from, made: [rowMap, be, qx.q, qx.s], rowMap, be, q: qx.q, s: qx.s };
+      }
+      if (laterSharers(plan, "scaled_segment_wgrad", sameRowsKey).has(ins)) keepShared(ex, key, xs);
+      else owned.push(...xs.made);
+      const { rowMap, be } = xs;
       const qg = ex.part("rows quantized 128x1", () => quantizeColumnsT(ex, G, undefined, rowsA, s.N, rowMap, P));
-      owned.push(qx.q, qx.s, qg.q, qg.s);
+      owned.push(qg.q, qg.s);
       ex.part("K-grouped FP8 GEMM", () =>
-        g.prepare(defaultKGroupedRowScaledConfig(), { M: s.K, N: s.N, K: P, experts: s.E }, { a: qx.q.ptr, b: qg.q.ptr, sa: qx.s.ptr, sb: qg.s.ptr, d: D.ptr, blockExpert: be.ptr })());
+        g.prepare(defaultKGroupedRowScaledConfig(), { M: s.K, N: s.N, K: P, experts: s.E }, { a: xs.q.ptr, b: qg.q.ptr, sa: xs.s.ptr, sb: qg.s.ptr, d: D.ptr, blockExpert: be.ptr })());
     }
     // D [E][K][N] is the output in its dims order, [groups, k, n]
     out = D;

@@ -24,6 +24,7 @@ import { fp8GemmOf } from "./fp8-gemm.ts";
 import { segmentPlacement } from "./segment-gemm.ts";
 import { segmentWeightsLayout, wgmmaSegmentConfig } from "./bf16-segment.ts";
 import { SEGMENT_COLUMN_BLOCK, SEGMENT_GATHER_BLOCK, SEGMENT_PLAN_BLOCK, SEGMENT_PLAN_SMEM_INTS, segmentColumnsPlan, segmentGatherT, segmentPlanInts, segmentRunsPlan } from "./kernels/segment-sources.ts";
+import { keepShared, laterSharers, takeShared, type SharedEntry } from "./shared-operands.ts";
 import type { CudaExecutor } from "./executor.ts";
 
 /**
@@ -157,18 +158,18 @@ export function deviceSegmentContract(ex: CudaExecutor, op: string, plan: Plan, 
     const G = mine(ex.part("gradient rows layout", () => ex.reorder(x[1]!, nm(tg), [...batch, rows.name, n])), x[1]!);
     // Xᵀ and its column plan: an earlier segment_wgrad on the same rows and counts may have left them
     // (a SwiGLU's gate and up weights take their gradients from the same rows: transposed once)
-    const key = `${ins.inputs[0]}:${ins.inputs[2]}:${r}:${k}`;
-    let cols = takeShared(ex, key, x[0]!, x[2]!);
+    const key = `segment_wgrad:${ins.inputs[0]}:${ins.inputs[2]}:${r}:${k}`, from = [x[0]!, x[2]!];
+    let cols = takeShared<Columns>(ex, key, from);
     if (!cols) {
       const C = counts();
       const X = mine(ex.part("rows layout", () => ex.reorder(x[0]!, nm(tx), [...batch, rows.name, k])), x[0]!);
       const be = empty(ex.mem, "i32", [s.E + 1, 2]), colmap = empty(ex.mem, "i32", [P]), XT = empty(ex.mem, "bf16", [s.K, P]);
       ex.part("segment plan (device)", () => launchSegmentColumns(ex, { counts: C, bt: s.bt, gC, first, E: s.E, packed, R: s.R, blockExpert: be, colmap, P }));
       ex.part("rows transposed", () => launchGatherT(ex, { out: XT, x: X, colmap, used: usedBlocks(be, s.E), K: s.K, P }));
-      cols = { x: x[0]!, counts: x[2]!, be, colmap, XT };
+      cols = { from, made: [be, colmap, XT], be, colmap, XT };
     }
-    if (sharesLater(plan).has(ins)) keepShared(ex, key, cols);
-    else owned.push(cols.be, cols.colmap, cols.XT);
+    if (laterSharers(plan, "segment_wgrad", sameRowsKey).has(ins)) keepShared(ex, key, cols);
+    else owned.push(...cols.made);
     const { be, colmap, XT } = cols;
     const GT = empty(ex.mem, "bf16", [s.N, P]);
     owned.push(GT);
@@ -202,50 +203,14 @@ export function deviceSegmentContract(ex: CudaExecutor, op: string, plan: Plan, 
   return ex.part("output layout", () => ex.reorderOwned(Y, order, nm(to)));
 }
 
-/** segment_wgrad's transposed rows (Xᵀ), their column plan and the tensors they were made from. */
-interface Columns { x: DeviceTensor; counts: DeviceTensor; be: DeviceTensor; colmap: DeviceTensor; XT: DeviceTensor }
-const shared = new WeakMap<CudaExecutor, Map<string, Columns>>();
+/** segment_wgrad's transposed rows (Xᵀ) and their column plan, shared with a later segment_wgrad on the same rows (shared-operands.ts). */
+interface Columns extends SharedEntry { be: DeviceTensor; colmap: DeviceTensor; XT: DeviceTensor }
 
-const sharers = new WeakMap<Plan, Set<Plan["instrs"][number]>>();
-
-/** The plan's segment_wgrads that a later one follows on the same rows, counts and dim (found once per plan, not per step). */
-function sharesLater(plan: Plan): Set<Plan["instrs"][number]> {
-  let set = sharers.get(plan);
-  if (!set) {
-    const seen = new Set<string>();
-    set = new Set();
-    for (let i = plan.instrs.length - 1; i >= 0; i--) {
-      const o = plan.instrs[i]!;
-      if (o.kind !== "op" || o.op !== "segment_wgrad") continue;
-      const key = `${o.inputs[0]}:${o.inputs[2]}:${String(o.attrs.k)}`;
-      if (seen.has(key)) set.add(o);
-      seen.add(key);
-    }
-    sharers.set(plan, set);
-  }
-  return set;
-}
+/** segment_wgrad's key for sharing its Xᵀ: the rows, the counts and the contracted dim (a SwiGLU's gate and up weights take their gradients from the same rows). */
+const sameRowsKey = (o: Extract<Plan["instrs"][number], { kind: "op" }>): string => `${o.inputs[0]}:${o.inputs[2]}:${String(o.attrs.k)}`;
 
 /** Where the column plan wrote the 64-column blocks used (blockExpert[E][0]): the gathers stop there, past it no one reads. */
 const usedBlocks = (be: DeviceTensor, E: number): bigint => be.ptr + BigInt(8 * E);
-
-function keepShared(ex: CudaExecutor, key: string, c: Columns): void {
-  let m = shared.get(ex);
-  if (!m) shared.set(ex, (m = new Map()));
-  const old = m.get(key);
-  if (old && old !== c) for (const t of [old.be, old.colmap, old.XT]) ex.release(t);
-  m.set(key, c);
-}
-
-/** The columns an earlier segment_wgrad left under `key`, if made from these very tensors (not a stale run's). */
-function takeShared(ex: CudaExecutor, key: string, x: DeviceTensor, counts: DeviceTensor): Columns | undefined {
-  const m = shared.get(ex), c = m?.get(key);
-  if (!c) return undefined;
-  m!.delete(key);
-  if (c.x === x && c.counts === counts) return c;
-  for (const t of [c.be, c.colmap, c.XT]) ex.release(t); // left by a run that stopped before its last user
-  return undefined;
-}
 
 /** segment_dot's contracted dim: the one w shares with x besides the groups. */
 const t1Contract = (tx: TensorType, tw: TensorType, groups: string): string => tw.dims.find((d) => d.name !== groups && tx.dims.some((e) => e.name === d.name))!.name;

@@ -34,7 +34,7 @@ const T = (m: Mesh<"d">, dims: Record<string, number>, dtype: DType, placements?
  * scaled_segment_dot (or _wgrad) of 3 entries x 24 rows sorted into 5 experts, x quantized 1x128 along k,
  * w 128x128 per expert; on `ranks` ranks the experts sharded, with `packed` the rows and counts dispatched.
  */
-function plan(op: "scaled_segment_dot" | "scaled_segment_wgrad", K: number, N: number, o: { ranks?: number; packed?: boolean; out?: DType } = {}) {
+function plan(op: "scaled_segment_dot" | "scaled_segment_wgrad", K: number, N: number, o: { ranks?: number; packed?: boolean; out?: DType; twice?: boolean } = {}) {
   const m = Mesh.of({ d: o.ranks ?? 1 });
   const [perm, counts] = raw("sort_by_key", [fromGlobal(m, { g: 3, s: 24 }, "i32", Array.from({ length: 72 }, (_, i) => (i * 7) % 5)) as AnyDTensor], { dim: "s", rows: "rows", groups: "e", numGroups: 5 });
   const rows = (v: AnyDTensor) => (o.packed ? (redistribute(v as never, { d: "S(rows)" } as never) as AnyDTensor) : v);
@@ -47,12 +47,15 @@ function plan(op: "scaled_segment_dot" | "scaled_segment_wgrad", K: number, N: n
     return compile(m.builder.graph, raw(op, [qx.q, qx.scales, qw.q, qw.scales, c], { contract: "k", ...out }).map((t) => t.ref));
   }
   const gy = rows(raw("gather", [T(m, { g: 3, s: 24, n: N }, "bf16"), perm!], { dim: "s" })[0]!);
-  return compile(m.builder.graph, raw(op, [qx.q, qx.scales, gy, c], { k: "k", n: "n", ...out }).map((t) => t.ref));
+  const outs = raw(op, [qx.q, qx.scales, gy, c], { k: "k", n: "n", ...out });
+  // twice: a second weight gradient from the same rows and counts (a SwiGLU's up projection beside its gate)
+  if (o.twice) outs.push(...raw(op, [qx.q, qx.scales, rows(raw("gather", [T(m, { g: 3, s: 24, n: N }, "bf16"), perm!], { dim: "s" })[0]!), c], { k: "k", n: "n", ...out }));
+  return compile(m.builder.graph, outs.map((t) => t.ref));
 }
 
 const COUNTS = [5, 0, 9, 0, 3, 12, 1, 7, 0, 2];
 
-function run(p: ReturnType<typeof plan>, device = true) {
+function run(p: ReturnType<typeof plan>, device = true, steps = 1) {
   const events: string[] = [], maps: TensorMapOptions[] = [], memsets: number[] = [];
   let launched: string[] = [];
   const f = fakeAddon({
@@ -71,7 +74,7 @@ function run(p: ReturnType<typeof plan>, device = true) {
   let hostPieces = 0;
   const hostPiece = ex.hostPiece.bind(ex);
   ex.hostPiece = (...a) => (hostPieces++, hostPiece(...a));
-  ex.run(p, undefined, undefined, { download: false });
+  for (let i = 0; i < steps; i++) ex.run(p, undefined, undefined, { download: false });
   const gemmAt = events.findIndex((e) => e.startsWith("sh_fp8_gemm_grouped"));
   return { events, maps, memsets, hostPieces, gemmAt, cublas: (f.calls.get("cublasLtMatmulRun") ?? 0) + (f.calls.get("cublasGroupedGemm") ?? 0) };
 }
@@ -116,6 +119,20 @@ describe("FP8 segment ops on device-side counts (fake native layer)", () => {
     expect(r.maps.filter((m) => m.dtype === "f32").map((m) => m.dims)).toEqual([[K, P / 128], [N, P / 128]]);
     expect(r.maps.filter((m) => m.dims.length === 3).map((m) => m.dims)).toEqual([[N, K, 5]]);
     expect(r.events.some((e) => e.includes("cast"))).toBe(false);
+  });
+
+  it("two weight gradients from the same rows and counts make x's side (plan, row map, x quantized 128x1) once", () => {
+    const r = run(plan("scaled_segment_wgrad", 256, 144, { twice: true }));
+    expect(r.hostPieces).toBe(0);
+    const seg = opLaunches(r.events);
+    expect(seg.filter((e) => e === segmentRunsPlan().name)).toHaveLength(1);
+    expect(seg.filter((e) => e === segmentRunBlocks().name)).toHaveLength(1);
+    expect(seg.filter((e) => e === wgradColumns("fp8").name)).toHaveLength(1);
+    expect(seg.filter((e) => e === wgradColumns("bf16").name)).toHaveLength(2);
+    expect(seg.filter((e) => /_br_kg$/.test(e))).toHaveLength(2);
+    // and every step alike on one executor (the side kept by the first op is taken by the second in each run)
+    const two = run(plan("scaled_segment_wgrad", 256, 144, { twice: true }), true, 2);
+    expect(opLaunches(two.events)).toEqual([...seg, ...seg]);
   });
 
   it("on two ranks with the experts sharded, each rank plans its own (x whole, and rows dispatched)", () => {

@@ -308,7 +308,8 @@ ${PACK}extern "C" __global__ void ${name}(${T(out)}* __restrict__ y, const unsig
  * 256-thread block per (128-row block, strip of CW columns): the gathered rows are staged in shared
  * memory in their own type (16-byte loads where the rows are whole 16-byte chunks and x is aligned:
  * `vec`), each column's amax taken over the 128 rows, then each thread writes 16-byte runs of its
- * column's codes. `src` "fp8": x is e4m3 codes with 1×128 scales along the width (xs, [rows][ceil(width/128)]),
+ * column's codes. A block whose first padded row is -1 holds no row (the device plan's blocks past those
+ * used: fp8-segment-device.ts) and writes nothing. `src` "fp8": x is e4m3 codes with 1×128 scales along the width (xs, [rows][ceil(width/128)]),
  * each value f32(code · scale) as dequantize() computes it, so the result is, bit for bit, dequantize
  * then quantize 128×1 (compiler/ops/scaled-segment.ts's reference); "bf16" / "f32": x as it is.
  */
@@ -335,6 +336,9 @@ extern "C" __global__ void __launch_bounds__(256) ${name}(unsigned char* __restr
   const int strips = (width + CW - 1) / CW, t = threadIdx.x;
   const long long b = blockIdx.x / strips;
   const int c0 = (int)(blockIdx.x % strips) * CW;
+  // a block's rows are a segment's prefix then padding: a first row of -1 is a block of padding only
+  // (the device plan's capacity past the used blocks), which no GEMM reads: nothing to write
+  if (rowMap[b * 128] < 0) return;
   if (t < 128) {
     const long long r = rowMap[b * 128 + t];
     srcRow[t] = r >= 0 && r < rows ? r : -1;
