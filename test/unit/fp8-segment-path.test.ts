@@ -4,7 +4,8 @@
 // a warp per row, the Wgrad's operands gathered, quantized and transposed by one kernel each (x from
 // its codes: no dequantize), its per-expert GEMM launches prepared once per executor and buffers,
 // and the padded layout built once per run for all the segment ops on one counts piece (the same
-// host array uploaded by each). Not
+// host array uploaded by each): the counts read on the host (SHARDTS_SEGMENT_COUNTS=host; the device
+// path is test/unit/fp8-segment-device.test.ts's). Not
 // numerics (the fake does no device work): test/codegen/fp8-kernels-emulation.test.ts runs the
 // kernels, bench/gpu/cuda-ops-check.ts the ops on a GPU.
 import { namingLaunches } from "../fakes/kernel-names.ts";
@@ -49,6 +50,8 @@ function run(times = 1, wgradOut = "bf16") {
   });
   const { addon, order } = namingLaunches(f.addon);
   const ex = new CudaExecutor(addon, 0), p = plan(wgradOut);
+  // the host-count path (device counts: test/unit/fp8-segment-device.test.ts)
+  ex.segmentCountsOnDevice = false;
   for (let i = 0; i < times; i++) {
     maps.push(0);
     ex.run(p, undefined, undefined, { download: false });
