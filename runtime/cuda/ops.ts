@@ -124,7 +124,9 @@ export function scatterAdd(ex: CudaExecutor, x: DeviceTensor[], tIn: TensorType[
   const acc = empty(ex.mem, "f32", order.map((d) => shape[to.dims.findIndex((e) => e.name === d)]!));
   if (numel(acc.shape)) ex.addon.memsetD8(acc.ptr, 0, numel(acc.shape) * 4, ex.stream);
   const bad = ex.badFlag();
-  ex.launch1D(K.scatterAdd(ts.dtype), B * J * R, [["ptr", acc.ptr], ["ptr", S.ptr], ["ptr", I.ptr], ["i64", B], ["i64", J], ["i64", R], ["i64", size], ["ptr", bad.ptr]]);
+  // a warp per source row (kernels/sources.ts scatterAdd), 4 values a lane where the rows allow
+  const vec = R % 4 === 0 && S.ptr % BigInt(4 * K.elemBytes(S.dtype)) === 0n && acc.ptr % 16n === 0n ? 1 : 0;
+  if (B * J * R > 0) ex.launch1D(K.scatterAdd(ts.dtype), 32 * B * J, [["ptr", acc.ptr], ["ptr", S.ptr], ["ptr", I.ptr], ["i64", B], ["i64", J], ["i64", R], ["i64", size], ["ptr", bad.ptr], ["i32", vec]]);
   ex.checkIndices(bad, "scatter_add", toDim, size);
   if (S !== x[0]) ex.release(S);
   if (I !== x[1]) ex.release(I);
