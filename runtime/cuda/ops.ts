@@ -16,6 +16,7 @@ import { dotProblems, runProblems, segmentDotOnWgmma, segmentPlacement, segments
 import { deviceSegmentContract } from "./segment-device.ts";
 import { wgmmaSegmentDot } from "./bf16-segment.ts";
 import * as K from "./kernels/sources.ts";
+import * as SC from "./kernels/scatter-sources.ts";
 import type { CudaExecutor } from "./executor.ts";
 
 export function dot(ex: CudaExecutor, a: DeviceTensor, b: DeviceTensor, ta: TensorType, tb: TensorType, to: TensorType, shape: number[], attrs: Attrs): DeviceTensor {
@@ -121,7 +122,15 @@ export function scatterAdd(ex: CudaExecutor, x: DeviceTensor[], tIn: TensorType[
   const B = batch.reduce((p, n) => p * S.shape[batch.indexOf(n)]!, 1), J = dims.reduce((p, n) => p * S.shape[batch.length + dims.indexOf(n)]!, 1);
   const R = numel(S.shape.slice(batch.length + dims.length));
   const order = [...batch, toDim, ...rest];
-  const acc = empty(ex.mem, "f32", order.map((d) => shape[to.dims.findIndex((e) => e.name === d)]!));
+  const outShape = order.map((d) => shape[to.dims.findIndex((e) => e.name === d)]!);
+  // rows of a warp's width or more: bucketed by target and summed a warp per target row (kernels/scatter-sources.ts)
+  if (R >= SCATTER_ROWS_MIN && (to.dtype === "f32" || to.dtype === "bf16") && (ts.dtype === "f32" || ts.dtype === "bf16")) {
+    const out = scatterByTarget(ex, S, I, { B, J, R, size, outDtype: to.dtype, outShape, dim: toDim });
+    if (S !== x[0]) ex.release(S);
+    if (I !== x[1]) ex.release(I);
+    return ex.reorderOwned(out, order, nm(to));
+  }
+  const acc = empty(ex.mem, "f32", outShape);
   if (numel(acc.shape)) ex.addon.memsetD8(acc.ptr, 0, numel(acc.shape) * 4, ex.stream);
   const bad = ex.badFlag();
   // a warp per source row (kernels/sources.ts scatterAdd), 4 values a lane where the rows allow
@@ -131,6 +140,31 @@ export function scatterAdd(ex: CudaExecutor, x: DeviceTensor[], tIn: TensorType[
   if (S !== x[0]) ex.release(S);
   if (I !== x[1]) ex.release(I);
   return ex.reorderOwned(ex.castOwned(acc, to.dtype), order, nm(to));
+}
+
+/** Rows at least this wide take scatter_add by target (a warp per target row); narrower ones the atomic form. */
+export const SCATTER_ROWS_MIN = 32;
+
+/**
+ * scatter_add of S [B][J][R] by I [B][J] into [B][size][R] of `outDtype`: the rows counted and bucketed by
+ * target (count, scan, fill), then a warp per target row sums its rows (kernels/scatter-sources.ts).
+ */
+function scatterByTarget(ex: CudaExecutor, S: DeviceTensor, I: DeviceTensor, o: { B: number; J: number; R: number; size: number; outDtype: "f32" | "bf16"; outShape: number[]; dim: string }): DeviceTensor {
+  const { B, J, R, size } = o, targets = B * size, rows = B * J;
+  const out = empty(ex.mem, o.outDtype, o.outShape);
+  if (targets * R === 0) return out;
+  const cnt = empty(ex.mem, "i32", [targets + 1]), start = empty(ex.mem, "i32", [targets + 1]), list = empty(ex.mem, "i32", [Math.max(1, rows)]);
+  const bad = ex.badFlag();
+  ex.addon.memsetD8(cnt.ptr, 0, (targets + 1) * 4, ex.stream);
+  ex.launch1D(SC.scatterCount(), rows, [["ptr", I.ptr], ["i64", B], ["i64", J], ["i64", size], ["ptr", cnt.ptr], ["ptr", bad.ptr]]);
+  ex.launchGrid(SC.scatterScan(), 1, SC.SCATTER_SCAN_BLOCK, [["ptr", cnt.ptr], ["i64", targets], ["ptr", start.ptr]]);
+  ex.addon.memsetD8(cnt.ptr, 0, (targets + 1) * 4, ex.stream); // now each target's fill cursor
+  ex.launch1D(SC.scatterFill(), rows, [["ptr", I.ptr], ["i64", B], ["i64", J], ["i64", size], ["ptr", start.ptr], ["ptr", cnt.ptr], ["ptr", list.ptr]]);
+  ex.checkIndices(bad, "scatter_add", o.dim, size);
+  const V = 16 / K.elemBytes(S.dtype), vec = R % V === 0 && S.ptr % 16n === 0n && out.ptr % BigInt(V * K.elemBytes(o.outDtype)) === 0n ? 1 : 0;
+  ex.launch1D(SC.scatterSum(S.dtype, o.outDtype), 32 * targets, [["ptr", out.ptr], ["ptr", S.ptr], ["ptr", start.ptr], ["ptr", list.ptr], ["i64", targets], ["i64", R], ["i32", vec]]);
+  for (const t of [cnt, start, list]) ex.release(t);
+  return out;
 }
 
 export function concatSplit(ex: CudaExecutor, op: string, x: DeviceTensor[], tIn: TensorType[], tOut: TensorType[], shapes: number[][], dim: string): DeviceTensor[] {

@@ -13,6 +13,7 @@ import { fp8Sources } from "../../runtime/cuda/kernels/fp8-sources.ts";
 import { moeSources } from "../../runtime/cuda/kernels/moe-sources.ts";
 import { moveSources } from "../../runtime/cuda/kernels/move-sources.ts";
 import { segmentSources } from "../../runtime/cuda/kernels/segment-sources.ts";
+import { scatterSources } from "../../runtime/cuda/kernels/scatter-sources.ts";
 import { NVCC, noteIfNoNvcc } from "./gxx.ts";
 
 noteIfNoNvcc("runtime-kernels.test.ts");
@@ -21,7 +22,7 @@ describe.skipIf(!NVCC)("runtime kernels compile for sm_90a", () => {
   it("every kernel compiles with no spills", async () => {
     const dir = mkdtempSync(join(tmpdir(), "shardts-kernels-"));
     const run = promisify(execFile);
-    const kernels = [...allSources(), ...fp8Sources(), ...moeSources(), ...moveSources(), ...segmentSources()];
+    const kernels = [...allSources(), ...fp8Sources(), ...moeSources(), ...moveSources(), ...segmentSources(), ...scatterSources()];
     const results: { name: string; regs: string; spills: string }[] = [];
     // two at a time: the CI machine has two cores
     for (let i = 0; i < kernels.length; i += 2) {
