@@ -24,7 +24,7 @@ import { tilesName } from "../../compiler/ops/quantize.ts";
 import { empty, type DeviceTensor } from "./memory.ts";
 import { fp8GemmOf } from "./fp8-gemm.ts";
 import { quantizeColumnsT } from "./fp8-segment.ts";
-import { launchSegmentRuns, rowRunCapacity } from "./segment-device.ts";
+import { dimSizeOf, launchSegmentRuns, rowRunCapacity, type LocalShapes, type SegmentSizes } from "./segment-device.ts";
 import { SEGMENT_PLAN_SMEM_INTS, SEGMENT_RUN_BLOCK, segmentPlanInts, segmentRunBlocks, segmentRunScales } from "./kernels/segment-sources.ts";
 import { keepShared, laterSharers, takeShared, type SharedEntry } from "./shared-operands.ts";
 import type { CudaExecutor } from "./executor.ts";
@@ -55,21 +55,9 @@ function rolesOf(op: string, tIn: readonly TensorType[], attrs: Record<string, u
   return { rows: rowsDim.name, groups, batch, k: String(attrs.k), n: String(attrs.n), countsAt };
 }
 
-/** A rank's sizes: entries, rows an entry (x's, the output's), K (x's width), N (the output's columns), local groups. */
-interface Sizes {
-  bt: number;
-  R: number;
-  Rout: number;
-  K: number;
-  N: number;
-  E: number;
-}
-
-function sizesOf(op: string, tIn: readonly TensorType[], outType: TensorType, ro: Roles, local?: { inShapes: readonly (readonly number[])[]; outShape: readonly number[] }): Sizes {
-  const size = (i: number, name: string) => {
-    const t = i < 0 ? outType : tIn[i]!, at = t.dims.findIndex((d) => d.name === name);
-    return (local ? (i < 0 ? local.outShape : local.inShapes[i]!)[at] : t.dims[at]!.size)!;
-  };
+/** A rank's sizes (K: x's width; N: the output's columns; E: the local groups). */
+function sizesOf(op: string, tIn: readonly TensorType[], outType: TensorType, ro: Roles, local?: LocalShapes): SegmentSizes {
+  const size = dimSizeOf(tIn, outType, local);
   const bt = ro.batch.reduce((p, n) => p * size(ro.countsAt, n), 1), R = size(0, ro.rows), K = size(0, ro.k);
   if (op === "scaled_segment_dot") return { bt, R, Rout: size(-1, ro.rows), K, N: size(2, ro.n), E: size(2, ro.groups) };
   // scaled_segment_wgrad: out [groups, k, n]
@@ -81,7 +69,7 @@ function sizesOf(op: string, tIn: readonly TensorType[], outType: TensorType, ro
  * it can: from the types alone, or with `local` (this rank's input and output shapes) from the sizes a rank
  * runs, as the op checks before it launches anything.
  */
-export function deviceScaledSegmentRefusal(op: string, inTypes: readonly TensorType[], outType: TensorType, arch: string, attrs: Record<string, unknown>, local?: { inShapes: readonly (readonly number[])[]; outShape: readonly number[] }): string | undefined {
+export function deviceScaledSegmentRefusal(op: string, inTypes: readonly TensorType[], outType: TensorType, arch: string, attrs: Record<string, unknown>, local?: LocalShapes): string | undefined {
   if (op !== "scaled_segment_dot" && op !== "scaled_segment_wgrad") return `${op} is not an FP8 segment op`;
   if (outType.dtype !== "bf16") return `an ${outType.dtype} result (device-side counts run the FP8 GEMMs, which write bf16; the f32 one dequantizes and reads its counts on the host)`;
   if (arch !== "sm_90a") return `${arch} (the generated FP8 kernels need Hopper, sm_90a)`;

@@ -59,7 +59,7 @@ export function columnCapacity(bt: number, R: number, E: number): number {
 }
 
 /** The sizes of a segment contraction on one rank: entries, rows an entry (x's, the output's), K, N, local groups. */
-interface SegmentSizes {
+export interface SegmentSizes {
   bt: number;
   R: number;
   Rout: number;
@@ -68,12 +68,21 @@ interface SegmentSizes {
   E: number;
 }
 
-function sizesOf(op: string, inTypes: readonly TensorType[], outType: TensorType, local?: { inShapes: readonly (readonly number[])[]; outShape: readonly number[] }): SegmentSizes {
+/** A rank's input and output shapes, as the plan's values hold them. */
+export interface LocalShapes {
+  inShapes: readonly (readonly number[])[];
+  outShape: readonly number[];
+}
+
+/** The size of dim `name` of input `i` (-1: the output): this rank's where `local` is given, else the type's global size. */
+export const dimSizeOf = (inTypes: readonly TensorType[], outType: TensorType, local?: LocalShapes) => (i: number, name: string): number => {
+  const t = i < 0 ? outType : inTypes[i]!, at = t.dims.findIndex((d) => d.name === name);
+  return (local ? (i < 0 ? local.outShape : local.inShapes[i]!)[at] : t.dims[at]!.size)!;
+};
+
+function sizesOf(op: string, inTypes: readonly TensorType[], outType: TensorType, local?: LocalShapes): SegmentSizes {
   const [tx, t1, tc] = inTypes as [TensorType, TensorType, TensorType];
-  const size = (i: number, name: string) => {
-    const t = i < 0 ? outType : inTypes[i]!, at = t.dims.findIndex((d) => d.name === name);
-    return (local ? (i < 0 ? local.outShape : local.inShapes[i]!)[at] : t.dims[at]!.size)!;
-  };
+  const size = dimSizeOf(inTypes, outType, local);
   const prod = (i: number, names: string[]) => names.reduce((p, n) => p * size(i, n), 1);
   const rows = tx.dims.find((d) => d.segmented)!, groups = rows.segmented!.groups;
   const batch = tc.dims.map((d) => d.name).filter((n) => n !== groups);
@@ -94,7 +103,7 @@ function sizesOf(op: string, inTypes: readonly TensorType[], outType: TensorType
  * sizes it refuses reads its counts on the host, so a caller deciding on capture should pass each
  * rank's shapes.
  */
-export function deviceSegmentRefusal(op: string, inTypes: readonly TensorType[], outType: TensorType, arch: string, local?: { inShapes: readonly (readonly number[])[]; outShape: readonly number[] }): string | undefined {
+export function deviceSegmentRefusal(op: string, inTypes: readonly TensorType[], outType: TensorType, arch: string, local?: LocalShapes): string | undefined {
   return refusal(op, inTypes, outType, arch, () => sizesOf(op, inTypes, outType, local));
 }
 

@@ -10,20 +10,17 @@
 // plan kernels' emulation (test/codegen/segment-plan-emulation.test.ts) and the GPU check
 // (bench/gpu/cuda-ops-check.ts, "device counts" cases) check those.
 import { describe, expect, it } from "vitest";
-import { CudaExecutor } from "../../runtime/cuda/executor.ts";
 import { deviceScaledSegmentRefusal } from "../../runtime/cuda/fp8-segment-device.ts";
 import { rowRunCapacity } from "../../runtime/cuda/segment-device.ts";
 import { notCapturable } from "../../runtime/cuda/graph.ts";
 import { segmentRunBlocks, segmentRunScales, segmentRunsPlan } from "../../runtime/cuda/kernels/segment-sources.ts";
 import { wgradColumns } from "../../runtime/cuda/kernels/fp8-sources.ts";
-import type { TensorMapOptions } from "../../runtime/cuda/native-types.ts";
 import { compile } from "../../compiler/pipeline.ts";
 import type { DType, TensorType } from "../../compiler/ir/types.ts";
 import { DTensor, Mesh, fromGlobal, type AnyDTensor } from "../../stdlib/index.ts";
 import { quantize } from "../../stdlib/ops/quantize.ts";
 import { redistribute } from "../../stdlib/ops/redistribute.ts";
-import { fakeAddon } from "../fakes/native-addon.ts";
-import { namingLaunches } from "../fakes/kernel-names.ts";
+import { runOnFakeGpu } from "../fakes/segment-run.ts";
 import { useTempKernelCache } from "../fakes/kernel-cache.ts";
 
 const raw = (name: string, ins: AnyDTensor[], attrs: Record<string, unknown>) => ins[0]!.mesh.builder.add(name, ins.map((t) => t.ref), attrs as never).map((r) => new DTensor(ins[0]!.mesh, r) as AnyDTensor);
@@ -56,27 +53,8 @@ function plan(op: "scaled_segment_dot" | "scaled_segment_wgrad", K: number, N: n
 const COUNTS = [5, 0, 9, 0, 3, 12, 1, 7, 0, 2];
 
 function run(p: ReturnType<typeof plan>, device = true, steps = 1) {
-  const events: string[] = [], maps: TensorMapOptions[] = [], memsets: number[] = [];
-  let launched: string[] = [];
-  const f = fakeAddon({
-    read: (dst) => void (dst instanceof Int32Array && dst.forEach((_, i) => (dst[i] = COUNTS[i % COUNTS.length]!))),
-    spy: (method, args) => {
-      if (method === "launchKernel") events.push(launched[launched.length - 1]!);
-      if (method === "memcpyDtoHAsync" || method === "memcpyDtoH" || method === "streamSynchronize") events.push(method);
-      if (method === "memsetD8") memsets.push(args[2] as number);
-      if (method === "tensorMapEncodeTiled") maps.push({ ...(args[0] as TensorMapOptions) });
-    },
-  });
-  const named = namingLaunches(f.addon);
-  launched = named.order;
-  const ex = new CudaExecutor(named.addon, 0);
-  ex.segmentCountsOnDevice = device;
-  let hostPieces = 0;
-  const hostPiece = ex.hostPiece.bind(ex);
-  ex.hostPiece = (...a) => (hostPieces++, hostPiece(...a));
-  for (let i = 0; i < steps; i++) ex.run(p, undefined, undefined, { download: false });
-  const gemmAt = events.findIndex((e) => e.startsWith("sh_fp8_gemm_grouped"));
-  return { events, maps, memsets, hostPieces, gemmAt, cublas: (f.calls.get("cublasLtMatmulRun") ?? 0) + (f.calls.get("cublasGroupedGemm") ?? 0) };
+  const r = runOnFakeGpu(p, { counts: COUNTS, device, steps });
+  return { ...r, gemmAt: r.events.findIndex((e) => e.startsWith("sh_fp8_gemm_grouped")) };
 }
 
 /** The launches of the segment op: the plan kernels, the 128x1 quantize-transposes and the GEMMs. */

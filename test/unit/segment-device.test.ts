@@ -15,12 +15,12 @@ import { columnCapacity, deviceSegmentRefusal, rowRunCapacity, segmentCountsFrom
 import { wgmmaSegmentConfig } from "../../runtime/cuda/bf16-segment.ts";
 import { segmentColumnsPlan, segmentGatherT, segmentRunsPlan } from "../../runtime/cuda/kernels/segment-sources.ts";
 import { geometryOf } from "../../compiler/codegen/cuda/gemm/config.ts";
-import type { TensorMapOptions } from "../../runtime/cuda/native-types.ts";
 import { compile } from "../../compiler/pipeline.ts";
 import type { DType, TensorType } from "../../compiler/ir/types.ts";
 import { DTensor, Mesh, fromGlobal, type AnyDTensor } from "../../stdlib/index.ts";
 import { redistribute } from "../../stdlib/ops/redistribute.ts";
 import { fakeAddon } from "../fakes/native-addon.ts";
+import { runOnFakeGpu } from "../fakes/segment-run.ts";
 import { namingLaunches } from "../fakes/kernel-names.ts";
 import { buildTrain } from "../../bench/gpu/lib/moe-build.ts";
 import { useTempKernelCache } from "../fakes/kernel-cache.ts";
@@ -54,31 +54,9 @@ function planArgs(p: Uint8Array) {
 }
 
 function run(op: "segment_dot" | "segment_wgrad", dtype: DType, K: number, N: number, o: { ranks?: number; packed?: boolean; device?: boolean } = {}) {
-  const events: string[] = [], plans: ReturnType<typeof planArgs>[] = [], maps: TensorMapOptions[] = [], memsets: number[] = [];
-  let launched: string[] = [];
-  const f = fakeAddon({
-    read: (dst) => void (dst instanceof Int32Array && dst.forEach((_, i) => (dst[i] = COUNTS[i % COUNTS.length]!))),
-    spy: (method, args) => {
-      if (method === "launchKernel") {
-        const name = launched[launched.length - 1]!;
-        events.push(name);
-        if (name === segmentRunsPlan().name) plans.push(planArgs(args[5] as Uint8Array));
-      }
-      if (method === "memcpyDtoHAsync" || method === "memcpyDtoH" || method === "streamSynchronize") events.push(method);
-      if (method === "memsetD8") memsets.push(args[2] as number);
-      if (method === "tensorMapEncodeTiled") maps.push({ ...(args[0] as TensorMapOptions) });
-    },
-  });
-  const named = namingLaunches(f.addon);
-  launched = named.order;
-  const ex = new CudaExecutor(named.addon, 0);
-  ex.segmentCountsOnDevice = o.device ?? true;
-  let hostPieces = 0;
-  const hostPiece = ex.hostPiece.bind(ex);
-  ex.hostPiece = (...a) => (hostPieces++, hostPiece(...a));
-  ex.run(plan(op, dtype, K, N, o.ranks, o.packed), undefined, undefined, { download: false });
-  const gemmAt = events.findIndex((e) => e.startsWith("sh_bf16_gemm_grouped"));
-  return { events, plans, maps, memsets, hostPieces, gemmAt, cublas: (f.calls.get("cublasLtMatmulRun") ?? 0) + (f.calls.get("cublasGroupedGemm") ?? 0) };
+  const plans: ReturnType<typeof planArgs>[] = [];
+  const r = runOnFakeGpu(plan(op, dtype, K, N, o.ranks, o.packed), { counts: COUNTS, device: o.device ?? true, onLaunch: (name, args) => void (name === segmentRunsPlan().name && plans.push(planArgs(args))) });
+  return { ...r, plans, gemmAt: r.events.findIndex((e) => e.startsWith("sh_bf16_gemm_grouped")) };
 }
 
 describe("bf16 segment contractions on device-side counts (fake native layer)", () => {
