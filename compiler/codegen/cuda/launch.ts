@@ -16,8 +16,6 @@ export interface Launch {
   block: number;
   args: LaunchArg[];
   vec: boolean;
-  /** A quantize epilogue's flat form (quant.ts: every tensor dense, the row a multiple of 128): vec passed as 2. */
-  flat: boolean;
 }
 
 export interface DeviceInfo {
@@ -49,34 +47,13 @@ export function launchOf(kernel: CudaKernel, k: KernelInstr, plan: Pick<Plan, "v
     // one wave: every block resident at once, striding over the rows
     grid = rows === 0 ? 0 : Math.min(Math.ceil(rows / (r.block / r.rowThreads)), device.blocksPerSM ? device.smCount * device.blocksPerSM : resident);
   }
-  const flat = vec && r.kind === "map" && k.spec.quant !== undefined && quantFlat(k, g);
   const args = r.params.map((p): LaunchArg => {
     if (p.k === "ptr") return { name: p.name, slot: slots[p.tensor]! };
     if (p.k === "size") return { name: p.name, value: g.sizes[p.axis]! };
     if (p.k === "stride") return { name: p.name, value: g.strides[p.tensor]![p.axis]! };
-    return { name: p.name, value: flat ? 2 : vec ? 1 : 0 };
+    return { name: p.name, value: vec ? 1 : 0 };
   });
-  return { grid, block: r.block, args, vec, flat };
-}
-
-/**
- * Whether a quantize map kernel's tiles are one flat run (quant.ts's flat form: tile t covers elements
- * 128t .. 128t + 127 of every tensor, its scale is element t): the innermost size a multiple of 128, every
- * tensor laid out densely over the iteration sizes (no broadcast, no gaps), the scales densely over the
- * outer sizes and the tiles of the innermost.
- */
-function quantFlat(k: KernelInstr, g: { sizes: number[]; strides: number[][] }): boolean {
-  const A = k.spec.axes, L = A - 1, sizes = g.sizes, scales = k.spec.operands.length + k.spec.quant!.scales;
-  if (A === 0 || sizes[L]! % 128 !== 0) return false;
-  return g.strides.every((st, t) => {
-    const dims = t === scales ? [...sizes.slice(0, L), sizes[L]! / 128] : sizes;
-    let want = 1;
-    for (let a = L; a >= 0; a--) {
-      if (dims[a]! > 1 && st[a] !== want) return false;
-      want *= dims[a]!;
-    }
-    return true;
-  });
+  return { grid, block: r.block, args, vec };
 }
 
 /**

@@ -9,10 +9,7 @@
 // shuffles; a group past the last tile has no column to read or write. A trip takes U = rule.unroll
 // tiles a group (tuning.quantUnroll): every tile's operand loads are issued first, then tile by tile
 // the expression, amax and stores, so that U loads a lane are in flight at once instead of one. A lane
-// takes P = rule.packs packs of VEC columns of its tile (tuning.quantPacks; G = 128 / (VEC · P)). With
-// vec = 2 (launch.ts quantFlat: every tensor dense, the row a multiple of 128) the tiles are one flat run:
-// tile t is elements 128t .. 128t + 127 of each tensor and its scale is element t, so a tile's row and
-// column block need no division and every lane has all its columns.
+// takes P = rule.packs packs of VEC columns of its tile (tuning.quantPacks; G = 128 / (VEC · P)).
 import type { KernelSpec } from "../types.ts";
 import { byteSize, storageType, valueType } from "./ops.ts";
 import { decompose, idxType, offset, paramDecl, tensorCount, tensorSpec, type LaunchRule, Src } from "./common.ts";
@@ -43,17 +40,14 @@ export function emitQuant(src: Src, spec: KernelSpec, name: string, rule: Launch
   src.line(`const ${I} ncol = n${L};`, `const ${I} kt = (ncol + 127) / 128;`);
   src.line(`const ${I} tiles = ${[...Array.from({ length: L }, (_, a) => `n${a}`), "kt"].join(" * ")};`);
   src.line("const bool V = vec && ncol % VEC == 0;");
-  src.line("const bool F = vec == 2;  // flat: every tensor dense, ncol a multiple of 128 (launch.ts quantFlat): tile t is elements 128t.. of each, its scale element t");
   src.line(`const int g = (threadIdx.x & 31) / G, lane = threadIdx.x & (G - 1);`);
   src.line(`const ${I} step = (${I})gridDim.x * ${B / G} * U;`);
   src.open(`for (${I} first = ((${I})blockIdx.x * ${B / 32} + (threadIdx.x >> 5)) * ${32 / G} * U; first < tiles; first += step)`);
   /** Tile u of the trip: its row, this lane's first column and column count, and the indices i0.. of that column. */
   const tileHead = () => {
     src.line(`const ${I} t = first + (${I})u * ${32 / G} + g;`, "const bool live = t < tiles;");
-    // flat: row 0 and the tile's flat column, so no division; else the tile's row and column block
-    src.line(`${I} row = 0, tc = 0;`, "if (F) tc = live ? t : 0;", "else if (live) { row = t / kt; tc = t - row * kt; }");
-    src.line(`const ${I} col0 = tc * 128 + lane * W;`);
-    src.line(`const int n = !live ? 0 : F ? W : col0 >= ncol ? 0 : (int)(ncol - col0 < W ? ncol - col0 : W);  // this lane's columns`);
+    src.line(`const ${I} row = live ? t / kt : 0;`, `const ${I} col0 = (live ? t % kt : 0) * 128 + lane * W;`);
+    src.line(`const int n = !live || col0 >= ncol ? 0 : (int)(ncol - col0 < W ? ncol - col0 : W);  // this lane's columns`);
     decompose(src, I, "row", L, size);
     src.line(`const ${I} i${L} = col0;`);
   };
