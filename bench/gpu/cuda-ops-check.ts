@@ -64,14 +64,22 @@ function skewedSegments(op: "segment_dot" | "segment_wgrad"): Maker {
  */
 function deviceSegments(op: "segment_dot" | "segment_wgrad", key: () => number, layout: "whole" | "packed" = "whole"): Maker {
   return (m, t) => {
-    const [perm, counts] = raw("sort_by_key", [T(m, { g: 3, s: 200 }, "i32", key)], { dim: "s", rows: "rows", groups: "e", numGroups: 6 });
-    const rows = (v: AnyDTensor) => (layout === "packed" ? (redistribute(v as never, { d: "S(rows)" } as never) as AnyDTensor) : v);
-    const c = layout === "packed" ? (redistribute(counts! as never, { d: "S(e)" } as never) as AnyDTensor) : counts!;
-    const x = rows(raw("gather", [T(m, { g: 3, s: 200, k: 128 }, t), perm!], { dim: "s" })[0]!);
+    const { routed, c } = deviceRouting(m, key, layout);
+    const x = routed({ k: 128 }, t);
     if (op === "segment_dot") return raw("segment_dot", [x, T(m, { e: 6, k: 128, n: 96 }, t, () => (rnd() * 4 - 2) / 8, m.spec.sizes[0]! > 1 ? { d: "S(e)" } : undefined), c], { contract: "k" });
-    const gy = rows(raw("gather", [T(m, { g: 3, s: 200, n: 96 }, t), perm!], { dim: "s" })[0]!);
-    return raw("segment_wgrad", [x, gy, c], { k: "k", n: "n" });
+    return raw("segment_wgrad", [x, routed({ n: 96 }, t), c], { k: "k", n: "n" });
   };
+}
+/**
+ * The device-count cases' routing: bt = 3 entries of 200 slots sorted into 6 experts by `key`; `routed`
+ * gathers a [g, s, ...dims] tensor of `t` into the sorted rows (dispatched, S(rows), where `layout` is
+ * "packed"), `c` the counts (S(e) where packed).
+ */
+function deviceRouting(m: Mesh<"d">, key: () => number, layout: "whole" | "packed") {
+  const [perm, counts] = raw("sort_by_key", [T(m, { g: 3, s: 200 }, "i32", key)], { dim: "s", rows: "rows", groups: "e", numGroups: 6 });
+  const packed = (v: AnyDTensor, to: string) => (layout === "packed" ? (redistribute(v as never, { d: to } as never) as AnyDTensor) : v);
+  const routed = (dims: Record<string, number>, t: DType) => packed(raw("gather", [T(m, { g: 3, s: 200, ...dims }, t), perm!], { dim: "s" })[0]!, "S(rows)");
+  return { routed, c: packed(counts!, "S(e)") };
 }
 /**
  * The FP8 segment ops on device-side counts (fp8-segment-device.ts), on deviceSegments' routing (bt = 3
@@ -81,18 +89,14 @@ function deviceSegments(op: "segment_dot" | "segment_wgrad", key: () => number, 
  */
 function deviceScaledSegments(op: "scaled_segment_dot" | "scaled_segment_wgrad", key: () => number, layout: "whole" | "packed" = "whole"): Maker {
   return (m, t) => {
-    const [perm, counts] = raw("sort_by_key", [T(m, { g: 3, s: 200 }, "i32", key)], { dim: "s", rows: "rows", groups: "e", numGroups: 6 });
-    const rows = (v: AnyDTensor) => (layout === "packed" ? (redistribute(v as never, { d: "S(rows)" } as never) as AnyDTensor) : v);
-    const c = layout === "packed" ? (redistribute(counts! as never, { d: "S(e)" } as never) as AnyDTensor) : counts!;
-    const x = rows(raw("gather", [T(m, { g: 3, s: 200, k: 256 }, t), perm!], { dim: "s" })[0]!);
-    const qx = quantize(x as never, "1x128", "k") as { q: AnyDTensor; scales: AnyDTensor };
+    const { routed, c } = deviceRouting(m, key, layout);
+    const qx = quantize(routed({ k: 256 }, t) as never, "1x128", "k") as { q: AnyDTensor; scales: AnyDTensor };
     if (op === "scaled_segment_dot") {
       const w = T(m, { e: 6, k: 256, n: 144 }, t, () => rnd() * 0.2 - 0.1, m.spec.sizes[0]! > 1 ? { d: "S(e)" } : undefined);
       const qw = quantize(w as never, "128x128", ["n", "k"]) as { q: AnyDTensor; scales: AnyDTensor };
       return raw("scaled_segment_dot", [qx.q, qx.scales, qw.q, qw.scales, c], { contract: "k" });
     }
-    const gy = rows(raw("gather", [T(m, { g: 3, s: 200, n: 144 }, t), perm!], { dim: "s" })[0]!);
-    return raw("scaled_segment_wgrad", [qx.q, qx.scales, gy, c], { k: "k", n: "n" });
+    return raw("scaled_segment_wgrad", [qx.q, qx.scales, routed({ n: 144 }, t), c], { k: "k", n: "n" });
   };
 }
 /**

@@ -25,7 +25,7 @@ import { empty, type DeviceTensor } from "./memory.ts";
 import { fp8GemmOf } from "./fp8-gemm.ts";
 import { quantizeColumnsT } from "./fp8-segment.ts";
 import { dimSizeOf, launchSegmentRuns, rowRunCapacity, type LocalShapes, type SegmentSizes } from "./segment-device.ts";
-import { SEGMENT_PLAN_SMEM_INTS, SEGMENT_RUN_BLOCK, segmentPlanInts, segmentRunBlocks, segmentRunScales } from "./kernels/segment-sources.ts";
+import { SEGMENT_PLAN_SMEM_INTS, segmentPlanInts, segmentRunBlocks, segmentRunScales } from "./kernels/segment-sources.ts";
 import { keepShared, laterSharers, takeShared, type SharedEntry } from "./shared-operands.ts";
 import type { CudaExecutor } from "./executor.ts";
 
@@ -112,14 +112,13 @@ export function deviceScaledSegment(ex: CudaExecutor, plan: Plan, ins: OpInstr, 
   const X = () => mine(ex.part("rows layout", () => ex.reorder(x[0]!, names(tIn[0]!), [...ro.batch, ro.rows, ro.k])), x[0]!);
   const SX = () => mine(ex.part("rows layout", () => ex.reorder(x[1]!, names(tIn[1]!), [...ro.batch, ro.rows, tilesName(ro.k)])), x[1]!);
   const cap = rowRunCapacity(s.bt, s.R, s.E), P = GROUPED_M_ALIGN * cap, rowsA = s.bt * s.R;
-  /** The row-run table over `y`'s Rout rows an entry (zeroed outside the segments; none with Rout 0). */
-  const runTable = (Rout: number, y: DeviceTensor | undefined) => {
+  /** The row-run table, and with `y` Y's rows outside the segments zeroed. */
+  const runTable = (y?: DeviceTensor) => {
     const runs = empty(ex.mem, "i32", [cap, 4]);
     owned.push(runs);
-    ex.part("segment plan (device)", () => launchSegmentRuns(ex, { counts: counts(), bt: s.bt, gC, first, E: s.E, packed, R: s.R, Rout, runs, cap, y: y ?? runs, N: y ? s.N : 8 }));
+    ex.part("segment plan (device)", () => launchSegmentRuns(ex, { counts: counts(), bt: s.bt, gC, first, E: s.E, packed, R: s.R, runs, cap, y: y && { t: y, Rout: s.Rout, N: s.N } }));
     return runs;
   };
-  const grid = (n: number) => Math.max(1, Math.min(4 * ex.smCount, Math.ceil(n / SEGMENT_RUN_BLOCK)));
   let out: DeviceTensor;
   if (op === "scaled_segment_dot") {
     const order = [...ro.batch, ro.rows, ro.n], outShape = order.map((d) => shape[to.dims.findIndex((e) => e.name === d)]!);
@@ -132,11 +131,11 @@ export function deviceScaledSegment(ex: CudaExecutor, plan: Plan, ins: OpInstr, 
       const W = mine(ex.part("weights layout", () => ex.reorder(x[2]!, names(tw), [ro.groups, ro.n, ro.k])), x[2]!);
       const SW = mine(ex.part("weights layout", () => ex.reorder(x[3]!, names(tsw), [ro.groups, tilesName(ro.n), tilesName(ro.k)])), x[3]!);
       const A = X(), SA0 = SX(), KB = SA0.shape[SA0.shape.length - 1]!;
-      const runs = runTable(s.Rout, Y);
+      const runs = runTable(Y);
       const SA = empty(ex.mem, "f32", [KB, P]);
       owned.push(SA);
       ex.part("scale plan (device)", () =>
-        ex.launchGrid(segmentRunScales(), grid(KB * P), SEGMENT_RUN_BLOCK, [["ptr", runs.ptr], ["i32", cap], ["ptr", SA0.ptr], ["i64", rowsA], ["i32", KB], ["ptr", SA.ptr]]));
+        ex.launch1D(segmentRunScales(), KB * P, [["ptr", runs.ptr], ["i32", cap], ["ptr", SA0.ptr], ["i64", rowsA], ["i32", KB], ["ptr", SA.ptr]]));
       const problem = { M: P, N: s.N, K: s.K, experts: s.E, rowsA, rowsD: s.bt * s.Rout };
       const config = { ...defaultGemmConfig(true, { M: P, N: s.N }, g.gridSms()), rowRuns: true };
       ex.part("grouped FP8 GEMM", () => g.prepare(config, problem, { a: A.ptr, b: W.ptr, sa: SA.ptr, sb: SW.ptr, d: Y.ptr, blockExpert: runs.ptr })());
@@ -156,9 +155,9 @@ export function deviceScaledSegment(ex: CudaExecutor, plan: Plan, ins: OpInstr, 
       let xs = takeShared<XSide>(ex, key, from);
       if (!xs) {
         const A = X(), SA0 = SX();
-        const runs = runTable(0, undefined);
+        const runs = runTable();
         const rowMap = empty(ex.mem, "i32", [P]), be = empty(ex.mem, "i32", [s.E, 2]);
-        ex.part("segment plan (device)", () => ex.launchGrid(segmentRunBlocks(), grid(Math.max(P, s.E)), SEGMENT_RUN_BLOCK, [["ptr", runs.ptr], ["i32", cap], ["i32", s.E], ["ptr", rowMap.ptr], ["ptr", be.ptr]]));
+        ex.part("segment plan (device)", () => ex.launch1D(segmentRunBlocks(), Math.max(P, s.E), [["ptr", runs.ptr], ["i32", cap], ["i32", s.E], ["ptr", rowMap.ptr], ["ptr", be.ptr]]));
         const qx = ex.part("rows quantized 128x1", () => quantizeColumnsT(ex, A, SA0, rowsA, s.K, rowMap, P));
         xs = { from, made: [rowMap, be, qx.q, qx.s], rowMap, be, q: qx.q, s: qx.s };
       }

@@ -36,9 +36,10 @@ export function notCapturable(plan: Plan, arch: string): string | undefined {
   for (const ins of plan.instrs) {
     if (ins.kind !== "op" || !COUNT_SIZED_OPS.has(ins.op)) continue;
     const inTypes = ins.inputs.map((s) => plan.values[s]!.type), out = plan.values[ins.outputs[0]!]!;
+    const fp8 = ins.op === "scaled_segment_dot" || ins.op === "scaled_segment_wgrad";
     for (let r = 0; r < plan.world; r++) {
       const local = { inShapes: ins.inputs.map((s) => plan.values[s]!.shapes[r]!), outShape: out.shapes[r]! };
-      const why = ins.op.startsWith("scaled_") ? deviceScaledSegmentRefusal(ins.op, inTypes, out.type, arch, ins.attrs, local) : deviceSegmentRefusal(ins.op, inTypes, out.type, arch, local);
+      const why = fp8 ? deviceScaledSegmentRefusal(ins.op, inTypes, out.type, arch, ins.attrs, local) : deviceSegmentRefusal(ins.op, inTypes, out.type, arch, local);
       if (why) return `it holds ${ins.op}, whose per-group row counts would be read on the host to size its GEMMs: device-side counts do not take it (${why}); run it without capture`;
     }
   }

@@ -122,14 +122,16 @@ function refusal(op: string, inTypes: readonly TensorType[], outType: TensorType
 }
 
 /**
- * The runs table (kernels/segment-sources.ts segmentRunsPlan) into `runs` ([cap][4] int32) and the zeros of
- * Y ([bt][Rout][N] bf16, N a multiple of 8, 16-byte aligned) outside the segments, on the stream. The grid
- * takes 64 KiB of the largest write (Y's zeros, when nothing is covered) a block, at most two blocks an SM.
+ * The runs table (kernels/segment-sources.ts segmentRunsPlan) into `runs` ([cap][4] int32) and, with `y`,
+ * the zeros of Y ([bt][Rout][N] bf16, N a multiple of 8, 16-byte aligned) outside the segments, on the
+ * stream; without `y` (a weight gradient: no rows to write) the table alone. The grid takes 64 KiB of the
+ * largest write (Y's zeros, when nothing is covered) a block, at most two blocks an SM.
  */
-export function launchSegmentRuns(ex: CudaExecutor, o: { counts: DeviceTensor; bt: number; gC: number; first: number; E: number; packed: boolean; R: number; Rout: number; runs: DeviceTensor; cap: number; y: DeviceTensor; N: number }): void {
-  const bytes = Math.max(16 * o.cap, 2 * o.bt * o.Rout * o.N);
+export function launchSegmentRuns(ex: CudaExecutor, o: { counts: DeviceTensor; bt: number; gC: number; first: number; E: number; packed: boolean; R: number; runs: DeviceTensor; cap: number; y?: { t: DeviceTensor; Rout: number; N: number } }): void {
+  const Rout = o.y?.Rout ?? 0, N = o.y?.N ?? 0;
+  const bytes = Math.max(16 * o.cap, 2 * o.bt * Rout * N);
   const k = segmentRunsPlan(), grid = Math.max(1, Math.min(2 * ex.smCount, Math.ceil(bytes / 65536)));
-  ex.launchGrid(k, grid, SEGMENT_PLAN_BLOCK, [["ptr", o.counts.ptr], ["i32", o.bt], ["i32", o.gC], ["i32", o.first], ["i32", o.E], ["i32", o.packed ? 1 : 0], ["i32", o.R], ["i32", o.Rout], ["ptr", o.runs.ptr], ["i32", o.cap], ["ptr", o.y.ptr], ["i64", o.N / 8]]);
+  ex.launchGrid(k, grid, SEGMENT_PLAN_BLOCK, [["ptr", o.counts.ptr], ["i32", o.bt], ["i32", o.gC], ["i32", o.first], ["i32", o.E], ["i32", o.packed ? 1 : 0], ["i32", o.R], ["i32", Rout], ["ptr", o.runs.ptr], ["i32", o.cap], ["ptr", o.y?.t.ptr ?? 0n], ["i64", N / 8]]);
 }
 
 /** The column layout (segmentColumnsPlan) into `blockExpert` ([E + 1][2] int32) and `colmap` ([P] int32), on the stream. */
@@ -204,7 +206,7 @@ export function deviceSegmentContract(ex: CudaExecutor, op: string, plan: Plan, 
     const W = b.bMnMajor ? x[1]! : mine(ex.part("weights K-major", () => ex.reorder(x[1]!, nm(tw), b.order)), x[1]!);
     const runs = empty(ex.mem, "i32", [cap, 4]);
     owned.push(runs);
-    ex.part("segment plan (device)", () => launchSegmentRuns(ex, { counts: C, bt: s.bt, gC, first, E: s.E, packed, R: s.R, Rout: s.Rout, runs, cap, y: Y, N: s.N }));
+    ex.part("segment plan (device)", () => launchSegmentRuns(ex, { counts: C, bt: s.bt, gC, first, E: s.E, packed, R: s.R, runs, cap, y: { t: Y, Rout: s.Rout, N: s.N } }));
     const problem = { M: GROUPED_M_ALIGN * cap, N: s.N, K: s.K, experts: s.E, rowsA: s.bt * s.R, rowsD: s.bt * s.Rout };
     ex.part("grouped GEMM", () => g.prepare(wgmmaSegmentConfig(s.N, b.bMnMajor), problem, { a: X.ptr, b: W.ptr, sa: 0n, sb: 0n, d: Y.ptr, blockExpert: runs.ptr })());
   }

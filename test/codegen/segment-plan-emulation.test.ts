@@ -17,7 +17,7 @@ import { join } from "node:path";
 import { segments, type SegmentLayout } from "../../runtime/cuda/segment-gemm.ts";
 import { rowRunTable } from "../../runtime/cuda/bf16-segment.ts";
 import { columnCapacity, rowRunCapacity } from "../../runtime/cuda/segment-device.ts";
-import { segmentColumnsPlan, segmentGatherT, segmentPlanInts, segmentRunBlocks, segmentRunScales, segmentRunsPlan, SEGMENT_GATHER_BLOCK, SEGMENT_PLAN_BLOCK, SEGMENT_PLAN_SMEM_INTS, SEGMENT_RUN_BLOCK } from "../../runtime/cuda/kernels/segment-sources.ts";
+import { segmentColumnsPlan, segmentGatherT, segmentPlanInts, segmentRunBlocks, segmentRunScales, segmentRunsPlan, SEGMENT_GATHER_BLOCK, SEGMENT_PLAN_BLOCK, SEGMENT_PLAN_SMEM_INTS } from "../../runtime/cuda/kernels/segment-sources.ts";
 import { mulberry32 } from "../helpers/prng.ts";
 import { GXX, noteIfNoGxx, runEmulated } from "./gxx.ts";
 
@@ -107,8 +107,8 @@ describe.skipIf(!GXX)("segment plan and transposing gather, run on a CPU emulati
   std::vector<float> sx((size_t)${xr * SKB} + 1), sa((size_t)${SKB * 128 * cap} + 4, -7.f);
   for (long long i = 0; i < ${xr * SKB}; ++i) sx[i] = (float)i + 0.5f;
   std::vector<int> rowMap(${128 * cap} + 4, ${SENT}), rbe(${2 * E} + 2, ${SENT});
-  emu_launch(${c.grid}, ${SEGMENT_RUN_BLOCK}, [&] { ${segmentRunScales().name}(runs.data(), ${cap}, sx.data(), ${xr}LL, ${SKB}, sa.data()); });
-  emu_launch(${c.grid}, ${SEGMENT_RUN_BLOCK}, [&] { ${segmentRunBlocks().name}(runs.data(), ${cap}, ${E}, rowMap.data(), rbe.data()); });
+  emu_launch(${c.grid}, 256, [&] { ${segmentRunScales().name}(runs.data(), ${cap}, sx.data(), ${xr}LL, ${SKB}, sa.data()); });
+  emu_launch(${c.grid}, 256, [&] { ${segmentRunBlocks().name}(runs.data(), ${cap}, ${E}, rowMap.data(), rbe.data()); });
   fwrite(sa.data(), 4, sa.size(), o); fwrite(rowMap.data(), 4, rowMap.size(), o); fwrite(rbe.data(), 4, rbe.size(), o);
 }`);
       checks.push((out, at) => {

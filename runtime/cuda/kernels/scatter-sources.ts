@@ -81,10 +81,8 @@ export const scatterFill = memo((): Kernel => {
  * source): a warp per target row, each lane V consecutive values of a 32·V-wide chunk of the row (V = 16
  * bytes of src where `vec`: R % V == 0 and src and out aligned to V elements; else 1).
  */
-export const scatterSum = (s: DType, o: DType): Kernel => sumKernel(`${s}_${o}`);
-const sumKernel = memo((key: string): Kernel => {
-  const [s, o] = key.split("_") as [DType, DType];
-  const S = ctype(s), O = ctype(o), name = `shardts_scatter_sum_${key}`, V = 16 / (s === "bf16" ? 2 : 4);
+export const scatterSum = memo((s: DType, o: DType): Kernel => {
+  const S = ctype(s), O = ctype(o), name = `shardts_scatter_sum_${s}_${o}`, V = 16 / (s === "bf16" ? 2 : 4);
   return {
     name,
     source: `${PRELUDE}

@@ -255,10 +255,7 @@ export const segmentGatherT = memo((): Kernel => {
   };
 });
 
-/** Threads of a block of the row-run expansions below (segmentRunScales, segmentRunBlocks). */
-export const SEGMENT_RUN_BLOCK = 256;
-
-/** A grid-stride loop's thread index and thread count (the row-run expansions). */
+/** A grid-stride loop's thread index and thread count (the row-run expansions: any grid and block, CudaExecutor.launch1D's). */
 const GRID_STRIDE = "const long long gtid = (long long)blockIdx.x * blockDim.x + threadIdx.x, threads = (long long)gridDim.x * blockDim.x;";
 
 /**
@@ -272,7 +269,7 @@ export const segmentRunScales = memo((): Kernel => {
   const name = "shardts_segment_run_scales", M = GROUPED_M_ALIGN;
   return {
     name,
-    source: `extern "C" __global__ void __launch_bounds__(${SEGMENT_RUN_BLOCK}) ${name}(const int* __restrict__ runs, int cap, const float* __restrict__ sx,
+    source: `extern "C" __global__ void ${name}(const int* __restrict__ runs, int cap, const float* __restrict__ sx,
                                                      long long rows, int KB, float* __restrict__ sa) {
   ${GRID_STRIDE}
   const long long P = ${M}LL * cap, n = P * KB;
@@ -309,7 +306,7 @@ __device__ __forceinline__ int seg_first_block(const int* __restrict__ runs, int
   return lo;
 }
 
-extern "C" __global__ void __launch_bounds__(${SEGMENT_RUN_BLOCK}) ${name}(const int* __restrict__ runs, int cap, int E, int* __restrict__ rowMap, int* __restrict__ be) {
+extern "C" __global__ void ${name}(const int* __restrict__ runs, int cap, int E, int* __restrict__ rowMap, int* __restrict__ be) {
   ${GRID_STRIDE}
   for (long long p = gtid; p < ${M}LL * cap; p += threads) {
     const int* r = runs + 4 * (p / ${M});

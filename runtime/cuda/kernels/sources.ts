@@ -8,15 +8,16 @@ export const MAX_DIMS = 8;
 
 type Kernel = { name: string; source: string };
 /**
- * Each kernel is built once per specialisation (element type, word size) and the same object returned after: the executor looks
+ * Each kernel is built once per specialisation (its arguments: element types, word size) and the same object returned after: the executor looks
  * compiled functions up by name and source on every launch (CudaExecutor.fn), and an unchanged
  * source string compares by identity instead of by its characters.
  */
-export function memo<A extends [] | [string | number]>(make: (...a: A) => Kernel): (...a: A) => Kernel {
-  const made = new Map<string | number | undefined, Kernel>();
+export function memo<A extends (string | number)[]>(make: (...a: A) => Kernel): (...a: A) => Kernel {
+  const made = new Map<string, Kernel>();
   return (...a: A) => {
-    let k = made.get(a[0]);
-    if (!k) made.set(a[0], (k = make(...a)));
+    const key = a.join("|");
+    let k = made.get(key);
+    if (!k) made.set(key, (k = make(...a)));
     return k;
   };
 }
