@@ -406,7 +406,8 @@ export class CudaExecutor {
    * contractions' device-side counts (segmentCountsOnDevice), so a replay routes a new batch's tokens.
    */
   capture(plan: Plan, feeds?: ReadonlyMap<string, LocalTensor[]>): CapturedStep {
-    const why = notCapturable(plan, this.arch);
+    const dist = plan.world > 1 ? this.rankLocal : undefined;
+    const why = notCapturable(plan, this.arch, { rankLocal: dist !== undefined });
     if (why) throw new CompileError(`cannot capture this plan as a CUDA graph: ${why}`);
     const saved = this.mem, countsWere = this.segmentCountsOnDevice;
     this.segmentCountsOnDevice = true; // the segment contractions plan their GEMMs on the GPU (graph.ts)
@@ -421,32 +422,41 @@ export class CudaExecutor {
         staged.set(ins, kept);
         continue;
       }
-      staged.set(ins, Array.from({ length: W }, (_, r) => {
+      // (rank-local: this rank's piece only, the others are holes)
+      const pieces = new Array<DeviceTensor>(W);
+      for (const r of dist ? [dist.rank] : pieces.keys()) {
         const host = getOp(ins.op).cpu([], ins.attrs, cpuCtx(plan, ins, r, coordsOf(plan.mesh, r), feeds));
-        return upload(this.addon, staging, host[0]!, this.stream);
-      }));
+        pieces[r] = upload(this.addon, staging, host[0]!, this.stream);
+      }
+      staged.set(ins, pieces);
     }
     this.mem = pool;
     this.cap = { staged, pinned: new Set([...staged.values()].flat()), deferred: [] };
     try {
       // warm-up: compiles, plans cuBLASLt calls, and fills the pool with every block the run asks for
+      // (rank-local: also makes the NVLink windows and tables, and joins the comm stream back)
       const warm = this.exec(plan, feeds, {});
+      dist?.flush();
       for (const s of new Set(plan.outputs)) warm.slots[s]?.forEach((d) => this.release(d));
       const warmChecks = this.cap.deferred;
       this.cap = { ...this.cap, deferred: [] };
       for (const d of warmChecks) this.flagCheck(d);
       this.addon.streamSynchronize(this.stream);
+      dist?.drained();
       this.addon.streamBeginCapture(this.stream, CaptureMode.relaxed);
       let rec: ReturnType<CudaExecutor["exec"]>;
       try {
         rec = this.exec(plan, feeds, {});
+        // the comm stream's last steps join the capturing stream (every fork must, before the capture ends)
+        dist?.flush();
       } catch (e) {
         try { this.addon.graphDestroy(this.addon.streamEndCapture(this.stream)); } catch { /* the capture is already broken */ }
         throw e;
       }
       const graph = this.addon.streamEndCapture(this.stream);
+      dist?.drained(); // (the collectives recorded did not run: nothing is pending)
       const outputs = plan.outputs.map((s) => rec.slots[s]!);
-      return new CapturedStep(this, plan, graph, outputs, staged, this.cap.deferred, [pool, staging]);
+      return new CapturedStep(this, plan, graph, outputs, staged, this.cap.deferred, [pool, staging], dist);
     } finally {
       this.mem = saved;
       this.cap = undefined;
@@ -477,6 +487,7 @@ export class CudaExecutor {
     const counts = (s: number): GlobalTensor => {
       let g = hostCounts.get(s);
       if (!g) {
+        this.noHostReadWhileCapturing(`the counts of a segmented dim (plan value ${s})`);
         g = assemble(plan, s, dist ? this.readCounts(dist, plan, s, slots[s]![dist.rank]!) : slots[s]!.map((d) => download(this.addon, d, this.stream)), counts);
         hostCounts.set(s, g);
       }
@@ -658,6 +669,7 @@ export class CudaExecutor {
     if (hit) return hit;
     let raw = byOrder?.get(fromKey);
     if (!raw) {
+      this.noHostReadWhileCapturing("a segment contraction's per-group counts");
       const reads = this.reads;
       if (reads && !reads.marked(d)) reads.mark(d, this.stream); // (the reader's beforeReads made compute wait for its writer)
       raw = reads ? reads.piece(d) : download(this.addon, d, this.stream);
@@ -669,6 +681,12 @@ export class CudaExecutor {
     return h;
   }
   private hostPieces = new Map<DeviceTensor, Map<string, LocalTensor>>();
+
+  /** A host read mid-capture would break the capture inside CUDA (notCapturable should have refused the plan): said plainly instead. */
+  private noHostReadWhileCapturing(what: string): void {
+    if (this.cap && this.addon.streamIsCapturing(this.stream) !== 0)
+      throw new CompileError(`cannot capture this plan as a CUDA graph: ${what} would be read on the host mid-step (e.g. a MoE exchange the NVLink transport refused here, see the warning above; or a collective of a segmented value); run it without capture`);
+  }
   /**
    * Counts redistributed (the composed route's count exchange): the value is the same, so the host
    * has it (`g`) from the read of the step's input (which the token exchange needs anyway: read then

@@ -4,10 +4,15 @@
 // bf16 segment_dot / segment_wgrad; fp8-segment-device.ts: the FP8 scaled_segment_dot / _wgrad with bf16
 // results; on Hopper, their GEMMs planned on the GPU over buffers sized by the routing's upper bound),
 // which capture switches on; a plan is refused (saying why) when one of them would read its per-expert
-// counts on the host (f32, another GPU, sizes the kernels refuse),
-// when it holds a global MoE op (its exchange is sized on the host), or collectives on a mesh of
-// several ranks (not captured yet). The graph owns its memory: the pool the captured run drew from,
-// the staged host-made values and the outputs, freed by destroy().
+// counts on the host (f32, another GPU, sizes the kernels refuse). A mesh of several ranks is captured
+// rank-locally (one process per GPU, `shardts launch`): each rank captures its own part, NCCL calls
+// included (NCCL records them into the graph), and its global MoE ops when they run over NVLink
+// (moe-nvlink.ts: the exchange is sized by the routing's upper bound and counts its epochs on the
+// device); the NCCL path of a MoE op sizes its exchange by counts read on the host, and so does a
+// collective of a segmented value: both are refused. A mesh simulated on one GPU moves its collectives
+// through the host and is refused. Every rank must replay its graph as often as the others (their
+// NCCL calls and NVLink barriers meet across the graphs). The graph owns its memory: the pool the
+// captured run drew from, the staged host-made values and the outputs, freed by destroy().
 import type { LocalTensor } from "../../compiler/ir/local.ts";
 import { COUNT_SIZED_OPS, type Plan } from "../../compiler/plan.ts";
 import { UsageError } from "../../compiler/errors.ts";
@@ -18,6 +23,8 @@ import type { CudaExecutor } from "./executor.ts";
 import { getOp } from "../../compiler/ops/index.ts";
 import { deviceSegmentRefusal } from "./segment-device.ts";
 import { deviceScaledSegmentRefusal } from "./fp8-segment-device.ts";
+import { nvlinkRefusal } from "./moe-nvlink.ts";
+import type { RankLocal } from "./nccl/collectives.ts";
 
 /** A gather/scatter index check whose flag is read after the run (a capture cannot read mid-run). */
 export interface DeferredCheck {
@@ -27,12 +34,18 @@ export interface DeferredCheck {
   size: number;
 }
 
+/** How the plan would run: rank-local (one process per GPU) or simulated on one GPU. */
+export interface CaptureSite {
+  rankLocal?: boolean;
+  env?: NodeJS.ProcessEnv;
+}
+
 /**
- * Why `plan` cannot be captured on a GPU of `arch` (e.g. "sm_90a"), or undefined when it can. A segment
- * contraction is checked with every rank's shapes (a rank whose sizes the device path refuses would read
- * its counts on the host mid-capture).
+ * Why `plan` cannot be captured on a GPU of `arch` (e.g. "sm_90a") at `site`, or undefined when it
+ * can. A segment contraction is checked with every rank's shapes (a rank whose sizes the device path
+ * refuses would read its counts on the host mid-capture).
  */
-export function notCapturable(plan: Plan, arch: string): string | undefined {
+export function notCapturable(plan: Plan, arch: string, site: CaptureSite = {}): string | undefined {
   for (const ins of plan.instrs) {
     if (ins.kind !== "op" || !COUNT_SIZED_OPS.has(ins.op)) continue;
     const inTypes = ins.inputs.map((s) => plan.values[s]!.type), out = plan.values[ins.outputs[0]!]!;
@@ -43,10 +56,20 @@ export function notCapturable(plan: Plan, arch: string): string | undefined {
       if (why) return `it holds ${ins.op}, whose per-group row counts would be read on the host to size its GEMMs: device-side counts do not take it (${why}); run it without capture`;
     }
   }
-  const host = plan.instrs.find((i) => i.kind === "op" && getOp(i.op).global);
-  if (host && host.kind === "op") return `it holds ${host.op}, whose token exchange is sized by per-expert counts read on the host; run it without capture`;
-  if (plan.world > 1 && plan.instrs.some((i) => i.kind === "comm"))
-    return `its mesh has ${plan.world} ranks and collectives, and capture covers plans without collectives for now (simulated on one GPU they travel through the host; NCCL steps inside graphs come later); run it without capture`;
+  const rankLocal = site.rankLocal === true && plan.world > 1;
+  for (const ins of plan.instrs) {
+    if (ins.kind !== "op" || !getOp(ins.op).global) continue;
+    const why = rankLocal ? nvlinkRefusal(plan, ins, site.env) : "the mesh is simulated on one GPU";
+    if (why) return `it holds ${ins.op}, whose token exchange would be sized by per-expert counts read on the host (${why}; under shardts launch with SHARDTS_MOE_TRANSPORT=nvlink it runs over NVLink, sized on the device); run it without capture`;
+  }
+  for (const ins of plan.instrs) {
+    if (ins.kind !== "comm" || plan.world < 2) continue;
+    if (!rankLocal)
+      return `its mesh has ${plan.world} ranks and collectives, which a mesh simulated on one GPU moves through the host; capture it rank-locally (shardts launch, one process per GPU), or run it without capture`;
+    const v = plan.values[ins.input]!;
+    if (Object.keys(v.segCounts).length || v.type.dims.some((d) => d.segmented))
+      return `it moves a value with a segmented dim (${v.type.dims.map((d) => d.name).join(", ")}) between GPUs, sized by counts read on the host; run it without capture`;
+  }
   return undefined;
 }
 
@@ -63,6 +86,8 @@ export class CapturedStep {
     private readonly staged: Map<object, DeviceTensor[]>,
     private readonly checks: DeferredCheck[],
     private readonly pools: CachingAllocator[],
+    /** Rank-local (one process per GPU): this rank's part; its replays meet the other ranks' in their NCCL calls and barriers. */
+    private readonly dist?: RankLocal,
   ) {
     this.exec = gpu.addon.graphInstantiate(graph!);
     gpu.addon.graphUpload(this.exec, gpu.stream);
@@ -100,22 +125,33 @@ export class CapturedStep {
   replay(feeds?: ReadonlyMap<string, LocalTensor[]>): void {
     if (feeds) this.feed(feeds);
     this.launch();
-    this.gpu.addon.streamSynchronize(this.gpu.stream);
+    this.sync();
     for (const c of this.checks) this.gpu.flagCheck(c, true);
   }
 
-  /** Launches the graph on the executor's stream without waiting (for timing loops). */
+  /** Launches the graph on the executor's stream without waiting (for timing loops; `sync` after them). */
   launch(): void {
-    this.gpu.addon.graphLaunch(this.live().exec, this.gpu.stream);
+    const exec = this.live().exec;
+    this.dist?.graphLaunched(`a captured step's replay (${this.plan.instrs.length} instructions)`);
+    this.gpu.addon.graphLaunch(exec, this.gpu.stream);
     this.replays++;
   }
 
-  /** The outputs of the last replay (global values, assembled from every rank's piece). */
+  /** Waits for every replay launched (rank-local: the collective watchdog then knows they completed). */
+  sync(): void {
+    this.gpu.addon.streamSynchronize(this.gpu.stream);
+    this.dist?.drained();
+  }
+
+  /**
+   * The outputs of the last replay (global values, assembled from every rank's piece). Rank-local, the
+   * pieces are gathered over the world: every rank reads the same outputs at the same point.
+   */
   read(which?: readonly number[]): (GlobalTensor | undefined)[] {
     this.live();
-    const want = new Set(which ?? this.plan.outputs.map((_, i) => i));
-    const locals = this.outputs.map((ds) => ds.map((d) => download(this.gpu.addon, d, this.gpu.stream)));
-    const bySlot = new Map(this.plan.outputs.map((s, i) => [s, locals[i]!]));
+    const want = new Set(which ?? this.plan.outputs.map((_, i) => i)), d = this.dist;
+    const pieces = (i: number) => (d ? d.allPieces(this.plan, this.plan.outputs[i]!, this.outputs[i]![d.rank]!) : this.outputs[i]!.map((t) => download(this.gpu.addon, t, this.gpu.stream)));
+    const bySlot = new Map(this.plan.outputs.map((s, i) => [s, want.has(i) ? pieces(i) : []]));
     return this.plan.outputs.map((s, i) => (want.has(i) ? assemble(this.plan, s, bySlot.get(s)!, () => { throw new UsageError("a captured plan has no segmented values"); }) : undefined));
   }
 

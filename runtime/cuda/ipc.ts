@@ -78,10 +78,16 @@ export class PeerWindow {
   base = 0n;
   peersTable = 0n;
   private mapped: bigint[] = [];
-  /** Ops run on this window so far: the flag value of the next op is epoch + 1 (never reset). */
-  private epoch = 0;
+  /**
+   * The ops run on this group so far, one u64 per kernel block, on the device (the kernels count them:
+   * moe-nvlink-sources.ts "Epochs"); zeroed once, never reset, kept when the window grows.
+   */
+  readonly epochs: bigint;
 
-  private constructor(private readonly addon: NativeAddon, private readonly gather: AllGather, readonly me: number, readonly W: number, private readonly blocks: number) {}
+  private constructor(private readonly addon: NativeAddon, private readonly gather: AllGather, readonly me: number, readonly W: number, private readonly blocks: number) {
+    this.epochs = addon.memAlloc(8 * blocks);
+    addon.memsetD8(this.epochs, 0, 8 * blocks);
+  }
 
   /**
    * Checks that the group can use NVLink (one node, peer access between every pair, one SM budget)
@@ -111,11 +117,17 @@ export class PeerWindow {
     return new PeerWindow(addon, gather, me, W, blocks);
   }
 
-  /** The layout, after growing the window (collectively) where `need` exceeds it. */
-  ensure(need: WindowNeed): WindowLayout {
+  /**
+   * The layout, after growing the window (collectively) where `need` exceeds it. Growing synchronizes
+   * and exchanges handles, which a stream capture cannot hold (`capturing`): a capture's warm-up run
+   * sizes the window first.
+   */
+  ensure(need: WindowNeed, capturing = false): WindowLayout {
     const l = this.layout;
     if (need.blocks !== this.blocks) throw new Error(`shardts internal error: a peer window made for ${this.blocks} blocks was asked for ${need.blocks}`);
     if (l && need.countsCap <= l.countsCap && need.lensCap <= l.lensCap && need.rowsCap <= l.rowsCap) return l;
+    if (capturing)
+      throw new UsageError(`the MoE NVLink window must grow (rows bound ${need.rowsCap} B, has ${l?.rowsCap ?? 0}) while a CUDA graph is being captured; run the plan once without capture first (CudaExecutor.capture does)`);
     const next = windowLayout(this.W, this.blocks, Math.max(need.countsCap, l?.countsCap ?? 0), Math.max(need.lensCap, l?.lensCap ?? 0), Math.max(need.rowsCap, l?.rowsCap ?? 0));
     const max = windowMaxBytes();
     if (next.bytes > max)
@@ -137,11 +149,6 @@ export class PeerWindow {
     this.addon.memcpyHtoD(this.peersTable, BigUint64Array.from(this.mapped));
     this.layout = next;
     return next;
-  }
-
-  /** The flag value of the next op (the same on every rank: every rank runs the same ops in order). */
-  nextEpoch(): number {
-    return ++this.epoch;
   }
 
   private unmap(): void {

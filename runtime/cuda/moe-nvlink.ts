@@ -5,7 +5,9 @@
 // copy. Used under `shardts launch` where the op's expert axis lies within one node and its GPUs have
 // peer access; anything else (another node, no peer access, a layout with nothing to exchange) runs
 // on the NCCL path, said once per expert-axis group. Outputs equal the NCCL path's bit for bit: the
-// same permute, the same row bytes, the same combine kernel over the same row order.
+// same permute, the same row bytes, the same combine kernel over the same row order. Its launches can
+// be captured in a CUDA graph (the kernels count their epochs on the device) once an eager run of the
+// plan made the window and the geometry tables; a capture that would have to make them is refused.
 import type { Plan } from "../../compiler/plan.ts";
 import type { DType, TensorType } from "../../compiler/ir/types.ts";
 import { coordsOf } from "../../compiler/ir/placement.ts";
@@ -61,15 +63,34 @@ const ARITY: Record<string, { inputs: number[]; outputs: number }> = {
   moe_redispatch: { inputs: [2, 3], outputs: 1 },
 };
 
+/**
+ * Why the NVLink path would not take `ins` whatever the machine (or undefined): the transport not
+ * chosen, an operand count it was not written for, an expert axis of one rank. (A group spanning
+ * nodes or without peer access is found only when the window is made.)
+ */
+export function nvlinkRefusal(plan: Plan, ins: OpInstr, env: NodeJS.ProcessEnv = process.env): string | undefined {
+  if (moeTransport(env) !== "nvlink") return "SHARDTS_MOE_TRANSPORT is not nvlink";
+  const arity = ARITY[ins.op], a = plan.mesh.axes.indexOf(String(ins.attrs.axis));
+  if (!arity || !arity.inputs.includes(ins.inputs.length) || ins.outputs.length !== arity.outputs) return `the NVLink kernels do not take this form of ${ins.op} (${ins.inputs.length} operands, ${ins.outputs.length} results)`;
+  if (a < 0 || plan.mesh.sizes[a]! < 2) return `its expert axis '${String(ins.attrs.axis)}' has fewer than 2 ranks`;
+  return undefined;
+}
+
 const names = (t: TensorType) => t.dims.map((d) => d.name);
 const prod = (xs: number[]) => xs.reduce((a, b) => a * b, 1);
 
-function windowOf(exe: CudaExecutor, plan: Plan, axis: string): PeerWindow {
+/** What a stream capture cannot hold (an exchange, a synchronous copy): made by the run before it. */
+function notWhileCapturing(capturing: boolean, what: string): void {
+  if (capturing) throw new UsageError(`${what} is made on an op's first run, which a CUDA graph capture cannot hold; run the plan once without capture first (CudaExecutor.capture does)`);
+}
+
+function windowOf(exe: CudaExecutor, plan: Plan, axis: string, capturing: boolean): PeerWindow {
   const dist = exe.rankLocal!, a = plan.mesh.axes.indexOf(axis), key = `${plan.mesh.sizes.join("x")}/${axis}`;
   const byKey = groups.get(exe) ?? new Map<string, Group>();
   groups.set(exe, byKey);
   let g = byKey.get(key);
   if (!g) {
+    notWhileCapturing(capturing, `the MoE NVLink window of mesh axis '${axis}'`);
     g = {};
     byKey.set(key, g);
     const W = plan.mesh.sizes[a]!, me = coordsOf(plan.mesh, dist.rank)[a]!;
@@ -87,11 +108,12 @@ function windowOf(exe: CudaExecutor, plan: Plan, axis: string): PeerWindow {
 }
 
 /** The op's geometry (expert side `eSlot`, token side `tSlot`) and its device table, made once per plan. */
-function geometry(exe: CudaExecutor, plan: Plan, ins: OpInstr, eSlot: number, tSlot: number, rowsDim: string, batch: string[], rank: number, tokenSide: boolean): { geo: NvlGeometry; table: bigint } {
+function geometry(exe: CudaExecutor, plan: Plan, ins: OpInstr, eSlot: number, tSlot: number, rowsDim: string, batch: string[], rank: number, tokenSide: boolean, capturing: boolean): { geo: NvlGeometry; table: bigint } {
   const byOp = tables.get(plan) ?? new Map();
   tables.set(plan, byOp);
   let t = byOp.get(ins);
   if (!t) {
+    notWhileCapturing(capturing, `${ins.op}'s NVLink geometry table`);
     const geo = nvlGeometry(plan, eSlot, tSlot, String(ins.attrs.axis), rowsDim, batch, rank);
     // dispatch/redispatch read efirst | dstOf[me]; combine reads efirst | srcRank | srcLb
     const ints = tokenSide ? [...geo.efirst, ...geo.dstOf[geo.me]!] : [...geo.efirst, ...geo.srcRank, ...geo.srcLb];
@@ -107,9 +129,15 @@ function launch(exe: CudaExecutor, k: { name: string; source: string }, blocks: 
   if (blocks > 0) exe.addon.launchKernel(exe.fn(k.name, k.source), [blocks, 1, 1], [threads, 1, 1], 0, exe.stream, packArgs(...args));
 }
 
-/** The arguments every NVLink kernel starts with: peers, geometry, group, epoch, all phases, timeout, flags. */
-function head(w: PeerWindow, table: bigint, geo: NvlGeometry, L: WindowLayout, epoch: number): KernelArg[] {
-  return [["ptr", w.peersTable], ["ptr", table], ["i32", geo.ranks.length], ["i32", geo.me], ["u64", epoch], ["i32", 7], ["i64", collectiveTimeoutS() * 1e9], ["i64", L.flagN], ["i64", L.flagR]];
+/** The arguments every NVLink kernel starts with: peers, geometry, group, the device epochs, all phases, timeout, flags. */
+function head(w: PeerWindow, table: bigint, geo: NvlGeometry, L: WindowLayout): KernelArg[] {
+  return [["ptr", w.peersTable], ["ptr", table], ["i32", geo.ranks.length], ["i32", geo.me], ["ptr", w.epochs], ["i32", 7], ["i64", collectiveTimeoutS() * 1e9], ["i64", L.flagN], ["i64", L.flagR]];
+}
+
+/** The counts and lens areas of both parities (the kernels pick one by their epoch on the device). */
+function parities(L: WindowLayout, counts: boolean): KernelArg[] {
+  const even = parityAreas(L, 0), odd = parityAreas(L, 1);
+  return [...(counts ? ([["i64", even.counts], ["i64", odd.counts]] as KernelArg[]) : []), ["i64", even.lens], ["i64", odd.lens]];
 }
 
 function needFloat(op: string, t: TensorType): "f32" | "bf16" {
@@ -122,14 +150,7 @@ function needFloat(op: string, t: TensorType): "f32" | "bf16" {
  * caller runs it on the NCCL path (refusals are said once per group).
  */
 export function runMoeNvlink(exe: CudaExecutor, plan: Plan, ins: OpInstr, slots: (DeviceTensor[] | undefined)[]): boolean {
-  const axis = String(ins.attrs.axis), a = plan.mesh.axes.indexOf(axis);
-  if (moeTransport() !== "nvlink" || !exe.rankLocal || a < 0 || plan.mesh.sizes[a]! < 2) return false;
-  const arity = ARITY[ins.op];
-  if (!arity || !arity.inputs.includes(ins.inputs.length) || ins.outputs.length !== arity.outputs) return false;
-  // a replayed graph would launch with the epochs of its capture, which every flag already holds:
-  // its barriers would pass at once and peers would overwrite windows still being read
-  if (exe.addon.streamIsCapturing(exe.stream) !== 0)
-    throw new CompileError(`${ins.op} over NVLink cannot be captured in a CUDA graph (its barriers count ops at launch); run it eagerly, or set SHARDTS_MOE_TRANSPORT=nccl`);
+  if (!exe.rankLocal || nvlinkRefusal(plan, ins)) return false;
   try {
     run(exe, plan, ins, slots, exe.rankLocal.rank);
     return true;
@@ -140,6 +161,7 @@ export function runMoeNvlink(exe: CudaExecutor, plan: Plan, ins: OpInstr, slots:
 }
 
 function run(exe: CudaExecutor, plan: Plan, ins: OpInstr, slots: (DeviceTensor[] | undefined)[], r: number): void {
+  const capturing = exe.addon.streamIsCapturing(exe.stream) !== 0;
   const at = ins.attrs, axis = String(at.axis), seq = String(at.dim), kDim = String(at.k), blocks = moeSms(exe.smCount);
   const tIn = ins.inputs.map((s) => plan.values[s]!.type);
   const own = (s: number) => slots[s]![r]!;
@@ -155,17 +177,17 @@ function run(exe: CudaExecutor, plan: Plan, ins: OpInstr, slots: (DeviceTensor[]
     const [tx, ti] = tIn as [TensorType, TensorType], G = Number(at.numGroups);
     if (G > M.MOE_MAX_GROUPS) throw new CompileError(`moe_dispatch on CUDA sorts by at most ${M.MOE_MAX_GROUPS} experts, got ${G}`);
     const batch = names(ti).filter((n) => n !== seq && n !== kDim), inner = names(tx).filter((n) => n !== seq && !batch.includes(n));
-    const { geo, table } = geometry(exe, plan, ins, ins.outputs[0]!, ins.inputs[1]!, String(at.rows), batch, r, true);
-    const w = windowOf(exe, plan, axis);
+    const { geo, table } = geometry(exe, plan, ins, ins.outputs[0]!, ins.inputs[1]!, String(at.rows), batch, r, true, capturing);
+    const w = windowOf(exe, plan, axis, capturing);
     const X = reorder(ins.inputs[0]!, [...batch, seq, ...inner]), I = reorder(ins.inputs[1]!, [...batch, seq, kDim]);
     const Bloc = prod(I.shape.slice(0, batch.length)), S = I.shape[batch.length]!, Kk = I.shape[batch.length + 1]!, n = S * Kk;
     const rowBytes = prod(X.shape.slice(batch.length + 1)) * elemBytes(tx.dtype);
     const perm = out(1, "i32"), counts = empty(exe.mem, "i32", [Bloc, G]), rows = out(0, tx.dtype), cOut = out(2, "i32");
     temps.push(counts);
     launch(exe, M.moeRoute(), Math.min(Bloc, exe.smCount * 8), M.MOE_ROUTE_BLOCK, [["ptr", counts.ptr], ["ptr", perm.ptr], ["ptr", I.ptr], ["i64", Bloc], ["i32", n], ["i32", G]]);
-    const L = w.ensure({ blocks, countsCap: geo.Bdst * G, lensCap: geo.ranks.length * geo.Bdst, rowsCap: geo.Bdst * n * rowBytes });
-    const epoch = w.nextEpoch(), p = parityAreas(L, epoch), V = M.gatherWord(rowBytes, [X.ptr, rows.ptr]);
-    launch(exe, moeNvlPush({ redispatch: false, V }), blocks, NVL_BLOCK, [...head(w, table, geo, L, epoch), ["i64", p.counts], ["i64", p.lens], ["i64", L.rows],
+    const L = w.ensure({ blocks, countsCap: geo.Bdst * G, lensCap: geo.ranks.length * geo.Bdst, rowsCap: geo.Bdst * n * rowBytes }, capturing);
+    const V = M.gatherWord(rowBytes, [X.ptr, rows.ptr]);
+    launch(exe, moeNvlPush({ redispatch: false, V }), blocks, NVL_BLOCK, [...head(w, table, geo, L), ...parities(L, true), ["i64", L.rows],
       ["ptr", X.ptr], ["ptr", perm.ptr], ["ptr", counts.ptr], ["ptr", 0n], ["i32", Bloc], ["i32", geo.Bdst], ["i32", G], ["i32", n], ["i32", Kk], ["i64", S], ["i64", rowBytes / V], ["ptr", rows.ptr], ["ptr", cOut.ptr]]);
   } else {
     // combine and redispatch: perm [...batch, rows~seg] in the tokens' layout; counts: the expert side's piece
@@ -173,8 +195,8 @@ function run(exe: CudaExecutor, plan: Plan, ins: OpInstr, slots: (DeviceTensor[]
     const S = Number(at.size), Kk = Number(at.numK), n = S * Kk, hasW = ins.inputs.length === 3;
     const countsSlot = plan.values[ins.inputs[1]!]!.segCounts[rowsDim.name]!;
     const combine = ins.op === "moe_combine";
-    const { geo, table } = geometry(exe, plan, ins, combine ? ins.inputs[0]! : ins.outputs[0]!, ins.inputs[1]!, rowsDim.name, batch, r, !combine);
-    const w = windowOf(exe, plan, axis);
+    const { geo, table } = geometry(exe, plan, ins, combine ? ins.inputs[0]! : ins.outputs[0]!, ins.inputs[1]!, rowsDim.name, batch, r, !combine, capturing);
+    const w = windowOf(exe, plan, axis, capturing);
     exe.rankLocal!.beforeReads([countsSlot]);
     const C = reorder(countsSlot, [...batch, rowsDim.segmented!.groups]);
     const P = reorder(ins.inputs[1]!, [...batch, rowsDim.name]), Bloc = prod(P.shape.slice(0, batch.length));
@@ -184,9 +206,9 @@ function run(exe: CudaExecutor, plan: Plan, ins: OpInstr, slots: (DeviceTensor[]
       if (Kk > 16) throw new CompileError(`the CUDA backend's moe_combine takes at most 16 slots per token, got ${Kk}`);
       const inner = names(tr).filter((nm) => nm !== rowsDim.name && !batch.includes(nm));
       const R = reorder(ins.inputs[0]!, [...batch, rowsDim.name, ...inner]), D = prod(R.shape.slice(batch.length + 1)), rowBytes = D * elemBytes(dt);
-      const L = w.ensure({ blocks, countsCap: 0, lensCap: geo.ranks.length * geo.Bdst, rowsCap: geo.Bdst * n * rowBytes });
-      const epoch = w.nextEpoch(), V = M.gatherWord(rowBytes, [R.ptr]);
-      launch(exe, moeNvlCombine(V), blocks, NVL_BLOCK, [...head(w, table, geo, L, epoch), ["i64", parityAreas(L, epoch).lens], ["i64", L.rows], ["ptr", R.ptr], ["ptr", C.ptr], ["i32", geo.Bdst], ["i32", n], ["i64", rowBytes / V]]);
+      const L = w.ensure({ blocks, countsCap: 0, lensCap: geo.ranks.length * geo.Bdst, rowsCap: geo.Bdst * n * rowBytes }, capturing);
+      const V = M.gatherWord(rowBytes, [R.ptr]);
+      launch(exe, moeNvlCombine(V), blocks, NVL_BLOCK, [...head(w, table, geo, L), ...parities(L, false), ["i64", L.rows], ["ptr", R.ptr], ["ptr", C.ptr], ["i32", geo.Bdst], ["i32", n], ["i64", rowBytes / V]]);
       // this rank's window now holds its tokens' rows in sorted order: un-permute and weigh in place
       const Bn = Bloc * n, pos = empty(exe.mem, "i32", [Bn]), moved = w.base + BigInt(L.rows);
       temps.push(pos);
@@ -201,11 +223,10 @@ function run(exe: CudaExecutor, plan: Plan, ins: OpInstr, slots: (DeviceTensor[]
       const inner = names(ts).filter((nm) => nm !== seq && nm !== kDim && !batch.includes(nm));
       const X = reorder(ins.inputs[0]!, [...batch, seq, ...(keepK ? [kDim] : []), ...inner]), D = prod(X.shape.slice(batch.length + (keepK ? 2 : 1)));
       const rowBytes = D * elemBytes(ts.dtype), rows = out(0, ts.dtype);
-      const L = w.ensure({ blocks, countsCap: 0, lensCap: geo.ranks.length * geo.Bdst, rowsCap: geo.Bdst * n * rowBytes });
-      const epoch = w.nextEpoch(), p = parityAreas(L, epoch);
+      const L = w.ensure({ blocks, countsCap: 0, lensCap: geo.ranks.length * geo.Bdst, rowsCap: geo.Bdst * n * rowBytes }, capturing);
       const V = Wt ? 1 : M.gatherWord(rowBytes, [X.ptr, rows.ptr]), words = Wt ? D : rowBytes / V;
       const k = Wt ? moeNvlPush({ redispatch: true, V: 1, weighted: needFloat("moe_redispatch", ts) }) : moeNvlPush({ redispatch: true, V });
-      launch(exe, k, blocks, NVL_BLOCK, [...head(w, table, geo, L, epoch), ["i64", p.counts], ["i64", p.lens], ["i64", L.rows],
+      launch(exe, k, blocks, NVL_BLOCK, [...head(w, table, geo, L), ...parities(L, true), ["i64", L.rows],
         ["ptr", X.ptr], ["ptr", P.ptr], ["ptr", C.ptr], ["ptr", Wt?.ptr ?? 0n], ["i32", Bloc], ["i32", geo.Bdst], ["i32", 0], ["i32", n], ["i32", keepK ? 1 : Kk], ["i64", keepK ? n : S], ["i64", words], ["ptr", rows.ptr], ["ptr", 0n]]);
     }
   }

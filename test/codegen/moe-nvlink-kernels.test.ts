@@ -3,8 +3,9 @@
 // ranks of one expert-axis group run as one process sharing host "windows": each phase (notify,
 // push, consume) runs for every rank before the next, so each barrier is already met when waited on
 // (a wait that is not would abort the emulation). Dispatch (16- and 4-byte words), combine's push
-// back and the weighted redispatch, three ops in a row over the same windows (epochs 1..3, both
-// parity areas): outputs must equal the CPU reference's pieces bit for bit. Skipped without nvcc/g++.
+// back and the weighted redispatch, three ops in a row over the same windows (the kernels count the
+// epochs 1..3 on the "device", so both parity areas are used): outputs must equal the CPU reference's
+// pieces bit for bit, and every block's epoch counter must read 3 after. Skipped without nvcc/g++.
 import { describe, expect, it } from "vitest";
 import { execFile, execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
@@ -51,7 +52,7 @@ describe.skipIf(!GXX)("NVLink MoE kernels on the CPU emulation, every rank of a 
       const geos = Array.from({ length: W }, (_, r) => nvlGeometry(m.plan, m.rowsSlot, m.ins.inputs[1]!, "ep", "rows", ["b"], r));
       const g0 = geos[0]!, Bdst = g0.Bdst, Bloc = g0.dstOf.map((d) => d.length);
       const L = windowLayout(W, NB, Bdst * G, W * Bdst, Bdst * n * D * 4);
-      const parity = (e: number) => parityAreas(L, e);
+      const even = parityAreas(L, 0), odd = parityAreas(L, 1);
       // the reference of the weighted redispatch of the tokens, as each expert rank's piece
       const tx: TensorType = { dims: [{ name: "b", size: c.B }, { name: "s", size: S }, { name: "d", size: D }], dtype: "f32", placements: [] };
       const tp = m.plan.values[m.ins.outputs[1]!]!.type, tw: TensorType = { ...tx, dims: [tx.dims[0]!, tx.dims[1]!, { name: "k", size: K }] };
@@ -76,20 +77,23 @@ int main(int, char** argv) {
   fclose(f);
   unsigned long long peers[W];
   for (int r = 0; r < W; r++) peers[r] = (unsigned long long)calloc(${L.bytes}, 1);
+  unsigned long long* ep[W];
+  for (int r = 0; r < W; r++) ep[r] = (unsigned long long*)calloc(${NB}, 8);
   float* out[W]; int* outC[W]; float* outR[W];
   for (int r = 0; r < W; r++) { out[r] = (float*)malloc(Bdst * n * D * 4 + 64); outC[r] = (int*)calloc(Bdst * G + 16, 4); outR[r] = (float*)malloc(Bdst * n * D * 4 + 64); memset(out[r], 0x7f, Bdst * n * D * 4); memset(outR[r], 0x7f, Bdst * n * D * 4); }
   const long long T = 2000000000LL;
   for (int ph = 1; ph <= 4; ph <<= 1) for (int r = 0; r < W; r++)
-    emu_launch(${NB}, ${THREADS}, [&] { ${d.name}(peers, geoD[r], W, r, 1, ph, T, ${L.flagN}, ${L.flagR}, ${parity(1).counts}, ${parity(1).lens}, ${L.rows},
+    emu_launch(${NB}, ${THREADS}, [&] { ${d.name}(peers, geoD[r], W, r, ep[r], ph, T, ${L.flagN}, ${L.flagR}, ${even.counts}, ${odd.counts}, ${even.lens}, ${odd.lens}, ${L.rows},
       (const ${d.name}_t*)x[r], perm[r], cnt[r], nullptr, Bloc[r], Bdst, G, n, K, S, ${(D * 4) / V}, (${d.name}_t*)out[r], outC[r]); });
   for (int ph = 1; ph <= 4; ph <<= 1) for (int r = 0; r < W; r++)
-    emu_launch(${NB}, ${THREADS}, [&] { ${comb.name}(peers, geoC[r], W, r, 2, ph, T, ${L.flagN}, ${L.flagR}, ${parity(2).lens}, ${L.rows},
+    emu_launch(${NB}, ${THREADS}, [&] { ${comb.name}(peers, geoC[r], W, r, ep[r], ph, T, ${L.flagN}, ${L.flagR}, ${even.lens}, ${odd.lens}, ${L.rows},
       (const ${comb.name}_t*)rowsE[r], cntE[r], Bdst, n, ${(D * 4) / V}); });
   FILE* o = fopen(argv[2], "wb");
   for (int r = 0; r < W; r++) fwrite((char*)peers[r] + ${L.rows}, 4, (size_t)Bloc[r] * n * D, o);
   for (int ph = 1; ph <= 4; ph <<= 1) for (int r = 0; r < W; r++)
-    emu_launch(${NB}, ${THREADS}, [&] { ${rw.name}(peers, geoD[r], W, r, 3, ph, T, ${L.flagN}, ${L.flagR}, ${parity(3).counts}, ${parity(3).lens}, ${L.rows},
+    emu_launch(${NB}, ${THREADS}, [&] { ${rw.name}(peers, geoD[r], W, r, ep[r], ph, T, ${L.flagN}, ${L.flagR}, ${even.counts}, ${odd.counts}, ${even.lens}, ${odd.lens}, ${L.rows},
       x[r], perm[r], cntE[r], w[r], Bloc[r], Bdst, G, n, K, S, D, outR[r], nullptr); });
+  for (int r = 0; r < W; r++) for (int b = 0; b < ${NB}; b++) { const int e = (int)ep[r][b]; fwrite(&e, 4, 1, o); }
   for (int r = 0; r < W; r++) { fwrite(out[r], 4, (size_t)Bdst * n * D, o); fwrite(outC[r], 4, (size_t)Bdst * (${"geoD[r][r + 1] - geoD[r][r]"}), o); fwrite(outR[r], 4, (size_t)Bdst * n * D, o); }
   fclose(o);
   return 0;
@@ -112,6 +116,7 @@ int main(int, char** argv) {
         return Array.from(int ? new Int32Array(ab) : new Float32Array(ab));
       };
       const back = ranks.map((r) => take(Bloc[r]! * n * D));
+      expect(take(W * NB, true), "every block's epoch counter after three ops").toEqual(new Array(W * NB).fill(3));
       for (const r of ranks) {
         const ne = g0.efirst[r + 1]! - g0.efirst[r]!;
         expect(take(Bdst * n * D), `dispatch rows on rank ${r}`).toEqual(Array.from(m.res.locals[0]![r]!.data));

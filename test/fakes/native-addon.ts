@@ -66,7 +66,7 @@ export function fakeAddon(opts: FakeOptions = {}): FakeAddon {
   const flags = new Map<bigint, number>();
   // device memory and NVRTC programs count apart from other handles: whether a kernel came from the
   // disk cache (no program made) changes neither the buffers nor the functions a run gets
-  let next = 0x1000n, mem = 0x7f0000000000n, programs = 0n;
+  let next = 0x1000n, mem = 0x7f0000000000n, programs = 0n, capturing = 0;
   const handle = () => ++next;
   const readBack = (dst: unknown, src: unknown) => {
     const v = flags.get(src as bigint);
@@ -108,8 +108,16 @@ export function fakeAddon(opts: FakeOptions = {}): FakeAddon {
     cublasLtMatmulRun: (h) => {
       if (!matmuls[(h as number) - 1]) throw new Error(`fake addon: cublasLtMatmulRun with an unknown handle ${String(h)}`);
     },
-    streamIsCapturing: () => 0,
+    // stream capture: the stream answers "active" (1) between begin and end, as the driver's does
+    streamBeginCapture: () => void (capturing = 1),
+    streamEndCapture: () => ((capturing = 0), handle()),
+    streamIsCapturing: () => capturing,
+    graphInstantiate: handle,
     ncclCommGetAsyncError: () => 0,
+    // CUDA IPC (the MoE NVLink windows): every pair of devices has peer access; handles are 64 zero bytes
+    deviceCanAccessPeer: () => true,
+    ipcGetMemHandle: () => new Uint8Array(64),
+    ipcOpenMemHandle: () => (mem += 0x100000n),
   };
   const nccl = (method: string, args: unknown[]) => {
     const r = opts.ncclStatus?.(method, args) ?? 0;

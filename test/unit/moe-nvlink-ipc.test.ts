@@ -69,9 +69,11 @@ describe("MoE NVLink peer windows", () => {
     expect((e as Error).message).toMatch(/rank 2 of the expert-axis group cannot use NVLink/);
   });
 
-  it("maps peers' windows (not its own), grows collectively: unmap, meet, free, reallocate; refuses past the limit", () => {
+  it("maps peers' windows (not its own), grows collectively: unmap, meet, free, reallocate; refuses past the limit and while capturing", () => {
     const { addon, log } = fakeAddon();
     const w = PeerWindow.create(addon, gatherOf(3, 1), 1, 3, 1, 4);
+    // the kernels' epoch counters: one u64 per block, zeroed once (never with a window's growth)
+    expect(log.slice(-2)).toEqual([`alloc 32`, `memset ${w.epochs.toString(16)} 0 32`]);
     const L1 = w.ensure({ blocks: 4, countsCap: 100, lensCap: 30, rowsCap: 4096 });
     expect(log.filter((l) => l.startsWith("open"))).toEqual(["open 64", "open 66"]); // ranks 0 and 2, never itself
     expect(log.some((l) => l.startsWith(`memset ${w.base.toString(16)} 0 ${L1.bytes}`))).toBe(true);
@@ -84,8 +86,9 @@ describe("MoE NVLink peer windows", () => {
     const L2 = w.ensure({ blocks: 4, countsCap: 10, lensCap: 3, rowsCap: 1 << 20 });
     expect(L2.countsCap).toBe(100); // caps only grow
     expect(log.slice(0, 4)).toEqual(["sync", "close a000040", "close a000042", `free ${old.toString(16)}`]);
-    expect(w.nextEpoch()).toBe(1);
-    expect(w.nextEpoch()).toBe(2);
+    expect(log.some((l) => l.startsWith(`memset ${w.epochs.toString(16)}`))).toBe(false);
+    expect(() => w.ensure({ blocks: 4, countsCap: 0, lensCap: 0, rowsCap: 2 << 20 }, true)).toThrow(/must grow .* while a CUDA graph is being captured; run the plan once without capture first/);
+    expect(w.ensure({ blocks: 4, countsCap: 0, lensCap: 0, rowsCap: 1 << 20 }, true)).toBe(L2); // sized already: fine while capturing
     expect(() => w.ensure({ blocks: 4, countsCap: 0, lensCap: 0, rowsCap: 2 ** 40 })).toThrow(/SHARDTS_MOE_WINDOW_MAX_BYTES=.*raise it, or use SHARDTS_MOE_TRANSPORT=nccl/);
   });
 

@@ -14,9 +14,16 @@
 //   4 consume: wait for set R from every peer, then (dispatch/redispatch) copy the window's rows into
 //     the op's output with zero padding, as the CPU reference's pieces have it.
 //
-// Memory model. A flag is a u64 in the receiver's window holding the epoch (the per-group op
-// counter, the same on every rank since every rank runs the same plan): it only grows, so a window is
-// reused with no reset. Writers: every thread's data stores, then its own fence.acq_rel.sys, then
+// Epochs. A flag is a u64 in the receiver's window holding the epoch (the per-group op counter, the
+// same on every rank since every rank runs the same plan): it only grows, so a window is reused with no
+// reset. The counter lives on the device (`epochs`, a u64 per block of each rank, never reset): each
+// block reads its own at its start, runs as op epochs[block] + 1, and stores that back after its last
+// wait (its threads have all read it by then: the wait ends in a block barrier). Every block runs every
+// op, so the counters of all blocks of all ranks move in step. Nothing of an op's identity is fixed at
+// launch, so a captured CUDA graph replays with fresh epochs; the parity areas (counts, lens) are chosen
+// from the epoch on the device for the same reason.
+//
+// Memory model. Writers: every thread's data stores, then its own fence.acq_rel.sys, then
 // bar.sync, then one thread per peer does st.release.sys of the flag; the fences make each thread's
 // peer stores visible at system scope before the CTA barrier, and the barrier orders them before
 // the release (causality order is transitive through bar.sync). Readers: one thread spins with
@@ -133,10 +140,12 @@ function makePush(o: NvlPush): { name: string; source: string } {
 typedef ${W_T} ${name}_t;
 #define nvl_word ${name}_t
 extern "C" __global__ void __launch_bounds__(${NVL_BLOCK}, 1) ${name}(const unsigned long long* __restrict__ peers, const int* __restrict__ geo, int W, int me,
-    unsigned long long epoch, int phases, long long timeoutNs, long long oFlagN, long long oFlagR, long long oCounts, long long oLens, long long oRows,
+    unsigned long long* __restrict__ epochs, int phases, long long timeoutNs, long long oFlagN, long long oFlagR, long long oCounts, long long oCountsOdd, long long oLens, long long oLensOdd, long long oRows,
     const nvl_word* __restrict__ x, const int* __restrict__ perm, const int* __restrict__ counts, const ${o.weighted ? W_T : "void"}* __restrict__ w,
     int Bloc, int Bdst, int G, int n, int per, long long srcRows, long long words, nvl_word* __restrict__ out, int* __restrict__ outCounts) {
   __shared__ int st[${NVL_MAX_RANKS + 1}];
+  const unsigned long long epoch = epochs[blockIdx.x] + 1;
+  if (epoch & 1) ${o.redispatch ? "oLens = oLensOdd" : "oCounts = oCountsOdd"};
   const int* efirst = geo;
   const int* dstOf = geo + W + 1;
   const int lane = threadIdx.x & 31;
@@ -165,6 +174,7 @@ extern "C" __global__ void __launch_bounds__(${NVL_BLOCK}, 1) ${name}(const unsi
   }
   if (phases & 4) {
     nvl_wait(peers, W, me, oFlagR, epoch, timeoutNs);
+    if (threadIdx.x == 0) epochs[blockIdx.x] = epoch;
     const nvl_word* rows = reinterpret_cast<const nvl_word*>(NVL_WIN(me, oRows));
     ${o.redispatch ? "" : "const int* wc = reinterpret_cast<const int*>(NVL_WIN(me, oCounts));"}
     for (long long r = warp0; r < (long long)Bdst * n; r += warps) {
@@ -196,8 +206,10 @@ export const moeNvlCombine = memo((V: 16 | 4 | 1): { name: string; source: strin
 typedef ${word(V)} ${name}_t;
 #define nvl_word ${name}_t
 extern "C" __global__ void __launch_bounds__(${NVL_BLOCK}, 1) ${name}(const unsigned long long* __restrict__ peers, const int* __restrict__ geo, int W, int me,
-    unsigned long long epoch, int phases, long long timeoutNs, long long oFlagN, long long oFlagR, long long oLens, long long oRows,
+    unsigned long long* __restrict__ epochs, int phases, long long timeoutNs, long long oFlagN, long long oFlagR, long long oLens, long long oLensOdd, long long oRows,
     const nvl_word* __restrict__ rows, const int* __restrict__ counts, int Bdst, int n, long long words) {
+  const unsigned long long epoch = epochs[blockIdx.x] + 1;
+  if (epoch & 1) oLens = oLensOdd;
   const int* efirst = geo;
   const int* srcRank = geo + W + 1;
   const int* srcLb = srcRank + Bdst;
@@ -220,7 +232,10 @@ extern "C" __global__ void __launch_bounds__(${NVL_BLOCK}, 1) ${name}(const unsi
     }
     nvl_signal(peers, W, me, oFlagR, epoch);
   }
-  if (phases & 4) nvl_wait(peers, W, me, oFlagR, epoch, timeoutNs);
+  if (phases & 4) {
+    nvl_wait(peers, W, me, oFlagR, epoch, timeoutNs);
+    if (threadIdx.x == 0) epochs[blockIdx.x] = epoch;
+  }
 }
 #undef nvl_word`,
   };

@@ -172,6 +172,15 @@ export class RankLocal {
     return this.inFlight.length;
   }
 
+  /**
+   * A captured step's replay was enqueued (the NCCL calls it holds run inside the graph): the watchdog
+   * times it as one collective of the whole world named `what`, until `drained`.
+   */
+  graphLaunched(what: string): void {
+    const desc = this.s.watchdog?.describe({ axis: "graph", what, group: Array.from({ length: this.worldSize }, (_, r) => r) }) ?? -1;
+    this.call(this.comms.world, "graph", desc, what, 0);
+  }
+
   /** The run ended and its results were read: everything issued has completed. */
   drained(): void {
     this.s.watchdog?.drained();
