@@ -117,11 +117,14 @@ PY
 # experts, bf16), forward + backward, ep=N: bench/gpu/lib/dist-moe-layer.ts (its small-size check
 # against the CPU-simulated mesh first) and bench/peers/moe_layer_ep.py (its EP-vs-dense check first),
 # in the same job. MOE_LAYER_FP8=1 adds shardts' FP8 run (no FP8 peer: its row reads "-");
-# MOE_LAYER_TRANSPORT=nvlink runs shardts' dispatch/combine over NVLink instead of NCCL.
+# MOE_LAYER_TRANSPORT=nvlink runs shardts' dispatch/combine over NVLink instead of NCCL; with it,
+# MOE_LAYER_GRAPH=1 also captures each rank's step as a CUDA graph (rows "shardts-graph": its replay
+# checked against the CPU-simulated mesh, then timed).
 stage_moe_layer_ep() {
-  local rc fp8=(); [ "${MOE_LAYER_FP8:-0}" = 1 ] && fp8=(--fp8)
+  local rc flags=(); [ "${MOE_LAYER_FP8:-0}" = 1 ] && flags=(--fp8)
+  [ "${MOE_LAYER_GRAPH:-0}" = 1 ] && flags+=(--graph)
   SHARDTS_MOE_TRANSPORT=${MOE_LAYER_TRANSPORT:-nccl} timeout 480 "${CLI[@]}" launch --nproc-per-node "$N" bench/gpu/lib/dist-moe-layer.ts \
-    "${fp8[@]}" --json "$OUT/moe-layer-ep-shardts.jsonl" --trace "$OUT/moe-layer-ep-trace" > "$OUT/moe-layer-ep-shardts.log" 2>&1
+    "${flags[@]}" --json "$OUT/moe-layer-ep-shardts.jsonl" --trace "$OUT/moe-layer-ep-trace" > "$OUT/moe-layer-ep-shardts.log" 2>&1
   rc=$?; note "moe layer ep=$N shardts: exit $rc ($(grep -c ': ok' "$OUT/moe-layer-ep-shardts.log") checks ok, $(grep -c FAIL "$OUT/moe-layer-ep-shardts.log") FAIL lines)"
   timeout 300 python3 -m torch.distributed.run --nproc-per-node "$N" bench/peers/moe_layer_ep.py --json "$OUT/moe-layer-ep-torch.jsonl" > "$OUT/moe-layer-ep-torch.log" 2>&1
   rc=$?; note "moe layer ep=$N torch: exit $rc"

@@ -30,7 +30,7 @@ afterEach(() => void delete process.env.SHARDTS_MOE_TRANSPORT);
 const Z: LayerSize = { T: 256, D: 256, F: 128, E: 4, K: 2, shared: 2 };
 
 /** The peer-window exchanges' all-gathers read back two records: one node, devices 0 and 1, one SM budget, no refusal. */
-function windowRecords(dst: ArrayBufferView): void {
+function windowRecords(dst: ArrayBuffer | ArrayBufferView): void {
   const { bytes, node, device, blocks } = RECORD_FIELDS;
   if (!(dst instanceof Uint8Array) || dst.byteLength !== 2 * bytes) return;
   const v = new DataView(dst.buffer, dst.byteOffset, dst.byteLength);

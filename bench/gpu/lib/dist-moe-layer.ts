@@ -12,6 +12,10 @@
 //      of the step, as the peer's .tolist() is of its step.
 // --trace FILE: rank 0's timeline of one more run to FILE.<fmt>.json; every rank logs where its time went.
 // --fp8: the same again with the routed and shared experts in FP8 (stdlib/nn/fp8.ts).
+// --graph: each rank also captures the step as a CUDA graph (runtime/cuda/graph.ts; needs
+// SHARDTS_MOE_TRANSPORT=nvlink, else the capture is refused and the line says why): at the small size
+// the replay's outputs against the CPU-simulated mesh as above, at full size the median wall time of
+// --reps replays (launch + synchronize).
 // Rank 0 prints one line per result and writes one JSON line per result to --json FILE.
 import { writeFileSync } from "node:fs";
 import { defineMain } from "../../../stdlib/model.ts";
@@ -26,7 +30,7 @@ export default defineMain(async ({ args, log }) => {
   const W = Number(process.env.WORLD_SIZE ?? 1), rank = jobRank();
   const opt = (name: string) => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
   const outFile = opt("--json"), traceFile = opt("--trace"), reps = Number(opt("--reps") ?? 10), T = Number(opt("--tokens") ?? V2_LITE.T);
-  const formats = args.includes("--fp8") ? [false, true] : [false];
+  const formats = args.includes("--fp8") ? [false, true] : [false], graph = args.includes("--graph");
   const ex = cudaExecutor();
   if (!ex.rankLocal) throw new Error("not in a multi-GPU job: run under shardts launch --nproc-per-node N with a GPU per rank");
   if (V2_LITE.E % W) throw new Error(`${V2_LITE.E} experts do not split over ep=${W}`);
@@ -49,6 +53,21 @@ export default defineMain(async ({ args, log }) => {
       if (bad.length) failures++;
       say(`${what}: ${bad.length ? "FAIL" : "ok"}  (${errs.map(([k, e]) => `${k} ${e === 0 ? "equal" : e.toExponential(2)}`).join(", ")}; tolerance ${tol}, counts exact)`);
       results.push({ kind: "check", impl: "shardts", fmt, world: W, ok: !bad.length, errors: Object.fromEntries(errs) });
+      if (graph) {
+        // the same step captured: two replays (the second after another eager run), each against the CPU
+        const step = ex.capture(layer.plan, feeds);
+        for (let k = 0; k < 2; k++) {
+          if (k) ex.run(layer.plan, feeds, [], { download: false });
+          step.replay();
+          const got = step.read();
+          const gerrs = layer.outNames.map((nm, i) => [nm, relError(got[i]!.data, cpu[i]!.data)] as const);
+          const gbad = gerrs.filter(([nm, e]) => (nm === "counts" ? e !== 0 : !(e <= tol)));
+          if (gbad.length) failures++;
+          say(`${what}, CUDA graph replay ${k + 1}: ${gbad.length ? "FAIL" : "ok"}  (${gerrs.map(([nm, e]) => `${nm} ${e === 0 ? "equal" : e.toExponential(2)}`).join(", ")})`);
+          results.push({ kind: "check", impl: "shardts-graph", fmt, world: W, ok: !gbad.length, errors: Object.fromEntries(gerrs) });
+        }
+        step.destroy();
+      }
     } catch (e) {
       failures++;
       say(`${what}: FAIL with ${(e as Error).stack?.split("\n").slice(0, 4).join(" | ")}`);
@@ -73,6 +92,22 @@ export default defineMain(async ({ args, log }) => {
       const row = { kind: "time", impl: "shardts", fmt, world: W, tokens: Z.T, d: Z.D, ffn: Z.F, experts: Z.E, k: Z.K, shared: Z.shared, ms: +ms.toFixed(3), minMs: +ts[0]!.toFixed(3), tflops: +(flops / ms / 1e9).toFixed(1), peakGiB: +(ex.mem.peak / 2 ** 30).toFixed(2), instrs: layer.plan.instrs.length };
       say(`time ${fmt} fwd+bwd T ${Z.T} per GPU (ep=${W}): ${row.ms} ms median of ${reps} (min ${row.minMs}), ${row.tflops} TFLOP/s per GPU (3 x forward FLOPs), peak ${row.peakGiB} GiB`);
       results.push(row);
+      if (graph) {
+        const step = ex.capture(layer.plan);
+        for (let i = 0; i < 3; i++) step.replay();
+        const gs: number[] = [];
+        for (let i = 0; i < reps; i++) {
+          const t0 = performance.now();
+          step.launch();
+          step.sync();
+          gs.push(performance.now() - t0);
+        }
+        const gms = gs.sort((x, y) => x - y)[gs.length >> 1]!;
+        const grow = { ...row, impl: "shardts-graph", ms: +gms.toFixed(3), minMs: +gs[0]!.toFixed(3), tflops: +(flops / gms / 1e9).toFixed(1), peakGiB: +(ex.mem.peak / 2 ** 30).toFixed(2) };
+        say(`time ${fmt} fwd+bwd T ${Z.T} per GPU (ep=${W}), CUDA graph replay: ${grow.ms} ms median of ${reps} (min ${grow.minMs}), ${grow.tflops} TFLOP/s per GPU; eager ${row.ms} ms`);
+        results.push(grow);
+        step.destroy();
+      }
       // one traced run: where the time goes (each instruction between CUDA events on its stream)
       const events: TraceEvent[] = [];
       ex.run(layer.plan, undefined, [], { download: false, trace: events });
