@@ -76,17 +76,27 @@ for (const c of CASES) {
     a.ctxSynchronize(); // (the set-up's fills and copies are done before any rank's stream starts)
     const d = moeNvlPush({ redispatch: false, V }), comb = moeNvlCombine(V), rw = moeNvlPush({ redispatch: true, V: 1, weighted: "f32" });
     const head = (r: number, geo: bigint): KernelArg[] => [["ptr", peers], ["ptr", geo], ["i32", W], ["i32", r], ["ptr", epochs[r]!], ["i32", 7], ["i64", TIMEOUT_NS], ["i64", L.flagN], ["i64", L.flagR]];
-    const launch = (k: { name: string; source: string }, r: number, args: KernelArg[]) => a.launchKernel(gpu.fn(k.name, k.source), [NB, 1, 1], [NVL_BLOCK, 1, 1], 0, R[r]!.stream, packArgs(...args));
-    /** One step of rank r on its stream: dispatch, combine's push back, weighted redispatch. */
-    const step = (r: number) => {
+    // every kernel loaded before the first launch: a module load waits for the context's running
+    // kernels, and a rank's kernel waits for its peers' launches, which the host would then not reach
+    const fns = new Map([d, comb, rw].map((k) => [k, gpu.fn(k.name, k.source)] as const));
+    const launch = (k: { name: string; source: string }, r: number, args: KernelArg[]) => a.launchKernel(fns.get(k)!, [NB, 1, 1], [NVL_BLOCK, 1, 1], 0, R[r]!.stream, packArgs(...args));
+    /** Op k of rank r on its stream: 0 dispatch, 1 combine's push back, 2 the weighted redispatch. */
+    const op = (r: number, k: number) => {
       const x = R[r]!;
-      launch(d, r, [...head(r, x.geoD), ["i64", even.counts], ["i64", odd.counts], ["i64", even.lens], ["i64", odd.lens], ["i64", L.rows],
-        ["ptr", x.x], ["ptr", x.perm], ["ptr", x.cnt], ["ptr", 0n], ["i32", Bloc[r]!], ["i32", Bdst], ["i32", G], ["i32", n], ["i32", K], ["i64", S], ["i64", words], ["ptr", x.out], ["ptr", x.outC]]);
-      launch(comb, r, [...head(r, x.geoC), ["i64", even.lens], ["i64", odd.lens], ["i64", L.rows], ["ptr", x.rowsE], ["ptr", x.cntE], ["i32", Bdst], ["i32", n], ["i64", words]]);
-      // (combine's push back leaves this rank's tokens in its window: read there, before the redispatch reuses it)
-      a.memcpyDtoDAsync(x.back, windows[r]! + BigInt(L.rows), Bloc[r]! * n * D * 4, x.stream);
+      if (k === 0)
+        return launch(d, r, [...head(r, x.geoD), ["i64", even.counts], ["i64", odd.counts], ["i64", even.lens], ["i64", odd.lens], ["i64", L.rows],
+          ["ptr", x.x], ["ptr", x.perm], ["ptr", x.cnt], ["ptr", 0n], ["i32", Bloc[r]!], ["i32", Bdst], ["i32", G], ["i32", n], ["i32", K], ["i64", S], ["i64", words], ["ptr", x.out], ["ptr", x.outC]]);
+      if (k === 1) {
+        launch(comb, r, [...head(r, x.geoC), ["i64", even.lens], ["i64", odd.lens], ["i64", L.rows], ["ptr", x.rowsE], ["ptr", x.cntE], ["i32", Bdst], ["i32", n], ["i64", words]]);
+        // (combine's push back leaves this rank's tokens in its window: read there, before the redispatch reuses it)
+        return a.memcpyDtoDAsync(x.back, windows[r]! + BigInt(L.rows), Bloc[r]! * n * D * 4, x.stream);
+      }
       launch(rw, r, [...head(r, x.geoD), ["i64", even.counts], ["i64", odd.counts], ["i64", even.lens], ["i64", odd.lens], ["i64", L.rows],
         ["ptr", x.x], ["ptr", x.perm], ["ptr", x.cntE], ["ptr", x.w], ["i32", Bloc[r]!], ["i32", Bdst], ["i32", G], ["i32", n], ["i32", K], ["i64", S], ["i64", D], ["ptr", x.outR], ["ptr", 0n]]);
+    };
+    /** One step: each op launched for every rank before the next op (no host wait between them). */
+    const stepAll = () => {
+      for (let k = 0; k < 3; k++) for (const r of ranks) op(r, k);
     };
     const syncAll = () => R.forEach((x) => a.streamSynchronize(x.stream));
     /** Outputs set to NaN bits (on rank 0's stream, waited for), so a step that wrote nothing shows. */
@@ -127,13 +137,13 @@ for (const c of CASES) {
     // 1. eager, three steps
     for (let s = 0; s < 3; s++) {
       clear();
-      for (const r of ranks) step(r);
+      stepAll();
       syncAll();
       const bad = check();
       if (bad.length) throw new Error(`eager step ${s + 1}: ${bad.join("; ")} differ from the CPU reference`);
     }
     const t0 = performance.now(), reps = 20;
-    for (let s = 0; s < reps; s++) for (const r of ranks) step(r);
+    for (let s = 0; s < reps; s++) stepAll();
     syncAll();
     const eagerMs = (performance.now() - t0) / reps;
     let steps = 3 + reps;
@@ -143,7 +153,7 @@ for (const c of CASES) {
     a.streamBeginCapture(s0, CaptureMode.relaxed);
     a.eventRecord(fork, s0);
     for (const r of ranks.slice(1)) a.streamWaitEvent(R[r]!.stream, fork);
-    for (const r of ranks) step(r);
+    stepAll();
     for (const r of ranks.slice(1)) a.eventRecord(joins[r]!, R[r]!.stream), a.streamWaitEvent(s0, joins[r]!);
     const graph = a.streamEndCapture(s0), exec = a.graphInstantiate(graph);
     const notes: string[] = [];
