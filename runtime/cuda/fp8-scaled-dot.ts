@@ -15,6 +15,7 @@ import { tilesName } from "../../compiler/ops/quantize.ts";
 import { empty, type DeviceTensor } from "./memory.ts";
 import { fp8GemmOf } from "./fp8-gemm.ts";
 import type { CudaExecutor } from "./executor.ts";
+import { codesIn } from "./shared-operands.ts";
 
 const ROW_CONFIG = defaultRowScaledConfig();
 const names = (t: TensorType) => t.dims.map((d) => d.name);
@@ -50,7 +51,8 @@ export function formOf(tIn: TensorType[], tOut: TensorType, contract: string[]):
   return { K, kRest, N, rows, bRows };
 }
 
-export function scaledDotGemm(ex: CudaExecutor, x: DeviceTensor[], tIn: TensorType[], tOut: TensorType, shape: number[], contract: string[]): DeviceTensor | undefined {
+/** `bSlot`: the plan slot of B's codes (where their quantize kept them transposed: shared-operands.ts codesIn). */
+export function scaledDotGemm(ex: CudaExecutor, x: DeviceTensor[], tIn: TensorType[], tOut: TensorType, shape: number[], contract: string[], bSlot?: number): DeviceTensor | undefined {
   const form = formOf(tIn, tOut, contract);
   if (!form) return undefined;
   const g = fp8GemmOf(ex);
@@ -60,7 +62,7 @@ export function scaledDotGemm(ex: CudaExecutor, x: DeviceTensor[], tIn: TensorTy
   const ks = [...kRest, K], kTiles = [...kRest, tilesName(K)];
   const A = ex.reorder(x[0]!, names(ta), [...rows, ...ks]);
   const SA = ex.reorder(x[1]!, names(tsa), [...kTiles, ...rows]);
-  const B = ex.reorder(x[2]!, names(tb), [N, ...ks]);
+  const B = codesIn(ex, bSlot, x[2]!, names(tb), [N, ...ks]);
   // B's scales: [N/128][K/128] blocks, or with row-scaled B [K/128][N] (the kernels' layouts)
   const SB = ex.reorder(x[3]!, names(tsb), bRows ? [...kTiles, N] : [tilesName(N), ...kTiles]);
   const kk = numel(B.shape.slice(1)), M = numel(A.shape) / Math.max(1, kk), nn = B.shape[0]!;

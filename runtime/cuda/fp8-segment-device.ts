@@ -26,7 +26,7 @@ import { fp8GemmOf } from "./fp8-gemm.ts";
 import { quantizeColumnsT } from "./fp8-segment.ts";
 import { dimSizeOf, launchSegmentRuns, rowRunCapacity, type LocalShapes, type SegmentSizes } from "./segment-device.ts";
 import { SEGMENT_PLAN_SMEM_INTS, segmentPlanInts, segmentRunBlocks, segmentRunScales } from "./kernels/segment-sources.ts";
-import { keepShared, laterSharers, takeShared, type SharedEntry } from "./shared-operands.ts";
+import { codesIn, keepShared, laterSharers, takeShared, type SharedEntry } from "./shared-operands.ts";
 import type { CudaExecutor } from "./executor.ts";
 
 type OpInstr = Extract<Plan["instrs"][number], { kind: "op" }>;
@@ -128,7 +128,7 @@ export function deviceScaledSegment(ex: CudaExecutor, plan: Plan, ins: OpInstr, 
       if (numel(outShape)) ex.addon.memsetD8(Y.ptr, 0, numel(outShape) * 2, ex.stream);
     } else {
       const tw = tIn[2]!, tsw = tIn[3]!;
-      const W = mine(ex.part("weights layout", () => ex.reorder(x[2]!, names(tw), [ro.groups, ro.n, ro.k])), x[2]!);
+      const W = mine(ex.part("weights layout", () => codesIn(ex, ins.inputs[2], x[2]!, names(tw), [ro.groups, ro.n, ro.k])), x[2]!);
       const SW = mine(ex.part("weights layout", () => ex.reorder(x[3]!, names(tsw), [ro.groups, tilesName(ro.n), tilesName(ro.k)])), x[3]!);
       const A = X(), SA0 = SX(), KB = SA0.shape[SA0.shape.length - 1]!;
       const runs = runTable(Y);

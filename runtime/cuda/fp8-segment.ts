@@ -32,6 +32,7 @@ import { gemmConfigFor } from "./gemm-tune.ts";
 import * as K from "./kernels/sources.ts";
 import * as Q from "./kernels/fp8-sources.ts";
 import type { CudaExecutor } from "./executor.ts";
+import { codesIn } from "./shared-operands.ts";
 
 /** The row-scaled (Wgrad) kernel; the grouped one is gemmConfigFor's choice for each launch's shape (tuned, else the default). */
 const ROW_SCALED = defaultRowScaledConfig();
@@ -61,7 +62,7 @@ export function scaledSegmentDotCuda(ex: CudaExecutor, plan: Plan, ins: OpInstr,
   const g = fp8GemmOf(ex);
   if (!g.supported) throw new CompileError(`scaled_segment_dot needs the grouped FP8 GEMM, which runs on Hopper (sm_90a); this GPU is ${g.device.name} (${g.arch})`);
   const X = ex.reorder(x[0]!, names(tx), [...sd.batch, sd.rows.name, sd.k]);
-  const W = ex.reorder(x[2]!, names(tw), [sd.groups, sd.nOut, sd.k]);
+  const W = codesIn(ex, ins.inputs[2], x[2]!, names(tw), [sd.groups, sd.nOut, sd.k]);
   const SW = ex.reorder(x[3]!, names(tsw), [sd.groups, tilesName(sd.nOut), tilesName(sd.k)]);
   const R = X.shape[sd.batch.length]!, KK = X.shape[sd.batch.length + 1]!, N = W.shape[1]!, gW = W.shape[0]!;
   const wOff = plan.values[ins.inputs[2]!]!.boxes[r]!.offset[tw.dims.findIndex((d) => d.name === sd.groups)]!;

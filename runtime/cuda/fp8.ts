@@ -8,14 +8,18 @@ import type { Attrs, TensorType } from "../../compiler/ir/types.ts";
 import { numel } from "../../compiler/ir/types.ts";
 import { CompileError } from "../../compiler/errors.ts";
 import { tileSpec, tiledDimsOf, tilesName } from "../../compiler/ops/quantize.ts";
-import { packArgs } from "./native.ts";
+import { packArgs, type KernelArg } from "./native.ts";
 import { empty, type DeviceTensor } from "./memory.ts";
 import * as Q from "./kernels/fp8-sources.ts";
 import type { CudaExecutor } from "./executor.ts";
-import { scaledDotGemm } from "./fp8-scaled-dot.ts";
+import { formOf, scaledDotGemm } from "./fp8-scaled-dot.ts";
+import { keepCodesT } from "./shared-operands.ts";
+import { fp8GemmOf } from "./fp8-gemm.ts";
+import type { Plan } from "../../compiler/plan.ts";
 import { dot } from "./ops.ts";
 
 export const FP8_OPS = new Set(["quantize", "dequantize", "scaled_dot"]);
+type OpInstr = Extract<Plan["instrs"][number], { kind: "op" }>;
 const names = (t: TensorType) => t.dims.map((d) => d.name);
 
 /** x's dims with the tiled ones last (in `tiled` order), and the [O, N, K] view with its tile height. */
@@ -32,7 +36,7 @@ const scaleOrder = (order: string[], tiled: string[]) => order.map((n) => (tiled
  * N tiled, per-column amax over 128 rows), or two that are the innermost pair, in either order (128x128), by
  * the register-tile kernel; undefined where it does not apply (K % VEC, alignment).
  */
-function quantizeInPlace(ex: CudaExecutor, x: DeviceTensor, tx: TensorType, tiled: string[]): DeviceTensor[] | undefined {
+function quantizeInPlace(ex: CudaExecutor, x: DeviceTensor, tx: TensorType, tiled: string[], codesT: boolean): DeviceTensor[] | undefined {
   const ns = names(tx), dt = x.dtype === "bf16" ? "bf16" : "f32", VEC = dt === "bf16" ? 8 : 4;
   const at = ns.indexOf(tiled[0]!), prod = (a: number, b: number) => x.shape.slice(a, b).reduce((p, n) => p * n, 1);
   let mode: "block" | "cols", O: number, N: number, K: number;
@@ -48,12 +52,52 @@ function quantizeInPlace(ex: CudaExecutor, x: DeviceTensor, tx: TensorType, tile
   const q = empty(ex.mem, "fp8e4m3", [...x.shape]);
   const s = empty(ex.mem, "f32", x.shape.map((n, i) => (tiled.includes(ns[i]!) ? Math.ceil(n / 128) : n)));
   const tiles = O * Math.ceil(N / 128) * Math.ceil(K / 128);
+  // the transposed codes too ([.., K, N]; 16-byte rows of N), where a consumer reads them that way
+  const qT = codesT && mode === "block" && N % 16 === 0 ? empty(ex.mem, "fp8e4m3", [...x.shape.slice(0, -2), K, N]) : undefined;
   if (tiles > 0) {
-    const k = Q.quantizeTiles(dt, mode);
+    const k = Q.quantizeTiles(dt, mode, qT !== undefined);
     ex.addon.launchKernel(ex.fn(k.name, k.source), [tiles, 1, 1], [256, 1, 1], 0, ex.stream,
-      packArgs(["ptr", q.ptr], ["ptr", s.ptr], ["ptr", x.ptr], ["i64", O], ["i32", N], ["i32", K]));
+      packArgs(["ptr", q.ptr], ["ptr", s.ptr], ["ptr", x.ptr], ["i64", O], ["i32", N], ["i32", K], ...(qT ? [["ptr", qT.ptr] as KernelArg] : [])));
   }
-  return [q, s];
+  return qT ? [q, s, qT] : [q, s];
+}
+
+/**
+ * Whether quantize `ins` should also write its codes with the last two dims swapped: a 128x128 quantize
+ * of its value's innermost pair whose codes a later scaled_dot or scaled_segment_dot reads as B in that
+ * swapped order (a weight's Fprop, when its Dgrad reads the codes as they are), so the consumer takes
+ * them (shared-operands.ts codesIn) instead of transposing the codes every step. Once per plan.
+ */
+export function transposedCodesWanted(plan: Plan, ins: OpInstr): boolean {
+  let byIns = wanted.get(plan);
+  if (!byIns) wanted.set(plan, (byIns = new Map()));
+  let w = byIns.get(ins);
+  if (w === undefined) byIns.set(ins, (w = computeWanted(plan, ins)));
+  return w;
+}
+const wanted = new WeakMap<Plan, Map<OpInstr, boolean>>();
+
+function computeWanted(plan: Plan, ins: OpInstr): boolean {
+  if (ins.op !== "quantize") return false;
+  const tq = plan.values[ins.outputs[0]!]!.type, ns = names(tq), n = ns.length, { dims: tiled } = tileSpec("quantize", ins.attrs);
+  if (n < 2 || tiled.length !== 2 || !tiled.includes(ns[n - 2]!) || !tiled.includes(ns[n - 1]!)) return false;
+  const swapped = [...ns.slice(0, -2), ns[n - 1]!, ns[n - 2]!].join("\u0000");
+  return plan.instrs.some((c) => c.kind === "op" && c.inputs[2] === ins.outputs[0] && bOrder(plan, c)?.join("\u0000") === swapped);
+}
+
+/** The dims order in which a scaled_dot / scaled_segment_dot reads its B codes (operand 2), if it is one. */
+function bOrder(plan: Plan, c: OpInstr): string[] | undefined {
+  const tIn = c.inputs.map((s) => plan.values[s]!.type);
+  if (c.op === "scaled_segment_dot") {
+    const groups = tIn[0]!.dims.find((d) => d.segmented)?.segmented?.groups, k = String(c.attrs.contract);
+    const nDim = names(tIn[2]!).find((d) => d !== k && d !== groups);
+    return groups && nDim ? [groups, nDim, k] : undefined;
+  }
+  if (c.op === "scaled_dot") {
+    const f = formOf(tIn, plan.values[c.outputs[0]!]!.type, c.attrs.contract as string[]);
+    return f && [f.N, ...f.kRest, f.K];
+  }
+  return undefined;
 }
 
 /**
@@ -67,9 +111,10 @@ export function quantizeFlatLaunch(ex: CudaExecutor, q: DeviceTensor, s: DeviceT
     packArgs(["ptr", q.ptr], ["ptr", s.ptr], ["ptr", x.ptr], ["i64", tiles]));
 }
 
-export function quantizeCuda(ex: CudaExecutor, x: DeviceTensor, tx: TensorType, attrs: Attrs): DeviceTensor[] {
+/** quantize: [codes, scales], and with `codesT` (transposedCodesWanted) the transposed codes third where the in-place kernel made them. */
+export function quantizeCuda(ex: CudaExecutor, x: DeviceTensor, tx: TensorType, attrs: Attrs, codesT = false): DeviceTensor[] {
   const { dims: tiled } = tileSpec("quantize", attrs);
-  const direct = quantizeInPlace(ex, x, tx, tiled);
+  const direct = quantizeInPlace(ex, x, tx, tiled, codesT);
   if (direct) return direct;
   const v = view(tx, x.shape, tiled);
   const X = ex.reorder(x, names(tx), v.order);
@@ -120,12 +165,17 @@ export function dequantizeCuda(ex: CudaExecutor, q: DeviceTensor, s: DeviceTenso
 }
 
 /** Runs one FP8 op of a plan (the executor's one call into this file). */
-export function runFp8(ex: CudaExecutor, op: string, x: DeviceTensor[], tIn: TensorType[], tOut: TensorType[], shape: number[], attrs: Attrs): DeviceTensor[] {
-  if (op === "quantize") return quantizeCuda(ex, x[0]!, tIn[0]!, attrs);
+export function runFp8(ex: CudaExecutor, plan: Plan, ins: OpInstr, x: DeviceTensor[], tIn: TensorType[], tOut: TensorType[], shape: number[]): DeviceTensor[] {
+  const op = ins.op, attrs = ins.attrs;
+  if (op === "quantize") {
+    const [q, s, qT] = quantizeCuda(ex, x[0]!, tIn[0]!, attrs, fp8GemmOf(ex).supported && transposedCodesWanted(plan, ins));
+    if (qT) keepCodesT(ex, ins.outputs[0]!, q!, qT);
+    return [q!, s!];
+  }
   if (op === "dequantize") return [dequantizeCuda(ex, x[0]!, x[1]!, tIn[0]!, tIn[1]!, tOut[0]!.dtype as "f32" | "bf16")];
   // scaled_dot: the generated FP8 GEMM where the operands have its form (fp8-scaled-dot.ts), else the
   // labelled fallback (see the file header)
-  const fast = scaledDotGemm(ex, x, tIn, tOut[0]!, shape, attrs.contract as string[]);
+  const fast = scaledDotGemm(ex, x, tIn, tOut[0]!, shape, attrs.contract as string[], ins.inputs[2]);
   if (fast) return [fast];
   const a = dequantizeCuda(ex, x[0]!, x[1]!, tIn[0]!, tIn[1]!, "f32"), b = dequantizeCuda(ex, x[2]!, x[3]!, tIn[2]!, tIn[3]!, "f32");
   // (cuBLASLt has no f32 x f32 -> bf16 GEMM: accumulate to f32, then round)

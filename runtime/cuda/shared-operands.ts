@@ -62,3 +62,28 @@ export function takeShared<E extends SharedEntry>(ex: CudaExecutor, key: string,
   for (const t of e.made) ex.release(t);
   return undefined;
 }
+
+// A weight's FP8 codes in both layouts from one quantize: e4m3 wgmma reads B K-major only, so a weight
+// [.., N, K] that one GEMM takes as B [N][K] and another as B [K][N] (a Linear's or an expert's Fprop
+// against its Dgrad) needs its codes both ways every step. The 128x128 quantize then writes the
+// transposed codes too (fp8.ts transposedCodesWanted), kept here under the codes' plan slot (one entry
+// per weight at most: the next step's replaces it), and the consumer takes them, if made from the very
+// codes it holds, instead of transposing those.
+const codesKey = (slot: number) => `codesT:${slot}`;
+
+/** Keeps `qT` (`q`, plan slot `slot`, with its last two dims swapped) for the consumer of `q` that wants that order. */
+export function keepCodesT(ex: CudaExecutor, slot: number, q: DeviceTensor, qT: DeviceTensor): void {
+  keepShared(ex, codesKey(slot), { from: [q], made: [qT] });
+}
+
+/**
+ * Codes `q` (plan slot `slot`, dims `from`) in dims order `to`: where `to` swaps `from`'s last two dims and q's quantize
+ * kept its transposed codes, those (the caller's to release); else a reorder (the caller releases it if
+ * it is not q).
+ */
+export function codesIn(ex: CudaExecutor, slot: number | undefined, q: DeviceTensor, from: readonly string[], to: readonly string[]): DeviceTensor {
+  const n = from.length;
+  const swapped = n >= 2 && to.length === n && from.every((d, i) => d === to[i < n - 2 ? i : i === n - 2 ? n - 1 : n - 2]);
+  const kept = swapped && slot !== undefined ? takeShared(ex, codesKey(slot), [q]) : undefined;
+  return kept ? kept.made[0]! : ex.reorder(q, [...from], [...to]);
+}

@@ -49,10 +49,13 @@ const bf16Bytes = (x: Float32Array) => {
   return Buffer.from(o.buffer);
 };
 
-interface Case { label: string; kernel: { name: string; source: string }; O: number; N: number; K: number; mode: "rows" | "flat" | "block" | "cols" }
+interface Case { label: string; kernel: { name: string; source: string }; O: number; N: number; K: number; mode: "rows" | "flat" | "block" | "blockT" | "cols" }
 const CASES: Case[] = [
   { label: "128x128 [200, 264]", kernel: quantizeTiles("bf16", "block"), O: 1, N: 200, K: 264, mode: "block" },
   { label: "128x128 [2, 130, 136]", kernel: quantizeTiles("bf16", "block"), O: 2, N: 130, K: 136, mode: "block" },
+  // and the transposed codes too (qT [O, K, N]): partial tiles in both dims, N a multiple of 16
+  { label: "128x128 + transposed [2, 144, 264]", kernel: quantizeTiles("bf16", "block", true), O: 2, N: 144, K: 264, mode: "blockT" },
+  { label: "128x128 + transposed [1, 256, 136]", kernel: quantizeTiles("bf16", "block", true), O: 1, N: 256, K: 136, mode: "blockT" },
   { label: "128x1 [200, 264]", kernel: quantizeTiles("bf16", "cols"), O: 1, N: 200, K: 264, mode: "cols" },
   { label: "128x1 [3, 130, 24]", kernel: quantizeTiles("bf16", "cols"), O: 3, N: 130, K: 24, mode: "cols" },
   { label: "1x128 [5, 300]", kernel: quantizeRows("bf16"), O: 5, N: 1, K: 300, mode: "rows" },
@@ -74,11 +77,11 @@ describe.skipIf(!GXX)("standalone FP8 quantize kernels, run on a CPU emulation o
       // rows kernel: [rows, K] with 1x128 tiles; tile kernels: [O, N, K]
       const rows = c.mode === "rows" || c.mode === "flat";
       const shape = rows ? [O, K] : [O, N, K];
-      const tiled = rows ? [false, true] : c.mode === "block" ? [false, true, true] : [false, true, false];
+      const tiled = rows ? [false, true] : c.mode === "block" || c.mode === "blockT" ? [false, true, true] : [false, true, false];
       const ref = quantizeValues(x, shape, tiled);
       const tiles = rows ? O * Math.ceil(K / 128) : O * Math.ceil(N / 128) * Math.ceil(K / 128);
       const grid = c.mode === "flat" ? 2 : c.mode === "rows" ? Math.ceil(tiles / 8) : tiles;
-      const args = c.mode === "flat" ? `q, s, x, ${tiles}LL` : c.mode === "rows" ? `q, s, x, ${O}LL, ${K}` : `q, s, x, ${O}LL, ${N}, ${K}`;
+      const args = c.mode === "flat" ? `q, s, x, ${tiles}LL` : c.mode === "rows" ? `q, s, x, ${O}LL, ${K}` : `q, s, x, ${O}LL, ${N}, ${K}${c.mode === "blockT" ? ", qT" : ""}`;
       const exe = join(dir, c.kernel.name + c.label.replace(/\W+/g, "_"));
       writeFileSync(`${exe}.cpp`, `#include "cuda-emu.h"
 ${c.kernel.source}
@@ -87,10 +90,11 @@ int main(int, char** argv) {
   __nv_bfloat16* x = (__nv_bfloat16*)aligned_alloc(64, (n * 2 + 63) / 64 * 64);
   unsigned char* q = (unsigned char*)aligned_alloc(64, (n + 63) / 64 * 64);
   float* s = (float*)aligned_alloc(64, (ns * 4 + 63) / 64 * 64);
-  memset(q, 0xAA, n); memset(s, 0xff, ns * 4);
+  unsigned char* qT = (unsigned char*)aligned_alloc(64, (n + 63) / 64 * 64);
+  memset(q, 0xAA, n); memset(qT, 0xAA, n); memset(s, 0xff, ns * 4);
   FILE* f = fopen(argv[1], "rb"); if (fread(x, 2, n, f) != (size_t)n) return 2; fclose(f);
   emu_launch(${grid}, 256, [&] { ${c.kernel.name}(${args}); });
-  FILE* o = fopen(argv[2], "wb"); fwrite(q, 1, n, o); fwrite(s, 4, ns, o); fclose(o);
+  FILE* o = fopen(argv[2], "wb"); fwrite(q, 1, n, o); fwrite(s, 4, ns, o); fwrite(qT, 1, n, o); fclose(o);
   return 0;
 }
 `);
@@ -105,7 +109,13 @@ int main(int, char** argv) {
       }
       const sc = new Float32Array(got.buffer.slice(got.byteOffset + x.length, got.byteOffset + x.length + ref.scales.length * 4));
       for (let i = 0; i < ref.scales.length; i++) if (!Object.is(sc[i], ref.scales[i])) ns++;
-      if (nq || ns) bad.push(`${c.label} (${c.kernel.name}): ${nq}/${x.length} bytes, ${ns}/${ref.scales.length} scales differ`);
+      // the transposed codes: qT[o][k][n] is q[o][n][k], byte for byte
+      let nt = 0;
+      if (c.mode === "blockT") {
+        const qT = got.subarray(x.length + ref.scales.length * 4);
+        for (let o = 0; o < O; o++) for (let k = 0; k < K; k++) for (let r = 0; r < N; r++) if (qT[(o * K + k) * N + r] !== got[(o * N + r) * K + k]) nt++;
+      }
+      if (nq || ns || nt) bad.push(`${c.label} (${c.kernel.name}): ${nq}/${x.length} bytes, ${ns}/${ref.scales.length} scales, ${nt} transposed bytes differ`);
     }
     expect(bad).toEqual([]);
   }, 300_000);

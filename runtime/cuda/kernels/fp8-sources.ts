@@ -164,9 +164,13 @@ extern "C" __global__ void __launch_bounds__(256) ${name}(unsigned char* __restr
  * of the tile (128×1, tiles along N with no transposing copies; the column's amax over its 128 rows
  * in shared memory), scales [O, N_tiles, K]. Needs K % VEC == 0 and 16-byte aligned pointers (the
  * executor falls back to the kernels above otherwise); rows past N and columns past K are masked.
+ * `transposed` (block only): the codes also go to qT [O, K, N] (the last two dims swapped), through a
+ * shared-memory tile, 16 bytes a store (needs N % 16 == 0 and qT 16-byte aligned): the K-major codes
+ * of a weight that one GEMM reads as B [N][K] and another as B [K][N].
  */
-export function quantizeTiles(t: DType, mode: "block" | "cols"): { name: string; source: string } {
-  const name = `shardts_quant_tiles_${mode}_${t}`;
+export function quantizeTiles(t: DType, mode: "block" | "cols", transposed = false): { name: string; source: string } {
+  if (transposed && mode !== "block") throw new Error("shardts internal error: transposed codes come from the 128x128 (block) quantize only");
+  const name = `shardts_quant_tiles_${mode}${transposed ? "_t" : ""}_${t}`;
   const V = t === "bf16" ? 8 : 4, LPR = 128 / V, RPP = 256 / LPR, P = 128 / RPP;
   const amax = mode === "block"
     ? `  float a = 0.f;
@@ -208,10 +212,12 @@ export function quantizeTiles(t: DType, mode: "block" | "cols"): { name: string;
     name,
     source: `${HEAD}
 ${PACKS}// (about 96 registers: 2 blocks an SM; a cap for 3 spills)
-extern "C" __global__ void __launch_bounds__(256) ${name}(unsigned char* __restrict__ q, float* __restrict__ s, const ${T(t)}* __restrict__ x, long long O, int N, int K) {
+extern "C" __global__ void __launch_bounds__(256) ${name}(unsigned char* __restrict__ q, float* __restrict__ s, const ${T(t)}* __restrict__ x, long long O, int N, int K${transposed ? ", unsigned char* __restrict__ qT" : ""}) {
   constexpr int VEC = ${V}, LPR = ${LPR}, RPP = ${RPP}, P = ${P};  // columns a load, lanes a tile row, rows a pass, passes
   __shared__ float red[${mode === "block" ? "1][8" : "RPP][128"}];
-  __shared__ float invs[${mode === "block" ? 1 : 128}];
+  __shared__ float invs[${mode === "block" ? 1 : 128}];${transposed ? `
+  // the tile's codes [n][k]; rows of 132 bytes: a warp reading one n-row's 32 consecutive k hits 8 words, no conflict
+  __shared__ __align__(16) unsigned char tile_t[128][132];` : ""}
   const int nt = (N + 127) / 128, kt = (K + 127) / 128;
   const long long tile = blockIdx.x;
   const long long o = tile / ((long long)nt * kt);
@@ -236,8 +242,27 @@ ${amax}
     pk<unsigned char, VEC> b;
 #pragma unroll
     for (int e = 0; e < VEC; e++) b.v[e] = q8(ld(v[p].v, e), invs[${mode === "block" ? "0" : "lane * VEC + e"}]);
-    *reinterpret_cast<pk<unsigned char, VEC>*>(qt + (long long)r * K + col) = b;
-  }
+    *reinterpret_cast<pk<unsigned char, VEC>*>(qt + (long long)r * K + col) = b;${transposed ? `
+#pragma unroll
+    for (int w = 0; w < VEC / 4; w++)
+      *reinterpret_cast<unsigned int*>(&tile_t[r - n0][lane * VEC + 4 * w]) =
+          (unsigned int)b.v[4 * w] | (unsigned int)b.v[4 * w + 1] << 8 | (unsigned int)b.v[4 * w + 2] << 16 | (unsigned int)b.v[4 * w + 3] << 24;` : ""}
+  }${transposed ? `
+  __syncthreads();
+  // qT row k0 + k, columns n0 + 64h .. +63 (whole 16-byte chunks below N): a thread a row-half
+  const int kk = threadIdx.x & 127, h = threadIdx.x >> 7;
+  if (k0 + kk < K) {
+    unsigned char* row = qT + (o * (long long)K + k0 + kk) * (long long)N + n0;
+#pragma unroll
+    for (int c = 0; c < 4; c++) {
+      const int nb = h * 64 + c * 16;
+      if (n0 + nb >= N) break;
+      unsigned int u[4] = {0u, 0u, 0u, 0u};
+#pragma unroll
+      for (int j = 0; j < 16; j++) u[j >> 2] |= (unsigned int)tile_t[nb + j][kk] << (8 * (j & 3));
+      *reinterpret_cast<uint4*>(row + nb) = make_uint4(u[0], u[1], u[2], u[3]);
+    }
+  }` : ""}
 }`,
   };
 }
@@ -392,7 +417,8 @@ extern "C" __global__ void __launch_bounds__(256) ${name}(unsigned char* __restr
 
 export const fp8Sources = (): { name: string; source: string }[] => [
   quantizeRows("bf16"), quantizeRows("f32"), quantizeFlat("bf16"), quantizeFlat("f32"), quantizeBlocks("bf16"), quantizeBlocks("f32"),
-  quantizeTiles("bf16", "block"), quantizeTiles("f32", "block"), quantizeTiles("bf16", "cols"), quantizeTiles("f32", "cols"),
+  quantizeTiles("bf16", "block"), quantizeTiles("f32", "block"), quantizeTiles("bf16", "block", true), quantizeTiles("f32", "block", true),
+  quantizeTiles("bf16", "cols"), quantizeTiles("f32", "cols"),
   dequantize("bf16"), dequantize("f32"), dequantizeVec("bf16"), dequantizeVec("f32"),
   wgradColumns("fp8"), wgradColumns("bf16"), wgradColumns("f32"),
 ];

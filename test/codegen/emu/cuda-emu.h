@@ -43,6 +43,8 @@ template <typename X> X __shfl_xor_sync(unsigned, X v, int o) {
   return x;
 }
 struct uint4 { unsigned x, y, z, w; };
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
+#define __align__(n) __attribute__((aligned(n)))
 struct uint2 { unsigned x, y; };
 struct float4 { float x, y, z, w; };
 inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
