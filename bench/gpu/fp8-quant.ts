@@ -95,6 +95,33 @@ for (const c of cases) {
   }
 }
 
+// 128x128 with the transposed codes too (a weight its Fprop reads K-major: fp8.ts transposedCodesWanted),
+// against the plain kernel followed by the transposing copy it replaces; bytes: x read, codes written twice
+{
+  const label = "quantize_128x128 + transposed codes";
+  try {
+    const attrs = { tiling: "128x128", dims: ["r", "c"] };
+    const [q, s, qT] = quantizeCuda(gpu, X, tx, attrs, true);
+    if (!qT) throw new Error(`no transposed codes made (R ${R} % 16 must be 0)`);
+    const gq = download(a, q!, gpu.stream), gt = download(a, qT, gpu.stream);
+    let bad = 0;
+    for (let r = 0; r < R; r++) for (let c = 0; c < C; c++) if (gt.data[c * R + r] !== gq.data[r * C + c]) bad++;
+    for (const t of [q!, s!, qT]) gpu.release(t);
+    const ms = gpu.timeLaunch(() => quantizeCuda(gpu, X, tx, attrs, true).forEach((t) => gpu.release(t)), REPS);
+    const before = gpu.timeLaunch(() => {
+      const [q2, s2] = quantizeCuda(gpu, X, tx, attrs);
+      const t2 = gpu.reorder(q2!, ["r", "c"], ["c", "r"]);
+      for (const t of [q2!, s2!, t2]) gpu.release(t);
+    }, REPS);
+    const bytes = R * C * 4 + Math.ceil(R / 128) * Math.ceil(C / 128) * 4, gbs = bytes / ms / 1e6;
+    say(`${label}: transposed codes ${bad ? `${bad} DIFFER` : "equal the codes transposed"}; ${ms.toFixed(3)} ms, ${gbs.toFixed(0)} GB/s = ${((100 * gbs) / copyGBps).toFixed(0)}% of copy; the plain kernel + a transposing copy: ${before.toFixed(3)} ms (${(before / ms).toFixed(2)}x this)`);
+    summary.push([label, bad ? "MISMATCH" : "exact", `${gbs.toFixed(0)} GB/s`, `${((100 * gbs) / copyGBps).toFixed(0)}%`]);
+  } catch (e) {
+    say(`${label}: FAILED ${(e as Error).stack ?? e}`);
+    summary.push([label, "FAILED", "-", "-"]);
+  }
+}
+
 /**
  * The flat 1x128 kernel (the executor's where K % 128 == 0) with other numbers of loads in flight a
  * lane (FLAT_UNROLL is the default, timed above as quantize_1x128): each checked bit for bit and timed.

@@ -216,7 +216,7 @@ extern "C" __global__ void __launch_bounds__(256) ${name}(unsigned char* __restr
   constexpr int VEC = ${V}, LPR = ${LPR}, RPP = ${RPP}, P = ${P};  // columns a load, lanes a tile row, rows a pass, passes
   __shared__ float red[${mode === "block" ? "1][8" : "RPP][128"}];
   __shared__ float invs[${mode === "block" ? 1 : 128}];${transposed ? `
-  // the tile's codes [n][k]; rows of 132 bytes: a warp reading one n-row's 32 consecutive k hits 8 words, no conflict
+  // the tile's codes [n][k], rows of 132 bytes (33 words: a warp's two rows of 4-byte stores meet no conflict)
   __shared__ __align__(16) unsigned char tile_t[128][132];` : ""}
   const int nt = (N + 127) / 128, kt = (K + 127) / 128;
   const long long tile = blockIdx.x;
@@ -249,18 +249,25 @@ ${amax}
           (unsigned int)b.v[4 * w] | (unsigned int)b.v[4 * w + 1] << 8 | (unsigned int)b.v[4 * w + 2] << 16 | (unsigned int)b.v[4 * w + 3] << 24;` : ""}
   }${transposed ? `
   __syncthreads();
-  // qT row k0 + k, columns n0 + 64h .. +63 (whole 16-byte chunks below N): a thread a row-half
-  const int kk = threadIdx.x & 127, h = threadIdx.x >> 7;
-  if (k0 + kk < K) {
-    unsigned char* row = qT + (o * (long long)K + k0 + kk) * (long long)N + n0;
+  // qT rows k0 + 4kq .. +3, columns n0 + 16nc .. +15: 16 words of the tile read (a warp reads one row's
+  // 32 consecutive words), byte-permuted into 4 rows of 16 bytes
+  const int kq = threadIdx.x & 31, nb = (threadIdx.x >> 5) * 16;
+  if (n0 + nb < N) {
+    unsigned int w[16];
 #pragma unroll
-    for (int c = 0; c < 4; c++) {
-      const int nb = h * 64 + c * 16;
-      if (n0 + nb >= N) break;
-      unsigned int u[4] = {0u, 0u, 0u, 0u};
+    for (int j = 0; j < 16; j++) w[j] = *reinterpret_cast<const unsigned int*>(&tile_t[nb + j][4 * kq]);
 #pragma unroll
-      for (int j = 0; j < 16; j++) u[j >> 2] |= (unsigned int)tile_t[nb + j][kk] << (8 * (j & 3));
-      *reinterpret_cast<uint4*>(row + nb) = make_uint4(u[0], u[1], u[2], u[3]);
+    for (int i = 0; i < 4; i++) {
+      const int k = k0 + 4 * kq + i;
+      if (k >= K) break;
+      unsigned int u[4];
+#pragma unroll
+      for (int c = 0; c < 4; c++) {
+        // byte i of w[4c .. 4c + 3]: two pairs, then the pairs joined
+        const unsigned int lo = __byte_perm(w[4 * c], w[4 * c + 1], i | ((i + 4) << 4)), hi = __byte_perm(w[4 * c + 2], w[4 * c + 3], i | ((i + 4) << 4));
+        u[c] = __byte_perm(lo, hi, 0x5410);
+      }
+      *reinterpret_cast<uint4*>(qT + (o * (long long)K + k) * (long long)N + n0 + nb) = make_uint4(u[0], u[1], u[2], u[3]);
     }
   }` : ""}
 }`,

@@ -51,6 +51,13 @@ inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(
 inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
 inline int atomicExch(int* p, int v) { return std::atomic_ref<int>(*p).exchange(v); }
 inline int __popc(unsigned v) { return __builtin_popcount(v); }
+/** Byte b of the result: byte (s >> 4b) & 7 of y:x (the sign-replicating mode, bit 3, is not emulated). */
+inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
+  const unsigned long long v = (unsigned long long)y << 32 | x;
+  unsigned r = 0;
+  for (int b = 0; b < 4; b++) r |= (unsigned)(v >> (8 * ((s >> (4 * b)) & 7)) & 0xff) << (8 * b);
+  return r;
+}
 inline int __ffs(unsigned v) { return __builtin_ffs((int)v); }
 /** The lanes of this warp whose v equals this lane's (the emulation runs whole warps: mask is all lanes). */
 inline unsigned __match_any_sync(unsigned, int v) {
