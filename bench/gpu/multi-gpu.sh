@@ -16,7 +16,8 @@
 #   9. two-micro-batch overlap: train-moe-lm --size overlap (ep=N) step time, micro-batches 1 and 2,
 #      against compute-only (ep=1, batch / N, one GPU) and comm-only (the traced comm stream); Chrome traces
 #  10. the EP MoE layer (DeepSeek-V2-Lite size, fwd+bwd, ep=N): GPUs vs the CPU-simulated mesh, then ms per
-#      step against the PyTorch peer (all_to_all_single + torch._grouped_mm) and the ratio; MOE_LAYER_FP8=1 adds FP8
+#      step against the PyTorch peer (all_to_all_single + torch._grouped_mm) and the ratio; MOE_LAYER_FP8=1 adds FP8,
+#      MOE_LAYER_TRANSPORT=nvlink MOE_LAYER_GRAPH=1 each rank's step captured as a CUDA graph (checked, then timed)
 #  11. redundant experts: train-moe-lm --size overlap --no-balance on ep=N, ms/step and expert load with and
 #      without --redundant 4
 # Stages 3 (its layout list), 5, 6, 9, 10 and 11 live in bench/gpu/multi-gpu-stages.sh. SKIP="5 6" leaves stages
