@@ -20,6 +20,7 @@ import { CudaExecutor } from "../../runtime/cuda/executor.ts";
 import { native } from "../../runtime/cuda/native.ts";
 import { upload, download, empty } from "../../runtime/cuda/memory.ts";
 import { quantizeCuda, dequantizeCuda, quantizeFlatLaunch } from "../../runtime/cuda/fp8.ts";
+import { quantizeColumnsT } from "../../runtime/cuda/fp8-segment.ts";
 import { quantizeValues, dequantizeValues, tilesName } from "../../compiler/ops/quantize.ts";
 import { roundArrayToBf16 } from "../../compiler/numeric/index.ts";
 import type { TensorType } from "../../compiler/ir/types.ts";
@@ -144,6 +145,47 @@ function flatVariants(ref: { q: Float32Array; scales: Float32Array }, bytes: num
       summary.push([label, "FAILED", "-", "-"]);
     }
   }
+}
+
+// the routed Wgrad's operands (fp8-segment.ts quantizeColumnsT): rows gathered by a row map (here the
+// identity over all R rows, so M = R), quantized 128x1 along the rows and written transposed, codes
+// [C][R]; from bf16 rows, and from e4m3 codes with their 1x128 scales (dequantized, then quantized
+// 128x1: the x side). Bytes: the rows read (and their scales), the codes and scales written.
+{
+  const rowMap = upload(a, gpu.mem, { dtype: "i32", shape: [R], data: Int32Array.from({ length: R }, (_, i) => i) }, gpu.stream);
+  const ref1 = quantizeValues(data, [R, C], [false, true]);
+  for (const src of ["bf16", "fp8"] as const) {
+    const label = `wgrad columns 128x1 + transposed (${src} rows)`;
+    try {
+      const [q1, s1] = src === "fp8" ? quantizeCuda(gpu, X, tx, { tiling: "1x128", dims: ["c"] }) : [X, undefined];
+      const ref = quantizeValues(src === "fp8" ? dequantizeValues(ref1.q, [R, C], [false, true], ref1.scales) : data, [R, C], [true, false]);
+      const { q, s } = quantizeColumnsT(gpu, q1!, s1, R, C, rowMap, R);
+      const gq = download(a, q, gpu.stream), gs = download(a, s, gpu.stream);
+      let bad = 0;
+      for (let r = 0; r < R; r++) for (let c = 0; c < C; c++) if (gq.data[c * R + r] !== ref.q[r * C + c]) bad++;
+      bad += countDiffers(gs.data, ref.scales);
+      gpu.release(q);
+      gpu.release(s);
+      const ms = gpu.timeLaunch(() => {
+        const o = quantizeColumnsT(gpu, q1!, s1, R, C, rowMap, R);
+        gpu.release(o.q);
+        gpu.release(o.s);
+      }, REPS);
+      const bytes = R * C * (src === "fp8" ? 2 : 3) + (R / 128) * C * 4 + (src === "fp8" ? R * (C / 128) * 4 : 0), gbs = bytes / ms / 1e6;
+      say(`${label}: ${bad ? `${bad} values DIFFER` : "codes and scales equal the reference"}; ${ms.toFixed(3)} ms, ${gbs.toFixed(0)} GB/s = ${((100 * gbs) / copyGBps).toFixed(0)}% of copy`);
+      summary.push([label, bad ? "MISMATCH" : "exact", `${gbs.toFixed(0)} GB/s`, `${((100 * gbs) / copyGBps).toFixed(0)}%`]);
+      if (src === "fp8") [q1!, s1!].forEach((t) => gpu.release(t));
+    } catch (e) {
+      say(`${label}: FAILED ${(e as Error).stack ?? e}`);
+      summary.push([label, "FAILED", "-", "-"]);
+    }
+  }
+  gpu.release(rowMap);
+}
+// --kernels-only: the standalone kernels above and no more (no peer, no epilogues: a profiler's run)
+if (argv.includes("--kernels-only")) {
+  writeFileSync(join(outDir, "fp8-quant.txt"), lines.join("\n") + "\n");
+  process.exit(summary.some((r) => r[1] !== "exact") ? 1 : 0);
 }
 
 // the standalone kernels on odd shapes: partial tiles in both dims, K % 8 != 0 (the fallback path), a 3-d tensor,
