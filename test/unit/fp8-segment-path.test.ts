@@ -61,11 +61,13 @@ function run(times = 1, wgradOut = "bf16") {
 
 describe("scaled_segment_dot and scaled_segment_wgrad on CUDA: the moves around the grouped GEMM (fake native layer)", () => {
   useTempKernelCache();
-  it("transposes the weights' codes with the tiled transpose 4 bytes a lane, never the element-a-thread copy", () => {
+  it("takes the weights' codes K-major from their quantize: no transpose and no element-a-thread copy of codes", () => {
     const r = run();
     expect(r.count("shardts_copy_fp8e4m3")).toBe(0);
-    // each dot's weight [e, k, n] -> [e, n, k] (the Wgrad's operands come out transposed from their quantize)
-    expect(r.count("shardts_transpose_wide_e1")).toBe(2);
+    // each dot's weight [e, k, n] is read [e, n, k]: its 128x128 quantize writes those codes too (fp8.ts
+    // transposedCodesWanted), as the Wgrad's operands come out transposed from theirs
+    expect(r.count("shardts_quant_tiles_block_t_bf16")).toBe(2);
+    expect(r.count("shardts_transpose_wide_e1")).toBe(0);
   });
   it("moves rows into the padded layout and back a warp per row, 16 bytes a lane (codes, bf16 outputs)", () => {
     const r = run();
