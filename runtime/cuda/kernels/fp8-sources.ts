@@ -339,8 +339,10 @@ ${PACK}extern "C" __global__ void ${name}(${T(out)}* __restrict__ y, const unsig
  * transposed, codes [width][M] (the row-scaled GEMM's K-major operand) and scales [M/128][width]. One
  * 256-thread block per (128-row block, strip of CW columns): the gathered rows are staged in shared
  * memory in their own type (16-byte loads where the rows are whole 16-byte chunks and x is aligned:
- * `vec`), each column's amax taken over the 128 rows, then each thread writes 16-byte runs of its
- * column's codes. A block whose first padded row is -1 holds no row (the device plan's blocks past those
+ * `vec`, all of a thread's loads in flight at once; a row's chunks swizzled), each column's amax taken
+ * over the 128 rows, then 8 lanes a column write 16 codes each: whole 128-byte runs of qT a warp (a
+ * thread writing 64 bytes of its own column left each warp store 32 half sectors, and the loads one at
+ * a time: 45% of copy, L1TEX-scoreboard stalls 43% of cycles, bench/results/2026-11-24-quant-profile-h200/). A block whose first padded row is -1 holds no row (the device plan's blocks past those
  * used: fp8-segment-device.ts) and writes nothing. `src` "fp8": x is e4m3 codes with 1×128 scales along the width (xs, [rows][ceil(width/128)]),
  * each value f32(code · scale) as dequantize() computes it, so the result is, bit for bit, dequantize
  * then quantize 128×1 (compiler/ops/scaled-segment.ts's reference); "bf16" / "f32": x as it is.
@@ -351,15 +353,21 @@ export const wgradColumns = memo((src: "fp8" | "bf16" | "f32"): { name: string; 
   const name = `shardts_wgrad_cols_${src}`;
   const S = src === "fp8" ? "unsigned char" : T(src), EB = src === "f32" ? 4 : src === "bf16" ? 2 : 1, CW = wgradStrip(src);
   const val = src === "fp8"
-    ? "__nv_fp8_e4m3 f; f.__x = tile[r * CW + c]; return __fmul_rn(float(f), rs[r]);"
-    : src === "bf16" ? "return __bfloat162float(tile[r * CW + c]);" : "return tile[r * CW + c];";
+    ? "__nv_fp8_e4m3 f; f.__x = tile[slot(r, c)]; return __fmul_rn(float(f), rs[r]);"
+    : src === "bf16" ? "return __bfloat162float(tile[slot(r, c)]);" : "return tile[slot(r, c)];";
+  const zero = src === "bf16" ? "__float2bfloat16_rn(0.f)" : "0";
   return {
     name,
     source: `${HEAD}
-${PACK}constexpr int CW = ${CW}, PARTS = 256 / CW, RP = 128 / PARTS, CPR = CW * ${EB} / 16; // columns a strip, threads a column, rows a thread, 16-byte chunks a row
+${PACK}// columns a strip, threads a column (amax), rows a thread (amax), elements a 16-byte chunk, chunks a row,
+// 16-byte loads a thread, 16-byte code stores a thread
+constexpr int CW = ${CW}, PARTS = 256 / CW, RP = 128 / PARTS, EPC = 16 / ${EB}, CPR = CW / EPC, LOADS = 128 * CPR / 256, OUTS = CW * 8 / 256;
+// element (r, c) of the staged tile: a row's 16-byte chunks swizzled by its 16-row group, so the stores'
+// warps (8 lanes down one column, one 16-row group each) read 8 different banks
+__device__ __forceinline__ int slot(int r, int c) { return r * CW + ((c / EPC) ^ ((r >> 4) & 7)) * EPC + c % EPC; }
 __device__ __forceinline__ float val(const ${S}* tile, const float* rs, int r, int c) { ${val} }
 extern "C" __global__ void __launch_bounds__(256) ${name}(unsigned char* __restrict__ qT, float* __restrict__ s, const ${S}* __restrict__ x, const float* __restrict__ xs, const int* __restrict__ rowMap, long long rows, int width, long long M, int vec) {
-  __shared__ pk<${S}, 16 / ${EB}> tile16[128 * CPR];
+  __shared__ pk<${S}, EPC> tile16[128 * CPR];
   __shared__ long long srcRow[128];
   __shared__ float rs[128];
   __shared__ float red[PARTS][CW];
@@ -378,27 +386,35 @@ extern "C" __global__ void __launch_bounds__(256) ${name}(unsigned char* __restr
   }
   __syncthreads();
   if (vec) {
-    for (int i = t; i < 128 * CPR; i += 256) {
-      const int r = i / CPR, col = c0 + (i % CPR) * (16 / ${EB});
-      pk<${S}, 16 / ${EB}> v;
-      if (srcRow[r] >= 0 && col < width) v = *reinterpret_cast<const pk<${S}, 16 / ${EB}>*>(x + srcRow[r] * width + col);
+    // every load of the thread issued before the first is stored (one at a time left ~6 KB in flight an SM)
+    pk<${S}, EPC> v[LOADS];
+#pragma unroll
+    for (int l = 0; l < LOADS; l++) {
+      const int i = t + l * 256, r = i / CPR, col = c0 + (i % CPR) * EPC;
+      if (srcRow[r] >= 0 && col < width) v[l] = *reinterpret_cast<const pk<${S}, EPC>*>(x + srcRow[r] * width + col);
       else
 #pragma unroll
-        for (int e = 0; e < 16 / ${EB}; e++) v.v[e] = ${src === "bf16" ? "__float2bfloat16_rn(0.f)" : "0"};
-      tile16[i] = v;
+        for (int e = 0; e < EPC; e++) v[l].v[e] = ${zero};
+    }
+#pragma unroll
+    for (int l = 0; l < LOADS; l++) {
+      const int i = t + l * 256, r = i / CPR;
+      tile16[r * CPR + ((i % CPR) ^ ((r >> 4) & 7))] = v[l];
     }
   } else {
     for (int i = t; i < 128 * CW; i += 256) {
       const int r = i / CW, c = i % CW;
-      tile[i] = srcRow[r] >= 0 && c0 + c < width ? x[srcRow[r] * width + c0 + c] : ${src === "bf16" ? "__float2bfloat16_rn(0.f)" : "0"};
+      tile[slot(r, c)] = srcRow[r] >= 0 && c0 + c < width ? x[srcRow[r] * width + c0 + c] : ${zero};
     }
   }
   __syncthreads();
   // each column's amax over the block's 128 rows: PARTS threads a column (a warp reads 32 columns of one row)
-  const int c = t % CW, part = t / CW;
-  float a = 0.f;
-  for (int j = 0; j < RP; j++) a = fmaxf(a, fabsf(val(tile, rs, part * RP + j, c)));
-  red[part][c] = a;
+  {
+    const int c = t % CW, part = t / CW;
+    float a = 0.f;
+    for (int j = 0; j < RP; j++) a = fmaxf(a, fabsf(val(tile, rs, part * RP + j, c)));
+    red[part][c] = a;
+  }
   __syncthreads();
   if (t < CW) {
     float m = red[0][t];
@@ -409,14 +425,16 @@ extern "C" __global__ void __launch_bounds__(256) ${name}(unsigned char* __restr
     if (c0 + t < width) s[b * width + c0 + t] = scale;
   }
   __syncthreads();
-  if (c0 + c >= width) return;
-  const float inv = invs[c];
-  unsigned char* o = qT + (long long)(c0 + c) * M + b * 128 + part * RP;
-  for (int j0 = 0; j0 < RP; j0 += 16) {
+  // the codes: 8 lanes a column, each 16 of its rows, so a warp writes 4 whole 128-byte runs of qT
+#pragma unroll
+  for (int o = 0; o < OUTS; o++) {
+    const int q = t + o * 256, c = q >> 3, rc = q & 7;
+    if (c0 + c >= width) continue;
+    const float inv = invs[c];
     pk<unsigned char, 16> w;
 #pragma unroll
-    for (int e = 0; e < 16; e++) w.v[e] = q8(val(tile, rs, part * RP + j0 + e, c), inv);
-    *reinterpret_cast<pk<unsigned char, 16>*>(o + j0) = w;
+    for (int e = 0; e < 16; e++) w.v[e] = q8(val(tile, rs, rc * 16 + e, c), inv);
+    *reinterpret_cast<pk<unsigned char, 16>*>(qT + (long long)(c0 + c) * M + b * 128 + rc * 16) = w;
   }
 }`,
   };
