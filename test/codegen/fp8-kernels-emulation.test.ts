@@ -49,13 +49,15 @@ const bf16Bytes = (x: Float32Array) => {
   return Buffer.from(o.buffer);
 };
 
-interface Case { label: string; kernel: { name: string; source: string }; O: number; N: number; K: number; mode: "rows" | "flat" | "block" | "blockT" | "cols" }
+interface Case { label: string; kernel: { name: string; source: string }; O: number; N: number; K: number; mode: "rows" | "flat" | "block" | "blockT" | "cols"; f32?: boolean }
 const CASES: Case[] = [
   { label: "128x128 [200, 264]", kernel: quantizeTiles("bf16", "block"), O: 1, N: 200, K: 264, mode: "block" },
   { label: "128x128 [2, 130, 136]", kernel: quantizeTiles("bf16", "block"), O: 2, N: 130, K: 136, mode: "block" },
   // and the transposed codes too (qT [O, K, N]): partial tiles in both dims, N a multiple of 16
   { label: "128x128 + transposed [2, 144, 264]", kernel: quantizeTiles("bf16", "block", true), O: 2, N: 144, K: 264, mode: "blockT" },
   { label: "128x128 + transposed [1, 256, 136]", kernel: quantizeTiles("bf16", "block", true), O: 1, N: 256, K: 136, mode: "blockT" },
+  // f32 weights (the FP8 recipe's master weights): 4 columns a load, 8 rows a pass
+  { label: "128x128 + transposed f32 [2, 144, 264]", kernel: quantizeTiles("f32", "block", true), O: 2, N: 144, K: 264, mode: "blockT", f32: true },
   { label: "128x1 [200, 264]", kernel: quantizeTiles("bf16", "cols"), O: 1, N: 200, K: 264, mode: "cols" },
   { label: "128x1 [3, 130, 24]", kernel: quantizeTiles("bf16", "cols"), O: 3, N: 130, K: 24, mode: "cols" },
   { label: "1x128 [5, 300]", kernel: quantizeRows("bf16"), O: 5, N: 1, K: 300, mode: "rows" },
@@ -87,18 +89,18 @@ describe.skipIf(!GXX)("standalone FP8 quantize kernels, run on a CPU emulation o
 ${c.kernel.source}
 int main(int, char** argv) {
   const long long n = ${x.length}, ns = ${ref.scales.length};
-  __nv_bfloat16* x = (__nv_bfloat16*)aligned_alloc(64, (n * 2 + 63) / 64 * 64);
+  ${c.f32 ? "float" : "__nv_bfloat16"}* x = (${c.f32 ? "float" : "__nv_bfloat16"}*)aligned_alloc(64, (n * ${c.f32 ? 4 : 2} + 63) / 64 * 64);
   unsigned char* q = (unsigned char*)aligned_alloc(64, (n + 63) / 64 * 64);
   float* s = (float*)aligned_alloc(64, (ns * 4 + 63) / 64 * 64);
   unsigned char* qT = (unsigned char*)aligned_alloc(64, (n + 63) / 64 * 64);
   memset(q, 0xAA, n); memset(qT, 0xAA, n); memset(s, 0xff, ns * 4);
-  FILE* f = fopen(argv[1], "rb"); if (fread(x, 2, n, f) != (size_t)n) return 2; fclose(f);
+  FILE* f = fopen(argv[1], "rb"); if (fread(x, ${c.f32 ? 4 : 2}, n, f) != (size_t)n) return 2; fclose(f);
   emu_launch(${grid}, 256, [&] { ${c.kernel.name}(${args}); });
   FILE* o = fopen(argv[2], "wb"); fwrite(q, 1, n, o); fwrite(s, 4, ns, o); fwrite(qT, 1, n, o); fclose(o);
   return 0;
 }
 `);
-      writeFileSync(`${exe}.in`, bf16Bytes(x));
+      writeFileSync(`${exe}.in`, c.f32 ? Buffer.from(x.buffer, x.byteOffset, x.byteLength) : bf16Bytes(x));
       await run(GXX!, ["-std=c++20", "-O1", "-pthread", "-w", `-I${EMU}`, `-I${join(EMU, "include")}`, "-x", "c++", `${exe}.cpp`, "-o", exe]);
       execFileSync(exe, [`${exe}.in`, `${exe}.out`]);
       const got = readFileSync(`${exe}.out`);

@@ -216,8 +216,9 @@ extern "C" __global__ void __launch_bounds__(256) ${name}(unsigned char* __restr
   constexpr int VEC = ${V}, LPR = ${LPR}, RPP = ${RPP}, P = ${P};  // columns a load, lanes a tile row, rows a pass, passes
   __shared__ float red[${mode === "block" ? "1][8" : "RPP][128"}];
   __shared__ float invs[${mode === "block" ? 1 : 128}];${transposed ? `
-  // the tile's codes [n][k], rows of 132 bytes (33 words: a warp's two rows of 4-byte stores meet no conflict)
-  __shared__ __align__(16) unsigned char tile_t[128][132];` : ""}
+  // the tile's codes [n][k] as words (4 codes along k), word kq of row n at kq ^ 4((n >> 4) & 7): the
+  // transposing reads (8 row groups x 4 word columns a warp) then hit 32 different banks
+  __shared__ __align__(16) unsigned int tile_w[128][32];` : ""}
   const int nt = (N + 127) / 128, kt = (K + 127) / 128;
   const long long tile = blockIdx.x;
   const long long o = tile / ((long long)nt * kt);
@@ -243,19 +244,26 @@ ${amax}
 #pragma unroll
     for (int e = 0; e < VEC; e++) b.v[e] = q8(ld(v[p].v, e), invs[${mode === "block" ? "0" : "lane * VEC + e"}]);
     *reinterpret_cast<pk<unsigned char, VEC>*>(qt + (long long)r * K + col) = b;${transposed ? `
-#pragma unroll
-    for (int w = 0; w < VEC / 4; w++)
-      *reinterpret_cast<unsigned int*>(&tile_t[r - n0][lane * VEC + 4 * w]) =
-          (unsigned int)b.v[4 * w] | (unsigned int)b.v[4 * w + 1] << 8 | (unsigned int)b.v[4 * w + 2] << 16 | (unsigned int)b.v[4 * w + 3] << 24;` : ""}
+    {
+      // this thread's VEC codes as VEC / 4 words, stored together (the swizzle keeps a pair adjacent)
+      const unsigned int w0 = (unsigned int)b.v[0] | (unsigned int)b.v[1] << 8 | (unsigned int)b.v[2] << 16 | (unsigned int)b.v[3] << 24;
+      // (row r - n0 = rg + p RPP lies in 16-row group p RPP / 16: rg < RPP <= 16 and RPP divides 16)
+      unsigned int* dst = &tile_w[r - n0][(lane * (VEC / 4)) ^ ((((p * RPP) >> 4) & 7) << 2)];
+#if ${V} == 8
+      *reinterpret_cast<uint2*>(dst) = make_uint2(w0, (unsigned int)b.v[4] | (unsigned int)b.v[5] << 8 | (unsigned int)b.v[6] << 16 | (unsigned int)b.v[7] << 24);
+#else
+      *dst = w0;
+#endif
+    }` : ""}
   }${transposed ? `
   __syncthreads();
-  // qT rows k0 + 4kq .. +3, columns n0 + 16nc .. +15: 16 words of the tile read (a warp reads one row's
-  // 32 consecutive words), byte-permuted into 4 rows of 16 bytes
-  const int kq = threadIdx.x & 31, nb = (threadIdx.x >> 5) * 16;
+  // qT rows k0 + 4kq .. +3, columns n0 + 16rc .. +15: 16 words of the tile read, byte-permuted into 4 rows
+  // of 16 bytes; 8 lanes (rc = 0..7) a k-quad, so each warp store writes 4 whole 128-byte runs of qT
+  const int rc = threadIdx.x & 7, kq = (threadIdx.x >> 5) * 4 + ((threadIdx.x >> 3) & 3), nb = rc * 16;
   if (n0 + nb < N) {
     unsigned int w[16];
 #pragma unroll
-    for (int j = 0; j < 16; j++) w[j] = *reinterpret_cast<const unsigned int*>(&tile_t[nb + j][4 * kq]);
+    for (int j = 0; j < 16; j++) w[j] = tile_w[nb + j][kq ^ (rc << 2)];
 #pragma unroll
     for (int i = 0; i < 4; i++) {
       const int k = k0 + 4 * kq + i;
