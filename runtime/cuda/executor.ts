@@ -412,7 +412,7 @@ export class CudaExecutor {
     const saved = this.mem, countsWere = this.segmentCountsOnDevice;
     this.segmentCountsOnDevice = true; // the segment contractions plan their GEMMs on the GPU (graph.ts)
     const pool = new CachingAllocator(this.addon), staging = new CachingAllocator(this.addon);
-    const staged = new Map<object, DeviceTensor[]>();
+    const staged = new Map<object, DeviceTensor[]>(), borrowed = new Set<DeviceTensor>();
     const { fused } = this.lowered(plan);
     const W = plan.world;
     for (const ins of fused.instrs) {
@@ -420,6 +420,7 @@ export class CudaExecutor {
       const kept = ins.op === "input" ? this.resident.get(String(ins.attrs.name)) : undefined; // (not carried values: a later run may free them)
       if (kept) {
         staged.set(ins, kept);
+        for (const d of kept) if (d) borrowed.add(d); // (the caller's: the graph reads them, destroy() leaves them)
         continue;
       }
       // (rank-local: this rank's piece only, the others are holes)
@@ -456,7 +457,7 @@ export class CudaExecutor {
       const graph = this.addon.streamEndCapture(this.stream);
       dist?.drained(); // (the collectives recorded did not run: nothing is pending)
       const outputs = plan.outputs.map((s) => rec.slots[s]!);
-      return new CapturedStep(this, plan, graph, outputs, staged, this.cap.deferred, [pool, staging], dist);
+      return new CapturedStep(this, plan, graph, outputs, staged, this.cap.deferred, [pool, staging], dist, borrowed);
     } finally {
       this.mem = saved;
       this.cap = undefined;

@@ -12,7 +12,8 @@
 // collective of a segmented value: both are refused. A mesh simulated on one GPU moves its collectives
 // through the host and is refused. Every rank must replay its graph as often as the others (their
 // NCCL calls and NVLink barriers meet across the graphs). The graph owns its memory: the pool the
-// captured run drew from, the staged host-made values and the outputs, freed by destroy().
+// captured run drew from, the staged host-made values and the outputs, freed by destroy(); resident
+// inputs (CudaExecutor.setResident) it reads stay the caller's.
 import type { LocalTensor } from "../../compiler/ir/local.ts";
 import { COUNT_SIZED_OPS, type Plan } from "../../compiler/plan.ts";
 import { UsageError } from "../../compiler/errors.ts";
@@ -88,6 +89,8 @@ export class CapturedStep {
     private readonly pools: CachingAllocator[],
     /** Rank-local (one process per GPU): this rank's part; its replays meet the other ranks' in their NCCL calls and barriers. */
     private readonly dist?: RankLocal,
+    /** Staged values the graph reads but does not own (resident inputs: CudaExecutor.setResident). */
+    private readonly borrowed: ReadonlySet<DeviceTensor> = new Set(),
   ) {
     this.exec = gpu.addon.graphInstantiate(graph!);
     gpu.addon.graphUpload(this.exec, gpu.stream);
@@ -164,7 +167,7 @@ export class CapturedStep {
     a.graphDestroy(this.graph);
     this.exec = this.graph = undefined;
     const owned = new Set<DeviceTensor>([...this.outputs.flat(), ...[...this.staged.values()].flat(), ...this.checks.map((c) => c.bad)]);
-    for (const d of owned) a.memFree(d.ptr);
+    for (const d of owned) if (!this.borrowed.has(d)) a.memFree(d.ptr);
     for (const p of this.pools) p.drain();
   }
 }

@@ -42,12 +42,29 @@ function windowRecords(dst: ArrayBuffer | ArrayBufferView): void {
 }
 
 function rank0() {
-  const calls: string[] = [];
-  const f = fakeAddon({ read: windowRecords, spy: (m) => void calls.push(m) });
+  const calls: string[] = [], freed = new Set<bigint>(), freedUses: string[] = [];
+  // a freed device pointer passed to a later launch, copy, memset or NCCL call (the fake never reuses addresses)
+  const uses = (m: string, args: unknown[]) => {
+    for (const a of args) {
+      if (typeof a === "bigint" && freed.has(a)) freedUses.push(`${m} ${a.toString(16)}`);
+      if (m === "launchKernel" && a instanceof Uint8Array) {
+        const dv = new DataView(a.buffer, a.byteOffset, a.byteLength);
+        for (let i = 0; i + 8 <= a.byteLength; i += 8) if (freed.has(dv.getBigUint64(i, true))) freedUses.push(`${m} ${dv.getBigUint64(i, true).toString(16)}`);
+      }
+    }
+  };
+  const f = fakeAddon({
+    read: windowRecords,
+    spy: (m, args) => {
+      calls.push(m);
+      if (m === "memFree") freed.add(args[0] as bigint);
+      else if (m === "launchKernel" || m.startsWith("nccl") || m.startsWith("memcpy") || m.startsWith("memset")) uses(m, args);
+    },
+  });
   const ex = new CudaExecutor(f.addon, 0);
   const rl = new RankLocal({ rank: 0, localRank: 0, worldSize: 2, comms: new Communicators(f.addon, 0, 2, new Uint8Array(128), 10_000), timeoutMs: 60_000 });
   (ex.rankLocal = rl).exec = ex;
-  return { ex, rl, calls };
+  return { ex, rl, calls, freedUses };
 }
 
 describe("a rank-local capture of the EP MoE layer (ep=2, NVLink transport)", () => {
@@ -81,6 +98,21 @@ describe("a rank-local capture of the EP MoE layer (ep=2, NVLink transport)", ()
     expect(out[layer.outNames.indexOf("y")]?.shape).toEqual([2, Z.T, Z.D]);
     expect(calls).toContain("ncclAllGather"); // the pieces gathered over the world
     step.destroy();
+  });
+
+  it("destroy() frees what the graph owns, not the resident inputs it read: an eager run after it uses no freed buffer", () => {
+    process.env.SHARDTS_MOE_TRANSPORT = "nvlink";
+    const { ex, freedUses } = rank0();
+    const layer = buildLayer(Z, 2);
+    for (const [name, pieces] of rankFeeds(layer, Z, 0)) ex.setResident(name, pieces);
+    ex.run(layer.plan, undefined, [], { download: false });
+    const step = ex.capture(layer.plan);
+    step.replay();
+    step.destroy();
+    ex.run(layer.plan, undefined, [], { download: false });
+    // (the first H200 x2 run of the EP layer's --graph: the traced eager run after destroy() read the
+    // freed weights, CUDA_ERROR_ILLEGAL_ADDRESS)
+    expect(freedUses).toEqual([]);
   });
 
   it("is refused on the NCCL transport, naming the op and what to set", () => {
