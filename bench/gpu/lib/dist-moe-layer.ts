@@ -112,9 +112,11 @@ export default defineMain(async ({ args, log }) => {
       const events: TraceEvent[] = [];
       ex.run(layer.plan, undefined, [], { download: false, trace: events });
       const o = commOverlap(events);
-      // (every rank: an NVLink op's span includes its wait for the slower rank at the barriers)
-      log(`trace ${fmt}: step ${(o.wallUs / 1e3).toFixed(2)} ms, compute ${(o.computeUs / 1e3).toFixed(2)} ms, comm ${(o.commUs / 1e3).toFixed(2)} ms (${((100 * o.overlapUs) / Math.max(o.commUs, 1e-9)).toFixed(0)} % under compute); largest:`);
-      for (const t of traceTotals(events).slice(0, 30)) log(`  ${(t.us / 1e3).toFixed(3).padStart(8)} ms ${String(t.n).padStart(4)}x ${t.cat.padEnd(6)} ${t.name}`);
+      // (every rank: an NVLink op's span includes its wait for the slower rank at the barriers; `log` is
+      // rank 0's alone under shardts launch, the launcher prefixes each rank's console lines)
+      const rlog = rank === 0 ? log : (line: string) => console.log(line);
+      rlog(`trace ${fmt}: step ${(o.wallUs / 1e3).toFixed(2)} ms, compute ${(o.computeUs / 1e3).toFixed(2)} ms, comm ${(o.commUs / 1e3).toFixed(2)} ms (${((100 * o.overlapUs) / Math.max(o.commUs, 1e-9)).toFixed(0)} % under compute); largest:`);
+      for (const t of traceTotals(events).slice(0, 30)) rlog(`  ${(t.us / 1e3).toFixed(3).padStart(8)} ms ${String(t.n).padStart(4)}x ${t.cat.padEnd(6)} ${t.name}`);
       if (traceFile && rank === 0) writeChromeTrace(`${traceFile}.${fmt}.json`, events, rank, "moe-layer-ep");
     } catch (e) {
       failures++;
