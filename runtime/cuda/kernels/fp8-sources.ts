@@ -360,9 +360,8 @@ export const wgradStrip = (src: "fp8" | "bf16" | "f32"): number => (src === "f32
 export const wgradColumns = memo((src: "fp8" | "bf16" | "f32"): { name: string; source: string } => {
   const name = `shardts_wgrad_cols_${src}`;
   const S = src === "fp8" ? "unsigned char" : T(src), EB = src === "f32" ? 4 : src === "bf16" ? 2 : 1, CW = wgradStrip(src);
-  const val = src === "fp8"
-    ? "__nv_fp8_e4m3 f; f.__x = tile[slot(r, c)]; return __fmul_rn(float(f), rs[r]);"
-    : src === "bf16" ? "return __bfloat162float(tile[slot(r, c)]);" : "return tile[slot(r, c)];";
+  // (e4m3 codes are read a word at a time instead: wslot / dq below)
+  const val = src === "bf16" ? "return __bfloat162float(tile[slot(r, c)]);" : "return tile[slot(r, c)];";
   const zero = src === "bf16" ? "__float2bfloat16_rn(0.f)" : "0";
   // e4m3 codes are read a word (4 columns) at a time: a byte a lane moved 32 bytes a shared-memory access
   // (from e4m3 this kernel ran at 34% of copy while from bf16 at 70%)
@@ -428,7 +427,7 @@ constexpr int APARTS = ${src === "fp8" ? "8" : "PARTS"}; // threads a column in 
 // element (r, c) of the staged tile: a row's 16-byte chunks swizzled by its 16-row group, so the stores'
 // warps (8 lanes down one column, one 16-row group each) read 8 different banks
 __device__ __forceinline__ int slot(int r, int c) { return r * CW + ((c / EPC) ^ ((r >> 4) & 7)) * EPC + c % EPC; }
-__device__ __forceinline__ float val(const ${S}* tile, const float* rs, int r, int c) { ${val} }${src === "fp8" ? `
+${src === "fp8" ? "" : `__device__ __forceinline__ float val(const ${S}* tile, const float* rs, int r, int c) { ${val} }`}${src === "fp8" ? `
 // e4m3 codes a word at a time: word q (columns 4q .. 4q + 3) of row r, as slot() places its bytes
 __device__ __forceinline__ int wslot(int r, int q) { return r * (CW / 4) + ((((q >> 2) ^ ((r >> 4) & 7)) << 2) | (q & 3)); }
 __device__ __forceinline__ float dq(unsigned int w, int i, float sc) { __nv_fp8_e4m3 f; f.__x = (unsigned char)(w >> (8 * i)); return __fmul_rn(float(f), sc); }` : ""}
