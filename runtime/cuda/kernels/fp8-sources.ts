@@ -360,82 +360,25 @@ export const wgradStrip = (src: "fp8" | "bf16" | "f32"): number => (src === "f32
 export const wgradColumns = memo((src: "fp8" | "bf16" | "f32"): { name: string; source: string } => {
   const name = `shardts_wgrad_cols_${src}`;
   const S = src === "fp8" ? "unsigned char" : T(src), EB = src === "f32" ? 4 : src === "bf16" ? 2 : 1, CW = wgradStrip(src);
-  // (e4m3 codes are read a word at a time instead: wslot / dq below)
-  const val = src === "bf16" ? "return __bfloat162float(tile[slot(r, c)]);" : "return tile[slot(r, c)];";
+  const val = src === "fp8"
+    ? "__nv_fp8_e4m3 f; f.__x = tile[slot(r, c)]; return __fmul_rn(float(f), rs[r]);"
+    : src === "bf16" ? "return __bfloat162float(tile[slot(r, c)]);" : "return tile[slot(r, c)];";
   const zero = src === "bf16" ? "__float2bfloat16_rn(0.f)" : "0";
-  // e4m3 codes are read a word (4 columns) at a time: a byte a lane moved 32 bytes a shared-memory access
-  // (from e4m3 this kernel ran at 34% of copy while from bf16 at 70%)
-  const amax = src === "fp8"
-    ? `// each column's amax over the block's 128 rows: a thread takes 4 columns (a word) over 16 rows, a warp one row's 128 codes
-  {
-    const int quad = t & 31, part = t >> 5;
-    const unsigned int* words = reinterpret_cast<const unsigned int*>(tile);
-    float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
-    for (int j = 0; j < 16; j++) {
-      const int r = part * 16 + j;
-      const unsigned int w = words[wslot(r, quad)];
-      const float sc = rs[r];
-      a0 = fmaxf(a0, fabsf(dq(w, 0, sc))), a1 = fmaxf(a1, fabsf(dq(w, 1, sc))), a2 = fmaxf(a2, fabsf(dq(w, 2, sc))), a3 = fmaxf(a3, fabsf(dq(w, 3, sc)));
-    }
-    red[part][4 * quad] = a0, red[part][4 * quad + 1] = a1, red[part][4 * quad + 2] = a2, red[part][4 * quad + 3] = a3;
-  }`
-    : `// each column's amax over the block's 128 rows: PARTS threads a column (a warp reads 32 columns of one row)
-  {
-    const int c = t % CW, part = t / CW;
-    float a = 0.f;
-    for (int j = 0; j < RP; j++) a = fmaxf(a, fabsf(val(tile, rs, part * RP + j, c)));
-    red[part][c] = a;
-  }`;
-  const store = src === "fp8"
-    ? `// the codes: a thread takes 4 columns over 16 rows (16 words read), 8 lanes a column group, so each
-  // warp store writes 4 whole 128-byte runs of qT
-  {
-    const int quad = t >> 3, rc = t & 7;
-    const unsigned int* words = reinterpret_cast<const unsigned int*>(tile);
-    unsigned int w[16];
-#pragma unroll
-    for (int e = 0; e < 16; e++) w[e] = words[wslot(rc * 16 + e, quad)];
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-      const int c = quad * 4 + i;
-      if (c0 + c >= width) break;
-      const float inv = invs[c];
-      pk<unsigned char, 16> o;
-#pragma unroll
-      for (int e = 0; e < 16; e++) o.v[e] = q8(dq(w[e], i, rs[rc * 16 + e]), inv);
-      *reinterpret_cast<pk<unsigned char, 16>*>(qT + (long long)(c0 + c) * M + b * 128 + rc * 16) = o;
-    }
-  }`
-    : `// the codes: 8 lanes a column, each 16 of its rows, so a warp writes 4 whole 128-byte runs of qT
-#pragma unroll
-  for (int o = 0; o < OUTS; o++) {
-    const int q = t + o * 256, c = q >> 3, rc = q & 7;
-    if (c0 + c >= width) continue;
-    const float inv = invs[c];
-    pk<unsigned char, 16> w;
-#pragma unroll
-    for (int e = 0; e < 16; e++) w.v[e] = q8(val(tile, rs, rc * 16 + e, c), inv);
-    *reinterpret_cast<pk<unsigned char, 16>*>(qT + (long long)(c0 + c) * M + b * 128 + rc * 16) = w;
-  }`;
   return {
     name,
     source: `${HEAD}
 ${PACK}// columns a strip, threads a column (amax), rows a thread (amax), elements a 16-byte chunk, chunks a row,
 // 16-byte loads a thread, 16-byte code stores a thread
 constexpr int CW = ${CW}, PARTS = 256 / CW, RP = 128 / PARTS, EPC = 16 / ${EB}, CPR = CW / EPC, LOADS = 128 * CPR / 256, OUTS = CW * 8 / 256;
-constexpr int APARTS = ${src === "fp8" ? "8" : "PARTS"}; // threads a column in the amax
 // element (r, c) of the staged tile: a row's 16-byte chunks swizzled by its 16-row group, so the stores'
 // warps (8 lanes down one column, one 16-row group each) read 8 different banks
 __device__ __forceinline__ int slot(int r, int c) { return r * CW + ((c / EPC) ^ ((r >> 4) & 7)) * EPC + c % EPC; }
-${src === "fp8" ? "" : `__device__ __forceinline__ float val(const ${S}* tile, const float* rs, int r, int c) { ${val} }`}${src === "fp8" ? `
-// e4m3 codes a word at a time: word q (columns 4q .. 4q + 3) of row r, as slot() places its bytes
-__device__ __forceinline__ int wslot(int r, int q) { return r * (CW / 4) + ((((q >> 2) ^ ((r >> 4) & 7)) << 2) | (q & 3)); }
-__device__ __forceinline__ float dq(unsigned int w, int i, float sc) { __nv_fp8_e4m3 f; f.__x = (unsigned char)(w >> (8 * i)); return __fmul_rn(float(f), sc); }` : ""}
+__device__ __forceinline__ float val(const ${S}* tile, const float* rs, int r, int c) { ${val} }
 extern "C" __global__ void __launch_bounds__(256) ${name}(unsigned char* __restrict__ qT, float* __restrict__ s, const ${S}* __restrict__ x, const float* __restrict__ xs, const int* __restrict__ rowMap, long long rows, int width, long long M, int vec) {
   __shared__ pk<${S}, EPC> tile16[128 * CPR];
   __shared__ long long srcRow[128];
   __shared__ float rs[128];
-  __shared__ float red[APARTS][CW];
+  __shared__ float red[PARTS][CW];
   __shared__ float invs[CW];
   ${S}* tile = reinterpret_cast<${S}*>(tile16);
   const int strips = (width + CW - 1) / CW, t = threadIdx.x;
@@ -473,18 +416,34 @@ extern "C" __global__ void __launch_bounds__(256) ${name}(unsigned char* __restr
     }
   }
   __syncthreads();
-  ${amax}
+  // each column's amax over the block's 128 rows: PARTS threads a column (a warp reads 32 columns of one row)
+  {
+    const int c = t % CW, part = t / CW;
+    float a = 0.f;
+    for (int j = 0; j < RP; j++) a = fmaxf(a, fabsf(val(tile, rs, part * RP + j, c)));
+    red[part][c] = a;
+  }
   __syncthreads();
   if (t < CW) {
     float m = red[0][t];
-    for (int p = 1; p < APARTS; p++) m = fmaxf(m, red[p][t]);
+    for (int p = 1; p < PARTS; p++) m = fmaxf(m, red[p][t]);
     float inv, scale;
     inv_scale(m, &inv, &scale);
     invs[t] = inv;
     if (c0 + t < width) s[b * width + c0 + t] = scale;
   }
   __syncthreads();
-  ${store}
+  // the codes: 8 lanes a column, each 16 of its rows, so a warp writes 4 whole 128-byte runs of qT
+#pragma unroll
+  for (int o = 0; o < OUTS; o++) {
+    const int q = t + o * 256, c = q >> 3, rc = q & 7;
+    if (c0 + c >= width) continue;
+    const float inv = invs[c];
+    pk<unsigned char, 16> w;
+#pragma unroll
+    for (int e = 0; e < 16; e++) w.v[e] = q8(val(tile, rs, rc * 16 + e, c), inv);
+    *reinterpret_cast<pk<unsigned char, 16>*>(qT + (long long)(c0 + c) * M + b * 128 + rc * 16) = w;
+  }
 }`,
   };
 });
