@@ -18,7 +18,8 @@ import { CudaExecutor } from "../../runtime/cuda/executor.ts";
 import { native, packArgs, type KernelArg } from "../../runtime/cuda/native.ts";
 import { CaptureMode } from "../../runtime/cuda/native-types.ts";
 import { moeNvlCombine, moeNvlPush, NVL_BLOCK } from "../../runtime/cuda/kernels/moe-nvlink-sources.ts";
-import { nvlGeometry, parityAreas, windowLayout } from "../../runtime/cuda/moe-nvlink-layout.ts";
+import { nvlGeometry, windowLayout } from "../../runtime/cuda/moe-nvlink-layout.ts";
+import { nvlWindowArgs } from "../../runtime/cuda/moe-nvlink.ts";
 import { getOp } from "../../compiler/ops/index.ts";
 import type { TensorType } from "../../compiler/ir/types.ts";
 import { moeCase, S, K, type Routing } from "../../test/helpers/moe-nvlink-case.ts";
@@ -28,7 +29,9 @@ const gpu = new CudaExecutor(native());
 const a = gpu.addon;
 const lines: string[] = [`device ${a.deviceProperties(0).name}; MoE NVLink kernels, every rank of a group on this one GPU (loopback windows)`];
 let failed = 0;
-const NB = 8, TIMEOUT_NS = 10e9, REPLAYS = 5;
+const NB = 8, REPLAYS = 5;
+// a barrier that never meets traps after 10 s (nvlWindowArgs passes the collective timeout)
+process.env.SHARDTS_COLLECTIVE_TIMEOUT_S ??= "10";
 
 const CASES: { axes: Record<string, number>; B: number; E: number; routing: Routing; D: number }[] = [
   { axes: { ep: 2 }, B: 4, E: 8, routing: "random", D: 512 }, // 2 KiB rows: 16-byte words
@@ -55,7 +58,7 @@ for (const c of CASES) {
     const ranks = [...Array(W).keys()];
     const geos = ranks.map((r) => nvlGeometry(m.plan, m.rowsSlot, m.ins.inputs[1]!, "ep", "rows", ["b"], r));
     const Bdst = geos[0]!.Bdst, Bloc = geos[0]!.dstOf.map((d) => d.length);
-    const L = windowLayout(W, NB, Bdst * G, W * Bdst, Bdst * n * D * 4), even = parityAreas(L, 0), odd = parityAreas(L, 1);
+    const L = windowLayout(W, NB, Bdst * G, W * Bdst, Bdst * n * D * 4);
     // the weighted redispatch's reference, as each expert rank's piece
     const tx: TensorType = { dims: [{ name: "b", size: c.B }, { name: "s", size: S }, { name: "d", size: D }], dtype: "f32", placements: [] };
     const tp = m.plan.values[m.ins.outputs[1]!]!.type, tw: TensorType = { ...tx, dims: [tx.dims[0]!, tx.dims[1]!, { name: "k", size: K }] };
@@ -75,7 +78,7 @@ for (const c of CASES) {
     }));
     a.ctxSynchronize(); // (the set-up's fills and copies are done before any rank's stream starts)
     const d = moeNvlPush({ redispatch: false, V }), comb = moeNvlCombine(V), rw = moeNvlPush({ redispatch: true, V: 1, weighted: "f32" });
-    const head = (r: number, geo: bigint): KernelArg[] => [["ptr", peers], ["ptr", geo], ["i32", W], ["i32", r], ["ptr", epochs[r]!], ["i32", 7], ["i64", TIMEOUT_NS], ["i64", L.flagN], ["i64", L.flagR]];
+    const head = (r: number, geo: bigint, counts: boolean): KernelArg[] => nvlWindowArgs({ peersTable: peers, epochs: epochs[r]! }, geo, W, r, L, counts);
     // every kernel loaded before the first launch: a module load waits for the context's running
     // kernels, and a rank's kernel waits for its peers' launches, which the host would then not reach
     const fns = new Map([d, comb, rw].map((k) => [k, gpu.fn(k.name, k.source)] as const));
@@ -84,14 +87,14 @@ for (const c of CASES) {
     const op = (r: number, k: number) => {
       const x = R[r]!;
       if (k === 0)
-        return launch(d, r, [...head(r, x.geoD), ["i64", even.counts], ["i64", odd.counts], ["i64", even.lens], ["i64", odd.lens], ["i64", L.rows],
+        return launch(d, r, [...head(r, x.geoD, true),
           ["ptr", x.x], ["ptr", x.perm], ["ptr", x.cnt], ["ptr", 0n], ["i32", Bloc[r]!], ["i32", Bdst], ["i32", G], ["i32", n], ["i32", K], ["i64", S], ["i64", words], ["ptr", x.out], ["ptr", x.outC]]);
       if (k === 1) {
-        launch(comb, r, [...head(r, x.geoC), ["i64", even.lens], ["i64", odd.lens], ["i64", L.rows], ["ptr", x.rowsE], ["ptr", x.cntE], ["i32", Bdst], ["i32", n], ["i64", words]]);
+        launch(comb, r, [...head(r, x.geoC, false), ["ptr", x.rowsE], ["ptr", x.cntE], ["i32", Bdst], ["i32", n], ["i64", words]]);
         // (combine's push back leaves this rank's tokens in its window: read there, before the redispatch reuses it)
         return a.memcpyDtoDAsync(x.back, windows[r]! + BigInt(L.rows), Bloc[r]! * n * D * 4, x.stream);
       }
-      launch(rw, r, [...head(r, x.geoD), ["i64", even.counts], ["i64", odd.counts], ["i64", even.lens], ["i64", odd.lens], ["i64", L.rows],
+      launch(rw, r, [...head(r, x.geoD, true),
         ["ptr", x.x], ["ptr", x.perm], ["ptr", x.cntE], ["ptr", x.w], ["i32", Bloc[r]!], ["i32", Bdst], ["i32", G], ["i32", n], ["i32", K], ["i64", S], ["i64", D], ["ptr", x.outR], ["ptr", 0n]]);
     };
     /** One step: each op launched for every rank before the next op (no host wait between them). */

@@ -129,15 +129,18 @@ function launch(exe: CudaExecutor, k: { name: string; source: string }, blocks: 
   if (blocks > 0) exe.addon.launchKernel(exe.fn(k.name, k.source), [blocks, 1, 1], [threads, 1, 1], 0, exe.stream, packArgs(...args));
 }
 
-/** The arguments every NVLink kernel starts with: peers, geometry, group, the device epochs, all phases, timeout, flags. */
-function head(w: PeerWindow, table: bigint, geo: NvlGeometry, L: WindowLayout): KernelArg[] {
-  return [["ptr", w.peersTable], ["ptr", table], ["i32", geo.ranks.length], ["i32", geo.me], ["ptr", w.epochs], ["i32", 7], ["i64", collectiveTimeoutS() * 1e9], ["i64", L.flagN], ["i64", L.flagR]];
-}
-
-/** The counts and lens areas of both parities (the kernels pick one by their epoch on the device). */
-function parities(L: WindowLayout, counts: boolean): KernelArg[] {
+/**
+ * The arguments every NVLink kernel starts with, up to its rows area: peers, geometry table, group size
+ * and rank, the device epochs, all phases, timeout, the flag sets, the counts (push kernels: `counts`)
+ * and lens areas of both parities (the kernels pick one by their epoch on the device), the rows area.
+ * `win`: a rank's PeerWindow, or anything laid out as one (bench/gpu/nvlink-graph.ts's loopback windows).
+ */
+export function nvlWindowArgs(win: { peersTable: bigint; epochs: bigint }, table: bigint, W: number, me: number, L: WindowLayout, counts: boolean): KernelArg[] {
   const even = parityAreas(L, 0), odd = parityAreas(L, 1);
-  return [...(counts ? ([["i64", even.counts], ["i64", odd.counts]] as KernelArg[]) : []), ["i64", even.lens], ["i64", odd.lens]];
+  return [
+    ["ptr", win.peersTable], ["ptr", table], ["i32", W], ["i32", me], ["ptr", win.epochs], ["i32", 7], ["i64", collectiveTimeoutS() * 1e9], ["i64", L.flagN], ["i64", L.flagR],
+    ...(counts ? ([["i64", even.counts], ["i64", odd.counts]] as KernelArg[]) : []), ["i64", even.lens], ["i64", odd.lens], ["i64", L.rows],
+  ];
 }
 
 function needFloat(op: string, t: TensorType): "f32" | "bf16" {
@@ -187,7 +190,7 @@ function run(exe: CudaExecutor, plan: Plan, ins: OpInstr, slots: (DeviceTensor[]
     launch(exe, M.moeRoute(), Math.min(Bloc, exe.smCount * 8), M.MOE_ROUTE_BLOCK, [["ptr", counts.ptr], ["ptr", perm.ptr], ["ptr", I.ptr], ["i64", Bloc], ["i32", n], ["i32", G]]);
     const L = w.ensure({ blocks, countsCap: geo.Bdst * G, lensCap: geo.ranks.length * geo.Bdst, rowsCap: geo.Bdst * n * rowBytes }, capturing);
     const V = M.gatherWord(rowBytes, [X.ptr, rows.ptr]);
-    launch(exe, moeNvlPush({ redispatch: false, V }), blocks, NVL_BLOCK, [...head(w, table, geo, L), ...parities(L, true), ["i64", L.rows],
+    launch(exe, moeNvlPush({ redispatch: false, V }), blocks, NVL_BLOCK, [...nvlWindowArgs(w, table, geo.ranks.length, geo.me, L, true),
       ["ptr", X.ptr], ["ptr", perm.ptr], ["ptr", counts.ptr], ["ptr", 0n], ["i32", Bloc], ["i32", geo.Bdst], ["i32", G], ["i32", n], ["i32", Kk], ["i64", S], ["i64", rowBytes / V], ["ptr", rows.ptr], ["ptr", cOut.ptr]]);
   } else {
     // combine and redispatch: perm [...batch, rows~seg] in the tokens' layout; counts: the expert side's piece
@@ -208,7 +211,7 @@ function run(exe: CudaExecutor, plan: Plan, ins: OpInstr, slots: (DeviceTensor[]
       const R = reorder(ins.inputs[0]!, [...batch, rowsDim.name, ...inner]), D = prod(R.shape.slice(batch.length + 1)), rowBytes = D * elemBytes(dt);
       const L = w.ensure({ blocks, countsCap: 0, lensCap: geo.ranks.length * geo.Bdst, rowsCap: geo.Bdst * n * rowBytes }, capturing);
       const V = M.gatherWord(rowBytes, [R.ptr]);
-      launch(exe, moeNvlCombine(V), blocks, NVL_BLOCK, [...head(w, table, geo, L), ...parities(L, false), ["i64", L.rows], ["ptr", R.ptr], ["ptr", C.ptr], ["i32", geo.Bdst], ["i32", n], ["i64", rowBytes / V]]);
+      launch(exe, moeNvlCombine(V), blocks, NVL_BLOCK, [...nvlWindowArgs(w, table, geo.ranks.length, geo.me, L, false), ["ptr", R.ptr], ["ptr", C.ptr], ["i32", geo.Bdst], ["i32", n], ["i64", rowBytes / V]]);
       // this rank's window now holds its tokens' rows in sorted order: un-permute and weigh in place
       const Bn = Bloc * n, pos = empty(exe.mem, "i32", [Bn]), moved = w.base + BigInt(L.rows);
       temps.push(pos);
@@ -226,7 +229,7 @@ function run(exe: CudaExecutor, plan: Plan, ins: OpInstr, slots: (DeviceTensor[]
       const L = w.ensure({ blocks, countsCap: 0, lensCap: geo.ranks.length * geo.Bdst, rowsCap: geo.Bdst * n * rowBytes }, capturing);
       const V = Wt ? 1 : M.gatherWord(rowBytes, [X.ptr, rows.ptr]), words = Wt ? D : rowBytes / V;
       const k = Wt ? moeNvlPush({ redispatch: true, V: 1, weighted: needFloat("moe_redispatch", ts) }) : moeNvlPush({ redispatch: true, V });
-      launch(exe, k, blocks, NVL_BLOCK, [...head(w, table, geo, L), ...parities(L, true), ["i64", L.rows],
+      launch(exe, k, blocks, NVL_BLOCK, [...nvlWindowArgs(w, table, geo.ranks.length, geo.me, L, true),
         ["ptr", X.ptr], ["ptr", P.ptr], ["ptr", C.ptr], ["ptr", Wt?.ptr ?? 0n], ["i32", Bloc], ["i32", geo.Bdst], ["i32", 0], ["i32", n], ["i32", keepK ? 1 : Kk], ["i64", keepK ? n : S], ["i64", words], ["ptr", rows.ptr], ["ptr", 0n]]);
     }
   }
