@@ -11,9 +11,8 @@
 # $OUT/sass-<impl>.csv and the stall-reason breakdown into $OUT/raw-<impl>.txt.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-source bench/gpu/lib/gpu-env.sh
-command -v ncu >/dev/null || { echo "gemm-profile: ncu (Nsight Compute) is not on this machine's PATH" >&2; exit 2; }
-[ $# -gt 0 ] || { echo "usage: gemm-profile.sh IMPL... (kernel names from the fp8-gemm bench, or cublaslt)" >&2; exit 2; }
+USAGE="gemm-profile.sh IMPL... (kernel names from the fp8-gemm bench, or cublaslt)"
+source bench/gpu/lib/ncu-env.sh
 status=0
 for impl in "$@"; do
   if [ "$impl" = cublaslt ]; then only='^cublaslt$'; filter='regex:.'; else only="^${impl}\$"; filter="regex:^${impl}\$"; fi

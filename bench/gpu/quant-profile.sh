@@ -7,9 +7,8 @@
 #   bash bench/gpu/quant-profile.sh shardts_wgrad_cols_bf16 shardts_quant_tiles_block_t_bf16
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-source bench/gpu/lib/gpu-env.sh
-command -v ncu >/dev/null || { echo "quant-profile: ncu (Nsight Compute) is not on this machine's PATH" >&2; exit 2; }
-[ $# -gt 0 ] || { echo "usage: quant-profile.sh KERNEL... (names as in the fp8-quant bench's kernels)" >&2; exit 2; }
+USAGE="quant-profile.sh KERNEL... (names as in the fp8-quant bench's kernels)"
+source bench/gpu/lib/ncu-env.sh
 status=0
 for k in "$@"; do
   echo "== $k"
