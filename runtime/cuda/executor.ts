@@ -26,7 +26,7 @@ import { residentBlocks } from "../../compiler/codegen/cuda/launch.ts";
 import { fillPointers, packedLaunch, type LaunchCache } from "./launches.ts";
 import { cpuCtx } from "../cpu/executor.ts";
 import { combineExchange, runMoe } from "./moe.ts";
-import { moeTransport } from "./moe-nvlink.ts";
+import { moeTransport, pushCombineEarly, runMoeNvlink, type NvlCombinePushed } from "./moe-nvlink.ts";
 import { MOE_OPS } from "../../compiler/ops/dispatch.ts";
 import { waitsAtOnce } from "./moe-exchange.ts";
 import { CountReads, countSlots, reorderHost } from "./moe-counts.ts";
@@ -282,7 +282,7 @@ export class CudaExecutor {
     return this.resident.get(name) ?? (feeds?.has(name) ? undefined : this.carried.get(plan, name));
   }
 
-  private loweredPlans = new WeakMap<Plan, { fused: ReturnType<typeof fuse>; prog: ReturnType<typeof emitCuda>; tuning: EmitTuning; launches: LaunchCache; counts: Set<number>; combinesAfter: Map<number, number[]> }>();
+  private loweredPlans = new WeakMap<Plan, { fused: ReturnType<typeof fuse>; prog: ReturnType<typeof emitCuda>; tuning: EmitTuning; launches: LaunchCache; counts: Set<number>; combinesAfter: Map<number, number[]>; nvlCombinesAfter: Map<number, number[]> }>();
   /** The fused plan, its kernels and their launches, made once per plan (a training step runs the same plan every step). */
   private lowered(plan: Plan) {
     let l = this.loweredPlans.get(plan);
@@ -293,7 +293,7 @@ export class CudaExecutor {
       // scheduled one whatever its predicted gain; SHARDTS_SCHEDULE_COST overrides the cost model
       const sch = process.env.SHARDTS_SCHEDULE;
       const fused = l?.fused ?? (this.rankLocal ? orderForStreams(fuse(plan), { schedule: sch !== "0", minGain: sch === "1" ? 0 : undefined, cost: costFromEnv(process.env.SHARDTS_SCHEDULE_COST), prefetchBytes: prefetchBytes() }) : fuse(plan));
-      l = { fused, prog: emitCuda(fused, this.arch, this.tuning), tuning: this.tuning, launches: new Map(), counts: countSlots(fused), combinesAfter: combinesAfter(fused) };
+      l = { fused, prog: emitCuda(fused, this.arch, this.tuning), tuning: this.tuning, launches: new Map(), counts: countSlots(fused), combinesAfter: combinesAfter(fused), nvlCombinesAfter: combinesAfter(fused, true) };
       this.loweredPlans.set(plan, l);
     }
     return l;
@@ -333,6 +333,13 @@ export class CudaExecutor {
     } finally {
       t.end(this.stream);
     }
+  }
+
+  /** Trace hooks for an instruction's own work on the communication stream (its rank's "comm" row), when traced. */
+  commSpan(name: string): StepSpan | undefined {
+    const t = this.tracer, dist = this.rankLocal;
+    if (!t || !dist) return undefined;
+    return { begin: (cs) => t.begin(name, "comm", `rank ${dist.rank} comm`, cs), end: (cs) => t.end(cs) };
   }
 
   run(plan: Plan, feeds?: ReadonlyMap<string, LocalTensor[]>, read?: readonly number[], opts: RunOptions = {}): CudaRunResult {
@@ -471,7 +478,7 @@ export class CudaExecutor {
   /** Runs every instruction of the plan; the outputs stay on the device (the caller releases them). */
   private exec(plan: Plan, feeds: ReadonlyMap<string, LocalTensor[]> | undefined, opts: RunOptions, tracer?: TraceRecorder) {
     const timings: KernelTiming[] = [];
-    const { fused, prog, launches, counts: countsSlots, combinesAfter } = this.lowered(plan);
+    const { fused, prog, launches, counts: countsSlots, combinesAfter, nvlCombinesAfter } = this.lowered(plan);
     const W = plan.world;
     const dist = W > 1 ? this.rankLocal : undefined;
     // rank-local: counts are read on their own stream after only their writer (moe-counts.ts)
@@ -495,9 +502,12 @@ export class CudaExecutor {
       return g;
     };
     const lastUse = fused.lastUse;
-    // rank-local over NCCL: a fused combine's exchange goes out right after its rows' writer (moe.ts combineExchange)
-    const early = dist && moeTransport() !== "nvlink" ? combinesAfter : undefined;
+    // rank-local: a fused combine's exchange goes out right after its rows' writer (moe.ts combineExchange;
+    // over NVLink, moe-nvlink.ts pushCombineEarly, where no other MoE op comes between)
+    const nvlink = moeTransport() === "nvlink";
+    const early = dist ? (nvlink ? nvlCombinesAfter : combinesAfter) : undefined;
     const exchanged = new Map<object, { moved: DeviceTensor[]; done: Event }>();
+    const pushed = new Map<object, NvlCombinePushed>();
     let kernels = 0;
     const hostTimes = opts.hostTimes;
     let tIns = hostTimes ? performance.now() : 0;
@@ -559,7 +569,10 @@ export class CudaExecutor {
             this.addon.streamWaitEvent(this.stream, pre.done);
             this.combineEvents.push(pre.done);
           }
-          runMoe(this, plan, ins, ranks, slots, (p, step, inS, outS, pieces, release) => {
+          const nvl = pushed.get(ins);
+          pushed.delete(ins);
+          if (nvl) runMoeNvlink(this, plan, ins, slots, nvl);
+          else runMoe(this, plan, ins, ranks, slots, (p, step, inS, outS, pieces, release) => {
             const out = this.commStep(dist, p, step, inS, outS, pieces, counts, release);
             // dispatch's exchanged counts: ready once this exchange is (read next, to size the token exchange)
             if (dist && reads && countsSlots.has(outS) && out[dist.rank] !== pieces[dist.rank]) reads.mark(out[dist.rank]!, dist.stream());
@@ -568,7 +581,8 @@ export class CudaExecutor {
             if (waitsAtOnce(plan, outS)) dist?.beforeReads([outS]);
             return out;
           }, pre?.moved);
-          for (const s of ins.outputs) markCounts(s, this.stream); // (unless the exchange marked it)
+          // (unless the exchange marked it; an output still in flight is written on the comm stream: NVLink dispatch)
+          for (const s of ins.outputs) markCounts(s, dist?.inFlightWrites(s) ? dist.stream() : this.stream);
         } else {
           const outs = ins.outputs.map(() => new Array<DeviceTensor>(W));
           for (const r of ranks) {
@@ -591,6 +605,11 @@ export class CudaExecutor {
       for (const j of early?.get(i) ?? []) {
         // the comm stream waits for the compute issued up to these rows' writer, and no more
         const c = fused.instrs[j] as Extract<Plan["instrs"][number], { kind: "op" }>;
+        if (nvlink) {
+          const nvl = pushCombineEarly(this, plan, c, slots);
+          if (nvl) pushed.set(c, nvl);
+          continue;
+        }
         const moved = combineExchange(plan, c, ranks, slots, (p, step, inS, outS, pieces, release) => this.commStep(dist, p, step, inS, outS, pieces, counts, release));
         const done = this.combineEvents.pop() ?? this.addon.eventCreate(2 /* disable timing */);
         this.addon.eventRecord(done, dist!.stream());
@@ -768,14 +787,18 @@ function setI64(v: DataView, at: number, x: number): void {
 /**
  * Instruction index -> the fused moe_combine instructions whose rows (input 0) it writes: their
  * exchanges are issued right after it (rank-local), not where the combine stands in the order.
+ * `alone`: only combines with no other MoE op between the writer and themselves (the NVLink path: the
+ * next op's peers store into the window where an early combine's rows wait for the combine).
  */
-function combinesAfter(fp: ReturnType<typeof fuse>): Map<number, number[]> {
+export function combinesAfter(fp: { instrs: readonly ReturnType<typeof fuse>["instrs"][number][] }, alone = false): Map<number, number[]> {
   const writer = new Map<number, number>(), out = new Map<number, number[]>();
+  let lastMoe = -1;
   fp.instrs.forEach((x, i) => {
     if (x.kind === "op" && x.op === "moe_combine" && writer.has(x.inputs[0]!)) {
       const w = writer.get(x.inputs[0]!)!;
-      out.set(w, [...(out.get(w) ?? []), i]);
+      if (!alone || lastMoe <= w) out.set(w, [...(out.get(w) ?? []), i]);
     }
+    if (x.kind === "op" && MOE_OPS.has(x.op)) lastMoe = i;
     const ws = x.kind === "comm" ? [x.output] : x.outputs;
     for (const s of ws) writer.set(s, i);
   });

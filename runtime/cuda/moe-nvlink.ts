@@ -2,7 +2,11 @@
 // permute kernel as on the NCCL path, then one kernel on a bounded number of SMs (SHARDTS_MOE_SMS)
 // that stores rows straight from the tokens into the peers' windows (ipc.ts) and, after a device-side
 // barrier, copies its own window into the op's output. No host round trip for counts, no permuted
-// copy. Used under `shardts launch` where the op's expert axis lies within one node and its GPUs have
+// copy. The kernels run on the communication stream (SHARDTS_MOE_NVLINK_STREAM, `nvlinkStream`), ordered
+// like a plan comm step (RankLocal.onComm): a dispatch/redispatch's rows are waited for by their reader, a
+// combine's push waits in the window for the combine's own kernels (its push may go out early, right after
+// its rows' writer: the executor's `nvlCombinesAfter`, never past another MoE op, whose peers would store into
+// the window meanwhile). Used under `shardts launch` where the op's expert axis lies within one node and its GPUs have
 // peer access; anything else (another node, no peer access, a layout with nothing to exchange) runs
 // on the NCCL path, said once per expert-axis group. Outputs equal the NCCL path's bit for bit: the
 // same permute, the same row bytes, the same combine kernel over the same row order. Its launches can
@@ -19,6 +23,7 @@ import * as M from "./kernels/moe-sources.ts";
 import { moeNvlCombine, moeNvlPush, NVL_BLOCK } from "./kernels/moe-nvlink-sources.ts";
 import { NvlinkUnavailable, nvlGeometry, parityAreas, type NvlGeometry, type WindowLayout } from "./moe-nvlink-layout.ts";
 import { ncclAllGather, PeerWindow } from "./ipc.ts";
+import type { InFlight } from "./nccl/collectives.ts";
 import { collectiveTimeoutS } from "./nccl/watchdog.ts";
 import type { CudaExecutor } from "./executor.ts";
 
@@ -125,8 +130,34 @@ function geometry(exe: CudaExecutor, plan: Plan, ins: OpInstr, eSlot: number, tS
   return t;
 }
 
-function launch(exe: CudaExecutor, k: { name: string; source: string }, blocks: number, threads: number, args: KernelArg[]): void {
-  if (blocks > 0) exe.addon.launchKernel(exe.fn(k.name, k.source), [blocks, 1, 1], [threads, 1, 1], 0, exe.stream, packArgs(...args));
+function launch(exe: CudaExecutor, k: { name: string; source: string }, blocks: number, threads: number, args: KernelArg[], stream = exe.stream): void {
+  if (blocks > 0) exe.addon.launchKernel(exe.fn(k.name, k.source), [blocks, 1, 1], [threads, 1, 1], 0, stream, packArgs(...args));
+}
+
+/**
+ * SHARDTS_MOE_NVLINK_STREAM: where the NVLink kernels run. `comm` (default): on the communication stream,
+ * ordered like a comm step (after the compute issued before the op; compute waits where it reads the op's
+ * rows), so compute issued in between runs beside them, as the NCCL path's exchanges do. `compute`: on the
+ * compute stream, in line (what the path did before; kept to compare).
+ */
+export function nvlinkStream(env: NodeJS.ProcessEnv = process.env): "comm" | "compute" {
+  const v = env.SHARDTS_MOE_NVLINK_STREAM || "comm";
+  if (v !== "comm" && v !== "compute") throw new UsageError(`SHARDTS_MOE_NVLINK_STREAM=${JSON.stringify(v)}: use comm (beside compute, the default) or compute (in line)`);
+  return v;
+}
+
+/**
+ * Runs an NVLink kernel that reads `inputs` and writes plan slots `slots` (buffers `outs`): on the
+ * communication stream (nvlinkStream), where `release` is freed once compute waited for it, or in line on
+ * the compute stream. Returns the in-flight step, if it went to the communication stream.
+ */
+function exchange(exe: CudaExecutor, what: string, slots: number[], outs: DeviceTensor[], inputs: DeviceTensor[], release: DeviceTensor[], issue: (stream: bigint) => void): InFlight | undefined {
+  if (nvlinkStream() === "compute") {
+    issue(exe.stream);
+    for (const t of release) exe.release(t);
+    return undefined;
+  }
+  return exe.rankLocal!.onComm(slots, outs, inputs, release, issue, exe.commSpan(what));
 }
 
 /**
@@ -148,11 +179,22 @@ function needFloat(op: string, t: TensorType): "f32" | "bf16" {
   return t.dtype;
 }
 
+/** A combine whose push went out ahead of the op (pushCombineEarly); runMoeNvlink finishes it at the op. */
+export interface NvlCombinePushed {
+  /** Its step on the communication stream (none when the kernels run in line). */
+  f?: InFlight;
+  /** This rank's window rows: its tokens' rows in sorted order once the push is done. */
+  moved: bigint;
+  temps: DeviceTensor[];
+}
+
 /**
  * Runs a MoE op on this rank over NVLink when the transport is chosen and possible; false: the
- * caller runs it on the NCCL path (refusals are said once per group).
+ * caller runs it on the NCCL path (refusals are said once per group). `pushed`: a combine whose push
+ * went out early.
  */
-export function runMoeNvlink(exe: CudaExecutor, plan: Plan, ins: OpInstr, slots: (DeviceTensor[] | undefined)[]): boolean {
+export function runMoeNvlink(exe: CudaExecutor, plan: Plan, ins: OpInstr, slots: (DeviceTensor[] | undefined)[], pushed?: NvlCombinePushed): boolean {
+  if (pushed) return (finishCombine(exe, plan, ins, slots, exe.rankLocal!.rank, pushed), true);
   if (!exe.rankLocal || nvlinkRefusal(plan, ins)) return false;
   try {
     run(exe, plan, ins, slots, exe.rankLocal.rank);
@@ -163,17 +205,85 @@ export function runMoeNvlink(exe: CudaExecutor, plan: Plan, ins: OpInstr, slots:
   }
 }
 
+/**
+ * A combine's push issued ahead of the op, right after the instruction that writes its rows (the
+ * executor decides where: no other MoE op may come between, since the next op's peers store into
+ * the window this combine's rows wait in). Undefined: not taken here (NCCL path, kernels in line).
+ */
+export function pushCombineEarly(exe: CudaExecutor, plan: Plan, ins: OpInstr, slots: (DeviceTensor[] | undefined)[]): NvlCombinePushed | undefined {
+  if (!exe.rankLocal || ins.op !== "moe_combine" || nvlinkRefusal(plan, ins) || nvlinkStream() !== "comm") return undefined;
+  try {
+    return pushCombine(exe, plan, ins, slots, exe.rankLocal.rank);
+  } catch (e) {
+    if (!(e instanceof NvlinkUnavailable)) throw e;
+    return undefined;
+  }
+}
+
+/** What a combine/redispatch reads of its op: the rows dim, batch dims, sizes, the counts slot. */
+function backShape(plan: Plan, ins: OpInstr) {
+  const at = ins.attrs, tp = plan.values[ins.inputs[1]!]!.type, rowsDim = tp.dims.find((d) => d.segmented)!;
+  const S = Number(at.size), Kk = Number(at.numK);
+  return { rowsDim, batch: names(tp).filter((n) => n !== rowsDim.name), S, Kk, n: S * Kk, countsSlot: plan.values[ins.inputs[1]!]!.segCounts[rowsDim.name]! };
+}
+
+/** A tensor of slot `s` in `order` (a reordered copy goes into `temps`). */
+function reorderer(exe: CudaExecutor, plan: Plan, slots: (DeviceTensor[] | undefined)[], r: number, temps: DeviceTensor[]) {
+  return (s: number, order: string[]) => {
+    const own = slots[s]![r]!, t = exe.reorder(own, names(plan.values[s]!.type), order);
+    if (t !== own) temps.push(t);
+    return t;
+  };
+}
+
+/** Combine's first half: the rows pushed back to the ranks that hold their tokens, into each one's window. */
+function pushCombine(exe: CudaExecutor, plan: Plan, ins: OpInstr, slots: (DeviceTensor[] | undefined)[], r: number): NvlCombinePushed {
+  const capturing = exe.addon.streamIsCapturing(exe.stream) !== 0, blocks = moeSms(exe.smCount);
+  const { rowsDim, batch, Kk, n, countsSlot } = backShape(plan, ins);
+  const tr = plan.values[ins.inputs[0]!]!.type, dt = needFloat("moe_combine", tr);
+  if (Kk > 16) throw new CompileError(`the CUDA backend's moe_combine takes at most 16 slots per token, got ${Kk}`);
+  const { geo, table } = geometry(exe, plan, ins, ins.inputs[0]!, ins.inputs[1]!, rowsDim.name, batch, r, false, capturing);
+  const w = windowOf(exe, plan, String(ins.attrs.axis), capturing);
+  exe.rankLocal!.beforeReads([countsSlot]);
+  const temps: DeviceTensor[] = [], reorder = reorderer(exe, plan, slots, r, temps);
+  const C = reorder(countsSlot, [...batch, rowsDim.segmented!.groups]);
+  const inner = names(tr).filter((nm) => nm !== rowsDim.name && !batch.includes(nm));
+  const R = reorder(ins.inputs[0]!, [...batch, rowsDim.name, ...inner]), D = prod(R.shape.slice(batch.length + 1)), rowBytes = D * elemBytes(dt);
+  const L = w.ensure({ blocks, countsCap: 0, lensCap: geo.ranks.length * geo.Bdst, rowsCap: geo.Bdst * n * rowBytes }, capturing);
+  const V = M.gatherWord(rowBytes, [R.ptr]);
+  const f = exchange(exe, "moe_combine (nvlink)", [], [], [R, C], [], (st) =>
+    launch(exe, moeNvlCombine(V), blocks, NVL_BLOCK, [...nvlWindowArgs(w, table, geo.ranks.length, geo.me, L, false), ["ptr", R.ptr], ["ptr", C.ptr], ["i32", geo.Bdst], ["i32", n], ["i64", rowBytes / V]], st),
+  );
+  return { f, moved: w.base + BigInt(L.rows), temps };
+}
+
+/** Combine's second half, on compute: the window's rows un-permuted and weighed into the op's output. */
+function finishCombine(exe: CudaExecutor, plan: Plan, ins: OpInstr, slots: (DeviceTensor[] | undefined)[], r: number, pushed: NvlCombinePushed): void {
+  const at = ins.attrs, seq = String(at.dim), kDim = String(at.k), keepK = at.keepK === true;
+  const { rowsDim, batch, S, Kk, n } = backShape(plan, ins);
+  const tr = plan.values[ins.inputs[0]!]!.type, ty = plan.values[ins.outputs[0]!]!.type, dt = needFloat("moe_combine", tr);
+  const temps = pushed.temps, reorder = reorderer(exe, plan, slots, r, temps);
+  const inner = names(tr).filter((nm) => nm !== rowsDim.name && !batch.includes(nm)), D = prod(inner.map((d) => plan.values[ins.inputs[0]!]!.shapes[r]![tr.dims.findIndex((e) => e.name === d)]!));
+  const P = reorder(ins.inputs[1]!, [...batch, rowsDim.name]), Bloc = prod(P.shape.slice(0, batch.length));
+  const Wt = ins.inputs.length === 3 ? reorder(ins.inputs[2]!, [...batch, seq, kDim]) : undefined;
+  const Bn = Bloc * n, pos = empty(exe.mem, "i32", [Bn]);
+  temps.push(pos);
+  if (Bn) exe.addon.memsetD8(pos.ptr, 0xff, Bn * 4, exe.stream);
+  exe.launch1D(M.moeInvert(), Bn, [["ptr", pos.ptr], ["ptr", P.ptr], ["i64", Bn], ["i32", n]]);
+  if (pushed.f) exe.rankLocal!.waitFor(pushed.f); // (the invert above ran beside the push)
+  const order = [...batch, seq, ...(keepK ? [kDim] : []), ...inner], shape = plan.values[ins.outputs[0]!]!.shapes[r]!;
+  const Y = empty(exe.mem, dt, order.map((d) => shape[ty.dims.findIndex((e) => e.name === d)]!));
+  launch(exe, M.moeCombine(dt, M.combineVec(dt, D, [Y.ptr, pushed.moved])), Math.min(Math.ceil((Bloc * S) / 8), exe.smCount * 8), 256, [["ptr", Y.ptr], ["ptr", pushed.moved], ["ptr", pos.ptr], ["ptr", Wt?.ptr ?? 0n], ["i64", Bloc * S], ["i32", S], ["i32", Kk], ["i32", D], ["i32", keepK ? 1 : 0]]);
+  (slots[ins.outputs[0]!] ??= [])[r] = exe.reorderOwned(Y, order, names(ty));
+  for (const t of temps) exe.release(t);
+}
+
 function run(exe: CudaExecutor, plan: Plan, ins: OpInstr, slots: (DeviceTensor[] | undefined)[], r: number): void {
+  if (ins.op === "moe_combine") return finishCombine(exe, plan, ins, slots, r, pushCombine(exe, plan, ins, slots, r));
   const capturing = exe.addon.streamIsCapturing(exe.stream) !== 0;
   const at = ins.attrs, axis = String(at.axis), seq = String(at.dim), kDim = String(at.k), blocks = moeSms(exe.smCount);
   const tIn = ins.inputs.map((s) => plan.values[s]!.type);
-  const own = (s: number) => slots[s]![r]!;
-  const temps: DeviceTensor[] = [];
-  const reorder = (s: number, order: string[]) => {
-    const t = exe.reorder(own(s), names(plan.values[s]!.type), order);
-    if (t !== own(s)) temps.push(t);
-    return t;
-  };
+  const temps: DeviceTensor[] = [], reorder = reorderer(exe, plan, slots, r, temps);
   const out = (i: number, dtype: DType) => ((slots[ins.outputs[i]!] ??= [])[r] = empty(exe.mem, dtype, plan.values[ins.outputs[i]!]!.shapes[r]!));
 
   if (ins.op === "moe_dispatch") {
@@ -190,48 +300,29 @@ function run(exe: CudaExecutor, plan: Plan, ins: OpInstr, slots: (DeviceTensor[]
     launch(exe, M.moeRoute(), Math.min(Bloc, exe.smCount * 8), M.MOE_ROUTE_BLOCK, [["ptr", counts.ptr], ["ptr", perm.ptr], ["ptr", I.ptr], ["i64", Bloc], ["i32", n], ["i32", G]]);
     const L = w.ensure({ blocks, countsCap: geo.Bdst * G, lensCap: geo.ranks.length * geo.Bdst, rowsCap: geo.Bdst * n * rowBytes }, capturing);
     const V = M.gatherWord(rowBytes, [X.ptr, rows.ptr]);
-    launch(exe, moeNvlPush({ redispatch: false, V }), blocks, NVL_BLOCK, [...nvlWindowArgs(w, table, geo.ranks.length, geo.me, L, true),
-      ["ptr", X.ptr], ["ptr", perm.ptr], ["ptr", counts.ptr], ["ptr", 0n], ["i32", Bloc], ["i32", geo.Bdst], ["i32", G], ["i32", n], ["i32", Kk], ["i64", S], ["i64", rowBytes / V], ["ptr", rows.ptr], ["ptr", cOut.ptr]]);
-  } else {
-    // combine and redispatch: perm [...batch, rows~seg] in the tokens' layout; counts: the expert side's piece
-    const tp = tIn[1]!, rowsDim = tp.dims.find((d) => d.segmented)!, batch = names(tp).filter((n) => n !== rowsDim.name);
-    const S = Number(at.size), Kk = Number(at.numK), n = S * Kk, hasW = ins.inputs.length === 3;
-    const countsSlot = plan.values[ins.inputs[1]!]!.segCounts[rowsDim.name]!;
-    const combine = ins.op === "moe_combine";
-    const { geo, table } = geometry(exe, plan, ins, combine ? ins.inputs[0]! : ins.outputs[0]!, ins.inputs[1]!, rowsDim.name, batch, r, !combine, capturing);
-    const w = windowOf(exe, plan, axis, capturing);
-    exe.rankLocal!.beforeReads([countsSlot]);
-    const C = reorder(countsSlot, [...batch, rowsDim.segmented!.groups]);
-    const P = reorder(ins.inputs[1]!, [...batch, rowsDim.name]), Bloc = prod(P.shape.slice(0, batch.length));
-    const Wt = hasW ? reorder(ins.inputs[2]!, [...batch, seq, kDim]) : undefined;
-    if (combine) {
-      const tr = tIn[0]!, ty = plan.values[ins.outputs[0]!]!.type, dt = needFloat("moe_combine", tr), keepK = at.keepK === true;
-      if (Kk > 16) throw new CompileError(`the CUDA backend's moe_combine takes at most 16 slots per token, got ${Kk}`);
-      const inner = names(tr).filter((nm) => nm !== rowsDim.name && !batch.includes(nm));
-      const R = reorder(ins.inputs[0]!, [...batch, rowsDim.name, ...inner]), D = prod(R.shape.slice(batch.length + 1)), rowBytes = D * elemBytes(dt);
-      const L = w.ensure({ blocks, countsCap: 0, lensCap: geo.ranks.length * geo.Bdst, rowsCap: geo.Bdst * n * rowBytes }, capturing);
-      const V = M.gatherWord(rowBytes, [R.ptr]);
-      launch(exe, moeNvlCombine(V), blocks, NVL_BLOCK, [...nvlWindowArgs(w, table, geo.ranks.length, geo.me, L, false), ["ptr", R.ptr], ["ptr", C.ptr], ["i32", geo.Bdst], ["i32", n], ["i64", rowBytes / V]]);
-      // this rank's window now holds its tokens' rows in sorted order: un-permute and weigh in place
-      const Bn = Bloc * n, pos = empty(exe.mem, "i32", [Bn]), moved = w.base + BigInt(L.rows);
-      temps.push(pos);
-      if (Bn) exe.addon.memsetD8(pos.ptr, 0xff, Bn * 4, exe.stream);
-      exe.launch1D(M.moeInvert(), Bn, [["ptr", pos.ptr], ["ptr", P.ptr], ["i64", Bn], ["i32", n]]);
-      const order = [...batch, seq, ...(keepK ? [kDim] : []), ...inner], shape = plan.values[ins.outputs[0]!]!.shapes[r]!;
-      const Y = empty(exe.mem, dt, order.map((d) => shape[ty.dims.findIndex((e) => e.name === d)]!));
-      launch(exe, M.moeCombine(dt, M.combineVec(dt, D, [Y.ptr, moved])), Math.min(Math.ceil((Bloc * S) / 8), exe.smCount * 8), 256, [["ptr", Y.ptr], ["ptr", moved], ["ptr", pos.ptr], ["ptr", Wt?.ptr ?? 0n], ["i64", Bloc * S], ["i32", S], ["i32", Kk], ["i32", D], ["i32", keepK ? 1 : 0]]);
-      (slots[ins.outputs[0]!] ??= [])[r] = exe.reorderOwned(Y, order, names(ty));
-    } else {
-      const ts = tIn[0]!, keepK = ts.dims.some((d) => d.name === kDim);
-      const inner = names(ts).filter((nm) => nm !== seq && nm !== kDim && !batch.includes(nm));
-      const X = reorder(ins.inputs[0]!, [...batch, seq, ...(keepK ? [kDim] : []), ...inner]), D = prod(X.shape.slice(batch.length + (keepK ? 2 : 1)));
-      const rowBytes = D * elemBytes(ts.dtype), rows = out(0, ts.dtype);
-      const L = w.ensure({ blocks, countsCap: 0, lensCap: geo.ranks.length * geo.Bdst, rowsCap: geo.Bdst * n * rowBytes }, capturing);
-      const V = Wt ? 1 : M.gatherWord(rowBytes, [X.ptr, rows.ptr]), words = Wt ? D : rowBytes / V;
-      const k = Wt ? moeNvlPush({ redispatch: true, V: 1, weighted: needFloat("moe_redispatch", ts) }) : moeNvlPush({ redispatch: true, V });
-      launch(exe, k, blocks, NVL_BLOCK, [...nvlWindowArgs(w, table, geo.ranks.length, geo.me, L, true),
-        ["ptr", X.ptr], ["ptr", P.ptr], ["ptr", C.ptr], ["ptr", Wt?.ptr ?? 0n], ["i32", Bloc], ["i32", geo.Bdst], ["i32", 0], ["i32", n], ["i32", keepK ? 1 : Kk], ["i64", keepK ? n : S], ["i64", words], ["ptr", rows.ptr], ["ptr", 0n]]);
-    }
+    exchange(exe, "moe_dispatch (nvlink)", [ins.outputs[0]!, ins.outputs[2]!], [rows, cOut], [X, perm, counts], temps, (st) =>
+      launch(exe, moeNvlPush({ redispatch: false, V }), blocks, NVL_BLOCK, [...nvlWindowArgs(w, table, geo.ranks.length, geo.me, L, true),
+        ["ptr", X.ptr], ["ptr", perm.ptr], ["ptr", counts.ptr], ["ptr", 0n], ["i32", Bloc], ["i32", geo.Bdst], ["i32", G], ["i32", n], ["i32", Kk], ["i64", S], ["i64", rowBytes / V], ["ptr", rows.ptr], ["ptr", cOut.ptr]], st),
+    );
+    return;
   }
-  for (const t of temps) exe.release(t);
+  // redispatch: perm [...batch, rows~seg] in the tokens' layout; counts: the expert side's piece
+  const { rowsDim, batch, S, Kk, n, countsSlot } = backShape(plan, ins), hasW = ins.inputs.length === 3;
+  const { geo, table } = geometry(exe, plan, ins, ins.outputs[0]!, ins.inputs[1]!, rowsDim.name, batch, r, true, capturing);
+  const w = windowOf(exe, plan, axis, capturing);
+  exe.rankLocal!.beforeReads([countsSlot]);
+  const C = reorder(countsSlot, [...batch, rowsDim.segmented!.groups]);
+  const P = reorder(ins.inputs[1]!, [...batch, rowsDim.name]), Bloc = prod(P.shape.slice(0, batch.length));
+  const Wt = hasW ? reorder(ins.inputs[2]!, [...batch, seq, kDim]) : undefined;
+  const ts = tIn[0]!, keepK = ts.dims.some((d) => d.name === kDim);
+  const inner = names(ts).filter((nm) => nm !== seq && nm !== kDim && !batch.includes(nm));
+  const X = reorder(ins.inputs[0]!, [...batch, seq, ...(keepK ? [kDim] : []), ...inner]), D = prod(X.shape.slice(batch.length + (keepK ? 2 : 1)));
+  const rowBytes = D * elemBytes(ts.dtype), rows = out(0, ts.dtype);
+  const L = w.ensure({ blocks, countsCap: 0, lensCap: geo.ranks.length * geo.Bdst, rowsCap: geo.Bdst * n * rowBytes }, capturing);
+  const V = Wt ? 1 : M.gatherWord(rowBytes, [X.ptr, rows.ptr]), words = Wt ? D : rowBytes / V;
+  const k = Wt ? moeNvlPush({ redispatch: true, V: 1, weighted: needFloat("moe_redispatch", ts) }) : moeNvlPush({ redispatch: true, V });
+  exchange(exe, "moe_redispatch (nvlink)", [ins.outputs[0]!], [rows], [X, P, C, ...(Wt ? [Wt] : [])], temps, (st) =>
+    launch(exe, k, blocks, NVL_BLOCK, [...nvlWindowArgs(w, table, geo.ranks.length, geo.me, L, true),
+      ["ptr", X.ptr], ["ptr", P.ptr], ["ptr", C.ptr], ["ptr", Wt?.ptr ?? 0n], ["i32", Bloc], ["i32", geo.Bdst], ["i32", 0], ["i32", n], ["i32", keepK ? 1 : Kk], ["i64", keepK ? n : S], ["i64", words], ["ptr", rows.ptr], ["ptr", 0n]], st),
+  );
 }

@@ -22,6 +22,8 @@ export interface FakeAddon {
   liveEvents: Set<bigint>;
   /** The options a cublasLtMatmulPrepare handle was made from (handles count from 1). */
   matmulProblem(handle: number): MatmulOptions;
+  /** The kernel name a moduleGetFunction handle was got for. */
+  kernelName(fn: unknown): string | undefined;
   reset(): void;
 }
 
@@ -64,6 +66,7 @@ export function fakeAddon(opts: FakeOptions = {}): FakeAddon {
   const liveEvents = new Set<bigint>();
   const matmuls: MatmulOptions[] = [];
   const flags = new Map<bigint, number>();
+  const kernels = new Map<bigint, string>();
   // device memory and NVRTC programs count apart from other handles: whether a kernel came from the
   // disk cache (no program made) changes neither the buffers nor the functions a run gets
   let next = 0x1000n, mem = 0x7f0000000000n, programs = 0n, capturing = 0;
@@ -98,11 +101,16 @@ export function fakeAddon(opts: FakeOptions = {}): FakeAddon {
     nvrtcCompileProgram: () => ({ ok: true, log: "" }),
     nvrtcGetCUBIN: () => new Uint8Array(0),
     moduleLoadData: handle,
-    moduleGetFunction: handle,
+    moduleGetFunction: (_m, name) => (kernels.set(++next, String(name)), next),
     funcGetAttributes: () => ({ maxThreadsPerBlock: 1024, sharedSizeBytes: 0, constSizeBytes: 0, localSizeBytes: 0, numRegs: 32, ptxVersion: 90, binaryVersion: 90, maxDynamicSharedSizeBytes: 0 }),
     funcGetParamLayout: () => null,
-    // an opaque CUtensorMap (the generated GEMMs' launches pack it by value)
-    tensorMapEncodeTiled: () => new Uint8Array(128),
+    // an opaque CUtensorMap (the generated GEMMs' launches pack it by value) holding its global address
+    // in its first 8 bytes, so a scan of a launch's parameters finds the buffers it reads through TMA
+    tensorMapEncodeTiled: (o) => {
+      const m = new Uint8Array(128);
+      new DataView(m.buffer).setBigUint64(0, BigInt((o as { address: bigint }).address), true);
+      return m;
+    },
     // a copy: the caller may reuse its options object
     cublasLtMatmulPrepare: (o) => matmuls.push({ ...(o as MatmulOptions) }),
     cublasLtMatmulRun: (h) => {
@@ -187,6 +195,7 @@ export function fakeAddon(opts: FakeOptions = {}): FakeAddon {
       if (!o) throw new Error(`fake addon: no cublasLtMatmulPrepare handle ${h}`);
       return o;
     },
+    kernelName: (fn) => kernels.get(fn as bigint),
     get calls() { return snapshot(); },
     reset: () => counters.forEach((c) => (c.n = 0)),
   };

@@ -8,11 +8,6 @@
 // the world. And the refusals: the NCCL transport (its exchange is sized on the host), a mesh
 // simulated on one GPU, a collective of a segmented value.
 import { afterEach, describe, expect, it, vi } from "vitest";
-import { CudaExecutor } from "../../runtime/cuda/executor.ts";
-import { RankLocal } from "../../runtime/cuda/nccl/collectives.ts";
-import { Communicators } from "../../runtime/cuda/nccl/communicators.ts";
-import { nodeId, RECORD_FIELDS } from "../../runtime/cuda/ipc.ts";
-import { MOE_SMS_DEFAULT } from "../../runtime/cuda/moe-nvlink.ts";
 import { notCapturable } from "../../runtime/cuda/graph.ts";
 import { buildLayer, rankFeeds, type LayerSize } from "../../bench/gpu/lib/moe-layer-build.ts";
 import { compile } from "../../compiler/pipeline.ts";
@@ -21,25 +16,13 @@ import type { AnyDTensor } from "../../stdlib/dtensor.ts";
 import { fromGlobal } from "../../stdlib/ops/factories.ts";
 import { moeDispatch } from "../../stdlib/ops/dispatch.ts";
 import { redistribute } from "../../stdlib/ops/redistribute.ts";
-import { fakeAddon } from "../fakes/native-addon.ts";
 import { useTempKernelCache } from "../fakes/kernel-cache.ts";
+import { epRank0 } from "../fakes/ep-rank0.ts";
 
 useTempKernelCache();
 afterEach(() => void delete process.env.SHARDTS_MOE_TRANSPORT);
 
 const Z: LayerSize = { T: 256, D: 256, F: 128, E: 4, K: 2, shared: 2 };
-
-/** The peer-window exchanges' all-gathers read back two records: one node, devices 0 and 1, one SM budget, no refusal. */
-function windowRecords(dst: ArrayBuffer | ArrayBufferView): void {
-  const { bytes, node, device, blocks } = RECORD_FIELDS;
-  if (!(dst instanceof Uint8Array) || dst.byteLength !== 2 * bytes) return;
-  const v = new DataView(dst.buffer, dst.byteOffset, dst.byteLength);
-  for (let q = 0; q < 2; q++) {
-    dst.set(nodeId(), q * bytes + node);
-    v.setInt32(q * bytes + device, q, true);
-    v.setInt32(q * bytes + blocks, MOE_SMS_DEFAULT, true);
-  }
-}
 
 function rank0() {
   const calls: string[] = [], freed = new Set<bigint>(), freedUses: string[] = [];
@@ -53,17 +36,11 @@ function rank0() {
       }
     }
   };
-  const f = fakeAddon({
-    read: windowRecords,
-    spy: (m, args) => {
-      calls.push(m);
-      if (m === "memFree") freed.add(args[0] as bigint);
-      else if (m === "launchKernel" || m.startsWith("nccl") || m.startsWith("memcpy") || m.startsWith("memset")) uses(m, args);
-    },
+  const { ex, rl } = epRank0((m, args) => {
+    calls.push(m);
+    if (m === "memFree") freed.add(args[0] as bigint);
+    else if (m === "launchKernel" || m.startsWith("nccl") || m.startsWith("memcpy") || m.startsWith("memset")) uses(m, args);
   });
-  const ex = new CudaExecutor(f.addon, 0);
-  const rl = new RankLocal({ rank: 0, localRank: 0, worldSize: 2, comms: new Communicators(f.addon, 0, 2, new Uint8Array(128), 10_000), timeoutMs: 60_000 });
-  (ex.rankLocal = rl).exec = ex;
   return { ex, rl, calls, freedUses };
 }
 

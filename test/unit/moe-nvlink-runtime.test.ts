@@ -35,9 +35,9 @@ function paramBytes(source: string, name: string): number {
 }
 
 function fakeExecutor(device: (q: number) => number, capturing: () => number = () => 0) {
-  const launches: { name: string; params: number; want: number; grid: number }[] = [], log: string[] = [];
+  const launches: { name: string; params: number; want: number; grid: number; stream: bigint }[] = [], log: string[] = [];
   const host = new Map<bigint, Uint8Array>();
-  let next = 0x10000n;
+  let next = 0x10000n, steps = 0;
   const addon = {
     memAlloc: (b: number) => ((next += BigInt(Math.ceil(b / 256) * 256 + 256)), log.push(`alloc ${b}`), next),
     memFree: () => {},
@@ -63,8 +63,8 @@ function fakeExecutor(device: (q: number) => number, capturing: () => number = (
     ipcCloseMemHandle: () => void log.push("close"),
     deviceCanAccessPeer: () => true,
     streamIsCapturing: () => capturing(),
-    launchKernel: (fn: { name: string; source: string }, grid: number[], _b: number[], _s: number, _st: bigint, params: Uint8Array) =>
-      void launches.push({ name: fn.name, params: params.byteLength, want: paramBytes(fn.source, fn.name), grid: grid[0]! }),
+    launchKernel: (fn: { name: string; source: string }, grid: number[], _b: number[], _s: number, stream: bigint, params: Uint8Array) =>
+      void launches.push({ name: fn.name, params: params.byteLength, want: paramBytes(fn.source, fn.name), grid: grid[0]!, stream }),
   };
   const mem = new CachingAllocator(addon as never);
   const exe = {
@@ -76,8 +76,19 @@ function fakeExecutor(device: (q: number) => number, capturing: () => number = (
     },
     reorderOwned: (t: DeviceTensor) => t,
     release: () => {},
-    launch1D: (k: { name: string; source: string }) => void launches.push({ name: k.name, params: 0, want: 0, grid: 1 }),
-    rankLocal: { rank: 0, localRank: device(0), comms: { axes: () => [1n] }, stream: () => 0n, beforeReads: () => {} },
+    launch1D: (k: { name: string; source: string }) => void launches.push({ name: k.name, params: 0, want: 0, grid: 1, stream: 0n }),
+    commSpan: () => undefined,
+    // the communication stream is 1n; compute waiting for a step is logged
+    rankLocal: {
+      rank: 0, localRank: device(0), comms: { axes: () => [1n] }, stream: () => 1n, beforeReads: () => {},
+      onComm: (_slots: number[], _outs: DeviceTensor[], _in: DeviceTensor[], _rel: DeviceTensor[], issue: (cs: bigint) => void) => {
+        const f = { id: ++steps };
+        log.push(`comm ${f.id}`);
+        issue(1n);
+        return f;
+      },
+      waitFor: (f: { id: number }) => void log.push(`wait ${f.id}`),
+    },
   };
   return { exe: exe as unknown as CudaExecutor, launches, log };
 }
@@ -112,7 +123,7 @@ function runOps(exe: CudaExecutor, p = plan()) {
   return { ops, taken };
 }
 
-afterEach(() => void delete process.env.SHARDTS_MOE_TRANSPORT);
+afterEach(() => void (delete process.env.SHARDTS_MOE_TRANSPORT, delete process.env.SHARDTS_MOE_NVLINK_STREAM));
 
 describe("the NVLink MoE path's host side", () => {
   it("launches every kernel with the bytes its signature reads, one window, epochs 1..n", () => {
@@ -127,6 +138,33 @@ describe("the NVLink MoE path's host side", () => {
     expect(nvl.every((l) => l.grid === MOE_SMS_DEFAULT)).toBe(true); // SHARDTS_MOE_SMS default
     expect(log.filter((l) => l === "open")).toHaveLength(1); // the peer's window, mapped once (no growth past the first op here)
     expect(launches.some((l) => l.name.startsWith("shardts_moe_combine_f32_v"))).toBe(true); // the existing combine reads the window
+  });
+
+  it("runs the NVLink kernels on the communication stream, the route/invert/combine kernels on compute; a combine waits for its push", () => {
+    process.env.SHARDTS_MOE_TRANSPORT = "nvlink";
+    const { exe, launches, log } = fakeExecutor((q) => q);
+    const { ops } = runOps(exe);
+    const nvl = launches.filter((l) => l.name.startsWith("shardts_moe_nvl_"));
+    expect(nvl.map((l) => l.stream)).toEqual(ops.map(() => 1n));
+    expect(launches.filter((l) => !l.name.startsWith("shardts_moe_nvl_")).every((l) => l.stream === 0n)).toBe(true);
+    // one step per op; each combine's compute waits for its own push (and only combines wait here: a
+    // dispatch/redispatch's rows are waited for by their reader)
+    const combines = ops.filter((o) => o.startsWith("moe_combine")).length;
+    expect(log.filter((l) => l.startsWith("comm"))).toHaveLength(ops.length);
+    expect(log.filter((l) => l.startsWith("wait"))).toHaveLength(combines);
+    for (const w of log.filter((l) => l.startsWith("wait"))) expect(log.indexOf(w)).toBeGreaterThan(log.indexOf(`comm ${w.slice(5)}`));
+  });
+
+  it("SHARDTS_MOE_NVLINK_STREAM=compute keeps every kernel in line on the compute stream", () => {
+    process.env.SHARDTS_MOE_TRANSPORT = "nvlink";
+    process.env.SHARDTS_MOE_NVLINK_STREAM = "compute";
+    const { exe, launches, log } = fakeExecutor((q) => q);
+    runOps(exe);
+    expect(launches.length).toBeGreaterThan(0);
+    expect(launches.every((l) => l.stream === 0n)).toBe(true);
+    expect(log.filter((l) => l.startsWith("comm") || l.startsWith("wait"))).toEqual([]);
+    process.env.SHARDTS_MOE_NVLINK_STREAM = "side";
+    expect(() => runOps(fakeExecutor((q) => q).exe)).toThrow(/SHARDTS_MOE_NVLINK_STREAM="side": use comm .* or compute/);
   });
 
   it("a refused group (both ranks on one GPU) is said once and every op runs on NCCL", () => {
@@ -154,7 +192,8 @@ describe("the NVLink MoE path's host side", () => {
     const { ops, taken } = runOps(exe, p);
     expect(taken.every((t) => t)).toBe(true);
     // (the op outputs' blocks come from the fake's allocator, which never reuses: a capture's come from its pool)
-    expect(log.slice(logged).filter((l) => !l.startsWith("alloc"))).toEqual([]); // no sync, copy to the device, handle exchange
+    // no sync, copy to the device, handle exchange (the comm steps and waits are stream events, which a capture holds)
+    expect(log.slice(logged).filter((l) => !/^(alloc|comm|wait) /.test(l))).toEqual([]);
     expect(launches.slice(launched).filter((l) => l.name.startsWith("shardts_moe_nvl_"))).toHaveLength(ops.length);
   });
 

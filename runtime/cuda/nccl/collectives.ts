@@ -68,13 +68,13 @@ export function isIdentity(low: Lowered, inShape: readonly number[], outShape: r
 }
 
 /** An issued comm step compute has not yet waited for: its completion event and what it frees then. */
-interface InFlight {
-  /** Its output slot, and the slots of identity steps that handed that output on (`step`). */
+export interface InFlight {
+  /** Its output slots, and the slots of identity steps that handed an output on (`step`). */
   slots: number[];
-  out: DeviceTensor;
+  outs: DeviceTensor[];
   done: Event;
-  /** The buffer the step reads. */
-  input: DeviceTensor;
+  /** The buffers the step reads (released only once compute waited for it). */
+  inputs: DeviceTensor[];
   release: DeviceTensor[];
 }
 
@@ -163,13 +163,44 @@ export class RankLocal {
    * it (a prefetched step issued before compute's last use), once compute has waited for that step.
    */
   release(t: DeviceTensor): void {
-    for (let i = this.inFlight.length - 1; i >= 0; i--) if (this.inFlight[i]!.input === t) return void this.inFlight[i]!.release.push(t);
+    for (let i = this.inFlight.length - 1; i >= 0; i--) if (this.inFlight[i]!.inputs.includes(t)) return void this.inFlight[i]!.release.push(t);
     this.exec!.release(t);
   }
 
   /** Comm steps issued that compute has not waited for yet (prefetched work in flight). */
   get pending(): number {
     return this.inFlight.length;
+  }
+
+  /** Whether plan slot `slot` is written by a comm step compute has not waited for yet. */
+  inFlightWrites(slot: number): boolean {
+    return this.inFlight.some((f) => f.slots.includes(slot));
+  }
+
+  /**
+   * Work of this rank's own on the communication stream (the NVLink MoE kernels, runtime/cuda/moe-nvlink.ts),
+   * ordered like a comm step: it starts after the compute issued so far (an event), `issue(cs)` enqueues it,
+   * and compute waits for it only where an instruction reads one of `slots` (beforeReads) or by `waitFor`.
+   * `inputs`: buffers it reads (a release of one is deferred until compute waited for it); `release`: buffers
+   * freed then. `span` brackets it on the communication stream (the executor's trace).
+   */
+  onComm(slots: number[], outs: DeviceTensor[], inputs: DeviceTensor[], release: DeviceTensor[], issue: (cs: Stream) => void, span?: StepSpan): InFlight {
+    const a = this.addon, cs = this.stream(), start = (this.startEvent ??= a.eventCreate(EVENT_DISABLE_TIMING));
+    a.eventRecord(start, this.exec!.stream);
+    a.streamWaitEvent(cs, start);
+    span?.begin(cs);
+    issue(cs);
+    span?.end(cs);
+    const done = this.event();
+    a.eventRecord(done, cs);
+    const f: InFlight = { slots, outs, done, inputs, release };
+    this.inFlight.push(f);
+    return f;
+  }
+
+  /** Compute waits for `f` (issued by onComm), and so for every comm step before it; nothing if it already did. */
+  waitFor(f: InFlight): void {
+    this.waitThrough(this.inFlight.indexOf(f));
   }
 
   /**
@@ -217,7 +248,7 @@ export class RankLocal {
     if (identity && releaseInput && input.dtype === plan.values[outSlot]!.type.dtype) {
       // the input is handed over and the step moves nothing between GPUs: it is the output, with no
       // work and no native call (NCCL would copy it); compute reading it waits for whatever writes it
-      for (const f of this.inFlight) if (f.out === input) f.slots.push(outSlot);
+      for (const f of this.inFlight) if (f.outs.includes(input)) f.slots.push(outSlot);
       this.identities++;
       return input;
     }
@@ -282,7 +313,7 @@ export class RankLocal {
     span?.end(cs);
     const done = this.event();
     a.eventRecord(done, cs);
-    this.inFlight.push({ slots: [outSlot], out, done, input, release });
+    this.inFlight.push({ slots: [outSlot], outs: [out], done, inputs: [input], release });
     this.s.watchdog?.check();
     return out;
   }
@@ -312,7 +343,7 @@ export class RankLocal {
       first = r + 1;
     }
     if (releaseInput) release.push(input);
-    this.inFlight.push({ slots: [outSlot], out, done, input, release });
+    this.inFlight.push({ slots: [outSlot], outs: [out], done, inputs: [input], release });
     this.s.watchdog?.check();
     return out;
   }
