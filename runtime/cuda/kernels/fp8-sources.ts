@@ -15,19 +15,6 @@ __device__ __forceinline__ float ld(const __nv_bfloat16* p, long long i) { retur
 __device__ __forceinline__ unsigned char q8(float x, float inv) {
   return (unsigned char)__nv_cvt_float_to_fp8(__fmul_rn(x, inv), __NV_SATFINITE, __NV_E4M3);
 }
-/** Two values' codes from one cvt.rn.satfinite.e4m3x2 (a's code in the low byte): the conversion unit runs at a quarter of the FMA rate on Hopper. */
-__device__ __forceinline__ unsigned short q8x2(float a, float b, float inv) {
-  return (unsigned short)__nv_cvt_float2_to_fp8x2(make_float2(__fmul_rn(a, inv), __fmul_rn(b, inv)), __NV_SATFINITE, __NV_E4M3);
-}
-/**
- * An e4m3 code as f32, equal to float(__nv_fp8_e4m3) (0x7F / 0xFF: NaN), on the FMA pipe instead of the
- * conversion unit's cvt.f16x2.e4m3x2 + cvt.f32.f16: the code's exponent and mantissa bits moved into an
- * f32 (bias 127 against 7, so a subnormal code lands on an f32 subnormal), scaled by 2^120, exactly.
- */
-__device__ __forceinline__ float e4m3f(unsigned int c) {
-  const unsigned int m = c & 0x7fu;
-  return m == 0x7fu ? __uint_as_float(0x7fc00000u) : __fmul_rn(__uint_as_float(((c & 0x80u) << 24) | (m << 20)), __uint_as_float(0x7b800000u));
-}
 __device__ __forceinline__ void inv_scale(float amax, float* inv, float* scale) {
   *inv = amax == 0.f ? 1.f : __fdiv_rn(448.f, amax);
   *scale = amax == 0.f ? 1.f : __fdiv_rn(amax, 448.f);
@@ -374,7 +361,7 @@ export const wgradColumns = memo((src: "fp8" | "bf16" | "f32"): { name: string; 
   const name = `shardts_wgrad_cols_${src}`;
   const S = src === "fp8" ? "unsigned char" : T(src), EB = src === "f32" ? 4 : src === "bf16" ? 2 : 1, CW = wgradStrip(src);
   const val = src === "fp8"
-    ? "return __fmul_rn(e4m3f(tile[slot(r, c)]), rs[r]);"
+    ? "__nv_fp8_e4m3 f; f.__x = tile[slot(r, c)]; return __fmul_rn(float(f), rs[r]);"
     : src === "bf16" ? "return __bfloat162float(tile[slot(r, c)]);" : "return tile[slot(r, c)];";
   const zero = src === "bf16" ? "__float2bfloat16_rn(0.f)" : "0";
   return {
@@ -454,11 +441,7 @@ extern "C" __global__ void __launch_bounds__(256) ${name}(unsigned char* __restr
     const float inv = invs[c];
     pk<unsigned char, 16> w;
 #pragma unroll
-    for (int e = 0; e < 16; e += 2) {
-      const unsigned short p = q8x2(val(tile, rs, rc * 16 + e, c), val(tile, rs, rc * 16 + e + 1, c), inv);
-      w.v[e] = (unsigned char)(p & 0xff);
-      w.v[e + 1] = (unsigned char)(p >> 8);
-    }
+    for (int e = 0; e < 16; e++) w.v[e] = q8(val(tile, rs, rc * 16 + e, c), inv);
     *reinterpret_cast<pk<unsigned char, 16>*>(qT + (long long)(c0 + c) * M + b * 128 + rc * 16) = w;
   }
 }`,

@@ -51,9 +51,3 @@ inline __nv_fp8_storage_t __nv_cvt_float_to_fp8(float x, __nv_saturation_t sat, 
   if (sat != __NV_SATFINITE) std::abort();  // only the saturating form is emulated
   return t == __NV_E4M3 ? emu_fp8_encode<4, 3, 0x7E>(x) : emu_fp8_encode<5, 2, 0x7B>(x);
 }
-// two at once (cvt.rn.satfinite.e4m3x2.f32): x.x's code in the low byte, x.y's in the high byte
-typedef unsigned short __nv_fp8x2_storage_t;
-template <typename F2>
-inline __nv_fp8x2_storage_t __nv_cvt_float2_to_fp8x2(F2 x, __nv_saturation_t sat, __nv_fp8_interpretation_t t) {
-  return (__nv_fp8x2_storage_t)(__nv_cvt_float_to_fp8(x.x, sat, t) | __nv_cvt_float_to_fp8(x.y, sat, t) << 8);
-}
