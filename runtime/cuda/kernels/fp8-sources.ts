@@ -347,8 +347,9 @@ ${PACK}extern "C" __global__ void ${name}(${T(out)}* __restrict__ y, const unsig
  * transposed, codes [width][M] (the row-scaled GEMM's K-major operand) and scales [M/128][width]. One
  * 256-thread block per (128-row block, strip of CW columns): the gathered rows are staged in shared
  * memory in their own type (16-byte loads where the rows are whole 16-byte chunks and x is aligned:
- * `vec`, all of a thread's loads in flight at once; a row's chunks swizzled), each column's amax taken
- * over the 128 rows, then 8 lanes a column write 16 codes each: whole 128-byte runs of qT a warp (a
+ * `vec`, all of a thread's loads in flight at once; a row's chunks swizzled), then 8 lanes a column take
+ * 16 of its rows each into registers, meet on the column's amax by shuffles and write their 16 codes:
+ * whole 128-byte runs of qT a warp (a
  * thread writing 64 bytes of its own column left each warp store 32 half sectors, and the loads one at
  * a time: 45% of copy, L1TEX-scoreboard stalls 43% of cycles, bench/results/2026-11-24-quant-profile-h200/). A block whose first padded row is -1 holds no row (the device plan's blocks past those
  * used: fp8-segment-device.ts) and writes nothing. `src` "fp8": x is e4m3 codes with 1×128 scales along the width (xs, [rows][ceil(width/128)]),
@@ -361,25 +362,22 @@ export const wgradColumns = memo((src: "fp8" | "bf16" | "f32"): { name: string; 
   const name = `shardts_wgrad_cols_${src}`;
   const S = src === "fp8" ? "unsigned char" : T(src), EB = src === "f32" ? 4 : src === "bf16" ? 2 : 1, CW = wgradStrip(src);
   const val = src === "fp8"
-    ? "__nv_fp8_e4m3 f; f.__x = tile[slot(r, c)]; return __fmul_rn(float(f), rs[r]);"
+    ? "__nv_fp8_e4m3 f; f.__x = tile[slot(r, c)]; return __fmul_rn(float(f), rs);"
     : src === "bf16" ? "return __bfloat162float(tile[slot(r, c)]);" : "return tile[slot(r, c)];";
   const zero = src === "bf16" ? "__float2bfloat16_rn(0.f)" : "0";
   return {
     name,
     source: `${HEAD}
-${PACK}// columns a strip, threads a column (amax), rows a thread (amax), elements a 16-byte chunk, chunks a row,
-// 16-byte loads a thread, 16-byte code stores a thread
-constexpr int CW = ${CW}, PARTS = 256 / CW, RP = 128 / PARTS, EPC = 16 / ${EB}, CPR = CW / EPC, LOADS = 128 * CPR / 256, OUTS = CW * 8 / 256;
+${PACK}// columns a strip, elements a 16-byte chunk, chunks a row, 16-byte loads a thread, columns a thread (8 lanes a column)
+constexpr int CW = ${CW}, EPC = 16 / ${EB}, CPR = CW / EPC, LOADS = 128 * CPR / 256, OUTS = CW * 8 / 256;
 // element (r, c) of the staged tile: a row's 16-byte chunks swizzled by its 16-row group, so the stores'
 // warps (8 lanes down one column, one 16-row group each) read 8 different banks
 __device__ __forceinline__ int slot(int r, int c) { return r * CW + ((c / EPC) ^ ((r >> 4) & 7)) * EPC + c % EPC; }
-__device__ __forceinline__ float val(const ${S}* tile, const float* rs, int r, int c) { ${val} }
+__device__ __forceinline__ float val(const ${S}* tile, float rs, int r, int c) { ${val} }
 extern "C" __global__ void __launch_bounds__(256) ${name}(unsigned char* __restrict__ qT, float* __restrict__ s, const ${S}* __restrict__ x, const float* __restrict__ xs, const int* __restrict__ rowMap, long long rows, int width, long long M, int vec) {
   __shared__ pk<${S}, EPC> tile16[128 * CPR];
   __shared__ long long srcRow[128];
   __shared__ float rs[128];
-  __shared__ float red[PARTS][CW];
-  __shared__ float invs[CW];
   ${S}* tile = reinterpret_cast<${S}*>(tile16);
   const int strips = (width + CW - 1) / CW, t = threadIdx.x;
   const long long b = blockIdx.x / strips;
@@ -416,32 +414,34 @@ extern "C" __global__ void __launch_bounds__(256) ${name}(unsigned char* __restr
     }
   }
   __syncthreads();
-  // each column's amax over the block's 128 rows: PARTS threads a column (a warp reads 32 columns of one row)
-  {
-    const int c = t % CW, part = t / CW;
-    float a = 0.f;
-    for (int j = 0; j < RP; j++) a = fmaxf(a, fabsf(val(tile, rs, part * RP + j, c)));
-    red[part][c] = a;
-  }
-  __syncthreads();
-  if (t < CW) {
-    float m = red[0][t];
-    for (int p = 1; p < PARTS; p++) m = fmaxf(m, red[p][t]);
-    float inv, scale;
-    inv_scale(m, &inv, &scale);
-    invs[t] = inv;
-    if (c0 + t < width) s[b * width + c0 + t] = scale;
-  }
-  __syncthreads();
-  // the codes: 8 lanes a column, each 16 of its rows, so a warp writes 4 whole 128-byte runs of qT
+  // each column's amax and codes in one pass: 8 lanes a column, 16 of its rows each (their values held in
+  // registers, each dequantized once), the lanes' amaxes met by shuffles; a warp then writes 4 whole
+  // 128-byte runs of qT. (Two passes, an amax pass of 2 threads a column and a code pass, dequantized every
+  // value twice and loaded its row scale each time: 0.195 ms for e4m3 codes, bench/results/2026-11-24-fp8-quant-kernels-h200-v3.txt.)
+  const int rc = t & 7;
+  float rsr[16];
+#pragma unroll
+  for (int e = 0; e < 16; e++) rsr[e] = rs[rc * 16 + e];
 #pragma unroll
   for (int o = 0; o < OUTS; o++) {
-    const int q = t + o * 256, c = q >> 3, rc = q & 7;
+    const int q = t + o * 256, c = q >> 3;
+    float v[16], a = 0.f;
+#pragma unroll
+    for (int e = 0; e < 16; e++) {
+      v[e] = val(tile, rsr[e], rc * 16 + e, c);
+      a = fmaxf(a, fabsf(v[e]));
+    }
+    // (every lane shuffles: a column past the width is zeros in the tile)
+    a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, 1));
+    a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, 2));
+    a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, 4));
     if (c0 + c >= width) continue;
-    const float inv = invs[c];
+    float inv, scale;
+    inv_scale(a, &inv, &scale);
+    if (rc == 0) s[b * width + c0 + c] = scale;
     pk<unsigned char, 16> w;
 #pragma unroll
-    for (int e = 0; e < 16; e++) w.v[e] = q8(val(tile, rs, rc * 16 + e, c), inv);
+    for (int e = 0; e < 16; e++) w.v[e] = q8(v[e], inv);
     *reinterpret_cast<pk<unsigned char, 16>*>(qT + (long long)(c0 + c) * M + b * 128 + rc * 16) = w;
   }
 }`,
