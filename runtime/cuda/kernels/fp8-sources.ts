@@ -370,11 +370,12 @@ export const wgradColumns = memo((src: "fp8" | "bf16" | "f32"): { name: string; 
     source: `${HEAD}
 ${PACK}// columns a strip, elements a 16-byte chunk, chunks a row, 16-byte loads a thread, columns a thread (8 lanes a column)
 constexpr int CW = ${CW}, EPC = 16 / ${EB}, CPR = CW / EPC, LOADS = 128 * CPR / 256, OUTS = CW * 8 / 256;
+// (f32: 4 blocks an SM asked for, or ptxas kept 48 registers and spilled 8 bytes)
 // element (r, c) of the staged tile: a row's 16-byte chunks swizzled by its 16-row group, so the stores'
 // warps (8 lanes down one column, one 16-row group each) read 8 different banks
 __device__ __forceinline__ int slot(int r, int c) { return r * CW + ((c / EPC) ^ ((r >> 4) & 7)) * EPC + c % EPC; }
 __device__ __forceinline__ float val(const ${S}* tile, float rs, int r, int c) { ${val} }
-extern "C" __global__ void __launch_bounds__(256) ${name}(unsigned char* __restrict__ qT, float* __restrict__ s, const ${S}* __restrict__ x, const float* __restrict__ xs, const int* __restrict__ rowMap, long long rows, int width, long long M, int vec) {
+extern "C" __global__ void __launch_bounds__(256${src === "f32" ? ", 4" : ""}) ${name}(unsigned char* __restrict__ qT, float* __restrict__ s, const ${S}* __restrict__ x, const float* __restrict__ xs, const int* __restrict__ rowMap, long long rows, int width, long long M, int vec) {
   __shared__ pk<${S}, EPC> tile16[128 * CPR];
   __shared__ long long srcRow[128];
   __shared__ float rs[128];
