@@ -73,10 +73,12 @@ describe("MoE NVLink peer windows", () => {
     const { addon, log } = fakeAddon();
     const w = PeerWindow.create(addon, gatherOf(3, 1), 1, 3, 1, 4);
     // the kernels' epoch counters: one u64 per block, zeroed once (never with a window's growth)
-    expect(log.slice(-2)).toEqual([`alloc 32`, `memset ${w.epochs.toString(16)} 0 32`]);
+    expect(log.slice(-3)).toEqual([`alloc 32`, `memset ${w.epochs.toString(16)} 0 32`, "sync"]); // (the legacy stream's memset waited for)
     const L1 = w.ensure({ blocks: 4, countsCap: 100, lensCap: 30, rowsCap: 4096 });
     expect(log.filter((l) => l.startsWith("open"))).toEqual(["open 64", "open 66"]); // ranks 0 and 2, never itself
-    expect(log.some((l) => l.startsWith(`memset ${w.base.toString(16)} 0 ${L1.bytes}`))).toBe(true);
+    const zeroed = log.findIndex((l) => l.startsWith(`memset ${w.base.toString(16)} 0 ${L1.bytes}`));
+    expect(zeroed).toBeGreaterThan(0);
+    expect(log[zeroed + 1]).toBe("sync"); // before the handle goes to the peers
     const table = log.find((l) => l.startsWith("upload"))!;
     expect(table.split(" ")[2]!.split(",")).toEqual(["a000040", w.base.toString(16), "a000042"]);
     log.length = 0;
