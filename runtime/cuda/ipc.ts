@@ -87,7 +87,7 @@ export class PeerWindow {
   private constructor(private readonly addon: NativeAddon, private readonly gather: AllGather, readonly me: number, readonly W: number, private readonly blocks: number) {
     this.epochs = addon.memAlloc(8 * blocks);
     addon.memsetD8(this.epochs, 0, 8 * blocks);
-    addon.ctxSynchronize(); // (the legacy stream's memset, done before a kernel on another stream reads them)
+    addon.ctxSynchronize(); // (the legacy stream's memset, done before a kernel on the non-blocking comm stream reads them)
   }
 
   /**
@@ -141,8 +141,8 @@ export class PeerWindow {
     if (this.base) this.addon.memFree(this.base);
     this.base = this.addon.memAlloc(next.bytes);
     // zero flags: epochs start above 0, so no stale flag passes for a new op's. (cuMemsetD8 runs on the
-    // legacy stream, which the non-blocking compute and comm streams do not wait for, and returns before it
-    // is done: the synchronize makes the zeros land before any peer can store a flag here.)
+    // legacy stream and returns before it is done; neither the non-blocking comm stream nor a peer's kernels
+    // wait for it: the synchronize makes the zeros land before any of them can store a flag here.)
     this.addon.memsetD8(this.base, 0, next.bytes);
     this.addon.ctxSynchronize();
     const rec = new Uint8Array(RECORD);
