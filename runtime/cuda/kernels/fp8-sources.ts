@@ -416,45 +416,7 @@ extern "C" __global__ void __launch_bounds__(256${src === "f32" ? ", 4" : ""}) $
     }
   }
   __syncthreads();
-${src === "fp8" ? `  // each column's amax and codes in one pass, from registers, the lanes' amaxes met by shuffles. e4m3 codes:
-  // 16 lanes a column pair, 8 of its rows each, the pair's two codes read and converted at once (one
-  // cvt.f16x2.e4m3x2, then the row scale); a column's 128 codes are 16 lanes' 8-byte stores, a 128-byte run.
-  // (One code a conversion, 8 lanes a column: 0.170 ms, bench/results/2026-11-24-fp8-quant-kernels-h200-v5.txt.)
-  const int rc = t & 15;
-  float rsr[8];
-#pragma unroll
-  for (int e = 0; e < 8; e++) rsr[e] = rs[rc * 8 + e];
-#pragma unroll
-  for (int o = 0; o < OUTS; o++) { // (16 column pairs a pass: CW / 32 passes, as the 8-lanes-a-column form)
-    const int c = ((t + o * 256) >> 4) * 2;
-    float v[2][8], a[2] = {0.f, 0.f};
-#pragma unroll
-    for (int e = 0; e < 8; e++) {
-      __nv_fp8x2_e4m3 p;
-      p.__x = *reinterpret_cast<const unsigned short*>(tile + slot(rc * 8 + e, c));
-      const float2 f = float2(p);
-      v[0][e] = __fmul_rn(f.x, rsr[e]);
-      v[1][e] = __fmul_rn(f.y, rsr[e]);
-      a[0] = fmaxf(a[0], fabsf(v[0][e]));
-      a[1] = fmaxf(a[1], fabsf(v[1][e]));
-    }
-#pragma unroll
-    for (int m = 1; m < 16; m <<= 1)
-#pragma unroll
-      for (int h = 0; h < 2; h++) a[h] = fmaxf(a[h], __shfl_xor_sync(0xffffffffu, a[h], m));
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-      if (c0 + c + h >= width) continue;
-      float inv, scale;
-      inv_scale(a[h], &inv, &scale);
-      if (rc == 0) s[b * width + c0 + c + h] = scale;
-      pk<unsigned char, 8> w;
-#pragma unroll
-      for (int e = 0; e < 8; e++) w.v[e] = q8(v[h][e], inv);
-      *reinterpret_cast<pk<unsigned char, 8>*>(qT + (long long)(c0 + c + h) * M + b * 128 + rc * 8) = w;
-    }
-  }
-` : `  // each column's amax and codes in one pass: 8 lanes a column, 16 of its rows each (their values held in
+  // each column's amax and codes in one pass: 8 lanes a column, 16 of its rows each (their values held in
   // registers, each dequantized once), the lanes' amaxes met by shuffles; a warp then writes 4 whole
   // 128-byte runs of qT. (Two passes, an amax pass of 2 threads a column and a code pass, dequantized every
   // value twice and loaded its row scale each time: 0.195 ms for e4m3 codes, bench/results/2026-11-24-fp8-quant-kernels-h200-v3.txt.)
@@ -484,7 +446,7 @@ ${src === "fp8" ? `  // each column's amax and codes in one pass, from registers
     for (int e = 0; e < 16; e++) w.v[e] = q8(v[e], inv);
     *reinterpret_cast<pk<unsigned char, 16>*>(qT + (long long)(c0 + c) * M + b * 128 + rc * 16) = w;
   }
-`}}`,
+}`,
   };
 });
 

@@ -34,16 +34,6 @@ struct __nv_fp8_e4m3 {
   explicit __nv_fp8_e4m3(float f) : __x(emu_fp8_encode<4, 3, 0x7E>(f)) {}
   explicit operator float() const { return __x == 0x7F || __x == 0xFF ? NAN : emu_fp8_decode<4, 3>(__x); }
 };
-// two codes in 16 bits, the lower byte the first (.x) value (cuda-emu.h's float2)
-struct __nv_fp8x2_e4m3 {
-  unsigned short __x;
-  explicit operator float2() const {
-    __nv_fp8_e4m3 a, b;
-    a.__x = (unsigned char)(__x & 0xff);
-    b.__x = (unsigned char)(__x >> 8);
-    return {float(a), float(b)};
-  }
-};
 struct __nv_fp8_e5m2 {
   unsigned char __x;
   __nv_fp8_e5m2() = default;
