@@ -348,9 +348,8 @@ ${PACK}extern "C" __global__ void ${name}(${T(out)}* __restrict__ y, const unsig
  * 256-thread block per (128-row block, strip of CW columns): the gathered rows are staged in shared
  * memory in their own type (16-byte loads where the rows are whole 16-byte chunks and x is aligned:
  * `vec`, all of a thread's loads in flight at once; a row's chunks swizzled), then 8 lanes a column take
- * 16 of its rows each into registers, meet on the column's amax by shuffles and write their 16 codes
- * (e4m3 codes: 16 lanes a column pair, 8 rows each, a pair's codes converted at once): whole 128-byte
- * runs of qT a warp (a
+ * 16 of its rows each into registers, meet on the column's amax by shuffles and write their 16 codes:
+ * whole 128-byte runs of qT a warp (a
  * thread writing 64 bytes of its own column left each warp store 32 half sectors, and the loads one at
  * a time: 45% of copy, L1TEX-scoreboard stalls 43% of cycles, bench/results/2026-11-24-quant-profile-h200/). A block whose first padded row is -1 holds no row (the device plan's blocks past those
  * used: fp8-segment-device.ts) and writes nothing. `src` "fp8": x is e4m3 codes with 1×128 scales along the width (xs, [rows][ceil(width/128)]),
