@@ -123,6 +123,8 @@ PY
 stage_moe_layer_ep() {
   local rc flags=(); [ "${MOE_LAYER_FP8:-0}" = 1 ] && flags=(--fp8)
   [ "${MOE_LAYER_GRAPH:-0}" = 1 ] && flags+=(--graph)
+  # MOE_LAYER_STREAMS=comm,compute: over NVLink, the timing once with the kernels beside compute, once in line
+  [ -n "${MOE_LAYER_STREAMS:-}" ] && flags+=(--nvlink-streams "$MOE_LAYER_STREAMS")
   SHARDTS_MOE_TRANSPORT=${MOE_LAYER_TRANSPORT:-nccl} timeout 480 "${CLI[@]}" launch --nproc-per-node "$N" bench/gpu/lib/dist-moe-layer.ts \
     "${flags[@]}" --json "$OUT/moe-layer-ep-shardts.jsonl" --trace "$OUT/moe-layer-ep-trace" > "$OUT/moe-layer-ep-shardts.log" 2>&1
   rc=$?; note "moe layer ep=$N shardts: exit $rc ($(grep -c ': ok' "$OUT/moe-layer-ep-shardts.log") checks ok, $(grep -c FAIL "$OUT/moe-layer-ep-shardts.log") FAIL lines)"
@@ -138,11 +140,12 @@ s, t = load("moe-layer-ep-shardts.jsonl"), load("moe-layer-ep-torch.jsonl")
 for r in s + t:
     if r["kind"] == "check": print(f"check {r['impl']} {r.get('fmt', 'bf16')} ep={r['world']}: {'ok' if r['ok'] else 'FAIL'} {r.get('errors', r.get('error'))}")
 peer = next((r for r in t if r["kind"] == "time" and "ms" in r), None)
-print(f"{'impl':>8}{'fmt':>6}{'ep':>4}{'ms/step':>10}{'TFLOP/s':>9}{'peak GiB':>9}{'peer/this':>10}   (fwd+bwd, 8192 tokens per GPU; target peer/shardts >= 2)")
+print(f"{'impl':>14}{'fmt':>6}{'ep':>4}{'ms/step':>10}{'TFLOP/s':>9}{'peak GiB':>9}{'peer/this':>10}   (fwd+bwd, 8192 tokens per GPU; target peer/shardts >= 2)")
 for r in [r for r in s + t if r["kind"] == "time"]:
-    if "ms" not in r: print(f"{r['impl']:>8}{r.get('fmt', '-'):>6}{r['world']:>4}  FAIL {r.get('error')}"); continue
+    impl = r["impl"] + (f"/{r['via']}" if r.get("via") else "")
+    if "ms" not in r: print(f"{impl:>14}{r.get('fmt', '-'):>6}{r['world']:>4}  FAIL {r.get('error')}"); continue
     x = f"{peer['ms'] / r['ms']:.2f}" if peer else "-"
-    print(f"{r['impl']:>8}{r['fmt']:>6}{r['world']:>4}{r['ms']:>10.3f}{r['tflops']:>9.1f}{r['peakGiB']:>9.2f}{x:>10}")
+    print(f"{impl:>14}{r['fmt']:>6}{r['world']:>4}{r['ms']:>10.3f}{r['tflops']:>9.1f}{r['peakGiB']:>9.2f}{x:>10}")
 PY
   cat "$OUT/moe-layer-ep-ratio.txt"
 }

@@ -16,6 +16,8 @@
 // SHARDTS_MOE_TRANSPORT=nvlink, else the capture is refused and the line says why): at the small size
 // the replay's outputs against the CPU-simulated mesh as above, at full size the median wall time of
 // --reps replays (launch + synchronize).
+// --nvlink-streams comm,compute: the full-size timing (and replay) once per SHARDTS_MOE_NVLINK_STREAM value,
+// in that order (an A/B of the NVLink kernels beside compute against in line, one launch; rows carry `via`).
 // Rank 0 prints one line per result and writes one JSON line per result to --json FILE.
 import { writeFileSync } from "node:fs";
 import { defineMain } from "../../../stdlib/model.ts";
@@ -31,6 +33,8 @@ export default defineMain(async ({ args, log }) => {
   const opt = (name: string) => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
   const outFile = opt("--json"), traceFile = opt("--trace"), reps = Number(opt("--reps") ?? 10), T = Number(opt("--tokens") ?? V2_LITE.T);
   const formats = args.includes("--fp8") ? [false, true] : [false], graph = args.includes("--graph");
+  const streams = (opt("--nvlink-streams") ?? "").split(",").filter((v) => v);
+  for (const v of streams) if (v !== "comm" && v !== "compute") throw new Error(`--nvlink-streams ${v}: give comm and/or compute, comma-separated`);
   const ex = cudaExecutor();
   if (!ex.rankLocal) throw new Error("not in a multi-GPU job: run under shardts launch --nproc-per-node N with a GPU per rank");
   if (V2_LITE.E % W) throw new Error(`${V2_LITE.E} experts do not split over ep=${W}`);
@@ -76,53 +80,59 @@ export default defineMain(async ({ args, log }) => {
 
     // ---- 2. full size, timed
     const Z = { ...V2_LITE, T };
-    const names: string[] = [];
+    const names: string[] = [], was = process.env.SHARDTS_MOE_NVLINK_STREAM;
     try {
       const layer = buildLayer(Z, W, { fp8 });
       for (const [name, pieces] of rankFeeds(layer, Z, rank)) ex.setResident(name, pieces), names.push(name);
       const run = () => ex.run(layer.plan, undefined, [], { download: false });
-      for (let i = 0; i < 3; i++) run();
-      const ts: number[] = [];
-      for (let i = 0; i < reps; i++) {
-        const t0 = performance.now();
-        run();
-        ts.push(performance.now() - t0);
-      }
-      const ms = ts.sort((a, b) => a - b)[ts.length >> 1]!, flops = 3 * forwardFlops(Z);
-      const row = { kind: "time", impl: "shardts", fmt, world: W, tokens: Z.T, d: Z.D, ffn: Z.F, experts: Z.E, k: Z.K, shared: Z.shared, ms: +ms.toFixed(3), minMs: +ts[0]!.toFixed(3), tflops: +(flops / ms / 1e9).toFixed(1), peakGiB: +(ex.mem.peak / 2 ** 30).toFixed(2), instrs: layer.plan.instrs.length };
-      say(`time ${fmt} fwd+bwd T ${Z.T} per GPU (ep=${W}): ${row.ms} ms median of ${reps} (min ${row.minMs}), ${row.tflops} TFLOP/s per GPU (3 x forward FLOPs), peak ${row.peakGiB} GiB`);
-      results.push(row);
-      if (graph) {
-        const step = ex.capture(layer.plan);
-        for (let i = 0; i < 3; i++) step.replay();
-        const gs: number[] = [];
+      for (const via of streams.length ? streams : [undefined]) {
+        if (via) process.env.SHARDTS_MOE_NVLINK_STREAM = via;
+        const tag = via ? ` (NVLink kernels ${via === "comm" ? "beside compute" : "in line"})` : "";
+        for (let i = 0; i < 3; i++) run();
+        const ts: number[] = [];
         for (let i = 0; i < reps; i++) {
           const t0 = performance.now();
-          step.launch();
-          step.sync();
-          gs.push(performance.now() - t0);
+          run();
+          ts.push(performance.now() - t0);
         }
-        const gms = gs.sort((x, y) => x - y)[gs.length >> 1]!;
-        const grow = { ...row, impl: "shardts-graph", ms: +gms.toFixed(3), minMs: +gs[0]!.toFixed(3), tflops: +(flops / gms / 1e9).toFixed(1), peakGiB: +(ex.mem.peak / 2 ** 30).toFixed(2) };
-        say(`time ${fmt} fwd+bwd T ${Z.T} per GPU (ep=${W}), CUDA graph replay: ${grow.ms} ms median of ${reps} (min ${grow.minMs}), ${grow.tflops} TFLOP/s per GPU; eager ${row.ms} ms`);
-        results.push(grow);
-        step.destroy();
+        const ms = ts.sort((a, b) => a - b)[ts.length >> 1]!, flops = 3 * forwardFlops(Z);
+        const row = { kind: "time", impl: "shardts", fmt, world: W, ...(via ? { via } : {}), tokens: Z.T, d: Z.D, ffn: Z.F, experts: Z.E, k: Z.K, shared: Z.shared, ms: +ms.toFixed(3), minMs: +ts[0]!.toFixed(3), tflops: +(flops / ms / 1e9).toFixed(1), peakGiB: +(ex.mem.peak / 2 ** 30).toFixed(2), instrs: layer.plan.instrs.length };
+        say(`time ${fmt} fwd+bwd T ${Z.T} per GPU (ep=${W})${tag}: ${row.ms} ms median of ${reps} (min ${row.minMs}), ${row.tflops} TFLOP/s per GPU (3 x forward FLOPs), peak ${row.peakGiB} GiB`);
+        results.push(row);
+        if (graph) {
+          const step = ex.capture(layer.plan);
+          for (let i = 0; i < 3; i++) step.replay();
+          const gs: number[] = [];
+          for (let i = 0; i < reps; i++) {
+            const t0 = performance.now();
+            step.launch();
+            step.sync();
+            gs.push(performance.now() - t0);
+          }
+          const gms = gs.sort((x, y) => x - y)[gs.length >> 1]!;
+          const grow = { ...row, impl: "shardts-graph", ms: +gms.toFixed(3), minMs: +gs[0]!.toFixed(3), tflops: +(flops / gms / 1e9).toFixed(1), peakGiB: +(ex.mem.peak / 2 ** 30).toFixed(2) };
+          say(`time ${fmt} fwd+bwd T ${Z.T} per GPU (ep=${W})${tag}, CUDA graph replay: ${grow.ms} ms median of ${reps} (min ${grow.minMs}), ${grow.tflops} TFLOP/s per GPU; eager ${row.ms} ms`);
+          results.push(grow);
+          step.destroy();
+        }
+        // one traced run: where the time goes (each instruction between CUDA events on its stream)
+        const events: TraceEvent[] = [];
+        ex.run(layer.plan, undefined, [], { download: false, trace: events });
+        const o = commOverlap(events);
+        // (every rank: an NVLink op's span includes its wait for the slower rank at the barriers; `log` is
+        // rank 0's alone under shardts launch, the launcher prefixes each rank's console lines)
+        const rlog = rank === 0 ? log : (line: string) => console.log(line);
+        rlog(`trace ${fmt}${tag}: step ${(o.wallUs / 1e3).toFixed(2)} ms, compute ${(o.computeUs / 1e3).toFixed(2)} ms, comm ${(o.commUs / 1e3).toFixed(2)} ms (${((100 * o.overlapUs) / Math.max(o.commUs, 1e-9)).toFixed(0)} % under compute); largest:`);
+        for (const t of traceTotals(events).slice(0, 30)) rlog(`  ${(t.us / 1e3).toFixed(3).padStart(8)} ms ${String(t.n).padStart(4)}x ${t.cat.padEnd(6)} ${t.name}`);
+        if (traceFile && rank === 0) writeChromeTrace(`${traceFile}.${fmt}${via ? `.${via}` : ""}.json`, events, rank, "moe-layer-ep");
       }
-      // one traced run: where the time goes (each instruction between CUDA events on its stream)
-      const events: TraceEvent[] = [];
-      ex.run(layer.plan, undefined, [], { download: false, trace: events });
-      const o = commOverlap(events);
-      // (every rank: an NVLink op's span includes its wait for the slower rank at the barriers; `log` is
-      // rank 0's alone under shardts launch, the launcher prefixes each rank's console lines)
-      const rlog = rank === 0 ? log : (line: string) => console.log(line);
-      rlog(`trace ${fmt}: step ${(o.wallUs / 1e3).toFixed(2)} ms, compute ${(o.computeUs / 1e3).toFixed(2)} ms, comm ${(o.commUs / 1e3).toFixed(2)} ms (${((100 * o.overlapUs) / Math.max(o.commUs, 1e-9)).toFixed(0)} % under compute); largest:`);
-      for (const t of traceTotals(events).slice(0, 30)) rlog(`  ${(t.us / 1e3).toFixed(3).padStart(8)} ms ${String(t.n).padStart(4)}x ${t.cat.padEnd(6)} ${t.name}`);
-      if (traceFile && rank === 0) writeChromeTrace(`${traceFile}.${fmt}.json`, events, rank, "moe-layer-ep");
     } catch (e) {
       failures++;
       say(`time ${fmt} (ep=${W}): FAIL with ${(e as Error).stack?.split("\n").slice(0, 4).join(" | ")}`);
       results.push({ kind: "time", impl: "shardts", fmt, world: W, tokens: Z.T, error: String((e as Error).message) });
     }
+    if (was === undefined) delete process.env.SHARDTS_MOE_NVLINK_STREAM;
+    else process.env.SHARDTS_MOE_NVLINK_STREAM = was;
     for (const n of names) ex.setResident(n, undefined);
   }
 
