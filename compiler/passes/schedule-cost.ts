@@ -8,6 +8,9 @@
 // starts before it, while the work queued before it runs on. A MoE dispatch is its permute kernels,
 // the count exchange, that host read, then the token exchange; combine and redispatch move rows first
 // and compute waits for them (a fused combine's exchange is issued right after its rows' writer).
+// With `moeOnDevice` (the NVLink path on the comm stream, runtime/cuda/moe-nvlink.ts) no MoE op reads
+// counts on the host, and dispatch and redispatch are their exchange on the comm stream alone (dispatch
+// after its route kernel): compute is not held, their rows are ready when the exchange ends.
 import { pieceBytes, readsOf, COUNT_SIZED_OPS, writesOf, type PlanValue } from "../plan.ts";
 import { MOE_OPS } from "../ops/dispatch.ts";
 
@@ -32,12 +35,17 @@ export interface CostModel {
   commLatency: number;
   /** A host read of counts: the wait for its writer's event, a world all-gather of the counts, the copy to the host, s. */
   hostRead: number;
+  /**
+   * 1: MoE dispatch/combine run over NVLink on the communication stream (SHARDTS_MOE_TRANSPORT=nvlink):
+   * sized on the device, no host reads, dispatch/redispatch all exchange; 0 (default): the NCCL path.
+   */
+  moeOnDevice: number;
 }
 
 export const DEFAULT_COST: CostModel = {
   matmulBf16: 600e12, matmulF32: 50e12, matmulFp8: 1000e12,
   memBandwidth: 3.0e12, linkBandwidth: 150e9,
-  launch: 4e-6, commLatency: 20e-6, hostRead: 60e-6,
+  launch: 4e-6, commLatency: 20e-6, hostRead: 60e-6, moeOnDevice: 0,
 };
 
 const CONTRACTIONS = new Set(["dot", "segment_dot", "segment_wgrad", "scaled_dot", "scaled_segment_dot", "scaled_segment_wgrad"]);
@@ -60,6 +68,9 @@ export function instrCost(values: PlanValue[], ins: AnyInstr, m: CostModel): Ins
   if (ins.kind === "op" && MOE_OPS.has(ins.op!)) {
     // the rows cross the link once; the permute kernels read and write them once more
     const rows = ins.op === "moe_dispatch" ? pieceBytes(w[0]!) : Math.max(pieceBytes(r[0]!), pieceBytes(w[0]!));
+    // over NVLink: one kernel on the comm stream moves (and gathers) the rows; compute issues it, and
+    // dispatch's route kernel before it
+    if (m.moeOnDevice && ins.op !== "moe_combine") return { compute: m.launch, comm: m.commLatency + rows / m.linkBandwidth, commFirst: false };
     const exchanges = ins.op === "moe_dispatch" ? 2 : 1;
     return { compute: m.launch * 2 + moved / m.memBandwidth, comm: exchanges * m.commLatency + rows / m.linkBandwidth, commFirst: ins.op !== "moe_dispatch" };
   }
@@ -85,9 +96,13 @@ export interface Timeline {
   step: number;
 }
 
-/** The counts slots an instruction needs on the host (the first read of each waits for its writer and holds the host). */
-export function countsReadOnHost(values: PlanValue[], ins: AnyInstr): number[] {
+/**
+ * The counts slots an instruction needs on the host (the first read of each waits for its writer and holds
+ * the host). `moeOnDevice`: MoE ops read none (the NVLink path sizes its exchanges on the device).
+ */
+export function countsReadOnHost(values: PlanValue[], ins: AnyInstr, moeOnDevice = false): number[] {
   const counts = (s: number) => Object.values(values[s]!.segCounts);
+  if (moeOnDevice && ins.kind === "op" && MOE_OPS.has(ins.op!)) return [];
   if (ins.kind === "comm") return [...counts(ins.input!), ...counts(ins.output!)];
   if (ins.kind === "op" && COUNT_SIZED_OPS.has(ins.op!)) return readsOf(ins as never).flatMap(counts);
   // dispatch sizes its token exchange by the exchanged counts; combine/redispatch move segmented rows
@@ -113,7 +128,7 @@ export class StreamSim {
 
   /** Counts `ins` reads on the host first: written before it (`before`) or by itself (`own`: a dispatch's exchanged counts). */
   private unread(ins: AnyInstr): { before: number[]; own: number[] } {
-    const reads = countsReadOnHost(this.values, ins).filter((c) => !this.read.has(c)), w = writesOf(ins as never);
+    const reads = countsReadOnHost(this.values, ins, this.model.moeOnDevice === 1).filter((c) => !this.read.has(c)), w = writesOf(ins as never);
     return { before: reads.filter((c) => !w.includes(c)), own: reads.filter((c) => w.includes(c)) };
   }
 
@@ -166,6 +181,8 @@ export class StreamSim {
       } else done = cost.comm > 0 ? (this.comm = Math.max(this.comm, this.compute) + cost.comm) : this.compute;
     }
     for (const s of writesOf(ins as never)) this.ready[s] = done;
+    // over NVLink a dispatch's permutation is its route kernel's, on compute: ready before the exchange
+    if (this.model.moeOnDevice && ins.op === "moe_dispatch" && ins.outputs) this.ready[ins.outputs[1]!] = this.compute;
   }
 
   get step(): number {

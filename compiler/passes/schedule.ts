@@ -129,7 +129,7 @@ export function schedule<I extends AnyInstr, P extends Schedulable<I>>(plan: P, 
       let best: [number, number, number] = [Infinity, Infinity, Infinity];
       for (const i of open) {
         // at equal start, host reads and MoE exchanges first: they sync, or fill the comm stream
-        const syncs = countsReadOnHost(values, ins[i]!).some((c) => !sim.read.has(c)) || costs[i]!.comm > 0 ? 0 : 1;
+        const syncs = countsReadOnHost(values, ins[i]!, model.moeOnDevice === 1).some((c) => !sim.read.has(c)) || costs[i]!.comm > 0 ? 0 : 1;
         const key: [number, number, number] = [sim.start(ins[i]!, costs[i]!), syncs, i];
         if (key[0] < best[0] || (key[0] === best[0] && (key[1] < best[1] || (key[1] === best[1] && key[2] < best[2])))) (pick = i), (best = key);
       }

@@ -1,0 +1,49 @@
+// The schedule's cost model for MoE ops over NVLink (`moeOnDevice`, compiler/passes/schedule-cost.ts):
+// dispatch and redispatch are their exchange on the comm stream (compute only issues them), no MoE op
+// reads counts on the host, and a dispatch's permutation is ready when its route kernel is. On the EP
+// layer of multi-GPU stage 10 this lets the backward's redispatch, whose inputs exist in the forward,
+// go out early beside compute instead of just before its reader; the NCCL path's order is unchanged.
+import { describe, expect, it } from "vitest";
+import { fuse } from "../../compiler/codegen/fuse.ts";
+import { costFromEnv, schedule, type ScheduleReport } from "../../compiler/passes/schedule.ts";
+import { countsReadOnHost, DEFAULT_COST, instrCost } from "../../compiler/passes/schedule-cost.ts";
+import { readsOf } from "../../compiler/plan.ts";
+import { buildLayer, type LayerSize } from "../../bench/gpu/lib/moe-layer-build.ts";
+
+const Z: LayerSize = { T: 1024, D: 256, F: 128, E: 8, K: 2, shared: 2 };
+const ON = { ...DEFAULT_COST, moeOnDevice: 1 };
+
+describe("the schedule over NVLink (moeOnDevice)", () => {
+  const fp = fuse(buildLayer(Z, 2).plan);
+  const at = (instrs: typeof fp.instrs, op: string) => instrs.findIndex((x) => x.kind === "op" && x.op === op);
+
+  it("prices dispatch/redispatch as comm alone and reads no counts on the host; combine as before", () => {
+    for (const op of ["moe_dispatch", "moe_redispatch"]) {
+      const x = fp.instrs[at(fp.instrs, op)]!;
+      expect(instrCost(fp.values, x, ON)).toMatchObject({ compute: ON.launch, commFirst: false });
+      expect(instrCost(fp.values, x, DEFAULT_COST).compute).toBeGreaterThan(ON.launch);
+      expect(countsReadOnHost(fp.values, x, true)).toEqual([]);
+    }
+    expect(countsReadOnHost(fp.values, fp.instrs[at(fp.instrs, "moe_dispatch")]!, false).length).toBeGreaterThan(0);
+    const c = fp.instrs[at(fp.instrs, "moe_combine")]!;
+    expect(instrCost(fp.values, c, ON)).toEqual(instrCost(fp.values, c, DEFAULT_COST));
+  });
+
+  it("issues the redispatch ahead of the expert contractions of the forward, and predicts a shorter step", () => {
+    const off = {} as ScheduleReport, on = {} as ScheduleReport;
+    const a = schedule(fp, DEFAULT_COST, off), b = schedule(fp, ON, on);
+    const firstSegment = (instrs: typeof fp.instrs) => instrs.findIndex((x) => x.kind === "op" && /segment/.test(x.op));
+    // on the NCCL model the redispatch waits for the forward's contractions; over NVLink it goes before them
+    expect(at(a.instrs, "moe_redispatch")).toBeGreaterThan(firstSegment(a.instrs));
+    expect(at(b.instrs, "moe_redispatch")).toBeLessThan(firstSegment(b.instrs));
+    // (still after what it reads: schedule() verifies the order; the dispatch's perm among them)
+    const r = b.instrs[at(b.instrs, "moe_redispatch")]!;
+    expect(readsOf(r)).toContain((b.instrs[at(b.instrs, "moe_dispatch")]! as { outputs: number[] }).outputs[1]);
+    expect(on.after.step).toBeLessThan(off.after.step);
+  });
+
+  it("is opt-in through SHARDTS_SCHEDULE_COST", () => {
+    expect(DEFAULT_COST.moeOnDevice).toBe(0);
+    expect(costFromEnv("moeOnDevice=1").moeOnDevice).toBe(1);
+  });
+});
