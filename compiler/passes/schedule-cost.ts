@@ -75,11 +75,16 @@ export function instrCost(values: PlanValue[], ins: AnyInstr, m: CostModel): Ins
     return { compute: m.launch * 2 + moved / m.memBandwidth, comm: exchanges * m.commLatency + rows / m.linkBandwidth, commFirst: ins.op !== "moe_dispatch" };
   }
   if (ins.kind === "op" && CONTRACTIONS.has(ins.op!)) {
-    // 2·M·N·K: the output's elements times the first operand's contracted extent
+    // 2·M·N·K: the output's elements times the first operand's contracted extent; where the contracted dim
+    // is segmented and the output has its groups (segment_wgrad: a row meets its own group's slice only),
+    // divided by the groups (counted as every row against every group, the Wgrads of a V2-Lite layer cost 32x)
     const outDims = new Set(w[0]!.type.dims.map((d) => d.name));
-    const a = r[0]!, k = a.type.dims.reduce((p, d, i) => (outDims.has(d.name) ? p : p * Math.max(...a.shapes.map((s) => s[i]!))), 1);
+    const a = r[0]!, extent = (v: PlanValue, i: number) => Math.max(...v.shapes.map((s) => s[i]!));
+    const k = a.type.dims.reduce((p, d, i) => (outDims.has(d.name) ? p : p * extent(a, i)), 1);
+    const g = a.type.dims.find((d) => d.segmented && !outDims.has(d.name) && outDims.has(d.segmented.groups))?.segmented!.groups;
+    const groups = g === undefined ? 1 : extent(w[0]!, w[0]!.type.dims.findIndex((d) => d.name === g));
     const dt = a.type.dtype, rate = dt === "bf16" ? m.matmulBf16 : dt.startsWith("fp8") ? m.matmulFp8 : m.matmulF32;
-    return { compute: m.launch + Math.max((2 * elems(w[0]!) * k) / rate, moved / m.memBandwidth), comm: 0, commFirst: false };
+    return { compute: m.launch + Math.max((2 * elems(w[0]!) * k) / groups / rate, moved / m.memBandwidth), comm: 0, commFirst: false };
   }
   return { compute: m.launch + moved / m.memBandwidth, comm: 0, commFirst: false };
 }

@@ -1,4 +1,5 @@
-// The schedule's cost model for MoE ops over NVLink (`moeOnDevice`, compiler/passes/schedule-cost.ts):
+// The schedule's cost model for MoE layers (compiler/passes/schedule-cost.ts). A segment_wgrad's FLOPs are
+// its rows' (each row meets its own expert's slice), not every row against every expert. Over NVLink (`moeOnDevice`):
 // dispatch and redispatch are their exchange on the comm stream (compute only issues them), no MoE op
 // reads counts on the host, and a dispatch's permutation is ready when its route kernel is. On the EP
 // layer of multi-GPU stage 10 this lets the backward's redispatch, whose inputs exist in the forward,
@@ -49,3 +50,16 @@ describe("the schedule over NVLink (moeOnDevice)", () => {
     expect(costFromEnv("moeOnDevice=1").moeOnDevice).toBe(1);
   });
 });
+
+describe("a segment_wgrad's cost", () => {
+  it("counts each row against its own expert only: 2 x rows x d x ffn (bf16 and FP8)", () => {
+    for (const fp8 of [false, true]) {
+      const fp = fuse(buildLayer(V2_LITE, 2, { fp8 }).plan);
+      const x = fp.instrs.find((i) => i.kind === "op" && /segment_wgrad$/.test(i.op))!;
+      const rows = 2 * V2_LITE.T * V2_LITE.K; // the routing bound of a rank at ep=2 (b 2 x rows): what the kernels size for
+      const flops = 2 * rows * V2_LITE.D * V2_LITE.F, rate = fp8 ? DEFAULT_COST.matmulFp8 : DEFAULT_COST.matmulBf16;
+      expect(instrCost(fp.values, x, DEFAULT_COST).compute).toBeCloseTo(DEFAULT_COST.launch + flops / rate, 6);
+    }
+  });
+});
+
