@@ -126,7 +126,7 @@ export function quantizeColumnsT(ex: CudaExecutor, x: DeviceTensor, xs: DeviceTe
   const q = empty(ex.mem, "fp8e4m3", [width, M]), s = empty(ex.mem, "f32", [M / GROUPED_M_ALIGN, width]);
   const vec = (width * K.elemBytes(x.dtype)) % 16 === 0 && x.ptr % 16n === 0n ? 1 : 0;
   const k = Q.wgradColumns(src);
-  ex.launchGrid(k, (M / GROUPED_M_ALIGN) * Math.ceil(width / Q.wgradStrip(src)), 256,
+  ex.launchGrid(k, Q.wgradGrid(src, M, width), 256,
     [["ptr", q.ptr], ["ptr", s.ptr], ["ptr", x.ptr], ["ptr", xs?.ptr ?? 0n], ["ptr", rowMap.ptr], ["i64", rows], ["i32", width], ["i64", M], ["i32", vec]]);
   return { q, s };
 }

@@ -14,7 +14,7 @@ import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { dequantize, dequantizeVec, quantizeFlat, quantizeRows, quantizeTiles, wgradColumns, wgradStrip } from "../../runtime/cuda/kernels/fp8-sources.ts";
+import { dequantize, dequantizeVec, quantizeFlat, quantizeRows, quantizeTiles, wgradColumns, wgradGrid } from "../../runtime/cuda/kernels/fp8-sources.ts";
 import { dequantizeValues, quantizeValues } from "../../compiler/ops/quantize.ts";
 import { e4m3FromBits, e4m3ToBits } from "../../compiler/numeric/fp8.ts";
 import { roundToBf16 } from "../../compiler/numeric/bf16.ts";
@@ -172,13 +172,15 @@ int main(int, char** argv) {
     const run = promisify(execFile);
     const bad: string[] = [];
     const rows = 300;
-    // three segments padded to whole 128-row blocks (the middle one spans two), padding rows -1
-    const segs = [[0, 130], [200, 60], [140, 128]] as const;
+    // four segments padded to whole 128-row blocks (the first spans two), padding rows -1: 5 blocks, so
+    // with e4m3's two row blocks a CUDA block one block holds a used and a padding-only row block, and the
+    // last a padding-only one and one past M
+    const segs = [[0, 130], [200, 60], [140, 128], [270, 30]] as const;
     const rowMap: number[] = [];
     for (const [r0, m] of segs) for (let i = 0; i < Math.ceil(m / 128) * 128; i++) rowMap.push(i < m ? r0 + i : -1);
-    // and a block of padding only (the device plan's capacity past the used blocks): left as it was
+    // and two blocks of padding only (the device plan's capacity past the used blocks): left as they were
     const used = rowMap.length;
-    for (let i = 0; i < 128; i++) rowMap.push(-1);
+    for (let i = 0; i < 256; i++) rowMap.push(-1);
     const M = rowMap.length;
     // widths: a partial last strip with 16-byte rows (vec), and rows that are not whole 16-byte chunks
     for (const [src, width] of [["fp8", 272], ["fp8", 200], ["bf16", 264], ["bf16", 100], ["f32", 136], ["f32", 70]] as const) {
@@ -206,7 +208,7 @@ int main(int, char** argv) {
         for (let i = 0; i < 128; i++) for (let c = 0; c < width; c++) wantQ[c * M + b * 128 + i] = e4m3ToBits(r.q[i * width + c]!);
         wantS.set(r.scales, b * width);
       }
-      const k = wgradColumns(src), eb = src === "f32" ? 4 : src === "bf16" ? 2 : 1, CW = wgradStrip(src);
+      const k = wgradColumns(src), eb = src === "f32" ? 4 : src === "bf16" ? 2 : 1;
       const vec = (width * eb) % 16 === 0 ? 1 : 0;
       const xBytes = src === "fp8" ? Buffer.from(codes) : src === "bf16" ? bf16Bytes(vals) : Buffer.from(vals.buffer);
       const T = src === "fp8" ? "unsigned char" : src === "bf16" ? "__nv_bfloat16" : "float";
@@ -224,7 +226,7 @@ int main(int, char** argv) {
   FILE* f = fopen(argv[1], "rb");
   if (fread(x, 1, nx, f) != (size_t)nx || fread(xs, 4, ns, f) != (size_t)ns || fread(map, 4, M, f) != (size_t)M) return 2;
   fclose(f);
-  emu_launch(${(M / 128) * Math.ceil(width / CW)}, 256, [&] { ${k.name}(q, s, x, xs, map, ${rows}LL, ${width}, M, ${vec}); });
+  emu_launch(${wgradGrid(src, M, width)}, 256, [&] { ${k.name}(q, s, x, xs, map, ${rows}LL, ${width}, M, ${vec}); });
   FILE* o = fopen(argv[2], "wb"); fwrite(q, 1, ${width} * M, o); fwrite(s, 4, M / 128 * ${width}, o); fclose(o);
   return 0;
 }

@@ -356,8 +356,15 @@ ${PACK}extern "C" __global__ void ${name}(${T(out)}* __restrict__ y, const unsig
  * each value f32(code · scale) as dequantize() computes it, so the result is, bit for bit, dequantize
  * then quantize 128×1 (compiler/ops/scaled-segment.ts's reference); "bf16" / "f32": x as it is.
  */
-/** wgradColumns's columns a block (its shared tile 16 or 32 KB). */
+/** wgradColumns's columns a block (its shared tile 16 or 32 KB a 128-row block). */
 export const wgradStrip = (src: "fp8" | "bf16" | "f32"): number => (src === "f32" ? 64 : 128);
+/**
+ * wgradColumns's 128-row blocks a CUDA block: e4m3 codes two (a 16 KB tile a row block held 3 blocks an SM
+ * and ~48 KB of loads in flight, 38% of copy, where bf16's 32 KB tiles reached 79%), else one.
+ */
+export const wgradRowBlocks = (src: "fp8" | "bf16" | "f32"): number => (src === "fp8" ? 2 : 1);
+/** wgradColumns's grid for M padded rows (a multiple of 128) and `width` columns. */
+export const wgradGrid = (src: "fp8" | "bf16" | "f32", M: number, width: number): number => Math.ceil(M / 128 / wgradRowBlocks(src)) * Math.ceil(width / wgradStrip(src));
 export const wgradColumns = memo((src: "fp8" | "bf16" | "f32"): { name: string; source: string } => {
   const name = `shardts_wgrad_cols_${src}`;
   const S = src === "fp8" ? "unsigned char" : T(src), EB = src === "f32" ? 4 : src === "bf16" ? 2 : 1, CW = wgradStrip(src);
@@ -368,48 +375,48 @@ export const wgradColumns = memo((src: "fp8" | "bf16" | "f32"): { name: string; 
   return {
     name,
     source: `${HEAD}
-${PACK}// columns a strip, elements a 16-byte chunk, chunks a row, 16-byte loads a thread, columns a thread (8 lanes a column)
-constexpr int CW = ${CW}, EPC = 16 / ${EB}, CPR = CW / EPC, LOADS = 128 * CPR / 256, OUTS = CW * 8 / 256;
-// (f32: 4 blocks an SM asked for, or ptxas kept 48 registers and spilled 8 bytes)
+${PACK}// columns a strip, 128-row blocks a CUDA block and their rows, elements a 16-byte chunk, chunks a row,
+// 16-byte loads a thread, columns a thread (8 lanes a column)
+constexpr int CW = ${CW}, RB = ${wgradRowBlocks(src)}, ROWS = 128 * RB, EPC = 16 / ${EB}, CPR = CW / EPC, LOADS = ROWS * CPR / 256, OUTS = CW * 8 / 256;
+// (blocks an SM asked for: without, ptxas kept bf16 at 40 registers and f32 at 48 and spilled 8 bytes)
 // element (r, c) of the staged tile: a row's 16-byte chunks swizzled by its 16-row group, so the stores'
 // warps (8 lanes down one column, one 16-row group each) read 8 different banks
 __device__ __forceinline__ int slot(int r, int c) { return r * CW + ((c / EPC) ^ ((r >> 4) & 7)) * EPC + c % EPC; }
 __device__ __forceinline__ float val(const ${S}* tile, float rs, int r, int c) { ${val} }
-extern "C" __global__ void __launch_bounds__(256${src === "f32" ? ", 4" : ""}) ${name}(unsigned char* __restrict__ qT, float* __restrict__ s, const ${S}* __restrict__ x, const float* __restrict__ xs, const int* __restrict__ rowMap, long long rows, int width, long long M, int vec) {
-  __shared__ pk<${S}, EPC> tile16[128 * CPR];
-  __shared__ long long srcRow[128];
-  __shared__ float rs[128];
+extern "C" __global__ void __launch_bounds__(256, ${src === "bf16" ? 5 : 4}) ${name}(unsigned char* __restrict__ qT, float* __restrict__ s, const ${S}* __restrict__ x, const float* __restrict__ xs, const int* __restrict__ rowMap, long long rows, int width, long long M, int vec) {
+  __shared__ pk<${S}, EPC> tile16[ROWS * CPR];
+  __shared__ long long srcRow[ROWS];
+  __shared__ float rs[ROWS];
   ${S}* tile = reinterpret_cast<${S}*>(tile16);
   const int strips = (width + CW - 1) / CW, t = threadIdx.x;
-  const long long b = blockIdx.x / strips;
+  const long long b0 = (blockIdx.x / strips) * RB;
   const int c0 = (int)(blockIdx.x % strips) * CW;
   // a block's rows are a segment's prefix then padding: a first row of -1 is a block of padding only
-  // (the device plan's capacity past the used blocks), which no GEMM reads: nothing to write
-  if (rowMap[b * 128] < 0) return;
-  if (t < 128) {
-    const long long r = rowMap[b * 128 + t];
-    srcRow[t] = r >= 0 && r < rows ? r : -1;
-    rs[t] = ${src === "fp8" ? "r >= 0 && r < rows ? xs[r * ((width + 127) / 128) + c0 / 128] : 0.f" : "0.f"};
+  // (the device plan's capacity past the used blocks, all of them after the used ones), which no GEMM
+  // reads: nothing to write
+  if (rowMap[b0 * 128] < 0) return;
+  for (int i = t; i < ROWS; i += 256) {
+    const long long r = b0 * 128 + i < M ? rowMap[b0 * 128 + i] : -1;
+    srcRow[i] = r >= 0 && r < rows ? r : -1;
+    rs[i] = ${src === "fp8" ? "r >= 0 && r < rows ? xs[r * ((width + 127) / 128) + c0 / 128] : 0.f" : "0.f"};
   }
   __syncthreads();
   if (vec) {
-    // every load of the thread issued before the first is stored (one at a time left ~6 KB in flight an SM)
-    pk<${S}, EPC> v[LOADS];
+    // every load of the thread issued before the first is stored (one at a time left ~6 KB in flight an SM);
+    // moved as uint4 bits (a pk of 16 e4m3 codes took a register a byte: 147 registers at 8 loads a thread)
+    uint4 v[LOADS];
 #pragma unroll
     for (int l = 0; l < LOADS; l++) {
       const int i = t + l * 256, r = i / CPR, col = c0 + (i % CPR) * EPC;
-      if (srcRow[r] >= 0 && col < width) v[l] = *reinterpret_cast<const pk<${S}, EPC>*>(x + srcRow[r] * width + col);
-      else
-#pragma unroll
-        for (int e = 0; e < EPC; e++) v[l].v[e] = ${zero};
+      v[l] = srcRow[r] >= 0 && col < width ? *reinterpret_cast<const uint4*>(x + srcRow[r] * width + col) : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
     for (int l = 0; l < LOADS; l++) {
       const int i = t + l * 256, r = i / CPR;
-      tile16[r * CPR + ((i % CPR) ^ ((r >> 4) & 7))] = v[l];
+      reinterpret_cast<uint4*>(tile16)[r * CPR + ((i % CPR) ^ ((r >> 4) & 7))] = v[l];
     }
   } else {
-    for (int i = t; i < 128 * CW; i += 256) {
+    for (int i = t; i < ROWS * CW; i += 256) {
       const int r = i / CW, c = i % CW;
       tile[slot(r, c)] = srcRow[r] >= 0 && c0 + c < width ? x[srcRow[r] * width + c0 + c] : ${zero};
     }
@@ -420,16 +427,20 @@ extern "C" __global__ void __launch_bounds__(256${src === "f32" ? ", 4" : ""}) $
   // 128-byte runs of qT. (Two passes, an amax pass of 2 threads a column and a code pass, dequantized every
   // value twice and loaded its row scale each time: 0.195 ms for e4m3 codes, bench/results/2026-11-24-fp8-quant-kernels-h200-v3.txt.)
   const int rc = t & 7;
+#pragma unroll 1
+  for (int rb = 0; rb < RB; rb++) {
+  const long long b = b0 + rb;
+  if (b * 128 >= M || rowMap[b * 128] < 0) break; // (the same for every thread: the padding-only blocks come last)
   float rsr[16];
 #pragma unroll
-  for (int e = 0; e < 16; e++) rsr[e] = rs[rc * 16 + e];
+  for (int e = 0; e < 16; e++) rsr[e] = rs[rb * 128 + rc * 16 + e];
 #pragma unroll
   for (int o = 0; o < OUTS; o++) {
     const int q = t + o * 256, c = q >> 3;
     float v[16], a = 0.f;
 #pragma unroll
     for (int e = 0; e < 16; e++) {
-      v[e] = val(tile, rsr[e], rc * 16 + e, c);
+      v[e] = val(tile, rsr[e], rb * 128 + rc * 16 + e, c);
       a = fmaxf(a, fabsf(v[e]));
     }
     // (every lane shuffles: a column past the width is zeros in the tile)
@@ -444,6 +455,7 @@ extern "C" __global__ void __launch_bounds__(256${src === "f32" ? ", 4" : ""}) $
 #pragma unroll
     for (int e = 0; e < 16; e++) w.v[e] = q8(v[e], inv);
     *reinterpret_cast<pk<unsigned char, 16>*>(qT + (long long)(c0 + c) * M + b * 128 + rc * 16) = w;
+  }
   }
 }`,
   };
