@@ -260,60 +260,55 @@ export class RankLocal {
     };
     const packed = span || !this.fuseIssue ? null : p.packed !== undefined ? p.packed : (p.packed = packIssue(low, red));
     const out = empty(ex.mem, dtype, plan.values[outSlot]!.shapes[this.rank]!);
-    const start = (this.startEvent ??= a.eventCreate(EVENT_DISABLE_TIMING));
     const release: DeviceTensor[] = [];
-    if (packed) return this.issue(p, packed, nt, input, out, start, release, releaseInput, outSlot);
+    if (packed) return this.issue(p, packed, nt, input, out, (this.startEvent ??= a.eventCreate(EVENT_DISABLE_TIMING)), release, releaseInput, outSlot);
     const bufs = new Map<string, bigint>([["in", input.ptr], ["out", out.ptr]]);
     const ptr = (b: string, at: number) => bufs.get(b)! + BigInt(at * eb);
-    a.eventRecord(start, ex.stream);
-    a.streamWaitEvent(cs, start);
-    span?.begin(cs);
-    let grouped = false;
-    for (const c of low.calls) {
-      switch (c.op) {
-        case "alloc": {
-          const t = empty(ex.mem, dtype, [c.elems]);
-          release.push(t);
-          bufs.set(c.buf, t.ptr);
-          break;
-        }
-        case "zero":
-          if (c.elems) a.memsetD8(bufs.get(c.buf)!, 0, c.elems * eb, cs);
-          break;
-        case "copy":
-          this.copy(dtype, c.src, c.dst, bufs, cs);
-          break;
-        case "all_gather":
-          this.call(comm, axis, desc, low.what, a.ncclAllGather(ptr(c.send.buf, c.send.at), ptr(c.recv.buf, c.recv.at), c.count, nt, comm, cs));
-          break;
-        case "reduce_scatter":
-          this.call(comm, axis, desc, low.what, a.ncclReduceScatter(ptr(c.send.buf, c.send.at), ptr(c.recv.buf, c.recv.at), c.count, nt, red(c.reduce), comm, cs));
-          break;
-        case "all_reduce":
-          this.call(comm, axis, desc, low.what, a.ncclAllReduce(ptr(c.send.buf, c.send.at), ptr(c.recv.buf, c.recv.at), c.count, nt, red(c.reduce), comm, cs));
-          break;
-        case "group_start":
-          a.ncclGroupStart();
-          grouped = true;
-          break;
-        case "send":
-          a.ncclSend(ptr(c.span.buf, c.span.at), c.count, nt, c.peer, comm, cs);
-          break;
-        case "recv":
-          a.ncclRecv(ptr(c.span.buf, c.span.at), c.count, nt, c.peer, comm, cs);
-          break;
-        case "group_end":
-          if (!grouped) throw new CompileError("group_end without group_start in a lowered comm step (a shardts bug)");
-          grouped = false;
-          this.call(comm, axis, desc, low.what, a.ncclGroupEnd());
-          break;
-      }
-    }
     if (releaseInput) release.push(input);
-    span?.end(cs);
-    const done = this.event();
-    a.eventRecord(done, cs);
-    this.inFlight.push({ slots: [outSlot], outs: [out], done, inputs: [input], release });
+    // (on the comm stream `cs`, after the compute issued so far: onComm)
+    this.onComm([outSlot], [out], [input], release, () => {
+      let grouped = false;
+      for (const c of low.calls) {
+        switch (c.op) {
+          case "alloc": {
+            const t = empty(ex.mem, dtype, [c.elems]);
+            release.push(t);
+            bufs.set(c.buf, t.ptr);
+            break;
+          }
+          case "zero":
+            if (c.elems) a.memsetD8(bufs.get(c.buf)!, 0, c.elems * eb, cs);
+            break;
+          case "copy":
+            this.copy(dtype, c.src, c.dst, bufs, cs);
+            break;
+          case "all_gather":
+            this.call(comm, axis, desc, low.what, a.ncclAllGather(ptr(c.send.buf, c.send.at), ptr(c.recv.buf, c.recv.at), c.count, nt, comm, cs));
+            break;
+          case "reduce_scatter":
+            this.call(comm, axis, desc, low.what, a.ncclReduceScatter(ptr(c.send.buf, c.send.at), ptr(c.recv.buf, c.recv.at), c.count, nt, red(c.reduce), comm, cs));
+            break;
+          case "all_reduce":
+            this.call(comm, axis, desc, low.what, a.ncclAllReduce(ptr(c.send.buf, c.send.at), ptr(c.recv.buf, c.recv.at), c.count, nt, red(c.reduce), comm, cs));
+            break;
+          case "group_start":
+            a.ncclGroupStart();
+            grouped = true;
+            break;
+          case "send":
+            a.ncclSend(ptr(c.span.buf, c.span.at), c.count, nt, c.peer, comm, cs);
+            break;
+          case "recv":
+            a.ncclRecv(ptr(c.span.buf, c.span.at), c.count, nt, c.peer, comm, cs);
+            break;
+          case "group_end":
+            if (!grouped) throw new CompileError("group_end without group_start in a lowered comm step (a shardts bug)");
+            grouped = false;
+            this.call(comm, axis, desc, low.what, a.ncclGroupEnd());
+            break;
+        }
+      }
+    }, span);
     this.s.watchdog?.check();
     return out;
   }
