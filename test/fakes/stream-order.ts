@@ -107,19 +107,3 @@ export class StreamOrder {
     return out;
   }
 }
-
-/** Offsets of a kernel's parameters by name, from its C signature in `source` (8-byte pointers, natural alignment). */
-export function paramOffsets(source: string, name: string): Map<string, number> {
-  const sig = source.slice(source.indexOf(`${name}(`) + name.length + 1);
-  const params = sig.slice(0, sig.indexOf(") {")).split(",").map((p) => p.trim());
-  const out = new Map<string, number>();
-  let at = 0;
-  for (const p of params) {
-    const size = p.includes("*") || /long long/.test(p) ? 8 : /\b(int|float)\b/.test(p) ? 4 : -1;
-    if (size < 0) throw new Error(`unknown parameter type: ${p}`);
-    at = Math.ceil(at / size) * size;
-    out.set(p.split(/[\s*]+/).pop()!, at);
-    at += size;
-  }
-  return out;
-}

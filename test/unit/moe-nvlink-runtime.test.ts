@@ -20,19 +20,7 @@ import { MOE_OPS } from "../../compiler/ops/dispatch.ts";
 import { MOE_SMS_DEFAULT, runMoeNvlink } from "../../runtime/cuda/moe-nvlink.ts";
 import { RECORD_FIELDS } from "../../runtime/cuda/ipc.ts";
 import type { CudaExecutor } from "../../runtime/cuda/executor.ts";
-
-/** Bytes the driver reads for a kernel's parameters, from its C signature (8-byte pointers, natural alignment). */
-function paramBytes(source: string, name: string): number {
-  const sig = source.slice(source.indexOf(`${name}(`) + name.length + 1);
-  const params = sig.slice(0, sig.indexOf(") {")).split(",").map((p) => p.trim());
-  let at = 0;
-  for (const p of params) {
-    const size = p.includes("*") || /long long/.test(p) ? 8 : /\b(int|float)\b/.test(p) ? 4 : -1;
-    if (size < 0) throw new Error(`unknown parameter type: ${p}`);
-    at = Math.ceil(at / size) * size + size;
-  }
-  return at;
-}
+import { paramLayout } from "../fakes/kernel-params.ts";
 
 function fakeExecutor(device: (q: number) => number, capturing: () => number = () => 0) {
   const launches: { name: string; params: number; want: number; grid: number; stream: bigint }[] = [], log: string[] = [];
@@ -64,7 +52,7 @@ function fakeExecutor(device: (q: number) => number, capturing: () => number = (
     deviceCanAccessPeer: () => true,
     streamIsCapturing: () => capturing(),
     launchKernel: (fn: { name: string; source: string }, grid: number[], _b: number[], _s: number, stream: bigint, params: Uint8Array) =>
-      void launches.push({ name: fn.name, params: params.byteLength, want: paramBytes(fn.source, fn.name), grid: grid[0]!, stream }),
+      void launches.push({ name: fn.name, params: params.byteLength, want: paramLayout(fn.source, fn.name).bytes, grid: grid[0]!, stream }),
   };
   const mem = new CachingAllocator(addon as never);
   const exe = {

@@ -12,7 +12,8 @@ import { MOE_OPS } from "../../compiler/ops/dispatch.ts";
 import { combinesAfter } from "../../runtime/cuda/executor.ts";
 import { useTempKernelCache } from "../fakes/kernel-cache.ts";
 import { epRank0 } from "../fakes/ep-rank0.ts";
-import { paramOffsets, StreamOrder, type Launch } from "../fakes/stream-order.ts";
+import { StreamOrder, type Launch } from "../fakes/stream-order.ts";
+import { paramLayout } from "../fakes/kernel-params.ts";
 
 useTempKernelCache();
 afterEach(() => void (delete process.env.SHARDTS_MOE_TRANSPORT, delete process.env.SHARDTS_MOE_NVLINK_STREAM));
@@ -23,7 +24,7 @@ const NVL = "shardts_moe_nvl_";
 /** The buffers a push kernel (dispatch, redispatch) writes: its `out` and `outCounts` parameters. */
 function pushWrites(a: Launch): bigint[] {
   if (!a.name.startsWith(NVL) || a.name.includes("combine") || !a.params) return [];
-  const k = moeNvlPush({ redispatch: false, V: 4 }), at = paramOffsets(k.source, k.name);
+  const k = moeNvlPush({ redispatch: false, V: 4 }), at = paramLayout(k.source, k.name).offsets;
   const v = new DataView(a.params.buffer, a.params.byteOffset, a.params.byteLength);
   return ["out", "outCounts"].map((p) => v.getBigUint64(at.get(p)!, true)).filter((p) => p !== 0n);
 }
