@@ -47,7 +47,7 @@ static bool fenced;
 static std::vector<int> stageBlock, stageHeld;
 static const sh_u32 bars = 1u << 20, tilesA = 0, tilesB = 1u << 24, A_BYTES = 1u << 14, B_BYTES = 1u << 15;
 static const int wg = 1, lane = 0;
-struct Group { std::vector<float*> frags; std::vector<int> stages; };
+struct Group { std::vector<float*> frags; std::vector<int> stages; bool readsA = false; };
 static std::vector<Group> pending;
 static Group open;
 
@@ -151,6 +151,8 @@ static void sh_ldsm_x4(sh_u32 a, sh_u32& r0, sh_u32& r1, sh_u32& r2, sh_u32& r3)
   const int s = (int)((a - tilesA) / A_BYTES);
   if (s < 0 || s >= S) FAIL("A fragment loaded from stage %d", s);
   if (!stageHeld[s]) FAIL("A fragment loaded from stage %d, which is not held", s);
+  for (const Group& g : pending)
+    if (g.readsA) FAIL("A fragment reloaded while a wgmma group reading the registers is pending");
   r0 = r1 = r2 = r3 = (sh_u32)(stageBlock[s] + 1);
 }
 static void wgmma_model(float (&d)[FT], sh_u64 da, sh_u64 db, int accumulate);
@@ -158,6 +160,7 @@ static void ${wgmmaRsName(wgmmaN(c))}(float (&d)[FT], sh_u32 a0, sh_u32 a1, sh_u
   const int s = (int)((db - tilesB) / B_BYTES), k = (int)((db - tilesB) % 16384) / 2;
   if (a0 != a1 || a0 != a2 || a0 != a3 || a0 != (sh_u32)(stageBlock[s] + 1)) FAIL("A registers of block %u, B from stage %d (block %d)", a0 - 1, s, stageBlock[s]);
   wgmma_model(d, tilesA + (sh_u64)s * A_BYTES + wg * 64 * 128 + 2 * k, db, accumulate);
+  open.readsA = true;
 }
 #define ${wgmmaName(wgmmaN(c), c.ab)} wgmma_model
 ` : ""}static void ${wgmmaName(wgmmaN(c), c.ab)}(float (&d)[FT], sh_u64 da, sh_u64 db, int accumulate) {
@@ -337,12 +340,18 @@ describe.skipIf(!GXX)("FP8 GEMM consumer K loop on a CPU model of wgmma / mbarri
     });
   }, 60_000);
 
-  it("the model catches a broken register-A loop: A loaded from the stage after the one B is read from", () => {
+  it("the model catches broken register-A loops: A loaded from the stage after the one B is read from, or reloaded under the last chunk's wgmmas", () => {
     const c = chunked[5]!;
     const good = chunkedLoop(c);
     const broken = good.replace("tilesA + s * A_BYTES + (wg * 64", "tilesA + ((s + 1) % S) * A_BYTES + (wg * 64");
     expect(broken).not.toBe(good);
     expect(modelOutput(c, broken, "broken_ra")).toMatch(/A registers of block|not held/);
+    // ar loaded again under chunk 0's wgmmas, which still read it
+    const load = /\n( *\{\n *const sh_u32 rowAddr[^]*?sh_ldsm_x4[^]*?\n *\}\n)/.exec(good)?.[1];
+    expect(load).toBeDefined();
+    const early = good.replace(/(\/\/ chunk 0[^]*?sh_wgmma_commit\(\);\n)/, `$1${load}`);
+    expect(early).not.toBe(good);
+    expect(modelOutput(c, early, "broken_ra_early")).toMatch(/reloaded while a wgmma group reading the registers is pending/);
   }, 60_000);
 
   it("the model catches broken turns: a chunk issued without its turn, the turn not handed back", () => {

@@ -140,8 +140,9 @@ export interface Fp8GemmConfig {
    * A from registers (absent = off; chunked): each K block's A rows of the consumer (64 x 128 e4m3) are
    * loaded once into 16 registers with ldmatrix, and both chunks' wgmmas take A from them (the
    * register-A form of wgmma) instead of each reading A from shared memory: per 128 x 256 x 128 block,
-   * 128 KiB of shared-memory traffic instead of 144. The consumers get 240 registers (acc 128 + tmp 64
-   * + A 16 + overhead) and the producer 24. Suffix _ra.
+   * 128 KiB of shared-memory traffic instead of 144. The next block's fragment is loaded as soon as the
+   * last chunk's wgmmas are done, under that chunk's promotion (mainloop.ts aheadA). Registers as without
+   * it (consumers 232: acc 128 + tmp 64 + A 16 + overhead; producer 40). Suffix _ra.
    */
   aRegs?: boolean;
   /**
@@ -179,8 +180,8 @@ export const GROUP_M = 8;
 /** setmaxnreg targets (multiples of 8; the CTA's total stays within 64K registers). */
 export const PRODUCER_REGS = 40;
 /** The producer's setmaxnreg target: 24 where two consumers take 240 (register A), else PRODUCER_REGS. */
-export const producerRegs = (c: Fp8GemmConfig): number => (c.aRegs ? 24 : PRODUCER_REGS);
-export const consumerRegs = (c: Fp8GemmConfig): number => (c.consumers === 1 || c.aRegs ? 240 : 232);
+export const producerRegs = (_c: Fp8GemmConfig): number => PRODUCER_REGS;
+export const consumerRegs = (c: Fp8GemmConfig): number => (c.consumers === 1 ? 240 : 232);
 /** Registers of A's fragment per consumer thread with aRegs: 4 k32 steps x 4 (64 rows x 32 e4m3 over 128 threads). */
 export const A_REGS = 16;
 
@@ -265,8 +266,11 @@ function chunkedProblem(c: Fp8GemmConfig): string | undefined {
   if (c.blockN !== 2 * FP8_BLOCK) return `chunked tiles are two 128-column chunks: blockN must be 256, got ${c.blockN}`;
   if (c.overlap) return "chunked tiles wait for and promote each chunk before the next: no overlap with chunked";
   if (c.bRows && (c.stagedBScales || c.deferStore || c.aRegs || c.orderedChunks)) return "chunked row-scaled B (the Wgrad form) reads B's row scales from the stage by TMA: without stagedBScales, deferStore, aRegs or orderedChunks";
-  const aRegs = c.aRegs ? A_REGS : 0, need = c.blockN / 2 + FP8_BLOCK / 2 + aRegs + CONSUMER_OVERHEAD_REGS;
-  if (need > consumerRegs(c)) return `chunked promotion needs ${c.blockN / 2} + ${FP8_BLOCK / 2}${aRegs ? ` + ${aRegs}` : ""} + ${CONSUMER_OVERHEAD_REGS} = ${need} registers per consumer thread, more than its ${consumerRegs(c)}`;
+  // with aRegs the fragment replaces A's descriptor and its address arithmetic: ptxas -v fits that consumer in 232
+  // registers without spills (2026-11-24), where the 24-register producer spilled its scale thread (_ra_sbs)
+  const aRegs = c.aRegs ? A_REGS : 0, overhead = c.aRegs ? CONSUMER_OVERHEAD_REGS - 8 : CONSUMER_OVERHEAD_REGS;
+  const need = c.blockN / 2 + FP8_BLOCK / 2 + aRegs + overhead;
+  if (need > consumerRegs(c)) return `chunked promotion needs ${c.blockN / 2} + ${FP8_BLOCK / 2}${aRegs ? ` + ${aRegs}` : ""} + ${overhead} = ${need} registers per consumer thread, more than its ${consumerRegs(c)}`;
   return undefined;
 }
 
@@ -346,6 +350,8 @@ const CHUNKED_VARIANTS: Partial<Fp8GemmConfig>[] = [
   { tmaStore: true, groupM: 16, stagedBScales: true },
   { tmaStore: true, groupM: 16, stmatrix: true },
   { tmaStore: true, groupM: 16, stagedBScales: true, stmatrix: true },
+  { tmaStore: true, groupM: 16, aRegs: true, stmatrix: true },
+  { tmaStore: true, groupM: 16, aRegs: true, stagedBScales: true, stmatrix: true },
 ];
 /**
  * Chunked variants the GPU bench runs (bench/gpu/fp8-gemm.ts, gemm-trace.ts) but the autotuner does not

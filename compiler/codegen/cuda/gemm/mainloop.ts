@@ -196,14 +196,17 @@ ${step(c, "kb", "t0", undefined, p)}    }
  */
 export function chunkedLoop(c: Fp8GemmConfig): string {
   const p = "      ";
-  const block = (first: boolean) => `${chunkScales(c, "kb + 1", "n", p, "const float ", "kb + 1 < KB")}${traceConsumerWait(c, "sh_mbar_wait(bars + 8 * s, phase);  // the stage's bytes have landed", p)}${stageScales(c, "s", p)}${c.stagedBScales ? `${p}const float b0 = sh_lds_f32(sbs + s * SB_BYTES), b1 = sh_lds_f32(sbs + s * SB_BYTES + 4);  // B's scales, put in the stage by the scale thread
-` : ""}${c.aRegs ? aFragment(p) : `${p}const sh_u64 da = sh_wgmma_desc(tilesA + s * A_BYTES + wg * 64 * ${FP8_BLOCK});
+  // with aRegs the stage was waited for and A's fragment loaded ahead: before the loop, or under the last block's last chunk
+  const wait = traceConsumerWait(c, "sh_mbar_wait(bars + 8 * s, phase);  // the stage's bytes have landed", p);
+  const block = (first: boolean) => `${chunkScales(c, "kb + 1", "n", p, "const float ", "kb + 1 < KB")}${c.aRegs ? "" : wait}${stageScales(c, "s", p)}${c.stagedBScales ? `${p}const float b0 = sh_lds_f32(sbs + s * SB_BYTES), b1 = sh_lds_f32(sbs + s * SB_BYTES + 4);  // B's scales, put in the stage by the scale thread
+` : ""}${c.aRegs ? "" : `${p}const sh_u64 da = sh_wgmma_desc(tilesA + s * A_BYTES + wg * 64 * ${FP8_BLOCK});
 `}${Array.from({ length: c.blockN / FP8_BLOCK }, (_, j) => chunk(c, j, first)).join("")}${c.globalScales ? `${p}a0 = na0; a1 = na1;\n` : ""}${c.stagedBScales || c.bRows ? "" : `${p}${Array.from({ length: c.blockN / FP8_BLOCK }, (_, j) => `b${j} = nb${j};`).join(" ")}\n`}`;
   const loop = `    for (int kb = ${c.deferStore ? 1 : 0}; kb < KB; ++kb) {
       // the next block's scales (plain loads: they do not wait for the stage)
 ${block(false)}    }
 `;
-  return `${chunkScales(c, "0", "", "    ", "float ", "")}${c.deferStore ? `    {  // K block 0, with the previous tile's store under its chunks
+  return `${chunkScales(c, "0", "", "    ", "float ", "")}${c.aRegs ? `    sh_u32 ar[${A_REGS}];  // A's fragment of the block about to run
+${traceConsumerWait(c, "sh_mbar_wait(bars + 8 * s, phase);  // block 0's stage has landed", "    ", "true")}${aFragment("    ")}` : ""}${c.deferStore ? `    {  // K block 0, with the previous tile's store under its chunks
       const int kb = 0;${c.stagedBScales && !c.globalScales ? " (void)kb;" : ""}
 ${block(true)}    }
 ` : ""}${loop}`;
@@ -216,14 +219,22 @@ ${block(true)}    }
  * first row is a multiple of 8, so the row's swizzle phase is l % 8).
  */
 function aFragment(p: string): string {
-  return `${p}sh_u32 ar[${A_REGS}];
-${p}{
+  return `${p}{
 ${p}  const sh_u32 rowAddr = tilesA + s * A_BYTES + (wg * 64 + warp * 16 + ((lane / 8) % 2) * 8 + lane % 8) * ${FP8_BLOCK};
 #pragma unroll
 ${p}  for (int k = 0; k < ${FP8_BLOCK / 32}; ++k) sh_ldsm_x4(rowAddr + (((2 * k + lane / 16) ^ (lane % 8)) * 16), ar[4 * k], ar[4 * k + 1], ar[4 * k + 2], ar[4 * k + 3]);
 ${p}}
 `;
 }
+
+/**
+ * aRegs: the next block's stage waited for and its A fragment loaded into ar, once the last chunk's wgmmas
+ * (the last readers of ar) are done and before that chunk's promotion, whose FFMAs then cover the
+ * ldmatrix latency (loaded at the block's top instead, the fourth session's form, it ran 5-6% slower).
+ */
+const aheadA = (c: Fp8GemmConfig, q: string): string => `${q}if (kb + 1 < KB) {
+${traceConsumerWait(c, "sh_mbar_wait(bars + 8 * s, phase);  // the next block's stage has landed", q + "  ", "false")}${aFragment(q + "  ")}${q}}
+`;
 
 /** Chunk j of a K block: its wgmmas, (deferStore, first block) the previous tile's half j staged under them, wait, promote. */
 function chunk(c: Fp8GemmConfig, j: number, first: boolean): string {
@@ -248,7 +259,7 @@ ${q}for (int k = 0; k < ${FP8_BLOCK / 32}; ++k) ${c.aRegs ? `${wgmmaRsName(FP8_B
 ${q}sh_wgmma_commit();
 ${c.orderedChunks ? `${q}sh_named_arrive(wg == 0 ? ${ORDER_BARRIERS[1]} : ${ORDER_BARRIERS[0]}, 256);  // the other consumer's turn
 ` : ""}${deferred}${q}sh_wgmma_wait0();
-${fenceAll(FP8_BLOCK / 2, "tmp", q)}${c.bRows ? `${rowScaledPromote("tmp", q, "s", frag / 4, j * FP8_BLOCK, j * frag)}${last ? handBack(c, q, "the last chunk is promoted (it read its B scales from the stage)") : ""}` : `${last ? handBack(c, q, "the last chunk's wgmmas have read the stage") : ""}${q}const float u0 = a0 * b${j}, u1 = a1 * b${j};
+${fenceAll(FP8_BLOCK / 2, "tmp", q)}${c.bRows ? `${rowScaledPromote("tmp", q, "s", frag / 4, j * FP8_BLOCK, j * frag)}${last ? handBack(c, q, "the last chunk is promoted (it read its B scales from the stage)") : ""}` : `${last ? `${handBack(c, q, "the last chunk's wgmmas have read the stage")}${c.aRegs ? aheadA(c, q) : ""}` : ""}${q}const float u0 = a0 * b${j}, u1 = a1 * b${j};
 #pragma unroll
 ${q}for (int j = 0; j < ${frag / 4}; ++j) {
 ${fmaGroup("tmp", `${j * frag} + `, q + "  ")}${q}}

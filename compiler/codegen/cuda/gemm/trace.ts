@@ -67,21 +67,21 @@ ${pad}++trI;
     : "";
 
 /**
- * A barrier wait `wait` timed into trWaits; in K block 0 its end stamped at `firstSlot` (the consumers'
- * stage waits, the producer's free-stage waits).
+ * A barrier wait `wait` timed into trWaits; where `first` holds (K block 0's wait) its end stamped at
+ * `firstSlot` (the consumers' stage waits, the producer's free-stage waits).
  */
-function traceWait(c: Fp8GemmConfig, wait: string, firstSlot: string, pad: string): string {
+function traceWait(c: Fp8GemmConfig, wait: string, firstSlot: string, pad: string, first = "kb == 0"): string {
   if (!on(c)) return `${pad}${wait}\n`;
   return `${pad}const long long trT0 = clock64();
 ${pad}${wait}
 ${pad}{
 ${pad}  const long long trT1 = clock64();
 ${pad}  trWaits += trT1 - trT0;
-${pad}  if (kb == 0) { ${stamp(firstSlot, "trT1", "").trim()} }
+${pad}  if (${first}) { ${stamp(firstSlot, "trT1", "").trim()} }
 ${pad}}
 `;
 }
-export const traceConsumerWait = (c: Fp8GemmConfig, wait: string, pad: string): string => traceWait(c, wait, consumerSlot(TRACE.firstStage), pad);
+export const traceConsumerWait = (c: Fp8GemmConfig, wait: string, pad: string, first = "kb == 0"): string => traceWait(c, wait, consumerSlot(TRACE.firstStage), pad, first);
 export const traceProducerWait = (c: Fp8GemmConfig, wait: string, pad: string): string => traceWait(c, wait, String(TRACE.producerFirstFree), pad);
 
 /** Producer, at the top of a tile. */
