@@ -350,8 +350,6 @@ const CHUNKED_VARIANTS: Partial<Fp8GemmConfig>[] = [
   { tmaStore: true, groupM: 16, stagedBScales: true },
   { tmaStore: true, groupM: 16, stmatrix: true },
   { tmaStore: true, groupM: 16, stagedBScales: true, stmatrix: true },
-  { tmaStore: true, groupM: 16, aRegs: true, stmatrix: true },
-  { tmaStore: true, groupM: 16, aRegs: true, stagedBScales: true, stmatrix: true },
 ];
 /**
  * Chunked variants the GPU bench runs (bench/gpu/fp8-gemm.ts, gemm-trace.ts) but the autotuner does not
