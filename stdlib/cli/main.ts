@@ -94,7 +94,13 @@ export async function main(argv: string[], log: (s: string) => void = console.lo
       const fileAt = firstPositional(rest, ["nproc-per-node", "nnodes", "node-rank", "master-addr", "master-port"]);
       const a = parseArgs(fileAt >= 0 ? rest.slice(0, fileAt) : rest, ["nproc-per-node", "nnodes", "node-rank", "master-addr", "master-port"], ["help"]);
       if (a.flags.help || fileAt < 0) return log(LAUNCH_HELP), a.flags.help ? 0 : 2;
-      const num = (k: string, d: number) => (a.flags[k] === undefined ? d : Number(a.flags[k]));
+      // a flag that is not a whole number is refused here, with what was typed ("x" would reach launch() as NaN)
+      const num = (k: string, d: number) => {
+        const v = a.flags[k];
+        if (v === undefined) return d;
+        if (typeof v !== "string" || !/^-?\d+$/.test(v.trim())) throw new UsageError(`--${k} must be a whole number, got '${String(v)}'`);
+        return Number(v);
+      };
       const res = await launch({
         nprocPerNode: num("nproc-per-node", 1), nnodes: num("nnodes", 1), nodeRank: num("node-rank", 0),
         masterAddr: (a.flags["master-addr"] as string | undefined) ?? "127.0.0.1", masterPort: num("master-port", 0),

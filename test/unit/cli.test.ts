@@ -104,3 +104,19 @@ describe("shardts tune-gemm", () => {
     expect(r.err).toMatch(/tune-gemm times kernels on a GPU, and there is no usable one/);
   });
 });
+
+describe("shardts launch", () => {
+  it("refuses counts and ports that are not whole numbers with what was typed (exit 2), before starting anything", async () => {
+    const refused: [string[], RegExp][] = [
+      [["--nproc-per-node", "x", "examples/moe-layer.ts"], /--nproc-per-node must be a whole number, got 'x'/],
+      [["--nproc-per-node", "2.5", "examples/moe-layer.ts"], /--nproc-per-node must be a whole number, got '2.5'/],
+      [["--nproc-per-node", "0", "examples/moe-layer.ts"], /--nproc-per-node must be a positive integer, got 0/],
+      [["--nproc-per-node", "2", "--master-port", "80a", "examples/moe-layer.ts"], /--master-port must be a whole number, got '80a'/],
+    ];
+    for (const [args, why] of refused) {
+      const r = await cli("launch", ...args);
+      expect(r.code, args.join(" ")).toBe(2);
+      expect(r.err).toMatch(why);
+    }
+  });
+});
