@@ -11,7 +11,7 @@
 // operands, prints every check, a summary table last, and writes <out>/fp8-gemm.txt and .json.
 // A child that prints no result for CASE_TIMEOUT_S (default 30 s: a deadlocked kernel) is killed.
 //   (bundled by npm run gpu:pack; run there: bash bench/gpu/run.sh fp8-gemm, or directly
-//    /tmp/node .gpu/fp8-gemm.mjs --out DIR [--only REGEX] [--shapes large] [--no-peer];
+//    /tmp/node .gpu/fp8-gemm.mjs --out DIR [--only REGEX] [--shapes large] [--case NAME] [--no-peer];
 //    --shapes large keeps the correctness-only edge cases and times only the four large dense
 //    shapes and the grouped ones, for the kernels, cuBLASLt, the autotuner and the peer)
 import { caseBuffers } from "./lib/case-buffers.ts";
@@ -41,7 +41,13 @@ if (SHAPES !== "all" && SHAPES !== "large") {
   console.error(`fp8-gemm: --shapes takes "all" or "large", got "${SHAPES}"`);
   process.exit(2);
 }
-const ALL_CASES: GemmCase[] = [...DENSE_CASES, ...GROUPED_CASES].filter((c) => inShapeSet(c, SHAPES));
+// --case NAME keeps just that case (a profiler's one launch: bench/gpu/gemm-profile.sh PROFILE_CASE)
+const ONLY_CASE = arg("--case");
+const ALL_CASES: GemmCase[] = [...DENSE_CASES, ...GROUPED_CASES].filter((c) => inShapeSet(c, SHAPES) && (ONLY_CASE === undefined || c.name === ONLY_CASE));
+if (ALL_CASES.length === 0) {
+  console.error(`fp8-gemm: no case named '${ONLY_CASE}' in --shapes ${SHAPES}; the cases: ${[...DENSE_CASES, ...GROUPED_CASES].filter((c) => inShapeSet(c, SHAPES)).map((c) => c.name).join("; ")}`);
+  process.exit(2);
+}
 
 type ChildJob = { impl: "kernel"; config: Fp8GemmConfig } | { impl: "cublaslt" } | { impl: "tune" };
 interface CaseResult {
@@ -112,7 +118,7 @@ async function runChild(job: ChildJob, log: (s: string) => void): Promise<CaseRe
   const label = job.impl === "kernel" ? configName(job.config) : job.impl;
   const idleLimit = job.impl === "tune" ? CHILD_TIMEOUT_S : CASE_TIMEOUT_S;
   const t0 = performance.now();
-  const { stdout, stderr, code, signal, killedWhy } = await runSelfChild(fileURLToPath(import.meta.url), ["--child", JSON.stringify(job), "--shapes", SHAPES], { totalS: CHILD_TIMEOUT_S, idleS: idleLimit });
+  const { stdout, stderr, code, signal, killedWhy } = await runSelfChild(fileURLToPath(import.meta.url), ["--child", JSON.stringify(job), "--shapes", SHAPES, ...(ONLY_CASE === undefined ? [] : ["--case", ONLY_CASE])], { totalS: CHILD_TIMEOUT_S, idleS: idleLimit });
   const results = stdout.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l) as CaseResult);
   const secs = ((performance.now() - t0) / 1000).toFixed(1);
   if (killedWhy !== undefined || code !== 0) {
