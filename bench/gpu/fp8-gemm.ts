@@ -84,15 +84,6 @@ function child(job: ChildJob): void {
       };
       const base: Fp8GemmBuffers = { a: put(p.a), b: put(p.b), sa: put(p.sa), sb: put(p.sb), d: alloc(p.M * p.N * 2), blockExpert: p.blockExpert ? put(p.blockExpert) : undefined };
       const shape = { M: p.M, N: p.N, K: p.K, experts: c.kind === "grouped" ? c.experts : undefined };
-      // stream-K kernels: the cut tiles' workspace, its counters zeroed once (each launch leaves them zero)
-      if (job.impl === "kernel" && job.config.streamK) {
-        const ws = g.streamKWorkspace(job.config, shape);
-        if (ws.slots > 0) {
-          base.skWork = alloc(ws.workBytes);
-          base.skFlags = alloc(ws.flagBytes);
-          a.memsetD32(base.skFlags, 0, ws.flagBytes / 4, stream);
-        }
-      }
       if (job.impl === "tune") {
         const sets = rotated(a, base, p, alloc);
         const first = tuneFp8Gemm(g, shape, sets, { reps: REPS, force: true });

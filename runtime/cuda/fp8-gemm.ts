@@ -21,7 +21,6 @@
 //   const run = g.prepare(config, { M, N, K }, { a, b, sa, sb, d });   // compiles once, encodes the TMA maps
 //   run();                                                             // one launch, nothing allocated
 import { emitFp8Gemm, type Fp8GemmKernel } from "../../compiler/codegen/cuda/gemm/emit.ts";
-import { streamKWorkspace } from "../../compiler/codegen/cuda/gemm/stream-k.ts";
 import { bBoxRows, blockM, configName, geometryOf, isBf16, kBlock, kGroupedProblem, shapeProblem, type Fp8GemmConfig, type Fp8GemmShape } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { FP8_BLOCK, GROUPED_M_ALIGN } from "../../compiler/numeric/fp8-gemm.ts";
 import { CompileError } from "../../compiler/errors.ts";
@@ -47,13 +46,6 @@ export interface Fp8GemmBuffers {
   blockExpert?: DevicePtr;
   /** A traced configuration's timeline (config trace): traceWords(tiles, grid) u64 (compiler/codegen/cuda/gemm/trace.ts). */
   trace?: DevicePtr;
-  /**
-   * A streamK configuration's workspace where it cuts tiles (Fp8Gemm.streamKWorkspace gives the sizes):
-   * the cut tiles' partial sums, and their counters, which must be zero before the first launch (each
-   * launch leaves them zero). One pair serves every launch on a stream, one at a time.
-   */
-  skWork?: DevicePtr;
-  skFlags?: DevicePtr;
 }
 
 export interface Fp8GemmProblemShape extends Fp8GemmShape {
@@ -144,12 +136,6 @@ export class Fp8Gemm {
     return got;
   }
 
-  /** The workspace a streamK configuration needs for this problem on this device's grid (zero bytes where it cuts nothing). */
-  streamKWorkspace(c: Fp8GemmConfig, s: Fp8GemmProblemShape): { slots: number; workBytes: number; flagBytes: number } {
-    const g = geometryOf(c, s, this.gridSms());
-    return streamKWorkspace(g.tiles, Math.ceil(s.K / FP8_BLOCK), g.grid, blockM(c), c.blockN);
-  }
-
   /**
    * A launch of `c` on these buffers: the tensor maps and the parameter block are built once here.
    * Where M % 4 != 0 the scale rows cannot come by TMA (their stride is no multiple of 16 bytes): the
@@ -170,13 +156,6 @@ export class Fp8Gemm {
     const { fn, kernel, layout } = this.kernel(c);
     const g = geometryOf(c, s, this.gridSms());
     const rowsB = s.N * (s.experts ?? 1), KB = Math.ceil(s.K / FP8_BLOCK);
-    // stream-K: the cut tiles' workspace (none where nothing is cut); the kernel's range arithmetic is 32-bit
-    const sk = c.streamK ? this.streamKWorkspace(c, s) : undefined;
-    if (sk && sk.slots > 0) {
-      if (bufs.skWork === undefined || bufs.skFlags === undefined)
-        throw new CompileError(`${what} ${s.M}x${s.N}x${s.K} with streamK cuts tiles here: give bufs.skWork (${sk.workBytes} B) and bufs.skFlags (${sk.flagBytes} B, zeroed once) — Fp8Gemm.streamKWorkspace says the sizes`);
-      if ((g.tiles % g.grid) * KB * g.grid >= 2 ** 31) throw new CompileError(`${what} ${s.M}x${s.N}x${s.K} with streamK: ${g.tiles % g.grid} cut tiles of ${KB} K blocks on ${g.grid} CTAs overflow the kernel's 32-bit ranges; use a configuration without streamK`);
-    }
     const enc = this.addon.tensorMapEncodeTiled.bind(this.addon);
     if (c.bMnMajor && s.ldb !== undefined) throw new CompileError(`${what} with MN-major B (bMnMajor): B is a contiguous [E][K][N] (no ldb)`);
     const lda = s.lda ?? s.K * eb, ldb = s.ldb ?? s.K * eb;
@@ -212,7 +191,6 @@ export class Fp8Gemm {
       ["i32", s.M],
       ["i32", s.N],
       ["i32", s.K],
-      ...(sk ? ([["ptr", sk.slots > 0 ? bufs.skWork! : 0n], ["ptr", sk.slots > 0 ? bufs.skFlags! : 0n], ["i32", sk.slots]] as KernelArg[]) : []),
       ...(c.trace ? [["ptr", bufs.trace!] as ["ptr", bigint]] : []),
     );
     const a = this.addon, stream = this.stream;

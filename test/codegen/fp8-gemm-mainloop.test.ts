@@ -42,9 +42,6 @@ typedef unsigned long long sh_u64;
 #define FAIL(...) do { std::printf("FAIL KB=%d S=%d tile=%d: ", KB, S, tile); std::printf(__VA_ARGS__); std::printf("\n"); std::exit(1); } while (0)
 static const int F = ${F}, FT = ${FT}, BF16 = ${isBf16(c) ? 1 : 0}, CH = ${CH};
 static int KB, S, tile, tileStart, loads, releases, issued;
-// stream-K (streamK): each unit is a range [kbBegin, kbEnd) of the tile's K blocks, every range of every KB in turn
-static const int SK = ${c.streamK ? 1 : 0};
-static int kbBegin, kbEnd;
 ${perTile ? `static const int PER_TILE[] = {${perTile.join(", ")}}, TILES = ${perTile.length}, KB_RUNS = 1, S_MIN = 2;` : "static const int TILES = 3, KB_RUNS = 7, S_MIN = 3;"}
 static bool fenced;
 static std::vector<int> stageBlock, stageHeld;
@@ -184,7 +181,7 @@ static void ${wgmmaRsName(wgmmaN(c))}(float (&d)[FT], sh_u32 a0, sh_u32 a1, sh_u
 
 static float expectAcc(int i) {
   float want = 0;
-  for (int kb = kbBegin; kb < kbEnd; ++kb) want += BF16 ? 10.f * (kb + 1) : 10.f * (kb + 1) * (kb + 1);
+  for (int kb = 0; kb < KB; ++kb) want += BF16 ? 10.f * (kb + 1) : 10.f * (kb + 1) * (kb + 1);
   // chunk i / FT: its wgmma value (x chunk + 1) times its B scale (3 for the second)
   const float chunkFactor = CH && i >= FT ? 2.f * 3.f : 1.f;
   return want * (i % FT + 1) * chunkFactor;
@@ -221,23 +218,15 @@ int main() {
       for (int i = 0; i < FT; ++i) tmp[i] = t0[i] = t1[i] = 0.f;
       (void)tmp; (void)t0; (void)t1;
       int done = 0;
-      const int units = SK ? KB * (KB + 1) / 2 : TILES;
-      for (tile = 0; tile < units; ++tile) {
-${perTile ? "        KB = PER_TILE[tile];\n" : ""}        kbBegin = 0;
-        kbEnd = KB;
-        if (SK)  // unit t: the t-th range [b, e) in order of b, then e
-          for (int b = 0, t = tile; b < KB; ++b) {
-            if (t < KB - b) { kbBegin = b; kbEnd = b + 1 + t; break; }
-            t -= KB - b;
-          }
-        // a deferred store zeroes acc itself, after staging it: the model leaves the last tile's values there
+      for (tile = 0; tile < TILES; ++tile) {
+${perTile ? "        KB = PER_TILE[tile];\n" : ""}        // a deferred store zeroes acc itself, after staging it: the model leaves the last tile's values there
         if (!DEFER || tile == 0) for (int i = 0; i < F; ++i) acc[i] = DEFER ? -1.f : 0.f;
         staged.clear();
         proxyFenced = readWaited = stores = commits = 0;
         issued = 0;
-        tileStart = loads - kbBegin;  // the model's stage blocks count from the tile's block 0
+        tileStart = loads;
 ${loop}
-        done += kbEnd - kbBegin;
+        done += KB;
         if (ORDERED && turnsOwed) FAIL("%d chunk(s) committed without handing the turn back", turnsOwed);
         if (DEFER && (commits != have || stores != (have ? BN / 64 : 0))) FAIL("%d commits, %d box stores of the previous tile (have %d)", commits, stores, have);
         if (DEFER) have = 1;
@@ -308,11 +297,10 @@ describe.skipIf(!GXX)("FP8 GEMM consumer K loop on a CPU model of wgmma / mbarri
     { consumers: 2, blockN: 256, stages: 3, persistent: true, grouped: false, chunked: true, tmaStore: true, stagedBScales: true, globalScales: true },
     { consumers: 2, blockN: 256, stages: 3, persistent: true, grouped: false, chunked: true, tmaStore: true, stagedBScales: true, multicast: true },
     { consumers: 2, blockN: 256, stages: 3, persistent: true, grouped: false, chunked: true, tmaStore: true, bRows: true },
-    { consumers: 2, blockN: 256, stages: 3, persistent: true, grouped: false, chunked: true, tmaStore: true, streamK: true },
   ];
   for (const c of chunked)
-    it(`chunked loop, blockN 256${c.globalScales ? " (A scales from global memory)" : ""}${c.deferStore ? " (the previous tile's store under the first block)" : ""}${c.multicast ? " (multicast)" : ""}${c.orderedChunks ? " (chunks in turns)" : ""}${c.aRegs ? " (A from registers)" : ""}${c.stagedBScales ? " (B's scales from the stage)" : ""}${c.bRows ? " (row-scaled B: each column's scale from the stage)" : ""}${c.streamK ? " (stream-K: every range of K blocks)" : ""}: protocol checks hold, each chunk promoted with its own scale into its half of acc`, () => {
-      expect(modelOutput(c, chunkedLoop(c), `loop_chunked${c.globalScales ? "_gs" : ""}${c.deferStore ? "_ds" : ""}${c.multicast ? "_mc" : ""}${c.orderedChunks ? "_oc" : ""}${c.aRegs ? "_ra" : ""}${c.stagedBScales ? "_sbs" : ""}${c.bRows ? "_br" : ""}${c.streamK ? "_sk" : ""}`).trim()).toBe("ok");
+    it(`chunked loop, blockN 256${c.globalScales ? " (A scales from global memory)" : ""}${c.deferStore ? " (the previous tile's store under the first block)" : ""}${c.multicast ? " (multicast)" : ""}${c.orderedChunks ? " (chunks in turns)" : ""}${c.aRegs ? " (A from registers)" : ""}${c.stagedBScales ? " (B's scales from the stage)" : ""}${c.bRows ? " (row-scaled B: each column's scale from the stage)" : ""}: protocol checks hold, each chunk promoted with its own scale into its half of acc`, () => {
+      expect(modelOutput(c, chunkedLoop(c), `loop_chunked${c.globalScales ? "_gs" : ""}${c.deferStore ? "_ds" : ""}${c.multicast ? "_mc" : ""}${c.orderedChunks ? "_oc" : ""}${c.aRegs ? "_ra" : ""}${c.stagedBScales ? "_sbs" : ""}${c.bRows ? "_br" : ""}`).trim()).toBe("ok");
     }, 60_000);
 
   it("the model catches broken chunked loops: swapped chunk scales, the stage released before the last chunk is done, a chunk promoted while pending", () => {
@@ -326,16 +314,6 @@ describe.skipIf(!GXX)("FP8 GEMM consumer K loop on a CPU model of wgmma / mbarri
     mutants.forEach(([broken, why], i) => {
       expect(broken).not.toBe(good);
       expect(modelOutput(c, broken, `broken_chunked_${i}`)).toMatch(why);
-    });
-  }, 60_000);
-
-  it("the model catches a broken stream-K range: the loop from block 0 (the model's B scales do not vary along K, so the first block's scale index is checked on the GPU only)", () => {
-    const c = chunked.find((x) => x.streamK)!;
-    const good = chunkedLoop(c);
-    const mutants: [string, RegExp][] = [[good.replace("kb = kbBegin;", "kb = 0;"), /FAIL/]];
-    mutants.forEach(([broken, why], i) => {
-      expect(broken, `mutant ${i}`).not.toBe(good);
-      expect(modelOutput(c, broken, `broken_sk_${i}`)).toMatch(why);
     });
   }, 60_000);
 

@@ -32,7 +32,7 @@ describe.skipIf(!NVCC)("FP8 GEMM kernels compile for sm_90a", () => {
       // one file per kernel, as NVRTC sees it (each source is self-contained)
       const rows: string[] = [];
       // the autotuner's candidates and the bench's experimental variants (not timed by the autotuner)
-      expect(experimental.length, "experimental variants").toBe(grouped ? 0 : 3);
+      expect(experimental.length, "experimental variants").toBe(grouped ? 0 : 2);
       const all = [...kernels, ...experimental];
       for (let i = 0; i < all.length; i += 2) {
         await Promise.all(
@@ -69,9 +69,7 @@ describe.skipIf(!NVCC)("FP8 GEMM kernels compile for sm_90a", () => {
               expect(ptx, k.name).toContain("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group");
               expect(ptx, k.name).toContain("fence.proxy.async.shared::cta");
               expect(ptx, k.name).toContain("cp.async.bulk.wait_group.read 0");
-              // (stream-K's only global stores are a cut tile's partial sums, through L2, and its two counters' resets)
-              expect(k.config.streamK ? ptx.replace(/st\.global\.(cg\.v4\.f32|u32)/g, "") : ptx, k.name).not.toMatch(/st\.global/);
-              if (k.config.streamK) for (const op of ["st.global.cg.v4.f32", "ld.global.cg.v4.f32", "atom.global.add.u32", "ld.acquire.gpu.global.b32"]) expect(ptx, `${k.name}: ${op}`).toContain(op);
+              expect(ptx, k.name).not.toMatch(/st\.global/);
             } else expect(ptx, k.name).toMatch(/st\.global/);
             // A's scales come with each stage (a second TMA load per stage) and are read from shared memory
             expect(ptx.match(/cp\.async\.bulk\.tensor\.2d\.shared::cluster\.global/g)?.length, k.name).toBeGreaterThanOrEqual(3);

@@ -169,15 +169,6 @@ export interface Fp8GemmConfig {
    * which the 64 KiB of writes need 512 at 128 B/clk. Suffix _sm.
    */
   stmatrix?: boolean;
-  /**
-   * Stream-K for the last partial wave (absent = off; dense, persistent, chunked with the TMA store, two
-   * consumers; without multicast, deferStore, stagedBScales, aRegs, orderedChunks or trace): the tiles
-   * past the last whole wave are cut along K into one range of K blocks per CTA, and a tile cut between
-   * CTAs is summed by the part that arrives last (stream-k.ts). The kernel then takes a workspace and
-   * two counters per cut tile (Fp8GemmBuffers.skWork / skFlags; streamKWorkspace gives the sizes).
-   * Suffix _sk.
-   */
-  streamK?: boolean;
 }
 
 export const SMEM_LIMIT = 232448; // 227 KiB: the opt-in maximum per block on H100 / H200
@@ -218,7 +209,7 @@ export const smemBytes = (c: Fp8GemmConfig): number => SMEM_ALIGN_SLACK + c.stag
 export const spansScaleBlocks = (c: Fp8GemmConfig): boolean => !isBf16(c) && !c.chunked && FP8_BLOCK % c.blockN !== 0;
 
 export function configName(c: Fp8GemmConfig): string {
-  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.aRegs ? "_ra" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}${c.stagedBScales ? "_sbs" : ""}${c.stmatrix ? "_sm" : ""}${c.streamK ? "_sk" : ""}${c.trace ? "_tr" : ""}`;
+  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.aRegs ? "_ra" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}${c.stagedBScales ? "_sbs" : ""}${c.stmatrix ? "_sm" : ""}${c.trace ? "_tr" : ""}`;
 }
 
 /** Why a configuration cannot be emitted, or undefined. */
@@ -259,8 +250,6 @@ export function configProblem(c: Fp8GemmConfig): string | undefined {
   if (c.stagedBScales && !c.chunked) return "stagedBScales puts a chunked tile's two B scales in each stage: it needs chunked";
   if (c.stmatrix && !c.tmaStore) return "stmatrix writes the TMA-store epilogue's staging: it needs tmaStore";
   if (c.trace && !(c.chunked && !c.deferStore && !c.multicast)) return "trace stamps the chunked kernel's tile boundaries: it needs chunked, without deferStore or multicast";
-  if (c.streamK && !(c.chunked && c.tmaStore && c.persistent && c.consumers === 2 && !c.grouped && !c.multicast && !c.deferStore && !c.storeByBox && !c.stagedBScales && !c.aRegs && !c.orderedChunks && !c.trace))
-    return "streamK cuts the last wave's tiles along K: it needs a dense, persistent, chunked kernel with two consumers and the whole-tile TMA store, without multicast, deferStore, storeByBox, stagedBScales, aRegs, orderedChunks or trace";
   if (c.chunked) return chunkedProblem(c);
   if (c.overlap) return overlapProblem(c);
   return undefined;
@@ -367,11 +356,9 @@ const CHUNKED_VARIANTS: Partial<Fp8GemmConfig>[] = [
  * time, each on top of { tmaStore, groupM 16, stagedBScales, stmatrix } (the fastest on K = 2048): B
  * multicast over 2-CTA clusters (dense only), with and without stmatrix. Measured 1-3% slower than
  * _sbs_sm (bench/results/2026-11-23-fp8-gemm-h200-multicast-sbs.txt); kept so the bench keeps checking
- * the scale thread under multicast, which no tuned kernel exercises. And stream-K on `_g16_sm` (without the
- * scale thread): not a tuner candidate until measured, since it needs the workspace the executor does not
- * give yet.
+ * the scale thread under multicast, which no tuned kernel exercises.
  */
-const EXPERIMENTAL_CHUNKED_VARIANTS: Partial<Fp8GemmConfig>[] = [{ multicast: true }, { multicast: true, stmatrix: false }, { streamK: true, stagedBScales: false }];
+const EXPERIMENTAL_CHUNKED_VARIANTS: Partial<Fp8GemmConfig>[] = [{ multicast: true }, { multicast: true, stmatrix: false }];
 
 /**
  * The configurations the autotuner times, the first being the plain one (one consumer, 64×128,

@@ -47,7 +47,6 @@ import {
 } from "./config.ts";
 import { bf16Loop, chunkedLoop, kGroupedLoop, overlappedLoop, plainLoop } from "./mainloop.ts";
 import { stagingBuffer, stagingFlush, stagingRow, stagingWrites } from "./staging.ts";
-import { STREAM_K_HELPERS, streamKEpilogue } from "./stream-k.ts";
 import { TRACE_PTX, traceConsumerTop, traceEnd, traceEpilogueEnd, traceLoopEnd, traceParam, traceProducerEnd, traceProducerTop, traceProducerWait, traceSetup } from "./trace.ts";
 import { GEMM_PTX, NAMED_ARRIVE, STSM_X4, STS_F32X2, MN_BOX_BYTES, MN_MAJOR_B, TMA_STORE_3D, wgmmaRsWrapper, wgmmaWrapper } from "./ptx.ts";
 
@@ -72,7 +71,7 @@ export function emitFp8Gemm(c: Fp8GemmConfig): Fp8GemmKernel {
   // B's rows for tile (e, nb): grouped weights are stacked E×N rows deep (K-grouped: B is one N x P)
   const bRow = c.grouped && !kg ? "e * N + nb * BN" : "nb * BN";
   const twoBlocks = spansScaleBlocks(c);
-  const mc = c.multicast === true, mn = c.bMnMajor === true, sk = c.streamK === true;
+  const mc = c.multicast === true, mn = c.bMnMajor === true;
   // the tile loop: one tile per unit, or (multicast) a pair of m-blocks per cluster, this CTA's by rank
   // the raster: the shared GROUP_M helper, or a template one for another group height
   const coords = c.groupM !== undefined && c.groupM !== GROUP_M ? `tile_coords_g<${c.groupM}>` : "tile_coords";
@@ -86,13 +85,7 @@ export function emitFp8Gemm(c: Fp8GemmConfig): Fp8GemmKernel {
       ? `for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     int e, mb, nb;
     kg_tile_coords(tile, mBlocks, nBlocks, e, mb, nb);`
-      : sk
-        ? `for (int u = 0;; ++u) {
-    int tile, kbBegin, kbEnd;  // stream-K: whole tiles, then this CTA's range of the cut tiles' K blocks
-    if (!sk_unit(u, tiles, KB, skSlots > 0, tile, kbBegin, kbEnd)) break;
-    int mb, nb;
-    ${coords}(tile, mBlocks, nBlocks, mb, nb);`
-        : `for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+      : `for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     int mb, nb;
     ${coords}(tile, mBlocks, nBlocks, mb, nb);`;
   const indent = (text: string, pad: string) => text.replace(/\n/g, "\n" + pad);
@@ -117,10 +110,10 @@ ${name}(const __grid_constant__ sh_tensor_map tmA, const __grid_constant__ sh_te
         const __grid_constant__ sh_tensor_map tmSA, const __grid_constant__ sh_tensor_map tmD,
         const __grid_constant__ sh_tensor_map tmSB,
         const float* __restrict__ sa, const float* __restrict__ sb, unsigned short* __restrict__ d,
-${c.grouped ? "        const int* __restrict__ blockExpert,\n" : ""}        int M, int N, int K${kg ? ", int E" : ""}${sk ? ",\n        float* __restrict__ skWork, int* __restrict__ skFlags, int skSlots" : ""}${traceParam(c)}) {
+${c.grouped ? "        const int* __restrict__ blockExpert,\n" : ""}        int M, int N, int K${kg ? ", int E" : ""}${traceParam(c)}) {
   constexpr int BM = ${BM}, BN = ${BN}, S = ${S};
   constexpr sh_u32 A_BYTES = ${aTileBytes(c)}, B_BYTES = ${bTileBytes(c)}, SA_BYTES = ${saTileBytes(c)}, SB_BYTES = ${sbTileBytes(c)}, STAGING_BYTES = ${stagingBytes(c)};
-  extern __shared__ unsigned char smem_raw[];${sk ? "\n  __shared__ int skArrived;  // stream-K: a cut tile's arrival count, from consumer thread 0 to both consumers" : ""}
+  extern __shared__ unsigned char smem_raw[];
   // the 128-byte swizzle repeats every 1024 bytes: tiles (and the staging boxes) start on a 1024-byte boundary
   const sh_u32 base = (sh_smem_addr(smem_raw) + 1023u) & ~1023u;
   const sh_u32 tilesA = base, tilesB = base + S * A_BYTES, staging = tilesB + S * B_BYTES;
@@ -163,7 +156,7 @@ ${kg ? `      // this expert's ${KBLK}-column blocks of A and B (none: nothing t
 ${traceProducerTop(c, "      ")}${mn ? `      // B's 64-column boxes holding columns < N: a box wholly past N is not loaded (its columns of D are
       // not stored, and D's columns depend on B's alone), so no TMA box ever lies wholly out of bounds
       const int bBoxes = min(${BN / 64}, (N - nb * BN + 63) / 64);
-` : ""}      for (int kb = ${sk ? "kbBegin" : "0"}; kb < ${sk ? "kbEnd" : "KB"}; ++kb) {`}
+` : ""}      for (int kb = 0; kb < KB; ++kb) {`}
 ${traceProducerWait(c, `sh_mbar_wait(bars + 8 * (S + s), phase ^ 1);  // the consumers${mc ? " of both CTAs" : ""} have released this stage`, "        ")}        sh_mbar_arrive_expect_tx(bars + 8 * s, ${mn ? `A_BYTES + bBoxes * ${MN_BOX_BYTES}` : `A_BYTES + B_BYTES + SA_BYTES${c.stagedBScales ? "" : " + SB_BYTES"}`});
         sh_tma_load_2d(tilesA + s * A_BYTES, &tmA, kb * ${KBLK}, ${aRow}, bars + 8 * s);
 ${!saByTma ? "" : "        sh_tma_load_2d(sas + s * SA_BYTES, &tmSA, mb * BM, kb, bars + 8 * s);  // A's scales of this block's rows\n"}${c.bRows ? "        sh_tma_load_2d(sbs + s * SB_BYTES, &tmSB, nb * BN, kb, bars + 8 * s);  // B's row scales of this block's columns\n" : ""}
@@ -202,14 +195,14 @@ ${sbTileLine}${twoBlocks && !c.bRows ? `    // columns from 'split' on (tile-rel
     const bool second = ${hasSecond("n0")};
 ` : ""}${c.deferStore ? "" : `#pragma unroll
     for (int i = 0; i < ${frag}; ++i) acc[i] = 0.f;
-`}${kg ? kGroupedLoop(c) : bf16 ? bf16Loop(c) : c.chunked ? chunkedLoop(c) : c.overlap ? overlappedLoop(c) : plainLoop(c)}${traceLoopEnd(c, "    ")}${c.deferStore ? "    have = 1; pmb = mb; pnb = nb;  // stored under the next tile's first K block, or after the loop\n" : sk ? streamKEpilogue(frag, epilogue(c)) : epilogue(c)}${traceEpilogueEnd(c, "tile", "    ")}  }
+`}${kg ? kGroupedLoop(c) : bf16 ? bf16Loop(c) : c.chunked ? chunkedLoop(c) : c.overlap ? overlappedLoop(c) : plainLoop(c)}${traceLoopEnd(c, "    ")}${c.deferStore ? "    have = 1; pmb = mb; pnb = nb;  // stored under the next tile's first K block, or after the loop\n" : epilogue(c)}${traceEpilogueEnd(c, "tile", "    ")}  }
 ${traceEnd(c)}${c.orderedChunks ? `  if (wg == 0) sh_named_bar(${ORDER_BARRIERS[0]}, 256);  // consumer 1's arrival after its last chunk
 ` : ""}${c.deferStore ? `  if (have) {  // the last tile's store
 ${tmaStoreEpilogue(c, "pmb * BM", undefined, "pnb * BN").replace(/^(?=.)/gm, "  ")}  }
 ` : ""}${c.tmaStore ? "  if (threadIdx.x % 128 == 0) sh_bulk_wait0();  // this warpgroup's last store is done\n" : ""}  }
 ${mc ? "  sh_cluster_sync();  // the peer's last arrivals and multicasts into this CTA are done\n" : ""}}
 `;
-  return { name, source: (coords === "tile_coords" || kg ? TILE_COORDS : TILE_COORDS_G) + (kg ? KG_TILE_COORDS : "") + (sk ? STREAM_K_HELPERS : "") + source, config: c, threads: threadsOf(c), smemBytes: smemBytes(c) };
+  return { name, source: (coords === "tile_coords" || kg ? TILE_COORDS : TILE_COORDS_G) + (kg ? KG_TILE_COORDS : "") + source, config: c, threads: threadsOf(c), smemBytes: smemBytes(c) };
 }
 
 /** B's scales of expert `e` for the tile whose first column is `col` (C expressions): the first 128-column block's row of KB, the next at + KB. */

@@ -196,18 +196,16 @@ ${step(c, "kb", "t0", undefined, p)}    }
  */
 export function chunkedLoop(c: Fp8GemmConfig): string {
   const p = "      ";
-  // the unit's K blocks: the whole tile, or with streamK its range [kbBegin, kbEnd) (stream-k.ts)
-  const [kbFirst, kbEnd] = c.streamK ? ["kbBegin", "kbEnd"] : ["0", "KB"];
   // with aRegs the stage was waited for and A's fragment loaded ahead: before the loop, or under the last block's last chunk
   const wait = traceConsumerWait(c, "sh_mbar_wait(bars + 8 * s, phase);  // the stage's bytes have landed", p);
-  const block = (first: boolean) => `${chunkScales(c, "kb + 1", "n", p, "const float ", `kb + 1 < ${kbEnd}`)}${c.aRegs ? "" : wait}${stageScales(c, "s", p)}${c.stagedBScales ? `${p}const float b0 = sh_lds_f32(sbs + s * SB_BYTES), b1 = sh_lds_f32(sbs + s * SB_BYTES + 4);  // B's scales, put in the stage by the scale thread
+  const block = (first: boolean) => `${chunkScales(c, "kb + 1", "n", p, "const float ", "kb + 1 < KB")}${c.aRegs ? "" : wait}${stageScales(c, "s", p)}${c.stagedBScales ? `${p}const float b0 = sh_lds_f32(sbs + s * SB_BYTES), b1 = sh_lds_f32(sbs + s * SB_BYTES + 4);  // B's scales, put in the stage by the scale thread
 ` : ""}${c.aRegs ? "" : `${p}const sh_u64 da = sh_wgmma_desc(tilesA + s * A_BYTES + wg * 64 * ${FP8_BLOCK});
 `}${Array.from({ length: c.blockN / FP8_BLOCK }, (_, j) => chunk(c, j, first)).join("")}${c.globalScales ? `${p}a0 = na0; a1 = na1;\n` : ""}${c.stagedBScales || c.bRows ? "" : `${p}${Array.from({ length: c.blockN / FP8_BLOCK }, (_, j) => `b${j} = nb${j};`).join(" ")}\n`}`;
-  const loop = `    for (int kb = ${c.deferStore ? 1 : kbFirst}; kb < ${kbEnd}; ++kb) {
+  const loop = `    for (int kb = ${c.deferStore ? 1 : 0}; kb < KB; ++kb) {
       // the next block's scales (plain loads: they do not wait for the stage)
 ${block(false)}    }
 `;
-  return `${chunkScales(c, kbFirst, "", "    ", "float ", "")}${c.aRegs ? `    sh_u32 ar[${A_REGS}];  // A's fragment of the block about to run
+  return `${chunkScales(c, "0", "", "    ", "float ", "")}${c.aRegs ? `    sh_u32 ar[${A_REGS}];  // A's fragment of the block about to run
 ${traceConsumerWait(c, "sh_mbar_wait(bars + 8 * s, phase);  // block 0's stage has landed", "    ", "true")}${aFragment("    ")}` : ""}${c.deferStore ? `    {  // K block 0, with the previous tile's store under its chunks
       const int kb = 0;${c.stagedBScales && !c.globalScales ? " (void)kb;" : ""}
 ${block(true)}    }
