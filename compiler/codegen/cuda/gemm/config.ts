@@ -142,7 +142,8 @@ export interface Fp8GemmConfig {
    * register-A form of wgmma) instead of each reading A from shared memory: per 128 x 256 x 128 block,
    * 128 KiB of shared-memory traffic instead of 144. The next block's fragment is loaded as soon as the
    * last chunk's wgmmas are done, under that chunk's promotion (mainloop.ts aheadA). Registers as without
-   * it (consumers 232: acc 128 + tmp 64 + A 16 + overhead; producer 40). Suffix _ra.
+   * it (consumers 232: acc 128 + tmp 64 + A 16 + overhead; producer 40). Measured 3-7% slower than the
+   * same kernel without it on an H200, in both forms (bench/NOTES.md, fourth and twelfth sessions). Suffix _ra.
    */
   aRegs?: boolean;
   /**
@@ -179,7 +180,7 @@ export const ORDER_BARRIERS = [3, 4] as const;
 export const GROUP_M = 8;
 /** setmaxnreg targets (multiples of 8; the CTA's total stays within 64K registers). */
 export const PRODUCER_REGS = 40;
-/** The producer's setmaxnreg target: 24 where two consumers take 240 (register A), else PRODUCER_REGS. */
+/** The producer's setmaxnreg target: PRODUCER_REGS for every configuration (register A gave it 24 until its consumers fit 232). */
 export const producerRegs = (_c: Fp8GemmConfig): number => PRODUCER_REGS;
 export const consumerRegs = (c: Fp8GemmConfig): number => (c.consumers === 1 ? 240 : 232);
 /** Registers of A's fragment per consumer thread with aRegs: 4 k32 steps x 4 (64 rows x 32 e4m3 over 128 threads). */
