@@ -43,9 +43,10 @@ if (SHAPES !== "all" && SHAPES !== "large") {
 }
 // --case NAME keeps just that case (a profiler's one launch: bench/gpu/gemm-profile.sh PROFILE_CASE)
 const ONLY_CASE = arg("--case");
-const ALL_CASES: GemmCase[] = [...DENSE_CASES, ...GROUPED_CASES].filter((c) => inShapeSet(c, SHAPES) && (ONLY_CASE === undefined || c.name === ONLY_CASE));
+const SHAPE_SET: GemmCase[] = [...DENSE_CASES, ...GROUPED_CASES].filter((c) => inShapeSet(c, SHAPES));
+const ALL_CASES: GemmCase[] = SHAPE_SET.filter((c) => ONLY_CASE === undefined || c.name === ONLY_CASE);
 if (ALL_CASES.length === 0) {
-  console.error(`fp8-gemm: no case named '${ONLY_CASE}' in --shapes ${SHAPES}; the cases: ${[...DENSE_CASES, ...GROUPED_CASES].filter((c) => inShapeSet(c, SHAPES)).map((c) => c.name).join("; ")}`);
+  console.error(`fp8-gemm: no case named '${ONLY_CASE}' in --shapes ${SHAPES}; the cases: ${SHAPE_SET.map((c) => c.name).join("; ")}`);
   process.exit(2);
 }
 

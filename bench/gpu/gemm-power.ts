@@ -66,7 +66,8 @@ async function main(): Promise<void> {
   smi.on("error", (e) => (smiErr += String(e)));
   const ws = { ptr: a.memAlloc(32 << 20), bytes: 32 << 20 };
   const phases: Phase[] = [];
-  const rows: { shape: string; kind: Kind; impl: string; ms: number; sustainedMs: number; tflops: number; sustainedTflops: number; label: string }[] = [];
+  // rows[i] is phases[i]'s timings (pushed together)
+  const rows: { shape: string; kind: Kind; who: "ours" | "cuBLASLt"; impl: string; ms: number; tflops: number; sustainedTflops: number }[] = [];
   for (const c of CASES) {
     const shape = { M: c.M, N: c.N, K: c.K };
     const config = defaultGemmConfig(false, shape, g.gridSms());
@@ -89,7 +90,7 @@ async function main(): Promise<void> {
         const runs = sets.map((b) => (impl === "cublaslt" ? g.prepareCublasLt(shape, b, ws) : g.prepare(config, shape, b)));
         const ms = timeMedian(g, (i) => runs[i % runs.length]!(), 20);
         // sustained: batches of launches until SUSTAIN_MS have passed, the host waiting on each batch
-        const label = `${c.name} ${kind} ${impl === "cublaslt" ? "cuBLASLt" : "ours"}`;
+        const who = impl === "cublaslt" ? "cuBLASLt" : "ours";
         const t0 = Date.now();
         let n = 0;
         while (Date.now() - t0 < SUSTAIN_MS) {
@@ -98,9 +99,9 @@ async function main(): Promise<void> {
           a.streamSynchronize(stream);
         }
         const t1 = Date.now();
-        phases.push({ label, t0, t1 });
+        phases.push({ label: `${c.name} ${kind} ${who}`, t0, t1 });
         const flops = usefulFlops(c);
-        rows.push({ shape: c.name, kind, impl, ms, sustainedMs: (t1 - t0) / n, tflops: flops / ms / 1e9, sustainedTflops: (flops * n) / (t1 - t0) / 1e9, label });
+        rows.push({ shape: c.name, kind, who, impl, ms, tflops: flops / ms / 1e9, sustainedTflops: (flops * n) / (t1 - t0) / 1e9 });
         for (const r of runs) if ("release" in r) (r as { release(): void }).release();
         // a second between phases, so the clock of one does not carry into the next one's first samples
         await new Promise((res) => setTimeout(res, 1000));
@@ -117,13 +118,14 @@ async function main(): Promise<void> {
   log(`${"shape".padEnd(16)}${"operands".padEnd(10)}${"impl".padEnd(10)}${"TFLOP/s".padStart(9)}${"sustained".padStart(11)}${"SM MHz".padStart(8)}${"power W".padStart(9)}${"cap".padStart(6)}${"samples".padStart(9)}`);
   rows.forEach((r, i) => {
     const k = clocks[i]!;
-    log(`${r.shape.padEnd(16)}${r.kind.padEnd(10)}${(r.impl === "cublaslt" ? "cuBLASLt" : "ours").padEnd(10)}${r.tflops.toFixed(0).padStart(9)}${r.sustainedTflops.toFixed(0).padStart(11)}${k.smMHz.toFixed(0).padStart(8)}${k.powerW.toFixed(0).padStart(9)}${(k.capShare * 100).toFixed(0).padStart(5)}%${String(k.samples).padStart(9)}`);
+    log(`${r.shape.padEnd(16)}${r.kind.padEnd(10)}${r.who.padEnd(10)}${r.tflops.toFixed(0).padStart(9)}${r.sustainedTflops.toFixed(0).padStart(11)}${k.smMHz.toFixed(0).padStart(8)}${k.powerW.toFixed(0).padStart(9)}${(k.capShare * 100).toFixed(0).padStart(5)}%${String(k.samples).padStart(9)}`);
   });
   log("");
   log("ours / cuBLASLt (median of 20; sustained):");
   for (const c of CASES)
     for (const kind of KINDS) {
-      const [o, l] = [rows.find((r) => r.shape === c.name && r.kind === kind && r.impl !== "cublaslt")!, rows.find((r) => r.shape === c.name && r.kind === kind && r.impl === "cublaslt")!];
+      const row = (who: string) => rows.find((r) => r.shape === c.name && r.kind === kind && r.who === who)!;
+      const [o, l] = [row("ours"), row("cuBLASLt")];
       log(`  ${c.name.padEnd(16)}${kind.padEnd(10)}${(o.tflops / l.tflops).toFixed(3)}  ${(o.sustainedTflops / l.sustainedTflops).toFixed(3)}`);
     }
   writeFileSync(join(outDir, "gemm-power.txt"), lines.join("\n") + "\n");

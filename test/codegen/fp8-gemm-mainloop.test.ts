@@ -340,7 +340,7 @@ describe.skipIf(!GXX)("FP8 GEMM consumer K loop on a CPU model of wgmma / mbarri
     });
   }, 60_000);
 
-  it("the model catches broken register-A loops: A loaded from the stage after the one B is read from, or reloaded under the last chunk's wgmmas", () => {
+  it("the model catches broken register-A loops: A loaded from the stage after the one B is read from, or reloaded while a wgmma group still reads it", () => {
     const c = chunked[5]!;
     const good = chunkedLoop(c);
     const broken = good.replace("tilesA + s * A_BYTES + (wg * 64", "tilesA + ((s + 1) % S) * A_BYTES + (wg * 64");
