@@ -32,7 +32,7 @@ describe.skipIf(!NVCC)("FP8 GEMM kernels compile for sm_90a", () => {
       // one file per kernel, as NVRTC sees it (each source is self-contained)
       const rows: string[] = [];
       // the autotuner's candidates and the bench's experimental variants (not timed by the autotuner)
-      expect(experimental.length, "experimental variants").toBe(grouped ? 4 : 6);
+      expect(experimental.length, "experimental variants").toBe(grouped ? 0 : 2);
       const all = [...kernels, ...experimental];
       for (let i = 0; i < all.length; i += 2) {
         await Promise.all(
@@ -53,8 +53,8 @@ describe.skipIf(!NVCC)("FP8 GEMM kernels compile for sm_90a", () => {
             // stmatrix staging: 16 m8n8.x4 stores a thread instead of 64 st.shared.b32
             if (k.config.stmatrix) expect(ptx, k.name).toContain("stmatrix.sync.aligned.m8n8.x4.shared.b16");
             else expect(ptx, k.name).not.toContain("stmatrix");
-            // overlapped promotion (narrow chunks: the next chunk's group) stays in flight while the older one is promoted
-            if (k.config.overlap || k.config.narrowChunks) expect(ptx, k.name).toContain("wgmma.wait_group.sync.aligned 1");
+            // overlapped promotion: the next block's group stays in flight while the older one is promoted
+            if (k.config.overlap) expect(ptx, k.name).toContain("wgmma.wait_group.sync.aligned 1");
             else expect(ptx, k.name).not.toContain("wgmma.wait_group.sync.aligned 1");
             // two-CTA clusters: B multicast, stages released to both CTAs, cluster barriers at start and end
             if (k.config.multicast) {

@@ -170,18 +170,6 @@ export interface Fp8GemmConfig {
    * which the 64 KiB of writes need 512 at 128 B/clk. Suffix _sm.
    */
   stmatrix?: boolean;
-  /**
-   * A chunked tile's K block in four 64-column chunks through two 32-register temporaries, t0 and t1
-   * (absent = two 128-column chunks through one; chunked, without deferStore, orderedChunks, row-scaled B
-   * or trace): chunk q + 1 is issued before chunk q is waited for (wait_group 1), and a block's last chunk
-   * is promoted under the next block's first, so each consumer keeps a wgmma group queued while it
-   * promotes instead of leaving the tensor cores to the other consumer (Nsight Compute put 39% of our
-   * stall samples in that wait on 8192³). Same registers (acc 128 + 2 x 32). The price: an m64n64 wgmma
-   * reads A from shared memory for every 64 columns, 176 KiB of shared-memory traffic per 128 x 256 x
-   * 128 block against 144; with aRegs A is read once per block by ldmatrix (128 KiB), and the block's
-   * last chunk is waited for before the next block's fragment is loaded. Suffix _nc.
-   */
-  narrowChunks?: boolean;
 }
 
 export const SMEM_LIMIT = 232448; // 227 KiB: the opt-in maximum per block on H100 / H200
@@ -204,10 +192,8 @@ export const isBf16 = (c: Pick<Fp8GemmConfig, "ab">): boolean => c.ab === "bf16"
 export const kBlock = (c: Pick<Fp8GemmConfig, "ab">): number => (isBf16(c) ? 64 : FP8_BLOCK);
 /** The largest blockN: two f32 fragments of blockN/2 with e4m3 (accumulator + promoted temporary), one with bf16. */
 const maxBlockN = (c: Pick<Fp8GemmConfig, "ab" | "chunked">): number => (isBf16(c) || c.chunked ? 256 : 192);
-/** Columns one wgmma group covers: a 128-column chunk when chunked (64 with narrowChunks), else the whole tile. */
-export const wgmmaN = (c: Pick<Fp8GemmConfig, "blockN" | "chunked" | "narrowChunks">): number => (c.chunked ? (c.narrowChunks ? NARROW_CHUNK : FP8_BLOCK) : c.blockN);
-/** Columns of a narrow chunk (narrowChunks): a 128-column scale block of B in two. */
-export const NARROW_CHUNK = 64;
+/** Columns one wgmma group covers: a 128-column chunk when chunked, else the whole tile. */
+export const wgmmaN = (c: Pick<Fp8GemmConfig, "blockN" | "chunked">): number => (c.chunked ? FP8_BLOCK : c.blockN);
 export const threadsOf = (c: Fp8GemmConfig): number => 128 * (c.consumers + 1);
 export const aTileBytes = (c: Fp8GemmConfig): number => blockM(c) * FP8_BLOCK;
 export const bTileBytes = (c: Fp8GemmConfig): number => c.blockN * FP8_BLOCK;
@@ -224,7 +210,7 @@ export const smemBytes = (c: Fp8GemmConfig): number => SMEM_ALIGN_SLACK + c.stag
 export const spansScaleBlocks = (c: Fp8GemmConfig): boolean => !isBf16(c) && !c.chunked && FP8_BLOCK % c.blockN !== 0;
 
 export function configName(c: Fp8GemmConfig): string {
-  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.aRegs ? "_ra" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}${c.stagedBScales ? "_sbs" : ""}${c.stmatrix ? "_sm" : ""}${c.narrowChunks ? "_nc" : ""}${c.trace ? "_tr" : ""}`;
+  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.aRegs ? "_ra" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}${c.stagedBScales ? "_sbs" : ""}${c.stmatrix ? "_sm" : ""}${c.trace ? "_tr" : ""}`;
 }
 
 /** Why a configuration cannot be emitted, or undefined. */
@@ -265,8 +251,6 @@ export function configProblem(c: Fp8GemmConfig): string | undefined {
   if (c.stagedBScales && !c.chunked) return "stagedBScales puts a chunked tile's two B scales in each stage: it needs chunked";
   if (c.stmatrix && !c.tmaStore) return "stmatrix writes the TMA-store epilogue's staging: it needs tmaStore";
   if (c.trace && !(c.chunked && !c.deferStore && !c.multicast)) return "trace stamps the chunked kernel's tile boundaries: it needs chunked, without deferStore or multicast";
-  if (c.narrowChunks && !(c.chunked && !c.deferStore && !c.orderedChunks && !c.bRows && !c.trace))
-    return "narrowChunks splits a chunked tile's K block into four 64-column chunks: it needs chunked, without deferStore, orderedChunks, row-scaled B (bRows) or trace";
   if (c.chunked) return chunkedProblem(c);
   if (c.overlap) return overlapProblem(c);
   return undefined;
@@ -373,18 +357,9 @@ const CHUNKED_VARIANTS: Partial<Fp8GemmConfig>[] = [
  * time, each on top of { tmaStore, groupM 16, stagedBScales, stmatrix } (the fastest on K = 2048): B
  * multicast over 2-CTA clusters (dense only), with and without stmatrix. Measured 1-3% slower than
  * _sbs_sm (bench/results/2026-11-23-fp8-gemm-h200-multicast-sbs.txt); kept so the bench keeps checking
- * the scale thread under multicast, which no tuned kernel exercises. And narrow chunks (narrowChunks), not yet
- * timed on a GPU.
+ * the scale thread under multicast, which no tuned kernel exercises.
  */
-const EXPERIMENTAL_CHUNKED_VARIANTS: Partial<Fp8GemmConfig>[] = [
-  { multicast: true },
-  { multicast: true, stmatrix: false },
-  // four 64-column chunks a K block (narrowChunks), on the default (_g16_sm) and on _g16_sbs_sm, A from shared memory or registers
-  { narrowChunks: true, stagedBScales: false },
-  { narrowChunks: true, stagedBScales: false, aRegs: true },
-  { narrowChunks: true },
-  { narrowChunks: true, aRegs: true },
-];
+const EXPERIMENTAL_CHUNKED_VARIANTS: Partial<Fp8GemmConfig>[] = [{ multicast: true }, { multicast: true, stmatrix: false }];
 
 /**
  * The configurations the autotuner times, the first being the plain one (one consumer, 64×128,

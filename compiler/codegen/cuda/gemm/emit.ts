@@ -96,11 +96,9 @@ export function emitFp8Gemm(c: Fp8GemmConfig): Fp8GemmKernel {
     ? `// bf16 GEMM (${kg ? "grouped over K: one M x N block of D per expert" : c.grouped ? "grouped over 128-row expert blocks" : "dense NT"}): BLOCK ${BM}x${BN}x${KBLK}, ${S} stages,`
     : `// FP8 block-scaled GEMM (${kg ? "grouped over K: one M x N block of D per expert, row-scaled B" : c.grouped ? `grouped over 128-row expert blocks${rr ? ", row runs" : ""}` : "dense NT"}): BLOCK ${BM}x${BN}x128, ${S} stages,`;
   // the consumer's fragments: e4m3 promotes a temporary (two with overlap) into acc; bf16 has acc only
-  // (narrow chunks: two temporaries of a 64-column chunk each)
-  const pair = c.overlap || c.narrowChunks;
-  const frags = bf16 ? "" : c.overlap ? ", t0[" + frag + "], t1[" + frag + "]" : c.narrowChunks ? ", t0[" + tmpFrag + "], t1[" + tmpFrag + "]" : ", tmp[" + tmpFrag + "]";
+  const frags = bf16 ? "" : c.overlap ? ", t0[" + frag + "], t1[" + frag + "]" : ", tmp[" + tmpFrag + "]";
   const fragInit = bf16 ? "" : `#pragma unroll
-  for (int i = 0; i < ${tmpFrag}; ++i) ${pair ? "t0[i] = t1[i] = 0.f" : "tmp[i] = 0.f"};
+  for (int i = 0; i < ${tmpFrag}; ++i) ${c.overlap ? "t0[i] = t1[i] = 0.f" : "tmp[i] = 0.f"};
 `;
   const sbTileLine = kg ? "    (void)sa; (void)sb;\n" : bf16 ? "    (void)sa; (void)sb; (void)NB;\n" : c.bRows ? "    (void)sb; (void)NB;\n" : c.stagedBScales ? "" : `    const float* sbTile = ${scaleRow("e", "n0")};\n`;
 

@@ -14,7 +14,7 @@
 // bars, tilesA/tilesB, A_BYTES/B_BYTES, S, wg, lane, sa, sbTile, m0/m1, r0, c0, sas/SA_BYTES,
 // sbs/SB_BYTES (row-scaled B), M, KB, split/second (when a tile spans two scale blocks of B).
 import { FP8_BLOCK } from "../../../numeric/fp8-gemm.ts";
-import { A_REGS, NARROW_CHUNK, ORDER_BARRIERS, spansScaleBlocks, type Fp8GemmConfig } from "./config.ts";
+import { A_REGS, ORDER_BARRIERS, spansScaleBlocks, type Fp8GemmConfig } from "./config.ts";
 import { MN_K16_STEP, wgmmaName, wgmmaRsName } from "./ptx.ts";
 import { stagingFlush, stagingWrites } from "./staging.ts";
 import { traceConsumerWait } from "./trace.ts";
@@ -195,7 +195,6 @@ ${step(c, "kb", "t0", undefined, p)}    }
  * Without it, acc is zeroed before the loop (emit.ts) and the tile's epilogue follows it.
  */
 export function chunkedLoop(c: Fp8GemmConfig): string {
-  if (c.narrowChunks) return narrowChunkLoop(c);
   const p = "      ";
   // with aRegs the stage was waited for and A's fragment loaded ahead: before the loop, or under the last block's last chunk
   const wait = traceConsumerWait(c, "sh_mbar_wait(bars + 8 * s, phase);  // the stage's bytes have landed", p);
@@ -265,52 +264,6 @@ ${fenceAll(FP8_BLOCK / 2, "tmp", q)}${c.bRows ? `${rowScaledPromote("tmp", q, "s
 ${q}for (int j = 0; j < ${frag / 4}; ++j) {
 ${fmaGroup("tmp", `${j * frag} + `, q + "  ")}${q}}
 `}${p}}
-`;
-}
-
-/**
- * The narrow-chunk loop (narrowChunks): each K block as four m64n64 chunks, q = 0..3, alternately into t0
- * (even q) and t1 (odd q). Chunk q + 1 is issued before chunk q is waited for (wait_group 1) and
- * promoted into acc[32 q ..] with its scale block's B scale (b0 for q < 2, b1 after); the last chunk is
- * waited for with wait_group 0, the stage goes back and it is promoted. So only the last chunk's 32
- * FFMAs a block run without a group of this consumer's queued, against two chunks of 64 in the chunked
- * loop. Nothing is pending at the loop head: a group pending across the back edge, read at the next
- * block's top, makes ptxas serialize the wgmmas (C7514), since each temporary has two wgmma sites a block.
- * With aRegs the next block's fragment is loaded after the last chunk's wait, under its promotion
- * (aheadA), as in the chunked loop.
- */
-function narrowChunkLoop(c: Fp8GemmConfig): string {
-  const p = "      ", q = p + "  ", frag = NARROW_CHUNK / 2;
-  const wait = traceConsumerWait(c, "sh_mbar_wait(bars + 8 * s, phase);  // the stage's bytes have landed", p);
-  const promoteInto = (t: string, chunkQ: number, b: number): string => `${fenceAll(frag, t, p)}${p}{
-${q}const float u0 = a0 * b${b}, u1 = a1 * b${b};
-#pragma unroll
-${q}for (int j = 0; j < ${frag / 4}; ++j) {
-${fmaGroup(t, `${chunkQ * frag} + `, q + "  ")}${q}}
-${p}}
-`;
-  const issueChunk = (t: string, chunkQ: number): string => `${p}{  // chunk ${chunkQ}: columns ${chunkQ * NARROW_CHUNK}..${(chunkQ + 1) * NARROW_CHUNK - 1} of the tile
-${q}const sh_u64 db = sh_wgmma_desc(tilesB + s * B_BYTES + ${chunkQ * NARROW_CHUNK * FP8_BLOCK});
-${q}sh_wgmma_fence();
-#pragma unroll
-${q}for (int k = 0; k < ${FP8_BLOCK / 32}; ++k) ${c.aRegs ? `${wgmmaRsName(NARROW_CHUNK)}(${t}, ar[4 * k], ar[4 * k + 1], ar[4 * k + 2], ar[4 * k + 3], db + 2 * k, k)` : `${wgmmaName(NARROW_CHUNK, c.ab)}(${t}, da + 2 * k, db + 2 * k, k)`};
-${q}sh_wgmma_commit();
-${p}}
-`;
-  const chunks = FP8_BLOCK * 2 / NARROW_CHUNK;
-  const body = Array.from({ length: chunks }, (_, k) => {
-    const t = k % 2 ? "t1" : "t0", prev = k % 2 ? "t0" : "t1";
-    return `${issueChunk(t, k)}${k > 0 ? `${p}sh_wgmma_wait<1>();  // chunk ${k - 1} is done, chunk ${k} runs on
-${promoteInto(prev, k - 1, (k - 1) >= chunks / 2 ? 1 : 0)}` : ""}`;
-  }).join("");
-  const lastT = (chunks - 1) % 2 ? "t1" : "t0";
-  return `${chunkScales(c, "0", "", "    ", "float ", "")}${c.aRegs ? `    sh_u32 ar[${A_REGS}];  // A's fragment of the block about to run
-${traceConsumerWait(c, "sh_mbar_wait(bars + 8 * s, phase);  // block 0's stage has landed", "    ", "true")}${aFragment("    ")}` : ""}    for (int kb = 0; kb < KB; ++kb) {
-      // the next block's scales (plain loads: they do not wait for the stage)
-${chunkScales(c, "kb + 1", "n", p, "const float ", "kb + 1 < KB")}${c.aRegs ? "" : wait}${stageScales(c, "s", p)}${c.stagedBScales ? `${p}const float b0 = sh_lds_f32(sbs + s * SB_BYTES), b1 = sh_lds_f32(sbs + s * SB_BYTES + 4);  // B's scales, put in the stage by the scale thread
-` : ""}${c.aRegs ? "" : `${p}const sh_u64 da = sh_wgmma_desc(tilesA + s * A_BYTES + wg * 64 * ${FP8_BLOCK});
-`}${body}${p}sh_wgmma_wait0();  // the last chunk is done
-${handBack(c, p, "the last chunk's wgmmas have read the stage")}${c.aRegs ? aheadA(c, p) : ""}${promoteInto(lastT, chunks - 1, 1)}${c.globalScales ? `${p}a0 = na0; a1 = na1;\n` : ""}${c.stagedBScales ? "" : `${p}b0 = nb0; b1 = nb1;\n`}    }
 `;
 }
 
