@@ -235,15 +235,18 @@ function summary(checks: Check[], peer: PeerRow[], log: (s: string) => void): vo
   log("\nsummary (TFLOP/s of useful FLOPs; ratios against torch in the same run)");
   log(`${"case".padEnd(30)} ${"best shardts kernel".padEnd(36)} ${"TF/s".padStart(6)} ${"plain".padStart(6)} ${"cuBLASLt".padStart(8)} ${"torch fp8".padStart(9)} ${"torch bf16".padStart(10)} ${"x fp8".padStart(6)} ${"x bf16".padStart(6)}`);
   for (const c of ALL_CASES.filter((x) => x.timed)) {
-    const mine = checks.filter((k) => k.case === c.name && k.pass && k.tflops !== undefined && k.impl.startsWith("sh_fp8_gemm"));
+    const ran = checks.filter((k) => k.case === c.name && k.impl.startsWith("sh_fp8_gemm"));
+    const mine = ran.filter((k) => k.pass && k.tflops !== undefined);
     const best = mine.sort((x, y) => y.tflops! - x.tflops!)[0];
+    // none ran (--only left this case's kernels out) is not the same as none passing
+    const none = ran.length === 0 ? "(none run)" : "(none passed)";
     const plain = mine.find((k) => k.impl === configName(gemmCandidates(c.kind === "grouped")[0]!));
     const lt = checks.find((k) => k.case === c.name && k.impl === "cublaslt" && k.pass);
     const fp8 = peer.find((p) => p.case === c.name && /scaled_mm/.test(p.impl) && p.tflops !== undefined);
     const bf16 = peer.find((p) => p.case === c.name && /bf16/.test(p.impl) && p.tflops !== undefined);
     const f = (x?: number, w = 6) => (x === undefined ? "-" : x.toFixed(0)).padStart(w);
     const ratio = (x?: number, y?: number) => (x === undefined || y === undefined ? "-" : (x / y).toFixed(2)).padStart(6);
-    log(`${c.name.slice(0, 30).padEnd(30)} ${(best?.impl ?? "(none passed)").padEnd(36)} ${f(best?.tflops)} ${f(plain?.tflops)} ${f(lt?.tflops, 8)} ${f(fp8?.tflops, 9)} ${f(bf16?.tflops, 10)} ${ratio(best?.tflops, fp8?.tflops)} ${ratio(best?.tflops, bf16?.tflops)}`);
+    log(`${c.name.slice(0, 30).padEnd(30)} ${(best?.impl ?? none).padEnd(36)} ${f(best?.tflops)} ${f(plain?.tflops)} ${f(lt?.tflops, 8)} ${f(fp8?.tflops, 9)} ${f(bf16?.tflops, 10)} ${ratio(best?.tflops, fp8?.tflops)} ${ratio(best?.tflops, bf16?.tflops)}`);
   }
   log(`rows: grouped M is padded (${ALL_CASES.filter((c) => c.timed && c.kind === "grouped").map((c) => `${c.name}: ${rowsOf(c)} rows`).join("; ")}); FLOPs count routed rows only`);
 }
