@@ -153,6 +153,23 @@ async function parent(): Promise<void> {
   const hopper = dev.computeCapability[0] === 9 && dev.computeCapability[1] === 0;
   if (!hopper) log("  not Hopper: the generated kernels need sm_90a; only the cuBLASLt fallback and the peer run");
 
+  const jobs: ChildJob[] = [
+    ...(hopper ? [...gemmCandidates(false), ...gemmCandidates(true), ...rowScaledCandidates(), ...experimentalGemmCandidates(false), ...experimentalGemmCandidates(true)].map((config) => ({ impl: "kernel" as const, config })) : []),
+    { impl: "cublaslt" },
+    ...(hopper ? [{ impl: "tune" as const }] : []),
+  ];
+  // --only REGEX keeps the implementations whose label matches (config names, "cublaslt", "tune"); checked
+  // before the references are computed, so a mistyped pattern costs no GPU time
+  const label = (j: ChildJob) => (j.impl === "kernel" ? configName(j.config) : j.impl);
+  const only = onlyPattern(arg("--only"));
+  const picked = jobs.filter((j) => !only || only.test(label(j)));
+  if (only) log(`  --only ${only.source}: ${picked.length} of ${jobs.length} implementations`);
+  if (only && picked.length === 0) {
+    log(`fp8-gemm: --only ${only.source} matches no implementation; the labels look like ${jobs.slice(-4).map(label).join(", ")}, ${label(jobs[0]!)}`);
+    writeFileSync(join(outDir, "fp8-gemm.txt"), lines.join("\n") + "\n");
+    process.exit(2);
+  }
+
   // references for the sampled rows, computed once
   const refs = new Map<string, { rows: number[]; ref: Float32Array; f64: Float64Array; N: number }>();
   if (SHAPES !== "all") log(`  --shapes ${SHAPES}: ${ALL_CASES.map((c) => c.name).join("; ")}`);
@@ -162,15 +179,6 @@ async function parent(): Promise<void> {
     log(`  reference ${c.name}: ${rows.length} rows of ${p.M} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   }
 
-  const jobs: ChildJob[] = [
-    ...(hopper ? [...gemmCandidates(false), ...gemmCandidates(true), ...rowScaledCandidates(), ...experimentalGemmCandidates(false), ...experimentalGemmCandidates(true)].map((config) => ({ impl: "kernel" as const, config })) : []),
-    { impl: "cublaslt" },
-    ...(hopper ? [{ impl: "tune" as const }] : []),
-  ];
-  // --only REGEX keeps the implementations whose label matches (config names, "cublaslt", "tune")
-  const only = arg("--only") !== undefined ? new RegExp(arg("--only")!) : undefined;
-  const picked = jobs.filter((j) => !only || only.test(j.impl === "kernel" ? configName(j.config) : j.impl));
-  if (only) log(`  --only ${only.source}: ${picked.length} of ${jobs.length} implementations`);
   const checks: Check[] = [];
   for (const job of picked) {
     for (const r of await runChild(job, log)) {
@@ -226,6 +234,17 @@ function runPeer(log: (s: string) => void): PeerRow[] {
     grouped: ALL_CASES.filter((c) => c.timed && c.kind === "grouped").map((c) => ({ name: c.name, rows: c.kind === "grouped" ? c.rows : [], N: c.N, K: c.K })),
   };
   return runGemmPeer(spec, log);
+}
+
+/** --only's pattern, or undefined; a pattern that is no regular expression stops the bench with what was typed. */
+function onlyPattern(text: string | undefined): RegExp | undefined {
+  if (text === undefined) return undefined;
+  try {
+    return new RegExp(text);
+  } catch (e) {
+    console.error(`fp8-gemm: --only takes a regular expression over the implementations' labels, got '${text}': ${(e as Error).message}`);
+    process.exit(2);
+  }
 }
 
 function summary(checks: Check[], peer: PeerRow[], log: (s: string) => void): void {
