@@ -12,6 +12,10 @@
 // against exact (the quantization error, predicted on the CPU) within 10% + 1e-3, and under the CPU
 // recipe test's 0.06; GPU bf16 against exact under 1e-2. The float64 sums run over sampled rows; the
 // smallest shape also runs the whole FP8 graph on the CPU backend and compares every element.
+// Then the time of each Linear's training step (Fprop + Dgrad + Wgrad, and the FP8 graph's quantizes),
+// FP8 against bf16 on the same GPU, inputs resident on the device, median of TIME_STEPS runs, and one
+// traced run of each: where the FP8 step's time goes (the GEMMs, the operands' layout copies, the
+// quantizes), including the EP MoE layer's shared-expert shapes (8192 tokens, d 2048, ffn 1408).
 //   npm run gpu:pack; there: bash bench/gpu/run.sh fp8-linear   (writes <out>/fp8-linear.txt, .json)
 //   npx tsx bench/gpu/fp8-linear.ts --cpu   the same checks on the CPU backend, smallest shape only (a dry run here)
 import { writeFileSync } from "node:fs";
@@ -28,6 +32,8 @@ import { dequantizeValues, quantizeValues } from "../../compiler/ops/quantize.ts
 import { relError } from "./lib/compare.ts";
 import { tunedGemmConfig } from "../../runtime/cuda/gemm-tune.ts";
 import { configName } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { input, piecesOf } from "../../stdlib/program.ts";
+import { traceTotals, type TraceEvent } from "../../runtime/cuda/trace.ts";
 
 const argv = process.argv;
 const outDir = argv.includes("--out") ? argv[argv.indexOf("--out") + 1]! : ".";
@@ -38,6 +44,12 @@ const SHAPES = [
   { tokens: 4096, model: 2048, ffn: 1408, cpu: false }, // a DeepSeek-V2-Lite routed expert's up projection
   { tokens: 4096, model: 7168, ffn: 2048, cpu: false }, // DeepSeek-V3's model width
 ];
+/** Timed too (no f64 checks): the EP MoE layer's shared-expert Linears per GPU (bench/gpu/moe-layer.ts). */
+const TIME_ONLY = [
+  { tokens: 8192, model: 2048, ffn: 1408 }, // up / gate projection
+  { tokens: 8192, model: 1408, ffn: 2048 }, // down projection
+];
+const TIME_STEPS = Number(process.env.FP8_LINEAR_STEPS ?? 20);
 const LIMIT = { model: 5e-3, predicted: 0.1, predictedAbs: 1e-3, recipe: 0.06, bf16: 1e-2, cpuGraph: 1e-2 };
 
 const lines: string[] = [];
@@ -169,6 +181,47 @@ for (const dims of onCpu ? SHAPES.slice(0, 1) : SHAPES) {
     say(`${o.name}   ${vsModel.toExponential(2).padEnd(13)}  ${vsExact.toExponential(2).padEnd(13)}  ${predicted.toExponential(2).padEnd(27)}  ${bf16.toExponential(2).padEnd(14)}  ${vsBf16.toExponential(2).padEnd(17)}${cpuErr !== undefined ? `   ${cpuErr.toExponential(2)} (max-abs relative)` : ""}${bad.length ? `  FAIL: ${bad.join("; ")}` : "  ok"}`);
     json.push({ tokens: T, model: D, ffn: F, output: o.name.split(" ")[0], fp8VsModel: vsModel, fp8VsExact: vsExact, predicted, bf16VsExact: bf16, fp8VsBf16: vsBf16, fp8VsCpuGraph: cpuErr });
   });
+}
+/**
+ * One Linear's training step (y, dx, dw for loss = Σ y·dY) with x, w and dY resident on the GPU: the
+ * median wall time of `TIME_STEPS` runs (each ends with a stream synchronize; outputs stay on the device),
+ * and the largest entries of one traced run.
+ */
+function timeLinear(ex: CudaExecutor, fp8: boolean, dims: { tokens: number; model: number; ffn: number }) {
+  const { tokens, model, ffn } = dims;
+  const mesh = Mesh.of({ d: 1 });
+  const xt = input(mesh, "x", { tokens, model }, "bf16") as AnyDTensor;
+  const wt = input(mesh, "w", { model, ffn }, "bf16") as AnyDTensor;
+  const rt = input(mesh, "dy", { tokens, ffn }, "bf16") as AnyDTensor;
+  const y = fp8 ? fp8Dot(xt, wt, "model", "ffn") : (dot(xt as never, wt as never, "model") as AnyDTensor);
+  const g = grad(sum(mul(y as never, rt as never) as never, ["tokens", "ffn"]) as AnyDTensor, { x: xt, w: wt });
+  const plan = compile(mesh.builder.graph, [y, g.x, g.w].map((t) => (t as AnyDTensor).ref));
+  ex.setResident("x", piecesOf(mesh.spec, xt.type, randn(tokens * model, 1)));
+  ex.setResident("w", piecesOf(mesh.spec, wt.type, randn(model * ffn, 1 / Math.sqrt(model))));
+  ex.setResident("dy", piecesOf(mesh.spec, rt.type, randn(tokens * ffn, 1)));
+  const ms: number[] = [];
+  for (let i = 0; i < TIME_STEPS + 3; i++) {
+    const t0 = performance.now();
+    ex.run(plan, undefined, [], { download: false });
+    if (i >= 3) ms.push(performance.now() - t0);
+  }
+  const events: TraceEvent[] = [];
+  ex.run(plan, undefined, [], { download: false, trace: events });
+  for (const n of ["x", "w", "dy"]) ex.setResident(n, undefined);
+  return { ms: [...ms].sort((a, b) => a - b)[Math.floor(ms.length / 2)]!, top: traceTotals(events).slice(0, 12) };
+}
+
+if (!onCpu) {
+  const ex = new CudaExecutor(native());
+  say(`\n== time of a Linear's training step (Fprop + Dgrad + Wgrad; FP8 with its quantizes), inputs resident, median of ${TIME_STEPS} runs`);
+  say("tokens x model -> ffn     GFLOP   FP8 ms   bf16 ms   FP8 TFLOP/s   bf16 TFLOP/s   FP8 / bf16 speed");
+  for (const dims of [...SHAPES.filter((d) => !d.cpu), ...TIME_ONLY]) {
+    const gflop = (3 * 2 * dims.tokens * dims.model * dims.ffn) / 1e9;
+    const q = timeLinear(ex, true, dims), b = timeLinear(ex, false, dims);
+    say(`${`${dims.tokens} x ${dims.model} -> ${dims.ffn}`.padEnd(25)} ${gflop.toFixed(1).padStart(6)}  ${q.ms.toFixed(3).padStart(7)}  ${b.ms.toFixed(3).padStart(8)}  ${(gflop / q.ms).toFixed(0).padStart(12)}  ${(gflop / b.ms).toFixed(0).padStart(13)}  ${(b.ms / q.ms).toFixed(2).padStart(16)}`);
+    for (const [label, r] of [["FP8", q], ["bf16", b]] as const) say(`  ${label} trace: ${r.top.map((t) => `${t.name} ${t.n}x ${(t.us / 1e3).toFixed(3)} ms`).join("; ")}`);
+    json.push({ tokens: dims.tokens, model: dims.model, ffn: dims.ffn, fp8Ms: q.ms, bf16Ms: b.ms, fp8Trace: q.top, bf16Trace: b.top });
+  }
 }
 say(failures ? `\n${failures} check(s) FAILED` : "\nALL PASS");
 writeFileSync(join(outDir, "fp8-linear.txt"), lines.join("\n") + "\n");

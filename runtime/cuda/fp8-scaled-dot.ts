@@ -60,21 +60,22 @@ export function scaledDotGemm(ex: CudaExecutor, x: DeviceTensor[], tIn: TensorTy
   const [ta, tsa, tb, tsb] = tIn as [TensorType, TensorType, TensorType, TensorType];
   const { K, kRest, N, rows, bRows } = form;
   const ks = [...kRest, K], kTiles = [...kRest, tilesName(K)];
-  const A = ex.reorder(x[0]!, names(ta), [...rows, ...ks]);
-  const SA = ex.reorder(x[1]!, names(tsa), [...kTiles, ...rows]);
-  const B = codesIn(ex, bSlot, x[2]!, names(tb), [N, ...ks]);
+  // the operands in the kernel's layouts (a traced run shows these copies apart from the GEMM)
+  const A = ex.part("A layout", () => ex.reorder(x[0]!, names(ta), [...rows, ...ks]));
+  const SA = ex.part("A scales layout", () => ex.reorder(x[1]!, names(tsa), [...kTiles, ...rows]));
+  const B = ex.part("B layout", () => codesIn(ex, bSlot, x[2]!, names(tb), [N, ...ks]));
   // B's scales: [N/128][K/128] blocks, or with row-scaled B [K/128][N] (the kernels' layouts)
-  const SB = ex.reorder(x[3]!, names(tsb), bRows ? [...kTiles, N] : [tilesName(N), ...kTiles]);
+  const SB = ex.part("B scales layout", () => ex.reorder(x[3]!, names(tsb), bRows ? [...kTiles, N] : [tilesName(N), ...kTiles]));
   const kk = numel(B.shape.slice(1)), M = numel(A.shape) / Math.max(1, kk), nn = B.shape[0]!;
   const why = shapeProblem({ M, N: nn, K: kk });
   let D: DeviceTensor | undefined;
   if (!why) {
     const order = [...rows, N];
-    D = empty(ex.mem, "bf16", order.map((d) => shape[tOut.dims.findIndex((e) => e.name === d)]!));
-    g.prepare(bRows ? ROW_CONFIG : gemmConfigFor(g, { M, N: nn, K: kk }, false), { M, N: nn, K: kk }, { a: A.ptr, b: B.ptr, sa: SA.ptr, sb: SB.ptr, d: D.ptr })();
-    const out = ex.reorder(D, order, names(tOut));
-    if (out !== D) ex.release(D);
-    D = out;
+    const Dk = empty(ex.mem, "bf16", order.map((d) => shape[tOut.dims.findIndex((e) => e.name === d)]!));
+    const launch = g.prepare(bRows ? ROW_CONFIG : gemmConfigFor(g, { M, N: nn, K: kk }, false), { M, N: nn, K: kk }, { a: A.ptr, b: B.ptr, sa: SA.ptr, sb: SB.ptr, d: Dk.ptr });
+    ex.part(bRows ? "dense FP8 GEMM (row-scaled B)" : "dense FP8 GEMM", launch);
+    D = ex.part("output layout", () => ex.reorder(Dk, order, names(tOut)));
+    if (D !== Dk) ex.release(Dk);
   }
   for (const [t, orig] of [[A, x[0]], [SA, x[1]], [B, x[2]], [SB, x[3]]] as const) if (t !== orig) ex.release(t);
   return D;
