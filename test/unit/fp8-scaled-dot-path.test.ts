@@ -17,6 +17,7 @@ import { sum } from "../../stdlib/ops/reduce.ts";
 import { mul } from "../../stdlib/nn/ops-internal.ts";
 import { grad } from "../../stdlib/autodiff.ts";
 import { fakeAddon } from "../fakes/native-addon.ts";
+import { traceTotals, type TraceEvent } from "../../runtime/cuda/trace.ts";
 import { useTempKernelCache } from "../fakes/kernel-cache.ts";
 import { mulberry32 as rng } from "../helpers/prng.ts";
 
@@ -60,6 +61,16 @@ describe("scaled_dot on CUDA: the FP8 Linear's Fprop, Dgrad and Wgrad on the gen
       expect(f.calls.get("cublasLtMatmulRun") ?? 0).toBe(0);
     });
   }
+
+  it("a traced run splits each scaled_dot into its operands' layout copies, the GEMM and the output copy (parts)", () => {
+    const f = fakeAddon();
+    const events: TraceEvent[] = [];
+    new CudaExecutor(f.addon, 0).run(linearPlan({ model: 256, ffn: 128 }), undefined, undefined, { download: false, trace: events });
+    const parts = traceTotals(events.filter((e) => e.cat === "part"));
+    const n = (name: string) => parts.find((t) => t.name === name)?.n ?? 0;
+    expect([n("dense FP8 GEMM"), n("dense FP8 GEMM (row-scaled B)")]).toEqual([2, 1]);
+    for (const name of ["A layout", "A scales layout", "B layout", "B scales layout", "output layout"]) expect(n(name), name).toBe(3);
+  });
 
   it("contracting [b, seq] (seq tiled 128x1 in whole tiles) equals contracting the flattened b·seq, bit for bit (CPU reference)", () => {
     const r = rng(11);
