@@ -156,9 +156,12 @@ export function schedule<I extends AnyInstr, P extends Schedulable<I>>(plan: P, 
   return { ...plan, instrs, lastUse: lastUses(values, instrs as never, plan.outputs) };
 }
 
-/** Overrides of the default cost model from `SHARDTS_SCHEDULE_COST` (`key=value,...`, keys of CostModel). */
-export function costFromEnv(spec: string | undefined): CostModel {
-  const m: CostModel = { ...DEFAULT_COST };
+/**
+ * Overrides of the default cost model from `SHARDTS_SCHEDULE_COST` (`key=value,...`, keys of CostModel),
+ * applied over `base` (the caller's defaults for its runtime, e.g. moeOnDevice for the NVLink transport).
+ */
+export function costFromEnv(spec: string | undefined, base: Partial<CostModel> = {}): CostModel {
+  const m: CostModel = { ...DEFAULT_COST, ...base };
   for (const kv of (spec ?? "").split(",").filter(Boolean)) {
     const [k, v] = kv.split("=");
     if (!(k! in m) || !Number.isFinite(Number(v))) throw new CompileError(`SHARDTS_SCHEDULE_COST: '${kv}' is not key=number with key one of ${Object.keys(m).join(", ")}`);

@@ -19,14 +19,13 @@ import { CompileError, ShapeError, ShardtsError, UsageError } from "../../compil
 import { getOp } from "../../compiler/ops/index.ts";
 import { fuse } from "../../compiler/codegen/fuse.ts";
 import { orderForStreams } from "../../compiler/pipeline.ts";
-import { costFromEnv } from "../../compiler/passes/schedule.ts";
 import { emitCuda } from "../../compiler/codegen/cuda/emit.ts";
 import { DEFAULT_TUNING, type EmitTuning } from "../../compiler/codegen/cuda/tuning.ts";
 import { residentBlocks } from "../../compiler/codegen/cuda/launch.ts";
 import { fillPointers, packedLaunch, type LaunchCache } from "./launches.ts";
 import { cpuCtx } from "../cpu/executor.ts";
 import { combineExchange, runMoe } from "./moe.ts";
-import { moeTransport, pushCombineEarly, runMoeNvlink, type NvlCombinePushed } from "./moe-nvlink.ts";
+import { moeTransport, pushCombineEarly, runMoeNvlink, scheduleCost, type NvlCombinePushed } from "./moe-nvlink.ts";
 import { MOE_OPS } from "../../compiler/ops/dispatch.ts";
 import { waitsAtOnce } from "./moe-exchange.ts";
 import { CountReads, countSlots, reorderHost } from "./moe-counts.ts";
@@ -292,7 +291,7 @@ export class CudaExecutor {
       // SHARDTS_SCHEDULE=0 keeps the fused order (the bench's unscheduled baseline), =1 keeps the
       // scheduled one whatever its predicted gain; SHARDTS_SCHEDULE_COST overrides the cost model
       const sch = process.env.SHARDTS_SCHEDULE;
-      const fused = l?.fused ?? (this.rankLocal ? orderForStreams(fuse(plan), { schedule: sch !== "0", minGain: sch === "1" ? 0 : undefined, cost: costFromEnv(process.env.SHARDTS_SCHEDULE_COST), prefetchBytes: prefetchBytes() }) : fuse(plan));
+      const fused = l?.fused ?? (this.rankLocal ? orderForStreams(fuse(plan), { schedule: sch !== "0", minGain: sch === "1" ? 0 : undefined, cost: scheduleCost(), prefetchBytes: prefetchBytes() }) : fuse(plan));
       l = { fused, prog: emitCuda(fused, this.arch, this.tuning), tuning: this.tuning, launches: new Map(), counts: countSlots(fused), combinesAfter: combinesAfter(fused), nvlCombinesAfter: combinesAfter(fused, true) };
       this.loweredPlans.set(plan, l);
     }

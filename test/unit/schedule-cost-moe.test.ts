@@ -10,10 +10,21 @@ import { costFromEnv, schedule, type ScheduleReport } from "../../compiler/passe
 import { countsReadOnHost, DEFAULT_COST, instrCost } from "../../compiler/passes/schedule-cost.ts";
 import { readsOf } from "../../compiler/plan.ts";
 import { buildLayer, V2_LITE } from "../../bench/gpu/lib/moe-layer-build.ts";
+import { scheduleCost } from "../../runtime/cuda/moe-nvlink.ts";
 
 const ON = { ...DEFAULT_COST, moeOnDevice: 1 };
 
 describe("the schedule over NVLink (moeOnDevice)", () => {
+  it("is the executor's default over the NVLink transport, and SHARDTS_SCHEDULE_COST still overrides it", () => {
+    expect(scheduleCost({ SHARDTS_MOE_TRANSPORT: "nvlink" }).moeOnDevice).toBe(1);
+    for (const env of [{}, { SHARDTS_MOE_TRANSPORT: "nccl" }, { SHARDTS_MOE_TRANSPORT: "nvlink", SHARDTS_SCHEDULE_COST: "moeOnDevice=0" }]) expect(scheduleCost(env).moeOnDevice, JSON.stringify(env)).toBe(0);
+    expect(scheduleCost({ SHARDTS_MOE_TRANSPORT: "nccl", SHARDTS_SCHEDULE_COST: "moeOnDevice=1" }).moeOnDevice).toBe(1);
+    // other keys keep their defaults, or take the override
+    const over = scheduleCost({ SHARDTS_MOE_TRANSPORT: "nvlink", SHARDTS_SCHEDULE_COST: "linkBandwidth=2e11" });
+    expect([over.moeOnDevice, over.linkBandwidth, over.launch]).toEqual([1, 2e11, DEFAULT_COST.launch]);
+    expect(() => scheduleCost({ SHARDTS_MOE_TRANSPORT: "ib" })).toThrow(/SHARDTS_MOE_TRANSPORT/);
+  });
+
   // the bench's size (V2-Lite, ep=2): the costs the model compares are the real ones (nothing runs here)
   const fp = fuse(buildLayer(V2_LITE, 2).plan);
   const at = (instrs: typeof fp.instrs, op: string) => instrs.findIndex((x) => x.kind === "op" && x.op === op);
