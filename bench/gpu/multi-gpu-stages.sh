@@ -122,6 +122,8 @@ PY
 # checked against the CPU-simulated mesh, then timed).
 stage_moe_layer_ep() {
   local rc flags=(); [ "${MOE_LAYER_FP8:-0}" = 1 ] && flags=(--fp8)
+  # MOE_LAYER_FP8_ROUTED=1: also the routed experts in FP8 with the shared ones in bf16 (rows fp8r)
+  [ "${MOE_LAYER_FP8_ROUTED:-0}" = 1 ] && flags+=(--fp8-routed)
   [ "${MOE_LAYER_GRAPH:-0}" = 1 ] && flags+=(--graph)
   # MOE_LAYER_STREAMS=comm,compute: over NVLink, the timing once with the kernels beside compute, once in line
   [ -n "${MOE_LAYER_STREAMS:-}" ] && flags+=(--nvlink-streams "$MOE_LAYER_STREAMS")

@@ -29,6 +29,19 @@ describe("the EP MoE layer benchmark's program", () => {
   it("the same with the FP8 recipe (fp8Dispatch, fp8SegmentDot, fp8Dot)", () => {
     compare({ T: 16, D: 128, F: 128, E: 4, K: 2, shared: 1 }, true);
   });
+  it("FP8 routed experts with bf16 shared ones (sharedFp8: false): the shared Linears are plain dots, and ep=2 still equals one device", () => {
+    const z: LayerSize = { T: 16, D: 128, F: 128, E: 4, K: 2, shared: 1 };
+    const ops = (o: { fp8?: boolean; sharedFp8?: boolean }) => buildLayer(z, 2, o).plan.instrs.filter((i) => i.kind === "op").map((i) => (i as { op: string }).op);
+    const count = (xs: string[], op: string) => xs.filter((x) => x === op).length;
+    const all = ops({ fp8: true }), routed = ops({ fp8: true, sharedFp8: false });
+    // the shared expert's three Linears, forward and backward: 9 scaled_dot with fp8Dot, none without
+    expect([count(all, "scaled_dot"), count(routed, "scaled_dot")]).toEqual([9, 0]);
+    expect(count(routed, "scaled_segment_dot")).toBe(count(all, "scaled_segment_dot"));
+    expect(count(routed, "scaled_segment_dot")).toBeGreaterThan(0);
+    const one = buildLayer(z, 1, { fp8: true, sharedFp8: false, batch: 2 }), two = buildLayer(z, 2, { fp8: true, sharedFp8: false });
+    const want = runPlanCpu(one.plan, globalFeeds(one, z)).outputs, got = runPlanCpu(two.plan, globalFeeds(two, z)).outputs;
+    one.outNames.forEach((name, i) => expect(relError(got[i]!.data, want[i]!.data), name).toBeLessThan(1e-2));
+  });
   it("rank feeds (the full-size timing's): each rank's piece has its box's shape; replicated inputs agree over ranks, sharded ones differ", () => {
     const z = { T: 8, D: 16, F: 8, E: 4, K: 2, shared: 1 };
     const layer = buildLayer(z, 2), cut = globalFeeds(layer, z);

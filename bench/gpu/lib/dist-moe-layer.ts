@@ -11,7 +11,8 @@
 //      stream synchronize and the host work between kernels (counts read for the exchanges) is part
 //      of the step, as the peer's .tolist() is of its step.
 // --trace FILE: rank 0's timeline of one more run to FILE.<fmt>.json; every rank logs where its time went.
-// --fp8: the same again with the routed and shared experts in FP8 (stdlib/nn/fp8.ts).
+// --fp8: the same again with the routed and shared experts in FP8 (stdlib/nn/fp8.ts); --fp8-routed: with the
+// routed experts in FP8 and the shared ones in bf16 (rows "fp8r").
 // --graph: each rank also captures the step as a CUDA graph (runtime/cuda/graph.ts; needs
 // SHARDTS_MOE_TRANSPORT=nvlink, else the capture is refused and the line says why): at the small size
 // the replay's outputs against the CPU-simulated mesh as above, at full size the median wall time of
@@ -32,7 +33,11 @@ export default defineMain(async ({ args, log }) => {
   const W = Number(process.env.WORLD_SIZE ?? 1), rank = jobRank();
   const opt = (name: string) => (args.includes(name) ? args[args.indexOf(name) + 1] : undefined);
   const outFile = opt("--json"), traceFile = opt("--trace"), reps = Number(opt("--reps") ?? 10), T = Number(opt("--tokens") ?? V2_LITE.T);
-  const formats = args.includes("--fp8") ? [false, true] : [false], graph = args.includes("--graph");
+  // formats: bf16; --fp8 adds FP8 (routed and shared experts); --fp8-routed adds FP8 routed experts with bf16 shared ones ("fp8r")
+  const formats = [{ fmt: "bf16", fp8: false, sharedFp8: false }];
+  if (args.includes("--fp8")) formats.push({ fmt: "fp8", fp8: true, sharedFp8: true });
+  if (args.includes("--fp8-routed")) formats.push({ fmt: "fp8r", fp8: true, sharedFp8: false });
+  const graph = args.includes("--graph");
   const streams = (opt("--nvlink-streams") ?? "").split(",").filter((v) => v);
   for (const v of streams) if (v !== "comm" && v !== "compute") throw new Error(`--nvlink-streams ${v}: give comm and/or compute, comma-separated`);
   const ex = cudaExecutor();
@@ -42,13 +47,12 @@ export default defineMain(async ({ args, log }) => {
   const say = (s: string) => rank === 0 && log(s);
   let failures = 0;
 
-  for (const fp8 of formats) {
-    const fmt = fp8 ? "fp8" : "bf16";
+  for (const { fmt, fp8, sharedFp8 } of formats) {
     // ---- 1. small size: GPUs against the CPU-simulated mesh (uneven expert loads, 2 experts a rank)
     const z: LayerSize = { T: 256, D: 256, F: 128, E: 2 * W, K: 2, shared: 2 };
     const what = `check ${fmt} T ${z.T} d ${z.D} ffn ${z.F} ${z.E} experts top-${z.K} (ep=${W})`;
     try {
-      const layer = buildLayer(z, W, { fp8 });
+      const layer = buildLayer(z, W, { fp8, sharedFp8 });
       const feeds = globalFeeds(layer, z);
       const cpu = runPlanCpu(layer.plan, feeds).outputs, gpu = ex.run(layer.plan, feeds).outputs;
       const tol = fp8 ? 5e-2 : 1e-2;
@@ -82,7 +86,7 @@ export default defineMain(async ({ args, log }) => {
     const Z = { ...V2_LITE, T };
     const names: string[] = [], was = process.env.SHARDTS_MOE_NVLINK_STREAM;
     try {
-      const layer = buildLayer(Z, W, { fp8 });
+      const layer = buildLayer(Z, W, { fp8, sharedFp8 });
       for (const [name, pieces] of rankFeeds(layer, Z, rank)) ex.setResident(name, pieces), names.push(name);
       const run = () => ex.run(layer.plan, undefined, [], { download: false });
       for (const via of streams.length ? streams : [undefined]) {

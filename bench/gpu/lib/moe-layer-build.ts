@@ -16,7 +16,8 @@
 //     so the replicated weights' gradients (router, shared: 17.4 M values) come out all-reduced
 //     (7 all-reduces in the plan); the peer all-reduces the same tensors after its backward.
 // With `fp8` the routed experts go through fp8Dispatch + fp8SegmentDot and the shared ones through
-// fp8Dot (stdlib/nn/fp8.ts); router, gates and combine stay bf16/f32.
+// fp8Dot (stdlib/nn/fp8.ts), or stay bf16 with `sharedFp8: false` (the FP8 Linear's step runs 0.62-0.64x
+// bf16 at their size: bench/results/2026-11-24-fp8-linear-time-h200.txt); router, gates and combine stay bf16/f32.
 import { compile } from "../../../compiler/pipeline.ts";
 import type { LocalTensor } from "../../../compiler/ir/local.ts";
 import { allocLocal } from "../../../compiler/ir/local.ts";
@@ -46,7 +47,8 @@ export const V2_LITE: LayerSize = { T: 8192, D: 2048, F: 1408, E: 64, K: 6, shar
 export const forwardFlops = (z: LayerSize) => 2 * z.T * (z.K + z.shared) * 3 * z.D * z.F + 2 * z.T * z.D * z.E;
 
 /** `batch`: entries of T tokens (default W, one per rank; the one-device reference of a W-rank run takes batch W). */
-export function buildLayer(z: LayerSize, W: number, opts: { fp8?: boolean; batch?: number } = {}) {
+/** `fp8`: the routed experts in FP8, and the shared ones too unless `sharedFp8` is false (they then stay bf16). */
+export function buildLayer(z: LayerSize, W: number, opts: { fp8?: boolean; sharedFp8?: boolean; batch?: number } = {}) {
   const mesh = Mesh.of({ ep: W }), B = opts.batch ?? W;
   const tok = { ep: "S(b)" } as never, rep = { ep: "R" } as never, byExpert = { ep: "S(experts)" } as never;
   const x = input(mesh, "x", { b: B, seq: z.T, model: z.D }, "bf16", tok) as AnyDTensor;
@@ -74,7 +76,8 @@ export function buildLayer(z: LayerSize, W: number, opts: { fp8?: boolean; batch
     opts.fp8 ? fp8SegmentDot(a, w, d.counts, k, n) : (segmentDot(a as AnyDTensor, w, d.counts, k, seg) as AnyDTensor);
   const h = mul(silu(sdot(d.rows, w1, "model", "ffn")), sdot(d.rows, w3, "model", "ffn"));
   let y = moeCombine(sdot(h, w2, "ffn", "model"), d.perm, gate, { axis: "ep", dim: "seq", size: z.T, k: "k", numK: z.K });
-  const ddot = (a: AnyDTensor, w: AnyDTensor, k: string, n: string) => (opts.fp8 ? fp8Dot(a, w, k, n) : (dot(a, w, k) as AnyDTensor));
+  const sharedFp8 = opts.fp8 === true && opts.sharedFp8 !== false;
+  const ddot = (a: AnyDTensor, w: AnyDTensor, k: string, n: string) => (sharedFp8 ? fp8Dot(a, w, k, n) : (dot(a, w, k) as AnyDTensor));
   for (const s of shared) y = add(y, ddot(mul(silu(ddot(x, s.s1, "model", "ffn")), ddot(x, s.s3, "model", "ffn")), s.s2, "ffn", "model"));
 
   const loss = redistribute(sum(mul(y, dy), ["b", "seq", "model"]) as AnyDTensor, rep) as AnyDTensor;
