@@ -7,6 +7,7 @@
 import { describe, expect, it } from "vitest";
 import { CudaExecutor } from "../../runtime/cuda/executor.ts";
 import { formOf } from "../../runtime/cuda/fp8-scaled-dot.ts";
+import { fp8GemmOf } from "../../runtime/cuda/fp8-gemm.ts";
 import { defaultGemmConfig, defaultRowScaledConfig, smemBytes } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { compile } from "../../compiler/pipeline.ts";
 import { runPlanCpu } from "../../runtime/cpu/executor.ts";
@@ -61,6 +62,30 @@ describe("scaled_dot on CUDA: the FP8 Linear's Fprop, Dgrad and Wgrad on the gen
       expect(f.calls.get("cublasLtMatmulRun") ?? 0).toBe(0);
     });
   }
+
+  it("a step's GEMM launches are prepared once: later runs of the plan encode no tensor maps; a new buffer or SM count gets its own", () => {
+    const f = fakeAddon();
+    const ex = new CudaExecutor(f.addon, 0), plan = linearPlan({ model: 256, ffn: 128 });
+    const encodes = () => f.calls.get("tensorMapEncodeTiled") ?? 0;
+    const perRun: number[] = [];
+    for (let i = 0; i < 8; i++) {
+      const before = encodes();
+      ex.run(plan, undefined, undefined, { download: false });
+      perRun.push(encodes() - before);
+    }
+    expect(perRun[0]).toBeGreaterThan(0);
+    // the allocator hands the same addresses back once the pool has settled (from the fourth run here)
+    expect(perRun.slice(-3)).toEqual([0, 0, 0]);
+    // the memo's key: the same launch is the same closure; another output buffer or grid is another
+    const g = fp8GemmOf(ex), c = defaultGemmConfig(false, { M: 256, N: 256 }), s = { M: 256, N: 256, K: 256 };
+    const bufs = { a: 0x1000n, b: 0x2000n, sa: 0x3000n, sb: 0x4000n, d: 0x5000n };
+    const one = g.prepare(c, s, bufs);
+    expect(g.prepare(c, s, { ...bufs })).toBe(one);
+    expect(g.prepare(c, s, { ...bufs, d: 0x6000n })).not.toBe(one);
+    g.reservedSms = 16;
+    expect(g.prepare(c, s, bufs)).not.toBe(one);
+    g.reservedSms = 0;
+  });
 
   it("a traced run splits each scaled_dot into its operands' layout copies, the GEMM and the output copy (parts)", () => {
     const f = fakeAddon();
