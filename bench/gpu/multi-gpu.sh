@@ -17,6 +17,7 @@
 #      against compute-only (ep=1, batch / N, one GPU) and comm-only (the traced comm stream); Chrome traces
 #  10. the EP MoE layer (DeepSeek-V2-Lite size, fwd+bwd, ep=N): GPUs vs the CPU-simulated mesh, then ms per
 #      step against the PyTorch peer (all_to_all_single + torch._grouped_mm) and the ratio; MOE_LAYER_FP8=1 adds FP8,
+#      MOE_LAYER_FP8_ROUTED=1 FP8 routed experts with bf16 shared ones (rows fp8r),
 #      MOE_LAYER_TRANSPORT=nvlink MOE_LAYER_GRAPH=1 each rank's step captured as a CUDA graph (checked, then timed),
 #      MOE_LAYER_STREAMS=comm,compute the timing once per place of the NVLink kernels (beside compute, in line)
 #  11. redundant experts: train-moe-lm --size overlap --no-balance on ep=N, ms/step and expert load with and
