@@ -48,8 +48,11 @@ export interface Fp8GemmBuffers {
   trace?: DevicePtr;
 }
 
-/** Prepared launches an Fp8Gemm keeps (prepare's memo); a step's GEMMs are far fewer. */
-const PREPARED_MAX = 512;
+/**
+ * Prepared launches an Fp8Gemm keeps (prepare's memo, least recently used dropped first): the bound the routed
+ * Wgrad's per-expert launches were kept under before the memo moved here, far above a step's GEMMs.
+ */
+const PREPARED_MAX = 4096;
 
 export interface Fp8GemmProblemShape extends Fp8GemmShape {
   /** Grouped: the number of experts (B holds experts × N rows). */
@@ -145,10 +148,10 @@ export class Fp8Gemm {
    * same configuration then runs with A's scales loaded from global memory (globalScales, name `_gs`).
    */
   prepare(config: Fp8GemmConfig, s: Fp8GemmProblemShape, bufs: Fp8GemmBuffers): () => void {
-    if (config.kGrouped) return this.prepareKGrouped(config, s, bufs);
     // a training step asks for the same launches on the same buffers every step (the allocator hands the
     // same addresses back): the tensor maps and parameters are a pure function of this key, so they are
-    // built once (13 tensor-map encodes and ~40 us of JS a step for an FP8 Linear's three GEMMs, eager)
+    // built once (13 tensor-map encodes and ~40 us of JS a step for an FP8 Linear's three GEMMs, eager;
+    // one launch per expert and layer for the routed Wgrad)
     const key = `${configName(config)}|${s.M},${s.N},${s.K},${s.experts ?? ""},${s.lda ?? ""},${s.ldb ?? ""},${s.rowsA ?? ""},${s.rowsD ?? ""}|${bufs.a},${bufs.b},${bufs.sa},${bufs.sb},${bufs.d},${bufs.blockExpert ?? ""},${bufs.trace ?? ""}|${this.gridSms()}`;
     const hit = this.prepared.get(key);
     if (hit) {
@@ -156,7 +159,7 @@ export class Fp8Gemm {
       this.prepared.set(key, hit);
       return hit;
     }
-    const run = this.build(config, s, bufs);
+    const run = config.kGrouped ? this.prepareKGrouped(config, s, bufs) : this.build(config, s, bufs);
     this.prepared.set(key, run);
     if (this.prepared.size > PREPARED_MAX) this.prepared.delete(this.prepared.keys().next().value!);
     return run;
@@ -164,6 +167,7 @@ export class Fp8Gemm {
   /** Prepared launches by what they are built from (prepare), least recently used first. */
   private prepared = new Map<string, () => void>();
 
+  /** A launch of a dense or M-grouped configuration, built (prepare keeps it). */
   private build(config: Fp8GemmConfig, s: Fp8GemmProblemShape, bufs: Fp8GemmBuffers): () => void {
     const bf16 = isBf16(config), what = bf16 ? "bf16 GEMM" : "FP8 GEMM", eb = bf16 ? 2 : 1;
     const why = shapeProblem(s);

@@ -11,7 +11,7 @@
 //     CPU reference's) and transposed to K-major by one kernel (x dequantized in registers), then per
 //     expert the row-scaled FP8 GEMM (both operands scaled per column and 128-row block: X^T and dY^T
 //     with the expert's padded rows as K, each expert a column range), its launches prepared once per
-//     executor and buffers. An f32 result, a non-Hopper GPU or widths the kernels refuse take the
+//     executor and buffers (Fp8Gemm.prepare keeps them). An f32 result, a non-Hopper GPU or widths the kernels refuse take the
 //     dequantize + one cuBLASLt f32 GEMM per expert path instead (exact FP8 operands, f32 sums).
 // A shape the grouped kernel cannot take (shapeProblem), an f32 output or a non-Hopper GPU is a
 // CompileError naming why.
@@ -25,7 +25,7 @@ import { scaledSegDims, segmentRuns } from "../../compiler/ops/scaled-segment.ts
 import { tilesName } from "../../compiler/ops/quantize.ts";
 import { empty, type DeviceTensor } from "./memory.ts";
 import { matmulPlans } from "./matmul-plans.ts";
-import { fp8GemmOf, type Fp8Gemm, type Fp8GemmBuffers, type Fp8GemmProblemShape } from "./fp8-gemm.ts";
+import { fp8GemmOf } from "./fp8-gemm.ts";
 import { gatherRows, i32, paddedLayout, paddedLayoutOf } from "./padded-segments.ts";
 import { dequantizeCuda, quantizeCuda } from "./fp8.ts";
 import { gemmConfigFor } from "./gemm-tune.ts";
@@ -101,20 +101,6 @@ export function scaledSegmentDotCuda(ex: CudaExecutor, plan: Plan, ins: OpInstr,
   return ex.reorderOwned(Y, order, names(to));
 }
 
-/** The row-scaled GEMM's launch for these buffers, prepared (tensor maps encoded) once per executor and arguments. */
-function rowScaledLaunch(g: Fp8Gemm, s: Fp8GemmProblemShape, bufs: Fp8GemmBuffers): () => void {
-  let byKey = launches.get(g);
-  if (!byKey) launches.set(g, (byKey = new Map()));
-  const key = `${s.M},${s.N},${s.K},${s.lda},${s.ldb},${bufs.a},${bufs.b},${bufs.sa},${bufs.sb},${bufs.d}`;
-  let run = byKey.get(key);
-  if (!run) {
-    // (the caching allocator hands a step the blocks of the step before: a bound, not an eviction policy)
-    if (byKey.size >= MAX_LAUNCHES) byKey.clear();
-    byKey.set(key, (run = g.prepare(ROW_SCALED, s, bufs)));
-  }
-  return run;
-}
-const launches = new WeakMap<Fp8Gemm, Map<string, () => void>>(), MAX_LAUNCHES = 4096;
 
 /**
  * Rows of x (`rows` × `width`; e4m3 codes with their 1×128 scales `xs`, or bf16 / f32) gathered by
@@ -158,7 +144,7 @@ export function scaledSegmentWgradCuda(ex: CudaExecutor, plan: Plan, ins: OpInst
       lay.range.forEach(([p0, p1], grp) => {
         if (p1 <= p0) return;
         const kb0 = p0 / GROUPED_M_ALIGN;
-        rowScaledLaunch(g, { M: KK, N, K: p1 - p0, lda: M, ldb: M }, {
+        g.prepare(ROW_SCALED, { M: KK, N, K: p1 - p0, lda: M, ldb: M }, {
           a: qx.q.ptr + BigInt(p0), b: qg.q.ptr + BigInt(p0), sa: qx.s.ptr + BigInt(kb0 * KK * 4), sb: qg.s.ptr + BigInt(kb0 * N * 4), d: out.ptr + BigInt(grp * KK * N * 2),
         })();
       });

@@ -89,7 +89,8 @@ describe("scaled_segment_dot and scaled_segment_wgrad on CUDA: the moves around 
     const r = run(2);
     // first run: the dots' grouped GEMMs (4 maps each: A, B, A's scales, D) and 4 experts' row-scaled ones (and B's row scales)
     expect(r.maps[0]).toBe(2 * 4 + 4 * 5);
-    // second: the dots' only (prepared per call)
+    // second: the dots' only (every GEMM launch is kept by Fp8Gemm.prepare, but the dots' buffers are new addresses in the
+    // second run, before the allocator's pool settles, so theirs are new keys)
     expect(r.maps[1]).toBe(2 * 4);
   });
   it("Wgrad with an f32 result: the labelled fallback (x dequantized, rows gathered and quantized 128x1, cuBLASLt per expert)", () => {
