@@ -34,6 +34,7 @@ import { tunedGemmConfig } from "../../runtime/cuda/gemm-tune.ts";
 import { configName } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { input, piecesOf } from "../../stdlib/program.ts";
 import { traceTotals, type TraceEvent } from "../../runtime/cuda/trace.ts";
+import { median } from "./lib/median.ts";
 
 const argv = process.argv;
 const outDir = argv.includes("--out") ? argv[argv.indexOf("--out") + 1]! : ".";
@@ -109,6 +110,14 @@ const pick = (data: ArrayLike<number>, N: number, rows: number[]) => {
 };
 const sampleRows = (R: number) => Array.from({ length: SAMPLES }, (_, i) => Math.min(R - 1, Math.floor((i + uniform()) * (R / SAMPLES))));
 
+/** The Linear's training step y, dx, dw for loss = Σ y·r, compiled: FP8 (fp8Dot) or bf16 (dot). */
+function linearStep(mesh: Mesh<"d">, xt: AnyDTensor, wt: AnyDTensor, rt: AnyDTensor, fp8: boolean) {
+  const y = fp8 ? fp8Dot(xt, wt, "model", "ffn") : (dot(xt as never, wt as never, "model") as AnyDTensor);
+  const g = grad(sum(mul(y as never, rt as never) as never, ["tokens", "ffn"]) as AnyDTensor, { x: xt, w: wt });
+  const outs = [y, g.x, g.w] as AnyDTensor[];
+  return { outs, plan: compile(mesh.builder.graph, outs.map((t) => t.ref)) };
+}
+
 /** The Linear's y, dx, dw for loss = Σ y·r on the CUDA backend (and the CPU backend when asked). */
 function linear(fp8: boolean, x: Float32Array, w: Float32Array, r: Float32Array, dims: { tokens: number; model: number; ffn: number }, cpu: boolean) {
   const { tokens, model, ffn } = dims;
@@ -116,10 +125,7 @@ function linear(fp8: boolean, x: Float32Array, w: Float32Array, r: Float32Array,
   const xt = fromGlobal(mesh, { tokens, model }, "bf16", x) as AnyDTensor;
   const wt = fromGlobal(mesh, { model, ffn }, "bf16", w) as AnyDTensor;
   const rt = fromGlobal(mesh, { tokens, ffn }, "bf16", r) as AnyDTensor;
-  const y = fp8 ? fp8Dot(xt, wt, "model", "ffn") : (dot(xt as never, wt as never, "model") as AnyDTensor);
-  const g = grad(sum(mul(y as never, rt as never) as never, ["tokens", "ffn"]) as AnyDTensor, { x: xt, w: wt });
-  const outs = [y, g.x, g.w] as AnyDTensor[];
-  const plan = compile(mesh.builder.graph, outs.map((t) => t.ref));
+  const { outs, plan } = linearStep(mesh, xt, wt, rt, fp8);
   const ops = new Set(mesh.builder.graph.nodes.map((n) => n.op));
   const t0 = performance.now();
   const res = run(plan);
@@ -193,9 +199,7 @@ function timeLinear(ex: CudaExecutor, fp8: boolean, dims: { tokens: number; mode
   const xt = input(mesh, "x", { tokens, model }, "bf16") as AnyDTensor;
   const wt = input(mesh, "w", { model, ffn }, "bf16") as AnyDTensor;
   const rt = input(mesh, "dy", { tokens, ffn }, "bf16") as AnyDTensor;
-  const y = fp8 ? fp8Dot(xt, wt, "model", "ffn") : (dot(xt as never, wt as never, "model") as AnyDTensor);
-  const g = grad(sum(mul(y as never, rt as never) as never, ["tokens", "ffn"]) as AnyDTensor, { x: xt, w: wt });
-  const plan = compile(mesh.builder.graph, [y, g.x, g.w].map((t) => (t as AnyDTensor).ref));
+  const { plan } = linearStep(mesh, xt, wt, rt, fp8);
   ex.setResident("x", piecesOf(mesh.spec, xt.type, randn(tokens * model, 1)));
   ex.setResident("w", piecesOf(mesh.spec, wt.type, randn(model * ffn, 1 / Math.sqrt(model))));
   ex.setResident("dy", piecesOf(mesh.spec, rt.type, randn(tokens * ffn, 1)));
@@ -210,7 +214,7 @@ function timeLinear(ex: CudaExecutor, fp8: boolean, dims: { tokens: number; mode
   const events: TraceEvent[] = [];
   ex.run(plan, undefined, [], { download: false, trace: events });
   for (const n of ["x", "w", "dy"]) ex.setResident(n, undefined);
-  return { ms: [...ms].sort((a, b) => a - b)[Math.floor(ms.length / 2)]!, top: traceTotals(events).slice(0, 12) };
+  return { ms: median(ms), top: traceTotals(events).slice(0, 12) };
 }
 
 if (!onCpu) {

@@ -16,6 +16,7 @@ import { silu } from "../../stdlib/nn/ops-internal.ts";
 import { grad } from "../../stdlib/autodiff.ts";
 import { input, piecesOf } from "../../stdlib/program.ts";
 import type { LocalTensor } from "../../compiler/ir/local.ts";
+import { median } from "./lib/median.ts";
 
 const outDir = process.argv.includes("--out") ? process.argv[process.argv.indexOf("--out") + 1]! : ".";
 const gpu = new CudaExecutor(native());
@@ -60,7 +61,6 @@ function build(tokens: number, model: number, ffn: number) {
   return { plan, feed, weights };
 }
 
-const median = (xs: number[]) => [...xs].sort((p, q) => p - q)[Math.floor(xs.length / 2)]!;
 for (const [tokens, model, ffn] of [[256, 256, 512], [4096, 1024, 2816]] as const) {
   const label = `tokens ${tokens}, model ${model}, ffn ${ffn}`;
   try {

@@ -24,6 +24,7 @@ import { runPlanCpu } from "../../runtime/cpu/executor.ts";
 import { buildTrain, type Size } from "./lib/moe-build.ts";
 import { relError } from "./lib/compare.ts";
 import { traceTotals, writeChromeTrace, type TraceEvent } from "../../runtime/cuda/trace.ts";
+import { median } from "./lib/median.ts";
 
 const outDir = process.argv.includes("--out") ? process.argv[process.argv.indexOf("--out") + 1]! : ".";
 const STEPS = Number(process.env.MOE_GRAPH_STEPS ?? 20);
@@ -34,7 +35,6 @@ const lines: string[] = [`device ${device}; MoE layer training step (forward + b
 const results: Record<string, unknown>[] = [];
 let failed = 0;
 const say = (s: string) => (lines.push(s), console.log(`[${(performance.now() / 1e3).toFixed(1)} s] ${s}`));
-const median = (xs: number[]) => [...xs].sort((p, q) => p - q)[Math.floor(xs.length / 2)]!;
 const withCounts = <T>(onDevice: boolean, f: () => T): T => {
   const was = gpu.segmentCountsOnDevice;
   gpu.segmentCountsOnDevice = onDevice;

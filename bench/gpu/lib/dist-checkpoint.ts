@@ -25,9 +25,9 @@ import { RankSaver, describe as describeState, load, loadRank, newReadStats, typ
 import { PinnedSnapshot } from "../../../stdlib/checkpoint/device-snapshot.ts";
 import { regionOf } from "../../../stdlib/checkpoint/geometry.ts";
 import { bulkMesh, bulkTypes, firstMismatch, hostBulk, uploadBulk } from "./ckpt-bulk.ts";
+import { median } from "./median.ts";
 
 const MODEL: LmConfig = { vocab: 256, model: 64, heads: 4, layers: 4, seq: 64, ffn: 256, moe: { experts: 8, topK: 2, ffn: 128, shared: 1, score: "softmax", auxLoss: 0 } };
-const median = (xs: number[]) => (xs.length ? [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]! : NaN);
 const gbs = (bytes: number, ms: number) => bytes / 1e9 / (ms / 1000);
 const sameBits = (a: { data: ArrayBufferView }, b: { data: ArrayBufferView }) =>
   Buffer.from(a.data.buffer, a.data.byteOffset, a.data.byteLength).equals(Buffer.from(b.data.buffer, b.data.byteOffset, b.data.byteLength));
