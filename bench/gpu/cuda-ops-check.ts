@@ -216,6 +216,22 @@ const cases: { op: string; dtypes: DType[]; make: Maker; grouped?: (t: DType) =>
     },
   },
   {
+    // the FP8 Linear's Wgrad (gy in the case's dtype): bf16 out on the row-scaled GEMM, x's codes and gy quantized 128x1
+    // into its layout (seq 200: runs padded to 256 per b; the second gy reuses x's side), and f32 out as the composition
+    op: "scaled_dot_wgrad", dtypes: ["f32", "bf16"],
+    make: (m, t) => {
+      const x = quantize(T(m, { b: 2, s: 200, i: 256 }, "bf16") as never, "1x128", "i") as { q: AnyDTensor; scales: AnyDTensor };
+      const gy = (o: number) => T(m, { b: 2, s: 200, o }, t) as AnyDTensor;
+      const x1 = quantize(T(m, { t: 336, i: 160 }, "bf16") as never, "1x128", "i") as { q: AnyDTensor; scales: AnyDTensor };
+      const wg = (q: typeof x, g: AnyDTensor, contract: string[], out: string) => raw("scaled_dot_wgrad", [q.q, q.scales, g], { contract, out })[0]!;
+      return [
+        wg(x, gy(144), ["b", "s"], "bf16"), wg(x, gy(72), ["b", "s"], "bf16"),
+        wg(x1, T(m, { t: 336, o: 96 }, t) as AnyDTensor, ["t"], "bf16"),
+        wg(x, gy(144), ["b", "s"], "f32"),
+      ];
+    },
+  },
+  {
     op: "dequantize", dtypes: ["f32", "bf16"],
     make: (m, t) => {
       const a = quantize(T(m, { t: 5, m: 300 }, t) as never, "1x128", "m") as { q: AnyDTensor; scales: AnyDTensor };

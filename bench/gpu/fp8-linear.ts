@@ -5,7 +5,7 @@
 //   exact  float64 of the bf16 inputs (what an unquantized Linear computes, to rounding);
 //   model  float64 of the operands as the recipe quantizes them (x 1×128 along the model dim, w in
 //          128×128 blocks, dY 1×128 along ffn for Dgrad; x dequantized and requantized 128×1 along
-//          the tokens and dY 128×1 for Wgrad), by the quantize op's own CPU reference (quantizeValues,
+//          the tokens and dY 128×1 for Wgrad: scaled_dot_wgrad), by the quantize op's own CPU reference (quantizeValues,
 //          which the GPU's quantize kernels match bit for bit: bench/gpu/fp8-quant.ts).
 // What must hold: GPU FP8 against the model within the FP8 GEMM's accumulation limit (5e-3: FP32
 // promotion every 128 of K, bf16 output); GPU FP8 against exact equal to the model's own error
@@ -14,7 +14,7 @@
 // smallest shape also runs the whole FP8 graph on the CPU backend and compares every element.
 // Then the time of each Linear's training step (Fprop + Dgrad + Wgrad, and the FP8 graph's quantizes),
 // FP8 against bf16 on the same GPU, inputs resident on the device, median of TIME_STEPS runs, and one
-// traced run of each: where the FP8 step's time goes (the GEMMs, the operands' layout copies, the
+// traced run of each, and the step captured as a CUDA graph and replayed: where the FP8 step's time goes (the GEMMs, the operands' layout copies, the
 // quantizes), including the EP MoE layer's shared-expert shapes (8192 tokens, d 2048, ffn 1408).
 //   npm run gpu:pack; there: bash bench/gpu/run.sh fp8-linear   (writes <out>/fp8-linear.txt, .json)
 //   npx tsx bench/gpu/fp8-linear.ts --cpu   the same checks on the CPU backend, smallest shape only (a dry run here)
@@ -143,9 +143,9 @@ for (const dims of onCpu ? SHAPES.slice(0, 1) : SHAPES) {
   const q = linear(true, x, w, r, dims, dims.cpu), b = linear(false, x, w, r, dims, false);
   const want = "tokens,ffn|tokens,model|model,ffn";
   if (q.order.join("|") !== want || b.order.join("|") !== want) throw new Error(`fp8-linear: outputs in dims ${q.order.join("|")}, expected ${want}`);
-  const quantized = q.ops.has("scaled_dot") && !q.ops.has("dot") && !b.ops.has("scaled_dot");
+  const quantized = q.ops.has("scaled_dot") && q.ops.has("scaled_dot_wgrad") && !q.ops.has("dot") && !b.ops.has("scaled_dot");
   if (!quantized) failures++;
-  say(`graphs: FP8 ${[...q.ops].filter((o) => o === "quantize" || o === "scaled_dot" || o === "dot").join(", ")}; bf16 ${[...b.ops].filter((o) => o === "scaled_dot" || o === "dot").join(", ")}${quantized ? "" : "  FAIL: the FP8 graph is not all scaled_dot"}`);
+  say(`graphs: FP8 ${[...q.ops].filter((o) => o === "quantize" || o === "scaled_dot" || o === "scaled_dot_wgrad" || o === "dot").join(", ")}; bf16 ${[...b.ops].filter((o) => o === "scaled_dot" || o === "dot").join(", ")}${quantized ? "" : "  FAIL: the FP8 graph is not all scaled_dot / scaled_dot_wgrad"}`);
   say(`first run (compiles included): FP8 ${(q.ms / 1000).toFixed(2)} s, bf16 ${(b.ms / 1000).toFixed(2)} s`);
   if (!onCpu) {
     // which kernel the executor launched for Fprop and Dgrad: the tune cache's choice (shardts tune-gemm) or the default
@@ -213,20 +213,37 @@ function timeLinear(ex: CudaExecutor, fp8: boolean, dims: { tokens: number; mode
   }
   const events: TraceEvent[] = [];
   ex.run(plan, undefined, [], { download: false, trace: events });
+  // captured: the same step as one CUDA graph, TIME_STEPS replays queued back to back (no host work between them), 3 rounds, the median
+  const cap = ex.capture(plan);
+  const rounds: number[] = [];
+  try {
+    for (let i = 0; i < WARM; i++) cap.launch();
+    cap.sync();
+    for (let round = 0; round < 3; round++) {
+      const t0 = performance.now();
+      for (let i = 0; i < TIME_STEPS; i++) cap.launch();
+      cap.sync();
+      rounds.push((performance.now() - t0) / TIME_STEPS);
+    }
+  } finally {
+    cap.destroy();
+  }
   for (const n of ["x", "w", "dy"]) ex.setResident(n, undefined);
-  return { ms: median(ms), top: traceTotals(events).slice(0, 12) };
+  return { ms: median(ms), replayMs: median(rounds), top: traceTotals(events).slice(0, 12) };
 }
 
 if (!onCpu) {
   const ex = new CudaExecutor(native());
   say(`\n== time of a Linear's training step (Fprop + Dgrad + Wgrad; FP8 with its quantizes), inputs resident, median of ${TIME_STEPS} runs`);
-  say("tokens x model -> ffn     GFLOP   FP8 ms   bf16 ms   FP8 TFLOP/s   bf16 TFLOP/s   FP8 / bf16 speed");
+  say("eager: each step run from the host and waited for; replayed: the step captured as one CUDA graph, replays queued back to back");
+  say("tokens x model -> ffn     GFLOP   FP8 ms   bf16 ms   FP8/bf16 speed   replayed: FP8 ms   bf16 ms   FP8 TFLOP/s   bf16 TFLOP/s   FP8/bf16 speed");
   for (const dims of [...SHAPES.filter((d) => !d.cpu), ...TIME_ONLY]) {
     const gflop = (3 * 2 * dims.tokens * dims.model * dims.ffn) / 1e9;
     const q = timeLinear(ex, true, dims), b = timeLinear(ex, false, dims);
-    say(`${`${dims.tokens} x ${dims.model} -> ${dims.ffn}`.padEnd(25)} ${gflop.toFixed(1).padStart(6)}  ${q.ms.toFixed(3).padStart(7)}  ${b.ms.toFixed(3).padStart(8)}  ${(gflop / q.ms).toFixed(0).padStart(12)}  ${(gflop / b.ms).toFixed(0).padStart(13)}  ${(b.ms / q.ms).toFixed(2).padStart(16)}`);
+    const f = (v: number, w: number, d = 3) => v.toFixed(d).padStart(w);
+    say(`${`${dims.tokens} x ${dims.model} -> ${dims.ffn}`.padEnd(25)} ${f(gflop, 6, 1)}  ${f(q.ms, 7)}  ${f(b.ms, 8)}  ${f(b.ms / q.ms, 15, 2)}   ${f(q.replayMs, 16)}  ${f(b.replayMs, 8)}  ${f(gflop / q.replayMs, 12, 0)}  ${f(gflop / b.replayMs, 13, 0)}  ${f(b.replayMs / q.replayMs, 15, 2)}`);
     for (const [label, r] of [["FP8", q], ["bf16", b]] as const) say(`  ${label} trace: ${r.top.map((t) => `${t.name} ${t.n}x ${(t.us / 1e3).toFixed(3)} ms`).join("; ")}`);
-    json.push({ tokens: dims.tokens, model: dims.model, ffn: dims.ffn, fp8Ms: q.ms, bf16Ms: b.ms, fp8Trace: q.top, bf16Trace: b.top });
+    json.push({ tokens: dims.tokens, model: dims.model, ffn: dims.ffn, fp8Ms: q.ms, bf16Ms: b.ms, fp8ReplayMs: q.replayMs, bf16ReplayMs: b.replayMs, fp8Trace: q.top, bf16Trace: b.top });
   }
 }
 say(failures ? `\n${failures} check(s) FAILED` : "\nALL PASS");

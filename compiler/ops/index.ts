@@ -8,6 +8,7 @@ import "./factory.ts";
 import "./collective.ts";
 import "./quantize.ts";
 import "./scaled-dot.ts";
+import "./scaled-dot-wgrad.ts";
 import "./scaled-segment.ts";
 import "./dispatch.ts";
 export { getOp, allOps, inferTypes, type OpDef, type CpuCtx, type ShardCtx, type Family } from "./registry.ts";

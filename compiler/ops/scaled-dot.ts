@@ -2,7 +2,7 @@
 // quantize() outputs with their scales; the contraction is dot's (by dim name), and exactly one
 // contracted dim is cut into 128-tiles on both sides — the promotion blocks. Its gradient is the FP8
 // recipe: Dgrad = dY(1×128 along N) · B (its 128×128 blocks read transposed), Wgrad =
-// requantize(A, 128×1) · dY(128×1), both scaled_dots with bf16 outputs.
+// requantize(A, 128×1) · dY(128×1) (scaled_dot_wgrad), both with bf16 outputs.
 import type { Attrs, TensorType } from "../ir/types.ts";
 import type { LocalData, LocalTensor } from "../ir/local.ts";
 import { DTypeError, ShapeError, ShardingError } from "../errors.ts";
@@ -63,6 +63,26 @@ function scaledDims(a: TensorType, sa: TensorType, b: TensorType, sb: TensorType
   return { dd, tiledK: kA[0]!, tiledA, tiledB };
 }
 
+/** scaled_dot's CPU reference on one rank's pieces (a, a_scales, b, b_scales of types `tIn`): also the last step of scaled_dot_wgrad's. */
+export function scaledDotCpu([a, sa, b, sb]: LocalTensor[], tIn: TensorType[], outType: TensorType, attrs: Attrs): LocalTensor {
+  const [ta, tsa, tb, tsb] = tIn as [TensorType, TensorType, TensorType, TensorType];
+  const { dd, tiledK, tiledA, tiledB } = scaledDims(ta, tsa, tb, tsb, attrs);
+  const rest = dd.contract.filter((d) => d !== tiledK);
+  const orderA = [...dd.batch, ...dd.freeA, ...rest, tiledK], orderB = [...dd.batch, ...dd.freeB, ...rest, tiledK];
+  const A = permuteTo(a!, ta, orderA), SA = permuteTo(expandScales(a!, ta, sa!, tiledA), { ...ta, dtype: "f32" }, orderA);
+  const B = permuteTo(b!, tb, orderB), SB = permuteTo(expandScales(b!, tb, sb!, tiledB), { ...tb, dtype: "f32" }, orderB);
+  const sizeA = (names: string[]) => names.reduce((s, nm) => s * a!.shape[ta.dims.findIndex((d) => d.name === nm)]!, 1);
+  const sizeB = (names: string[]) => names.reduce((s, nm) => s * b!.shape[tb.dims.findIndex((d) => d.name === nm)]!, 1);
+  const bt = sizeA(dd.batch), m = sizeA(dd.freeA), n = sizeB(dd.freeB), kr = sizeA(rest), kt = sizeA([tiledK]);
+  const order = [...dd.batch, ...dd.freeA, ...dd.freeB];
+  const shapeOf = (nm: string) => (ta.dims.some((d) => d.name === nm) ? sizeA([nm]) : sizeB([nm]));
+  const C: LocalTensor = newOut(outType.dtype, order.map(shapeOf));
+  scaledMatmulCpu(A.data, SA.data, B.data, SB.data, bt, m, n, kr, kt, C.data as Float32Array);
+  roundData(outType.dtype, C.data);
+  const orderedType = { ...outType, dims: order.map((nm) => outType.dims.find((d) => d.name === nm)!) };
+  return permuteTo(C, orderedType, outType.dims.map((d) => d.name));
+}
+
 const scaledDot: OpDef = {
   name: "scaled_dot",
   family: "contraction",
@@ -85,25 +105,7 @@ const scaledDot: OpDef = {
     }
     return [dotRule(pa!, pb!, sd.dd, ctx.axis)];
   },
-  cpu: ([a, sa, b, sb], attrs, ctx) => {
-    const [ta, tsa, tb, tsb] = ctx.inTypes as [TensorType, TensorType, TensorType, TensorType];
-    const { dd, tiledK, tiledA, tiledB } = scaledDims(ta, tsa, tb, tsb, attrs);
-    const rest = dd.contract.filter((d) => d !== tiledK);
-    const orderA = [...dd.batch, ...dd.freeA, ...rest, tiledK], orderB = [...dd.batch, ...dd.freeB, ...rest, tiledK];
-    const A = permuteTo(a!, ta, orderA), SA = permuteTo(expandScales(a!, ta, sa!, tiledA), { ...ta, dtype: "f32" }, orderA);
-    const B = permuteTo(b!, tb, orderB), SB = permuteTo(expandScales(b!, tb, sb!, tiledB), { ...tb, dtype: "f32" }, orderB);
-    const sizeA = (names: string[]) => names.reduce((s, nm) => s * a!.shape[ta.dims.findIndex((d) => d.name === nm)]!, 1);
-    const sizeB = (names: string[]) => names.reduce((s, nm) => s * b!.shape[tb.dims.findIndex((d) => d.name === nm)]!, 1);
-    const bt = sizeA(dd.batch), m = sizeA(dd.freeA), n = sizeB(dd.freeB), kr = sizeA(rest), kt = sizeA([tiledK]);
-    const outType = ctx.outTypes[0]!;
-    const order = [...dd.batch, ...dd.freeA, ...dd.freeB];
-    const shapeOf = (nm: string) => (ta.dims.some((d) => d.name === nm) ? sizeA([nm]) : sizeB([nm]));
-    const C: LocalTensor = newOut(outType.dtype, order.map(shapeOf));
-    scaledMatmulCpu(A.data, SA.data, B.data, SB.data, bt, m, n, kr, kt, C.data as Float32Array);
-    roundData(outType.dtype, C.data);
-    const orderedType = { ...outType, dims: order.map((nm) => outType.dims.find((d) => d.name === nm)!) };
-    return [permuteTo(C, orderedType, outType.dims.map((d) => d.name))];
-  },
+  cpu: (xs, attrs, ctx) => [scaledDotCpu(xs as LocalTensor[], ctx.inTypes as TensorType[], ctx.outTypes[0]!, attrs)],
   grad: ({ b, x, gy, attrs, inTypes }) => {
     const [ta, tsa, tb, tsb] = inTypes as [TensorType, TensorType, TensorType, TensorType];
     const { dd, tiledB } = scaledDims(ta, tsa, tb, tsb, attrs);
@@ -116,13 +118,10 @@ const scaledDot: OpDef = {
       ga = b.op("scaled_dot", [qg!, sg!, x[2]!, x[3]!], { contract: dd.freeB, out: "bf16" });
     } else throw new ShapeError(`scaled_dot()'s FP8 gradient needs b to have one free dim tiled by 128 (a 128x128 weight); b's free dims are [${dd.freeB.join(", ")}]`);
     // Wgrad: a requantized in 128x1 tiles along its innermost free dim (DeepSeek-V3 §3.5.2:
-    // dequantize, transpose, requantize), dY the same; the contraction runs over a's free dims
+    // dequantize, transpose, requantize), dY the same, the contraction over a's free dims: one op
+    // (scaled-dot-wgrad.ts), the composition's value, which CUDA quantizes into the GEMM's layout
     if (dd.freeA.length === 0) throw new ShapeError("scaled_dot()'s FP8 gradient needs a to have a free (token) dim");
-    const tok = dd.freeA[dd.freeA.length - 1]!;
-    const aq = b.op("dequantize", [x[0]!, x[1]!], { out: "f32" });
-    const [qa1, sa1] = quant(aq, "128x1", [tok]);
-    const [qg1, sg1] = quant(g, "128x1", [tok]);
-    const gb = b.op("scaled_dot", [qa1!, sa1!, qg1!, sg1!], { contract: dd.freeA, out: "bf16" });
+    const gb = b.op("scaled_dot_wgrad", [x[0]!, x[1]!, g], { contract: dd.freeA, out: "bf16" });
     return [ga, null, gb, null];
   },
 };

@@ -48,7 +48,7 @@ export const DEFAULT_COST: CostModel = {
   launch: 4e-6, commLatency: 20e-6, hostRead: 60e-6, moeOnDevice: 0,
 };
 
-const CONTRACTIONS = new Set(["dot", "segment_dot", "segment_wgrad", "scaled_dot", "scaled_segment_dot", "scaled_segment_wgrad"]);
+const CONTRACTIONS = new Set(["dot", "segment_dot", "segment_wgrad", "scaled_dot", "scaled_dot_wgrad", "scaled_segment_dot", "scaled_segment_wgrad"]);
 
 /** Largest piece over the ranks: elements, bytes. */
 const elems = (v: PlanValue) => Math.max(0, ...v.shapes.map((s) => s.reduce((a, b) => a * b, 1)));

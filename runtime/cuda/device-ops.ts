@@ -104,7 +104,7 @@ export function deviceOp(ex: CudaExecutor, plan: Plan, ins: OpInstr, r: number, 
     case "split":
       return concatSplit(ex, ins.op, x, tIn, tOut, ins.outputs.map((_, o) => outShape(o)), String(a.dim));
     default:
-      if (FP8_OPS.has(ins.op)) return runFp8(ex, plan, ins, x, tIn, tOut, outShape(0));
+      if (FP8_OPS.has(ins.op)) return runFp8(ex, plan, ins, r, x, tIn, tOut, outShape(0));
       throw new CompileError(`the CUDA backend has no kernel for op '${ins.op}' here (the fusion pass leaves it unfused); this is a shardts bug — run with --backend cpu`);
   }
 }

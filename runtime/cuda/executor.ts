@@ -96,7 +96,7 @@ export interface RunOptions {
 /** Host milliseconds spent issuing instructions, by what ran ("kernel", "gemm", "comm", "op"... and name). */
 export type HostTimes = Map<string, { cat: string; name: string; n: number; ms: number }>;
 
-const GEMM_OPS = new Set(["dot", "segment_dot", "segment_wgrad", "scaled_dot", "scaled_segment_dot", "scaled_segment_wgrad"]);
+const GEMM_OPS = new Set(["dot", "segment_dot", "segment_wgrad", "scaled_dot", "scaled_dot_wgrad", "scaled_segment_dot", "scaled_segment_wgrad"]);
 
 export class CudaExecutor {
   readonly addon: NativeAddon;

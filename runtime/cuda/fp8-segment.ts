@@ -104,16 +104,17 @@ export function scaledSegmentDotCuda(ex: CudaExecutor, plan: Plan, ins: OpInstr,
 
 /**
  * Rows of x (`rows` × `width`; e4m3 codes with their 1×128 scales `xs`, or bf16 / f32) gathered by
- * `rowMap` into the padded layout, quantized 128×1 along its M rows and transposed in one kernel:
+ * `rowMap` into the padded layout (or, given `{ run }`, runs of that many consecutive rows each padded to
+ * whole 128-row blocks: no map in memory), quantized 128×1 along its M rows and transposed in one kernel:
  * codes [width][M], scales [M/128][width] (kernels/fp8-sources.ts wgradColumns).
  */
-export function quantizeColumnsT(ex: CudaExecutor, x: DeviceTensor, xs: DeviceTensor | undefined, rows: number, width: number, rowMap: DeviceTensor, M: number) {
+export function quantizeColumnsT(ex: CudaExecutor, x: DeviceTensor, xs: DeviceTensor | undefined, rows: number, width: number, rowMap: DeviceTensor | { run: number }, M: number) {
   const src = xs ? "fp8" : (x.dtype as "bf16" | "f32");
   const q = empty(ex.mem, "fp8e4m3", [width, M]), s = empty(ex.mem, "f32", [M / GROUPED_M_ALIGN, width]);
   const vec = (width * K.elemBytes(x.dtype)) % 16 === 0 && x.ptr % 16n === 0n ? 1 : 0;
-  const k = Q.wgradColumns(src);
+  const k = Q.wgradColumns(src), map = "run" in rowMap ? 0n : rowMap.ptr, run = "run" in rowMap ? rowMap.run : 0;
   ex.launchGrid(k, Q.wgradGrid(src, M, width), 256,
-    [["ptr", q.ptr], ["ptr", s.ptr], ["ptr", x.ptr], ["ptr", xs?.ptr ?? 0n], ["ptr", rowMap.ptr], ["i64", rows], ["i32", width], ["i64", M], ["i32", vec]]);
+    [["ptr", q.ptr], ["ptr", s.ptr], ["ptr", x.ptr], ["ptr", xs?.ptr ?? 0n], ["ptr", map], ["i64", rows], ["i32", width], ["i64", M], ["i32", vec], ["i64", run]]);
   return { q, s };
 }
 

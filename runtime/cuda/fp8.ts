@@ -3,11 +3,14 @@
 // otherwise the tiled dims moved last, [O, N, K] views), and scaled_dot through a
 // FALLBACK — both operands dequantized to f32 and contracted by cuBLASLt's f32 GEMM — wherever the
 // generated Hopper FP8 GEMM does not take the operands (fp8-scaled-dot.ts says which); it equals the
-// CPU reference's promoted accumulation to f32 rounding, not bit for bit, and runs at f32 GEMM speed.
+// CPU reference's promoted accumulation to f32 rounding, not bit for bit, and runs at f32 GEMM speed;
+// scaled_dot_wgrad on the row-scaled GEMM (fp8-dot-wgrad.ts) or as its composition of the above.
 import type { Attrs, TensorType } from "../../compiler/ir/types.ts";
 import { numel } from "../../compiler/ir/types.ts";
 import { CompileError } from "../../compiler/errors.ts";
-import { tileSpec, tiledDimsOf, tilesName } from "../../compiler/ops/quantize.ts";
+import { scaleDims, tileSpec, tiledDimsOf, tilesName } from "../../compiler/ops/quantize.ts";
+import { dotWgradDims } from "../../compiler/ops/scaled-dot-wgrad.ts";
+import { scaledDotWgradGemm } from "./fp8-dot-wgrad.ts";
 import { packArgs, type KernelArg } from "./native.ts";
 import { empty, type DeviceTensor } from "./memory.ts";
 import * as Q from "./kernels/fp8-sources.ts";
@@ -18,7 +21,7 @@ import { fp8GemmOf } from "./fp8-gemm.ts";
 import type { Plan } from "../../compiler/plan.ts";
 import { dot } from "./ops.ts";
 
-export const FP8_OPS = new Set(["quantize", "dequantize", "scaled_dot"]);
+export const FP8_OPS = new Set(["quantize", "dequantize", "scaled_dot", "scaled_dot_wgrad"]);
 type OpInstr = Extract<Plan["instrs"][number], { kind: "op" }>;
 const names = (t: TensorType) => t.dims.map((d) => d.name);
 
@@ -164,8 +167,8 @@ export function dequantizeCuda(ex: CudaExecutor, q: DeviceTensor, s: DeviceTenso
   return o;
 }
 
-/** Runs one FP8 op of a plan (the executor's one call into this file). */
-export function runFp8(ex: CudaExecutor, plan: Plan, ins: OpInstr, x: DeviceTensor[], tIn: TensorType[], tOut: TensorType[], shape: number[]): DeviceTensor[] {
+/** Runs one FP8 op of a plan for rank `r` (the executor's one call into this file). */
+export function runFp8(ex: CudaExecutor, plan: Plan, ins: OpInstr, r: number, x: DeviceTensor[], tIn: TensorType[], tOut: TensorType[], shape: number[]): DeviceTensor[] {
   const op = ins.op, attrs = ins.attrs;
   if (op === "quantize") {
     const [q, s, qT] = quantizeCuda(ex, x[0]!, tIn[0]!, attrs, fp8GemmOf(ex).supported && transposedCodesWanted(plan, ins));
@@ -173,15 +176,42 @@ export function runFp8(ex: CudaExecutor, plan: Plan, ins: OpInstr, x: DeviceTens
     return [q!, s!];
   }
   if (op === "dequantize") return [dequantizeCuda(ex, x[0]!, x[1]!, tIn[0]!, tIn[1]!, tOut[0]!.dtype as "f32" | "bf16")];
-  // scaled_dot: the generated FP8 GEMM where the operands have its form (fp8-scaled-dot.ts), else the
-  // labelled fallback (see the file header)
-  const fast = scaledDotGemm(ex, x, tIn, tOut[0]!, shape, attrs.contract as string[], ins.inputs[2]);
-  if (fast) return [fast];
+  if (op === "scaled_dot_wgrad") return [scaledDotWgradGemm(ex, plan, ins, r, x, tIn, tOut[0]!, shape) ?? scaledDotWgradComposed(ex, x, tIn, tOut[0]!, shape, attrs)];
+  return [scaledDotCuda(ex, x, tIn, tOut[0]!, shape, attrs.contract as string[], ins.inputs[2])];
+}
+
+/**
+ * scaled_dot: the generated FP8 GEMM where the operands have its form (fp8-scaled-dot.ts), else the
+ * labelled fallback (see the file header). `bSlot`: B's plan slot, if it has one.
+ */
+function scaledDotCuda(ex: CudaExecutor, x: DeviceTensor[], tIn: TensorType[], tOut: TensorType, shape: number[], contract: string[], bSlot?: number): DeviceTensor {
+  const fast = scaledDotGemm(ex, x, tIn, tOut, shape, contract, bSlot);
+  if (fast) return fast;
   const a = dequantizeCuda(ex, x[0]!, x[1]!, tIn[0]!, tIn[1]!, "f32"), b = dequantizeCuda(ex, x[2]!, x[3]!, tIn[2]!, tIn[3]!, "f32");
   // (cuBLASLt has no f32 x f32 -> bf16 GEMM: accumulate to f32, then round)
-  const y32 = dot(ex, a, b, { ...tIn[0]!, dtype: "f32" }, { ...tIn[2]!, dtype: "f32" }, { ...tOut[0]!, dtype: "f32" }, shape, { contract: attrs.contract! });
-  const y = ex.castOwned(y32, tOut[0]!.dtype);
+  const y32 = dot(ex, a, b, { ...tIn[0]!, dtype: "f32" }, { ...tIn[2]!, dtype: "f32" }, { ...tOut, dtype: "f32" }, shape, { contract });
+  const y = ex.castOwned(y32, tOut.dtype);
   ex.release(a);
   ex.release(b);
-  return [y];
+  return y;
+}
+
+/**
+ * scaled_dot_wgrad as the composition it stands for (compiler/ops/scaled-dot-wgrad.ts), where the
+ * row-scaled GEMM path (fp8-dot-wgrad.ts) does not take it: a dequantized to f32, it and gy quantized
+ * 128×1 along the tokens, scaled_dot over them.
+ */
+function scaledDotWgradComposed(ex: CudaExecutor, x: DeviceTensor[], tIn: TensorType[], tOut: TensorType, shape: number[], attrs: Attrs): DeviceTensor {
+  const [ta, tsa, tg] = tIn as [TensorType, TensorType, TensorType];
+  const { tok } = dotWgradDims(ta, tsa, tg, attrs);
+  const tav: TensorType = { ...ta, dtype: "f32" }, tiling = { tiling: "128x1", dims: [tok] };
+  const av = dequantizeCuda(ex, x[0]!, x[1]!, ta, tsa, "f32");
+  const [qa, sa] = quantizeCuda(ex, av, tav, tiling);
+  ex.release(av);
+  const [qg, sg] = quantizeCuda(ex, x[2]!, tg, tiling);
+  const codes = (t: TensorType): TensorType => ({ ...t, dtype: "fp8e4m3" });
+  const scales = (t: TensorType): TensorType => ({ ...t, dims: scaleDims("scaled_dot_wgrad", t, [tok]), dtype: "f32" });
+  const y = scaledDotCuda(ex, [qa!, sa!, qg!, sg!], [codes(ta), scales(ta), codes(tg), scales(tg)], tOut, shape, attrs.contract as string[]);
+  for (const t of [qa!, sa!, qg!, sg!]) ex.release(t);
+  return y;
 }

@@ -6,7 +6,8 @@
 // equal compiler/ops/quantize.ts's bit for bit. The dequantize kernels (scalar, and 16 codes a thread)
 // the same way: every code byte, 128x128 and 1x128 scale layouts, f32 and bf16 outputs equal to
 // dequantizeValues (then rounded) bit for bit. And the byte moves of the FP8 GEMM paths: the tiled
-// code transpose on partial tiles, the 16-byte row gather with padding and a bad index. Skipped,
+// code transpose on partial tiles, the 16-byte row gather with padding and a bad index; the routed and dense Wgrads' gather + 128x1 quantize + transpose (a row map, or runs
+// of rows padded to 128 without one). Skipped,
 // saying so, without g++.
 import { describe, expect, it } from "vitest";
 import { execFile, execFileSync } from "node:child_process";
@@ -176,13 +177,15 @@ int main(int, char** argv) {
     // with e4m3's two row blocks a CUDA block one block holds a used and a padding-only row block, and the
     // last a padding-only one and one past M
     const segs = [[0, 130], [200, 60], [140, 128], [270, 30]] as const;
-    const rowMap: number[] = [];
-    for (const [r0, m] of segs) for (let i = 0; i < Math.ceil(m / 128) * 128; i++) rowMap.push(i < m ? r0 + i : -1);
+    const segMap: number[] = [];
+    for (const [r0, m] of segs) for (let i = 0; i < Math.ceil(m / 128) * 128; i++) segMap.push(i < m ? r0 + i : -1);
     // and two blocks of padding only (the device plan's capacity past the used blocks): left as they were
-    const used = rowMap.length;
-    for (let i = 0; i < 256; i++) rowMap.push(-1);
+    const segUsed = segMap.length;
+    for (let i = 0; i < 256; i++) segMap.push(-1);
+    // no map (scaled_dot_wgrad's tokens): runs of 150 rows, each padded to 256, as this explicit map says
+    const RUN = 150, runMap = Array.from({ length: (rows / RUN) * 256 }, (_, p) => (p % 256 < RUN ? Math.floor(p / 256) * RUN + (p % 256) : -1));
+    for (const { rowMap, used, runLen } of [{ rowMap: segMap, used: segUsed, runLen: 0 }, { rowMap: runMap, used: runMap.length, runLen: RUN }]) {
     const M = rowMap.length;
-    // widths: a partial last strip with 16-byte rows (vec), and rows that are not whole 16-byte chunks
     for (const [src, width] of [["fp8", 272], ["fp8", 200], ["bf16", 264], ["bf16", 100], ["f32", 136], ["f32", 70]] as const) {
       const kt = Math.ceil(width / 128), n = rows * width;
       let seed = 5;
@@ -212,7 +215,7 @@ int main(int, char** argv) {
       const vec = (width * eb) % 16 === 0 ? 1 : 0;
       const xBytes = src === "fp8" ? Buffer.from(codes) : src === "bf16" ? bf16Bytes(vals) : Buffer.from(vals.buffer);
       const T = src === "fp8" ? "unsigned char" : src === "bf16" ? "__nv_bfloat16" : "float";
-      const exe = join(dir, `${k.name}_${width}`);
+      const exe = join(dir, `${k.name}_${width}_${runLen}`);
       writeFileSync(`${exe}.cpp`, `#include "cuda-emu.h"
 ${k.source}
 int main(int, char** argv) {
@@ -226,7 +229,7 @@ int main(int, char** argv) {
   FILE* f = fopen(argv[1], "rb");
   if (fread(x, 1, nx, f) != (size_t)nx || fread(xs, 4, ns, f) != (size_t)ns || fread(map, 4, M, f) != (size_t)M) return 2;
   fclose(f);
-  emu_launch(${wgradGrid(src, M, width)}, 256, [&] { ${k.name}(q, s, x, xs, map, ${rows}LL, ${width}, M, ${vec}); });
+  emu_launch(${wgradGrid(src, M, width)}, 256, [&] { ${k.name}(q, s, x, xs, ${runLen ? "nullptr" : "map"}, ${rows}LL, ${width}, M, ${vec}, ${runLen}LL); });
   FILE* o = fopen(argv[2], "wb"); fwrite(q, 1, ${width} * M, o); fwrite(s, 4, M / 128 * ${width}, o); fclose(o);
   return 0;
 }
@@ -239,7 +242,8 @@ int main(int, char** argv) {
       for (let i = 0; i < wantQ.length; i++) if (got[i] !== wantQ[i]) nq++;
       const sc = new Float32Array(got.buffer.slice(got.byteOffset + wantQ.length, got.byteOffset + wantQ.length + wantS.length * 4));
       for (let i = 0; i < wantS.length; i++) if (!Object.is(sc[i], wantS[i])) ns++;
-      if (nq || ns) bad.push(`${k.name} width ${width} (vec ${vec}): ${nq}/${wantQ.length} codes, ${ns}/${wantS.length} scales differ`);
+      if (nq || ns) bad.push(`${k.name} width ${width} (vec ${vec}, run ${runLen}): ${nq}/${wantQ.length} codes, ${ns}/${wantS.length} scales differ`);
+    }
     }
     expect(bad).toEqual([]);
   }, 300_000);

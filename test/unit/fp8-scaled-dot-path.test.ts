@@ -1,12 +1,15 @@
 // The FP8 Linear's three contractions (stdlib/nn/fp8.ts fp8Dot: Fprop, Dgrad, and the Wgrad over the
-// token dims ["b", "seq"]) through the CUDA executor over the fake native layer: each is one launch
-// of a generated FP8 GEMM (the Wgrad the row-scaled one, its two contracted dims flattened into K) and
-// none dequantizes into cuBLASLt's f32 GEMM. The flattening is exact: the CPU reference of a
+// token dims ["b", "seq"], scaled_dot_wgrad) through the CUDA executor over the fake native layer: each
+// is one launch of a generated FP8 GEMM (the Wgrad the row-scaled one, its two contracted dims
+// flattened into K, x's codes and dY quantized 128x1 into its layout by one kernel each) and none
+// dequantizes into cuBLASLt's f32 GEMM. The flattening is exact: the CPU reference of a
 // contraction over ["b", "seq"] equals that of the same codes and scales contracted over one dim of
 // b·seq (the kernel's K), bit for bit. Numerics on a GPU: bench/gpu/cuda-ops-check.ts (scaled_dot).
 import { describe, expect, it } from "vitest";
 import { CudaExecutor } from "../../runtime/cuda/executor.ts";
 import { formOf } from "../../runtime/cuda/fp8-scaled-dot.ts";
+import { dotWgradForm } from "../../runtime/cuda/fp8-dot-wgrad.ts";
+import { dequantize, dequantizeVec, wgradColumns } from "../../runtime/cuda/kernels/fp8-sources.ts";
 import { fp8GemmOf } from "../../runtime/cuda/fp8-gemm.ts";
 import { defaultGemmConfig, defaultRowScaledConfig, smemBytes } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { compile } from "../../compiler/pipeline.ts";
@@ -15,7 +18,7 @@ import { Mesh, fromGlobal, type AnyDTensor } from "../../stdlib/index.ts";
 import { fp8Dot } from "../../stdlib/nn/fp8.ts";
 import { quantize, scaledDot } from "../../stdlib/ops/quantize.ts";
 import { sum } from "../../stdlib/ops/reduce.ts";
-import { mul } from "../../stdlib/nn/ops-internal.ts";
+import { add, mul } from "../../stdlib/nn/ops-internal.ts";
 import { grad } from "../../stdlib/autodiff.ts";
 import { fakeAddon } from "../fakes/native-addon.ts";
 import { traceTotals, type TraceEvent } from "../../runtime/cuda/trace.ts";
@@ -37,19 +40,21 @@ function linearPlan(wDims: Record<string, number>) {
 describe("scaled_dot on CUDA: the FP8 Linear's Fprop, Dgrad and Wgrad on the generated FP8 GEMMs (fake native layer)", () => {
   useTempKernelCache();
   for (const wDims of [{ model: 256, ffn: 128 }, { ffn: 128, model: 256 }]) {
-    it(`every scaled_dot has the kernels' form, the Wgrad's [b, seq] flattened (weight [${Object.keys(wDims).join(", ")}])`, () => {
+    it(`Fprop and Dgrad are scaled_dots of the kernels' form, the Wgrad a scaled_dot_wgrad over [b, seq] of the row-scaled form (weight [${Object.keys(wDims).join(", ")}])`, () => {
       const plan = linearPlan(wDims);
-      const sds = plan.instrs.filter((i) => i.kind === "op" && i.op === "scaled_dot");
-      expect(sds.length).toBe(3);
-      const forms = sds.map((ins) => {
-        if (ins.kind !== "op") throw new Error("not an op");
-        return formOf(ins.inputs.map((v) => plan.values[v]!.type), plan.values[ins.outputs[0]!]!.type, ins.attrs.contract as string[]);
-      });
+      const ops = plan.instrs.flatMap((i) => (i.kind === "op" && (i.op === "scaled_dot" || i.op === "scaled_dot_wgrad") ? [i] : []));
+      expect(ops.map((i) => i.op).sort()).toEqual(["scaled_dot", "scaled_dot", "scaled_dot_wgrad"]);
+      const types = (ins: (typeof ops)[number]) => [ins.inputs.map((v) => plan.values[v]!.type), plan.values[ins.outputs[0]!]!.type] as const;
+      const forms = ops.filter((i) => i.op === "scaled_dot").map((ins) => formOf(...types(ins), ins.attrs.contract as string[]));
       expect(forms.map((f) => f && { K: f.K, kRest: f.kRest, bRows: f.bRows })).toEqual([
         { K: "model", kRest: [], bRows: false },
         { K: "ffn", kRest: [], bRows: false },
-        { K: "seq", kRest: ["b"], bRows: true },
       ]);
+      const w = ops.find((i) => i.op === "scaled_dot_wgrad")!;
+      expect(dotWgradForm(...types(w), w.attrs)).toEqual({ kd: "model", contract: ["b", "seq"], gFree: ["ffn"] });
+      // and nothing dequantizes or requantizes x on the way: the quantizes are x's, w's and dY's 1x128
+      expect(plan.instrs.filter((i) => i.kind === "op" && i.op === "dequantize")).toEqual([]);
+      expect(plan.instrs.filter((i) => i.kind === "op" && i.op === "quantize").map((i) => (i.kind === "op" ? i.attrs.tiling : ""))).toEqual(["1x128", "128x128", "1x128"]);
     });
     it(`runs three FP8 GEMM launches (one row-scaled) and no cuBLASLt GEMM (weight [${Object.keys(wDims).join(", ")}])`, () => {
       const launches: number[] = [];
@@ -94,7 +99,35 @@ describe("scaled_dot on CUDA: the FP8 Linear's Fprop, Dgrad and Wgrad on the gen
     const parts = traceTotals(events.filter((e) => e.cat === "part"));
     const n = (name: string) => parts.find((t) => t.name === name)?.n ?? 0;
     expect([n("dense FP8 GEMM"), n("dense FP8 GEMM (row-scaled B)")]).toEqual([2, 1]);
-    for (const name of ["A layout", "A scales layout", "B layout", "B scales layout", "output layout"]) expect(n(name), name).toBe(3);
+    // the two scaled_dots' copies and the Wgrad's (its gy layout and the two 128x1 quantizes into the GEMM's layout)
+    const want: Record<string, number> = { "A layout": 3, "A scales layout": 3, "B layout": 2, "B scales layout": 2, "output layout": 3, "gy layout": 1, "A quantized 128x1": 1, "gy quantized 128x1": 1 };
+    for (const [name, k] of Object.entries(want)) expect(n(name), name).toBe(k);
+  });
+
+  it("the Wgrad quantizes x's codes and dY 128x1 into the GEMM's layout (one kernel each, no dequantize), and a SwiGLU's gate and up Wgrads share x's", () => {
+    const count = (build: (m: Mesh<"d">, x: AnyDTensor, r: () => number) => AnyDTensor[]) => {
+      const m = Mesh.of({ d: 1 }), r = rng(5);
+      const x = T(m, { b: 2, seq: 200, model: 256 }, r);
+      const ws = build(m, x, r);
+      const names: string[] = [];
+      const f = fakeAddon({ spy: (method, args) => void (method === "launchKernel" && names.push(f.kernelName(args[0]) ?? "?")) });
+      new CudaExecutor(f.addon, 0).run(compile(m.builder.graph, ws.map((t) => t.ref)), undefined, undefined, { download: false });
+      return (k: string) => names.filter((nm) => nm === k).length;
+    };
+    const wgradOf = (m: Mesh<"d">, x: AnyDTensor, r: () => number, n: number) => {
+      const outs = Array.from({ length: n }, () => {
+        const w = T(m, { model: 256, ffn: 128 }, r), dy = T(m, { b: 2, seq: 200, ffn: 128 }, r);
+        return { w, y: fp8Dot(x, w, "model", "ffn"), dy };
+      });
+      const loss = outs.map((o) => sum(mul(o.y, o.dy), ["b", "seq", "ffn"]) as AnyDTensor).reduce((a, b) => add(a, b) as AnyDTensor);
+      const g = grad(loss, Object.fromEntries(outs.map((o, i) => [`w${i}`, o.w])));
+      return outs.map((_, i) => g[`w${i}`]!);
+    };
+    for (const n of [1, 2]) {
+      const k = count((m, x, r) => wgradOf(m, x, r, n));
+      expect([k(wgradColumns("fp8").name), k(wgradColumns("bf16").name)], `${n} Wgrads`).toEqual([1, n]);
+      expect(k(dequantizeVec("f32").name) + k(dequantize("f32").name), `${n} Wgrads`).toBe(0);
+    }
   });
 
   it("contracting [b, seq] (seq tiled 128x1 in whole tiles) equals contracting the flattened b·seq, bit for bit (CPU reference)", () => {

@@ -34,8 +34,8 @@ describe("the EP MoE layer benchmark's program", () => {
     const ops = (o: { fp8?: boolean; sharedFp8?: boolean }) => buildLayer(z, 2, o).plan.instrs.filter((i) => i.kind === "op").map((i) => (i as { op: string }).op);
     const count = (xs: string[], op: string) => xs.filter((x) => x === op).length;
     const all = ops({ fp8: true }), routed = ops({ fp8: true, sharedFp8: false });
-    // the shared expert's three Linears, forward and backward: 9 scaled_dot with fp8Dot, none without
-    expect([count(all, "scaled_dot"), count(routed, "scaled_dot")]).toEqual([9, 0]);
+    // the shared expert's three Linears, forward and backward: 6 scaled_dot and 3 scaled_dot_wgrad with fp8Dot, none without
+    expect([count(all, "scaled_dot"), count(routed, "scaled_dot"), count(all, "scaled_dot_wgrad"), count(routed, "scaled_dot_wgrad")]).toEqual([6, 0, 3, 0]);
     expect(count(routed, "scaled_segment_dot")).toBe(count(all, "scaled_segment_dot"));
     expect(count(routed, "scaled_segment_dot")).toBeGreaterThan(0);
     const one = buildLayer(z, 1, { fp8: true, sharedFp8: false, batch: 2 }), two = buildLayer(z, 2, { fp8: true, sharedFp8: false });

@@ -924,6 +924,33 @@ describe(`ops against a float64 reference, 1-device mesh ${SEED_NOTE}`, () => {
       });
       expectWithinSumBound(gw!, wRef, wAbs, T, "scaled_segment_wgrad", "f32");
     });
+
+    // the dense FP8 Wgrad: x's FP8 values (dequantized) and gy quantized 128x1 along seq (tiles restart at
+    // every b; seq = 200 leaves a 72-row last tile), contracted over [b, seq]
+    it("scaled_dot_wgrad: x's FP8 values and gy requantized 128x1 along the tokens, contracted over them (f32 out)", async () => {
+      const r = rngFor("scaled_dot_wgrad");
+      const mesh = one();
+      const B = 2, S = 200, K = 150, N = 6;
+      const x = input(mesh, [["b", B], ["seq", S], ["model", K]], "bf16", () => r.away(1e-3, 2));
+      const gy = input(mesh, [["b", B], ["seq", S], ["ffn", N]], "f32", () => r.away(1e-3, 2));
+      const qx = quantize(x.t as never, "1x128", "model") as any;
+      const [gw, dx] = await run(rawOp("scaled_dot_wgrad", [qx.q, qx.scales, gy.t], { contract: ["b", "seq"], out: "f32" })[0]!, dequantize(qx.q, qx.scales, { out: "f32" }));
+      const q1 = (vals: number[]) => {
+        const amax = Math.max(...vals.map(Math.abs));
+        return vals.map((v) => (amax === 0 ? 0 : roundToE4M3(Math.fround(v * Math.fround(448 / amax))) * Math.fround(amax / 448)));
+      };
+      /** Column (model or ffn) values of batch b, quantized in 128-row tiles along seq. */
+      const tiles = (at: (b: number, s: number) => number) => Array.from({ length: B }, (_, b) =>
+        Array.from({ length: Math.ceil(S / 128) }, (_, t) => q1(Array.from({ length: Math.min(128, S - t * 128) }, (_, j) => at(b, t * 128 + j)))).flat());
+      const terms = (i: Idx) => {
+        const a = tiles((b, s) => dx!.data[(b * S + s) * K + i.model!]!), g = tiles((b, s) => gy.ref.at({ b, seq: s, ffn: i.ffn! }));
+        return a.flatMap((row, b) => row.map((v, s) => v * g[b]![s]!));
+      };
+      const dims: [string, number][] = [["model", K], ["ffn", N]];
+      const wRef = Ref.build(dims, (i) => terms(i).reduce((acc, v) => acc + v, 0));
+      const wAbs = Ref.build(dims, (i) => terms(i).reduce((acc, v) => acc + Math.abs(v), 0));
+      expectWithinSumBound(gw!, wRef, wAbs, B * S, "scaled_dot_wgrad", "f32");
+    });
   });
 
   // Runs last (vitest runs a file's tests in order): every op that computes something was compared.

@@ -119,6 +119,8 @@ const CASES: OpCase[] = [
   { op: "quantize", label: "quantize 128x128 {c:256,n:130}", inputs: [T({ c: 256, n: 130 })], attrs: { tiling: "128x128", dims: ["c", "n"] } },
   { op: "dequantize", label: "dequantize {r,c:256}, scales {r,c_tiles}", inputs: [T({ r: 3, c: 256 }, normal, "fp8e4m3"), T({ r: 3, c_tiles: 2 }, positive)], attrs: {} },
   { op: "scaled_dot", label: "scaled_dot {r,k:256}.{k:256,n} over k", inputs: [T({ r: 3, k: 256 }, normal, "fp8e4m3"), T({ r: 3, k_tiles: 2 }, positive), T({ k: 256, n: 4 }, normal, "fp8e4m3"), T({ k_tiles: 2, n: 4 }, positive)], attrs: { contract: ["k"], out: "f32" } },
+  // the tokens t tiled 128x1 on both sides (256: whole tiles on 2 ranks), x's scales along k
+  { op: "scaled_dot_wgrad", label: "scaled_dot_wgrad {t:256,k:256}.{t:256,n} over t", inputs: [T({ t: 256, k: 256 }, normal, "fp8e4m3"), T({ t: 256, k_tiles: 2 }, positive), T({ t: 256, n: 4 })], attrs: { contract: ["t"], out: "f32" } },
 ];
 
 const SKIP_FAMILIES = new Set(["factory"]);

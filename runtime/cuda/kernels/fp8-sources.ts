@@ -342,7 +342,8 @@ ${PACK}extern "C" __global__ void ${name}(${T(out)}* __restrict__ y, const unsig
 
 /**
  * The routed Wgrad's operands (runtime/cuda/fp8-segment.ts): rows of x gathered into the padded
- * group-major layout (rowMap: a source row per padded row, -1 a zero row), quantized 128×1 along the
+ * group-major layout (rowMap: a source row per padded row, -1 a zero row; a null map with `run` > 0: runs of
+ * `run` consecutive rows, each padded to whole 128-row blocks, scaled_dot_wgrad's tokens), quantized 128×1 along the
  * padded rows (a 128-row block is one tile: the layout never lets a tile cross a segment) and written
  * transposed, codes [width][M] (the row-scaled GEMM's K-major operand) and scales [M/128][width]. One
  * 256-thread block per (128-row block, strip of CW columns): the gathered rows are staged in shared
@@ -383,7 +384,14 @@ constexpr int CW = ${CW}, RB = ${wgradRowBlocks(src)}, ROWS = 128 * RB, EPC = 16
 // warps (8 lanes down one column, one 16-row group each) read 8 different banks
 __device__ __forceinline__ int slot(int r, int c) { return r * CW + ((c / EPC) ^ ((r >> 4) & 7)) * EPC + c % EPC; }
 __device__ __forceinline__ float val(const ${S}* tile, float rs, int r, int c) { ${val} }
-extern "C" __global__ void __launch_bounds__(256, ${src === "bf16" ? 5 : 4}) ${name}(unsigned char* __restrict__ qT, float* __restrict__ s, const ${S}* __restrict__ x, const float* __restrict__ xs, const int* __restrict__ rowMap, long long rows, int width, long long M, int vec) {
+// row p of the padded layout: rowMap's entry, or with no map (a dense Wgrad) runs of run rows, each padded
+// with -1 to whole 128-row blocks (the tiles restart at every run)
+__device__ __forceinline__ long long src_row(const int* rowMap, long long run, long long p) {
+  if (rowMap) return rowMap[p];
+  const long long pr = (run + 127) / 128 * 128, j = p % pr;
+  return j < run ? p / pr * run + j : -1;
+}
+extern "C" __global__ void __launch_bounds__(256, ${src === "bf16" ? 5 : 4}) ${name}(unsigned char* __restrict__ qT, float* __restrict__ s, const ${S}* __restrict__ x, const float* __restrict__ xs, const int* __restrict__ rowMap, long long rows, int width, long long M, int vec, long long run) {
   __shared__ pk<${S}, EPC> tile16[ROWS * CPR];
   __shared__ long long srcRow[ROWS];
   __shared__ float rs[ROWS];
@@ -394,9 +402,9 @@ extern "C" __global__ void __launch_bounds__(256, ${src === "bf16" ? 5 : 4}) ${n
   // a block's rows are a segment's prefix then padding: a first row of -1 is a block of padding only
   // (the device plan's capacity past the used blocks, all of them after the used ones), which no GEMM
   // reads: nothing to write
-  if (rowMap[b0 * 128] < 0) return;
+  if (src_row(rowMap, run, b0 * 128) < 0) return;
   for (int i = t; i < ROWS; i += 256) {
-    const long long r = b0 * 128 + i < M ? rowMap[b0 * 128 + i] : -1;
+    const long long r = b0 * 128 + i < M ? src_row(rowMap, run, b0 * 128 + i) : -1;
     srcRow[i] = r >= 0 && r < rows ? r : -1;
     rs[i] = ${src === "fp8" ? "r >= 0 && r < rows ? xs[r * ((width + 127) / 128) + c0 / 128] : 0.f" : "0.f"};
   }
@@ -430,7 +438,7 @@ extern "C" __global__ void __launch_bounds__(256, ${src === "bf16" ? 5 : 4}) ${n
 #pragma unroll 1
   for (int rb = 0; rb < RB; rb++) {
   const long long b = b0 + rb;
-  if (b * 128 >= M || rowMap[b * 128] < 0) break; // (the same for every thread: the padding-only blocks come last)
+  if (b * 128 >= M || src_row(rowMap, run, b * 128) < 0) break; // (the same for every thread: the padding-only blocks come last)
   float rsr[16];
 #pragma unroll
   for (int e = 0; e < 16; e++) rsr[e] = rs[rb * 128 + rc * 16 + e];
