@@ -31,13 +31,17 @@ export function dotWgradForm(tIn: TensorType[], tOut: TensorType, attrs: OpInstr
   return { kd: tiledA[0]!, contract: dd.contract, gFree: dd.freeB };
 }
 
+// the form of each instruction, found once (an eager step asks every run)
+const forms = new WeakMap<OpInstr, ReturnType<typeof dotWgradForm> | null>();
+
 /** a's side: its codes quantized 128×1 along the tokens, K-major. */
 interface ASide extends SharedEntry { q: DeviceTensor; s: DeviceTensor }
 const aKey = (o: OpInstr) => `${o.inputs[0]}:${o.inputs[1]}:${JSON.stringify(o.attrs.contract)}`;
 
 /** The row-scaled GEMM path, or undefined where it does not apply (nothing launched). */
 export function scaledDotWgradGemm(ex: CudaExecutor, plan: Plan, ins: OpInstr, r: number, x: DeviceTensor[], tIn: TensorType[], tOut: TensorType, shape: number[]): DeviceTensor | undefined {
-  const form = dotWgradForm(tIn, tOut, ins.attrs);
+  let form = forms.get(ins);
+  if (form === undefined) forms.set(ins, (form = dotWgradForm(tIn, tOut, ins.attrs) ?? null));
   const g = fp8GemmOf(ex);
   if (!form || !g.supported) return undefined;
   const [ta, tsa, tg] = tIn as [TensorType, TensorType, TensorType];

@@ -2,7 +2,7 @@
 // candidate, re-times the finalists in turns, picks the fastest that works, records failures, caches
 // the choice per device, problem and emitter source, answers from the cache the second time, and the
 // executor's lookup (tunedGemmConfig, gemmConfigFor) launches the cached choice.
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -49,6 +49,7 @@ beforeEach(() => {
   process.env.SHARDTS_CACHE_DIR = mkdtempSync(join(tmpdir(), "shardts-tune-"));
 });
 afterEach(() => {
+  vi.useRealTimers();
   if (saved === undefined) delete process.env.SHARDTS_CACHE_DIR;
   else process.env.SHARDTS_CACHE_DIR = saved;
 });
@@ -105,6 +106,7 @@ describe("FP8 GEMM autotuner", () => {
   });
 
   it("the executor launches the cached choice for that problem on that device, and the default elsewhere", () => {
+    vi.useFakeTimers({ toFake: ["performance"] });
     const { g } = fakeDevice("Fake H200", (c) => (c.blockN === 128 && c.consumers === 2 && !c.multicast && !c.tmaStore && !c.overlap && c.persistent ? 0.1 : 0.3));
     expect(tunedGemmConfig("Fake H200", shape, false)).toBeUndefined(); // no cache yet
     expect(gemmConfigFor(g, shape, false)).toEqual(defaultGemmConfig(false, shape, 132));
@@ -114,12 +116,16 @@ describe("FP8 GEMM autotuner", () => {
     expect(tunedGemmConfig("Other GPU", shape, false)).toBeUndefined();
     expect(tunedGemmConfig("Fake H200", { ...shape, M: 8192 }, false)).toBeUndefined();
     expect(gemmConfigFor(g, { ...shape, M: 8192 }, false)).toEqual(defaultGemmConfig(false, { ...shape, M: 8192 }, 132));
-    // an entry whose configuration no longer builds (edited by hand, or from another version) is passed over
+    // an entry whose configuration no longer builds (edited by hand, or from another version) is passed over,
+    // once the file is looked at again: a launch stats it at most once a second
     const file = JSON.parse(readFileSync(tuneCacheFile(), "utf8"));
     file[t.key].config = { ...file[t.key].config, blockN: 100 };
     writeFileSync(tuneCacheFile(), JSON.stringify(file));
+    expect(configName(tunedGemmConfig("Fake H200", shape, false)!), "within the second").toBe(t.best.name);
+    vi.advanceTimersByTime(1001);
     expect(tunedGemmConfig("Fake H200", shape, false)).toBeUndefined();
     writeFileSync(tuneCacheFile(), "{ torn");
+    vi.advanceTimersByTime(1001);
     expect(gemmConfigFor(g, shape, false)).toEqual(defaultGemmConfig(false, shape, 132));
   });
 
