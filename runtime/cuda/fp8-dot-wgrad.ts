@@ -5,7 +5,7 @@
 // wgradColumns, no row map: the tokens in runs of the contract's last dim, each run padded to whole
 // 128-row blocks, so the tiles restart at every index of the other contract dims as the CPU reference's
 // do), a's codes dequantized in registers; then one row-scaled FP8 GEMM, dW [K][gy's free] = Aᵀ·dY over the
-// padded tokens. a's side is kept for a later scaled_dot_wgrad of the same a (a SwiGLU's gate and up
+// padded tokens (128 or 192 wide, defaultRowScaledConfig's pick for the shape). a's side is kept for a later scaled_dot_wgrad of the same a (a SwiGLU's gate and up
 // weights read the same x). Anything else runs the composition the op stands for on the device
 // (fp8.ts: dequantize, the two 128×1 quantizes and scaled_dot).
 import type { TensorType } from "../../compiler/ir/types.ts";
@@ -19,7 +19,6 @@ import { quantizeColumnsT } from "./fp8-segment.ts";
 import { laterSharers, keepShared, takeShared, type SharedEntry } from "./shared-operands.ts";
 import type { CudaExecutor } from "./executor.ts";
 
-const ROW_SCALED = defaultRowScaledConfig();
 type OpInstr = Extract<Plan["instrs"][number], { kind: "op" }>;
 const names = (t: TensorType) => t.dims.map((d) => d.name);
 
@@ -68,7 +67,7 @@ export function scaledDotWgradGemm(ex: CudaExecutor, plan: Plan, ins: OpInstr, r
   owned.push(qg.q, qg.s);
   const order = [kd, ...gFree];
   const D = empty(ex.mem, "bf16", order.map((d) => shape[tOut.dims.findIndex((e) => e.name === d)]!));
-  const launch = g.prepare(ROW_SCALED, { M: KK, N, K: M, lda: M, ldb: M }, { a: as.q.ptr, b: qg.q.ptr, sa: as.s.ptr, sb: qg.s.ptr, d: D.ptr });
+  const launch = g.prepare(defaultRowScaledConfig({ M: KK, N }, g.gridSms()), { M: KK, N, K: M, lda: M, ldb: M }, { a: as.q.ptr, b: qg.q.ptr, sa: as.s.ptr, sb: qg.s.ptr, d: D.ptr });
   ex.part("dense FP8 GEMM (row-scaled B)", launch);
   for (const t of owned) ex.release(t);
   return ex.part("output layout", () => ex.reorderOwned(D, order, names(tOut)));

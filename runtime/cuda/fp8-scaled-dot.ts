@@ -17,7 +17,6 @@ import { fp8GemmOf } from "./fp8-gemm.ts";
 import type { CudaExecutor } from "./executor.ts";
 import { codesIn } from "./shared-operands.ts";
 
-const ROW_CONFIG = defaultRowScaledConfig();
 const names = (t: TensorType) => t.dims.map((d) => d.name);
 
 /**
@@ -72,7 +71,7 @@ export function scaledDotGemm(ex: CudaExecutor, x: DeviceTensor[], tIn: TensorTy
   if (!why) {
     const order = [...rows, N];
     const Dk = empty(ex.mem, "bf16", order.map((d) => shape[tOut.dims.findIndex((e) => e.name === d)]!));
-    const launch = g.prepare(bRows ? ROW_CONFIG : gemmConfigFor(g, { M, N: nn, K: kk }, false), { M, N: nn, K: kk }, { a: A.ptr, b: B.ptr, sa: SA.ptr, sb: SB.ptr, d: Dk.ptr });
+    const launch = g.prepare(bRows ? defaultRowScaledConfig({ M, N: nn }, g.gridSms()) : gemmConfigFor(g, { M, N: nn, K: kk }, false), { M, N: nn, K: kk }, { a: A.ptr, b: B.ptr, sa: SA.ptr, sb: SB.ptr, d: Dk.ptr });
     ex.part(bRows ? "dense FP8 GEMM (row-scaled B)" : "dense FP8 GEMM", launch);
     D = ex.part("output layout", () => ex.reorder(Dk, order, names(tOut)));
     if (D !== Dk) ex.release(Dk);

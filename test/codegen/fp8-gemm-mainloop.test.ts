@@ -264,6 +264,7 @@ describe.skipIf(!GXX)("FP8 GEMM consumer K loop on a CPU model of wgmma / mbarri
     { consumers: 2, blockN: 128, stages: 7, persistent: true, grouped: false, multicast: true },
     { consumers: 2, blockN: 96, stages: 8, persistent: true, grouped: false, globalScales: true },
     { consumers: 2, blockN: 128, stages: 6, persistent: true, grouped: false, bRows: true },
+    { consumers: 2, blockN: 192, stages: 4, persistent: true, grouped: false, bRows: true },
   ];
   for (const base of configs)
     for (const overlap of [false, true]) {

@@ -9,6 +9,7 @@ import {
   saTileBytes,
   sbTileBytes,
   rowScaledCandidates,
+  defaultRowScaledConfig,
   configProblem,
   CONSUMER_OVERHEAD_REGS,
   defaultGemmConfig,
@@ -142,8 +143,19 @@ describe("FP8 GEMM configurations", () => {
     expect(configProblem({ ...br, multicast: true })).toMatch(/dense or K-grouped, without multicast/);
     expect(smemBytes({ ...br, stages: 4 })).toBe(1024 + 4 * (128 * 128 + 128 * 128 + 128 * 4 + 128 * 4) + 64);
     const rs = rowScaledCandidates();
-    expect(rs.map((c) => configName(c).replace("sh_fp8_gemm_dense_", ""))).toEqual(["m128n128_s5_p_ov_ts_br", "m128n128_s5_p_ts_br", "m128n128_s6_p_ov_br", "m128n256_s3_p_ts_ch_g16_br", "m128n256_s3_p_ts_ch_g16_br_sm"]);
+    expect(rs.map((c) => configName(c).replace("sh_fp8_gemm_dense_", ""))).toEqual(["m128n128_s5_p_ov_ts_br", "m128n128_s5_p_ts_br", "m128n128_s6_p_ov_br", "m128n192_s4_p_ts_br", "m128n256_s3_p_ts_ch_g16_br", "m128n256_s3_p_ts_ch_g16_br_sm"]);
     for (const c of rs) expect([c.bRows, c.grouped, configProblem(c)]).toEqual([true, false, undefined]);
+  });
+
+  it("the row-scaled default is 192 wide where its tiles take fewer SM-waves of work, else 128", () => {
+    const pick = (M: number, N: number, sms?: number) => configName(defaultRowScaledConfig({ M, N }, sms)).replace("sh_fp8_gemm_dense_", "");
+    expect(configName(defaultRowScaledConfig())).toBe("sh_fp8_gemm_dense_m128n128_s5_p_ts_br");
+    // a 2048 -> 1408 Linear's Wgrad: 176 tiles of 128 (2 waves = 256 columns of work an SM) against 128 of 192 (1 wave = 192)
+    expect([pick(2048, 1408), pick(1408, 2048)]).toEqual(["m128n192_s4_p_ts_br", "m128n192_s4_p_ts_br"]);
+    // 7168 x 2048: 896 tiles of 128 (7 waves, 896) against 616 of 192 (5 waves, 960); a small one: one wave either way
+    expect([pick(7168, 2048), pick(256, 160)]).toEqual(["m128n128_s5_p_ts_br", "m128n128_s5_p_ts_br"]);
+    // fewer SMs (some held by the NVLink kernels): 176 tiles of 128 on 120 SMs are still 2 waves, 128 of 192 now 2 as well
+    expect(pick(2048, 1408, 120)).toBe("m128n128_s5_p_ts_br");
   });
 
   it("multicast: tile pairs per cluster, grids in whole clusters, B's box halved; dense only", () => {

@@ -116,6 +116,9 @@ export const DENSE_CASES: DenseCase[] = [
   { kind: "dense", name: "wgrad edge 300x528x1040", M: 300, N: 528, K: 1040, timed: false, bRows: true },
   { kind: "dense", name: "wgrad 2048x7168x8192", M: 2048, N: 7168, K: 8192, timed: true, bRows: true },
   { kind: "dense", name: "wgrad 7168x2048x8192", M: 7168, N: 2048, K: 8192, timed: true, bRows: true },
+  // the FP8 Linear's Wgrads at the EP layer's shared-expert shapes (bench/gpu/fp8-linear.ts): 176 tiles of 128 columns, 128 of 192
+  { kind: "dense", name: "wgrad 2048x1408x8192", M: 2048, N: 1408, K: 8192, timed: true, bRows: true },
+  { kind: "dense", name: "wgrad 1408x2048x8192", M: 1408, N: 2048, K: 8192, timed: true, bRows: true },
 ];
 
 export const GROUPED_CASES: GroupedCase[] = [

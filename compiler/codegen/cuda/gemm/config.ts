@@ -393,7 +393,7 @@ export function experimentalGemmCandidates(grouped: boolean): Fp8GemmConfig[] {
 
 /**
  * Candidates for row-scaled B (the Wgrad form; dense): the default kernel's shape with and without
- * overlapped promotion and the TMA-store epilogue, and 128 x 256 chunked tiles (each chunk promoted
+ * overlapped promotion and the TMA-store epilogue, the same 192 wide, and 128 x 256 chunked tiles (each chunk promoted
  * with its columns' row scales from the stage), with and without stmatrix staging. On an H200 the
  * chunked ones ran 904-913 TFLOP/s against 976-978 for m128n128_s5_p_ts_br (the default) on the
  * 8192-deep Wgrad shapes (bench/results/2026-11-23-fp8-gemm-h200-wgrad-chunked.txt): each column
@@ -403,6 +403,8 @@ export function rowScaledCandidates(): Fp8GemmConfig[] {
   const out: Fp8GemmConfig[] = [];
   for (const [overlap, tmaStore] of [[true, true], [false, true], [true, false]] as const)
     out.push(filled({ consumers: 2, blockN: 128, persistent: true, grouped: false, ...(overlap ? { overlap } : {}), ...(tmaStore ? { tmaStore } : {}), bRows: true }));
+  // 192 wide (defaultRowScaledConfig's pick where its tiles take fewer waves)
+  out.push(filled({ consumers: 2, blockN: 192, persistent: true, grouped: false, tmaStore: true, bRows: true }));
   for (const stmatrix of [false, true])
     out.push(filled({ consumers: 2, blockN: 256, persistent: true, grouped: false, chunked: true, tmaStore: true, groupM: 16, bRows: true, ...(stmatrix ? { stmatrix } : {}) }));
   return out.filter((c) => configProblem(c) === undefined);
@@ -507,10 +509,17 @@ const DEFAULT_GEMM_CONFIGS = [false, true].map(
 /**
  * The configuration for row-scaled B (the Wgrad form): 128 x 128 with the TMA-store epilogue and
  * plain promotion, the faster of the candidates on an H200 (bench/results/2026-11-22-fp8-gemm-h200-wgrad.txt).
+ * Given the problem's M and N: the same kernel 192 wide where its tiles take fewer SM-waves of work on
+ * `sms` SMs (waves × blockN, a wave of 192-wide tiles costing 1.5 of 128-wide ones), e.g. the Wgrad of a
+ * 2048 → 1408 Linear: 16 x 11 = 176 tiles of 128 columns are two waves on 132 SMs, 16 x 8 = 128 of 192 one.
  */
-export function defaultRowScaledConfig(): Fp8GemmConfig {
-  return filled({ consumers: 2, blockN: 128, persistent: true, grouped: false, tmaStore: true, bRows: true });
+export function defaultRowScaledConfig(shape?: { M: number; N: number }, sms = HOPPER_SMS): Fp8GemmConfig {
+  const [narrow, wide] = ROW_SCALED_CONFIGS;
+  if (!shape) return narrow;
+  const work = (c: Fp8GemmConfig) => Math.ceil((Math.ceil(shape.M / blockM(c)) * Math.ceil(shape.N / c.blockN)) / Math.max(1, sms)) * c.blockN;
+  return work(wide) < work(narrow) ? wide : narrow;
 }
+const ROW_SCALED_CONFIGS = [128, 192].map((blockN) => filled({ consumers: 2, blockN, persistent: true, grouped: false, tmaStore: true, bRows: true }));
 
 export interface Fp8GemmShape {
   M: number;
