@@ -147,14 +147,16 @@ describe("FP8 GEMM configurations", () => {
     for (const c of rs) expect([c.bRows, c.grouped, configProblem(c)]).toEqual([true, false, undefined]);
   });
 
-  it("the row-scaled default is 192 wide where its tiles take fewer SM-waves of work, else 128", () => {
+  it("the row-scaled default is 192 wide where its tiles take less time (tiles an SM x 1.37 against x 1), else 128", () => {
     const pick = (M: number, N: number, sms?: number) => configName(defaultRowScaledConfig({ M, N }, sms)).replace("sh_fp8_gemm_dense_", "");
     expect(configName(defaultRowScaledConfig())).toBe("sh_fp8_gemm_dense_m128n128_s5_p_ts_br");
-    // a 2048 -> 1408 Linear's Wgrad: 176 tiles of 128 (2 waves = 256 columns of work an SM) against 128 of 192 (1 wave = 192)
+    // a 2048 -> 1408 Linear's Wgrad: 176 tiles of 128 (2 an SM) against 128 of 192 (1 an SM: 1.37)
     expect([pick(2048, 1408), pick(1408, 2048)]).toEqual(["m128n192_s4_p_ts_br", "m128n192_s4_p_ts_br"]);
-    // 7168 x 2048: 896 tiles of 128 (7 waves, 896) against 616 of 192 (5 waves, 960); a small one: one wave either way
-    expect([pick(7168, 2048), pick(256, 160)]).toEqual(["m128n128_s5_p_ts_br", "m128n128_s5_p_ts_br"]);
-    // fewer SMs (some held by the NVLink kernels): 176 tiles of 128 on 120 SMs are still 2 waves, 128 of 192 now 2 as well
+    // 7168 x 2048: 896 tiles of 128 (7 an SM) against 616 of 192 (5 an SM: 6.85)
+    expect(pick(7168, 2048)).toBe("m128n192_s4_p_ts_br");
+    // one tile an SM either way: 128; 4096 x 1536: 32 x 12 = 384 of 128 (3) against 32 x 8 = 256 of 192 (2: 2.74)
+    expect([pick(256, 160), pick(4096, 1536)]).toEqual(["m128n128_s5_p_ts_br", "m128n192_s4_p_ts_br"]);
+    // fewer SMs (some held by the NVLink kernels): 176 tiles of 128 on 120 SMs are 2 an SM, 128 of 192 now 2 as well
     expect(pick(2048, 1408, 120)).toBe("m128n128_s5_p_ts_br");
   });
 

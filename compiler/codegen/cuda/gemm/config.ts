@@ -403,7 +403,7 @@ export function rowScaledCandidates(): Fp8GemmConfig[] {
   const out: Fp8GemmConfig[] = [];
   for (const [overlap, tmaStore] of [[true, true], [false, true], [true, false]] as const)
     out.push(filled({ consumers: 2, blockN: 128, persistent: true, grouped: false, ...(overlap ? { overlap } : {}), ...(tmaStore ? { tmaStore } : {}), bRows: true }));
-  // 192 wide (defaultRowScaledConfig's pick where its tiles take fewer waves)
+  // 192 wide (defaultRowScaledConfig's pick where its tiles take less time)
   out.push(filled({ consumers: 2, blockN: 192, persistent: true, grouped: false, tmaStore: true, bRows: true }));
   for (const stmatrix of [false, true])
     out.push(filled({ consumers: 2, blockN: 256, persistent: true, grouped: false, chunked: true, tmaStore: true, groupM: 16, bRows: true, ...(stmatrix ? { stmatrix } : {}) }));
@@ -507,19 +507,21 @@ const DEFAULT_GEMM_CONFIGS = [false, true].map(
 );
 
 /**
- * The configuration for row-scaled B (the Wgrad form): 128 x 128 with the TMA-store epilogue and
- * plain promotion, the faster of the candidates on an H200 (bench/results/2026-11-22-fp8-gemm-h200-wgrad.txt).
- * Given the problem's M and N: the same kernel 192 wide where its tiles take fewer SM-waves of work on
- * `sms` SMs (waves × blockN, a wave of 192-wide tiles costing 1.5 of 128-wide ones), e.g. the Wgrad of a
- * 2048 → 1408 Linear: 16 x 11 = 176 tiles of 128 columns are two waves on 132 SMs, 16 x 8 = 128 of 192 one.
+ * The configuration for row-scaled B (the Wgrad form), 128 x 128 or 128 x 192 with the TMA-store
+ * epilogue and plain promotion: given the problem's M and N, the one whose tiles take less time on `sms`
+ * SMs, counted as tiles an SM (ceil(tiles / sms)) times the time of one tile. A 192-wide tile takes 1.37
+ * of a 128-wide one's (the fit to bench/results/2026-11-24-fp8-gemm-h200-wgrad-192.txt, an H200: 192
+ * ran 0.0511 ms against 0.0731 on 2048x1408x8192, 2 tiles an SM against 1; 0.2385 against 0.2443 on
+ * 7168x2048x8192, 5 against 7), so 192 also wins where the waves come out even. Without a shape: 128.
  */
 export function defaultRowScaledConfig(shape?: { M: number; N: number }, sms = HOPPER_SMS): Fp8GemmConfig {
-  const [narrow, wide] = ROW_SCALED_CONFIGS;
+  const [[narrow], [wide, wideTime]] = ROW_SCALED_CONFIGS;
   if (!shape) return narrow;
-  const work = (c: Fp8GemmConfig) => Math.ceil((Math.ceil(shape.M / blockM(c)) * Math.ceil(shape.N / c.blockN)) / Math.max(1, sms)) * c.blockN;
-  return work(wide) < work(narrow) ? wide : narrow;
+  const perSm = (c: Fp8GemmConfig) => Math.ceil((Math.ceil(shape.M / blockM(c)) * Math.ceil(shape.N / c.blockN)) / Math.max(1, sms));
+  return perSm(wide) * wideTime < perSm(narrow) ? wide : narrow;
 }
-const ROW_SCALED_CONFIGS = [128, 192].map((blockN) => filled({ consumers: 2, blockN, persistent: true, grouped: false, tmaStore: true, bRows: true }));
+/** [configuration, time of one tile in 128-wide tiles]. */
+const ROW_SCALED_CONFIGS = ([[128, 1], [192, 1.37]] as const).map(([blockN, t]) => [filled({ consumers: 2, blockN, persistent: true, grouped: false, tmaStore: true, bRows: true }), t] as const);
 
 export interface Fp8GemmShape {
   M: number;
