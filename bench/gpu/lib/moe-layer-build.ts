@@ -16,8 +16,9 @@
 //     so the replicated weights' gradients (router, shared: 17.4 M values) come out all-reduced
 //     (7 all-reduces in the plan); the peer all-reduces the same tensors after its backward.
 // With `fp8` the routed experts go through fp8Dispatch + fp8SegmentDot and the shared ones through
-// fp8Dot (stdlib/nn/fp8.ts), or stay bf16 with `sharedFp8: false` (the FP8 Linear's step runs 0.62-0.64x
-// bf16 at their size: bench/results/2026-11-24-fp8-linear-time-h200.txt); router, gates and combine stay bf16/f32.
+// fp8Dot (stdlib/nn/fp8.ts), or stay bf16 with `sharedFp8: false` (the FP8 Linear's step ran 0.62-0.64x bf16
+// at their size in the thirteenth session, 0.92-0.98x eager and 1.09-1.13x replayed since the Wgrad became one op:
+// bench/results/2026-11-24-fp8-linear-wgrad-192-h200.txt); router, gates and combine stay bf16/f32.
 import { compile } from "../../../compiler/pipeline.ts";
 import type { LocalTensor } from "../../../compiler/ir/local.ts";
 import { allocLocal } from "../../../compiler/ir/local.ts";
