@@ -385,11 +385,12 @@ constexpr int CW = ${CW}, RB = ${wgradRowBlocks(src)}, ROWS = 128 * RB, EPC = 16
 __device__ __forceinline__ int slot(int r, int c) { return r * CW + ((c / EPC) ^ ((r >> 4) & 7)) * EPC + c % EPC; }
 __device__ __forceinline__ float val(const ${S}* tile, float rs, int r, int c) { ${val} }
 // row p of the padded layout: rowMap's entry, or with no map (a dense Wgrad) runs of run rows, each padded
-// with -1 to whole 128-row blocks (the tiles restart at every run)
+// with -1 to whole 128-row blocks (the tiles restart at every run; no block is padding only). 32-bit
+// arithmetic: the padded rows are a GEMM's K, well below 2^31 (64-bit division spilled the bf16 form)
 __device__ __forceinline__ long long src_row(const int* rowMap, long long run, long long p) {
   if (rowMap) return rowMap[p];
-  const long long pr = (run + 127) / 128 * 128, j = p % pr;
-  return j < run ? p / pr * run + j : -1;
+  const unsigned pr = ((unsigned)run + 127u) / 128u * 128u, q = (unsigned)p / pr, j = (unsigned)p - q * pr;
+  return j < (unsigned)run ? (long long)q * run + j : -1;
 }
 extern "C" __global__ void __launch_bounds__(256, ${src === "bf16" ? 5 : 4}) ${name}(unsigned char* __restrict__ qT, float* __restrict__ s, const ${S}* __restrict__ x, const float* __restrict__ xs, const int* __restrict__ rowMap, long long rows, int width, long long M, int vec, long long run) {
   __shared__ pk<${S}, EPC> tile16[ROWS * CPR];
@@ -402,7 +403,7 @@ extern "C" __global__ void __launch_bounds__(256, ${src === "bf16" ? 5 : 4}) ${n
   // a block's rows are a segment's prefix then padding: a first row of -1 is a block of padding only
   // (the device plan's capacity past the used blocks, all of them after the used ones), which no GEMM
   // reads: nothing to write
-  if (src_row(rowMap, run, b0 * 128) < 0) return;
+  if (rowMap && rowMap[b0 * 128] < 0) return;
   for (int i = t; i < ROWS; i += 256) {
     const long long r = b0 * 128 + i < M ? src_row(rowMap, run, b0 * 128 + i) : -1;
     srcRow[i] = r >= 0 && r < rows ? r : -1;
@@ -438,7 +439,9 @@ extern "C" __global__ void __launch_bounds__(256, ${src === "bf16" ? 5 : 4}) ${n
 #pragma unroll 1
   for (int rb = 0; rb < RB; rb++) {
   const long long b = b0 + rb;
-  if (b * 128 >= M || src_row(rowMap, run, b * 128) < 0) break; // (the same for every thread: the padding-only blocks come last)
+  // (the same for every thread: the padding-only blocks come last; read from the staged rows, since one more
+  // live pointer here spilled the e4m3 form at its 64 registers)
+  if (b * 128 >= M || srcRow[rb * 128] < 0) break;
   float rsr[16];
 #pragma unroll
   for (int e = 0; e < 16; e++) rsr[e] = rs[rb * 128 + rc * 16 + e];
