@@ -112,6 +112,8 @@ export const DENSE_CASES: DenseCase[] = [
   { kind: "dense", name: "8192x8192x8192", M: 8192, N: 8192, K: 8192, timed: true },
   { kind: "dense", name: "128x7168x2048", M: 128, N: 7168, K: 2048, timed: true },
   { kind: "dense", name: "64x2112x7168", M: 64, N: 2112, K: 7168, timed: true },
+  // N = 1408 = 5.5 tiles of 256: the last column tile's second chunk lies past N (the FP8 Linear's Fprop at the EP layer's shared-expert size)
+  { kind: "dense", name: "8192x1408x2048", M: 8192, N: 1408, K: 2048, timed: true },
   // the Wgrad form (both operands 1x128 along K = tokens): dW[out, in] over 8192 tokens
   { kind: "dense", name: "wgrad edge 300x528x1040", M: 300, N: 528, K: 1040, timed: false, bRows: true },
   { kind: "dense", name: "wgrad 2048x7168x8192", M: 2048, N: 7168, K: 8192, timed: true, bRows: true },
@@ -127,6 +129,8 @@ export const GROUPED_CASES: GroupedCase[] = [
   { kind: "grouped", name: "edge E4 384x512 rows[100,0,300,37]", experts: 4, rows: [100, 0, 300, 37], N: 384, K: 512, timed: false },
   { kind: "grouped", name: "E64 49152 rows N2816 K2048", experts: 64, rows: routing(64, 8192 * 6, 5), N: 2816, K: 2048, timed: true },
   { kind: "grouped", name: "E64 49152 rows N2048 K1408", experts: 64, rows: routing(64, 8192 * 6, 6), N: 2048, K: 1408, timed: true },
+  // a routed expert's gate or up projection alone (N = 1408: half of the last column tile past N)
+  { kind: "grouped", name: "E64 49152 rows N1408 K2048", experts: 64, rows: routing(64, 8192 * 6, 7), N: 1408, K: 2048, timed: true },
 ];
 
 /**
