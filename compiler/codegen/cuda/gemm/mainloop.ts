@@ -250,8 +250,7 @@ ${q}  sh_named_bar(1 + wg, 128);
 ${q}for (int i = ${j * frag}; i < ${(j + 1) * frag}; ++i) acc[i] = 0.f;  // this tile's half starts at zero
 `
     : "";
-  const skip = skipsAbsentChunk(c);
-  return `${p}${skip && j > 0 ? "if (second) " : ""}{  // chunk ${j}: columns ${j * FP8_BLOCK}..${(j + 1) * FP8_BLOCK - 1} of the tile${skip && j > 0 ? " (skipped where it lies past N)" : ""}
+  return `${p}{  // chunk ${j}: columns ${j * FP8_BLOCK}..${(j + 1) * FP8_BLOCK - 1} of the tile
 ${q}const sh_u64 db = sh_wgmma_desc(tilesB + s * B_BYTES + ${j * FP8_BLOCK * FP8_BLOCK});
 ${c.orderedChunks ? `${q}sh_named_bar(wg == 0 ? ${ORDER_BARRIERS[0]} : ${ORDER_BARRIERS[1]}, 256);  // the other consumer has issued its chunk before this one
 ` : ""}${q}sh_wgmma_fence();
@@ -260,26 +259,13 @@ ${q}for (int k = 0; k < ${FP8_BLOCK / 32}; ++k) ${c.aRegs ? `${wgmmaRsName(FP8_B
 ${q}sh_wgmma_commit();
 ${c.orderedChunks ? `${q}sh_named_arrive(wg == 0 ? ${ORDER_BARRIERS[1]} : ${ORDER_BARRIERS[0]}, 256);  // the other consumer's turn
 ` : ""}${deferred}${q}sh_wgmma_wait0();
-${fenceAll(FP8_BLOCK / 2, "tmp", q)}${skip && j === 0 ? `${q}if (!second) {  // chunk 1 lies past N and is skipped: this is the block's last chunk
-${handBack(c, q + "  ", "its wgmmas have read the stage")}${q}}
-` : ""}${c.bRows ? `${rowScaledPromote("tmp", q, "s", frag / 4, j * FP8_BLOCK, j * frag)}${last ? handBack(c, q, "the last chunk is promoted (it read its B scales from the stage)") : ""}` : `${last ? `${handBack(c, q, "the last chunk's wgmmas have read the stage")}${c.aRegs ? aheadA(c, q) : ""}` : ""}${q}const float u0 = a0 * b${j}, u1 = a1 * b${j};
+${fenceAll(FP8_BLOCK / 2, "tmp", q)}${c.bRows ? `${rowScaledPromote("tmp", q, "s", frag / 4, j * FP8_BLOCK, j * frag)}${last ? handBack(c, q, "the last chunk is promoted (it read its B scales from the stage)") : ""}` : `${last ? `${handBack(c, q, "the last chunk's wgmmas have read the stage")}${c.aRegs ? aheadA(c, q) : ""}` : ""}${q}const float u0 = a0 * b${j}, u1 = a1 * b${j};
 #pragma unroll
 ${q}for (int j = 0; j < ${frag / 4}; ++j) {
 ${fmaGroup("tmp", `${j * frag} + `, q + "  ")}${q}}
 `}${p}}
 `;
 }
-
-/**
- * Whether a chunked tile skips its second chunk where that lies past N (N ends at the tile's first 128
- * columns, e.g. the last column tile of N = 1408 = 5.5 x 256): no wgmmas, no promotion, the stage handed
- * back after the first chunk. For the plain chunked forms, whose consumers know `second` (B's block
- * scales read by them) and do nothing else between chunks: not with staged or row scales, the deferred
- * store, chunks in turns, A from registers or multicast (their chunk-1 code carries barriers, stores or
- * loads that the skip would have to keep).
- */
-export const skipsAbsentChunk = (c: Fp8GemmConfig): boolean =>
-  c.chunked === true && c.blockN === 2 * FP8_BLOCK && !c.stagedBScales && !c.bRows && !c.deferStore && !c.orderedChunks && !c.aRegs && !c.multicast;
 
 /** The stage goes back to the producer and the ring advances. */
 const handBack = (c: Fp8GemmConfig, q: string, why: string): string => `${q}// ${why}: hand it back to the producer
