@@ -50,7 +50,7 @@ const TIME_ONLY = [
   { tokens: 8192, model: 2048, ffn: 1408 }, // up / gate projection
   { tokens: 8192, model: 1408, ffn: 2048 }, // down projection
 ];
-const TIME_STEPS = Number(process.env.FP8_LINEAR_STEPS ?? 20);
+const TIME_STEPS = Number(process.env.FP8_LINEAR_STEPS ?? 50);
 const LIMIT = { model: 5e-3, predicted: 0.1, predictedAbs: 1e-3, recipe: 0.06, bf16: 1e-2, cpuGraph: 1e-2 };
 
 const lines: string[] = [];
@@ -204,8 +204,10 @@ function timeLinear(ex: CudaExecutor, fp8: boolean, dims: { tokens: number; mode
   ex.setResident("w", piecesOf(mesh.spec, wt.type, randn(model * ffn, 1 / Math.sqrt(model))));
   ex.setResident("dy", piecesOf(mesh.spec, rt.type, randn(tokens * ffn, 1)));
   const ms: number[] = [];
-  // 10 untimed runs first: the first shape timed after 3 came out 0.62 and 0.83 ms in two calls where the larger one took 0.41-0.46
-  const WARM = 10;
+  // untimed runs first, enough for V8 to compile the executor's paths: the first shape timed after 3 came out 0.62 and
+  // 0.83 ms in two calls where the larger one took 0.41-0.46, and its eager FP8 step 0.376-0.515 ms after 10 warm-up
+  // runs against 0.235 ms over 400 runs (bench/results/2026-11-24-fp8-linear-400-steps-h200.txt)
+  const WARM = 100;
   for (let i = 0; i < TIME_STEPS + WARM; i++) {
     const t0 = performance.now();
     ex.run(plan, undefined, [], { download: false });
