@@ -19,7 +19,7 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { bf16Loop, chunkedLoop, kGroupedLoop, overlappedLoop, plainLoop } from "../../compiler/codegen/cuda/gemm/mainloop.ts";
-import { isBf16, wgmmaN, type Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
+import { configName, configProblem, isBf16, wgmmaN, type Fp8GemmConfig } from "../../compiler/codegen/cuda/gemm/config.ts";
 import { wgmmaName, wgmmaRsName } from "../../compiler/codegen/cuda/gemm/ptx.ts";
 import { GXX, noteIfNoGxx } from "./gxx.ts";
 
@@ -29,7 +29,7 @@ noteIfNoGxx("fp8-gemm-mainloop");
  * The model around `loop`. Without `perTile`: K blocks 1..7, three tiles each, stages 3..8. With it
  * (K-grouped): one pass over tiles of those K lengths (0: an empty expert), stages 2..8.
  */
-function harness(c: Fp8GemmConfig, loop: string, perTile?: number[]): string {
+function harness(c: Fp8GemmConfig, loop: string, perTile?: number[], skipSecond = false): string {
   // acc covers the tile (F), a wgmma group writes FT of it (a 128-column chunk's 64 when chunked)
   const F = c.blockN / 2, FT = wgmmaN(c) / 2, CH = c.chunked ? 1 : 0;
   return String.raw`#include <cstdio>
@@ -179,7 +179,10 @@ static void ${wgmmaRsName(wgmmaN(c))}(float (&d)[FT], sh_u32 a0, sh_u32 a1, sh_u
   open.stages.push_back(s);
 }
 
+static bool second = true;
 static float expectAcc(int i) {
+  // a tile whose chunk 1 lies past N leaves its half of acc as zeroed
+  if (CH && i >= FT && !second) return 0.f;
   float want = 0;
   for (int kb = 0; kb < KB; ++kb) want += BF16 ? 10.f * (kb + 1) : 10.f * (kb + 1) * (kb + 1);
   // chunk i / FT: its wgmma value (x chunk + 1) times its B scale (3 for the second)
@@ -195,8 +198,7 @@ int main() {
   (void)BM; (void)BN; (void)mine; (void)rr; (void)have; (void)pmb; (void)pnb;
   const int M = 16, m0 = 0, m1 = 8, c0 = 0, r0 = 0, split = 1 << 30;
   (void)r0;
-  const bool second = CH != 0;  // chunked: the tile's second chunk has its scale block
-  (void)split; (void)second; (void)c0;
+  (void)split; (void)c0;
   for (int run = 1; run <= KB_RUNS; ++run)
     for (S = S_MIN; S <= 8; ++S) {
       KB = run;
@@ -219,7 +221,9 @@ int main() {
       (void)tmp; (void)t0; (void)t1;
       int done = 0;
       for (tile = 0; tile < TILES; ++tile) {
-${perTile ? "        KB = PER_TILE[tile];\n" : ""}        // a deferred store zeroes acc itself, after staging it: the model leaves the last tile's values there
+${perTile ? "        KB = PER_TILE[tile];\n" : ""}        // chunked: the tile's second chunk has its scale block (with skipSecond every other tile's lies past N)
+        second = CH != 0 && !(${skipSecond ? 1 : 0} && tile % 2 == 1);
+        // a deferred store zeroes acc itself, after staging it: the model leaves the last tile's values there
         if (!DEFER || tile == 0) for (int i = 0; i < F; ++i) acc[i] = DEFER ? -1.f : 0.f;
         staged.clear();
         proxyFenced = readWaited = stores = commits = 0;
@@ -248,9 +252,9 @@ ${loop}
 describe.skipIf(!GXX)("FP8 GEMM consumer K loop on a CPU model of wgmma / mbarrier", () => {
   const dir = mkdtempSync(join(tmpdir(), "shardts-gemm-loop-"));
   /** What the model prints for `loop` (a broken loop exits non-zero: its stdout still says why). */
-  const modelOutput = (c: Fp8GemmConfig, loop: string, tag: string, perTile?: number[]): string => {
+  const modelOutput = (c: Fp8GemmConfig, loop: string, tag: string, perTile?: number[], skipSecond = false): string => {
     const src = join(dir, `${tag}.cc`), exe = join(dir, tag);
-    writeFileSync(src, harness(c, loop, perTile));
+    writeFileSync(src, harness(c, loop, perTile, skipSecond));
     execFileSync(GXX!, ["-O1", "-std=c++17", "-Wno-unknown-pragmas", "-o", exe, src]);
     try {
       return execFileSync(exe, { encoding: "utf8" });
@@ -303,6 +307,18 @@ describe.skipIf(!GXX)("FP8 GEMM consumer K loop on a CPU model of wgmma / mbarri
     it(`chunked loop, blockN 256${c.globalScales ? " (A scales from global memory)" : ""}${c.deferStore ? " (the previous tile's store under the first block)" : ""}${c.multicast ? " (multicast)" : ""}${c.orderedChunks ? " (chunks in turns)" : ""}${c.aRegs ? " (A from registers)" : ""}${c.stagedBScales ? " (B's scales from the stage)" : ""}${c.bRows ? " (row-scaled B: each column's scale from the stage)" : ""}: protocol checks hold, each chunk promoted with its own scale into its half of acc`, () => {
       expect(modelOutput(c, chunkedLoop(c), `loop_chunked${c.globalScales ? "_gs" : ""}${c.deferStore ? "_ds" : ""}${c.multicast ? "_mc" : ""}${c.orderedChunks ? "_oc" : ""}${c.aRegs ? "_ra" : ""}${c.stagedBScales ? "_sbs" : ""}${c.bRows ? "_br" : ""}`).trim()).toBe("ok");
     }, 60_000);
+
+  it("skipPastN: a tile whose second chunk lies past N runs the one-chunk loop (the stage handed back after chunk 0); full tiles the two-chunk loop; the model catches a one-chunk loop that keeps the stage", () => {
+    for (const base of chunked.filter((x) => configProblem({ ...x, skipPastN: true }) === undefined)) {
+      const c = { ...base, skipPastN: true };
+      expect(modelOutput(c, chunkedLoop(c), `loop_chunked_sk${c.globalScales ? "_gs" : ""}`, undefined, true).trim(), configName(c)).toBe("ok");
+    }
+    const c = { ...chunked[0]!, skipPastN: true }, good = chunkedLoop(c);
+    const oneChunk = good.indexOf("} else {");
+    const broken = good.slice(0, oneChunk) + good.slice(oneChunk).replace(/if \(lane == 0\) sh_mbar_arrive\(bars \+ 8 \* \(S \+ s\)\);/, "");
+    expect(broken).not.toBe(good);
+    expect(modelOutput(c, broken, "broken_chunked_sk", undefined, true)).toMatch(/released|not held|wait/);
+  }, 60_000);
 
   it("the model catches broken chunked loops: swapped chunk scales, the stage released before the last chunk is done, a chunk promoted while pending", () => {
     const c = chunked[0]!;

@@ -147,6 +147,15 @@ describe("FP8 GEMM configurations", () => {
     for (const c of rs) expect([c.bRows, c.grouped, configProblem(c)]).toEqual([true, false, undefined]);
   });
 
+  it("skipPastN (_sk) is for the plain chunked forms; an experimental candidate beside the wide defaults", () => {
+    const d = defaultGemmConfig(false);
+    expect(configName({ ...d, skipPastN: true })).toBe(`${configName(d)}_sk`);
+    expect(configProblem({ ...d, skipPastN: true })).toBeUndefined();
+    for (const v of [{ stagedBScales: true }, { deferStore: true }, { aRegs: true }, { orderedChunks: true }, { chunked: false, blockN: 128 }])
+      expect(configProblem({ ...d, ...v, skipPastN: true }), JSON.stringify(v)).toMatch(/skipPastN emits the plain chunked K loop twice/);
+    for (const g of [false, true]) expect(experimentalGemmCandidates(g).filter((c) => c.skipPastN).map(configName)).toEqual([`${configName(defaultGemmConfig(g))}_sk`]);
+  });
+
   it("the row-scaled default is 192 wide where its tiles take less time (tiles an SM x 1.37 against x 1), else 128", () => {
     const pick = (M: number, N: number, sms?: number) => configName(defaultRowScaledConfig({ M, N }, sms)).replace("sh_fp8_gemm_dense_", "");
     expect(configName(defaultRowScaledConfig())).toBe("sh_fp8_gemm_dense_m128n128_s5_p_ts_br");
@@ -251,8 +260,8 @@ describe("FP8 GEMM configurations", () => {
       const tuned = new Set(gemmCandidates(g).map(configName));
       const exp = experimentalGemmCandidates(g);
       expect(exp.map(configName).filter((n) => tuned.has(n))).toEqual([]);
-      // B multicast with the staged scales: dense only (a grouped tile pair may straddle two experts)
-      expect(exp.map((c) => configName(c).replace(/^sh_fp8_gemm_(dense|grouped)_/, ""))).toEqual(g ? [] : ["m128n256_s3_p_mc_ts_ch_g16_sbs_sm", "m128n256_s3_p_mc_ts_ch_g16_sbs"]);
+      // B multicast with the staged scales: dense only (a grouped tile pair may straddle two experts); the wide default skipping past N
+      expect(exp.map((c) => configName(c).replace(/^sh_fp8_gemm_(dense|grouped)_/, ""))).toEqual([...(g ? [] : ["m128n256_s3_p_mc_ts_ch_g16_sbs_sm", "m128n256_s3_p_mc_ts_ch_g16_sbs"]), "m128n256_s3_p_ts_ch_g16_sm_sk"]);
       expect(gemmCandidates(g).some((c) => c.trace)).toBe(false);
       // the staged B scales and the stmatrix staging (measured: bench/NOTES.md, sixth session) are tuned
       for (const v of ["_sbs", "_sm", "_sbs_sm"]) expect(tuned.has(`sh_fp8_gemm_${g ? "grouped" : "dense"}_m128n256_s3_p_ts_ch_g16${v}`), v).toBe(true);

@@ -170,6 +170,15 @@ export interface Fp8GemmConfig {
    * which the 64 KiB of writes need 512 at 128 B/clk. Suffix _sm.
    */
   stmatrix?: boolean;
+  /**
+   * A tile whose second 128-column chunk lies wholly past N runs a K loop of the first chunk alone
+   * (absent = off; the plain chunked forms: without staged or row scales, deferStore, orderedChunks,
+   * aRegs or multicast): the loop is emitted twice and the tile picks one, so full tiles run the same
+   * loop as without it. N = 1408 (5.5 tiles of 256) otherwise spends the last column tile's second half
+   * on wgmmas of columns past N, scaled by 0. A branch around the chunk inside the K loop instead ran
+   * full tiles 1.7-2.8% slower on an H200 (bench/NOTES.md, fourteenth session). Suffix _sk.
+   */
+  skipPastN?: boolean;
 }
 
 export const SMEM_LIMIT = 232448; // 227 KiB: the opt-in maximum per block on H100 / H200
@@ -210,7 +219,7 @@ export const smemBytes = (c: Fp8GemmConfig): number => SMEM_ALIGN_SLACK + c.stag
 export const spansScaleBlocks = (c: Fp8GemmConfig): boolean => !isBf16(c) && !c.chunked && FP8_BLOCK % c.blockN !== 0;
 
 export function configName(c: Fp8GemmConfig): string {
-  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.aRegs ? "_ra" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}${c.stagedBScales ? "_sbs" : ""}${c.stmatrix ? "_sm" : ""}${c.trace ? "_tr" : ""}`;
+  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.aRegs ? "_ra" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}${c.stagedBScales ? "_sbs" : ""}${c.stmatrix ? "_sm" : ""}${c.skipPastN ? "_sk" : ""}${c.trace ? "_tr" : ""}`;
 }
 
 /** Why a configuration cannot be emitted, or undefined. */
@@ -250,6 +259,8 @@ export function configProblem(c: Fp8GemmConfig): string | undefined {
   if (c.orderedChunks && !(c.chunked && c.consumers === 2)) return "orderedChunks alternates the two consumers' chunks: it needs chunked and two consumers";
   if (c.stagedBScales && !c.chunked) return "stagedBScales puts a chunked tile's two B scales in each stage: it needs chunked";
   if (c.stmatrix && !c.tmaStore) return "stmatrix writes the TMA-store epilogue's staging: it needs tmaStore";
+  if (c.skipPastN && !(c.chunked && !c.stagedBScales && !c.bRows && !c.deferStore && !c.orderedChunks && !c.aRegs && !c.multicast && !c.trace))
+    return "skipPastN emits the plain chunked K loop twice (with and without the second chunk): it needs chunked, without stagedBScales, bRows, deferStore, orderedChunks, aRegs, multicast or trace";
   if (c.trace && !(c.chunked && !c.deferStore && !c.multicast)) return "trace stamps the chunked kernel's tile boundaries: it needs chunked, without deferStore or multicast";
   if (c.chunked) return chunkedProblem(c);
   if (c.overlap) return overlapProblem(c);
@@ -386,9 +397,13 @@ export function gemmCandidates(grouped: boolean): Fp8GemmConfig[] {
 
 /** The experimental chunked variants (EXPERIMENTAL_CHUNKED_VARIANTS): for the GPU bench, never the autotuner. */
 export function experimentalGemmCandidates(grouped: boolean): Fp8GemmConfig[] {
-  return EXPERIMENTAL_CHUNKED_VARIANTS.map((v) =>
-    filled({ consumers: 2, blockN: 256, persistent: true, grouped, chunked: true, tmaStore: true, groupM: 16, stagedBScales: true, stmatrix: true, ...v }),
-  ).filter((c) => configProblem(c) === undefined);
+  return [
+    ...EXPERIMENTAL_CHUNKED_VARIANTS.map((v) =>
+      filled({ consumers: 2, blockN: 256, persistent: true, grouped, chunked: true, tmaStore: true, groupM: 16, stagedBScales: true, stmatrix: true, ...v }),
+    ),
+    // the wide default with the tiles past N on a one-chunk loop
+    { ...defaultGemmConfig(grouped), skipPastN: true },
+  ].filter((c) => configProblem(c) === undefined);
 }
 
 /**

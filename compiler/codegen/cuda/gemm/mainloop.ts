@@ -195,17 +195,27 @@ ${step(c, "kb", "t0", undefined, p)}    }
  * Without it, acc is zeroed before the loop (emit.ts) and the tile's epilogue follows it.
  */
 export function chunkedLoop(c: Fp8GemmConfig): string {
+  if (!c.skipPastN) return chunkedLoopOf(c, c.blockN / FP8_BLOCK);
+  return `    if (second) {  // the tile's second chunk holds columns below N: both chunks
+${indent(chunkedLoopOf(c, 2))}    } else {  // the second chunk lies past N: the first alone, the block's last
+${indent(chunkedLoopOf(c, 1))}    }
+`;
+}
+const indent = (code: string) => code.replace(/^(?=.)/gm, "  ");
+
+/** The chunked K loop over the tile's first `chunks` chunks (the last of them hands the stage back). */
+function chunkedLoopOf(c: Fp8GemmConfig, chunks: number): string {
   const p = "      ";
   // with aRegs the stage was waited for and A's fragment loaded ahead: before the loop, or under the last block's last chunk
   const wait = traceConsumerWait(c, "sh_mbar_wait(bars + 8 * s, phase);  // the stage's bytes have landed", p);
-  const block = (first: boolean) => `${chunkScales(c, "kb + 1", "n", p, "const float ", "kb + 1 < KB")}${c.aRegs ? "" : wait}${stageScales(c, "s", p)}${c.stagedBScales ? `${p}const float b0 = sh_lds_f32(sbs + s * SB_BYTES), b1 = sh_lds_f32(sbs + s * SB_BYTES + 4);  // B's scales, put in the stage by the scale thread
+  const block = (first: boolean) => `${chunkScales(c, "kb + 1", "n", p, "const float ", "kb + 1 < KB", chunks)}${c.aRegs ? "" : wait}${stageScales(c, "s", p)}${c.stagedBScales ? `${p}const float b0 = sh_lds_f32(sbs + s * SB_BYTES), b1 = sh_lds_f32(sbs + s * SB_BYTES + 4);  // B's scales, put in the stage by the scale thread
 ` : ""}${c.aRegs ? "" : `${p}const sh_u64 da = sh_wgmma_desc(tilesA + s * A_BYTES + wg * 64 * ${FP8_BLOCK});
-`}${Array.from({ length: c.blockN / FP8_BLOCK }, (_, j) => chunk(c, j, first)).join("")}${c.globalScales ? `${p}a0 = na0; a1 = na1;\n` : ""}${c.stagedBScales || c.bRows ? "" : `${p}${Array.from({ length: c.blockN / FP8_BLOCK }, (_, j) => `b${j} = nb${j};`).join(" ")}\n`}`;
+`}${Array.from({ length: chunks }, (_, j) => chunk(c, j, first, chunks)).join("")}${c.globalScales ? `${p}a0 = na0; a1 = na1;\n` : ""}${c.stagedBScales || c.bRows ? "" : `${p}${Array.from({ length: chunks }, (_, j) => `b${j} = nb${j};`).join(" ")}\n`}`;
   const loop = `    for (int kb = ${c.deferStore ? 1 : 0}; kb < KB; ++kb) {
       // the next block's scales (plain loads: they do not wait for the stage)
 ${block(false)}    }
 `;
-  return `${chunkScales(c, "0", "", "    ", "float ", "")}${c.aRegs ? `    sh_u32 ar[${A_REGS}];  // A's fragment of the block about to run
+  return `${chunkScales(c, "0", "", "    ", "float ", "", chunks)}${c.aRegs ? `    sh_u32 ar[${A_REGS}];  // A's fragment of the block about to run
 ${traceConsumerWait(c, "sh_mbar_wait(bars + 8 * s, phase);  // block 0's stage has landed", "    ", "true")}${aFragment("    ")}` : ""}${c.deferStore ? `    {  // K block 0, with the previous tile's store under its chunks
       const int kb = 0;${c.stagedBScales && !c.globalScales ? " (void)kb;" : ""}
 ${block(true)}    }
@@ -237,8 +247,8 @@ ${traceConsumerWait(c, "sh_mbar_wait(bars + 8 * s, phase);  // the next block's 
 `;
 
 /** Chunk j of a K block: its wgmmas, (deferStore, first block) the previous tile's half j staged under them, wait, promote. */
-function chunk(c: Fp8GemmConfig, j: number, first: boolean): string {
-  const p = "      ", q = p + "  ", frag = FP8_BLOCK / 2, chunks = c.blockN / FP8_BLOCK;
+function chunk(c: Fp8GemmConfig, j: number, first: boolean, chunks = c.blockN / FP8_BLOCK): string {
+  const p = "      ", q = p + "  ", frag = FP8_BLOCK / 2;
   const last = j === chunks - 1, groups = FP8_BLOCK / 8;
   const deferred = first
     ? `${q}// the previous tile's columns ${j * FP8_BLOCK}..${(j + 1) * FP8_BLOCK - 1} into the staging buffer while the wgmmas run
@@ -273,11 +283,11 @@ ${q}${release(c, "bars + 8 * (S + s)")}
 ${q}if (++s == S) { s = 0; phase ^= 1; }
 `;
 
-/** Chunk j's B scale b<j> (its own scale block: sbTile[j·KB + kb], zero past B's last block) and, with globalScales, A's. */
-function chunkScales(c: Fp8GemmConfig, kb: string, prefix: string, pad: string, decl: string, guard: string): string {
+/** Chunk j's B scale b<j> for the loop's first `chunks` chunks (its own scale block: sbTile[j·KB + kb], zero past B's last block) and, with globalScales, A's. */
+function chunkScales(c: Fp8GemmConfig, kb: string, prefix: string, pad: string, decl: string, guard: string, chunks = c.blockN / FP8_BLOCK): string {
   const a = globalAScales(c, kb, prefix, pad, decl, guard);
   if (c.stagedBScales || c.bRows) return a; // B's scales come with the stage (stagedBScales; bRows: per column, by TMA)
-  const b = Array.from({ length: c.blockN / FP8_BLOCK }, (_, j) => {
+  const b = Array.from({ length: chunks }, (_, j) => {
     const cond = [guard, j > 0 ? "second" : ""].filter(Boolean).join(" && ");
     const read = `sbTile[${j > 0 ? `${j} * KB + ` : ""}${kb}]`;
     return `${prefix}b${j} = ${cond ? `${cond} ? ${read} : 0.f` : read}`;
