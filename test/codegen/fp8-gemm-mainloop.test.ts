@@ -311,7 +311,7 @@ describe.skipIf(!GXX)("FP8 GEMM consumer K loop on a CPU model of wgmma / mbarri
   it("skipPastN: a tile whose second chunk lies past N runs the one-chunk loop (the stage handed back after chunk 0); full tiles the two-chunk loop; the model catches a one-chunk loop that keeps the stage", () => {
     for (const base of chunked.filter((x) => configProblem({ ...x, skipPastN: true }) === undefined)) {
       const c = { ...base, skipPastN: true };
-      expect(modelOutput(c, chunkedLoop(c), `loop_chunked_sk${c.globalScales ? "_gs" : ""}`, undefined, true).trim(), configName(c)).toBe("ok");
+      expect(modelOutput(c, chunkedLoop(c), `loop_chunked_pn${c.globalScales ? "_gs" : ""}`, undefined, true).trim(), configName(c)).toBe("ok");
     }
     const c = { ...chunked[0]!, skipPastN: true }, good = chunkedLoop(c);
     const oneChunk = good.indexOf("} else {");

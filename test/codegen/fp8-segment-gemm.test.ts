@@ -23,7 +23,7 @@ describe("FP8 GEMM configurations for device-side counts", () => {
   it("row runs on the grouped e4m3 defaults, and the K-grouped row-scaled kernel, each with its name", () => {
     expect(configProblem(rowRun(true))).toBeUndefined();
     expect(configProblem(rowRun(false))).toBeUndefined();
-    expect(configName(rowRun(true))).toMatch(/^sh_fp8_gemm_grouped_m128n256_s3_p_ts_ch_g16_rr_sm$/);
+    expect(configName(rowRun(true))).toMatch(/^sh_fp8_gemm_grouped_m128n256_s3_p_ts_ch_g16_rr_sm_pn$/);
     expect(configName(rowRun(false))).toMatch(/^sh_fp8_gemm_grouped_m128n128_s\d+_p_ov_ts_rr$/);
     const kg = defaultKGroupedRowScaledConfig();
     expect(configProblem(kg)).toBeUndefined();

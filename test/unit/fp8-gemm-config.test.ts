@@ -76,12 +76,12 @@ describe("FP8 GEMM configurations", () => {
 
   it("the default kernel: 128 x 256 chunked with at least a wave of its tiles (or no shape), 128 x 128 overlapped below", () => {
     const name = (c: Fp8GemmConfig) => configName(c).replace(/^sh_fp8_gemm_(dense|grouped)_/, "");
-    expect(name(defaultGemmConfig(false))).toBe("m128n256_s3_p_ts_ch_g16_sm");
-    expect(name(defaultGemmConfig(true, { M: 53120, N: 2816 }))).toBe("m128n256_s3_p_ts_ch_g16_sm");
-    expect(name(defaultGemmConfig(false, { M: 4096, N: 2048 }))).toBe("m128n256_s3_p_ts_ch_g16_sm"); // 32 x 8 = 256 tiles
+    expect(name(defaultGemmConfig(false))).toBe("m128n256_s3_p_ts_ch_g16_sm_pn");
+    expect(name(defaultGemmConfig(true, { M: 53120, N: 2816 }))).toBe("m128n256_s3_p_ts_ch_g16_sm_pn");
+    expect(name(defaultGemmConfig(false, { M: 4096, N: 2048 }))).toBe("m128n256_s3_p_ts_ch_g16_sm_pn"); // 32 x 8 = 256 tiles
     expect(name(defaultGemmConfig(false, { M: 128, N: 7168 }))).toBe("m128n128_s5_p_ov_ts"); // 28 tiles
     expect(name(defaultGemmConfig(false, { M: 1024, N: 4096 }, 132))).toBe("m128n128_s5_p_ov_ts"); // 8 x 16 = 128 < 132
-    expect(name(defaultGemmConfig(false, { M: 1024, N: 4096 }, 128))).toBe("m128n256_s3_p_ts_ch_g16_sm");
+    expect(name(defaultGemmConfig(false, { M: 1024, N: 4096 }, 128))).toBe("m128n256_s3_p_ts_ch_g16_sm_pn");
   });
 
   it("overlapped promotion: candidates keep every plain one and add _ov ones whose three fragments fit the registers", () => {
@@ -147,13 +147,16 @@ describe("FP8 GEMM configurations", () => {
     for (const c of rs) expect([c.bRows, c.grouped, configProblem(c)]).toEqual([true, false, undefined]);
   });
 
-  it("skipPastN (_sk) is for the plain chunked forms; an experimental candidate beside the wide defaults", () => {
+  it("skipPastN (_pn) is for the plain chunked forms: the wide defaults take it, and the autotuner has it beside the same kernel without", () => {
     const d = defaultGemmConfig(false);
-    expect(configName({ ...d, skipPastN: true })).toBe(`${configName(d)}_sk`);
-    expect(configProblem({ ...d, skipPastN: true })).toBeUndefined();
-    for (const v of [{ stagedBScales: true }, { deferStore: true }, { aRegs: true }, { orderedChunks: true }, { chunked: false, blockN: 128 }])
-      expect(configProblem({ ...d, ...v, skipPastN: true }), JSON.stringify(v)).toMatch(/skipPastN emits the plain chunked K loop twice/);
-    for (const g of [false, true]) expect(experimentalGemmCandidates(g).filter((c) => c.skipPastN).map(configName)).toEqual([`${configName(defaultGemmConfig(g))}_sk`]);
+    expect(d.skipPastN).toBe(true);
+    expect(configName(d)).toBe(`${configName({ ...d, skipPastN: false })}_pn`);
+    for (const v of [{ stagedBScales: true }, { deferStore: true }, { aRegs: true }, { orderedChunks: true }, { chunked: false, blockN: 128 }, { multicast: true }])
+      expect(configProblem({ ...d, ...v }), JSON.stringify(v)).toMatch(/skipPastN emits the plain chunked K loop twice/);
+    for (const g of [false, true]) {
+      const names = gemmCandidates(g).map(configName), wide = configName(defaultGemmConfig(g));
+      expect([names.includes(wide), names.includes(wide.replace(/_pn$/, ""))]).toEqual([true, true]);
+    }
   });
 
   it("the row-scaled default is 192 wide where its tiles take less time (tiles an SM x 1.37 against x 1), else 128", () => {
@@ -261,7 +264,7 @@ describe("FP8 GEMM configurations", () => {
       const exp = experimentalGemmCandidates(g);
       expect(exp.map(configName).filter((n) => tuned.has(n))).toEqual([]);
       // B multicast with the staged scales: dense only (a grouped tile pair may straddle two experts); the wide default skipping past N
-      expect(exp.map((c) => configName(c).replace(/^sh_fp8_gemm_(dense|grouped)_/, ""))).toEqual([...(g ? [] : ["m128n256_s3_p_mc_ts_ch_g16_sbs_sm", "m128n256_s3_p_mc_ts_ch_g16_sbs"]), "m128n256_s3_p_ts_ch_g16_sm_sk"]);
+      expect(exp.map((c) => configName(c).replace(/^sh_fp8_gemm_(dense|grouped)_/, ""))).toEqual(g ? [] : ["m128n256_s3_p_mc_ts_ch_g16_sbs_sm", "m128n256_s3_p_mc_ts_ch_g16_sbs"]);
       expect(gemmCandidates(g).some((c) => c.trace)).toBe(false);
       // the staged B scales and the stmatrix staging (measured: bench/NOTES.md, sixth session) are tuned
       for (const v of ["_sbs", "_sm", "_sbs_sm"]) expect(tuned.has(`sh_fp8_gemm_${g ? "grouped" : "dense"}_m128n256_s3_p_ts_ch_g16${v}`), v).toBe(true);

@@ -176,7 +176,7 @@ export interface Fp8GemmConfig {
    * aRegs or multicast): the loop is emitted twice and the tile picks one, so full tiles run the same
    * loop as without it. N = 1408 (5.5 tiles of 256) otherwise spends the last column tile's second half
    * on wgmmas of columns past N, scaled by 0. A branch around the chunk inside the K loop instead ran
-   * full tiles 1.7-2.8% slower on an H200 (bench/NOTES.md, fourteenth session). Suffix _sk.
+   * full tiles 1.7-2.8% slower on an H200 (bench/NOTES.md, fourteenth session). Suffix _pn.
    */
   skipPastN?: boolean;
 }
@@ -219,7 +219,7 @@ export const smemBytes = (c: Fp8GemmConfig): number => SMEM_ALIGN_SLACK + c.stag
 export const spansScaleBlocks = (c: Fp8GemmConfig): boolean => !isBf16(c) && !c.chunked && FP8_BLOCK % c.blockN !== 0;
 
 export function configName(c: Fp8GemmConfig): string {
-  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.aRegs ? "_ra" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}${c.stagedBScales ? "_sbs" : ""}${c.stmatrix ? "_sm" : ""}${c.skipPastN ? "_sk" : ""}${c.trace ? "_tr" : ""}`;
+  return `sh_${isBf16(c) ? "bf16" : "fp8"}_gemm_${c.grouped ? "grouped" : "dense"}_m${blockM(c)}n${c.blockN}_s${c.stages}${c.persistent ? "_p" : ""}${c.overlap ? "_ov" : ""}${c.multicast ? "_mc" : ""}${c.tmaStore ? (c.storeByBox ? "_tsb" : "_ts") : ""}${c.chunked ? "_ch" : ""}${c.deferStore ? "_ds" : ""}${c.orderedChunks ? "_oc" : ""}${c.groupM !== undefined && c.groupM !== GROUP_M ? `_g${c.groupM}` : ""}${c.aRegs ? "_ra" : ""}${c.globalScales ? "_gs" : ""}${c.bRows ? "_br" : ""}${c.rowRuns ? "_rr" : ""}${c.kGrouped ? "_kg" : ""}${c.bMnMajor ? "_bn" : ""}${c.stagedBScales ? "_sbs" : ""}${c.stmatrix ? "_sm" : ""}${c.skipPastN ? "_pn" : ""}${c.trace ? "_tr" : ""}`;
 }
 
 /** Why a configuration cannot be emitted, or undefined. */
@@ -259,9 +259,9 @@ export function configProblem(c: Fp8GemmConfig): string | undefined {
   if (c.orderedChunks && !(c.chunked && c.consumers === 2)) return "orderedChunks alternates the two consumers' chunks: it needs chunked and two consumers";
   if (c.stagedBScales && !c.chunked) return "stagedBScales puts a chunked tile's two B scales in each stage: it needs chunked";
   if (c.stmatrix && !c.tmaStore) return "stmatrix writes the TMA-store epilogue's staging: it needs tmaStore";
-  if (c.skipPastN && !(c.chunked && !c.stagedBScales && !c.bRows && !c.deferStore && !c.orderedChunks && !c.aRegs && !c.multicast && !c.trace))
-    return "skipPastN emits the plain chunked K loop twice (with and without the second chunk): it needs chunked, without stagedBScales, bRows, deferStore, orderedChunks, aRegs, multicast or trace";
   if (c.trace && !(c.chunked && !c.deferStore && !c.multicast)) return "trace stamps the chunked kernel's tile boundaries: it needs chunked, without deferStore or multicast";
+  if (c.skipPastN && !(c.chunked && !c.stagedBScales && !c.bRows && !c.deferStore && !c.orderedChunks && !c.aRegs && !c.multicast))
+    return "skipPastN emits the plain chunked K loop twice (with and without the second chunk): it needs chunked, without stagedBScales, bRows, deferStore, orderedChunks, aRegs or multicast";
   if (c.chunked) return chunkedProblem(c);
   if (c.overlap) return overlapProblem(c);
   return undefined;
@@ -361,6 +361,8 @@ const CHUNKED_VARIANTS: Partial<Fp8GemmConfig>[] = [
   { tmaStore: true, storeByBox: true, orderedChunks: true },
   { tmaStore: true, groupM: 16, stagedBScales: true },
   { tmaStore: true, groupM: 16, stmatrix: true },
+  // the default (bench/NOTES.md, fourteenth session: level on full tiles, +3.5% on grouped N = 1408)
+  { tmaStore: true, groupM: 16, stmatrix: true, skipPastN: true },
   { tmaStore: true, groupM: 16, stagedBScales: true, stmatrix: true },
 ];
 /**
@@ -397,13 +399,9 @@ export function gemmCandidates(grouped: boolean): Fp8GemmConfig[] {
 
 /** The experimental chunked variants (EXPERIMENTAL_CHUNKED_VARIANTS): for the GPU bench, never the autotuner. */
 export function experimentalGemmCandidates(grouped: boolean): Fp8GemmConfig[] {
-  return [
-    ...EXPERIMENTAL_CHUNKED_VARIANTS.map((v) =>
-      filled({ consumers: 2, blockN: 256, persistent: true, grouped, chunked: true, tmaStore: true, groupM: 16, stagedBScales: true, stmatrix: true, ...v }),
-    ),
-    // the wide default with the tiles past N on a one-chunk loop
-    { ...defaultGemmConfig(grouped), skipPastN: true },
-  ].filter((c) => configProblem(c) === undefined);
+  return EXPERIMENTAL_CHUNKED_VARIANTS.map((v) =>
+    filled({ consumers: 2, blockN: 256, persistent: true, grouped, chunked: true, tmaStore: true, groupM: 16, stagedBScales: true, stmatrix: true, ...v }),
+  ).filter((c) => configProblem(c) === undefined);
 }
 
 /**
@@ -504,7 +502,9 @@ export const HOPPER_SMS = 132;
  * dense and grouped shape on an H200 (bench/results/2026-11-23-fp8-gemm-h200-chunked*.txt: 1224-1404 TFLOP/s
  * on the four large dense shapes, 5-8% above the 128 x 128 one; _g16 +1% on 8192³, even elsewhere; _sm
  * -0.2% to +1.4% against _g16 in three calls, -sixth.txt the last: level on long K, ahead on K = 2048 and
- * grouped; _sbs_sm, a tuner candidate, is 1-2% faster on dense K = 2048 and 1% slower on long K). With fewer tiles
+ * grouped; _sbs_sm, a tuner candidate, is 1-2% faster on dense K = 2048 and 1% slower on long K), whose tiles with
+ * their second chunk past N run a one-chunk K loop (_pn: level on full tiles, +3.5% on grouped N = 1408 in two
+ * A/B calls, bench/results/2026-11-24-fp8-gemm-h200-skip-past-n-ab.txt). With fewer tiles
  * (small M: 128x7168x2048 ran 209 TFLOP/s chunked, 282 at 128 x 128), the persistent 128 x 128 kernel
  * with overlapped promotion and the TMA store.
  */
@@ -516,7 +516,7 @@ export function defaultGemmConfig(grouped: boolean, shape?: { M: number; N: numb
 const DEFAULT_GEMM_CONFIGS = [false, true].map(
   (grouped) =>
     [
-      filled({ consumers: 2, blockN: 256, persistent: true, grouped, chunked: true, tmaStore: true, groupM: 16, stmatrix: true }),
+      filled({ consumers: 2, blockN: 256, persistent: true, grouped, chunked: true, tmaStore: true, groupM: 16, stmatrix: true, skipPastN: true }),
       filled({ consumers: 2, blockN: 128, persistent: true, grouped, overlap: true, tmaStore: true }),
     ] as const,
 );
