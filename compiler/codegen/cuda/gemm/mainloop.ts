@@ -201,6 +201,7 @@ ${indent(chunkedLoopOf(c, 2))}    } else {  // the second chunk lies past N: the
 ${indent(chunkedLoopOf(c, 1))}    }
 `;
 }
+/** Code one level deeper (its non-empty lines by two spaces). */
 const indent = (code: string) => code.replace(/^(?=.)/gm, "  ");
 
 /** The chunked K loop over the tile's first `chunks` chunks (the last of them hands the stage back). */
@@ -328,6 +329,6 @@ ${fenceAll(c.blockN / 2, "acc", "    ")}`;
  */
 export function kGroupedLoop(c: Fp8GemmConfig): string {
   return `    if (KB > 0) {  // an empty expert: no stage taken, acc stays zero
-${(c.ab === "bf16" ? bf16Loop(c) : plainLoop(c)).replace(/^(?=.)/gm, "  ")}    }
+${indent(c.ab === "bf16" ? bf16Loop(c) : plainLoop(c))}    }
 `;
 }
