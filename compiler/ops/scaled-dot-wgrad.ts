@@ -27,6 +27,7 @@ export interface DotWgradDims {
   tiledA: string[];
   /** The token dim both operands are requantized 128×1 along (contract's last). */
   tok: string;
+  out: "bf16" | "f32";
 }
 
 export function dotWgradDims(a: TensorType, sa: TensorType, gy: TensorType, attrs: Attrs): DotWgradDims {
@@ -39,7 +40,17 @@ export function dotWgradDims(a: TensorType, sa: TensorType, gy: TensorType, attr
   const tiledA = tiledDimsOf(WGRAD_OP, a, sa, "a_scales");
   const out = attrs.out ?? "bf16";
   if (out !== "bf16" && out !== "f32") throw new DTypeError(`${WGRAD_OP}() output dtype must be f32 or bf16, got ${JSON.stringify(out)}`);
-  return { dd, tiledA, tok: dd.contract[dd.contract.length - 1]! };
+  return { dd, tiledA, tok: dd.contract[dd.contract.length - 1]!, out };
+}
+
+/**
+ * The types of the scaled_dot the op stands for: a's and gy's codes and scales, both requantized 128×1 along
+ * `tok` (the CPU reference and the CUDA path's composition build the same four).
+ */
+export function requantizedTypes(ta: TensorType, tg: TensorType, tok: string): TensorType[] {
+  const codes = (t: TensorType): TensorType => ({ ...t, dtype: "fp8e4m3" });
+  const scales = (t: TensorType): TensorType => ({ ...t, dims: scaleDims(WGRAD_OP, t, [tok]), dtype: "f32" });
+  return [codes(ta), scales(ta), codes(tg), scales(tg)];
 }
 
 const mask = (t: TensorType, tiled: readonly string[]) => t.dims.map((d) => tiled.includes(d.name));
@@ -49,8 +60,8 @@ const scaledDotWgrad: OpDef = {
   family: "contraction",
   args: ["a", "a_scales", "gy"],
   shape: ([a, sa, gy], attrs) => {
-    const { dd } = dotWgradDims(a!, sa!, gy!, attrs);
-    return [{ dims: dd.out, dtype: (attrs.out as "bf16" | "f32" | undefined) ?? "bf16" }];
+    const { dd, out } = dotWgradDims(a!, sa!, gy!, attrs);
+    return [{ dims: dd.out, dtype: out }];
   },
   shard: ([pa, psa, pg], ctx) => {
     const [a, sa, gy] = ctx.inputs as [TensorType, TensorType, TensorType];
@@ -66,14 +77,12 @@ const scaledDotWgrad: OpDef = {
   },
   cpu: ([a, sa, gy], attrs, ctx) => {
     const [ta, tsa, tg] = ctx.inTypes as [TensorType, TensorType, TensorType];
-    const { tiledA, tok } = dotWgradDims(ta, tsa, tg, attrs);
+    const { tiledA, tok, out } = dotWgradDims(ta, tsa, tg, attrs);
     const av = dequantizeValues(a!.data as Float32Array, a!.shape, mask(ta, tiledA), sa!.data as Float32Array);
     const qa = quantizeValues(av, a!.shape, mask(ta, [tok])), qg = quantizeValues(gy!.data as Float32Array, gy!.shape, mask(tg, [tok]));
-    const codes = (t: TensorType): TensorType => ({ ...t, dtype: "fp8e4m3" });
-    const scales = (t: TensorType): TensorType => ({ ...t, dims: scaleDims(WGRAD_OP, t, [tok]), dtype: "f32" });
     const local = (shape: number[], data: Float32Array, dtype: "fp8e4m3" | "f32"): LocalTensor => ({ dtype, shape, data });
     const xs = [local([...a!.shape], qa.q, "fp8e4m3"), local(qa.scaleShape, qa.scales, "f32"), local([...gy!.shape], qg.q, "fp8e4m3"), local(qg.scaleShape, qg.scales, "f32")];
-    return [scaledDotCpu(xs, [codes(ta), scales(ta), codes(tg), scales(tg)], ctx.outTypes[0]!, { contract: attrs.contract, out: attrs.out ?? "bf16" })];
+    return [scaledDotCpu(xs, requantizedTypes(ta, tg, tok), ctx.outTypes[0]!, { contract: attrs.contract, out })];
   },
 };
 

@@ -53,6 +53,16 @@ export interface Fp8GemmBuffers {
  * Wgrad's per-expert launches were kept under before the memo moved here, far above a step's GEMMs.
  */
 const PREPARED_MAX = 4096;
+/**
+ * configName of each configuration object prepare is given, built once per object (configurations are
+ * values nobody mutates: the defaults and the tuned choices are the same objects every step).
+ */
+const configNames = new WeakMap<Fp8GemmConfig, string>();
+const nameOf = (c: Fp8GemmConfig): string => {
+  let n = configNames.get(c);
+  if (n === undefined) configNames.set(c, (n = configName(c)));
+  return n;
+};
 
 export interface Fp8GemmProblemShape extends Fp8GemmShape {
   /** Grouped: the number of experts (B holds experts × N rows). */
@@ -152,7 +162,7 @@ export class Fp8Gemm {
     // same addresses back): the tensor maps and parameters are a pure function of this key, so they are
     // built once (13 tensor-map encodes and ~40 us of JS a step for an FP8 Linear's three GEMMs, eager;
     // one launch per expert and layer for the routed Wgrad)
-    const key = `${configName(config)}|${s.M},${s.N},${s.K},${s.experts ?? ""},${s.lda ?? ""},${s.ldb ?? ""},${s.rowsA ?? ""},${s.rowsD ?? ""}|${bufs.a},${bufs.b},${bufs.sa},${bufs.sb},${bufs.d},${bufs.blockExpert ?? ""},${bufs.trace ?? ""}|${this.gridSms()}`;
+    const key = `${nameOf(config)}|${s.M},${s.N},${s.K},${s.experts ?? ""},${s.lda ?? ""},${s.ldb ?? ""},${s.rowsA ?? ""},${s.rowsD ?? ""}|${bufs.a},${bufs.b},${bufs.sa},${bufs.sb},${bufs.d},${bufs.blockExpert ?? ""},${bufs.trace ?? ""}|${this.gridSms()}`;
     const hit = this.prepared.get(key);
     if (hit) {
       this.prepared.delete(key); // most recently used last

@@ -101,7 +101,6 @@ export function scaledSegmentDotCuda(ex: CudaExecutor, plan: Plan, ins: OpInstr,
   return ex.reorderOwned(Y, order, names(to));
 }
 
-
 /**
  * Rows of x (`rows` × `width`; e4m3 codes with their 1×128 scales `xs`, or bf16 / f32) gathered by
  * `rowMap` into the padded layout (or, given `{ run }`, runs of that many consecutive rows each padded to

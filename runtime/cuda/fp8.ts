@@ -8,8 +8,8 @@
 import type { Attrs, TensorType } from "../../compiler/ir/types.ts";
 import { numel } from "../../compiler/ir/types.ts";
 import { CompileError } from "../../compiler/errors.ts";
-import { scaleDims, tileSpec, tiledDimsOf, tilesName } from "../../compiler/ops/quantize.ts";
-import { dotWgradDims } from "../../compiler/ops/scaled-dot-wgrad.ts";
+import { tileSpec, tiledDimsOf, tilesName } from "../../compiler/ops/quantize.ts";
+import { dotWgradDims, requantizedTypes } from "../../compiler/ops/scaled-dot-wgrad.ts";
 import { scaledDotWgradGemm } from "./fp8-dot-wgrad.ts";
 import { packArgs, type KernelArg } from "./native.ts";
 import { empty, type DeviceTensor } from "./memory.ts";
@@ -209,9 +209,7 @@ function scaledDotWgradComposed(ex: CudaExecutor, x: DeviceTensor[], tIn: Tensor
   const [qa, sa] = quantizeCuda(ex, av, tav, tiling);
   ex.release(av);
   const [qg, sg] = quantizeCuda(ex, x[2]!, tg, tiling);
-  const codes = (t: TensorType): TensorType => ({ ...t, dtype: "fp8e4m3" });
-  const scales = (t: TensorType): TensorType => ({ ...t, dims: scaleDims("scaled_dot_wgrad", t, [tok]), dtype: "f32" });
-  const y = scaledDotCuda(ex, [qa!, sa!, qg!, sg!], [codes(ta), scales(ta), codes(tg), scales(tg)], tOut, shape, attrs.contract as string[]);
+  const y = scaledDotCuda(ex, [qa!, sa!, qg!, sg!], requantizedTypes(ta, tg, tok), tOut, shape, attrs.contract as string[]);
   for (const t of [qa!, sa!, qg!, sg!]) ex.release(t);
   return y;
 }

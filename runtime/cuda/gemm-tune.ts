@@ -77,31 +77,27 @@ export function tuneKey(device: string, s: Fp8GemmProblemShape, grouped: boolean
 // RECHECK_MS for the same file (a stat a GEMM launch was ~3 us of an eager FP8 Linear step's host time,
 // bench/NOTES.md "fourteenth session"): a tune written by another process is seen within that time, one
 // written by this process (writeCache) at once.
-let cached: { file: string; mtimeMs: number; size: number; entries: Record<string, TuneEntry> } | undefined;
-let statted: { file: string; at: number; entries: Record<string, TuneEntry> } | undefined;
+let cached: { file: string; mtimeMs: number; size: number; entries: Record<string, TuneEntry>; checkedAt: number } | undefined;
 const NONE: Record<string, TuneEntry> = Object.freeze({});
 const RECHECK_MS = 1000;
 
 function readCache(): Record<string, TuneEntry> {
   const f = tuneCacheFile(), now = performance.now();
-  if (statted && statted.file === f && now - statted.at < RECHECK_MS) return statted.entries;
-  const entries = statCache(f);
-  statted = { file: f, at: now, entries };
-  return entries;
-}
-
-function statCache(f: string): Record<string, TuneEntry> {
+  if (cached && cached.file === f && now - cached.checkedAt < RECHECK_MS) return cached.entries;
   const st = statSync(f, { throwIfNoEntry: false });
-  if (!st) return NONE;
-  if (cached && cached.file === f && cached.mtimeMs === st.mtimeMs && cached.size === st.size) return cached.entries;
-  let entries: Record<string, TuneEntry>;
-  try {
-    entries = JSON.parse(readFileSync(f, "utf8")) as Record<string, TuneEntry>;
-  } catch {
-    entries = NONE; // a torn or foreign file: re-tune and overwrite
+  const [mtimeMs, size] = st ? [st.mtimeMs, st.size] : [-1, -1];
+  if (!cached || cached.file !== f || cached.mtimeMs !== mtimeMs || cached.size !== size) {
+    let entries: Record<string, TuneEntry> = NONE;
+    if (st)
+      try {
+        entries = JSON.parse(readFileSync(f, "utf8")) as Record<string, TuneEntry>;
+      } catch {
+        entries = NONE; // a torn or foreign file: re-tune and overwrite
+      }
+    cached = { file: f, mtimeMs, size, entries, checkedAt: now };
   }
-  cached = { file: f, mtimeMs: st.mtimeMs, size: st.size, entries };
-  return entries;
+  cached.checkedAt = now;
+  return cached.entries;
 }
 
 /**
@@ -123,7 +119,6 @@ function writeCache(key: string, e: TuneEntry): void {
   writeFileSync(tmp, JSON.stringify(all, null, 1) + "\n");
   renameSync(tmp, tuneCacheFile());
   cached = undefined;
-  statted = undefined;
 }
 
 /** SM clocks the stream is held for before a timed loop (Fp8Gemm.spin): ~2-3 ms at H200 clocks, more than the host takes to enqueue the loop. */
